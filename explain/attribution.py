@@ -1,0 +1,80 @@
+"""`Attribution`: the one result type every explanation method returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Attribution:
+    """Attributions for a batch of inputs, from one method.
+
+    Attributes:
+        values: float array shaped like ``inputs`` ([N, C, H, W] images,
+            [N, F] tabular, [N, L] text token ids: embedding dimensions are
+            summed so each token gets one number).
+        inputs: the model-ready inputs that were explained.
+        target: int array [N], the explained class per input.
+        method: registered method name.
+        params: the parameters the method ran with (steps, baseline, ...).
+        base_value: float array [N]: f(baseline) (IG) or E[f(background)]
+            (SHAP family) for the target; NaN where the method defines none.
+        output: float array [N]: f(x) for the target logit.
+        completeness_error: float array [N]: |sum(values) - (output -
+            base_value)| / max(|output - base_value|, 1e-6); NaN where the
+            method defines no completeness (saliency, occlusion, Grad-CAM).
+        seconds: wall time of the computation.
+        device: ``cpu`` / ``cuda:0``.
+        precision: ``fp32`` / ``tf32`` / ``bf16``.
+        notes: human-readable remarks (precision fallback, step increase).
+    """
+
+    values: np.ndarray
+    inputs: np.ndarray
+    target: np.ndarray
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    base_value: np.ndarray | None = None
+    output: np.ndarray | None = None
+    completeness_error: np.ndarray | None = None
+    seconds: float = 0.0
+    device: str = "cpu"
+    precision: str = "fp32"
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.inputs)
+        self.target = np.asarray(self.target, dtype=np.int64).reshape(n)
+        for name in ("base_value", "output", "completeness_error"):
+            value = getattr(self, name)
+            setattr(self, name, np.full(n, np.nan) if value is None else np.asarray(value, dtype=np.float64).reshape(n))
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def max_completeness_error(self) -> float | None:
+        """Largest per-input completeness error, None if undefined."""
+        err = self.completeness_error
+        return None if err is None or np.all(np.isnan(err)) else float(np.nanmax(err))
+
+    def to_npz_dict(self) -> dict[str, np.ndarray]:
+        """Arrays for ``np.savez``: values, targets, completeness_error, ..."""
+        return {
+            "values": self.values,
+            "inputs": self.inputs,
+            "targets": self.target,
+            "completeness_error": self.completeness_error,
+            "base_value": self.base_value,
+            "output": self.output,
+        }
+
+
+def compute_completeness_error(values: np.ndarray, output: np.ndarray, base_value: np.ndarray) -> np.ndarray:
+    """Relative completeness error per input: |Σ values − (f(x) − f(b))| / |f(x) − f(b)|."""
+    n = values.shape[0]
+    total = values.reshape(n, -1).sum(axis=1)
+    delta = np.asarray(output, dtype=np.float64) - np.asarray(base_value, dtype=np.float64)
+    return np.abs(total - delta) / np.maximum(np.abs(delta), 1e-6)

@@ -1,0 +1,60 @@
+"""`ParamSpec`: a method parameter the UI turns into a widget and the CLI into a flag."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of an explanation method.
+
+    Attributes:
+        kind: ``int`` | ``float`` | ``choice`` | ``bool`` | ``str``.
+        default: default value.
+        minimum, maximum: bounds for numbers.
+        choices: allowed values for ``choice``.
+        help: one line shown under the widget.
+    """
+
+    kind: str
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+    help: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["choices"] is not None:
+            d["choices"] = list(d["choices"])
+        return d
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """Validate and convert a user value; raise UsageError when it does not fit."""
+        try:
+            if self.kind == "int":
+                value = int(value)
+            elif self.kind == "float":
+                value = float(value)
+            elif self.kind == "bool":
+                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        except (TypeError, ValueError):
+            raise UsageError(f"Parameter {name!r} must be {self.kind}, got {value!r}.") from None
+        if self.minimum is not None and value < self.minimum:
+            raise UsageError(f"Parameter {name!r} must be at least {self.minimum}, got {value}.")
+        if self.maximum is not None and value > self.maximum:
+            raise UsageError(f"Parameter {name!r} must be at most {self.maximum}, got {value}.")
+        if self.kind == "choice" and self.choices and value not in self.choices:
+            raise UsageError(f"Parameter {name!r} must be one of {list(self.choices)}, got {value!r}.")
+        return value
+
+
+def resolve_params(specs: dict[str, ParamSpec], given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults overlaid with the given values, each validated."""
+    unknown = set(given) - set(specs)
+    if unknown:
+        raise UsageError(f"Unknown parameter(s): {', '.join(sorted(unknown))}.")
+    return {name: spec.coerce(name, given.get(name, spec.default)) for name, spec in specs.items()}
