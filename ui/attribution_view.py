@@ -1,0 +1,143 @@
+"""Place attribution results on a page: methods side by side, one row per input."""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explain.agreement import agreement_matrix
+from explain.attribution import Attribution
+from explain.inputs import detokenize
+from explain.model import LoadedModel
+from explain.viz import attribution as viz
+
+
+def caption_for(attr: Attribution, index: int) -> str:
+    """Completeness error, time and device under a map."""
+    err = attr.completeness_error[index]
+    err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
+    return f"{err_text} · {attr.seconds:.2f} s for {len(attr)} inputs · {attr.device} · {attr.precision}"
+
+
+def render_prediction(model: LoadedModel, probs: np.ndarray, label: int | None) -> None:
+    names = model.spec.class_names or [str(i) for i in range(len(probs))]
+    pred = int(np.argmax(probs))
+    truth = f" · true: {names[label]}" if label is not None and 0 <= label < len(names) else ""
+    st.markdown(f"**{names[pred]}** ({probs[pred]:.1%}){truth}")
+    st.plotly_chart(viz.probabilities_figure(probs, names, height=30 + 22 * min(5, len(probs))),
+                    config={"displayModeBar": False}, key=f"probs_{id(probs)}_{pred}")
+
+
+def render_grid(
+    model: LoadedModel, attrs: Sequence[Attribution], rows: Sequence[int], probs: np.ndarray,
+    labels: np.ndarray | None, sign: str = "all",
+) -> None:
+    """One column per method, one row per input (``rows`` index into the batch)."""
+    modality = model.modality
+    header = st.columns([1] + [1] * len(attrs))
+    header[0].markdown("**Input · prediction**")
+    for col, attr in zip(header[1:], attrs):
+        col.markdown(f"**{attr.method}**  \ntarget: {model.spec.class_name(int(attr.target[0]))}"
+                     if len(set(attr.target.tolist())) == 1 else f"**{attr.method}**")
+    if modality == "image":
+        images = viz.to_display_images(attrs[0].inputs, model.spec)
+        maps = [viz.image_maps(a, sign) for a in attrs]
+        scales = [viz.shared_scale(m[list(rows)]) for m in maps]
+    for r in rows:
+        cols = st.columns([1] + [1] * len(attrs))
+        label = int(labels[r]) if labels is not None else None
+        with cols[0]:
+            if modality == "image":
+                st.image(images[r], width=160, caption=f"input {r}")
+            elif modality == "text":
+                st.markdown(f"input {r}: " + _escape(" ".join(t for t in _tokens(model, attrs[0].inputs[r]) if t != "<pad>")))
+            else:
+                st.markdown(f"row {r}")
+            render_prediction(model, probs[r], label)
+        for k, (col, attr) in enumerate(zip(cols[1:], attrs)):
+            with col:
+                target_name = model.spec.class_name(int(attr.target[r]))
+                if modality == "image":
+                    fig = viz.image_attribution_figure(images[r], maps[k][r], scales[k], sign, title=f"→ {target_name}")
+                    st.plotly_chart(fig, config={"displayModeBar": False}, key=f"img_{attr.method}_{r}")
+                elif modality == "tabular":
+                    names = model.spec.feature_names or [f"x{i}" for i in range(attr.values.shape[1])]
+                    raw = _raw_tabular(model, attr.inputs[r])
+                    st.plotly_chart(viz.tabular_bar_figure(attr.values[r], names, raw, title=f"→ {target_name}"),
+                                    config={"displayModeBar": False}, key=f"tab_{attr.method}_{r}")
+                else:
+                    tokens = _tokens(model, attr.inputs[r])
+                    st.caption(f"→ {target_name}")
+                    st.html(viz.text_attribution_html(tokens, attr.values[r]))
+                st.caption(caption_for(attr, r))
+
+
+def render_summary(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
+    """Tabular: beeswarm summary per method; every modality: agreement between methods."""
+    if model.modality == "tabular" and len(attrs[0]) >= 5:
+        st.subheader("Summary over all inputs")
+        cols = st.columns(len(attrs))
+        names = model.spec.feature_names or [f"x{i}" for i in range(attrs[0].values.shape[1])]
+        for col, attr in zip(cols, attrs):
+            with col:
+                fig = viz.tabular_summary_figure(attr.values, attr.inputs, names, title=attr.method)
+                st.plotly_chart(fig, config={"displayModeBar": False}, key=f"summary_{attr.method}")
+    if len(attrs) >= 2:
+        st.subheader("Agreement between methods")
+        st.caption("Mean Spearman rank correlation of the maps, per input, averaged over inputs.")
+        matrix = agreement_matrix(attrs)
+        st.plotly_chart(viz.agreement_figure([a.method for a in attrs], matrix),
+                        config={"displayModeBar": False}, key="agreement")
+
+
+def render_downloads(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
+    npz = io.BytesIO()
+    arrays = {}
+    for a in attrs:
+        for key, value in a.to_npz_dict().items():
+            arrays[f"{a.method}/{key}"] = value
+    np.savez_compressed(npz, **arrays)
+    rows = []
+    for a in attrs:
+        flat = np.asarray(a.values).reshape(len(a), -1)
+        names = _position_names(model, flat.shape[1])
+        for i in range(len(a)):
+            rows.extend({"method": a.method, "input": i, "target": int(a.target[i]), "position": names[j],
+                         "attribution": float(flat[i, j])} for j in range(flat.shape[1]))
+    csv = pd.DataFrame(rows).to_csv(index=False).encode()
+    c1, c2 = st.columns(2)
+    c1.download_button("Download attributions (.npz)", npz.getvalue(), "attributions.npz", "application/octet-stream")
+    c2.download_button("Download attributions (.csv)", csv, "attributions.csv", "text/csv")
+
+
+def _position_names(model: LoadedModel, width: int) -> list[str]:
+    if model.modality == "tabular" and model.spec.feature_names and len(model.spec.feature_names) == width:
+        return list(model.spec.feature_names)
+    if model.modality == "image":
+        c, h, w = model.spec.input_shape
+        return [f"c{ci}_y{y}_x{x}" for ci in range(c) for y in range(h) for x in range(w)]
+    return [f"t{j}" if model.modality == "text" else f"x{j}" for j in range(width)]
+
+
+def _tokens(model: LoadedModel, ids: np.ndarray) -> list[str]:
+    return detokenize(np.asarray(ids), model.spec)
+
+
+def _raw_tabular(model: LoadedModel, row: np.ndarray) -> np.ndarray:
+    spec = model.spec
+    if spec.mean is not None and spec.std is not None:
+        return np.asarray(row) * np.asarray(spec.std) + np.asarray(spec.mean)
+    return np.asarray(row)
+
+
+def _escape(text: str) -> str:
+    """Escape user text for st.markdown (HTML and markdown control characters)."""
+    import html
+
+    out = html.escape(text)
+    for ch in "\\`*_{}[]()#+-.!|<>~":
+        out = out.replace(ch, "\\" + ch)
+    return out

@@ -1,0 +1,176 @@
+"""Session state shared by every page: the chosen model and inputs.
+
+Pages call `current_model()` and `current_inputs()`; both always return
+something (the default sample when the user chose nothing), so a page works
+alone, e.g. under ``AppTest.from_file("pages/x.py")``. Uploaded bytes are kept
+in ``st.session_state`` so a failing later step never loses what the user gave.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import streamlit as st
+
+from explain.config import trusted_mode
+from explain.errors import GlassboxError
+from explain.inputs import InputBatch, read_inputs
+from explain.loading import load_model
+from explain.model import LoadedModel
+from explain.spec import InputSpec
+from sample_models import SAMPLE_NAMES, load_sample, sample_inputs
+
+log = logging.getLogger("glassbox.ui")
+
+DEFAULT_SAMPLE = "shapes"
+_SAMPLE_KEY = "gb_sample"
+_MODEL_UPLOAD_KEY = "gb_model_upload"  # UploadedBlob | None
+_SPEC_UPLOAD_KEY = "gb_spec_upload"
+_INPUT_UPLOAD_KEY = "gb_input_uploads"  # list[UploadedBlob]
+_SOURCE_KEY = "gb_source"  # "sample" | "upload"
+
+
+@dataclass(frozen=True)
+class UploadedBlob:
+    """An uploaded file kept in the session: name, bytes and their sha256."""
+
+    name: str
+    data: bytes
+    sha256: str
+
+    @classmethod
+    def from_upload(cls, upload) -> "UploadedBlob":
+        data = upload.getvalue()
+        return cls(upload.name, data, hashlib.sha256(data).hexdigest())
+
+
+# -- cached loaders (shared across sessions; keyed by content hash) ------------
+@st.cache_resource(max_entries=3, show_spinner="Loading sample model…")
+def _cached_sample(name: str) -> LoadedModel:
+    return load_sample(name)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading uploaded model…")
+def _cached_upload(sha256: str, spec_sha: str, _blob: UploadedBlob, _spec: UploadedBlob | None) -> LoadedModel:
+    spec = InputSpec.from_json(_spec.data) if _spec else None
+    return load_model(_blob.data, spec=spec, filename=_blob.name)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _cached_sample_inputs(name: str) -> dict[str, np.ndarray]:
+    return sample_inputs(name)
+
+
+# -- selection -----------------------------------------------------------------
+def set_sample(name: str) -> None:
+    st.session_state[_SAMPLE_KEY] = name
+    st.session_state[_SOURCE_KEY] = "sample"
+
+
+def set_model_upload(blob: UploadedBlob | None, spec: UploadedBlob | None) -> None:
+    st.session_state[_MODEL_UPLOAD_KEY] = blob
+    st.session_state[_SPEC_UPLOAD_KEY] = spec
+    st.session_state[_SOURCE_KEY] = "upload" if blob else "sample"
+
+
+def set_input_uploads(blobs: list[UploadedBlob]) -> None:
+    st.session_state[_INPUT_UPLOAD_KEY] = list(blobs)
+
+
+def model_upload() -> UploadedBlob | None:
+    return st.session_state.get(_MODEL_UPLOAD_KEY)
+
+
+def input_uploads() -> list[UploadedBlob]:
+    return list(st.session_state.get(_INPUT_UPLOAD_KEY, []))
+
+
+def current_sample_name() -> str | None:
+    """The sample in use, or None when an uploaded model is in use."""
+    if st.session_state.get(_SOURCE_KEY) == "upload" and model_upload() is not None and upload_error() is None:
+        return None
+    return st.session_state.get(_SAMPLE_KEY, DEFAULT_SAMPLE)
+
+
+def upload_error() -> str | None:
+    """The message why the uploaded model could not be loaded (None if it loads)."""
+    blob = model_upload()
+    if blob is None:
+        return None
+    try:
+        _load_upload(blob)
+    except GlassboxError as exc:
+        return exc.message
+    except Exception as exc:  # a model that raises while loading: still a message
+        log.exception("upload failed")
+        return f"The model could not be loaded: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _load_upload(blob: UploadedBlob) -> LoadedModel:
+    spec = st.session_state.get(_SPEC_UPLOAD_KEY)
+    return _cached_upload(blob.sha256, spec.sha256 if spec else "", blob, spec)
+
+
+def current_model() -> LoadedModel:
+    """The model the pages explain: the upload when it loads, else the sample."""
+    name = current_sample_name()
+    if name is None:
+        return _load_upload(model_upload())
+    if name not in SAMPLE_NAMES:
+        name = DEFAULT_SAMPLE
+    return _cached_sample(name)
+
+
+def _matching_sample(spec: InputSpec) -> str | None:
+    for name in SAMPLE_NAMES:
+        sample_spec = _cached_sample(name).spec
+        if sample_spec.modality == spec.modality and tuple(sample_spec.input_shape) == tuple(spec.input_shape):
+            return name
+    return None
+
+
+def current_inputs() -> InputBatch:
+    """Inputs for the current model: uploads if any, else the matching sample's."""
+    model = current_model()
+    blobs = input_uploads()
+    if blobs:
+        batches = [read_inputs(b.data, model.spec, filename=b.name) for b in blobs]
+        return batches[0] if len(batches) == 1 else InputBatch.concatenate(batches)
+    name = current_sample_name() or _matching_sample(model.spec)
+    if name is None:
+        raise GlassboxError(
+            "This model has no inputs yet.",
+            "Upload inputs in the sidebar (.npy/.npz, images, .csv or .txt).",
+        )
+    arrays = _cached_sample_inputs(name)
+    return InputBatch.from_arrays(arrays["inputs"], model.spec, labels=arrays.get("labels"))
+
+
+# -- errors ----------------------------------------------------------------------
+def show_error(exc: BaseException, doing: str | None = None) -> None:
+    """Render an error as one clear line (never a traceback)."""
+    prefix = f"{doing} failed: " if doing else ""
+    if isinstance(exc, GlassboxError):
+        st.error(prefix + exc.message, icon="⚠️")
+    else:
+        log.exception("unexpected error", exc_info=exc)
+        st.error(f"{prefix}{type(exc).__name__}: {exc}", icon="⚠️")
+
+
+@contextlib.contextmanager
+def error_boundary(doing: str) -> Iterator[None]:
+    """``with error_boundary("Explaining"):`` turns any failure into a message."""
+    try:
+        yield
+    except Exception as exc:  # st.stop()/st.rerun() raise BaseException subclasses and pass through
+        show_error(exc, doing)
+
+
+def show_trusted_banner() -> None:
+    if trusted_mode():
+        st.warning("Trusted mode is ON: full pickles are loaded. Only use it for your own files.", icon="🔓")

@@ -1,0 +1,61 @@
+"""Widgets built from `ParamSpec`s, and a progress bar with ETA for long runs."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+
+from explain.params import ParamSpec
+
+
+def param_widget(method: str, name: str, spec: ParamSpec, key_prefix: str = "gb") -> Any:
+    """One Streamlit widget for one parameter; returns its value."""
+    key = f"{key_prefix}_{method}_{name}"
+    label = name.replace("_", " ")
+    if spec.kind == "bool":
+        return st.checkbox(label, value=bool(spec.default), help=spec.help or None, key=key)
+    if spec.kind == "choice":
+        choices = list(spec.choices or [spec.default])
+        return st.selectbox(label, choices, index=choices.index(spec.default) if spec.default in choices else 0,
+                            help=spec.help or None, key=key)
+    if spec.kind == "int":
+        return st.number_input(label, value=int(spec.default),
+                               min_value=int(spec.minimum) if spec.minimum is not None else None,
+                               max_value=int(spec.maximum) if spec.maximum is not None else None,
+                               step=1, help=spec.help or None, key=key)
+    if spec.kind == "float":
+        return st.number_input(label, value=float(spec.default),
+                               min_value=float(spec.minimum) if spec.minimum is not None else None,
+                               max_value=float(spec.maximum) if spec.maximum is not None else None,
+                               help=spec.help or None, key=key, format="%.4g")
+    return st.text_input(label, value=str(spec.default), help=spec.help or None, key=key)
+
+
+def param_widgets(method: str, specs: dict[str, ParamSpec], key_prefix: str = "gb") -> dict[str, Any]:
+    """Widgets for every parameter of a method, in declaration order."""
+    return {name: param_widget(method, name, spec, key_prefix) for name, spec in specs.items()}
+
+
+class ProgressBar:
+    """A progress callback `(done, total)` drawing a bar with an ETA.
+
+    Streamlit stops the running script when the user presses a button (the
+    Cancel button included), which interrupts the computation at its next
+    progress update; the engine's hooks are removed by its ``with`` blocks.
+    """
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = st.progress(0.0, text=f"{label}…")
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        total = max(total, 1)
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done) if done else float("nan")
+        eta_text = f" · about {eta:.0f} s left" if done and eta == eta else ""
+        self.bar.progress(min(done / total, 1.0), text=f"{self.label}: {done}/{total} batches{eta_text}")
+
+    def clear(self) -> None:
+        self.bar.empty()
