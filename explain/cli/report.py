@@ -1,0 +1,108 @@
+"""Write a one-file HTML report: model card, explanations, structure, training, environment."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+from ..errors import UsageError
+
+NAME = "report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file (or a sample name: shapes, cancer, sentiment)")
+    parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
+    parser.add_argument("--inputs", default=None, help="inputs to explain: .npy/.npz or a raw file the spec can read")
+    parser.add_argument("--logs", nargs="+", default=[], metavar="LOG", help="training logs (csv, json, TensorBoard)")
+    parser.add_argument("--checkpoints", nargs="+", default=[], metavar="CKPT",
+                        help="checkpoints in training order (2 or more add a checkpoint-evolution section)")
+    parser.add_argument("--methods", default="integrated_gradients", help="comma-separated attribution methods")
+    parser.add_argument("--max-inputs", type=int, default=4, help="how many inputs the output sections explain")
+    parser.add_argument("--steps", type=int, default=None, help="integration steps / samples for every method that has them")
+    parser.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                        help="a method parameter, e.g. integrated_gradients.baseline=mean")
+    parser.add_argument("--title", default=None, help="report title")
+    parser.add_argument("--pdf", default=None, help="also print the report to this PDF (needs Chromium)")
+    parser.add_argument("--out", required=True, help="output .html")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..methods import get_method
+    from ..report import build_report
+    from .attribute import load_inputs_arg, load_model_arg
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise UsageError("--methods names no method.")
+    method_params = {m: _method_params(get_method(m), args.steps) for m in methods}
+    _apply_params(method_params, args.param)
+    for path in [*args.logs, *args.checkpoints]:
+        if not Path(path).exists():
+            raise UsageError(f"No such file: {path}.")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out must end in .html, got {out.name}.")
+
+    model = load_model_arg(args.model, args.spec)
+    inputs = load_inputs_arg(args.inputs, model) if args.inputs else None
+    start = time.perf_counter()
+    report = build_report(
+        model, inputs, logs=list(args.logs), checkpoints=list(args.checkpoints), methods=methods,
+        max_inputs=args.max_inputs, method_params=method_params, title=args.title,
+        invocation={"command": _command(args)},
+    )
+    path = report.save(out)
+    pdf = str(report.to_pdf(args.pdf)) if args.pdf else None
+    return {
+        "out": str(path),
+        "sections": report.section_titles,
+        "failed": {s.title: s.error for s in report.sections if s.error},
+        "bytes": path.stat().st_size,
+        "pdf": pdf,
+        "model_sha256": model.sha256,
+        "methods": methods,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this report (from the parsed arguments)."""
+    parts = ["python", "-m", "explain", NAME, args.model]
+    for flag, value in (("--spec", args.spec), ("--inputs", args.inputs), ("--title", args.title)):
+        if value:
+            parts += [flag, value]
+    if args.logs:
+        parts += ["--logs", *args.logs]
+    if args.checkpoints:
+        parts += ["--checkpoints", *args.checkpoints]
+    parts += ["--methods", args.methods, "--max-inputs", str(args.max_inputs)]
+    if args.steps is not None:
+        parts += ["--steps", str(args.steps)]
+    for item in args.param:
+        parts += ["--param", item]
+    parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _method_params(method, steps: int | None) -> dict:
+    """Method parameters from the shared flags (``--steps`` goes to methods that have steps)."""
+    from .attribute import _steps_key
+
+    if steps is None:
+        return {}
+    key = _steps_key(method.params)
+    return {key: steps} if key in method.params else {}
+
+
+def _apply_params(method_params: dict[str, dict], items: list[str]) -> None:
+    """``--param METHOD.NAME=VALUE`` into ``method_params`` (methods must be among --methods)."""
+    for item in items:
+        target, sep, value = item.partition("=")
+        method, dot, name = target.partition(".")
+        if not sep or not dot or not name:
+            raise UsageError(f"--param wants METHOD.NAME=VALUE, got {item!r}.")
+        if method not in method_params:
+            raise UsageError(f"--param names method {method!r}, which is not in --methods.")
+        method_params[method][name.strip().replace("-", "_")] = value
