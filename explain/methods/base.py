@@ -47,6 +47,7 @@ class Explainer:
         inputs: np.ndarray,
         target: np.ndarray | int | None = None,
         progress: ProgressFn | None = None,
+        use_cache: bool = True,
         **params: Any,
     ) -> Attribution:
         """Attribute ``model``'s ``target`` logit for ``inputs``.
@@ -56,14 +57,30 @@ class Explainer:
             target: class per input, one class for all, or None for the
                 predicted class.
             progress: called with (done, total) as batches finish.
+            use_cache: return a stored result for the same (model, inputs,
+                method, params, target) from `ATTRIBUTION_CACHE`, and store
+                this one.
             params: method parameters, validated against ``self.params``.
         """
         reason = self.incompatibility(model)
         if reason:
             raise IncompatibleInput(reason)
+        from ..attribution_cache import ATTRIBUTION_CACHE, make_key
         from ..params import resolve_params
 
-        return self._explain(model, np.asarray(inputs), target, progress, **resolve_params(self.params, params))
+        inputs = np.asarray(inputs)
+        resolved = resolve_params(self.params, params)
+        key = make_key(model, inputs, self.name, resolved, target) if use_cache else None
+        cached = ATTRIBUTION_CACHE.get(key) if use_cache else None
+        if cached is not None:
+            cached.notes.append("from the attribution cache")
+            if progress is not None:
+                progress(1, 1)
+            return cached
+        result = self._explain(model, inputs, target, progress, **resolved)
+        if use_cache:
+            ATTRIBUTION_CACHE.put(key, result)
+        return result
 
     def _explain(self, model, inputs, target, progress, **params) -> Attribution:  # pragma: no cover
         raise NotImplementedError

@@ -7,12 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine import EAGER_FORMATS, find_embedding, is_eager  # noqa: F401 - re-exported
 from ..errors import IncompatibleInput
 from ..model import LoadedModel
 from ..params import ParamSpec
-
-#: formats whose module is a plain nn.Module built from Python source.
-EAGER_FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle")
 
 DEVICE_PARAM = ParamSpec("choice", "auto", choices=("auto", "cpu", "cuda"), help="Where to compute.")
 PRECISION_PARAM = ParamSpec(
@@ -66,27 +64,6 @@ def resolve_targets(model: LoadedModel, x: torch.Tensor, target: Any) -> np.ndar
     if k and (t.min() < 0 or t.max() >= k):
         raise IncompatibleInput(f"Target class out of range: the model has {k} classes (0..{k - 1}).")
     return t
-
-
-def is_eager(model: LoadedModel) -> bool:
-    """True when ``model.module`` is an nn.Module whose submodules really run (hooks fire)."""
-    return model.format in EAGER_FORMATS and isinstance(model.module, nn.Module) and not isinstance(
-        model.module, torch.jit.ScriptModule
-    )
-
-
-def find_embedding(model: LoadedModel) -> tuple[str, nn.Embedding] | None:
-    """The token-embedding layer of an eager text model, by module type.
-
-    With several ``nn.Embedding`` modules the one with the most rows (the
-    vocabulary, not positions or segments) is taken.
-    """
-    if not is_eager(model):
-        return None
-    found = [(n, m) for n, m in model.module.named_modules() if isinstance(m, nn.Embedding)]
-    if not found:
-        return None
-    return max(found, key=lambda nm: nm[1].num_embeddings)
 
 
 def find_last_conv(model: LoadedModel) -> tuple[str, nn.Module] | None:

@@ -1,89 +1,116 @@
-"""Integrated gradients (Sundararajan et al. 2017) through Captum.
+"""Integrated gradients (Sundararajan et al. 2017) on the batching engine.
 
 attr_i = (x_i - b_i) * ∫_0^1 ∂f(b + a (x - b)) / ∂x_i da, approximated with
-Gauss-Legendre quadrature (Captum's default). Text models are attributed at
-the output of their embedding layer and summed over the embedding dimension.
+Gauss-Legendre quadrature exactly as ``captum.attr.IntegratedGradients``
+does (same nodes and weights, so the results agree with Captum's). Text
+models are attributed at the output of their embedding layer and summed over
+the embedding dimension.
 """
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import torch
 
-from ..attribution import Attribution, compute_completeness_error
-from ..baselines import make_baseline
-from ..errors import IncompatibleInput
-from ..model import LoadedModel
-from .base import Explainer, register
-from .common import BASELINE_PARAM, STEPS_PARAM, array_param, find_embedding, override_output, resolve_targets
+from ..attribution import compute_completeness_error
+from .base import register
+from .common import BASELINE_PARAM, ENGINE_PARAMS, STEPS_PARAM, TOLERANCE_PARAM, array_param
+from .engine_method import Context, EngineMethod, Partial, reference_points
+
+#: the most steps the tolerance loop goes to.
+MAX_STEPS = 4096
+
+
+def quadrature(steps: int, method: str = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
+    """Path positions and weights [steps] of Captum's approximation ``method``."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    weights_fn, alphas_fn = approximation_parameters(method)
+    return torch.tensor(alphas_fn(steps), dtype=torch.float64), torch.tensor(weights_fn(steps), dtype=torch.float64)
+
+
+def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, targets: torch.Tensor, steps: int,
+                   rows: torch.Tensor | None = None, report: bool = True) -> torch.Tensor:
+    """Integrated gradients in point space for the inputs ``rows`` (default all).
+
+    Args:
+        start: points of the inputs [N, ...]; base: their baselines [N, ...].
+        targets: [N] target classes.
+        rows: the input indices to compute (a subset when refining).
+
+    Returns:
+        [len(rows), ...] attributions (x - b) * Σ_k w_k ∇f(b + a_k (x - b)).
+    """
+    rows = torch.arange(start.shape[0], device=start.device) if rows is None else rows
+    alphas, weights = quadrature(steps)
+    alphas = alphas.to(start.device, torch.float32)
+    weights = weights.to(start.device, torch.float32)
+    diff = start[rows] - base[rows]  # [n, ...]
+    acc = torch.zeros_like(diff, dtype=torch.float32)
+    shape = (-1,) + (1,) * (start.dim() - 1)
+
+    def split(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = torch.arange(lo, hi, device=start.device)
+        return r // steps, r % steps  # input-major: a chunk walks along one path
+
+    def make(lo, hi):
+        i, k = split(lo, hi)
+        points = base[rows[i]] + alphas[k].view(shape) * diff[i]
+        return points, rows[i], targets[rows[i]]
+
+    def consume(lo, hi, grads, _values):
+        i, k = split(lo, hi)
+        acc.index_add_(0, i, grads * weights[k].view(shape))
+
+    n_rows = len(rows) * steps
+    ctx.engine.settle_precision(ctx.fn, make, n_rows)
+    ctx.engine.gradients(ctx.fn, n_rows, make, consume, report=report)
+    return acc * diff
+
+
+def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps: int, tolerance: float) -> Partial:
+    """IG for all inputs; inputs above ``tolerance`` are redone with doubled steps."""
+    start = ctx.fn.start_points()
+    all_rows = torch.arange(len(ctx.targets), device=start.device)
+    attr = integrate_path(ctx, start, base, ctx.targets, steps)
+    base_value = ctx.engine.evaluate(ctx.fn, base, all_rows, ctx.targets)
+    notes: list[str] = []
+    if tolerance <= 0:
+        return Partial(ctx.to_values(attr), base_value, {"steps": steps})
+    output = ctx.engine.evaluate(ctx.fn, start, all_rows, ctx.targets)
+    used = np.full(len(all_rows), steps)
+    error = compute_completeness_error(ctx.to_values(attr), output, base_value)
+    current = steps
+    while np.any(error > tolerance) and current * 2 <= MAX_STEPS:
+        current *= 2
+        bad = torch.as_tensor(np.flatnonzero(error > tolerance), device=start.device)
+        attr[bad] = integrate_path(ctx, start, base, ctx.targets, current, rows=bad, report=False)
+        used[bad.cpu().numpy()] = current
+        error = compute_completeness_error(ctx.to_values(attr), output, base_value)
+    if current > steps:
+        notes.append(f"raised steps from {steps} to {current} for {int(np.sum(used > steps))} input(s) "
+                     f"to meet completeness tolerance {tolerance:g}.")
+    still = np.flatnonzero(error > tolerance)
+    if len(still):
+        notes.append(f"input(s) {still.tolist()} still exceed tolerance {tolerance:g} at {current} steps: "
+                     f"they need more than {current} steps.")
+    return Partial(ctx.to_values(attr), base_value, {"steps": int(used.max())}, notes)
 
 
 @register
-class IntegratedGradients(Explainer):
+class IntegratedGradients(EngineMethod):
     name = "integrated_gradients"
     family = "gradient"
     title = "Integrated gradients"
+    completeness = True
     params = {
         "steps": STEPS_PARAM,
         "baseline": BASELINE_PARAM,
+        "tolerance": TOLERANCE_PARAM,
+        **ENGINE_PARAMS,
         "baseline_array": array_param(),
         "background": array_param(),
     }
 
-    def is_compatible(self, model: LoadedModel) -> bool:
-        return self.incompatibility(model) is None
-
-    def incompatibility(self, model: LoadedModel) -> str | None:
-        if model.modality == "text" and find_embedding(model) is None:
-            return (
-                "Integrated gradients on a text model needs its embedding layer, which is not reachable "
-                f"in a {model.format} file; use feature_ablation, or load the weights (safetensors)."
-            )
-        return None
-
-    def _explain(self, model, inputs, target, progress, steps, baseline, baseline_array, background):
-        from captum.attr import IntegratedGradients as CaptumIG
-        from captum.attr import LayerIntegratedGradients
-
-        start = time.perf_counter()
-        x = model.as_tensor(inputs)
-        targets = resolve_targets(model, x, target)
-        t = torch.as_tensor(targets, device=x.device)
-        if model.modality == "text":
-            _, layer = find_embedding(model)
-            ref = torch.zeros_like(x) if baseline == "zero" else model.as_tensor(
-                make_baseline(baseline, inputs, "tabular", baseline_array, background).astype(np.int64)
-            )
-            ig = LayerIntegratedGradients(model.module, layer)
-            attr, _ = ig.attribute(x, baselines=ref, target=t, n_steps=steps, return_convergence_delta=True)
-            values = attr.sum(dim=-1)  # [N, L, D] -> [N, L]
-        else:
-            ref = torch.as_tensor(
-                make_baseline(baseline, inputs, model.modality, baseline_array, background), device=x.device
-            )
-            ig = CaptumIG(model.module)
-            values = ig.attribute(x, baselines=ref, target=t, n_steps=steps)
-        values_np = values.detach().float().cpu().numpy()
-        rows = np.arange(len(targets))
-        output = model.predict_logits(x)[rows, targets]
-        if model.modality == "text":
-            with torch.no_grad(), override_output(layer, layer(ref)):
-                base_value = model.predict_logits(x)[rows, targets]
-        else:
-            base_value = model.predict_logits(ref)[rows, targets]
-        if progress is not None:
-            progress(1, 1)
-        return Attribution(
-            values=values_np,
-            inputs=np.asarray(inputs),
-            target=targets,
-            method=self.name,
-            params={"steps": steps, "baseline": baseline},
-            base_value=base_value,
-            output=output,
-            completeness_error=compute_completeness_error(values_np, output, base_value),
-            seconds=time.perf_counter() - start,
-            device=str(x.device),
-            precision="fp32",
-        )
+    def run(self, ctx: Context, steps, baseline, tolerance, baseline_array, background) -> Partial:
+        base = reference_points(ctx, baseline, baseline_array, background)
+        return integrated_gradients_with_tolerance(ctx, base, steps, tolerance)

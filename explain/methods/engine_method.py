@@ -1,0 +1,149 @@
+"""`EngineMethod`: the shared frame of every method the batching engine runs.
+
+A subclass implements `run` on an `Engine` and a `ModelFunction` and returns
+a `Partial` (values shaped like the inputs, optional f(baseline)); this frame
+resolves device, precision and targets, computes f(x), completeness, timing
+and builds the `Attribution`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..attribution import Attribution, compute_completeness_error
+from ..engine import Engine, ModelFunction, text_incompatibility
+from ..errors import UsageError
+from ..model import LoadedModel
+from .base import Explainer
+from .common import resolve_targets
+
+
+@dataclass
+class Partial:
+    """What a method computed.
+
+    Attributes:
+        values: float [N, ...] shaped like the inputs ([N, L] for text).
+        base_value: float [N]: f(baseline) / E[f(background)], None if undefined.
+        params: parameters to record (beyond those given), e.g. steps used.
+        notes: remarks for the user.
+    """
+
+    values: np.ndarray
+    base_value: np.ndarray | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """Everything a method's `run` needs."""
+
+    model: LoadedModel
+    engine: Engine
+    fn: ModelFunction
+    x: torch.Tensor  # [N, ...] model-ready, on the engine's device
+    inputs: np.ndarray  # [N, ...] as given
+    targets: torch.Tensor  # [N] int64 on the device
+
+    def to_values(self, t: torch.Tensor) -> np.ndarray:
+        """Point-space tensor -> values shaped like the inputs (text: sum over D)."""
+        if self.fn.space == "embedding":
+            t = t.sum(dim=-1)  # [N, L, D] -> [N, L]
+        return t.detach().double().cpu().numpy()
+
+
+class EngineMethod(Explainer):
+    """Base class: subclasses set ``completeness`` and implement ``run``."""
+
+    #: True when Σ values should equal f(x) - base_value.
+    completeness: bool = False
+    #: modalities the method supports.
+    modalities: tuple[str, ...] = ("image", "tabular", "text")
+
+    def is_compatible(self, model: LoadedModel) -> bool:
+        return self.incompatibility(model) is None
+
+    def incompatibility(self, model: LoadedModel) -> str | None:
+        if model.modality not in self.modalities:
+            return f"{self.name} is defined for {' and '.join(self.modalities)} models, not {model.modality}."
+        return text_incompatibility(model)
+
+    def run(self, ctx: Context, **params: Any) -> Partial:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _explain(self, model, inputs, target, progress, **params) -> Attribution:
+        start = time.perf_counter()
+        engine = Engine(
+            params.pop("device", "auto"), params.pop("precision", "fp32"), params.pop("batch_size", 0), progress
+        )
+        model, x = engine.prepare(model, inputs)
+        targets = resolve_targets(model, x, target)
+        t = torch.as_tensor(targets, device=engine.device)
+        fn = ModelFunction(model, x)
+        ctx = Context(model, engine, fn, x, np.asarray(inputs), t)
+        partial = self.run(ctx, **{k: clean_array_param(k, v) for k, v in params.items()})
+        output = engine.evaluate(fn, fn.start_points(), torch.arange(len(t), device=engine.device), t)
+        base = partial.base_value
+        if self.completeness and base is not None:
+            error = compute_completeness_error(partial.values, output, base)
+        else:
+            error = None
+        recorded = {k: v for k, v in params.items() if not isinstance(v, np.ndarray) and v is not None}
+        recorded.update(partial.params)
+        return Attribution(
+            values=partial.values,
+            inputs=np.asarray(inputs),
+            target=targets,
+            method=self.name,
+            params=recorded,
+            base_value=base,
+            output=output,
+            completeness_error=error,
+            seconds=time.perf_counter() - start,
+            device=engine.device_label,
+            precision=engine.precision,
+            notes=[*engine.notes, *partial.notes],
+        )
+
+
+def clean_array_param(name: str, value: Any) -> Any:
+    """Array parameters arrive as arrays, None, or (from a text widget) 'None'/''."""
+    if isinstance(value, str) and name in ("background", "baseline_array"):
+        if value.strip() in ("", "None", "none"):
+            return None
+        raise UsageError(f"Parameter {name!r} must be an array (an uploaded file), not text.")
+    return value
+
+
+def reference_points(ctx: Context, kind: str, baseline_array: Any = None, background: Any = None) -> torch.Tensor:
+    """The baseline of each input in point space: [N, ...] (text: [N, L, D] embeddings).
+
+    Text baselines: ``zero`` is the zero embedding vector; ``mean`` the mean
+    token embedding (of the background texts when given, else of the inputs,
+    padding excluded); ``file`` token ids mapped through the embedding layer.
+    """
+    from ..baselines import broadcast_reference, make_baseline
+
+    if ctx.fn.space == "input":
+        ref = make_baseline(kind, ctx.inputs, ctx.model.modality, baseline_array, background)
+        return torch.as_tensor(ref, dtype=torch.float32, device=ctx.engine.device)
+    start = ctx.fn.start_points()  # [N, L, D]
+    if kind == "zero":
+        return torch.zeros_like(start)
+    if kind == "mean":
+        ids = ctx.x if background is None else ctx.model.as_tensor(background)
+        emb = ctx.fn.embed(ids)  # [M, L, D]
+        keep = (ids != 0).float()[..., None]  # id 0 is <pad> by convention
+        mean = (emb * keep).sum((0, 1)) / keep.sum().clamp_min(1.0)  # [D]
+        return mean.expand_as(start).clone()
+    if kind == "file":
+        if baseline_array is None:
+            raise UsageError("The file baseline needs a baseline array (--baseline FILE).")
+        ids = broadcast_reference(np.asarray(baseline_array), ctx.inputs)
+        return ctx.fn.embed(ctx.model.as_tensor(ids))
+    raise UsageError(f"The {kind!r} baseline is not defined for text models; use zero, mean or file.")

@@ -1,0 +1,202 @@
+"""The batching engine: equal to Captum, invariant to batching, OOM back-off,
+fixed batch sizes, progress and cancellation, precision, tolerance, cache."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explain import InputSpec, LoadedModel
+from explain.attribution_cache import ATTRIBUTION_CACHE, AttributionCache, make_key
+from explain.engine import Engine, ModelFunction, pad_rows
+from explain.errors import Cancelled, IncompatibleInput
+from explain.methods import get_method
+from explain.precision import choose_precision
+from test_methods import load_case
+
+IG = get_method("integrated_gradients")
+
+
+def ig(model, x, **kw):
+    kw.setdefault("precision", "fp32")
+    return IG.explain(model, x, use_cache=False, **kw)
+
+
+def captum_ig(model, x, targets, steps, baselines=None):
+    from captum.attr import IntegratedGradients
+
+    xt = torch.as_tensor(x)
+    b = torch.zeros_like(xt) if baselines is None else torch.as_tensor(baselines)
+    return IntegratedGradients(model.module).attribute(
+        xt, baselines=b, target=torch.as_tensor(targets), n_steps=steps
+    ).detach().numpy()
+
+
+@pytest.mark.parametrize("sample", ["cancer", "shapes"])
+def test_integrated_gradients_equal_captum(sample):
+    model, x = load_case(sample, n=2)
+    result = ig(model, x, steps=16)
+    want = captum_ig(model, x, result.target, 16)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(result.values, want, atol=1e-5 * scale, rtol=0)
+
+
+def test_text_integrated_gradients_equal_captum_layer_ig():
+    from captum.attr import LayerIntegratedGradients
+
+    model, x = load_case("sentiment", n=2)
+    result = ig(model, x, steps=8)
+    layer = model.module.embedding  # pad row is zero: pad-id baseline == zero embedding
+    assert torch.all(layer.weight[0] == 0)
+    lig = LayerIntegratedGradients(model.module, layer)
+    want = lig.attribute(torch.as_tensor(x), baselines=torch.zeros_like(torch.as_tensor(x)),
+                         target=torch.as_tensor(result.target), n_steps=8).sum(-1).detach().numpy()
+    np.testing.assert_allclose(result.values, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+    assert result.values.shape == x.shape
+
+
+@pytest.mark.parametrize("sample", ["cancer", "sentiment"])
+def test_batched_equals_unbatched(sample):
+    model, x = load_case(sample, n=3)
+    whole = ig(model, x, steps=8, batch_size=10_000)
+    tiny = ig(model, x, steps=8, batch_size=3)
+    np.testing.assert_allclose(tiny.values, whole.values, atol=1e-5 * np.abs(whole.values).max(), rtol=0)
+
+
+class _OOMAbove(nn.Module):
+    """Raises CUDA out-of-memory for batches above ``limit`` rows."""
+
+    def __init__(self, inner: nn.Module, limit: int):
+        super().__init__()
+        self.inner, self.limit, self.batches = inner, limit, []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch_without_changing_the_result():
+    model, x = load_case("cancer", n=3)
+    want = ig(model, x, steps=8)
+    wrapped = _OOMAbove(model.module, limit=5)
+    oom_model = LoadedModel(module=wrapped, format="safetensors", sha256="oom", spec=model.spec)
+    got = ig(oom_model, x, steps=8, batch_size=24)
+    np.testing.assert_allclose(got.values, want.values, atol=1e-6, rtol=0)
+    assert any("out of memory" in n for n in got.notes)
+    assert max(b for b in wrapped.batches[-5:]) <= 5
+
+
+class _FixedBatch(nn.Module):
+    def __init__(self, inner: nn.Module, size: int):
+        super().__init__()
+        self.inner, self.size = inner, size
+
+    def forward(self, x):
+        if x.shape[0] != self.size:
+            raise RuntimeError(f"static batch {self.size}, got {x.shape[0]}")
+        return self.inner(x)
+
+
+def test_fixed_batch_size_pads_the_last_chunk():
+    model, x = load_case("cancer", n=3)
+    want = ig(model, x, steps=5)
+    fixed = LoadedModel(module=_FixedBatch(model.module, 4), format="export", sha256="fixed",
+                        spec=model.spec, fixed_batch_size=4)
+    got = ig(fixed, x, steps=5)  # 15 rows -> chunks of 4, the last padded
+    np.testing.assert_allclose(got.values, want.values, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got.output, want.output, atol=1e-6)
+
+
+def test_pad_rows_repeats_the_last_row():
+    a, b = pad_rows(4, torch.arange(2.0), torch.tensor([7, 8]))
+    assert a.tolist() == [0.0, 1.0, 1.0, 1.0] and b.tolist() == [7, 8, 8, 8]
+
+
+def test_progress_reaches_total_and_cancel_removes_hooks():
+    model, x = load_case("sentiment", n=2)
+    calls = []
+    ig(model, x, steps=8, batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (16, 16) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+    def cancel(done, total):
+        raise Cancelled("stopped by the user")
+
+    with pytest.raises(Cancelled):
+        ig(model, x, steps=8, batch_size=4, progress=cancel)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
+
+
+def test_model_function_refuses_text_without_reachable_embedding():
+    spec = InputSpec("text", (4,), dtype="int64", class_names=["a", "b"])
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 2)))
+    model = LoadedModel(module=scripted, format="torchscript", sha256="ts", spec=spec)
+    with pytest.raises(IncompatibleInput, match="feature_ablation"):
+        ModelFunction(model, torch.zeros(1, 4, dtype=torch.long))
+    assert "feature_ablation" in IG.incompatibility(model)
+
+
+def test_choose_precision_auto_falls_back_when_error_is_large():
+    exact = torch.ones(10)
+    good = lambda p: exact if p == "fp32" else exact * 1.001  # noqa: E731
+    bad = lambda p: exact if p == "fp32" else exact * 1.5  # noqa: E731
+    cuda = torch.device("cuda")
+    assert choose_precision("auto", cuda, good)[0] == "bf16"
+    precision, notes = choose_precision("auto", cuda, bad)
+    assert precision == "fp32" and "fell back to fp32" in notes[0]
+    assert choose_precision("auto", torch.device("cpu"), bad) == ("fp32", [])
+    assert choose_precision("tf32", torch.device("cpu"), bad)[0] == "fp32"
+
+
+def test_bf16_runs_on_cpu_and_is_recorded():
+    model, x = load_case("cancer", n=2)
+    exact = ig(model, x, steps=8)
+    low = ig(model, x, steps=8, precision="bf16")
+    assert low.precision == "bf16" and exact.precision == "fp32"
+    assert not np.allclose(low.values, exact.values, atol=0, rtol=1e-7)  # autocast really ran
+    np.testing.assert_allclose(low.values, exact.values, atol=0.05 * np.abs(exact.values).max())
+
+
+def test_tolerance_raises_steps_until_met():
+    model, x = load_case("cancer", n=3)
+    coarse = ig(model, x, steps=4)
+    tol = float(np.min(coarse.completeness_error)) / 2
+    refined = ig(model, x, steps=4, tolerance=tol)
+    assert refined.params["steps"] > 4
+    assert any("raised steps" in n or "need more than" in n for n in refined.notes)
+    met = refined.completeness_error <= tol
+    assert met.any() and (met.all() or any("need more than" in n for n in refined.notes))
+
+
+def test_cache_hits_for_the_same_request_only():
+    model, x = load_case("cancer", n=2)
+    ATTRIBUTION_CACHE.clear()
+    first = IG.explain(model, x, steps=4)
+    hits = ATTRIBUTION_CACHE.hits
+    again = IG.explain(model, x, steps=4)
+    assert ATTRIBUTION_CACHE.hits == hits + 1 and "from the attribution cache" in again.notes
+    np.testing.assert_array_equal(again.values, first.values)
+    again.values[:] = 0  # a caller's change does not reach the cache
+    assert np.abs(IG.explain(model, x, steps=4).values).sum() > 0
+    IG.explain(model, x, steps=4, target=1)
+    IG.explain(model, x, steps=6)
+    assert ATTRIBUTION_CACHE.hits == hits + 2
+
+
+def test_cache_is_bounded_lru():
+    model, x = load_case("cancer", n=2)
+    cache = AttributionCache(max_entries=2)
+    result = ig(model, x, steps=2)
+    keys = [make_key(model, x, "m", {"steps": s}, None) for s in range(3)]
+    for k in keys:
+        cache.put(k, result)
+    assert len(cache) == 2 and cache.get(keys[0]) is None and cache.get(keys[2]) is not None
+
+
+def test_engine_cpu_default_batch_is_bounded():
+    engine = Engine("cpu")
+    sizes = []
+    engine.map_chunks(5000, lambda a, b: sizes.append(b - a), row_bytes=3 * 224 * 224 * 4)
+    assert sum(sizes) == 5000 and 1 <= max(sizes) <= 64
