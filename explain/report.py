@@ -308,7 +308,7 @@ class Report:
             src.write_text(self.to_html(), encoding="utf-8")
             cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                    "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
-                   f"--user-data-dir={tmp}/profile", "--virtual-time-budget=10000",
+                   f"--user-data-dir={tmp}/profile", "--virtual-time-budget=3000",
                    f"--print-to-pdf={path}", src.as_uri()]
             try:
                 proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)

@@ -135,7 +135,11 @@ def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints:
     history, origin = read_training_history(model, logs, checkpoints)
     findings = diagnose(history)
     findings.sort(key=lambda f: _SEVERITY_ORDER.get(f.severity, 3))
-    figures = training_figures(history, findings)
+    notes: list[str] = []
+    try:
+        figures = training_figures(history, findings)
+    except ImportError as exc:  # the figures module is optional: findings and numbers still show
+        figures, notes = [], [f"Curves not drawn: {exc}."]
     per_epoch = history.by_epoch()
     final = {c: float(per_epoch[c].dropna().iloc[-1]) for c in per_epoch.columns if per_epoch[c].notna().any()}
     items = "".join(
@@ -151,7 +155,7 @@ def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints:
             "roles": dict(history.roles),
             "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message, "epochs": list(f.epochs)}
                          for f in findings]}
-    return Section("Training", body=body, figures=figures, data=round_data(data))
+    return Section("Training", body=body, figures=figures, data=round_data(data), notes=notes)
 
 
 def training_figures(history, findings) -> list:
