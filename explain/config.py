@@ -1,0 +1,72 @@
+"""Operator settings: size limits, sandbox limits and trusted mode.
+
+Every value is read from the environment when it is used (not at import), so
+an operator, a test or the app can change it without re-importing Glassbox.
+
+Environment variables:
+    GLASSBOX_MAX_UPLOAD_MB: largest model or input file accepted (default 200;
+        the app's ``.streamlit/config.toml`` ``server.maxUploadSize`` uses the
+        same number).
+    GLASSBOX_MAX_IMAGE_PIXELS: largest image (width x height) decoded
+        (default 40 million): a bigger one is a decompression bomb.
+    GLASSBOX_TRUSTED: ``1`` turns on trusted mode (full pickles of the
+        operator's own files). Off by default.
+    GLASSBOX_SANDBOX_TIMEOUT_S: wall-clock limit of the child process that
+        opens a TorchScript archive first (default 60).
+    GLASSBOX_SANDBOX_MEMORY_MB: address-space limit of that child (default 4096).
+"""
+from __future__ import annotations
+
+import os
+
+#: Default largest upload in MiB (``.streamlit/config.toml`` uses the same).
+MAX_UPLOAD_MB = 200
+#: Default largest decoded image, in pixels.
+MAX_IMAGE_PIXELS = 40_000_000
+#: Default wall-clock seconds for the TorchScript sandbox child.
+SANDBOX_TIMEOUT_S = 60.0
+#: Default address-space limit of the TorchScript sandbox child, in MiB.
+SANDBOX_MEMORY_MB = 4096
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def max_upload_mb() -> float:
+    """Largest accepted file in MiB (env ``GLASSBOX_MAX_UPLOAD_MB`` or 200)."""
+    return _env_number("GLASSBOX_MAX_UPLOAD_MB", MAX_UPLOAD_MB)
+
+
+def max_upload_bytes() -> int:
+    """`max_upload_mb` in bytes."""
+    return int(max_upload_mb() * 1024 * 1024)
+
+
+def max_image_pixels() -> int:
+    """Largest image (width x height) decoded (env ``GLASSBOX_MAX_IMAGE_PIXELS``)."""
+    return int(_env_number("GLASSBOX_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
+
+
+def sandbox_timeout_s() -> float:
+    """Wall-clock limit of the TorchScript sandbox child (env ``GLASSBOX_SANDBOX_TIMEOUT_S``)."""
+    return _env_number("GLASSBOX_SANDBOX_TIMEOUT_S", SANDBOX_TIMEOUT_S)
+
+
+def sandbox_memory_bytes() -> int:
+    """Address-space limit of the sandbox child (env ``GLASSBOX_SANDBOX_MEMORY_MB``)."""
+    return int(_env_number("GLASSBOX_SANDBOX_MEMORY_MB", SANDBOX_MEMORY_MB) * 1024 * 1024)
+
+
+def trusted_mode() -> bool:
+    """True when the operator set ``GLASSBOX_TRUSTED=1`` (full pickles allowed)."""
+    return os.environ.get("GLASSBOX_TRUSTED", "").strip().lower() in _TRUE
