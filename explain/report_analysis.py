@@ -72,67 +72,90 @@ def _shape_text(shape: Any) -> str:
 
 # -- attention ---------------------------------------------------------------------------
 def has_attention(model: LoadedModel) -> bool:
-    """True when the model has attention layers the attention view can read."""
-    module = model.module
-    if isinstance(module, nn.Module) and not isinstance(module, torch.jit.ScriptModule):
-        if any(isinstance(m, nn.MultiheadAttention) for m in module.modules()):
-            return True
-    return model.modality == "text"
+    """True when the model has attention layers the attention view can read (cheap, no run)."""
+    from .attention import attention_unavailable_reason
+
+    return attention_unavailable_reason(model) is None
 
 
 def build_attention_section(model: LoadedModel, inputs: np.ndarray | None, example: np.ndarray) -> Section:
-    """Attention maps (last layer, mean over heads) for the first input, and entropy per layer and head."""
-    from . import attention as attn_mod
-    from .viz import structure as viz_structure
+    """Attention of the first input: per layer the mean over heads, and each head's entropy."""
+    from .attention import capture_attention
+    from .report_sections import token_strings
 
     x = inputs[:1] if inputs is not None else example
-    maps = attn_mod.attention_maps(model, x)
+    maps = capture_attention(model, x)
     weights = np.asarray(maps.weights, dtype=np.float64)  # [layer, batch, head, query, key]
-    layer_names = list(maps.layer_names)
-    tokens = list(getattr(maps, "tokens", None) or [])
     n_layers, _, n_heads, n_q, n_k = weights.shape
-    p = np.clip(weights[:, 0], 1e-12, 1.0)
+    tokens = token_strings(model, x[0]) if model.modality == "text" else [str(i) for i in range(n_k)]
+    keep = [i for i, t in enumerate(tokens) if t != "<pad>"] or list(range(n_k))
+    p = np.clip(weights[:, 0][..., keep, :][..., keep], 1e-12, 1.0)  # [layer, head, q, k] without padding
     entropy = -(p * np.log(p)).sum(axis=-1).mean(axis=-1)  # [layer, head]
-    figures = [viz_structure.attention_figure(weights[layer, 0].mean(axis=0), tokens, title=f"{layer_names[layer]} · mean of {n_heads} heads")
-               for layer in range(n_layers)]
-    rows = [{"layer": layer_names[i], **{f"head {h}": float(entropy[i, h]) for h in range(n_heads)}} for i in range(n_layers)]
-    body = (f"<p>{n_layers} attention layers × {n_heads} heads on input #0 ({n_q} query × {n_k} key positions). "
-            "The table gives each head's mean attention entropy in nats (low: focused on few tokens).</p>"
+    notes = list(maps.notes)
+    try:
+        figures = attention_figures(weights[:, 0], maps.layer_names, [tokens[i] for i in keep], keep)
+    except ImportError as exc:
+        figures, notes = [], notes + [f"Maps not drawn: {exc}."]
+    rows = [{"layer": maps.layer_names[i], **{f"head {h}": float(entropy[i, h]) for h in range(n_heads)}}
+            for i in range(n_layers)]
+    body = (f"<p>{n_layers} attention layers × {n_heads} heads on input #0 ({len(keep)} tokens, padding left out). "
+            "Each head's mean attention entropy in nats (low: each token attends to few others; "
+            f"uniform attention would be {np.log(len(keep)):.2f}).</p>"
             + table_html(rows, numeric=[k for k in rows[0] if k != "layer"]))
-    data = {"layers": layer_names, "heads": n_heads, "tokens": tokens, "entropy": entropy}
-    return Section("Attention", body=body, figures=figures, data=round_data(data))
+    data = {"layers": list(maps.layer_names), "heads": n_heads, "tokens": [tokens[i] for i in keep],
+            "entropy": entropy, "source": maps.source}
+    return Section("Attention", body=body, figures=figures, data=round_data(data), notes=notes)
+
+
+def attention_figures(weights: np.ndarray, layer_names: Sequence[str], tokens: Sequence[str],
+                      keep: Sequence[int]) -> list:
+    """One heatmap per layer (mean over heads) from `explain.viz.structure`.
+
+    Args:
+        weights: [layer, head, query, key] for one input.
+    """
+    from .viz import structure as viz_structure
+
+    figures = []
+    for i, name in enumerate(layer_names):
+        mean = weights[i].mean(axis=0)[np.ix_(keep, keep)]  # [q, k]
+        figures.append(viz_structure.attention_heatmap(mean, list(tokens), title=f"{name} · mean over heads"))
+    return figures
 
 
 # -- training --------------------------------------------------------------------------
-def read_training_history(model: LoadedModel, logs: Sequence[Any], checkpoints: Sequence[Any]):
-    """The run's history: the logs merged, else the last checkpoint's, else the model's own."""
+def read_training_history(logs: Sequence[Any], checkpoints: Sequence[Any], fallback: Any = None):
+    """The run's history and where it came from: the logs merged, else the latest checkpoint's, else ``fallback``.
+
+    Args:
+        logs: paths, TensorBoard folders or ``(name, bytes)`` pairs.
+        checkpoints: paths or ``(name, bytes)`` pairs.
+        fallback: a history list/dict kept in the model file (``LoadedModel.extra["history"]``).
+
+    Raises:
+        IncompatibleInput: nothing to read.
+    """
     from .history import merge_histories, read_checkpoint_history, read_history
-    from .report_sections import read_source
 
     if logs:
-        histories = []
-        for src in logs:
-            name, data = (src if isinstance(src, tuple) else (None, None))
-            histories.append(read_history(data, filename=name) if data is not None else read_history(src))
+        histories = [read_history(s[1], filename=s[0]) if isinstance(s, tuple) else read_history(s) for s in logs]
         return merge_histories(histories), "logs"
     if checkpoints:
-        name, data = read_source(checkpoints[-1])
-        return read_checkpoint_history(data, name), f"checkpoint {name}"
-    history = model.extra.get("history")
-    if history:
-        import io
+        from .evolution import read_checkpoints
+
+        last = read_checkpoints(list(checkpoints))[-1]  # the latest by epoch holds the longest history
+        return read_checkpoint_history(last.data, last.source), f"checkpoint {last.source}"
+    if fallback:
         import json
 
-        from .history import read_history as _read
-
-        return _read(json.dumps(history).encode(), filename="history.json"), "the model file"
+        return read_history(json.dumps(fallback).encode(), filename="history.json"), "the model file"
     raise IncompatibleInput("No training log or checkpoint history was given.")
 
 
 def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints: Sequence[Any]) -> Section:
     from .findings import diagnose
 
-    history, origin = read_training_history(model, logs, checkpoints)
+    history, origin = read_training_history(logs, checkpoints, model.extra.get("history"))
     findings = diagnose(history)
     findings.sort(key=lambda f: _SEVERITY_ORDER.get(f.severity, 3))
     notes: list[str] = []
@@ -162,18 +185,40 @@ def training_figures(history, findings) -> list:
     """Loss and metric curves with the findings marked (`explain.viz.training`)."""
     from .viz import training as viz_training
 
-    return list(viz_training.curves_figures(history, findings))
+    return [viz_training.figure_curves(history, findings, height=480)]
 
 
 # -- checkpoint evolution ----------------------------------------------------------------
 def build_evolution_section(model: LoadedModel, checkpoints: Sequence[Any], inputs: np.ndarray | None,
-                            method: str | None) -> Section:
-    """How weights (and, with inputs, explanations) changed from checkpoint to checkpoint."""
-    from . import evolution
+                            steps: int = 32) -> Section:
+    """How the weights, and the explanations of ``inputs``, changed from checkpoint to checkpoint."""
+    from .evolution import compute_checkpoint_drift, compute_weight_changes, read_checkpoints
     from .viz import training as viz_training
 
-    result = evolution.compare_checkpoints(list(checkpoints), inputs=inputs, method=method)
-    rows = [dict(r) for r in result.rows]
-    figures = list(viz_training.evolution_figures(result))
-    body = table_html(rows, numeric=[k for k in (rows[0] if rows else {}) if k not in ("checkpoint", "name")])
-    return Section("Checkpoint evolution", body=body, figures=figures, data=round_data({"checkpoints": rows}))
+    ckpts = read_checkpoints(list(checkpoints))  # oldest first
+    change = compute_weight_changes(ckpts)
+    figures = [viz_training.figure_weight_changes(change)]
+    mean_change = np.nanmean(change.values, axis=0)  # [K-1] over layers
+    rows = [{"interval": iv, "mean relative change": float(v),
+             "largest": change.layers[int(np.nanargmax(change.values[:, j]))] if np.isfinite(change.values[:, j]).any() else "—"}
+            for j, (iv, v) in enumerate(zip(change.intervals, mean_change))]
+    body = (f"<p>{len(ckpts)} checkpoints ({escape(', '.join(change.labels))}). Relative weight change "
+            "‖W<sub>t+1</sub> − W<sub>t</sub>‖ / ‖W<sub>t</sub>‖ per layer:</p>"
+            + table_html(rows, ["interval", "mean relative change", "largest"],
+                         ["interval", "mean ‖ΔW‖/‖W‖ over layers", "layer that changed most"],
+                         numeric=("mean relative change",)))
+    data: dict[str, Any] = {"checkpoints": change.labels, "layers": change.layers, "intervals": change.intervals,
+                            "weight_change": change.values, "mean_weight_change": mean_change}
+    if inputs is not None and len(inputs):
+        drift = compute_checkpoint_drift(ckpts, model, inputs, steps=steps)
+        mean = drift.mean_correlation
+        drift_rows = [{"checkpoint": label, "rho": float(r)} for label, r in zip(drift.labels, mean)]
+        body += ("<h3>Explanations across checkpoints</h3>"
+                 f"<p>Integrated gradients ({steps} steps) of the same {len(inputs)} inputs at every checkpoint, "
+                 "compared with the final checkpoint by Spearman rank correlation ρ (1: the same ranking).</p>"
+                 + table_html(drift_rows, ["checkpoint", "rho"], ["checkpoint", "mean ρ to final"], numeric=("rho",)))
+        figures.append(viz_training.figure_drift_correlation(drift))
+        figures.append(viz_training.figure_attribution_drift(drift, 0, model.spec, inputs))
+        data.update({"drift_method": drift.method, "drift_steps": steps, "drift_targets": drift.target,
+                     "drift_correlation": drift.correlation, "drift_mean_correlation": mean})
+    return Section("Checkpoint evolution", body=body, figures=figures, data=round_data(data))

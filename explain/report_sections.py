@@ -186,7 +186,7 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
                   f'logit, blue lowers it; one colour scale for all inputs, limit {format_number(zmax)}).</p>')
         return legend + '<div class="cards">' + "".join(cells) + "</div>", []
     if model.modality == "text":
-        tokens_all = [_tokens(model, attr.inputs[i]) for i in range(len(attr))]
+        tokens_all = [token_strings(model, attr.inputs[i]) for i in range(len(attr))]
         cells = []
         for i, r in enumerate(rows):
             toks = tokens_all[i]
@@ -207,7 +207,8 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
     return "", figures
 
 
-def _tokens(model: LoadedModel, ids: np.ndarray) -> list[str]:
+def token_strings(model: LoadedModel, ids: np.ndarray) -> list[str]:
+    """Tokens of one row of ids (``<pad>`` included, so positions line up)."""
     try:
         from .inputs import detokenize
     except ImportError:  # explain.inputs not in this build: read the vocabulary directly
@@ -348,9 +349,11 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         steps.append(("Attention", lambda: [analysis.build_attention_section(model, shown, example_inputs(model, shown))]))
     if logs or checkpoints or model.extra.get("history"):
         steps.append(("Training", lambda: [analysis.build_training_section(model, logs, checkpoints)]))
+    evolution_steps = int(method_params.get("integrated_gradients", {}).get("steps") or 32)
+    report.params["evolution_steps"] = evolution_steps if len(checkpoints) >= 2 else None
     if len(checkpoints) >= 2:
         steps.append(("Checkpoint evolution",
-                      lambda: [analysis.build_evolution_section(model, checkpoints, shown, methods[0] if methods else None)]))
+                      lambda: [analysis.build_evolution_section(model, checkpoints, shown, evolution_steps)]))
     steps.append(("Environment", lambda: [build_environment(model, attrs_precisions)]))
 
     total = len(steps) + 1

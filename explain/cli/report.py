@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     from ..methods import get_method
     from ..report import build_report
-    from .attribute import load_inputs_arg, load_model_arg
+    from .attribute import load_model_arg
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UsageError(f"--out must end in .html, got {out.name}.")
 
     model = load_model_arg(args.model, args.spec)
-    inputs = load_inputs_arg(args.inputs, model) if args.inputs else None
+    inputs = _read_inputs(args.inputs, model) if args.inputs else None
     start = time.perf_counter()
     report = build_report(
         model, inputs, logs=list(args.logs), checkpoints=list(args.checkpoints), methods=methods,
@@ -65,6 +65,15 @@ def run(args: argparse.Namespace) -> dict:
         "methods": methods,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _read_inputs(path: str, model):
+    """An ``InputBatch`` (labels kept, as the page has them) from an inputs file."""
+    from ..inputs import read_inputs
+
+    if not Path(path).exists():
+        raise UsageError(f"No such inputs file: {path}.")
+    return read_inputs(path, model.spec)
 
 
 def _command(args: argparse.Namespace) -> str:
