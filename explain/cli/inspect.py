@@ -1,0 +1,113 @@
+"""Load a model and describe it: format, sha256, modality, input shape, parameters, classes.
+
+``python -m explain inspect MODEL [--spec S] [--inputs F] [--layers]``
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import GlassboxError, InputRefused, UsageError
+from ..inputs import InputBatch, read_inputs
+from ..loading import load_model
+from ..model import LoadedModel
+
+NAME = "inspect"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file: safetensors, .pt/.pth/.ckpt, TorchScript or .pt2")
+    parser.add_argument("--spec", help="spec JSON file (wins over the spec embedded in the model)")
+    parser.add_argument("--inputs", help="inputs to check against the model (.npy/.npz/.png/.jpg/.csv/.txt)")
+    parser.add_argument("--layers", action="store_true", help="also list layers with output shapes and FLOPs")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Load ``args.model`` and return the JSON description (see the module docstring)."""
+    layers_fn = _layers_function() if args.layers else None
+    try:
+        sample = _sample_array(args.inputs) if args.inputs else None
+        model = load_model(args.model, args.spec, sample_input=sample)
+        result = describe_model(model)
+        batch = read_inputs(args.inputs, model.spec) if args.inputs else None
+        if batch is not None:
+            result["inputs"] = describe_batch(batch)
+        if layers_fn is not None:
+            result["layers"] = layers_fn(model, batch.array if batch is not None else zeros_batch(model))
+    except GlassboxError:
+        raise
+    except Exception as exc:  # the CLI contract: a one-line reason, never a traceback
+        line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InputRefused(f"Inspecting the model failed ({type(exc).__name__}: {line}).") from None
+    return result
+
+
+def describe_model(model: LoadedModel) -> dict[str, Any]:
+    """The JSON-ready description of a loaded model."""
+    spec = model.spec
+    out: dict[str, Any] = {
+        "name": model.name,
+        "format": model.format,
+        "sha256": model.sha256,
+        "modality": spec.modality,
+        "input_shape": list(spec.input_shape),
+        "dtype": spec.dtype,
+        "parameters": model.parameter_count(),
+        "class_names": list(spec.class_names),
+        "fixed_batch_size": model.fixed_batch_size,
+        "architecture": model.architecture,
+        "device": str(model.device),
+    }
+    if spec.feature_names:
+        out["feature_names"] = list(spec.feature_names)
+    if spec.vocabulary:
+        out["vocabulary_size"] = len(spec.vocabulary)
+    for key in ("epoch",):
+        if key in model.extra:
+            out[key] = model.extra[key]
+    return out
+
+
+def zeros_batch(model: LoadedModel) -> np.ndarray:
+    """A model-ready batch of zeros (``fixed_batch_size`` or 1 samples) to trace layers with."""
+    dtype = np.int64 if model.spec.dtype.startswith("int") else np.float32
+    return np.zeros((model.fixed_batch_size or 1, *model.spec.input_shape), dtype)
+
+
+def describe_batch(batch: InputBatch) -> dict[str, Any]:
+    """Count, shape, dtype and names of the inputs that were read."""
+    return {
+        "count": len(batch),
+        "shape": list(batch.array.shape),
+        "dtype": str(batch.array.dtype),
+        "has_labels": batch.labels is not None,
+        "sources": batch.source_names[:20],
+    }
+
+
+def _layers_function() -> Callable[..., Any]:
+    try:
+        structure = importlib.import_module("explain.structure")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("explain.structure",):
+            raise UsageError("--layers is not available yet.") from None
+        raise
+    fn = getattr(structure, "describe_layers", None)
+    if fn is None:
+        raise UsageError("--layers is not available yet.")
+    return fn
+
+
+def _sample_array(path: str) -> np.ndarray | None:
+    """Model-ready arrays from ``.npy`` / ``.npz`` inputs, to infer a spec when the model has none."""
+    from ..inputs import load_npy, load_npz, read_bytes
+
+    data, name = read_bytes(path, None)
+    if data.startswith(b"\x93NUMPY"):
+        return load_npy(data, name)
+    if data[:2] == b"PK":
+        return load_npz(data, name)[0]
+    return None
