@@ -1,0 +1,187 @@
+"""Figures for the structure view: attention grids, FLOPs, activations, weights, layer importance.
+
+Pure functions: arrays and result objects in, plotly figures out. Long
+sequences are pooled by the caller (`explain.attention_summary.pool_attention`)
+before they get here.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+ATTENTION_SCALE = "Blues"
+#: at most this many tokens get their label written on an axis of a small multiple.
+_MAX_LABELLED = 24
+
+
+def figure_attention(matrix: np.ndarray, tokens: Sequence[str] | None = None, title: str = "",
+                     height: int = 520) -> go.Figure:
+    """One attention map [query, key] as a heatmap, tokens on both axes (query rows, key columns)."""
+    q, k = matrix.shape
+    xs = list(tokens)[:k] if tokens and len(tokens) >= k else list(range(k))
+    ys = list(tokens)[:q] if tokens and len(tokens) >= q else list(range(q))
+    fig = go.Figure(go.Heatmap(
+        z=matrix, x=_unique(xs), y=_unique(ys), colorscale=ATTENTION_SCALE, zmin=0, zmax=float(max(matrix.max(), 1e-6)),
+        hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>", colorbar=dict(title="weight"),
+    ))
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=50, b=10),
+                      xaxis=dict(title="key", tickangle=-45, type="category"),
+                      yaxis=dict(title="query", autorange="reversed", type="category"))
+    return fig
+
+
+#: the name `explain.report_analysis` calls.
+attention_figure = figure_attention
+
+
+def figure_attention_grid(weights: np.ndarray, layer_names: Sequence[str], tokens: Sequence[str] | None = None,
+                          selected: tuple[int, int] | None = None, cell: int = 190) -> go.Figure:
+    """Layer × head grid of attention heatmaps for one input.
+
+    Args:
+        weights: [layer, head, query, key] (one input, already pooled if long).
+        layer_names: one per layer (row titles).
+        tokens: axis labels (written only when there are few).
+        selected: (layer, head) to outline.
+        cell: pixel size of one small heatmap.
+    """
+    n_layers, n_heads, q, k = weights.shape
+    titles = [f"{_short(layer_names[li])} · head {h}" for li in range(n_layers) for h in range(n_heads)]
+    fig = make_subplots(rows=n_layers, cols=n_heads, subplot_titles=titles,
+                        horizontal_spacing=0.03, vertical_spacing=0.08 / max(1, n_layers / 2))
+    labelled = tokens is not None and max(q, k) <= _MAX_LABELLED
+    xs = _unique(list(tokens)[:k]) if labelled else list(range(k))
+    ys = _unique(list(tokens)[:q]) if labelled else list(range(q))
+    zmax = float(max(weights.max(), 1e-6))
+    for li in range(n_layers):
+        for h in range(n_heads):
+            fig.add_trace(go.Heatmap(
+                z=weights[li, h], x=xs, y=ys, coloraxis="coloraxis",
+                hovertemplate=f"layer {li} head {h}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}<extra></extra>",
+            ), row=li + 1, col=h + 1)
+            fig.update_yaxes(autorange="reversed", showticklabels=labelled and h == 0, type="category" if labelled else None,
+                             row=li + 1, col=h + 1)
+            fig.update_xaxes(showticklabels=labelled and li == n_layers - 1, tickangle=-60,
+                             type="category" if labelled else None, row=li + 1, col=h + 1)
+    if selected is not None:
+        li, h = selected
+        axis = li * n_heads + h + 1
+        suffix = "" if axis == 1 else str(axis)
+        fig.add_shape(type="rect", xref=f"x{suffix} domain", yref=f"y{suffix} domain", x0=0, y0=0, x1=1, y1=1,
+                      line=dict(color="#d62728", width=3))
+    fig.update_layout(coloraxis=dict(colorscale=ATTENTION_SCALE, cmin=0, cmax=zmax, colorbar=dict(title="weight")),
+                      height=max(260, cell * n_layers + 80), margin=dict(l=10, r=10, t=40, b=10),
+                      font=dict(size=10))
+    fig.update_annotations(font_size=11)
+    return fig
+
+
+def figure_token_weights(values: np.ndarray, tokens: Sequence[str], title: str = "",
+                         highlight: Sequence[bool] | None = None) -> go.Figure:
+    """Bar chart of one weight per token (e.g. what ``<cls>`` attends to, or a rollout row)."""
+    colours = ["#d62728" if highlight is not None and highlight[i] else "#1f77b4" for i in range(len(values))]
+    fig = go.Figure(go.Bar(x=_unique(list(tokens)), y=values, marker_color=colours,
+                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=300, margin=dict(l=10, r=10, t=50, b=10), yaxis_title="weight",
+                      xaxis=dict(tickangle=-45, type="category"))
+    return fig
+
+
+def figure_flops(rows: Sequence[dict], top: int = 25) -> go.Figure:
+    """Horizontal bars: FLOP share of the most expensive layers (``rows`` from the layer table)."""
+    known = [r for r in rows if r.get("flops") is not None and r.get("name")]
+    known = sorted(known, key=lambda r: -r["flops"])[:top][::-1]
+    fig = go.Figure(go.Bar(
+        x=[100 * (r.get("flop_share") or 0) for r in known], y=[r["name"] for r in known], orientation="h",
+        customdata=[[r["flops"], r["type"]] for r in known], marker_color="#ff7f0e",
+        hovertemplate="%{y} (%{customdata[1]})<br>%{customdata[0]:,} FLOPs<br>%{x:.1f}%<extra></extra>",
+    ))
+    fig.update_layout(title="Share of FLOPs", xaxis_title="% of model FLOPs", height=max(240, 22 * len(known) + 90),
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def figure_activation_stats(rows: Sequence[dict]) -> go.Figure:
+    """Per layer: mean ± std of the output, share of zeros and of dead units."""
+    names = [r["name"] for r in rows]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=("mean ± std of the output", "zeros and dead units (%)"))
+    fig.add_trace(go.Bar(x=[r["mean"] for r in rows], y=names, orientation="h", name="mean",
+                         error_x=dict(type="data", array=[r["std"] for r in rows], thickness=1),
+                         marker_color="#1f77b4"), row=1, col=1)
+    fig.add_trace(go.Bar(x=[100 * (r["zero_fraction"] or 0) for r in rows], y=names, orientation="h",
+                         name="zeros", marker_color="#9467bd"), row=1, col=2)
+    fig.add_trace(go.Bar(x=[100 * (r["dead_fraction"] or 0) for r in rows], y=names, orientation="h",
+                         name="dead units", marker_color="#d62728"), row=1, col=2)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(barmode="group", height=max(260, 26 * len(rows) + 100), margin=dict(l=10, r=10, t=50, b=10),
+                      legend=dict(orientation="h", y=-0.08))
+    return fig
+
+
+def figure_weight_norms(stats: Sequence) -> go.Figure:
+    """RMS (norm / √n) and max |w| of every parameter tensor."""
+    names = [s.name for s in stats]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=[s.rms for s in stats], y=names, orientation="h", name="RMS",
+                         customdata=[[s.norm, s.numel] for s in stats], marker_color="#2ca02c",
+                         hovertemplate="%{y}<br>RMS %{x:.4f}<br>L2 norm %{customdata[0]:.3f}<br>%{customdata[1]:,} values<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[s.abs_max for s in stats], y=names, mode="markers", name="max |w|",
+                             marker=dict(color="#d62728", symbol="diamond")))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title="Weight magnitude per tensor", height=max(260, 20 * len(stats) + 100),
+                      margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.08))
+    return fig
+
+
+def figure_weight_histogram(counts: np.ndarray, edges: np.ndarray, name: str) -> go.Figure:
+    """Histogram of one parameter tensor's values."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure(go.Bar(x=centres, y=counts, width=np.diff(edges), marker_color="#2ca02c",
+                           hovertemplate="%{x:.4f}: %{y}<extra></extra>"))
+    fig.update_layout(title=f"Values of {name}", xaxis_title="weight", yaxis_title="count", bargap=0,
+                      height=320, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def figure_layer_importance(result) -> go.Figure:
+    """Ranked horizontal bars of `LayerImportance.magnitude` (signed total in the hover)."""
+    layers = list(result.layers)[::-1]
+    fig = go.Figure(go.Bar(
+        x=list(result.magnitude)[::-1], y=layers, orientation="h", marker_color="#8c564b",
+        customdata=list(result.total)[::-1],
+        hovertemplate="%{y}<br>Σ|attribution| %{x:.4f}<br>Σ attribution %{customdata:.4f}<extra></extra>",
+    ))
+    fig.update_layout(title=f"Layer importance for the predicted class (LayerIntegratedGradients, {result.steps} steps)",
+                      xaxis_title="mean Σ|attribution| over inputs", height=max(240, 26 * len(layers) + 100),
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def figure_grad_cam(image: np.ndarray, cam: np.ndarray, title: str = "", opacity: float = 0.5) -> go.Figure:
+    """Grad-CAM heat map [H, W] in [0, 1] over an RGB uint8 image [H, W, 3]."""
+    fig = go.Figure(go.Image(z=image))
+    fig.add_trace(go.Heatmap(z=cam, colorscale="Jet", opacity=opacity, zmin=0, zmax=1, showscale=False,
+                             hovertemplate="x %{x} y %{y}<br>Grad-CAM %{z:.2f}<extra></extra>"))
+    fig.update_layout(title=title, height=280, margin=dict(l=5, r=5, t=40, b=5))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    return fig
+
+
+def _short(name: str, keep: int = 2) -> str:
+    parts = name.split(".")
+    return ".".join(parts[-keep:]) if len(parts) > keep else name
+
+
+def _unique(labels: list) -> list:
+    """Category axes merge equal labels: make repeated ones distinct."""
+    seen: dict = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab}·{seen[lab]}")
+    return out
