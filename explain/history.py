@@ -1,0 +1,568 @@
+"""Training histories: read loss/metric logs of any common shape into one table.
+
+Readers cover Lightning's ``CSVLogger`` (sparse rows: train and validation
+values logged on different rows), Keras' ``CSVLogger``, any epoch/step table,
+JSON lines, JSON (a Keras ``history.history`` dict, a list of records, a
+Hugging Face ``trainer_state.json``), TensorBoard event files and folders of
+them, and the ``history`` entry of a checkpoint dict (loaded weights-only).
+
+Everything becomes a `TrainingHistory`: a pandas frame with x columns
+(``epoch``, ``step``, ``wall_time`` where known) and one float column per
+series, plus ``roles`` mapping ``train_loss`` / ``val_loss`` /
+``train_metric`` / ``val_metric`` / ``lr`` to column names.
+
+Convention: a missing cell (nothing logged there) is NaN; a value that *was*
+logged as NaN is stored as ``+inf`` so diagnosis can tell "not logged" from
+"the loss became NaN".
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .errors import CorruptFile, IncompatibleInput, InputRefused
+
+ROLES: tuple[str, ...] = ("train_loss", "val_loss", "train_metric", "val_metric", "lr")
+X_COLUMNS: tuple[str, ...] = ("epoch", "step", "wall_time")
+LOG_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+_X_ALIASES = {
+    "epoch": {"epoch", "epochs", "trainer/epoch", "train/epoch"},
+    "step": {"step", "steps", "global_step", "iteration", "iterations", "iter", "it", "_step",
+             "trainer/global_step", "train/global_step"},
+    "wall_time": {"wall_time", "walltime", "time", "timestamp", "_timestamp", "_runtime", "elapsed"},
+}
+_VAL_TOKENS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev", "holdout"}
+_TRAIN_TOKENS = {"train", "training", "trn"}
+_LOSS_TOKENS = {"loss", "nll", "objective", "cost"}
+_METRIC_TOKENS = ("accuracy", "acc", "f1", "auroc", "auc", "top1", "iou", "dice", "precision", "recall",
+                  "map", "r2", "bleu", "score", "mae", "rmse", "mse", "error", "err", "perplexity", "ppl")
+_CHECKPOINT_HISTORY_KEYS = ("history", "log_history", "training_history", "train_history", "train_log")
+_NAN_STRINGS = {"nan", "-nan", "+nan"}
+_EMPTY_STRINGS = {"", "none", "null"}
+
+
+@dataclass
+class TrainingHistory:
+    """Logged curves of one training run (or several files merged).
+
+    Attributes:
+        frame: one row per logged record. x columns (``epoch``, ``step``,
+            ``wall_time`` in seconds since the first record) where known, then
+            one float column per series. NaN = not logged; +inf = logged
+            non-finite (NaN or inf).
+        roles: role (see :data:`ROLES`) -> column name or None. Editable
+            through `with_roles`.
+        sources: where the data came from (file names).
+        name: a display name (the run).
+    """
+
+    frame: pd.DataFrame
+    roles: dict[str, str | None] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    name: str = "run"
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            self.roles.setdefault(role, None)
+
+    # -- columns ---------------------------------------------------------
+    @property
+    def x_columns(self) -> list[str]:
+        """The x columns present, in :data:`X_COLUMNS` order."""
+        return [c for c in X_COLUMNS if c in self.frame.columns]
+
+    @property
+    def series_columns(self) -> list[str]:
+        """Every logged series (all columns but the x columns)."""
+        return [c for c in self.frame.columns if c not in X_COLUMNS]
+
+    @property
+    def default_x(self) -> str:
+        """``epoch`` when logged, else ``step``."""
+        return "epoch" if "epoch" in self.frame.columns else "step"
+
+    def series_lengths(self) -> dict[str, int]:
+        """Series name -> number of logged values (non-finite ones included)."""
+        return {c: int(self.frame[c].notna().sum()) for c in self.series_columns}
+
+    def with_roles(self, **roles: str | None) -> "TrainingHistory":
+        """A copy with some roles re-assigned (None clears a role).
+
+        Raises:
+            IncompatibleInput: an unknown role or a column that is not logged.
+        """
+        new = dict(self.roles)
+        for role, column in roles.items():
+            if role not in ROLES:
+                raise IncompatibleInput(f"Unknown role {role!r}.", f"Use one of {', '.join(ROLES)}.")
+            if column is not None and column not in self.series_columns:
+                raise IncompatibleInput(f"No series named {column!r} in this history.")
+            new[role] = column
+        return replace(self, roles=new)
+
+    # -- views -------------------------------------------------------------
+    def series(self, column: str, x: str | None = None) -> pd.Series:
+        """One series against ``x`` with unlogged rows dropped.
+
+        Several values at the same x (per-step values viewed per epoch) are
+        averaged; a non-finite value among them keeps the point non-finite.
+        """
+        x = x or self.default_x
+        if x not in self.frame.columns:
+            raise IncompatibleInput(f"This history has no {x!r} column.", f"Use one of {', '.join(self.x_columns)}.")
+        data = self.frame[[x, column]].dropna()
+        return data.groupby(x, sort=True)[column].mean().rename(column)
+
+    def role_column(self, role: str) -> str | None:
+        """The column assigned to ``role`` (None when unassigned)."""
+        return self.roles.get(role)
+
+    def by_epoch(self) -> pd.DataFrame:
+        """Every series averaged per epoch (per step when no epoch is logged).
+
+        Returns:
+            frame indexed by ``default_x`` (sorted), one column per series.
+        """
+        x = self.default_x
+        if x not in self.frame.columns:
+            return pd.DataFrame(columns=self.series_columns)
+        cols = self.series_columns
+        return self.frame.dropna(subset=[x]).groupby(x, sort=True)[cols].mean()
+
+    def x_positions(self, values: Iterable[float], source: str, target: str) -> list[float]:
+        """Map x values (e.g. epochs of a finding) to another x column.
+
+        The last ``target`` value logged within each ``source`` value is used
+        (the end of the epoch); values that cannot be mapped are dropped.
+        """
+        values = list(values)
+        if source == target:
+            return [float(v) for v in values]
+        if source not in self.frame.columns or target not in self.frame.columns:
+            return []
+        table = self.frame[[source, target]].dropna().groupby(source)[target].max()
+        return [float(table[v]) for v in values if v in table.index]
+
+
+# -- role heuristics -------------------------------------------------------
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+
+
+def _column_kind(name: str) -> tuple[str, str] | None:
+    """(split, kind) of a column name: split train|val, kind loss|metric|lr."""
+    lower = name.lower()
+    toks = _tokens(name)
+    if (
+        lower.startswith("lr-") or lower.startswith("lr_") or lower.startswith("lr/") or "lr" in toks
+        or "learning_rate" in lower or ("learning" in toks and "rate" in toks) or lower in ("lr", "learningrate")
+    ):
+        return ("train", "lr")
+    split = "val" if any(t in _VAL_TOKENS or t.startswith("val") for t in toks) else "train"
+    if any(t in _LOSS_TOKENS for t in toks):
+        return (split, "loss")
+    if any(t.startswith(m) for t in toks for m in _METRIC_TOKENS):
+        return (split, "metric")
+    return None
+
+
+def _preference(name: str, kind: str) -> tuple:
+    """Sort key: lower is a better pick for a role among candidates."""
+    toks = _tokens(name)
+    metric_rank = 0
+    if kind == "metric":
+        metric_rank = next((i for i, m in enumerate(_METRIC_TOKENS) if any(t.startswith(m) for t in toks)), 99)
+    return ("step" in toks, "epoch" not in toks, metric_rank, len(toks), len(name))
+
+
+def guess_roles(columns: Iterable[str]) -> dict[str, str | None]:
+    """Map roles to columns by name: ``val_loss``, ``valid/loss``, ``loss/val``,
+    ``eval_loss``, ``lr``, ``learning_rate``, ``lr-Adam``, ``acc``, ``f1``, ...
+
+    Returns:
+        role -> column (None when no column fits).
+    """
+    candidates: dict[str, list[str]] = {r: [] for r in ROLES}
+    for col in columns:
+        if col in X_COLUMNS:
+            continue
+        kind = _column_kind(col)
+        if kind is None:
+            continue
+        split, what = kind
+        role = "lr" if what == "lr" else f"{split}_{what}"
+        candidates[role].append(col)
+    roles: dict[str, str | None] = {}
+    for role, cols in candidates.items():
+        what = "metric" if role.endswith("metric") else role.split("_")[-1]
+        roles[role] = min(cols, key=lambda c: _preference(c, what)) if cols else None
+    return roles
+
+
+# -- building frames ---------------------------------------------------------
+def _numeric(col: pd.Series) -> pd.Series | None:
+    """Floats from a column of strings/objects; None when it is not numeric."""
+    if pd.api.types.is_bool_dtype(col):
+        return col.astype(float)
+    if pd.api.types.is_numeric_dtype(col):
+        return col.astype(float)
+    text = col.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+    lower = text.str.lower()
+    empty = lower.isin(_EMPTY_STRINGS)
+    nan_logged = lower.isin(_NAN_STRINGS)
+    values = pd.to_numeric(text.where(~empty & ~nan_logged, None), errors="coerce")
+    bad = values.isna() & ~empty & ~nan_logged
+    if bad.any():
+        return None
+    values = values.astype(float)
+    values[nan_logged] = np.inf
+    return values
+
+
+def _tidy(raw: pd.DataFrame, source: str, step_is_epoch: bool = False) -> TrainingHistory:
+    """Split x columns from series, coerce numbers, guess roles."""
+    if raw.empty or raw.shape[1] == 0:
+        raise CorruptFile(f"{source}: no rows found.")
+    out: dict[str, pd.Series] = {}
+    taken: dict[str, str] = {}
+    for col in raw.columns:
+        name = str(col).strip()
+        values = _numeric(raw[col])
+        if values is None:
+            continue  # text column (run names, dates): not a curve
+        x_kind = next((k for k, names in _X_ALIASES.items() if name.lower() in names), None)
+        if x_kind and x_kind not in taken:
+            taken[x_kind] = name
+            out[x_kind] = values.replace([np.inf, -np.inf], np.nan)
+        elif x_kind:
+            continue
+        else:
+            if values.notna().sum() == 0:
+                continue
+            out[name] = values
+    series = [c for c in out if c not in X_COLUMNS]
+    if not series:
+        raise IncompatibleInput(f"{source}: no numeric series found (columns: {', '.join(map(str, raw.columns))}).")
+    frame = pd.DataFrame(out).reset_index(drop=True)
+    if step_is_epoch and "step" in frame and "epoch" not in frame:
+        frame = frame.rename(columns={"step": "epoch"})
+    if "epoch" not in frame and "step" not in frame:
+        frame.insert(0, "epoch", np.arange(len(frame), dtype=float))
+    if "wall_time" in frame:
+        wt = frame["wall_time"]
+        if wt.notna().any():
+            frame["wall_time"] = wt - wt.min()
+    order = [c for c in X_COLUMNS if c in frame] + series
+    frame = frame[order]
+    name = Path(source).stem or "run"
+    return TrainingHistory(frame=frame, roles=guess_roles(series), sources=[source], name=name)
+
+
+def _read_csv(data: bytes, source: str) -> TrainingHistory:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CorruptFile(f"{source}: not a text file (not UTF-8).") from None
+    if not text.strip():
+        raise CorruptFile(f"{source}: the file is empty.")
+    try:
+        raw = pd.read_csv(io.StringIO(text), sep=None, engine="python", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
+        raise CorruptFile(f"{source}: not a readable CSV table ({str(exc).splitlines()[0]}).") from None
+    return _tidy(raw, source)
+
+
+def _records_frame(records: list[Any], source: str) -> pd.DataFrame:
+    if not records or not all(isinstance(r, dict) for r in records):
+        raise IncompatibleInput(f"{source}: expected a list of JSON objects (one per epoch or step).")
+    return pd.json_normalize(records, sep="/")
+
+
+def _mark_nan(obj: Any) -> Any:
+    """A logged float NaN -> +inf (see the module docstring); None stays missing."""
+    if isinstance(obj, dict):
+        return {k: _mark_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_mark_nan(v) for v in obj]
+    if isinstance(obj, float) and np.isnan(obj):
+        return np.inf
+    return obj
+
+
+def _frame_from_json(obj: Any, source: str) -> pd.DataFrame:
+    obj = _mark_nan(obj)
+    if isinstance(obj, dict):
+        for key in _CHECKPOINT_HISTORY_KEYS:
+            if key in obj and isinstance(obj[key], (list, dict)):
+                return _frame_from_json(obj[key], source)
+        lists = {k: v for k, v in obj.items() if isinstance(v, list)}
+        if lists:
+            n = max(len(v) for v in lists.values())
+            return pd.DataFrame({k: list(v) + [None] * (n - len(v)) for k, v in lists.items()})
+        return _records_frame([obj], source)
+    if isinstance(obj, list):
+        return _records_frame(obj, source)
+    raise IncompatibleInput(f"{source}: JSON holds no training history (a {type(obj).__name__}).")
+
+
+def _read_json(data: bytes, source: str) -> TrainingHistory:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CorruptFile(f"{source}: not a text file (not UTF-8).") from None
+    if not text.strip():
+        raise CorruptFile(f"{source}: the file is empty.")
+    try:
+        return _tidy(_frame_from_json(json.loads(text), source), source)
+    except json.JSONDecodeError:
+        pass  # JSON lines, or not JSON at all
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorruptFile(f"{source}: line {number} is not valid JSON ({exc.msg}).") from None
+        if not isinstance(record, dict):
+            raise IncompatibleInput(f"{source}: line {number} is not a JSON object.")
+        records.append(record)
+    return _tidy(_records_frame(_mark_nan(records), source), source)
+
+
+def _scalar_events(path: str) -> list[tuple[str, int, float, float]]:
+    """(tag, step, wall_time, value) of every scalar in one event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(path, size_guidance={"scalars": 0, "tensors": 0})
+    try:
+        acc.Reload()
+    except Exception as exc:  # data loss, truncated record, bad CRC
+        raise CorruptFile(f"{Path(path).name}: unreadable TensorBoard event file ({exc}).") from None
+    tags = acc.Tags()
+    rows = [(tag, e.step, e.wall_time, e.value) for tag in tags.get("scalars", []) for e in acc.Scalars(tag)]
+    for tag in tags.get("tensors", []):  # TF2 writes scalars as rank-0 tensors
+        for e in acc.Tensors(tag):
+            arr = tensor_util.make_ndarray(e.tensor_proto)
+            if arr.size == 1 and np.issubdtype(arr.dtype, np.number):
+                rows.append((tag, e.step, e.wall_time, float(arr.reshape(()))))
+    return rows
+
+
+def _read_event_files(files: list[Path], root: Path, source: str) -> TrainingHistory:
+    rows = []
+    for path in files:
+        rel = path.parent.relative_to(root).as_posix() if path.parent != root else ""
+        for tag, step, wall, value in _scalar_events(str(path)):
+            name = f"{rel}/{tag}" if rel else tag
+            rows.append((name, step, wall, value if np.isfinite(value) else np.inf))
+    if not rows:
+        raise CorruptFile(f"{source}: no scalar curves found in the TensorBoard event file(s).")
+    long = pd.DataFrame(rows, columns=["tag", "step", "wall_time", "value"])
+    wide = long.pivot_table(index="step", columns="tag", values="value", aggfunc="last", dropna=False)
+    wide.columns = [str(c) for c in wide.columns]
+    wide.insert(0, "wall_time", long.groupby("step")["wall_time"].min())
+    wide = wide.reset_index()
+    tags = [c for c in wide.columns if c not in ("step", "wall_time")]
+    step_is_epoch = all(Path(t).name.startswith("epoch_") for t in tags)  # Keras' TensorBoard callback
+    return _tidy(wide, source, step_is_epoch=step_is_epoch)
+
+
+def _read_tensorboard_bytes(data: bytes, source: str) -> TrainingHistory:
+    name = Path(source).name if "tfevents" in Path(source).name else "events.out.tfevents.upload"
+    with tempfile.TemporaryDirectory(prefix="glassbox-tb-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        return _read_event_files([path], Path(tmp), source)
+
+
+def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> TrainingHistory:
+    """The ``history`` stored in a checkpoint dict, loaded weights-only.
+
+    Raises:
+        UnsafeFile: the file needs code execution to load.
+        CorruptFile: not a torch checkpoint.
+        IncompatibleInput: a checkpoint without a history.
+    """
+    obj = load_checkpoint_dict(data, source)
+    key = next((k for k in _CHECKPOINT_HISTORY_KEYS if k in obj), None)
+    if key is None:
+        raise IncompatibleInput(
+            f"{source}: the checkpoint has no training history.",
+            f"Expected one of the keys {', '.join(_CHECKPOINT_HISTORY_KEYS)}.",
+        )
+    history = _plain(obj[key])
+    return _tidy(_frame_from_json(history, source), source)
+
+
+def load_checkpoint_dict(data: bytes, source: str = "checkpoint") -> dict[str, Any]:
+    """``torch.load(..., weights_only=True)`` of a checkpoint that must be a dict."""
+    import pickle
+
+    import torch
+
+    from .errors import UnsafeFile
+
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise UnsafeFile(
+                f"{source}: the checkpoint holds Python objects that need code execution to load; refused.",
+                "Save plain tensors, numbers, lists and dicts (e.g. the state_dict and a history list).",
+            ) from None
+        raise CorruptFile(f"{source}: not a readable torch checkpoint ({str(exc).splitlines()[0]}).") from None
+    except Exception as exc:  # zip errors, truncation, not a torch file at all
+        raise CorruptFile(f"{source}: not a readable torch checkpoint ({str(exc).splitlines()[0]}).") from None
+    if not isinstance(obj, dict):
+        raise IncompatibleInput(f"{source}: the checkpoint is a {type(obj).__name__}, not a dict.")
+    return obj
+
+
+def _plain(obj: Any) -> Any:
+    """Tensors and numpy scalars inside a history -> Python floats."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _plain(obj.tolist())
+    return obj
+
+
+# -- entry points ---------------------------------------------------------------
+def _sniff(data: bytes, name: str) -> str:
+    lower = name.lower()
+    if "tfevents" in lower:
+        return "tensorboard"
+    if data[:4] == b"PK\x03\x04" or lower.endswith(CHECKPOINT_SUFFIXES):
+        return "checkpoint"
+    if lower.endswith((".json", ".jsonl", ".ndjson")):
+        return "json"
+    if lower.endswith((".csv", ".tsv")):
+        return "csv"
+    head = data[:2048].lstrip()
+    if head[:1] in (b"{", b"["):
+        return "json"
+    if b"\x00" in head[:64]:
+        return "tensorboard"  # binary records: try the event-file reader
+    return "csv"
+
+
+def read_history(source: str | os.PathLike | bytes, filename: str | None = None) -> TrainingHistory:
+    """Read one log: a file path, a folder of TensorBoard event files, or bytes.
+
+    Args:
+        source: path or raw bytes (an upload).
+        filename: the upload's name (decides the format with the bytes' start).
+
+    Raises:
+        CorruptFile: empty, truncated or not the format it claims.
+        IncompatibleInput: well-formed but holds no curves.
+        UnsafeFile: a checkpoint that would need code execution.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), filename or "upload"
+    else:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and "tfevents" in p.name)
+            if not files:
+                raise IncompatibleInput(f"{path}: the folder holds no TensorBoard event files (events.out.tfevents.*).")
+            return _read_event_files(files, path, str(path))
+        if not path.is_file():
+            raise InputRefused(f"{path}: no such file.")
+        data, name = path.read_bytes(), filename or path.name
+    if not data:
+        raise CorruptFile(f"{name}: the file is empty.")
+    kind = _sniff(data, name)
+    if kind == "tensorboard":
+        return _read_tensorboard_bytes(data, name)
+    if kind == "checkpoint":
+        return read_checkpoint_history(data, name)
+    if kind == "json":
+        return _read_json(data, name)
+    return _read_csv(data, name)
+
+
+def read_histories(sources: Iterable[str | os.PathLike | tuple[str, bytes]]) -> list[TrainingHistory]:
+    """Read several logs; ``(filename, bytes)`` pairs stand for uploads."""
+    out = []
+    for src in sources:
+        if isinstance(src, tuple):
+            out.append(read_history(src[1], filename=src[0]))
+        else:
+            out.append(read_history(src))
+    return out
+
+
+def merge_histories(histories: list[TrainingHistory], name: str | None = None) -> TrainingHistory:
+    """One history from several files logged by the same run.
+
+    Rows are stacked on the shared x (epoch when every file logs it, else
+    step). A series name that several files log at the same x is suffixed with
+    the file's name so no value is silently averaged with another run's.
+    """
+    if not histories:
+        raise IncompatibleInput("No training logs given.")
+    if len(histories) == 1:
+        return histories[0]
+    x = "epoch" if all("epoch" in h.frame for h in histories) else "step"
+    if not all(x in h.frame for h in histories):
+        raise IncompatibleInput("These logs share no x axis (neither epoch nor step in every file).")
+    frames: list[pd.DataFrame] = []
+    seen: dict[str, set] = {}
+    for h in histories:
+        frame = h.frame.copy()
+        renames = {}
+        for col in h.series_columns:
+            xs = set(frame.loc[frame[col].notna(), x].tolist())
+            if col in seen and seen[col] & xs:
+                renames[col] = f"{col} ({h.name})"
+            seen.setdefault(renames.get(col, col), set()).update(xs)
+        frames.append(frame.rename(columns=renames))
+    merged = pd.concat(frames, ignore_index=True, sort=False)
+    merged = merged.sort_values(x, kind="stable").reset_index(drop=True)
+    xs = [c for c in X_COLUMNS if c in merged]
+    merged = merged[xs + [c for c in merged.columns if c not in xs]]
+    series = [c for c in merged.columns if c not in X_COLUMNS]
+    roles = guess_roles(series)
+    sources = [s for h in histories for s in h.sources]
+    return TrainingHistory(merged, roles, sources, name or " + ".join(h.name for h in histories))
+
+
+def smooth_ema(values: np.ndarray | pd.Series, weight: float) -> np.ndarray:
+    """TensorBoard's debiased exponential moving average.
+
+    Non-finite values pass through unchanged and do not enter the average.
+
+    Args:
+        values: [N] the raw series.
+        weight: 0 (no smoothing) .. <1 (heavy smoothing), TensorBoard's slider.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    if not 0.0 <= weight < 1.0:
+        raise IncompatibleInput(f"Smoothing must be in [0, 1), got {weight}.")
+    out = np.empty_like(y)
+    last, count = 0.0, 0
+    for i, v in enumerate(y):
+        if not np.isfinite(v):
+            out[i] = v
+            continue
+        last = last * weight + (1.0 - weight) * v
+        count += 1
+        out[i] = last / (1.0 - weight**count) if weight > 0 else v
+    return out
