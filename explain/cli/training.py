@@ -1,0 +1,57 @@
+"""Parse training logs and diagnose the curves (overfitting, plateaus, divergence, ...).
+
+``python -m explain training LOG [LOG...]`` reads CSV (Lightning, Keras, any
+epoch/step table), JSON / JSON lines, TensorBoard event files or folders, and
+checkpoints with a stored ``history``; several logs are merged into one run.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UsageError
+from ..findings import diagnose
+from ..history import ROLES, merge_histories, read_histories
+
+NAME = "training"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="log files or TensorBoard folders")
+    parser.add_argument(
+        "--role", action="append", default=[], metavar="ROLE=COLUMN",
+        help=f"assign a column to a role ({', '.join(ROLES)}); COLUMN may be empty to clear it",
+    )
+    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience reported with best_epoch")
+
+
+def _parse_roles(items: list[str]) -> dict[str, str | None]:
+    roles: dict[str, str | None] = {}
+    for item in items:
+        role, sep, column = item.partition("=")
+        if not sep or role not in ROLES:
+            raise UsageError(f"--role expects ROLE=COLUMN with ROLE one of {', '.join(ROLES)}; got {item!r}.")
+        roles[role] = column or None
+    return roles
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.patience < 1:
+        raise UsageError("--patience must be at least 1.")
+    roles = _parse_roles(args.role)
+    histories = read_histories(args.logs)
+    history = merge_histories(histories)
+    if roles:
+        history = history.with_roles(**roles)
+    findings = diagnose(history, patience=args.patience)
+    frame = history.by_epoch()
+    return {
+        "series": history.series_lengths(),
+        "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message, "epochs": f.epochs}
+                     for f in findings],
+        "evidence": [f.evidence for f in findings],
+        "roles": history.roles,
+        "x": history.default_x,
+        "x_columns": history.x_columns,
+        "points": int(len(frame)),
+        "sources": history.sources,
+    }

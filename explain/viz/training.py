@@ -1,0 +1,255 @@
+"""Figures for training: curves with findings, runs, weight change, attribution drift.
+
+Pure functions: a `TrainingHistory` / `Finding`s / `WeightChange` /
+`AttributionDrift` in, a plotly figure out.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..evolution import AttributionDrift, WeightChange
+from ..finding import Finding
+from ..history import TrainingHistory, smooth_ema
+from ..spec import InputSpec
+
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
+COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "lr": "#7f7f7f"}
+SEVERITY_COLORS = {"info": "#2ca02c", "warning": "#d62728", "error": "#8b0000"}
+KIND_LABELS = {
+    "overfitting": "overfitting", "best_epoch": "best", "plateau": "plateau", "divergence": "diverges",
+    "instability": "unstable", "underfitting": "underfits", "lr_effect": "LR",
+}
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_DIVERGING = [[0.0, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]
+X_TITLES = {"epoch": "epoch", "step": "step", "wall_time": "wall time (s)"}
+
+
+def _finite_or_none(y: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in y]
+
+
+def _add_series(fig: go.Figure, history: TrainingHistory, column: str, x: str, name: str, color: str,
+                smoothing: float, row: int, secondary: bool = False, dash: str | None = None,
+                visible: bool | str = True) -> None:
+    s = history.series(column, x)
+    if s.empty:
+        return
+    xs, ys = s.index.to_numpy(dtype=float), s.to_numpy(dtype=float)
+    kw = dict(row=row, col=1, secondary_y=secondary) if secondary else dict(row=row, col=1)
+    smoothed = smoothing > 0 and len(ys) > 2
+    fig.add_trace(go.Scatter(
+        x=xs, y=_finite_or_none(ys), mode="lines" if len(ys) > 1 else "markers", name=name,
+        line=dict(color=color, width=1 if smoothed else 2, dash=dash), opacity=0.3 if smoothed else 1.0,
+        legendgroup=name, showlegend=not smoothed, visible=visible,
+        hovertemplate=f"{column}<br>{x}=%{{x}}<br>%{{y:.4g}}<extra></extra>",
+    ), **kw)
+    if smoothed:
+        fig.add_trace(go.Scatter(
+            x=xs, y=_finite_or_none(smooth_ema(ys, smoothing)), mode="lines", name=name,
+            line=dict(color=color, width=2, dash=dash), legendgroup=name, visible=visible,
+            hovertemplate=f"{column} (smoothed)<br>{x}=%{{x}}<br>%{{y:.4g}}<extra></extra>",
+        ), **kw)
+
+
+def _mark_findings(fig: go.Figure, history: TrainingHistory, findings: Sequence[Finding], x: str) -> None:
+    """Vertical lines (a shaded band for plateaus) with a short label per finding."""
+    level = 0
+    for f in findings:
+        unit = f.evidence.get("x", history.default_x)
+        positions = history.x_positions(f.epochs, unit, x)
+        if not positions:
+            continue
+        color = SEVERITY_COLORS.get(f.severity, "#555")
+        label = KIND_LABELS.get(f.kind, f.kind)
+        if f.kind == "plateau" and len(positions) >= 2:
+            fig.add_vrect(x0=positions[0], x1=positions[-1], fillcolor=color, opacity=0.08, line_width=0)
+            marks = [positions[0]]
+        else:
+            marks = positions[:8]
+        for pos in marks:
+            fig.add_shape(type="line", x0=pos, x1=pos, y0=0, y1=1, xref="x", yref="paper",
+                          line=dict(color=color, width=1.5, dash="dot"))
+        fig.add_annotation(
+            x=marks[0], y=1.0 - 0.07 * (level % 4), xref="x", yref="paper", text=f"<b>{label}</b>",
+            showarrow=False, xanchor="left", yanchor="top", font=dict(color=color, size=11),
+            bgcolor="rgba(255,255,255,0.8)", hovertext=f.message,
+        )
+        level += 1
+
+
+def figure_curves(
+    history: TrainingHistory,
+    findings: Sequence[Finding] = (),
+    smoothing: float = 0.6,
+    log_y: bool = False,
+    x: str | None = None,
+    height: int = 560,
+) -> go.Figure:
+    """Training and validation curves overlaid, metrics below, learning rate on a second axis.
+
+    Args:
+        history: the curves; its ``roles`` decide what goes where.
+        findings: marked on the chart (line + label; plateaus shaded).
+        smoothing: TensorBoard's debiased EMA weight (0 = raw only).
+        log_y: log scale for the losses.
+        x: ``epoch`` | ``step`` | ``wall_time`` (default: the history's).
+    """
+    x = x or history.default_x
+    roles = history.roles
+    has_metric = bool(roles.get("train_metric") or roles.get("val_metric"))
+    rows = 2 if has_metric else 1
+    fig = make_subplots(
+        rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+        row_heights=[0.62, 0.38] if rows == 2 else [1.0],
+        specs=[[{"secondary_y": True}]] + ([[{"secondary_y": False}]] if rows == 2 else []),
+    )
+    assigned = {c for c in roles.values() if c}
+    for role, name, color, dash in (("train_loss", "train loss", COLORS["train"], None),
+                                    ("val_loss", "validation loss", COLORS["val"], None)):
+        if roles.get(role):
+            _add_series(fig, history, roles[role], x, f"{name} ({roles[role]})", color, smoothing, 1)
+    if roles.get("lr"):
+        _add_series(fig, history, roles["lr"], x, f"learning rate ({roles['lr']})", COLORS["lr"], 0.0, 1,
+                    secondary=True, dash="dash")
+        lr = history.series(roles["lr"], x).to_numpy(dtype=float)
+        lr = lr[np.isfinite(lr) & (lr > 0)]
+        if len(lr) and lr.max() / lr.min() > 20:
+            fig.update_yaxes(type="log", row=1, col=1, secondary_y=True)
+        fig.update_yaxes(title_text="learning rate", row=1, col=1, secondary_y=True, showgrid=False)
+    if has_metric:
+        for role, name, color in (("train_metric", "train", COLORS["train"]), ("val_metric", "validation", COLORS["val"])):
+            if roles.get(role):
+                _add_series(fig, history, roles[role], x, f"{name} {roles[role]}", color, smoothing, 2)
+        fig.update_yaxes(title_text="metric", row=2, col=1)
+    for i, column in enumerate(c for c in history.series_columns if c not in assigned):
+        _add_series(fig, history, column, x, column, RUN_COLORS[(i + 2) % len(RUN_COLORS)], smoothing, 1,
+                    visible="legendonly")
+    fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1, secondary_y=False)
+    fig.update_xaxes(title_text=X_TITLES.get(x, x), row=rows, col=1)
+    _mark_findings(fig, history, findings, x)
+    fig.update_layout(
+        height=height, font=FONT, margin=dict(l=10, r=10, t=30, b=10), hovermode="x unified",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0), plot_bgcolor="white",
+    )
+    fig.update_xaxes(showgrid=True, gridcolor="#eee")
+    fig.update_yaxes(gridcolor="#eee")
+    return fig
+
+
+def figure_runs(histories: Sequence[TrainingHistory], smoothing: float = 0.6, log_y: bool = False,
+                x: str = "epoch", height: int = 460) -> go.Figure:
+    """Several runs side by side: one colour per run, train dashed, validation solid."""
+    fig = make_subplots(rows=1, cols=1)
+    for i, h in enumerate(histories):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        ax = x if x in h.frame.columns else h.default_x
+        for role, dash, label in (("train_loss", "dash", "train"), ("val_loss", None, "val")):
+            if h.roles.get(role):
+                _add_series(fig, h, h.roles[role], ax, f"{h.name} · {label}", color, smoothing, 1, dash=dash)
+    fig.update_yaxes(title_text="loss", type="log" if log_y else "linear")
+    fig.update_xaxes(title_text=X_TITLES.get(x, x))
+    fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+    return fig
+
+
+def figure_weight_changes(change: WeightChange, height: int | None = None) -> go.Figure:
+    """Layers x intervals heatmap of the relative weight change ||ΔW|| / ||W||."""
+    z = change.values
+    text = [[f"{v:.1%}" if np.isfinite(v) else "" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=change.intervals, y=change.layers, colorscale="Blues", zmin=0,
+        text=text, texttemplate="%{text}" if len(change.layers) <= 30 else None,
+        colorbar=dict(title="‖ΔW‖/‖W‖", thickness=12, tickformat=".0%"),
+        hovertemplate="%{y}<br>%{x}<br>relative change %{z:.2%}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", title_text="layer")
+    fig.update_xaxes(title_text="between checkpoints", side="bottom")
+    fig.update_layout(height=height or max(260, 22 * len(change.layers) + 120), font=FONT,
+                      margin=dict(l=10, r=10, t=20, b=10))
+    return fig
+
+
+def _zmax(maps: np.ndarray) -> float:
+    limit = float(np.percentile(np.abs(maps), 99.5)) if maps.size else 1.0
+    return limit if limit > 0 else 1.0
+
+
+def _title(drift: AttributionDrift, k: int, index: int) -> str:
+    rho = drift.correlation[k, index]
+    return f"{drift.labels[k]}<br>ρ = {rho:.2f}" if np.isfinite(rho) else drift.labels[k]
+
+
+def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpec,
+                             inputs: np.ndarray | None = None, height: int = 280) -> go.Figure:
+    """One input explained by each checkpoint, side by side, with ρ to the final checkpoint.
+
+    Images: one heatmap per checkpoint over the (dimmed) image. Tabular and
+    text: one row per checkpoint, one column per feature / token.
+    """
+    maps = drift.maps[:, index]  # [K, ...]
+    k = maps.shape[0]
+    zmax = _zmax(maps)
+    if maps.ndim == 3:  # images [K, H, W]
+        fig = make_subplots(rows=1, cols=k, subplot_titles=[_title(drift, j, index) for j in range(k)],
+                            horizontal_spacing=0.02)
+        image = None
+        if inputs is not None:
+            from .attribution import to_display_images
+
+            image = to_display_images(np.asarray(inputs)[index : index + 1], spec)[0]
+        for j in range(k):
+            if image is not None:
+                fig.add_trace(go.Image(z=image, opacity=0.35, hoverinfo="skip"), row=1, col=j + 1)
+            fig.add_trace(go.Heatmap(
+                z=maps[j], zmin=-zmax, zmax=zmax, colorscale=_DIVERGING, opacity=0.8 if image is not None else 1,
+                showscale=j == k - 1, colorbar=dict(thickness=10),
+                hovertemplate="x=%{x} y=%{y}<br>attribution=%{z:.3g}<extra></extra>",
+            ), row=1, col=j + 1)
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False, autorange="reversed")
+        for j in range(k):
+            fig.update_yaxes(scaleanchor=f"x{'' if j == 0 else j + 1}", row=1, col=j + 1)
+        fig.update_layout(height=height, font=FONT, margin=dict(l=0, r=0, t=50, b=0))
+        for ann in fig.layout.annotations:
+            ann.font = dict(size=12)
+        return fig
+    columns = _column_labels(spec, maps.shape[-1], inputs, index)
+    rows = [f"{drift.labels[j]} (ρ={drift.correlation[j, index]:.2f})" for j in range(k)]
+    fig = go.Figure(go.Heatmap(
+        z=maps.reshape(k, -1), x=list(range(len(columns))), y=rows, zmin=-zmax, zmax=zmax, colorscale=_DIVERGING,
+        customdata=np.tile(np.array(columns, dtype=object), (k, 1)),
+        hovertemplate="%{y}<br>%{customdata}<br>attribution=%{z:.3g}<extra></extra>",
+        colorbar=dict(thickness=10),
+    ))
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(columns))), ticktext=columns, tickangle=-60)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=max(height, 40 * k + 160), font=FONT, margin=dict(l=10, r=10, t=20, b=10))
+    return fig
+
+
+def _column_labels(spec: InputSpec, width: int, inputs: np.ndarray | None, index: int) -> list[str]:
+    if spec.modality == "tabular" and spec.feature_names and len(spec.feature_names) == width:
+        return list(spec.feature_names)
+    if spec.modality == "text" and spec.vocabulary and inputs is not None:
+        ids = np.asarray(inputs)[index].reshape(-1)
+        vocab = spec.vocabulary
+        return [f"{i}:{vocab[t] if 0 <= t < len(vocab) else t}" for i, t in enumerate(ids.tolist())]
+    return [str(i) for i in range(width)]
+
+
+def figure_drift_correlation(drift: AttributionDrift, height: int = 260) -> go.Figure:
+    """Mean Spearman ρ (± std over inputs) of each checkpoint's attributions with the final one's."""
+    mean = drift.mean_correlation
+    std = np.nanstd(drift.correlation, axis=1)
+    fig = go.Figure(go.Scatter(
+        x=drift.labels, y=mean, mode="lines+markers", error_y=dict(type="data", array=std, visible=True),
+        hovertemplate="%{x}<br>ρ = %{y:.3f}<extra></extra>", line=dict(color=COLORS["train"]),
+    ))
+    fig.update_yaxes(title_text="Spearman ρ to final", range=[min(-0.05, float(np.nanmin(mean)) - 0.1), 1.05])
+    fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white")
+    return fig

@@ -1,0 +1,53 @@
+"""`python -m explain training LOG...`: one JSON object, exit codes 0 / 2 / 3."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import training_curves as curves
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "explain", "training", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_json_on_a_keras_log_and_a_tensorboard_folder(tmp_path):
+    frame = curves.overfitting(0, onset=30).frame  # epoch, loss, val_loss, lr
+    frame.to_csv(tmp_path / "keras.csv", index=False)
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "tb"))
+    for step in range(10):
+        w.add_scalar("train/loss", 1.0 / (step + 1), step)
+    w.close()
+    proc = run_cli(tmp_path / "keras.csv", "--role", "lr=")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["series"] == {"loss": 60, "val_loss": 60, "lr": 60}
+    assert out["roles"]["val_loss"] == "val_loss" and out["roles"]["lr"] is None
+    kinds = [f["kind"] for f in out["findings"]]
+    assert kinds == ["overfitting", "best_epoch"]
+    over = out["findings"][0]
+    assert set(over) == {"kind", "severity", "message", "epochs"} and abs(over["epochs"][0] - 30) <= 2
+    assert out["x"] == "epoch" and out["points"] == 60
+
+    proc = run_cli(tmp_path / "tb")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["series"] == {"train/loss": 10} and out["x"] == "step"
+
+
+def test_cli_exit_codes(tmp_path):
+    (tmp_path / "broken.jsonl").write_text('{"loss": 1.0}\n{"loss": oops}\n')
+    proc = run_cli(tmp_path / "broken.jsonl")
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "line 2" in proc.stderr  # one line, a clear reason
+    proc = run_cli(tmp_path / "missing.csv")
+    assert proc.returncode == 3 and "no such file" in proc.stderr
+    proc = run_cli(tmp_path / "broken.jsonl", "--role", "banana=loss")
+    assert proc.returncode == 2 and "--role" in proc.stderr

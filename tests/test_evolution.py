@@ -1,0 +1,162 @@
+"""Checkpoint evolution: per-layer weight change and attribution drift."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from explain.architectures import build_architecture
+from explain.errors import IncompatibleInput, UnsafeFile
+from explain.evolution import (
+    Checkpoint,
+    compute_attribution_drift,
+    compute_checkpoint_drift,
+    compute_weight_changes,
+    model_at,
+    read_checkpoint,
+    read_checkpoints,
+    spearman,
+)
+from explain.model import LoadedModel
+from explain.spec import InputSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = {"in_features": 6, "hidden": [16], "num_classes": 2, "dropout": 0.0}
+SPEC = InputSpec("tabular", (6,), class_names=["neg", "pos"], feature_names=[f"f{i}" for i in range(6)])
+
+
+def _ckpt(label: str, **tensors) -> Checkpoint:
+    return Checkpoint(label, None, {k: torch.as_tensor(v, dtype=torch.float32) for k, v in tensors.items()}, label)
+
+
+def test_weight_change_known_numbers():
+    a = _ckpt("a", **{"fc.weight": np.ones((2, 2)), "fc.bias": np.zeros(2), "bn.weight": np.ones(2),
+                      "bn.running_mean": np.zeros(2)})
+    b = _ckpt("b", **{"fc.weight": 2 * np.ones((2, 2)), "fc.bias": np.zeros(2), "bn.weight": np.ones(2),
+                      "bn.running_mean": np.full(2, 100.0)})
+    c = _ckpt("c", **{"fc.weight": 2 * np.ones((2, 2)), "fc.bias": np.ones(2), "bn.weight": np.full(2, 1.5),
+                      "bn.running_mean": np.zeros(2)})
+    change = compute_weight_changes([a, b, c])
+    assert change.layers == ["fc", "bn"]  # running statistics are buffers, not weights
+    assert change.intervals == ["a → b", "b → c"]
+    # fc: ||2 - 1|| over 4 ones / ||4 ones|| = 2 / 2 = 1; then ||bias 0 -> 1|| = sqrt(2) over ||W|| = 4
+    assert change.values[0].tolist() == pytest.approx([1.0, np.sqrt(2) / 4])
+    assert change.values[1].tolist() == pytest.approx([0.0, 0.5])
+    assert change.norms[0].tolist() == pytest.approx([2.0, 4.0, np.sqrt(18)])
+
+
+def test_weight_change_refuses_different_models():
+    a = _ckpt("a", **{"fc.weight": np.ones((2, 2))})
+    b = _ckpt("b", **{"fc.weight": np.ones((3, 2))})
+    with pytest.raises(IncompatibleInput, match="not a checkpoint of the same model"):
+        compute_weight_changes([a, b])
+    with pytest.raises(IncompatibleInput, match="at least 2"):
+        compute_weight_changes([a])
+
+
+def test_spearman():
+    assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 400])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3, 4]), np.array([4, 3, 2, 1])) == pytest.approx(-1.0)
+    assert np.isnan(spearman(np.ones(4), np.arange(4)))
+    a, b = np.array([3.0, 1.0, 1.0, 2.0, 5.0]), np.array([1.0, 0.0, 2.0, 2.0, 9.0])  # ties: average ranks
+    ra, rb = np.array([3.0, 0.5, 0.5, 2.0, 4.0]), np.array([1.0, 0.0, 2.5, 2.5, 4.0])
+    assert spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1])
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """A tiny MLP trained on a linear rule, checkpointed like the samples (epochs 1, 3, 6, 12)."""
+    directory = tmp_path_factory.mktemp("ckpts")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 6, generator=g)
+    y = (x[:, 0] - 2 * x[:, 1] + 0.5 * x[:, 2] > 0).long()
+    torch.manual_seed(0)
+    model = build_architecture("tabular_mlp", CONFIG)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    history = []
+    for epoch in range(1, 13):
+        model.train()
+        for i in range(0, 512, 64):
+            loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        history.append({"epoch": epoch, "train_loss": loss.item()})
+        if epoch in (1, 3, 6, 12):
+            torch.save({"model_state_dict": {k: v.clone() for k, v in model.state_dict().items()}, "epoch": epoch,
+                        "history": list(history), "architecture": "tabular_mlp", "config": CONFIG,
+                        "spec": SPEC.to_dict()}, directory / f"epoch_{epoch:02d}.pt")
+    final = LoadedModel(module=model.eval(), format="checkpoint", sha256="x", spec=SPEC, name="standin")
+    return directory, final, x[:16].numpy()
+
+
+def test_read_checkpoints_orders_by_epoch(standin):
+    directory, _, _ = standin
+    ckpts = read_checkpoints(sorted(directory.glob("*.pt"), reverse=True))
+    assert [c.epoch for c in ckpts] == [1.0, 3.0, 6.0, 12.0]
+    assert [c.label for c in ckpts] == ["epoch 1", "epoch 3", "epoch 6", "epoch 12"]
+    assert "0.weight" in ckpts[0].state_dict or any(k.endswith("weight") for k in ckpts[0].state_dict)
+    assert len(ckpts[-1].meta["history"]) == 12
+
+
+def test_model_at_fits_the_reference_or_loads_on_its_own(standin):
+    directory, final, x = standin
+    ckpt = read_checkpoint(directory / "epoch_12.pt")
+    via_reference = model_at(ckpt, final)
+    assert via_reference.module is not final.module
+    np.testing.assert_allclose(via_reference.predict_logits(x), final.predict_logits(x), atol=1e-6)
+    alone = model_at(ckpt, None)  # explain.loading rebuilds the architecture named in the file
+    np.testing.assert_allclose(alone.predict_logits(x), final.predict_logits(x), atol=1e-5)
+
+
+def test_attribution_drift_final_correlates_best_and_first_least(standin):
+    directory, final, x = standin
+    ckpts = read_checkpoints(sorted(directory.glob("*.pt")))
+    seen = []
+    drift = compute_checkpoint_drift(ckpts, final, x, steps=16, progress=lambda d, t: seen.append((d, t)))
+    assert drift.values.shape == (4, 16, 6) and drift.correlation.shape == (4, 16)
+    assert drift.correlation[-1] == pytest.approx(np.ones(16))
+    mean = drift.mean_correlation
+    assert int(np.argmin(mean)) == 0 and int(np.argmax(mean)) == 3
+    assert np.all(np.diff(mean) > 0), mean  # explanations converge as training goes on
+    assert seen[-1][0] == seen[-1][1] and all(d <= t for d, t in seen)
+    assert drift.labels == ["epoch 1", "epoch 3", "epoch 6", "epoch 12"]
+    np.testing.assert_array_equal(drift.target, final.predict_logits(x).argmax(1))
+
+
+def test_drift_needs_two_models(standin):
+    _, final, x = standin
+    with pytest.raises(IncompatibleInput):
+        compute_attribution_drift([final], x)
+
+
+class Thing:  # a pickled class: needs code execution to load
+    pass
+
+
+def test_unsafe_checkpoint_refused(tmp_path):
+    torch.save({"model_state_dict": {"w": torch.ones(1)}, "thing": Thing()}, tmp_path / "bad.pt")
+    with pytest.raises(UnsafeFile):
+        read_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("name", ["shapes", "cancer", "sentiment"])
+def test_sample_checkpoints_drift(name):
+    directory = ROOT / "sample_models" / name / "checkpoints"
+    if not directory.is_dir():
+        pytest.skip(f"sample {name} not built yet")
+    from sample_models import load_sample, sample_inputs
+
+    model = load_sample(name)
+    ckpts = read_checkpoints(sorted(directory.glob("epoch_*.pt")))
+    assert len(ckpts) >= 2
+    change = compute_weight_changes(ckpts)
+    assert np.all(np.isfinite(change.values)) and np.all(change.values >= 0)
+    inputs = sample_inputs(name)["inputs"][:4]
+    drift = compute_checkpoint_drift(ckpts, model, inputs, steps=16)
+    mean = drift.mean_correlation
+    assert mean[-1] == pytest.approx(1.0)
+    assert int(np.argmin(mean)) == 0, mean

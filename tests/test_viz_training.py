@@ -1,0 +1,99 @@
+"""Training figures: what goes on which axis, findings marked where they happened."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import training_curves as curves
+from explain.evolution import AttributionDrift, WeightChange
+from explain.finding import Finding
+from explain.findings import diagnose
+from explain.history import TrainingHistory, guess_roles, smooth_ema
+from explain.spec import InputSpec
+from explain.viz.training import (
+    figure_attribution_drift,
+    figure_curves,
+    figure_drift_correlation,
+    figure_runs,
+    figure_weight_changes,
+)
+
+
+def _named(fig, text):
+    return [t for t in fig.data if t.name and text in t.name]
+
+
+def test_curves_layout_smoothing_and_findings():
+    h = curves.overfitting(0, onset=30)
+    h.frame["accuracy"] = np.linspace(0.3, 0.99, 60)
+    h = h.with_roles(train_metric="accuracy")
+    findings = diagnose(h)
+    fig = figure_curves(h, findings, smoothing=0.6, log_y=True)
+    train = _named(fig, "train loss")
+    assert len(train) == 2  # raw (faint) + smoothed
+    raw, smooth = train
+    assert raw.opacity == pytest.approx(0.3) and not raw.showlegend
+    np.testing.assert_allclose(np.array(smooth.y, float), smooth_ema(h.frame["loss"].to_numpy(), 0.6))
+    lr = _named(fig, "learning rate")[0]
+    assert lr.yaxis == "y2"  # secondary axis of the loss panel
+    metric = _named(fig, "accuracy")[0]
+    assert metric.yaxis == "y3"  # the metric panel below
+    assert fig.layout.yaxis.type == "log"
+    labels = {a.text: a.x for a in fig.layout.annotations}
+    onset = [f for f in findings if f.kind == "overfitting"][0].epochs[0]
+    assert labels["<b>overfitting</b>"] == onset
+    assert any(s.type == "line" and s.x0 == onset for s in fig.layout.shapes)
+
+
+def test_curves_without_smoothing_have_only_raw_traces_and_other_series_hidden():
+    h = curves.healthy(0)
+    h.frame["grad_norm"] = 1.0
+    fig = figure_curves(h, smoothing=0.0)
+    assert len(_named(fig, "train loss")) == 1 and _named(fig, "train loss")[0].opacity == 1.0
+    assert _named(fig, "grad_norm")[0].visible == "legendonly"
+
+
+def test_findings_move_with_the_x_axis():
+    frame = pd.DataFrame({"epoch": np.repeat(np.arange(10.0), 2), "step": np.arange(20.0) * 50,
+                          "loss": np.linspace(2, 1, 20)})
+    h = TrainingHistory(frame, guess_roles(["loss"]))
+    finding = Finding("plateau", "warning", "flat", [3.0, 6.0], {"x": "epoch"})
+    fig = figure_curves(h, [finding], x="step")
+    assert fig.layout.annotations[0].x == 350.0  # epoch 3 ends at step 350
+    assert fig.layout.shapes[0].x0 == 350.0 and fig.layout.shapes[0].x1 == 650.0  # shaded plateau
+    assert fig.layout.xaxis.title.text == "step"
+
+
+def test_runs_figure_one_colour_per_run():
+    fig = figure_runs([curves.healthy(0), curves.overfitting(1)], smoothing=0.0)
+    colors = {t.name.split(" · ")[0] + str(i // 2): t.line.color for i, t in enumerate(fig.data)}
+    assert len(fig.data) == 4 and len(set(colors.values())) == 2
+
+
+def test_weight_change_heatmap():
+    change = WeightChange(["a", "b"], ["e1", "e2", "e3"], ["e1 → e2", "e2 → e3"],
+                          np.array([[0.5, 0.1], [0.2, np.nan]]), np.ones((2, 3)))
+    fig = figure_weight_changes(change)
+    hm = fig.data[0]
+    assert list(hm.x) == change.intervals and list(hm.y) == ["a", "b"]
+    assert hm.text[0][0] == "50.0%" and hm.text[1][1] == ""
+
+
+def _drift(shape) -> AttributionDrift:
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(3, 2) + shape)
+    return AttributionDrift(["epoch 1", "epoch 2", "epoch 3"], [1.0, 2.0, 3.0], maps, maps,
+                            np.array([[0.1, 0.2], [0.5, 0.6], [1.0, 1.0]]), np.array([0, 1]), "integrated_gradients")
+
+
+def test_drift_figures():
+    image = figure_attribution_drift(_drift((8, 8)), 1, InputSpec("image", (3, 8, 8)))
+    assert len(image.data) == 3 and [a.text for a in image.layout.annotations] == [
+        "epoch 1<br>ρ = 0.20", "epoch 2<br>ρ = 0.60", "epoch 3<br>ρ = 1.00"]
+    spec = InputSpec("tabular", (5,), feature_names=list("abcde"))
+    table = figure_attribution_drift(_drift((5,)), 0, spec)
+    assert list(table.data[0].y) == ["epoch 1 (ρ=0.10)", "epoch 2 (ρ=0.50)", "epoch 3 (ρ=1.00)"]
+    assert list(table.layout.xaxis.ticktext) == list("abcde")
+    corr = figure_drift_correlation(_drift((5,)))
+    assert list(corr.data[0].y) == pytest.approx([0.15, 0.55, 1.0])
