@@ -13,7 +13,8 @@ Environment variables:
         operator's own files). Off by default.
     GLASSBOX_SANDBOX_TIMEOUT_S: wall-clock limit of the child process that
         opens a TorchScript archive first (default 60).
-    GLASSBOX_SANDBOX_MEMORY_MB: address-space limit of that child (default 4096).
+    GLASSBOX_SANDBOX_MEMORY_MB: address space that child may add after importing
+        torch (default 4096).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ MAX_UPLOAD_MB = 200
 MAX_IMAGE_PIXELS = 40_000_000
 #: Default wall-clock seconds for the TorchScript sandbox child.
 SANDBOX_TIMEOUT_S = 60.0
-#: Default address-space limit of the TorchScript sandbox child, in MiB.
+#: Default address space (MiB) the TorchScript sandbox child may map beyond torch itself.
 SANDBOX_MEMORY_MB = 4096
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -63,7 +64,7 @@ def sandbox_timeout_s() -> float:
 
 
 def sandbox_memory_bytes() -> int:
-    """Address-space limit of the sandbox child (env ``GLASSBOX_SANDBOX_MEMORY_MB``)."""
+    """Address space the sandbox child may add after importing torch (env ``GLASSBOX_SANDBOX_MEMORY_MB``)."""
     return int(_env_number("GLASSBOX_SANDBOX_MEMORY_MB", SANDBOX_MEMORY_MB) * 1024 * 1024)
 
 

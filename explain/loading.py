@@ -168,7 +168,7 @@ def sniff_format(data: bytes, name: str = "upload") -> str:
 
 
 def _sniff_zip(data: bytes, named: str) -> str:
-    zf = open_zip(data, "zip", config.max_upload_bytes() * 8)
+    zf = open_zip(data, "zip", config.max_upload_bytes() * 2)
     names = zf.namelist()
     if is_torchscript(names):
         return "torchscript"

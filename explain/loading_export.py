@@ -83,7 +83,7 @@ def load_export_parts(data: bytes) -> LoadedParts:
             rejects, forbidden operators or expressions.
         CorruptFile: missing or malformed archive members.
     """
-    zf = open_zip(data, ".pt2", config.max_upload_bytes() * 8)
+    zf = open_zip(data, ".pt2", config.max_upload_bytes() * 2)
     names = zf.namelist()
     fmt = next(n for n in names if n.rsplit("/", 1)[-1] == "archive_format")
     root = fmt[: -len("archive_format")]
@@ -270,7 +270,7 @@ def _raw_tensor(zf: zipfile.ZipFile, path: str, meta: Any, flat: dict[str, torch
     for s in size:
         numel *= s
     if storage.numel() == 0 and numel > 0:  # torch writes empty records for all-zero tensors
-        if numel * storage.element_size() > config.max_upload_bytes() * 8:
+        if numel * storage.element_size() > config.max_upload_bytes() * 2:
             raise TooLarge("The .pt2 file declares a zero tensor larger than the limit.")
         tensor = torch.zeros(size, dtype=dtype)
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -24,23 +25,26 @@ from .errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from .loading_common import LoadedParts, find_member, first_line, open_zip, read_zip_member, spec_from_text
 from .spec import SPEC_FILENAME, InputSpec
 
-#: The child's program. argv: memory limit (bytes), CPU seconds, spec JSON or "".
+#: The child's program. argv: memory budget (bytes, on top of what importing torch
+#: mapped), CPU seconds, spec JSON or "".
 #: Reads the archive from stdin, prints one JSON line, exits 0 only on success.
 CHILD_CODE = r"""
 import json, sys
-try:
+data = sys.stdin.buffer.read()
+import io, torch
+try:  # limits apply to loading and running the model, on top of what importing torch mapped
     import resource
-    for _lim, _val in ((resource.RLIMIT_AS, int(sys.argv[1])), (resource.RLIMIT_CPU, int(sys.argv[2]))):
+    with open("/proc/self/status") as _fh:
+        _vm = next((int(l.split()[1]) * 1024 for l in _fh if l.startswith("VmSize:")), 0)
+    for _lim, _val in ((resource.RLIMIT_AS, _vm + int(sys.argv[1])), (resource.RLIMIT_CPU, int(sys.argv[2]))):
         try:
             resource.setrlimit(_lim, (_val, _val))
         except (ValueError, OSError):
             pass
-except ImportError:
+except (ImportError, OSError):
     pass
-data = sys.stdin.buffer.read()
 phase = "load"
 try:
-    import io, torch
     torch.set_num_threads(1)
     module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     shape = None
@@ -79,7 +83,7 @@ def load_torchscript_parts(data: bytes, spec: InputSpec | None) -> LoadedParts:
         TooLarge: the child ran out of its memory limit.
         IncompatibleInput: the model fails on a zero input of the spec's shape.
     """
-    zf = open_zip(data, "TorchScript", config.max_upload_bytes() * 8)
+    zf = open_zip(data, "TorchScript", config.max_upload_bytes() * 2)
     names = zf.namelist()
     member = find_member(names, f"extra/{SPEC_FILENAME}")
     embedded = spec_from_text(read_zip_member(zf, member, "TorchScript")) if member else None
@@ -106,8 +110,9 @@ def probe_in_child(data: bytes, spec: InputSpec | None) -> dict:
         str(config.sandbox_memory_bytes()), str(int(math.ceil(timeout)) + 1),
         json.dumps({"input_shape": list(spec.input_shape), "dtype": spec.dtype}) if spec else "",
     ]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # the child never touches a GPU
     try:
-        proc = subprocess.run(argv, input=data, capture_output=True, timeout=timeout)
+        proc = subprocess.run(argv, input=data, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise UnsafeFile(
             f"Opening the TorchScript file did not finish within {timeout:.0f} s, so it was stopped.",
