@@ -1,0 +1,268 @@
+"""Attention capture for eager, TorchScript and .pt2 models, and the numbers derived from it."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explain.attention import attention_unavailable_reason, capture_attention
+from explain.attention_export import rewrite_attention_graph
+from explain.attention_summary import (
+    attention_to_tokens,
+    compute_rollout,
+    count_real_tokens,
+    label_tokens,
+    pool_attention,
+    summarise_heads,
+)
+from explain.architectures import build_architecture
+from explain.errors import IncompatibleInput
+from explain.model import LoadedModel
+from explain.spec import InputSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = InputSpec("text", (16,), dtype="int64", vocabulary=[f"w{i}" for i in range(64)])
+
+
+def _ids(seed: int = 0, n: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, 64, (n, 16), generator=g)
+    x[:, 0] = 2  # <cls>
+    x[0, 9:] = 0  # padding
+    x[1, 5:] = 0
+    return x
+
+
+def reference_attention(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
+    """[layer, batch, head, q, k] by calling each layer's attention with need_weights=True directly."""
+    pad = ids == model.pad_id
+    h = model.embedding(ids) + model.pos_embedding[:, : ids.shape[1]]
+    out = []
+    with torch.no_grad():
+        for layer in model.encoder.layers:
+            _, w = layer.self_attn(h, h, h, key_padding_mask=pad, need_weights=True, average_attn_weights=False)
+            out.append(w)
+            h = layer(h, src_key_padding_mask=pad)
+    return torch.stack(out).numpy()
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    torch.manual_seed(0)
+    model = build_architecture("text_transformer").eval()
+    x = _ids()
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buf)
+    buf.seek(0)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    return model, {
+        "safetensors": LoadedModel(model, "safetensors", "x", SPEC),
+        "torchscript": LoadedModel(torch.jit.load(buf), "torchscript", "x", SPEC),
+        "export": LoadedModel(ep.module(), "export", "x", SPEC, exported_program=ep),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "export"])
+def test_captured_attention_equals_need_weights(text_model, fmt):
+    model, models = text_model
+    x = _ids(1)
+    maps = capture_attention(models[fmt], x.numpy())
+    ref = reference_attention(model, x)
+    assert maps.weights.shape == (2, 4, 2, 16, 16) == ref.shape
+    assert maps.layer_names == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    np.testing.assert_allclose(maps.weights.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(maps.weights, ref, atol=1e-5)
+    assert np.all(maps.weights[:, 1, :, :, 5:] == 0)  # padded keys get nothing
+
+
+def test_torchscript_with_grad_uses_the_sdpa_path_and_agrees(text_model):
+    model, models = text_model
+    x = _ids(2)
+    with torch.enable_grad():  # the scripted encoder then skips its fused fast path
+        maps = capture_attention(models["torchscript"], x.numpy())
+    np.testing.assert_allclose(maps.weights, reference_attention(model, x), atol=1e-5)
+
+
+def test_rewritten_export_graph_keeps_the_outputs(text_model):
+    model, models = text_model
+    rewritten = rewrite_attention_graph(models["export"].module)
+    assert rewritten.kinds == ["sdpa", "sdpa"] and rewritten.num_outputs == 1
+    x = _ids(3)
+    with torch.no_grad():
+        out = rewritten.module(x)
+        np.testing.assert_allclose(out[0].numpy(), model(x).numpy(), atol=1e-5)
+    assert len(out) == 3
+
+
+def test_hooks_removed_and_fast_path_restored_after_an_error(text_model):
+    model, models = text_model
+    bad = _ids()
+    bad[0, 3] = 999  # out of the vocabulary: the embedding raises mid-forward
+    with pytest.raises(IncompatibleInput, match="raised"):
+        capture_attention(models["safetensors"], bad.numpy())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert capture_attention(models["safetensors"], _ids().numpy()).num_layers == 2  # still works
+
+
+class _ExplicitAttention(nn.Module):
+    """Hand-written single-head attention returning (output, weights)."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):  # [N, L, D]
+        scores = self.q(x) @ self.k(x).transpose(-2, -1) / 8 ** 0.5  # [N, L, L]
+        w = torch.softmax(scores, dim=-1)
+        return w @ self.v(x), w
+
+
+class _TinyCustom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.att1, self.att2 = _ExplicitAttention(), _ExplicitAttention()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = h + self.att1(h)[0]
+        h = h + self.att2(h)[0]
+        return self.head(h[:, 0])
+
+
+def test_custom_attention_modules_eager_and_export():
+    torch.manual_seed(0)
+    model = _TinyCustom().eval()
+    spec = InputSpec("text", (6,), dtype="int64")
+    x = torch.randint(1, 20, (3, 6))
+    with torch.no_grad():
+        h = model.emb(x)
+        w1 = model.att1(h)[1]
+        w2 = model.att2(h + model.att1(h)[0])[1]
+    ref = torch.stack([w1, w2]).unsqueeze(2).numpy()  # [layer, batch, 1 head, q, k]
+    eager = capture_attention(LoadedModel(model, "safetensors", "x", spec), x.numpy())
+    assert eager.layer_names == ["att1", "att2"]
+    np.testing.assert_allclose(eager.weights, ref, atol=1e-6)
+    ep = torch.export.export(model, (x,))
+    exported = capture_attention(LoadedModel(ep.module(), "export", "x", spec), x.numpy())
+    assert exported.layer_names == ["att1", "att2"]
+    np.testing.assert_allclose(exported.weights, ref, atol=1e-6)
+
+
+def test_models_without_attention_are_refused_with_a_reason():
+    mlp = build_architecture("tabular_mlp").eval()
+    lm = LoadedModel(mlp, "safetensors", "x", InputSpec("tabular", (30,)))
+    assert "no attention" in attention_unavailable_reason(lm)
+    with pytest.raises(IncompatibleInput, match="no attention"):
+        capture_attention(lm, np.zeros((2, 30), np.float32))
+    ep = torch.export.export(mlp, (torch.zeros(2, 30),))
+    lm2 = LoadedModel(ep.module(), "export", "x", InputSpec("tabular", (30,)))
+    assert "no attention" in attention_unavailable_reason(lm2)
+    with pytest.raises(IncompatibleInput, match="no attention"):
+        capture_attention(lm2, np.zeros((2, 30), np.float32))
+
+
+def test_fixed_batch_export_is_padded_and_cut(text_model):
+    model, _ = text_model
+    ep = torch.export.export(model, (_ids(n=2),))  # static batch of 2
+    lm = LoadedModel(ep.module(), "export", "x", SPEC, fixed_batch_size=2)
+    x = _ids(4, n=3)
+    maps = capture_attention(lm, x[:1].numpy())
+    assert maps.weights.shape[1] == 1
+    np.testing.assert_allclose(maps.weights, reference_attention(model, x[:1]), atol=1e-5)
+
+
+# -- derived numbers ---------------------------------------------------------------
+def test_head_summary_known_answers():
+    n = 4
+    uniform = np.full((1, 1, 1, n, n), 1 / n)
+    onehot = np.zeros((1, 1, 1, n, n))
+    onehot[..., 0] = 1.0
+    rows = summarise_heads(np.concatenate([uniform, onehot], axis=2), ["L0"])
+    assert rows[0]["entropy"] == pytest.approx(np.log(n)) and rows[0]["normalised_entropy"] == pytest.approx(1.0)
+    assert rows[0]["max_weight"] == pytest.approx(1 / n) and rows[0]["first_token_weight"] == pytest.approx(1 / n)
+    assert rows[1]["entropy"] == pytest.approx(0.0, abs=1e-9) and rows[1]["first_token_weight"] == 1.0
+    # padding queries are ignored: only the first 2 rows count
+    w = uniform.copy()
+    w[..., 2:, :] = onehot[..., 2:, :]
+    assert summarise_heads(w, ["L0"], lengths=np.array([2]))[0]["entropy"] == pytest.approx(np.log(n))
+
+
+def test_rollout_and_pooling():
+    rng = np.random.default_rng(0)
+    w = rng.random((3, 2, 2, 5, 5))
+    w /= w.sum(-1, keepdims=True)
+    roll = compute_rollout(w)
+    assert roll.shape == (2, 5, 5)
+    np.testing.assert_allclose(roll.sum(-1), 1.0)
+    identity = np.broadcast_to(np.eye(5), (1, 1, 1, 5, 5))
+    np.testing.assert_allclose(compute_rollout(identity)[0], np.eye(5))
+
+    long = rng.random((300, 300))
+    long /= long.sum(-1, keepdims=True)
+    pooled, labels = pool_attention(long, [f"t{i}" for i in range(300)], max_tokens=128)
+    assert pooled.shape == (100, 100) and len(labels) == 100  # blocks of 3
+    np.testing.assert_allclose(pooled.sum(-1), 1.0)
+    assert labels[0] == "t0…t2 (3)"
+    assert np.isclose(pooled[0, 0], long[0:3, 0:3].sum(1).mean())
+
+
+def test_token_helpers():
+    assert label_tokens(SPEC, np.array([2, 5, 5, 0])) == ["w2", "w5", "w5·2", "w0"]
+    assert count_real_tokens(np.array([2, 7, 9, 0, 0])) == 3
+    w = np.zeros((1, 4, 4))
+    w[0, 0] = [0.1, 0.6, 0.3, 0.0]
+    ids = np.array([[2, 10, 11, 0]])
+    assert attention_to_tokens(w, ids, {10}) == (pytest.approx(0.6), pytest.approx(0.3))
+
+
+# -- CLI -------------------------------------------------------------------------------
+def _run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    from explain.cli import main
+
+    code = main(["attention", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_writes_attention_and_refuses_models_without(tmp_path, text_model, capsys):
+    model, _ = text_model
+    from safetensors.torch import save_file
+
+    pytest.importorskip("explain.loading")
+    spec = SPEC.to_dict() | {"vocabulary": [f"w{i}" for i in range(64)]}
+    weights = tmp_path / "text.safetensors"
+    save_file(model.state_dict(), weights, metadata={
+        "glassbox.architecture": "text_transformer", "glassbox.config": json.dumps({}),
+        "glassbox.spec": json.dumps(spec)})
+    inputs = tmp_path / "ids.npy"
+    np.save(inputs, _ids(5).numpy())
+    out = tmp_path / "att.npz"
+    code, stdout, stderr = _run_cli(capsys, str(weights), "--inputs", str(inputs), "--out", str(out))
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert (result["layers"], result["heads"], result["tokens"]) == (2, 2, 16)
+    with np.load(out, allow_pickle=False) as z:
+        assert z["attention"].shape == (2, 4, 2, 16, 16)
+        assert list(z["layer_names"]) == result["layer_names"]
+        np.testing.assert_allclose(z["attention"], reference_attention(model, _ids(5)), atol=1e-5)
+
+    mlp = build_architecture("tabular_mlp").eval()
+    mlp_file = tmp_path / "mlp.safetensors"
+    save_file(mlp.state_dict(), mlp_file, metadata={
+        "glassbox.architecture": "tabular_mlp", "glassbox.config": json.dumps({}),
+        "glassbox.spec": InputSpec("tabular", (30,)).to_json()})
+    feats = tmp_path / "x.npy"
+    np.save(feats, np.zeros((2, 30), np.float32))
+    code, stdout, stderr = _run_cli(capsys, str(mlp_file), "--inputs", str(feats), "--out", str(tmp_path / "no.npz"))
+    assert code == 3
+    assert stdout == "" and len(stderr.strip().splitlines()) == 1 and "no attention" in stderr
+    assert not (tmp_path / "no.npz").exists()

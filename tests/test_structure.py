@@ -1,0 +1,232 @@
+"""Layer table, module graph, activation/weight statistics and layer importance: numbers with known answers."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explain.activations import compute_weight_histogram, compute_weight_stats, tabulate_activations
+from explain.architectures import build_architecture
+from explain.errors import IncompatibleInput
+from explain.graph import build_module_graph, describe_module
+from explain.layer_importance import candidate_layers, compute_grad_cam, compute_layer_importance, grad_cam_layers
+from explain.model import LoadedModel
+from explain.spec import InputSpec
+from explain.structure import build_layer_table, describe_layers, filter_rows
+
+FORMATS = ("safetensors", "torchscript", "export")
+
+
+def _script(module: nn.Module) -> torch.jit.ScriptModule:
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buf)
+    buf.seek(0)
+    return torch.jit.load(buf)
+
+
+def as_format(module: nn.Module, fmt: str, spec: InputSpec, example: torch.Tensor) -> LoadedModel:
+    """The same weights as an eager, TorchScript or torch.export LoadedModel."""
+    if fmt == "torchscript":
+        return LoadedModel(_script(module), "torchscript", "x", spec)
+    if fmt == "export":
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        ep = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        return LoadedModel(ep.module(), "export", "x", spec, exported_program=ep)
+    return LoadedModel(module, fmt, "x", spec)
+
+
+SAMPLES = {
+    "shapes": ("shapes_resnet", InputSpec("image", (3, 32, 32)), lambda g: torch.rand(3, 3, 32, 32, generator=g)),
+    "cancer": ("tabular_mlp", InputSpec("tabular", (30,)), lambda g: torch.randn(5, 30, generator=g)),
+    "sentiment": ("text_transformer", InputSpec("text", (16,), dtype="int64"),
+                  lambda g: torch.randint(2, 64, (4, 16), generator=g)),
+}
+
+
+@pytest.fixture(scope="module")
+def sample_models():
+    """The three sample architectures in all three formats (in-test, seeded)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, (arch, spec, make) in SAMPLES.items():
+        module = build_architecture(arch).eval()
+        x = make(g)
+        out[name] = (module, x, {fmt: as_format(module, fmt, spec, x) for fmt in FORMATS})
+    return out
+
+
+@pytest.mark.parametrize("sample", list(SAMPLES))
+def test_parameters_add_up_in_every_format(sample_models, sample):
+    module, x, models = sample_models[sample]
+    total = sum(p.numel() for p in module.parameters())
+    for fmt, model in models.items():
+        table = build_layer_table(model, x)
+        assert table.total_parameters == total, fmt
+        assert sum(r.own_parameters for r in table.rows) == total, fmt
+        # collapsed to any depth, the visible rows still account for every parameter once
+        has_children = {r.name for r in table.rows for c in table.rows if r.name != c.name and
+                         (c.name.startswith(r.name + ".") or (not r.name and c.name))}
+        for depth in range(1, table.max_depth + 1):
+            frontier = sum(r.parameters for r in table.rows
+                           if r.depth == depth or (r.depth < depth and r.name not in has_children))
+            inner_own = sum(r.own_parameters for r in table.rows if r.depth < depth and r.name in has_children)
+            assert frontier + inner_own == total, (fmt, depth)
+
+
+@pytest.mark.parametrize("sample", list(SAMPLES))
+def test_shapes_and_flops_agree_across_formats(sample_models, sample):
+    module, x, models = sample_models[sample]
+    eager = {r.name: r for r in build_layer_table(models["safetensors"], x).rows}
+    assert eager[""].output_shape == tuple(module(x).shape)
+    for fmt in ("torchscript", "export"):
+        table = build_layer_table(models[fmt], x)
+        assert table.total_flops == eager[""].flops, fmt
+        for r in table.rows:
+            if r.output_shape is not None and r.name in eager and eager[r.name].output_shape is not None:
+                assert r.output_shape == eager[r.name].output_shape, (fmt, r.name)
+            if r.flops is not None and r.name in eager and eager[r.name].calls:
+                assert r.flops == eager[r.name].flops, (fmt, r.name)
+
+
+def test_flops_equal_analytic_counts_for_linear_and_conv():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    x = torch.randn(4, 7)
+    spec = InputSpec("tabular", (7,))
+    for fmt in FORMATS:
+        rows = {r.name: r for r in build_layer_table(as_format(mlp, fmt, spec, x), x).rows}
+        assert rows["0"].flops == 2 * 4 * 7 * 5, fmt  # 2·batch·in·out
+        assert rows["2"].flops == 2 * 4 * 5 * 3, fmt
+        assert rows["1"].flops == 0, fmt  # element-wise ops count 0
+        assert rows[""].flops == 280 + 120, fmt
+        assert rows[""].flop_share == 1.0 and rows["0"].flop_share == pytest.approx(280 / 400)
+
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, stride=2)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    spec = InputSpec("image", (3, 10, 10))
+    for fmt in FORMATS:
+        rows = {r.name: r for r in build_layer_table(as_format(conv, fmt, spec, x), x).rows}
+        # 2 · N · Cout · Hout · Wout · Cin · k²
+        assert rows["0"].flops == 2 * 2 * 8 * 10 * 10 * 3 * 9, fmt
+        assert rows["1"].flops == 2 * 2 * 4 * 4 * 4 * 8 * 9, fmt
+        assert rows["1"].output_shape == (2, 4, 4, 4), fmt
+
+
+def test_attention_flops_are_counted(sample_models):
+    """MultiheadAttention = in-projection + Q·Kᵀ + P·V + out-projection (CPU fused kernel counted too)."""
+    module, x, models = sample_models["sentiment"]
+    rows = {r.name: r for r in build_layer_table(models["safetensors"], x).rows}
+    n, length, d = x.shape[0], x.shape[1], 32
+    expected = 2 * n * length * d * 3 * d + 2 * 2 * n * length * length * d + 2 * n * length * d * d
+    assert rows["encoder.layers.0.self_attn"].flops == expected
+
+
+def test_torchscript_says_what_it_cannot_see(sample_models):
+    _, x, models = sample_models["sentiment"]
+    table = build_layer_table(models["torchscript"], x)
+    rows = {r.name: r for r in table.rows}
+    assert rows[""].flops == table.total_flops > 0
+    assert rows["encoder.layers.0.self_attn"].output_shape is None  # inside scripted control flow
+    assert rows["encoder.layers.0"].output_shape == (4, 16, 32)
+    assert rows["head"].flops == 2 * 4 * 32 * 2
+    assert any("TorchScript" in note for note in table.notes)
+
+
+def test_describe_layers_rows():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    rows = describe_layers(LoadedModel(mlp, "safetensors", "x", InputSpec("tabular", (7,))), np.zeros((2, 7), np.float32))
+    assert [r["name"] for r in rows] == ["", "0", "1", "2"]
+    assert set(rows[0]) >= {"name", "type", "output_shape", "parameters", "flops"}
+    assert rows[1] == {"name": "0", "type": "Linear", "output_shape": [2, 5], "parameters": 40, "flops": 140, "depth": 1}
+
+
+def test_filter_and_tree_order(sample_models):
+    _, x, models = sample_models["shapes"]
+    table = build_layer_table(models["export"], x)
+    names = [r.name for r in table.rows]
+    assert names.index("layer1") < names.index("layer1.conv1") < names.index("layer2")
+    assert {r.depth for r in filter_rows(table.rows, max_depth=1)} == {0, 1}
+    assert {r.type for r in filter_rows(table.rows, query="conv2d")} == {"Conv2d"}
+
+
+def test_module_graph_collapses_and_caps(sample_models):
+    _, x, models = sample_models["shapes"]
+    table = build_layer_table(models["safetensors"], x)
+    g1 = build_module_graph(table, max_depth=1)
+    assert g1.shown == [r.name for r in table.rows if r.depth <= 1]
+    assert g1.dot.count("->") == len(g1.shown) - 1
+    assert "+5 submodules" in g1.dot  # layer1: conv1 bn1 relu conv2 bn2
+    capped = build_module_graph(table, max_depth=3, max_nodes=5)
+    assert capped.truncated and len(capped.shown) == 5
+    detail = describe_module(table, "layer1")
+    assert detail["submodules"] == 5 and detail["row"].parameters == sum(c.parameters for c in detail["children"])
+
+
+def test_activation_stats_known_answer():
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.copy_(torch.tensor([-1.0, 1.0, -1.0]))
+    model = nn.Sequential(layer, nn.ReLU()).eval()
+    lm = LoadedModel(model, "safetensors", "x", InputSpec("tabular", (4,)))
+    rows = {r["name"]: r for r in tabulate_activations(build_layer_table(lm, torch.randn(6, 4)))}
+    relu = rows["1"]
+    assert relu["zero_fraction"] == pytest.approx(2 / 3)
+    assert relu["dead_fraction"] == pytest.approx(2 / 3)
+    assert relu["mean"] == pytest.approx(1 / 3)
+    assert rows["0"]["dead_fraction"] == 0.0
+    stats = {s.name: s for s in compute_weight_stats(lm)}
+    assert stats["0.bias"].norm == pytest.approx(3 ** 0.5)
+    assert stats["0.weight"].zero_fraction == 1.0
+    counts, edges = compute_weight_histogram(lm, "0.bias", bins=2)
+    assert counts.tolist() == [2, 1] and edges[0] == -1.0
+    with pytest.raises(IncompatibleInput):
+        compute_weight_histogram(lm, "nope")
+
+
+def test_probe_hooks_removed_after_error():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval()
+    lm = LoadedModel(model, "safetensors", "x", InputSpec("tabular", (5,)))
+    with pytest.raises(IncompatibleInput):
+        build_layer_table(lm, torch.randn(2, 5))  # the model raises: 5 features into Linear(4, 3)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_layer_importance_completeness_on_an_mlp():
+    """Each layer on the only path carries the whole logit change: Σ attribution = f(x) − f(0)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    lm = LoadedModel(model, "safetensors", "x", InputSpec("tabular", (6,)))
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    result = compute_layer_importance(lm, x, depth=1, steps=64)
+    assert sorted(result.layers) == ["0", "1", "2"]
+    with torch.no_grad():
+        logits, base = model(torch.from_numpy(x)), model(torch.zeros(1, 6))
+    delta = (logits - base)[np.arange(5), result.target].mean().item()
+    np.testing.assert_allclose(result.total, delta, atol=2e-3)
+    assert np.all(result.magnitude >= np.abs(result.total) - 1e-6)
+
+
+def test_layer_importance_needs_an_eager_model(sample_models):
+    _, x, models = sample_models["cancer"]
+    with pytest.raises(IncompatibleInput, match="hooks"):
+        compute_layer_importance(models["torchscript"], x.numpy())
+    assert candidate_layers(models["safetensors"], x.numpy(), depth=1) == ["body", "head"]
+
+
+def test_grad_cam_on_the_image_model(sample_models):
+    module, x, models = sample_models["shapes"]
+    lm = models["safetensors"]
+    layers = grad_cam_layers(lm, x.numpy())
+    assert layers[0] == "layer3"
+    cam = compute_grad_cam(lm, x.numpy(), "layer3")
+    assert cam.shape == (3, 32, 32)
+    peaks = cam.reshape(3, -1).max(1)
+    assert cam.min() >= 0 and np.all(np.isclose(peaks, 1.0, atol=1e-5) | (peaks == 0))
+    assert all(not m._forward_hooks and not m._backward_hooks for m in module.modules())
