@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import threading
 import zipfile
 from typing import Any, Iterator
 
@@ -34,6 +35,7 @@ from .errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from .loading_common import LoadedParts, first_line, open_zip, read_zip_member, spec_from_text, weights_only_load
 from .spec import SPEC_FILENAME, InputSpec
 
+_PATCH_LOCK = threading.Lock()
 _PT2_HINT = "Export the model again with torch.export.save (tensors only), or upload safetensors."
 MODEL_NAME = "model"  # torch.export.save stores its program under this name
 ALLOWED_OP_PREFIXES = ("torch.ops.aten.", "torch.ops.prim.", "torch.ops.prims.", "torch.ops.higher_order.")
@@ -47,7 +49,8 @@ ALLOWED_PY_OPS = frozenset(
 #: aten / higher-order operators refused although their namespace is allowed:
 #: they touch files or run code that is not part of the graph.
 DENIED_OPS = ("from_file", "set_", "call_torchbind", "executorch_call_delegate", "_print")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*)?$")  # empty: unnamed higher-order op inputs
+_OP_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FQN = re.compile(r"^[A-Za-z0-9_.]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _SYMBOL = re.compile(r"^[a-z]{1,5}\d+$")
@@ -106,10 +109,9 @@ def load_export_parts(data: bytes) -> LoadedParts:
         weights_only_load(sample, ".pt2 sample-inputs blob", _PT2_HINT)
     state_dict = _read_payloads(zf, names, root, "weights")
     constants = _read_payloads(zf, names, root, "constants")
-    extra = {n[len(root) + len("extra/"):]: read_zip_member(zf, n, ".pt2")
-             for n in names if n.startswith(root + "extra/")}
+    spec_text = member(f"extra/{SPEC_FILENAME}")
     ep = _deserialize(raw, state_dict, constants)
-    embedded = spec_from_text(extra.get(SPEC_FILENAME, b"").decode("utf-8", errors="replace")) if extra.get(SPEC_FILENAME) else None
+    embedded = spec_from_text(spec_text.decode("utf-8", errors="replace")) if spec_text else None
     return LoadedParts(
         ep.module(), "export", embedded_spec=embedded,
         fixed_batch_size=static_batch_size(ep), exported_program=ep,
@@ -173,7 +175,7 @@ def check_operator(target: Any) -> None:
     allowed = target in ALLOWED_PY_OPS or target.startswith(ALLOWED_OP_PREFIXES)
     parts = target.split(".")
     op_name = parts[3] if len(parts) > 3 else ""
-    if not allowed or op_name in DENIED_OPS or not all(_IDENTIFIER.match(p) for p in parts):
+    if not allowed or op_name in DENIED_OPS or not all(_OP_PART.match(p) for p in parts):
         raise UnsafeFile(
             f"The .pt2 graph calls operator {target[:80]!r}, which Glassbox does not run "
             "(only aten / prim / prims / higher-order operators are allowed).",
@@ -226,6 +228,7 @@ def _read_payloads(zf: zipfile.ZipFile, names: list[str], root: str, kind: str) 
         raise CorruptFile(f"The .pt2 {kind} table is malformed ({first_line(exc)}).") from None
     flat: dict[str, torch.Tensor] = {}
     out: dict[str, Any] = {}
+    present = set(names)
     for fqn, meta in table.config.items():
         path = directory + meta.path_name
         if kind == "constants" and not meta.path_name.startswith("tensor_"):
@@ -239,11 +242,14 @@ def _read_payloads(zf: zipfile.ZipFile, names: list[str], root: str, kind: str) 
                 raise UnsafeFile(f"The .pt2 {kind} entry {fqn!r} is not a tensor.")
             out[fqn] = tensor
             continue
-        out[fqn] = _raw_tensor(zf, path, meta, flat, kind == "weights")
+        out[fqn] = _raw_tensor(zf, path, meta, flat, kind == "weights", path in present)
     return out
 
 
-def _raw_tensor(zf: zipfile.ZipFile, path: str, meta: Any, flat: dict[str, torch.Tensor], weights: bool) -> Any:
+def _raw_tensor(
+    zf: zipfile.ZipFile, path: str, meta: Any, flat: dict[str, torch.Tensor], weights: bool, present: bool
+) -> Any:
+    """One tensor from its raw record (shared records keep their aliasing), bounds-checked."""
     from torch._export.serde.serialize import (
         deserialize_scalar_type, deserialize_size, deserialize_storage_offset, deserialize_stride,
     )
@@ -260,7 +266,9 @@ def _raw_tensor(zf: zipfile.ZipFile, path: str, meta: Any, flat: dict[str, torch
     if not all(isinstance(v, int) and v >= 0 for v in (*size, *stride, offset)):
         raise CorruptFile("The .pt2 weights have symbolic or negative sizes.")
     if path not in flat:
-        raw = read_zip_member(zf, path, ".pt2") if path in zf.namelist() else b""
+        if not present:
+            raise CorruptFile(f"The .pt2 archive lacks the record {path.rsplit('/', 1)[-1]!r} its tables name.")
+        raw = read_zip_member(zf, path, ".pt2")
         element = torch.empty((), dtype=dtype).element_size()
         if len(raw) % element:
             raise CorruptFile(f"The .pt2 weight file {path.rsplit('/', 1)[-1]!r} has a partial element.")
@@ -269,7 +277,7 @@ def _raw_tensor(zf: zipfile.ZipFile, path: str, meta: Any, flat: dict[str, torch
     numel = 1
     for s in size:
         numel *= s
-    if storage.numel() == 0 and numel > 0:  # torch writes empty records for all-zero tensors
+    if storage.numel() == 0 and numel > 0:  # an empty record means zeros, as torch reads it
         if numel * storage.element_size() > config.max_upload_bytes() * 2:
             raise TooLarge("The .pt2 file declares a zero tensor larger than the limit.")
         tensor = torch.zeros(size, dtype=dtype)
@@ -296,8 +304,6 @@ def refuse_pickle_fallback() -> Iterator[None]:
     """
     from torch._export.serde import serialize
 
-    original = serialize.deserialize_torch_artifact
-
     def safe_artifact(serialized: Any) -> Any:
         if isinstance(serialized, (dict, tuple)):
             return serialized
@@ -308,11 +314,13 @@ def refuse_pickle_fallback() -> Iterator[None]:
             raise CorruptFile(f"A .pt2 blob holds a {type(artifact).__name__}, not a tuple or dict.")
         return artifact
 
-    serialize.deserialize_torch_artifact = safe_artifact
-    try:
-        yield
-    finally:
-        serialize.deserialize_torch_artifact = original
+    with _PATCH_LOCK:  # one patch at a time, so restoring never leaves a stale function
+        original = serialize.deserialize_torch_artifact
+        serialize.deserialize_torch_artifact = safe_artifact
+        try:
+            yield
+        finally:
+            serialize.deserialize_torch_artifact = original
 
 
 def _deserialize(raw: dict[str, Any], state_dict: dict[str, Any], constants: dict[str, Any]) -> Any:

@@ -258,6 +258,21 @@ def test_pt2_pickled_weight_payload_is_refused(tiny, tmp_path):
     assert not marker.exists()
 
 
+def test_export_deserializer_cannot_fall_back_to_full_unpickling(tmp_path):
+    from torch._export.serde import serialize
+
+    from explain.loading_export import refuse_pickle_fallback
+
+    marker = tmp_path / "PWNED"
+    original = serialize.deserialize_torch_artifact
+    with refuse_pickle_fallback():
+        assert serialize.deserialize_torch_artifact(_pickled(({"x": torch.ones(2)},)))[0]["x"].sum() == 2
+        with pytest.raises(UnsafeFile, match="posix.system"):
+            serialize.deserialize_torch_artifact(_pickled((Payload(marker),)))
+    assert serialize.deserialize_torch_artifact is original
+    assert not marker.exists()
+
+
 def _edit_program(tiny, tmp_path, edit) -> Path:
     def apply(data: bytes) -> bytes:
         program = json.loads(data)
