@@ -231,12 +231,14 @@ class Report:
         sections: in order.
         created: when it was made (UTC).
         params: every parameter used to build it (for reproduction).
+        subtitle: one line under the title (what was reported on).
     """
 
     title: str
     sections: list[Section] = field(default_factory=list)
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     params: dict[str, Any] = field(default_factory=dict)
+    subtitle: str = ""
 
     @property
     def section_titles(self) -> list[str]:
@@ -275,7 +277,8 @@ class Report:
         created = self.created.strftime("%Y-%m-%d %H:%M:%S UTC")
         data = self.data_json().replace("</", "<\\/")  # never close the script early
         return _PAGE.format(
-            title=escape(self.title), created=escape(created), toc=toc, body=body, css=_CSS,
+            title=escape(self.title), created=escape(created), toc=toc,
+            subtitle=escape(self.subtitle + " · " if self.subtitle else ""), body=body, css=_CSS,
             plotlyjs=plotly.offline.get_plotlyjs(), data=data, data_id=DATA_SCRIPT_ID,
         )
 
@@ -431,7 +434,7 @@ _PAGE = """<!DOCTYPE html>
 </head>
 <body>
 <main>
-<header class="top"><h1>{title}</h1><div class="meta">Glassbox report · made {created}</div></header>
+<header class="top"><h1>{title}</h1><div class="meta">{subtitle}made {created}</div></header>
 <nav class="toc"><h2>Contents</h2><ol>{toc}</ol></nav>
 {body}
 <footer>Made by Glassbox on {created}. This file is self-contained: it loads nothing from the network.</footer>

@@ -57,7 +57,18 @@ def build_structure_section(model: LoadedModel, structure: dict[str, Any]) -> Se
                               numeric=("parameters", "flops")) + more
     data = {"layers": [{k: r[k] for k in ("name", "type", "output_shape", "parameters", "flops")} for r in rows],
             "total_parameters": structure["total_parameters"], "total_flops": structure["total_flops"]}
-    return Section("Structure", body=body, data=round_data(data))
+    figures, notes = [], []
+    total = structure["total_flops"]
+    if total:
+        try:
+            from .viz.structure import figure_flops
+
+            leaves = [dict(layer, flop_share=(layer.get("flops") or 0) / total) for layer in layers
+                      if layer.get("name") and not any(o.get("name", "").startswith(layer["name"] + ".") for o in layers)]
+            figures.append(figure_flops(leaves, top=15))
+        except ImportError as exc:
+            notes.append(f"FLOPs chart not drawn: {exc}.")
+    return Section("Structure", body=body, figures=figures, data=round_data(data), notes=notes)
 
 
 def _shape_text(shape: Any) -> str:
@@ -108,19 +119,22 @@ def build_attention_section(model: LoadedModel, inputs: np.ndarray | None, examp
 
 
 def attention_figures(weights: np.ndarray, layer_names: Sequence[str], tokens: Sequence[str],
-                      keep: Sequence[int]) -> list:
-    """One heatmap per layer (mean over heads) from `explain.viz.structure`.
+                      keep: Sequence[int], grid: bool = True) -> list:
+    """Attention of one input without padding, from `explain.viz.structure`.
 
     Args:
         weights: [layer, head, query, key] for one input.
+        keep: the non-padding positions (the maps are cut to them).
+        grid: one layer × head grid; else one map per layer (mean over heads).
     """
     from .viz import structure as viz_structure
 
-    figures = []
-    for i, name in enumerate(layer_names):
-        mean = weights[i].mean(axis=0)[np.ix_(keep, keep)]  # [q, k]
-        figures.append(viz_structure.attention_heatmap(mean, list(tokens), title=f"{name} · mean over heads"))
-    return figures
+    w = weights[:, :, keep][..., keep]  # [layer, head, q, k]
+    if grid:
+        return [viz_structure.figure_attention_grid(w, list(layer_names), list(tokens))]
+    return [viz_structure.figure_attention(w[i].mean(axis=0), list(tokens), title=f"{name} · mean over heads",
+                                           height=420)
+            for i, name in enumerate(layer_names)]
 
 
 # -- training --------------------------------------------------------------------------

@@ -309,6 +309,8 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
     ckpt_ids = [_identify(s) for s in checkpoints]
 
     report = Report(title or f"Glassbox report: {model.name}")
+    report.subtitle = (f"{model.name} · {model.format} · sha256 {model.sha256[:12]}… · "
+                       + (f"{len(shown)} of {len(array)} inputs explained" if array is not None else "no inputs"))
     report.params = {
         "model": {"name": model.name, "format": model.format, "sha256": model.sha256},
         "inputs": None if array is None else {"count": int(len(array)), "explained": int(len(shown)),

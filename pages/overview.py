@@ -156,7 +156,9 @@ with train_col:
             from explain.viz.training import figure_curves
 
             history, findings, origin = _training(tuple(logs), tuple(checkpoints))
-            fig = figure_curves(history, findings, height=380)
+            fig = figure_curves(history, findings, height=420)
+            fig.update_layout(legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18, x=0),
+                              margin=dict(l=0, r=0, t=10, b=0))
             labels = {p: f"epoch {int(Path(p).stem.split('_')[-1])}" if Path(p).stem.split("_")[-1].isdigit()
                       else Path(p).stem for p in checkpoints}
             chosen_ckpt = st.selectbox("Explain with", [FINAL, *checkpoints], key="gb_ov_ckpt",
@@ -174,7 +176,11 @@ with struct_col:
     chosen_layer, layer_method = NO_LAYER, LAYER_METHODS[0]
     with state.error_boundary("Describing the layers"):
         frame, layer_choices = _layers(model.sha256, model, x)
-        st.dataframe(frame, hide_index=True, height=300, key="ov_layers")
+        st.dataframe(frame, hide_index=True, height=300, key="ov_layers", column_config={
+            "layer": st.column_config.TextColumn(width="medium"), "type": st.column_config.TextColumn(width="small"),
+            "output": st.column_config.TextColumn(width="small"),
+            "params": st.column_config.NumberColumn(width="small", format="localized"),
+            "FLOPs": st.column_config.NumberColumn(width="small", format="compact")})
         if layer_choices:
             chosen_layer = st.selectbox("Layer", [NO_LAYER, *layer_choices], key="gb_ov_layer",
                                         help="Show how much this layer's units mattered for the chosen input.")
@@ -192,7 +198,8 @@ with struct_col:
             tokens = token_strings(model, x[0])
             keep = [i for i, t in enumerate(tokens) if t != "<pad>"]
             last = maps.weights[-1:, 0]  # [1, head, q, k]
-            fig = attention_figures(last, maps.layer_names[-1:], [tokens[i] for i in keep], keep)[0]
+            fig = attention_figures(last, maps.layer_names[-1:], [tokens[i] for i in keep], keep, grid=False)[0]
+            fig.update_layout(height=380)
             st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_attention")
 
 with out_col:
