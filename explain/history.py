@@ -17,25 +17,21 @@ logged as NaN is stored as ``+inf`` so diagnosis can tell "not logged" from
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from . import history_formats as formats
 from .errors import CorruptFile, IncompatibleInput, InputRefused
+from .history_formats import load_checkpoint_dict  # noqa: F401 - part of this module's API
 
 ROLES: tuple[str, ...] = ("train_loss", "val_loss", "train_metric", "val_metric", "lr")
 X_COLUMNS: tuple[str, ...] = ("epoch", "step", "wall_time")
-LOG_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 _X_ALIASES = {
     "epoch": {"epoch", "epochs", "trainer/epoch", "train/epoch"},
@@ -44,11 +40,9 @@ _X_ALIASES = {
     "wall_time": {"wall_time", "walltime", "time", "timestamp", "_timestamp", "_runtime", "elapsed"},
 }
 _VAL_TOKENS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev", "holdout"}
-_TRAIN_TOKENS = {"train", "training", "trn"}
 _LOSS_TOKENS = {"loss", "nll", "objective", "cost"}
 _METRIC_TOKENS = ("accuracy", "acc", "f1", "auroc", "auc", "top1", "iou", "dice", "precision", "recall",
                   "map", "r2", "bleu", "score", "mae", "rmse", "mse", "error", "err", "perplexity", "ppl")
-_CHECKPOINT_HISTORY_KEYS = ("history", "log_history", "training_history", "train_history", "train_log")
 _NAN_STRINGS = {"nan", "-nan", "+nan"}
 _EMPTY_STRINGS = {"", "none", "null"}
 
@@ -231,7 +225,7 @@ def _numeric(col: pd.Series) -> pd.Series | None:
     return values
 
 
-def _tidy(raw: pd.DataFrame, source: str, step_is_epoch: bool = False) -> TrainingHistory:
+def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str) -> TrainingHistory:
     """Split x columns from series, coerce numbers, guess roles."""
     if raw.empty or raw.shape[1] == 0:
         raise CorruptFile(f"{source}: no rows found.")
@@ -270,125 +264,6 @@ def _tidy(raw: pd.DataFrame, source: str, step_is_epoch: bool = False) -> Traini
     return TrainingHistory(frame=frame, roles=guess_roles(series), sources=[source], name=name)
 
 
-def _read_csv(data: bytes, source: str) -> TrainingHistory:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise CorruptFile(f"{source}: not a text file (not UTF-8).") from None
-    if not text.strip():
-        raise CorruptFile(f"{source}: the file is empty.")
-    try:
-        raw = pd.read_csv(io.StringIO(text), sep=None, engine="python", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-        raise CorruptFile(f"{source}: not a readable CSV table ({str(exc).splitlines()[0]}).") from None
-    return _tidy(raw, source)
-
-
-def _records_frame(records: list[Any], source: str) -> pd.DataFrame:
-    if not records or not all(isinstance(r, dict) for r in records):
-        raise IncompatibleInput(f"{source}: expected a list of JSON objects (one per epoch or step).")
-    return pd.json_normalize(records, sep="/")
-
-
-def _mark_nan(obj: Any) -> Any:
-    """A logged float NaN -> +inf (see the module docstring); None stays missing."""
-    if isinstance(obj, dict):
-        return {k: _mark_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_mark_nan(v) for v in obj]
-    if isinstance(obj, float) and np.isnan(obj):
-        return np.inf
-    return obj
-
-
-def _frame_from_json(obj: Any, source: str) -> pd.DataFrame:
-    obj = _mark_nan(obj)
-    if isinstance(obj, dict):
-        for key in _CHECKPOINT_HISTORY_KEYS:
-            if key in obj and isinstance(obj[key], (list, dict)):
-                return _frame_from_json(obj[key], source)
-        lists = {k: v for k, v in obj.items() if isinstance(v, list)}
-        if lists:
-            n = max(len(v) for v in lists.values())
-            return pd.DataFrame({k: list(v) + [None] * (n - len(v)) for k, v in lists.items()})
-        return _records_frame([obj], source)
-    if isinstance(obj, list):
-        return _records_frame(obj, source)
-    raise IncompatibleInput(f"{source}: JSON holds no training history (a {type(obj).__name__}).")
-
-
-def _read_json(data: bytes, source: str) -> TrainingHistory:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise CorruptFile(f"{source}: not a text file (not UTF-8).") from None
-    if not text.strip():
-        raise CorruptFile(f"{source}: the file is empty.")
-    try:
-        return _tidy(_frame_from_json(json.loads(text), source), source)
-    except json.JSONDecodeError:
-        pass  # JSON lines, or not JSON at all
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorruptFile(f"{source}: line {number} is not valid JSON ({exc.msg}).") from None
-        if not isinstance(record, dict):
-            raise IncompatibleInput(f"{source}: line {number} is not a JSON object.")
-        records.append(record)
-    return _tidy(_records_frame(_mark_nan(records), source), source)
-
-
-def _scalar_events(path: str) -> list[tuple[str, int, float, float]]:
-    """(tag, step, wall_time, value) of every scalar in one event file."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
-
-    acc = EventAccumulator(path, size_guidance={"scalars": 0, "tensors": 0})
-    try:
-        acc.Reload()
-    except Exception as exc:  # data loss, truncated record, bad CRC
-        raise CorruptFile(f"{Path(path).name}: unreadable TensorBoard event file ({exc}).") from None
-    tags = acc.Tags()
-    rows = [(tag, e.step, e.wall_time, e.value) for tag in tags.get("scalars", []) for e in acc.Scalars(tag)]
-    for tag in tags.get("tensors", []):  # TF2 writes scalars as rank-0 tensors
-        for e in acc.Tensors(tag):
-            arr = tensor_util.make_ndarray(e.tensor_proto)
-            if arr.size == 1 and np.issubdtype(arr.dtype, np.number):
-                rows.append((tag, e.step, e.wall_time, float(arr.reshape(()))))
-    return rows
-
-
-def _read_event_files(files: list[Path], root: Path, source: str) -> TrainingHistory:
-    rows = []
-    for path in files:
-        rel = path.parent.relative_to(root).as_posix() if path.parent != root else ""
-        for tag, step, wall, value in _scalar_events(str(path)):
-            name = f"{rel}/{tag}" if rel else tag
-            rows.append((name, step, wall, value if np.isfinite(value) else np.inf))
-    if not rows:
-        raise CorruptFile(f"{source}: no scalar curves found in the TensorBoard event file(s).")
-    long = pd.DataFrame(rows, columns=["tag", "step", "wall_time", "value"])
-    wide = long.pivot_table(index="step", columns="tag", values="value", aggfunc="last", dropna=False)
-    wide.columns = [str(c) for c in wide.columns]
-    wide.insert(0, "wall_time", long.groupby("step")["wall_time"].min())
-    wide = wide.reset_index()
-    tags = [c for c in wide.columns if c not in ("step", "wall_time")]
-    step_is_epoch = all(Path(t).name.startswith("epoch_") for t in tags)  # Keras' TensorBoard callback
-    return _tidy(wide, source, step_is_epoch=step_is_epoch)
-
-
-def _read_tensorboard_bytes(data: bytes, source: str) -> TrainingHistory:
-    name = Path(source).name if "tfevents" in Path(source).name else "events.out.tfevents.upload"
-    with tempfile.TemporaryDirectory(prefix="glassbox-tb-") as tmp:
-        path = Path(tmp) / name
-        path.write_bytes(data)
-        return _read_event_files([path], Path(tmp), source)
-
-
 def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> TrainingHistory:
     """The ``history`` stored in a checkpoint dict, loaded weights-only.
 
@@ -397,71 +272,10 @@ def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> Training
         CorruptFile: not a torch checkpoint.
         IncompatibleInput: a checkpoint without a history.
     """
-    obj = load_checkpoint_dict(data, source)
-    key = next((k for k in _CHECKPOINT_HISTORY_KEYS if k in obj), None)
-    if key is None:
-        raise IncompatibleInput(
-            f"{source}: the checkpoint has no training history.",
-            f"Expected one of the keys {', '.join(_CHECKPOINT_HISTORY_KEYS)}.",
-        )
-    history = _plain(obj[key])
-    return _tidy(_frame_from_json(history, source), source)
-
-
-def load_checkpoint_dict(data: bytes, source: str = "checkpoint") -> dict[str, Any]:
-    """``torch.load(..., weights_only=True)`` of a checkpoint that must be a dict."""
-    import pickle
-
-    import torch
-
-    from .errors import UnsafeFile
-
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
-            raise UnsafeFile(
-                f"{source}: the checkpoint holds Python objects that need code execution to load; refused.",
-                "Save plain tensors, numbers, lists and dicts (e.g. the state_dict and a history list).",
-            ) from None
-        raise CorruptFile(f"{source}: not a readable torch checkpoint ({str(exc).splitlines()[0]}).") from None
-    except Exception as exc:  # zip errors, truncation, not a torch file at all
-        raise CorruptFile(f"{source}: not a readable torch checkpoint ({str(exc).splitlines()[0]}).") from None
-    if not isinstance(obj, dict):
-        raise IncompatibleInput(f"{source}: the checkpoint is a {type(obj).__name__}, not a dict.")
-    return obj
-
-
-def _plain(obj: Any) -> Any:
-    """Tensors and numpy scalars inside a history -> Python floats."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _plain(obj.tolist())
-    return obj
+    return _tidy(formats.checkpoint_history_frame(load_checkpoint_dict(data, source), source), source=source)
 
 
 # -- entry points ---------------------------------------------------------------
-def _sniff(data: bytes, name: str) -> str:
-    lower = name.lower()
-    if "tfevents" in lower:
-        return "tensorboard"
-    if data[:4] == b"PK\x03\x04" or lower.endswith(CHECKPOINT_SUFFIXES):
-        return "checkpoint"
-    if lower.endswith((".json", ".jsonl", ".ndjson")):
-        return "json"
-    if lower.endswith((".csv", ".tsv")):
-        return "csv"
-    head = data[:2048].lstrip()
-    if head[:1] in (b"{", b"["):
-        return "json"
-    if b"\x00" in head[:64]:
-        return "tensorboard"  # binary records: try the event-file reader
-    return "csv"
-
-
 def read_history(source: str | os.PathLike | bytes, filename: str | None = None) -> TrainingHistory:
     """Read one log: a file path, a folder of TensorBoard event files, or bytes.
 
@@ -482,20 +296,20 @@ def read_history(source: str | os.PathLike | bytes, filename: str | None = None)
             files = sorted(p for p in path.rglob("*") if p.is_file() and "tfevents" in p.name)
             if not files:
                 raise IncompatibleInput(f"{path}: the folder holds no TensorBoard event files (events.out.tfevents.*).")
-            return _read_event_files(files, path, str(path))
+            return _tidy(*formats.parse_event_files(files, path, str(path)), source=str(path))
         if not path.is_file():
             raise InputRefused(f"{path}: no such file.")
         data, name = path.read_bytes(), filename or path.name
     if not data:
         raise CorruptFile(f"{name}: the file is empty.")
-    kind = _sniff(data, name)
+    kind = formats.sniff(data, name)
     if kind == "tensorboard":
-        return _read_tensorboard_bytes(data, name)
+        return _tidy(*formats.parse_tensorboard_bytes(data, name), source=name)
     if kind == "checkpoint":
         return read_checkpoint_history(data, name)
     if kind == "json":
-        return _read_json(data, name)
-    return _read_csv(data, name)
+        return _tidy(formats.parse_json(data, name), source=name)
+    return _tidy(formats.parse_csv(data, name), source=name)
 
 
 def read_histories(sources: Iterable[str | os.PathLike | tuple[str, bytes]]) -> list[TrainingHistory]:

@@ -119,7 +119,10 @@ def figure_curves(
         lr = lr[np.isfinite(lr) & (lr > 0)]
         if len(lr) and lr.max() / lr.min() > 20:
             fig.update_yaxes(type="log", row=1, col=1, secondary_y=True)
-        fig.update_yaxes(title_text="learning rate", row=1, col=1, secondary_y=True, showgrid=False)
+        elif len(lr) and lr.max() / lr.min() < 1.001:  # a constant rate: keep it readable mid-axis
+            fig.update_yaxes(range=[0, 2 * lr.max()], row=1, col=1, secondary_y=True)
+        fig.update_yaxes(title_text="learning rate", row=1, col=1, secondary_y=True, showgrid=False,
+                         tickformat=".2g", rangemode="tozero")
     if has_metric:
         for role, name, color in (("train_metric", "train", COLORS["train"]), ("val_metric", "validation", COLORS["val"])):
             if roles.get(role):
