@@ -155,6 +155,18 @@ def test_maxpool_and_activation_rules_equal_shap():
     assert result.max_completeness_error <= 1e-4
 
 
+def test_softmax_head_equals_shap():
+    """A final nn.Softmax gets SHAP's elementwise rescale (additive), not its gradient."""
+    torch.manual_seed(7)
+    module = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Softmax(dim=1)).eval()
+    x = 2 * torch.randn(12, 6, generator=torch.Generator().manual_seed(8)).numpy()
+    result = _explain(_loaded(module, InputSpec("tabular", (6,))), x[:4], background=x[4:])
+    expected = _shap_values(module, x[:4], x[4:], result.target)
+    assert np.abs(expected).max() > 0.05
+    assert np.abs(result.values - expected).max() <= 1e-4
+    assert result.max_completeness_error <= 1e-4
+
+
 def test_paired_deeplift_equals_captum(cancer):
     """The shared function with one baseline per input is Captum's DeepLift (rescale)."""
     from captum.attr import DeepLift

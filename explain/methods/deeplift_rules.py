@@ -8,6 +8,8 @@ and reused activations, TorchScript and ``torch.export`` programs all get them:
   leaky_relu, selu, celu, hardtanh/relu6, mish, hardsigmoid, hardswish, prelu,
   scalar clamps): the multiplier Δout/Δin between each explained row and its
   paired reference row; where |Δin| < 1e-6 the local gradient is used;
+- a softmax whose output is the model output (an ``nn.Softmax`` head): the
+  same elementwise rescale, as SHAP does for ``nn.Softmax`` modules;
 - max pooling: SHAP's rule -- the output difference is split between the
   argmax positions of the input and of the reference, divided by Δin (zero
   where |Δin| < 1e-7); contributions add up where windows overlap;
@@ -30,7 +32,8 @@ import torch
 from torch import fx
 from torch.fx.operator_schemas import normalize_function
 
-from ..errors import GlassboxError, IncompatibleInput, UsageError
+from ..engine import is_out_of_memory
+from ..errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
 from ..graph_capture import FALLBACK_METHOD, GRAPH_CACHE, CapturedGraph, captured_graph, first_tensor
 from ..model import LoadedModel
 
@@ -60,6 +63,10 @@ LINEAR_OPS = frozenset(
     split split_with_sizes chunk unbind narrow getitem zeros_like ones_like eq ne lt gt le ge
     _assert_scalar _local_scalar_dense scalar_tensor""".split()
 )
+#: Softmax gets SHAP's elementwise rescale only as the model's last op (an
+#: ``nn.Softmax`` head); inside the network (attention) its gradient passes.
+FINAL_SOFTMAX_OPS = frozenset({"softmax", "_softmax"})
+_PLUMBING = frozenset("clone view reshape alias _to_copy to contiguous _unsafe_view flatten squeeze getitem".split())
 _PRODUCTS = frozenset("mul div mm bmm matmul baddbmm addmm".split())
 
 
@@ -184,6 +191,8 @@ def plan_rules(graph: fx.Graph, token_ids: bool) -> RulePlan:
             rules[node] = "maxpool"
         elif base in RESCALE_OPS and first_dependent and (base == "prelu" or not tensors_after_first):
             rules[node] = "rescale"
+        elif base in FINAL_SOFTMAX_OPS and first_dependent and _feeds_output(node):
+            rules[node] = "rescale"  # SHAP's (elementwise) rule for a final nn.Softmax
         elif not node.users:
             continue  # dead node (make_fx leaves detach() calls behind)
         elif base in _PRODUCTS and sum(a in dependent for a in node.all_input_nodes) > 1:
@@ -191,6 +200,17 @@ def plan_rules(graph: fx.Graph, token_ids: bool) -> RulePlan:
         elif base not in LINEAR_OPS:
             unruled.add(base.lstrip("_"))
     return RulePlan(start, rules, sorted(unruled))
+
+
+def _feeds_output(node: fx.Node) -> bool:
+    """True when ``node``'s value is the graph output, up to copies and reshapes."""
+    while True:
+        users = list(node.users)
+        if any(u.op == "output" for u in users):
+            return True
+        if len(users) != 1 or _functional(op_name(users[0]) or "") not in _PLUMBING:
+            return False
+        node = users[0]
 
 
 def _embedding_node(nodes: list[fx.Node], placeholder: fx.Node) -> fx.Node:
@@ -370,20 +390,30 @@ def _run_job(
     plan = plan_rules(captured.module.graph, not torch.is_floating_point(job.x))
     values = None
     out_sum, base_sum = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-    for start in range(0, job.total, step):
+    start = 0
+    while start < job.total:
         i_idx, b_idx = job.pairs(start, min(start + step, job.total))
         ts = job.target[i_idx]
-        pair_values, fx_out, fr_out = _run_chunk(
-            captured.module, plan, job.x[i_idx], job.refs[b_idx], ts, captured.fixed_batch
-        )
+        try:
+            pair_values, fx_out, fr_out = _run_chunk(
+                captured.module, plan, job.x[i_idx], job.refs[b_idx], ts, captured.fixed_batch
+            )
+        except Exception as exc:  # noqa: BLE001 - out of memory: halve the chunk and retry it
+            if not is_out_of_memory(exc):
+                raise
+            if captured.fixed_batch or step == 1:
+                raise TooLarge(f"Out of memory with {step} (input, background) pairs per pass.") from None
+            step //= 2
+            continue
         _check_agreement(fx_out, job.logits_x[i_idx], fr_out, job.logits_r[b_idx], captured.how)
         if values is None:
             values = torch.zeros((n, *pair_values.shape[1:]), dtype=torch.float64)
         values.index_add_(0, i_idx, pair_values.double().cpu())
         out_sum.index_add_(0, i_idx, fx_out.gather(1, ts[:, None]).squeeze(1).double().cpu())
         base_sum.index_add_(0, i_idx, fr_out.gather(1, ts[:, None]).squeeze(1).double().cpu())
+        start += len(i_idx)
         if progress is not None:
-            progress(start + len(i_idx), job.total)
+            progress(start, job.total)
     return (values, out_sum, base_sum), plan
 
 
