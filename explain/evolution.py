@@ -26,6 +26,8 @@ from .history import load_checkpoint_dict
 from .model import LoadedModel
 
 ProgressFn = Callable[[int, int], None]
+#: progress units per checkpoint: drift reports (done, total) with total = UNITS * checkpoints.
+UNITS = 1000
 
 _STATE_KEYS = ("model_state_dict", "state_dict", "model", "weights", "module")
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -286,7 +288,8 @@ def compute_attribution_drift(
         target: class per input, one class, or None for the final model's prediction
             (the same class is explained at every checkpoint).
         steps: integration steps.
-        progress: called with (done, total) over all checkpoints.
+        progress: called with (done, total), total = `UNITS` x checkpoints; checkpoint i
+            covers [UNITS * i, UNITS * (i + 1)].
     """
     if len(models) < 2:
         raise IncompatibleInput("Attribution drift needs at least 2 checkpoints.")
@@ -300,10 +303,10 @@ def compute_attribution_drift(
     for i, model in enumerate(models):
         inner = None
         if progress is not None:
-            inner = lambda done, total, i=i: progress(i * 1000 + int(1000 * done / max(total, 1)), k * 1000)
+            inner = lambda done, total, i=i: progress(i * UNITS + int(UNITS * done / max(total, 1)), k * UNITS)
         values.append(explain_with_ig(model, inputs, target, steps, inner))
         if progress is not None:
-            progress((i + 1) * 1000, k * 1000)
+            progress((i + 1) * UNITS, k * UNITS)
     values_arr = np.stack(values)  # [K, N, ...]
     maps = np.stack([display_map(v, final.modality) for v in values])
     n = len(inputs)

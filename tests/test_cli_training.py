@@ -16,15 +16,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_cli_json_on_a_keras_log_and_a_tensorboard_folder(tmp_path):
+def test_cli_json_on_a_keras_log(tmp_path):
     frame = curves.overfitting(0, onset=30).frame  # epoch, loss, val_loss, lr
     frame.to_csv(tmp_path / "keras.csv", index=False)
-    from torch.utils.tensorboard import SummaryWriter
-
-    w = SummaryWriter(str(tmp_path / "tb"))
-    for step in range(10):
-        w.add_scalar("train/loss", 1.0 / (step + 1), step)
-    w.close()
     proc = run_cli(tmp_path / "keras.csv", "--role", "lr=")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -36,18 +30,27 @@ def test_cli_json_on_a_keras_log_and_a_tensorboard_folder(tmp_path):
     assert set(over) == {"kind", "severity", "message", "epochs"} and abs(over["epochs"][0] - 30) <= 2
     assert out["x"] == "epoch" and out["points"] == 60
 
-    proc = run_cli(tmp_path / "tb")
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["series"] == {"train/loss": 10} and out["x"] == "step"
 
-
-def test_cli_exit_codes(tmp_path):
+def test_cli_unreadable_log_exits_3_with_one_line(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"loss": 1.0}\n{"loss": oops}\n')
     proc = run_cli(tmp_path / "broken.jsonl")
     assert proc.returncode == 3 and proc.stdout == ""
     assert proc.stderr.strip().count("\n") == 0 and "line 2" in proc.stderr  # one line, a clear reason
-    proc = run_cli(tmp_path / "missing.csv")
-    assert proc.returncode == 3 and "no such file" in proc.stderr
-    proc = run_cli(tmp_path / "broken.jsonl", "--role", "banana=loss")
-    assert proc.returncode == 2 and "--role" in proc.stderr
+
+
+def test_cli_in_process_tensorboard_missing_file_and_usage(tmp_path, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from explain.cli import main
+
+    w = SummaryWriter(str(tmp_path / "tb"))
+    for step in range(10):
+        w.add_scalar("train/loss", 1.0 / (step + 1), step)
+    w.close()
+    assert main(["training", str(tmp_path / "tb")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["series"] == {"train/loss": 10} and out["x"] == "step"
+    assert main(["training", str(tmp_path / "missing.csv")]) == 3
+    assert "no such file" in capsys.readouterr().err
+    assert main(["training", str(tmp_path / "tb"), "--role", "banana=loss"]) == 2
+    assert "--role" in capsys.readouterr().err
