@@ -135,3 +135,49 @@ def _check_shape(source: np.ndarray, inputs: np.ndarray, what: str) -> None:
         raise IncompatibleInput(
             f"The {what} has samples of shape {source.shape[1:]}, the inputs {inputs.shape[1:]}."
         )
+
+
+def background_set(
+    background: np.ndarray | None,
+    inputs: np.ndarray,
+    modality: str,
+    size: int,
+    fallback: str = "zero",
+    seed: int = 0,
+    kmeans: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference distribution of the SHAP-family methods, in input space.
+
+    Args:
+        background: user samples [M, ...] (model-ready), or None.
+        inputs: the batch being explained [N, ...] (for shapes and ``mean``).
+        modality: tabular backgrounds larger than ``size`` are k-means
+            summarised (like ``shap.kmeans``); image/text ones subsampled.
+        size: most rows kept.
+        fallback: without a background, one ``zero`` (all-zero / all-pad) or
+            ``mean`` (of the inputs) row.
+        kmeans: summarise tabular backgrounds (False: subsample them too,
+            for explainers that cannot weight rows).
+
+    Returns:
+        (rows [M, ...], weights [M] summing to 1).
+    """
+    inputs = np.asarray(inputs)
+    if background is None or len(background) == 0:
+        if fallback == "mean" and modality != "text":
+            row = inputs.astype(np.float32).mean(axis=0, keepdims=True)
+        elif fallback == "zero":
+            row = np.zeros_like(inputs[:1])
+        else:
+            raise UsageError(f"Without a background set the baseline must be zero or mean, not {fallback!r}.")
+        return row, np.ones(1)
+    bg = np.asarray(background)
+    if bg.ndim == inputs.ndim - 1:
+        bg = bg[None]
+    _check_shape(bg, inputs, "background")
+    if len(bg) <= size:
+        return bg, np.full(len(bg), 1.0 / len(bg))
+    if modality == "tabular" and kmeans:
+        return summarize_background(bg, size, seed)
+    keep = np.sort(np.random.default_rng(seed).choice(len(bg), size=size, replace=False))
+    return bg[keep], np.full(size, 1.0 / size)

@@ -57,6 +57,9 @@ class ModelFunction:
     Args:
         model: the loaded model (already on the engine's device).
         inputs: model-ready batch [N, ...] on the model's device.
+        space: ``auto`` (embeddings for text, else inputs) or ``input``
+            (points are the model inputs as they are, token ids included:
+            for perturbation methods that need no gradient).
 
     Attributes:
         space: ``input`` (points are model inputs) or ``embedding`` (points
@@ -64,10 +67,10 @@ class ModelFunction:
             its input for masks).
     """
 
-    def __init__(self, model: LoadedModel, inputs: torch.Tensor):
+    def __init__(self, model: LoadedModel, inputs: torch.Tensor, space: str = "auto"):
         self.model = model
         self.inputs = inputs
-        self.space = "embedding" if model.modality == "text" else "input"
+        self.space = "embedding" if model.modality == "text" and space == "auto" else "input"
         self._layer: nn.Module | None = None
         self._node = None
         self._weight: torch.Tensor | None = None
@@ -86,9 +89,9 @@ class ModelFunction:
         self._node, self._weight = node, weight
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings [N, L, D] of ids [N, L] (input space: the inputs as float)."""
+        """Token embeddings [N, L, D] of ids [N, L] (input space: the inputs as they are)."""
         if self.space == "input":
-            return ids.float()
+            return ids if not torch.is_floating_point(ids) else ids.float()
         with torch.no_grad():
             if self._layer is not None:  # the layer's function, bypassing hooks
                 layer = self._layer
@@ -328,17 +331,23 @@ class Engine:
 
     def evaluate(self, fn: ModelFunction, points: torch.Tensor, owner: torch.Tensor, target: torch.Tensor) -> np.ndarray:
         """Target logits [B] (float64) at given points, fp32, no gradients."""
+        return self.evaluate_rows(
+            fn, points.shape[0], lambda a, b: (points[a:b], owner[a:b], target[a:b]), int(points[:1].numel() * 4)
+        )
+
+    def evaluate_rows(self, fn: ModelFunction, n_rows: int, make: MakeFn, row_bytes: int, report: bool = False) -> np.ndarray:
+        """Target logits [n_rows] (float64) of rows built by ``make``; fp32, no gradients."""
         fixed = self.model_fixed_batch(fn)
-        out = torch.empty(points.shape[0], dtype=torch.float64)
+        out = torch.empty(n_rows, dtype=torch.float64)
         with torch.no_grad(), fn.session() as logits:
 
             def work(start: int, stop: int) -> None:
-                p, o, t = pad_rows(fixed, points[start:stop], owner[start:stop], target[start:stop])
+                p, o, t = pad_rows(fixed, *make(start, stop))
                 vals = logits(p, o).gather(1, t[:, None]).squeeze(1)
                 out[start:stop] = vals[: stop - start].double().cpu()
 
-            row_bytes = int(points[:1].numel() * 4)
-            self.map_chunks(points.shape[0], work, row_bytes, fixed, report=False)
+            # forward passes keep no activations for a backward: 4x the rows of a gradient chunk
+            self.map_chunks(n_rows, work, max(1, row_bytes // 4), fixed, report=report)
         return out.numpy()
 
     def settle_precision(self, fn: ModelFunction, make: MakeFn, n_rows: int) -> str:

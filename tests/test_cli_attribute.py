@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from explain.cli import main
 from explain.cli import attribute as attribute_cli
@@ -65,3 +66,56 @@ def test_attribute_unknown_method_is_usage_error(cancer, capsys):
     ])
     assert code == 2 and payload is None
     assert "Unknown method" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sample,present,absent", [
+    ("cancer", {"integrated_gradients", "feature_ablation", "deeplift_shap"}, {"occlusion", "grad_cam"}),
+    ("sentiment", {"layer_integrated_gradients", "integrated_gradients"}, {"occlusion", "shap_gradient"}),
+])
+def test_methods_lists_compatible_methods_with_params(monkeypatch, capsys, sample, present, absent):
+    model, _ = load_case(sample, n=1)
+    monkeypatch.setattr(attribute_cli, "load_model_arg", lambda path, spec=None: model)
+    code, payload, err = run_cli(capsys, ["methods", sample, "--all"])
+    assert code == 0, err
+    names = {m["name"] for m in payload["methods"]}
+    assert present <= names and not absent & names
+    ig = next(m for m in payload["methods"] if m["name"] == "integrated_gradients")
+    assert ig["params"]["steps"]["default"] == 50 and ig["params"]["steps"]["kind"] == "int"
+    assert {r["name"] for r in payload["incompatible"]} >= absent
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("saliency", []), ("smoothgrad", ["--steps", "3"]), ("gradient_shap", ["--steps", "3", "--background", "BG"]),
+    ("feature_ablation", ["--baseline", "mean"]), ("deeplift_shap", ["--background", "BG"]),
+])
+def test_attribute_every_kind_of_method(cancer, capsys, method, extra):
+    model, x, tmp = cancer
+    np.save(tmp / "bg.npy", x[::-1].copy())
+    extra = [str(tmp / "bg.npy") if e == "BG" else e for e in extra]
+    code, payload, err = run_cli(capsys, [
+        "attribute", "cancer", "--inputs", str(tmp / "x.npy"), "--method", method, "--device", "cpu",
+        "--precision", "fp32", "--out", str(tmp / "o.npz"), *extra,
+    ])
+    assert code == 0, err
+    assert payload["method"] == method and payload["device"] == "cpu" and payload["precision"] == "fp32"
+    assert np.load(tmp / "o.npz")["values"].shape == x.shape
+
+
+def test_attribute_flag_the_method_does_not_take_is_usage_error(cancer, capsys):
+    _, _, tmp = cancer
+    code, _, err = run_cli(capsys, [
+        "attribute", "cancer", "--inputs", str(tmp / "x.npy"), "--method", "saliency", "--steps", "5",
+        "--out", str(tmp / "o.npz"),
+    ])
+    assert code == 2 and "takes no --steps" in err
+
+
+def test_attribute_cuda_without_gpu_is_refused(cancer, capsys):
+    _, _, tmp = cancer
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = run_cli(capsys, [
+        "attribute", "cancer", "--inputs", str(tmp / "x.npy"), "--method", "integrated_gradients",
+        "--device", "cuda", "--out", str(tmp / "o.npz"),
+    ])
+    assert code == 3 and "CUDA" in err

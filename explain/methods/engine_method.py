@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -64,6 +64,9 @@ class EngineMethod(Explainer):
     completeness: bool = False
     #: modalities the method supports.
     modalities: tuple[str, ...] = ("image", "tabular", "text")
+    #: ``auto``: text models are attributed at their embeddings; ``input``:
+    #: at the inputs themselves (perturbation methods on token ids).
+    space: str = "auto"
 
     def is_compatible(self, model: LoadedModel) -> bool:
         return self.incompatibility(model) is None
@@ -71,7 +74,7 @@ class EngineMethod(Explainer):
     def incompatibility(self, model: LoadedModel) -> str | None:
         if model.modality not in self.modalities:
             return f"{self.name} is defined for {' and '.join(self.modalities)} models, not {model.modality}."
-        return text_incompatibility(model)
+        return text_incompatibility(model) if self.space == "auto" else None
 
     def run(self, ctx: Context, **params: Any) -> Partial:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -84,7 +87,7 @@ class EngineMethod(Explainer):
         model, x = engine.prepare(model, inputs)
         targets = resolve_targets(model, x, target)
         t = torch.as_tensor(targets, device=engine.device)
-        fn = ModelFunction(model, x)
+        fn = ModelFunction(model, x, self.space)
         ctx = Context(model, engine, fn, x, np.asarray(inputs), t)
         partial = self.run(ctx, **{k: clean_array_param(k, v) for k, v in params.items()})
         output = engine.evaluate(fn, fn.start_points(), torch.arange(len(t), device=engine.device), t)
@@ -147,3 +150,81 @@ def reference_points(ctx: Context, kind: str, baseline_array: Any = None, backgr
         ids = broadcast_reference(np.asarray(baseline_array), ctx.inputs)
         return ctx.fn.embed(ctx.model.as_tensor(ids))
     raise UsageError(f"The {kind!r} baseline is not defined for text models; use zero, mean or file.")
+
+
+def accumulate_gradients(
+    ctx: Context,
+    samples: int,
+    make_point: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    contribution: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    squares: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Σ_s contribution over ``samples`` points per input, on the engine.
+
+    Row r is (input i = r // samples, sample s = r % samples).
+
+    Args:
+        make_point: (i [B], s [B]) -> points [B, ...].
+        contribution: (grads [B, ...], i [B], s [B]) -> [B, ...] added to input i.
+        squares: also accumulate the squared contributions (VarGrad, SmoothGrad²).
+
+    Returns:
+        (sum [N, ...], sum of squares [N, ...] or None) in point space.
+    """
+    start = ctx.fn.start_points()
+    device = start.device
+    total = torch.zeros(start.shape, dtype=torch.float32, device=device)
+    total_sq = torch.zeros_like(total) if squares else None
+
+    def split(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = torch.arange(lo, hi, device=device)
+        return r // samples, r % samples
+
+    def make(lo, hi):
+        i, s = split(lo, hi)
+        return make_point(i, s), i, ctx.targets[i]
+
+    def consume(lo, hi, grads, _values):
+        i, s = split(lo, hi)
+        c = contribution(grads, i, s)
+        total.index_add_(0, i, c)
+        if total_sq is not None:
+            total_sq.index_add_(0, i, c * c)
+
+    n_rows = len(ctx.targets) * samples
+    ctx.engine.settle_precision(ctx.fn, make, n_rows)
+    ctx.engine.gradients(ctx.fn, n_rows, make, consume)
+    return total, total_sq
+
+
+def seeded_noise(seed: int, index: int, samples: int, shape: tuple[int, ...], device) -> torch.Tensor:
+    """Standard normal noise [samples, *shape] for input ``index``: the same
+    whatever the batch size, because it depends only on (seed, index)."""
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index))
+    return torch.randn((samples, *shape), generator=gen).to(device)
+
+
+def noise_rows(seed: int, i: torch.Tensor, s: torch.Tensor, samples: int, shape: tuple[int, ...], device) -> torch.Tensor:
+    """Noise [B, *shape] of rows (input i, sample s), generated once per distinct input."""
+    out = torch.empty((len(i), *shape), device=device)
+    for idx in torch.unique(i).tolist():
+        sel = i == idx
+        out[sel] = seeded_noise(seed, idx, samples, shape, device)[s[sel]]
+    return out
+
+
+def noise_points(start: torch.Tensor, std: torch.Tensor, seed: int, samples: int):
+    """make_point for start[i] + std[i] * noise(i, s)."""
+    shape = (-1,) + (1,) * (start.dim() - 1)
+
+    def make_point(i: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        noise = noise_rows(seed, i, s, samples, tuple(start.shape[1:]), start.device)
+        return start[i] + std[i].view(shape) * noise
+
+    return make_point
+
+
+def input_range(start: torch.Tensor) -> torch.Tensor:
+    """max - min of each input's points [N] (the SmoothGrad noise scale)."""
+    flat = start.flatten(1)
+    return (flat.max(1).values - flat.min(1).values).clamp_min(1e-12)
