@@ -96,6 +96,10 @@ def capture_attention(model: LoadedModel, inputs: np.ndarray | torch.Tensor) -> 
     return maps
 
 
+#: the name `explain.report_analysis` calls; prefer `capture_attention`.
+attention_maps = capture_attention
+
+
 def attention_unavailable_reason(model: LoadedModel) -> str | None:
     """A one-line reason when ``model`` clearly has no capturable attention (cheap, no run)."""
     if model.format == "export":
@@ -170,8 +174,8 @@ def _force_weights_hook(_mod, args, kwargs):
 def _looks_like_probs(t: object, batch: int) -> bool:
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (3, 4) or t.shape[0] != batch:
         return False
-    if t.shape[-1] < 2 or t.numel() == 0:
-        return False
+    if t.shape[-1] < 2 or t.numel() == 0 or (t.dim() == 3 and t.shape[-1] != t.shape[-2]):
+        return False  # a 3-D tensor must be square (self-attention) so class/vocab probabilities do not pass
     d = t.detach()
     rows = d.sum(-1)
     return bool((d >= 0).all()) and bool(((rows - 1).abs() < 1e-3).logical_or(rows == 0).all())
