@@ -347,8 +347,18 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         return [analysis.build_structure_section(model, structure["value"])]
 
     steps.append(("Structure", struct))
-    if analysis.has_attention(model):
-        steps.append(("Attention", lambda: [analysis.build_attention_section(model, shown, example_inputs(model, shown))]))
+    try:
+        attention, attention_error = analysis.has_attention(model), None
+    except Exception as exc:  # cannot even tell: a text model's report says so, others skip attention
+        attention, attention_error = model.modality == "text", one_line(exc)
+
+    def attention_section() -> list[Section]:
+        if attention_error:
+            return [Section.failed("Attention", attention_error)]
+        return [analysis.build_attention_section(model, shown, example_inputs(model, shown))]
+
+    if attention:
+        steps.append(("Attention", attention_section))
     if logs or checkpoints or model.extra.get("history"):
         steps.append(("Training", lambda: [analysis.build_training_section(model, logs, checkpoints)]))
     evolution_steps = int(method_params.get("integrated_gradients", {}).get("steps") or 32)

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", default=None, help="inputs to explain: .npy/.npz or a raw file the spec can read")
     parser.add_argument("--logs", nargs="+", default=[], metavar="LOG", help="training logs (csv, json, TensorBoard)")
     parser.add_argument("--checkpoints", nargs="+", default=[], metavar="CKPT",
-                        help="checkpoints in training order (2 or more add a checkpoint-evolution section)")
+                        help="checkpoints (ordered by their epoch; 2 or more add a checkpoint-evolution section)")
     parser.add_argument("--methods", default="integrated_gradients", help="comma-separated attribution methods")
     parser.add_argument("--max-inputs", type=int, default=4, help="how many inputs the output sections explain")
     parser.add_argument("--steps", type=int, default=None, help="integration steps / samples for every method that has them")
