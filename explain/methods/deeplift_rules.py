@@ -71,7 +71,11 @@ _PRODUCTS = frozenset("mul div mm bmm matmul baddbmm addmm".split())
 
 
 def op_name(node: fx.Node) -> str | None:
-    """The ATen op name of a node without overload or ``_copy`` suffix (``relu_`` -> ``relu_``)."""
+    """A node's op name: ``aten.relu_.default`` -> ``relu_``, ``aten.view_copy`` -> ``view``.
+
+    Python callables (``operator.getitem``) give their ``__name__``; None for
+    nodes that call nothing (placeholders, attributes, the output).
+    """
     if node.op != "call_function":
         return None
     target = node.target
@@ -80,7 +84,7 @@ def op_name(node: fx.Node) -> str | None:
     if qualified is None:
         return getattr(target, "__name__", str(target))
     name = qualified.split("::")[-1]
-    return name[: -len("_copy")] if name.endswith("_copy") else name
+    return name[: -len("_copy")] if name.endswith("_copy") and name != "_to_copy" else name
 
 
 def _functional(name: str) -> str:
@@ -398,9 +402,15 @@ def _run_job(
             pair_values, fx_out, fr_out = _run_chunk(
                 captured.module, plan, job.x[i_idx], job.refs[b_idx], ts, captured.fixed_batch
             )
+        except GlassboxError:
+            raise
         except Exception as exc:  # noqa: BLE001 - out of memory: halve the chunk and retry it
             if not is_out_of_memory(exc):
-                raise
+                raise IncompatibleInput(
+                    f"The graph captured by {captured.how} could not be run backwards "
+                    f"({type(exc).__name__}: {str(exc).strip()[:160]}).",
+                    f"Use {FALLBACK_METHOD} instead.",
+                ) from exc
             if captured.fixed_batch or step == 1:
                 raise TooLarge(f"Out of memory with {step} (input, background) pairs per pass.") from None
             step //= 2
