@@ -206,11 +206,14 @@ def _fill_uncalled_flops(names: list[str], probe: ModuleProbe) -> dict[str, int 
     if probe.flops is None:
         return {n: (probe.total_flops if n == "" else None) for n in names}
     flops: dict[str, int | None] = {n: probe.flops.get(n) for n in names}
+    children: dict[str, list[str]] = {}
+    for n in names:
+        if n:
+            children.setdefault(n.rsplit(".", 1)[0] if "." in n else "", []).append(n)
     for name in sorted(names, key=module_depth, reverse=True):  # children first
         if name == "" or name in probe.stats or flops.get(name) not in (0, None):
             continue
-        children = [c for c in names if c.startswith(name + ".") and module_depth(c) == module_depth(name) + 1]
-        known = [flops[c] for c in children if flops.get(c) is not None]
+        known = [flops[c] for c in children.get(name, []) if flops.get(c) is not None]
         flops[name] = int(sum(known)) if known else None
     return flops
 
