@@ -56,11 +56,6 @@ class CapturedGraph:
     notes: list[str] = field(default_factory=list)
     cached: bool = False
 
-    @property
-    def input_node(self) -> fx.Node:
-        """The placeholder that receives the model input."""
-        return next(n for n in self.module.graph.nodes if n.op == "placeholder")
-
 
 def is_capturable_format(model: LoadedModel) -> bool:
     """Cheap check: can `captured_graph` be attempted on this model at all?"""
@@ -121,6 +116,7 @@ class _GraphCache:
 
 
 GRAPH_CACHE = _GraphCache()
+_CAPTURE_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -151,7 +147,7 @@ def captured_graph(model: LoadedModel, example: torch.Tensor, reuse: bool = True
     try:
         if training:
             module.train(False)
-        with warnings.catch_warnings():
+        with _CAPTURE_LOCK, warnings.catch_warnings():  # export's tracing state is process-global
             warnings.simplefilter("ignore")
             captured = _capture(model, example)
     finally:
