@@ -8,7 +8,6 @@ f(x) - E[f(b)]) where it fails, and equality across eager / TorchScript /
 from __future__ import annotations
 
 import copy
-import io
 import warnings
 
 import numpy as np
