@@ -169,7 +169,8 @@ def _check_spikes(name: str, c: Curve, unit: str) -> list[Finding]:
     where = [float(c.x[i]) for i in spikes]
     worst = float(rel[spikes].max())
     msg = (f"{name} spiked at {unit}(s) {', '.join(_x_label(v) for v in where[:6])} "
-           f"(up to {worst:.0%} above its running level): unstable updates.")
+           f"(up to {worst:.0%} above its running level, then back): "
+           f"unstable updates or a noisy evaluation.")
     return [Finding("instability", "warning", msg, where,
                     {"series": name, "spikes": where, "max_relative_jump": worst, "threshold": threshold, "x": unit})]
 
@@ -348,8 +349,13 @@ def _check_lr(loss_name: str, loss: Curve, lr_x: np.ndarray, lr: np.ndarray, uni
             continue
         level_before = float(np.median(before))
         earlier = loss.y[max(0, k - 6) : max(0, k - 3)]
-        slope = (level_before - float(np.median(earlier))) / 3 if len(earlier) >= 2 else 0.0
-        expected = level_before + min(slope, 0.0) * 2.5  # the trend continued without the decay
+        expected = level_before  # where the trend would have gone without the decay
+        if len(earlier) >= 2:
+            level_earlier = float(np.median(earlier))
+            if level_before > 0 and level_earlier > 0:  # losses decay roughly geometrically
+                expected = level_before * min(level_before / level_earlier, 1.0) ** (2.5 / 3)
+            else:
+                expected = level_before + min(level_before - level_earlier, 0.0) * 2.5 / 3
         level_after = float(np.median(after))
         drop = expected - level_after
         if drop > max(4.0 * loss.noise, 0.08 * abs(level_before)):

@@ -53,6 +53,9 @@ def _render_findings(findings) -> None:
     for f in findings:
         where = ", ".join(f"{e:g}" for e in f.epochs[:6])
         st.markdown(f"{ICONS.get(f.severity, '•')} **{f.kind}** ({where}) — {f.message}")
+    if findings:
+        with st.expander("Evidence (the numbers behind each finding)"):
+            st.json([{"kind": f.kind, "epochs": f.epochs, **f.evidence} for f in findings], expanded=False)
     if findings and all(f.kind == "best_epoch" for f in findings):
         st.success("No problems found: no overfitting, plateau, divergence, instability or underfitting.", icon="✅")
 
