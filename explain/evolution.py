@@ -207,7 +207,7 @@ class AttributionDrift:
         maps: [K, N, ...] what is shown and compared: images summed over
             channels ([K, N, H, W]); tabular and text as they are ([K, N, F]/[K, N, L]).
         correlation: [K, N] Spearman rank correlation of each checkpoint's
-            map with the final checkpoint's, per input.
+            map with the final checkpoint's, per input (text: padding excluded).
         target: [N] the explained class (the final checkpoint's prediction by default).
         method: the attribution method used.
     """
@@ -310,7 +310,10 @@ def compute_attribution_drift(
     values_arr = np.stack(values)  # [K, N, ...]
     maps = np.stack([display_map(v, final.modality) for v in values])
     n = len(inputs)
-    corr = np.array([[spearman(maps[j, i], maps[-1, i]) for i in range(n)] for j in range(k)])
+    keep = [np.ones(maps.shape[2:], dtype=bool) for _ in range(n)]
+    if final.modality == "text":  # padding (token id 0) is not part of the explanation
+        keep = [inputs[i].reshape(maps.shape[2:]) != 0 for i in range(n)]
+    corr = np.array([[spearman(maps[j, i][keep[i]], maps[-1, i][keep[i]]) for i in range(n)] for j in range(k)])
     return AttributionDrift(
         labels=list(labels) if labels is not None else [m.name for m in models],
         epochs=list(epochs) if epochs is not None else [None] * k,

@@ -16,6 +16,7 @@ from ui import state
 LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
 CKPT_TYPES = ["pt", "pth", "ckpt", "bin", "tar"]
 ICONS = {"info": "ℹ️", "warning": "⚠️", "error": "⛔"}
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 ROLE_LABELS = {"train_loss": "Training loss", "val_loss": "Validation loss", "train_metric": "Training metric",
                "val_metric": "Validation metric", "lr": "Learning rate"}
 NONE = "(none)"
@@ -48,6 +49,7 @@ def _sha(*blobs: bytes) -> str:
 
 
 def _render_findings(findings) -> None:
+    findings = sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))  # the worst first
     if not findings:
         st.caption("No findings: the curves are too short or no loss is assigned.")
     for f in findings:
@@ -57,7 +59,8 @@ def _render_findings(findings) -> None:
         with st.expander("Evidence (the numbers behind each finding)"):
             st.json([{"kind": f.kind, "epochs": f.epochs, **f.evidence} for f in findings], expanded=False)
     if findings and all(f.kind == "best_epoch" for f in findings):
-        st.success("No problems found: no overfitting, plateau, divergence, instability or underfitting.", icon="✅")
+        st.success("No problems found: no overfitting, plateau, divergence, instability or underfitting.",
+                   icon=":material/check_circle:")
 
 
 st.title("Training")
@@ -105,8 +108,10 @@ else:
         mode = st.radio("Several logs", ["merge", "runs"], horizontal=True, key="gb_train_mode",
                         format_func={"merge": "Merge into one run", "runs": "Compare as separate runs"}.get)
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-    smoothing = c1.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="gb_train_smoothing",
-                          help="TensorBoard's debiased exponential moving average; raw values stay faint.")
+    points = max(len(h.by_epoch()) for h in histories)
+    smoothing = c1.slider("Smoothing", 0.0, 0.99, 0.6 if points >= 30 else 0.0, 0.01, key="gb_train_smoothing",
+                          help="TensorBoard's debiased exponential moving average; raw values stay faint. "
+                               "Off by default for short runs, where it would lag behind the curve.")
     log_y = c2.toggle("Log scale", key="gb_train_log")
     patience = c4.number_input("Patience", 1, 100, 5, key="gb_train_patience",
                                help="Early-stopping patience used for the best-epoch finding.")

@@ -34,7 +34,7 @@ def _finite_or_none(y: np.ndarray) -> list[float | None]:
 
 def _add_series(fig: go.Figure, history: TrainingHistory, column: str, x: str, name: str, color: str,
                 smoothing: float, row: int, secondary: bool = False, dash: str | None = None,
-                visible: bool | str = True) -> None:
+                visible: bool | str = True, shape: str = "linear") -> None:
     s = history.series(column, x)
     if s.empty:
         return
@@ -43,7 +43,7 @@ def _add_series(fig: go.Figure, history: TrainingHistory, column: str, x: str, n
     smoothed = smoothing > 0 and len(ys) > 2
     fig.add_trace(go.Scatter(
         x=xs, y=_finite_or_none(ys), mode="lines" if len(ys) > 1 else "markers", name=name,
-        line=dict(color=color, width=1 if smoothed else 2, dash=dash), opacity=0.3 if smoothed else 1.0,
+        line=dict(color=color, width=1 if smoothed else 2, dash=dash, shape=shape), opacity=0.3 if smoothed else 1.0,
         legendgroup=name, showlegend=not smoothed, visible=visible,
         hovertemplate=f"{column}<br>{x}=%{{x}}<br>%{{y:.4g}}<extra></extra>",
     ), **kw)
@@ -114,7 +114,7 @@ def figure_curves(
             _add_series(fig, history, roles[role], x, f"{name} ({roles[role]})", color, smoothing, 1)
     if roles.get("lr"):
         _add_series(fig, history, roles["lr"], x, f"learning rate ({roles['lr']})", COLORS["lr"], 0.0, 1,
-                    secondary=True, dash="dash")
+                    secondary=True, dash="dash", shape="hv")  # a rate holds until the scheduler changes it
         lr = history.series(roles["lr"], x).to_numpy(dtype=float)
         lr = lr[np.isfinite(lr) & (lr > 0)]
         if len(lr) and lr.max() / lr.min() > 20:
@@ -222,6 +222,10 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
             ann.font = dict(size=12)
         return fig
     columns = _column_labels(spec, maps.shape[-1], inputs, index)
+    if spec.modality == "text" and inputs is not None:  # drop trailing padding (token id 0)
+        ids = np.asarray(inputs)[index].reshape(-1)
+        keep = int(np.flatnonzero(ids != 0).max()) + 1 if np.any(ids != 0) else len(ids)
+        maps, columns = maps[..., :keep], columns[:keep]
     rows = [f"{drift.labels[j]} (ρ={drift.correlation[j, index]:.2f})" for j in range(k)]
     fig = go.Figure(go.Heatmap(
         z=maps.reshape(k, -1), x=list(range(len(columns))), y=rows, zmin=-zmax, zmax=zmax, colorscale=_DIVERGING,
