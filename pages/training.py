@@ -96,7 +96,7 @@ if not logs and ckpts:
 
 histories = []
 for name, data in logs:
-    with state.error_boundary(f"Reading {name}"):
+    with state.error_boundary("Reading a training log"):
         histories.append(_read_log(name, data))
 
 if not histories:
@@ -149,7 +149,7 @@ else:
 st.header("Checkpoint evolution")
 checkpoints = []
 for name, data in ckpts:
-    with state.error_boundary(f"Reading {name}"):
+    with state.error_boundary("Reading a checkpoint"):
         checkpoints.append(_read_ckpt(name, data))
 checkpoints.sort(key=lambda c: (c.epoch is None, c.epoch or 0.0, c.source))
 if len(checkpoints) < 2:

@@ -66,4 +66,19 @@ def test_training_page_in_a_browser(app_url, browser_page):
     assert curves.get_by_text("validation loss (val_loss)").count() == 1
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "training_page.png"), full_page=True)
+
+    # uploads: a broken log gets a one-line reason, the good one is still diagnosed
+    page.get_by_text("Your training logs and checkpoints").click()
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Training logs")
+    rows = "".join(f"{e},{1 / (e + 1):.4f},{1.1 / (e + 1) + 0.01 * max(0, e - 20):.4f}\n" for e in range(40))
+    uploader.locator('input[type="file"]').set_input_files([
+        {"name": "broken.jsonl", "mimeType": "application/json", "buffer": b'{"loss": 1.0}\n{"loss": oops}\n'},
+        {"name": "keras.csv", "mimeType": "text/csv", "buffer": ("epoch,loss,val_loss\n" + rows).encode()},
+    ])
+    page.get_by_text("broken.jsonl: line 2 is not valid JSON").first.wait_for()
+    page.get_by_text("Curves from your uploads").first.wait_for()
+    page.get_by_text("Overfitting from epoch").first.wait_for()
+    wait_for_app(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(SCREENSHOTS / "training_page_uploads.png"), full_page=True)
     assert not page.console_errors, page.console_errors
