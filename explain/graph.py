@@ -37,11 +37,13 @@ def _label(row: LayerRow, hidden_children: int) -> str:
     name = row.name or "(model)"
     short = name.rsplit(".", 1)[-1] if row.name else name
     lines = [f"{short}: {row.type}"]
+    facts = []
     if row.output_shape is not None:
-        lines.append("×".join(str(d) for d in row.output_shape))
-    lines.append(f"{format_count(row.parameters)} params")
+        facts.append("×".join(str(d) for d in row.output_shape))
+    facts.append(f"{format_count(row.parameters)} params")
     if row.flops is not None:
-        lines.append(f"{format_count(row.flops)} FLOPs ({100 * (row.flop_share or 0):.0f}%)")
+        facts.append(f"{100 * (row.flop_share or 0):.0f}% FLOPs")
+    lines.append(" · ".join(facts))
     if hidden_children:
         lines.append(f"+{hidden_children} submodules")
     return "\\n".join(_escape(line) for line in lines)
@@ -89,7 +91,7 @@ def build_module_graph(
     descendants = _descendant_counts(table.rows)
     lines = [
         "digraph modules {",
-        '  graph [rankdir=LR, nodesep=0.15, ranksep=0.35, fontname="Helvetica"];',
+        '  graph [rankdir=LR, nodesep=0.08, ranksep=0.4, fontname="Helvetica"];',
         '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
         "  edge [arrowsize=0.5, color=\"#888888\"];",
     ]

@@ -172,7 +172,7 @@ def figure_grad_cam(image: np.ndarray, cam: np.ndarray, title: str = "", opacity
     return fig
 
 
-def _short(name: str, keep: int = 2) -> str:
+def _short(name: str, keep: int = 3) -> str:
     parts = name.split(".")
     return ".".join(parts[-keep:]) if len(parts) > keep else name
 
