@@ -35,9 +35,27 @@ def _sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwa
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _encoder_layer_flop(src_shape, embed_dim, num_heads, qkv_weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """Fused ``nn.TransformerEncoderLayer`` fast path: in-projection, Q·Kᵀ, P·V, out-projection, FFN."""
+    n, length, e = src_shape
+    ffn = args[10] if len(args) > 10 else kwargs.get("ffn_weight_1")  # [F, E]
+    f = ffn[0] if ffn is not None else 0
+    rows = n * length
+    return 2 * rows * e * 3 * e + 2 * 2 * n * length * length * e + 2 * rows * e * e + 2 * 2 * rows * e * f
+
+
+def _native_mha_flop(query_shape, key_shape, value_shape, embed_dim, *args, out_shape=None, **kwargs) -> int:
+    """Fused ``nn.MultiheadAttention`` fast path: projections, Q·Kᵀ, P·V, out-projection."""
+    n, lq, e = query_shape
+    lk = key_shape[1]
+    return 2 * n * lq * e * e + 2 * 2 * n * lk * e * e + 2 * 2 * n * lq * lk * e + 2 * n * lq * e * e
+
+
 _EXTRA_FLOP_FORMULAS = {
     aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop,
     aten._scaled_dot_product_attention_math: _sdpa_flop,
+    aten._transformer_encoder_layer_fwd: _encoder_layer_flop,
+    aten._native_multi_head_attention: _native_mha_flop,
 }
 
 

@@ -89,6 +89,25 @@ def test_torchscript_with_grad_uses_the_sdpa_path_and_agrees(text_model):
     np.testing.assert_allclose(maps.weights, reference_attention(model, x), atol=1e-5)
 
 
+def test_frozen_torchscript_fast_path_gives_attention_and_flops(text_model):
+    """Frozen weights make the scripted encoder take its fused kernel even with grad on:
+    attention is recomputed from the kernel's inputs and its FLOPs are counted."""
+    from explain.structure import build_layer_table
+
+    model, _ = text_model
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buf)
+    buf.seek(0)
+    frozen = torch.jit.load(buf)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    lm = LoadedModel(frozen, "torchscript", "x", SPEC)
+    x = _ids(6)
+    np.testing.assert_allclose(capture_attention(lm, x.numpy()).weights, reference_attention(model, x), atol=1e-5)
+    eager = build_layer_table(LoadedModel(model, "safetensors", "x", SPEC), x).total_flops
+    assert build_layer_table(lm, x).total_flops == eager
+
+
 def test_rewritten_export_graph_keeps_the_outputs(text_model):
     model, models = text_model
     rewritten = rewrite_attention_graph(models["export"].module)
