@@ -1,0 +1,120 @@
+"""The Overview page: three linked panes per sample, layer and checkpoint links, the report = the CLI's."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import wait_for_app
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "overview.py")
+
+
+def _run(sample: str) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.session_state["gb_sample"] = sample
+    at.session_state["gb_source"] = "sample"
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _captions(at: AppTest) -> str:
+    return " ".join(c.value for c in at.caption)
+
+
+def _sample_files(sample: str) -> tuple[list[str], list[str]]:
+    from sample_models import sample_dir
+
+    root = Path(sample_dir(sample))
+    return [str(root / "train_log.csv")], sorted(str(p) for p in (root / "checkpoints").glob("*.pt"))
+
+
+@pytest.mark.parametrize("sample", ["shapes", "cancer", "sentiment"])
+def test_overview_shows_output_structure_and_training_side_by_side(sample):
+    at = _run(sample)
+    assert [s.value for s in at.subheader][:3] == ["Output", "Structure", "Training"]
+    assert re.search(r"completeness error [0-9.e+-]+", _captions(at))
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) >= 3  # the layer summary
+    charts = at.get("plotly_chart")
+    # image/tabular: attribution + curves; text: tokens are HTML, plus the attention map
+    assert len(charts) >= 2
+    assert any("best_epoch" in m.value for m in at.markdown)  # findings next to the curves
+    assert at.selectbox(key="gb_ov_ckpt").options[0] == "final model"
+    assert len(at.selectbox(key="gb_ov_ckpt").options) == 1 + len(_sample_files(sample)[1])
+
+
+def test_choosing_a_layer_shows_its_attribution_with_exact_completeness():
+    at = _run("shapes")
+    at.selectbox(key="gb_ov_layer").set_value("layer3").run()
+    assert not at.exception and not at.error
+    caption = next(c.value for c in at.caption if "Σ over the layer" in c.value)
+    total, delta = (float(v) for v in re.findall(r"(?:layer|baseline\)) (-?[0-9.e+-]+)", caption)[:2])
+    # after layer3 the network is avgpool + linear, so layer IG is exact: Σ = f(x) − f(0)
+    assert total == pytest.approx(delta, rel=1e-3)
+    assert float(re.search(r"completeness error ([0-9.e+-]+)", caption).group(1)) < 1e-3
+
+
+def test_choosing_a_checkpoint_re_explains_with_its_weights():
+    from explain.evolution import model_at, read_checkpoint
+    from sample_models import load_sample, sample_inputs
+
+    at = _run("cancer")
+    first = _sample_files("cancer")[1][0]
+    at.selectbox(key="gb_ov_ckpt").set_value(first).run()
+    assert not at.exception and not at.error
+    line = next(m.value for m in at.markdown if "weights:" in m.value)
+    assert Path(first).stem in line
+    x = sample_inputs("cancer")["inputs"][:1]
+    probs = model_at(read_checkpoint(first), load_sample("cancer")).predict_proba(x)[0]
+    assert f"({probs.max():.1%})" in line  # the prediction shown is the checkpoint's
+
+
+def test_page_report_equals_the_cli_report(tmp_path, capsys):
+    from explain.cli import main
+    from explain.report import drop_volatile, read_report_data
+    from sample_models import sample_dir
+
+    at = _run("cancer")
+    at.button(key="gb_ov_build").click().run()
+    assert not at.exception and not at.error
+    key, html, failed = at.session_state["gb_ov_report"]
+    assert failed == []
+    assert len(at.get("download_button")) == 1
+    page = read_report_data(html.decode("utf-8"))
+
+    logs, checkpoints = _sample_files("cancer")
+    code = main(["report", "cancer", "--inputs", str(Path(sample_dir("cancer")) / "samples.npz"), "--logs", *logs,
+                 "--checkpoints", *checkpoints, "--out", str(tmp_path / "cli.html")])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["failed"] == {}
+    cli = read_report_data((tmp_path / "cli.html").read_text())
+    assert list(page["sections"]) == list(cli["sections"]) == out["sections"]
+    assert {"Model card", "Structure", "Training", "Checkpoint evolution", "Environment"} <= set(out["sections"])
+    assert drop_volatile(page["sections"]) == drop_volatile(cli["sections"])
+
+
+_IN_NAVIGATION = "overview.py" in (ROOT / "app.py").read_text()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not _IN_NAVIGATION, reason="pages/overview.py is not in app.py's st.navigation yet")
+def test_browser_overview_shows_three_panes(app_url, browser_page):
+    """Needs pages/overview.py in app.py's navigation (url_path "overview")."""
+    page = browser_page
+    page.goto(app_url + "/overview")
+    wait_for_app(page)
+    page.get_by_text("completeness error").first.wait_for(timeout=180_000)
+    for pane in ("Output", "Structure", "Training"):
+        assert page.get_by_role("heading", name=pane, exact=True).first.is_visible()
+    page.get_by_text("best_epoch").first.wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_text("Page not found").count() == 0
+    page.get_by_role("button", name="Build report (HTML)").wait_for()
+    assert page.console_errors == []
