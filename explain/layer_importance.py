@@ -15,7 +15,10 @@ Baselines: zeros for image and tabular inputs; for text every token is
 ``<pad>`` (id 0) except the first (``<cls>``), which is kept so attention has
 a key to attend to.
 
-Both need hooks on the layers, so they run on eager models only.
+Both need hooks on the layers: they run on eager models and on ``.pt2``
+programs with a dynamic batch (unflattened into their module hierarchy; a
+layer whose unflattened form returns more than one value is not scored), not
+on TorchScript.
 """
 from __future__ import annotations
 
@@ -32,7 +35,20 @@ from .module_probe import forward_hooks, no_mha_fastpath
 from .structure import module_depth
 
 #: modules that are identities at inference or hold no computation of their own
-_SKIP_TYPES = (nn.Dropout, nn.Identity, nn.ModuleList, nn.ModuleDict)
+_SKIP_TYPES = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity", "ModuleList", "ModuleDict"}
+
+
+def _module_types(model: LoadedModel, module: nn.Module) -> dict[str, str]:
+    """name -> class name; for an unflattened ``.pt2`` the names recorded in its graph."""
+    if model.format == "export":
+        from .module_probe import node_module_paths
+
+        types: dict[str, str] = {}
+        for node in model.module.graph.nodes:
+            for path, type_name in node_module_paths(node):
+                types.setdefault(path, type_name)
+        return types
+    return {name: type(m).__name__ for name, m in module.named_modules()}
 
 
 @dataclass
@@ -56,13 +72,24 @@ class LayerImportance:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def require_eager(model: LoadedModel, what: str) -> None:
-    """Raise a clear error when ``model`` has no Python modules to hook."""
+def hookable_module(model: LoadedModel, what: str) -> nn.Module:
+    """A module whose layers accept hooks: the eager model, or a ``.pt2`` program
+    unflattened back into its module hierarchy (``torch.export.unflatten``).
+
+    Raises:
+        IncompatibleInput: TorchScript (no hooks) or a ``.pt2`` with a fixed batch
+            size (the attribution batches cannot be fed to it).
+    """
+    if model.format == "export" and model.exported_program is not None and not model.fixed_batch_size:
+        return torch.export.unflatten(model.exported_program)
     if not model.is_eager or isinstance(model.module, torch.jit.ScriptModule):
+        why = ("a .pt2 exported with a fixed batch size" if model.format == "export"
+               else f"{model.format} files")
         raise IncompatibleInput(
-            f"{what} needs hooks on the model's layers, which {model.format} files do not have.",
-            "Load the weights (safetensors or a state-dict checkpoint) with a registered architecture.",
+            f"{what} needs hooks on the model's layers, which {why} cannot give.",
+            "Load the weights (safetensors or a state-dict checkpoint), or a .pt2 with a dynamic batch.",
         )
+    return model.module
 
 
 def _observe_layers(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, torch.Tensor | None]]:
@@ -84,14 +111,26 @@ def _observe_layers(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, 
 def candidate_layers(model: LoadedModel, inputs: np.ndarray, depth: int = 2) -> list[str]:
     """Layers that can be scored: single-tensor float output, run once, at ``depth``
     (or leaves above it); dropout and containers excluded."""
-    require_eager(model, "Layer importance")
-    x = model.as_tensor(inputs[:1])
-    seen = _observe_layers(model.module, x)
-    modules = dict(model.module.named_modules())
+    module = hookable_module(model, "Layer importance")
+    return _candidates(module, model.as_tensor(inputs[:1]), depth, _module_types(model, module))
+
+
+def importance_unavailable_reason(model: LoadedModel) -> str | None:
+    """Why layer importance / Grad-CAM cannot run on ``model`` (None when they can)."""
+    try:
+        hookable_module(model, "Layer importance")
+    except IncompatibleInput as exc:
+        return exc.message
+    return None
+
+
+def _candidates(module: nn.Module, x: torch.Tensor, depth: int, types: dict[str, str]) -> list[str]:
+    seen = _observe_layers(module, x)
+    modules = dict(module.named_modules())
     out = []
     for name, m in modules.items():
         d = block_depth(name, modules)
-        if not name or isinstance(m, _SKIP_TYPES) or d > depth:
+        if not name or types.get(name, type(m).__name__) in _SKIP_TYPES or d > depth:
             continue
         if d < depth and any(True for _ in m.children()):
             continue
@@ -128,10 +167,9 @@ def compute_layer_importance(
     """Rank layers by LayerIntegratedGradients attribution to the predicted class."""
     from captum.attr import LayerIntegratedGradients
 
-    require_eager(model, "Layer importance")
-    module = model.module
+    module = hookable_module(model, "Layer importance")
     x = model.as_tensor(inputs)
-    layers = layers if layers is not None else candidate_layers(model, inputs, depth)
+    layers = layers if layers is not None else _candidates(module, x[:1], depth, _module_types(model, module))
     if not layers:
         raise IncompatibleInput("No layer of this model can be scored (none has a single tensor output).")
     target = torch.as_tensor(model.predict_logits(x).argmax(axis=1), device=x.device)
@@ -167,13 +205,13 @@ def compute_layer_importance(
 def grad_cam_layers(model: LoadedModel, inputs: np.ndarray) -> list[str]:
     """Modules with a spatial (N, C, H, W) output that run once: Grad-CAM targets,
     shallowest first and, within a depth, the last one first (the usual choice)."""
-    require_eager(model, "Grad-CAM")
+    module = hookable_module(model, "Grad-CAM")
     if model.modality != "image":
         raise IncompatibleInput("Grad-CAM needs an image model.")
-    seen = _observe_layers(model.module, model.as_tensor(inputs[:1]))
+    seen = _observe_layers(module, model.as_tensor(inputs[:1]))
     names = [n for n, (calls, t) in seen.items()
              if n and calls == 1 and t is not None and t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1]
-    order = {n: i for i, n in enumerate(dict(model.module.named_modules()))}
+    order = {n: i for i, n in enumerate(dict(module.named_modules()))}
     return sorted(names, key=lambda n: (module_depth(n), -order.get(n, 0)))
 
 
@@ -185,15 +223,15 @@ def compute_grad_cam(model: LoadedModel, inputs: np.ndarray, layer: str, target:
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
-    require_eager(model, "Grad-CAM")
-    modules = dict(model.module.named_modules())
+    module = hookable_module(model, "Grad-CAM")
+    modules = dict(module.named_modules())
     if layer not in modules:
         raise IncompatibleInput(f"The model has no layer {layer!r}.")
     x = model.as_tensor(inputs)
     if target is None:
         target = model.predict_logits(x).argmax(axis=1)
     t = torch.as_tensor(np.broadcast_to(np.asarray(target), (x.shape[0],)).copy(), device=x.device)
-    cam = LayerGradCam(model.module, modules[layer])
+    cam = LayerGradCam(module, modules[layer])
     with no_mha_fastpath():
         attr = cam.attribute(x, target=t, relu_attributions=True)  # [N, 1, h, w]
     up = LayerAttribution.interpolate(attr.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]

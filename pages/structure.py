@@ -192,9 +192,9 @@ with tab_acts:
 
 # -- Layer importance -------------------------------------------------------------
 with tab_importance:
-    if not model.is_eager:
-        st.info(f"Layer importance and Grad-CAM need hooks on the model's layers, which {model.format} files "
-                "do not have. Load the weights (safetensors or a state-dict checkpoint) instead.")
+    why_not = layer_importance.importance_unavailable_reason(model)
+    if why_not:
+        st.info(why_not)
     else:
         c1, c2, c3 = st.columns(3)
         idepth = c1.slider("Layer depth", 1, max(table.max_depth, 1), min(2, max(table.max_depth, 1)), key="gb_imp_depth")

@@ -45,7 +45,8 @@ def reference_attention(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
     out = []
     with torch.no_grad():
         for layer in model.encoder.layers:
-            _, w = layer.self_attn(h, h, h, key_padding_mask=pad, need_weights=True, average_attn_weights=False)
+            a = layer.norm1(h) if layer.norm_first else h
+            _, w = layer.self_attn(a, a, a, key_padding_mask=pad, need_weights=True, average_attn_weights=False)
             out.append(w)
             h = layer(h, src_key_padding_mask=pad)
     return torch.stack(out).numpy()
@@ -106,6 +107,18 @@ def test_frozen_torchscript_fast_path_gives_attention_and_flops(text_model):
     np.testing.assert_allclose(capture_attention(lm, x.numpy()).weights, reference_attention(model, x), atol=1e-5)
     eager = build_layer_table(LoadedModel(model, "safetensors", "x", SPEC), x).total_flops
     assert build_layer_table(lm, x).total_flops == eager
+
+
+def test_pre_norm_fast_path_attention(text_model):
+    """The fused kernel of a norm_first encoder normalises before the projections."""
+    torch.manual_seed(1)
+    model = build_architecture("text_transformer", {"norm_first": True}).eval()
+    frozen = torch.jit.script(model)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    x = _ids(7)
+    maps = capture_attention(LoadedModel(frozen, "torchscript", "x", SPEC), x.numpy())
+    np.testing.assert_allclose(maps.weights, reference_attention(model, x), atol=1e-5)
 
 
 def test_rewritten_export_graph_keeps_the_outputs(text_model):

@@ -120,19 +120,20 @@ def test_attention_flops_are_counted(sample_models):
     """MultiheadAttention = in-projection + Q·Kᵀ + P·V + out-projection (CPU fused kernel counted too)."""
     module, x, models = sample_models["sentiment"]
     rows = {r.name: r for r in build_layer_table(models["safetensors"], x).rows}
-    n, length, d = x.shape[0], x.shape[1], 32
+    n, length, d = x.shape[0], x.shape[1], module.head.in_features
     expected = 2 * n * length * d * 3 * d + 2 * 2 * n * length * length * d + 2 * n * length * d * d
     assert rows["encoder.layers.0.self_attn"].flops == expected
 
 
 def test_torchscript_says_what_it_cannot_see(sample_models):
-    _, x, models = sample_models["sentiment"]
+    module, x, models = sample_models["sentiment"]
     table = build_layer_table(models["torchscript"], x)
     rows = {r.name: r for r in table.rows}
+    d, k = module.head.in_features, module.head.out_features
     assert rows[""].flops == table.total_flops > 0
     assert rows["encoder.layers.0.self_attn"].output_shape is None  # inside scripted control flow
-    assert rows["encoder.layers.0"].output_shape == (4, 16, 32)
-    assert rows["head"].flops == 2 * 4 * 32 * 2
+    assert rows["encoder.layers.0"].output_shape == (4, 16, d)
+    assert rows["head"].flops == 2 * 4 * d * k
     assert any("TorchScript" in note for note in table.notes)
 
 
@@ -160,11 +161,12 @@ def test_module_graph_collapses_and_caps(sample_models):
     g1 = build_module_graph(table, max_depth=1)
     assert g1.shown == [r.name for r in table.rows if r.depth <= 1]
     assert g1.dot.count("->") == len(g1.shown) - 1
-    assert "+5 submodules" in g1.dot  # layer1: conv1 bn1 relu conv2 bn2
+    below = sum(1 for r in table.rows if r.name.startswith("layer1."))  # conv1 bn1 relu conv2 bn2 (+ downsample)
+    assert f"+{below} submodules" in g1.dot
     capped = build_module_graph(table, max_depth=3, max_nodes=5)
     assert capped.truncated and len(capped.shown) == 5
     detail = describe_module(table, "layer1")
-    assert detail["submodules"] == 5 and detail["row"].parameters == sum(c.parameters for c in detail["children"])
+    assert detail["submodules"] == below and detail["row"].parameters == sum(c.parameters for c in detail["children"])
 
 
 def test_activation_stats_known_answer():
@@ -213,11 +215,15 @@ def test_layer_importance_completeness_on_an_mlp():
     assert np.all(result.magnitude >= np.abs(result.total) - 1e-6)
 
 
-def test_layer_importance_needs_an_eager_model(sample_models):
+def test_layer_importance_for_pt2_equals_eager_and_torchscript_is_refused(sample_models):
     _, x, models = sample_models["cancer"]
     with pytest.raises(IncompatibleInput, match="hooks"):
         compute_layer_importance(models["torchscript"], x.numpy())
     assert candidate_layers(models["safetensors"], x.numpy(), depth=1) == ["body", "head"]
+    eager = compute_layer_importance(models["safetensors"], x.numpy(), depth=2, steps=8)
+    exported = compute_layer_importance(models["export"], x.numpy(), depth=2, steps=8)  # unflattened .pt2
+    assert exported.layers == eager.layers
+    np.testing.assert_allclose(exported.magnitude, eager.magnitude, rtol=1e-4, atol=1e-6)
 
 
 def test_grad_cam_on_the_image_model(sample_models):
@@ -230,3 +236,4 @@ def test_grad_cam_on_the_image_model(sample_models):
     peaks = cam.reshape(3, -1).max(1)
     assert cam.min() >= 0 and np.all(np.isclose(peaks, 1.0, atol=1e-5) | (peaks == 0))
     assert all(not m._forward_hooks and not m._backward_hooks for m in module.modules())
+    np.testing.assert_allclose(compute_grad_cam(models["export"], x.numpy(), "layer3"), cam, atol=1e-5)
