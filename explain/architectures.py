@@ -135,33 +135,40 @@ class BasicBlock(nn.Module):
 
 
 @register_architecture(
-    "shapes_resnet", {"in_channels": 3, "num_classes": 4, "widths": [16, 32, 64]}
+    "shapes_resnet", {"in_channels": 3, "num_classes": 4, "widths": [16, 32, 64], "strides": [2, 2, 1]}
 )
 class ShapesResNet(nn.Module):
     """Residual CNN: stem, three stages of one BasicBlock, global pool, linear.
 
-    ``layer3`` is the last conv stage (8x8 for 32x32 inputs): the Grad-CAM
-    target.
+    ``layer3`` is the last conv stage (8x8 for 32x32 inputs with the default
+    strides): the Grad-CAM target.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 4, widths: list[int] | tuple[int, ...] = (16, 32, 64)):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 4,
+        widths: list[int] | tuple[int, ...] = (16, 32, 64),
+        strides: list[int] | tuple[int, ...] = (2, 2, 1),
+    ):
         super().__init__()
-        if len(widths) != 3:
-            raise ValueError("widths must list 3 stage widths")
+        if len(widths) != 3 or len(strides) != 3:
+            raise ValueError("widths and strides must list 3 stages each")
         w1, w2, w3 = (int(w) for w in widths)
+        s1, s2, s3 = (int(s) for s in strides)
         self.conv1 = nn.Conv2d(in_channels, w1, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w1)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = BasicBlock(w1, w1)
-        self.layer2 = BasicBlock(w1, w2, stride=2)
-        self.layer3 = BasicBlock(w2, w3, stride=2)
+        self.layer1 = BasicBlock(w1, w1, stride=s1)
+        self.layer2 = BasicBlock(w1, w2, stride=s2)
+        self.layer3 = BasicBlock(w2, w3, stride=s3)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(w3, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 3, 32, 32] -> [N, K]
         x = self.relu(self.bn1(self.conv1(x)))  # [N, w1, 32, 32]
-        x = self.layer1(x)  # [N, w1, 32, 32]
-        x = self.layer2(x)  # [N, w2, 16, 16]
+        x = self.layer1(x)  # [N, w1, 16, 16] (default strides 2, 2, 1)
+        x = self.layer2(x)  # [N, w2, 8, 8]
         x = self.layer3(x)  # [N, w3, 8, 8]
         x = torch.flatten(self.avgpool(x), 1)  # [N, w3]
         return self.head(x)
@@ -193,6 +200,16 @@ class TabularMLP(nn.Module):
 # --------------------------------------------------------------------------
 # text_transformer
 # --------------------------------------------------------------------------
+def _sinusoids(length: int, dim: int) -> torch.Tensor:
+    """Sinusoidal position table [length, dim]: the start for learned positions."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]  # [L, 1]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(1e4)) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
+
+
 @register_architecture(
     "text_transformer",
     {
@@ -205,6 +222,7 @@ class TabularMLP(nn.Module):
         "num_classes": 2,
         "dropout": 0.1,
         "pad_id": 0,
+        "norm_first": False,
     },
 )
 class TextTransformer(nn.Module):
@@ -226,14 +244,15 @@ class TextTransformer(nn.Module):
         num_classes: int = 2,
         dropout: float = 0.1,
         pad_id: int = 0,
+        norm_first: bool = False,
     ):
         super().__init__()
         self.pad_id = int(pad_id)
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=self.pad_id)
-        self.pos_embedding = nn.Parameter(torch.zeros(1, max_len, d_model))
-        nn.init.normal_(self.pos_embedding, std=0.02)
+        self.pos_embedding = nn.Parameter(_sinusoids(max_len, d_model)[None])  # [1, L, D], learned
         layer = nn.TransformerEncoderLayer(
-            d_model, nhead, dim_feedforward=dim_feedforward, dropout=dropout, batch_first=True
+            d_model, nhead, dim_feedforward=dim_feedforward, dropout=dropout, batch_first=True,
+            norm_first=norm_first,
         )
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, num_classes)
