@@ -84,15 +84,16 @@ def capture_attention(model: LoadedModel, inputs: np.ndarray | torch.Tensor) -> 
             with a one-line reason why.
     """
     x = model.as_tensor(inputs)
-    x_run, n = _fit_fixed_batch(model, x)
+    step = model.fixed_batch_size or x.shape[0]  # a static-batch .pt2 runs chunk by chunk
+    chunks = [_fit_fixed_batch(model, x[start : start + step]) for start in range(0, x.shape[0], step)]
     if model.format == "export":
-        maps = _capture_graph(model.module, x_run)
-    elif model.format == "torchscript":
-        maps = _capture_dispatch(model.module, x_run)
+        maps = _capture_graph(model.module, chunks)
     else:
-        maps = _capture_eager(model.module, x_run)
-    maps.weights = maps.weights[:, :n]
-    maps.inputs = x[:n].cpu().numpy()
+        capture = _capture_dispatch if model.format == "torchscript" else _capture_eager
+        runs = [(capture(model.module, xc), n) for xc, n in chunks]
+        maps = runs[0][0]
+        maps.weights = np.concatenate([m.weights[:, :n] for m, n in runs], axis=1)
+    maps.inputs = x.cpu().numpy()
     return maps
 
 
@@ -240,16 +241,19 @@ def _run_model(module, x):
 # ---------------------------------------------------------------------------
 # torch.export: graph rewrite
 # ---------------------------------------------------------------------------
-def _capture_graph(gm: torch.fx.GraphModule, x: torch.Tensor) -> AttentionMaps:
+def _capture_graph(gm: torch.fx.GraphModule, chunks: list[tuple[torch.Tensor, int]]) -> AttentionMaps:
+    """Rewrite once, run every chunk ``(padded batch, real rows)``, keep the real rows."""
     rewritten = rewrite_attention_graph(gm)
     if rewritten is None:
         raise IncompatibleInput(
             "This exported graph contains no attention (no scaled_dot_product_attention or q·kᵀ softmax)."
         )
+    parts: list[list[torch.Tensor]] = []
     with torch.no_grad():
-        outs = _run_model(rewritten.module, x)
-    probs = list(outs[rewritten.num_outputs :])
-    layers = [_as_batch_head(t, x.shape[0]) for t in probs]
+        for x, n in chunks:
+            outs = _run_model(rewritten.module, x)
+            parts.append([_as_batch_head(t, x.shape[0])[:n] for t in outs[rewritten.num_outputs :]])
+    layers = [torch.cat(per_layer) for per_layer in zip(*parts)]
     notes = []
     if "softmax" in rewritten.kinds:
         notes.append("Some layers were found as a softmax over q·kᵀ in the graph.")

@@ -31,7 +31,7 @@ SPEC = InputSpec("text", (16,), dtype="int64", vocabulary=[f"w{i}" for i in rang
 
 def _ids(seed: int = 0, n: int = 4) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(3, 64, (n, 16), generator=g)
+    x = torch.randint(3, 60, (n, 16), generator=g)  # the sentiment vocabulary has 60 tokens
     x[:, 0] = 2  # <cls>
     x[0, 9:] = 0  # padding
     x[1, 5:] = 0
@@ -52,34 +52,54 @@ def reference_attention(model: nn.Module, ids: torch.Tensor) -> np.ndarray:
     return torch.stack(out).numpy()
 
 
+SENTIMENT = ROOT / "sample_models" / "sentiment"
+FILES = {"safetensors": "model.safetensors", "torchscript": "model.torchscript.pt", "export": "model.pt2",
+         "static": "model_static.pt2"}
+
+
 @pytest.fixture(scope="module")
 def text_model():
-    torch.manual_seed(0)
-    model = build_architecture("text_transformer").eval()
-    x = _ids()
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(model), buf)
-    buf.seek(0)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
-    return model, {
-        "safetensors": LoadedModel(model, "safetensors", "x", SPEC),
-        "torchscript": LoadedModel(torch.jit.load(buf), "torchscript", "x", SPEC),
-        "export": LoadedModel(ep.module(), "export", "x", SPEC, exported_program=ep),
-    }
+    """The sentiment sample as eager module plus every shipped format, loaded as a user's files are."""
+    from explain.loading import load_model
+
+    models = {fmt: load_model(SENTIMENT / file) for fmt, file in FILES.items()}
+    return models["safetensors"].module, models
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "export"])
-def test_captured_attention_equals_need_weights(text_model, fmt):
+@pytest.fixture(scope="module")
+def sentiment_inputs() -> np.ndarray:
+    with np.load(SENTIMENT / "samples.npz", allow_pickle=False) as z:
+        return z["inputs"]
+
+
+@pytest.mark.parametrize("fmt", list(FILES))
+def test_captured_attention_equals_need_weights(text_model, sentiment_inputs, fmt):
     model, models = text_model
-    x = _ids(1)
+    x = torch.from_numpy(sentiment_inputs[:6])
     maps = capture_attention(models[fmt], x.numpy())
     ref = reference_attention(model, x)
-    assert maps.weights.shape == (2, 4, 2, 16, 16) == ref.shape
-    assert maps.layer_names == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    n_layers, heads = len(model.encoder.layers), model.encoder.layers[0].self_attn.num_heads
+    assert heads >= 2 and maps.weights.shape == (n_layers, 6, heads, 16, 16) == ref.shape
+    assert maps.layer_names == [f"encoder.layers.{i}.self_attn" for i in range(n_layers)]
     np.testing.assert_allclose(maps.weights.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(maps.weights, ref, atol=1e-5)
-    assert np.all(maps.weights[:, 1, :, :, 5:] == 0)  # padded keys get nothing
+    pad = (x == 0).numpy()  # [N, L]
+    assert np.all(maps.weights.transpose(1, 0, 2, 3, 4)[pad[:, None, None, None, :].repeat(16, 3)
+                  .repeat(heads, 2).repeat(n_layers, 1)] == 0)  # padded keys get nothing
+
+
+def test_cls_attends_to_sentiment_words(text_model, sentiment_inputs):
+    """The classifying position (<cls>, position 0) looks at the sentiment words: measured per key,
+    averaged over the shipped inputs, in the last layer (head mean) and in the rollout."""
+    from sample_models.data import SENTIMENT_WORDS, VOCABULARY
+
+    _, models = text_model
+    words = {i for i, tok in enumerate(VOCABULARY) if tok in SENTIMENT_WORDS}
+    maps = capture_attention(models["safetensors"], sentiment_inputs)
+    on_words, elsewhere = attention_to_tokens(maps.weights[-1].mean(axis=1), sentiment_inputs, words)
+    assert on_words > 2 * elsewhere, (on_words, elsewhere)  # measured: 0.34 vs 0.067
+    on_words, elsewhere = attention_to_tokens(compute_rollout(maps.weights), sentiment_inputs, words)
+    assert on_words > 2 * elsewhere, (on_words, elsewhere)  # measured: 0.22 vs 0.055
 
 
 def test_torchscript_with_grad_uses_the_sdpa_path_and_agrees(text_model):
@@ -202,14 +222,13 @@ def test_models_without_attention_are_refused_with_a_reason():
         capture_attention(lm2, np.zeros((2, 30), np.float32))
 
 
-def test_fixed_batch_export_is_padded_and_cut(text_model):
-    model, _ = text_model
-    ep = torch.export.export(model, (_ids(n=2),))  # static batch of 2
-    lm = LoadedModel(ep.module(), "export", "x", SPEC, fixed_batch_size=2)
-    x = _ids(4, n=3)
-    maps = capture_attention(lm, x[:1].numpy())
-    assert maps.weights.shape[1] == 1
-    np.testing.assert_allclose(maps.weights, reference_attention(model, x[:1]), atol=1e-5)
+def test_fixed_batch_export_runs_in_chunks(text_model, sentiment_inputs):
+    model, models = text_model
+    assert models["static"].fixed_batch_size == 1
+    x = torch.from_numpy(sentiment_inputs[:3])
+    maps = capture_attention(models["static"], x.numpy())
+    assert maps.weights.shape[1] == 3
+    np.testing.assert_allclose(maps.weights, reference_attention(model, x), atol=1e-5)
 
 
 # -- derived numbers ---------------------------------------------------------------
@@ -265,36 +284,24 @@ def _run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_cli_writes_attention_and_refuses_models_without(tmp_path, text_model, capsys):
+def test_cli_writes_attention_and_refuses_models_without(tmp_path, text_model, sentiment_inputs, capsys):
     model, _ = text_model
-    from safetensors.torch import save_file
-
-    pytest.importorskip("explain.loading")
-    spec = SPEC.to_dict() | {"vocabulary": [f"w{i}" for i in range(64)]}
-    weights = tmp_path / "text.safetensors"
-    save_file(model.state_dict(), weights, metadata={
-        "glassbox.architecture": "text_transformer", "glassbox.config": json.dumps({}),
-        "glassbox.spec": json.dumps(spec)})
-    inputs = tmp_path / "ids.npy"
-    np.save(inputs, _ids(5).numpy())
     out = tmp_path / "att.npz"
-    code, stdout, stderr = _run_cli(capsys, str(weights), "--inputs", str(inputs), "--out", str(out))
+    code, stdout, stderr = _run_cli(capsys, str(SENTIMENT / "model.pt2"), "--inputs", str(SENTIMENT / "samples.npz"),
+                                    "--out", str(out))
     assert code == 0, stderr
     result = json.loads(stdout)
-    assert (result["layers"], result["heads"], result["tokens"]) == (2, 2, 16)
+    heads = model.encoder.layers[0].self_attn.num_heads
+    assert (result["layers"], result["heads"], result["tokens"]) == (len(model.encoder.layers), heads, 16)
     with np.load(out, allow_pickle=False) as z:
-        assert z["attention"].shape == (2, 4, 2, 16, 16)
+        assert z["attention"].shape == (result["layers"], len(sentiment_inputs), heads, 16, 16)
         assert list(z["layer_names"]) == result["layer_names"]
-        np.testing.assert_allclose(z["attention"], reference_attention(model, _ids(5)), atol=1e-5)
+        ref = reference_attention(model, torch.from_numpy(sentiment_inputs))
+        np.testing.assert_allclose(z["attention"], ref, atol=1e-5)
 
-    mlp = build_architecture("tabular_mlp").eval()
-    mlp_file = tmp_path / "mlp.safetensors"
-    save_file(mlp.state_dict(), mlp_file, metadata={
-        "glassbox.architecture": "tabular_mlp", "glassbox.config": json.dumps({}),
-        "glassbox.spec": InputSpec("tabular", (30,)).to_json()})
-    feats = tmp_path / "x.npy"
-    np.save(feats, np.zeros((2, 30), np.float32))
-    code, stdout, stderr = _run_cli(capsys, str(mlp_file), "--inputs", str(feats), "--out", str(tmp_path / "no.npz"))
+    cancer = ROOT / "sample_models" / "cancer"
+    code, stdout, stderr = _run_cli(capsys, str(cancer / "model.safetensors"), "--inputs", str(cancer / "samples.npz"),
+                                    "--out", str(tmp_path / "no.npz"))
     assert code == 3
     assert stdout == "" and len(stderr.strip().splitlines()) == 1 and "no attention" in stderr
     assert not (tmp_path / "no.npz").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ import torch
 from torch import nn
 
 from explain.activations import compute_weight_histogram, compute_weight_stats, tabulate_activations
-from explain.architectures import build_architecture
 from explain.errors import IncompatibleInput
 from explain.graph import build_module_graph, describe_module
 from explain.layer_importance import candidate_layers, compute_grad_cam, compute_layer_importance, grad_cam_layers
@@ -38,33 +38,46 @@ def as_format(module: nn.Module, fmt: str, spec: InputSpec, example: torch.Tenso
     return LoadedModel(module, fmt, "x", spec)
 
 
-SAMPLES = {
-    "shapes": ("shapes_resnet", InputSpec("image", (3, 32, 32)), lambda g: torch.rand(3, 3, 32, 32, generator=g)),
-    "cancer": ("tabular_mlp", InputSpec("tabular", (30,)), lambda g: torch.randn(5, 30, generator=g)),
-    "sentiment": ("text_transformer", InputSpec("text", (16,), dtype="int64"),
-                  lambda g: torch.randint(2, 64, (4, 16), generator=g)),
-}
+SAMPLES = ("shapes", "cancer", "sentiment")
+SAMPLE_FILES = {"safetensors": "model.safetensors", "torchscript": "model.torchscript.pt", "export": "model.pt2"}
+SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "sample_models"
 
 
 @pytest.fixture(scope="module")
 def sample_models():
-    """The three sample architectures in all three formats (in-test, seeded)."""
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
+    """The shipped sample models in all three formats, loaded as a user's files are, and 4 of their inputs."""
+    from explain.loading import load_model
+
     out = {}
-    for name, (arch, spec, make) in SAMPLES.items():
-        module = build_architecture(arch).eval()
-        x = make(g)
-        out[name] = (module, x, {fmt: as_format(module, fmt, spec, x) for fmt in FORMATS})
+    for name in SAMPLES:
+        folder = SAMPLE_ROOT / name
+        with np.load(folder / "samples.npz", allow_pickle=False) as z:
+            x = torch.from_numpy(z["inputs"][:4])
+        models = {fmt: load_model(folder / file) for fmt, file in SAMPLE_FILES.items()}
+        out[name] = (models["safetensors"].module, x, models)
     return out
 
 
+@pytest.fixture(scope="module")
+def tables(sample_models):
+    """(sample, format) -> layer table, each built once."""
+    cache = {}
+
+    def get(sample: str, fmt: str):
+        if (sample, fmt) not in cache:
+            _, x, models = sample_models[sample]
+            cache[sample, fmt] = build_layer_table(models[fmt], x)
+        return cache[sample, fmt]
+
+    return get
+
+
 @pytest.mark.parametrize("sample", list(SAMPLES))
-def test_parameters_add_up_in_every_format(sample_models, sample):
+def test_parameters_add_up_in_every_format(sample_models, tables, sample):
     module, x, models = sample_models[sample]
     total = sum(p.numel() for p in module.parameters())
-    for fmt, model in models.items():
-        table = build_layer_table(model, x)
+    for fmt in models:
+        table = tables(sample, fmt)
         assert table.total_parameters == total, fmt
         assert sum(r.own_parameters for r in table.rows) == total, fmt
         # collapsed to any depth, the visible rows still account for every parameter once
@@ -78,18 +91,30 @@ def test_parameters_add_up_in_every_format(sample_models, sample):
 
 
 @pytest.mark.parametrize("sample", list(SAMPLES))
-def test_shapes_and_flops_agree_across_formats(sample_models, sample):
+def test_shapes_and_flops_agree_across_formats(sample_models, tables, sample):
     module, x, models = sample_models[sample]
-    eager = {r.name: r for r in build_layer_table(models["safetensors"], x).rows}
+    eager = {r.name: r for r in tables(sample, "safetensors").rows}
     assert eager[""].output_shape == tuple(module(x).shape)
     for fmt in ("torchscript", "export"):
-        table = build_layer_table(models[fmt], x)
+        table = tables(sample, fmt)
         assert table.total_flops == eager[""].flops, fmt
         for r in table.rows:
             if r.output_shape is not None and r.name in eager and eager[r.name].output_shape is not None:
                 assert r.output_shape == eager[r.name].output_shape, (fmt, r.name)
             if r.flops is not None and r.name in eager and eager[r.name].calls:
                 assert r.flops == eager[r.name].flops, (fmt, r.name)
+
+
+def test_static_batch_export_table(sample_models, tables):
+    """A .pt2 exported for batch 1 is probed on one input; its FLOPs are the per-input share."""
+    from explain.loading import load_model
+
+    _, x, models = sample_models["sentiment"]
+    static = load_model(SAMPLE_ROOT / "sentiment" / "model_static.pt2")
+    assert static.fixed_batch_size == 1
+    table = build_layer_table(static, x)
+    assert table.batch_size == 1
+    assert table.total_flops * x.shape[0] == tables("sentiment", "export").total_flops
 
 
 def test_flops_equal_analytic_counts_for_linear_and_conv():
@@ -116,18 +141,18 @@ def test_flops_equal_analytic_counts_for_linear_and_conv():
         assert rows["1"].output_shape == (2, 4, 4, 4), fmt
 
 
-def test_attention_flops_are_counted(sample_models):
+def test_attention_flops_are_counted(sample_models, tables):
     """MultiheadAttention = in-projection + Q·Kᵀ + P·V + out-projection (CPU fused kernel counted too)."""
     module, x, models = sample_models["sentiment"]
-    rows = {r.name: r for r in build_layer_table(models["safetensors"], x).rows}
+    rows = {r.name: r for r in tables("sentiment", "safetensors").rows}
     n, length, d = x.shape[0], x.shape[1], module.head.in_features
     expected = 2 * n * length * d * 3 * d + 2 * 2 * n * length * length * d + 2 * n * length * d * d
     assert rows["encoder.layers.0.self_attn"].flops == expected
 
 
-def test_torchscript_says_what_it_cannot_see(sample_models):
+def test_torchscript_says_what_it_cannot_see(sample_models, tables):
     module, x, models = sample_models["sentiment"]
-    table = build_layer_table(models["torchscript"], x)
+    table = tables("sentiment", "torchscript")
     rows = {r.name: r for r in table.rows}
     d, k = module.head.in_features, module.head.out_features
     assert rows[""].flops == table.total_flops > 0
@@ -146,18 +171,16 @@ def test_describe_layers_rows():
     assert rows[1] == {"name": "0", "type": "Linear", "output_shape": [2, 5], "parameters": 40, "flops": 140, "depth": 1}
 
 
-def test_filter_and_tree_order(sample_models):
-    _, x, models = sample_models["shapes"]
-    table = build_layer_table(models["export"], x)
+def test_filter_and_tree_order(tables):
+    table = tables("shapes", "export")
     names = [r.name for r in table.rows]
     assert names.index("layer1") < names.index("layer1.conv1") < names.index("layer2")
     assert {r.depth for r in filter_rows(table.rows, max_depth=1)} == {0, 1}
     assert {r.type for r in filter_rows(table.rows, query="conv2d")} == {"Conv2d"}
 
 
-def test_module_graph_collapses_and_caps(sample_models):
-    _, x, models = sample_models["shapes"]
-    table = build_layer_table(models["safetensors"], x)
+def test_module_graph_collapses_and_caps(tables):
+    table = tables("shapes", "safetensors")
     g1 = build_module_graph(table, max_depth=1)
     assert g1.shown == [r.name for r in table.rows if r.depth <= 1]
     assert g1.dot.count("->") == len(g1.shown) - 1
@@ -206,7 +229,7 @@ def test_layer_importance_completeness_on_an_mlp():
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
     lm = LoadedModel(model, "safetensors", "x", InputSpec("tabular", (6,)))
     x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
-    result = compute_layer_importance(lm, x, depth=1, steps=64)
+    result = compute_layer_importance(lm, x, depth=1, steps=32)
     assert sorted(result.layers) == ["0", "1", "2"]
     with torch.no_grad():
         logits, base = model(torch.from_numpy(x)), model(torch.zeros(1, 6))
@@ -232,8 +255,9 @@ def test_grad_cam_on_the_image_model(sample_models):
     layers = grad_cam_layers(lm, x.numpy())
     assert layers[0] == "layer3"
     cam = compute_grad_cam(lm, x.numpy(), "layer3")
-    assert cam.shape == (3, 32, 32)
-    peaks = cam.reshape(3, -1).max(1)
+    n = x.shape[0]
+    assert cam.shape == (n, 32, 32)
+    peaks = cam.reshape(n, -1).max(1)
     assert cam.min() >= 0 and np.all(np.isclose(peaks, 1.0, atol=1e-5) | (peaks == 0))
     assert all(not m._forward_hooks and not m._backward_hooks for m in module.modules())
     np.testing.assert_allclose(compute_grad_cam(models["export"], x.numpy(), "layer3"), cam, atol=1e-5)
