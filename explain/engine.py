@@ -44,6 +44,37 @@ ConsumeFn = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@contextlib.contextmanager
+def gradient_path_kernels() -> Iterator[None]:
+    """Forward passes without gradients use the kernels of the gradient pass.
+
+    ``nn.TransformerEncoderLayer`` switches to a fused "fast path" when no
+    gradient is needed; on a CPU it is slower, and its numbers differ
+    slightly from those the attributions are computed with.
+    """
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    saved = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(saved)
+
+
+def add_rows(acc: torch.Tensor, owner: torch.Tensor, rows: torch.Tensor) -> None:
+    """acc[owner[r]] += rows[r] in row order (rows of one owner are summed first).
+
+    Deterministic, and faster than ``index_add_`` on a CPU for the few owners
+    a chunk holds.
+    """
+    for idx in torch.unique(owner).tolist():
+        sel = owner == idx
+        acc[idx] += rows[sel].sum(0)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA out-of-memory and for a CPU allocator failure."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -339,7 +370,7 @@ class Engine:
         """Target logits [n_rows] (float64) of rows built by ``make``; fp32, no gradients."""
         fixed = self.model_fixed_batch(fn)
         out = torch.empty(n_rows, dtype=torch.float64)
-        with torch.no_grad(), fn.session() as logits:
+        with torch.no_grad(), gradient_path_kernels(), fn.session() as logits:
 
             def work(start: int, stop: int) -> None:
                 p, o, t = pad_rows(fixed, *make(start, stop))
@@ -349,6 +380,19 @@ class Engine:
             # forward passes keep no activations for a backward: 4x the rows of a gradient chunk
             self.map_chunks(n_rows, work, max(1, row_bytes // 4), fixed, report=report)
         return out.numpy()
+
+    def predict(self, model: LoadedModel, x: torch.Tensor) -> np.ndarray:
+        """Logits [N, K] (float64) of model-ready inputs, fp32, chunked and padded."""
+        fixed = model.fixed_batch_size
+        outs: list[torch.Tensor] = []
+        with torch.no_grad(), gradient_path_kernels():
+
+            def work(start: int, stop: int) -> None:
+                (chunk,) = pad_rows(fixed, x[start:stop])
+                outs.append(model.module(chunk)[: stop - start].double().cpu())
+
+            self.map_chunks(x.shape[0], work, max(1, int(x[:1].numel() * 4) // 4), fixed, report=False)
+        return torch.cat(outs).numpy()
 
     def settle_precision(self, fn: ModelFunction, make: MakeFn, n_rows: int) -> str:
         """Resolve ``auto`` by comparing a few rows' gradients with fp32."""

@@ -200,3 +200,30 @@ def test_engine_cpu_default_batch_is_bounded():
     sizes = []
     engine.map_chunks(5000, lambda a, b: sizes.append(b - a), row_bytes=3 * 224 * 224 * 4)
     assert sum(sizes) == 5000 and 1 <= max(sizes) <= 64
+
+
+def test_exported_text_model_attributes_at_the_embedding_node():
+    model, x = load_case("sentiment", n=2)
+    ids = torch.as_tensor(x)
+    program = torch.export.export(model.module, (ids,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    exported = LoadedModel(module=program.module(), format="export", sha256="pt2", spec=model.spec,
+                           exported_program=program)
+    assert IG.is_compatible(exported)
+    want = ig(model, x, steps=6)
+    got = ig(exported, x, steps=6)
+    np.testing.assert_allclose(got.values, want.values, atol=1e-4 * np.abs(want.values).max(), rtol=0)
+    np.testing.assert_allclose(got.base_value, want.base_value, atol=1e-4)
+
+
+def test_torchscript_image_model_gets_input_gradients():
+    model, x = load_case("cancer", n=2)
+    scripted = LoadedModel(module=torch.jit.script(model.module), format="torchscript", sha256="ts",
+                           spec=model.spec)
+    np.testing.assert_allclose(ig(scripted, x, steps=6).values, ig(model, x, steps=6).values, atol=1e-6)
+    assert not get_method("grad_cam").is_compatible(scripted)
+
+
+def test_empty_inputs_are_refused():
+    model, x = load_case("cancer", n=2)
+    with pytest.raises(IncompatibleInput, match="no inputs"):
+        ig(model, x[:0], steps=4)

@@ -42,19 +42,21 @@ def array_param() -> ParamSpec:
     return ParamSpec("array", None, help=ARRAY_HELP)
 
 
-def resolve_targets(model: LoadedModel, x: torch.Tensor, target: Any) -> np.ndarray:
+def resolve_targets(model: LoadedModel, x: torch.Tensor, target: Any, logits: np.ndarray | None = None) -> np.ndarray:
     """Target class per input: given per input, one for all, or the argmax.
 
     Args:
         x: model-ready batch [N, ...] on the model's device.
         target: None (predicted class), an int, or N ints.
+        logits: the model's logits [N, K] when already computed.
 
     Returns:
         int64 array [N].
     """
     n = x.shape[0]
     if target is None:
-        return model.predict_logits(x).argmax(axis=1).astype(np.int64)
+        logits = model.predict_logits(x) if logits is None else logits
+        return logits.argmax(axis=1).astype(np.int64)
     t = np.asarray(target, dtype=np.int64).reshape(-1)
     if t.size == 1:
         t = np.full(n, int(t[0]), dtype=np.int64)

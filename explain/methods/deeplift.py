@@ -97,6 +97,9 @@ class RulesMethod(Explainer):
         if weights is None:  # one reference per input (DeepLift)
             result, size = run_rules(engine, model, x, refs, targets, False, progress)
             values, output, base = result.values, result.output, result.base_value
+        elif np.allclose(weights, weights[0]):  # equal weights: the rules' own (input x reference) grid
+            result, size = run_rules(engine, model, x, refs, targets, True, progress)
+            values, output, base = result.values, result.output, result.base_value
         else:  # every input against every weighted reference, weighted mean
             n, m = len(x), len(refs)
             xs = np.repeat(x, m, axis=0)  # [N*M, ...] pair p = (p // M, p % M)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..attribution import Attribution, compute_completeness_error
-from ..engine import Engine, ModelFunction, text_incompatibility
-from ..errors import UsageError
+from ..engine import Engine, ModelFunction, add_rows, is_out_of_memory, text_incompatibility
+from ..errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
 from ..model import LoadedModel
 from .base import Explainer
 from .common import resolve_targets
@@ -80,17 +80,31 @@ class EngineMethod(Explainer):
         raise NotImplementedError
 
     def _explain(self, model, inputs, target, progress, **params) -> Attribution:
+        try:
+            return self._attribute(model, inputs, target, progress, **params)
+        except GlassboxError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's model (or a method) raised
+            if is_out_of_memory(exc):
+                raise TooLarge("Out of memory.", "Use fewer inputs or steps, or --device cpu.") from exc
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise IncompatibleInput(f"{self.name} failed: the model raised {type(exc).__name__}: {first}") from exc
+
+    def _attribute(self, model, inputs, target, progress, **params) -> Attribution:
         start = time.perf_counter()
         engine = Engine(
             params.pop("device", "auto"), params.pop("precision", "fp32"), params.pop("batch_size", 0), progress
         )
         model, x = engine.prepare(model, inputs)
-        targets = resolve_targets(model, x, target)
+        if x.shape[0] == 0:
+            raise IncompatibleInput("There are no inputs to explain.")
+        logits = engine.predict(model, x)  # [N, K]: targets and f(x) from one pass
+        targets = resolve_targets(model, x, target, logits)
+        output = logits[np.arange(len(targets)), targets].astype(np.float64)
         t = torch.as_tensor(targets, device=engine.device)
         fn = ModelFunction(model, x, self.space)
         ctx = Context(model, engine, fn, x, np.asarray(inputs), t)
         partial = self.run(ctx, **{k: clean_array_param(k, v) for k, v in params.items()})
-        output = engine.evaluate(fn, fn.start_points(), torch.arange(len(t), device=engine.device), t)
         base = partial.base_value
         if self.completeness and base is not None:
             error = compute_completeness_error(partial.values, output, base)
@@ -187,9 +201,9 @@ def accumulate_gradients(
     def consume(lo, hi, grads, _values):
         i, s = split(lo, hi)
         c = contribution(grads, i, s)
-        total.index_add_(0, i, c)
+        add_rows(total, i, c)
         if total_sq is not None:
-            total_sq.index_add_(0, i, c * c)
+            add_rows(total_sq, i, c * c)
 
     n_rows = len(ctx.targets) * samples
     ctx.engine.settle_precision(ctx.fn, make, n_rows)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..attribution import compute_completeness_error
+from ..engine import add_rows
 from .base import register
 from .common import BASELINE_PARAM, ENGINE_PARAMS, STEPS_PARAM, TOLERANCE_PARAM, array_param
 from .engine_method import Context, EngineMethod, Partial, reference_points
@@ -59,7 +60,7 @@ def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, target
 
     def consume(lo, hi, grads, _values):
         i, k = split(lo, hi)
-        acc.index_add_(0, i, grads * weights[k].view(shape))
+        add_rows(acc, i, grads * weights[k].view(shape))
 
     n_rows = len(rows) * steps
     ctx.engine.settle_precision(ctx.fn, make, n_rows)
