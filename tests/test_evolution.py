@@ -155,8 +155,9 @@ def test_sample_checkpoints_drift(name):
     assert len(ckpts) >= 2
     change = compute_weight_changes(ckpts)
     assert np.all(np.isfinite(change.values)) and np.all(change.values >= 0)
-    inputs = sample_inputs(name)["inputs"][:4]
+    inputs = sample_inputs(name)["inputs"][: 4 if name == "shapes" else 16]  # text/tabular: cheap, noisier per input
     drift = compute_checkpoint_drift(ckpts, model, inputs, steps=16)
     mean = drift.mean_correlation
-    assert mean[-1] == pytest.approx(1.0)
-    assert int(np.argmin(mean)) == 0, mean
+    assert drift.correlation[-1] == pytest.approx(np.ones(len(inputs)))  # the final maps with themselves
+    assert int(np.argmin(mean)) == 0, mean  # the first checkpoint agrees least
+    assert np.all(np.diff(mean) > 0), mean  # and agreement grows checkpoint by checkpoint
