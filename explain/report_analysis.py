@@ -63,9 +63,11 @@ def build_structure_section(model: LoadedModel, structure: dict[str, Any]) -> Se
         try:
             from .viz.structure import figure_flops
 
-            leaves = [dict(layer, flop_share=(layer.get("flops") or 0) / total) for layer in layers
-                      if layer.get("name") and not any(o.get("name", "").startswith(layer["name"] + ".") for o in layers)]
-            figures.append(figure_flops(leaves, top=15))
+            leaves = [dict(layer, flop_share=layer["flops"] / total) for layer in layers
+                      if layer.get("name") and (layer.get("flops") or 0) > 0
+                      and not any(o.get("name", "").startswith(layer["name"] + ".") for o in layers)]
+            if leaves:
+                figures.append(figure_flops(leaves, top=15))
         except ImportError as exc:
             notes.append(f"FLOPs chart not drawn: {exc}.")
     return Section("Structure", body=body, figures=figures, data=round_data(data), notes=notes)

@@ -178,8 +178,9 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
         zmax = viz.shared_scale(maps)
         data["color_limit"] = zmax
         cells = [
-            f'<div class="cell">{image_tag(images[i], f"input {i}")}'
-            f'{image_tag(overlay_pixels(images[i], maps[i], zmax), f"{attr.method} map for input {i}")}{caption(r)}</div>'
+            f'<div class="cell">{image_tag(images[i], f"input {i}", width=112)}'
+            f'{image_tag(overlay_pixels(images[i], maps[i], zmax), f"{attr.method} map for input {i}", width=112)}'
+            f'{caption(r)}</div>'
             for i, r in enumerate(rows)
         ]
         legend = ('<p class="muted">Each pair: the input, then the attribution over it (red raises the target '

@@ -27,7 +27,8 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .bad { color: var(--bad); }
 .cards { display: flex; flex-wrap: wrap; gap: 14px; }
 .cell { border: 1px solid var(--line); border-radius: 6px; padding: 8px; break-inside: avoid; page-break-inside: avoid; }
-.cell .cap { font-size: 12px; color: var(--muted); max-width: 300px; }
+.cell .cap { font-size: 12px; color: var(--muted); max-width: 240px; }
+.cell .pred { max-width: 240px; }
 .cell .pred { font-weight: 600; }
 img.pix { image-rendering: pixelated; display: inline-block; margin-right: 4px; border: 1px solid var(--line); }
 .tokens { line-height: 2; font-size: 14px; }
