@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .structure import LayerRow, LayerTable, filter_rows
+from .structure import LayerRow, LayerTable, filter_rows, parent_row_name
 
 #: drawn nodes at most; beyond this the graph becomes unreadable (and slow) in a browser.
 MAX_NODES = 250
@@ -88,6 +88,8 @@ def build_module_graph(
     truncated = len(rows) > max_nodes
     rows = rows[:max_nodes]
     shown = {r.name for r in rows}
+    present = {r.name for r in table.rows}
+    parent = {r.name: parent_row_name(r.name, present) for r in table.rows if r.name}
     descendants = _descendant_counts(table.rows)
     lines = [
         "digraph modules {",
@@ -97,14 +99,14 @@ def build_module_graph(
     ]
     ids = {r.name: f"n{i}" for i, r in enumerate(rows)}
     for r in rows:
-        shown_children = sum(1 for n in shown if _parent(n) == r.name and n != r.name)
+        shown_children = sum(1 for n in shown if n and parent[n] == r.name)
         hidden_below = descendants.get(r.name, 0) - _shown_descendants(r.name, shown)
         pen = ', penwidth=3, color="#1f77b4"' if selected is not None and r.name == selected else ""
         lines.append(f'  {ids[r.name]} [label="{_label(r, hidden_below if shown_children == 0 else 0)}", '
                      f'fillcolor="{_colour(r.flop_share)}"{pen}];')
     for r in rows:
-        if r.name and _parent(r.name) in ids:
-            lines.append(f"  {ids[_parent(r.name)]} -> {ids[r.name]};")
+        if r.name and parent[r.name] in ids:
+            lines.append(f"  {ids[parent[r.name]]} -> {ids[r.name]};")
         elif r.name:  # parent not drawn (over the cap): hang it on the nearest drawn ancestor
             anc = _nearest_shown_ancestor(r.name, ids)
             if anc is not None:
@@ -144,7 +146,8 @@ def _shown_descendants(name: str, shown: set[str]) -> int:
 def describe_module(table: LayerTable, name: str) -> dict[str, Any]:
     """A module's row plus its children and activation statistics, for the detail panel."""
     row = table.row(name)
-    children = [r for r in table.rows if r.name and _parent(r.name) == name and r.name != name]
+    present = {r.name for r in table.rows}
+    children = [r for r in table.rows if r.name and parent_row_name(r.name, present) == name]
     st = table.stats.get(name)
     return {
         "row": row,

@@ -30,7 +30,8 @@ class LayerRow:
     Attributes:
         name: qualified name (``encoder.layers.0.self_attn``); ``""`` is the model.
         type: class name.
-        depth: 0 for the model, 1 for its children, ...
+        depth: 0 for the model, 1 for its children, ...; container modules
+            (``ModuleList``) are not rows and do not count as a level.
         output_shape: shape of the (first tensor) output for the probed
             batch; None when unknown (not run, or TorchScript control flow).
         parameters: parameters of the module and its submodules (shared
@@ -99,9 +100,29 @@ class LayerTable:
         return out
 
 
+#: modules that only hold other modules (no forward of their own)
+CONTAINER_TYPES = ("ModuleList", "ModuleDict")
+
+
 def module_depth(name: str) -> int:
     """0 for the model (``""``), else the number of dotted parts."""
     return 0 if not name else name.count(".") + 1
+
+
+def layer_depth(name: str, containers: set[str]) -> int:
+    """Depth not counting container modules: ``encoder.layers.0`` is at depth 2 when
+    ``encoder.layers`` is a ``ModuleList``."""
+    parts = name.split(".") if name else []
+    return sum(1 for i in range(len(parts)) if ".".join(parts[: i + 1]) not in containers)
+
+
+def parent_row_name(name: str, present: set[str]) -> str:
+    """The nearest ancestor of ``name`` that is in ``present`` (``""``: the model)."""
+    while name:
+        name = name.rsplit(".", 1)[0] if "." in name else ""
+        if name in present:
+            return name
+    return ""
 
 
 def probe_batch(model: LoadedModel, inputs: np.ndarray | torch.Tensor, max_inputs: int | None = DEFAULT_MAX_INPUTS) -> torch.Tensor:
@@ -178,15 +199,19 @@ def _table_from_probe(model: LoadedModel, probe: ModuleProbe, batch: int) -> Lay
     total_params = counts.get("", (0, 0, 0, 0))[0]
     total_flops = int(probe.total_flops)
     flop_of = _fill_uncalled_flops(names, probe)
+    containers = {n for n in names if n and probe.types.get(n, type(_submodule(module, n)).__name__) in CONTAINER_TYPES
+                  and counts.get(n, (0, 0))[1] == 0 and n not in probe.stats}
     rows = []
     for name in names:
+        if name in containers:  # a namespace, not a layer: its children are listed one level up
+            continue
         total, own, trainable, frozen = counts.get(name, (0, 0, 0, 0))
         st = probe.stats.get(name)
         flops = flop_of.get(name)
         rows.append(LayerRow(
             name=name,
             type=probe.types.get(name, type(_submodule(module, name)).__name__),
-            depth=module_depth(name),
+            depth=layer_depth(name, containers),
             output_shape=st.shape if st else None,
             parameters=int(total),
             own_parameters=int(own),

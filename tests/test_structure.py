@@ -177,6 +177,10 @@ def test_filter_and_tree_order(tables):
     assert names.index("layer1") < names.index("layer1.conv1") < names.index("layer2")
     assert {r.depth for r in filter_rows(table.rows, max_depth=1)} == {0, 1}
     assert {r.type for r in filter_rows(table.rows, query="conv2d")} == {"Conv2d"}
+    for fmt in FORMATS:  # a ModuleList is a namespace, not a layer or a level
+        rows = {r.name: r for r in tables("sentiment", fmt).rows}
+        assert "encoder.layers" not in rows, fmt
+        assert rows["encoder.layers.0"].depth == 2 and rows["encoder.layers.0.self_attn"].depth == 3, fmt
 
 
 def test_module_graph_collapses_and_caps(tables):
