@@ -35,7 +35,8 @@ class ModuleGraph:
 
 def _label(row: LayerRow, hidden_children: int) -> str:
     name = row.name or "(model)"
-    short = name.rsplit(".", 1)[-1] if row.name else name
+    parts = name.split(".")
+    short = ".".join(parts[-2:]) if row.name and parts[-1].isdigit() else parts[-1]  # "layers.0", not "0"
     lines = [f"{short}: {row.type}"]
     facts = []
     if row.output_shape is not None:
