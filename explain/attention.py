@@ -83,6 +83,10 @@ def capture_attention(model: LoadedModel, inputs: np.ndarray | torch.Tensor) -> 
         IncompatibleInput: the model has no attention this format lets us see,
             with a one-line reason why.
     """
+    if model.format in ("export", "torchscript"):
+        reason = attention_unavailable_reason(model)  # a clearer message than an empty capture
+        if reason:
+            raise IncompatibleInput(reason)
     x = model.as_tensor(inputs)
     step = model.fixed_batch_size or x.shape[0]  # a static-batch .pt2 runs chunk by chunk
     chunks = [_fit_fixed_batch(model, x[start : start + step]) for start in range(0, x.shape[0], step)]
