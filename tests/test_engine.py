@@ -227,3 +227,28 @@ def test_empty_inputs_are_refused():
     model, x = load_case("cancer", n=2)
     with pytest.raises(IncompatibleInput, match="no inputs"):
         ig(model, x[:0], steps=4)
+
+
+def test_baselines_blur_mean_file_and_kmeans_background():
+    from explain.baselines import background_set, blur_images, make_baseline
+    from explain.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(2, 3, 16, 16)).astype(np.float32)
+    flat = np.full((1, 3, 16, 16), 0.7, dtype=np.float32)
+    np.testing.assert_allclose(blur_images(flat, 2.0), flat, atol=1e-6)  # constant stays constant
+    blurred = make_baseline("blurred", img, "image")
+    assert blurred.shape == img.shape and blurred.std() < 0.5 * img.std()
+    tab = rng.normal(size=(5, 4)).astype(np.float32)
+    bg = rng.normal(loc=3.0, size=(50, 4)).astype(np.float32)
+    np.testing.assert_allclose(make_baseline("mean", tab, "tabular", background=bg)[0], bg.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(make_baseline("file", tab, "tabular", reference=np.ones(4))[3], np.ones(4))
+    with pytest.raises(UsageError):
+        make_baseline("file", tab, "tabular")
+    with pytest.raises(IncompatibleInput):
+        make_baseline("blurred", tab, "tabular")
+    centres, weights = background_set(bg, tab, "tabular", size=8)
+    assert centres.shape == (8, 4) and weights.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(weights @ centres, bg.mean(0), atol=1e-4)  # k-means keeps the mean
+    rows, w = background_set(None, tab, "tabular", size=8, fallback="zero")
+    assert rows.shape == (1, 4) and not rows.any() and w.tolist() == [1.0]
