@@ -1,0 +1,69 @@
+"""The Structure page: AppTest for each sample, one real-browser run for the sentiment sample."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sample_models")
+from sample_models import SAMPLE_NAMES, load_sample  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "structure.py")
+TABS = ["Layers", "Graph", "Attention", "Activations & weights", "Layer importance"]
+
+
+def _run_page(sample: str) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.session_state["gb_sample"] = sample
+    at.session_state["gb_source"] = "sample"
+    at.run()
+    return at
+
+
+@pytest.mark.parametrize("sample", SAMPLE_NAMES)
+def test_structure_page_renders_each_sample(sample):
+    at = _run_page(sample)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert [t.label for t in at.tabs] == TABS
+    layers = at.dataframe[0].value
+    assert layers.iloc[0]["layer"] == "(model)"
+    assert int(layers.iloc[0]["parameters"]) == load_sample(sample).parameter_count()
+    assert int(layers.iloc[0]["FLOPs"]) > 0
+    infos = [i.value for i in at.info]
+    if sample == "sentiment":
+        heads = at.dataframe[1].value  # the head summary: one row per layer and head
+        assert len(heads) == 2 * heads["head"].nunique() and heads["head"].nunique() >= 2
+        assert (heads["first_token_weight"].between(0, 1)).all()
+        assert not any("attention" in i.lower() for i in infos)
+    else:
+        assert any("no attention" in i for i in infos)
+
+
+def test_layer_filter_and_depth_change_the_table():
+    at = _run_page("shapes")
+    at.slider(key="gb_struct_depth").set_value(1).run()
+    assert set(at.dataframe[0].value["depth"]) == {0, 1}
+    at.text_input(key="gb_struct_filter").input("conv").run()
+    assert set(at.dataframe[0].value["type"]) == {"Conv2d"}
+    assert not at.exception
+
+
+@pytest.mark.browser
+def test_structure_page_in_a_browser(app_url, browser_page):
+    page = browser_page
+    page.goto(app_url + "/structure")
+    page.get_by_text("Filter by name or type").wait_for(timeout=180_000)
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="Sentiment — text transformer").click()
+    page.get_by_text("sentiment · ").first.wait_for(timeout=180_000)
+    assert page.locator('[data-testid="stDataFrame"]').first.is_visible()  # the layer table
+    page.get_by_role("tab", name="Attention").click()
+    page.get_by_text("layers.0.self_attn · head 0").first.wait_for(timeout=180_000)  # the layer × head grid
+    page.get_by_text("Attention rollout across layers").first.wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    shots = ROOT / ".screenshots"
+    shots.mkdir(exist_ok=True)
+    page.screenshot(path=str(shots / "test_structure_page_in_a_browser.png"), full_page=True)
