@@ -1,8 +1,6 @@
 """Output: why this prediction — attribution methods side by side."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import streamlit as st
 
@@ -12,20 +10,12 @@ from explain.viz.attribution import SIGNS
 from ui import state
 from ui.attribution_view import render_downloads, render_grid, render_summary
 from ui.widgets import ProgressBar, param_widgets
+from ui.routing import ensure_router
+
+ensure_router()
 
 DEFAULT_METHOD = "integrated_gradients"
 MAX_ROWS = {"image": 4, "tabular": 3, "text": 4}
-
-
-@st.cache_resource(max_entries=64, show_spinner=False)
-def _explain_cached(model_sha: str, inputs_sha: str, method: str, params_key: str, target_key: str,
-                    _model, _inputs, _target, _params, _progress):
-    """Attributions, cached by (model sha256, inputs hash, method, parameters, target)."""
-    return get_method(method).explain(_model, _inputs, target=_target, progress=_progress, **_params)
-
-
-def _inputs_hash(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
 
 
 st.title("Output explanations")
@@ -71,7 +61,6 @@ target = None if target_choice == "predicted class" else target_options.index(ta
 # Explain the whole batch for tabular (the summary needs every row), only the shown rows otherwise.
 explain_rows = list(range(n_inputs)) if model.modality == "tabular" else sorted(rows or default_rows)
 inputs = batch.array[explain_rows]
-inputs_sha = _inputs_hash(inputs)
 
 if st.session_state.get("gb_cancelled"):
     st.info("The last run was cancelled.")
@@ -89,8 +78,9 @@ for name in chosen:
             st.session_state["gb_cancelled"] = True
             st.rerun()
         try:
-            attr = _explain_cached(model.sha256, inputs_sha, name, repr(sorted(params.items())), repr(target),
-                                   model, inputs, target, params, bar)
+            # Explainer.explain keeps results in the process-wide LRU cache (explain.attribution_cache),
+            # keyed by (model sha256, inputs hash, method, parameters, target): reruns cost nothing.
+            attr = get_method(name).explain(model, inputs, target=target, progress=bar, **params)
         except Cancelled:
             st.session_state["gb_cancelled"] = True
             raise

@@ -14,6 +14,9 @@ from explain.report import build_report
 from explain.report_sections import token_strings
 from explain.viz import attribution as viz
 from ui import state
+from ui.routing import ensure_router
+
+ensure_router()
 
 DEFAULT_METHOD = "integrated_gradients"
 FINAL = "final model"

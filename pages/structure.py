@@ -11,6 +11,9 @@ from explain import activations, attention, attention_summary, graph, layer_impo
 from explain.errors import GlassboxError
 from explain.viz import structure as viz
 from ui import state
+from ui.routing import ensure_router
+
+ensure_router()
 
 MAX_ATTENTION_INPUTS = 16
 MAX_IMPORTANCE_INPUTS = 8

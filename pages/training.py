@@ -12,6 +12,9 @@ from explain.findings import diagnose
 from explain.history import ROLES, merge_histories, read_history
 from explain.viz import training as viz
 from ui import state
+from ui.routing import ensure_router
+
+ensure_router()
 
 LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
 CKPT_TYPES = ["pt", "pth", "ckpt", "bin", "tar"]

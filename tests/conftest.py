@@ -54,14 +54,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url():
-    """A `streamlit run app.py` server on a free localhost port."""
-    why = _browser_available()
-    if why:
-        if _require_browser():
-            pytest.fail(f"Browser tests are required (GLASSBOX_REQUIRE_BROWSER=1) but {why}")
-        pytest.skip(why)
+def start_streamlit() -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free localhost port, once it answers its health check."""
     port = _free_port()
     log = open(Path(tempfile.gettempdir()) / f"glassbox-streamlit-{port}.log", "w")
     proc = subprocess.Popen(
@@ -84,7 +78,10 @@ def app_url():
     else:
         proc.kill()
         pytest.fail("streamlit did not become healthy within 90 s")
-    yield url
+    return proc, url
+
+
+def stop_streamlit(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(10)
@@ -93,13 +90,37 @@ def app_url():
 
 
 @pytest.fixture(scope="session")
-def _browser(app_url):
+def app_url():
+    """A `streamlit run app.py` server on a free localhost port."""
+    why = _browser_available()
+    if why:
+        if _require_browser():
+            pytest.fail(f"Browser tests are required (GLASSBOX_REQUIRE_BROWSER=1) but {why}")
+        pytest.skip(why)
+    proc, url = start_streamlit()
+    yield url
+    stop_streamlit(proc)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium for the whole session (Playwright's sync API allows one driver per thread)."""
+    why = _browser_available()
+    if why:
+        if _require_browser():
+            pytest.fail(f"Browser tests are required (GLASSBOX_REQUIRE_BROWSER=1) but {why}")
+        pytest.skip(why)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def _browser(app_url, chromium):
+    return chromium
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ IG = get_method("integrated_gradients")
 
 def ig(model, x, **kw):
     kw.setdefault("precision", "fp32")
+    kw.setdefault("tolerance", 0.0)  # fixed steps: these tests compare the engine's arithmetic
     return IG.explain(model, x, use_cache=False, **kw)
 
 

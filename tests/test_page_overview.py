@@ -100,15 +100,10 @@ def test_page_report_equals_the_cli_report(tmp_path, capsys):
     assert drop_volatile(page["sections"]) == drop_volatile(cli["sections"])
 
 
-_IN_NAVIGATION = "overview.py" in (ROOT / "app.py").read_text()
-
-
 @pytest.mark.browser
-@pytest.mark.skipif(not _IN_NAVIGATION, reason="pages/overview.py is not in app.py's st.navigation yet")
 def test_browser_overview_shows_three_panes(app_url, browser_page):
-    """Needs pages/overview.py in app.py's navigation (url_path "overview")."""
     page = browser_page
-    page.goto(app_url + "/overview")
+    page.goto(app_url)  # the default page lives at /
     wait_for_app(page)
     page.get_by_text("completeness error").first.wait_for(timeout=180_000)
     for pane in ("Output", "Structure", "Training"):

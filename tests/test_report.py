@@ -166,11 +166,7 @@ def test_pdf_is_printed(tmp_path):
 
 
 @pytest.mark.browser
-def test_report_opens_in_chromium_with_the_network_blocked(tmp_path, request):
-    pytest.importorskip("playwright.sync_api")
-    if find_chromium(CHROMIUM) is None:
-        pytest.skip("chromium not installed")
-    from playwright.sync_api import sync_playwright
+def test_report_opens_in_chromium_with_the_network_blocked(tmp_path, request, chromium):
 
     image = image_model()
     x = np.random.default_rng(0).random((3, 3, 32, 32)).astype(np.float32)
@@ -182,9 +178,9 @@ def test_report_opens_in_chromium_with_the_network_blocked(tmp_path, request):
     n_figs = sum(len(s.figures) for s in report.sections)
     assert n_figs >= 1  # the training curves at least: plotly has to draw
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+    context = chromium.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        page = context.new_page()
         blocked, errors = [], []
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
             ("file:", "data:", "about:")) else (blocked.append(route.request.url), route.abort()))
@@ -201,7 +197,8 @@ def test_report_opens_in_chromium_with_the_network_blocked(tmp_path, request):
         SCREENSHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
         assert blocked == [] and errors == []
-        browser.close()
+    finally:
+        context.close()
 
 
 # -- the CLI ---------------------------------------------------------------------------------

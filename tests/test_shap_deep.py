@@ -199,11 +199,12 @@ def test_resnet_additive_and_not_plain_gradient(shapes, shapes_results):
     assert result.max_completeness_error <= 1e-3
     # gradient x (x - b) averaged over the background: what rules keyed on module types would give
     module = models["safetensors"].module
-    xx = torch.as_tensor(x[:2]).repeat_interleave(5, 0).requires_grad_(True)
+    n_bg = len(x) - 2  # the background is x[2:]
+    xx = torch.as_tensor(x[:2]).repeat_interleave(n_bg, 0).requires_grad_(True)
     bb = torch.as_tensor(x[2:]).repeat(2, 1, 1, 1)
-    logits = module(xx).gather(1, torch.as_tensor(result.target).repeat_interleave(5)[:, None]).sum()
+    logits = module(xx).gather(1, torch.as_tensor(result.target).repeat_interleave(n_bg)[:, None]).sum()
     (grad,) = torch.autograd.grad(logits, xx)
-    plain = (grad * (xx - bb)).reshape(2, 5, *x.shape[1:]).mean(1).detach().numpy()
+    plain = (grad * (xx - bb)).reshape(2, n_bg, *x.shape[1:]).mean(1).detach().numpy()
     gap = np.linalg.norm(result.values - plain) / np.linalg.norm(result.values)
     assert gap > 0.05
 

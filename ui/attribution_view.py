@@ -22,13 +22,13 @@ def caption_for(attr: Attribution, index: int) -> str:
     return f"{err_text} · {attr.seconds:.2f} s for {len(attr)} inputs · {attr.device} · {attr.precision}"
 
 
-def render_prediction(model: LoadedModel, probs: np.ndarray, label: int | None) -> None:
+def render_prediction(model: LoadedModel, probs: np.ndarray, label: int | None, key: str) -> None:
     names = model.spec.class_names or [str(i) for i in range(len(probs))]
     pred = int(np.argmax(probs))
     truth = f" · true: {names[label]}" if label is not None and 0 <= label < len(names) else ""
     st.markdown(f"**{names[pred]}** ({probs[pred]:.1%}){truth}")
     st.plotly_chart(viz.probabilities_figure(probs, names, height=30 + 22 * min(5, len(probs))),
-                    config={"displayModeBar": False}, key=f"probs_{id(probs)}_{pred}")
+                    config={"displayModeBar": False}, key=key)
 
 
 def render_grid(
@@ -56,7 +56,7 @@ def render_grid(
                 st.markdown(f"input {r}: " + _escape(" ".join(t for t in _tokens(model, attrs[0].inputs[r]) if t != "<pad>")))
             else:
                 st.markdown(f"row {r}")
-            render_prediction(model, probs[r], label)
+            render_prediction(model, probs[r], label, key=f"probs_{r}")
         for k, (col, attr) in enumerate(zip(cols[1:], attrs)):
             with col:
                 target_name = model.spec.class_name(int(attr.target[r]))

@@ -21,10 +21,6 @@ METHOD_MODULES = (
 )
 
 for _name in METHOD_MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _exc:  # a method module not written yet
-        if _exc.name != f"{__name__}.{_name}":
-            raise
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = ["Explainer", "all_methods", "compatible_methods", "get_method", "register", "METHOD_MODULES"]

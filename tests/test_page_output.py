@@ -1,0 +1,91 @@
+"""The Output page: AppTest for each sample, Playwright for the main flows."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import wait_for_app
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "output.py")
+
+
+def _run_page(sample: str | None = None, methods: list[str] | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    if sample:
+        at.session_state["gb_sample"] = sample
+        at.session_state["gb_source"] = "sample"
+    at.run()
+    if methods:
+        at.multiselect(key="gb_methods").set_value(methods).run()
+    return at
+
+
+@pytest.mark.parametrize("sample", ["shapes", "cancer", "sentiment"])
+def test_output_page_explains_each_sample_with_integrated_gradients(sample):
+    at = _run_page(sample)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.multiselect(key="gb_methods").value == ["integrated_gradients"]
+    captions = " ".join(c.value for c in at.caption)
+    errors = [float(x) for x in re.findall(r"completeness error ([0-9.e+-]+)", captions)]
+    assert errors, captions
+    assert max(errors) <= 1e-2  # default steps keep IG complete on the samples
+
+
+def test_output_page_lists_only_compatible_methods():
+    at = _run_page("cancer")
+    options = at.multiselect(key="gb_methods").options
+    assert "grad_cam" not in options and "occlusion" not in options
+    assert "integrated_gradients" in options
+
+
+def test_output_page_shows_two_methods_side_by_side():
+    at = _run_page("shapes", ["integrated_gradients", "saliency"])
+    assert not at.exception, at.exception
+    assert any("Agreement between methods" in s.value for s in at.subheader)
+
+
+@pytest.mark.browser
+def test_browser_opens_on_explained_sample_then_explains_an_uploaded_torchscript(app_url, browser_page):
+    page = browser_page
+    start = time.perf_counter()
+    page.goto(app_url + "/output")
+    page.get_by_text("completeness error").first.wait_for(timeout=120_000)
+    first_explanation_s = time.perf_counter() - start
+    print(f"\nseconds from opening the app to the first explanation: {first_explanation_s:.1f}")
+    wait_for_app(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.locator(".js-plotly-plot").nth(1).wait_for(timeout=60_000)  # probabilities + the attribution map (drawn lazily)
+
+    page.get_by_text("Upload", exact=True).click()
+    uploader = page.locator('[data-testid="stFileUploader"]').first.locator('input[type="file"]')
+    uploader.set_input_files(str(ROOT / "sample_models" / "shapes" / "model.torchscript.pt"))
+    page.get_by_text("torchscript ·").first.wait_for(timeout=120_000)
+    page.get_by_text("completeness error").first.wait_for(timeout=120_000)
+    wait_for_app(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.get_by_text("torchscript").count() >= 1
+    page.screenshot(path=str(ROOT / ".screenshots" / "output_torchscript.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_browser_two_methods_show_two_columns_of_maps(app_url, browser_page):
+    page = browser_page
+    page.goto(app_url + "/output")
+    page.get_by_text("completeness error").first.wait_for(timeout=120_000)
+    wait_for_app(page)
+    methods = page.locator('[data-testid="stMultiSelect"]').first
+    methods.click()
+    page.get_by_role("option", name="saliency", exact=True).click()
+    page.keyboard.press("Escape")
+    page.get_by_text("Agreement between methods").wait_for(timeout=120_000)
+    wait_for_app(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    headers = page.locator("strong", has_text=re.compile(r"^(integrated_gradients|saliency)$"))
+    assert headers.count() >= 2
