@@ -62,12 +62,12 @@ def render_grid(
                 target_name = model.spec.class_name(int(attr.target[r]))
                 if modality == "image":
                     fig = viz.image_attribution_figure(images[r], maps[k][r], scales[k], sign, title=f"→ {target_name}")
-                    st.plotly_chart(fig, config={"displayModeBar": False}, key=f"img_{attr.method}_{r}")
+                    st.plotly_chart(fig, config={"displayModeBar": False}, key=f"img_{attr.method}_{r}_of_{len(attrs)}")
                 elif modality == "tabular":
                     names = model.spec.feature_names or [f"x{i}" for i in range(attr.values.shape[1])]
                     raw = _raw_tabular(model, attr.inputs[r])
                     st.plotly_chart(viz.tabular_bar_figure(attr.values[r], names, raw, title=f"→ {target_name}"),
-                                    config={"displayModeBar": False}, key=f"tab_{attr.method}_{r}")
+                                    config={"displayModeBar": False}, key=f"tab_{attr.method}_{r}_of_{len(attrs)}")
                 else:
                     tokens = _tokens(model, attr.inputs[r])
                     st.caption(f"→ {target_name}")
