@@ -64,12 +64,31 @@ def gradient_path_kernels() -> Iterator[None]:
         mha.set_fastpath_enabled(saved)
 
 
-def add_rows(acc: torch.Tensor, owner: torch.Tensor, rows: torch.Tensor) -> None:
-    """acc[owner[r]] += rows[r] in row order (rows of one owner are summed first).
+def add_rows(acc: torch.Tensor, owner: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+    """acc[owner[r]] += weights[r] * rows[r] (weights default 1); rows of one owner are summed first.
+
+    Args:
+        acc: [N, ...] accumulator. owner: [R] row -> index into acc.
+        rows: [R, ...] values. weights: optional [R] per-row factors.
 
     Deterministic, and faster than ``index_add_`` on a CPU for the few owners
-    a chunk holds.
+    a chunk holds. Chunks whose owners come in contiguous runs (every engine
+    grid is owner-major) are reduced slice by slice, weighted rows as one
+    matrix-vector product, without a weighted copy of the chunk.
     """
+    owners, counts = torch.unique_consecutive(owner, return_counts=True)
+    if owners.numel() == torch.unique(owners).numel():  # contiguous runs
+        start = 0
+        for idx, n in zip(owners.tolist(), counts.tolist()):
+            part = rows.narrow(0, start, n)  # [n, ...]
+            if weights is None:
+                acc[idx] += part.sum(0)
+            else:
+                acc[idx] += (weights.narrow(0, start, n).to(acc.dtype) @ part.reshape(n, -1).to(acc.dtype)).view(acc.shape[1:])
+            start += n
+        return
+    if weights is not None:
+        rows = rows * weights.to(acc.dtype).view((-1,) + (1,) * (rows.dim() - 1))
     for idx in torch.unique(owner).tolist():
         sel = owner == idx
         acc[idx] += rows[sel].sum(0)

@@ -62,7 +62,7 @@ def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, target
 
     def consume(lo, hi, grads, _values):
         i, k = split(lo, hi)
-        add_rows(acc, i, grads * weights[k].view(shape))
+        add_rows(acc, i, grads, weights[k])
 
     n_rows = len(rows) * steps
     ctx.engine.settle_precision(ctx.fn, make, n_rows)
