@@ -147,7 +147,7 @@ top[2].caption(f"{model.name} · {model.format} · {model.modality} · {n} input
 x = batch.array[index : index + 1]
 x_sha = _hash(x)
 logs, checkpoints = _sources(sample)
-out_col, struct_col, train_col = st.columns(3, gap="medium")
+out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")  # the layer table needs the room
 
 with train_col:
     st.subheader("Training")
