@@ -62,7 +62,7 @@ def resolve_targets(model: LoadedModel, x: torch.Tensor, target: Any, logits: np
         t = np.full(n, int(t[0]), dtype=np.int64)
     if t.size != n:
         raise IncompatibleInput(f"Got {t.size} targets for {n} inputs.")
-    k = model.spec.num_classes
+    k = model.spec.num_classes or (logits.shape[1] if logits is not None else None)
     if k and (t.min() < 0 or t.max() >= k):
         raise IncompatibleInput(f"Target class out of range: the model has {k} classes (0..{k - 1}).")
     return t

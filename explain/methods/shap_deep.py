@@ -27,7 +27,7 @@ from ..model import LoadedModel
 from ..params import ParamSpec
 from ..precision import device_label, precision_context, resolve_device
 from .base import Explainer, ProgressFn, register
-from .common import DEVICE_PARAM, array_param
+from .common import DEVICE_PARAM, array_param, resolve_targets
 from .engine_method import clean_array_param
 from .deeplift_rules import deeplift_rescale_attributions, model_logits
 
@@ -91,7 +91,7 @@ class ShapDeep(Explainer):
         x = model.as_tensor(inputs).cpu().numpy()  # [N, ...] validated against the spec
         custom = clean_array_param("background", background)
         refs, described = choose_background(model, x, background_kind, background_size, custom)
-        targets = resolve_targets(model, x, target)
+        targets = resolve_targets(model, x, target, logits=model_logits(model, x))  # clear error on a failing model
         with precision_context("fp32", where):
             result = deeplift_rescale_attributions(
                 model, x, refs, targets, grid=True, batch_size=batch_size, progress=progress
@@ -163,22 +163,6 @@ def padding_reference(model: LoadedModel, x: np.ndarray) -> np.ndarray:
         values, counts = np.unique(x[:, 0], return_counts=True)
         ref[0, 0] = values[np.argmax(counts)]
     return ref
-
-
-def resolve_targets(model: LoadedModel, x: np.ndarray, target: np.ndarray | int | None) -> np.ndarray:
-    """Target class per input [N]: the predicted class when ``target`` is None."""
-    logits = model_logits(model, x)  # [N, K]
-    n, k = logits.shape
-    if target is None:
-        return logits.argmax(axis=1).astype(np.int64)
-    t = np.asarray(target, dtype=np.int64).reshape(-1)
-    if t.size == 1:
-        t = np.full(n, int(t[0]), dtype=np.int64)
-    if t.size != n:
-        raise UsageError(f"Got {t.size} targets for {n} inputs.")
-    if t.min() < 0 or t.max() >= k:
-        raise UsageError(f"Target classes must lie in 0..{k - 1}, got {t.min()}..{t.max()}.")
-    return t
 
 
 def _evenly(rows: np.ndarray, size: int) -> np.ndarray:
