@@ -9,7 +9,6 @@ modality; ``.png`` / ``.jpg`` for image specs, ``.csv`` for tabular specs and
 from __future__ import annotations
 
 import io
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from . import config
 from .errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from .inputs_tabular import LABEL_COLUMNS, feature_names, parse_csv
 from .inputs_text import PAD_ID, UNK_ID, detokenize, encode, tokenize, tokens_for_display, vocab_index
+from .loading_common import read_source
 from .spec import InputSpec
 
 __all__ = [
@@ -115,26 +115,8 @@ def concat_batches(batches: Sequence[InputBatch]) -> InputBatch:
 # bytes and kinds
 # --------------------------------------------------------------------------
 def read_bytes(source: Any, filename: str | None) -> tuple[bytes, str]:
-    limit = config.max_upload_bytes()
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data, name = bytes(source), filename or "inputs"
-    elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise CorruptFile(f"No such file: {path}.")
-        if path.stat().st_size > limit:
-            raise TooLarge(f"{path.name} is over the {limit / 2**20:.0f} MiB limit.")
-        data, name = path.read_bytes(), filename or path.name
-    elif hasattr(source, "read"):
-        data = source.read(limit + 1)
-        name = filename or Path(str(getattr(source, "name", "inputs"))).name
-    else:
-        raise IncompatibleInput(f"Cannot read inputs from a {type(source).__name__}.")
-    if len(data) > limit:
-        raise TooLarge(f"{name} is over the {limit / 2**20:.0f} MiB limit.")
-    if not data:
-        raise CorruptFile(f"{name} is empty (0 bytes).")
-    return data, name
+    """An input file's bytes and display name, under the same upload cap as models."""
+    return read_source(source, filename, default_name="inputs")
 
 
 def sniff_input_kind(data: bytes, name: str, spec: InputSpec) -> str:

@@ -29,7 +29,7 @@ import torch
 
 from . import config
 from .errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
-from .loading_common import LEGACY_TORCH_MAGIC, LoadedParts, find_member, first_line, open_zip
+from .loading_common import LEGACY_TORCH_MAGIC, LoadedParts, find_member, first_line, open_zip, read_source
 from .loading_export import check_spec_fits, is_export_archive, load_export_parts
 from .loading_torchscript import is_torchscript, load_torchscript_parts
 from .loading_weights import load_pickle_parts, load_safetensors_parts
@@ -70,7 +70,7 @@ def load_model(
         TooLarge, CorruptFile, UnsafeFile, IncompatibleInput: with a one-line
             reason and what to upload instead.
     """
-    data, name = read_source(source, filename)
+    data, name = read_source(source, filename, default_name="upload", empty_hint=_UPLOAD_HINT)
     digest = hashlib.sha256(data).hexdigest()
     explicit = coerce_spec(spec)
     trusted = config.trusted_mode() if trusted is None else bool(trusted)
@@ -97,43 +97,6 @@ def load_model(
 # --------------------------------------------------------------------------
 # reading and sniffing
 # --------------------------------------------------------------------------
-def read_source(source: Any, filename: str | None = None) -> tuple[bytes, str]:
-    """The bytes and a display name of a path, bytes or file object, size-checked.
-
-    Raises:
-        TooLarge: over `explain.config.max_upload_mb`.
-        CorruptFile: a missing path or an empty file.
-    """
-    limit = config.max_upload_bytes()
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data, name = bytes(source), filename or "upload"
-    elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise CorruptFile(f"No such file: {path}.")
-        _check_size(path.stat().st_size, limit, path.name)
-        data, name = path.read_bytes(), filename or path.name
-    elif hasattr(source, "read"):
-        name = filename or Path(str(getattr(source, "name", "upload"))).name
-        data = source.read(limit + 1)
-        if isinstance(data, str):
-            raise CorruptFile(f"{name} was opened as text; pass the file's bytes.")
-    else:
-        raise CorruptFile(f"Cannot read a model from a {type(source).__name__}; pass a path or bytes.")
-    _check_size(len(data), limit, name)
-    if not data:
-        raise CorruptFile(f"{name} is empty (0 bytes).", _UPLOAD_HINT)
-    return data, name
-
-
-def _check_size(size: int, limit: int, name: str) -> None:
-    if size > limit:
-        raise TooLarge(
-            f"{name} is {size / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB limit.",
-            "An operator can raise it with GLASSBOX_MAX_UPLOAD_MB.",
-        )
-
-
 def sniff_format(data: bytes, name: str = "upload") -> str:
     """Tell the real format from the bytes; one of `KINDS`.
 

@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import config
 from .errors import CorruptFile, TooLarge, UnsafeFile
 from .spec import InputSpec
 
@@ -47,6 +50,46 @@ class LoadedParts:
     fixed_batch_size: int | None = None
     exported_program: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_source(source: Any, filename: str | None = None, *, default_name: str = "upload",
+                empty_hint: str | None = None) -> tuple[bytes, str]:
+    """The bytes and a display name of a path, bytes or binary file object, size-checked.
+
+    Models and input files are both read here, so both obey the same upload cap.
+
+    Raises:
+        TooLarge: over `explain.config.max_upload_mb`.
+        CorruptFile: a missing path, a text-mode file object or an empty file.
+    """
+    limit = config.max_upload_bytes()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = bytes(source), filename or default_name
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise CorruptFile(f"No such file: {path}.")
+        _check_size(path.stat().st_size, limit, path.name)
+        data, name = path.read_bytes(), filename or path.name
+    elif hasattr(source, "read"):
+        name = filename or Path(str(getattr(source, "name", default_name))).name
+        data = source.read(limit + 1)
+        if isinstance(data, str):
+            raise CorruptFile(f"{name} was opened as text; pass the file's bytes.")
+    else:
+        raise CorruptFile(f"Cannot read a {type(source).__name__}; pass a path, bytes or a binary file.")
+    _check_size(len(data), limit, name)
+    if not data:
+        raise CorruptFile(f"{name} is empty (0 bytes).", empty_hint)
+    return data, name
+
+
+def _check_size(size: int, limit: int, name: str) -> None:
+    if size > limit:
+        raise TooLarge(
+            f"{name} is {size / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB limit.",
+            "An operator can raise it with GLASSBOX_MAX_UPLOAD_MB.",
+        )
 
 
 def open_zip(data: bytes, what: str, max_unpacked: int) -> zipfile.ZipFile:
