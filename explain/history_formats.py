@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import CorruptFile, IncompatibleInput, UnsafeFile
+from .errors import CorruptFile, IncompatibleInput
+from .loading_common import weights_only_load
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+CHECKPOINT_HINT = "Save plain tensors, numbers, lists and dicts (e.g. the state_dict and a history list)."
 CHECKPOINT_HISTORY_KEYS = ("history", "log_history", "training_history", "train_history", "train_log")
 
 
-def parse_csv(data: bytes, source: str) -> pd.DataFrame:
-    """A CSV/TSV table (separator sniffed) as strings; empty cells stay empty."""
+def _text(data: bytes, source: str) -> str:
+    """A log file's text (UTF-8, BOM dropped); binary or empty files are refused."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise CorruptFile(f"{source}: not a text file (not UTF-8).") from None
     if not text.strip():
         raise CorruptFile(f"{source}: the file is empty.")
+    return text
+
+
+def parse_csv(data: bytes, source: str) -> pd.DataFrame:
+    """A CSV/TSV table (separator sniffed) as strings; empty cells stay empty."""
+    text = _text(data, source)
     try:
         raw = pd.read_csv(io.StringIO(text), sep=None, engine="python", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, csv.Error, ValueError) as exc:
@@ -72,12 +79,7 @@ def frame_from_json(obj: Any, source: str) -> pd.DataFrame:
 
 def parse_json(data: bytes, source: str) -> pd.DataFrame:
     """One JSON document (records, dict of lists, trainer state) or JSON lines."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise CorruptFile(f"{source}: not a text file (not UTF-8).") from None
-    if not text.strip():
-        raise CorruptFile(f"{source}: the file is empty.")
+    text = _text(data, source)
     try:
         return frame_from_json(json.loads(text), source)
     except json.JSONDecodeError:
@@ -150,19 +152,10 @@ def parse_tensorboard_bytes(data: bytes, source: str) -> tuple[pd.DataFrame, boo
 
 def load_checkpoint_dict(data: bytes, source: str = "checkpoint") -> dict[str, Any]:
     """``torch.load(..., weights_only=True)`` of a checkpoint that must be a dict."""
-    import torch
-
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
-            raise UnsafeFile(
-                f"{source}: the checkpoint holds Python objects that need code execution to load; refused.",
-                "Save plain tensors, numbers, lists and dicts (e.g. the state_dict and a history list).",
-            ) from None
-        raise CorruptFile(f"{source}: not a readable torch checkpoint ({str(exc).splitlines()[0]}).") from None
-    except Exception as exc:  # zip errors, truncation, not a torch file at all
-        raise CorruptFile(f"{source}: not a readable torch checkpoint ({str(exc).splitlines()[0]}).") from None
+        obj = weights_only_load(data, f"checkpoint {source}", CHECKPOINT_HINT)
+    except CorruptFile as exc:  # zip errors, truncation, not a torch file at all
+        raise CorruptFile(f"{source}: not a readable torch checkpoint ({exc.reason})") from None
     if not isinstance(obj, dict):
         raise IncompatibleInput(f"{source}: the checkpoint is a {type(obj).__name__}, not a dict.")
     return obj

@@ -156,7 +156,7 @@ def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
             culprit = f" ({found.group(1)})" if found else ""
             raise UnsafeFile(
                 f"The {what} contains Python objects beyond tensors{culprit}; "
-                "unpickling it could run code, so Glassbox refuses it.",
+                "loading it would need code execution, so Glassbox refuses it.",
                 hint or WEIGHTS_ONLY_HINT,
             ) from None
         raise CorruptFile(f"The {what} cannot be unpickled ({first_line(exc)}).") from None
