@@ -54,12 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m explain", description="Glassbox: explain PyTorch models.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for mod_name in SUBCOMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{mod_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{mod_name}":
-                continue  # subcommand not built yet
-            raise
+        mod = importlib.import_module(f"{__name__}.{mod_name}")
         p = sub.add_parser(mod.NAME, help=(mod.__doc__ or "").strip().splitlines()[0])
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

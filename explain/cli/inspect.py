@@ -5,8 +5,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load ``args.model`` and return the JSON description (see the module docstring)."""
-    layers_fn = _layers_function() if args.layers else None
     try:
         sample = _sample_array(args.inputs) if args.inputs else None
         model = load_model(args.model, args.spec, sample_input=sample)
@@ -35,8 +33,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch = read_inputs(args.inputs, model.spec) if args.inputs else None
         if batch is not None:
             result["inputs"] = describe_batch(batch)
-        if layers_fn is not None:
-            result["layers"] = layers_fn(model, batch.array if batch is not None else zeros_batch(model))
+        if args.layers:
+            from ..structure import describe_layers  # torch's FLOP counter: only when asked
+
+            result["layers"] = describe_layers(model, batch.array if batch is not None else zeros_batch(model))
     except GlassboxError:
         raise
     except Exception as exc:  # the CLI contract: a one-line reason, never a traceback
@@ -86,19 +86,6 @@ def describe_batch(batch: InputBatch) -> dict[str, Any]:
         "has_labels": batch.labels is not None,
         "sources": batch.source_names[:20],
     }
-
-
-def _layers_function() -> Callable[..., Any]:
-    try:
-        structure = importlib.import_module("explain.structure")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("explain.structure",):
-            raise UsageError("--layers is not available yet.") from None
-        raise
-    fn = getattr(structure, "describe_layers", None)
-    if fn is None:
-        raise UsageError("--layers is not available yet.")
-    return fn
 
 
 def _sample_array(path: str) -> np.ndarray | None:
