@@ -49,6 +49,7 @@ class Context:
     x: torch.Tensor  # [N, ...] model-ready, on the engine's device
     inputs: np.ndarray  # [N, ...] as given
     targets: torch.Tensor  # [N] int64 on the device
+    output: np.ndarray  # [N] float64: f(x) at the targets, from the engine's logits pass
 
     def to_values(self, t: torch.Tensor) -> np.ndarray:
         """Point-space tensor -> values shaped like the inputs (text: sum over D)."""
@@ -103,7 +104,7 @@ class EngineMethod(Explainer):
         output = logits[np.arange(len(targets)), targets].astype(np.float64)
         t = torch.as_tensor(targets, device=engine.device)
         fn = ModelFunction(model, x, self.space)
-        ctx = Context(model, engine, fn, x, np.asarray(inputs), t)
+        ctx = Context(model, engine, fn, x, np.asarray(inputs), t, output)
         partial = self.run(ctx, **{k: clean_array_param(k, v) for k, v in params.items()})
         base = partial.base_value
         if self.completeness and base is not None:

@@ -79,7 +79,7 @@ def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps:
     notes: list[str] = []
     if tolerance <= 0:
         return Partial(ctx.to_values(attr), base_value, {"steps": steps})
-    output = ctx.engine.evaluate(ctx.fn, start, all_rows, ctx.targets)
+    output = ctx.output  # the same f(x) the Attribution's completeness error uses
     used = np.full(len(all_rows), steps)
     error = compute_completeness_error(ctx.to_values(attr), output, base_value)
     current = steps
