@@ -48,6 +48,15 @@ def _browser_available() -> str | None:
     return None
 
 
+def _need_browser() -> None:
+    """Skip the test without a browser, or fail it when CI requires one."""
+    why = _browser_available()
+    if why:
+        if _require_browser():
+            pytest.fail(f"Browser tests are required (GLASSBOX_REQUIRE_BROWSER=1) but {why}")
+        pytest.skip(why)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,11 +101,7 @@ def stop_streamlit(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def app_url():
     """A `streamlit run app.py` server on a free localhost port."""
-    why = _browser_available()
-    if why:
-        if _require_browser():
-            pytest.fail(f"Browser tests are required (GLASSBOX_REQUIRE_BROWSER=1) but {why}")
-        pytest.skip(why)
+    _need_browser()
     proc, url = start_streamlit()
     yield url
     stop_streamlit(proc)
@@ -105,11 +110,7 @@ def app_url():
 @pytest.fixture(scope="session")
 def chromium():
     """One headless Chromium for the whole session (Playwright's sync API allows one driver per thread)."""
-    why = _browser_available()
-    if why:
-        if _require_browser():
-            pytest.fail(f"Browser tests are required (GLASSBOX_REQUIRE_BROWSER=1) but {why}")
-        pytest.skip(why)
+    _need_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

@@ -12,51 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from explain import InputSpec, LoadedModel, ParamSpec
-from explain.architectures import build_architecture
+from explain import LoadedModel, ParamSpec
 from explain.attribution_cache import ATTRIBUTION_CACHE
 from explain.methods import METHOD_MODULES, all_methods, compatible_methods, get_method
 
 SAMPLES = ("shapes", "cancer", "sentiment")
 
 
-def have_samples() -> bool:
-    try:
-        import sample_models
-
-        sample_models.load_sample("cancer")
-    except Exception:  # noqa: BLE001 - absent or not built yet
-        return False
-    return True
-
-
 def load_case(name: str, n: int = 4, fmt: str = "safetensors") -> tuple[LoadedModel, np.ndarray]:
-    """(model, first n model-ready inputs) for a sample, or a seeded stand-in."""
-    if have_samples():
-        import sample_models
+    """(model, first n model-ready inputs) of a shipped sample model."""
+    import sample_models
 
-        model = sample_models.load_sample(name, fmt=fmt)
-        return model, np.asarray(sample_models.sample_inputs(name)["inputs"][:n])
-    if fmt != "safetensors":
-        pytest.skip("sample_models not available")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    if name == "shapes":
-        module = build_architecture("shapes_resnet")
-        spec = InputSpec("image", (3, 32, 32), class_names=["circle", "square", "triangle", "cross"])
-        x = rng.normal(size=(n, 3, 32, 32)).astype(np.float32)
-    elif name == "cancer":
-        module = build_architecture("tabular_mlp")
-        spec = InputSpec("tabular", (30,), class_names=["malignant", "benign"])
-        x = rng.normal(size=(n, 30)).astype(np.float32)
-    else:
-        module = build_architecture("text_transformer")
-        spec = InputSpec("text", (16,), dtype="int64", class_names=["neg", "pos"], cls_token="<cls>")
-        x = rng.integers(3, 64, size=(n, 16)).astype(np.int64)
-        x[:, 0] = 2
-        x[:, 12:] = 0  # padding
-    module.eval()
-    return LoadedModel(module=module, format="safetensors", sha256=f"standin-{name}", spec=spec, name=name), x
+    model = sample_models.load_sample(name, fmt=fmt)
+    return model, np.asarray(sample_models.sample_inputs(name)["inputs"][:n])
 
 
 @functools.lru_cache(maxsize=None)
@@ -205,7 +173,7 @@ def test_integrated_gradients_completeness(name, sample):
     model, x_all = case(sample)
     method = get_method(name)
     at64 = run(method, model, x_all[:2], steps=64, precision="fp32", tolerance=0.0)
-    bound = IG_64_STEP_BOUND[sample] if have_samples() else 5e-2
+    bound = IG_64_STEP_BOUND[sample]
     assert np.all(at64.completeness_error <= bound), at64.completeness_error
     met = run(method, model, x_all[:2], steps=64, precision="fp32", tolerance=1e-3)
     assert np.all(met.completeness_error <= 1e-3), (met.completeness_error, met.notes)
@@ -287,7 +255,6 @@ def test_deeplift_shap_against_background_averages_deeplift():
     np.testing.assert_allclose(shap_like.values, np.mean(singles, axis=0), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.skipif(not have_samples(), reason="needs the trained samples and their masks")
 def test_pointing_game_on_shapes():
     """The peak of |IG| (pixels) and of Grad-CAM (at its own 8x8 grid) lies on the object."""
     import sample_models
@@ -310,7 +277,6 @@ def test_pointing_game_on_shapes():
     assert float(inside.median()) >= 2 * float(cells.mean(1).median())  # ... at least twice their area
 
 
-@pytest.mark.skipif(not have_samples(), reason="needs the trained sentiment sample")
 def test_sentiment_tokens_get_the_largest_attributions():
     import sample_models
     from sample_models.data import SENTIMENT_WORDS

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sample_models")
 from sample_models import SAMPLE_NAMES, load_sample  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 

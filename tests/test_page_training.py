@@ -9,16 +9,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "training.py")
 SAMPLE = ROOT / "sample_models" / "shapes"
 
-needs_sample = pytest.mark.skipif(
-    not (SAMPLE / "train_log.csv").is_file(), reason="the shapes sample is not built yet"
-)
 
 
 def _markdown(at) -> list[str]:
     return [m.value for m in at.markdown]
 
 
-@needs_sample
 def test_training_page_shows_curves_findings_and_evolution():
     from streamlit.testing.v1 import AppTest
 
@@ -47,7 +43,6 @@ def test_training_page_shows_curves_findings_and_evolution():
     assert best and "validation val_acc" in best[0] and "highest" in best[0]
 
 
-@needs_sample
 @pytest.mark.browser
 def test_training_page_in_a_browser(app_url, browser_page):
     from conftest import SCREENSHOTS, wait_for_app
