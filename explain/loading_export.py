@@ -33,12 +33,13 @@ from torch import nn
 from . import config
 from .errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from .loading_common import LoadedParts, first_line, open_zip, read_zip_member, spec_from_text, weights_only_load
+from .op_allowlist import is_allowed
+from .shape_expr import check_expression
 from .spec import SPEC_FILENAME, InputSpec
 
 _PATCH_LOCK = threading.Lock()
 _PT2_HINT = "Export the model again with torch.export.save (tensors only), or upload safetensors."
 MODEL_NAME = "model"  # torch.export.save stores its program under this name
-ALLOWED_OP_PREFIXES = ("torch.ops.aten.", "torch.ops.prim.", "torch.ops.prims.", "torch.ops.higher_order.")
 #: Python-level operators export uses for getitem and symbolic shape arithmetic.
 ALLOWED_PY_OPS = frozenset(
     ["_operator.getitem"]
@@ -46,28 +47,10 @@ ALLOWED_PY_OPS = frozenset(
     + ["math.trunc"]
     + [f"torch.sym_{n}" for n in ("not", "int", "float", "ite", "max", "min", "sqrt")]
 )
-#: aten / higher-order operators refused although their namespace is allowed:
-#: they touch files or run code that is not part of the graph.
-DENIED_OPS = ("from_file", "set_", "call_torchbind", "executorch_call_delegate", "_print")
 _IDENTIFIER = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*)?$")  # empty: unnamed higher-order op inputs
 _OP_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FQN = re.compile(r"^[A-Za-z0-9_.]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
-_SYMBOL = re.compile(r"^[a-z]{1,5}\d+$")
-_EXPR_TOKEN = re.compile(
-    r"\s+|'[a-z]{1,5}\d+'|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|[A-Za-z][A-Za-z0-9_]*|\*\*|[-+*/%(),=<>!]"
-)
-#: Names a serialized sympy expression may use (functions, constants, assumptions).
-_EXPR_NAMES = frozenset(
-    """Symbol Integer Rational Float Mul Add Pow Max Min Abs Mod Eq Ne Lt Le Gt Ge And Or Not
-    Piecewise ExprCondPair oo zoo nan true false True False sqrt floor ceiling
-    StrictLessThan StrictGreaterThan LessThan GreaterThan Equality Unequality
-    FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift
-    PowByNatural FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat
-    TruncToInt RoundToInt RoundDecimal ToFloat Identity OpaqueUnaryFn_sqrt
-    positive negative integer nonnegative nonpositive real finite infinite commutative nonzero
-    rational zero even odd extended_real""".split()
-)
 
 
 def is_export_archive(zf: zipfile.ZipFile, names: list[str]) -> bool:
@@ -124,11 +107,12 @@ def load_export_parts(data: bytes) -> LoadedParts:
 def check_program(raw: Any) -> None:
     """Refuse a serialized program whose strings could run code or call foreign operators.
 
-    Walks the whole JSON: node targets (and operator arguments) must be aten /
-    prim / prims / higher-order ops or export's getitem and shape arithmetic;
-    names must be identifiers; symbolic expressions may use only sympy's
-    arithmetic; no string may contain control characters. Stack traces are
-    dropped (they would land in generated source comments).
+    Walks the whole JSON: node targets (and operator arguments) must be on
+    the shared operator allowlist or export's getitem and shape arithmetic;
+    names must be identifiers; symbolic expressions may use only bounded
+    sympy arithmetic (`explain.shape_expr`); no string may contain control
+    characters. Stack traces are dropped (they would land in generated
+    source comments).
     """
     if not isinstance(raw, dict) or "graph_module" not in raw:
         raise CorruptFile("The .pt2 program is not a torch.export program.")
@@ -169,39 +153,33 @@ def _check_string(value: str, key: str | None) -> None:
 
 
 def check_operator(target: Any) -> None:
-    """Refuse an operator outside aten / prim / prims / higher-order ops, naming it."""
+    """Refuse an operator outside the shared allowlist (`explain.op_allowlist`), naming it.
+
+    ``torch.ops.aten.add.Tensor`` is checked as ``aten::add``,
+    ``torch.ops.higher_order.cond`` as ``higher_order::cond``; export's
+    Python-level getitem and shape arithmetic (`ALLOWED_PY_OPS`) pass too.
+    """
     if not isinstance(target, str):
         raise UnsafeFile("The .pt2 program has a node without an operator name.")
-    allowed = target in ALLOWED_PY_OPS or target.startswith(ALLOWED_OP_PREFIXES)
-    parts = target.split(".")
-    op_name = parts[3] if len(parts) > 3 else ""
-    if not allowed or op_name in DENIED_OPS or not all(_OP_PART.match(p) for p in parts):
+    if target in ALLOWED_PY_OPS:
+        return
+    op = operator_name(target)
+    if op is None or not is_allowed(op):
         raise UnsafeFile(
-            f"The .pt2 graph calls operator {target[:80]!r}, which Glassbox does not run "
-            "(only aten / prim / prims / higher-order operators are allowed).",
-            "Export the model without custom operators.",
+            f"The .pt2 graph calls operator {target[:80]!r}, which is not on Glassbox's operator allowlist "
+            "(reviewed tensor operators only; nothing that touches files, storages or custom code).",
+            "Export the model without custom operators, or upload safetensors + a registered architecture.",
         )
 
 
-def check_expression(expr: str) -> None:
-    """Refuse a symbolic shape expression that is more than sympy arithmetic.
-
-    torch parses these with ``sympy.sympify`` (which ``eval``s), so only
-    numbers, symbol names (``s0``, ``u3``), quoted symbol names, operators and
-    the names in `_EXPR_NAMES` may appear: no attributes, no underscores-led
-    names, no other strings.
-    """
-    if not isinstance(expr, str) or len(expr) > 10_000:
-        raise UnsafeFile("The .pt2 program has a malformed shape expression.")
-    pos = 0
-    while pos < len(expr):
-        m = _EXPR_TOKEN.match(expr, pos)
-        if m is None:
-            raise UnsafeFile(f"The .pt2 program has a shape expression Glassbox does not evaluate: {expr[:60]!r}.")
-        tok = m.group(0)
-        if tok[0].isalpha() and tok not in _EXPR_NAMES and not _SYMBOL.match(tok):
-            raise UnsafeFile(f"The .pt2 shape expression uses {tok!r}, which Glassbox does not evaluate.")
-        pos = m.end()
+def operator_name(target: str) -> str | None:
+    """``torch.ops.aten.add.Tensor`` -> ``aten::add``; None for anything not shaped like an operator."""
+    parts = target.split(".")
+    if parts[:2] != ["torch", "ops"] or not all(_OP_PART.match(p) for p in parts):
+        return None
+    if len(parts) == 4 or (len(parts) == 5 and parts[2] != "higher_order"):
+        return f"{parts[2]}::{parts[3]}"
+    return None
 
 
 # --------------------------------------------------------------------------
