@@ -11,10 +11,14 @@ Environment variables:
         (default 40 million): a bigger one is a decompression bomb.
     GLASSBOX_TRUSTED: ``1`` turns on trusted mode (full pickles of the
         operator's own files). Off by default.
-    GLASSBOX_SANDBOX_TIMEOUT_S: wall-clock limit of the child process that
-        opens a TorchScript archive first (default 60).
+    GLASSBOX_SANDBOX_TIMEOUT_S: wall-clock (and CPU-time) limit of the sandbox
+        child that opens a TorchScript or ``.pt2`` file first and vets its
+        batch sizes, counted after the child has imported torch (default 60).
     GLASSBOX_SANDBOX_MEMORY_MB: address space that child may add after importing
         torch (default 4096).
+    GLASSBOX_VETTED_BATCH: the largest batch a user's graph (TorchScript,
+        ``.pt2``) is run at in that child, and so the largest chunk the server
+        runs it at (default 64; rounded down to a power of two).
 """
 from __future__ import annotations
 
@@ -24,10 +28,12 @@ import os
 MAX_UPLOAD_MB = 200
 #: Default largest decoded image, in pixels.
 MAX_IMAGE_PIXELS = 40_000_000
-#: Default wall-clock seconds for the TorchScript sandbox child.
+#: Default wall-clock seconds for the sandbox child (after it imported torch).
 SANDBOX_TIMEOUT_S = 60.0
-#: Default address space (MiB) the TorchScript sandbox child may map beyond torch itself.
+#: Default address space (MiB) the sandbox child may map beyond torch itself.
 SANDBOX_MEMORY_MB = 4096
+#: Default largest batch a user's graph is vetted (and then run) at.
+VETTED_BATCH = 64
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -59,13 +65,19 @@ def max_image_pixels() -> int:
 
 
 def sandbox_timeout_s() -> float:
-    """Wall-clock limit of the TorchScript sandbox child (env ``GLASSBOX_SANDBOX_TIMEOUT_S``)."""
+    """Wall-clock limit of the sandbox child after its imports (env ``GLASSBOX_SANDBOX_TIMEOUT_S``)."""
     return _env_number("GLASSBOX_SANDBOX_TIMEOUT_S", SANDBOX_TIMEOUT_S)
 
 
 def sandbox_memory_bytes() -> int:
     """Address space the sandbox child may add after importing torch (env ``GLASSBOX_SANDBOX_MEMORY_MB``)."""
     return int(_env_number("GLASSBOX_SANDBOX_MEMORY_MB", SANDBOX_MEMORY_MB) * 1024 * 1024)
+
+
+def vetted_batch() -> int:
+    """Largest batch a user's graph is vetted at, a power of two (env ``GLASSBOX_VETTED_BATCH`` or 64)."""
+    value = max(1, int(_env_number("GLASSBOX_VETTED_BATCH", VETTED_BATCH)))
+    return 1 << (value.bit_length() - 1)
 
 
 def trusted_mode() -> bool:

@@ -9,7 +9,8 @@ safetensors               weights + ``glassbox.*`` metadata, rebuilt from a
                           registered architecture (`loading_weights`)
 state_dict / checkpoint   ``torch.load(weights_only=True)`` only
 TorchScript               probed in a sandboxed child first (`loading_torchscript`)
-torch.export ``.pt2``     hardened reader, no pickle fallback (`loading_export`)
+torch.export ``.pt2``     hardened reader, no pickle fallback (`loading_export`),
+                          then vetted in the sandbox (`graph_probe`)
 full pickles              refused unless trusted mode is on
 ========================  ===============================================
 
@@ -29,6 +30,7 @@ import torch
 
 from . import config
 from .errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
+from .graph_probe import vet_graph
 from .loading_common import LEGACY_TORCH_MAGIC, LoadedParts, find_member, first_line, open_zip, read_source
 from .loading_export import check_spec_fits, is_export_archive, load_export_parts
 from .loading_torchscript import is_torchscript, load_torchscript_parts
@@ -79,6 +81,7 @@ def load_model(
     final = resolve_spec(explicit, parts.embedded_spec, sample_input, Path(name).stem)
     if parts.exported_program is not None:
         check_spec_fits(parts.exported_program, final)
+    vetting = vet_graph(parts, data, final)  # a user's graph: every batch size first runs in the sandbox
     final = check_forward(parts, final)
     model = LoadedModel(
         module=parts.module,
@@ -89,7 +92,8 @@ def load_model(
         architecture=parts.architecture,
         fixed_batch_size=parts.fixed_batch_size,
         exported_program=parts.exported_program,
-        extra=parts.extra,
+        max_batch_rows=vetting.max_batch_rows if vetting else None,
+        extra={**parts.extra, "sandbox": vetting.summary()} if vetting else parts.extra,
     )
     return model.to(device)
 

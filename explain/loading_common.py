@@ -41,6 +41,7 @@ class LoadedParts:
         fixed_batch_size: the only batch size a static ``.pt2`` accepts.
         exported_program: the ``ExportedProgram`` of a ``.pt2``.
         extra: checkpoint epoch / history and the like.
+        vetting: the sandbox's `explain.graph_probe.GraphProbe` for a user's graph, once run.
     """
 
     module: Any
@@ -50,6 +51,7 @@ class LoadedParts:
     fixed_batch_size: int | None = None
     exported_program: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    vetting: Any = None
 
 
 def read_source(source: Any, filename: str | None = None, *, default_name: str = "upload",

@@ -31,7 +31,14 @@ class LoadedModel:
         fixed_batch_size: set when the model only accepts this batch size
             (a ``.pt2`` exported with a static batch); the engine batches in it.
         exported_program: the ``torch.export.ExportedProgram`` for ``export``.
-        extra: free-form metadata (checkpoint epoch, training history, ...).
+        max_batch_rows: for a user's graph (``torchscript``, ``export``) loaded
+            by `explain.loading.load_model`: the largest batch the sandbox ran
+            it at (a power of two, or the fixed batch size; see
+            `explain.graph_probe`). Such a model runs only in chunks padded
+            to a vetted size (`padded_rows`). None: no cap (eager formats, and
+            models a caller built by hand, which the caller vouches for).
+        extra: free-form metadata (checkpoint epoch, training history,
+            ``sandbox``: the vetting summary of a user's graph, ...).
     """
 
     module: Any
@@ -43,6 +50,7 @@ class LoadedModel:
     architecture: str | None = None
     fixed_batch_size: int | None = None
     exported_program: Any = None
+    max_batch_rows: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,6 +61,31 @@ class LoadedModel:
     def is_eager(self) -> bool:
         """True for a plain ``nn.Module`` built from Python source we know."""
         return self.format in ("safetensors", "state_dict", "checkpoint", "pickle")
+
+    def chunk_limit(self, wanted: int) -> int:
+        """The largest chunk (<= ``wanted``) the model may run: the fixed size, or a vetted size."""
+        if self.fixed_batch_size:
+            return int(self.fixed_batch_size)
+        wanted = max(1, int(wanted))
+        if not self.max_batch_rows:
+            return wanted
+        size = min(wanted, int(self.max_batch_rows))
+        return 1 << (size.bit_length() - 1)  # vetted sizes are powers of two
+
+    def padded_rows(self, rows: int) -> int | None:
+        """Rows a chunk of ``rows`` rows must be padded to (None: run it as it is).
+
+        Raises:
+            ValueError: ``rows`` exceeds the fixed or the vetted batch size.
+        """
+        limit = self.fixed_batch_size or self.max_batch_rows
+        if limit and rows > limit:
+            raise ValueError(f"chunk of {rows} rows exceeds the model's batch limit {limit}")
+        if self.fixed_batch_size:
+            return int(self.fixed_batch_size)
+        if self.max_batch_rows:
+            return min(1 << max(0, rows - 1).bit_length(), int(self.max_batch_rows))  # next vetted size
+        return None
 
     def parameter_count(self) -> int:
         params = getattr(self.module, "parameters", None)
@@ -84,16 +117,16 @@ class LoadedModel:
 
     @torch.no_grad()
     def predict_logits(self, inputs: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Logits [N, K] for a batch, respecting ``fixed_batch_size``."""
-        x = self.as_tensor(inputs)
-        step = self.fixed_batch_size or 256
+        """Logits [N, K] for a batch, in chunks of the fixed or vetted batch sizes."""
+        x = self.as_tensor(inputs)  # [N, *input_shape]
+        step = self.chunk_limit(256)
         outs = []
         for start in range(0, x.shape[0], step):
-            chunk = x[start : start + step]
+            chunk = x[start : start + step]  # [n, *input_shape]
             n = chunk.shape[0]
-            if self.fixed_batch_size and n < self.fixed_batch_size:
-                pad = chunk[-1:].expand(self.fixed_batch_size - n, *chunk.shape[1:])
-                chunk = torch.cat([chunk, pad])
+            padded = self.padded_rows(n)
+            if padded and n < padded:  # repeat the last row: [padded, *input_shape]
+                chunk = torch.cat([chunk, chunk[-1:].expand(padded - n, *chunk.shape[1:])])
             out = self.module(chunk)
             outs.append(out[:n].float().cpu())
         return torch.cat(outs).numpy()
