@@ -7,6 +7,12 @@ out-of-memory (halving the chunk and retrying it, which never changes the
 result), pads chunks for models exported with a fixed batch size, reports
 progress and honours cancellation from the progress callback.
 
+A user's graph (TorchScript, ``.pt2``) loaded by `explain.loading.load_model`
+carries ``max_batch_rows``, the largest batch the sandbox ran it at
+(`explain.graph_probe`): its chunks never exceed that size and are padded to
+one of the vetted sizes (powers of two), so the engine runs such a graph
+only at batch sizes that already ran in the sandbox.
+
 `ModelFunction` turns a `LoadedModel` into f(points): model inputs for image
 and tabular models, the output of the token-embedding layer for text models
 (eager models through a forward hook, ``torch.export`` graphs through an
@@ -272,6 +278,7 @@ class Engine:
         self.notes: list[str] = []
         self.chunk_sizes: list[int] = []
         self._learned_size: int | None = None
+        self.row_limit: int | None = None  # the prepared model's vetted batch size
 
     @property
     def device_label(self) -> str:
@@ -279,6 +286,7 @@ class Engine:
 
     def prepare(self, model: LoadedModel, inputs: np.ndarray) -> tuple[LoadedModel, torch.Tensor]:
         """Move ``model`` to the engine's device; the model-ready inputs there."""
+        self.row_limit = model.max_batch_rows
         if model.device != self.device:
             model.to(self.device)
         return model, model.as_tensor(inputs)
@@ -291,14 +299,18 @@ class Engine:
         row_bytes: int,
         fixed: int | None = None,
         report: bool = True,
+        limit: int | None = None,
     ) -> None:
         """Call ``work(start, stop)`` over [0, n_rows) in chunks, largest first.
 
         On out-of-memory the chunk is halved and retried; ``work`` must have no
         effect when it raises. With ``fixed`` every chunk has that many rows
-        (``work`` pads).
+        (``work`` pads). With ``limit`` (a model's vetted ``max_batch_rows``;
+        default: the prepared model's) every chunk is a power of two no larger
+        than it, or the remainder (``work`` pads it with ``model.padded_rows``).
         """
-        size = self._first_size(n_rows, row_bytes, fixed)
+        limit = limit or self.row_limit
+        size = _cap(self._first_size(n_rows, row_bytes, fixed), limit, fixed)
         probing = fixed is None and not self.batch_size and self.device.type == "cuda" and self._learned_size is None
         start = 0
         while start < n_rows:
@@ -324,7 +336,7 @@ class Engine:
                 continue
             self.chunk_sizes.append(stop - start)
             if probing:
-                size = self._size_from_probe(before, stop - start)
+                size = _cap(self._size_from_probe(before, stop - start), limit, fixed)
                 probing = False
             start = stop
             if report and self.progress is not None:
@@ -364,14 +376,16 @@ class Engine:
 
             def work(start: int, stop: int) -> None:
                 points, owner, target = make(start, stop)
-                grads, values = self._grad_chunk(logits, points, owner, target, fixed)
+                padded = fn.model.padded_rows(stop - start)
+                grads, values = self._grad_chunk(logits, points, owner, target, padded)
                 consume(start, stop, grads, values)
 
-            self.map_chunks(n_rows, work, row_bytes, fixed, report)
+            self.map_chunks(n_rows, work, row_bytes, fixed, report, limit=fn.model.max_batch_rows)
 
-    def _grad_chunk(self, logits: LogitsFn, points, owner, target, fixed, precision: str | None = None):
+    def _grad_chunk(self, logits: LogitsFn, points, owner, target, padded: int | None,
+                    precision: str | None = None):
         b = points.shape[0]
-        points, owner, target = pad_rows(fixed, points, owner, target)
+        points, owner, target = pad_rows(padded, points, owner, target)  # [padded or b, ...]
         points = points.detach().float().requires_grad_(True)
         with torch.enable_grad(), precision_context(precision or self.precision, self.device):
             out = logits(points, owner)  # [B, K]
@@ -392,12 +406,13 @@ class Engine:
         with torch.no_grad(), gradient_path_kernels(), fn.session() as logits:
 
             def work(start: int, stop: int) -> None:
-                p, o, t = pad_rows(fixed, *make(start, stop))
+                p, o, t = pad_rows(fn.model.padded_rows(stop - start), *make(start, stop))
                 vals = logits(p, o).gather(1, t[:, None]).squeeze(1)
                 out[start:stop] = vals[: stop - start].double().cpu()
 
             # forward passes keep no activations for a backward: 4x the rows of a gradient chunk
-            self.map_chunks(n_rows, work, max(1, row_bytes // 4), fixed, report=report)
+            self.map_chunks(n_rows, work, max(1, row_bytes // 4), fixed, report=report,
+                            limit=fn.model.max_batch_rows)
         return out.numpy()
 
     def predict(self, model: LoadedModel, x: torch.Tensor) -> np.ndarray:
@@ -407,10 +422,11 @@ class Engine:
         with torch.no_grad(), gradient_path_kernels():
 
             def work(start: int, stop: int) -> None:
-                (chunk,) = pad_rows(fixed, x[start:stop])
+                (chunk,) = pad_rows(model.padded_rows(stop - start), x[start:stop])  # [padded, ...]
                 outs.append(model.module(chunk)[: stop - start].double().cpu())
 
-            self.map_chunks(x.shape[0], work, max(1, int(x[:1].numel() * 4) // 4), fixed, report=False)
+            self.map_chunks(x.shape[0], work, max(1, int(x[:1].numel() * 4) // 4), fixed, report=False,
+                            limit=model.max_batch_rows)
         return torch.cat(outs).numpy()
 
     def settle_precision(self, fn: ModelFunction, make: MakeFn, n_rows: int) -> str:
@@ -418,13 +434,13 @@ class Engine:
         if self.requested_precision != "auto":
             self.precision = choose_precision(self.requested_precision, self.device, lambda p: None)[0]
             return self.precision
-        rows = min(n_rows, 4)
-        fixed = self.model_fixed_batch(fn)
+        rows = min(n_rows, 4, fn.model.chunk_limit(4))
+        padded = fn.model.padded_rows(rows)
         with fn.session() as logits:
             points, owner, target = make(0, rows)
 
             def probe(precision: str) -> torch.Tensor:
-                return self._grad_chunk(logits, points, owner, target, fixed, precision)[0]
+                return self._grad_chunk(logits, points, owner, target, padded, precision)[0]
 
             self.precision, notes = choose_precision("auto", self.device, probe)
         self.notes.extend(notes)
@@ -433,6 +449,14 @@ class Engine:
     @staticmethod
     def model_fixed_batch(fn: ModelFunction) -> int | None:
         return fn.model.fixed_batch_size
+
+
+def _cap(size: int, limit: int | None, fixed: int | None) -> int:
+    """``size`` lowered to a power of two no larger than ``limit`` (a vetted model's chunk)."""
+    if fixed or not limit or size <= 0:
+        return size
+    size = min(size, int(limit))
+    return 1 << (size.bit_length() - 1)
 
 
 def pad_rows(fixed: int | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
