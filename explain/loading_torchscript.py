@@ -18,7 +18,7 @@ import torch
 
 from . import config
 from .errors import CorruptFile
-from .graph_probe import GraphProbe, probe_graph, warmup_graph, zygote_preload
+from .graph_probe import GraphProbe, probe_graph, warmup_graph
 from .loading_common import LoadedParts, find_member, first_line, open_zip, read_zip_member, spec_from_text
 from .script_check import check_torchscript_archive
 from .spec import SPEC_FILENAME, InputSpec
@@ -83,5 +83,4 @@ def probe_in_child(data: bytes, spec: InputSpec | None) -> GraphProbe:
     Raises:
         See `explain.graph_probe.probe_graph`.
     """
-    return probe_graph(data, CHILD_CODE, "TorchScript", spec, hint=_HINT,
-                       warmup=lambda: warmup_graph("torchscript"), preload=zygote_preload("torchscript"))
+    return probe_graph(data, CHILD_CODE, "TorchScript", spec, hint=_HINT, warmup=lambda: warmup_graph("torchscript"))
