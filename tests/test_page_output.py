@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import wait_for_app
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "pages" / "output.py")
+PAGE = str(ROOT / "pages" / "views" / "output.py")
 
 
 def _run_page(sample: str | None = None, methods: list[str] | None = None) -> AppTest:

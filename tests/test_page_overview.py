@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import wait_for_app
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "pages" / "overview.py")
+PAGE = str(ROOT / "pages" / "views" / "overview.py")
 
 
 def _run(sample: str) -> AppTest:

@@ -9,7 +9,7 @@ from sample_models import SAMPLE_NAMES, load_sample  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "pages" / "structure.py")
+PAGE = str(ROOT / "pages" / "views" / "structure.py")
 TABS = ["Layers", "Graph", "Attention", "Activations & weights", "Layer importance"]
 
 

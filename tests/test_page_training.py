@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "pages" / "training.py")
+PAGE = str(ROOT / "pages" / "views" / "training.py")
 SAMPLE = ROOT / "sample_models" / "shapes"
 
 

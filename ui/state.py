@@ -2,7 +2,7 @@
 
 Pages call `current_model()` and `current_inputs()`; both always return
 something (the default sample when the user chose nothing), so a page works
-alone, e.g. under ``AppTest.from_file("pages/x.py")``. Uploaded bytes are kept
+alone, e.g. under ``AppTest.from_file("pages/views/x.py")``. Uploaded bytes are kept
 in ``st.session_state`` so a failing later step never loses what the user gave.
 """
 from __future__ import annotations

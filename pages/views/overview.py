@@ -1,0 +1,248 @@
+"""Overview: output, structure and training side by side, linked; the one-file report."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explain.layer_attribution import LAYER_METHODS, attributable_layers, explain_layer, upsample
+from explain.methods import compatible_methods, get_method
+from explain.report import build_report
+from explain.report_sections import token_strings
+from explain.viz import attribution as viz
+from ui import state
+
+DEFAULT_METHOD = "integrated_gradients"
+FINAL = "final model"
+STEPS = 32  # a responsive default for the linked views; the report uses the methods' own defaults
+NO_LAYER = "(choose a layer)"
+
+
+# -- cached computations (keyed by content hashes) ---------------------------------------
+def _hash(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _checkpoint_model(model_sha: str, path: str, _model):
+    from explain.evolution import model_at, read_checkpoint
+
+    return model_at(read_checkpoint(path), _model)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _explain(model_key: str, x_sha: str, method: str, _model, _x):
+    params = {"steps": STEPS} if "steps" in get_method(method).params else {}
+    return get_method(method).explain(_model, _x, **params)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _explain_layer(model_key: str, x_sha: str, layer: str, method: str, _model, _x):
+    return explain_layer(_model, _x, layer, method=method, steps=STEPS)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, list[str]]:
+    from explain.structure import describe_layers
+
+    rows = [r for r in describe_layers(_model, _x) if r["depth"] <= 2]
+    frame = pd.DataFrame([{
+        "layer": ("  " * max(r["depth"] - 1, 0) + r["name"]) if r["name"] else "(model)", "type": r["type"],
+        "output": "×".join(str(d) for d in r["output_shape"][1:]) if r["output_shape"] else "—",
+        "params": r["parameters"], "FLOPs": r["flops"]} for r in rows])
+    try:
+        choices = attributable_layers(_model, _x)
+    except Exception:  # not an eager model: the table still shows
+        choices = []
+    return frame, choices
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _training(logs: tuple[str, ...], checkpoints: tuple[str, ...]):
+    from explain.findings import diagnose
+    from explain.report_analysis import read_training_history
+
+    history, origin = read_training_history(list(logs), list(checkpoints))
+    return history, diagnose(history), origin
+
+
+def _sources(sample: str | None) -> tuple[list[str], list[str]]:
+    """The sample's training log and checkpoints (paths), oldest first; none for uploads."""
+    if sample is None:
+        return [], []
+    from sample_models import sample_dir
+
+    root = Path(sample_dir(sample))
+    logs = [str(root / "train_log.csv")] if (root / "train_log.csv").is_file() else []
+    return logs, sorted(str(p) for p in (root / "checkpoints").glob("*.pt"))
+
+
+# -- drawing -----------------------------------------------------------------------------
+def _draw_attribution(model, attr, row: int, key: str) -> None:
+    target = model.spec.class_name(int(attr.target[row]))
+    if model.modality == "image":
+        image = viz.to_display_images(attr.inputs[row : row + 1], model.spec)[0]
+        heat = viz.image_maps(attr)[row]
+        fig = viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=f"{attr.method} → {target}")
+        st.plotly_chart(fig, config={"displayModeBar": False}, key=key)
+    elif model.modality == "tabular":
+        names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
+        st.plotly_chart(viz.tabular_bar_figure(attr.values[row], names, top_k=10, title=f"{attr.method} → {target}"),
+                        config={"displayModeBar": False}, key=key)
+    else:
+        st.caption(f"{attr.method} → {target}")
+        st.html(viz.text_attribution_html(token_strings(model, attr.inputs[row]), attr.values[row]))
+    err = attr.completeness_error[row]
+    err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
+    st.caption(f"{err_text} · {attr.seconds:.2f} s · {attr.device} · {attr.precision}")
+
+
+def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
+    target = model.spec.class_name(int(result.target[0]))
+    title = f"{result.layer} · {result.method.replace('_', ' ')} → {target}"
+    if result.kind == "spatial":
+        image = viz.to_display_images(x, model.spec)[0]
+        heat = upsample(result.display[0], image.shape[0], image.shape[1])
+        st.plotly_chart(viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=title),
+                        config={"displayModeBar": False}, key=key)
+    elif result.kind == "tokens":
+        st.caption(title)
+        st.html(viz.text_attribution_html(token_strings(model, x[0]), result.display[0]))
+    else:
+        units = [f"unit {j}" for j in range(result.display.shape[1])]
+        st.plotly_chart(viz.tabular_bar_figure(result.display[0], units, top_k=10, title=title),
+                        config={"displayModeBar": False}, key=key)
+    st.caption(f"Σ over the layer {result.values[0].sum():.4g} vs f(x) − f(baseline) "
+               f"{result.output[0] - result.base_value[0]:.4g} (completeness error "
+               f"{result.completeness_error[0]:.1e}; exact only for a layer every path goes through)")
+
+
+# -- the page ------------------------------------------------------------------------------
+st.title("Overview")
+loaded = False
+with state.error_boundary("Loading the model and inputs"):
+    model = state.current_model()
+    batch = state.current_inputs()
+    sample = state.current_sample_name()
+    probs = model.predict_proba(batch.array)
+    loaded = True
+if not loaded:
+    st.stop()
+
+n = len(batch)
+names = [m.name for m in compatible_methods(model)]
+top = st.columns([2, 2, 3])
+index = top[0].selectbox("Input", list(range(n)), key="gb_ov_input",
+                         format_func=lambda i: f"#{i} · {model.spec.class_name(int(np.argmax(probs[i])))}")
+method = top[1].selectbox("Method", names, index=names.index(DEFAULT_METHOD) if DEFAULT_METHOD in names else 0,
+                          key="gb_ov_method")
+top[2].caption(f"{model.name} · {model.format} · {model.modality} · {n} inputs. Choose a layer (Structure) or a "
+               "checkpoint (Training): the Output column follows.")
+x = batch.array[index : index + 1]
+x_sha = _hash(x)
+logs, checkpoints = _sources(sample)
+out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")  # the layer table needs the room
+
+with train_col:
+    st.subheader("Training")
+    chosen_ckpt = FINAL
+    with state.error_boundary("Reading the training curves"):
+        if not logs and not checkpoints:
+            st.info("No training log for this model. Samples ship theirs; the CLI report takes --logs / --checkpoints.")
+        else:
+            from explain.viz.training import figure_curves
+
+            history, findings, origin = _training(tuple(logs), tuple(checkpoints))
+            fig = figure_curves(history, findings, height=420)
+            fig.update_layout(legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18, x=0),
+                              margin=dict(l=0, r=0, t=10, b=0))
+            labels = {p: f"epoch {int(Path(p).stem.split('_')[-1])}" if Path(p).stem.split("_")[-1].isdigit()
+                      else Path(p).stem for p in checkpoints}
+            chosen_ckpt = st.selectbox("Explain with", [FINAL, *checkpoints], key="gb_ov_ckpt",
+                                       format_func=lambda p: labels.get(p, p),
+                                       help="Re-explain the input with this checkpoint's weights.")
+            if chosen_ckpt != FINAL and labels[chosen_ckpt].startswith("epoch "):
+                fig.add_vline(x=int(labels[chosen_ckpt].split()[-1]), line_dash="dot", line_color="#444")
+            st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves")
+            for f in findings:
+                icon = {"error": "🛑", "warning": "⚠️"}.get(f.severity, "ℹ️")
+                st.markdown(f"{icon} **{f.kind}** — {f.message}")
+
+with struct_col:
+    st.subheader("Structure")
+    chosen_layer, layer_method = NO_LAYER, LAYER_METHODS[0]
+    with state.error_boundary("Describing the layers"):
+        frame, layer_choices = _layers(model.sha256, model, x)
+        st.dataframe(frame, hide_index=True, height=300, key="ov_layers", column_config={
+            "layer": st.column_config.TextColumn(width="medium"), "type": st.column_config.TextColumn(width="small"),
+            "output": st.column_config.TextColumn(width="small"),
+            "params": st.column_config.NumberColumn(width="small", format="localized"),
+            "FLOPs": st.column_config.NumberColumn(width="small", format="compact")})
+        if layer_choices:
+            chosen_layer = st.selectbox("Layer", [NO_LAYER, *layer_choices], key="gb_ov_layer",
+                                        help="Show how much this layer's units mattered for the chosen input.")
+            allowed = [m for m in LAYER_METHODS if not (m == "conductance" and model.modality == "text")]
+            layer_method = st.radio("Layer method", allowed, horizontal=True, key="gb_ov_layer_method",
+                                    format_func=lambda m: m.replace("_", " "))
+        else:
+            st.caption("Layer attribution needs the model's layers (a weights file of a known architecture).")
+    if model.modality == "text":
+        with state.error_boundary("Reading the attention"):
+            from explain.attention import capture_attention
+            from explain.report_analysis import attention_figures
+
+            maps = capture_attention(model, x)
+            tokens = token_strings(model, x[0])
+            keep = [i for i, t in enumerate(tokens) if t != "<pad>"]
+            last = maps.weights[-1:, 0]  # [1, head, q, k]
+            fig = attention_figures(last, maps.layer_names[-1:], [tokens[i] for i in keep], keep, grid=False)[0]
+            fig.update_layout(height=380)
+            st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_attention")
+
+with out_col:
+    st.subheader("Output")
+    with state.error_boundary("Explaining the input"):
+        explained = model
+        if chosen_ckpt != FINAL:
+            explained = _checkpoint_model(model.sha256, chosen_ckpt, model)
+        model_key = f"{model.sha256}:{chosen_ckpt}"
+        p = explained.predict_proba(x)[0]
+        k = int(np.argmax(p))
+        truth = batch.labels[index] if batch.labels is not None else None
+        st.markdown(f"**{model.spec.class_name(k)}** ({p[k]:.1%})"
+                    + (f" · true: {model.spec.class_name(int(truth))}" if truth is not None else "")
+                    + (f" · weights: {Path(chosen_ckpt).stem}" if chosen_ckpt != FINAL else ""))
+        with st.spinner(f"Explaining with {method}…"):
+            attr = _explain(model_key, x_sha, method, explained, x)
+        _draw_attribution(model, attr, 0, key="ov_map")
+    if chosen_layer != NO_LAYER:
+        with state.error_boundary(f"Attributing to layer {chosen_layer}"):
+            with st.spinner(f"Attributing to {chosen_layer}…"):
+                result = _explain_layer(model_key, x_sha, chosen_layer, layer_method, explained, x)
+            _draw_layer(model, result, x, key="ov_layer_map")
+
+st.divider()
+st.subheader("Report")
+st.caption("One self-contained HTML file (opens offline): model card, explanations of the first inputs, structure, "
+           "training curves and findings, checkpoint evolution, environment and every parameter used. "
+           "The same report as `python -m explain report`.")
+report_methods = st.multiselect("Methods in the report", names, default=[method], key="gb_ov_report_methods")
+report_key = f"{model.sha256}:{_hash(batch.array)}:{','.join(report_methods)}"
+if st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_methods):
+    with state.error_boundary("Building the report"):
+        bar = st.progress(0.0, text="Building the report…")
+        report = build_report(model, batch, logs=logs, checkpoints=checkpoints, methods=report_methods,
+                              progress=lambda done, total: bar.progress(done / max(total, 1),
+                                                                         text=f"Building the report: {done}/{total} parts"))
+        bar.empty()
+        st.session_state["gb_ov_report"] = (report_key, report.to_html().encode("utf-8"), report.failed_sections)
+stored = st.session_state.get("gb_ov_report")
+if stored and stored[0] == report_key:
+    _, html_bytes, failed = stored
+    if failed:
+        st.warning("Parts that could not be built (the report says why): " + ", ".join(failed))
+    st.download_button("Download report (HTML)", html_bytes, file_name=f"glassbox-{model.name}.html",
+                       mime="text/html", key="gb_ov_download", type="primary")

@@ -1,0 +1,231 @@
+"""Structure: what the model is — layers, graph, attention, activations and weights, which layers matter."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explain import activations, attention, attention_summary, graph, layer_importance, structure
+from explain.errors import GlassboxError
+from explain.viz import structure as viz
+from ui import state
+
+MAX_ATTENTION_INPUTS = 16
+MAX_IMPORTANCE_INPUTS = 8
+
+
+def _hash(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _layer_table(model_sha: str, inputs_sha: str, _model, _inputs) -> structure.LayerTable:
+    return structure.build_layer_table(_model, _inputs)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _attention(model_sha: str, inputs_sha: str, _model, _inputs) -> attention.AttentionMaps:
+    return attention.capture_attention(_model, _inputs)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _importance(model_sha: str, inputs_sha: str, depth: int, steps: int, _model, _inputs, _progress):
+    return layer_importance.compute_layer_importance(_model, _inputs, depth=depth, steps=steps, progress=_progress)
+
+
+def _shape(shape) -> str:
+    return "—" if shape is None else "×".join(str(d) for d in shape)
+
+
+st.title("Structure")
+ok = False
+with state.error_boundary("Loading the model and inputs"):
+    model = state.current_model()
+    batch = state.current_inputs()
+    inputs = batch.array
+    inputs_sha = _hash(inputs)
+    with st.spinner("Running the model once to measure every layer…"):
+        table = _layer_table(model.sha256, inputs_sha, model, inputs)
+    ok = True
+if not ok:
+    st.stop()
+
+st.caption(f"{model.name} · {model.format} · {model.modality} · {table.total_parameters:,} parameters · "
+           f"{table.total_flops:,} FLOPs for a batch of {table.batch_size} "
+           f"({table.total_flops / max(table.batch_size, 1):,.0f} per input)")
+tab_layers, tab_graph, tab_attention, tab_acts, tab_importance = st.tabs(
+    ["Layers", "Graph", "Attention", "Activations & weights", "Layer importance"])
+
+# -- Layers --------------------------------------------------------------------
+with tab_layers:
+    c1, c2 = st.columns([1, 2])
+    depth = c1.slider("Depth", 0, max(table.max_depth, 1), min(2, table.max_depth), key="gb_struct_depth",
+                      help="Show modules down to this nesting level; parents include their children's numbers.")
+    query = c2.text_input("Filter by name or type", key="gb_struct_filter", placeholder="e.g. conv, attn, Linear")
+    rows = structure.filter_rows(table.rows, max_depth=depth, query=query)
+    frame = pd.DataFrame([{
+        "layer": ("  " * max(r.depth - 1, 0)) + (r.name or "(model)"), "type": r.type, "depth": r.depth,
+        "output shape": _shape(r.output_shape), "parameters": r.parameters, "trainable": r.trainable,
+        "frozen": r.frozen, "FLOPs": r.flops, "FLOP %": None if r.flop_share is None else 100 * r.flop_share,
+        "calls": r.calls,
+    } for r in rows])
+    st.dataframe(frame, hide_index=True, width="stretch", key="gb_layer_table", column_config={
+        "parameters": st.column_config.NumberColumn(format="localized"),
+        "trainable": st.column_config.NumberColumn(format="localized"),
+        "frozen": st.column_config.NumberColumn(format="localized"),
+        "FLOPs": st.column_config.NumberColumn(format="localized"),
+        "FLOP %": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100),
+    })
+    st.caption(f"{len(rows)} of {len(table.rows)} modules. FLOPs as torch's FlopCounterMode counts them "
+               "(a multiply-add = 2; element-wise ops = 0), for the batch above. Click a header to sort.")
+    for note in table.notes:
+        st.info(note)
+    # bars only for the visible frontier (a parent's bar would double-count its children)
+    parents = {r.name.rsplit(".", 1)[0] for r in rows if "." in r.name} | {""}
+    frontier = [r for r in rows if r.name and r.name not in parents and r.flops]
+    if frontier:
+        st.plotly_chart(viz.figure_flops([{"name": r.name, "type": r.type, "flops": r.flops, "flop_share": r.flop_share}
+                                          for r in frontier]), width="stretch")
+
+# -- Graph ---------------------------------------------------------------------
+with tab_graph:
+    c1, c2 = st.columns([1, 2])
+    gdepth = c1.slider("Collapse below depth", 0, max(table.max_depth, 1), min(2, table.max_depth),
+                       key="gb_graph_depth")
+    shown = [r.name for r in structure.filter_rows(table.rows, max_depth=gdepth)]
+    chosen = c2.selectbox("Module", shown, format_func=lambda n: n or "(model)", key="gb_graph_node")
+    g = graph.build_module_graph(table, max_depth=gdepth, selected=chosen)
+    if g.truncated:
+        st.warning(f"Only the first {len(g.shown)} modules are drawn; choose a smaller depth to see the whole level.")
+    st.graphviz_chart(g.dot, width="content")
+    if chosen is not None:
+        info = graph.describe_module(table, chosen)
+        row = info["row"]
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("Type", row.type)
+        m2.metric("Parameters", f"{row.parameters:,}",
+                  help=f"{100 * (info['parameter_share'] or 0):.1f}% of the model; {row.frozen:,} frozen")
+        m3.metric("FLOPs", "unknown" if row.flops is None else f"{row.flops:,}")
+        m4.metric("Output shape", _shape(row.output_shape))
+        act = info["activation"]
+        if act is not None and act.mean is not None:
+            st.caption(f"Output mean {act.mean:.4g}, std {act.std:.4g}, zeros {100 * act.zero_fraction:.1f}%, "
+                       f"dead units {100 * (act.dead_fraction or 0):.1f}% · {info['submodules']} submodules")
+
+# -- Attention -----------------------------------------------------------------
+with tab_attention:
+    reason = attention.attention_unavailable_reason(model)
+    maps = None
+    if reason:
+        st.info(reason)
+    else:
+        try:
+            with st.spinner("Capturing attention…"):
+                maps = _attention(model.sha256, inputs_sha, model, inputs[:MAX_ATTENTION_INPUTS])
+        except GlassboxError as exc:
+            st.info(exc.message)
+    if maps is not None:
+        with state.error_boundary("Drawing attention"):
+            n_inputs = maps.weights.shape[1]
+            def _describe(i: int) -> str:
+                text = " ".join(batch.display[i]) if model.modality == "text" and i < len(batch.display) else ""
+                return f"#{i} {text[:60]}"
+            c1, c2, c3 = st.columns([2, 1, 1])
+            idx = c1.selectbox("Input", list(range(n_inputs)), format_func=_describe, key="gb_att_input")
+            ids = maps.inputs[idx] if maps.inputs is not None and maps.inputs.ndim == 2 else None
+            length = attention_summary.count_real_tokens(ids) if ids is not None else maps.num_tokens
+            tokens = (attention_summary.label_tokens(model.spec, ids[:length]) if ids is not None
+                      else [str(i) for i in range(length)])
+            layer = c2.selectbox("Layer", list(range(maps.num_layers)), format_func=lambda i: maps.layer_names[i],
+                                 key="gb_att_layer")
+            head = c3.selectbox("Head", list(range(maps.num_heads)), key="gb_att_head")
+            w = maps.weights[:, idx, :, :length, :length]  # [layer, head, q, k]
+            w_drawn, labels = attention_summary.pool_attention(w, tokens)
+            if len(labels) < length:
+                st.caption(f"{length} tokens pooled into {len(labels)} blocks for drawing (keys summed, queries averaged).")
+            st.caption(f"{maps.num_layers} layers × {maps.num_heads} heads · {maps.source} · rows are queries, "
+                       "columns the keys they attend to.")
+            for note in maps.notes:
+                st.caption(note)
+            st.plotly_chart(viz.figure_attention_grid(w_drawn, maps.layer_names, labels, selected=(layer, head)),
+                            width="stretch", key="gb_att_grid")
+            left, right = st.columns(2)
+            left.plotly_chart(viz.figure_attention(w_drawn[layer, head], labels,
+                                                   title=f"{maps.layer_names[layer]} · head {head}"),
+                              width="stretch")
+            lengths = np.array([attention_summary.count_real_tokens(r) for r in maps.inputs]) if ids is not None else None
+            if maps.num_tokens == maps.weights.shape[4]:
+                roll = attention_summary.compute_rollout(maps.weights[:, [idx]])[0, :length, :length]
+                roll_drawn, _ = attention_summary.pool_attention(roll, tokens)
+                right.plotly_chart(viz.figure_attention(roll_drawn, labels, title="Attention rollout across layers"),
+                                   width="stretch")
+                st.plotly_chart(viz.figure_token_weights(roll[0], tokens, title=f"What position 0 ({tokens[0]}) "
+                                                         "draws on after all layers (rollout row)"),
+                                width="stretch")
+            st.markdown("**Heads** (averaged over inputs and real query positions)")
+            st.dataframe(pd.DataFrame(attention_summary.summarise_heads(maps.weights, maps.layer_names, lengths)),
+                         hide_index=True, width="stretch", key="gb_head_table", column_config={
+                             "entropy": st.column_config.NumberColumn(format="%.3f", help="nats; 0 = one key"),
+                             "normalised_entropy": st.column_config.NumberColumn(format="%.3f", help="1 = uniform"),
+                             "max_weight": st.column_config.NumberColumn(format="%.3f"),
+                             "first_token_weight": st.column_config.NumberColumn(format="%.3f"),
+                         })
+
+# -- Activations & weights -------------------------------------------------------
+with tab_acts:
+    adepth = st.slider("Depth", 1, max(table.max_depth, 1), min(2, max(table.max_depth, 1)), key="gb_act_depth")
+    act_rows = activations.tabulate_activations(table, max_depth=adepth)
+    act_rows = [r for r in act_rows if r["depth"] > 0]
+    if act_rows:
+        st.plotly_chart(viz.figure_activation_stats(act_rows), width="stretch")
+    else:
+        st.info("No layer outputs could be observed for this model format.")
+    with state.error_boundary("Reading the weights"):
+        wstats = activations.compute_weight_stats(model)
+        if wstats:
+            st.plotly_chart(viz.figure_weight_norms(wstats), width="stretch")
+            pname = st.selectbox("Weight tensor", [s.name for s in wstats], key="gb_weight_name")
+            counts, edges = activations.compute_weight_histogram(model, pname)
+            st.plotly_chart(viz.figure_weight_histogram(counts, edges, pname), width="stretch")
+
+# -- Layer importance -------------------------------------------------------------
+with tab_importance:
+    why_not = layer_importance.importance_unavailable_reason(model)
+    if why_not:
+        st.info(why_not)
+    else:
+        c1, c2, c3 = st.columns(3)
+        idepth = c1.slider("Layer depth", 1, max(table.max_depth, 1), min(2, max(table.max_depth, 1)), key="gb_imp_depth")
+        steps = c2.slider("Integration steps", 4, 64, 16, key="gb_imp_steps")
+        n_imp = c3.number_input("Inputs", 1, min(len(inputs), 64), min(len(inputs), MAX_IMPORTANCE_INPUTS), key="gb_imp_n")
+        key = (model.sha256, inputs_sha, idepth, steps, int(n_imp))
+        if st.button("Rank layers", key="gb_imp_run", type="primary") or st.session_state.get("gb_imp_key") == key:
+            with state.error_boundary("Ranking layers"):
+                bar = st.progress(0.0, text="Attributing to each layer…")
+                result = _importance(model.sha256, _hash(inputs[: int(n_imp)]), idepth, steps, model,
+                                     inputs[: int(n_imp)], lambda d, t: bar.progress(d / max(t, 1), text=f"Layer {d}/{t}"))
+                bar.empty()
+                st.session_state["gb_imp_key"] = key
+                st.plotly_chart(viz.figure_layer_importance(result), width="stretch")
+                by_reason: dict[str, list[str]] = {}
+                for name, why in result.skipped.items():
+                    by_reason.setdefault(why, []).append(name)
+                for why, names in by_reason.items():
+                    st.caption(f"Not scored: {', '.join(names)} ({why}).")
+        else:
+            st.caption("Scores every layer with LayerIntegratedGradients for the predicted class. "
+                       "Press **Rank layers** to start.")
+        if model.modality == "image":
+            with state.error_boundary("Grad-CAM"):
+                cam_layers = layer_importance.grad_cam_layers(model, inputs)
+                cam_layer = st.selectbox("Grad-CAM layer", cam_layers, key="gb_cam_layer")
+                shown_n = min(len(inputs), 4)
+                with st.spinner("Grad-CAM…"):
+                    cams = layer_importance.compute_grad_cam(model, inputs[:shown_n], cam_layer)
+                preds = model.predict_logits(inputs[:shown_n]).argmax(1)
+                for col, i in zip(st.columns(shown_n), range(shown_n)):
+                    col.plotly_chart(viz.figure_grad_cam(batch.display[i], cams[i],
+                                                         title=f"#{i} · {model.spec.class_name(int(preds[i]))}"),
+                                     width="stretch")

@@ -1,0 +1,197 @@
+"""Training: how the model got here — curves, automatic findings, checkpoint evolution."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from explain.evolution import UNITS, compute_checkpoint_drift, compute_weight_changes, read_checkpoint
+from explain.findings import diagnose
+from explain.history import ROLES, merge_histories, read_history
+from explain.viz import training as viz
+from ui import state
+
+LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
+CKPT_TYPES = ["pt", "pth", "ckpt", "bin", "tar"]
+ICONS = {"info": "ℹ️", "warning": "⚠️", "error": "⛔"}
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+ROLE_LABELS = {"train_loss": "Training loss", "val_loss": "Validation loss", "train_metric": "Training metric",
+               "val_metric": "Validation metric", "lr": "Learning rate"}
+NONE = "(none)"
+DRIFT_INPUTS = {"image": 4, "tabular": 16, "text": 16}  # fewer rows make ρ noisy
+
+
+def _sample_dir(name: str) -> Path:
+    from sample_models import sample_dir
+
+    return Path(sample_dir(name))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _read_log(name: str, data: bytes):
+    return read_history(data, filename=name)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _read_ckpt(name: str, data: bytes):
+    return read_checkpoint(data, filename=name)
+
+
+def _sha(*blobs: bytes) -> str:
+    h = hashlib.sha256()
+    for b in blobs:
+        h.update(hashlib.sha256(b).digest())
+    return h.hexdigest()
+
+
+def _render_findings(findings) -> None:
+    findings = sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))  # the worst first
+    if not findings:
+        st.caption("No findings: the curves are too short or no loss is assigned.")
+    for f in findings:
+        where = ", ".join(f"{e:g}" for e in f.epochs[:6])
+        st.markdown(f"{ICONS.get(f.severity, '•')} **{f.kind}** ({where}) — {f.message}")
+    if findings:
+        with st.expander("Evidence (the numbers behind each finding)"):
+            st.json([{"kind": f.kind, "epochs": f.epochs, **f.evidence} for f in findings], expanded=False)
+    if findings and all(f.kind == "best_epoch" for f in findings):
+        st.success("No problems found: no overfitting, plateau, divergence, instability or underfitting.",
+                   icon=":material/check_circle:")
+
+
+st.title("Training")
+st.caption("Loss and metric curves with automatic findings, and how weights and explanations "
+           "changed from checkpoint to checkpoint.")
+sample = state.current_sample_name()
+sample_path = _sample_dir(sample) if sample else None
+
+with st.expander("Your training logs and checkpoints", expanded=sample is None):
+    c1, c2 = st.columns(2)
+    log_files = c1.file_uploader(
+        "Training logs", type=LOG_TYPES, accept_multiple_files=True, key="gb_train_logs",
+        help="CSV (Lightning/Keras CSVLogger, any epoch/step table), JSON / JSON lines, TensorBoard event "
+             "files (events.out.tfevents.*), or checkpoints that store a 'history'.",
+    )
+    ckpt_files = c2.file_uploader(
+        "Checkpoints of this model (2 or more)", type=CKPT_TYPES, accept_multiple_files=True,
+        key="gb_train_ckpts", help="Weights-only torch.save files (state_dict or a dict with 'model_state_dict').",
+    )
+
+# -- read logs ---------------------------------------------------------------------------
+logs: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in log_files or []]
+ckpts: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in ckpt_files or []]
+source_note = "your uploads"
+if not ckpts and sample_path is not None and (sample_path / "checkpoints").is_dir():
+    ckpts = [(p.name, p.read_bytes()) for p in sorted((sample_path / "checkpoints").glob("*.pt"))]
+if not logs and sample_path is not None and (sample_path / "train_log.csv").is_file():
+    logs = [("train_log.csv", (sample_path / "train_log.csv").read_bytes())]
+    source_note = f"the **{sample}** sample's train_log.csv"
+if not logs and ckpts:
+    logs = [max(ckpts, key=lambda c: c[0])]  # the newest checkpoint's stored history
+    source_note = f"the history stored in {logs[0][0]}"
+
+histories = []
+for name, data in logs:
+    with state.error_boundary("Reading a training log"):
+        histories.append(_read_log(name, data))
+
+if not histories:
+    st.info("Upload training logs (or checkpoints with a stored history) above to see curves and findings.")
+else:
+    st.caption(f"Curves from {source_note}.")
+    mode = "merge"
+    if len(histories) > 1:
+        mode = st.radio("Several logs", ["merge", "runs"], horizontal=True, key="gb_train_mode",
+                        format_func={"merge": "Merge into one run", "runs": "Compare as separate runs"}.get)
+    c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
+    points = max(len(h.by_epoch()) for h in histories)
+    smoothing = c1.slider("Smoothing", 0.0, 0.99, 0.6 if points >= 30 else 0.0, 0.01, key="gb_train_smoothing",
+                          help="TensorBoard's debiased exponential moving average; raw values stay faint. "
+                               "Off by default for short runs, where it would lag behind the curve.")
+    log_y = c2.toggle("Log scale", key="gb_train_log")
+    patience = c4.number_input("Patience", 1, 100, 5, key="gb_train_patience",
+                               help="Early-stopping patience used for the best-epoch finding.")
+    if mode == "merge":
+        with state.error_boundary("Combining the logs"):
+            history = merge_histories(histories)
+            x_choice = c3.selectbox("x axis", history.x_columns, key="gb_train_x")
+            cols = history.series_columns
+            with st.expander("Series roles (which column is which)"):
+                role_cols = st.columns(len(ROLES))
+                key = hashlib.sha256("|".join(cols).encode()).hexdigest()[:8]
+                chosen = {}
+                for col, role in zip(role_cols, ROLES):
+                    options = [NONE] + cols
+                    guess = history.roles.get(role)
+                    pick = col.selectbox(ROLE_LABELS[role], options, index=options.index(guess) if guess else 0,
+                                         key=f"gb_role_{role}_{key}")
+                    chosen[role] = None if pick == NONE else pick
+            history = history.with_roles(**chosen)
+            findings = diagnose(history, patience=int(patience))
+            st.plotly_chart(viz.figure_curves(history, findings, smoothing, log_y, x_choice),
+                            key="gb_train_curves")
+            st.subheader("Findings")
+            _render_findings(findings)
+    else:
+        with state.error_boundary("Drawing the runs"):
+            xs = sorted({c for h in histories for c in h.x_columns})
+            x_choice = c3.selectbox("x axis", xs, key="gb_train_x_runs")
+            st.plotly_chart(viz.figure_runs(histories, smoothing, log_y, x_choice), key="gb_train_runs")
+            for h in histories:
+                with st.expander(f"Findings · {h.name}", expanded=True):
+                    _render_findings(diagnose(h, patience=int(patience)))
+
+# -- checkpoint evolution ---------------------------------------------------------------------
+st.header("Checkpoint evolution")
+checkpoints = []
+for name, data in ckpts:
+    with state.error_boundary("Reading a checkpoint"):
+        checkpoints.append(_read_ckpt(name, data))
+checkpoints.sort(key=lambda c: (c.epoch is None, c.epoch or 0.0, c.source))
+if len(checkpoints) < 2:
+    st.info("Upload at least two checkpoints of the current model to see how its weights and "
+            "explanations changed during training.")
+    st.stop()
+
+st.caption(" · ".join(c.label for c in checkpoints))
+with state.error_boundary("Comparing the weights"):
+    change = compute_weight_changes(checkpoints)
+    st.subheader("Relative weight change per layer")
+    st.caption("‖W(t+1) − W(t)‖ / ‖W(t)‖ of each layer's weights and biases between consecutive checkpoints.")
+    st.plotly_chart(viz.figure_weight_changes(change), key="gb_train_weights")
+
+st.subheader("Attribution drift")
+with state.error_boundary("Explaining the checkpoints"):
+    model = state.current_model()
+    batch = state.current_inputs()
+    c1, c2 = st.columns(2)
+    n_default = min(DRIFT_INPUTS.get(model.modality, 4), len(batch.array))
+    n = int(c1.number_input("Inputs to explain", 1, len(batch.array), n_default, key="gb_drift_n"))
+    steps = int(c2.select_slider("Integration steps", [8, 16, 32, 64, 128], 32, key="gb_drift_steps"))
+    inputs = batch.array[:n]
+    key = _sha(*(d for _, d in ckpts), np.ascontiguousarray(inputs).tobytes(), model.sha256.encode(),
+               str(steps).encode())
+    cache = st.session_state.setdefault("gb_drift_cache", {})
+    if key not in cache:
+        k = len(checkpoints)
+        bar = st.progress(0.0, text=f"Explaining {k} checkpoints with integrated gradients…")
+
+        def show(done: int, total: int) -> None:
+            at = min(done // UNITS + 1, k)
+            bar.progress(min(done / max(total, 1), 1.0),
+                         text=f"Explaining checkpoint {at} of {k} ({checkpoints[at - 1].label})…")
+
+        try:
+            cache.clear()  # keep one result per session
+            cache[key] = compute_checkpoint_drift(checkpoints, model, inputs, steps=steps, progress=show)
+        finally:
+            bar.empty()
+    drift = cache[key]
+    st.caption("Integrated gradients of the same inputs for the final checkpoint's predicted class at every "
+               "checkpoint; ρ is the Spearman rank correlation with the final checkpoint's attributions.")
+    st.plotly_chart(viz.figure_drift_correlation(drift), key="gb_drift_corr")
+    index = st.selectbox("Input", list(range(n)), key="gb_drift_index",
+                         format_func=lambda i: f"#{i} · {model.spec.class_name(int(drift.target[i]))}")
+    st.plotly_chart(viz.figure_attribution_drift(drift, index, model.spec, inputs), key="gb_drift_maps")
