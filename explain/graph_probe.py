@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import config
-from .errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
+from .errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge, UnsafeFile
 from .sandbox import SandboxRun, run_in_sandbox, signal_name
 from .spec import InputSpec
 
-#: Successful probes kept per process, keyed by the bytes' sha256, loader, spec and limits.
-PASSED_CACHE_SIZE = 64
-_PASSED: dict[tuple, "GraphProbe"] = {}
+#: Probe outcomes (a `GraphProbe` or the refusal) kept per process, keyed by the bytes'
+#: sha256, the loader, the spec and the limits: a page rerun does not run a bomb again.
+DONE_CACHE_SIZE = 128
+_DONE: dict[tuple, Any] = {}
 #: Formats whose module is a user's graph: vetted in the sandbox before the server runs it.
 UNTRUSTED_GRAPH_FORMATS = ("torchscript", "export")
 #: Child code that defines ``load_graph(data)`` for a ``.pt2`` (the hardened reader, no pickle).
@@ -56,9 +57,10 @@ from explain.loading_export import load_export_parts
 def load_graph(data):
     return load_export_parts(data).module
 """
-#: Trusted code a sandbox zygote runs once: the imports and a warm-up of both loaders on tiny
-#: trusted graphs, so that its forked children start warm (`explain.sandbox_zygote`).
-ZYGOTE_PRELOAD = r"""
+#: Trusted code a sandbox zygote runs once (`explain.sandbox_zygote`): the imports, then
+#: ``_save`` / ``_load`` (set by `zygote_preload` per format) on a tiny trusted graph, so
+#: that its forked children start warm.
+_PRELOAD = r"""
 import encodings.cp437, io
 import torch
 from torch import nn
@@ -67,22 +69,35 @@ try:
     torch.set_num_interop_threads(1)
 except RuntimeError:
     pass
-from explain.loading_export import load_export_parts
 _m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
-for _save, _load in (
-    (lambda b: torch.jit.save(torch.jit.script(_m), b), lambda d: torch.jit.load(io.BytesIO(d)).eval()),
-    (lambda b: torch.export.save(torch.export.export(
-        _m, (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},)), b),
-     lambda d: load_export_parts(d).module),
-):
-    try:
-        _b = io.BytesIO()
-        _save(_b)
-        _x = torch.randn(2, 4, requires_grad=True)
-        torch.autograd.grad(_load(_b.getvalue())(_x).sum(), _x)
-    except Exception:
-        pass
+%s
+try:
+    _b = io.BytesIO()
+    _save(_b)
+    _x = torch.randn(2, 4, requires_grad=True)
+    torch.autograd.grad(_load(_b.getvalue())(_x).sum(), _x)
+except Exception:
+    pass
 """
+_PRELOAD_FORMATS = {
+    "torchscript": """
+_save = lambda b: torch.jit.save(torch.jit.script(_m), b)
+_load = lambda d: torch.jit.load(io.BytesIO(d)).eval()
+""",
+    "export": """
+from explain.loading_export import load_export_parts
+_save = lambda b: torch.export.save(torch.export.export(
+    _m, (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},)), b)
+_load = lambda d: load_export_parts(d).module
+""",
+}
+
+
+def zygote_preload(fmt: str) -> str:
+    """The zygote's preload for ``torchscript`` or ``export`` (one zygote per format, started on first use)."""
+    return _PRELOAD % _PRELOAD_FORMATS[fmt]
+
+
 #: The vetting program, run after a loader's code (which defines ``load_graph``).
 VET_CODE = r"""
 import time as _time
@@ -243,7 +258,7 @@ def vet_graph(parts: Any, data: bytes, spec: InputSpec) -> GraphProbe | None:
 
         return probe_in_child(data, spec)
     return probe_graph(data, EXPORT_CHILD_CODE, ".pt2", spec, fixed,
-                       hint="Export the model again, or upload safetensors.", warmup=lambda: warmup_graph("export"))
+                       hint="Export the model again, or upload safetensors.", warmup=lambda: warmup_graph("export"), preload=zygote_preload("export"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,11 +288,12 @@ def warmup_graph(fmt: str) -> bytes:
 
 def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None,
                 fixed: int | None = None, hint: str | None = None,
-                warmup: bytes | Callable[[], bytes] = b"") -> GraphProbe:
+                warmup: bytes | Callable[[], bytes] = b"", preload: str = "") -> GraphProbe:
     """Load ``data`` with ``loader_code`` in the sandbox and vet every batch size.
 
-    The same bytes with the same spec and limits are vetted once per process
-    (successes are remembered; a refusal is tried again next time).
+    The same bytes with the same spec and limits are vetted once per process:
+    the outcome, success or refusal, is remembered (a child that could not
+    start in time is not).
 
     Args:
         data: the file's bytes.
@@ -288,6 +304,7 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
         hint: what to upload instead, for refusals.
         warmup: a trusted graph of the same format ([B, 4] floats in), or a
             function making it, for a fresh child (see `warmup_graph`).
+        preload: the zygote preload (`zygote_preload`); "" starts a fresh child.
 
     Raises:
         UnsafeFile: the child ran past its time or CPU limit.
@@ -298,16 +315,24 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
     sizes = vetting_sizes(fixed)
     cache_key = (hashlib.sha256(data).hexdigest(), hash(loader_code), vetting_key(spec, fixed), tuple(sizes),
                  config.sandbox_timeout_s(), config.sandbox_memory_bytes())
-    if cache_key in _PASSED:
-        return _PASSED[cache_key]
+    done = _DONE.get(cache_key)
+    if isinstance(done, GlassboxError):
+        raise type(done)(done.reason, done.hint)
+    if done is not None:
+        return done
     args: dict[str, Any] = {
         "sizes": sizes, "time_budget": config.sandbox_timeout_s(),
         "spec": None if spec is None else {
             "input_shape": list(spec.input_shape), "dtype": spec.dtype, "vocab_size": len(spec.vocabulary or ())},
     }
-    run = run_in_sandbox(loader_code + VET_CODE, data, args, warmup=warmup, preload=ZYGOTE_PRELOAD)
+    run = run_in_sandbox(loader_code + VET_CODE, data, args, warmup=warmup, preload=preload)
     if not run.ok:
-        raise_refusal(run, what, spec, hint)
+        try:
+            raise_refusal(run, what, spec, hint)
+        except GlassboxError as exc:
+            if run.timed_out != "startup":  # a busy server is no verdict on the file
+                _remember(cache_key, exc)
+            raise
     final = run.final
     batches = list(final.get("batches") or [])
     probe = GraphProbe(
@@ -315,10 +340,14 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
         output_shape=final.get("output_shape"), stopped=final.get("stopped"), protections=run.protections,
         seconds=run.seconds, key=vetting_key(spec, fixed), rss_before=int(final.get("rss_before") or 0),
     )
-    while len(_PASSED) >= PASSED_CACHE_SIZE:
-        _PASSED.pop(next(iter(_PASSED)))
-    _PASSED[cache_key] = probe
+    _remember(cache_key, probe)
     return probe
+
+
+def _remember(key: tuple, outcome: Any) -> None:
+    while len(_DONE) >= DONE_CACHE_SIZE:
+        _DONE.pop(next(iter(_DONE)), None)
+    _DONE[key] = outcome
 
 
 def raise_refusal(run: SandboxRun, what: str, spec: InputSpec | None, hint: str | None = None) -> None:

@@ -18,9 +18,8 @@ import torch
 
 from . import config
 from .errors import CorruptFile
-from .graph_probe import GraphProbe, probe_graph, warmup_graph
+from .graph_probe import GraphProbe, probe_graph, warmup_graph, zygote_preload
 from .loading_common import LoadedParts, find_member, first_line, open_zip, read_zip_member, spec_from_text
-from .script_check import check_torchscript_archive
 from .spec import SPEC_FILENAME, InputSpec
 
 #: The child's loader (run after `explain.sandbox.PRELUDE`, before `explain.graph_probe.VET_CODE`):
@@ -58,7 +57,6 @@ def load_torchscript_parts(data: bytes, spec: InputSpec | None) -> LoadedParts:
     names = zf.namelist()
     member = find_member(names, f"extra/{SPEC_FILENAME}")
     embedded = spec_from_text(read_zip_member(zf, member, "TorchScript")) if member else None
-    check_torchscript_archive(zf)  # operators on the allowlist before any torch.jit.load, child included
     probe = probe_in_child(data, spec or embedded)
     extra = {SPEC_FILENAME: ""}
     try:
@@ -83,4 +81,5 @@ def probe_in_child(data: bytes, spec: InputSpec | None) -> GraphProbe:
     Raises:
         See `explain.graph_probe.probe_graph`.
     """
-    return probe_graph(data, CHILD_CODE, "TorchScript", spec, hint=_HINT, warmup=lambda: warmup_graph("torchscript"))
+    return probe_graph(data, CHILD_CODE, "TorchScript", spec, hint=_HINT,
+                       warmup=lambda: warmup_graph("torchscript"), preload=zygote_preload("torchscript"))
