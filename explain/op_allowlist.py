@@ -70,7 +70,7 @@ def is_allowed(op: str) -> bool:
     return op in allowed_ops()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def allowed_names(namespace: str = "aten") -> frozenset[str]:
     """The allowed operator names of one namespace, without the ``namespace::`` prefix."""
     prefix = f"{namespace}::"

@@ -28,9 +28,11 @@ import re
 import tokenize
 import zipfile
 
-from .errors import CorruptFile, UnsafeFile
+from .errors import CorruptFile, TooLarge, UnsafeFile
 from .script_code import HINT, CodeChecker
 
+#: Most code (all ``.py`` entries, uncompressed) an archive may carry; real models carry kilobytes.
+MAX_CODE_BYTES = 64 * 2**20
 _NUMBER = re.compile(r"^(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?j?$")
 _SAFE_GLOBALS = {
     "torch._utils": {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_qtensor", "_rebuild_parameter"},
@@ -57,10 +59,15 @@ def check_torchscript_archive(source: zipfile.ZipFile | bytes) -> None:
             a global other than archive classes and tensor helpers; the
             message names it.
         CorruptFile: no code, code that does not parse, unreadable members.
+        TooLarge: more than `MAX_CODE_BYTES` of code.
     """
     zf = source if isinstance(source, zipfile.ZipFile) else _open(source)
     code: list[tuple[str, ast.Module]] = []
     pickles = []
+    size = sum(i.file_size for i in zf.infolist() if i.filename.lower().endswith(".py"))
+    if size > MAX_CODE_BYTES:
+        raise TooLarge(f"The TorchScript file carries {size / 2**20:.0f} MiB of code, over the "
+                       f"{MAX_CODE_BYTES / 2**20:.0f} MiB Glassbox checks.", HINT)
     for info in zf.infolist():  # every entry, duplicates included: torch may read either
         lower = info.filename.lower()
         if lower.endswith(".py"):

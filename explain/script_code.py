@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import UnsafeFile
 from .op_allowlist import DENIED_NAMES, allowed_names, is_allowed, known_op_names
@@ -41,7 +41,7 @@ ALLOWED_GLOBALS = frozenset(
     bin pow hash inf nan infj nanj AssertionError""".split()
 )
 #: Names a function may not bind: TorchScript resolves them specially.
-RESERVED = ROOTS | DENIED_NAMES | frozenset(
+RESERVED = ROOTS | frozenset(
     "fork awaitable print rpc_async rpc_sync rpc_remote annotate unchecked_cast uninitialized getattr hasattr "
     "isinstance inf nan infj nanj".split()
 )
@@ -228,7 +228,7 @@ class _Scope:
     def name(self, node: ast.Name) -> None:
         """A bare name: a local bound before this point, or an allowed global."""
         ident = node.id
-        if isinstance(node.ctx, ast.Store) or isinstance(node.ctx, ast.Del):
+        if isinstance(node.ctx, (ast.Store, ast.Del)):
             if isinstance(node.ctx, ast.Del):
                 self._use_local(node)
             return

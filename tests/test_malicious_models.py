@@ -14,7 +14,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 import torch
@@ -22,13 +21,10 @@ from torch import nn
 
 from explain.errors import CorruptFile, UnsafeFile
 from explain.loading import load_model
-from explain.op_allowlist import ALLOWLIST_FILE, DENIED_NAMES, allowed_ops
-from explain.op_allowlist_gen import PATH_ARGUMENTS, generate_text
 from explain.script_check import check_torchscript_archive
 from explain.spec import SPEC_FILENAME, InputSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ("cancer", "shapes", "sentiment")
 SPEC = InputSpec("tabular", (4,), name="evil")
 VICTIM_BYTES = b"precious data\n"
 
@@ -110,11 +106,11 @@ class SetStateWriter(nn.Module):
         return x + self.w
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[str, torch.Tensor, bool]:
+    def __getstate__(self) -> tuple[str, torch.Tensor, bool]:
         return (self.path, self.w, self.training)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[str, torch.Tensor, bool]) -> None:
+    def __setstate__(self, state: tuple[str, torch.Tensor, bool]) -> None:
         self.path = state[0]
         self.training = state[2]
         t = torch.from_file(self.path, shared=True, size=4, dtype=torch.uint8)
@@ -169,11 +165,11 @@ def test_any_setstate_is_refused_even_without_operators():
             return x + self.w
 
         @torch.jit.export
-        def __getstate__(self) -> Tuple[torch.Tensor, bool]:
+        def __getstate__(self) -> tuple[torch.Tensor, bool]:
             return (self.w, self.training)
 
         @torch.jit.export
-        def __setstate__(self, state: Tuple[torch.Tensor, bool]) -> None:
+        def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
             self.w = state[0]
             self.training = state[1]
 
@@ -248,7 +244,7 @@ def test_hand_written_payloads_are_refused_by_name(tmp_path, victim, code, named
     [
         ("    return torch.relu(x)", "    t = torch\n    return t.relu(x)", "'torch' as a value"),
         ("    return torch.relu(x)", "    f = x.untyped_storage\n    return f()", "untyped_storage"),
-        ("    return torch.relu(x)", "    save = torch.relu\n    return save(x)", "reserved name 'save'"),
+        ("    return torch.relu(x)", "    fork = torch.relu\n    return fork(x)", "reserved name 'fork'"),
         ("    return torch.relu(x)", "    y = z\n    z = x\n    return y", "'z' before binding"),
         ("  def forward(", "  def __setstate__(self, s: int) -> NoneType:\n    return None\n  def forward(", "__setstate__"),
         ("class Relu(Module):", "import os\nclass Relu(Module):", "Import"),
@@ -354,12 +350,13 @@ def test_pt2_shape_expression_bombs_are_refused_within_two_seconds(tmp_path):
             text = json.dumps(program).replace("Symbol('s77', positive=True, integer=True)", bomb)
             program.clear()
             program.update(json.loads(text))
-            program["range_constraints"] = {bomb: v for v in program["range_constraints"].values()}
+            (bounds,) = program["range_constraints"].values()
+            program["range_constraints"] = {bomb: bounds}
 
         paths.append(str(_edit_pt2(tmp_path, edit, f"bomb{i}.pt2")))
     # a child process: were the check missing, sympy would hold the GIL here forever
     proc = subprocess.run([sys.executable, "-c", BOMB_CHILD, *paths], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(results) == 3, proc.stderr[-2000:]
     for result in results:
@@ -368,71 +365,13 @@ def test_pt2_shape_expression_bombs_are_refused_within_two_seconds(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# the allowlist, and everything we ship still loads
+# the command line
 # --------------------------------------------------------------------------
-def test_allowlist_file_is_what_the_generator_produces():
-    assert ALLOWLIST_FILE.read_text(encoding="utf-8") == generate_text(), (
-        "run `python -m explain.op_allowlist_gen --write` and review the diff"
-    )
-
-
-def test_no_operator_that_reaches_files_or_storages_is_allowed():
-    allowed = allowed_ops()
-    schemas = torch._C._jit_get_all_schemas()
-    refused = set()
-    for schema in schemas:
-        types = [str(a.type) for a in schema.arguments] + [str(r.type) for r in schema.returns]
-        path_arg = any(str(a.type).rstrip("?") == "str" and a.name in PATH_ARGUMENTS for a in schema.arguments)
-        if path_arg or any("Storage" in t or "__torch__.torch.classes" in t for t in types):
-            refused.add(schema.name)
-    assert {"aten::from_file", "aten::save", "aten::set_"} <= refused
-    assert not refused & allowed
-    assert not {op for op in allowed if op.split("::")[1] in DENIED_NAMES}
-    for name in ("from_file", "save", "load", "_load_for_mobile", "set_", "storage", "untyped_storage",
-                 "data_ptr", "_print", "empty", "resize_", "manual_seed"):
-        assert f"aten::{name}" not in allowed and f"prim::{name}" not in allowed
-    assert "prim::Print" not in allowed and "higher_order::call_torchbind" not in allowed
-    names = {s.name for s in schemas}
-    assert all(op in names or op.startswith(("prim::", "higher_order::")) for op in allowed)
-
-
-def _graph_kinds(graph) -> set[str]:
-    kinds, stack = set(), [graph]
-    while stack:
-        for node in stack.pop().nodes():
-            kinds.add(node.kind())
-            stack.extend(node.blocks())
-    return kinds
-
-
-@pytest.mark.parametrize("sample", SAMPLES)
-def test_every_operator_the_samples_use_is_allowed(sample):
-    folder = ROOT / "sample_models" / sample
-    check_torchscript_archive((folder / "model.torchscript.pt").read_bytes())
-    kinds = _graph_kinds(torch.jit.load(str(folder / "model.torchscript.pt")).inlined_graph)
-    assert kinds - allowed_ops() == set()
-    from explain.loading_export import ALLOWED_PY_OPS, operator_name
-
-    for name in ("model.pt2", "model_static.pt2"):
-        with zipfile.ZipFile(folder / name) as zf:
-            program = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("models/model.json"))))
-        targets = {n["target"] for n in program["graph_module"]["graph"]["nodes"]}
-        assert {t for t in targets if t not in ALLOWED_PY_OPS and operator_name(t) not in allowed_ops()} == set()
-
-
-def test_common_layers_pass_the_torchscript_check():
-    layers = [nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), nn.MultiheadAttention(8, 2), nn.LSTM(4, 4),
-              nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()),
-              nn.Embedding(10, 4), nn.Upsample(scale_factor=2, mode="bilinear")]
-    for layer in layers:
-        check_torchscript_archive(_script_bytes(layer))
-
-
 def test_cli_inspect_refuses_the_payload_with_exit_3(tmp_path, victim):
     evil = tmp_path / "evil.pt"
     evil.write_bytes(_script_bytes(FromFileWriter(str(victim))))
     proc = subprocess.run([sys.executable, "-m", "explain", "inspect", str(evil)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
     assert proc.returncode == 3, proc.stderr
     assert "aten::from_file" in proc.stderr and proc.stdout.strip() == ""
     assert len(proc.stderr.strip().splitlines()) == 1
