@@ -88,7 +88,7 @@ def capture_attention(model: LoadedModel, inputs: np.ndarray | torch.Tensor) -> 
         if reason:
             raise IncompatibleInput(reason)
     x = model.as_tensor(inputs)
-    step = model.fixed_batch_size or x.shape[0]  # a static-batch .pt2 runs chunk by chunk
+    step = model.chunk_limit(x.shape[0])  # a static-batch .pt2 or a vetted user graph runs chunk by chunk
     chunks = [_fit_fixed_batch(model, x[start : start + step]) for start in range(0, x.shape[0], step)]
     if model.format == "export":
         maps = _capture_graph(model.module, chunks)
@@ -127,13 +127,12 @@ def attention_unavailable_reason(model: LoadedModel) -> str | None:
 
 
 def _fit_fixed_batch(model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(chunk padded to the fixed or next vetted batch size, real rows); x: [n, ...] with n <= that size."""
     n = x.shape[0]
-    fixed = model.fixed_batch_size
-    if not fixed or n == fixed:
+    padded = model.padded_rows(n)
+    if not padded or n == padded:
         return x, n
-    if n > fixed:
-        return x[:fixed], fixed
-    return torch.cat([x, x[-1:].expand(fixed - n, *x.shape[1:])]), n
+    return torch.cat([x, x[-1:].expand(padded - n, *x.shape[1:])]), n
 
 
 def _stack(layers: list[torch.Tensor], names: list[str], source: str, notes: list[str]) -> AttentionMaps:

@@ -126,13 +126,17 @@ def parent_row_name(name: str, present: set[str]) -> str:
 
 
 def probe_batch(model: LoadedModel, inputs: np.ndarray | torch.Tensor, max_inputs: int | None = DEFAULT_MAX_INPUTS) -> torch.Tensor:
-    """The model-ready batch a probe runs on: at most ``max_inputs``, padded to a fixed batch size."""
+    """The model-ready batch a probe runs on: at most ``max_inputs``, padded to a fixed batch size
+    (or, for a vetted user graph, cut to its vetted size and padded to the next vetted size)."""
     x = model.as_tensor(inputs)
     if max_inputs:
         x = x[:max_inputs]
-    fixed = model.fixed_batch_size
-    if fixed and x.shape[0] != fixed:
-        x = x[:fixed] if x.shape[0] > fixed else torch.cat([x, x[-1:].expand(fixed - x.shape[0], *x.shape[1:])])
+    limit = model.fixed_batch_size or model.max_batch_rows
+    if limit:
+        x = x[:limit]
+        padded = model.padded_rows(x.shape[0])
+        if padded and x.shape[0] < padded:
+            x = torch.cat([x, x[-1:].expand(padded - x.shape[0], *x.shape[1:])])
     return x
 
 

@@ -102,3 +102,12 @@ def test_a_graph_that_fails_above_batch_one_is_capped_not_refused():
     model = load_model(buf.getvalue(), filename="one.pt")
     assert model.max_batch_rows == 1 and "error at batch 2" in model.extra["sandbox"]["stopped"]
     assert model.predict_logits(np.zeros((3, 6), np.float32)).shape == (3, 3)
+
+
+def test_structure_probe_batch_stays_within_the_vetted_sizes():
+    from explain.structure import probe_batch
+
+    x = np.zeros((6, 6), np.float32)
+    assert probe_batch(vetted(4), x, max_inputs=None).shape[0] == 4
+    assert probe_batch(vetted(64), x, max_inputs=None).shape[0] == 8  # padded to the next vetted size
+    assert probe_batch(LoadedModel(Recorder(), "safetensors", "z", SPEC), x, max_inputs=None).shape[0] == 6
