@@ -17,24 +17,31 @@ a size larger than the first raises an ordinary error (a model that only
 accepts batch 1). Running out of memory or time at any size refuses the file.
 
 The largest size that passed becomes ``LoadedModel.max_batch_rows``; the
-engine and ``LoadedModel.predict_logits`` run such a model only in chunks
-padded to one of the vetted sizes (`LoadedModel.padded_rows`), so the server
-runs the graph only at batch sizes the sandbox has run.
+engine, ``LoadedModel.predict_logits``, attention capture and the structure
+probe run such a model only in chunks padded to one of the vetted sizes
+(`LoadedModel.padded_rows`), so on those paths the server runs the graph only
+at batch sizes the sandbox has run, in the same mode (forward, or forward and
+backward). `explain.loading.load_model` vets every TorchScript and ``.pt2``
+file once the spec is known (the TorchScript probe during loading is reused
+when it already had that spec).
 
 Not covered: the sandbox runs the graph on random inputs, so a bomb that
 fires only for particular input *values* (a real image, a chosen token, a
-NaN) is not seen; the costs of gradient paths other than input gradients
-(text models: parameter gradients stand in for embedding gradients) are
-estimates; code paths outside the engine (attention capture, layer
-importance, structure probes) run the graph at batch sizes of their own
-(1, or the number of inputs shown) without this cap.
+NaN) is not seen; text models are differentiated with respect to their
+parameters in the child (standing in for the engine's embedding gradients),
+so that cost is an estimate; DeepLift / SHAP-deep rules (their own captured
+graph, in chunks of their ``batch_size``) and layer importance / layer
+Grad-CAM on an unflattened ``.pt2`` (captum's batches) run the graph at
+batch sizes of their own; a `LoadedModel` built by hand (not by
+``load_model``) has no cap.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import config
 from .errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge, UnsafeFile
@@ -261,7 +268,7 @@ def vet_graph(parts: Any, data: bytes, spec: InputSpec) -> GraphProbe | None:
                        hint="Export the model again, or upload safetensors.", warmup=lambda: warmup_graph("export"), preload=zygote_preload("export"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def warmup_graph(fmt: str) -> bytes:
     """A tiny trusted graph ([B, 4] -> [B, 2]) saved as ``torchscript`` or ``export`` (b"" if that fails).
 

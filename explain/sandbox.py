@@ -1,7 +1,9 @@
 """Run code on untrusted bytes in a locked-down, short-lived child process.
 
-`run_in_sandbox` starts ``python -I -c PRELUDE + code`` with the bytes on
-stdin. The child's program has three parts:
+`run_in_sandbox` runs ``PRELUDE + code`` with the bytes on stdin, in a child
+forked from a warmed-up zygote (`explain.sandbox_zygote`, when the caller
+gives a preload) or in a fresh ``python -I``. The child's program has three
+parts:
 
 1. `PRELUDE` (always first): reads the bytes into ``DATA`` (and trusted
    warm-up bytes, if any, into ``WARMUP``), the settings into
@@ -43,11 +45,14 @@ process group is killed on timeout), a wall-clock limit counted from the
 child's ``ready`` report (the imports get `STARTUP_S` of their own), and
 bounded reading of its output.
 
-Not covered: a thread that existed before ``lock_down`` (torch starts one at
-import) is not under Landlock (``landlock_restrict_self`` binds the calling
-thread and threads created after it); reads are allowed (the child can read
-what ``nobody`` may read, but it has no channel out except its report); the
-child may use CPU up to its limits.
+Not covered: in a *fresh* child, a thread that existed before ``lock_down``
+(torch starts one at import) is not under Landlock (``landlock_restrict_self``
+binds the calling thread and threads created after it; a forked child has
+one thread only); reads are allowed (the child can read what ``nobody`` may
+read, and its report, e.g. an error message, is its way out); the child may
+use CPU and memory up to its limits; every protection is best effort (a
+kernel without Landlock or namespaces, a server that is not root) and the
+names applied are reported rather than required.
 """
 from __future__ import annotations
 
@@ -61,9 +66,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import config
 
@@ -259,7 +264,7 @@ def run_in_sandbox(
     memory = config.sandbox_memory_bytes() if memory_bytes is None else int(memory_bytes)
     workdir = tempfile.mkdtemp(prefix="glassbox-sandbox-")
     settings = json.dumps({
-        "workdir": workdir, "memory": memory, "cpu": int(math.ceil(timeout)) + 1, "nofile": NOFILE,
+        "workdir": workdir, "memory": memory, "cpu": math.ceil(timeout) + 1, "nofile": NOFILE,
         "nobody": NOBODY, "root": ROOT, "skip": list(skip), "args": args or {},
     })
     start = time.monotonic()

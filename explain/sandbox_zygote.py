@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from typing import BinaryIO
 
 ZYGOTE_CODE = r'''
@@ -151,7 +150,7 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def spawn(self, startup_s: float) -> "ZygoteChild | None":
+    def spawn(self, startup_s: float) -> ZygoteChild | None:
         """Fork a child; None when the zygote does not answer within ``startup_s``."""
         sock, theirs = socket.socketpair()
         err_r, err_w = os.pipe()
@@ -159,8 +158,7 @@ class Zygote:
             with self._lock:
                 socket.send_fds(self._control, [b"c"], [theirs.fileno(), err_w])
         except OSError:
-            for s in (sock,):
-                s.close()
+            sock.close()
             os.close(err_r)
             return None
         finally:
@@ -277,5 +275,4 @@ def get_zygote(preload: str, env: dict[str, str], root: str) -> Zygote | None:
         except OSError:
             return None
         _ZYGOTES[preload] = zygote
-        time.sleep(0)  # let the zygote start importing while the caller prepares its request
         return zygote
