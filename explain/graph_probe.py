@@ -146,13 +146,14 @@ def _forward_backward(module, x):
 if WARMUP:  # a trusted graph through the same path: lazy imports happen before the lock
     _forward_backward(load_graph(WARMUP), torch.randn(2, 4))
 report(phase="ready", protections=lock_down())
+start = _time.monotonic()  # the parent's wall clock starts at "ready" too
 phase, rows = "load", 0
 try:
     module = load_graph(DATA)
     del DATA
     result = {"ok": True, "batches": [], "output_shape": None, "stopped": None}
     spec, sizes = ARGS.get("spec"), ARGS.get("sizes") or []
-    start, vm_before, rss_before = _time.monotonic(), _vm("VmPeak"), _vm("VmRSS")
+    vm_before, rss_before = _vm("VmPeak"), _vm("VmRSS")
     result["rss_before"] = rss_before
     for i, rows in enumerate(sizes if spec else []):
         phase = "forward"
