@@ -23,8 +23,10 @@ from pathlib import Path
 
 ALLOWLIST_FILE = Path(__file__).with_name("allowed_ops.txt")
 #: Names no uploaded model may call or read as an attribute, whatever class
-#: defines them: they touch files, processes, storages, raw memory or global
-#: state. The generator also keeps every one of them out of the allowlist.
+#: defines them: they touch files, processes, storages, raw or uninitialised
+#: memory, RPC, futures, C++ objects or global state. The generator keeps
+#: every one of them out of the allowlist, and every ``aten`` / ``prim``
+#: operator its schema rules refuse is listed here (a test checks it).
 DENIED_NAMES = frozenset(
     """from_file save load _load _load_for_mobile _load_for_lite_interpreter set_ set storage untyped_storage
     _storage _typed_storage data_ptr _data_ptr _cdata _print Print print record_stream manual_seed seed
@@ -32,7 +34,8 @@ DENIED_NAMES = frozenset(
     pin_memory _pin_memory share_memory_ _share_memory_ is_shared is_set_to from_buffer frombuffer
     from_numpy numpy tofile fork wait rpc_async rpc_sync rpc_remote PythonOp IgnoredPythonOp __setstate__
     __getstate__ __reduce__ __reduce_ex__ _unsafe_view_from_storage call_torchbind executorch_call_delegate
-    with_effects auto_functionalized auto_functionalized_v2 run_const_graph""".split()
+    with_effects auto_functionalized auto_functionalized_v2 run_const_graph to_here owner owner_name local_value
+    confirmed_by_owner is_owner awaitable awaitable_wait awaitable_nowait id quantized_lstm quantized_gru""".split()
 )
 
 

@@ -70,7 +70,8 @@ addcmul addcdiv lerp rsub floor_divide true_divide fmax fmin hypot logaddexp xlo
 __and__ __or__ __xor__ __lshift__ __rshift__ __iand__ __ior__ __ixor__ __ilshift__ __irshift__
 bitwise_left_shift bitwise_right_shift dequantize all im2col fractional_max_pool2d fractional_max_pool3d
 max_unpool2d max_unpool3d _upsample_lanczos2d_aa cross_entropy_loss nll_loss nll_loss_nd nll_loss2d mse_loss l1_loss
-smooth_l1_loss huber_loss binary_cross_entropy binary_cross_entropy_with_logits kl_div
+smooth_l1_loss huber_loss binary_cross_entropy binary_cross_entropy_with_logits kl_div mode bernoulli normal uniform
+multinomial
 _assert_async _assert_scalar _assert_tensor_metadata _functional_assert_async sym_constrain_range
 sym_constrain_range_for_size
 """

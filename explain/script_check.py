@@ -70,16 +70,18 @@ def check_torchscript_archive(source: zipfile.ZipFile | bytes) -> None:
                        f"{MAX_CODE_BYTES / 2**20:.0f} MiB Glassbox checks.", HINT)
     for info in zf.infolist():  # every entry, duplicates included: torch may read either
         lower = info.filename.lower()
+        if lower.split("/")[1:2] == ["extra"]:  # <root>/extra/*: the user's extra files, never run
+            continue
         if lower.endswith(".py"):
             code.append((info.filename, _parse(info.filename, _read(zf, info))))
         elif lower.endswith(".pkl"):
             pickles.append(info)
     if not any("/code/" in "/" + name.lower() for name, _ in code):
         raise CorruptFile("The TorchScript file cannot be loaded (it holds no code/ directory).", HINT)
-    defined = _definitions(code)
+    defined, members = _definitions(code)
     loader_hooks: list[tuple[CodeChecker, ast.FunctionDef]] = []
     for name, tree in code:
-        checker = CodeChecker(_short(name), defined)
+        checker = CodeChecker(_short(name), defined, members)
         checker.check(tree)
         loader_hooks += [(checker, node) for node in checker.loader_hooks]
     for checker, node in loader_hooks:  # after the operators: a payload there is named by its operator
@@ -165,9 +167,15 @@ def _parse(name: str, raw: bytes) -> ast.Module:
         raise CorruptFile(f"The TorchScript file cannot be loaded ({where} does not parse: {exc}).", HINT) from None
 
 
-def _definitions(code: list[tuple[str, ast.Module]]) -> frozenset[str]:
-    """Qualified names (``__torch__.a.b.C``) of the classes and functions each code file defines."""
-    names = set()
+def _definitions(code: list[tuple[str, ast.Module]]) -> tuple[frozenset[str], frozenset[str]]:
+    """What the archive defines.
+
+    Returns:
+        The qualified names (``__torch__.a.b.C``) of every top-level class and
+        function, and the names of every attribute and method its classes
+        declare (``weight``, ``mode``, ``_conv_forward``, ``"0"``).
+    """
+    names, members = set(), set()
     for path, tree in code:
         index = ("/" + path.lower()).find("/code/")
         if index < 0:
@@ -176,4 +184,13 @@ def _definitions(code: list[tuple[str, ast.Module]]) -> frozenset[str]:
         for node in tree.body:
             if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
                 names.add(f"{qualifier}.{node.name}")
-    return frozenset(names)
+            for item in node.body if isinstance(node, ast.ClassDef) else ():
+                targets = item.targets if isinstance(item, ast.Assign) else [getattr(item, "target", None)]
+                for target in targets:
+                    if isinstance(target, ast.Name):
+                        members.add(target.id)
+                    elif isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant):
+                        members.add(str(target.slice.value))
+                if isinstance(item, ast.FunctionDef):
+                    members.add(item.name)
+    return frozenset(names), frozenset(members)

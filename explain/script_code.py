@@ -65,11 +65,13 @@ class CodeChecker:
     Args:
         where: the file name for messages.
         defined: qualified names of every class and function the archive defines.
+        members: names of the attributes and methods its classes declare.
     """
 
-    def __init__(self, where: str, defined: frozenset[str]):
+    def __init__(self, where: str, defined: frozenset[str], members: frozenset[str] = frozenset()):
         self.where = where
         self.defined = defined
+        self.members = members
         self.loader_hooks: list[ast.FunctionDef] = []
 
     def refuse(self, node: ast.AST, what: str, cls: type = UnsafeFile) -> None:
@@ -298,10 +300,17 @@ class _Scope:
         self.checker.refuse(node, f"refers to {dotted}, which the archive does not define")
 
     def member(self, node: ast.AST, name: str) -> None:
-        """An attribute or method name on a value."""
+        """An attribute or method name on a value.
+
+        A name torch has an operator for must be allowed, unless an archive
+        class declares an attribute or method of that name (``self.mode``);
+        `DENIED_NAMES` (every operator that reaches outside tensors) never pass.
+        """
         if name in DENIED_NAMES:
             self.checker.refuse(node, f"calls or reads {name!r}, which Glassbox never allows")
         if name in PROPERTIES or name in allowed_names("aten") or name in allowed_names("prim"):
+            return
+        if name in self.checker.members:
             return
         if name in known_op_names():
             self.checker.refuse(node, f"calls operator aten::{name} (as a method), which is not on Glassbox's "

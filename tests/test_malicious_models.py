@@ -276,7 +276,7 @@ def test_pickled_globals_other_than_tensor_helpers_are_refused(victim):
     _untouched(victim)
 
 
-def test_archives_without_code_or_with_a_duplicate_entry_are_checked():
+def test_archives_without_code_duplicate_entries_and_extra_files():
     clean = _script_bytes(Relu())
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(clean)) as zin, zipfile.ZipFile(out, "w") as zout:
@@ -294,6 +294,14 @@ def test_archives_without_code_or_with_a_duplicate_entry_are_checked():
         zf.writestr(name, body)  # two entries with one name: whichever torch reads, both are checked
     with pytest.raises(UnsafeFile, match="aten::save"):
         check_torchscript_archive(dup.getvalue())
+    extra = io.BytesIO(clean)
+    with zipfile.ZipFile(extra, "a") as zf:  # extra files are data; a folder named extra inside code/ is code
+        zf.writestr(name.split("/")[0] + "/extra/notes.py", "import os\n")
+    check_torchscript_archive(extra.getvalue())
+    with zipfile.ZipFile(extra, "a") as zf:
+        zf.writestr(name.split("/")[0] + "/code/__torch__/extra/x.py", "import os\n")
+    with pytest.raises(UnsafeFile, match="Import"):
+        check_torchscript_archive(extra.getvalue())
 
 
 # --------------------------------------------------------------------------

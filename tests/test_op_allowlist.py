@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from explain.errors import UnsafeFile
 from explain.loading_export import ALLOWED_PY_OPS, operator_name
 from explain.op_allowlist import ALLOWLIST_FILE, DENIED_NAMES, allowed_ops
 from explain.op_allowlist_gen import PATH_ARGUMENTS, generate_text
@@ -84,3 +85,47 @@ def test_common_layers_pass_the_torchscript_check():
               nn.Embedding(10, 4), nn.Upsample(scale_factor=2, mode="bilinear")]
     for layer in layers:
         check_torchscript_archive(_script_bytes(layer))
+
+
+def test_every_operator_the_schema_rules_refuse_is_a_denied_name():
+    from explain.op_allowlist_gen import _is_safe
+
+    schemas: dict[str, list] = {}
+    for schema in torch._C._jit_get_all_schemas():
+        schemas.setdefault(schema.name, []).append(schema)
+    unsafe = {name.split("::")[1] for name, group in schemas.items()
+              if name.split("::")[0] in ("aten", "prim") and not _is_safe(name, group)}
+    assert unsafe and unsafe <= DENIED_NAMES
+
+
+class Traced(nn.Module):
+    """Declares an attribute named like an operator that is not allowed (``aten::trace``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trace = "row"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trace == "row":
+            return x + 1
+        return x
+
+
+def test_class_attributes_named_like_operators_are_attributes_but_denied_names_never_pass():
+    data = _script_bytes(Traced())
+    check_torchscript_archive(data)  # self.trace is the declared attribute
+    with pytest.raises(UnsafeFile, match="aten::kron"):  # an undeclared name is the operator
+        check_torchscript_archive(_edit(data, b"torch.add(x, 1)", b"x.kron(x)"))
+    with pytest.raises(UnsafeFile, match="'seed'"):  # a denied name is refused even when declared
+        check_torchscript_archive(_edit(data, b"trace", b"seed"))
+
+
+def _edit(data: bytes, old: bytes, new: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            body = zin.read(info)
+            if info.filename.endswith(".py"):
+                body = body.replace(old, new)
+            zout.writestr(info.filename, body)
+    return out.getvalue()
