@@ -52,7 +52,8 @@ size dim numel stride contiguous is_contiguous is_floating_point is_complex is_n
 view view_as reshape reshape_as expand_as t transpose swapaxes swapdims movedim moveaxis unbind chunk split
 tensor_split narrow squeeze unsqueeze stack hstack vstack dstack concat concatenate flip roll rot90
 repeat_interleave tile broadcast_to broadcast_tensors triu tril masked_fill masked_select clamp_min clamp_max
-clip numpy_T matrix_H mT mH adjoint lift_fresh lift_fresh_copy zeros ones zeros_like ones_like new_zeros new_ones new_full rand_like randn_like randint
+clip numpy_T matrix_H mT mH adjoint lift_fresh lift_fresh_copy
+zeros ones zeros_like ones_like new_zeros new_ones new_full rand_like randn_like randint
 randint_like linspace eye to type_as detach clone copy fill zero item
 relu6 hardsigmoid hardswish hardtanh silu mish selu celu softplus softshrink hardshrink threshold glu
 log_sigmoid log_sigmoid_forward prelu _prelu_kernel rrelu logit

@@ -74,10 +74,10 @@ class CodeChecker:
         self.members = members
         self.loader_hooks: list[ast.FunctionDef] = []
 
-    def refuse(self, node: ast.AST, what: str, cls: type = UnsafeFile) -> None:
-        """Raise naming ``what`` and the file and line."""
+    def refuse(self, node: ast.AST, what: str) -> None:
+        """Raise `UnsafeFile` naming ``what`` and the file and line."""
         line = getattr(node, "lineno", "?")
-        raise cls(f"The TorchScript file {what} ({self.where}, line {line}); Glassbox does not load it.", HINT)
+        raise UnsafeFile(f"The TorchScript file {what} ({self.where}, line {line}); Glassbox does not load it.", HINT)
 
     def check(self, tree: ast.Module) -> None:
         """Module level: only class and function definitions."""
@@ -163,7 +163,8 @@ class _Scope:
             elif isinstance(stmt, ast.With):
                 for item in stmt.items:
                     if item.optional_vars is not None:
-                        self._bind([item.optional_vars], (item.context_expr.end_lineno, item.context_expr.end_col_offset))
+                        end = (item.context_expr.end_lineno, item.context_expr.end_col_offset)
+                        self._bind([item.optional_vars], end)
 
     def _bind(self, targets: list[ast.expr], position: tuple[int, int]) -> None:
         for target in targets:
@@ -217,13 +218,15 @@ class _Scope:
                 elif isinstance(child, ast.expr):
                     children.append(child)
                 elif not isinstance(child, _LEAVES):
-                    self.checker.refuse(current, f"uses Python syntax Glassbox does not accept ({type(child).__name__})")
+                    self.checker.refuse(current, f"uses Python syntax Glassbox does not accept "
+                                                 f"({type(child).__name__})")
             stack.extend(reversed(children))  # source order: the first offending call is the one named
 
     def special_call(self, call: ast.Call) -> None:
         """``getattr(x, "name")`` reads attribute ``name``: check it like ``x.name``."""
         if isinstance(call.func, ast.Name) and call.func.id in ("getattr", "hasattr"):
-            if len(call.args) < 2 or not (isinstance(call.args[1], ast.Constant) and isinstance(call.args[1].value, str)):
+            name = call.args[1] if len(call.args) > 1 else None
+            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
                 self.checker.refuse(call, f"calls {call.func.id} without a constant attribute name")
             self.member(call, call.args[1].value)
 
