@@ -20,6 +20,7 @@ from . import config
 from .errors import CorruptFile
 from .graph_probe import GraphProbe, probe_graph, warmup_graph, zygote_preload
 from .loading_common import LoadedParts, find_member, first_line, open_zip, read_zip_member, spec_from_text
+from .script_check import check_torchscript_archive
 from .spec import SPEC_FILENAME, InputSpec
 
 #: The child's loader (run after `explain.sandbox.PRELUDE`, before `explain.graph_probe.VET_CODE`):
@@ -57,6 +58,7 @@ def load_torchscript_parts(data: bytes, spec: InputSpec | None) -> LoadedParts:
     names = zf.namelist()
     member = find_member(names, f"extra/{SPEC_FILENAME}")
     embedded = spec_from_text(read_zip_member(zf, member, "TorchScript")) if member else None
+    check_torchscript_archive(zf)  # operators on the allowlist before any torch.jit.load, child included
     probe = probe_in_child(data, spec or embedded)
     extra = {SPEC_FILENAME: ""}
     try:
