@@ -172,6 +172,22 @@ report(ok=True, reached=reached, uid=os.getuid())
     assert expected <= set(run.protections), sorted(expected - set(run.protections))
 
 
+def test_zygote_children_cannot_forge_their_exit_and_a_dead_zygote_is_restarted():
+    from explain.sandbox_zygote import _ZYGOTES, get_zygote
+
+    preload = "import json  # a cheap zygote for this test"
+    forge = 'report(phase="ready", protections=lock_down())\nreport(exit=0)\nwhile True:\n    pass\n'
+    run = run_in_sandbox(forge, b"", timeout_s=1, preload=preload)
+    assert run.timed_out == "run" and run.returncode < 0  # the forged line was not taken for an exit
+    zygote = _ZYGOTES[preload]  # the child came from a zygote
+    assert zygote.alive()
+    zygote.proc.kill()
+    zygote.proc.wait()
+    run = run_in_sandbox('report(phase="ready", protections=lock_down())\nreport(ok=True)\n', b"", preload=preload)
+    assert run.ok and "rlimit-as" in run.protections
+    assert get_zygote(preload, {}, str(ROOT)) is not zygote
+
+
 # --------------------------------------------------------------------------
 # bombs that are quiet at batch 1
 # --------------------------------------------------------------------------
