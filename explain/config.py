@@ -19,6 +19,8 @@ Environment variables:
     GLASSBOX_VETTED_BATCH: the largest batch a user's graph (TorchScript,
         ``.pt2``) is run at in that child, and so the largest chunk the server
         runs it at (default 64; rounded down to a power of two).
+    GLASSBOX_SANDBOX_ZYGOTE: ``0`` starts every sandbox child as a fresh
+        Python instead of forking it from a warmed-up helper process (slower).
 """
 from __future__ import annotations
 
@@ -78,6 +80,11 @@ def vetted_batch() -> int:
     """Largest batch a user's graph is vetted at, a power of two (env ``GLASSBOX_VETTED_BATCH`` or 64)."""
     value = max(1, int(_env_number("GLASSBOX_VETTED_BATCH", VETTED_BATCH)))
     return 1 << (value.bit_length() - 1)
+
+
+def sandbox_zygote() -> bool:
+    """False when ``GLASSBOX_SANDBOX_ZYGOTE=0``: sandbox children start fresh instead of forked."""
+    return os.environ.get("GLASSBOX_SANDBOX_ZYGOTE", "").strip() != "0"
 
 
 def trusted_mode() -> bool:

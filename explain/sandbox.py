@@ -254,7 +254,7 @@ def run_in_sandbox(
             work on before ``lock_down`` (``WARMUP``); not sent to a zygote's
             child, which the preload warmed up already.
         preload: trusted code for a zygote (`explain.sandbox_zygote`): when
-            given and ``GLASSBOX_SANDBOX_ZYGOTE`` is not ``0``, the child is
+            given and `explain.config.sandbox_zygote` allows it, the child is
             forked from a zygote that ran it once, else started fresh.
 
     Returns:
@@ -269,7 +269,7 @@ def run_in_sandbox(
     })
     start = time.monotonic()
     try:
-        child = _fork_from_zygote(preload) if preload and os.environ.get("GLASSBOX_SANDBOX_ZYGOTE") != "0" else None
+        child = _fork_from_zygote(preload) if preload and config.sandbox_zygote() else None
         if child is not None:
             run = _supervise(child, lambda: child.send(PRELUDE + code, settings, [bytes(8), data]), timeout)
         else:
