@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import history_formats as formats
+from .downsampling import MAX_ROWS, downsample_rows
 from .errors import CorruptFile, IncompatibleInput, InputRefused
 from .history_formats import load_checkpoint_dict  # noqa: F401 - part of this module's API
 
@@ -60,12 +61,15 @@ class TrainingHistory:
             through `with_roles`.
         sources: where the data came from (file names).
         name: a display name (the run).
+        warnings: one line each about what was read only in part (a damaged
+            file, rows averaged for size); the page and the CLI show them.
     """
 
     frame: pd.DataFrame
     roles: dict[str, str | None] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     name: str = "run"
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -225,8 +229,9 @@ def _numeric(col: pd.Series) -> pd.Series | None:
     return values
 
 
-def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str) -> TrainingHistory:
-    """Split x columns from series, coerce numbers, guess roles."""
+def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str,
+          warnings: list[str] | None = None) -> TrainingHistory:
+    """Split x columns from series, coerce numbers, guess roles; average very long logs down."""
     if raw.empty or raw.shape[1] == 0:
         raise CorruptFile(f"{source}: no rows found.")
     out: dict[str, pd.Series] = {}
@@ -249,7 +254,9 @@ def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str) -> Tra
     series = [c for c in out if c not in X_COLUMNS]
     if not series:
         raise IncompatibleInput(f"{source}: no numeric series found (columns: {', '.join(map(str, raw.columns))}).")
-    frame = pd.DataFrame(out).reset_index(drop=True)
+    frame = pd.DataFrame({**{x: out[x] for x in X_COLUMNS if x in out}, **{c: out[c] for c in series}})
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        frame = frame.reset_index(drop=True)
     if step_is_epoch and "step" in frame and "epoch" not in frame:
         frame = frame.rename(columns={"step": "epoch"})
     if "epoch" not in frame and "step" not in frame:
@@ -259,9 +266,10 @@ def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str) -> Tra
         if wt.notna().any():
             frame["wall_time"] = wt - wt.min()
     order = [c for c in X_COLUMNS if c in frame] + series
-    frame = frame[order]
+    frame, note = downsample_rows(frame if list(frame.columns) == order else frame[order], MAX_ROWS, source)
     name = Path(source).stem or "run"
-    return TrainingHistory(frame=frame, roles=guess_roles(series), sources=[source], name=name)
+    warnings = list(warnings or []) + ([note] if note else [])
+    return TrainingHistory(frame=frame, roles=guess_roles(series), sources=[source], name=name, warnings=warnings)
 
 
 def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> TrainingHistory:
@@ -296,7 +304,8 @@ def read_history(source: str | os.PathLike | bytes, filename: str | None = None)
             files = sorted(p for p in path.rglob("*") if p.is_file() and "tfevents" in p.name)
             if not files:
                 raise IncompatibleInput(f"{path}: the folder holds no TensorBoard event files (events.out.tfevents.*).")
-            return _tidy(*formats.parse_event_files(files, path, str(path)), source=str(path))
+            frame, step_is_epoch, warnings = formats.parse_event_files(formats.read_event_folder(files, path), str(path))
+            return _tidy(frame, step_is_epoch, source=str(path), warnings=warnings)
         if not path.is_file():
             raise InputRefused(f"{path}: no such file.")
         data, name = path.read_bytes(), filename or path.name
@@ -304,7 +313,8 @@ def read_history(source: str | os.PathLike | bytes, filename: str | None = None)
         raise CorruptFile(f"{name}: the file is empty.")
     kind = formats.sniff(data, name)
     if kind == "tensorboard":
-        return _tidy(*formats.parse_tensorboard_bytes(data, name), source=name)
+        frame, step_is_epoch, warnings = formats.parse_event_files([("", name, data)], name)
+        return _tidy(frame, step_is_epoch, source=name, warnings=warnings)
     if kind == "checkpoint":
         return read_checkpoint_history(data, name)
     if kind == "json":
@@ -355,7 +365,8 @@ def merge_histories(histories: list[TrainingHistory], name: str | None = None) -
     series = [c for c in merged.columns if c not in X_COLUMNS]
     roles = guess_roles(series)
     sources = [s for h in histories for s in h.sources]
-    return TrainingHistory(merged, roles, sources, name or " + ".join(h.name for h in histories))
+    warnings = [w for h in histories for w in h.warnings]
+    return TrainingHistory(merged, roles, sources, name or " + ".join(h.name for h in histories), warnings)
 
 
 def smooth_ema(values: np.ndarray | pd.Series, weight: float) -> np.ndarray:

@@ -54,3 +54,28 @@ def test_cli_in_process_tensorboard_missing_file_and_usage(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["training", str(tmp_path / "tb"), "--role", "banana=loss"]) == 2
     assert "--role" in capsys.readouterr().err
+
+
+def test_cli_deeply_nested_json_exits_3_with_one_line(tmp_path):
+    (tmp_path / "deep.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    proc = run_cli(tmp_path / "deep.json")
+    assert proc.returncode == 3 and proc.stdout == "", proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "nests JSON more than 32 levels deep" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_reports_a_truncated_event_file_in_warnings(tmp_path, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from explain.cli import main
+
+    w = SummaryWriter(str(tmp_path / "tb"))
+    for step in range(30):
+        w.add_scalar("train/loss", 1.0 / (step + 1), step)
+    w.close()
+    event_file = next((tmp_path / "tb").glob("events.out.tfevents.*"))
+    event_file.write_bytes(event_file.read_bytes()[:-30])  # cut inside the last records
+    assert main(["training", str(tmp_path / "tb")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["series"]["train/loss"] < 30
+    assert len(out["warnings"]) == 1 and "truncated in record" in out["warnings"][0]

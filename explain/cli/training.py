@@ -3,6 +3,9 @@
 ``python -m explain training LOG [LOG...]`` reads CSV (Lightning, Keras, any
 epoch/step table), JSON / JSON lines, TensorBoard event files or folders, and
 checkpoints with a stored ``history``; several logs are merged into one run.
+``warnings`` lists what was read only in part: a TensorBoard file truncated or
+damaged at some record (the values before it are used), or a log so long that
+its rows were averaged down (see `explain.downsampling`).
 """
 from __future__ import annotations
 
@@ -54,4 +57,5 @@ def run(args: argparse.Namespace) -> dict:
         "x_columns": history.x_columns,
         "points": int(len(frame)),
         "sources": history.sources,
+        "warnings": history.warnings,
     }

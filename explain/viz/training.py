@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..downsampling import downsample_points
 from ..evolution import AttributionDrift, WeightChange
 from ..finding import Finding
 from ..history import TrainingHistory, smooth_ema
@@ -38,7 +39,7 @@ def _add_series(fig: go.Figure, history: TrainingHistory, column: str, x: str, n
     s = history.series(column, x)
     if s.empty:
         return
-    xs, ys = s.index.to_numpy(dtype=float), s.to_numpy(dtype=float)
+    xs, ys = downsample_points(s.index.to_numpy(dtype=float), s.to_numpy(dtype=float))  # a long log: bin means
     kw = dict(row=row, col=1, secondary_y=secondary) if secondary else dict(row=row, col=1)
     smoothed = smoothing > 0 and len(ys) > 2
     fig.add_trace(go.Scatter(
