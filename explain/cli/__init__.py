@@ -8,7 +8,11 @@ Each subcommand lives in its own module here and exposes:
 
 ``main`` prints that dict as one JSON object and exits 0; a `UsageError`
 exits 2 and an `InputRefused` exits 3, each with a one-line reason on stderr
-and never a traceback.
+and never a traceback. ``main`` enforces that for every subcommand: any other
+exception (a model whose forward raises, RecursionError, MemoryError, a bug)
+also becomes one line on stderr and exit 3, so subcommands need no catch-all
+of their own. Files named by ``--out`` are written through
+`explain.cli.out_file.replace_atomically`.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from ..errors import GlassboxError, InputRefused, UsageError
 SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "attention", "training", "report")
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,21 +66,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """The telling line of ``text``, at most ``limit`` characters.
+
+    That is the first non-empty line, except for TorchScript's "The following
+    operation failed in the TorchScript interpreter." whose cause is its last line.
+    """
+    lines = [part.strip() for part in str(text).splitlines() if part.strip()] or [""]
+    line = lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand: one JSON object on stdout, or one line on stderr; the exit code.
+
+    Returns:
+        0 ok, 2 usage error, 3 input refused or the run failed, 130 interrupted.
+    """
+    command = "explain"
     try:
         args = build_parser().parse_args(argv)
+        command = getattr(args, "command", None) or command
         if not getattr(args, "_run", None):
             raise UsageError("Missing subcommand. Run `python -m explain --help`.")
-        result = args._run(args)
+        text = json.dumps(to_json_safe(args._run(args)), allow_nan=False)
     except UsageError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {one_line(exc.message)}", file=sys.stderr)
         return EXIT_USAGE
     except InputRefused as exc:
-        print(f"refused: {exc.message}", file=sys.stderr)
+        print(f"refused: {one_line(exc.message)}", file=sys.stderr)
         return EXIT_REFUSED
     except GlassboxError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {one_line(exc.message)}", file=sys.stderr)
         return EXIT_REFUSED
-    json.dump(to_json_safe(result), sys.stdout, allow_nan=False)
-    sys.stdout.write("\n")
+    except KeyboardInterrupt:
+        print(f"interrupted: {command} stopped before it finished.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the contract: never a traceback; RecursionError and MemoryError included
+        detail = one_line(str(exc)) or "no message"
+        print(f"error: {command} failed ({type(exc).__name__}: {detail}).", file=sys.stderr)
+        return EXIT_REFUSED
+    sys.stdout.write(text + "\n")
     return EXIT_OK

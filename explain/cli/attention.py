@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GlassboxError, InputRefused, UsageError
+from ..errors import UsageError
+from .out_file import replace_atomically
 
 NAME = "attention"
 
@@ -30,22 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..attention import capture_attention
 
-    try:
-        model = _load_model(args.model, args.spec)
-        inputs = _read_inputs(args.inputs, model)
-        maps = capture_attention(model, inputs)
-    except GlassboxError:
-        raise
-    except Exception as exc:  # the CLI contract: a one-line reason, never a traceback
-        line = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise InputRefused(f"Reading attention failed ({type(exc).__name__}: {line}).") from None
+    model = _load_model(args.model, args.spec)
+    inputs = _read_inputs(args.inputs, model)
+    maps = capture_attention(model, inputs)
     out = Path(args.out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out, attention=maps.weights.astype(np.float32),
+    with replace_atomically(out) as tmp:
+        np.savez_compressed(tmp, attention=maps.weights.astype(np.float32),
                             layer_names=np.asarray(maps.layer_names, dtype=str))
-    except OSError as exc:
-        raise UsageError(f"Cannot write {out} ({exc.strerror}).") from None
     return {
         "layers": maps.num_layers,
         "heads": maps.num_heads,

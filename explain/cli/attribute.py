@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptFile, UsageError
+from .out_file import replace_atomically
 
 NAME = "attribute"
 
@@ -39,14 +40,11 @@ def run(args: argparse.Namespace) -> dict:
     params = _method_params(method, args, model)
     result = method.explain(model, inputs, target=args.target, **params)
     out = Path(args.out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    with replace_atomically(out) as tmp:
         np.savez_compressed(
-            out, values=result.values, targets=result.target, completeness_error=result.completeness_error,
+            tmp, values=result.values, targets=result.target, completeness_error=result.completeness_error,
             base_value=result.base_value, output=result.output,
         )
-    except OSError as exc:
-        raise UsageError(f"Cannot write {out} ({exc.strerror}).") from None
     return {
         "method": result.method,
         "targets": result.target,

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GlassboxError, InputRefused, UsageError
 from ..inputs import InputBatch, read_inputs
 from ..loading import load_model
 from ..model import LoadedModel
@@ -26,22 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load ``args.model`` and return the JSON description (see the module docstring)."""
-    try:
-        sample = _sample_array(args.inputs) if args.inputs else None
-        model = load_model(args.model, args.spec, sample_input=sample)
-        result = describe_model(model)
-        batch = read_inputs(args.inputs, model.spec) if args.inputs else None
-        if batch is not None:
-            result["inputs"] = describe_batch(batch)
-        if args.layers:
-            from ..structure import describe_layers  # torch's FLOP counter: only when asked
+    sample = _sample_array(args.inputs) if args.inputs else None
+    model = load_model(args.model, args.spec, sample_input=sample)
+    result = describe_model(model)
+    batch = read_inputs(args.inputs, model.spec) if args.inputs else None
+    if batch is not None:
+        result["inputs"] = describe_batch(batch)
+    if args.layers:
+        from ..structure import describe_layers  # torch's FLOP counter: only when asked
 
-            result["layers"] = describe_layers(model, batch.array if batch is not None else zeros_batch(model))
-    except GlassboxError:
-        raise
-    except Exception as exc:  # the CLI contract: a one-line reason, never a traceback
-        line = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise InputRefused(f"Inspecting the model failed ({type(exc).__name__}: {line}).") from None
+        result["layers"] = describe_layers(model, batch.array if batch is not None else zeros_batch(model))
     return result
 
 

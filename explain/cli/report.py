@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
+from .out_file import replace_atomically
 
 NAME = "report"
 
@@ -53,8 +54,14 @@ def run(args: argparse.Namespace) -> dict:
         max_inputs=args.max_inputs, method_params=method_params, title=args.title,
         invocation={"command": _command(args)},
     )
-    path = report.save(out)
-    pdf = str(report.to_pdf(args.pdf)) if args.pdf else None
+    with replace_atomically(out) as tmp:
+        report.save(tmp)
+    pdf = None
+    if args.pdf:
+        with replace_atomically(args.pdf) as tmp:
+            report.to_pdf(tmp)
+        pdf = str(Path(args.pdf).resolve())
+    path = out
     return {
         "out": str(path),
         "sections": report.section_titles,
