@@ -14,6 +14,8 @@ from explain.inputs import detokenize
 from explain.model import LoadedModel
 from explain.viz import attribution as viz
 
+from .text import escape_markdown
+
 
 def caption_for(attr: Attribution, index: int) -> str:
     """Completeness error, time and device under a map."""
@@ -26,7 +28,7 @@ def render_prediction(model: LoadedModel, probs: np.ndarray, label: int | None, 
     names = model.spec.class_names or [str(i) for i in range(len(probs))]
     pred = int(np.argmax(probs))
     truth = f" · true: {names[label]}" if label is not None and 0 <= label < len(names) else ""
-    st.markdown(f"**{names[pred]}** ({probs[pred]:.1%}){truth}")
+    st.markdown(f"**{escape_markdown(names[pred])}** ({probs[pred]:.1%}){escape_markdown(truth)}")
     st.plotly_chart(viz.probabilities_figure(probs, names, height=30 + 22 * min(5, len(probs))),
                     config={"displayModeBar": False}, key=key)
 
@@ -40,7 +42,7 @@ def render_grid(
     header = st.columns([1] + [1] * len(attrs))
     header[0].markdown("**Input · prediction**")
     for col, attr in zip(header[1:], attrs):
-        col.markdown(f"**{attr.method}**  \ntarget: {model.spec.class_name(int(attr.target[0]))}"
+        col.markdown(f"**{attr.method}**  \ntarget: {escape_markdown(model.spec.class_name(int(attr.target[0])))}"
                      if len(set(attr.target.tolist())) == 1 else f"**{attr.method}**")
     if modality == "image":
         images = viz.to_display_images(attrs[0].inputs, model.spec)
@@ -53,7 +55,7 @@ def render_grid(
             if modality == "image":
                 st.image(images[r], width=160, caption=f"input {r}")
             elif modality == "text":
-                st.markdown(f"input {r}: " + _escape(" ".join(t for t in _tokens(model, attrs[0].inputs[r]) if t != "<pad>")))
+                st.markdown(f"input {r}: " + escape_markdown(" ".join(t for t in _tokens(model, attrs[0].inputs[r]) if t != "<pad>")))
             else:
                 st.markdown(f"row {r}")
             render_prediction(model, probs[r], label, key=f"probs_{r}")
@@ -70,7 +72,7 @@ def render_grid(
                                     config={"displayModeBar": False}, key=f"tab_{attr.method}_{r}_of_{len(attrs)}")
                 else:
                     tokens = _tokens(model, attr.inputs[r])
-                    st.caption(f"→ {target_name}")
+                    st.caption(f"→ {escape_markdown(target_name)}")
                     st.html(viz.text_attribution_html(tokens, attr.values[r]))
                 st.caption(caption_for(attr, r))
 
@@ -132,12 +134,3 @@ def _raw_tabular(model: LoadedModel, row: np.ndarray) -> np.ndarray:
         return np.asarray(row) * np.asarray(spec.std) + np.asarray(spec.mean)
     return np.asarray(row)
 
-
-def _escape(text: str) -> str:
-    """Escape user text for st.markdown (HTML and markdown control characters)."""
-    import html
-
-    out = html.escape(text)
-    for ch in "\\`*_{}[]()#+-.!|<>~":
-        out = out.replace(ch, "\\" + ch)
-    return out

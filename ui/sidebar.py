@@ -7,6 +7,7 @@ from explain.config import max_upload_mb
 from sample_models import SAMPLE_NAMES
 
 from . import state
+from .text import escape_markdown
 
 SAMPLE_LABELS = {
     "shapes": "Shapes — image, residual CNN",
@@ -64,7 +65,7 @@ def _render_uploads() -> None:
     state.set_input_uploads([state.UploadedBlob.from_upload(f) for f in input_files or []])
     error = state.upload_error()
     if error:
-        st.error(error, icon="🚫")
+        st.error(escape_markdown(error), icon="🚫")
         st.caption("Showing the sample model until an upload loads.")
 
 
@@ -75,6 +76,6 @@ def _render_model_card() -> None:
         state.show_error(exc, "Loading the model")
         return
     st.caption(
-        f"**{model.name}** · {model.format} · {model.modality} · "
+        f"**{escape_markdown(model.name)}** · {model.format} · {model.modality} · "
         f"{model.parameter_count():,} parameters · sha256 `{model.sha256[:12]}`"
     )

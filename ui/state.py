@@ -24,6 +24,8 @@ from explain.model import LoadedModel
 from explain.spec import InputSpec
 from sample_models import SAMPLE_NAMES, load_sample, sample_inputs
 
+from .text import escape_markdown
+
 log = logging.getLogger("glassbox.ui")
 
 DEFAULT_SAMPLE = "shapes"
@@ -153,13 +155,13 @@ def current_inputs() -> InputBatch:
 
 # -- errors ----------------------------------------------------------------------
 def show_error(exc: BaseException, doing: str | None = None) -> None:
-    """Render an error as one clear line (never a traceback)."""
+    """Render an error as one clear line (never a traceback), shown literally: it quotes user text."""
     prefix = f"{doing} failed: " if doing else ""
     if isinstance(exc, GlassboxError):
-        st.error(prefix + exc.message, icon="⚠️")
+        st.error(escape_markdown(prefix + exc.message), icon="⚠️")
     else:
         log.exception("unexpected error", exc_info=exc)
-        st.error(f"{prefix}{type(exc).__name__}: {exc}", icon="⚠️")
+        st.error(escape_markdown(f"{prefix}{type(exc).__name__}: {exc}"), icon="⚠️")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from explain.methods import compatible_methods, get_method
 from explain.viz.attribution import SIGNS
 from ui import state
 from ui.attribution_view import render_downloads, render_grid, render_summary
+from ui.text import escape_markdown
 from ui.widgets import ProgressBar, param_widgets
 
 DEFAULT_METHOD = "integrated_gradients"
@@ -17,6 +18,7 @@ MAX_ROWS = {"image": 4, "tabular": 3, "text": 4}
 
 st.title("Output explanations")
 
+ready = False  # the boundary below may stop half-way: nothing it defines is used unless it finished
 with state.error_boundary("Loading the model and inputs"):
     model = state.current_model()
     batch = state.current_inputs()
@@ -25,7 +27,7 @@ with state.error_boundary("Loading the model and inputs"):
     n_inputs = len(batch.array)
     probs = model.predict_proba(batch.array)
 
-    st.caption(f"{model.name} · {model.format} · {model.modality} · {n_inputs} inputs · "
+    st.caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {n_inputs} inputs · "
                f"{len(names)} compatible methods")
 
     c1, c2, c3 = st.columns([2, 2, 1])
@@ -49,6 +51,9 @@ with state.error_boundary("Loading the model and inputs"):
                 with col:
                     st.markdown(f"**{name}**")
                     params_by_method[name] = param_widgets(name, get_method(name).params)
+    ready = True
+if not ready:
+    st.stop()
 
 if not chosen:
     st.info("Choose at least one method.")

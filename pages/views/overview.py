@@ -14,6 +14,7 @@ from explain.report import build_report
 from explain.report_sections import token_strings
 from explain.viz import attribution as viz
 from ui import state
+from ui.text import escape_markdown
 
 DEFAULT_METHOD = "integrated_gradients"
 FINAL = "final model"
@@ -93,7 +94,7 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
         st.plotly_chart(viz.tabular_bar_figure(attr.values[row], names, top_k=10, title=f"{attr.method} → {target}"),
                         config={"displayModeBar": False}, key=key)
     else:
-        st.caption(f"{attr.method} → {target}")
+        st.caption(f"{attr.method} → {escape_markdown(target)}")
         st.html(viz.text_attribution_html(token_strings(model, attr.inputs[row]), attr.values[row]))
     err = attr.completeness_error[row]
     err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
@@ -109,7 +110,7 @@ def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
         st.plotly_chart(viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=title),
                         config={"displayModeBar": False}, key=key)
     elif result.kind == "tokens":
-        st.caption(title)
+        st.caption(escape_markdown(title))
         st.html(viz.text_attribution_html(token_strings(model, x[0]), result.display[0]))
     else:
         units = [f"unit {j}" for j in range(result.display.shape[1])]
@@ -139,7 +140,7 @@ index = top[0].selectbox("Input", list(range(n)), key="gb_ov_input",
                          format_func=lambda i: f"#{i} · {model.spec.class_name(int(np.argmax(probs[i])))}")
 method = top[1].selectbox("Method", names, index=names.index(DEFAULT_METHOD) if DEFAULT_METHOD in names else 0,
                           key="gb_ov_method")
-top[2].caption(f"{model.name} · {model.format} · {model.modality} · {n} inputs. Choose a layer (Structure) or a "
+top[2].caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {n} inputs. Choose a layer (Structure) or a "
                "checkpoint (Training): the Output column follows.")
 x = batch.array[index : index + 1]
 x_sha = _hash(x)
@@ -169,7 +170,7 @@ with train_col:
             st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves")
             for f in findings:
                 icon = {"error": "🛑", "warning": "⚠️"}.get(f.severity, "ℹ️")
-                st.markdown(f"{icon} **{f.kind}** — {f.message}")
+                st.markdown(f"{icon} **{f.kind}** — {escape_markdown(f.message)}")
 
 with struct_col:
     st.subheader("Structure")
@@ -204,23 +205,23 @@ with struct_col:
 
 with out_col:
     st.subheader("Output")
+    model_key = f"{model.sha256}:{chosen_ckpt}"
+    explained = None  # the model at the chosen checkpoint, once it loaded
     with state.error_boundary("Explaining the input"):
-        explained = model
-        if chosen_ckpt != FINAL:
-            explained = _checkpoint_model(model.sha256, chosen_ckpt, model)
-        model_key = f"{model.sha256}:{chosen_ckpt}"
-        p = explained.predict_proba(x)[0]
+        at_checkpoint = model if chosen_ckpt == FINAL else _checkpoint_model(model.sha256, chosen_ckpt, model)
+        p = at_checkpoint.predict_proba(x)[0]
+        explained = at_checkpoint
         k = int(np.argmax(p))
         truth = batch.labels[index] if batch.labels is not None else None
-        st.markdown(f"**{model.spec.class_name(k)}** ({p[k]:.1%})"
-                    + (f" · true: {model.spec.class_name(int(truth))}" if truth is not None else "")
-                    + (f" · weights: {Path(chosen_ckpt).stem}" if chosen_ckpt != FINAL else ""))
+        st.markdown(f"**{escape_markdown(model.spec.class_name(k))}** ({p[k]:.1%})"
+                    + (f" · true: {escape_markdown(model.spec.class_name(int(truth)))}" if truth is not None else "")
+                    + (f" · weights: {escape_markdown(Path(chosen_ckpt).stem)}" if chosen_ckpt != FINAL else ""))
         with st.spinner(f"Explaining with {method}…"):
             attr = _explain(model_key, x_sha, method, explained, x)
         _draw_attribution(model, attr, 0, key="ov_map")
-    if chosen_layer != NO_LAYER:
+    if chosen_layer != NO_LAYER and explained is not None:
         with state.error_boundary(f"Attributing to layer {chosen_layer}"):
-            with st.spinner(f"Attributing to {chosen_layer}…"):
+            with st.spinner(f"Attributing to {escape_markdown(chosen_layer)}…"):
                 result = _explain_layer(model_key, x_sha, chosen_layer, layer_method, explained, x)
             _draw_layer(model, result, x, key="ov_layer_map")
 
@@ -243,6 +244,6 @@ stored = st.session_state.get("gb_ov_report")
 if stored and stored[0] == report_key:
     _, html_bytes, failed = stored
     if failed:
-        st.warning("Parts that could not be built (the report says why): " + ", ".join(failed))
+        st.warning("Parts that could not be built (the report says why): " + escape_markdown(", ".join(failed)))
     st.download_button("Download report (HTML)", html_bytes, file_name=f"glassbox-{model.name}.html",
                        mime="text/html", key="gb_ov_download", type="primary")

@@ -11,6 +11,7 @@ from explain import activations, attention, attention_summary, graph, layer_impo
 from explain.errors import GlassboxError
 from explain.viz import structure as viz
 from ui import state
+from ui.text import escape_markdown
 
 MAX_ATTENTION_INPUTS = 16
 MAX_IMPORTANCE_INPUTS = 8
@@ -52,7 +53,7 @@ with state.error_boundary("Loading the model and inputs"):
 if not ok:
     st.stop()
 
-st.caption(f"{model.name} · {model.format} · {model.modality} · {table.total_parameters:,} parameters · "
+st.caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {table.total_parameters:,} parameters · "
            f"{table.total_flops:,} FLOPs for a batch of {table.batch_size} "
            f"({table.total_flops / max(table.batch_size, 1):,.0f} per input)")
 tab_layers, tab_graph, tab_attention, tab_acts, tab_importance = st.tabs(
@@ -81,7 +82,7 @@ with tab_layers:
     st.caption(f"{len(rows)} of {len(table.rows)} modules. FLOPs as torch's FlopCounterMode counts them "
                "(a multiply-add = 2; element-wise ops = 0), for the batch above. Click a header to sort.")
     for note in table.notes:
-        st.info(note)
+        st.info(escape_markdown(note))
     # bars only for the visible frontier (a parent's bar would double-count its children)
     parents = {r.name.rsplit(".", 1)[0] for r in rows if "." in r.name} | {""}
     frontier = [r for r in rows if r.name and r.name not in parents and r.flops]
@@ -104,7 +105,7 @@ with tab_graph:
         info = graph.describe_module(table, chosen)
         row = info["row"]
         m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Type", row.type)
+        m1.metric("Type", escape_markdown(row.type))
         m2.metric("Parameters", f"{row.parameters:,}",
                   help=f"{100 * (info['parameter_share'] or 0):.1f}% of the model; {row.frozen:,} frozen")
         m3.metric("FLOPs", "unknown" if row.flops is None else f"{row.flops:,}")
@@ -119,13 +120,13 @@ with tab_attention:
     reason = attention.attention_unavailable_reason(model)
     maps = None
     if reason:
-        st.info(reason)
+        st.info(escape_markdown(reason))
     else:
         try:
             with st.spinner("Capturing attention…"):
                 maps = _attention(model.sha256, inputs_sha, model, inputs[:MAX_ATTENTION_INPUTS])
         except GlassboxError as exc:
-            st.info(exc.message)
+            st.info(escape_markdown(exc.message))
     if maps is not None:
         with state.error_boundary("Drawing attention"):
             n_inputs = maps.weights.shape[1]
@@ -145,10 +146,10 @@ with tab_attention:
             w_drawn, labels = attention_summary.pool_attention(w, tokens)
             if len(labels) < length:
                 st.caption(f"{length} tokens pooled into {len(labels)} blocks for drawing (keys summed, queries averaged).")
-            st.caption(f"{maps.num_layers} layers × {maps.num_heads} heads · {maps.source} · rows are queries, "
+            st.caption(f"{maps.num_layers} layers × {maps.num_heads} heads · {escape_markdown(maps.source)} · rows are queries, "
                        "columns the keys they attend to.")
             for note in maps.notes:
-                st.caption(note)
+                st.caption(escape_markdown(note))
             st.plotly_chart(viz.figure_attention_grid(w_drawn, maps.layer_names, labels, selected=(layer, head)),
                             width="stretch", key="gb_att_grid")
             left, right = st.columns(2)
@@ -194,7 +195,7 @@ with tab_acts:
 with tab_importance:
     why_not = layer_importance.importance_unavailable_reason(model)
     if why_not:
-        st.info(why_not)
+        st.info(escape_markdown(why_not))
     else:
         c1, c2, c3 = st.columns(3)
         idepth = c1.slider("Layer depth", 1, max(table.max_depth, 1), min(2, max(table.max_depth, 1)), key="gb_imp_depth")
@@ -213,7 +214,7 @@ with tab_importance:
                 for name, why in result.skipped.items():
                     by_reason.setdefault(why, []).append(name)
                 for why, names in by_reason.items():
-                    st.caption(f"Not scored: {', '.join(names)} ({why}).")
+                    st.caption(escape_markdown(f"Not scored: {', '.join(names)} ({why})."))
         else:
             st.caption("Scores every layer with LayerIntegratedGradients for the predicted class. "
                        "Press **Rank layers** to start.")

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from explain.downsampling import MAX_ROWS
 from explain.evolution import UNITS, compute_checkpoint_drift, compute_weight_changes, read_checkpoint
 from explain.findings import diagnose
 from explain.history import ROLES, merge_histories, read_history
 from explain.viz import training as viz
 from ui import state
+from ui.text import escape_markdown
 
 LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
 CKPT_TYPES = ["pt", "pth", "ckpt", "bin", "tar"]
@@ -52,7 +54,7 @@ def _render_findings(findings) -> None:
         st.caption("No findings: the curves are too short or no loss is assigned.")
     for f in findings:
         where = ", ".join(f"{e:g}" for e in f.epochs[:6])
-        st.markdown(f"{ICONS.get(f.severity, '•')} **{f.kind}** ({where}) — {f.message}")
+        st.markdown(f"{ICONS.get(f.severity, '•')} **{f.kind}** ({where}) — {escape_markdown(f.message)}")
     if findings:
         with st.expander("Evidence (the numbers behind each finding)"):
             st.json([{"kind": f.kind, "epochs": f.epochs, **f.evidence} for f in findings], expanded=False)
@@ -72,7 +74,8 @@ with st.expander("Your training logs and checkpoints", expanded=sample is None):
     log_files = c1.file_uploader(
         "Training logs", type=LOG_TYPES, accept_multiple_files=True, key="gb_train_logs",
         help="CSV (Lightning/Keras CSVLogger, any epoch/step table), JSON / JSON lines, TensorBoard event "
-             "files (events.out.tfevents.*), or checkpoints that store a 'history'.",
+             "files (events.out.tfevents.*), or checkpoints that store a 'history'. Logs longer than "
+             f"{MAX_ROWS:,} rows are averaged down to about that many points (a note says so).",
     )
     ckpt_files = c2.file_uploader(
         "Checkpoints of this model (2 or more)", type=CKPT_TYPES, accept_multiple_files=True,
@@ -87,10 +90,10 @@ if not ckpts and sample_path is not None and (sample_path / "checkpoints").is_di
     ckpts = [(p.name, p.read_bytes()) for p in sorted((sample_path / "checkpoints").glob("*.pt"))]
 if not logs and sample_path is not None and (sample_path / "train_log.csv").is_file():
     logs = [("train_log.csv", (sample_path / "train_log.csv").read_bytes())]
-    source_note = f"the **{sample}** sample's train_log.csv"
+    source_note = f"the **{escape_markdown(sample)}** sample's train\\_log.csv"
 if not logs and ckpts:
     logs = [max(ckpts, key=lambda c: c[0])]  # the newest checkpoint's stored history
-    source_note = f"the history stored in {logs[0][0]}"
+    source_note = f"the history stored in {escape_markdown(logs[0][0])}"
 
 histories = []
 for name, data in logs:
@@ -101,6 +104,8 @@ if not histories:
     st.info("Upload training logs (or checkpoints with a stored history) above to see curves and findings.")
 else:
     st.caption(f"Curves from {source_note}.")
+    for warning in (w for h in histories for w in h.warnings):  # damaged files, long logs averaged down
+        st.warning(escape_markdown(warning), icon="⚠️")
     mode = "merge"
     if len(histories) > 1:
         mode = st.radio("Several logs", ["merge", "runs"], horizontal=True, key="gb_train_mode",
@@ -140,7 +145,7 @@ else:
             x_choice = c3.selectbox("x axis", xs, key="gb_train_x_runs")
             st.plotly_chart(viz.figure_runs(histories, smoothing, log_y, x_choice), key="gb_train_runs")
             for h in histories:
-                with st.expander(f"Findings · {h.name}", expanded=True):
+                with st.expander(f"Findings · {escape_markdown(h.name)}", expanded=True):
                     _render_findings(diagnose(h, patience=int(patience)))
 
 # -- checkpoint evolution ---------------------------------------------------------------------
@@ -155,7 +160,7 @@ if len(checkpoints) < 2:
             "explanations changed during training.")
     st.stop()
 
-st.caption(" · ".join(c.label for c in checkpoints))
+st.caption(escape_markdown(" · ".join(c.label for c in checkpoints)))
 with state.error_boundary("Comparing the weights"):
     change = compute_weight_changes(checkpoints)
     st.subheader("Relative weight change per layer")
@@ -181,7 +186,7 @@ with state.error_boundary("Explaining the checkpoints"):
         def show(done: int, total: int) -> None:
             at = min(done // UNITS + 1, k)
             bar.progress(min(done / max(total, 1), 1.0),
-                         text=f"Explaining checkpoint {at} of {k} ({checkpoints[at - 1].label})…")
+                         text=f"Explaining checkpoint {at} of {k} ({escape_markdown(checkpoints[at - 1].label)})…")
 
         try:
             cache.clear()  # keep one result per session
