@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import wait_for_app
+from ui.text import escape_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "views" / "overview.py")
@@ -70,7 +71,7 @@ def test_choosing_a_checkpoint_re_explains_with_its_weights():
     at.selectbox(key="gb_ov_ckpt").set_value(first).run()
     assert not at.exception and not at.error
     line = next(m.value for m in at.markdown if "weights:" in m.value)
-    assert Path(first).stem in line
+    assert escape_markdown(Path(first).stem) in line  # a file name: shown literally
     x = sample_inputs("cancer")["inputs"][:1]
     probs = model_at(read_checkpoint(first), load_sample("cancer")).predict_proba(x)[0]
     assert f"({probs.max():.1%})" in line  # the prediction shown is the checkpoint's
