@@ -28,9 +28,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from explain import InputSpec, LoadedModel  # noqa: E402
-from explain.methods import get_method  # noqa: E402
-from explain.methods.layer_integrated_gradients import reference_ids  # noqa: E402
+from explain.output.methods import get_method  # noqa: E402
+from explain.output.methods.layer_integrated_gradients import reference_ids  # noqa: E402
 
 
 # --------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def ceiling(case: Case, batch: int, precision: str) -> Callable[[], None]:
                         model.module(x[idx])
                 if text:
                     points = emb(x[idx]).detach().requires_grad_(True)
-                    handle = emb.register_forward_hook(lambda m, i, o: points)
+                    handle = emb.register_forward_hook(lambda m, i, o, points=points: points)
                     try:
                         out = model.module(x[idx])
                     finally:

@@ -1,35 +1,77 @@
 """Glassbox's library: load, explain and report on PyTorch models.
 
 Never imports streamlit: usable from a notebook, the CLI and tests exactly as
-from the app.
-"""
-from .attribution import Attribution
-from .errors import (
-    CorruptFile,
-    GlassboxError,
-    IncompatibleInput,
-    InputRefused,
-    TooLarge,
-    UnsafeFile,
-    UsageError,
-)
-from .finding import Finding
-from .model import LoadedModel
-from .params import ParamSpec
-from .spec import InputSpec, infer_spec
+from the app. One import gives the public API (like ``captum.attr``)::
 
-__all__ = [
-    "Attribution",
-    "CorruptFile",
-    "Finding",
-    "GlassboxError",
-    "IncompatibleInput",
-    "InputRefused",
-    "InputSpec",
-    "LoadedModel",
-    "ParamSpec",
-    "TooLarge",
-    "UnsafeFile",
-    "UsageError",
-    "infer_spec",
-]
+    import explain
+    model = explain.load_model("model.pt2")
+    batch = explain.read_inputs("x.npy", model.spec)
+    attribution = explain.get_method("integrated_gradients").explain(model, batch.array)
+
+The names are resolved on first use, so ``import explain.errors`` stays light
+(the sandbox child and the CLI's usage errors do not pay for torch's
+submodules). The folders are the architecture: ``loading/``, ``inputs/``,
+``output/``, ``structure/``, ``training/``, ``report/``, ``viz/``, ``cli/`` and the
+small core types here (docs/ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> the module that is its one home.
+_EXPORTS = {
+    "Attribution": "explain.attribution",
+    "CorruptFile": "explain.errors",
+    "GlassboxError": "explain.errors",
+    "IncompatibleInput": "explain.errors",
+    "InputRefused": "explain.errors",
+    "TooLarge": "explain.errors",
+    "UnsafeFile": "explain.errors",
+    "UsageError": "explain.errors",
+    "Cancelled": "explain.errors",
+    "Finding": "explain.finding",
+    "LoadedModel": "explain.model",
+    "ParamSpec": "explain.params",
+    "InputSpec": "explain.spec",
+    "infer_spec": "explain.spec",
+    "load_model": "explain.loading.loader",
+    "sniff_format": "explain.loading.loader",
+    "read_inputs": "explain.inputs.reading",
+    "InputBatch": "explain.inputs.reading",
+    "Explainer": "explain.output.methods",
+    "get_method": "explain.output.methods",
+    "all_methods": "explain.output.methods",
+    "compatible_methods": "explain.output.methods",
+    "Engine": "explain.output.engine",
+    "make_baseline": "explain.output.baselines",
+    "background_set": "explain.output.baselines",
+    "explain_layer": "explain.output.layer_attribution",
+    "describe_layers": "explain.structure.layers",
+    "build_layer_table": "explain.structure.layers",
+    "capture_attention": "explain.structure.attention",
+    "read_history": "explain.training.history",
+    "read_histories": "explain.training.history",
+    "diagnose": "explain.training.findings",
+    "read_checkpoints": "explain.training.evolution",
+    "compute_weight_changes": "explain.training.evolution",
+    "compute_checkpoint_drift": "explain.training.evolution",
+    "build_report": "explain.report.sections",
+    "Report": "explain.report.document",
+    "Section": "explain.report.document",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

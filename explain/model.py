@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import IncompatibleInput
-from .spec import InputSpec
+from explain.errors import IncompatibleInput
+from explain.spec import InputSpec
 
 #: Formats a LoadedModel can come from.
 FORMATS = ("safetensors", "state_dict", "checkpoint", "torchscript", "export", "pickle")
@@ -32,9 +32,9 @@ class LoadedModel:
             (a ``.pt2`` exported with a static batch); the engine batches in it.
         exported_program: the ``torch.export.ExportedProgram`` for ``export``.
         max_batch_rows: for a user's graph (``torchscript``, ``export``) loaded
-            by `explain.loading.load_model`: the largest batch the sandbox ran
+            by `explain.loading.loader.load_model`: the largest batch the sandbox ran
             it at (a power of two, or the fixed batch size; see
-            `explain.graph_probe`). Such a model runs only in chunks padded
+            `explain.loading.vetting`). Such a model runs only in chunks padded
             to a vetted size (`padded_rows`). None: no cap (eager formats, and
             models a caller built by hand, which the caller vouches for).
         extra: free-form metadata (checkpoint epoch, training history,
@@ -93,7 +93,7 @@ class LoadedModel:
             return 0
         return int(sum(p.numel() for p in params()))
 
-    def to(self, device: str | torch.device) -> "LoadedModel":
+    def to(self, device: str | torch.device) -> LoadedModel:
         """Move the model in place and return self. ``.pt2`` graphs move too."""
         device = torch.device(device)
         if device != self.device:

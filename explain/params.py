@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import UsageError
+from explain.errors import UsageError
 
 
 @dataclass(frozen=True)

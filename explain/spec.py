@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import IncompatibleInput
+from explain.errors import IncompatibleInput
 
 Modality = Literal["image", "tabular", "text"]
 MODALITIES: tuple[str, ...] = ("image", "tabular", "text")
@@ -69,7 +69,7 @@ class InputSpec:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
         if not isinstance(data, dict) or "modality" not in data or "input_shape" not in data:
             raise IncompatibleInput(
                 "The spec is not a Glassbox spec.",
@@ -79,7 +79,7 @@ class InputSpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "InputSpec":
+    def from_json(cls, text: str | bytes) -> InputSpec:
         try:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:

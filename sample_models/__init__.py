@@ -59,12 +59,12 @@ def sample_file(name: str, fmt: str = "safetensors") -> Path:
 
 
 def load_sample(name: str, fmt: str = "safetensors"):
-    """Load sample ``name`` from its ``fmt`` file through `explain.loading.load_model`.
+    """Load sample ``name`` from its ``fmt`` file through `explain.loading.loader.load_model`.
 
     Returns:
         An eval-mode `explain.model.LoadedModel` named ``name``.
     """
-    from explain.loading import load_model
+    from explain.loading.loader import load_model
 
     model = load_model(sample_file(name, fmt))
     model.name = name

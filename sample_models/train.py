@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,10 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from explain.architectures import build_architecture, default_config
+from explain.loading.architectures import build_architecture, default_config
 from explain.spec import InputSpec
-
-from . import artefacts, data
+from sample_models import artefacts, data
 
 SEED = 0
 N_SAMPLES = 32  # held-out, model-ready inputs shipped in samples.npz

@@ -10,9 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from explain.attention import attention_unavailable_reason, capture_attention
-from explain.attention_export import rewrite_attention_graph
-from explain.attention_summary import (
+from explain.errors import IncompatibleInput
+from explain.loading.architectures import build_architecture
+from explain.model import LoadedModel
+from explain.spec import InputSpec
+from explain.structure.attention import attention_unavailable_reason, capture_attention
+from explain.structure.attention_export import rewrite_attention_graph
+from explain.structure.attention_summary import (
     attention_to_tokens,
     compute_rollout,
     count_real_tokens,
@@ -20,10 +24,6 @@ from explain.attention_summary import (
     pool_attention,
     summarise_heads,
 )
-from explain.architectures import build_architecture
-from explain.errors import IncompatibleInput
-from explain.model import LoadedModel
-from explain.spec import InputSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = InputSpec("text", (16,), dtype="int64", vocabulary=[f"w{i}" for i in range(64)])
@@ -60,7 +60,7 @@ FILES = {"safetensors": "model.safetensors", "torchscript": "model.torchscript.p
 @pytest.fixture(scope="module")
 def text_model():
     """The sentiment sample as eager module plus every shipped format, loaded as a user's files are."""
-    from explain.loading import load_model
+    from explain.loading.loader import load_model
 
     models = {fmt: load_model(SENTIMENT / file) for fmt, file in FILES.items()}
     return models["safetensors"].module, models
@@ -113,7 +113,7 @@ def test_torchscript_with_grad_uses_the_sdpa_path_and_agrees(text_model):
 def test_frozen_torchscript_fast_path_gives_attention_and_flops(text_model):
     """Frozen weights make the scripted encoder take its fused kernel even with grad on:
     attention is recomputed from the kernel's inputs and its FLOPs are counted."""
-    from explain.structure import build_layer_table
+    from explain.structure.layers import build_layer_table
 
     model, _ = text_model
     buf = io.BytesIO()

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from explain.cli import main
-from explain.cli import attribute as attribute_cli
 from test_methods import load_case
+
+from explain.cli import attribute as attribute_cli
+from explain.cli import main
 
 
 @pytest.fixture

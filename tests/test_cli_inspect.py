@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from explain.architectures import build_architecture
 from explain.cli import main
+from explain.loading.architectures import build_architecture
 from explain.spec import InputSpec
 
 ROOT = Path(__file__).resolve().parent.parent

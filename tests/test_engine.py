@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_methods import load_case
 from torch import nn
 
 from explain import InputSpec, LoadedModel
-from explain.attribution_cache import ATTRIBUTION_CACHE, AttributionCache, make_key
-from explain.engine import Engine, ModelFunction, pad_rows
 from explain.errors import Cancelled, IncompatibleInput
-from explain.methods import get_method
-from explain.precision import choose_precision
-from test_methods import load_case
+from explain.output.cache import ATTRIBUTION_CACHE, AttributionCache, make_key
+from explain.output.engine import Engine, ModelFunction, pad_rows
+from explain.output.methods import get_method
+from explain.output.precision import choose_precision
 
 IG = get_method("integrated_gradients")
 
@@ -231,8 +231,8 @@ def test_empty_inputs_are_refused():
 
 
 def test_baselines_blur_mean_file_and_kmeans_background():
-    from explain.baselines import background_set, blur_images, make_baseline
     from explain.errors import UsageError
+    from explain.output.baselines import background_set, blur_images, make_baseline
 
     rng = np.random.default_rng(0)
     img = rng.normal(size=(2, 3, 16, 16)).astype(np.float32)

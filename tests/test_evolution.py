@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explain.architectures import build_architecture
 from explain.errors import IncompatibleInput, UnsafeFile
-from explain.evolution import (
+from explain.loading.architectures import build_architecture
+from explain.model import LoadedModel
+from explain.spec import InputSpec
+from explain.training.evolution import (
     Checkpoint,
     compute_attribution_drift,
     compute_checkpoint_drift,
@@ -20,8 +22,6 @@ from explain.evolution import (
     read_checkpoints,
     spearman,
 )
-from explain.model import LoadedModel
-from explain.spec import InputSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"in_features": 6, "hidden": [16], "num_classes": 2, "dropout": 0.0}

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import training_curves as curves
-from explain.findings import KINDS, diagnose
-from explain.history import TrainingHistory, guess_roles
+
+from explain.training.findings import KINDS, diagnose
+from explain.training.history import TrainingHistory, guess_roles
 
 SEEDS = range(6)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 import training_curves as curves
+
 from explain.errors import CorruptFile, IncompatibleInput, InputRefused, UnsafeFile
-from explain.findings import diagnose
-from explain.history import guess_roles, merge_histories, read_histories, read_history, smooth_ema
+from explain.training.findings import diagnose
+from explain.training.history import guess_roles, merge_histories, read_histories, read_history, smooth_ema
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-import explain.history as history_module
-from explain.downsampling import downsample_points, downsample_rows
+import explain.training.history as history_module
 from explain.errors import CorruptFile
-from explain.event_records import read_scalar_events, scan_records
-from explain.history import merge_histories, read_history
+from explain.training.downsampling import downsample_points, downsample_rows
+from explain.training.event_records import read_scalar_events, scan_records
+from explain.training.history import merge_histories, read_history
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 

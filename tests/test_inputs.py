@@ -1,4 +1,4 @@
-"""explain.inputs: every input format gives known model-ready numbers or a clear refusal."""
+"""explain.inputs.reading: every input format gives known model-ready numbers or a clear refusal."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
-from explain.inputs import InputBatch, detokenize, read_inputs, tokenize
+from explain.inputs.reading import InputBatch, detokenize, read_inputs, tokenize
 from explain.spec import InputSpec
 
 IMAGE = InputSpec("image", (3, 32, 32), mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], class_names=["a", "b"])
@@ -175,7 +175,7 @@ def test_tokenize_known_answers():
 
 
 def test_txt_files_give_one_row_per_line():
-    batch = read_inputs("Not good!\n\nbad\n".encode(), TEXT, filename="reviews.txt")
+    batch = read_inputs(b"Not good!\n\nbad\n", TEXT, filename="reviews.txt")
     assert batch.array.tolist() == [[2, 3, 4, 6, 0, 0], [2, 5, 0, 0, 0, 0]]
     assert batch.array.dtype == np.int64
     assert batch.display == [["<cls>", "not", "good", "!"], ["<cls>", "bad"]]

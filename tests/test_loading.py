@@ -1,4 +1,4 @@
-"""explain.loading: every accepted format round-trips, malicious files never run.
+"""explain.loading.loader: every accepted format round-trips, malicious files never run.
 
 Malicious files carry a ``__reduce__`` payload that would create a marker file;
 each test asserts the refusal *and* that the marker never appears.
@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from explain import loading_torchscript
-from explain.architectures import build_architecture
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
-from explain.loading import load_model, sniff_format
+from explain.loading import vetting
+from explain.loading.architectures import build_architecture
+from explain.loading.loader import load_model, sniff_format
 from explain.spec import SPEC_FILENAME, InputSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def test_malicious_pickles_are_refused_and_never_run(tmp_path, kind):
 
 def test_trusted_mode_loads_full_pickles_only_when_on(tmp_path, monkeypatch, tiny):
     path = tmp_path / "whole_model.pt"
-    torch.save(tiny["model"], path)  # pickles explain.architectures.TabularMLP itself
+    torch.save(tiny["model"], path)  # pickles explain.loading.architectures.TabularMLP itself
     monkeypatch.delenv("GLASSBOX_TRUSTED", raising=False)
     with pytest.raises(UnsafeFile, match="TabularMLP.*GLASSBOX_TRUSTED"):
         load_model(path, SPEC)
@@ -256,7 +256,7 @@ def test_pt2_pickled_weight_payload_is_refused(tiny, tmp_path):
 def test_export_deserializer_cannot_fall_back_to_full_unpickling(tmp_path):
     from torch._export.serde import serialize
 
-    from explain.loading_export import refuse_pickle_fallback
+    from explain.loading.export import refuse_pickle_fallback
 
     marker = tmp_path / "PWNED"
     original = serialize.deserialize_torch_artifact
@@ -338,7 +338,7 @@ def test_torchscript_that_needs_too_much_memory_is_refused():
 
 
 def test_torchscript_loader_crash_is_contained(monkeypatch, tiny):
-    monkeypatch.setattr(loading_torchscript, "CHILD_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(vetting, "TORCHSCRIPT_CHILD_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.raises(CorruptFile, match="crashed the loader \\(SIGSEGV\\)"):
         load_model(tiny["dir"] / "model.torchscript.pt")
 

@@ -1,7 +1,7 @@
 """Crafted TorchScript and .pt2 files must never touch the filesystem (security issue 9).
 
-Every uploaded TorchScript archive is checked statically (`explain.script_check`)
-and every .pt2 graph against the same operator allowlist (`explain.op_allowlist`)
+Every uploaded TorchScript archive is checked statically (`explain.loading.script_check`)
+and every .pt2 graph against the same operator allowlist (`explain.loading.op_allowlist`)
 before torch loads anything. Each attack here is a working payload on torch 2.13:
 the tests check it is refused by name and that its victim file is untouched.
 """
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from explain.errors import CorruptFile, UnsafeFile
-from explain.loading import load_model
-from explain.script_check import check_torchscript_archive
+from explain.loading.loader import load_model
+from explain.loading.script_check import check_torchscript_archive
 from explain.spec import SPEC_FILENAME, InputSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -340,7 +340,7 @@ def test_pt2_operators_outside_the_allowlist_are_refused_by_name(tmp_path, victi
 BOMB_CHILD = r"""
 import json, sys, time, zipfile
 from explain.errors import UnsafeFile
-from explain.loading import load_model
+from explain.loading.loader import load_model
 for path in sys.argv[1:]:
     start = time.perf_counter()
     try:

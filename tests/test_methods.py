@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from explain import LoadedModel, ParamSpec
-from explain.attribution_cache import ATTRIBUTION_CACHE
-from explain.methods import METHOD_MODULES, all_methods, compatible_methods, get_method
+from explain.output.cache import ATTRIBUTION_CACHE
+from explain.output.methods import METHOD_MODULES, all_methods, compatible_methods, get_method
 
 SAMPLES = ("shapes", "cancer", "sentiment")
 
@@ -27,7 +27,7 @@ def load_case(name: str, n: int = 4, fmt: str = "safetensors") -> tuple[LoadedMo
     return model, np.asarray(sample_models.sample_inputs(name)["inputs"][:n])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case(name: str) -> tuple[LoadedModel, np.ndarray]:
     """One shared (model, inputs) per sample for the whole module."""
     return load_case(name, n=8)

@@ -1,6 +1,6 @@
 """The shared operator allowlist: generated, free of I/O operators, and enough for what we ship.
 
-`explain/allowed_ops.txt` decides which operators an uploaded TorchScript or
+`explain/loading/allowed_ops.txt` decides which operators an uploaded TorchScript or
 .pt2 model may call (security issue 9); see tests/test_malicious_models.py for
 the payloads it stops.
 """
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from explain.errors import UnsafeFile
-from explain.loading_export import ALLOWED_PY_OPS, operator_name
-from explain.op_allowlist import ALLOWLIST_FILE, DENIED_NAMES, allowed_ops
-from explain.op_allowlist_gen import PATH_ARGUMENTS, generate_text
-from explain.script_check import check_torchscript_archive
+from explain.loading.export import ALLOWED_PY_OPS, operator_name
+from explain.loading.op_allowlist import ALLOWLIST_FILE, DENIED_NAMES, allowed_ops
+from explain.loading.op_allowlist_gen import PATH_ARGUMENTS, generate_text
+from explain.loading.script_check import check_torchscript_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ("cancer", "shapes", "sentiment")
@@ -33,7 +33,7 @@ def _script_bytes(module: nn.Module) -> bytes:
 
 def test_allowlist_file_is_what_the_generator_produces():
     assert ALLOWLIST_FILE.read_text(encoding="utf-8") == generate_text(), (
-        "run `python -m explain.op_allowlist_gen --write` and review the diff"
+        "run `python -m explain.loading.op_allowlist_gen --write` and review the diff"
     )
 
 
@@ -88,7 +88,7 @@ def test_common_layers_pass_the_torchscript_check():
 
 
 def test_every_operator_the_schema_rules_refuse_is_a_denied_name():
-    from explain.op_allowlist_gen import _is_safe
+    from explain.loading.op_allowlist_gen import _is_safe
 
     schemas: dict[str, list] = {}
     for schema in torch._C._jit_get_all_schemas():

@@ -5,7 +5,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -63,7 +62,7 @@ def test_choosing_a_layer_shows_its_attribution_with_exact_completeness():
 
 
 def test_choosing_a_checkpoint_re_explains_with_its_weights():
-    from explain.evolution import model_at, read_checkpoint
+    from explain.training.evolution import model_at, read_checkpoint
     from sample_models import load_sample, sample_inputs
 
     at = _run("cancer")
@@ -79,7 +78,7 @@ def test_choosing_a_checkpoint_re_explains_with_its_weights():
 
 def test_page_report_equals_the_cli_report(tmp_path, capsys):
     from explain.cli import main
-    from explain.report import drop_volatile, read_report_data
+    from explain.report.document import drop_volatile, read_report_data
     from sample_models import sample_dir
 
     at = _run("cancer")

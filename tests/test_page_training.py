@@ -29,7 +29,7 @@ def test_training_page_shows_curves_findings_and_evolution():
     assert any(m.startswith("ℹ️ **best_epoch**") and "validation loss" in m for m in _markdown(at))
     charts = at.get("plotly_chart")
     assert len(charts) == 4  # curves, weight change, drift correlation, drift maps
-    from explain.evolution import read_checkpoints
+    from explain.training.evolution import read_checkpoints
 
     labels = [c.label for c in read_checkpoints(sorted((SAMPLE / "checkpoints").glob("*.pt")))]
     assert labels[0] == "epoch 1" and len(labels) >= 2

@@ -10,15 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from explain.architectures import build_architecture
 from explain.cli import main
 from explain.errors import UsageError
+from explain.loading.architectures import build_architecture
 from explain.model import LoadedModel
-from explain.report import Report, Section, drop_volatile, find_chromium, read_report_data
-from explain.report import build_report
+from explain.report.document import Report, Section, drop_volatile, find_chromium, read_report_data
+from explain.report.sections import build_report
 from explain.spec import InputSpec
-
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
+from tests.conftest import CHROMIUM, SCREENSHOTS
 
 FAST = {"integrated_gradients": {"steps": 8}}
 EVIL = "</script><script>alert(1)</script>"
@@ -93,7 +92,7 @@ def test_report_params_record_everything_needed_to_reproduce(tmp_path):
 
 
 def test_a_failing_part_becomes_a_one_line_section_and_the_rest_is_built(monkeypatch):
-    import explain.report_sections as rs
+    import explain.report.sections as rs
 
     def boom(*args, **kwargs):
         raise RuntimeError("the method exploded\nwith a second line")
@@ -151,7 +150,7 @@ def test_section_html_and_unique_anchors():
 
 
 def test_pdf_needs_chromium(monkeypatch, tmp_path):
-    import explain.report as rep
+    import explain.report.document as rep
 
     monkeypatch.setattr(rep, "CHROMIUM_CANDIDATES", ())
     with pytest.raises(UsageError, match="needs Chromium"):
@@ -212,7 +211,7 @@ def _write_tabular_model(path: Path) -> LoadedModel:
     spec = InputSpec("tabular", (4,), class_names=["a", "b", "c"], feature_names=["f0", "f1", "f2", "f3"], name="mlp")
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path), metadata={
         "glassbox.architecture": "tabular_mlp", "glassbox.config": json.dumps(config), "glassbox.spec": spec.to_json()})
-    from explain.loading import load_model
+    from explain.loading.loader import load_model
 
     return load_model(path)
 

@@ -2,12 +2,12 @@
 
 Uses the files committed under ``sample_models/`` (no retraining). The shipped
 files are our own, so this test reads them with the plain torch loaders; the
-safe upload path (`explain.loading`) is exercised through `load_sample`.
+safe upload path (`explain.loading.loader`) is exercised through `load_sample`.
 """
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -16,8 +16,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from explain.architectures import build_architecture, default_config, list_architectures
 from explain.errors import IncompatibleInput, UsageError
+from explain.loading.architectures import build_architecture, default_config, list_architectures
 from explain.spec import SPEC_FILENAME, InputSpec
 from sample_models import SAMPLE_NAMES, data, load_sample, sample_dir, sample_file, sample_inputs
 
@@ -25,7 +25,7 @@ FLOORS = {"shapes": 0.9, "cancer": 0.95, "sentiment": 0.9}
 ARCHITECTURES = {"shapes": "shapes_resnet", "cancer": "tabular_mlp", "sentiment": "text_transformer"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def eager(name: str) -> torch.nn.Module:
     """The sample rebuilt from model.safetensors (registry + strict state dict)."""
     path = sample_dir(name) / "model.safetensors"

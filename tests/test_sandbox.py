@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from explain.errors import GlassboxError, TooLarge, UnsafeFile
-from explain.loading import load_model
-from explain.loading_torchscript import probe_in_child
-from explain.sandbox import run_in_sandbox
+from explain.loading.loader import load_model
+from explain.loading.sandbox import run_in_sandbox
+from explain.loading.vetting import probe_torchscript
 from explain.spec import SPEC_FILENAME, InputSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,13 +118,13 @@ def test_torchscript_writing_a_file_through_from_file_fails_and_leaves_it_intact
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(FileWriter(str(victim), len(CONTENT))), buf)
     with pytest.raises(GlassboxError, match="fails on an input"):
-        probe_in_child(buf.getvalue(), SPEC)  # straight to the sandbox, past any static check
+        probe_torchscript(buf.getvalue(), SPEC)  # straight to the sandbox, past any static check
     assert victim.read_bytes() == CONTENT
 
 
 def test_the_from_file_model_does_write_without_the_protections(victim):
     """The same model in a child without the privilege drop and Landlock overwrites the file."""
-    from explain.loading_torchscript import CHILD_CODE
+    from explain.loading.vetting import TORCHSCRIPT_CHILD_CODE as CHILD_CODE
 
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(FileWriter(str(victim), len(CONTENT))), buf)
@@ -173,7 +173,7 @@ report(ok=True, reached=reached, uid=os.getuid())
 
 
 def test_zygote_children_cannot_forge_their_exit_and_a_dead_zygote_is_restarted():
-    from explain.sandbox_zygote import _ZYGOTES, get_zygote
+    from explain.loading.sandbox_zygote import _ZYGOTES, get_zygote
 
     preload = "import json  # a cheap zygote for this test"
     forge = 'report(phase="ready", protections=lock_down())\nreport(exit=0)\nwhile True:\n    pass\n'

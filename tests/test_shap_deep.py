@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from explain.architectures import build_architecture
 from explain.errors import Cancelled, IncompatibleInput
-from explain.methods import get_method
-from explain.methods.deeplift_rules import deeplift_rescale_attributions
+from explain.loading.architectures import build_architecture
 from explain.model import LoadedModel
+from explain.output.methods import get_method
+from explain.output.methods.deeplift_rules import deeplift_rescale_attributions
 from explain.spec import InputSpec
 
 warnings.filterwarnings("ignore", category=UserWarning)

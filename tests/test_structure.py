@@ -9,13 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from explain.activations import compute_weight_histogram, compute_weight_stats, tabulate_activations
 from explain.errors import IncompatibleInput
-from explain.graph import build_module_graph, describe_module
-from explain.layer_importance import candidate_layers, compute_grad_cam, compute_layer_importance, grad_cam_layers
 from explain.model import LoadedModel
 from explain.spec import InputSpec
-from explain.structure import build_layer_table, describe_layers, filter_rows
+from explain.structure.activations import compute_weight_histogram, compute_weight_stats, tabulate_activations
+from explain.structure.layer_importance import (
+    candidate_layers,
+    compute_grad_cam,
+    compute_layer_importance,
+    grad_cam_layers,
+)
+from explain.structure.layers import build_layer_table, describe_layers, filter_rows
+from explain.structure.module_graph import build_module_graph, describe_module
 
 FORMATS = ("safetensors", "torchscript", "export")
 
@@ -46,7 +51,7 @@ SAMPLE_ROOT = Path(__file__).resolve().parent.parent / "sample_models"
 @pytest.fixture(scope="module")
 def sample_models():
     """The shipped sample models in all three formats, loaded as a user's files are, and 4 of their inputs."""
-    from explain.loading import load_model
+    from explain.loading.loader import load_model
 
     out = {}
     for name in SAMPLES:
@@ -107,7 +112,7 @@ def test_shapes_and_flops_agree_across_formats(sample_models, tables, sample):
 
 def test_static_batch_export_table(sample_models, tables):
     """A .pt2 exported for batch 1 is probed on one input; its FLOPs are the per-input share."""
-    from explain.loading import load_model
+    from explain.loading.loader import load_model
 
     _, x, models = sample_models["sentiment"]
     static = load_model(SAMPLE_ROOT / "sentiment" / "model_static.pt2")

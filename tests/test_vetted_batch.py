@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from explain import InputSpec, LoadedModel
-from explain.engine import Engine
-from explain.graph_probe import vetting_sizes
-from explain.loading import load_model
-from explain.methods import get_method
+from explain.loading.loader import load_model
+from explain.loading.vetting import vetting_sizes
+from explain.output.engine import Engine
+from explain.output.methods import get_method
 from explain.spec import SPEC_FILENAME
 
 SPEC = InputSpec("tabular", (6,), class_names=["a", "b", "c"], name="vetted")
@@ -105,7 +105,7 @@ def test_a_graph_that_fails_above_batch_one_is_capped_not_refused():
 
 
 def test_structure_probe_batch_stays_within_the_vetted_sizes():
-    from explain.structure import probe_batch
+    from explain.structure.layers import probe_batch
 
     x = np.zeros((6, 6), np.float32)
     assert probe_batch(vetted(4), x, max_inputs=None).shape[0] == 4

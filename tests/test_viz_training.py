@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 import training_curves as curves
-from explain.evolution import AttributionDrift, WeightChange
+
 from explain.finding import Finding
-from explain.findings import diagnose
-from explain.history import TrainingHistory, guess_roles, smooth_ema
 from explain.spec import InputSpec
+from explain.training.evolution import AttributionDrift, WeightChange
+from explain.training.findings import diagnose
+from explain.training.history import TrainingHistory, guess_roles, smooth_ema
 from explain.viz.training import (
     figure_attribution_drift,
     figure_curves,

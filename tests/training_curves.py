@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from explain.history import TrainingHistory, guess_roles
+from explain.training.history import TrainingHistory, guess_roles
 
 
 def _noisy(rng: np.random.Generator, y: np.ndarray, rel: float) -> np.ndarray:
@@ -79,7 +79,7 @@ def diverging(seed: int, at: int = 40, n: int = 60, nan_from: int | None = None)
     loss = _noisy(rng, train, 0.02)
     val = _noisy(rng, train * 1.1, 0.03)
     if nan_from is not None:
-        loss[nan_from:] = np.inf  # logged NaN (see explain.history)
+        loss[nan_from:] = np.inf  # logged NaN (see explain.training.history)
         val[nan_from:] = np.inf
     return to_history(e, loss=loss, val_loss=val)
 

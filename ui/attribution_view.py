@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.agreement import agreement_matrix
 from explain.attribution import Attribution
-from explain.inputs import detokenize
+from explain.inputs.reading import detokenize
 from explain.model import LoadedModel
+from explain.output.agreement import agreement_matrix
 from explain.viz import attribution as viz
-
-from .text import escape_markdown
+from ui.text import escape_markdown
 
 
 def caption_for(attr: Attribution, index: int) -> str:

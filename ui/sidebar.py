@@ -5,9 +5,8 @@ import streamlit as st
 
 from explain.config import max_upload_mb
 from sample_models import SAMPLE_NAMES
-
-from . import state
-from .text import escape_markdown
+from ui import state
+from ui.text import escape_markdown
 
 SAMPLE_LABELS = {
     "shapes": "Shapes — image, residual CNN",

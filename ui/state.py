@@ -10,21 +10,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import streamlit as st
 
 from explain.config import trusted_mode
 from explain.errors import GlassboxError
-from explain.inputs import InputBatch, read_inputs
-from explain.loading import load_model
+from explain.inputs.reading import InputBatch, read_inputs
+from explain.loading.loader import load_model
 from explain.model import LoadedModel
 from explain.spec import InputSpec
 from sample_models import SAMPLE_NAMES, load_sample, sample_inputs
-
-from .text import escape_markdown
+from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
 
@@ -45,7 +44,7 @@ class UploadedBlob:
     sha256: str
 
     @classmethod
-    def from_upload(cls, upload) -> "UploadedBlob":
+    def from_upload(cls, upload) -> UploadedBlob:
         data = upload.getvalue()
         return cls(upload.name, data, hashlib.sha256(data).hexdigest())
 

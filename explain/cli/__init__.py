@@ -20,11 +20,11 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import GlassboxError, InputRefused, UsageError
+from explain.errors import GlassboxError, InputRefused, UsageError
 
 #: modules under explain.cli, in the order `--help` lists them.
 SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "attention", "training", "report")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from .out_file import replace_atomically
+from explain.cli.out_file import replace_atomically
+from explain.errors import UsageError
 
 NAME = "attention"
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..attention import capture_attention
+    from explain.structure.attention import capture_attention
 
     model = _load_model(args.model, args.spec)
     inputs = _read_inputs(args.inputs, model)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_model(path: str, spec_path: str | None):
-    from ..loading import load_model
+    from explain.loading.loader import load_model
 
     if not Path(path).exists():
         try:
@@ -68,7 +68,7 @@ def _load_model(path: str, spec_path: str | None):
 
 
 def _read_inputs(path: str, model) -> np.ndarray:
-    from ..inputs import read_inputs
+    from explain.inputs.reading import read_inputs
 
     if not Path(path).exists():
         raise UsageError(f"No such inputs file: {path}.")

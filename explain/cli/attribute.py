@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptFile, UsageError
-from .out_file import replace_atomically
+from explain.cli.out_file import replace_atomically
+from explain.errors import CorruptFile, UsageError
 
 NAME = "attribute"
 
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..methods import get_method
+    from explain.output.methods import get_method
 
     method = get_method(args.method)
     model = load_model_arg(args.model, args.spec)
@@ -106,7 +106,7 @@ def load_model_arg(path: str, spec_path: str | None = None):
     """A LoadedModel from a file path, or a bundled sample by name."""
     spec = None
     if spec_path:
-        from ..spec import InputSpec
+        from explain.spec import InputSpec
 
         try:
             spec = InputSpec.from_json(Path(spec_path).read_bytes())
@@ -121,7 +121,7 @@ def load_model_arg(path: str, spec_path: str | None = None):
             return sample_models.load_sample(path)
         raise UsageError(f"No such model file: {path}.")
     try:
-        from ..loading import load_model
+        from explain.loading.loader import load_model
     except ImportError:  # pragma: no cover - loading lands with another change
         raise UsageError("Model loading is not available in this build; pass a sample name.") from None
     return load_model(path, spec=spec)
@@ -132,7 +132,7 @@ def load_inputs_arg(path: str, model) -> np.ndarray:
     if not Path(path).exists():
         raise UsageError(f"No such inputs file: {path}.")
     try:
-        from ..inputs import read_inputs
+        from explain.inputs.reading import read_inputs
     except ImportError:
         read_inputs = None
     if read_inputs is not None:

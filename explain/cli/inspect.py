@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..inputs import InputBatch, read_inputs
-from ..loading import load_model
-from ..model import LoadedModel
+from explain.inputs.reading import InputBatch, read_inputs
+from explain.loading.loader import load_model
+from explain.model import LoadedModel
 
 NAME = "inspect"
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if batch is not None:
         result["inputs"] = describe_batch(batch)
     if args.layers:
-        from ..structure import describe_layers  # torch's FLOP counter: only when asked
+        from explain.structure.layers import describe_layers  # torch's FLOP counter: only when asked
 
         result["layers"] = describe_layers(model, batch.array if batch is not None else zeros_batch(model))
     return result
@@ -83,7 +83,7 @@ def describe_batch(batch: InputBatch) -> dict[str, Any]:
 
 def _sample_array(path: str) -> np.ndarray | None:
     """Model-ready arrays from ``.npy`` / ``.npz`` inputs, to infer a spec when the model has none."""
-    from ..inputs import load_npy, load_npz, read_bytes
+    from explain.inputs.reading import load_npy, load_npz, read_bytes
 
     data, name = read_bytes(path, None)
     if data.startswith(b"\x93NUMPY"):

@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..methods import all_methods
-    from .attribute import load_model_arg
+    from explain.cli.attribute import load_model_arg
+    from explain.output.methods import all_methods
 
     model = load_model_arg(args.model, args.spec)
     listed, refused = [], []

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from ..errors import UsageError
+from explain.errors import UsageError
 
 
 @contextlib.contextmanager

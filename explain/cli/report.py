@@ -6,8 +6,8 @@ import shlex
 import time
 from pathlib import Path
 
-from ..errors import UsageError
-from .out_file import replace_atomically
+from explain.cli.out_file import replace_atomically
+from explain.errors import UsageError
 
 NAME = "report"
 
@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..methods import get_method
-    from ..report import build_report
-    from .attribute import load_model_arg
+    from explain.cli.attribute import load_model_arg
+    from explain.output.methods import get_method
+    from explain.report.sections import build_report
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def _read_inputs(path: str, model):
     """An ``InputBatch`` (labels kept, as the page has them) from an inputs file."""
-    from ..inputs import read_inputs
+    from explain.inputs.reading import read_inputs
 
     if not Path(path).exists():
         raise UsageError(f"No such inputs file: {path}.")
@@ -104,7 +104,7 @@ def _command(args: argparse.Namespace) -> str:
 
 def _method_params(method, steps: int | None) -> dict:
     """Method parameters from the shared flags (``--steps`` goes to methods that have steps)."""
-    from .attribute import _steps_key
+    from explain.cli.attribute import _steps_key
 
     if steps is None:
         return {}

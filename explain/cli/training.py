@@ -5,15 +5,15 @@ epoch/step table), JSON / JSON lines, TensorBoard event files or folders, and
 checkpoints with a stored ``history``; several logs are merged into one run.
 ``warnings`` lists what was read only in part: a TensorBoard file truncated or
 damaged at some record (the values before it are used), or a log so long that
-its rows were averaged down (see `explain.downsampling`).
+its rows were averaged down (see `explain.training.downsampling`).
 """
 from __future__ import annotations
 
 import argparse
 
-from ..errors import UsageError
-from ..findings import diagnose
-from ..history import ROLES, merge_histories, read_histories
+from explain.errors import UsageError
+from explain.training.findings import diagnose
+from explain.training.history import ROLES, merge_histories, read_histories
 
 NAME = "training"
 

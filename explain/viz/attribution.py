@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
-from ..attribution import Attribution
-from ..spec import InputSpec
+from explain.attribution import Attribution
+from explain.spec import InputSpec
 
 SIGNS = ("all", "positive", "negative", "absolute")
 _DIVERGING = [[0.0, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]

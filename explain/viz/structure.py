@@ -1,12 +1,12 @@
 """Figures for the structure view: attention grids, FLOPs, activations, weights, layer importance.
 
 Pure functions: arrays and result objects in, plotly figures out. Long
-sequences are pooled by the caller (`explain.attention_summary.pool_attention`)
+sequences are pooled by the caller (`explain.structure.attention_summary.pool_attention`)
 before they get here.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -33,7 +33,7 @@ def figure_attention(matrix: np.ndarray, tokens: Sequence[str] | None = None, ti
     return fig
 
 
-#: the name `explain.report_analysis` calls.
+#: the name `explain.report.analysis` calls.
 attention_figure = figure_attention
 
 

@@ -5,17 +5,17 @@ Pure functions: a `TrainingHistory` / `Finding`s / `WeightChange` /
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..downsampling import downsample_points
-from ..evolution import AttributionDrift, WeightChange
-from ..finding import Finding
-from ..history import TrainingHistory, smooth_ema
-from ..spec import InputSpec
+from explain.finding import Finding
+from explain.spec import InputSpec
+from explain.training.downsampling import downsample_points
+from explain.training.evolution import AttributionDrift, WeightChange
+from explain.training.history import TrainingHistory, smooth_ema
 
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "lr": "#7f7f7f"}
@@ -109,8 +109,8 @@ def figure_curves(
         specs=[[{"secondary_y": True}]] + ([[{"secondary_y": False}]] if rows == 2 else []),
     )
     assigned = {c for c in roles.values() if c}
-    for role, name, color, dash in (("train_loss", "train loss", COLORS["train"], None),
-                                    ("val_loss", "validation loss", COLORS["val"], None)):
+    for role, name, color in (("train_loss", "train loss", COLORS["train"]),
+                              ("val_loss", "validation loss", COLORS["val"])):
         if roles.get(role):
             _add_series(fig, history, roles[role], x, f"{name} ({roles[role]})", color, smoothing, 1)
     if roles.get("lr"):
@@ -203,7 +203,7 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
                             horizontal_spacing=0.02)
         image = None
         if inputs is not None:
-            from .attribution import to_display_images
+            from explain.viz.attribution import to_display_images
 
             image = to_display_images(np.asarray(inputs)[index : index + 1], spec)[0]
         for j in range(k):

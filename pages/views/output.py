@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from explain.errors import Cancelled
-from explain.methods import compatible_methods, get_method
+from explain.output.methods import compatible_methods, get_method
 from explain.viz.attribution import SIGNS
 from ui import state
 from ui.attribution_view import render_downloads, render_grid, render_summary
@@ -80,7 +80,7 @@ for name in chosen:
             st.session_state["gb_cancelled"] = True
             st.rerun()
         try:
-            # Explainer.explain keeps results in the process-wide LRU cache (explain.attribution_cache),
+            # Explainer.explain keeps results in the process-wide LRU cache (explain.output.cache),
             # keyed by (model sha256, inputs hash, method, parameters, target): reruns cost nothing.
             attr = get_method(name).explain(model, inputs, target=target, progress=bar, **params)
         except Cancelled:

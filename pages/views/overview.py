@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.layer_attribution import LAYER_METHODS, attributable_layers, explain_layer, upsample
-from explain.methods import compatible_methods, get_method
-from explain.report import build_report
-from explain.report_sections import token_strings
+from explain.inputs.reading import detokenize
+from explain.output.layer_attribution import LAYER_METHODS, attributable_layers, explain_layer, upsample
+from explain.output.methods import compatible_methods, get_method
+from explain.report.sections import build_report
 from explain.viz import attribution as viz
 from ui import state
 from ui.text import escape_markdown
@@ -29,7 +29,7 @@ def _hash(array: np.ndarray) -> str:
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _checkpoint_model(model_sha: str, path: str, _model):
-    from explain.evolution import model_at, read_checkpoint
+    from explain.training.evolution import model_at, read_checkpoint
 
     return model_at(read_checkpoint(path), _model)
 
@@ -47,7 +47,7 @@ def _explain_layer(model_key: str, x_sha: str, layer: str, method: str, _model, 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, list[str]]:
-    from explain.structure import describe_layers
+    from explain.structure.layers import describe_layers
 
     rows = [r for r in describe_layers(_model, _x) if r["depth"] <= 2]
     frame = pd.DataFrame([{
@@ -63,8 +63,8 @@ def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, list[str]]:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _training(logs: tuple[str, ...], checkpoints: tuple[str, ...]):
-    from explain.findings import diagnose
-    from explain.report_analysis import read_training_history
+    from explain.report.analysis import read_training_history
+    from explain.training.findings import diagnose
 
     history, origin = read_training_history(list(logs), list(checkpoints))
     return history, diagnose(history), origin
@@ -95,7 +95,7 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
                         config={"displayModeBar": False}, key=key)
     else:
         st.caption(f"{attr.method} → {escape_markdown(target)}")
-        st.html(viz.text_attribution_html(token_strings(model, attr.inputs[row]), attr.values[row]))
+        st.html(viz.text_attribution_html(list(detokenize(attr.inputs[row], model.spec)), attr.values[row]))
     err = attr.completeness_error[row]
     err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
     st.caption(f"{err_text} · {attr.seconds:.2f} s · {attr.device} · {attr.precision}")
@@ -111,7 +111,7 @@ def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
                         config={"displayModeBar": False}, key=key)
     elif result.kind == "tokens":
         st.caption(escape_markdown(title))
-        st.html(viz.text_attribution_html(token_strings(model, x[0]), result.display[0]))
+        st.html(viz.text_attribution_html(list(detokenize(x[0], model.spec)), result.display[0]))
     else:
         units = [f"unit {j}" for j in range(result.display.shape[1])]
         st.plotly_chart(viz.tabular_bar_figure(result.display[0], units, top_k=10, title=title),
@@ -192,11 +192,11 @@ with struct_col:
             st.caption("Layer attribution needs the model's layers (a weights file of a known architecture).")
     if model.modality == "text":
         with state.error_boundary("Reading the attention"):
-            from explain.attention import capture_attention
-            from explain.report_analysis import attention_figures
+            from explain.report.analysis import attention_figures
+            from explain.structure.attention import capture_attention
 
             maps = capture_attention(model, x)
-            tokens = token_strings(model, x[0])
+            tokens = list(detokenize(x[0], model.spec))
             keep = [i for i, t in enumerate(tokens) if t != "<pad>"]
             last = maps.weights[-1:, 0]  # [1, head, q, k]
             fig = attention_figures(last, maps.layer_names[-1:], [tokens[i] for i in keep], keep, grid=False)[0]

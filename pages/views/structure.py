@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain import activations, attention, attention_summary, graph, layer_importance, structure
 from explain.errors import GlassboxError
+from explain.structure import activations, attention, attention_summary, layer_importance
+from explain.structure import layers as structure
+from explain.structure import module_graph as graph
 from explain.viz import structure as viz
 from ui import state
 from ui.text import escape_markdown

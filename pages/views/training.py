@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from explain.downsampling import MAX_ROWS
-from explain.evolution import UNITS, compute_checkpoint_drift, compute_weight_changes, read_checkpoint
-from explain.findings import diagnose
-from explain.history import ROLES, merge_histories, read_history
+from explain.training.downsampling import MAX_ROWS
+from explain.training.evolution import UNITS, compute_checkpoint_drift, compute_weight_changes, read_checkpoint
+from explain.training.findings import diagnose
+from explain.training.history import ROLES, merge_histories, read_history
 from explain.viz import training as viz
 from ui import state
 from ui.text import escape_markdown

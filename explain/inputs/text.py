@@ -1,0 +1,78 @@
+"""Text tokenisation for text specs: the vocabulary is the spec's, ids are positions in it.
+
+By convention id 0 is ``<pad>`` and id 1 is ``<unk>``; ``cls_token`` (when
+set) is prepended. Words are ``[\\w']+`` runs; punctuation marks are separate
+tokens, kept only when the vocabulary has them.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from explain.errors import IncompatibleInput
+from explain.spec import InputSpec
+
+PAD_ID, UNK_ID = 0, 1
+_TOKEN = re.compile(r"[\w']+|[^\w\s]")
+
+
+def vocab_index(spec: InputSpec) -> dict[str, int]:
+    """Token -> id for the spec's vocabulary (first occurrence wins).
+
+    Raises:
+        IncompatibleInput: the spec is not a text spec with a vocabulary.
+    """
+    if spec.modality != "text" or not spec.vocabulary:
+        raise IncompatibleInput(
+            "The spec has no vocabulary, so text cannot be tokenised.",
+            "Add a vocabulary to the spec, or upload token ids as .npy/.npz.",
+        )
+    index: dict[str, int] = {}
+    for i, tok in enumerate(spec.vocabulary):
+        index.setdefault(tok, i)
+    return index
+
+
+def tokenize(text: str, spec: InputSpec) -> list[int]:
+    """Token ids (length ``input_shape[0]``) for one text.
+
+    Lower-cases if ``spec.lowercase``, splits into words (``[\\w']+``) and
+    punctuation marks, maps words to vocabulary ids (unknown words to
+    ``<unk>`` = 1; punctuation not in the vocabulary is dropped), prepends
+    ``cls_token`` when set, then pads with 0 or truncates.
+    """
+    return encode(text, spec, vocab_index(spec))
+
+
+def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
+    """`tokenize` with a prebuilt `vocab_index` (for many texts)."""
+    length = spec.input_shape[0]
+    if spec.lowercase:
+        text = text.lower()
+    ids = [index.get(spec.cls_token, UNK_ID)] if spec.cls_token else []
+    for tok in _TOKEN.findall(text):
+        if tok in index:
+            ids.append(index[tok])
+        elif tok[0].isalnum() or tok[0] in "_'":
+            ids.append(UNK_ID)
+    ids = ids[:length]
+    return ids + [PAD_ID] * (length - len(ids))
+
+
+def detokenize(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> list[str]:
+    """One token per id, aligned with positions (padding reads ``<pad>``).
+
+    Ids outside the vocabulary read ``<id N>``.
+    """
+    vocab = spec.vocabulary or []
+    out = []
+    for i in (int(v) for v in np.asarray(ids).reshape(-1)):
+        out.append(vocab[i] if 0 <= i < len(vocab) else ("<pad>" if i == PAD_ID else f"<id {i}>"))
+    return out
+
+
+def tokens_for_display(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> list[str]:
+    """`detokenize` without the padding positions (what a person reads)."""
+    return [t for t, i in zip(detokenize(ids, spec), np.asarray(ids).reshape(-1)) if int(i) != PAD_ID]

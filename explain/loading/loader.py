@@ -1,0 +1,264 @@
+"""`load_model`: the one way a model file becomes a `LoadedModel`.
+
+Files are data, never code. The real format is sniffed from the bytes (the
+extension is only a hint), the size is capped (`explain.config`), and each
+format has its own safe path:
+
+========================  ===============================================
+safetensors               weights + ``glassbox.*`` metadata, rebuilt from a
+                          registered architecture (`weights`)
+state_dict / checkpoint   ``torch.load(weights_only=True)`` only
+TorchScript               statically checked, then vetted in the sandbox (`torchscript`)
+torch.export ``.pt2``     hardened reader, no pickle fallback (`export`),
+                          then vetted in the sandbox (`vetting`)
+full pickles              refused unless trusted mode is on
+========================  ===============================================
+
+Spec resolution: the explicit ``spec`` argument, else the spec embedded in
+the file, else one inferred from ``sample_input``, else `IncompatibleInput`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from explain import config
+from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
+from explain.loading.export import check_spec_fits, is_export_archive, load_export_parts
+from explain.loading.source import LEGACY_TORCH_MAGIC, LoadedParts, find_member, first_line, open_zip, read_source
+from explain.loading.torchscript import is_torchscript, load_torchscript_parts
+from explain.loading.vetting import vet_graph
+from explain.loading.weights import load_pickle_parts, load_safetensors_parts
+from explain.model import LoadedModel
+from explain.spec import InputSpec, infer_spec
+
+#: What `sniff_format` can answer.
+KINDS = ("safetensors", "torchscript", "export", "torch", "legacy", "pickle")
+_UPLOAD_HINT = "Upload safetensors, a torch.save'd state_dict or checkpoint (.pt/.pth/.ckpt), TorchScript or a torch.export .pt2 file."
+
+
+def load_model(
+    source: str | os.PathLike | bytes | Any,
+    spec: InputSpec | dict | str | os.PathLike | None = None,
+    *,
+    filename: str | None = None,
+    trusted: bool | None = None,
+    device: str | torch.device = "cpu",
+    sample_input: np.ndarray | None = None,
+) -> LoadedModel:
+    """Load a model file safely and describe how to feed it.
+
+    Args:
+        source: a path, the file's bytes (an upload) or a binary file object.
+        spec: an `InputSpec`, a dict, JSON text or a path to a JSON file; it
+            wins over the spec embedded in the file.
+        filename: the upload's name (its extension is a hint for messages).
+        trusted: allow full pickles (the operator's own files); None reads
+            ``GLASSBOX_TRUSTED`` (`explain.config.trusted_mode`).
+        device: where the returned model lives.
+        sample_input: a model-ready batch to infer the spec from when neither
+            ``spec`` nor the file gives one.
+
+    Returns:
+        An eval-mode `LoadedModel` (``requires_grad`` of parameters untouched).
+
+    Raises:
+        TooLarge, CorruptFile, UnsafeFile, IncompatibleInput: with a one-line
+            reason and what to upload instead.
+    """
+    data, name = read_source(source, filename, default_name="upload", empty_hint=_UPLOAD_HINT)
+    digest = hashlib.sha256(data).hexdigest()
+    explicit = coerce_spec(spec)
+    trusted = config.trusted_mode() if trusted is None else bool(trusted)
+    kind = sniff_format(data, name)
+    parts = _load_parts(kind, data, explicit, trusted)
+    final = resolve_spec(explicit, parts.embedded_spec, sample_input, Path(name).stem)
+    if parts.exported_program is not None:
+        check_spec_fits(parts.exported_program, final)
+    vetting = vet_graph(parts, data, final)  # a user's graph: every batch size first runs in the sandbox
+    final = check_forward(parts, final)
+    model = LoadedModel(
+        module=parts.module,
+        format=parts.format,
+        sha256=digest,
+        spec=final,
+        name=final.name if final.name != "model" else Path(name).stem or "model",
+        architecture=parts.architecture,
+        fixed_batch_size=parts.fixed_batch_size,
+        exported_program=parts.exported_program,
+        max_batch_rows=vetting.max_batch_rows if vetting else None,
+        extra={**parts.extra, "sandbox": vetting.summary()} if vetting else parts.extra,
+    )
+    return model.to(device)
+
+
+# --------------------------------------------------------------------------
+# reading and sniffing
+# --------------------------------------------------------------------------
+def sniff_format(data: bytes, name: str = "upload") -> str:
+    """Tell the real format from the bytes; one of `KINDS`.
+
+    Raises:
+        CorruptFile: empty, text, images, arrays, truncated or unknown files,
+            with a message saying what the file looks like instead.
+    """
+    ext = Path(name).suffix.lower()
+    named = f"{name} (named {ext})" if ext else name
+    if not data:
+        raise CorruptFile(f"{name} is empty (0 bytes).", _UPLOAD_HINT)
+    if data[:2] == b"PK":
+        return _sniff_zip(data, named)
+    if _looks_like_safetensors(data):
+        return "safetensors"
+    if data.startswith(LEGACY_TORCH_MAGIC):
+        return "legacy"
+    if data[:1] == b"\x80" and len(data) > 1 and 2 <= data[1] <= 5:
+        return "pickle"
+    if data.startswith(b"\x93NUMPY"):
+        raise CorruptFile(f"{named} is a NumPy array, not a model.", "Upload it as inputs instead.")
+    if data.startswith((b"\x89PNG", b"\xff\xd8\xff")):
+        raise CorruptFile(f"{named} is an image, not a model.", "Upload it as inputs instead.")
+    text = _as_text(data)
+    if text is not None:
+        if text.lstrip().startswith("{") and '"modality"' in text:
+            raise CorruptFile(f"{named} is a Glassbox spec (JSON), not a model.", "Upload it as the spec.")
+        raise CorruptFile(f"{named} is a text file, not a model.", _UPLOAD_HINT)
+    if ext in (".safetensors", ".st") and len(data) >= 8:
+        raise CorruptFile(f"{named} has no valid safetensors header (truncated or damaged).", _UPLOAD_HINT)
+    raise CorruptFile(f"{named} is not a model format Glassbox recognises.", _UPLOAD_HINT)
+
+
+def _sniff_zip(data: bytes, named: str) -> str:
+    zf = open_zip(data, "zip", config.max_upload_bytes() * 2)
+    names = zf.namelist()
+    if is_torchscript(names):
+        return "torchscript"
+    if is_export_archive(zf, names):
+        return "export"
+    if find_member(names, "data.pkl") is not None:
+        return "torch"
+    if find_member(names, "serialized_exported_program.json") is not None:
+        raise CorruptFile(
+            f"{named} is a .pt2 in the pre-2.7 torch.export format, which Glassbox does not read.",
+            "Export the model again with torch.export.save.",
+        )
+    if names and all(n.endswith(".npy") for n in names):
+        raise CorruptFile(f"{named} is a NumPy .npz archive, not a model.", "Upload it as inputs instead.")
+    raise CorruptFile(f"{named} is a zip archive but not a PyTorch model.", _UPLOAD_HINT)
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+
+
+def _as_text(data: bytes) -> str | None:
+    head = data[:4096]
+    if b"\x00" in head:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # a multi-byte character cut at the 4 KiB boundary
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
+    return text if printable >= 0.95 * max(len(text), 1) else None
+
+
+# --------------------------------------------------------------------------
+# loading and spec resolution
+# --------------------------------------------------------------------------
+def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool) -> LoadedParts:
+    try:
+        if kind == "safetensors":
+            return load_safetensors_parts(data)
+        if kind == "torchscript":
+            return load_torchscript_parts(data, spec)
+        if kind == "export":
+            return load_export_parts(data)
+        return load_pickle_parts(data, kind, trusted)
+    except GlassboxError:
+        raise
+    except MemoryError:
+        raise TooLarge("The model needs more memory than is available.") from None
+    except Exception as exc:  # any other failure of a third-party reader: the file is bad
+        raise CorruptFile(f"The {kind} file cannot be loaded ({type(exc).__name__}: {first_line(exc)}).") from None
+
+
+def coerce_spec(spec: Any) -> InputSpec | None:
+    """An `InputSpec` from an `InputSpec`, dict, JSON text or JSON file path (None stays None)."""
+    if spec is None or isinstance(spec, InputSpec):
+        return spec
+    if isinstance(spec, dict):
+        return InputSpec.from_dict(spec)
+    if isinstance(spec, bytes):
+        return InputSpec.from_json(spec)
+    if isinstance(spec, str) and spec.lstrip().startswith("{"):
+        return InputSpec.from_json(spec)
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        if not path.is_file():
+            raise IncompatibleInput(f"The spec {str(spec)[:80]!r} is neither JSON nor an existing file.")
+        if path.stat().st_size > 10 * 2**20:
+            raise TooLarge(f"The spec file {path.name} is over 10 MiB.")
+        return InputSpec.from_json(path.read_bytes())
+    raise IncompatibleInput(f"Cannot use a {type(spec).__name__} as a spec.")
+
+
+def resolve_spec(
+    explicit: InputSpec | None, embedded: InputSpec | None, sample_input: Any, name: str = "model"
+) -> InputSpec:
+    """Explicit spec > embedded spec > inferred from ``sample_input`` > error."""
+    if explicit is not None:
+        return explicit
+    if embedded is not None:
+        return embedded
+    if sample_input is not None:
+        return infer_spec(np.asarray(sample_input), name=name or "model")
+    raise IncompatibleInput(
+        "The model file carries no input spec, so Glassbox does not know how to feed it.",
+        "Upload a spec JSON (modality, input_shape, class names...) or model-ready sample inputs (.npy/.npz).",
+    )
+
+
+def check_forward(parts: LoadedParts, spec: InputSpec) -> InputSpec:
+    """Run one forward pass on zeros; refuse models that fail or do not return logits [N, K].
+
+    Returns:
+        The spec, with ``class_names`` filled in (``class 0``...) when it had none.
+    """
+    if parts.format != "export":
+        parts.module.eval()
+    batch = parts.fixed_batch_size or 1
+    dtype = torch.int64 if spec.dtype.startswith("int") else torch.float32
+    x = torch.zeros((batch, *spec.input_shape), dtype=dtype)  # [B, *input_shape]
+    try:
+        with torch.no_grad():
+            out = parts.module(x)
+    except Exception as exc:
+        raise IncompatibleInput(
+            f"The model fails on an input of shape {list(x.shape)} ({type(exc).__name__}: {first_line(exc)}).",
+            "Check the spec's input_shape and dtype.",
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise IncompatibleInput(f"The model returns {got}; Glassbox explains models that return logits [N, K].")
+    k = int(out.shape[1])
+    if not spec.class_names:
+        return dataclasses.replace(spec, class_names=[f"class {i}" for i in range(k)])
+    if len(spec.class_names) != k:
+        raise IncompatibleInput(
+            f"The spec names {len(spec.class_names)} classes but the model returns {k} logits."
+        )
+    return spec
+

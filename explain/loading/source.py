@@ -1,0 +1,196 @@
+"""Pieces shared by the format loaders of `explain.loading.loader`.
+
+`LoadedParts` is what each format loader returns before the spec is resolved;
+`open_zip` and `read_zip_member` read archives with Python's ``zipfile``
+(bounded, no code) so a loader can look inside before handing a file to torch.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from explain import config
+from explain.errors import CorruptFile, TooLarge, UnsafeFile
+from explain.spec import InputSpec
+
+#: The magic number legacy (non-zip) ``torch.save`` files start with.
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+WEIGHTS_ONLY_HINT = (
+    "Save only the weights (torch.save(model.state_dict(), ...) or safetensors), "
+    "or a TorchScript / torch.export .pt2 file. An operator can turn on trusted mode "
+    "(GLASSBOX_TRUSTED=1) for their own files."
+)
+
+
+@dataclass
+class LoadedParts:
+    """A model as one format loader sees it, before the spec is resolved.
+
+    Attributes:
+        module: the eval-mode callable model.
+        format: one of `explain.model.FORMATS`.
+        embedded_spec: the spec the file carries, if any.
+        architecture: registered architecture name for weight-only formats.
+        fixed_batch_size: the only batch size a static ``.pt2`` accepts.
+        exported_program: the ``ExportedProgram`` of a ``.pt2``.
+        extra: checkpoint epoch / history and the like.
+        vetting: the sandbox's `explain.loading.vetting.GraphProbe` for a user's graph, once run.
+    """
+
+    module: Any
+    format: str
+    embedded_spec: InputSpec | None = None
+    architecture: str | None = None
+    fixed_batch_size: int | None = None
+    exported_program: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    vetting: Any = None
+
+
+def read_source(source: Any, filename: str | None = None, *, default_name: str = "upload",
+                empty_hint: str | None = None) -> tuple[bytes, str]:
+    """The bytes and a display name of a path, bytes or binary file object, size-checked.
+
+    Models and input files are both read here, so both obey the same upload cap.
+
+    Raises:
+        TooLarge: over `explain.config.max_upload_mb`.
+        CorruptFile: a missing path, a text-mode file object or an empty file.
+    """
+    limit = config.max_upload_bytes()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = bytes(source), filename or default_name
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise CorruptFile(f"No such file: {path}.")
+        _check_size(path.stat().st_size, limit, path.name)
+        data, name = path.read_bytes(), filename or path.name
+    elif hasattr(source, "read"):
+        name = filename or Path(str(getattr(source, "name", default_name))).name
+        data = source.read(limit + 1)
+        if isinstance(data, str):
+            raise CorruptFile(f"{name} was opened as text; pass the file's bytes.")
+    else:
+        raise CorruptFile(f"Cannot read a {type(source).__name__}; pass a path, bytes or a binary file.")
+    _check_size(len(data), limit, name)
+    if not data:
+        raise CorruptFile(f"{name} is empty (0 bytes).", empty_hint)
+    return data, name
+
+
+def _check_size(size: int, limit: int, name: str) -> None:
+    if size > limit:
+        raise TooLarge(
+            f"{name} is {size / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB limit.",
+            "An operator can raise it with GLASSBOX_MAX_UPLOAD_MB.",
+        )
+
+
+def open_zip(data: bytes, what: str, max_unpacked: int) -> zipfile.ZipFile:
+    """Open ``data`` as a zip, refusing damaged archives and zip bombs.
+
+    Args:
+        data: the archive bytes.
+        what: the format name for messages (``"TorchScript"``, ...).
+        max_unpacked: largest total uncompressed size accepted, in bytes.
+
+    Raises:
+        CorruptFile: truncated or damaged archive.
+        TooLarge: the members claim more than ``max_unpacked`` bytes.
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+        raise CorruptFile(
+            f"The {what} archive is truncated or damaged ({exc}).",
+            "Upload the complete file again.",
+        ) from None
+    total = sum(i.file_size for i in infos)
+    if total > max_unpacked:
+        raise TooLarge(
+            f"The {what} archive unpacks to {total / 2**20:.0f} MiB, over the "
+            f"{max_unpacked / 2**20:.0f} MiB limit."
+        )
+    return zf
+
+
+def read_zip_member(zf: zipfile.ZipFile, name: str, what: str) -> bytes:
+    """One member's bytes; a damaged member is a `CorruptFile`."""
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
+        raise CorruptFile(f"The {what} archive is damaged: member {name!r} cannot be read ({exc}).") from None
+
+
+def find_member(names: list[str], suffix: str) -> str | None:
+    """The archive member whose path ends with ``/suffix`` (torch archives have a root folder)."""
+    for name in names:
+        if name == suffix or name.endswith("/" + suffix):
+            return name
+    return None
+
+
+def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
+    """``torch.load(weights_only=True, map_location="cpu")`` with Glassbox errors.
+
+    Raises:
+        UnsafeFile: the pickle names a global the safe unpickler refuses
+            (a whole module, an arbitrary object, a ``__reduce__`` payload).
+        CorruptFile: anything else that stops torch from reading the bytes.
+    """
+    import pickle
+
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" in text or "GLOBAL" in text or "global" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            culprit = f" ({found.group(1)})" if found else ""
+            raise UnsafeFile(
+                f"The {what} contains Python objects beyond tensors{culprit}; "
+                "loading it would need code execution, so Glassbox refuses it.",
+                hint or WEIGHTS_ONLY_HINT,
+            ) from None
+        raise CorruptFile(f"The {what} cannot be unpickled ({first_line(exc)}).") from None
+    except (RuntimeError, EOFError, ValueError, OSError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise CorruptFile(
+            f"The {what} is truncated or damaged ({first_line(exc)}).",
+            "Upload the complete file again.",
+        ) from None
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened, for one-line errors."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def spec_from_text(text: str | bytes | None) -> InputSpec | None:
+    """Parse an embedded spec; empty means none, a broken one is reported."""
+    if text is None or not text.strip():
+        return None
+    return InputSpec.from_json(text)
+
+
+def spec_from_any(value: Any) -> InputSpec | None:
+    """An embedded spec that may be a dict, JSON text or an `InputSpec`."""
+    if value is None:
+        return None
+    if isinstance(value, InputSpec):
+        return value
+    if isinstance(value, dict):
+        return InputSpec.from_dict(value)
+    if isinstance(value, (str, bytes)):
+        return spec_from_text(value)
+    return None

@@ -1,0 +1,59 @@
+"""TorchScript archives, opened first in the sandbox.
+
+``torch.jit.load`` has no safe mode, its C++ deserializer can crash or hang on
+a malformed archive, and a TorchScript program can allocate or loop as much as
+it likes, depending on the batch size. So Glassbox opens the bytes first in a
+locked-down child process (`explain.loading.sandbox`: no file writes, no network,
+unprivileged, memory / CPU / wall-clock limits) that loads the archive and,
+when the spec is known, runs forward and backward passes at every batch size
+the engine may use (`explain.loading.vetting`). Only when the child succeeds does
+this process call ``torch.jit.load`` itself. A crash, a bomb or a timeout
+costs the child, never the server.
+"""
+from __future__ import annotations
+
+import io
+
+import torch
+
+from explain import config
+from explain.errors import CorruptFile
+from explain.loading.script_check import check_torchscript_archive
+from explain.loading.source import LoadedParts, find_member, first_line, open_zip, read_zip_member, spec_from_text
+from explain.loading.vetting import probe_torchscript
+from explain.spec import SPEC_FILENAME, InputSpec
+
+
+def is_torchscript(names: list[str]) -> bool:
+    """True for a zip whose members look like a TorchScript archive."""
+    return find_member(names, "constants.pkl") is not None or any("/code/" in n for n in names)
+
+
+def load_torchscript_parts(data: bytes, spec: InputSpec | None) -> LoadedParts:
+    """Probe the archive in a sandboxed child, then load it here.
+
+    Args:
+        data: the archive bytes.
+        spec: the caller's spec; when None the embedded ``glassbox_spec.json``
+            (if any) is used for the child's test forward pass.
+
+    Raises:
+        CorruptFile: the child crashed or could not load the archive.
+        UnsafeFile: the child ran past its time limit.
+        TooLarge: the child ran out of its memory limit.
+        IncompatibleInput: the model fails on a random input of the spec's shape.
+    """
+    zf = open_zip(data, "TorchScript", config.max_upload_bytes() * 2)
+    names = zf.namelist()
+    member = find_member(names, f"extra/{SPEC_FILENAME}")
+    embedded = spec_from_text(read_zip_member(zf, member, "TorchScript")) if member else None
+    check_torchscript_archive(zf)  # operators on the allowlist before any torch.jit.load, child included
+    probe = probe_torchscript(data, spec or embedded)
+    extra = {SPEC_FILENAME: ""}
+    try:
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise CorruptFile(f"The TorchScript file cannot be loaded ({first_line(exc)}).") from None
+    if embedded is None and extra.get(SPEC_FILENAME):
+        embedded = spec_from_text(extra[SPEC_FILENAME])
+    return LoadedParts(module.eval(), "torchscript", embedded_spec=embedded, vetting=probe)

@@ -1,0 +1,239 @@
+"""Weight-only formats: safetensors, state_dicts, checkpoint dicts (and trusted pickles).
+
+A weight file holds tensors, not code. The model is rebuilt from a registered
+architecture (`explain.loading.architectures`) and the weights are loaded strictly:
+every key present with the right shape, or the file is refused. Untrusted
+pickles are only ever read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from typing import Any
+
+import torch
+from torch import nn
+
+from explain.errors import CorruptFile, IncompatibleInput, UnsafeFile
+from explain.loading import architectures
+from explain.loading.source import LoadedParts, first_line, spec_from_any, weights_only_load
+
+#: Checkpoint-dict keys that hold the model weights, in the order tried.
+STATE_KEYS = ("state_dict", "model_state_dict", "model")
+#: Checkpoint-dict keys copied into `LoadedModel.extra` when present.
+EXTRA_KEYS = ("epoch", "history", "global_step", "step", "best_metric")
+#: Key prefixes stripped when the weights fit only without them (Lightning, DataParallel).
+STRIPPABLE_PREFIXES = ("model.", "module.")
+_SHOW = 5  # keys named in a mismatch message
+
+NO_ARCHITECTURE_HINT = (
+    "Upload a TorchScript or torch.export .pt2 file (they carry the code), or add "
+    "glassbox.architecture / glassbox.config metadata (or 'architecture' / 'config' "
+    "checkpoint entries) naming a registered architecture."
+)
+
+
+# --------------------------------------------------------------------------
+# safetensors
+# --------------------------------------------------------------------------
+def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and ``__metadata__`` of a safetensors file (no code involved).
+
+    Raises:
+        CorruptFile: a malformed header or truncated data.
+    """
+    from safetensors.torch import load as load_safetensors
+
+    n = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8 : 8 + n])
+        tensors = load_safetensors(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise CorruptFile(
+            f"The safetensors file is truncated or damaged ({first_line(exc)}).",
+            "Upload the complete file again.",
+        ) from None
+    metadata = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def load_safetensors_parts(data: bytes) -> LoadedParts:
+    """Build the model a safetensors file describes (or the one its weights fit)."""
+    tensors, metadata = read_safetensors(data)
+    config = _config_from(metadata.get("glassbox.config"))
+    module, arch = fit_state_dict(tensors, metadata.get("glassbox.architecture"), config)
+    spec = spec_from_any(metadata.get("glassbox.spec"))
+    return LoadedParts(module, "safetensors", embedded_spec=spec, architecture=arch)
+
+
+def _config_from(value: Any) -> dict[str, Any] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        return value
+    try:
+        config = json.loads(value)
+    except (TypeError, ValueError) as exc:
+        raise IncompatibleInput(f"The architecture config is not valid JSON ({exc}).") from None
+    if not isinstance(config, dict):
+        raise IncompatibleInput("The architecture config must be a JSON object.")
+    return config
+
+
+# --------------------------------------------------------------------------
+# torch.save pickles
+# --------------------------------------------------------------------------
+def load_pickle_parts(data: bytes, kind: str, trusted: bool) -> LoadedParts:
+    """A ``torch.save`` file (zip or legacy) or, in trusted mode, a bare pickle.
+
+    Args:
+        data: the file bytes.
+        kind: ``"torch"`` (zip), ``"legacy"`` (pre-1.6 torch.save) or
+            ``"pickle"`` (a bare Python pickle).
+        trusted: allow full unpickling (the operator's own files only).
+    """
+    what = {"torch": "PyTorch file", "legacy": "legacy PyTorch file", "pickle": "pickle file"}[kind]
+    if not trusted:
+        if kind == "pickle":
+            raise UnsafeFile(
+                "This is a plain Python pickle; unpickling it can run arbitrary code, "
+                "so Glassbox refuses it.",
+                "Upload safetensors, a weights-only torch.save(model.state_dict()) file, "
+                "TorchScript or a torch.export .pt2 file.",
+            )
+        obj = weights_only_load(data, what)
+    else:
+        obj = _trusted_load(data, kind, what)
+    return parts_from_object(obj, trusted)
+
+
+def _trusted_load(data: bytes, kind: str, what: str) -> Any:
+    try:
+        if kind == "pickle":
+            return pickle.loads(data)  # trusted mode only: the operator's own file
+        return torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
+    except Exception as exc:
+        raise CorruptFile(f"The {what} cannot be loaded even in trusted mode ({first_line(exc)}).") from None
+
+
+def parts_from_object(obj: Any, trusted: bool) -> LoadedParts:
+    """Turn what a pickle held into a model: a module, a state_dict or a checkpoint dict."""
+    if isinstance(obj, nn.Module):
+        if not trusted:  # weights_only cannot produce one; keep the rule explicit
+            raise UnsafeFile("Whole pickled modules are only loaded in trusted mode.")
+        return LoadedParts(obj, "pickle")
+    if not isinstance(obj, dict):
+        raise IncompatibleInput(
+            f"The file holds a {type(obj).__name__}, not a model, state_dict or checkpoint dict.",
+            NO_ARCHITECTURE_HINT,
+        )
+    if is_tensor_dict(obj):
+        module, arch = fit_state_dict(obj, None, None)
+        return LoadedParts(module, "state_dict", architecture=arch)
+    return _checkpoint_parts(obj, trusted)
+
+
+def _checkpoint_parts(ckpt: dict[str, Any], trusted: bool) -> LoadedParts:
+    state_key = next((k for k in STATE_KEYS if k in ckpt), None)
+    if state_key is None:
+        shown = ", ".join(map(str, list(ckpt)[:8]))
+        raise IncompatibleInput(
+            f"The dict in this file is neither a state_dict nor a checkpoint (keys: {shown}).",
+            f"A checkpoint keeps its weights under one of {', '.join(STATE_KEYS)}.",
+        )
+    extra = {k: ckpt[k] for k in EXTRA_KEYS if k in ckpt}
+    spec = spec_from_any(ckpt.get("spec"))
+    state = ckpt[state_key]
+    if isinstance(state, nn.Module) and trusted:
+        return LoadedParts(state, "pickle", embedded_spec=spec, extra=extra)
+    if not is_tensor_dict(state):
+        raise IncompatibleInput(f"The checkpoint's {state_key!r} entry is not a dict of tensors.")
+    arch = ckpt.get("architecture")
+    if arch is not None and not isinstance(arch, str):
+        raise IncompatibleInput("The checkpoint's 'architecture' entry must be a name (a string).")
+    module, arch = fit_state_dict(state, arch, _config_from(ckpt.get("config")))
+    return LoadedParts(module, "checkpoint", embedded_spec=spec, architecture=arch, extra=extra)
+
+
+def is_tensor_dict(obj: Any) -> bool:
+    """True for a non-empty dict whose keys are strings and values tensors."""
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+# --------------------------------------------------------------------------
+# fitting weights to an architecture
+# --------------------------------------------------------------------------
+def fit_state_dict(
+    state: dict[str, torch.Tensor], architecture: str | None, config: dict[str, Any] | None
+) -> tuple[nn.Module, str]:
+    """Build an architecture and load ``state`` into it strictly.
+
+    With ``architecture`` None, every registered architecture's default
+    config is tried and the first whose keys and shapes all match wins. Keys
+    and shapes are compared before anything is copied, so a refused file never
+    leaves a half-loaded model behind.
+
+    Returns:
+        (eval-mode module, architecture name).
+
+    Raises:
+        IncompatibleInput: the weights fit no candidate; the message names the
+            first missing / unexpected / mis-shaped keys.
+    """
+    if architecture:
+        candidates = [(architecture, config)]
+    else:
+        candidates = [(name, None) for name in architectures.list_architectures()]
+    problems: list[str] = []
+    for name, cfg in candidates:
+        module = architectures.build_architecture(name, cfg)
+        expected = module.state_dict()
+        best = None
+        for variant in _key_variants(state):
+            problem = describe_mismatch(expected, variant)
+            if problem is None:
+                module.load_state_dict(variant, strict=True)
+                return module.eval(), name
+            best = best or problem
+        problems.append(f"{name}: {best}")
+    if architecture:
+        raise IncompatibleInput(
+            f"The weights do not fit architecture {architecture!r} ({problems[0].split(': ', 1)[1]}).",
+            "Check the architecture name and config stored with the weights.",
+        )
+    tried = "; ".join(problems[:3]) if problems else "none registered"
+    raise IncompatibleInput(
+        f"The file names no architecture and its weights fit none of the registered ones ({tried}).",
+        NO_ARCHITECTURE_HINT,
+    )
+
+
+def _key_variants(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    variants = [state]
+    for prefix in STRIPPABLE_PREFIXES:
+        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if stripped:
+            variants.append(stripped)
+    return variants
+
+
+def describe_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """None when ``given`` has exactly ``expected``'s keys and shapes, else a short reason."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k} (file {list(given[k].shape)}, model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in given and tuple(given[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+        if keys:
+            more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+            parts.append(f"{label}: {', '.join(keys[:_SHOW])}{more}")
+    return "; ".join(parts) or None

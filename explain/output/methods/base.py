@@ -1,0 +1,108 @@
+"""`Explainer` base class and the method registry.
+
+One method per module in ``explain/methods/``; each subclasses `Explainer`,
+declares its parameters as `ParamSpec`s and ``is_compatible(model)``, and
+registers itself with `register`. The UI lists only compatible methods and
+builds widgets from ``params``; the CLI turns them into flags.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from explain.attribution import Attribution
+from explain.errors import IncompatibleInput, UsageError
+from explain.model import LoadedModel
+from explain.params import ParamSpec
+
+#: progress(done, total) -> None; raise ``Cancelled`` inside to stop the run.
+ProgressFn = Callable[[int, int], None]
+
+_REGISTRY: dict[str, Explainer] = {}
+
+
+class Explainer:
+    """A registered attribution method.
+
+    Subclasses set ``name``, ``family``, ``params`` and implement
+    ``is_compatible`` and ``_explain``.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # "gradient" | "shap" | "perturbation" | "layer"
+    title: ClassVar[str] = ""
+    params: ClassVar[dict[str, ParamSpec]] = {}
+
+    def is_compatible(self, model: LoadedModel) -> bool:
+        return True
+
+    def incompatibility(self, model: LoadedModel) -> str | None:
+        """Why this method cannot run on ``model`` (None when it can)."""
+        return None if self.is_compatible(model) else f"{self.name} does not support this model."
+
+    def explain(
+        self,
+        model: LoadedModel,
+        inputs: np.ndarray,
+        target: np.ndarray | int | None = None,
+        progress: ProgressFn | None = None,
+        use_cache: bool = True,
+        **params: Any,
+    ) -> Attribution:
+        """Attribute ``model``'s ``target`` logit for ``inputs``.
+
+        Args:
+            inputs: model-ready batch ([N, ...] shaped by the spec).
+            target: class per input, one class for all, or None for the
+                predicted class.
+            progress: called with (done, total) as batches finish.
+            use_cache: return a stored result for the same (model, inputs,
+                method, params, target) from `ATTRIBUTION_CACHE`, and store
+                this one.
+            params: method parameters, validated against ``self.params``.
+        """
+        reason = self.incompatibility(model)
+        if reason:
+            raise IncompatibleInput(reason)
+        from explain.output.cache import ATTRIBUTION_CACHE, make_key
+        from explain.params import resolve_params
+
+        inputs = np.asarray(inputs)
+        resolved = resolve_params(self.params, params)
+        key = make_key(model, inputs, self.name, resolved, target) if use_cache else None
+        cached = ATTRIBUTION_CACHE.get(key) if use_cache else None
+        if cached is not None:
+            cached.notes.append("from the attribution cache")
+            if progress is not None:
+                progress(1, 1)
+            return cached
+        result = self._explain(model, inputs, target, progress, **resolved)
+        if use_cache:
+            ATTRIBUTION_CACHE.put(key, result)
+        return result
+
+    def _explain(self, model, inputs, target, progress, **params) -> Attribution:  # pragma: no cover
+        raise NotImplementedError
+
+
+def register(cls: type[Explainer]) -> type[Explainer]:
+    """Class decorator: add a method to the registry under ``cls.name``."""
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Explainer:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"Unknown method {name!r}. Known: {', '.join(sorted(_REGISTRY))}.") from None
+
+
+def all_methods() -> list[Explainer]:
+    return list(_REGISTRY.values())
+
+
+def compatible_methods(model: LoadedModel) -> list[Explainer]:
+    return [m for m in _REGISTRY.values() if m.is_compatible(model)]

@@ -1,0 +1,239 @@
+"""DeepLift (rescale rule) over (input, reference) pairs, for any model format.
+
+`deeplift_rescale_attributions` is the shared entry point of the rule-based
+methods (``shap_deep``, and ``deeplift`` / ``deeplift_shap`` if they want it):
+the model is captured as a graph (`explain.output.aten_graph`), the rules of
+SHAP's DeepExplainer are applied on it (`explain.output.aten_rules`), and the
+(input x reference) grid runs in memory-bounded chunks. Every chunk's outputs
+are checked against the model's own, so a wrong capture is refused, never
+explained.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import fx
+
+from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
+from explain.model import LoadedModel
+from explain.output.aten_graph import FALLBACK_METHOD, GRAPH_CACHE, CapturedGraph, captured_graph, first_tensor
+from explain.output.aten_rules import RuleInterpreter, RulePlan, plan_rules
+from explain.output.engine import is_out_of_memory
+
+
+@dataclass
+class RescaleResult:
+    """Rescale-rule DeepLift attributions averaged over references.
+
+    Attributes:
+        values: float64 [N, ...] shaped like the inputs; [N, L] for token ids
+            (attributed at the embedding output, summed over its last dim).
+        output: float64 [N]: f(x) for the target.
+        base_value: float64 [N]: mean over the input's references of f(r).
+        notes: how the graph was captured, ops without an exact rule.
+    """
+
+    values: np.ndarray
+    output: np.ndarray
+    base_value: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+def deeplift_rescale_attributions(
+    model: LoadedModel,
+    inputs: np.ndarray | torch.Tensor,
+    baselines: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    *,
+    grid: bool = True,
+    batch_size: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+) -> RescaleResult:
+    """DeepLift (rescale rule, SHAP DeepExplainer's rules) for any model format.
+
+    Args:
+        model: the loaded model (eager, TorchScript or ``.pt2``).
+        inputs: model-ready batch [N, ...].
+        baselines: references [B, ...]. With ``grid`` every input is paired
+            with every reference and values are averaged over them (SHAP
+            DeepExplainer / DeepLiftShap); without, B must be N (row i is
+            input i's reference) or 1 (shared), as in DeepLift.
+        target: int [N], the output column explained per input.
+        batch_size: (input, reference) pairs per forward/backward; results do
+            not depend on it. A model with a fixed batch size uses that.
+        progress: called with (pairs done, pairs total) after each chunk; an
+            exception raised there (``Cancelled``) stops the run.
+
+    Returns:
+        `RescaleResult`; ``values.sum() == output - base_value`` per input up
+        to float error when every nonlinearity has a rule (see ``notes``).
+
+    Raises:
+        IncompatibleInput: the model cannot be captured as a graph, or the
+            graph does not reproduce the model's outputs.
+    """
+    x = model.as_tensor(inputs)  # [N, ...]
+    refs = model.as_tensor(baselines)  # [B, ...]
+    n, b = x.shape[0], refs.shape[0]
+    if not grid and b not in (1, n):
+        raise UsageError(f"Paired baselines need 1 or {n} rows, got {b}.")
+    job = _Job(
+        x, refs, torch.as_tensor(np.asarray(target), dtype=torch.long, device=x.device).reshape(n),
+        torch.as_tensor(model_logits(model, x, "inputs")),  # [N, K] from the model itself
+        torch.as_tensor(model_logits(model, refs, "background")),  # [B, K]
+        b if grid else 1, grid,
+    )
+    step = model.fixed_batch_size or int(batch_size)
+    example = _pad(x[job.pairs(0, min(step, job.total))[0]], step if model.fixed_batch_size else None)
+    try:
+        with captured_graph(model, example) as captured:
+            sums, plan = _run_job(job, captured, step, progress)
+    except _Disagreement:
+        if not captured.cached:
+            raise
+        GRAPH_CACHE.forget(model)  # weights changed since the graph was captured: capture again
+        with captured_graph(model, example, reuse=False) as captured:
+            sums, plan = _run_job(job, captured, step, progress)
+    notes = [f"graph captured by {captured.how}", *captured.notes]
+    if plan.unruled:
+        notes.append(
+            "no exact DeepLift rule for " + ", ".join(plan.unruled)
+            + ": the gradient passes through them, so the values do not add up exactly to f(x) - E[f(b)]"
+        )
+    values, out_sum, base_sum = (v / job.per_input for v in sums)
+    return RescaleResult(values.numpy(), out_sum.numpy(), base_sum.numpy(), notes)
+
+
+@dataclass
+class _Job:
+    """The (input, reference) pairs to run: pair p = (p // B, p % B) on the grid."""
+
+    x: torch.Tensor  # [N, ...]
+    refs: torch.Tensor  # [B, ...]
+    target: torch.Tensor  # [N]
+    logits_x: torch.Tensor  # [N, K]
+    logits_r: torch.Tensor  # [B, K]
+    per_input: int
+    grid: bool
+
+    @property
+    def total(self) -> int:
+        return self.x.shape[0] * self.per_input
+
+    def pairs(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input rows and reference rows of pairs ``start..stop``."""
+        p = torch.arange(start, stop)
+        if self.grid:
+            return p // self.per_input, p % self.per_input
+        return p, (p if self.refs.shape[0] > 1 else torch.zeros_like(p))
+
+
+def _run_job(
+    job: _Job, captured: CapturedGraph, step: int, progress: Callable[[int, int], None] | None
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], RulePlan]:
+    """Sums over each input's pairs of values, f(x) and f(r) (float64, CPU)."""
+    n = job.x.shape[0]
+    step = captured.fixed_batch or step
+    plan = plan_rules(captured.module.graph, not torch.is_floating_point(job.x))
+    values = None
+    out_sum, base_sum = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    start = 0
+    while start < job.total:
+        i_idx, b_idx = job.pairs(start, min(start + step, job.total))
+        ts = job.target[i_idx]
+        try:
+            pair_values, fx_out, fr_out = _run_chunk(
+                captured.module, plan, job.x[i_idx], job.refs[b_idx], ts, captured.fixed_batch
+            )
+        except GlassboxError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - out of memory: halve the chunk and retry it
+            if not is_out_of_memory(exc):
+                raise IncompatibleInput(
+                    f"The graph captured by {captured.how} could not be run backwards "
+                    f"({type(exc).__name__}: {str(exc).strip()[:160]}).",
+                    f"Use {FALLBACK_METHOD} instead.",
+                ) from exc
+            if captured.fixed_batch or step == 1:
+                raise TooLarge(f"Out of memory with {step} (input, background) pairs per pass.") from None
+            step //= 2
+            continue
+        _check_agreement(fx_out, job.logits_x[i_idx], fr_out, job.logits_r[b_idx], captured.how)
+        if values is None:
+            values = torch.zeros((n, *pair_values.shape[1:]), dtype=torch.float64)
+        values.index_add_(0, i_idx, pair_values.double().cpu())
+        out_sum.index_add_(0, i_idx, fx_out.gather(1, ts[:, None]).squeeze(1).double().cpu())
+        base_sum.index_add_(0, i_idx, fr_out.gather(1, ts[:, None]).squeeze(1).double().cpu())
+        start += len(i_idx)
+        if progress is not None:
+            progress(start, job.total)
+    return (values, out_sum, base_sum), plan
+
+
+def model_logits(model: LoadedModel, rows: np.ndarray | torch.Tensor, what: str = "inputs") -> np.ndarray:
+    """The model's own logits [N, K]; a model that raises or gives NaN is refused clearly."""
+    try:
+        logits = model.predict_logits(rows)
+    except GlassboxError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model raised
+        raise IncompatibleInput(f"The model raised {type(exc).__name__} on the {what}: {str(exc)[:200]}") from None
+    logits = np.asarray(logits).reshape(len(rows), -1)
+    if not np.isfinite(logits).all():
+        hint = "For text, keep at least one non-padding token in every row." if what == "background" else None
+        raise IncompatibleInput(f"The model's output on the {what} is not finite (NaN or inf).", hint)
+    return logits
+
+
+def _pad(rows: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Rows padded with copies of the last row up to ``size`` (None: as they are)."""
+    if size is None or rows.shape[0] >= size:
+        return rows
+    return torch.cat([rows, rows[-1:].expand(size - rows.shape[0], *rows.shape[1:])])
+
+
+def _run_chunk(
+    module: fx.GraphModule,
+    plan: RulePlan,
+    xs: torch.Tensor,
+    rs: torch.Tensor,
+    ts: torch.Tensor,
+    fixed: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attributions of S (input, reference) pairs: values [S, ...], f(x) [S, K], f(r) [S, K]."""
+    s = xs.shape[0]
+    xs, rs, ts = _pad(xs, fixed), _pad(rs, fixed), _pad(ts, fixed)
+    with torch.no_grad():
+        reference = RuleInterpreter(module, plan, None)
+        fr = first_tensor(reference.run(rs)).reshape(xs.shape[0], -1)  # [S, K]
+    explained = RuleInterpreter(module, plan, reference.recorded)
+    with torch.enable_grad():
+        fx_ = first_tensor(explained.run(xs)).reshape(xs.shape[0], -1)  # [S, K]
+        leaf = explained.attribution_leaf  # the input, or the embedding output for token ids
+        selected = fx_.gather(1, ts[:, None]).sum()
+        (grad,) = torch.autograd.grad(selected, leaf, allow_unused=True)
+    a_r = rs.float() if plan.attribution_node.op == "placeholder" else reference.recorded[plan.attribution_node]
+    grad = torch.zeros_like(leaf) if grad is None else grad
+    pair_values = grad * (leaf.detach() - a_r)  # [S, ...]
+    if plan.attribution_node.op != "placeholder":
+        pair_values = pair_values.flatten(2).sum(-1)  # [S, L]: one number per token
+    return pair_values[:s].detach(), fx_[:s].detach(), fr[:s]
+
+
+class _Disagreement(IncompatibleInput):
+    """The captured graph's outputs differ from the model's."""
+
+
+def _check_agreement(fx_out: torch.Tensor, want_x: torch.Tensor, fr_out: torch.Tensor, want_r: torch.Tensor, how: str) -> None:
+    """Refuse when the captured graph does not reproduce the model's logits."""
+    for got, want in ((fx_out, want_x), (fr_out, want_r)):
+        got, want = got.float().cpu(), want.float()
+        gap = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+        if not gap <= 1e-3 * (1.0 + float(want.abs().max())):
+            raise _Disagreement(
+                f"The graph captured by {how} does not reproduce this model's outputs (difference {gap:.3g}).",
+                f"Use {FALLBACK_METHOD} instead.",
+            )

@@ -1,0 +1,172 @@
+"""``shap_deep``: SHAP DeepExplainer's numbers, for every model format.
+
+Equal to ``shap.DeepExplainer(model, background).shap_values(x)`` where SHAP
+works (modules with non-in-place, non-reused activations), and the same
+rescale-rule DeepLift averaged over the background where SHAP 0.51 fails:
+in-place or reused ``nn.ReLU``, residual ``+=``, TorchScript and
+``torch.export`` programs. The rules run on a captured ATen graph
+(`explain.output.methods.deeplift_rules`), never on module hooks, so the user's
+model is not modified.
+
+Text models are attributed at the embedding output (one value per token).
+Softmax attention and layer norm have no exact DeepLift rule; as in SHAP and
+Captum the gradient passes through them, and the completeness error shows by
+how much the values miss f(x) - E[f(b)].
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from explain.attribution import Attribution, compute_completeness_error
+from explain.errors import UsageError
+from explain.model import LoadedModel
+from explain.output.aten_graph import is_capturable_format
+from explain.output.methods.base import Explainer, ProgressFn, register
+from explain.output.methods.common import DEVICE_PARAM, array_param, resolve_targets
+from explain.output.methods.deeplift_rules import deeplift_rescale_attributions, model_logits
+from explain.output.methods.engine_method import clean_array_param
+from explain.output.precision import device_label, precision_context, resolve_device
+from explain.params import ParamSpec
+
+#: Where background rows come from when no array is given.
+BACKGROUND_KINDS = ("auto", "inputs", "zeros", "mean")
+
+
+@register
+class ShapDeep(Explainer):
+    """SHAP DeepExplainer (rescale-rule DeepLift averaged over a background)."""
+
+    name = "shap_deep"
+    family = "shap"
+    title = "SHAP DeepExplainer"
+    params = {
+        "background": array_param(),
+        "background_kind": ParamSpec(
+            "choice",
+            "auto",
+            choices=BACKGROUND_KINDS,
+            help="Without a background array: 'inputs' (rows of the explained batch), 'zeros' "
+            "(text: padding after the first token), 'mean' of the inputs; 'auto' = inputs when "
+            "there are 2 or more, else zeros.",
+        ),
+        "background_size": ParamSpec(
+            "int", 50, minimum=1, maximum=1000, help="At most this many background rows (evenly spaced)."
+        ),
+        "batch_size": ParamSpec(
+            "int", 128, minimum=1, maximum=4096, help="(input, background) pairs per forward/backward pass."
+        ),
+        "device": DEVICE_PARAM,
+    }
+
+    def is_compatible(self, model: LoadedModel) -> bool:
+        return self.incompatibility(model) is None
+
+    def incompatibility(self, model: LoadedModel) -> str | None:
+        if not is_capturable_format(model):
+            return f"shap_deep cannot read a graph from this {model.format} model; use integrated_gradients."
+        if model.modality == "text" and not model.spec.dtype.startswith("int"):
+            return "shap_deep explains text models through token ids (int64 inputs)."
+        return None
+
+    def _explain(
+        self,
+        model: LoadedModel,
+        inputs: np.ndarray,
+        target: np.ndarray | int | None,
+        progress: ProgressFn | None,
+        *,
+        background: Any,
+        background_kind: str,
+        background_size: int,
+        batch_size: int,
+        device: str,
+    ) -> Attribution:
+        start = time.perf_counter()
+        where = resolve_device(device)
+        if model.device != where:
+            model.to(where)
+        x = model.as_tensor(inputs).cpu().numpy()  # [N, ...] validated against the spec
+        custom = clean_array_param("background", background)
+        refs, described = choose_background(model, x, background_kind, background_size, custom)
+        targets = resolve_targets(model, x, target, logits=model_logits(model, x))  # clear error on a failing model
+        with precision_context("fp32", where):
+            result = deeplift_rescale_attributions(
+                model, x, refs, targets, grid=True, batch_size=batch_size, progress=progress
+            )
+        return Attribution(
+            values=result.values,
+            inputs=x,
+            target=targets,
+            method=self.name,
+            params={
+                "background": described,
+                "background_size": background_size,
+                "batch_size": batch_size,
+                "device": device,
+            },
+            base_value=result.base_value,
+            output=result.output,
+            completeness_error=compute_completeness_error(result.values, result.output, result.base_value),
+            seconds=time.perf_counter() - start,
+            device=device_label(where),
+            precision="fp32",
+            notes=result.notes,
+        )
+
+
+def choose_background(
+    model: LoadedModel, x: np.ndarray, choice: str, size: int, custom: np.ndarray | None = None
+) -> tuple[np.ndarray, str]:
+    """Background rows [B, ...] and a short description of them.
+
+    Args:
+        model: the model (its spec tells text from float inputs).
+        x: the explained inputs [N, ...].
+        choice: one of `BACKGROUND_KINDS` (ignored when ``custom`` is given).
+        size: at most this many rows, taken evenly spaced.
+        custom: user-supplied rows [B, ...].
+    """
+    text = model.modality == "text"
+    if custom is not None:
+        rows = model.as_tensor(custom).cpu().numpy()
+        picked = _evenly(rows, size)
+        return picked, f"array ({len(picked)} of {len(rows)} rows)"
+    if choice == "auto":
+        choice = "inputs" if len(x) >= 2 else "zeros"
+    if choice == "inputs":
+        picked = _evenly(x, size)
+        return picked, f"inputs ({len(picked)} rows)"
+    if choice == "mean":
+        if text:
+            raise UsageError("A mean background is undefined for token ids.", "Use 'zeros' (padding) or 'inputs'.")
+        return x.mean(axis=0, keepdims=True).astype(x.dtype), "mean of the inputs"
+    if text:
+        return padding_reference(model, x), "padding (first token kept)"
+    return np.zeros((1, *x.shape[1:]), dtype=x.dtype), "zeros"
+
+
+def padding_reference(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """One token-id row [1, L] of padding (id 0) whose first token is ``<cls>``.
+
+    The first token stays so that attention has a key to attend to (a row of
+    padding only is masked out entirely and gives NaN). Without a ``<cls>`` in
+    the spec's vocabulary the most common first token of the inputs is kept.
+    """
+    spec = model.spec
+    ref = np.zeros((1, *x.shape[1:]), dtype=x.dtype)
+    if spec.cls_token and spec.vocabulary and spec.cls_token in spec.vocabulary:
+        ref[0, 0] = spec.vocabulary.index(spec.cls_token)
+    else:
+        values, counts = np.unique(x[:, 0], return_counts=True)
+        ref[0, 0] = values[np.argmax(counts)]
+    return ref
+
+
+def _evenly(rows: np.ndarray, size: int) -> np.ndarray:
+    """At most ``size`` rows, evenly spaced and in order (deterministic)."""
+    if len(rows) <= size:
+        return rows
+    return rows[np.unique(np.linspace(0, len(rows) - 1, size).round().astype(int))]

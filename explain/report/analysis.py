@@ -1,0 +1,239 @@
+"""Report sections that wrap the analysis modules: structure, attention, training, evolution.
+
+Each builder calls the library (`explain.structure.layers`, `explain.structure.attention`,
+`explain.training.history` / `explain.training.findings`, `explain.training.evolution`) and its figure
+helpers (`explain.viz.*`), and puts every number it shows in ``data``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from explain.errors import IncompatibleInput
+from explain.model import LoadedModel
+from explain.report.document import Section, escape, format_number, round_data, table_html
+
+#: rows of the layer table (a long model is summarised after this many).
+MAX_LAYER_ROWS = 80
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+# -- structure -----------------------------------------------------------------------
+def describe_structure(model: LoadedModel, example: np.ndarray) -> dict[str, Any]:
+    """Layers of ``model`` on one example: ``{"layers": [...], "total_flops", "total_parameters"}``.
+
+    Args:
+        example: a model-ready batch of one input ([1, ...]).
+    """
+    from explain.structure.layers import describe_layers
+
+    layers = [dict(layer) for layer in describe_layers(model, example)]
+    root = next((layer for layer in layers if layer.get("name") in ("", "(model)", "model")), None)
+    flops = root.get("flops") if root else None
+    if flops is None:
+        top = [layer for layer in layers if layer.get("depth", 1) == 1] or layers
+        known = [layer.get("flops") for layer in top if layer.get("flops") is not None]
+        flops = int(sum(known)) if known else None
+    return {"layers": layers, "total_flops": flops, "total_parameters": model.parameter_count()}
+
+
+def build_structure_section(model: LoadedModel, structure: dict[str, Any]) -> Section:
+    layers = structure["layers"]
+    rows = [{
+        "name": layer.get("name") or "(model)", "type": layer.get("type", ""),
+        "output_shape": _shape_text(layer.get("output_shape")),
+        "parameters": layer.get("parameters"), "flops": layer.get("flops"),
+    } for layer in layers]
+    shown = rows[:MAX_LAYER_ROWS]
+    more = (f'<p class="muted">… and {len(rows) - MAX_LAYER_ROWS} more layers (all are in the embedded data).</p>'
+            if len(rows) > MAX_LAYER_ROWS else "")
+    intro = (f"<p>{len(rows)} layers · {format_number(structure['total_parameters'])} parameters · "
+             f"{format_number(structure['total_flops'])} FLOPs per sample (a multiply-add counts 2).</p>")
+    body = intro + table_html(shown, ["name", "type", "output_shape", "parameters", "flops"],
+                              ["layer", "type", "output shape", "parameters", "FLOPs"],
+                              numeric=("parameters", "flops")) + more
+    data = {"layers": [{k: r[k] for k in ("name", "type", "output_shape", "parameters", "flops")} for r in rows],
+            "total_parameters": structure["total_parameters"], "total_flops": structure["total_flops"]}
+    figures, notes = [], []
+    total = structure["total_flops"]
+    if total:
+        try:
+            from explain.viz.structure import figure_flops
+
+            leaves = [dict(layer, flop_share=layer["flops"] / total) for layer in layers
+                      if layer.get("name") and (layer.get("flops") or 0) > 0
+                      and not any(o.get("name", "").startswith(layer["name"] + ".") for o in layers)]
+            if leaves:
+                figures.append(figure_flops(leaves, top=15))
+        except ImportError as exc:
+            notes.append(f"FLOPs chart not drawn: {exc}.")
+    return Section("Structure", body=body, figures=figures, data=round_data(data), notes=notes)
+
+
+def _shape_text(shape: Any) -> str:
+    if shape is None:
+        return "—"
+    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
+        return "; ".join(_shape_text(s) for s in shape)
+    if isinstance(shape, (list, tuple)):
+        return "×".join(str(d) for d in shape)
+    return str(shape)
+
+
+# -- attention ---------------------------------------------------------------------------
+def has_attention(model: LoadedModel) -> bool:
+    """True when the model has attention layers the attention view can read (cheap, no run)."""
+    from explain.structure.attention import attention_unavailable_reason
+
+    return attention_unavailable_reason(model) is None
+
+
+def build_attention_section(model: LoadedModel, inputs: np.ndarray | None, example: np.ndarray) -> Section:
+    """Attention of the first input: per layer the mean over heads, and each head's entropy."""
+    from explain.inputs.reading import detokenize
+    from explain.structure.attention import capture_attention
+
+    x = inputs[:1] if inputs is not None else example
+    maps = capture_attention(model, x)
+    weights = np.asarray(maps.weights, dtype=np.float64)  # [layer, batch, head, query, key]
+    n_layers, _, n_heads, n_q, n_k = weights.shape
+    tokens = list(detokenize(x[0], model.spec)) if model.modality == "text" else [str(i) for i in range(n_k)]
+    keep = [i for i, t in enumerate(tokens) if t != "<pad>"] or list(range(n_k))
+    p = np.clip(weights[:, 0][..., keep, :][..., keep], 1e-12, 1.0)  # [layer, head, q, k] without padding
+    entropy = -(p * np.log(p)).sum(axis=-1).mean(axis=-1)  # [layer, head]
+    notes = list(maps.notes)
+    try:
+        figures = attention_figures(weights[:, 0], maps.layer_names, [tokens[i] for i in keep], keep)
+    except ImportError as exc:
+        figures, notes = [], notes + [f"Maps not drawn: {exc}."]
+    rows = [{"layer": maps.layer_names[i], **{f"head {h}": float(entropy[i, h]) for h in range(n_heads)}}
+            for i in range(n_layers)]
+    body = (f"<p>{n_layers} attention layers × {n_heads} heads on input #0 ({len(keep)} tokens, padding left out). "
+            "Each head's mean attention entropy in nats (low: each token attends to few others; "
+            f"uniform attention would be {np.log(len(keep)):.2f}).</p>"
+            + table_html(rows, numeric=[k for k in rows[0] if k != "layer"]))
+    data = {"layers": list(maps.layer_names), "heads": n_heads, "tokens": [tokens[i] for i in keep],
+            "entropy": entropy, "source": maps.source}
+    return Section("Attention", body=body, figures=figures, data=round_data(data), notes=notes)
+
+
+def attention_figures(weights: np.ndarray, layer_names: Sequence[str], tokens: Sequence[str],
+                      keep: Sequence[int], grid: bool = True) -> list:
+    """Attention of one input without padding, from `explain.viz.structure`.
+
+    Args:
+        weights: [layer, head, query, key] for one input.
+        keep: the non-padding positions (the maps are cut to them).
+        grid: one layer × head grid; else one map per layer (mean over heads).
+    """
+    from explain.viz import structure as viz_structure
+
+    w = weights[:, :, keep][..., keep]  # [layer, head, q, k]
+    if grid:
+        return [viz_structure.figure_attention_grid(w, list(layer_names), list(tokens))]
+    return [viz_structure.figure_attention(w[i].mean(axis=0), list(tokens), title=f"{name} · mean over heads",
+                                           height=420)
+            for i, name in enumerate(layer_names)]
+
+
+# -- training --------------------------------------------------------------------------
+def read_training_history(logs: Sequence[Any], checkpoints: Sequence[Any], fallback: Any = None):
+    """The run's history and where it came from: the logs merged, else the latest checkpoint's, else ``fallback``.
+
+    Args:
+        logs: paths, TensorBoard folders or ``(name, bytes)`` pairs.
+        checkpoints: paths or ``(name, bytes)`` pairs.
+        fallback: a history list/dict kept in the model file (``LoadedModel.extra["history"]``).
+
+    Raises:
+        IncompatibleInput: nothing to read.
+    """
+    from explain.training.history import merge_histories, read_checkpoint_history, read_history
+
+    if logs:
+        histories = [read_history(s[1], filename=s[0]) if isinstance(s, tuple) else read_history(s) for s in logs]
+        return merge_histories(histories), "logs"
+    if checkpoints:
+        from explain.training.evolution import read_checkpoints
+
+        last = read_checkpoints(list(checkpoints))[-1]  # the latest by epoch holds the longest history
+        return read_checkpoint_history(last.data, last.source), f"checkpoint {last.source}"
+    if fallback:
+        import json
+
+        return read_history(json.dumps(fallback).encode(), filename="history.json"), "the model file"
+    raise IncompatibleInput("No training log or checkpoint history was given.")
+
+
+def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints: Sequence[Any]) -> Section:
+    from explain.training.findings import diagnose
+
+    history, origin = read_training_history(logs, checkpoints, model.extra.get("history"))
+    findings = diagnose(history)
+    findings.sort(key=lambda f: _SEVERITY_ORDER.get(f.severity, 3))
+    notes: list[str] = []
+    try:
+        figures = training_figures(history, findings)
+    except ImportError as exc:  # the figures module is optional: findings and numbers still show
+        figures, notes = [], [f"Curves not drawn: {exc}."]
+    per_epoch = history.by_epoch()
+    final = {c: float(per_epoch[c].dropna().iloc[-1]) for c in per_epoch.columns if per_epoch[c].notna().any()}
+    items = "".join(
+        f'<li><span class="sev-{escape(f.severity)}">{escape(f.kind)}</span> {escape(f.message)}</li>' for f in findings
+    ) or "<li>No findings.</li>"
+    lengths = history.series_lengths()
+    body = (f"<p>Curves read from {escape(origin)} ({escape(', '.join(history.sources) or history.name)}): "
+            f"{len(lengths)} series over {len(per_epoch)} {escape(history.default_x)}s.</p>"
+            f'<h3>Findings</h3><ul class="findings">{items}</ul>'
+            + table_html([{"series": k, "points": v, "last value": final.get(k)} for k, v in lengths.items()],
+                         numeric=("points", "last value")))
+    data = {"origin": origin, "sources": list(history.sources), "series": lengths, "final": final,
+            "roles": dict(history.roles),
+            "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message, "epochs": list(f.epochs)}
+                         for f in findings]}
+    return Section("Training", body=body, figures=figures, data=round_data(data), notes=notes)
+
+
+def training_figures(history, findings) -> list:
+    """Loss and metric curves with the findings marked (`explain.viz.training`)."""
+    from explain.viz import training as viz_training
+
+    return [viz_training.figure_curves(history, findings, height=480)]
+
+
+# -- checkpoint evolution ----------------------------------------------------------------
+def build_evolution_section(model: LoadedModel, checkpoints: Sequence[Any], inputs: np.ndarray | None,
+                            steps: int = 32) -> Section:
+    """How the weights, and the explanations of ``inputs``, changed from checkpoint to checkpoint."""
+    from explain.training.evolution import compute_checkpoint_drift, compute_weight_changes, read_checkpoints
+    from explain.viz import training as viz_training
+
+    ckpts = read_checkpoints(list(checkpoints))  # oldest first
+    change = compute_weight_changes(ckpts)
+    figures = [viz_training.figure_weight_changes(change)]
+    mean_change = np.nanmean(change.values, axis=0)  # [K-1] over layers
+    rows = [{"interval": iv, "mean relative change": float(v),
+             "largest": change.layers[int(np.nanargmax(change.values[:, j]))] if np.isfinite(change.values[:, j]).any() else "—"}
+            for j, (iv, v) in enumerate(zip(change.intervals, mean_change))]
+    body = (f"<p>{len(ckpts)} checkpoints ({escape(', '.join(change.labels))}). Relative weight change "
+            "‖W<sub>t+1</sub> − W<sub>t</sub>‖ / ‖W<sub>t</sub>‖ per layer:</p>"
+            + table_html(rows, ["interval", "mean relative change", "largest"],
+                         ["interval", "mean ‖ΔW‖/‖W‖ over layers", "layer that changed most"],
+                         numeric=("mean relative change",)))
+    data: dict[str, Any] = {"checkpoints": change.labels, "layers": change.layers, "intervals": change.intervals,
+                            "weight_change": change.values, "mean_weight_change": mean_change}
+    if inputs is not None and len(inputs):
+        drift = compute_checkpoint_drift(ckpts, model, inputs, steps=steps)
+        mean = drift.mean_correlation
+        drift_rows = [{"checkpoint": label, "rho": float(r)} for label, r in zip(drift.labels, mean)]
+        body += ("<h3>Explanations across checkpoints</h3>"
+                 f"<p>Integrated gradients ({steps} steps) of the same {len(inputs)} inputs at every checkpoint, "
+                 "compared with the final checkpoint by Spearman rank correlation ρ (1: the same ranking).</p>"
+                 + table_html(drift_rows, ["checkpoint", "rho"], ["checkpoint", "mean ρ to final"], numeric=("rho",)))
+        figures.append(viz_training.figure_drift_correlation(drift))
+        figures.append(viz_training.figure_attribution_drift(drift, 0, model.spec, inputs))
+        data.update({"drift_method": drift.method, "drift_steps": steps, "drift_targets": drift.target,
+                     "drift_correlation": drift.correlation, "drift_mean_correlation": mean})
+    return Section("Checkpoint evolution", body=body, figures=figures, data=round_data(data))

@@ -1,0 +1,366 @@
+"""`Report` / `Section`: everything Glassbox shows, as ONE self-contained HTML file.
+
+The file needs nothing from the network: plotly's JavaScript is inlined once,
+figures are plotly ``<div>``s that use it, images are ``data:`` URIs (PNG made
+with Pillow), the CSS is inline and only system fonts are named. Every number
+a section shows is also kept in its ``data`` dict and embedded in the file as
+JSON (``<script type="application/json" id="glassbox-data">``), so two reports
+(e.g. one from the CLI, one from the page) can be compared number by number.
+
+`explain.report.sections.build_report` assembles the sections from the library
+(`explain.report.analysis` holds the analysis sections); a part that fails becomes a section that says
+what failed and why, and the rest of the report is still built.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explain.errors import GlassboxError, UsageError
+from explain.report.template import CSS as _CSS
+from explain.report.template import PAGE as _PAGE
+
+#: keys in a section's ``data`` that change from run to run (timings, clocks);
+#: `Report.comparable_data` leaves them out.
+VOLATILE_KEYS = frozenset({"seconds", "created", "elapsed_seconds", "build_seconds"})
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "chromium", "chromium-browser")
+DATA_SCRIPT_ID = "glassbox-data"
+
+ProgressFn = Callable[[int, int], None]
+
+
+# -- small pure HTML helpers ---------------------------------------------------------
+def escape(value: Any) -> str:
+    """HTML-escape any value's text (user-supplied names, tokens, file names)."""
+    return html.escape(str(value), quote=True)
+
+
+def slugify(text: str) -> str:
+    """An anchor id for a heading: lower-case letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug or "section"
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """A number for a table cell: ints with thousands separators, floats to ``digits``."""
+    if value is None:
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not np.isfinite(v):
+            return "—"
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.{max(digits - 1, 1)}e}"
+        return f"{v:.{digits}g}"
+    return str(value)
+
+
+def table_html(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+               headers: Sequence[str] | None = None, numeric: Iterable[str] = ()) -> str:
+    """An HTML table of dict rows (cells escaped; numbers formatted and right-aligned)."""
+    if not rows:
+        return '<p class="muted">(empty)</p>'
+    columns = list(columns or rows[0].keys())
+    headers = list(headers or columns)
+    numeric = set(numeric)
+    head = "".join(f"<th{' class=num' if c in numeric else ''}>{escape(h)}</th>" for c, h in zip(columns, headers))
+    body = []
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row.get(c)
+            text = format_number(v) if isinstance(v, (int, float, np.number)) or v is None else str(v)
+            cells.append(f"<td{' class=num' if c in numeric else ''}>{escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def key_value_html(items: dict[str, Any]) -> str:
+    """A two-column table (a model card): keys in bold, values escaped."""
+    rows = "".join(
+        f"<tr><th>{escape(k)}</th><td>{escape(format_number(v) if not isinstance(v, str) else v)}</td></tr>"
+        for k, v in items.items()
+    )
+    return f'<table class="card">{rows}</table>'
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 [H, W] or [H, W, 3|4] array (Pillow)."""
+    from PIL import Image
+
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def image_tag(pixels: np.ndarray, alt: str, width: int = 144) -> str:
+    """An ``<img>`` holding the array as a PNG ``data:`` URI, upscaled pixel-exact."""
+    from PIL import Image
+
+    arr = np.asarray(pixels)
+    h, w = arr.shape[:2]
+    scale = max(1, int(round(width / max(w, 1))))
+    if scale > 1:
+        arr = np.asarray(Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST))
+    uri = "data:image/png;base64," + base64.b64encode(png_bytes(arr)).decode("ascii")
+    return f'<img src="{uri}" alt="{escape(alt)}" width="{width}" class="pix">'
+
+
+def overlay_pixels(image: np.ndarray, heat: np.ndarray, zmax: float, strength: float = 0.8) -> np.ndarray:
+    """An attribution map over its image: red where positive, blue where negative.
+
+    Args:
+        image: uint8 [H, W, 3].
+        heat: [H, W] attribution (channels summed).
+        zmax: the colour limit shared by the maps being compared.
+
+    Returns:
+        uint8 [H, W, 3].
+    """
+    base = np.asarray(image, dtype=np.float64) / 255.0
+    grey = base.mean(axis=2, keepdims=True) * 0.6 + 0.4  # faded input so colours read clearly
+    a = np.clip(np.asarray(heat, dtype=np.float64) / (zmax or 1.0), -1.0, 1.0)[..., None]  # [H, W, 1]
+    red, blue = np.array([0.70, 0.09, 0.17]), np.array([0.13, 0.40, 0.67])
+    colour = np.where(a > 0, red, blue)
+    alpha = np.abs(a) * strength
+    out = grey * (1 - alpha) + colour * alpha
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
+def round_data(value: Any, digits: int = 6) -> Any:
+    """Plain JSON values for ``data``: floats to ``digits`` significant digits, NaN to None."""
+    if isinstance(value, dict):
+        return {str(k): round_data(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_data(v, digits) for v in value]
+    if isinstance(value, np.ndarray):
+        return round_data(value.tolist(), digits)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return float(f"{v:.{digits}g}") if np.isfinite(v) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def one_line(exc: BaseException) -> str:
+    """Why something failed, in one line (a GlassboxError's reason, else type: message)."""
+    if isinstance(exc, GlassboxError):
+        text = exc.message
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())[:400]
+
+
+# -- the report --------------------------------------------------------------------
+@dataclass
+class Section:
+    """One part of a report.
+
+    Attributes:
+        title: the heading (also the table-of-contents entry).
+        body: HTML built by Glassbox (user text already escaped).
+        figures: plotly figures, placed after ``body``.
+        data: every number the section shows (plain JSON values).
+        error: set when the part failed: one line saying what and why.
+        notes: short remarks shown under the heading.
+    """
+
+    title: str
+    body: str = ""
+    figures: list[Any] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def failed(cls, title: str, exc: BaseException | str) -> Section:
+        """A section that says this part could not be built, and why (one line)."""
+        reason = exc if isinstance(exc, str) else one_line(exc)
+        return cls(title=title, error=reason, data={"error": reason})
+
+    @property
+    def anchor(self) -> str:
+        return slugify(self.title)
+
+    def to_html(self, anchor: str | None = None) -> str:
+        parts = [f'<section id="{escape(anchor or self.anchor)}"><h2>{escape(self.title)}</h2>']
+        if self.error:
+            parts.append(f'<div class="failed"><strong>This part could not be built.</strong> {escape(self.error)}</div>')
+        parts.extend(f'<p class="note">{escape(n)}</p>' for n in self.notes)
+        parts.append(self.body)
+        if self.figures:
+            parts.append('<div class="figs">')
+            for fig in self.figures:
+                height = (fig.layout.height or 360) if hasattr(fig, "layout") else 360
+                div = fig.to_html(full_html=False, include_plotlyjs=False, default_height=f"{int(height)}px",
+                                  config={"displaylogo": False, "responsive": True})
+                parts.append(f'<div class="fig">{div}</div>')
+            parts.append("</div>")
+        parts.append("</section>")
+        return "\n".join(parts)
+
+
+@dataclass
+class Report:
+    """An exportable report.
+
+    Attributes:
+        title: shown at the top and in the browser tab.
+        sections: in order.
+        created: when it was made (UTC).
+        params: every parameter used to build it (for reproduction).
+        subtitle: one line under the title (what was reported on).
+    """
+
+    title: str
+    sections: list[Section] = field(default_factory=list)
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    params: dict[str, Any] = field(default_factory=dict)
+    subtitle: str = ""
+
+    @property
+    def section_titles(self) -> list[str]:
+        return [s.title for s in self.sections]
+
+    @property
+    def failed_sections(self) -> list[str]:
+        return [s.title for s in self.sections if s.error]
+
+    def section(self, title: str) -> Section:
+        for s in self.sections:
+            if s.title == title:
+                return s
+        raise KeyError(title)
+
+    def comparable_data(self) -> dict[str, Any]:
+        """Each section's ``data`` without run-dependent keys (timings, clocks)."""
+        return {s.title: _drop_volatile(s.data) for s in self.sections}
+
+    def data_json(self) -> str:
+        """All sections' data as JSON (what the HTML embeds)."""
+        payload = {"title": self.title, "created": self.created.isoformat(timespec="seconds"),
+                   "params": round_data(self.params), "sections": {s.title: round_data(s.data) for s in self.sections}}
+        return json.dumps(payload, allow_nan=False, sort_keys=False)
+
+    def to_html(self) -> str:
+        """The whole report as one self-contained HTML document."""
+        import plotly.offline
+
+        anchors = _unique_anchors(self.sections)
+        toc = "".join(
+            f'<li><a href="#{escape(a)}">{escape(s.title)}</a>{" <span class=bad>(failed)</span>" if s.error else ""}</li>'
+            for s, a in zip(self.sections, anchors)
+        )
+        body = "\n".join(s.to_html(a) for s, a in zip(self.sections, anchors))
+        created = self.created.strftime("%Y-%m-%d %H:%M:%S UTC")
+        data = self.data_json().replace("</", "<\\/")  # never close the script early
+        return _PAGE.format(
+            title=escape(self.title), created=escape(created), toc=toc,
+            subtitle=escape(self.subtitle + " · " if self.subtitle else ""), body=body, css=_CSS,
+            plotlyjs=plotly.offline.get_plotlyjs(), data=data, data_id=DATA_SCRIPT_ID,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the HTML to ``path`` (parents created)."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.to_html(), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"Cannot write the report to {path} ({exc.strerror}).") from None
+        return path
+
+    def to_pdf(self, path: str | Path, chromium: str | None = None, timeout: float = 120.0) -> Path:
+        """Print the report to PDF with headless Chromium.
+
+        Raises:
+            UsageError: no Chromium is installed, or it failed to print.
+        """
+        exe = find_chromium(chromium)
+        if exe is None:
+            raise UsageError(
+                "PDF export needs Chromium, which is not installed.",
+                "Install it (apt-get install -y chromium) or save the HTML report and print it from a browser.",
+            )
+        path = Path(path).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="glassbox-pdf-") as tmp:
+            src = Path(tmp) / "report.html"
+            src.write_text(self.to_html(), encoding="utf-8")
+            cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
+                   f"--user-data-dir={tmp}/profile", "--virtual-time-budget=3000",
+                   f"--print-to-pdf={path}", src.as_uri()]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+            except subprocess.TimeoutExpired:
+                raise UsageError(f"Chromium did not finish printing the PDF within {timeout:.0f} s.") from None
+        if not path.exists() or path.stat().st_size == 0:
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise UsageError(f"Chromium could not print the PDF (exit {proc.returncode}: {tail[0][:200]}).")
+        return path
+
+
+def find_chromium(explicit: str | None = None) -> str | None:
+    """The path of a Chromium executable, or None."""
+    for candidate in ([explicit] if explicit else []) + list(CHROMIUM_CANDIDATES):
+        found = candidate if Path(candidate).is_file() else shutil.which(candidate)
+        if found:
+            return str(found)
+    return None
+
+
+def read_report_data(html_text: str) -> dict[str, Any]:
+    """The JSON data embedded in a report's HTML (to compare two reports)."""
+    match = re.search(rf'<script type="application/json" id="{DATA_SCRIPT_ID}">(.*?)</script>', html_text, re.S)
+    if not match:
+        raise UsageError("This HTML is not a Glassbox report (no embedded data).")
+    return json.loads(match.group(1).replace("<\\/", "</"))
+
+
+def drop_volatile(data: Any) -> Any:
+    """``data`` without `VOLATILE_KEYS`, at any depth."""
+    return _drop_volatile(data)
+
+
+def _drop_volatile(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _drop_volatile(v) for k, v in data.items() if k not in VOLATILE_KEYS}
+    if isinstance(data, list):
+        return [_drop_volatile(v) for v in data]
+    return data
+
+
+def _unique_anchors(sections: Sequence[Section]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for s in sections:
+        a = s.anchor
+        seen[a] = seen.get(a, 0) + 1
+        out.append(a if seen[a] == 1 else f"{a}-{seen[a]}")
+    return out

@@ -1,0 +1,400 @@
+"""Section builders for `explain.report.document`: model card, outputs, structure, training, ...
+
+`build_report` calls each builder inside `_guarded`: a builder that raises
+becomes a section that says what failed and why (one line) and the rest of
+the report is still built. Every number a section shows is put in its
+``data`` (see `explain.report.document.Section`).
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import platform
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from explain.errors import Cancelled, IncompatibleInput, UsageError
+from explain.inputs.reading import detokenize
+from explain.model import LoadedModel
+from explain.params import resolve_params
+from explain.report import analysis
+from explain.report.document import (
+    Report,
+    Section,
+    escape,
+    format_number,
+    image_tag,
+    key_value_html,
+    one_line,
+    overlay_pixels,
+    round_data,
+    table_html,
+)
+
+#: inputs each output section shows by default.
+DEFAULT_MAX_INPUTS = 4
+#: layers listed in the structure table (the rest are summarised in one row).
+MAX_LAYER_ROWS = 80
+VERSION_PACKAGES = ("torch", "captum", "shap", "streamlit", "plotly", "numpy", "pandas", "pillow", "safetensors")
+
+ProgressFn = Callable[[int, int], None]
+
+
+# -- inputs and sources ------------------------------------------------------------
+def inputs_array(inputs: Any) -> np.ndarray | None:
+    """A model-ready array from an ``InputBatch`` (``.array``) or an array; None stays None."""
+    if inputs is None:
+        return None
+    return np.asarray(getattr(inputs, "array", inputs))
+
+
+def digest(data: bytes | np.ndarray) -> str:
+    """sha256 of bytes, or of an array's bytes with its shape and dtype."""
+    if isinstance(data, np.ndarray):
+        arr = np.ascontiguousarray(data)
+        return hashlib.sha256(arr.tobytes() + f"{arr.shape}{arr.dtype}".encode()).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_source(source: Any) -> tuple[str, bytes]:
+    """(display name, bytes) of a log or checkpoint given as a path or a ``(name, bytes)`` pair."""
+    if isinstance(source, tuple) and len(source) == 2:
+        return str(source[0]), bytes(source[1])
+    path = Path(source)
+    if path.is_dir():  # a TensorBoard folder: identify it by its event files
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return path.name, b"".join(p.read_bytes() for p in files)
+    try:
+        return path.name, path.read_bytes()
+    except OSError as exc:
+        raise IncompatibleInput(f"Cannot read {path} ({exc.strerror}).") from None
+
+
+def describe_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as plain values: an array becomes its shape and sha256."""
+    return {k: ({"array_shape": list(v.shape), "sha256": digest(v)} if isinstance(v, np.ndarray) else v)
+            for k, v in params.items()}
+
+
+def example_inputs(model: LoadedModel, inputs: np.ndarray | None) -> np.ndarray:
+    """One model-ready example: the first input, or a neutral one built from the spec."""
+    if inputs is not None and len(inputs):
+        return inputs[:1]
+    shape = (1, *model.spec.input_shape)
+    if model.modality == "text":
+        return np.ones(shape, dtype=np.int64)  # <unk> tokens: never an all-padding row
+    return np.zeros(shape, dtype=np.float32)
+
+
+# -- model card --------------------------------------------------------------------
+def build_model_card(model: LoadedModel, structure: dict[str, Any] | None, structure_error: str | None) -> Section:
+    spec = model.spec
+    flops = structure["total_flops"] if structure else None
+    card = {
+        "name": model.name,
+        "format": model.format,
+        "sha256": model.sha256,
+        "architecture": model.architecture or "—",
+        "modality": spec.modality,
+        "input shape (per sample)": "×".join(str(d) for d in spec.input_shape),
+        "input dtype": spec.dtype,
+        "parameters": model.parameter_count(),
+        "FLOPs per sample (forward)": flops if flops is not None else f"not available ({structure_error})",
+        "classes": ", ".join(spec.class_names) if spec.class_names else "—",
+        "device": str(model.device),
+    }
+    if spec.mean is not None:
+        card["normalisation mean"] = ", ".join(format_number(float(v)) for v in spec.mean[:8])
+        card["normalisation std"] = ", ".join(format_number(float(v)) for v in spec.std[:8]) if spec.std else "—"
+    if spec.feature_names:
+        card["features"] = f"{len(spec.feature_names)}: " + ", ".join(spec.feature_names[:10]) + (
+            " …" if len(spec.feature_names) > 10 else "")
+    if spec.vocabulary:
+        card["vocabulary"] = f"{len(spec.vocabulary)} tokens" + (f", {spec.cls_token} first" if spec.cls_token else "")
+    if model.fixed_batch_size:
+        card["fixed batch size"] = model.fixed_batch_size
+    if "epoch" in model.extra:
+        card["checkpoint epoch"] = model.extra["epoch"]
+    data = {"name": model.name, "format": model.format, "sha256": model.sha256, "architecture": model.architecture,
+            "modality": spec.modality, "input_shape": list(spec.input_shape), "dtype": spec.dtype,
+            "parameters": model.parameter_count(), "flops": flops, "class_names": list(spec.class_names),
+            "spec": spec.to_dict()}
+    return Section("Model card", body=key_value_html(card), data=round_data(data))
+
+
+# -- output explanations -------------------------------------------------------------
+def build_output_section(model: LoadedModel, inputs: np.ndarray, labels: np.ndarray | None, method: str,
+                         params: dict[str, Any]) -> Section:
+    """Explain ``inputs`` with one method: maps / bars / tokens per input plus a numbers table."""
+    from explain.output.methods import get_method
+
+    explainer = get_method(method)
+    title = f"Output: {explainer.title or method}"
+    attr = explainer.explain(model, inputs, **params)
+    probs = model.predict_proba(inputs)  # [N, K]
+    names = model.spec.class_names or [str(k) for k in range(probs.shape[1])]
+    rows = []
+    for i in range(len(attr)):
+        pred = int(np.argmax(probs[i]))
+        flat = np.asarray(attr.values[i], dtype=np.float64).ravel()
+        rows.append({
+            "input": i, "prediction": _name(names, pred), "probability": float(probs[i, pred]),
+            "label": _name(names, int(labels[i])) if labels is not None else None,
+            "target": _name(names, int(attr.target[i])), "target_logit": float(attr.output[i]),
+            "base_value": float(attr.base_value[i]), "attribution_sum": float(flat.sum()),
+            "max_abs_attribution": float(np.abs(flat).max()) if flat.size else 0.0,
+            "completeness_error": float(attr.completeness_error[i]),
+        })
+    data: dict[str, Any] = {
+        "method": attr.method, "params": describe_params(attr.params),
+        "device": attr.device, "precision": attr.precision, "seconds": attr.seconds, "inputs": rows,
+    }
+    cells, figures = _output_visuals(model, attr, rows, data)
+    table = table_html(rows, ["input", "prediction", "probability", "label", "target", "attribution_sum",
+                              "completeness_error"],
+                       ["input", "prediction", "p", "true label", "target", "Σ attribution", "completeness error"],
+                       numeric=("input", "probability", "attribution_sum", "completeness_error"))
+    err = attr.max_completeness_error
+    meta = (f"{len(attr)} inputs · {attr.seconds:.2f} s · device {attr.device} · precision {attr.precision} · "
+            f"largest completeness error {format_number(err) if err is not None else 'not defined for this method'}"
+            f" · parameters: {', '.join(f'{k}={v}' for k, v in data['params'].items()) or 'defaults'}")
+    section = Section(title, body=f'<p class="muted">{escape(meta)}</p>{cells}{table}', figures=figures,
+                      data=round_data(data), notes=list(attr.notes))
+    return section
+
+
+def _name(names: Sequence[str], k: int) -> str:
+    return names[k] if 0 <= k < len(names) else f"class {k}"
+
+
+def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> tuple[str, list]:
+    """HTML cells (image maps, token highlights) and plotly figures (tabular bars) for one result."""
+    from explain.viz import attribution as viz
+
+    def caption(r: dict) -> str:
+        truth = f" · true {escape(r['label'])}" if r["label"] is not None else ""
+        err = r["completeness_error"]
+        err_text = f"completeness error {format_number(err)}" if np.isfinite(err) else "completeness: not defined"
+        return (f'<div class="pred">#{r["input"]} · {escape(r["prediction"])} ({r["probability"]:.1%}){truth}</div>'
+                f'<div class="cap">→ {escape(r["target"])} · {err_text}</div>')
+
+    if model.modality == "image":
+        images = viz.to_display_images(attr.inputs, model.spec)  # [N, H, W, 3]
+        maps = viz.image_maps(attr)  # [N, H, W]
+        zmax = viz.shared_scale(maps)
+        data["color_limit"] = zmax
+        cells = [
+            f'<div class="cell">{image_tag(images[i], f"input {i}", width=112)}'
+            f'{image_tag(overlay_pixels(images[i], maps[i], zmax), f"{attr.method} map for input {i}", width=112)}'
+            f'{caption(r)}</div>'
+            for i, r in enumerate(rows)
+        ]
+        legend = ('<p class="muted">Each pair: the input, then the attribution over it (red raises the target '
+                  f'logit, blue lowers it; one colour scale for all inputs, limit {format_number(zmax)}).</p>')
+        return legend + '<div class="cards">' + "".join(cells) + "</div>", []
+    if model.modality == "text":
+        tokens_all = [list(detokenize(attr.inputs[i], model.spec)) for i in range(len(attr))]
+        cells = []
+        for i, r in enumerate(rows):
+            toks = tokens_all[i]
+            r["tokens"] = [{"token": t, "attribution": float(v)} for t, v in zip(toks, attr.values[i]) if t != "<pad>"]
+            cells.append(f'<div class="cell" style="flex:1 1 100%">{caption(r)}'
+                         f'<div class="tokens">{viz.text_attribution_html(toks, attr.values[i])}</div></div>')
+        return '<div class="cards">' + "".join(cells) + "</div>", []
+    feature_names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
+    raw = _raw_tabular(model, attr.inputs)
+    figures = []
+    for i, r in enumerate(rows):
+        top = np.argsort(-np.abs(attr.values[i]))[:10]
+        r["top_features"] = [{"feature": feature_names[j], "value": float(raw[i, j]),
+                              "attribution": float(attr.values[i, j])} for j in top]
+        title = f"#{i} · {r['prediction']} ({r['probability']:.1%}) → {r['target']}"
+        figures.append(viz.tabular_bar_figure(attr.values[i], feature_names, raw[i], top_k=10,
+                                              title=html.escape(title)))
+    return "", figures
+
+
+def _raw_tabular(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    spec = model.spec
+    x = np.asarray(x, dtype=np.float64)
+    if spec.mean is not None and spec.std is not None:
+        return x * np.asarray(spec.std) + np.asarray(spec.mean)
+    return x
+
+
+# -- environment and parameters -----------------------------------------------------------
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on (without importing them)."""
+    out = {"python": platform.python_version()}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def build_environment(model: LoadedModel, precisions: Sequence[str]) -> Section:
+    versions = package_versions()
+    if torch.cuda.is_available():
+        accel = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        accel = "none (CPU only)"
+    env = {**versions, "platform": platform.platform(terse=True), "machine": platform.machine(),
+           "accelerator": accel, "model device": str(model.device),
+           "precision": ", ".join(sorted(set(precisions))) or "fp32", "torch threads": torch.get_num_threads()}
+    data = {"versions": versions, "platform": env["platform"], "accelerator": accel, "device": str(model.device),
+            "precisions": sorted(set(precisions)) or ["fp32"], "torch_threads": torch.get_num_threads()}
+    return Section("Environment", body=key_value_html(env), data=round_data(data))
+
+
+def build_parameters(report_params: dict[str, Any], created: str, seconds: float) -> Section:
+    import json
+
+    shown = {k: v for k, v in report_params.items() if k != "invocation"}
+    rows = [{"parameter": k, "value": json.dumps(round_data(v))} for k, v in shown.items()]
+    cmd = report_params.get("invocation", {}).get("command")
+    body = (f'<p>Made {escape(created)} in {seconds:.1f} s. These are every parameter used; the same call '
+            "reproduces the numbers above.</p>" + table_html(rows, ["parameter", "value"]))
+    if cmd:
+        body += f"<h3>Command line</h3><pre>{escape(cmd)}</pre>"
+    data = {"params": round_data(shown), "created": created, "build_seconds": seconds}
+    return Section("Reproducibility", body=body, data=data)
+
+
+# -- the report ------------------------------------------------------------------------
+def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (), checkpoints: Sequence[Any] = (),
+                 methods: Sequence[str] = ("integrated_gradients",), progress: ProgressFn | None = None, *,
+                 max_inputs: int = DEFAULT_MAX_INPUTS, method_params: dict[str, dict[str, Any]] | None = None,
+                 labels: np.ndarray | None = None, title: str | None = None,
+                 invocation: dict[str, Any] | None = None) -> Report:
+    """Build every section of a report; a part that fails becomes a section saying why.
+
+    Args:
+        model: the model to report on.
+        inputs: model-ready array [N, ...] or an ``InputBatch``; the first
+            ``max_inputs`` are explained. None: no output sections.
+        logs: training logs (paths, TensorBoard folders or ``(name, bytes)``).
+        checkpoints: checkpoints (paths or ``(name, bytes)``), in training order.
+        methods: attribution methods, one output section each.
+        progress: called with (done, total) after each part.
+        max_inputs: how many inputs the output sections explain.
+        method_params: per-method parameters, e.g. ``{"integrated_gradients": {"steps": 32}}``.
+        labels: true classes [N] (default: the ``InputBatch``'s labels).
+        title: the report title (default: "Glassbox report: <model name>").
+        invocation: how the report was asked for (``{"command": ...}``); shown, never compared.
+
+    Raises:
+        UsageError: an unknown method name or a bad ``max_inputs``.
+        Cancelled: raised by ``progress``.
+    """
+    from explain.output.methods import get_method
+
+    start = time.perf_counter()
+    if max_inputs < 1:
+        raise UsageError(f"max_inputs must be at least 1, got {max_inputs}.")
+    methods = list(dict.fromkeys(methods))
+    # unknown methods or parameters are a usage error, found before any work
+    method_params = {m: resolve_params(get_method(m).params, dict((method_params or {}).get(m, {})))
+                     for m in methods}
+    array = inputs_array(inputs)
+    labels = labels if labels is not None else getattr(inputs, "labels", None)
+    shown = array[:max_inputs] if array is not None else None
+    shown_labels = np.asarray(labels)[:max_inputs] if labels is not None else None
+    log_ids = [_identify(s) for s in logs]
+    ckpt_ids = [_identify(s) for s in checkpoints]
+
+    report = Report(title or f"Glassbox report: {model.name}")
+    report.subtitle = (f"{model.name} · {model.format} · sha256 {model.sha256[:12]}… · "
+                       + (f"{len(shown)} of {len(array)} inputs explained" if array is not None else "no inputs"))
+    report.params = {
+        "model": {"name": model.name, "format": model.format, "sha256": model.sha256},
+        "inputs": None if array is None else {"count": int(len(array)), "explained": int(len(shown)),
+                                              "shape": list(array.shape), "sha256": digest(array)},
+        "methods": methods, "method_params": {m: describe_params(p) for m, p in method_params.items()},
+        "max_inputs": max_inputs,
+        "logs": log_ids, "checkpoints": ckpt_ids, "invocation": invocation or {},
+    }
+    steps: list[tuple[str, Callable[[], list[Section]]]] = []
+    structure: dict[str, Any] = {}
+
+    def card() -> list[Section]:
+        try:
+            structure["value"] = analysis.describe_structure(model, example_inputs(model, shown))
+        except Exception as exc:  # the card still shows everything else
+            structure["error"] = one_line(exc)
+        return [build_model_card(model, structure.get("value"), structure.get("error"))]
+
+    steps.append(("Model card", card))
+    attrs_precisions: list[str] = []
+    for m in methods:
+        def output(m=m) -> list[Section]:
+            if shown is None:
+                return [Section.failed(f"Output: {get_method(m).title or m}",
+                                       "No inputs were given, so there is nothing to explain (pass --inputs).")]
+            section = build_output_section(model, shown, shown_labels, m, method_params[m])
+            attrs_precisions.append(section.data.get("precision", "fp32"))
+            return [section]
+        steps.append((f"Output: {get_method(m).title or m}", output))
+
+    def struct() -> list[Section]:
+        if "error" in structure:
+            return [Section.failed("Structure", structure["error"])]
+        return [analysis.build_structure_section(model, structure["value"])]
+
+    steps.append(("Structure", struct))
+    try:
+        attention, attention_error = analysis.has_attention(model), None
+    except Exception as exc:  # cannot even tell: a text model's report says so, others skip attention
+        attention, attention_error = model.modality == "text", one_line(exc)
+
+    def attention_section() -> list[Section]:
+        if attention_error:
+            return [Section.failed("Attention", attention_error)]
+        return [analysis.build_attention_section(model, shown, example_inputs(model, shown))]
+
+    if attention:
+        steps.append(("Attention", attention_section))
+    if logs or checkpoints or model.extra.get("history"):
+        steps.append(("Training", lambda: [analysis.build_training_section(model, logs, checkpoints)]))
+    evolution_steps = int(method_params.get("integrated_gradients", {}).get("steps") or 32)
+    report.params["evolution_steps"] = evolution_steps if len(checkpoints) >= 2 else None
+    if len(checkpoints) >= 2:
+        steps.append(("Checkpoint evolution",
+                      lambda: [analysis.build_evolution_section(model, checkpoints, shown, evolution_steps)]))
+    steps.append(("Environment", lambda: [build_environment(model, attrs_precisions)]))
+
+    total = len(steps) + 1
+    for done, (name, build) in enumerate(steps):
+        report.sections.extend(_guarded(name, build))
+        if progress is not None:
+            progress(done + 1, total)
+    created = report.created.strftime("%Y-%m-%d %H:%M:%S UTC")
+    report.sections.append(build_parameters(report.params, created, time.perf_counter() - start))
+    if progress is not None:
+        progress(total, total)
+    return report
+
+
+def _identify(source: Any) -> dict[str, Any]:
+    """Name and sha256 of a log/checkpoint, so the report says exactly what it read."""
+    if isinstance(source, LoadedModel):
+        return {"name": source.name, "sha256": source.sha256}
+    name, data = read_source(source)
+    return {"name": name, "sha256": digest(data), "bytes": len(data)}
+
+
+def _guarded(title: str, build: Callable[[], list[Section]]) -> list[Section]:
+    """Run a builder; any failure (but a cancel) becomes one failed section."""
+    try:
+        return build()
+    except Cancelled:
+        raise
+    except Exception as exc:
+        return [Section.failed(title, exc)]

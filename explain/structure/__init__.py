@@ -1,0 +1,9 @@
+"""Structure explanations: what the model is.
+
+``layers`` (the layer table: shapes, parameters, FLOPs) · ``module_graph`` (the module
+tree as a DOT graph) · ``module_probe`` / ``script_probe`` (running a model once and
+recording per-module statistics, eager or TorchScript) · ``attention`` /
+``attention_export`` / ``attention_summary`` (attention maps per layer and head) ·
+``activations`` (activation and weight statistics) · ``layer_importance`` (which layers
+matter, Grad-CAM on a chosen layer).
+"""
