@@ -39,8 +39,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from explain import InputSpec, LoadedModel  # noqa: E402
+from explain.output.baselines import text_reference  # noqa: E402
 from explain.output.methods import get_method  # noqa: E402
-from explain.output.methods.layer_integrated_gradients import reference_ids  # noqa: E402
 
 
 # --------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def captum(case: Case, batch: int | None) -> Callable[[], np.ndarray]:
                 x, baselines=torch.zeros_like(x), target=t, n_steps=steps, internal_batch_size=batch
             ).detach().cpu().numpy()
     elif case.method == "layer_integrated_gradients":
-        ref = reference_ids(x, "padding")
+        ref = text_reference(x, model.spec, "pad", keep_first="input")
 
         def run():
             lig = LayerIntegratedGradients(model.module, model.module.embedding)
@@ -318,7 +318,7 @@ def completeness(case: Case, values: np.ndarray | None) -> float | None:
         fb = model.predict_logits(case.background)[:, t].mean(0)
     else:
         emb = model.module.embedding
-        ref_points = emb(reference_ids(x, "padding")).detach()
+        ref_points = emb(text_reference(x, model.spec, "pad", keep_first="input")).detach()
         handle = emb.register_forward_hook(lambda m, i, o: ref_points)
         try:
             fb = model.predict_logits(x)[np.arange(len(t)), t]

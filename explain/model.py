@@ -6,12 +6,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from explain.errors import IncompatibleInput
 from explain.spec import InputSpec
 
 #: Formats a LoadedModel can come from.
 FORMATS = ("safetensors", "state_dict", "checkpoint", "torchscript", "export", "pickle")
+#: formats whose module is a plain ``nn.Module`` built from Python source we know.
+EAGER_FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle")
 
 
 @dataclass
@@ -52,6 +55,7 @@ class LoadedModel:
     exported_program: Any = None
     max_batch_rows: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    _unflattened: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def modality(self) -> str:
@@ -59,8 +63,58 @@ class LoadedModel:
 
     @property
     def is_eager(self) -> bool:
-        """True for a plain ``nn.Module`` built from Python source we know."""
-        return self.format in ("safetensors", "state_dict", "checkpoint", "pickle")
+        """True for a plain ``nn.Module`` built from Python source we know: its submodules
+        really run, so a hook on any of them fires (not TorchScript, not a ``.pt2`` graph)."""
+        return (
+            self.format in EAGER_FORMATS
+            and isinstance(self.module, nn.Module)
+            and not isinstance(self.module, torch.jit.ScriptModule)
+        )
+
+    def hook_incompatibility(self, what: str, exported: bool = True) -> str | None:
+        """Why hooks on this model's layers are impossible for ``what`` (None when they are possible).
+
+        The one answer to "can we hook into this model's layers?": yes for eager
+        models; yes for a ``.pt2`` program with a dynamic batch when ``exported``
+        (its module hierarchy is rebuilt with ``torch.export.unflatten``); never
+        for TorchScript, nor for a ``.pt2`` exported with a fixed batch size (the
+        batches an attribution runs cannot be fed to it).
+
+        Args:
+            what: the analysis asking, for the message ("Grad-CAM", "Layer importance").
+            exported: False for analyses that need the eager module itself (layer
+                names and module types as written in Python), so ``.pt2`` is refused.
+        """
+        if self.is_eager:
+            return None
+        if self.format == "export" and exported:
+            if self.exported_program is not None and not self.fixed_batch_size:
+                return None
+            why = "a .pt2 exported with a fixed batch size" if self.fixed_batch_size else "this .pt2 file"
+        elif self.format == "export":
+            why = ".pt2 files"
+        else:
+            why = f"{self.format} files"
+        return f"{what} needs hooks on the model's layers, which {why} cannot give."
+
+    def hookable_module(self, what: str = "This analysis", exported: bool = True) -> nn.Module:
+        """The ``nn.Module`` whose submodules accept hooks: the eager module, or (when
+        ``exported``) a ``.pt2`` program unflattened back into its module hierarchy,
+        built once and kept on the model's device.
+
+        Raises:
+            IncompatibleInput: `hook_incompatibility` says why not, with what to load instead.
+        """
+        reason = self.hook_incompatibility(what, exported)
+        if reason:
+            hint = ("Load the weights (safetensors or a state-dict checkpoint), or a .pt2 with a dynamic batch."
+                    if exported else "Load the weights (safetensors or a state-dict checkpoint).")
+            raise IncompatibleInput(reason, hint)
+        if self.is_eager:
+            return self.module
+        if self._unflattened is None:
+            self._unflattened = torch.export.unflatten(self.exported_program)
+        return self._unflattened.to(self.device)
 
     def chunk_limit(self, wanted: int) -> int:
         """The largest chunk (<= ``wanted``) the model may run: the fixed size, or a vetted size."""

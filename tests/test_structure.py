@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from explain.errors import IncompatibleInput
+from explain.errors import IncompatibleInput, UsageError
 from explain.model import LoadedModel
 from explain.spec import InputSpec
 from explain.structure.activations import compute_weight_histogram, compute_weight_stats, tabulate_activations
@@ -270,3 +270,53 @@ def test_grad_cam_on_the_image_model(sample_models):
     assert cam.min() >= 0 and np.all(np.isclose(peaks, 1.0, atol=1e-5) | (peaks == 0))
     assert all(not m._forward_hooks and not m._backward_hooks for m in module.modules())
     np.testing.assert_allclose(compute_grad_cam(models["export"], x.numpy(), "layer3"), cam, atol=1e-5)
+
+
+def test_one_hookability_check_on_the_loaded_model(sample_models):
+    """`LoadedModel.hookable_module`: eager modules as they are, a dynamic-batch .pt2 unflattened;
+    TorchScript and a fixed-batch .pt2 refused with the reason; ``exported=False`` refuses any .pt2."""
+    from explain.loading.loader import load_model
+
+    module, _, models = sample_models["shapes"]
+    eager, exported, scripted = models["safetensors"], models["export"], models["torchscript"]
+    static = load_model(SAMPLE_ROOT / "shapes" / "model_static.pt2")
+    assert eager.is_eager and not exported.is_eager and not scripted.is_eager
+    assert eager.hookable_module("Grad-CAM") is module and eager.hook_incompatibility("Grad-CAM") is None
+    unflattened = exported.hookable_module("Grad-CAM")
+    assert "layer3.conv1" in dict(unflattened.named_modules()) and exported.hook_incompatibility("Grad-CAM") is None
+    assert exported.hookable_module("Grad-CAM") is unflattened  # built once
+    for refused in (scripted, static):
+        assert "hooks" in refused.hook_incompatibility("Grad-CAM")
+        with pytest.raises(IncompatibleInput, match="hooks"):
+            refused.hookable_module("Grad-CAM")
+    assert exported.hook_incompatibility("Layer attribution", exported=False)
+    with pytest.raises(IncompatibleInput, match="hooks"):
+        exported.hookable_module("Layer attribution", exported=False)
+
+
+def test_the_grad_cam_method_and_the_structure_grad_cam_are_one(sample_models):
+    """The method's map is the Structure page's before normalisation, on the eager model and the .pt2;
+    the method's default layer is the first of the one candidate list, and it runs on a dynamic .pt2."""
+    from explain.output.cache import ATTRIBUTION_CACHE
+    from explain.output.methods import compatible_methods, get_method
+    from explain.output.methods.grad_cam import grad_cam_incompatibility
+
+    _, x, models = sample_models["shapes"]
+    x = x.numpy()
+    method = get_method("grad_cam")
+    assert "grad_cam" in {m.name for m in compatible_methods(models["export"])}
+    assert grad_cam_incompatibility(models["torchscript"])
+    for fmt in ("safetensors", "export"):
+        ATTRIBUTION_CACHE.clear()
+        raw = method.explain(models[fmt], x, batch_size=3)  # chunks of 2 + a padded 1 on the vetted .pt2
+        assert raw.params["layer"] == grad_cam_layers(models[fmt], x)[0] == "layer3"
+        assert np.all(raw.values == raw.values[:, :1])  # one map broadcast over the channels
+        maps = raw.values[:, 0]  # [N, H, W]
+        peaks = maps.reshape(len(x), -1).max(1)[:, None, None]
+        np.testing.assert_allclose(maps / peaks, compute_grad_cam(models[fmt], x, "layer3"), atol=1e-6)
+    np.testing.assert_allclose(method.explain(models["export"], x, layer="layer2").values,
+                               method.explain(models["safetensors"], x, layer="layer2").values, atol=1e-6)
+    with pytest.raises(UsageError, match="cannot run on layer"):
+        method.explain(models["safetensors"], x, layer="layer1.relu")  # runs twice in its block
+    with pytest.raises(UsageError, match="no layer"):
+        compute_grad_cam(models["safetensors"], x, "nope")

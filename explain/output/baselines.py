@@ -14,14 +14,94 @@ reference changes the answer, so it is always explicit:
 
 Background sets (SHAP family) are summarised with k-means, as ``shap.kmeans``
 does, so that large uploads stay cheap.
+
+Text models have one more reference, a *reference text* in token ids
+(`text_reference`): padding, or ``<unk>`` for every real token, with the first
+token kept. Every method and view that needs one builds it there.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
+import torch
 
 from explain.errors import IncompatibleInput, UsageError
+from explain.inputs.text import PAD_ID, UNK_ID
+from explain.spec import InputSpec
 
 BASELINE_KINDS = ("zero", "blurred", "mean", "file")
+#: what a reference text is made of (`text_reference`).
+TEXT_REFERENCE_KINDS = ("pad", "unk")
+#: which first token a reference text keeps (`text_reference`).
+FIRST_TOKEN_RULES = ("input", "most_common", "cls", None)
+
+Ids = TypeVar("Ids", np.ndarray, torch.Tensor)
+
+
+def special_token_ids(spec: InputSpec) -> tuple[int, int]:
+    """(``<pad>`` id, ``<unk>`` id): their positions in the spec's vocabulary, else 0 and 1."""
+    vocab = list(spec.vocabulary or [])
+    pad = vocab.index("<pad>") if "<pad>" in vocab else PAD_ID
+    unk = vocab.index("<unk>") if "<unk>" in vocab else UNK_ID
+    return pad, unk
+
+
+def text_reference(ids: Ids, spec: InputSpec, kind: str = "pad", keep_first: str | None = "input") -> Ids:
+    """The reference text of a text model's inputs: token ids shaped like ``ids``.
+
+    Attribution in embedding space explains f(text) - f(reference text); this
+    is the one place that reference is built. The ``<pad>`` and ``<unk>`` ids
+    come from the spec's vocabulary (`special_token_ids`).
+
+    Args:
+        ids: token ids [N, L] (numpy or torch; the result has the same type,
+            dtype and device).
+        spec: the model's spec.
+        kind: what the reference text is made of:
+
+            - ``pad``: padding at every position ("no text at all");
+            - ``unk``: ``<unk>`` at every position where the input has a real
+              token, padding where the input has padding ("as many words,
+              none known": the padding mask stays the input's).
+        keep_first: which token position 0 holds instead. A text of padding
+            only is masked out entirely as attention keys (NaN), so the
+            callers keep one:
+
+            - ``input``: each input's own first token (its ``<cls>``), row by row
+              (layer integrated gradients, layer importance, layer attribution);
+            - ``most_common``: the most common first token of ``ids`` (ties: the
+              smallest id), the same in every row (DeepLift, DeepLift-SHAP);
+            - ``cls``: the spec's ``cls_token`` when its vocabulary has it, else
+              as ``most_common`` (shap_deep's background);
+            - ``None``: nothing kept (layer attribution of a spec without a
+              ``cls_token``).
+
+        The three rules agree when every input starts with the spec's
+        ``<cls>``, as the sample model's do; each caller keeps its own so
+        that no result changes.
+
+    Raises:
+        UsageError: an unknown ``kind`` or ``keep_first``.
+    """
+    if kind not in TEXT_REFERENCE_KINDS:
+        raise UsageError(f"Unknown reference text {kind!r}. Use one of {', '.join(TEXT_REFERENCE_KINDS)}.")
+    if keep_first not in FIRST_TOKEN_RULES:
+        raise UsageError(f"Unknown first-token rule {keep_first!r}.")
+    is_tensor = isinstance(ids, torch.Tensor)
+    arr = ids.detach().cpu().numpy() if is_tensor else np.asarray(ids)
+    pad, unk = special_token_ids(spec)
+    ref = np.full_like(arr, pad) if kind == "pad" else np.where(arr == pad, pad, unk).astype(arr.dtype)
+    if keep_first == "input":
+        ref[:, 0] = arr[:, 0]
+    elif keep_first is not None:
+        vocab = list(spec.vocabulary or [])
+        if keep_first == "cls" and spec.cls_token and spec.cls_token in vocab:
+            ref[:, 0] = vocab.index(spec.cls_token)
+        elif len(arr):
+            values, counts = np.unique(arr[:, 0], return_counts=True)
+            ref[:, 0] = values[np.argmax(counts)]
+    return torch.as_tensor(ref, dtype=ids.dtype, device=ids.device) if is_tensor else ref
 
 
 def make_baseline(

@@ -39,9 +39,6 @@ MAX_CHUNK_ROWS = 1024
 GPU_MEMORY_SHARE = 0.7
 PROBE_ROWS = 2
 
-#: formats whose module is a plain nn.Module built from Python source.
-EAGER_FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle")
-
 #: progress(done, total) -> None; raise ``Cancelled`` inside to stop the run.
 ProgressFn = Callable[[int, int], None]
 #: make(start, stop) -> (points [B, ...], owner [B] input index, target [B]).
@@ -450,22 +447,13 @@ def pad_rows(fixed: int | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, .
     return tuple(torch.cat([t, t[-1:].expand(fixed - n, *t.shape[1:])]) for t in tensors)
 
 
-def is_eager(model: LoadedModel) -> bool:
-    """True when ``model.module`` is an nn.Module whose submodules really run (hooks fire)."""
-    return (
-        model.format in EAGER_FORMATS
-        and isinstance(model.module, nn.Module)
-        and not isinstance(model.module, torch.jit.ScriptModule)
-    )
-
-
 def find_embedding(model: LoadedModel) -> tuple[str, nn.Embedding] | None:
     """The token-embedding layer of an eager text model, by module type.
 
     With several ``nn.Embedding`` modules the one with the most rows (the
     vocabulary, not positions or segments) is taken.
     """
-    if not is_eager(model):
+    if not model.is_eager:
         return None
     found = [(n, m) for n, m in model.module.named_modules() if isinstance(m, nn.Embedding)]
     if not found:

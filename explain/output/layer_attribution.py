@@ -6,8 +6,10 @@ the real input; layer conductance (``LayerConductance``) spreads the input's
 integrated gradients over the layer's units. Both sum (up to the integration
 error) to f(x) − f(baseline) for the target logit.
 
-Only eager models (weights rebuilt from a known architecture) have layers a
-hook can reach; TorchScript and ``.pt2`` graphs are refused with a reason.
+Only eager models (weights rebuilt from a known architecture) are offered
+(`LoadedModel.hookable_module` with ``exported=False``): the layer list skips
+modules by their Python type, which an unflattened ``.pt2`` does not keep;
+TorchScript and ``.pt2`` graphs are refused with a reason.
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ from torch import nn
 
 from explain.errors import IncompatibleInput, UsageError
 from explain.model import LoadedModel
+from explain.output.baselines import text_reference
+from explain.structure.layer_importance import SKIPPED_LAYER_TYPES
 
 LAYER_METHODS = ("integrated_gradients", "conductance")
-#: module types whose output says nothing on its own.
-_SKIP_TYPES = (nn.Dropout, nn.Identity, nn.MultiheadAttention)
 
 
 @dataclass
@@ -58,23 +60,13 @@ class LayerAttribution:
     seconds: float
 
 
-def _eager_module(model: LoadedModel) -> nn.Module:
-    module = model.module
-    if not model.is_eager or not isinstance(module, nn.Module) or isinstance(module, torch.jit.ScriptModule):
-        raise IncompatibleInput(
-            f"Layer attribution needs the model's layers, which a {model.format} file does not expose.",
-            "Load the weights (safetensors or a state_dict of a known architecture).",
-        )
-    return module
-
-
 def attributable_layers(model: LoadedModel, example: np.ndarray) -> list[str]:
     """Layers (execution order) whose output is one tensor on ``example``: the choices for `explain_layer`.
 
     Args:
         example: a model-ready batch of one input ([1, ...]).
     """
-    module = _eager_module(model)
+    module = model.hookable_module("Layer attribution", exported=False)
     seen: dict[str, bool] = {}
     calls: dict[str, int] = {}
     inside_attention = {n for n, m in module.named_modules() if isinstance(m, nn.MultiheadAttention)}
@@ -88,7 +80,9 @@ def attributable_layers(model: LoadedModel, example: np.ndarray) -> list[str]:
     handles = []
     try:
         for name, sub in module.named_modules():
-            if (name and not isinstance(sub, _SKIP_TYPES) and not getattr(sub, "inplace", False)
+            # attention modules return (output, weights) and their projections never run on their own
+            if (name and type(sub).__name__ not in SKIPPED_LAYER_TYPES and not isinstance(sub, nn.MultiheadAttention)
+                    and not getattr(sub, "inplace", False)
                     and not any(name.startswith(p + ".") for p in inside_attention)):
                 handles.append(sub.register_forward_hook(hook(name)))
         with torch.no_grad():
@@ -101,16 +95,14 @@ def attributable_layers(model: LoadedModel, example: np.ndarray) -> list[str]:
 
 
 def _baseline(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    """Zeros for images and tabular; for text, every token but the first and padding becomes ``<unk>`` (1).
+    """Zeros for images and tabular; for text, every real token becomes ``<unk>`` and padding
+    stays padding (the input's own first token kept when the spec has a ``cls_token``).
 
     (All-padding text would mask every attention key.)
     """
     if model.modality != "text":
         return torch.zeros_like(x)
-    ref = torch.where(x == 0, x, torch.ones_like(x))
-    if model.spec.cls_token:
-        ref[:, 0] = x[:, 0]
-    return ref
+    return text_reference(x, model.spec, "unk", keep_first="input" if model.spec.cls_token else None)
 
 
 def explain_layer(model: LoadedModel, inputs: np.ndarray, layer: str, target: Any = None,
@@ -134,7 +126,7 @@ def explain_layer(model: LoadedModel, inputs: np.ndarray, layer: str, target: An
         )
     if steps < 2:
         raise UsageError(f"steps must be at least 2, got {steps}.")
-    module = _eager_module(model)
+    module = model.hookable_module("Layer attribution", exported=False)
     modules = dict(module.named_modules())
     if layer not in modules or not layer:
         raise IncompatibleInput(f"The model has no layer named {layer!r}.")

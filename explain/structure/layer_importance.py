@@ -12,13 +12,22 @@ to real. Scores:
 - ``total``: mean over inputs of Σ attribution (the signed logit change).
 
 Baselines: zeros for image and tabular inputs; for text every token is
-``<pad>`` (id 0) except the first (``<cls>``), which is kept so attention has
-a key to attend to.
+``<pad>`` except the first (``<cls>``), which is kept so attention has a key to
+attend to (`explain.output.baselines.text_reference`, ``pad`` with each input's
+own first token).
 
-Both need hooks on the layers: they run on eager models and on ``.pt2``
-programs with a dynamic batch (unflattened into their module hierarchy; a
-layer whose unflattened form returns more than one value is not scored), not
-on TorchScript.
+Grad-CAM lives here too, once: `grad_cam_layers` is the one list of layers it
+can run on (the first is the default), `grad_cam_rows` the one computation.
+The Structure page shows `compute_grad_cam` (maps normalised to [0, 1] per
+input); the ``grad_cam`` attribution method
+(`explain.output.methods.grad_cam`) runs `grad_cam_rows` through the engine
+and keeps the raw maps. `SKIPPED_LAYER_TYPES` is the one list of module types
+no layer analysis offers.
+
+All need hooks on the layers (`LoadedModel.hookable_module`): they run on
+eager models and on ``.pt2`` programs with a dynamic batch (unflattened into
+their module hierarchy; a layer whose unflattened form returns more than one
+value is not scored), not on TorchScript.
 """
 from __future__ import annotations
 
@@ -29,27 +38,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.errors import IncompatibleInput
+from explain.errors import IncompatibleInput, UsageError
 from explain.kernels import no_mha_fastpath
 from explain.model import LoadedModel
+from explain.output.baselines import text_reference
+from explain.output.engine import pad_rows
 from explain.structure.layers import module_depth
-from explain.structure.module_probe import forward_hooks
+from explain.structure.module_probe import forward_hooks, node_module_paths
 
-#: modules that are identities at inference or hold no computation of their own
-_SKIP_TYPES = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity", "ModuleList", "ModuleDict"}
+#: module types no layer analysis offers (importance, Grad-CAM, layer attribution): identities
+#: at inference, or containers with no computation of their own. Class names, so that an
+#: unflattened ``.pt2`` (whose modules are all ``InterpreterModule``s) is judged by its graph's names.
+SKIPPED_LAYER_TYPES = frozenset(
+    {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity", "ModuleList", "ModuleDict"}
+)
 
 
-def _module_types(model: LoadedModel, module: nn.Module) -> dict[str, str]:
-    """name -> class name; for an unflattened ``.pt2`` the names recorded in its graph."""
+def module_types(model: LoadedModel, module: nn.Module | None = None) -> dict[str, str]:
+    """Module name -> class name of a hookable model (``module``: its `LoadedModel.hookable_module`);
+    for a ``.pt2`` the names recorded in its graph (its unflattened modules are all ``InterpreterModule``s)."""
     if model.format == "export":
-        from explain.structure.module_probe import node_module_paths
-
         types: dict[str, str] = {}
         for node in model.module.graph.nodes:
             for path, type_name in node_module_paths(node):
                 types.setdefault(path, type_name)
         return types
-    return {name: type(m).__name__ for name, m in module.named_modules()}
+    return {name: type(m).__name__ for name, m in (module or model.module).named_modules()}
 
 
 @dataclass
@@ -73,26 +87,6 @@ class LayerImportance:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def hookable_module(model: LoadedModel, what: str) -> nn.Module:
-    """A module whose layers accept hooks: the eager model, or a ``.pt2`` program
-    unflattened back into its module hierarchy (``torch.export.unflatten``).
-
-    Raises:
-        IncompatibleInput: TorchScript (no hooks) or a ``.pt2`` with a fixed batch
-            size (the attribution batches cannot be fed to it).
-    """
-    if model.format == "export" and model.exported_program is not None and not model.fixed_batch_size:
-        return torch.export.unflatten(model.exported_program)
-    if not model.is_eager or isinstance(model.module, torch.jit.ScriptModule):
-        why = ("a .pt2 exported with a fixed batch size" if model.format == "export"
-               else f"{model.format} files")
-        raise IncompatibleInput(
-            f"{what} needs hooks on the model's layers, which {why} cannot give.",
-            "Load the weights (safetensors or a state-dict checkpoint), or a .pt2 with a dynamic batch.",
-        )
-    return model.module
-
-
 def _observe_layers(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, torch.Tensor | None]]:
     """name -> (calls, last output tensor or None if not a single tensor)."""
     seen: dict[str, tuple[int, torch.Tensor | None]] = {}
@@ -112,17 +106,13 @@ def _observe_layers(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, 
 def candidate_layers(model: LoadedModel, inputs: np.ndarray, depth: int = 2) -> list[str]:
     """Layers that can be scored: single-tensor float output, run once, at ``depth``
     (or leaves above it); dropout and containers excluded."""
-    module = hookable_module(model, "Layer importance")
-    return _candidates(module, model.as_tensor(inputs[:1]), depth, _module_types(model, module))
+    module = model.hookable_module("Layer importance")
+    return _candidates(module, model.as_tensor(inputs[:1]), depth, module_types(model, module))
 
 
 def importance_unavailable_reason(model: LoadedModel) -> str | None:
     """Why layer importance / Grad-CAM cannot run on ``model`` (None when they can)."""
-    try:
-        hookable_module(model, "Layer importance")
-    except IncompatibleInput as exc:
-        return exc.message
-    return None
+    return model.hook_incompatibility("Layer importance")
 
 
 def _candidates(module: nn.Module, x: torch.Tensor, depth: int, types: dict[str, str]) -> list[str]:
@@ -131,7 +121,7 @@ def _candidates(module: nn.Module, x: torch.Tensor, depth: int, types: dict[str,
     out = []
     for name, m in modules.items():
         d = block_depth(name, modules)
-        if not name or types.get(name, type(m).__name__) in _SKIP_TYPES or d > depth:
+        if not name or types.get(name, type(m).__name__) in SKIPPED_LAYER_TYPES or d > depth:
             continue
         if d < depth and any(True for _ in m.children()):
             continue
@@ -149,11 +139,9 @@ def block_depth(name: str, modules: dict[str, nn.Module]) -> int:
 
 
 def baseline_for(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    """Zeros, or for text all ``<pad>`` but the first token."""
+    """Zeros, or for text all ``<pad>`` but each input's own first token."""
     if model.modality == "text":
-        b = torch.zeros_like(x)
-        b[:, 0] = x[:, 0]
-        return b
+        return text_reference(x, model.spec, "pad", keep_first="input")
     return torch.zeros_like(x)
 
 
@@ -168,9 +156,9 @@ def compute_layer_importance(
     """Rank layers by LayerIntegratedGradients attribution to the predicted class."""
     from captum.attr import LayerIntegratedGradients
 
-    module = hookable_module(model, "Layer importance")
+    module = model.hookable_module("Layer importance")
     x = model.as_tensor(inputs)
-    layers = layers if layers is not None else _candidates(module, x[:1], depth, _module_types(model, module))
+    layers = layers if layers is not None else _candidates(module, x[:1], depth, module_types(model, module))
     if not layers:
         raise IncompatibleInput("No layer of this model can be scored (none has a single tensor output).")
     target = torch.as_tensor(model.predict_logits(x).argmax(axis=1), device=x.device)
@@ -204,38 +192,93 @@ def compute_layer_importance(
 
 
 def grad_cam_layers(model: LoadedModel, inputs: np.ndarray) -> list[str]:
-    """Modules with a spatial (N, C, H, W) output that run once: Grad-CAM targets,
-    shallowest first and, within a depth, the last one first (the usual choice)."""
-    module = hookable_module(model, "Grad-CAM")
+    """The one list of Grad-CAM layers: modules with a spatial (N, C, H, W) output, H·W > 1,
+    that run once and are not of a `SKIPPED_LAYER_TYPES` type; shallowest first and, within a
+    depth, the last one first (the usual choice; the first is the default layer).
+
+    Raises:
+        IncompatibleInput: no hooks on this model's layers, or not an image model.
+    """
+    module = model.hookable_module("Grad-CAM")
     if model.modality != "image":
         raise IncompatibleInput("Grad-CAM needs an image model.")
     seen = _observe_layers(module, model.as_tensor(inputs[:1]))
+    types = module_types(model, module)
+    modules = dict(module.named_modules())
     names = [n for n, (calls, t) in seen.items()
-             if n and calls == 1 and t is not None and t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1]
-    order = {n: i for i, n in enumerate(dict(module.named_modules()))}
+             if n and calls == 1 and t is not None and t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1
+             and types.get(n, type(modules.get(n)).__name__) not in SKIPPED_LAYER_TYPES]
+    order = {n: i for i, n in enumerate(modules)}
     return sorted(names, key=lambda n: (module_depth(n), -order.get(n, 0)))
+
+
+def grad_cam_layer(model: LoadedModel, inputs: np.ndarray, layer: str = "") -> str:
+    """``layer`` checked against `grad_cam_layers`, or the first of them when empty.
+
+    Raises:
+        UsageError: no such module, or one Grad-CAM cannot run on (not spatial, run twice, ...).
+        IncompatibleInput: the model has no Grad-CAM layer at all.
+    """
+    names = grad_cam_layers(model, inputs)
+    if not layer:
+        if not names:
+            raise IncompatibleInput("Grad-CAM needs a layer with a spatial output; this model has none.",
+                                    "Use integrated_gradients or occlusion.")
+        return names[0]
+    if layer in names:
+        return layer
+    if layer not in dict(model.hookable_module("Grad-CAM").named_modules()):
+        raise UsageError(f"The model has no layer {layer!r}.")
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    raise UsageError(f"Grad-CAM cannot run on layer {layer!r}: its output is not one spatial map, "
+                     f"or the layer runs more than once.", f"Choose one of: {shown}.")
+
+
+def grad_cam_rows(model: LoadedModel, x: torch.Tensor, layer: str, targets: torch.Tensor,
+                  normalise: bool = False) -> torch.Tensor:
+    """Grad-CAM maps of ``layer`` on one chunk of model-ready images: [n, H, W], float, >= 0.
+
+    ``captum.attr.LayerGradCam``: ReLU of the layer's channels weighted by their mean
+    gradient of the target logit, bilinearly upsampled to the input's H x W. The chunk is
+    padded to a batch size the model may run (`LoadedModel.padded_rows`); the padding rows'
+    maps are dropped.
+
+    Args:
+        x: [n, C, H, W] on the model's device, n no more than the model's batch limit.
+        layer: one of `grad_cam_layers` (see `grad_cam_layer`).
+        targets: [n] int64 class per image, on the same device.
+        normalise: divide each map by its peak (range [0, 1], as the Structure page shows
+            it); False: the raw maps, as the attribution method reports them.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    module = model.hookable_module("Grad-CAM")
+    n = x.shape[0]
+    xp, tp = pad_rows(model.padded_rows(n), x, targets)
+    cam = LayerGradCam(module, dict(module.named_modules())[layer])
+    with torch.enable_grad(), no_mha_fastpath():
+        maps = cam.attribute(xp, target=tp, relu_attributions=True)  # [n', 1, h, w]
+    up = LayerAttribution.interpolate(maps.detach()[:n], tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+    if not normalise:
+        return up
+    up = up.clamp_min(0)
+    peak = up.reshape(n, -1).amax(1).clamp_min(1e-12)[:, None, None]
+    return up / peak
 
 
 def compute_grad_cam(model: LoadedModel, inputs: np.ndarray, layer: str, target: np.ndarray | int | None = None) -> np.ndarray:
     """Grad-CAM of ``layer`` upsampled to the input size: [N, H, W] in [0, 1] per input.
 
     Args:
+        layer: one of `grad_cam_layers`.
         target: class per input, one class for all, or None for the predicted class.
     """
-    from captum.attr import LayerAttribution, LayerGradCam
-
-    module = hookable_module(model, "Grad-CAM")
-    modules = dict(module.named_modules())
-    if layer not in modules:
-        raise IncompatibleInput(f"The model has no layer {layer!r}.")
+    layer = grad_cam_layer(model, inputs, layer)
     x = model.as_tensor(inputs)
     if target is None:
         target = model.predict_logits(x).argmax(axis=1)
     t = torch.as_tensor(np.broadcast_to(np.asarray(target), (x.shape[0],)).copy(), device=x.device)
-    cam = LayerGradCam(module, modules[layer])
-    with no_mha_fastpath():
-        attr = cam.attribute(x, target=t, relu_attributions=True)  # [N, 1, h, w]
-    up = LayerAttribution.interpolate(attr.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
-    up = up.clamp_min(0)
-    peak = up.reshape(up.shape[0], -1).amax(1).clamp_min(1e-12)[:, None, None]
-    return (up / peak).cpu().numpy()
+    step = model.chunk_limit(x.shape[0])
+    maps = [grad_cam_rows(model, x[i:i + step], layer, t[i:i + step], normalise=True)
+            for i in range(0, x.shape[0], step)]
+    return torch.cat(maps).cpu().numpy()

@@ -9,7 +9,6 @@ from torch import nn
 
 from explain.errors import IncompatibleInput
 from explain.model import LoadedModel
-from explain.output.engine import EAGER_FORMATS, find_embedding, is_eager  # noqa: F401 - re-exported
 from explain.params import ParamSpec
 
 DEVICE_PARAM = ParamSpec("choice", "auto", choices=("auto", "cpu", "cuda"), help="Where to compute.")
@@ -66,24 +65,6 @@ def resolve_targets(model: LoadedModel, x: torch.Tensor, target: Any, logits: np
     if k and (t.min() < 0 or t.max() >= k):
         raise IncompatibleInput(f"Target class out of range: the model has {k} classes (0..{k - 1}).")
     return t
-
-
-def find_last_conv(model: LoadedModel) -> tuple[str, nn.Module] | None:
-    """The last conv stage of an eager image model (Grad-CAM's layer).
-
-    Prefers the last top-level child that contains a ``nn.Conv2d`` (a residual
-    stage's output, as Grad-CAM papers use), else the last ``nn.Conv2d``.
-    """
-    if not is_eager(model):
-        return None
-    last_block = None
-    for name, child in model.module.named_children():
-        if any(isinstance(m, nn.Conv2d) for m in child.modules()):
-            last_block = (name, child)
-    if last_block is not None:
-        return last_block
-    convs = [(n, m) for n, m in model.module.named_modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1] if convs else None
 
 
 class override_output:  # noqa: N801 - used as a context manager, reads like a function

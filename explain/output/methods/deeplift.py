@@ -8,7 +8,8 @@ networks the values equal Captum's, and the user's model is never modified.
 The engine picks the chunk size and backs off on out-of-memory.
 
 Text models are attributed at the embedding output with a padding reference
-(first token kept, so attention has a key). Completeness: Σ values = f(x) -
+(`explain.output.baselines.text_reference`: the inputs' most common first token
+kept, so attention has a key). Completeness: Σ values = f(x) -
 f(b) exactly when every nonlinearity has a rule (notes say when not).
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 from explain.attribution import Attribution, compute_completeness_error
 from explain.errors import TooLarge
 from explain.model import LoadedModel
-from explain.output.baselines import make_baseline
+from explain.output.aten_graph import is_capturable_format
+from explain.output.baselines import make_baseline, text_reference
 from explain.output.engine import CPU_CHUNK_BYTES, MAX_CHUNK_ROWS, Engine, is_out_of_memory
 from explain.output.methods.base import Explainer, register
 from explain.output.methods.common import BASELINE_PARAM, ENGINE_PARAMS, array_param, resolve_targets
@@ -31,20 +33,9 @@ from explain.output.methods.engine_method import clean_array_param
 
 def rules_incompatibility(model: LoadedModel) -> str | None:
     """Why the graph-based DeepLift rules cannot run on ``model`` (None if they can)."""
-    try:
-        from explain.output.aten_graph import is_capturable_format
-    except ImportError:  # pragma: no cover - ships together
-        return "DeepLift rules are not available in this build; use integrated_gradients."
     if not is_capturable_format(model):
         return f"DeepLift cannot read a graph from this {model.format} model; use integrated_gradients."
     return None
-
-
-def padding_reference(model: LoadedModel, x: np.ndarray) -> np.ndarray:
-    """Token ids [1, L]: padding (id 0) with the first token kept (a key for attention)."""
-    ref = np.zeros((1, *x.shape[1:]), dtype=x.dtype)
-    ref[0, 0] = np.bincount(x[:, 0].astype(np.int64)).argmax()
-    return ref
 
 
 def run_rules(engine: Engine, model: LoadedModel, x: np.ndarray, refs: np.ndarray, targets: np.ndarray,
@@ -134,7 +125,7 @@ class DeepLift(RulesMethod):
             if baseline == "file" and baseline_array is not None:
                 ref = np.asarray(baseline_array, dtype=np.int64).reshape(-1, x.shape[1])
             else:
-                ref = padding_reference(model, x)
+                ref = text_reference(x, model.spec, "pad", keep_first="most_common")
             return np.broadcast_to(ref, x.shape).copy(), None, {"baseline": "padding" if baseline != "file" else "file"}
         ref = make_baseline(baseline, x, model.modality, baseline_array, background)
         return ref, None, {"baseline": baseline}

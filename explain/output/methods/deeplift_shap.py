@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from explain.output.baselines import background_set
+from explain.output.baselines import background_set, text_reference
 from explain.output.methods.base import register
 from explain.output.methods.common import ENGINE_PARAMS, array_param
-from explain.output.methods.deeplift import RulesMethod, padding_reference
+from explain.output.methods.deeplift import RulesMethod
 from explain.output.methods.gradient_shap import BACKGROUND_SIZE_PARAM, FALLBACK_PARAM
 
 
@@ -31,7 +31,8 @@ class DeepLiftShap(RulesMethod):
 
     def references(self, model, x, background_size, baseline, background):
         if model.modality == "text" and background is None:
-            return padding_reference(model, x), np.ones(1), {"background": "padding"}
+            ref = text_reference(x, model.spec, "pad", keep_first="most_common")[:1]  # one row, as DeepLift's
+            return ref, np.ones(1), {"background": "padding"}
         rows, weights = background_set(background, x, model.modality, background_size, baseline)
         rows = np.asarray(rows, dtype=x.dtype)
         what = f"{len(rows)} background rows" if background is not None else baseline

@@ -1,33 +1,34 @@
-"""Grad-CAM (Selvaraju et al. 2017) on the last convolutional stage.
+"""Grad-CAM (Selvaraju et al. 2017) as an attribution method.
 
-``captum.attr.LayerGradCam`` on the last top-level block that holds a conv
-(e.g. a ResNet's last stage), ReLU of the channel-weighted activation map,
-bilinearly upsampled to the input size and broadcast over the channels, so
-values are shaped like the input. Eager models only (it needs module hooks).
-Batched by the engine. No completeness.
+The computation and the list of layers it can run on are
+`explain.structure.layer_importance`'s (`grad_cam_layers`, `grad_cam_rows`),
+the same the Structure page draws; this method keeps the raw maps (not
+normalised), broadcast over the channels so values are shaped like the input.
+The default layer is the first of `grad_cam_layers` (the last spatial block at
+the shallowest depth, e.g. a ResNet's last stage). Needs hooks on the layers
+(`LoadedModel.hookable_module`): eager models and ``.pt2`` programs with a
+dynamic batch. Batched by the engine. No completeness.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from explain.output.engine import is_eager
+from explain.model import LoadedModel
 from explain.output.methods.base import register
-from explain.output.methods.common import ENGINE_PARAMS, find_last_conv
+from explain.output.methods.common import ENGINE_PARAMS
 from explain.output.methods.engine_method import Context, EngineMethod, Partial
 from explain.params import ParamSpec
+from explain.structure.layer_importance import grad_cam_layer, grad_cam_rows, module_types
 
 
-def find_layer(model, name: str):
-    """The named submodule, or the last conv stage when ``name`` is empty."""
-    if not name:
-        return find_last_conv(model)
-    modules = dict(model.module.named_modules())
-    if name not in modules:
-        from explain.errors import UsageError
-
-        raise UsageError(f"The model has no layer {name!r}.")
-    return name, modules[name]
+def grad_cam_incompatibility(model: LoadedModel) -> str | None:
+    """Why Grad-CAM cannot run on this image model (None when it can): no hooks, or no conv layer."""
+    reason = model.hook_incompatibility("Grad-CAM")
+    if reason:
+        return f"{reason} Use integrated_gradients or occlusion."
+    if "Conv2d" not in module_types(model).values():
+        return "Grad-CAM needs a convolutional layer; this model has none. Use integrated_gradients."
+    return None
 
 
 @register
@@ -37,34 +38,21 @@ class GradCam(EngineMethod):
     title = "Grad-CAM"
     modalities = ("image",)
     params = {
-        "layer": ParamSpec("str", "", help="Module name of the conv layer; empty = last conv stage."),
+        "layer": ParamSpec("str", "", help="Module name of the layer (a spatial output); empty = last conv stage."),
         **ENGINE_PARAMS,
     }
 
     def incompatibility(self, model) -> str | None:
-        reason = super().incompatibility(model)
-        if reason:
-            return reason
-        if not is_eager(model):
-            return (f"Grad-CAM needs module hooks, which a {model.format} file does not run; "
-                    "use integrated_gradients or occlusion.")
-        if find_last_conv(model) is None:
-            return "Grad-CAM needs a convolutional layer; this model has none. Use integrated_gradients."
-        return None
+        return super().incompatibility(model) or grad_cam_incompatibility(model)
 
     def run(self, ctx: Context, layer) -> Partial:
-        from captum.attr import LayerAttribution, LayerGradCam
-
-        name, module = find_layer(ctx.model, layer)
-        cam = LayerGradCam(ctx.model.module, module)
+        name = grad_cam_layer(ctx.model, ctx.inputs[:1], layer)
         n, c, h, w = ctx.x.shape
         out = np.zeros((n, 1, h, w), dtype=np.float64)
 
         def work(lo: int, hi: int) -> None:
-            with torch.enable_grad():
-                maps = cam.attribute(ctx.x[lo:hi], target=ctx.targets[lo:hi], relu_attributions=True)
-            up = LayerAttribution.interpolate(maps.detach(), (h, w), interpolate_mode="bilinear")
-            out[lo:hi] = up.double().cpu().numpy()
+            maps = grad_cam_rows(ctx.model, ctx.x[lo:hi], name, ctx.targets[lo:hi])  # [hi - lo, H, W]
+            out[lo:hi, 0] = maps.double().cpu().numpy()
 
         ctx.engine.map_chunks(n, work, row_bytes=int(ctx.x[:1].numel() * 4) * 8)
         return Partial(np.broadcast_to(out, (n, c, h, w)).copy(), params={"layer": name})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from explain.output.baselines import text_reference
 from explain.output.methods.base import register
 from explain.output.methods.common import ENGINE_PARAMS, STEPS_PARAM, TOLERANCE_PARAM
 from explain.output.methods.engine_method import Context, EngineMethod, Partial
@@ -22,13 +23,8 @@ REFERENCE_PARAM = ParamSpec(
 )
 
 
-def reference_ids(ids: torch.Tensor, kind: str) -> torch.Tensor:
-    """Token ids [N, L] of the reference text; the first token (``<cls>``) is kept."""
-    ref = torch.zeros_like(ids)  # id 0: <pad>
-    if kind == "unk":
-        ref = torch.where(ids != 0, torch.ones_like(ids), ref)  # id 1: <unk>
-    ref[:, 0] = ids[:, 0]
-    return ref
+#: the ``reference`` choices that are reference texts -> `text_reference` kinds.
+REFERENCE_TEXTS = {"padding": "pad", "unk": "unk"}
 
 
 @register
@@ -42,5 +38,8 @@ class LayerIntegratedGradients(EngineMethod):
 
     def run(self, ctx: Context, steps, reference, tolerance) -> Partial:
         start = ctx.fn.start_points()
-        base = torch.zeros_like(start) if reference == "zero" else ctx.fn.embed(reference_ids(ctx.x, reference))
+        if reference == "zero":
+            base = torch.zeros_like(start)
+        else:  # each input's own first token kept
+            base = ctx.fn.embed(text_reference(ctx.x, ctx.model.spec, REFERENCE_TEXTS[reference], keep_first="input"))
         return integrated_gradients_with_tolerance(ctx, base, steps, tolerance)

@@ -24,6 +24,7 @@ from explain.attribution import Attribution, compute_completeness_error
 from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.output.aten_graph import is_capturable_format
+from explain.output.baselines import text_reference
 from explain.output.methods.base import Explainer, ProgressFn, register
 from explain.output.methods.common import DEVICE_PARAM, array_param, resolve_targets
 from explain.output.methods.deeplift_rules import deeplift_rescale_attributions, model_logits
@@ -144,25 +145,9 @@ def choose_background(
             raise UsageError("A mean background is undefined for token ids.", "Use 'zeros' (padding) or 'inputs'.")
         return x.mean(axis=0, keepdims=True).astype(x.dtype), "mean of the inputs"
     if text:
-        return padding_reference(model, x), "padding (first token kept)"
+        # one row of padding whose first token is the spec's <cls> (else the inputs' most common first token)
+        return text_reference(x, model.spec, "pad", keep_first="cls")[:1], "padding (first token kept)"
     return np.zeros((1, *x.shape[1:]), dtype=x.dtype), "zeros"
-
-
-def padding_reference(model: LoadedModel, x: np.ndarray) -> np.ndarray:
-    """One token-id row [1, L] of padding (id 0) whose first token is ``<cls>``.
-
-    The first token stays so that attention has a key to attend to (a row of
-    padding only is masked out entirely and gives NaN). Without a ``<cls>`` in
-    the spec's vocabulary the most common first token of the inputs is kept.
-    """
-    spec = model.spec
-    ref = np.zeros((1, *x.shape[1:]), dtype=x.dtype)
-    if spec.cls_token and spec.vocabulary and spec.cls_token in spec.vocabulary:
-        ref[0, 0] = spec.vocabulary.index(spec.cls_token)
-    else:
-        values, counts = np.unique(x[:, 0], return_counts=True)
-        ref[0, 0] = values[np.argmax(counts)]
-    return ref
 
 
 def _evenly(rows: np.ndarray, size: int) -> np.ndarray:
