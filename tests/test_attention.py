@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from explain.errors import IncompatibleInput
+from explain.inputs.text import real_length
 from explain.loading.architectures import build_architecture
 from explain.model import LoadedModel
 from explain.spec import InputSpec
@@ -19,7 +20,6 @@ from explain.structure.attention_export import rewrite_attention_graph
 from explain.structure.attention_summary import (
     attention_to_tokens,
     compute_rollout,
-    count_real_tokens,
     label_tokens,
     pool_attention,
     summarise_heads,
@@ -268,7 +268,7 @@ def test_rollout_and_pooling():
 
 def test_token_helpers():
     assert label_tokens(SPEC, np.array([2, 5, 5, 0])) == ["w2", "w5", "w5·2", "w0"]
-    assert count_real_tokens(np.array([2, 7, 9, 0, 0])) == 3
+    assert real_length(np.array([2, 7, 9, 0, 0])) == 3
     w = np.zeros((1, 4, 4))
     w[0, 0] = [0.1, 0.6, 0.3, 0.0]
     ids = np.array([[2, 10, 11, 0]])

@@ -51,7 +51,7 @@ def test_cli_in_process_tensorboard_missing_file_and_usage(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["series"] == {"train/loss": 10} and out["x"] == "step"
     assert main(["training", str(tmp_path / "missing.csv")]) == 3
-    assert "no such file" in capsys.readouterr().err
+    assert "No such file" in capsys.readouterr().err  # the wording of every missing user file
     assert main(["training", str(tmp_path / "tb"), "--role", "banana=loss"]) == 2
     assert "--role" in capsys.readouterr().err
 

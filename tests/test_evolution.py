@@ -14,12 +14,16 @@ from explain.model import LoadedModel
 from explain.spec import InputSpec
 from explain.training.evolution import (
     Checkpoint,
+    checkpoint_label,
+    checkpoint_sort_key,
     compute_attribution_drift,
     compute_checkpoint_drift,
     compute_weight_changes,
+    final_checkpoint,
     model_at,
     read_checkpoint,
     read_checkpoints,
+    sort_checkpoints,
     spearman,
 )
 
@@ -135,6 +139,57 @@ def test_drift_needs_two_models(standin):
 
 class Thing:  # a pickled class: needs code execution to load
     pass
+
+
+# -- which checkpoint is final: one order for the page, the overview and the report ---------------------
+def _save_ckpt(path: Path, epoch: int | None = None) -> Path:
+    obj = {"model_state_dict": {"fc.weight": torch.zeros(2, 2)}}
+    if epoch is not None:
+        obj["epoch"] = epoch
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("with_epochs", [False, True])
+def test_ckpt_10_comes_after_ckpt_9(tmp_path, with_epochs):
+    """A name's number is compared as a number (the old page took the largest name, ckpt_9)."""
+    files = [_save_ckpt(tmp_path / f"ckpt_{n}.pt", n if with_epochs else None) for n in (10, 9, 2)]
+    ordered = read_checkpoints(files)
+    assert [c.source for c in ordered] == ["ckpt_2.pt", "ckpt_9.pt", "ckpt_10.pt"]
+    assert final_checkpoint(ordered).source == "ckpt_10.pt"
+    uploads = read_checkpoints([(p.name, p.read_bytes()) for p in files])  # uploads: the same order
+    assert [c.source for c in uploads] == [c.source for c in ordered]
+
+
+def test_stored_epoch_wins_over_the_file_name(tmp_path):
+    files = [_save_ckpt(tmp_path / "ckpt_1.pt", epoch=20), _save_ckpt(tmp_path / "ckpt_2.pt", epoch=5),
+             _save_ckpt(tmp_path / "last.pt")]
+    ordered = read_checkpoints(files)
+    assert [c.source for c in ordered] == ["ckpt_2.pt", "ckpt_1.pt", "last.pt"]  # by epoch; no number: last
+    assert final_checkpoint(ordered).source == final_checkpoint(reversed(ordered)).source == "last.pt"
+    with pytest.raises(IncompatibleInput):
+        final_checkpoint([])
+
+
+def test_the_report_reads_the_final_checkpoints_history(tmp_path):
+    from explain.report.analysis import read_training_history
+
+    for n in (9, 10):
+        torch.save({"model_state_dict": {"fc.weight": torch.zeros(2, 2)},
+                    "history": [{"epoch": e, "loss": 1.0 / e} for e in range(1, n + 1)]}, tmp_path / f"ckpt_{n}.pt")
+    history, origin = read_training_history([], [tmp_path / "ckpt_9.pt", tmp_path / "ckpt_10.pt"])
+    assert origin == "checkpoint ckpt_10.pt" and history.series_lengths() == {"loss": 10}
+
+
+def test_checkpoint_sort_key_and_label_from_names():
+    names = ["run_b.pt", "epoch_10.pt", "ckpt_9.pt", "epoch_2.pt", "step=100.pt", "run_a.pt", "model_v2_ep7.pt"]
+    assert sorted(names, key=checkpoint_sort_key) == [
+        "epoch_2.pt", "model_v2_ep7.pt", "ckpt_9.pt", "epoch_10.pt", "step=100.pt", "run_a.pt", "run_b.pt"]
+    assert checkpoint_sort_key("ckpt_9.pt", epoch=50.0) > checkpoint_sort_key("ckpt_10.pt")  # a stored epoch wins
+    assert checkpoint_label("epoch_07.pt") == "epoch 7" and checkpoint_label("ckpt_9.pt") == "ckpt_9"
+    assert checkpoint_label("ckpt_9.pt", 9.0) == "epoch 9" and checkpoint_label("x.pt", 2.5) == "x"
+    a, b = _ckpt("b.pt", w=np.zeros(1)), _ckpt("a.pt", w=np.zeros(1))
+    assert [c.source for c in sort_checkpoints([a, b])] == ["a.pt", "b.pt"]
 
 
 def test_unsafe_checkpoint_refused(tmp_path):

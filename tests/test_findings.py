@@ -157,3 +157,30 @@ def test_long_step_logs_are_binned_and_still_diagnosed():
     findings = diagnose(h)
     assert kinds(findings) == ["best_epoch"]
     assert findings[0].evidence["x"] == "step"
+
+
+# -- the one order of findings (page, overview and report) ------------------------------------
+def test_severities_and_sort_findings_worst_first():
+    from explain.finding import SEVERITIES, Finding, severity_rank, sort_findings
+
+    assert SEVERITIES == ("info", "warning", "error")  # mildest first
+    assert [severity_rank(s) for s in ("info", "warning", "error", "unknown")] == [0, 1, 2, -1]
+    given = [Finding("a", "info", ""), Finding("b", "error", ""), Finding("c", "odd", ""),
+             Finding("d", "warning", ""), Finding("e", "error", ""), Finding("f", "info", "")]
+    assert [f.kind for f in sort_findings(given)] == ["b", "e", "d", "a", "f", "c"]  # stable within a severity
+    assert [f.kind for f in given] == ["a", "b", "c", "d", "e", "f"]  # a new list: the input is untouched
+
+
+def test_report_lists_findings_in_the_one_order():
+    from explain.finding import sort_findings
+    from explain.model import LoadedModel
+    from explain.report.analysis import build_training_section
+    from explain.spec import InputSpec
+
+    history = curves.diverging(0)
+    model = LoadedModel(module=None, format="safetensors", sha256="0" * 64, spec=InputSpec("tabular", (2,)),
+                        name="m", extra={"history": history.frame.to_dict("records")})
+    section = build_training_section(model, [], [])
+    listed = [(f["kind"], f["severity"]) for f in section.data["findings"]]
+    expected = [(f.kind, f.severity) for f in sort_findings(diagnose(history))]
+    assert listed == expected and len({s for _, s in listed}) >= 2

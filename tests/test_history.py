@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -241,8 +242,61 @@ def test_bad_files_have_clear_reasons(data, name, error, match):
 
 
 def test_missing_path_is_refused(tmp_path):
-    with pytest.raises(InputRefused, match="no such file"):
+    with pytest.raises(InputRefused, match="No such file"):  # the wording of a missing model or inputs file
         read_history(tmp_path / "nope.csv")
+
+
+def test_logs_and_checkpoints_obey_the_upload_cap_with_a_models_wording(tmp_path, monkeypatch):
+    """Every user file goes through explain.loading.source.read_source: the same cap, the same words."""
+    from explain.errors import TooLarge
+    from explain.loading.loader import load_model
+    from explain.model import LoadedModel
+    from explain.report.sections import build_report
+    from explain.spec import InputSpec
+    from explain.training.evolution import read_checkpoint, read_checkpoints
+
+    log = tmp_path / "train_log.csv"
+    log.write_text("epoch,loss\n" + "".join(f"{e},{1 / (e + 1):.6f}\n" for e in range(400)))
+    ckpt = tmp_path / "epoch_3.pt"
+    torch.save({"model_state_dict": {"fc.weight": torch.zeros(64, 64)}, "epoch": 3}, ckpt)
+    tb = tmp_path / "tb"
+    tb.mkdir()
+    (tb / "events.out.tfevents.1.host").write_bytes(b"\x00" * 4096)
+    model_file = tmp_path / "model.safetensors"
+    model_file.write_bytes(b"\x00" * 4096)
+    for path in (log, ckpt, model_file):
+        assert path.stat().st_size > 2048
+    assert read_history(log).series_lengths() == {"loss": 400}  # under the default cap: read
+
+    monkeypatch.setenv("GLASSBOX_MAX_UPLOAD_MB", "0.002")  # about 2 KiB
+
+    def refusal(call) -> str:
+        with pytest.raises(TooLarge) as info:
+            call()
+        return info.value.message
+
+    def wording(message: str) -> str:  # the message without the file's name and size
+        return re.sub(r"^\S+ is [0-9.]+ MiB", "<file> is <size> MiB", message)
+
+    as_model = wording(refusal(lambda: load_model(model_file)))
+    assert as_model == "<file> is <size> MiB, over the 0 MiB limit. An operator can raise it with GLASSBOX_MAX_UPLOAD_MB."
+    tiny = LoadedModel(module=torch.nn.Linear(2, 2), format="safetensors", sha256="0" * 64,
+                       spec=InputSpec("tabular", (2,)), name="tiny")
+    calls = {
+        "log path": lambda: read_history(log),
+        "log upload": lambda: read_history(log.read_bytes(), filename=log.name),
+        "log pair": lambda: read_histories([(log.name, log.read_bytes())]),
+        "TensorBoard folder": lambda: read_history(tb),
+        "checkpoint path": lambda: read_checkpoint(ckpt),
+        "checkpoint upload": lambda: read_checkpoints([(ckpt.name, ckpt.read_bytes())]),
+        "checkpoint history": lambda: read_history(ckpt),
+        "report log": lambda: build_report(tiny, None, logs=[log], methods=[]),
+        "report checkpoint": lambda: build_report(tiny, None, checkpoints=[ckpt], methods=[]),
+    }
+    for what, call in calls.items():
+        message = refusal(call)
+        assert wording(message) == as_model, what
+        assert message.startswith(("train_log.csv is", "epoch_3.pt is", "events.out.tfevents.1.host is")), what
 
 
 def test_merge_train_and_validation_files(tmp_path):

@@ -181,3 +181,23 @@ def test_txt_files_give_one_row_per_line():
     assert batch.display == [["<cls>", "not", "good", "!"], ["<cls>", "bad"]]
     with pytest.raises(IncompatibleInput, match="no vocabulary"):
         read_inputs(b"good\n", InputSpec("text", (6,), dtype="int64"), filename="r.txt")
+
+
+def test_padding_is_token_id_zero_at_any_position_whatever_its_name():
+    """One definition of padding (explain.inputs.text.padding_mask): the id the model masks."""
+    from explain.inputs.text import padding_mask, real_length, real_positions, tokens_for_display
+    from explain.viz.attribution import text_attribution_html
+
+    ids = np.array([2, 3, 0, 4, 0, 0])
+    assert padding_mask(ids, TEXT).tolist() == [False, False, True, False, True, True]
+    assert padding_mask(ids.reshape(2, 3)).tolist() == [[False, False, True], [False, True, True]]
+    assert real_positions(ids, TEXT) == [0, 1, 3] and real_length(ids, TEXT) == 4
+    assert real_positions([0, 0], TEXT) == [0, 1] and real_length([0, 0]) == 1  # all padding: keep everything
+    assert not padding_mask(np.zeros(3), TABULAR).any()  # only text has padding
+    # a vocabulary that calls id 0 "[PAD]" and has a word "<pad>" elsewhere: the id decides, not the text
+    odd = InputSpec("text", (4,), dtype="int64", vocabulary=["[PAD]", "<unk>", "<pad>", "hi"])
+    assert detokenize([3, 2, 0, 0], odd) == ["hi", "<pad>", "[PAD]", "[PAD]"]
+    assert tokens_for_display([3, 2, 0, 0], odd) == ["hi", "<pad>"]
+    html = text_attribution_html(detokenize([3, 2, 0, 0], odd), np.array([1.0, -1.0, 5.0, 5.0]),
+                                 padding=padding_mask([3, 2, 0, 0], odd))
+    assert "[PAD]" not in html and "&lt;pad&gt;" in html and ">hi<" in html

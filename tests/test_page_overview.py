@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explain.finding import sort_findings
+from explain.training.evolution import read_checkpoints
+from explain.training.findings import diagnose
+from explain.training.history import read_history
 from tests.conftest import wait_for_app
 from ui.text import escape_markdown
 
@@ -45,9 +49,15 @@ def test_overview_shows_output_structure_and_training_side_by_side(sample):
     charts = at.get("plotly_chart")
     # image/tabular: attribution + curves; text: tokens are HTML, plus the attention map
     assert len(charts) >= 2
-    assert any("best_epoch" in m.value for m in at.markdown)  # findings next to the curves
-    assert at.selectbox(key="gb_ov_ckpt").options[0] == "final model"
-    assert len(at.selectbox(key="gb_ov_ckpt").options) == 1 + len(_sample_files(sample)[1])
+    # findings next to the curves: the library's, worst first (explain.finding.sort_findings)
+    logs, checkpoints = _sample_files(sample)
+    expected = sort_findings(diagnose(read_history(logs[0])))
+    shown = [re.match(r"\S+ \*\*(\w+)\*\* — ", m.value) for m in at.markdown]
+    assert [m.group(1) for m in shown if m] == [f.kind for f in expected] and expected
+    # the checkpoints in the library's training order and with its labels, the final model first
+    options = at.selectbox(key="gb_ov_ckpt").options
+    assert options[0] == "final model"
+    assert options[1:] == [c.label for c in read_checkpoints(checkpoints)]
 
 
 def test_choosing_a_layer_shows_its_attribution_with_exact_completeness():

@@ -1,6 +1,7 @@
 """The Structure page: AppTest for each sample, one real-browser run for the sentiment sample."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,28 @@ def test_structure_page_renders_each_sample(sample):
         assert not any("attention" in i.lower() for i in infos)
     else:
         assert any("no attention" in i for i in infos)
+
+
+def _flops_bars(at: AppTest) -> list[str]:
+    """The layer names the page's FLOPs chart draws."""
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("-gb_flops_chart"))
+    return sorted(json.loads(chart.proto.spec)["data"][0]["y"])
+
+
+@pytest.mark.parametrize("sample", ["shapes", "sentiment"])
+def test_flops_chart_lists_the_librarys_rows_for_the_shown_depth(sample):
+    """explain.structure.layers.flop_chart_rows decides the bars (the report uses it too)."""
+    from explain.structure.layers import build_layer_table, filter_rows, flop_chart_rows
+    from sample_models import sample_inputs
+
+    at = _run_page(sample)
+    table = build_layer_table(load_sample(sample), sample_inputs(sample)["inputs"])
+    for depth in (1, 2, table.max_depth):
+        at.slider(key="gb_struct_depth").set_value(depth).run()
+        assert not at.exception
+        expected = flop_chart_rows(filter_rows(table.rows, max_depth=depth), table.total_flops)
+        top = sorted(expected, key=lambda r: -r["flops"])[:25]  # the chart's default top 25
+        assert _flops_bars(at) == sorted(r["name"] for r in top), depth
 
 
 def test_layer_filter_and_depth_change_the_table():

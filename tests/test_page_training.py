@@ -1,6 +1,7 @@
 """The Training page: AppTest on the default sample, and one real-browser check."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,19 @@ def _markdown(at) -> list[str]:
     return [m.value for m in at.markdown]
 
 
+def _chart_data(at, key: str) -> list[dict]:
+    """The plotly traces of the chart placed with ``key``."""
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("-" + key))
+    return json.loads(chart.proto.spec)["data"]
+
+
 def test_training_page_shows_curves_findings_and_evolution():
     from streamlit.testing.v1 import AppTest
+
+    from explain.finding import sort_findings
+    from explain.training.evolution import compute_weight_changes, read_checkpoints
+    from explain.training.findings import diagnose
+    from explain.training.history import read_history
 
     at = AppTest.from_file(PAGE, default_timeout=240)
     at.run()
@@ -26,21 +38,28 @@ def test_training_page_shows_curves_findings_and_evolution():
     assert roles["Training loss"] == "train_loss" and roles["Validation loss"] == "val_loss"
     assert roles["Training metric"] == "train_acc" and roles["Learning rate"] == "lr"
     assert roles["x axis"] == "epoch"
-    assert any(m.startswith("ℹ️ **best_epoch**") and "validation loss" in m for m in _markdown(at))
+    # the findings are the library's, worst first (explain.finding.sort_findings), with their evidence
+    expected = sort_findings(diagnose(read_history(SAMPLE / "train_log.csv")))
+    evidence = json.loads(at.json[0].value)
+    assert [e["kind"] for e in evidence] == [f.kind for f in expected] and "best_epoch" in [f.kind for f in expected]
+    assert [e["epochs"] for e in evidence] == [f.epochs for f in expected]
     charts = at.get("plotly_chart")
     assert len(charts) == 4  # curves, weight change, drift correlation, drift maps
-    from explain.training.evolution import read_checkpoints
-
-    labels = [c.label for c in read_checkpoints(sorted((SAMPLE / "checkpoints").glob("*.pt")))]
+    # every checkpoint, in the library's training order (the final one last)
+    ckpts = read_checkpoints((SAMPLE / "checkpoints").glob("*.pt"))
+    labels = [c.label for c in ckpts]
     assert labels[0] == "epoch 1" and len(labels) >= 2
-    assert any(c.value == " · ".join(labels) for c in at.caption)  # every checkpoint, oldest first
+    assert _chart_data(at, "gb_train_weights")[0]["x"] == compute_weight_changes(ckpts).intervals
+    assert _chart_data(at, "gb_drift_corr")[0]["x"] == labels
 
     # editing the role mapping changes the diagnosis: without a validation loss the best epoch
     # comes from the validation metric
     next(s for s in at.selectbox if s.label == "Validation loss").set_value("(none)").run()
     assert not at.exception
-    best = [m for m in _markdown(at) if m.startswith("ℹ️ **best_epoch**")]
-    assert best and "validation val\\_acc" in best[0] and "highest" in best[0]  # column names shown literally
+    best = [e for e in json.loads(at.json[0].value) if e["kind"] == "best_epoch"]
+    assert best and best[0]["series"] == "validation val_acc"
+    line = next(m for m in _markdown(at) if "**best_epoch**" in m)
+    assert "validation val\\_acc" in line and "highest" in line  # column names shown literally
 
 
 @pytest.mark.browser

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from explain.attribution import Attribution
-from explain.inputs.reading import detokenize
+from explain.inputs.text import detokenize, padding_mask, tokens_for_display
 from explain.model import LoadedModel
 from explain.output.agreement import agreement_matrix
 from explain.viz import attribution as viz
@@ -54,7 +54,7 @@ def render_grid(
             if modality == "image":
                 st.image(images[r], width=160, caption=f"input {r}")
             elif modality == "text":
-                st.markdown(f"input {r}: " + escape_markdown(" ".join(t for t in _tokens(model, attrs[0].inputs[r]) if t != "<pad>")))
+                st.markdown(f"input {r}: " + escape_markdown(" ".join(tokens_for_display(attrs[0].inputs[r], model.spec))))
             else:
                 st.markdown(f"row {r}")
             render_prediction(model, probs[r], label, key=f"probs_{r}")
@@ -70,9 +70,10 @@ def render_grid(
                     st.plotly_chart(viz.tabular_bar_figure(attr.values[r], names, raw, title=f"→ {target_name}"),
                                     config={"displayModeBar": False}, key=f"tab_{attr.method}_{r}_of_{len(attrs)}")
                 else:
-                    tokens = _tokens(model, attr.inputs[r])
+                    ids = np.asarray(attr.inputs[r])
                     st.caption(f"→ {escape_markdown(target_name)}")
-                    st.html(viz.text_attribution_html(tokens, attr.values[r]))
+                    st.html(viz.text_attribution_html(detokenize(ids, model.spec), attr.values[r],
+                                                      padding=padding_mask(ids, model.spec)))
                 st.caption(caption_for(attr, r))
 
 
@@ -121,10 +122,6 @@ def _position_names(model: LoadedModel, width: int) -> list[str]:
         c, h, w = model.spec.input_shape
         return [f"c{ci}_y{y}_x{x}" for ci in range(c) for y in range(h) for x in range(w)]
     return [f"t{j}" if model.modality == "text" else f"x{j}" for j in range(width)]
-
-
-def _tokens(model: LoadedModel, ids: np.ndarray) -> list[str]:
-    return detokenize(np.asarray(ids), model.spec)
 
 
 def _raw_tabular(model: LoadedModel, row: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ in ``st.session_state`` so a failing later step never loses what the user gave.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import streamlit as st
 
 from explain.config import trusted_mode
+from explain.digest import digest_bytes
 from explain.errors import GlassboxError
 from explain.inputs.reading import InputBatch, read_inputs
 from explain.loading.loader import load_model
@@ -46,7 +46,7 @@ class UploadedBlob:
     @classmethod
     def from_upload(cls, upload) -> UploadedBlob:
         data = upload.getvalue()
-        return cls(upload.name, data, hashlib.sha256(data).hexdigest())
+        return cls(upload.name, data, digest_bytes(data))
 
 
 # -- cached loaders (shared across sessions; keyed by content hash) ------------

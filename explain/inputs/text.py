@@ -73,6 +73,39 @@ def detokenize(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> list[str]:
     return out
 
 
+def padding_mask(ids: Sequence[int] | np.ndarray, spec: InputSpec | None = None) -> np.ndarray:
+    """True where a position is padding: the token id is `PAD_ID` (0), at any position.
+
+    This is the one definition of padding: the id the text models mask as an attention key
+    (``src_key_padding_mask = ids == pad_id``), whatever the vocabulary calls token 0 and
+    wherever in the row it stands. A spec that is not a text spec has no padding (all False).
+
+    Args:
+        ids: token ids of any shape ([L] one row, [N, L] a batch).
+        spec: the model's spec; None means the ids are text.
+
+    Returns:
+        A bool array of ``ids``' shape.
+    """
+    ids = np.asarray(ids)
+    if spec is not None and spec.modality != "text":
+        return np.zeros(ids.shape, dtype=bool)
+    return ids == PAD_ID
+
+
+def real_positions(ids: Sequence[int] | np.ndarray, spec: InputSpec | None = None) -> list[int]:
+    """Positions of one row that are not padding (`padding_mask`); all of them for an all-padding row."""
+    pad = padding_mask(np.asarray(ids).reshape(-1), spec)
+    return np.flatnonzero(~pad).tolist() or list(range(pad.size))
+
+
+def real_length(ids: Sequence[int] | np.ndarray, spec: InputSpec | None = None) -> int:
+    """Length of one row without its trailing padding (`padding_mask`), at least 1."""
+    real = np.flatnonzero(~padding_mask(np.asarray(ids).reshape(-1), spec))
+    return int(real[-1] + 1) if real.size else 1
+
+
 def tokens_for_display(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> list[str]:
     """`detokenize` without the padding positions (what a person reads)."""
-    return [t for t, i in zip(detokenize(ids, spec), np.asarray(ids).reshape(-1)) if int(i) != PAD_ID]
+    flat = np.asarray(ids).reshape(-1)
+    return [t for t, pad in zip(detokenize(flat, spec), padding_mask(flat, spec)) if not pad]

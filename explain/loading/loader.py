@@ -20,7 +20,6 @@ the file, else one inferred from ``sample_input``, else `IncompatibleInput`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from explain import config
+from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
 from explain.loading.export import check_spec_fits, is_export_archive, load_export_parts
 from explain.loading.source import LEGACY_TORCH_MAGIC, LoadedParts, find_member, first_line, open_zip, read_source
@@ -73,7 +73,7 @@ def load_model(
             reason and what to upload instead.
     """
     data, name = read_source(source, filename, default_name="upload", empty_hint=_UPLOAD_HINT)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest_bytes(data)
     explicit = coerce_spec(spec)
     trusted = config.trusted_mode() if trusted is None else bool(trusted)
     kind = sniff_format(data, name)

@@ -10,6 +10,7 @@ import io
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,16 +56,29 @@ class LoadedParts:
 
 
 def read_source(source: Any, filename: str | None = None, *, default_name: str = "upload",
-                empty_hint: str | None = None) -> tuple[bytes, str]:
-    """The bytes and a display name of a path, bytes or binary file object, size-checked.
+                empty_hint: str | None = None, allow_empty: bool = False) -> tuple[bytes, str]:
+    """The bytes and a display name of a file a user gives, size-checked.
 
-    Models and input files are both read here, so both obey the same upload cap.
+    Every user file is read here (models, inputs, training logs, checkpoints, the report's
+    sources), so all obey the same upload cap with the same wording.
+
+    Args:
+        source: a path, bytes (an upload), a binary file object, or a ``(name, bytes)`` pair.
+        filename: the display name (an upload's name); default: the path's or pair's name.
+        default_name: the name of nameless bytes.
+        empty_hint: the hint of the error for an empty file.
+        allow_empty: accept 0 bytes (one file of a folder whose reader reports empty files itself).
+
+    Returns:
+        ``(data, name)``.
 
     Raises:
         TooLarge: over `explain.config.max_upload_mb`.
         CorruptFile: a missing path, a text-mode file object or an empty file.
     """
     limit = config.max_upload_bytes()
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], (bytes, bytearray, memoryview)):
+        filename, source = filename or str(source[0]), source[1]
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, name = bytes(source), filename or default_name
     elif isinstance(source, (str, os.PathLike)):
@@ -81,9 +95,16 @@ def read_source(source: Any, filename: str | None = None, *, default_name: str =
     else:
         raise CorruptFile(f"Cannot read a {type(source).__name__}; pass a path, bytes or a binary file.")
     _check_size(len(data), limit, name)
-    if not data:
+    if not data and not allow_empty:
         raise CorruptFile(f"{name} is empty (0 bytes).", empty_hint)
     return data, name
+
+
+def read_folder(folder: str | os.PathLike, select: Callable[[Path], bool] | None = None) -> list[tuple[Path, bytes]]:
+    """``(path, bytes)`` of every file under ``folder`` (sorted, ``select``-ed), each read with `read_source`."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and (select is None or select(p)))
+    return [(p, read_source(p, allow_empty=True)[0]) for p in files]
 
 
 def _check_size(size: int, limit: int, name: str) -> None:

@@ -38,12 +38,12 @@ batch sizes of their own; a `LoadedModel` built by hand (not by
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from explain import config
+from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge, UnsafeFile
 from explain.loading.sandbox import SandboxRun, run_in_sandbox, signal_name
 from explain.spec import InputSpec
@@ -346,7 +346,7 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
         CorruptFile: the child crashed or could not load the file.
     """
     sizes = vetting_sizes(fixed)
-    cache_key = (hashlib.sha256(data).hexdigest(), hash(loader_code), vetting_key(spec, fixed), tuple(sizes),
+    cache_key = (digest_bytes(data), hash(loader_code), vetting_key(spec, fixed), tuple(sizes),
                  config.sandbox_timeout_s(), config.sandbox_memory_bytes())
     done = _DONE.get(cache_key)
     if isinstance(done, GlassboxError):

@@ -9,7 +9,6 @@ that share a placeholder digest never collide.
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -18,23 +17,15 @@ from typing import Any
 import numpy as np
 
 from explain.attribution import Attribution
+from explain.digest import digest_array
 
 MAX_ENTRIES = 64
 MAX_BYTES = 512 << 20
 
 
-def hash_array(array: Any) -> str:
-    """Digest of an array's dtype, shape and bytes."""
-    arr = np.ascontiguousarray(np.asarray(array))
-    h = hashlib.sha256()
-    h.update(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(arr.tobytes())
-    return h.hexdigest()
-
-
 def _freeze(value: Any) -> Hashable:
     if isinstance(value, np.ndarray):
-        return ("array", hash_array(value))
+        return ("array", digest_array(value))
     if isinstance(value, dict):
         return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):
@@ -47,7 +38,7 @@ def _freeze(value: Any) -> Hashable:
 def make_key(model: Any, inputs: np.ndarray, method: str, params: dict[str, Any], target: Any) -> Hashable:
     """The cache key of one explanation request."""
     target_key = None if target is None else _freeze(np.asarray(target))
-    return (model.sha256, id(model.module), hash_array(inputs), method, _freeze(params), target_key)
+    return (model.sha256, id(model.module), digest_array(inputs), method, _freeze(params), target_key)
 
 
 def _result_bytes(result: Attribution) -> int:

@@ -12,12 +12,24 @@ from typing import Any
 import numpy as np
 
 from explain.errors import IncompatibleInput
+from explain.finding import sort_findings
+from explain.inputs.text import detokenize, real_positions
 from explain.model import LoadedModel
 from explain.report.document import Section, escape, format_number, round_data, table_html
+from explain.structure.layers import describe_layers, flop_chart_rows
+from explain.training.evolution import (
+    compute_checkpoint_drift,
+    compute_weight_changes,
+    final_checkpoint,
+    read_checkpoints,
+)
+from explain.training.findings import diagnose
+from explain.training.history import merge_histories, read_checkpoint_history, read_histories, read_history
+from explain.viz import structure as viz_structure
+from explain.viz import training as viz_training
 
 #: rows of the layer table (a long model is summarised after this many).
 MAX_LAYER_ROWS = 80
-_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
 # -- structure -----------------------------------------------------------------------
@@ -27,8 +39,6 @@ def describe_structure(model: LoadedModel, example: np.ndarray) -> dict[str, Any
     Args:
         example: a model-ready batch of one input ([1, ...]).
     """
-    from explain.structure.layers import describe_layers
-
     layers = [dict(layer) for layer in describe_layers(model, example)]
     root = next((layer for layer in layers if layer.get("name") in ("", "(model)", "model")), None)
     flops = root.get("flops") if root else None
@@ -56,20 +66,13 @@ def build_structure_section(model: LoadedModel, structure: dict[str, Any]) -> Se
                               numeric=("parameters", "flops")) + more
     data = {"layers": [{k: r[k] for k in ("name", "type", "output_shape", "parameters", "flops")} for r in rows],
             "total_parameters": structure["total_parameters"], "total_flops": structure["total_flops"]}
-    figures, notes = [], []
+    figures = []
     total = structure["total_flops"]
-    if total:
-        try:
-            from explain.viz.structure import figure_flops
-
-            leaves = [dict(layer, flop_share=layer["flops"] / total) for layer in layers
-                      if layer.get("name") and (layer.get("flops") or 0) > 0
-                      and not any(o.get("name", "").startswith(layer["name"] + ".") for o in layers)]
-            if leaves:
-                figures.append(figure_flops(leaves, top=15))
-        except ImportError as exc:
-            notes.append(f"FLOPs chart not drawn: {exc}.")
-    return Section("Structure", body=body, figures=figures, data=round_data(data), notes=notes)
+    charted = flop_chart_rows(layers, total) if total else []
+    if charted:
+        figures.append(viz_structure.figure_flops(charted, top=15))
+    data["flop_chart"] = [row["name"] for row in charted]
+    return Section("Structure", body=body, figures=figures, data=round_data(data))
 
 
 def _shape_text(shape: Any) -> str:
@@ -92,22 +95,17 @@ def has_attention(model: LoadedModel) -> bool:
 
 def build_attention_section(model: LoadedModel, inputs: np.ndarray | None, example: np.ndarray) -> Section:
     """Attention of the first input: per layer the mean over heads, and each head's entropy."""
-    from explain.inputs.reading import detokenize
     from explain.structure.attention import capture_attention
 
     x = inputs[:1] if inputs is not None else example
     maps = capture_attention(model, x)
     weights = np.asarray(maps.weights, dtype=np.float64)  # [layer, batch, head, query, key]
     n_layers, _, n_heads, n_q, n_k = weights.shape
-    tokens = list(detokenize(x[0], model.spec)) if model.modality == "text" else [str(i) for i in range(n_k)]
-    keep = [i for i, t in enumerate(tokens) if t != "<pad>"] or list(range(n_k))
+    tokens, keep = attention_tokens(model, x[0], n_k)
     p = np.clip(weights[:, 0][..., keep, :][..., keep], 1e-12, 1.0)  # [layer, head, q, k] without padding
     entropy = -(p * np.log(p)).sum(axis=-1).mean(axis=-1)  # [layer, head]
     notes = list(maps.notes)
-    try:
-        figures = attention_figures(weights[:, 0], maps.layer_names, [tokens[i] for i in keep], keep)
-    except ImportError as exc:
-        figures, notes = [], notes + [f"Maps not drawn: {exc}."]
+    figures = attention_figures(weights[:, 0], maps.layer_names, [tokens[i] for i in keep], keep)
     rows = [{"layer": maps.layer_names[i], **{f"head {h}": float(entropy[i, h]) for h in range(n_heads)}}
             for i in range(n_layers)]
     body = (f"<p>{n_layers} attention layers × {n_heads} heads on input #0 ({len(keep)} tokens, padding left out). "
@@ -119,6 +117,17 @@ def build_attention_section(model: LoadedModel, inputs: np.ndarray | None, examp
     return Section("Attention", body=body, figures=figures, data=round_data(data), notes=notes)
 
 
+def attention_tokens(model: LoadedModel, ids: np.ndarray, n_keys: int) -> tuple[list[str], list[int]]:
+    """(one label per key position, the positions an attention view keeps) for one input.
+
+    Text: the tokens, and the positions that are not padding (`explain.inputs.text.real_positions`);
+    other inputs: the positions' numbers, all kept. The page and the report both cut maps with it.
+    """
+    if model.modality != "text":
+        return [str(i) for i in range(n_keys)], list(range(n_keys))
+    return detokenize(ids, model.spec), real_positions(ids, model.spec)
+
+
 def attention_figures(weights: np.ndarray, layer_names: Sequence[str], tokens: Sequence[str],
                       keep: Sequence[int], grid: bool = True) -> list:
     """Attention of one input without padding, from `explain.viz.structure`.
@@ -128,8 +137,6 @@ def attention_figures(weights: np.ndarray, layer_names: Sequence[str], tokens: S
         keep: the non-padding positions (the maps are cut to them).
         grid: one layer × head grid; else one map per layer (mean over heads).
     """
-    from explain.viz import structure as viz_structure
-
     w = weights[:, :, keep][..., keep]  # [layer, head, q, k]
     if grid:
         return [viz_structure.figure_attention_grid(w, list(layer_names), list(tokens))]
@@ -150,15 +157,10 @@ def read_training_history(logs: Sequence[Any], checkpoints: Sequence[Any], fallb
     Raises:
         IncompatibleInput: nothing to read.
     """
-    from explain.training.history import merge_histories, read_checkpoint_history, read_history
-
     if logs:
-        histories = [read_history(s[1], filename=s[0]) if isinstance(s, tuple) else read_history(s) for s in logs]
-        return merge_histories(histories), "logs"
+        return merge_histories(read_histories(logs)), "logs"
     if checkpoints:
-        from explain.training.evolution import read_checkpoints
-
-        last = read_checkpoints(list(checkpoints))[-1]  # the latest by epoch holds the longest history
+        last = final_checkpoint(read_checkpoints(list(checkpoints)))  # the latest holds the longest history
         return read_checkpoint_history(last.data, last.source), f"checkpoint {last.source}"
     if fallback:
         import json
@@ -168,16 +170,9 @@ def read_training_history(logs: Sequence[Any], checkpoints: Sequence[Any], fallb
 
 
 def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints: Sequence[Any]) -> Section:
-    from explain.training.findings import diagnose
-
     history, origin = read_training_history(logs, checkpoints, model.extra.get("history"))
-    findings = diagnose(history)
-    findings.sort(key=lambda f: _SEVERITY_ORDER.get(f.severity, 3))
-    notes: list[str] = []
-    try:
-        figures = training_figures(history, findings)
-    except ImportError as exc:  # the figures module is optional: findings and numbers still show
-        figures, notes = [], [f"Curves not drawn: {exc}."]
+    findings = sort_findings(diagnose(history))
+    figures = training_figures(history, findings)
     per_epoch = history.by_epoch()
     final = {c: float(per_epoch[c].dropna().iloc[-1]) for c in per_epoch.columns if per_epoch[c].notna().any()}
     items = "".join(
@@ -193,13 +188,11 @@ def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints:
             "roles": dict(history.roles),
             "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message, "epochs": list(f.epochs)}
                          for f in findings]}
-    return Section("Training", body=body, figures=figures, data=round_data(data), notes=notes)
+    return Section("Training", body=body, figures=figures, data=round_data(data))
 
 
 def training_figures(history, findings) -> list:
     """Loss and metric curves with the findings marked (`explain.viz.training`)."""
-    from explain.viz import training as viz_training
-
     return [viz_training.figure_curves(history, findings, height=480)]
 
 
@@ -207,9 +200,6 @@ def training_figures(history, findings) -> list:
 def build_evolution_section(model: LoadedModel, checkpoints: Sequence[Any], inputs: np.ndarray | None,
                             steps: int = 32) -> Section:
     """How the weights, and the explanations of ``inputs``, changed from checkpoint to checkpoint."""
-    from explain.training.evolution import compute_checkpoint_drift, compute_weight_changes, read_checkpoints
-    from explain.viz import training as viz_training
-
     ckpts = read_checkpoints(list(checkpoints))  # oldest first
     change = compute_weight_changes(ckpts)
     figures = [viz_training.figure_weight_changes(change)]

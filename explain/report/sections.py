@@ -7,8 +7,8 @@ the report is still built. Every number a section shows is put in its
 """
 from __future__ import annotations
 
-import hashlib
 import html
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from explain.errors import Cancelled, IncompatibleInput, UsageError
-from explain.inputs.reading import detokenize
+from explain.digest import digest_array, digest_bytes
+from explain.errors import Cancelled, UsageError
+from explain.inputs.text import detokenize, padding_mask
+from explain.loading.source import read_folder, read_source
 from explain.model import LoadedModel
 from explain.params import resolve_params
 from explain.report import analysis
@@ -54,31 +56,9 @@ def inputs_array(inputs: Any) -> np.ndarray | None:
     return np.asarray(getattr(inputs, "array", inputs))
 
 
-def digest(data: bytes | np.ndarray) -> str:
-    """sha256 of bytes, or of an array's bytes with its shape and dtype."""
-    if isinstance(data, np.ndarray):
-        arr = np.ascontiguousarray(data)
-        return hashlib.sha256(arr.tobytes() + f"{arr.shape}{arr.dtype}".encode()).hexdigest()
-    return hashlib.sha256(data).hexdigest()
-
-
-def read_source(source: Any) -> tuple[str, bytes]:
-    """(display name, bytes) of a log or checkpoint given as a path or a ``(name, bytes)`` pair."""
-    if isinstance(source, tuple) and len(source) == 2:
-        return str(source[0]), bytes(source[1])
-    path = Path(source)
-    if path.is_dir():  # a TensorBoard folder: identify it by its event files
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return path.name, b"".join(p.read_bytes() for p in files)
-    try:
-        return path.name, path.read_bytes()
-    except OSError as exc:
-        raise IncompatibleInput(f"Cannot read {path} ({exc.strerror}).") from None
-
-
 def describe_params(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters as plain values: an array becomes its shape and sha256."""
-    return {k: ({"array_shape": list(v.shape), "sha256": digest(v)} if isinstance(v, np.ndarray) else v)
+    return {k: ({"array_shape": list(v.shape), "sha256": digest_array(v)} if isinstance(v, np.ndarray) else v)
             for k, v in params.items()}
 
 
@@ -199,13 +179,13 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
                   f'logit, blue lowers it; one colour scale for all inputs, limit {format_number(zmax)}).</p>')
         return legend + '<div class="cards">' + "".join(cells) + "</div>", []
     if model.modality == "text":
-        tokens_all = [list(detokenize(attr.inputs[i], model.spec)) for i in range(len(attr))]
         cells = []
         for i, r in enumerate(rows):
-            toks = tokens_all[i]
-            r["tokens"] = [{"token": t, "attribution": float(v)} for t, v in zip(toks, attr.values[i]) if t != "<pad>"]
+            toks, pad = detokenize(attr.inputs[i], model.spec), padding_mask(attr.inputs[i], model.spec).reshape(-1)
+            r["tokens"] = [{"token": t, "attribution": float(v)}
+                           for t, v, p in zip(toks, attr.values[i], pad) if not p]
             cells.append(f'<div class="cell" style="flex:1 1 100%">{caption(r)}'
-                         f'<div class="tokens">{viz.text_attribution_html(toks, attr.values[i])}</div></div>')
+                         f'<div class="tokens">{viz.text_attribution_html(toks, attr.values[i], padding=pad)}</div></div>')
         return '<div class="cards">' + "".join(cells) + "</div>", []
     feature_names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
     raw = _raw_tabular(model, attr.inputs)
@@ -316,7 +296,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
     report.params = {
         "model": {"name": model.name, "format": model.format, "sha256": model.sha256},
         "inputs": None if array is None else {"count": int(len(array)), "explained": int(len(shown)),
-                                              "shape": list(array.shape), "sha256": digest(array)},
+                                              "shape": list(array.shape), "sha256": digest_array(array)},
         "methods": methods, "method_params": {m: describe_params(p) for m, p in method_params.items()},
         "max_inputs": max_inputs,
         "logs": log_ids, "checkpoints": ckpt_ids, "invocation": invocation or {},
@@ -386,8 +366,11 @@ def _identify(source: Any) -> dict[str, Any]:
     """Name and sha256 of a log/checkpoint, so the report says exactly what it read."""
     if isinstance(source, LoadedModel):
         return {"name": source.name, "sha256": source.sha256}
-    name, data = read_source(source)
-    return {"name": name, "sha256": digest(data), "bytes": len(data)}
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():  # a TensorBoard folder: its files
+        data = b"".join(content for _, content in read_folder(source))
+        return {"name": Path(source).name, "sha256": digest_bytes(data), "bytes": len(data)}
+    data, name = read_source(source)
+    return {"name": name, "sha256": digest_bytes(data), "bytes": len(data)}
 
 
 def _guarded(title: str, build: Callable[[], list[Section]]) -> list[Section]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from explain.inputs.text import padding_mask
 from explain.spec import InputSpec
 
 #: sequences longer than this are pooled before they are drawn.
@@ -29,13 +30,6 @@ def label_tokens(spec: InputSpec, ids: np.ndarray) -> list[str]:
         seen[tok] = seen.get(tok, 0) + 1
         out.append(tok if seen[tok] == 1 else f"{tok}·{seen[tok]}")
     return out
-
-
-def count_real_tokens(ids: np.ndarray, pad_id: int = 0) -> int:
-    """Length of one row without trailing padding (at least 1)."""
-    ids = np.asarray(ids).ravel()
-    nonpad = np.nonzero(ids != pad_id)[0]
-    return int(nonpad[-1] + 1) if nonpad.size else 1
 
 
 def summarise_heads(weights: np.ndarray, layer_names: list[str], lengths: np.ndarray | None = None) -> list[dict[str, Any]]:
@@ -148,7 +142,7 @@ def attention_to_tokens(weights: np.ndarray, ids: np.ndarray, token_ids: set[int
 
     Args:
         weights: [batch, query, key] (one layer's head-mean, or a rollout).
-        ids: [batch, key] token ids; padding (id 0) keys are ignored.
+        ids: [batch, key] token ids; padding keys (`explain.inputs.text.padding_mask`) are ignored.
         token_ids: the ids of interest (e.g. sentiment words).
         query: the query position (0 = ``<cls>``).
 
@@ -159,7 +153,7 @@ def attention_to_tokens(weights: np.ndarray, ids: np.ndarray, token_ids: set[int
     inside, outside = [], []
     for b in range(weights.shape[0]):
         row = weights[b, query]
-        real = ids[b] != 0
+        real = ~padding_mask(ids[b])
         real[query] = False
         chosen = real & np.isin(ids[b], list(token_ids))
         other = real & ~chosen

@@ -10,6 +10,7 @@ the model total over all rows.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -173,6 +174,33 @@ def filter_rows(rows: list[LayerRow], max_depth: int | None = None, query: str =
         r for r in rows
         if (max_depth is None or r.depth <= max_depth) and (not q or q in r.name.lower() or q in r.type.lower())
     ]
+
+
+def flop_chart_rows(rows: Sequence[LayerRow | Mapping[str, Any]], total_flops: int | None) -> list[dict[str, Any]]:
+    """The layers a FLOPs chart lists: ``{name, type, flops, flop_share}`` in ``rows``' order.
+
+    A layer is listed when it has FLOPs (> 0) and no layer below it in ``rows`` does, so no
+    FLOP is drawn twice (a parent's bar would repeat its children's) and a layer whose
+    submodules never ran on their own (``MultiheadAttention``'s ``out_proj``) keeps its bar.
+    The model's own row (``name == ""``) is never listed. The page passes the rows its table
+    shows, the report all of them.
+
+    Args:
+        rows: `LayerRow`s, or dicts with ``name``, ``type`` and ``flops`` (`describe_layers`).
+        total_flops: the model's FLOPs for the same batch; ``flop_share = flops / total_flops``
+            (None when the total is unknown or 0).
+    """
+    def get(row: Any, key: str) -> Any:
+        return row.get(key) if isinstance(row, Mapping) else getattr(row, key)
+
+    costly = [r for r in rows if get(r, "name") and (get(r, "flops") or 0) > 0]
+    covered: set[str] = set()  # layers with a costly layer below them
+    for r in costly:
+        parts = get(r, "name").split(".")
+        covered.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return [{"name": get(r, "name"), "type": get(r, "type"), "flops": int(get(r, "flops")),
+             "flop_share": float(get(r, "flops")) / total_flops if total_flops else None}
+            for r in costly if get(r, "name") not in covered]
 
 
 def _parameter_counts(module) -> dict[str, tuple[int, int, int, int]]:

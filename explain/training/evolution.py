@@ -7,7 +7,9 @@
   (integrated gradients), and the Spearman rank correlation of each
   checkpoint's attributions with the final checkpoint's.
 
-Checkpoints are read weights-only (`explain.training.history.load_checkpoint_dict`).
+Checkpoints are read with the upload cap (`explain.loading.source.read_source`) and
+weights-only (`explain.training.formats.load_checkpoint_dict`). `sort_checkpoints` /
+`final_checkpoint` decide training order and the final checkpoint for the page and the report.
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ import numpy as np
 import torch
 
 from explain.errors import IncompatibleInput, UsageError
+from explain.inputs.text import padding_mask
+from explain.loading.source import read_source
 from explain.model import LoadedModel
-from explain.training.history import load_checkpoint_dict
+from explain.training.formats import load_checkpoint_dict
 
 ProgressFn = Callable[[int, int], None]
 #: progress units per checkpoint: drift reports (done, total) with total = UNITS * checkpoints.
@@ -55,25 +59,67 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _epoch_from_name(name: str) -> float | None:
-    match = re.search(r"(?:epoch|ep|step)[_\-=]?(\d+)", name.lower())
+def epoch_from_name(name: str) -> float | None:
+    """The epoch a file name states (``epoch_7.pt``, ``ep3``, ``step=200``), else None."""
+    match = re.search(r"(?:epoch|ep|step)[_\-=]?(\d+)", Path(name).name.lower())
     return float(match.group(1)) if match else None
 
 
-def read_checkpoint(source: str | os.PathLike | bytes, filename: str | None = None) -> Checkpoint:
+def checkpoint_label(name: str, epoch: float | None = None) -> str:
+    """How a checkpoint is named on screen: ``epoch 7`` when its epoch is known (stored, else
+    from the name, see `epoch_from_name`) and whole, else the file name without extension."""
+    if epoch is None:
+        epoch = epoch_from_name(name)
+    return f"epoch {int(epoch)}" if epoch is not None and float(epoch).is_integer() else Path(name).stem
+
+
+def checkpoint_sort_key(name: str, epoch: float | None = None) -> tuple:
+    """Where a checkpoint falls in training order (sort ascending: oldest first, the final one last).
+
+    By ``epoch`` (from the checkpoint's metadata) when known, else by the epoch a name such as
+    ``epoch_7`` gives, else by the last number in the file name compared as a number
+    (``ckpt_9`` before ``ckpt_10``); a name without a number comes after all of those, by name.
+
+    Args:
+        name: the file name (a path's directories are ignored).
+        epoch: the epoch stored in the checkpoint, if read.
+    """
+    stem = Path(name).name
+    if epoch is None:
+        epoch = epoch_from_name(stem)
+    if epoch is None:
+        numbers = re.findall(r"\d+", Path(stem).stem)
+        epoch = float(numbers[-1]) if numbers else None
+    natural = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", stem))
+    return (epoch is None, epoch if epoch is not None else 0.0, natural)
+
+
+def sort_checkpoints(checkpoints: Iterable[Checkpoint]) -> list[Checkpoint]:
+    """Checkpoints in training order (`checkpoint_sort_key`), oldest first."""
+    return sorted(checkpoints, key=lambda c: checkpoint_sort_key(c.source, c.epoch))
+
+
+def final_checkpoint(checkpoints: Iterable[Checkpoint]) -> Checkpoint:
+    """The latest checkpoint in training order (the one whose history is the longest).
+
+    Raises:
+        IncompatibleInput: no checkpoints.
+    """
+    ordered = sort_checkpoints(checkpoints)
+    if not ordered:
+        raise IncompatibleInput("No checkpoints given.")
+    return ordered[-1]
+
+
+def read_checkpoint(source: str | os.PathLike | bytes | tuple[str, bytes], filename: str | None = None) -> Checkpoint:
     """Read one checkpoint (a dict with a state dict, or a bare state dict), weights-only.
 
     Raises:
-        UnsafeFile, CorruptFile: see `explain.training.history.load_checkpoint_dict`.
+        TooLarge, CorruptFile: over the upload cap, missing or empty (`explain.loading.source.read_source`).
+        UnsafeFile, CorruptFile: see `explain.training.formats.load_checkpoint_dict`.
         IncompatibleInput: no tensors found.
     """
-    if isinstance(source, (bytes, bytearray)):
-        data, name = bytes(source), filename or "checkpoint"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise IncompatibleInput(f"{path}: no such file.")
-        data, name = path.read_bytes(), filename or path.name
+    data, name = read_source(source, filename, default_name="checkpoint")
     obj = load_checkpoint_dict(data, name)
     state = obj
     for key in _STATE_KEYS:
@@ -84,16 +130,15 @@ def read_checkpoint(source: str | os.PathLike | bytes, filename: str | None = No
     if not tensors:
         raise IncompatibleInput(f"{name}: no weights found (expected a state dict or a 'model_state_dict' entry).")
     epoch = obj.get("epoch")
-    epoch = float(epoch) if isinstance(epoch, (int, float)) else _epoch_from_name(name)
-    label = f"epoch {int(epoch)}" if epoch is not None and float(epoch).is_integer() else Path(name).stem
+    epoch = float(epoch) if isinstance(epoch, (int, float)) else epoch_from_name(name)
+    label = checkpoint_label(name, epoch)
     meta = {k: v for k, v in obj.items() if k not in _STATE_KEYS}
     return Checkpoint(label, epoch, tensors, name, data, meta)
 
 
 def read_checkpoints(sources: Iterable[str | os.PathLike | tuple[str, bytes]]) -> list[Checkpoint]:
-    """Read several checkpoints (``(filename, bytes)`` pairs for uploads), ordered by epoch, then name."""
-    out = [read_checkpoint(s[1], filename=s[0]) if isinstance(s, tuple) else read_checkpoint(s) for s in sources]
-    return sorted(out, key=lambda c: (c.epoch is None, c.epoch if c.epoch is not None else 0.0, c.source))
+    """Read several checkpoints (``(filename, bytes)`` pairs for uploads), in training order (`sort_checkpoints`)."""
+    return sort_checkpoints(read_checkpoint(s) for s in sources)
 
 
 # -- weight change -------------------------------------------------------------------
@@ -312,8 +357,8 @@ def compute_attribution_drift(
     maps = np.stack([display_map(v, final.modality) for v in values])
     n = len(inputs)
     keep = [np.ones(maps.shape[2:], dtype=bool) for _ in range(n)]
-    if final.modality == "text":  # padding (token id 0) is not part of the explanation
-        keep = [inputs[i].reshape(maps.shape[2:]) != 0 for i in range(n)]
+    if final.modality == "text":  # padding is not part of the explanation
+        keep = [~padding_mask(inputs[i].reshape(maps.shape[2:]), final.spec) for i in range(n)]
     corr = np.array([[spearman(maps[j, i][keep[i]], maps[-1, i][keep[i]]) for i in range(n)] for j in range(k)])
     return AttributionDrift(
         labels=list(labels) if labels is not None else [m.name for m in models],

@@ -194,10 +194,9 @@ def parse_event_files(files: list[tuple[str, str, bytes]], source: str) -> tuple
     return wide, step_is_epoch, warnings
 
 
-def read_event_folder(files: list[Path], root: Path) -> list[tuple[str, str, bytes]]:
-    """(tag prefix, file name, bytes) of event files under ``root``: the sub-folder is the prefix."""
-    return [(p.parent.relative_to(root).as_posix() if p.parent != root else "", str(p), p.read_bytes())
-            for p in files]
+def event_folder_records(files: list[tuple[Path, bytes]], root: Path) -> list[tuple[str, str, bytes]]:
+    """(tag prefix, file name, bytes) of event files read from ``root``: the sub-folder is the prefix."""
+    return [(p.parent.relative_to(root).as_posix() if p.parent != root else "", str(p), data) for p, data in files]
 
 
 def load_checkpoint_dict(data: bytes, source: str = "checkpoint") -> dict[str, Any]:

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from explain.errors import CorruptFile, IncompatibleInput, InputRefused
+from explain.errors import CorruptFile, IncompatibleInput
+from explain.loading.source import read_folder, read_source
 from explain.training import formats as formats
 from explain.training.downsampling import MAX_ROWS, downsample_rows
-from explain.training.formats import load_checkpoint_dict  # noqa: F401 - part of this module's API
+from explain.training.formats import load_checkpoint_dict
 
 ROLES: tuple[str, ...] = ("train_loss", "val_loss", "train_metric", "val_metric", "lr")
 X_COLUMNS: tuple[str, ...] = ("epoch", "step", "wall_time")
@@ -284,33 +285,29 @@ def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> Training
 
 
 # -- entry points ---------------------------------------------------------------
-def read_history(source: str | os.PathLike | bytes, filename: str | None = None) -> TrainingHistory:
-    """Read one log: a file path, a folder of TensorBoard event files, or bytes.
+def read_history(source: str | os.PathLike | bytes | tuple[str, bytes], filename: str | None = None) -> TrainingHistory:
+    """Read one log: a file path, a folder of TensorBoard event files, bytes or a ``(name, bytes)`` upload.
+
+    Every file is read with `explain.loading.source.read_source` (the upload cap).
 
     Args:
-        source: path or raw bytes (an upload).
+        source: path, raw bytes (an upload) or a ``(name, bytes)`` pair.
         filename: the upload's name (decides the format with the bytes' start).
 
     Raises:
-        CorruptFile: empty, truncated or not the format it claims.
+        TooLarge: a file over the upload cap.
+        CorruptFile: missing, empty, truncated or not the format it claims.
         IncompatibleInput: well-formed but holds no curves.
         UnsafeFile: a checkpoint that would need code execution.
     """
-    if isinstance(source, (bytes, bytearray)):
-        data, name = bytes(source), filename or "upload"
-    else:
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         path = Path(source)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and "tfevents" in p.name)
-            if not files:
-                raise IncompatibleInput(f"{path}: the folder holds no TensorBoard event files (events.out.tfevents.*).")
-            frame, step_is_epoch, warnings = formats.parse_event_files(formats.read_event_folder(files, path), str(path))
-            return _tidy(frame, step_is_epoch, source=str(path), warnings=warnings)
-        if not path.is_file():
-            raise InputRefused(f"{path}: no such file.")
-        data, name = path.read_bytes(), filename or path.name
-    if not data:
-        raise CorruptFile(f"{name}: the file is empty.")
+        files = read_folder(path, lambda p: "tfevents" in p.name)
+        if not files:
+            raise IncompatibleInput(f"{path}: the folder holds no TensorBoard event files (events.out.tfevents.*).")
+        frame, step_is_epoch, warnings = formats.parse_event_files(formats.event_folder_records(files, path), str(path))
+        return _tidy(frame, step_is_epoch, source=str(path), warnings=warnings)
+    data, name = read_source(source, filename, default_name="upload")
     kind = formats.sniff(data, name)
     if kind == "tensorboard":
         frame, step_is_epoch, warnings = formats.parse_event_files([("", name, data)], name)
@@ -324,13 +321,7 @@ def read_history(source: str | os.PathLike | bytes, filename: str | None = None)
 
 def read_histories(sources: Iterable[str | os.PathLike | tuple[str, bytes]]) -> list[TrainingHistory]:
     """Read several logs; ``(filename, bytes)`` pairs stand for uploads."""
-    out = []
-    for src in sources:
-        if isinstance(src, tuple):
-            out.append(read_history(src[1], filename=src[0]))
-        else:
-            out.append(read_history(src))
-    return out
+    return [read_history(src) for src in sources]
 
 
 def merge_histories(histories: list[TrainingHistory], name: str | None = None) -> TrainingHistory:

@@ -139,13 +139,22 @@ def tabular_summary_figure(
     return fig
 
 
-def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float | None = None) -> str:
+def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float | None = None,
+                          padding: Sequence[bool] | np.ndarray | None = None) -> str:
     """Tokens highlighted by attribution as escaped HTML (red +, blue −).
 
-    Padding tokens (``<pad>``) are left out. Token text is HTML-escaped: it comes from users.
+    Args:
+        tokens: one token per position (`explain.inputs.text.detokenize`).
+        values: one attribution per position.
+        zmax: the colour scale's limit (default: the largest |value| shown).
+        padding: True at padding positions (`explain.inputs.text.padding_mask` of the ids),
+            which are left out; None: every position is shown.
+
+    Token text is HTML-escaped: it comes from users.
     """
     values = np.asarray(values, dtype=np.float64)
-    keep = [i for i, t in enumerate(tokens) if t != "<pad>"]
+    pad = np.zeros(len(tokens), dtype=bool) if padding is None else np.asarray(padding, dtype=bool).reshape(-1)
+    keep = [i for i in range(len(tokens)) if not pad[i]]
     zmax = zmax or (float(np.max(np.abs(values[keep]))) if keep else 1.0) or 1.0
     spans = []
     for i in keep:

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from explain.finding import Finding
+from explain.inputs.text import real_positions
 from explain.spec import InputSpec
 from explain.training.downsampling import downsample_points
 from explain.training.evolution import AttributionDrift, WeightChange
@@ -223,10 +224,9 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
             ann.font = dict(size=12)
         return fig
     columns = _column_labels(spec, maps.shape[-1], inputs, index)
-    if spec.modality == "text" and inputs is not None:  # drop trailing padding (token id 0)
-        ids = np.asarray(inputs)[index].reshape(-1)
-        keep = int(np.flatnonzero(ids != 0).max()) + 1 if np.any(ids != 0) else len(ids)
-        maps, columns = maps[..., :keep], columns[:keep]
+    if spec.modality == "text" and inputs is not None:  # padding is left out, as in ρ
+        keep = real_positions(np.asarray(inputs)[index], spec)
+        maps, columns = maps[..., keep], [columns[i] for i in keep]
     rows = [f"{drift.labels[j]} (ρ={drift.correlation[j, index]:.2f})" for j in range(k)]
     fig = go.Figure(go.Heatmap(
         z=maps.reshape(k, -1), x=list(range(len(columns))), y=rows, zmin=-zmax, zmax=zmax, colorscale=_DIVERGING,

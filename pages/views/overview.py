@@ -1,17 +1,19 @@
 """Overview: output, structure and training side by side, linked; the one-file report."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.inputs.reading import detokenize
+from explain.digest import digest_array
+from explain.finding import sort_findings
+from explain.inputs.text import detokenize, padding_mask
 from explain.output.layer_attribution import LAYER_METHODS, attributable_layers, explain_layer, upsample
 from explain.output.methods import compatible_methods, get_method
 from explain.report.sections import build_report
+from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
 from explain.viz import attribution as viz
 from ui import state
 from ui.text import escape_markdown
@@ -22,15 +24,9 @@ STEPS = 32  # a responsive default for the linked views; the report uses the met
 NO_LAYER = "(choose a layer)"
 
 
-# -- cached computations (keyed by content hashes) ---------------------------------------
-def _hash(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
-
-
+# -- cached computations (keyed by content digests) ---------------------------------------
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _checkpoint_model(model_sha: str, path: str, _model):
-    from explain.training.evolution import model_at, read_checkpoint
-
     return model_at(read_checkpoint(path), _model)
 
 
@@ -67,7 +63,7 @@ def _training(logs: tuple[str, ...], checkpoints: tuple[str, ...]):
     from explain.training.findings import diagnose
 
     history, origin = read_training_history(list(logs), list(checkpoints))
-    return history, diagnose(history), origin
+    return history, sort_findings(diagnose(history)), origin
 
 
 def _sources(sample: str | None) -> tuple[list[str], list[str]]:
@@ -78,7 +74,8 @@ def _sources(sample: str | None) -> tuple[list[str], list[str]]:
 
     root = Path(sample_dir(sample))
     logs = [str(root / "train_log.csv")] if (root / "train_log.csv").is_file() else []
-    return logs, sorted(str(p) for p in (root / "checkpoints").glob("*.pt"))
+    return logs, sorted((str(p) for p in (root / "checkpoints").glob("*.pt")),
+                        key=lambda p: checkpoint_sort_key(Path(p).name))
 
 
 # -- drawing -----------------------------------------------------------------------------
@@ -95,7 +92,8 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
                         config={"displayModeBar": False}, key=key)
     else:
         st.caption(f"{attr.method} → {escape_markdown(target)}")
-        st.html(viz.text_attribution_html(list(detokenize(attr.inputs[row], model.spec)), attr.values[row]))
+        st.html(viz.text_attribution_html(detokenize(attr.inputs[row], model.spec), attr.values[row],
+                                          padding=padding_mask(attr.inputs[row], model.spec)))
     err = attr.completeness_error[row]
     err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
     st.caption(f"{err_text} · {attr.seconds:.2f} s · {attr.device} · {attr.precision}")
@@ -111,7 +109,8 @@ def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
                         config={"displayModeBar": False}, key=key)
     elif result.kind == "tokens":
         st.caption(escape_markdown(title))
-        st.html(viz.text_attribution_html(list(detokenize(x[0], model.spec)), result.display[0]))
+        st.html(viz.text_attribution_html(detokenize(x[0], model.spec), result.display[0],
+                                          padding=padding_mask(x[0], model.spec)))
     else:
         units = [f"unit {j}" for j in range(result.display.shape[1])]
         st.plotly_chart(viz.tabular_bar_figure(result.display[0], units, top_k=10, title=title),
@@ -143,7 +142,7 @@ method = top[1].selectbox("Method", names, index=names.index(DEFAULT_METHOD) if 
 top[2].caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {n} inputs. Choose a layer (Structure) or a "
                "checkpoint (Training): the Output column follows.")
 x = batch.array[index : index + 1]
-x_sha = _hash(x)
+x_sha = digest_array(x)
 logs, checkpoints = _sources(sample)
 out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")  # the layer table needs the room
 
@@ -160,13 +159,13 @@ with train_col:
             fig = figure_curves(history, findings, height=420)
             fig.update_layout(legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18, x=0),
                               margin=dict(l=0, r=0, t=10, b=0))
-            labels = {p: f"epoch {int(Path(p).stem.split('_')[-1])}" if Path(p).stem.split("_")[-1].isdigit()
-                      else Path(p).stem for p in checkpoints}
+            labels = {p: checkpoint_label(p) for p in checkpoints}
             chosen_ckpt = st.selectbox("Explain with", [FINAL, *checkpoints], key="gb_ov_ckpt",
                                        format_func=lambda p: labels.get(p, p),
                                        help="Re-explain the input with this checkpoint's weights.")
-            if chosen_ckpt != FINAL and labels[chosen_ckpt].startswith("epoch "):
-                fig.add_vline(x=int(labels[chosen_ckpt].split()[-1]), line_dash="dot", line_color="#444")
+            epoch = epoch_from_name(chosen_ckpt) if chosen_ckpt != FINAL else None
+            if epoch is not None:
+                fig.add_vline(x=epoch, line_dash="dot", line_color="#444")
             st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves")
             for f in findings:
                 icon = {"error": "🛑", "warning": "⚠️"}.get(f.severity, "ℹ️")
@@ -192,12 +191,11 @@ with struct_col:
             st.caption("Layer attribution needs the model's layers (a weights file of a known architecture).")
     if model.modality == "text":
         with state.error_boundary("Reading the attention"):
-            from explain.report.analysis import attention_figures
+            from explain.report.analysis import attention_figures, attention_tokens
             from explain.structure.attention import capture_attention
 
             maps = capture_attention(model, x)
-            tokens = list(detokenize(x[0], model.spec))
-            keep = [i for i, t in enumerate(tokens) if t != "<pad>"]
+            tokens, keep = attention_tokens(model, x[0], maps.weights.shape[-1])
             last = maps.weights[-1:, 0]  # [1, head, q, k]
             fig = attention_figures(last, maps.layer_names[-1:], [tokens[i] for i in keep], keep, grid=False)[0]
             fig.update_layout(height=380)
@@ -231,7 +229,7 @@ st.caption("One self-contained HTML file (opens offline): model card, explanatio
            "training curves and findings, checkpoint evolution, environment and every parameter used. "
            "The same report as `python -m explain report`.")
 report_methods = st.multiselect("Methods in the report", names, default=[method], key="gb_ov_report_methods")
-report_key = f"{model.sha256}:{_hash(batch.array)}:{','.join(report_methods)}"
+report_key = f"{model.sha256}:{digest_array(batch.array)}:{','.join(report_methods)}"
 if st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_methods):
     with state.error_boundary("Building the report"):
         bar = st.progress(0.0, text="Building the report…")

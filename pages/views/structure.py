@@ -1,13 +1,13 @@
 """Structure: what the model is — layers, graph, attention, activations and weights, which layers matter."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from explain.digest import digest_array
 from explain.errors import GlassboxError
+from explain.inputs.text import real_length
 from explain.structure import activations, attention, attention_summary, layer_importance
 from explain.structure import layers as structure
 from explain.structure import module_graph as graph
@@ -17,10 +17,6 @@ from ui.text import escape_markdown
 
 MAX_ATTENTION_INPUTS = 16
 MAX_IMPORTANCE_INPUTS = 8
-
-
-def _hash(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).hexdigest()
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -48,7 +44,7 @@ with state.error_boundary("Loading the model and inputs"):
     model = state.current_model()
     batch = state.current_inputs()
     inputs = batch.array
-    inputs_sha = _hash(inputs)
+    inputs_sha = digest_array(inputs)
     with st.spinner("Running the model once to measure every layer…"):
         table = _layer_table(model.sha256, inputs_sha, model, inputs)
     ok = True
@@ -85,12 +81,9 @@ with tab_layers:
                "(a multiply-add = 2; element-wise ops = 0), for the batch above. Click a header to sort.")
     for note in table.notes:
         st.info(escape_markdown(note))
-    # bars only for the visible frontier (a parent's bar would double-count its children)
-    parents = {r.name.rsplit(".", 1)[0] for r in rows if "." in r.name} | {""}
-    frontier = [r for r in rows if r.name and r.name not in parents and r.flops]
-    if frontier:
-        st.plotly_chart(viz.figure_flops([{"name": r.name, "type": r.type, "flops": r.flops, "flop_share": r.flop_share}
-                                          for r in frontier]), width="stretch")
+    flop_rows = structure.flop_chart_rows(rows, table.total_flops)  # the shown layers, none counted twice
+    if flop_rows:
+        st.plotly_chart(viz.figure_flops(flop_rows), width="stretch", key="gb_flops_chart")
 
 # -- Graph ---------------------------------------------------------------------
 with tab_graph:
@@ -138,7 +131,7 @@ with tab_attention:
             c1, c2, c3 = st.columns([2, 1, 1])
             idx = c1.selectbox("Input", list(range(n_inputs)), format_func=_describe, key="gb_att_input")
             ids = maps.inputs[idx] if maps.inputs is not None and maps.inputs.ndim == 2 else None
-            length = attention_summary.count_real_tokens(ids) if ids is not None else maps.num_tokens
+            length = real_length(ids, model.spec) if ids is not None else maps.num_tokens
             tokens = (attention_summary.label_tokens(model.spec, ids[:length]) if ids is not None
                       else [str(i) for i in range(length)])
             layer = c2.selectbox("Layer", list(range(maps.num_layers)), format_func=lambda i: maps.layer_names[i],
@@ -158,7 +151,7 @@ with tab_attention:
             left.plotly_chart(viz.figure_attention(w_drawn[layer, head], labels,
                                                    title=f"{maps.layer_names[layer]} · head {head}"),
                               width="stretch")
-            lengths = np.array([attention_summary.count_real_tokens(r) for r in maps.inputs]) if ids is not None else None
+            lengths = np.array([real_length(r, model.spec) for r in maps.inputs]) if ids is not None else None
             if maps.num_tokens == maps.weights.shape[4]:
                 roll = attention_summary.compute_rollout(maps.weights[:, [idx]])[0, :length, :length]
                 roll_drawn, _ = attention_summary.pool_attention(roll, tokens)
@@ -207,7 +200,7 @@ with tab_importance:
         if st.button("Rank layers", key="gb_imp_run", type="primary") or st.session_state.get("gb_imp_key") == key:
             with state.error_boundary("Ranking layers"):
                 bar = st.progress(0.0, text="Attributing to each layer…")
-                result = _importance(model.sha256, _hash(inputs[: int(n_imp)]), idepth, steps, model,
+                result = _importance(model.sha256, digest_array(inputs[: int(n_imp)]), idepth, steps, model,
                                      inputs[: int(n_imp)], lambda d, t: bar.progress(d / max(t, 1), text=f"Layer {d}/{t}"))
                 bar.empty()
                 st.session_state["gb_imp_key"] = key

@@ -1,14 +1,20 @@
 """Training: how the model got here — curves, automatic findings, checkpoint evolution."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
+from explain.digest import digest_array, digest_bytes
+from explain.finding import sort_findings
 from explain.training.downsampling import MAX_ROWS
-from explain.training.evolution import UNITS, compute_checkpoint_drift, compute_weight_changes, read_checkpoint
+from explain.training.evolution import (
+    UNITS,
+    compute_checkpoint_drift,
+    compute_weight_changes,
+    read_checkpoint,
+    sort_checkpoints,
+)
 from explain.training.findings import diagnose
 from explain.training.history import ROLES, merge_histories, read_history
 from explain.viz import training as viz
@@ -18,7 +24,6 @@ from ui.text import escape_markdown
 LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
 CKPT_TYPES = ["pt", "pth", "ckpt", "bin", "tar"]
 ICONS = {"info": "ℹ️", "warning": "⚠️", "error": "⛔"}
-SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 ROLE_LABELS = {"train_loss": "Training loss", "val_loss": "Validation loss", "train_metric": "Training metric",
                "val_metric": "Validation metric", "lr": "Learning rate"}
 NONE = "(none)"
@@ -41,15 +46,8 @@ def _read_ckpt(name: str, data: bytes):
     return read_checkpoint(data, filename=name)
 
 
-def _sha(*blobs: bytes) -> str:
-    h = hashlib.sha256()
-    for b in blobs:
-        h.update(hashlib.sha256(b).digest())
-    return h.hexdigest()
-
-
 def _render_findings(findings) -> None:
-    findings = sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))  # the worst first
+    findings = sort_findings(findings)  # the worst first
     if not findings:
         st.caption("No findings: the curves are too short or no loss is assigned.")
     for f in findings:
@@ -91,8 +89,15 @@ if not ckpts and sample_path is not None and (sample_path / "checkpoints").is_di
 if not logs and sample_path is not None and (sample_path / "train_log.csv").is_file():
     logs = [("train_log.csv", (sample_path / "train_log.csv").read_bytes())]
     source_note = f"the **{escape_markdown(sample)}** sample's train\\_log.csv"
-if not logs and ckpts:
-    logs = [max(ckpts, key=lambda c: c[0])]  # the newest checkpoint's stored history
+checkpoints, checkpoint_errors = [], []  # errors are shown under "Checkpoint evolution"
+for name, data in ckpts:
+    try:
+        checkpoints.append(_read_ckpt(name, data))
+    except Exception as exc:
+        checkpoint_errors.append(exc)
+checkpoints = sort_checkpoints(checkpoints)  # training order: the final checkpoint last
+if not logs and checkpoints:
+    logs = [(checkpoints[-1].source, checkpoints[-1].data)]  # the final checkpoint's stored history
     source_note = f"the history stored in {escape_markdown(logs[0][0])}"
 
 histories = []
@@ -125,7 +130,7 @@ else:
             cols = history.series_columns
             with st.expander("Series roles (which column is which)"):
                 role_cols = st.columns(len(ROLES))
-                key = hashlib.sha256("|".join(cols).encode()).hexdigest()[:8]
+                key = digest_bytes("|".join(cols).encode())[:8]
                 chosen = {}
                 for col, role in zip(role_cols, ROLES):
                     options = [NONE] + cols
@@ -150,11 +155,8 @@ else:
 
 # -- checkpoint evolution ---------------------------------------------------------------------
 st.header("Checkpoint evolution")
-checkpoints = []
-for name, data in ckpts:
-    with state.error_boundary("Reading a checkpoint"):
-        checkpoints.append(_read_ckpt(name, data))
-checkpoints.sort(key=lambda c: (c.epoch is None, c.epoch or 0.0, c.source))
+for exc in checkpoint_errors:
+    state.show_error(exc, "Reading a checkpoint")
 if len(checkpoints) < 2:
     st.info("Upload at least two checkpoints of the current model to see how its weights and "
             "explanations changed during training.")
@@ -176,8 +178,7 @@ with state.error_boundary("Explaining the checkpoints"):
     n = int(c1.number_input("Inputs to explain", 1, len(batch.array), n_default, key="gb_drift_n"))
     steps = int(c2.select_slider("Integration steps", [8, 16, 32, 64, 128], 32, key="gb_drift_steps"))
     inputs = batch.array[:n]
-    key = _sha(*(d for _, d in ckpts), np.ascontiguousarray(inputs).tobytes(), model.sha256.encode(),
-               str(steps).encode())
+    key = (tuple(digest_bytes(c.data) for c in checkpoints), digest_array(inputs), model.sha256, steps)
     cache = st.session_state.setdefault("gb_drift_cache", {})
     if key not in cache:
         k = len(checkpoints)
