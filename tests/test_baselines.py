@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from explain.errors import UsageError
-from explain.output.baselines import special_token_ids, text_reference
+from explain.inputs.text import padding_mask, special_token_ids, tokenize
+from explain.output.baselines import text_reference
 from explain.spec import InputSpec
 
 #: the sample's convention: <pad> = 0, <unk> = 1, <cls> = 2
@@ -90,3 +91,11 @@ def test_every_caller_builds_its_reference_here():
         text = (root / rel).read_text()
         assert "text_reference(" in text, rel
         assert "def padding_reference" not in text and "def reference_ids" not in text, rel
+
+
+def test_padding_tokenising_and_references_agree_on_the_spec_pad_id():
+    """One pad id for the tokeniser, the padding mask and the reference (a vocabulary with <pad> at 3)."""
+    ids = np.asarray(tokenize("good", ODD))
+    assert ids[-1] == 3 and padding_mask(ids, ODD).tolist() == [i == 3 for i in ids.tolist()]
+    ref = text_reference(ids[None], ODD, kind="pad", keep_first=None)
+    assert padding_mask(ref, ODD).all()

@@ -183,7 +183,7 @@ def test_txt_files_give_one_row_per_line():
         read_inputs(b"good\n", InputSpec("text", (6,), dtype="int64"), filename="r.txt")
 
 
-def test_padding_is_token_id_zero_at_any_position_whatever_its_name():
+def test_padding_is_the_vocabularys_pad_id_at_any_position():
     """One definition of padding (explain.inputs.text.padding_mask): the id the model masks."""
     from explain.inputs.text import padding_mask, real_length, real_positions, tokens_for_display
     from explain.viz.attribution import text_attribution_html
@@ -194,10 +194,10 @@ def test_padding_is_token_id_zero_at_any_position_whatever_its_name():
     assert real_positions(ids, TEXT) == [0, 1, 3] and real_length(ids, TEXT) == 4
     assert real_positions([0, 0], TEXT) == [0, 1] and real_length([0, 0]) == 1  # all padding: keep everything
     assert not padding_mask(np.zeros(3), TABULAR).any()  # only text has padding
-    # a vocabulary that calls id 0 "[PAD]" and has a word "<pad>" elsewhere: the id decides, not the text
-    odd = InputSpec("text", (4,), dtype="int64", vocabulary=["[PAD]", "<unk>", "<pad>", "hi"])
-    assert detokenize([3, 2, 0, 0], odd) == ["hi", "<pad>", "[PAD]", "[PAD]"]
-    assert tokens_for_display([3, 2, 0, 0], odd) == ["hi", "<pad>"]
-    html = text_attribution_html(detokenize([3, 2, 0, 0], odd), np.array([1.0, -1.0, 5.0, 5.0]),
-                                 padding=padding_mask([3, 2, 0, 0], odd))
-    assert "[PAD]" not in html and "&lt;pad&gt;" in html and ">hi<" in html
+    # the vocabulary names its pad token (BERT-style "[PAD]", here at id 2): that id is padding, not 0
+    bert = InputSpec("text", (4,), dtype="int64", vocabulary=["hi", "[UNK]", "[PAD]", "there"])
+    assert padding_mask([0, 3, 2, 2], bert).tolist() == [False, False, True, True]
+    assert tokens_for_display([0, 3, 2, 2], bert) == ["hi", "there"]
+    html = text_attribution_html(detokenize([0, 3, 2, 2], bert), np.array([1.0, -1.0, 5.0, 5.0]),
+                                 padding=padding_mask([0, 3, 2, 2], bert))
+    assert "[PAD]" not in html and ">hi<" in html and ">there<" in html

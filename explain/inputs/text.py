@@ -15,6 +15,9 @@ from explain.errors import IncompatibleInput
 from explain.spec import InputSpec
 
 PAD_ID, UNK_ID = 0, 1
+#: names a vocabulary gives its padding / unknown token, in order of preference.
+PAD_TOKENS = ("<pad>", "[PAD]")
+UNK_TOKENS = ("<unk>", "[UNK]")
 _TOKEN = re.compile(r"[\w']+|[^\w\s]")
 
 
@@ -40,8 +43,8 @@ def tokenize(text: str, spec: InputSpec) -> list[int]:
 
     Lower-cases if ``spec.lowercase``, splits into words (``[\\w']+``) and
     punctuation marks, maps words to vocabulary ids (unknown words to
-    ``<unk>`` = 1; punctuation not in the vocabulary is dropped), prepends
-    ``cls_token`` when set, then pads with 0 or truncates.
+    ``<unk>``; punctuation not in the vocabulary is dropped), prepends
+    ``cls_token`` when set, then pads with ``<pad>`` or truncates (ids from `special_token_ids`).
     """
     return encode(text, spec, vocab_index(spec))
 
@@ -49,16 +52,17 @@ def tokenize(text: str, spec: InputSpec) -> list[int]:
 def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
     """`tokenize` with a prebuilt `vocab_index` (for many texts)."""
     length = spec.input_shape[0]
+    pad_id, unk_id = special_token_ids(spec)
     if spec.lowercase:
         text = text.lower()
-    ids = [index.get(spec.cls_token, UNK_ID)] if spec.cls_token else []
+    ids = [index.get(spec.cls_token, unk_id)] if spec.cls_token else []
     for tok in _TOKEN.findall(text):
         if tok in index:
             ids.append(index[tok])
         elif tok[0].isalnum() or tok[0] in "_'":
-            ids.append(UNK_ID)
+            ids.append(unk_id)
     ids = ids[:length]
-    return ids + [PAD_ID] * (length - len(ids))
+    return ids + [pad_id] * (length - len(ids))
 
 
 def detokenize(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> list[str]:
@@ -67,18 +71,32 @@ def detokenize(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> list[str]:
     Ids outside the vocabulary read ``<id N>``.
     """
     vocab = spec.vocabulary or []
+    pad_id = special_token_ids(spec)[0]
     out = []
     for i in (int(v) for v in np.asarray(ids).reshape(-1)):
-        out.append(vocab[i] if 0 <= i < len(vocab) else ("<pad>" if i == PAD_ID else f"<id {i}>"))
+        out.append(vocab[i] if 0 <= i < len(vocab) else ("<pad>" if i == pad_id else f"<id {i}>"))
     return out
 
 
+def special_token_ids(spec: InputSpec | None) -> tuple[int, int]:
+    """(pad id, unk id): the positions of the first of `PAD_TOKENS` / `UNK_TOKENS` in the spec's
+    vocabulary (``<pad>``, or ``[PAD]`` as BERT-style vocabularies write it), else `PAD_ID` and `UNK_ID`.
+
+    The one answer to "which id is padding / unknown" for tokenising, padding
+    masks and text reference inputs (`explain.output.baselines.text_reference`).
+    """
+    vocab = list(spec.vocabulary or []) if spec is not None else []
+    pad = next((vocab.index(t) for t in PAD_TOKENS if t in vocab), PAD_ID)
+    unk = next((vocab.index(t) for t in UNK_TOKENS if t in vocab), UNK_ID)
+    return pad, unk
+
+
 def padding_mask(ids: Sequence[int] | np.ndarray, spec: InputSpec | None = None) -> np.ndarray:
-    """True where a position is padding: the token id is `PAD_ID` (0), at any position.
+    """True where a position is padding: the token id is the spec's pad id, at any position.
 
     This is the one definition of padding: the id the text models mask as an attention key
-    (``src_key_padding_mask = ids == pad_id``), whatever the vocabulary calls token 0 and
-    wherever in the row it stands. A spec that is not a text spec has no padding (all False).
+    (``src_key_padding_mask = ids == pad_id``), wherever in the row it stands. The pad id is
+    ``<pad>``'s position in the spec's vocabulary, else `PAD_ID` (`special_token_ids`). A spec that is not a text spec has no padding (all False).
 
     Args:
         ids: token ids of any shape ([L] one row, [N, L] a batch).
@@ -90,7 +108,7 @@ def padding_mask(ids: Sequence[int] | np.ndarray, spec: InputSpec | None = None)
     ids = np.asarray(ids)
     if spec is not None and spec.modality != "text":
         return np.zeros(ids.shape, dtype=bool)
-    return ids == PAD_ID
+    return ids == special_token_ids(spec)[0]
 
 
 def real_positions(ids: Sequence[int] | np.ndarray, spec: InputSpec | None = None) -> list[int]:

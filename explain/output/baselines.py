@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from explain.errors import IncompatibleInput, UsageError
-from explain.inputs.text import PAD_ID, UNK_ID
+from explain.inputs.text import special_token_ids
 from explain.spec import InputSpec
 
 BASELINE_KINDS = ("zero", "blurred", "mean", "file")
@@ -37,14 +37,6 @@ TEXT_REFERENCE_KINDS = ("pad", "unk")
 FIRST_TOKEN_RULES = ("input", "most_common", "cls", None)
 
 Ids = TypeVar("Ids", np.ndarray, torch.Tensor)
-
-
-def special_token_ids(spec: InputSpec) -> tuple[int, int]:
-    """(``<pad>`` id, ``<unk>`` id): their positions in the spec's vocabulary, else 0 and 1."""
-    vocab = list(spec.vocabulary or [])
-    pad = vocab.index("<pad>") if "<pad>" in vocab else PAD_ID
-    unk = vocab.index("<unk>") if "<unk>" in vocab else UNK_ID
-    return pad, unk
 
 
 def text_reference(ids: Ids, spec: InputSpec, kind: str = "pad", keep_first: str | None = "input") -> Ids:

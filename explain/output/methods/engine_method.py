@@ -17,6 +17,7 @@ import torch
 
 from explain.attribution import Attribution, compute_completeness_error
 from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
+from explain.inputs.text import special_token_ids
 from explain.model import LoadedModel
 from explain.output.engine import Engine, ModelFunction, add_rows, is_out_of_memory, text_incompatibility
 from explain.output.methods.base import Explainer
@@ -157,7 +158,7 @@ def reference_points(ctx: Context, kind: str, baseline_array: Any = None, backgr
     if kind == "mean":
         ids = ctx.x if background is None else ctx.model.as_tensor(background)
         emb = ctx.fn.embed(ids)  # [M, L, D]
-        keep = (ids != 0).float()[..., None]  # id 0 is <pad> by convention
+        keep = (ids != special_token_ids(ctx.model.spec)[0]).float()[..., None]  # padding left out
         mean = (emb * keep).sum((0, 1)) / keep.sum().clamp_min(1.0)  # [D]
         return mean.expand_as(start).clone()
     if kind == "file":
