@@ -34,6 +34,8 @@ def open_overview() -> None:
 navigation = st.navigation(PAGES + [st.Page(open_overview, title="Overview", url_path="overview", visibility="hidden")])
 
 from ui.sidebar import render_sidebar  # noqa: E402  - after st.navigation: importing torch takes seconds
+from ui.upload_page import render_pending_upload  # noqa: E402
 
 render_sidebar()
-navigation.run()
+if not render_pending_upload():  # an upload that does not load yet keeps every page on it
+    navigation.run()

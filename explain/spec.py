@@ -7,6 +7,7 @@ TorchScript or ``.pt2`` archive, or as a separate uploaded ``.json`` file.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -27,7 +28,8 @@ class InputSpec:
         modality: ``image`` | ``tabular`` | ``text``.
         input_shape: one sample's shape without the batch dimension:
             ``(C, H, W)`` for images, ``(F,)`` for tabular, ``(L,)`` for text.
-        dtype: ``float32`` for image and tabular, ``int64`` for text token ids.
+        dtype: ``float32`` for image and tabular, ``int64`` for text token ids;
+            left out, it follows the modality (text always takes integer ids).
         mean, std: normalisation applied by preprocessing (per channel for
             images on [0, 1] pixels, per feature for tabular). ``None``: the
             inputs are used as they are.
@@ -42,7 +44,7 @@ class InputSpec:
 
     modality: str
     input_shape: tuple[int, ...]
-    dtype: str = "float32"
+    dtype: str | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
     class_names: list[str] = field(default_factory=list)
@@ -57,7 +59,8 @@ class InputSpec:
             raise IncompatibleInput(
                 f"Unknown modality {self.modality!r}.", f"Use one of {', '.join(MODALITIES)}."
             )
-        self.input_shape = tuple(int(d) for d in self.input_shape)
+        self.input_shape = _check_shape(self.modality, self.input_shape)
+        self.dtype = _check_dtype(self.modality, self.dtype)
 
     # -- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -65,8 +68,8 @@ class InputSpec:
         d["input_shape"] = list(self.input_shape)
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
@@ -97,20 +100,221 @@ class InputSpec:
         return f"class {index}"
 
 
+def _check_shape(modality: str, shape: Any) -> tuple[int, ...]:
+    """One sample's shape as ints: C×H×W for images, one dim for tabular and text, every dim > 0."""
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise IncompatibleInput(f"The spec's input_shape {shape!r} is not a list of sizes.",
+                                "Write it like [3, 32, 32] (image), [30] (tabular) or [64] (text).") from None
+    want = _RANKS[modality]
+    if len(dims) != want or any(d <= 0 for d in dims):
+        raise IncompatibleInput(
+            f"{'An' if modality == 'image' else 'A'} {modality} spec needs input_shape {_RANK_TEXT[modality]} (one sample, no batch dim), "
+            f"got {list(dims)}.",
+        )
+    return dims
+
+
+def _check_dtype(modality: str, dtype: str | None) -> str:
+    """The spec's dtype, normalised; text is always integer token ids."""
+    if dtype is None:
+        return "int64" if modality == "text" else "float32"
+    name = _DTYPE_ALIASES.get(str(dtype).lower().removeprefix("torch.").removeprefix("numpy."), None)
+    if name is None:
+        raise IncompatibleInput(f"Unknown spec dtype {dtype!r}.", "Use float32 (image, tabular) or int64 (text).")
+    if modality == "text" and not name.startswith("int"):
+        raise IncompatibleInput(
+            f"A text spec feeds integer token ids, but its dtype is {name}.",
+            'Leave "dtype" out or write "dtype": "int64".',
+        )
+    return name
+
+
+_RANKS = {"image": 3, "tabular": 1, "text": 1}
+_RANK_TEXT = {"image": "[C, H, W]", "tabular": "[F] (features)", "text": "[L] (tokens)"}
+_DTYPE_ALIASES = {
+    **{n: n for n in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8")},
+    "float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
+}
+
+
+# --------------------------------------------------------------------------
+# a spec from what is at hand: a graph's signature, sample inputs, a form
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpecGuess:
+    """What is known of a model's input when it carries no spec (the spec form starts from it).
+
+    Attributes:
+        input_shape: one sample's shape; None marks a dynamic (or unknown) dim.
+        dtype: the element type (``float32``, ``int64``...) or None.
+        source: where it was read, for messages ("the .pt2 signature", "the first layer").
+        modality: the modality the shape and dtype imply, or None.
+    """
+
+    input_shape: tuple[int | None, ...] | None = None
+    dtype: str | None = None
+    source: str = "nothing"
+    modality: str | None = None
+
+    @property
+    def dynamic_dims(self) -> list[int]:
+        """Positions (0 = the first per-sample dim) whose size the source leaves open."""
+        return [i for i, d in enumerate(self.input_shape or ()) if d is None]
+
+    def shape_text(self) -> str:
+        """``[*, 3, 32, 32]``-style: the batch dim first, ``*`` for every open dim."""
+        return "[" + ", ".join(["*", *("*" if d is None else str(d) for d in self.input_shape or ())]) + "]"
+
+
+class SpecNeeded(IncompatibleInput):
+    """The model carries no spec and nothing at hand tells one; ``guess`` holds what is known."""
+
+    def __init__(self, reason: str, hint: str | None = None, guess: SpecGuess | None = None):
+        super().__init__(reason, hint)
+        self.guess = guess or SpecGuess()
+
+
+def modality_for(ndim: int, dtype: str) -> str | None:
+    """float C×H×W → image, float F → tabular, integer L → text (per sample); else None."""
+    kind = str(dtype).lower().removeprefix("torch.")
+    integer = kind.startswith(("int", "uint", "long"))
+    floating = kind.startswith(("float", "double", "half", "bfloat"))
+    if integer and ndim == 1:
+        return "text"
+    if floating and ndim == 3:
+        return "image"
+    if floating and ndim == 1:
+        return "tabular"
+    return None
+
+
+def spec_from_guess(guess: SpecGuess, name: str = "model") -> InputSpec:
+    """The spec a complete guess implies (every dim known, a modality).
+
+    Raises:
+        SpecNeeded: a dim is dynamic or the shape and dtype fit no modality; says which.
+    """
+    shape = guess.input_shape
+    if shape is None or guess.dtype is None:
+        raise SpecNeeded(f"{guess.source} tells no input shape.", guess=guess)
+    if guess.modality is None:
+        raise SpecNeeded(f"{guess.source} takes {guess.dtype} inputs {guess.shape_text()}, which fit no modality "
+                         "(float N×C×H×W image, float N×F tabular, integer N×L text).", guess=guess)
+    if guess.dynamic_dims:
+        dims = ", ".join(str(i + 1) for i in guess.dynamic_dims)
+        raise SpecNeeded(f"{guess.source} leaves dim {dims} of {guess.shape_text()} open "
+                         f"({guess.modality} inputs; dim 0 is the batch).", guess=guess)
+    return InputSpec(guess.modality, tuple(int(d) for d in shape), dtype="int64" if guess.modality == "text" else
+                     "float32", name=name)
+
+
+def guess_from_array(sample: np.ndarray, source: str = "the inputs") -> SpecGuess:
+    """What a model-ready, batch-first array says about the input."""
+    arr = np.asarray(sample)
+    shape = tuple(int(d) for d in arr.shape[1:]) if arr.ndim >= 1 else ()
+    return SpecGuess(shape, str(arr.dtype), source, modality_for(len(shape), str(arr.dtype)))
+
+
 def infer_spec(sample: np.ndarray, name: str = "model") -> InputSpec:
     """Guess a spec from a model-ready array (batch first).
 
     float N×C×H×W → image, float N×F → tabular, integer N×L → text token ids.
     """
     arr = np.asarray(sample)
-    if np.issubdtype(arr.dtype, np.integer) and arr.ndim == 2:
-        return InputSpec("text", (arr.shape[1],), dtype="int64", name=name)
-    if np.issubdtype(arr.dtype, np.floating) and arr.ndim == 4:
-        return InputSpec("image", tuple(arr.shape[1:]), name=name)
-    if np.issubdtype(arr.dtype, np.floating) and arr.ndim == 2:
-        return InputSpec("tabular", (arr.shape[1],), name=name)
-    raise IncompatibleInput(
-        f"Cannot infer the modality of an array of shape {arr.shape} and dtype {arr.dtype}.",
-        "Expected float N×C×H×W (image), float N×F (tabular) or integer N×L (text), "
-        "or upload a spec JSON.",
-    )
+    guess = guess_from_array(arr)
+    if arr.ndim < 2 or guess.modality is None:
+        raise IncompatibleInput(
+            f"Cannot infer the modality of an array of shape {arr.shape} and dtype {arr.dtype}.",
+            "Expected float N×C×H×W (image), float N×F (tabular) or integer N×L (text), "
+            "or give a spec JSON.",
+        )
+    return spec_from_guess(guess, name)
+
+
+# -- the spec form's text fields ---------------------------------------------------
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"3, 32, 32"``, ``"3x32x32"`` or ``"[3, 32, 32]"`` → (3, 32, 32).
+
+    Raises:
+        IncompatibleInput: an empty shape, ``?`` / ``*`` left in, or not a whole number.
+    """
+    parts = [p for p in re.split(r"[\s,x×\[\]()]+", str(text).strip().lower()) if p]
+    if "?" in str(text) or "*" in str(text) or not parts:
+        raise IncompatibleInput(f"The input shape {str(text).strip()!r} is not complete.",
+                                "Give every size of one sample, e.g. 3, 32, 32 (image) or 30 (tabular).")
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise IncompatibleInput(f"The input shape {str(text).strip()!r} is not a list of whole numbers.",
+                                "Write it like 3, 32, 32.") from None
+
+
+def parse_names(text: str) -> list[str]:
+    """Names one per line, or comma-separated on one line; blanks dropped."""
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    if len(lines) == 1 and "," in lines[0]:
+        lines = [p.strip() for p in lines[0].split(",") if p.strip()]
+    return lines
+
+
+def parse_vocabulary(data: bytes, name: str = "vocabulary") -> list[str]:
+    """A vocabulary file: a JSON list of tokens, a JSON {token: id} object, or one token per line.
+
+    Raises:
+        IncompatibleInput: empty, unreadable, or ids that do not run 0..n-1.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise IncompatibleInput(f"{name} is not UTF-8 text.", "Upload one token per line, or a JSON list.") from None
+    tokens: list[str]
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            data_json = json.loads(text)
+        except ValueError as exc:
+            raise IncompatibleInput(f"{name} is not valid JSON ({exc}).") from None
+        if isinstance(data_json, dict):
+            ids = sorted((int(v), str(k)) for k, v in data_json.items() if isinstance(v, int))
+            if [i for i, _ in ids] != list(range(len(data_json))):
+                raise IncompatibleInput(f"{name} maps tokens to ids that do not run 0..{len(data_json) - 1}.")
+            tokens = [t for _, t in ids]
+        elif isinstance(data_json, list):
+            tokens = [str(t) for t in data_json]
+        else:
+            raise IncompatibleInput(f"{name} is neither a JSON list nor a JSON object of tokens.")
+    else:
+        tokens = [line.rstrip("\r") for line in text.split("\n")]
+        while tokens and not tokens[-1]:
+            tokens.pop()
+    if not tokens:
+        raise IncompatibleInput(f"{name} holds no tokens.")
+    return tokens
+
+
+def build_spec(
+    modality: str,
+    input_shape: str | tuple[int, ...],
+    class_names: str | list[str] = "",
+    feature_names: str | list[str] | None = None,
+    vocabulary: list[str] | None = None,
+    name: str = "model",
+) -> InputSpec:
+    """A spec from the spec form's fields (text fields parsed with `parse_shape` / `parse_names`).
+
+    Raises:
+        IncompatibleInput: a field that does not fit the others, with what to change.
+    """
+    shape = parse_shape(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
+    classes = parse_names(class_names) if isinstance(class_names, str) else list(class_names)
+    features = parse_names(feature_names) if isinstance(feature_names, str) else feature_names
+    spec = InputSpec(modality, shape, class_names=classes, name=name or "model",
+                     feature_names=(features or None) if modality == "tabular" else None,
+                     vocabulary=(vocabulary or None) if modality == "text" else None)
+    if len(set(classes)) != len(classes):
+        raise IncompatibleInput("The class names repeat a name.", "Give each output logit its own name.")
+    if spec.feature_names and len(spec.feature_names) != shape[0]:
+        raise IncompatibleInput(f"{len(spec.feature_names)} feature names for {shape[0]} features.",
+                                "Give one name per feature, in model order, or none.")
+    return spec

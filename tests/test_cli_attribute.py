@@ -10,12 +10,13 @@ from test_methods import load_case
 
 from explain.cli import attribute as attribute_cli
 from explain.cli import main
+from explain.cli import model_arg as model_arg_cli
 
 
 @pytest.fixture
 def cancer(monkeypatch, tmp_path):
     model, x = load_case("cancer", n=5)
-    monkeypatch.setattr(attribute_cli, "load_model_arg", lambda path, spec=None: model)
+    monkeypatch.setattr(attribute_cli, "load_model_arg", lambda path, spec=None, inputs=None: model)
     np.save(tmp_path / "x.npy", x)
     return model, x, tmp_path
 
@@ -74,7 +75,7 @@ def test_attribute_unknown_method_is_usage_error(cancer, capsys):
 ])
 def test_methods_lists_compatible_methods_with_params(monkeypatch, capsys, sample, present, absent):
     model, _ = load_case(sample, n=1)
-    monkeypatch.setattr(attribute_cli, "load_model_arg", lambda path, spec=None: model)
+    monkeypatch.setattr(model_arg_cli, "load_model_arg", lambda path, spec=None, inputs=None: model)
     code, payload, err = run_cli(capsys, ["methods", sample, "--all"])
     assert code == 0, err
     names = {m["name"] for m in payload["methods"]}

@@ -97,7 +97,7 @@ def test_a_crash_while_writing_leaves_the_old_file_and_no_temporary(monkeypatch,
     from test_methods import load_case
 
     model, x = load_case("cancer", n=3)
-    monkeypatch.setattr(attribute_cli, "load_model_arg", lambda path, spec=None: model)
+    monkeypatch.setattr(attribute_cli, "load_model_arg", lambda path, spec=None, inputs=None: model)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out.npz"
     out.write_bytes(b"old")

@@ -139,7 +139,7 @@ def test_checkpoint_extra_and_bytes_upload_with_a_wrong_extension(tiny):
     data = (tiny["dir"] / "epoch_07.ckpt").read_bytes()
     lm = load_model(data, filename="weights.safetensors")  # content wins over the name
     assert lm.format == "checkpoint"
-    assert lm.extra == {"epoch": 7, "history": [{"epoch": 1, "val_loss": 0.5}]}
+    assert lm.extra == {"epoch": 7, "history": [{"epoch": 1, "val_loss": 0.5}], "spec_source": "embedded"}
     assert lm.name == "tiny"  # the embedded spec's name
 
 

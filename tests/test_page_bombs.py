@@ -89,7 +89,7 @@ def test_uploaded_bombs_are_refused_while_another_session_keeps_working(small_li
         page.get_by_text("did not finish within 4 s at a batch of 2").first.wait_for()
         wait_for_app(page)
         assert page.locator('[data-testid="stException"]').count() == 0
-        assert page.get_by_text("Showing the sample model until an upload loads.").count() >= 1
+        assert page.get_by_text("The page stays on your upload until it loads.").count() >= 1
     finally:
         stop.set()
         sampler.join(2)

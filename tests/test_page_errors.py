@@ -49,7 +49,8 @@ def test_a_refused_model_upload_is_named_literally_in_the_sidebar():
     assert not at.exception, [e.value for e in at.exception]
     errors = [e.value for e in at.sidebar.error]
     assert len(errors) == 1 and escape_markdown(f"{NAME}.pt") in errors[0], errors
-    assert any(t.value == "Overview" for t in at.title)  # the page goes on with the sample
+    assert [t.value for t in at.title] == ["Your model"]  # the page stays on the upload, never the sample
+    assert any(escape_markdown(f"{NAME}.pt") in e.value for e in at.main.error)
 
 
 def test_an_uploaded_model_and_class_name_are_literal_in_the_model_card_and_the_page():

@@ -1,4 +1,4 @@
-"""The shared sidebar: pick a sample or upload a model, a spec and inputs."""
+"""The shared sidebar: pick a sample or upload a model, a spec and inputs (in any order)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -6,6 +6,7 @@ import streamlit as st
 from explain.config import max_upload_mb
 from sample_models import SAMPLE_NAMES
 from ui import state
+from ui.spec_form import render_spec_download
 from ui.text import escape_markdown
 
 SAMPLE_LABELS = {
@@ -15,6 +16,9 @@ SAMPLE_LABELS = {
 }
 MODEL_TYPES = ["safetensors", "pt", "pth", "ckpt", "bin", "pt2", "zip", "jit", "ts"]
 INPUT_TYPES = ["npy", "npz", "png", "jpg", "jpeg", "csv", "txt"]
+#: where an upload's spec came from, when not from a file the user gave
+SPEC_SOURCE_LABELS = {"signature": "from the .pt2 signature", "inputs": "inferred from the uploaded inputs",
+                      "form": "from the spec form"}
 
 
 def _on_sample_change() -> None:
@@ -27,7 +31,7 @@ def render_sidebar() -> None:
         st.header("Model")
         source = st.radio(
             "Source", ["Sample model", "Upload"], horizontal=True, key="gb_source_radio",
-            index=1 if state.model_upload() is not None else 0,
+            index=1 if state.model_upload() is not None or state.upload_mode() else 0,
         )
         if source == "Sample model":
             current = st.session_state.get("gb_sample", state.DEFAULT_SAMPLE)
@@ -38,9 +42,13 @@ def render_sidebar() -> None:
             if state.model_upload() is not None:
                 state.set_model_upload(None, None)
                 state.set_input_uploads([])
+            elif state.upload_mode():  # back from Upload before any model came
+                state.set_sample(current)
         else:
+            state.set_upload_mode()
             _render_uploads()
-        _render_model_card()
+        if not state.upload_mode() or (state.model_upload() is not None and state.upload_failure() is None):
+            _render_model_card()
         state.show_trusted_banner()
 
 
@@ -61,11 +69,17 @@ def _render_uploads() -> None:
         old = state.model_upload()
         if old is None or old.sha256 != blob.sha256 or st.session_state.get("gb_spec_upload") != spec:
             state.set_model_upload(blob, spec)
-    state.set_input_uploads([state.UploadedBlob.from_upload(f) for f in input_files or []])
-    error = state.upload_error()
-    if error:
-        st.error(escape_markdown(error), icon="🚫")
-        st.caption("Showing the sample model until an upload loads.")
+    seen = tuple(f.file_id for f in input_files or [])
+    if st.session_state.get("gb_input_files_seen", ()) != seen:  # only what the widget changed
+        st.session_state["gb_input_files_seen"] = seen
+        state.set_input_uploads([state.UploadedBlob.from_upload(f) for f in input_files or []])
+    failure = state.upload_failure()
+    if failure is not None:  # the reason; the main area adds the way forward
+        st.error(escape_markdown(failure.reason), icon="🚫")
+        st.caption("The page stays on your upload until it loads.")
+    elif state.model_upload() is None:
+        st.caption("Inputs may come before or after the model; a model without a spec takes it from "
+                   ".npy/.npz inputs.")
 
 
 def _render_model_card() -> None:
@@ -78,3 +92,9 @@ def _render_model_card() -> None:
         f"**{escape_markdown(model.name)}** · {model.format} · {model.modality} · "
         f"{model.parameter_count():,} parameters · sha256 `{model.sha256[:12]}`"
     )
+    source = model.extra.get("spec_source")
+    if source == "explicit" and st.session_state.get("gb_spec_upload") is None and state.form_spec() is not None:
+        source = "form"
+    if state.current_sample_name() is None and source in SPEC_SOURCE_LABELS:
+        st.caption(f"Spec {SPEC_SOURCE_LABELS[source]}.")
+        render_spec_download(model.spec, model.name, key="gb_sidebar_spec_download")

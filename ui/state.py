@@ -1,9 +1,15 @@
 """Session state shared by every page: the chosen model and inputs.
 
-Pages call `current_model()` and `current_inputs()`; both always return
-something (the default sample when the user chose nothing), so a page works
-alone, e.g. under ``AppTest.from_file("pages/views/x.py")``. Uploaded bytes are kept
-in ``st.session_state`` so a failing later step never loses what the user gave.
+Pages call `current_model()` and `current_inputs()`; they return the default
+sample when the user chose nothing, so a page works alone, e.g. under
+``AppTest.from_file("pages/views/x.py")``. In upload mode they return the upload
+or raise why it does not load (never the sample in its place). Uploaded bytes are
+kept in ``st.session_state`` so a failing later step never loses what the user gave.
+
+An upload's spec is resolved as everywhere (`explain.loading.loader.resolve_spec`):
+the uploaded spec JSON or the spec form's, else the file's, else a ``.pt2``'s
+signature, else the first ``.npy`` / ``.npz`` among the uploaded inputs, whether
+they came before or after the model.
 """
 from __future__ import annotations
 
@@ -18,10 +24,10 @@ import streamlit as st
 from explain.config import trusted_mode
 from explain.digest import digest_bytes
 from explain.errors import GlassboxError
-from explain.inputs.reading import InputBatch, read_inputs
+from explain.inputs.reading import InputBatch, model_ready_array, read_inputs
 from explain.loading.loader import load_model
 from explain.model import LoadedModel
-from explain.spec import InputSpec
+from explain.spec import InputSpec, SpecGuess, guess_from_array
 from sample_models import SAMPLE_NAMES, load_sample, sample_inputs
 from ui.text import escape_markdown
 
@@ -31,6 +37,7 @@ DEFAULT_SAMPLE = "shapes"
 _SAMPLE_KEY = "gb_sample"
 _MODEL_UPLOAD_KEY = "gb_model_upload"  # UploadedBlob | None
 _SPEC_UPLOAD_KEY = "gb_spec_upload"
+_FORM_SPEC_KEY = "gb_form_spec"  # UploadedBlob | None: the spec form's JSON, for the current model upload
 _INPUT_UPLOAD_KEY = "gb_input_uploads"  # list[UploadedBlob]
 _SOURCE_KEY = "gb_source"  # "sample" | "upload"
 
@@ -56,9 +63,20 @@ def _cached_sample(name: str) -> LoadedModel:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading uploaded model…")
-def _cached_upload(sha256: str, spec_sha: str, _blob: UploadedBlob, _spec: UploadedBlob | None) -> LoadedModel:
+def _cached_upload(sha256: str, spec_sha: str, sample_key: str, _blob: UploadedBlob, _spec: UploadedBlob | None,
+                   _sample: np.ndarray | None) -> LoadedModel:
     spec = InputSpec.from_json(_spec.data) if _spec else None
-    return load_model(_blob.data, spec=spec, filename=_blob.name)
+    return load_model(_blob.data, spec=spec, filename=_blob.name, sample_input=_sample)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _cached_first_row(sha256: str, _blob: UploadedBlob) -> np.ndarray | None:
+    """Row 0 of a model-ready (.npy / .npz) input upload, None for any other file or an unreadable one."""
+    try:
+        arr = model_ready_array(_blob.data, filename=_blob.name)
+    except GlassboxError:  # read_inputs says why, once the model is known
+        return None
+    return None if arr is None or arr.ndim < 1 or len(arr) == 0 else np.ascontiguousarray(arr[:1])
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -73,9 +91,32 @@ def set_sample(name: str) -> None:
 
 
 def set_model_upload(blob: UploadedBlob | None, spec: UploadedBlob | None) -> None:
+    old = model_upload()
+    if blob is None or old is None or old.sha256 != blob.sha256:
+        st.session_state[_FORM_SPEC_KEY] = None  # the form's spec was for the other model
     st.session_state[_MODEL_UPLOAD_KEY] = blob
     st.session_state[_SPEC_UPLOAD_KEY] = spec
     st.session_state[_SOURCE_KEY] = "upload" if blob else "sample"
+
+
+def set_upload_mode() -> None:
+    """The user chose Upload: the pages wait for the upload instead of showing a sample."""
+    st.session_state[_SOURCE_KEY] = "upload"
+
+
+def upload_mode() -> bool:
+    return st.session_state.get(_SOURCE_KEY) == "upload"
+
+
+def set_form_spec(spec: InputSpec | None) -> None:
+    """Use the spec form's spec for the uploaded model (an uploaded spec JSON still wins)."""
+    data = spec.to_json(indent=2).encode() if spec is not None else None
+    st.session_state[_FORM_SPEC_KEY] = UploadedBlob("spec form.json", data, digest_bytes(data)) if data else None
+
+
+def form_spec() -> InputSpec | None:
+    blob = st.session_state.get(_FORM_SPEC_KEY)
+    return InputSpec.from_json(blob.data) if blob else None
 
 
 def set_input_uploads(blobs: list[UploadedBlob]) -> None:
@@ -91,37 +132,73 @@ def input_uploads() -> list[UploadedBlob]:
 
 
 def current_sample_name() -> str | None:
-    """The sample in use, or None when an uploaded model is in use."""
-    if st.session_state.get(_SOURCE_KEY) == "upload" and model_upload() is not None and upload_error() is None:
+    """The sample in use, or None in upload mode (whether or not the upload loads)."""
+    if upload_mode():
         return None
     return st.session_state.get(_SAMPLE_KEY, DEFAULT_SAMPLE)
 
 
-def upload_error() -> str | None:
-    """The message why the uploaded model could not be loaded (None if it loads)."""
+def upload_failure() -> GlassboxError | None:
+    """Why the uploaded model does not load (None if it loads or there is none)."""
     blob = model_upload()
     if blob is None:
         return None
     try:
         _load_upload(blob)
     except GlassboxError as exc:
-        return exc.message
+        return exc
     except Exception as exc:  # a model that raises while loading: still a message
         log.exception("upload failed")
-        return f"The model could not be loaded: {type(exc).__name__}: {exc}"
+        return GlassboxError(f"The model could not be loaded: {type(exc).__name__}: {exc}")
     return None
 
 
+def upload_error() -> str | None:
+    """The message why the uploaded model could not be loaded (None if it loads)."""
+    failure = upload_failure()
+    return failure.message if failure is not None else None
+
+
+def _explicit_spec() -> UploadedBlob | None:
+    return st.session_state.get(_SPEC_UPLOAD_KEY) or st.session_state.get(_FORM_SPEC_KEY)
+
+
+def _input_sample() -> np.ndarray | None:
+    """Row 0 of the first model-ready input upload: what tells the spec of a model that has none."""
+    for blob in input_uploads():
+        row = _cached_first_row(blob.sha256, blob)
+        if row is not None:
+            return row
+    return None
+
+
+def inputs_guess() -> SpecGuess | None:
+    """What the uploaded inputs say about the model's input (the spec form's fallback prefill)."""
+    row = _input_sample()
+    return guess_from_array(row, "the uploaded inputs") if row is not None else None
+
+
 def _load_upload(blob: UploadedBlob) -> LoadedModel:
-    spec = st.session_state.get(_SPEC_UPLOAD_KEY)
-    return _cached_upload(blob.sha256, spec.sha256 if spec else "", blob, spec)
+    spec = _explicit_spec()
+    sample = _input_sample() if spec is None else None
+    # keyed by the sample's shape and dtype: other inputs of the same kind do not reload the model
+    sample_key = f"{sample.shape[1:]}:{sample.dtype}" if sample is not None else ""
+    return _cached_upload(blob.sha256, spec.sha256 if spec else "", sample_key, blob, spec, sample)
 
 
 def current_model() -> LoadedModel:
-    """The model the pages explain: the upload when it loads, else the sample."""
+    """The model the pages explain: the sample, or in upload mode the upload.
+
+    Raises:
+        GlassboxError: upload mode with no model yet, or why the upload does not load.
+    """
+    if upload_mode():
+        blob = model_upload()
+        if blob is None:
+            raise GlassboxError("No model is uploaded yet.",
+                                "Upload a checkpoint in the sidebar, or choose Sample model.")
+        return _load_upload(blob)
     name = current_sample_name()
-    if name is None:
-        return _load_upload(model_upload())
     if name not in SAMPLE_NAMES:
         name = DEFAULT_SAMPLE
     return _cached_sample(name)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from explain.cli.model_arg import load_inputs_arg, load_model_arg
 from explain.cli.out_file import replace_atomically
-from explain.errors import UsageError
 
 NAME = "attention"
 
@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from explain.structure.attention import capture_attention
 
-    model = _load_model(args.model, args.spec)
-    inputs = _read_inputs(args.inputs, model)
+    model = load_model_arg(args.model, args.spec, args.inputs)
+    inputs = load_inputs_arg(args.inputs, model)
     maps = capture_attention(model, inputs)
     out = Path(args.out)
     with replace_atomically(out) as tmp:
@@ -49,27 +49,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "notes": list(maps.notes),
         "out": str(out),
     }
-
-
-def _load_model(path: str, spec_path: str | None):
-    from explain.loading.loader import load_model
-
-    if not Path(path).exists():
-        try:
-            import sample_models
-        except ImportError:  # pragma: no cover
-            sample_models = None
-        if sample_models is not None and path in getattr(sample_models, "SAMPLE_NAMES", ()):
-            return sample_models.load_sample(path)
-        raise UsageError(f"No such model file: {path}.")
-    if spec_path and not Path(spec_path).exists():
-        raise UsageError(f"No such spec file: {spec_path}.")
-    return load_model(path, spec=spec_path)
-
-
-def _read_inputs(path: str, model) -> np.ndarray:
-    from explain.inputs.reading import read_inputs
-
-    if not Path(path).exists():
-        raise UsageError(f"No such inputs file: {path}.")
-    return read_inputs(path, model.spec).array

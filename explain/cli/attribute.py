@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from explain.cli.model_arg import load_inputs_arg, load_model_arg
 from explain.cli.out_file import replace_atomically
-from explain.errors import CorruptFile, UsageError
+from explain.errors import UsageError
 
 NAME = "attribute"
 
@@ -15,7 +16,7 @@ NAME = "attribute"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (or a sample name: shapes, cancer, sentiment)")
     parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
-    parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz or a raw file the spec can read")
+    parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz (which also tell the spec of a model that carries none) or a raw file the spec can read")
     parser.add_argument("--method", required=True, help="method name (see `python -m explain methods MODEL`)")
     parser.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
     parser.add_argument("--steps", type=int, default=None, help="integration steps / samples")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> dict:
     from explain.output.methods import get_method
 
     method = get_method(args.method)
-    model = load_model_arg(args.model, args.spec)
+    model = load_model_arg(args.model, args.spec, args.inputs)
     inputs = load_inputs_arg(args.inputs, model)
     params = _method_params(method, args, model)
     result = method.explain(model, inputs, target=args.target, **params)
@@ -100,49 +101,3 @@ def _steps_key(specs: dict) -> str:
         if key in specs:
             return key
     return "steps"
-
-
-def load_model_arg(path: str, spec_path: str | None = None):
-    """A LoadedModel from a file path, or a bundled sample by name."""
-    spec = None
-    if spec_path:
-        from explain.spec import InputSpec
-
-        try:
-            spec = InputSpec.from_json(Path(spec_path).read_bytes())
-        except OSError as exc:
-            raise UsageError(f"Cannot read the spec {spec_path} ({exc.strerror}).") from None
-    if not Path(path).exists():
-        try:
-            import sample_models
-        except ImportError:
-            sample_models = None
-        if sample_models is not None and path in getattr(sample_models, "SAMPLE_NAMES", ()):
-            return sample_models.load_sample(path)
-        raise UsageError(f"No such model file: {path}.")
-    try:
-        from explain.loading.loader import load_model
-    except ImportError:  # pragma: no cover - loading lands with another change
-        raise UsageError("Model loading is not available in this build; pass a sample name.") from None
-    return load_model(path, spec=spec)
-
-
-def load_inputs_arg(path: str, model) -> np.ndarray:
-    """A model-ready array from an inputs file (through explain.inputs when present)."""
-    if not Path(path).exists():
-        raise UsageError(f"No such inputs file: {path}.")
-    try:
-        from explain.inputs.reading import read_inputs
-    except ImportError:
-        read_inputs = None
-    if read_inputs is not None:
-        batch = read_inputs(path, model.spec)
-        return np.asarray(getattr(batch, "array", batch))
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CorruptFile(f"Cannot read {path} as .npy/.npz ({exc}).") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        key = "inputs" if "inputs" in data.files else data.files[0]
-        return data[key]
-    return data

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from explain.inputs.reading import InputBatch, read_inputs
-from explain.loading.loader import load_model
+from explain.cli.model_arg import load_model_arg, read_inputs_arg
+from explain.inputs.reading import InputBatch
 from explain.model import LoadedModel
 
 NAME = "inspect"
@@ -19,16 +19,15 @@ NAME = "inspect"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file: safetensors, .pt/.pth/.ckpt, TorchScript or .pt2")
     parser.add_argument("--spec", help="spec JSON file (wins over the spec embedded in the model)")
-    parser.add_argument("--inputs", help="inputs to check against the model (.npy/.npz/.png/.jpg/.csv/.txt)")
+    parser.add_argument("--inputs", help="inputs to check against the model (.npy/.npz/.png/.jpg/.csv/.txt); .npy/.npz also tell the spec of a model that carries none")
     parser.add_argument("--layers", action="store_true", help="also list layers with output shapes and FLOPs")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load ``args.model`` and return the JSON description (see the module docstring)."""
-    sample = _sample_array(args.inputs) if args.inputs else None
-    model = load_model(args.model, args.spec, sample_input=sample)
+    model = load_model_arg(args.model, args.spec, args.inputs)
     result = describe_model(model)
-    batch = read_inputs(args.inputs, model.spec) if args.inputs else None
+    batch = read_inputs_arg(args.inputs, model) if args.inputs else None
     if batch is not None:
         result["inputs"] = describe_batch(batch)
     if args.layers:
@@ -58,7 +57,7 @@ def describe_model(model: LoadedModel) -> dict[str, Any]:
         out["feature_names"] = list(spec.feature_names)
     if spec.vocabulary:
         out["vocabulary_size"] = len(spec.vocabulary)
-    for key in ("epoch",):
+    for key in ("epoch", "spec_source", "signature"):  # signature: a .pt2's, batch first, None where dynamic
         if key in model.extra:
             out[key] = model.extra[key]
     return out
@@ -79,15 +78,3 @@ def describe_batch(batch: InputBatch) -> dict[str, Any]:
         "has_labels": batch.labels is not None,
         "sources": batch.source_names[:20],
     }
-
-
-def _sample_array(path: str) -> np.ndarray | None:
-    """Model-ready arrays from ``.npy`` / ``.npz`` inputs, to infer a spec when the model has none."""
-    from explain.inputs.reading import load_npy, load_npz, read_bytes
-
-    data, name = read_bytes(path, None)
-    if data.startswith(b"\x93NUMPY"):
-        return load_npy(data, name)
-    if data[:2] == b"PK":
-        return load_npz(data, name)[0]
-    return None

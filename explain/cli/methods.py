@@ -9,14 +9,16 @@ NAME = "methods"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (or a sample name: shapes, cancer, sentiment)")
     parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
+    parser.add_argument("--inputs", default=None,
+                        help="model-ready .npy/.npz arrays: tell the spec of a model that carries none")
     parser.add_argument("--all", action="store_true", help="also list incompatible methods, with the reason")
 
 
 def run(args: argparse.Namespace) -> dict:
-    from explain.cli.attribute import load_model_arg
+    from explain.cli.model_arg import load_model_arg
     from explain.output.methods import all_methods
 
-    model = load_model_arg(args.model, args.spec)
+    model = load_model_arg(args.model, args.spec, args.inputs)
     listed, refused = [], []
     for method in all_methods():
         reason = method.incompatibility(model)

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from explain.cli.attribute import load_model_arg
+    from explain.cli.model_arg import load_model_arg, read_inputs_arg
     from explain.output.methods import get_method
     from explain.report.sections import build_report
 
@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> dict:
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--out must end in .html, got {out.name}.")
 
-    model = load_model_arg(args.model, args.spec)
-    inputs = _read_inputs(args.inputs, model) if args.inputs else None
+    model = load_model_arg(args.model, args.spec, args.inputs)
+    inputs = read_inputs_arg(args.inputs, model) if args.inputs else None  # labels kept, as the page has them
     start = time.perf_counter()
     report = build_report(
         model, inputs, logs=list(args.logs), checkpoints=list(args.checkpoints), methods=methods,
@@ -72,15 +72,6 @@ def run(args: argparse.Namespace) -> dict:
         "methods": methods,
         "seconds": time.perf_counter() - start,
     }
-
-
-def _read_inputs(path: str, model):
-    """An ``InputBatch`` (labels kept, as the page has them) from an inputs file."""
-    from explain.inputs.reading import read_inputs
-
-    if not Path(path).exists():
-        raise UsageError(f"No such inputs file: {path}.")
-    return read_inputs(path, model.spec)
 
 
 def _command(args: argparse.Namespace) -> str:

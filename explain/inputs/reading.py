@@ -99,6 +99,23 @@ def read_inputs(source: Any, spec: InputSpec, *, filename: str | None = None) ->
     return read_text(data, spec, name)
 
 
+def model_ready_array(source: Any, filename: str | None = None) -> np.ndarray | None:
+    """The array of a ``.npy`` / ``.npz`` inputs file, before any spec is known; None for other files.
+
+    Only model-ready arrays can stand in for a spec (`explain.spec.infer_spec`):
+    images, CSV rows and text lines need the spec to be read at all.
+
+    Raises:
+        UnsafeFile, CorruptFile, TooLarge, IncompatibleInput: as `read_inputs` does for arrays.
+    """
+    data, name = read_bytes(source, filename)
+    if data.startswith(b"\x93NUMPY"):
+        return load_npy(data, name)
+    if data[:2] == b"PK":
+        return load_npz(data, name)[0]
+    return None
+
+
 def concat_batches(batches: Sequence[InputBatch]) -> InputBatch:
     """One batch from several; labels kept only when every part has them."""
     labels = None

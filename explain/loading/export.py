@@ -36,7 +36,7 @@ from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from explain.loading.op_allowlist import is_allowed
 from explain.loading.shape_expr import check_expression
 from explain.loading.source import LoadedParts, first_line, open_zip, read_zip_member, spec_from_text, weights_only_load
-from explain.spec import SPEC_FILENAME, InputSpec
+from explain.spec import SPEC_FILENAME, InputSpec, SpecGuess, modality_for
 
 _PATCH_LOCK = threading.Lock()
 _PT2_HINT = "Export the model again with torch.export.save (tensors only), or upload safetensors."
@@ -358,3 +358,23 @@ def check_spec_fits(ep: Any, spec: InputSpec) -> None:
                         f"The .pt2 graph takes inputs of shape {[d if d is not None else '*' for d in dims]} per "
                         f"sample, but the spec says {want}."
                     )
+
+
+def signature_guess(ep: Any) -> SpecGuess | None:
+    """One sample's input shape and dtype from the exported program's signature.
+
+    Read from the first user-input placeholder's fake tensor: the batch dim is
+    dropped, every other ``SymInt`` dim becomes None (dynamic). None when the
+    program takes no tensor input.
+    """
+    user_inputs = list(ep.graph_signature.user_inputs)
+    first = user_inputs[0] if user_inputs else None
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name == first:
+            val = node.meta.get("val")
+            if not isinstance(val, torch.Tensor) or val.dim() == 0:
+                return None
+            shape = tuple(d if isinstance(d, int) else None for d in val.shape[1:])
+            dtype = str(val.dtype).removeprefix("torch.")
+            return SpecGuess(shape, dtype, "the .pt2 signature", modality_for(len(shape), dtype))
+    return None

@@ -14,8 +14,12 @@ torch.export ``.pt2``     hardened reader, no pickle fallback (`export`),
 full pickles              refused unless trusted mode is on
 ========================  ===============================================
 
-Spec resolution: the explicit ``spec`` argument, else the spec embedded in
-the file, else one inferred from ``sample_input``, else `IncompatibleInput`.
+Spec resolution (`resolve_spec`), the one order every CLI subcommand and page
+uses: the explicit ``spec`` argument, else the spec embedded in the file, else
+for a ``.pt2`` the input shape and dtype of the exported program's signature
+(when no dim but the batch is dynamic), else one inferred from ``sample_input``
+(float N×C×H×W image, float N×F tabular, integer N×L text), else `SpecNeeded`
+saying what to give. ``LoadedModel.extra["spec_source"]`` records which one won.
 """
 from __future__ import annotations
 
@@ -30,13 +34,13 @@ import torch
 from explain import config
 from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
-from explain.loading.export import check_spec_fits, is_export_archive, load_export_parts
+from explain.loading.export import check_spec_fits, is_export_archive, load_export_parts, signature_guess
 from explain.loading.source import LEGACY_TORCH_MAGIC, LoadedParts, find_member, first_line, open_zip, read_source
 from explain.loading.torchscript import is_torchscript, load_torchscript_parts
 from explain.loading.vetting import vet_graph
 from explain.loading.weights import load_pickle_parts, load_safetensors_parts
 from explain.model import LoadedModel
-from explain.spec import InputSpec, infer_spec
+from explain.spec import InputSpec, SpecGuess, SpecNeeded, guess_from_array, infer_spec, spec_from_guess
 
 #: What `sniff_format` can answer.
 KINDS = ("safetensors", "torchscript", "export", "torch", "legacy", "pickle")
@@ -78,7 +82,11 @@ def load_model(
     trusted = config.trusted_mode() if trusted is None else bool(trusted)
     kind = sniff_format(data, name)
     parts = _load_parts(kind, data, explicit, trusted)
-    final = resolve_spec(explicit, parts.embedded_spec, sample_input, Path(name).stem)
+    signature = signature_guess(parts.exported_program) if parts.exported_program is not None else None
+    final, spec_source = resolve_spec(
+        explicit, parts.embedded_spec, sample_input, Path(name).stem, signature=signature,
+        module_guess=lambda: guess_from_module(parts.module),
+    )
     if parts.exported_program is not None:
         check_spec_fits(parts.exported_program, final)
     vetting = vet_graph(parts, data, final)  # a user's graph: every batch size first runs in the sandbox
@@ -93,7 +101,9 @@ def load_model(
         fixed_batch_size=parts.fixed_batch_size,
         exported_program=parts.exported_program,
         max_batch_rows=vetting.max_batch_rows if vetting else None,
-        extra={**parts.extra, "sandbox": vetting.summary()} if vetting else parts.extra,
+        extra={**parts.extra, "spec_source": spec_source,
+               **({"signature": describe_guess(signature)} if signature is not None else {}),
+               **({"sandbox": vetting.summary()} if vetting else {})},
     )
     return model.to(device)
 
@@ -215,20 +225,87 @@ def coerce_spec(spec: Any) -> InputSpec | None:
     raise IncompatibleInput(f"Cannot use a {type(spec).__name__} as a spec.")
 
 
+#: `resolve_spec`'s sources, in the order it tries them.
+SPEC_SOURCES = ("explicit", "embedded", "signature", "inputs")
+SPEC_NEEDED_HINT = (
+    "Give a spec JSON (modality, input_shape, class_names; the page's spec form writes one) or "
+    "model-ready inputs (.npy/.npz: float N×C×H×W image, float N×F tabular, integer N×L text token ids)."
+)
+
+
 def resolve_spec(
-    explicit: InputSpec | None, embedded: InputSpec | None, sample_input: Any, name: str = "model"
-) -> InputSpec:
-    """Explicit spec > embedded spec > inferred from ``sample_input`` > error."""
+    explicit: InputSpec | None,
+    embedded: InputSpec | None,
+    sample_input: Any,
+    name: str = "model",
+    *,
+    signature: SpecGuess | None = None,
+    module_guess: Any = None,
+) -> tuple[InputSpec, str]:
+    """The spec to feed the model with, and where it came from (one of `SPEC_SOURCES`).
+
+    Explicit spec > embedded spec > a ``.pt2`` signature with only the batch
+    dim dynamic > inferred from ``sample_input`` > `SpecNeeded`.
+
+    Args:
+        signature: what the ``.pt2`` signature says (`export.signature_guess`).
+        module_guess: a callable returning a `SpecGuess` from the model's layers;
+            only called to prefill the page's spec form when everything else fails.
+
+    Raises:
+        SpecNeeded: nothing says how to feed the model, or sample inputs whose shape and
+            dtype fit no modality; ``guess`` is the best partial answer.
+    """
+    name = name or "model"
     if explicit is not None:
-        return explicit
+        return explicit, "explicit"
     if embedded is not None:
-        return embedded
+        return embedded, "embedded"
+    why = None
+    if signature is not None:
+        try:
+            return spec_from_guess(signature, name), "signature"
+        except SpecNeeded as exc:
+            why = exc.reason
     if sample_input is not None:
-        return infer_spec(np.asarray(sample_input), name=name or "model")
-    raise IncompatibleInput(
-        "The model file carries no input spec, so Glassbox does not know how to feed it.",
-        "Upload a spec JSON (modality, input_shape, class names...) or model-ready sample inputs (.npy/.npz).",
-    )
+        try:
+            return infer_spec(np.asarray(sample_input), name=name), "inputs"
+        except IncompatibleInput as exc:  # inputs that fit no modality: the form starts from their shape
+            raise SpecNeeded(exc.reason, exc.hint, guess=guess_from_array(sample_input)) from None
+    guess = signature or (module_guess() if module_guess is not None else None)
+    reason = (f"The model file carries no input spec, and {why[0].lower()}{why[1:]}" if why else
+              "The model file carries no input spec, so Glassbox does not know how to feed it.")
+    raise SpecNeeded(reason, SPEC_NEEDED_HINT, guess=guess)
+
+
+def describe_guess(guess: SpecGuess) -> dict[str, Any]:
+    """A `SpecGuess` as JSON-ready values: the shape batch first, ``None`` for every dynamic dim."""
+    return {"input_shape": [None, *(guess.input_shape or ())], "dtype": guess.dtype,
+            "dynamic_dims": [0, *(i + 1 for i in guess.dynamic_dims)], "modality": guess.modality}
+
+
+def guess_from_module(module: Any) -> SpecGuess | None:
+    """A partial guess from the model's layers, to prefill a spec form (never used to load).
+
+    An embedding anywhere → text; else the first Conv2d → image with its
+    channels, or the first Linear → tabular with its features.
+    """
+    try:
+        layers = [(getattr(m, "original_name", None) or type(m).__name__, m) for _, m in module.named_modules()]
+    except Exception:  # a graph module without named_modules: no guess
+        return None
+    for kind, _ in layers:
+        if kind == "Embedding":
+            return SpecGuess((None,), "int64", "the model's embedding layer", "text")
+    for kind, m in layers:
+        weight = getattr(m, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        if kind == "Conv2d" and weight.dim() == 4:
+            return SpecGuess((int(weight.shape[1]), None, None), "float32", "the model's first Conv2d", "image")
+        if kind == "Linear" and weight.dim() == 2:
+            return SpecGuess((int(weight.shape[1]),), "float32", "the model's first Linear layer", "tabular")
+    return None
 
 
 def check_forward(parts: LoadedParts, spec: InputSpec) -> InputSpec:

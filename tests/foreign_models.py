@@ -1,0 +1,75 @@
+"""Models Glassbox did not make, saved the way their authors would: no spec anywhere.
+
+`write_foreign_models(directory)` writes them with model-ready inputs next to them:
+
+- ``cnn.ts.pt`` — ``torch.jit.script`` of a small conv net (image, 3×8×8, 3 classes); ``img.npy`` float [2, 3, 8, 8]
+- ``mlp.pt2`` — ``torch.export`` of an MLP with a dynamic batch (tabular, 5 features); ``tab.npy`` float [3, 5]
+- ``txt.ts.pt`` — TorchScript embedding + ``nn.MultiheadAttention`` + linear over int64 ids; ``ids.npy`` int64 [2, 6]
+- ``txt.pt2`` — ``torch.export`` of embedding + mean + linear, batch *and* length dynamic
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+VOCAB = 20
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 3, H, W] -> [N, 3]
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class AttentionText(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [N, L] int64 -> [N, 2]
+        h = self.emb(ids)
+        a, _ = self.attn(h, h, h)
+        return self.fc(a.mean(1))
+
+
+class BagOfWords(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 8)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [N, L] int64 -> [N, 2]
+        return self.fc(self.emb(ids).mean(1))
+
+
+def write_foreign_models(directory: Path) -> Path:
+    """Write the models and inputs above into ``directory``; returns it."""
+    directory = Path(directory)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    torch.jit.script(SmallCNN().eval()).save(str(directory / "cnn.ts.pt"))
+    np.save(directory / "img.npy", rng.random((2, 3, 8, 8), dtype=np.float32))
+
+    mlp = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(mlp, (torch.randn(4, 5),), dynamic_shapes=({0: batch},)),
+                      str(directory / "mlp.pt2"))
+    np.save(directory / "tab.npy", rng.normal(size=(3, 5)).astype(np.float32))
+
+    torch.jit.script(AttentionText().eval()).save(str(directory / "txt.ts.pt"))
+    np.save(directory / "ids.npy", rng.integers(0, VOCAB, size=(2, 6)).astype(np.int64))
+
+    length = torch.export.Dim("length", min=2, max=512)
+    ids = torch.randint(0, VOCAB, (4, 6))
+    torch.export.save(torch.export.export(BagOfWords().eval(), (ids,), dynamic_shapes=({0: batch, 1: length},)),
+                      str(directory / "txt.pt2"))
+    return directory
