@@ -1,4 +1,4 @@
-"""`python -m explain SUBCOMMAND ...` — the command-line contract of DESIGN.md.
+"""`python -m explain SUBCOMMAND ...` — the command-line contract (docs/ARCHITECTURE.md, "The command line").
 
 Each subcommand lives in its own module here and exposes:
 
