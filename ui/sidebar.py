@@ -75,7 +75,7 @@ def _render_uploads() -> None:
         state.set_input_uploads([state.UploadedBlob.from_upload(f) for f in input_files or []])
     failure = state.upload_failure()
     if failure is not None:  # the reason; the main area adds the way forward
-        st.error(escape_markdown(failure.reason), icon="🚫")
+        st.error(escape_markdown(failure.reason), icon=":material/block:")
         st.caption("The page stays on your upload until it loads.")
     elif state.model_upload() is None:
         st.caption("Inputs may come before or after the model; a model without a spec takes it from "

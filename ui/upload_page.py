@@ -37,7 +37,7 @@ def render_pending_upload() -> bool:
     if failure is None:
         return False
     st.title(TITLE)
-    st.error(escape_markdown(f"{blob.name} does not load: {failure.reason}"), icon="🚫")
+    st.error(escape_markdown(f"{blob.name} does not load: {failure.reason}"), icon=":material/block:")
     if not isinstance(failure, IncompatibleInput):  # unsafe, corrupt, too large: no spec fixes the file
         if failure.hint:
             st.info(escape_markdown(failure.hint))

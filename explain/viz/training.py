@@ -128,7 +128,7 @@ def figure_curves(
     if has_metric:
         for role, name, color in (("train_metric", "train", COLORS["train"]), ("val_metric", "validation", COLORS["val"])):
             if roles.get(role):
-                _add_series(fig, history, roles[role], x, f"{name} {roles[role]}", color, smoothing, 2)
+                _add_series(fig, history, roles[role], x, f"{name} metric ({roles[role]})", color, smoothing, 2)
         fig.update_yaxes(title_text="metric", row=2, col=1)
     for i, column in enumerate(c for c in history.series_columns if c not in assigned):
         _add_series(fig, history, column, x, column, RUN_COLORS[(i + 2) % len(RUN_COLORS)], smoothing, 1,
