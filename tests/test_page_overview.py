@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -123,3 +124,19 @@ def test_browser_overview_shows_three_panes(app_url, browser_page):
     assert page.get_by_text("Page not found").count() == 0
     page.get_by_role("button", name="Build report (HTML)").wait_for()
     assert page.console_errors == []
+
+
+def test_only_attributable_layers_are_offered_and_the_others_say_why():
+    """bn1 feeds an in-place ReLU (Captum would fail on it): not offered, with the reason shown."""
+    from explain.output.layer_attribution import CHANGED_IN_PLACE, IN_PLACE, classify_layers, explain_layer
+    from sample_models import load_sample, sample_inputs
+
+    model, x = load_sample("shapes"), sample_inputs("shapes")["inputs"][:1]
+    choices = classify_layers(model, x)
+    assert choices.skipped["bn1"] == CHANGED_IN_PLACE and choices.skipped["relu"] == IN_PLACE
+    assert "layer3" in choices.attributable and "bn1" not in choices.attributable
+    for layer in choices.attributable:  # every offered layer really attributes
+        assert np.isfinite(explain_layer(model, x, layer, steps=2).values).all()
+    at = _run("shapes")
+    assert "bn1" not in at.selectbox(key="gb_ov_layer").options
+    assert any(c.value.startswith("Not offered") and "bn1" in c.value for c in at.caption)  # escaped text

@@ -60,23 +60,53 @@ class LayerAttribution:
     seconds: float
 
 
-def attributable_layers(model: LoadedModel, example: np.ndarray) -> list[str]:
-    """Layers (execution order) whose output is one tensor on ``example``: the choices for `explain_layer`.
+@dataclass
+class LayerChoices:
+    """Which layers `explain_layer` can attribute to, and why the others cannot.
+
+    Attributes:
+        attributable: layer names in execution order.
+        skipped: layer name -> the reason it is not offered (one short phrase).
+    """
+
+    attributable: list[str]
+    skipped: dict[str, str]
+
+
+#: reasons a layer is not offered, as `LayerChoices.skipped` words them.
+NOT_ONE_TENSOR = "its output is not one float tensor"
+RUNS_TWICE = "it runs more than once in one forward pass (a shared module)"
+CHANGED_IN_PLACE = "its output is changed in place by the next operation (e.g. an in-place ReLU)"
+IN_PLACE = "it overwrites its input in place (no output of its own)"
+
+
+def classify_layers(model: LoadedModel, example: np.ndarray) -> LayerChoices:
+    """Run ``example`` once and sort the layers into attributable and skipped, with reasons.
+
+    A layer is attributable when its output is one float tensor, it runs once,
+    and nothing changes that output in place afterwards (Captum replaces the
+    output with a leaf that requires grad; an in-place op on it would fail).
+    Attention modules, containers, in-place modules and `SKIPPED_LAYER_TYPES`
+    are not considered at all.
 
     Args:
         example: a model-ready batch of one input ([1, ...]).
+
+    Raises:
+        IncompatibleInput: the model's layers cannot be hooked (not an eager model).
     """
     module = model.hookable_module("Layer attribution", exported=False)
-    seen: dict[str, bool] = {}
+    outputs: dict[str, tuple[Any, int]] = {}  # name -> (output, its version counter when returned)
     calls: dict[str, int] = {}
     inside_attention = {n for n, m in module.named_modules() if isinstance(m, nn.MultiheadAttention)}
 
     def hook(name):
         def record(_m, _i, out):
             calls[name] = calls.get(name, 0) + 1
-            seen.setdefault(name, isinstance(out, torch.Tensor) and out.is_floating_point())
+            outputs.setdefault(name, (out, out._version if isinstance(out, torch.Tensor) else 0))
         return record
 
+    in_place = [name for name, sub in module.named_modules() if name and getattr(sub, "inplace", False)]
     handles = []
     try:
         for name, sub in module.named_modules():
@@ -90,8 +120,17 @@ def attributable_layers(model: LoadedModel, example: np.ndarray) -> list[str]:
     finally:
         for h in handles:
             h.remove()
-    # a module run twice in one forward (a shared activation) has no single output to attribute to
-    return [name for name, ok in seen.items() if ok and calls[name] == 1]
+    choices = LayerChoices([], dict.fromkeys(in_place, IN_PLACE))
+    for name, (out, version) in outputs.items():
+        if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+            choices.skipped[name] = NOT_ONE_TENSOR
+        elif calls[name] > 1:
+            choices.skipped[name] = RUNS_TWICE
+        elif out._version != version:
+            choices.skipped[name] = CHANGED_IN_PLACE
+        else:
+            choices.attributable.append(name)
+    return choices
 
 
 def _baseline(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:

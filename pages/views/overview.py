@@ -8,9 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from explain.digest import digest_array
+from explain.errors import GlassboxError
 from explain.finding import sort_findings
 from explain.inputs.text import detokenize, padding_mask
-from explain.output.layer_attribution import LAYER_METHODS, attributable_layers, explain_layer, upsample
+from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer, upsample
 from explain.output.methods import compatible_methods, get_method
 from explain.report.sections import build_report
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
@@ -42,7 +43,7 @@ def _explain_layer(model_key: str, x_sha: str, layer: str, method: str, _model, 
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, list[str]]:
+def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, LayerChoices]:
     from explain.structure.layers import describe_layers
 
     rows = [r for r in describe_layers(_model, _x) if r["depth"] <= 2]
@@ -51,9 +52,9 @@ def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, list[str]]:
         "output": "×".join(str(d) for d in r["output_shape"][1:]) if r["output_shape"] else "—",
         "params": r["parameters"], "FLOPs": r["flops"]} for r in rows])
     try:
-        choices = attributable_layers(_model, _x)
-    except Exception:  # not an eager model: the table still shows
-        choices = []
+        choices = classify_layers(_model, _x)
+    except GlassboxError:  # not an eager model: the table still shows
+        choices = LayerChoices([], {})
     return frame, choices
 
 
@@ -175,7 +176,8 @@ with struct_col:
     st.subheader("Structure")
     chosen_layer, layer_method = NO_LAYER, LAYER_METHODS[0]
     with state.error_boundary("Describing the layers"):
-        frame, layer_choices = _layers(model.sha256, model, x)
+        frame, classified = _layers(model.sha256, model, x)
+        layer_choices = classified.attributable
         st.dataframe(frame, hide_index=True, height=300, key="ov_layers", column_config={
             "layer": st.column_config.TextColumn(width="medium"), "type": st.column_config.TextColumn(width="small"),
             "output": st.column_config.TextColumn(width="small"),
@@ -187,6 +189,11 @@ with struct_col:
             allowed = [m for m in LAYER_METHODS if not (m == "conductance" and model.modality == "text")]
             layer_method = st.radio("Layer method", allowed, horizontal=True, key="gb_ov_layer_method",
                                     format_func=lambda m: m.replace("_", " "))
+            by_reason: dict[str, list[str]] = {}
+            for skipped_layer, why in classified.skipped.items():
+                by_reason.setdefault(why, []).append(skipped_layer)
+            for why, skipped_layers in by_reason.items():
+                st.caption(escape_markdown(f"Not offered: {', '.join(skipped_layers)} — {why}."))
         else:
             st.caption("Layer attribution needs the model's layers (a weights file of a known architecture).")
     if model.modality == "text":
