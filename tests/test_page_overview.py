@@ -140,3 +140,22 @@ def test_only_attributable_layers_are_offered_and_the_others_say_why():
     at = _run("shapes")
     assert "bn1" not in at.selectbox(key="gb_ov_layer").options
     assert any(c.value.startswith("Not offered") and "bn1" in c.value for c in at.caption)  # escaped text
+
+
+def test_training_files_uploaded_for_the_model_replace_the_samples_in_overview_and_report(tmp_path):
+    """Logs and checkpoints given on the Training page (kept by ui.state) feed the Overview and its report."""
+    from sample_models import load_sample, sample_dir
+
+    lines = (Path(sample_dir("shapes")) / "train_log.csv").read_text().splitlines()
+    short = tmp_path / "my_run.csv"
+    short.write_text("\n".join(lines[:6]) + "\n")  # header + the first 5 epochs
+    ckpts = sorted(str(p) for p in (Path(sample_dir("shapes")) / "checkpoints").glob("*.pt"))[:2]
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.session_state["gb_sample"] = "shapes"
+    at.session_state["gb_source"] = "sample"
+    at.session_state["gb_training_uploads"] = {load_sample("shapes").sha256: ([str(short)], ckpts)}
+    at.run()
+    assert not at.exception and not at.error
+    best = next(m.value for m in at.markdown if "best_epoch" in m.value)
+    assert "of 5" in best  # the uploaded 5-epoch log, not the sample's 10 epochs
+    assert at.selectbox(key="gb_ov_ckpt").options == ["final model", "epoch 1", "epoch 4"]  # the two uploaded

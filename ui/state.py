@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -252,3 +256,37 @@ def error_boundary(doing: str) -> Iterator[None]:
 def show_trusted_banner() -> None:
     if trusted_mode():
         st.warning("Trusted mode is ON: full pickles are loaded. Only use it for your own files.", icon="🔓")
+
+
+# -- training files uploaded for a model (Training page) -> Overview and its report ----------------
+_TRAINING_KEY = "gb_training_uploads"
+
+
+def remember_training_uploads(model_sha: str, logs: list[tuple[str, bytes]], ckpts: list[tuple[str, bytes]]) -> None:
+    """Keep the Training page's uploads for ``model_sha`` so the Overview and its report use them too.
+
+    The files go to a private folder of this session under the temporary directory (written
+    whole, then renamed), because the views and the report read logs and checkpoints by path.
+    """
+    fingerprint = (model_sha, tuple((n, len(d)) for n, d in logs), tuple((n, len(d)) for n, d in ckpts))
+    if st.session_state.get("gb_training_fingerprint") == fingerprint:  # a rerun: already kept
+        return
+    token = st.session_state.setdefault("gb_session_token", secrets.token_hex(8))
+    folder = Path(tempfile.gettempdir()) / "glassbox-training" / token / model_sha[:16]
+    paths: dict[str, list[str]] = {"logs": [], "ckpts": []}
+    for kind, files in (("logs", logs), ("ckpts", ckpts)):
+        target = folder / kind
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name, data in files:
+            path = target / (Path(name).name or "upload")
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            paths[kind].append(str(path))
+    st.session_state.setdefault(_TRAINING_KEY, {})[model_sha] = (paths["logs"], paths["ckpts"])
+    st.session_state["gb_training_fingerprint"] = fingerprint
+
+
+def training_uploads(model_sha: str) -> tuple[list[str], list[str]]:
+    """(log paths, checkpoint paths) the Training page received for ``model_sha``; empty when none."""
+    return st.session_state.get(_TRAINING_KEY, {}).get(model_sha, ([], []))

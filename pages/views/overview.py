@@ -67,10 +67,12 @@ def _training(logs: tuple[str, ...], checkpoints: tuple[str, ...]):
     return history, sort_findings(diagnose(history)), origin
 
 
-def _sources(sample: str | None) -> tuple[list[str], list[str]]:
-    """The sample's training log and checkpoints (paths), oldest first; none for uploads."""
-    if sample is None:
-        return [], []
+def _sources(sample: str | None, model_sha: str) -> tuple[list[str], list[str]]:
+    """Training logs and checkpoints (paths), oldest first: those uploaded on the Training page for
+    this model, else the sample's own."""
+    uploaded_logs, uploaded_ckpts = state.training_uploads(model_sha)
+    if uploaded_logs or uploaded_ckpts or sample is None:
+        return uploaded_logs, sorted(uploaded_ckpts, key=lambda p: checkpoint_sort_key(Path(p).name))
     from sample_models import sample_dir
 
     root = Path(sample_dir(sample))
@@ -144,7 +146,7 @@ top[2].caption(f"{escape_markdown(model.name)} · {model.format} · {model.modal
                "checkpoint (Training): the Output column follows.")
 x = batch.array[index : index + 1]
 x_sha = digest_array(x)
-logs, checkpoints = _sources(sample)
+logs, checkpoints = _sources(sample, model.sha256)
 out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")  # the layer table needs the room
 
 with train_col:
@@ -152,7 +154,7 @@ with train_col:
     chosen_ckpt = FINAL
     with state.error_boundary("Reading the training curves"):
         if not logs and not checkpoints:
-            st.info("No training log for this model. Samples ship theirs; the CLI report takes --logs / --checkpoints.")
+            st.info("No training log for this model: upload logs or checkpoints on the Training page (the CLI report takes --logs / --checkpoints).")
         else:
             from explain.viz.training import figure_curves
 

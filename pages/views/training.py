@@ -83,6 +83,9 @@ with st.expander("Your training logs and checkpoints", expanded=sample is None):
 # -- read logs ---------------------------------------------------------------------------
 logs: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in log_files or []]
 ckpts: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in ckpt_files or []]
+if logs or ckpts:  # the Overview and its report use this model's uploads too
+    with state.error_boundary("Keeping the uploads for the Overview"):
+        state.remember_training_uploads(state.current_model().sha256, logs, ckpts)
 source_note = "your uploads"
 if not ckpts and sample_path is not None and (sample_path / "checkpoints").is_dir():
     ckpts = [(p.name, p.read_bytes()) for p in sorted((sample_path / "checkpoints").glob("*.pt"))]
