@@ -7,6 +7,7 @@ from typing import Any
 import streamlit as st
 
 from explain.params import ParamSpec
+from ui.text import escape_markdown
 
 
 def param_widget(method: str, name: str, spec: ParamSpec, key_prefix: str = "gb") -> Any:
@@ -59,3 +60,12 @@ class ProgressBar:
 
     def clear(self) -> None:
         self.bar.empty()
+
+
+def caption_skipped_layers(skipped: dict[str, str], verb: str) -> None:
+    """One caption per reason: "<verb>: layer, layer (reason)." for the layers a view left out."""
+    by_reason: dict[str, list[str]] = {}
+    for layer, why in skipped.items():
+        by_reason.setdefault(why, []).append(layer)
+    for why, layers in by_reason.items():
+        st.caption(escape_markdown(f"{verb}: {', '.join(layers)} ({why})."))

@@ -18,6 +18,7 @@ from explain.training.evolution import checkpoint_label, checkpoint_sort_key, ep
 from explain.viz import attribution as viz
 from ui import state
 from ui.text import escape_markdown
+from ui.widgets import caption_skipped_layers
 
 DEFAULT_METHOD = "integrated_gradients"
 FINAL = "final model"
@@ -191,11 +192,7 @@ with struct_col:
             allowed = [m for m in LAYER_METHODS if not (m == "conductance" and model.modality == "text")]
             layer_method = st.radio("Layer method", allowed, horizontal=True, key="gb_ov_layer_method",
                                     format_func=lambda m: m.replace("_", " "))
-            by_reason: dict[str, list[str]] = {}
-            for skipped_layer, why in classified.skipped.items():
-                by_reason.setdefault(why, []).append(skipped_layer)
-            for why, skipped_layers in by_reason.items():
-                st.caption(escape_markdown(f"Not offered: {', '.join(skipped_layers)} — {why}."))
+            caption_skipped_layers(classified.skipped, "Not offered")
         else:
             st.caption("Layer attribution needs the model's layers (a weights file of a known architecture).")
     if model.modality == "text":

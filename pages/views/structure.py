@@ -14,6 +14,7 @@ from explain.structure import module_graph as graph
 from explain.viz import structure as viz
 from ui import state
 from ui.text import escape_markdown
+from ui.widgets import caption_skipped_layers
 
 MAX_ATTENTION_INPUTS = 16
 MAX_IMPORTANCE_INPUTS = 8
@@ -205,11 +206,7 @@ with tab_importance:
                 bar.empty()
                 st.session_state["gb_imp_key"] = key
                 st.plotly_chart(viz.figure_layer_importance(result), width="stretch")
-                by_reason: dict[str, list[str]] = {}
-                for name, why in result.skipped.items():
-                    by_reason.setdefault(why, []).append(name)
-                for why, names in by_reason.items():
-                    st.caption(escape_markdown(f"Not scored: {', '.join(names)} ({why})."))
+                caption_skipped_layers(result.skipped, "Not scored")
         else:
             st.caption("Scores every layer with LayerIntegratedGradients for the predicted class. "
                        "Press **Rank layers** to start.")
