@@ -121,6 +121,8 @@ def attention_unavailable_reason(model: LoadedModel) -> str | None:
                 "matmul + softmax cannot be located in TorchScript."
             )
         return None
+    if callable(getattr(model.module, "attention_maps", None)):  # a Hugging Face model returns its own
+        return None
     if model.modality != "text" and not any(isinstance(m, nn.MultiheadAttention) for m in model.module.modules()):
         return "This model has no attention layers (no nn.MultiheadAttention)."
     return None
@@ -222,6 +224,13 @@ def attention_hooks(module: nn.Module, batch: int) -> Iterator[list[tuple[str, t
 
 def _capture_eager(module: nn.Module, x: torch.Tensor) -> AttentionMaps:
     batch = x.shape[0]
+    if callable(getattr(module, "attention_maps", None)):  # Hugging Face: output_attentions=True
+        with torch.no_grad():
+            try:
+                layers, names = module.attention_maps(x)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                raise IncompatibleInput(f"The model raised on these inputs: {str(exc).splitlines()[0][:200]}") from None
+        return _stack([_as_batch_head(t, batch) for t in layers], names, "hooks", [])
     with attention_hooks(module, batch) as captured, torch.no_grad():
         _run_model(module, x)
     if not captured:
