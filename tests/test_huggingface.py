@@ -166,3 +166,17 @@ def test_cli_commands(bert_dir, tmp_path, capsys):
     assert main(["attention", str(bert_dir), "--inputs", str(ids), "--out", str(tmp_path / "att.npz")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["shape"] == [2, 2, 2, 64, 64]
+
+
+def test_text_tokenised_like_the_bert_tokenizer(tmp_path):
+    from transformers import BertTokenizer
+
+    from explain.inputs.text import tokenize
+    from explain.spec import InputSpec
+
+    vocab = [*VOCAB, "play", "##ing", "##ed", "!", ","]
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    spec = InputSpec(modality="text", input_shape=(16,), vocabulary=vocab, cls_token="[CLS]")
+    for text in ["The movie was GOOD!", "playing, played; bad", "not very great_awful zzz"]:
+        want = tok(text, padding="max_length", max_length=16, truncation=True)["input_ids"]
+        assert tokenize(text, spec) == want, text
