@@ -180,3 +180,37 @@ def test_text_tokenised_like_the_bert_tokenizer(tmp_path):
     for text in ["The movie was GOOD!", "playing, played; bad", "not very great_awful zzz"]:
         want = tok(text, padding="max_length", max_length=16, truncation=True)["input_ids"]
         assert tokenize(text, spec) == want, text
+
+
+def test_weights_only_bin_and_upload_bytes(bert_dir, tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        shutil.copy(bert_dir / name, folder / name)
+    ref = _reference(bert_dir, BertForSequenceClassification)
+    torch.save(ref.state_dict(), folder / "pytorch_model.bin")
+    model = load_model(folder)
+    ids = torch.from_numpy(_ids())
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(ids), ref(input_ids=ids, attention_mask=(ids != 0).long()).logits,
+                                   atol=1e-5, rtol=0)
+    archive = tmp_path / "bert.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in bert_dir.iterdir():
+            zf.write(f, f.name)
+    assert load_model(archive.read_bytes(), filename="bert.zip").spec.class_names == ["neg", "pos"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("GLASSBOX-MARKER ran",))
+
+
+def test_pickle_bin_is_refused(bert_dir, tmp_path, capsys):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    shutil.copy(bert_dir / "config.json", folder / "config.json")
+    torch.save({"x": _Evil()}, folder / "pytorch_model.bin")
+    with pytest.raises(UnsafeFile):
+        load_model(folder)
+    assert "GLASSBOX-MARKER" not in capsys.readouterr().out
