@@ -99,7 +99,8 @@ class HFClassifier(nn.Module):
         attentions = self._call(x, output_attentions=True).attentions
         if not attentions:
             return [], []
-        names = [f"model.{n}" for n, m in self.model.named_modules() if type(m).__name__.endswith("SelfAttention")]
+        found = [n for n, m in self.model.named_modules() if type(m).__name__.endswith("Attention")]
+        names = [f"model.{n}" for n in found if not any(o.startswith(n + ".") for o in found)]  # innermost
         if len(names) != len(attentions):
             names = [f"layer {i}" for i in range(len(attentions))]
         return list(attentions), names

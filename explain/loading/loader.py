@@ -11,6 +11,8 @@ state_dict / checkpoint   ``torch.load(weights_only=True)`` only
 TorchScript               statically checked, then vetted in the sandbox (`torchscript`)
 torch.export ``.pt2``     hardened reader, no pickle fallback (`export`),
                           then vetted in the sandbox (`vetting`)
+Hugging Face folder/zip   config.json + safetensors (or weights-only .bin),
+                          built-in model types only, no remote code (`huggingface`)
 full pickles              refused unless trusted mode is on
 ========================  ===============================================
 
