@@ -214,3 +214,33 @@ def test_pickle_bin_is_refused(bert_dir, tmp_path, capsys):
     with pytest.raises(UnsafeFile):
         load_model(folder)
     assert "GLASSBOX-MARKER" not in capsys.readouterr().out
+
+
+def test_structure_page_shows_an_uploaded_hf_zip(bert_dir, tmp_path):
+    import hashlib
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from ui.state import UploadedBlob
+
+    archive = tmp_path / "bert.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in bert_dir.iterdir():
+            zf.write(f, f.name)
+    data = archive.read_bytes()
+    root = Path(__file__).resolve().parent.parent
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob(archive.name, data, hashlib.sha256(data).hexdigest())
+    texts = b"the movie was very good\nbad awful movie\n"  # tokenised with the model's vocab.txt
+    at.session_state["gb_input_uploads"] = [UploadedBlob("texts.txt", texts, hashlib.sha256(texts).hexdigest())]
+    at.switch_page("pages/views/structure.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    layers = at.dataframe[0].value
+    assert {"model", "model.classifier"} <= {name.strip() for name in layers["layer"]}  # depth 2 by default
+    assert not any("no attention" in i.value for i in at.info)
+    heads = at.dataframe[1].value  # the attention head summary: 2 layers x 2 heads
+    assert len(heads) == 4
