@@ -244,3 +244,34 @@ def test_structure_page_shows_an_uploaded_hf_zip(bert_dir, tmp_path):
     assert not any("no attention" in i.value for i in at.info)
     heads = at.dataframe[1].value  # the attention head summary: 2 layers x 2 heads
     assert len(heads) == 4
+
+
+def test_output_page_explains_typed_texts(bert_dir, tmp_path):
+    import hashlib
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explain.inputs.reading import read_inputs
+    from ui.state import UploadedBlob
+
+    model = load_model(bert_dir)
+    texts = b"the movie was very good\nbad awful movie\n"
+    (tmp_path / "texts.txt").write_bytes(texts)
+    ids = np.asarray(read_inputs(tmp_path / "texts.txt", model.spec).array)
+    assert ids[0, :7].tolist() == [2, 5, 9, 10, 14, 7, 3]  # [CLS] the movie was very good [SEP]
+    archive = tmp_path / "bert.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in bert_dir.iterdir():
+            zf.write(f, f.name)
+    data = archive.read_bytes()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob(archive.name, data, hashlib.sha256(data).hexdigest())
+    at.session_state["gb_input_uploads"] = [UploadedBlob("texts.txt", texts, hashlib.sha256(texts).hexdigest())]
+    at.switch_page("pages/views/output.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    captions = [c.value for c in at.main.caption]
+    assert any(c.startswith("completeness error") for c in captions), captions
