@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from explain.errors import IncompatibleInput
 from explain.kernels import no_mha_fastpath
+from explain.loading.huggingface import HFClassifier
 from explain.model import LoadedModel
 from explain.structure.attention_export import attention_probs, rewrite_attention_graph
 
@@ -121,7 +122,7 @@ def attention_unavailable_reason(model: LoadedModel) -> str | None:
                 "matmul + softmax cannot be located in TorchScript."
             )
         return None
-    if callable(getattr(model.module, "attention_maps", None)):  # a Hugging Face model returns its own
+    if isinstance(model.module, HFClassifier):  # a Hugging Face model returns its own
         return None
     if model.modality != "text" and not any(isinstance(m, nn.MultiheadAttention) for m in model.module.modules()):
         return "This model has no attention layers (no nn.MultiheadAttention)."
@@ -224,7 +225,7 @@ def attention_hooks(module: nn.Module, batch: int) -> Iterator[list[tuple[str, t
 
 def _capture_eager(module: nn.Module, x: torch.Tensor) -> AttentionMaps:
     batch = x.shape[0]
-    if callable(getattr(module, "attention_maps", None)):  # Hugging Face: output_attentions=True
+    if isinstance(module, HFClassifier):  # Hugging Face: output_attentions=True
         with torch.no_grad():
             try:
                 layers, names = module.attention_maps(x)
