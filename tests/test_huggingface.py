@@ -275,3 +275,21 @@ def test_output_page_explains_typed_texts(bert_dir, tmp_path):
     assert not at.error, [e.value for e in at.error]
     captions = [c.value for c in at.main.caption]
     assert any(c.startswith("completeness error") for c in captions), captions
+
+
+def test_folder_without_weights_is_refused(bert_dir, tmp_path):
+    shutil.copy(bert_dir / "config.json", tmp_path / "config.json")
+    with pytest.raises(CorruptFile, match="no model.safetensors"):
+        load_model(tmp_path)
+
+
+def test_vocabulary_from_tokenizer_json(bert_dir, tmp_path):
+    from tokenizers import Tokenizer, models
+
+    folder = tmp_path / "tj"
+    shutil.copytree(bert_dir, folder)
+    (folder / "vocab.txt").unlink()
+    Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]")).save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32, "do_lower_case": True}))
+    spec = load_model(folder).spec
+    assert spec.vocabulary == VOCAB and spec.cls_token == "[CLS]" and spec.input_shape == (32,)

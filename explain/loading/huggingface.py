@@ -62,6 +62,12 @@ def folder_as_zip(folder: str | os.PathLike) -> tuple[bytes, str]:
     root = Path(folder)
     if not (root / "config.json").is_file():
         raise CorruptFile(f"{root.name or root} is a folder without config.json, not a Hugging Face model.", HF_HINT)
+    if not any((root / w).is_file() for w in WEIGHT_FILES):
+        sharded = any(root.glob("*.index.json"))
+        raise CorruptFile(
+            f"{root.name or root} has config.json but no model.safetensors or pytorch_model.bin"
+            f"{' (sharded checkpoints are not read)' if sharded else ''}.", HF_HINT,
+        )
     files = read_folder(root, select=lambda p: p.parent == root and p.name in KNOWN_FILES)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
