@@ -12,9 +12,9 @@ from explain.errors import IncompatibleInput
 from explain.spec import InputSpec
 
 #: Formats a LoadedModel can come from.
-FORMATS = ("safetensors", "state_dict", "checkpoint", "torchscript", "export", "pickle")
+FORMATS = ("safetensors", "state_dict", "checkpoint", "torchscript", "export", "pickle", "huggingface")
 #: formats whose module is a plain ``nn.Module`` built from Python source we know.
-EAGER_FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle")
+EAGER_FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle", "huggingface")
 
 
 @dataclass

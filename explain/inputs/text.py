@@ -19,6 +19,8 @@ PAD_ID, UNK_ID = 0, 1
 PAD_TOKENS = ("<pad>", "[PAD]")
 UNK_TOKENS = ("<unk>", "[UNK]")
 _TOKEN = re.compile(r"[\w']+|[^\w\s]")
+#: BERT's basic split: runs of letters / digits, every other non-space character alone.
+_BERT_TOKEN = re.compile(r"[^\W_]+|\S")
 
 
 def vocab_index(spec: InputSpec) -> dict[str, int]:
@@ -56,6 +58,11 @@ def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
     if spec.lowercase:
         text = text.lower()
     ids = [index.get(spec.cls_token, unk_id)] if spec.cls_token else []
+    if _is_wordpiece(spec, index):  # a BERT vocabulary (Hugging Face): WordPiece, [CLS] ... [SEP]
+        for tok in _BERT_TOKEN.findall(text):
+            ids.extend(_wordpiece(tok, index, unk_id))
+        ids = ids[: length - 1] + [index["[SEP]"]]
+        return ids + [pad_id] * (length - len(ids))
     for tok in _TOKEN.findall(text):
         if tok in index:
             ids.append(index[tok])
@@ -63,6 +70,31 @@ def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
             ids.append(unk_id)
     ids = ids[:length]
     return ids + [pad_id] * (length - len(ids))
+
+
+def _is_wordpiece(spec: InputSpec, index: dict[str, int]) -> bool:
+    return spec.cls_token == "[CLS]" and "[SEP]" in index and spec.input_shape[0] >= 2
+
+
+def _wordpiece(word: str, index: dict[str, int], unk_id: int, max_chars: int = 100) -> list[int]:
+    """BERT's greedy longest-match-first WordPiece: ``playing`` -> ``play`` ``##ing``; no match -> unk."""
+    if word in index:
+        return [index[word]]
+    if len(word) > max_chars:
+        return [unk_id]
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start:
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in index:
+                pieces.append(index[piece])
+                break
+            end -= 1
+        if end == start:
+            return [unk_id]
+        start = end
+    return pieces
 
 
 def detokenize(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> list[str]:

@@ -11,6 +11,8 @@ state_dict / checkpoint   ``torch.load(weights_only=True)`` only
 TorchScript               statically checked, then vetted in the sandbox (`torchscript`)
 torch.export ``.pt2``     hardened reader, no pickle fallback (`export`),
                           then vetted in the sandbox (`vetting`)
+Hugging Face folder/zip   config.json + safetensors (or weights-only .bin),
+                          built-in model types only, no remote code (`huggingface`)
 full pickles              refused unless trusted mode is on
 ========================  ===============================================
 
@@ -34,6 +36,7 @@ import torch
 from explain import config
 from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
+from explain.loading import huggingface
 from explain.loading.export import check_spec_fits, is_export_archive, load_export_parts, signature_guess
 from explain.loading.source import LEGACY_TORCH_MAGIC, LoadedParts, find_member, first_line, open_zip, read_source
 from explain.loading.torchscript import is_torchscript, load_torchscript_parts
@@ -43,7 +46,7 @@ from explain.model import LoadedModel
 from explain.spec import InputSpec, SpecGuess, SpecNeeded, guess_from_array, infer_spec, spec_from_guess
 
 #: What `sniff_format` can answer.
-KINDS = ("safetensors", "torchscript", "export", "torch", "legacy", "pickle")
+KINDS = ("safetensors", "torchscript", "export", "huggingface", "torch", "legacy", "pickle")
 _UPLOAD_HINT = "Upload safetensors, a torch.save'd state_dict or checkpoint (.pt/.pth/.ckpt), TorchScript or a torch.export .pt2 file."
 
 
@@ -76,7 +79,10 @@ def load_model(
         TooLarge, CorruptFile, UnsafeFile, IncompatibleInput: with a one-line
             reason and what to upload instead.
     """
-    data, name = read_source(source, filename, default_name="upload", empty_hint=_UPLOAD_HINT)
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():  # a Hugging Face folder
+        data, name = huggingface.folder_as_zip(source)
+    else:
+        data, name = read_source(source, filename, default_name="upload", empty_hint=_UPLOAD_HINT)
     digest = digest_bytes(data)
     explicit = coerce_spec(spec)
     trusted = config.trusted_mode() if trusted is None else bool(trusted)
@@ -151,6 +157,8 @@ def _sniff_zip(data: bytes, named: str) -> str:
         return "torchscript"
     if is_export_archive(zf, names):
         return "export"
+    if huggingface.is_hf_archive(names):
+        return "huggingface"
     if find_member(names, "data.pkl") is not None:
         return "torch"
     if find_member(names, "serialized_exported_program.json") is not None:
@@ -196,6 +204,8 @@ def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool) -
             return load_torchscript_parts(data, spec)
         if kind == "export":
             return load_export_parts(data)
+        if kind == "huggingface":
+            return huggingface.load_huggingface_parts(data)
         return load_pickle_parts(data, kind, trusted)
     except GlassboxError:
         raise

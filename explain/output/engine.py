@@ -450,11 +450,19 @@ def pad_rows(fixed: int | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, .
 def find_embedding(model: LoadedModel) -> tuple[str, nn.Embedding] | None:
     """The token-embedding layer of an eager text model, by module type.
 
-    With several ``nn.Embedding`` modules the one with the most rows (the
-    vocabulary, not positions or segments) is taken.
+    A module that names its input embeddings (``get_input_embeddings``, as
+    Hugging Face models do: ``word_embeddings``) is taken at its word; else, with
+    several ``nn.Embedding`` modules, the one with the most rows (the vocabulary,
+    not positions or segments).
     """
     if not model.is_eager:
         return None
+    named = getattr(model.module, "get_input_embeddings", None)
+    chosen = named() if callable(named) else None
+    if isinstance(chosen, nn.Embedding):
+        for n, m in model.module.named_modules():
+            if m is chosen:
+                return n, m
     found = [(n, m) for n, m in model.module.named_modules() if isinstance(m, nn.Embedding)]
     if not found:
         return None

@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from explain.errors import IncompatibleInput
 from explain.kernels import no_mha_fastpath
+from explain.loading.huggingface import HFClassifier
 from explain.model import LoadedModel
 from explain.structure.attention_export import attention_probs, rewrite_attention_graph
 
@@ -120,6 +121,8 @@ def attention_unavailable_reason(model: LoadedModel) -> str | None:
                 "This TorchScript model has no nn.MultiheadAttention; attention written as plain "
                 "matmul + softmax cannot be located in TorchScript."
             )
+        return None
+    if isinstance(model.module, HFClassifier):  # a Hugging Face model returns its own
         return None
     if model.modality != "text" and not any(isinstance(m, nn.MultiheadAttention) for m in model.module.modules()):
         return "This model has no attention layers (no nn.MultiheadAttention)."
@@ -222,6 +225,13 @@ def attention_hooks(module: nn.Module, batch: int) -> Iterator[list[tuple[str, t
 
 def _capture_eager(module: nn.Module, x: torch.Tensor) -> AttentionMaps:
     batch = x.shape[0]
+    if isinstance(module, HFClassifier):  # Hugging Face: output_attentions=True
+        with torch.no_grad():
+            try:
+                layers, names = module.attention_maps(x)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                raise IncompatibleInput(f"The model raised on these inputs: {str(exc).splitlines()[0][:200]}") from None
+        return _stack([_as_batch_head(t, batch) for t in layers], names, "hooks", [])
     with attention_hooks(module, batch) as captured, torch.no_grad():
         _run_model(module, x)
     if not captured:
