@@ -29,6 +29,10 @@ def test_cli_json_on_a_keras_log(tmp_path):
     over = out["findings"][0]
     assert set(over) == {"kind", "severity", "message", "epochs"} and abs(over["epochs"][0] - 30) <= 2
     assert out["x"] == "epoch" and out["points"] == 60
+    from explain.finding import severity_rank  # worst first, in the order the pages show
+
+    ranks = [severity_rank(f["severity"]) for f in out["findings"]]
+    assert ranks == sorted(ranks, reverse=True)
 
 
 def test_cli_unreadable_log_exits_3_with_one_line(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from explain.errors import UsageError
+from explain.finding import sort_findings
 from explain.training.findings import diagnose
 from explain.training.history import ROLES, merge_histories, read_histories
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> dict:
     history = merge_histories(histories)
     if roles:
         history = history.with_roles(**roles)
-    findings = diagnose(history, patience=args.patience)
+    findings = sort_findings(diagnose(history, patience=args.patience))  # worst first, as the pages show them
     frame = history.by_epoch()
     return {
         "series": history.series_lengths(),
