@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_malicious_models import _edit_code  # the one "attacker edits the zip" helper
 from torch import nn
 
 from explain.errors import UnsafeFile
@@ -115,17 +116,6 @@ def test_class_attributes_named_like_operators_are_attributes_but_denied_names_n
     data = _script_bytes(Traced())
     check_torchscript_archive(data)  # self.trace is the declared attribute
     with pytest.raises(UnsafeFile, match="aten::kron"):  # an undeclared name is the operator
-        check_torchscript_archive(_edit(data, b"torch.add(x, 1)", b"x.kron(x)"))
+        check_torchscript_archive(_edit_code(data, "torch.add(x, 1)", "x.kron(x)"))
     with pytest.raises(UnsafeFile, match="'seed'"):  # a denied name is refused even when declared
-        check_torchscript_archive(_edit(data, b"trace", b"seed"))
-
-
-def _edit(data: bytes, old: bytes, new: bytes) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
-        for info in zin.infolist():
-            body = zin.read(info)
-            if info.filename.endswith(".py"):
-                body = body.replace(old, new)
-            zout.writestr(info.filename, body)
-    return out.getvalue()
+        check_torchscript_archive(_edit_code(data, "trace", "seed"))
