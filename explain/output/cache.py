@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -48,14 +48,19 @@ def _result_bytes(result: Attribution) -> int:
 class AttributionCache:
     """Least-recently-used results, bounded by entry count and bytes.
 
+    Holds `Attribution`s by default; ``size_of`` sizes other results (the quality
+    metrics' `explain.output.metrics.base.METRIC_CACHE` holds `MetricResult`s).
+
     Results are copied on the way in and out, so callers may modify what they
     get without corrupting the cache.
     """
 
-    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES):
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
+                 size_of: Callable[[Any], int] | None = None):
+        self.size_of = size_of or _result_bytes  # bytes of one stored result
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, tuple[Attribution, int]] = OrderedDict()
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -64,7 +69,7 @@ class AttributionCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: Hashable) -> Attribution | None:
+    def get(self, key: Hashable) -> Any:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -74,8 +79,8 @@ class AttributionCache:
             self.hits += 1
             return copy.deepcopy(item[0])
 
-    def put(self, key: Hashable, result: Attribution) -> None:
-        size = _result_bytes(result)
+    def put(self, key: Hashable, result: Any) -> None:
+        size = self.size_of(result)
         if size > self.max_bytes:
             return
         with self._lock:

@@ -377,15 +377,22 @@ class Engine:
             fn, points.shape[0], lambda a, b: (points[a:b], owner[a:b], target[a:b]), int(points[:1].numel() * 4)
         )
 
-    def evaluate_rows(self, fn: ModelFunction, n_rows: int, make: MakeFn, row_bytes: int, report: bool = False) -> np.ndarray:
-        """Target logits [n_rows] (float64) of rows built by ``make``; fp32, no gradients."""
+    def evaluate_rows(self, fn: ModelFunction, n_rows: int, make: MakeFn, row_bytes: int, report: bool = False,
+                      probability: bool = False) -> np.ndarray:
+        """Target logits [n_rows] (float64) of rows built by ``make``; fp32, no gradients.
+
+        With ``probability`` the target's softmax probability instead of its logit.
+        """
         fixed = self.model_fixed_batch(fn)
         out = torch.empty(n_rows, dtype=torch.float64)
         with torch.no_grad(), no_mha_fastpath(), fn.session() as logits:
 
             def work(start: int, stop: int) -> None:
                 p, o, t = pad_rows(fn.model.padded_rows(stop - start), *make(start, stop))
-                vals = logits(p, o).gather(1, t[:, None]).squeeze(1)
+                scores = logits(p, o)  # [B, K]
+                if probability:
+                    scores = torch.softmax(scores.float(), dim=1)
+                vals = scores.gather(1, t[:, None]).squeeze(1)
                 out[start:stop] = vals[: stop - start].double().cpu()
 
             # forward passes keep no activations for a backward: 4x the rows of a gradient chunk

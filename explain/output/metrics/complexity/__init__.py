@@ -1,0 +1,1 @@
+"""Complexity: how concentrated is the map?"""

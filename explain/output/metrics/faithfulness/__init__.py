@@ -1,0 +1,1 @@
+"""Faithfulness: does the model's output follow the map?"""

@@ -1,0 +1,1 @@
+"""Localisation: does the map point at the object (ground-truth masks)?"""

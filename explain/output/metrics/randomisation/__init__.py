@@ -1,0 +1,1 @@
+"""Randomisation sanity checks: does the map depend on what the model learned?"""

@@ -1,0 +1,1 @@
+"""Robustness: does the map stay put when the input barely moves?"""
