@@ -1,0 +1,299 @@
+"""Quality metrics (explain.output.metrics): known answers.
+
+Quantus (deterministic metrics, its default settings) and Captum (infidelity,
+sensitivity_max, on the same perturbations) are the references; a linear model gives
+exact answers; the trained shapes sample gives the behaviour the metrics exist for.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from test_methods import load_case
+from torch import nn
+
+from explain.errors import IncompatibleInput, UsageError
+from explain.model import LoadedModel
+from explain.output.cache import ATTRIBUTION_CACHE
+from explain.output.methods import get_method
+from explain.output.metrics import all_metrics, get_metric
+from explain.output.metrics.base import METRIC_CACHE
+from explain.output.metrics.faithfulness import infidelity as infidelity_mod
+from explain.output.metrics.quality import quality_findings, quality_json
+from explain.output.metrics.robustness import max_sensitivity as sensitivity_mod
+from explain.spec import InputSpec
+
+ALL = ("deletion", "insertion", "faithfulness_correlation", "infidelity", "max_sensitivity", "randomization",
+       "pointing_game", "relevance_mass", "sparseness", "complexity")
+
+
+@functools.cache
+def shapes_all():
+    """(model, inputs [32, 3, 32, 32], masks [32, 32, 32]) of the shapes sample."""
+    import sample_models
+
+    data = sample_models.sample_inputs("shapes")
+    model, _ = load_case("shapes")
+    return model, np.asarray(data["inputs"]), np.asarray(data["masks"])
+
+
+@functools.cache
+def shapes_maps(method: str, n: int = 32):
+    model, x, _ = shapes_all()
+    params = {"steps": 16} if method == "integrated_gradients" else {}
+    return get_method(method).explain(model, x[:n], use_cache=False, **params)
+
+
+def evaluate(name, model, attr, **kw):
+    METRIC_CACHE.clear()
+    return get_metric(name).evaluate(model, attr, **kw)
+
+
+def linear_model(seed: int = 0) -> LoadedModel:
+    gen = torch.Generator().manual_seed(seed)
+    module = nn.Linear(6, 3)
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(3, 6, generator=gen))
+        module.bias.copy_(torch.randn(3, generator=gen))
+    spec = InputSpec("tabular", (6,), class_names=["a", "b", "c"], feature_names=[f"f{i}" for i in range(6)])
+    return LoadedModel(module.eval(), "state_dict", f"linear{seed}", spec, name="linear")
+
+
+def linear_inputs(n: int = 10) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, 6)).astype(np.float32)
+
+
+def test_registry_has_every_metric_of_the_issue_in_its_category():
+    assert [m.name for m in all_metrics()] == list(ALL)
+    cats = {m.name: m.category for m in all_metrics()}
+    assert cats["deletion"] == cats["infidelity"] == "faithfulness"
+    assert cats["randomization"] == "randomisation" and cats["pointing_game"] == "localisation"
+    for m in all_metrics():
+        assert m.title and m.summary
+        for spec in m.params.values():
+            assert spec.coerce("x", spec.default) == spec.default
+
+
+# -- Quantus equality (its default settings) ----------------------------------------
+@pytest.mark.parametrize("method", ["saliency", "grad_cam", "integrated_gradients"])
+def test_deterministic_metrics_equal_quantus_defaults(method):
+    quantus = pytest.importorskip("quantus")
+    model, x, masks = shapes_all()
+    attr = shapes_maps(method)
+    a = attr.values.sum(axis=1, keepdims=True)  # [N, 1, H, W]: the map the page shows
+    s = masks[:, None].astype(float)  # [N, 1, H, W]
+    for name, ref in [("sparseness", quantus.Sparseness(disable_warnings=True)),
+                      ("complexity", quantus.Complexity(disable_warnings=True)),
+                      ("pointing_game", quantus.PointingGame(disable_warnings=True)),
+                      ("relevance_mass", quantus.RelevanceMassAccuracy(disable_warnings=True))]:
+        # Quantus normalises by the batch's maximum; ours is per input: compare input by input
+        want = np.concatenate([ref(model=None, x_batch=x[i:i + 1], y_batch=attr.target[i:i + 1],
+                                   a_batch=a[i:i + 1].copy(), s_batch=s[i:i + 1], channel_first=True)
+                               for i in range(len(x))])
+        got = evaluate(name, model, attr, masks=masks).per_input
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=name)
+        if name in ("sparseness", "complexity"):  # and on the whole batch as Quantus runs it
+            batch = np.asarray(ref(model=None, x_batch=x, y_batch=attr.target, a_batch=a.copy(), s_batch=s,
+                                   channel_first=True))
+            np.testing.assert_allclose(got, batch, atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_complexity_and_sparseness_known_extremes():
+    model = linear_model()
+    x = linear_inputs(2)
+    attr = get_method("saliency").explain(model, x, use_cache=False)
+    attr.values = np.array([[0, 0, 5.0, 0, 0, 0], [1, 1, 1, 1, 1, 1.0]])
+    np.testing.assert_allclose(evaluate("complexity", model, attr).per_input, [0, np.log(6)], atol=1e-6)
+    sparse = evaluate("sparseness", model, attr).per_input
+    assert sparse[0] == pytest.approx(5 / 6, abs=1e-5) and sparse[1] == pytest.approx(0, abs=1e-6)
+
+
+# -- Captum equality (same perturbations) ----------------------------------------------
+@pytest.mark.parametrize("normalize", [True, False])
+def test_infidelity_equals_captum_on_the_same_perturbations(normalize):
+    from captum.metrics import infidelity
+
+    model, x = load_case("cancer", n=6)
+    attr = get_method("integrated_gradients").explain(model, x, steps=16, use_cache=False)
+    samples, noise = 7, 0.2
+    got = evaluate("infidelity", model, attr, samples=samples, noise=noise, normalize=normalize, seed=3)
+    pert = torch.as_tensor(infidelity_mod.perturbations(x, samples, noise, 3))  # [N, S, F]
+
+    def perturb(inputs):  # Captum repeats each input S times, input-major
+        p = pert.reshape(-1, *x.shape[1:])
+        return p, inputs - p
+
+    want = infidelity(model.module, perturb, torch.as_tensor(x), torch.as_tensor(attr.values).float(),
+                      target=torch.as_tensor(attr.target), n_perturb_samples=samples, normalize=normalize)
+    np.testing.assert_allclose(got.per_input, want.double().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_max_sensitivity_equals_captum_on_the_same_perturbations():
+    from captum.metrics import sensitivity_max
+
+    model, x = load_case("cancer", n=5)
+    method = get_method("saliency")
+    attr = method.explain(model, x, absolute=False, use_cache=False)
+    got = evaluate("max_sensitivity", model, attr, samples=3, radius=0.05, seed=2)
+    noise = torch.as_tensor(sensitivity_mod.perturbations(x, 3, 0.05, 2)).reshape(-1, *x.shape[1:])
+
+    def perturb(inputs, perturb_radius):  # Captum passes tuples of tensors
+        inputs = inputs[0] if isinstance(inputs, tuple) else inputs
+        return inputs + noise
+
+    def explanation(inputs, target):  # a tuple of tensors in, a tuple out (Captum's convention)
+        batch = inputs[0] if isinstance(inputs, tuple) else inputs
+        with torch.enable_grad():  # Captum calls it under no_grad
+            values = method.explain(model, batch.numpy(), target=target.numpy(), absolute=False,
+                                    use_cache=False).values
+        return (torch.as_tensor(values),) if isinstance(inputs, tuple) else torch.as_tensor(values)
+
+    want = sensitivity_max(explanation, (torch.as_tensor(x),), perturb_func=perturb, perturb_radius=0.05,
+                           n_perturb_samples=3, target=torch.as_tensor(attr.target))
+    np.testing.assert_allclose(got.per_input, want.double().numpy(), rtol=1e-5, atol=1e-7)
+
+
+# -- linear model: exact answers ---------------------------------------------------------
+@pytest.mark.parametrize("normalize", [True, False])
+def test_signed_gradient_of_a_linear_model_has_zero_infidelity(normalize):
+    model = linear_model()
+    attr = get_method("saliency").explain(model, linear_inputs(), absolute=False, use_cache=False)
+    for noise in (0.01, 1.0, 10.0):
+        r = evaluate("infidelity", model, attr, noise=noise, samples=5, normalize=normalize)
+        np.testing.assert_allclose(r.per_input, 0.0, atol=1e-6 * noise**2)
+        assert np.all(r.random_baseline > 1e-3 * noise**2)  # the permuted gradient does not fit
+
+
+def test_input_x_gradient_of_a_linear_model_has_faithfulness_correlation_one():
+    model = linear_model()
+    attr = get_method("input_x_gradient").explain(model, linear_inputs(), use_cache=False)
+    r = evaluate("faithfulness_correlation", model, attr, substrate="zero", subset=0.5, runs=20)
+    np.testing.assert_allclose(r.per_input, 1.0, atol=1e-6)
+    assert np.all(r.random_baseline < 0.999)
+
+
+def test_deletion_curve_of_a_linear_model_by_hand():
+    """Logit after removing the k largest attributions (zero substrate) = f(x) minus their sum."""
+    model = linear_model()
+    x = linear_inputs(3)
+    attr = get_method("input_x_gradient").explain(model, x, use_cache=False)
+    r = evaluate("deletion", model, attr, steps=6, substrate="zero", output="logit")
+    order = np.argsort(-attr.values, axis=1, kind="stable")
+    removed = np.take_along_axis(attr.values, order, axis=1).cumsum(axis=1)  # [N, 6]
+    want = np.concatenate([attr.output[:, None], attr.output[:, None] - removed], axis=1)
+    np.testing.assert_allclose(r.curve, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(r.curve_x, np.arange(7) / 6)
+    np.testing.assert_allclose(r.per_input, np.trapezoid(want, r.curve_x, axis=1), rtol=1e-6)
+
+
+# -- shapes sample: the behaviour the metrics are for -------------------------------------
+@pytest.mark.parametrize("method", ["integrated_gradients", "grad_cam"])
+def test_ig_and_grad_cam_beat_random_on_deletion_and_insertion(method):
+    model, _, _ = shapes_all()
+    attr = shapes_maps(method)
+    for name in ("deletion", "insertion"):
+        r = evaluate(name, model, attr)
+        assert r.beats_random().mean() >= 0.9, (name, r.beats_random().mean())
+        assert r.margin > 0
+
+
+def edge_detector(model, inputs, targets):
+    """A "map" from the input alone (Sobel magnitude), whatever the model."""
+    x = np.asarray(inputs, dtype=np.float64)
+    return np.hypot(ndimage.sobel(x, axis=2), ndimage.sobel(x, axis=3))
+
+
+def test_randomisation_curve_of_ig_falls_and_an_edge_detector_is_flagged():
+    model, x, _ = shapes_all()
+    x = x[:8]
+    ig = get_method("integrated_gradients").explain(model, x, steps=8, tolerance=0, use_cache=False)
+    before = [p.detach().clone() for p in model.module.parameters()]
+    r = evaluate("randomization", model, ig)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.module.parameters()))  # a copy was randomised
+    assert r.curve_labels == ["original", "head", "layer3", "layer2", "layer1", "bn1", "conv1"]
+    mean_curve = np.nanmean(r.curve, axis=0)
+    assert mean_curve[0] == 1.0 and mean_curve[3] < 0.5 and mean_curve[-1] < 0.5, mean_curve
+    assert not quality_findings({"integrated_gradients": {"randomization": r}})
+
+    edges = get_method("saliency").explain(model, x, use_cache=False)
+    edges.values, edges.method = edge_detector(model, x, None), "edge_detector"
+    e = get_metric("randomization").evaluate(model, edges, explain=edge_detector)
+    np.testing.assert_allclose(e.curve, 1.0)
+    found = quality_findings({"edge_detector": {"randomization": e}})
+    assert len(found) == 1 and found[0].kind == "randomisation_check"
+    assert "edge_detector fails the randomisation check" in found[0].message
+    assert quality_json({"edge_detector": {"randomization": e}})["methods"]["edge_detector"]["randomization"][
+        "curve"] == [1.0] * 7
+
+
+def test_randomisation_refuses_a_graph_without_parameters():
+    model, x = load_case("shapes", fmt="torchscript")
+    attr = get_method("saliency").explain(model, x[:2], use_cache=False)
+    with pytest.raises(IncompatibleInput, match="needs the model's parameters"):
+        get_metric("randomization").evaluate(model, attr)
+
+
+# -- engine, cache, input checks ----------------------------------------------------------
+@pytest.mark.parametrize("name", ["deletion", "insertion", "faithfulness_correlation", "infidelity"])
+def test_batched_equals_unbatched(name):
+    model, _, _ = shapes_all()
+    attr = shapes_maps("grad_cam", 3)
+    small = {"faithfulness_correlation": {"runs": 5}, "infidelity": {"samples": 3}}.get(name, {"steps": 3})
+    whole = evaluate(name, model, attr, **small)
+    one = evaluate(name, model, attr, batch_size=1, **small)
+    three = evaluate(name, model, attr, batch_size=3, **small)
+    for other in (one, three):
+        np.testing.assert_allclose(other.per_input, whole.per_input, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(other.random_baseline, whole.random_baseline, rtol=1e-5, atol=1e-6)
+
+
+def test_an_input_gets_the_same_random_baseline_in_any_batch():
+    model, _, _ = shapes_all()
+    attr = shapes_maps("grad_cam", 6)
+    part = get_method("grad_cam").explain(model, attr.inputs[2:4], use_cache=False)
+    whole = evaluate("deletion", model, attr, steps=5)
+    alone = evaluate("deletion", model, part, steps=5)
+    np.testing.assert_allclose(alone.random_baseline, whole.random_baseline[2:4], rtol=1e-5)
+
+
+def test_results_are_cached_like_attributions():
+    model, _, masks = shapes_all()
+    attr = shapes_maps("grad_cam", 6)
+    METRIC_CACHE.clear()
+    first = get_metric("deletion").evaluate(model, attr, steps=5)
+    again = get_metric("deletion").evaluate(model, attr, steps=5)
+    assert "from the metric cache" in again.notes and "from the metric cache" not in first.notes
+    np.testing.assert_array_equal(again.per_input, first.per_input)
+    other = get_metric("deletion").evaluate(model, attr, steps=6)
+    assert "from the metric cache" not in other.notes
+    changed = get_method("grad_cam").explain(model, attr.inputs, use_cache=False)
+    changed.values = changed.values[::-1].copy()  # other values, same method and params
+    assert "from the metric cache" not in get_metric("deletion").evaluate(model, changed, steps=5).notes
+
+
+def test_localisation_needs_masks_that_fit():
+    model, _, masks = shapes_all()
+    attr = shapes_maps("grad_cam", 6)
+    with pytest.raises(UsageError, match="needs ground-truth masks"):
+        get_metric("pointing_game").evaluate(model, attr)
+    with pytest.raises(IncompatibleInput, match="one mask per input"):
+        get_metric("pointing_game").evaluate(model, attr, masks=masks[:5])
+    empty = masks[:6].copy()
+    empty[0] = False
+    r = get_metric("relevance_mass").evaluate(model, attr, masks=empty)
+    assert np.isnan(r.per_input[0]) and np.isfinite(r.per_input[1:]).all()
+    assert quality_json({"grad_cam": {"relevance_mass": r}})["methods"]["grad_cam"]["relevance_mass"][
+        "per_input"][0] is None
+
+
+def test_text_deletion_replaces_tokens_with_padding():
+    model, x = load_case("sentiment", n=4)
+    ATTRIBUTION_CACHE.clear()
+    attr = get_method("integrated_gradients").explain(model, x, steps=8)
+    r = evaluate("deletion", model, attr, steps=4, output="logit")
+    assert r.curve.shape == (4, 5)
+    np.testing.assert_allclose(r.curve[:, 0], attr.output, rtol=1e-4, atol=1e-4)
+    assert not get_metric("infidelity").is_compatible(model)
