@@ -12,7 +12,9 @@ from explain.attribution import Attribution
 from explain.inputs.text import detokenize, padding_mask, tokens_for_display
 from explain.model import LoadedModel
 from explain.output.agreement import agreement_matrix
+from explain.output.metrics.quality import Results
 from explain.viz import attribution as viz
+from ui.quality_view import render_quality_line
 from ui.text import escape_markdown
 
 
@@ -34,9 +36,10 @@ def render_prediction(model: LoadedModel, probs: np.ndarray, label: int | None, 
 
 def render_grid(
     model: LoadedModel, attrs: Sequence[Attribution], rows: Sequence[int], probs: np.ndarray,
-    labels: np.ndarray | None, sign: str = "all",
+    labels: np.ndarray | None, sign: str = "all", quality: Results | None = None,
 ) -> None:
-    """One column per method, one row per input (``rows`` index into the batch)."""
+    """One column per method, one row per input (``rows`` index into the batch); under each map
+    its caption and, with ``quality`` (``results[method][metric]``), its quality line."""
     modality = model.modality
     header = st.columns([1] + [1] * len(attrs))
     header[0].markdown("**Input · prediction**")
@@ -75,6 +78,8 @@ def render_grid(
                     st.html(viz.text_attribution_html(detokenize(ids, model.spec), attr.values[r],
                                                       padding=padding_mask(ids, model.spec)))
                 st.caption(caption_for(attr, r))
+                if quality:
+                    render_quality_line(quality.get(attr.method, {}), r)
 
 
 def render_summary(model: LoadedModel, attrs: Sequence[Attribution]) -> None:

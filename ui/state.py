@@ -290,3 +290,13 @@ def remember_training_uploads(model_sha: str, logs: list[tuple[str, bytes]], ckp
 def training_uploads(model_sha: str) -> tuple[list[str], list[str]]:
     """(log paths, checkpoint paths) the Training page received for ``model_sha``; empty when none."""
     return st.session_state.get(_TRAINING_KEY, {}).get(model_sha, ([], []))
+
+
+def current_masks() -> np.ndarray | None:
+    """Ground-truth masks of the current inputs ([N, ...] bool) when they are a sample's that ships
+    them (shapes), else None (uploaded inputs carry none; the Quality tab takes a masks upload)."""
+    if input_uploads():
+        return None
+    name = current_sample_name() or _matching_sample(current_model().spec)
+    masks = _cached_sample_inputs(name).get("masks") if name else None
+    return None if masks is None else np.asarray(masks, dtype=bool)

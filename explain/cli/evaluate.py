@@ -7,7 +7,6 @@ Prints (and writes to ``--out``) ``{"methods": {METHOD: {METRIC: {"per_input": [
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from explain.cli.model_arg import load_inputs_arg, load_model_arg
 from explain.cli.out_file import replace_atomically
-from explain.errors import InputRefused, UsageError
+from explain.errors import UsageError
 
 NAME = "evaluate"
 
@@ -63,22 +62,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def read_masks(path: str) -> np.ndarray:
-    """Masks from a .npy, or the ``masks`` array (else the only array) of a .npz; no pickles."""
-    from explain.loading.source import read_source
+    """`explain.output.metrics.masks.read_masks` of a path that must exist."""
+    from explain.output.metrics.masks import read_masks as read
 
     if not Path(path).exists():
         raise UsageError(f"No such masks file: {path}.")
-    data, name = read_source(path)
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputRefused(f"Cannot read the masks {name}: {exc}", "Give a .npy or .npz of booleans.") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        keys = list(loaded.files)
-        if "masks" not in keys and len(keys) != 1:
-            raise InputRefused(f"{name} holds {keys}; expected one array or one named 'masks'.")
-        return np.asarray(loaded["masks" if "masks" in keys else keys[0]])
-    return np.asarray(loaded)
+    return read(path)
 
 
 def _names(text: str, flag: str) -> list[str]:

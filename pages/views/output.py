@@ -9,6 +9,7 @@ from explain.output.methods import compatible_methods, get_method
 from explain.viz.attribution import SIGNS
 from ui import state
 from ui.attribution_view import render_downloads, render_grid, render_summary
+from ui.quality_view import render_quality_tab
 from ui.text import escape_markdown
 from ui.widgets import ProgressBar, param_widgets
 
@@ -94,8 +95,11 @@ cancel_slot.empty()
 if results:
     shown = [explain_rows.index(r) for r in (rows or default_rows) if r in explain_rows]
     labels = batch.labels[explain_rows] if batch.labels is not None else None
-    with state.error_boundary("Drawing the results"):
-        render_grid(model, results, shown, probs[explain_rows], labels, sign)
+    maps_tab, quality_tab = st.tabs(["Maps", "Quality"])
+    with quality_tab:  # first, so the maps carry its quality line
+        quality = render_quality_tab(model, results, state.current_masks(), explain_rows)
+    with maps_tab, state.error_boundary("Drawing the results"):
+        render_grid(model, results, shown, probs[explain_rows], labels, sign, quality=quality)
         render_summary(model, results)
         with st.expander("Download"):
             render_downloads(model, results)
