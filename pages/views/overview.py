@@ -17,6 +17,7 @@ from explain.report.sections import build_report
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
 from explain.viz import attribution as viz
 from ui import state
+from ui.quality_view import render_quality_findings
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
 
@@ -223,6 +224,7 @@ with out_col:
         with st.spinner(f"Explaining with {method}…"):
             attr = _explain(model_key, x_sha, method, explained, x)
         _draw_attribution(model, attr, 0, key="ov_map")
+        render_quality_findings(model)  # e.g. "saliency fails the randomisation check", from the Quality tab
     if chosen_layer != NO_LAYER and explained is not None:
         with state.error_boundary(f"Attributing to layer {chosen_layer}"):
             with st.spinner(f"Attributing to {escape_markdown(chosen_layer)}…"):
