@@ -297,3 +297,78 @@ def test_text_deletion_replaces_tokens_with_padding():
     assert r.curve.shape == (4, 5)
     np.testing.assert_allclose(r.curve[:, 0], attr.output, rtol=1e-4, atol=1e-4)
     assert not get_metric("infidelity").is_compatible(model)
+
+
+# -- report and command line ---------------------------------------------------------------
+def test_report_has_a_quality_section_with_the_page_numbers():
+    from explain.report.sections import build_report
+
+    model, x, masks = shapes_all()
+    report = build_report(model, x[:4], methods=["grad_cam"], max_inputs=4, masks=masks[:4],
+                          quality=["deletion", "pointing_game", "sparseness"])
+    section = next(s for s in report.sections if s.title == "Quality")
+    assert section.error is None, section.error
+    got = section.data["methods"]["grad_cam"]
+    attr = get_method("grad_cam").explain(model, x[:4])
+    want = evaluate("deletion", model, attr).per_input
+    np.testing.assert_allclose(got["deletion"]["per_input"], want, rtol=1e-5)
+    assert got["deletion"]["random_baseline"] is not None and got["pointing_game"]["random_baseline"] is None
+    assert len(section.figures) == 1  # the deletion curve
+    assert report.params["quality_metrics"] == ["deletion", "pointing_game", "sparseness"]
+    assert "Quality" in report.to_html()
+
+
+def test_cli_evaluate_prints_and_writes_the_issue_shape(tmp_path, capsys, monkeypatch):
+    import json
+
+    from explain.cli import evaluate as evaluate_cli
+    from explain.cli import main
+
+    model, x, masks = shapes_all()
+    monkeypatch.setattr(evaluate_cli, "load_model_arg", lambda path, spec=None, inputs=None: model)
+    np.save(tmp_path / "x.npy", x[:3])
+    np.savez(tmp_path / "m.npz", masks=masks[:3])
+    out = tmp_path / "q.json"
+    code = main(["evaluate", "shapes", "--inputs", str(tmp_path / "x.npy"), "--methods", "grad_cam,saliency",
+                 "--metrics", "deletion,pointing_game,randomization", "--masks", str(tmp_path / "m.npz"),
+                 "--param", "deletion.steps=4", "--param", "randomization.steps=2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    printed = json.loads(captured.out)
+    assert printed == json.loads(out.read_text())
+    assert set(printed) == {"methods"} and set(printed["methods"]) == {"grad_cam", "saliency"}
+    deletion = printed["methods"]["grad_cam"]["deletion"]
+    assert set(deletion) == {"per_input", "mean", "random_baseline"} and len(deletion["per_input"]) == 3
+    assert deletion["mean"] == pytest.approx(np.mean(deletion["per_input"]))
+    assert printed["methods"]["saliency"]["pointing_game"]["random_baseline"] is None
+    sanity = printed["methods"]["saliency"]["randomization"]
+    assert len(sanity["per_input"]) == 3 and len(sanity["curve"]) == 3  # original + 2 randomised blocks
+    assert sanity["curve"][-1] == pytest.approx(np.mean(sanity["per_input"]))
+    assert sanity["curve"][0] == 1.0 and sanity["layers"] == ["original", "head", "layer3"]
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["--metrics", "nope"], 2, "Unknown metric 'nope'"),
+    (["--methods", "nope"], 2, "Unknown method 'nope'"),
+    (["--metrics", "pointing_game"], 2, "needs ground-truth masks"),
+    (["--metrics", "pointing_game", "--masks", "BADMASK"], 3, "Cannot read the masks"),
+    (["--param", "deletion.steps=1"], 2, "must be at least 2"),
+    (["--param", "oops"], 2, "NAME.PARAM=VALUE"),
+])
+def test_cli_evaluate_refuses_in_one_line(tmp_path, capsys, monkeypatch, argv, code, words):
+    from explain.cli import evaluate as evaluate_cli
+    from explain.cli import main
+
+    model, x = load_case("cancer", n=3)
+    monkeypatch.setattr(evaluate_cli, "load_model_arg", lambda path, spec=None, inputs=None: model)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    argv = [str(tmp_path / "bad.npy") if a == "BADMASK" else a for a in argv]
+    base = {"--methods": "saliency", "--metrics": "deletion"}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    params = [a for k, v in base.items() for a in ((k, v) if k != "--param" else ("--param", v))]
+    got = main(["evaluate", "cancer", "--inputs", str(tmp_path / "x.npy"), *params, "--out", str(tmp_path / "q.json")])
+    err = capsys.readouterr().err
+    assert got == code and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q.json").exists()

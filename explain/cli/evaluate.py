@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     from explain.cli import to_json_safe
     from explain.output.methods import get_method
+    from explain.output.metrics import get_metric
     from explain.output.metrics.quality import default_metrics, evaluate_quality, quality_json
 
     methods = _names(args.methods, "--methods")
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> dict:
     inputs = load_inputs_arg(args.inputs, model)
     masks = read_masks(args.masks) if args.masks else None
     metrics = _names(args.metrics, "--metrics") if args.metrics else default_metrics(model, masks is not None)
+    for name in metrics:
+        get_metric(name)  # unknown names: exit 2 before any explanation runs
     metric_params = _dotted(args.param, "--param")
     method_params = _dotted(args.method_param, "--method-param")
     attributions = [get_method(name).explain(model, inputs, target=args.target, **method_params.get(name, {}))

@@ -38,6 +38,7 @@ from explain.report.document import (
     round_data,
     table_html,
 )
+from explain.report.quality import build_quality_section
 
 #: inputs each output section shows by default.
 DEFAULT_MAX_INPUTS = 4
@@ -253,7 +254,8 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
                  methods: Sequence[str] = ("integrated_gradients",), progress: ProgressFn | None = None, *,
                  max_inputs: int = DEFAULT_MAX_INPUTS, method_params: dict[str, dict[str, Any]] | None = None,
                  labels: np.ndarray | None = None, title: str | None = None,
-                 invocation: dict[str, Any] | None = None) -> Report:
+                 invocation: dict[str, Any] | None = None, quality: Sequence[str] | None = None,
+                 masks: np.ndarray | None = None) -> Report:
     """Build every section of a report; a part that fails becomes a section saying why.
 
     Args:
@@ -269,6 +271,9 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         labels: true classes [N] (default: the ``InputBatch``'s labels).
         title: the report title (default: "Glassbox report: <model name>").
         invocation: how the report was asked for (``{"command": ...}``); shown, never compared.
+        quality: quality metrics of the Quality section (default: the cheap ones the model and
+            ``masks`` allow; empty: no Quality section).
+        masks: ground-truth masks [N, ...] of ``inputs`` for the localisation metrics.
 
     Raises:
         UsageError: an unknown method name or a bad ``max_inputs``.
@@ -322,6 +327,16 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
             attrs_precisions.append(section.data.get("precision", "fp32"))
             return [section]
         steps.append((f"Output: {get_method(m).title or m}", output))
+
+    if methods and shown is not None:
+        from explain.output.metrics.quality import default_metrics
+
+        shown_masks = None if masks is None else np.asarray(masks)[:max_inputs]
+        metrics = list(quality) if quality is not None else default_metrics(model, shown_masks is not None)
+        report.params["quality_metrics"] = metrics
+        if metrics:
+            steps.append(("Quality", lambda: [build_quality_section(model, shown, methods, method_params, metrics,
+                                                                   shown_masks)]))
 
     def struct() -> list[Section]:
         if "error" in structure:
