@@ -9,6 +9,11 @@ median of repeats reported:
   on 32 inputs;
 - B3: a 12-layer, 768-wide transformer encoder at sequence length 128,
   layer integrated gradients (50 steps) on the token embeddings.
+- Q1: quality metrics on the B1 model and 32 inputs, on the same saliency maps:
+  Glassbox deletion + insertion (24 steps, each with its random-attribution curve: twice the
+  forward passes) vs Quantus's ``PixelFlipping`` + ``RegionPerturbation`` (24 steps each), and
+  Glassbox infidelity vs Captum's ``infidelity`` at its best ``max_examples_per_batch``
+  (10 perturbations per input). Rows: seconds and the measured ratio (other tool / Glassbox).
 
 Rows: the *ceiling* (the model's own batched forward + input-gradient over the
 same rows, fp32 and reduced precision, at the best batch size), Glassbox,
@@ -418,12 +423,120 @@ def print_table(rows: list[dict]) -> None:
               f"{fmt(r['completeness_error'], '10.1e')}")
 
 
+# --------------------------------------------------------------------------
+# Q1: quality metrics
+# --------------------------------------------------------------------------
+QUALITY_STEPS = 24  # Quantus flips C*H*W values, features_in_step must divide H*W: 24 steps = H*W/8 per step
+
+
+def run_quality(quick: bool, repeats: int, device: torch.device) -> list[dict]:
+    """Glassbox deletion + insertion and infidelity vs Quantus / Captum on the same maps."""
+    import math
+
+    from explain.output.metrics import get_metric
+
+    torch.manual_seed(0)
+    size = 64 if quick else 224
+    res = ResNetLike((1, 1, 1, 1), 16, 100) if quick else ResNetLike()
+    model = LoadedModel(module=res.eval().to(device), format="safetensors", sha256="q1",
+                        spec=InputSpec("image", (3, size, size)), device=device, name="q1")
+    x = np.random.default_rng(0).normal(size=(32, 3, size, size)).astype(np.float32)
+    attr = get_method("saliency").explain(model, x, device=device.type, use_cache=False)  # the maps every tool judges
+    y = attr.target
+    # [N, C, H, W]: the pixel map on every channel (Quantus's features_in_step must divide its size)
+    a = np.broadcast_to(attr.values.sum(axis=1, keepdims=True), x.shape).astype(np.float32)
+    steps = QUALITY_STEPS
+    tools: dict[str, Callable[[], object]] = {}
+
+    def glassbox_curves():
+        for name in ("deletion", "insertion"):
+            get_metric(name).evaluate(model, attr, steps=steps, substrate="zero", device=device.type,
+                                      use_cache=False)
+
+    tools["glassbox deletion+insertion"] = glassbox_curves
+    try:
+        import quantus
+
+        flip = quantus.PixelFlipping(features_in_step=3 * size * size // steps, perturb_baseline="black",
+                                     disable_warnings=True, display_progressbar=False)
+        region = quantus.RegionPerturbation(patch_size=size // 8, regions_evaluation=steps,
+                                            disable_warnings=True, display_progressbar=False)
+
+        def quantus_curves():
+            for metric in (flip, region):  # curves (its AUC helper calls np.trapz, gone in numpy 2.4)
+                metric(model=model.module, x_batch=x, y_batch=y, a_batch=a.copy(), device=device.type,
+                       batch_size=64, softmax=True)
+
+        tools["quantus PixelFlipping+RegionPerturbation"] = quantus_curves
+    except ImportError as exc:
+        tools["quantus PixelFlipping+RegionPerturbation"] = lambda exc=exc: (_ for _ in ()).throw(exc)
+
+    samples = 10
+    tools["glassbox infidelity"] = lambda: get_metric("infidelity").evaluate(
+        model, attr, samples=samples, normalize=False, device=device.type, use_cache=False)
+
+    def captum_infidelity(batch: int):
+        from captum.metrics import infidelity
+
+        xt = torch.as_tensor(x, device=device)
+        vt = torch.as_tensor(attr.values, device=device).float()
+
+        def perturb(inputs):
+            noise = torch.randn_like(inputs) * 0.1
+            return noise, inputs - noise
+
+        return lambda: infidelity(model.module, perturb, xt, vt, target=torch.as_tensor(y, device=device),
+                                  n_perturb_samples=samples, max_examples_per_batch=batch)
+
+    sweep = {b: min(attempt(captum_infidelity(b), device)[1] for _ in range(1)) for b in (4, 16, 64)}
+    timed_ok = {b: t for b, t in sweep.items() if isinstance(t, float)}
+    best = min(timed_ok, key=timed_ok.get) if timed_ok else 4
+    tools[f"captum infidelity (max_examples_per_batch {best})"] = captum_infidelity(best)
+
+    times: dict[str, list[float]] = {k: [] for k in tools}
+    failures: dict[str, str] = {}
+    for _ in range(repeats):  # interleaved
+        for label, fn in tools.items():
+            if label in failures:
+                continue
+            _, sec = attempt(fn, device)
+            if isinstance(sec, str):
+                failures[label] = sec
+            else:
+                times[label].append(sec)
+    median = {k: statistics.median(v) for k, v in times.items() if v}
+    pairs = {"quantus PixelFlipping+RegionPerturbation": "glassbox deletion+insertion"}
+    pairs.update({k: "glassbox infidelity" for k in tools if k.startswith("captum infidelity")})
+    rows = []
+    for label in tools:
+        ours = pairs.get(label)
+        ratio = median[label] / median[ours] if label in median and ours in median else None
+        rows.append({"benchmark": f"Q1 quality {size}² x32", "tool": label, "device": device.type,
+                     "seconds": median.get(label), "ratio_vs_glassbox": ratio,
+                     "status": failures.get(label, "ok"), "steps": steps if "infidelity" not in label else None,
+                     "features_per_step": math.ceil(size * size / steps)})
+    return rows
+
+
+def print_quality(rows: list[dict]) -> None:
+    head = f"{'benchmark':22} {'tool':52} {'seconds':>9} {'other/glassbox':>15}"
+    print()
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['benchmark']:22} {r['tool']:52} {r['status']}")
+            continue
+        ratio = f"{r['ratio_vs_glassbox']:15.1f}" if r["ratio_vs_glassbox"] else f"{'-':>15}"
+        print(f"{r['benchmark']:22} {r['tool']:52} {r['seconds']:9.2f} {ratio}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models: about a minute on a 2-core CPU")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--only", default=None, help="comma-separated subset: B1,B2,B3")
+    parser.add_argument("--only", default=None, help="comma-separated subset: B1,B2,B3,Q1")
     parser.add_argument("--json", default=None, help="write the rows to this file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 gives stable numbers on a shared machine)")
@@ -446,6 +559,10 @@ def main(argv=None) -> int:
                          "completeness_error": None,
                          "status": "skipped: all rows in one batch exceed this machine's memory"})
     print_table(rows)
+    if not args.only or "Q1" in args.only.split(","):
+        quality_rows = run_quality(args.quick, repeats if not args.quick else 3, device)
+        print_quality(quality_rows)
+        rows += quality_rows
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
