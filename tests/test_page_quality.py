@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from explain.finding import Finding
@@ -85,3 +86,18 @@ def test_overview_shows_a_quality_finding_from_the_quality_tab():
     at.run()
     assert not at.exception, at.exception
     assert any("saliency fails the randomisation check" in m.value for m in at.markdown)
+
+
+@pytest.mark.browser
+def test_browser_quality_tab_shows_the_table_and_the_curves(app_url, browser_page):
+    from tests.conftest import wait_for_app
+
+    page = browser_page
+    page.goto(app_url + "/output")
+    page.get_by_text("completeness error").first.wait_for(timeout=180_000)
+    wait_for_app(page, 180_000)
+    assert page.get_by_text("Deletion AUC").count() >= 1  # the quality line under the maps
+    page.get_by_role("tab", name="Quality").click()
+    page.get_by_text("Deletion: mean over inputs").wait_for(timeout=180_000)
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 1
+    assert page.locator('[data-testid="stException"]').count() == 0

@@ -20,6 +20,7 @@ from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageErro
 from explain.model import LoadedModel
 from explain.output.cache import AttributionCache, make_key
 from explain.output.engine import is_out_of_memory
+from explain.output.metrics.common import feature_shape
 from explain.params import ParamSpec, resolve_params
 
 #: progress(done, total) -> None; raise ``Cancelled`` inside to stop the run.
@@ -282,11 +283,6 @@ def check_masks(masks: Any, attribution: Attribution, model: LoadedModel, name: 
             f"The masks have shape {m.shape}; expected {(n, *want)} (one mask per input)."
         )
     return m.astype(bool)
-
-
-def feature_shape(model: LoadedModel, values: np.ndarray) -> tuple[int, ...]:
-    """The shape of one input's features: (H, W) pixels for images, else the input's own."""
-    return tuple(values.shape[2:]) if model.modality == "image" else tuple(values.shape[1:])
 
 
 def register(cls: type[Metric]) -> type[Metric]:

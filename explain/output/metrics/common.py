@@ -30,6 +30,12 @@ def feature_map(model: LoadedModel, values: np.ndarray) -> np.ndarray:
     return values.sum(axis=1) if model.modality == "image" else values
 
 
+def feature_shape(model: LoadedModel, values: np.ndarray) -> tuple[int, ...]:
+    """The shape of one input's features ([N, *this] is `feature_map`'s): (H, W) pixels for images,
+    else the input's own."""
+    return tuple(values.shape[2:]) if model.modality == "image" else tuple(values.shape[1:])
+
+
 def input_seed(x: np.ndarray, seed: int) -> int:
     """A seed that depends on one input's content and ``seed`` only (not on its batch)."""
     return (int(digest_array(np.asarray(x))[:12], 16) + 1_000_003 * int(seed)) % (2**63)
