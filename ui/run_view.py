@@ -59,16 +59,23 @@ def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarra
 
 def snapshot_record(page: str, name: str, version: int, title: str, inputs: np.ndarray | None,
                     tables: dict[str, pd.DataFrame], findings: Sequence[Finding] = (),
-                    notes: Sequence[str] = ()) -> RunRecord:
-    """A Structure / Training / Overview run: the tables and findings the page showed."""
+                    notes: Sequence[str] = (), results: dict[str, np.ndarray] | None = None) -> RunRecord:
+    """A Structure / Training / Overview run: the tables and findings the page showed (and any arrays)."""
     return RunRecord(
         page=page, model=name, version=version, title=title,
-        inputs={"inputs": inputs} if inputs is not None else {},
+        inputs={"inputs": inputs} if inputs is not None else {}, results=dict(results or {}),
         summary={"tables": {k: _frame_json(v) for k, v in tables.items()},
                  "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message,
                                "epochs": list(f.epochs)} for f in findings],
                  "notes": list(notes),
                  "inputs_sha256": digest_array(inputs) if inputs is not None else None})
+
+
+def layer_frame(table) -> pd.DataFrame:
+    """Every layer of a `explain.structure.layers.LayerTable` as the table a run stores."""
+    return pd.DataFrame([{"layer": r.name or "(model)", "type": r.type, "depth": r.depth,
+                          "output shape": "×".join(map(str, r.output_shape)) if r.output_shape else "",
+                          "parameters": r.parameters, "FLOPs": r.flops} for r in table.rows])
 
 
 def _frame_json(frame: pd.DataFrame) -> dict:
