@@ -70,12 +70,13 @@ class Users:
         if password is not None and len(password) < MIN_PASSWORD:
             raise UsageError(f"The password is shorter than {MIN_PASSWORD} characters.")
         with self.core.db.transaction() as s:
+            # Without accounts only the local user and the operator are admins: nobody else (a token,
+            # an unknown name) may create the first account and make themselves admin.
+            self.core.require(s, actor, Action.MANAGE_USERS)
             first = not s.scalar(select(func.count()).select_from(User))
             if first and role != "admin":
                 raise UsageError("The first account must be an admin.",
                                  f"Run `python -m explain users add {name} --role admin` first.")
-            if not first:
-                self.core.require(s, actor, Action.MANAGE_USERS)
             if s.scalar(select(User).where(User.name == name)) is not None:
                 raise UsageError(f"User {name!r} already exists.", "Use `users set-role` to change the role.")
             user = User(name=name, role=role, email=email,
