@@ -165,7 +165,9 @@ class Registry:
     def _register_row(self, actor, name, sha, size, filename, spec_sha) -> VersionInfo:
         with self.core.db.transaction() as s:
             self.core.require(s, actor, Action.UPLOAD)
-            model = s.scalar(select(Model).where(Model.name == name))
+            # Lock the model row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers) so
+            # concurrent registrations number one at a time instead of colliding on the same number.
+            model = s.scalar(select(Model).where(Model.name == name).with_for_update())
             if model is None:
                 model = Model(name=name, created_by=actor.name)
                 s.add(model)
