@@ -64,6 +64,7 @@ import json, os, random, sys, time
 from explain.workspace import Actor, RunRecord, open_workspace
 url, home, k, go, n_runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 ws = open_workspace(url, home=home)
+print("ready", flush=True)
 me = Actor(f"user{k}")
 while not os.path.exists(go):
     time.sleep(0.01)
@@ -165,15 +166,16 @@ def test_a_process_killed_while_saving_leaves_whole_runs_or_none(db_url, tmp_pat
 
 def test_eight_sessions_saving_and_commenting_at_once(db_url, tmp_path):
     home, sessions, n_runs = tmp_path / "home", 8, 3
+    go = tmp_path / "go"
+    # The eight open the empty database together (eight migrations at once), then wait for `go`.
+    children = [_child(SESSION, db_url, str(home), str(k), str(go), str(n_runs)) for k in range(sessions)]
+    for k, child in enumerate(children):
+        assert child.stdout.readline().strip() == "ready", f"session {k} did not open: {child.stderr.read()[-800:]}"
     ws = open_workspace(db_url, home=home)
     ws.users.add(OP, "alice", "admin")
     for k in range(sessions):
         ws.users.add(OP, f"user{k}", "editor")
     ws.close()
-
-    go = tmp_path / "go"
-    children = [_child(SESSION, db_url, str(home), str(k), str(go), str(n_runs)) for k in range(sessions)]
-    time.sleep(0.5)
     go.touch()
     reports = {}
     for k, child in enumerate(children):
@@ -255,6 +257,30 @@ def test_eight_sessions_registering_one_model_at_the_same_instant(db_url, tmp_pa
             else:
                 assert {v.version for v in got.values()} == {1}
                 assert len(sessions[0].registry.list(OP, "m-same")) == 1
+
+        # the same alias moved and the same tag added by all eight at once
+        barrier, errors = threading.Barrier(8), []
+
+        def edit(k):
+            barrier.wait()
+            try:
+                sessions[k].registry.set_alias(OP, "m-distinct", "candidate", k + 1)
+                sessions[k].registry.add_tag(OP, "m-distinct", 1, "reviewed")
+            except Exception as exc:
+                errors.append(repr(exc)[:300])
+
+        threads = [threading.Thread(target=edit, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        moves = [e for e in sessions[0].audit.rows(OP) if e.action == "alias.set"]
+        assert len(moves) == 8 and moves[0].before is None
+        assert all(b.before == a.after for a, b in zip(moves, moves[1:]))  # each move saw the one before
+        assert sessions[0].registry.resolve(OP, "m-distinct@candidate").version == moves[-1].after["version"]
+        assert sessions[0].registry.version(OP, "m-distinct", 1).tags == ["reviewed"]
+        assert [e.action for e in sessions[0].audit.rows(OP)].count("tag.add") == 1
     finally:
         for ws in sessions:
             ws.close()

@@ -196,8 +196,15 @@ class Registry:
             self.core.require(s, actor, Action.EDIT_REGISTRY)
             return self._move_alias(s, actor, name, alias, version)
 
+    @staticmethod
+    def _lock(s, model: Model) -> None:
+        """Hold the model's row until commit (PostgreSQL; on SQLite BEGIN IMMEDIATE already serialises
+        writers), so concurrent alias moves and tags on one model queue instead of colliding."""
+        s.execute(select(Model.id).where(Model.id == model.id).with_for_update())
+
     def _move_alias(self, s, actor, name, alias, version) -> VersionInfo:
         model, v = self._version(s, name, version)
+        self._lock(s, model)
         row = s.scalar(select(Alias).where(Alias.model_id == model.id, Alias.name == alias))
         before = None
         if row is None:
@@ -214,6 +221,7 @@ class Registry:
         with self.core.db.transaction() as s:
             self.core.require(s, actor, Action.EDIT_REGISTRY)
             model, v = self._version(s, name, version)
+            self._lock(s, model)
             if s.get(VersionTag, (v.id, tag)) is None:
                 s.add(VersionTag(version_id=v.id, tag=tag))
                 s.flush()
