@@ -84,6 +84,8 @@ for j in range(n_runs):
 rng = random.Random(k)
 others = [r for r in ws.runs.list(me, model="shared") if not r.title.startswith(f"s{k}-")]
 for run in rng.sample(others, min(5, len(others))):
+    opened = ws.runs.open(me, run.id)  # a row another session is committing is whole when seen
+    assert opened.inputs["title"].tobytes() == run.title.encode(), run.title
     c = ws.review.post(me, run.id, f"user{k} on {run.title}")
     done["comments"].append([c.id, run.id, c.body])
     if c.id % 2:
