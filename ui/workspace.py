@@ -17,6 +17,7 @@ import streamlit as st
 from explain.config import database_url, glassbox_home
 from explain.errors import GlassboxError
 from explain.model import LoadedModel
+from explain.report.review import ReviewRecord, review_record
 from explain.workspace import Action, Actor, RunRecord, Workspace, open_workspace
 from explain.workspace.registry import VersionInfo
 from explain.workspace.roles import allows
@@ -162,6 +163,14 @@ def current_version(model: LoadedModel, *, register: bool) -> VersionInfo | None
     spec = state.explicit_spec_json()
     name = model_name_from_file(blob.name)
     return ws.registry.register(who, name, blob.data, blob.name, spec_json=spec)
+
+
+def current_review(model: LoadedModel) -> ReviewRecord | None:
+    """The workspace's decisions and comments on the current model's version (None if unregistered)."""
+    version = current_version(model, register=False)
+    if version is None:
+        return None
+    return review_record(workspace(), actor(), version.name, version.version)
 
 
 def model_name_from_file(filename: str) -> str:
