@@ -163,3 +163,19 @@ def test_report_review_section_carries_comments_and_decisions_escaped(home):
     assert "on input 2" in html and "agreed" in html and "request changes" in html
     assert [d["verdict"] for d in section.data["decisions"]] == ["request_changes"]
     assert len(section.data["comments"]) == 2
+
+
+def test_training_run_saves_findings_and_attaches_the_logs_to_the_version(home):
+    _, ws = home
+    at = _app()
+    at.switch_page("pages/views/training.py").run()
+    [b for b in at.button if b.label == "Save run"][0].click().run()
+    assert not at.exception, at.exception
+    run = ws.runs.list(Actor.local(), model="shapes")[0]
+    assert run.page == "training" and run.summary["tables"] and run.summary["findings"]
+    kinds = {a.kind for a in ws.registry.attachments(Actor.local(), "shapes", 1)}
+    assert kinds == {"training_log", "checkpoint"}
+    again = at.switch_page("pages/views/training.py").run()  # saving again stores no second copy
+    [b for b in again.button if b.label == "Save run"][0].click().run()
+    names = [a.filename for a in ws.registry.attachments(Actor.local(), "shapes", 1)]
+    assert len(names) == len(set(names))

@@ -9,12 +9,13 @@ kept in the session, so hiding a button is a courtesy, not the check.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import streamlit as st
 
 from explain.config import database_url, glassbox_home
+from explain.digest import digest_bytes
 from explain.errors import GlassboxError
 from explain.model import LoadedModel
 from explain.report.review import ReviewRecord, review_record
@@ -198,9 +199,11 @@ def render_share_link(label: str, **params: str) -> None:
     st.code(share_link(**params), language=None)  # st.code has a copy button
 
 
-def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], RunRecord], key: str) -> None:
+def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], RunRecord], key: str,
+                    attach: Sequence[tuple[str, str, bytes]] = ()) -> None:
     """A "Save run" button (editors and admins): registers the model if needed, saves ``build(name,
-    version)`` as an immutable run and shows its share link."""
+    version)`` as an immutable run and shows its share link. ``attach``: ``(kind, filename, bytes)``
+    training logs / checkpoints attached to the model version too (each stored once)."""
     if not can(Action.SAVE_RUN):
         return
     saved_key = f"gb_saved_run_{key}"
@@ -210,6 +213,11 @@ def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], R
             if version is None:
                 raise GlassboxError("This model is not in the workspace and could not be registered.")
             info = workspace().runs.save(actor(), build(version.name, version.version))
+            known = {(a.kind, a.sha256) for a in workspace().registry.attachments(actor(), version.name,
+                                                                                   version.version)}
+            for kind, filename, data in attach:
+                if (kind, digest_bytes(data)) not in known:
+                    workspace().registry.attach(actor(), version.name, version.version, kind, data, filename)
             st.session_state[saved_key] = info.id
     run_id = st.session_state.get(saved_key)
     if run_id:
