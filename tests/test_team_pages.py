@@ -179,3 +179,16 @@ def test_training_run_saves_findings_and_attaches_the_logs_to_the_version(home):
     [b for b in again.button if b.label == "Save run"][0].click().run()
     names = [a.filename for a in ws.registry.attachments(Actor.local(), "shapes", 1)]
     assert len(names) == len(set(names))
+
+
+def test_with_an_auth_section_sign_in_goes_through_oidc(home):
+    _, ws = home
+    ws.users.add(Actor.local(), "ada@example.com", "admin", None, email="ada@example.com")
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "glassbox", "client_secret": "s",
+                          "server_metadata_url": "https://idp.example/.well-known/openid-configuration"}
+    at.run()
+    assert not at.exception, at.exception
+    assert [b.label for b in at.button] == ["Sign in"]  # st.login, no password form
+    assert not [t for t in at.text_input if t.label == "Password"]

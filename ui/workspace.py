@@ -53,6 +53,10 @@ def oidc_configured() -> bool:
         return False
 
 
+def _oidc_signed_in() -> bool:
+    return bool(st.user.get("is_logged_in", False))
+
+
 # -- who is signed in ------------------------------------------------------------------------
 def current_actor() -> Actor | None:
     """The signed-in user (the local user while the workspace has no accounts); None: nobody yet."""
@@ -60,7 +64,7 @@ def current_actor() -> Actor | None:
     if not ws.users.any_accounts():
         return Actor.local()
     if oidc_configured():
-        if not st.user.is_logged_in:
+        if not _oidc_signed_in():
             return None
         return Actor(str(st.user.get("email") or st.user.get("sub")))
     if st.session_state.get("authentication_status") and st.session_state.get("username"):
@@ -102,7 +106,7 @@ def sign_in_gate() -> bool:
     if not ws.users.any_accounts():
         return True
     if oidc_configured():
-        if st.user.is_logged_in:
+        if _oidc_signed_in():
             return _member_or_refuse()
         st.title("Sign in to Glassbox")
         st.button("Sign in", type="primary", on_click=st.login)
