@@ -192,3 +192,19 @@ def test_with_an_auth_section_sign_in_goes_through_oidc(home):
     assert not at.exception, at.exception
     assert [b.label for b in at.button] == ["Sign in"]  # st.login, no password form
     assert not [t for t in at.text_input if t.label == "Password"]
+
+
+def test_audit_csv_defuses_spreadsheet_formulas_and_tokens_can_be_revoked(home):
+    import csv
+    import io
+
+    _, ws = home
+    ws.users.add(Actor.local(), "=HYPERLINK(1)", "admin", "admin-pass-1")
+    rows = list(csv.DictReader(io.StringIO(ws.audit.csv(Actor("=HYPERLINK(1)")))))
+    added = [r for r in rows if r["action"] == "user.add"][0]
+    assert added["object_id"] == "'=HYPERLINK(1)" and added["actor"] == "local"
+    assert not any(v.startswith(("=", "+", "-", "@")) for r in rows for v in r.values() if v)
+    token = ws.users.add_token(Actor("=HYPERLINK(1)"), "ci", "viewer")
+    assert ws.users.token_identity(token) == ("ci", "viewer")
+    ws.users.remove_token(Actor("=HYPERLINK(1)"), "ci")
+    assert ws.users.token_identity(token) is None
