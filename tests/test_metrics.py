@@ -372,3 +372,29 @@ def test_cli_evaluate_refuses_in_one_line(tmp_path, capsys, monkeypatch, argv, c
     err = capsys.readouterr().err
     assert got == code and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q.json").exists()
+
+
+def test_cli_report_takes_quality_metrics_and_masks(tmp_path, capsys):
+    import json
+
+    from explain.cli import main
+
+    _, x, masks = shapes_all()
+    np.save(tmp_path / "x.npy", x[:2])
+    np.save(tmp_path / "m.npy", masks[:2])
+    common = ["report", "shapes", "--inputs", str(tmp_path / "x.npy"), "--methods", "grad_cam", "--max-inputs", "2"]
+    code = main([*common, "--metrics", "pointing_game,sparseness", "--masks", str(tmp_path / "m.npy"),
+                 "--out", str(tmp_path / "r.html")])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and "Quality" in payload["sections"] and not payload["failed"]
+    from explain.report.document import read_report_data
+
+    data = read_report_data((tmp_path / "r.html").read_text())
+    quality = next(s for s in data["sections"].values() if "metrics" in s)
+    assert quality["metrics"] == ["pointing_game", "sparseness"]
+    want = evaluate("pointing_game", shapes_all()[0], get_method("grad_cam").explain(shapes_all()[0], x[:2]),
+                    masks=masks[:2]).per_input
+    assert quality["methods"]["grad_cam"]["pointing_game"]["per_input"] == want.tolist()
+    code = main([*common, "--metrics", "none", "--out", str(tmp_path / "r2.html")])
+    assert code == 0 and "Quality" not in json.loads(capsys.readouterr().out)["sections"]
+    assert main([*common, "--metrics", "nope", "--out", str(tmp_path / "r3.html")]) == 2

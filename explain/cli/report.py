@@ -1,4 +1,4 @@
-"""Write a one-file HTML report: model card, explanations, structure, training, environment."""
+"""Write a one-file HTML report: model card, explanations, their quality, structure, training, environment."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="integration steps / samples for every method that has them")
     parser.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                         help="a method parameter, e.g. integrated_gradients.baseline=mean")
+    parser.add_argument("--metrics", default=None,
+                        help="quality metrics of the Quality section, comma-separated, or 'none' "
+                             "(default: the cheap ones the model and --masks allow)")
+    parser.add_argument("--masks", default=None, help="ground-truth masks of --inputs (.npy / .npz 'masks')")
     parser.add_argument("--title", default=None, help="report title")
     parser.add_argument("--pdf", default=None, help="also print the report to this PDF (needs Chromium)")
     parser.add_argument("--out", required=True, help="output .html")
@@ -46,13 +50,26 @@ def run(args: argparse.Namespace) -> dict:
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--out must end in .html, got {out.name}.")
 
+    quality = None
+    if args.metrics is not None:
+        from explain.output.metrics import get_metric
+
+        quality = [] if args.metrics.strip() == "none" else [m.strip() for m in args.metrics.split(",") if m.strip()]
+        for name in quality:
+            get_metric(name)  # unknown names: exit 2 before any work
+    masks = None
+    if args.masks:
+        from explain.cli.evaluate import read_masks
+
+        masks = read_masks(args.masks)
+
     model = load_model_arg(args.model, args.spec, args.inputs)
     inputs = read_inputs_arg(args.inputs, model) if args.inputs else None  # labels kept, as the page has them
     start = time.perf_counter()
     report = build_report(
         model, inputs, logs=list(args.logs), checkpoints=list(args.checkpoints), methods=methods,
         max_inputs=args.max_inputs, method_params=method_params, title=args.title,
-        invocation={"command": _command(args)},
+        invocation={"command": _command(args)}, quality=quality, masks=masks,
     )
     with replace_atomically(out) as tmp:
         report.save(tmp)
@@ -77,7 +94,8 @@ def run(args: argparse.Namespace) -> dict:
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this report (from the parsed arguments)."""
     parts = ["python", "-m", "explain", NAME, args.model]
-    for flag, value in (("--spec", args.spec), ("--inputs", args.inputs), ("--title", args.title)):
+    for flag, value in (("--spec", args.spec), ("--inputs", args.inputs), ("--title", args.title),
+                        ("--metrics", args.metrics), ("--masks", args.masks)):
         if value:
             parts += [flag, value]
     if args.logs:
