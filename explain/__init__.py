@@ -7,6 +7,7 @@ from the app. One import gives the public API (like ``captum.attr``)::
     model = explain.load_model("model.pt2")
     batch = explain.read_inputs("x.npy", model.spec)
     attribution = explain.get_method("integrated_gradients").explain(model, batch.array)
+    quality = explain.get_metric("deletion").evaluate(model, attribution)  # .per_input, .random_baseline
 
 The names are resolved on first use, so ``import explain.errors`` stays light
 (the sandbox child and the CLI's usage errors do not pay for torch's
@@ -43,6 +44,12 @@ _EXPORTS = {
     "get_method": "explain.output.methods",
     "all_methods": "explain.output.methods",
     "compatible_methods": "explain.output.methods",
+    "Metric": "explain.output.metrics",
+    "MetricResult": "explain.output.metrics",
+    "get_metric": "explain.output.metrics",
+    "all_metrics": "explain.output.metrics",
+    "compatible_metrics": "explain.output.metrics",
+    "evaluate_quality": "explain.output.metrics.quality",
     "Engine": "explain.output.engine",
     "make_baseline": "explain.output.baselines",
     "background_set": "explain.output.baselines",
