@@ -51,7 +51,8 @@ class Infidelity(Metric):
     higher_is_better: ClassVar[bool] = False
     modalities = ("image", "tabular")
     params = {
-        "samples": ParamSpec("int", 10, minimum=1, maximum=10000, help="Random perturbations per input."),
+        "samples": ParamSpec("int", 50, minimum=1, maximum=10000,
+                             help="Random perturbations per input (few make chance correlations large)."),
         "noise": ParamSpec("float", 0.1, minimum=0.0, maximum=100.0,
                            help="Standard deviation of the Gaussian perturbations (input units)."),
         "normalize": ParamSpec("bool", True, help="Scale the map by the best factor first (Captum's normalize)."),
