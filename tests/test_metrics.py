@@ -200,6 +200,13 @@ def test_ig_and_grad_cam_beat_random_on_deletion_and_insertion(method):
         assert r.margin > 0
 
 
+def test_the_signed_gradient_beats_random_on_infidelity_on_shapes():
+    model, x, _ = shapes_all()
+    attr = get_method("saliency").explain(model, x[:8], absolute=False, use_cache=False)
+    r = evaluate("infidelity", model, attr)  # defaults: 50 Gaussian perturbations of std 0.1
+    assert r.beats_random().all() and r.margin > 0
+
+
 def edge_detector(model, inputs, targets):
     """A "map" from the input alone (Sobel magnitude), whatever the model."""
     x = np.asarray(inputs, dtype=np.float64)
