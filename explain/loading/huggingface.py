@@ -258,11 +258,15 @@ def _text_spec(config: Any, files: dict[str, bytes]) -> InputSpec:
     if isinstance(model_max, int) and 0 < model_max < length:
         length = model_max
     vocabulary = _vocabulary(files)
+    cls = tok_cfg.get("cls_token")
+    cls = cls.get("content") if isinstance(cls, dict) else cls
+    cls = "[CLS]" if vocabulary and "[CLS]" in vocabulary else cls if vocabulary and cls in vocabulary else None
     return InputSpec(
         modality="text", input_shape=(min(length, MAX_TEXT_LENGTH),), dtype="int64",
-        class_names=_class_names(config), vocabulary=vocabulary,
-        cls_token="[CLS]" if vocabulary and "[CLS]" in vocabulary else None,
+        class_names=_class_names(config), vocabulary=vocabulary, cls_token=cls,
         lowercase=bool(tok_cfg.get("do_lower_case", True)),
+        # the model's own tokenizer (BPE for RoBERTa / GPT-2, Unigram, ...) tokenises typed texts
+        tokenizer=files["tokenizer.json"].decode("utf-8") if "tokenizer.json" in files else None,
     )
 
 
