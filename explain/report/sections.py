@@ -106,7 +106,8 @@ def build_model_card(model: LoadedModel, structure: dict[str, Any] | None, struc
     data = {"name": model.name, "format": model.format, "sha256": model.sha256, "architecture": model.architecture,
             "modality": spec.modality, "input_shape": list(spec.input_shape), "dtype": spec.dtype,
             "parameters": model.parameter_count(), "flops": flops, "class_names": list(spec.class_names),
-            "spec": spec.to_dict()}
+            # the tokenizer by its digest: its text can be megabytes, and the model file carries it
+            "spec": {**spec.to_dict(), "tokenizer": digest_bytes(spec.tokenizer.encode()) if spec.tokenizer else None}}
     return Section("Model card", body=key_value_html(card), data=round_data(data))
 
 
