@@ -208,8 +208,7 @@ class Metric:
         if reason:
             raise IncompatibleInput(reason)
         resolved = resolve_params(self.params, params)
-        if self.needs_masks:
-            masks = check_masks(masks, attribution, model, self.name)
+        masks = check_masks(masks, attribution, model, self.name) if self.needs_masks else None
         use_cache = use_cache and explain is None
         key = None
         if use_cache:
