@@ -10,8 +10,9 @@ median of repeats reported:
 - B3: a 12-layer, 768-wide transformer encoder at sequence length 128,
   layer integrated gradients (50 steps) on the token embeddings.
 - Q1: quality metrics on the B1 model and 32 inputs, on the same saliency maps:
-  Glassbox deletion + insertion (24 steps, each with its random-attribution curve: twice the
-  forward passes) vs Quantus's ``PixelFlipping`` + ``RegionPerturbation`` (24 steps each), and
+  Glassbox deletion + insertion (24 steps; with its random-attribution curves, twice the
+  forward passes, and without them) vs Quantus's ``PixelFlipping`` + ``RegionPerturbation``
+  (24 steps each, no chance level; the ratio is against Glassbox without the random curves), and
   Glassbox infidelity vs Captum's ``infidelity`` at its best ``max_examples_per_batch``
   (10 perturbations per input). Rows: seconds and the measured ratio (other tool / Glassbox).
 
@@ -453,7 +454,13 @@ def run_quality(quick: bool, repeats: int, device: torch.device) -> list[dict]:
             get_metric(name).evaluate(model, attr, steps=steps, substrate="zero", device=device.type,
                                       use_cache=False)
 
+    def glassbox_curves_alone():
+        for name in ("deletion", "insertion"):
+            get_metric(name).evaluate(model, attr, steps=steps, substrate="zero", random=False, device=device.type,
+                                      use_cache=False)
+
     tools["glassbox deletion+insertion"] = glassbox_curves
+    tools["glassbox deletion+insertion, no random curve"] = glassbox_curves_alone
     try:
         import quantus
 
@@ -505,7 +512,7 @@ def run_quality(quick: bool, repeats: int, device: torch.device) -> list[dict]:
             else:
                 times[label].append(sec)
     median = {k: statistics.median(v) for k, v in times.items() if v}
-    pairs = {"quantus PixelFlipping+RegionPerturbation": "glassbox deletion+insertion"}
+    pairs = {"quantus PixelFlipping+RegionPerturbation": "glassbox deletion+insertion, no random curve"}
     pairs.update({k: "glassbox infidelity" for k in tools if k.startswith("captum infidelity")})
     rows = []
     for label in tools:

@@ -187,6 +187,9 @@ def test_deletion_curve_of_a_linear_model_by_hand():
     np.testing.assert_allclose(r.curve, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(r.curve_x, np.arange(7) / 6)
     np.testing.assert_allclose(r.per_input, np.trapezoid(want, r.curve_x, axis=1), rtol=1e-6)
+    alone = evaluate("deletion", model, attr, steps=6, substrate="zero", output="logit", random=False)
+    np.testing.assert_allclose(alone.per_input, r.per_input, rtol=1e-6)  # the same curve, no chance level
+    assert alone.random_baseline is None and alone.random_curve is None and alone.margin is None
 
 
 # -- shapes sample: the behaviour the metrics are for -------------------------------------

@@ -25,6 +25,7 @@ CURVE_PARAMS: dict[str, ParamSpec] = {
                            help="What a removed feature becomes: auto = blurred image, zeros (tabular), padding (text)."),
     "output": ParamSpec("choice", "probability", choices=("probability", "logit"),
                         help="Score the target's softmax probability or its logit."),
+    "random": ParamSpec("bool", True, help="Also score a random attribution (the chance level): twice the passes."),
     "seed": ParamSpec("int", 0, minimum=0, maximum=2**31 - 1, help="Seed of the random attribution."),
     "device": DEVICE_PARAM,
     "batch_size": BATCH_PARAM,
@@ -85,13 +86,15 @@ class Deletion(Metric):
     insert: ClassVar[bool] = False
     params = CURVE_PARAMS
 
-    def _evaluate(self, subject: Subject, progress, steps: int, substrate: str, output: str, seed: int,
-                  device: str, batch_size: int, **_: Any) -> MetricResult:
+    def _evaluate(self, subject: Subject, progress, steps: int, substrate: str, output: str, random: bool,
+                  seed: int, device: str, batch_size: int, **_: Any) -> MetricResult:
         attr = subject.attribution
-        values = feature_map(subject.model, attr.values)
-        rand = feature_map(subject.model, random_like(attr.values, attr.inputs, seed))
-        curves, x = perturbation_curves(subject, [values, rand], steps, substrate, self.insert,
+        maps = [feature_map(subject.model, attr.values)]
+        if random:
+            maps.append(feature_map(subject.model, random_like(attr.values, attr.inputs, seed)))
+        curves, x = perturbation_curves(subject, maps, steps, substrate, self.insert,
                                         output == "probability", device, batch_size, progress)
-        params = {"steps": steps, "substrate": substrate, "output": output, "seed": seed}
-        return self.result(subject, auc(curves[0], x), random_baseline=auc(curves[1], x), curve_x=x,
-                           curve=curves[0], random_curve=curves[1], params=params)
+        params = {"steps": steps, "substrate": substrate, "output": output, "random": random, "seed": seed}
+        chance = curves[1] if random else None
+        return self.result(subject, auc(curves[0], x), random_baseline=None if chance is None else auc(chance, x),
+                           curve_x=x, curve=curves[0], random_curve=chance, params=params)
