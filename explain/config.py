@@ -21,6 +21,8 @@ Environment variables:
         runs it at (default 64; rounded down to a power of two).
     GLASSBOX_SANDBOX_ZYGOTE: ``0`` starts every sandbox child as a fresh
         Python instead of forking it from a warmed-up helper process (slower).
+    GLASSBOX_RAY_ADDRESS: a Ray cluster's address (``ray start --head`` prints it);
+        dataset-wide runs then go to its actors (`explain.dataset.ray_engine`).
 """
 from __future__ import annotations
 
@@ -90,3 +92,8 @@ def sandbox_zygote() -> bool:
 def trusted_mode() -> bool:
     """True when the operator set ``GLASSBOX_TRUSTED=1`` (full pickles allowed)."""
     return os.environ.get("GLASSBOX_TRUSTED", "").strip().lower() in _TRUE
+
+
+def ray_address() -> str | None:
+    """The Ray cluster dataset-wide runs use (``GLASSBOX_RAY_ADDRESS``), None when unset."""
+    return os.environ.get("GLASSBOX_RAY_ADDRESS", "").strip() or None
