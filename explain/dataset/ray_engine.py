@@ -25,7 +25,7 @@ import numpy as np
 
 from explain import config, errors
 from explain.dataset.reading import Dataset
-from explain.dataset.run import CancelledFn, ShardJob, ShardResult
+from explain.dataset.shard import CancelledFn, ShardJob, ShardResult, explain_shard
 from explain.digest import digest_bytes
 from explain.errors import Cancelled, InputRefused, UsageError
 from explain.model import LoadedModel
@@ -70,8 +70,6 @@ class ShardWorker:
     def run(self, index: int, start: int, stop: int, inputs: np.ndarray, labels: np.ndarray | None,
             job: ShardJob) -> ShardResult | tuple[str, str, str | None]:
         """The shard's result, or the (error class, reason, hint) of a refusal."""
-        from explain.dataset.run import explain_shard
-
         if self.error is not None:
             return self.error
         try:

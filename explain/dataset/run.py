@@ -22,73 +22,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from explain.attribution import Attribution
 from explain.dataset.reading import DEFAULT_SHARD_ROWS, Dataset
+from explain.dataset.shard import CancelledFn, ShardEngine, ShardJob, ShardResult, explain_shard
 from explain.dataset.summary import DatasetSummary, SummaryAccumulator, shard_stats
 from explain.errors import Cancelled, UsageError
 from explain.model import LoadedModel
 
 #: progress(done shards, total shards).
 ShardProgressFn = Callable[[int, int], None]
-#: True once the run should stop.
-CancelledFn = Callable[[], bool]
 ENGINES = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """What every shard of a run does: the method, its parameters, the target choice.
-
-    ``target``: None (the predicted class), an int (one class for all rows) or
-    ``"label"`` (each row's label; the dataset must carry labels).
-    """
-
-    method: str
-    params: dict[str, Any]
-    target: int | str | None = None
-
-
-@dataclass
-class ShardResult:
-    """One finished shard: rows ``start:stop`` of the dataset."""
-
-    index: int
-    start: int
-    stop: int
-    attribution: Attribution
-    probabilities: np.ndarray  # [n, K]
-
-    @property
-    def predictions(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)  # [n]
-
-
-class ShardEngine(Protocol):
-    """Where shards run. ``run`` yields results in any order and honours ``cancelled``."""
-
-    name: str
-
-    def run(self, dataset: Dataset, shards: list[tuple[int, int]], job: ShardJob,
-            cancelled: CancelledFn | None) -> Iterator[ShardResult]: ...
-
-
-def explain_shard(model: LoadedModel, inputs: np.ndarray, job: ShardJob, labels: np.ndarray | None,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[Attribution, np.ndarray]:
-    """The attribution and class probabilities [n, K] of one shard: what every engine runs."""
-    from explain.output.methods import get_method
-
-    target: Any = job.target
-    if target == "label":
-        target = labels
-    probabilities = model.predict_proba(inputs)  # [n, K]
-    attribution = get_method(job.method).explain(model, inputs, target=target, progress=progress,
-                                                 use_cache=False, **job.params)
-    return attribution, probabilities
 
 
 class LocalEngine:
