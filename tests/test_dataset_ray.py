@@ -11,6 +11,7 @@ import pytest
 
 import sample_models
 from explain.cli import main
+from explain.dataset import ray_engine
 from explain.dataset.ray_engine import ModelFile, RayEngine
 from explain.dataset.reading import read_dataset
 from explain.dataset.run import explain_dataset
@@ -48,6 +49,10 @@ def test_engine_ray_equals_engine_local(capsys, tmp_path, sample, fmt, method):
     args = [model_path, "--inputs", inputs, "--method", method] + (["--steps", "8"] if method == "integrated_gradients" else [])
     local_json, local = _batch(capsys, tmp_path, "local", *args)
     ray_json, remote = _batch(capsys, tmp_path, "ray", *args)
+    actors = list(ray_engine._POOL["workers"])
+    again_json, _ = _batch(capsys, tmp_path, "ray", *args)
+    assert ray_engine._POOL["workers"] == actors  # the second run found the model loaded in the same actors
+    assert again_json["summary"] == ray_json["summary"]
     assert ray_json["engine"] == "ray" and ray_json["shards"] == local_json["shards"] == 3
     assert local.keys() == remote.keys()
     for key in local:

@@ -5,7 +5,8 @@ model object: each actor loads it with `explain.loading.loader.load_model`, so
 every safety check (format sniffing, the TorchScript / ``.pt2`` allowlist, the
 sandbox vetting) runs again in the actor, and the actor refuses a file whose
 digest is not the model's. An actor asks for one GPU when the cluster has GPUs
-(one actor per GPU), else one CPU (one actor per CPU, at most one per shard).
+(one actor per GPU), else one CPU (one actor per CPU). The actors stay up after a run
+(`release_actors` frees them), so the next run on the same model starts at once.
 Shards are the same `explain.dataset.run.explain_shard` calls as the local
 engine's, so the numbers are the same.
 
@@ -16,6 +17,7 @@ The cluster: ``ray.init`` already called by the caller (a test's
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,19 +123,30 @@ class RayEngine:
                                  "Check GLASSBOX_RAY_ADDRESS (ray start --head prints it).") from None
         return ray
 
-    def run(self, dataset: Dataset, shards: list[tuple[int, int]], job: ShardJob,
-            cancelled: CancelledFn | None) -> Iterator[ShardResult]:
-        ray = self._connect()
+    def _workers(self, ray, shards: int) -> list:
+        """The actors for this model: the pool kept from the last run when it is this model's, else new ones."""
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        count = max(1, min(self.actors or (gpus or cpus), len(shards)))
-        resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        actor_class = ray.remote(**resources)(ShardWorker)
+        count = max(1, self.actors or (gpus or cpus))
+        key = (ray.get_runtime_context().get_job_id(), self.model.sha256, self.model_file.spec_json,
+               config.trusted_mode(), count, bool(gpus))  # a new ray.init is a new job: old handles are gone
+        if _POOL.get("key") == key:
+            return _POOL["workers"]
+        release_actors()
+        actor_class = ray.remote(**({"num_gpus": 1} if gpus else {"num_cpus": 1}))(ShardWorker)
         file_ref = ray.put(self.model_file.data)
         workers = [actor_class.remote(file_ref, self.model_file.name, self.model_file.spec_json,
                                       self.model.sha256, config.trusted_mode()) for _ in range(count)]
+        _POOL.update(key=key, workers=workers)
+        return workers
+
+    def run(self, dataset: Dataset, shards: list[tuple[int, int]], job: ShardJob,
+            cancelled: CancelledFn | None) -> Iterator[ShardResult]:
+        ray = self._connect()
+        workers = self._workers(ray, len(shards))
         pending: dict[Any, int] = {}  # object ref -> worker index
         queue = list(enumerate(shards))
+        finished = False
         try:
             def submit(worker: int) -> None:
                 index, (start, stop) = queue.pop(0)
@@ -141,7 +154,7 @@ class RayEngine:
                 ref = workers[worker].run.remote(index, start, stop, dataset.rows(start, stop), labels, job)
                 pending[ref] = worker
 
-            for w in range(count):
+            for w in range(len(workers)):
                 if queue:
                     submit(w)
             while pending:
@@ -155,11 +168,30 @@ class RayEngine:
                 if queue:
                     submit(worker)  # keep the actor busy while the caller looks at this shard
                 yield result
+            finished = True
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            if not finished:  # cancelled, failed or abandoned: stop the work in flight, free the actors
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                release_actors()
+
+
+#: the actors of the last run ({"key": ..., "workers": [...]}), kept so the next run on the same
+#: model starts at once; one pool per process, replaced when another model (or cluster shape) comes.
+_POOL: dict[str, Any] = {}
+
+
+def release_actors() -> None:
+    """Kill the kept actors (their CPUs / GPUs go back to the cluster)."""
+    workers = _POOL.pop("workers", [])
+    _POOL.clear()
+    if workers:
+        import ray
+
+        if ray.is_initialized():
             for worker in workers:
-                ray.kill(worker)
+                with contextlib.suppress(Exception):  # an actor of an earlier ray.init, or one that died
+                    ray.kill(worker)
 
 
 def _result(ray, ref) -> ShardResult:
