@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import sample_models
 from explain.dataset.reading import read_dataset
 from explain.output.methods import get_method
+from tests.conftest import wait_for_app
 from ui.state import UploadedBlob
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +49,8 @@ def test_dataset_page_explains_every_row_and_shows_mean_abs_per_feature():
     assert at.get("download_button")  # the run as .npz
 
 
-def test_dataset_page_uploaded_image_zip_gives_class_counts_per_label():
-    spec = sample_models.load_sample("shapes").spec
+def _image_zip() -> bytes:
+    """circle/0..2.png and cross/0..2.png: 6 random 32x32 images in class folders."""
     archive = io.BytesIO()
     rng = np.random.default_rng(0)
     with zipfile.ZipFile(archive, "w") as zf:
@@ -56,7 +59,12 @@ def test_dataset_page_uploaded_image_zip_gives_class_counts_per_label():
                 buf = io.BytesIO()
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
                 zf.writestr(f"{cls}/{i}.png", buf.getvalue())
-    blob = UploadedBlob("shapes.zip", archive.getvalue(), "test")
+    return archive.getvalue()
+
+
+def test_dataset_page_uploaded_image_zip_gives_class_counts_per_label():
+    spec = sample_models.load_sample("shapes").spec
+    blob = UploadedBlob("shapes.zip", _image_zip(), "test")
     at = _page("shapes", [blob])
     assert any("6 rows, with labels" in c.value.replace("\\", "") for c in at.caption)  # captions are escaped
     at.selectbox(key="gb_ds_method").set_value("saliency")
@@ -87,3 +95,26 @@ def test_dataset_page_text_model_lists_top_tokens_per_class():
     assert "<pad>" not in set(table["token"])  # padding is never a top token
     for _, rows in table.groupby("class"):  # ranked: largest summed attribution first
         assert list(rows["summed attribution"]) == sorted(rows["summed attribution"], reverse=True)
+
+
+@pytest.mark.browser
+def test_browser_uploads_an_image_zip_and_explains_it_in_shards(app_url, browser_page, tmp_path):
+    page = browser_page
+    (tmp_path / "shapes.zip").write_bytes(_image_zip())
+    page.goto(app_url + "/dataset")
+    page.get_by_text("Explain the dataset").wait_for(timeout=120_000)
+    wait_for_app(page)
+    main = page.locator('[data-testid="stMain"]')
+    main.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(tmp_path / "shapes.zip"))
+    main.get_by_text(re.compile(r"6 rows, with labels")).wait_for(timeout=120_000)
+    wait_for_app(page)
+    shard = main.get_by_label("Rows per shard")
+    shard.fill("2")
+    shard.press("Enter")
+    wait_for_app(page)
+    main.get_by_role("button", name="Explain the dataset").click()
+    main.get_by_text("Explained 6 rows with integrated_gradients").wait_for(timeout=180_000)
+    wait_for_app(page)
+    assert main.get_by_text(re.compile(r"6 of 6 rows · 3 of 3 shards")).count() == 1
+    assert main.locator(".js-plotly-plot").count() >= 1  # the class-mean maps
+    assert page.locator('[data-testid="stException"]').count() == 0

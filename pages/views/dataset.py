@@ -62,7 +62,8 @@ if st.button("Explain the dataset", type="primary", key="gb_ds_run"):
         model_file = state.current_model_file()[0] if engine_name == "ray" else None
         engine = make_engine(engine_name, model, model_file)
         bar = st.progress(0.0, text=f"0 of {run.n_shards} shards")
-        st.button("Cancel", key="gb_ds_cancel")  # pressing it stops this script run between shards
+        cancel = st.empty()
+        cancel.button("Cancel", key="gb_ds_cancel")  # pressing it stops this script run at the next shard
         live = st.empty()
         for shard in explain_dataset(model, dataset, method, params, target=target, shard_rows=shard_rows,
                                      engine=engine):
@@ -72,6 +73,7 @@ if st.button("Explain the dataset", type="primary", key="gb_ds_run"):
             with live.container():
                 render_summary(model, run, "ds_live")
         bar.empty()
+        cancel.empty()
         live.empty()
         st.session_state[RESULT_KEY] = (run_key, run)
         stored = st.session_state[RESULT_KEY]
