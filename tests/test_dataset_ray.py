@@ -16,7 +16,7 @@ from explain.dataset.ray_engine import ModelFile, RayEngine
 from explain.dataset.reading import read_dataset
 from explain.dataset.run import explain_dataset
 from explain.digest import digest_bytes
-from explain.errors import UnsafeFile
+from explain.errors import Cancelled, UnsafeFile
 
 ray = pytest.importorskip("ray")
 
@@ -84,3 +84,16 @@ def test_a_file_that_is_not_the_models_is_refused_before_any_actor_starts():
     model = sample_models.load_sample("cancer")
     with pytest.raises(Exception, match="not the file it was loaded from"):
         RayEngine(model, sample_models.sample_file("shapes").read_bytes())
+
+
+def test_cancel_stops_the_ray_run_and_frees_the_actors():
+    """Runs after the TorchScript case above, so the actors holding that model are already up."""
+    model = sample_models.load_sample("cancer", "torchscript")
+    engine = RayEngine(model, sample_models.sample_file("cancer", "torchscript"))
+    dataset = read_dataset(sample_models.sample_inputs("cancer")["inputs"], model.spec)
+    done = []
+    with pytest.raises(Cancelled):
+        for shard in explain_dataset(model, dataset, "saliency", shard_rows=4, engine=engine,
+                                     cancelled=lambda: len(done) >= 1):
+            done.append(shard.index)
+    assert len(done) == 1 and ray_engine._POOL == {}  # in-flight shards cancelled, actors killed

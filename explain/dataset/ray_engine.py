@@ -170,9 +170,7 @@ class RayEngine:
                 yield result
             finished = True
         finally:
-            if not finished:  # cancelled, failed or abandoned: stop the work in flight, free the actors
-                for ref in pending:
-                    ray.cancel(ref, force=True)
+            if not finished:  # cancelled, failed or abandoned: killing the actors stops the shards in flight
                 release_actors()
 
 

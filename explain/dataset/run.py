@@ -20,6 +20,7 @@ position in its shard, so for those the shard size is part of the result.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -122,13 +123,14 @@ def explain_dataset(
     shards = dataset.shards(shard_rows)
     engine = engine or LocalEngine(model)
     done = 0
-    for result in engine.run(dataset, shards, job, cancelled):
-        done += 1
-        if progress is not None:
-            progress(done, len(shards))
-        yield result
-        if cancelled is not None and cancelled() and done < len(shards):
-            raise Cancelled("The dataset run was cancelled.")
+    with contextlib.closing(engine.run(dataset, shards, job, cancelled)) as results:  # closed now, not by the GC
+        for result in results:
+            done += 1
+            if progress is not None:
+                progress(done, len(shards))
+            yield result
+            if cancelled is not None and cancelled() and done < len(shards):
+                raise Cancelled("The dataset run was cancelled.")
 
 
 class DatasetRun:
