@@ -28,6 +28,18 @@ def cluster():
     ray.shutdown()
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread here, as in each 1-CPU actor (Ray sets OMP_NUM_THREADS=1): a CPU kernel's
+    summation order depends on its thread count, so only equal counts can be compared bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _batch(capsys, tmp_path, engine: str, *extra: str) -> tuple[dict, dict]:
     out = tmp_path / f"{engine}.npz"
     code = main(["batch", *extra, "--engine", engine, "--shard-rows", "5", "--out", str(out)])
@@ -41,7 +53,7 @@ def _batch(capsys, tmp_path, engine: str, *extra: str) -> tuple[dict, dict]:
     ("shapes", "safetensors", "integrated_gradients"),  # class-mean maps from 2 actors
     ("cancer", "torchscript", "saliency"),  # a user's graph: vetted in the sandbox again, in the actor
 ])
-def test_engine_ray_equals_engine_local(capsys, tmp_path, sample, fmt, method):
+def test_engine_ray_equals_engine_local(capsys, tmp_path, one_thread, sample, fmt, method):
     model_path = str(sample_models.sample_file(sample, fmt))
     arrays = sample_models.sample_inputs(sample)
     inputs = str(tmp_path / "inputs.npz")
