@@ -26,7 +26,7 @@ from explain.errors import GlassboxError, InputRefused, UsageError
 from explain.jsonable import to_json_safe
 
 #: modules under explain.cli, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "attention", "training", "report",
+SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "batch", "attention", "training", "report",
                       "models", "runs", "users", "tokens")
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
