@@ -126,27 +126,6 @@ def image_tag(pixels: np.ndarray, alt: str, width: int = 144) -> str:
     return f'<img src="{uri}" alt="{escape(alt)}" width="{width}" class="pix">'
 
 
-def overlay_pixels(image: np.ndarray, heat: np.ndarray, zmax: float, strength: float = 0.8) -> np.ndarray:
-    """An attribution map over its image: red where positive, blue where negative.
-
-    Args:
-        image: uint8 [H, W, 3].
-        heat: [H, W] attribution (channels summed).
-        zmax: the colour limit shared by the maps being compared.
-
-    Returns:
-        uint8 [H, W, 3].
-    """
-    base = np.asarray(image, dtype=np.float64) / 255.0
-    grey = base.mean(axis=2, keepdims=True) * 0.6 + 0.4  # faded input so colours read clearly
-    a = np.clip(np.asarray(heat, dtype=np.float64) / (zmax or 1.0), -1.0, 1.0)[..., None]  # [H, W, 1]
-    red, blue = np.array([0.70, 0.09, 0.17]), np.array([0.13, 0.40, 0.67])
-    colour = np.where(a > 0, red, blue)
-    alpha = np.abs(a) * strength
-    out = grey * (1 - alpha) + colour * alpha
-    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
-
-
 def round_data(value: Any, digits: int = 6) -> Any:
     """Plain JSON values for ``data``: floats to ``digits`` significant digits, NaN to None."""
     if isinstance(value, dict):
