@@ -147,19 +147,34 @@ def figure_curves(
 
 
 def figure_runs(histories: Sequence[TrainingHistory], smoothing: float = 0.6, log_y: bool = False,
-                x: str = "epoch", height: int = 460) -> go.Figure:
-    """Several runs side by side: one colour per run, train dashed, validation solid."""
-    fig = make_subplots(rows=1, cols=1)
+                x: str = "epoch", height: int = 520) -> go.Figure:
+    """Several runs overlaid: one colour per run (its legend group, titled with the run's name: a click
+    hides the whole run), train dashed and validation solid; losses above, metrics below when any run
+    has one."""
+    has_metric = any(h.roles.get("train_metric") or h.roles.get("val_metric") for h in histories)
+    rows = 2 if has_metric else 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.62, 0.38] if rows == 2 else [1.0])
     for i, h in enumerate(histories):
         color = RUN_COLORS[i % len(RUN_COLORS)]
         ax = x if x in h.frame.columns else h.default_x
-        for role, dash, label in (("train_loss", "dash", "train"), ("val_loss", None, "val")):
-            if h.roles.get(role):
-                _add_series(fig, h, h.roles[role], ax, f"{h.name} · {label}", color, smoothing, 1, dash=dash)
-    fig.update_yaxes(title_text="loss", type="log" if log_y else "linear")
-    fig.update_xaxes(title_text=X_TITLES.get(x, x))
+        first = len(fig.data)
+        for role, dash, label, row in (("train_loss", "dash", "train loss", 1), ("val_loss", None, "validation loss", 1),
+                                       ("train_metric", "dash", "train metric", 2),
+                                       ("val_metric", None, "validation metric", 2)):
+            if h.roles.get(role) and row <= rows:
+                _add_series(fig, h, h.roles[role], ax, f"{label} ({h.roles[role]})", color, smoothing, row, dash=dash)
+        for trace in fig.data[first:]:
+            trace.legendgroup = f"run {i}"
+            trace.legendgrouptitle = dict(text=h.name)
+    fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1)
+    if has_metric:
+        fig.update_yaxes(title_text="metric", row=2, col=1)
+    fig.update_xaxes(title_text=X_TITLES.get(x, x), row=rows, col=1)
     fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+                      legend=dict(groupclick="togglegroup"))
+    fig.update_xaxes(showgrid=True, gridcolor="#eee")
+    fig.update_yaxes(gridcolor="#eee")
     return fig
 
 
