@@ -275,34 +275,51 @@ class Report:
         return path
 
     def to_pdf(self, path: str | Path, chromium: str | None = None, timeout: float = 120.0) -> Path:
-        """Print the report to PDF with headless Chromium.
+        """Print the report to PDF with headless Chromium (`print_pdf`).
 
         Raises:
             UsageError: no Chromium is installed, or it failed to print.
         """
-        exe = find_chromium(chromium)
-        if exe is None:
-            raise UsageError(
-                "PDF export needs Chromium, which is not installed.",
-                "Install it (apt-get install -y chromium) or save the HTML report and print it from a browser.",
-            )
-        path = Path(path).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="glassbox-pdf-") as tmp:
-            src = Path(tmp) / "report.html"
-            src.write_text(self.to_html(), encoding="utf-8")
-            cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                   "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
-                   f"--user-data-dir={tmp}/profile", "--virtual-time-budget=3000",
-                   f"--print-to-pdf={path}", src.as_uri()]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
-            except subprocess.TimeoutExpired:
-                raise UsageError(f"Chromium did not finish printing the PDF within {timeout:.0f} s.") from None
-        if not path.exists() or path.stat().st_size == 0:
-            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise UsageError(f"Chromium could not print the PDF (exit {proc.returncode}: {tail[0][:200]}).")
-        return path
+        return print_pdf(self.to_html(), path, chromium, timeout)
+
+
+#: why a PDF cannot be made, and what to do instead: one wording for the CLI and the page.
+NO_CHROMIUM = "PDF export needs Chromium, which is not installed."
+NO_CHROMIUM_HINT = "Install it (apt-get install -y chromium) or save the HTML report and print it from a browser."
+
+
+def print_pdf(html_text: str, path: str | Path, chromium: str | None = None, timeout: float = 120.0) -> Path:
+    """Print a report's HTML to ``path`` as PDF with headless Chromium (offline: the HTML is self-contained).
+
+    Raises:
+        UsageError: no Chromium is installed, or it failed to print.
+    """
+    exe = find_chromium(chromium)
+    if exe is None:
+        raise UsageError(NO_CHROMIUM, NO_CHROMIUM_HINT)
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="glassbox-pdf-") as tmp:
+        src = Path(tmp) / "report.html"
+        src.write_text(html_text, encoding="utf-8")
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
+               f"--user-data-dir={tmp}/profile", "--virtual-time-budget=3000",
+               f"--print-to-pdf={path}", src.as_uri()]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise UsageError(f"Chromium did not finish printing the PDF within {timeout:.0f} s.") from None
+    if not path.exists() or path.stat().st_size == 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise UsageError(f"Chromium could not print the PDF (exit {proc.returncode}: {tail[0][:200]}).")
+    return path
+
+
+def pdf_bytes(html_text: str, chromium: str | None = None, timeout: float = 120.0) -> bytes:
+    """`print_pdf` into memory (for a download button)."""
+    with tempfile.TemporaryDirectory(prefix="glassbox-pdf-out-") as tmp:
+        return print_pdf(html_text, Path(tmp) / "report.pdf", chromium, timeout).read_bytes()
 
 
 def find_chromium(explicit: str | None = None) -> str | None:

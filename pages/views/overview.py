@@ -17,6 +17,7 @@ from explain.report.sections import build_report
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
 from explain.viz import attribution as viz
 from ui import state
+from ui.report_download import render_report_downloads
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
 
@@ -231,7 +232,7 @@ with out_col:
 
 st.divider()
 st.subheader("Report")
-st.caption("One self-contained HTML file (opens offline): model card, explanations of the first inputs, structure, "
+st.caption("One self-contained HTML file (opens offline; also as PDF): model card, explanations of the first inputs, structure, "
            "training curves and findings, checkpoint evolution, environment and every parameter used. "
            "The same report as `python -m explain report`.")
 report_methods = st.multiselect("Methods in the report", names, default=[method], key="gb_ov_report_methods")
@@ -249,5 +250,4 @@ if stored and stored[0] == report_key:
     _, html_bytes, failed = stored
     if failed:
         st.warning("Parts that could not be built (the report says why): " + escape_markdown(", ".join(failed)))
-    st.download_button("Download report (HTML)", html_bytes, file_name=f"glassbox-{model.name}.html",
-                       mime="text/html", key="gb_ov_download", type="primary")
+    render_report_downloads(report_key, html_bytes, model.name)
