@@ -21,7 +21,7 @@ RED, BLUE, PURPLE = (178, 24, 43), (33, 102, 172), (84, 39, 136)
 #: the opacity of a colour at magnitude t in [0, 1] (t = |value| / limit): 0 at zero, rising fast
 #: so that small but real evidence still shows (Captum and shap fade the map with magnitude too).
 _ALPHA_STOPS = np.linspace(0.0, 1.0, 9)
-_ALPHAS = 0.9 * _ALPHA_STOPS ** 0.6
+_ALPHAS = 0.9 * _ALPHA_STOPS ** 0.75
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 
 

@@ -33,7 +33,7 @@ with state.error_boundary("Loading the model and inputs"):
     chosen = c1.multiselect("Methods", names, default=[DEFAULT_METHOD] if DEFAULT_METHOD in names else names[:1],
                             key="gb_methods", help="Only methods compatible with this model are listed.")
     default_rows = list(range(min(MAX_ROWS.get(model.modality, 4), n_inputs)))
-    rows = c2.multiselect("Inputs to show", list(range(n_inputs)), default=default_rows, key="gb_rows",
+    rows = c2.multiselect("Inputs to show", list(range(n_inputs)), default=default_rows, key=f"gb_rows_{model.sha256[:12]}",
                           format_func=lambda i: f"#{i} · {model.spec.class_name(int(np.argmax(probs[i])))}")
     target_options = ["predicted class"] + [model.spec.class_name(k) for k in range(probs.shape[1])]
     target_choice = c3.selectbox("Target", target_options, key="gb_target")

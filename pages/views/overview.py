@@ -89,7 +89,8 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
     if model.modality == "image":
         image = viz.to_display_images(attr.inputs[row : row + 1], model.spec)[0]
         heat = viz.image_maps(attr)[row]
-        fig = viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=f"{attr.method} → {target}")
+        fig = viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=f"{attr.method} → {target}",
+                                           target=target)
         st.plotly_chart(fig, config={"displayModeBar": False}, key=key)
     elif model.modality == "tabular":
         names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
@@ -98,7 +99,7 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
     else:
         st.caption(f"{attr.method} → {escape_markdown(target)}")
         st.html(viz.text_attribution_html(detokenize(attr.inputs[row], model.spec), attr.values[row],
-                                          padding=padding_mask(attr.inputs[row], model.spec)))
+                                          padding=padding_mask(attr.inputs[row], model.spec), target=target))
     err = attr.completeness_error[row]
     err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
     st.caption(f"{err_text} · {attr.seconds:.2f} s · {attr.device} · {attr.precision}")
