@@ -141,3 +141,36 @@ def test_output_page_text_tokens_have_a_legend_and_hover_values():
     tokens = [h for h in htmls if "gb-legend" in h]
     assert tokens and all("supports" in h for h in tokens)
     assert all(re.search(r'title="[^"]+: [+-][0-9]', h) for h in tokens)
+
+
+@pytest.mark.browser
+def test_browser_overlay_toggle_colour_bar_and_token_legend(app_url, browser_page):
+    """The view toggle redraws the maps (side by side: the input's image next to each map), every
+    map carries its colour bar, the text sample shows the token legend; no exception, no page error."""
+    from tests.conftest import SCREENSHOTS
+
+    page = browser_page
+    page.goto(app_url + "/output")
+    page.get_by_text("red: supports").first.wait_for(timeout=120_000)  # the colour bar's title
+    wait_for_app(page)
+    maps = page.locator(".js-plotly-plot").filter(has_text="red: supports")
+    assert maps.count() == 4  # one map per shown input
+    assert maps.first.locator(".colorbar").count() == 1
+    page.get_by_text("side by side", exact=True).click()
+    wait_for_app(page)
+    page.wait_for_function(  # two images per map plot once redrawn: the input, then its map
+        "() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.innerText.includes('red: supports'))"
+        ".every(p => p.querySelectorAll('.xy2, .x2y2').length > 0)", timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "output_side_by_side.png"), full_page=True)
+
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="Sentiment — text transformer").click()
+    page.locator(".gb-legend").first.wait_for(timeout=120_000)
+    wait_for_app(page)
+    token = page.locator(".gb-tokens span[title]").first
+    assert re.search(r": [+-]\d", token.get_attribute("title"))  # the value on hover
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(SCREENSHOTS / "output_text_tokens.png"), full_page=True)
+    assert page.console_errors == []

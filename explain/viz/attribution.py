@@ -336,7 +336,7 @@ def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float
             f'<span title="{hover}" style="background:{_hex(background)};color:{_hex(text)};'
             f'padding:2px 4px;margin:1px;border-radius:4px;display:inline-block">{html.escape(tokens[i])}</span>'
         )
-    out = '<div style="line-height:2;font-size:15px">' + "".join(spans) + "</div>"
+    out = '<div class="gb-tokens" style="line-height:2;font-size:15px">' + "".join(spans) + "</div>"
     return out + (legend_html(zmax, "all", target) if legend else "")
 
 
