@@ -46,6 +46,33 @@ def pick_sample(page, label: str) -> None:
     wait_for_app(page)
 
 
+def shoot_report(browser) -> None:
+    """The HTML report of the shapes sample: its output section and its checkpoint evolution."""
+    import tempfile
+
+    from explain.report.sections import build_report
+    from sample_models import load_sample, sample_dir, sample_inputs
+
+    root = Path(sample_dir("shapes"))
+    report = build_report(load_sample("shapes"), sample_inputs("shapes")["inputs"], logs=[root / "train_log.csv"],
+                          checkpoints=sorted((root / "checkpoints").glob("*.pt")),
+                          method_params={"integrated_gradients": {"steps": 32}})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "report.html"
+        report.save(path)
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(path.as_uri())
+        page.wait_for_timeout(3000)
+        for section, name in (("#output-integrated-gradients", "report-output"),
+                              ("#checkpoint-evolution", "report-evolution")):
+            box = page.locator(section).bounding_box()  # a full-page clip: no resize, so plotly keeps its layout
+            png = page.screenshot(full_page=True, clip={"x": 0, "y": box["y"] - 10, "width": 1200,
+                                                        "height": min(box["height"] + 20, 1600)})
+            (OUT / f"{name}.png").write_bytes(png)
+            print(f"wrote {OUT / f'{name}.png'} ({len(png) // 1000} KB)")
+        page.close()
+
+
 def main() -> None:
     proc, url = start_streamlit()
     try:
@@ -106,6 +133,7 @@ def main() -> None:
             page.get_by_text("Your training logs and checkpoints").click()  # fold the uploader away
             wait_for_app(page)
             shoot(page, "training-runs", 1250)
+            shoot_report(browser)
             browser.close()
     finally:
         stop_streamlit(proc)
