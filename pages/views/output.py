@@ -7,7 +7,9 @@ import streamlit as st
 from explain.errors import Cancelled
 from explain.output.methods import compatible_methods, get_method
 from ui import state
+from ui import workspace as team
 from ui.attribution_view import map_controls, render_downloads, render_grid, render_summary
+from ui.run_view import output_record
 from ui.text import escape_markdown
 from ui.widgets import ProgressBar, param_widgets
 
@@ -95,3 +97,6 @@ if results:
         render_summary(model, results)
         with st.expander("Download"):
             render_downloads(model, results)
+        team.render_save_run("output", model, lambda name, version: output_record(
+            name, version, model, inputs, explain_rows, shown, probs[explain_rows], labels, results, target, map_options.sign,
+            params_by_method), key="output")

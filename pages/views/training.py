@@ -19,6 +19,8 @@ from explain.training.findings import diagnose
 from explain.training.history import LOG_MODES, ROLES, default_log_mode, merge_histories, read_history
 from explain.viz import training as viz
 from ui import state
+from ui import workspace as team
+from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 
 LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
@@ -158,6 +160,12 @@ else:
             for h in histories:
                 with st.expander(f"Findings · {escape_markdown(h.name)}", expanded=True):
                     _render_findings(diagnose(h, patience=int(patience)))
+
+if histories:
+    team.render_save_run("training", state.current_model(), lambda name, version: snapshot_record(
+        "training", name, version, f"Training of {name} ({len(histories)} logs)", None,
+        {h.name: h.by_epoch() for h in histories},
+        findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training")
 
 # -- checkpoint evolution ---------------------------------------------------------------------
 st.header("Checkpoint evolution")
