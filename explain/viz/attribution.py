@@ -215,7 +215,7 @@ def tabular_bar_figure(
         f"{feature_names[i]} = {feature_values[i]:.3g}" if feature_values is not None else str(feature_names[i])
         for i in order
     ]
-    colors = ["#b2182b" if values[i] > 0 else "#2166ac" for i in order]
+    colors = [_hex(RED) if values[i] > 0 else _hex(BLUE) for i in order]  # the maps' red and blue
     fig = go.Figure(go.Bar(x=values[order], y=labels, orientation="h", marker_color=colors,
                            hovertemplate="%{y}<br>attribution=%{x:.4g}<extra></extra>"))
     fig.update_layout(
