@@ -74,7 +74,10 @@ def shoot_report(browser) -> None:
 
 
 def main() -> None:
-    proc, url = start_streamlit()
+    import tempfile
+
+    # an empty throwaway workspace, like the tests': never the user's ~/.glassbox
+    proc, url = start_streamlit({"GLASSBOX_HOME": tempfile.mkdtemp(prefix="glassbox-screens-")})
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
