@@ -293,3 +293,43 @@ def test_vocabulary_from_tokenizer_json(bert_dir, tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32, "do_lower_case": True}))
     spec = load_model(folder).spec
     assert spec.vocabulary == VOCAB and spec.cls_token == "[CLS]" and spec.input_shape == (32,)
+
+
+@pytest.mark.browser
+def test_browser_upload_of_a_hf_zip_with_texts_then_save_run_registers_it(bert_dir, tmp_path, app_url, browser_page):
+    """A new user's path: a Hugging Face zip and a text file through the real uploaders, explained, saved."""
+    from explain.workspace import Actor, open_workspace
+    from tests.conftest import SCREENSHOTS, wait_for_app
+
+    archive = tmp_path / "tiny-bert.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in bert_dir.iterdir():
+            zf.write(f, f"tiny-bert/{f.name}")  # zipped as a folder, as people zip them
+    (tmp_path / "reviews.txt").write_text("the movie was very good\nbad awful movie\n")
+    page = browser_page
+    page.goto(app_url + "/output")
+    page.get_by_text("Output explanations").first.wait_for(timeout=240_000)
+    wait_for_app(page)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stRadioGroup"]').get_by_text("Upload", exact=True).click()
+    page.locator('[data-testid="stMain"] h1', has_text="Your model").wait_for(timeout=120_000)
+    uploader = sidebar.locator('[data-testid="stFileUploader"]')
+    uploader.filter(has_text="Checkpoint").locator('input[type="file"]').set_input_files(str(archive))
+    wait_for_app(page)
+    uploader.filter(has_text="Inputs").locator('input[type="file"]').set_input_files(str(tmp_path / "reviews.txt"))
+    page.get_by_text("completeness error").first.wait_for(timeout=240_000)
+    wait_for_app(page)
+    main = page.locator('[data-testid="stMain"]')
+    text = main.inner_text()
+    assert "huggingface · text · 2 inputs" in text
+    assert "movie" in text and "[CLS]" in text  # the model's own tokens, shown as tokens
+    assert page.locator('[data-testid="stException"]').count() == 0
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "hf_zip_upload.png"), full_page=True)
+
+    page.get_by_role("button", name="Save run").click()
+    page.locator('[data-testid="stCode"]', has_text="?run=").first.wait_for(timeout=120_000)
+    ws = open_workspace()
+    version = ws.registry.find_by_sha(Actor.local(), __import__("hashlib").sha256(archive.read_bytes()).hexdigest())
+    assert version is not None and version.name == "tiny-bert" and version.filename == "tiny-bert.zip"
+    assert ws.runs.list(Actor.local(), model="tiny-bert")[0].method == "integrated_gradients"

@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +84,8 @@ for j in range(n_runs):
 rng = random.Random(k)
 others = [r for r in ws.runs.list(me, model="shared") if not r.title.startswith(f"s{k}-")]
 for run in rng.sample(others, min(5, len(others))):
+    opened = ws.runs.open(me, run.id)  # a row another session is committing is whole when seen
+    assert opened.inputs["title"].tobytes() == run.title.encode(), run.title
     c = ws.review.post(me, run.id, f"user{k} on {run.title}")
     done["comments"].append([c.id, run.id, c.body])
     if c.id % 2:
@@ -92,10 +95,16 @@ print(json.dumps(done), flush=True)
 '''
 
 
-def _child(code: str, *args: str) -> subprocess.Popen:
+def _child(code: str, *args: str, hang_guard_s: float = 600) -> subprocess.Popen:
+    """``python -c code args`` with pipes; killed after ``hang_guard_s`` so a hung child fails the test
+    instead of hanging it (a guard, not a timing assertion)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    guard = threading.Timer(hang_guard_s, proc.kill)
+    guard.daemon = True
+    guard.start()
+    return proc
 
 
 def _check_every_blob_is_whole(home: Path) -> None:
@@ -231,8 +240,6 @@ def test_eight_sessions_saving_and_commenting_at_once(db_url, tmp_path):
 def test_eight_sessions_registering_one_model_at_the_same_instant(db_url, tmp_path):
     """Eight Workspace objects (eight engines) released by one barrier: distinct files get distinct
     numbers 1..8, the same file one version, and nobody fails on a numbering collision."""
-    import threading
-
     sessions = [open_workspace(db_url, home=tmp_path / "home") for _ in range(8)]
     try:
         for round_, file_of in (("distinct", lambda k: f"file {k}".encode()), ("same", lambda k: b"one file")):

@@ -53,9 +53,13 @@ if st.button("Explore this version", help="Make it the current model of the Outp
 st.subheader("Decisions")
 history = ws.review.decisions(who, version.name, version.version)
 if history:
-    st.dataframe(pd.DataFrame([{"verdict": d.verdict.replace("_", " "), "note": d.note, "moved alias": d.alias or "",
-                                "by": d.author, "when": d.created} for d in history]),
-                 hide_index=True, width="stretch", key="gb_decisions_table")
+    for d in history[::-1]:  # newest first
+        icon = ":material/check_circle:" if d.verdict == "approve" else ":material/pan_tool:"
+        moved = f" · moved **{escape_markdown(d.alias)}** here" if d.alias else ""
+        st.markdown(f"{icon} **{d.verdict.replace('_', ' ')}** by {escape_markdown(d.author)} on "
+                    f"{d.created.replace('T', ' ')[:16]} UTC{moved}")
+        if d.note:
+            st.markdown(d.note)  # Markdown, raw HTML off
 else:
     st.caption("No decision yet.")
 if team.can(Action.DECIDE):

@@ -253,6 +253,7 @@ if st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_metho
     with state.error_boundary("Building the report"):
         bar = st.progress(0.0, text="Building the report…")
         report = build_report(model, batch, logs=logs, checkpoints=checkpoints, methods=report_methods,
+                              review=team.current_review(model),
                               progress=lambda done, total: bar.progress(done / max(total, 1),
                                                                          text=f"Building the report: {done}/{total} parts"))
         bar.empty()

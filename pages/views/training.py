@@ -165,7 +165,8 @@ if histories:
     team.render_save_run("training", state.current_model(), lambda name, version: snapshot_record(
         "training", name, version, f"Training of {name} ({len(histories)} logs)", None,
         {h.name: h.by_epoch() for h in histories},
-        findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training")
+        findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training",
+        attach=[("training_log", n, d) for n, d in logs] + [("checkpoint", c.source, c.data) for c in checkpoints])
 
 # -- checkpoint evolution ---------------------------------------------------------------------
 st.header("Checkpoint evolution")
