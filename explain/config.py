@@ -27,6 +27,8 @@ Environment variables:
     GLASSBOX_DATABASE_URL: the workspace database as an SQLAlchemy URL
         (e.g. ``postgresql+psycopg://user@host/glassbox``); default SQLite in
         ``GLASSBOX_HOME``.
+    GLASSBOX_RAY_ADDRESS: a Ray cluster's address (``ray start --head`` prints it);
+        dataset-wide runs then go to its actors (`explain.dataset.ray_engine`).
 """
 from __future__ import annotations
 
@@ -109,3 +111,8 @@ def database_url() -> str:
     """The workspace database URL (env ``GLASSBOX_DATABASE_URL``, else SQLite in `glassbox_home`)."""
     raw = os.environ.get("GLASSBOX_DATABASE_URL", "").strip()
     return raw or f"sqlite:///{glassbox_home() / 'glassbox.db'}"
+
+
+def ray_address() -> str | None:
+    """The Ray cluster dataset-wide runs use (``GLASSBOX_RAY_ADDRESS``), None when unset."""
+    return os.environ.get("GLASSBOX_RAY_ADDRESS", "").strip() or None

@@ -27,7 +27,7 @@ from explain.spec import InputSpec
 from explain.workspace import RunRecord, SavedRun
 from explain.workspace.runs import environment
 from ui import workspace as team
-from ui.attribution_view import render_grid, render_summary
+from ui.attribution_view import MapOptions, render_grid, render_summary
 from ui.text import escape_markdown
 from ui.widgets import ProgressBar
 
@@ -119,7 +119,7 @@ def render_saved_run(run: SavedRun) -> None:
         attrs = saved_attributions(run)
         labels = run.inputs.get("labels")
         render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
-                    run.info.summary.get("sign", "all"))
+                    MapOptions(sign=run.info.summary.get("sign", "all")))
         render_summary(model, attrs)
         return
     summary = run.info.summary

@@ -171,11 +171,13 @@ def current_version(model: LoadedModel, *, register: bool) -> VersionInfo | None
 
 
 def current_review(model: LoadedModel) -> ReviewRecord | None:
-    """The workspace's decisions and comments on the current model's version (None if unregistered)."""
+    """The workspace's decisions and comments on the current model's version (None if it is not
+    registered or nobody reviewed it yet: then the page's report equals the CLI's)."""
     version = current_version(model, register=False)
     if version is None:
         return None
-    return review_record(workspace(), actor(), version.name, version.version)
+    record = review_record(workspace(), actor(), version.name, version.version)
+    return record if record.decisions or record.comments else None  # nothing reviewed: no section
 
 
 def model_name_from_file(filename: str) -> str:

@@ -34,7 +34,6 @@ from explain.report.document import (
     image_tag,
     key_value_html,
     one_line,
-    overlay_pixels,
     round_data,
     table_html,
 )
@@ -174,12 +173,13 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
         data["color_limit"] = zmax
         cells = [
             f'<div class="cell">{image_tag(images[i], f"input {i}", width=112)}'
-            f'{image_tag(overlay_pixels(images[i], maps[i], zmax), f"{attr.method} map for input {i}", width=112)}'
+            f'{image_tag(viz.overlay_pixels(images[i], maps[i], zmax), f"{attr.method} map for input {i}", width=112)}'
             f'{caption(r)}</div>'
             for i, r in enumerate(rows)
         ]
-        legend = ('<p class="muted">Each pair: the input, then the attribution over it (red raises the target '
-                  f'logit, blue lowers it; one colour scale for all inputs, limit {format_number(zmax)}).</p>')
+        legend = ('<p class="muted">Each pair: the input, then the attribution over a grey-scale copy of it '
+                  '(opacity follows magnitude; one colour scale, symmetric about zero, for all inputs; '
+                  'the target of each input is under it).</p>' + viz.legend_html(zmax, "all"))
         return legend + '<div class="cards">' + "".join(cells) + "</div>", []
     if model.modality == "text":
         cells = []
@@ -187,8 +187,9 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
             toks, pad = detokenize(attr.inputs[i], model.spec), padding_mask(attr.inputs[i], model.spec).reshape(-1)
             r["tokens"] = [{"token": t, "attribution": float(v)}
                            for t, v, p in zip(toks, attr.values[i], pad) if not p]
+            html_tokens = viz.text_attribution_html(toks, attr.values[i], padding=pad, target=r["target"])
             cells.append(f'<div class="cell" style="flex:1 1 100%">{caption(r)}'
-                         f'<div class="tokens">{viz.text_attribution_html(toks, attr.values[i], padding=pad)}</div></div>')
+                         f'<div class="tokens">{html_tokens}</div></div>')
         return '<div class="cards">' + "".join(cells) + "</div>", []
     feature_names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
     raw = _raw_tabular(model, attr.inputs)
