@@ -48,7 +48,7 @@ def test_quality_tab_measures_the_shapes_maps_against_chance_with_the_sample_mas
     charts = [c for c in at.get("plotly_chart")]
     assert len(charts) >= 2  # deletion and insertion curves (besides the maps)
     lines = [m for m in at.markdown if "badge[Deletion AUC" in m.value]
-    shown = len(at.multiselect(key="gb_rows").value)
+    shown = len(next(m for m in at.multiselect if m.label == "Inputs to show").value)
     assert len(lines) == 2 * shown  # one quality line under each map
     assert all("Insertion AUC" in m.value for m in lines)
 
