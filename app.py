@@ -8,6 +8,10 @@ call: it runs ``pages/<name>.py`` for ``/<name>`` without this file. An alias
 runs this file, so those runs too get this router, the sidebar and the right
 page; without the aliases a first visit straight to ``/output`` would pop
 "Page not found".
+
+Share links are ``/?run=ID`` and ``/?model=NAME&version=N``: on the root URL such a
+query opens the Saved run / Models page instead of the Overview. When the workspace
+has accounts, nobody gets past the sign-in form (ui/workspace.py).
 """
 from pathlib import Path
 
@@ -16,14 +20,27 @@ import streamlit as st
 st.set_page_config(page_title="Glassbox", page_icon="🔍", layout="wide")
 
 VIEWS = Path(__file__).resolve().parent / "pages" / "views"
+_query = st.query_params
+_link_page = "runs" if _query.get("run") else "models" if _query.get("model") else None
 # The start page is served at "/" (Streamlit gives the default page the root URL).
-OVERVIEW = st.Page(VIEWS / "overview.py", title="Overview", icon=":material/explore:", url_path="", default=True)
-PAGES = [
+OVERVIEW = st.Page(VIEWS / "overview.py", title="Overview", icon=":material/explore:",
+                   url_path="" if _link_page is None else "overview", default=_link_page is None)
+RUNS = st.Page(VIEWS / "runs.py", title="Saved runs", icon=":material/bookmarks:",
+               url_path="" if _link_page == "runs" else "runs", default=_link_page == "runs")
+MODELS = st.Page(VIEWS / "models.py", title="Models", icon=":material/inventory_2:",
+                 url_path="" if _link_page == "models" else "models", default=_link_page == "models")
+EXPLAIN = [
     OVERVIEW,
     st.Page(VIEWS / "output.py", title="Output", icon=":material/target:", url_path="output"),
     st.Page(VIEWS / "structure.py", title="Structure", icon=":material/account_tree:", url_path="structure"),
     st.Page(VIEWS / "training.py", title="Training", icon=":material/monitoring:", url_path="training"),
 ]
+TEAM = [
+    RUNS, MODELS,
+    st.Page(VIEWS / "review.py", title="Review", icon=":material/rate_review:", url_path="review"),
+    st.Page(VIEWS / "audit.py", title="Audit log", icon=":material/receipt_long:", url_path="audit"),
+]
+PAGES = EXPLAIN + TEAM
 
 
 def open_overview() -> None:
@@ -31,11 +48,15 @@ def open_overview() -> None:
     st.switch_page(OVERVIEW)
 
 
-navigation = st.navigation(PAGES + [st.Page(open_overview, title="Overview", url_path="overview", visibility="hidden")])
+hidden = [] if _link_page else [st.Page(open_overview, title="Overview", url_path="overview", visibility="hidden")]
+navigation = st.navigation({"Explain": EXPLAIN + hidden, "Team": TEAM})
 
 from ui.sidebar import render_sidebar  # noqa: E402  - after st.navigation: importing torch takes seconds
 from ui.upload_page import render_pending_upload  # noqa: E402
+from ui.workspace import sign_in_gate  # noqa: E402
 
+if not sign_in_gate():  # accounts exist and nobody is signed in: only the form
+    st.stop()
 render_sidebar()
 if not render_pending_upload():  # an upload that does not load yet keeps every page on it
     navigation.run()

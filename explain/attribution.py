@@ -71,6 +71,14 @@ class Attribution:
             "output": self.output,
         }
 
+    @classmethod
+    def from_npz_dict(cls, arrays: dict[str, np.ndarray], method: str, params: dict[str, Any] | None = None,
+                      **fields: Any) -> Attribution:
+        """The inverse of `to_npz_dict`; a key left out (an optional field that was None) reads as None."""
+        return cls(values=arrays["values"], inputs=arrays["inputs"], target=arrays["targets"], method=method,
+                   params=dict(params or {}), base_value=arrays.get("base_value"), output=arrays.get("output"),
+                   completeness_error=arrays.get("completeness_error"), **fields)
+
 
 def compute_completeness_error(values: np.ndarray, output: np.ndarray, base_value: np.ndarray) -> np.ndarray:
     """Relative completeness error per input: |Σ values − (f(x) − f(b))| / |f(x) − f(b)|."""

@@ -21,10 +21,17 @@ Environment variables:
         runs it at (default 64; rounded down to a power of two).
     GLASSBOX_SANDBOX_ZYGOTE: ``0`` starts every sandbox child as a fresh
         Python instead of forking it from a warmed-up helper process (slower).
+    GLASSBOX_HOME: the team workspace's folder (default ``~/.glassbox``): the
+        SQLite database ``glassbox.db``, the content-addressed ``blobs/`` and
+        the session-cookie key.
+    GLASSBOX_DATABASE_URL: the workspace database as an SQLAlchemy URL
+        (e.g. ``postgresql+psycopg://user@host/glassbox``); default SQLite in
+        ``GLASSBOX_HOME``.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 #: Default largest upload in MiB (``.streamlit/config.toml`` uses the same).
 MAX_UPLOAD_MB = 200
@@ -90,3 +97,15 @@ def sandbox_zygote() -> bool:
 def trusted_mode() -> bool:
     """True when the operator set ``GLASSBOX_TRUSTED=1`` (full pickles allowed)."""
     return os.environ.get("GLASSBOX_TRUSTED", "").strip().lower() in _TRUE
+
+
+def glassbox_home() -> Path:
+    """The workspace folder (env ``GLASSBOX_HOME`` or ``~/.glassbox``); not created here."""
+    raw = os.environ.get("GLASSBOX_HOME", "").strip()
+    return Path(raw).expanduser() if raw else Path.home() / ".glassbox"
+
+
+def database_url() -> str:
+    """The workspace database URL (env ``GLASSBOX_DATABASE_URL``, else SQLite in `glassbox_home`)."""
+    raw = os.environ.get("GLASSBOX_DATABASE_URL", "").strip()
+    return raw or f"sqlite:///{glassbox_home() / 'glassbox.db'}"

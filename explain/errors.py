@@ -46,3 +46,11 @@ class TooLarge(InputRefused):
 
 class Cancelled(GlassboxError):
     """A long computation was cancelled through its progress callback."""
+
+
+class PermissionDenied(GlassboxError):
+    """The signed-in user's role does not allow this action (CLI exit code 3, HTTP 403)."""
+
+
+class NotFound(UsageError):
+    """A workspace object (run, model, version, comment, user) that does not exist."""

@@ -75,3 +75,8 @@ def sample_inputs(name: str) -> dict[str, np.ndarray]:
     """Held-out model-ready ``inputs`` and ``labels`` (and ``masks`` [N, 32, 32] for shapes)."""
     with np.load(sample_dir(name) / "samples.npz", allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
+
+
+def sample_registry_files() -> dict[str, tuple[bytes, str]]:
+    """What a new workspace registers: each sample's safetensors file under the sample's name."""
+    return {name: (sample_file(name).read_bytes(), f"{name}.safetensors") for name in SAMPLE_NAMES}

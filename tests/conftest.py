@@ -31,6 +31,9 @@ if str(ROOT) not in sys.path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: real-browser test (Playwright + Debian chromium)")
+    # Every test (and every server a test starts) uses its own empty workspace, never ~/.glassbox.
+    os.environ["GLASSBOX_HOME"] = tempfile.mkdtemp(prefix="glassbox-home-")
+    os.environ.pop("GLASSBOX_DATABASE_URL", None)
 
 
 def _require_browser() -> bool:
@@ -63,15 +66,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_streamlit() -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` on a free localhost port, once it answers its health check."""
+def start_streamlit(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free localhost port, once it answers its health check.
+
+    ``env``: variables added to this process's environment (e.g. another ``GLASSBOX_HOME``)."""
     port = _free_port()
     log = open(Path(tempfile.gettempdir()) / f"glassbox-streamlit-{port}.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90

@@ -8,6 +8,7 @@ from sample_models import SAMPLE_NAMES
 from ui import state
 from ui.spec_form import render_spec_download
 from ui.text import escape_markdown
+from ui.workspace import render_account
 
 SAMPLE_LABELS = {
     "shapes": "Shapes — image, residual CNN",
@@ -50,6 +51,8 @@ def render_sidebar() -> None:
         if not state.upload_mode() or (state.model_upload() is not None and state.upload_failure() is None):
             _render_model_card()
         state.show_trusted_banner()
+        st.divider()
+        render_account()
 
 
 def _render_uploads() -> None:

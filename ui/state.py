@@ -103,6 +103,12 @@ def set_model_upload(blob: UploadedBlob | None, spec: UploadedBlob | None) -> No
     st.session_state[_SOURCE_KEY] = "upload" if blob else "sample"
 
 
+def use_registry_model(data: bytes, filename: str, spec_json: bytes | None) -> None:
+    """Make a registered model version the current model (as if its file had been uploaded)."""
+    spec = UploadedBlob(f"{filename}.spec.json", spec_json, digest_bytes(spec_json)) if spec_json else None
+    set_model_upload(UploadedBlob(filename, data, digest_bytes(data)), spec)
+
+
 def set_upload_mode() -> None:
     """The user chose Upload: the pages wait for the upload instead of showing a sample."""
     st.session_state[_SOURCE_KEY] = "upload"
@@ -165,6 +171,12 @@ def upload_error() -> str | None:
 
 def _explicit_spec() -> UploadedBlob | None:
     return st.session_state.get(_SPEC_UPLOAD_KEY) or st.session_state.get(_FORM_SPEC_KEY)
+
+
+def explicit_spec_json() -> bytes | None:
+    """The uploaded spec JSON, or the spec form's (what registering the upload stores with it)."""
+    blob = _explicit_spec()
+    return blob.data if blob else None
 
 
 def _input_sample() -> np.ndarray | None:

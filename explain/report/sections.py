@@ -38,6 +38,7 @@ from explain.report.document import (
     round_data,
     table_html,
 )
+from explain.report.review import ReviewRecord, build_review_section
 
 #: inputs each output section shows by default.
 DEFAULT_MAX_INPUTS = 4
@@ -104,7 +105,8 @@ def build_model_card(model: LoadedModel, structure: dict[str, Any] | None, struc
     data = {"name": model.name, "format": model.format, "sha256": model.sha256, "architecture": model.architecture,
             "modality": spec.modality, "input_shape": list(spec.input_shape), "dtype": spec.dtype,
             "parameters": model.parameter_count(), "flops": flops, "class_names": list(spec.class_names),
-            "spec": spec.to_dict()}
+            # the tokenizer by its digest: its text can be megabytes, and the model file carries it
+            "spec": {**spec.to_dict(), "tokenizer": digest_bytes(spec.tokenizer.encode()) if spec.tokenizer else None}}
     return Section("Model card", body=key_value_html(card), data=round_data(data))
 
 
@@ -253,7 +255,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
                  methods: Sequence[str] = ("integrated_gradients",), progress: ProgressFn | None = None, *,
                  max_inputs: int = DEFAULT_MAX_INPUTS, method_params: dict[str, dict[str, Any]] | None = None,
                  labels: np.ndarray | None = None, title: str | None = None,
-                 invocation: dict[str, Any] | None = None) -> Report:
+                 invocation: dict[str, Any] | None = None, review: ReviewRecord | None = None) -> Report:
     """Build every section of a report; a part that fails becomes a section saying why.
 
     Args:
@@ -269,6 +271,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         labels: true classes [N] (default: the ``InputBatch``'s labels).
         title: the report title (default: "Glassbox report: <model name>").
         invocation: how the report was asked for (``{"command": ...}``); shown, never compared.
+        review: the workspace's decisions and comments on this model version (a Review section).
 
     Raises:
         UsageError: an unknown method name or a bad ``max_inputs``.
@@ -348,6 +351,8 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
     if len(checkpoints) >= 2:
         steps.append(("Checkpoint evolution",
                       lambda: [analysis.build_evolution_section(model, checkpoints, shown, evolution_steps)]))
+    if review is not None:
+        steps.append(("Review", lambda: [build_review_section(review)]))
     steps.append(("Environment", lambda: [build_environment(model, attrs_precisions)]))
 
     total = len(steps) + 1

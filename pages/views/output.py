@@ -8,7 +8,9 @@ from explain.errors import Cancelled
 from explain.output.methods import compatible_methods, get_method
 from explain.viz.attribution import SIGNS
 from ui import state
+from ui import workspace as team
 from ui.attribution_view import render_downloads, render_grid, render_summary
+from ui.run_view import output_record
 from ui.text import escape_markdown
 from ui.widgets import ProgressBar, param_widgets
 
@@ -99,3 +101,6 @@ if results:
         render_summary(model, results)
         with st.expander("Download"):
             render_downloads(model, results)
+        team.render_save_run("output", model, lambda name, version: output_record(
+            name, version, model, inputs, explain_rows, shown, probs[explain_rows], labels, results, target, sign,
+            params_by_method), key="output")

@@ -17,6 +17,8 @@ from explain.report.sections import build_report
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
 from explain.viz import attribution as viz
 from ui import state
+from ui import workspace as team
+from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
 
@@ -148,6 +150,7 @@ top[2].caption(f"{escape_markdown(model.name)} · {model.format} · {model.modal
 x = batch.array[index : index + 1]
 x_sha = digest_array(x)
 logs, checkpoints = _sources(sample, model.sha256)
+frame, findings, attr = None, [], None  # each column below fills its part; Save run keeps what was shown
 out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")  # the layer table needs the room
 
 with train_col:
@@ -229,6 +232,14 @@ with out_col:
                 result = _explain_layer(model_key, x_sha, chosen_layer, layer_method, explained, x)
             _draw_layer(model, result, x, key="ov_layer_map")
 
+team.render_save_run("overview", model, lambda name, version: snapshot_record(
+    "overview", name, version, f"Overview of input #{index} of {model.name}", x,
+    {"Prediction": pd.DataFrame({"class": [model.spec.class_name(i) for i in range(probs.shape[1])],
+                                 "probability": probs[index]}),
+     **({"Layers": frame} if frame is not None else {})},
+    findings=findings, results={f"{method}/{k}": v for k, v in (attr.to_npz_dict() if attr else {}).items()}),
+    key="overview")
+
 st.divider()
 st.subheader("Report")
 st.caption("One self-contained HTML file (opens offline): model card, explanations of the first inputs, structure, "
@@ -240,6 +251,7 @@ if st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_metho
     with state.error_boundary("Building the report"):
         bar = st.progress(0.0, text="Building the report…")
         report = build_report(model, batch, logs=logs, checkpoints=checkpoints, methods=report_methods,
+                              review=team.current_review(model),
                               progress=lambda done, total: bar.progress(done / max(total, 1),
                                                                          text=f"Building the report: {done}/{total} parts"))
         bar.empty()

@@ -13,6 +13,8 @@ from explain.structure import layers as structure
 from explain.structure import module_graph as graph
 from explain.viz import structure as viz
 from ui import state
+from ui import workspace as team
+from ui.run_view import layer_frame, snapshot_record
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
 
@@ -55,6 +57,8 @@ if not ok:
 st.caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {table.total_parameters:,} parameters · "
            f"{table.total_flops:,} FLOPs for a batch of {table.batch_size} "
            f"({table.total_flops / max(table.batch_size, 1):,.0f} per input)")
+team.render_save_run("structure", model, lambda name, version: snapshot_record(
+    "structure", name, version, f"Structure of {model.name}", inputs, {"Layers": layer_frame(table)}), key="structure")
 tab_layers, tab_graph, tab_attention, tab_acts, tab_importance = st.tabs(
     ["Layers", "Graph", "Attention", "Activations & weights", "Layer importance"])
 

@@ -19,6 +19,8 @@ from explain.training.findings import diagnose
 from explain.training.history import ROLES, merge_histories, read_history
 from explain.viz import training as viz
 from ui import state
+from ui import workspace as team
+from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 
 LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
@@ -155,6 +157,13 @@ else:
             for h in histories:
                 with st.expander(f"Findings · {escape_markdown(h.name)}", expanded=True):
                     _render_findings(diagnose(h, patience=int(patience)))
+
+if histories:
+    team.render_save_run("training", state.current_model(), lambda name, version: snapshot_record(
+        "training", name, version, f"Training of {name} ({len(histories)} logs)", None,
+        {h.name: h.by_epoch() for h in histories},
+        findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training",
+        attach=[("training_log", n, d) for n, d in logs] + [("checkpoint", c.source, c.data) for c in checkpoints])
 
 # -- checkpoint evolution ---------------------------------------------------------------------
 st.header("Checkpoint evolution")

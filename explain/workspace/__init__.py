@@ -1,0 +1,86 @@
+"""The team workspace: accounts and roles, the model registry, saved runs, review and audit.
+
+    ws = open_workspace()                      # $GLASSBOX_DATABASE_URL or SQLite in $GLASSBOX_HOME
+    v = ws.registry.register(actor, "shapes", data, "model.safetensors", alias="candidate")
+    run = ws.runs.save(actor, RunRecord(page="output", model="shapes", version=v.version, ...))
+    ws.review.post(reviewer, run.id, "Looks at the background", anchor_kind="input", anchor="3")
+    ws.review.decide(reviewer, "shapes", v.version, "approve", move_alias="production")
+
+Every method takes the `Actor` asking and checks its role (`roles`) against the database
+before it reads or writes; every write adds its audit row in the same transaction.
+The library never imports Streamlit: ``ui/workspace.py`` is the page glue.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from explain.config import database_url, glassbox_home
+from explain.workspace.audit import Audit
+from explain.workspace.blobs import BlobStore
+from explain.workspace.core import Core
+from explain.workspace.db import Database, open_engine
+from explain.workspace.registry import Registry, VersionInfo
+from explain.workspace.review import Review
+from explain.workspace.roles import Action, Actor
+from explain.workspace.runs import RunInfo, RunRecord, Runs, SavedRun
+from explain.workspace.users import Users
+
+__all__ = ["Action", "Actor", "RunInfo", "RunRecord", "SavedRun", "VersionInfo", "Workspace", "open_workspace"]
+
+#: Who registers the bundled samples in a new workspace.
+SEEDER = Actor("glassbox", operator=True)
+
+
+class Workspace:
+    def __init__(self, url: str, home: Path):
+        self.url = url
+        self.home = Path(home)
+        self.engine = open_engine(url)
+        self.core = Core(Database(self.engine), BlobStore(self.home / "blobs"))
+        self.users = Users(self.core)
+        self.registry = Registry(self.core)
+        self.runs = Runs(self.core, self.registry)
+        self.review = Review(self.core, self.registry)
+        self.audit = Audit(self.core)
+
+    def seed(self, files: dict[str, tuple[bytes, str]]) -> list[VersionInfo]:
+        """Register each ``name: (bytes, filename)`` whose model name is not in the registry yet."""
+        known = {v.name for v in self.registry.list(SEEDER)}
+        return [self.registry.register(SEEDER, name, data, filename)
+                for name, (data, filename) in files.items() if name not in known]
+
+    def session_key(self) -> str:
+        """The secret that signs sign-in cookies: ``GLASSBOX_SESSION_KEY``, else a random key kept in
+        ``$GLASSBOX_HOME/session_key`` (created once, readable by the owner only)."""
+        env = os.environ.get("GLASSBOX_SESSION_KEY", "").strip()
+        if env:
+            return env
+        path = self.home / "session_key"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)  # the first writer wins; a concurrent one reads the winner's key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_workspace(url: str | None = None, home: Path | str | None = None) -> Workspace:
+    """The workspace at ``url`` (default `explain.config.database_url`) with its blobs under
+    ``home`` (default `explain.config.glassbox_home`), migrated to the newest schema."""
+    home = Path(home) if home is not None else glassbox_home()
+    return Workspace(url or database_url(), home)

@@ -1,0 +1,92 @@
+"""The workspace database: engine, migrations, short transactions.
+
+SQLite (the default, ``$GLASSBOX_HOME/glassbox.db``) runs in WAL mode, so readers never
+wait for a writer and never see half a transaction; every transaction starts with
+``BEGIN IMMEDIATE`` so two writers queue on the lock (``busy_timeout``) instead of failing
+half-way on an upgrade deadlock. Any other SQLAlchemy URL works the same way
+(PostgreSQL through psycopg is the tested one). `migrate` brings a database, empty or
+older, to the newest schema with Alembic; `open_engine` does it on every open.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from explain.errors import UsageError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_MIGRATE_LOCK = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below issues BEGIN itself
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process never loses a commit
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for ``url``, its database migrated to the newest schema."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise UsageError(f"GLASSBOX_DATABASE_URL is not a database URL ({exc}).") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    migrate(engine)
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the database behind ``engine`` to Alembic's head revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with _MIGRATE_LOCK, engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # one migrating process at a time
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7433)")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+class Database:
+    """Sessions on one engine: `transaction` for a unit of work, committed whole or not at all."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session

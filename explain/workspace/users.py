@@ -1,0 +1,185 @@
+"""Accounts: local users with bcrypt-hashed passwords (or OIDC identities), roles and API tokens."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+from dataclasses import asdict, dataclass
+
+import bcrypt
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from explain.errors import NotFound, UsageError
+from explain.workspace.core import Core, iso
+from explain.workspace.roles import Action, Actor, check_role
+from explain.workspace.schema import ApiToken, User
+
+MIN_PASSWORD = 8
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    role: str
+    email: str | None
+    created: str
+    has_password: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _info(user: User) -> UserInfo:
+    return UserInfo(user.name, user.role, user.email, iso(user.created_at), user.password_hash is not None)
+
+
+def hash_password(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check unknown names against, so timing does not tell which names exist."""
+    return hash_password(secrets.token_hex(8))
+
+
+def _check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 200 or any(c.isspace() for c in name):
+        raise UsageError(f"{name!r} is not a user name.", "Use 1-200 characters without spaces.")
+    return name
+
+
+class Users:
+    def __init__(self, core: Core):
+        self.core = core
+
+    def any_accounts(self) -> bool:
+        """True once one account exists: from then on everyone signs in."""
+        with self.core.db.transaction() as s:
+            return bool(s.scalar(select(func.count()).select_from(User)))
+
+    def role_of(self, actor: Actor) -> str | None:
+        with self.core.db.transaction() as s:
+            return self.core.role_of(s, actor)
+
+    def add(self, actor: Actor, name: str, role: str, password: str | None = None,
+            email: str | None = None) -> UserInfo:
+        """Add an account. The first one must be an admin (it ends single-user mode)."""
+        name, role = _check_name(name), check_role(role)
+        if password is not None and len(password) < MIN_PASSWORD:
+            raise UsageError(f"The password is shorter than {MIN_PASSWORD} characters.")
+        with self.core.db.transaction() as s:
+            # Without accounts only the local user and the operator are admins: nobody else (a token,
+            # an unknown name) may create the first account and make themselves admin.
+            self.core.require(s, actor, Action.MANAGE_USERS)
+            first = not s.scalar(select(func.count()).select_from(User))
+            if first and role != "admin":
+                raise UsageError("The first account must be an admin.",
+                                 f"Run `python -m explain users add {name} --role admin` first.")
+            if s.scalar(select(User).where(User.name == name)) is not None:
+                raise UsageError(f"User {name!r} already exists.", "Use `users set-role` to change the role.")
+            user = User(name=name, role=role, email=email,
+                        password_hash=hash_password(password) if password is not None else None)
+            s.add(user)
+            try:
+                s.flush()
+            except IntegrityError:  # the same name added by another session a moment ago
+                raise UsageError(f"User {name!r} already exists.") from None
+            self.core.audit(s, actor, "user.add", "user", name, after={"role": role})
+            return _info(user)
+
+    def list(self, actor: Actor) -> list[UserInfo]:
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_USERS)
+            return [_info(u) for u in s.scalars(select(User).order_by(User.name))]
+
+    def _get(self, s, name: str) -> User:
+        user = s.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise NotFound(f"No user {name!r}.")
+        return user
+
+    def _admins_left(self, s, without: str) -> int:
+        return s.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.name != without))
+
+    def set_role(self, actor: Actor, name: str, role: str) -> UserInfo:
+        role = check_role(role)
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_USERS)
+            user = self._get(s, name)
+            if user.role == "admin" and role != "admin" and not self._admins_left(s, name):
+                raise UsageError(f"{name} is the last admin.", "Make another user admin first.")
+            before = user.role
+            user.role = role
+            self.core.audit(s, actor, "user.set_role", "user", name, before={"role": before}, after={"role": role})
+            return _info(user)
+
+    def remove(self, actor: Actor, name: str) -> dict:
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_USERS)
+            user = self._get(s, name)
+            if user.role == "admin" and not self._admins_left(s, name):
+                raise UsageError(f"{name} is the last admin.", "Make another user admin first.")
+            self.core.audit(s, actor, "user.remove", "user", name, before={"role": user.role})
+            s.delete(user)
+            return {"removed": name}
+
+    def verify_password(self, name: str, password: str) -> bool:
+        """Whether ``password`` is ``name``'s (bcrypt; constant-time either way)."""
+        with self.core.db.transaction() as s:
+            user = s.scalar(select(User).where(User.name == name))
+            stored = user.password_hash if user is not None else None
+        ok = bcrypt.checkpw(password.encode(), (stored or _dummy_hash()).encode())
+        return bool(ok and stored)
+
+    def credentials(self) -> dict:
+        """The accounts in streamlit-authenticator's ``credentials`` shape (hashes, never passwords)."""
+        with self.core.db.transaction() as s:
+            users = list(s.scalars(select(User).where(User.password_hash.is_not(None))))
+            return {"usernames": {u.name: {"name": u.name, "password": u.password_hash, "email": u.email or "",
+                                           "roles": [u.role]} for u in users}}
+
+    # -- API tokens --------------------------------------------------------------
+    def add_token(self, actor: Actor, name: str, role: str) -> str:
+        """A new API token for ``role``; returned once, only its sha256 is stored."""
+        name, role = _check_name(name), check_role(role)
+        token = "gbx_" + secrets.token_urlsafe(32)
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_TOKENS)
+            if s.scalar(select(ApiToken).where(ApiToken.name == name)) is not None:
+                raise UsageError(f"A token named {name!r} exists.")
+            s.add(ApiToken(name=name, role=role, token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                           created_by=actor.name))
+            try:
+                s.flush()
+            except IntegrityError:
+                raise UsageError(f"A token named {name!r} exists.") from None
+            self.core.audit(s, actor, "token.add", "token", name, after={"role": role})
+        return token
+
+    def remove_token(self, actor: Actor, name: str) -> dict:
+        """Revoke a token: requests carrying it get 401 from then on."""
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_TOKENS)
+            row = s.scalar(select(ApiToken).where(ApiToken.name == name))
+            if row is None:
+                raise NotFound(f"No token named {name!r}.")
+            self.core.audit(s, actor, "token.remove", "token", name, before={"role": row.role})
+            s.delete(row)
+            return {"removed": name}
+
+    def tokens(self, actor: Actor) -> list[dict]:
+        """Token names, roles and creators (never the tokens)."""
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_TOKENS)
+            return [{"name": t.name, "role": t.role, "created_by": t.created_by, "created": iso(t.created_at)}
+                    for t in s.scalars(select(ApiToken).order_by(ApiToken.name))]
+
+    def token_identity(self, token: str) -> tuple[str, str] | None:
+        """(token name, role) for a valid token, else None."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        with self.core.db.transaction() as s:
+            row = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest))
+            return (row.name, row.role) if row is not None else None

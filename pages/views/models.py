@@ -1,0 +1,100 @@
+"""Models: the registry — versions, aliases, tags, decisions; one version at ``?model=NAME&version=N``."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from explain.workspace import Action
+from explain.workspace.review import VERDICTS
+from ui import state
+from ui import workspace as team
+from ui.text import escape_markdown
+
+ws, who = team.workspace(), team.actor()
+name = st.query_params.get("model")
+
+if not name:
+    st.title("Models")
+    with state.error_boundary("Listing the registry"):
+        versions = ws.registry.list(who)
+        st.dataframe(pd.DataFrame([{"model": v.name, "version": v.version, "aliases": ", ".join(v.aliases),
+                                    "tags": ", ".join(v.tags), "decision": v.decision or "", "file": v.filename,
+                                    "sha256": v.sha256[:12], "registered by": v.created_by, "created": v.created}
+                                   for v in versions]), hide_index=True, width="stretch", key="gb_models_table")
+        refs = [v.ref for v in versions]
+        chosen = st.selectbox("Open version", refs, key="gb_models_open") if refs else None
+        if chosen and st.button("Open", type="primary"):
+            model_name, _, number = chosen.rpartition("@v")
+            st.query_params.update({"model": model_name, "version": number})
+            st.rerun()
+    st.stop()
+
+opened = False
+with state.error_boundary("Opening the version"):
+    raw = st.query_params.get("version")
+    version = ws.registry.version(who, name, int(raw) if raw and raw.isdigit() else raw or None)
+    opened = True
+if not opened:
+    st.stop()
+
+st.title(f"{escape_markdown(version.name)} · v{version.version}")
+st.caption(f"{escape_markdown(version.filename)} · {version.size:,} bytes · registered by "
+           f"{escape_markdown(version.created_by)} on {version.created.replace('T', ' ')[:16]} UTC")
+st.markdown(f"sha256: `{version.sha256}`  \naliases: {', '.join(version.aliases) or '—'} · "
+            f"tags: {', '.join(version.tags) or '—'}")
+team.render_share_link("Link to this version:", model=version.name, version=str(version.version))
+
+if st.button("Explore this version", help="Make it the current model of the Output, Structure and other pages."):
+    with state.error_boundary("Opening the model"):
+        data, filename, spec = ws.registry.file(who, version.name, version.version)
+        state.use_registry_model(data, filename, spec)
+        st.switch_page("pages/views/overview.py")
+
+st.subheader("Decisions")
+history = ws.review.decisions(who, version.name, version.version)
+if history:
+    for d in history[::-1]:  # newest first
+        icon = ":material/check_circle:" if d.verdict == "approve" else ":material/pan_tool:"
+        moved = f" · moved **{escape_markdown(d.alias)}** here" if d.alias else ""
+        st.markdown(f"{icon} **{d.verdict.replace('_', ' ')}** by {escape_markdown(d.author)} on "
+                    f"{d.created.replace('T', ' ')[:16]} UTC{moved}")
+        if d.note:
+            st.markdown(d.note)  # Markdown, raw HTML off
+else:
+    st.caption("No decision yet.")
+if team.can(Action.DECIDE):
+    with st.form("gb_decide_form", clear_on_submit=True):
+        verdict = st.radio("Decision", VERDICTS, horizontal=True, format_func=lambda v: v.replace("_", " "))
+        note = st.text_area("Note")
+        alias = st.text_input("Move alias on approval (optional)", placeholder="e.g. production")
+        if st.form_submit_button("Record decision", type="primary"):
+            with state.error_boundary("Recording the decision"):
+                ws.review.decide(who, version.name, version.version, verdict, note, move_alias=alias.strip() or None)
+                st.rerun()
+
+if team.can(Action.EDIT_REGISTRY):
+    with st.expander("Aliases and tags"):
+        c1, c2 = st.columns(2)
+        alias = c1.text_input("Alias", key="gb_alias_name", placeholder="candidate")
+        if c1.button("Point alias here") and alias.strip():
+            with state.error_boundary("Moving the alias"):
+                ws.registry.set_alias(who, version.name, alias.strip(), version.version)
+                st.rerun()
+        tag = c2.text_input("Tag", key="gb_tag_name")
+        if c2.button("Add tag") and tag.strip():
+            with state.error_boundary("Adding the tag"):
+                ws.registry.add_tag(who, version.name, version.version, tag.strip())
+                st.rerun()
+
+st.subheader("Saved runs of this version")
+runs = ws.runs.list(who, model=version.name, version=version.version)
+if runs:
+    for r in runs:
+        st.markdown(f"[{escape_markdown(r.title)}](/runs?run={r.id}) · {r.page} · {escape_markdown(r.author)} · "
+                    f"{r.created.replace('T', ' ')[:16]}")
+else:
+    st.caption("None yet.")
+attachments = ws.registry.attachments(who, version.name, version.version)
+if attachments:
+    st.subheader("Attached training files")
+    st.dataframe(pd.DataFrame([a.to_dict() for a in attachments]), hide_index=True, width="stretch")

@@ -1,0 +1,76 @@
+"""Saved runs: the list, and one run exactly as saved (``?run=ID``), with its comments and Re-run."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from explain.workspace import Action
+from ui import state
+from ui import workspace as team
+from ui.comments import render_comments
+from ui.run_view import render_saved_run, rerun_differences, run_report_html
+from ui.text import escape_markdown
+
+ws, who = team.workspace(), team.actor()
+run_id = st.query_params.get("run")
+
+if not run_id:
+    st.title("Saved runs")
+    with state.error_boundary("Listing the saved runs"):
+        runs = ws.runs.list(who)
+        if not runs:
+            st.info("No saved runs yet. Explain something on the Output, Structure, Training or Overview page "
+                    "and press **Save run**.")
+        else:
+            st.dataframe(pd.DataFrame([{"id": r.id, "page": r.page, "title": r.title, "model": f"{r.model}@v{r.version}",
+                                        "author": r.author, "created": r.created} for r in runs]),
+                         hide_index=True, width="stretch", key="gb_runs_table")
+            chosen = st.selectbox("Open run", [r.id for r in runs], key="gb_runs_open",
+                                  format_func=lambda i: next(f"{r.id} · {r.title}" for r in runs if r.id == i))
+            if st.button("Open", type="primary"):
+                st.query_params["run"] = chosen
+                st.rerun()
+    st.stop()
+
+loaded = False
+with state.error_boundary("Opening the run"):
+    run = ws.runs.open(who, run_id)
+    loaded = True
+if not loaded:
+    st.stop()
+
+info = run.info
+st.title(escape_markdown(info.title))
+st.caption(f"Run `{info.id}` · {info.page} page · model **{escape_markdown(info.model)}** v{info.version} · "
+           f"saved by {escape_markdown(info.author)} on {info.created.replace('T', ' ')[:16]} UTC")
+c1, c2 = st.columns([3, 2])
+with c1:
+    st.markdown(f"Model file sha256: `{info.sha256}`")
+    if info.summary.get("inputs_sha256"):
+        st.markdown(f"Inputs sha256: `{info.summary['inputs_sha256']}`")
+    team.render_share_link("Link to this run:", run=info.id)
+with c2:
+    with st.expander("Method, parameters and environment"):
+        st.json({"method": info.method, "params": info.params, "target": info.target,
+                 "environment": info.environment}, expanded=True)
+
+with state.error_boundary("Drawing the saved run"):
+    render_saved_run(run)
+
+if info.page == "output" and team.can(Action.READ):
+    if st.button("Re-run", help="Recompute with the same inputs, methods, parameters and target; "
+                                "show the differences to what was saved."):
+        with state.error_boundary("Re-running"):
+            st.dataframe(rerun_differences(run), hide_index=True, width="stretch", key="gb_rerun_table")
+
+with state.error_boundary("Loading the comments"):
+    render_comments(run)
+
+st.divider()
+if st.button("Build report (HTML)", key="gb_run_report",
+             help="The run's model and inputs, its methods, and this run's comments and the version's decisions."):
+    with state.error_boundary("Building the report"):
+        with st.spinner("Building the report…"):
+            html = run_report_html(run)
+        st.download_button("Download report (HTML)", html, file_name=f"glassbox-run-{info.id}.html", mime="text/html",
+                           type="primary")

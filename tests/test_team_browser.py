@@ -1,0 +1,139 @@
+"""Team review in a real browser: four people, four browser contexts, one workspace.
+
+An editor saves a run and copies its link; a viewer opens the link and sees the same map and
+sha256 but no comment box (and the library refuses a crafted post); a reviewer comments on one
+input and approves the version; the editor sees both after a reload, still signed in.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+
+import pytest
+
+from explain.errors import PermissionDenied
+from explain.workspace import Actor, open_workspace
+from tests.conftest import SCREENSHOTS, start_streamlit, stop_streamlit, wait_for_app
+
+PASSWORDS = {"ada": "admin-pass-1", "ed": "editor-pass-1", "rita": "review-pass-1", "vic": "viewer-pass-1"}
+ROLES = {"ada": "admin", "ed": "editor", "rita": "reviewer", "vic": "viewer"}
+
+
+@pytest.fixture(scope="module")
+def team_server():
+    home = tempfile.mkdtemp(prefix="glassbox-team-")
+    ws = open_workspace(url=f"sqlite:///{home}/glassbox.db", home=home)
+    ws.users.add(Actor.local(), "ada", "admin", PASSWORDS["ada"])
+    for name in ("ed", "rita", "vic"):
+        ws.users.add(Actor("ada"), name, ROLES[name], PASSWORDS[name])
+    proc, url = start_streamlit(env={"GLASSBOX_HOME": home})
+    yield url, ws
+    stop_streamlit(proc)
+    ws.close()
+
+
+def _sign_in(page, url: str, name: str) -> None:
+    page.goto(url)
+    page.get_by_label("Username", exact=True).fill(name)
+    page.get_by_role("textbox", name="Password").fill(PASSWORDS[name])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text(f"Signed in as {name}").wait_for(timeout=120_000)
+    wait_for_app(page)
+
+
+def _choose(page, selectbox, option: str) -> None:
+    """Pick ``option`` in a Streamlit selectbox (a rerun that lands while the list is open closes it: retry)."""
+    for _ in range(6):
+        wait_for_app(page)
+        selectbox.get_by_role("button", name="Open").click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            return
+        except Exception:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"option {option!r} never appeared")
+
+
+def _shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"team_{name}.png"), full_page=True)
+
+
+@pytest.mark.browser
+def test_editor_saves_viewer_reads_reviewer_comments_and_approves(team_server, chromium):
+    url, ws = team_server
+    ctx = {name: chromium.new_context(viewport={"width": 1400, "height": 1000}) for name in ("ed", "vic", "rita")}
+    try:
+        # -- the editor explains on the Output page, saves the run and takes its link --------------
+        editor = ctx["ed"].new_page()
+        editor.set_default_timeout(180_000)
+        _sign_in(editor, url + "/output", "ed")
+        editor.get_by_role("button", name="Save run").click()
+        code = editor.locator('[data-testid="stCode"]', has_text="?run=").first
+        code.wait_for()
+        link = re.search(r"https?://\S+\?run=[\w-]+", code.inner_text()).group(0)
+        run_id = link.rsplit("=", 1)[1]
+        saved = ws.runs.info(Actor("ada"), run_id)
+        assert saved.author == "ed" and saved.page == "output" and saved.model == "shapes"
+        _shot(editor, "editor_saved")
+
+        # -- the viewer opens the link: same map, same sha256, no comment box ----------------------
+        viewer = ctx["vic"].new_page()
+        viewer.set_default_timeout(180_000)
+        _sign_in(viewer, link, "vic")
+        viewer.get_by_text(saved.sha256).first.wait_for()
+        viewer.get_by_text("integrated_gradients on").first.wait_for()
+        viewer.get_by_text("Comments (0)").wait_for()
+        wait_for_app(viewer)
+        _shot(viewer, "viewer_link")
+        assert viewer.locator('[data-testid="stImage"] img, [data-testid="stPlotlyChart"]').count() >= 4
+        assert viewer.get_by_label("Comment", exact=True).count() == 0
+        assert viewer.get_by_role("button", name="Post").count() == 0
+        assert viewer.get_by_text("commenting needs the reviewer role").count() == 1
+        _shot(viewer, "viewer_link")
+        with pytest.raises(PermissionDenied):  # the request a viewer could craft is refused by the library
+            ws.review.post(Actor("vic"), run_id, "sneaky")
+        assert ws.review.comments(Actor("vic"), run_id) == []
+
+        # -- the reviewer comments on input #1 and approves the version ----------------------------
+        reviewer = ctx["rita"].new_page()
+        reviewer.set_default_timeout(180_000)
+        _sign_in(reviewer, link, "rita")
+        reviewer.get_by_text("Comments (0)").wait_for()
+        wait_for_app(reviewer)
+        _shot(reviewer, "reviewer_link")
+        _choose(reviewer, reviewer.locator('[data-testid="stForm"] [data-testid="stSelectbox"]').first, "input #1")
+        reviewer.get_by_label("Comment", exact=True).fill("The map sits on the **edges** of the triangle.")
+        reviewer.get_by_role("button", name="Post").click()
+        reviewer.get_by_text("on input #1").first.wait_for()
+        wait_for_app(reviewer)
+        _shot(reviewer, "reviewer_commented")
+        reviewer.goto(f"{url}/?model=shapes&version={saved.version}")
+        reviewer.get_by_role("button", name="Record decision").wait_for()
+        reviewer.get_by_label("Note", exact=True).fill("Attributions look right.")
+        reviewer.get_by_role("button", name="Record decision").click()
+        reviewer.get_by_text("approve by rita").wait_for()
+        wait_for_app(reviewer)
+        _shot(reviewer, "reviewer_approved")
+
+        comments = ws.review.comments(Actor("ada"), run_id)
+        assert [(c.author, c.anchor_kind, c.anchor) for c in comments] == [("rita", "input", "1")]
+        decisions = ws.review.decisions(Actor("ada"), "shapes", saved.version)
+        assert [(d.author, d.verdict, d.note) for d in decisions] == [("rita", "approve", "Attributions look right.")]
+
+        # -- the editor reloads: still signed in (cookie), sees the comment and the decision --------
+        editor.goto(link)
+        editor.reload()
+        editor.get_by_text("Signed in as ed").wait_for()
+        assert editor.get_by_label("Username", exact=True).count() == 0
+        editor.get_by_text("on input #1").first.wait_for()
+        editor.get_by_text("edges").first.wait_for()
+        editor.goto(f"{url}/?model=shapes&version={saved.version}")
+        editor.get_by_text("Attributions look right.").first.wait_for()
+        wait_for_app(editor)
+        _shot(editor, "editor_sees_review")
+        for page in (editor, viewer, reviewer):
+            assert page.locator('[data-testid="stException"]').count() == 0
+    finally:
+        for c in ctx.values():
+            c.close()

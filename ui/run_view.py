@@ -1,0 +1,167 @@
+"""Saved runs in the app: what each page saves (`output_record`, `snapshot_record`) and how a saved
+run is shown again (`render_saved_run`) — one module, so saving and showing never disagree.
+
+An Output run stores the explained inputs, every method's arrays and the probabilities, and is
+drawn again with the same `ui.attribution_view` functions as the live page, from the saved arrays
+(nothing is recomputed; "Re-run" recomputes and lists the differences). Structure, Training and
+Overview runs store the tables and findings the page showed.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explain.attribution import Attribution
+from explain.digest import digest_array
+from explain.finding import Finding
+from explain.loading.loader import load_model
+from explain.model import LoadedModel
+from explain.output.methods import get_method
+from explain.report.review import review_record
+from explain.report.sections import build_report
+from explain.spec import InputSpec
+from explain.workspace import RunRecord, SavedRun
+from explain.workspace.runs import environment
+from ui import workspace as team
+from ui.attribution_view import render_grid, render_summary
+from ui.text import escape_markdown
+from ui.widgets import ProgressBar
+
+
+# -- what a page saves -------------------------------------------------------------------------
+def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarray, rows: Sequence[int],
+                  shown: Sequence[int], probs: np.ndarray, labels: np.ndarray | None,
+                  attrs: Sequence[Attribution], target: int | None, sign: str,
+                  params: dict[str, dict[str, Any]]) -> RunRecord:
+    """The Output page's run: ``inputs`` [N, ...] are the explained rows (``rows`` of the batch)."""
+    saved_inputs = {"inputs": inputs, "rows": np.asarray(rows, dtype=np.int64)}
+    if labels is not None:
+        saved_inputs["labels"] = np.asarray(labels)
+    results: dict[str, np.ndarray] = {"probs": np.asarray(probs)}
+    for i, attr in enumerate(attrs):
+        for key, value in attr.to_npz_dict().items():
+            if value is not None:
+                results[f"{i}/{key}"] = value
+    methods = [a.method for a in attrs]
+    first = attrs[0]
+    return RunRecord(
+        page="output", model=name, version=version, method=",".join(methods),
+        title=f"{', '.join(methods)} on {len(inputs)} inputs of {model.name}",
+        params={m: params.get(m, {}) for m in methods}, target=target, inputs=saved_inputs, results=results,
+        summary={"methods": methods, "shown": list(map(int, shown)), "sign": sign,
+                 "inputs_sha256": digest_array(inputs),
+                 "max_completeness_error": {a.method: a.max_completeness_error for a in attrs},
+                 "seconds": {a.method: a.seconds for a in attrs}, "notes": {a.method: a.notes for a in attrs}},
+        environment=environment(device=first.device, precision=first.precision))
+
+
+def snapshot_record(page: str, name: str, version: int, title: str, inputs: np.ndarray | None,
+                    tables: dict[str, pd.DataFrame], findings: Sequence[Finding] = (),
+                    notes: Sequence[str] = (), results: dict[str, np.ndarray] | None = None) -> RunRecord:
+    """A Structure / Training / Overview run: the tables and findings the page showed (and any arrays)."""
+    return RunRecord(
+        page=page, model=name, version=version, title=title,
+        inputs={"inputs": inputs} if inputs is not None else {}, results=dict(results or {}),
+        summary={"tables": {k: _frame_json(v) for k, v in tables.items()},
+                 "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message,
+                               "epochs": list(f.epochs)} for f in findings],
+                 "notes": list(notes),
+                 "inputs_sha256": digest_array(inputs) if inputs is not None else None})
+
+
+def layer_frame(table) -> pd.DataFrame:
+    """Every layer of a `explain.structure.layers.LayerTable` as the table a run stores."""
+    return pd.DataFrame([{"layer": r.name or "(model)", "type": r.type, "depth": r.depth,
+                          "output shape": "×".join(map(str, r.output_shape)) if r.output_shape else "",
+                          "parameters": r.parameters, "FLOPs": r.flops} for r in table.rows])
+
+
+def _frame_json(frame: pd.DataFrame) -> dict:
+    split = frame.astype(object).where(frame.notna(), None).to_dict(orient="split")
+    return {"columns": [str(c) for c in split["columns"]], "data": split["data"]}
+
+
+# -- showing a saved run ------------------------------------------------------------------------
+@st.cache_resource(max_entries=4, show_spinner="Loading the run's model version…")
+def _version_model(sha256: str, _data: bytes, filename: str, _spec: bytes | None) -> LoadedModel:
+    spec = InputSpec.from_json(_spec) if _spec else None
+    return load_model(_data, spec=spec, filename=filename)
+
+
+def run_model(run: SavedRun) -> LoadedModel:
+    """The model version a run was saved with (loaded from the registry, cached by its sha256)."""
+    data, filename, spec = team.workspace().registry.file(team.actor(), run.info.model, run.info.version)
+    model = _version_model(run.info.sha256, data, filename, spec)
+    model.name = run.info.model
+    return model
+
+
+def saved_attributions(run: SavedRun) -> list[Attribution]:
+    info = run.info
+    out = []
+    for i, method in enumerate(info.summary.get("methods", [])):
+        arrays = {k.split("/", 1)[1]: v for k, v in run.results.items() if k.startswith(f"{i}/")}
+        out.append(Attribution.from_npz_dict(arrays, method, info.params.get(method, {}),
+                                             device=info.environment.get("device", "cpu"),
+                                             precision=info.environment.get("precision", "fp32"),
+                                             seconds=float(info.summary.get("seconds", {}).get(method) or 0.0)))
+    return out
+
+
+def render_saved_run(run: SavedRun) -> None:
+    """Draw a run exactly as saved: the Output grid from the saved arrays, or the saved tables."""
+    if run.info.page == "output":
+        model = run_model(run)
+        attrs = saved_attributions(run)
+        labels = run.inputs.get("labels")
+        render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
+                    run.info.summary.get("sign", "all"))
+        render_summary(model, attrs)
+        return
+    summary = run.info.summary
+    for finding in summary.get("findings", []):
+        icon = {"error": "🛑", "warning": "⚠️"}.get(finding["severity"], "ℹ️")
+        st.markdown(f"{icon} **{escape_markdown(finding['kind'])}** — {escape_markdown(finding['message'])}")
+    for title, table in summary.get("tables", {}).items():
+        st.markdown(f"**{escape_markdown(title)}**")
+        st.dataframe(pd.DataFrame(table["data"], columns=table["columns"]), hide_index=True, width="stretch")
+    for note in summary.get("notes", []):
+        st.caption(escape_markdown(note))
+
+
+def rerun_differences(run: SavedRun) -> pd.DataFrame:
+    """Recompute an Output run with its saved inputs, methods, parameters and target; per method the
+    largest absolute difference to the saved map and both completeness errors."""
+    model = run_model(run)
+    rows = []
+    for attr in saved_attributions(run):
+        bar = ProgressBar(f"Re-running {attr.method}")
+        try:
+            fresh = get_method(attr.method).explain(model, run.inputs["inputs"], target=run.info.target,
+                                                    progress=bar, **attr.params)
+        finally:
+            bar.clear()
+        scale = float(np.abs(attr.values).max()) or 1.0
+        diff = float(np.abs(np.asarray(fresh.values, dtype=np.float64) - attr.values).max())
+        rows.append({"method": attr.method, "max |difference|": diff, "relative to the map's max": diff / scale,
+                     "saved completeness error": attr.max_completeness_error,
+                     "now completeness error": fresh.max_completeness_error,
+                     "same targets": bool(np.array_equal(fresh.target, attr.target))})
+    return pd.DataFrame(rows)
+
+
+def run_report_html(run: SavedRun) -> bytes:
+    """The HTML report of a run's model version and inputs, with this run's comments and the
+    version's decisions (an offline copy that carries the review)."""
+    info = run.info
+    methods = info.summary.get("methods") or ["integrated_gradients"]
+    review = review_record(team.workspace(), team.actor(), info.model, info.version, run_id=info.id)
+    report = build_report(run_model(run), run.inputs.get("inputs"), methods=methods,
+                          method_params={m: info.params.get(m, {}) for m in methods} if info.page == "output" else None,
+                          labels=run.inputs.get("labels"), title=f"Glassbox run {info.id}: {info.title}",
+                          invocation={"run": info.id}, review=review)
+    return report.to_html().encode("utf-8")

@@ -1,0 +1,228 @@
+"""The team workspace in the app: who is signed in, the Save-run button, share links.
+
+Sign-in: with an ``[auth]`` section in ``.streamlit/secrets.toml`` through ``st.login`` (OIDC);
+otherwise local accounts through streamlit-authenticator (a signed JWT cookie keeps the
+sign-in across reloads and links). A workspace with no accounts runs as the single local
+user. The role is looked up in the workspace on every call (`explain.workspace`), never
+kept in the session, so hiding a button is a courtesy, not the check.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import streamlit as st
+
+from explain.config import database_url, glassbox_home
+from explain.digest import digest_bytes
+from explain.errors import GlassboxError
+from explain.model import LoadedModel
+from explain.report.review import ReviewRecord, review_record
+from explain.workspace import Action, Actor, RunRecord, Workspace, open_workspace
+from explain.workspace.registry import VersionInfo
+from explain.workspace.roles import allows
+from sample_models import sample_registry_files
+from ui import state
+from ui.text import escape_markdown
+
+log = logging.getLogger("glassbox.ui")
+
+COOKIE_NAME = "glassbox_session"
+COOKIE_DAYS = 14
+SIGN_IN_FIELDS = {"Form name": "Sign in to Glassbox", "Username": "Username", "Password": "Password",
+                  "Login": "Sign in"}
+
+
+@st.cache_resource(show_spinner="Opening the workspace…")
+def _open(url: str, home: str) -> Workspace:
+    ws = open_workspace(url, home)
+    ws.seed(sample_registry_files())
+    return ws
+
+
+def workspace() -> Workspace:
+    """The workspace of this server (`explain.config.database_url`, blobs in ``GLASSBOX_HOME``)."""
+    return _open(database_url(), str(glassbox_home()))
+
+
+def oidc_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets.toml at all
+        return False
+
+
+def _oidc_signed_in() -> bool:
+    return bool(st.user.get("is_logged_in", False))
+
+
+# -- who is signed in ------------------------------------------------------------------------
+def current_actor() -> Actor | None:
+    """The signed-in user (the local user while the workspace has no accounts); None: nobody yet."""
+    ws = workspace()
+    if not ws.users.any_accounts():
+        return Actor.local()
+    if oidc_configured():
+        if not _oidc_signed_in():
+            return None
+        return Actor(str(st.user.get("email") or st.user.get("sub")))
+    if st.session_state.get("authentication_status") and st.session_state.get("username"):
+        return Actor(str(st.session_state["username"]))
+    return None
+
+
+def role() -> str | None:
+    actor = current_actor()
+    return workspace().users.role_of(actor) if actor else None
+
+
+def can(action: Action) -> bool:
+    """Whether the signed-in user may ``action`` now (to decide what to show; the library checks again)."""
+    return allows(role(), action)
+
+
+def actor() -> Actor:
+    """`current_actor`, or stop the page if nobody is signed in (app.py's gate shows the form)."""
+    who = current_actor()
+    if who is None:
+        st.stop()
+    return who
+
+
+def _authenticator():
+    import streamlit_authenticator as stauth
+
+    ws = workspace()
+    auth = stauth.Authenticate(ws.users.credentials(), COOKIE_NAME, ws.session_key(), COOKIE_DAYS,
+                               auto_hash=False, login_sleep_time=0)
+    st.session_state["gb_authenticator"] = auth
+    return auth
+
+
+def sign_in_gate() -> bool:
+    """Show the sign-in form when sign-in is required and nobody is signed in; True: go on."""
+    ws = workspace()
+    if not ws.users.any_accounts():
+        return True
+    if oidc_configured():
+        if _oidc_signed_in():
+            return _member_or_refuse()
+        st.title("Sign in to Glassbox")
+        st.button("Sign in", type="primary", on_click=st.login)
+        return False
+    auth = _authenticator()
+    if not st.session_state.get("authentication_status"):
+        auth.login(location="main", fields=SIGN_IN_FIELDS, key="gb_sign_in")
+        if st.session_state.get("authentication_status") is False:
+            st.error("Username or password is wrong.")
+        if not st.session_state.get("authentication_status"):
+            return False
+    return _member_or_refuse()
+
+
+def _member_or_refuse() -> bool:
+    who = current_actor()
+    if who is not None and workspace().users.role_of(who) is not None:
+        return True
+    st.error(f"{escape_markdown(who.name if who else 'This account')} is not a member of this workspace. "
+             "Ask an admin to add you: `python -m explain users add NAME --role viewer`.")
+    sign_out_button()
+    return False
+
+
+def sign_out_button() -> None:
+    if oidc_configured():
+        st.button("Sign out", on_click=st.logout, key="gb_sign_out")
+        return
+    auth = st.session_state.get("gb_authenticator")
+    if auth is not None:
+        auth.logout("Sign out", location="main", key="gb_sign_out")
+
+
+def render_account() -> None:
+    """The sidebar's account line: who, which role, sign out; or that Glassbox runs single-user."""
+    ws = workspace()
+    if not ws.users.any_accounts():
+        st.caption("Single local user: no accounts yet, so no sign-in. "
+                   "`python -m explain users add NAME --role admin` turns sign-in on.")
+        return
+    who = current_actor()
+    if who is None:
+        return
+    st.caption(f"Signed in as **{escape_markdown(who.name)}** · {role() or 'not a member'}")
+    sign_out_button()
+
+
+# -- registry and runs from the pages ---------------------------------------------------------
+def current_version(model: LoadedModel, *, register: bool) -> VersionInfo | None:
+    """The registry version of the current model: found by its sha256, or (``register``) added
+    under the upload's file name. None when it is not registered and may not be."""
+    ws, who = workspace(), actor()
+    found = ws.registry.find_by_sha(who, model.sha256)
+    if found is not None or not register:
+        return found
+    blob = state.model_upload()
+    if blob is None or blob.sha256 != model.sha256:
+        return None
+    spec = state.explicit_spec_json()
+    name = model_name_from_file(blob.name)
+    return ws.registry.register(who, name, blob.data, blob.name, spec_json=spec)
+
+
+def current_review(model: LoadedModel) -> ReviewRecord | None:
+    """The workspace's decisions and comments on the current model's version (None if unregistered)."""
+    version = current_version(model, register=False)
+    if version is None:
+        return None
+    return review_record(workspace(), actor(), version.name, version.version)
+
+
+def model_name_from_file(filename: str) -> str:
+    stem = filename.rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".pt2", ".zip", ".pt", ".pth", ".ckpt", ".bin", ".jit", ".ts", ".torchscript"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-._") or "model"
+    return cleaned[:200]
+
+
+def share_link(**params: str) -> str:
+    """This app's URL with ``params`` as the query (e.g. ``run=ID``), from the browser's own address."""
+    try:
+        base = st.context.url or ""
+    except Exception:
+        base = ""
+    parts = urlsplit(base)
+    path = "/"  # the router opens ?run= / ?model= links on any path; the root is the shortest
+    return urlunsplit((parts.scheme or "http", parts.netloc or "localhost:8501", path, urlencode(params), ""))
+
+
+def render_share_link(label: str, **params: str) -> None:
+    st.caption(label)
+    st.code(share_link(**params), language=None)  # st.code has a copy button
+
+
+def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], RunRecord], key: str,
+                    attach: Sequence[tuple[str, str, bytes]] = ()) -> None:
+    """A "Save run" button (editors and admins): registers the model if needed, saves ``build(name,
+    version)`` as an immutable run and shows its share link. ``attach``: ``(kind, filename, bytes)``
+    training logs / checkpoints attached to the model version too (each stored once)."""
+    if not can(Action.SAVE_RUN):
+        return
+    saved_key = f"gb_saved_run_{key}"
+    if st.button("Save run", key=f"gb_save_{key}", help="Store exactly what this page shows, with a link to it."):
+        with state.error_boundary("Saving the run"):
+            version = current_version(model, register=True)
+            if version is None:
+                raise GlassboxError("This model is not in the workspace and could not be registered.")
+            info = workspace().runs.save(actor(), build(version.name, version.version))
+            known = {(a.kind, a.sha256) for a in workspace().registry.attachments(actor(), version.name,
+                                                                                   version.version)}
+            for kind, filename, data in attach:
+                if (kind, digest_bytes(data)) not in known:
+                    workspace().registry.attach(actor(), version.name, version.version, kind, data, filename)
+            st.session_state[saved_key] = info.id
+    run_id = st.session_state.get(saved_key)
+    if run_id:
+        render_share_link(f"Saved as run `{run_id}`. Link to it:", run=run_id)
