@@ -1,0 +1,84 @@
+"""The job queue in the app: the embedded worker, the queue table with progress and Cancel, and
+submitting the sidebar model's explanation as a job (the Queue page).
+
+Progress and results live in the workspace's ``jobs`` table, so every session sees the same
+queue; the table redraws itself every two seconds while a job is queued or running.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from explain.config import external_worker
+from explain.service.runners import explain_job
+from explain.workspace import Action
+from explain.workspace.jobs import JobInfo
+from ui import workspace as team
+
+REFRESH_S = 2.0
+
+
+@st.cache_resource(show_spinner=False)
+def _embedded_worker(url: str, home: str):
+    from explain.service.worker import start_embedded
+
+    return start_embedded(team.workspace())
+
+
+def ensure_worker() -> None:
+    """Start this server's queue worker thread once, unless ``GLASSBOX_EXTERNAL_WORKER=1``."""
+    if not external_worker():
+        ws = team.workspace()
+        _embedded_worker(ws.url, str(ws.home))
+
+
+def submit_explanation(model, inputs, method: str, params: dict[str, Any], target: int | None,
+                       priority: str = "interactive") -> JobInfo:
+    """Queue ``method`` on ``inputs`` [N, ...] of the current model (registered first if it is an upload)."""
+    version = team.current_version(model, register=True)
+    if version is None:
+        raise PermissionError("This model is not in the workspace and you may not register it.")
+    job_params, arrays, title = explain_job(model, version.name, version.version, inputs,
+                                            {"method": method, "target": target, **params})
+    return team.workspace().jobs.submit(team.actor(), "explain", job_params, title=title, inputs=arrays,
+                                        priority=priority)
+
+
+def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:
+    """Who, what, how far: one row per job, in the order the workers take them."""
+    return pd.DataFrame([{"job": j.id, "who": j.owner, "what": j.title, "priority": j.priority, "status": j.status,
+                          "progress": round(100 * j.progress), "tries": j.attempts, "run": j.run or "",
+                          "note": j.error or ""} for j in jobs],
+                        columns=["job", "who", "what", "priority", "status", "progress", "tries", "run", "note"])
+
+
+def _queue_body() -> None:
+    ws, who = team.workspace(), team.actor()
+    jobs = ws.jobs.list(who, limit=50)
+    if not jobs:
+        st.info("The queue is empty.")
+        return
+    st.dataframe(jobs_frame(jobs), hide_index=True, width="stretch", key="gb_jobs_table",
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100,
+                                                                            format="%d%%")})
+    is_admin = team.can(Action.MANAGE_USERS)
+    for job in jobs:
+        if job.status not in ("queued", "running") or not (job.owner == who.name or is_admin):
+            continue
+        c1, c2 = st.columns([5, 1])
+        c1.progress(job.progress, text=f"{job.title} · {job.status}"
+                    + (" · cancelling…" if job.cancel_requested else ""))
+        if c2.button("Cancel", key=f"gb_job_cancel_{job.id}"):
+            ws.jobs.cancel(who, job.id)
+            st.rerun(scope="fragment")
+    done = [j for j in jobs if j.status == "done" and j.owner == who.name][:5]
+    for job in done:
+        st.caption(f"{job.title}: saved as run [{job.run}](/?run={job.run})")
+
+
+@st.fragment(run_every=REFRESH_S)
+def render_queue() -> None:
+    """The queue table, progress bars and Cancel buttons; redrawn every `REFRESH_S` seconds."""
+    _queue_body()
