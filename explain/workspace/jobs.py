@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select, update
 
 from explain.errors import GlassboxError, NotFound, PermissionDenied, UsageError
-from explain.workspace.core import Core, iso
+from explain.workspace.core import Core
 from explain.workspace.roles import Action, Actor, allows
 from explain.workspace.schema import Job, utcnow
 
@@ -80,17 +80,21 @@ class JobInfo:
 def _info(row: Job) -> JobInfo:
     return JobInfo(row.id, row.kind, row.title, row.owner, bool(row.owner_is_token), row.priority, row.status,
                    float(row.progress or 0.0), dict(row.params or {}), row.run_id, row.error,
-                   bool(row.cancel_requested), row.worker, int(row.attempts or 0), iso(row.created_at),
-                   iso(row.started_at), iso(row.finished_at), row.inputs_sha256)
+                   bool(row.cancel_requested), row.worker, int(row.attempts or 0), _stamp(row.created_at),
+                   _stamp(row.started_at), _stamp(row.finished_at), row.inputs_sha256)
 
 
 def _aware(when: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without their zone: they are UTC."""
-    if when is None or when.tzinfo is not None:
-        return when
-    from datetime import UTC
+    """A UTC datetime (SQLite hands them back without their zone: they are UTC)."""
+    if when is None:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
-    return when.replace(tzinfo=UTC)
+
+def _stamp(when: datetime | None) -> str | None:
+    """ISO 8601 in UTC to the microsecond: the queue orders by these strings."""
+    when = _aware(when)
+    return when.isoformat(timespec="microseconds") if when is not None else None
 
 
 class Jobs:
@@ -192,7 +196,7 @@ class Jobs:
         def query(sess):
             rows = sess.execute(select(Job.owner, func.max(Job.started_at)).where(Job.owner.in_(owners))
                                 .group_by(Job.owner)).all()
-            return {owner: iso(_aware(when)) or "" for owner, when in rows}
+            return {owner: _stamp(when) or "" for owner, when in rows}
 
         if s is not None:
             return query(s)
