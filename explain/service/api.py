@@ -102,17 +102,25 @@ class BodyCap:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _error(413, f"The request body is over {self.limit} bytes.")(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
+        body, more = bytearray(), True  # read it all first (it is capped), then hand it on
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise ApiError(413, f"The request body is over {self.limit} bytes.")
-            return message
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await _error(413, f"The request body is over {self.limit} bytes.")(scope, receive, send)
+        sent = False
 
-        return await self.app(scope, counted, send)
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
 
 
 def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | None = None,
@@ -146,6 +154,8 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         errors = exc.errors()
         if errors:
             first = errors[0]
+            if first.get("type") == "json_invalid":
+                return _error(422, f"The body is not JSON ({first.get('ctx', {}).get('error', 'invalid')}).")
             where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
             return _error(422, f"{where}: {first.get('msg', 'invalid')}")
         return _error(422, "The request body is not valid.")

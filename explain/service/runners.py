@@ -88,6 +88,8 @@ def model_array(model: LoadedModel, instances: Any, what: str = "instances") -> 
         array = np.asarray(instances, dtype=dtype)
     except (TypeError, ValueError, OverflowError):
         raise UsageError(f"{what} is not a rectangular array of numbers.") from None
+    if not array.size:
+        raise UsageError(f"{what} is empty.")
     if array.ndim == len(model.spec.input_shape):
         array = array[None]
     if array.ndim != len(model.spec.input_shape) + 1 or not len(array):
