@@ -70,9 +70,8 @@ def _queue_body() -> None:
         c1, c2 = st.columns([5, 1])
         c1.progress(job.progress, text=f"{job.title} · {job.status}"
                     + (" · cancelling…" if job.cancel_requested else ""))
-        if c2.button("Cancel", key=f"gb_job_cancel_{job.id}"):
-            ws.jobs.cancel(who, job.id)
-            st.rerun(scope="fragment")
+        # A callback: it runs before the redraw, so the table below already shows the cancel.
+        c2.button("Cancel", key=f"gb_job_cancel_{job.id}", on_click=ws.jobs.cancel, args=(who, job.id))
     done = [j for j in jobs if j.status == "done" and j.owner == who.name][:5]
     for job in done:
         st.caption(f"{job.title}: saved as run [{job.run}](/?run={job.run})")

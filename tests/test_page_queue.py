@@ -1,0 +1,65 @@
+"""The Queue page: every session's jobs with who / what / how far, Cancel, and queueing the sidebar
+model's explanation as a job (AppTest; the queue itself is tested in tests/test_jobs.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explain.workspace import Actor, open_workspace
+from sample_models import sample_registry_files
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "views" / "queue.py")
+OP = Actor("cli:tester", operator=True)
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    """This test's own workspace, with no worker: jobs stay where the test puts them."""
+    monkeypatch.setenv("GLASSBOX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GLASSBOX_EXTERNAL_WORKER", "1")
+    workspace = open_workspace(home=tmp_path / "home")
+    workspace.seed(sample_registry_files())
+    yield workspace
+    workspace.close()
+
+
+def _page(sample: str = "cancer") -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["gb_sample"] = sample
+    at.session_state["gb_source"] = "sample"
+    return at
+
+
+def test_queue_lists_every_sessions_jobs_and_cancels_one(ws):
+    first = ws.jobs.submit(Actor.local(), "explain", {}, title="saliency on 3 inputs of cancer@v1")
+    ws.jobs.submit(Actor.local(), "explain", {}, title="occlusion on 2 inputs of shapes@v1", priority="interactive")
+    claimed = ws.jobs.claim("w1")  # the interactive one runs
+    ws.jobs.heartbeat(claimed.id, "w1", progress=0.4)
+    at = _page().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table[["who", "what", "status", "progress"]].values.tolist() == [
+        ["local", "occlusion on 2 inputs of shapes@v1", "running", 40],
+        ["local", "saliency on 3 inputs of cancer@v1", "queued", 0]]
+    at.button(key=f"gb_job_cancel_{first.id}").click().run()
+    assert not at.exception, at.exception
+    assert ws.jobs.get(OP, first.id).status == "cancelled"
+    assert at.dataframe[0].value.set_index("job").loc[first.id, "status"] == "cancelled"
+
+
+def test_queue_an_explanation_of_the_sidebar_model(ws):
+    at = _page().run()
+    assert not at.exception, at.exception
+    assert any("queue is empty" in i.value for i in at.info)
+    at.selectbox(key="gb_job_method").set_value("saliency")
+    at.number_input(key="gb_job_rows").set_value(3)
+    at.button(key="gb_job_submit").click().run()
+    assert not at.exception, at.exception
+    (job,) = ws.jobs.list(OP)
+    assert (job.owner, job.kind, job.status, job.priority) == ("local", "explain", "queued", "interactive")
+    assert job.params["method"] == "saliency" and job.params["model"] == "cancer"
+    assert ws.jobs.inputs(job)["inputs"].shape == (3, 30)
+    assert job.title in at.dataframe[0].value["what"].tolist()
