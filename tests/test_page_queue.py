@@ -63,3 +63,22 @@ def test_queue_an_explanation_of_the_sidebar_model(ws):
     assert job.params["method"] == "saliency" and job.params["model"] == "cancer"
     assert ws.jobs.inputs(job)["inputs"].shape == (3, 30)
     assert job.title in at.dataframe[0].value["what"].tolist()
+
+
+def test_output_page_queues_its_methods_as_jobs_and_follows_them(ws):
+    at = AppTest.from_file(str(ROOT / "pages" / "views" / "output.py"), default_timeout=180)
+    at.session_state["gb_sample"] = "cancer"
+    at.session_state["gb_source"] = "sample"
+    at.run()
+    at.multiselect(key="gb_methods").set_value(["integrated_gradients", "saliency"]).run()
+    assert not at.exception, at.exception
+    at.button(key="gb_output_queue").click().run()
+    assert not at.exception, at.exception
+    queued = ws.jobs.list(OP)
+    assert sorted(j.params["method"] for j in queued) == ["integrated_gradients", "saliency"]
+    assert {(j.owner, j.status, j.priority) for j in queued} == {("local", "queued", "interactive")}
+    assert all(ws.jobs.inputs(j)["inputs"].shape[1:] == (30,) for j in queued)
+    followed = [b for b in at.button if b.key and b.key.startswith("gb_output_job_cancel_")]
+    assert len(followed) == 2
+    followed[0].click().run()
+    assert sorted(j.status for j in ws.jobs.list(OP)) == ["cancelled", "queued"]

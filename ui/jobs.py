@@ -15,6 +15,7 @@ from explain.config import external_worker
 from explain.service.runners import explain_job
 from explain.workspace import Action
 from explain.workspace.jobs import JobInfo
+from ui import state
 from ui import workspace as team
 
 REFRESH_S = 2.0
@@ -81,3 +82,33 @@ def _queue_body() -> None:
 def render_queue() -> None:
     """The queue table, progress bars and Cancel buttons; redrawn every `REFRESH_S` seconds."""
     _queue_body()
+
+
+def render_queue_button(model, inputs, methods: list[str], params_by_method: dict[str, dict[str, Any]],
+                        target: int | None) -> None:
+    """The Output page's "Queue as jobs": the same methods on the same inputs [N, ...] as interactive
+    jobs (they survive a closed tab, every session sees them, each result is saved as a run)."""
+    if not team.can(Action.SAVE_RUN):
+        return
+    if st.button("Queue as jobs", key="gb_output_queue",
+                 help="Run these methods in the team's job queue; each result is saved as a run."):
+        with state.error_boundary("Queueing the explanation"):
+            st.session_state["gb_output_jobs"] = [
+                submit_explanation(model, inputs, m, params_by_method.get(m, {}), target).id for m in methods]
+    ids = st.session_state.get("gb_output_jobs")
+    if ids:
+        _render_followed(ids)
+
+
+@st.fragment(run_every=REFRESH_S)
+def _render_followed(ids: list[str]) -> None:
+    ws, who = team.workspace(), team.actor()
+    for job_id in ids:
+        job = ws.jobs.get(who, job_id)
+        if job.status == "done":
+            st.caption(f"{job.title}: done, saved as run [{job.run}](/?run={job.run})")
+            continue
+        c1, c2 = st.columns([5, 1])
+        c1.progress(job.progress, text=f"{job.title} · {job.status}" + (f" · {job.error}" if job.error else ""))
+        if job.status in ("queued", "running"):
+            c2.button("Cancel", key=f"gb_output_job_cancel_{job.id}", on_click=ws.jobs.cancel, args=(who, job.id))

@@ -76,6 +76,10 @@ def explain_job(model: LoadedModel, name: str, version: int, instances: np.ndarr
     for key, spec in method.params.items():
         if spec.kind == "array" and isinstance(given.get(key), list):
             arrays[key] = model_array(model, given.pop(key), key)
+        elif spec.kind == "array" and isinstance(given.get(key), np.ndarray):  # from a page's upload widget
+            arrays[key] = given.pop(key)
+        elif spec.kind == "array":
+            given.pop(key, None)  # None: the method's default
     resolve_params(method.params, {**given, **{k: v for k, v in arrays.items() if k != "inputs"}})
     params = {"model": name, "version": version, "method": method.name, "target": target, "params": given}
     return params, arrays, f"{method.name} on {len(instances)} inputs of {name}@v{version}"

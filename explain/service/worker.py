@@ -37,8 +37,14 @@ class Worker:
         self.poll_s = poll_s
         self.models = ModelCache(ws)
         self.stop = threading.Event()
+        self._recovered_at = float("-inf")
 
     def recover(self) -> list[JobInfo]:
+        """Take back the jobs of workers that stopped answering (at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._recovered_at < min(5.0, job_stale_s() / 4):
+            return []
+        self._recovered_at = now
         return self.ws.jobs.recover(job_stale_s(), job_max_attempts())
 
     def run_forever(self) -> int:
