@@ -2,6 +2,7 @@
 model's explanation as a job (AppTest; the queue itself is tested in tests/test_jobs.py)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,39 @@ def test_output_page_queues_its_methods_as_jobs_and_follows_them(ws):
     assert len(followed) == 2
     followed[0].click().run()
     assert sorted(j.status for j in ws.jobs.list(OP)) == ["cancelled", "queued"]
+
+
+@pytest.mark.browser
+def test_eight_browser_sessions_queue_at_once_and_every_job_is_run_once(chromium, tmp_path):
+    from tests.conftest import start_streamlit, stop_streamlit, wait_for_app
+
+    home = tmp_path / "home"
+    proc, url = start_streamlit({"GLASSBOX_HOME": str(home), "GLASSBOX_EXTERNAL_WORKER": "0"})
+    contexts = [chromium.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(8)]
+    try:
+        pages = [c.new_page() for c in contexts]
+        for page in pages:
+            page.goto(f"{url}/queue", wait_until="commit")
+        for page in pages:
+            page.locator('[data-testid="stMain"] h1', has_text="Job queue").first.wait_for(timeout=300_000)
+            wait_for_app(page, timeout_ms=300_000)
+            page.get_by_text("Queue an explanation of the sidebar's model").click()
+            page.get_by_role("button", name="Queue", exact=True).wait_for(timeout=120_000)
+        for page in pages:  # all eight clicks before any answer is awaited
+            page.get_by_role("button", name="Queue", exact=True).click()
+        for page in pages:
+            page.get_by_text("Queued job").first.wait_for(timeout=300_000)
+            assert page.locator('[data-testid="stException"]').count() == 0
+        ws = open_workspace(f"sqlite:///{home / 'glassbox.db'}", home=home)
+        deadline = time.monotonic() + 600
+        while any(j.status in ("queued", "running") for j in ws.jobs.list(OP)):
+            assert time.monotonic() < deadline, [j.status for j in ws.jobs.list(OP)]
+            time.sleep(0.5)
+        jobs = ws.jobs.list(OP)
+        assert len(jobs) == 8 and {j.status for j in jobs} == {"done"} and {j.attempts for j in jobs} == {1}
+        assert sorted(r.id for r in ws.runs.list(OP)) == sorted(j.run for j in jobs)
+        ws.close()
+    finally:
+        for context in contexts:
+            context.close()
+        stop_streamlit(proc)
