@@ -32,6 +32,7 @@ MODELS = st.Page(VIEWS / "models.py", title="Models", icon=":material/inventory_
 EXPLAIN = [
     OVERVIEW,
     st.Page(VIEWS / "output.py", title="Output", icon=":material/target:", url_path="output"),
+    st.Page(VIEWS / "dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
     st.Page(VIEWS / "structure.py", title="Structure", icon=":material/account_tree:", url_path="structure"),
     st.Page(VIEWS / "training.py", title="Training", icon=":material/monitoring:", url_path="training"),
 ]

@@ -1,43 +1,94 @@
 """Regenerate the README screenshots: `python docs/screenshots.py` (needs Debian's chromium).
 
-Starts `streamlit run app.py`, opens each page on the bundled samples in headless
-Chromium and saves docs/screenshot-<page>.png.
+Starts `streamlit run app.py`, opens each page on the bundled samples in headless Chromium and
+saves docs/screenshots/<name>.png (each kept under 300 KB: PNG palette-quantised when larger).
+Look at them before committing: they are what a new user sees first.
 """
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from PIL import Image  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS, start_streamlit, stop_streamlit, wait_for_app  # noqa: E402
+from tests.training_curves import healthy, overfitting, to_csv  # noqa: E402
 
-OUT = ROOT / "docs"
+OUT = ROOT / "docs" / "screenshots"
+MAX_BYTES = 300_000
+WIDTH = 1400
 
 
-def shoot(page, name: str, height: int = 1100) -> None:
-    page.wait_for_timeout(1500)  # plotly draws after the script finishes
-    page.screenshot(path=str(OUT / f"screenshot-{name}.png"), clip={"x": 0, "y": 0, "width": 1600, "height": height},
-                    full_page=True)
-    print("wrote", OUT / f"screenshot-{name}.png")
+def shoot(page, name: str, height: int) -> None:
+    page.set_viewport_size({"width": WIDTH, "height": height})  # Streamlit scrolls inside its own container
+    wait_for_app(page)
+    page.wait_for_timeout(2000)  # plotly draws after the script finishes
+    assert page.locator('[data-testid="stException"]').count() == 0, f"{name}: the page shows an exception"
+    png = page.screenshot()
+    if len(png) > MAX_BYTES:  # screenshots are mostly flat colour: 256 colours lose nothing visible
+        image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", optimize=True)
+        png = buf.getvalue()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.png").write_bytes(png)
+    print(f"wrote {OUT / f'{name}.png'} ({len(png) // 1000} KB)")
+
+
+def pick_sample(page, label: str) -> None:
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name=label).click()
+    wait_for_app(page)
+
+
+def shoot_report(browser) -> None:
+    """The HTML report of the shapes sample: its output section and its checkpoint evolution."""
+    import tempfile
+
+    from explain.report.sections import build_report
+    from sample_models import load_sample, sample_dir, sample_inputs
+
+    root = Path(sample_dir("shapes"))
+    report = build_report(load_sample("shapes"), sample_inputs("shapes")["inputs"], logs=[root / "train_log.csv"],
+                          checkpoints=sorted((root / "checkpoints").glob("*.pt")),
+                          method_params={"integrated_gradients": {"steps": 32}})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "report.html"
+        report.save(path)
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(path.as_uri())
+        page.wait_for_timeout(3000)
+        for section, name in (("#output-integrated-gradients", "report-output"),
+                              ("#checkpoint-evolution", "report-evolution")):
+            box = page.locator(section).bounding_box()  # a full-page clip: no resize, so plotly keeps its layout
+            png = page.screenshot(full_page=True, clip={"x": 0, "y": box["y"] - 10, "width": 1200,
+                                                        "height": min(box["height"] + 20, 1600)})
+            (OUT / f"{name}.png").write_bytes(png)
+            print(f"wrote {OUT / f'{name}.png'} ({len(png) // 1000} KB)")
+        page.close()
 
 
 def main() -> None:
-    proc, url = start_streamlit()
+    import tempfile
+
+    # an empty throwaway workspace, like the tests': never the user's ~/.glassbox
+    proc, url = start_streamlit({"GLASSBOX_HOME": tempfile.mkdtemp(prefix="glassbox-screens-")})
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
             page.set_default_timeout(180_000)
 
             page.goto(url)
             page.get_by_text("completeness error").first.wait_for()
             page.get_by_text("best_epoch").first.wait_for()
             wait_for_app(page)
-            shoot(page, "overview", 1200)
+            shoot(page, "overview", 1000)
 
             page.goto(url + "/output")
             page.get_by_text("completeness error").first.wait_for()
@@ -47,24 +98,45 @@ def main() -> None:
             page.keyboard.press("Escape")
             page.get_by_text("Agreement between methods").wait_for()
             wait_for_app(page)
-            shoot(page, "output", 1100)
+            shoot(page, "output", 1150)
+
+            page.get_by_text("side by side", exact=True).click()
+            wait_for_app(page)
+            shoot(page, "output-side-by-side", 900)
+
+            pick_sample(page, "Sentiment — text transformer")
+            page.locator(".gb-legend").first.wait_for()  # the token highlights' legend
+            wait_for_app(page)
+            shoot(page, "output-text", 900)
 
             page.goto(url + "/structure")
-            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
-            page.get_by_role("option", name="Sentiment — text transformer").click()
-            page.get_by_text("sentiment · ").first.wait_for()
             wait_for_app(page)
+            pick_sample(page, "Sentiment — text transformer")
+            page.get_by_text("sentiment · ").first.wait_for()
             page.get_by_role("tab", name="Attention").click()
             page.get_by_text("Attention rollout across layers").first.wait_for()
             wait_for_app(page)
-            shoot(page, "structure-attention", 1300)
+            shoot(page, "structure-attention", 1150)
 
             page.goto(url + "/training")
-            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
-            page.get_by_role("option", name="Shapes — image, residual CNN").click()
             wait_for_app(page)
+            pick_sample(page, "Shapes — image, residual CNN")
             page.locator(".js-plotly-plot").first.wait_for()
-            shoot(page, "training", 1300)
+            shoot(page, "training", 1150)
+
+            # two runs uploaded: side by side, findings per run
+            page.get_by_text("Your training logs and checkpoints").click()
+            uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Training logs")
+            uploader.locator('input[type="file"]').set_input_files([
+                {"name": "run-a.csv", "mimeType": "text/csv", "buffer": to_csv(healthy(0))},
+                {"name": "run-b.csv", "mimeType": "text/csv", "buffer": to_csv(overfitting(1))},
+            ])
+            page.get_by_text("Findings · run-b").first.wait_for()
+            wait_for_app(page)
+            page.get_by_text("Your training logs and checkpoints").click()  # fold the uploader away
+            wait_for_app(page)
+            shoot(page, "training-runs", 1250)
+            shoot_report(browser)
             browser.close()
     finally:
         stop_streamlit(proc)

@@ -34,6 +34,10 @@ Environment variables:
         report the job is taken back (default 30 s), and how many tries it gets (3).
     GLASSBOX_API_MAX_BODY_MB / GLASSBOX_API_MAX_JOBS: the HTTP API's largest request
         body (default 16) and queued-or-running jobs per token (default 16).
+
+
+    GLASSBOX_RAY_ADDRESS: a Ray cluster's address (``ray start --head`` prints it);
+        dataset-wide runs then go to its actors (`explain.dataset.ray_engine`).
 """
 from __future__ import annotations
 
@@ -141,3 +145,8 @@ def api_max_body_bytes() -> int:
 
 def api_max_jobs() -> int:
     return int(_env_number("GLASSBOX_API_MAX_JOBS", 16))
+
+
+def ray_address() -> str | None:
+    """The Ray cluster dataset-wide runs use (``GLASSBOX_RAY_ADDRESS``), None when unset."""
+    return os.environ.get("GLASSBOX_RAY_ADDRESS", "").strip() or None

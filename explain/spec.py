@@ -39,6 +39,9 @@ class InputSpec:
             ``<pad>`` and id 1 is ``<unk>``; ``cls_token`` is prepended when set.
         cls_token: a token put in front of every text (e.g. ``<cls>``) or None.
         lowercase: lower-case text before tokenising.
+        tokenizer: a Hugging Face ``tokenizer.json`` (its text). When set, texts are
+            tokenised by it, the model's own tokenizer (BPE, WordPiece, Unigram, with
+            its special tokens), instead of by ``vocabulary`` alone.
         name: a display name for the model.
     """
 
@@ -52,6 +55,7 @@ class InputSpec:
     vocabulary: list[str] | None = None
     cls_token: str | None = None
     lowercase: bool = True
+    tokenizer: str | None = None
     name: str = "model"
 
     def __post_init__(self) -> None:

@@ -10,11 +10,12 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import SCREENSHOTS, start_streamlit, stop_streamlit, wait_for_app
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = {"overview": "Overview", "output": "Output", "structure": "Structure", "training": "Training",
+PAGES = {"overview": "Overview", "output": "Output", "dataset": "Dataset", "structure": "Structure", "training": "Training",
          "runs": "Saved runs", "models": "Models", "review": "Review", "audit": "Audit log",
          "queue": "Queue"}
-TITLES = {"overview": "Overview", "output": "Output explanations", "structure": "Structure", "training": "Training",
-          "runs": "Saved runs", "models": "Models", "review": "Review", "audit": "Audit log", "queue": "Job queue"}
+TITLES = {"overview": "Overview", "output": "Output explanations", "dataset": "Dataset explanations", "structure": "Structure",
+          "training": "Training", "runs": "Saved runs", "models": "Models", "review": "Review", "audit": "Audit log",
+          "queue": "Job queue"}
 
 
 def test_app_opens_on_overview_with_the_sidebar():

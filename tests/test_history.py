@@ -344,3 +344,26 @@ def test_sample_model_logs(name):
     ckpts = sorted((log.parent / "checkpoints").glob("epoch_*.pt"))
     from_ckpt = read_history(ckpts[-1])
     assert from_ckpt.by_epoch()["val_loss"].tolist() == pytest.approx(h.by_epoch()["val_loss"].tolist(), rel=1e-5)
+
+
+@pytest.mark.parametrize("data, what", [(b"this is not a model\n", "a text file"),
+                                        (b"\x89PNG\r\n\x1a\n" + bytes(64), "an image"),
+                                        (b"", "empty (0 bytes)")])
+def test_a_wrong_file_is_named_alike_as_model_checkpoint_and_log(data, what):
+    """One wording for one fault: the sidebar's ("is a text file") for the same file given as a
+    checkpoint or as a log, not "truncated or damaged"."""
+    from explain.errors import CorruptFile
+    from explain.loading.loader import load_model
+    from explain.training.evolution import read_checkpoint
+    from explain.training.history import read_history
+
+    for reader, expected in ((load_model, f"notamodel.pt (named .pt) is {what}, not a model."),
+                             (read_checkpoint, f"notamodel.pt is {what}, not a torch checkpoint."),
+                             (read_history, f"notamodel.pt is {what}, not a torch checkpoint.")):
+        with pytest.raises(CorruptFile) as info:
+            reader(data, filename="notamodel.pt")
+        if not data:  # an empty upload is refused by the one capped reader before any format is tried
+            assert "empty" in info.value.reason
+        else:
+            assert info.value.reason == expected
+            assert "truncated" not in str(info.value)

@@ -293,3 +293,82 @@ def test_vocabulary_from_tokenizer_json(bert_dir, tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32, "do_lower_case": True}))
     spec = load_model(folder).spec
     assert spec.vocabulary == VOCAB and spec.cls_token == "[CLS]" and spec.input_shape == (32,)
+
+
+@pytest.mark.browser
+def test_browser_upload_of_a_hf_zip_with_texts_then_save_run_registers_it(bert_dir, tmp_path, app_url, browser_page):
+    """A new user's path: a Hugging Face zip and a text file through the real uploaders, explained, saved."""
+    from explain.workspace import Actor, open_workspace
+    from tests.conftest import SCREENSHOTS, wait_for_app
+
+    archive = tmp_path / "tiny-bert.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in bert_dir.iterdir():
+            zf.write(f, f"tiny-bert/{f.name}")  # zipped as a folder, as people zip them
+    (tmp_path / "reviews.txt").write_text("the movie was very good\nbad awful movie\n")
+    page = browser_page
+    page.goto(app_url + "/output")
+    page.get_by_text("Output explanations").first.wait_for(timeout=240_000)
+    wait_for_app(page)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stRadioGroup"]').get_by_text("Upload", exact=True).click()
+    page.locator('[data-testid="stMain"] h1', has_text="Your model").wait_for(timeout=120_000)
+    uploader = sidebar.locator('[data-testid="stFileUploader"]')
+    uploader.filter(has_text="Checkpoint").locator('input[type="file"]').set_input_files(str(archive))
+    wait_for_app(page)
+    uploader.filter(has_text="Inputs").locator('input[type="file"]').set_input_files(str(tmp_path / "reviews.txt"))
+    page.get_by_text("completeness error").first.wait_for(timeout=240_000)
+    wait_for_app(page)
+    main = page.locator('[data-testid="stMain"]')
+    text = main.inner_text()
+    assert "huggingface · text · 2 inputs" in text
+    assert "movie" in text and "[CLS]" in text  # the model's own tokens, shown as tokens
+    assert page.locator('[data-testid="stException"]').count() == 0
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "hf_zip_upload.png"), full_page=True)
+
+    page.get_by_role("button", name="Save run").click()
+    page.locator('[data-testid="stCode"]', has_text="?run=").first.wait_for(timeout=120_000)
+    ws = open_workspace()
+    version = ws.registry.find_by_sha(Actor.local(), __import__("hashlib").sha256(archive.read_bytes()).hexdigest())
+    assert version is not None and version.name == "tiny-bert" and version.filename == "tiny-bert.zip"
+    assert ws.runs.list(Actor.local(), model="tiny-bert")[0].method == "integrated_gradients"
+
+
+def test_roberta_with_a_bpe_tokenizer_json_tokenises_with_its_own_tokenizer(tmp_path):
+    """A non-BERT tokenizer (byte-level BPE, <s> ... </s>, pad id 1): texts get the tokenizer's own ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from explain.inputs.reading import read_inputs
+
+    corpus = ["the movie was very good", "bad awful movie", "not a great film at all", "what a lovely story"] * 5
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=40, pad_token_id=1, bos_token_id=0,
+                        eos_token_id=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    path = tmp_path / "roberta"
+    RobertaForSequenceClassification(cfg).eval().save_pretrained(path)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"cls_token": "<s>", "model_max_length": 32}))
+
+    model = load_model(path)
+    assert model.spec.tokenizer and model.spec.cls_token == "<s>" and model.spec.input_shape == (32,)
+    (tmp_path / "texts.txt").write_text("the movie was very good\nbad awful movie\n")
+    ids = np.asarray(read_inputs(tmp_path / "texts.txt", model.spec).array)
+    want = tok.encode("bad awful movie").ids
+    assert ids[1, : len(want)].tolist() == want and want[0] == 0 and want[-1] == 2  # <s> ... </s>
+    assert (ids[1, len(want):] == 1).all()  # padded with RoBERTa's <pad> (id 1)
+    reference = RobertaForSequenceClassification.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        mask = torch.as_tensor(ids) != 1
+        expected = reference(input_ids=torch.as_tensor(ids), attention_mask=mask.long()).logits.numpy()
+    with torch.no_grad():
+        ours = model.module(torch.as_tensor(ids)).numpy()
+    assert np.allclose(ours, expected, atol=1e-5)
+    attr = get_method("integrated_gradients").explain(model, ids, steps=64)
+    assert attr.max_completeness_error < 0.05

@@ -88,3 +88,89 @@ def test_browser_two_methods_show_two_columns_of_maps(app_url, browser_page):
     assert page.locator('[data-testid="stException"]').count() == 0
     headers = page.locator("strong", has_text=re.compile(r"^(integrated_gradients|saliency)$"))
     assert headers.count() >= 2
+
+
+def _map_charts(at: AppTest) -> list[dict]:
+    import json
+
+    out = []
+    for c in at.get("plotly_chart"):
+        spec = json.loads(c.proto.spec)
+        if any(t["type"] == "heatmap" for t in spec["data"]) and "colorbar" in spec["data"][-1]:
+            out.append({"spec": spec, "config": json.loads(c.proto.config)})
+    return out
+
+
+def test_output_page_image_maps_overlay_grey_copy_and_toggle_views_and_scales():
+    import numpy as np
+
+    at = _run_page("shapes")
+    assert not at.exception, at.exception
+    maps = _map_charts(at)
+    assert len(maps) == 4  # one per shown input
+    for m in maps:
+        image, heat = m["spec"]["data"]
+        assert image["type"] == "image" and heat["zmin"] == -heat["zmax"]
+        assert "supports" in heat["colorbar"]["title"]["text"]
+        assert m["config"]["toImageButtonOptions"]["format"] == "png"
+    assert len({m["spec"]["data"][1]["zmax"] for m in maps}) == 1  # shared: one limit for all inputs
+
+    at.radio(key="gb_scale").set_value("per map").run()
+    assert len({m["spec"]["data"][1]["zmax"] for m in _map_charts(at)}) == 4
+
+    at.radio(key="gb_view").set_value("map alone").run()
+    assert all([t["type"] for t in m["spec"]["data"]] == ["heatmap"] for m in _map_charts(at))
+
+    at.radio(key="gb_view").set_value("side by side").run()
+    for m in _map_charts(at):
+        assert [t["type"] for t in m["spec"]["data"]] == ["image", "heatmap"]
+        assert m["spec"]["data"][1]["xaxis"] == "x2"
+
+    at.radio(key="gb_sign").set_value("absolute").run()
+    at.radio(key="gb_figure_format").set_value("svg").run()
+    assert not at.exception, at.exception
+    for m in _map_charts(at):
+        assert m["spec"]["data"][1]["zmin"] == 0 and m["config"]["toImageButtonOptions"]["format"] == "svg"
+    assert np.isfinite([m["spec"]["data"][1]["zmax"] for m in _map_charts(at)]).all()
+
+
+def test_output_page_text_tokens_have_a_legend_and_hover_values():
+    at = _run_page("sentiment")
+    assert not at.exception, at.exception
+    htmls = [h.proto.body for h in at.get("html")]
+    tokens = [h for h in htmls if "gb-legend" in h]
+    assert tokens and all("supports" in h for h in tokens)
+    assert all(re.search(r'title="[^"]+: [+-][0-9]', h) for h in tokens)
+
+
+@pytest.mark.browser
+def test_browser_overlay_toggle_colour_bar_and_token_legend(app_url, browser_page):
+    """The view toggle redraws the maps (side by side: the input's image next to each map), every
+    map carries its colour bar, the text sample shows the token legend; no exception, no page error."""
+    from tests.conftest import SCREENSHOTS
+
+    page = browser_page
+    page.goto(app_url + "/output")
+    page.get_by_text("red: supports").first.wait_for(timeout=120_000)  # the colour bar's title
+    wait_for_app(page)
+    maps = page.locator(".js-plotly-plot").filter(has_text="red: supports")
+    assert maps.count() == 4  # one map per shown input
+    assert maps.first.locator(".colorbar").count() == 1
+    page.get_by_text("side by side", exact=True).click()
+    wait_for_app(page)
+    page.wait_for_function(  # two images per map plot once redrawn: the input, then its map
+        "() => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.innerText.includes('red: supports'))"
+        ".every(p => p.querySelectorAll('.xy2, .x2y2').length > 0)", timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "output_side_by_side.png"), full_page=True)
+
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="Sentiment — text transformer").click()
+    page.locator(".gb-legend").first.wait_for(timeout=120_000)
+    wait_for_app(page)
+    token = page.locator(".gb-tokens span[title]").first
+    assert re.search(r": [+-]\d", token.get_attribute("title"))  # the value on hover
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(SCREENSHOTS / "output_text_tokens.png"), full_page=True)
+    assert page.console_errors == []

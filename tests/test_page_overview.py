@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explain.finding import sort_findings
+from explain.report.document import find_chromium
 from explain.training.evolution import read_checkpoints
 from explain.training.findings import diagnose
 from explain.training.history import read_history
@@ -159,3 +160,26 @@ def test_training_files_uploaded_for_the_model_replace_the_samples_in_overview_a
     best = next(m.value for m in at.markdown if "best_epoch" in m.value)
     assert "of 5" in best  # the uploaded 5-epoch log, not the sample's 10 epochs
     assert at.selectbox(key="gb_ov_ckpt").options == ["final model", "epoch 1", "epoch 4"]  # the two uploaded
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="chromium not installed")
+def test_report_downloads_as_pdf_printed_by_chromium():
+    at = _run("cancer")
+    at.button(key="gb_ov_build").click().run()
+    at.button(key="gb_ov_make_pdf").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    key, pdf = at.session_state["gb_report_pdf"]
+    assert key == at.session_state["gb_ov_report"][0] and pdf[:5] == b"%PDF-" and len(pdf) > 10_000
+    assert len(at.get("download_button")) == 2  # HTML and PDF
+
+
+def test_without_chromium_the_pdf_is_not_offered_and_the_page_says_why(monkeypatch):
+    import explain.report.document as document
+
+    monkeypatch.setattr(document, "CHROMIUM_CANDIDATES", ())
+    at = _run("cancer")
+    at.button(key="gb_ov_build").click().run()
+    assert not at.exception and not at.error
+    assert len(at.get("download_button")) == 1  # the HTML still downloads
+    assert not [b for b in at.button if b.key == "gb_ov_make_pdf"]
+    assert any(document.NO_CHROMIUM in c.value and "print it from a browser" in c.value for c in at.caption)

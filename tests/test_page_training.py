@@ -96,3 +96,34 @@ def test_training_page_in_a_browser(app_url, browser_page):
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=str(SCREENSHOTS / "training_page_uploads.png"), full_page=True)
     assert not page.console_errors, page.console_errors
+
+
+def test_two_uploaded_logs_are_runs_side_by_side_with_findings_per_run():
+    import training_curves as curves
+    from streamlit.testing.v1 import AppTest
+
+    from explain.training.findings import diagnose
+
+    healthy, overfit = curves.healthy(0), curves.overfitting(1)
+    assert "overfitting" not in {f.kind for f in diagnose(healthy)}  # the known answers
+    assert "overfitting" in {f.kind for f in diagnose(overfit)}
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.run()
+    logs = next(u for u in at.get("file_uploader") if u.label == "Training logs")
+    logs.set_value([("healthy.csv", curves.to_csv(healthy), "text/csv"),
+                    ("overfit.csv", curves.to_csv(overfit), "text/csv")])
+    at.run()
+    assert not at.exception, at.exception
+    assert at.radio(key="gb_train_mode").value == "runs"  # the default for two logs of the same series
+    traces = _chart_data(at, "gb_train_runs")
+    titles = {t["legendgroup"]: t["legendgrouptitle"]["text"] for t in traces}
+    assert sorted(titles.values()) == ["healthy", "overfit"]  # one legend group per run, named by its file
+    expanders = [e.label for e in at.expander if e.label.startswith("Findings · ")]
+    assert expanders == ["Findings · healthy", "Findings · overfit"]
+    per_run = {e.label: " ".join(m.value for m in e.markdown) for e in at.expander if e.label in expanders}
+    assert "**overfitting**" in per_run["Findings · overfit"]
+    assert "**overfitting**" not in per_run["Findings · healthy"]
+
+    at.radio(key="gb_train_mode").set_value("merge").run()  # the other reading is one click away
+    assert not at.exception, at.exception
+    assert any(c.proto.id.endswith("-gb_train_curves") for c in at.get("plotly_chart"))

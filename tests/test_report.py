@@ -257,3 +257,32 @@ def test_cli_exit_codes(tmp_path, capsys):
     code, _, err = _cli(capsys, "report", model)
     assert code == 2 and "--out" in err
     assert not Path(html).exists()
+
+
+def test_image_maps_in_the_report_are_over_a_grey_copy_with_a_legend():
+    """The report's overlay is the page's: the map over the grey-scale input (`viz.overlay_pixels`),
+    one symmetric colour limit for all inputs, a legend that says what red and blue mean."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from explain.viz import attribution as viz
+
+    model = image_model()
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    section = build_report(model, x, methods=["saliency"]).section("Output: Saliency (gradient)")
+    zmax = section.data["color_limit"]
+    assert "red: supports the target · blue: against" in section.body
+    assert f"−{zmax:.2g}" in section.body and f"+{zmax:.2g}" in section.body
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)" alt="saliency map for input (\d)"', section.body)
+    assert len(pngs) == 2
+    from explain.output.methods import get_method
+
+    attr = get_method("saliency").explain(model, x)
+    images = viz.to_display_images(x, model.spec)
+    maps = viz.image_maps(attr)
+    for data, i in pngs:
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+        assert (shown[::4, ::4] == viz.overlay_pixels(images[int(i)], maps[int(i)], zmax)).all()  # upscaled 4x

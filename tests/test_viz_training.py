@@ -65,12 +65,6 @@ def test_findings_move_with_the_x_axis():
     assert fig.layout.xaxis.title.text == "step"
 
 
-def test_runs_figure_one_colour_per_run():
-    fig = figure_runs([curves.healthy(0), curves.overfitting(1)], smoothing=0.0)
-    colors = {t.name.split(" · ")[0] + str(i // 2): t.line.color for i, t in enumerate(fig.data)}
-    assert len(fig.data) == 4 and len(set(colors.values())) == 2
-
-
 def test_weight_change_heatmap():
     change = WeightChange(["a", "b"], ["e1", "e2", "e3"], ["e1 → e2", "e2 → e3"],
                           np.array([[0.5, 0.1], [0.2, np.nan]]), np.ones((2, 3)))
@@ -97,3 +91,32 @@ def test_drift_figures():
     assert list(table.layout.xaxis.ticktext) == list("abcde")
     corr = figure_drift_correlation(_drift((5,)))
     assert list(corr.data[0].y) == pytest.approx([0.15, 0.55, 1.0])
+
+
+def test_two_logs_of_the_same_series_are_runs_disjoint_series_are_one_run():
+    from explain.training.history import default_log_mode
+
+    a, b = curves.healthy(0), curves.overfitting(1)
+    assert default_log_mode([a, b]) == "runs"  # both log loss / val_loss: two runs to compare
+    train_only = curves.to_history(np.arange(5.0), loss=np.linspace(2, 1, 5))
+    val_only = curves.to_history(np.arange(5.0), val_loss=np.linspace(2.1, 1.2, 5))
+    assert default_log_mode([train_only, val_only]) == "merge"  # train and validation written apart
+    assert default_log_mode([a]) == "merge"
+
+
+def test_runs_figure_overlays_each_runs_curves_in_its_own_legend_group():
+    a, b = curves.healthy(0), curves.overfitting(1)
+    a.name, b.name = "run-a.csv", "run-b.csv"
+    fig = figure_runs([a, b], smoothing=0.0)
+    groups = {}
+    for t in fig.data:
+        groups.setdefault(t.legendgroup, set()).add((t.name, t.line.color, t.legendgrouptitle.text))
+    assert set(groups) == {"run 0", "run 1"}
+    assert {title for g in groups.values() for _, _, title in g} == {"run-a.csv", "run-b.csv"}
+    assert len({c for _, c, _ in groups["run 0"]}) == 1 and {c for _, c, _ in groups["run 0"]} != {
+        c for _, c, _ in groups["run 1"]}
+    # healthy logs accuracy: its metric row is drawn; overfitting logs only losses
+    assert sorted(n for n, _, _ in groups["run 0"]) == ["train loss (loss)", "train metric (accuracy)",
+                                                         "validation loss (val_loss)", "validation metric (val_accuracy)"]
+    assert sorted(n for n, _, _ in groups["run 1"]) == ["train loss (loss)", "validation loss (val_loss)"]
+    assert fig.layout.yaxis2.title.text == "metric"

@@ -102,3 +102,8 @@ def oscillating(seed: int, at: int = 25, n: int = 50) -> TrainingHistory:
     rel = np.where(e < at, 0.25, 0.02)
     loss = base * (1 + rel * rng.standard_normal(n))
     return to_history(e, loss=np.abs(loss), val_loss=np.abs(_noisy(rng, base * 1.1, 0.03)), lr=np.where(e < at, 0.5, 0.05))
+
+
+def to_csv(history: TrainingHistory) -> bytes:
+    """A history as the Keras CSVLogger file a user would upload."""
+    return history.frame.to_csv(index=False).encode()

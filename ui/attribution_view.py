@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,32 @@ from explain.inputs.text import detokenize, padding_mask, tokens_for_display
 from explain.model import LoadedModel
 from explain.output.agreement import agreement_matrix
 from explain.viz import attribution as viz
+from ui.figures import figure_config, figure_format_choice
 from ui.text import escape_markdown
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How image maps are drawn: which sign, which view (`viz.VIEWS`), which colour scale (`viz.SCALES`)."""
+
+    sign: str = "all"
+    view: str = "overlay"
+    scale: str = "shared"
+
+
+def map_controls(modality: str) -> MapOptions:
+    """The Output page's controls for image maps (defaults for other modalities)."""
+    if modality != "image":
+        return MapOptions()
+    c1, c2, c3 = st.columns([3, 3, 2])
+    sign = c1.radio("Show", viz.SIGNS, horizontal=True, key="gb_sign",
+                    help="all: red supports the target, blue is against it; absolute: either way.")
+    view = c2.radio("View", viz.VIEWS, horizontal=True, key="gb_view",
+                    help="overlay: the map over a grey-scale copy of the input; side by side: the input, then the map.")
+    scale = c3.radio("Colour scale", viz.SCALES, horizontal=True, key="gb_scale",
+                     help="shared: one limit for all inputs of a method, so their maps compare; "
+                          "per map: each map uses its own range.")
+    return MapOptions(sign, view, scale)
 
 
 def caption_for(attr: Attribution, index: int) -> str:
@@ -34,7 +60,7 @@ def render_prediction(model: LoadedModel, probs: np.ndarray, label: int | None, 
 
 def render_grid(
     model: LoadedModel, attrs: Sequence[Attribution], rows: Sequence[int], probs: np.ndarray,
-    labels: np.ndarray | None, sign: str = "all",
+    labels: np.ndarray | None, options: MapOptions = MapOptions(),
 ) -> None:
     """One column per method, one row per input (``rows`` index into the batch)."""
     modality = model.modality
@@ -45,8 +71,12 @@ def render_grid(
                      if len(set(attr.target.tolist())) == 1 else f"**{attr.method}**")
     if modality == "image":
         images = viz.to_display_images(attrs[0].inputs, model.spec)
-        maps = [viz.image_maps(a, sign) for a in attrs]
-        scales = [viz.shared_scale(m[list(rows)]) for m in maps]
+        maps = [viz.image_maps(a, options.sign) for a in attrs]  # per method [N, H, W]
+        limits = []  # per method [N]: the shown rows' colour limits
+        for m in maps:
+            lim = np.ones(len(m))
+            lim[list(rows)] = viz.colour_limits(m[list(rows)], options.scale)
+            limits.append(lim)
     for r in rows:
         cols = st.columns([1] + [1] * len(attrs))
         label = int(labels[r]) if labels is not None else None
@@ -62,18 +92,21 @@ def render_grid(
             with col:
                 target_name = model.spec.class_name(int(attr.target[r]))
                 if modality == "image":
-                    fig = viz.image_attribution_figure(images[r], maps[k][r], scales[k], sign, title=f"→ {target_name}")
-                    st.plotly_chart(fig, config={"displayModeBar": False}, key=f"img_{attr.method}_{r}_of_{len(attrs)}")
+                    fig = viz.image_attribution_figure(images[r], maps[k][r], limits[k][r], options.sign,
+                                                       title=f"→ {target_name}", view=options.view, target=target_name)
+                    st.plotly_chart(fig, config=figure_config(f"{attr.method}_input{r}"),
+                                    key=f"img_{attr.method}_{r}_of_{len(attrs)}")
                 elif modality == "tabular":
                     names = model.spec.feature_names or [f"x{i}" for i in range(attr.values.shape[1])]
                     raw = _raw_tabular(model, attr.inputs[r])
                     st.plotly_chart(viz.tabular_bar_figure(attr.values[r], names, raw, title=f"→ {target_name}"),
-                                    config={"displayModeBar": False}, key=f"tab_{attr.method}_{r}_of_{len(attrs)}")
+                                    config=figure_config(f"{attr.method}_row{r}"),
+                                    key=f"tab_{attr.method}_{r}_of_{len(attrs)}")
                 else:
                     ids = np.asarray(attr.inputs[r])
                     st.caption(f"→ {escape_markdown(target_name)}")
                     st.html(viz.text_attribution_html(detokenize(ids, model.spec), attr.values[r],
-                                                      padding=padding_mask(ids, model.spec)))
+                                                      padding=padding_mask(ids, model.spec), target=target_name))
                 st.caption(caption_for(attr, r))
 
 
@@ -86,13 +119,13 @@ def render_summary(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
         for col, attr in zip(cols, attrs):
             with col:
                 fig = viz.tabular_summary_figure(attr.values, attr.inputs, names, title=attr.method)
-                st.plotly_chart(fig, config={"displayModeBar": False}, key=f"summary_{attr.method}")
+                st.plotly_chart(fig, config=figure_config(f"{attr.method}_summary"), key=f"summary_{attr.method}")
     if len(attrs) >= 2:
         st.subheader("Agreement between methods")
         st.caption("Mean Spearman rank correlation of the maps, per input, averaged over inputs.")
         matrix = agreement_matrix(attrs)
         st.plotly_chart(viz.agreement_figure([a.method for a in attrs], matrix),
-                        config={"displayModeBar": False}, key="agreement")
+                        config=figure_config("agreement"), key="agreement")
 
 
 def render_downloads(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
@@ -110,6 +143,7 @@ def render_downloads(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
             rows.extend({"method": a.method, "input": i, "target": int(a.target[i]), "position": names[j],
                          "attribution": float(flat[i, j])} for j in range(flat.shape[1]))
     csv = pd.DataFrame(rows).to_csv(index=False).encode()
+    figure_format_choice()
     c1, c2 = st.columns(2)
     c1.download_button("Download attributions (.npz)", npz.getvalue(), "attributions.npz", "application/octet-stream")
     c2.download_button("Download attributions (.csv)", csv, "attributions.csv", "text/csv")

@@ -21,11 +21,13 @@ from explain.finding import Finding
 from explain.loading.loader import load_model
 from explain.model import LoadedModel
 from explain.output.methods import get_method
+from explain.report.review import review_record
+from explain.report.sections import build_report
 from explain.spec import InputSpec
 from explain.workspace import RunRecord, SavedRun
 from explain.workspace.records import output_record  # noqa: F401 (the pages import it from here)
 from ui import workspace as team
-from ui.attribution_view import render_grid, render_summary
+from ui.attribution_view import MapOptions, render_grid, render_summary
 from ui.text import escape_markdown
 from ui.widgets import ProgressBar
 
@@ -91,7 +93,7 @@ def render_saved_run(run: SavedRun) -> None:
         attrs = saved_attributions(run)
         labels = run.inputs.get("labels")
         render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
-                    run.info.summary.get("sign", "all"))
+                    MapOptions(sign=run.info.summary.get("sign", "all")))
         render_summary(model, attrs)
         return
     summary = run.info.summary
@@ -124,3 +126,16 @@ def rerun_differences(run: SavedRun) -> pd.DataFrame:
                      "now completeness error": fresh.max_completeness_error,
                      "same targets": bool(np.array_equal(fresh.target, attr.target))})
     return pd.DataFrame(rows)
+
+
+def run_report_html(run: SavedRun) -> bytes:
+    """The HTML report of a run's model version and inputs, with this run's comments and the
+    version's decisions (an offline copy that carries the review)."""
+    info = run.info
+    methods = info.summary.get("methods") or ["integrated_gradients"]
+    review = review_record(team.workspace(), team.actor(), info.model, info.version, run_id=info.id)
+    report = build_report(run_model(run), run.inputs.get("inputs"), methods=methods,
+                          method_params={m: info.params.get(m, {}) for m in methods} if info.page == "output" else None,
+                          labels=run.inputs.get("labels"), title=f"Glassbox run {info.id}: {info.title}",
+                          invocation={"run": info.id}, review=review)
+    return report.to_html().encode("utf-8")

@@ -220,6 +220,20 @@ def current_model() -> LoadedModel:
     return _cached_sample(name)
 
 
+def current_model_file() -> tuple[bytes, str]:
+    """The bytes and name of the file `current_model` was loaded from (for an engine that loads it elsewhere)."""
+    if upload_mode():
+        blob = model_upload()
+        if blob is None:
+            raise GlassboxError("No model is uploaded yet.")
+        return blob.data, blob.name
+    from sample_models import sample_file
+
+    name = current_sample_name()
+    path = sample_file(name if name in SAMPLE_NAMES else DEFAULT_SAMPLE)
+    return path.read_bytes(), path.name
+
+
 def _matching_sample(spec: InputSpec) -> str | None:
     for name in SAMPLE_NAMES:
         sample_spec = _cached_sample(name).spec

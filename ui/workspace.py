@@ -9,14 +9,16 @@ kept in the session, so hiding a button is a courtesy, not the check.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import streamlit as st
 
 from explain.config import database_url, glassbox_home
+from explain.digest import digest_bytes
 from explain.errors import GlassboxError
 from explain.model import LoadedModel
+from explain.report.review import ReviewRecord, review_record
 from explain.workspace import Action, Actor, RunRecord, Workspace, open_workspace
 from explain.workspace.registry import VersionInfo
 from explain.workspace.roles import allows
@@ -51,6 +53,10 @@ def oidc_configured() -> bool:
         return False
 
 
+def _oidc_signed_in() -> bool:
+    return bool(st.user.get("is_logged_in", False))
+
+
 # -- who is signed in ------------------------------------------------------------------------
 def current_actor() -> Actor | None:
     """The signed-in user (the local user while the workspace has no accounts); None: nobody yet."""
@@ -58,7 +64,7 @@ def current_actor() -> Actor | None:
     if not ws.users.any_accounts():
         return Actor.local()
     if oidc_configured():
-        if not st.user.is_logged_in:
+        if not _oidc_signed_in():
             return None
         return Actor(str(st.user.get("email") or st.user.get("sub")))
     if st.session_state.get("authentication_status") and st.session_state.get("username"):
@@ -100,7 +106,7 @@ def sign_in_gate() -> bool:
     if not ws.users.any_accounts():
         return True
     if oidc_configured():
-        if st.user.is_logged_in:
+        if _oidc_signed_in():
             return _member_or_refuse()
         st.title("Sign in to Glassbox")
         st.button("Sign in", type="primary", on_click=st.login)
@@ -164,6 +170,16 @@ def current_version(model: LoadedModel, *, register: bool) -> VersionInfo | None
     return ws.registry.register(who, name, blob.data, blob.name, spec_json=spec)
 
 
+def current_review(model: LoadedModel) -> ReviewRecord | None:
+    """The workspace's decisions and comments on the current model's version (None if it is not
+    registered or nobody reviewed it yet: then the page's report equals the CLI's)."""
+    version = current_version(model, register=False)
+    if version is None:
+        return None
+    record = review_record(workspace(), actor(), version.name, version.version)
+    return record if record.decisions or record.comments else None  # nothing reviewed: no section
+
+
 def model_name_from_file(filename: str) -> str:
     stem = filename.rsplit("/", 1)[-1]
     for suffix in (".safetensors", ".pt2", ".zip", ".pt", ".pth", ".ckpt", ".bin", ".jit", ".ts", ".torchscript"):
@@ -189,9 +205,11 @@ def render_share_link(label: str, **params: str) -> None:
     st.code(share_link(**params), language=None)  # st.code has a copy button
 
 
-def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], RunRecord], key: str) -> None:
+def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], RunRecord], key: str,
+                    attach: Sequence[tuple[str, str, bytes]] = ()) -> None:
     """A "Save run" button (editors and admins): registers the model if needed, saves ``build(name,
-    version)`` as an immutable run and shows its share link."""
+    version)`` as an immutable run and shows its share link. ``attach``: ``(kind, filename, bytes)``
+    training logs / checkpoints attached to the model version too (each stored once)."""
     if not can(Action.SAVE_RUN):
         return
     saved_key = f"gb_saved_run_{key}"
@@ -201,6 +219,11 @@ def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], R
             if version is None:
                 raise GlassboxError("This model is not in the workspace and could not be registered.")
             info = workspace().runs.save(actor(), build(version.name, version.version))
+            known = {(a.kind, a.sha256) for a in workspace().registry.attachments(actor(), version.name,
+                                                                                   version.version)}
+            for kind, filename, data in attach:
+                if (kind, digest_bytes(data)) not in known:
+                    workspace().registry.attach(actor(), version.name, version.version, kind, data, filename)
             st.session_state[saved_key] = info.id
     run_id = st.session_state.get(saved_key)
     if run_id:

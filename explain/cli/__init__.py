@@ -22,12 +22,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-
 from explain.errors import GlassboxError, InputRefused, UsageError
+from explain.jsonable import to_json_safe
 
 #: modules under explain.cli, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "attention", "training", "report",
+SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "batch", "attention", "training", "report",
                       "models", "runs", "users", "tokens", "worker", "serve")
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
@@ -37,23 +36,6 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print usage and exit 2 anyway
         raise UsageError(message)
-
-
-def to_json_safe(obj):
-    """Plain JSON values: arrays to lists, NaN/inf to null, numpy scalars to Python."""
-    if isinstance(obj, dict):
-        return {str(k): to_json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_json_safe(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz (which also tell the spec of a model that carries none) or a raw file the spec can read")
     parser.add_argument("--method", required=True, help="method name (see `python -m explain methods MODEL`)")
     parser.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
+    add_method_arguments(parser)
+    parser.add_argument("--out", required=True, help="output .npz")
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that become method parameters (`method_params`); ``batch`` has them too."""
     parser.add_argument("--steps", type=int, default=None, help="integration steps / samples")
     parser.add_argument("--baseline", default=None, help="zero | blurred | mean | FILE (.npy)")
     parser.add_argument("--background", default=None, help="background/reference samples file")
@@ -29,7 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="any other method parameter"
     )
-    parser.add_argument("--out", required=True, help="output .npz")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -38,7 +43,7 @@ def run(args: argparse.Namespace) -> dict:
     method = get_method(args.method)
     model = load_model_arg(args.model, args.spec, args.inputs)
     inputs = load_inputs_arg(args.inputs, model)
-    params = _method_params(method, args, model)
+    params = method_params(method, args, model)
     result = method.explain(model, inputs, target=args.target, **params)
     out = Path(args.out)
     with replace_atomically(out) as tmp:
@@ -60,8 +65,8 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def _method_params(method, args: argparse.Namespace, model) -> dict:
-    """CLI flags -> method parameters; flags a method has no use for are refused."""
+def method_params(method, args: argparse.Namespace, model) -> dict:
+    """CLI flags (`add_method_arguments`) -> method parameters; flags a method has no use for are refused."""
     specs = method.params
     given: dict = {}
     flags = {

@@ -68,3 +68,17 @@ def read_inputs_arg(path: str, model: LoadedModel) -> InputBatch:
 def load_inputs_arg(path: str, model: LoadedModel) -> np.ndarray:
     """A model-ready array from an inputs file (`read_inputs_arg`)."""
     return np.asarray(read_inputs_arg(path, model).array)
+
+
+def model_file_arg(path: str) -> tuple[bytes, str]:
+    """The bytes and name of the MODEL argument's file (a bundled sample's own file, a Hugging Face
+    folder packed as `load_model` packs it): what an engine that loads the model elsewhere sends."""
+    from explain.loading.huggingface import folder_as_zip
+    from explain.loading.source import read_source
+
+    if not Path(path).exists() and path in sample_models.SAMPLE_NAMES:
+        file = sample_models.sample_file(path)
+        return file.read_bytes(), file.name
+    if Path(path).is_dir():
+        return folder_as_zip(path)
+    return read_source(path)

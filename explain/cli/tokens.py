@@ -1,4 +1,5 @@
-"""HTTP API tokens: ``tokens add NAME --role ROLE`` prints ``{"token": ...}`` once; only its hash is stored."""
+"""HTTP API tokens: ``tokens add NAME --role ROLE`` prints ``{"token": ...}`` once (only its hash is
+stored); ``tokens list`` (names and roles), ``tokens remove NAME`` (revoke)."""
 from __future__ import annotations
 
 import argparse
@@ -14,12 +15,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = sub.add_parser("add", help="create a token (printed once)")
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=ROLES)
+    sub.add_parser("list", help="token names and roles (never the tokens)")
+    remove = sub.add_parser("remove", help="revoke a token")
+    remove.add_argument("name")
 
 
 def run(args: argparse.Namespace) -> dict:
     from explain.cli.workspace_arg import cli_actor, cli_workspace
 
-    if getattr(args, "action", None) != "add":
-        raise UsageError("Missing action: tokens add NAME --role ROLE.")
+    action = getattr(args, "action", None)
+    if not action:
+        raise UsageError("Missing action: tokens add NAME --role ROLE | list | remove NAME.")
     ws = cli_workspace()
+    if action == "list":
+        return {"tokens": ws.users.tokens(cli_actor())}
+    if action == "remove":
+        return ws.users.remove_token(cli_actor(), args.name)
     return {"name": args.name, "role": args.role, "token": ws.users.add_token(cli_actor(), args.name, args.role)}

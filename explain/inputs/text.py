@@ -6,6 +6,7 @@ tokens, kept only when the vocabulary has them.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -55,6 +56,11 @@ def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
     """`tokenize` with a prebuilt `vocab_index` (for many texts)."""
     length = spec.input_shape[0]
     pad_id, unk_id = special_token_ids(spec)
+    if spec.tokenizer:  # the model's own Hugging Face tokenizer, special tokens included
+        ids = list(_hf_tokenizer(spec.tokenizer).encode(text).ids)
+        if len(ids) > length:  # truncated: keep the closing special token, as the tokenizer's own truncation does
+            ids = ids[: length - 1] + ids[-1:]
+        return ids + [pad_id] * (length - len(ids))
     if spec.lowercase:
         text = text.lower()
     ids = [index.get(spec.cls_token, unk_id)] if spec.cls_token else []
@@ -70,6 +76,16 @@ def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
             ids.append(unk_id)
     ids = ids[:length]
     return ids + [pad_id] * (length - len(ids))
+
+
+@functools.lru_cache(maxsize=4)
+def _hf_tokenizer(tokenizer_json: str):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
 
 
 def _is_wordpiece(spec: InputSpec, index: dict[str, int]) -> bool:

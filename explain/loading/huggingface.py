@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from explain.loading.source import (
     first_line,
     open_zip,
     read_folder,
+    read_source,
     read_zip_member,
     weights_only_load,
 )
@@ -39,8 +41,12 @@ from explain.spec import InputSpec
 
 FORMAT = "huggingface"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: A sharded checkpoint: this index names its ``.safetensors`` shards (``weight_map``).
+SHARD_INDEX = "model.safetensors.index.json"
+_SHARD_NAME = re.compile(r"^[\w.-]{1,200}\.safetensors$")
+MAX_SHARDS = 256
 #: The files of a folder Glassbox reads; everything else is left alone.
-KNOWN_FILES = ("config.json", *WEIGHT_FILES, "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+KNOWN_FILES = ("config.json", *WEIGHT_FILES, SHARD_INDEX, "tokenizer.json", "vocab.txt", "tokenizer_config.json",
                "preprocessor_config.json", "special_tokens_map.json")
 #: The longest text a text model's spec takes (tokens).
 MAX_TEXT_LENGTH = 128
@@ -50,7 +56,29 @@ HF_HINT = ("Upload a Hugging Face folder (or its .zip) with config.json and mode
 
 def is_hf_archive(names: list[str]) -> bool:
     """True when a zip's members are a Hugging Face model (config.json and weights)."""
-    return find_member(names, "config.json") is not None and any(find_member(names, w) for w in WEIGHT_FILES)
+    return find_member(names, "config.json") is not None and any(
+        find_member(names, w) for w in (*WEIGHT_FILES, SHARD_INDEX))
+
+
+def shard_names(index_json: bytes) -> list[str]:
+    """The shard files a ``model.safetensors.index.json`` names (plain file names only).
+
+    Raises:
+        CorruptFile: not an index, a shard name with a path in it, or more than `MAX_SHARDS` shards.
+    """
+    try:
+        weight_map = json.loads(index_json).get("weight_map")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        weight_map = None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CorruptFile(f"{SHARD_INDEX} has no weight_map.", HF_HINT)
+    names = sorted({str(v) for v in weight_map.values()})
+    bad = [n for n in names if not _SHARD_NAME.match(n)]
+    if bad:
+        raise CorruptFile(f"{SHARD_INDEX} names a shard that is not a plain .safetensors file name: {bad[0][:80]!r}.")
+    if len(names) > MAX_SHARDS:
+        raise CorruptFile(f"{SHARD_INDEX} names {len(names)} shards; at most {MAX_SHARDS} are read.")
+    return names
 
 
 def folder_as_zip(folder: str | os.PathLike) -> tuple[bytes, str]:
@@ -62,13 +90,16 @@ def folder_as_zip(folder: str | os.PathLike) -> tuple[bytes, str]:
     root = Path(folder)
     if not (root / "config.json").is_file():
         raise CorruptFile(f"{root.name or root} is a folder without config.json, not a Hugging Face model.", HF_HINT)
+    shards: set[str] = set()
     if not any((root / w).is_file() for w in WEIGHT_FILES):
-        sharded = any(root.glob("*.index.json"))
-        raise CorruptFile(
-            f"{root.name or root} has config.json but no model.safetensors or pytorch_model.bin"
-            f"{' (sharded checkpoints are not read)' if sharded else ''}.", HF_HINT,
-        )
-    files = read_folder(root, select=lambda p: p.parent == root and p.name in KNOWN_FILES)
+        if not (root / SHARD_INDEX).is_file():
+            sharded = any(root.glob("*.index.json"))
+            raise CorruptFile(
+                f"{root.name or root} has config.json but no model.safetensors or pytorch_model.bin"
+                f"{' (only safetensors shards are read, not .bin shards)' if sharded else ''}.", HF_HINT,
+            )
+        shards = set(shard_names(read_source(root / SHARD_INDEX)[0]))
+    files = read_folder(root, select=lambda p: p.parent == root and (p.name in KNOWN_FILES or p.name in shards))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for path, data in files:
@@ -128,6 +159,13 @@ def load_huggingface_parts(data: bytes) -> LoadedParts:
             files[known] = read_zip_member(zf, member, "Hugging Face")
     if "config.json" not in files:
         raise CorruptFile("The Hugging Face model has no config.json.", HF_HINT)
+    shards: dict[str, bytes] = {}
+    if SHARD_INDEX in files and not any(w in files for w in WEIGHT_FILES):
+        for shard in shard_names(files[SHARD_INDEX]):
+            member = find_member(names, shard)
+            if member is None:
+                raise CorruptFile(f"{SHARD_INDEX} names {shard}, which is not in the upload.", HF_HINT)
+            shards[shard] = read_zip_member(zf, member, "Hugging Face")
     try:
         cfg = json.loads(files["config.json"])
     except (ValueError, UnicodeDecodeError) as exc:
@@ -139,7 +177,7 @@ def load_huggingface_parts(data: bytes) -> LoadedParts:
             "config.json asks for remote code (auto_map); Glassbox never runs code that comes with a model.",
             "Use a model whose model_type is built into transformers.",
         )
-    model = _build_model(cfg, files)
+    model = _build_model(cfg, files, shards)
     model.eval()
     modality = "image" if _is_image(model) else "text"
     pad_id = getattr(model.config, "pad_token_id", None)
@@ -153,7 +191,7 @@ def _is_image(model: nn.Module) -> bool:
     return type(model).__name__.endswith("ForImageClassification")
 
 
-def _build_model(cfg: dict, files: dict[str, bytes]) -> nn.Module:
+def _build_model(cfg: dict, files: dict[str, bytes], shards: dict[str, bytes]) -> nn.Module:
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.utils import logging as hf_logging
@@ -179,7 +217,7 @@ def _build_model(cfg: dict, files: dict[str, bytes]) -> nn.Module:
     except KeyError:
         raise IncompatibleInput(f"transformers has no {'image' if image else 'sequence'} classification "
                                 f"model for {model_type}.", HF_HINT) from None
-    _check_weights(files)
+    _check_weights(files, shards)
     # transformers renames checkpoint keys between versions (v5 converts the legacy names on load),
     # so the weights go through from_pretrained: from a private temporary folder, local files only,
     # with the config object built above (never a remote code path), safetensors or weights_only.
@@ -188,11 +226,15 @@ def _build_model(cfg: dict, files: dict[str, bytes]) -> nn.Module:
             if name in files:
                 (Path(tmp) / name).write_bytes(files[name])
                 break
+        else:  # a sharded checkpoint: the index and its shards, names checked by shard_names
+            (Path(tmp) / SHARD_INDEX).write_bytes(files[SHARD_INDEX])
+            for shard, blob in shards.items():
+                (Path(tmp) / shard).write_bytes(blob)
         try:
             model, info = model_class.from_pretrained(
                 tmp, config=config, local_files_only=True, trust_remote_code=False,
                 attn_implementation="eager", output_loading_info=True,
-                use_safetensors="model.safetensors" in files,
+                use_safetensors="pytorch_model.bin" not in files,
             )
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise CorruptFile(f"The weights cannot be loaded ({first_line(exc)}).") from None
@@ -203,8 +245,17 @@ def _build_model(cfg: dict, files: dict[str, bytes]) -> nn.Module:
     return model
 
 
-def _check_weights(files: dict[str, bytes]) -> None:
+def _check_weights(files: dict[str, bytes], shards: dict[str, bytes]) -> None:
     """Read the weights ourselves first: safetensors parsed, a ``.bin`` only ever unpickled weights-only."""
+    if shards:
+        from safetensors.torch import load
+
+        for name, blob in shards.items():
+            try:
+                load(blob)
+            except Exception as exc:
+                raise CorruptFile(f"{name} is damaged ({first_line(exc)}).") from None
+        return
     if "model.safetensors" in files:
         from safetensors.torch import load
 
@@ -258,11 +309,15 @@ def _text_spec(config: Any, files: dict[str, bytes]) -> InputSpec:
     if isinstance(model_max, int) and 0 < model_max < length:
         length = model_max
     vocabulary = _vocabulary(files)
+    cls = tok_cfg.get("cls_token")
+    cls = cls.get("content") if isinstance(cls, dict) else cls
+    cls = "[CLS]" if vocabulary and "[CLS]" in vocabulary else cls if vocabulary and cls in vocabulary else None
     return InputSpec(
         modality="text", input_shape=(min(length, MAX_TEXT_LENGTH),), dtype="int64",
-        class_names=_class_names(config), vocabulary=vocabulary,
-        cls_token="[CLS]" if vocabulary and "[CLS]" in vocabulary else None,
+        class_names=_class_names(config), vocabulary=vocabulary, cls_token=cls,
         lowercase=bool(tok_cfg.get("do_lower_case", True)),
+        # the model's own tokenizer (BPE for RoBERTa / GPT-2, Unigram, ...) tokenises typed texts
+        tokenizer=files["tokenizer.json"].decode("utf-8") if "tokenizer.json" in files else None,
     )
 
 

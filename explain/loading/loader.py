@@ -38,7 +38,15 @@ from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
 from explain.loading import huggingface
 from explain.loading.export import check_spec_fits, is_export_archive, load_export_parts, signature_guess
-from explain.loading.source import LEGACY_TORCH_MAGIC, LoadedParts, find_member, first_line, open_zip, read_source
+from explain.loading.source import (
+    LEGACY_TORCH_MAGIC,
+    LoadedParts,
+    describe_content,
+    find_member,
+    first_line,
+    open_zip,
+    read_source,
+)
 from explain.loading.torchscript import is_torchscript, load_torchscript_parts
 from explain.loading.vetting import vet_graph
 from explain.loading.weights import load_pickle_parts, load_safetensors_parts
@@ -136,15 +144,11 @@ def sniff_format(data: bytes, name: str = "upload") -> str:
         return "legacy"
     if data[:1] == b"\x80" and len(data) > 1 and 2 <= data[1] <= 5:
         return "pickle"
-    if data.startswith(b"\x93NUMPY"):
-        raise CorruptFile(f"{named} is a NumPy array, not a model.", "Upload it as inputs instead.")
-    if data.startswith((b"\x89PNG", b"\xff\xd8\xff")):
-        raise CorruptFile(f"{named} is an image, not a model.", "Upload it as inputs instead.")
-    text = _as_text(data)
-    if text is not None:
-        if text.lstrip().startswith("{") and '"modality"' in text:
-            raise CorruptFile(f"{named} is a Glassbox spec (JSON), not a model.", "Upload it as the spec.")
-        raise CorruptFile(f"{named} is a text file, not a model.", _UPLOAD_HINT)
+    what = describe_content(data)
+    if what is not None:
+        hint = {"a NumPy array": "Upload it as inputs instead.", "an image": "Upload it as inputs instead.",
+                "a Glassbox spec (JSON)": "Upload it as the spec."}.get(what, _UPLOAD_HINT)
+        raise CorruptFile(f"{named} is {what}, not a model.", hint)
     if ext in (".safetensors", ".st") and len(data) >= 8:
         raise CorruptFile(f"{named} has no valid safetensors header (truncated or damaged).", _UPLOAD_HINT)
     raise CorruptFile(f"{named} is not a model format Glassbox recognises.", _UPLOAD_HINT)
@@ -176,21 +180,6 @@ def _looks_like_safetensors(data: bytes) -> bool:
         return False
     n = int.from_bytes(data[:8], "little")
     return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
-
-
-def _as_text(data: bytes) -> str | None:
-    head = data[:4096]
-    if b"\x00" in head:
-        return None
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        try:  # a multi-byte character cut at the 4 KiB boundary
-            text = head[:-3].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
-    return text if printable >= 0.95 * max(len(text), 1) else None
 
 
 # --------------------------------------------------------------------------

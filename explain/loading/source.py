@@ -190,6 +190,42 @@ def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
         ) from None
 
 
+def describe_content(data: bytes) -> str | None:
+    """What a file that is not a torch / zip archive looks like ("a text file", "an image", ...), or None
+    when it may be one. The one wording for a wrong file, whichever upload it was given to."""
+    if not data:
+        return "empty (0 bytes)"
+    pickle = len(data) > 1 and data[0] == 0x80 and 2 <= data[1] <= 5
+    if data[:2] == b"PK" or data.startswith(LEGACY_TORCH_MAGIC) or pickle:
+        return None
+    if data.startswith(b"\x93NUMPY"):
+        return "a NumPy array"
+    if data.startswith((b"\x89PNG", b"\xff\xd8\xff")):
+        return "an image"
+    text = as_text(data)
+    if text is not None:
+        if text.lstrip().startswith("{") and '"modality"' in text:
+            return "a Glassbox spec (JSON)"
+        return "a text file"
+    return None
+
+
+def as_text(data: bytes) -> str | None:
+    """The first 4 KiB as text when the file is (almost all) printable UTF-8, else None."""
+    head = data[:4096]
+    if b"\x00" in head:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # a multi-byte character cut at the 4 KiB boundary
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
+    return text if printable >= 0.95 * max(len(text), 1) else None
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, shortened, for one-line errors."""
     text = str(exc).strip().splitlines()

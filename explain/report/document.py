@@ -126,27 +126,6 @@ def image_tag(pixels: np.ndarray, alt: str, width: int = 144) -> str:
     return f'<img src="{uri}" alt="{escape(alt)}" width="{width}" class="pix">'
 
 
-def overlay_pixels(image: np.ndarray, heat: np.ndarray, zmax: float, strength: float = 0.8) -> np.ndarray:
-    """An attribution map over its image: red where positive, blue where negative.
-
-    Args:
-        image: uint8 [H, W, 3].
-        heat: [H, W] attribution (channels summed).
-        zmax: the colour limit shared by the maps being compared.
-
-    Returns:
-        uint8 [H, W, 3].
-    """
-    base = np.asarray(image, dtype=np.float64) / 255.0
-    grey = base.mean(axis=2, keepdims=True) * 0.6 + 0.4  # faded input so colours read clearly
-    a = np.clip(np.asarray(heat, dtype=np.float64) / (zmax or 1.0), -1.0, 1.0)[..., None]  # [H, W, 1]
-    red, blue = np.array([0.70, 0.09, 0.17]), np.array([0.13, 0.40, 0.67])
-    colour = np.where(a > 0, red, blue)
-    alpha = np.abs(a) * strength
-    out = grey * (1 - alpha) + colour * alpha
-    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
-
-
 def round_data(value: Any, digits: int = 6) -> Any:
     """Plain JSON values for ``data``: floats to ``digits`` significant digits, NaN to None."""
     if isinstance(value, dict):
@@ -296,34 +275,51 @@ class Report:
         return path
 
     def to_pdf(self, path: str | Path, chromium: str | None = None, timeout: float = 120.0) -> Path:
-        """Print the report to PDF with headless Chromium.
+        """Print the report to PDF with headless Chromium (`print_pdf`).
 
         Raises:
             UsageError: no Chromium is installed, or it failed to print.
         """
-        exe = find_chromium(chromium)
-        if exe is None:
-            raise UsageError(
-                "PDF export needs Chromium, which is not installed.",
-                "Install it (apt-get install -y chromium) or save the HTML report and print it from a browser.",
-            )
-        path = Path(path).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="glassbox-pdf-") as tmp:
-            src = Path(tmp) / "report.html"
-            src.write_text(self.to_html(), encoding="utf-8")
-            cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                   "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
-                   f"--user-data-dir={tmp}/profile", "--virtual-time-budget=3000",
-                   f"--print-to-pdf={path}", src.as_uri()]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
-            except subprocess.TimeoutExpired:
-                raise UsageError(f"Chromium did not finish printing the PDF within {timeout:.0f} s.") from None
-        if not path.exists() or path.stat().st_size == 0:
-            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise UsageError(f"Chromium could not print the PDF (exit {proc.returncode}: {tail[0][:200]}).")
-        return path
+        return print_pdf(self.to_html(), path, chromium, timeout)
+
+
+#: why a PDF cannot be made, and what to do instead: one wording for the CLI and the page.
+NO_CHROMIUM = "PDF export needs Chromium, which is not installed."
+NO_CHROMIUM_HINT = "Install it (apt-get install -y chromium) or save the HTML report and print it from a browser."
+
+
+def print_pdf(html_text: str, path: str | Path, chromium: str | None = None, timeout: float = 120.0) -> Path:
+    """Print a report's HTML to ``path`` as PDF with headless Chromium (offline: the HTML is self-contained).
+
+    Raises:
+        UsageError: no Chromium is installed, or it failed to print.
+    """
+    exe = find_chromium(chromium)
+    if exe is None:
+        raise UsageError(NO_CHROMIUM, NO_CHROMIUM_HINT)
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="glassbox-pdf-") as tmp:
+        src = Path(tmp) / "report.html"
+        src.write_text(html_text, encoding="utf-8")
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
+               f"--user-data-dir={tmp}/profile", "--virtual-time-budget=3000",
+               f"--print-to-pdf={path}", src.as_uri()]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise UsageError(f"Chromium did not finish printing the PDF within {timeout:.0f} s.") from None
+    if not path.exists() or path.stat().st_size == 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise UsageError(f"Chromium could not print the PDF (exit {proc.returncode}: {tail[0][:200]}).")
+    return path
+
+
+def pdf_bytes(html_text: str, chromium: str | None = None, timeout: float = 120.0) -> bytes:
+    """`print_pdf` into memory (for a download button)."""
+    with tempfile.TemporaryDirectory(prefix="glassbox-pdf-out-") as tmp:
+        return print_pdf(html_text, Path(tmp) / "report.pdf", chromium, timeout).read_bytes()
 
 
 def find_chromium(explicit: str | None = None) -> str | None:

@@ -34,10 +34,10 @@ from explain.report.document import (
     image_tag,
     key_value_html,
     one_line,
-    overlay_pixels,
     round_data,
     table_html,
 )
+from explain.report.review import ReviewRecord, build_review_section
 
 #: inputs each output section shows by default.
 DEFAULT_MAX_INPUTS = 4
@@ -104,7 +104,8 @@ def build_model_card(model: LoadedModel, structure: dict[str, Any] | None, struc
     data = {"name": model.name, "format": model.format, "sha256": model.sha256, "architecture": model.architecture,
             "modality": spec.modality, "input_shape": list(spec.input_shape), "dtype": spec.dtype,
             "parameters": model.parameter_count(), "flops": flops, "class_names": list(spec.class_names),
-            "spec": spec.to_dict()}
+            # the tokenizer by its digest: its text can be megabytes, and the model file carries it
+            "spec": {**spec.to_dict(), "tokenizer": digest_bytes(spec.tokenizer.encode()) if spec.tokenizer else None}}
     return Section("Model card", body=key_value_html(card), data=round_data(data))
 
 
@@ -171,12 +172,13 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
         data["color_limit"] = zmax
         cells = [
             f'<div class="cell">{image_tag(images[i], f"input {i}", width=112)}'
-            f'{image_tag(overlay_pixels(images[i], maps[i], zmax), f"{attr.method} map for input {i}", width=112)}'
+            f'{image_tag(viz.overlay_pixels(images[i], maps[i], zmax), f"{attr.method} map for input {i}", width=112)}'
             f'{caption(r)}</div>'
             for i, r in enumerate(rows)
         ]
-        legend = ('<p class="muted">Each pair: the input, then the attribution over it (red raises the target '
-                  f'logit, blue lowers it; one colour scale for all inputs, limit {format_number(zmax)}).</p>')
+        legend = ('<p class="muted">Each pair: the input, then the attribution over a grey-scale copy of it '
+                  '(opacity follows magnitude; one colour scale, symmetric about zero, for all inputs; '
+                  'the target of each input is under it).</p>' + viz.legend_html(zmax, "all"))
         return legend + '<div class="cards">' + "".join(cells) + "</div>", []
     if model.modality == "text":
         cells = []
@@ -184,8 +186,9 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
             toks, pad = detokenize(attr.inputs[i], model.spec), padding_mask(attr.inputs[i], model.spec).reshape(-1)
             r["tokens"] = [{"token": t, "attribution": float(v)}
                            for t, v, p in zip(toks, attr.values[i], pad) if not p]
+            html_tokens = viz.text_attribution_html(toks, attr.values[i], padding=pad, target=r["target"])
             cells.append(f'<div class="cell" style="flex:1 1 100%">{caption(r)}'
-                         f'<div class="tokens">{viz.text_attribution_html(toks, attr.values[i], padding=pad)}</div></div>')
+                         f'<div class="tokens">{html_tokens}</div></div>')
         return '<div class="cards">' + "".join(cells) + "</div>", []
     feature_names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
     raw = _raw_tabular(model, attr.inputs)
@@ -253,7 +256,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
                  methods: Sequence[str] = ("integrated_gradients",), progress: ProgressFn | None = None, *,
                  max_inputs: int = DEFAULT_MAX_INPUTS, method_params: dict[str, dict[str, Any]] | None = None,
                  labels: np.ndarray | None = None, title: str | None = None,
-                 invocation: dict[str, Any] | None = None) -> Report:
+                 invocation: dict[str, Any] | None = None, review: ReviewRecord | None = None) -> Report:
     """Build every section of a report; a part that fails becomes a section saying why.
 
     Args:
@@ -269,6 +272,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         labels: true classes [N] (default: the ``InputBatch``'s labels).
         title: the report title (default: "Glassbox report: <model name>").
         invocation: how the report was asked for (``{"command": ...}``); shown, never compared.
+        review: the workspace's decisions and comments on this model version (a Review section).
 
     Raises:
         UsageError: an unknown method name or a bad ``max_inputs``.
@@ -348,6 +352,8 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
     if len(checkpoints) >= 2:
         steps.append(("Checkpoint evolution",
                       lambda: [analysis.build_evolution_section(model, checkpoints, shown, evolution_steps)]))
+    if review is not None:
+        steps.append(("Review", lambda: [build_review_section(review)]))
     steps.append(("Environment", lambda: [build_environment(model, attrs_precisions)]))
 
     total = len(steps) + 1

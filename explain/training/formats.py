@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from explain.errors import CorruptFile, IncompatibleInput
-from explain.loading.source import weights_only_load
+from explain.loading.source import describe_content, weights_only_load
 from explain.training.event_records import read_scalar_events
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
@@ -201,6 +201,10 @@ def event_folder_records(files: list[tuple[Path, bytes]], root: Path) -> list[tu
 
 def load_checkpoint_dict(data: bytes, source: str = "checkpoint") -> dict[str, Any]:
     """``torch.load(..., weights_only=True)`` of a checkpoint that must be a dict."""
+    what = describe_content(data)
+    if what is not None:  # the sidebar's wording for the same file (`describe_content`)
+        raise CorruptFile(f"{source} is {what}, not a torch checkpoint.",
+                          "Upload a file saved with torch.save (.pt/.pth/.ckpt); a log as CSV, JSON or TensorBoard events.")
     try:
         obj = weights_only_load(data, f"checkpoint {source}", CHECKPOINT_HINT)
     except CorruptFile as exc:  # zip errors, truncation, not a torch file at all

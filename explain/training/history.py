@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -358,6 +358,21 @@ def merge_histories(histories: list[TrainingHistory], name: str | None = None) -
     sources = [s for h in histories for s in h.sources]
     warnings = [w for h in histories for w in h.warnings]
     return TrainingHistory(merged, roles, sources, name or " + ".join(h.name for h in histories), warnings)
+
+
+#: how several uploaded logs are read: as runs compared side by side, or as the files of one run.
+LOG_MODES = ("runs", "merge")
+
+
+def default_log_mode(histories: Sequence[TrainingHistory]) -> str:
+    """``"runs"`` for logs that record the same series (two runs to compare, the usual case);
+    ``"merge"`` when no series is in two of them (e.g. train and validation losses written to
+    separate files: parts of one run). The page offers the other reading too."""
+    if len(histories) < 2:
+        return "merge"
+    columns = [set(h.series_columns) for h in histories]
+    shared = any(columns[i] & columns[j] for i in range(len(columns)) for j in range(i + 1, len(columns)))
+    return "runs" if shared else "merge"
 
 
 def smooth_ema(values: np.ndarray | pd.Series, weight: float) -> np.ndarray:

@@ -6,15 +6,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from explain.attribution import Attribution
 from explain.spec import InputSpec
 
 SIGNS = ("all", "positive", "negative", "absolute")
-_DIVERGING = [[0.0, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]
-_POSITIVE = [[0.0, "rgba(255,255,255,0)"], [1.0, "#b2182b"]]
-_NEGATIVE = [[0.0, "rgba(255,255,255,0)"], [1.0, "#2166ac"]]
-_ABSOLUTE = [[0.0, "rgba(255,255,255,0)"], [0.5, "#fdae61"], [1.0, "#7f0000"]]
+#: how an image map is shown: over a grey-scale copy of the input, alone, or next to the input.
+VIEWS = ("overlay", "map alone", "side by side")
+#: one colour limit for all inputs of a method, or one per map.
+SCALES = ("shared", "per map")
+#: colours of the maps (RGB): red raises the target's logit, blue lowers it; |.| has its own hue.
+RED, BLUE, PURPLE = (178, 24, 43), (33, 102, 172), (84, 39, 136)
+#: the opacity of a colour at magnitude t in [0, 1] (t = |value| / limit): 0 at zero, rising fast
+#: so that small but real evidence still shows (Captum and shap fade the map with magnitude too).
+_ALPHA_STOPS = np.linspace(0.0, 1.0, 9)
+_ALPHAS = 0.9 * _ALPHA_STOPS ** 0.75
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 
 
@@ -57,32 +64,142 @@ def shared_scale(maps: np.ndarray) -> float:
     return limit if limit > 0 else 1.0
 
 
-def image_attribution_figure(
-    image: np.ndarray, heat: np.ndarray, zmax: float, sign: str = "all", title: str = "", height: int = 260
-) -> go.Figure:
-    """A heatmap over its image.
+def colour_limits(maps: np.ndarray, scale: str = "shared") -> np.ndarray:
+    """The colour limit of each map [N]: one for all (``"shared"``, maps compare) or one per map."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    maps = np.asarray(maps)  # [N, H, W]
+    if scale == "shared":
+        return np.full(len(maps), shared_scale(maps))
+    return np.array([shared_scale(m) for m in maps])
+
+
+def colour_stops(sign: str = "all", opaque: bool = False) -> list[tuple[float, tuple[int, int, int], float]]:
+    """The one colour scale of attribution maps: (position in [0, 1], RGB, opacity) stops.
+
+    ``"all"`` is diverging and centred on zero (position 0 = −limit, 0.5 = 0, 1 = +limit): blue,
+    transparent, red; the other signs run from transparent at 0 to their colour at the limit.
+    Opacity follows magnitude (``_ALPHAS``). ``opaque``: the same colours laid over white, for a
+    map drawn alone.
+    """
+    if sign == "all":
+        stops = [(0.5 - t / 2, BLUE, a) for t, a in zip(_ALPHA_STOPS[::-1], _ALPHAS[::-1])]
+        stops += [(0.5 + t / 2, RED, a) for t, a in zip(_ALPHA_STOPS, _ALPHAS)]
+    else:
+        colour = {"positive": RED, "negative": BLUE, "absolute": PURPLE}[sign]
+        stops = [(float(t), colour, float(a)) for t, a in zip(_ALPHA_STOPS, _ALPHAS)]
+    if opaque:
+        stops = [(t, tuple(int(round(255 + (c - 255) * a)) for c in rgb), 1.0) for t, rgb, a in stops]
+    return [(float(t), tuple(int(c) for c in rgb), float(a)) for t, rgb, a in stops]
+
+
+def plotly_colorscale(sign: str = "all", opaque: bool = False) -> list[list]:
+    """`colour_stops` as a plotly colour scale (``rgba`` strings)."""
+    return [[t, f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{a:.3f})"] for t, rgb, a in colour_stops(sign, opaque)]
+
+
+def colour_range(zmax: float, sign: str = "all") -> tuple[float, float]:
+    """(zmin, zmax) of a map's colour scale: symmetric about zero for ``"all"``, from 0 otherwise."""
+    return (-zmax, zmax) if sign == "all" else (0.0, zmax)
+
+
+def grey_image(image: np.ndarray) -> np.ndarray:
+    """A faded grey-scale copy of uint8 [H, W, 3] pixels (R = G = B), the underlay of a map, so that
+    the input's own colours never read as attribution. Luminance (ITU-R 601), lifted to [102, 255]."""
+    rgb = np.asarray(image, dtype=np.float64)[..., :3]  # [H, W, 3]
+    lum = rgb @ np.array([0.299, 0.587, 0.114])  # [H, W]
+    grey = np.round(102 + lum * (153 / 255)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def map_colours(heat: np.ndarray, zmax: float, sign: str = "all", opaque: bool = False) -> np.ndarray:
+    """RGBA floats [H, W, 4] (0..1) of a signed map under `colour_stops` (what plotly draws)."""
+    lo, hi = colour_range(zmax, sign)
+    pos = np.clip((np.asarray(heat, dtype=np.float64) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)  # [H, W]
+    stops = colour_stops(sign, opaque)
+    xs = np.array([t for t, _, _ in stops])
+    channels = [np.array([rgb[c] / 255 for _, rgb, _ in stops]) for c in range(3)] + [np.array([a for *_, a in stops])]
+    return np.stack([np.interp(pos, xs, ch) for ch in channels], axis=-1)
+
+
+def overlay_pixels(image: np.ndarray, heat: np.ndarray, zmax: float, sign: str = "all") -> np.ndarray:
+    """A map over the grey-scale copy of its input as uint8 [H, W, 3] pixels (the report's picture;
+    the page draws the same colours with plotly).
 
     Args:
-        image: uint8 [H, W, 3] pixels.
-        heat: [H, W] attribution map (already signed with `signed_map`).
-        zmax: colour limit shared by the maps being compared.
+        image: uint8 [H, W, 3].
+        heat: [H, W] attribution (already signed with `signed_map`).
+        zmax: the colour limit.
     """
-    colorscale = {"positive": _POSITIVE, "negative": _NEGATIVE, "absolute": _ABSOLUTE}.get(sign, _DIVERGING)
-    zmin = -zmax if sign == "all" else 0.0
-    fig = go.Figure()
-    fig.add_trace(go.Image(z=image, opacity=1.0, hoverinfo="skip"))
-    fig.add_trace(
-        go.Heatmap(
-            z=heat, zmin=zmin, zmax=zmax, colorscale=colorscale, opacity=0.65, showscale=True,
-            colorbar=dict(thickness=10, len=0.9, tickfont=dict(size=10)),
-            hovertemplate="x=%{x} y=%{y}<br>attribution=%{z:.3g}<extra></extra>",
-        )
+    base = grey_image(image).astype(np.float64) / 255.0  # [H, W, 3]
+    rgba = map_colours(heat, zmax, sign)  # [H, W, 4]
+    alpha = rgba[..., 3:]
+    return (np.clip(base * (1 - alpha) + rgba[..., :3] * alpha, 0, 1) * 255).round().astype(np.uint8)
+
+
+def colour_bar_text(sign: str = "all", target: str = "") -> str:
+    """What red and blue mean, for the colour bar under a map."""
+    cls = target or "the target"
+    return {
+        "all": f"red: supports {cls} · blue: against",
+        "positive": f"red: supports {cls}",
+        "negative": f"blue: against {cls}",
+        "absolute": f"|attribution|: for or against {cls}",
+    }[sign]
+
+
+def _colour_bar(zmax: float, sign: str, target: str) -> dict:
+    lo, hi = colour_range(zmax, sign)
+    mid = (lo + hi) / 2
+    if sign == "all":
+        ticks = [f"−{zmax:.2g}", "0", f"+{zmax:.2g}"]
+    elif sign == "negative":
+        ticks = ["0", f"−{zmax / 2:.2g}", f"−{zmax:.2g}"]
+    else:
+        ticks = ["0", f"{zmax / 2:.2g}", f"{zmax:.2g}"]
+    return dict(orientation="h", x=0.5, xanchor="center", y=-0.02, yanchor="top", thickness=8, len=0.95,
+                tickvals=[lo, mid, hi], ticktext=ticks, tickfont=dict(size=10), outlinewidth=0,
+                title=dict(text=colour_bar_text(sign, target), side="bottom", font=dict(size=11)))
+
+
+def image_attribution_figure(
+    image: np.ndarray, heat: np.ndarray, zmax: float, sign: str = "all", title: str = "", height: int = 260,
+    view: str = "overlay", target: str = "",
+) -> go.Figure:
+    """An attribution map as a reviewer reads it, with a colour bar saying what red and blue mean.
+
+    Args:
+        image: uint8 [H, W, 3] pixels of the input.
+        heat: [H, W] attribution map (already signed with `signed_map`).
+        zmax: colour limit (`colour_limits`); the scale is symmetric about zero for ``sign="all"``.
+        view: ``"overlay"`` (the map over a grey-scale copy of the input, opacity following magnitude),
+            ``"map alone"``, or ``"side by side"`` (the input, then the map alone).
+        target: the class the map explains (named in the colour bar).
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    lo, hi = colour_range(zmax, sign)
+    heatmap = go.Heatmap(
+        z=heat, zmin=lo, zmax=hi, colorscale=plotly_colorscale(sign, opaque=view != "overlay"), showscale=True,
+        colorbar=_colour_bar(zmax, sign, target),
+        hovertemplate="x=%{x} y=%{y}<br>attribution=%{z:.3g}<extra></extra>",
     )
+    if view == "side by side":
+        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.04)
+        fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=1)
+        fig.add_trace(heatmap, row=1, col=2)
+        fig.update_yaxes(scaleanchor="x2", row=1, col=2)
+    else:
+        fig = go.Figure()
+        if view == "overlay":
+            fig.add_trace(go.Image(z=grey_image(image), hoverinfo="skip"))
+        fig.add_trace(heatmap)
+        fig.update_yaxes(scaleanchor="x")
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    fig.update_yaxes(visible=False, autorange="reversed")
     fig.update_layout(
-        title=dict(text=title, font=dict(size=13)), height=height, margin=dict(l=0, r=0, t=28 if title else 0, b=0),
-        font=FONT, plot_bgcolor="white",
+        title=dict(text=title, font=dict(size=13)), height=height + 52, font=FONT, plot_bgcolor="white",
+        margin=dict(l=0, r=0, t=28 if title else 0, b=52),
     )
     return fig
 
@@ -98,7 +215,7 @@ def tabular_bar_figure(
         f"{feature_names[i]} = {feature_values[i]:.3g}" if feature_values is not None else str(feature_names[i])
         for i in order
     ]
-    colors = ["#b2182b" if values[i] > 0 else "#2166ac" for i in order]
+    colors = [_hex(RED) if values[i] > 0 else _hex(BLUE) for i in order]  # the maps' red and blue
     fig = go.Figure(go.Bar(x=values[order], y=labels, orientation="h", marker_color=colors,
                            hovertemplate="%{y}<br>attribution=%{x:.4g}<extra></extra>"))
     fig.update_layout(
@@ -139,9 +256,61 @@ def tabular_summary_figure(
     return fig
 
 
+def relative_luminance(rgb: Sequence[float]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour (0..255 channels)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(linear @ np.array([0.2126, 0.7152, 0.0722]))
+
+
+def contrast_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours (1 to 21)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+BLACK_TEXT, WHITE_TEXT = (0, 0, 0), (255, 255, 255)  # black or white: one of them always reaches 4.58:1
+
+
+def token_colours(value: float, zmax: float) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(background, text) RGB of one token: the map's colour laid over white (`colour_stops`, opaque,
+    so the page theme cannot change it) and the text colour (black or white) that contrasts more
+    with it; either way at least 4.5:1 (WCAG AA)."""
+    rgba = map_colours(np.array([[value]]), zmax or 1.0, "all", opaque=True)[0, 0]  # [4]
+    background = tuple(int(round(c * 255)) for c in rgba[:3])
+    text = max((BLACK_TEXT, WHITE_TEXT), key=lambda t: contrast_ratio(background, t))
+    return background, text
+
+
+def _hex(rgb: Sequence[int]) -> str:
+    return "#" + "".join(f"{int(c):02x}" for c in rgb)
+
+
+def legend_html(zmax: float, sign: str = "all", target: str = "") -> str:
+    """A small colour bar in HTML (for token highlights and the report's image maps): the scale's
+    colours from its low to its high end, the limits, and what red and blue mean."""
+    lo, hi = colour_range(zmax, sign)
+    stops = colour_stops(sign, opaque=True)
+    gradient = ", ".join(f"{_hex(rgb)} {100 * t:.0f}%" for t, rgb, _ in stops)
+    low = f"−{zmax:.2g}" if sign in ("all", "negative") else "0"
+    high = "0" if sign == "negative" else f"+{zmax:.2g}" if sign == "all" else f"{zmax:.2g}"
+    if sign == "negative":
+        gradient = ", ".join(f"{_hex(rgb)} {100 - 100 * t:.0f}%" for t, rgb, _ in stops[::-1])
+    return (
+        '<div class="gb-legend" style="display:flex;align-items:center;gap:6px;font-size:12px;color:#555;'
+        'margin:4px 0">'
+        f'<span>{html.escape(low)}</span>'
+        f'<span style="display:inline-block;width:120px;height:10px;border:1px solid #ccc;'
+        f'background:linear-gradient(to right, {gradient})"></span>'
+        f'<span>{html.escape(high)}</span>'
+        f'<span>{html.escape(colour_bar_text(sign, target))}</span></div>'
+    )
+
+
 def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float | None = None,
-                          padding: Sequence[bool] | np.ndarray | None = None) -> str:
-    """Tokens highlighted by attribution as escaped HTML (red +, blue −).
+                          padding: Sequence[bool] | np.ndarray | None = None, target: str = "",
+                          legend: bool = True) -> str:
+    """Tokens highlighted by attribution as escaped HTML (red supports the target, blue is against).
 
     Args:
         tokens: one token per position (`explain.inputs.text.detokenize`).
@@ -149,8 +318,11 @@ def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float
         zmax: the colour scale's limit (default: the largest |value| shown).
         padding: True at padding positions (`explain.inputs.text.padding_mask` of the ids),
             which are left out; None: every position is shown.
+        target: the class explained, named in the legend.
+        legend: end with `legend_html` (a page of several rows shows it once).
 
-    Token text is HTML-escaped: it comes from users.
+    Each token's text colour follows its background (`token_colours`); hovering a token shows its
+    value. Token text is HTML-escaped: it comes from users.
     """
     values = np.asarray(values, dtype=np.float64)
     pad = np.zeros(len(tokens), dtype=bool) if padding is None else np.asarray(padding, dtype=bool).reshape(-1)
@@ -158,13 +330,14 @@ def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float
     zmax = zmax or (float(np.max(np.abs(values[keep]))) if keep else 1.0) or 1.0
     spans = []
     for i in keep:
-        a = max(-1.0, min(1.0, values[i] / zmax))
-        rgb = "178,24,43" if a > 0 else "33,102,172"
+        background, text = token_colours(values[i], zmax)
+        hover = html.escape(f"{tokens[i]}: {values[i]:+.4g}", quote=True)
         spans.append(
-            f'<span title="{values[i]:.4g}" style="background:rgba({rgb},{abs(a):.2f});'
+            f'<span title="{hover}" style="background:{_hex(background)};color:{_hex(text)};'
             f'padding:2px 4px;margin:1px;border-radius:4px;display:inline-block">{html.escape(tokens[i])}</span>'
         )
-    return '<div style="line-height:2;font-size:15px">' + "".join(spans) + "</div>"
+    out = '<div class="gb-tokens" style="line-height:2;font-size:15px">' + "".join(spans) + "</div>"
+    return out + (legend_html(zmax, "all", target) if legend else "")
 
 
 def probabilities_figure(probs: np.ndarray, class_names: Sequence[str], height: int = 160) -> go.Figure:

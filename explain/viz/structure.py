@@ -12,8 +12,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from explain.viz.labels import elide_all, label_margin
+
 ATTENTION_SCALE = "Blues"
-#: at most this many tokens get their label written on an axis of a small multiple.
+#: at most this many tokens get their label written on an axis of a small multiple (then every n-th).
 _MAX_LABELLED = 24
 
 
@@ -52,9 +54,12 @@ def figure_attention_grid(weights: np.ndarray, layer_names: Sequence[str], token
     titles = [f"{_short(layer_names[li])} · head {h}" for li in range(n_layers) for h in range(n_heads)]
     fig = make_subplots(rows=n_layers, cols=n_heads, subplot_titles=titles,
                         horizontal_spacing=0.03, vertical_spacing=0.08 / max(1, n_layers / 2))
-    labelled = tokens is not None and max(q, k) <= _MAX_LABELLED
+    labelled = tokens is not None
     xs = _unique(list(tokens)[:k]) if labelled else list(range(k))
     ys = _unique(list(tokens)[:q]) if labelled else list(range(q))
+    # every token labelled up to _MAX_LABELLED, else every step-th one (the hover names them all)
+    x_ticks = xs[:: -(-len(xs) // _MAX_LABELLED)] if labelled else None
+    y_ticks = ys[:: -(-len(ys) // _MAX_LABELLED)] if labelled else None
     zmax = float(max(weights.max(), 1e-6))
     for li in range(n_layers):
         for h in range(n_heads):
@@ -63,9 +68,10 @@ def figure_attention_grid(weights: np.ndarray, layer_names: Sequence[str], token
                 hovertemplate=f"layer {li} head {h}<br>query %{{y}}<br>key %{{x}}<br>weight %{{z:.3f}}<extra></extra>",
             ), row=li + 1, col=h + 1)
             fig.update_yaxes(autorange="reversed", showticklabels=labelled and h == 0, type="category" if labelled else None,
-                             row=li + 1, col=h + 1)
+                             tickmode="array" if labelled else None, tickvals=y_ticks, row=li + 1, col=h + 1)
             fig.update_xaxes(showticklabels=labelled and li == n_layers - 1, tickangle=-60,
-                             type="category" if labelled else None, row=li + 1, col=h + 1)
+                             type="category" if labelled else None, tickmode="array" if labelled else None,
+                             tickvals=x_ticks, row=li + 1, col=h + 1)
     if selected is not None:
         li, h = selected
         axis = li * n_heads + h + 1
@@ -94,13 +100,15 @@ def figure_flops(rows: Sequence[dict], top: int = 25) -> go.Figure:
     """Horizontal bars: FLOP share of the most expensive layers (``rows`` from the layer table)."""
     known = [r for r in rows if r.get("flops") is not None and r.get("name")]
     known = sorted(known, key=lambda r: -r["flops"])[:top][::-1]
+    labels = elide_all([r["name"] for r in known])
     fig = go.Figure(go.Bar(
-        x=[100 * (r.get("flop_share") or 0) for r in known], y=[r["name"] for r in known], orientation="h",
-        customdata=[[r["flops"], r["type"]] for r in known], marker_color="#ff7f0e",
-        hovertemplate="%{y} (%{customdata[1]})<br>%{customdata[0]:,} FLOPs<br>%{x:.1f}%<extra></extra>",
+        x=[100 * (r.get("flop_share") or 0) for r in known], y=labels, orientation="h",
+        customdata=[[r["flops"], r["type"], r["name"]] for r in known], marker_color="#ff7f0e",
+        hovertemplate="%{customdata[2]} (%{customdata[1]})<br>%{customdata[0]:,} FLOPs<br>%{x:.1f}%<extra></extra>",
     ))
+    fig.update_yaxes(automargin=True, type="category")
     fig.update_layout(title="Share of FLOPs", xaxis_title="% of model FLOPs", height=max(240, 22 * len(known) + 90),
-                      margin=dict(l=10, r=10, t=50, b=10))
+                      margin=dict(l=label_margin(labels), r=10, t=50, b=10))
     return fig
 
 

@@ -17,6 +17,8 @@ from explain.spec import InputSpec
 from explain.training.downsampling import downsample_points
 from explain.training.evolution import AttributionDrift, WeightChange
 from explain.training.history import TrainingHistory, smooth_ema
+from explain.viz.attribution import grey_image, plotly_colorscale, to_display_images
+from explain.viz.labels import elide_all, label_margin
 
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "lr": "#7f7f7f"}
@@ -26,7 +28,6 @@ KIND_LABELS = {
     "instability": "unstable", "underfitting": "underfits", "lr_effect": "LR",
 }
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-_DIVERGING = [[0.0, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]
 X_TITLES = {"epoch": "epoch", "step": "step", "wall_time": "wall time (s)"}
 
 
@@ -146,36 +147,55 @@ def figure_curves(
 
 
 def figure_runs(histories: Sequence[TrainingHistory], smoothing: float = 0.6, log_y: bool = False,
-                x: str = "epoch", height: int = 460) -> go.Figure:
-    """Several runs side by side: one colour per run, train dashed, validation solid."""
-    fig = make_subplots(rows=1, cols=1)
+                x: str = "epoch", height: int = 520) -> go.Figure:
+    """Several runs overlaid: one colour per run (its legend group, titled with the run's name: a click
+    hides the whole run), train dashed and validation solid; losses above, metrics below when any run
+    has one."""
+    has_metric = any(h.roles.get("train_metric") or h.roles.get("val_metric") for h in histories)
+    rows = 2 if has_metric else 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.62, 0.38] if rows == 2 else [1.0])
     for i, h in enumerate(histories):
         color = RUN_COLORS[i % len(RUN_COLORS)]
         ax = x if x in h.frame.columns else h.default_x
-        for role, dash, label in (("train_loss", "dash", "train"), ("val_loss", None, "val")):
-            if h.roles.get(role):
-                _add_series(fig, h, h.roles[role], ax, f"{h.name} · {label}", color, smoothing, 1, dash=dash)
-    fig.update_yaxes(title_text="loss", type="log" if log_y else "linear")
-    fig.update_xaxes(title_text=X_TITLES.get(x, x))
+        first = len(fig.data)
+        for role, dash, label, row in (("train_loss", "dash", "train loss", 1), ("val_loss", None, "validation loss", 1),
+                                       ("train_metric", "dash", "train metric", 2),
+                                       ("val_metric", None, "validation metric", 2)):
+            if h.roles.get(role) and row <= rows:
+                _add_series(fig, h, h.roles[role], ax, f"{label} ({h.roles[role]})", color, smoothing, row, dash=dash)
+        for trace in fig.data[first:]:
+            trace.legendgroup = f"run {i}"
+            trace.legendgrouptitle = dict(text=h.name)
+    fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1)
+    if has_metric:
+        fig.update_yaxes(title_text="metric", row=2, col=1)
+    fig.update_xaxes(title_text=X_TITLES.get(x, x), row=rows, col=1)
     fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+                      legend=dict(groupclick="togglegroup"))
+    fig.update_xaxes(showgrid=True, gridcolor="#eee")
+    fig.update_yaxes(gridcolor="#eee")
     return fig
 
 
 def figure_weight_changes(change: WeightChange, height: int | None = None) -> go.Figure:
     """Layers x intervals heatmap of the relative weight change ||ΔW|| / ||W||."""
-    z = change.values
+    z = change.values  # [layer, interval]
     text = [[f"{v:.1%}" if np.isfinite(v) else "" for v in row] for row in z]
+    layers = elide_all(change.layers)
     fig = go.Figure(go.Heatmap(
-        z=z, x=change.intervals, y=change.layers, colorscale="Blues", zmin=0,
+        z=z, x=list(change.intervals), y=layers, colorscale="Blues", zmin=0,
         text=text, texttemplate="%{text}" if len(change.layers) <= 30 else None,
+        customdata=np.tile(np.array(list(change.layers), dtype=object)[:, None], (1, z.shape[1])),
         colorbar=dict(title="‖ΔW‖/‖W‖", thickness=12, tickformat=".0%"),
-        hovertemplate="%{y}<br>%{x}<br>relative change %{z:.2%}<extra></extra>",
+        hovertemplate="%{customdata}<br>%{x}<br>relative change %{z:.2%}<extra></extra>",
     ))
-    fig.update_yaxes(autorange="reversed", title_text="layer")
-    fig.update_xaxes(title_text="between checkpoints", side="bottom")
-    fig.update_layout(height=height or max(260, 22 * len(change.layers) + 120), font=FONT,
-                      margin=dict(l=10, r=10, t=20, b=10))
+    fig.update_yaxes(autorange="reversed", title_text="layer", automargin=True, type="category")
+    # interval labels ("epoch 1 → epoch 4") stay horizontal while they fit, else turn 45°: room for either
+    fig.update_xaxes(title_text="between checkpoints", side="bottom", automargin=True, type="category")
+    bottom = 40 + int(label_margin(change.intervals, FONT["size"], pad=0) * 0.71)
+    fig.update_layout(height=height or max(260, 22 * len(change.layers) + 90 + bottom), font=FONT,
+                      margin=dict(l=label_margin(layers, FONT["size"]) + 24, r=10, t=20, b=bottom))
     return fig
 
 
@@ -203,15 +223,13 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
         fig = make_subplots(rows=1, cols=k, subplot_titles=[_title(drift, j, index) for j in range(k)],
                             horizontal_spacing=0.02)
         image = None
-        if inputs is not None:
-            from explain.viz.attribution import to_display_images
-
-            image = to_display_images(np.asarray(inputs)[index : index + 1], spec)[0]
+        if inputs is not None:  # the maps go over a grey-scale copy, as on the Output page
+            image = grey_image(to_display_images(np.asarray(inputs)[index : index + 1], spec)[0])
         for j in range(k):
             if image is not None:
-                fig.add_trace(go.Image(z=image, opacity=0.35, hoverinfo="skip"), row=1, col=j + 1)
+                fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=1, col=j + 1)
             fig.add_trace(go.Heatmap(
-                z=maps[j], zmin=-zmax, zmax=zmax, colorscale=_DIVERGING, opacity=0.8 if image is not None else 1,
+                z=maps[j], zmin=-zmax, zmax=zmax, colorscale=plotly_colorscale("all", opaque=image is None),
                 showscale=j == k - 1, colorbar=dict(thickness=10),
                 hovertemplate="x=%{x} y=%{y}<br>attribution=%{z:.3g}<extra></extra>",
             ), row=1, col=j + 1)
@@ -229,7 +247,8 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
         maps, columns = maps[..., keep], [columns[i] for i in keep]
     rows = [f"{drift.labels[j]} (ρ={drift.correlation[j, index]:.2f})" for j in range(k)]
     fig = go.Figure(go.Heatmap(
-        z=maps.reshape(k, -1), x=list(range(len(columns))), y=rows, zmin=-zmax, zmax=zmax, colorscale=_DIVERGING,
+        z=maps.reshape(k, -1), x=list(range(len(columns))), y=rows, zmin=-zmax, zmax=zmax,
+        colorscale=plotly_colorscale("all", opaque=True),
         customdata=np.tile(np.array(columns, dtype=object), (k, 1)),
         hovertemplate="%{y}<br>%{customdata}<br>attribution=%{z:.3g}<extra></extra>",
         colorbar=dict(thickness=10),

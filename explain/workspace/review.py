@@ -125,6 +125,8 @@ class Review:
         """Every comment on a run, oldest first."""
         with self.core.db.transaction() as s:
             self.core.require(s, actor, Action.READ)
+            if s.get(Run, str(run_id)[:32]) is None:
+                raise NotFound(f"No saved run {str(run_id)[:40]!r}.")
             rows = s.scalars(select(Comment).where(Comment.run_id == run_id).order_by(Comment.id))
             return [_comment(c) for c in rows]
 

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import select
 
 from explain.errors import NotFound, UsageError
+from explain.jsonable import to_json_safe
 from explain.workspace.core import Core, iso
 from explain.workspace.registry import Registry
 from explain.workspace.roles import Action, Actor
@@ -87,20 +88,6 @@ class SavedRun:
     results: dict[str, np.ndarray]
 
 
-def _json_value(value):
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_value(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 class Runs:
     def __init__(self, core: Core, registry: Registry):
         self.core = core
@@ -123,9 +110,9 @@ class Runs:
             self.core.require(s, actor, Action.SAVE_RUN)
             row = Run(id=run_id, version_id=self.registry.version_id(s, record.model, record.version),
                       page=record.page, title=record.title[:500], method=record.method,
-                      params=_json_value(record.params), target={"value": _json_value(record.target)},
-                      inputs_sha256=inputs_sha, results_sha256=results_sha, summary=_json_value(record.summary),
-                      environment=_json_value(record.environment), author=actor.name)
+                      params=to_json_safe(record.params), target={"value": to_json_safe(record.target)},
+                      inputs_sha256=inputs_sha, results_sha256=results_sha, summary=to_json_safe(record.summary),
+                      environment=to_json_safe(record.environment), author=actor.name)
             s.add(row)
             s.flush()
             self.core.audit(s, actor, "run.save", "run", run_id,

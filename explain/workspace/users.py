@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import bcrypt
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from explain.errors import NotFound, UsageError
 from explain.workspace.core import Core, iso
@@ -82,7 +83,10 @@ class Users:
             user = User(name=name, role=role, email=email,
                         password_hash=hash_password(password) if password is not None else None)
             s.add(user)
-            s.flush()
+            try:
+                s.flush()
+            except IntegrityError:  # the same name added by another session a moment ago
+                raise UsageError(f"User {name!r} already exists.") from None
             self.core.audit(s, actor, "user.add", "user", name, after={"role": role})
             return _info(user)
 
@@ -148,8 +152,30 @@ class Users:
                 raise UsageError(f"A token named {name!r} exists.")
             s.add(ApiToken(name=name, role=role, token_sha256=hashlib.sha256(token.encode()).hexdigest(),
                            created_by=actor.name))
+            try:
+                s.flush()
+            except IntegrityError:
+                raise UsageError(f"A token named {name!r} exists.") from None
             self.core.audit(s, actor, "token.add", "token", name, after={"role": role})
         return token
+
+    def remove_token(self, actor: Actor, name: str) -> dict:
+        """Revoke a token: requests carrying it get 401 from then on."""
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_TOKENS)
+            row = s.scalar(select(ApiToken).where(ApiToken.name == name))
+            if row is None:
+                raise NotFound(f"No token named {name!r}.")
+            self.core.audit(s, actor, "token.remove", "token", name, before={"role": row.role})
+            s.delete(row)
+            return {"removed": name}
+
+    def tokens(self, actor: Actor) -> list[dict]:
+        """Token names, roles and creators (never the tokens)."""
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_TOKENS)
+            return [{"name": t.name, "role": t.role, "created_by": t.created_by, "created": iso(t.created_at)}
+                    for t in s.scalars(select(ApiToken).order_by(ApiToken.name))]
 
     def token_identity(self, token: str) -> tuple[str, str] | None:
         """(token name, role) for a valid token, else None."""

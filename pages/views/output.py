@@ -6,10 +6,9 @@ import streamlit as st
 
 from explain.errors import Cancelled
 from explain.output.methods import compatible_methods, get_method
-from explain.viz.attribution import SIGNS
 from ui import jobs, state
 from ui import workspace as team
-from ui.attribution_view import render_downloads, render_grid, render_summary
+from ui.attribution_view import map_controls, render_downloads, render_grid, render_summary
 from ui.run_view import output_record
 from ui.text import escape_markdown
 from ui.widgets import ProgressBar, param_widgets
@@ -36,14 +35,11 @@ with state.error_boundary("Loading the model and inputs"):
     chosen = c1.multiselect("Methods", names, default=[DEFAULT_METHOD] if DEFAULT_METHOD in names else names[:1],
                             key="gb_methods", help="Only methods compatible with this model are listed.")
     default_rows = list(range(min(MAX_ROWS.get(model.modality, 4), n_inputs)))
-    rows = c2.multiselect("Inputs to show", list(range(n_inputs)), default=default_rows, key="gb_rows",
+    rows = c2.multiselect("Inputs to show", list(range(n_inputs)), default=default_rows, key=f"gb_rows_{model.sha256[:12]}",
                           format_func=lambda i: f"#{i} · {model.spec.class_name(int(np.argmax(probs[i])))}")
     target_options = ["predicted class"] + [model.spec.class_name(k) for k in range(probs.shape[1])]
     target_choice = c3.selectbox("Target", target_options, key="gb_target")
-    sign = "all"
-    if model.modality == "image":
-        sign = st.radio("Show", SIGNS, horizontal=True, key="gb_sign",
-                        help="Colour scale is shared by all inputs of a method.")
+    map_options = map_controls(model.modality)
 
     params_by_method = {}
     if chosen:
@@ -97,11 +93,11 @@ if results:
     shown = [explain_rows.index(r) for r in (rows or default_rows) if r in explain_rows]
     labels = batch.labels[explain_rows] if batch.labels is not None else None
     with state.error_boundary("Drawing the results"):
-        render_grid(model, results, shown, probs[explain_rows], labels, sign)
+        render_grid(model, results, shown, probs[explain_rows], labels, map_options)
         render_summary(model, results)
         with st.expander("Download"):
             render_downloads(model, results)
         team.render_save_run("output", model, lambda name, version: output_record(
-            name, version, model, inputs, explain_rows, shown, probs[explain_rows], labels, results, target, sign,
+            name, version, model, inputs, explain_rows, shown, probs[explain_rows], labels, results, target, map_options.sign,
             params_by_method), key="output")
         jobs.render_queue_button(model, inputs, chosen, params_by_method, target)

@@ -18,6 +18,7 @@ from explain.training.evolution import checkpoint_label, checkpoint_sort_key, ep
 from explain.viz import attribution as viz
 from ui import state
 from ui import workspace as team
+from ui.report_download import render_report_downloads
 from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
@@ -90,7 +91,8 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
     if model.modality == "image":
         image = viz.to_display_images(attr.inputs[row : row + 1], model.spec)[0]
         heat = viz.image_maps(attr)[row]
-        fig = viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=f"{attr.method} → {target}")
+        fig = viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=f"{attr.method} → {target}",
+                                           target=target)
         st.plotly_chart(fig, config={"displayModeBar": False}, key=key)
     elif model.modality == "tabular":
         names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
@@ -99,7 +101,7 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
     else:
         st.caption(f"{attr.method} → {escape_markdown(target)}")
         st.html(viz.text_attribution_html(detokenize(attr.inputs[row], model.spec), attr.values[row],
-                                          padding=padding_mask(attr.inputs[row], model.spec)))
+                                          padding=padding_mask(attr.inputs[row], model.spec), target=target))
     err = attr.completeness_error[row]
     err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
     st.caption(f"{err_text} · {attr.seconds:.2f} s · {attr.device} · {attr.precision}")
@@ -242,7 +244,7 @@ team.render_save_run("overview", model, lambda name, version: snapshot_record(
 
 st.divider()
 st.subheader("Report")
-st.caption("One self-contained HTML file (opens offline): model card, explanations of the first inputs, structure, "
+st.caption("One self-contained HTML file (opens offline; also as PDF): model card, explanations of the first inputs, structure, "
            "training curves and findings, checkpoint evolution, environment and every parameter used. "
            "The same report as `python -m explain report`.")
 report_methods = st.multiselect("Methods in the report", names, default=[method], key="gb_ov_report_methods")
@@ -251,6 +253,7 @@ if st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_metho
     with state.error_boundary("Building the report"):
         bar = st.progress(0.0, text="Building the report…")
         report = build_report(model, batch, logs=logs, checkpoints=checkpoints, methods=report_methods,
+                              review=team.current_review(model),
                               progress=lambda done, total: bar.progress(done / max(total, 1),
                                                                          text=f"Building the report: {done}/{total} parts"))
         bar.empty()
@@ -260,5 +263,4 @@ if stored and stored[0] == report_key:
     _, html_bytes, failed = stored
     if failed:
         st.warning("Parts that could not be built (the report says why): " + escape_markdown(", ".join(failed)))
-    st.download_button("Download report (HTML)", html_bytes, file_name=f"glassbox-{model.name}.html",
-                       mime="text/html", key="gb_ov_download", type="primary")
+    render_report_downloads(report_key, html_bytes, model.name)

@@ -8,7 +8,7 @@ from explain.workspace import Action
 from ui import state
 from ui import workspace as team
 from ui.comments import render_comments
-from ui.run_view import render_saved_run, rerun_differences
+from ui.run_view import render_saved_run, rerun_differences, run_report_html
 from ui.text import escape_markdown
 
 ws, who = team.workspace(), team.actor()
@@ -65,3 +65,12 @@ if info.page == "output" and team.can(Action.READ):
 
 with state.error_boundary("Loading the comments"):
     render_comments(run)
+
+st.divider()
+if st.button("Build report (HTML)", key="gb_run_report",
+             help="The run's model and inputs, its methods, and this run's comments and the version's decisions."):
+    with state.error_boundary("Building the report"):
+        with st.spinner("Building the report…"):
+            html = run_report_html(run)
+        st.download_button("Download report (HTML)", html, file_name=f"glassbox-run-{info.id}.html", mime="text/html",
+                           type="primary")

@@ -16,7 +16,7 @@ from explain.training.evolution import (
     sort_checkpoints,
 )
 from explain.training.findings import diagnose
-from explain.training.history import ROLES, merge_histories, read_history
+from explain.training.history import LOG_MODES, ROLES, default_log_mode, merge_histories, read_history
 from explain.viz import training as viz
 from ui import state
 from ui import workspace as team
@@ -118,8 +118,11 @@ else:
         st.warning(escape_markdown(warning), icon="⚠️")
     mode = "merge"
     if len(histories) > 1:
-        mode = st.radio("Several logs", ["merge", "runs"], horizontal=True, key="gb_train_mode",
-                        format_func={"merge": "Merge into one run", "runs": "Compare as separate runs"}.get)
+        mode = st.radio("Several logs", LOG_MODES, index=LOG_MODES.index(default_log_mode(histories)),
+                        horizontal=True, key="gb_train_mode",
+                        format_func={"merge": "Merge into one run", "runs": "Runs side by side"}.get,
+                        help="Runs side by side: each log is a run (curves overlaid, findings per run). "
+                             "Merge: the logs are files of one run (e.g. train and validation written apart).")
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
     points = max(len(h.by_epoch()) for h in histories)
     smoothing = c1.slider("Smoothing", 0.0, 0.99, 0.6 if points >= 30 else 0.0, 0.01, key="gb_train_smoothing",
@@ -162,7 +165,8 @@ if histories:
     team.render_save_run("training", state.current_model(), lambda name, version: snapshot_record(
         "training", name, version, f"Training of {name} ({len(histories)} logs)", None,
         {h.name: h.by_epoch() for h in histories},
-        findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training")
+        findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training",
+        attach=[("training_log", n, d) for n, d in logs] + [("checkpoint", c.source, c.data) for c in checkpoints])
 
 # -- checkpoint evolution ---------------------------------------------------------------------
 st.header("Checkpoint evolution")

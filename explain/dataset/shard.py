@@ -1,0 +1,67 @@
+"""One shard of a dataset-wide run: what it does (`ShardJob`), what it gives (`ShardResult`), and
+`explain_shard`, the one function every engine (local, Ray actor) runs on a shard."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from explain.attribution import Attribution
+from explain.dataset.reading import Dataset
+from explain.model import LoadedModel
+
+#: True once the run should stop.
+CancelledFn = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard of a run does: the method, its parameters, the target choice.
+
+    ``target``: None (the predicted class), an int (one class for all rows) or
+    ``"label"`` (each row's label; the dataset must carry labels).
+    """
+
+    method: str
+    params: dict[str, Any]
+    target: int | str | None = None
+
+
+@dataclass
+class ShardResult:
+    """One finished shard: rows ``start:stop`` of the dataset."""
+
+    index: int
+    start: int
+    stop: int
+    attribution: Attribution
+    probabilities: np.ndarray  # [n, K]
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)  # [n]
+
+
+class ShardEngine(Protocol):
+    """Where shards run. ``run`` yields results in any order and honours ``cancelled``."""
+
+    name: str
+
+    def run(self, dataset: Dataset, shards: list[tuple[int, int]], job: ShardJob,
+            cancelled: CancelledFn | None) -> Iterator[ShardResult]: ...
+
+
+def explain_shard(model: LoadedModel, inputs: np.ndarray, job: ShardJob, labels: np.ndarray | None,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[Attribution, np.ndarray]:
+    """The attribution and class probabilities [n, K] of one shard: what every engine runs."""
+    from explain.output.methods import get_method
+
+    target: Any = job.target
+    if target == "label":
+        target = labels
+    probabilities = model.predict_proba(inputs)  # [n, K]
+    attribution = get_method(job.method).explain(model, inputs, target=target, progress=progress,
+                                                 use_cache=False, **job.params)
+    return attribution, probabilities

@@ -1,0 +1,85 @@
+"""Report and page figures keep all their labels: long layer names elided in the middle, margins
+computed from the labels (they grow with them), attention maps with their tokens."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explain.training.evolution import WeightChange
+from explain.viz.labels import CHAR_WIDTH, elide, elide_all, label_margin
+from explain.viz.structure import figure_attention_grid, figure_flops
+from explain.viz.training import figure_weight_changes
+
+LONG = "bert.encoder.layer.11.attention.output.dense"  # 44 characters
+
+
+def test_elide_keeps_both_ends_and_the_length():
+    assert elide("conv1") == "conv1"
+    short = elide(LONG, 20)
+    assert len(short) == 20 and short == "bert.encod…put.dense" and "…" in short
+    # names that share their ends stay distinct on a category axis
+    a, b = LONG.replace("11", "10"), LONG
+    assert len(set(elide_all([a, b], 20))) == 2
+
+
+def test_label_margin_grows_with_the_longest_label():
+    assert label_margin(["a" * 10], 12, pad=0) == round(10 * 12 * CHAR_WIDTH)
+    assert label_margin(["a" * 40], 12) > label_margin(["a" * 20], 12) > label_margin(["a"], 12)
+    assert label_margin([], 12, pad=5) == 5
+
+
+def _flop_rows(names):
+    return [{"name": n, "type": "Linear", "flops": 100 * (i + 1), "flop_share": (i + 1) / 10} for i, n in enumerate(names)]
+
+
+@pytest.mark.parametrize("name", ["fc", "encoder.layers.0.self_attn", LONG, LONG * 2])
+def test_flops_bars_leave_room_for_their_longest_label(name):
+    fig = figure_flops(_flop_rows(["head", name]))
+    labels = list(fig.data[0].y)
+    longest = max(len(s) for s in labels)
+    assert longest <= 40  # elided
+    assert fig.layout.margin.l >= longest * 12 * CHAR_WIDTH  # the default 12 px font fits
+    assert fig.layout.yaxis.automargin is True
+    assert name in [c[2] for c in fig.data[0].customdata]  # the full name in the hover
+
+
+def test_flops_margin_grows_with_label_length():
+    margins = [figure_flops(_flop_rows([n])).layout.margin.l for n in ("fc", "layer3.conv1", LONG)]
+    assert margins == sorted(margins) and margins[0] < margins[-1]
+
+
+def test_weight_change_heatmap_margins_fit_long_layer_names_and_intervals():
+    def change(names):
+        return WeightChange(names, ["epoch 1", "epoch 4", "epoch 10"], ["epoch 1 → epoch 4", "epoch 4 → epoch 10"],
+                            np.full((len(names), 2), 0.1), np.ones((len(names), 3)))
+
+    short, long = figure_weight_changes(change(["a", "b"])), figure_weight_changes(change([LONG, "head"]))
+    assert long.layout.margin.l > short.layout.margin.l
+    assert long.layout.margin.l >= max(len(s) for s in long.data[0].y) * 13 * CHAR_WIDTH  # FONT is 13 px
+    assert long.layout.margin.b >= 40  # the axis title and the interval labels
+    assert long.data[0].customdata[0][0] == LONG
+
+
+@pytest.mark.parametrize("n", [6, 60])
+def test_attention_grid_labels_its_tokens_short_or_long(n):
+    tokens = [f"t{i}" for i in range(n)]
+    fig = figure_attention_grid(np.full((2, 2, n, n), 1.0 / n), ["layers.0.self_attn", "layers.1.self_attn"], tokens)
+    x_bottom = fig.layout.xaxis3  # the last row shows the key labels
+    assert x_bottom.showticklabels and list(x_bottom.tickvals)[0] == "t0"
+    assert len(x_bottom.tickvals) <= 24 and (n > 24 or len(x_bottom.tickvals) == n)
+    assert fig.layout.yaxis.showticklabels and list(fig.layout.yaxis.tickvals)[0] == "t0"
+
+
+def test_report_attention_heatmaps_carry_token_labels():
+    from explain.report.sections import build_report
+    from sample_models import load_sample, sample_inputs
+
+    model = load_sample("sentiment")
+    report = build_report(model, sample_inputs("sentiment")["inputs"][:1], methods=["saliency"])
+    attention = report.section("Attention")
+    fig = attention.figures[0]
+    tokens = attention.data["tokens"]
+    assert tokens[0] == "<cls>"
+    ticks = [t for ax in fig.layout if ax.startswith("xaxis") and fig.layout[ax].showticklabels
+             for t in fig.layout[ax].tickvals]
+    assert set(tokens) <= set(ticks) | {f"{t}·2" for t in tokens}

@@ -1,0 +1,210 @@
+"""AppTest of the team pages (Saved runs, Models, Review, Audit log), sign-in and Save run,
+each against its own workspace (GLASSBOX_HOME in a temp dir)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explain.workspace import Actor, RunRecord, open_workspace
+from sample_models import sample_registry_files
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLASSBOX_HOME", str(tmp_path))
+    ws = open_workspace(url=f"sqlite:///{tmp_path}/glassbox.db", home=tmp_path)
+    ws.seed(sample_registry_files())
+    yield tmp_path, ws
+    ws.close()
+
+
+def _app(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    username, pw = [t for t in at.text_input if t.label == "Username"][0], [t for t in at.text_input if t.label == "Password"][0]
+    username.input(name)
+    pw.input(password)
+    return [b for b in at.button if b.label == "Sign in"][0].click().run()
+
+
+def _save_output_run(at: AppTest) -> AppTest:
+    at.switch_page("pages/views/output.py").run()
+    return [b for b in at.button if b.label == "Save run"][0].click().run()
+
+
+def test_single_local_user_saves_a_run_and_opens_its_link(home):
+    _, ws = home
+    at = _save_output_run(_app())
+    assert not at.exception, at.exception
+    link = [c.value for c in at.code if "?run=" in c.value][0]
+    run_id = link.rsplit("=", 1)[1]
+    info = ws.runs.info(Actor.local(), run_id)
+    assert (info.page, info.model, info.version, info.author) == ("output", "shapes", 1, "local")
+    assert info.params["integrated_gradients"]["steps"] > 0 and info.environment["packages"]["torch"]
+    assert any("Single local user" in c.value for c in at.sidebar.caption)
+
+    opened = _app(run=run_id)
+    assert not opened.exception, opened.exception
+    assert any(info.sha256 in m.value for m in opened.markdown)
+    assert any("integrated\\_gradients on" in t.value for t in opened.title)
+    assert [b.label for b in opened.button].count("Post") == 1  # the local user is admin: may comment
+
+
+def test_saved_run_redraws_the_saved_arrays_not_a_recomputation(home):
+    _, ws = home
+    at = _save_output_run(_app())
+    run_id = [c.value for c in at.code if "?run=" in c.value][0].rsplit("=", 1)[1]
+    saved = ws.runs.open(Actor.local(), run_id)
+    from ui.run_view import saved_attributions
+
+    attrs = saved_attributions(saved)
+    assert [a.method for a in attrs] == ["integrated_gradients"]
+    assert np.array_equal(attrs[0].values, saved.results["0/values"])
+    rerun = _app(run=run_id)
+    [b for b in rerun.button if b.label == "Re-run"][0].click().run()
+    diff = rerun.dataframe[-1].value
+    assert diff["max |difference|"].iloc[0] < 1e-5  # same model, inputs, parameters: the same map
+
+
+def test_sign_in_is_required_once_an_admin_exists_and_roles_shape_the_page(home):
+    _, ws = home
+    rid = ws.runs.save(Actor.local(), RunRecord(page="structure", model="shapes", version=1, title="layers",
+                                                inputs={"inputs": np.zeros((2, 3, 32, 32), np.float32)})).id
+    ws.users.add(Actor.local(), "ada", "admin", "admin-pass-1")
+    ws.users.add(Actor("ada"), "vic", "viewer", "viewer-pass-1")
+    ws.users.add(Actor("ada"), "rita", "reviewer", "review-pass-1")
+
+    at = _app(run=rid)
+    assert [t.label for t in at.text_input] == ["Username", "Password"]
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.title or all(t.value != "layers" for t in at.title)  # nothing behind the form
+
+    at = _sign_in(at, "vic", "wrong-password")
+    assert any("wrong" in e.value for e in at.error)
+    at = _sign_in(at, "vic", "viewer-pass-1")
+    assert not at.exception, at.exception
+    assert any(t.value == "layers" for t in at.title)
+    assert "Post" not in [b.label for b in at.button] and not [t for t in at.text_area if t.label == "Comment"]
+    assert "Save run" not in [b.label for b in at.button]
+    assert any("Signed in as **vic** · viewer" in c.value for c in at.sidebar.caption)
+
+    audit = at.switch_page("pages/views/audit.py").run()  # listed, but the library refuses a viewer
+    assert any("may not read audit" in e.value for e in audit.error)
+
+    at = _sign_in(_app(run=rid), "rita", "review-pass-1")
+    assert [t for t in at.text_area if t.label == "Comment"] and "Post" in [b.label for b in at.button]
+
+
+def test_reviewer_comment_with_html_is_shown_as_text_and_review_page_lists_it(home):
+    _, ws = home
+    rid = ws.runs.save(Actor.local(), RunRecord(page="structure", model="shapes", version=1, title="layers",
+                                                inputs={"inputs": np.zeros((2, 3, 32, 32), np.float32)})).id
+    ws.review.post(Actor.local(), rid, "<img src=x onerror=alert(1)> look at **conv1**", anchor_kind="layer",
+                   anchor="conv1")
+    at = _app()
+    at.switch_page("pages/views/review.py").run()
+    assert not at.exception, at.exception
+    assert any("shapes" in s.value and "v1" in s.value for s in at.subheader), [s.value for s in at.subheader]
+    bodies = [m for m in at.markdown if "look at" in m.value]
+    assert bodies and all(not m.allow_html for m in bodies)  # Markdown, raw HTML never enabled
+
+
+def test_models_page_lists_samples_and_a_version_page_records_a_decision(home):
+    _, ws = home
+    at = _app()
+    at.switch_page("pages/views/models.py").run()
+    assert not at.exception, at.exception
+    listed = at.dataframe[0].value
+    assert set(listed["model"]) >= {"shapes", "cancer", "sentiment"}
+
+    at = _app(model="cancer", version="1")
+    assert any(t.value.startswith("cancer") for t in at.title)
+    [r for r in at.radio if r.label == "Decision"][0].set_value("approve")
+    [t for t in at.text_area if t.label == "Note"][0].input("Calibrated.")
+    [t for t in at.text_input if t.label.startswith("Move alias")][0].input("production")
+    [b for b in at.button if b.label == "Record decision"][0].click().run()
+    assert not at.exception, at.exception
+    assert ws.registry.resolve(Actor.local(), "cancer@production").version == 1
+    assert [(d.verdict, d.note) for d in ws.review.decisions(Actor.local(), "cancer")] == [("approve", "Calibrated.")]
+    assert any("approve" in m.value and "local" in m.value for m in at.markdown)
+
+
+def test_audit_page_shows_every_write_to_an_admin(home):
+    _, ws = home
+    at = _save_output_run(_app())
+    at.switch_page("pages/views/audit.py").run()
+    assert not at.exception, at.exception
+    actions = list(at.dataframe[0].value["action"])
+    assert "version.add" in actions and "run.save" in actions
+
+
+def test_report_review_section_carries_comments_and_decisions_escaped(home):
+    from explain.report.review import build_review_section, review_record
+
+    _, ws = home
+    rid = ws.runs.save(Actor.local(), RunRecord(page="structure", model="shapes", version=1, title="layers")).id
+    c = ws.review.post(Actor.local(), rid, "<script>alert(1)</script>", anchor_kind="input", anchor="2")
+    ws.review.post(Actor.local(), rid, "agreed", parent_id=c.id)
+    ws.review.decide(Actor.local(), "shapes", 1, "request_changes", "needs <b>work</b>")
+    section = build_review_section(review_record(ws, Actor.local(), "shapes", 1, run_id=rid))
+    html = section.to_html()
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;work" in html
+    assert "on input 2" in html and "agreed" in html and "request changes" in html
+    assert [d["verdict"] for d in section.data["decisions"]] == ["request_changes"]
+    assert len(section.data["comments"]) == 2
+
+
+def test_training_run_saves_findings_and_attaches_the_logs_to_the_version(home):
+    _, ws = home
+    at = _app()
+    at.switch_page("pages/views/training.py").run()
+    [b for b in at.button if b.label == "Save run"][0].click().run()
+    assert not at.exception, at.exception
+    run = ws.runs.list(Actor.local(), model="shapes")[0]
+    assert run.page == "training" and run.summary["tables"] and run.summary["findings"]
+    kinds = {a.kind for a in ws.registry.attachments(Actor.local(), "shapes", 1)}
+    assert kinds == {"training_log", "checkpoint"}
+    again = at.switch_page("pages/views/training.py").run()  # saving again stores no second copy
+    [b for b in again.button if b.label == "Save run"][0].click().run()
+    names = [a.filename for a in ws.registry.attachments(Actor.local(), "shapes", 1)]
+    assert len(names) == len(set(names))
+
+
+def test_with_an_auth_section_sign_in_goes_through_oidc(home):
+    _, ws = home
+    ws.users.add(Actor.local(), "ada@example.com", "admin", None, email="ada@example.com")
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "glassbox", "client_secret": "s",
+                          "server_metadata_url": "https://idp.example/.well-known/openid-configuration"}
+    at.run()
+    assert not at.exception, at.exception
+    assert [b.label for b in at.button] == ["Sign in"]  # st.login, no password form
+    assert not [t for t in at.text_input if t.label == "Password"]
+
+
+def test_audit_csv_defuses_spreadsheet_formulas_and_tokens_can_be_revoked(home):
+    import csv
+    import io
+
+    _, ws = home
+    ws.users.add(Actor.local(), "=HYPERLINK(1)", "admin", "admin-pass-1")
+    rows = list(csv.DictReader(io.StringIO(ws.audit.csv(Actor("=HYPERLINK(1)")))))
+    added = [r for r in rows if r["action"] == "user.add"][0]
+    assert added["object_id"] == "'=HYPERLINK(1)" and added["actor"] == "local"
+    assert not any(v.startswith(("=", "+", "-", "@")) for r in rows for v in r.values() if v)
+    token = ws.users.add_token(Actor("=HYPERLINK(1)"), "ci", "viewer")
+    assert ws.users.token_identity(token) == ("ci", "viewer")
+    ws.users.remove_token(Actor("=HYPERLINK(1)"), "ci")
+    assert ws.users.token_identity(token) is None
