@@ -169,7 +169,8 @@ class Jobs:
         with self.core.db.transaction() as s:
             role = self.core.require(s, actor, Action.READ)
             row = self._row(s, job_id)
-            if row.owner != actor.name and not allows(role, Action.MANAGE_USERS):
+            owner = row.owner == actor.name and bool(row.owner_is_token) == actor.token
+            if not owner and not allows(role, Action.MANAGE_USERS):
                 raise PermissionDenied(f"{actor.name} may not cancel {row.owner}'s job.",
                                        "Only its owner or an admin may.")
             if row.status == "queued":
