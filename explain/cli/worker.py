@@ -23,5 +23,5 @@ def run(args: argparse.Namespace) -> dict:
         while worker.run_once() is not None:
             ran += 1
         return {"worker": worker.name, "ran": ran}
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: (worker.stop.set(), worker.wake.set()))
     return {"worker": worker.name, "ran": worker.run_forever()}

@@ -37,6 +37,7 @@ class Worker:
         self.poll_s = poll_s
         self.models = ModelCache(ws)
         self.stop = threading.Event()
+        self.wake = threading.Event()  # set by `Jobs.on_submit` in this process: no wait for the next poll
         self._recovered_at = float("-inf")
 
     def recover(self) -> list[JobInfo]:
@@ -57,7 +58,8 @@ class Worker:
                     continue
             except Exception:  # a database hiccup: log it, keep serving
                 log.exception("worker %s: claiming a job failed", self.name)
-            self.stop.wait(self.poll_s)
+            self.wake.wait(self.poll_s)
+            self.wake.clear()
         return ran
 
     def run_once(self) -> JobInfo | None:
@@ -129,6 +131,7 @@ def start_embedded(ws: Workspace) -> Worker:
         if found is not None and found[1].is_alive():
             return found[0]
         worker = Worker(ws, name=f"{socket.gethostname()}:{os.getpid()}:embedded")
+        ws.jobs.on_submit.append(worker.wake.set)
         thread = threading.Thread(target=worker.run_forever, name="glassbox-worker", daemon=True)
         thread.start()
         _EMBEDDED[key] = (worker, thread)
@@ -140,4 +143,7 @@ def stop_embedded(ws: Workspace) -> None:
         found = _EMBEDDED.pop(f"{ws.url}|{ws.home}", None)
     if found is not None:
         found[0].stop.set()
+        found[0].wake.set()
+        if found[0].wake.set in ws.jobs.on_submit:
+            ws.jobs.on_submit.remove(found[0].wake.set)
         found[1].join(timeout=30)

@@ -100,6 +100,8 @@ def _stamp(when: datetime | None) -> str | None:
 class Jobs:
     def __init__(self, core: Core):
         self.core = core
+        #: called after each submit commits: an in-process worker wakes at once instead of at its next poll
+        self.on_submit: list = []
 
     # -- asking ------------------------------------------------------------------------------
     def submit(self, actor: Actor, kind: str, params: dict[str, Any], *, title: str = "",
@@ -129,7 +131,10 @@ class Jobs:
             s.add(row)
             s.flush()
             self.core.audit(s, actor, "job.submit", "job", row.id, after={"kind": kind, "priority": priority})
-            return _info(row)
+            info = _info(row)
+        for listener in list(self.on_submit):
+            listener()
+        return info
 
     def _row(self, s, job_id: str) -> Job:
         row = s.get(Job, str(job_id)[:32])
