@@ -199,7 +199,7 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
     def submit(actor: Actor, ref: str, body: ExplainBody, priority: str) -> JobInfo:
         require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
         info = version_of(actor, ref)
-        model = models.get(actor, info.name, info.version)
+        model = models.load(actor, info)
         instances = model_array(model, body.instances)
         params, arrays, title = explain_job(model, info.name, info.version, instances, body.parameters)
         return ws.jobs.submit(actor, "explain", params, title=title, inputs=arrays, priority=priority,
@@ -221,7 +221,7 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
     @app.post("/v1/models/{name}:predict", summary="Class probabilities per instance")
     def predict(name: str, body: Instances, actor: Actor = Depends(caller)) -> dict:
         info = version_of(actor, name)
-        model = models.get(actor, info.name, info.version)
+        model = models.load(actor, info)
         x = model_array(model, body.instances)  # [N, *input_shape]
         try:
             probs = model.predict_proba(x)  # [N, K]

@@ -9,6 +9,7 @@ from explain.loading.loader import load_model
 from explain.model import LoadedModel
 from explain.spec import InputSpec
 from explain.workspace import Actor, Workspace
+from explain.workspace.registry import VersionInfo
 
 
 class ModelCache:
@@ -22,7 +23,11 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, actor: Actor, name: str, version: int) -> LoadedModel:
-        info = self.ws.registry.version(actor, name, version)  # the role check, every time
+        return self.load(actor, self.ws.registry.version(actor, name, version))  # the role check, every time
+
+    def load(self, actor: Actor, info: VersionInfo) -> LoadedModel:
+        """The model of ``info``, which the caller just read as ``actor`` (so ``actor`` may read it)."""
+        name, version = info.name, info.version
         with self._lock:
             model = self._models.get(info.sha256)
             if model is not None:
