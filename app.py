@@ -40,6 +40,7 @@ TEAM = [
     RUNS, MODELS,
     st.Page(VIEWS / "review.py", title="Review", icon=":material/rate_review:", url_path="review"),
     st.Page(VIEWS / "audit.py", title="Audit log", icon=":material/receipt_long:", url_path="audit"),
+    st.Page(VIEWS / "queue.py", title="Queue", icon=":material/queue:", url_path="queue"),
 ]
 PAGES = EXPLAIN + TEAM
 
@@ -52,6 +53,7 @@ def open_overview() -> None:
 hidden = [] if _link_page else [st.Page(open_overview, title="Overview", url_path="overview", visibility="hidden")]
 navigation = st.navigation({"Explain": EXPLAIN + hidden, "Team": TEAM})
 
+from ui.jobs import ensure_worker  # noqa: E402
 from ui.sidebar import render_sidebar  # noqa: E402  - after st.navigation: importing torch takes seconds
 from ui.upload_page import render_pending_upload  # noqa: E402
 from ui.workspace import sign_in_gate  # noqa: E402
@@ -59,5 +61,6 @@ from ui.workspace import sign_in_gate  # noqa: E402
 if not sign_in_gate():  # accounts exist and nobody is signed in: only the form
     st.stop()
 render_sidebar()
+ensure_worker()  # the embedded queue worker, unless GLASSBOX_EXTERNAL_WORKER=1
 if not render_pending_upload():  # an upload that does not load yet keeps every page on it
     navigation.run()

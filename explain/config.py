@@ -27,6 +27,15 @@ Environment variables:
     GLASSBOX_DATABASE_URL: the workspace database as an SQLAlchemy URL
         (e.g. ``postgresql+psycopg://user@host/glassbox``); default SQLite in
         ``GLASSBOX_HOME``.
+    GLASSBOX_EXTERNAL_WORKER: ``1``: job queue workers run separately
+        (``python -m explain worker``); the app and the API start none of their own.
+    GLASSBOX_JOB_HEARTBEAT_S / GLASSBOX_JOB_STALE_S / GLASSBOX_JOB_MAX_ATTEMPTS: how
+        often a worker reports a running job (default 2 s), after how long without a
+        report the job is taken back (default 30 s), and how many tries it gets (3).
+    GLASSBOX_API_MAX_BODY_MB / GLASSBOX_API_MAX_JOBS: the HTTP API's largest request
+        body (default 16) and queued-or-running jobs per token (default 16).
+
+
     GLASSBOX_RAY_ADDRESS: a Ray cluster's address (``ray start --head`` prints it);
         dataset-wide runs then go to its actors (`explain.dataset.ray_engine`).
 """
@@ -111,6 +120,31 @@ def database_url() -> str:
     """The workspace database URL (env ``GLASSBOX_DATABASE_URL``, else SQLite in `glassbox_home`)."""
     raw = os.environ.get("GLASSBOX_DATABASE_URL", "").strip()
     return raw or f"sqlite:///{glassbox_home() / 'glassbox.db'}"
+
+
+def external_worker() -> bool:
+    """True when ``GLASSBOX_EXTERNAL_WORKER=1``: no embedded queue worker in the app or the API."""
+    return os.environ.get("GLASSBOX_EXTERNAL_WORKER", "").strip().lower() in _TRUE
+
+
+def job_heartbeat_s() -> float:
+    return _env_number("GLASSBOX_JOB_HEARTBEAT_S", 2.0)
+
+
+def job_stale_s() -> float:
+    return _env_number("GLASSBOX_JOB_STALE_S", 30.0)
+
+
+def job_max_attempts() -> int:
+    return int(_env_number("GLASSBOX_JOB_MAX_ATTEMPTS", 3))
+
+
+def api_max_body_bytes() -> int:
+    return int(_env_number("GLASSBOX_API_MAX_BODY_MB", 16) * 1024 * 1024)
+
+
+def api_max_jobs() -> int:
+    return int(_env_number("GLASSBOX_API_MAX_JOBS", 16))
 
 
 def ray_address() -> str | None:

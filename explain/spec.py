@@ -70,6 +70,8 @@ class InputSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
+        if d["tokenizer"] is None:  # only Hugging Face text models carry one; other specs stay as they were
+            del d["tokenizer"]
         return d
 
     def to_json(self, indent: int | None = None) -> str:

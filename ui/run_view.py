@@ -1,6 +1,7 @@
 """Saved runs in the app: what each page saves (`output_record`, `snapshot_record`) and how a saved
 run is shown again (`render_saved_run`) — one module, so saving and showing never disagree.
 
+`output_record` lives in `explain.workspace.records` (the queue's worker saves the same run).
 An Output run stores the explained inputs, every method's arrays and the probabilities, and is
 drawn again with the same `ui.attribution_view` functions as the live page, from the saved arrays
 (nothing is recomputed; "Re-run" recomputes and lists the differences). Structure, Training and
@@ -9,7 +10,6 @@ Overview runs store the tables and findings the page showed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from explain.report.review import review_record
 from explain.report.sections import build_report
 from explain.spec import InputSpec
 from explain.workspace import RunRecord, SavedRun
-from explain.workspace.runs import environment
+from explain.workspace.records import output_record  # noqa: F401 (the pages import it from here)
 from ui import workspace as team
 from ui.attribution_view import MapOptions, render_grid, render_summary
 from ui.text import escape_markdown
@@ -33,32 +33,6 @@ from ui.widgets import ProgressBar
 
 
 # -- what a page saves -------------------------------------------------------------------------
-def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarray, rows: Sequence[int],
-                  shown: Sequence[int], probs: np.ndarray, labels: np.ndarray | None,
-                  attrs: Sequence[Attribution], target: int | None, sign: str,
-                  params: dict[str, dict[str, Any]]) -> RunRecord:
-    """The Output page's run: ``inputs`` [N, ...] are the explained rows (``rows`` of the batch)."""
-    saved_inputs = {"inputs": inputs, "rows": np.asarray(rows, dtype=np.int64)}
-    if labels is not None:
-        saved_inputs["labels"] = np.asarray(labels)
-    results: dict[str, np.ndarray] = {"probs": np.asarray(probs)}
-    for i, attr in enumerate(attrs):
-        for key, value in attr.to_npz_dict().items():
-            if value is not None:
-                results[f"{i}/{key}"] = value
-    methods = [a.method for a in attrs]
-    first = attrs[0]
-    return RunRecord(
-        page="output", model=name, version=version, method=",".join(methods),
-        title=f"{', '.join(methods)} on {len(inputs)} inputs of {model.name}",
-        params={m: params.get(m, {}) for m in methods}, target=target, inputs=saved_inputs, results=results,
-        summary={"methods": methods, "shown": list(map(int, shown)), "sign": sign,
-                 "inputs_sha256": digest_array(inputs),
-                 "max_completeness_error": {a.method: a.max_completeness_error for a in attrs},
-                 "seconds": {a.method: a.seconds for a in attrs}, "notes": {a.method: a.notes for a in attrs}},
-        environment=environment(device=first.device, precision=first.precision))
-
-
 def snapshot_record(page: str, name: str, version: int, title: str, inputs: np.ndarray | None,
                     tables: dict[str, pd.DataFrame], findings: Sequence[Finding] = (),
                     notes: Sequence[str] = (), results: dict[str, np.ndarray] | None = None) -> RunRecord:

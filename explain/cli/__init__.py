@@ -27,7 +27,7 @@ from explain.jsonable import to_json_safe
 
 #: modules under explain.cli, in the order `--help` lists them.
 SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "evaluate", "batch", "attention", "training", "report",
-                      "models", "runs", "users", "tokens")
+                      "models", "runs", "users", "tokens", "worker", "serve")
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT

@@ -1,26 +1,42 @@
 """DeepLift rules on a captured ATen graph: which node gets which rule, and how.
 
-The rules are those of SHAP's PyTorch DeepExplainer (``deep_pytorch.py``),
-applied to graph nodes instead of module hooks, so functional calls, in-place
-and reused activations, TorchScript and ``torch.export`` programs all get them:
+The graph is run once per chunk as *pairs*: every node that depends on the
+explained input is computed on the explained rows (with autograd) and on
+their paired reference rows (row s against row s), and rule nodes replace
+their gradient by DeepLift multipliers (`explain.output.pair_rules`). Each rule
+satisfies summation to delta (Σ multiplier · Δin = Δout), so the attributions
+add up to f(x) - f(r) whenever every input-dependent op has one:
 
 - elementwise nonlinearities (relu, sigmoid, tanh, gelu, silu, softplus, elu,
   leaky_relu, selu, celu, hardtanh/relu6, mish, hardsigmoid, hardswish, prelu,
-  scalar clamps): the multiplier Δout/Δin between each explained row and its
-  paired reference row; where |Δin| < 1e-6 the local gradient is used;
-- a softmax whose output is the model output (an ``nn.Softmax`` head): the
-  same elementwise rescale, as SHAP does for ``nn.Softmax`` modules;
-- max pooling: SHAP's rule -- the output difference is split between the
-  argmax positions of the input and of the reference, divided by Δin (zero
-  where |Δin| < 1e-7); contributions add up where windows overlap;
-- every other op keeps its plain gradient (linear ops are exact; softmax,
-  attention and layer norm have no exact rule, as in SHAP and Captum, so the
-  attributions of graphs holding them do not sum exactly to Δf).
+  clamps, exp, log, sqrt, rsqrt, reciprocal, erf, pow by a scalar, ...): the
+  rescale rule Δout/Δin, the local gradient where |Δin| < eps (Shrikumar et
+  al. 2017; SHAP's ``nonlinear_1d``, Captum's ``nonlinear``);
+- products of two input-dependent tensors (mul, matmul/bmm/mm, baddbmm;
+  attention's QKᵀ and attn·V, gating): the gradient at the midpoint of the
+  two sides -- the Shapley value of the two factors (Ancona et al.'s and
+  DeepSHAP's "linear rule for products"; no RevealCancel), exact for any op of
+  degree 2; a division by an input-dependent tensor is a product with its
+  reciprocal (rescale);
+- softmax / log_softmax inside the network, layer_norm, rms_norm and
+  scaled_dot_product_attention: decomposed into the steps above
+  (`explain.output.pair_rules`), so they are exact too. An additive attention
+  mask computed from the token ids (padding) enters softmax as the gate
+  exp(mask) (finite for -inf masks); its contribution is credited to the key
+  token of the mask's last dimension;
+- max pooling: SHAP's rule -- the output difference split between the argmax
+  positions of input and reference, divided by Δin;
+- a softmax that is the model's output (an ``nn.Softmax`` head) and the eps
+  of the rules follow the explainer being reproduced (`RULE_FLAVOURS`):
+  ``"shap"`` (SHAP DeepExplainer: elementwise rescale, eps 1e-6, zero where
+  max pooling has |Δin| < 1e-7) and ``"captum"`` (Captum DeepLift: its
+  softmax rule, rescale minus the mean over the pass's 2·S·K entries, eps
+  1e-10 with the gradient below it, as Captum). Both are Captum's / SHAP's own
+  choices and do not add up exactly through a softmax head.
+- every other op keeps its gradient: linear ops are exact; ops without a rule
+  are named in the notes and the values then only approximately add up.
 
-Each chunk runs the graph twice through `RuleInterpreter`: once on the
-reference rows (recording each rule node's input) and once on the explained
-rows, where the rule nodes become autograd functions that read the paired
-reference input. The driver over (input, reference) pairs is
+The driver over (input, reference) pairs is
 `explain.output.methods.deeplift_rules.deeplift_rescale_attributions`.
 """
 from __future__ import annotations
@@ -31,20 +47,34 @@ from typing import Any
 
 import torch
 from torch import fx
+from torch.fx.node import map_aggregate
 from torch.fx.operator_schemas import normalize_function
 
 from explain.errors import IncompatibleInput
+from explain.output import pair_rules as pr
 
 aten = torch.ops.aten
 
-#: |Δin| below which the rescale rule falls back to the gradient (as SHAP).
-RESCALE_EPS = 1e-6
-#: |Δin| below which the max-pool rule gives zero (as SHAP).
-MAXPOOL_EPS = 1e-7
+
+@dataclass(frozen=True)
+class RuleFlavour:
+    """Where SHAP's and Captum's DeepLift differ: eps and the softmax-head / max-pool rules."""
+
+    rescale_eps: float
+    maxpool_eps: float
+    maxpool_fallback: str  # "zero" (SHAP) | "gradient" (Captum) where |Δin| < maxpool_eps
+    softmax_head: str  # "rescale" (SHAP) | "captum"
+
+
+RULE_FLAVOURS = {
+    "shap": RuleFlavour(1e-6, 1e-7, "zero", "rescale"),
+    "captum": RuleFlavour(1e-10, 1e-10, "gradient", "captum"),
+}
 
 RESCALE_OPS = frozenset(
-    "relu sigmoid tanh gelu silu softplus elu leaky_relu selu celu hardtanh relu6 mish "
-    "hardsigmoid hardswish prelu clamp clamp_min clamp_max".split()
+    """relu sigmoid tanh gelu silu softplus elu leaky_relu selu celu hardtanh relu6 mish hardsigmoid
+    hardswish prelu clamp clamp_min clamp_max exp exp2 expm1 log log2 log10 log1p sqrt rsqrt reciprocal
+    erf erfc sin cos atan asinh sinh cosh abs pow square logsigmoid softsign tanhshrink""".split()
 )
 MAXPOOL_OPS = frozenset(
     f"max_pool{d}d{suffix}" for d in (1, 2, 3) for suffix in ("", "_with_indices")
@@ -59,13 +89,20 @@ LINEAR_OPS = frozenset(
     avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d mean sum dropout
     sym_size _to_copy to copy constant_pad_nd pad index_select masked_fill where embedding
     split split_with_sizes chunk unbind narrow getitem zeros_like ones_like eq ne lt gt le ge
-    _assert_scalar _local_scalar_dense scalar_tensor""".split()
+    _assert_scalar _local_scalar_dense scalar_tensor _assert_tensor_metadata repeat
+    repeat_interleave expand_as unflatten movedim gather index""".split()
 )
-#: Softmax gets SHAP's elementwise rescale only as the model's last op (an
-#: ``nn.Softmax`` head); inside the network (attention) its gradient passes.
-FINAL_SOFTMAX_OPS = frozenset({"softmax", "_softmax"})
+SOFTMAX_OPS = frozenset({"softmax", "_softmax"})
+LOG_SOFTMAX_OPS = frozenset({"log_softmax", "_log_softmax"})
+LAYER_NORM_OPS = frozenset({"layer_norm", "native_layer_norm"})
+ATTENTION_OPS = frozenset(
+    {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+     "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
+     "_scaled_dot_product_flash_attention"}
+)
+#: Ops of degree 2 in their tensor arguments: the midpoint rule is exact.
+PRODUCT_OPS = frozenset("mul mm bmm matmul baddbmm addmm addbmm einsum linear".split())
 _PLUMBING = frozenset("clone view reshape alias _to_copy to contiguous _unsafe_view flatten squeeze getitem".split())
-_PRODUCTS = frozenset("mul div mm bmm matmul baddbmm addmm".split())
 
 
 def op_name(node: fx.Node) -> str | None:
@@ -90,118 +127,162 @@ def _functional(name: str) -> str:
     return name[:-1] if name.endswith("_") and not name.startswith("_") else name
 
 
-class _RescaleFn(torch.autograd.Function):
-    """y = f(x); backward multiplies by (f(x) - f(r)) / (x - r), gradient where x ≈ r."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, fn: Callable) -> torch.Tensor:
-        y = fn(x)
-        dx = x - r  # [S, ...] row s paired with reference row s
-        small = dx.abs() < RESCALE_EPS
-        ratio = (y - fn(r)) / torch.where(small, torch.ones_like(dx), dx)
-        ctx.fn = fn
-        ctx.save_for_backward(x, ratio, small)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):
-        x, ratio, small = ctx.saved_tensors
-        out = grad * ratio
-        if bool(small.any()):
-            with torch.enable_grad():
-                xx = x.detach().requires_grad_(True)
-                (local,) = torch.autograd.grad(ctx.fn(xx), xx, grad)
-            out = torch.where(small, local, out)
-        return out, None, None
-
-
 class _MaxPoolFn(torch.autograd.Function):
-    """Max pooling with SHAP's DeepLift rule; returns the pooled x only."""
+    """Max pooling with SHAP's / Captum's DeepLift rule; returns the pooled x only."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, pool: Callable) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, pool: Callable, flavour: RuleFlavour) -> torch.Tensor:
         y, ix = pool(x)  # [S, C, *out], flat spatial argmax per plane
         yr, ir = pool(r)
-        ctx.save_for_backward(x - r, y, yr, ix, ir)
+        ctx.pool, ctx.flavour = pool, flavour
+        ctx.save_for_backward(x, x - r, y, yr, ix, ir)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
-        dx, y, yr, ix, ir = ctx.saved_tensors
+        x, dx, y, yr, ix, ir = ctx.saved_tensors
         cross = torch.maximum(y, yr)
         flat = torch.zeros_like(dx).flatten(2)  # [S, C, H*W]
         flat.scatter_add_(2, ix.flatten(2), (grad * (cross - yr)).flatten(2))
         flat.scatter_add_(2, ir.flatten(2), (grad * (y - cross)).flatten(2))
-        small = dx.abs() < MAXPOOL_EPS
-        out = torch.where(small, torch.zeros_like(dx), flat.view_as(dx) / torch.where(small, torch.ones_like(dx), dx))
-        return out, None, None
+        small = dx.abs() < ctx.flavour.maxpool_eps
+        if ctx.flavour.maxpool_fallback == "zero":
+            fallback = torch.zeros_like(dx)
+        else:
+            fallback = torch.zeros_like(dx).flatten(2).scatter_add_(2, ix.flatten(2), grad.flatten(2)).view_as(dx)
+        out = torch.where(small, fallback, flat.view_as(dx) / torch.where(small, torch.ones_like(dx), dx))
+        return out, None, None, None
 
 
-def _rescale_fn(name: str, args: tuple, kwargs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
-    op = getattr(aten, _functional(name))
-    rest = args[1:]
-    return lambda t: op(t, *rest, **kwargs)
+class _CaptumSoftmaxFn(torch.autograd.Function):
+    """Captum's ``softmax`` rule: rescale, minus its mean over both halves of the pass."""
 
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, fn: Callable, eps: float, rows: int) -> torch.Tensor:
+        y = fn(x)
+        dx, dy = x - r, y - fn(r)
+        small = dx.abs() < eps
+        ctx.fn, ctx.rows = fn, rows
+        ctx.save_for_backward(x, r, dy / torch.where(small, torch.ones_like(dx), dx), small)
+        return y
 
-def _pool_fn(node: fx.Node, args: tuple, kwargs: dict) -> Callable:
-    name = _functional(op_name(node))
-    dims = int(name[len("max_pool")])
-    norm = normalize_function(node.target, args, kwargs, normalize_to_only_use_kwargs=True).kwargs
-    kernel = list(norm["kernel_size"])
-    stride = list(norm.get("stride") or []) or kernel
-    options = (stride, norm.get("padding", 0), norm.get("dilation", 1), norm.get("ceil_mode", False))
-    op = getattr(aten, f"max_pool{dims}d_with_indices")
-    return lambda t: op(t, kernel, *options)
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        x, r, ratio, small = ctx.saved_tensors
+        halves = []
+        for side in (x, r):
+            with torch.enable_grad():
+                t = side.detach().requires_grad_(True)
+                (local,) = torch.autograd.grad(ctx.fn(t), t, grad)
+            halves.append(torch.where(small, local, grad * ratio))
+        rows = ctx.rows
+        mean = (halves[0][:rows].sum() + halves[1][:rows].sum()) / (2 * halves[0][:rows].numel())
+        return halves[0] - mean, None, None, None, None
 
 
 @dataclass
 class RulePlan:
     """Which graph nodes get which rule, and where attributions are taken.
 
+    Attributions are taken at ``attribution_node`` (and, for token ids, at the
+    gates of masks computed from the ids; see `PairInterpreter.gates`).
+
     Attributes:
         attribution_node: the placeholder (float inputs) or the embedding
             lookup whose output is attributed (token ids).
-        rules: node -> ``"rescale"`` | ``"maxpool"``.
+        rules: node -> rule name (``"rescale"``, ``"product"``, ``"div"``,
+            ``"softmax"``, ``"log_softmax"``, ``"layer_norm"``, ``"rms_norm"``,
+            ``"attention"``, ``"maxpool"``, ``"softmax_head"``).
+        dependent: nodes whose value depends on the attribution node.
+        id_only: nodes that depend on the token ids but not through the
+            embedding (masks); empty for float inputs.
+        masks: softmax node -> (scores node, id-dependent additive mask node).
+        flavour: `RULE_FLAVOURS` entry.
         unruled: names of input-dependent nonlinear ops without an exact rule
             (their gradient passes through; additivity is then approximate).
     """
 
     attribution_node: fx.Node
     rules: dict[fx.Node, str]
+    dependent: set[fx.Node]
+    id_only: set[fx.Node]
+    masks: dict[fx.Node, tuple[fx.Node, fx.Node]]
+    flavour: RuleFlavour
     unruled: list[str] = field(default_factory=list)
 
 
-def plan_rules(graph: fx.Graph, token_ids: bool) -> RulePlan:
+def plan_rules(graph: fx.Graph, token_ids: bool, flavour: str = "shap") -> RulePlan:
     """Assign rules to the nodes of ``graph`` that depend on the explained input."""
     nodes = list(graph.nodes)
     placeholder = next(n for n in nodes if n.op == "placeholder")
     start = _embedding_node(nodes, placeholder) if token_ids else placeholder
     dependent = {start}
+    id_only = {placeholder} if token_ids else set()
     rules: dict[fx.Node, str] = {}
+    masks: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
     unruled: set[str] = set()
     for node in nodes:
-        if node.op != "call_function" or not any(a in dependent for a in node.all_input_nodes):
+        if node is start or node.op != "call_function":
+            continue
+        if not any(a in dependent for a in node.all_input_nodes):
+            if any(a in id_only for a in node.all_input_nodes):
+                id_only.add(node)
             continue
         dependent.add(node)
-        if not isinstance(node.target, torch._ops.OpOverload):
-            continue  # python plumbing: getitem, symbolic shape arithmetic
-        name = op_name(node) or ""
-        base = _functional(name)
-        first_dependent = isinstance(node.args[0], fx.Node) and node.args[0] in dependent
-        tensors_after_first = any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values()))
-        if base in MAXPOOL_OPS and first_dependent:
-            rules[node] = "maxpool"
-        elif base in RESCALE_OPS and first_dependent and (base == "prelu" or not tensors_after_first):
-            rules[node] = "rescale"
-        elif base in FINAL_SOFTMAX_OPS and first_dependent and _feeds_output(node):
-            rules[node] = "rescale"  # SHAP's (elementwise) rule for a final nn.Softmax
-        elif not node.users:
-            continue  # dead node (make_fx leaves detach() calls behind)
-        elif base in _PRODUCTS and sum(a in dependent for a in node.all_input_nodes) > 1:
-            unruled.add(base)
-        elif base not in LINEAR_OPS:
-            unruled.add(base.lstrip("_"))
-    return RulePlan(start, rules, sorted(unruled))
+        if not isinstance(node.target, torch._ops.OpOverload) or not node.users:
+            continue  # python plumbing (getitem, shape arithmetic), dead nodes (make_fx's detach)
+        rule = _rule_for(node, dependent, id_only, masks)
+        if rule is None:
+            base = _functional(op_name(node) or "")
+            if base not in LINEAR_OPS or _varying_factors(node, dependent, id_only) > 1 and base in PRODUCT_OPS:
+                unruled.add(base.lstrip("_"))
+        else:
+            rules[node] = rule
+    return RulePlan(start, rules, dependent, id_only - {placeholder}, masks, RULE_FLAVOURS[flavour], sorted(unruled))
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    return [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+
+
+def _varying_factors(node: fx.Node, dependent: set, id_only: set) -> int:
+    return sum(a in dependent or a in id_only for a in _tensor_args(node))
+
+
+def _rule_for(node: fx.Node, dependent: set, id_only: set, masks: dict) -> str | None:
+    base = _functional(op_name(node) or "")
+    first = node.args[0] if node.args else None
+    first_dependent = isinstance(first, fx.Node) and first in dependent
+    varying = _varying_factors(node, dependent, id_only)
+    if base in MAXPOOL_OPS and first_dependent:
+        return "maxpool"
+    if base in RESCALE_OPS and first_dependent and varying == 1:
+        return "rescale"
+    if base in SOFTMAX_OPS and first_dependent:
+        if _feeds_output(node):
+            return "softmax_head"
+        if op_name(first) in ("add", "add_") and len(first.args) == 2 and all(isinstance(a, fx.Node) for a in first.args):
+            a, m = first.args
+            if m in dependent and a in id_only:
+                a, m = m, a
+            if a in dependent and m in id_only:
+                masks[node] = (a, m)
+        return "softmax"
+    if base in LOG_SOFTMAX_OPS and first_dependent:
+        return "log_softmax"
+    if base in LAYER_NORM_OPS and first_dependent and varying == 1:
+        return "layer_norm"
+    if base == "rms_norm" and first_dependent and varying == 1:
+        return "rms_norm"
+    if base in ATTENTION_OPS:
+        return "attention"
+    if base in PRODUCT_OPS and varying > 1:
+        return "product"
+    if base == "div" and len(node.args) > 1 and isinstance(node.args[1], fx.Node) and (
+        node.args[1] in dependent or node.args[1] in id_only
+    ) and not node.kwargs.get("rounding_mode"):
+        return "div"
+    return None
 
 
 def _feeds_output(node: fx.Node) -> bool:
@@ -229,45 +310,247 @@ def _embedding_node(nodes: list[fx.Node], placeholder: fx.Node) -> fx.Node:
     )
 
 
-class RuleInterpreter(fx.Interpreter):
-    """Runs a captured graph as the reference pass or as the explained pass.
+@dataclass
+class Gate:
+    """A mask computed from the token ids, attributed like an input.
 
-    Reference pass (``refs=None``): plain ops; records each rule node's input
-    and the attribution node's value in ``recorded``. Explained pass: rule
-    nodes become `_RescaleFn` / `_MaxPoolFn` paired with ``refs``; the
-    attribution node's value becomes the leaf ``attribution_leaf``.
+    Attributes:
+        leaf: its value on the explained rows, a leaf tensor [S, ..., L].
+        delta: explained minus reference value, same shape.
     """
 
-    def __init__(self, module: fx.GraphModule, plan: RulePlan, refs: dict[fx.Node, torch.Tensor] | None):
-        super().__init__(module)
+    leaf: torch.Tensor
+    delta: torch.Tensor
+
+
+class PairInterpreter(fx.Interpreter):
+    """Runs a captured graph on explained rows and their references at once.
+
+    ``run(xs, rs)`` returns the output on ``xs``; ``ref_output`` holds it on
+    ``rs``. The attribution node's explained value is ``attribution_leaf``,
+    its reference value ``attribution_ref``; ``gates`` are the id masks
+    attributed with it. Backward from the output gives DeepLift multipliers.
+    """
+
+    def __init__(self, module: fx.GraphModule, plan: RulePlan, rows: int):
+        super().__init__(module, garbage_collect_values=False)  # rules read their inputs' inputs
         self.plan = plan
-        self.refs = refs
-        self.recorded: dict[fx.Node, torch.Tensor] = {}
+        self.rows = rows  # real (not padding) rows of the pass: Captum's softmax mean
+        self.ref: dict[fx.Node, Any] = {}
+        self.leaves: dict[fx.Node, torch.Tensor] = {}
+        self.gates: list[Gate] = []
         self.attribution_leaf: torch.Tensor | None = None
+        self.attribution_ref: torch.Tensor | None = None
+        self.ref_output: Any = None
+        self._ref_input: torch.Tensor | None = None
+
+    def run(self, xs: torch.Tensor, rs: torch.Tensor) -> Any:  # type: ignore[override]
+        self._ref_input = rs
+        return super().run(xs)
+
+    # -- values on the two sides ------------------------------------------
+    def _x(self, a: Any) -> Any:
+        return map_aggregate(a, lambda v: self.leaves.get(v, self.env[v]) if isinstance(v, fx.Node) else v)
+
+    def _r(self, a: Any) -> Any:
+        return map_aggregate(a, lambda v: (self.ref[v] if v in self.ref else self.env[v]) if isinstance(v, fx.Node) else v)
+
+    def pair(self, node: Any) -> pr.Pair | None:
+        if not isinstance(node, fx.Node):
+            return None
+        return self._x(node), self._r(node)
 
     def run_node(self, n: fx.Node) -> Any:
+        plan = self.plan
         if op_name(n) == "copy_" and isinstance(n.args[0], fx.Node) and n.args[0].op == "placeholder":
             return None  # functionalisation's write-back into a mutated input: not ours to do
-        if n is self.plan.attribution_node:
+        if n.op == "placeholder":
             value = super().run_node(n)
-            if self.refs is None:
-                self.recorded[n] = value.detach()
-                return value
+            self.ref[n] = self._ref_input
+            if n is plan.attribution_node:
+                self.attribution_ref = self._ref_input.detach().float()
+                self.attribution_leaf = value.detach().float().requires_grad_(True)
+                return self.attribution_leaf
+            return value
+        if n.op == "output":
+            self.ref_output = self._r(n.args[0])
+            return self._x(n.args[0])
+        if n is plan.attribution_node:
+            with torch.no_grad():
+                value = super().run_node(n)
+                self.ref[n] = self._call(n, self._r(n.args), self._r(n.kwargs))
+            self.attribution_ref = self.ref[n].detach().float()
             self.attribution_leaf = value.detach().float().requires_grad_(True)
             return self.attribution_leaf
-        rule = self.plan.rules.get(n)
+        if n in plan.id_only:
+            with torch.no_grad():
+                value = super().run_node(n)
+                self.ref[n] = self._call(n, self._r(n.args), self._r(n.kwargs))
+            return value
+        if n not in plan.dependent or n.op != "call_function":
+            return super().run_node(n)
+        rule = plan.rules.get(n)
         if rule is None:
-            return super().run_node(n)
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        x = args[0]
-        if self.refs is None:
-            self.recorded[n] = x.detach()
-            return super().run_node(n)
-        r = self.refs[n]
-        if rule == "rescale":
-            return _RescaleFn.apply(x, r, _rescale_fn(op_name(n), args, kwargs))
-        pool = _pool_fn(n, args, kwargs)
-        y = _MaxPoolFn.apply(x, r, pool)
+            self._gate_varying_args(n)
+            with torch.no_grad():
+                self.ref[n] = self._call(n, self._r(n.args), self._r(n.kwargs))
+            return self._call(n, self._x(n.args), self._x(n.kwargs))
+        value, self.ref[n] = getattr(self, f"_rule_{rule}")(n)
+        return value
+
+    def _call(self, n: fx.Node, args: Any, kwargs: Any) -> Any:
+        return n.target(*args, **kwargs)
+
+    def _gate_varying_args(self, n: fx.Node) -> None:
+        """Id masks entering a dependent op become attributed leaves (gates)."""
+        if _is_mask_add(n, self.plan):
+            return  # its softmax takes the mask as the gate exp(mask)
+        for a in _tensor_args(n):
+            if a in self.plan.id_only and a not in self.leaves:
+                self._make_gate(a, self.env[a], self.ref[a])
+
+    def _make_gate(self, key: Any, gx: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:
+        if not torch.is_floating_point(gx) or torch.equal(gx, gr):
+            return gx
+        delta = gx - gr
+        if not bool(torch.isfinite(delta).all()):
+            return gx  # an infinite jump cannot be attributed (it shows as completeness error)
+        leaf = gx.detach().requires_grad_(True)
+        self.gates.append(Gate(leaf, delta))
+        if isinstance(key, fx.Node):
+            self.leaves[key] = leaf
+        return leaf
+
+    # -- rules --------------------------------------------------------------
+    def _first(self, n: fx.Node) -> tuple[pr.Pair, tuple, dict]:
+        x, r = self._x(n.args[0]), self._r(n.args[0])
+        return (x, r), self._x(tuple(n.args[1:])), self._x(dict(n.kwargs))
+
+    def _rule_rescale(self, n: fx.Node):
+        pair, rest, kwargs = self._first(n)
+        op = getattr(aten, _functional(op_name(n))) if op_name(n).endswith("_") else n.target
+        return pr.rescale(pair, lambda t: op(t, *rest, **kwargs), self.plan.flavour.rescale_eps)
+
+    def _rule_maxpool(self, n: fx.Node):
+        (x, r), rest, kwargs = self._first(n)
+        pool = _pool_fn(n, (x, *rest), kwargs)
+        with torch.no_grad():
+            yr, ir = pool(r)
+        y = _MaxPoolFn.apply(x, r, pool, self.plan.flavour)
         if op_name(n).endswith("_with_indices"):
-            return y, pool(x.detach())[1]
+            return (y, pool(x.detach())[1]), (yr, ir)
+        return y, yr
+
+    def _rule_softmax_head(self, n: fx.Node):
+        (x, r), rest, kwargs = self._first(n)
+        fn = lambda t: n.target(t, *rest, **kwargs)  # noqa: E731
+        if self.plan.flavour.softmax_head == "rescale":
+            return pr.rescale((x, r), fn, self.plan.flavour.rescale_eps)
+        with torch.no_grad():
+            yr = fn(r)
+        return _CaptumSoftmaxFn.apply(x, r, fn, self.plan.flavour.rescale_eps, self.rows), yr
+
+    def _rule_softmax(self, n: fx.Node):
+        dim = int(n.args[1])
+        eps = self.plan.flavour.rescale_eps
+        mask = self.plan.masks.get(n)
+        if mask is None:
+            s, gate = self.pair(n.args[0]), None
+        else:
+            s = self.pair(mask[0])
+            with torch.no_grad():
+                mx, mr = self.env[mask[1]], self.ref[mask[1]]
+                gx, gr = torch.exp(mx.to(s[0].dtype)), torch.exp(mr.to(s[0].dtype))
+            gate = (self._make_gate(None, gx, gr), gr)
+        out = pr.softmax(s, dim, gate, eps)
+        dtype = n.meta.get("val").dtype if isinstance(n.meta.get("val"), torch.Tensor) else out[0].dtype
+        return out[0].to(dtype), out[1].to(dtype)
+
+    def _rule_log_softmax(self, n: fx.Node):
+        return pr.log_softmax(self.pair(n.args[0]), int(n.args[1]), self.plan.flavour.rescale_eps)
+
+    def _rule_layer_norm(self, n: fx.Node):
+        norm = normalize_function(n.target, n.args, n.kwargs, normalize_to_only_use_kwargs=True).kwargs
+        shape = norm["normalized_shape"]
+        weight, bias = self._x(norm.get("weight")), self._x(norm.get("bias"))
+        y, mean, rstd = pr.layer_norm(self.pair(n.args[0]), len(shape), weight, bias, float(norm.get("eps", 1e-5)),
+                                      self.plan.flavour.rescale_eps)
+        if op_name(n) == "native_layer_norm":
+            return (y[0], mean[0], rstd[0]), (y[1], mean[1], rstd[1])
         return y
+
+    def _rule_rms_norm(self, n: fx.Node):
+        norm = normalize_function(n.target, n.args, n.kwargs, normalize_to_only_use_kwargs=True).kwargs
+        x = self.pair(n.args[0])
+        eps_norm = norm.get("eps")
+        eps_norm = torch.finfo(x[0].dtype).eps if eps_norm is None else float(eps_norm)
+        return pr.rms_norm(x, len(norm["normalized_shape"]), self._x(norm.get("weight")), eps_norm,
+                           self.plan.flavour.rescale_eps)
+
+    def _rule_attention(self, n: fx.Node):
+        norm = normalize_function(n.target, n.args, n.kwargs, normalize_to_only_use_kwargs=True).kwargs
+        if float(norm.get("dropout_p", 0.0) or 0.0) != 0.0:
+            raise IncompatibleInput("Attention with dropout cannot be explained by rules; put the model in eval mode.")
+        q, k, v = (self.pair(norm[name]) for name in ("query", "key", "value"))
+        q, k, v = ((p[0], p[1]) for p in (q, k, v))
+        mask_node = norm.get("attn_mask")
+        bias = gate = None
+        if isinstance(mask_node, fx.Node):
+            mx, mr = self._x(mask_node), self._r(mask_node)
+            if mx.dtype == torch.bool:
+                gate = (self._make_gate(None, mx.to(q[0].dtype), mr.to(q[0].dtype)), mr.to(q[0].dtype))
+            elif mask_node in self.plan.id_only and not torch.equal(mx, mr):
+                gate = (self._make_gate(None, torch.exp(mx), torch.exp(mr)), torch.exp(mr))
+            else:
+                bias = (mx, mr)
+        out = pr.attention(q, k, v, bias, gate, norm.get("scale"), bool(norm.get("is_causal", False)),
+                           bool(norm.get("enable_gqa", False)), self.plan.flavour.rescale_eps)
+        with torch.no_grad():  # the op's own memory layout: later views of the graph rely on it
+            real = first_tensor_of(n.target(*self._x(n.args), **self._x(n.kwargs)))
+        out = tuple(torch.empty_like(real).copy_(t) for t in out)
+        if op_name(n) == "scaled_dot_product_attention":
+            return out
+        lse = torch.zeros(out[0].shape[:-1], dtype=torch.float32, device=out[0].device)  # unused by models
+        return (out[0], lse), (out[1], lse)
+
+    def _rule_product(self, n: fx.Node):
+        varying = [a for a in _tensor_args(n) if a in self.plan.dependent or a in self.plan.id_only]
+        for a in varying:
+            if a in self.plan.id_only and a not in self.leaves:
+                self._make_gate(a, self.env[a], self.ref[a])
+
+        def fn(*values: torch.Tensor) -> torch.Tensor:
+            swap = dict(zip(varying, values))
+            args = map_aggregate(n.args, lambda v: swap.get(v, self.env.get(v)) if isinstance(v, fx.Node) else v)
+            kwargs = map_aggregate(n.kwargs, lambda v: swap.get(v, self.env.get(v)) if isinstance(v, fx.Node) else v)
+            return n.target(*args, **kwargs)
+
+        return pr.product(fn, *(self.pair(a) for a in varying))
+
+    def _rule_div(self, n: fx.Node):
+        a, b = n.args[0], n.args[1]
+        if b in self.plan.id_only and b not in self.leaves:
+            self._make_gate(b, self.env[b], self.ref[b])
+        inv = pr.rescale(self.pair(b), torch.reciprocal, self.plan.flavour.rescale_eps)
+        num = self.pair(a) if isinstance(a, fx.Node) else (torch.as_tensor(a), torch.as_tensor(a))
+        return pr.product(torch.mul, num, inv)
+
+
+def first_tensor_of(value: Any) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else value[0]
+
+
+def _is_mask_add(n: fx.Node, plan: RulePlan) -> bool:
+    return any(mask[1] in n.args and n is s.args[0] for s, mask in plan.masks.items())
+
+
+def _pool_fn(node: fx.Node, args: tuple, kwargs: dict) -> Callable:
+    name = _functional(op_name(node))
+    dims = int(name[len("max_pool")])
+    norm = normalize_function(node.target, args, kwargs, normalize_to_only_use_kwargs=True).kwargs
+    kernel = list(norm["kernel_size"])
+    stride = list(norm.get("stride") or []) or kernel
+    options = (stride, norm.get("padding", 0), norm.get("dilation", 1), norm.get("ceil_mode", False))
+    op = getattr(aten, f"max_pool{dims}d_with_indices")
+    return lambda t: op(t, kernel, *options)
+

@@ -111,6 +111,30 @@ class ModelFunction:
         if self.space == "embedding":
             self._locate_embedding()
         self._start = self.embed(inputs)  # [N, ...] points of the inputs themselves
+        self.row_mapped = model.fixed_batch_size == 1 and model.format == "export"
+        self._checked = False
+
+    # -- batching -------------------------------------------------------------
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size every chunk must have (None: any; a row-mapped program takes any)."""
+        return None if self.row_mapped else self.model.fixed_batch_size
+
+    @property
+    def row_limit(self) -> int | None:
+        """Most rows per chunk: the model's vetted size (a row-mapped program: the configured one)."""
+        if self.row_mapped and self.model.max_batch_rows:
+            from explain.config import vetted_batch
+
+            return vetted_batch()
+        return self.model.max_batch_rows
+
+    def padded_rows(self, rows: int) -> int | None:
+        """Rows a chunk of ``rows`` must be padded to (None: as it is); see `LoadedModel.padded_rows`."""
+        if self.row_mapped:
+            limit = self.row_limit
+            return None if not limit else min(1 << max(0, rows - 1).bit_length(), limit)
+        return self.model.padded_rows(rows)
 
     def _locate_embedding(self) -> None:
         found = find_embedding(self.model)
@@ -138,7 +162,50 @@ class ModelFunction:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[LogitsFn]:
-        """Yield logits(points [B, ...], owner [B]) -> [B, K]; hooks removed on exit."""
+        """Yield logits(points [B, ...], owner [B]) -> [B, K]; hooks removed on exit.
+
+        A ``.pt2`` exported for a fixed batch of 1 is run on whole chunks at
+        once through ``torch.func.vmap`` over its one-row call (its graph keeps
+        the batch of 1 in its shapes, so it cannot be re-run at another batch
+        size). The first session checks the mapped outputs against row-by-row
+        ones and falls back to rows when they differ or vmap fails.
+        """
+        with self._session() as logits:
+            if not self.row_mapped:
+                yield logits
+                return
+
+            def one_row(point: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:  # [...], [] -> [K]
+                return logits(point[None], owner[None])[0]
+
+            mapped = torch.func.vmap(one_row)  # ([B, ...], [B]) -> [B, K]
+
+            def run_mapped(points: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+                # the math attention kernel has batching rules; the fused CPU one would run row by row
+                with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+                    return mapped(points, owner)
+
+            if not self._checked:
+                self._checked = True
+                self.row_mapped = self._mapping_agrees(run_mapped, logits)
+                if not self.row_mapped:
+                    yield logits
+                    return
+            yield run_mapped
+
+    def _mapping_agrees(self, mapped: LogitsFn, rows: LogitsFn) -> bool:
+        points = self._start[:2]
+        owner = torch.arange(points.shape[0], device=points.device)
+        try:
+            with torch.no_grad():
+                got = mapped(points, owner)
+                want = torch.cat([rows(points[i : i + 1], owner[i : i + 1]) for i in range(points.shape[0])])
+        except Exception:  # noqa: BLE001 - an op without a batching rule: run row by row
+            return False
+        return got.shape == want.shape and bool(torch.allclose(got, want, atol=1e-5, rtol=1e-4))
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[LogitsFn]:
         module = self.model.module
         if self.space == "input":
             yield lambda points, owner: module(points)
@@ -354,11 +421,11 @@ class Engine:
 
             def work(start: int, stop: int) -> None:
                 points, owner, target = make(start, stop)
-                padded = fn.model.padded_rows(stop - start)
+                padded = fn.padded_rows(stop - start)
                 grads, values = self._grad_chunk(logits, points, owner, target, padded)
                 consume(start, stop, grads, values)
 
-            self.map_chunks(n_rows, work, row_bytes, fixed, report, limit=fn.model.max_batch_rows)
+            self.map_chunks(n_rows, work, row_bytes, fixed, report, limit=fn.row_limit)
 
     def _grad_chunk(self, logits: LogitsFn, points, owner, target, padded: int | None,
                     precision: str | None = None):
@@ -388,7 +455,7 @@ class Engine:
         with torch.no_grad(), no_mha_fastpath(), fn.session() as logits:
 
             def work(start: int, stop: int) -> None:
-                p, o, t = pad_rows(fn.model.padded_rows(stop - start), *make(start, stop))
+                p, o, t = pad_rows(fn.padded_rows(stop - start), *make(start, stop))
                 scores = logits(p, o)  # [B, K]
                 if probability:
                     scores = torch.softmax(scores.float(), dim=1)
@@ -397,7 +464,7 @@ class Engine:
 
             # forward passes keep no activations for a backward: 4x the rows of a gradient chunk
             self.map_chunks(n_rows, work, max(1, row_bytes // 4), fixed, report=report,
-                            limit=fn.model.max_batch_rows)
+                            limit=fn.row_limit)
         return out.numpy()
 
     def predict(self, model: LoadedModel, x: torch.Tensor) -> np.ndarray:
@@ -419,8 +486,8 @@ class Engine:
         if self.requested_precision != "auto":
             self.precision = choose_precision(self.requested_precision, self.device, lambda p: None)[0]
             return self.precision
-        rows = min(n_rows, 4, fn.model.chunk_limit(4))
-        padded = fn.model.padded_rows(rows)
+        rows = min(n_rows, 4, fn.fixed_batch or fn.row_limit or 4)
+        padded = fn.padded_rows(rows)
         with fn.session() as logits:
             points, owner, target = make(0, rows)
 
@@ -433,7 +500,7 @@ class Engine:
 
     @staticmethod
     def model_fixed_batch(fn: ModelFunction) -> int | None:
-        return fn.model.fixed_batch_size
+        return fn.fixed_batch
 
 
 def _cap(size: int, limit: int | None, fixed: int | None) -> int:

@@ -5,6 +5,7 @@
     run = ws.runs.save(actor, RunRecord(page="output", model="shapes", version=v.version, ...))
     ws.review.post(reviewer, run.id, "Looks at the background", anchor_kind="input", anchor="3")
     ws.review.decide(reviewer, "shapes", v.version, "approve", move_alias="production")
+    job = ws.jobs.submit(actor, "explain", params, inputs={"inputs": x})   # run by a worker
 
 Every method takes the `Actor` asking and checks its role (`roles`) against the database
 before it reads or writes; every write adds its audit row in the same transaction.
@@ -21,6 +22,7 @@ from explain.workspace.audit import Audit
 from explain.workspace.blobs import BlobStore
 from explain.workspace.core import Core
 from explain.workspace.db import Database, open_engine
+from explain.workspace.jobs import Jobs
 from explain.workspace.registry import Registry, VersionInfo
 from explain.workspace.review import Review
 from explain.workspace.roles import Action, Actor
@@ -44,6 +46,7 @@ class Workspace:
         self.runs = Runs(self.core, self.registry)
         self.review = Review(self.core, self.registry)
         self.audit = Audit(self.core)
+        self.jobs = Jobs(self.core)
 
     def seed(self, files: dict[str, tuple[bytes, str]]) -> list[VersionInfo]:
         """Register each ``name: (bytes, filename)`` whose model name is not in the registry yet."""

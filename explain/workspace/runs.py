@@ -93,15 +93,19 @@ class Runs:
         self.core = core
         self.registry = registry
 
-    def save(self, actor: Actor, record: RunRecord) -> RunInfo:
+    def save(self, actor: Actor, record: RunRecord, run_id: str | None = None) -> RunInfo:
+        """Save ``record`` whole; ``run_id`` (a queued job's id) makes saving twice return the first run."""
         if record.page not in PAGES:
             raise UsageError(f"Unknown page {record.page!r}.", f"Choose one of {', '.join(PAGES)}.")
         with self.core.db.transaction() as s:  # refuse before writing any blob
             self.core.require(s, actor, Action.SAVE_RUN)
             self.registry.version_id(s, record.model, record.version)
+            existing = s.get(Run, run_id) if run_id else None
+            if existing is not None:  # a job retried after its worker died between save and finish
+                return self._info(s, existing)
         inputs_sha = self.core.blobs.put_arrays(record.inputs)
         results_sha = self.core.blobs.put_arrays(record.results)
-        run_id = secrets.token_urlsafe(9)
+        run_id = run_id or secrets.token_urlsafe(9)
         with self.core.db.transaction() as s:
             self.core.require(s, actor, Action.SAVE_RUN)
             row = Run(id=run_id, version_id=self.registry.version_id(s, record.model, record.version),

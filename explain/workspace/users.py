@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import secrets
 from dataclasses import asdict, dataclass
 
@@ -10,6 +9,7 @@ import bcrypt
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from explain.digest import digest_bytes
 from explain.errors import NotFound, UsageError
 from explain.workspace.core import Core, iso
 from explain.workspace.roles import Action, Actor, check_role
@@ -150,7 +150,7 @@ class Users:
             self.core.require(s, actor, Action.MANAGE_TOKENS)
             if s.scalar(select(ApiToken).where(ApiToken.name == name)) is not None:
                 raise UsageError(f"A token named {name!r} exists.")
-            s.add(ApiToken(name=name, role=role, token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+            s.add(ApiToken(name=name, role=role, token_sha256=digest_bytes(token.encode()),
                            created_by=actor.name))
             try:
                 s.flush()
@@ -179,7 +179,7 @@ class Users:
 
     def token_identity(self, token: str) -> tuple[str, str] | None:
         """(token name, role) for a valid token, else None."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        digest = digest_bytes(token.encode())
         with self.core.db.transaction() as s:
             row = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest))
             return (row.name, row.role) if row is not None else None

@@ -6,7 +6,7 @@ import streamlit as st
 
 from explain.errors import Cancelled
 from explain.output.methods import compatible_methods, get_method
-from ui import state
+from ui import jobs, state
 from ui import workspace as team
 from ui.attribution_view import map_controls, render_downloads, render_grid, render_summary
 from ui.quality_view import render_quality_tab
@@ -104,3 +104,4 @@ if results:
         team.render_save_run("output", model, lambda name, version: output_record(
             name, version, model, inputs, explain_rows, shown, probs[explain_rows], labels, results, target, map_options.sign,
             params_by_method), key="output")
+        jobs.render_queue_button(model, inputs, chosen, params_by_method, target)

@@ -2,15 +2,19 @@
 
 Captum's ``DeepLift`` works through module hooks, so it misses functional
 nonlinearities and gives wrong numbers on a reused or in-place ``nn.ReLU``
-(the shapes sample has both). Glassbox therefore runs the same rescale rules
-on a captured ATen graph (`explain.output.methods.deeplift_rules`): on plain ReLU
-networks the values equal Captum's, and the user's model is never modified.
-The engine picks the chunk size and backs off on out-of-memory.
+(the shapes sample has both). Glassbox therefore runs the same rules on a
+captured ATen graph (`explain.output.methods.deeplift_rules`, flavour
+``"captum"``: Captum's softmax-head and max-pool rules and eps), so the values
+equal Captum's where Captum's hooks see every nonlinearity, and layer norm,
+softmax attention and products get exact rules (`explain.output.aten_rules`).
+The user's model is never modified. The engine picks the chunk size and backs
+off on out-of-memory.
 
 Text models are attributed at the embedding output with a padding reference
 (`explain.output.baselines.text_reference`: the inputs' most common first token
 kept, so attention has a key). Completeness: Σ values = f(x) -
-f(b) exactly when every nonlinearity has a rule (notes say when not).
+f(b) exactly when every nonlinearity has an exact rule (notes say when not;
+a final ``nn.Softmax`` keeps Captum's inexact rule).
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def run_rules(engine: Engine, model: LoadedModel, x: np.ndarray, refs: np.ndarra
     while True:
         try:
             return deeplift_rescale_attributions(
-                model, x, refs, targets, grid=grid, batch_size=size, progress=progress
+                model, x, refs, targets, grid=grid, batch_size=size, progress=progress, flavour="captum"
             ), size
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
             if not is_out_of_memory(exc) or size == 1:

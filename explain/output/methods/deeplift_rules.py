@@ -20,7 +20,7 @@ from torch import fx
 from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
 from explain.model import LoadedModel
 from explain.output.aten_graph import FALLBACK_METHOD, GRAPH_CACHE, CapturedGraph, captured_graph, first_tensor
-from explain.output.aten_rules import RuleInterpreter, RulePlan, plan_rules
+from explain.output.aten_rules import PairInterpreter, RulePlan, plan_rules
 from explain.output.engine import is_out_of_memory
 
 
@@ -51,6 +51,7 @@ def deeplift_rescale_attributions(
     grid: bool = True,
     batch_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
+    flavour: str = "shap",
 ) -> RescaleResult:
     """DeepLift (rescale rule, SHAP DeepExplainer's rules) for any model format.
 
@@ -66,6 +67,9 @@ def deeplift_rescale_attributions(
             not depend on it. A model with a fixed batch size uses that.
         progress: called with (pairs done, pairs total) after each chunk; an
             exception raised there (``Cancelled``) stops the run.
+        flavour: ``"shap"`` (SHAP DeepExplainer's softmax-head / max-pool
+            rules and eps) or ``"captum"`` (Captum DeepLift's); see
+            `explain.output.aten_rules.RULE_FLAVOURS`.
 
     Returns:
         `RescaleResult`; ``values.sum() == output - base_value`` per input up
@@ -84,7 +88,7 @@ def deeplift_rescale_attributions(
         x, refs, torch.as_tensor(np.asarray(target), dtype=torch.long, device=x.device).reshape(n),
         torch.as_tensor(model_logits(model, x, "inputs")),  # [N, K] from the model itself
         torch.as_tensor(model_logits(model, refs, "background")),  # [B, K]
-        b if grid else 1, grid,
+        b if grid else 1, grid, flavour,
     )
     step = model.fixed_batch_size or int(batch_size)
     example = _pad(x[job.pairs(0, min(step, job.total))[0]], step if model.fixed_batch_size else None)
@@ -118,6 +122,7 @@ class _Job:
     logits_r: torch.Tensor  # [B, K]
     per_input: int
     grid: bool
+    flavour: str
 
     @property
     def total(self) -> int:
@@ -137,7 +142,7 @@ def _run_job(
     """Sums over each input's pairs of values, f(x) and f(r) (float64, CPU)."""
     n = job.x.shape[0]
     step = captured.fixed_batch or step
-    plan = plan_rules(captured.module.graph, not torch.is_floating_point(job.x))
+    plan = plan_rules(captured.module.graph, not torch.is_floating_point(job.x), job.flavour)
     values = None
     out_sum, base_sum = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     start = 0
@@ -206,21 +211,29 @@ def _run_chunk(
     """Attributions of S (input, reference) pairs: values [S, ...], f(x) [S, K], f(r) [S, K]."""
     s = xs.shape[0]
     xs, rs, ts = _pad(xs, fixed), _pad(rs, fixed), _pad(ts, fixed)
-    with torch.no_grad():
-        reference = RuleInterpreter(module, plan, None)
-        fr = first_tensor(reference.run(rs)).reshape(xs.shape[0], -1)  # [S, K]
-    explained = RuleInterpreter(module, plan, reference.recorded)
+    pairs = PairInterpreter(module, plan, s)
     with torch.enable_grad():
-        fx_ = first_tensor(explained.run(xs)).reshape(xs.shape[0], -1)  # [S, K]
-        leaf = explained.attribution_leaf  # the input, or the embedding output for token ids
+        fx_ = first_tensor(pairs.run(xs, rs)).reshape(xs.shape[0], -1)  # [S, K]
+        fr = first_tensor(pairs.ref_output).detach().reshape(xs.shape[0], -1)  # [S, K]
+        leaves = [pairs.attribution_leaf, *(g.leaf for g in pairs.gates)]  # the input (or embedding), id masks
         selected = fx_.gather(1, ts[:, None]).sum()
-        (grad,) = torch.autograd.grad(selected, leaf, allow_unused=True)
-    a_r = rs.float() if plan.attribution_node.op == "placeholder" else reference.recorded[plan.attribution_node]
-    grad = torch.zeros_like(leaf) if grad is None else grad
-    pair_values = grad * (leaf.detach() - a_r)  # [S, ...]
+        grads = torch.autograd.grad(selected, leaves, allow_unused=True)
+    leaf = pairs.attribution_leaf
+    grad = torch.zeros_like(leaf) if grads[0] is None else grads[0]
+    pair_values = grad * (leaf.detach() - pairs.attribution_ref)  # [S, ...]
     if plan.attribution_node.op != "placeholder":
         pair_values = pair_values.flatten(2).sum(-1)  # [S, L]: one number per token
+        for gate, g in zip(pairs.gates, grads[1:]):
+            if g is not None:
+                pair_values = pair_values + _per_token(g * gate.delta, pair_values.shape[1])
     return pair_values[:s].detach(), fx_[:s].detach(), fr[:s]
+
+
+def _per_token(contribution: torch.Tensor, length: int) -> torch.Tensor:
+    """A mask's contributions [S, ..., L] summed onto its last (key token) dimension -> [S, L]."""
+    if contribution.dim() < 2 or contribution.shape[-1] != length:
+        return torch.zeros(contribution.shape[0], length, dtype=contribution.dtype, device=contribution.device)
+    return contribution.reshape(contribution.shape[0], -1, length).sum(1)
 
 
 class _Disagreement(IncompatibleInput):

@@ -8,10 +8,12 @@ in-place or reused ``nn.ReLU``, residual ``+=``, TorchScript and
 (`explain.output.methods.deeplift_rules`), never on module hooks, so the user's
 model is not modified.
 
-Text models are attributed at the embedding output (one value per token).
-Softmax attention and layer norm have no exact DeepLift rule; as in SHAP and
-Captum the gradient passes through them, and the completeness error shows by
-how much the values miss f(x) - E[f(b)].
+Text models are attributed at the embedding output (one value per token,
+plus the share of the padding masks computed from that token). Layer norm,
+softmax attention and products of input-dependent tensors get exact rules
+(`explain.output.aten_rules`), where SHAP passes the gradient, so on
+transformer blocks the values add up to f(x) - E[f(b)]; a final
+``nn.Softmax`` keeps SHAP's elementwise rule, as SHAP.
 """
 from __future__ import annotations
 

@@ -1,0 +1,275 @@
+"""The HTTP API (FastAPI), in the shape of the KServe V1 data plane; ``python -m explain serve``.
+
+    GET    /v1/models                     registry names
+    GET    /v1/models/{name}              one version (NAME, NAME@vN, NAME@ALIAS)
+    POST   /v1/models/{name}:predict      {"instances": [...]} -> {"predictions": [...]}  class probabilities
+    POST   /v1/models/{name}:explain      {"instances", "parameters"} -> {"explanations": [...], "run": id}
+    POST   /v1/jobs                       the same body plus "model" -> {"job": id}   (202)
+    GET    /v1/jobs/{id}                  status, progress, run
+    DELETE /v1/jobs/{id}                  cancel
+
+``Authorization: Bearer <token>`` (``python -m explain tokens add NAME --role ROLE``); the token's
+role is looked up in the workspace on every request. Reading (models, jobs) and ``:predict`` need
+a viewer; ``:explain`` and ``/v1/jobs`` save a run under the token's name, so they need an editor,
+as saving a run does on the page. ``:explain`` is an interactive job in the one queue, answered
+when its worker has saved the run. Errors are ``{"error": "<one line>"}``: 400/422 malformed,
+401 no or a wrong token, 403 the role may not, 404 unknown, 413 body over the cap, 429 too many
+of the token's jobs queued or running, 504 an ``:explain`` that did not finish in time; never a
+traceback.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from explain.config import api_max_body_bytes, api_max_jobs, external_worker
+from explain.errors import GlassboxError, InputRefused, NotFound, PermissionDenied, UsageError
+from explain.service.models import ModelCache
+from explain.service.runners import explain_job, model_array
+from explain.workspace import Actor, Workspace
+from explain.workspace.jobs import JobInfo, QueueFull
+from explain.workspace.registry import parse_ref
+from explain.workspace.roles import Action
+
+log = logging.getLogger("glassbox.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Instances(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Any] = Field(..., description="model-ready inputs, one per instance (nested lists)")
+
+
+class ExplainBody(Instances):
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"method": "integrated_gradients"},
+        description='"method" (required), "target" (int, one per instance, or null) and the method\'s parameters')
+
+
+class JobBody(ExplainBody):
+    model: str = Field(..., description="NAME, NAME@vN or NAME@ALIAS")
+    priority: str = Field("batch", description='"batch" or "interactive"')
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": _one_line(message) or "error"}, status_code=status)
+
+
+def _status_of(exc: GlassboxError) -> int:
+    if isinstance(exc, PermissionDenied):
+        return 403
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, QueueFull):
+        return 429
+    if isinstance(exc, InputRefused):
+        return 422
+    if isinstance(exc, UsageError):
+        return 400
+    return 422
+
+
+class BodyCap:
+    """Pure ASGI middleware: 413 for a request body over ``limit`` bytes, declared or streamed."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _error(413, f"The request body is over {self.limit} bytes.")(scope, receive, send)
+        body, more = bytearray(), True  # read it all first (it is capped), then hand it on
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await _error(413, f"The request body is over {self.limit} bytes.")(scope, receive, send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | None = None,
+               max_body: int | None = None, explain_timeout_s: float = 600.0) -> FastAPI:
+    """The API on ``ws``. ``worker``: start the embedded queue worker (default: unless
+    ``GLASSBOX_EXTERNAL_WORKER=1``)."""
+    app = FastAPI(title="Glassbox API", version="1",
+                  description="Predictions and explanations of the workspace's registered models "
+                              "(KServe V1 data plane), through the workspace's job queue.")
+    models = ModelCache(ws, size=8)  # the API threads' own: only forward passes, never hooks
+    limit_jobs = max_jobs if max_jobs is not None else api_max_jobs()
+    app.add_middleware(BodyCap, limit=max_body if max_body is not None else api_max_body_bytes())
+    bearer = HTTPBearer(auto_error=False)
+
+    if worker if worker is not None else not external_worker():
+        from explain.service.worker import start_embedded
+
+        app.state.worker = start_embedded(ws)
+
+    # -- errors: one line, never a traceback ------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(_request, exc: ApiError):
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(GlassboxError)
+    async def _glassbox_error(_request, exc: GlassboxError):
+        return _error(_status_of(exc), exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request, exc: RequestValidationError):
+        errors = exc.errors()
+        if errors:
+            first = errors[0]
+            if first.get("type") == "json_invalid":
+                return _error(422, f"The body is not JSON ({first.get('ctx', {}).get('error', 'invalid')}).")
+            where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+            return _error(422, f"{where}: {first.get('msg', 'invalid')}")
+        return _error(422, "The request body is not valid.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.middleware("http")
+    async def _catch_all(request: Request, call_next):
+        try:
+            return await call_next(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.message)
+        except Exception as exc:  # a bug or a model that raised: one line, logged server-side
+            log.exception("API request failed")
+            return _error(500, f"The request failed ({type(exc).__name__}: {_one_line(str(exc))}).")
+
+    # -- who is asking --------------------------------------------------------------------------------
+    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:
+        if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+            raise ApiError(401, "Missing token: send Authorization: Bearer <token>.")
+        found = ws.users.token_identity(credentials.credentials)
+        if found is None:
+            raise ApiError(401, "Unknown token.")
+        return Actor(found[0], token=True)
+
+    def require(actor: Actor, action: Action) -> None:
+        with ws.core.db.transaction() as s:
+            ws.core.require(s, actor, action)
+
+    def version_of(actor: Actor, ref: str):
+        name, which = parse_ref(ref)
+        return ws.registry.version(actor, name, which)
+
+    def job_json(job: JobInfo) -> dict:
+        return {"job": job.id, "kind": job.kind, "title": job.title, "owner": job.owner, "priority": job.priority,
+                "status": job.status, "progress": job.progress, "run": job.run, "error": job.error,
+                "attempts": job.attempts, "created": job.created, "started": job.started, "finished": job.finished}
+
+    def submit(actor: Actor, ref: str, body: ExplainBody, priority: str) -> JobInfo:
+        require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
+        info = version_of(actor, ref)
+        model = models.load(actor, info)
+        instances = model_array(model, body.instances)
+        params, arrays, title = explain_job(model, info.name, info.version, instances, body.parameters)
+        return ws.jobs.submit(actor, "explain", params, title=title, inputs=arrays, priority=priority,
+                              max_active=limit_jobs)
+
+    # -- models ---------------------------------------------------------------------------------------
+    @app.get("/v1/models", summary="The registered models")
+    def list_models(actor: Actor = Depends(caller)) -> dict:
+        versions = ws.registry.list(actor)
+        names = sorted({v.name for v in versions})
+        return {"models": names}
+
+    @app.get("/v1/models/{name}", summary="One model version: NAME, NAME@vN or NAME@ALIAS")
+    def get_model(name: str, actor: Actor = Depends(caller)) -> dict:
+        info = version_of(actor, name)
+        return {"name": info.name, "version": info.version, "ref": info.ref, "ready": True,
+                "sha256": info.sha256, "aliases": info.aliases, "tags": info.tags, "decision": info.decision}
+
+    @app.post("/v1/models/{name}:predict", summary="Class probabilities per instance")
+    def predict(name: str, body: Instances, actor: Actor = Depends(caller)) -> dict:
+        info = version_of(actor, name)
+        model = models.load(actor, info)
+        x = model_array(model, body.instances)  # [N, *input_shape]
+        try:
+            probs = model.predict_proba(x)  # [N, K]
+        except GlassboxError:
+            raise
+        except Exception as exc:
+            raise ApiError(422, f"The model could not run these instances ({type(exc).__name__}: "
+                                f"{_one_line(str(exc))}).") from None
+        return {"predictions": probs.tolist(), "model": info.ref}
+
+    @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run")
+    def explain(name: str, body: ExplainBody, actor: Actor = Depends(caller)) -> dict:
+        job = submit(actor, name, body, "interactive")
+        deadline, wait = time.monotonic() + explain_timeout_s, 0.02
+        while True:
+            job = ws.jobs.get_unchecked(job.id)
+            if job.status not in ("queued", "running"):
+                break
+            if time.monotonic() > deadline:
+                raise ApiError(504, f"Job {job.id} did not finish in {explain_timeout_s:.0f} s; "
+                                    f"follow it at /v1/jobs/{job.id}.")
+            time.sleep(wait)
+            wait = min(wait * 1.5, 0.25)
+        if job.status != "done":
+            raise ApiError(409 if job.status == "cancelled" else 422,
+                           f"Job {job.id} {job.status}: {job.error or 'no reason given'}")
+        run = ws.runs.open(actor, job.run)
+        values, targets = run.results["0/values"], run.results["0/targets"]
+        errors = run.results.get("0/completeness_error")
+        return {"explanations": [
+            {"values": values[i].tolist(), "target": int(targets[i]),
+             "completeness_error": None if errors is None or not np.isfinite(errors[i]) else float(errors[i])}
+            for i in range(len(values))], "run": run.info.id, "job": job.id, "method": run.info.method}
+
+    # -- jobs -----------------------------------------------------------------------------------------
+    @app.post("/v1/jobs", status_code=202, summary="Queue an explanation; its result becomes a saved run")
+    def create_job(body: JobBody, actor: Actor = Depends(caller)) -> dict:
+        if body.priority not in ("batch", "interactive"):
+            raise ApiError(422, "priority must be \"batch\" or \"interactive\".")
+        return {"job": submit(actor, body.model, body, body.priority).id}
+
+    @app.get("/v1/jobs/{job_id}", summary="A job's status, progress and run")
+    def get_job(job_id: str, actor: Actor = Depends(caller)) -> dict:
+        return job_json(ws.jobs.get(actor, job_id))
+
+    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job (its owner or an admin)")
+    def cancel_job(job_id: str, actor: Actor = Depends(caller)) -> dict:
+        return job_json(ws.jobs.cancel(actor, job_id))
+
+    app.state.workspace = ws
+    return app

@@ -1,0 +1,149 @@
+"""The queue's worker: claims jobs (`explain.workspace.jobs`), runs them (`explain.service.runners`)
+and saves each result as a run, whole, under the job's id.
+
+``python -m explain worker`` runs one in its own process (one per GPU); the app and the API start
+one in a thread unless ``GLASSBOX_EXTERNAL_WORKER=1``. While a job runs, a heartbeat thread tells
+the queue the worker is alive; every worker, when it starts and between jobs, takes back the jobs
+of workers that stopped answering (`Jobs.recover`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from explain.config import job_heartbeat_s, job_max_attempts, job_stale_s
+from explain.errors import Cancelled, GlassboxError
+from explain.service.models import ModelCache
+from explain.service.runners import RUNNERS, JobContext
+from explain.workspace import Workspace
+from explain.workspace.jobs import JobInfo, LostJob
+
+log = logging.getLogger("glassbox.worker")
+
+
+def one_line(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, GlassboxError) else f"{type(exc).__name__}: {exc}"
+    lines = [part.strip() for part in str(text).splitlines() if part.strip()] or [type(exc).__name__]
+    return lines[0][:500]
+
+
+class Worker:
+    def __init__(self, ws: Workspace, name: str | None = None, poll_s: float = 0.5):
+        self.ws = ws
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+        self.poll_s = poll_s
+        self.models = ModelCache(ws)
+        self.stop = threading.Event()
+        self.wake = threading.Event()  # set by `Jobs.on_submit` in this process: no wait for the next poll
+        self._recovered_at = float("-inf")
+
+    def recover(self) -> list[JobInfo]:
+        """Take back the jobs of workers that stopped answering (at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._recovered_at < min(5.0, job_stale_s() / 4):
+            return []
+        self._recovered_at = now
+        return self.ws.jobs.recover(job_stale_s(), job_max_attempts())
+
+    def run_forever(self) -> int:
+        """Run jobs until `stop` is set; the number run."""
+        ran = 0
+        while not self.stop.is_set():
+            try:
+                if self.run_once():
+                    ran += 1
+                    continue
+            except Exception:  # a database hiccup: log it, keep serving
+                log.exception("worker %s: claiming a job failed", self.name)
+            self.wake.wait(self.poll_s)
+            self.wake.clear()
+        return ran
+
+    def run_once(self) -> JobInfo | None:
+        """Take back stale jobs, then claim and run the next job; the finished job, or None if idle."""
+        self.recover()
+        job = self.ws.jobs.claim(self.name, tuple(RUNNERS))
+        if job is None:
+            return None
+        self.run_job(job)
+        return self.ws.jobs.get_unchecked(job.id)
+
+    def run_job(self, job: JobInfo) -> None:
+        jobs, me = self.ws.jobs, self.name
+        state = {"fraction": 0.0, "sent": 0.0, "cancel": False, "lost": False}
+        done = threading.Event()
+
+        def beat() -> None:  # the heartbeat, also while a chunk runs between progress reports
+            while not done.wait(job_heartbeat_s()):
+                try:
+                    state["cancel"] = jobs.heartbeat(job.id, me, state["fraction"]) or state["cancel"]
+                except LostJob:
+                    state["lost"] = True
+                    return
+                except Exception:
+                    log.exception("worker %s: heartbeat failed", me)
+
+        def progress(done_n: int, total: int) -> None:
+            state["fraction"] = done_n / total if total else 0.0
+            now = time.monotonic()
+            if now - state["sent"] > 0.25:  # at most four writes a second
+                state["sent"] = now
+                try:
+                    state["cancel"] = jobs.heartbeat(job.id, me, state["fraction"]) or state["cancel"]
+                except LostJob:
+                    state["lost"] = True
+            if state["cancel"] or state["lost"]:
+                raise Cancelled("The job was cancelled.")
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
+        thread.start()
+        try:
+            if jobs.heartbeat(job.id, me):  # cancelled between claim and start
+                raise Cancelled("The job was cancelled.")
+            ctx = JobContext(self.ws, job, jobs.inputs(job), progress, self.models)
+            record = RUNNERS[job.kind](ctx)
+            if state["lost"]:
+                return
+            run = self.ws.runs.save(job.owner_actor, record, run_id=job.id)
+            jobs.finish(job.id, me, run.id)
+        except Cancelled:
+            jobs.mark_cancelled(job.id, me)
+        except Exception as exc:  # the job fails with its reason; the worker goes on
+            log.info("worker %s: job %s failed: %s", me, job.id, one_line(exc))
+            jobs.fail(job.id, me, one_line(exc))
+        finally:
+            done.set()
+            thread.join(timeout=5)
+
+
+_EMBEDDED: dict[str, tuple[Worker, threading.Thread]] = {}
+_EMBEDDED_LOCK = threading.Lock()
+
+
+def start_embedded(ws: Workspace) -> Worker:
+    """One worker thread per workspace in this process (the app's and the API's own)."""
+    with _EMBEDDED_LOCK:
+        key = f"{ws.url}|{ws.home}"
+        found = _EMBEDDED.get(key)
+        if found is not None and found[1].is_alive():
+            return found[0]
+        worker = Worker(ws, name=f"{socket.gethostname()}:{os.getpid()}:embedded")
+        ws.jobs.on_submit.append(worker.wake.set)
+        thread = threading.Thread(target=worker.run_forever, name="glassbox-worker", daemon=True)
+        thread.start()
+        _EMBEDDED[key] = (worker, thread)
+        return worker
+
+
+def stop_embedded(ws: Workspace) -> None:
+    with _EMBEDDED_LOCK:
+        found = _EMBEDDED.pop(f"{ws.url}|{ws.home}", None)
+    if found is not None:
+        found[0].stop.set()
+        found[0].wake.set()
+        if found[0].wake.set in ws.jobs.on_submit:
+            ws.jobs.on_submit.remove(found[0].wake.set)
+        found[1].join(timeout=30)

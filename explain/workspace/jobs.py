@@ -1,0 +1,303 @@
+"""The job queue: long work (attributions, dataset-wide runs) as rows of the ``jobs`` table.
+
+    job = ws.jobs.submit(actor, "explain", params, inputs={"inputs": x}, priority="interactive")
+    claimed = ws.jobs.claim("worker-1")          # a worker (`explain.service.worker`) takes the next one
+    ws.jobs.finish(claimed.id, "worker-1", run_id)
+
+The queue lives in the workspace database, so it works wherever the workspace does (SQLite
+by default, PostgreSQL when configured) and is as durable as the runs it produces.
+
+Order: interactive jobs before batch jobs; within a class, round-robin over owners (the owner
+whose last job started longest ago goes first), then oldest first. A claim is one conditional
+``UPDATE ... WHERE id = :id AND status = 'queued'``: of two workers racing for a row exactly
+one changes it (SQLite serialises writers with ``BEGIN IMMEDIATE``; PostgreSQL re-checks the
+WHERE clause after the first writer commits), the loser tries the next candidate.
+
+A running job's worker updates its ``heartbeat``; `recover` puts a job whose heartbeat is older
+than ``stale_s`` back in the queue (``attempts`` counts tries) or marks it failed with the reason
+after ``max_attempts``, so a job whose worker was killed is never left "running". The job's
+result is saved as a run under the job's id (`explain.workspace.runs.Runs.save`), whole or not
+at all, so a retried job never leaves half a result or two.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, update
+
+from explain.errors import GlassboxError, NotFound, PermissionDenied, UsageError
+from explain.workspace.core import Core
+from explain.workspace.roles import Action, Actor, allows
+from explain.workspace.schema import Job, utcnow
+
+PRIORITIES = ("interactive", "batch")
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+
+
+class QueueFull(GlassboxError):
+    """The owner already has as many queued or running jobs as allowed (HTTP 429)."""
+
+
+class LostJob(GlassboxError):
+    """The worker no longer holds this job (it was recovered as stale and handed to another)."""
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    kind: str
+    title: str
+    owner: str
+    owner_is_token: bool
+    priority: str
+    status: str
+    progress: float
+    params: dict[str, Any]
+    run: str | None
+    error: str | None
+    cancel_requested: bool
+    worker: str | None
+    attempts: int
+    created: str
+    started: str | None
+    finished: str | None
+    inputs_sha256: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def owner_actor(self) -> Actor:
+        """Who the job acts as when it saves its run (its role is checked again then)."""
+        return Actor(self.owner, token=self.owner_is_token)
+
+
+def _info(row: Job) -> JobInfo:
+    return JobInfo(row.id, row.kind, row.title, row.owner, bool(row.owner_is_token), row.priority, row.status,
+                   float(row.progress or 0.0), dict(row.params or {}), row.run_id, row.error,
+                   bool(row.cancel_requested), row.worker, int(row.attempts or 0), _stamp(row.created_at),
+                   _stamp(row.started_at), _stamp(row.finished_at), row.inputs_sha256)
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    """A UTC datetime (SQLite hands them back without their zone: they are UTC)."""
+    if when is None:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _stamp(when: datetime | None) -> str | None:
+    """ISO 8601 in UTC to the microsecond: the queue orders by these strings."""
+    when = _aware(when)
+    return when.isoformat(timespec="microseconds") if when is not None else None
+
+
+class Jobs:
+    def __init__(self, core: Core):
+        self.core = core
+        #: called after each submit commits: an in-process worker wakes at once instead of at its next poll
+        self.on_submit: list = []
+
+    # -- asking ------------------------------------------------------------------------------
+    def submit(self, actor: Actor, kind: str, params: dict[str, Any], *, title: str = "",
+               inputs: dict[str, np.ndarray] | None = None, priority: str = "batch",
+               max_active: int | None = None) -> JobInfo:
+        """Queue a job. Its result is a saved run, so submitting needs the right to save runs.
+
+        Raises:
+            QueueFull: ``actor`` already has ``max_active`` queued or running jobs.
+        """
+        if priority not in PRIORITIES:
+            raise UsageError(f"Unknown priority {priority!r}.", f"Choose one of {', '.join(PRIORITIES)}.")
+        with self.core.db.transaction() as s:  # refuse before writing any blob
+            self.core.require(s, actor, Action.SAVE_RUN)
+        inputs_sha = self.core.blobs.put_arrays(inputs) if inputs else None
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.SAVE_RUN)
+            if max_active is not None:
+                active = s.scalar(select(func.count()).select_from(Job)
+                                  .where(Job.owner == actor.name, Job.status.in_(ACTIVE)))
+                if active >= max_active:
+                    raise QueueFull(f"{actor.name} already has {active} jobs queued or running "
+                                    f"(the limit is {max_active}).", "Wait for one to finish.")
+            row = Job(id=secrets.token_urlsafe(9), kind=kind, title=(title or kind)[:500], owner=actor.name,
+                      owner_is_token=actor.token, priority=priority, status="queued", progress=0.0,
+                      params=params, inputs_sha256=inputs_sha, cancel_requested=False, attempts=0)
+            s.add(row)
+            s.flush()
+            self.core.audit(s, actor, "job.submit", "job", row.id, after={"kind": kind, "priority": priority})
+            info = _info(row)
+        for listener in list(self.on_submit):
+            listener()
+        return info
+
+    def _row(self, s, job_id: str) -> Job:
+        row = s.get(Job, str(job_id)[:32])
+        if row is None:
+            raise NotFound(f"No job {str(job_id)[:40]!r}.")
+        return row
+
+    def get(self, actor: Actor, job_id: str) -> JobInfo:
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.READ)
+            return _info(self._row(s, job_id))
+
+    def get_unchecked(self, job_id: str) -> JobInfo:
+        """`get` for the server's own worker and waiters (no role: they act for the queue)."""
+        with self.core.db.transaction() as s:
+            return _info(self._row(s, job_id))
+
+    def list(self, actor: Actor, limit: int = 100, active_only: bool = False) -> list[JobInfo]:
+        """Jobs, active ones first (in the order they will run), then the newest finished."""
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.READ)
+            active = [_info(r) for r in s.scalars(select(Job).where(Job.status.in_(ACTIVE)))]
+            done = [] if active_only else [
+                _info(r) for r in s.scalars(select(Job).where(Job.status.not_in(ACTIVE))
+                                            .order_by(Job.finished_at.desc(), Job.id).limit(limit))]
+        running = sorted((j for j in active if j.status == "running"), key=lambda j: j.started or "")
+        queued = [j for j in active if j.status == "queued"]
+        return (running + self.order(queued, self._last_starts(queued)) + done)[:limit]
+
+    def active_count(self, owner: str) -> int:
+        with self.core.db.transaction() as s:
+            return s.scalar(select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE)))
+
+    def cancel(self, actor: Actor, job_id: str) -> JobInfo:
+        """Cancel a queued job at once; ask a running one to stop (its worker stops at the next
+        progress report). The owner or an admin may; a finished job stays as it is."""
+        with self.core.db.transaction() as s:
+            role = self.core.require(s, actor, Action.READ)
+            row = self._row(s, job_id)
+            owner = row.owner == actor.name and bool(row.owner_is_token) == actor.token
+            if not owner and not allows(role, Action.MANAGE_USERS):
+                raise PermissionDenied(f"{actor.name} may not cancel {row.owner}'s job.",
+                                       "Only its owner or an admin may.")
+            if row.status == "queued":
+                row.status, row.finished_at, row.error = "cancelled", utcnow(), f"cancelled by {actor.name}"
+            elif row.status == "running":
+                row.cancel_requested = True
+            else:
+                return _info(row)
+            self.core.audit(s, actor, "job.cancel", "job", row.id, before={"status": "queued" if row.status ==
+                                                                            "cancelled" else "running"})
+            s.flush()
+            return _info(row)
+
+    def inputs(self, job: JobInfo) -> dict[str, np.ndarray]:
+        """The arrays submitted with the job (empty if none)."""
+        return self.core.blobs.get_arrays(job.inputs_sha256) if job.inputs_sha256 else {}
+
+    # -- the order ------------------------------------------------------------------------------
+    def _last_starts(self, queued: list[JobInfo], s=None) -> dict[str, str]:
+        owners = {j.owner for j in queued}
+        if not owners:
+            return {}
+
+        def query(sess):
+            rows = sess.execute(select(Job.owner, func.max(Job.started_at)).where(Job.owner.in_(owners))
+                                .group_by(Job.owner)).all()
+            return {owner: _stamp(when) or "" for owner, when in rows}
+
+        if s is not None:
+            return query(s)
+        with self.core.db.transaction() as sess:
+            return query(sess)
+
+    @staticmethod
+    def order(queued: list[JobInfo], last_start: dict[str, str]) -> list[JobInfo]:
+        """Queued jobs in the order workers take them: interactive first; within a class one job
+        per owner in turn, the owner served longest ago (or never) first; each owner's oldest first."""
+        out: list[JobInfo] = []
+        for priority in PRIORITIES:
+            per_owner: dict[str, list[JobInfo]] = {}
+            for job in sorted((j for j in queued if j.priority == priority), key=lambda j: (j.created, j.id)):
+                per_owner.setdefault(job.owner, []).append(job)
+            turn = sorted(per_owner, key=lambda o: (last_start.get(o) or "", per_owner[o][0].created, o))
+            while per_owner:
+                for owner in list(turn):
+                    out.append(per_owner[owner].pop(0))
+                    if not per_owner[owner]:
+                        del per_owner[owner]
+                        turn.remove(owner)
+        return out
+
+    # -- working (the worker runs as the server: no actor) --------------------------------------
+    def claim(self, worker: str, kinds: tuple[str, ...] | None = None) -> JobInfo | None:
+        """Take the next queued job (of ``kinds`` if given) for ``worker``: None when none is queued."""
+        with self.core.db.transaction() as s:
+            query = select(Job).where(Job.status == "queued")
+            if kinds is not None:
+                query = query.where(Job.kind.in_(kinds))
+            queued = [_info(r) for r in s.scalars(query)]
+            for job in self.order(queued, self._last_starts(queued, s)):
+                now = utcnow()
+                claimed = s.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(
+                    status="running", worker=worker, heartbeat=now, started_at=now, progress=0.0,
+                    attempts=Job.attempts + 1).execution_options(synchronize_session=False)).rowcount
+                if claimed == 1:
+                    return _info(s.get(Job, job.id, populate_existing=True))
+        return None
+
+    def heartbeat(self, job_id: str, worker: str, progress: float | None = None) -> bool:
+        """Record that ``worker`` still runs the job (and how far); True if cancelling was asked.
+
+        Raises:
+            LostJob: the job is no longer this worker's (recovered as stale, or finished).
+        """
+        values: dict[str, Any] = {"heartbeat": utcnow()}
+        if progress is not None:
+            values["progress"] = float(min(max(progress, 0.0), 1.0))
+        with self.core.db.transaction() as s:
+            changed = s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+                                .values(**values).execution_options(synchronize_session=False)).rowcount
+            if changed != 1:
+                raise LostJob(f"Job {job_id} is no longer run by {worker}.")
+            return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def _end(self, job_id: str, worker: str, **values: Any) -> bool:
+        with self.core.db.transaction() as s:
+            return s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+                             .values(finished_at=utcnow(), **values)
+                             .execution_options(synchronize_session=False)).rowcount == 1
+
+    def finish(self, job_id: str, worker: str, run_id: str) -> bool:
+        return self._end(job_id, worker, status="done", progress=1.0, run_id=run_id, error=None)
+
+    def fail(self, job_id: str, worker: str, error: str) -> bool:
+        return self._end(job_id, worker, status="failed", error=error[:2000])
+
+    def mark_cancelled(self, job_id: str, worker: str) -> bool:
+        return self._end(job_id, worker, status="cancelled", error="cancelled while running")
+
+    def recover(self, stale_s: float, max_attempts: int) -> list[JobInfo]:
+        """Running jobs whose heartbeat is older than ``stale_s`` seconds (their worker died):
+        back to the queue, or failed with the reason once they have had ``max_attempts`` tries."""
+        cutoff = utcnow() - timedelta(seconds=stale_s)
+        out = []
+        with self.core.db.transaction() as s:
+            rows = list(s.scalars(select(Job).where(Job.status == "running")))
+            for row in rows:
+                beat = _aware(row.heartbeat)
+                if beat is not None and beat >= cutoff:
+                    continue
+                if row.cancel_requested:
+                    values = {"status": "cancelled", "finished_at": utcnow(), "error": "cancelled; its worker stopped"}
+                elif row.attempts >= max_attempts:
+                    values = {"status": "failed", "finished_at": utcnow(),
+                              "error": f"its worker stopped answering during each of {row.attempts} attempts "
+                                       f"(killed or out of memory); gave up"}
+                else:
+                    values = {"status": "queued", "worker": None, "progress": 0.0,
+                              "error": f"attempt {row.attempts} lost its worker; queued again"}
+                changed = s.execute(update(Job).where(Job.id == row.id, Job.status == "running",
+                                                      Job.attempts == row.attempts)
+                                    .values(**values).execution_options(synchronize_session=False)).rowcount
+                if changed == 1:
+                    out.append(_info(s.get(Job, row.id, populate_existing=True)))
+        return out

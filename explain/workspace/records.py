@@ -1,0 +1,39 @@
+"""The Output page's saved run, built in one place for the page and for the job queue's worker
+(`explain.service.runners`), so a run saved by the API opens on the Runs page like any other."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from explain.attribution import Attribution
+from explain.digest import digest_array
+from explain.model import LoadedModel
+from explain.workspace.runs import RunRecord, environment
+
+
+def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarray, rows: Sequence[int],
+                  shown: Sequence[int], probs: np.ndarray, labels: np.ndarray | None,
+                  attrs: Sequence[Attribution], target: int | None, sign: str,
+                  params: dict[str, dict[str, Any]]) -> RunRecord:
+    """The Output page's run: ``inputs`` [N, ...] are the explained rows (``rows`` of the batch)."""
+    saved_inputs = {"inputs": inputs, "rows": np.asarray(rows, dtype=np.int64)}
+    if labels is not None:
+        saved_inputs["labels"] = np.asarray(labels)
+    results: dict[str, np.ndarray] = {"probs": np.asarray(probs)}
+    for i, attr in enumerate(attrs):
+        for key, value in attr.to_npz_dict().items():
+            if value is not None:
+                results[f"{i}/{key}"] = value
+    methods = [a.method for a in attrs]
+    first = attrs[0]
+    return RunRecord(
+        page="output", model=name, version=version, method=",".join(methods),
+        title=f"{', '.join(methods)} on {len(inputs)} inputs of {model.name}",
+        params={m: params.get(m, {}) for m in methods}, target=target, inputs=saved_inputs, results=results,
+        summary={"methods": methods, "shown": list(map(int, shown)), "sign": sign,
+                 "inputs_sha256": digest_array(inputs),
+                 "max_completeness_error": {a.method: a.max_completeness_error for a in attrs},
+                 "seconds": {a.method: a.seconds for a in attrs}, "notes": {a.method: a.notes for a in attrs}},
+        environment=environment(device=first.device, precision=first.precision))

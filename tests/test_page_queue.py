@@ -1,0 +1,121 @@
+"""The Queue page: every session's jobs with who / what / how far, Cancel, and queueing the sidebar
+model's explanation as a job (AppTest; the queue itself is tested in tests/test_jobs.py)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explain.workspace import Actor, open_workspace
+from sample_models import sample_registry_files
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "views" / "queue.py")
+OP = Actor("cli:tester", operator=True)
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    """This test's own workspace, with no worker: jobs stay where the test puts them."""
+    monkeypatch.setenv("GLASSBOX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GLASSBOX_EXTERNAL_WORKER", "1")
+    workspace = open_workspace(home=tmp_path / "home")
+    workspace.seed(sample_registry_files())
+    yield workspace
+    workspace.close()
+
+
+def _page(sample: str = "cancer") -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["gb_sample"] = sample
+    at.session_state["gb_source"] = "sample"
+    return at
+
+
+def test_queue_lists_every_sessions_jobs_and_cancels_one(ws):
+    first = ws.jobs.submit(Actor.local(), "explain", {}, title="saliency on 3 inputs of cancer@v1")
+    ws.jobs.submit(Actor.local(), "explain", {}, title="occlusion on 2 inputs of shapes@v1", priority="interactive")
+    claimed = ws.jobs.claim("w1")  # the interactive one runs
+    ws.jobs.heartbeat(claimed.id, "w1", progress=0.4)
+    at = _page().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table[["who", "what", "status", "progress"]].values.tolist() == [
+        ["local", "occlusion on 2 inputs of shapes@v1", "running", 40],
+        ["local", "saliency on 3 inputs of cancer@v1", "queued", 0]]
+    at.button(key=f"gb_job_cancel_{first.id}").click().run()
+    assert not at.exception, at.exception
+    assert ws.jobs.get(OP, first.id).status == "cancelled"
+    assert at.dataframe[0].value.set_index("job").loc[first.id, "status"] == "cancelled"
+
+
+def test_queue_an_explanation_of_the_sidebar_model(ws):
+    at = _page().run()
+    assert not at.exception, at.exception
+    assert any("queue is empty" in i.value for i in at.info)
+    at.selectbox(key="gb_job_method").set_value("saliency")
+    at.number_input(key="gb_job_rows").set_value(3)
+    at.button(key="gb_job_submit").click().run()
+    assert not at.exception, at.exception
+    (job,) = ws.jobs.list(OP)
+    assert (job.owner, job.kind, job.status, job.priority) == ("local", "explain", "queued", "interactive")
+    assert job.params["method"] == "saliency" and job.params["model"] == "cancer"
+    assert ws.jobs.inputs(job)["inputs"].shape == (3, 30)
+    assert job.title in at.dataframe[0].value["what"].tolist()
+
+
+def test_output_page_queues_its_methods_as_jobs_and_follows_them(ws):
+    at = AppTest.from_file(str(ROOT / "pages" / "views" / "output.py"), default_timeout=180)
+    at.session_state["gb_sample"] = "cancer"
+    at.session_state["gb_source"] = "sample"
+    at.run()
+    at.multiselect(key="gb_methods").set_value(["integrated_gradients", "saliency"]).run()
+    assert not at.exception, at.exception
+    at.button(key="gb_output_queue").click().run()
+    assert not at.exception, at.exception
+    queued = ws.jobs.list(OP)
+    assert sorted(j.params["method"] for j in queued) == ["integrated_gradients", "saliency"]
+    assert {(j.owner, j.status, j.priority) for j in queued} == {("local", "queued", "interactive")}
+    assert all(ws.jobs.inputs(j)["inputs"].shape[1:] == (30,) for j in queued)
+    followed = [b for b in at.button if b.key and b.key.startswith("gb_output_job_cancel_")]
+    assert len(followed) == 2
+    followed[0].click().run()
+    assert sorted(j.status for j in ws.jobs.list(OP)) == ["cancelled", "queued"]
+
+
+@pytest.mark.browser
+def test_eight_browser_sessions_queue_at_once_and_every_job_is_run_once(chromium, tmp_path):
+    from tests.conftest import start_streamlit, stop_streamlit, wait_for_app
+
+    home = tmp_path / "home"
+    proc, url = start_streamlit({"GLASSBOX_HOME": str(home), "GLASSBOX_EXTERNAL_WORKER": "0"})
+    contexts = [chromium.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(8)]
+    try:
+        pages = [c.new_page() for c in contexts]
+        for page in pages:
+            page.goto(f"{url}/queue", wait_until="commit")
+        for page in pages:
+            page.locator('[data-testid="stMain"] h1', has_text="Job queue").first.wait_for(timeout=300_000)
+            wait_for_app(page, timeout_ms=300_000)
+            page.get_by_text("Queue an explanation of the sidebar's model").click()
+            page.get_by_role("button", name="Queue", exact=True).wait_for(timeout=120_000)
+        for page in pages:  # all eight clicks before any answer is awaited
+            page.get_by_role("button", name="Queue", exact=True).click()
+        for page in pages:
+            page.get_by_text("Queued job").first.wait_for(timeout=300_000)
+            assert page.locator('[data-testid="stException"]').count() == 0
+        ws = open_workspace(f"sqlite:///{home / 'glassbox.db'}", home=home)
+        deadline = time.monotonic() + 600
+        while any(j.status in ("queued", "running") for j in ws.jobs.list(OP)):
+            assert time.monotonic() < deadline, [j.status for j in ws.jobs.list(OP)]
+            time.sleep(0.5)
+        jobs = ws.jobs.list(OP)
+        assert len(jobs) == 8 and {j.status for j in jobs} == {"done"} and {j.attempts for j in jobs} == {1}
+        assert sorted(r.id for r in ws.runs.list(OP)) == sorted(j.run for j in jobs)
+        ws.close()
+    finally:
+        for context in contexts:
+            context.close()
+        stop_streamlit(proc)
