@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from explain.dataset.summary import DatasetSummary
-from explain.viz.attribution import _DIVERGING, FONT, shared_scale, tabular_summary_figure
+from explain.viz.attribution import FONT, plotly_colorscale, shared_scale, tabular_summary_figure
 
 #: rows a beeswarm draws at most (an even subsample of the finished rows beyond that).
 BEESWARM_MAX_ROWS = 2000
@@ -45,7 +45,7 @@ def class_mean_maps_figure(summary: DatasetSummary, class_names: Sequence[str]) 
     fig = make_subplots(rows=1, cols=max(1, len(classes)), horizontal_spacing=0.03,
                         subplot_titles=[f"{names[k]} ({int(summary.class_counts[k])})" for k in classes] or [""])
     for col, k in enumerate(classes, start=1):
-        fig.add_trace(go.Heatmap(z=maps[k], zmin=-zmax, zmax=zmax, colorscale=_DIVERGING, showscale=col == len(classes),
+        fig.add_trace(go.Heatmap(z=maps[k], zmin=-zmax, zmax=zmax, colorscale=plotly_colorscale("all", opaque=True), showscale=col == len(classes),
                                  hovertemplate=f"{names[k]}<br>y=%{{y}} x=%{{x}}<br>mean attribution=%{{z:.4g}}<extra></extra>"),
                       row=1, col=col)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col if col > 1 else ''}", visible=False, row=1, col=col)
