@@ -1,6 +1,8 @@
 """What every workspace part shares: the database, the blob store, roles and the audit trail."""
 from __future__ import annotations
 
+import secrets
+import string
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +21,15 @@ def iso(when: datetime | None) -> str | None:
         return None
     text = when.isoformat(timespec="seconds")
     return text if when.tzinfo else text + "+00:00"
+
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(length: int = 12) -> str:
+    """A random id for a run or a job (~71 bits), letters and digits only: safe in a URL and never
+    read as a command-line option (a ``token_urlsafe`` id may start with ``-``)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
 class Core:

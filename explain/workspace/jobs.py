@@ -21,7 +21,6 @@ at all, so a retried job never leaves half a result or two.
 """
 from __future__ import annotations
 
-import secrets
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 from sqlalchemy import func, select, update
 
 from explain.errors import GlassboxError, NotFound, PermissionDenied, UsageError
-from explain.workspace.core import Core
+from explain.workspace.core import Core, new_id
 from explain.workspace.roles import Action, Actor, allows
 from explain.workspace.schema import Job, utcnow
 
@@ -125,7 +124,7 @@ class Jobs:
                 if active >= max_active:
                     raise QueueFull(f"{actor.name} already has {active} jobs queued or running "
                                     f"(the limit is {max_active}).", "Wait for one to finish.")
-            row = Job(id=secrets.token_urlsafe(9), kind=kind, title=(title or kind)[:500], owner=actor.name,
+            row = Job(id=new_id(), kind=kind, title=(title or kind)[:500], owner=actor.name,
                       owner_is_token=actor.token, priority=priority, status="queued", progress=0.0,
                       params=params, inputs_sha256=inputs_sha, cancel_requested=False, attempts=0)
             s.add(row)

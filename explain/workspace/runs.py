@@ -9,7 +9,6 @@ audit entry, so a run is whole or absent, even if the process is killed mid-save
 from __future__ import annotations
 
 import platform
-import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ from sqlalchemy import select
 
 from explain.errors import NotFound, UsageError
 from explain.jsonable import to_json_safe
-from explain.workspace.core import Core, iso
+from explain.workspace.core import Core, iso, new_id
 from explain.workspace.registry import Registry
 from explain.workspace.roles import Action, Actor
 from explain.workspace.schema import Model, ModelVersion, Run
@@ -105,7 +104,7 @@ class Runs:
                 return self._info(s, existing)
         inputs_sha = self.core.blobs.put_arrays(record.inputs)
         results_sha = self.core.blobs.put_arrays(record.results)
-        run_id = run_id or secrets.token_urlsafe(9)
+        run_id = run_id or new_id()
         with self.core.db.transaction() as s:
             self.core.require(s, actor, Action.SAVE_RUN)
             row = Run(id=run_id, version_id=self.registry.version_id(s, record.model, record.version),
