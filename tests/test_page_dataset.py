@@ -124,5 +124,6 @@ def test_browser_uploads_an_image_zip_and_explains_it_in_shards(app_url, browser
     done.wait_for(timeout=60_000)
     wait_for_app(page)
     assert main.get_by_text(re.compile(r"6 of 6 rows · 3 of 3 shards")).count() == 1
-    assert main.locator(".js-plotly-plot").count() >= 1  # the class-mean maps
+    main.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # the class-mean maps (drawn after the text)
+    assert main.locator(".js-plotly-plot").count() >= 1
     assert page.locator('[data-testid="stException"]').count() == 0
