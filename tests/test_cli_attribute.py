@@ -120,3 +120,58 @@ def test_attribute_cuda_without_gpu_is_refused(cancer, capsys):
         "--device", "cuda", "--out", str(tmp / "o.npz"),
     ])
     assert code == 3 and "CUDA" in err
+
+
+@pytest.fixture
+def own_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("GLASSBOX_HOME", str(home))
+    return home
+
+
+def test_attribute_runs_as_a_job_in_the_queue_and_saves_a_run(own_home, tmp_path, capsys):
+    """The CLI's one path is the queue: a job (run here, as no team worker is configured) whose
+    result is a saved run holding exactly what OUT.npz holds."""
+    from explain.cli.workspace_arg import cli_actor
+    from explain.workspace import open_workspace
+
+    x = load_case("cancer", n=4)[1]
+    np.save(tmp_path / "x.npy", x)
+    code, payload, err = run_cli(capsys, ["attribute", "cancer", "--inputs", str(tmp_path / "x.npy"),
+                                          "--method", "saliency", "--out", str(tmp_path / "o.npz")])
+    assert code == 0, err
+    ws = open_workspace(home=own_home)
+    try:
+        (job,) = ws.jobs.list(cli_actor())
+        assert (job.status, job.run, job.owner, job.kind) == ("done", payload["run"], cli_actor().name, "explain")
+        assert job.worker.endswith(":cli") and job.params["model"] == "cancer"
+        run = ws.runs.open(cli_actor(), payload["run"])
+        np.testing.assert_array_equal(run.results["0/values"], np.load(tmp_path / "o.npz")["values"])
+        np.testing.assert_array_equal(run.inputs["inputs"], x)
+    finally:
+        ws.close()
+
+
+def test_attribute_with_an_external_worker_is_run_by_that_worker(own_home, tmp_path, capsys, monkeypatch):
+    import threading
+
+    from explain.cli.workspace_arg import cli_actor, cli_workspace
+    from explain.service.worker import Worker
+
+    monkeypatch.setenv("GLASSBOX_EXTERNAL_WORKER", "1")
+    x = load_case("cancer", n=3)[1]
+    np.save(tmp_path / "x.npy", x)
+    ws = cli_workspace()
+    worker = Worker(ws, name="gpu-0", poll_s=0.05)
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        code, payload, err = run_cli(capsys, ["attribute", "cancer", "--inputs", str(tmp_path / "x.npy"),
+                                              "--method", "integrated_gradients", "--out", str(tmp_path / "o.npz")])
+    finally:
+        worker.stop.set()
+        thread.join(10)
+    assert code == 0, err
+    (job,) = ws.jobs.list(cli_actor())
+    assert (job.worker, job.status, job.run) == ("gpu-0", "done", payload["run"])
+    ws.close()

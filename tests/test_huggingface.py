@@ -327,7 +327,6 @@ def test_browser_upload_of_a_hf_zip_with_texts_then_save_run_registers_it(bert_d
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "hf_zip_upload.png"), full_page=True)
 
-    page.get_by_role("button", name="Save run").click()
     page.locator('[data-testid="stCode"]', has_text="?run=").first.wait_for(timeout=120_000)
     ws = open_workspace()
     version = ws.registry.find_by_sha(Actor.local(), __import__("hashlib").sha256(archive.read_bytes()).hexdigest())

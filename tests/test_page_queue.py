@@ -2,6 +2,8 @@
 model's explanation as a job (AppTest; the queue itself is tested in tests/test_jobs.py)."""
 from __future__ import annotations
 
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -66,23 +68,92 @@ def test_queue_an_explanation_of_the_sidebar_model(ws):
     assert job.title in at.dataframe[0].value["what"].tolist()
 
 
-def test_output_page_queues_its_methods_as_jobs_and_follows_them(ws):
+def _output_page(sample: str = "cancer") -> AppTest:
     at = AppTest.from_file(str(ROOT / "pages" / "views" / "output.py"), default_timeout=180)
-    at.session_state["gb_sample"] = "cancer"
+    at.session_state["gb_sample"] = sample
     at.session_state["gb_source"] = "sample"
+    return at
+
+
+def _in_thread(fn) -> threading.Thread:
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_output_page_explains_through_the_queue_and_shows_the_saved_run(ws):
+    """The page's one path: a job in the queue, run by a worker (here an 'external' one in a
+    thread), its result a saved run the page draws and links to."""
+    from explain.service.worker import Worker
+    from explain.workspace.records import output_attributions
+
+    worker = Worker(ws, name="external-1", poll_s=0.05)
+    thread = _in_thread(worker.run_forever)
+    try:
+        at = _output_page().run()
+        at.multiselect(key="gb_methods").set_value(["integrated_gradients", "saliency"]).run()
+    finally:
+        worker.stop.set()
+        thread.join(10)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    jobs = ws.jobs.list(OP)
+    last = jobs[0]  # newest first: the two-method request
+    assert (last.status, last.worker, last.priority, last.params["method"]) == (
+        "done", "external-1", "interactive", "integrated_gradients,saliency")
+    assert any(f"?run={last.run}" in c.value for c in at.code)
+    run = ws.runs.open(OP, last.run)
+    attrs = output_attributions(run)
+    assert [a.method for a in attrs] == ["integrated_gradients", "saliency"]
+    assert run.inputs["inputs"].shape == (len(run.inputs["rows"]), 30)  # tabular: the whole batch
+    captions = " ".join(c.value for c in at.caption)
+    shown = float(re.findall(r"completeness error ([0-9.e+-]+)", captions)[0])
+    assert shown == pytest.approx(float(attrs[0].completeness_error[run.info.summary["shown"][0]]), rel=0.02, abs=1e-4)
+    again = len(ws.jobs.list(OP))
+    at.run()  # a rerun with the same request follows the same job: nothing is queued twice
+    assert len(ws.jobs.list(OP)) == again
+
+
+def test_output_page_shows_a_cancelled_job_and_explains_again_on_request(ws):
+    from explain.service.worker import Worker
+
+    def cancel_first_queued():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            queued = [j for j in ws.jobs.list(OP) if j.status == "queued"]
+            if queued:
+                ws.jobs.cancel(Actor.local(), queued[0].id)  # e.g. from the Queue page of another session
+                return
+            time.sleep(0.05)
+
+    canceller = _in_thread(cancel_first_queued)
+    at = _output_page().run()
+    canceller.join(10)
+    assert not at.exception, at.exception
+    assert any("cancelled" in i.value for i in at.info)
+    assert ws.jobs.list(OP)[0].status == "cancelled"
+    worker = Worker(ws, name="external-2", poll_s=0.05)
+    thread = _in_thread(worker.run_forever)
+    try:
+        [b for b in at.button if b.label == "Explain"][0].click().run()
+    finally:
+        worker.stop.set()
+        thread.join(10)
+    assert not at.exception, at.exception
+    assert [j.status for j in ws.jobs.list(OP)][:2] == ["done", "cancelled"]
+    assert any("?run=" in c.value for c in at.code)
+
+
+def test_a_viewer_is_told_explaining_needs_an_editor_and_nothing_is_queued(ws):
+    ws.users.add(OP, "ada", "admin", "admin-pass-1")
+    ws.users.add(Actor("ada"), "vic", "viewer", "viewer-pass-1")
+    at = _output_page()
+    at.session_state["authentication_status"] = True
+    at.session_state["username"] = "vic"
     at.run()
-    at.multiselect(key="gb_methods").set_value(["integrated_gradients", "saliency"]).run()
     assert not at.exception, at.exception
-    at.button(key="gb_output_queue").click().run()
-    assert not at.exception, at.exception
-    queued = ws.jobs.list(OP)
-    assert sorted(j.params["method"] for j in queued) == ["integrated_gradients", "saliency"]
-    assert {(j.owner, j.status, j.priority) for j in queued} == {("local", "queued", "interactive")}
-    assert all(ws.jobs.inputs(j)["inputs"].shape[1:] == (30,) for j in queued)
-    followed = [b for b in at.button if b.key and b.key.startswith("gb_output_job_cancel_")]
-    assert len(followed) == 2
-    followed[0].click().run()
-    assert sorted(j.status for j in ws.jobs.list(OP)) == ["cancelled", "queued"]
+    assert any("editor role" in i.value for i in at.info)
+    assert ws.jobs.list(OP) == []
 
 
 @pytest.mark.browser

@@ -64,11 +64,10 @@ def test_editor_saves_viewer_reads_reviewer_comments_and_approves(team_server, c
     url, ws = team_server
     ctx = {name: chromium.new_context(viewport={"width": 1400, "height": 1000}) for name in ("ed", "vic", "rita")}
     try:
-        # -- the editor explains on the Output page, saves the run and takes its link --------------
+        # -- the editor explains on the Output page (a job saved as a run) and takes its link ------
         editor = ctx["ed"].new_page()
         editor.set_default_timeout(180_000)
         _sign_in(editor, url + "/output", "ed")
-        editor.get_by_role("button", name="Save run").click()
         code = editor.locator('[data-testid="stCode"]', has_text="?run=").first
         code.wait_for()
         link = re.search(r"https?://\S+\?run=[\w-]+", code.inner_text()).group(0)

@@ -39,8 +39,8 @@ def _sign_in(at: AppTest, name: str, password: str) -> AppTest:
 
 
 def _save_output_run(at: AppTest) -> AppTest:
-    at.switch_page("pages/views/output.py").run()
-    return [b for b in at.button if b.label == "Save run"][0].click().run()
+    """The Output page: its explanation is a job whose result is saved as a run, with its link."""
+    return at.switch_page("pages/views/output.py").run()
 
 
 def test_single_local_user_saves_a_run_and_opens_its_link(home):
@@ -66,9 +66,9 @@ def test_saved_run_redraws_the_saved_arrays_not_a_recomputation(home):
     at = _save_output_run(_app())
     run_id = [c.value for c in at.code if "?run=" in c.value][0].rsplit("=", 1)[1]
     saved = ws.runs.open(Actor.local(), run_id)
-    from ui.run_view import saved_attributions
+    from explain.workspace.records import output_attributions
 
-    attrs = saved_attributions(saved)
+    attrs = output_attributions(saved)
     assert [a.method for a in attrs] == ["integrated_gradients"]
     assert np.array_equal(attrs[0].values, saved.results["0/values"])
     rerun = _app(run=run_id)

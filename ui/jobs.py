@@ -1,21 +1,26 @@
-"""The job queue in the app: the embedded worker, the queue table with progress and Cancel, and
-submitting the sidebar model's explanation as a job (the Queue page).
+"""The job queue in the app: the embedded worker, submitting an explanation as a job and
+following it with progress and Cancel (the Output page's one path), and the queue table (the
+Queue page).
 
 Progress and results live in the workspace's ``jobs`` table, so every session sees the same
 queue; the table redraws itself every two seconds while a job is queued or running.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from explain.config import external_worker
-from explain.service.runners import explain_job
-from explain.workspace import Action
+from explain.digest import digest_array, digest_bytes
+from explain.errors import GlassboxError
+from explain.service.client import finished_run, wait
+from explain.service.runners import explain_methods_job
+from explain.workspace import Action, SavedRun
 from explain.workspace.jobs import JobInfo
-from ui import state
 from ui import workspace as team
 
 REFRESH_S = 2.0
@@ -35,16 +40,59 @@ def ensure_worker() -> None:
         _embedded_worker(ws.url, str(ws.home))
 
 
-def submit_explanation(model, inputs, method: str, params: dict[str, Any], target: int | None,
-                       priority: str = "interactive") -> JobInfo:
-    """Queue ``method`` on ``inputs`` [N, ...] of the current model (registered first if it is an upload)."""
+def request_key(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: int | None) -> str:
+    """What identifies one explanation request of a page: the model, the inputs [N, ...], the
+    methods with their parameters (arrays by digest) and the target."""
+    def plain(value):
+        return digest_array(value) if isinstance(value, np.ndarray) else value
+
+    described = [[name, sorted((k, plain(v)) for k, v in params.items())] for name, params in asked]
+    return digest_bytes(json.dumps([model.sha256, digest_array(inputs), described, target],
+                                   default=str).encode())
+
+
+def submit_explain(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: int | None, *,
+                   rows: list[int] | None = None, shown: list[int] | None = None, labels=None,
+                   sign: str = "all", priority: str = "interactive") -> JobInfo:
+    """Queue ``asked`` (method, parameters) on ``inputs`` [N, ...] of the current model, registered
+    first if it is an upload; the job's result is an Output run."""
     version = team.current_version(model, register=True)
     if version is None:
-        raise PermissionError("This model is not in the workspace and you may not register it.")
-    job_params, arrays, title = explain_job(model, version.name, version.version, inputs,
-                                            {"method": method, "target": target, **params})
+        raise GlassboxError("This model is not in the workspace and could not be registered.")
+    job_params, arrays, title = explain_methods_job(model, version.name, version.version, inputs, asked, target,
+                                                    rows=rows, shown=shown, labels=labels, sign=sign)
     return team.workspace().jobs.submit(team.actor(), "explain", job_params, title=title, inputs=arrays,
                                         priority=priority)
+
+
+def follow_output_job(job_id: str, label: str) -> SavedRun | None:
+    """Wait here for the job, drawing its progress with a Cancel button; its saved run, or None
+    when it was cancelled (the page then offers to explain again).
+
+    Raises:
+        JobNotDone: the job failed (its reason in the message).
+    """
+    ws, who = team.workspace(), team.actor()
+    ensure_worker()
+    bar, cancel_slot = st.empty(), st.empty()
+    if cancel_slot.button("Cancel", key=f"gb_cancel_job_{job_id}"):  # the click ended the last wait
+        ws.jobs.cancel(who, job_id)
+
+    def draw(job: JobInfo) -> None:
+        if job.status == "queued":
+            waiting = "start `python -m explain worker`" if external_worker() else "the worker is busy"
+            bar.progress(0.0, text=f"{label}: queued as job {job.id} ({waiting})")
+        elif job.status == "running":
+            bar.progress(job.progress, text=f"{label}: {round(100 * job.progress)}% (job {job.id})")
+
+    job = wait(ws, who, job_id, on_progress=draw)
+    bar.empty()
+    cancel_slot.empty()
+    if job.status == "cancelled":
+        st.session_state["gb_cancelled"] = True
+        st.session_state.get("gb_output_jobs", {}).clear()
+        return None
+    return finished_run(ws, who, job)
 
 
 def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:
@@ -82,33 +130,3 @@ def _queue_body() -> None:
 def render_queue() -> None:
     """The queue table, progress bars and Cancel buttons; redrawn every `REFRESH_S` seconds."""
     _queue_body()
-
-
-def render_queue_button(model, inputs, methods: list[str], params_by_method: dict[str, dict[str, Any]],
-                        target: int | None) -> None:
-    """The Output page's "Queue as jobs": the same methods on the same inputs [N, ...] as interactive
-    jobs (they survive a closed tab, every session sees them, each result is saved as a run)."""
-    if not team.can(Action.SAVE_RUN):
-        return
-    if st.button("Queue as jobs", key="gb_output_queue",
-                 help="Run these methods in the team's job queue; each result is saved as a run."):
-        with state.error_boundary("Queueing the explanation"):
-            st.session_state["gb_output_jobs"] = [
-                submit_explanation(model, inputs, m, params_by_method.get(m, {}), target).id for m in methods]
-    ids = st.session_state.get("gb_output_jobs")
-    if ids:
-        _render_followed(ids)
-
-
-@st.fragment(run_every=REFRESH_S)
-def _render_followed(ids: list[str]) -> None:
-    ws, who = team.workspace(), team.actor()
-    for job_id in ids:
-        job = ws.jobs.get(who, job_id)
-        if job.status == "done":
-            st.caption(f"{job.title}: done, saved as run [{job.run}](/?run={job.run})")
-            continue
-        c1, c2 = st.columns([5, 1])
-        c1.progress(job.progress, text=f"{job.title} · {job.status}" + (f" · {job.error}" if job.error else ""))
-        if job.status in ("queued", "running"):
-            c2.button("Cancel", key=f"gb_output_job_cancel_{job.id}", on_click=ws.jobs.cancel, args=(who, job.id))

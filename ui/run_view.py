@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.attribution import Attribution
 from explain.digest import digest_array
 from explain.finding import Finding
 from explain.loading.loader import load_model
@@ -25,7 +24,7 @@ from explain.report.review import review_record
 from explain.report.sections import build_report
 from explain.spec import InputSpec
 from explain.workspace import RunRecord, SavedRun
-from explain.workspace.records import output_record  # noqa: F401 (the pages import it from here)
+from explain.workspace.records import output_attributions, output_record  # noqa: F401 (the pages import output_record from here)
 from ui import workspace as team
 from ui.attribution_view import MapOptions, render_grid, render_summary
 from ui.text import escape_markdown
@@ -74,23 +73,11 @@ def run_model(run: SavedRun) -> LoadedModel:
     return model
 
 
-def saved_attributions(run: SavedRun) -> list[Attribution]:
-    info = run.info
-    out = []
-    for i, method in enumerate(info.summary.get("methods", [])):
-        arrays = {k.split("/", 1)[1]: v for k, v in run.results.items() if k.startswith(f"{i}/")}
-        out.append(Attribution.from_npz_dict(arrays, method, info.params.get(method, {}),
-                                             device=info.environment.get("device", "cpu"),
-                                             precision=info.environment.get("precision", "fp32"),
-                                             seconds=float(info.summary.get("seconds", {}).get(method) or 0.0)))
-    return out
-
-
 def render_saved_run(run: SavedRun) -> None:
     """Draw a run exactly as saved: the Output grid from the saved arrays, or the saved tables."""
     if run.info.page == "output":
         model = run_model(run)
-        attrs = saved_attributions(run)
+        attrs = output_attributions(run)
         labels = run.inputs.get("labels")
         render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
                     MapOptions(sign=run.info.summary.get("sign", "all")))
@@ -112,7 +99,7 @@ def rerun_differences(run: SavedRun) -> pd.DataFrame:
     largest absolute difference to the saved map and both completeness errors."""
     model = run_model(run)
     rows = []
-    for attr in saved_attributions(run):
+    for attr in output_attributions(run):
         bar = ProgressBar(f"Re-running {attr.method}")
         try:
             fresh = get_method(attr.method).explain(model, run.inputs["inputs"], target=run.info.target,

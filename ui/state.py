@@ -173,12 +173,6 @@ def _explicit_spec() -> UploadedBlob | None:
     return st.session_state.get(_SPEC_UPLOAD_KEY) or st.session_state.get(_FORM_SPEC_KEY)
 
 
-def explicit_spec_json() -> bytes | None:
-    """The uploaded spec JSON, or the spec form's (what registering the upload stores with it)."""
-    blob = _explicit_spec()
-    return blob.data if blob else None
-
-
 def _input_sample() -> np.ndarray | None:
     """Row 0 of the first model-ready input upload: what tells the spec of a model that has none."""
     for blob in input_uploads():

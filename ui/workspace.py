@@ -19,6 +19,7 @@ from explain.digest import digest_bytes
 from explain.errors import GlassboxError
 from explain.model import LoadedModel
 from explain.report.review import ReviewRecord, review_record
+from explain.service.client import model_name_from_file, register_model
 from explain.workspace import Action, Actor, RunRecord, Workspace, open_workspace
 from explain.workspace.registry import VersionInfo
 from explain.workspace.roles import allows
@@ -165,9 +166,7 @@ def current_version(model: LoadedModel, *, register: bool) -> VersionInfo | None
     blob = state.model_upload()
     if blob is None or blob.sha256 != model.sha256:
         return None
-    spec = state.explicit_spec_json()
-    name = model_name_from_file(blob.name)
-    return ws.registry.register(who, name, blob.data, blob.name, spec_json=spec)
+    return register_model(ws, who, model, blob.data, blob.name, model_name_from_file(blob.name))
 
 
 def current_review(model: LoadedModel) -> ReviewRecord | None:
@@ -178,15 +177,6 @@ def current_review(model: LoadedModel) -> ReviewRecord | None:
         return None
     record = review_record(workspace(), actor(), version.name, version.version)
     return record if record.decisions or record.comments else None  # nothing reviewed: no section
-
-
-def model_name_from_file(filename: str) -> str:
-    stem = filename.rsplit("/", 1)[-1]
-    for suffix in (".safetensors", ".pt2", ".zip", ".pt", ".pth", ".ckpt", ".bin", ".jit", ".ts", ".torchscript"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-._") or "model"
-    return cleaned[:200]
 
 
 def share_link(**params: str) -> str:

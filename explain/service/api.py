@@ -20,7 +20,6 @@ traceback.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from explain.config import api_max_body_bytes, api_max_jobs, external_worker
 from explain.errors import GlassboxError, InputRefused, NotFound, PermissionDenied, UsageError
+from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.models import ModelCache
 from explain.service.runners import explain_job, model_array
 from explain.workspace import Actor, Workspace
@@ -235,20 +235,14 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
     @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run")
     def explain(name: str, body: ExplainBody, actor: Actor = Depends(caller)) -> dict:
         job = submit(actor, name, body, "interactive")
-        deadline, wait = time.monotonic() + explain_timeout_s, 0.02
-        while True:
-            job = ws.jobs.get_unchecked(job.id)
-            if job.status not in ("queued", "running"):
-                break
-            if time.monotonic() > deadline:
-                raise ApiError(504, f"Job {job.id} did not finish in {explain_timeout_s:.0f} s; "
-                                    f"follow it at /v1/jobs/{job.id}.")
-            time.sleep(wait)
-            wait = min(wait * 1.5, 0.25)
-        if job.status != "done":
-            raise ApiError(409 if job.status == "cancelled" else 422,
-                           f"Job {job.id} {job.status}: {job.error or 'no reason given'}")
-        run = ws.runs.open(actor, job.run)
+        try:
+            job = wait(ws, actor, job.id, timeout_s=explain_timeout_s)
+            run = finished_run(ws, actor, job)
+        except TimeoutError:
+            raise ApiError(504, f"Job {job.id} did not finish in {explain_timeout_s:.0f} s; "
+                                f"follow it at /v1/jobs/{job.id}.") from None
+        except JobNotDone as exc:
+            raise ApiError(409 if exc.job.status == "cancelled" else 422, exc.message) from None
         values, targets = run.results["0/values"], run.results["0/targets"]
         errors = run.results.get("0/completeness_error")
         return {"explanations": [

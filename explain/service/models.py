@@ -22,6 +22,11 @@ class ModelCache:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
+    def add(self, model: LoadedModel) -> None:
+        """Keep ``model``, loaded elsewhere in this process through `load_model`, under its sha256."""
+        with self._lock:
+            self._models[model.sha256] = model
+
     def get(self, actor: Actor, name: str, version: int) -> LoadedModel:
         return self.load(actor, self.ws.registry.version(actor, name, version))  # the role check, every time
 

@@ -1,6 +1,6 @@
 """What each job kind runs: a function from a `JobContext` to the `RunRecord` the job saves.
 
-    RUNNERS["explain"]   one method on a batch of inputs -> an Output run (`explain_job` builds it)
+    RUNNERS["explain"]   methods on a batch of inputs -> an Output run (`explain_methods_job` builds it)
     register_runner("dataset", fn)   the seam for dataset-wide runs (issue 14's ``batch``)
 
 A runner reports progress with ``ctx.progress(done, total)``; that call raises `Cancelled`
@@ -48,41 +48,65 @@ def register_runner(kind: str, runner: Runner) -> None:
 
 def explain_job(model: LoadedModel, name: str, version: int, instances: np.ndarray,
                 parameters: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
-    """Check an explain request against the model and method now (a bad request is refused when
-    submitted, not when run): the job's params, its arrays and its title.
-
-    ``parameters``: ``method`` (required), ``target`` (an int, one per instance, or None for the
-    predicted class) and the method's own parameters; array parameters (``background``,
-    ``baseline_array``) as nested lists.
-    """
-    from explain.output.methods import get_method
-
+    """One method, as the API asks for it: ``parameters`` holds ``method`` (required), ``target``
+    (an int, one per instance, or None for the predicted class) and the method's own parameters;
+    array parameters (``background``, ``baseline_array``) as nested lists. See `explain_methods_job`."""
     given = dict(parameters or {})
     method_name = given.pop("method", None)
     if not isinstance(method_name, str):
         raise UsageError("parameters.method is required (e.g. \"integrated_gradients\").")
-    method = get_method(method_name)
     target = given.pop("target", None)
+    return explain_methods_job(model, name, version, instances, [(method_name, given)], target)
+
+
+def explain_methods_job(model: LoadedModel, name: str, version: int, instances: np.ndarray,
+                        methods: list[tuple[str, dict[str, Any]]], target: Any = None, *,
+                        rows: list[int] | None = None, shown: list[int] | None = None,
+                        labels: np.ndarray | None = None, sign: str = "all",
+                        ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """Check an explain request against the model and its methods now (a bad request is refused
+    when submitted, not when run): the job's params, its arrays and its title.
+
+    ``instances`` [N, ...] are the rows explained; ``rows`` their indices in the page's batch,
+    ``shown`` the ones whose maps are drawn, ``labels`` [N] their labels if known (all as the
+    Output page saves them). Method ``i``'s array parameters travel as arrays ``"{i}/{key}"``.
+    """
+    from explain.output.methods import get_method
+
+    if not methods:
+        raise UsageError("Choose at least one method.")
     if target is not None and not (isinstance(target, int) or (
             isinstance(target, list) and all(isinstance(t, int) for t in target))):
         raise UsageError("parameters.target must be an integer, a list of integers or null.")
     if isinstance(target, list) and len(target) != len(instances):
         raise UsageError(f"parameters.target has {len(target)} entries for {len(instances)} instances.")
     model.as_tensor(instances)  # IncompatibleInput: the wrong shape for this model
-    reason = method.incompatibility(model)
-    if reason:
-        raise UsageError(reason)
-    arrays = {"inputs": instances}
-    for key, spec in method.params.items():
-        if spec.kind == "array" and isinstance(given.get(key), list):
-            arrays[key] = model_array(model, given.pop(key), key)
-        elif spec.kind == "array" and isinstance(given.get(key), np.ndarray):  # from a page's upload widget
-            arrays[key] = given.pop(key)
-        elif spec.kind == "array":
-            given.pop(key, None)  # None: the method's default
-    resolve_params(method.params, {**given, **{k: v for k, v in arrays.items() if k != "inputs"}})
-    params = {"model": name, "version": version, "method": method.name, "target": target, "params": given}
-    return params, arrays, f"{method.name} on {len(instances)} inputs of {name}@v{version}"
+    arrays: dict[str, np.ndarray] = {"inputs": instances}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels)
+    listed = []
+    for i, (method_name, parameters) in enumerate(methods):
+        method = get_method(method_name)
+        reason = method.incompatibility(model)
+        if reason:
+            raise UsageError(reason)
+        given, own = dict(parameters or {}), {}
+        for key, spec in method.params.items():
+            if spec.kind == "array" and isinstance(given.get(key), list):
+                own[key] = model_array(model, given.pop(key), key)
+            elif spec.kind == "array" and isinstance(given.get(key), np.ndarray):  # from a page's upload widget
+                own[key] = given.pop(key)
+            elif spec.kind == "array":
+                given.pop(key, None)  # None: the method's default
+        resolve_params(method.params, {**given, **own})
+        arrays.update({f"{i}/{key}": value for key, value in own.items()})
+        listed.append({"method": method.name, "params": given})
+    n = len(instances)
+    names = [m["method"] for m in listed]
+    params = {"model": name, "version": version, "method": ",".join(names), "target": target, "methods": listed,
+              "rows": list(map(int, rows if rows is not None else range(n))),
+              "shown": list(map(int, shown if shown is not None else range(n))), "sign": sign}
+    return params, arrays, f"{', '.join(names)} on {n} inputs of {name}@v{version}"
 
 
 def model_array(model: LoadedModel, instances: Any, what: str = "instances") -> np.ndarray:
@@ -105,21 +129,29 @@ def model_array(model: LoadedModel, instances: Any, what: str = "instances") -> 
 
 
 def run_explain(ctx: JobContext) -> RunRecord:
-    """One method on the job's inputs, saved as an Output run (as the Output page saves it)."""
+    """The job's methods on its inputs, saved as an Output run (as the Output page saves it)."""
     from explain.output.methods import get_method
 
     p = ctx.job.params
     model = ctx.model(p["model"], int(p["version"]))
     inputs = ctx.inputs["inputs"]  # [N, *input_shape]
-    arrays = {k: v for k, v in ctx.inputs.items() if k != "inputs"}
+    methods = p.get("methods") or [{"method": p["method"], "params": p.get("params", {})}]
     target = np.asarray(p["target"]) if isinstance(p.get("target"), list) else p.get("target")
-    attr = get_method(p["method"]).explain(model, inputs, target=target, progress=ctx.progress, use_cache=False,
-                                           **p.get("params", {}), **arrays)
+    attrs = []
+    for i, entry in enumerate(methods):
+        arrays = {k.split("/", 1)[1]: v for k, v in ctx.inputs.items() if k.startswith(f"{i}/")}
+
+        def progress(done: int, total: int, i: int = i) -> None:  # the methods' batches as one bar
+            ctx.progress(i * max(total, 1) + done, len(methods) * max(total, 1))
+
+        attrs.append(get_method(entry["method"]).explain(model, inputs, target=target, progress=progress,
+                                                         use_cache=False, **entry.get("params", {}), **arrays))
     probs = model.predict_proba(inputs)  # [N, K]
-    shown = list(range(len(inputs)))
-    params = {attr.method: {k: v for k, v in attr.params.items() if not isinstance(v, np.ndarray)}}
-    return output_record(p["model"], int(p["version"]), model, inputs, shown, shown, probs, None, [attr],
-                         p.get("target"), "all", params)
+    rows = p.get("rows") or list(range(len(inputs)))
+    shown = p.get("shown") if p.get("shown") is not None else list(range(len(inputs)))
+    params = {a.method: {k: v for k, v in a.params.items() if not isinstance(v, np.ndarray)} for a in attrs}
+    return output_record(p["model"], int(p["version"]), model, inputs, rows, shown, probs,
+                         ctx.inputs.get("labels"), attrs, p.get("target"), p.get("sign", "all"), params)
 
 
 register_runner("explain", run_explain)

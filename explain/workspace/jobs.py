@@ -53,6 +53,7 @@ class JobInfo:
     title: str
     owner: str
     owner_is_token: bool
+    owner_is_operator: bool
     priority: str
     status: str
     progress: float
@@ -73,11 +74,12 @@ class JobInfo:
     @property
     def owner_actor(self) -> Actor:
         """Who the job acts as when it saves its run (its role is checked again then)."""
-        return Actor(self.owner, token=self.owner_is_token)
+        return Actor(self.owner, token=self.owner_is_token, operator=self.owner_is_operator)
 
 
 def _info(row: Job) -> JobInfo:
-    return JobInfo(row.id, row.kind, row.title, row.owner, bool(row.owner_is_token), row.priority, row.status,
+    return JobInfo(row.id, row.kind, row.title, row.owner, bool(row.owner_is_token),
+                   bool(row.owner_is_operator), row.priority, row.status,
                    float(row.progress or 0.0), dict(row.params or {}), row.run_id, row.error,
                    bool(row.cancel_requested), row.worker, int(row.attempts or 0), _stamp(row.created_at),
                    _stamp(row.started_at), _stamp(row.finished_at), row.inputs_sha256)
@@ -125,7 +127,7 @@ class Jobs:
                     raise QueueFull(f"{actor.name} already has {active} jobs queued or running "
                                     f"(the limit is {max_active}).", "Wait for one to finish.")
             row = Job(id=new_id(), kind=kind, title=(title or kind)[:500], owner=actor.name,
-                      owner_is_token=actor.token, priority=priority, status="queued", progress=0.0,
+                      owner_is_token=actor.token, owner_is_operator=actor.operator, priority=priority, status="queued", progress=0.0,
                       params=params, inputs_sha256=inputs_sha, cancel_requested=False, attempts=0)
             s.add(row)
             s.flush()
@@ -227,12 +229,15 @@ class Jobs:
         return out
 
     # -- working (the worker runs as the server: no actor) --------------------------------------
-    def claim(self, worker: str, kinds: tuple[str, ...] | None = None) -> JobInfo | None:
-        """Take the next queued job (of ``kinds`` if given) for ``worker``: None when none is queued."""
+    def claim(self, worker: str, kinds: tuple[str, ...] | None = None, only: str | None = None) -> JobInfo | None:
+        """Take the next queued job (of ``kinds`` if given; the job ``only`` if given: a CLI runs its
+        own job) for ``worker``: None when none is queued."""
         with self.core.db.transaction() as s:
             query = select(Job).where(Job.status == "queued")
             if kinds is not None:
                 query = query.where(Job.kind.in_(kinds))
+            if only is not None:
+                query = query.where(Job.id == only)
             queued = [_info(r) for r in s.scalars(query)]
             for job in self.order(queued, self._last_starts(queued, s)):
                 now = utcnow()

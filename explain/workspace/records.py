@@ -10,7 +10,7 @@ import numpy as np
 from explain.attribution import Attribution
 from explain.digest import digest_array
 from explain.model import LoadedModel
-from explain.workspace.runs import RunRecord, environment
+from explain.workspace.runs import RunRecord, SavedRun, environment
 
 
 def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarray, rows: Sequence[int],
@@ -37,3 +37,17 @@ def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarra
                  "max_completeness_error": {a.method: a.max_completeness_error for a in attrs},
                  "seconds": {a.method: a.seconds for a in attrs}, "notes": {a.method: a.notes for a in attrs}},
         environment=environment(device=first.device, precision=first.precision))
+
+
+def output_attributions(run: SavedRun) -> list[Attribution]:
+    """The inverse of `output_record`: an Output run's attributions, one per method, as computed."""
+    info = run.info
+    out = []
+    for i, method in enumerate(info.summary.get("methods", [])):
+        arrays = {k.split("/", 1)[1]: v for k, v in run.results.items() if k.startswith(f"{i}/")}
+        out.append(Attribution.from_npz_dict(arrays, method, info.params.get(method, {}),
+                                             device=info.environment.get("device", "cpu"),
+                                             precision=info.environment.get("precision", "fp32"),
+                                             seconds=float(info.summary.get("seconds", {}).get(method) or 0.0),
+                                             notes=list(info.summary.get("notes", {}).get(method) or [])))
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import false as sql_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -152,6 +153,7 @@ class Job(Base):
     title: Mapped[str] = mapped_column(String(500))
     owner: Mapped[str] = mapped_column(String(200), index=True)  # a user name or an API token's name
     owner_is_token: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner_is_operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_false())
     priority: Mapped[str] = mapped_column(String(20))  # "interactive" | "batch"
     status: Mapped[str] = mapped_column(String(20), index=True)  # queued|running|done|failed|cancelled
     progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1

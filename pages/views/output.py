@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from explain.errors import Cancelled
 from explain.output.methods import compatible_methods, get_method
+from explain.workspace import Action
+from explain.workspace.records import output_attributions
 from ui import jobs, state
 from ui import workspace as team
 from ui.attribution_view import map_controls, render_downloads, render_grid, render_summary
 from ui.quality_view import render_quality_tab
-from ui.run_view import output_record
 from ui.text import escape_markdown
-from ui.widgets import ProgressBar, param_widgets
+from ui.widgets import param_widgets
 
 DEFAULT_METHOD = "integrated_gradients"
 MAX_ROWS = {"image": 4, "tabular": 3, "text": 4}
@@ -63,36 +63,37 @@ target = None if target_choice == "predicted class" else target_options.index(ta
 explain_rows = list(range(n_inputs)) if model.modality == "tabular" else sorted(rows or default_rows)
 inputs = batch.array[explain_rows]
 
+if not team.can(Action.SAVE_RUN):
+    st.info(f"Explanations run as jobs in the team's queue and are saved as runs, which needs the editor role; "
+            f"yours ({team.role() or 'none'}) may read saved runs: open one on the Saved runs page.")
+    st.stop()
+
+shown = [explain_rows.index(r) for r in (rows or default_rows) if r in explain_rows]
+labels = batch.labels[explain_rows] if batch.labels is not None else None
+asked = [(name, params_by_method.get(name, {})) for name in chosen]
+job_key = jobs.request_key(model, inputs, asked, target)
+followed = st.session_state.setdefault("gb_output_jobs", {})  # request key -> job id
+
 if st.session_state.get("gb_cancelled"):
     st.info("The last run was cancelled.")
     if not st.button("Explain", type="primary"):
         st.stop()
     st.session_state["gb_cancelled"] = False
 
-results = []
-cancel_slot = st.empty()
-for name in chosen:
-    params = params_by_method.get(name, {})
-    with state.error_boundary(f"Explaining with {name}"):
-        bar = ProgressBar(f"Explaining with {name}")
-        if cancel_slot.button("Cancel", key=f"gb_cancel_{name}"):
-            st.session_state["gb_cancelled"] = True
-            st.rerun()
-        try:
-            # Explainer.explain keeps results in the process-wide LRU cache (explain.output.cache),
-            # keyed by (model sha256, inputs hash, method, parameters, target): reruns cost nothing.
-            attr = get_method(name).explain(model, inputs, target=target, progress=bar, **params)
-        except Cancelled:
-            st.session_state["gb_cancelled"] = True
-            raise
-        finally:
-            bar.clear()
-        results.append(attr)
-cancel_slot.empty()
+run = None
+with state.error_boundary("Explaining"):
+    if job_key not in followed:
+        job = jobs.submit_explain(model, inputs, asked, target, rows=explain_rows, shown=shown, labels=labels,
+                                  sign=map_options.sign)
+        followed[job_key] = job.id
+    run = jobs.follow_output_job(followed[job_key], f"Explaining with {', '.join(chosen)}")
+if run is None:  # cancelled (here or on the Queue page): the next run says so and offers Explain
+    if st.session_state.get("gb_cancelled"):
+        st.rerun()
+    st.stop()
+results = output_attributions(run)
 
 if results:
-    shown = [explain_rows.index(r) for r in (rows or default_rows) if r in explain_rows]
-    labels = batch.labels[explain_rows] if batch.labels is not None else None
     maps_tab, quality_tab = st.tabs(["Maps", "Quality"])
     with quality_tab:  # first, so the maps carry its quality line
         quality = render_quality_tab(model, results, state.current_masks(), explain_rows)
@@ -101,7 +102,4 @@ if results:
         render_summary(model, results)
         with st.expander("Download"):
             render_downloads(model, results)
-        team.render_save_run("output", model, lambda name, version: output_record(
-            name, version, model, inputs, explain_rows, shown, probs[explain_rows], labels, results, target, map_options.sign,
-            params_by_method), key="output")
-        jobs.render_queue_button(model, inputs, chosen, params_by_method, target)
+        team.render_share_link(f"Saved as run `{run.info.id}` (job {followed[job_key]}). Link to it:", run=run.info.id)

@@ -27,7 +27,7 @@ if team.can(Action.SAVE_RUN):
             priority = c3.radio("Priority", ("interactive", "batch"), key="gb_job_priority")
             params = param_widgets(method, get_method(method).params)
             if st.button("Queue", type="primary", key="gb_job_submit"):
-                job = jobs.submit_explanation(model, batch.array[: int(count)], method, params, None, priority)
+                job = jobs.submit_explain(model, batch.array[: int(count)], [(method, params)], None, priority=priority)
                 st.success(f"Queued job `{job.id}`.")
 
 with state.error_boundary("Listing the queue"):

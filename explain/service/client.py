@@ -1,0 +1,109 @@
+"""Asking the queue and waiting for the answer: the one path by which the Output page, the CLI
+(``attribute``, ``batch``) and the HTTP API get their explanations.
+
+    version = register_model(ws, actor, model, data, filename, name)   # the job names a registry version
+    job = ws.jobs.submit(actor, "explain", params, inputs=arrays, priority="interactive")
+    job = run_here(ws, job.id)            # a CLI with no team worker: this process is the worker
+    job = wait(ws, actor, job.id, on_progress=draw)   # a page or the API: a worker runs it
+    run = finished_run(ws, actor, job)    # the saved run, or `JobNotDone` with the job's reason
+
+Whoever runs the job, it is claimed, heart-beaten, cancellable and saved under its id exactly as
+`explain.service.worker.Worker` does it, so a page's, a CLI's and an API caller's results are
+saved runs alike and every session sees their progress on the Queue page.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from explain.errors import GlassboxError
+from explain.model import LoadedModel
+from explain.workspace import Actor, SavedRun, Workspace
+from explain.workspace.jobs import ACTIVE, JobInfo
+from explain.workspace.registry import VersionInfo
+
+#: Where a model's spec came from when the file alone does not give it back: it is stored with
+#: the version, so a worker that loads the version from the registry feeds it the same way.
+SPEC_NOT_IN_FILE = ("explicit", "inputs")
+
+
+class JobNotDone(GlassboxError):
+    """The job ended without a result: failed (with its reason) or cancelled."""
+
+    def __init__(self, job: JobInfo):
+        reason = job.error or ("cancelled" if job.status == "cancelled" else "no reason given")
+        super().__init__(f"Job {job.id} {job.status}: {reason}")
+        self.job = job
+
+
+def register_model(ws: Workspace, actor: Actor, model: LoadedModel, data: bytes, filename: str,
+                   name: str) -> VersionInfo:
+    """The registry version of ``data`` (the file ``model`` was loaded from): found by its sha256,
+    else registered as ``name`` with the spec the file does not carry (`SPEC_NOT_IN_FILE`)."""
+    found = ws.registry.find_by_sha(actor, model.sha256)
+    if found is not None:
+        return found
+    spec = model.spec.to_json().encode() if model.extra.get("spec_source") in SPEC_NOT_IN_FILE else None
+    return ws.registry.register(actor, name, data, filename, spec_json=spec)
+
+
+def model_name_from_file(filename: str) -> str:
+    """A registry name from a file or folder name: its stem, in letters, digits and ``._-``."""
+    stem = filename.rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".pt2", ".zip", ".pt", ".pth", ".ckpt", ".bin", ".jit", ".ts", ".torchscript"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-._") or "model"
+    return cleaned[:200]
+
+
+def wait(ws: Workspace, actor: Actor, job_id: str, on_progress: Callable[[JobInfo], None] | None = None,
+         timeout_s: float | None = None, poll_s: float = 0.25) -> JobInfo:
+    """Poll the job until it ends (done, failed, cancelled); ``on_progress(job)`` after each look.
+
+    Raises:
+        TimeoutError: still queued or running after ``timeout_s``.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pause = 0.02
+    while True:
+        job = ws.jobs.get(actor, job_id)
+        if on_progress is not None:
+            on_progress(job)
+        if job.status not in ACTIVE:
+            return job
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"Job {job_id} did not finish in {timeout_s:.0f} s.")
+        time.sleep(pause)
+        pause = min(pause * 1.5, poll_s)
+
+
+def run_here(ws: Workspace, job_id: str, loaded: LoadedModel | None = None) -> JobInfo:
+    """Claim the queued job ``job_id`` and run it in this process, as a worker would (``loaded``:
+    the job's model, already loaded here); if a worker took it first, wait for that worker. The
+    job as it ended."""
+    from explain.service.worker import Worker
+
+    worker = Worker(ws, name=f"{socket.gethostname()}:{os.getpid()}:cli")
+    if loaded is not None:
+        worker.models.add(loaded)
+    job = ws.jobs.claim(worker.name, only=job_id)
+    if job is not None:
+        worker.run_job(job)
+    else:
+        while ws.jobs.get_unchecked(job_id).status in ACTIVE:
+            time.sleep(0.25)
+    return ws.jobs.get_unchecked(job_id)
+
+
+def finished_run(ws: Workspace, actor: Actor, job: JobInfo) -> SavedRun:
+    """The run a finished job saved.
+
+    Raises:
+        JobNotDone: the job failed or was cancelled (its reason in the message).
+    """
+    if job.status != "done" or not job.run:
+        raise JobNotDone(job)
+    return ws.runs.open(actor, job.run)
