@@ -250,3 +250,35 @@ def test_ray_is_not_imported_by_explain_the_cli_or_the_local_engine():
             "explain.load_model; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cli_batch_is_a_batch_job_saved_as_a_dataset_run_with_partial_summaries(capsys, tmp_path, monkeypatch):
+    """``batch`` goes through the queue: a batch-priority "dataset" job, its summary published after
+    each shard but the last, its result a saved run holding exactly RUN.npz."""
+    from explain.cli.workspace_arg import cli_actor
+    from explain.dataset.job import saved_dataset
+    from explain.workspace import open_workspace
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("GLASSBOX_HOME", str(home))
+    inputs = str(sample_models.sample_dir("cancer") / "samples.npz")
+    code, payload, err = _cli(capsys, ["batch", "cancer", "--inputs", inputs, "--method", "saliency",
+                                       "--shard-rows", "8", "--out", str(tmp_path / "run.npz")])
+    assert code == 0, err
+    ws = open_workspace(home=home)
+    try:
+        (job,) = ws.jobs.list(cli_actor())
+        assert (job.kind, job.priority, job.status, job.run) == ("dataset", "batch", "done", payload["run"])
+        partial = ws.jobs.partial(job)
+        assert partial["summary_progress"][:4].tolist() == [24, 32, 3, 4]  # 3 of 4 shards, 24 of 32 rows
+        run = ws.runs.open(cli_actor(), payload["run"])
+        assert run.info.page == "dataset" and run.info.summary["shards"] == 4
+        saved = np.load(tmp_path / "run.npz")
+        assert sorted(saved.files) == sorted(run.results)
+        for key in saved.files:
+            np.testing.assert_array_equal(saved[key], run.results[key])
+        view = saved_dataset(run, "tabular")
+        np.testing.assert_allclose(view.summary.mean_abs, np.abs(saved["values"]).mean(axis=0), rtol=1e-6)
+        assert view.inputs.shape == (32, 30) and view.summary.complete
+    finally:
+        ws.close()

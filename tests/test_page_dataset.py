@@ -47,6 +47,15 @@ def test_dataset_page_explains_every_row_and_shows_mean_abs_per_feature():
     table = at.dataframe[0].value.set_index("feature")["mean |attribution|"]
     np.testing.assert_allclose(table[list(model.spec.feature_names)].to_numpy(), expected, rtol=1e-5)
     assert at.get("download_button")  # the run as .npz
+    link = [c.value for c in at.code if "?run=" in c.value][0]  # a batch job, saved as a run
+
+    opened = AppTest.from_file(str(ROOT / "pages" / "views" / "runs.py"), default_timeout=180)
+    opened.query_params["run"] = link.rsplit("=", 1)[1]
+    opened.run()
+    assert not opened.exception, opened.exception
+    saved = opened.dataframe[0].value.set_index("feature")["mean |attribution|"]
+    np.testing.assert_allclose(saved[list(model.spec.feature_names)].to_numpy(), expected, rtol=1e-5)
+    assert any("32 of 32 rows · 4 of 4 shards" in c.value.replace("\\", "") for c in opened.caption)
 
 
 def _image_zip() -> bytes:

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from explain.dataset.job import DatasetView
 from explain.dataset.reading import Dataset, from_batch, read_dataset
-from explain.dataset.run import DatasetRun
 from explain.model import LoadedModel
 from explain.viz import dataset as viz
 from ui import state
@@ -39,25 +39,28 @@ def current_dataset(model: LoadedModel) -> tuple[Dataset, str]:
     return read_dataset([(b.name, b.data) for b in blobs], model.spec, filename=f"{len(blobs)} images"), key
 
 
-def render_summary(model: LoadedModel, run: DatasetRun, key: str) -> None:
-    """The summaries of the shards finished so far: a table and the modality's figures."""
-    summary = run.summary()
+def render_summary(model: LoadedModel, view: DatasetView, key: str) -> None:
+    """The summaries of the shards finished so far: a table and the modality's figures (the
+    beeswarm once every row's attributions are at hand)."""
+    summary = view.summary
     spec = model.spec
     key = f"{key}_{summary.shards_done}"  # a partial summary per shard in one script run: keys must differ
     st.caption(f"{summary.rows} of {summary.total_rows} rows · {summary.shards_done} of {summary.total_shards} shards"
-               f" · {run.seconds():.1f} s")
+               f" · {view.seconds:.1f} s")
     class_names = [spec.class_name(k) for k in range(len(summary.class_counts))]
     if model.modality == "tabular":
         names = list(spec.feature_names) if spec.feature_names else [f"x{i}" for i in range(summary.mean_abs.size)]
-        values, inputs = run.values_and_inputs()
         c1, c2 = st.columns(2)
         with c1:
             st.markdown("**Mean |attribution| per feature**")
             st.plotly_chart(viz.mean_abs_figure(summary, names), config={"displayModeBar": False}, key=f"{key}_bars")
         with c2:
             st.markdown("**Every row (beeswarm)**")
-            st.plotly_chart(viz.beeswarm_figure(values, inputs, names), config={"displayModeBar": False},
-                            key=f"{key}_swarm")
+            if view.values is not None and view.inputs is not None:
+                st.plotly_chart(viz.beeswarm_figure(view.values, view.inputs, names),
+                                config={"displayModeBar": False}, key=f"{key}_swarm")
+            else:
+                st.caption("Drawn when every shard is done.")
         table = pd.DataFrame({"feature": names, "mean |attribution|": summary.mean_abs})
         st.dataframe(table.sort_values("mean |attribution|", ascending=False), hide_index=True, key=f"{key}_table")
     elif model.modality == "image":
@@ -75,9 +78,10 @@ def render_summary(model: LoadedModel, run: DatasetRun, key: str) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"{key}_table")
 
 
-def render_download(run: DatasetRun) -> None:
+def render_download(arrays: dict[str, np.ndarray]) -> None:
+    """The run's arrays as ``batch`` writes RUN.npz."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **run.arrays())
+    np.savez_compressed(buf, **arrays)
     st.download_button("Download the run (.npz)", buf.getvalue(), "run.npz", "application/octet-stream",
                        key="gb_ds_download")
 

@@ -8,6 +8,7 @@ queue; the table redraws itself every two seconds while a job is queued or runni
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,9 +66,11 @@ def submit_explain(model, inputs, asked: list[tuple[str, dict[str, Any]]], targe
                                         priority=priority)
 
 
-def follow_output_job(job_id: str, label: str) -> SavedRun | None:
-    """Wait here for the job, drawing its progress with a Cancel button; its saved run, or None
-    when it was cancelled (the page then offers to explain again).
+def follow_job(job_id: str, label: str, on_partial: Callable[[dict[str, np.ndarray]], None] | None = None,
+               ) -> tuple[JobInfo, SavedRun | None]:
+    """Wait here for the job, drawing its progress with a Cancel button (``on_partial(arrays)``
+    draws each partial result the worker publishes); the job as it ended and its saved run
+    (None when it was cancelled, here or on the Queue page).
 
     Raises:
         JobNotDone: the job failed (its reason in the message).
@@ -77,6 +80,7 @@ def follow_output_job(job_id: str, label: str) -> SavedRun | None:
     bar, cancel_slot = st.empty(), st.empty()
     if cancel_slot.button("Cancel", key=f"gb_cancel_job_{job_id}"):  # the click ended the last wait
         ws.jobs.cancel(who, job_id)
+    drawn = {"partial": None}
 
     def draw(job: JobInfo) -> None:
         if job.status == "queued":
@@ -84,15 +88,30 @@ def follow_output_job(job_id: str, label: str) -> SavedRun | None:
             bar.progress(0.0, text=f"{label}: queued as job {job.id} ({waiting})")
         elif job.status == "running":
             bar.progress(job.progress, text=f"{label}: {round(100 * job.progress)}% (job {job.id})")
+            if on_partial is not None and job.partial_sha256 and job.partial_sha256 != drawn["partial"]:
+                drawn["partial"] = job.partial_sha256
+                on_partial(ws.jobs.partial(job))
 
     job = wait(ws, who, job_id, on_progress=draw)
     bar.empty()
     cancel_slot.empty()
     if job.status == "cancelled":
-        st.session_state["gb_cancelled"] = True
-        st.session_state.get("gb_output_jobs", {}).clear()
-        return None
-    return finished_run(ws, who, job)
+        return job, None
+    return job, finished_run(ws, who, job)
+
+
+def submit_dataset(model, dataset, method: str, params: dict[str, Any], target, shard_rows: int,
+                   engine: str) -> JobInfo:
+    """Queue a dataset-wide run of the current model (registered first if it is an upload) as a batch job."""
+    from explain.dataset.job import dataset_job
+
+    version = team.current_version(model, register=True)
+    if version is None:
+        raise GlassboxError("This model is not in the workspace and could not be registered.")
+    job_params, arrays, title = dataset_job(model, version.name, version.version, dataset, method, params, target,
+                                            shard_rows, engine)
+    return team.workspace().jobs.submit(team.actor(), "dataset", job_params, title=title, inputs=arrays,
+                                        priority="batch")
 
 
 def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:

@@ -58,6 +58,8 @@ def _frame_json(frame: pd.DataFrame) -> dict:
     return {"columns": [str(c) for c in split["columns"]], "data": split["data"]}
 
 
+REPORT_DATASET_ROWS = 8
+
 # -- showing a saved run ------------------------------------------------------------------------
 @st.cache_resource(max_entries=4, show_spinner="Loading the run's model version…")
 def _version_model(sha256: str, _data: bytes, filename: str, _spec: bytes | None) -> LoadedModel:
@@ -82,6 +84,15 @@ def render_saved_run(run: SavedRun) -> None:
         render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
                     MapOptions(sign=run.info.summary.get("sign", "all")))
         render_summary(model, attrs)
+        return
+    if run.info.page == "dataset":
+        from explain.dataset.job import saved_dataset
+        from ui.dataset_view import render_download
+        from ui.dataset_view import render_summary as render_dataset_summary
+
+        model = run_model(run)
+        render_dataset_summary(model, saved_dataset(run, model.modality), f"run_{run.info.id}")
+        render_download(run.results)
         return
     summary = run.info.summary
     for finding in summary.get("findings", []):
@@ -119,10 +130,14 @@ def run_report_html(run: SavedRun) -> bytes:
     """The HTML report of a run's model version and inputs, with this run's comments and the
     version's decisions (an offline copy that carries the review)."""
     info = run.info
-    methods = info.summary.get("methods") or ["integrated_gradients"]
+    methods = info.summary.get("methods") or ([info.method] if info.page == "dataset" else ["integrated_gradients"])
+    inputs = run.inputs.get("inputs")
+    if info.page == "dataset" and inputs is not None:
+        inputs = inputs[:REPORT_DATASET_ROWS]  # the report draws maps per input: the first rows stand for the rest
     review = review_record(team.workspace(), team.actor(), info.model, info.version, run_id=info.id)
-    report = build_report(run_model(run), run.inputs.get("inputs"), methods=methods,
+    report = build_report(run_model(run), inputs, methods=methods,
                           method_params={m: info.params.get(m, {}) for m in methods} if info.page == "output" else None,
-                          labels=run.inputs.get("labels"), title=f"Glassbox run {info.id}: {info.title}",
+                          labels=None if run.inputs.get("labels") is None else run.inputs["labels"][:len(inputs)],
+                          title=f"Glassbox run {info.id}: {info.title}",
                           invocation={"run": info.id}, review=review)
     return report.to_html().encode("utf-8")

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.cli.model_arg import load_inputs_arg, load_model_arg, model_file_arg
+from explain.cli.model_arg import load_inputs_arg, load_model_arg
 from explain.cli.out_file import replace_atomically
 from explain.errors import UsageError
-from explain.workspace import SavedRun
-from explain.workspace.records import output_attributions
-from sample_models import SAMPLE_NAMES
 
 NAME = "attribute"
 
@@ -42,13 +39,17 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from explain.cli.job_arg import run_as_job
     from explain.output.methods import get_method
+    from explain.service.runners import explain_methods_job
+    from explain.workspace.records import output_attributions
 
     method = get_method(args.method)
     model = load_model_arg(args.model, args.spec, args.inputs)
     inputs = load_inputs_arg(args.inputs, model)
     params = method_params(method, args, model)
-    run = explain_through_queue(args.model, model, inputs, [(method.name, params)], args.target)
+    run = run_as_job(args.model, model, "explain", lambda name, version: explain_methods_job(
+        model, name, version, inputs, [(method.name, params)], args.target))
     (result,) = output_attributions(run)
     out = Path(args.out)
     with replace_atomically(out) as tmp:
@@ -69,30 +70,6 @@ def run(args: argparse.Namespace) -> dict:
         "out": str(out),
         "run": run.info.id,
     }
-
-
-def explain_through_queue(model_arg: str, model, inputs: np.ndarray, asked: list[tuple[str, dict]],
-                          target: int | None) -> SavedRun:
-    """``asked`` (method, parameters) on ``inputs`` [N, ...] as a job in the workspace's queue, run
-    in this process (or, with ``GLASSBOX_EXTERNAL_WORKER=1``, by the team's workers); its saved run.
-
-    Raises:
-        JobNotDone: the job failed (its reason) or was cancelled, e.g. on the Queue page.
-    """
-    from explain.cli.workspace_arg import cli_actor, cli_workspace
-    from explain.config import external_worker
-    from explain.service.client import finished_run, model_name_from_file, register_model, run_here, wait
-    from explain.service.runners import explain_methods_job
-
-    ws, actor = cli_workspace(), cli_actor()
-    data, filename = model_file_arg(model_arg)
-    name = model_arg if model_arg in SAMPLE_NAMES and not Path(model_arg).exists() else model_name_from_file(
-        Path(model_arg).name)
-    version = register_model(ws, actor, model, data, filename, name)
-    job_params, arrays, title = explain_methods_job(model, version.name, version.version, inputs, asked, target)
-    job = ws.jobs.submit(actor, "explain", job_params, title=title, inputs=arrays, priority="interactive")
-    job = wait(ws, actor, job.id) if external_worker() else run_here(ws, job.id, loaded=model)
-    return finished_run(ws, actor, job)
 
 
 def method_params(method, args: argparse.Namespace, model) -> dict:

@@ -1,4 +1,5 @@
-"""Explain a whole dataset shard by shard, locally or on a Ray cluster; write RUN.npz.
+"""Explain a whole dataset shard by shard, locally or on a Ray cluster, as a batch job of the
+workspace's queue (saved as a run, its id printed as ``run``); write RUN.npz.
 
 ``--inputs`` is a ``.npz`` / ``.npy`` / ``.csv`` / ``.txt`` file, a folder of images or a
 zip of them. RUN.npz (written whole or not at all) holds, in dataset order: ``values``
@@ -19,7 +20,7 @@ import numpy as np
 
 from explain import config
 from explain.cli.attribute import add_method_arguments, method_params
-from explain.cli.model_arg import load_model_arg, model_file_arg
+from explain.cli.model_arg import load_model_arg
 from explain.cli.out_file import replace_atomically
 from explain.dataset.reading import DEFAULT_SHARD_ROWS
 from explain.errors import UsageError
@@ -44,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from explain.cli.job_arg import run_as_job
+    from explain.dataset.job import dataset_job
     from explain.dataset.reading import read_dataset
-    from explain.dataset.run import DatasetRun, explain_dataset, make_engine
-    from explain.dataset.summary import summary_dict
     from explain.output.methods import get_method
 
     if args.shard_rows < 1:
@@ -59,33 +60,24 @@ def run(args: argparse.Namespace) -> dict:
     dataset = read_dataset(args.inputs, model.spec)
     params = method_params(method, args, model)
     engine_name = args.engine or ("ray" if config.ray_address() else "local")
-    options = {"actors": args.actors} if engine_name == "ray" else {}
-    model_file = model_file_arg(args.model)[0] if engine_name == "ray" else None
-    engine = make_engine(engine_name, model, model_file, **options)
-    collected = DatasetRun(model, dataset, method.name, args.shard_rows)
-    for shard in explain_dataset(model, dataset, method.name, params, target=_target(args.target),
-                                 shard_rows=args.shard_rows, engine=engine):
-        collected.add(shard)
-    seconds = collected.seconds()
-    arrays = collected.arrays()
+    run = run_as_job(args.model, model, "dataset", lambda name, version: dataset_job(
+        model, name, version, dataset, method.name, params, _target(args.target), args.shard_rows, engine_name,
+        args.actors), priority="batch")
+    arrays = run.results
     out = Path(args.out)
     with replace_atomically(out) as tmp:
         np.savez_compressed(tmp, **arrays)
-    first = collected.finished()[0].attribution
-    errors = arrays["completeness_error"]
+    info = run.info
     return {
         "method": method.name,
         "engine": engine_name,
-        "rows": len(dataset),
-        "shards": collected.n_shards,
-        "seconds": seconds,
-        "attributions_per_s": len(dataset) / seconds if seconds > 0 else None,
-        "max_completeness_error": None if np.all(np.isnan(errors)) else float(np.nanmax(errors)),
-        "device": first.device,
-        "params": {k: v for k, v in first.params.items() if not isinstance(v, np.ndarray)},
+        **{k: info.summary[k] for k in ("rows", "shards", "seconds", "attributions_per_s", "max_completeness_error")},
+        "device": info.environment.get("device"),
+        "params": info.params.get(method.name, {}),
         "shape": list(arrays["values"].shape),
-        "summary": summary_dict(collected.summary(), model.spec),
+        "summary": info.summary["summary"],
         "out": str(out),
+        "run": info.id,
     }
 
 

@@ -83,12 +83,28 @@ class DatasetSummary:
             width = max([len(t) for t in self.top_tokens] + [1])
             tokens = np.full((len(self.top_tokens), width), "", dtype=object)
             scores = np.full((len(self.top_tokens), width), np.nan)
+            counts = np.zeros((len(self.top_tokens), width), dtype=np.int64)
             for k, row in enumerate(self.top_tokens):
                 tokens[k, : len(row)] = [t.token for t in row]
                 scores[k, : len(row)] = [t.total for t in row]
+                counts[k, : len(row)] = [t.count for t in row]
             out["summary_top_tokens"] = tokens.astype(str)
             out["summary_top_token_totals"] = scores
+            out["summary_top_token_counts"] = counts
         return out
+
+    @classmethod
+    def from_npz_dict(cls, arrays: dict[str, np.ndarray], modality: str, rows: int, total_rows: int,
+                      shards_done: int, total_shards: int) -> DatasetSummary:
+        """The inverse of `to_npz_dict` (a saved run's or a running job's summary)."""
+        top: list[list[TokenScore]] = []
+        if "summary_top_tokens" in arrays:
+            counts = arrays.get("summary_top_token_counts")
+            for k, (names, totals) in enumerate(zip(arrays["summary_top_tokens"], arrays["summary_top_token_totals"])):
+                top.append([TokenScore(str(t), float(v), int(counts[k, j]) if counts is not None else 0)
+                            for j, (t, v) in enumerate(zip(names, totals)) if str(t) != "" and np.isfinite(v)])
+        return cls(modality, rows, total_rows, shards_done, total_shards, arrays["summary_mean_abs"],
+                   arrays["summary_class_counts"], arrays["summary_class_means"], top)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """What each job kind runs: a function from a `JobContext` to the `RunRecord` the job saves.
 
     RUNNERS["explain"]   methods on a batch of inputs -> an Output run (`explain_methods_job` builds it)
-    register_runner("dataset", fn)   the seam for dataset-wide runs (issue 14's ``batch``)
+    RUNNERS["dataset"]   one method on a whole dataset, shard by shard -> a Dataset run
+                         (`explain.dataset.job.dataset_job` builds it)
 
 A runner reports progress with ``ctx.progress(done, total)``; that call raises `Cancelled`
 when the job's owner cancelled it, which the attribution engine lets through.
@@ -32,6 +33,8 @@ class JobContext:
     inputs: dict[str, np.ndarray]  # the arrays submitted with the job
     progress: ProgressFn
     models: ModelCache
+    #: the job's result so far, for every session following it (`Jobs.publish_partial`)
+    publish: Callable[[dict[str, np.ndarray]], None] = lambda arrays: None
 
     def model(self, name: str, version: int) -> LoadedModel:
         """A registry version, loaded as the job's owner may see it."""
@@ -155,3 +158,16 @@ def run_explain(ctx: JobContext) -> RunRecord:
 
 
 register_runner("explain", run_explain)
+
+
+def run_dataset(ctx: JobContext) -> RunRecord:
+    """Every shard of the job's dataset (`explain.dataset.job.run_dataset_job`), saved as a Dataset run."""
+    from explain.dataset.job import run_dataset_job
+
+    p = ctx.job.params
+    model = ctx.model(p["model"], int(p["version"]))
+    return run_dataset_job(model, p, ctx.inputs, ctx.progress, ctx.publish,
+                           lambda: ctx.ws.registry.file(ctx.job.owner_actor, p["model"], int(p["version"]))[0])
+
+
+register_runner("dataset", run_dataset)

@@ -103,7 +103,14 @@ class Worker:
         try:
             if jobs.heartbeat(job.id, me):  # cancelled between claim and start
                 raise Cancelled("The job was cancelled.")
-            ctx = JobContext(self.ws, job, jobs.inputs(job), progress, self.models)
+            def publish(arrays) -> None:
+                try:
+                    jobs.publish_partial(job.id, me, arrays)
+                except LostJob:
+                    state["lost"] = True
+                    raise Cancelled("The job was taken back from this worker.") from None
+
+            ctx = JobContext(self.ws, job, jobs.inputs(job), progress, self.models, publish)
             record = RUNNERS[job.kind](ctx)
             if state["lost"]:
                 return

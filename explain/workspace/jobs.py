@@ -67,6 +67,7 @@ class JobInfo:
     started: str | None
     finished: str | None
     inputs_sha256: str | None
+    partial_sha256: str | None = None  # a running job's result so far (`Jobs.partial`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +83,8 @@ def _info(row: Job) -> JobInfo:
                    bool(row.owner_is_operator), row.priority, row.status,
                    float(row.progress or 0.0), dict(row.params or {}), row.run_id, row.error,
                    bool(row.cancel_requested), row.worker, int(row.attempts or 0), _stamp(row.created_at),
-                   _stamp(row.started_at), _stamp(row.finished_at), row.inputs_sha256)
+                   _stamp(row.started_at), _stamp(row.finished_at), row.inputs_sha256,
+                   row.partial_sha256)
 
 
 def _aware(when: datetime | None) -> datetime | None:
@@ -263,6 +265,24 @@ class Jobs:
             if changed != 1:
                 raise LostJob(f"Job {job_id} is no longer run by {worker}.")
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+    def publish_partial(self, job_id: str, worker: str, arrays: dict[str, np.ndarray]) -> None:
+        """Store ``arrays`` as the running job's result so far (e.g. a dataset summary after each shard).
+
+        Raises:
+            LostJob: the job is no longer this worker's.
+        """
+        sha = self.core.blobs.put_arrays(arrays)
+        with self.core.db.transaction() as s:
+            changed = s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+                                .values(partial_sha256=sha).execution_options(synchronize_session=False)).rowcount
+            if changed != 1:
+                raise LostJob(f"Job {job_id} is no longer run by {worker}.")
+
+    def partial(self, job: JobInfo) -> dict[str, np.ndarray] | None:
+        """The result so far that the job's worker published last (None if none), for a caller
+        who just read ``job`` (so may see it)."""
+        return self.core.blobs.get_arrays(job.partial_sha256) if job.partial_sha256 else None
 
     def _end(self, job_id: str, worker: str, **values: Any) -> bool:
         with self.core.db.transaction() as s:

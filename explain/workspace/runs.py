@@ -22,7 +22,7 @@ from explain.workspace.registry import Registry
 from explain.workspace.roles import Action, Actor
 from explain.workspace.schema import Model, ModelVersion, Run
 
-PAGES = ("output", "structure", "training", "overview")
+PAGES = ("output", "structure", "training", "overview", "dataset")
 _PACKAGES = ("torch", "captum", "shap", "numpy", "streamlit", "transformers")
 
 

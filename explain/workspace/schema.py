@@ -159,6 +159,7 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
     params: Mapped[dict] = mapped_column(JSON)
     inputs_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # .npz blob
+    partial_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a running job's partial result
     run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

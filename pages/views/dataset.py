@@ -4,9 +4,11 @@ from __future__ import annotations
 import streamlit as st
 
 from explain import config
-from explain.dataset.run import DatasetRun, explain_dataset, make_engine
+from explain.dataset.job import partial_view, saved_dataset
 from explain.output.methods import compatible_methods, get_method
-from ui import state
+from explain.workspace import Action
+from ui import jobs, state
+from ui import workspace as team
 from ui.dataset_view import (
     DATASET_TYPES,
     current_dataset,
@@ -18,10 +20,11 @@ from ui.dataset_view import (
 from ui.widgets import param_widgets
 
 DEFAULT_METHOD = "integrated_gradients"
-RESULT_KEY = "gb_ds_result"  # (run key, DatasetRun) of the last finished run
+JOBS_KEY = "gb_ds_jobs"  # run settings -> the job that explains the dataset with them
 
 st.title("Dataset explanations")
-st.caption("Explain every row of a dataset: summaries over all of them, drawn as each shard finishes.")
+st.caption("Explain every row of a dataset as a batch job of the team's queue: summaries over all of them, "
+           "drawn as each shard finishes, and the whole run saved.")
 
 ready = False
 with state.error_boundary("Loading the model and the dataset"):
@@ -52,37 +55,42 @@ with state.error_boundary("Loading the model and the dataset"):
 if not ready:
     st.stop()
 
-run_key = (model.sha256, data_key, method, repr(sorted(params.items())), target, shard_rows, engine_name)
-stored = st.session_state.get(RESULT_KEY)
+if not team.can(Action.SAVE_RUN):
+    st.info(f"Dataset runs are batch jobs in the team's queue, saved as runs, which needs the editor role; "
+            f"yours ({team.role() or 'none'}) may read saved runs: open one on the Saved runs page.")
+    st.stop()
+
+run_key = repr((model.sha256, data_key, method, sorted(params.items()), target, shard_rows, engine_name))
+followed = st.session_state.setdefault(JOBS_KEY, {})  # run key -> job id
 
 if st.button("Explain the dataset", type="primary", key="gb_ds_run"):
-    st.session_state[RESULT_KEY] = None
-    with state.error_boundary(f"Explaining the dataset with {method}"):
-        run = DatasetRun(model, dataset, method, shard_rows)
-        model_file = state.current_model_file()[0] if engine_name == "ray" else None
-        engine = make_engine(engine_name, model, model_file)
-        bar = st.progress(0.0, text=f"0 of {run.n_shards} shards")
-        cancel = st.empty()
-        cancel.button("Cancel", key="gb_ds_cancel")  # pressing it stops this script run at the next shard
-        live = st.empty()
-        for shard in explain_dataset(model, dataset, method, params, target=target, shard_rows=shard_rows,
-                                     engine=engine):
-            run.add(shard)
-            bar.progress(len(run.results) / run.n_shards,
-                         text=f"{len(run.results)} of {run.n_shards} shards · {run.rows_done} rows")
-            with live.container():
-                render_summary(model, run, "ds_live")
-        bar.empty()
-        cancel.empty()
-        live.empty()
-        st.session_state[RESULT_KEY] = (run_key, run)
-        stored = st.session_state[RESULT_KEY]
+    with state.error_boundary(f"Queueing the dataset run with {method}"):
+        followed[run_key] = jobs.submit_dataset(model, dataset, method, params, target, shard_rows, engine_name).id
 
-if stored and stored[0] == run_key and stored[1].complete:
-    run = stored[1]
-    st.success(f"Explained {len(dataset)} rows with {method} in {run.seconds():.1f} s ({engine_name}).")
+if run_key not in followed:
+    if followed:
+        st.info("The settings changed since the last run: explain the dataset again.")
+    st.stop()
+
+run = None
+with state.error_boundary(f"Explaining the dataset with {method}"):
+    live = st.empty()
+
+    def draw_partial(arrays) -> None:
+        with live.container():
+            render_summary(model, partial_view(arrays, model.modality), "ds_live")
+
+    job, run = jobs.follow_job(followed[run_key], f"Explaining {len(dataset)} rows with {method}", draw_partial)
+    live.empty()
+    if job.status == "cancelled":
+        del followed[run_key]
+        st.info("The dataset run was cancelled.")
+
+if run is not None:
+    info = run.info
+    st.success(f"Explained {info.summary['rows']} rows with {method} in {info.summary['seconds']:.1f} s "
+               f"({info.summary['engine']}).")
     with state.error_boundary("Drawing the summaries"):
-        render_summary(model, run, "ds_final")
-        render_download(run)
-elif stored:
-    st.info("The settings changed since the last run: explain the dataset again.")
+        render_summary(model, saved_dataset(run, model.modality), "ds_final")
+        render_download(run.results)
+        team.render_share_link(f"Saved as run `{info.id}`. Link to it:", run=info.id)

@@ -86,10 +86,12 @@ with state.error_boundary("Explaining"):
         job = jobs.submit_explain(model, inputs, asked, target, rows=explain_rows, shown=shown, labels=labels,
                                   sign=map_options.sign)
         followed[job_key] = job.id
-    run = jobs.follow_output_job(followed[job_key], f"Explaining with {', '.join(chosen)}")
-if run is None:  # cancelled (here or on the Queue page): the next run says so and offers Explain
-    if st.session_state.get("gb_cancelled"):
+    job, run = jobs.follow_job(followed[job_key], f"Explaining with {', '.join(chosen)}")
+    if job.status == "cancelled":  # here or on the Queue page: the next run says so and offers Explain
+        st.session_state["gb_cancelled"] = True
+        followed.clear()
         st.rerun()
+if run is None:
     st.stop()
 results = output_attributions(run)
 

@@ -1,0 +1,132 @@
+"""A dataset-wide run as a job of the queue: what ``batch`` and the Dataset page submit
+(`dataset_job`), what a worker runs (`run_dataset_job`, registered in `explain.service.runners`)
+and the saved run it becomes (`dataset_record`, read back by `saved_dataset`).
+
+The job carries the whole dataset as model-ready arrays (``inputs`` [N, ...], ``item_names``
+[N], ``labels`` [N] when known), so a worker on another machine needs nothing but the
+workspace. The worker publishes the summary so far after each shard (`Jobs.publish_partial`):
+every session following the job draws it as the shards finish.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from explain.dataset.reading import Dataset
+from explain.dataset.run import DatasetRun, check_target, dataset_params, explain_dataset, make_engine
+from explain.dataset.summary import DatasetSummary, summary_dict
+from explain.errors import IncompatibleInput, UsageError
+from explain.model import LoadedModel
+from explain.workspace.runs import RunRecord, SavedRun, environment
+
+
+def dataset_job(model: LoadedModel, name: str, version: int, dataset: Dataset, method: str,
+                params: dict[str, Any], target: int | str | None, shard_rows: int,
+                engine: str = "local", actors: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """Check a dataset run now (a bad one is refused when submitted): the job's params, arrays, title."""
+    from explain.dataset.run import ENGINES
+    from explain.output.methods import get_method
+
+    if shard_rows < 1:
+        raise UsageError("Rows per shard must be at least 1.")
+    if engine not in ENGINES:
+        raise UsageError(f"Unknown engine {engine!r}. Known: {', '.join(ENGINES)}.")
+    explainer = get_method(method)
+    reason = explainer.incompatibility(model)
+    if reason:
+        raise IncompatibleInput(reason)
+    check_target(dataset, target)
+    given = {k: v for k, v in (params or {}).items() if not isinstance(v, np.ndarray)}
+    own = {k: v for k, v in (params or {}).items() if isinstance(v, np.ndarray)}  # background, baseline_array
+    dataset_params(model, dataset, method, {**given, **own}, shard_rows)  # unknown parameters refused here
+    arrays = {"inputs": dataset.rows(0, len(dataset)), "item_names": np.asarray(dataset.names, dtype=str),
+              **{f"param/{k}": v for k, v in own.items()}}
+    if dataset.labels is not None:
+        arrays["labels"] = np.asarray(dataset.labels)
+    job_params = {"model": name, "version": version, "method": explainer.name, "params": given, "target": target,
+                  "shard_rows": int(shard_rows), "engine": engine, "actors": actors, "dataset": dataset.name}
+    return job_params, arrays, f"{explainer.name} on dataset {dataset.name} ({len(dataset)} rows) of {name}@v{version}"
+
+
+def job_dataset(arrays: dict[str, np.ndarray], model: LoadedModel, name: str) -> Dataset:
+    """The job's dataset, back from its arrays."""
+    rows = arrays["inputs"]
+    return Dataset(name, model.spec, [str(n) for n in arrays["item_names"]], arrays.get("labels"),
+                   lambda start, stop: rows[start:stop])
+
+
+def run_dataset_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str, np.ndarray],
+                    progress: Callable[[int, int], None], publish: Callable[[dict[str, np.ndarray]], None],
+                    model_file: Callable[[], bytes]) -> RunRecord:
+    """Every shard of the job's dataset, on the job's engine; the summary so far published after
+    each shard; the whole run as a Dataset run. ``model_file()``: the version's bytes (Ray needs them)."""
+    dataset = job_dataset(arrays, model, params.get("dataset", "dataset"))
+    engine_name = params.get("engine", "local")
+    options = {"actors": params["actors"]} if engine_name == "ray" and params.get("actors") else {}
+    engine = make_engine(engine_name, model, model_file() if engine_name == "ray" else None, **options)
+    run = DatasetRun(model, dataset, params["method"], int(params["shard_rows"]))
+    given = {**params.get("params", {}), **{k[6:]: v for k, v in arrays.items() if k.startswith("param/")}}
+    for shard in explain_dataset(model, dataset, params["method"], given, target=params.get("target"),
+                                 shard_rows=int(params["shard_rows"]), engine=engine, progress=progress):
+        run.add(shard)
+        if not run.complete:
+            publish({**run.summary().to_npz_dict(), "summary_progress": np.asarray(
+                [run.summary().rows, len(dataset), len(run.results), run.n_shards, run.seconds()])})
+    return dataset_record(params["model"], int(params["version"]), model, run, engine_name, params)
+
+
+def dataset_record(name: str, version: int, model: LoadedModel, run: DatasetRun, engine: str,
+                   params: dict[str, Any]) -> RunRecord:
+    """A finished dataset run as a saved run: its ``results`` are exactly ``batch``'s RUN.npz."""
+    arrays = run.arrays()
+    first = run.finished()[0].attribution
+    seconds = run.seconds()
+    errors = arrays["completeness_error"]
+    summary = {
+        "dataset": run.dataset.name, "rows": len(run.dataset), "shards": run.n_shards, "engine": engine,
+        "seconds": seconds, "attributions_per_s": len(run.dataset) / seconds if seconds > 0 else None,
+        "max_completeness_error": None if np.all(np.isnan(errors)) else float(np.nanmax(errors)),
+        "summary": summary_dict(run.summary(), model.spec),
+    }
+    return RunRecord(
+        page="dataset", model=name, version=version, method=run.method,
+        title=f"{run.method} on dataset {run.dataset.name} ({len(run.dataset)} rows) of {model.name}",
+        params={run.method: {k: v for k, v in first.params.items() if not isinstance(v, np.ndarray)},
+                "shard_rows": run.shard_rows, "engine": engine, "target": params.get("target")},
+        target=params.get("target") if isinstance(params.get("target"), int) else None,
+        inputs={"inputs": run.dataset.rows(0, len(run.dataset)), "item_names": arrays["item_names"],
+                **({"labels": arrays["labels"]} if "labels" in arrays else {})},
+        results=arrays, summary=summary,
+        environment=environment(device=first.device, precision=first.precision))
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    """What the Dataset page draws, from a finished run or a running job's partial summary."""
+
+    summary: DatasetSummary
+    values: np.ndarray | None  # [n, ...] attributions of the finished rows (None while running)
+    inputs: np.ndarray | None  # [n, ...] their inputs
+    seconds: float
+
+
+def live_view(run: DatasetRun) -> DatasetView:
+    values, inputs = run.values_and_inputs()
+    return DatasetView(run.summary(), values, inputs, run.seconds())
+
+
+def partial_view(arrays: dict[str, np.ndarray], modality: str) -> DatasetView:
+    rows, total, done, shards, seconds = arrays["summary_progress"].tolist()
+    return DatasetView(DatasetSummary.from_npz_dict(arrays, modality, int(rows), int(total), int(done), int(shards)),
+                       None, None, float(seconds))
+
+
+def saved_dataset(run: SavedRun, modality: str) -> DatasetView:
+    """A saved dataset run as the page draws it (rows in dataset order, as saved)."""
+    info, results = run.info, run.results
+    n, shards = int(info.summary["rows"]), int(info.summary["shards"])
+    return DatasetView(DatasetSummary.from_npz_dict(results, modality, n, n, shards, shards), results["values"],
+                       run.inputs["inputs"][results["rows"]], float(info.summary.get("seconds") or 0.0))
