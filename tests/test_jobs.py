@@ -290,3 +290,22 @@ def test_sigkill_a_worker_mid_job_then_restart_retries_it_without_a_partial_run(
                                                       batch_size=16, use_cache=False)
     np.testing.assert_allclose(saved.results["0/values"], want.values, atol=1e-6)
     ws.close()
+
+
+def test_a_worker_per_gpu_sees_only_its_gpu_and_says_which(tmp_path, monkeypatch):
+    """``worker --gpu N``: CUDA_VISIBLE_DEVICES=N before anything initialises CUDA, and the
+    queue names the worker after its GPU."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "GLASSBOX_HOME": str(tmp_path / "home")}
+    code = ("import os, sys; from explain.cli import main; rc = main(['worker', '--gpu', '3', '--once']); "
+            "print(os.environ['CUDA_VISIBLE_DEVICES'], file=sys.stderr); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["worker"].split(":")[1] == "gpu3"
+    assert done.stderr.strip().splitlines()[-1] == "3"
+    bad = subprocess.run([sys.executable, "-m", "explain", "worker", "--gpu", "-1", "--once"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode != 0 and "GPU index" in bad.stderr
