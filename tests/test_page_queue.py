@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -190,3 +191,39 @@ def test_eight_browser_sessions_queue_at_once_and_every_job_is_run_once(chromium
         for context in contexts:
             context.close()
         stop_streamlit(proc)
+
+
+def test_an_explain_job_measures_its_metrics_as_the_library_does_and_the_run_keeps_them(ws):
+    """The Quality tab's metrics are measured in the Output page's job: the saved run holds them,
+    equal to `evaluate_quality` on the saved maps, and a metric that needs masks is refused without."""
+    from explain.errors import UsageError
+    from explain.output.metrics.quality import evaluate_quality
+    from explain.service.client import finished_run, run_here
+    from explain.service.runners import explain_methods_job
+    from explain.workspace.records import output_attributions, output_quality
+    from sample_models import load_sample, sample_inputs
+
+    model, x = load_sample("cancer"), sample_inputs("cancer")["inputs"][:6]
+    metrics = [("deletion", {"steps": 8}), ("sparseness", {})]
+    params, arrays, title = explain_methods_job(model, "cancer", 1, x, [("saliency", {})], None, metrics=metrics)
+    job = ws.jobs.submit(Actor.local(), "explain", params, title=title, inputs=arrays)
+    run = finished_run(ws, Actor.local(), run_here(ws, job.id))
+    saved, attrs = output_quality(run), output_attributions(run)
+    expected = evaluate_quality(model, attrs, ["deletion", "sparseness"], params={"deletion": {"steps": 8}})
+    for metric in ("deletion", "sparseness"):
+        got, want = saved["saliency"][metric], expected["saliency"][metric]
+        np.testing.assert_allclose(got.per_input, want.per_input, rtol=1e-6)
+        assert got.higher_is_better == want.higher_is_better and got.params == want.params
+    np.testing.assert_allclose(saved["saliency"]["deletion"].curve, expected["saliency"]["deletion"].curve, rtol=1e-6)
+    with pytest.raises(UsageError, match="needs ground-truth masks"):
+        explain_methods_job(load_sample("shapes"), "shapes", 1, sample_inputs("shapes")["inputs"][:2],
+                            [("saliency", {})], None, metrics=[("pointing_game", {})])
+
+    opened = AppTest.from_file(str(ROOT / "pages" / "views" / "runs.py"), default_timeout=180)
+    opened.query_params["run"] = run.info.id
+    opened.run()
+    assert not opened.exception, opened.exception
+    table = opened.dataframe[0].value.set_index("metric")  # the saved run shows its quality, not recomputed
+    from explain.output.metrics import get_metric
+    assert table.loc[get_metric("sparseness").title, "mean"] == pytest.approx(saved["saliency"]["sparseness"].mean)
+    assert table.loc[get_metric("deletion").title, "method"] == "saliency"

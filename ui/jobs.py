@@ -54,14 +54,16 @@ def request_key(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: 
 
 def submit_explain(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: int | None, *,
                    rows: list[int] | None = None, shown: list[int] | None = None, labels=None,
-                   sign: str = "all", priority: str = "interactive") -> JobInfo:
+                   sign: str = "all", priority: str = "interactive",
+                   metrics: list[tuple[str, dict[str, Any]]] | None = None, masks=None) -> JobInfo:
     """Queue ``asked`` (method, parameters) on ``inputs`` [N, ...] of the current model, registered
-    first if it is an upload; the job's result is an Output run."""
+    first if it is an upload, and ``metrics`` on their maps; the job's result is an Output run."""
     version = team.current_version(model, register=True)
     if version is None:
         raise GlassboxError("This model is not in the workspace and could not be registered.")
     job_params, arrays, title = explain_methods_job(model, version.name, version.version, inputs, asked, target,
-                                                    rows=rows, shown=shown, labels=labels, sign=sign)
+                                                    rows=rows, shown=shown, labels=labels, sign=sign,
+                                                    metrics=metrics, masks=masks)
     return team.workspace().jobs.submit(team.actor(), "explain", job_params, title=title, inputs=arrays,
                                         priority=priority)
 

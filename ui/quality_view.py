@@ -1,17 +1,19 @@
 """The Quality tab of the Output page and the quality line under each map.
 
-Widgets -> `explain.output.metrics` (through the engine, cached) -> the table and the
-`explain.viz.quality` figures the report draws too.
+Widgets (`quality_controls`) -> the Output page's job measures them (`explain.service.runners`
+with `explain.output.metrics`) -> the table and the `explain.viz.quality` figures the report
+draws too (`render_quality_results`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.attribution import Attribution
 from explain.model import LoadedModel
 from explain.output.metrics import compatible_metrics, get_metric
 from explain.output.metrics.base import MetricResult
@@ -20,22 +22,27 @@ from explain.output.metrics.quality import Results, badge, default_metrics, qual
 from explain.viz import quality as viz
 from ui import state
 from ui.text import escape_markdown
-from ui.widgets import ProgressBar, param_widgets
+from ui.widgets import param_widgets
 
 #: session key of the latest quality findings: (model sha256, [Finding]); the Overview shows them.
 FINDINGS_KEY = "gb_quality_findings"
 
 
-def render_quality_tab(model: LoadedModel, attrs: Sequence[Attribution], masks: np.ndarray | None,
-                       rows: Sequence[int]) -> Results:
-    """Choose metrics, measure every method's maps, show the table and the curves.
+@dataclass(frozen=True)
+class QualityRequest:
+    """What the Quality tab asks to measure, in the Output page's job: metric names (only those
+    that can run: localisation needs masks), their parameters, and the masks of the explained rows."""
+
+    metrics: list[tuple[str, dict[str, Any]]]
+    masks: np.ndarray | None  # [N, ...] for the explained rows, or None
+    wanted_masks: bool  # a chosen metric needs masks that are not there
+
+
+def quality_controls(model: LoadedModel, masks: np.ndarray | None, rows: Sequence[int]) -> QualityRequest:
+    """The Quality tab's widgets: metrics, their parameters and (without the sample's) a masks upload.
 
     Args:
-        masks: ground truth for the whole batch ([N, ...]) or None; ``rows`` the batch rows
-            the attributions explain.
-
-    Returns:
-        ``results[method][metric]`` for the quality line under each map (empty when nothing ran).
+        masks: ground truth for the whole batch ([N, ...]) or None; ``rows`` the batch rows explained.
     """
     metrics = compatible_metrics(model)
     c1, c2 = st.columns([3, 2])
@@ -63,28 +70,20 @@ def render_quality_tab(model: LoadedModel, attrs: Sequence[Attribution], masks: 
                 with cols[k % len(cols)]:
                     st.markdown(f"**{get_metric(name).title}**")
                     params[name] = param_widgets(name, get_metric(name).params, key_prefix="gbq")
-    results: Results = {}
-    for attr in attrs:
-        row = results.setdefault(attr.method, {})
-        for name in chosen:
-            metric = get_metric(name)
-            if metric.needs_masks and shown_masks is None:
-                continue
-            with state.error_boundary(f"Measuring {metric.title} of {attr.method}"):
-                bar = ProgressBar(f"{metric.title} of {attr.method}")
-                try:
-                    # Metric.evaluate keeps results in explain.output.metrics.base.METRIC_CACHE: reruns cost nothing
-                    row[name] = metric.evaluate(model, attr, masks=shown_masks, progress=bar, **params.get(name, {}))
-                finally:
-                    bar.clear()
-    if any(get_metric(n).needs_masks for n in chosen) and shown_masks is None:
+    runnable = [n for n in chosen if shown_masks is not None or not get_metric(n).needs_masks]
+    return QualityRequest([(n, params.get(n, {})) for n in runnable], shown_masks, len(runnable) < len(chosen))
+
+
+def render_quality_results(model: LoadedModel, results: Results, request: QualityRequest) -> None:
+    """The measured table, curves and findings (kept for the Overview)."""
+    if request.wanted_masks:
         st.caption("Pointing game and relevance mass need ground-truth masks: upload them above.")
-    _render_results(results)
+    render_quality_table(results)
     st.session_state[FINDINGS_KEY] = (model.sha256, quality_findings(results))
-    return results
 
 
-def _render_results(results: Results) -> None:
+def render_quality_table(results: Results) -> None:
+    """The table of every metric of every method, with the curves and the findings."""
     rows = quality_rows(results)
     if not rows:
         st.info("Choose at least one metric.")

@@ -24,7 +24,7 @@ from explain.report.review import review_record
 from explain.report.sections import build_report
 from explain.spec import InputSpec
 from explain.workspace import RunRecord, SavedRun
-from explain.workspace.records import output_attributions, output_record  # noqa: F401 (the pages import output_record from here)
+from explain.workspace.records import output_attributions, output_quality
 from ui import workspace as team
 from ui.attribution_view import MapOptions, render_grid, render_summary
 from ui.text import escape_markdown
@@ -81,9 +81,15 @@ def render_saved_run(run: SavedRun) -> None:
         model = run_model(run)
         attrs = output_attributions(run)
         labels = run.inputs.get("labels")
+        quality = output_quality(run)
         render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
-                    MapOptions(sign=run.info.summary.get("sign", "all")))
+                    MapOptions(sign=run.info.summary.get("sign", "all")), quality=quality)
         render_summary(model, attrs)
+        if quality:
+            from ui.quality_view import render_quality_table
+
+            st.subheader("Quality")
+            render_quality_table(quality)
         return
     if run.info.page == "dataset":
         from explain.dataset.job import saved_dataset

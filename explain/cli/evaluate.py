@@ -1,4 +1,5 @@
-"""Measure the quality of explanations: several methods, several metrics; writes Q.json.
+"""Measure the quality of explanations: several methods, several metrics, as one job of the
+workspace's queue (saved as a run with its quality); writes Q.json.
 
 Prints (and writes to ``--out``) ``{"methods": {METHOD: {METRIC: {"per_input": [...],
 "mean": x, "random_baseline": y or null}}}}``; the ``randomization`` metric adds ``curve``
@@ -40,9 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from explain.cli import to_json_safe
+    from explain.cli.job_arg import run_as_job
     from explain.output.methods import get_method
     from explain.output.metrics import get_metric
-    from explain.output.metrics.quality import default_metrics, evaluate_quality, quality_json
+    from explain.output.metrics.quality import default_metrics, quality_json
+    from explain.service.runners import explain_methods_job
+    from explain.workspace.records import output_quality
 
     methods = _names(args.methods, "--methods")
     for name in methods:
@@ -55,9 +59,10 @@ def run(args: argparse.Namespace) -> dict:
         get_metric(name)  # unknown names: exit 2 before any explanation runs
     metric_params = _dotted(args.param, "--param")
     method_params = _dotted(args.method_param, "--method-param")
-    attributions = [get_method(name).explain(model, inputs, target=args.target, **method_params.get(name, {}))
-                    for name in methods]
-    payload = to_json_safe(quality_json(evaluate_quality(model, attributions, metrics, masks, metric_params)))
+    run = run_as_job(args.model, model, "explain", lambda name, version: explain_methods_job(
+        model, name, version, inputs, [(m, method_params.get(m, {})) for m in methods], args.target,
+        metrics=[(m, metric_params.get(m, {})) for m in metrics], masks=masks))
+    payload = to_json_safe(quality_json(output_quality(run)))
     out = Path(args.out)
     with replace_atomically(out) as tmp:
         tmp.write_text(json.dumps(payload, indent=1))

@@ -66,6 +66,7 @@ def explain_methods_job(model: LoadedModel, name: str, version: int, instances: 
                         methods: list[tuple[str, dict[str, Any]]], target: Any = None, *,
                         rows: list[int] | None = None, shown: list[int] | None = None,
                         labels: np.ndarray | None = None, sign: str = "all",
+                        metrics: list[tuple[str, dict[str, Any]]] | None = None, masks: np.ndarray | None = None,
                         ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """Check an explain request against the model and its methods now (a bad request is refused
     when submitted, not when run): the job's params, its arrays and its title.
@@ -73,8 +74,11 @@ def explain_methods_job(model: LoadedModel, name: str, version: int, instances: 
     ``instances`` [N, ...] are the rows explained; ``rows`` their indices in the page's batch,
     ``shown`` the ones whose maps are drawn, ``labels`` [N] their labels if known (all as the
     Output page saves them). Method ``i``'s array parameters travel as arrays ``"{i}/{key}"``.
+    ``metrics`` (name, parameters) are measured on every method's maps in the same job (``masks``
+    [N, ...]: ground truth for the localisation metrics), as the Quality tab shows them.
     """
     from explain.output.methods import get_method
+    from explain.output.metrics import get_metric
 
     if not methods:
         raise UsageError("Choose at least one method.")
@@ -104,11 +108,22 @@ def explain_methods_job(model: LoadedModel, name: str, version: int, instances: 
         resolve_params(method.params, {**given, **own})
         arrays.update({f"{i}/{key}": value for key, value in own.items()})
         listed.append({"method": method.name, "params": given})
+    measured = []
+    for metric_name, metric_params in metrics or []:
+        metric = get_metric(metric_name)
+        if not metric.is_compatible(model):
+            raise UsageError(f"Metric {metric.name!r} does not fit this model.")
+        if metric.needs_masks and masks is None:
+            raise UsageError(f"Metric {metric.name!r} needs ground-truth masks.")
+        resolve_params(metric.params, dict(metric_params or {}))
+        measured.append({"metric": metric.name, "params": dict(metric_params or {})})
+    if masks is not None:
+        arrays["masks"] = np.asarray(masks)
     n = len(instances)
     names = [m["method"] for m in listed]
     params = {"model": name, "version": version, "method": ",".join(names), "target": target, "methods": listed,
               "rows": list(map(int, rows if rows is not None else range(n))),
-              "shown": list(map(int, shown if shown is not None else range(n))), "sign": sign}
+              "shown": list(map(int, shown if shown is not None else range(n))), "sign": sign, "metrics": measured}
     return params, arrays, f"{', '.join(names)} on {n} inputs of {name}@v{version}"
 
 
@@ -132,29 +147,40 @@ def model_array(model: LoadedModel, instances: Any, what: str = "instances") -> 
 
 
 def run_explain(ctx: JobContext) -> RunRecord:
-    """The job's methods on its inputs, saved as an Output run (as the Output page saves it)."""
+    """The job's methods on its inputs, then its metrics on their maps, saved as an Output run (as
+    the Output page shows it)."""
     from explain.output.methods import get_method
+    from explain.output.metrics.quality import evaluate_quality
 
     p = ctx.job.params
     model = ctx.model(p["model"], int(p["version"]))
     inputs = ctx.inputs["inputs"]  # [N, *input_shape]
     methods = p.get("methods") or [{"method": p["method"], "params": p.get("params", {})}]
+    metrics = p.get("metrics") or []
     target = np.asarray(p["target"]) if isinstance(p.get("target"), list) else p.get("target")
+    steps = len(methods) * (1 + len(metrics))  # one bar: each method's batches, then each metric's
+
+    def step(k: int):
+        def progress(done: int, total: int) -> None:
+            ctx.progress(round(1000 * (k + done / max(total, 1)) / steps), 1000)
+        return progress
+
     attrs = []
     for i, entry in enumerate(methods):
         arrays = {k.split("/", 1)[1]: v for k, v in ctx.inputs.items() if k.startswith(f"{i}/")}
-
-        def progress(done: int, total: int, i: int = i) -> None:  # the methods' batches as one bar
-            ctx.progress(i * max(total, 1) + done, len(methods) * max(total, 1))
-
-        attrs.append(get_method(entry["method"]).explain(model, inputs, target=target, progress=progress,
+        attrs.append(get_method(entry["method"]).explain(model, inputs, target=target, progress=step(i),
                                                          use_cache=False, **entry.get("params", {}), **arrays))
+    order = {(a.method, m["metric"]): len(methods) + i * len(metrics) + j
+             for i, a in enumerate(attrs) for j, m in enumerate(metrics)}
+    quality = evaluate_quality(model, attrs, [m["metric"] for m in metrics], ctx.inputs.get("masks"),
+                               {m["metric"]: m.get("params", {}) for m in metrics},
+                               progress=lambda method, metric: step(order[(method, metric)])) if metrics else None
     probs = model.predict_proba(inputs)  # [N, K]
     rows = p.get("rows") or list(range(len(inputs)))
     shown = p.get("shown") if p.get("shown") is not None else list(range(len(inputs)))
     params = {a.method: {k: v for k, v in a.params.items() if not isinstance(v, np.ndarray)} for a in attrs}
     return output_record(p["model"], int(p["version"]), model, inputs, rows, shown, probs,
-                         ctx.inputs.get("labels"), attrs, p.get("target"), p.get("sign", "all"), params)
+                         ctx.inputs.get("labels"), attrs, p.get("target"), p.get("sign", "all"), params, quality)
 
 
 register_runner("explain", run_explain)

@@ -10,14 +10,17 @@ import numpy as np
 from explain.attribution import Attribution
 from explain.digest import digest_array
 from explain.model import LoadedModel
+from explain.output.metrics.base import MetricResult
+from explain.output.metrics.quality import Results
 from explain.workspace.runs import RunRecord, SavedRun, environment
 
 
 def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarray, rows: Sequence[int],
                   shown: Sequence[int], probs: np.ndarray, labels: np.ndarray | None,
                   attrs: Sequence[Attribution], target: int | None, sign: str,
-                  params: dict[str, dict[str, Any]]) -> RunRecord:
-    """The Output page's run: ``inputs`` [N, ...] are the explained rows (``rows`` of the batch)."""
+                  params: dict[str, dict[str, Any]], quality: Results | None = None) -> RunRecord:
+    """The Output page's run: ``inputs`` [N, ...] are the explained rows (``rows`` of the batch);
+    ``quality[method][metric]`` the metrics measured on them (`output_quality` reads them back)."""
     saved_inputs = {"inputs": inputs, "rows": np.asarray(rows, dtype=np.int64)}
     if labels is not None:
         saved_inputs["labels"] = np.asarray(labels)
@@ -28,6 +31,11 @@ def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarra
                 results[f"{i}/{key}"] = value
     methods = [a.method for a in attrs]
     first = attrs[0]
+    quality_meta: dict[str, dict[str, Any]] = {}
+    for method, row in (quality or {}).items():
+        for metric, result in row.items():
+            quality_meta.setdefault(method, {})[metric] = result.meta()
+            results.update({f"q/{method}/{metric}/{k}": v for k, v in result.to_npz_dict().items()})
     return RunRecord(
         page="output", model=name, version=version, method=",".join(methods),
         title=f"{', '.join(methods)} on {len(inputs)} inputs of {model.name}",
@@ -35,7 +43,8 @@ def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarra
         summary={"methods": methods, "shown": list(map(int, shown)), "sign": sign,
                  "inputs_sha256": digest_array(inputs),
                  "max_completeness_error": {a.method: a.max_completeness_error for a in attrs},
-                 "seconds": {a.method: a.seconds for a in attrs}, "notes": {a.method: a.notes for a in attrs}},
+                 "seconds": {a.method: a.seconds for a in attrs}, "notes": {a.method: a.notes for a in attrs},
+                 "quality": quality_meta},
         environment=environment(device=first.device, precision=first.precision))
 
 
@@ -50,4 +59,15 @@ def output_attributions(run: SavedRun) -> list[Attribution]:
                                              precision=info.environment.get("precision", "fp32"),
                                              seconds=float(info.summary.get("seconds", {}).get(method) or 0.0),
                                              notes=list(info.summary.get("notes", {}).get(method) or [])))
+    return out
+
+
+def output_quality(run: SavedRun) -> Results:
+    """The inverse of `output_record`'s ``quality``: ``results[method][metric]`` as measured."""
+    out: Results = {}
+    for method, row in (run.info.summary.get("quality") or {}).items():
+        for metric, meta in row.items():
+            prefix = f"q/{method}/{metric}/"
+            arrays = {k[len(prefix):]: v for k, v in run.results.items() if k.startswith(prefix)}
+            out.setdefault(method, {})[metric] = MetricResult.from_npz_dict(metric, method, arrays, meta)
     return out

@@ -6,11 +6,11 @@ import streamlit as st
 
 from explain.output.methods import compatible_methods, get_method
 from explain.workspace import Action
-from explain.workspace.records import output_attributions
+from explain.workspace.records import output_attributions, output_quality
 from ui import jobs, state
 from ui import workspace as team
 from ui.attribution_view import map_controls, render_downloads, render_grid, render_summary
-from ui.quality_view import render_quality_tab
+from ui.quality_view import quality_controls, render_quality_results
 from ui.text import escape_markdown
 from ui.widgets import param_widgets
 
@@ -71,7 +71,11 @@ if not team.can(Action.SAVE_RUN):
 shown = [explain_rows.index(r) for r in (rows or default_rows) if r in explain_rows]
 labels = batch.labels[explain_rows] if batch.labels is not None else None
 asked = [(name, params_by_method.get(name, {})) for name in chosen]
-job_key = jobs.request_key(model, inputs, asked, target)
+maps_tab, quality_tab = st.tabs(["Maps", "Quality"])
+with quality_tab, state.error_boundary("Choosing the metrics"):
+    measured = quality_controls(model, state.current_masks(), explain_rows)  # measured in the same job
+job_key = jobs.request_key(model, inputs, asked + [(f"metric:{n}", p) for n, p in measured.metrics]
+                           + ([("masks", {"masks": measured.masks})] if measured.masks is not None else []), target)
 followed = st.session_state.setdefault("gb_output_jobs", {})  # request key -> job id
 
 if st.session_state.get("gb_cancelled"):
@@ -84,7 +88,7 @@ run = None
 with state.error_boundary("Explaining"):
     if job_key not in followed:
         job = jobs.submit_explain(model, inputs, asked, target, rows=explain_rows, shown=shown, labels=labels,
-                                  sign=map_options.sign)
+                                  sign=map_options.sign, metrics=measured.metrics, masks=measured.masks)
         followed[job_key] = job.id
     job, run = jobs.follow_job(followed[job_key], f"Explaining with {', '.join(chosen)}")
     if job.status == "cancelled":  # here or on the Queue page: the next run says so and offers Explain
@@ -94,14 +98,13 @@ with state.error_boundary("Explaining"):
 if run is None:
     st.stop()
 results = output_attributions(run)
+quality = output_quality(run)
 
-if results:
-    maps_tab, quality_tab = st.tabs(["Maps", "Quality"])
-    with quality_tab:  # first, so the maps carry its quality line
-        quality = render_quality_tab(model, results, state.current_masks(), explain_rows)
-    with maps_tab, state.error_boundary("Drawing the results"):
-        render_grid(model, results, shown, probs[explain_rows], labels, map_options, quality=quality)
-        render_summary(model, results)
-        with st.expander("Download"):
-            render_downloads(model, results)
-        team.render_share_link(f"Saved as run `{run.info.id}` (job {followed[job_key]}). Link to it:", run=run.info.id)
+with quality_tab, state.error_boundary("Drawing the quality"):
+    render_quality_results(model, quality, measured)
+with maps_tab, state.error_boundary("Drawing the results"):
+    render_grid(model, results, shown, probs[explain_rows], labels, map_options, quality=quality)
+    render_summary(model, results)
+    with st.expander("Download"):
+        render_downloads(model, results)
+    team.render_share_link(f"Saved as run `{run.info.id}` (job {followed[job_key]}). Link to it:", run=run.info.id)

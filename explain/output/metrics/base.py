@@ -108,6 +108,28 @@ class MetricResult:
         arrays = (self.per_input, self.random_baseline, self.curve, self.random_curve, self.curve_x)
         return int(sum(a.nbytes for a in arrays if a is not None))
 
+    ARRAYS: ClassVar[tuple[str, ...]] = ("per_input", "random_baseline", "curve_x", "curve", "random_curve")
+
+    def to_npz_dict(self) -> dict[str, np.ndarray]:
+        """The arrays (those that are not None), for a saved run; `meta` holds the rest."""
+        return {key: np.asarray(getattr(self, key)) for key in self.ARRAYS if getattr(self, key) is not None}
+
+    def meta(self) -> dict[str, Any]:
+        """Everything but the arrays, as JSON values."""
+        return {"higher_is_better": bool(self.higher_is_better), "curve_labels": list(self.curve_labels),
+                "params": {k: v for k, v in self.params.items() if not isinstance(v, np.ndarray)},
+                "seconds": float(self.seconds), "device": self.device, "notes": list(self.notes)}
+
+    @classmethod
+    def from_npz_dict(cls, metric: str, method: str, arrays: dict[str, np.ndarray],
+                      meta: dict[str, Any]) -> MetricResult:
+        """The inverse of `to_npz_dict` and `meta`."""
+        return cls(metric, method, **{key: arrays.get(key) for key in cls.ARRAYS},
+                   higher_is_better=bool(meta.get("higher_is_better", True)),
+                   curve_labels=list(meta.get("curve_labels", [])), params=dict(meta.get("params", {})),
+                   seconds=float(meta.get("seconds", 0.0)), device=str(meta.get("device", "cpu")),
+                   notes=list(meta.get("notes", [])))
+
     def to_json(self) -> dict[str, Any]:
         """``{"per_input": [...], "mean": x, "random_baseline": y or None}`` (the CLI's shape);
         the randomisation metric adds ``curve`` (mean rank correlation per step) and ``layers``."""
