@@ -367,3 +367,43 @@ def test_a_wrong_file_is_named_alike_as_model_checkpoint_and_log(data, what):
         else:
             assert info.value.reason == expected
             assert "truncated" not in str(info.value)
+
+
+def test_an_event_folder_as_data_reads_as_the_folder_does(tb_dirs):
+    """What a report job carries to a worker: the folder's event files with their relative paths."""
+    from explain.training.history import EventFolder
+
+    folder = EventFolder.read(tb_dirs / "keras")
+    assert sorted(rel.split("/")[0] for rel, _ in folder.files) == ["train", "validation"]
+    on_disk, as_data = read_history(tb_dirs / "keras"), read_history(folder)
+    assert as_data.sources == on_disk.sources == [str(tb_dirs / "keras")]
+    __import__("pandas").testing.assert_frame_equal(as_data.frame, on_disk.frame)
+
+
+def test_cli_report_with_a_tensorboard_folder_is_built_by_the_job_as_locally(tb_dirs, tmp_path, capsys, monkeypatch):
+    import json
+
+    from explain.cli import main
+    from explain.report.sections import build_report
+    from sample_models import load_sample
+
+    monkeypatch.setenv("GLASSBOX_HOME", str(tmp_path / "home"))
+    code = main(["report", "cancer", "--logs", str(tb_dirs / "keras"), "--metrics", "none",
+                 "--out", str(tmp_path / "r.html")])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["run"] and "Training" in out["sections"]
+    local = build_report(load_sample("cancer"), None, logs=[tb_dirs / "keras"], quality=[])
+    expected = read_report_data_of(local)["sections"]["Training"]
+    assert _section_data((tmp_path / "r.html").read_text(), "Training") == expected
+
+
+def read_report_data_of(report) -> dict:
+    from explain.report.document import read_report_data
+
+    return read_report_data(report.to_html())
+
+
+def _section_data(html: str, title: str) -> dict:
+    from explain.report.document import read_report_data
+
+    return read_report_data(html)["sections"][title]

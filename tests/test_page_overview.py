@@ -91,15 +91,21 @@ def test_choosing_a_checkpoint_re_explains_with_its_weights():
 def test_page_report_equals_the_cli_report(tmp_path, capsys):
     from explain.cli import main
     from explain.report.document import drop_volatile, read_report_data
+    from explain.report.job import report_html
+    from explain.workspace import Actor, open_workspace
     from sample_models import sample_dir
 
     at = _run("cancer")
     at.button(key="gb_ov_build").click().run()
     assert not at.exception and not at.error
-    key, html, failed = at.session_state["gb_ov_report"]
-    assert failed == []
+    key, job_id = at.session_state["gb_ov_report_job"]  # built by a job, saved as a report run
+    ws = open_workspace()
+    job = ws.jobs.get(Actor.local(), job_id)
+    run = ws.runs.open(Actor.local(), job.run)
+    assert (job.kind, job.status, run.info.page, run.info.summary["failed"]) == ("report", "done", "report", {})
     assert len(at.get("download_button")) == 1
-    page = read_report_data(html.decode("utf-8"))
+    assert any(f"?run={run.info.id}" in c.value for c in at.code)
+    page = read_report_data(report_html(run).decode("utf-8"))
 
     logs, checkpoints = _sample_files("cancer")
     code = main(["report", "cancer", "--inputs", str(Path(sample_dir("cancer")) / "samples.npz"), "--logs", *logs,
@@ -169,7 +175,7 @@ def test_report_downloads_as_pdf_printed_by_chromium():
     at.button(key="gb_ov_make_pdf").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     key, pdf = at.session_state["gb_report_pdf"]
-    assert key == at.session_state["gb_ov_report"][0] and pdf[:5] == b"%PDF-" and len(pdf) > 10_000
+    assert key == at.session_state["gb_ov_report_job"][0] and pdf[:5] == b"%PDF-" and len(pdf) > 10_000
     assert len(at.get("download_button")) == 2  # HTML and PDF
 
 

@@ -208,3 +208,28 @@ def test_audit_csv_defuses_spreadsheet_formulas_and_tokens_can_be_revoked(home):
     assert ws.users.token_identity(token) == ("ci", "viewer")
     ws.users.remove_token(Actor("=HYPERLINK(1)"), "ci")
     assert ws.users.token_identity(token) is None
+
+
+def test_a_runs_report_is_a_job_whose_html_carries_the_runs_comment(home):
+    """Build report on a saved run: a report job, saved as a report run that downloads its HTML
+    and carries the run's comments; the report run itself opens with that download."""
+    from explain.report.job import report_html
+
+    _, ws = home
+    at = _save_output_run(_app())
+    link = [c.value for c in at.code if "?run=" in c.value][0]
+    rid = link.rsplit("=", 1)[1]
+    ws.review.post(Actor.local(), rid, "the map looks <right>", anchor_kind="input", anchor="0")
+    opened = _app(run=rid)
+    [b for b in opened.button if b.label == "Build report (HTML)"][0].click().run()
+    assert not opened.exception, opened.exception
+    assert not opened.error, [e.value for e in opened.error]
+    built = [c.value for c in opened.code if "?run=" in c.value and rid not in c.value][0].rsplit("=", 1)[1]
+    report = ws.runs.open(Actor.local(), built)
+    html = report_html(report).decode("utf-8")
+    shown = html.split('<script type="application/json"')[0]  # the page; the data block is JSON, "</" escaped
+    assert report.info.page == "report" and "the map looks &lt;right&gt;" in shown and "<right>" not in shown
+    assert len(opened.get("download_button")) == 1
+    again = _app(run=built)
+    assert not again.exception, again.exception
+    assert len(again.get("download_button")) == 1 and any("Sections:" in m.value for m in again.markdown)

@@ -116,6 +116,21 @@ def submit_dataset(model, dataset, method: str, params: dict[str, Any], target, 
                                         priority="batch")
 
 
+def submit_report(name: str, version: int, model, inputs, *, labels=None, logs=(), checkpoints=(),
+                  methods=("integrated_gradients",), method_params=None, review_run: str | None = None,
+                  title: str | None = None) -> JobInfo:
+    """Queue the HTML report of ``name@v<version>`` (``model`` loaded) on ``inputs`` [N, ...]; ``logs``
+    and ``checkpoints`` as paths; the version's review goes in as it is when the report is built."""
+    from explain.report.job import file_as_data, log_as_data, report_job
+
+    job_params, arrays, job_title = report_job(
+        model, name, version, inputs, labels=labels, logs=[log_as_data(p) for p in logs],
+        checkpoints=[file_as_data(p) for p in checkpoints], methods=methods, method_params=method_params,
+        review=True, review_run=review_run, title=title, invocation={"page": "app"})
+    return team.workspace().jobs.submit(team.actor(), "report", job_params, title=job_title, inputs=arrays,
+                                        priority="interactive")
+
+
 def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:
     """Who, what, how far: one row per job, in the order the workers take them."""
     return pd.DataFrame([{"job": j.id, "who": j.owner, "what": j.title, "priority": j.priority, "status": j.status,

@@ -20,8 +20,6 @@ from explain.finding import Finding
 from explain.loading.loader import load_model
 from explain.model import LoadedModel
 from explain.output.methods import get_method
-from explain.report.review import review_record
-from explain.report.sections import build_report
 from explain.spec import InputSpec
 from explain.workspace import RunRecord, SavedRun
 from explain.workspace.records import output_attributions, output_quality
@@ -101,6 +99,11 @@ def render_saved_run(run: SavedRun) -> None:
         render_download(run.results)
         return
     summary = run.info.summary
+    if run.info.page == "report":
+        st.markdown("Sections: " + escape_markdown(", ".join(summary.get("sections", []))))
+        for title, error in summary.get("failed", {}).items():
+            st.warning(escape_markdown(f"{title} could not be built: {error}"))
+        return
     for finding in summary.get("findings", []):
         icon = {"error": "🛑", "warning": "⚠️"}.get(finding["severity"], "ℹ️")
         st.markdown(f"{icon} **{escape_markdown(finding['kind'])}** — {escape_markdown(finding['message'])}")
@@ -132,18 +135,17 @@ def rerun_differences(run: SavedRun) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_report_html(run: SavedRun) -> bytes:
-    """The HTML report of a run's model version and inputs, with this run's comments and the
-    version's decisions (an offline copy that carries the review)."""
+def submit_run_report(run: SavedRun):
+    """Queue the HTML report of a run's model version and inputs, with this run's comments and the
+    version's decisions (an offline copy that carries the review); the job."""
+    from ui import jobs
+
     info = run.info
     methods = info.summary.get("methods") or ([info.method] if info.page == "dataset" else ["integrated_gradients"])
-    inputs = run.inputs.get("inputs")
+    inputs, labels = run.inputs.get("inputs"), run.inputs.get("labels")
     if info.page == "dataset" and inputs is not None:
         inputs = inputs[:REPORT_DATASET_ROWS]  # the report draws maps per input: the first rows stand for the rest
-    review = review_record(team.workspace(), team.actor(), info.model, info.version, run_id=info.id)
-    report = build_report(run_model(run), inputs, methods=methods,
-                          method_params={m: info.params.get(m, {}) for m in methods} if info.page == "output" else None,
-                          labels=None if run.inputs.get("labels") is None else run.inputs["labels"][:len(inputs)],
-                          title=f"Glassbox run {info.id}: {info.title}",
-                          invocation={"run": info.id}, review=review)
-    return report.to_html().encode("utf-8")
+        labels = None if labels is None else labels[:REPORT_DATASET_ROWS]
+    return jobs.submit_report(info.model, info.version, run_model(run), inputs, labels=labels, methods=methods,
+                              method_params={m: info.params.get(m, {}) for m in methods} if info.page == "output" else None,
+                              review_run=info.id, title=f"Glassbox run {info.id}: {info.title}")

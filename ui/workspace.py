@@ -18,7 +18,6 @@ from explain.config import database_url, glassbox_home
 from explain.digest import digest_bytes
 from explain.errors import GlassboxError
 from explain.model import LoadedModel
-from explain.report.review import ReviewRecord, review_record
 from explain.service.client import model_name_from_file, register_model
 from explain.workspace import Action, Actor, RunRecord, Workspace, open_workspace
 from explain.workspace.registry import VersionInfo
@@ -167,16 +166,6 @@ def current_version(model: LoadedModel, *, register: bool) -> VersionInfo | None
     if blob is None or blob.sha256 != model.sha256:
         return None
     return register_model(ws, who, model, blob.data, blob.name, model_name_from_file(blob.name))
-
-
-def current_review(model: LoadedModel) -> ReviewRecord | None:
-    """The workspace's decisions and comments on the current model's version (None if it is not
-    registered or nobody reviewed it yet: then the page's report equals the CLI's)."""
-    version = current_version(model, register=False)
-    if version is None:
-        return None
-    record = review_record(workspace(), actor(), version.name, version.version)
-    return record if record.decisions or record.comments else None  # nothing reviewed: no section
 
 
 def share_link(**params: str) -> str:

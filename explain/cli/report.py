@@ -1,4 +1,5 @@
-"""Write a one-file HTML report: model card, explanations, their quality, structure, training, environment."""
+"""Write a one-file HTML report: model card, explanations, their quality, structure, training, environment;
+built as a job of the workspace's queue and saved as a run (its id printed as ``run``)."""
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from explain.cli.job_arg import run_as_job
     from explain.cli.model_arg import load_model_arg, read_inputs_arg
     from explain.output.methods import get_method
-    from explain.report.sections import build_report
+    from explain.report.document import print_pdf
+    from explain.report.job import file_as_data, log_as_data, report_html, report_job
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -65,29 +68,33 @@ def run(args: argparse.Namespace) -> dict:
 
     model = load_model_arg(args.model, args.spec, args.inputs)
     inputs = read_inputs_arg(args.inputs, model) if args.inputs else None  # labels kept, as the page has them
+    logs = [log_as_data(p) for p in args.logs]
+    checkpoints = [file_as_data(p) for p in args.checkpoints]
     start = time.perf_counter()
-    report = build_report(
-        model, inputs, logs=list(args.logs), checkpoints=list(args.checkpoints), methods=methods,
+    run = run_as_job(args.model, model, "report", lambda name, version: report_job(
+        model, name, version, None if inputs is None else inputs.array,
+        labels=None if inputs is None else inputs.labels, logs=logs, checkpoints=checkpoints, methods=methods,
         max_inputs=args.max_inputs, method_params=method_params, title=args.title,
-        invocation={"command": _command(args)}, quality=quality, masks=masks,
-    )
+        invocation={"command": _command(args)}, quality=quality, masks=masks))
+    html = report_html(run)
     with replace_atomically(out) as tmp:
-        report.save(tmp)
+        Path(tmp).write_bytes(html)
     pdf = None
     if args.pdf:
         with replace_atomically(args.pdf) as tmp:
-            report.to_pdf(tmp)
+            print_pdf(html.decode("utf-8"), tmp)
         pdf = str(Path(args.pdf).resolve())
     path = out
     return {
         "out": str(path),
-        "sections": report.section_titles,
-        "failed": {s.title: s.error for s in report.sections if s.error},
+        "sections": run.info.summary["sections"],
+        "failed": run.info.summary["failed"],
         "bytes": path.stat().st_size,
         "pdf": pdf,
         "model_sha256": model.sha256,
         "methods": methods,
         "seconds": time.perf_counter() - start,
+        "run": run.info.id,
     }
 
 

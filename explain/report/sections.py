@@ -22,7 +22,7 @@ import torch
 from explain.digest import digest_array, digest_bytes
 from explain.errors import Cancelled, UsageError
 from explain.inputs.text import detokenize, padding_mask
-from explain.loading.source import read_folder, read_source
+from explain.loading.source import read_source
 from explain.model import LoadedModel
 from explain.params import resolve_params
 from explain.report import analysis
@@ -39,6 +39,7 @@ from explain.report.document import (
 )
 from explain.report.quality import build_quality_section
 from explain.report.review import ReviewRecord, build_review_section
+from explain.training.history import EventFolder
 
 #: inputs each output section shows by default.
 DEFAULT_MAX_INPUTS = 4
@@ -387,9 +388,11 @@ def _identify(source: Any) -> dict[str, Any]:
     """Name and sha256 of a log/checkpoint, so the report says exactly what it read."""
     if isinstance(source, LoadedModel):
         return {"name": source.name, "sha256": source.sha256}
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():  # a TensorBoard folder: its files
-        data = b"".join(content for _, content in read_folder(source))
-        return {"name": Path(source).name, "sha256": digest_bytes(data), "bytes": len(data)}
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        source = EventFolder.read(source)
+    if isinstance(source, EventFolder):  # a TensorBoard folder: its event files, as read
+        data = b"".join(content for _, content in source.files)
+        return {"name": Path(source.path).name, "sha256": digest_bytes(data), "bytes": len(data)}
     data, name = read_source(source)
     return {"name": name, "sha256": digest_bytes(data), "bytes": len(data)}
 

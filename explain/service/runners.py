@@ -3,6 +3,8 @@
     RUNNERS["explain"]   methods on a batch of inputs -> an Output run (`explain_methods_job` builds it)
     RUNNERS["dataset"]   one method on a whole dataset, shard by shard -> a Dataset run
                          (`explain.dataset.job.dataset_job` builds it)
+    RUNNERS["report"]    the HTML report of a model version -> a report run
+                         (`explain.report.job.report_job` builds it)
 
 A runner reports progress with ``ctx.progress(done, total)``; that call raises `Cancelled`
 when the job's owner cancelled it, which the attribution engine lets through.
@@ -197,3 +199,21 @@ def run_dataset(ctx: JobContext) -> RunRecord:
 
 
 register_runner("dataset", run_dataset)
+
+
+def run_report(ctx: JobContext) -> RunRecord:
+    """The report the job describes (`explain.report.job.run_report_job`), saved as a report run;
+    with ``review``, the version's decisions and comments as they are when it is built."""
+    from explain.report.job import run_report_job
+    from explain.report.review import review_record
+
+    p = ctx.job.params
+    model = ctx.model(p["model"], int(p["version"]))
+    review = None
+    if p.get("review"):
+        record = review_record(ctx.ws, ctx.job.owner_actor, p["model"], int(p["version"]), run_id=p.get("review_run"))
+        review = record if record.decisions or record.comments else None  # nothing reviewed: no section
+    return run_report_job(model, p, ctx.inputs, ctx.progress, review)
+
+
+register_runner("report", run_report)

@@ -284,9 +284,26 @@ def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> Training
     return _tidy(formats.checkpoint_history_frame(load_checkpoint_dict(data, source), source), source=source)
 
 
+@dataclass(frozen=True)
+class EventFolder:
+    """A TensorBoard log folder as data (what a job carries to a worker): the path as the user
+    gave it and its event files, relative to it (sub-folders name the runs, as on disk)."""
+
+    path: str
+    files: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> EventFolder:
+        root = Path(path)
+        found = read_folder(root, lambda p: "tfevents" in p.name)
+        return cls(str(path), tuple((p.relative_to(root).as_posix(), data) for p, data in found))
+
+
 # -- entry points ---------------------------------------------------------------
-def read_history(source: str | os.PathLike | bytes | tuple[str, bytes], filename: str | None = None) -> TrainingHistory:
-    """Read one log: a file path, a folder of TensorBoard event files, bytes or a ``(name, bytes)`` upload.
+def read_history(source: str | os.PathLike | bytes | tuple[str, bytes] | EventFolder,
+                 filename: str | None = None) -> TrainingHistory:
+    """Read one log: a file path, a folder of TensorBoard event files (or an `EventFolder`), bytes
+    or a ``(name, bytes)`` upload.
 
     Every file is read with `explain.loading.source.read_source` (the upload cap).
 
@@ -301,8 +318,10 @@ def read_history(source: str | os.PathLike | bytes | tuple[str, bytes], filename
         UnsafeFile: a checkpoint that would need code execution.
     """
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        path = Path(source)
-        files = read_folder(path, lambda p: "tfevents" in p.name)
+        source = EventFolder.read(source)
+    if isinstance(source, EventFolder):
+        path = Path(source.path)
+        files = [(path / rel, data) for rel, data in source.files]
         if not files:
             raise IncompatibleInput(f"{path}: the folder holds no TensorBoard event files (events.out.tfevents.*).")
         frame, step_is_epoch, warnings = formats.parse_event_files(formats.event_folder_records(files, path), str(path))

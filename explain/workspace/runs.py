@@ -22,7 +22,7 @@ from explain.workspace.registry import Registry
 from explain.workspace.roles import Action, Actor
 from explain.workspace.schema import Model, ModelVersion, Run
 
-PAGES = ("output", "structure", "training", "overview", "dataset")
+PAGES = ("output", "structure", "training", "overview", "dataset", "report")
 _PACKAGES = ("torch", "captum", "shap", "numpy", "streamlit", "transformers")
 
 

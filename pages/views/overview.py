@@ -13,10 +13,11 @@ from explain.finding import sort_findings
 from explain.inputs.text import detokenize, padding_mask
 from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer, upsample
 from explain.output.methods import compatible_methods, get_method
-from explain.report.sections import build_report
+from explain.report.job import report_html
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
 from explain.viz import attribution as viz
-from ui import state
+from explain.workspace import Action
+from ui import jobs, state
 from ui import workspace as team
 from ui.quality_view import render_quality_findings
 from ui.report_download import render_report_downloads
@@ -251,18 +252,28 @@ st.caption("One self-contained HTML file (opens offline; also as PDF): model car
            "The same report as `python -m explain report`.")
 report_methods = st.multiselect("Methods in the report", names, default=[method], key="gb_ov_report_methods")
 report_key = f"{model.sha256}:{digest_array(batch.array)}:{','.join(report_methods)}"
-if st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_methods):
-    with state.error_boundary("Building the report"):
-        bar = st.progress(0.0, text="Building the report…")
-        report = build_report(model, batch, logs=logs, checkpoints=checkpoints, methods=report_methods,
-                              review=team.current_review(model),
-                              progress=lambda done, total: bar.progress(done / max(total, 1),
-                                                                         text=f"Building the report: {done}/{total} parts"))
-        bar.empty()
-        st.session_state["gb_ov_report"] = (report_key, report.to_html().encode("utf-8"), report.failed_sections)
-stored = st.session_state.get("gb_ov_report")
+REPORT_JOB_KEY = "gb_ov_report_job"  # (report key, job id): the report being built or built
+if not team.can(Action.SAVE_RUN):
+    st.caption("Reports are built as jobs of the team's queue and saved as runs, which needs the editor role; "
+               "open a saved report on the Saved runs page.")
+elif st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_methods):
+    with state.error_boundary("Queueing the report"):
+        version = team.current_version(model, register=True)
+        if version is None:
+            raise GlassboxError("This model is not in the workspace and could not be registered.")
+        job = jobs.submit_report(version.name, version.version, model, batch.array, labels=batch.labels,
+                                 logs=logs, checkpoints=checkpoints, methods=report_methods)
+        st.session_state[REPORT_JOB_KEY] = (report_key, job.id)
+stored = st.session_state.get(REPORT_JOB_KEY)
 if stored and stored[0] == report_key:
-    _, html_bytes, failed = stored
-    if failed:
-        st.warning("Parts that could not be built (the report says why): " + escape_markdown(", ".join(failed)))
-    render_report_downloads(report_key, html_bytes, model.name)
+    with state.error_boundary("Building the report"):
+        job, run = jobs.follow_job(stored[1], "Building the report")
+        if run is None:
+            del st.session_state[REPORT_JOB_KEY]
+            st.info("The report was cancelled.")
+        else:
+            failed = list(run.info.summary.get("failed", {}))
+            if failed:
+                st.warning("Parts that could not be built (the report says why): " + escape_markdown(", ".join(failed)))
+            render_report_downloads(report_key, report_html(run), model.name)
+            team.render_share_link(f"Saved as run `{run.info.id}`. Link to it:", run=run.info.id)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from explain.report.job import report_html
 from explain.workspace import Action
-from ui import state
+from ui import jobs, state
 from ui import workspace as team
 from ui.comments import render_comments
-from ui.run_view import render_saved_run, rerun_differences, run_report_html
+from ui.run_view import render_saved_run, rerun_differences, submit_run_report
 from ui.text import escape_markdown
 
 ws, who = team.workspace(), team.actor()
@@ -67,10 +68,24 @@ with state.error_boundary("Loading the comments"):
     render_comments(run)
 
 st.divider()
-if st.button("Build report (HTML)", key="gb_run_report",
-             help="The run's model and inputs, its methods, and this run's comments and the version's decisions."):
-    with state.error_boundary("Building the report"):
-        with st.spinner("Building the report…"):
-            html = run_report_html(run)
-        st.download_button("Download report (HTML)", html, file_name=f"glassbox-run-{info.id}.html", mime="text/html",
-                           type="primary")
+REPORT_JOB_KEY = f"gb_run_report_{info.id}"
+if info.page == "report":
+    st.download_button("Download report (HTML)", report_html(run), file_name=f"glassbox-run-{info.id}.html",
+                       mime="text/html", type="primary")
+elif not team.can(Action.SAVE_RUN):
+    st.caption("Reports are built as jobs of the team's queue and saved as runs, which needs the editor role.")
+else:
+    if st.button("Build report (HTML)", key="gb_run_report",
+                 help="The run's model and inputs, its methods, and this run's comments and the version's decisions."):
+        with state.error_boundary("Queueing the report"):
+            st.session_state[REPORT_JOB_KEY] = submit_run_report(run).id
+    if st.session_state.get(REPORT_JOB_KEY):
+        with state.error_boundary("Building the report"):
+            job, built = jobs.follow_job(st.session_state[REPORT_JOB_KEY], "Building the report")
+            if built is None:
+                del st.session_state[REPORT_JOB_KEY]
+                st.info("The report was cancelled.")
+            else:
+                st.download_button("Download report (HTML)", report_html(built),
+                                   file_name=f"glassbox-run-{info.id}.html", mime="text/html", type="primary")
+                team.render_share_link(f"Saved as run `{built.info.id}`. Link to it:", run=built.info.id)
