@@ -227,3 +227,29 @@ def test_an_explain_job_measures_its_metrics_as_the_library_does_and_the_run_kee
     from explain.output.metrics import get_metric
     assert table.loc[get_metric("sparseness").title, "mean"] == pytest.approx(saved["saliency"]["sparseness"].mean)
     assert table.loc[get_metric("deletion").title, "method"] == "saliency"
+
+
+def test_a_failed_job_shows_its_reason_and_try_again_queues_it_anew(ws, monkeypatch):
+    from explain.service import runners
+    from explain.service.worker import Worker
+
+    real = runners.RUNNERS["explain"]
+
+    def broken(ctx):
+        raise RuntimeError("the GPU fell over")
+
+    monkeypatch.setitem(runners.RUNNERS, "explain", broken)
+    worker = Worker(ws, name="external-3", poll_s=0.05)
+    thread = _in_thread(worker.run_forever)
+    try:
+        at = _output_page().run()
+        assert not at.exception, at.exception
+        assert any("the GPU fell over" in e.value for e in at.error)  # one line, no traceback
+        monkeypatch.setitem(runners.RUNNERS, "explain", real)
+        at.button(key="gb_output_retry").click().run()
+    finally:
+        worker.stop.set()
+        thread.join(10)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [j.status for j in ws.jobs.list(OP)][:2] == ["done", "failed"]
+    assert any("?run=" in c.value for c in at.code)

@@ -170,8 +170,10 @@ def run_explain(ctx: JobContext) -> RunRecord:
     attrs = []
     for i, entry in enumerate(methods):
         arrays = {k.split("/", 1)[1]: v for k, v in ctx.inputs.items() if k.startswith(f"{i}/")}
+        # the process-wide cache (keyed by model, inputs, method, parameters and target): a request
+        # that only changes its metrics does not explain again
         attrs.append(get_method(entry["method"]).explain(model, inputs, target=target, progress=step(i),
-                                                         use_cache=False, **entry.get("params", {}), **arrays))
+                                                         **entry.get("params", {}), **arrays))
     order = {(a.method, m["metric"]): len(methods) + i * len(metrics) + j
              for i, a in enumerate(attrs) for j, m in enumerate(metrics)}
     quality = evaluate_quality(model, attrs, [m["metric"] for m in metrics], ctx.inputs.get("masks"),

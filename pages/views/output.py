@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from explain.output.methods import compatible_methods, get_method
+from explain.service.client import JobNotDone
 from explain.workspace import Action
 from explain.workspace.records import output_attributions, output_quality
 from ui import jobs, state
@@ -90,7 +91,13 @@ with state.error_boundary("Explaining"):
         job = jobs.submit_explain(model, inputs, asked, target, rows=explain_rows, shown=shown, labels=labels,
                                   sign=map_options.sign, metrics=measured.metrics, masks=measured.masks)
         followed[job_key] = job.id
-    job, run = jobs.follow_job(followed[job_key], f"Explaining with {', '.join(chosen)}")
+    try:
+        job, run = jobs.follow_job(followed[job_key], f"Explaining with {', '.join(chosen)}")
+    except JobNotDone:
+        if st.button("Try again", key="gb_output_retry", help="Queue this explanation again."):
+            del followed[job_key]
+            st.rerun()
+        raise
     if job.status == "cancelled":  # here or on the Queue page: the next run says so and offers Explain
         st.session_state["gb_cancelled"] = True
         followed.clear()
