@@ -147,6 +147,17 @@ def browser_page(_browser, request):
     context.close()
 
 
+def open_upload_mode(page, app_url: str):
+    """The Output page in upload mode, as a new user gets there: the sidebar and its file uploaders."""
+    page.goto(app_url + "/output")
+    page.get_by_text("Output explanations").first.wait_for(timeout=240_000)
+    wait_for_app(page)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stRadioGroup"]').get_by_text("Upload", exact=True).click()
+    page.locator('[data-testid="stMain"] h1', has_text="Your model").wait_for(timeout=120_000)
+    return sidebar, sidebar.locator('[data-testid="stFileUploader"]')
+
+
 def wait_for_app(page, timeout_ms: int = 120_000) -> None:
     """Wait until Streamlit has finished running the script (no 'Running' indicator)."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)

@@ -299,7 +299,7 @@ def test_vocabulary_from_tokenizer_json(bert_dir, tmp_path):
 def test_browser_upload_of_a_hf_zip_with_texts_then_save_run_registers_it(bert_dir, tmp_path, app_url, browser_page):
     """A new user's path: a Hugging Face zip and a text file through the real uploaders, explained, saved."""
     from explain.workspace import Actor, open_workspace
-    from tests.conftest import SCREENSHOTS, wait_for_app
+    from tests.conftest import SCREENSHOTS, open_upload_mode, wait_for_app
 
     archive = tmp_path / "tiny-bert.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -307,13 +307,7 @@ def test_browser_upload_of_a_hf_zip_with_texts_then_save_run_registers_it(bert_d
             zf.write(f, f"tiny-bert/{f.name}")  # zipped as a folder, as people zip them
     (tmp_path / "reviews.txt").write_text("the movie was very good\nbad awful movie\n")
     page = browser_page
-    page.goto(app_url + "/output")
-    page.get_by_text("Output explanations").first.wait_for(timeout=240_000)
-    wait_for_app(page)
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.locator('[data-testid="stRadioGroup"]').get_by_text("Upload", exact=True).click()
-    page.locator('[data-testid="stMain"] h1', has_text="Your model").wait_for(timeout=120_000)
-    uploader = sidebar.locator('[data-testid="stFileUploader"]')
+    sidebar, uploader = open_upload_mode(page, app_url)
     uploader.filter(has_text="Checkpoint").locator('input[type="file"]').set_input_files(str(archive))
     sidebar.get_by_text("tiny-bert.zip").first.wait_for(timeout=120_000)  # the upload reached the server
     wait_for_app(page)

@@ -13,7 +13,7 @@ import pytest
 from foreign_models import write_foreign_models
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import SCREENSHOTS, wait_for_app
+from tests.conftest import SCREENSHOTS, open_upload_mode, wait_for_app
 from ui.state import UploadedBlob
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,13 +105,7 @@ def test_a_failed_upload_stays_on_the_upload_with_the_way_forward(foreign):
 def test_inputs_then_a_spec_less_model_through_the_uploaders(app_url, browser_page, foreign):
     """The real widgets: .npy inputs first, then a TorchScript with no spec; the Output page explains it."""
     page = browser_page
-    page.goto(app_url + "/output")
-    page.get_by_text("Output explanations").first.wait_for(timeout=240_000)
-    wait_for_app(page)
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.locator('[data-testid="stRadioGroup"]').get_by_text("Upload", exact=True).click()
-    page.locator('[data-testid="stMain"] h1', has_text="Your model").wait_for(timeout=120_000)
-    uploader = sidebar.locator('[data-testid="stFileUploader"]')
+    sidebar, uploader = open_upload_mode(page, app_url)
     uploader.filter(has_text="Inputs").locator('input[type="file"]').set_input_files(str(foreign / "img.npy"))
     page.get_by_text("Inputs ready").first.wait_for(timeout=120_000)
     wait_for_app(page)
