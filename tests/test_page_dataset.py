@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 import sample_models
 from explain.dataset.reading import read_dataset
 from explain.output.methods import get_method
-from tests.conftest import wait_for_app
+from tests.conftest import SCREENSHOTS, wait_for_app
 from ui.state import UploadedBlob
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,4 +135,42 @@ def test_browser_uploads_an_image_zip_and_explains_it_in_shards(app_url, browser
     assert main.get_by_text(re.compile(r"6 of 6 rows · 3 of 3 shards")).count() == 1
     main.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # the class-mean maps (drawn after the text)
     assert main.locator(".js-plotly-plot").count() >= 1
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+@pytest.mark.browser
+def test_browser_draws_partial_summaries_of_a_running_job_and_cancels_it(app_url, browser_page):
+    """While the dataset job runs, the page shows its progress, the summary of the shards done so
+    far (published by the worker) and Cancel; Cancel stops the job and nothing is saved."""
+    from explain.workspace import Actor, open_workspace
+
+    page = browser_page
+    page.goto(app_url + "/dataset")
+    page.get_by_text("Explain the dataset").wait_for(timeout=120_000)
+    wait_for_app(page)
+    main = page.locator('[data-testid="stMain"]')
+    shard = main.get_by_label("Rows per shard")
+    shard.fill("1")  # the sample's 32 images, one shard each
+    shard.press("Enter")
+    page.wait_for_timeout(1_000)
+    live = main.get_by_text(re.compile(r"\d+ of 32 rows · \d+ of 32 shards"))
+    for _ in range(3):  # a click that lands during a rerun is lost with the re-drawn button: click again
+        wait_for_app(page)
+        main.get_by_role("button", name="Explain the dataset").click()
+        try:
+            live.first.wait_for(timeout=120_000)
+            break
+        except Exception:
+            continue
+    bar = main.get_by_text(re.compile(r"Explaining 32 rows with integrated_gradients: \d+% \(job "))
+    bar.first.wait_for(timeout=60_000)
+    main.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # the partial class-mean maps
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "dataset_job_running.png"), full_page=True)
+    job_id = re.search(r"\(job (\w+)\)", bar.first.inner_text()).group(1)
+    main.get_by_role("button", name="Cancel").click()
+    main.get_by_text("The dataset run was cancelled.").wait_for(timeout=120_000)
+    ws = open_workspace()
+    job = ws.jobs.get(Actor.local(), job_id)
+    assert job.status == "cancelled" and job.run is None
     assert page.locator('[data-testid="stException"]').count() == 0

@@ -79,7 +79,7 @@ def follow_job(job_id: str, label: str, on_partial: Callable[[dict[str, np.ndarr
     """
     ws, who = team.workspace(), team.actor()
     ensure_worker()
-    bar, cancel_slot = st.empty(), st.empty()
+    bar, cancel_slot, partial_slot = st.empty(), st.empty(), st.empty()
     if cancel_slot.button("Cancel", key=f"gb_cancel_job_{job_id}"):  # the click ended the last wait
         ws.jobs.cancel(who, job_id)
     drawn = {"partial": None}
@@ -92,11 +92,13 @@ def follow_job(job_id: str, label: str, on_partial: Callable[[dict[str, np.ndarr
             bar.progress(job.progress, text=f"{label}: {round(100 * job.progress)}% (job {job.id})")
             if on_partial is not None and job.partial_sha256 and job.partial_sha256 != drawn["partial"]:
                 drawn["partial"] = job.partial_sha256
-                on_partial(ws.jobs.partial(job))
+                with partial_slot.container():  # below the bar and Cancel, redrawn in place
+                    on_partial(ws.jobs.partial(job))
 
     job = wait(ws, who, job_id, on_progress=draw)
     bar.empty()
     cancel_slot.empty()
+    partial_slot.empty()
     if job.status == "cancelled":
         return job, None
     return job, finished_run(ws, who, job)

@@ -105,7 +105,7 @@ class Worker:
                 raise Cancelled("The job was cancelled.")
             def publish(arrays) -> None:
                 try:
-                    jobs.publish_partial(job.id, me, arrays)
+                    jobs.publish_partial(job.id, me, arrays, state["fraction"])
                 except LostJob:
                     state["lost"] = True
                     raise Cancelled("The job was taken back from this worker.") from None

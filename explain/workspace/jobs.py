@@ -266,8 +266,10 @@ class Jobs:
                 raise LostJob(f"Job {job_id} is no longer run by {worker}.")
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
-    def publish_partial(self, job_id: str, worker: str, arrays: dict[str, np.ndarray]) -> None:
-        """Store ``arrays`` as the running job's result so far (e.g. a dataset summary after each shard).
+    def publish_partial(self, job_id: str, worker: str, arrays: dict[str, np.ndarray],
+                        progress: float | None = None) -> None:
+        """Store ``arrays`` as the running job's result so far (e.g. a dataset summary after each
+        shard), with how far the job is at that point.
 
         Raises:
             LostJob: the job is no longer this worker's.
@@ -275,7 +277,9 @@ class Jobs:
         sha = self.core.blobs.put_arrays(arrays)
         with self.core.db.transaction() as s:
             changed = s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
-                                .values(partial_sha256=sha).execution_options(synchronize_session=False)).rowcount
+                                .values(partial_sha256=sha, heartbeat=utcnow(),
+                                        **({} if progress is None else {"progress": float(min(max(progress, 0.0), 1.0))}))
+                                .execution_options(synchronize_session=False)).rowcount
             if changed != 1:
                 raise LostJob(f"Job {job_id} is no longer run by {worker}.")
 

@@ -74,14 +74,8 @@ if run_key not in followed:
 
 run = None
 with state.error_boundary(f"Explaining the dataset with {method}"):
-    live = st.empty()
-
-    def draw_partial(arrays) -> None:
-        with live.container():
-            render_summary(model, partial_view(arrays, model.modality), "ds_live")
-
-    job, run = jobs.follow_job(followed[run_key], f"Explaining {len(dataset)} rows with {method}", draw_partial)
-    live.empty()
+    job, run = jobs.follow_job(followed[run_key], f"Explaining {len(dataset)} rows with {method}",
+                               lambda arrays: render_summary(model, partial_view(arrays, model.modality), "ds_live"))
     if job.status == "cancelled":
         del followed[run_key]
         st.info("The dataset run was cancelled.")
