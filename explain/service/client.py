@@ -76,7 +76,7 @@ def wait(ws: Workspace, actor: Actor, job_id: str, on_progress: Callable[[JobInf
             return job
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Job {job_id} did not finish in {timeout_s:.0f} s.")
-        time.sleep(pause)
+        ws.jobs.wait_for_an_end(pause)  # a worker of this process that finishes wakes us at once
         pause = min(pause * 1.5, poll_s)
 
 

@@ -21,6 +21,7 @@ at all, so a retried job never leaves half a result or two.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -105,6 +106,8 @@ class Jobs:
         self.core = core
         #: called after each submit commits: an in-process worker wakes at once instead of at its next poll
         self.on_submit: list = []
+        #: notified when a job of this process's workers ends: in-process waiters answer at once
+        self.ended = threading.Condition()
 
     # -- asking ------------------------------------------------------------------------------
     def submit(self, actor: Actor, kind: str, params: dict[str, Any], *, title: str = "",
@@ -190,7 +193,10 @@ class Jobs:
             self.core.audit(s, actor, "job.cancel", "job", row.id, before={"status": "queued" if row.status ==
                                                                             "cancelled" else "running"})
             s.flush()
-            return _info(row)
+            info = _info(row)
+        with self.ended:
+            self.ended.notify_all()
+        return info
 
     def inputs(self, job: JobInfo) -> dict[str, np.ndarray]:
         """The arrays submitted with the job (empty if none)."""
@@ -290,9 +296,17 @@ class Jobs:
 
     def _end(self, job_id: str, worker: str, **values: Any) -> bool:
         with self.core.db.transaction() as s:
-            return s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
-                             .values(finished_at=utcnow(), **values)
-                             .execution_options(synchronize_session=False)).rowcount == 1
+            ended = s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+                              .values(finished_at=utcnow(), **values)
+                              .execution_options(synchronize_session=False)).rowcount == 1
+        with self.ended:
+            self.ended.notify_all()
+        return ended
+
+    def wait_for_an_end(self, timeout_s: float) -> None:
+        """Sleep until a job run in this process ends, or ``timeout_s`` (jobs run elsewhere: the timeout)."""
+        with self.ended:
+            self.ended.wait(timeout_s)
 
     def finish(self, job_id: str, worker: str, run_id: str) -> bool:
         return self._end(job_id, worker, status="done", progress=1.0, run_id=run_id, error=None)

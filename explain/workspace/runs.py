@@ -8,6 +8,7 @@ audit entry, so a run is whole or absent, even if the process is killed mid-save
 """
 from __future__ import annotations
 
+import functools
 import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,17 +27,25 @@ PAGES = ("output", "structure", "training", "overview", "dataset", "report")
 _PACKAGES = ("torch", "captum", "shap", "numpy", "streamlit", "transformers")
 
 
-def environment(device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
-    """Package versions, Python, device and precision: what a reader needs to reproduce a run."""
+@functools.cache
+def _package_versions() -> tuple[tuple[str, str], ...]:
+    """The installed versions of `_PACKAGES` (read once per process: reading package metadata costs
+    milliseconds, a saved run per job would pay it every time)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    packages = {}
+    found = []
     for name in _PACKAGES:
         try:
-            packages[name] = version(name)
+            found.append((name, version(name)))
         except PackageNotFoundError:
             continue
-    return {"python": platform.python_version(), "packages": packages, "device": device, "precision": precision}
+    return tuple(found)
+
+
+def environment(device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
+    """Package versions, Python, device and precision: what a reader needs to reproduce a run."""
+    return {"python": platform.python_version(), "packages": dict(_package_versions()), "device": device,
+            "precision": precision}
 
 
 @dataclass(frozen=True)
