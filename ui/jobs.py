@@ -41,6 +41,14 @@ def ensure_worker() -> None:
         _embedded_worker(ws.url, str(ws.home))
 
 
+def registered_version(model):
+    """The current model's registry version, registering an upload first (what every job names)."""
+    version = team.current_version(model, register=True)
+    if version is None:
+        raise GlassboxError("This model is not in the workspace and could not be registered.")
+    return version
+
+
 def request_key(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: int | None) -> str:
     """What identifies one explanation request of a page: the model, the inputs [N, ...], the
     methods with their parameters (arrays by digest) and the target."""
@@ -58,9 +66,7 @@ def submit_explain(model, inputs, asked: list[tuple[str, dict[str, Any]]], targe
                    metrics: list[tuple[str, dict[str, Any]]] | None = None, masks=None) -> JobInfo:
     """Queue ``asked`` (method, parameters) on ``inputs`` [N, ...] of the current model, registered
     first if it is an upload, and ``metrics`` on their maps; the job's result is an Output run."""
-    version = team.current_version(model, register=True)
-    if version is None:
-        raise GlassboxError("This model is not in the workspace and could not be registered.")
+    version = registered_version(model)
     job_params, arrays, title = explain_methods_job(model, version.name, version.version, inputs, asked, target,
                                                     rows=rows, shown=shown, labels=labels, sign=sign,
                                                     metrics=metrics, masks=masks)
@@ -109,9 +115,7 @@ def submit_dataset(model, dataset, method: str, params: dict[str, Any], target, 
     """Queue a dataset-wide run of the current model (registered first if it is an upload) as a batch job."""
     from explain.dataset.job import dataset_job
 
-    version = team.current_version(model, register=True)
-    if version is None:
-        raise GlassboxError("This model is not in the workspace and could not be registered.")
+    version = registered_version(model)
     job_params, arrays, title = dataset_job(model, version.name, version.version, dataset, method, params, target,
                                             shard_rows, engine)
     return team.workspace().jobs.submit(team.actor(), "dataset", job_params, title=title, inputs=arrays,

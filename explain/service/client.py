@@ -1,5 +1,6 @@
-"""Asking the queue and waiting for the answer: the one path by which the Output page, the CLI
-(``attribute``, ``batch``) and the HTTP API get their explanations.
+"""Asking the queue and waiting for the answer: the one path by which the pages (Output, Dataset,
+the reports of the Overview and Saved runs), the CLI (``attribute``, ``evaluate``, ``batch``,
+``report``) and the HTTP API get their explanations, quality figures, dataset runs and reports.
 
     version = register_model(ws, actor, model, data, filename, name)   # the job names a registry version
     job = ws.jobs.submit(actor, "explain", params, inputs=arrays, priority="interactive")

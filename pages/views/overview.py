@@ -258,9 +258,7 @@ if not team.can(Action.SAVE_RUN):
                "open a saved report on the Saved runs page.")
 elif st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_methods):
     with state.error_boundary("Queueing the report"):
-        version = team.current_version(model, register=True)
-        if version is None:
-            raise GlassboxError("This model is not in the workspace and could not be registered.")
+        version = jobs.registered_version(model)
         job = jobs.submit_report(version.name, version.version, model, batch.array, labels=batch.labels,
                                  logs=logs, checkpoints=checkpoints, methods=report_methods)
         st.session_state[REPORT_JOB_KEY] = (report_key, job.id)
