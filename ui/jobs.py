@@ -49,15 +49,18 @@ def registered_version(model):
     return version
 
 
-def request_key(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: int | None) -> str:
+def request_key(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: int | None,
+                metrics: list[tuple[str, dict[str, Any]]] = (), masks: np.ndarray | None = None) -> str:
     """What identifies one explanation request of a page: the model, the inputs [N, ...], the
-    methods with their parameters (arrays by digest) and the target."""
+    methods and the metrics with their parameters (arrays by digest), the masks and the target."""
     def plain(value):
         return digest_array(value) if isinstance(value, np.ndarray) else value
 
-    described = [[name, sorted((k, plain(v)) for k, v in params.items())] for name, params in asked]
-    return digest_bytes(json.dumps([model.sha256, digest_array(inputs), described, target],
-                                   default=str).encode())
+    def described(pairs):
+        return [[name, sorted((k, plain(v)) for k, v in params.items())] for name, params in pairs]
+
+    return digest_bytes(json.dumps([model.sha256, digest_array(inputs), described(asked), described(metrics),
+                                    plain(masks), target], default=str).encode())
 
 
 def submit_explain(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: int | None, *,

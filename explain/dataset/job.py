@@ -68,13 +68,13 @@ def run_dataset_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str
     options = {"actors": params["actors"]} if engine_name == "ray" and params.get("actors") else {}
     engine = make_engine(engine_name, model, model_file() if engine_name == "ray" else None, **options)
     run = DatasetRun(model, dataset, params["method"], int(params["shard_rows"]))
-    given = {**params.get("params", {}), **{k[6:]: v for k, v in arrays.items() if k.startswith("param/")}}
+    given = {**params.get("params", {}),
+             **{k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}}
     for shard in explain_dataset(model, dataset, params["method"], given, target=params.get("target"),
                                  shard_rows=int(params["shard_rows"]), engine=engine, progress=progress):
         run.add(shard)
         if not run.complete:
-            publish({**run.summary().to_npz_dict(), "summary_progress": np.asarray(
-                [run.summary().rows, len(dataset), len(run.results), run.n_shards, run.seconds()])})
+            publish(partial_arrays(run))
     return dataset_record(params["model"], int(params["version"]), model, run, engine_name, params)
 
 
@@ -113,9 +113,12 @@ class DatasetView:
     seconds: float
 
 
-def live_view(run: DatasetRun) -> DatasetView:
-    values, inputs = run.values_and_inputs()
-    return DatasetView(run.summary(), values, inputs, run.seconds())
+def partial_arrays(run: DatasetRun) -> dict[str, np.ndarray]:
+    """What a worker publishes after each shard (`partial_view` reads it back): the summary so far
+    and ``summary_progress`` = rows done, rows, shards done, shards, seconds."""
+    summary = run.summary()
+    return {**summary.to_npz_dict(), "summary_progress": np.asarray(
+        [summary.rows, len(run.dataset), len(run.results), run.n_shards, run.seconds()])}
 
 
 def partial_view(arrays: dict[str, np.ndarray], modality: str) -> DatasetView:

@@ -75,8 +75,7 @@ asked = [(name, params_by_method.get(name, {})) for name in chosen]
 maps_tab, quality_tab = st.tabs(["Maps", "Quality"])
 with quality_tab, state.error_boundary("Choosing the metrics"):
     measured = quality_controls(model, state.current_masks(), explain_rows)  # measured in the same job
-job_key = jobs.request_key(model, inputs, asked + [(f"metric:{n}", p) for n, p in measured.metrics]
-                           + ([("masks", {"masks": measured.masks})] if measured.masks is not None else []), target)
+job_key = jobs.request_key(model, inputs, asked, target, measured.metrics, measured.masks)
 followed = st.session_state.setdefault("gb_output_jobs", {})  # request key -> job id
 
 if st.session_state.get("gb_cancelled"):
