@@ -13,14 +13,13 @@ from explain.finding import sort_findings
 from explain.inputs.text import detokenize, padding_mask
 from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer, upsample
 from explain.output.methods import compatible_methods, get_method
-from explain.report.job import report_html
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
 from explain.viz import attribution as viz
 from explain.workspace import Action
 from ui import jobs, state
 from ui import workspace as team
 from ui.quality_view import render_quality_findings
-from ui.report_download import render_report_downloads
+from ui.report_download import render_report_job
 from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
@@ -265,13 +264,5 @@ elif st.button("Build report (HTML)", key="gb_ov_build", disabled=not report_met
 stored = st.session_state.get(REPORT_JOB_KEY)
 if stored and stored[0] == report_key:
     with state.error_boundary("Building the report"):
-        job, run = jobs.follow_job(stored[1], "Building the report")
-        if run is None:
+        if not render_report_job(stored[1], report_key, model.name):
             del st.session_state[REPORT_JOB_KEY]
-            st.info("The report was cancelled.")
-        else:
-            failed = list(run.info.summary.get("failed", {}))
-            if failed:
-                st.warning("Parts that could not be built (the report says why): " + escape_markdown(", ".join(failed)))
-            render_report_downloads(report_key, report_html(run), model.name)
-            team.render_share_link(f"Saved as run `{run.info.id}`. Link to it:", run=run.info.id)

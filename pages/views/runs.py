@@ -6,9 +6,10 @@ import streamlit as st
 
 from explain.report.job import report_html
 from explain.workspace import Action
-from ui import jobs, state
+from ui import state
 from ui import workspace as team
 from ui.comments import render_comments
+from ui.report_download import render_report_job
 from ui.run_view import render_saved_run, rerun_differences, submit_run_report
 from ui.text import escape_markdown
 
@@ -81,11 +82,5 @@ else:
             st.session_state[REPORT_JOB_KEY] = submit_run_report(run).id
     if st.session_state.get(REPORT_JOB_KEY):
         with state.error_boundary("Building the report"):
-            job, built = jobs.follow_job(st.session_state[REPORT_JOB_KEY], "Building the report")
-            if built is None:
+            if not render_report_job(st.session_state[REPORT_JOB_KEY], f"run:{info.id}", f"run-{info.id}"):
                 del st.session_state[REPORT_JOB_KEY]
-                st.info("The report was cancelled.")
-            else:
-                st.download_button("Download report (HTML)", report_html(built),
-                                   file_name=f"glassbox-run-{info.id}.html", mime="text/html", type="primary")
-                team.render_share_link(f"Saved as run `{built.info.id}`. Link to it:", run=built.info.id)
