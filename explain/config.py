@@ -9,6 +9,16 @@ Environment variables:
         same number).
     GLASSBOX_MAX_IMAGE_PIXELS: largest image (width x height) decoded
         (default 40 million): a bigger one is a decompression bomb.
+    GLASSBOX_MAX_PARAMETERS / GLASSBOX_MAX_ACTIVATIONS / GLASSBOX_MAX_LAYERS: the
+        largest model a weight file's or a Hugging Face config may ask Glassbox to
+        build, counted from the config before anything is built: parameters
+        (default 500 million), activation elements of one sample's forward pass
+        (default 200 million) and layers (default 10,000).
+    GLASSBOX_MAX_LABELS: most classes a Hugging Face config may declare (default 100,000).
+    GLASSBOX_MAX_VOCABULARY / GLASSBOX_MAX_TOKENIZER_MB: the longest vocabulary
+        (default 1 million tokens) and largest ``tokenizer.json`` (default 64) read.
+    GLASSBOX_MAX_PICKLE_OPCODES: opcodes scanned in one pickle of a TorchScript
+        archive before it is refused (default 5 million).
     GLASSBOX_TRUSTED: ``1`` turns on trusted mode (full pickles of the
         operator's own files). Off by default.
     GLASSBOX_SANDBOX_TIMEOUT_S: wall-clock (and CPU-time) limit of the sandbox
@@ -34,6 +44,8 @@ Environment variables:
         report the job is taken back (default 30 s), and how many tries it gets (3).
     GLASSBOX_API_MAX_BODY_MB / GLASSBOX_API_MAX_JOBS: the HTTP API's largest request
         body (default 16) and queued-or-running jobs per token (default 16).
+    GLASSBOX_API_MAX_BUFFERED_MB: request bytes the HTTP API holds at once across all
+        requests in flight (default 64); a body that does not fit now gets 503.
 
 
     GLASSBOX_RAY_ADDRESS: a Ray cluster's address (``ray start --head`` prints it);
@@ -54,6 +66,10 @@ SANDBOX_TIMEOUT_S = 60.0
 SANDBOX_MEMORY_MB = 4096
 #: Default largest batch a user's graph is vetted (and then run) at.
 VETTED_BATCH = 64
+#: Model processes (a user's graph each, `explain.loading.model_process`) alive at once.
+MODEL_PROCESSES = 8
+#: Wall-clock seconds one request to a model process may take.
+MODEL_CALL_TIMEOUT_S = 600.0
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -84,6 +100,53 @@ def max_image_pixels() -> int:
     return int(_env_number("GLASSBOX_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
 
 
+#: Default caps on what a file's config may ask to build (`explain.loading.architectures`, Hugging Face).
+MAX_PARAMETERS = 500_000_000
+MAX_ACTIVATIONS = 200_000_000
+MAX_LAYERS = 10_000
+MAX_LABELS = 100_000
+#: Default longest vocabulary (tokens) and largest ``tokenizer.json`` (MiB) read.
+MAX_VOCABULARY = 1_000_000
+MAX_TOKENIZER_MB = 64
+#: Default most opcodes scanned in one TorchScript pickle.
+MAX_PICKLE_OPCODES = 5_000_000
+
+
+def max_parameters() -> int:
+    """Most parameters (state_dict elements) a config may ask for (env ``GLASSBOX_MAX_PARAMETERS``)."""
+    return int(_env_number("GLASSBOX_MAX_PARAMETERS", MAX_PARAMETERS))
+
+
+def max_activations() -> int:
+    """Most activation elements of one sample's forward pass (env ``GLASSBOX_MAX_ACTIVATIONS``)."""
+    return int(_env_number("GLASSBOX_MAX_ACTIVATIONS", MAX_ACTIVATIONS))
+
+
+def max_layers() -> int:
+    """Most layers a config may ask for (env ``GLASSBOX_MAX_LAYERS``)."""
+    return int(_env_number("GLASSBOX_MAX_LAYERS", MAX_LAYERS))
+
+
+def max_labels() -> int:
+    """Most classes a Hugging Face config may declare (env ``GLASSBOX_MAX_LABELS``)."""
+    return int(_env_number("GLASSBOX_MAX_LABELS", MAX_LABELS))
+
+
+def max_vocabulary() -> int:
+    """Longest vocabulary read, in tokens (env ``GLASSBOX_MAX_VOCABULARY``)."""
+    return int(_env_number("GLASSBOX_MAX_VOCABULARY", MAX_VOCABULARY))
+
+
+def max_tokenizer_bytes() -> int:
+    """Largest ``tokenizer.json`` read, in bytes (env ``GLASSBOX_MAX_TOKENIZER_MB``)."""
+    return int(_env_number("GLASSBOX_MAX_TOKENIZER_MB", MAX_TOKENIZER_MB) * 1024 * 1024)
+
+
+def max_pickle_opcodes() -> int:
+    """Most opcodes scanned in one TorchScript pickle (env ``GLASSBOX_MAX_PICKLE_OPCODES``)."""
+    return int(_env_number("GLASSBOX_MAX_PICKLE_OPCODES", MAX_PICKLE_OPCODES))
+
+
 def sandbox_timeout_s() -> float:
     """Wall-clock limit of the sandbox child after its imports (env ``GLASSBOX_SANDBOX_TIMEOUT_S``)."""
     return _env_number("GLASSBOX_SANDBOX_TIMEOUT_S", SANDBOX_TIMEOUT_S)
@@ -92,6 +155,16 @@ def sandbox_timeout_s() -> float:
 def sandbox_memory_bytes() -> int:
     """Address space the sandbox child may add after importing torch (env ``GLASSBOX_SANDBOX_MEMORY_MB``)."""
     return int(_env_number("GLASSBOX_SANDBOX_MEMORY_MB", SANDBOX_MEMORY_MB) * 1024 * 1024)
+
+
+def model_processes() -> int:
+    """Model processes alive at once, least recently used stopped first (env ``GLASSBOX_MODEL_PROCESSES``)."""
+    return max(1, int(_env_number("GLASSBOX_MODEL_PROCESSES", MODEL_PROCESSES)))
+
+
+def model_call_timeout_s() -> float:
+    """Seconds one request to a model process may run before it is stopped (env ``GLASSBOX_MODEL_CALL_TIMEOUT_S``)."""
+    return _env_number("GLASSBOX_MODEL_CALL_TIMEOUT_S", MODEL_CALL_TIMEOUT_S)
 
 
 def vetted_batch() -> int:
@@ -141,6 +214,11 @@ def job_max_attempts() -> int:
 
 def api_max_body_bytes() -> int:
     return int(_env_number("GLASSBOX_API_MAX_BODY_MB", 16) * 1024 * 1024)
+
+
+def api_max_buffered_bytes() -> int:
+    """Request body bytes the API buffers across all requests in flight (``GLASSBOX_API_MAX_BUFFERED_MB``)."""
+    return int(_env_number("GLASSBOX_API_MAX_BUFFERED_MB", 64) * 1024 * 1024)
 
 
 def api_max_jobs() -> int:

@@ -42,6 +42,11 @@ class LoadedModel:
             models a caller built by hand, which the caller vouches for).
         extra: free-form metadata (checkpoint epoch, training history,
             ``sandbox``: the vetting summary of a user's graph, ...).
+        process: for a user's graph (``torchscript``, ``export``) loaded by
+            `explain.loading.loader.load_model`: the sandboxed
+            `explain.loading.model_process.ModelProcess` the graph lives and runs in;
+            ``module`` is then its `RemoteModule`, and functions that need the graph
+            itself run in that process (`explain.loading.model_process.in_model_process`).
     """
 
     module: Any
@@ -55,6 +60,7 @@ class LoadedModel:
     exported_program: Any = None
     max_batch_rows: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    process: Any = field(default=None, repr=False, compare=False)
     _unflattened: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -88,7 +94,7 @@ class LoadedModel:
         if self.is_eager:
             return None
         if self.format == "export" and exported:
-            if self.exported_program is not None and not self.fixed_batch_size:
+            if (self.exported_program is not None or self.process is not None) and not self.fixed_batch_size:
                 return None
             why = "a .pt2 exported with a fixed batch size" if self.fixed_batch_size else "this .pt2 file"
         elif self.format == "export":
@@ -112,6 +118,8 @@ class LoadedModel:
             raise IncompatibleInput(reason, hint)
         if self.is_eager:
             return self.module
+        if self.process is not None:  # callers run in the model's process (in_model_process)
+            raise IncompatibleInput(f"{what} runs in the model's own process, not in the server.")
         if self._unflattened is None:
             self._unflattened = torch.export.unflatten(self.exported_program)
         return self._unflattened.to(self.device)
@@ -142,6 +150,8 @@ class LoadedModel:
         return None
 
     def parameter_count(self) -> int:
+        if self.process is not None:
+            return int(self.process.info.get("parameters") or 0)
         params = getattr(self.module, "parameters", None)
         if params is None:
             return 0
@@ -150,6 +160,8 @@ class LoadedModel:
     def to(self, device: str | torch.device) -> LoadedModel:
         """Move the model in place and return self. ``.pt2`` graphs move too."""
         device = torch.device(device)
+        if self.process is not None:  # the graph stays in its process (CPU)
+            return self
         if device != self.device:
             self.module.to(device)
             self.device = device

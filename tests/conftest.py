@@ -168,3 +168,27 @@ def wait_for_app(page, timeout_ms: int = 120_000) -> None:
         }""",
         timeout=timeout_ms,
     )
+
+
+def in_process(model):
+    """A trusted test's copy of ``model`` with its graph loaded in this process (never in the app).
+
+    A user's graph runs in its model process (`explain.loading.model_process`); tests that spy on
+    the engine's internals with monkeypatch need the graph here, where the spies are.
+    """
+    import dataclasses
+    import io
+
+    import torch
+
+    from explain.loading.export import load_export_parts
+
+    if model.process is None:
+        return model
+    data = model.process._data
+    if model.format == "torchscript":
+        module, program = torch.jit.load(io.BytesIO(data)).eval(), None
+    else:
+        parts = load_export_parts(data)
+        module, program = parts.module, parts.exported_program
+    return dataclasses.replace(model, module=module, exported_program=program, process=None)

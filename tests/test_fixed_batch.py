@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from explain.output.engine import ModelFunction
+from tests.conftest import in_process
 from explain.output.methods import get_method
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -36,7 +37,7 @@ def test_row_mapped_equals_row_by_row(sample, method, mapping_spy, monkeypatch):
     from sample_models import load_sample, sample_inputs
 
     x = sample_inputs(sample)["inputs"][:2]
-    static = load_sample(sample, "export_static")
+    static = in_process(load_sample(sample, "export_static"))  # the spy is in this process
     assert static.fixed_batch_size == 1
     params = {"steps": 8} if method == "integrated_gradients" else {}
     mapped = get_method(method).explain(static, x, use_cache=False, **params)

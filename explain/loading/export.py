@@ -33,6 +33,7 @@ from torch import nn
 
 from explain import config
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
+from explain.loading.model_process import in_model_process
 from explain.loading.op_allowlist import is_allowed
 from explain.loading.shape_expr import check_expression
 from explain.loading.source import LoadedParts, first_line, open_zip, read_zip_member, spec_from_text, weights_only_load
@@ -62,8 +63,30 @@ def is_export_archive(zf: zipfile.ZipFile, names: list[str]) -> bool:
     return read_zip_member(zf, member, ".pt2").strip() == b"pt2"
 
 
+def check_export_parts(data: bytes) -> LoadedParts:
+    """Check a ``.pt2`` in the server and load it in its own model process (`explain.loading.model_process`).
+
+    Every static check of `read_export_archive` runs here; the program is
+    deserialised and run only in the child.
+    """
+    from explain.loading.model_process import load_remote_parts
+
+    _, _, _, embedded = read_export_archive(data)
+    return load_remote_parts(data, "export", embedded)
+
+
 def load_export_parts(data: bytes) -> LoadedParts:
-    """Load a ``.pt2`` without ever unpickling Python objects or eval-ing its strings.
+    """Load a ``.pt2`` (in a model process) without ever unpickling Python objects or eval-ing its strings."""
+    raw, state_dict, constants, embedded = read_export_archive(data)
+    ep = _deserialize(raw, state_dict, constants)
+    return LoadedParts(
+        ep.module(), "export", embedded_spec=embedded,
+        fixed_batch_size=static_batch_size(ep), exported_program=ep,
+    )
+
+
+def read_export_archive(data: bytes) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], InputSpec | None]:
+    """Read and check a ``.pt2``: its program JSON, weights, constants and embedded spec (nothing is run).
 
     Raises:
         UnsafeFile: pickled objects, a sample-inputs blob the safe unpickler
@@ -94,12 +117,8 @@ def load_export_parts(data: bytes) -> LoadedParts:
     state_dict = _read_payloads(zf, names, root, "weights")
     constants = _read_payloads(zf, names, root, "constants")
     spec_text = member(f"extra/{SPEC_FILENAME}")
-    ep = _deserialize(raw, state_dict, constants)
     embedded = spec_from_text(spec_text.decode("utf-8", errors="replace")) if spec_text else None
-    return LoadedParts(
-        ep.module(), "export", embedded_spec=embedded,
-        fixed_batch_size=static_batch_size(ep), exported_program=ep,
-    )
+    return raw, state_dict, constants, embedded
 
 
 # --------------------------------------------------------------------------
@@ -205,6 +224,7 @@ def _read_payloads(zf: zipfile.ZipFile, names: list[str], root: str, kind: str) 
         table = _dict_to_dataclass(schema.PayloadConfig, json.loads(read_zip_member(zf, config_name, ".pt2")))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptFile(f"The .pt2 {kind} table is malformed ({first_line(exc)}).") from None
+    check_payload_table(zf, table, directory, kind)  # declared bytes against bytes present, before any read
     flat: dict[str, torch.Tensor] = {}
     out: dict[str, Any] = {}
     present = set(names)
@@ -259,18 +279,69 @@ def _raw_tensor(
     numel = 1
     for s in size:
         numel *= s
-    if storage.numel() == 0 and numel > 0:  # an empty record means zeros, as torch reads it
-        if numel * storage.element_size() > config.max_upload_bytes() * 2:
-            raise TooLarge("The .pt2 file declares a zero tensor larger than the limit.")
-        tensor = torch.zeros(size, dtype=dtype)
-    else:
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride)) if numel else offset
-        if numel and last >= storage.numel():
-            raise CorruptFile("The .pt2 weights point outside their data (truncated or crafted file).")
-        tensor = torch.as_strided(storage, size, stride, offset)
+    last = offset + sum((s - 1) * st for s, st in zip(size, stride)) if numel else offset
+    if numel and last >= storage.numel():  # (an empty record is refused too: no zeros are made up)
+        raise CorruptFile("The .pt2 weights point outside their data (truncated or crafted file).")
+    tensor = torch.as_strided(storage, size, stride, offset)
     if weights and meta.is_param:
         return nn.Parameter(tensor, requires_grad=bool(tm.requires_grad))
     return tensor
+
+
+def check_payload_table(zf: zipfile.ZipFile, table: Any, directory: str, kind: str) -> None:
+    """Refuse a weights / constants table that declares more bytes than its records hold.
+
+    Checked from the table and the archive's directory alone, before any record
+    is read (``zipfile`` never reads past a member's stated size): every raw
+    entry's extent (storage offset to its farthest element, times the element
+    size) must fit in its record, so an empty record cannot stand for zeros of
+    any size (torch itself reads it so; Glassbox makes nothing up); and entries
+    sharing one record (tied weights) must declare the same dtype and byte count.
+    What the loaded tensors occupy is then what the archive holds.
+
+    Raises:
+        CorruptFile: a missing record, a malformed description, or an entry
+            declaring more bytes than its record holds, or sharing it with an
+            entry of another size; one line naming the entry.
+    """
+    from torch._export.serde.serialize import (
+        deserialize_scalar_type,
+        deserialize_size,
+        deserialize_storage_offset,
+        deserialize_stride,
+    )
+
+    users: dict[str, tuple[str, Any, int]] = {}  # record -> (first entry, dtype, bytes)
+    for fqn, meta in table.config.items():
+        if meta.use_pickle:  # unpickled weights-only, from its own record's bytes
+            continue
+        path, tm = directory + meta.path_name, meta.tensor_meta
+        if tm is None:
+            raise CorruptFile(f"The .pt2 {kind} entry {fqn!r} has no tensor description.")
+        try:
+            dtype = deserialize_scalar_type(tm.dtype)
+            size, stride = deserialize_size(tm.sizes), deserialize_stride(tm.strides)
+            offset = deserialize_storage_offset(tm.storage_offset)
+        except Exception as exc:
+            raise CorruptFile(f"The .pt2 tensor description is malformed ({first_line(exc)}).") from None
+        if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in (*size, *stride, offset)):
+            raise CorruptFile(f"The .pt2 {kind} entry {fqn!r} has symbolic, negative or mismatched sizes.")
+        try:
+            present = zf.getinfo(path).file_size
+        except KeyError:
+            raise CorruptFile(f"The .pt2 archive lacks the record {meta.path_name!r} its tables name.") from None
+        numel = 1
+        for n in size:
+            numel *= n
+        extent = offset + 1 + sum((n - 1) * st for n, st in zip(size, stride)) if numel else 0
+        declared = extent * dtype.itemsize
+        if declared > present:
+            raise CorruptFile(f"The .pt2 {kind} entry {fqn!r} declares {declared:,} bytes, but its record "
+                              f"{meta.path_name!r} holds {present:,}.", _PT2_HINT)
+        first, first_dtype, first_bytes = users.setdefault(path, (fqn, dtype, numel * dtype.itemsize))
+        if (first_dtype, first_bytes) != (dtype, numel * dtype.itemsize):
+            raise CorruptFile(f"The .pt2 {kind} entries {first!r} and {fqn!r} share the record "
+                              f"{meta.path_name!r} with different sizes or dtypes.", _PT2_HINT)
 
 
 # --------------------------------------------------------------------------
@@ -342,6 +413,21 @@ def static_batch_size(ep: Any) -> int | None:
                 return None
             sizes.add(int(first))
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def check_program_fits(parts: LoadedParts, spec: InputSpec) -> None:
+    """`check_spec_fits` for a program that lives in its model process (run there)."""
+    from explain.model import LoadedModel
+
+    model = LoadedModel(module=parts.module, format="export", sha256=parts.process.sha256, spec=spec,
+                        fixed_batch_size=parts.fixed_batch_size, process=parts.process)
+    _check_model_fits(model)
+
+
+@in_model_process
+def _check_model_fits(model: Any) -> None:
+    if model.exported_program is not None:
+        check_spec_fits(model.exported_program, model.spec)
 
 
 def check_spec_fits(ep: Any, spec: InputSpec) -> None:

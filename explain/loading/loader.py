@@ -8,9 +8,11 @@ format has its own safe path:
 safetensors               weights + ``glassbox.*`` metadata, rebuilt from a
                           registered architecture (`weights`)
 state_dict / checkpoint   ``torch.load(weights_only=True)`` only
-TorchScript               statically checked, then vetted in the sandbox (`torchscript`)
+TorchScript               statically checked, vetted in the sandbox (`torchscript`),
+                          then loaded and run only in its model process
 torch.export ``.pt2``     hardened reader, no pickle fallback (`export`),
-                          then vetted in the sandbox (`vetting`)
+                          vetted in the sandbox (`vetting`), loaded and run
+                          only in its model process (`model_process`)
 Hugging Face folder/zip   config.json + safetensors (or weights-only .bin),
                           built-in model types only, no remote code (`huggingface`)
 full pickles              refused unless trusted mode is on
@@ -37,7 +39,13 @@ from explain import config
 from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
 from explain.loading import huggingface
-from explain.loading.export import check_spec_fits, is_export_archive, load_export_parts, signature_guess
+from explain.loading.export import (
+    check_export_parts,
+    check_program_fits,
+    check_spec_fits,
+    is_export_archive,
+    signature_guess,
+)
 from explain.loading.source import (
     LEGACY_TORCH_MAGIC,
     LoadedParts,
@@ -96,13 +104,20 @@ def load_model(
     trusted = config.trusted_mode() if trusted is None else bool(trusted)
     kind = sniff_format(data, name)
     parts = _load_parts(kind, data, explicit, trusted)
-    signature = signature_guess(parts.exported_program) if parts.exported_program is not None else None
+    info = parts.process.info if parts.process is not None else {}
+    if parts.process is not None:  # what the graph's own process read of it
+        signature = guess_from_info(info.get("signature"))
+    else:
+        signature = signature_guess(parts.exported_program) if parts.exported_program is not None else None
     final, spec_source = resolve_spec(
         explicit, parts.embedded_spec, sample_input, Path(name).stem, signature=signature,
-        module_guess=lambda: guess_from_module(parts.module),
+        module_guess=lambda: guess_from_info(info.get("module_guess")) if parts.process is not None
+        else guess_from_module(parts.module),
     )
     if parts.exported_program is not None:
         check_spec_fits(parts.exported_program, final)
+    elif parts.process is not None and parts.format == "export":
+        check_program_fits(parts, final)
     vetting = vet_graph(parts, data, final)  # a user's graph: every batch size first runs in the sandbox
     final = check_forward(parts, final)
     model = LoadedModel(
@@ -115,6 +130,7 @@ def load_model(
         fixed_batch_size=parts.fixed_batch_size,
         exported_program=parts.exported_program,
         max_batch_rows=vetting.max_batch_rows if vetting else None,
+        process=parts.process,
         extra={**parts.extra, "spec_source": spec_source,
                **({"signature": describe_guess(signature)} if signature is not None else {}),
                **({"sandbox": vetting.summary()} if vetting else {})},
@@ -192,7 +208,7 @@ def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool) -
         if kind == "torchscript":
             return load_torchscript_parts(data, spec)
         if kind == "export":
-            return load_export_parts(data)
+            return check_export_parts(data)
         if kind == "huggingface":
             return huggingface.load_huggingface_parts(data)
         return load_pickle_parts(data, kind, trusted)
@@ -283,6 +299,14 @@ def describe_guess(guess: SpecGuess) -> dict[str, Any]:
             "dynamic_dims": [0, *(i + 1 for i in guess.dynamic_dims)], "modality": guess.modality}
 
 
+def guess_from_info(value: Any) -> SpecGuess | None:
+    """A `SpecGuess` from a model process's (checked) report of it."""
+    if not isinstance(value, dict):
+        return None
+    return SpecGuess(tuple(value["input_shape"]), value.get("dtype"), value.get("source") or "the model",
+                     value.get("modality"))
+
+
 def guess_from_module(module: Any) -> SpecGuess | None:
     """A partial guess from the model's layers, to prefill a spec form (never used to load).
 
@@ -321,7 +345,13 @@ def check_forward(parts: LoadedParts, spec: InputSpec) -> InputSpec:
     try:
         with torch.no_grad():
             out = parts.module(x)
+    except GlassboxError:
+        raise
     except Exception as exc:
+        text = str(exc).lower()
+        if isinstance(exc, MemoryError) or "allocate" in text or "out of memory" in text:
+            raise TooLarge(f"The model needs more memory than allowed on an input of shape {list(x.shape)}.",
+                           "A model that allocates this much on an ordinary input cannot be explained here.") from None
         raise IncompatibleInput(
             f"The model fails on an input of shape {list(x.shape)} ({type(exc).__name__}: {first_line(exc)}).",
             "Check the spec's input_shape and dtype.",

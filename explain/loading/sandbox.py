@@ -85,10 +85,9 @@ ROOT = str(Path(__file__).resolve().parents[2])
 
 PRELUDE = r'''
 import json as _json, os as _os, sys as _sys
-_buf = _sys.stdin.buffer.read()
-_n = int.from_bytes(_buf[:8], "little")
-WARMUP, DATA = _buf[8 : 8 + _n], _buf[8 + _n :]  # trusted warm-up bytes, then the untrusted bytes
-del _buf
+_in = _sys.stdin.buffer
+WARMUP = _in.read(int.from_bytes(_in.read(8), "little"))  # trusted warm-up bytes (length-prefixed)
+DATA = _in.read(int.from_bytes(_in.read(8), "little"))  # then the untrusted bytes; stdin stays open
 SETTINGS = _json.loads(_sys.argv[1])
 ARGS = SETTINGS["args"]
 LIMITS = {}  # what lock_down set: "as" (bytes of address space)
@@ -271,7 +270,8 @@ def run_in_sandbox(
     try:
         child = _fork_from_zygote(preload) if preload and config.sandbox_zygote() else None
         if child is not None:
-            run = _supervise(child, lambda: child.send(PRELUDE + code, settings, [bytes(8), data]), timeout)
+            run = _supervise(child, lambda: child.send(PRELUDE + code, settings, [bytes(8), _length(data), data]),
+                            timeout)
         else:
             warm = warmup() if callable(warmup) else warmup
             proc = subprocess.Popen(
@@ -280,13 +280,17 @@ def run_in_sandbox(
                 env=child_env(workdir), cwd=workdir, start_new_session=True, close_fds=True,
             )
             fresh = _ProcessChild(proc)
-            run = _supervise(fresh, lambda: fresh.send([len(warm).to_bytes(8, "little"), warm, data]), timeout)
+            run = _supervise(fresh, lambda: fresh.send([_length(warm), warm, _length(data), data]), timeout)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     run.seconds = time.monotonic() - start
     ready = next((r for r in run.reports if r.get("phase") == "ready"), {})
     run.protections = [*ready.get("protections", []), "gpu-hidden", "minimal-env", "wall-timeout"]
     return run
+
+
+def _length(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "little")
 
 
 def _fork_from_zygote(preload: str):

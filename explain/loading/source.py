@@ -43,6 +43,8 @@ class LoadedParts:
         exported_program: the ``ExportedProgram`` of a ``.pt2``.
         extra: checkpoint epoch / history and the like.
         vetting: the sandbox's `explain.loading.vetting.GraphProbe` for a user's graph, once run.
+        process: the `explain.loading.model_process.ModelProcess` a user's graph runs in
+            (``module`` is then its `RemoteModule`).
     """
 
     module: Any
@@ -53,6 +55,7 @@ class LoadedParts:
     exported_program: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
     vetting: Any = None
+    process: Any = None
 
 
 def read_source(source: Any, filename: str | None = None, *, default_name: str = "upload",

@@ -6,20 +6,18 @@ it likes, depending on the batch size. So Glassbox opens the bytes first in a
 locked-down child process (`explain.loading.sandbox`: no file writes, no network,
 unprivileged, memory / CPU / wall-clock limits) that loads the archive and,
 when the spec is known, runs forward and backward passes at every batch size
-the engine may use (`explain.loading.vetting`). Only when the child succeeds does
-this process call ``torch.jit.load`` itself. A crash, a bomb or a timeout
-costs the child, never the server.
+the engine may use (`explain.loading.vetting`). Only when the child succeeds is
+the archive loaded, again in a child: the model's own process
+(`explain.loading.model_process`), where it stays and runs; the server never
+calls ``torch.jit.load``. A crash, a bomb or a timeout costs the child, never
+the server.
 """
 from __future__ import annotations
 
-import io
-
-import torch
-
 from explain import config
-from explain.errors import CorruptFile
+from explain.loading.model_process import load_remote_parts
 from explain.loading.script_check import check_torchscript_archive
-from explain.loading.source import LoadedParts, find_member, first_line, open_zip, read_zip_member, spec_from_text
+from explain.loading.source import LoadedParts, find_member, open_zip, read_zip_member, spec_from_text
 from explain.loading.vetting import probe_torchscript
 from explain.spec import SPEC_FILENAME, InputSpec
 
@@ -30,7 +28,7 @@ def is_torchscript(names: list[str]) -> bool:
 
 
 def load_torchscript_parts(data: bytes, spec: InputSpec | None) -> LoadedParts:
-    """Probe the archive in a sandboxed child, then load it here.
+    """Probe the archive in a sandboxed child, then load it in its own model process.
 
     Args:
         data: the archive bytes.
@@ -49,11 +47,5 @@ def load_torchscript_parts(data: bytes, spec: InputSpec | None) -> LoadedParts:
     embedded = spec_from_text(read_zip_member(zf, member, "TorchScript")) if member else None
     check_torchscript_archive(zf)  # operators on the allowlist before any torch.jit.load, child included
     probe = probe_torchscript(data, spec or embedded)
-    extra = {SPEC_FILENAME: ""}
-    try:
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
-        raise CorruptFile(f"The TorchScript file cannot be loaded ({first_line(exc)}).") from None
-    if embedded is None and extra.get(SPEC_FILENAME):
-        embedded = spec_from_text(extra[SPEC_FILENAME])
-    return LoadedParts(module.eval(), "torchscript", embedded_spec=embedded, vetting=probe)
+    return load_remote_parts(data, "torchscript", embedded, probe)
+

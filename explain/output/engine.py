@@ -29,6 +29,7 @@ from torch import nn
 
 from explain.errors import IncompatibleInput, TooLarge
 from explain.kernels import no_mha_fastpath
+from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.precision import choose_precision, device_label, precision_context, resolve_device
 
@@ -288,6 +289,7 @@ def _get_attr(module, target: str) -> torch.Tensor:
     return obj
 
 
+@in_model_process
 def text_incompatibility(model: LoadedModel) -> str | None:
     """Why gradient methods cannot reach this text model's embeddings (None if they can)."""
     if model.modality != "text":

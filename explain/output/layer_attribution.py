@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from explain.errors import IncompatibleInput, UsageError
+from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.baselines import text_reference
 from explain.structure.layer_importance import SKIPPED_LAYER_TYPES
@@ -80,6 +81,7 @@ CHANGED_IN_PLACE = "its output is changed in place by the next operation (e.g. a
 IN_PLACE = "it overwrites its input in place (no output of its own)"
 
 
+@in_model_process
 def classify_layers(model: LoadedModel, example: np.ndarray) -> LayerChoices:
     """Run ``example`` once and sort the layers into attributable and skipped, with reasons.
 
@@ -144,6 +146,7 @@ def _baseline(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     return text_reference(x, model.spec, "unk", keep_first="input" if model.spec.cls_token else None)
 
 
+@in_model_process
 def explain_layer(model: LoadedModel, inputs: np.ndarray, layer: str, target: Any = None,
                   method: str = "integrated_gradients", steps: int = 32) -> LayerAttribution:
     """Attribute the ``target`` logit to the output units of ``layer``.

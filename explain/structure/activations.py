@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from explain.errors import IncompatibleInput
+from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.structure.layers import LayerTable
 
@@ -63,6 +64,7 @@ class WeightStats:
     trainable: bool
 
 
+@in_model_process
 def compute_weight_stats(model: LoadedModel) -> list[WeightStats]:
     """Norm, mean, std, max and zeros of every parameter tensor (shared ones once)."""
     out, seen = [], set()
@@ -81,6 +83,7 @@ def compute_weight_stats(model: LoadedModel) -> list[WeightStats]:
     return out
 
 
+@in_model_process
 def compute_weight_histogram(model: LoadedModel, name: str, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Histogram of parameter ``name``: (counts [bins], edges [bins + 1]).
 

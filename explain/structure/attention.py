@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from explain.errors import IncompatibleInput
 from explain.kernels import no_mha_fastpath
 from explain.loading.huggingface import HFClassifier
+from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.structure.attention_export import attention_probs, rewrite_attention_graph
 
@@ -77,6 +78,7 @@ class AttentionMaps:
 # ---------------------------------------------------------------------------
 # public entry points
 # ---------------------------------------------------------------------------
+@in_model_process
 def capture_attention(model: LoadedModel, inputs: np.ndarray | torch.Tensor) -> AttentionMaps:
     """Attention weights of ``model`` on ``inputs``.
 
@@ -106,6 +108,7 @@ def capture_attention(model: LoadedModel, inputs: np.ndarray | torch.Tensor) -> 
 attention_maps = capture_attention
 
 
+@in_model_process
 def attention_unavailable_reason(model: LoadedModel) -> str | None:
     """A one-line reason when ``model`` clearly has no capturable attention (cheap, no run)."""
     if model.format == "export":

@@ -40,6 +40,7 @@ from torch import nn
 
 from explain.errors import IncompatibleInput, UsageError
 from explain.kernels import no_mha_fastpath
+from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.baselines import text_reference
 from explain.output.engine import pad_rows
@@ -54,6 +55,7 @@ SKIPPED_LAYER_TYPES = frozenset(
 )
 
 
+@in_model_process
 def module_types(model: LoadedModel, module: nn.Module | None = None) -> dict[str, str]:
     """Module name -> class name of a hookable model (``module``: its `LoadedModel.hookable_module`);
     for a ``.pt2`` the names recorded in its graph (its unflattened modules are all ``InterpreterModule``s)."""
@@ -103,6 +105,7 @@ def _observe_layers(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, 
     return seen
 
 
+@in_model_process
 def candidate_layers(model: LoadedModel, inputs: np.ndarray, depth: int = 2) -> list[str]:
     """Layers that can be scored: single-tensor float output, run once, at ``depth``
     (or leaves above it); dropout and containers excluded."""
@@ -110,6 +113,7 @@ def candidate_layers(model: LoadedModel, inputs: np.ndarray, depth: int = 2) -> 
     return _candidates(module, model.as_tensor(inputs[:1]), depth, module_types(model, module))
 
 
+@in_model_process
 def importance_unavailable_reason(model: LoadedModel) -> str | None:
     """Why layer importance / Grad-CAM cannot run on ``model`` (None when they can)."""
     return model.hook_incompatibility("Layer importance")
@@ -145,6 +149,7 @@ def baseline_for(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x)
 
 
+@in_model_process
 def compute_layer_importance(
     model: LoadedModel,
     inputs: np.ndarray,
@@ -191,6 +196,7 @@ def compute_layer_importance(
     )
 
 
+@in_model_process
 def grad_cam_layers(model: LoadedModel, inputs: np.ndarray) -> list[str]:
     """The one list of Grad-CAM layers: modules with a spatial (N, C, H, W) output, H·W > 1,
     that run once and are not of a `SKIPPED_LAYER_TYPES` type; shallowest first and, within a
@@ -212,6 +218,7 @@ def grad_cam_layers(model: LoadedModel, inputs: np.ndarray) -> list[str]:
     return sorted(names, key=lambda n: (module_depth(n), -order.get(n, 0)))
 
 
+@in_model_process
 def grad_cam_layer(model: LoadedModel, inputs: np.ndarray, layer: str = "") -> str:
     """``layer`` checked against `grad_cam_layers`, or the first of them when empty.
 
@@ -234,6 +241,7 @@ def grad_cam_layer(model: LoadedModel, inputs: np.ndarray, layer: str = "") -> s
                      f"or the layer runs more than once.", f"Choose one of: {shown}.")
 
 
+@in_model_process
 def grad_cam_rows(model: LoadedModel, x: torch.Tensor, layer: str, targets: torch.Tensor,
                   normalise: bool = False) -> torch.Tensor:
     """Grad-CAM maps of ``layer`` on one chunk of model-ready images: [n, H, W], float, >= 0.
@@ -266,6 +274,7 @@ def grad_cam_rows(model: LoadedModel, x: torch.Tensor, layer: str, targets: torc
     return up / peak
 
 
+@in_model_process
 def compute_grad_cam(model: LoadedModel, inputs: np.ndarray, layer: str, target: np.ndarray | int | None = None) -> np.ndarray:
     """Grad-CAM of ``layer`` upsampled to the input size: [N, H, W] in [0, 1] per input.
 

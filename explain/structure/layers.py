@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.structure.measures import ActivationStats, ModuleProbe
 from explain.structure.module_probe import probe_modules
@@ -142,6 +143,7 @@ def probe_batch(model: LoadedModel, inputs: np.ndarray | torch.Tensor, max_input
     return x
 
 
+@in_model_process
 def build_layer_table(
     model: LoadedModel, inputs: np.ndarray | torch.Tensor, max_inputs: int | None = DEFAULT_MAX_INPUTS
 ) -> LayerTable:

@@ -7,6 +7,7 @@ builds widgets from ``params``; the CLI turns them into flags.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from explain.attribution import Attribution
 from explain.errors import IncompatibleInput, UsageError
+from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.params import ParamSpec
 
@@ -32,6 +34,15 @@ class Explainer:
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""  # "gradient" | "shap" | "perturbation" | "layer"
+    #: What a subclass defines of these runs in the model's own process for a user's graph
+    #: (`explain.loading.model_process`): the method sees the graph itself there.
+    IN_MODEL_PROCESS: ClassVar[tuple[str, ...]] = ("is_compatible", "incompatibility", "_explain")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr in Explainer.IN_MODEL_PROCESS:
+            if attr in cls.__dict__:
+                setattr(cls, attr, _dispatching(cls.__dict__[attr]))
     title: ClassVar[str] = ""
     params: ClassVar[dict[str, ParamSpec]] = {}
 
@@ -85,6 +96,31 @@ class Explainer:
 
     def _explain(self, model, inputs, target, progress, **params) -> Attribution:  # pragma: no cover
         raise NotImplementedError
+
+
+def _dispatching(func: Callable) -> Callable:
+    """``func(self, model, ...)`` run in ``model``'s process when it has one (answers about
+    compatibility remembered per model state, as they do not change)."""
+
+    @functools.wraps(func)
+    def wrapper(self: Explainer, model: LoadedModel, *args: Any, **kwargs: Any) -> Any:
+        process = getattr(model, "process", None)
+        if process is None:
+            return func(self, model, *args, **kwargs)
+        if func.__name__ == "_explain":
+            return _method_call(model, self.name, func.__name__, *args, **kwargs)
+        key = (func.__name__, self.name, repr(model.spec.to_dict()), model.max_batch_rows)
+        if key not in process.memo:
+            process.memo[key] = _method_call(model, self.name, func.__name__, *args, **kwargs)
+        return process.memo[key]
+
+    return wrapper
+
+
+@in_model_process
+def _method_call(model: LoadedModel, name: str, attr: str, *args: Any, **kwargs: Any) -> Any:
+    """``get_method(name).<attr>(model, ...)``, in the model's process."""
+    return getattr(get_method(name), attr)(model, *args, **kwargs)
 
 
 def register(cls: type[Explainer]) -> type[Explainer]:

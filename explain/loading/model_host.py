@@ -1,0 +1,258 @@
+"""The child's side of a model process (`explain.loading.model_process`): it runs locked down.
+
+`serve` is the child's life after `explain.loading.sandbox.PRELUDE`: lock down,
+load the graph (``torch.jit.load``, or the ``.pt2`` reader), report what it is,
+then answer ``forward`` / ``backward`` / ``call`` requests until the server hangs
+up. `warm_up` runs once in the zygote, before any fork: it imports and
+exercises, on tiny trusted graphs, what a request may need, because a locked
+child may no longer read the Python installation.
+"""
+from __future__ import annotations
+
+import collections
+import importlib
+import io
+import json
+import math
+import pickle
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from explain.errors import GlassboxError
+from explain.loading.model_process import PENDING_GRAPHS, WIRE_DTYPES, _Callback, _ModelMarker, _to_wire
+
+
+def warm_up() -> None:
+    """Import and exercise, on trusted tiny graphs, what a model process may run after its lock."""
+    import zoneinfo  # noqa: F401 - pandas (through shap) reads time zones lazily
+
+    import shap  # noqa: F401 - shap_gradient
+
+    import explain.output.methods  # noqa: F401 - every explainer
+    import explain.output.metrics  # noqa: F401
+    import explain.structure.activations  # noqa: F401
+    import explain.structure.attention  # noqa: F401
+    import explain.structure.layer_importance  # noqa: F401
+    import explain.structure.layers  # noqa: F401
+    from explain.loading.export import load_export_parts
+    from explain.loading.vetting import warmup_graph
+    from explain.model import LoadedModel
+    from explain.spec import InputSpec
+
+    for fmt in ("torchscript", "export"):
+        data = warmup_graph(fmt)
+        if not data:
+            continue
+        try:
+            module = torch.jit.load(io.BytesIO(data)).eval() if fmt == "torchscript" else load_export_parts(data).module
+            spec = InputSpec(modality="tabular", input_shape=[4], class_names=["a", "b"])
+            model = LoadedModel(module=module, format=fmt, sha256="warm-up", spec=spec)
+            x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+            from explain.output.methods.base import get_method
+            from explain.structure.layers import build_layer_table
+
+            for name in ("integrated_gradients", "smoothgrad", "gradient_shap", "deeplift", "shap_deep",
+                         "shap_gradient", "occlusion", "feature_ablation"):
+                try:
+                    get_method(name).explain(model, x, use_cache=False)
+                except Exception:  # noqa: BLE001 - a warm-up, not a check
+                    pass
+            try:
+                build_layer_table(model, x)
+            except Exception:  # noqa: BLE001
+                pass
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class _ChildModel:
+    """The child's graph and the `LoadedModel` built on it for the server's current state."""
+
+    def __init__(self, data: bytes, fmt: str):
+        from explain.loading.export import load_export_parts, signature_guess, static_batch_size
+
+        self.format = fmt
+        self.program = None
+        if fmt == "torchscript":
+            self.module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+            fixed, signature = None, None
+        else:
+            parts = load_export_parts(data)
+            self.module, self.program = parts.module, parts.exported_program
+            fixed = static_batch_size(self.program)
+            signature = signature_guess(self.program)
+        self.fixed = fixed
+        self.signature = signature
+        self._model = None
+        self._state = None
+
+    def info(self) -> dict[str, Any]:
+        from explain.loading.loader import guess_from_module
+
+        def plain(guess: Any) -> dict | None:
+            if guess is None:
+                return None
+            return {"input_shape": [None if d is None else int(d) for d in guess.input_shape or ()],
+                    "dtype": guess.dtype, "source": guess.source, "modality": guess.modality}
+
+        try:
+            params = int(sum(p.numel() for p in self.module.parameters()))
+        except Exception:  # noqa: BLE001
+            params = 0
+        return {"fixed_batch_size": self.fixed, "parameters": params, "signature": plain(self.signature),
+                "module_guess": plain(guess_from_module(self.module))}
+
+    def model(self, state: dict) -> Any:
+        from explain.model import LoadedModel
+        from explain.spec import InputSpec
+
+        if self._model is None or state != self._state:
+            extra = dict(state.get("extra") or {})
+            model = LoadedModel(
+                module=self.module, format=self.format, sha256=state.get("sha256") or "", name=state.get("name") or "model",
+                spec=InputSpec.from_dict(state["spec"]), fixed_batch_size=self.fixed,
+                exported_program=self.program, max_batch_rows=state.get("max_batch_rows"), extra=extra)
+            if self._model is not None:  # keep what the model caches (unflattened program)
+                model._unflattened = self._model._unflattened
+            self._model, self._state = model, state
+        return self._model
+
+
+def _read_exact_child(stream: Any, n: int) -> bytes:
+    buf = stream.read(n) if n else b""
+    if len(buf) != n:
+        raise EOFError
+    return buf
+
+
+def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channel: Any) -> None:
+    """The child's life: lock down, load the graph, answer requests until the server hangs up."""
+    import traceback
+
+    torch.set_num_threads(int(args.get("threads") or 1))
+    report(phase="ready", protections=lock_down())
+    out = channel.buffer
+
+    def send(header: dict, blobs: list[bytes] = ()) -> None:
+        channel.flush()
+        out.write(json.dumps(header).encode() + b"\n")
+        for blob in blobs:
+            out.write(blob)
+        out.flush()
+
+    try:
+        child = _ChildModel(data, args["format"])
+        del data
+        send({"ok": True, "info": child.info()})
+    except BaseException as exc:  # noqa: BLE001 - reported, then the child ends
+        send(_error_reply(exc))
+        return
+    pending: collections.OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = collections.OrderedDict()
+    counter = 0
+    stdin = sys.stdin.buffer
+    while True:
+        try:
+            n = int.from_bytes(_read_exact_child(stdin, 8), "little")
+            header = json.loads(_read_exact_child(stdin, n))
+            arrays = []
+            for meta in header.get("arrays") or []:
+                dtype = np.dtype(WIRE_DTYPES[meta["dtype"]])
+                shape = tuple(int(d) for d in meta["shape"])
+                raw = _read_exact_child(stdin, math.prod(shape) * dtype.itemsize)
+                arrays.append(torch.from_numpy(np.frombuffer(raw, dtype=dtype).reshape(shape).copy()))
+            payload = _read_exact_child(stdin, int(header.get("payload") or 0))
+        except EOFError:
+            return
+        try:
+            op = header.get("op")
+            if op == "forward":
+                x = arrays[0]
+                if header.get("keep"):
+                    x.requires_grad_(x.is_floating_point())
+                    with torch.enable_grad():
+                        y = _logits(child.module(x))
+                    counter += 1
+                    pending[counter] = (x, y)
+                    while len(pending) > PENDING_GRAPHS:
+                        pending.popitem(last=False)
+                    reply_arrays, extra = [y.detach()], {"handle": counter}
+                else:
+                    with torch.no_grad():
+                        y = _logits(child.module(x))
+                    reply_arrays, extra = [y], {}
+                blobs = [_to_wire(t) for t in reply_arrays]
+                send({"ok": True, **extra, "arrays": [{"dtype": b.dtype.name, "shape": list(b.shape)} for b in blobs]},
+                     [b.tobytes() for b in blobs])
+            elif op == "backward":
+                x, y = pending.pop(int(header["handle"]))
+                (g,) = torch.autograd.grad(y, x, arrays[0].to(y.dtype))
+                b = _to_wire(g)
+                send({"ok": True, "arrays": [{"dtype": b.dtype.name, "shape": list(b.shape)}]}, [b.tobytes()])
+            elif op == "call":
+                blob = _run_call(child, payload, send)
+                send({"ok": True, "nbytes": len(blob)}, [blob])
+            else:
+                send({"ok": False, "error": f"unknown request {op!r}"})
+        except BaseException as exc:  # noqa: BLE001 - one failed request; the child serves on
+            try:
+                send(_error_reply(exc))
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+                return
+
+
+def _run_call(child: _ChildModel, payload: bytes, send: Callable[..., None]) -> bytes:
+    """Run a ``call`` request: the library function on the child's model; its result as ``torch.save`` bytes."""
+    state, module_name, qualname, call_args, call_kwargs = pickle.loads(payload)  # from the server: trusted
+    model = child.model(state)
+
+    def progress(index: int) -> Callable[..., None]:
+        return lambda *a: send({"progress": index, "args": [_plain(v) for v in a]})
+
+    def unswap(value: Any) -> Any:
+        if isinstance(value, _ModelMarker):
+            return model
+        if isinstance(value, _Callback):
+            return progress(value.index)
+        return value
+
+    func: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        func = getattr(func, part)
+    func = getattr(func, "__wrapped__", func)  # the function itself, not its dispatcher
+    result = func(*(unswap(a) for a in call_args), **{k: unswap(v) for k, v in call_kwargs.items()})
+    buf = io.BytesIO()
+    torch.save(result, buf)
+    return buf.getvalue()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)[:100]
+
+
+def _logits(out: Any) -> torch.Tensor:
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model returns {type(out).__name__}, not a tensor")
+    return out
+
+
+def _error_reply(exc: BaseException) -> dict[str, Any]:
+    text = str(exc)
+    memory = isinstance(exc, MemoryError) or "alloc" in text.lower() or "out of memory" in text.lower()
+    if isinstance(exc, GlassboxError):
+        return {"ok": False, "error_class": type(exc).__name__, "error": exc.reason, "hint": exc.hint,
+                "memory": False}
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+    line = next((part for part in lines if "allocate" in part.lower()), lines[-1]) if memory else lines[-1]
+    return {"ok": False, "error_class": None, "memory": memory, "error": f"{type(exc).__name__}: {line[:300]}"}

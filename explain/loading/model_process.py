@@ -1,0 +1,697 @@
+"""Model processes: a user's graph is loaded and run only in a sandboxed child.
+
+A TorchScript or ``.pt2`` file is a program. `explain.loading.loader.load_model`
+checks it statically in the server, then hands its bytes to a `ModelProcess`: a
+child forked from a warmed-up zygote (`explain.loading.sandbox_zygote`) that locks
+itself down with every layer of `explain.loading.sandbox` (no file writes, no
+network, unprivileged, address-space limit) for its whole life, loads the graph
+and serves requests until it is stopped. The server's `LoadedModel` holds a
+`RemoteModule` instead of the graph; the server never calls ``torch.jit.load`` or
+deserialises a ``.pt2`` program.
+
+The one narrow interface (requests on the child's socket, one at a time):
+
+- ``forward``: x -> logits; with ``grad`` the child keeps the graph, and
+  ``backward`` (grad of the logits -> grad of x) finishes it. `RemoteModule` wraps
+  the pair in an autograd function, so the engine's chunks, Captum and the
+  metrics differentiate a remote model exactly as a local one;
+- ``call``: a Glassbox library function marked `in_model_process` (an explainer
+  that needs the graph itself: DeepLIFT pair runs, Grad-CAM and layer hooks; the
+  structure views' hooked activations and attention) runs in the child on the
+  child's model; its progress calls come back as messages.
+
+Arrays travel as raw bytes with a declared dtype and shape, checked against the
+bytes present; a ``call``'s result comes back through ``torch.load(weights_only=True)``
+with Glassbox's own dataclasses and numpy's array types allowed, nothing else.
+The child is untrusted: everything it says is bounded and checked.
+
+A crash, a hang (`explain.config.model_call_timeout_s`), or running out of its
+memory fails that one request with one line (`ModelProcessFailed`, exit 3 on
+the command line); the child is gone and the next request starts a new one from
+the same bytes. At most `explain.config.model_processes` children live at once
+(least recently used stopped first); a child ends with the last `LoadedModel`
+that holds it.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import io
+import json
+import math
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from explain import config
+from explain.errors import CorruptFile, GlassboxError, InputRefused, UnsafeFile
+
+#: dtypes an array may have on the wire (name -> numpy dtype).
+WIRE_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
+               "int64": np.int64, "int32": np.int32, "bool": np.bool_, "uint8": np.uint8}
+#: Longest JSON header line the parent reads from a child.
+HEADER_BYTES = 1 << 16
+#: Graphs kept in a child for a later ``backward`` (oldest dropped first).
+PENDING_GRAPHS = 4
+
+
+class ModelProcessFailed(InputRefused):
+    """The model process crashed, ran out of time or memory: this request failed, nothing else."""
+
+
+class ModelRaised(RuntimeError):
+    """The graph raised an ordinary error in its process (``Type: message``, one line); callers
+    handle it as they handle a local model's ``RuntimeError`` (out-of-memory text included)."""
+
+
+# ==========================================================================
+# the parent's side
+# ==========================================================================
+class _Channel:
+    """A started child: where requests go and replies come from, and how to stop it."""
+
+    def __init__(self, pid: int, writer: Any, reader: Any, errors: Any, kill: Callable[[], None],
+                 exit_code: Callable[[], int | None], close: Callable[[], None], sock: socket.socket | None):
+        self.pid, self.writer, self.reader, self.errors = pid, writer, reader, errors
+        self.kill, self.exit_code, self._close, self.sock = kill, exit_code, close, sock
+        self.stderr = bytearray()
+        self.expired = False
+        self.workdir = ""
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            while chunk := self.errors.read1(65536):
+                self.stderr.extend(chunk)
+                del self.stderr[:-16384]
+        except (OSError, ValueError):
+            pass
+
+    def settimeout(self, seconds: float | None) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(seconds)
+
+    def close(self) -> None:
+        self.kill()
+        self._close()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_LIVE: collections.OrderedDict[int, weakref.ref] = collections.OrderedDict()
+_LIVE_LOCK = threading.Lock()
+
+
+def live_processes() -> list[ModelProcess]:
+    """The model processes whose child is running, least recently used first."""
+    with _LIVE_LOCK:
+        found = [ref() for ref in _LIVE.values()]
+    return [p for p in found if p is not None and p.running]
+
+
+def _touch(process: ModelProcess) -> None:
+    """Mark ``process`` used now; stop the least recently used ones past the cap."""
+    with _LIVE_LOCK:
+        for key in [k for k, ref in _LIVE.items() if ref() is None or not ref().running]:
+            del _LIVE[key]
+        _LIVE.pop(id(process), None)
+        _LIVE[id(process)] = weakref.ref(process)
+        over = len(_LIVE) - config.model_processes()
+        oldest = [ref() for ref in list(_LIVE.values())[:-1]]
+    for other in oldest:
+        if over <= 0:
+            break
+        if other is not None and other._lock.acquire(blocking=False):  # a busy one is passed over
+            try:
+                other.stop()
+            finally:
+                other._lock.release()
+            over -= 1
+
+
+class ModelProcess:
+    """One user's graph, loaded in a sandboxed child and served from there.
+
+    Args:
+        data: the file's bytes (already statically checked by the loader).
+        fmt: ``torchscript`` or ``export``.
+        sha256: the bytes' digest (for messages and caches).
+    """
+
+    def __init__(self, data: bytes, fmt: str, sha256: str = ""):
+        self._data, self.format, self.sha256 = data, fmt, sha256
+        self._lock = threading.RLock()
+        self._channel: _Channel | None = None
+        self.info: dict[str, Any] = {}
+        self.protections: list[str] = []
+        self.starts = 0
+        #: answers that depend only on the graph and the model's state (method compatibility)
+        self.memo: dict[tuple, Any] = {}
+        self._finalizer: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self._channel is not None
+
+    # -- life -----------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        """Start the child (if it is not running) and return what it reported of the graph."""
+        with self._lock:
+            if self._channel is None:
+                self._spawn()
+            _touch(self)
+            return self.info
+
+    def stop(self) -> None:
+        """Stop the child (a later request starts a new one)."""
+        with self._lock:
+            channel, self._channel = self._channel, None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+        if channel is not None:
+            channel.close()
+        with _LIVE_LOCK:
+            _LIVE.pop(id(self), None)
+
+    def _spawn(self) -> None:
+        workdir = tempfile.mkdtemp(prefix="glassbox-model-")
+        settings = json.dumps({
+            "workdir": workdir, "memory": config.sandbox_memory_bytes(), "cpu": 0, "nofile": 64,
+            "nobody": _sandbox().NOBODY, "root": _sandbox().ROOT, "skip": ["rlimit-cpu"],
+            "args": {"format": self.format, "threads": max(1, torch.get_num_threads())},
+        })
+        try:
+            channel = self._open_child(settings, workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        channel.workdir = workdir  # the child's empty cwd, removed with it
+        self.starts += 1
+        deadline = _sandbox().STARTUP_S
+        try:
+            channel.settimeout(deadline)
+            ready = self._read_header(channel, "starting")
+            if ready.get("phase") != "ready":
+                raise self._failure(channel, "starting", ready)
+            self.protections = [str(p) for p in ready.get("protections", [])][:32]
+            channel.settimeout(config.model_call_timeout_s())
+            loaded = self._read_header(channel, "loading")
+        except BaseException:
+            channel.close()
+            raise
+        if not loaded.get("ok"):
+            channel.close()
+            raise self._failure(channel, "loading", loaded)
+        self.info = _checked_info(loaded.get("info"))
+        self._channel = channel
+        self._finalizer = weakref.finalize(self, channel.close)
+
+    def _open_child(self, settings: str, workdir: str) -> _Channel:
+        sandbox = _sandbox()
+        program = sandbox.PRELUDE + SERVE_CODE
+        frame = [(0).to_bytes(8, "little"), len(self._data).to_bytes(8, "little"), self._data]
+        if config.sandbox_zygote():
+            from explain.loading.sandbox_zygote import get_zygote
+
+            zygote = get_zygote(MODEL_PRELOAD, sandbox.child_env(tempfile.gettempdir()), sandbox.ROOT)
+            child = zygote.spawn(sandbox.STARTUP_S) if zygote is not None else None
+            if child is not None:
+                header = json.dumps({"code": program, "argv1": settings}).encode()
+                sock = child._sock
+                try:
+                    sock.sendall(len(header).to_bytes(8, "little") + header + b"".join(frame))
+                except OSError:
+                    pass
+                exit_holder: dict[str, int] = {}
+
+                def exit_code() -> int | None:
+                    return exit_holder.get("code")
+
+                def kill() -> None:
+                    child.kill()
+
+                channel = _Channel(child.pid, sock, child.reports, child.errors, kill, exit_code,
+                                   child.close, sock)
+                channel.exit_holder = exit_holder  # the zygote's {"exit": code} line fills it
+                return channel
+        env = sandbox.child_env(workdir)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", sandbox.PRELUDE + MODEL_PRELOAD + SERVE_CODE, settings],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, cwd=workdir, start_new_session=True, close_fds=True,
+        )
+        try:
+            proc.stdin.write(b"".join(frame))
+            proc.stdin.flush()
+        except OSError:
+            pass
+
+        def kill_fresh() -> None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+        def close_fresh() -> None:
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+        def exit_fresh() -> int | None:
+            try:
+                return proc.wait(2)
+            except subprocess.TimeoutExpired:
+                return None
+
+        return _Channel(proc.pid, proc.stdin, proc.stdout, proc.stderr, kill_fresh, exit_fresh, close_fresh, None)
+
+    # -- one request ------------------------------------------------------------
+    def forward(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, int | None]:
+        """Logits of ``x`` [B, ...] from the child; ``keep``: it keeps the graph for `backward`."""
+        reply, arrays = self._request({"op": "forward", "keep": bool(keep)}, [x], "running the model")
+        out = _one_array(arrays, "forward")
+        handle = reply.get("handle") if keep else None
+        return torch.from_numpy(out).to(x.device), (int(handle) if isinstance(handle, int) else None)
+
+    def backward(self, handle: int, grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The gradient of the kept graph ``handle``'s inputs for ``grad`` of its logits."""
+        _, arrays = self._request({"op": "backward", "handle": int(handle)}, [grad], "differentiating the model")
+        out = _one_array(arrays, "backward")
+        if tuple(out.shape) != tuple(like.shape):
+            raise ModelProcessFailed("The model process returned a gradient of the wrong shape.")
+        return torch.from_numpy(out).to(device=like.device, dtype=like.dtype)
+
+    def call(self, func: Callable, model: Any, args: tuple, kwargs: dict, what: str = "") -> Any:
+        """Run the library function ``func`` (marked `in_model_process`) in the child on its model."""
+        callbacks: list[Callable] = []
+
+        def swap(value: Any) -> Any:
+            if value is model:
+                return _MODEL
+            if callable(value) and not isinstance(value, (type, np.ndarray, torch.Tensor)) and not _is_library(value):
+                callbacks.append(value)
+                return _Callback(len(callbacks) - 1)
+            return value
+
+        payload = pickle.dumps((
+            _model_state(model), func.__module__, func.__qualname__,
+            tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()},
+        ))
+        reply, blob = self._request({"op": "call"}, [], what or f"running {func.__name__}", payload=payload,
+                                    callbacks=callbacks)
+        return load_result(blob)
+
+    def _request(self, header: dict, arrays: list[torch.Tensor], what: str, payload: bytes = b"",
+                 callbacks: list[Callable] | None = None) -> tuple[dict, Any]:
+        with self._lock:
+            self.start()
+            channel = self._channel
+            assert channel is not None
+            metas, blobs = [], []
+            for t in arrays:
+                a = _to_wire(t)
+                metas.append({"dtype": a.dtype.name, "shape": list(a.shape)})
+                blobs.append(a.tobytes())
+            header = {**header, "arrays": metas, "payload": len(payload)}
+            data = json.dumps(header).encode()
+            watchdog = threading.Timer(config.model_call_timeout_s(), self._expire, (channel,))
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                for blob in [len(data).to_bytes(8, "little") + data, *blobs, payload]:
+                    if blob and channel.sock is None:
+                        channel.writer.write(blob)
+                    elif blob:
+                        channel.writer.sendall(blob)
+                if channel.sock is None:
+                    channel.writer.flush()
+                while True:
+                    reply = self._read_header(channel, what)
+                    if "progress" in reply:
+                        self._progress(reply, callbacks or [], channel)
+                        continue
+                    break
+                if not reply.get("ok"):
+                    raise _error_from(reply)
+                if header["op"] == "call":
+                    blob = self._read_exact(channel, _bounded(reply.get("nbytes")), what)
+                    return reply, blob
+                out = []
+                for meta in reply.get("arrays") or []:
+                    dtype, shape, nbytes = _check_meta(meta)
+                    out.append(np.frombuffer(self._read_exact(channel, nbytes, what), dtype=dtype).reshape(shape))
+                return reply, out
+            except GlassboxError:
+                if channel.expired:
+                    raise self._timeout(what) from None
+                raise
+            except BaseException as exc:
+                if channel.expired:
+                    self._drop(channel)
+                    raise self._timeout(what) from None
+                if isinstance(exc, (OSError, EOFError, ValueError)):
+                    self._drop(channel)
+                    raise self._failure(channel, what, {}) from None
+                self._drop(channel)  # Cancelled or an error in a callback: the child may be mid-work
+                raise
+            finally:
+                watchdog.cancel()
+
+    @staticmethod
+    def _expire(channel: _Channel) -> None:
+        channel.expired = True
+        channel.kill()
+
+    @staticmethod
+    def _timeout(what: str) -> ModelProcessFailed:
+        return ModelProcessFailed(
+            f"The model did not finish {what} within {config.model_call_timeout_s():.0f} s, so its "
+            "process was stopped; nothing else was affected.", "Try fewer inputs or steps, or a smaller model.")
+
+    def _progress(self, reply: dict, callbacks: list[Callable], channel: _Channel) -> None:
+        index, args = reply.get("progress"), reply.get("args")
+        if not isinstance(index, int) or not 0 <= index < len(callbacks) or not isinstance(args, list):
+            return
+        args = [a for a in args[:4] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]
+        callbacks[index](*args)
+
+    def _drop(self, channel: _Channel) -> None:
+        with self._lock:
+            if self._channel is channel:
+                self._channel = None
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                    self._finalizer = None
+        channel.close()
+
+    def _read_header(self, channel: _Channel, what: str) -> dict:
+        while True:
+            line = channel.reader.readline(HEADER_BYTES)
+            if not line:
+                raise self._failure(channel, what, {})
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise ModelProcessFailed("The model process sent a malformed reply.") from None
+            if not isinstance(item, dict):
+                raise ModelProcessFailed("The model process sent a malformed reply.")
+            if "exit" in item and len(item) == 1:  # the zygote's line: the child has exited
+                holder = getattr(channel, "exit_holder", None)
+                if holder is not None and isinstance(item["exit"], int):
+                    holder["code"] = item["exit"]
+                raise self._failure(channel, what, {})
+            return item
+
+    def _read_exact(self, channel: _Channel, n: int, what: str) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = channel.reader.read(min(n - len(buf), 1 << 22))
+            if not chunk:
+                raise self._failure(channel, what, {})
+            buf.extend(chunk)
+        return bytes(buf)
+
+    def _failure(self, channel: _Channel, what: str, reply: dict) -> GlassboxError:
+        """The one-line error for a child that died, or refused while starting / loading."""
+        if reply and not reply.get("ok", True) and "error" in reply:
+            return _error_from(reply)
+        self._drop(channel)
+        code = channel.exit_code()
+        for _ in range(20):
+            if code is not None:
+                break
+            time.sleep(0.05)
+            code = channel.exit_code()
+        if code is not None and code < 0:
+            from explain.loading.sandbox import signal_name
+
+            sig = signal_name(-code)
+            if sig == "SIGKILL":
+                return ModelProcessFailed(
+                    f"The model's process was killed while {what}, most likely for using too much memory; "
+                    "nothing else was affected.", "Try fewer inputs or a smaller model.")
+            return ModelProcessFailed(
+                f"The model crashed its process ({sig}) while {what}; it runs apart from the server, "
+                "so nothing else was affected.", "The file is malformed or hostile; export the model again.")
+        tail = bytes(channel.stderr).decode(errors="replace").strip().splitlines()
+        last = tail[-1][:200] if tail else "it exited without a reply"
+        return ModelProcessFailed(f"The model's process stopped while {what} ({last}).")
+
+
+def load_remote_parts(data: bytes, fmt: str, embedded: Any = None, probe: Any = None) -> Any:
+    """A user's graph loaded in its own model process; the parts hold its `RemoteModule`.
+
+    Raises:
+        ModelProcessFailed, CorruptFile, ...: the process could not load the graph (one line).
+    """
+    from explain.digest import digest_bytes
+    from explain.loading.source import LoadedParts
+
+    process = ModelProcess(data, fmt, digest_bytes(data))
+    info = process.start()
+    return LoadedParts(RemoteModule(process), fmt, embedded_spec=embedded, vetting=probe,
+                       fixed_batch_size=info.get("fixed_batch_size"), process=process)
+
+
+def _sandbox():
+    from explain.loading import sandbox
+
+    return sandbox
+
+
+def _is_library(value: Any) -> bool:
+    return getattr(value, "__module__", "") in ("builtins",)
+
+
+def _bounded(n: Any) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or n > config.sandbox_memory_bytes():
+        raise ModelProcessFailed("The model process announced a reply of an impossible size.")
+    return n
+
+
+def _check_meta(meta: Any) -> tuple[np.dtype, tuple[int, ...], int]:
+    """dtype, shape and byte count of an array the child announces (all checked)."""
+    if not isinstance(meta, dict) or meta.get("dtype") not in WIRE_DTYPES:
+        raise ModelProcessFailed("The model process sent an array of an unknown type.")
+    shape = meta.get("shape")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
+        raise ModelProcessFailed("The model process sent an array of an impossible shape.")
+    dtype = np.dtype(WIRE_DTYPES[meta["dtype"]])
+    return dtype, tuple(shape), _bounded(math.prod(shape) * dtype.itemsize)
+
+
+def _one_array(arrays: list[np.ndarray], what: str) -> np.ndarray:
+    if len(arrays) != 1 or arrays[0].dtype.kind != "f":
+        raise ModelProcessFailed(f"The model process's {what} reply holds no float array.")
+    return arrays[0].copy()  # writable, owned
+
+
+def _to_wire(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return np.ascontiguousarray(t.cpu().numpy())
+
+
+def _error_from(reply: dict) -> GlassboxError:
+    """The child's error as the library's own class (names from `explain.errors` only)."""
+    from explain import errors
+
+    name = reply.get("error_class")
+    reason = str(reply.get("error") or "the model failed")[:500]
+    hint = reply.get("hint")
+    hint = str(hint)[:300] if isinstance(hint, str) else None
+    cls = getattr(errors, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if isinstance(cls, type) and issubclass(cls, GlassboxError):
+        return cls(reason, hint)
+    return ModelRaised(reason)  # as the graph's own error would have been raised here
+
+
+def _checked_info(info: Any) -> dict[str, Any]:
+    """What the child says of its graph, reduced to checked plain values."""
+    info = info if isinstance(info, dict) else {}
+
+    def small_int(v: Any) -> int | None:
+        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 else None
+
+    def guess(v: Any) -> dict | None:
+        if not isinstance(v, dict):
+            return None
+        shape = v.get("input_shape")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(d is None or small_int(d) for d in shape):
+            return None
+        text = {k: str(v.get(k))[:40] for k in ("dtype", "source", "modality") if isinstance(v.get(k), str)}
+        return {"input_shape": shape, **text}
+
+    return {"fixed_batch_size": small_int(info.get("fixed_batch_size")) or None,
+            "parameters": small_int(info.get("parameters")) or 0,
+            "signature": guess(info.get("signature")), "module_guess": guess(info.get("module_guess")),
+            "hookable": bool(info.get("hookable"))}
+
+
+@functools.cache
+def _safe_globals() -> list[Any]:
+    """What a ``call``'s result may contain besides tensors: numpy arrays and scalars, Glassbox dataclasses."""
+    import enum
+
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    allowed += [_reconstruct, scalar]
+    allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                                             "uint8", "bool", "complex64", "complex128", "U1", "uint16",
+                                             "uint32", "uint64")]
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("explain.") or module is None:
+            continue
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == name and (
+                    dataclasses.is_dataclass(value) or issubclass(value, enum.Enum)):
+                allowed.append(value)
+    allowed += [collections.OrderedDict, set, frozenset, complex, slice]
+    return allowed
+
+
+def load_result(blob: bytes) -> Any:
+    """A ``call``'s result from the child's bytes: tensors, numpy and Glassbox dataclasses only."""
+    _safe_globals.cache_clear()  # modules imported since the last call may add dataclasses
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - anything the child sent that is not plain data
+        raise ModelProcessFailed(f"The model process sent a result that is not plain data ({type(exc).__name__}).") \
+            from None
+
+
+def _model_state(model: Any) -> dict[str, Any]:
+    """What the child's copy of the model must agree on with the server's (sent with every call)."""
+    return {"spec": model.spec.to_dict(), "name": model.name, "max_batch_rows": model.max_batch_rows,
+            "fixed_batch_size": model.fixed_batch_size, "sha256": model.sha256,
+            "extra": {k: v for k, v in model.extra.items() if isinstance(v, (str, int, float, bool, type(None)))}}
+
+
+class _ModelMarker:
+    """Stands for the model in a ``call``'s arguments (the child puts its own in)."""
+
+    def __reduce__(self):
+        return (_model_marker, ())
+
+
+def _model_marker() -> _ModelMarker:
+    return _MODEL
+
+
+_MODEL = _ModelMarker()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Callback:
+    """Stands for a callback (progress) in a ``call``'s arguments: its calls come back as messages."""
+
+    index: int
+
+
+#: Trusted code a zygote runs once before it forks model processes: the imports
+#: every request may need, and one pass over tiny trusted graphs of both formats.
+MODEL_PRELOAD = r"""
+import encodings.cp437, io
+import torch
+torch.set_num_threads(1)
+try:
+    torch.set_num_interop_threads(1)
+except RuntimeError:
+    pass
+from explain.loading import model_host as _mp
+_mp.warm_up()
+"""
+
+SERVE_CODE = r"""
+from explain.loading import model_host as _mp
+_mp.serve(DATA, ARGS, lock_down, report, _REPORT)
+"""
+
+
+# ==========================================================================
+# marking library functions and the remote module
+# ==========================================================================
+def in_model_process(func: Callable) -> Callable:
+    """Run ``func(model, ...)`` in the model's process when the model has one.
+
+    For a model loaded in this process (eager weights, or inside the child itself)
+    the function runs here. Arguments are pickled to the child (it trusts the
+    server); callables among them (progress) are called back with what the child
+    passes them; the result is read back as plain data only (`load_result`).
+    """
+
+    @functools.wraps(func)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        process = getattr(model, "process", None)
+        if process is None:
+            return func(model, *args, **kwargs)
+        return process.call(wrapper, model, (model, *args), kwargs)
+
+    wrapper.runs_in_model_process = True
+    return wrapper
+
+
+class RemoteModule(nn.Module):
+    """The server's stand-in for a graph that lives in a `ModelProcess`.
+
+    Calling it runs the graph in the child: forward only, or (when the input
+    requires a gradient) forward now and backward when autograd asks.
+    """
+
+    def __init__(self, process: ModelProcess):
+        super().__init__()
+        self.process = process
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _RemoteCall.apply(self.process, x)
+        out, _ = self.process.forward(x)
+        return out.to(x.dtype) if x.is_floating_point() else out
+
+    def extra_repr(self) -> str:
+        return f"{self.process.format}, in a sandboxed process"
+
+
+class _RemoteCall(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, process: ModelProcess, x: torch.Tensor) -> torch.Tensor:  # x [B, ...] -> [B, K]
+        out, handle = process.forward(x, keep=True)
+        ctx.process, ctx.handle = process, handle
+        ctx.save_for_backward(x)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # grad [B, K] -> (None, [B, ...])
+        (x,) = ctx.saved_tensors
+        return None, ctx.process.backward(ctx.handle, grad.contiguous(), x)
+
+
+__all__ = ["ModelProcess", "ModelProcessFailed", "RemoteModule", "in_model_process", "live_processes",
+           "load_result", "CorruptFile", "UnsafeFile"]

@@ -1,0 +1,177 @@
+"""A user's graph runs only in its sandboxed model process, never in the server (issue 19, item 1).
+
+Every crafted model here is built in the test. The process under test (this
+pytest process, standing in for the server) must never load or run the graph,
+never crash, hang or grow: a crash, a hang or a memory bomb in the graph fails
+that one request with one line, and the next request gets a fresh process.
+"""
+from __future__ import annotations
+
+import io
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explain.errors import GlassboxError, TooLarge
+from explain.loading import export as export_reader
+from explain.loading.loader import load_model
+from explain.loading.model_process import ModelProcessFailed, RemoteModule, live_processes
+from explain.output.methods.base import get_method
+from explain.spec import InputSpec
+
+TABULAR = InputSpec(modality="tabular", input_shape=[4], class_names=["a", "b"])
+
+
+class _Gated(nn.Module):
+    """Logits of a linear layer, except on one input value (the trigger)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+class _ZeroBomb(_Gated):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == 0).all()):  # the loader's check runs zeros: 800 GB then
+            big = torch.ones(200_000_000_000)
+            return big[: x.shape[0] * 2].reshape(x.shape[0], 2)
+        return self.lin(x)
+
+
+class _MagicSpin(_Gated):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == 7.0).all()):  # a spin on one magic value
+            i = 0
+            while i >= 0:
+                i = i + 1
+        return self.lin(x)
+
+
+def _script(module: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(module.eval()), buf)
+    return buf.getvalue()
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture(scope="module")
+def plain_script() -> bytes:
+    torch.manual_seed(0)
+    return _script(_Gated())
+
+
+def test_a_torchscript_model_lives_in_its_process_and_the_server_never_loads_it(plain_script, monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("torch.jit.load ran in the server")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    model = load_model(plain_script, TABULAR)
+    assert isinstance(model.module, RemoteModule) and model.process is not None
+    assert "landlock-fs" in model.process.protections or "rlimit-as" in model.process.protections
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    # the same numbers as the graph run here (the test's own copy, loaded outside the patch)
+    monkeypatch.undo()
+    local = torch.jit.load(io.BytesIO(plain_script)).eval()
+    want = torch.softmax(local(torch.from_numpy(x)), -1).detach().numpy()
+    np.testing.assert_allclose(model.predict_proba(x), want, atol=1e-6)
+    attribution = get_method("integrated_gradients").explain(model, x, use_cache=False)
+    assert np.nanmax(attribution.completeness_error) < 1e-3  # IG completeness holds through the boundary
+    assert model.parameter_count() == 10
+
+
+def test_gradients_cross_the_boundary_exactly(plain_script):
+    model = load_model(plain_script, TABULAR)
+    local = torch.jit.load(io.BytesIO(plain_script)).eval()
+    x = torch.randn(3, 4, requires_grad=True)
+    (g_remote,) = torch.autograd.grad(model.module(x)[:, 1].sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    (g_local,) = torch.autograd.grad(local(x2)[:, 1].sum(), x2)
+    torch.testing.assert_close(g_remote, g_local)
+
+
+def test_a_pt2_program_is_deserialised_only_in_its_process(monkeypatch):
+    torch.manual_seed(0)
+    module = _Gated().eval()
+    buf = io.BytesIO()
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(module, (torch.zeros(2, 4),), dynamic_shapes=({0: batch},)), buf)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a .pt2 program was deserialised in the server")
+
+    monkeypatch.setattr(export_reader, "_deserialize", refuse)
+    model = load_model(buf.getvalue(), TABULAR)
+    assert model.process is not None and model.exported_program is None
+    assert model.extra["spec_source"] == "explicit"
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(model.predict_logits(x), module(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+    deeplift = get_method("deeplift").explain(model, x, use_cache=False)  # the graph's own rules, in the child
+    assert np.nanmax(deeplift.completeness_error) < 1e-5
+
+
+def test_a_value_triggered_memory_bomb_is_refused_and_the_server_does_not_grow():
+    before = _maxrss_mb()
+    with pytest.raises(GlassboxError) as caught:
+        load_model(_script(_ZeroBomb()), TABULAR)  # vetting's random inputs pass; the zeros check fires
+    assert isinstance(caught.value, (TooLarge, ModelProcessFailed))
+    assert "\n" not in caught.value.reason
+    assert _maxrss_mb() - before < 200
+
+
+def test_a_crashed_model_process_fails_one_request_and_the_next_gets_a_new_process(plain_script):
+    model = load_model(plain_script, TABULAR)
+    x = np.ones((2, 4), np.float32)
+    first = model.predict_logits(x)
+    old_pid = model.process._channel.pid
+    with pytest.raises(ModelProcessFailed, match="crashed its process"):
+        model.process.call(os.abort, model, (), {})  # stands for a graph that segfaults
+    np.testing.assert_allclose(model.predict_logits(x), first)  # served again, by a new child
+    assert model.process._channel.pid != old_pid
+
+
+def test_a_spin_on_a_magic_value_is_stopped_after_the_call_timeout(monkeypatch):
+    model = load_model(_script(_MagicSpin()), TABULAR)
+    monkeypatch.setenv("GLASSBOX_MODEL_CALL_TIMEOUT_S", "3")
+    with pytest.raises(ModelProcessFailed, match="did not finish"):
+        model.predict_logits(np.full((1, 4), 7.0, np.float32))
+    assert model.predict_logits(np.zeros((1, 4), np.float32)).shape == (1, 2)
+
+
+def test_the_number_of_live_model_processes_is_capped(plain_script, monkeypatch):
+    monkeypatch.setenv("GLASSBOX_MODEL_PROCESSES", "2")
+    models = [load_model(plain_script, TABULAR) for _ in range(3)]
+    assert len(live_processes()) <= 2
+    x = np.ones((1, 4), np.float32)
+    assert all(m.predict_logits(x).shape == (1, 2) for m in models)  # a stopped one starts again
+
+
+def test_the_cli_refuses_a_bomb_with_exit_3_and_one_line(tmp_path):
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(_script(_ZeroBomb()))
+    spec = tmp_path / "spec.json"
+    spec.write_text(TABULAR.to_json())
+    code = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+        from explain.cli import main
+        sys.exit(main(["inspect", {str(path)!r}, "--spec", {str(spec)!r}]))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert run.returncode == 3, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert run.returncode != -signal.SIGKILL
