@@ -2,7 +2,9 @@
 
 By convention id 0 is ``<pad>`` and id 1 is ``<unk>``; ``cls_token`` (when
 set) is prepended. Words are ``[\\w']+`` runs; punctuation marks are separate
-tokens, kept only when the vocabulary has them.
+tokens, kept only when the vocabulary has them. A Hugging Face ``tokenizer.json``
+is size-capped before it is parsed and its ids checked against the vocabulary
+size before anything is built from them (`tokenizer_vocab`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from explain.errors import IncompatibleInput
+from explain import config
+from explain.errors import CorruptFile, IncompatibleInput, TooLarge
 from explain.spec import InputSpec
 
 PAD_ID, UNK_ID = 0, 1
@@ -78,10 +81,56 @@ def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
     return ids + [pad_id] * (length - len(ids))
 
 
+def check_tokenizer_size(tokenizer_json: str | bytes) -> None:
+    """Refuse a ``tokenizer.json`` over `explain.config.max_tokenizer_bytes` (before it is parsed)."""
+    size, cap = len(tokenizer_json), config.max_tokenizer_bytes()
+    if size > cap:
+        raise TooLarge(f"tokenizer.json is {size / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB limit.",
+                       "An operator can raise it with GLASSBOX_MAX_TOKENIZER_MB.")
+
+
+def tokenizer_vocab(tokenizer_json: str | bytes, vocab_size: int | None = None) -> dict[str, int]:
+    """Token -> id of a Hugging Face ``tokenizer.json`` (added tokens included), bounded.
+
+    The file is size-checked before it is parsed, and every id must be below
+    ``vocab_size`` (the model's embedding rows) and `explain.config.max_vocabulary`,
+    so a table built from the ids (a vocabulary list) is never larger than those.
+
+    Raises:
+        TooLarge: the file or the vocabulary is over its cap.
+        CorruptFile: not a tokenizer, or an id at or above ``vocab_size``.
+    """
+    from tokenizers import Tokenizer
+
+    check_tokenizer_size(tokenizer_json)
+    text = tokenizer_json.decode("utf-8", errors="replace") if isinstance(tokenizer_json, bytes) else tokenizer_json
+    try:
+        vocab = Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
+    except Exception as exc:
+        raise CorruptFile(f"tokenizer.json cannot be read ({_first_line(exc)}).") from None
+    cap = config.max_vocabulary()
+    if len(vocab) > cap:
+        raise TooLarge(f"tokenizer.json holds {len(vocab):,} tokens, over the {cap:,} limit.",
+                       "An operator can raise it with GLASSBOX_MAX_VOCABULARY.")
+    top = max(vocab.values(), default=-1)
+    if vocab_size is not None and top >= vocab_size:
+        raise CorruptFile(f"tokenizer.json has the id {top:,}, but the model's vocabulary has {vocab_size:,} entries.")
+    if top >= cap:
+        raise TooLarge(f"tokenizer.json has the id {top:,}, over the {cap:,}-token vocabulary limit.",
+                       "An operator can raise it with GLASSBOX_MAX_VOCABULARY.")
+    return vocab
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
 @functools.lru_cache(maxsize=4)
 def _hf_tokenizer(tokenizer_json: str):
     from tokenizers import Tokenizer
 
+    check_tokenizer_size(tokenizer_json)
     tok = Tokenizer.from_str(tokenizer_json)
     tok.no_truncation()
     tok.no_padding()

@@ -11,6 +11,12 @@ builds it. The registry is open: projects register their own classes with
 - ``tabular_mlp``: MLP with non-in-place ``nn.ReLU`` modules.
 - ``text_transformer``: embedding + learned positions, ``nn.TransformerEncoder``
   layers, classification from the ``<cls>`` position (token 0 of the input).
+
+A config comes from the file, so it is sized before anything is built
+(`estimate_size`: parameters, one sample's activations and layers, computed from
+the config alone) and refused above the operator's caps
+(`explain.config.max_parameters` / ``max_activations`` / ``max_layers``) or, when
+weights come with it, above what the weights hold (`check_size`).
 """
 from __future__ import annotations
 
@@ -22,21 +28,44 @@ from typing import Any
 import torch
 from torch import nn
 
-from explain.errors import IncompatibleInput
+from explain import config as gb_config
+from explain.errors import IncompatibleInput, TooLarge
 
 Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What building a config costs, counted before building it.
+
+    Attributes:
+        parameters: elements of the state_dict (parameters and buffers).
+        activations: elements of one sample's forward pass (every layer's output, summed).
+        layers: modules the builder creates.
+    """
+
+    parameters: int
+    activations: int
+    layers: int
+
+
+#: A size estimator: the merged config's keyword arguments -> `ModelSize`.
+Estimator = Callable[..., ModelSize]
 
 
 @dataclass(frozen=True)
 class _Entry:
     builder: Builder
     default_config: dict[str, Any]
+    estimate: Estimator | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_architecture(name: str, default_config: dict[str, Any] | None = None) -> Callable[[Builder], Builder]:
+def register_architecture(
+    name: str, default_config: dict[str, Any] | None = None, estimate: Estimator | None = None
+) -> Callable[[Builder], Builder]:
     """Decorator: register an ``nn.Module`` class or a builder under ``name``.
 
     The decorated callable is called with keyword arguments: the default config
@@ -45,10 +74,14 @@ def register_architecture(name: str, default_config: dict[str, Any] | None = Non
     Args:
         name: registry key, stored in weight files as ``glassbox.architecture``.
         default_config: keyword arguments used when none are given.
+        estimate: called with the same keyword arguments, returns the `ModelSize`
+            building them would cost, without building anything. Without one, a
+            config is sized by building it on the ``meta`` device (no tensor
+            memory, but the modules are still created).
     """
 
     def decorate(builder: Builder) -> Builder:
-        _REGISTRY[name] = _Entry(builder, dict(default_config or {}))
+        _REGISTRY[name] = _Entry(builder, dict(default_config or {}), estimate)
         return builder
 
     return decorate
@@ -64,18 +97,67 @@ def default_config(name: str) -> dict[str, Any]:
     return copy.deepcopy(_entry(name).default_config)
 
 
-def build_architecture(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+def build_architecture(
+    name: str, config: dict[str, Any] | None = None, *, available: int | None = None
+) -> nn.Module:
     """Build a fresh (randomly initialised) model of a registered architecture.
+
+    The config is sized first (`estimate_size`) and refused above the caps, so a
+    file's config never makes Glassbox allocate more than the caps allow.
 
     Args:
         name: a registered architecture name.
         config: keyword arguments overriding the defaults; keys the
             architecture does not know are refused.
+        available: the elements the weights to be loaded hold; a config needing
+            more parameters is refused (`check_size`).
 
     Raises:
         IncompatibleInput: unknown name, unknown config key or a config the
             builder rejects.
+        TooLarge: a config over a cap.
+        IncompatibleInput: a config needing more parameters than ``available``.
     """
+    entry, merged = _merged(name, config)
+    check_size(name, _estimate(name, entry, merged), available)
+    try:
+        return entry.builder(**merged)
+    except (TypeError, ValueError) as exc:
+        raise IncompatibleInput(f"Cannot build architecture {name!r} with this config ({exc}).") from None
+
+
+def estimate_size(name: str, config: dict[str, Any] | None = None) -> ModelSize:
+    """What building ``name`` with ``config`` would cost, computed without building it.
+
+    Raises:
+        IncompatibleInput: unknown name or key, or values the estimate cannot read.
+    """
+    entry, merged = _merged(name, config)
+    return _estimate(name, entry, merged)
+
+
+def check_size(name: str, size: ModelSize, available: int | None = None) -> None:
+    """Refuse a model over the operator's caps, or needing more parameters than its weights hold.
+
+    Raises:
+        TooLarge: over a cap; the one-line reason names the count, the cap and the setting raising it.
+        IncompatibleInput: more parameters than ``available`` (the weights cannot fill the model).
+    """
+    caps = (("parameters", size.parameters, gb_config.max_parameters(), "GLASSBOX_MAX_PARAMETERS"),
+            ("activation elements per sample", size.activations, gb_config.max_activations(),
+             "GLASSBOX_MAX_ACTIVATIONS"),
+            ("layers", size.layers, gb_config.max_layers(), "GLASSBOX_MAX_LAYERS"))
+    for what, count, cap, setting in caps:
+        if count > cap:
+            raise TooLarge(f"The config of architecture {name!r} asks for {count:,} {what}, over the {cap:,} limit.",
+                           f"An operator can raise it with {setting}.")
+    if available is not None and size.parameters > available:
+        raise IncompatibleInput(f"The weights do not fit architecture {name!r}: its config needs "
+                                f"{size.parameters:,} parameters, the weights hold {available:,} values.",
+                                "Check the architecture config stored with the weights.")
+
+
+def _merged(name: str, config: dict[str, Any] | None) -> tuple[_Entry, dict[str, Any]]:
     entry = _entry(name)
     merged = copy.deepcopy(entry.default_config)
     unknown = sorted(set(config or {}) - set(merged))
@@ -85,10 +167,45 @@ def build_architecture(name: str, config: dict[str, Any] | None = None) -> nn.Mo
             f"Known keys: {', '.join(sorted(merged)) or 'none'}.",
         )
     merged.update(config or {})
+    return entry, merged
+
+
+def _estimate(name: str, entry: _Entry, merged: dict[str, Any]) -> ModelSize:
     try:
-        return entry.builder(**merged)
-    except (TypeError, ValueError) as exc:
+        if entry.estimate is not None:
+            return entry.estimate(**merged)
+        return _meta_size(entry.builder, merged)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise IncompatibleInput(f"Cannot build architecture {name!r} with this config ({exc}).") from None
+
+
+def _meta_size(builder: Builder, merged: dict[str, Any]) -> ModelSize:
+    """A registered class without an estimator: built on the meta device (no tensor memory), counted.
+
+    A builder that cannot run on the meta device (it reads tensor values) is not sized (zeros).
+    """
+    try:
+        with torch.device("meta"):
+            module = builder(**merged)
+        parameters = sum(t.numel() for t in module.state_dict().values())
+    except (TypeError, ValueError):
+        raise
+    except Exception:
+        return ModelSize(0, 0, 0)
+    return ModelSize(parameters, 0, sum(1 for _ in module.modules()))
+
+
+def _ints(values: Any, what: str) -> list[int]:
+    """A config list of sizes as positive ints (ValueError names ``what``)."""
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{what} must be a list of sizes")
+    return [_int(v, what) for v in values]
+
+
+def _int(value: Any, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
+        raise ValueError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _entry(name: str) -> _Entry:
@@ -135,8 +252,58 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
+#: The input side the ``shapes_resnet`` activation estimate assumes (its sample models' 32x32 images).
+RESNET_NOMINAL_SIDE = 32
+
+
+def _resnet_size(in_channels: Any = 3, num_classes: Any = 4, widths: Any = (16, 32, 64),
+                 strides: Any = (2, 2, 1)) -> ModelSize:
+    """`ShapesResNet`'s state_dict elements; activations for a `RESNET_NOMINAL_SIDE` square input."""
+    c, k = _int(in_channels, "in_channels"), _int(num_classes, "num_classes")
+    w, st = _ints(widths, "widths"), _ints(strides, "strides")
+    if len(w) != 3 or len(st) != 3:
+        raise ValueError("widths and strides must list 3 stages each")
+    bn = lambda n: 4 * n + 1  # noqa: E731 - weight, bias, running mean and var, num_batches_tracked
+    side = RESNET_NOMINAL_SIDE
+    params, acts, layers = c * w[0] * 9 + bn(w[0]) + w[2] * k + k, 3 * w[0] * side * side, 6
+    for cin, cout, stride in zip([w[0], w[0], w[1]], w, st):
+        params += cin * cout * 9 + cout * cout * 9 + 2 * bn(cout)
+        layers += 6
+        side = (side - 1) // stride + 1
+        acts += 8 * cout * side * side
+        if stride != 1 or cin != cout:
+            params += cin * cout + bn(cout)
+            layers += 3
+    return ModelSize(params, acts + w[2] + k, layers)
+
+
+def _mlp_size(in_features: Any = 30, hidden: Any = (64, 32), num_classes: Any = 2, dropout: Any = 0.1) -> ModelSize:
+    """`TabularMLP`'s state_dict elements, activations and layers."""
+    width, k = _int(in_features, "in_features"), _int(num_classes, "num_classes")
+    params, acts, layers = 0, width, 3
+    for h in _ints(hidden, "hidden"):
+        params += width * h + h
+        acts += 3 * h
+        layers += 3
+        width = h
+    return ModelSize(params + width * k + k, acts + k, layers)
+
+
+def _transformer_size(vocab_size: Any = 64, max_len: Any = 16, d_model: Any = 32, nhead: Any = 2,
+                      num_layers: Any = 2, dim_feedforward: Any = 64, num_classes: Any = 2, **_: Any) -> ModelSize:
+    """`TextTransformer`'s state_dict elements; activations for a ``max_len`` sequence."""
+    v, n, d = _int(vocab_size, "vocab_size"), _int(max_len, "max_len"), _int(d_model, "d_model")
+    h, depth = _int(nhead, "nhead"), _int(num_layers, "num_layers")
+    f, k = _int(dim_feedforward, "dim_feedforward"), _int(num_classes, "num_classes")
+    per_layer = 4 * d * d + 2 * d * f + 9 * d + f  # in/out projections, two linears, two norms
+    params = v * d + n * d + depth * per_layer + d * k + k  # (the unregistered prototype layer is built too)
+    acts = 2 * n * d + depth * (n * (9 * d + f) + 2 * h * n * n) + k
+    return ModelSize(params, acts, 5 + 10 * depth)
+
+
 @register_architecture(
-    "shapes_resnet", {"in_channels": 3, "num_classes": 4, "widths": [16, 32, 64], "strides": [2, 2, 1]}
+    "shapes_resnet", {"in_channels": 3, "num_classes": 4, "widths": [16, 32, 64], "strides": [2, 2, 1]},
+    estimate=_resnet_size,
 )
 class ShapesResNet(nn.Module):
     """Residual CNN: stem, three stages of one BasicBlock, global pool, linear.
@@ -179,7 +346,7 @@ class ShapesResNet(nn.Module):
 # tabular_mlp
 # --------------------------------------------------------------------------
 @register_architecture(
-    "tabular_mlp", {"in_features": 30, "hidden": [64, 32], "num_classes": 2, "dropout": 0.1}
+    "tabular_mlp", {"in_features": 30, "hidden": [64, 32], "num_classes": 2, "dropout": 0.1}, estimate=_mlp_size
 )
 class TabularMLP(nn.Module):
     """MLP with separate (non-in-place) ``nn.ReLU`` modules, DeepExplainer-friendly."""
@@ -225,6 +392,7 @@ def _sinusoids(length: int, dim: int) -> torch.Tensor:
         "pad_id": 0,
         "norm_first": False,
     },
+    estimate=_transformer_size,
 )
 class TextTransformer(nn.Module):
     """Tiny transformer classifier over token ids; reads out position 0 (``<cls>``).

@@ -10,6 +10,13 @@ module is wrapped so it maps token ids [N, L] or pixels [N, C, H, W] to logits
 
 A folder is read file by file with the capped reader and packed into an
 in-memory zip (`folder_as_zip`), so a folder and its zip load the same way.
+
+Every file is bounded before it is used: text files by their size in the zip's
+directory, ``config.json`` by an estimated parameter count (`estimate_parameters`:
+vocabulary, widths, layers, labels) checked against the operator's caps and the
+weights present before any config object or module exists, then by the exact
+count of the model built on the ``meta`` device (no tensor memory), and
+``tokenizer.json`` by its ids (`explain.inputs.text.tokenizer_vocab`).
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ import torch
 from torch import nn
 
 from explain import config as gb_config
-from explain.errors import CorruptFile, IncompatibleInput, UnsafeFile
+from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
+from explain.inputs.text import tokenizer_vocab
 from explain.loading.source import (
     LoadedParts,
     find_member,
@@ -50,6 +58,10 @@ KNOWN_FILES = ("config.json", *WEIGHT_FILES, SHARD_INDEX, "tokenizer.json", "voc
                "preprocessor_config.json", "special_tokens_map.json")
 #: The longest text a text model's spec takes (tokens).
 MAX_TEXT_LENGTH = 128
+#: Largest JSON file (config, tokenizer config, preprocessor config) read; a config with
+#: ImageNet-21k's labels is about 1 MiB. ``tokenizer.json`` / ``vocab.txt`` use
+#: `explain.config.max_tokenizer_bytes`; weights are bounded by the archive's cap.
+MAX_JSON_BYTES = 16 * 2**20
 HF_HINT = ("Upload a Hugging Face folder (or its .zip) with config.json and model.safetensors "
            "for sequence or image classification.")
 
@@ -156,6 +168,7 @@ def load_huggingface_parts(data: bytes) -> LoadedParts:
     for known in KNOWN_FILES:
         member = find_member(names, known)
         if member is not None:
+            _check_member_size(zf, member, known)
             files[known] = read_zip_member(zf, member, "Hugging Face")
     if "config.json" not in files:
         raise CorruptFile("The Hugging Face model has no config.json.", HF_HINT)
@@ -177,12 +190,17 @@ def load_huggingface_parts(data: bytes) -> LoadedParts:
             "config.json asks for remote code (auto_map); Glassbox never runs code that comes with a model.",
             "Use a model whose model_type is built into transformers.",
         )
-    model = _build_model(cfg, files, shards)
+    # every file bounded before transformers builds anything: weights counted, config sized, tokenizer ids checked
+    available = _check_weights(files, shards)
+    check_config_size(cfg, available)
+    vocab_size = cfg.get("vocab_size")
+    vocabulary = _vocabulary(files, vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None)
+    model = _build_model(cfg, files, shards, available)
     model.eval()
     modality = "image" if _is_image(model) else "text"
     pad_id = getattr(model.config, "pad_token_id", None)
     wrapper = HFClassifier(model, modality, 0 if pad_id is None else pad_id).eval()
-    spec = _text_spec(model.config, files) if modality == "text" else _image_spec(model.config, files)
+    spec = _text_spec(model.config, files, vocabulary) if modality == "text" else _image_spec(model.config, files)
     return LoadedParts(module=wrapper, format=FORMAT, embedded_spec=spec, architecture=type(model).__name__,
                        extra={"hf_model_type": model.config.model_type})
 
@@ -191,7 +209,7 @@ def _is_image(model: nn.Module) -> bool:
     return type(model).__name__.endswith("ForImageClassification")
 
 
-def _build_model(cfg: dict, files: dict[str, bytes], shards: dict[str, bytes]) -> nn.Module:
+def _build_model(cfg: dict, files: dict[str, bytes], shards: dict[str, bytes], available: int) -> nn.Module:
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.utils import logging as hf_logging
@@ -217,7 +235,7 @@ def _build_model(cfg: dict, files: dict[str, bytes], shards: dict[str, bytes]) -
     except KeyError:
         raise IncompatibleInput(f"transformers has no {'image' if image else 'sequence'} classification "
                                 f"model for {model_type}.", HF_HINT) from None
-    _check_weights(files, shards)
+    _check_exact_size(model_class, config, available)
     # transformers renames checkpoint keys between versions (v5 converts the legacy names on load),
     # so the weights go through from_pretrained: from a private temporary folder, local files only,
     # with the config object built above (never a remote code path), safetensors or weights_only.
@@ -245,31 +263,145 @@ def _build_model(cfg: dict, files: dict[str, bytes], shards: dict[str, bytes]) -
     return model
 
 
-def _check_weights(files: dict[str, bytes], shards: dict[str, bytes]) -> None:
-    """Read the weights ourselves first: safetensors parsed, a ``.bin`` only ever unpickled weights-only."""
+def _check_weights(files: dict[str, bytes], shards: dict[str, bytes]) -> int:
+    """Read the weights ourselves first: safetensors parsed, a ``.bin`` only ever unpickled weights-only.
+
+    Returns:
+        The number of values the weights hold (the most parameters a config may ask for).
+    """
     if shards:
         from safetensors.torch import load
 
+        total = 0
         for name, blob in shards.items():
             try:
-                load(blob)
+                total += sum(t.numel() for t in load(blob).values())
             except Exception as exc:
                 raise CorruptFile(f"{name} is damaged ({first_line(exc)}).") from None
-        return
+        return total
     if "model.safetensors" in files:
         from safetensors.torch import load
 
         try:
-            load(files["model.safetensors"])
+            return sum(t.numel() for t in load(files["model.safetensors"]).values())
         except Exception as exc:
             raise CorruptFile(f"model.safetensors is damaged ({first_line(exc)}).") from None
-        return
     if "pytorch_model.bin" in files:
         state = weights_only_load(files["pytorch_model.bin"], "pytorch_model.bin")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CorruptFile("pytorch_model.bin is not a state_dict of tensors.")
-        return
+        return sum(t.numel() for t in state.values())
     raise CorruptFile("The Hugging Face model has no model.safetensors or pytorch_model.bin.", HF_HINT)
+
+
+# --------------------------------------------------------------------------
+# sizing a config before anything is built
+# --------------------------------------------------------------------------
+#: config.json keys, in the order read, for each size `estimate_parameters` uses.
+_WIDTH_KEYS = ("hidden_size", "d_model", "dim", "n_embd", "embed_dim")
+_LAYER_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "n_layer", "encoder_layers")
+_FFN_KEYS = ("intermediate_size", "ffn_dim", "encoder_ffn_dim", "n_inner")
+
+
+def _check_member_size(zf: zipfile.ZipFile, member: str, known: str) -> None:
+    """Refuse a text file whose size in the zip's directory (all zipfile ever reads) is over its cap."""
+    text = known in ("tokenizer.json", "vocab.txt")
+    cap = gb_config.max_tokenizer_bytes() if text else MAX_JSON_BYTES if known.endswith(".json") else None
+    size = zf.getinfo(member).file_size
+    if cap is not None and size > cap:
+        raise TooLarge(f"The Hugging Face {known} is {size / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB limit.",
+                       "An operator can raise it with GLASSBOX_MAX_TOKENIZER_MB." if text else None)
+
+
+def _size(cfg: dict, keys: tuple[str, ...], default: int = 0) -> int:
+    """The first of ``keys`` that ``cfg`` sets to a whole number (lists: their largest, ``depths``: summed)."""
+    for key in keys:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            continue
+        if min(values) < 0:
+            raise CorruptFile(f"config.json sets {key} to a negative size ({min(values)}).", HF_HINT)
+        return sum(values) if key == "depths" else max(values)
+    return default
+
+
+def estimate_parameters(cfg: dict) -> tuple[int, int, int]:
+    """A lower bound of the parameters ``cfg`` builds, its layers and its labels, from the raw JSON.
+
+    Counted, for any model type: the token embeddings (vocabulary x embedding
+    width), per layer at least one width x width projection and half a
+    width x feed-forward one (shared layers counted once: ALBERT's groups; none
+    for CNNs, whose widths vary per stage), the patch embedding of a patch
+    model and the classifier (labels x width). Every
+    built-in classification model has at least that many, so a config asking
+    for more than its weights hold is refused without a false alarm.
+
+    Returns:
+        (parameters, layers, labels).
+
+    Raises:
+        CorruptFile: a negative size.
+    """
+    scalar = _size(cfg, _WIDTH_KEYS)  # a transformer's width; CNNs list theirs (hidden_sizes) per stage
+    width = scalar or _size(cfg, ("hidden_sizes",))
+    embedding = _size(cfg, ("embedding_size",), width)
+    layers = _size(cfg, _LAYER_KEYS) or _size(cfg, ("depths",))
+    own_layers = min(layers, _size(cfg, ("num_hidden_groups",), layers)) if scalar else 0
+    ffn = _size(cfg, _FFN_KEYS) or (_size(cfg, ("hidden_dim",)) if "dim" in cfg else 0)
+    id2label = cfg.get("id2label")
+    labels = max(_size(cfg, ("num_labels",)), len(id2label) if isinstance(id2label, dict) else 0)
+    patch = _size(cfg, ("patch_size",))
+    channels = _size(cfg, ("num_channels",), 3)
+    parameters = (_size(cfg, ("vocab_size",)) * embedding + own_layers * (width * width + width * ffn // 2)
+                  + channels * patch * patch * width + labels * width)
+    return parameters, layers, labels
+
+
+def check_config_size(cfg: dict, available: int) -> None:
+    """Refuse a ``config.json`` over the operator's caps or asking for more than its weights hold.
+
+    Raises:
+        TooLarge: more labels, layers, parameters or image pixels than the caps allow.
+        CorruptFile: more parameters than the weights hold (``available`` values).
+    """
+    parameters, layers, labels = estimate_parameters(cfg)
+    caps = (("labels", labels, gb_config.max_labels(), "GLASSBOX_MAX_LABELS"),
+            ("layers", layers, gb_config.max_layers(), "GLASSBOX_MAX_LAYERS"),
+            ("parameters", parameters, gb_config.max_parameters(), "GLASSBOX_MAX_PARAMETERS"))
+    for what, count, cap, setting in caps:
+        if count > cap:
+            raise TooLarge(f"config.json asks for {count:,} {what}, over the {cap:,} limit.",
+                           f"An operator can raise it with {setting}.")
+    side = _size(cfg, ("image_size",))
+    if side * side > gb_config.max_image_pixels():
+        raise TooLarge(f"config.json asks for {side}x{side} images, over the "
+                       f"{gb_config.max_image_pixels():,} pixel limit.")
+    if parameters > available:
+        raise CorruptFile(f"config.json asks for at least {parameters:,} parameters, but the weights hold "
+                          f"{available:,} values.", "Upload the config.json that belongs with these weights.")
+
+
+def _check_exact_size(model_class: Any, config: Any, available: int) -> None:
+    """Build the model on the ``meta`` device (no tensor memory) and refuse more parameters than the weights hold.
+
+    This counts what `estimate_parameters` cannot see (any other size in the config); a model class that
+    cannot be built on ``meta`` is left to ``from_pretrained`` (which builds on ``meta`` too).
+    """
+    try:
+        with torch.device("meta"):
+            model = model_class(config)
+    except Exception:
+        return
+    parameters = sum(p.numel() for p in model.parameters())
+    if parameters > gb_config.max_parameters():
+        raise TooLarge(f"config.json builds {parameters:,} parameters, over the {gb_config.max_parameters():,} limit.",
+                       "An operator can raise it with GLASSBOX_MAX_PARAMETERS.")
+    if parameters > available:
+        raise CorruptFile(f"config.json builds {parameters:,} parameters, but the weights hold {available:,} values.",
+                          "Upload the config.json that belongs with these weights.")
 
 
 def _class_names(config: Any) -> list[str]:
@@ -285,30 +417,29 @@ def _json(files: dict[str, bytes], name: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _vocabulary(files: dict[str, bytes]) -> list[str] | None:
+def _vocabulary(files: dict[str, bytes], vocab_size: int | None) -> list[str] | None:
+    """The tokens by id; ids are checked below the model's ``vocab_size`` before the list is built."""
     if "tokenizer.json" in files:
-        from tokenizers import Tokenizer
-
-        try:
-            vocab = Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")).get_vocab(with_added_tokens=True)
-        except Exception as exc:
-            raise CorruptFile(f"tokenizer.json cannot be read ({first_line(exc)}).") from None
+        vocab = tokenizer_vocab(files["tokenizer.json"], vocab_size)
         tokens = [f"[unused{i}]" for i in range(max(vocab.values(), default=-1) + 1)]
         for token, i in vocab.items():
             tokens[i] = token
         return tokens
     if "vocab.txt" in files:
+        lines, cap = files["vocab.txt"].count(b"\n"), gb_config.max_vocabulary()
+        if lines > cap:
+            raise TooLarge(f"vocab.txt holds {lines:,} lines, over the {cap:,}-token limit.",
+                           "An operator can raise it with GLASSBOX_MAX_VOCABULARY.")
         return files["vocab.txt"].decode("utf-8", errors="replace").splitlines()
     return None
 
 
-def _text_spec(config: Any, files: dict[str, bytes]) -> InputSpec:
+def _text_spec(config: Any, files: dict[str, bytes], vocabulary: list[str] | None) -> InputSpec:
     tok_cfg = _json(files, "tokenizer_config.json")
     length = int(getattr(config, "max_position_embeddings", None) or MAX_TEXT_LENGTH)
     model_max = tok_cfg.get("model_max_length")
     if isinstance(model_max, int) and 0 < model_max < length:
         length = model_max
-    vocabulary = _vocabulary(files)
     cls = tok_cfg.get("cls_token")
     cls = cls.get("content") if isinstance(cls, dict) else cls
     cls = "[CLS]" if vocabulary and "[CLS]" in vocabulary else cls if vocabulary and cls in vocabulary else None

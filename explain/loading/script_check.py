@@ -15,7 +15,9 @@ case of ``.py`` included, since torch's zip reader may pick either):
   shared allowlist, ``__setstate__`` / ``__getstate__`` are refused;
 - scans each pickle (``data.pkl``, ``constants.pkl``, debug info) with
   ``pickletools.genops``, never unpickling: its globals must be archive
-  classes or torch's tensor-rebuild helpers.
+  classes or torch's tensor-rebuild helpers. A pickle is scanned as a stream
+  from the archive (never read whole, never listed), at most `MAX_PICKLE_BYTES`
+  and `explain.config.max_pickle_opcodes` opcodes of it.
 
 An archive without code, or with code that does not parse, is `CorruptFile`.
 """
@@ -27,12 +29,16 @@ import pickletools
 import re
 import tokenize
 import zipfile
+from typing import IO
 
+from explain import config
 from explain.errors import CorruptFile, TooLarge, UnsafeFile
 from explain.loading.script_code import HINT, CodeChecker
 
 #: Most code (all ``.py`` entries, uncompressed) an archive may carry; real models carry kilobytes.
 MAX_CODE_BYTES = 64 * 2**20
+#: Largest pickle member scanned (tensors live in separate records; real pickles are kilobytes).
+MAX_PICKLE_BYTES = 64 * 2**20
 _NUMBER = re.compile(r"^(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?j?$")
 _SAFE_GLOBALS = {
     "torch._utils": {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_qtensor", "_rebuild_parameter"},
@@ -59,7 +65,8 @@ def check_torchscript_archive(source: zipfile.ZipFile | bytes) -> None:
             a global other than archive classes and tensor helpers; the
             message names it.
         CorruptFile: no code, code that does not parse, unreadable members.
-        TooLarge: more than `MAX_CODE_BYTES` of code.
+        TooLarge: more than `MAX_CODE_BYTES` of code, a pickle over `MAX_PICKLE_BYTES`
+            or over `explain.config.max_pickle_opcodes` opcodes.
     """
     zf = source if isinstance(source, zipfile.ZipFile) else _open(source)
     code: list[tuple[str, ast.Module]] = []
@@ -75,6 +82,10 @@ def check_torchscript_archive(source: zipfile.ZipFile | bytes) -> None:
         if lower.endswith(".py"):
             code.append((info.filename, _parse(info.filename, _read(zf, info))))
         elif lower.endswith(".pkl"):
+            if info.file_size > MAX_PICKLE_BYTES:  # the stated size: zipfile never reads past it
+                raise TooLarge(f"The TorchScript file's {_short(info.filename)} is a "
+                               f"{info.file_size / 2**20:.0f} MiB pickle, over the "
+                               f"{MAX_PICKLE_BYTES / 2**20:.0f} MiB Glassbox scans.", HINT)
             pickles.append(info)
     if not any("/code/" in "/" + name.lower() for name, _ in code):
         raise CorruptFile("The TorchScript file cannot be loaded (it holds no code/ directory).", HINT)
@@ -87,22 +98,31 @@ def check_torchscript_archive(source: zipfile.ZipFile | bytes) -> None:
     for checker, node in loader_hooks:  # after the operators: a payload there is named by its operator
         checker.refuse(node, f"defines {node.name}, which torch.jit.load would run while loading")
     for info in pickles:
-        check_pickle_globals(_read(zf, info), _short(info.filename), defined)
+        try:
+            stream = zf.open(info)
+        except Exception as exc:
+            raise CorruptFile(f"The TorchScript archive is truncated or damaged ({exc}).") from None
+        with stream:
+            check_pickle_globals(stream, _short(info.filename), defined)
 
 
-def check_pickle_globals(data: bytes, where: str, defined: frozenset[str] = frozenset()) -> None:
+def check_pickle_globals(data: bytes | IO[bytes], where: str, defined: frozenset[str] = frozenset()) -> None:
     """Refuse a pickle naming any global but archive classes and tensor-rebuild helpers.
 
+    The opcodes are read one at a time from a stream (never listed), at most
+    `MAX_PICKLE_BYTES` of it and `explain.config.max_pickle_opcodes` opcodes.
+
     Args:
-        data: the pickle bytes (only scanned, never unpickled).
+        data: the pickle bytes or a binary stream of them (only scanned, never unpickled).
         where: the member name for messages.
         defined: qualified names of the classes the archive's code defines.
+
+    Raises:
+        UnsafeFile: a forbidden opcode or global, named.
+        CorruptFile: not a valid pickle (or a damaged member).
+        TooLarge: over the byte or opcode cap.
     """
-    try:
-        ops = list(pickletools.genops(data))
-    except Exception as exc:
-        raise CorruptFile(f"The TorchScript file cannot be loaded ({where} is not a valid pickle: {exc}).") from None
-    for opcode, arg, _ in ops:
+    for opcode, arg in _opcodes(data, where):
         if opcode.name in ("STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4"):
             raise UnsafeFile(f"The TorchScript file's {where} uses the pickle opcode {opcode.name}, "
                              "which TorchScript archives never need.", HINT)
@@ -116,6 +136,49 @@ def check_pickle_globals(data: bytes, where: str, defined: frozenset[str] = froz
             continue
         raise UnsafeFile(f"The TorchScript file's {where} references {module}.{name}, which is neither a class "
                          "of the archive nor a tensor helper; Glassbox does not load it.", HINT)
+
+
+def _opcodes(data: bytes | IO[bytes], where: str):
+    """``(opcode, arg)`` of a pickle, streamed and capped (`check_pickle_globals`)."""
+    limit = config.max_pickle_opcodes()
+    stream = _CappedReader(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data,
+                           MAX_PICKLE_BYTES, where)
+    count = 0
+    try:
+        for opcode, arg, _ in pickletools.genops(stream):
+            count += 1
+            if count > limit:
+                raise TooLarge(f"The TorchScript file's {where} has more than {limit:,} pickle opcodes, "
+                               "over what Glassbox scans.", "An operator can raise it with GLASSBOX_MAX_PICKLE_OPCODES.")
+            yield opcode, arg
+    except (TooLarge, UnsafeFile):
+        raise
+    except Exception as exc:
+        raise CorruptFile(f"The TorchScript file cannot be loaded ({where} is not a valid pickle: {exc}).") from None
+
+
+class _CappedReader:
+    """A binary stream that refuses to hand out more than ``cap`` bytes (before reading them)."""
+
+    def __init__(self, stream: IO[bytes], cap: int, where: str):
+        self._stream, self._left, self._where = stream, cap, where
+
+    def _take(self, n: int) -> int:
+        if n is None or n < 0 or n > self._left:
+            raise TooLarge(f"The TorchScript file's {self._where} is a pickle over the "
+                           f"{MAX_PICKLE_BYTES / 2**20:.0f} MiB Glassbox scans.", HINT)
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(self._take(n))
+        self._left -= len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._stream.readline(self._left + 1)  # a line over the cap fails below
+        self._take(len(line))
+        self._left -= len(line)
+        return line
 
 
 # --------------------------------------------------------------------------

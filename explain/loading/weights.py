@@ -3,7 +3,10 @@
 A weight file holds tensors, not code. The model is rebuilt from a registered
 architecture (`explain.loading.architectures`) and the weights are loaded strictly:
 every key present with the right shape, or the file is refused. Untrusted
-pickles are only ever read with ``torch.load(weights_only=True)``.
+pickles are only ever read with ``torch.load(weights_only=True)``. The file's
+config is sized before the architecture is built: a model needing more
+parameters than the file's tensors hold, or over the operator's caps, is
+refused without building it (`architectures.check_size`).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from explain.errors import CorruptFile, IncompatibleInput, UnsafeFile
+from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from explain.loading import architectures
 from explain.loading.source import LoadedParts, first_line, spec_from_any, weights_only_load
 
@@ -26,6 +29,8 @@ EXTRA_KEYS = ("epoch", "history", "global_step", "step", "best_metric")
 #: Key prefixes stripped when the weights fit only without them (Lightning, DataParallel).
 STRIPPABLE_PREFIXES = ("model.", "module.")
 _SHOW = 5  # keys named in a mismatch message
+#: Largest safetensors header (JSON) read; real ones are kilobytes per thousand tensors.
+MAX_SAFETENSORS_HEADER = 16 * 2**20
 
 NO_ARCHITECTURE_HINT = (
     "Upload a TorchScript or torch.export .pt2 file (they carry the code), or add "
@@ -46,6 +51,9 @@ def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
     from safetensors.torch import load as load_safetensors
 
     n = int.from_bytes(data[:8], "little")
+    if n > MAX_SAFETENSORS_HEADER:
+        raise TooLarge(f"The safetensors header is {n / 2**20:.0f} MiB, over the "
+                       f"{MAX_SAFETENSORS_HEADER / 2**20:.0f} MiB Glassbox reads.")
     try:
         header = json.loads(data[8 : 8 + n])
         tensors = load_safetensors(data)
@@ -176,7 +184,9 @@ def fit_state_dict(
     With ``architecture`` None, every registered architecture's default
     config is tried and the first whose keys and shapes all match wins. Keys
     and shapes are compared before anything is copied, so a refused file never
-    leaves a half-loaded model behind.
+    leaves a half-loaded model behind. A named architecture's config (the file's)
+    is sized first: one over the caps, or needing more parameters than
+    ``state`` holds, is refused without being built.
 
     Returns:
         (eval-mode module, architecture name).
@@ -184,14 +194,17 @@ def fit_state_dict(
     Raises:
         IncompatibleInput: the weights fit no candidate; the message names the
             first missing / unexpected / mis-shaped keys.
+        TooLarge: the named architecture's config is over a cap (or, as
+            IncompatibleInput, needs more parameters than ``state`` holds).
     """
     if architecture:
         candidates = [(architecture, config)]
     else:
         candidates = [(name, None) for name in architectures.list_architectures()]
     problems: list[str] = []
-    for name, cfg in candidates:
-        module = architectures.build_architecture(name, cfg)
+    available = sum(t.numel() for t in state.values())
+    for name, cfg in candidates:  # a guess tries the registered (trusted) default configs as they are
+        module = architectures.build_architecture(name, cfg, available=available if architecture else None)
         expected = module.state_dict()
         best = None
         for variant in _key_variants(state):
