@@ -325,3 +325,20 @@ def test_hf_config_estimate_is_a_lower_bound_of_real_models():
             real = sum(p.numel() for p in cls(config).parameters())
         estimate, layers, labels = estimate_parameters(raw)
         assert 0 < estimate <= real and layers == config.num_hidden_layers and labels == config.num_labels
+
+
+def test_an_upload_is_opened_once_and_its_members_read_within_their_caps(bombs, monkeypatch):
+    from explain.loading import source
+    from explain.loading.loader import load_model
+
+    opened = []
+    real = source.open_zip
+    monkeypatch.setattr(source, "open_zip", lambda *a, **k: opened.append(a[1]) or real(*a, **k))
+    for name in ("tokenizer.zip", "pickle.ts.pt"):
+        opened.clear()
+        with pytest.raises((CorruptFile, TooLarge)):
+            load_model(bombs / name)
+        assert opened == ["zip"], name  # the sniffer's archive is the reader's
+    monkeypatch.setenv("GLASSBOX_MAX_TOKENIZER_MB", "0.00001")
+    with pytest.raises(TooLarge, match="bert/tokenizer.json is 0.0 MiB, over the 0.0 MiB.*GLASSBOX_MAX_TOKENIZER_MB"):
+        load_model(bombs / "tokenizer.zip")

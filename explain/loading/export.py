@@ -31,12 +31,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from explain import config
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from explain.loading.model_process import in_model_process
 from explain.loading.op_allowlist import is_allowed
 from explain.loading.shape_expr import check_expression
-from explain.loading.source import LoadedParts, first_line, open_zip, read_zip_member, spec_from_text, weights_only_load
+from explain.loading.source import (
+    Archive,
+    LoadedParts,
+    first_line,
+    open_archive,
+    read_zip_member,
+    spec_from_text,
+    weights_only_load,
+)
 from explain.spec import SPEC_FILENAME, InputSpec, SpecGuess, modality_for
 
 _PATCH_LOCK = threading.Lock()
@@ -55,15 +62,15 @@ _FQN = re.compile(r"^[A-Za-z0-9_.]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
-def is_export_archive(zf: zipfile.ZipFile, names: list[str]) -> bool:
-    """True for a zip holding ``<root>/archive_format`` = ``pt2``."""
+def is_export_archive(archive: Archive, names: list[str]) -> bool:
+    """True for a zip holding ``<root>/archive_format`` = ``pt2`` (a member of a few bytes)."""
     member = next((n for n in names if n.rsplit("/", 1)[-1] == "archive_format"), None)
-    if member is None:
+    if member is None or archive.sizes.get(member, 0) > 64:
         return False
-    return read_zip_member(zf, member, ".pt2").strip() == b"pt2"
+    return archive.read(member).strip() == b"pt2"
 
 
-def check_export_parts(data: bytes) -> LoadedParts:
+def check_export_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
     """Check a ``.pt2`` in the server and load it in its own model process (`explain.loading.model_process`).
 
     Every static check of `read_export_archive` runs here; the program is
@@ -71,7 +78,7 @@ def check_export_parts(data: bytes) -> LoadedParts:
     """
     from explain.loading.model_process import load_remote_parts
 
-    _, _, _, embedded = read_export_archive(data)
+    _, _, _, embedded = read_export_archive(data, archive)
     return load_remote_parts(data, "export", embedded)
 
 
@@ -85,7 +92,8 @@ def load_export_parts(data: bytes) -> LoadedParts:
     )
 
 
-def read_export_archive(data: bytes) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], InputSpec | None]:
+def read_export_archive(data: bytes, archive: Archive | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], InputSpec | None]:
     """Read and check a ``.pt2``: its program JSON, weights, constants and embedded spec (nothing is run).
 
     Raises:
@@ -93,8 +101,8 @@ def read_export_archive(data: bytes) -> tuple[dict[str, Any], dict[str, Any], di
             rejects, forbidden operators or expressions.
         CorruptFile: missing or malformed archive members.
     """
-    zf = open_zip(data, ".pt2", config.max_upload_bytes() * 2)
-    names = zf.namelist()
+    archive = archive or open_archive(data, ".pt2")
+    zf, names = archive.zf, archive.names
     fmt = next(n for n in names if n.rsplit("/", 1)[-1] == "archive_format")
     root = fmt[: -len("archive_format")]
 

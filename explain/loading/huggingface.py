@@ -36,13 +36,13 @@ from explain import config as gb_config
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from explain.inputs.text import tokenizer_vocab
 from explain.loading.source import (
+    Archive,
     LoadedParts,
     find_member,
     first_line,
-    open_zip,
+    open_archive,
     read_folder,
     read_source,
-    read_zip_member,
     weights_only_load,
 )
 from explain.spec import InputSpec
@@ -155,21 +155,20 @@ class HFClassifier(nn.Module):
         return list(attentions), names
 
 
-def load_huggingface_parts(data: bytes) -> LoadedParts:
+def load_huggingface_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
     """Build a Hugging Face classifier from a zip of its folder (`folder_as_zip` or an upload).
 
     Raises:
         UnsafeFile: the config asks for remote code (``auto_map``), or a pickle beyond tensors.
         CorruptFile / IncompatibleInput: broken config or weights, unsupported task or model type.
     """
-    zf = open_zip(data, "Hugging Face", gb_config.max_upload_bytes() * 2)
-    names = zf.namelist()
+    archive = archive or open_archive(data, "Hugging Face")
+    names = archive.names
     files = {}
     for known in KNOWN_FILES:
         member = find_member(names, known)
         if member is not None:
-            _check_member_size(zf, member, known)
-            files[known] = read_zip_member(zf, member, "Hugging Face")
+            files[known] = archive.read(member, *_member_cap(known))
     if "config.json" not in files:
         raise CorruptFile("The Hugging Face model has no config.json.", HF_HINT)
     shards: dict[str, bytes] = {}
@@ -178,7 +177,7 @@ def load_huggingface_parts(data: bytes) -> LoadedParts:
             member = find_member(names, shard)
             if member is None:
                 raise CorruptFile(f"{SHARD_INDEX} names {shard}, which is not in the upload.", HF_HINT)
-            shards[shard] = read_zip_member(zf, member, "Hugging Face")
+            shards[shard] = archive.read(member)
     try:
         cfg = json.loads(files["config.json"])
     except (ValueError, UnicodeDecodeError) as exc:
@@ -303,14 +302,11 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "n_layer", "encode
 _FFN_KEYS = ("intermediate_size", "ffn_dim", "encoder_ffn_dim", "n_inner")
 
 
-def _check_member_size(zf: zipfile.ZipFile, member: str, known: str) -> None:
-    """Refuse a text file whose size in the zip's directory (all zipfile ever reads) is over its cap."""
-    text = known in ("tokenizer.json", "vocab.txt")
-    cap = gb_config.max_tokenizer_bytes() if text else MAX_JSON_BYTES if known.endswith(".json") else None
-    size = zf.getinfo(member).file_size
-    if cap is not None and size > cap:
-        raise TooLarge(f"The Hugging Face {known} is {size / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB limit.",
-                       "An operator can raise it with GLASSBOX_MAX_TOKENIZER_MB." if text else None)
+def _member_cap(known: str) -> tuple[int | None, str | None]:
+    """The most bytes read of a known file (its declared size in the zip is checked before reading), and a hint."""
+    if known in ("tokenizer.json", "vocab.txt"):
+        return gb_config.max_tokenizer_bytes(), "An operator can raise it with GLASSBOX_MAX_TOKENIZER_MB."
+    return (MAX_JSON_BYTES if known.endswith(".json") else None), None
 
 
 def _size(cfg: dict, keys: tuple[str, ...], default: int = 0) -> int:

@@ -48,11 +48,12 @@ from explain.loading.export import (
 )
 from explain.loading.source import (
     LEGACY_TORCH_MAGIC,
+    Archive,
     LoadedParts,
     describe_content,
     find_member,
     first_line,
-    open_zip,
+    open_archive,
     read_source,
 )
 from explain.loading.torchscript import is_torchscript, load_torchscript_parts
@@ -102,8 +103,9 @@ def load_model(
     digest = digest_bytes(data)
     explicit = coerce_spec(spec)
     trusted = config.trusted_mode() if trusted is None else bool(trusted)
-    kind = sniff_format(data, name)
-    parts = _load_parts(kind, data, explicit, trusted)
+    archive = open_archive(data, "zip") if data[:2] == b"PK" else None  # opened once: sniffer and reader share it
+    kind = sniff_format(data, name, archive=archive)
+    parts = _load_parts(kind, data, explicit, trusted, archive)
     info = parts.process.info if parts.process is not None else {}
     if parts.process is not None:  # what the graph's own process read of it
         signature = guess_from_info(info.get("signature"))
@@ -141,8 +143,8 @@ def load_model(
 # --------------------------------------------------------------------------
 # reading and sniffing
 # --------------------------------------------------------------------------
-def sniff_format(data: bytes, name: str = "upload") -> str:
-    """Tell the real format from the bytes; one of `KINDS`.
+def sniff_format(data: bytes, name: str = "upload", *, archive: Archive | None = None) -> str:
+    """Tell the real format from the bytes; one of `KINDS` (``archive``: the zip ``data`` is, already open).
 
     Raises:
         CorruptFile: empty, text, images, arrays, truncated or unknown files,
@@ -153,7 +155,7 @@ def sniff_format(data: bytes, name: str = "upload") -> str:
     if not data:
         raise CorruptFile(f"{name} is empty (0 bytes).", _UPLOAD_HINT)
     if data[:2] == b"PK":
-        return _sniff_zip(data, named)
+        return _sniff_zip(archive or open_archive(data, "zip"), named)
     if _looks_like_safetensors(data):
         return "safetensors"
     if data.startswith(LEGACY_TORCH_MAGIC):
@@ -170,12 +172,11 @@ def sniff_format(data: bytes, name: str = "upload") -> str:
     raise CorruptFile(f"{named} is not a model format Glassbox recognises.", _UPLOAD_HINT)
 
 
-def _sniff_zip(data: bytes, named: str) -> str:
-    zf = open_zip(data, "zip", config.max_upload_bytes() * 2)
-    names = zf.namelist()
+def _sniff_zip(archive: Archive, named: str) -> str:
+    names = archive.names
     if is_torchscript(names):
         return "torchscript"
-    if is_export_archive(zf, names):
+    if is_export_archive(archive, names):
         return "export"
     if huggingface.is_hf_archive(names):
         return "huggingface"
@@ -201,16 +202,17 @@ def _looks_like_safetensors(data: bytes) -> bool:
 # --------------------------------------------------------------------------
 # loading and spec resolution
 # --------------------------------------------------------------------------
-def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool) -> LoadedParts:
+def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool,
+                archive: Archive | None = None) -> LoadedParts:
     try:
         if kind == "safetensors":
             return load_safetensors_parts(data)
         if kind == "torchscript":
-            return load_torchscript_parts(data, spec)
+            return load_torchscript_parts(data, spec, archive)
         if kind == "export":
-            return check_export_parts(data)
+            return check_export_parts(data, archive)
         if kind == "huggingface":
-            return huggingface.load_huggingface_parts(data)
+            return huggingface.load_huggingface_parts(data, archive)
         return load_pickle_parts(data, kind, trusted)
     except GlassboxError:
         raise

@@ -3,6 +3,9 @@
 `LoadedParts` is what each format loader returns before the spec is resolved;
 `open_zip` and `read_zip_member` read archives with Python's ``zipfile``
 (bounded, no code) so a loader can look inside before handing a file to torch.
+`open_archive` opens an upload's zip once as an `Archive` (members with their
+declared and packed sizes, reads capped by the declared size) that the sniffer
+and the format's reader share.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from explain import config
 from explain.errors import CorruptFile, TooLarge, UnsafeFile
 from explain.spec import InputSpec
 
+#: Largest embedded spec (``glassbox_spec.json``) read from an archive.
+MAX_SPEC_BYTES = 10 * 2**20
 #: The magic number legacy (non-zip) ``torch.save`` files start with.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 WEIGHTS_ONLY_HINT = (
@@ -145,6 +150,42 @@ def open_zip(data: bytes, what: str, max_unpacked: int) -> zipfile.ZipFile:
             f"{max_unpacked / 2**20:.0f} MiB limit."
         )
     return zf
+
+
+class Archive:
+    """One upload's zip, opened once (`open_archive`): the sniffer and the format's reader take it.
+
+    Attributes:
+        zf: the open ``ZipFile``.
+        what: the format name for messages.
+        names: the members, in archive order (duplicates kept).
+        sizes: each member's declared (uncompressed) size; ``zipfile`` never reads past it.
+        packed: each member's bytes present in the upload (compressed size).
+    """
+
+    def __init__(self, zf: zipfile.ZipFile, what: str):
+        self.zf, self.what = zf, what
+        infos = zf.infolist()
+        self.names = [i.filename for i in infos]
+        self.sizes = {i.filename: i.file_size for i in infos}  # a duplicate: the last, as zf.read reads
+        self.packed = {i.filename: i.compress_size for i in infos}
+
+    def find(self, suffix: str) -> str | None:
+        """The member whose path ends with ``/suffix`` (`find_member`)."""
+        return find_member(self.names, suffix)
+
+    def read(self, name: str, cap: int | None = None, hint: str | None = None) -> bytes:
+        """One member's bytes; refused (`TooLarge`, with ``hint``) before reading when its declared size is over ``cap``."""
+        size = self.sizes.get(name, 0)
+        if cap is not None and size > cap:
+            raise TooLarge(f"The {self.what} archive's {name} is {size / 2**20:.1f} MiB, over the "
+                           f"{cap / 2**20:.1f} MiB Glassbox reads of it.", hint)
+        return read_zip_member(self.zf, name, self.what)
+
+
+def open_archive(data: bytes, what: str, max_unpacked: int | None = None) -> Archive:
+    """`open_zip` as an `Archive` (default cap: twice the upload limit, as every model reader uses)."""
+    return Archive(open_zip(data, what, config.max_upload_bytes() * 2 if max_unpacked is None else max_unpacked), what)
 
 
 def read_zip_member(zf: zipfile.ZipFile, name: str, what: str) -> bytes:

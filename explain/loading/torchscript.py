@@ -14,10 +14,9 @@ the server.
 """
 from __future__ import annotations
 
-from explain import config
 from explain.loading.model_process import load_remote_parts
 from explain.loading.script_check import check_torchscript_archive
-from explain.loading.source import LoadedParts, find_member, open_zip, read_zip_member, spec_from_text
+from explain.loading.source import MAX_SPEC_BYTES, Archive, LoadedParts, find_member, open_archive, spec_from_text
 from explain.loading.vetting import probe_torchscript
 from explain.spec import SPEC_FILENAME, InputSpec
 
@@ -27,13 +26,14 @@ def is_torchscript(names: list[str]) -> bool:
     return find_member(names, "constants.pkl") is not None or any("/code/" in n for n in names)
 
 
-def load_torchscript_parts(data: bytes, spec: InputSpec | None) -> LoadedParts:
+def load_torchscript_parts(data: bytes, spec: InputSpec | None, archive: Archive | None = None) -> LoadedParts:
     """Probe the archive in a sandboxed child, then load it in its own model process.
 
     Args:
         data: the archive bytes.
         spec: the caller's spec; when None the embedded ``glassbox_spec.json``
             (if any) is used for the child's test forward pass.
+        archive: ``data`` already opened (`explain.loading.source.open_archive`).
 
     Raises:
         CorruptFile: the child crashed or could not load the archive.
@@ -41,11 +41,10 @@ def load_torchscript_parts(data: bytes, spec: InputSpec | None) -> LoadedParts:
         TooLarge: the child ran out of its memory limit.
         IncompatibleInput: the model fails on a random input of the spec's shape.
     """
-    zf = open_zip(data, "TorchScript", config.max_upload_bytes() * 2)
-    names = zf.namelist()
-    member = find_member(names, f"extra/{SPEC_FILENAME}")
-    embedded = spec_from_text(read_zip_member(zf, member, "TorchScript")) if member else None
-    check_torchscript_archive(zf)  # operators on the allowlist before any torch.jit.load, child included
+    archive = archive or open_archive(data, "TorchScript")
+    member = archive.find(f"extra/{SPEC_FILENAME}")
+    embedded = spec_from_text(archive.read(member, MAX_SPEC_BYTES)) if member else None
+    check_torchscript_archive(archive.zf)  # operators on the allowlist before any torch.jit.load, child included
     probe = probe_torchscript(data, spec or embedded)
     return load_remote_parts(data, "torchscript", embedded, probe)
 
