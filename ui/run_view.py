@@ -4,8 +4,10 @@ run is shown again (`render_saved_run`) — one module, so saving and showing ne
 `output_record` lives in `explain.workspace.records` (the queue's worker saves the same run).
 An Output run stores the explained inputs, every method's arrays and the probabilities, and is
 drawn again with the same `ui.attribution_view` functions as the live page, from the saved arrays
-(nothing is recomputed; "Re-run" recomputes and lists the differences). Structure, Training and
-Overview runs store the tables and findings the page showed.
+(nothing is recomputed). "Re-run" (editors) is a job of the queue (`submit_rerun`: the run's inputs,
+methods, parameters and target, computed afresh by a worker and saved as a run of its own);
+`rerun_differences` lists how that run differs from this one. Structure, Training and Overview runs
+store the tables and findings the page showed.
 """
 from __future__ import annotations
 
@@ -19,14 +21,12 @@ from explain.digest import digest_array
 from explain.finding import Finding
 from explain.loading.loader import load_model
 from explain.model import LoadedModel
-from explain.output.methods import get_method
 from explain.spec import InputSpec
 from explain.workspace import RunRecord, SavedRun
-from explain.workspace.records import output_attributions, output_quality
+from explain.workspace.records import output_attributions, output_differences, output_quality
 from ui import workspace as team
 from ui.attribution_view import MapOptions, render_grid, render_summary
 from ui.text import escape_markdown
-from ui.widgets import ProgressBar
 
 
 # -- what a page saves -------------------------------------------------------------------------
@@ -114,25 +114,21 @@ def render_saved_run(run: SavedRun) -> None:
         st.caption(escape_markdown(note))
 
 
-def rerun_differences(run: SavedRun) -> pd.DataFrame:
-    """Recompute an Output run with its saved inputs, methods, parameters and target; per method the
-    largest absolute difference to the saved map and both completeness errors."""
-    model = run_model(run)
-    rows = []
-    for attr in output_attributions(run):
-        bar = ProgressBar(f"Re-running {attr.method}")
-        try:
-            fresh = get_method(attr.method).explain(model, run.inputs["inputs"], target=run.info.target,
-                                                    progress=bar, **attr.params)
-        finally:
-            bar.clear()
-        scale = float(np.abs(attr.values).max()) or 1.0
-        diff = float(np.abs(np.asarray(fresh.values, dtype=np.float64) - attr.values).max())
-        rows.append({"method": attr.method, "max |difference|": diff, "relative to the map's max": diff / scale,
-                     "saved completeness error": attr.max_completeness_error,
-                     "now completeness error": fresh.max_completeness_error,
-                     "same targets": bool(np.array_equal(fresh.target, attr.target))})
-    return pd.DataFrame(rows)
+def submit_rerun(run: SavedRun):
+    """Queue an Output run's explanation again (`explain.service.runners.rerun_job`: same inputs,
+    methods, parameters and target, never the attribution cache) as an interactive job; the job.
+    Submitting needs the editor role (`Jobs.submit` checks it, whatever the page shows)."""
+    from explain.service.runners import rerun_job
+
+    params, arrays, title = rerun_job(run_model(run), run)
+    return team.workspace().jobs.submit(team.actor(), "explain", params, title=title, inputs=arrays,
+                                        priority="interactive")
+
+
+def rerun_differences(saved: SavedRun, fresh: SavedRun) -> pd.DataFrame:
+    """Per method, how the re-run ``fresh`` differs from ``saved``: the largest absolute difference of
+    the maps (also relative to the saved map's largest value), both completeness errors, same targets."""
+    return pd.DataFrame(output_differences(saved, fresh))
 
 
 def submit_run_report(run: SavedRun):

@@ -1,11 +1,19 @@
-"""The shared sidebar: pick a sample or upload a model, a spec and inputs (in any order)."""
+"""The shared sidebar: pick a sample or upload a model, a spec and inputs (in any order).
+
+Loading a model to run it needs the editor role (`explain.workspace.roles.Action.LOAD_MODEL`): a
+viewer or reviewer gets no Source choice and no uploader, only the bundled samples' registered
+versions and their saved runs as links, with a line saying why (the library refuses the load
+anyway, `ui.state.current_model`).
+"""
 from __future__ import annotations
 
 import streamlit as st
 
 from explain.config import max_upload_mb
+from explain.workspace import Action
 from sample_models import SAMPLE_NAMES
 from ui import state
+from ui import workspace as team
 from ui.spec_form import render_spec_download
 from ui.text import escape_markdown
 from ui.workspace import render_account
@@ -20,6 +28,7 @@ INPUT_TYPES = ["npy", "npz", "png", "jpg", "jpeg", "csv", "txt"]
 #: where an upload's spec came from, when not from a file the user gave
 SPEC_SOURCE_LABELS = {"signature": "from the .pt2 signature", "inputs": "inferred from the uploaded inputs",
                       "form": "from the spec form"}
+RUNS_PER_SAMPLE = 3  # newest saved runs linked under each sample in a viewer's sidebar
 
 
 def _on_sample_change() -> None:
@@ -30,6 +39,11 @@ def render_sidebar() -> None:
     """Draw the model/input chooser and a short model card."""
     with st.sidebar:
         st.header("Model")
+        if not team.can(Action.LOAD_MODEL):
+            _render_read_only()
+            st.divider()
+            render_account()
+            return
         source = st.radio(
             "Source", ["Sample model", "Upload"], horizontal=True, key="gb_source_radio",
             index=1 if state.model_upload() is not None or state.upload_mode() else 0,
@@ -53,6 +67,32 @@ def render_sidebar() -> None:
         state.show_trusted_banner()
         st.divider()
         render_account()
+
+
+def _render_read_only() -> None:
+    """A viewer's or reviewer's sidebar: why no model is loaded here, and links to the bundled samples'
+    registered versions and their newest saved runs (which open without running the model)."""
+    if state.upload_mode() or state.model_upload() is not None:  # e.g. the role was lowered mid-session
+        state.set_model_upload(None, None)
+        state.set_input_uploads([])
+        state.set_sample(state.DEFAULT_SAMPLE)
+    st.caption(f"Loading or uploading a model needs the editor role; yours ({escape_markdown(team.role() or 'none')}) "
+               "reads the samples' registered versions and saved runs.")
+    with state.error_boundary("Listing the samples"):
+        ws, who = team.workspace(), team.actor()
+        versions = [v for v in ws.registry.list(who) if v.name in SAMPLE_NAMES]
+        runs = ws.runs.list(who)
+        for name in SAMPLE_NAMES:
+            lines = []  # one per version, its newest runs listed under it
+            for v in (v for v in versions if v.name == name):
+                of_version = [r for r in runs if (r.model, r.version) == (v.name, v.version)]
+                count = f"{len(of_version)} saved run{'' if len(of_version) == 1 else 's'}"
+                lines.append(f"[v{v.version}](/?model={v.name}&version={v.version}) · {count}"
+                             + "".join(f"\n- [{escape_markdown(r.title)}](/?run={r.id})"
+                                       for r in of_version[:RUNS_PER_SAMPLE]))
+            if lines:
+                st.markdown(f"**{escape_markdown(SAMPLE_LABELS.get(name, name))}**  \n" + "\n\n".join(lines))
+        st.markdown("[All saved runs](/runs) · [All models](/models)")
 
 
 def _render_uploads() -> None:

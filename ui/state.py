@@ -10,6 +10,11 @@ An upload's spec is resolved as everywhere (`explain.loading.loader.resolve_spec
 the uploaded spec JSON or the spec form's, else the file's, else a ``.pt2``'s
 signature, else the first ``.npy`` / ``.npz`` among the uploaded inputs, whether
 they came before or after the model.
+
+Running a model in the page needs the editor role: `current_model` loads an upload through
+the library (`explain.workspace.Workspace.load_model`, which checks `Action.LOAD_MODEL` on every
+call, before the shared cache answers) and asks the same check before a sample; a viewer or
+reviewer gets `PermissionDenied` (the pages say so first, `ui.workspace.stop_unless_may_explain`).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from explain.inputs.reading import InputBatch, model_ready_array, read_inputs
 from explain.loading.loader import load_model
 from explain.model import LoadedModel
 from explain.spec import InputSpec, SpecGuess, guess_from_array
+from explain.workspace.roles import Action
 from sample_models import SAMPLE_NAMES, load_sample, sample_inputs
 from ui.text import escape_markdown
 
@@ -188,18 +194,29 @@ def inputs_guess() -> SpecGuess | None:
     return guess_from_array(row, "the uploaded inputs") if row is not None else None
 
 
+def _team():
+    """The workspace and who is signed in (imported here: ``ui.workspace`` imports this module)."""
+    from ui import workspace as team
+
+    return team.workspace(), team.actor()
+
+
 def _load_upload(blob: UploadedBlob) -> LoadedModel:
     spec = _explicit_spec()
     sample = _input_sample() if spec is None else None
     # keyed by the sample's shape and dtype: other inputs of the same kind do not reload the model
     sample_key = f"{sample.shape[1:]}:{sample.dtype}" if sample is not None else ""
-    return _cached_upload(blob.sha256, spec.sha256 if spec else "", sample_key, blob, spec, sample)
+    ws, who = _team()
+    # the library checks the role on every call; the cached loader only loads (it is shared by sessions)
+    return ws.load_model(who, blob.data, loader=lambda _data: _cached_upload(
+        blob.sha256, spec.sha256 if spec else "", sample_key, blob, spec, sample))
 
 
 def current_model() -> LoadedModel:
     """The model the pages explain: the sample, or in upload mode the upload.
 
     Raises:
+        PermissionDenied: the signed-in user may not run a model in the page (below editor).
         GlassboxError: upload mode with no model yet, or why the upload does not load.
     """
     if upload_mode():
@@ -208,6 +225,8 @@ def current_model() -> LoadedModel:
             raise GlassboxError("No model is uploaded yet.",
                                 "Upload a checkpoint in the sidebar, or choose Sample model.")
         return _load_upload(blob)
+    ws, who = _team()
+    ws.require(who, Action.LOAD_MODEL)  # a sample runs in the page too
     name = current_sample_name()
     if name not in SAMPLE_NAMES:
         name = DEFAULT_SAMPLE

@@ -82,6 +82,20 @@ def can(action: Action) -> bool:
     return allows(role(), action)
 
 
+#: What a page that would run the model says to a viewer or reviewer instead.
+EXPLAIN_NEEDS_EDITOR = "Explaining needs the editor role — open a saved run or a registered version."
+
+
+def stop_unless_may_explain() -> None:
+    """On a page that runs the model live: for anyone below editor (`Action.LOAD_MODEL`), say so,
+    link to the saved runs and the registry, and stop the page (the library refuses the load anyway)."""
+    if can(Action.LOAD_MODEL):
+        return
+    st.info(f"{EXPLAIN_NEEDS_EDITOR} Your role is {escape_markdown(role() or 'none')}, which reads what editors "
+            "saved: [Saved runs](/runs) · [Models](/models).", icon=":material/lock:")
+    st.stop()
+
+
 def actor() -> Actor:
     """`current_actor`, or stop the page if nobody is signed in (app.py's gate shows the form)."""
     who = current_actor()

@@ -1,6 +1,7 @@
 """What each job kind runs: a function from a `JobContext` to the `RunRecord` the job saves.
 
-    RUNNERS["explain"]   methods on a batch of inputs -> an Output run (`explain_methods_job` builds it)
+    RUNNERS["explain"]   methods on a batch of inputs -> an Output run (`explain_methods_job` builds it;
+                         `rerun_job` asks a saved Output run's explanation again, computed afresh)
     RUNNERS["dataset"]   one method on a whole dataset, shard by shard -> a Dataset run
                          (`explain.dataset.job.dataset_job` builds it)
     RUNNERS["report"]    the HTML report of a model version -> a report run
@@ -12,7 +13,7 @@ when the job's owner cancelled it, which the attribution engine lets through.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.params import resolve_params
 from explain.service.models import ModelCache
-from explain.workspace import RunRecord, Workspace
+from explain.workspace import RunRecord, SavedRun, Workspace
 from explain.workspace.jobs import JobInfo
 from explain.workspace.records import output_record
 
@@ -129,6 +130,24 @@ def explain_methods_job(model: LoadedModel, name: str, version: int, instances: 
     return params, arrays, f"{', '.join(names)} on {n} inputs of {name}@v{version}"
 
 
+def rerun_job(model: LoadedModel, run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """A saved Output run's explanation asked again (``model``: its version, loaded): the same inputs,
+    methods with their recorded parameters, target, rows, labels and sign, as an ``explain`` job
+    that computes afresh (``fresh``: never the attribution cache) and whose run names the one it
+    re-runs (``summary["rerun_of"]``). Its params, arrays and title, as `explain_methods_job`."""
+    info = run.info
+    if info.page != "output":
+        raise UsageError(f"Run {info.id} is a {info.page} run; only Output runs can be re-run.")
+    rows = run.inputs.get("rows")
+    params, arrays, title = explain_methods_job(
+        model, info.model, info.version, run.inputs["inputs"],
+        [(m, dict(info.params.get(m, {}))) for m in info.summary.get("methods", [])], info.target,
+        rows=None if rows is None else [int(r) for r in rows], shown=info.summary.get("shown"),
+        labels=run.inputs.get("labels"), sign=info.summary.get("sign", "all"))
+    params.update(fresh=True, rerun_of=info.id)
+    return params, arrays, f"Re-run of {info.id}: {title}"
+
+
 def model_array(model: LoadedModel, instances: Any, what: str = "instances") -> np.ndarray:
     """JSON nested lists as a model-ready array: int64 ids for text, float32 otherwise."""
     dtype = np.int64 if model.spec.dtype.startswith("int") else np.float32
@@ -173,6 +192,7 @@ def run_explain(ctx: JobContext) -> RunRecord:
         # the process-wide cache (keyed by model, inputs, method, parameters and target): a request
         # that only changes its metrics does not explain again
         attrs.append(get_method(entry["method"]).explain(model, inputs, target=target, progress=step(i),
+                                                         use_cache=not p.get("fresh", False),
                                                          **entry.get("params", {}), **arrays))
     order = {(a.method, m["metric"]): len(methods) + i * len(metrics) + j
              for i, a in enumerate(attrs) for j, m in enumerate(metrics)}
@@ -183,8 +203,12 @@ def run_explain(ctx: JobContext) -> RunRecord:
     rows = p.get("rows") or list(range(len(inputs)))
     shown = p.get("shown") if p.get("shown") is not None else list(range(len(inputs)))
     params = {a.method: {k: v for k, v in a.params.items() if not isinstance(v, np.ndarray)} for a in attrs}
-    return output_record(p["model"], int(p["version"]), model, inputs, rows, shown, probs,
-                         ctx.inputs.get("labels"), attrs, p.get("target"), p.get("sign", "all"), params, quality)
+    record = output_record(p["model"], int(p["version"]), model, inputs, rows, shown, probs,
+                           ctx.inputs.get("labels"), attrs, p.get("target"), p.get("sign", "all"), params, quality)
+    if p.get("rerun_of"):  # `rerun_job`: the run says which one it re-ran
+        record = replace(record, title=f"Re-run of {p['rerun_of']}: {record.title}",
+                         summary={**record.summary, "rerun_of": p["rerun_of"]})
+    return record
 
 
 register_runner("explain", run_explain)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from explain.config import database_url, glassbox_home
 from explain.workspace.audit import Audit
@@ -28,6 +30,9 @@ from explain.workspace.review import Review
 from explain.workspace.roles import Action, Actor
 from explain.workspace.runs import RunInfo, RunRecord, Runs, SavedRun
 from explain.workspace.users import Users
+
+if TYPE_CHECKING:
+    from explain.model import LoadedModel
 
 __all__ = ["Action", "Actor", "RunInfo", "RunRecord", "SavedRun", "VersionInfo", "Workspace", "open_workspace"]
 
@@ -53,6 +58,29 @@ class Workspace:
         known = {v.name for v in self.registry.list(SEEDER)}
         return [self.registry.register(SEEDER, name, data, filename)
                 for name, (data, filename) in files.items() if name not in known]
+
+    def require(self, actor: Actor, action: Action) -> str:
+        """The actor's role as the database says it is now, or `PermissionDenied` unless it allows
+        ``action``. A check, not a write: no audit row."""
+        with self.core.db.transaction() as s:
+            return self.core.require(s, actor, action)
+
+    def load_model(self, actor: Actor, data: bytes, *, loader: Callable[..., LoadedModel] | None = None,
+                   **options: Any) -> LoadedModel:
+        """Load a model file to run it in this process for ``actor`` (a page's upload, or a version
+        explored live): allowed from the editor role (`Action.LOAD_MODEL`), checked here on every call,
+        before a byte of ``data`` is read.
+
+        ``loader(data, **options)`` loads it (default `explain.loading.loader.load_model`; a page
+        passes its cached one, so a result cached for one session never skips this check in another).
+
+        Raises:
+            PermissionDenied: a viewer or reviewer (or anyone not a member).
+        """
+        self.require(actor, Action.LOAD_MODEL)
+        if loader is None:
+            from explain.loading.loader import load_model as loader
+        return loader(data, **options)
 
     def session_key(self) -> str:
         """The secret that signs sign-in cookies: ``GLASSBOX_SESSION_KEY``, else a random key kept in

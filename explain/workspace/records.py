@@ -71,3 +71,27 @@ def output_quality(run: SavedRun) -> Results:
             arrays = {k[len(prefix):]: v for k, v in run.results.items() if k.startswith(prefix)}
             out.setdefault(method, {})[metric] = MetricResult.from_npz_dict(metric, method, arrays, meta)
     return out
+
+
+def output_differences(saved: SavedRun, fresh: SavedRun) -> list[dict[str, Any]]:
+    """How a re-run (``fresh``, e.g. `explain.service.runners.rerun_job`'s run) differs from the Output
+    run it repeats: per method the largest absolute difference of the maps, that relative to the
+    saved map's largest value, both completeness errors and whether the targets are the same."""
+    now = {a.method: a for a in output_attributions(fresh)}
+    rows = []
+    for attr in output_attributions(saved):
+        again = now.get(attr.method)
+        if again is None or np.shape(again.values) != np.shape(attr.values):
+            rows.append({"method": attr.method, "max |difference|": float("nan"),
+                         "relative to the map's max": float("nan"),
+                         "saved completeness error": attr.max_completeness_error,
+                         "now completeness error": again.max_completeness_error if again else float("nan"),
+                         "same targets": False})
+            continue
+        scale = float(np.abs(attr.values).max()) or 1.0
+        diff = float(np.abs(np.asarray(again.values, dtype=np.float64) - attr.values).max())
+        rows.append({"method": attr.method, "max |difference|": diff, "relative to the map's max": diff / scale,
+                     "saved completeness error": attr.max_completeness_error,
+                     "now completeness error": again.max_completeness_error,
+                     "same targets": bool(np.array_equal(again.target, attr.target))})
+    return rows

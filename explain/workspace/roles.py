@@ -4,7 +4,9 @@ Roles are ordered; each includes the one below it:
 
     viewer   read everything, open links
     reviewer + comment (post, resolve, reopen), decide (approve / request changes)
-    editor   + upload and register models, save runs, tags, aliases, attachments
+    editor   + upload and register models, load a model to run it in the page (an upload of
+             one's own or a sample / version explored live), save runs and queue jobs,
+             tags, aliases, attachments
     admin    + users, API tokens, the audit log
 
 Every write in `explain.workspace` calls `require` with the actor's role as the
@@ -29,6 +31,7 @@ class Action(StrEnum):
     COMMENT = "comment"
     DECIDE = "decide"
     UPLOAD = "upload"
+    LOAD_MODEL = "load_model"  # load a model into a page to run it there (`Workspace.load_model`)
     SAVE_RUN = "save_run"
     EDIT_REGISTRY = "edit_registry"  # tags, aliases, attachments
     MANAGE_USERS = "manage_users"
@@ -42,6 +45,7 @@ MINIMUM_ROLE: dict[Action, str] = {
     Action.COMMENT: "reviewer",
     Action.DECIDE: "reviewer",
     Action.UPLOAD: "editor",
+    Action.LOAD_MODEL: "editor",
     Action.SAVE_RUN: "editor",
     Action.EDIT_REGISTRY: "editor",
     Action.MANAGE_USERS: "admin",

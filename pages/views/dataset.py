@@ -6,7 +6,6 @@ import streamlit as st
 from explain import config
 from explain.dataset.job import partial_view, saved_dataset
 from explain.output.methods import compatible_methods, get_method
-from explain.workspace import Action
 from ui import jobs, state
 from ui import workspace as team
 from ui.dataset_view import (
@@ -25,6 +24,7 @@ JOBS_KEY = "gb_ds_jobs"  # run settings -> the job that explains the dataset wit
 st.title("Dataset explanations")
 st.caption("Explain every row of a dataset as a batch job of the team's queue: summaries over all of them, "
            "drawn as each shard finishes, and the whole run saved.")
+team.stop_unless_may_explain()
 
 ready = False
 with state.error_boundary("Loading the model and the dataset"):
@@ -53,11 +53,6 @@ with state.error_boundary("Loading the model and the dataset"):
         params = param_widgets(method, specs, key_prefix="gb_ds")
     ready = True
 if not ready:
-    st.stop()
-
-if not team.can(Action.SAVE_RUN):
-    st.info(f"Dataset runs are batch jobs in the team's queue, saved as runs, which needs the editor role; "
-            f"yours ({team.role() or 'none'}) may read saved runs: open one on the Saved runs page.")
     st.stop()
 
 run_key = repr((model.sha256, data_key, method, sorted(params.items()), target, shard_rows, engine_name))

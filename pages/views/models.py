@@ -44,7 +44,9 @@ st.markdown(f"sha256: `{version.sha256}`  \naliases: {', '.join(version.aliases)
             f"tags: {', '.join(version.tags) or '—'}")
 team.render_share_link("Link to this version:", model=version.name, version=str(version.version))
 
-if st.button("Explore this version", help="Make it the current model of the Output, Structure and other pages."):
+if not team.can(Action.LOAD_MODEL):
+    st.caption("Exploring a version runs it in the page, which needs the editor role: its saved runs are below.")
+elif st.button("Explore this version", help="Make it the current model of the Output, Structure and other pages."):
     with state.error_boundary("Opening the model"):
         data, filename, spec = ws.registry.file(who, version.name, version.version)
         state.use_registry_model(data, filename, spec)

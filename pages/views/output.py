@@ -6,7 +6,6 @@ import streamlit as st
 
 from explain.output.methods import compatible_methods, get_method
 from explain.service.client import JobNotDone
-from explain.workspace import Action
 from explain.workspace.records import output_attributions, output_quality
 from ui import jobs, state
 from ui import workspace as team
@@ -20,6 +19,7 @@ MAX_ROWS = {"image": 4, "tabular": 3, "text": 4}
 
 
 st.title("Output explanations")
+team.stop_unless_may_explain()  # a viewer never loads or runs the model here (explaining is a job, saved as a run)
 
 ready = False  # the boundary below may stop half-way: nothing it defines is used unless it finished
 with state.error_boundary("Loading the model and inputs"):
@@ -63,11 +63,6 @@ target = None if target_choice == "predicted class" else target_options.index(ta
 # Explain the whole batch for tabular (the summary needs every row), only the shown rows otherwise.
 explain_rows = list(range(n_inputs)) if model.modality == "tabular" else sorted(rows or default_rows)
 inputs = batch.array[explain_rows]
-
-if not team.can(Action.SAVE_RUN):
-    st.info(f"Explanations run as jobs in the team's queue and are saved as runs, which needs the editor role; "
-            f"yours ({team.role() or 'none'}) may read saved runs: open one on the Saved runs page.")
-    st.stop()
 
 shown = [explain_rows.index(r) for r in (rows or default_rows) if r in explain_rows]
 labels = batch.labels[explain_rows] if batch.labels is not None else None

@@ -131,6 +131,7 @@ def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
 
 # -- the page ------------------------------------------------------------------------------
 st.title("Overview")
+team.stop_unless_may_explain()  # the map, the layer map and the attention run the model here
 loaded = False
 with state.error_boundary("Loading the model and inputs"):
     model = state.current_model()

@@ -6,11 +6,11 @@ import streamlit as st
 
 from explain.report.job import report_html
 from explain.workspace import Action
-from ui import state
+from ui import jobs, state
 from ui import workspace as team
 from ui.comments import render_comments
 from ui.report_download import render_report_job
-from ui.run_view import render_saved_run, rerun_differences, submit_run_report
+from ui.run_view import render_saved_run, rerun_differences, submit_rerun, submit_run_report
 from ui.text import escape_markdown
 
 ws, who = team.workspace(), team.actor()
@@ -59,11 +59,26 @@ with c2:
 with state.error_boundary("Drawing the saved run"):
     render_saved_run(run)
 
-if info.page == "output" and team.can(Action.READ):
-    if st.button("Re-run", help="Recompute with the same inputs, methods, parameters and target; "
-                                "show the differences to what was saved."):
+RERUN_JOB_KEY = f"gb_rerun_{info.id}"  # the job re-running this run, followed until it ends
+if info.page == "output" and not team.can(Action.SAVE_RUN):
+    st.caption("Re-run needs the editor role: it recomputes as a job of the team's queue, saved as a run.")
+elif info.page == "output":
+    if st.button("Re-run", help="Recompute with the same inputs, methods, parameters and target as a job of the "
+                                "queue; show the differences to what was saved."):
+        with state.error_boundary("Queueing the re-run"):
+            st.session_state[RERUN_JOB_KEY] = submit_rerun(run).id
+    if st.session_state.get(RERUN_JOB_KEY):
         with state.error_boundary("Re-running"):
-            st.dataframe(rerun_differences(run), hide_index=True, width="stretch", key="gb_rerun_table")
+            job, fresh = jobs.follow_job(st.session_state[RERUN_JOB_KEY], f"Re-running run {info.id}")
+            if fresh is None:  # cancelled, here or on the Queue page
+                del st.session_state[RERUN_JOB_KEY]
+                st.info("The re-run was cancelled.")
+            else:
+                st.markdown("**Re-run: differences to the saved run**")
+                st.dataframe(rerun_differences(run, fresh), hide_index=True, width="stretch",
+                             key="gb_rerun_table")
+                team.render_share_link(f"The re-run is saved as run `{fresh.info.id}` (job {job.id}). Link to it:",
+                                       run=fresh.info.id)
 
 with state.error_boundary("Loading the comments"):
     render_comments(run)

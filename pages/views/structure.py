@@ -42,6 +42,7 @@ def _shape(shape) -> str:
 
 
 st.title("Structure")
+team.stop_unless_may_explain()  # the layer table, attention, activations and importance run the model here
 ok = False
 with state.error_boundary("Loading the model and inputs"):
     model = state.current_model()

@@ -66,6 +66,7 @@ def _render_findings(findings) -> None:
 st.title("Training")
 st.caption("Loss and metric curves with automatic findings, and how weights and explanations "
            "changed from checkpoint to checkpoint.")
+team.stop_unless_may_explain()  # checkpoints are model files of one's own; the drift runs them
 sample = state.current_sample_name()
 sample_path = _sample_dir(sample) if sample else None
 
