@@ -1,7 +1,9 @@
 """Comment threads on a saved run: read by everyone, written by reviewers and up.
 
 Bodies are rendered with ``st.markdown`` (raw HTML is never enabled), so a comment can format
-text but cannot inject markup or script.
+text but cannot inject markup or script; `comment_markdown` first turns every image into a plain
+link (its alt text, else its address), so reading a comment makes the browser fetch nothing from
+anywhere (``![](http://host/pixel.png)`` would tell that host who read it, and when).
 """
 from __future__ import annotations
 
@@ -12,6 +14,92 @@ from explain.workspace.review import CommentInfo
 from ui import state
 from ui import workspace as team
 from ui.text import escape_markdown
+
+
+def _image_end(text: str, start: int) -> tuple[int, int] | None:
+    """For ``![`` at ``start``: (index of the ``]`` closing the alt text, index of the ``)`` closing
+    an inline destination ``(url "title")``), or None when no inline image starts there (a reference
+    image ``![alt][ref]``, or no image at all)."""
+    i, depth, n = start + 2, 1, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+            if depth == 0:
+                break
+        i += 1
+    else:
+        return None
+    label_end = i
+    if not text.startswith("(", label_end + 1):
+        return None
+    i, depth, quote = label_end + 2, 1, None
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if quote:
+            if c == quote:
+                quote = None
+        elif c in "\"'" and text[i - 1] in " \t\n":
+            quote = c
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return label_end, i
+        i += 1
+    return None
+
+
+def _escape_bangs(text: str) -> str:
+    """Every ``![`` not already escaped as ``\\![`` (a backslash escape means the same in a link's
+    destination and title, so this changes no address)."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        if text[i] == "\\":
+            out.append(text[i:i + 2])
+            i += 2
+            continue
+        out.append("\\!" if text.startswith("![", i) else text[i])
+        i += 1
+    return "".join(out)
+
+
+def comment_markdown(body: str) -> str:
+    """A comment's Markdown with no image left in it: ``![alt](url "title")`` becomes the link
+    ``[alt](url "title")`` (``[url](url)`` without alt text), and any other ``![`` (a reference
+    image ``![alt][ref]``, nested or malformed ones) is escaped to a literal ``!``, so the rendered
+    comment loads nothing from anywhere. Everything else stays Markdown (raw HTML is off anyway)."""
+    out, i, n = [], 0, len(body)
+    while i < n:
+        c = body[i]
+        if c == "\\":  # an escape pair: "\\![" is no image, "\\\\![" is one
+            out.append(body[i:i + 2])
+            i += 2
+            continue
+        if c == "!" and body.startswith("[", i + 1):
+            found = _image_end(body, i)
+            if found is None:
+                out.append("\\!")
+                i += 1
+                continue
+            label_end, close = found
+            alt, target = comment_markdown(body[i + 2:label_end]).strip(), body[label_end + 2:close]
+            address = target.strip().split()[0].strip("<>") if target.strip() else ""
+            out.append(f"[{alt or escape_markdown(address) or 'image'}]({_escape_bangs(target)})")
+            i = close + 1
+            continue
+        out.append(c)
+        i += 1
+    return _escape_bangs("".join(out))  # and no "!" of the text left right before a link made here
 
 
 def anchor_options(run: SavedRun) -> list[tuple[str, str]]:
@@ -43,7 +131,7 @@ def _render_comment(c: CommentInfo, reply: bool = False) -> None:
         if c.resolved:
             head += f" · resolved by {escape_markdown(c.resolved_by or '')}"
     st.markdown(head)
-    st.markdown(c.body)  # Markdown, raw HTML off
+    st.markdown(comment_markdown(c.body))  # Markdown without images, raw HTML off
 
 
 def render_comments(run: SavedRun) -> None:
@@ -83,7 +171,7 @@ def render_comments(run: SavedRun) -> None:
     options = anchor_options(run)
     with st.form("gb_comment_form", clear_on_submit=True):
         anchor = st.selectbox("On", options, format_func=_label, key="gb_comment_anchor")
-        body = st.text_area("Comment", key="gb_comment_body", placeholder="Markdown is fine; HTML is shown as text.")
+        body = st.text_area("Comment", key="gb_comment_body", placeholder="Markdown is fine; HTML is shown as text, images as links.")
         if st.form_submit_button("Post", type="primary"):
             with state.error_boundary("Posting the comment"):
                 ws.review.post(who, run.info.id, body, anchor_kind=anchor[0], anchor=anchor[1])

@@ -36,8 +36,16 @@ SIGN_IN_FIELDS = {"Form name": "Sign in to Glassbox", "Username": "Username", "P
 
 @st.cache_resource(show_spinner="Opening the workspace…")
 def _open(url: str, home: str) -> Workspace:
+    from explain.service.worker import recover_now
+
     ws = open_workspace(url, home)
     ws.seed(sample_registry_files())
+    # once per server process, before its first page draws: jobs a killed server of this host left
+    # "running" go back to the queue (Streamlit runs no app code before a first session connects)
+    try:
+        recover_now(ws)
+    except Exception:  # the queue's workers retry it; the pages must still open
+        log.exception("Taking back the jobs of stopped workers failed")
     return ws
 
 

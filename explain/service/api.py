@@ -9,19 +9,22 @@
     DELETE /v1/jobs/{id}                  cancel
 
 ``Authorization: Bearer <token>`` (``python -m explain tokens add NAME --role ROLE``); the token's
-role is looked up in the workspace on every request. Reading (models, jobs) and ``:predict`` need
-a viewer; ``:explain`` and ``/v1/jobs`` save a run under the token's name, so they need an editor,
-as saving a run does on the page. ``:explain`` is an interactive job in the one queue, answered
+role is looked up in the workspace on every request, and the token itself before a byte of the
+request's body is read (`Gate`), so a caller without one cannot make the server hold any of it.
+Reading (models, jobs) and ``:predict`` need a viewer; ``:explain`` and ``/v1/jobs`` save a run under
+the token's name, so they need an editor, as saving a run does on the page. ``:explain`` is an interactive job in the one queue, answered
 when its worker has saved the run. Errors are ``{"error": "<one line>"}``: 400/422 malformed,
-401 no or a wrong token, 403 the role may not, 404 unknown, 413 body over the cap, 429 too many
-of the token's jobs queued or running, 504 an ``:explain`` that did not finish in time; never a
-traceback.
+401 no or a wrong token, 403 the role may not, 404 unknown, 413 body over the cap
+(``GLASSBOX_API_MAX_BODY_MB``), 429 too many of the token's jobs queued or running, 503 the bodies of
+the requests in flight already fill ``GLASSBOX_API_MAX_BUFFERED_MB``, 504 an ``:explain`` that did not
+finish in time; never a traceback.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from explain.config import api_max_body_bytes, api_max_jobs, external_worker
+from explain.config import api_max_body_bytes, api_max_buffered_bytes, api_max_jobs, external_worker
 from explain.errors import GlassboxError, InputRefused, NotFound, PermissionDenied, UsageError
 from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.models import ModelCache
@@ -89,55 +92,142 @@ def _status_of(exc: GlassboxError) -> int:
     return 422
 
 
-class BodyCap:
-    """Pure ASGI middleware: 413 for a request body over ``limit`` bytes, declared or streamed."""
+class _Budget:
+    """Request body bytes held across all requests in flight. Only the event loop touches it (the
+    middleware is async), so no lock is needed."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.total:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+def _first_header(scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return value
+    return None
+
+
+class Gate:
+    """Pure ASGI middleware in front of everything: who asks, then how much they send.
+
+    1. The bearer token is checked (`Users.token_identity`, in a thread) from the headers alone,
+       before a byte of the body is read: no token, a wrong one, 401 and the connection closed
+       (only ``GET`` of the OpenAPI document and the docs pages go through without one).
+    2. The body is read up to ``limit`` bytes (413 above it, declared or streamed), and every byte
+       held counts against ``budget``, shared by all requests in flight: a body that does not fit
+       gets 503 (a declared ``Content-Length`` is reserved whole before reading).
+    The known caller's token name goes on to the routes in ``scope["state"]``.
+    """
+
+    def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset()):
         self.app = app
+        self.identify = identify  # token -> (name, role) | None; blocking (the database)
         self.limit = limit
+        self.budget = _Budget(budget)
+        self.public = public
+
+    @staticmethod
+    async def _refuse(status: int, message: str, scope, receive, send, retry: bool = False) -> None:
+        response = _error(status, message)
+        response.headers["connection"] = "close"  # the unread body is not waited for
+        if retry:
+            response.headers["retry-after"] = "1"
+        await response(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _error(413, f"The request body is over {self.limit} bytes.")(scope, receive, send)
-        body, more = bytearray(), True  # read it all first (it is capped), then hand it on
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                return await _error(413, f"The request body is over {self.limit} bytes.")(scope, receive, send)
-        sent = False
+        if scope["method"] in ("GET", "HEAD") and scope["path"] in self.public:
+            return await self.app(scope, receive, send)  # the docs read no body
+        auth = _first_header(scope, b"authorization")
+        scheme, _, token = (auth or b"").decode("latin-1").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return await self._refuse(401, "Missing token: send Authorization: Bearer <token>.", scope, receive, send)
+        try:
+            found = await anyio.to_thread.run_sync(self.identify, token)
+        except Exception as exc:
+            log.exception("API token check failed")
+            return await self._refuse(500, f"The token could not be checked ({type(exc).__name__}).",
+                                      scope, receive, send)
+        if found is None:
+            return await self._refuse(401, "Unknown token.", scope, receive, send)
+        scope.setdefault("state", {})["glassbox_token"] = found[0]
 
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        declared = _first_header(scope, b"content-length")
+        reserved = 0
+        if declared is not None and declared.isdigit():
+            reserved = int(declared)
+            if reserved > self.limit:
+                return await self._refuse(413, f"The request body is over {self.limit} bytes.", scope, receive, send)
+            if not self.budget.take(reserved):
+                reserved = 0
+                return await self._busy(scope, receive, send)
+        try:
+            chunks, size, more = [], 0, True  # read it all first (it is capped), then hand it on
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    return await self._refuse(413, f"The request body is over {self.limit} bytes.",
+                                              scope, receive, send)
+                if size > reserved:
+                    if not self.budget.take(size - reserved):
+                        return await self._busy(scope, receive, send)
+                    reserved = size
+                if chunk:
+                    chunks.append(chunk)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            chunks.clear()
+            sent = False
 
-        return await self.app(scope, replay, send)
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            return await self.app(scope, replay, send)
+        finally:
+            self.budget.give(reserved)
+
+    async def _busy(self, scope, receive, send) -> None:
+        await self._refuse(503, f"The server holds as many request bytes as it may ({self.budget.total} bytes in "
+                                f"flight); try again in a moment.", scope, receive, send, retry=True)
 
 
 def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | None = None,
-               max_body: int | None = None, explain_timeout_s: float = 600.0) -> FastAPI:
+               max_body: int | None = None, max_buffered: int | None = None,
+               explain_timeout_s: float = 600.0) -> FastAPI:
     """The API on ``ws``. ``worker``: start the embedded queue worker (default: unless
-    ``GLASSBOX_EXTERNAL_WORKER=1``)."""
+    ``GLASSBOX_EXTERNAL_WORKER=1``). ``max_body`` / ``max_buffered``: one request's body and the
+    bytes held across all requests in flight (defaults `api_max_body_bytes`, `api_max_buffered_bytes`)."""
     app = FastAPI(title="Glassbox API", version="1",
                   description="Predictions and explanations of the workspace's registered models "
                               "(KServe V1 data plane), through the workspace's job queue.")
     models = ModelCache(ws, size=8)  # the API threads' own: only forward passes, never hooks
     limit_jobs = max_jobs if max_jobs is not None else api_max_jobs()
-    app.add_middleware(BodyCap, limit=max_body if max_body is not None else api_max_body_bytes())
     bearer = HTTPBearer(auto_error=False)
 
-    if worker if worker is not None else not external_worker():
-        from explain.service.worker import start_embedded
+    from explain.service.worker import recover_now, start_embedded
 
+    recover_now(ws)  # as the server starts: jobs a killed server of this host left "running" are queued again
+    if worker if worker is not None else not external_worker():
         app.state.worker = start_embedded(ws)
 
     # -- errors: one line, never a traceback ------------------------------------------------------
@@ -174,8 +264,18 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
             log.exception("API request failed")
             return _error(500, f"The request failed ({type(exc).__name__}: {_one_line(str(exc))}).")
 
+    # outermost (added last): the token is checked before any body is read, and bodies are capped
+    public = frozenset(p for p in (app.openapi_url, app.docs_url, app.redoc_url,
+                                   app.swagger_ui_oauth2_redirect_url) if p)
+    app.add_middleware(Gate, identify=ws.users.token_identity, public=public,
+                       limit=max_body if max_body is not None else api_max_body_bytes(),
+                       budget=max_buffered if max_buffered is not None else api_max_buffered_bytes())
+
     # -- who is asking --------------------------------------------------------------------------------
-    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:
+    def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:
+        checked = request.scope.get("state", {}).get("glassbox_token")
+        if checked is not None:  # `Gate` looked the token up already
+            return Actor(checked, token=True)
         if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
             raise ApiError(401, "Missing token: send Authorization: Bearer <token>.")
         found = ws.users.token_identity(credentials.credentials)

@@ -4,15 +4,19 @@ and saves each result as a run, whole, under the job's id.
 ``python -m explain worker`` runs one in its own process (one per GPU); the app and the API start
 one in a thread unless ``GLASSBOX_EXTERNAL_WORKER=1``. While a job runs, a heartbeat thread tells
 the queue the worker is alive; every worker, when it starts and between jobs, takes back the jobs
-of workers that stopped answering (`Jobs.recover`).
+of workers that stopped answering (`Jobs.recover`), and those of workers of this host whose
+process is gone at once (`worker_gone`). The app, ``serve`` and ``worker`` call `recover_now` as
+they start, so a job a killed server left "running" is queued again before anyone asks.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 from explain.config import job_heartbeat_s, job_max_attempts, job_stale_s
 from explain.errors import Cancelled, GlassboxError
@@ -28,6 +32,50 @@ def one_line(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, GlassboxError) else f"{type(exc).__name__}: {exc}"
     lines = [part.strip() for part in str(text).splitlines() if part.strip()] or [type(exc).__name__]
     return lines[0][:500]
+
+
+def _pid_gone(pid: int) -> bool:
+    """True when no process ``pid`` runs on this machine (a zombie, killed but not yet reaped, counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: it exists
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (not Linux), or it just ended
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+
+
+def _name_pattern(host: str) -> re.Pattern:
+    """The names this module gives workers of ``host``: ``host:PID:THREAD``, ``host:PID:embedded``,
+    ``host:PID:cli`` (`explain.service.client.run_here`) and ``host:gpuN:PID`` (``worker --gpu N``)."""
+    return re.compile(rf"^{re.escape(host)}:(?:(?P<pid>\d+):(?:\d+|embedded|cli)|gpu\d+:(?P<gpu_pid>\d+))$")
+
+
+def worker_gone(name: str) -> bool:
+    """True when ``name`` is a worker of this host (as this module names them) whose process no
+    longer exists: its jobs can go back to the queue at once, without waiting for a stale heartbeat.
+    A name given with ``worker --name``, or another host's worker, is never judged here (False):
+    their jobs wait for ``GLASSBOX_JOB_STALE_S``."""
+    found = _name_pattern(socket.gethostname()).match(name or "")
+    if found is None:
+        return False
+    return _pid_gone(int(found["pid"] or found["gpu_pid"]))
+
+
+def recover_now(ws: Workspace) -> list[JobInfo]:
+    """What a server or a worker does as it starts, before any page or request: jobs left "running"
+    by a worker of this host that no longer exists (a SIGKILLed server or worker) go back to the
+    queue at once, and so do jobs whose heartbeat is stale (`Jobs.recover`)."""
+    back = ws.jobs.recover(job_stale_s(), job_max_attempts(), gone=worker_gone)
+    for job in back:
+        log.info("recovered job %s: %s", job.id, job.status)
+    return back
 
 
 class Worker:
@@ -46,7 +94,7 @@ class Worker:
         if now - self._recovered_at < min(5.0, job_stale_s() / 4):
             return []
         self._recovered_at = now
-        return self.ws.jobs.recover(job_stale_s(), job_max_attempts())
+        return recover_now(self.ws)
 
     def run_forever(self) -> int:
         """Run jobs until `stop` is set; the number run."""

@@ -24,6 +24,7 @@ from explain.workspace.audit import Audit
 from explain.workspace.blobs import BlobStore
 from explain.workspace.core import Core
 from explain.workspace.db import Database, open_engine
+from explain.workspace.files import private_home
 from explain.workspace.jobs import Jobs
 from explain.workspace.registry import Registry, VersionInfo
 from explain.workspace.review import Review
@@ -43,7 +44,7 @@ SEEDER = Actor("glassbox", operator=True)
 class Workspace:
     def __init__(self, url: str, home: Path):
         self.url = url
-        self.home = Path(home)
+        self.home = private_home(Path(home))  # 0700, and its files 0600 (`files`), tightened if older
         self.engine = open_engine(url)
         self.core = Core(Database(self.engine), BlobStore(self.home / "blobs"))
         self.users = Users(self.core)

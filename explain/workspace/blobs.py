@@ -4,7 +4,8 @@ A blob's name is the sha256 of its bytes (`explain.digest.digest_bytes`), in a t
 fan-out folder (``blobs/ab/abcdef...``). A write goes to a temporary name in the same
 folder, is flushed to disk, then renamed: a crash leaves at most a ``.tmp`` file, never a
 half blob under a real name. The same bytes are stored once. The workspace writes a blob
-*before* the row that names it, so no row ever points at a missing blob.
+*before* the row that names it, so no row ever points at a missing blob. Folders are ``0700``
+and blobs ``0600``: only the account running Glassbox reads them (`explain.workspace.files`).
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import numpy as np
 
 from explain.digest import digest_bytes
 from explain.errors import CorruptFile, NotFound
+from explain.workspace.files import PRIVATE_DIR, private_dir, private_tree
 
 
 class BlobStore:
     def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(Path(root))
+        private_tree(self.root)  # a store made before folders were private: tightened, blobs too
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -38,7 +40,8 @@ class BlobStore:
         final = self.path(sha)
         if final.is_file():
             return sha
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        # mkstemp creates 0600 (whatever the umask), and the rename keeps the mode
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{sha[:12]}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:

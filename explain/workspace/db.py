@@ -3,7 +3,8 @@
 SQLite (the default, ``$GLASSBOX_HOME/glassbox.db``) runs in WAL mode, so readers never
 wait for a writer and never see half a transaction; every transaction starts with
 ``BEGIN IMMEDIATE`` so two writers queue on the lock (``busy_timeout``) instead of failing
-half-way on an upgrade deadlock. Any other SQLAlchemy URL works the same way
+half-way on an upgrade deadlock. The database file and its ``-wal`` / ``-shm`` files are
+``0600`` (`explain.workspace.files`). Any other SQLAlchemy URL works the same way
 (PostgreSQL through psycopg is the tested one). `migrate` brings a database, empty or
 older, to the newest schema with Alembic; `open_engine` does it on every open.
 """
@@ -19,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from explain.errors import UsageError
+from explain.workspace.files import private_sqlite
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATE_LOCK = threading.Lock()
@@ -44,15 +46,19 @@ def open_engine(url: str) -> Engine:
         parsed = make_url(url)
     except Exception as exc:
         raise UsageError(f"GLASSBOX_DATABASE_URL is not a database URL ({exc}).") from None
+    on_disk = None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            on_disk = Path(parsed.database).expanduser()
+            private_sqlite(on_disk)  # 0600 before SQLite opens it: its -wal and -shm files take its mode
         engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = create_engine(parsed, pool_pre_ping=True)
     migrate(engine)
+    if on_disk is not None:
+        private_sqlite(on_disk)  # the -wal / -shm files exist now
     return engine
 
 

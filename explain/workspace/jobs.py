@@ -14,14 +14,16 @@ one changes it (SQLite serialises writers with ``BEGIN IMMEDIATE``; PostgreSQL r
 WHERE clause after the first writer commits), the loser tries the next candidate.
 
 A running job's worker updates its ``heartbeat``; `recover` puts a job whose heartbeat is older
-than ``stale_s`` back in the queue (``attempts`` counts tries) or marks it failed with the reason
-after ``max_attempts``, so a job whose worker was killed is never left "running". The job's
+than ``stale_s`` (or whose worker is known to be gone: a process of this host that no longer
+exists) back in the queue (``attempts`` counts tries) or marks it failed with the reason after
+``max_attempts``, so a job whose worker was killed is never left "running". The job's
 result is saved as a run under the job's id (`explain.workspace.runs.Runs.save`), whole or not
 at all, so a retried job never leaves half a result or two.
 """
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -317,16 +319,19 @@ class Jobs:
     def mark_cancelled(self, job_id: str, worker: str) -> bool:
         return self._end(job_id, worker, status="cancelled", error="cancelled while running")
 
-    def recover(self, stale_s: float, max_attempts: int) -> list[JobInfo]:
-        """Running jobs whose heartbeat is older than ``stale_s`` seconds (their worker died):
-        back to the queue, or failed with the reason once they have had ``max_attempts`` tries."""
+    def recover(self, stale_s: float, max_attempts: int,
+                gone: Callable[[str], bool] | None = None) -> list[JobInfo]:
+        """Running jobs whose heartbeat is older than ``stale_s`` seconds (their worker died), and
+        those whose worker ``gone(worker)`` says is no longer running whatever their heartbeat (a
+        process of this host that no longer exists, `explain.service.worker.worker_gone`): back to
+        the queue, or failed with the reason once they have had ``max_attempts`` tries."""
         cutoff = utcnow() - timedelta(seconds=stale_s)
         out = []
         with self.core.db.transaction() as s:
             rows = list(s.scalars(select(Job).where(Job.status == "running")))
             for row in rows:
                 beat = _aware(row.heartbeat)
-                if beat is not None and beat >= cutoff:
+                if beat is not None and beat >= cutoff and not (gone is not None and row.worker and gone(row.worker)):
                     continue
                 if row.cancel_requested:
                     values = {"status": "cancelled", "finished_at": utcnow(), "error": "cancelled; its worker stopped"}

@@ -5,6 +5,7 @@ import streamlit as st
 
 from ui import state
 from ui import workspace as team
+from ui.comments import comment_markdown
 from ui.text import escape_markdown
 
 st.title("Review")
@@ -29,4 +30,4 @@ with state.error_boundary("Listing the threads"):
             st.markdown(f"**{escape_markdown(c.author)}** on {where} of "
                         f"[{escape_markdown(t.run_title)}](/runs?run={c.run_id})"
                         + (" · resolved" if c.resolved else "") + f" · {len(t.replies)} replies")
-            st.markdown(c.body)
+            st.markdown(comment_markdown(c.body))  # no images: nothing is fetched for a reader
