@@ -136,3 +136,44 @@ def test_editor_saves_viewer_reads_reviewer_comments_and_approves(team_server, c
     finally:
         for c in ctx.values():
             c.close()
+
+
+@pytest.mark.browser
+def test_a_viewer_cannot_load_or_run_a_model(team_server, chromium):
+    """A viewer signs in: no Source choice and no uploader in the sidebar, a line saying why and links to
+    the samples' versions; the Overview and Structure pages say explaining needs an editor instead of
+    running the model; the library refuses the load a viewer could craft."""
+    url, ws = team_server
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(180_000)
+        _sign_in(page, url, "vic")
+        main, sidebar = page.locator('[data-testid="stMain"]'), page.locator('[data-testid="stSidebar"]')
+        main.get_by_text("Explaining needs the editor role").wait_for()
+        sidebar.get_by_text("Loading or uploading a model needs the editor role").wait_for()
+        assert sidebar.get_by_role("link", name="v1").count() == 3  # shapes, cancer, sentiment
+        assert page.locator('input[type="file"]').count() == 0
+        assert sidebar.get_by_text("Source", exact=True).count() == 0
+        assert page.locator('[data-testid="stPlotlyChart"], [data-testid="stDataFrame"]').count() == 0
+        wait_for_app(page)
+        page.screenshot(path="/tmp/viewer.png", full_page=True)
+        _shot(page, "viewer_cannot_load")
+
+        page.goto(f"{url}/structure")
+        main.get_by_text("Explaining needs the editor role").wait_for()
+        wait_for_app(page)
+        assert page.locator('[data-testid="stDataFrame"], [data-testid="stGraphVizChart"]').count() == 0
+        with context.expect_page() as opened:  # Streamlit opens a Markdown link in a new tab
+            sidebar.get_by_role("link", name="v1").first.click()  # the shapes sample's version page
+        version = opened.value
+        version.set_default_timeout(180_000)
+        version.get_by_text("Exploring a version runs it in the page, which needs the editor role").wait_for()
+        assert version.locator('[data-testid="stMain"] h1', has_text="shapes · v1").count() == 1
+        assert version.get_by_role("button", name="Explore this version").count() == 0
+        for shown in (page, version):
+            assert shown.locator('[data-testid="stException"]').count() == 0
+        with pytest.raises(PermissionDenied, match="may not load model"):
+            ws.load_model(Actor("vic"), b"not even read")
+    finally:
+        context.close()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explain.digest import digest_bytes
 from explain.workspace import Actor, RunRecord, open_workspace
 from sample_models import sample_registry_files
 
@@ -75,6 +76,9 @@ def test_saved_run_redraws_the_saved_arrays_not_a_recomputation(home):
     [b for b in rerun.button if b.label == "Re-run"][0].click().run()
     diff = rerun.dataframe[-1].value
     assert diff["max |difference|"].iloc[0] < 1e-5  # same model, inputs, parameters: the same map
+    again = ws.runs.open(Actor.local(), [j for j in ws.jobs.list(Actor.local()) if j.params.get("rerun_of")][0].run)
+    notes = again.info.summary["notes"]["integrated_gradients"]  # the same worker: recomputed, not its cache
+    assert again.info.summary["rerun_of"] == run_id and not any("attribution cache" in n for n in notes)
 
 
 def test_sign_in_is_required_once_an_admin_exists_and_roles_shape_the_page(home):
@@ -233,3 +237,167 @@ def test_a_runs_report_is_a_job_whose_html_carries_the_runs_comment(home):
     again = _app(run=built)
     assert not again.exception, again.exception
     assert len(again.get("download_button")) == 1 and any("Sections:" in m.value for m in again.markdown)
+
+
+# -- roles in the library: only an editor loads (and runs) a model in the page; Re-run is a job --------
+OP = Actor("cli:tester", operator=True)
+PASSWORDS = {"ada": "admin-pass-1", "ed": "editor-pass-1", "rita": "review-pass-1", "vic": "viewer-pass-1"}
+EXPLAIN_PAGES = ("overview", "output", "dataset", "structure", "training")
+
+
+def _team(ws) -> None:
+    ws.users.add(Actor.local(), "ada", "admin", PASSWORDS["ada"])
+    for name, role in (("ed", "editor"), ("rita", "reviewer"), ("vic", "viewer")):
+        ws.users.add(Actor("ada"), name, role, PASSWORDS[name])
+
+
+def _as(name: str, script: str = APP, **session) -> AppTest:
+    """An AppTest session signed in as ``name`` (the state the sign-in form leaves)."""
+    at = AppTest.from_file(script, default_timeout=300) if isinstance(script, str) else \
+        AppTest.from_function(script, default_timeout=300)
+    at.session_state["authentication_status"] = True
+    at.session_state["username"] = name
+    for key, value in session.items():
+        at.session_state[key] = value
+    return at
+
+
+def _own_model() -> tuple[bytes, str]:
+    """A model file of one's own, not in the registry: the cancer sample with its last weight zeroed."""
+    from sample_models import sample_file
+
+    data = bytearray(sample_file("cancer").read_bytes())
+    data[-4:] = np.float32(0.0).tobytes()  # safetensors keeps the tensors last: still a valid file
+    return bytes(data), "my-cancer.safetensors"
+
+
+def _blob(data: bytes, name: str):
+    from ui.state import UploadedBlob
+
+    return UploadedBlob(name, data, digest_bytes(data))
+
+
+def _output_run(ws, owner: Actor) -> str:
+    """An Output run of the shapes sample saved by ``owner``'s job (run in this process)."""
+    from explain.service.client import run_here
+    from explain.service.runners import explain_methods_job
+    from sample_models import load_sample, sample_inputs
+
+    model = load_sample("shapes")
+    params, arrays, title = explain_methods_job(model, "shapes", 1, sample_inputs("shapes")["inputs"][:2],
+                                                [("saliency", {})], None)
+    job = run_here(ws, ws.jobs.submit(owner, "explain", params, title=title, inputs=arrays).id)
+    return job.run
+
+
+def _load_in_the_page():
+    """The page's loading path (`ui.state.current_model`) for an upload, then for a sample."""
+    import streamlit as st
+
+    from explain.errors import PermissionDenied
+    from ui import state
+
+    for mode in ("upload", "sample"):
+        if mode == "sample":
+            state.set_sample("shapes")
+        try:
+            st.write(f"{mode}: loaded {state.current_model().name}")
+        except PermissionDenied as exc:
+            st.write(f"{mode}: refused: {exc.message}")
+
+
+def test_a_viewer_gets_no_uploader_sees_why_on_every_explain_page_and_the_library_refuses_the_load(home):
+    from explain.errors import PermissionDenied
+
+    _, ws = home
+    _team(ws)
+    rid = _output_run(ws, Actor("ed"))
+    data, name = _own_model()
+    audit_before, versions_before = len(ws.audit.rows(OP)), len(ws.registry.list(OP))
+
+    # a crafted (or left-over) upload in a viewer's session is dropped; nothing offers to load one
+    at = _as("vic", gb_model_upload=_blob(data, name), gb_source="upload").run()
+    assert not at.exception, at.exception
+    assert not [r for r in at.sidebar.radio if r.label == "Source"] and not at.get("file_uploader")
+    assert any("needs the editor role" in c.value and "viewer" in c.value for c in at.sidebar.caption)
+    links = " ".join(m.value for m in at.sidebar.markdown)
+    assert "/?model=shapes&version=1" in links and f"/?run={rid}" in links
+    assert at.session_state["gb_model_upload"] is None
+    for page in EXPLAIN_PAGES:
+        at.switch_page(f"pages/views/{page}.py").run()
+        assert not at.exception, (page, at.exception)
+        assert [i.value for i in at.info if "Explaining needs the editor role" in i.value], page
+        assert not at.get("plotly_chart") and not at.dataframe, page  # the model never ran
+    opened = _as("vic")
+    opened.query_params["model"], opened.query_params["version"] = "shapes", "1"
+    opened.run()
+    assert "Explore this version" not in [b.label for b in opened.button]
+
+    # the page's loading path asks the library, which refuses a viewer and a reviewer (editors load)
+    for who, outcome in (("vic", "refused: vic (viewer) may not load model"),
+                         ("rita", "refused: rita (reviewer) may not load model"), ("ed", "loaded")):
+        run = _as(who, _load_in_the_page, gb_model_upload=_blob(data, name), gb_source="upload").run()
+        assert not run.exception, run.exception
+        said = [m.value for m in run.markdown]
+        assert said[0].startswith(f"upload: {outcome}") and said[1].startswith(f"sample: {outcome}"), said
+    with pytest.raises(PermissionDenied, match="may not load model"):
+        ws.load_model(Actor("vic"), data, filename=name)
+    assert ws.load_model(Actor("ed"), data, filename=name).sha256 == digest_bytes(data)
+    assert len(ws.audit.rows(OP)) == audit_before  # a refusal and a load write nothing
+    assert len(ws.registry.list(OP)) == versions_before
+
+
+def test_an_editor_gets_the_uploader_and_an_upload_explained_is_registered_under_their_name(home):
+    _, ws = home
+    _team(ws)
+    at = _as("ed").run()
+    assert not at.exception, at.exception
+    [r for r in at.sidebar.radio if r.label == "Source"][0].set_value("Upload").run()
+    assert len(at.get("file_uploader")) == 3  # checkpoint, spec, inputs
+
+    data, name = _own_model()
+    at = _as("ed", gb_model_upload=_blob(data, name), gb_source="upload")
+    at.switch_page("pages/views/output.py").run()
+    assert not at.exception, at.exception
+    assert any("?run=" in c.value for c in at.code)  # explained as a job, saved as a run
+    version = ws.registry.find_by_sha(OP, digest_bytes(data))
+    assert version is not None and (version.name, version.created_by) == ("my-cancer", "ed")
+    added = [r for r in ws.audit.rows(OP) if r.action == "version.add"]
+    assert [r.actor for r in added][-1] == "ed"
+
+
+def test_rerun_is_an_editors_job_of_the_queue_and_shows_its_differences(home):
+    from explain.errors import PermissionDenied
+    from explain.service.runners import rerun_job
+    from sample_models import load_sample
+
+    _, ws = home
+    _team(ws)
+    rid = _output_run(ws, Actor("ed"))
+    jobs_before = len(ws.jobs.list(OP))
+
+    viewer = _as("vic")
+    viewer.query_params["run"] = rid
+    viewer.run()
+    assert not viewer.exception, viewer.exception
+    assert "Re-run" not in [b.label for b in viewer.button]
+    assert any("Re-run needs the editor role" in c.value for c in viewer.caption)
+    params, arrays, title = rerun_job(load_sample("shapes"), ws.runs.open(Actor("vic"), rid))
+    with pytest.raises(PermissionDenied, match="may not save run"):  # the request a viewer could craft
+        ws.jobs.submit(Actor("vic"), "explain", params, title=title, inputs=arrays)
+    assert len(ws.jobs.list(OP)) == jobs_before
+
+    editor = _as("ed")
+    editor.query_params["run"] = rid
+    editor.run()
+    [b for b in editor.button if b.label == "Re-run"][0].click().run()
+    assert not editor.exception, editor.exception
+    job = ws.jobs.list(OP)[0]
+    assert (job.kind, job.owner, job.status, job.params["rerun_of"], job.params["fresh"]) == (
+        "explain", "ed", "done", rid, True)
+    diff = [d.value for d in editor.dataframe if "max |difference|" in d.value.columns][0]
+    assert list(diff["method"]) == ["saliency"] and diff["max |difference|"].iloc[0] < 1e-5
+    again = ws.runs.open(OP, job.run)
+    assert again.info.summary["rerun_of"] == rid and again.info.title.startswith(f"Re-run of {rid}")
+    assert not any("attribution cache" in n for n in again.info.summary["notes"]["saliency"])
+    assert any(job.run in c.value for c in editor.code)  # the re-run's own link
