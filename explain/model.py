@@ -73,6 +73,7 @@ class LoadedModel:
         really run, so a hook on any of them fires (not TorchScript, not a ``.pt2`` graph)."""
         return (
             self.format in EAGER_FORMATS
+            and self.process is None  # a model in its own process is hooked there, not here
             and isinstance(self.module, nn.Module)
             and not isinstance(self.module, torch.jit.ScriptModule)
         )

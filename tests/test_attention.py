@@ -24,6 +24,7 @@ from explain.structure.attention_summary import (
     pool_attention,
     summarise_heads,
 )
+from tests.conftest import in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = InputSpec("text", (16,), dtype="int64", vocabulary=[f"w{i}" for i in range(64)])
@@ -143,7 +144,7 @@ def test_pre_norm_fast_path_attention(text_model):
 
 def test_rewritten_export_graph_keeps_the_outputs(text_model):
     model, models = text_model
-    rewritten = rewrite_attention_graph(models["export"].module)
+    rewritten = rewrite_attention_graph(in_process(models["export"]).module)  # as inside its model process
     assert rewritten.kinds == ["sdpa", "sdpa"] and rewritten.num_outputs == 1
     x = _ids(3)
     with torch.no_grad():

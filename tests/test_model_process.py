@@ -175,3 +175,27 @@ def test_the_cli_refuses_a_bomb_with_exit_3_and_one_line(tmp_path):
     assert run.returncode == 3, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert run.returncode != -signal.SIGKILL
+
+
+def test_a_hugging_face_model_is_built_from_its_config_only_in_its_process(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, num_labels=3, max_position_embeddings=32)
+    reference = transformers.BertForSequenceClassification(cfg).eval()
+    reference.save_pretrained(tmp_path)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a Hugging Face model was built in the server")
+
+    monkeypatch.setattr(transformers.BertForSequenceClassification, "from_pretrained", refuse)
+    model = load_model(tmp_path)
+    assert model.process is not None and not model.is_eager and model.format == "huggingface"
+    ids = np.zeros((2, 32), dtype=np.int64)  # the spec's length: the config's positions
+    ids[0, :4], ids[1, :2] = [2, 5, 7, 9], [3, 4]
+    monkeypatch.undo()
+    with torch.no_grad():
+        want = reference(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy((ids != 0).astype(np.int64)))
+    np.testing.assert_allclose(model.predict_logits(ids), want.logits.numpy(), atol=1e-5)
+    ig = get_method("integrated_gradients").explain(model, ids, use_cache=False)  # on the embeddings, in the child
+    assert np.nanmax(ig.completeness_error) < 0.05

@@ -24,8 +24,8 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,12 +155,39 @@ class HFClassifier(nn.Module):
         return list(attentions), names
 
 
-def load_huggingface_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
-    """Build a Hugging Face classifier from a zip of its folder (`folder_as_zip` or an upload).
+@dataclass
+class HFUpload:
+    """A Hugging Face upload as the server reads and checks it, before anything is built.
+
+    Attributes:
+        files: the known files' bytes (`KNOWN_FILES`); shards: a sharded checkpoint's shards.
+        config: the transformers config object; model_class: the class to build.
+        spec: the spec read from the config and the tokenizer / preprocessor files.
+    """
+
+    files: dict[str, bytes]
+    shards: dict[str, bytes]
+    config: Any
+    model_class: Any
+    modality: str
+    spec: InputSpec
+
+    @property
+    def pad_id(self) -> int:
+        pad = getattr(self.config, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
+
+def read_huggingface(data: bytes, archive: Archive | None = None) -> HFUpload:
+    """Read and check a Hugging Face upload: every file bounded, the config sized against the weights.
+
+    Nothing is built: the model is built from these parts only in its model process
+    (`build_classifier`, through `explain.loading.model_process`).
 
     Raises:
         UnsafeFile: the config asks for remote code (``auto_map``), or a pickle beyond tensors.
-        CorruptFile / IncompatibleInput: broken config or weights, unsupported task or model type.
+        CorruptFile / IncompatibleInput / TooLarge: broken or oversized config or weights,
+            unsupported task or model type.
     """
     archive = archive or open_archive(data, "Hugging Face")
     names = archive.names
@@ -194,26 +221,51 @@ def load_huggingface_parts(data: bytes, archive: Archive | None = None) -> Loade
     check_config_size(cfg, available)
     vocab_size = cfg.get("vocab_size")
     vocabulary = _vocabulary(files, vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None)
-    model = _build_model(cfg, files, shards, available)
+    config, model_class, image = _model_class(cfg)
+    _check_exact_size(model_class, config, available)
+    modality = "image" if image else "text"
+    spec = _text_spec(config, files, vocabulary) if modality == "text" else _image_spec(config, files)
+    return HFUpload(files, shards, config, model_class, modality, spec)
+
+
+def check_huggingface_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
+    """A Hugging Face upload checked here and built and run only in its model process.
+
+    The server reads and sizes every file (`read_huggingface`); the child imports the
+    model's transformers module before it locks itself down and builds it from the
+    same bytes after (`build_classifier`).
+    """
+    from explain.loading.model_process import load_remote_parts
+
+    upload = read_huggingface(data, archive)
+    return load_remote_parts(
+        data, FORMAT, upload.spec, architecture=upload.model_class.__name__,
+        extra={"hf_model_type": upload.config.model_type}, imports=[upload.model_class.__module__])
+
+
+def load_huggingface_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
+    """Read, check and build a Hugging Face classifier here (in its model process, or for a trusted caller)."""
+    upload = read_huggingface(data, archive)
+    wrapper = build_classifier(upload)
+    return LoadedParts(module=wrapper, format=FORMAT, embedded_spec=upload.spec,
+                       architecture=upload.model_class.__name__, extra={"hf_model_type": upload.config.model_type})
+
+
+def build_classifier(upload: HFUpload) -> HFClassifier:
+    """The eval-mode `HFClassifier` built from a checked upload (weights from memory: no file is written)."""
+    model = _build_model(upload)
     model.eval()
-    modality = "image" if _is_image(model) else "text"
-    pad_id = getattr(model.config, "pad_token_id", None)
-    wrapper = HFClassifier(model, modality, 0 if pad_id is None else pad_id).eval()
-    spec = _text_spec(model.config, files, vocabulary) if modality == "text" else _image_spec(model.config, files)
-    return LoadedParts(module=wrapper, format=FORMAT, embedded_spec=spec, architecture=type(model).__name__,
-                       extra={"hf_model_type": model.config.model_type})
+    return HFClassifier(model, upload.modality, upload.pad_id).eval()
 
 
 def _is_image(model: nn.Module) -> bool:
     return type(model).__name__.endswith("ForImageClassification")
 
 
-def _build_model(cfg: dict, files: dict[str, bytes], shards: dict[str, bytes], available: int) -> nn.Module:
+def _model_class(cfg: dict) -> tuple[Any, Any, bool]:
+    """The config object, the model class and whether it classifies images (nothing built)."""
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the CLI's stderr carries one line or nothing
 
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
@@ -234,27 +286,36 @@ def _build_model(cfg: dict, files: dict[str, bytes], shards: dict[str, bytes], a
     except KeyError:
         raise IncompatibleInput(f"transformers has no {'image' if image else 'sequence'} classification "
                                 f"model for {model_type}.", HF_HINT) from None
-    _check_exact_size(model_class, config, available)
+    return config, model_class, image
+
+
+def _state_dict(upload: HFUpload) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    if upload.shards:
+        state: dict[str, torch.Tensor] = {}
+        for blob in upload.shards.values():
+            state.update(load(blob))
+        return state
+    if "model.safetensors" in upload.files:
+        return load(upload.files["model.safetensors"])
+    return weights_only_load(upload.files["pytorch_model.bin"], "pytorch_model.bin")
+
+
+def _build_model(upload: HFUpload) -> nn.Module:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI's stderr carries one line or nothing
     # transformers renames checkpoint keys between versions (v5 converts the legacy names on load),
-    # so the weights go through from_pretrained: from a private temporary folder, local files only,
-    # with the config object built above (never a remote code path), safetensors or weights_only.
-    with tempfile.TemporaryDirectory(prefix="glassbox-hf-") as tmp:
-        for name in WEIGHT_FILES:
-            if name in files:
-                (Path(tmp) / name).write_bytes(files[name])
-                break
-        else:  # a sharded checkpoint: the index and its shards, names checked by shard_names
-            (Path(tmp) / SHARD_INDEX).write_bytes(files[SHARD_INDEX])
-            for shard, blob in shards.items():
-                (Path(tmp) / shard).write_bytes(blob)
-        try:
-            model, info = model_class.from_pretrained(
-                tmp, config=config, local_files_only=True, trust_remote_code=False,
-                attn_implementation="eager", output_loading_info=True,
-                use_safetensors="pytorch_model.bin" not in files,
-            )
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise CorruptFile(f"The weights cannot be loaded ({first_line(exc)}).") from None
+    # so the weights go through from_pretrained, from memory, with the config object read above
+    # (never a remote code path); a .bin was unpickled weights-only.
+    try:
+        model, info = upload.model_class.from_pretrained(
+            None, config=upload.config, state_dict=_state_dict(upload), local_files_only=True,
+            trust_remote_code=False, attn_implementation="eager", output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise CorruptFile(f"The weights cannot be loaded ({first_line(exc)}).") from None
     bad = [*info.get("missing_keys", []), *info.get("unexpected_keys", []), *info.get("mismatched_keys", [])]
     if bad:
         raise CorruptFile(f"The weights do not fit config.json ({len(bad)} keys missing, unexpected "

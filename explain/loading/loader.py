@@ -212,7 +212,7 @@ def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool,
         if kind == "export":
             return check_export_parts(data, archive)
         if kind == "huggingface":
-            return huggingface.load_huggingface_parts(data, archive)
+            return huggingface.check_huggingface_parts(data, archive)
         return load_pickle_parts(data, kind, trusted)
     except GlassboxError:
         raise

@@ -43,6 +43,10 @@ def warm_up() -> None:
     from explain.model import LoadedModel
     from explain.spec import InputSpec
 
+    try:
+        _warm_up_huggingface()
+    except Exception:  # noqa: BLE001 - a warm-up, not a check
+        pass
     for fmt in ("torchscript", "export"):
         data = warmup_graph(fmt)
         if not data:
@@ -69,6 +73,33 @@ def warm_up() -> None:
             pass
 
 
+def _warm_up_huggingface() -> None:
+    """A tiny BERT built from memory as `explain.loading.huggingface` builds one, explained and attended."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from explain.loading.huggingface import HFClassifier
+    from explain.model import LoadedModel
+    from explain.output.methods.base import get_method
+    from explain.spec import InputSpec
+    from explain.structure.attention import capture_attention
+
+    cfg = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16, num_labels=2, max_position_embeddings=16)
+    state = BertForSequenceClassification(cfg).state_dict()
+    bert, _ = BertForSequenceClassification.from_pretrained(
+        None, config=cfg, state_dict=state, attn_implementation="eager", output_loading_info=True)
+    spec = InputSpec(modality="text", input_shape=[6], dtype="int64", class_names=["a", "b"],
+                     vocabulary=[f"t{i}" for i in range(20)])
+    model = LoadedModel(module=HFClassifier(bert.eval(), "text"), format="huggingface", sha256="warm-up", spec=spec)
+    ids = np.array([[2, 5, 7, 9, 0, 0]], dtype=np.int64)
+    for name in ("integrated_gradients", "deeplift", "layer_integrated_gradients"):
+        try:
+            get_method(name).explain(model, ids, use_cache=False)
+        except Exception:  # noqa: BLE001 - a warm-up, not a check
+            pass
+    capture_attention(model, ids)
+
+
 class _ChildModel:
     """The child's graph and the `LoadedModel` built on it for the server's current state."""
 
@@ -79,6 +110,11 @@ class _ChildModel:
         self.program = None
         if fmt == "torchscript":
             self.module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+            fixed, signature = None, None
+        elif fmt == "huggingface":
+            from explain.loading.huggingface import load_huggingface_parts
+
+            self.module = load_huggingface_parts(data).module
             fixed, signature = None, None
         else:
             parts = load_export_parts(data)
@@ -115,6 +151,7 @@ class _ChildModel:
             model = LoadedModel(
                 module=self.module, format=self.format, sha256=state.get("sha256") or "", name=state.get("name") or "model",
                 spec=InputSpec.from_dict(state["spec"]), fixed_batch_size=self.fixed,
+                architecture=state.get("architecture"),
                 exported_program=self.program, max_batch_rows=state.get("max_batch_rows"), extra=extra)
             if self._model is not None:  # keep what the model caches (unflattened program)
                 model._unflattened = self._model._unflattened
@@ -134,6 +171,9 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
     import traceback
 
     torch.set_num_threads(int(args.get("threads") or 1))
+    for name in args.get("imports") or []:  # named by the server (trusted): read before the lock
+        if isinstance(name, str) and name.startswith("transformers.models."):
+            importlib.import_module(name)
     report(phase="ready", protections=lock_down())
     out = channel.buffer
 

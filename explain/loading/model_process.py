@@ -149,12 +149,14 @@ class ModelProcess:
 
     Args:
         data: the file's bytes (already statically checked by the loader).
-        fmt: ``torchscript`` or ``export``.
+        fmt: ``torchscript``, ``export`` or ``huggingface``.
+        imports: trusted module names the child imports before its lock (see `load_remote_parts`).
         sha256: the bytes' digest (for messages and caches).
     """
 
-    def __init__(self, data: bytes, fmt: str, sha256: str = ""):
+    def __init__(self, data: bytes, fmt: str, sha256: str = "", imports: list[str] | None = None):
         self._data, self.format, self.sha256 = data, fmt, sha256
+        self._imports = list(imports or [])
         self._lock = threading.RLock()
         self._channel: _Channel | None = None
         self.info: dict[str, Any] = {}
@@ -194,7 +196,7 @@ class ModelProcess:
         settings = json.dumps({
             "workdir": workdir, "memory": config.sandbox_memory_bytes(), "cpu": 0, "nofile": 64,
             "nobody": _sandbox().NOBODY, "root": _sandbox().ROOT, "skip": ["rlimit-cpu"],
-            "args": {"format": self.format, "threads": max(1, torch.get_num_threads())},
+            "args": {"format": self.format, "threads": max(1, torch.get_num_threads()), "imports": self._imports},
         })
         try:
             channel = self._open_child(settings, workdir)
@@ -460,18 +462,25 @@ class ModelProcess:
         return ModelProcessFailed(f"The model's process stopped while {what} ({last}).")
 
 
-def load_remote_parts(data: bytes, fmt: str, embedded: Any = None, probe: Any = None) -> Any:
-    """A user's graph loaded in its own model process; the parts hold its `RemoteModule`.
+def load_remote_parts(data: bytes, fmt: str, embedded: Any = None, probe: Any = None, *,
+                      architecture: str | None = None, extra: dict | None = None,
+                      imports: list[str] | None = None) -> Any:
+    """A user's model loaded in its own model process; the parts hold its `RemoteModule`.
+
+    Args:
+        imports: trusted module names the child imports before it locks itself down
+            (a Hugging Face model's transformers module).
 
     Raises:
-        ModelProcessFailed, CorruptFile, ...: the process could not load the graph (one line).
+        ModelProcessFailed, CorruptFile, ...: the process could not load the model (one line).
     """
     from explain.digest import digest_bytes
     from explain.loading.source import LoadedParts
 
-    process = ModelProcess(data, fmt, digest_bytes(data))
+    process = ModelProcess(data, fmt, digest_bytes(data), imports=imports)
     info = process.start()
     return LoadedParts(RemoteModule(process), fmt, embedded_spec=embedded, vetting=probe,
+                       architecture=architecture, extra=dict(extra or {}),
                        fixed_batch_size=info.get("fixed_batch_size"), process=process)
 
 
@@ -590,6 +599,7 @@ def load_result(blob: bytes) -> Any:
 def _model_state(model: Any) -> dict[str, Any]:
     """What the child's copy of the model must agree on with the server's (sent with every call)."""
     return {"spec": model.spec.to_dict(), "name": model.name, "max_batch_rows": model.max_batch_rows,
+            "architecture": model.architecture,
             "fixed_batch_size": model.fixed_batch_size, "sha256": model.sha256,
             "extra": {k: v for k, v in model.extra.items() if isinstance(v, (str, int, float, bool, type(None)))}}
 

@@ -73,45 +73,13 @@ from explain.loading.export import load_export_parts
 def load_graph(data):
     return load_export_parts(data).module
 """
-#: Trusted code a sandbox zygote runs once (`explain.loading.sandbox_zygote`): the imports, then
-#: ``_save`` / ``_load`` (set by `zygote_preload` per format) on a tiny trusted graph, so
-#: that its forked children start warm.
-_PRELOAD = r"""
-import encodings.cp437, io
-import torch
-from torch import nn
-torch.set_num_threads(1)
-try:
-    torch.set_num_interop_threads(1)
-except RuntimeError:
-    pass
-_m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
-%s
-try:
-    _b = io.BytesIO()
-    _save(_b)
-    _x = torch.randn(2, 4, requires_grad=True)
-    torch.autograd.grad(_load(_b.getvalue())(_x).sum(), _x)
-except Exception:
-    pass
-"""
-_PRELOAD_FORMATS = {
-    "torchscript": """
-_save = lambda b: torch.jit.save(torch.jit.script(_m), b)
-_load = lambda d: torch.jit.load(io.BytesIO(d)).eval()
-""",
-    "export": """
-from explain.loading.export import load_export_parts
-_save = lambda b: torch.export.save(torch.export.export(
-    _m, (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},)), b)
-_load = lambda d: load_export_parts(d).module
-""",
-}
-
-
 def zygote_preload(fmt: str) -> str:
-    """The zygote's preload for ``torchscript`` or ``export`` (one zygote per format, started on first use)."""
-    return _PRELOAD % _PRELOAD_FORMATS[fmt]
+    """The zygote's preload for vetting ``torchscript`` or ``export``: the one zygote model
+    processes fork from too (`explain.loading.model_process.MODEL_PRELOAD`), warmed up on
+    tiny trusted graphs of both formats."""
+    from explain.loading.model_process import MODEL_PRELOAD
+
+    return MODEL_PRELOAD
 
 
 #: The vetting program, run after a loader's code (which defines ``load_graph``).
