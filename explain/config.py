@@ -19,6 +19,10 @@ Environment variables:
         (default 1 million tokens) and largest ``tokenizer.json`` (default 64) read.
     GLASSBOX_MAX_PICKLE_OPCODES: opcodes scanned in one pickle of a TorchScript
         archive before it is refused (default 5 million).
+    GLASSBOX_MODEL_PROCESSES / GLASSBOX_MODEL_CALL_TIMEOUT_S: model processes (a user's
+        graph each) alive at once (default 8) and seconds one request to one may take (600).
+    GLASSBOX_MODEL_PROCESS_GPU: ``auto`` (default: when this process sees a GPU), ``1`` or ``0``:
+        whether model processes get the GPUs (their device files opened through Landlock).
     GLASSBOX_TRUSTED: ``1`` turns on trusted mode (full pickles of the
         operator's own files). Off by default.
     GLASSBOX_SANDBOX_TIMEOUT_S: wall-clock (and CPU-time) limit of the sandbox
@@ -165,6 +169,19 @@ def model_processes() -> int:
 def model_call_timeout_s() -> float:
     """Seconds one request to a model process may run before it is stopped (env ``GLASSBOX_MODEL_CALL_TIMEOUT_S``)."""
     return _env_number("GLASSBOX_MODEL_CALL_TIMEOUT_S", MODEL_CALL_TIMEOUT_S)
+
+
+def model_process_gpu() -> bool:
+    """Whether model processes get this server's GPUs (env ``GLASSBOX_MODEL_PROCESS_GPU``: ``auto``, the
+    default, when torch sees a GPU here; ``0`` never; ``1`` always)."""
+    value = os.environ.get("GLASSBOX_MODEL_PROCESS_GPU", "auto").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value in _TRUE:
+        return True
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def vetted_batch() -> int:

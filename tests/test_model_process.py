@@ -132,6 +132,20 @@ def test_a_value_triggered_memory_bomb_is_refused_and_the_server_does_not_grow()
     assert _maxrss_mb() - before < 200
 
 
+def test_a_refused_model_is_not_run_again_for_the_same_answer(monkeypatch):
+    bomb = _script(_ZeroBomb())
+    with pytest.raises(GlassboxError) as first:
+        load_model(bomb, TABULAR)
+
+    def never(*_a, **_k):
+        raise AssertionError("a refused model was started again")
+
+    monkeypatch.setattr("explain.loading.model_process.ModelProcess.start", never)
+    with pytest.raises(type(first.value)) as again:  # a page rerun: the remembered refusal, nothing run
+        load_model(bomb, TABULAR)
+    assert again.value.reason == first.value.reason
+
+
 def test_a_crashed_model_process_fails_one_request_and_the_next_gets_a_new_process(plain_script):
     model = load_model(plain_script, TABULAR)
     x = np.ones((2, 4), np.float32)
@@ -199,3 +213,29 @@ def test_a_hugging_face_model_is_built_from_its_config_only_in_its_process(tmp_p
     np.testing.assert_allclose(model.predict_logits(ids), want.logits.numpy(), atol=1e-5)
     ig = get_method("integrated_gradients").explain(model, ids, use_cache=False)  # on the embeddings, in the child
     assert np.nanmax(ig.completeness_error) < 0.05
+
+
+def test_a_device_file_granted_to_a_sandboxed_child_opens_for_writing_and_nothing_else_does():
+    """The Landlock rule a model process gets for its GPU's device files, shown on /dev/null."""
+    from explain.loading.sandbox import run_in_sandbox
+
+    code = textwrap.dedent("""
+        applied = lock_down()
+        report(phase="ready", protections=applied)
+        def writable(path):
+            try:
+                with open(path, "w") as fh:
+                    fh.write("x")
+                return True
+            except OSError:
+                return False
+        report(ok=True, null=writable("/dev/null"), tmp=writable("escape.txt"), landlock="landlock-fs" in applied)
+    """)
+    granted = run_in_sandbox(code, b"", devices=("/dev/null",))
+    refused = run_in_sandbox(code, b"")
+    assert granted.ok and refused.ok
+    if not granted.final["landlock"]:
+        pytest.skip("no Landlock on this kernel")
+    assert "landlock-device:/dev/null" in granted.protections
+    assert granted.final["null"] and not granted.final["tmp"]
+    assert not refused.final["null"] and not refused.final["tmp"]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from explain import config
-from explain.digest import digest_bytes
+from explain.digest import digest_array, digest_bytes
 from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
 from explain.loading import huggingface
 from explain.loading.export import (
@@ -105,6 +105,21 @@ def load_model(
     trusted = config.trusted_mode() if trusted is None else bool(trusted)
     archive = open_archive(data, "zip") if data[:2] == b"PK" else None  # opened once: sniffer and reader share it
     kind = sniff_format(data, name, archive=archive)
+    key = _refusal_key(kind, digest, explicit, sample_input, trusted)
+    remembered = _REFUSED.get(key) if key else None
+    if remembered is not None:  # a user's model refused before: never run it again for the same answer
+        raise remembered.__class__(remembered.reason, remembered.hint) if not isinstance(remembered, SpecNeeded) \
+            else SpecNeeded(remembered.reason, remembered.hint, remembered.guess)
+    try:
+        return _load_kind(kind, data, name, digest, explicit, trusted, archive, sample_input, device)
+    except GlassboxError as exc:
+        if key and not any(word in exc.reason for word in ("busy", "did not start")):
+            _remember_refusal(key, exc)
+        raise
+
+
+def _load_kind(kind: str, data: bytes, name: str, digest: str, explicit: InputSpec | None, trusted: bool,
+               archive: Any, sample_input: Any, device: Any) -> LoadedModel:
     parts = _load_parts(kind, data, explicit, trusted, archive)
     info = parts.process.info if parts.process is not None else {}
     if parts.process is not None:  # what the graph's own process read of it
@@ -138,6 +153,26 @@ def load_model(
                **({"sandbox": vetting.summary()} if vetting else {})},
     )
     return model.to(device)
+
+
+#: Refusals of a user's model (TorchScript, ``.pt2``, Hugging Face) kept per process, keyed by the bytes'
+#: sha256, the spec, the sample inputs and the limits: a page rerun does not run a refused model again.
+REFUSED_CACHE_SIZE = 128
+_REFUSED: dict[tuple, GlassboxError] = {}
+
+
+def _refusal_key(kind: str, digest: str, explicit: InputSpec | None, sample_input: Any, trusted: bool) -> tuple | None:
+    if kind not in ("torchscript", "export", "huggingface"):
+        return None
+    sample = None if sample_input is None else digest_array(np.asarray(sample_input))
+    return (digest, None if explicit is None else explicit.to_json(), sample, trusted,
+            config.sandbox_memory_bytes(), config.model_call_timeout_s(), config.vetted_batch())
+
+
+def _remember_refusal(key: tuple, exc: GlassboxError) -> None:
+    while len(_REFUSED) >= REFUSED_CACHE_SIZE:
+        _REFUSED.pop(next(iter(_REFUSED)), None)
+    _REFUSED[key] = exc
 
 
 # --------------------------------------------------------------------------

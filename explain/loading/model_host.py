@@ -14,6 +14,7 @@ import importlib
 import io
 import json
 import math
+import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -171,6 +172,8 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
     import traceback
 
     torch.set_num_threads(int(args.get("threads") or 1))
+    if isinstance(args.get("cuda_visible"), str):  # its GPUs (the zygote never started CUDA)
+        os.environ["CUDA_VISIBLE_DEVICES"] = args["cuda_visible"]
     for name in args.get("imports") or []:  # named by the server (trusted): read before the lock
         if isinstance(name, str) and name.startswith("transformers.models."):
             importlib.import_module(name)

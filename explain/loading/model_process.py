@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import glob
 import io
 import json
 import math
@@ -193,10 +194,17 @@ class ModelProcess:
 
     def _spawn(self) -> None:
         workdir = tempfile.mkdtemp(prefix="glassbox-model-")
+        args: dict[str, Any] = {"format": self.format, "threads": max(1, torch.get_num_threads()),
+                                "imports": self._imports}
+        skip, devices = ["rlimit-cpu"], []
+        if config.model_process_gpu():  # the GPUs this server sees, and their device files only
+            args["cuda_visible"] = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(
+                str(i) for i in range(torch.cuda.device_count()))
+            devices = sorted(glob.glob("/dev/nvidia*"))
+            skip.append("rlimit-as")  # CUDA reserves far more address space than it uses
         settings = json.dumps({
             "workdir": workdir, "memory": config.sandbox_memory_bytes(), "cpu": 0, "nofile": 64,
-            "nobody": _sandbox().NOBODY, "root": _sandbox().ROOT, "skip": ["rlimit-cpu"],
-            "args": {"format": self.format, "threads": max(1, torch.get_num_threads()), "imports": self._imports},
+            "nobody": _sandbox().NOBODY, "root": _sandbox().ROOT, "skip": skip, "devices": devices, "args": args,
         })
         try:
             channel = self._open_child(settings, workdir)
@@ -390,7 +398,8 @@ class ModelProcess:
     def _timeout(what: str) -> ModelProcessFailed:
         return ModelProcessFailed(
             f"The model did not finish {what} within {config.model_call_timeout_s():.0f} s, so its "
-            "process was stopped; nothing else was affected.", "Try fewer inputs or steps, or a smaller model.")
+            "process was stopped; nothing else was affected.",
+            "For an honest model, try fewer inputs or steps (an operator can raise GLASSBOX_MODEL_CALL_TIMEOUT_S).")
 
     def _progress(self, reply: dict, callbacks: list[Callable], channel: _Channel) -> None:
         index, args = reply.get("progress"), reply.get("args")

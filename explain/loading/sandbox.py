@@ -123,10 +123,35 @@ def _landlock(libc, applied):
     if fd < 0:
         return
     try:
+        granted = _grant_devices(libc, fd, abi)
         if libc.syscall(sys_restrict, fd, 0) == 0:
+            applied += [f"landlock-device:{path}" for path in granted]
             applied += ["landlock-fs"] + (["landlock-net"] if net else []) + (["landlock-scope"] if scope else [])
     finally:
         _os.close(fd)
+
+
+def _grant_devices(libc, ruleset, abi):
+    """Let the child open its device files (SETTINGS["devices"], e.g. its GPU's) for writing and ioctls."""
+    import ctypes
+
+    class _PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    granted = []
+    for path in SETTINGS.get("devices") or ():
+        try:
+            pfd = _os.open(path, _os.O_PATH | _os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            rule = _PathBeneath((1 << 1) | (1 << 15 if abi >= 5 else 0), pfd)  # write, ioctl on devices
+            if libc.syscall(445, ruleset, 1, ctypes.byref(rule), 0) == 0:  # landlock_add_rule, PATH_BENEATH
+                granted.append(path)
+        finally:
+            _os.close(pfd)
+    return granted
 
 
 def lock_down():
@@ -235,6 +260,7 @@ def run_in_sandbox(
     skip: tuple[str, ...] = (),
     warmup: bytes | Callable[[], bytes] = b"",
     preload: str = "",
+    devices: tuple[str, ...] = (),
 ) -> SandboxRun:
     """Run ``PRELUDE + code`` on ``data`` in a locked-down child and collect its reports.
 
@@ -252,6 +278,7 @@ def run_in_sandbox(
         warmup: trusted bytes (or a function making them) a fresh child may
             work on before ``lock_down`` (``WARMUP``); not sent to a zygote's
             child, which the preload warmed up already.
+        devices: device files the child may open for writing and ioctls despite Landlock (a GPU's).
         preload: trusted code for a zygote (`explain.loading.sandbox_zygote`): when
             given and `explain.config.sandbox_zygote` allows it, the child is
             forked from a zygote that ran it once, else started fresh.
@@ -264,7 +291,7 @@ def run_in_sandbox(
     workdir = tempfile.mkdtemp(prefix="glassbox-sandbox-")
     settings = json.dumps({
         "workdir": workdir, "memory": memory, "cpu": math.ceil(timeout) + 1, "nofile": NOFILE,
-        "nobody": NOBODY, "root": ROOT, "skip": list(skip), "args": args or {},
+        "nobody": NOBODY, "root": ROOT, "skip": list(skip), "args": args or {}, "devices": list(devices),
     })
     start = time.monotonic()
     try:
