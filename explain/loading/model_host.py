@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pickle
+import resource
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 
 from explain.errors import GlassboxError
-from explain.loading.model_process import PENDING_GRAPHS, WIRE_DTYPES, _Callback, _ModelMarker, _to_wire
+from explain.loading.model_process import PENDING_GRAPHS, _Callback, _ModelMarker
+from explain.loading.model_wire import WIRE_DTYPES, describe, encode_result, to_wire
 
 
 def warm_up() -> None:
@@ -101,6 +103,42 @@ def _warm_up_huggingface() -> None:
     capture_attention(model, ids)
 
 
+class StateChanged(GlassboxError):
+    """The graph changed its own weights, buffers or attributes while it ran (it could keep an input)."""
+
+
+def _start_threads() -> None:
+    """Run a parallel operation so the intra-op pool exists before ``RLIMIT_NPROC`` forbids new threads."""
+    a = torch.randn(256, 256)
+    (a @ a).sum()
+    torch.randn(1 << 18).exp().sum()
+
+
+def _fingerprint(value: Any, depth: int = 0) -> Any:
+    """What identifies a module attribute's state: a tensor's identity, storage and version counter."""
+    if isinstance(value, torch.Tensor):
+        return ("T", value._version, value.data_ptr() if value.layout == torch.strided else 0, tuple(value.shape))
+    if depth > 4:
+        return type(value).__name__
+    if isinstance(value, (list, tuple)):
+        return ("L", len(value), tuple(_fingerprint(v, depth + 1) for v in list(value)[:256]))
+    if isinstance(value, dict):
+        return ("D", len(value), tuple((str(k), _fingerprint(v, depth + 1)) for k, v in list(value.items())[:256]))
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return type(value).__name__
+
+
+def state_fingerprint(module: Any) -> Any:
+    """Every attribute of a TorchScript module (recursively) or parameter / buffer of a graph module."""
+    if isinstance(module, torch.jit.ScriptModule):
+        attrs = torch._C._jit_debug_module_iterators(module._c)["named_attributes_r"]
+        return tuple((name, _fingerprint(value)) for name, value in attrs if not isinstance(value, torch.ScriptObject)
+                     and not hasattr(value, "_c"))
+    items = [*module.named_parameters(), *module.named_buffers()]
+    return tuple((name, _fingerprint(value)) for name, value in items)
+
+
 class _ChildModel:
     """The child's graph and the `LoadedModel` built on it for the server's current state."""
 
@@ -124,8 +162,18 @@ class _ChildModel:
             signature = signature_guess(self.program)
         self.fixed = fixed
         self.signature = signature
+        # a user's graph may not keep state between requests (Hugging Face models are transformers' code)
+        self.watched = fmt in ("torchscript", "export")
+        self.fingerprint = state_fingerprint(self.module) if self.watched else None
         self._model = None
         self._state = None
+
+    def check_state(self) -> None:
+        """Raise `StateChanged` when the graph changed any of its own state since it was loaded."""
+        if self.watched and state_fingerprint(self.module) != self.fingerprint:
+            raise StateChanged("The model changed its own weights or buffers while it ran, so it could carry one "
+                               "request's inputs into another; its process was stopped.",
+                               "Export the model in eval mode with no state kept between calls.")
 
     def info(self) -> dict[str, Any]:
         from explain.loading.loader import guess_from_module
@@ -172,6 +220,7 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
     import traceback
 
     torch.set_num_threads(int(args.get("threads") or 1))
+    _start_threads()  # the thread pools, before the lock forbids new threads and processes
     if isinstance(args.get("cuda_visible"), str):  # its GPUs (the zygote never started CUDA)
         os.environ["CUDA_VISIBLE_DEVICES"] = args["cuda_visible"]
     for name in args.get("imports") or []:  # named by the server (trusted): read before the lock
@@ -190,6 +239,7 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
     try:
         child = _ChildModel(data, args["format"])
         del data
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # loaded: no new thread or process from now on
         send({"ok": True, "info": child.info()})
     except BaseException as exc:  # noqa: BLE001 - reported, then the child ends
         send(_error_reply(exc))
@@ -227,19 +277,25 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
                     with torch.no_grad():
                         y = _logits(child.module(x))
                     reply_arrays, extra = [y], {}
-                blobs = [_to_wire(t) for t in reply_arrays]
-                send({"ok": True, **extra, "arrays": [{"dtype": b.dtype.name, "shape": list(b.shape)} for b in blobs]},
-                     [b.tobytes() for b in blobs])
+                child.check_state()
+                blobs = [to_wire(t) for t in reply_arrays]
+                send({"ok": True, **extra, "arrays": [describe(b) for b in blobs]}, [b.tobytes() for b in blobs])
             elif op == "backward":
                 x, y = pending.pop(int(header["handle"]))
                 (g,) = torch.autograd.grad(y, x, arrays[0].to(y.dtype))
-                b = _to_wire(g)
-                send({"ok": True, "arrays": [{"dtype": b.dtype.name, "shape": list(b.shape)}]}, [b.tobytes()])
+                child.check_state()
+                b = to_wire(g)
+                send({"ok": True, "arrays": [describe(b)]}, [b.tobytes()])
             elif op == "call":
-                blob = _run_call(child, payload, send)
-                send({"ok": True, "nbytes": len(blob)}, [blob])
+                tree, result_arrays = _run_call(child, payload, send)
+                child.check_state()
+                body = json.dumps({"tree": tree, "arrays": [describe(a) for a in result_arrays]}).encode()
+                send({"ok": True, "tree_bytes": len(body)}, [body, *(a.tobytes() for a in result_arrays)])
             else:
                 send({"ok": False, "error": f"unknown request {op!r}"})
+        except StateChanged as exc:  # the graph kept something of this request: nobody else may see it
+            send({**_error_reply(exc), "fatal": True})
+            return
         except BaseException as exc:  # noqa: BLE001 - one failed request; the child serves on
             try:
                 send(_error_reply(exc))
@@ -248,8 +304,8 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
                 return
 
 
-def _run_call(child: _ChildModel, payload: bytes, send: Callable[..., None]) -> bytes:
-    """Run a ``call`` request: the library function on the child's model; its result as ``torch.save`` bytes."""
+def _run_call(child: _ChildModel, payload: bytes, send: Callable[..., None]) -> tuple[Any, list[np.ndarray]]:
+    """Run a ``call`` request: the library function on the child's model; its result for the wire."""
     state, module_name, qualname, call_args, call_kwargs = pickle.loads(payload)  # from the server: trusted
     model = child.model(state)
 
@@ -268,9 +324,7 @@ def _run_call(child: _ChildModel, payload: bytes, send: Callable[..., None]) -> 
         func = getattr(func, part)
     func = getattr(func, "__wrapped__", func)  # the function itself, not its dispatcher
     result = func(*(unswap(a) for a in call_args), **{k: unswap(v) for k, v in call_kwargs.items()})
-    buf = io.BytesIO()
-    torch.save(result, buf)
-    return buf.getvalue()
+    return encode_result(result)
 
 
 def _plain(value: Any) -> Any:

@@ -35,10 +35,9 @@ that holds it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
-import glob
-import io
 import json
 import math
 import os
@@ -52,7 +51,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -61,14 +60,18 @@ from torch import nn
 
 from explain import config
 from explain.errors import CorruptFile, GlassboxError, InputRefused, UnsafeFile
+from explain.loading.model_wire import WireError, check_meta, decode_result, describe, to_wire
 
-#: dtypes an array may have on the wire (name -> numpy dtype).
-WIRE_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
-               "int64": np.int64, "int32": np.int32, "bool": np.bool_, "uint8": np.uint8}
 #: Longest JSON header line the parent reads from a child.
 HEADER_BYTES = 1 << 16
 #: Graphs kept in a child for a later ``backward`` (oldest dropped first).
 PENDING_GRAPHS = 4
+#: Largest JSON tree of a ``call``'s result.
+TREE_BYTES = 64 << 20
+#: CPU seconds a child may burn between two requests before it is replaced (it should be idle).
+IDLE_CPU_S = 2.0
+#: The child's error classes the server raises as they are (any other becomes `ModelProcessFailed`).
+CHILD_ERRORS = ("InputRefused", "UnsafeFile", "CorruptFile", "IncompatibleInput", "TooLarge", "UsageError")
 
 
 class ModelProcessFailed(InputRefused):
@@ -93,22 +96,45 @@ class _Channel:
         self.stderr = bytearray()
         self.expired = False
         self.workdir = ""
+        self.cpu_mark = 0.0
+        self._stop = threading.Event()
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
+        """Keep the last 16 KiB of the child's stderr; never blocks `close` (select, then a stop flag)."""
+        import select
+
+        fd = self.errors.fileno()
         try:
-            while chunk := self.errors.read1(65536):
+            while not self._stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if not ready:
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
                 self.stderr.extend(chunk)
                 del self.stderr[:-16384]
         except (OSError, ValueError):
             pass
+        finally:
+            try:
+                self.errors.close()
+            except OSError:
+                pass
 
-    def settimeout(self, seconds: float | None) -> None:
+    def shut(self) -> None:
+        """Kill the child and end any read of its replies now (a blocked read returns end-of-file)."""
+        self.kill()
         if self.sock is not None:
-            self.sock.settimeout(seconds)
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
-        self.kill()
+        self.shut()
+        self._stop.set()
         self._close()
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -197,14 +223,21 @@ class ModelProcess:
         args: dict[str, Any] = {"format": self.format, "threads": max(1, torch.get_num_threads()),
                                 "imports": self._imports}
         skip, devices = ["rlimit-cpu"], []
-        if config.model_process_gpu():  # the GPUs this server sees, and their device files only
-            args["cuda_visible"] = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(
+        gpu = config.model_process_gpu()
+        if gpu:  # the GPUs this server sees, and their device files only
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(
                 str(i) for i in range(torch.cuda.device_count()))
-            devices = sorted(glob.glob("/dev/nvidia*"))
-            skip.append("rlimit-as")  # CUDA reserves far more address space than it uses
+            args["cuda_visible"] = visible
+            indices = [v for v in visible.split(",") if v.strip().isdigit()]
+            devices = [d for d in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
+                                   *(f"/dev/nvidia{i.strip()}" for i in indices)) if os.path.exists(d)]
+            skip.append("rlimit-as")  # CUDA reserves far more address space than it uses: RLIMIT_DATA instead
         settings = json.dumps({
             "workdir": workdir, "memory": config.sandbox_memory_bytes(), "cpu": 0, "nofile": 64,
             "nobody": _sandbox().NOBODY, "root": _sandbox().ROOT, "skip": skip, "devices": devices, "args": args,
+            # no new process or thread from the lock on; a Hugging Face model is loaded (by transformers'
+            # thread pool, from its config) first, its child forbids them once it is loaded
+            "nproc": self.format != "huggingface", "data_limit": gpu,
         })
         try:
             channel = self._open_child(settings, workdir)
@@ -213,17 +246,18 @@ class ModelProcess:
             raise
         channel.workdir = workdir  # the child's empty cwd, removed with it
         self.starts += 1
-        deadline = _sandbox().STARTUP_S
         try:
-            channel.settimeout(deadline)
-            ready = self._read_header(channel, "starting")
+            with _deadline(channel, _sandbox().STARTUP_S):  # the child's own start: forked, or imports
+                ready = self._read_header(channel, "starting")
             if ready.get("phase") != "ready":
                 raise self._failure(channel, "starting", ready)
-            self.protections = [str(p) for p in ready.get("protections", [])][:32]
-            channel.settimeout(config.model_call_timeout_s())
-            loaded = self._read_header(channel, "loading")
+            self.protections = [str(p)[:80] for p in ready.get("protections", [])][:32]
+            with _deadline(channel, config.model_call_timeout_s()):
+                loaded = self._read_header(channel, "loading")
         except BaseException:
             channel.close()
+            if channel.expired:
+                raise self._timeout("loading") from None
             raise
         if not loaded.get("ok"):
             channel.close()
@@ -256,8 +290,14 @@ class ModelProcess:
                 def kill() -> None:
                     child.kill()
 
-                channel = _Channel(child.pid, sock, child.reports, child.errors, kill, exit_code,
-                                   child.close, sock)
+                def close() -> None:  # the stderr reader closes its own end
+                    for stream in (child.reports, sock):
+                        try:
+                            stream.close()
+                        except OSError:
+                            pass
+
+                channel = _Channel(child.pid, sock, child.reports, child.errors, kill, exit_code, close, sock)
                 channel.exit_holder = exit_holder  # the zygote's {"exit": code} line fills it
                 return channel
         env = sandbox.child_env(workdir)
@@ -279,7 +319,7 @@ class ModelProcess:
                 pass
 
         def close_fresh() -> None:
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
+            for stream in (proc.stdin, proc.stdout):
                 try:
                     stream.close()
                 except OSError:
@@ -300,17 +340,21 @@ class ModelProcess:
     # -- one request ------------------------------------------------------------
     def forward(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, int | None]:
         """Logits of ``x`` [B, ...] from the child; ``keep``: it keeps the graph for `backward`."""
-        reply, arrays = self._request({"op": "forward", "keep": bool(keep)}, [x], "running the model")
-        out = _one_array(arrays, "forward")
+        rows = int(x.shape[0])
+
+        def fits(shape: tuple[int, ...]) -> bool:  # [B, K], K at most the label cap
+            return len(shape) == 2 and shape[0] == rows and 1 <= shape[1] <= config.max_labels()
+
+        reply, out = self._request({"op": "forward", "keep": bool(keep)}, [x], "running the model", expect=fits)
         handle = reply.get("handle") if keep else None
-        return torch.from_numpy(out).to(x.device), (int(handle) if isinstance(handle, int) else None)
+        ok = isinstance(handle, int) and not isinstance(handle, bool)
+        return torch.from_numpy(out).to(x.device), (handle if ok else None)
 
     def backward(self, handle: int, grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """The gradient of the kept graph ``handle``'s inputs for ``grad`` of its logits."""
-        _, arrays = self._request({"op": "backward", "handle": int(handle)}, [grad], "differentiating the model")
-        out = _one_array(arrays, "backward")
-        if tuple(out.shape) != tuple(like.shape):
-            raise ModelProcessFailed("The model process returned a gradient of the wrong shape.")
+        want = tuple(like.shape)
+        _, out = self._request({"op": "backward", "handle": int(handle)}, [grad], "differentiating the model",
+                               expect=lambda shape: tuple(shape) == want)
         return torch.from_numpy(out).to(device=like.device, dtype=like.dtype)
 
     def call(self, func: Callable, model: Any, args: tuple, kwargs: dict, what: str = "") -> Any:
@@ -325,74 +369,111 @@ class ModelProcess:
                 return _Callback(len(callbacks) - 1)
             return value
 
-        payload = pickle.dumps((
+        payload = pickle.dumps((  # to the child, which trusts the server
             _model_state(model), func.__module__, func.__qualname__,
             tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()},
         ))
-        reply, blob = self._request({"op": "call"}, [], what or f"running {func.__name__}", payload=payload,
-                                    callbacks=callbacks)
-        return load_result(blob)
+        _, result = self._request({"op": "call"}, [], what or f"running {func.__name__}", payload=payload,
+                                  callbacks=callbacks)
+        return result
 
     def _request(self, header: dict, arrays: list[torch.Tensor], what: str, payload: bytes = b"",
-                 callbacks: list[Callable] | None = None) -> tuple[dict, Any]:
+                 callbacks: list[Callable] | None = None,
+                 expect: Callable[[tuple[int, ...]], bool] | None = None) -> tuple[dict, Any]:
         with self._lock:
             self.start()
             channel = self._channel
+            if channel is not None and _cpu_seconds(channel.pid) - channel.cpu_mark > IDLE_CPU_S:
+                self._drop(channel)  # it worked while it had nothing to do: a fresh one serves instead
+                self.start()
+                channel = self._channel
             assert channel is not None
-            metas, blobs = [], []
-            for t in arrays:
-                a = _to_wire(t)
-                metas.append({"dtype": a.dtype.name, "shape": list(a.shape)})
-                blobs.append(a.tobytes())
-            header = {**header, "arrays": metas, "payload": len(payload)}
-            data = json.dumps(header).encode()
-            watchdog = threading.Timer(config.model_call_timeout_s(), self._expire, (channel,))
-            watchdog.daemon = True
-            watchdog.start()
+            wire = [to_wire(t) for t in arrays]
+            data = json.dumps({**header, "arrays": [describe(a) for a in wire], "payload": len(payload)}).encode()
             try:
-                for blob in [len(data).to_bytes(8, "little") + data, *blobs, payload]:
-                    if blob and channel.sock is None:
-                        channel.writer.write(blob)
-                    elif blob:
-                        channel.writer.sendall(blob)
-                if channel.sock is None:
-                    channel.writer.flush()
-                while True:
-                    reply = self._read_header(channel, what)
-                    if "progress" in reply:
-                        self._progress(reply, callbacks or [], channel)
-                        continue
-                    break
-                if not reply.get("ok"):
-                    raise _error_from(reply)
-                if header["op"] == "call":
-                    blob = self._read_exact(channel, _bounded(reply.get("nbytes")), what)
-                    return reply, blob
-                out = []
-                for meta in reply.get("arrays") or []:
-                    dtype, shape, nbytes = _check_meta(meta)
-                    out.append(np.frombuffer(self._read_exact(channel, nbytes, what), dtype=dtype).reshape(shape))
-                return reply, out
+                with _deadline(channel, config.model_call_timeout_s()):
+                    for blob in [len(data).to_bytes(8, "little") + data, *(a.tobytes() for a in wire), payload]:
+                        if blob and channel.sock is None:
+                            channel.writer.write(blob)
+                        elif blob:
+                            channel.writer.sendall(blob)
+                    if channel.sock is None:
+                        channel.writer.flush()
+                    progress = _Progress(callbacks or [])
+                    while "progress" in (reply := self._read_header(channel, what)):
+                        progress(reply)
+                    progress.finish()
+                    if not reply.get("ok"):
+                        if reply.get("fatal"):  # the child ends itself (a graph that kept state)
+                            self._drop(channel)
+                            raise ModelProcessFailed(str(reply.get("error") or "the model process stopped")[:500],
+                                                     str(reply.get("hint") or "")[:300] or None)
+                        raise _error_from(reply)
+                    if header["op"] == "call":
+                        result = self._read_result(channel, reply, what)
+                    else:
+                        result = self._read_array(channel, reply, what, expect)
+                channel.cpu_mark = _cpu_seconds(channel.pid)
+                return reply, result
+            except WireError:
+                self._drop(channel)  # out of step with the protocol: never read from it again
+                raise
             except GlassboxError:
                 if channel.expired:
                     raise self._timeout(what) from None
                 raise
             except BaseException as exc:
+                self._drop(channel)
                 if channel.expired:
-                    self._drop(channel)
                     raise self._timeout(what) from None
                 if isinstance(exc, (OSError, EOFError, ValueError)):
-                    self._drop(channel)
                     raise self._failure(channel, what, {}) from None
-                self._drop(channel)  # Cancelled or an error in a callback: the child may be mid-work
-                raise
-            finally:
-                watchdog.cancel()
+                raise  # Cancelled or an error in a callback: the child was stopped mid-work
 
-    @staticmethod
-    def _expire(channel: _Channel) -> None:
-        channel.expired = True
-        channel.kill()
+    def _read_array(self, channel: _Channel, reply: dict, what: str,
+                    expect: Callable[[tuple[int, ...]], bool] | None) -> np.ndarray:
+        metas = reply.get("arrays")
+        if not isinstance(metas, list) or len(metas) != 1:
+            raise WireError("The model process sent a reply of the wrong kind.")
+        dtype, shape, nbytes = check_meta(metas[0], config.sandbox_memory_bytes())
+        if dtype.kind != "f" or (expect is not None and not expect(shape)):
+            raise WireError(f"The model process sent an array of the wrong type or shape {list(shape)[:4]}.")
+        return self._read_into(channel, dtype, shape, nbytes, what)
+
+    def _read_result(self, channel: _Channel, reply: dict, what: str) -> Any:
+        size = reply.get("tree_bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= TREE_BYTES:
+            raise WireError("The model process sent a result of an impossible size.")
+        try:
+            body = json.loads(self._read_exact(channel, size, what))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise WireError("The model process sent a malformed result.") from None
+        metas = body.get("arrays") if isinstance(body, dict) else None
+        if not isinstance(metas, list) or len(metas) > 100_000:
+            raise WireError("The model process sent a malformed result.")
+        budget, arrays = config.sandbox_memory_bytes(), []
+        checked = []
+        for meta in metas:  # every size checked against the one budget before any is read
+            dtype, shape, nbytes = check_meta(meta, budget)
+            budget -= nbytes
+            checked.append((dtype, shape, nbytes))
+        for dtype, shape, nbytes in checked:
+            arrays.append(self._read_into(channel, dtype, shape, nbytes, what))
+        try:
+            return decode_result(body.get("tree"), arrays)
+        except RecursionError:
+            raise WireError("The model process sent a result nested too deeply.") from None
+
+    def _read_into(self, channel: _Channel, dtype: np.dtype, shape: tuple[int, ...], nbytes: int,
+                   what: str) -> np.ndarray:
+        out = np.empty(shape, dtype=dtype)  # the bytes announced, read straight into place
+        view, done = memoryview(out).cast("B"), 0
+        while done < nbytes:
+            got = channel.reader.readinto(view[done: done + (1 << 22)])
+            if not got:
+                raise self._failure(channel, what, {})
+            done += got
+        return out
 
     @staticmethod
     def _timeout(what: str) -> ModelProcessFailed:
@@ -400,13 +481,6 @@ class ModelProcess:
             f"The model did not finish {what} within {config.model_call_timeout_s():.0f} s, so its "
             "process was stopped; nothing else was affected.",
             "For an honest model, try fewer inputs or steps (an operator can raise GLASSBOX_MODEL_CALL_TIMEOUT_S).")
-
-    def _progress(self, reply: dict, callbacks: list[Callable], channel: _Channel) -> None:
-        index, args = reply.get("progress"), reply.get("args")
-        if not isinstance(index, int) or not 0 <= index < len(callbacks) or not isinstance(args, list):
-            return
-        args = [a for a in args[:4] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]
-        callbacks[index](*args)
 
     def _drop(self, channel: _Channel) -> None:
         with self._lock:
@@ -430,8 +504,8 @@ class ModelProcess:
                 raise ModelProcessFailed("The model process sent a malformed reply.")
             if "exit" in item and len(item) == 1:  # the zygote's line: the child has exited
                 holder = getattr(channel, "exit_holder", None)
-                if holder is not None and isinstance(item["exit"], int):
-                    holder["code"] = item["exit"]
+                if holder is not None and isinstance(item["exit"], int) and not _alive(channel.pid):
+                    holder["code"] = item["exit"]  # believed only once the child is gone (else forged)
                 raise self._failure(channel, what, {})
             return item
 
@@ -503,34 +577,75 @@ def _is_library(value: Any) -> bool:
     return getattr(value, "__module__", "") in ("builtins",)
 
 
-def _bounded(n: Any) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or n > config.sandbox_memory_bytes():
-        raise ModelProcessFailed("The model process announced a reply of an impossible size.")
-    return n
+@contextlib.contextmanager
+def _deadline(channel: _Channel, seconds: float) -> Iterator[None]:
+    """Stop the child (and so end any read from it) if the block runs past ``seconds``."""
+
+    def expire() -> None:
+        channel.expired = True
+        channel.shut()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
-def _check_meta(meta: Any) -> tuple[np.dtype, tuple[int, ...], int]:
-    """dtype, shape and byte count of an array the child announces (all checked)."""
-    if not isinstance(meta, dict) or meta.get("dtype") not in WIRE_DTYPES:
-        raise ModelProcessFailed("The model process sent an array of an unknown type.")
-    shape = meta.get("shape")
-    if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
-        raise ModelProcessFailed("The model process sent an array of an impossible shape.")
-    dtype = np.dtype(WIRE_DTYPES[meta["dtype"]])
-    return dtype, tuple(shape), _bounded(math.prod(shape) * dtype.itemsize)
+class _Progress:
+    """A child's progress messages, checked and passed on to the server's callbacks at most every 50 ms."""
+
+    EVERY_S = 0.05
+
+    def __init__(self, callbacks: list[Callable]):
+        self.callbacks, self.last, self.pending = callbacks, 0.0, None
+
+    def __call__(self, reply: dict) -> None:
+        index, args = reply.get("progress"), reply.get("args")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.callbacks):
+            return
+        if not isinstance(args, list):
+            return
+        clean = []
+        for a in args[:4]:
+            if isinstance(a, bool) or not isinstance(a, (int, float, str)):
+                continue
+            if isinstance(a, float) and not math.isfinite(a):
+                continue
+            clean.append(a[:200] if isinstance(a, str) else a)
+        self.pending = (index, clean)
+        now = time.monotonic()
+        if now - self.last >= self.EVERY_S:
+            self.finish()
+            self.last = now
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            index, args = self.pending
+            self.pending = None
+            self.callbacks[index](*args)
 
 
-def _one_array(arrays: list[np.ndarray], what: str) -> np.ndarray:
-    if len(arrays) != 1 or arrays[0].dtype.kind != "f":
-        raise ModelProcessFailed(f"The model process's {what} reply holds no float array.")
-    return arrays[0].copy()  # writable, owned
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def _to_wire(t: torch.Tensor) -> np.ndarray:
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        t = t.float()
-    return np.ascontiguousarray(t.cpu().numpy())
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _error_from(reply: dict) -> GlassboxError:
@@ -541,7 +656,7 @@ def _error_from(reply: dict) -> GlassboxError:
     reason = str(reply.get("error") or "the model failed")[:500]
     hint = reply.get("hint")
     hint = str(hint)[:300] if isinstance(hint, str) else None
-    cls = getattr(errors, name, None) if isinstance(name, str) and name.isidentifier() else None
+    cls = getattr(errors, name, None) if name in CHILD_ERRORS else None  # never Cancelled, PermissionDenied...
     if isinstance(cls, type) and issubclass(cls, GlassboxError):
         return cls(reason, hint)
     return ModelRaised(reason)  # as the graph's own error would have been raised here
@@ -567,42 +682,6 @@ def _checked_info(info: Any) -> dict[str, Any]:
             "parameters": small_int(info.get("parameters")) or 0,
             "signature": guess(info.get("signature")), "module_guess": guess(info.get("module_guess")),
             "hookable": bool(info.get("hookable"))}
-
-
-@functools.cache
-def _safe_globals() -> list[Any]:
-    """What a ``call``'s result may contain besides tensors: numpy arrays and scalars, Glassbox dataclasses."""
-    import enum
-
-    allowed: list[Any] = [np.ndarray, np.dtype]
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-    allowed += [_reconstruct, scalar]
-    allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                                             "uint8", "bool", "complex64", "complex128", "U1", "uint16",
-                                             "uint32", "uint64")]
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("explain.") or module is None:
-            continue
-        for value in vars(module).values():
-            if isinstance(value, type) and value.__module__ == name and (
-                    dataclasses.is_dataclass(value) or issubclass(value, enum.Enum)):
-                allowed.append(value)
-    allowed += [collections.OrderedDict, set, frozenset, complex, slice]
-    return allowed
-
-
-def load_result(blob: bytes) -> Any:
-    """A ``call``'s result from the child's bytes: tensors, numpy and Glassbox dataclasses only."""
-    _safe_globals.cache_clear()  # modules imported since the last call may add dataclasses
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - anything the child sent that is not plain data
-        raise ModelProcessFailed(f"The model process sent a result that is not plain data ({type(exc).__name__}).") \
-            from None
 
 
 def _model_state(model: Any) -> dict[str, Any]:
@@ -663,7 +742,7 @@ def in_model_process(func: Callable) -> Callable:
     For a model loaded in this process (eager weights, or inside the child itself)
     the function runs here. Arguments are pickled to the child (it trusts the
     server); callables among them (progress) are called back with what the child
-    passes them; the result is read back as plain data only (`load_result`).
+    passes them; the result is read back as checked plain data only (`explain.loading.model_wire`).
     """
 
     @functools.wraps(func)
@@ -713,4 +792,4 @@ class _RemoteCall(torch.autograd.Function):
 
 
 __all__ = ["ModelProcess", "ModelProcessFailed", "RemoteModule", "in_model_process", "live_processes",
-           "load_result", "CorruptFile", "UnsafeFile"]
+           "CorruptFile", "UnsafeFile"]

@@ -190,6 +190,10 @@ def lock_down():
         ("rlimit-core", resource.RLIMIT_CORE, 0, 0),
         ("rlimit-as", resource.RLIMIT_AS, vm_size + SETTINGS["memory"], vm_size + SETTINGS["memory"]),
         ("rlimit-cpu", resource.RLIMIT_CPU, int(cpu) + 1, int(cpu) + 2),
+        *([("rlimit-data", resource.RLIMIT_DATA, _vm("VmData") + SETTINGS["memory"],
+            _vm("VmData") + SETTINGS["memory"])] if SETTINGS.get("data_limit") else []),
+        # no new process or thread: nothing can escape the kill of this one (its pools exist already)
+        *([("rlimit-nproc", resource.RLIMIT_NPROC, 0, 0)] if SETTINGS.get("nproc") else []),
     ):
         if name in skip:
             continue

@@ -125,6 +125,11 @@ while True:
         sock.sendall((json.dumps({"pid": pid}) + "\n").encode())
     except OSError:
         pass
+for pid in list(socks):  # the server went away: so do the children it left (each leads its session)
+    try:
+        os.killpg(pid, 9)
+    except OSError:
+        pass
 '''
 
 
