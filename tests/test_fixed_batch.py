@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from explain.output.engine import ModelFunction
-from tests.conftest import in_process
 from explain.output.methods import get_method
+from tests.conftest import in_process
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
