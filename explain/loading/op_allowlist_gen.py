@@ -25,13 +25,23 @@ list it came from: an operator any of whose overloads takes or returns a
 ``Stream``, or a ``str`` argument named like a path (`PATH_ARGUMENTS`), and
 every name in `explain.loading.op_allowlist.DENIED_NAMES` (files, processes, raw
 memory, uninitialised memory, global RNG state).
+
+And operators that trust their arguments are removed (issue 19): every
+``*_backward`` operator and every internal ``aten::_*`` one (`is_internal`;
+``max_pool2d_with_indices_backward`` writes at whatever index it is given),
+except the reviewed `INTERNAL_EXCEPTIONS`, and every operator that crashes
+the process in ``tests/test_op_fuzz.py`` (`CRASHING_OPS`). That test calls
+every operator left on the list with crafted arguments in child processes.
+Crashes that no removal can fix without refusing the models we support (a
+dtype int out of range, a zero head count, a packed RNN's ``batch_sizes``)
+are its ``UNGUARDED``: they need a check where the arguments are known.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from explain.loading.op_allowlist import ALLOWLIST_FILE, DENIED_NAMES
+from explain.loading.op_allowlist import ALLOWLIST_FILE, DENIED_NAMES, parse_allowlist
 
 #: ``str`` argument names that mean "a path": an operator taking one is refused.
 PATH_ARGUMENTS = frozenset("filename file path filepath fname dirname directory dir f".split())
@@ -101,6 +111,56 @@ max min abs rangelist tolist NumToTensor StringIndex EnumName EnumValue isinstan
 ModuleContainerIndex
 """
 
+#: Internal (``aten::_*``) operators kept although `is_internal`: each is needed by a model we
+#: support, and ``tests/test_op_fuzz.py`` calls it with crafted arguments (huge and negative
+#: indices, odd strides, storage offsets, empty and one-element tensors) without a crash, but
+#: for that test's ``UNGUARDED`` arguments (``_to_copy`` with a dtype of -1, the attention
+#: kernels with zero heads).
+#: No ``*_backward`` operator is here: a forward graph never needs one. Left off although a
+#: decomposed .pt2 may call them: ``_softmax`` / ``_log_softmax`` (their ``.out`` writes past a
+#: zero-stride ``out``), ``_native_batch_norm_legit`` (``no_stats`` with ``training=False``
+#: dereferences the missing statistics), ``_native_batch_norm_legit_no_training`` / ``_functional``
+#: (a ``running_mean`` of the wrong size), ``_fft_r2c`` / ``_fft_c2r`` (an unchecked ``dim``),
+#: ``_pdist_forward`` (an empty 3-d input; ``pdist`` checks it): all segfault.
+INTERNAL_EXCEPTIONS = frozenset(
+    # TorchScript language: dict / list assignment (``d[k] = v``) and Optional refinement.
+    """_set_item _unwrap_optional"""
+    # Scripted nn.MultiheadAttention / nn.TransformerEncoder(Layer) (the sentiment sample):
+    # their fast path is in the code the archive carries.
+    """ _native_multi_head_attention _transformer_encoder_layer_fwd _nested_tensor_from_mask
+    _nested_tensor_from_mask_left_aligned"""
+    # Scripted F.interpolate / nn.Upsample: every mode's kernel is named in its code.
+    """ _upsample_nearest_exact1d _upsample_nearest_exact2d _upsample_nearest_exact3d _upsample_bilinear2d_aa
+    _upsample_bicubic2d_aa _upsample_lanczos2d_aa"""
+    # torch.jit.trace of any convolution.
+    """ _convolution"""
+    # torch.export: runtime checks (dtype conversions, dynamic-shape guards).
+    """ _assert_tensor_metadata _assert_scalar"""
+    # Core ATen forward operators a .pt2 decomposed with run_decompositions() calls
+    # (.to, EmbeddingBag, adaptive pooling, .item(), cdist).
+    """ _to_copy _embedding_bag _adaptive_avg_pool2d _adaptive_avg_pool3d _local_scalar_dense
+    _cdist_forward""".split()
+)
+
+#: Operators that crashed the process in ``tests/test_op_fuzz.py`` (a signal, not an error),
+#: with the arguments that did it; off the list whatever rule admitted them.
+CRASHING_OPS: dict[str, str] = {
+    "__interpolate": "SIGSEGV: scale_factor=[] (an empty scale list is indexed)",
+    "__upsample_bilinear": "SIGSEGV: scale_factor=[]",
+    "native_batch_norm": "SIGSEGV: training=False without running_mean / running_var",
+    "avg_pool3d": "SIGABRT (heap corruption): .out into a zero-stride out tensor",
+    "max_pool3d_with_indices": "SIGABRT (heap corruption): .out into an overlapping out tensor",
+    "reflection_pad2d": "SIGABRT (heap corruption): .out into a zero-stride out tensor",
+    "reflection_pad3d": "SIGABRT (heap corruption): .out into a zero-stride out tensor",
+    "replication_pad2d": "SIGABRT (heap corruption): .out into a zero-stride out tensor",
+    "replication_pad3d": "SIGABRT (heap corruption): .out into a zero-stride out tensor",
+    "log_sigmoid_forward": "SIGSEGV: .output with a zero-stride buffer",
+    "median": "SIGSEGV: .dim_values with values aliasing self",
+    "repeat_interleave": "SIGSEGV: .self_Tensor with one huge repeat",
+    "embedding_bag": "SIGSEGV: .padding_idx with empty offsets and per_sample_weights",
+    "col2im": "SIGABRT (heap corruption): .out into a zero-stride out tensor",
+}
+
 HIGHER_ORDER_OPS = """
 cond while_loop map_impl scan associative_scan wrap_with_set_grad_enabled wrap_with_autocast
 """
@@ -125,7 +185,11 @@ def generate_text() -> str:
     unknown = sorted(op for op in wanted if op not in schemas and op not in structural)
     if unknown:
         raise SystemExit(f"These curated operators do not exist in torch {torch.__version__}: {', '.join(unknown)}")
-    allowed = sorted(op for op in wanted if _is_safe(op, schemas.get(op, [])))
+    unreviewed = sorted(op for op in INTERNAL_EXCEPTIONS | set(CRASHING_OPS) if f"aten::{op}" not in schemas)
+    if unreviewed:
+        raise SystemExit(f"These reviewed operators do not exist in torch {torch.__version__}: {', '.join(unreviewed)}")
+    allowed = sorted(op for op in wanted if _is_safe(op, schemas.get(op, [])) and not is_internal(op)
+                     and op.split("::", 1)[1] not in CRASHING_OPS)
     from torch._ops import _higher_order_ops
 
     higher = sorted(f"higher_order::{n}" for n in HIGHER_ORDER_OPS.split() if n in _higher_order_ops)
@@ -133,8 +197,9 @@ def generate_text() -> str:
         "# Operators an uploaded TorchScript or .pt2 model may call (see explain/loading/op_allowlist.py).",
         f"# Generated by `python -m explain.loading.op_allowlist_gen --write` from torch {torch.__version__.split('+')[0]}:",
         "# core ATen + in-place variants, composite ops TorchScript/export emit, TorchScript language ops,",
-        "# higher-order ops; minus anything taking a Storage, a path or a torchbind object, and",
-        "# explain.loading.op_allowlist.DENIED_NAMES. Do not edit by hand; review the diff when it changes.",
+        "# higher-order ops; minus anything taking a Storage, a path or a torchbind object,",
+        "# explain.loading.op_allowlist.DENIED_NAMES, *_backward and internal aten::_* operators (but the",
+        "# reviewed INTERNAL_EXCEPTIONS) and the fuzz's CRASHING_OPS. Do not edit by hand; review the diff.",
         f"# {len(allowed) + len(higher)} operators.",
     ]
     return "\n".join(header + allowed + higher) + "\n"
@@ -151,6 +216,17 @@ def _core_ops(torch) -> set[str]:
         if torch.Tag.core in op.tags:
             names.add(name)
     return names
+
+
+def is_internal(op: str) -> bool:
+    """True for a backward or internal ``aten`` operator (``aten::*_backward*``, ``aten::_x``) not reviewed.
+
+    ``aten::__x`` (TorchScript's Python dunders and language builtins) is not internal.
+    """
+    namespace, _, name = op.partition("::")
+    if namespace != "aten" or name in INTERNAL_EXCEPTIONS:
+        return False
+    return "_backward" in name or (name.startswith("_") and not name.startswith("__"))
 
 
 def _is_safe(op: str, schemas: list) -> bool:
@@ -179,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     text = generate_text()
     if args.write:
         ALLOWLIST_FILE.write_text(text, encoding="utf-8")
-        print(f"wrote {ALLOWLIST_FILE} ({text.count(chr(10)) - 6} operators)")
+        print(f"wrote {ALLOWLIST_FILE} ({len(parse_allowlist(text))} operators)")
         return 0
     current = ALLOWLIST_FILE.read_text(encoding="utf-8") if ALLOWLIST_FILE.exists() else ""
     if current != text:
