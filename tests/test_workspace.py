@@ -89,7 +89,8 @@ def record(title: str = "a run", version: int = 1, model: str = "m", **kw) -> Ru
 MAY = {
     "viewer": {Action.READ},
     "reviewer": {Action.READ, Action.COMMENT, Action.DECIDE},
-    "editor": {Action.READ, Action.COMMENT, Action.DECIDE, Action.UPLOAD, Action.SAVE_RUN, Action.EDIT_REGISTRY},
+    "editor": {Action.READ, Action.COMMENT, Action.DECIDE, Action.UPLOAD, Action.SAVE_RUN, Action.EDIT_REGISTRY,
+               Action.LOAD_MODEL},
     "admin": set(Action),
     None: set(),
 }
@@ -187,6 +188,8 @@ def _write_calls() -> list[Call]:
              prep=target_user),
         Call("users.remove", Action.MANAGE_USERS, lambda ws, a, c, name: ws.users.remove(a, name), prep=target_user),
         Call("users.add_token", Action.MANAGE_TOKENS, lambda ws, a, c, _: ws.users.add_token(a, c.fresh("tok-"), "viewer")),
+        Call("workspace.load_model", Action.LOAD_MODEL,  # the loader stands in: only the check is the library's
+             lambda ws, a, c, _: ws.load_model(a, b"model bytes", loader=lambda data: data)),
         Call("audit.rows", Action.READ_AUDIT, lambda ws, a, c, _: ws.audit.rows(a)),
         Call("audit.csv", Action.READ_AUDIT, lambda ws, a, c, _: ws.audit.csv(a)),
     ]

@@ -165,8 +165,8 @@ def _refusal_key(kind: str, digest: str, explicit: InputSpec | None, sample_inpu
     if kind not in ("torchscript", "export", "huggingface"):
         return None
     sample = None if sample_input is None else digest_array(np.asarray(sample_input))
-    return (digest, None if explicit is None else explicit.to_json(), sample, trusted,
-            config.sandbox_memory_bytes(), config.model_call_timeout_s(), config.vetted_batch())
+    limits = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("GLASSBOX_")))  # every cap
+    return (digest, None if explicit is None else explicit.to_json(), sample, trusted, limits)
 
 
 def _remember_refusal(key: tuple, exc: GlassboxError) -> None:

@@ -78,7 +78,7 @@ class Randomization(Metric):
 
     def incompatibility(self, model: LoadedModel) -> str | None:
         if model.process is not None:  # a user's graph or a Hugging Face model: its weights stay in its process
-            return ("The randomisation check rewrites the model's parameters, which stay in the model's own "
+            return ("The randomisation check needs the model's parameters, which stay in the model's own "
                     f"process for a {model.format} model; load the weights (safetensors / checkpoint).")
         if not model.is_eager:
             return ("The randomisation check needs the model's parameters, which a "
