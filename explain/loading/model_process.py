@@ -577,21 +577,54 @@ def _is_library(value: Any) -> bool:
     return getattr(value, "__module__", "") in ("builtins",)
 
 
+class _Watchdog:
+    """One thread that stops children whose request ran past its deadline (no thread per request)."""
+
+    def __init__(self):
+        self._deadlines: dict[int, tuple[float, _Channel]] = {}
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, channel: _Channel, seconds: float) -> int:
+        with self._lock:
+            token = id(channel) ^ int(time.monotonic() * 1e9)
+            self._deadlines[token] = (time.monotonic() + seconds, channel)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="glassbox-model-watchdog", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+            return token
+
+    def release(self, token: int) -> None:
+        with self._lock:
+            self._deadlines.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [t for t, (when, _) in self._deadlines.items() if when <= now]
+                expired = [self._deadlines.pop(t)[1] for t in due]
+                if not expired:
+                    soonest = min((when for when, _ in self._deadlines.values()), default=now + 60)
+                    self._lock.wait(max(0.01, soonest - now))
+                    continue
+            for channel in expired:
+                channel.expired = True
+                channel.shut()
+
+
+_WATCHDOG = _Watchdog()
+
+
 @contextlib.contextmanager
 def _deadline(channel: _Channel, seconds: float) -> Iterator[None]:
     """Stop the child (and so end any read from it) if the block runs past ``seconds``."""
-
-    def expire() -> None:
-        channel.expired = True
-        channel.shut()
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
+    token = _WATCHDOG.watch(channel, seconds)
     try:
         yield
     finally:
-        timer.cancel()
+        _WATCHDOG.release(token)
 
 
 class _Progress:
