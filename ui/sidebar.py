@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explain.config import max_upload_mb
+from explain.loading.model_process import prestart
 from explain.workspace import Action
 from sample_models import SAMPLE_NAMES
 from ui import state
@@ -61,6 +62,7 @@ def render_sidebar() -> None:
                 state.set_sample(current)
         else:
             state.set_upload_mode()
+            prestart()  # the sandbox that runs uploaded graphs starts while the person picks a file
             _render_uploads()
         if not state.upload_mode() or (state.model_upload() is not None and state.upload_failure() is None):
             _render_model_card()

@@ -46,10 +46,6 @@ def warm_up() -> None:
     from explain.model import LoadedModel
     from explain.spec import InputSpec
 
-    try:
-        _warm_up_huggingface()
-    except Exception:  # noqa: BLE001 - a warm-up, not a check
-        pass
     for fmt in ("torchscript", "export"):
         data = warmup_graph(fmt)
         if not data:
@@ -76,8 +72,16 @@ def warm_up() -> None:
             pass
 
 
+def warm_up_huggingface() -> None:
+    """In the zygote of Hugging Face model processes: a tiny BERT built from memory as
+    `explain.loading.huggingface` builds one, explained and attended (transformers' lazy imports)."""
+    try:
+        _warm_up_huggingface()
+    except Exception:  # noqa: BLE001 - a warm-up, not a check
+        pass
+
+
 def _warm_up_huggingface() -> None:
-    """A tiny BERT built from memory as `explain.loading.huggingface` builds one, explained and attended."""
     from transformers import BertConfig, BertForSequenceClassification
 
     from explain.loading.huggingface import HFClassifier

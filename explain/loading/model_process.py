@@ -273,7 +273,8 @@ class ModelProcess:
         if config.sandbox_zygote():
             from explain.loading.sandbox_zygote import get_zygote
 
-            zygote = get_zygote(MODEL_PRELOAD, sandbox.child_env(tempfile.gettempdir()), sandbox.ROOT)
+            preload = HF_PRELOAD if self.format == "huggingface" else MODEL_PRELOAD
+            zygote = get_zygote(preload, sandbox.child_env(tempfile.gettempdir()), sandbox.ROOT)
             child = zygote.spawn(sandbox.STARTUP_S) if zygote is not None else None
             if child is not None:
                 header = json.dumps({"code": program, "argv1": settings}).encode()
@@ -302,7 +303,8 @@ class ModelProcess:
                 return channel
         env = sandbox.child_env(workdir)
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", sandbox.PRELUDE + MODEL_PRELOAD + SERVE_CODE, settings],
+            [sys.executable, "-I", "-c", sandbox.PRELUDE + (HF_PRELOAD if self.format == "huggingface" else
+                                                             MODEL_PRELOAD) + SERVE_CODE, settings],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, cwd=workdir, start_new_session=True, close_fds=True,
         )
@@ -545,6 +547,31 @@ class ModelProcess:
         return ModelProcessFailed(f"The model's process stopped while {what} ({last}).")
 
 
+_PRESTARTED = False
+
+
+def prestart() -> None:
+    """Start the model processes' zygote in the background (a person is about to upload a model), so the
+    first upload does not wait for its imports; no-op when it runs already or zygotes are off."""
+    global _PRESTARTED
+    with _LIVE_LOCK:
+        if _PRESTARTED or not config.sandbox_zygote():
+            return
+        _PRESTARTED = True
+
+    def start() -> None:
+        from explain.loading.sandbox_zygote import get_zygote
+
+        sandbox = _sandbox()
+        zygote = get_zygote(MODEL_PRELOAD, sandbox.child_env(tempfile.gettempdir()), sandbox.ROOT)
+        child = zygote.spawn(sandbox.STARTUP_S) if zygote is not None else None  # waits for its preload
+        if child is not None:
+            child.kill()
+            child.close()
+
+    threading.Thread(target=start, name="glassbox-zygote-prestart", daemon=True).start()
+
+
 def load_remote_parts(data: bytes, fmt: str, embedded: Any = None, probe: Any = None, *,
                       architecture: str | None = None, extra: dict | None = None,
                       imports: list[str] | None = None) -> Any:
@@ -758,6 +785,10 @@ except RuntimeError:
     pass
 from explain.loading import model_host as _mp
 _mp.warm_up()
+"""
+#: The preload of model processes of Hugging Face models: the same, and transformers warmed up too.
+HF_PRELOAD = MODEL_PRELOAD + """
+_mp.warm_up_huggingface()
 """
 
 SERVE_CODE = r"""
