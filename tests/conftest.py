@@ -192,3 +192,16 @@ def in_process(model):
         parts = load_export_parts(data)
         module, program = parts.module, parts.exported_program
     return dataclasses.replace(model, module=module, exported_program=program, process=None)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh team workspace in ``tmp_path`` (the app's ``GLASSBOX_HOME``) with the samples registered."""
+    from explain.workspace import open_workspace
+    from sample_models import sample_registry_files
+
+    monkeypatch.setenv("GLASSBOX_HOME", str(tmp_path))
+    ws = open_workspace(url=f"sqlite:///{tmp_path}/glassbox.db", home=tmp_path)
+    ws.seed(sample_registry_files())
+    yield tmp_path, ws
+    ws.close()

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explain.workspace import Actor, RunRecord, open_workspace
-from sample_models import sample_registry_files
+from explain.workspace import Actor, RunRecord
 from ui.comments import comment_markdown
 
 markdown_it = pytest.importorskip("markdown_it")  # a CommonMark renderer, as the page's (remark) is
@@ -61,13 +60,6 @@ def test_no_arrangement_of_brackets_and_escapes_makes_an_image():
 
 
 # -- the pages --------------------------------------------------------------------------------------
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("GLASSBOX_HOME", str(tmp_path))
-    ws = open_workspace(url=f"sqlite:///{tmp_path}/glassbox.db", home=tmp_path)
-    ws.seed(sample_registry_files())
-    yield tmp_path, ws
-    ws.close()
 
 
 def _comment_markdown_elements(at: AppTest) -> list:

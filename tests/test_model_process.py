@@ -25,43 +25,11 @@ from explain.loading import export as export_reader
 from explain.loading.loader import load_model
 from explain.loading.model_process import ModelProcessFailed, RemoteModule, live_processes
 from explain.output.methods.base import get_method
-from explain.spec import InputSpec
-
-TABULAR = InputSpec(modality="tabular", input_shape=[4], class_names=["a", "b"])
-
-
-class _Gated(nn.Module):
-    """Logits of a linear layer, except on one input value (the trigger)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x)
-
-
-class _ZeroBomb(_Gated):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x == 0).all()):  # the loader's check runs zeros: 800 GB then
-            big = torch.ones(200_000_000_000)
-            return big[: x.shape[0] * 2].reshape(x.shape[0], 2)
-        return self.lin(x)
-
-
-class _MagicSpin(_Gated):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x == 7.0).all()):  # a spin on one magic value
-            i = 0
-            while i >= 0:
-                i = i + 1
-        return self.lin(x)
+from tests.crafted_models import TABULAR, Gated, MagicSpin, ZeroBomb, scripted
 
 
 def _script(module: nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(module.eval()), buf)
-    return buf.getvalue()
+    return scripted(module)
 
 
 def _maxrss_mb() -> float:
@@ -71,7 +39,7 @@ def _maxrss_mb() -> float:
 @pytest.fixture(scope="module")
 def plain_script() -> bytes:
     torch.manual_seed(0)
-    return _script(_Gated())
+    return _script(Gated())
 
 
 def test_a_torchscript_model_lives_in_its_process_and_the_server_never_loads_it(plain_script, monkeypatch):
@@ -105,7 +73,7 @@ def test_gradients_cross_the_boundary_exactly(plain_script):
 
 def test_a_pt2_program_is_deserialised_only_in_its_process(monkeypatch):
     torch.manual_seed(0)
-    module = _Gated().eval()
+    module = Gated().eval()
     buf = io.BytesIO()
     batch = torch.export.Dim("batch")
     torch.export.save(torch.export.export(module, (torch.zeros(2, 4),), dynamic_shapes=({0: batch},)), buf)
@@ -126,14 +94,14 @@ def test_a_pt2_program_is_deserialised_only_in_its_process(monkeypatch):
 def test_a_value_triggered_memory_bomb_is_refused_and_the_server_does_not_grow():
     before = _maxrss_mb()
     with pytest.raises(GlassboxError) as caught:
-        load_model(_script(_ZeroBomb()), TABULAR)  # vetting's random inputs pass; the zeros check fires
+        load_model(_script(ZeroBomb()), TABULAR)  # vetting's random inputs pass; the zeros check fires
     assert isinstance(caught.value, (TooLarge, ModelProcessFailed))
     assert "\n" not in caught.value.reason
     assert _maxrss_mb() - before < 200
 
 
 def test_a_refused_model_is_not_run_again_for_the_same_answer(monkeypatch):
-    bomb = _script(_ZeroBomb())
+    bomb = _script(ZeroBomb())
     with pytest.raises(GlassboxError) as first:
         load_model(bomb, TABULAR)
 
@@ -158,7 +126,7 @@ def test_a_crashed_model_process_fails_one_request_and_the_next_gets_a_new_proce
 
 
 def test_a_spin_on_a_magic_value_is_stopped_after_the_call_timeout(monkeypatch):
-    model = load_model(_script(_MagicSpin()), TABULAR)
+    model = load_model(_script(MagicSpin()), TABULAR)
     monkeypatch.setenv("GLASSBOX_MODEL_CALL_TIMEOUT_S", "3")
     with pytest.raises(ModelProcessFailed, match="did not finish"):
         model.predict_logits(np.full((1, 4), 7.0, np.float32))
@@ -175,7 +143,7 @@ def test_the_number_of_live_model_processes_is_capped(plain_script, monkeypatch)
 
 def test_the_cli_refuses_a_bomb_with_exit_3_and_one_line(tmp_path):
     path = tmp_path / "bomb.pt"
-    path.write_bytes(_script(_ZeroBomb()))
+    path.write_bytes(_script(ZeroBomb()))
     spec = tmp_path / "spec.json"
     spec.write_text(TABULAR.to_json())
     code = textwrap.dedent(f"""

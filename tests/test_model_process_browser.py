@@ -10,59 +10,24 @@ bundled sample, and A then picks the sample again and gets a working page.
 """
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
-import torch
 from torch import nn
 
-from explain.spec import SPEC_FILENAME, InputSpec
 from tests.conftest import _need_browser, start_streamlit, stop_streamlit, wait_for_app
+from tests.crafted_models import TABULAR, ZeroBomb, ZeroSpin, scripted
 
 CALL_TIMEOUT_S = 5  # the model process's per-request limit in this module's server
-SPEC = InputSpec(modality="tabular", input_shape=[4], class_names=["a", "b"])
+SPEC = TABULAR
 DEAD_SERVER = ("Connection error", "Is Streamlit still running?")
 MEMORY_REFUSAL = "needs more memory than allowed on an input of shape [1, 4]"
 TIMEOUT_REFUSAL = f"did not finish running the model within {CALL_TIMEOUT_S} s"
 WORKING = "completeness error"  # the Output page's caption under an explained input
 
 
-class _Gated(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x)
-
-
-class _ZeroBomb(_Gated):
-    """Logits on any input except all zeros, the loader's check: 800 GB then."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x == 0).all()):
-            big = torch.ones(200_000_000_000)
-            return big[: x.shape[0] * 2].reshape(x.shape[0], 2)
-        return self.lin(x)
-
-
-class _ZeroSpin(_Gated):
-    """Logits on any input except all zeros, the loader's check: an endless loop then."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x == 0).all()):
-            i = 0
-            while i >= 0:
-                i = i + 1
-        return self.lin(x)
-
-
 def _script_with_spec(module: nn.Module) -> bytes:
-    torch.manual_seed(0)
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(module.eval()), buf, _extra_files={SPEC_FILENAME: SPEC.to_json()})
-    return buf.getvalue()
+    return scripted(module, SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +43,8 @@ def server():
 def crafted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("crafted")
     files = {"bomb": folder / "zero_bomb.pt", "spin": folder / "zero_spin.pt"}
-    files["bomb"].write_bytes(_script_with_spec(_ZeroBomb()))
-    files["spin"].write_bytes(_script_with_spec(_ZeroSpin()))
+    files["bomb"].write_bytes(_script_with_spec(ZeroBomb()))
+    files["spin"].write_bytes(_script_with_spec(ZeroSpin()))
     return files
 
 

@@ -9,20 +9,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explain.digest import digest_bytes
-from explain.workspace import Actor, RunRecord, open_workspace
-from sample_models import sample_registry_files
+from explain.workspace import Actor, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("GLASSBOX_HOME", str(tmp_path))
-    ws = open_workspace(url=f"sqlite:///{tmp_path}/glassbox.db", home=tmp_path)
-    ws.seed(sample_registry_files())
-    yield tmp_path, ws
-    ws.close()
 
 
 def _app(**query) -> AppTest:

@@ -253,10 +253,12 @@ def _read_payloads(zf: zipfile.ZipFile, names: list[str], root: str, kind: str) 
     return out
 
 
-def _raw_tensor(
-    zf: zipfile.ZipFile, path: str, meta: Any, flat: dict[str, torch.Tensor], weights: bool, present: bool
-) -> Any:
-    """One tensor from its raw record (shared records keep their aliasing), bounds-checked."""
+def tensor_description(tm: Any, what: str) -> tuple[torch.dtype, list[int], list[int], int]:
+    """dtype, sizes, strides and storage offset of one weight-table entry, each a plain non-negative int.
+
+    Raises:
+        CorruptFile: no description, a malformed one, symbolic, negative or mismatched sizes.
+    """
     from torch._export.serde.serialize import (
         deserialize_scalar_type,
         deserialize_size,
@@ -264,17 +266,26 @@ def _raw_tensor(
         deserialize_stride,
     )
 
-    tm = meta.tensor_meta
     if tm is None:
-        raise CorruptFile(f"The .pt2 entry {path.rsplit('/', 1)[-1]!r} has no tensor description.")
+        raise CorruptFile(f"The .pt2 {what} has no tensor description.")
     try:
         dtype = deserialize_scalar_type(tm.dtype)
-        size, stride = deserialize_size(tm.sizes), deserialize_stride(tm.strides)
+        size, stride = list(deserialize_size(tm.sizes)), list(deserialize_stride(tm.strides))
         offset = deserialize_storage_offset(tm.storage_offset)
     except Exception as exc:
         raise CorruptFile(f"The .pt2 tensor description is malformed ({first_line(exc)}).") from None
-    if not all(isinstance(v, int) and v >= 0 for v in (*size, *stride, offset)):
-        raise CorruptFile("The .pt2 weights have symbolic or negative sizes.")
+    if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in (*size, *stride, offset)):
+        raise CorruptFile(f"The .pt2 {what} has symbolic, negative or mismatched sizes.")
+    return dtype, size, stride, offset
+
+
+def _raw_tensor(
+    zf: zipfile.ZipFile, path: str, meta: Any, flat: dict[str, torch.Tensor], weights: bool, present: bool
+) -> Any:
+    """One tensor from its raw record (shared records keep their aliasing), bounds-checked."""
+
+    tm = meta.tensor_meta
+    dtype, size, stride, offset = tensor_description(tm, f"entry {path.rsplit('/', 1)[-1]!r}")
     if path not in flat:
         if not present:
             raise CorruptFile(f"The .pt2 archive lacks the record {path.rsplit('/', 1)[-1]!r} its tables name.")
@@ -312,28 +323,13 @@ def check_payload_table(zf: zipfile.ZipFile, table: Any, directory: str, kind: s
             declaring more bytes than its record holds, or sharing it with an
             entry of another size; one line naming the entry.
     """
-    from torch._export.serde.serialize import (
-        deserialize_scalar_type,
-        deserialize_size,
-        deserialize_storage_offset,
-        deserialize_stride,
-    )
 
     users: dict[str, tuple[str, Any, int]] = {}  # record -> (first entry, dtype, bytes)
     for fqn, meta in table.config.items():
         if meta.use_pickle:  # unpickled weights-only, from its own record's bytes
             continue
-        path, tm = directory + meta.path_name, meta.tensor_meta
-        if tm is None:
-            raise CorruptFile(f"The .pt2 {kind} entry {fqn!r} has no tensor description.")
-        try:
-            dtype = deserialize_scalar_type(tm.dtype)
-            size, stride = deserialize_size(tm.sizes), deserialize_stride(tm.strides)
-            offset = deserialize_storage_offset(tm.storage_offset)
-        except Exception as exc:
-            raise CorruptFile(f"The .pt2 tensor description is malformed ({first_line(exc)}).") from None
-        if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in (*size, *stride, offset)):
-            raise CorruptFile(f"The .pt2 {kind} entry {fqn!r} has symbolic, negative or mismatched sizes.")
+        path = directory + meta.path_name
+        dtype, size, stride, offset = tensor_description(meta.tensor_meta, f"{kind} entry {fqn!r}")
         try:
             present = zf.getinfo(path).file_size
         except KeyError:
