@@ -207,3 +207,22 @@ def test_a_device_file_granted_to_a_sandboxed_child_opens_for_writing_and_nothin
     assert "landlock-device:/dev/null" in granted.protections
     assert granted.final["null"] and not granted.final["tmp"]
     assert not refused.final["null"] and not refused.final["tmp"]
+
+
+def test_a_hugging_face_cnn_says_it_has_no_attention_instead_of_failing(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from explain.errors import IncompatibleInput
+    from explain.structure.attention import attention_unavailable_reason, capture_attention
+    from explain.structure.layers import build_layer_table
+
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                    num_labels=2, image_size=32)
+    transformers.ResNetForImageClassification(cfg).eval().save_pretrained(tmp_path)
+    model = load_model(tmp_path)  # built from its config in its model process
+    x = np.random.default_rng(0).normal(size=(2, *model.spec.input_shape)).astype(np.float32)
+    reason = attention_unavailable_reason(model)
+    assert reason and "no attention layers" in reason and "resnet" in reason
+    with pytest.raises(IncompatibleInput, match="no attention layers"):
+        capture_attention(model, x)
+    assert any(row.name.endswith("encoder") or "stages" in row.name for row in build_layer_table(model, x).rows)

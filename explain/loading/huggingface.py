@@ -143,9 +143,14 @@ class HFClassifier(nn.Module):
         """The token-embedding layer (text), else None."""
         return self.model.get_input_embeddings() if self.modality == "text" else None
 
+    @property
+    def has_attention(self) -> bool:
+        """True when the model has attention layers (a transformer; not a ResNet or a ConvNeXt)."""
+        return any(type(m).__name__.endswith(("Attention", "SelfAttention")) for m in self.model.modules())
+
     def attention_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[str]]:
-        """Per layer [N, H, Lq, Lk] attention probabilities, and the layers' module names."""
-        attentions = self._call(x, output_attentions=True).attentions
+        """Per layer [N, H, Lq, Lk] attention probabilities, and the layers' module names ([] for a CNN)."""
+        attentions = getattr(self._call(x, output_attentions=True), "attentions", None)
         if not attentions:
             return [], []
         found = [n for n, m in self.model.named_modules() if type(m).__name__.endswith("Attention")]

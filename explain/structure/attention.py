@@ -86,7 +86,7 @@ def capture_attention(model: LoadedModel, inputs: np.ndarray | torch.Tensor) -> 
         IncompatibleInput: the model has no attention this format lets us see,
             with a one-line reason why.
     """
-    if model.format in ("export", "torchscript"):
+    if model.format in ("export", "torchscript", "huggingface"):
         reason = attention_unavailable_reason(model)  # a clearer message than an empty capture
         if reason:
             raise IncompatibleInput(reason)
@@ -125,8 +125,11 @@ def attention_unavailable_reason(model: LoadedModel) -> str | None:
                 "matmul + softmax cannot be located in TorchScript."
             )
         return None
-    if isinstance(model.module, HFClassifier):  # a Hugging Face model returns its own
-        return None
+    if isinstance(model.module, HFClassifier):  # a Hugging Face model returns its own, if it has any
+        if model.module.has_attention:
+            return None
+        kind = getattr(model.module.model.config, "model_type", "Hugging Face")
+        return f"This {kind} model has no attention layers (a convolutional network): there are no maps to show."
     if model.modality != "text" and not any(isinstance(m, nn.MultiheadAttention) for m in model.module.modules()):
         return "This model has no attention layers (no nn.MultiheadAttention)."
     return None
