@@ -199,8 +199,9 @@ def compute_layer_importance(
 @in_model_process
 def grad_cam_layers(model: LoadedModel, inputs: np.ndarray) -> list[str]:
     """The one list of Grad-CAM layers: modules with a spatial (N, C, H, W) output, H·W > 1,
-    that run once and are not of a `SKIPPED_LAYER_TYPES` type; shallowest first and, within a
-    depth, the last one first (the usual choice; the first is the default layer).
+    that run once and are not of a `SKIPPED_LAYER_TYPES` type; the smallest maps first (the last
+    stage, Grad-CAM's usual layer, not the stem), then shallowest and, within a depth, the last
+    one first. The first is the default layer.
 
     Raises:
         IncompatibleInput: no hooks on this model's layers, or not an image model.
@@ -215,7 +216,8 @@ def grad_cam_layers(model: LoadedModel, inputs: np.ndarray) -> list[str]:
              if n and calls == 1 and t is not None and t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1
              and types.get(n, type(modules.get(n)).__name__) not in SKIPPED_LAYER_TYPES]
     order = {n: i for i, n in enumerate(modules)}
-    return sorted(names, key=lambda n: (module_depth(n), -order.get(n, 0)))
+    return sorted(names, key=lambda n: (int(seen[n][1].shape[-1] * seen[n][1].shape[-2]), module_depth(n),
+                                        -order.get(n, 0)))
 
 
 @in_model_process
