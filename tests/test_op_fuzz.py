@@ -32,7 +32,9 @@ known ones (`HANGS`) are not given the values that make them loop.
 
 Not covered: an out-of-bounds read or write that does not crash (no sanitizer here), and
 `UNGUARDED`: crashes no operator can be taken off the list for without refusing the models
-we support; those arguments are left out of the main fuzz and pinned by a strict xfail.
+we support; those arguments are left out of the main fuzz and pinned by an xfail (not strict: some
+read uninitialised memory and do not crash every time). A user's graph runs only in its model
+process, so such a crash fails that one request (`tests/test_model_process.py`).
 """
 from __future__ import annotations
 
@@ -906,8 +908,10 @@ class Crashed(Exception):
     """A child was killed by a signal."""
 
 
-@pytest.mark.xfail(raises=Crashed, strict=True,
-                   reason="issue 19, open: UNGUARDED crashes need a check where the arguments are known")
+@pytest.mark.xfail(raises=Crashed, strict=False,
+                   reason="UNGUARDED crashes of core operators (bad dtype ints, zero heads, packed RNNs) are "
+                          "contained by the model process, where a crash fails one request; some read "
+                          "uninitialised memory, so they do not crash on every run")
 @pytest.mark.parametrize("code", UNGUARDED_CALLS)
 def test_unguarded_arguments_do_not_crash(code):
     """Each `UNGUARDED` crash, pinned: when torch or a guard fixes one, this passes and must be updated."""
