@@ -195,11 +195,14 @@ class _ChildModel:
         return {"fixed_batch_size": self.fixed, "parameters": params, "signature": plain(self.signature),
                 "module_guess": plain(guess_from_module(self.module))}
 
-    def model(self, state: dict) -> Any:
+    def model(self, key: str, state: dict | None) -> Any:
+        """The `LoadedModel` for the server's state ``key`` (``state`` None: the one sent before)."""
         from explain.model import LoadedModel
         from explain.spec import InputSpec
 
-        if self._model is None or state != self._state:
+        if state is None and key != self._state:
+            raise RuntimeError("the model process lost the model's state; try again")
+        if self._model is None or key != self._state:
             extra = dict(state.get("extra") or {})
             model = LoadedModel(
                 module=self.module, format=self.format, sha256=state.get("sha256") or "", name=state.get("name") or "model",
@@ -208,7 +211,7 @@ class _ChildModel:
                 exported_program=self.program, max_batch_rows=state.get("max_batch_rows"), extra=extra)
             if self._model is not None:  # keep what the model caches (unflattened program)
                 model._unflattened = self._model._unflattened
-            self._model, self._state = model, state
+            self._model, self._state = model, key
         return self._model
 
 
@@ -310,8 +313,10 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
 
 def _run_call(child: _ChildModel, payload: bytes, send: Callable[..., None]) -> tuple[Any, list[np.ndarray]]:
     """Run a ``call`` request: the library function on the child's model; its result for the wire."""
-    state, module_name, qualname, call_args, call_kwargs = pickle.loads(payload)  # from the server: trusted
-    model = child.model(state)
+    size = int.from_bytes(payload[:8], "little")
+    key, state = pickle.loads(payload[8: 8 + size])  # from the server (never a user's file): trusted
+    module_name, qualname, call_args, call_kwargs = pickle.loads(payload[8 + size:])
+    model = child.model(key, state)
 
     def progress(index: int) -> Callable[..., None]:
         return lambda *a: send({"progress": index, "args": [_plain(v) for v in a]})

@@ -38,6 +38,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -97,6 +98,7 @@ class _Channel:
         self.expired = False
         self.workdir = ""
         self.cpu_mark = 0.0
+        self.state_key: str | None = None  # the model state this child was last sent (`_model_state`)
         self._stop = threading.Event()
         threading.Thread(target=self._drain, daemon=True).start()
 
@@ -372,16 +374,15 @@ class ModelProcess:
             return value
 
         payload = pickle.dumps((  # to the child, which trusts the server
-            _model_state(model), func.__module__, func.__qualname__,
-            tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()},
+            func.__module__, func.__qualname__, tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()},
         ))
         _, result = self._request({"op": "call"}, [], what or f"running {func.__name__}", payload=payload,
-                                  callbacks=callbacks)
+                                  callbacks=callbacks, state=_model_state(model))
         return result
 
     def _request(self, header: dict, arrays: list[torch.Tensor], what: str, payload: bytes = b"",
-                 callbacks: list[Callable] | None = None,
-                 expect: Callable[[tuple[int, ...]], bool] | None = None) -> tuple[dict, Any]:
+                 callbacks: list[Callable] | None = None, expect: Callable[[tuple[int, ...]], bool] | None = None,
+                 state: dict | None = None) -> tuple[dict, Any]:
         with self._lock:
             self.start()
             channel = self._channel
@@ -390,6 +391,10 @@ class ModelProcess:
                 self.start()
                 channel = self._channel
             assert channel is not None
+            if state is not None:  # the model's state travels once per child, then by its key
+                key = hashlib.blake2b(json.dumps(state, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+                head = pickle.dumps((key, None if channel.state_key == key else state))
+                payload = len(head).to_bytes(8, "little") + head + payload
             wire = [to_wire(t) for t in arrays]
             data = json.dumps({**header, "arrays": [describe(a) for a in wire], "payload": len(payload)}).encode()
             try:
@@ -401,6 +406,8 @@ class ModelProcess:
                             channel.writer.sendall(blob)
                     if channel.sock is None:
                         channel.writer.flush()
+                    if state is not None:
+                        channel.state_key = key  # sent: the child has it from now on
                     progress = _Progress(callbacks or [])
                     while "progress" in (reply := self._read_header(channel, what)):
                         progress(reply)
@@ -745,7 +752,8 @@ def _checked_info(info: Any) -> dict[str, Any]:
 
 
 def _model_state(model: Any) -> dict[str, Any]:
-    """What the child's copy of the model must agree on with the server's (sent with every call)."""
+    """What the child's copy of the model must agree on with the server's (sent once per child and change;
+    a tokenizer in the spec can be megabytes)."""
     return {"spec": model.spec.to_dict(), "name": model.name, "max_batch_rows": model.max_batch_rows,
             "architecture": model.architecture,
             "fixed_batch_size": model.fixed_batch_size, "sha256": model.sha256,
