@@ -38,7 +38,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -60,6 +59,7 @@ import torch
 from torch import nn
 
 from explain import config
+from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, InputRefused, UnsafeFile
 from explain.loading.model_wire import WireError, check_meta, decode_result, describe, to_wire
 
@@ -392,7 +392,7 @@ class ModelProcess:
                 channel = self._channel
             assert channel is not None
             if state is not None:  # the model's state travels once per child, then by its key
-                key = hashlib.blake2b(json.dumps(state, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+                key = digest_bytes(json.dumps(state, sort_keys=True, default=str).encode())
                 head = pickle.dumps((key, None if channel.state_key == key else state))
                 payload = len(head).to_bytes(8, "little") + head + payload
             wire = [to_wire(t) for t in arrays]
