@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from explain.errors import IncompatibleInput
+from explain.errors import IncompatibleInput, UnsafeFile
 
 Modality = Literal["image", "tabular", "text"]
 MODALITIES: tuple[str, ...] = ("image", "tabular", "text")
@@ -42,6 +42,12 @@ class InputSpec:
         tokenizer: a Hugging Face ``tokenizer.json`` (its text). When set, texts are
             tokenised by it, the model's own tokenizer (BPE, WordPiece, Unigram, with
             its special tokens), instead of by ``vocabulary`` alone.
+        resize: images: the shorter side is resized to this many pixels, then the centre
+            H x W is cropped (``256`` for a 224 x 224 ImageNet model); ``None`` stretches
+            the whole picture to H x W.
+        image_processor: images: a Hugging Face ``preprocessor_config.json`` (checked by
+            `check_processor_config`). When set, pictures go through transformers' own image
+            processor for it (`explain.inputs.images`) instead of ``resize`` / ``mean`` / ``std``.
         name: a display name for the model.
     """
 
@@ -56,6 +62,8 @@ class InputSpec:
     cls_token: str | None = None
     lowercase: bool = True
     tokenizer: str | None = None
+    resize: int | None = None
+    image_processor: dict[str, Any] | None = None
     name: str = "model"
 
     def __post_init__(self) -> None:
@@ -65,13 +73,17 @@ class InputSpec:
             )
         self.input_shape = _check_shape(self.modality, self.input_shape)
         self.dtype = _check_dtype(self.modality, self.dtype)
+        if self.modality == "image":
+            _check_image_fields(self)
+
 
     # -- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
-        if d["tokenizer"] is None:  # only Hugging Face text models carry one; other specs stay as they were
-            del d["tokenizer"]
+        for optional in ("tokenizer", "resize", "image_processor"):  # specs without them stay as they were
+            if d[optional] is None:
+                del d[optional]
         return d
 
     def to_json(self, indent: int | None = None) -> str:
@@ -135,6 +147,67 @@ def _check_dtype(modality: str, dtype: str | None) -> str:
             'Leave "dtype" out or write "dtype": "int64".',
         )
     return name
+
+
+#: The largest size (pixels, any side) an image spec or a preprocessor config may ask for.
+MAX_SIDE = 4096
+#: preprocessor config keys whose numbers are not sizes (every other number must be <= MAX_SIDE).
+_NOT_SIZES = {"rescale_factor", "image_mean", "image_std", "crop_pct"}
+
+
+def _check_image_fields(spec: InputSpec) -> None:
+    """An image spec's preprocessing fields: mean / std one per channel (or one), std non-zero, sizes bounded."""
+    c = spec.input_shape[0]
+    for field_name in ("mean", "std"):
+        values = getattr(spec, field_name)
+        if values is None:
+            continue
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise IncompatibleInput(f"The spec's {field_name} {values!r} is not a list of numbers.") from None
+        if len(values) not in (1, c) or not all(np.isfinite(values)):
+            raise IncompatibleInput(f"The spec's {field_name} has {len(values)} values for {c} channels.",
+                                    f"Give one {field_name} per channel, e.g. 0.485, 0.456, 0.406.")
+        setattr(spec, field_name, values * c if len(values) == 1 else values)
+    if (spec.mean is None) != (spec.std is None):
+        raise IncompatibleInput("The spec gives a mean without a std (or a std without a mean).",
+                                "Give both, one per channel, or neither.")
+    if spec.std is not None and any(v == 0 for v in spec.std):
+        raise IncompatibleInput("The spec's std has a zero; inputs would be divided by zero.")
+    if spec.resize is not None:
+        if isinstance(spec.resize, bool) or not isinstance(spec.resize, int) or not 0 < spec.resize <= MAX_SIDE:
+            raise IncompatibleInput(f"The spec's resize {spec.resize!r} is not a size in pixels (1..{MAX_SIDE}).")
+    if spec.image_processor is not None:
+        check_processor_config(spec.image_processor)
+
+
+def check_processor_config(cfg: Any, where: str = "preprocessor_config.json") -> None:
+    """A Hugging Face image processor config, as data: an object, no remote code, every size bounded.
+
+    Raises:
+        UnsafeFile: it asks for remote code (``auto_map``).
+        IncompatibleInput: not an object, or a size over `MAX_SIDE`.
+    """
+    if not isinstance(cfg, dict):
+        raise IncompatibleInput(f"{where} is not a JSON object.")
+    if "auto_map" in cfg:
+        raise UnsafeFile(f"{where} asks for remote code (auto_map); Glassbox never runs code that comes with a model.")
+    _check_sizes(cfg, where)
+
+
+def _check_sizes(value: Any, where: str, key: str = "") -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_sizes(v, where, str(k))
+    elif isinstance(value, list):
+        if len(value) > 16:
+            raise IncompatibleInput(f"{where} has a list of {len(value)} values under {key!r}.")
+        for v in value:
+            _check_sizes(v, where, key)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and key not in _NOT_SIZES:
+        if not np.isfinite(value) or abs(value) > MAX_SIDE:
+            raise IncompatibleInput(f"{where} sets {key} to {value}, over the {MAX_SIDE}-pixel limit.")
 
 
 _RANKS = {"image": 3, "tabular": 1, "text": 1}
@@ -265,6 +338,22 @@ def parse_names(text: str) -> list[str]:
     return lines
 
 
+def parse_numbers(text: str | None, name: str = "values") -> list[float] | None:
+    """``"0.485, 0.456, 0.406"`` (commas or spaces) → [0.485, 0.456, 0.406]; blank → None.
+
+    Raises:
+        IncompatibleInput: an entry that is not a number.
+    """
+    parts = [p for p in re.split(r"[\s,;\[\]()]+", str(text or "").strip()) if p]
+    if not parts:
+        return None
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise IncompatibleInput(f"The {name} {str(text).strip()!r} is not a list of numbers.",
+                                "Write one number per channel, e.g. 0.485, 0.456, 0.406.") from None
+
+
 def parse_vocabulary(data: bytes, name: str = "vocabulary") -> list[str]:
     """A vocabulary file: a JSON list of tokens, a JSON {token: id} object, or one token per line.
 
@@ -306,8 +395,12 @@ def build_spec(
     feature_names: str | list[str] | None = None,
     vocabulary: list[str] | None = None,
     name: str = "model",
+    mean: str | list[float] | None = None,
+    std: str | list[float] | None = None,
+    resize: int | None = None,
 ) -> InputSpec:
-    """A spec from the spec form's fields (text fields parsed with `parse_shape` / `parse_names`).
+    """A spec from the spec form's fields (text fields parsed with `parse_shape` / `parse_names` /
+    `parse_numbers`); ``mean`` / ``std`` / ``resize`` are kept for images only.
 
     Raises:
         IncompatibleInput: a field that does not fit the others, with what to change.
@@ -315,9 +408,14 @@ def build_spec(
     shape = parse_shape(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
     classes = parse_names(class_names) if isinstance(class_names, str) else list(class_names)
     features = parse_names(feature_names) if isinstance(feature_names, str) else feature_names
+    image = modality == "image"
+    means = parse_numbers(mean, "mean") if isinstance(mean, str) else mean
+    stds = parse_numbers(std, "std") if isinstance(std, str) else std
     spec = InputSpec(modality, shape, class_names=classes, name=name or "model",
                      feature_names=(features or None) if modality == "tabular" else None,
-                     vocabulary=(vocabulary or None) if modality == "text" else None)
+                     vocabulary=(vocabulary or None) if modality == "text" else None,
+                     mean=(means or None) if image else None, std=(stds or None) if image else None,
+                     resize=(int(resize) if resize else None) if image else None)
     if len(set(classes)) != len(classes):
         raise IncompatibleInput("The class names repeat a name.", "Give each output logit its own name.")
     if spec.feature_names and len(spec.feature_names) != shape[0]:

@@ -6,9 +6,13 @@
 - ``mlp.pt2`` — ``torch.export`` of an MLP with a dynamic batch (tabular, 5 features); ``tab.npy`` float [3, 5]
 - ``txt.ts.pt`` — TorchScript embedding + ``nn.MultiheadAttention`` + linear over int64 ids; ``ids.npy`` int64 [2, 6]
 - ``txt.pt2`` — ``torch.export`` of embedding + mean + linear, batch *and* length dynamic
+
+`write_hf_resnet(directory)` writes a tiny Hugging Face ResNet folder whose ``preprocessor_config.json``
+is not transformers' default (64 px, its own mean / std), as a user's fine-tuned model would be.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -72,4 +76,26 @@ def write_foreign_models(directory: Path) -> Path:
     ids = torch.randint(0, VOCAB, (4, 6))
     torch.export.save(torch.export.export(BagOfWords().eval(), (ids,), dynamic_shapes=({0: batch, 1: length},)),
                       str(directory / "txt.pt2"))
+    return directory
+
+
+#: The tiny ResNet's own preprocessing: shorter side to 64 / 0.875, centre crop 64 x 64, its mean / std.
+HF_RESNET_PREPROCESSOR = {
+    "image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 64}, "crop_pct": 0.875,
+    "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+    "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3], "resample": 3,
+}
+
+
+def write_hf_resnet(directory: Path) -> Path:
+    """A Hugging Face ResNet image classifier folder (3 classes) with `HF_RESNET_PREPROCESSOR`; returns it."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    directory = Path(directory)
+    torch.manual_seed(0)
+    labels = ["cat", "dog", "car"]
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    ResNetForImageClassification(config).eval().save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(HF_RESNET_PREPROCESSOR))
     return directory

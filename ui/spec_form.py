@@ -16,6 +16,31 @@ from explain.spec import MODALITIES, InputSpec, SpecGuess, build_spec, parse_voc
 from ui.text import escape_markdown
 
 SHAPE_EXAMPLES = {"image": "3, 32, 32", "tabular": "30", "text": "64"}
+#: Image normalisations offered by name: label -> (mean, std); None = the custom fields.
+NORMALISATIONS = {
+    "none (pixels on [0, 1])": ([], []),
+    "ImageNet (mean 0.485, 0.456, 0.406 · std 0.229, 0.224, 0.225)": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "[-1, 1] (mean 0.5 · std 0.5)": ([0.5], [0.5]),
+    "custom (mean and std below)": None,
+}
+RESIZES = ("stretch the picture to H × W", "shorter side to the size below, then centre crop H × W")
+
+
+def _numbers(values: list[float] | None) -> str:
+    return ", ".join(f"{v:g}" for v in values or [])
+
+
+def normalisation_prefill(current: InputSpec | None) -> str:
+    """The normalisation choice a spec's mean / std match (custom when none does)."""
+    def rounded(values: list[float], n: int) -> list[float]:
+        return [round(v, 4) for v in (values * n if len(values) == 1 else values)]
+
+    mean, std = (current.mean or [], current.std or []) if current else ([], [])
+    for label, preset in NORMALISATIONS.items():
+        if preset is not None and rounded(preset[0], len(mean)) == rounded(mean, 1) \
+                and rounded(preset[1], len(std)) == rounded(std, 1):
+            return label
+    return "custom (mean and std below)"
 
 
 def shape_prefill(guess: SpecGuess | None) -> str:
@@ -55,6 +80,22 @@ def render_spec_form(guess: SpecGuess | None, name: str, current: InputSpec | No
             value="\n".join(current.feature_names) if current and current.feature_names else "",
             help="One per feature, in model order.",
         )
+        st.markdown("**Images**: how a picture becomes the model's input (pixels are first scaled to [0, 1])")
+        r1, r2 = st.columns([2, 1])
+        resize_mode = r1.selectbox("Resize", RESIZES, index=1 if current and current.resize else 0,
+                                   key=f"{key}_resize_mode")
+        shorter = r2.number_input("Shorter side (px)", min_value=1, max_value=4096, step=1, key=f"{key}_resize",
+                                  value=int(current.resize) if current and current.resize else 256,
+                                  help="e.g. 256 for a 224 × 224 ImageNet model.")
+        normalisation = st.selectbox("Normalisation", list(NORMALISATIONS), key=f"{key}_norm",
+                                     index=list(NORMALISATIONS).index(normalisation_prefill(current)),
+                                     help="Use the mean and std the model was trained with; without them "
+                                          "every picture may land in one class.")
+        n1, n2 = st.columns(2)
+        mean_text = n1.text_input("Mean (custom)", value=_numbers(current.mean if current else None),
+                                  key=f"{key}_mean", placeholder="e.g. 0.485, 0.456, 0.406")
+        std_text = n2.text_input("Std (custom)", value=_numbers(current.std if current else None),
+                                 key=f"{key}_std", placeholder="e.g. 0.229, 0.224, 0.225")
         vocabulary_file = st.file_uploader(
             "Vocabulary (text, optional)", type=["txt", "json"], key=f"{key}_vocabulary",
             help="One token per line (line n = token id n), a JSON list, or a JSON {token: id} object.",
@@ -65,7 +106,10 @@ def render_spec_form(guess: SpecGuess | None, name: str, current: InputSpec | No
     try:
         vocabulary = (parse_vocabulary(vocabulary_file.getvalue(), vocabulary_file.name)
                       if vocabulary_file is not None and chosen == "text" else None)
-        return build_spec(chosen, shape_text, classes, features, vocabulary, name=name)
+        preset = NORMALISATIONS[normalisation]
+        mean, std = (mean_text, std_text) if preset is None else preset
+        return build_spec(chosen, shape_text, classes, features, vocabulary, name=name, mean=mean, std=std,
+                          resize=int(shorter) if resize_mode == RESIZES[1] else None)
     except GlassboxError as exc:
         st.error(escape_markdown(exc.message), icon="✏️")
         return None

@@ -57,7 +57,11 @@ def run(args: argparse.Namespace) -> dict:
             tmp, values=result.values, targets=result.target, completeness_error=result.completeness_error,
             base_value=result.base_value, output=result.output,
         )
+    from explain.output.prediction_checks import one_class_warning
+
+    warning = one_class_warning(model.predict_proba(inputs), model.spec)
     return {
+        **({"warning": warning} if warning else {}),
         "method": result.method,
         "targets": result.target,
         "completeness_error": result.completeness_error,

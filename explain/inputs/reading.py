@@ -9,7 +9,6 @@ modality; ``.png`` / ``.jpg`` for image specs, ``.csv`` for tabular specs and
 from __future__ import annotations
 
 import io
-import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 
 from explain import config
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
+from explain.inputs.images import decode_image, image_for_display, original_copy, preprocess_image
 from explain.inputs.tabular import LABEL_COLUMNS, feature_names, parse_csv
 from explain.inputs.text import PAD_ID, UNK_ID, detokenize, encode, tokenize, tokens_for_display, vocab_index
 from explain.loading.source import read_source
@@ -42,12 +42,16 @@ class InputBatch:
             value}`` rows (raw, unstandardised) or token lists (no padding).
         labels: [N] int labels when the file carried them, else None.
         source_names: one name per item (``file.png``, ``file.csv:3``...).
+        originals: one entry per item: the picture as uploaded (uint8 [h, w, 3], a small
+            copy) for images read from a picture file, None for everything else; an empty
+            list when no item has one.
     """
 
     array: np.ndarray
     display: list[Any]
     labels: np.ndarray | None = None
     source_names: list[str] = field(default_factory=list)
+    originals: list[np.ndarray | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
@@ -121,11 +125,13 @@ def concat_batches(batches: Sequence[InputBatch]) -> InputBatch:
     labels = None
     if all(b.labels is not None for b in batches):
         labels = np.concatenate([b.labels for b in batches])
+    originals = [o for b in batches for o in (b.originals or [None] * len(b))]
     return InputBatch(
         np.concatenate([b.array for b in batches]),
         [d for b in batches for d in b.display],
         labels,
         [n for b in batches for n in b.source_names],
+        originals if any(o is not None for o in originals) else [],
     )
 
 
@@ -274,52 +280,14 @@ def _display_item(x: np.ndarray, spec: InputSpec) -> Any:
     return tokens_for_display(x, spec)
 
 
-def image_for_display(x: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 [H, W, 3] from one model-ready [C, H, W] image (normalisation undone)."""
-    img = np.asarray(x, np.float32)
-    if spec.mean and spec.std:
-        c = img.shape[0]
-        img = img * np.asarray(spec.std, np.float32).reshape(-1, 1, 1)[:c] + np.asarray(spec.mean, np.float32).reshape(-1, 1, 1)[:c]
-    img = np.clip(img, 0.0, 1.0).transpose(1, 2, 0)  # [H, W, C]
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    return (img[:, :, :3] * 255.0 + 0.5).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------
 # images
 # --------------------------------------------------------------------------
 def read_image(data: bytes, spec: InputSpec, name: str) -> InputBatch:
-    """Decode, resize to the spec's H x W, normalise; pixel limit checked before decoding."""
-    from PIL import Image
-
-    c, h, w = spec.input_shape
-    limit = config.max_image_pixels()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.width * img.height > limit:
-                raise TooLarge(
-                    f"{name} is {img.width}x{img.height} pixels, over the {limit:,} pixel limit "
-                    "(a decompression bomb or a very large image).",
-                    "Resize it before uploading.",
-                )
-            img.seek(0)
-            img = img.convert("L" if c == 1 else "RGB")
-    except TooLarge:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooLarge(f"{name} is too many pixels to decode ({exc}).") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise CorruptFile(f"{name} is not a readable image ({exc}).") from None
-    img = img.resize((w, h), Image.BILINEAR)
-    pixels = np.asarray(img, np.float32) / 255.0
-    pixels = pixels.reshape(h, w, c).transpose(2, 0, 1)  # [C, H, W] in [0, 1]
-    if spec.mean and spec.std:
-        pixels = (pixels - np.asarray(spec.mean, np.float32).reshape(-1, 1, 1)) / np.asarray(spec.std, np.float32).reshape(-1, 1, 1)
-    display = np.asarray(img.convert("RGB"), np.uint8)
-    return InputBatch(pixels[None].astype(np.float32), [display], None, [name])
+    """Decode (pixel limit checked first) and preprocess as the spec says (`explain.inputs.images`)."""
+    img = decode_image(data, name)
+    pixels = preprocess_image(img, spec, name)  # [C, H, W]
+    return InputBatch(pixels[None], [image_for_display(pixels, spec)], None, [name], [original_copy(img)])
 
 
 # --------------------------------------------------------------------------

@@ -515,11 +515,33 @@ def _text_spec(config: Any, files: dict[str, bytes], vocabulary: list[str] | Non
 
 
 def _image_spec(config: Any, files: dict[str, bytes]) -> InputSpec:
+    """The spec of an image model: its own image processor's output size, mean and std when it has one.
+
+    A ``preprocessor_config.json`` whose processor gives every picture one size (resize and / or crop)
+    sets the input shape, so a model-ready array at that size is accepted as it is; one whose output
+    depends on the picture's shape keeps its mean / std, and pictures are stretched to the config's
+    ``image_size``.
+    """
+    from explain.inputs.images import check_image_processor, processor_output_shape
+    from explain.spec import check_processor_config
+
     size = getattr(config, "image_size", 224)
     h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-    pre = _json(files, "preprocessor_config.json")
-    mean, std = pre.get("image_mean"), pre.get("image_std")
+    channels = int(getattr(config, "num_channels", 3))
+    shape = (channels, int(h), int(w))
+    mean = std = processor = None
+    if "preprocessor_config.json" in files:
+        pre = _json(files, "preprocessor_config.json")
+        try:
+            pre = check_image_processor(pre, config.model_type)
+        except IncompatibleInput:  # no processor class for it in transformers: its mean / std still hold
+            check_processor_config(pre)
+        if pre.get("do_normalize", True):
+            mean, std = pre.get("image_mean"), pre.get("image_std")
+        fixed = processor_output_shape(pre, channels)
+        if fixed is not None and fixed[0] == channels:
+            shape, processor = fixed, pre
     if not (isinstance(mean, list) and isinstance(std, list)):
         mean = std = None
-    return InputSpec(modality="image", input_shape=(int(getattr(config, "num_channels", 3)), int(h), int(w)),
-                     dtype="float32", mean=mean, std=std, class_names=_class_names(config))
+    return InputSpec(modality="image", input_shape=shape, dtype="float32", mean=mean, std=std,
+                     class_names=_class_names(config), image_processor=processor)
