@@ -201,3 +201,47 @@ def test_padding_is_the_vocabularys_pad_id_at_any_position():
     html = text_attribution_html(detokenize([0, 3, 2, 2], bert), np.array([1.0, -1.0, 5.0, 5.0]),
                                  padding=padding_mask([0, 3, 2, 2], bert))
     assert "[PAD]" not in html and ">hi<" in html and ">there<" in html
+
+
+# --------------------------------------------------------------------------
+# CSV headers (issue 20, item 8.2): names matched, a label column taken as labels, header names shown
+# --------------------------------------------------------------------------
+NO_NAMES = InputSpec("tabular", (3,))
+
+
+def test_csv_header_names_the_features_when_the_spec_has_none_and_a_label_column_is_the_labels():
+    from explain.inputs.tabular import feature_names, parse_csv
+
+    csv = b"age,bmi,dose,Outcome\n1,2,3,1\n4,5,6,0\n"  # 3 features + a label column (Pima's 'Outcome')
+    batch = read_inputs(csv, NO_NAMES, filename="pima.csv")
+    assert batch.array.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]] and batch.labels.tolist() == [1, 0]
+    assert batch.display[0] == {"age": 1.0, "bmi": 2.0, "dose": 3.0}
+    assert feature_names(NO_NAMES, batch.display) == ["age", "bmi", "dose"]  # what a page names the bars with
+    assert feature_names(NO_NAMES) == ["feature 0", "feature 1", "feature 2"]
+    assert feature_names(TABULAR, batch.display) == ["a", "b", "c"]  # the spec's names win
+    rows = parse_csv(b"y,x1,label,x2\n9,1,0,2\n", NO_NAMES, "r.csv")  # 'label' before 'y': 'y' is a feature
+    assert rows.feature_names == ["y", "x1", "x2"] and rows.labels.tolist() == [0] and rows.features.tolist() == [[9, 1, 2]]
+    rows = parse_csv(b"x,y,z\n1,2,3\n", NO_NAMES, "r.csv")  # as many columns as features: 'y' is one of them
+    assert rows.labels is None and rows.features.tolist() == [[1, 2, 3]]
+    assert rows.notes == ["column(s) y read as feature(s): the model takes 3 features and the file has 3 columns."]
+
+
+def test_csv_columns_match_the_spec_by_name_in_any_order_and_extra_ones_are_noted():
+    from explain.inputs.tabular import parse_csv
+
+    rows = parse_csv(b"id,C,Label,A , b,comment\n5,7,1,1,4,ok\n6,3,0,5,2,fine\n", TABULAR, "rows.csv")
+    np.testing.assert_allclose(rows.features, [[0.0, 1.0, 2.0], [2.0, 0.0, 0.0]])  # a, b, c: case and spaces aside
+    assert rows.labels.tolist() == [1, 0] and rows.feature_names == ["a", "b", "c"]
+    assert rows.display[0] == {"a": 1.0, "b": 4.0, "c": 7.0}
+    assert rows.notes == ["column(s) id, comment ignored: the spec's features do not name them."]
+
+
+def test_csv_header_errors_name_the_missing_and_the_extra_columns():
+    with pytest.raises(IncompatibleInput, match=r"lacks column\(s\) b, c of the spec's 3 features; its other columns are x, y"):
+        read_inputs(b"a,x,y\n1,2,3\n", TABULAR, filename="rows.csv")
+    with pytest.raises(IncompatibleInput, match=r"4 columns \(a, b, c, d\); the model takes 3 features, and no column is named like a label"):
+        read_inputs(b"a,b,c,d\n1,2,3,4\n", NO_NAMES, filename="rows.csv")
+    with pytest.raises(IncompatibleInput, match="5 columns, one of them the label column 'target'; the model takes 3"):
+        read_inputs(b"a,b,c,d,target\n1,2,3,4,0\n", NO_NAMES, filename="rows.csv")
+    with pytest.raises(IncompatibleInput, match="4 columns and no header; the model takes 3"):
+        read_inputs(b"1,2,3,4\n", NO_NAMES, filename="rows.csv")
