@@ -245,3 +245,83 @@ def test_csv_header_errors_name_the_missing_and_the_extra_columns():
         read_inputs(b"a,b,c,d,target\n1,2,3,4,0\n", NO_NAMES, filename="rows.csv")
     with pytest.raises(IncompatibleInput, match="4 columns and no header; the model takes 3"):
         read_inputs(b"1,2,3,4\n", NO_NAMES, filename="rows.csv")
+
+
+# --------------------------------------------------------------------------
+# the CLI's --inputs folder (issue 20, item 8.3)
+# --------------------------------------------------------------------------
+def _inputs_folder(tmp_path):
+    folder = tmp_path / "inputs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.csv").write_bytes(b"c,a,b\n9,3,2\n")
+    (folder / "a.csv").write_bytes(b"a,b,c,label\n1,2,3,1\n5,6,7,0\n")
+    (folder / "c.npy").write_bytes(_npy(np.zeros((1, 3), np.float32)))
+    (folder / ".hidden.csv").write_bytes(b"not,a,csv\n")
+    (folder / "notes.md").write_text("# not an input")
+    (folder / "sub" / "d.csv").write_bytes(b"a,b,c\n0,0,0\n")  # subfolders are not read
+    return folder
+
+
+def test_an_inputs_folder_gives_its_input_files_in_name_order(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from explain.cli import model_arg
+    from explain.errors import UsageError
+
+    folder = _inputs_folder(tmp_path)
+    assert [f.name for f in model_arg.input_files(str(folder))] == ["a.csv", "b.csv", "c.npy"]
+    assert [f.name for f in model_arg.input_files(str(folder), "image")] == ["c.npy"]  # only what an image model reads
+    assert model_arg.input_files(str(folder / "a.csv")) == [folder / "a.csv"]
+    batch = model_arg.read_inputs_arg(str(folder), SimpleNamespace(spec=TABULAR))
+    np.testing.assert_allclose(batch.array[:, 0], [0.0, 2.0, 1.0, 0.0])  # (a - 1) / 2 for the CSVs; the .npy is model-ready
+    assert batch.source_names == ["a.csv:1", "a.csv:2", "b.csv:1", "c.npy[0]"] and batch.labels is None
+    with pytest.raises(UsageError, match="No such inputs file or folder"):
+        model_arg.input_files(str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="has no input files for a text model"):
+        model_arg.input_files(str(folder / "sub"), "text")
+    monkeypatch.setattr(model_arg, "MAX_INPUT_FILES", 2)
+    with pytest.raises(UsageError, match="has 3 input files, over the 2 that --inputs reads.*batch"):
+        model_arg.input_files(str(folder))
+
+
+def test_cli_inspect_reads_an_inputs_folder(tmp_path, capsys):
+    import json
+
+    from explain.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, colour in (("2.png", (0, 0, 255)), ("1.png", (255, 0, 0))):
+        (folder / name).write_bytes(_png(Image.new("RGB", (32, 32), colour)))
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")
+    assert main(["inspect", "shapes", "--inputs", str(folder)]) == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)["inputs"]
+    assert out["shape"] == [2, 3, 32, 32] and out["sources"] == ["1.png", "2.png"]
+    assert main(["inspect", "shapes", "--inputs", str(tmp_path / "nothing")]) == 2
+    assert "No such inputs file or folder" in capsys.readouterr().err
+
+
+def test_an_inputs_folder_of_arrays_tells_the_spec_of_a_bare_model(tmp_path, capsys):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from explain.cli import main
+    from explain.loading.architectures import build_architecture
+
+    torch.manual_seed(0)
+    model = build_architecture("tabular_mlp").eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "bare.safetensors"))
+    arrays, rows = tmp_path / "arrays", tmp_path / "rows"
+    arrays.mkdir()
+    rows.mkdir()
+    (arrays / "b.npy").write_bytes(_npy(np.ones((2, 30), np.float32)))
+    (arrays / "a.npy").write_bytes(_npy(np.zeros((3, 30), np.float32)))
+    (rows / "a.csv").write_bytes(b",".join(f"f{i}".encode() for i in range(30)) + b"\n" + b",".join([b"0"] * 30) + b"\n")
+    assert main(["inspect", str(tmp_path / "bare.safetensors"), "--inputs", str(arrays)]) == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert out["modality"] == "tabular" and out["inputs"]["shape"] == [5, 30]
+    assert out["inputs"]["sources"][0] == "a.npy[0]"
+    assert main(["inspect", str(tmp_path / "bare.safetensors"), "--inputs", str(rows)]) == 3
+    assert "rows holds no .npy/.npz array" in capsys.readouterr().err
