@@ -100,8 +100,8 @@ def _render_read_only() -> None:
 def _render_uploads() -> None:
     model_file = st.file_uploader(
         "Checkpoint", type=MODEL_TYPES, key="gb_model_file",
-        help="safetensors, weights-only state_dict / checkpoint (.pt/.pth/.ckpt), TorchScript, torch.export .pt2. "
-        f"Up to {max_upload_mb()} MB.",
+        help="safetensors, weights-only state_dict / checkpoint (.pt/.pth/.ckpt), TorchScript, torch.export .pt2, "
+        f"or a Hugging Face model folder as a .zip (config.json and its weights). Up to {max_upload_mb()} MB.",
     )
     spec_file = st.file_uploader("Spec (optional JSON)", type=["json"], key="gb_spec_file")
     input_files = st.file_uploader(
@@ -119,9 +119,9 @@ def _render_uploads() -> None:
         st.session_state["gb_input_files_seen"] = seen
         state.set_input_uploads([state.UploadedBlob.from_upload(f) for f in input_files or []])
     failure = state.upload_failure()
-    if failure is not None:  # the reason; the main area adds the way forward
-        st.error(escape_markdown(failure.reason), icon=":material/block:")
-        st.caption("The page stays on your upload until it loads.")
+    if failure is not None:  # the main area says why and the way forward: the reason is shown there, once
+        st.error(escape_markdown(f"{state.model_upload().name} does not load."), icon=":material/block:")
+        st.caption("The page says why. The page stays on your upload until it loads.")
     elif state.model_upload() is None:
         st.caption("Inputs may come before or after the model; a model without a spec takes it from "
                    ".npy/.npz inputs.")

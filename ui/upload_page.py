@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explain.errors import IncompatibleInput
+from explain.loading.weights import WeightsRefused
 from explain.spec import SpecNeeded
 from ui import state
 from ui.spec_form import render_spec_download, render_spec_form
@@ -29,8 +30,8 @@ def render_pending_upload() -> bool:
     blob = state.model_upload()
     if blob is None:
         st.title(TITLE)
-        st.info("Upload a checkpoint in the sidebar (safetensors, .pt/.pth/.ckpt, TorchScript or .pt2), "
-                "or choose Sample model.", icon="⬆️")
+        st.info("Upload a checkpoint in the sidebar (safetensors, .pt/.pth/.ckpt, TorchScript, .pt2, or a "
+                "Hugging Face model folder as a .zip), or choose Sample model.", icon="⬆️")
         _inputs_note()
         return True
     failure = state.upload_failure()
@@ -38,7 +39,8 @@ def render_pending_upload() -> bool:
         return False
     st.title(TITLE)
     st.error(escape_markdown(f"{blob.name} does not load: {failure.reason}"), icon=":material/block:")
-    if not isinstance(failure, IncompatibleInput):  # unsafe, corrupt, too large: no spec fixes the file
+    # unsafe, corrupt, too large, or weights no architecture fits: no spec fixes the file
+    if not isinstance(failure, IncompatibleInput) or isinstance(failure, WeightsRefused):
         if failure.hint:
             st.info(escape_markdown(failure.hint))
         return True

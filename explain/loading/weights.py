@@ -32,11 +32,22 @@ _SHOW = 5  # keys named in a mismatch message
 #: Largest safetensors header (JSON) read; real ones are kilobytes per thousand tensors.
 MAX_SAFETENSORS_HEADER = 16 * 2**20
 
+#: The ways out for weights Glassbox cannot rebuild: a file that carries the model's code.
 NO_ARCHITECTURE_HINT = (
-    "Upload a TorchScript or torch.export .pt2 file (they carry the code), or add "
-    "glassbox.architecture / glassbox.config metadata (or 'architecture' / 'config' "
-    "checkpoint entries) naming a registered architecture."
+    "Save it with its code, as TorchScript or torch.export .pt2 (torch.jit.script(model).save(path), "
+    "torch.export.save), or upload a Hugging Face folder or zip."
 )
+#: The longest refusal of a weights file (reason and hint): the command line prints it whole on one line.
+MAX_MESSAGE = 300
+_EVIDENCE_KEY = 40  # characters of a tensor name quoted as evidence
+
+
+class WeightsRefused(IncompatibleInput):
+    """Weights that cannot become a model: no architecture Glassbox knows (or the named one) fits them.
+
+    A spec cannot help here (it says how to feed a model, not how to build one), so a page
+    offers no spec form for it; the hint names the formats that carry the model's code.
+    """
 
 
 # --------------------------------------------------------------------------
@@ -70,7 +81,7 @@ def load_safetensors_parts(data: bytes) -> LoadedParts:
     """Build the model a safetensors file describes (or the one its weights fit)."""
     tensors, metadata = read_safetensors(data)
     config = _config_from(metadata.get("glassbox.config"))
-    module, arch = fit_state_dict(tensors, metadata.get("glassbox.architecture"), config)
+    module, arch = fit_state_dict(tensors, metadata.get("glassbox.architecture"), config, what="a safetensors file")
     spec = spec_from_any(metadata.get("glassbox.spec"))
     return LoadedParts(module, "safetensors", embedded_spec=spec, architecture=arch)
 
@@ -132,7 +143,7 @@ def parts_from_object(obj: Any, trusted: bool) -> LoadedParts:
             raise UnsafeFile("Whole pickled modules are only loaded in trusted mode.")
         return LoadedParts(obj, "pickle")
     if not isinstance(obj, dict):
-        raise IncompatibleInput(
+        raise WeightsRefused(
             f"The file holds a {type(obj).__name__}, not a model, state_dict or checkpoint dict.",
             NO_ARCHITECTURE_HINT,
         )
@@ -146,7 +157,7 @@ def _checkpoint_parts(ckpt: dict[str, Any], trusted: bool) -> LoadedParts:
     state_key = next((k for k in STATE_KEYS if k in ckpt), None)
     if state_key is None:
         shown = ", ".join(map(str, list(ckpt)[:8]))
-        raise IncompatibleInput(
+        raise WeightsRefused(
             f"The dict in this file is neither a state_dict nor a checkpoint (keys: {shown}).",
             f"A checkpoint keeps its weights under one of {', '.join(STATE_KEYS)}.",
         )
@@ -156,11 +167,12 @@ def _checkpoint_parts(ckpt: dict[str, Any], trusted: bool) -> LoadedParts:
     if isinstance(state, nn.Module) and trusted:
         return LoadedParts(state, "pickle", embedded_spec=spec, extra=extra)
     if not is_tensor_dict(state):
-        raise IncompatibleInput(f"The checkpoint's {state_key!r} entry is not a dict of tensors.")
+        raise WeightsRefused(f"The checkpoint's {state_key!r} entry is not a dict of tensors.", NO_ARCHITECTURE_HINT)
     arch = ckpt.get("architecture")
     if arch is not None and not isinstance(arch, str):
         raise IncompatibleInput("The checkpoint's 'architecture' entry must be a name (a string).")
-    module, arch = fit_state_dict(state, arch, _config_from(ckpt.get("config")))
+    module, arch = fit_state_dict(state, arch, _config_from(ckpt.get("config")),
+                                  what="a checkpoint with a state dict")
     return LoadedParts(module, "checkpoint", embedded_spec=spec, architecture=arch, extra=extra)
 
 
@@ -177,7 +189,8 @@ def is_tensor_dict(obj: Any) -> bool:
 # fitting weights to an architecture
 # --------------------------------------------------------------------------
 def fit_state_dict(
-    state: dict[str, torch.Tensor], architecture: str | None, config: dict[str, Any] | None
+    state: dict[str, torch.Tensor], architecture: str | None, config: dict[str, Any] | None,
+    *, what: str = "a state dict",
 ) -> tuple[nn.Module, str]:
     """Build an architecture and load ``state`` into it strictly.
 
@@ -188,12 +201,16 @@ def fit_state_dict(
     is sized first: one over the caps, or needing more parameters than
     ``state`` holds, is refused without being built.
 
+    Args:
+        what: what the file is, for the refusal (``a state dict``, ``a safetensors file``, ...).
+
     Returns:
         (eval-mode module, architecture name).
 
     Raises:
-        IncompatibleInput: the weights fit no candidate; the message names the
-            first missing / unexpected / mis-shaped keys.
+        WeightsRefused: the weights fit no candidate. Unnamed: one line saying what the file is
+            (tensor count, a few names as evidence) and the formats that carry the code
+            (`unknown_weights_message`); named: the first missing / unexpected / mis-shaped keys.
         TooLarge: the named architecture's config is over a cap (or, as
             IncompatibleInput, needs more parameters than ``state`` holds).
     """
@@ -202,31 +219,76 @@ def fit_state_dict(
     else:
         candidates = [(name, None) for name in architectures.list_architectures()]
     problems: list[str] = []
+    same_names: tuple[str, str] | None = None  # (architecture, first mis-shaped key): named alike, sized otherwise
     available = sum(t.numel() for t in state.values())
     for name, cfg in candidates:  # a guess tries the registered (trusted) default configs as they are
         module = architectures.build_architecture(name, cfg, available=available if architecture else None)
         expected = module.state_dict()
         best = None
-        for variant in _key_variants(state):
+        for variant in key_variants(state):
             problem = describe_mismatch(expected, variant)
             if problem is None:
                 module.load_state_dict(variant, strict=True)
                 return module.eval(), name
             best = best or problem
+            if same_names is None and set(variant) == set(expected):
+                key = next(k for k, v in expected.items() if tuple(variant[k].shape) != tuple(v.shape))
+                same_names = (name, f"{_elide(key)}: file {list(variant[key].shape)}, {name} {list(expected[key].shape)}")
         problems.append(f"{name}: {best}")
     if architecture:
-        raise IncompatibleInput(
+        raise WeightsRefused(
             f"The weights do not fit architecture {architecture!r} ({problems[0].split(': ', 1)[1]}).",
             "Check the architecture name and config stored with the weights.",
         )
-    tried = "; ".join(problems[:3]) if problems else "none registered"
-    raise IncompatibleInput(
-        f"The file names no architecture and its weights fit none of the registered ones ({tried}).",
-        NO_ARCHITECTURE_HINT,
-    )
+    raise WeightsRefused(*unknown_weights_message(state, what, same_names))
 
 
-def _key_variants(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+def unknown_weights_message(state: dict[str, Any], what: str = "a state dict",
+                            same_names: tuple[str, str] | None = None) -> tuple[str, str]:
+    """The one refusal of weights no registered architecture fits: (reason, hint), at most `MAX_MESSAGE` long.
+
+    The reason says what the file is, with a few tensor names as evidence (never the key dump of
+    every architecture tried); the hint names the formats that carry the model's code.
+
+    Args:
+        state: the file's tensors by name.
+        what: what the file is (``a state dict``, ``a safetensors file``, ...).
+        same_names: (architecture, first difference) when the names are those of a registered
+            architecture and only the sizes differ: then its config is what is missing.
+    """
+    n = len(state)
+    count = f"{n:,} tensor{'' if n == 1 else 's'}"
+    if same_names is not None:
+        name, difference = same_names
+        return (f"The file is {what} of {count} named as in architecture {name!r} but sized otherwise ({difference}).",
+                "Store the architecture's config with the weights (glassbox.config metadata or a 'config' "
+                "checkpoint entry), or save the model as TorchScript or torch.export .pt2.")
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    keys = sorted(state, key=lambda k: k.endswith(buffers))  # weights before buffers, in file order
+
+    def reason(shown: int, longest: int = _EVIDENCE_KEY) -> str:
+        listed = ", ".join(_elide(k, longest) for k in keys[:shown]) + (", …" if n > shown else "")
+        return f"The file is {what} of {count} ({listed}) that fit none of the registered architectures."
+
+    def fits(text: str) -> bool:
+        return len(f"{text} {NO_ARCHITECTURE_HINT}") <= MAX_MESSAGE
+
+    shown = 1  # one name as evidence, up to three while the line stays whole
+    while shown < min(n, 3) and fits(reason(shown + 1)):
+        shown += 1
+    longest = _EVIDENCE_KEY
+    while longest > 8 and not fits(reason(shown, longest)):  # a very long name: elided further
+        longest -= 4
+    return reason(shown, longest), NO_ARCHITECTURE_HINT
+
+
+def _elide(key: str, longest: int = _EVIDENCE_KEY) -> str:
+    return key if len(key) <= longest else key[: longest - 1] + "…"
+
+
+def key_variants(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """``state`` as it is, then its keys under each wrapper prefix with the prefix stripped
+    (`STRIPPABLE_PREFIXES`: Lightning's ``model.``, DataParallel's ``module.``): the ways its names may fit."""
     variants = [state]
     for prefix in STRIPPABLE_PREFIXES:
         stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
