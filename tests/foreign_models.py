@@ -99,3 +99,51 @@ def write_hf_resnet(directory: Path) -> Path:
     ResNetForImageClassification(config).eval().save_pretrained(directory)
     (directory / "preprocessor_config.json").write_text(json.dumps(HF_RESNET_PREPROCESSOR))
     return directory
+
+
+#: Texts the tiny RoBERTa's byte-level BPE tokenizer is trained on (words outside its merges split).
+ROBERTA_CORPUS = ["the movie was very good", "bad awful movie", "not a great film at all", "what a lovely story"] * 5
+
+
+def write_hf_roberta(directory: Path) -> Path:
+    """A Hugging Face RoBERTa sequence classifier folder with its own byte-level BPE ``tokenizer.json``
+    (``<s>`` ... ``</s>``, pad id 1, tokens like ``Ġgreat``); returns it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    directory = Path(directory)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(ROBERTA_CORPUS, trainers.BpeTrainer(vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=40, pad_token_id=1, bos_token_id=0,
+                        eos_token_id=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    RobertaForSequenceClassification(cfg).eval().save_pretrained(directory)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"cls_token": "<s>", "model_max_length": 32}))
+    return directory
+
+
+class ColourNet(nn.Module):
+    """A small CNN for 3 x 16 x 16 pictures trained (by its author) on ImageNet-normalised pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 3, 16, 16] -> [N, 3]
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def write_ts_colour_net(directory: Path) -> Path:
+    """``colournet.ts.pt``: `ColourNet` as TorchScript, no spec (the spec form gives 3, 16, 16 and ImageNet's
+    mean / std); returns the file."""
+    torch.manual_seed(1)
+    path = Path(directory) / "colournet.ts.pt"
+    torch.jit.script(ColourNet().eval()).save(str(path))
+    return path

@@ -9,6 +9,7 @@ import streamlit as st
 
 from explain.dataset.job import DatasetView
 from explain.dataset.reading import Dataset, from_batch, read_dataset
+from explain.inputs.tabular import feature_names
 from explain.model import LoadedModel
 from explain.viz import dataset as viz
 from ui import state
@@ -49,7 +50,7 @@ def render_summary(model: LoadedModel, view: DatasetView, key: str) -> None:
                f" · {view.seconds:.1f} s")
     class_names = [spec.class_name(k) for k in range(len(summary.class_counts))]
     if model.modality == "tabular":
-        names = list(spec.feature_names) if spec.feature_names else [f"x{i}" for i in range(summary.mean_abs.size)]
+        names = feature_names(spec)
         c1, c2 = st.columns(2)
         with c1:
             st.markdown("**Mean |attribution| per feature**")

@@ -40,6 +40,12 @@ def render_preprocessing(model: LoadedModel, batch: InputBatch, rows: Sequence[i
             cols[1].image(np.asarray(batch.display[r]), width=160, caption=f"model input #{r} ({w}×{h})")
 
 
+def render_input_notes(batch: InputBatch) -> None:
+    """What reading the inputs left out or assumed (a CSV's ignored columns, its label column)."""
+    for note in batch.notes[:5]:
+        st.caption(f"ℹ️ {escape_markdown(note)}")
+
+
 def render_prediction_warning(model: LoadedModel, probs: np.ndarray) -> None:
     """The library's one-class warning (`one_class_warning`), when it applies."""
     warning = one_class_warning(probs, model.spec)

@@ -24,7 +24,7 @@ NAME = "attention"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (safetensors, .pt, TorchScript, .pt2) or a sample name")
     parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
-    parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz token ids, or .txt when the spec has a vocabulary")
+    parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz token ids, or .txt when the spec has a vocabulary; a folder of such files is read in name order")
     parser.add_argument("--out", required=True, help="output .npz")
 
 

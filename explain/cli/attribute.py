@@ -17,7 +17,7 @@ NAME = "attribute"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (or a sample name: shapes, cancer, sentiment)")
     parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
-    parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz (which also tell the spec of a model that carries none) or a raw file the spec can read")
+    parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz (which also tell the spec of a model that carries none) or a raw file the spec can read; a folder of such files is read in name order")
     parser.add_argument("--method", required=True, help="method name (see `python -m explain methods MODEL`)")
     parser.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
     add_method_arguments(parser)

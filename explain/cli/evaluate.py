@@ -23,7 +23,7 @@ NAME = "evaluate"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (or a sample name: shapes, cancer, sentiment)")
     parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
-    parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz or a raw file the spec can read")
+    parser.add_argument("--inputs", required=True, help="inputs: .npy/.npz or a raw file the spec can read; a folder of such files is read in name order")
     parser.add_argument("--methods", required=True, help="comma-separated method names, e.g. integrated_gradients,saliency")
     parser.add_argument("--metrics", default=None,
                         help="comma-separated metrics (default: the cheap ones the model and masks allow): "

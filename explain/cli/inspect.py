@@ -19,7 +19,7 @@ NAME = "inspect"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file: safetensors, .pt/.pth/.ckpt, TorchScript or .pt2")
     parser.add_argument("--spec", help="spec JSON file (wins over the spec embedded in the model)")
-    parser.add_argument("--inputs", help="inputs to check against the model (.npy/.npz/.png/.jpg/.csv/.txt); .npy/.npz also tell the spec of a model that carries none")
+    parser.add_argument("--inputs", help="inputs to check against the model (.npy/.npz/.png/.jpg/.csv/.txt); .npy/.npz also tell the spec of a model that carries none; a folder of such files is read in name order")
     parser.add_argument("--layers", action="store_true", help="also list layers with output shapes and FLOPs")
 
 

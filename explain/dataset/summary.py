@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from explain.attribution import Attribution
+from explain.inputs.tabular import feature_names
 from explain.inputs.text import detokenize, padding_mask
 from explain.spec import InputSpec
 
@@ -241,7 +242,7 @@ def summary_dict(summary: DatasetSummary, spec: InputSpec, top: int = 10) -> dic
         "class_counts": {spec.class_name(k): int(c) for k, c in enumerate(summary.class_counts)},
     }
     if summary.modality == "tabular":
-        names = list(spec.feature_names) if spec.feature_names else [f"x{i}" for i in range(summary.mean_abs.size)]
+        names = feature_names(spec)
         order = np.argsort(-summary.mean_abs)[:top]
         out["mean_abs"] = {names[i]: float(summary.mean_abs[i]) for i in order}
     elif summary.modality == "image":

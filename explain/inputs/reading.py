@@ -45,6 +45,8 @@ class InputBatch:
         originals: one entry per item: the picture as uploaded (uint8 [h, w, 3], a small
             copy) for images read from a picture file, None for everything else; an empty
             list when no item has one.
+        notes: what reading left out or assumed, one line each (a CSV's ignored columns, a
+            column taken as labels).
     """
 
     array: np.ndarray
@@ -52,6 +54,7 @@ class InputBatch:
     labels: np.ndarray | None = None
     source_names: list[str] = field(default_factory=list)
     originals: list[np.ndarray | None] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
@@ -99,7 +102,7 @@ def read_inputs(source: Any, spec: InputSpec, *, filename: str | None = None) ->
         return read_image(data, spec, name)
     if kind == "csv":
         rows = parse_csv(data, spec, name)
-        return InputBatch(rows.features, rows.display, rows.labels, rows.names)
+        return InputBatch(rows.features, rows.display, rows.labels, rows.names, notes=list(rows.notes))
     return read_text(data, spec, name)
 
 
@@ -132,6 +135,7 @@ def concat_batches(batches: Sequence[InputBatch]) -> InputBatch:
         labels,
         [n for b in batches for n in b.source_names],
         originals if any(o is not None for o in originals) else [],
+        [note for b in batches for note in b.notes],
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from explain.inputs.text import padding_mask
+from explain.inputs.text import display_tokens, padding_mask
 from explain.spec import InputSpec
 
 #: sequences longer than this are pooled before they are drawn.
@@ -19,14 +19,12 @@ MAX_DRAWN_TOKENS = 128
 
 
 def label_tokens(spec: InputSpec, ids: np.ndarray) -> list[str]:
-    """Token strings for one row of ids; ``#id`` where the vocabulary has none.
+    """Readable token labels for one row of ids (`display_tokens`: ``great`` for ``Ġgreat``).
 
     Repeated tokens stay distinguishable on an axis: ``the``, ``the·2``.
     """
-    vocab = spec.vocabulary or []
     out, seen = [], {}
-    for i in np.asarray(ids).ravel().tolist():
-        tok = vocab[i] if 0 <= i < len(vocab) else f"#{i}"
+    for tok in display_tokens(np.asarray(ids).ravel(), spec):
         seen[tok] = seen.get(tok, 0) + 1
         out.append(tok if seen[tok] == 1 else f"{tok}·{seen[tok]}")
     return out
