@@ -139,3 +139,36 @@ def test_token_highlights_carry_a_legend_and_the_value_on_hover():
     assert "gb-legend" not in viz.text_attribution_html(["a"], np.array([1.0]), legend=False)
     background = re.findall(r"background:(#[0-9a-f]{6});color:(#[0-9a-f]{6})", html)
     assert len(background) == 2  # opaque colours, not rgba over whatever the theme's background is
+
+
+@pytest.mark.parametrize("zmax, end", [(0.1234, "0.12"), (3.4e-6, "3.4e−6"), (2.5e5, "2.5e5"), (1234.5, "1200"),
+                                       (0.5, "0.5"), (9.96e-4, "0.001")])
+@pytest.mark.parametrize("sign", viz.SIGNS)
+def test_colour_bar_shows_both_end_values_and_keeps_them_inside_the_figure(zmax, end, sign):
+    """Issue 20 item 7: under tiny or huge maps the bar showed only "0" (plotly hides a tick label that
+    crosses the figure's edge, and the end labels are centred on the bar's ends)."""
+    from explain.viz.labels import text_width
+
+    fig = viz.image_attribution_figure(_image(), _heat() * zmax / 2, zmax, sign, target="cat")
+    bar = fig.data[-1].colorbar
+    ticks = list(bar.ticktext)
+    assert len(ticks) == 3 and len(bar.tickvals) == 3
+    assert ticks[0] != ticks[-1] and "0" in (ticks[0], ticks[1])
+    expected = {"all": ["−" + end, "0", "+" + end], "negative": ["0", None, "−" + end]}.get(sign, ["0", None, end])
+    assert [t for t, e in zip(ticks, expected) if e is not None] == [e for e in expected if e is not None]
+    assert [bar.tickvals[0], bar.tickvals[-1]] == list(viz.colour_range(zmax, sign))
+    # the bar spans the plot area exactly, so half an end label overhangs into each side margin
+    assert bar.len == 1.0 and bar.x == 0.5 and bar.xanchor == "center"
+    size = bar.tickfont.size
+    assert fig.layout.margin.l >= text_width(ticks[0], size) / 2 and fig.layout.margin.r >= text_width(ticks[-1], size) / 2
+
+
+def test_colour_bar_numbers_read_for_tiny_and_huge_values():
+    from explain.viz.labels import format_value
+
+    assert [format_value(v) for v in (0.1234, 0.0012, 0.5, 1.0, 123, 9999, 12345, 3.4e-6, 1e-5, 2.5e5, 0.0)] == [
+        "0.12", "0.0012", "0.5", "1", "120", "1e4", "1.2e4", "3.4e−6", "1e−5", "2.5e5", "0"]
+    assert format_value(-0.1234) == "−0.12" and format_value(0.1234, signed=True) == "+0.12"
+    html = viz.legend_html(3.4e-6, "all")
+    assert "−3.4e−6" in html and "+3.4e−6" in html  # the HTML legend writes the ends the same way
+    assert ">0<" not in viz.legend_html(3.4e-6, "negative").split("linear-gradient")[0]  # its low end is the limit

@@ -10,6 +10,7 @@ from plotly.subplots import make_subplots
 
 from explain.attribution import Attribution
 from explain.spec import InputSpec
+from explain.viz.labels import format_value, text_width
 
 SIGNS = ("all", "positive", "negative", "absolute")
 #: how an image map is shown: over a grey-scale copy of the input, alone, or next to the input.
@@ -148,17 +149,36 @@ def colour_bar_text(sign: str = "all", target: str = "") -> str:
     }[sign]
 
 
-def _colour_bar(zmax: float, sign: str, target: str) -> dict:
+#: the colour bar's tick labels (px).
+BAR_TICK_SIZE = 10
+
+
+def colour_bar_ticks(zmax: float, sign: str = "all") -> tuple[list[float], list[str]]:
+    """(values, labels) of a map's colour bar: both ends and the middle, the ends always with their
+    value (`format_value`: ``−0.12 · 0 · +0.12``, ``0 · 1.2e−6 · 2.5e−6``)."""
     lo, hi = colour_range(zmax, sign)
-    mid = (lo + hi) / 2
+    half, end = format_value(zmax / 2), format_value(zmax)
     if sign == "all":
-        ticks = [f"−{zmax:.2g}", "0", f"+{zmax:.2g}"]
+        labels = ["−" + end, "0", "+" + end]
     elif sign == "negative":
-        ticks = ["0", f"−{zmax / 2:.2g}", f"−{zmax:.2g}"]
+        labels = ["0", "−" + half, "−" + end]
     else:
-        ticks = ["0", f"{zmax / 2:.2g}", f"{zmax:.2g}"]
-    return dict(orientation="h", x=0.5, xanchor="center", y=-0.02, yanchor="top", thickness=8, len=0.95,
-                tickvals=[lo, mid, hi], ticktext=ticks, tickfont=dict(size=10), outlinewidth=0,
+        labels = ["0", half, end]
+    return [lo, (lo + hi) / 2, hi], labels
+
+
+def colour_bar_margin(zmax: float, sign: str = "all") -> int:
+    """Pixels each side of a map needs so that the colour bar's end labels, centred on its ends,
+    stay inside the figure (plotly hides a tick label that would cross the figure's edge)."""
+    _, labels = colour_bar_ticks(zmax, sign)
+    return (max(text_width(labels[0], BAR_TICK_SIZE), text_width(labels[-1], BAR_TICK_SIZE)) + 1) // 2 + 4
+
+
+def _colour_bar(zmax: float, sign: str, target: str) -> dict:
+    values, labels = colour_bar_ticks(zmax, sign)
+    return dict(orientation="h", x=0.5, xanchor="center", y=-0.02, yanchor="top", thickness=8, len=1.0,
+                tickvals=values, ticktext=labels, tickfont=dict(size=BAR_TICK_SIZE), outlinewidth=0,
+                ticklabeloverflow="allow",
                 title=dict(text=colour_bar_text(sign, target), side="bottom", font=dict(size=11)))
 
 
@@ -179,6 +199,7 @@ def image_attribution_figure(
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     lo, hi = colour_range(zmax, sign)
+    side = colour_bar_margin(zmax, sign)  # the bar spans the plot; its end labels overhang into these margins
     heatmap = go.Heatmap(
         z=heat, zmin=lo, zmax=hi, colorscale=plotly_colorscale(sign, opaque=view != "overlay"), showscale=True,
         colorbar=_colour_bar(zmax, sign, target),
@@ -199,7 +220,7 @@ def image_attribution_figure(
     fig.update_yaxes(visible=False, autorange="reversed")
     fig.update_layout(
         title=dict(text=title, font=dict(size=13)), height=height + 52, font=FONT, plot_bgcolor="white",
-        margin=dict(l=0, r=0, t=28 if title else 0, b=52),
+        margin=dict(l=side, r=side, t=28 if title else 0, b=52),
     )
     return fig
 
@@ -292,8 +313,8 @@ def legend_html(zmax: float, sign: str = "all", target: str = "") -> str:
     lo, hi = colour_range(zmax, sign)
     stops = colour_stops(sign, opaque=True)
     gradient = ", ".join(f"{_hex(rgb)} {100 * t:.0f}%" for t, rgb, _ in stops)
-    low = f"−{zmax:.2g}" if sign in ("all", "negative") else "0"
-    high = "0" if sign == "negative" else f"+{zmax:.2g}" if sign == "all" else f"{zmax:.2g}"
+    _, labels = colour_bar_ticks(zmax, sign)
+    low, high = (labels[-1], labels[0]) if sign == "negative" else (labels[0], labels[-1])  # low end on the left
     if sign == "negative":
         gradient = ", ".join(f"{_hex(rgb)} {100 - 100 * t:.0f}%" for t, rgb, _ in stops[::-1])
     return (

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 #: labels longer than this keep their start and end with "…" between (the full name is in the hover).
 MAX_LABEL_CHARS = 40
 #: average width of a character of the figures' sans-serif font, as a share of the font size.
@@ -43,3 +45,82 @@ def label_margin(labels: Sequence[str], font_size: float = 12, pad: int = 16) ->
     """Pixels a horizontal axis title-less label column needs: the longest label at ``font_size``."""
     longest = max((len(str(s)) for s in labels), default=0)
     return int(round(longest * font_size * CHAR_WIDTH)) + pad
+
+
+#: line height of a figure title, as a share of its font size (plotly's LINE_SPACING is 1.3).
+LINE_HEIGHT = 1.3
+#: the narrowest column a figure is drawn in (the Overview's panes, a report figure printed two a row):
+#: a title wraps to fit it.
+NARROW_WIDTH = 300
+TITLE_SIZE = 14
+
+
+def text_width(text: str, font_size: float = 12) -> int:
+    """Pixels ``text`` takes at ``font_size`` (an estimate: `CHAR_WIDTH` per character)."""
+    return int(round(len(str(text)) * font_size * CHAR_WIDTH))
+
+
+def wrap_title(text: str, width: int = NARROW_WIDTH, font_size: float = TITLE_SIZE, max_lines: int = 3) -> str:
+    """``text`` in lines of at most ``width`` pixels at ``font_size``, joined by ``<br>`` (plotly's line break).
+
+    A title that fits stays one line. Else each part of a "·" title ("layer · what") starts a line,
+    and a part too long for one breaks at spaces; a single word (a layer name) longer than a line is
+    elided in the middle (`elide`); past ``max_lines`` the last line is elided.
+    """
+    text = str(text)
+    per_line = max(8, int(width // (font_size * CHAR_WIDTH)))
+    if len(text) <= per_line:
+        return text
+    lines: list[str] = []
+    for part in text.split(" · "):
+        line = ""
+        for word in part.split(" "):
+            word = elide(word, per_line)
+            if line and len(line) + 1 + len(word) > per_line:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + [elide(" ".join(lines[max_lines - 1 :]), per_line)]
+    return "<br>".join(lines)
+
+
+def title_lines(text: str) -> int:
+    """How many lines a plotly title takes (its ``<br>``s plus one)."""
+    return str(text).count("<br>") + 1 if text else 0
+
+
+def title_margin(text: str, font_size: float = TITLE_SIZE, pad: int = 14) -> int:
+    """Pixels the top margin needs for a (wrapped) title: its lines and a gap above the plot."""
+    return int(round(title_lines(text) * font_size * LINE_HEIGHT)) + pad if text else pad
+
+
+def format_value(value: float, signed: bool = False) -> str:
+    """A number for a tick or a colour bar's end, in two significant digits: plain between 0.001 and
+    10,000 (``0.0012``, ``0.12``, ``120``), else with an exponent (``3.4e−6``, ``2.5e5``); a
+    true minus sign; ``signed`` puts "+" before positive numbers."""
+    v = float(value)
+    if v == 0 or not np.isfinite(v):
+        return "0" if v == 0 else str(v)
+    a = float(f"{abs(v):.2g}")  # rounded to two significant digits
+    if 1e-3 <= a < 1e4:
+        body = f"{a:.{max(0, 1 - int(np.floor(np.log10(a))))}f}".rstrip("0").rstrip(".") if a < 1 else f"{a:g}"
+    else:
+        mantissa, exponent = f"{a:.1e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        body = f"{mantissa}e{int(exponent)}".replace("-", "−")
+    sign = "−" if v < 0 else "+" if signed else ""
+    return sign + body
+
+
+def keep_labels_inside(fig):
+    """Every axis grows its margin for its tick labels and title, and the title its own: explicit, so
+    the figure does not depend on the default template (the app's "streamlit" template sets no
+    ``automargin``, and a report built in the app's process had clipped ticks and titles over them)."""
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    if fig.layout.title.text:
+        fig.update_layout(title_automargin=True)
+    return fig
