@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", default=None, help="inputs to explain: .npy/.npz or a raw file the spec can read")
     parser.add_argument("--logs", nargs="+", default=[], metavar="LOG", help="training logs (csv, json, TensorBoard)")
     parser.add_argument("--checkpoints", nargs="+", default=[], metavar="CKPT",
-                        help="checkpoints (ordered by their epoch; 2 or more add a checkpoint-evolution section)")
+                        help="checkpoints: weights-only torch.save files, safetensors, Hugging Face model folders or "
+                             "zips (ordered by their epoch; 2 or more add a checkpoint-evolution section)")
     parser.add_argument("--methods", default="integrated_gradients", help="comma-separated attribution methods")
     parser.add_argument("--max-inputs", type=int, default=4, help="how many inputs the output sections explain")
     parser.add_argument("--steps", type=int, default=None, help="integration steps / samples for every method that has them")
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> dict:
     from explain.cli.model_arg import load_model_arg, read_inputs_arg
     from explain.output.methods import get_method
     from explain.report.document import print_pdf
-    from explain.report.job import file_as_data, log_as_data, report_html, report_job
+    from explain.report.job import log_as_data, report_html, report_job
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> dict:
     model = load_model_arg(args.model, args.spec, args.inputs)
     inputs = read_inputs_arg(args.inputs, model) if args.inputs else None  # labels kept, as the page has them
     logs = [log_as_data(p) for p in args.logs]
-    checkpoints = [file_as_data(p) for p in args.checkpoints]
+    checkpoints = [checkpoint_as_data(p) for p in args.checkpoints]
     start = time.perf_counter()
     run = run_as_job(args.model, model, "report", lambda name, version: report_job(
         model, name, version, None if inputs is None else inputs.array,
@@ -96,6 +97,19 @@ def run(args: argparse.Namespace) -> dict:
         "seconds": time.perf_counter() - start,
         "run": run.info.id,
     }
+
+
+def checkpoint_as_data(path: str) -> tuple[str, bytes]:
+    """A checkpoint as the job carries it: ``(name, bytes)``; a Hugging Face folder packed as its zip
+    (``NAME.zip``: the files `load_model` reads and a Trainer's ``trainer_state.json``), so the worker
+    reads a folder and a zip alike."""
+    from explain.report.job import file_as_data
+    from explain.training.evolution import checkpoint_folder_as_zip
+
+    if Path(path).is_dir():
+        data, name = checkpoint_folder_as_zip(path)
+        return name, data
+    return file_as_data(path)
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -77,6 +77,25 @@ def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
+def safetensors_shapes(data: bytes) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header alone (no tensor is read).
+
+    Raises:
+        TooLarge: a header over `MAX_SAFETENSORS_HEADER`.
+        CorruptFile: a header that is not a safetensors table.
+    """
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if n > MAX_SAFETENSORS_HEADER:
+        raise TooLarge(f"The safetensors header is {n / 2**20:.0f} MiB, over the "
+                       f"{MAX_SAFETENSORS_HEADER / 2**20:.0f} MiB Glassbox reads.")
+    try:
+        header = json.loads(data[8 : 8 + n])
+        return {str(k): tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        raise CorruptFile("The safetensors file is truncated or damaged (its header is not a tensor table).",
+                          "Upload the complete file again.") from None
+
+
 def load_safetensors_parts(data: bytes) -> LoadedParts:
     """Build the model a safetensors file describes (or the one its weights fit)."""
     tensors, metadata = read_safetensors(data)

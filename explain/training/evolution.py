@@ -14,8 +14,11 @@ weights-only (`explain.training.formats.load_checkpoint_dict`). `sort_checkpoint
 from __future__ import annotations
 
 import copy
+import io
+import json
 import os
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from explain.errors import IncompatibleInput, UsageError
+from explain.errors import CorruptFile, IncompatibleInput, UsageError
 from explain.inputs.text import padding_mask
-from explain.loading.source import read_source
+from explain.loading import huggingface
+from explain.loading.export import is_export_archive
+from explain.loading.source import Archive, find_member, open_archive, read_source, weights_only_load
+from explain.loading.torchscript import is_torchscript
+from explain.loading.weights import WeightsRefused, is_tensor_dict, key_variants, read_safetensors, safetensors_shapes
 from explain.model import LoadedModel
 from explain.training.formats import load_checkpoint_dict
 
@@ -36,6 +43,9 @@ UNITS = 1000
 
 _STATE_KEYS = ("model_state_dict", "state_dict", "model", "weights", "module")
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+#: What a checkpoint may be, for refusals.
+CHECKPOINT_FORMATS = ("Give weights-only torch.save files (.pt/.pth/.ckpt), safetensors, or Hugging Face "
+                      "model folders or zips.")
 
 
 @dataclass
@@ -112,14 +122,36 @@ def final_checkpoint(checkpoints: Iterable[Checkpoint]) -> Checkpoint:
 
 
 def read_checkpoint(source: str | os.PathLike | bytes | tuple[str, bytes], filename: str | None = None) -> Checkpoint:
-    """Read one checkpoint (a dict with a state dict, or a bare state dict), weights-only.
+    """Read one checkpoint's weights: a torch.save dict with a state dict or a bare state dict (weights-only),
+    a safetensors file, or a Hugging Face model (a folder, or its zip: `read_hf_checkpoint`).
 
     Raises:
         TooLarge, CorruptFile: over the upload cap, missing or empty (`explain.loading.source.read_source`).
-        UnsafeFile, CorruptFile: see `explain.training.formats.load_checkpoint_dict`.
+        UnsafeFile, CorruptFile: see `explain.training.formats.load_checkpoint_dict`; a zip that is
+            neither a torch.save file nor a Hugging Face model.
         IncompatibleInput: no tensors found.
     """
-    data, name = read_source(source, filename, default_name="checkpoint")
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():  # a Hugging Face checkpoint folder
+        data, name = checkpoint_folder_as_zip(source)
+        name = filename or name
+    else:
+        data, name = read_source(source, filename, default_name="checkpoint")
+    if data[:2] == b"PK":
+        archive = open_archive(data, "checkpoint")
+        if huggingface.is_hf_archive(archive.names):
+            return read_hf_checkpoint(data, name, archive)
+        graph = ("a TorchScript archive" if is_torchscript(archive.names)
+                 else "a torch.export .pt2 program" if is_export_archive(archive, archive.names) else None)
+        if graph is not None:  # their weights sit inside a graph that is only ever opened in a sandbox
+            raise CorruptFile(f"{name} is {graph}; checkpoints are compared by their weights alone.",
+                              CHECKPOINT_FORMATS)
+        if find_member(archive.names, "data.pkl") is None:
+            raise CorruptFile(f"{name} is a zip archive but neither a torch.save checkpoint nor a Hugging Face "
+                              "model (config.json with model.safetensors or pytorch_model.bin).", CHECKPOINT_FORMATS)
+    if _is_safetensors(data):
+        tensors = in_layer_order(read_safetensors(data)[0])
+        epoch = epoch_from_name(name)
+        return Checkpoint(checkpoint_label(name, epoch), epoch, tensors, name, data, {"format": "safetensors"})
     obj = load_checkpoint_dict(data, name)
     state = obj
     for key in _STATE_KEYS:
@@ -132,8 +164,91 @@ def read_checkpoint(source: str | os.PathLike | bytes | tuple[str, bytes], filen
     epoch = obj.get("epoch")
     epoch = float(epoch) if isinstance(epoch, (int, float)) else epoch_from_name(name)
     label = checkpoint_label(name, epoch)
-    meta = {k: v for k, v in obj.items() if k not in _STATE_KEYS}
+    meta = {} if state is obj else {k: v for k, v in obj.items() if k not in _STATE_KEYS}
     return Checkpoint(label, epoch, tensors, name, data, meta)
+
+
+def checkpoint_folder_as_zip(folder: str | os.PathLike) -> tuple[bytes, str]:
+    """A Hugging Face checkpoint folder as zip bytes and a name (``FOLDER.zip``): the files a model
+    upload reads (`huggingface.folder_as_zip`) and a Trainer's ``trainer_state.json`` (its epoch)."""
+    data, name = huggingface.folder_as_zip(folder)
+    state = Path(folder) / "trainer_state.json"
+    if state.is_file():
+        buf = io.BytesIO(data)
+        with zipfile.ZipFile(buf, "a", zipfile.ZIP_STORED) as zf:
+            info = zipfile.ZipInfo(state.name, date_time=(1980, 1, 1, 0, 0, 0))
+            zf.writestr(info, read_source(state)[0])
+        data = buf.getvalue()
+    return data, f"{name}.zip"
+
+
+def read_hf_checkpoint(data: bytes, name: str, archive: Archive | None = None) -> Checkpoint:
+    """A Hugging Face model (zip bytes) as a checkpoint: its weights read here as data, nothing built.
+
+    The upload is checked as a model upload is (`huggingface.read_huggingface`: no remote code, every
+    file bounded, the config sized against the weights on the ``meta`` device); the weights are read
+    from safetensors (or a weights-only ``pytorch_model.bin``). A Trainer checkpoint's
+    ``trainer_state.json`` gives the epoch. The model itself is only built in a model process, by
+    `model_at` through `explain.loading.loader.load_model`.
+    """
+    archive = archive or open_archive(data, "Hugging Face")
+    upload = huggingface.read_huggingface(data, archive)
+    epoch = _trainer_epoch(archive)
+    if epoch is None:
+        epoch = epoch_from_name(name)
+    meta = {"format": huggingface.FORMAT, "architecture": upload.model_class.__name__,
+            "hf_model_type": upload.config.model_type}
+    return Checkpoint(checkpoint_label(name, epoch), epoch, in_layer_order(hf_tensors(upload)), name, data, meta)
+
+
+def hf_tensors(upload: huggingface.HFUpload) -> dict[str, torch.Tensor]:
+    """The weights of a checked Hugging Face upload, by name (safetensors, shards, or a weights-only .bin)."""
+    if upload.shards:
+        state: dict[str, torch.Tensor] = {}
+        for blob in upload.shards.values():
+            state.update(read_safetensors(blob)[0])
+        return state
+    if "model.safetensors" in upload.files:
+        return read_safetensors(upload.files["model.safetensors"])[0]
+    state = weights_only_load(upload.files["pytorch_model.bin"], "pytorch_model.bin")
+    if not is_tensor_dict(state):
+        raise CorruptFile("pytorch_model.bin is not a state_dict of tensors.")
+    return state
+
+
+def _hf_shapes(upload: huggingface.HFUpload) -> dict[str, tuple[int, ...]]:
+    """Each weight's shape in a checked Hugging Face upload (safetensors: from the headers only)."""
+    if upload.shards:
+        return {k: v for blob in upload.shards.values() for k, v in safetensors_shapes(blob).items()}
+    if "model.safetensors" in upload.files:
+        return safetensors_shapes(upload.files["model.safetensors"])
+    return {k: tuple(v.shape) for k, v in hf_tensors(upload).items()}
+
+
+def in_layer_order(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors by name in natural order (``layer.2`` before ``layer.10``): a safetensors file keeps no
+    module order, and this one puts embeddings, numbered layers and the head in the order they run."""
+    def key(name: str) -> tuple:
+        return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
+
+    return {k: tensors[k] for k in sorted(tensors, key=key)}
+
+
+def _trainer_epoch(archive: Archive) -> float | None:
+    """The epoch a Trainer checkpoint's ``trainer_state.json`` records, else None."""
+    member = find_member(archive.names, "trainer_state.json")
+    if member is None:
+        return None
+    try:
+        epoch = json.loads(archive.read(member, huggingface.MAX_JSON_BYTES)).get("epoch")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+
+
+def _is_safetensors(data: bytes) -> bool:
+    n = int.from_bytes(data[:8], "little") if len(data) >= 10 else 0
+    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
 
 
 def read_checkpoints(sources: Iterable[str | os.PathLike | tuple[str, bytes]]) -> list[Checkpoint]:
@@ -161,6 +276,38 @@ class WeightChange:
     norms: np.ndarray
 
 
+def aligned_states(checkpoints: Sequence[Checkpoint]) -> list[dict[str, torch.Tensor]]:
+    """The checkpoints' state dicts under one naming: a wrapper prefix (``model.``, ``module.``,
+    `explain.loading.weights.key_variants`) that some carry and others do not is stripped, so a
+    Hugging Face zip and a ``.pth`` of ``model.state_dict()`` from a Lightning module compare.
+
+    Raises:
+        IncompatibleInput: a checkpoint whose weights are not those of the first one's model
+            (one line: how many weights differ and one example).
+    """
+    first = checkpoints[0]
+    best: tuple[int, str] | None = None
+    for base in key_variants(first.state_dict):
+        names = {n: tuple(t.shape) for n, t in base.items() if t.is_floating_point() and not n.endswith(_BUFFER_SUFFIXES)}
+        states = [base]
+        for ckpt in checkpoints[1:]:
+            match = next((v for v in key_variants(ckpt.state_dict)
+                          if all(n in v and tuple(v[n].shape) == shape for n, shape in names.items())), None)
+            if match is None:
+                sd = ckpt.state_dict
+                bad = [n for n, shape in names.items() if n not in sd or tuple(sd[n].shape) != shape]
+                if best is None or len(bad) < best[0]:
+                    best = (len(bad), f"{ckpt.source} is not a checkpoint of the same model as {first.source} "
+                                      f"({len(bad)} of its {len(names)} weights are missing or shaped otherwise, "
+                                      f"e.g. {bad[0]!r}).")
+                break
+            states.append(match)
+        else:
+            return states
+    raise IncompatibleInput(best[1] if best else "The checkpoints hold different models.",
+                            "Compare checkpoints of one model (the same architecture and config).")
+
+
 def _layer_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
@@ -175,16 +322,9 @@ def compute_weight_changes(checkpoints: Sequence[Checkpoint]) -> WeightChange:
     """
     if len(checkpoints) < 2:
         raise IncompatibleInput("Weight change needs at least 2 checkpoints of the same model.")
-    first = checkpoints[0].state_dict
+    states = aligned_states(checkpoints)
+    first = states[0]
     names = [n for n, t in first.items() if t.is_floating_point() and not n.endswith(_BUFFER_SUFFIXES)]
-    for ckpt in checkpoints[1:]:
-        sd = ckpt.state_dict
-        bad = [n for n in names if n not in sd or sd[n].shape != first[n].shape]
-        if bad:
-            raise IncompatibleInput(
-                f"{ckpt.source} is not a checkpoint of the same model as {checkpoints[0].source} "
-                f"(e.g. {bad[0]!r} is missing or has another shape)."
-            )
     layers: list[str] = []
     groups: dict[str, list[str]] = {}
     for n in names:
@@ -201,7 +341,7 @@ def compute_weight_changes(checkpoints: Sequence[Checkpoint]) -> WeightChange:
     norms = np.zeros((len(layers), k))
     values = np.full((len(layers), k - 1), np.nan)
     for li, layer in enumerate(layers):
-        vecs = [flat(c.state_dict, layer) for c in checkpoints]
+        vecs = [flat(sd, layer) for sd in states]
         for t in range(k):
             norms[li, t] = float(vecs[t].norm())
         for t in range(k - 1):
@@ -216,15 +356,28 @@ def compute_weight_changes(checkpoints: Sequence[Checkpoint]) -> WeightChange:
 def model_at(checkpoint: Checkpoint, reference: LoadedModel | None = None) -> LoadedModel:
     """A `LoadedModel` with the checkpoint's weights.
 
-    With an eager ``reference`` model whose weights the checkpoint fits, a
-    copy of it gets the weights (same spec); otherwise the checkpoint is loaded
-    on its own with `explain.loading.loader.load_model` (it must name its
-    architecture).
+    - An eager ``reference`` model whose weights the checkpoint fits (a wrapper prefix
+      stripped if need be): a copy of it gets the weights (same spec).
+    - A Hugging Face checkpoint (folder or zip): loaded as a model upload is, built and run in
+      its own model process (`explain.loading.loader.load_model`), with the reference's spec.
+    - A state dict (``.pth``) of the current Hugging Face ``reference`` model (its keys, with or
+      without a ``model.`` / ``module.`` prefix): the reference's config, tokenizer and preprocessor
+      with these weights, loaded the same way (`_hf_with_weights`); never built here.
+    - Otherwise the checkpoint is loaded on its own (it must name its architecture).
+
+    Raises:
+        IncompatibleInput: the checkpoint's weights do not fit the current model (one line:
+            how many differ and one example, never the key dump).
     """
+    from explain.loading.loader import load_model
+
+    spec = reference.spec if reference is not None else None
+    shapes = None  # the eager reference's weights by name
     if reference is not None and reference.is_eager and isinstance(reference.module, torch.nn.Module):
         expected = reference.module.state_dict()
-        sd = checkpoint.state_dict
-        if set(expected) == set(sd) and all(expected[k].shape == sd[k].shape for k in sd):
+        shapes = {k: tuple(v.shape) for k, v in expected.items()}
+        sd = next((v for v in key_variants(checkpoint.state_dict) if _fits(shapes, v)), None)
+        if sd is not None:
             module = copy.deepcopy(reference.module).cpu()
             module.load_state_dict(sd, strict=True)
             module.eval()
@@ -233,12 +386,81 @@ def model_at(checkpoint: Checkpoint, reference: LoadedModel | None = None) -> Lo
                 name=f"{reference.name} @ {checkpoint.label}", architecture=reference.architecture,
                 extra={"epoch": checkpoint.epoch},
             ).to(reference.device)
-    from explain.loading.loader import load_model
-
-    spec = reference.spec if reference is not None else None
-    loaded = load_model(checkpoint.data, spec=spec, filename=checkpoint.source)
+    if checkpoint.meta.get("format") == huggingface.FORMAT:
+        loaded = load_model(checkpoint.data, spec=spec, filename=checkpoint.source)
+    elif reference is not None and reference.format == huggingface.FORMAT:
+        data = _hf_with_weights(checkpoint, reference)
+        loaded = load_model(data, spec=spec, filename=f"{Path(checkpoint.source).stem}.zip")
+    else:
+        try:
+            loaded = load_model(checkpoint.data, spec=spec, filename=checkpoint.source)
+        except WeightsRefused:  # weights of another model than the one loaded: say so, with the numbers
+            if shapes is None:
+                raise
+            raise IncompatibleInput(*_not_this_model(checkpoint, reference.name, shapes)) from None
     loaded.name = f"{loaded.name} @ {checkpoint.label}"
+    loaded.extra["epoch"] = checkpoint.epoch
     return loaded
+
+
+def _fits(shapes: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> bool:
+    return set(shapes) == set(state) and all(tuple(state[k].shape) == shape for k, shape in shapes.items())
+
+
+def _not_this_model(checkpoint: Checkpoint, model: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str, str]:
+    """Why a checkpoint's weights are not the current model's: (reason, hint), one line with counts and an example."""
+    best = None
+    for variant in key_variants(checkpoint.state_dict):
+        missing = [k for k in shapes if k not in variant]
+        extra = [k for k in variant if k not in shapes]
+        resized = [k for k, shape in shapes.items() if k in variant and tuple(variant[k].shape) != shape]
+        if best is None or len(missing) + len(extra) + len(resized) < sum(map(len, best)):
+            best = (missing, extra, resized)
+    missing, extra, resized = best
+    parts = [f"{len(missing)} of the model's {len(shapes)} weights missing" if missing else "",
+             f"{len(extra)} weights the model does not have" if extra else "",
+             f"{len(resized)} shaped otherwise" if resized else ""]
+    example = (missing or extra or resized)[0]
+    return (f"{checkpoint.source} does not fit the current model {model} ({', '.join(p for p in parts if p)}; "
+            f"e.g. {example[:80]!r}).",
+            "Give checkpoints of the model that is loaded (the same architecture and config).")
+
+
+def _hf_with_weights(checkpoint: Checkpoint, reference: LoadedModel) -> bytes:
+    """The reference Hugging Face model's files (config, tokenizer, preprocessor) with the checkpoint's
+    weights as ``model.safetensors``: zip bytes for `load_model`, which builds it in a model process.
+
+    The weights are matched against the reference's by name and shape first (here, as data), so a
+    checkpoint of another model is refused with one line instead of being built.
+
+    Raises:
+        IncompatibleInput: the weights are not the reference model's.
+    """
+    from safetensors.torch import save
+
+    data = getattr(reference.process, "_data", None)  # the bytes the reference's model process was started from
+    if not isinstance(data, bytes):
+        raise IncompatibleInput(f"{checkpoint.source}: the current Hugging Face model's files are not at hand to "
+                                "build the checkpoint in.", "Give the checkpoints as Hugging Face folders or zips.")
+    upload = huggingface.read_huggingface(data)
+    shapes = _hf_shapes(upload)
+    state = next((v for v in key_variants(checkpoint.state_dict) if _fits(shapes, v)), None)
+    if state is None:
+        raise IncompatibleInput(*_not_this_model(checkpoint, f"{reference.name} ({reference.architecture})", shapes))
+    seen: set[int] = set()
+    tensors = {}
+    for key, tensor in state.items():  # safetensors refuses tensors that share memory (tied weights)
+        tensor = tensor.detach().cpu().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        tensors[key] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    files = {n: b for n, b in upload.files.items() if n not in (*huggingface.WEIGHT_FILES, huggingface.SHARD_INDEX)}
+    files["model.safetensors"] = save(tensors)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, blob in sorted(files.items()):
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), blob)  # same weights, same digest
+    return buf.getvalue()
 
 
 # -- attribution drift -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from explain.training.evolution import (
     sort_checkpoints,
 )
 from explain.training.findings import diagnose
+from explain.training.formats import CHECKPOINT_HISTORY_KEYS
 from explain.training.history import LOG_MODES, ROLES, default_log_mode, merge_histories, read_history
 from explain.viz import training as viz
 from ui import state
@@ -24,7 +25,7 @@ from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 
 LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
-CKPT_TYPES = ["pt", "pth", "ckpt", "bin", "tar"]
+CKPT_TYPES = ["pt", "pth", "ckpt", "bin", "tar", "safetensors", "zip"]  # zip: a Hugging Face model folder
 ICONS = {"info": "ℹ️", "warning": "⚠️", "error": "⛔"}
 ROLE_LABELS = {"train_loss": "Training loss", "val_loss": "Validation loss", "train_metric": "Training metric",
                "val_metric": "Validation metric", "lr": "Learning rate"}
@@ -80,7 +81,10 @@ with st.expander("Your training logs and checkpoints", expanded=sample is None):
     )
     ckpt_files = c2.file_uploader(
         "Checkpoints of this model (2 or more)", type=CKPT_TYPES, accept_multiple_files=True,
-        key="gb_train_ckpts", help="Weights-only torch.save files (state_dict or a dict with 'model_state_dict').",
+        key="gb_train_ckpts",
+        help="Weights-only torch.save files (a state_dict or a dict with 'model_state_dict'), safetensors, or "
+             "Hugging Face model folders as .zip (config.json and the weights, as save_pretrained writes them). "
+             "A state_dict of the loaded Hugging Face model is compared in its architecture.",
     )
 
 # -- read logs ---------------------------------------------------------------------------
@@ -102,7 +106,7 @@ for name, data in ckpts:
     except Exception as exc:
         checkpoint_errors.append(exc)
 checkpoints = sort_checkpoints(checkpoints)  # training order: the final checkpoint last
-if not logs and checkpoints:
+if not logs and checkpoints and any(k in checkpoints[-1].meta for k in CHECKPOINT_HISTORY_KEYS):
     logs = [(checkpoints[-1].source, checkpoints[-1].data)]  # the final checkpoint's stored history
     source_note = f"the history stored in {escape_markdown(logs[0][0])}"
 
