@@ -7,9 +7,14 @@
   (integrated gradients), and the Spearman rank correlation of each
   checkpoint's attributions with the final checkpoint's.
 
-Checkpoints are read with the upload cap (`explain.loading.source.read_source`) and
-weights-only (`explain.training.formats.load_checkpoint_dict`). `sort_checkpoints` /
-`final_checkpoint` decide training order and the final checkpoint for the page and the report.
+Checkpoints are read with the upload cap (`explain.loading.source.read_source`) and as data:
+torch.save files weights-only (`explain.training.formats.load_checkpoint_dict`), safetensors, and
+Hugging Face folders or zips checked as a model upload is (`read_hf_checkpoint`: nothing is built
+here). A checkpoint becomes a model in `model_at`: an eager reference's copy, or through
+`explain.loading.loader.load_model`, so a Hugging Face checkpoint (a zip, or a ``.pth`` of the loaded
+Hugging Face model, given the reference's config) is built and run only in its model process.
+`sort_checkpoints` / `final_checkpoint` decide training order and the final checkpoint for the page
+and the report.
 """
 from __future__ import annotations
 
