@@ -1,10 +1,17 @@
-"""`Attribution`: the one result type every explanation method returns."""
+"""`Attribution`: the one result type every explanation method returns, and the one wording of
+what a map's caption says about it (`completeness_text`, `run_details`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+#: the relative completeness error above which a map is flagged when its method sets no
+#: tolerance of its own (`explain.output.methods.base.Explainer.completeness_tolerance`).
+COMPLETENESS_TOLERANCE = 0.05
+#: the warning marker of a flagged completeness error (page captions and the report).
+WARNING_MARK = "⚠"
 
 
 @dataclass
@@ -86,3 +93,38 @@ def compute_completeness_error(values: np.ndarray, output: np.ndarray, base_valu
     total = values.reshape(n, -1).sum(axis=1)
     delta = np.asarray(output, dtype=np.float64) - np.asarray(base_value, dtype=np.float64)
     return np.abs(total - delta) / np.maximum(np.abs(delta), 1e-6)
+
+
+def completeness_text(error: float | None, tolerance: float | None = None, remedy: str = "raise steps") -> tuple[str, bool]:
+    """The one wording of a completeness error under a map: ``(text, exceeded)``.
+
+    ``("completeness error 1.2e-03", False)`` within ``tolerance``;
+    ``("⚠ completeness error 0.38 > tolerance 0.05: raise steps", True)`` above it;
+    ``("completeness: not defined", False)`` for NaN (saliency, occlusion, Grad-CAM).
+
+    Args:
+        error: the relative completeness error (`compute_completeness_error`).
+        tolerance: the largest error accepted; None: never flagged.
+        remedy: what to do about an error above ``tolerance`` (the method's).
+    """
+    if error is None or not np.isfinite(error):
+        return "completeness: not defined", False
+    if tolerance is not None and error > tolerance:
+        return f"{WARNING_MARK} completeness error {error:.2g} > tolerance {tolerance:g}: {remedy}", True
+    return f"completeness error {error:.1e}", False
+
+
+#: recorded parameters a caption names, with their label: the layer Grad-CAM used, the
+#: background a SHAP-family method compared with (`explain.output.baselines.describe_background`).
+CAPTIONED_PARAMS = {"layer": "layer", "background_description": "background"}
+
+
+def run_details(params: dict[str, Any]) -> list[str]:
+    """What a map's caption names about how it was made, from its recorded ``params``:
+    ``["layer layer4", "background: the batch's 4 inputs"]`` (empty when none applies)."""
+    out = []
+    for key, label in CAPTIONED_PARAMS.items():
+        value = params.get(key)
+        if isinstance(value, str) and value:
+            out.append(f"{label}: {value}")
+    return out

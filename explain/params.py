@@ -52,8 +52,15 @@ class ParamSpec:
         return value
 
 
+#: what methods record about a run beside their parameters (an `Attribution`'s ``params``):
+#: the background they compared with, in words, and its rows. Never an input: a re-run that
+#: passes a run's recorded parameters back has them dropped here.
+RECORDED_KEYS = frozenset({"background_description", "background_rows"})
+
+
 def resolve_params(specs: dict[str, ParamSpec], given: dict[str, Any]) -> dict[str, Any]:
-    """Defaults overlaid with the given values, each validated."""
+    """Defaults overlaid with the given values, each validated (`RECORDED_KEYS` ignored)."""
+    given = {k: v for k, v in given.items() if k not in RECORDED_KEYS or k in specs}
     unknown = set(given) - set(specs)
     if unknown:
         raise UsageError(f"Unknown parameter(s): {', '.join(sorted(unknown))}.")

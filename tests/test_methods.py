@@ -295,3 +295,111 @@ def test_sentiment_tokens_get_the_largest_attributions():
         negation = words[top] == "not" and top + 1 < len(words) and words[top + 1] in SENTIMENT_WORDS
         hits.append(words[top] in SENTIMENT_WORDS or negation)
     assert hits and np.mean(hits) >= 0.9, hits
+
+
+# --------------------------------------------------------------------------
+# issue 20: Grad-CAM's layer choices, backgrounds named, completeness flagged
+# --------------------------------------------------------------------------
+def test_grad_cam_offers_its_candidate_layers_and_records_the_one_used():
+    from explain.structure.layer_importance import grad_cam_layers
+
+    model, x = case("shapes")
+    method = get_method("grad_cam")
+    choices = method.param_choices(model)
+    assert choices == {"layer": grad_cam_layers(model, np.zeros((1, *model.spec.input_shape), np.float32))}
+    layers = choices["layer"]
+    assert len(layers) >= 2
+    default = run(method, model, x[:2])
+    assert default.params["layer"] == layers[0]  # the first choice is the default
+    other = run(method, model, x[:2], layer=layers[1])
+    assert other.params["layer"] == layers[1] and not np.allclose(other.values, default.values)
+    assert all(method.param_choices(case(s)[0]) == {} or s == "shapes" for s in SAMPLES)
+    assert get_method("integrated_gradients").param_choices(model) == {}
+
+
+def test_shap_deep_default_image_background_is_each_inputs_blurred_copy():
+    """Not the batch: a map no longer carries the other inputs, nor changes with them."""
+    from explain.output.baselines import blur_images
+
+    model, x = case("shapes")
+    method = get_method("shap_deep")
+    both = run(method, model, x[:3])
+    alone = run(method, model, x[:1])
+    assert both.params["background_description"] == "each input's own blurred copy (σ 4 px)"
+    np.testing.assert_allclose(alone.values[0], both.values[0], atol=1e-6)  # batch-independent
+    blurred = blur_images(x[:3].astype(np.float32), 4.0)
+    f_blur = model.predict_logits(blurred)[np.arange(3), both.target]
+    np.testing.assert_allclose(both.base_value, f_blur, rtol=1e-4, atol=1e-4)  # f(x) - f(blur(x)) is explained
+    assert both.max_completeness_error <= 1e-3
+    batch = run(method, model, x[:3], background_kind="inputs")
+    assert batch.params["background_description"] == "the 3 inputs of this batch (each map against all of them)"
+
+
+def test_background_methods_name_their_background_in_words():
+    shapes, xs = case("shapes")
+    cancer, xc = case("cancer")
+    sentiment, xt = case("sentiment")
+    described = {
+        ("deeplift_shap", "default"): run(get_method("deeplift_shap"), cancer, xc[:2]),
+        ("deeplift_shap", "array"): run(get_method("deeplift_shap"), cancer, xc[:2], background=xc[2:6]),
+        ("deeplift_shap", "text"): run(get_method("deeplift_shap"), sentiment, xt[:1]),
+        ("gradient_shap", "mean"): run(get_method("gradient_shap"), cancer, xc[:3], baseline="mean", samples=4),
+        ("gradient_shap", "text"): run(get_method("gradient_shap"), sentiment, xt[:1], samples=2),
+        ("shap_gradient", "sampled"): run(get_method("shap_gradient"), cancer, xc[:2], background=xc[:8],
+                                          background_size=3, samples=4),
+        ("shap_deep", "array"): run(get_method("shap_deep"), cancer, xc[:2], background=xc[:8], background_size=3),
+    }
+    got = {k: a.params["background_description"] for k, a in described.items()}
+    assert got == {
+        ("deeplift_shap", "default"): "zeros",
+        ("deeplift_shap", "array"): "4 uploaded rows",
+        ("deeplift_shap", "text"): "padding (first token kept)",
+        ("gradient_shap", "mean"): "the mean of the 3 inputs",
+        ("gradient_shap", "text"): "the zero embedding",
+        ("shap_gradient", "sampled"): "3 sampled rows of 8 uploaded rows",
+        ("shap_deep", "array"): "3 evenly spaced rows of 8 uploaded rows",
+    }
+    assert described[("deeplift_shap", "array")].params["baseline"] == "zero"
+
+
+def test_recorded_background_parameters_explain_again():
+    """A run's recorded params (a re-run, a quality metric's re-explanation) go back in: the
+    description is not an array parameter, and the words are dropped as parameters."""
+    from explain.output.metrics.base import registered_explain
+    from explain.params import RECORDED_KEYS, resolve_params
+
+    model, x = case("cancer")
+    for name in ("shap_deep", "deeplift_shap", "gradient_shap"):
+        method = get_method(name)
+        first = run(method, model, x[:2], **fast_params(method))
+        assert "background_description" in first.params and not isinstance(first.params.get("background"), str)
+        again = registered_explain(first)(model, x[:2], first.target)
+        np.testing.assert_allclose(again, first.values, atol=1e-6)
+        assert resolve_params(method.params, {k: v for k, v in first.params.items() if not isinstance(v, np.ndarray)})
+    assert "background_description" in RECORDED_KEYS
+    with pytest.raises(Exception, match="Unknown parameter"):
+        resolve_params(get_method("saliency").params, {"no_such": 1})
+
+
+def test_completeness_text_flags_an_error_above_the_tolerance():
+    from explain.attribution import completeness_text
+
+    assert completeness_text(float("nan"), 0.05) == ("completeness: not defined", False)
+    assert completeness_text(1.2e-3, 0.05) == ("completeness error 1.2e-03", False)
+    assert completeness_text(0.38, 0.05) == ("⚠ completeness error 0.38 > tolerance 0.05: raise steps", True)
+    assert completeness_text(0.38, None) == ("completeness error 3.8e-01", False)
+
+
+def test_each_method_judges_completeness_against_its_own_tolerance():
+    from explain.output.methods.base import completeness_caption
+
+    model, x = case("shapes")
+    coarse = run(get_method("integrated_gradients"), model, x[:2], steps=2, tolerance=0.0)
+    assert coarse.max_completeness_error > 0.05
+    text, exceeded = completeness_caption(coarse, int(np.argmax(coarse.completeness_error)))
+    assert exceeded and text.startswith("⚠ completeness error") and text.endswith("> tolerance 0.05: raise steps")
+    fine = run(get_method("integrated_gradients"), model, x[:2], steps=8)  # tolerance 0.01: steps raised until met
+    assert not any(completeness_caption(fine, i)[1] for i in range(2))
+    assert get_method("integrated_gradients").tolerance(fine.params) == 0.01
+    assert get_method("gradient_shap").tolerance({}) == 0.2 and get_method("gradient_shap").completeness_remedy == "raise samples"
+    assert completeness_caption(run(get_method("saliency"), model, x[:1]), 0) == ("completeness: not defined", False)

@@ -13,7 +13,9 @@ reference changes the answer, so it is always explicit:
   or one row per input.
 
 Background sets (SHAP family) are summarised with k-means, as ``shap.kmeans``
-does, so that large uploads stay cheap.
+does, so that large uploads stay cheap. What a method compared with is named
+under each of its maps in one wording, `describe_background` (recorded as
+``background_description`` in the `Attribution`'s params).
 
 Text models have one more reference, a *reference text* in token ids
 (`text_reference`): padding, or ``<unk>`` for every real token, with the first
@@ -31,6 +33,10 @@ from explain.inputs.text import special_token_ids
 from explain.spec import InputSpec
 
 BASELINE_KINDS = ("zero", "blurred", "mean", "file")
+#: what `describe_background` can name.
+BACKGROUND_DESCRIPTIONS = ("array", "inputs", "mean", "zero", "blurred", "padding", "zero_embedding")
+#: the Gaussian sigma, in pixels, of every blurred reference.
+BLUR_SIGMA = 4.0
 #: what a reference text is made of (`text_reference`).
 TEXT_REFERENCE_KINDS = ("pad", "unk")
 #: which first token a reference text keeps (`text_reference`).
@@ -102,7 +108,7 @@ def make_baseline(
     modality: str,
     reference: np.ndarray | None = None,
     background: np.ndarray | None = None,
-    blur_sigma: float = 4.0,
+    blur_sigma: float = BLUR_SIGMA,
 ) -> np.ndarray:
     """One reference per input, in input space (float) or token ids (text).
 
@@ -252,3 +258,62 @@ def background_set(
         return summarize_background(bg, size, seed)
     keep = np.sort(np.random.default_rng(seed).choice(len(bg), size=size, replace=False))
     return bg[keep], np.full(size, 1.0 / size)
+
+
+def _rows(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def describe_background(kind: str, rows: int, inputs: int, given: int | None = None, summary: str = "") -> str:
+    """The one wording of what a SHAP-family method compared its inputs with, named under
+    each map (``background: ...``) so that a background never acts silently.
+
+    Args:
+        kind: one of `BACKGROUND_DESCRIPTIONS`:
+
+            - ``array``: ``rows`` kept of ``given`` uploaded rows (``summary`` says how they
+              were picked: "k-means centres", "sampled", "evenly spaced");
+            - ``inputs``: ``rows`` of the explained batch itself (each map against all of them);
+            - ``mean``: one row, the mean of the ``inputs`` explained inputs;
+            - ``zero``: one all-zero row;
+            - ``blurred``: each input's own blurred copy (`blur_images`, `BLUR_SIGMA`);
+            - ``padding``: one reference text of padding, first token kept (`text_reference`);
+            - ``zero_embedding``: the zero vector at a text model's embeddings.
+        rows: background rows used.
+        inputs: inputs explained.
+        given: uploaded rows (``array`` only).
+
+    Raises:
+        UsageError: an unknown ``kind``.
+    """
+    if kind == "array":
+        given = rows if given is None else given
+        if rows == given:
+            return _rows(rows, "uploaded row")
+        return f"{rows} {summary or 'rows'} of {_rows(given, 'uploaded row')}"
+    if kind == "inputs":
+        if rows < inputs:
+            return f"{rows} of the {inputs} inputs of this batch, evenly spaced (each map against all of them)"
+        return f"the {inputs} inputs of this batch (each map against all of them)" if inputs > 1 else "the input itself"
+    if kind == "mean":
+        return f"the mean of the {_rows(inputs, 'input')}"
+    if kind == "zero":
+        return "zeros"
+    if kind == "blurred":
+        return f"each input's own blurred copy (σ {BLUR_SIGMA:g} px)"
+    if kind == "padding":
+        return "padding (first token kept)"
+    if kind == "zero_embedding":
+        return "the zero embedding"
+    raise UsageError(f"Unknown background description {kind!r}. Use one of {', '.join(BACKGROUND_DESCRIPTIONS)}.")
+
+
+def background_description(background: np.ndarray | None, rows: np.ndarray, inputs: np.ndarray, modality: str,
+                           fallback: str = "zero", kmeans: bool = True) -> str:
+    """`describe_background` of what `background_set` returned (``rows``) for these arguments."""
+    if background is None or len(background) == 0:
+        return describe_background("mean" if fallback == "mean" and modality != "text" else "zero",
+                                   len(rows), len(inputs))
+    given = 1 if np.ndim(background) == np.ndim(inputs) - 1 else len(background)
+    summary = "k-means centres" if modality == "tabular" and kmeans else "sampled rows"
+    return describe_background("array", len(rows), len(inputs), given, summary)

@@ -4,7 +4,9 @@ Layer integrated gradients (Captum ``LayerIntegratedGradients``) integrates
 along the straight path between the layer's output on a baseline input and on
 the real input; layer conductance (``LayerConductance``) spreads the input's
 integrated gradients over the layer's units. Both sum (up to the integration
-error) to f(x) − f(baseline) for the target logit.
+error) to f(x) − f(baseline) for the target logit — exactly only for a layer every path
+from the input to the output goes through: an error above `LAYER_TOLERANCE` is flagged
+(`LayerAttribution.completeness_text`).
 
 Only eager models (weights rebuilt from a known architecture) are offered
 (`LoadedModel.hookable_module` with ``exported=False``): the layer list skips
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from explain.attribution import COMPLETENESS_TOLERANCE, completeness_text
 from explain.errors import IncompatibleInput, UsageError
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
@@ -28,6 +31,11 @@ from explain.output.baselines import text_reference
 from explain.structure.layer_importance import SKIPPED_LAYER_TYPES
 
 LAYER_METHODS = ("integrated_gradients", "conductance")
+#: the completeness error above which a layer attribution is flagged.
+LAYER_TOLERANCE = COMPLETENESS_TOLERANCE
+#: what to do about it: the integration, or a path around the layer (a skip connection) that
+#: no number of steps attributes to it.
+LAYER_REMEDY = "raise steps, or a path bypasses this layer (a skip connection)"
 
 
 @dataclass
@@ -59,6 +67,10 @@ class LayerAttribution:
     completeness_error: np.ndarray
     steps: int
     seconds: float
+
+    def completeness_text(self, index: int = 0) -> tuple[str, bool]:
+        """Input ``index``'s completeness error, flagged above `LAYER_TOLERANCE` (`explain.attribution.completeness_text`)."""
+        return completeness_text(float(self.completeness_error[index]), LAYER_TOLERANCE, LAYER_REMEDY)
 
 
 @dataclass

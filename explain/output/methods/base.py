@@ -3,7 +3,10 @@
 One method per module in ``explain/methods/``; each subclasses `Explainer`,
 declares its parameters as `ParamSpec`s and ``is_compatible(model)``, and
 registers itself with `register`. The UI lists only compatible methods and
-builds widgets from ``params``; the CLI turns them into flags.
+builds widgets from ``params`` (with the choices `Explainer.param_choices` lists for
+parameters whose choices depend on the model, e.g. Grad-CAM's layer); the CLI turns
+them into flags. `completeness_caption` is the one judgement of a map's completeness
+error against its method's tolerance, for the pages and the report.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from explain.attribution import Attribution
+from explain.attribution import COMPLETENESS_TOLERANCE, Attribution, completeness_text
 from explain.errors import IncompatibleInput, UsageError
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
@@ -36,7 +39,7 @@ class Explainer:
     family: ClassVar[str] = ""  # "gradient" | "shap" | "perturbation" | "layer"
     #: What a subclass defines of these runs in the model's own process for a user's graph
     #: (`explain.loading.model_process`): the method sees the graph itself there.
-    IN_MODEL_PROCESS: ClassVar[tuple[str, ...]] = ("is_compatible", "incompatibility", "_explain")
+    IN_MODEL_PROCESS: ClassVar[tuple[str, ...]] = ("is_compatible", "incompatibility", "param_choices", "_explain")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -45,6 +48,22 @@ class Explainer:
                 setattr(cls, attr, _dispatching(cls.__dict__[attr]))
     title: ClassVar[str] = ""
     params: ClassVar[dict[str, ParamSpec]] = {}
+    #: the completeness error above which a map is flagged (a ``tolerance`` parameter above 0
+    #: overrides it); meaningless where the method defines no completeness (its errors are NaN).
+    completeness_tolerance: ClassVar[float] = COMPLETENESS_TOLERANCE
+    #: what to do about an error above the tolerance, as the flag says it.
+    completeness_remedy: ClassVar[str] = "raise steps"
+
+    def tolerance(self, params: dict[str, Any]) -> float:
+        """The completeness tolerance of a run with these (recorded) ``params``."""
+        given = params.get("tolerance")
+        return float(given) if isinstance(given, (int, float)) and given > 0 else self.completeness_tolerance
+
+    def param_choices(self, model: LoadedModel) -> dict[str, list[Any]]:
+        """Parameter name -> the values it can take on ``model``, for parameters whose choices
+        depend on the model (Grad-CAM's layer); the page offers them in a select box, the
+        first as the default. Runs in the model's process and is remembered per model state."""
+        return {}
 
     def is_compatible(self, model: LoadedModel) -> bool:
         return True
@@ -142,3 +161,13 @@ def all_methods() -> list[Explainer]:
 
 def compatible_methods(model: LoadedModel) -> list[Explainer]:
     return [m for m in _REGISTRY.values() if m.is_compatible(model)]
+
+
+def completeness_caption(attr: Attribution, index: int) -> tuple[str, bool]:
+    """Input ``index``'s completeness error judged against its method's tolerance:
+    ``(text, exceeded)`` (`explain.attribution.completeness_text`); a method no longer
+    registered is judged against the default tolerance."""
+    method = _REGISTRY.get(attr.method)
+    tolerance = method.tolerance(attr.params) if method else COMPLETENESS_TOLERANCE
+    remedy = method.completeness_remedy if method else "raise steps"
+    return completeness_text(float(attr.completeness_error[index]), tolerance, remedy)

@@ -34,6 +34,9 @@ from explain.output.methods.base import Explainer, register
 from explain.output.methods.common import BASELINE_PARAM, ENGINE_PARAMS, array_param, resolve_targets
 from explain.output.methods.engine_method import clean_array_param
 
+#: what an error above the tolerance means for the rule methods (deeplift, deeplift_shap, shap_deep).
+RULES_REMEDY = "a nonlinearity has no exact rule (see the notes)"
+
 
 def rules_incompatibility(model: LoadedModel) -> str | None:
     """Why the graph-based DeepLift rules cannot run on ``model`` (None if they can)."""
@@ -69,6 +72,7 @@ class RulesMethod(Explainer):
     """Shared frame of DeepLift and DeepLift-SHAP."""
 
     family = "gradient"
+    completeness_remedy = RULES_REMEDY
 
     def is_compatible(self, model: LoadedModel) -> bool:
         return self.incompatibility(model) is None

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from explain.errors import GlassboxError
 from explain.model import LoadedModel
 from explain.output.methods.base import register
 from explain.output.methods.common import ENGINE_PARAMS
 from explain.output.methods.engine_method import Context, EngineMethod, Partial
 from explain.params import ParamSpec
-from explain.structure.layer_importance import grad_cam_layer, grad_cam_rows, module_types
+from explain.structure.layer_importance import grad_cam_layer, grad_cam_layers, grad_cam_rows, module_types
 
 
 def grad_cam_incompatibility(model: LoadedModel) -> str | None:
@@ -38,12 +39,21 @@ class GradCam(EngineMethod):
     title = "Grad-CAM"
     modalities = ("image",)
     params = {
-        "layer": ParamSpec("str", "", help="Module name of the layer (a spatial output); empty = last conv stage."),
+        "layer": ParamSpec("str", "", help="Module name of the layer (a spatial output); "
+                           "empty = the default, the last spatial stage."),
         **ENGINE_PARAMS,
     }
 
     def incompatibility(self, model) -> str | None:
         return super().incompatibility(model) or grad_cam_incompatibility(model)
+
+    def param_choices(self, model: LoadedModel) -> dict[str, list]:
+        """``{"layer": grad_cam_layers}`` measured on a zero input shaped by the spec (the default first)."""
+        example = np.zeros((1, *model.spec.input_shape), dtype=np.float32)
+        try:
+            return {"layer": grad_cam_layers(model, example)}
+        except GlassboxError:  # no hooks, or the model refused a zero image: the free-text field stays
+            return {}
 
     def run(self, ctx: Context, layer) -> Partial:
         name = grad_cam_layer(ctx.model, ctx.inputs[:1], layer)

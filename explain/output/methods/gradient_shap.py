@@ -3,15 +3,16 @@
 For each input, ``samples`` points b + a (x - b) with b drawn from the
 background (weighted) and a ~ U(0, 1); the attribution is the mean of
 ∇f(point) · (x - b). In expectation Σ values = f(x) - E[f(b)]: the reported
-completeness error shrinks as samples grow. Draws are seeded per input, so
-results do not depend on the batch size.
+completeness error shrinks as samples grow (flagged above `GradientShap.completeness_tolerance`:
+raise samples). Draws are seeded per input, so results do not depend on the batch size. The
+background used is named in the params (``background_description``) and under each map.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from explain.output.baselines import background_set
+from explain.output.baselines import background_description, background_set, describe_background
 from explain.output.methods.base import register
 from explain.output.methods.common import ENGINE_PARAMS, array_param
 from explain.output.methods.engine_method import (
@@ -28,21 +29,27 @@ SAMPLES_PARAM = ParamSpec("int", 32, minimum=1, maximum=4096, help="Random (back
 BACKGROUND_SIZE_PARAM = ParamSpec(
     "int", 32, minimum=1, maximum=1024, help="Background rows kept (k-means summary for tabular data)."
 )
+#: the completeness tolerance of the sampling methods (gradient_shap, shap_gradient): complete only
+#: in expectation, their sums miss f(x) - E[f(b)] by some 10% at their default samples.
+SAMPLING_TOLERANCE = 0.2
 FALLBACK_PARAM = ParamSpec(
     "choice", "zero", choices=("zero", "mean"), help="Reference when no background set is uploaded."
 )
 
 
 def background_points(ctx: Context, background, size: int, fallback: str, seed: int):
-    """(points [M, ...], weights [M] tensor) of the background in point space."""
+    """(points [M, ...], weights [M] tensor, description (`describe_background`)) of the background
+    in point space."""
     rows, weights = background_set(background, ctx.inputs, ctx.model.modality, size, fallback, seed)
+    described = background_description(background, rows, ctx.inputs, ctx.model.modality, fallback)
     if ctx.fn.space == "embedding":
         points = ctx.fn.embed(ctx.model.as_tensor(rows))  # token ids -> [M, L, D]
         if background is None:
             points = torch.zeros_like(points)  # no background: the zero embedding
+            described = describe_background("zero_embedding", 1, len(ctx.inputs))
     else:
         points = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=ctx.engine.device)
-    return points, torch.as_tensor(weights, dtype=torch.float64)
+    return points, torch.as_tensor(weights, dtype=torch.float64), described
 
 
 def expected_background_value(ctx: Context, points: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
@@ -73,6 +80,8 @@ class GradientShap(EngineMethod):
     family = "shap"
     title = "GradientSHAP (expected gradients)"
     completeness = True
+    completeness_tolerance = SAMPLING_TOLERANCE
+    completeness_remedy = "raise samples"
     params = {
         "samples": SAMPLES_PARAM,
         "background_size": BACKGROUND_SIZE_PARAM,
@@ -85,7 +94,7 @@ class GradientShap(EngineMethod):
 
     def run(self, ctx: Context, samples, background_size, baseline, noise_level, seed, background) -> Partial:
         start = ctx.fn.start_points()
-        bg, weights = background_points(ctx, background, background_size, baseline, seed)
+        bg, weights, described = background_points(ctx, background, background_size, baseline, seed)
         n = len(ctx.targets)
         picks, alphas = [], []
         for i in range(n):  # per-input draws: independent of batching
@@ -108,4 +117,5 @@ class GradientShap(EngineMethod):
 
         total, _ = accumulate_gradients(ctx, samples, make_point, lambda g, i, s: g * (start[i] - bg[pick[i, s]]))
         base_value = expected_background_value(ctx, bg, weights)
-        return Partial(ctx.to_values(total / samples), base_value, {"background_rows": int(bg.shape[0])})
+        return Partial(ctx.to_values(total / samples), base_value,
+                       {"background_rows": int(bg.shape[0]), "background_description": described})

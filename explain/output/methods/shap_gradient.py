@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.output.baselines import background_set
+from explain.output.baselines import background_description, background_set
 from explain.output.methods.base import register
 from explain.output.methods.common import ENGINE_PARAMS, array_param
 from explain.output.methods.engine_method import Context, EngineMethod, Partial
-from explain.output.methods.gradient_shap import BACKGROUND_SIZE_PARAM, FALLBACK_PARAM
+from explain.output.methods.gradient_shap import BACKGROUND_SIZE_PARAM, FALLBACK_PARAM, SAMPLING_TOLERANCE
 from explain.params import ParamSpec
 
 
@@ -39,6 +39,8 @@ class ShapGradient(EngineMethod):
     family = "shap"
     title = "SHAP GradientExplainer"
     completeness = True
+    completeness_tolerance = SAMPLING_TOLERANCE
+    completeness_remedy = "raise samples"
     modalities = ("image", "tabular")
     params = {
         "samples": ParamSpec("int", 64, minimum=1, maximum=4096, help="Samples per input (shap's nsamples)."),
@@ -73,4 +75,6 @@ class ShapGradient(EngineMethod):
                                 torch.full((m,), int(t), device=bg.device)).mean()
             for t in targets
         ])
-        return Partial(values, base, {"background_rows": int(m), "batch_size": batch})
+        described = background_description(background, rows, ctx.inputs, ctx.model.modality, baseline, kmeans=False)
+        return Partial(values, base, {"background_rows": int(m), "batch_size": batch,
+                                      "background_description": described})
