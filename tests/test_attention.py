@@ -306,3 +306,66 @@ def test_cli_writes_attention_and_refuses_models_without(tmp_path, text_model, s
     assert code == 3
     assert stdout == "" and len(stderr.strip().splitlines()) == 1 and "no attention" in stderr
     assert not (tmp_path / "no.npz").exists()
+
+
+# --------------------------------------------------------------------------
+# image models: the tokens are patches of the image (issue 20, item 2)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("tokens,shape,want", [
+    (197, (3, 224, 224), (14, 14, 1)),  # ViT-B/16: [CLS] + 14 x 14 patches
+    (5, (3, 16, 16), (2, 2, 1)),  # the tiny test ViT: [CLS] + 2 x 2
+    (196, (3, 224, 224), (14, 14, 0)),  # patches only (mean-pooled)
+    (198, (3, 224, 224), (14, 14, 2)),  # DeiT: [CLS] + distillation token
+    (9, (3, 32, 16), (4, 2, 1)),  # a 2:1 image: 4 rows of 2 patches
+])
+def test_patch_grid_splits_tokens_into_leading_tokens_and_the_image_grid(tokens, shape, want):
+    from explain.structure.attention import patch_grid
+
+    grid = patch_grid(tokens, shape)
+    assert (grid.rows, grid.cols, grid.extra) == want and grid.num_tokens == tokens
+
+
+def test_patch_grid_is_none_when_no_split_fits_the_image():
+    from explain.structure.attention import patch_grid
+
+    assert patch_grid(3, (3, 16, 16)) is None  # 2 or 3 patches: no square grid
+    assert patch_grid(23, (3, 16, 16)) is None  # 22, 23, 21 or 18 patches: none square
+    assert patch_grid(65, (3, 16, 32)) is None  # 64 patches, but 8 x 8 is not 1:2
+
+
+def test_patch_labels_name_patches_by_row_and_column():
+    from explain.structure.attention import PatchGrid
+
+    assert PatchGrid(2, 3, 1).labels() == ["[CLS]", "(0, 0)", "(0, 1)", "(0, 2)", "(1, 0)", "(1, 1)", "(1, 2)"]
+    assert PatchGrid(1, 2, 2).labels() == ["[token 0]", "[token 1]", "(0, 0)", "(0, 1)"]
+    assert PatchGrid(1, 1, 0).labels() == ["(0, 0)"]
+
+
+def test_image_rollout_puts_cls_share_on_its_patch_square():
+    """One layer where [CLS] attends only to patch (1, 0): with the residual half, the rollout row
+    of [CLS] is 0.5 on itself and 0.5 on that patch, which covers the lower-left 8 x 8 pixels."""
+    from explain.structure.attention import PatchGrid, image_rollout
+
+    grid = PatchGrid(2, 2, 1)
+    att = np.eye(5)[None, None].repeat(2, axis=1)  # [layer, head, q, k]: every token on itself
+    att[0, :, 0] = 0
+    att[0, :, 0, 3] = 1.0  # [CLS] -> patch (1, 0) (token 3) in both heads
+    patches, heat = image_rollout(att, grid, 16, 16)
+    np.testing.assert_allclose(patches, [[0, 0], [0.5, 0]])
+    assert heat.shape == (16, 16)
+    np.testing.assert_allclose(heat[8:, :8], 0.5)
+    assert heat[:8].sum() == 0 and heat[:, 8:].sum() == 0
+    # the rollout of compute_rollout, without [CLS], reshaped
+    want = compute_rollout(att[:, None])[0, 0, 1:].reshape(2, 2)
+    np.testing.assert_allclose(patches, want)
+
+
+def test_image_rollout_without_cls_uses_the_mean_row():
+    from explain.structure.attention import PatchGrid, image_rollout
+
+    att = np.full((1, 1, 4, 4), 0.25)
+    patches, heat = image_rollout(att, PatchGrid(2, 2, 0), 4, 4)
+    np.testing.assert_allclose(patches, 0.25)
+    np.testing.assert_allclose(heat, 0.25)
+    with pytest.raises(ValueError, match="does not fit"):
+        image_rollout(att, PatchGrid(2, 2, 1), 4, 4)

@@ -322,3 +322,34 @@ def test_the_grad_cam_method_and_the_structure_grad_cam_are_one(sample_models):
         method.explain(models["safetensors"], x, layer="layer1.relu")  # runs twice in its block
     with pytest.raises(UsageError, match="no layer"):
         compute_grad_cam(models["safetensors"], x, "nope")
+
+
+# --------------------------------------------------------------------------
+# the depth a layer view opens at (issue 20, item 3)
+# --------------------------------------------------------------------------
+def _rows(*named: tuple[str, int]) -> list[dict]:
+    return [{"name": n, "depth": d} for n, d in named]
+
+
+def test_default_depth_shows_what_the_repeated_blocks_are_made_of():
+    from explain.structure.layers import default_depth
+
+    hf_vit = _rows(("", 0), ("model", 1), ("model.vit", 2), ("model.vit.embeddings", 3),
+                   ("model.vit.layers.0", 3), ("model.vit.layers.0.attention", 4), ("model.vit.layers.0.attention.q_proj", 5),
+                   ("model.vit.layers.0.mlp", 4), ("model.vit.layers.0.mlp.fc1", 5), ("model.classifier", 2))
+    assert default_depth(hf_vit) == 4  # the encoder layers' attention and MLP
+    resnet = _rows(("", 0), ("conv1", 1), ("layer1", 1), ("layer1.0", 2), ("layer1.0.conv1", 3), ("fc", 1))
+    assert default_depth(resnet) == 3
+    mlp = _rows(("", 0), ("body", 1), ("body.0", 2), ("body.1", 2), ("head", 1))  # numbered leaves: no blocks
+    assert default_depth(mlp) == 2
+    assert default_depth(_rows(("", 0), ("fc", 1))) == 1  # never deeper than the table
+    assert default_depth([]) == 0
+
+
+def test_default_depth_of_a_table_reaches_the_sentiment_encoder_layers_submodules():
+    from explain.structure.layers import default_depth, filter_rows
+    from sample_models import load_sample, sample_inputs
+
+    table = build_layer_table(load_sample("sentiment"), sample_inputs("sentiment")["inputs"][:2])
+    shown = {r.name for r in filter_rows(table.rows, max_depth=default_depth(table.rows))}
+    assert "encoder.layers.0.self_attn" in shown and "encoder.layers.0.linear1" in shown

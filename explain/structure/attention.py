@@ -19,11 +19,19 @@
   submodules in definition order. Explicit attention written as plain
   matmul + softmax inside TorchScript cannot be told apart from other
   softmaxes at the dispatcher and is not captured.
+
+Image models with attention (a Vision Transformer) attend over patches: `patch_grid`
+finds the patch grid from the number of tokens and the image's shape (the tokens
+before the patches, such as ``[CLS]``, counted apart), `PatchGrid.labels` names
+positions by (row, col), and `image_rollout` turns the attention rollout from
+``[CLS]`` to the patches into a map over the input image, for the Structure page
+and the report.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +45,9 @@ from explain.kernels import no_mha_fastpath
 from explain.loading.huggingface import HFClassifier
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
+from explain.output.layer_attribution import upsample
 from explain.structure.attention_export import attention_probs, rewrite_attention_graph
+from explain.structure.attention_summary import compute_rollout
 
 aten = torch.ops.aten
 
@@ -73,6 +83,78 @@ class AttentionMaps:
     @property
     def num_tokens(self) -> int:
         return int(self.weights.shape[3])
+
+
+#: how many tokens may come before the patches, in the order `patch_grid` tries them: [CLS] (ViT),
+#: none (mean-pooled), [CLS] + distillation (DeiT), [CLS] + 4 registers (DINOv2 with registers).
+LEADING_TOKENS = (1, 0, 2, 5)
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """How an image model's tokens lie on its input: ``extra`` tokens first ([CLS], ...), then
+    ``rows`` × ``cols`` patches in row-major order.
+
+    Attributes:
+        rows, cols: the patch grid (H / patch, W / patch).
+        extra: tokens before the patches (1: ``[CLS]``; 0: patches only).
+    """
+
+    rows: int
+    cols: int
+    extra: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.extra + self.rows * self.cols
+
+    def labels(self) -> list[str]:
+        """One axis label per token: ``[CLS]`` (``[token i]`` for several extra tokens), then
+        each patch by its (row, col)."""
+        first = ["[CLS]"] if self.extra == 1 else [f"[token {i}]" for i in range(self.extra)]
+        return first + [f"({r}, {c})" for r in range(self.rows) for c in range(self.cols)]
+
+
+def patch_grid(num_tokens: int, image_shape: Sequence[int]) -> PatchGrid | None:
+    """The patch grid of an image model's ``num_tokens`` on images of ``image_shape`` (``(..., H, W)``):
+    the split of ``num_tokens`` into leading tokens (`LEADING_TOKENS`, [CLS] first) and a grid of
+    at least 2 patches shaped like the image (rows · W == cols · H). None when no split fits (the
+    positions are not patches of this image)."""
+    h, w = int(image_shape[-2]), int(image_shape[-1])
+    for extra in LEADING_TOKENS:
+        patches = num_tokens - extra
+        if patches < 2:
+            continue
+        rows = round(math.sqrt(patches * h / w))
+        if rows >= 1 and patches % rows == 0 and rows * w == (patches // rows) * h:
+            return PatchGrid(rows, patches // rows, extra)
+    return None
+
+
+def image_rollout(weights: np.ndarray, grid: PatchGrid, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Attention rollout (`explain.structure.attention_summary.compute_rollout`) from ``[CLS]`` to
+    the patches of one image, on the patch grid and over the image.
+
+    The rollout row of the first token (the mean row when there is no extra token) without the
+    extra tokens, reshaped to the grid and upsampled nearest-neighbour to the image, so each
+    patch's square carries its share.
+
+    Args:
+        weights: [layer, head, query, key] attention of one input (query == key == ``grid.num_tokens``).
+        grid: its `patch_grid`.
+        height, width: the input image's size.
+
+    Returns:
+        (patches [rows, cols], heat [height, width]): the share of the rollout each patch gets
+        (with the extra tokens' share, they sum to 1).
+    """
+    weights = np.asarray(weights)
+    if weights.shape[-1] != grid.num_tokens or weights.shape[-2] != grid.num_tokens:
+        raise ValueError(f"Attention over {weights.shape[-1]} tokens does not fit a grid of {grid.num_tokens}.")
+    roll = compute_rollout(weights[:, None])[0]  # [q, k]
+    row = roll[0] if grid.extra else roll.mean(axis=0)
+    patches = row[grid.extra:].reshape(grid.rows, grid.cols)
+    return patches, upsample(patches, height, width)
 
 
 # ---------------------------------------------------------------------------

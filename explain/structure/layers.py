@@ -169,6 +169,31 @@ def describe_layers(model: LoadedModel, inputs: np.ndarray | torch.Tensor) -> li
     return [{k: rec[k] for k in keys} for rec in table.to_records()]
 
 
+#: the shallowest depth a layer view opens at.
+MIN_DEFAULT_DEPTH = 2
+
+
+def default_depth(rows: Sequence[LayerRow | Mapping[str, Any]]) -> int:
+    """The depth a layer view opens at: deep enough to show what the model's repeated blocks are
+    made of (one level below the shallowest numbered module that has submodules: a transformer's
+    ``encoder.layer.0`` -> its attention and MLP; a ResNet's ``layer1.0`` -> its convolutions),
+    at least `MIN_DEFAULT_DEPTH`, at most the table's depth. A Hugging Face model sits under a
+    wrapper and a ``model.<base>`` prefix, so its blocks are 3 or 4 levels down, not 1 or 2.
+
+    Args:
+        rows: `LayerRow`s, or dicts with ``name`` and ``depth`` (`describe_layers`).
+    """
+    def get(row: Any, key: str) -> Any:
+        return row.get(key) if isinstance(row, Mapping) else getattr(row, key)
+
+    names = [get(r, "name") for r in rows]
+    deepest = max((get(r, "depth") for r in rows), default=0)
+    parents = {n.rsplit(".", 1)[0] for n in names if n and "." in n}
+    blocks = [get(r, "depth") for r, n in zip(rows, names) if n and n.rsplit(".", 1)[-1].isdigit() and n in parents]
+    wanted = min(blocks) + 1 if blocks else MIN_DEFAULT_DEPTH
+    return min(max(wanted, MIN_DEFAULT_DEPTH), deepest)
+
+
 def filter_rows(rows: list[LayerRow], max_depth: int | None = None, query: str = "") -> list[LayerRow]:
     """Rows at most ``max_depth`` deep whose name or type contains ``query`` (case-insensitive)."""
     q = query.strip().lower()
