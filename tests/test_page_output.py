@@ -174,3 +174,47 @@ def test_browser_overlay_toggle_colour_bar_and_token_legend(app_url, browser_pag
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=str(SCREENSHOTS / "output_text_tokens.png"), full_page=True)
     assert page.console_errors == []
+
+
+def _captions(at: AppTest) -> str:
+    """Every caption as it reads (Markdown escapes of user text dropped)."""
+    return " ".join(c.value for c in at.caption).replace("\\", "")
+
+
+def test_output_page_grad_cam_layer_is_a_select_box_of_its_candidate_layers_named_under_each_map():
+    """The candidates of grad_cam_layers, the default (the last spatial stage) first."""
+    from explain.output.methods import get_method
+    from sample_models import load_sample
+
+    layers = get_method("grad_cam").param_choices(load_sample("shapes"))["layer"]
+    at = _run_page("shapes", ["grad_cam"])
+    assert not at.exception, at.exception
+    box = next(s for s in at.selectbox if s.label == "layer")
+    assert box.options == [f"{layers[0]} (default)", *layers[1:]] and box.value == layers[0]
+    assert f"layer: {layers[0]}" in _captions(at)
+    box.set_value(layers[1]).run()
+    assert not at.exception, at.exception
+    assert f"layer: {layers[1]}" in _captions(at) and f"layer: {layers[0]}" not in _captions(at)
+
+
+def test_output_page_names_the_background_under_each_shap_map():
+    """No silent background: each map names what it was compared with."""
+    at = _run_page("shapes", ["shap_deep"])
+    assert not at.exception, at.exception
+    captions = [c.value.replace("\\", "") for c in at.caption if "completeness" in c.value]
+    assert len(captions) == 4
+    assert all(c.startswith("background: each input's own blurred copy (σ 4 px) · completeness error ")
+               for c in captions), captions
+
+
+def test_output_page_flags_a_completeness_error_above_the_tolerance():
+    """Integrated gradients with 2 steps and no tolerance loop: the error is flagged with its remedy."""
+    at = _run_page("shapes")
+    at.number_input(key="gb_integrated_gradients_steps").set_value(2).run()
+    at.number_input(key="gb_integrated_gradients_tolerance").set_value(0.0).run()
+    assert not at.exception, at.exception
+    flagged = [c.value for c in at.caption if "⚠ completeness error" in c.value]
+    assert flagged, _captions(at)
+    assert all(c.startswith(":orange[**⚠") and "> tolerance 0.05: raise steps" in c for c in flagged)
+    errors = [float(x) for x in re.findall(r"completeness error ([0-9.]+) >", " ".join(flagged))]
+    assert errors and min(errors) > 0.05

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.attribution import Attribution
+from explain.attribution import Attribution, run_details
 from explain.inputs.text import detokenize, padding_mask, tokens_for_display
 from explain.model import LoadedModel
 from explain.output.agreement import agreement_matrix
+from explain.output.methods.base import completeness_caption
 from explain.output.metrics.quality import Results
 from explain.viz import attribution as viz
 from ui.figures import figure_config, figure_format_choice
@@ -45,10 +46,13 @@ def map_controls(modality: str) -> MapOptions:
 
 
 def caption_for(attr: Attribution, index: int) -> str:
-    """Completeness error, time and device under a map."""
-    err = attr.completeness_error[index]
-    err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
-    return f"{err_text} · {attr.seconds:.2f} s for {len(attr)} inputs · {attr.device} · {attr.precision}"
+    """The Markdown under a map: what it was made with (Grad-CAM's layer, a SHAP method's background),
+    its completeness error (flagged in orange with ⚠ above the method's tolerance), time and device."""
+    err_text, exceeded = completeness_caption(attr, index)
+    if exceeded:
+        err_text = f":orange[**{err_text}**]"
+    details = "".join(f"{escape_markdown(d)} · " for d in run_details(attr.params))
+    return f"{details}{err_text} · {attr.seconds:.2f} s for {len(attr)} inputs · {attr.device} · {attr.precision}"
 
 
 def render_prediction(model: LoadedModel, probs: np.ndarray, label: int | None, key: str) -> None:

@@ -12,7 +12,7 @@ from ui import workspace as team
 from ui.attribution_view import map_controls, render_downloads, render_grid, render_summary
 from ui.quality_view import quality_controls, render_quality_results
 from ui.text import escape_markdown
-from ui.widgets import param_widgets
+from ui.widgets import method_param_choices, param_widgets
 
 DEFAULT_METHOD = "integrated_gradients"
 MAX_ROWS = {"image": 4, "tabular": 3, "text": 4}
@@ -50,7 +50,8 @@ with state.error_boundary("Loading the model and inputs"):
             for col, name in zip(param_cols, chosen):
                 with col:
                     st.markdown(f"**{name}**")
-                    params_by_method[name] = param_widgets(name, get_method(name).params)
+                    params_by_method[name] = param_widgets(name, get_method(name).params,
+                                                           choices=method_param_choices(model, name))
     ready = True
 if not ready:
     st.stop()

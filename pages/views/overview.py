@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from explain.attribution import run_details
 from explain.digest import digest_array
 from explain.errors import GlassboxError
 from explain.finding import sort_findings
 from explain.inputs.text import detokenize, padding_mask
 from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer, upsample
 from explain.output.methods import compatible_methods, get_method
+from explain.output.methods.base import completeness_caption
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
 from explain.viz import attribution as viz
 from explain.workspace import Action
@@ -28,6 +30,7 @@ DEFAULT_METHOD = "integrated_gradients"
 FINAL = "final model"
 STEPS = 32  # a responsive default for the linked views; the report uses the methods' own defaults
 NO_LAYER = "(choose a layer)"
+LAYER_STEPS = (16, 32, 64, 128, 256)
 
 
 # -- cached computations (keyed by content digests) ---------------------------------------
@@ -43,15 +46,17 @@ def _explain(model_key: str, x_sha: str, method: str, _model, _x):
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
-def _explain_layer(model_key: str, x_sha: str, layer: str, method: str, _model, _x):
-    return explain_layer(_model, _x, layer, method=method, steps=STEPS)
+def _explain_layer(model_key: str, x_sha: str, layer: str, method: str, steps: int, _model, _x):
+    return explain_layer(_model, _x, layer, method=method, steps=steps)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, LayerChoices]:
-    from explain.structure.layers import describe_layers
+    from explain.structure.layers import default_depth, describe_layers
 
-    rows = [r for r in describe_layers(_model, _x) if r["depth"] <= 2]
+    described = describe_layers(_model, _x)
+    depth = default_depth(described)  # a Hugging Face model's encoder layers sit 3-4 levels down
+    rows = [r for r in described if r["depth"] <= depth]
     frame = pd.DataFrame([{
         "layer": ("  " * max(r["depth"] - 1, 0) + r["name"]) if r["name"] else "(model)", "type": r["type"],
         "output": "×".join(str(d) for d in r["output_shape"][1:]) if r["output_shape"] else "—",
@@ -103,9 +108,10 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
         st.caption(f"{attr.method} → {escape_markdown(target)}")
         st.html(viz.text_attribution_html(detokenize(attr.inputs[row], model.spec), attr.values[row],
                                           padding=padding_mask(attr.inputs[row], model.spec), target=target))
-    err = attr.completeness_error[row]
-    err_text = f"completeness error {err:.1e}" if np.isfinite(err) else "completeness: not defined"
-    st.caption(f"{err_text} · {attr.seconds:.2f} s · {attr.device} · {attr.precision}")
+    err_text, exceeded = completeness_caption(attr, row)
+    details = "".join(f"{escape_markdown(d)} · " for d in run_details(attr.params))
+    st.caption(f"{details}{f':orange[**{err_text}**]' if exceeded else err_text} · {attr.seconds:.2f} s · "
+               f"{attr.device} · {attr.precision}")
 
 
 def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
@@ -124,9 +130,11 @@ def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
         units = [f"unit {j}" for j in range(result.display.shape[1])]
         st.plotly_chart(viz.tabular_bar_figure(result.display[0], units, top_k=10, title=title),
                         config={"displayModeBar": False}, key=key)
+    err_text, exceeded = result.completeness_text(0)
     st.caption(f"Σ over the layer {result.values[0].sum():.4g} vs f(x) − f(baseline) "
-               f"{result.output[0] - result.base_value[0]:.4g} (completeness error "
-               f"{result.completeness_error[0]:.1e}; exact only for a layer every path goes through)")
+               f"{result.output[0] - result.base_value[0]:.4g} · {result.steps} steps · "
+               + (f":orange[**{err_text}**]" if exceeded else
+                  f"{err_text} (exact only for a layer every path goes through)"))
 
 
 # -- the page ------------------------------------------------------------------------------
@@ -184,7 +192,7 @@ with train_col:
 
 with struct_col:
     st.subheader("Structure")
-    chosen_layer, layer_method = NO_LAYER, LAYER_METHODS[0]
+    chosen_layer, layer_method, layer_steps = NO_LAYER, LAYER_METHODS[0], STEPS
     with state.error_boundary("Describing the layers"):
         frame, classified = _layers(model.sha256, model, x)
         layer_choices = classified.attributable
@@ -199,6 +207,9 @@ with struct_col:
             allowed = [m for m in LAYER_METHODS if not (m == "conductance" and model.modality == "text")]
             layer_method = st.radio("Layer method", allowed, horizontal=True, key="gb_ov_layer_method",
                                     format_func=lambda m: m.replace("_", " "))
+            layer_steps = st.select_slider("Layer steps", LAYER_STEPS, value=STEPS, key="gb_ov_layer_steps",
+                                           help="Integration steps of the layer attribution: raise them when "
+                                                "its completeness error is flagged.")
             caption_skipped_layers(classified.skipped, "Not offered")
         else:
             st.caption("Layer attribution needs the model's layers (a weights file of a known architecture).")
@@ -234,7 +245,7 @@ with out_col:
     if chosen_layer != NO_LAYER and explained is not None:
         with state.error_boundary(f"Attributing to layer {chosen_layer}"):
             with st.spinner(f"Attributing to {escape_markdown(chosen_layer)}…"):
-                result = _explain_layer(model_key, x_sha, chosen_layer, layer_method, explained, x)
+                result = _explain_layer(model_key, x_sha, chosen_layer, layer_method, int(layer_steps), explained, x)
             _draw_layer(model, result, x, key="ov_layer_map")
 
 team.render_save_run("overview", model, lambda name, version: snapshot_record(
