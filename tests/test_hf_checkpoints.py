@@ -51,7 +51,8 @@ def ckpts(tmp_path_factory):
         folder = root / f"checkpoint-{step}"
         model.save_pretrained(folder)
         (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-        (folder / "trainer_state.json").write_text(json.dumps({"epoch": step / 100, "global_step": step}))
+        log = [{"epoch": e / 100, "step": e, "loss": 1.0 / e} for e in range(50, step + 1, 50)]
+        (folder / "trainer_state.json").write_text(json.dumps({"epoch": step / 100, "global_step": step, "log_history": log}))
         with zipfile.ZipFile(root / f"checkpoint-{step}.zip", "w") as zf:  # zipped with its folder, as people do
             for f in sorted(folder.iterdir()):
                 zf.write(f, f"checkpoint-{step}/{f.name}")
@@ -124,6 +125,7 @@ def test_report_cli_takes_zip_and_folder_checkpoints(ckpts, tmp_path, monkeypatc
     assert code == 0, captured.err
     payload = json.loads(captured.out)
     assert "Checkpoint evolution" in payload["sections"] and "Checkpoint evolution" not in payload["failed"]
+    assert not payload["failed"], payload["failed"]  # the Training section reads the Trainer's log_history
     data = read_report_data(out.read_text())["sections"]["Checkpoint evolution"]
     assert data["checkpoints"] == ["epoch 1", "epoch 2"]
     want = _direct_change(ckpts["states"])
@@ -170,3 +172,21 @@ def test_a_zip_that_is_no_checkpoint_says_what_it_is(tmp_path):
     with pytest.raises(CorruptFile, match="graph.pt is a TorchScript archive; checkpoints are compared by their "
                                           "weights alone.*Hugging Face model folders or zips"):
         read_checkpoints([tmp_path / "graph.pt"])
+
+
+def test_a_trainer_checkpoint_carries_its_log_history(ckpts, tmp_path):
+    from explain.errors import IncompatibleInput
+    from explain.training.history import read_checkpoint_history
+
+    zipped = ckpts["root"] / "checkpoint-200.zip"
+    history = read_checkpoint_history(zipped.read_bytes(), "checkpoint-200.zip")
+    loss = history.frame.dropna(subset=["loss"])
+    assert loss["step"].tolist() == [50, 100, 150, 200]
+    np.testing.assert_allclose(loss["loss"].to_numpy(), [1 / 50, 1 / 100, 1 / 150, 1 / 200])
+    bare = tmp_path / "bare.zip"
+    with zipfile.ZipFile(zipped) as src, zipfile.ZipFile(bare, "w") as dst:
+        for name in src.namelist():
+            if not name.endswith("trainer_state.json"):
+                dst.writestr(name, src.read(name))
+    with pytest.raises(IncompatibleInput, match="without trainer_state.json stores no training history"):
+        read_checkpoint_history(bare.read_bytes(), "bare.zip")

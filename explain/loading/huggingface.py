@@ -294,7 +294,12 @@ def _model_class(cfg: dict) -> tuple[Any, Any, bool]:
     return config, model_class, image
 
 
-def _state_dict(upload: HFUpload) -> dict[str, torch.Tensor]:
+def state_dict(upload: HFUpload) -> dict[str, torch.Tensor]:
+    """The weights of a checked upload by name: safetensors (or its shards) parsed, a ``.bin`` weights-only.
+
+    Raises:
+        CorruptFile: a ``.bin`` that is not a state dict of tensors.
+    """
     from safetensors.torch import load
 
     if upload.shards:
@@ -304,7 +309,10 @@ def _state_dict(upload: HFUpload) -> dict[str, torch.Tensor]:
         return state
     if "model.safetensors" in upload.files:
         return load(upload.files["model.safetensors"])
-    return weights_only_load(upload.files["pytorch_model.bin"], "pytorch_model.bin")
+    state = weights_only_load(upload.files["pytorch_model.bin"], "pytorch_model.bin")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptFile("pytorch_model.bin is not a state_dict of tensors.")
+    return state
 
 
 def _build_model(upload: HFUpload) -> nn.Module:
@@ -316,7 +324,7 @@ def _build_model(upload: HFUpload) -> nn.Module:
     # (never a remote code path); a .bin was unpickled weights-only.
     try:
         model, info = upload.model_class.from_pretrained(
-            None, config=upload.config, state_dict=_state_dict(upload), local_files_only=True,
+            None, config=upload.config, state_dict=state_dict(upload), local_files_only=True,
             trust_remote_code=False, attn_implementation="eager", output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:

@@ -196,6 +196,11 @@ class ModelProcess:
         self._finalizer: Any = None
 
     @property
+    def data(self) -> bytes:
+        """The file's bytes this process was started from (what a restart starts from again)."""
+        return self._data
+
+    @property
     def running(self) -> bool:
         return self._channel is not None
 

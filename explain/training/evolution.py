@@ -36,9 +36,9 @@ from explain.errors import CorruptFile, IncompatibleInput, UsageError
 from explain.inputs.text import padding_mask
 from explain.loading import huggingface
 from explain.loading.export import is_export_archive
-from explain.loading.source import Archive, find_member, open_archive, read_source, weights_only_load
+from explain.loading.source import Archive, find_member, open_archive, read_source
 from explain.loading.torchscript import is_torchscript
-from explain.loading.weights import WeightsRefused, is_tensor_dict, key_variants, read_safetensors, safetensors_shapes
+from explain.loading.weights import WeightsRefused, key_variants, read_safetensors, safetensors_shapes
 from explain.model import LoadedModel
 from explain.training.formats import load_checkpoint_dict
 
@@ -208,17 +208,7 @@ def read_hf_checkpoint(data: bytes, name: str, archive: Archive | None = None) -
 
 def hf_tensors(upload: huggingface.HFUpload) -> dict[str, torch.Tensor]:
     """The weights of a checked Hugging Face upload, by name (safetensors, shards, or a weights-only .bin)."""
-    if upload.shards:
-        state: dict[str, torch.Tensor] = {}
-        for blob in upload.shards.values():
-            state.update(read_safetensors(blob)[0])
-        return state
-    if "model.safetensors" in upload.files:
-        return read_safetensors(upload.files["model.safetensors"])[0]
-    state = weights_only_load(upload.files["pytorch_model.bin"], "pytorch_model.bin")
-    if not is_tensor_dict(state):
-        raise CorruptFile("pytorch_model.bin is not a state_dict of tensors.")
-    return state
+    return huggingface.state_dict(upload)
 
 
 def _hf_shapes(upload: huggingface.HFUpload) -> dict[str, tuple[int, ...]]:
@@ -443,7 +433,7 @@ def _hf_with_weights(checkpoint: Checkpoint, reference: LoadedModel) -> bytes:
     """
     from safetensors.torch import save
 
-    data = getattr(reference.process, "_data", None)  # the bytes the reference's model process was started from
+    data = reference.process.data if reference.process is not None else None  # what its model process started from
     if not isinstance(data, bytes):
         raise IncompatibleInput(f"{checkpoint.source}: the current Hugging Face model's files are not at hand to "
                                 "build the checkpoint in.", "Give the checkpoints as Hugging Face folders or zips.")

@@ -112,7 +112,7 @@ def _too_deep(where: str) -> CorruptFile:
     return CorruptFile(f"{where} nests JSON more than {MAX_JSON_DEPTH} levels deep: not a training log.")
 
 
-def _load_json(text: str, where: str) -> Any:
+def load_json(text: str, where: str) -> Any:
     """``json.loads`` that refuses documents nested deeper than :data:`MAX_JSON_DEPTH`."""
     try:
         obj = json.loads(text)
@@ -146,7 +146,7 @@ def parse_json(data: bytes, source: str) -> pd.DataFrame:
     """
     text = _text(data, source)
     try:
-        return frame_from_json(_load_json(text, source), source)
+        return frame_from_json(load_json(text, source), source)
     except json.JSONDecodeError:
         pass  # JSON lines, or not JSON at all
     records = []
@@ -154,7 +154,7 @@ def parse_json(data: bytes, source: str) -> pd.DataFrame:
         if not line.strip():
             continue
         try:
-            record = _load_json(line, f"{source}: line {number}")
+            record = load_json(line, f"{source}: line {number}")
         except json.JSONDecodeError as exc:
             raise CorruptFile(f"{source}: line {number} is not valid JSON ({exc.msg}).") from None
         if not isinstance(record, dict):

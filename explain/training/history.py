@@ -274,14 +274,44 @@ def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str,
 
 
 def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> TrainingHistory:
-    """The ``history`` stored in a checkpoint dict, loaded weights-only.
+    """The ``history`` stored in a checkpoint dict, loaded weights-only; for a Hugging Face
+    checkpoint (a zip), the ``log_history`` of its Trainer's ``trainer_state.json``.
 
     Raises:
         UnsafeFile: the file needs code execution to load.
         CorruptFile: not a torch checkpoint.
         IncompatibleInput: a checkpoint without a history.
     """
+    if data[:4] == b"PK\x03\x04":
+        hf = _hf_trainer_state(data, source)
+        if hf is not None:
+            return _tidy(formats.checkpoint_history_frame(hf, source), source=source)
     return _tidy(formats.checkpoint_history_frame(load_checkpoint_dict(data, source), source), source=source)
+
+
+def _hf_trainer_state(data: bytes, source: str) -> dict | None:
+    """A Hugging Face checkpoint zip's ``trainer_state.json`` (None for a zip that is no Hugging Face model).
+
+    Raises:
+        IncompatibleInput: a Hugging Face checkpoint without a Trainer state (no history stored).
+    """
+    from explain.loading.huggingface import MAX_JSON_BYTES, is_hf_archive
+    from explain.loading.source import find_member, open_archive
+
+    try:
+        archive = open_archive(data, source)
+    except CorruptFile:
+        return None
+    if not is_hf_archive(archive.names):
+        return None
+    member = find_member(archive.names, "trainer_state.json")
+    if member is None:
+        raise IncompatibleInput(f"{source}: a Hugging Face checkpoint without trainer_state.json stores no "
+                                "training history.", "Upload the training log (or the Trainer's output folder, zipped).")
+    state = formats.load_json(archive.read(member, MAX_JSON_BYTES).decode("utf-8", errors="replace"), source)
+    if not isinstance(state, dict):
+        raise CorruptFile(f"{source}: trainer_state.json is not a JSON object.")
+    return state
 
 
 @dataclass(frozen=True)
