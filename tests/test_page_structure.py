@@ -73,6 +73,29 @@ def test_layer_filter_and_depth_change_the_table():
     assert not at.exception
 
 
+def test_grad_cam_layer_is_chosen_from_the_candidates_and_named_under_each_map():
+    from explain.structure.layer_importance import grad_cam_layers
+    from sample_models import sample_inputs
+
+    layers = grad_cam_layers(load_sample("shapes"), sample_inputs("shapes")["inputs"][:2])
+    at = _run_page("shapes")
+    box = next(s for s in at.selectbox if s.label == "Grad-CAM layer")
+    assert box.options == [f"{layers[0]} (default)", *layers[1:]] and box.value == layers[0]
+    named = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("Grad-CAM of layer")]
+    assert named == [f"Grad-CAM of layer {layers[0]}"] * 4
+    box.set_value(layers[1]).run()
+    assert not at.exception
+    assert {c.value.replace("\\", "") for c in at.caption if c.value.startswith("Grad-CAM of layer")} == {
+        f"Grad-CAM of layer {layers[1]}"}
+
+
+def test_layer_table_opens_deep_enough_to_show_the_encoder_layers_submodules():
+    at = _run_page("sentiment")
+    names = {n.strip() for n in at.dataframe[0].value["layer"]}
+    assert {"encoder.layers.0.self_attn", "encoder.layers.1.linear1"} <= names
+    assert at.slider(key="gb_struct_depth").value == 3
+
+
 @pytest.mark.browser
 def test_structure_page_in_a_browser(app_url, browser_page):
     page = browser_page

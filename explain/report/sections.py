@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from explain.attribution import WARNING_MARK, run_details
 from explain.digest import digest_array, digest_bytes
 from explain.errors import Cancelled, UsageError
 from explain.inputs.text import detokenize, padding_mask
@@ -116,6 +117,7 @@ def build_output_section(model: LoadedModel, inputs: np.ndarray, labels: np.ndar
                          params: dict[str, Any]) -> Section:
     """Explain ``inputs`` with one method: maps / bars / tokens per input plus a numbers table."""
     from explain.output.methods import get_method
+    from explain.output.methods.base import completeness_caption
 
     explainer = get_method(method)
     title = f"Output: {explainer.title or method}"
@@ -133,10 +135,13 @@ def build_output_section(model: LoadedModel, inputs: np.ndarray, labels: np.ndar
             "base_value": float(attr.base_value[i]), "attribution_sum": float(flat.sum()),
             "max_abs_attribution": float(np.abs(flat).max()) if flat.size else 0.0,
             "completeness_error": float(attr.completeness_error[i]),
+            **dict(zip(("completeness", "completeness_exceeded"), completeness_caption(attr, i))),
         })
+    tolerance = explainer.tolerance(attr.params)
     data: dict[str, Any] = {
         "method": attr.method, "params": describe_params(attr.params),
         "device": attr.device, "precision": attr.precision, "seconds": attr.seconds, "inputs": rows,
+        "completeness_tolerance": tolerance, "details": run_details(attr.params),
     }
     cells, figures = _output_visuals(model, attr, rows, data)
     table = table_html(rows, ["input", "prediction", "probability", "label", "target", "attribution_sum",
@@ -145,11 +150,16 @@ def build_output_section(model: LoadedModel, inputs: np.ndarray, labels: np.ndar
                        numeric=("input", "probability", "attribution_sum", "completeness_error"))
     err = attr.max_completeness_error
     meta = (f"{len(attr)} inputs · {attr.seconds:.2f} s · device {attr.device} · precision {attr.precision} · "
-            f"largest completeness error {format_number(err) if err is not None else 'not defined for this method'}"
+            + "".join(f"{d} · " for d in data["details"])
+            + f"largest completeness error {format_number(err) if err is not None else 'not defined for this method'}"
             f" · parameters: {', '.join(f'{k}={v}' for k, v in data['params'].items()) or 'defaults'}")
-    section = Section(title, body=f'<p class="muted">{escape(meta)}</p>{cells}{table}', figures=figures,
-                      data=round_data(data), notes=list(attr.notes))
-    return section
+    flagged = [r for r in rows if r["completeness_exceeded"]]
+    which = ", ".join(f"#{r['input']}" for r in flagged)
+    warning = (f'<p class="sev-warning">{escape(WARNING_MARK)} {len(flagged)} of {len(rows)} maps exceed the '
+               f'completeness tolerance {tolerance:g} (input {which}): {escape(explainer.completeness_remedy)}.</p>'
+               if flagged else "")
+    return Section(title, body=f'<p class="muted">{escape(meta)}</p>{warning}{cells}{table}', figures=figures,
+                   data=round_data(data), notes=list(attr.notes))
 
 
 def _name(names: Sequence[str], k: int) -> str:
@@ -162,10 +172,12 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
 
     def caption(r: dict) -> str:
         truth = f" · true {escape(r['label'])}" if r["label"] is not None else ""
-        err = r["completeness_error"]
-        err_text = f"completeness error {format_number(err)}" if np.isfinite(err) else "completeness: not defined"
+        err_text = escape(r["completeness"])
+        if r["completeness_exceeded"]:
+            err_text = f'<strong class="sev-warning">{err_text}</strong>'
+        details = "".join(f"<br>{escape(d)}" for d in data.get("details", []))
         return (f'<div class="pred">#{r["input"]} · {escape(r["prediction"])} ({r["probability"]:.1%}){truth}</div>'
-                f'<div class="cap">→ {escape(r["target"])} · {err_text}</div>')
+                f'<div class="cap">→ {escape(r["target"])} · {err_text}{details}</div>')
 
     if model.modality == "image":
         images = viz.to_display_images(attr.inputs, model.spec)  # [N, H, W, 3]
@@ -357,7 +369,11 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
     def attention_section() -> list[Section]:
         if attention_error:
             return [Section.failed("Attention", attention_error)]
-        return [analysis.build_attention_section(model, shown, example_inputs(model, shown))]
+        example = example_inputs(model, shown)
+        section = analysis.build_attention_section(model, shown, example)
+        if model.modality == "image":
+            add_image_rollout(section, model, shown[:1] if shown is not None else example)
+        return [section]
 
     if attention:
         steps.append(("Attention", attention_section))
@@ -382,6 +398,40 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
     if progress is not None:
         progress(total, total)
     return report
+
+
+def add_image_rollout(section: Section, model: LoadedModel, x: np.ndarray) -> None:
+    """An image model's attention section gets the rollout from ``[CLS]`` to the patches drawn over
+    input #0 (`explain.structure.attention.image_rollout`), as the Structure page draws it, and the
+    patch shares in its data. Nothing when the tokens are not patches of the image."""
+    from explain.structure.attention import capture_attention, image_rollout, patch_grid
+    from explain.viz.attribution import to_display_images
+
+    maps = capture_attention(model, x[:1])
+    grid = patch_grid(maps.num_tokens, model.spec.input_shape)
+    if grid is None or maps.weights.shape[-1] != maps.num_tokens:
+        return
+    h, w = model.spec.input_shape[-2:]
+    patches, heat = image_rollout(maps.weights[:, 0], grid, h, w)
+    source = "[CLS]" if grid.extra else "all positions (mean)"
+    image = to_display_images(np.asarray(x[:1]), model.spec)[0]
+    section.body += (f"<p>Attention rollout of {escape(source)} across the {maps.num_layers} layers, to the "
+                     f"{grid.rows}×{grid.cols} patches of input #0, each patch's share spread over its square of "
+                     f"the image (positions named (row, col); largest share {format_number(float(patches.max()))}).</p>")
+    section.figures.append(_figure_rollout_on_image(image, heat, f"What {source} draws on after all layers"))
+    section.data.update(round_data({"patch_grid": [grid.rows, grid.cols], "extra_tokens": grid.extra,
+                                    "patch_labels": grid.labels()[grid.extra:], "rollout": patches}))
+
+
+def _figure_rollout_on_image(image: np.ndarray, heat: np.ndarray, title: str):
+    """The rollout over the image, as the Structure page draws it. Temporary, until
+    explain.viz.structure has figure_image_heatmap(image, heat, title, label)."""
+    from explain.viz.structure import figure_grad_cam
+
+    fig = figure_grad_cam(image, heat / max(float(heat.max()), 1e-12), title=html.escape(title))
+    fig.update_traces(selector=dict(type="heatmap"), customdata=heat,
+                      hovertemplate="x %{x} y %{y}<br>rollout share %{customdata:.3f}<extra></extra>")
+    return fig
 
 
 def _identify(source: Any) -> dict[str, Any]:

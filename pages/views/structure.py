@@ -12,6 +12,7 @@ from explain.structure import activations, attention, attention_summary, layer_i
 from explain.structure import layers as structure
 from explain.structure import module_graph as graph
 from explain.viz import structure as viz
+from explain.viz.attribution import to_display_images
 from ui import state
 from ui import workspace as team
 from ui.run_view import layer_frame, snapshot_record
@@ -41,6 +42,15 @@ def _shape(shape) -> str:
     return "—" if shape is None else "×".join(str(d) for d in shape)
 
 
+def _figure_rollout_on_image(image: np.ndarray, heat: np.ndarray, title: str):
+    """The rollout over the image: [H, W] shares, scaled to their peak, over uint8 [H, W, 3] pixels.
+    Temporary, until explain.viz.structure has figure_image_heatmap(image, heat, title, label)."""
+    fig = viz.figure_grad_cam(image, heat / max(float(heat.max()), 1e-12), title=title)
+    fig.update_traces(selector=dict(type="heatmap"), customdata=heat,
+                      hovertemplate="x %{x} y %{y}<br>rollout share %{customdata:.3f}<extra></extra>")
+    return fig
+
+
 st.title("Structure")
 team.stop_unless_may_explain()  # the layer table, attention, activations and importance run the model here
 ok = False
@@ -66,8 +76,9 @@ tab_layers, tab_graph, tab_attention, tab_acts, tab_importance = st.tabs(
 # -- Layers --------------------------------------------------------------------
 with tab_layers:
     c1, c2 = st.columns([1, 2])
-    depth = c1.slider("Depth", 0, max(table.max_depth, 1), min(2, table.max_depth), key="gb_struct_depth",
-                      help="Show modules down to this nesting level; parents include their children's numbers.")
+    depth = c1.slider("Depth", 0, max(table.max_depth, 1), structure.default_depth(table.rows), key="gb_struct_depth",
+                      help="Show modules down to this nesting level (at first, what the repeated blocks are made of); "
+                           "parents include their children's numbers.")
     query = c2.text_input("Filter by name or type", key="gb_struct_filter", placeholder="e.g. conv, attn, Linear")
     rows = structure.filter_rows(table.rows, max_depth=depth, query=query)
     frame = pd.DataFrame([{
@@ -138,8 +149,10 @@ with tab_attention:
             idx = c1.selectbox("Input", list(range(n_inputs)), format_func=_describe, key="gb_att_input")
             ids = maps.inputs[idx] if maps.inputs is not None and maps.inputs.ndim == 2 else None
             length = real_length(ids, model.spec) if ids is not None else maps.num_tokens
+            patches = (attention.patch_grid(maps.num_tokens, model.spec.input_shape)
+                       if model.modality == "image" and maps.num_tokens == maps.weights.shape[4] else None)
             tokens = (attention_summary.label_tokens(model.spec, ids[:length]) if ids is not None
-                      else [str(i) for i in range(length)])
+                      else patches.labels() if patches is not None else [str(i) for i in range(length)])
             layer = c2.selectbox("Layer", list(range(maps.num_layers)), format_func=lambda i: maps.layer_names[i],
                                  key="gb_att_layer")
             head = c3.selectbox("Head", list(range(maps.num_heads)), key="gb_att_head")
@@ -163,9 +176,20 @@ with tab_attention:
                 roll_drawn, _ = attention_summary.pool_attention(roll, tokens)
                 right.plotly_chart(viz.figure_attention(roll_drawn, labels, title="Attention rollout across layers"),
                                    width="stretch")
-                st.plotly_chart(viz.figure_token_weights(roll[0], tokens, title=f"What position 0 ({tokens[0]}) "
-                                                         "draws on after all layers (rollout row)"),
-                                width="stretch")
+                if patches is not None:  # a Vision Transformer: the rollout row of [CLS] over the image
+                    _, heat = attention.image_rollout(maps.weights[:, idx], patches, *model.spec.input_shape[-2:])
+                    image = to_display_images(maps.inputs[idx : idx + 1], model.spec)[0]
+                    source = "[CLS]" if patches.extra else "all positions (mean)"
+                    st.plotly_chart(_figure_rollout_on_image(image, heat, f"What {source} draws on after all layers, "
+                                                             f"by patch ({patches.rows}×{patches.cols})"),
+                                    width="content", key="gb_att_rollout_image")
+                    st.caption(f"Attention rollout of {source} to the {patches.rows * patches.cols} patches, each "
+                               f"patch's share spread over its square of the input (brightest: the largest share, "
+                               f"{float(heat.max()):.3f}).")
+                else:
+                    st.plotly_chart(viz.figure_token_weights(roll[0], tokens, title=f"What position 0 ({tokens[0]}) "
+                                                             "draws on after all layers (rollout row)"),
+                                    width="stretch")
             st.markdown("**Heads** (averaged over inputs and real query positions)")
             st.dataframe(pd.DataFrame(attention_summary.summarise_heads(maps.weights, maps.layer_names, lengths)),
                          hide_index=True, width="stretch", key="gb_head_table", column_config={
@@ -199,7 +223,9 @@ with tab_importance:
         st.info(escape_markdown(why_not))
     else:
         c1, c2, c3 = st.columns(3)
-        idepth = c1.slider("Layer depth", 1, max(table.max_depth, 1), min(2, max(table.max_depth, 1)), key="gb_imp_depth")
+        idepth = c1.slider("Layer depth", 1, max(table.max_depth, 1),
+                           max(1, min(structure.default_depth(table.rows) - 1, max(table.max_depth, 1))),
+                           key="gb_imp_depth", help="Score the modules at this depth (at first, the repeated blocks).")
         steps = c2.slider("Integration steps", 4, 64, 16, key="gb_imp_steps")
         n_imp = c3.number_input("Inputs", 1, min(len(inputs), 64), min(len(inputs), MAX_IMPORTANCE_INPUTS), key="gb_imp_n")
         key = (model.sha256, inputs_sha, idepth, steps, int(n_imp))
@@ -218,7 +244,10 @@ with tab_importance:
         if model.modality == "image":
             with state.error_boundary("Grad-CAM"):
                 cam_layers = layer_importance.grad_cam_layers(model, inputs)
-                cam_layer = st.selectbox("Grad-CAM layer", cam_layers, key="gb_cam_layer")
+                cam_layer = st.selectbox("Grad-CAM layer", cam_layers, key=f"gb_cam_layer_{model.sha256[:12]}",
+                                         format_func=lambda n: f"{n} (default)" if n == cam_layers[0] else n,
+                                         help="Layers with a spatial output, smallest maps first; the default is "
+                                              "the last spatial stage.")
                 shown_n = min(len(inputs), 4)
                 with st.spinner("Grad-CAM…"):
                     cams = layer_importance.compute_grad_cam(model, inputs[:shown_n], cam_layer)
@@ -227,3 +256,4 @@ with tab_importance:
                     col.plotly_chart(viz.figure_grad_cam(batch.display[i], cams[i],
                                                          title=f"#{i} · {model.spec.class_name(int(preds[i]))}"),
                                      width="stretch")
+                    col.caption(f"Grad-CAM of layer {escape_markdown(cam_layer)}")
