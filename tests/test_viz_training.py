@@ -120,3 +120,87 @@ def test_runs_figure_overlays_each_runs_curves_in_its_own_legend_group():
                                                          "validation loss (val_loss)", "validation metric (val_accuracy)"]
     assert sorted(n for n, _, _ in groups["run 1"]) == ["train loss (loss)", "validation loss (val_loss)"]
     assert fig.layout.yaxis2.title.text == "metric"
+
+
+def _two_logs(tmp_path):
+    """Two logs of the same series: run1 healthy, run2 overfitting from epoch 25."""
+    a, b = curves.healthy(0), curves.overfitting(1, onset=25)
+    paths = [tmp_path / "run1.csv", tmp_path / "run2.csv"]
+    a.frame.to_csv(paths[0], index=False)
+    b.frame.to_csv(paths[1], index=False)
+    return paths
+
+
+def test_report_draws_both_runs_and_lists_findings_per_run(tmp_path):
+    """Issue 20 item 7: with two logs of the same series the report merged them, hid run 2's curves
+    (legend only) and diagnosed run 1 alone."""
+    from explain.model import LoadedModel
+    from explain.report.analysis import build_training_section
+
+    model = LoadedModel(module=None, format="safetensors", sha256="0" * 64, spec=InputSpec("tabular", (2,)), name="m")
+    section = build_training_section(model, _two_logs(tmp_path), [])
+    fig = section.figures[0]
+    assert all(t.visible in (None, True) for t in fig.data)  # no run drawn as legend-only
+    groups = {}
+    for t in fig.data:
+        groups.setdefault(t.legendgroup, set()).add((t.line.color, t.legendgrouptitle.text))
+    assert set(groups) == {"run 0", "run 1"}
+    assert {title for g in groups.values() for _, title in g} == {"run1", "run2"}
+    assert len({c for c, _ in groups["run 0"]} | {c for c, _ in groups["run 1"]}) == 2  # one colour per run
+    assert {t.name for t in fig.data if t.legendgroup == "run 1"} == {"train loss (loss)", "validation loss (val_loss)"}
+    # the findings of each run, under its own heading
+    runs = {r["name"]: r for r in section.data["runs"]}
+    assert set(runs) == {"run1", "run2"}
+    assert "overfitting" in [f["kind"] for f in runs["run2"]["findings"]]
+    assert "overfitting" not in [f["kind"] for f in runs["run1"]["findings"]]
+    assert {f["run"] for f in section.data["findings"]} == {"run1", "run2"}
+    body = section.body
+    assert body.index("Findings · run1") < body.index("Findings · run2") < body.index("Overfitting from epoch")
+    assert "<td>run2</td>" in body  # the series table names the run of each row
+
+
+def test_disjoint_logs_are_still_one_run_in_the_report(tmp_path):
+    from explain.report.analysis import read_training_runs
+
+    train_only = curves.to_history(np.arange(5.0), loss=np.linspace(2, 1, 5))
+    val_only = curves.to_history(np.arange(5.0), val_loss=np.linspace(2.1, 1.2, 5))
+    paths = [tmp_path / "train.csv", tmp_path / "val.csv"]
+    train_only.frame.to_csv(paths[0], index=False)
+    val_only.frame.to_csv(paths[1], index=False)
+    runs, origin = read_training_runs(paths, [])
+    assert len(runs) == 1 and origin == "logs" and {"loss", "val_loss"} <= set(runs[0].series_columns)
+
+
+def test_run_names_are_distinct():
+    from explain.viz.training import run_names
+
+    a, b, c = curves.healthy(0), curves.healthy(1), curves.healthy(2)
+    a.name = b.name = "train_log"
+    c.name = "other"
+    assert run_names([a, b, c]) == ["train_log", "train_log #2", "other"]
+    fig = figure_runs([a, b], smoothing=0.0)
+    assert {t.legendgrouptitle.text for t in fig.data} == {"train_log", "train_log #2"}
+
+
+@pytest.mark.parametrize("template", ["none", "streamlit", "plotly"])
+def test_training_charts_keep_tick_labels_and_titles_apart_under_any_template(template, monkeypatch):
+    """The app's "streamlit" template sets no automargin: a report built in the app's process had the
+    loss ticks clipped (".5" for "2.5") and the axis titles drawn over them. Every axis now grows its
+    margin for its labels whatever the template."""
+    import plotly.io as pio
+
+    monkeypatch.setattr(pio.templates, "default", pio.templates.default)  # restored after the test
+    if template == "streamlit":
+        pytest.importorskip("streamlit")  # importing it registers the template (and makes it the default)
+    pio.templates.default = template
+    h = curves.healthy(0)
+    figures = [figure_curves(h, diagnose(h)), figure_runs([h, curves.overfitting(1)])]
+    for fig in figures:
+        axes = [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]
+        assert len(axes) >= 3
+        assert all(fig.layout[k].automargin is True for k in axes), template
+        titled = [fig.layout[k] for k in axes if fig.layout[k].title.text]
+        assert {a.title.text for a in titled} >= {"loss", "metric", "epoch"}
+    # the findings' labels are drawn inside the loss panel, under its top edge, not over any tick
+    labels = [a for a in figures[0].layout.annotations if a.yref == "paper"]
+    assert labels and all(a.yanchor == "top" and a.y <= 1.0 for a in labels)

@@ -24,7 +24,13 @@ from explain.training.evolution import (
     read_checkpoints,
 )
 from explain.training.findings import diagnose
-from explain.training.history import merge_histories, read_checkpoint_history, read_histories, read_history
+from explain.training.history import (
+    default_log_mode,
+    merge_histories,
+    read_checkpoint_history,
+    read_histories,
+    read_history,
+)
 from explain.viz import structure as viz_structure
 from explain.viz import training as viz_training
 
@@ -169,25 +175,79 @@ def read_training_history(logs: Sequence[Any], checkpoints: Sequence[Any], fallb
     raise IncompatibleInput("No training log or checkpoint history was given.")
 
 
-def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints: Sequence[Any]) -> Section:
-    history, origin = read_training_history(logs, checkpoints, model.extra.get("history"))
-    findings = sort_findings(diagnose(history))
-    figures = training_figures(history, findings)
-    per_epoch = history.by_epoch()
-    final = {c: float(per_epoch[c].dropna().iloc[-1]) for c in per_epoch.columns if per_epoch[c].notna().any()}
+def read_training_runs(logs: Sequence[Any], checkpoints: Sequence[Any], fallback: Any = None):
+    """The runs to draw and where they came from: logs that record the same series are runs to
+    compare, one history each (`default_log_mode`, the Training page's default); else one history, as
+    `read_training_history` reads it.
+
+    Returns:
+        ``(histories, origin)``: one history, or one per log.
+    """
+    if len(logs) > 1:
+        histories = read_histories(logs)
+        if default_log_mode(histories) == "runs":
+            return histories, "logs"
+        return [merge_histories(histories)], "logs"
+    history, origin = read_training_history(logs, checkpoints, fallback)
+    return [history], origin
+
+
+def _findings_html(findings) -> str:
     items = "".join(
         f'<li><span class="sev-{escape(f.severity)}">{escape(f.kind)}</span> {escape(f.message)}</li>' for f in findings
     ) or "<li>No findings.</li>"
-    lengths = history.series_lengths()
+    return f'<ul class="findings">{items}</ul>'
+
+
+def _finding_data(f, run: str | None = None) -> dict[str, Any]:
+    data = {"kind": f.kind, "severity": f.severity, "message": f.message, "epochs": list(f.epochs)}
+    return {"run": run, **data} if run is not None else data
+
+
+def _series_rows(history) -> tuple[dict[str, int], dict[str, float]]:
+    per_epoch = history.by_epoch()
+    final = {c: float(per_epoch[c].dropna().iloc[-1]) for c in per_epoch.columns if per_epoch[c].notna().any()}
+    return history.series_lengths(), final
+
+
+def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints: Sequence[Any]) -> Section:
+    runs, origin = read_training_runs(logs, checkpoints, model.extra.get("history"))
+    if len(runs) > 1:
+        return _build_runs_section(runs, origin)
+    history = runs[0]
+    findings = sort_findings(diagnose(history))
+    figures = training_figures(history, findings)
+    per_epoch = history.by_epoch()
+    lengths, final = _series_rows(history)
     body = (f"<p>Curves read from {escape(origin)} ({escape(', '.join(history.sources) or history.name)}): "
             f"{len(lengths)} series over {len(per_epoch)} {escape(history.default_x)}s.</p>"
-            f'<h3>Findings</h3><ul class="findings">{items}</ul>'
+            f"<h3>Findings</h3>{_findings_html(findings)}"
             + table_html([{"series": k, "points": v, "last value": final.get(k)} for k, v in lengths.items()],
                          numeric=("points", "last value")))
     data = {"origin": origin, "sources": list(history.sources), "series": lengths, "final": final,
-            "roles": dict(history.roles),
-            "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message, "epochs": list(f.epochs)}
-                         for f in findings]}
+            "roles": dict(history.roles), "findings": [_finding_data(f) for f in findings]}
+    return Section("Training", body=body, figures=figures, data=round_data(data))
+
+
+def _build_runs_section(runs, origin: str) -> Section:
+    """Several logs of the same series: each a run, drawn in its own colour (`viz.training.figure_runs`),
+    with its own findings."""
+    names = viz_training.run_names(runs)
+    by_run = [sort_findings(diagnose(h)) for h in runs]
+    body = (f"<p>Curves read from {escape(origin)}: {len(runs)} runs compared ({escape(', '.join(names))}; the logs "
+            "record the same series, so each is a run, drawn in its own colour).</p>")
+    rows, data_runs = [], []
+    for name, h, findings in zip(names, runs, by_run):
+        lengths, final = _series_rows(h)
+        body += f"<h3>Findings · {escape(name)}</h3>{_findings_html(findings)}"
+        rows += [{"run": name, "series": k, "points": v, "last value": final.get(k)} for k, v in lengths.items()]
+        data_runs.append({"name": name, "sources": list(h.sources), "series": lengths, "final": final,
+                          "roles": dict(h.roles), "findings": [_finding_data(f) for f in findings]})
+    body += table_html(rows, numeric=("points", "last value"))
+    data = {"origin": origin, "sources": [s for h in runs for s in h.sources], "runs": data_runs,
+            "findings": [_finding_data(f, name) for name, findings in zip(names, by_run) for f in findings]}
+    x = runs[0].default_x
+    figures = [viz_training.figure_runs(runs, x=x, height=480, names=names)]
     return Section("Training", body=body, figures=figures, data=round_data(data))
 
 

@@ -116,11 +116,25 @@ def format_value(value: float, signed: bool = False) -> str:
 
 
 def keep_labels_inside(fig):
-    """Every axis grows its margin for its tick labels and title, and the title its own: explicit, so
-    the figure does not depend on the default template (the app's "streamlit" template sets no
-    ``automargin``, and a report built in the app's process had clipped ticks and titles over them)."""
+    """Every axis grows its margin for its tick labels and title, and a figure title gets a top margin
+    of its own: explicit, so the figure does not depend on the default template (the app's
+    "streamlit" template sets no ``automargin``: a report built in the app's process had clipped
+    ticks and axis titles over them).
+
+    The title is centred in the top margin (plotly's ``y="auto"`` in the figure's coordinates), at the
+    figure's left edge unless the figure placed it, and the top margin holds all its lines (`title_margin`). Neither
+    plotly's title automargin nor ``yanchor="top"`` is used: both move a title of several lines
+    up out of the figure.
+    """
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
-    if fig.layout.title.text:
-        fig.update_layout(title_automargin=True)
+    title = fig.layout.title
+    if title.text:
+        size = title.font.size or TITLE_SIZE
+        fig.update_layout(title=dict(yref="container", font=dict(size=size)))  # y, yanchor: auto
+        if title.x is None:  # the figure's left edge, whatever the template (plotly's 0.05, or centred)
+            fig.update_layout(title=dict(x=0, xref="container", xanchor="left", pad=dict(l=8)))
+        need = title_margin(title.text, size) + 8
+        if (fig.layout.margin.t or 0) < need:
+            fig.update_layout(margin_t=need)
     return fig

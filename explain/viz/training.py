@@ -18,7 +18,7 @@ from explain.training.downsampling import downsample_points
 from explain.training.evolution import AttributionDrift, WeightChange
 from explain.training.history import TrainingHistory, smooth_ema
 from explain.viz.attribution import grey_image, plotly_colorscale, to_display_images
-from explain.viz.labels import elide_all, label_margin
+from explain.viz.labels import elide_all, keep_labels_inside, label_margin
 
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "lr": "#7f7f7f"}
@@ -143,14 +143,16 @@ def figure_curves(
     )
     fig.update_xaxes(showgrid=True, gridcolor="#eee")
     fig.update_yaxes(gridcolor="#eee")
-    return fig
+    return keep_labels_inside(fig)
 
 
 def figure_runs(histories: Sequence[TrainingHistory], smoothing: float = 0.6, log_y: bool = False,
-                x: str = "epoch", height: int = 520) -> go.Figure:
+                x: str = "epoch", height: int = 520, names: Sequence[str] | None = None) -> go.Figure:
     """Several runs overlaid: one colour per run (its legend group, titled with the run's name: a click
     hides the whole run), train dashed and validation solid; losses above, metrics below when any run
-    has one."""
+    has one. ``names``: the legend groups' titles (default: each history's name; `run_names` makes
+    them distinct)."""
+    names = list(names) if names is not None else run_names(histories)
     has_metric = any(h.roles.get("train_metric") or h.roles.get("val_metric") for h in histories)
     rows = 2 if has_metric else 1
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
@@ -166,7 +168,7 @@ def figure_runs(histories: Sequence[TrainingHistory], smoothing: float = 0.6, lo
                 _add_series(fig, h, h.roles[role], ax, f"{label} ({h.roles[role]})", color, smoothing, row, dash=dash)
         for trace in fig.data[first:]:
             trace.legendgroup = f"run {i}"
-            trace.legendgrouptitle = dict(text=h.name)
+            trace.legendgrouptitle = dict(text=names[i])
     fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1)
     if has_metric:
         fig.update_yaxes(title_text="metric", row=2, col=1)
@@ -175,7 +177,19 @@ def figure_runs(histories: Sequence[TrainingHistory], smoothing: float = 0.6, lo
                       legend=dict(groupclick="togglegroup"))
     fig.update_xaxes(showgrid=True, gridcolor="#eee")
     fig.update_yaxes(gridcolor="#eee")
-    return fig
+    return keep_labels_inside(fig)
+
+
+def run_names(histories: Sequence[TrainingHistory]) -> list[str]:
+    """One distinct display name per run: its name, numbered when two runs share one (two
+    ``train_log.csv`` from different folders)."""
+    names: list[str] = []
+    for h in histories:
+        name, n = h.name, 2
+        while name in names:
+            name, n = f"{h.name} #{n}", n + 1
+        names.append(name)
+    return names
 
 
 def figure_weight_changes(change: WeightChange, height: int | None = None) -> go.Figure:
@@ -196,7 +210,7 @@ def figure_weight_changes(change: WeightChange, height: int | None = None) -> go
     bottom = 40 + int(label_margin(change.intervals, FONT["size"], pad=0) * 0.71)
     fig.update_layout(height=height or max(260, 22 * len(change.layers) + 90 + bottom), font=FONT,
                       margin=dict(l=label_margin(layers, FONT["size"]) + 24, r=10, t=20, b=bottom))
-    return fig
+    return keep_labels_inside(fig)
 
 
 def _zmax(maps: np.ndarray) -> float:
@@ -240,7 +254,7 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
         fig.update_layout(height=height, font=FONT, margin=dict(l=0, r=0, t=50, b=0))
         for ann in fig.layout.annotations:
             ann.font = dict(size=12)
-        return fig
+        return keep_labels_inside(fig)
     columns = _column_labels(spec, maps.shape[-1], inputs, index)
     if spec.modality == "text" and inputs is not None:  # padding is left out, as in ρ
         keep = real_positions(np.asarray(inputs)[index], spec)
@@ -256,7 +270,7 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(columns))), ticktext=columns, tickangle=-60)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(height=max(height, 40 * k + 160), font=FONT, margin=dict(l=10, r=10, t=20, b=10))
-    return fig
+    return keep_labels_inside(fig)
 
 
 def _column_labels(spec: InputSpec, width: int, inputs: np.ndarray | None, index: int) -> list[str]:
@@ -279,4 +293,4 @@ def figure_drift_correlation(drift: AttributionDrift, height: int = 260) -> go.F
     ))
     fig.update_yaxes(title_text="Spearman ρ to final", range=[min(-0.05, float(np.nanmin(mean)) - 0.1), 1.05])
     fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white")
-    return fig
+    return keep_labels_inside(fig)
