@@ -403,3 +403,17 @@ def test_each_method_judges_completeness_against_its_own_tolerance():
     assert get_method("integrated_gradients").tolerance(fine.params) == 0.01
     assert get_method("gradient_shap").tolerance({}) == 0.2 and get_method("gradient_shap").completeness_remedy == "raise samples"
     assert completeness_caption(run(get_method("saliency"), model, x[:1]), 0) == ("completeness: not defined", False)
+
+
+def test_grad_cam_layer_choices_of_a_user_graph_come_from_its_model_process():
+    """A .pt2 upload runs in its own process: the choices are asked there once, and equal the eager copy's."""
+    from explain.loading.loader import load_model
+    from sample_models import sample_dir
+
+    exported = load_model(sample_dir("shapes") / "model.pt2")
+    assert exported.process is not None
+    method = get_method("grad_cam")
+    choices = method.param_choices(exported)
+    assert choices == method.param_choices(case("shapes")[0])
+    assert any(key[:2] == ("param_choices", "grad_cam") for key in exported.process.memo)
+    assert method.param_choices(exported) is choices  # remembered per model state
