@@ -83,3 +83,74 @@ def test_report_attention_heatmaps_carry_token_labels():
     ticks = [t for ax in fig.layout if ax.startswith("xaxis") and fig.layout[ax].showticklabels
              for t in fig.layout[ax].tickvals]
     assert set(tokens) <= set(ticks) | {f"{t}·2" for t in tokens}
+
+
+def test_wrap_title_fits_lines_to_a_width():
+    from explain.viz.labels import wrap_title
+
+    assert wrap_title("Share of FLOPs") == "Share of FLOPs"  # fits: one line
+    per_line = int(300 // (14 * CHAR_WIDTH))
+    lines = wrap_title("encoder.layers.1.self_attn · mean over heads", 300, 14).split("<br>")
+    assert lines == ["encoder.layers.1.self_attn", "mean over heads"]  # the parts of a "·" title, a line each
+    lines = wrap_title(f"{LONG}.extra.long.name.of.a.module · mean over heads", 300, 14).split("<br>")
+    assert all(len(line) <= per_line for line in lines) and lines[-1] == "mean over heads"
+    assert lines[0].startswith("bert.") and "…" in lines[0]  # a name longer than a line keeps both ends
+    many = wrap_title(" · ".join(["word"] * 10), 100, 14, max_lines=3).split("<br>")
+    assert len(many) == 3
+
+
+@pytest.mark.parametrize("name", ["encoder.layers.1.self_attn", LONG, "roberta.encoder.layer.23.attention.self"])
+def test_overview_attention_title_fits_its_pane(name):
+    """Issue 20 item 7: the Overview's attention map title was cut ("… · mean ove") in its ~300 px pane.
+    It wraps to the narrow pane's width, whole words kept, with a top margin for all its lines."""
+    from explain.report.analysis import attention_figures
+    from explain.viz.labels import LINE_HEIGHT, NARROW_WIDTH, TITLE_SIZE
+
+    tokens = ["<cls>", "good", "film"]
+    fig = attention_figures(np.full((1, 2, 3, 3), 1 / 3), [name], tokens, [0, 1, 2], grid=False)[0]
+    fig.update_layout(height=380)  # what the Overview does to it
+    title = fig.layout.title
+    lines = title.text.split("<br>")
+    assert lines[-1] == "mean over heads" and len(lines) == 2
+    assert all(len(line) * TITLE_SIZE * CHAR_WIDTH <= NARROW_WIDTH for line in lines)
+    assert title.font.size == TITLE_SIZE
+    assert fig.layout.margin.t >= len(lines) * TITLE_SIZE * LINE_HEIGHT + 8
+    assert title.yref == "container" and title.y is None  # centred in the top margin, not pushed above it
+    assert fig.layout.xaxis.automargin and fig.layout.yaxis.automargin
+
+
+def _quality_results(methods):
+    from explain.output.metrics.base import MetricResult
+
+    x = np.linspace(0, 1, 11)
+    out = {}
+    for k, m in enumerate(methods):
+        c = np.exp(-x * (3 + k))[None].repeat(2, 0)
+        out[m] = {
+            "deletion": MetricResult("deletion", m, np.array([0.3, 0.4]), np.array([0.6, 0.6]), False, x, c, c ** 0.3),
+            "randomization": MetricResult("randomization", m, np.array([0.3]), None, False, np.arange(3.0),
+                                          np.array([[1.0, 0.6, 0.2]]), None, ["original", "head", "layer3"]),
+        }
+    return out
+
+
+@pytest.mark.parametrize("methods", [["saliency"], ["integrated_gradients", "saliency", "gradient_shap"]])
+def test_quality_legend_sits_below_the_x_title(methods):
+    """Issue 20 item 7: the Quality tab's legend was placed at a fraction of the plot's height under the
+    axis (y=-0.25), which the x title's pixels did not follow: in a narrow column they overlapped. The
+    legend now sits at the figure's bottom in its own coordinates, where plotly makes room for it under
+    the axis title, and the figure grows with its entries so the plot keeps its height."""
+    from explain.viz.quality import LEGEND_ROW, curve_figure, sanity_figure
+
+    results = _quality_results(methods)
+    deletion, sanity = curve_figure(results, "deletion"), sanity_figure(results)
+    for fig in (deletion, sanity):
+        legend = fig.layout.legend
+        assert (legend.yref, legend.y, legend.yanchor, legend.orientation) == ("container", 0, "bottom", "h")
+        assert fig.layout.xaxis.automargin is True and fig.layout.yaxis.automargin is True
+        assert fig.layout.margin.r >= len("100") * 13 * CHAR_WIDTH / 2  # the last x tick ("100") is not hidden
+    entries = 2 * len(methods)  # each method and its random map
+    assert deletion.layout.height == 320 + LEGEND_ROW * max(0, entries - 2)
+    # the x title fits a ~300 px plot of the Quality tab's half-width column
+    assert len(deletion.layout.xaxis.title.text) * 13 * CHAR_WIDTH <= 260
+    assert deletion.layout.xaxis.title.text == "% removed, most important first"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from explain.structure.layers import LayerRow, build_layer_table, filter_rows, flop_chart_rows
 
@@ -57,3 +58,36 @@ def test_the_report_charts_the_same_rows():
     expected = flop_chart_rows(describe_layers(model, example), structure["total_flops"])
     assert section.data["flop_chart"] == [r["name"] for r in expected]
     assert "encoder.layers.1.self_attn" in section.data["flop_chart"] and len(section.figures) == 1
+
+
+def _tidy_template(monkeypatch, template):
+    import plotly.io as pio
+
+    monkeypatch.setattr(pio.templates, "default", pio.templates.default)  # restored after the test
+    if template == "streamlit":
+        pytest.importorskip("streamlit")  # registers the template
+    pio.templates.default = template
+
+
+@pytest.mark.parametrize("template", ["none", "streamlit"])
+@pytest.mark.parametrize("n", [1, 7, 25])
+def test_flops_chart_title_and_axis_title_keep_clear_of_the_ticks(template, n, monkeypatch):
+    """Issue 20 item 7: the FLOPs chart's titles sat over its ticks (the app's template grows no margin:
+    the x title was drawn on the tick labels, b=10). The chart title is centred in a top margin that
+    holds it, the axis title is below its tick labels in a bottom margin that holds both."""
+    from explain.viz.labels import LINE_HEIGHT, TITLE_SIZE, title_margin
+    from explain.viz.structure import FLOPS_TICK_SIZE, figure_flops
+
+    _tidy_template(monkeypatch, template)
+    rows = [{"name": f"encoder.layers.{i}.linear", "type": "Linear", "flops": 10 + i, "flop_share": 0.01 * (i + 1)}
+            for i in range(n)]
+    fig = figure_flops(rows)
+    layout = fig.layout
+    assert layout.title.text == "Share of FLOPs" and layout.title.yref == "container"
+    assert layout.title.y is None and layout.title.yanchor is None  # auto: centred in the top margin
+    assert layout.margin.t >= title_margin("Share of FLOPs") >= TITLE_SIZE * LINE_HEIGHT
+    assert layout.xaxis.automargin is True and layout.yaxis.automargin is True
+    assert layout.xaxis.title.text == "% of model FLOPs" and layout.xaxis.title.standoff >= 4
+    assert layout.margin.b >= (FLOPS_TICK_SIZE + TITLE_SIZE) * LINE_HEIGHT + layout.xaxis.title.standoff
+    plot = layout.height - layout.margin.t - layout.margin.b
+    assert plot >= 20 * n  # the bars keep their room: the margins come on top

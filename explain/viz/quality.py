@@ -10,6 +10,29 @@ import plotly.graph_objects as go
 
 from explain.output.metrics.quality import Results
 from explain.viz.attribution import FONT
+from explain.viz.labels import TITLE_SIZE, keep_labels_inside, text_width
+
+#: the legend's entries (px) and the height each adds once there are more than two (they stack in a
+#: narrow column: the Quality tab draws deletion and insertion side by side).
+LEGEND_SIZE = 12
+LEGEND_ROW = 20
+
+
+def _legend_below(fig: go.Figure, height: int) -> None:
+    """The legend under the x axis's title, never over it: placed in the figure's own coordinates
+    (``yref="container"``) at its bottom, where plotly grows the bottom margin to hold it, instead of
+    at a fraction of the plot's height below the axis, which the title's pixels did not follow. The
+    figure grows with its entries, so the plot keeps its height in a narrow column; the right margin
+    holds half the last x tick label ("100")."""
+    entries = sum(1 for t in fig.data if t.showlegend is not False)
+    fig.update_layout(
+        height=height + LEGEND_ROW * max(0, entries - 2),
+        legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, xanchor="left",
+                    font=dict(size=LEGEND_SIZE)),
+        margin=dict(l=0, r=text_width("100", FONT["size"]) // 2 + 8, t=30, b=0),
+        title_font=dict(size=TITLE_SIZE),
+    )
+    keep_labels_inside(fig)
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -39,10 +62,9 @@ def curve_figure(results: Results, metric: str, height: int = 320) -> go.Figure 
                                      hovertemplate=f"random map of {method}<br>%{{x:.0f}}%: %{{y:.3f}}<extra></extra>"))
     verb = "removed" if metric == "deletion" else "added"
     score = rows[0][1].params.get("output", "probability")
-    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30, b=0), font=FONT,
-                      title=dict(text=f"{metric.capitalize()}: mean over inputs", font=dict(size=14)),
-                      xaxis_title=f"features {verb} (%, most important first)", yaxis_title=f"target {score}",
-                      legend=dict(orientation="h", yanchor="top", y=-0.25, x=0))
+    fig.update_layout(font=FONT, title=dict(text=f"{metric.capitalize()}: mean over inputs"),
+                      xaxis_title=f"% {verb}, most important first", yaxis_title=f"target {score}")
+    _legend_below(fig, height)
     return fig
 
 
@@ -61,9 +83,8 @@ def sanity_figure(results: Results, height: int = 320) -> go.Figure | None:
     threshold = float(rows[0][1].params.get("threshold", 0.5))
     fig.add_hline(y=threshold, line_dash="dash", line_color="#888",
                   annotation_text=f"fails at or above {threshold:g}", annotation_position="top right")
-    fig.update_layout(height=height, margin=dict(l=0, r=0, t=30, b=0), font=FONT,
-                      title=dict(text="Randomisation check: cumulative from the top", font=dict(size=14)),
+    fig.update_layout(font=FONT, title=dict(text="Randomisation check: cumulative from the top"),
                       xaxis=dict(title="randomised up to", categoryorder="array", categoryarray=labels),
-                      yaxis=dict(title="rank correlation with the original", range=[-0.2, 1.05]),
-                      legend=dict(orientation="h", yanchor="top", y=-0.3, x=0))
+                      yaxis=dict(title="rank correlation with the original", range=[-0.2, 1.05]))
+    _legend_below(fig, height)
     return fig

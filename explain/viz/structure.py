@@ -12,7 +12,15 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explain.viz.labels import elide_all, label_margin
+from explain.viz.labels import (
+    NARROW_WIDTH,
+    TITLE_SIZE,
+    elide_all,
+    keep_labels_inside,
+    label_margin,
+    title_margin,
+    wrap_title,
+)
 
 ATTENTION_SCALE = "Blues"
 #: at most this many tokens get their label written on an axis of a small multiple (then every n-th).
@@ -20,8 +28,12 @@ _MAX_LABELLED = 24
 
 
 def figure_attention(matrix: np.ndarray, tokens: Sequence[str] | None = None, title: str = "",
-                     height: int = 520) -> go.Figure:
-    """One attention map [query, key] as a heatmap, tokens on both axes (query rows, key columns)."""
+                     height: int = 520, width: int = NARROW_WIDTH) -> go.Figure:
+    """One attention map [query, key] as a heatmap, tokens on both axes (query rows, key columns).
+
+    ``title`` wraps (`wrap_title`) to fit ``width`` pixels, the narrowest pane the map is drawn in (the
+    Overview's middle column), and the top margin grows with its lines.
+    """
     q, k = matrix.shape
     xs = list(tokens)[:k] if tokens and len(tokens) >= k else list(range(k))
     ys = list(tokens)[:q] if tokens and len(tokens) >= q else list(range(q))
@@ -29,10 +41,12 @@ def figure_attention(matrix: np.ndarray, tokens: Sequence[str] | None = None, ti
         z=matrix, x=_unique(xs), y=_unique(ys), colorscale=ATTENTION_SCALE, zmin=0, zmax=float(max(matrix.max(), 1e-6)),
         hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>", colorbar=dict(title="weight"),
     ))
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=50, b=10),
+    text = wrap_title(title, width)  # "encoder.layers.1.self_attn<br>mean over heads" in a narrow pane
+    fig.update_layout(title=dict(text=text, font=dict(size=TITLE_SIZE), x=0, xref="container", xanchor="left", pad=dict(l=8)),
+                      height=height, margin=dict(l=10, r=10, t=title_margin(text) + 8, b=10),
                       xaxis=dict(title="key", tickangle=-45, type="category"),
                       yaxis=dict(title="query", autorange="reversed", type="category"))
-    return fig
+    return keep_labels_inside(fig)
 
 
 #: the name `explain.report.analysis` calls.
@@ -82,7 +96,7 @@ def figure_attention_grid(weights: np.ndarray, layer_names: Sequence[str], token
                       height=max(260, cell * n_layers + 80), margin=dict(l=10, r=10, t=40, b=10),
                       font=dict(size=10))
     fig.update_annotations(font_size=11)
-    return fig
+    return keep_labels_inside(fig)
 
 
 def figure_token_weights(values: np.ndarray, tokens: Sequence[str], title: str = "",
@@ -93,7 +107,12 @@ def figure_token_weights(values: np.ndarray, tokens: Sequence[str], title: str =
                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
     fig.update_layout(title=title, height=300, margin=dict(l=10, r=10, t=50, b=10), yaxis_title="weight",
                       xaxis=dict(tickangle=-45, type="category"))
-    return fig
+    return keep_labels_inside(fig)
+
+
+#: the FLOPs chart's top margin (its title and a gap above the bars) and tick labels (px).
+FLOPS_TOP = title_margin("Share of FLOPs") + 8
+FLOPS_TICK_SIZE = 12
 
 
 def figure_flops(rows: Sequence[dict], top: int = 25) -> go.Figure:
@@ -107,9 +126,14 @@ def figure_flops(rows: Sequence[dict], top: int = 25) -> go.Figure:
         hovertemplate="%{customdata[2]} (%{customdata[1]})<br>%{customdata[0]:,} FLOPs<br>%{x:.1f}%<extra></extra>",
     ))
     fig.update_yaxes(automargin=True, type="category")
-    fig.update_layout(title="Share of FLOPs", xaxis_title="% of model FLOPs", height=max(240, 22 * len(known) + 90),
-                      margin=dict(l=label_margin(labels), r=10, t=50, b=10))
-    return fig
+    # the title sits in its own top margin, the axis title below its tick labels: neither over the ticks
+    bottom = int(FLOPS_TICK_SIZE * 1.3 + TITLE_SIZE * 1.3) + 20
+    fig.update_xaxes(title=dict(text="% of model FLOPs", standoff=8), tickfont=dict(size=FLOPS_TICK_SIZE),
+                     automargin=True)
+    fig.update_layout(title=dict(text="Share of FLOPs", font=dict(size=TITLE_SIZE), x=0, xref="container", xanchor="left", pad=dict(l=8)),
+                      height=max(240, 22 * len(known) + 60 + FLOPS_TOP + bottom),
+                      margin=dict(l=label_margin(labels), r=16, t=FLOPS_TOP, b=bottom))
+    return keep_labels_inside(fig)
 
 
 def figure_activation_stats(rows: Sequence[dict]) -> go.Figure:
@@ -127,7 +151,7 @@ def figure_activation_stats(rows: Sequence[dict]) -> go.Figure:
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(barmode="group", height=max(260, 26 * len(rows) + 100), margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(orientation="h", y=-0.08))
-    return fig
+    return keep_labels_inside(fig)
 
 
 def figure_weight_norms(stats: Sequence) -> go.Figure:
@@ -142,7 +166,7 @@ def figure_weight_norms(stats: Sequence) -> go.Figure:
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title="Weight magnitude per tensor", height=max(260, 20 * len(stats) + 100),
                       margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.08))
-    return fig
+    return keep_labels_inside(fig)
 
 
 def figure_weight_histogram(counts: np.ndarray, edges: np.ndarray, name: str) -> go.Figure:
@@ -152,7 +176,7 @@ def figure_weight_histogram(counts: np.ndarray, edges: np.ndarray, name: str) ->
                            hovertemplate="%{x:.4f}: %{y}<extra></extra>"))
     fig.update_layout(title=f"Values of {name}", xaxis_title="weight", yaxis_title="count", bargap=0,
                       height=320, margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+    return keep_labels_inside(fig)
 
 
 def figure_layer_importance(result) -> go.Figure:
@@ -166,7 +190,7 @@ def figure_layer_importance(result) -> go.Figure:
     fig.update_layout(title=f"Layer importance for the predicted class (LayerIntegratedGradients, {result.steps} steps)",
                       xaxis_title="mean Σ|attribution| over inputs", height=max(240, 26 * len(layers) + 100),
                       margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+    return keep_labels_inside(fig)
 
 
 def figure_grad_cam(image: np.ndarray, cam: np.ndarray, title: str = "", opacity: float = 0.5) -> go.Figure:
@@ -177,7 +201,7 @@ def figure_grad_cam(image: np.ndarray, cam: np.ndarray, title: str = "", opacity
     fig.update_layout(title=title, height=280, margin=dict(l=5, r=5, t=40, b=5))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-    return fig
+    return keep_labels_inside(fig)
 
 
 def _short(name: str, keep: int = 3) -> str:
