@@ -154,3 +154,29 @@ def test_quality_legend_sits_below_the_x_title(methods):
     # the x title fits a ~300 px plot of the Quality tab's half-width column
     assert len(deletion.layout.xaxis.title.text) * 13 * CHAR_WIDTH <= 260
     assert deletion.layout.xaxis.title.text == "% removed, most important first"
+
+
+def test_figures_set_automargin_themselves_not_through_the_template(monkeypatch):
+    """The app's "streamlit" template (the default in the app's process, where report jobs run too) sets
+    no automargin: figures that counted on plotly's template had clipped tick labels there."""
+    import plotly.io as pio
+
+    from explain.dataset.summary import DatasetSummary
+    from explain.viz import attribution, dataset, structure
+    from explain.viz.quality import curve_figure
+
+    monkeypatch.setattr(pio.templates, "default", "none")
+    summary = DatasetSummary("tabular", 4, 4, 1, 1, np.array([0.1, 0.2, 0.3]), np.array([2, 2]), np.zeros((2, 3)))
+    figures = [
+        structure.figure_flops(_flop_rows(["head", LONG])),
+        structure.figure_attention(np.eye(3), ["a", "b", "c"], title="layer · mean over heads"),
+        structure.figure_attention_grid(np.full((1, 1, 3, 3), 1 / 3), ["l0"], ["a", "b", "c"]),
+        structure.figure_token_weights(np.ones(3), ["a", "b", "c"]),
+        attribution.tabular_bar_figure(np.array([0.5, -0.2]), ["f0", "f1"]),
+        attribution.agreement_figure(["a", "b"], np.eye(2)),
+        dataset.mean_abs_figure(summary, ["a", "b", "c"]),
+        curve_figure(_quality_results(["saliency"]), "deletion"),
+    ]
+    for fig in figures:
+        axes = [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]
+        assert axes and all(fig.layout[k].automargin is True for k in axes), fig.layout.title.text

@@ -10,7 +10,7 @@ from plotly.subplots import make_subplots
 
 from explain.attribution import Attribution
 from explain.spec import InputSpec
-from explain.viz.labels import format_value, text_width
+from explain.viz.labels import format_value, keep_labels_inside, text_width
 
 SIGNS = ("all", "positive", "negative", "absolute")
 #: how an image map is shown: over a grey-scale copy of the input, alone, or next to the input.
@@ -244,7 +244,7 @@ def tabular_bar_figure(
         margin=dict(l=0, r=10, t=30 if title else 6, b=0), font=FONT, xaxis_title="attribution",
         plot_bgcolor="white", xaxis=dict(zeroline=True, zerolinecolor="#888", gridcolor="#eee"),
     )
-    return fig
+    return keep_labels_inside(fig)
 
 
 def tabular_summary_figure(
@@ -274,7 +274,7 @@ def tabular_summary_figure(
         xaxis_title="attribution (impact on the target logit)", margin=dict(l=0, r=10, t=30 if title else 6, b=0),
         plot_bgcolor="white", xaxis=dict(zeroline=True, zerolinecolor="#888", gridcolor="#eee"),
     )
-    return fig
+    return keep_labels_inside(fig)
 
 
 def relative_luminance(rgb: Sequence[float]) -> float:
@@ -370,7 +370,7 @@ def probabilities_figure(probs: np.ndarray, class_names: Sequence[str], height: 
                            textposition="auto", hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=0, r=0, t=4, b=0), font=FONT, xaxis=dict(range=[0, 1], visible=False),
                       plot_bgcolor="white")
-    return fig
+    return keep_labels_inside(fig)
 
 
 def agreement_figure(names: Sequence[str], matrix: np.ndarray) -> go.Figure:
@@ -379,4 +379,4 @@ def agreement_figure(names: Sequence[str], matrix: np.ndarray) -> go.Figure:
                                text=np.round(matrix, 2), texttemplate="%{text}",
                                hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(height=120 + 40 * len(names), margin=dict(l=0, r=0, t=10, b=0), font=FONT)
-    return fig
+    return keep_labels_inside(fig)

@@ -9,6 +9,7 @@ from plotly.subplots import make_subplots
 
 from explain.dataset.summary import DatasetSummary
 from explain.viz.attribution import FONT, plotly_colorscale, shared_scale, tabular_summary_figure
+from explain.viz.labels import keep_labels_inside
 
 #: rows a beeswarm draws at most (an even subsample of the finished rows beyond that).
 BEESWARM_MAX_ROWS = 2000
@@ -23,7 +24,7 @@ def mean_abs_figure(summary: DatasetSummary, feature_names: Sequence[str], top_k
     fig.update_layout(height=max(220, 22 * len(order) + 60), margin=dict(l=0, r=10, t=6, b=0), font=FONT,
                       xaxis_title=f"mean |attribution| over {summary.rows} rows", plot_bgcolor="white",
                       xaxis=dict(gridcolor="#eee"))
-    return fig
+    return keep_labels_inside(fig)
 
 
 def beeswarm_figure(values: np.ndarray, inputs: np.ndarray, feature_names: Sequence[str], top_k: int = 15) -> go.Figure:
@@ -51,7 +52,7 @@ def class_mean_maps_figure(summary: DatasetSummary, class_names: Sequence[str]) 
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{col if col > 1 else ''}", visible=False, row=1, col=col)
         fig.update_xaxes(visible=False, row=1, col=col)
     fig.update_layout(height=260, margin=dict(l=0, r=0, t=30, b=0), font=FONT, plot_bgcolor="white")
-    return fig
+    return keep_labels_inside(fig)
 
 
 def top_tokens_figure(summary: DatasetSummary, class_names: Sequence[str]) -> go.Figure:
@@ -69,4 +70,4 @@ def top_tokens_figure(summary: DatasetSummary, class_names: Sequence[str]) -> go
                       row=1, col=col)
     fig.update_layout(height=max(240, 24 * max([len(summary.top_tokens[k]) for k in classes] + [1]) + 70),
                       margin=dict(l=0, r=10, t=30, b=0), font=FONT, plot_bgcolor="white")
-    return fig
+    return keep_labels_inside(fig)
