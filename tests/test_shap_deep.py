@@ -244,7 +244,7 @@ def test_text_attributed_at_embedding_all_formats():
     assert np.abs(via_script.values - eager.values).max() <= 1e-4
     # the default text background is padding with the first token kept: finite numbers
     padded = _explain(_loaded(module, spec), x[:1])
-    assert padded.params["background"].startswith("padding") and np.isfinite(padded.values).all()
+    assert padded.params["background_description"].startswith("padding") and np.isfinite(padded.values).all()
 
 
 # --------------------------------------------------------------------------

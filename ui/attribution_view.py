@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from explain.attribution import Attribution, run_details
-from explain.inputs.text import detokenize, padding_mask, tokens_for_display
+from explain.inputs.tabular import feature_names
+from explain.inputs.text import detokenize, display_text, padding_mask
 from explain.model import LoadedModel
 from explain.output.agreement import agreement_matrix
 from explain.output.methods.base import completeness_caption
@@ -91,7 +92,7 @@ def render_grid(
             if modality == "image":
                 st.image(images[r], width=160, caption=f"input {r}")
             elif modality == "text":
-                st.markdown(f"input {r}: " + escape_markdown(" ".join(tokens_for_display(attrs[0].inputs[r], model.spec))))
+                st.markdown(f"input {r}: " + escape_markdown(display_text(attrs[0].inputs[r], model.spec)))
             else:
                 st.markdown(f"row {r}")
             render_prediction(model, probs[r], label, key=f"probs_{r}")
@@ -104,7 +105,7 @@ def render_grid(
                     st.plotly_chart(fig, config=figure_config(f"{attr.method}_input{r}"),
                                     key=f"img_{attr.method}_{r}_of_{len(attrs)}")
                 elif modality == "tabular":
-                    names = model.spec.feature_names or [f"x{i}" for i in range(attr.values.shape[1])]
+                    names = feature_names(model.spec)
                     raw = _raw_tabular(model, attr.inputs[r])
                     st.plotly_chart(viz.tabular_bar_figure(attr.values[r], names, raw, title=f"→ {target_name}"),
                                     config=figure_config(f"{attr.method}_row{r}"),
@@ -124,7 +125,7 @@ def render_summary(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
     if model.modality == "tabular" and len(attrs[0]) >= 5:
         st.subheader("Summary over all inputs")
         cols = st.columns(len(attrs))
-        names = model.spec.feature_names or [f"x{i}" for i in range(attrs[0].values.shape[1])]
+        names = feature_names(model.spec)
         for col, attr in zip(cols, attrs):
             with col:
                 fig = viz.tabular_summary_figure(attr.values, attr.inputs, names, title=attr.method)
@@ -159,8 +160,8 @@ def render_downloads(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
 
 
 def _position_names(model: LoadedModel, width: int) -> list[str]:
-    if model.modality == "tabular" and model.spec.feature_names and len(model.spec.feature_names) == width:
-        return list(model.spec.feature_names)
+    if model.modality == "tabular" and model.spec.input_shape[0] == width:
+        return feature_names(model.spec)
     if model.modality == "image":
         c, h, w = model.spec.input_shape
         return [f"c{ci}_y{y}_x{x}" for ci in range(c) for y in range(h) for x in range(w)]

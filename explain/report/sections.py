@@ -22,6 +22,7 @@ import torch
 from explain.attribution import WARNING_MARK, run_details
 from explain.digest import digest_array, digest_bytes
 from explain.errors import Cancelled, UsageError
+from explain.inputs.tabular import feature_names as tabular_feature_names
 from explain.inputs.text import detokenize, padding_mask
 from explain.loading.source import read_source
 from explain.model import LoadedModel
@@ -204,7 +205,7 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
             cells.append(f'<div class="cell" style="flex:1 1 100%">{caption(r)}'
                          f'<div class="tokens">{html_tokens}</div></div>')
         return '<div class="cards">' + "".join(cells) + "</div>", []
-    feature_names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
+    feature_names = tabular_feature_names(model.spec)
     raw = _raw_tabular(model, attr.inputs)
     figures = []
     for i, r in enumerate(rows):

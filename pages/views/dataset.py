@@ -16,7 +16,7 @@ from ui.dataset_view import (
     render_download,
     render_summary,
 )
-from ui.widgets import param_widgets
+from ui.widgets import method_param_choices, param_widgets
 
 DEFAULT_METHOD = "integrated_gradients"
 JOBS_KEY = "gb_ds_jobs"  # run settings -> the job that explains the dataset with them
@@ -50,7 +50,7 @@ with state.error_boundary("Loading the model and the dataset"):
                                help=f"ray: the cluster at GLASSBOX_RAY_ADDRESS ({config.ray_address()}).")
     with st.expander("Method parameters"):
         specs = {k: s for k, s in get_method(method).params.items() if s.kind != "array"}
-        params = param_widgets(method, specs, key_prefix="gb_ds")
+        params = param_widgets(method, specs, key_prefix="gb_ds", choices=method_param_choices(model, method))
     ready = True
 if not ready:
     st.stop()

@@ -10,6 +10,7 @@ from explain.workspace.records import output_attributions, output_quality
 from ui import jobs, state
 from ui import workspace as team
 from ui.attribution_view import map_controls, render_downloads, render_grid, render_summary
+from ui.inputs_view import render_input_notes, render_prediction_warning, render_preprocessing
 from ui.quality_view import quality_controls, render_quality_results
 from ui.text import escape_markdown
 from ui.widgets import method_param_choices, param_widgets
@@ -32,6 +33,8 @@ with state.error_boundary("Loading the model and inputs"):
 
     st.caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {n_inputs} inputs · "
                f"{len(names)} compatible methods")
+    render_prediction_warning(model, probs)
+    render_input_notes(batch)
 
     c1, c2, c3 = st.columns([2, 2, 1])
     chosen = c1.multiselect("Methods", names, default=[DEFAULT_METHOD] if DEFAULT_METHOD in names else names[:1],
@@ -42,6 +45,7 @@ with state.error_boundary("Loading the model and inputs"):
     target_options = ["predicted class"] + [model.spec.class_name(k) for k in range(probs.shape[1])]
     target_choice = c3.selectbox("Target", target_options, key="gb_target")
     map_options = map_controls(model.modality)
+    render_preprocessing(model, batch, rows or default_rows)
 
     params_by_method = {}
     if chosen:

@@ -11,6 +11,7 @@ from explain.attribution import run_details
 from explain.digest import digest_array
 from explain.errors import GlassboxError
 from explain.finding import sort_findings
+from explain.inputs.tabular import feature_names
 from explain.inputs.text import detokenize, padding_mask
 from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer, upsample
 from explain.output.methods import compatible_methods, get_method
@@ -20,6 +21,7 @@ from explain.viz import attribution as viz
 from explain.workspace import Action
 from ui import jobs, state
 from ui import workspace as team
+from ui.inputs_view import render_prediction_warning, render_preprocessing
 from ui.quality_view import render_quality_findings
 from ui.report_download import render_report_job
 from ui.run_view import snapshot_record
@@ -101,7 +103,7 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
                                            target=target)
         st.plotly_chart(fig, config={"displayModeBar": False}, key=key)
     elif model.modality == "tabular":
-        names = model.spec.feature_names or [f"x{j}" for j in range(attr.values.shape[1])]
+        names = feature_names(model.spec)
         st.plotly_chart(viz.tabular_bar_figure(attr.values[row], names, top_k=10, title=f"{attr.method} → {target}"),
                         config={"displayModeBar": False}, key=key)
     else:
@@ -159,6 +161,8 @@ method = top[1].selectbox("Method", names, index=names.index(DEFAULT_METHOD) if 
                           key="gb_ov_method")
 top[2].caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {n} inputs. Choose a layer (Structure) or a "
                "checkpoint (Training): the Output column follows.")
+render_prediction_warning(model, probs)
+render_preprocessing(model, batch, [index])
 x = batch.array[index : index + 1]
 x_sha = digest_array(x)
 logs, checkpoints = _sources(sample, model.sha256)

@@ -7,7 +7,7 @@ from explain.output.methods import compatible_methods, get_method
 from explain.workspace import Action
 from ui import jobs, state
 from ui import workspace as team
-from ui.widgets import param_widgets
+from ui.widgets import method_param_choices, param_widgets
 
 st.title("Job queue")
 st.caption("Long explanations run here, one job after another per worker: interactive jobs first, "
@@ -25,7 +25,7 @@ if team.can(Action.SAVE_RUN):
                                   index=names.index("integrated_gradients") if "integrated_gradients" in names else 0)
             count = c2.number_input("Inputs", 1, len(batch.array), min(4, len(batch.array)), key="gb_job_rows")
             priority = c3.radio("Priority", ("interactive", "batch"), key="gb_job_priority")
-            params = param_widgets(method, get_method(method).params)
+            params = param_widgets(method, get_method(method).params, choices=method_param_choices(model, method))
             if st.button("Queue", type="primary", key="gb_job_submit"):
                 job = jobs.submit_explain(model, batch.array[: int(count)], [(method, params)], None, priority=priority)
                 st.success(f"Queued job `{job.id}`.")
