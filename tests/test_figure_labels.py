@@ -2,6 +2,8 @@
 computed from the labels (they grow with them), attention maps with their tokens."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,15 @@ def test_figures_set_automargin_themselves_not_through_the_template(monkeypatch)
     for fig in figures:
         axes = [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]
         assert axes and all(fig.layout[k].automargin is True for k in axes), fig.layout.title.text
+
+
+def test_names_alike_but_for_the_layer_number_keep_the_number_when_elided():
+    """Thirty Hugging Face layers elided in the middle all read "bert.encoder.layer…ntion.output.dense";
+    numbering them ·2 … ·30 named the wrong layer. They keep the part where they differ."""
+    names = [f"bert.encoder.layer.{i}.attention.output.dense" for i in range(30)]
+    short = elide_all(names)
+    assert len(set(short)) == 30 and all(len(s) <= 40 for s in short)
+    assert all(re.search(rf"layer\.{i}[.…]", s) for i, s in enumerate(short))
+    assert not any("·" in s for s in short)
+    fig = figure_flops(_flop_rows(names))  # each bar's label names its own layer (the hover has the full name)
+    assert all(re.search(rf"layer\.{c[2].split('.')[3]}[.…]", y) for y, c in zip(fig.data[0].y, fig.data[0].customdata))

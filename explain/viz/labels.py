@@ -27,18 +27,53 @@ def elide(label: str, max_chars: int = MAX_LABEL_CHARS) -> str:
 
 
 def elide_all(labels: Sequence[str], max_chars: int = MAX_LABEL_CHARS) -> list[str]:
-    """`elide` every label, keeping them distinct (a category axis merges equal labels)."""
+    """`elide` every label, keeping them distinct (a category axis merges equal labels).
+
+    Names that share their ends (``bert.encoder.layer.0.attention.output.dense`` ...
+    ``layer.29...``) would all elide to the same label: those keep the part where they differ
+    instead (``…encoder.layer.18.attention.output.dense``), so each bar still says which layer it
+    is; only labels that still collide are numbered.
+    """
+    labels = [str(label) for label in labels]
+    short = [elide(label, max_chars) for label in labels]
+    groups: dict[str, set[str]] = {}
+    for label, cut in zip(labels, short):
+        groups.setdefault(cut, set()).add(label)
+    for i, (label, cut) in enumerate(zip(labels, short)):
+        if len(groups[cut]) > 1:
+            short[i] = _window(label, len(_common_prefix(groups[cut])), max_chars)
     out: list[str] = []
     seen: set[str] = set()
-    for label in labels:
-        short = elide(label, max_chars)
+    for label, cut in zip(labels, short):
         n = 2
-        while short in seen:  # two names that share their ends: number the later one
-            short = f"{elide(label, max_chars - 3)}·{n}"
+        unique = cut
+        while unique in seen:  # still equal (two names alike where they differ): number the later one
+            unique = f"{elide(label, max_chars - 3)}·{n}"
             n += 1
-        seen.add(short)
-        out.append(short)
+        seen.add(unique)
+        out.append(unique)
     return out
+
+
+def _common_prefix(names: set[str]) -> str:
+    first, last = min(names), max(names)  # the common prefix of all is that of the extremes
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
+
+
+def _window(label: str, start: int, max_chars: int) -> str:
+    """``max_chars`` of ``label`` that include its characters from ``start`` on (a few before them as
+    context), as much of the end as fits, "…" where it is cut."""
+    if len(label) <= max_chars:
+        return label
+    s = max(0, min(start - 8, len(label) - (max_chars - 1)))
+    if s == 0:
+        return label[: max_chars - 1] + "…"
+    if s + max_chars - 1 >= len(label):
+        return "…" + label[len(label) - (max_chars - 1):]
+    return "…" + label[s : s + max_chars - 2] + "…"
 
 
 def label_margin(labels: Sequence[str], font_size: float = 12, pad: int = 16) -> int:
