@@ -189,3 +189,25 @@ def test_without_chromium_the_pdf_is_not_offered_and_the_page_says_why(monkeypat
     assert len(at.get("download_button")) == 1  # the HTML still downloads
     assert not [b for b in at.button if b.key == "gb_ov_make_pdf"]
     assert any(document.NO_CHROMIUM in c.value and "print it from a browser" in c.value for c in at.caption)
+
+
+def test_two_logs_of_one_series_are_two_runs_with_findings_each(tmp_path):
+    """As on the Training page and in the report: two runs' curves, and each run's findings under its name."""
+    from sample_models import load_sample, sample_dir
+
+    lines = (Path(sample_dir("shapes")) / "train_log.csv").read_text().splitlines()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "train_log.csv", tmp_path / "b" / "train_log.csv"
+    first.write_text("\n".join(lines) + "\n")
+    second.write_text("\n".join(lines[:6]) + "\n")
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.session_state["gb_sample"] = "shapes"
+    at.session_state["gb_source"] = "sample"
+    at.session_state["gb_training_uploads"] = {load_sample("shapes").sha256: ([str(first), str(second)], [])}
+    at.run()
+    assert not at.exception and not at.error
+    headings = [m.value.replace("\\", "") for m in at.markdown if m.value.startswith("**Findings · ")]
+    assert [h.split(" · ")[1].split("**")[0] for h in headings] == ["train_log", "train_log #2"], headings
+    groups = {t.get("legendgroup") for c in at.get("plotly_chart") for t in json.loads(c.proto.spec).get("data", [])}
+    assert {"run 0", "run 1"} <= groups, groups  # one legend group per run

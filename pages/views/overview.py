@@ -12,7 +12,7 @@ from explain.digest import digest_array
 from explain.errors import GlassboxError
 from explain.finding import sort_findings
 from explain.inputs.tabular import feature_names
-from explain.inputs.text import detokenize, padding_mask
+from explain.inputs.text import detokenize, padding_mask, token_display
 from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer, upsample
 from explain.output.methods import compatible_methods, get_method
 from explain.output.methods.base import completeness_caption
@@ -72,11 +72,13 @@ def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, LayerChoices]:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _training(logs: tuple[str, ...], checkpoints: tuple[str, ...]):
-    from explain.report.analysis import read_training_history
+    """The runs (several logs of one series are runs to compare, as on the Training page and in the
+    report: `read_training_runs`), each run's findings, and where they came from."""
+    from explain.report.analysis import read_training_runs
     from explain.training.findings import diagnose
 
-    history, origin = read_training_history(list(logs), list(checkpoints))
-    return history, sort_findings(diagnose(history)), origin
+    histories, origin = read_training_runs(list(logs), list(checkpoints))
+    return histories, [sort_findings(diagnose(h)) for h in histories], origin
 
 
 def _sources(sample: str | None, model_sha: str) -> tuple[list[str], list[str]]:
@@ -109,7 +111,8 @@ def _draw_attribution(model, attr, row: int, key: str) -> None:
     else:
         st.caption(f"{attr.method} → {escape_markdown(target)}")
         st.html(viz.text_attribution_html(detokenize(attr.inputs[row], model.spec), attr.values[row],
-                                          padding=padding_mask(attr.inputs[row], model.spec), target=target))
+                                          padding=padding_mask(attr.inputs[row], model.spec), target=target,
+                                          joins=[t.joins for t in token_display(attr.inputs[row], model.spec)]))
     err_text, exceeded = completeness_caption(attr, row)
     details = "".join(f"{escape_markdown(d)} · " for d in run_details(attr.params))
     st.caption(f"{details}{f':orange[**{err_text}**]' if exceeded else err_text} · {attr.seconds:.2f} s · "
@@ -127,7 +130,8 @@ def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
     elif result.kind == "tokens":
         st.caption(escape_markdown(title))
         st.html(viz.text_attribution_html(detokenize(x[0], model.spec), result.display[0],
-                                          padding=padding_mask(x[0], model.spec)))
+                                          padding=padding_mask(x[0], model.spec),
+                                          joins=[t.joins for t in token_display(x[0], model.spec)]))
     else:
         units = [f"unit {j}" for j in range(result.display.shape[1])]
         st.plotly_chart(viz.tabular_bar_figure(result.display[0], units, top_k=10, title=title),
@@ -176,10 +180,13 @@ with train_col:
         if not logs and not checkpoints:
             st.info("No training log for this model: upload logs or checkpoints on the Training page (the CLI report takes --logs / --checkpoints).")
         else:
-            from explain.viz.training import figure_curves
+            from explain.viz.training import figure_curves, figure_runs, run_names
 
-            history, findings, origin = _training(tuple(logs), tuple(checkpoints))
-            fig = figure_curves(history, findings, height=420)
+            histories, run_findings, origin = _training(tuple(logs), tuple(checkpoints))
+            run_labels = run_names(histories)
+            fig = (figure_curves(histories[0], run_findings[0], height=420) if len(histories) == 1
+                   else figure_runs(histories, height=420, names=run_labels))
+            findings = [f for fs in run_findings for f in fs]
             fig.update_layout(legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18, x=0),
                               margin=dict(l=0, r=0, t=10, b=0))
             labels = {p: checkpoint_label(p) for p in checkpoints}
@@ -190,9 +197,12 @@ with train_col:
             if epoch is not None:
                 fig.add_vline(x=epoch, line_dash="dot", line_color="#444")
             st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves")
-            for f in findings:
-                icon = {"error": "🛑", "warning": "⚠️"}.get(f.severity, "ℹ️")
-                st.markdown(f"{icon} **{f.kind}** — {escape_markdown(f.message)}")
+            for name, fs in zip(run_labels, run_findings):
+                if len(histories) > 1:
+                    st.markdown(f"**Findings · {escape_markdown(name)}**" + ("" if fs else ": none"))
+                for f in fs:
+                    icon = {"error": "🛑", "warning": "⚠️"}.get(f.severity, "ℹ️")
+                    st.markdown(f"{icon} **{f.kind}** — {escape_markdown(f.message)}")
 
 with struct_col:
     st.subheader("Structure")
