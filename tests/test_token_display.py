@@ -1,6 +1,8 @@
 """explain.inputs.text's display rule: token ids read as words, markers stripped, ids unchanged (issue 20, item 8)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,46 @@ def test_read_text_and_the_highlights_show_readable_tokens(byte_level):
     row = batch.array[0]
     html = text_attribution_html(detokenize(row, spec), np.ones(row.size), padding=padding_mask(row, spec))
     assert "Ġ" not in html and ">reat<" in html
+
+
+def _spans(html: str) -> list[tuple[str, str]]:
+    """(style, text) of each token span."""
+    return re.findall(r'<span title="[^"]*" style="([^"]*)">([^<]*)</span>', html)
+
+
+def test_word_pieces_touch_their_word_when_joins_are_given(byte_level):
+    """Issue 20: "a great film" is <s> a Ġg reat Ġfi lm </s>; with `joins` (from `token_display`) "reat"
+    and "lm" have no gap before them (no margin or padding on the side where they meet, square corners
+    there) and each word stays on one line; a token standing alone keeps its margin on both sides."""
+    from explain.inputs.reading import read_inputs
+    from explain.inputs.text import padding_mask
+    from explain.viz.attribution import text_attribution_html
+
+    tokenizer, vocab = byte_level
+    spec = InputSpec("text", (12,), vocabulary=vocab, tokenizer=tokenizer, cls_token="<s>")
+    row = read_inputs(b"a great film\n", spec, filename="r.txt").array[0]
+    joins = [t.joins for t in token_display(row, spec)]
+    assert joins[:7] == [False, False, False, True, False, True, False]
+    args = (detokenize(row, spec), np.linspace(-1, 1, row.size))
+    apart = text_attribution_html(*args, padding=padding_mask(row, spec))
+    together = text_attribution_html(*args, padding=padding_mask(row, spec), joins=joins)
+    assert [t for _, t in _spans(apart)] == [t for _, t in _spans(together)] == [
+        "&lt;s&gt;", "a", "g", "reat", "fi", "lm", "&lt;/s&gt;"]
+    assert all("padding:2px 4px;margin:1px;border-radius:4px" in s for s, _ in _spans(apart))
+    assert "gb-word" not in apart
+    styles = dict((t, s) for s, t in _spans(together))
+    assert "padding:2px 0 2px 4px;margin:1px 0 1px 1px;border-radius:4px 0 0 4px" in styles["g"]  # open on its right
+    assert "padding:2px 4px 2px 0;margin:1px 1px 1px 0;border-radius:0 4px 4px 0" in styles["reat"]  # open on its left
+    assert "margin:1px 0 1px 1px" in styles["fi"] and "margin:1px 1px 1px 0" in styles["lm"]
+    assert "padding:2px 4px;margin:1px;border-radius:4px" in styles["a"]  # a word of one token: as before
+    assert together.count('<span class="gb-word" style="white-space:nowrap">') == 2  # "great" and "film"
+    words = re.findall(r'<span class="gb-word"[^>]*>((?:<span [^>]*>[^<]*</span>)+)</span>', together)
+    assert [re.findall(r">([^<]*)</span>", w) for w in words] == [["g", "reat"], ["fi", "lm"]]
+
+
+def test_joins_never_glue_across_hidden_padding():
+    from explain.viz.attribution import text_attribution_html
+
+    html = text_attribution_html(["a", "<pad>", "b"], np.ones(3), padding=[False, True, False], joins=[False, False, True])
+    assert "gb-word" not in html and html.count("margin:1px;") == 2
+    assert text_attribution_html(["a", "b"], np.ones(2), joins=[False]) == text_attribution_html(["a", "b"], np.ones(2))

@@ -11,7 +11,7 @@ import streamlit as st
 
 from explain.attribution import Attribution, run_details
 from explain.inputs.tabular import feature_names
-from explain.inputs.text import detokenize, display_text, padding_mask
+from explain.inputs.text import detokenize, display_text, padding_mask, token_display
 from explain.model import LoadedModel
 from explain.output.agreement import agreement_matrix
 from explain.output.methods.base import completeness_caption
@@ -114,7 +114,8 @@ def render_grid(
                     ids = np.asarray(attr.inputs[r])
                     st.caption(f"→ {escape_markdown(target_name)}")
                     st.html(viz.text_attribution_html(detokenize(ids, model.spec), attr.values[r],
-                                                      padding=padding_mask(ids, model.spec), target=target_name))
+                                                      padding=padding_mask(ids, model.spec), target=target_name,
+                                                      joins=[t.joins for t in token_display(ids, model.spec)]))
                 st.caption(caption_for(attr, r))
                 if quality:
                     render_quality_line(quality.get(attr.method, {}), r)

@@ -23,7 +23,7 @@ from explain.attribution import WARNING_MARK, run_details
 from explain.digest import digest_array, digest_bytes
 from explain.errors import Cancelled, UsageError
 from explain.inputs.tabular import feature_names as tabular_feature_names
-from explain.inputs.text import detokenize, padding_mask
+from explain.inputs.text import detokenize, padding_mask, token_display
 from explain.loading.source import read_source
 from explain.model import LoadedModel
 from explain.params import resolve_params
@@ -201,7 +201,8 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
             toks, pad = detokenize(attr.inputs[i], model.spec), padding_mask(attr.inputs[i], model.spec).reshape(-1)
             r["tokens"] = [{"token": t, "attribution": float(v)}
                            for t, v, p in zip(toks, attr.values[i], pad) if not p]
-            html_tokens = viz.text_attribution_html(toks, attr.values[i], padding=pad, target=r["target"])
+            html_tokens = viz.text_attribution_html(toks, attr.values[i], padding=pad, target=r["target"],
+                                                    joins=[t.joins for t in token_display(attr.inputs[i], model.spec)])
             cells.append(f'<div class="cell" style="flex:1 1 100%">{caption(r)}'
                          f'<div class="tokens">{html_tokens}</div></div>')
         return '<div class="cards">' + "".join(cells) + "</div>", []

@@ -330,7 +330,7 @@ def legend_html(zmax: float, sign: str = "all", target: str = "") -> str:
 
 def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float | None = None,
                           padding: Sequence[bool] | np.ndarray | None = None, target: str = "",
-                          legend: bool = True) -> str:
+                          legend: bool = True, joins: Sequence[bool] | None = None) -> str:
     """Tokens highlighted by attribution as escaped HTML (red supports the target, blue is against).
 
     Args:
@@ -341,6 +341,10 @@ def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float
             which are left out; None: every position is shown.
         target: the class explained, named in the legend.
         legend: end with `legend_html` (a page of several rows shows it once).
+        joins: one per token, True where it continues the previous word (a word piece:
+            ``[t.joins for t in explain.inputs.text.token_display(ids, spec)]``); such a span has no
+            gap before it, so the pieces of a word touch and read as one word, and a word never
+            breaks over two lines. None: every token stands apart.
 
     Each token's text colour follows its background (`token_colours`); hovering a token shows its
     value. Token text is HTML-escaped: it comes from users.
@@ -349,14 +353,29 @@ def text_attribution_html(tokens: Sequence[str], values: np.ndarray, zmax: float
     pad = np.zeros(len(tokens), dtype=bool) if padding is None else np.asarray(padding, dtype=bool).reshape(-1)
     keep = [i for i in range(len(tokens)) if not pad[i]]
     zmax = zmax or (float(np.max(np.abs(values[keep]))) if keep else 1.0) or 1.0
-    spans = []
-    for i in keep:
+    joined = np.zeros(len(tokens), dtype=bool)
+    if joins is not None:
+        given = np.asarray(joins, dtype=bool).reshape(-1)[: len(tokens)]
+        joined[: given.size] = given
+    # a shown token joins the one shown before it (padding between them is not shown: no join across it)
+    glued = [k > 0 and keep[k - 1] == i - 1 and bool(joined[i]) for k, i in enumerate(keep)]
+    words: list[list[str]] = []
+    for k, i in enumerate(keep):
+        before, after = glued[k], k + 1 < len(keep) and glued[k + 1]
         background, text = token_colours(values[i], zmax)
         hover = html.escape(f"{tokens[i]}: {values[i]:+.4g}", quote=True)
-        spans.append(
-            f'<span title="{hover}" style="background:{_hex(background)};color:{_hex(text)};'
-            f'padding:2px 4px;margin:1px;border-radius:4px;display:inline-block">{html.escape(tokens[i])}</span>'
-        )
+        box = "padding:2px 4px;margin:1px;border-radius:4px"  # a token on its own
+        if before or after:  # no padding, margin or rounding on the side where a piece of its word touches
+            (pl, ml, rl), (pr, mr, rr) = (("0", "0", "0") if side else ("4px", "1px", "4px") for side in (before, after))
+            box = f"padding:2px {pr} 2px {pl};margin:1px {mr} 1px {ml};border-radius:{rl} {rr} {rr} {rl}"
+        span = (f'<span title="{hover}" style="background:{_hex(background)};color:{_hex(text)};'
+                f'{box};display:inline-block">{html.escape(tokens[i])}</span>')
+        if before:
+            words[-1].append(span)
+        else:
+            words.append([span])
+    spans = ["".join(w) if len(w) == 1 else '<span class="gb-word" style="white-space:nowrap">' + "".join(w) + "</span>"
+             for w in words]
     out = '<div class="gb-tokens" style="line-height:2;font-size:15px">' + "".join(spans) + "</div>"
     return out + (legend_html(zmax, "all", target) if legend else "")
 
