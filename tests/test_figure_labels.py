@@ -174,6 +174,7 @@ def test_figures_set_automargin_themselves_not_through_the_template(monkeypatch)
         structure.figure_attention(np.eye(3), ["a", "b", "c"], title="layer · mean over heads"),
         structure.figure_attention_grid(np.full((1, 1, 3, 3), 1 / 3), ["l0"], ["a", "b", "c"]),
         structure.figure_token_weights(np.ones(3), ["a", "b", "c"]),
+        structure.figure_image_heatmap(np.zeros((4, 4, 3), dtype=np.uint8), np.ones((4, 4)), "title"),
         attribution.tabular_bar_figure(np.array([0.5, -0.2]), ["f0", "f1"]),
         attribution.agreement_figure(["a", "b"], np.eye(2)),
         dataset.mean_abs_figure(summary, ["a", "b", "c"]),
@@ -194,3 +195,33 @@ def test_names_alike_but_for_the_layer_number_keep_the_number_when_elided():
     assert not any("·" in s for s in short)
     fig = figure_flops(_flop_rows(names))  # each bar's label names its own layer (the hover has the full name)
     assert all(re.search(rf"layer\.{c[2].split('.')[3]}[.…]", y) for y, c in zip(fig.data[0].y, fig.data[0].customdata))
+
+
+def test_image_heatmap_keeps_the_heat_in_its_units_under_a_labelled_colour_bar():
+    """`figure_image_heatmap`: the picture, then the heat over it in its own units (0 to its peak), a colour
+    bar titled with the label and its ends written by `format_value`, the title wrapped to the narrow pane."""
+    from explain.viz.labels import LINE_HEIGHT, NARROW_WIDTH, TITLE_SIZE
+    from explain.viz.structure import figure_image_heatmap
+
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    heat = np.kron(np.array([[0.05, 0.25], [0.125, 0.375]]), np.ones((8, 8)))  # a 2 x 2 patch map, upsampled
+    title = "What [CLS] draws on after all layers, by patch (2×2)"
+    fig = figure_image_heatmap(image, heat, title, label="rollout share", opacity=0.6)
+    picture, overlay = fig.data
+    assert picture.type == "image" and np.asarray(picture.z).shape == (16, 16, 3)
+    assert overlay.type == "heatmap" and overlay.opacity == 0.6
+    np.testing.assert_array_equal(np.asarray(overlay.z), heat)  # not rescaled: hover and bar read the shares
+    assert (overlay.zmin, overlay.zmax) == (0.0, 0.375)
+    assert overlay.colorbar.title.text == "rollout share" and "rollout share %{z:.3g}" in overlay.hovertemplate
+    assert list(overlay.colorbar.ticktext) == ["0", "0.19", "0.38"]
+    lines = fig.layout.title.text.split("<br>")
+    assert len(lines) == 2 and " ".join(lines) == title
+    assert all(len(line) * TITLE_SIZE * CHAR_WIDTH <= NARROW_WIDTH for line in lines)
+    assert fig.layout.margin.t >= len(lines) * TITLE_SIZE * LINE_HEIGHT + 8
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.autorange == "reversed"  # pixels square, row 0 on top
+    assert fig.layout.xaxis.automargin and fig.layout.yaxis.automargin
+    grey = figure_image_heatmap(np.zeros((16, 16), dtype=np.uint8), -heat)  # a grey picture; heat below zero
+    assert np.asarray(grey.data[0].z).shape == (16, 16, 3) and (grey.data[1].zmin, grey.data[1].zmax) == (-0.375, -0.05)
+    assert grey.data[1].colorbar.title.text == "value"
+    with pytest.raises(ValueError, match="does not fit"):
+        figure_image_heatmap(image, heat[:8])

@@ -85,7 +85,9 @@ def test_the_report_draws_the_vit_rollout_over_input_0(vit, images):
     rollout = np.asarray(section.data["rollout"])
     assert rollout.shape == (2, 2) and 0 < rollout.sum() < 1  # [CLS] keeps the rest
     heat = section.figures[-1].data[-1]
-    assert heat.type == "heatmap" and np.asarray(heat.customdata).shape == (16, 16)
+    assert heat.type == "heatmap" and np.asarray(heat.z).shape == (16, 16)
+    np.testing.assert_allclose(np.asarray(heat.z)[8:, 8:], rollout[1, 1], atol=1e-4)  # the shares themselves
+    assert heat.colorbar.title.text == "rollout share" and heat.zmin == 0
     assert "2×2 patches of input #0" in section.body
 
 
@@ -114,6 +116,7 @@ def test_structure_page_draws_the_rollout_on_the_image_and_lists_encoder_layer_s
     image, heat = charts["gb_att_rollout_image"]["data"]
     assert image["type"] == "image" and heat["type"] == "heatmap"
     z = _array(heat["z"])
-    assert z.shape == (16, 16) and z.max() == pytest.approx(1.0)  # scaled to the largest patch share
+    assert z.shape == (16, 16) and heat["zmin"] == 0 and heat["zmax"] == pytest.approx(z.max())  # 0 to the peak share
+    assert 0 < z.max() < 1 and heat["colorbar"]["title"]["text"] == "rollout share"  # the shares, not rescaled
     assert "[CLS]" in json.dumps(charts["gb_att_rollout_image"]["layout"]["title"])
     assert not any("position 0" in json.dumps(c.get("layout", {}).get("title", "")) for c in charts.values())

@@ -408,6 +408,7 @@ def add_image_rollout(section: Section, model: LoadedModel, x: np.ndarray) -> No
     patch shares in its data. Nothing when the tokens are not patches of the image."""
     from explain.structure.attention import capture_attention, image_rollout, patch_grid
     from explain.viz.attribution import to_display_images
+    from explain.viz.structure import figure_image_heatmap
 
     maps = capture_attention(model, x[:1])
     grid = patch_grid(maps.num_tokens, model.spec.input_shape)
@@ -420,20 +421,10 @@ def add_image_rollout(section: Section, model: LoadedModel, x: np.ndarray) -> No
     section.body += (f"<p>Attention rollout of {escape(source)} across the {maps.num_layers} layers, to the "
                      f"{grid.rows}×{grid.cols} patches of input #0, each patch's share spread over its square of "
                      f"the image (positions named (row, col); largest share {format_number(float(patches.max()))}).</p>")
-    section.figures.append(_figure_rollout_on_image(image, heat, f"What {source} draws on after all layers"))
+    section.figures.append(figure_image_heatmap(image, heat, html.escape(f"What {source} draws on after all layers"),
+                                                label="rollout share"))
     section.data.update(round_data({"patch_grid": [grid.rows, grid.cols], "extra_tokens": grid.extra,
                                     "patch_labels": grid.labels()[grid.extra:], "rollout": patches}))
-
-
-def _figure_rollout_on_image(image: np.ndarray, heat: np.ndarray, title: str):
-    """The rollout over the image, as the Structure page draws it. Temporary, until
-    explain.viz.structure has figure_image_heatmap(image, heat, title, label)."""
-    from explain.viz.structure import figure_grad_cam
-
-    fig = figure_grad_cam(image, heat / max(float(heat.max()), 1e-12), title=html.escape(title))
-    fig.update_traces(selector=dict(type="heatmap"), customdata=heat,
-                      hovertemplate="x %{x} y %{y}<br>rollout share %{customdata:.3f}<extra></extra>")
-    return fig
 
 
 def _identify(source: Any) -> dict[str, Any]:

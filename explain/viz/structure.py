@@ -16,6 +16,7 @@ from explain.viz.labels import (
     NARROW_WIDTH,
     TITLE_SIZE,
     elide_all,
+    format_value,
     keep_labels_inside,
     label_margin,
     title_margin,
@@ -199,6 +200,50 @@ def figure_grad_cam(image: np.ndarray, cam: np.ndarray, title: str = "", opacity
     fig.add_trace(go.Heatmap(z=cam, colorscale="Jet", opacity=opacity, zmin=0, zmax=1, showscale=False,
                              hovertemplate="x %{x} y %{y}<br>Grad-CAM %{z:.2f}<extra></extra>"))
     fig.update_layout(title=title, height=280, margin=dict(l=5, r=5, t=40, b=5))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    return keep_labels_inside(fig)
+
+
+#: the colour scale of a heat map over a picture (perceptually even, dark to bright).
+IMAGE_HEAT_SCALE = "Viridis"
+
+
+def figure_image_heatmap(image: np.ndarray, heat: np.ndarray, title: str = "", label: str = "value",
+                         opacity: float = 0.5) -> go.Figure:
+    """A heat map [H, W] over its picture (uint8 [H, W, 3]), e.g. the attention rollout of a Vision
+    Transformer upsampled to the image (`explain.structure.attention.image_rollout`).
+
+    The heat keeps its own units: the colour runs from 0 (or the map's minimum, when negative) to its
+    maximum, and the colour bar, titled ``label``, names both ends (`format_value`); the hover names
+    the pixel and its value. ``title`` wraps to the narrowest pane (`wrap_title`) with a top margin for
+    its lines, and the margins hold the colour bar (`keep_labels_inside`).
+
+    Raises:
+        ValueError: ``heat`` is not [H, W] of the picture.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:  # a grey picture: three equal channels
+        image = np.repeat(image[..., None], 3, axis=-1)
+    heat = np.asarray(heat, dtype=np.float64)
+    if heat.shape != image.shape[:2]:
+        raise ValueError(f"A heat map of shape {heat.shape} does not fit a picture of {image.shape[:2]}.")
+    finite = heat[np.isfinite(heat)]
+    zmax = float(finite.max()) if finite.size else 1.0
+    zmin = min(0.0, float(finite.min())) if finite.size else 0.0
+    if zmax <= zmin:
+        zmax = zmin + 1e-12
+    ticks = [zmin, (zmin + zmax) / 2, zmax]
+    fig = go.Figure(go.Image(z=image, hoverinfo="skip"))
+    fig.add_trace(go.Heatmap(
+        z=heat, colorscale=IMAGE_HEAT_SCALE, opacity=opacity, zmin=zmin, zmax=zmax,
+        hovertemplate=f"x %{{x}} y %{{y}}<br>{label} %{{z:.3g}}<extra></extra>",
+        colorbar=dict(title=dict(text=label, side="right"), thickness=12, len=0.9, tickmode="array",
+                      tickvals=ticks, ticktext=[format_value(t) for t in ticks]),
+    ))
+    text = wrap_title(title, NARROW_WIDTH)
+    fig.update_layout(title=dict(text=text, font=dict(size=TITLE_SIZE), x=0, xref="container", xanchor="left", pad=dict(l=8)),
+                      height=320 + title_margin(text), margin=dict(l=5, r=5, t=title_margin(text) + 8, b=5))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
     return keep_labels_inside(fig)

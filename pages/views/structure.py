@@ -42,15 +42,6 @@ def _shape(shape) -> str:
     return "—" if shape is None else "×".join(str(d) for d in shape)
 
 
-def _figure_rollout_on_image(image: np.ndarray, heat: np.ndarray, title: str):
-    """The rollout over the image: [H, W] shares, scaled to their peak, over uint8 [H, W, 3] pixels.
-    Temporary, until explain.viz.structure has figure_image_heatmap(image, heat, title, label)."""
-    fig = viz.figure_grad_cam(image, heat / max(float(heat.max()), 1e-12), title=title)
-    fig.update_traces(selector=dict(type="heatmap"), customdata=heat,
-                      hovertemplate="x %{x} y %{y}<br>rollout share %{customdata:.3f}<extra></extra>")
-    return fig
-
-
 st.title("Structure")
 team.stop_unless_may_explain()  # the layer table, attention, activations and importance run the model here
 ok = False
@@ -180,8 +171,9 @@ with tab_attention:
                     _, heat = attention.image_rollout(maps.weights[:, idx], patches, *model.spec.input_shape[-2:])
                     image = to_display_images(maps.inputs[idx : idx + 1], model.spec)[0]
                     source = "[CLS]" if patches.extra else "all positions (mean)"
-                    st.plotly_chart(_figure_rollout_on_image(image, heat, f"What {source} draws on after all layers, "
-                                                             f"by patch ({patches.rows}×{patches.cols})"),
+                    st.plotly_chart(viz.figure_image_heatmap(image, heat, f"What {source} draws on after all layers, "
+                                                            f"by patch ({patches.rows}×{patches.cols})",
+                                                            label="rollout share"),
                                     width="content", key="gb_att_rollout_image")
                     st.caption(f"Attention rollout of {source} to the {patches.rows * patches.cols} patches, each "
                                f"patch's share spread over its square of the input (brightest: the largest share, "
