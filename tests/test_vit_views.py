@@ -89,6 +89,22 @@ def test_the_report_draws_the_vit_rollout_over_input_0(vit, images):
     np.testing.assert_allclose(np.asarray(heat.z)[8:, 8:], rollout[1, 1], atol=1e-4)  # the shares themselves
     assert heat.colorbar.title.text == "rollout share" and heat.zmin == 0
     assert "2×2 patches of input #0" in section.body
+    # the attention maps' axes name the positions as the Structure page does: [CLS], then (row, col)
+    labels = ["[CLS]", "(0, 0)", "(0, 1)", "(1, 0)", "(1, 1)"]
+    assert section.data["tokens"] == labels
+    grid = section.figures[0]
+    assert all(list(t.x) == labels and list(t.y) == labels for t in grid.data)
+
+
+def test_attention_tokens_name_patches_when_the_grid_fits(vit):
+    """`explain.report.analysis.attention_tokens`, which the report and the Overview cut their maps with:
+    an image model's positions by (row, col) when they are [CLS] + patches of the picture, else numbers."""
+    from explain.report.analysis import attention_tokens
+
+    tokens, keep = attention_tokens(vit, np.zeros((3, 16, 16)), 5)
+    assert tokens == ["[CLS]", "(0, 0)", "(0, 1)", "(1, 0)", "(1, 1)"] and keep == [0, 1, 2, 3, 4]
+    assert attention_tokens(vit, np.zeros((3, 16, 16)), 4) == (["(0, 0)", "(0, 1)", "(1, 0)", "(1, 1)"], [0, 1, 2, 3])
+    assert attention_tokens(vit, np.zeros((3, 16, 16)), 3) == (["0", "1", "2"], [0, 1, 2])  # no grid of 16 x 16 fits
 
 
 def test_structure_page_draws_the_rollout_on_the_image_and_lists_encoder_layer_submodules(vit_zip, images):

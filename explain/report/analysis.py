@@ -127,8 +127,17 @@ def attention_tokens(model: LoadedModel, ids: np.ndarray, n_keys: int) -> tuple[
     """(one label per key position, the positions an attention view keeps) for one input.
 
     Text: the tokens, and the positions that are not padding (`explain.inputs.text.real_positions`);
-    other inputs: the positions' numbers, all kept. The page and the report both cut maps with it.
+    images whose positions are patches of the picture: ``[CLS]``, ``(0, 0)``, ... by their place on the
+    patch grid (`explain.structure.attention.patch_grid`), as the Structure page names them; other
+    inputs: the positions' numbers. All but text keep every position. The page and the report both
+    cut maps with it.
     """
+    if model.modality == "image":
+        from explain.structure.attention import patch_grid
+
+        grid = patch_grid(n_keys, model.spec.input_shape)
+        if grid is not None:
+            return grid.labels(), list(range(n_keys))
     if model.modality != "text":
         return [str(i) for i in range(n_keys)], list(range(n_keys))
     return detokenize(ids, model.spec), real_positions(ids, model.spec)
