@@ -204,3 +204,20 @@ def test_training_charts_keep_tick_labels_and_titles_apart_under_any_template(te
     # the findings' labels are drawn inside the loss panel, under its top edge, not over any tick
     labels = [a for a in figures[0].layout.annotations if a.yref == "paper"]
     assert labels and all(a.yanchor == "top" and a.y <= 1.0 for a in labels)
+
+
+def test_text_drift_columns_read_as_tokens_not_the_vocabularys_markers():
+    """Issue 20: the drift heatmap's columns read the raw vocabulary ("1:Ġgreat") for byte-level BPE; they
+    are the display tokens (`explain.inputs.text.display_tokens`), position first, padding left out."""
+    from explain.viz.training import _column_labels
+
+    vocab = ["<s>", "<pad>", "</s>", "<unk>", "Ġgreat", "Ġfi", "lm", "Ġa", "Ġthe", "Ġmovie"]
+    spec = InputSpec("text", (6,), vocabulary=vocab)
+    ids = np.array([[0, 7, 4, 5, 6, 2], [0, 4, 2, 1, 1, 1]])
+    assert _column_labels(spec, 6, ids, 0) == ["0:<s>", "1:a", "2:great", "3:fi", "4:lm", "5:</s>"]
+    drift = _drift((6,))
+    fig = figure_attribution_drift(drift, 1, spec, inputs=ids)
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert ticks == ["0:<s>", "1:great", "2:</s>"]  # the three padding positions left out
+    assert not any("Ġ" in t for t in ticks) and not any("Ġ" in str(c) for c in np.ravel(fig.data[0].customdata))
+    assert np.asarray(fig.data[0].z).shape == (3, 3)

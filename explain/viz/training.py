@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from explain.finding import Finding
-from explain.inputs.text import real_positions
+from explain.inputs.text import display_tokens, real_positions
 from explain.spec import InputSpec
 from explain.training.downsampling import downsample_points
 from explain.training.evolution import AttributionDrift, WeightChange
@@ -276,10 +276,9 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
 def _column_labels(spec: InputSpec, width: int, inputs: np.ndarray | None, index: int) -> list[str]:
     if spec.modality == "tabular" and spec.feature_names and len(spec.feature_names) == width:
         return list(spec.feature_names)
-    if spec.modality == "text" and spec.vocabulary and inputs is not None:
-        ids = np.asarray(inputs)[index].reshape(-1)
-        vocab = spec.vocabulary
-        return [f"{i}:{vocab[t] if 0 <= t < len(vocab) else t}" for i, t in enumerate(ids.tolist())]
+    if spec.modality == "text" and (spec.vocabulary or spec.tokenizer) and inputs is not None:
+        ids = np.asarray(inputs)[index].reshape(-1)  # readable tokens ("great", not the vocabulary's "Ġgreat")
+        return [f"{i}:{t}" for i, t in enumerate(display_tokens(ids, spec))]
     return [str(i) for i in range(width)]
 
 
