@@ -225,3 +225,17 @@ def test_image_heatmap_keeps_the_heat_in_its_units_under_a_labelled_colour_bar()
     assert grey.data[1].colorbar.title.text == "value"
     with pytest.raises(ValueError, match="does not fit"):
         figure_image_heatmap(image, heat[:8])
+
+
+def test_report_resizes_every_plot_on_load_and_before_printing():
+    """Figures side by side in a section were drawn at the row's full width, all but the last clipped:
+    the report resizes every plot once laid out and before printing, after plotly and the figures."""
+    from explain.report.document import Report, Section
+    from explain.viz.structure import figure_token_weights
+
+    figures = [figure_token_weights(np.ones(3), ["a", "b", "c"], title=t) for t in ("one", "two")]
+    page = Report("r", sections=[Section("Side by side", figures=figures)]).to_html()
+    script = ("<script>for (const e of ['load','beforeprint']) window.addEventListener(e, () => "
+              "document.querySelectorAll('.js-plotly-plot').forEach(p => Plotly.Plots.resize(p)));</script>")
+    assert page.count(script) == 1
+    assert page.rfind('class="fig"') < page.index(script) < page.index("</body>")

@@ -32,6 +32,7 @@ import numpy as np
 from explain.errors import GlassboxError, UsageError
 from explain.report.template import CSS as _CSS
 from explain.report.template import PAGE as _PAGE
+from explain.report.template import RESIZE_SCRIPT
 
 #: keys in a section's ``data`` that change from run to run (timings, clocks);
 #: `Report.comparable_data` leaves them out.
@@ -261,7 +262,7 @@ class Report:
         return _PAGE.format(
             title=escape(self.title), created=escape(created), toc=toc,
             subtitle=escape(self.subtitle + " · " if self.subtitle else ""), body=body, css=_CSS,
-            plotlyjs=plotly.offline.get_plotlyjs(), data=data, data_id=DATA_SCRIPT_ID,
+            plotlyjs=plotly.offline.get_plotlyjs(), data=data, data_id=DATA_SCRIPT_ID, resize=RESIZE_SCRIPT,
         )
 
     def save(self, path: str | Path) -> Path:

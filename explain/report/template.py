@@ -1,5 +1,11 @@
 """The report's inline CSS and page template (no external fonts, links or scripts)."""
 
+#: figures side by side in a section: plotly sizes each to the row's full width before the flex row is
+#: laid out, so all but the last were clipped; every plot is resized once the page is laid out and
+#: again for printing (the print page is narrower than the window).
+RESIZE_SCRIPT = ("for (const e of ['load','beforeprint']) window.addEventListener(e, () => "
+                 "document.querySelectorAll('.js-plotly-plot').forEach(p => Plotly.Plots.resize(p)));")
+
 CSS = """
 :root { --ink:#1d2430; --muted:#5b6675; --line:#dde2e8; --accent:#2f5d8a; --bad:#a4262c; --bg:#ffffff; }
 * { box-sizing: border-box; }
@@ -69,6 +75,7 @@ PAGE = """<!DOCTYPE html>
 <footer>Made by Glassbox on {created}. This file is self-contained: it loads nothing from the network.</footer>
 </main>
 <script type="application/json" id="{data_id}">{data}</script>
+<script>{resize}</script>
 </body>
 </html>
 """
