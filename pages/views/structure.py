@@ -38,6 +38,15 @@ def _importance(model_sha: str, inputs_sha: str, depth: int, steps: int, _model,
     return layer_importance.compute_layer_importance(_model, _inputs, depth=depth, steps=steps, progress=_progress)
 
 
+def depth_slider(container, label: str, low: int, high: int, value: int, key: str, help: str | None = None) -> int:
+    """A depth slider from ``low`` to ``high`` starting at ``value`` (clamped); a model one level deep
+    has nothing to choose: its depth is named instead (a slider needs two values)."""
+    if high <= low:
+        container.caption(f"{label}: {low} (the model has one level of layers)")
+        return low
+    return container.slider(label, low, high, min(max(value, low), high), key=key, help=help)
+
+
 def _shape(shape) -> str:
     return "—" if shape is None else "×".join(str(d) for d in shape)
 
@@ -193,7 +202,7 @@ with tab_attention:
 
 # -- Activations & weights -------------------------------------------------------
 with tab_acts:
-    adepth = st.slider("Depth", 1, max(table.max_depth, 1), min(2, max(table.max_depth, 1)), key="gb_act_depth")
+    adepth = depth_slider(st, "Depth", 1, table.max_depth, 2, key="gb_act_depth")
     act_rows = activations.tabulate_activations(table, max_depth=adepth)
     act_rows = [r for r in act_rows if r["depth"] > 0]
     if act_rows:
@@ -215,9 +224,8 @@ with tab_importance:
         st.info(escape_markdown(why_not))
     else:
         c1, c2, c3 = st.columns(3)
-        idepth = c1.slider("Layer depth", 1, max(table.max_depth, 1),
-                           max(1, min(structure.default_depth(table.rows) - 1, max(table.max_depth, 1))),
-                           key="gb_imp_depth", help="Score the modules at this depth (at first, the repeated blocks).")
+        idepth = depth_slider(c1, "Layer depth", 1, table.max_depth, structure.default_depth(table.rows) - 1,
+                              key="gb_imp_depth", help="Score the modules at this depth (at first, the repeated blocks).")
         steps = c2.slider("Integration steps", 4, 64, 16, key="gb_imp_steps")
         n_imp = c3.number_input("Inputs", 1, min(len(inputs), 64), min(len(inputs), MAX_IMPORTANCE_INPUTS), key="gb_imp_n")
         key = (model.sha256, inputs_sha, idepth, steps, int(n_imp))
