@@ -73,6 +73,44 @@ def shoot_report(browser) -> None:
         page.close()
 
 
+def shoot_own_model(browser, url: str) -> None:
+    """A user's own Hugging Face ResNet (zipped folder, its own 64 px processor) and two photos of other
+    sizes: the Output page with each photo beside the model's input after preprocessing."""
+    import tempfile
+    import zipfile
+
+    from PIL import ImageDraw
+
+    from tests.conftest import open_upload_mode
+    from tests.foreign_models import write_hf_resnet
+
+    tmp = Path(tempfile.mkdtemp(prefix="glassbox-own-"))
+    folder = write_hf_resnet(tmp / "my-resnet")
+    archive = tmp / "my-resnet.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in folder.iterdir():
+            zf.write(f, f"my-resnet/{f.name}")
+    photos = []
+    for i, (w, h, colour) in enumerate(((160, 110, (220, 80, 60)), (90, 140, (60, 120, 220)))):
+        img = Image.new("RGB", (w, h), (235, 225, 200))
+        ImageDraw.Draw(img).ellipse((w * 0.2, h * 0.25, w * 0.7, h * 0.75), fill=colour)
+        photos.append(tmp / f"photo{i}.png")
+        img.save(photos[-1])
+    page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+    page.set_default_timeout(180_000)
+    sidebar, uploader = open_upload_mode(page, url)
+    uploader.filter(has_text="Inputs").locator('input[type="file"]').set_input_files([str(p) for p in photos])
+    page.get_by_text("Inputs ready").first.wait_for()
+    wait_for_app(page)
+    uploader.filter(has_text="Checkpoint").locator('input[type="file"]').set_input_files(str(archive))
+    page.get_by_text("completeness error").first.wait_for()
+    wait_for_app(page)
+    page.get_by_text("Inputs after preprocessing").click()
+    page.get_by_text("as uploaded").first.wait_for()
+    shoot(page, "output-own-model", 1300)
+    page.close()
+
+
 def main() -> None:
     import tempfile
 
@@ -136,6 +174,7 @@ def main() -> None:
             page.get_by_text("Your training logs and checkpoints").click()  # fold the uploader away
             wait_for_app(page)
             shoot(page, "training-runs", 1250)
+            shoot_own_model(browser, url)
             shoot_report(browser)
             browser.close()
     finally:

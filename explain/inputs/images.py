@@ -111,24 +111,27 @@ def _run_processor(cfg: dict[str, Any], img: Any) -> np.ndarray:
 def processor_summary(cfg: dict[str, Any]) -> str:
     """One line: what the processor does (for captions and the model card)."""
     parts = []
+    size = cfg.get("size")
     if cfg.get("do_resize", True):
-        size = cfg.get("size")
         if isinstance(size, dict) and "shortest_edge" in size:
-            parts.append(f"shorter side to {size['shortest_edge']}")
+            edge = size["shortest_edge"]
+            crop_pct = cfg.get("crop_pct")
+            if crop_pct and edge < 384:  # ConvNext's rule: resize to edge / crop_pct, crop edge x edge
+                parts.append(f"shorter side to {edge} / {crop_pct:g}, centre crop {edge}×{edge}")
+            else:
+                parts.append(f"shorter side to {edge}")
         elif isinstance(size, dict) and "height" in size:
             parts.append(f"resize to {size['height']}×{size.get('width', size['height'])}")
         elif isinstance(size, int):
             parts.append(f"resize to {size}")
-    if cfg.get("crop_pct") and cfg.get("do_resize", True):
-        parts.append(f"crop {cfg['crop_pct']:g}")
-    if cfg.get("do_center_crop"):
-        crop = cfg.get("crop_size")
-        if isinstance(crop, dict):
-            parts.append(f"centre crop {crop.get('height')}×{crop.get('width')}")
+    crop = cfg.get("crop_size")
+    if cfg.get("do_center_crop") and isinstance(crop, dict):
+        parts.append(f"centre crop {crop.get('height')}×{crop.get('width')}")
     if cfg.get("do_normalize", True) and cfg.get("image_mean") is not None:
         parts.append("normalise mean " + ", ".join(f"{v:g}" for v in cfg["image_mean"])
                      + " / std " + ", ".join(f"{v:g}" for v in cfg.get("image_std") or []))
-    return f"{cfg.get('image_processor_type', 'image processor')}: " + ("; ".join(parts) or "as configured")
+    name = str(cfg.get("image_processor_type", "image processor")).removesuffix("Pil")
+    return f"the model's own {name}: " + ("; ".join(parts) or "as configured")
 
 
 # --------------------------------------------------------------------------
