@@ -104,8 +104,12 @@ def test_cancel_stops_the_ray_run_and_frees_the_actors():
     engine = RayEngine(model, sample_models.sample_file("cancer", "torchscript"))
     dataset = read_dataset(sample_models.sample_inputs("cancer")["inputs"], model.spec)
     done = []
+
+    def progress(_done, _total):  # the one cancel: the progress callback raises
+        if done:
+            raise Cancelled("stop")
+
     with pytest.raises(Cancelled):
-        for shard in explain_dataset(model, dataset, "saliency", shard_rows=4, engine=engine,
-                                     cancelled=lambda: len(done) >= 1):
+        for shard in explain_dataset(model, dataset, "saliency", shard_rows=4, engine=engine, progress=progress):
             done.append(shard.index)
     assert len(done) == 1 and ray_engine._POOL == {}  # in-flight shards cancelled, actors killed

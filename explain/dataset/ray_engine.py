@@ -29,10 +29,11 @@ import numpy as np
 
 from explain import config, errors
 from explain.dataset.reading import Dataset
-from explain.dataset.shard import CancelledFn, ShardJob, ShardResult, explain_shard
+from explain.dataset.shard import ShardJob, ShardResult, explain_shard
 from explain.digest import digest_bytes
-from explain.errors import Cancelled, InputRefused, UsageError
+from explain.errors import InputRefused, UsageError
 from explain.model import LoadedModel
+from explain.progress import ProgressFn, report_progress
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class RayEngine:
         return workers
 
     def run(self, dataset: Dataset, shards: list[tuple[int, int]], job: ShardJob,
-            cancelled: CancelledFn | None) -> Iterator[ShardResult]:
+            progress: ProgressFn | None) -> Iterator[ShardResult]:
         ray = self._connect()
         workers = self._workers(ray, len(shards))
         pending: dict[Any, int] = {}  # object ref -> worker index
@@ -159,9 +160,9 @@ class RayEngine:
             for w in range(len(workers)):
                 if queue:
                     submit(w)
+            done = 0
             while pending:
-                if cancelled is not None and cancelled():
-                    raise Cancelled("The dataset run was cancelled.")
+                report_progress(progress, done, len(shards))  # a cancel point while the actors work
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 if not ready:
                     continue
@@ -169,6 +170,8 @@ class RayEngine:
                 result = _result(ray, ready[0])
                 if queue:
                     submit(worker)  # keep the actor busy while the caller looks at this shard
+                done += 1
+                report_progress(progress, done, len(shards))
                 yield result
             finished = True
         finally:

@@ -3,7 +3,7 @@
     model = load_model("model.safetensors")
     data = read_dataset("rows.csv", model.spec)
     run = DatasetRun(model, data, "integrated_gradients")
-    for shard in explain_dataset(model, data, "integrated_gradients", progress=bar, cancelled=job.cancelled):
+    for shard in explain_dataset(model, data, "integrated_gradients", progress=bar):  # bar raises Cancelled to stop
         run.add(shard)
         show(run.summary())          # partial summaries, streamed
     np.savez(out, **run.arrays())
@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from explain.dataset.reading import DEFAULT_SHARD_ROWS, Dataset
-from explain.dataset.shard import CancelledFn, ShardEngine, ShardJob, ShardResult, explain_shard
+from explain.dataset.shard import ShardEngine, ShardJob, ShardResult, explain_shard
 from explain.dataset.summary import DatasetSummary, SummaryAccumulator, shard_stats
-from explain.errors import Cancelled, UsageError
+from explain.errors import UsageError
 from explain.model import LoadedModel
+from explain.progress import ProgressFn, report_progress
 
-#: progress(done shards, total shards).
-ShardProgressFn = Callable[[int, int], None]
 ENGINES = ("local", "ray")
 
 
@@ -47,15 +46,15 @@ class LocalEngine:
         self.model = model
 
     def run(self, dataset: Dataset, shards: list[tuple[int, int]], job: ShardJob,
-            cancelled: CancelledFn | None) -> Iterator[ShardResult]:
-        def check(done: int = 0, total: int = 0) -> None:  # also the engine's progress: cancels mid-shard
-            if cancelled is not None and cancelled():
-                raise Cancelled("The dataset run was cancelled.")
-
+            progress: ProgressFn | None) -> Iterator[ShardResult]:
         for index, (start, stop) in enumerate(shards):
-            check()
+            def heartbeat(_done: int = 0, _total: int = 0, index: int = index) -> None:  # a cancel point, mid-shard too
+                report_progress(progress, index, len(shards))
+
+            heartbeat()
             labels = dataset.labels[start:stop] if dataset.labels is not None else None
-            attribution, probabilities = explain_shard(self.model, dataset.rows(start, stop), job, labels, check)
+            attribution, probabilities = explain_shard(self.model, dataset.rows(start, stop), job, labels, heartbeat)
+            report_progress(progress, index + 1, len(shards))
             yield ShardResult(index, start, stop, attribution, probabilities)
 
 
@@ -92,8 +91,7 @@ def explain_dataset(
     target: int | str | None = None,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     engine: ShardEngine | None = None,
-    progress: ShardProgressFn | None = None,
-    cancelled: CancelledFn | None = None,
+    progress: ProgressFn | None = None,
 ) -> Iterator[ShardResult]:
     """Explain every row of ``dataset``, yielding each shard as it finishes (in any order).
 
@@ -103,13 +101,14 @@ def explain_dataset(
         target: None (predicted class), a class index, or ``"label"``.
         shard_rows: rows per shard.
         engine: `LocalEngine` (default) or `explain.dataset.ray_engine.RayEngine`.
-        progress: called with (done shards, total shards) after each shard.
-        cancelled: polled between shards (and inside a local shard); True raises `Cancelled`.
+        progress: called with (done shards, total shards) after each shard, and again with the
+            same counts between and inside shards; raising `Cancelled` in it stops the run
+            (`explain.progress`: the one cancel).
 
     Raises:
         UsageError: unknown method or parameters, a ``label`` target without labels.
         IncompatibleInput: the method does not fit the model.
-        Cancelled: ``cancelled()`` turned True.
+        Cancelled: (or anything else) raised by ``progress``.
     """
     from explain.output.methods import get_method
 
@@ -122,15 +121,8 @@ def explain_dataset(
     job = ShardJob(method, dataset_params(model, dataset, method, params, shard_rows), target)
     shards = dataset.shards(shard_rows)
     engine = engine or LocalEngine(model)
-    done = 0
-    with contextlib.closing(engine.run(dataset, shards, job, cancelled)) as results:  # closed now, not by the GC
-        for result in results:
-            done += 1
-            if progress is not None:
-                progress(done, len(shards))
-            yield result
-            if cancelled is not None and cancelled() and done < len(shards):
-                raise Cancelled("The dataset run was cancelled.")
+    with contextlib.closing(engine.run(dataset, shards, job, progress)) as results:  # closed now, not by the GC
+        yield from results
 
 
 class DatasetRun:

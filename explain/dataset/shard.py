@@ -2,7 +2,7 @@
 `explain_shard`, the one function every engine (local, Ray actor) runs on a shard."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -11,9 +11,7 @@ import numpy as np
 from explain.attribution import Attribution
 from explain.dataset.reading import Dataset
 from explain.model import LoadedModel
-
-#: True once the run should stop.
-CancelledFn = Callable[[], bool]
+from explain.progress import ProgressFn
 
 
 @dataclass(frozen=True)
@@ -45,16 +43,18 @@ class ShardResult:
 
 
 class ShardEngine(Protocol):
-    """Where shards run. ``run`` yields results in any order and honours ``cancelled``."""
+    """Where shards run. ``run`` yields results in any order; it reports (done shards, total) to
+    ``progress`` after each shard and again, unchanged, between and inside shards, where a
+    raising callback (`explain.progress`) stops the run."""
 
     name: str
 
     def run(self, dataset: Dataset, shards: list[tuple[int, int]], job: ShardJob,
-            cancelled: CancelledFn | None) -> Iterator[ShardResult]: ...
+            progress: ProgressFn | None) -> Iterator[ShardResult]: ...
 
 
 def explain_shard(model: LoadedModel, inputs: np.ndarray, job: ShardJob, labels: np.ndarray | None,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[Attribution, np.ndarray]:
+                  progress: ProgressFn | None = None) -> tuple[Attribution, np.ndarray]:
     """The attribution and class probabilities [n, K] of one shard: what every engine runs."""
     from explain.output.methods import get_method
 

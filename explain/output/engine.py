@@ -32,6 +32,7 @@ from explain.kernels import no_mha_fastpath
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.precision import choose_precision, device_label, precision_context, resolve_device
+from explain.progress import ProgressFn
 
 #: rows evaluated per chunk on a CPU when nothing else is known: ~8 MiB of points.
 CPU_CHUNK_BYTES = 8 << 20
@@ -40,8 +41,6 @@ MAX_CHUNK_ROWS = 1024
 GPU_MEMORY_SHARE = 0.7
 PROBE_ROWS = 2
 
-#: progress(done, total) -> None; raise ``Cancelled`` inside to stop the run.
-ProgressFn = Callable[[int, int], None]
 #: make(start, stop) -> (points [B, ...], owner [B] input index, target [B]).
 MakeFn = Callable[[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 #: consume(start, stop, grads [B, ...], target_logits [B]).

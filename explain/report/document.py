@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,8 +39,6 @@ from explain.report.template import RESIZE_SCRIPT
 VOLATILE_KEYS = frozenset({"seconds", "created", "elapsed_seconds", "build_seconds"})
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "chromium", "chromium-browser")
 DATA_SCRIPT_ID = "glassbox-data"
-
-ProgressFn = Callable[[int, int], None]
 
 
 # -- small pure HTML helpers ---------------------------------------------------------

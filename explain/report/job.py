@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from explain.errors import UsageError
 from explain.loading.source import read_source
 from explain.model import LoadedModel
 from explain.params import resolve_params
+from explain.progress import ProgressFn
 from explain.report.review import ReviewRecord
 from explain.report.sections import DEFAULT_MAX_INPUTS, build_report
 from explain.training.history import EventFolder
@@ -91,7 +92,7 @@ def report_job(model: LoadedModel, name: str, version: int, inputs: np.ndarray |
 
 
 def run_report_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str, np.ndarray],
-                   progress: Callable[[int, int], None], review: ReviewRecord | None) -> RunRecord:
+                   progress: ProgressFn, review: ReviewRecord | None) -> RunRecord:
     """Build the report the job describes; saved as a ``report`` run holding its HTML."""
     logs: list[Log] = []
     for i, log in enumerate(params.get("logs", [])):

@@ -31,7 +31,6 @@ value is not scored), not on TorchScript.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +43,7 @@ from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.baselines import text_reference
 from explain.output.engine import pad_rows
+from explain.progress import ProgressFn, report_progress
 from explain.structure.layers import module_depth
 from explain.structure.module_probe import forward_hooks, node_module_paths
 
@@ -156,7 +156,7 @@ def compute_layer_importance(
     layers: list[str] | None = None,
     depth: int = 2,
     steps: int = 16,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> LayerImportance:
     """Rank layers by LayerIntegratedGradients attribution to the predicted class."""
     from captum.attr import LayerIntegratedGradients
@@ -182,8 +182,7 @@ def compute_layer_importance(
                              else text[:160])
             continue
         finally:
-            if progress:
-                progress(i + 1, len(layers))
+            report_progress(progress, i + 1, len(layers))
         attr = attr[0] if isinstance(attr, (tuple, list)) else attr
         flat = attr.detach().reshape(attr.shape[0], -1).float()  # [N, D]
         scored.append(name)

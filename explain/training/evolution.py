@@ -24,7 +24,7 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,9 @@ from explain.loading.source import Archive, find_member, open_archive, read_sour
 from explain.loading.torchscript import is_torchscript
 from explain.loading.weights import WeightsRefused, key_variants, read_safetensors, safetensors_shapes
 from explain.model import LoadedModel
+from explain.progress import ProgressFn, report_progress
 from explain.training.formats import load_checkpoint_dict
 
-ProgressFn = Callable[[int, int], None]
 #: progress units per checkpoint: drift reports (done, total) with total = UNITS * checkpoints.
 UNITS = 1000
 
@@ -524,8 +524,7 @@ def explain_with_ig(model: LoadedModel, inputs: np.ndarray, target: np.ndarray, 
 
     x = model.as_tensor(inputs)
     attr = IntegratedGradients(model.module).attribute(x, target=torch.as_tensor(target), n_steps=steps)
-    if progress:
-        progress(1, 1)
+    report_progress(progress, 1, 1)
     return attr.detach().cpu().numpy()
 
 
@@ -568,8 +567,7 @@ def compute_attribution_drift(
         if progress is not None:
             inner = lambda done, total, i=i: progress(i * UNITS + int(UNITS * done / max(total, 1)), k * UNITS)
         values.append(explain_with_ig(model, inputs, target, steps, inner))
-        if progress is not None:
-            progress((i + 1) * UNITS, k * UNITS)
+        report_progress(progress, (i + 1) * UNITS, k * UNITS)
     values_arr = np.stack(values)  # [K, N, ...]
     maps = np.stack([display_map(v, final.modality) for v in values])
     n = len(inputs)

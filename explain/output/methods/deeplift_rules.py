@@ -10,7 +10,6 @@ explained.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +21,7 @@ from explain.model import LoadedModel
 from explain.output.aten_graph import FALLBACK_METHOD, GRAPH_CACHE, CapturedGraph, captured_graph, first_tensor
 from explain.output.aten_rules import PairInterpreter, RulePlan, plan_rules
 from explain.output.engine import is_out_of_memory
+from explain.progress import ProgressFn, report_progress
 
 
 @dataclass
@@ -50,7 +50,7 @@ def deeplift_rescale_attributions(
     *,
     grid: bool = True,
     batch_size: int = 128,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
     flavour: str = "shap",
 ) -> RescaleResult:
     """DeepLift (rescale rule, SHAP DeepExplainer's rules) for any model format.
@@ -137,7 +137,7 @@ class _Job:
 
 
 def _run_job(
-    job: _Job, captured: CapturedGraph, step: int, progress: Callable[[int, int], None] | None
+    job: _Job, captured: CapturedGraph, step: int, progress: ProgressFn | None
 ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], RulePlan]:
     """Sums over each input's pairs of values, f(x) and f(r) (float64, CPU)."""
     n = job.x.shape[0]
@@ -173,8 +173,7 @@ def _run_job(
         out_sum.index_add_(0, i_idx, fx_out.gather(1, ts[:, None]).squeeze(1).double().cpu())
         base_sum.index_add_(0, i_idx, fr_out.gather(1, ts[:, None]).squeeze(1).double().cpu())
         start += len(i_idx)
-        if progress is not None:
-            progress(start, job.total)
+        report_progress(progress, start, job.total)
     return (values, out_sum, base_sum), plan
 
 

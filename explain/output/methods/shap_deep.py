@@ -37,13 +37,14 @@ from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.output.aten_graph import is_capturable_format
 from explain.output.baselines import BLUR_SIGMA, blur_images, describe_background, text_reference
-from explain.output.methods.base import Explainer, ProgressFn, register
+from explain.output.methods.base import Explainer, register
 from explain.output.methods.common import DEVICE_PARAM, array_param, resolve_targets
 from explain.output.methods.deeplift import RULES_REMEDY
 from explain.output.methods.deeplift_rules import deeplift_rescale_attributions, model_logits
 from explain.output.methods.engine_method import clean_array_param
 from explain.output.precision import device_label, precision_context, resolve_device
 from explain.params import ParamSpec
+from explain.progress import ProgressFn
 
 #: Where background rows come from when no array is given.
 BACKGROUND_KINDS = ("auto", "blurred", "inputs", "zeros", "mean")

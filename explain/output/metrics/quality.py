@@ -13,8 +13,9 @@ import numpy as np
 from explain.attribution import Attribution
 from explain.finding import Finding
 from explain.model import LoadedModel
-from explain.output.metrics.base import MetricResult, ProgressFn, compatible_metrics, get_metric
+from explain.output.metrics.base import MetricResult, compatible_metrics, get_metric
 from explain.output.metrics.randomisation.randomization import fails
+from explain.progress import ProgressFn
 
 Results = dict[str, dict[str, MetricResult]]
 

@@ -25,6 +25,7 @@ from explain.model import LoadedModel
 from explain.output.metrics.base import Metric, MetricResult, Subject, register
 from explain.output.metrics.common import feature_map, spearman
 from explain.params import ParamSpec
+from explain.progress import report_progress
 
 
 def randomization_blocks(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -106,8 +107,7 @@ class Randomization(Metric):
         for k, (_, block) in enumerate(blocks):
             randomize_(block, generator)
             curve.append(spearman(original, comparable(subject.explain(copy_model, x, attr.target))))
-            if progress is not None:
-                progress(k + 1, len(blocks))
+            report_progress(progress, k + 1, len(blocks))
         curves = np.stack(curve, axis=1)  # [N, steps + 1]
         final = curves[:, -1]
         notes = []

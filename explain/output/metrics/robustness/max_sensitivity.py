@@ -16,6 +16,7 @@ import numpy as np
 from explain.output.metrics.base import Metric, MetricResult, Subject, register
 from explain.output.metrics.common import input_seed
 from explain.params import ParamSpec
+from explain.progress import report_progress
 
 
 def perturbations(inputs: np.ndarray, samples: int, radius: float, seed: int) -> np.ndarray:
@@ -68,8 +69,7 @@ class MaxSensitivity(Metric):
         targets = np.repeat(attr.target, samples)  # [N*S], input-major like the rows
         again = subject.explain(subject.model, noisy.reshape(n * samples, *x.shape[1:]), targets)
         again = np.asarray(again).reshape(n, samples, *attr.values.shape[1:])
-        if progress is not None:
-            progress(1, 1)
+        report_progress(progress, 1, 1)
         return self.result(subject, max_relative_change(attr.values, again),
                            params={"samples": samples, "radius": radius, "seed": seed},
                            notes=[f"explained {n * samples} perturbed inputs again"])
