@@ -65,7 +65,8 @@ def test_a_failed_run_keeps_the_old_out_file(boom, tmp_path):
     proc = _cli("attribute", boom / "boom.pt", "--spec", boom / "boom.json", "--inputs", boom / "big.npy",
                 "--method", "saliency", "--out", out)
     assert proc.returncode == 3
-    _one_line(proc)
+    # the job failed in the worker: its one line still names the TorchScript error's cause
+    assert "boom: the model refuses large inputs" in _one_line(proc)
     assert out.read_bytes() == b"the previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["attr.npz"]
 

@@ -32,7 +32,7 @@ import streamlit as st
 
 from explain.config import trusted_mode
 from explain.digest import digest_bytes
-from explain.errors import GlassboxError
+from explain.errors import GlassboxError, one_line
 from explain.inputs.reading import InputBatch, model_ready_array, read_inputs
 from explain.loading.loader import load_model
 from explain.model import LoadedModel
@@ -276,11 +276,9 @@ def current_inputs() -> InputBatch:
 def show_error(exc: BaseException, doing: str | None = None) -> None:
     """Render an error as one clear line (never a traceback), shown literally: it quotes user text."""
     prefix = f"{doing} failed: " if doing else ""
-    if isinstance(exc, GlassboxError):
-        st.error(escape_markdown(prefix + exc.message), icon="⚠️")
-    else:
+    if not isinstance(exc, GlassboxError):
         log.exception("unexpected error", exc_info=exc)
-        st.error(escape_markdown(f"{prefix}{type(exc).__name__}: {exc}"), icon="⚠️")
+    st.error(escape_markdown(prefix + one_line(exc)), icon="⚠️")
 
 
 @contextlib.contextmanager

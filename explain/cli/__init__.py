@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from explain.errors import GlassboxError, InputRefused, UsageError
+from explain.errors import GlassboxError, InputRefused, UsageError, exit_code, one_line
 from explain.jsonable import to_json_safe
 
 #: modules under explain.cli, in the order `--help` lists them.
@@ -49,17 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    """The telling line of ``text``, at most ``limit`` characters.
-
-    That is the first non-empty line, except for TorchScript's "The following
-    operation failed in the TorchScript interpreter." whose cause is its last line.
-    """
-    lines = [part.strip() for part in str(text).splitlines() if part.strip()] or [""]
-    line = lines[-1] if "TorchScript interpreter" in lines[0] else lines[0]
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand: one JSON object on stdout, or one line on stderr; the exit code.
 
@@ -73,21 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "_run", None):
             raise UsageError("Missing subcommand. Run `python -m explain --help`.")
         text = json.dumps(to_json_safe(args._run(args)), allow_nan=False)
-    except UsageError as exc:
-        print(f"error: {one_line(exc.message)}", file=sys.stderr)
-        return EXIT_USAGE
-    except InputRefused as exc:
-        print(f"refused: {one_line(exc.message)}", file=sys.stderr)
-        return EXIT_REFUSED
-    except GlassboxError as exc:
-        print(f"error: {one_line(exc.message)}", file=sys.stderr)
-        return EXIT_REFUSED
+    except GlassboxError as exc:  # the exit code from explain.errors.CODES, the one table
+        print(f"{'refused' if isinstance(exc, InputRefused) else 'error'}: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
         print(f"interrupted: {command} stopped before it finished.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the contract: never a traceback; RecursionError and MemoryError included
-        detail = one_line(str(exc)) or "no message"
-        print(f"error: {command} failed ({type(exc).__name__}: {detail}).", file=sys.stderr)
-        return EXIT_REFUSED
+        detail = one_line(exc) if str(exc).strip() else f"{type(exc).__name__}: no message"
+        print(f"error: {command} failed ({detail}).", file=sys.stderr)
+        return exit_code(exc)
     sys.stdout.write(text + "\n")
     return EXIT_OK

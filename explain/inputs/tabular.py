@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from explain.errors import CorruptFile, IncompatibleInput
+from explain.errors import CorruptFile, IncompatibleInput, one_line
 from explain.spec import InputSpec
 
 #: column names (case and spaces aside) read as the labels of a CSV's rows, not as a feature.
@@ -79,7 +79,7 @@ def parse_csv(data: bytes, spec: InputSpec, name: str) -> CsvRows:
     try:
         df = pd.read_csv(io.BytesIO(data), sep=sep)
     except Exception as exc:  # pandas' parser errors have many types
-        raise CorruptFile(f"{name} is not a readable CSV file ({str(exc).splitlines()[0][:150]}).") from None
+        raise CorruptFile(f"{name} is not a readable CSV file ({one_line(exc, 150, typed=False)}).") from None
     notes: list[str] = []
     if _header_is_numeric(df.columns):
         df = pd.read_csv(io.BytesIO(data), header=None, sep=sep)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from explain import config
-from explain.errors import CorruptFile, IncompatibleInput, TooLarge
+from explain.errors import CorruptFile, IncompatibleInput, TooLarge, one_line
 from explain.spec import InputSpec
 
 PAD_ID, UNK_ID = 0, 1
@@ -114,7 +114,7 @@ def tokenizer_vocab(tokenizer_json: str | bytes, vocab_size: int | None = None) 
     try:
         vocab = Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
     except Exception as exc:
-        raise CorruptFile(f"tokenizer.json cannot be read ({_first_line(exc)}).") from None
+        raise CorruptFile(f"tokenizer.json cannot be read ({one_line(exc, 200, typed=False)}).") from None
     cap = config.max_vocabulary()
     if len(vocab) > cap:
         raise TooLarge(f"tokenizer.json holds {len(vocab):,} tokens, over the {cap:,} limit.",
@@ -126,11 +126,6 @@ def tokenizer_vocab(tokenizer_json: str | bytes, vocab_size: int | None = None) 
         raise TooLarge(f"tokenizer.json has the id {top:,}, over the {cap:,}-token vocabulary limit.",
                        "An operator can raise it with GLASSBOX_MAX_VOCABULARY.")
     return vocab
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 @functools.lru_cache(maxsize=4)

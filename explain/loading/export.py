@@ -31,14 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
+from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile, one_line
 from explain.loading.model_process import in_model_process
 from explain.loading.op_allowlist import is_allowed
 from explain.loading.shape_expr import check_expression
 from explain.loading.source import (
     Archive,
     LoadedParts,
-    first_line,
     open_archive,
     read_zip_member,
     spec_from_text,
@@ -231,7 +230,7 @@ def _read_payloads(zf: zipfile.ZipFile, names: list[str], root: str, kind: str) 
     try:
         table = _dict_to_dataclass(schema.PayloadConfig, json.loads(read_zip_member(zf, config_name, ".pt2")))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise CorruptFile(f"The .pt2 {kind} table is malformed ({first_line(exc)}).") from None
+        raise CorruptFile(f"The .pt2 {kind} table is malformed ({one_line(exc, 200, typed=False)}).") from None
     check_payload_table(zf, table, directory, kind)  # declared bytes against bytes present, before any read
     flat: dict[str, torch.Tensor] = {}
     out: dict[str, Any] = {}
@@ -273,7 +272,7 @@ def tensor_description(tm: Any, what: str) -> tuple[torch.dtype, list[int], list
         size, stride = list(deserialize_size(tm.sizes)), list(deserialize_stride(tm.strides))
         offset = deserialize_storage_offset(tm.storage_offset)
     except Exception as exc:
-        raise CorruptFile(f"The .pt2 tensor description is malformed ({first_line(exc)}).") from None
+        raise CorruptFile(f"The .pt2 tensor description is malformed ({one_line(exc, 200, typed=False)}).") from None
     if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in (*size, *stride, offset)):
         raise CorruptFile(f"The .pt2 {what} has symbolic, negative or mismatched sizes.")
     return dtype, size, stride, offset
@@ -392,7 +391,7 @@ def _deserialize(raw: dict[str, Any], state_dict: dict[str, Any], constants: dic
         raise
     except Exception as exc:
         raise CorruptFile(
-            f"The .pt2 program cannot be deserialized ({type(exc).__name__}: {first_line(exc)}).",
+            f"The .pt2 program cannot be deserialized ({one_line(exc, 200)}).",
             "It may come from another torch version; export it again with this one.",
         ) from None
     ep._guards_code = []

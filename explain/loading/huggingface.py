@@ -33,13 +33,12 @@ import torch
 from torch import nn
 
 from explain import config as gb_config
-from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
+from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile, one_line
 from explain.inputs.text import tokenizer_vocab
 from explain.loading.source import (
     Archive,
     LoadedParts,
     find_member,
-    first_line,
     open_archive,
     read_folder,
     read_source,
@@ -213,7 +212,7 @@ def read_huggingface(data: bytes, archive: Archive | None = None) -> HFUpload:
     try:
         cfg = json.loads(files["config.json"])
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptFile(f"config.json is not valid JSON ({first_line(exc)}).") from None
+        raise CorruptFile(f"config.json is not valid JSON ({one_line(exc, 200, typed=False)}).") from None
     if not isinstance(cfg, dict):
         raise CorruptFile("config.json is not a JSON object.", HF_HINT)
     if "auto_map" in cfg or cfg.get("trust_remote_code"):
@@ -278,7 +277,7 @@ def _model_class(cfg: dict) -> tuple[Any, Any, bool]:
     try:
         config = CONFIG_MAPPING[model_type].from_dict({k: v for k, v in cfg.items() if k != "model_type"})
     except Exception as exc:
-        raise CorruptFile(f"config.json cannot be read as a {model_type} config ({first_line(exc)}).") from None
+        raise CorruptFile(f"config.json cannot be read as a {model_type} config ({one_line(exc, 200, typed=False)}).") from None
     archs = [a for a in (cfg.get("architectures") or []) if isinstance(a, str)]
     image = any(a.endswith("ForImageClassification") for a in archs)
     if archs and not image and not any(a.endswith("ForSequenceClassification") for a in archs):
@@ -328,7 +327,7 @@ def _build_model(upload: HFUpload) -> nn.Module:
             trust_remote_code=False, attn_implementation="eager", output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-        raise CorruptFile(f"The weights cannot be loaded ({first_line(exc)}).") from None
+        raise CorruptFile(f"The weights cannot be loaded ({one_line(exc, 200, typed=False)}).") from None
     bad = [*info.get("missing_keys", []), *info.get("unexpected_keys", []), *info.get("mismatched_keys", [])]
     if bad:
         raise CorruptFile(f"The weights do not fit config.json ({len(bad)} keys missing, unexpected "
@@ -350,7 +349,7 @@ def _check_weights(files: dict[str, bytes], shards: dict[str, bytes]) -> int:
             try:
                 total += sum(t.numel() for t in load(blob).values())
             except Exception as exc:
-                raise CorruptFile(f"{name} is damaged ({first_line(exc)}).") from None
+                raise CorruptFile(f"{name} is damaged ({one_line(exc, 200, typed=False)}).") from None
         return total
     if "model.safetensors" in files:
         from safetensors.torch import load
@@ -358,7 +357,7 @@ def _check_weights(files: dict[str, bytes], shards: dict[str, bytes]) -> int:
         try:
             return sum(t.numel() for t in load(files["model.safetensors"]).values())
         except Exception as exc:
-            raise CorruptFile(f"model.safetensors is damaged ({first_line(exc)}).") from None
+            raise CorruptFile(f"model.safetensors is damaged ({one_line(exc, 200, typed=False)}).") from None
     if "pytorch_model.bin" in files:
         state = weights_only_load(files["pytorch_model.bin"], "pytorch_model.bin")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -37,7 +37,7 @@ import torch
 
 from explain import config
 from explain.digest import digest_array, digest_bytes
-from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge
+from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge, one_line
 from explain.loading import huggingface
 from explain.loading.export import (
     check_export_parts,
@@ -52,7 +52,6 @@ from explain.loading.source import (
     LoadedParts,
     describe_content,
     find_member,
-    first_line,
     open_archive,
     read_source,
 )
@@ -254,7 +253,7 @@ def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool,
     except MemoryError:
         raise TooLarge("The model needs more memory than is available.") from None
     except Exception as exc:  # any other failure of a third-party reader: the file is bad
-        raise CorruptFile(f"The {kind} file cannot be loaded ({type(exc).__name__}: {first_line(exc)}).") from None
+        raise CorruptFile(f"The {kind} file cannot be loaded ({one_line(exc, 200)}).") from None
 
 
 def coerce_spec(spec: Any) -> InputSpec | None:
@@ -390,7 +389,7 @@ def check_forward(parts: LoadedParts, spec: InputSpec) -> InputSpec:
             raise TooLarge(f"The model needs more memory than allowed on an input of shape {list(x.shape)}.",
                            "A model that allocates this much on an ordinary input cannot be explained here.") from None
         raise IncompatibleInput(
-            f"The model fails on an input of shape {list(x.shape)} ({type(exc).__name__}: {first_line(exc)}).",
+            f"The model fails on an input of shape {list(x.shape)} ({one_line(exc, 200)}).",
             "Check the spec's input_shape and dtype.",
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explain.errors import GlassboxError
+from explain.errors import GlassboxError, one_line
 from explain.loading.model_process import PENDING_GRAPHS, _Callback, _ModelMarker
 from explain.loading.model_wire import WIRE_DTYPES, describe, encode_result, to_wire
 
@@ -359,6 +359,6 @@ def _error_reply(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, GlassboxError):
         return {"ok": False, "error_class": type(exc).__name__, "error": exc.reason, "hint": exc.hint,
                 "memory": False}
-    lines = [line.strip() for line in text.splitlines() if line.strip()] or [""]
-    line = next((part for part in lines if "allocate" in part.lower()), lines[-1]) if memory else lines[-1]
-    return {"ok": False, "error_class": None, "memory": memory, "error": f"{type(exc).__name__}: {line[:300]}"}
+    allocate = next((line.strip() for line in text.splitlines() if "allocate" in line.lower()), None) if memory else None
+    error = one_line(f"{type(exc).__name__}: {allocate}") if allocate else one_line(exc)
+    return {"ok": False, "error_class": None, "memory": memory, "error": error}

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from explain import config
-from explain.errors import CorruptFile, TooLarge, UnsafeFile
+from explain.errors import CorruptFile, TooLarge, UnsafeFile, one_line
 from explain.spec import InputSpec
 
 #: Largest embedded spec (``glassbox_spec.json``) read from an archive.
@@ -226,10 +226,10 @@ def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
                 "loading it would need code execution, so Glassbox refuses it.",
                 hint or WEIGHTS_ONLY_HINT,
             ) from None
-        raise CorruptFile(f"The {what} cannot be unpickled ({first_line(exc)}).") from None
+        raise CorruptFile(f"The {what} cannot be unpickled ({one_line(exc, 200, typed=False)}).") from None
     except (RuntimeError, EOFError, ValueError, OSError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise CorruptFile(
-            f"The {what} is truncated or damaged ({first_line(exc)}).",
+            f"The {what} is truncated or damaged ({one_line(exc, 200, typed=False)}).",
             "Upload the complete file again.",
         ) from None
 
@@ -268,13 +268,6 @@ def as_text(data: bytes) -> str | None:
             return None
     printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
     return text if printable >= 0.95 * max(len(text), 1) else None
-
-
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, shortened, for one-line errors."""
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def spec_from_text(text: str | bytes | None) -> InputSpec | None:

@@ -86,6 +86,7 @@ def zygote_preload(fmt: str) -> str:
 VET_CODE = r"""
 import time as _time
 import torch
+from explain.errors import one_line as _one_line
 torch.set_num_threads(1)
 try:
     torch.set_num_interop_threads(1)
@@ -144,7 +145,7 @@ try:
         except Exception as exc:
             if i == 0 or _memory_error(exc):
                 raise
-            result["stopped"] = f"error at batch {rows}: {type(exc).__name__}: {str(exc).strip()[:120]}"
+            result["stopped"] = f"error at batch {rows}: {_one_line(exc, 160)}"
             break
         seconds = _time.perf_counter() - t0
         peak = _vm("VmPeak")
@@ -161,9 +162,7 @@ try:
                 break
     report(**result)
 except BaseException as exc:
-    lines = [l.strip() for l in str(exc).splitlines() if l.strip()] or [""]
-    report(ok=False, phase=phase, rows=rows, memory=_memory_error(exc),
-           error=(type(exc).__name__ + ": " + lines[-1])[:300])
+    report(ok=False, phase=phase, rows=rows, memory=_memory_error(exc), error=_one_line(exc))
     _sys.exit(1)
 """
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
+from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile, one_line
 from explain.loading import architectures
-from explain.loading.source import LoadedParts, first_line, spec_from_any, weights_only_load
+from explain.loading.source import LoadedParts, spec_from_any, weights_only_load
 
 #: Checkpoint-dict keys that hold the model weights, in the order tried.
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -70,7 +70,7 @@ def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
         tensors = load_safetensors(data)
     except Exception as exc:  # safetensors raises its own error types
         raise CorruptFile(
-            f"The safetensors file is truncated or damaged ({first_line(exc)}).",
+            f"The safetensors file is truncated or damaged ({one_line(exc, 200, typed=False)}).",
             "Upload the complete file again.",
         ) from None
     metadata = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
@@ -152,7 +152,7 @@ def _trusted_load(data: bytes, kind: str, what: str) -> Any:
             return pickle.loads(data)  # trusted mode only: the operator's own file
         return torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
     except Exception as exc:
-        raise CorruptFile(f"The {what} cannot be loaded even in trusted mode ({first_line(exc)}).") from None
+        raise CorruptFile(f"The {what} cannot be loaded even in trusted mode ({one_line(exc, 200, typed=False)}).") from None
 
 
 def parts_from_object(obj: Any, trusted: bool) -> LoadedParts:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from explain.errors import IncompatibleInput
+from explain.errors import IncompatibleInput, one_line
 from explain.model import LoadedModel
 
 _log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def _capture(model: LoadedModel, example: torch.Tensor) -> CapturedGraph:
 
 
 def _refuse(what: str, exc: BaseException) -> IncompatibleInput:
-    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    detail = one_line(exc, 200, typed=False)
     return IncompatibleInput(
         f"Cannot capture this {what} as a graph for rule-based attribution ({detail}).",
         f"Use {FALLBACK_METHOD} instead.",

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from explain.errors import GlassboxError, UsageError
+from explain.errors import UsageError, one_line
 from explain.report.template import CSS as _CSS
 from explain.report.template import PAGE as _PAGE
 from explain.report.template import RESIZE_SCRIPT
@@ -145,15 +145,6 @@ def round_data(value: Any, digits: int = 6) -> Any:
     return str(value)
 
 
-def one_line(exc: BaseException) -> str:
-    """Why something failed, in one line (a GlassboxError's reason, else type: message)."""
-    if isinstance(exc, GlassboxError):
-        text = exc.message
-    else:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return " ".join(text.split())[:400]
-
-
 # -- the report --------------------------------------------------------------------
 @dataclass
 class Section:
@@ -178,7 +169,7 @@ class Section:
     @classmethod
     def failed(cls, title: str, exc: BaseException | str) -> Section:
         """A section that says this part could not be built, and why (one line)."""
-        reason = exc if isinstance(exc, str) else one_line(exc)
+        reason = one_line(exc)
         return cls(title=title, error=reason, data={"error": reason})
 
     @property

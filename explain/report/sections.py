@@ -21,7 +21,7 @@ import torch
 
 from explain.attribution import WARNING_MARK, run_details
 from explain.digest import digest_array, digest_bytes
-from explain.errors import Cancelled, UsageError
+from explain.errors import Cancelled, UsageError, one_line
 from explain.inputs.tabular import feature_names as tabular_feature_names
 from explain.inputs.text import detokenize, padding_mask, token_display
 from explain.loading.source import read_source
@@ -36,7 +36,6 @@ from explain.report.document import (
     format_number,
     image_tag,
     key_value_html,
-    one_line,
     round_data,
     table_html,
 )

@@ -34,12 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from explain.config import api_max_body_bytes, api_max_buffered_bytes, api_max_jobs, external_worker
-from explain.errors import GlassboxError, InputRefused, NotFound, PermissionDenied, UsageError
+from explain.errors import GlassboxError, http_status, one_line
 from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.models import ModelCache
 from explain.service.runners import explain_job, model_array
 from explain.workspace import Actor, Workspace
-from explain.workspace.jobs import JobInfo, QueueFull
+from explain.workspace.jobs import JobInfo
 from explain.workspace.registry import parse_ref
 from explain.workspace.roles import Action
 
@@ -69,27 +69,8 @@ class JobBody(ExplainBody):
     priority: str = Field("batch", description='"batch" or "interactive"')
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": _one_line(message) or "error"}, status_code=status)
-
-
-def _status_of(exc: GlassboxError) -> int:
-    if isinstance(exc, PermissionDenied):
-        return 403
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, QueueFull):
-        return 429
-    if isinstance(exc, InputRefused):
-        return 422
-    if isinstance(exc, UsageError):
-        return 400
-    return 422
+    return JSONResponse({"error": one_line(message) or "error"}, status_code=status)
 
 
 class _Budget:
@@ -237,7 +218,7 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
 
     @app.exception_handler(GlassboxError)
     async def _glassbox_error(_request, exc: GlassboxError):
-        return _error(_status_of(exc), exc.message)
+        return _error(http_status(exc), exc.message)  # the one table: explain.errors.CODES
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request, exc: RequestValidationError):
@@ -262,7 +243,7 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
             return _error(exc.status, exc.message)
         except Exception as exc:  # a bug or a model that raised: one line, logged server-side
             log.exception("API request failed")
-            return _error(500, f"The request failed ({type(exc).__name__}: {_one_line(str(exc))}).")
+            return _error(http_status(exc), f"The request failed ({one_line(exc)}).")
 
     # outermost (added last): the token is checked before any body is read, and bodies are capped
     public = frozenset(p for p in (app.openapi_url, app.docs_url, app.redoc_url,
@@ -328,8 +309,7 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         except GlassboxError:
             raise
         except Exception as exc:
-            raise ApiError(422, f"The model could not run these instances ({type(exc).__name__}: "
-                                f"{_one_line(str(exc))}).") from None
+            raise ApiError(422, f"The model could not run these instances ({one_line(exc)}).") from None
         return {"predictions": probs.tolist(), "model": info.ref}
 
     @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run")

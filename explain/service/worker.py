@@ -19,19 +19,13 @@ import time
 from pathlib import Path
 
 from explain.config import job_heartbeat_s, job_max_attempts, job_stale_s
-from explain.errors import Cancelled, GlassboxError
+from explain.errors import Cancelled, one_line
 from explain.service.models import ModelCache
 from explain.service.runners import RUNNERS, JobContext
 from explain.workspace import Workspace
 from explain.workspace.jobs import JobInfo, LostJob
 
 log = logging.getLogger("glassbox.worker")
-
-
-def one_line(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, GlassboxError) else f"{type(exc).__name__}: {exc}"
-    lines = [part.strip() for part in str(text).splitlines() if part.strip()] or [type(exc).__name__]
-    return lines[0][:500]
 
 
 def _pid_gone(pid: int) -> bool:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from explain.errors import IncompatibleInput
+from explain.errors import IncompatibleInput, one_line
 from explain.kernels import no_mha_fastpath
 from explain.loading.huggingface import HFClassifier
 from explain.loading.model_process import in_model_process
@@ -318,7 +318,7 @@ def _capture_eager(module: nn.Module, x: torch.Tensor) -> AttentionMaps:
             try:
                 layers, names = module.attention_maps(x)
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                raise IncompatibleInput(f"The model raised on these inputs: {str(exc).splitlines()[0][:200]}") from None
+                raise IncompatibleInput(f"The model raised on these inputs: {one_line(exc, 200, typed=False)}") from None
         return _stack([_as_batch_head(t, batch) for t in layers], names, "hooks", [])
     with attention_hooks(module, batch) as captured, torch.no_grad():
         _run_model(module, x)
@@ -336,7 +336,7 @@ def _run_model(module, x):
     try:
         return module(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise IncompatibleInput(f"The model raised on these inputs: {str(exc).splitlines()[0][:200]}") from None
+        raise IncompatibleInput(f"The model raised on these inputs: {one_line(exc, 200, typed=False)}") from None
 
 
 # ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.errors import IncompatibleInput, UsageError
+from explain.errors import IncompatibleInput, UsageError, one_line
 from explain.kernels import no_mha_fastpath
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
@@ -177,7 +177,7 @@ def compute_layer_importance(
                 attr = lig.attribute(x, baselines=baseline, target=target, n_steps=int(steps),
                                      internal_batch_size=max(1, 64 // max(1, x.shape[0])) * x.shape[0])
         except (RuntimeError, ValueError, AssertionError) as exc:
-            text = str(exc).splitlines()[0]
+            text = one_line(exc, typed=False)
             skipped[name] = ("its output is modified in place by the next operation" if "in-place" in text
                              else text[:160])
             continue

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.flop_counter import FlopCounterMode
 
-from explain.errors import IncompatibleInput
+from explain.errors import IncompatibleInput, one_line
 from explain.kernels import no_mha_fastpath
 from explain.model import LoadedModel
 from explain.structure.measures import ActivationStats, ModuleProbe, make_flop_counter, summarise_tensor
@@ -123,7 +123,7 @@ def _run(module, x: torch.Tensor) -> Any:
     try:
         return module(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise IncompatibleInput(f"The model raised on these inputs: {str(exc).splitlines()[0][:200]}") from None
+        raise IncompatibleInput(f"The model raised on these inputs: {one_line(exc, 200, typed=False)}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def _probe_graph(gm: torch.fx.GraphModule, x: torch.Tensor) -> ModuleProbe:
         try:
             interp.run(x)
         except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
-            raise IncompatibleInput(f"The model raised on these inputs: {str(exc).splitlines()[0][:200]}") from None
+            raise IncompatibleInput(f"The model raised on these inputs: {one_line(exc, 200, typed=False)}") from None
     root_type = type(gm).__name__
     types: dict[str, str] = {}
     order: list[str] = [""]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from explain.errors import IncompatibleInput
+from explain.errors import IncompatibleInput, one_line
 from explain.kernels import no_mha_fastpath
 from explain.structure.measures import ActivationStats, ModuleProbe, make_flop_counter, summarise_tensor
 
@@ -129,7 +129,7 @@ def probe_script_modules(module: torch.jit.ScriptModule, x: torch.Tensor) -> Mod
         try:
             outputs = fn(module._c, x)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            raise IncompatibleInput(f"The model raised on these inputs: {str(exc).splitlines()[0][:200]}") from None
+            raise IncompatibleInput(f"The model raised on these inputs: {one_line(exc, 200, typed=False)}") from None
     result, values = outputs[0], outputs[1:]
     value_of = {v.unique(): val for v, val in zip(returned, values)}
     stats = _module_stats(types, entries, values, result)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from explain.errors import CorruptFile, IncompatibleInput
+from explain.errors import CorruptFile, IncompatibleInput, one_line
 from explain.loading.source import describe_content, weights_only_load
 from explain.training.event_records import read_scalar_events
 
@@ -64,7 +64,7 @@ def parse_csv(data: bytes, source: str) -> pd.DataFrame:
         raw = pd.read_csv(io.BytesIO(data), sep=sep, encoding="utf-8-sig", engine="c", keep_default_na=False,
                           na_values=_MISSING, skipinitialspace=True, low_memory=False)
     except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-        raise CorruptFile(f"{source}: not a readable CSV table ({str(exc).splitlines()[0]}).") from None
+        raise CorruptFile(f"{source}: not a readable CSV table ({one_line(exc, typed=False)}).") from None
     for col in raw.columns:
         if pd.api.types.is_bool_dtype(raw[col]):  # True/False flags are not curves
             raw[col] = raw[col].astype(str)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select, update
 
-from explain.errors import GlassboxError, NotFound, PermissionDenied, UsageError
+from explain.errors import GlassboxError, NotFound, PermissionDenied, QueueFull, UsageError
 from explain.workspace.core import Core, new_id
 from explain.workspace.roles import Action, Actor, allows
 from explain.workspace.schema import Job, utcnow
@@ -39,10 +39,6 @@ from explain.workspace.schema import Job, utcnow
 PRIORITIES = ("interactive", "batch")
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
-
-
-class QueueFull(GlassboxError):
-    """The owner already has as many queued or running jobs as allowed (HTTP 429)."""
 
 
 class LostJob(GlassboxError):

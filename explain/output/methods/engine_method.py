@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from explain.attribution import Attribution, compute_completeness_error
-from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
+from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError, one_line
 from explain.inputs.text import special_token_ids
 from explain.model import LoadedModel
 from explain.output.engine import Engine, ModelFunction, add_rows, is_out_of_memory, text_incompatibility
@@ -90,8 +90,7 @@ class EngineMethod(Explainer):
         except Exception as exc:  # noqa: BLE001 - the user's model (or a method) raised
             if is_out_of_memory(exc):
                 raise TooLarge("Out of memory.", "Use fewer inputs or steps, or --device cpu.") from exc
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise IncompatibleInput(f"{self.name} failed: the model raised {type(exc).__name__}: {first}") from exc
+            raise IncompatibleInput(f"{self.name} failed: the model raised {one_line(exc, 200)}") from exc
 
     def _attribute(self, model, inputs, target, progress, **params) -> Attribution:
         start = time.perf_counter()

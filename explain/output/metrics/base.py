@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from explain.attribution import Attribution
-from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
+from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError, one_line
 from explain.model import LoadedModel
 from explain.output.cache import AttributionCache, make_key
 from explain.output.engine import is_out_of_memory
@@ -252,8 +252,7 @@ class Metric:
         except Exception as exc:  # noqa: BLE001 - the user's model raised
             if is_out_of_memory(exc):
                 raise TooLarge("Out of memory.", "Use fewer inputs, steps or samples, or device cpu.") from exc
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise IncompatibleInput(f"{self.name} failed: {type(exc).__name__}: {first}") from exc
+            raise IncompatibleInput(f"{self.name} failed: {one_line(exc, 200)}") from exc
         result.seconds = time.perf_counter() - start
         if key is not None:
             METRIC_CACHE.put(key, result)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from explain.errors import InputRefused
+from explain.errors import InputRefused, one_line
 from explain.loading.source import read_source
 
 
@@ -23,7 +23,7 @@ def read_masks(source: Any, filename: str | None = None) -> np.ndarray:
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputRefused(f"Cannot read the masks {name}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+        raise InputRefused(f"Cannot read the masks {name}: {one_line(exc, typed=False)}",
                            "Give a .npy or .npz of booleans, one mask per input.") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         keys = list(loaded.files)
