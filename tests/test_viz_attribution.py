@@ -172,3 +172,19 @@ def test_colour_bar_numbers_read_for_tiny_and_huge_values():
     html = viz.legend_html(3.4e-6, "all")
     assert "−3.4e−6" in html and "+3.4e−6" in html  # the HTML legend writes the ends the same way
     assert ">0<" not in viz.legend_html(3.4e-6, "negative").split("linear-gradient")[0]  # its low end is the limit
+
+
+def test_grad_cam_uses_the_attribution_scale_not_jet():
+    """Issue 21: Grad-CAM maps are drawn in the one attribution scale (non-negative: transparent at 0
+    to red), over the grey-scale underlay, as every other map."""
+    from explain.viz.attribution import grey_image, plotly_colorscale
+    from explain.viz.structure import figure_grad_cam
+
+    image = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    cam = np.linspace(0, 1, 64).reshape(8, 8)
+    fig = figure_grad_cam(image, cam, "#0 · cat")
+    underlay, heat = fig.data
+    np.testing.assert_array_equal(np.asarray(underlay.z), grey_image(image))
+    assert [list(s) for s in heat.colorscale] == plotly_colorscale("positive")
+    assert (heat.zmin, heat.zmax) == (0.0, 1.0)
+    np.testing.assert_allclose(np.asarray(heat.z), cam)

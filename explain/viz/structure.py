@@ -12,6 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from explain.viz.attribution import image_attribution_figure
 from explain.viz.labels import (
     NARROW_WIDTH,
     TITLE_SIZE,
@@ -194,15 +195,13 @@ def figure_layer_importance(result) -> go.Figure:
     return keep_labels_inside(fig)
 
 
-def figure_grad_cam(image: np.ndarray, cam: np.ndarray, title: str = "", opacity: float = 0.5) -> go.Figure:
-    """Grad-CAM heat map [H, W] in [0, 1] over an RGB uint8 image [H, W, 3]."""
-    fig = go.Figure(go.Image(z=image))
-    fig.add_trace(go.Heatmap(z=cam, colorscale="Jet", opacity=opacity, zmin=0, zmax=1, showscale=False,
-                             hovertemplate="x %{x} y %{y}<br>Grad-CAM %{z:.2f}<extra></extra>"))
-    fig.update_layout(title=title, height=280, margin=dict(l=5, r=5, t=40, b=5))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-    return keep_labels_inside(fig)
+def figure_grad_cam(image: np.ndarray, cam: np.ndarray, title: str = "", target: str = "") -> go.Figure:
+    """Grad-CAM heat map [H, W] in [0, 1] over an RGB uint8 image [H, W, 3], drawn as every other
+    attribution map is (`explain.viz.attribution.image_attribution_figure`): the non-negative scale
+    of `colour_stops` (transparent at zero to red at 1) over the input's grey-scale copy, with its
+    colour bar; ``target`` names the class the map explains."""
+    cam = np.clip(np.asarray(cam, dtype=np.float64), 0.0, None)
+    return image_attribution_figure(image, cam, zmax=1.0, sign="positive", title=title, height=220, target=target)
 
 
 #: the colour scale of a heat map over a picture (perceptually even, dark to bright).
