@@ -27,7 +27,8 @@ def test_cli_json_on_a_keras_log(tmp_path):
     kinds = [f["kind"] for f in out["findings"]]
     assert kinds == ["overfitting", "best_epoch"]
     over = out["findings"][0]
-    assert set(over) == {"kind", "severity", "message", "epochs"} and abs(over["epochs"][0] - 30) <= 2
+    assert set(over) == {"kind", "severity", "message", "epochs", "evidence"} and abs(over["epochs"][0] - 30) <= 2
+    assert out["evidence"] == [f["evidence"] for f in out["findings"]]  # the older top-level list, kept
     assert out["x"] == "epoch" and out["points"] == 60
     from explain.finding import severity_rank  # worst first, in the order the pages show
 

@@ -184,3 +184,39 @@ def test_report_lists_findings_in_the_one_order():
     listed = [(f["kind"], f["severity"]) for f in section.data["findings"]]
     expected = [(f.kind, f.severity) for f in sort_findings(diagnose(history))]
     assert listed == expected and len({s for _, s in listed}) >= 2
+
+
+# -- one plain form and one icon set (issue 21) ----------------------------------------------------
+def test_finding_round_trips_through_its_plain_json_form():
+    import json
+
+    from explain.finding import Finding
+
+    f = Finding("overfitting", "warning", "val loss rises", [np.float64(30)], {"gap": np.float32(0.5), "n": np.int64(3)})
+    data = json.loads(json.dumps(f.to_dict()))  # plain JSON values, numpy numbers included
+    assert data == {"kind": "overfitting", "severity": "warning", "message": "val loss rises", "epochs": [30.0],
+                    "evidence": {"gap": 0.5, "n": 3}}
+    assert Finding.from_dict(data) == Finding("overfitting", "warning", "val loss rises", [30.0], {"gap": 0.5, "n": 3})
+    assert Finding.from_dict({"kind": "k", "severity": "info", "message": "m"}).epochs == []  # an older saved run
+
+
+def test_one_icon_per_severity_for_pages_and_report():
+    from pathlib import Path
+
+    from explain.finding import SEVERITIES, SEVERITY_ICONS, Finding
+    from explain.report.analysis import _finding_data, _findings_html
+
+    assert set(SEVERITY_ICONS) == set(SEVERITIES)
+    f = Finding("divergence", "error", "loss became NaN", [4.0])
+    assert f.icon == SEVERITY_ICONS["error"] and Finding("x", "odd", "m").icon not in SEVERITY_ICONS.values()
+    assert _findings_html([f]).startswith(f"<ul class=\"findings\"><li>{SEVERITY_ICONS['error']} ")
+    assert _finding_data(f, "run 2") == {"run": "run 2", **f.to_dict()}
+    # no other severity -> icon map and no hand-built finding dict in the library, the UI or the pages
+    root = Path(__file__).resolve().parents[1]
+    pending = {"ui/run_view.py"}  # the saved-run view, being reworked separately: to move to Finding.from_dict / icon
+    for path in [*root.glob("explain/**/*.py"), *root.glob("ui/*.py"), *root.glob("pages/**/*.py")]:
+        name = path.relative_to(root).as_posix()
+        if name == "explain/finding.py" or name in pending:
+            continue
+        text = path.read_text()
+        assert "🛑" not in text and "⛔" not in text and '"severity": f.severity' not in text, name

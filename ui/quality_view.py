@@ -126,7 +126,7 @@ def render_quality_findings(model: LoadedModel) -> None:
     if not stored or stored[0] != model.sha256:
         return
     for f in stored[1]:
-        st.markdown(f"⚠️ **{f.kind}** — {escape_markdown(f.message)}")
+        st.markdown(f"{f.icon} **{f.kind}** — {escape_markdown(f.message)}")
 
 
 def _read_masks(upload) -> np.ndarray | None:

@@ -50,9 +50,8 @@ def run(args: argparse.Namespace) -> dict:
     frame = history.by_epoch()
     return {
         "series": history.series_lengths(),
-        "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message, "epochs": f.epochs}
-                     for f in findings],
-        "evidence": [f.evidence for f in findings],
+        "findings": [f.to_dict() for f in findings],
+        "evidence": [f.to_dict()["evidence"] for f in findings],  # also in each finding; kept for older scripts
         "roles": history.roles,
         "x": history.default_x,
         "x_columns": history.x_columns,

@@ -203,13 +203,14 @@ def read_training_runs(logs: Sequence[Any], checkpoints: Sequence[Any], fallback
 
 def _findings_html(findings) -> str:
     items = "".join(
-        f'<li><span class="sev-{escape(f.severity)}">{escape(f.kind)}</span> {escape(f.message)}</li>' for f in findings
+        f'<li>{f.icon} <span class="sev-{escape(f.severity)}">{escape(f.kind)}</span> {escape(f.message)}</li>'
+        for f in findings
     ) or "<li>No findings.</li>"
     return f'<ul class="findings">{items}</ul>'
 
 
 def _finding_data(f, run: str | None = None) -> dict[str, Any]:
-    data = {"kind": f.kind, "severity": f.severity, "message": f.message, "epochs": list(f.epochs)}
+    data = f.to_dict()
     return {"run": run, **data} if run is not None else data
 
 

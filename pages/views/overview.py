@@ -201,8 +201,7 @@ with train_col:
                 if len(histories) > 1:
                     st.markdown(f"**Findings · {escape_markdown(name)}**" + ("" if fs else ": none"))
                 for f in fs:
-                    icon = {"error": "🛑", "warning": "⚠️"}.get(f.severity, "ℹ️")
-                    st.markdown(f"{icon} **{f.kind}** — {escape_markdown(f.message)}")
+                    st.markdown(f"{f.icon} **{f.kind}** — {escape_markdown(f.message)}")
 
 with struct_col:
     st.subheader("Structure")

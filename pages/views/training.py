@@ -26,7 +26,6 @@ from ui.text import escape_markdown
 
 LOG_TYPES = None  # TensorBoard event files have no fixed extension (events.out.tfevents.<time>.<host>)
 CKPT_TYPES = ["pt", "pth", "ckpt", "bin", "tar", "safetensors", "zip"]  # zip: a Hugging Face model folder
-ICONS = {"info": "ℹ️", "warning": "⚠️", "error": "⛔"}
 ROLE_LABELS = {"train_loss": "Training loss", "val_loss": "Validation loss", "train_metric": "Training metric",
                "val_metric": "Validation metric", "lr": "Learning rate"}
 NONE = "(none)"
@@ -55,7 +54,7 @@ def _render_findings(findings) -> None:
         st.caption("No findings: the curves are too short or no loss is assigned.")
     for f in findings:
         where = ", ".join(f"{e:g}" for e in f.epochs[:6])
-        st.markdown(f"{ICONS.get(f.severity, '•')} **{f.kind}** ({where}) — {escape_markdown(f.message)}")
+        st.markdown(f"{f.icon} **{f.kind}** ({where}) — {escape_markdown(f.message)}")
     if findings:
         with st.expander("Evidence (the numbers behind each finding)"):
             st.json([{"kind": f.kind, "epochs": f.epochs, **f.evidence} for f in findings], expanded=False)
