@@ -17,10 +17,12 @@ of their own. Files named by ``--out`` are written through
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from explain.errors import GlassboxError, InputRefused, UsageError, exit_code, one_line
 from explain.jsonable import to_json_safe
@@ -38,15 +40,29 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv``, only the subcommand it names is imported (the others are listed
+    by their docstring's first line, read without importing them), so ``--help`` and the workspace
+    subcommands never import torch. Without ``argv`` every subcommand is imported."""
     parser = _Parser(prog="python -m explain", description="Glassbox: explain PyTorch models.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for mod_name in SUBCOMMAND_MODULES:
+        if chosen is not None and mod_name != chosen:
+            sub.add_parser(mod_name, help=_help_line(mod_name))
+            continue
         mod = importlib.import_module(f"{__name__}.{mod_name}")
         p = sub.add_parser(mod.NAME, help=(mod.__doc__ or "").strip().splitlines()[0])
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _help_line(mod_name: str) -> str:
+    """The first line of a subcommand module's docstring, from its source (not imported)."""
+    path = Path(__file__).with_name(f"{mod_name}.py")
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     command = "explain"
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(argv).parse_args(argv)
         command = getattr(args, "command", None) or command
         if not getattr(args, "_run", None):
             raise UsageError("Missing subcommand. Run `python -m explain --help`.")

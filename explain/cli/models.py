@@ -24,15 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from explain.cli.workspace_arg import cli_actor, cli_workspace
-    from explain.loading.huggingface import folder_as_zip
-    from explain.loading.loader import sniff_format
-    from explain.loading.source import read_source
 
     if not getattr(args, "action", None):
         raise UsageError("Missing action: models add|list.")
     ws, actor = cli_workspace(), cli_actor()
-    if args.action == "list":
+    if args.action == "list":  # the workspace only: no torch (the loaders import it)
         return {"models": [v.to_dict() for v in ws.registry.list(actor, args.name)]}
+    from explain.loading.huggingface import folder_as_zip
+    from explain.loading.loader import sniff_format
+    from explain.loading.source import read_source
+
     path = Path(args.file)
     if path.is_dir():  # a Hugging Face folder: stored as the zip the loader reads
         data, filename = folder_as_zip(path)

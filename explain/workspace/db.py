@@ -11,6 +11,7 @@ older, to the newest schema with Alembic; `open_engine` does it on every open.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +64,13 @@ def open_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Upgrade the database behind ``engine`` to Alembic's head revision."""
+    """Upgrade the database behind ``engine`` to Alembic's head revision.
+
+    A database already at the head (most opens) is recognised with one query, without importing
+    Alembic (about half a second of every CLI call)."""
+    head = script_head()
+    if head is not None and current_revision(engine) == head:
+        return
     from alembic import command
     from alembic.config import Config
 
@@ -74,6 +81,37 @@ def migrate(engine: Engine) -> None:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7433)")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=\s*(.*?)\s*$", re.M)
+_SIMPLE = re.compile(r"""^(None|"[\w.-]+"|'[\w.-]+')$""")
+
+
+def script_head() -> str | None:
+    """The head revision read from the migration files' ``revision`` / ``down_revision`` lines
+    (`head_revision` without Alembic); None when that is not plain (a merge, several heads)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = dict(_REVISION_LINE.findall(path.read_text(encoding="utf-8")))
+        if "revision" not in found:
+            continue
+        if not all(_SIMPLE.match(found.get(key, "None")) for key in ("revision", "down_revision")):
+            return None
+        revisions.add(found["revision"].strip("\"'"))
+        if found.get("down_revision", "None") != "None":
+            parents.add(found["down_revision"].strip("\"'"))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's Alembic revision; None when it has none (new, or not Alembic's)."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    except Exception:  # no such table yet
+        return None
+    return rows[0] if len(rows) == 1 else None
 
 
 def head_revision() -> str:
