@@ -121,3 +121,13 @@ def test_public_api_resolves_from_one_home():
         home = explain._EXPORTS[name]
         assert getattr(__import__(home, fromlist=[name]), name) is value
         assert getattr(value, "__module__", home).startswith("explain"), name
+
+
+def test_structure_never_imports_output():
+    """Layer attribution lives in ``explain/output`` (layer_attribution, layer_importance); what the model
+    is (``explain/structure``) never reaches up into why it predicts (issue 21: the one arrow back up)."""
+    graph = explain_graph()
+    up = {(name, target) for name, targets in graph.items() if name.startswith("explain.structure")
+          for target in targets if target.startswith("explain.output")}
+    assert not up, sorted(up)
+    assert not any(name.startswith("explain.structure") and "layer" in name and "attribution" in name for name in graph)

@@ -86,7 +86,7 @@ def test_every_caller_builds_its_reference_here():
     root = Path(__file__).resolve().parent.parent / "explain"
     callers = ["output/methods/deeplift.py", "output/methods/deeplift_shap.py", "output/methods/shap_deep.py",
                "output/methods/layer_integrated_gradients.py", "output/layer_attribution.py",
-               "structure/layer_importance.py"]
+               "output/layer_importance.py"]
     for rel in callers:
         text = (root / rel).read_text()
         assert "text_reference(" in text, rel

@@ -301,7 +301,7 @@ def test_sentiment_tokens_get_the_largest_attributions():
 # issue 20: Grad-CAM's layer choices, backgrounds named, completeness flagged
 # --------------------------------------------------------------------------
 def test_grad_cam_offers_its_candidate_layers_and_records_the_one_used():
-    from explain.structure.layer_importance import grad_cam_layers
+    from explain.output.layer_importance import grad_cam_layers
 
     model, x = case("shapes")
     method = get_method("grad_cam")

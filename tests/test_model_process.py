@@ -226,7 +226,7 @@ def test_a_hugging_face_cnn_says_it_has_no_attention_instead_of_failing(tmp_path
     with pytest.raises(IncompatibleInput, match="no attention layers"):
         capture_attention(model, x)
     assert any(row.name.endswith("encoder") or "stages" in row.name for row in build_layer_table(model, x).rows)
-    from explain.structure.layer_importance import grad_cam_layer
+    from explain.output.layer_importance import grad_cam_layer
 
     default = grad_cam_layer(model, x)  # the last stage's map, not the stem (issue 20, item 4)
     assert "encoder.stages.1" in default and "embedder" not in default, default

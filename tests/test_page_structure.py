@@ -74,7 +74,7 @@ def test_layer_filter_and_depth_change_the_table():
 
 
 def test_grad_cam_layer_is_chosen_from_the_candidates_and_named_under_each_map():
-    from explain.structure.layer_importance import grad_cam_layers
+    from explain.output.layer_importance import grad_cam_layers
     from sample_models import sample_inputs
 
     layers = grad_cam_layers(load_sample("shapes"), sample_inputs("shapes")["inputs"][:2])

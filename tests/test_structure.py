@@ -11,14 +11,14 @@ from torch import nn
 
 from explain.errors import IncompatibleInput, UsageError
 from explain.model import LoadedModel
-from explain.spec import InputSpec
-from explain.structure.activations import compute_weight_histogram, compute_weight_stats, tabulate_activations
-from explain.structure.layer_importance import (
+from explain.output.layer_importance import (
     candidate_layers,
     compute_grad_cam,
     compute_layer_importance,
     grad_cam_layers,
 )
+from explain.spec import InputSpec
+from explain.structure.activations import compute_weight_histogram, compute_weight_stats, tabulate_activations
 from explain.structure.layers import build_layer_table, describe_layers, filter_rows
 from explain.structure.module_graph import build_module_graph, describe_module
 from tests.conftest import in_process

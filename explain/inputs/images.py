@@ -228,3 +228,12 @@ def original_copy(img: Any) -> np.ndarray:
     copy = img.convert("RGB")
     copy.thumbnail((ORIGINAL_SIDE, ORIGINAL_SIDE), Image.BILINEAR)
     return np.asarray(copy, np.uint8)
+
+
+def upsample(heat: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a [h, w] map to the picture's [height, width], to lay it over the
+    input (a layer's map, a Vision Transformer's patch grid)."""
+    h, w = heat.shape
+    rows = (np.arange(height) * h // height).clip(0, h - 1)
+    cols = (np.arange(width) * w // width).clip(0, w - 1)
+    return heat[rows][:, cols]

@@ -35,11 +35,11 @@ def warm_up() -> None:
 
     import shap  # noqa: F401 - shap_gradient
 
+    import explain.output.layer_importance  # noqa: F401
     import explain.output.methods  # noqa: F401 - every explainer
     import explain.output.metrics  # noqa: F401
     import explain.structure.activations  # noqa: F401
     import explain.structure.attention  # noqa: F401
-    import explain.structure.layer_importance  # noqa: F401
     import explain.structure.layers  # noqa: F401
     from explain.loading.export import load_export_parts
     from explain.loading.vetting import warmup_graph

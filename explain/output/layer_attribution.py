@@ -28,7 +28,7 @@ from explain.errors import IncompatibleInput, UsageError
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.baselines import text_reference
-from explain.structure.layer_importance import SKIPPED_LAYER_TYPES
+from explain.output.layer_importance import SKIPPED_LAYER_TYPES
 
 LAYER_METHODS = ("integrated_gradients", "conductance")
 #: the completeness error above which a layer attribution is flagged.
@@ -218,11 +218,3 @@ def display_values(values: np.ndarray, modality: str) -> tuple[np.ndarray, str]:
     if values.ndim == 3 and modality == "text":
         return values.sum(axis=2), "tokens"
     return values.reshape(len(values), -1), "units"
-
-
-def upsample(heat: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of a [h, w] map to [height, width] (to lay it over the input)."""
-    h, w = heat.shape
-    rows = (np.arange(height) * h // height).clip(0, h - 1)
-    cols = (np.arange(width) * w // width).clip(0, w - 1)
-    return heat[rows][:, cols]

@@ -1,4 +1,5 @@
-"""Which layers matter: layer attribution ranking and Grad-CAM.
+"""Which layers matter: layer attribution ranking and Grad-CAM (beside `explain.output.layer_attribution`,
+attribution to one chosen layer: layer attribution lives in `explain.output` only).
 
 Layer importance uses Captum's ``LayerIntegratedGradients`` on each candidate
 layer, target = the predicted class. It integrates the gradient along a

@@ -4,6 +4,6 @@
 tree as a DOT graph) · ``module_probe`` / ``script_probe`` (running a model once and
 recording per-module statistics, eager or TorchScript) · ``attention`` /
 ``attention_export`` / ``attention_summary`` (attention maps per layer and head) ·
-``activations`` (activation and weight statistics) · ``layer_importance`` (which layers
-matter, Grad-CAM on a chosen layer).
+``activations`` (activation and weight statistics). Attribution to layers (ranking,
+Grad-CAM, one chosen layer) is `explain.output`'s.
 """

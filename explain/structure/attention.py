@@ -41,11 +41,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from explain.errors import IncompatibleInput, one_line
+from explain.inputs.images import upsample
 from explain.kernels import no_mha_fastpath
 from explain.loading.huggingface import HFClassifier
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
-from explain.output.layer_attribution import upsample
 from explain.structure.attention_export import attention_probs, rewrite_attention_graph
 from explain.structure.attention_summary import compute_rollout
 

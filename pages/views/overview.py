@@ -11,9 +11,10 @@ from explain.attribution import run_details
 from explain.digest import digest_array
 from explain.errors import GlassboxError
 from explain.finding import sort_findings
+from explain.inputs.images import upsample
 from explain.inputs.tabular import feature_names
 from explain.inputs.text import detokenize, padding_mask, token_display
-from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer, upsample
+from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer
 from explain.output.methods import compatible_methods, get_method
 from explain.output.methods.base import completeness_caption
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint

@@ -8,7 +8,8 @@ import streamlit as st
 from explain.digest import digest_array
 from explain.errors import GlassboxError
 from explain.inputs.text import real_length
-from explain.structure import activations, attention, attention_summary, layer_importance
+from explain.output import layer_importance
+from explain.structure import activations, attention, attention_summary
 from explain.structure import layers as structure
 from explain.structure import module_graph as graph
 from explain.viz import structure as viz

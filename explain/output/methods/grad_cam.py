@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017) as an attribution method.
 
 The computation and the list of layers it can run on are
-`explain.structure.layer_importance`'s (`grad_cam_layers`, `grad_cam_rows`),
+`explain.output.layer_importance`'s (`grad_cam_layers`, `grad_cam_rows`),
 the same the Structure page draws; this method keeps the raw maps (not
 normalised), broadcast over the channels so values are shaped like the input.
 The default layer is the first of `grad_cam_layers` (the last spatial block at
@@ -15,11 +15,11 @@ import numpy as np
 
 from explain.errors import GlassboxError
 from explain.model import LoadedModel
+from explain.output.layer_importance import grad_cam_layer, grad_cam_layers, grad_cam_rows, module_types
 from explain.output.methods.base import register
 from explain.output.methods.common import ENGINE_PARAMS
 from explain.output.methods.engine_method import Context, EngineMethod, Partial
 from explain.params import ParamSpec
-from explain.structure.layer_importance import grad_cam_layer, grad_cam_layers, grad_cam_rows, module_types
 
 
 def grad_cam_incompatibility(model: LoadedModel) -> str | None:
