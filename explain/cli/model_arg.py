@@ -38,6 +38,34 @@ CLI_SPEC_HINT = ("Pass --spec SPEC.json or --inputs X.npy (model-ready: float N�
                  "float N×F tabular, integer N×L text ids).")
 
 
+class CliVetting:
+    """The CLI workspace's vetting results (`explain.workspace.vetting`), opened only when a loader
+    asks (a graph to vet), so a subcommand that loads a safetensors file never opens the workspace;
+    a workspace that cannot be opened keeps nothing (the graph is vetted as without one)."""
+
+    def __init__(self):
+        self._results = None
+
+    def _open(self):
+        if self._results is None:
+            try:
+                from explain.cli.workspace_arg import cli_workspace
+
+                self._results = cli_workspace().vetting
+            except Exception:  # noqa: BLE001 - no workspace: vet in this process only
+                self._results = False
+        return self._results or None
+
+    def get(self, sha256: str, torch_version: str, settings: str):
+        results = self._open()
+        return results.get(sha256, torch_version, settings) if results else None
+
+    def put(self, sha256: str, torch_version: str, settings: str, outcome: dict) -> None:
+        results = self._open()
+        if results:
+            results.put(sha256, torch_version, settings, outcome)
+
+
 def load_model_arg(path: str, spec_path: str | None = None, inputs_path: str | None = None) -> LoadedModel:
     """A `LoadedModel` from a file path (or a bundled sample by name), its spec resolved.
 
@@ -67,7 +95,7 @@ def load_model_arg(path: str, spec_path: str | None = None, inputs_path: str | N
     arrays = [f for f in files if f.suffix.lower() in ARRAY_SUFFIXES] if folder else files
     sample = model_ready_array(arrays[0]) if arrays and spec is None else None
     try:
-        return load_model(path, spec=spec, sample_input=sample)
+        return load_model(path, spec=spec, sample_input=sample, vetted=CliVetting())
     except SpecNeeded as exc:
         hint = CLI_SPEC_HINT
         if inputs_path and sample is None:

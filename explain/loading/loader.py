@@ -56,7 +56,7 @@ from explain.loading.source import (
     read_source,
 )
 from explain.loading.torchscript import is_torchscript, load_torchscript_parts
-from explain.loading.vetting import vet_graph
+from explain.loading.vetting import VettingMemory, vet_graph
 from explain.loading.weights import load_pickle_parts, load_safetensors_parts
 from explain.model import LoadedModel
 from explain.spec import InputSpec, SpecGuess, SpecNeeded, guess_from_array, infer_spec, spec_from_guess
@@ -74,6 +74,7 @@ def load_model(
     trusted: bool | None = None,
     device: str | torch.device = "cpu",
     sample_input: np.ndarray | None = None,
+    vetted: VettingMemory | None = None,
 ) -> LoadedModel:
     """Load a model file safely and describe how to feed it.
 
@@ -87,6 +88,9 @@ def load_model(
         device: where the returned model lives.
         sample_input: a model-ready batch to infer the spec from when neither
             ``spec`` nor the file gives one.
+        vetted: where vetting outcomes outlive this process (the workspace's
+            ``ws.vetting``): a graph vetted there before, for this torch version
+            and these settings, is not vetted again. None: vetted once per process.
 
     Returns:
         An eval-mode `LoadedModel` (``requires_grad`` of parameters untouched).
@@ -110,7 +114,7 @@ def load_model(
         raise remembered.__class__(remembered.reason, remembered.hint) if not isinstance(remembered, SpecNeeded) \
             else SpecNeeded(remembered.reason, remembered.hint, remembered.guess)
     try:
-        return _load_kind(kind, data, name, digest, explicit, trusted, archive, sample_input, device)
+        return _load_kind(kind, data, name, digest, explicit, trusted, archive, sample_input, device, vetted)
     except GlassboxError as exc:
         if key and not any(word in exc.reason for word in ("busy", "did not start")):
             _remember_refusal(key, exc)
@@ -118,8 +122,8 @@ def load_model(
 
 
 def _load_kind(kind: str, data: bytes, name: str, digest: str, explicit: InputSpec | None, trusted: bool,
-               archive: Any, sample_input: Any, device: Any) -> LoadedModel:
-    parts = _load_parts(kind, data, explicit, trusted, archive)
+               archive: Any, sample_input: Any, device: Any, vetted: VettingMemory | None = None) -> LoadedModel:
+    parts = _load_parts(kind, data, explicit, trusted, archive, vetted)
     info = parts.process.info if parts.process is not None else {}
     if parts.process is not None:  # what the graph's own process read of it
         signature = guess_from_info(info.get("signature"))
@@ -134,7 +138,7 @@ def _load_kind(kind: str, data: bytes, name: str, digest: str, explicit: InputSp
         check_spec_fits(parts.exported_program, final)
     elif parts.process is not None and parts.format == "export":
         check_program_fits(parts, final)
-    vetting = vet_graph(parts, data, final)  # a user's graph: every batch size first runs in the sandbox
+    vetting = vet_graph(parts, data, final, vetted)  # a user's graph: every batch size first runs in the sandbox
     final = check_forward(parts, final)
     model = LoadedModel(
         module=parts.module,
@@ -237,12 +241,12 @@ def _looks_like_safetensors(data: bytes) -> bool:
 # loading and spec resolution
 # --------------------------------------------------------------------------
 def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool,
-                archive: Archive | None = None) -> LoadedParts:
+                archive: Archive | None = None, vetted: VettingMemory | None = None) -> LoadedParts:
     try:
         if kind == "safetensors":
             return load_safetensors_parts(data)
         if kind == "torchscript":
-            return load_torchscript_parts(data, spec, archive)
+            return load_torchscript_parts(data, spec, archive, vetted)
         if kind == "export":
             return check_export_parts(data, archive)
         if kind == "huggingface":

@@ -17,7 +17,7 @@ from __future__ import annotations
 from explain.loading.model_process import load_remote_parts
 from explain.loading.script_check import check_torchscript_archive
 from explain.loading.source import MAX_SPEC_BYTES, Archive, LoadedParts, find_member, open_archive, spec_from_text
-from explain.loading.vetting import probe_torchscript
+from explain.loading.vetting import VettingMemory, probe_torchscript
 from explain.spec import SPEC_FILENAME, InputSpec
 
 
@@ -26,7 +26,8 @@ def is_torchscript(names: list[str]) -> bool:
     return find_member(names, "constants.pkl") is not None or any("/code/" in n for n in names)
 
 
-def load_torchscript_parts(data: bytes, spec: InputSpec | None, archive: Archive | None = None) -> LoadedParts:
+def load_torchscript_parts(data: bytes, spec: InputSpec | None, archive: Archive | None = None,
+                           vetted: VettingMemory | None = None) -> LoadedParts:
     """Probe the archive in a sandboxed child, then load it in its own model process.
 
     Args:
@@ -34,6 +35,7 @@ def load_torchscript_parts(data: bytes, spec: InputSpec | None, archive: Archive
         spec: the caller's spec; when None the embedded ``glassbox_spec.json``
             (if any) is used for the child's test forward pass.
         archive: ``data`` already opened (`explain.loading.source.open_archive`).
+        vetted: vetting outcomes kept across processes (`explain.loading.vetting.probe_graph`).
 
     Raises:
         CorruptFile: the child crashed or could not load the archive.
@@ -45,6 +47,6 @@ def load_torchscript_parts(data: bytes, spec: InputSpec | None, archive: Archive
     member = archive.find(f"extra/{SPEC_FILENAME}")
     embedded = spec_from_text(archive.read(member, MAX_SPEC_BYTES)) if member else None
     check_torchscript_archive(archive.zf)  # operators on the allowlist before any torch.jit.load, child included
-    probe = probe_torchscript(data, spec or embedded)
+    probe = probe_torchscript(data, spec or embedded, vetted)
     return load_remote_parts(data, "torchscript", embedded, probe)
 

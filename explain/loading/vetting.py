@@ -38,9 +38,11 @@ batch sizes of their own; a `LoadedModel` built by hand (not by
 from __future__ import annotations
 
 import functools
+import json
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from explain import config
 from explain.digest import digest_bytes
@@ -50,6 +52,7 @@ from explain.spec import InputSpec
 
 #: Probe outcomes (a `GraphProbe` or the refusal) kept per process, keyed by the bytes'
 #: sha256, the loader, the spec and the limits: a page rerun does not run a bomb again.
+#: A `VettingMemory` (the workspace's, `explain.workspace.vetting`) keeps them across processes.
 DONE_CACHE_SIZE = 128
 _DONE: dict[tuple, Any] = {}
 #: Formats whose module is a user's graph: vetted in the sandbox before the server runs it.
@@ -189,6 +192,7 @@ class GraphProbe:
     seconds: float = 0.0
     key: tuple | None = None
     rss_before: int = 0
+    remembered: bool = False  # read back from a `VettingMemory`: vetted by an earlier process
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary, per-row peak memory (bytes) and seconds at the largest size included."""
@@ -201,7 +205,23 @@ class GraphProbe:
             "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
             "protections": list(self.protections),
+            **({"remembered": True} if self.remembered else {}),
         }
+
+
+class VettingMemory(Protocol):
+    """Where vetting outcomes outlive the process (`explain.workspace.vetting.VettingResults`):
+    ``{"ok": True, "probe": {...}}`` or ``{"ok": False, "error", "reason", "hint"}`` by the file's
+    sha256, the torch version and the digest of the vetting settings (`vetting_settings`)."""
+
+    def get(self, sha256: str, torch_version: str, settings: str) -> dict[str, Any] | None: ...
+
+    def put(self, sha256: str, torch_version: str, settings: str, outcome: dict[str, Any]) -> None: ...
+
+
+log = logging.getLogger("glassbox.vetting")
+#: refusals a remembered outcome may raise again, by class name
+_REFUSALS = {cls.__name__: cls for cls in (UnsafeFile, TooLarge, IncompatibleInput, CorruptFile)}
 
 
 def vetting_sizes(fixed: int | None = None, limit: int | None = None) -> list[int]:
@@ -219,7 +239,7 @@ def vetting_key(spec: InputSpec | None, fixed: int | None) -> tuple | None:
     return (tuple(spec.input_shape), spec.dtype, len(spec.vocabulary or ()), fixed, config.vetted_batch())
 
 
-def vet_graph(parts: Any, data: bytes, spec: InputSpec) -> GraphProbe | None:
+def vet_graph(parts: Any, data: bytes, spec: InputSpec, memory: VettingMemory | None = None) -> GraphProbe | None:
     """Vet a loaded user's graph for ``spec`` (None for formats that need no vetting).
 
     A TorchScript archive was already probed while loading; that run is reused
@@ -230,6 +250,7 @@ def vet_graph(parts: Any, data: bytes, spec: InputSpec) -> GraphProbe | None:
         parts: the format loader's ``LoadedParts``.
         data: the file's bytes.
         spec: the resolved spec.
+        memory: outcomes kept across processes (see `probe_graph`).
     """
     if parts.format not in UNTRUSTED_GRAPH_FORMATS:
         return None
@@ -238,17 +259,19 @@ def vet_graph(parts: Any, data: bytes, spec: InputSpec) -> GraphProbe | None:
     if isinstance(done, GraphProbe) and done.key == vetting_key(spec, fixed) and done.max_batch_rows:
         return done
     if parts.format == "torchscript":
-        return probe_torchscript(data, spec)
+        return probe_torchscript(data, spec, memory)
     return probe_graph(data, EXPORT_CHILD_CODE, ".pt2", spec, fixed,
-                       hint="Export the model again, or upload safetensors.", warmup=lambda: warmup_graph("export"), preload=zygote_preload("export"))
+                       hint="Export the model again, or upload safetensors.", warmup=lambda: warmup_graph("export"),
+                       preload=zygote_preload("export"), memory=memory)
 
 
-def probe_torchscript(data: bytes, spec: InputSpec | None) -> GraphProbe:
+def probe_torchscript(data: bytes, spec: InputSpec | None, memory: VettingMemory | None = None) -> GraphProbe:
     """Load a TorchScript archive with ``torch.jit.load`` in the sandbox and vet its batch sizes.
 
     Args:
         data: the archive bytes (already passed `explain.loading.script_check`).
         spec: what the model expects; None only loads the archive (no batch is vetted).
+        memory: outcomes kept across processes (see `probe_graph`).
 
     Returns:
         The `GraphProbe` (``max_batch_rows`` None without a spec).
@@ -258,7 +281,8 @@ def probe_torchscript(data: bytes, spec: InputSpec | None) -> GraphProbe:
     """
     return probe_graph(data, TORCHSCRIPT_CHILD_CODE, "TorchScript", spec,
                        hint="Upload a torch.export .pt2 or safetensors file instead.",
-                       warmup=lambda: warmup_graph("torchscript"), preload=zygote_preload("torchscript"))
+                       warmup=lambda: warmup_graph("torchscript"), preload=zygote_preload("torchscript"),
+                       memory=memory)
 
 
 @functools.cache
@@ -288,12 +312,16 @@ def warmup_graph(fmt: str) -> bytes:
 
 def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None,
                 fixed: int | None = None, hint: str | None = None,
-                warmup: bytes | Callable[[], bytes] = b"", preload: str = "") -> GraphProbe:
+                warmup: bytes | Callable[[], bytes] = b"", preload: str = "",
+                memory: VettingMemory | None = None) -> GraphProbe:
     """Load ``data`` with ``loader_code`` in the sandbox and vet every batch size.
 
     The same bytes with the same spec and limits are vetted once per process:
     the outcome, success or refusal, is remembered (a child that could not
-    start in time is not).
+    start in time is not). With ``memory`` the outcome is also kept there, and
+    read from there first, so no later process vets the same file again for the
+    same torch version and settings (a run stopped by its wall-clock limit is
+    not kept there: a busy machine is no verdict on the file).
 
     Args:
         data: the file's bytes.
@@ -305,6 +333,7 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
         warmup: a trusted graph of the same format ([B, 4] floats in), or a
             function making it, for a fresh child (see `warmup_graph`).
         preload: the zygote preload (`zygote_preload`); "" starts a fresh child.
+        memory: vetting outcomes kept across processes (the workspace's).
 
     Raises:
         UnsafeFile: the child ran past its time or CPU limit.
@@ -313,9 +342,13 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
         CorruptFile: the child crashed or could not load the file.
     """
     sizes = vetting_sizes(fixed)
-    cache_key = (digest_bytes(data), hash(loader_code), vetting_key(spec, fixed), tuple(sizes),
-                 config.sandbox_timeout_s(), config.sandbox_memory_bytes())
+    sha256, settings = digest_bytes(data), vetting_settings(loader_code, spec, fixed, sizes)
+    cache_key = (sha256, settings)
     done = _DONE.get(cache_key)
+    if done is None and memory is not None:
+        done = _recall(memory, sha256, settings, spec, fixed)
+        if done is not None:
+            _remember(cache_key, done)
     if isinstance(done, GlassboxError):
         raise type(done)(done.reason, done.hint)
     if done is not None:
@@ -332,6 +365,9 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
         except GlassboxError as exc:
             if run.timed_out != "startup":  # a busy server is no verdict on the file
                 _remember(cache_key, exc)
+            if not run.timed_out and memory is not None:
+                _keep(memory, sha256, settings, {"ok": False, "error": type(exc).__name__,
+                                                 "reason": exc.reason, "hint": exc.hint})
             raise
     final = run.final
     batches = list(final.get("batches") or [])
@@ -341,7 +377,50 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
         seconds=run.seconds, key=vetting_key(spec, fixed), rss_before=int(final.get("rss_before") or 0),
     )
     _remember(cache_key, probe)
+    if memory is not None:
+        kept = {k: v for k, v in asdict(probe).items() if k not in ("key", "remembered")}
+        _keep(memory, sha256, settings, {"ok": True, "probe": kept})
     return probe
+
+
+def vetting_settings(loader_code: str, spec: InputSpec | None, fixed: int | None, sizes: list[int]) -> str:
+    """What a probe's outcome depends on besides the file and torch, as one digest: the child's
+    code, the spec's shape, dtype and vocabulary size, the batch sizes and the sandbox's limits."""
+    key = vetting_key(spec, fixed)
+    parts = [digest_bytes((loader_code + VET_CODE).encode()), None if key is None else list(key), list(sizes),
+             config.sandbox_timeout_s(), config.sandbox_memory_bytes()]
+    return digest_bytes(json.dumps(parts, sort_keys=True, default=str).encode())
+
+
+def torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
+def _recall(memory: VettingMemory, sha256: str, settings: str, spec: InputSpec | None,
+            fixed: int | None) -> GraphProbe | GlassboxError | None:
+    try:
+        outcome = memory.get(sha256, torch_version(), settings)
+    except Exception as exc:  # noqa: BLE001 - a cache: vet again rather than fail
+        log.info("vetting memory could not be read: %s", exc)
+        return None
+    if not isinstance(outcome, dict):
+        return None
+    if not outcome.get("ok"):
+        cls = _REFUSALS.get(str(outcome.get("error")), CorruptFile)
+        return cls(str(outcome.get("reason") or "The file was refused when it was vetted."), outcome.get("hint"))
+    try:
+        return GraphProbe(**outcome["probe"], key=vetting_key(spec, fixed), remembered=True)
+    except (KeyError, TypeError):  # kept by another version of this code: vet again
+        return None
+
+
+def _keep(memory: VettingMemory, sha256: str, settings: str, outcome: dict[str, Any]) -> None:
+    try:
+        memory.put(sha256, torch_version(), settings, outcome)
+    except Exception as exc:  # noqa: BLE001 - a cache
+        log.info("vetting outcome could not be kept: %s", exc)
 
 
 def _remember(key: tuple, outcome: Any) -> None:

@@ -39,7 +39,8 @@ class ModelCache:
                 self._models.move_to_end(info.sha256)
                 return model
         data, filename, spec = self.ws.registry.file(actor, name, version)
-        model = load_model(data, spec=InputSpec.from_json(spec) if spec else None, filename=filename)
+        model = load_model(data, spec=InputSpec.from_json(spec) if spec else None, filename=filename,
+                           vetted=self.ws.vetting)  # vetted once per file, whichever process comes first
         model.name = name
         with self._lock:
             self._models[info.sha256] = model

@@ -31,6 +31,7 @@ from explain.workspace.review import Review
 from explain.workspace.roles import Action, Actor
 from explain.workspace.runs import RunInfo, RunRecord, Runs, SavedRun
 from explain.workspace.users import Users
+from explain.workspace.vetting import VettingResults
 
 if TYPE_CHECKING:
     from explain.model import LoadedModel
@@ -53,6 +54,7 @@ class Workspace:
         self.review = Review(self.core, self.registry)
         self.audit = Audit(self.core)
         self.jobs = Jobs(self.core)
+        self.vetting = VettingResults(self.core)  # what vetting found, by file (`load_model(vetted=...)`)
 
     def seed(self, files: dict[str, tuple[bytes, str]]) -> list[VersionInfo]:
         """Register each ``name: (bytes, filename)`` whose model name is not in the registry yet."""

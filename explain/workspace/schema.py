@@ -169,3 +169,18 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class VettingResult(Base):
+    """What vetting a user's graph found (`explain.loading.vetting`): kept by the file's sha256, the
+    torch version and the vetting settings, so that no other process (a CLI call, a worker) vets the
+    same file again (`explain.workspace.vetting`)."""
+
+    __tablename__ = "vetting_results"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    torch_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    settings: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of what the probe depends on
+    ok: Mapped[bool] = mapped_column(Boolean)
+    max_batch_rows: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the largest vetted batch
+    outcome: Mapped[dict] = mapped_column(JSON)  # the probe's measurements, or the refusal
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
