@@ -25,7 +25,19 @@ class Attribution:
         inputs: the model-ready inputs that were explained.
         target: int array [N], the explained class per input.
         method: registered method name.
-        params: the parameters the method ran with (steps, baseline, ...).
+        params: the parameters the method ran with (steps, baseline, ...), each
+            as asked. ``params["per_input"]`` (present only where it applies):
+            ``{name: [N values]}``, the value each input really used of a
+            parameter the method adapted per input, e.g. integrated gradients'
+            completeness tolerance raising ``steps`` for input 3 alone:
+            ``params["steps"] == 50``, ``params["per_input"] == {"steps": [50,
+            50, 50, 100]}``. Recorded when some input used a value other than
+            the asked one. Passing a record's params back to
+            `explain.output.methods.base.Explainer.explain` (``per_input``
+            included, cut to the rows explained by
+            `explain.params.select_per_input`) computes each input with the
+            values it used and adapts nothing, so a re-run, a report or the CLI
+            reproduces the record.
         base_value: float array [N]: f(baseline) (IG) or E[f(background)]
             (SHAP family) for the target; NaN where the method defines none.
         output: float array [N]: f(x) for the target logit.

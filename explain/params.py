@@ -56,12 +56,30 @@ class ParamSpec:
 #: the background they compared with, in words, and its rows. Never an input: a re-run that
 #: passes a run's recorded parameters back has them dropped here.
 RECORDED_KEYS = frozenset({"background_description", "background_rows"})
+#: the key of a record's per-input values (`explain.attribution.Attribution`'s ``params``):
+#: ``{name: [N values]}``, what each input used of a parameter its method adapted per input.
+#: Not a method parameter: `explain.output.methods.base.Explainer.explain` takes it as its own
+#: argument, so passing a record's params back reproduces each input as it was computed.
+PER_INPUT = "per_input"
 
 
 def resolve_params(specs: dict[str, ParamSpec], given: dict[str, Any]) -> dict[str, Any]:
-    """Defaults overlaid with the given values, each validated (`RECORDED_KEYS` ignored)."""
-    given = {k: v for k, v in given.items() if k not in RECORDED_KEYS or k in specs}
+    """Defaults overlaid with the given values, each validated (`RECORDED_KEYS` and `PER_INPUT` ignored)."""
+    given = {k: v for k, v in given.items() if (k not in RECORDED_KEYS and k != PER_INPUT) or k in specs}
     unknown = set(given) - set(specs)
     if unknown:
         raise UsageError(f"Unknown parameter(s): {', '.join(sorted(unknown))}.")
     return {name: spec.coerce(name, given.get(name, spec.default)) for name, spec in specs.items()}
+
+
+def select_per_input(params: dict[str, Any], rows: Any) -> dict[str, Any]:
+    """Recorded ``params`` for a subset of their inputs: the `PER_INPUT` values of ``rows`` (indices,
+    or a slice) only, everything else as it is (a report that explains the first rows of a run)."""
+    per_input = params.get(PER_INPUT)
+    if not per_input:
+        return dict(params)
+    picked = {}
+    for name, values in per_input.items():
+        values = list(values)
+        picked[name] = values[rows] if isinstance(rows, slice) else [values[int(i)] for i in rows]
+    return {**params, PER_INPUT: picked}

@@ -51,6 +51,10 @@ class Explainer:
     completeness_tolerance: ClassVar[float] = COMPLETENESS_TOLERANCE
     #: what to do about an error above the tolerance, as the flag says it.
     completeness_remedy: ClassVar[str] = "raise steps"
+    #: parameters the method may adapt per input (integrated gradients' ``steps``, raised by its
+    #: tolerance); what each input used is recorded as ``params["per_input"]`` and given back
+    #: to `explain` as ``per_input`` (`explain.attribution.Attribution`).
+    per_input_params: ClassVar[tuple[str, ...]] = ()
 
     def tolerance(self, params: dict[str, Any]) -> float:
         """The completeness tolerance of a run with these (recorded) ``params``."""
@@ -77,6 +81,7 @@ class Explainer:
         target: np.ndarray | int | None = None,
         progress: ProgressFn | None = None,
         use_cache: bool = True,
+        per_input: dict[str, Any] | None = None,
         **params: Any,
     ) -> Attribution:
         """Attribute ``model``'s ``target`` logit for ``inputs``.
@@ -89,6 +94,11 @@ class Explainer:
             use_cache: return a stored result for the same (model, inputs,
                 method, params, target) from `ATTRIBUTION_CACHE`, and store
                 this one.
+            per_input: ``{name: [N values]}``, a record's per-input values
+                (``Attribution.params["per_input"]``): input ``i`` is computed
+                with ``values[i]`` of each, and the method adapts nothing (a
+                completeness tolerance raises no steps). Only names in
+                `per_input_params`.
             params: method parameters, validated against ``self.params``.
         """
         reason = self.incompatibility(model)
@@ -99,6 +109,9 @@ class Explainer:
 
         inputs = np.asarray(inputs)
         resolved = resolve_params(self.params, params)
+        fixed = self.check_per_input(per_input, len(inputs))
+        if fixed:
+            resolved["per_input"] = fixed  # `EngineMethod` hands it to `run`; part of the cache key
         key = make_key(model, inputs, self.name, resolved, target) if use_cache else None
         cached = ATTRIBUTION_CACHE.get(key) if use_cache else None
         if cached is not None:
@@ -112,6 +125,30 @@ class Explainer:
 
     def _explain(self, model, inputs, target, progress, **params) -> Attribution:  # pragma: no cover
         raise NotImplementedError
+
+    def check_per_input(self, per_input: dict[str, Any] | None, n: int) -> dict[str, list[Any]] | None:
+        """``per_input`` validated for ``n`` inputs: each name one of `per_input_params`, ``n`` values
+        each fitting the parameter's spec; None when there is none.
+
+        Raises:
+            UsageError: an unknown name, or not one value per input.
+        """
+        if not per_input:
+            return None
+        if not isinstance(per_input, dict):
+            raise UsageError(f"per_input must map parameter names to one value per input, not {type(per_input).__name__}.")
+        out = {}
+        for name, values in per_input.items():
+            if name not in self.per_input_params:
+                raise UsageError(f"{self.name} takes no per-input values of {name!r}.",
+                                 f"Per-input values: {', '.join(self.per_input_params) or 'none'}.")
+            values = list(np.asarray(values).ravel()) if isinstance(values, np.ndarray) else values
+            if not isinstance(values, (list, tuple)) or len(values) != n:
+                got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+                raise UsageError(f"per_input[{name!r}] has {got} values for {n} inputs.",
+                                 "Cut a record's per-input values to the rows explained (select_per_input).")
+            out[name] = [self.params[name].coerce(name, v) for v in values]
+        return out
 
 
 def _dispatching(func: Callable) -> Callable:

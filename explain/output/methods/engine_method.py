@@ -31,7 +31,8 @@ class Partial:
     Attributes:
         values: float [N, ...] shaped like the inputs ([N, L] for text).
         base_value: float [N]: f(baseline) / E[f(background)], None if undefined.
-        params: parameters to record (beyond those given), e.g. steps used.
+        params: what to record beyond the parameters given, e.g. ``per_input``: the
+            steps each input used (`explain.attribution.Attribution`).
         notes: remarks for the user.
     """
 
@@ -80,6 +81,8 @@ class EngineMethod(Explainer):
         return text_incompatibility(model) if self.space == "auto" else None
 
     def run(self, ctx: Context, **params: Any) -> Partial:  # pragma: no cover - abstract
+        """The method's values; one with `per_input_params` also takes ``per_input`` (a record's
+        per-input values to use as they are) when one is given."""
         raise NotImplementedError
 
     def _explain(self, model, inputs, target, progress, **params) -> Attribution:
@@ -106,7 +109,9 @@ class EngineMethod(Explainer):
         t = torch.as_tensor(targets, device=engine.device)
         fn = ModelFunction(model, x, self.space)
         ctx = Context(model, engine, fn, x, np.asarray(inputs), t, output)
-        partial = self.run(ctx, **{k: clean_array_param(k, v) for k, v in params.items()})
+        per_input = params.pop("per_input", None)  # a record's values, to reproduce (`Explainer.explain`)
+        given = {k: clean_array_param(k, v) for k, v in params.items()}
+        partial = self.run(ctx, **given, **({"per_input": per_input} if per_input else {}))
         base = partial.base_value
         if self.completeness and base is not None:
             error = compute_completeness_error(partial.values, output, base)

@@ -70,8 +70,14 @@ def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, target
     return acc * diff
 
 
-def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps: int, tolerance: float) -> Partial:
-    """IG for all inputs; inputs above ``tolerance`` are redone with doubled steps."""
+def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps: int, tolerance: float,
+                                        per_input: dict[str, list[int]] | None = None) -> Partial:
+    """IG for all inputs; inputs above ``tolerance`` are redone with doubled steps, and the steps
+    each input used are recorded as ``per_input["steps"]`` when some input used other than
+    ``steps``. Given a record's ``per_input``, each input is computed with its recorded steps
+    instead (`integrated_gradients_as_recorded`) and the tolerance raises nothing."""
+    if per_input and "steps" in per_input:
+        return integrated_gradients_as_recorded(ctx, base, per_input["steps"])
     start = ctx.fn.start_points()
     all_rows = torch.arange(len(ctx.targets), device=start.device)
     attr = integrate_path(ctx, start, base, ctx.targets, steps)
@@ -96,7 +102,34 @@ def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps:
     if len(still):
         notes.append(f"input(s) {still.tolist()} still exceed tolerance {tolerance:g} at {current} steps: "
                      f"they need more than {current} steps.")
-    return Partial(ctx.to_values(attr), base_value, {"steps": int(used.max())}, notes)
+    recorded = {"per_input": {"steps": [int(s) for s in used]}} if np.any(used != steps) else {}
+    return Partial(ctx.to_values(attr), base_value, recorded, notes)
+
+
+def integrated_gradients_as_recorded(ctx: Context, base: torch.Tensor, steps_used: list[int]) -> Partial:
+    """IG with each input's own number of steps (a record's ``per_input["steps"]``): the inputs
+    that used the same steps are integrated together, on the whole batch's baselines, exactly as
+    the tolerance loop computed them; one progress bar over all of them."""
+    start = ctx.fn.start_points()
+    used = np.asarray(steps_used, dtype=np.int64)
+    all_rows = torch.arange(len(ctx.targets), device=start.device)
+    groups = [(int(s), np.flatnonzero(used == s)) for s in np.unique(used)]
+    total = int(sum(s * len(rows) for s, rows in groups))
+    attr = torch.zeros_like(start, dtype=torch.float32)
+    progress, done = ctx.engine.progress, 0
+    try:
+        for s, rows in groups:
+            if progress is not None:  # this group's chunks on the one bar of all groups
+                ctx.engine.progress = lambda d, _t, before=done: progress(before + d, total)
+            index = torch.as_tensor(rows, device=start.device)
+            attr[index] = integrate_path(ctx, start, base, ctx.targets, s, rows=index)
+            done += s * len(rows)
+    finally:
+        ctx.engine.progress = progress
+    base_value = ctx.engine.evaluate(ctx.fn, base, all_rows, ctx.targets)
+    by_steps = "; ".join(f"{s} for input(s) {rows.tolist()}" for s, rows in groups)
+    notes = [f"steps as recorded per input: {by_steps} (tolerance not applied)."] if len(groups) > 1 else []
+    return Partial(ctx.to_values(attr), base_value, {"per_input": {"steps": used.tolist()}}, notes)
 
 
 @register
@@ -105,6 +138,7 @@ class IntegratedGradients(EngineMethod):
     family = "gradient"
     title = "Integrated gradients"
     completeness = True
+    per_input_params = ("steps",)  # the tolerance raises them per input
     params = {
         "steps": STEPS_PARAM,
         "baseline": BASELINE_PARAM,
@@ -115,6 +149,6 @@ class IntegratedGradients(EngineMethod):
         "background": array_param(),
     }
 
-    def run(self, ctx: Context, steps, baseline, tolerance, baseline_array, background) -> Partial:
+    def run(self, ctx: Context, steps, baseline, tolerance, baseline_array, background, per_input=None) -> Partial:
         base = reference_points(ctx, baseline, baseline_array, background)
-        return integrated_gradients_with_tolerance(ctx, base, steps, tolerance)
+        return integrated_gradients_with_tolerance(ctx, base, steps, tolerance, per_input)

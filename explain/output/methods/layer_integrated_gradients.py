@@ -35,11 +35,12 @@ class LayerIntegratedGradients(EngineMethod):
     completeness = True
     modalities = ("text",)
     params = {"steps": STEPS_PARAM, "reference": REFERENCE_PARAM, "tolerance": TOLERANCE_PARAM, **ENGINE_PARAMS}
+    per_input_params = ("steps",)  # the tolerance raises them per input
 
-    def run(self, ctx: Context, steps, reference, tolerance) -> Partial:
+    def run(self, ctx: Context, steps, reference, tolerance, per_input=None) -> Partial:
         start = ctx.fn.start_points()
         if reference == "zero":
             base = torch.zeros_like(start)
         else:  # each input's own first token kept
             base = ctx.fn.embed(text_reference(ctx.x, ctx.model.spec, REFERENCE_TEXTS[reference], keep_first="input"))
-        return integrated_gradients_with_tolerance(ctx, base, steps, tolerance)
+        return integrated_gradients_with_tolerance(ctx, base, steps, tolerance, per_input)

@@ -270,19 +270,28 @@ class Metric:
 def registered_explain(attribution: Attribution) -> ExplainFn:
     """Re-run ``attribution``'s registered method with its recorded parameters (no cache).
 
-    The steps it recorded are the steps it used, so a completeness tolerance is switched
-    off (a randomised model would otherwise raise the steps without end). Array parameters
-    (an uploaded baseline) are not recorded: those fall back to their defaults.
+    What it recorded is what it used, so a completeness tolerance is switched off (a
+    randomised model would otherwise raise the steps without end): inputs as many as the
+    attribution's are computed each with its recorded per-input values (``per_input``,
+    e.g. the steps the tolerance raised for some), other batches (perturbed copies) with
+    the largest recorded value for every row. Array parameters (an uploaded baseline) are
+    not recorded: those fall back to their defaults.
     """
     from explain.output.methods import get_method
+    from explain.params import PER_INPUT
 
     method = get_method(attribution.method)
     params = {k: v for k, v in attribution.params.items() if k in method.params}
     if "tolerance" in method.params:
         params["tolerance"] = 0.0
+    per_input = attribution.params.get(PER_INPUT) or {}
+    largest = {name: max(values) for name, values in per_input.items() if name in method.params and len(values)}
 
     def explain(model: LoadedModel, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        return method.explain(model, inputs, target=targets, use_cache=False, **params).values
+        if per_input and len(inputs) == len(attribution):
+            return method.explain(model, inputs, target=targets, use_cache=False, per_input=per_input,
+                                  **params).values
+        return method.explain(model, inputs, target=targets, use_cache=False, **{**params, **largest}).values
 
     return explain
 
