@@ -26,7 +26,7 @@ from explain.inputs.tabular import feature_names as tabular_feature_names
 from explain.inputs.text import detokenize, padding_mask, token_display
 from explain.loading.source import read_source
 from explain.model import LoadedModel
-from explain.params import resolve_params
+from explain.params import PER_INPUT, resolve_params, select_per_input
 from explain.progress import ProgressFn, report_progress
 from explain.report import analysis
 from explain.report.document import (
@@ -257,8 +257,12 @@ def build_parameters(report_params: dict[str, Any], created: str, seconds: float
     shown = {k: v for k, v in report_params.items() if k != "invocation"}
     rows = [{"parameter": k, "value": json.dumps(round_data(v))} for k, v in shown.items()]
     cmd = report_params.get("invocation", {}).get("command")
+    per_input = any(PER_INPUT in p for p in (report_params.get("method_params") or {}).values())
     body = (f'<p>Made {escape(created)} in {seconds:.1f} s. These are every parameter used; the same call '
-            "reproduces the numbers above.</p>" + table_html(rows, ["parameter", "value"]))
+            "reproduces the numbers above."
+            + (f" A method's <code>{PER_INPUT}</code> values are what each input used (one per input, as its run "
+               "recorded them)." if per_input else "")
+            + "</p>" + table_html(rows, ["parameter", "value"]))
     if cmd:
         body += f"<h3>Command line</h3><pre>{escape(cmd)}</pre>"
     data = {"params": round_data(shown), "created": created, "build_seconds": seconds}
@@ -283,7 +287,9 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         methods: attribution methods, one output section each.
         progress: called with (done, total) after each part.
         max_inputs: how many inputs the output sections explain.
-        method_params: per-method parameters, e.g. ``{"integrated_gradients": {"steps": 32}}``.
+        method_params: per-method parameters, e.g. ``{"integrated_gradients": {"steps": 32}}``; a
+            saved run's recorded ones may carry ``per_input`` (one value per input of ``inputs``,
+            `explain.attribution.Attribution`): each explained input then uses its own.
         labels: true classes [N] (default: the ``InputBatch``'s labels).
         title: the report title (default: "Glassbox report: <model name>").
         invocation: how the report was asked for (``{"command": ...}``); shown, never compared.
@@ -303,11 +309,17 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         raise UsageError(f"max_inputs must be at least 1, got {max_inputs}.")
     methods = list(dict.fromkeys(methods))
     # unknown methods or parameters are a usage error, found before any work
-    method_params = {m: resolve_params(get_method(m).params, dict((method_params or {}).get(m, {})))
-                     for m in methods}
+    given_params = {m: dict((method_params or {}).get(m, {})) for m in methods}
+    method_params = {m: resolve_params(get_method(m).params, given_params[m]) for m in methods}
     array = inputs_array(inputs)
+    for m in methods:  # a record's per-input values (a run's report): checked against the inputs, kept
+        recorded = get_method(m).check_per_input(given_params[m].get(PER_INPUT), len(array)) if array is not None else None
+        if recorded:
+            method_params[m][PER_INPUT] = recorded
     labels = labels if labels is not None else getattr(inputs, "labels", None)
     shown = array[:max_inputs] if array is not None else None
+    # what the explained inputs use: each its recorded values where the parameters carry them
+    shown_params = {m: select_per_input(p, slice(0, max_inputs)) for m, p in method_params.items()}
     shown_labels = np.asarray(labels)[:max_inputs] if labels is not None else None
     log_ids = [_identify(s) for s in logs]
     ckpt_ids = [_identify(s) for s in checkpoints]
@@ -340,7 +352,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
             if shown is None:
                 return [Section.failed(f"Output: {get_method(m).title or m}",
                                        "No inputs were given, so there is nothing to explain (pass --inputs).")]
-            section = build_output_section(model, shown, shown_labels, m, method_params[m])
+            section = build_output_section(model, shown, shown_labels, m, shown_params[m])
             attrs_precisions.append(section.data.get("precision", "fp32"))
             return [section]
         steps.append((f"Output: {get_method(m).title or m}", output))
@@ -352,7 +364,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         metrics = list(quality) if quality is not None else default_metrics(model, shown_masks is not None)
         report.params["quality_metrics"] = metrics
         if metrics:
-            steps.append(("Quality", lambda: [build_quality_section(model, shown, methods, method_params, metrics,
+            steps.append(("Quality", lambda: [build_quality_section(model, shown, methods, shown_params, metrics,
                                                                    shown_masks)]))
 
     def struct() -> list[Section]:

@@ -108,6 +108,7 @@ def explain_methods_job(model: LoadedModel, name: str, version: int, instances: 
             elif spec.kind == "array":
                 given.pop(key, None)  # None: the method's default
         resolve_params(method.params, {**given, **own})
+        method.check_per_input(given.get("per_input"), len(instances))  # a record's per-input values
         arrays.update({f"{i}/{key}": value for key, value in own.items()})
         listed.append({"method": method.name, "params": given})
     measured = []
@@ -131,7 +132,8 @@ def explain_methods_job(model: LoadedModel, name: str, version: int, instances: 
 
 def rerun_job(model: LoadedModel, run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """A saved Output run's explanation asked again (``model``: its version, loaded): the same inputs,
-    methods with their recorded parameters, target, rows, labels and sign, as an ``explain`` job
+    methods with their recorded parameters (each input with the values it used: ``per_input``,
+    `explain.attribution.Attribution`), target, rows, labels and sign, as an ``explain`` job
     that computes afresh (``fresh``: never the attribution cache) and whose run names the one it
     re-runs (``summary["rerun_of"]``). Its params, arrays and title, as `explain_methods_job`."""
     info = run.info
