@@ -2,16 +2,18 @@
 run is shown again (`render_saved_run`) — one module, so saving and showing never disagree.
 
 `output_record` lives in `explain.workspace.records` (the queue's worker saves the same run).
-An Output run stores the explained inputs, every method's arrays and the probabilities, and is
-drawn again with the same `ui.attribution_view` functions as the live page, from the saved arrays
-(nothing is recomputed). "Re-run" (editors) is a job of the queue (`submit_rerun`: the run's inputs,
-methods, parameters and target, computed afresh by a worker and saved as a run of its own);
-`rerun_differences` lists how that run differs from this one. Structure, Training and Overview runs
-store the tables and findings the page showed.
+An Output run stores the explained inputs with their spec, every method's arrays and the
+probabilities, and is drawn again with the same `ui.attribution_view` functions as the live page,
+from the saved arrays and spec (`run_view_model`: nothing is loaded or recomputed). "Re-run"
+(editors) is a job of the queue (`submit_rerun`: the run's inputs, methods, parameters (each
+input's recorded ``per_input`` values) and target, computed afresh by a worker and saved as a run
+of its own); `rerun_differences` lists how that run differs from this one. Structure, Training and
+Overview runs store the tables and findings the page showed.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -66,17 +68,40 @@ def _version_model(sha256: str, _data: bytes, filename: str, _spec: bytes | None
 
 
 def run_model(run: SavedRun) -> LoadedModel:
-    """The model version a run was saved with (loaded from the registry, cached by its sha256)."""
+    """The model version a run was saved with (loaded from the registry, cached by its sha256): what
+    Re-run and a run's report need, never what drawing the run needs (`run_view_model`)."""
     data, filename, spec = team.workspace().registry.file(team.actor(), run.info.model, run.info.version)
     model = _version_model(run.info.sha256, data, filename, spec)
     model.name = run.info.model
     return model
 
 
+@dataclass(frozen=True)
+class SavedModel:
+    """What drawing a saved run needs of its model: its name and the spec the run stored
+    (`SavedRun.spec`). Stands in for the `LoadedModel` the view functions read ``spec`` /
+    ``modality`` / ``name`` from, so opening a run loads (and vets) nothing."""
+
+    name: str
+    spec: InputSpec
+
+    @property
+    def modality(self) -> str:
+        return self.spec.modality
+
+
+def run_view_model(run: SavedRun) -> SavedModel | LoadedModel:
+    """The run's model as its view needs it: from the run's own spec; a run saved before runs
+    stored their spec loads its model version (`run_model`)."""
+    spec = run.spec
+    return SavedModel(run.info.model, spec) if spec is not None else run_model(run)
+
+
 def render_saved_run(run: SavedRun) -> None:
-    """Draw a run exactly as saved: the Output grid from the saved arrays, or the saved tables."""
+    """Draw a run exactly as saved: the Output grid from the saved arrays, or the saved tables.
+    Nothing is loaded or recomputed: the model is the run's stored spec (`run_view_model`)."""
     if run.info.page == "output":
-        model = run_model(run)
+        model = run_view_model(run)
         attrs = output_attributions(run)
         labels = run.inputs.get("labels")
         quality = output_quality(run)
@@ -94,7 +119,7 @@ def render_saved_run(run: SavedRun) -> None:
         from ui.dataset_view import render_download
         from ui.dataset_view import render_summary as render_dataset_summary
 
-        model = run_model(run)
+        model = run_view_model(run)
         render_dataset_summary(model, saved_dataset(run, model.modality), f"run_{run.info.id}")
         render_download(run.results)
         return
@@ -119,8 +144,11 @@ def submit_rerun(run: SavedRun):
     methods, parameters and target, never the attribution cache) as an interactive job; the job.
     Submitting needs the editor role (`Jobs.submit` checks it, whatever the page shows)."""
     from explain.service.runners import rerun_job
+    from ui import jobs
 
-    params, arrays, title = rerun_job(run_model(run), run)
+    model = run_model(run)
+    params, arrays, title = rerun_job(model, run)
+    jobs.share_with_worker(model)
     return team.workspace().jobs.submit(team.actor(), "explain", params, title=title, inputs=arrays,
                                         priority="interactive")
 

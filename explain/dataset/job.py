@@ -20,8 +20,9 @@ from explain.dataset.run import DatasetRun, check_target, dataset_params, explai
 from explain.dataset.summary import DatasetSummary, summary_dict
 from explain.errors import IncompatibleInput, UsageError
 from explain.model import LoadedModel
+from explain.params import PER_INPUT
 from explain.progress import ProgressFn
-from explain.workspace.runs import RunRecord, SavedRun, environment
+from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 
 
 def dataset_job(model: LoadedModel, name: str, version: int, dataset: Dataset, method: str,
@@ -81,8 +82,10 @@ def run_dataset_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str
 
 def dataset_record(name: str, version: int, model: LoadedModel, run: DatasetRun, engine: str,
                    params: dict[str, Any]) -> RunRecord:
-    """A finished dataset run as a saved run: its ``results`` are exactly ``batch``'s RUN.npz."""
-    arrays = run.arrays()
+    """A finished dataset run as a saved run: its ``results`` are exactly ``batch``'s RUN.npz, plus
+    ``per_input/<name>`` [rows] where some shard's method adapted a parameter per row (the steps
+    each row's integrated gradients used); its ``inputs`` carry the spec (`SavedRun.spec`)."""
+    arrays = {**run.arrays(), **_per_row_values(run)}
     first = run.finished()[0].attribution
     seconds = run.seconds()
     errors = arrays["completeness_error"]
@@ -95,13 +98,24 @@ def dataset_record(name: str, version: int, model: LoadedModel, run: DatasetRun,
     return RunRecord(
         page="dataset", model=name, version=version, method=run.method,
         title=f"{run.method} on dataset {run.dataset.name} ({len(run.dataset)} rows) of {model.name}",
-        params={run.method: {k: v for k, v in first.params.items() if not isinstance(v, np.ndarray)},
+        params={run.method: {k: v for k, v in first.params.items() if not isinstance(v, np.ndarray) and k != PER_INPUT},
                 "shard_rows": run.shard_rows, "engine": engine, "target": params.get("target")},
         target=params.get("target") if isinstance(params.get("target"), int) else None,
         inputs={"inputs": run.dataset.rows(0, len(run.dataset)), "item_names": arrays["item_names"],
-                **({"labels": arrays["labels"]} if "labels" in arrays else {})},
+                **({"labels": arrays["labels"]} if "labels" in arrays else {}), **spec_inputs(model.spec)},
         results=arrays, summary=summary,
         environment=environment(device=first.device, precision=first.precision))
+
+
+def _per_row_values(run: DatasetRun) -> dict[str, np.ndarray]:
+    """``per_input/<name>``: each finished row's value of a parameter its shard recorded per input
+    (`explain.attribution.Attribution`), in the order of ``rows``; the asked value where a shard
+    recorded none. Empty when no shard did."""
+    attrs = [r.attribution for r in run.finished()]
+    names = sorted({name for a in attrs for name in (a.params.get(PER_INPUT) or {})})
+    return {f"{PER_INPUT}/{name}": np.concatenate([
+        np.asarray((a.params.get(PER_INPUT) or {}).get(name, [a.params.get(name)] * len(a))) for a in attrs])
+        for name in names}
 
 
 @dataclass(frozen=True)

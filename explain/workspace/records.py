@@ -12,16 +12,18 @@ from explain.digest import digest_array
 from explain.model import LoadedModel
 from explain.output.metrics.base import MetricResult
 from explain.output.metrics.quality import Results
-from explain.workspace.runs import RunRecord, SavedRun, environment
+from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 
 
 def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarray, rows: Sequence[int],
                   shown: Sequence[int], probs: np.ndarray, labels: np.ndarray | None,
                   attrs: Sequence[Attribution], target: int | None, sign: str,
                   params: dict[str, dict[str, Any]], quality: Results | None = None) -> RunRecord:
-    """The Output page's run: ``inputs`` [N, ...] are the explained rows (``rows`` of the batch);
-    ``quality[method][metric]`` the metrics measured on them (`output_quality` reads them back)."""
-    saved_inputs = {"inputs": inputs, "rows": np.asarray(rows, dtype=np.int64)}
+    """The Output page's run: ``inputs`` [N, ...] are the explained rows (``rows`` of the batch), with
+    ``model``'s spec (`SavedRun.spec`: the run is drawn again without loading the model); each
+    method's parameters as recorded (``per_input`` included); ``quality[method][metric]`` the
+    metrics measured on them (`output_quality` reads them back)."""
+    saved_inputs = {"inputs": inputs, "rows": np.asarray(rows, dtype=np.int64), **spec_inputs(model.spec)}
     if labels is not None:
         saved_inputs["labels"] = np.asarray(labels)
     results: dict[str, np.ndarray] = {"probs": np.asarray(probs)}

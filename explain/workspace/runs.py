@@ -3,7 +3,9 @@
 A run names a model version and stores its inputs and results as two ``.npz`` blobs
 (arrays only, never pickles) plus JSON: method, every parameter, target, the quality
 figures and tables the page showed (``summary``), and the environment (package versions,
-device, precision). The blobs are written before the row, in one transaction with its
+device, precision). A run whose maps are drawn again (Output, Dataset) also stores the spec
+its inputs were read with, beside them (`spec_inputs`, `SavedRun.spec`), so it opens
+without loading its model. The blobs are written before the row, in one transaction with its
 audit entry, so a run is whole or absent, even if the process is killed mid-save.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import select
 
 from explain.errors import NotFound, UsageError
 from explain.jsonable import to_json_safe
+from explain.spec import InputSpec
 from explain.workspace.core import Core, iso, new_id
 from explain.workspace.registry import Registry
 from explain.workspace.roles import Action, Actor
@@ -87,6 +90,16 @@ class RunInfo:
         return asdict(self)
 
 
+#: the inputs array holding the run's spec: its JSON as UTF-8 bytes (uint8), stored once per
+#: distinct inputs blob (a Hugging Face tokenizer in it can be megabytes: not in the row's JSON).
+SPEC_KEY = "spec_json"
+
+
+def spec_inputs(spec: InputSpec) -> dict[str, np.ndarray]:
+    """What a run's ``inputs`` add to carry ``spec`` (`SavedRun.spec` reads it back)."""
+    return {SPEC_KEY: np.frombuffer(spec.to_json().encode("utf-8"), dtype=np.uint8)}
+
+
 @dataclass(frozen=True)
 class SavedRun:
     """A run with its arrays, exactly as saved."""
@@ -94,6 +107,12 @@ class SavedRun:
     info: RunInfo
     inputs: dict[str, np.ndarray]
     results: dict[str, np.ndarray]
+
+    @property
+    def spec(self) -> InputSpec | None:
+        """The spec the run's inputs were read with (None: a run saved without one)."""
+        data = self.inputs.get(SPEC_KEY)
+        return None if data is None else InputSpec.from_json(np.asarray(data, dtype=np.uint8).tobytes())
 
 
 class Runs:
