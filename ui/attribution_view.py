@@ -11,7 +11,7 @@ import streamlit as st
 
 from explain.attribution import Attribution, run_details
 from explain.inputs.tabular import feature_names
-from explain.inputs.text import detokenize, display_text, padding_mask, token_display
+from explain.inputs.text import display_text
 from explain.model import LoadedModel
 from explain.output.agreement import agreement_matrix
 from explain.output.methods.base import completeness_caption
@@ -79,12 +79,7 @@ def render_grid(
                      if len(set(attr.target.tolist())) == 1 else f"**{attr.method}**")
     if modality == "image":
         images = viz.to_display_images(attrs[0].inputs, model.spec)
-        maps = [viz.image_maps(a, options.sign) for a in attrs]  # per method [N, H, W]
-        limits = []  # per method [N]: the shown rows' colour limits
-        for m in maps:
-            lim = np.ones(len(m))
-            lim[list(rows)] = viz.colour_limits(m[list(rows)], options.scale)
-            limits.append(lim)
+        limits = [viz.map_limits(a, rows, options.sign, options.scale) for a in attrs]  # per method [N]
     for r in rows:
         cols = st.columns([1] + [1] * len(attrs))
         label = int(labels[r]) if labels is not None else None
@@ -99,26 +94,26 @@ def render_grid(
         for k, (col, attr) in enumerate(zip(cols[1:], attrs)):
             with col:
                 target_name = model.spec.class_name(int(attr.target[r]))
-                if modality == "image":
-                    fig = viz.image_attribution_figure(images[r], maps[k][r], limits[k][r], options.sign,
-                                                       title=f"→ {target_name}", view=options.view, target=target_name)
-                    st.plotly_chart(fig, config=figure_config(f"{attr.method}_input{r}"),
-                                    key=f"img_{attr.method}_{r}_of_{len(attrs)}")
-                elif modality == "tabular":
-                    names = feature_names(model.spec)
-                    raw = _raw_tabular(model, attr.inputs[r])
-                    st.plotly_chart(viz.tabular_bar_figure(attr.values[r], names, raw, title=f"→ {target_name}"),
-                                    config=figure_config(f"{attr.method}_row{r}"),
-                                    key=f"tab_{attr.method}_{r}_of_{len(attrs)}")
-                else:
-                    ids = np.asarray(attr.inputs[r])
-                    st.caption(f"→ {escape_markdown(target_name)}")
-                    st.html(viz.text_attribution_html(detokenize(ids, model.spec), attr.values[r],
-                                                      padding=padding_mask(ids, model.spec), target=target_name,
-                                                      joins=[t.joins for t in token_display(ids, model.spec)]))
-                st.caption(caption_for(attr, r))
+                render_attribution(model, attr, r, f"→ {target_name}", key=f"map_{attr.method}_{r}_of_{len(attrs)}",
+                                   limit=limits[k][r] if modality == "image" else None, options=options)
                 if quality:
                     render_quality_line(quality.get(attr.method, {}), r)
+
+
+def render_attribution(model: LoadedModel, attr: Attribution, row: int, title: str, key: str,
+                       limit: float | None = None, options: MapOptions = MapOptions()) -> None:
+    """One input's map (`viz.attribution_figure`, as the report draws it) and its caption (`caption_for`):
+    each cell of the Output page's grid, and the Overview's map. ``limit``: the image's colour limit
+    (default `viz.map_limits` over the attribution's rows)."""
+    drawn = viz.attribution_figure(attr, model.spec, row, limit=limit, sign=options.sign, view=options.view,
+                                   title=title if model.modality != "text" else "")
+    if isinstance(drawn, str):  # highlighted tokens
+        st.caption(escape_markdown(title))
+        st.html(drawn)
+    else:
+        name = f"{attr.method}_{'row' if model.modality == 'tabular' else 'input'}{row}"  # the download's file name
+        st.plotly_chart(drawn, config=figure_config(name), key=key)
+    st.caption(caption_for(attr, row))
 
 
 def render_summary(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
@@ -167,11 +162,3 @@ def _position_names(model: LoadedModel, width: int) -> list[str]:
         c, h, w = model.spec.input_shape
         return [f"c{ci}_y{y}_x{x}" for ci in range(c) for y in range(h) for x in range(w)]
     return [f"t{j}" if model.modality == "text" else f"x{j}" for j in range(width)]
-
-
-def _raw_tabular(model: LoadedModel, row: np.ndarray) -> np.ndarray:
-    spec = model.spec
-    if spec.mean is not None and spec.std is not None:
-        return np.asarray(row) * np.asarray(spec.std) + np.asarray(spec.mean)
-    return np.asarray(row)
-

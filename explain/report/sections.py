@@ -23,7 +23,7 @@ from explain.attribution import WARNING_MARK, run_details
 from explain.digest import digest_array, digest_bytes
 from explain.errors import Cancelled, UsageError, one_line
 from explain.inputs.tabular import feature_names as tabular_feature_names
-from explain.inputs.text import detokenize, padding_mask, token_display
+from explain.inputs.text import detokenize, padding_mask
 from explain.loading.source import read_source
 from explain.model import LoadedModel
 from explain.params import PER_INPUT, resolve_params, select_per_input
@@ -181,7 +181,7 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
     if model.modality == "image":
         images = viz.to_display_images(attr.inputs, model.spec)  # [N, H, W, 3]
         maps = viz.image_maps(attr)  # [N, H, W]
-        zmax = viz.shared_scale(maps)
+        zmax = float(viz.map_limits(attr)[0])  # the pages' rule: one limit shared by the inputs shown
         data["color_limit"] = zmax
         cells = [
             f'<div class="cell">{image_tag(images[i], f"input {i}", width=112)}'
@@ -199,30 +199,20 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
             toks, pad = detokenize(attr.inputs[i], model.spec), padding_mask(attr.inputs[i], model.spec).reshape(-1)
             r["tokens"] = [{"token": t, "attribution": float(v)}
                            for t, v, p in zip(toks, attr.values[i], pad) if not p]
-            html_tokens = viz.text_attribution_html(toks, attr.values[i], padding=pad, target=r["target"],
-                                                    joins=[t.joins for t in token_display(attr.inputs[i], model.spec)])
+            html_tokens = viz.attribution_figure(attr, model.spec, i, target=r["target"])  # as the pages draw it
             cells.append(f'<div class="cell" style="flex:1 1 100%">{caption(r)}'
                          f'<div class="tokens">{html_tokens}</div></div>')
         return '<div class="cards">' + "".join(cells) + "</div>", []
     feature_names = tabular_feature_names(model.spec)
-    raw = _raw_tabular(model, attr.inputs)
+    raw = viz.feature_values(model.spec, attr.inputs)
     figures = []
     for i, r in enumerate(rows):
-        top = np.argsort(-np.abs(attr.values[i]))[:10]
+        top = np.argsort(-np.abs(attr.values[i]))[: viz.TOP_K]
         r["top_features"] = [{"feature": feature_names[j], "value": float(raw[i, j]),
                               "attribution": float(attr.values[i, j])} for j in top]
         title = f"#{i} · {r['prediction']} ({r['probability']:.1%}) → {r['target']}"
-        figures.append(viz.tabular_bar_figure(attr.values[i], feature_names, raw[i], top_k=10,
-                                              title=html.escape(title)))
+        figures.append(viz.attribution_figure(attr, model.spec, i, title=html.escape(title)))  # as the pages draw it
     return "", figures
-
-
-def _raw_tabular(model: LoadedModel, x: np.ndarray) -> np.ndarray:
-    spec = model.spec
-    x = np.asarray(x, dtype=np.float64)
-    if spec.mean is not None and spec.std is not None:
-        return x * np.asarray(spec.std) + np.asarray(spec.mean)
-    return x
 
 
 # -- environment and parameters -----------------------------------------------------------

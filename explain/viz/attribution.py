@@ -1,4 +1,9 @@
-"""Figures for `Attribution` results (pure functions: results in, plotly out)."""
+"""Figures for `Attribution` results (pure functions: results in, plotly out).
+
+`attribution_figure` is the one drawing of one input's attribution (an image map, a tabular
+row's bars, highlighted tokens) for the Output page, the Overview and the report, with the one
+colour-limit rule (`map_limits`) and the one number of features a bar chart lists (`TOP_K`).
+"""
 from __future__ import annotations
 
 import html
@@ -9,6 +14,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from explain.attribution import Attribution
+from explain.inputs.tabular import feature_names as tabular_feature_names
+from explain.inputs.text import detokenize, padding_mask, token_display
 from explain.spec import InputSpec
 from explain.viz.labels import format_value, keep_labels_inside, text_width
 
@@ -17,6 +24,8 @@ SIGNS = ("all", "positive", "negative", "absolute")
 VIEWS = ("overlay", "map alone", "side by side")
 #: one colour limit for all inputs of a method, or one per map.
 SCALES = ("shared", "per map")
+#: the features a tabular attribution's bar chart lists, on every page and in the report.
+TOP_K = 12
 #: colours of the maps (RGB): red raises the target's logit, blue lowers it; |.| has its own hue.
 RED, BLUE, PURPLE = (178, 24, 43), (33, 102, 172), (84, 39, 136)
 #: the opacity of a colour at magnitude t in [0, 1] (t = |value| / limit): 0 at zero, rising fast
@@ -73,6 +82,18 @@ def colour_limits(maps: np.ndarray, scale: str = "shared") -> np.ndarray:
     if scale == "shared":
         return np.full(len(maps), shared_scale(maps))
     return np.array([shared_scale(m) for m in maps])
+
+
+def map_limits(attribution: Attribution, rows: Sequence[int] | None = None, sign: str = "all",
+               scale: str = "shared") -> np.ndarray:
+    """The one colour-limit rule of image maps: [N] limits, `colour_limits` over the maps of the rows
+    shown (``rows``, default all): one for them all (``"shared"``) or one per map; 1.0 elsewhere."""
+    maps = image_maps(attribution, sign)  # [N, H, W]
+    shown = list(range(len(maps))) if rows is None else list(rows)
+    limits = np.ones(len(maps))
+    if shown:
+        limits[shown] = colour_limits(maps[shown], scale)
+    return limits
 
 
 def colour_stops(sign: str = "all", opaque: bool = False) -> list[tuple[float, tuple[int, int, int], float]]:
@@ -227,7 +248,7 @@ def image_attribution_figure(
 
 def tabular_bar_figure(
     values: np.ndarray, feature_names: Sequence[str], feature_values: np.ndarray | None = None,
-    top_k: int = 12, title: str = "",
+    top_k: int = TOP_K, title: str = "",
 ) -> go.Figure:
     """Horizontal bars for one row: the ``top_k`` features by |attribution|."""
     values = np.asarray(values, dtype=np.float64)
@@ -245,6 +266,40 @@ def tabular_bar_figure(
         plot_bgcolor="white", xaxis=dict(zeroline=True, zerolinecolor="#888", gridcolor="#eee"),
     )
     return keep_labels_inside(fig)
+
+
+def feature_values(spec: InputSpec, rows: np.ndarray) -> np.ndarray:
+    """Tabular model inputs back in the features' own units (the spec's ``mean`` / ``std`` undone)."""
+    x = np.asarray(rows, dtype=np.float64)
+    if spec.mean is not None and spec.std is not None:
+        return x * np.asarray(spec.std) + np.asarray(spec.mean)
+    return x
+
+
+def attribution_figure(
+    attribution: Attribution, spec: InputSpec, row: int, *, limit: float | None = None, sign: str = "all",
+    view: str = "overlay", title: str = "", target: str | None = None, legend: bool = True,
+) -> go.Figure | str:
+    """The one drawing of input ``row`` of an attribution, for the Output page, the Overview and the report.
+
+    Image: the map over its input (`image_attribution_figure`) with colour limit ``limit`` (default:
+    `map_limits` over all rows); tabular: the `TOP_K` features' bars, labelled with their values in the
+    features' units; text: the highlighted tokens (HTML, `text_attribution_html`, padding left out and
+    word pieces joined). ``target``: the class named in the legend (default: the row's target's name).
+    """
+    target = spec.class_name(int(attribution.target[row])) if target is None else target
+    modality = spec.modality
+    if modality == "image":
+        image = to_display_images(attribution.inputs[row : row + 1], spec)[0]
+        heat = image_maps(attribution, sign)[row]
+        zmax = float(map_limits(attribution, sign=sign)[row]) if limit is None else float(limit)
+        return image_attribution_figure(image, heat, zmax, sign, title=title, view=view, target=target)
+    if modality == "tabular":
+        raw = feature_values(spec, attribution.inputs[row])
+        return tabular_bar_figure(attribution.values[row], tabular_feature_names(spec), raw, title=title)
+    ids = np.asarray(attribution.inputs[row])
+    return text_attribution_html(detokenize(ids, spec), attribution.values[row], padding=padding_mask(ids, spec),
+                                 target=target, legend=legend, joins=[t.joins for t in token_display(ids, spec)])
 
 
 def tabular_summary_figure(

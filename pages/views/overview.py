@@ -7,21 +7,19 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.attribution import run_details
 from explain.digest import digest_array
 from explain.errors import GlassboxError
 from explain.finding import sort_findings
 from explain.inputs.images import upsample
-from explain.inputs.tabular import feature_names
 from explain.inputs.text import detokenize, padding_mask, token_display
 from explain.output.layer_attribution import LAYER_METHODS, LayerChoices, classify_layers, explain_layer
 from explain.output.methods import compatible_methods, get_method
-from explain.output.methods.base import completeness_caption
 from explain.training.evolution import checkpoint_label, checkpoint_sort_key, epoch_from_name, model_at, read_checkpoint
 from explain.viz import attribution as viz
 from explain.workspace import Action
 from ui import jobs, state
 from ui import workspace as team
+from ui.attribution_view import render_attribution
 from ui.inputs_view import render_prediction_warning, render_preprocessing
 from ui.quality_view import render_quality_findings
 from ui.report_download import render_report_job
@@ -99,25 +97,7 @@ def _sources(sample: str | None, model_sha: str) -> tuple[list[str], list[str]]:
 # -- drawing -----------------------------------------------------------------------------
 def _draw_attribution(model, attr, row: int, key: str) -> None:
     target = model.spec.class_name(int(attr.target[row]))
-    if model.modality == "image":
-        image = viz.to_display_images(attr.inputs[row : row + 1], model.spec)[0]
-        heat = viz.image_maps(attr)[row]
-        fig = viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=f"{attr.method} → {target}",
-                                           target=target)
-        st.plotly_chart(fig, config={"displayModeBar": False}, key=key)
-    elif model.modality == "tabular":
-        names = feature_names(model.spec)
-        st.plotly_chart(viz.tabular_bar_figure(attr.values[row], names, top_k=10, title=f"{attr.method} → {target}"),
-                        config={"displayModeBar": False}, key=key)
-    else:
-        st.caption(f"{attr.method} → {escape_markdown(target)}")
-        st.html(viz.text_attribution_html(detokenize(attr.inputs[row], model.spec), attr.values[row],
-                                          padding=padding_mask(attr.inputs[row], model.spec), target=target,
-                                          joins=[t.joins for t in token_display(attr.inputs[row], model.spec)]))
-    err_text, exceeded = completeness_caption(attr, row)
-    details = "".join(f"{escape_markdown(d)} · " for d in run_details(attr.params))
-    st.caption(f"{details}{f':orange[**{err_text}**]' if exceeded else err_text} · {attr.seconds:.2f} s · "
-               f"{attr.device} · {attr.precision}")
+    render_attribution(model, attr, row, f"{attr.method} → {target}", key=key)  # as the Output page and the report
 
 
 def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
@@ -126,7 +106,7 @@ def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
     if result.kind == "spatial":
         image = viz.to_display_images(x, model.spec)[0]
         heat = upsample(result.display[0], image.shape[0], image.shape[1])
-        st.plotly_chart(viz.image_attribution_figure(image, heat, viz.shared_scale(heat), title=title),
+        st.plotly_chart(viz.image_attribution_figure(image, heat, float(viz.colour_limits(heat[None])[0]), title=title),
                         config={"displayModeBar": False}, key=key)
     elif result.kind == "tokens":
         st.caption(escape_markdown(title))
@@ -135,7 +115,7 @@ def _draw_layer(model, result, x: np.ndarray, key: str) -> None:
                                           joins=[t.joins for t in token_display(x[0], model.spec)]))
     else:
         units = [f"unit {j}" for j in range(result.display.shape[1])]
-        st.plotly_chart(viz.tabular_bar_figure(result.display[0], units, top_k=10, title=title),
+        st.plotly_chart(viz.tabular_bar_figure(result.display[0], units, title=title),
                         config={"displayModeBar": False}, key=key)
     err_text, exceeded = result.completeness_text(0)
     st.caption(f"Σ over the layer {result.values[0].sum():.4g} vs f(x) − f(baseline) "
