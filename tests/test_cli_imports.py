@@ -70,3 +70,22 @@ def test_the_head_revision_read_without_alembic_is_alembics():
     from explain.workspace.db import head_revision, script_head
 
     assert script_head() == head_revision()
+
+
+def test_a_graph_model_starts_the_zygote_before_anything_else(monkeypatch, tmp_path):
+    """A TorchScript / .pt2 MODEL starts the model processes' zygote at once; other files do not."""
+    from explain.cli import prestart_for
+    from explain.loading import sandbox
+    from explain.loading.sandbox_zygote import MODEL_PRELOAD
+
+    started: list[str] = []
+    monkeypatch.setattr(sandbox, "prestart_zygote", lambda preload: started.append(preload) or True)
+    samples = ROOT / "sample_models" / "cancer"
+    np.savez(tmp_path / "x.npz", inputs=np.zeros((1, 3)))
+    assert prestart_for(["attribute", str(samples / "model.pt2"), "--inputs", "x.npz"])
+    assert prestart_for(["inspect", str(samples / "model.torchscript.pt")])
+    assert started == [MODEL_PRELOAD, MODEL_PRELOAD]
+    for argv in (["attribute", str(samples / "model.safetensors")], ["attribute", str(tmp_path / "x.npz")],
+                 ["attribute", "cancer"], ["users", "list"], ["--help"], ["runs", "show", str(samples / "model.pt2")]):
+        assert not prestart_for(argv), argv
+    assert len(started) == 2

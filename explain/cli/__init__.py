@@ -65,6 +65,36 @@ def _help_line(mod_name: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+#: subcommands whose first argument is a model file
+MODEL_SUBCOMMANDS = frozenset({"inspect", "methods", "attribute", "evaluate", "batch", "attention", "report"})
+
+
+def prestart_for(argv: Sequence[str]) -> bool:
+    """Start the model processes' zygote at once when ``argv`` names a TorchScript or ``.pt2``
+    file (a zip that is neither a Hugging Face model nor a NumPy archive): its imports and warm-up
+    then run beside this process's own imports instead of after them. True when started."""
+    import zipfile
+
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in MODEL_SUBCOMMANDS:
+        return False
+    rest = list(argv)[list(argv).index(command) + 1:]
+    path = Path(rest[0]) if rest and not rest[0].startswith("-") else None
+    try:
+        if path is None or not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    if not names or any(n.rsplit("/", 1)[-1] == "config.json" for n in names) or all(n.endswith(".npy") for n in names):
+        return False
+    from explain.loading.sandbox import prestart_zygote
+    from explain.loading.sandbox_zygote import MODEL_PRELOAD
+
+    return prestart_zygote(MODEL_PRELOAD)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand: one JSON object on stdout, or one line on stderr; the exit code.
 
@@ -74,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "explain"
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        prestart_for(argv)
         args = build_parser(argv).parse_args(argv)
         command = getattr(args, "command", None) or command
         if not getattr(args, "_run", None):

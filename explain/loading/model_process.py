@@ -62,6 +62,7 @@ from explain import config
 from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, InputRefused, UnsafeFile
 from explain.loading.model_wire import WireError, check_meta, decode_result, describe, to_wire
+from explain.loading.sandbox_zygote import HF_PRELOAD, MODEL_PRELOAD  # the zygotes' preloads (no torch there)
 
 #: Longest JSON header line the parent reads from a child.
 HEADER_BYTES = 1 << 16
@@ -785,24 +786,6 @@ class _Callback:
 
     index: int
 
-
-#: Trusted code a zygote runs once before it forks model processes: the imports
-#: every request may need, and one pass over tiny trusted graphs of both formats.
-MODEL_PRELOAD = r"""
-import encodings.cp437, io
-import torch
-torch.set_num_threads(1)
-try:
-    torch.set_num_interop_threads(1)
-except RuntimeError:
-    pass
-from explain.loading import model_host as _mp
-_mp.warm_up()
-"""
-#: The preload of model processes of Hugging Face models: the same, and transformers warmed up too.
-HF_PRELOAD = MODEL_PRELOAD + """
-_mp.warm_up_huggingface()
-"""
 
 SERVE_CODE = r"""
 from explain.loading import model_host as _mp

@@ -331,6 +331,30 @@ def _fork_from_zygote(preload: str):
     return zygote.spawn(STARTUP_S) if zygote is not None else None
 
 
+def prestart_zygote(preload: str) -> bool:
+    """Start the zygote for ``preload`` now without waiting for it, so its imports and warm-up run
+    beside the caller's own start (a CLI call that will load a user's graph); False when zygotes are
+    off or it cannot start; it stops when this process exits. A later `run_in_sandbox` or model process with that preload uses it."""
+    import atexit
+
+    from explain.loading.sandbox_zygote import get_zygote
+
+    zygote = get_zygote(preload, child_env(tempfile.gettempdir()), ROOT) if config.sandbox_zygote() else None
+    if zygote is not None:
+        atexit.register(_end_zygote, zygote)  # a call that ends before using it leaves no warm-up running
+    return zygote is not None
+
+
+def _end_zygote(zygote) -> None:
+    """Close its control socket (a serving zygote exits and ends its children); one still in its
+    preload, which has no children yet, is killed rather than waited for."""
+    zygote._control.close()
+    try:
+        zygote.proc.wait(0.5)
+    except subprocess.TimeoutExpired:
+        zygote.proc.kill()
+
+
 class _ProcessChild:
     """A fresh ``python -I`` child with the interface `_supervise` uses (as `ZygoteChild`)."""
 

@@ -269,6 +269,24 @@ _ZYGOTES: dict[str, Zygote] = {}
 _ZYGOTES_LOCK = threading.Lock()
 
 
+#: Trusted code a zygote runs once before it forks model processes: the imports
+#: every request may need, and one pass over tiny trusted graphs of both formats.
+MODEL_PRELOAD = r"""
+import encodings.cp437, io
+import torch
+torch.set_num_threads(1)
+try:
+    torch.set_num_interop_threads(1)
+except RuntimeError:
+    pass
+from explain.loading import model_host as _mp
+_mp.warm_up()
+"""
+#: The preload of model processes of Hugging Face models: the same, and transformers warmed up too.
+HF_PRELOAD = MODEL_PRELOAD + """
+_mp.warm_up_huggingface()
+"""
+
 def get_zygote(preload: str, env: dict[str, str], root: str) -> Zygote | None:
     """The running zygote for ``preload`` (started, or restarted, on demand); None if it cannot start."""
     with _ZYGOTES_LOCK:
