@@ -169,12 +169,6 @@ def upload_failure() -> GlassboxError | None:
     return None
 
 
-def upload_error() -> str | None:
-    """The message why the uploaded model could not be loaded (None if it loads)."""
-    failure = upload_failure()
-    return failure.message if failure is not None else None
-
-
 def _explicit_spec() -> UploadedBlob | None:
     return st.session_state.get(_SPEC_UPLOAD_KEY) or st.session_state.get(_FORM_SPEC_KEY)
 
@@ -231,20 +225,6 @@ def current_model() -> LoadedModel:
     if name not in SAMPLE_NAMES:
         name = DEFAULT_SAMPLE
     return _cached_sample(name)
-
-
-def current_model_file() -> tuple[bytes, str]:
-    """The bytes and name of the file `current_model` was loaded from (for an engine that loads it elsewhere)."""
-    if upload_mode():
-        blob = model_upload()
-        if blob is None:
-            raise GlassboxError("No model is uploaded yet.")
-        return blob.data, blob.name
-    from sample_models import sample_file
-
-    name = current_sample_name()
-    path = sample_file(name if name in SAMPLE_NAMES else DEFAULT_SAMPLE)
-    return path.read_bytes(), path.name
 
 
 def _matching_sample(spec: InputSpec) -> str | None:

@@ -1,7 +1,6 @@
-"""Widgets built from `ParamSpec`s, and a progress bar with ETA for long runs."""
+"""Widgets built from `ParamSpec`s (select boxes for the values a model offers), and captions of skipped layers."""
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -67,30 +66,6 @@ def param_widgets(method: str, specs: dict[str, ParamSpec], key_prefix: str = "g
     the values it can take on this model (`method_param_choices`), offered in a select box."""
     choices = choices or {}
     return {name: param_widget(method, name, spec, key_prefix, choices.get(name)) for name, spec in specs.items()}
-
-
-class ProgressBar:
-    """A progress callback `(done, total)` drawing a bar with an ETA.
-
-    Streamlit stops the running script when the user presses a button (the
-    Cancel button included), which interrupts the computation at its next
-    progress update; the engine's hooks are removed by its ``with`` blocks.
-    """
-
-    def __init__(self, label: str):
-        self.label = label
-        self.bar = st.progress(0.0, text=f"{label}…")
-        self.start = time.perf_counter()
-
-    def __call__(self, done: int, total: int) -> None:
-        total = max(total, 1)
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (total - done) if done else float("nan")
-        eta_text = f" · about {eta:.0f} s left" if done and eta == eta else ""
-        self.bar.progress(min(done / total, 1.0), text=f"{self.label}: {done}/{total} batches{eta_text}")
-
-    def clear(self) -> None:
-        self.bar.empty()
 
 
 def caption_skipped_layers(skipped: dict[str, str], verb: str) -> None:

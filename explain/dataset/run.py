@@ -147,22 +147,12 @@ class DatasetRun:
     def complete(self) -> bool:
         return len(self.results) == self.n_shards
 
-    @property
-    def rows_done(self) -> int:
-        return sum(r.stop - r.start for r in self.results.values())
-
     def summary(self) -> DatasetSummary:
         return self.accumulator.summary()
 
     def finished(self) -> list[ShardResult]:
         """The finished shards in dataset order."""
         return [self.results[i] for i in sorted(self.results)]
-
-    def values_and_inputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """Attributions and inputs of the finished rows, in dataset order ([n, ...] each)."""
-        done = self.finished()
-        return (np.concatenate([r.attribution.values for r in done]),
-                np.concatenate([r.attribution.inputs for r in done]))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything a RUN.npz holds: per-row arrays of the finished shards in dataset order

@@ -262,10 +262,6 @@ def build_classifier(upload: HFUpload) -> HFClassifier:
     return HFClassifier(model, upload.modality, upload.pad_id).eval()
 
 
-def _is_image(model: nn.Module) -> bool:
-    return type(model).__name__.endswith("ForImageClassification")
-
-
 def _model_class(cfg: dict) -> tuple[Any, Any, bool]:
     """The config object, the model class and whether it classifies images (nothing built)."""
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification

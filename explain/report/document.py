@@ -35,7 +35,7 @@ from explain.report.template import PAGE as _PAGE
 from explain.report.template import RESIZE_SCRIPT
 
 #: keys in a section's ``data`` that change from run to run (timings, clocks);
-#: `Report.comparable_data` leaves them out.
+#: `drop_volatile` leaves them out.
 VOLATILE_KEYS = frozenset({"seconds", "created", "elapsed_seconds", "build_seconds"})
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "chromium", "chromium-browser")
 DATA_SCRIPT_ID = "glassbox-data"
@@ -225,10 +225,6 @@ class Report:
             if s.title == title:
                 return s
         raise KeyError(title)
-
-    def comparable_data(self) -> dict[str, Any]:
-        """Each section's ``data`` without run-dependent keys (timings, clocks)."""
-        return {s.title: _drop_volatile(s.data) for s in self.sections}
 
     def data_json(self) -> str:
         """All sections' data as JSON (what the HTML embeds)."""

@@ -129,12 +129,6 @@ def _pool_axis(a: np.ndarray, axis: int, block: int, how: str) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
-def top_keys(matrix: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` keys receiving the most attention in a [..., query, key] map, ascending."""
-    received = matrix.reshape(-1, matrix.shape[-2], matrix.shape[-1]).sum(axis=(0, 1))
-    return np.sort(np.argsort(-received)[:k])
-
-
 def attention_to_tokens(weights: np.ndarray, ids: np.ndarray, token_ids: set[int], query: int = 0) -> tuple[float, float]:
     """Mean attention a query position pays per key inside vs outside ``token_ids``.
 

@@ -124,10 +124,6 @@ class TrainingHistory:
         data = self.frame[[x, column]].dropna()
         return data.groupby(x, sort=True)[column].mean().rename(column)
 
-    def role_column(self, role: str) -> str | None:
-        """The column assigned to ``role`` (None when unassigned)."""
-        return self.roles.get(role)
-
     def by_epoch(self) -> pd.DataFrame:
         """Every series averaged per epoch (per step when no epoch is logged).
 

@@ -168,10 +168,6 @@ class Jobs:
         queued = [j for j in active if j.status == "queued"]
         return (running + self.order(queued, self._last_starts(queued)) + done)[:limit]
 
-    def active_count(self, owner: str) -> int:
-        with self.core.db.transaction() as s:
-            return s.scalar(select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE)))
-
     def cancel(self, actor: Actor, job_id: str) -> JobInfo:
         """Cancel a queued job at once; ask a running one to stop (its worker stops at the next
         progress report). The owner or an admin may; a finished job stays as it is."""
