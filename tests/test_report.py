@@ -100,7 +100,7 @@ def test_a_failing_part_becomes_a_one_line_section_and_the_rest_is_built(monkeyp
     monkeypatch.setattr(rs, "build_output_section", boom)
     report = build_report(linear_model(), LINEAR_X, method_params=FAST)
     failed = report.section("Output: Integrated gradients")
-    assert failed.error == "RuntimeError: the method exploded with a second line"
+    assert failed.error == "RuntimeError: the method exploded"  # explain.errors.one_line: the telling line
     assert failed.data == {"error": failed.error}
     assert "Model card" in report.section_titles and "Environment" in report.section_titles
     assert report.section("Model card").error is None
