@@ -335,24 +335,14 @@ def test_browser_upload_of_a_hf_zip_with_texts_then_save_run_registers_it(bert_d
 
 def test_roberta_with_a_bpe_tokenizer_json_tokenises_with_its_own_tokenizer(tmp_path):
     """A non-BERT tokenizer (byte-level BPE, <s> ... </s>, pad id 1): texts get the tokenizer's own ids."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import RobertaConfig, RobertaForSequenceClassification
+    from foreign_models import write_hf_roberta
+    from tokenizers import Tokenizer
+    from transformers import RobertaForSequenceClassification
 
     from explain.inputs.reading import read_inputs
 
-    corpus = ["the movie was very good", "bad awful movie", "not a great film at all", "what a lovely story"] * 5
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
-    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
-    torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=40, pad_token_id=1, bos_token_id=0,
-                        eos_token_id=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
-    path = tmp_path / "roberta"
-    RobertaForSequenceClassification(cfg).eval().save_pretrained(path)
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({"cls_token": "<s>", "model_max_length": 32}))
+    path = write_hf_roberta(tmp_path / "roberta")
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
 
     model = load_model(path)
     assert model.spec.tokenizer and model.spec.cls_token == "<s>" and model.spec.input_shape == (32,)
