@@ -46,8 +46,10 @@ Environment variables:
     GLASSBOX_JOB_HEARTBEAT_S / GLASSBOX_JOB_STALE_S / GLASSBOX_JOB_MAX_ATTEMPTS: how
         often a worker reports a running job (default 2 s), after how long without a
         report the job is taken back (default 30 s), and how many tries it gets (3).
-    GLASSBOX_API_MAX_BODY_MB / GLASSBOX_API_MAX_JOBS: the HTTP API's largest request
-        body (default 16) and queued-or-running jobs per token (default 16).
+    GLASSBOX_API_MAX_BODY_MB: the HTTP API's largest request body (default 16).
+    GLASSBOX_MAX_JOBS: queued-or-running jobs per caller (a person, a token, the CLI's
+        operator), whoever submits them: a page, the API or the CLI (default 16; the older
+        name ``GLASSBOX_API_MAX_JOBS`` is read when it is unset).
     GLASSBOX_API_MAX_BUFFERED_MB: request bytes the HTTP API holds at once across all
         requests in flight (default 64); a body that does not fit now gets 503.
 
@@ -238,8 +240,10 @@ def api_max_buffered_bytes() -> int:
     return int(_env_number("GLASSBOX_API_MAX_BUFFERED_MB", 64) * 1024 * 1024)
 
 
-def api_max_jobs() -> int:
-    return int(_env_number("GLASSBOX_API_MAX_JOBS", 16))
+def max_jobs_per_caller() -> int:
+    """Queued-or-running jobs one caller may have (``GLASSBOX_MAX_JOBS``, else the older
+    ``GLASSBOX_API_MAX_JOBS``, else 16): the one limit `explain.service.client.submit` applies."""
+    return int(_env_number("GLASSBOX_MAX_JOBS", _env_number("GLASSBOX_API_MAX_JOBS", 16)))
 
 
 def ray_address() -> str | None:

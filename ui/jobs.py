@@ -18,7 +18,7 @@ import streamlit as st
 from explain.config import external_worker
 from explain.digest import digest_array, digest_bytes
 from explain.errors import GlassboxError
-from explain.service.client import finished_run, wait
+from explain.service.client import finished_run, submit, wait
 from explain.service.runners import explain_methods_job
 from explain.workspace import Action, SavedRun
 from explain.workspace.jobs import JobInfo
@@ -84,8 +84,8 @@ def submit_explain(model, inputs, asked: list[tuple[str, dict[str, Any]]], targe
                                                     rows=rows, shown=shown, labels=labels, sign=sign,
                                                     metrics=metrics, masks=masks)
     share_with_worker(model)
-    return team.workspace().jobs.submit(team.actor(), "explain", job_params, title=title, inputs=arrays,
-                                        priority=priority)
+    return submit(team.workspace(), team.actor(), "explain", job_params, title=title, inputs=arrays,
+                  priority=priority)
 
 
 def follow_job(job_id: str, label: str, on_partial: Callable[[dict[str, np.ndarray]], None] | None = None,
@@ -133,8 +133,8 @@ def submit_dataset(model, dataset, method: str, params: dict[str, Any], target, 
     job_params, arrays, title = dataset_job(model, version.name, version.version, dataset, method, params, target,
                                             shard_rows, engine)
     share_with_worker(model)
-    return team.workspace().jobs.submit(team.actor(), "dataset", job_params, title=title, inputs=arrays,
-                                        priority="batch")
+    return submit(team.workspace(), team.actor(), "dataset", job_params, title=title, inputs=arrays,
+                  priority="batch")
 
 
 def submit_report(name: str, version: int, model, inputs, *, labels=None, logs=(), checkpoints=(),
@@ -149,8 +149,8 @@ def submit_report(name: str, version: int, model, inputs, *, labels=None, logs=(
         checkpoints=[file_as_data(p) for p in checkpoints], methods=methods, method_params=method_params,
         review=True, review_run=review_run, title=title, invocation={"page": "app"})
     share_with_worker(model)
-    return team.workspace().jobs.submit(team.actor(), "report", job_params, title=job_title, inputs=arrays,
-                                        priority="interactive")
+    return submit(team.workspace(), team.actor(), "report", job_params, title=job_title, inputs=arrays,
+                  priority="interactive")
 
 
 def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:

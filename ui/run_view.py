@@ -142,15 +142,16 @@ def render_saved_run(run: SavedRun) -> None:
 def submit_rerun(run: SavedRun):
     """Queue an Output run's explanation again (`explain.service.runners.rerun_job`: same inputs,
     methods, parameters and target, never the attribution cache) as an interactive job; the job.
-    Submitting needs the editor role (`Jobs.submit` checks it, whatever the page shows)."""
+    Submitting needs the editor role (`client.submit` checks it, whatever the page shows)."""
+    from explain.service.client import submit
     from explain.service.runners import rerun_job
     from ui import jobs
 
     model = run_model(run)
     params, arrays, title = rerun_job(model, run)
     jobs.share_with_worker(model)
-    return team.workspace().jobs.submit(team.actor(), "explain", params, title=title, inputs=arrays,
-                                        priority="interactive")
+    return submit(team.workspace(), team.actor(), "explain", params, title=title, inputs=arrays,
+                  priority="interactive")
 
 
 def rerun_differences(saved: SavedRun, fresh: SavedRun) -> pd.DataFrame:

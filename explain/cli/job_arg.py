@@ -23,12 +23,13 @@ def run_as_job(model_arg: str, model: LoadedModel, kind: str, build: BuildJob,
     job and return its saved run.
 
     Raises:
+        QueueFull: the operator already has ``GLASSBOX_MAX_JOBS`` jobs queued or running (exit 3).
         JobNotDone: the job failed (its reason) or was cancelled, e.g. on the Queue page.
     """
     from explain.cli.model_arg import model_file_arg
     from explain.cli.workspace_arg import cli_actor, cli_workspace
     from explain.config import external_worker
-    from explain.service.client import finished_run, model_name_from_file, register_model, run_here, wait
+    from explain.service.client import finished_run, model_name_from_file, register_model, run_here, submit, wait
 
     ws, actor = cli_workspace(), cli_actor()
     data, filename = model_file_arg(model_arg)
@@ -36,6 +37,6 @@ def run_as_job(model_arg: str, model: LoadedModel, kind: str, build: BuildJob,
     version = register_model(ws, actor, model, data, filename,
                              model_arg if sample else model_name_from_file(Path(model_arg).name))
     params, arrays, title = build(version.name, version.version)
-    job = ws.jobs.submit(actor, kind, params, title=title, inputs=arrays, priority=priority)
+    job = submit(ws, actor, kind, params, title=title, inputs=arrays, priority=priority)
     job = wait(ws, actor, job.id) if external_worker() else run_here(ws, job.id, loaded=model)
     return finished_run(ws, actor, job)

@@ -47,9 +47,9 @@ def run(args: argparse.Namespace):
 def rerun(ws, actor, run_id: str) -> dict:
     """Run ``run_id``'s explanation again as the page's Re-run does (`runners.rerun_job`: a fresh
     ``explain`` job, run here unless ``GLASSBOX_EXTERNAL_WORKER=1``); how the new run differs.
-    Reading the run and its version needs viewer, queueing the job editor (`Jobs.submit` checks)."""
+    Reading the run and its version needs viewer, queueing the job editor (`client.submit` checks)."""
     from explain.config import external_worker
-    from explain.service.client import finished_run, run_here, wait
+    from explain.service.client import finished_run, run_here, submit, wait
     from explain.service.models import ModelCache
     from explain.service.runners import rerun_job
     from explain.workspace.records import output_differences
@@ -57,7 +57,7 @@ def rerun(ws, actor, run_id: str) -> dict:
     saved = ws.runs.open(actor, run_id)
     model = ModelCache(ws, size=1).get(actor, saved.info.model, saved.info.version)
     params, arrays, title = rerun_job(model, saved)
-    job = ws.jobs.submit(actor, "explain", params, title=title, inputs=arrays, priority="interactive")
+    job = submit(ws, actor, "explain", params, title=title, inputs=arrays, priority="interactive")
     job = wait(ws, actor, job.id) if external_worker() else run_here(ws, job.id, loaded=model)
     fresh = finished_run(ws, actor, job)
     per_result = {row["method"]: {"max_abs_difference": row["max |difference|"],

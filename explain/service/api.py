@@ -15,7 +15,8 @@ Reading (models, jobs) and ``:predict`` need a viewer; ``:explain`` and ``/v1/jo
 the token's name, so they need an editor, as saving a run does on the page. ``:explain`` is an interactive job in the one queue, answered
 when its worker has saved the run. Errors are ``{"error": "<one line>"}``: 400/422 malformed,
 401 no or a wrong token, 403 the role may not, 404 unknown, 413 body over the cap
-(``GLASSBOX_API_MAX_BODY_MB``), 429 too many of the token's jobs queued or running, 503 the bodies of
+(``GLASSBOX_API_MAX_BODY_MB``), 429 too many of the token's jobs queued or running (``GLASSBOX_MAX_JOBS``,
+the one per-caller limit of `explain.service.client.submit`), 503 the bodies of
 the requests in flight already fill ``GLASSBOX_API_MAX_BUFFERED_MB``, 504 an ``:explain`` that did not
 finish in time; never a traceback.
 """
@@ -33,9 +34,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from explain.config import api_max_body_bytes, api_max_buffered_bytes, api_max_jobs, external_worker
+from explain.config import api_max_body_bytes, api_max_buffered_bytes, external_worker
 from explain.errors import GlassboxError, http_status, one_line
 from explain.service.client import JobNotDone, finished_run, wait
+from explain.service.client import submit as submit_job
 from explain.service.models import ModelCache
 from explain.service.runners import explain_job, model_array
 from explain.workspace import Actor, Workspace
@@ -202,7 +204,6 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
                   description="Predictions and explanations of the workspace's registered models "
                               "(KServe V1 data plane), through the workspace's job queue.")
     models = ModelCache(ws, size=8)  # the API threads' own: only forward passes, never hooks
-    limit_jobs = max_jobs if max_jobs is not None else api_max_jobs()
     bearer = HTTPBearer(auto_error=False)
 
     from explain.service.worker import recover_now, start_embedded
@@ -283,8 +284,8 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         model = models.load(actor, info)
         instances = model_array(model, body.instances)
         params, arrays, title = explain_job(model, info.name, info.version, instances, body.parameters)
-        return ws.jobs.submit(actor, "explain", params, title=title, inputs=arrays, priority=priority,
-                              max_active=limit_jobs)
+        return submit_job(ws, actor, "explain", params, title=title, inputs=arrays, priority=priority,
+                          max_active=max_jobs)  # None: the one per-caller limit, GLASSBOX_MAX_JOBS
 
     # -- models ---------------------------------------------------------------------------------------
     @app.get("/v1/models", summary="The registered models")

@@ -3,7 +3,7 @@ the reports of the Overview and Saved runs), the CLI (``attribute``, ``evaluate`
 ``report``) and the HTTP API get their explanations, quality figures, dataset runs and reports.
 
     version = register_model(ws, actor, model, data, filename, name)   # the job names a registry version
-    job = ws.jobs.submit(actor, "explain", params, inputs=arrays, priority="interactive")
+    job = submit(ws, actor, "explain", params, inputs=arrays, priority="interactive")  # the one way in
     job = run_here(ws, job.id)            # a CLI with no team worker: this process is the worker
     job = wait(ws, actor, job.id, on_progress=draw)   # a page or the API: a worker runs it
     run = finished_run(ws, actor, job)    # the saved run, or `JobNotDone` with the job's reason
@@ -18,8 +18,12 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
-from explain.errors import GlassboxError
+import numpy as np
+
+from explain.config import max_jobs_per_caller
+from explain.errors import GlassboxError, UsageError
 from explain.model import LoadedModel
 from explain.workspace import Actor, SavedRun, Workspace
 from explain.workspace.jobs import ACTIVE, JobInfo
@@ -37,6 +41,32 @@ class JobNotDone(GlassboxError):
         reason = job.error or ("cancelled" if job.status == "cancelled" else "no reason given")
         super().__init__(f"Job {job.id} {job.status}: {reason}")
         self.job = job
+
+
+def submit(ws: Workspace, actor: Actor, kind: str, params: dict[str, Any], *, title: str = "",
+           inputs: dict[str, np.ndarray] | None = None, priority: str = "batch",
+           max_active: int | None = None) -> JobInfo:
+    """Queue a ``kind`` job for ``actor``: the one way a page (`ui.jobs`, `ui.run_view`), the API
+    and the CLI (`cli.job_arg`, `runs rerun`) submit, so every caller meets the same checks.
+
+    ``params`` / ``inputs`` / ``title`` come from the kind's builder, which checks the request
+    against the model before anything is queued (`runners.explain_methods_job`, `explain_job`,
+    `rerun_job`, `dataset.job.dataset_job`, `report.job.report_job`); here the kind must have a
+    runner, and ``actor`` may have at most ``max_active`` jobs queued or running (default
+    `explain.config.max_jobs_per_caller`, ``GLASSBOX_MAX_JOBS``; an override is for tests and
+    benchmarks). `Jobs.submit` checks the role (``SAVE_RUN``) and the priority.
+
+    Raises:
+        UsageError: no runner for ``kind``.
+        QueueFull: the caller already has the limit's number of jobs queued or running
+            (exit 3 in the CLI, 429 in the API).
+    """
+    from explain.service.runners import RUNNERS  # here: the runners import the model loaders
+
+    if kind not in RUNNERS:
+        raise UsageError(f"Unknown job kind {kind!r}.", f"Choose one of {', '.join(sorted(RUNNERS))}.")
+    limit = max_jobs_per_caller() if max_active is None else max_active
+    return ws.jobs.submit(actor, kind, params, title=title, inputs=inputs, priority=priority, max_active=limit)
 
 
 def register_model(ws: Workspace, actor: Actor, model: LoadedModel, data: bytes, filename: str,

@@ -112,6 +112,8 @@ class Jobs:
                inputs: dict[str, np.ndarray] | None = None, priority: str = "batch",
                max_active: int | None = None) -> JobInfo:
         """Queue a job. Its result is a saved run, so submitting needs the right to save runs.
+        Callers go through `explain.service.client.submit` (the kind's runner and the one
+        per-caller limit, ``GLASSBOX_MAX_JOBS``); only tests call this directly.
 
         Raises:
             QueueFull: ``actor`` already has ``max_active`` queued or running jobs.
