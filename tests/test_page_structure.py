@@ -31,7 +31,7 @@ def test_structure_page_renders_each_sample(sample):
     layers = at.dataframe[0].value
     assert layers.iloc[0]["layer"] == "(model)"
     assert int(layers.iloc[0]["parameters"]) == load_sample(sample).parameter_count()
-    assert int(layers.iloc[0]["FLOPs"]) > 0
+    assert int(layers.iloc[0]["FLOPs per input"]) > 0
     infos = [i.value for i in at.info]
     if sample == "sentiment":
         heads = at.dataframe[1].value  # the head summary: one row per layer and head
@@ -62,6 +62,38 @@ def test_flops_chart_lists_the_librarys_rows_for_the_shown_depth(sample):
         expected = flop_chart_rows(filter_rows(table.rows, max_depth=depth), table.total_flops)
         top = sorted(expected, key=lambda r: -r["flops"])[:25]  # the chart's default top 25
         assert _flops_bars(at) == sorted(r["name"] for r in top), depth
+
+
+@pytest.mark.parametrize("sample", ["shapes", "sentiment"])
+def test_overview_structure_and_a_saved_run_show_one_layer_table(sample):
+    """explain.structure.layers.layer_frame is the one layer table (issue 21): the Overview's (its
+    first input), the Structure page's (every input, at the depth it opens at) and a saved Structure
+    run's are equal, output shapes and FLOPs per input."""
+    import pandas as pd
+
+    from explain.structure.layers import LAYER_COLUMNS, build_layer_table, layer_frame
+    from sample_models import sample_inputs
+    from ui.run_view import saved_tables, snapshot_record
+
+    model, inputs = load_sample(sample), sample_inputs(sample)["inputs"]
+    structure = _run_page(sample).dataframe[0].value
+    overview_at = AppTest.from_file(str(ROOT / "pages" / "views" / "overview.py"), default_timeout=240)
+    overview_at.session_state["gb_sample"] = sample
+    overview_at.session_state["gb_source"] = "sample"
+    overview_at.run()
+    assert not overview_at.exception and not overview_at.error
+    overview = next(d.value for d in overview_at.dataframe if list(d.value.columns) == list(LAYER_COLUMNS))
+    record = snapshot_record("structure", model.name, 1, "Structure", inputs, {"Layers": structure})
+    saved = saved_tables(json.loads(json.dumps(record.summary)))["Layers"]  # as the run store keeps it
+    table = build_layer_table(model, inputs)
+    library = layer_frame(table)
+    assert list(structure.columns) == list(LAYER_COLUMNS)
+    for name, frame in [("overview", overview), ("saved run", saved), ("library", library)]:
+        pd.testing.assert_frame_equal(frame.astype(object).where(frame.notna(), None),
+                                      structure.astype(object).where(structure.notna(), None), obj=name)
+    model_shape = table.rows[0].output_shape  # the model's output for the probed batch: batch first
+    assert model_shape[0] == table.batch_size > 1
+    assert structure["output shape (per input)"].iloc[0] == "×".join(str(d) for d in model_shape[1:])
 
 
 def test_layer_filter_and_depth_change_the_table():

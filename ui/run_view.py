@@ -46,16 +46,16 @@ def snapshot_record(page: str, name: str, version: int, title: str, inputs: np.n
                  "inputs_sha256": digest_array(inputs) if inputs is not None else None})
 
 
-def layer_frame(table) -> pd.DataFrame:
-    """Every layer of a `explain.structure.layers.LayerTable` as the table a run stores."""
-    return pd.DataFrame([{"layer": r.name or "(model)", "type": r.type, "depth": r.depth,
-                          "output shape": "×".join(map(str, r.output_shape)) if r.output_shape else "",
-                          "parameters": r.parameters, "FLOPs": r.flops} for r in table.rows])
-
-
 def _frame_json(frame: pd.DataFrame) -> dict:
     split = frame.astype(object).where(frame.notna(), None).to_dict(orient="split")
     return {"columns": [str(c) for c in split["columns"]], "data": split["data"]}
+
+
+def saved_tables(summary: dict) -> dict[str, pd.DataFrame]:
+    """The tables a Structure / Training / Overview run stored (`snapshot_record`), as its view shows them
+    (a Structure or Overview run's "Layers": `explain.structure.layers.layer_frame`, as the page showed it)."""
+    return {title: pd.DataFrame(table["data"], columns=table["columns"])
+            for title, table in summary.get("tables", {}).items()}
 
 
 REPORT_DATASET_ROWS = 8
@@ -132,9 +132,9 @@ def render_saved_run(run: SavedRun) -> None:
     for finding in summary.get("findings", []):
         icon = {"error": "🛑", "warning": "⚠️"}.get(finding["severity"], "ℹ️")
         st.markdown(f"{icon} **{escape_markdown(finding['kind'])}** — {escape_markdown(finding['message'])}")
-    for title, table in summary.get("tables", {}).items():
+    for title, frame in saved_tables(summary).items():
         st.markdown(f"**{escape_markdown(title)}**")
-        st.dataframe(pd.DataFrame(table["data"], columns=table["columns"]), hide_index=True, width="stretch")
+        st.dataframe(frame, hide_index=True, width="stretch")
     for note in summary.get("notes", []):
         st.caption(escape_markdown(note))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.structure.measures import ActivationStats, ModuleProbe
 from explain.structure.module_probe import probe_modules
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: inputs used for the table by default (FLOPs and shapes are for this batch).
 DEFAULT_MAX_INPUTS = 8
@@ -201,6 +204,47 @@ def filter_rows(rows: list[LayerRow], max_depth: int | None = None, query: str =
         r for r in rows
         if (max_depth is None or r.depth <= max_depth) and (not q or q in r.name.lower() or q in r.type.lower())
     ]
+
+
+#: the layer table's output-shape and FLOPs columns: per input (the batch dimension dropped, FLOPs
+#: divided by the probed batch), so a table reads the same whichever inputs were probed.
+SHAPE_COLUMN = "output shape (per input)"
+FLOPS_COLUMN = "FLOPs per input"
+#: the columns of the layer table the Overview, the Structure page and a saved run show (`layer_frame`).
+LAYER_COLUMNS = ("layer", "type", "depth", SHAPE_COLUMN, "parameters", "trainable", "frozen", FLOPS_COLUMN,
+                 "FLOP %", "calls")
+
+
+def format_shape(shape: Sequence[int] | None) -> str:
+    """An output shape without its batch dimension (``16×8×8``; ``—`` when unknown, ``scalar`` for
+    one number per input)."""
+    if shape is None:
+        return "—"
+    return "×".join(str(d) for d in shape[1:]) or "scalar"
+
+
+def layer_frame(table: LayerTable, max_depth: int | None = None, query: str = "") -> pd.DataFrame:
+    """The layer table as the pages show it and a saved run stores it: the one table of the
+    Overview, the Structure page and a saved Structure / Overview run (`LAYER_COLUMNS`).
+
+    Rows are `filter_rows` of ``table`` down to ``max_depth`` (None: `default_depth`, the depth the
+    views open at) matching ``query``; a layer's name is indented by its depth. Output shapes and
+    FLOPs are per input (`SHAPE_COLUMN`, `FLOPS_COLUMN`); ``FLOP %`` is the share of the model's.
+    """
+    import pandas as pd  # not in the model process's imports: only the pages and the report tabulate
+
+    depth = default_depth(table.rows) if max_depth is None else max_depth
+    batch = max(table.batch_size, 1)
+    rows = filter_rows(table.rows, max_depth=depth, query=query)
+    records = [{
+        "layer": ("  " * max(r.depth - 1, 0)) + (r.name or "(model)"), "type": r.type, "depth": r.depth,
+        SHAPE_COLUMN: format_shape(r.output_shape), "parameters": r.parameters, "trainable": r.trainable,
+        "frozen": r.frozen, FLOPS_COLUMN: None if r.flops is None else round(r.flops / batch),
+        "FLOP %": None if r.flop_share is None else 100 * r.flop_share, "calls": r.calls,
+    } for r in rows]
+    frame = pd.DataFrame(records, columns=list(LAYER_COLUMNS))
+    frame[FLOPS_COLUMN] = frame[FLOPS_COLUMN].astype("Int64")  # integers, <NA> where unknown
+    return frame
 
 
 def flop_chart_rows(rows: Sequence[LayerRow | Mapping[str, Any]], total_flops: int | None) -> list[dict[str, Any]]:

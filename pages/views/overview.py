@@ -52,16 +52,11 @@ def _explain_layer(model_key: str, x_sha: str, layer: str, method: str, steps: i
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _layers(model_sha: str, _model, _x) -> tuple[pd.DataFrame, LayerChoices]:
-    from explain.structure.layers import default_depth, describe_layers
+def _layers(model_sha: str, x_sha: str, _model, _x) -> tuple[pd.DataFrame, LayerChoices]:
+    """The Structure page's layer table at the depth it opens at (`layer_frame`), and the layers offered."""
+    from explain.structure.layers import build_layer_table, layer_frame
 
-    described = describe_layers(_model, _x)
-    depth = default_depth(described)  # a Hugging Face model's encoder layers sit 3-4 levels down
-    rows = [r for r in described if r["depth"] <= depth]
-    frame = pd.DataFrame([{
-        "layer": ("  " * max(r["depth"] - 1, 0) + r["name"]) if r["name"] else "(model)", "type": r["type"],
-        "output": "×".join(str(d) for d in r["output_shape"][1:]) if r["output_shape"] else "—",
-        "params": r["parameters"], "FLOPs": r["flops"]} for r in rows])
+    frame = layer_frame(build_layer_table(_model, _x))
     try:
         choices = classify_layers(_model, _x)
     except GlassboxError:  # not an eager model: the table still shows
@@ -188,13 +183,17 @@ with struct_col:
     st.subheader("Structure")
     chosen_layer, layer_method, layer_steps = NO_LAYER, LAYER_METHODS[0], STEPS
     with state.error_boundary("Describing the layers"):
-        frame, classified = _layers(model.sha256, model, x)
+        from explain.structure.layers import FLOPS_COLUMN, SHAPE_COLUMN
+
+        frame, classified = _layers(model.sha256, x_sha, model, x)
         layer_choices = classified.attributable
         st.dataframe(frame, hide_index=True, height=300, key="ov_layers", column_config={
             "layer": st.column_config.TextColumn(width="medium"), "type": st.column_config.TextColumn(width="small"),
-            "output": st.column_config.TextColumn(width="small"),
-            "params": st.column_config.NumberColumn(width="small", format="localized"),
-            "FLOPs": st.column_config.NumberColumn(width="small", format="compact")})
+            SHAPE_COLUMN: st.column_config.TextColumn(width="small"),
+            "parameters": st.column_config.NumberColumn(width="small", format="localized"),
+            FLOPS_COLUMN: st.column_config.NumberColumn(width="small", format="compact"),
+            "FLOP %": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100)})
+        st.caption("The Structure page's table at the depth it opens at: output shapes and FLOPs per input.")
         if layer_choices:
             chosen_layer = st.selectbox("Layer", [NO_LAYER, *layer_choices], key="gb_ov_layer",
                                         help="Show how much this layer's units mattered for the chosen input.")

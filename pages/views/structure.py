@@ -16,7 +16,7 @@ from explain.viz import structure as viz
 from explain.viz.attribution import to_display_images
 from ui import state
 from ui import workspace as team
-from ui.run_view import layer_frame, snapshot_record
+from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
 
@@ -48,10 +48,6 @@ def depth_slider(container, label: str, low: int, high: int, value: int, key: st
     return container.slider(label, low, high, min(max(value, low), high), key=key, help=help)
 
 
-def _shape(shape) -> str:
-    return "—" if shape is None else "×".join(str(d) for d in shape)
-
-
 st.title("Structure")
 team.stop_unless_may_explain()  # the layer table, attention, activations and importance run the model here
 ok = False
@@ -69,8 +65,7 @@ if not ok:
 st.caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {table.total_parameters:,} parameters · "
            f"{table.total_flops:,} FLOPs for a batch of {table.batch_size} "
            f"({table.total_flops / max(table.batch_size, 1):,.0f} per input)")
-team.render_save_run("structure", model, lambda name, version: snapshot_record(
-    "structure", name, version, f"Structure of {model.name}", inputs, {"Layers": layer_frame(table)}), key="structure")
+save_slot = st.container()  # the Save run button, filled once the Layers tab has its table
 tab_layers, tab_graph, tab_attention, tab_acts, tab_importance = st.tabs(
     ["Layers", "Graph", "Attention", "Activations & weights", "Layer importance"])
 
@@ -82,26 +77,26 @@ with tab_layers:
                            "parents include their children's numbers.")
     query = c2.text_input("Filter by name or type", key="gb_struct_filter", placeholder="e.g. conv, attn, Linear")
     rows = structure.filter_rows(table.rows, max_depth=depth, query=query)
-    frame = pd.DataFrame([{
-        "layer": ("  " * max(r.depth - 1, 0)) + (r.name or "(model)"), "type": r.type, "depth": r.depth,
-        "output shape": _shape(r.output_shape), "parameters": r.parameters, "trainable": r.trainable,
-        "frozen": r.frozen, "FLOPs": r.flops, "FLOP %": None if r.flop_share is None else 100 * r.flop_share,
-        "calls": r.calls,
-    } for r in rows])
+    frame = structure.layer_frame(table, max_depth=depth, query=query)  # the Overview's and a saved run's table
     st.dataframe(frame, hide_index=True, width="stretch", key="gb_layer_table", column_config={
         "parameters": st.column_config.NumberColumn(format="localized"),
         "trainable": st.column_config.NumberColumn(format="localized"),
         "frozen": st.column_config.NumberColumn(format="localized"),
-        "FLOPs": st.column_config.NumberColumn(format="localized"),
+        structure.FLOPS_COLUMN: st.column_config.NumberColumn(format="localized"),
         "FLOP %": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100),
     })
-    st.caption(f"{len(rows)} of {len(table.rows)} modules. FLOPs as torch's FlopCounterMode counts them "
-               "(a multiply-add = 2; element-wise ops = 0), for the batch above. Click a header to sort.")
+    st.caption(f"{len(rows)} of {len(table.rows)} modules. Output shapes and FLOPs per input (the batch "
+               "dimension dropped); FLOPs as torch's FlopCounterMode counts them (a multiply-add = 2; "
+               "element-wise ops = 0). Click a header to sort.")
     for note in table.notes:
         st.info(escape_markdown(note))
     flop_rows = structure.flop_chart_rows(rows, table.total_flops)  # the shown layers, none counted twice
     if flop_rows:
         st.plotly_chart(viz.figure_flops(flop_rows), width="stretch", key="gb_flops_chart")
+
+with save_slot:  # saves the table the Layers tab shows (its depth and filter)
+    team.render_save_run("structure", model, lambda name, version: snapshot_record(
+        "structure", name, version, f"Structure of {model.name}", inputs, {"Layers": frame}), key="structure")
 
 # -- Graph ---------------------------------------------------------------------
 with tab_graph:
@@ -122,7 +117,7 @@ with tab_graph:
         m2.metric("Parameters", f"{row.parameters:,}",
                   help=f"{100 * (info['parameter_share'] or 0):.1f}% of the model; {row.frozen:,} frozen")
         m3.metric("FLOPs", "unknown" if row.flops is None else f"{row.flops:,}")
-        m4.metric("Output shape", _shape(row.output_shape))
+        m4.metric(structure.SHAPE_COLUMN.capitalize(), structure.format_shape(row.output_shape))
         act = info["activation"]
         if act is not None and act.mean is not None:
             st.caption(f"Output mean {act.mean:.4g}, std {act.std:.4g}, zeros {100 * act.zero_fraction:.1f}%, "
