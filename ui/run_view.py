@@ -1,7 +1,8 @@
 """Saved runs in the app: what each page saves (`output_record`, `snapshot_record`) and how a saved
-run is shown again (`render_saved_run`) — one module, so saving and showing never disagree.
+run is shown again (`render_saved_run`, one drawer per run kind: `DRAWERS`).
 
-`output_record` lives in `explain.workspace.records` (the queue's worker saves the same run).
+`output_record` and `snapshot_record` live in `explain.workspace.records` (the queue's worker saves
+the same runs); `explain.workspace.run_kinds` is the one registry of each kind's writer and reader.
 An Output run stores the explained inputs with their spec, every method's arrays and the
 probabilities, and is drawn again with the same `ui.attribution_view` functions as the live page,
 from the saved arrays and spec (`run_view_model`: nothing is loaded or recomputed). "Re-run"
@@ -12,50 +13,32 @@ Overview runs store the tables and findings the page showed.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.digest import digest_array
-from explain.finding import Finding
 from explain.loading.loader import load_model
 from explain.model import LoadedModel
 from explain.spec import InputSpec
-from explain.workspace import RunRecord, SavedRun
-from explain.workspace.records import output_attributions, output_differences, output_quality
+from explain.workspace import SavedRun
+from explain.workspace.records import (
+    output_attributions,
+    output_differences,
+    output_quality,
+    output_record,
+    saved_snapshot,
+    saved_tables,
+    snapshot_record,
+)
 from ui import workspace as team
 from ui.attribution_view import MapOptions, render_grid, render_summary
 from ui.text import escape_markdown
 
-
-# -- what a page saves -------------------------------------------------------------------------
-def snapshot_record(page: str, name: str, version: int, title: str, inputs: np.ndarray | None,
-                    tables: dict[str, pd.DataFrame], findings: Sequence[Finding] = (),
-                    notes: Sequence[str] = (), results: dict[str, np.ndarray] | None = None) -> RunRecord:
-    """A Structure / Training / Overview run: the tables and findings the page showed (and any arrays)."""
-    return RunRecord(
-        page=page, model=name, version=version, title=title,
-        inputs={"inputs": inputs} if inputs is not None else {}, results=dict(results or {}),
-        summary={"tables": {k: _frame_json(v) for k, v in tables.items()},
-                 "findings": [{"kind": f.kind, "severity": f.severity, "message": f.message,
-                               "epochs": list(f.epochs)} for f in findings],
-                 "notes": list(notes),
-                 "inputs_sha256": digest_array(inputs) if inputs is not None else None})
-
-
-def _frame_json(frame: pd.DataFrame) -> dict:
-    split = frame.astype(object).where(frame.notna(), None).to_dict(orient="split")
-    return {"columns": [str(c) for c in split["columns"]], "data": split["data"]}
-
-
-def saved_tables(summary: dict) -> dict[str, pd.DataFrame]:
-    """The tables a Structure / Training / Overview run stored (`snapshot_record`), as its view shows them
-    (a Structure or Overview run's "Layers": `explain.structure.layers.layer_frame`, as the page showed it)."""
-    return {title: pd.DataFrame(table["data"], columns=table["columns"])
-            for title, table in summary.get("tables", {}).items()}
+# -- what a page saves: `snapshot_record` (with `saved_tables`) lives in `explain.workspace.records`,
+# each kind's writer and reader in `explain.workspace.run_kinds`; imported here for the pages.
+__all__ = ["DRAWERS", "REPORT_DATASET_ROWS", "SavedModel", "output_record", "render_saved_run", "rerun_differences",
+           "run_model", "run_view_model", "saved_tables", "snapshot_record", "submit_rerun", "submit_run_report"]
 
 
 REPORT_DATASET_ROWS = 8
@@ -97,46 +80,59 @@ def run_view_model(run: SavedRun) -> SavedModel | LoadedModel:
     return SavedModel(run.info.model, spec) if spec is not None else run_model(run)
 
 
-def render_saved_run(run: SavedRun) -> None:
-    """Draw a run exactly as saved: the Output grid from the saved arrays, or the saved tables.
-    Nothing is loaded or recomputed: the model is the run's stored spec (`run_view_model`)."""
-    if run.info.page == "output":
-        model = run_view_model(run)
-        attrs = output_attributions(run)
-        labels = run.inputs.get("labels")
-        quality = output_quality(run)
-        render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
-                    MapOptions(sign=run.info.summary.get("sign", "all")), quality=quality)
-        render_summary(model, attrs)
-        if quality:
-            from ui.quality_view import render_quality_table
+def _draw_output(run: SavedRun) -> None:
+    model = run_view_model(run)
+    attrs = output_attributions(run)
+    labels = run.inputs.get("labels")
+    quality = output_quality(run)
+    render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
+                MapOptions(sign=run.info.summary.get("sign", "all")), quality=quality)
+    render_summary(model, attrs)
+    if quality:
+        from ui.quality_view import render_quality_table
 
-            st.subheader("Quality")
-            render_quality_table(quality)
-        return
-    if run.info.page == "dataset":
-        from explain.dataset.job import saved_dataset
-        from ui.dataset_view import render_download
-        from ui.dataset_view import render_summary as render_dataset_summary
+        st.subheader("Quality")
+        render_quality_table(quality)
 
-        model = run_view_model(run)
-        render_dataset_summary(model, saved_dataset(run, model.modality), f"run_{run.info.id}")
-        render_download(run.results)
-        return
+
+def _draw_dataset(run: SavedRun) -> None:
+    from explain.dataset.job import saved_dataset
+    from ui.dataset_view import render_download
+    from ui.dataset_view import render_summary as render_dataset_summary
+
+    model = run_view_model(run)
+    render_dataset_summary(model, saved_dataset(run, model.modality), f"run_{run.info.id}")
+    render_download(run.results)
+
+
+def _draw_report(run: SavedRun) -> None:
     summary = run.info.summary
-    if run.info.page == "report":
-        st.markdown("Sections: " + escape_markdown(", ".join(summary.get("sections", []))))
-        for title, error in summary.get("failed", {}).items():
-            st.warning(escape_markdown(f"{title} could not be built: {error}"))
-        return
-    for finding in summary.get("findings", []):
-        icon = {"error": "🛑", "warning": "⚠️"}.get(finding["severity"], "ℹ️")
-        st.markdown(f"{icon} **{escape_markdown(finding['kind'])}** — {escape_markdown(finding['message'])}")
-    for title, frame in saved_tables(summary).items():
+    st.markdown("Sections: " + escape_markdown(", ".join(summary.get("sections", []))))
+    for title, error in summary.get("failed", {}).items():
+        st.warning(escape_markdown(f"{title} could not be built: {error}"))
+
+
+def _draw_snapshot(run: SavedRun) -> None:
+    snapshot = saved_snapshot(run)
+    for finding in snapshot.findings:
+        st.markdown(f"{finding.icon} **{escape_markdown(finding.kind)}** — {escape_markdown(finding.message)}")
+    for title, frame in snapshot.tables.items():
         st.markdown(f"**{escape_markdown(title)}**")
         st.dataframe(frame, hide_index=True, width="stretch")
-    for note in summary.get("notes", []):
+    for note in snapshot.notes:
         st.caption(escape_markdown(note))
+
+
+#: how each run kind is drawn, keyed by the kinds of `explain.workspace.run_kinds.RUN_KINDS`.
+DRAWERS = {"output": _draw_output, "dataset": _draw_dataset, "report": _draw_report,
+           "structure": _draw_snapshot, "training": _draw_snapshot, "overview": _draw_snapshot}
+
+
+def render_saved_run(run: SavedRun) -> None:
+    """Draw a run exactly as saved, with its kind's drawer (`DRAWERS`): the Output grid from the saved
+    arrays, the Dataset summary, a report's sections, or the saved tables and findings. Nothing is
+    loaded or recomputed: the model is the run's stored spec (`run_view_model`)."""
+    DRAWERS.get(run.info.page, _draw_snapshot)(run)
 
 
 def submit_rerun(run: SavedRun):

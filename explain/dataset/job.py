@@ -142,8 +142,13 @@ def partial_view(arrays: dict[str, np.ndarray], modality: str) -> DatasetView:
                        None, None, float(seconds))
 
 
-def saved_dataset(run: SavedRun, modality: str) -> DatasetView:
-    """A saved dataset run as the page draws it (rows in dataset order, as saved)."""
+def saved_dataset(run: SavedRun, modality: str | None = None) -> DatasetView:
+    """A saved dataset run as the page draws it (rows in dataset order, as saved); ``modality``
+    defaults to the run's stored spec's (`SavedRun.spec`)."""
+    if modality is None:
+        if run.spec is None:
+            raise UsageError(f"Run {run.info.id} was saved without its spec: pass the model's modality.")
+        modality = run.spec.modality
     info, results = run.info, run.results
     n, shards = int(info.summary["rows"]), int(info.summary["shards"])
     return DatasetView(DatasetSummary.from_npz_dict(results, modality, n, n, shards, shards), results["values"],

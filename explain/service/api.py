@@ -44,6 +44,7 @@ from explain.workspace import Actor, Workspace
 from explain.workspace.jobs import JobInfo
 from explain.workspace.registry import parse_ref
 from explain.workspace.roles import Action
+from explain.workspace.run_kinds import read_run
 
 log = logging.getLogger("glassbox.api")
 
@@ -324,8 +325,8 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
                                 f"follow it at /v1/jobs/{job.id}.") from None
         except JobNotDone as exc:
             raise ApiError(409 if exc.job.status == "cancelled" else 422, exc.message) from None
-        values, targets = run.results["0/values"], run.results["0/targets"]
-        errors = run.results.get("0/completeness_error")
+        (attr,) = read_run(run)  # an Output run of one method: its Attribution, as the run saved it
+        values, targets, errors = attr.values, attr.target, attr.completeness_error
         return {"explanations": [
             {"values": values[i].tolist(), "target": int(targets[i]),
              "completeness_error": None if errors is None or not np.isfinite(errors[i]) else float(errors[i])}

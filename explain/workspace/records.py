@@ -1,18 +1,25 @@
 """The Output page's saved run, built in one place for the page and for the job queue's worker
-(`explain.service.runners`), so a run saved by the API opens on the Runs page like any other."""
+(`explain.service.runners`), so a run saved by the API opens on the Runs page like any other; and
+the Structure / Training / Overview pages' snapshot run (`snapshot_record`, read back by
+`saved_snapshot`). `explain.workspace.run_kinds` names each kind's writer and reader."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from explain.attribution import Attribution
 from explain.digest import digest_array
+from explain.finding import Finding
 from explain.model import LoadedModel
 from explain.output.metrics.base import MetricResult
 from explain.output.metrics.quality import Results
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def output_record(name: str, version: int, model: LoadedModel, inputs: np.ndarray, rows: Sequence[int],
@@ -97,3 +104,47 @@ def output_differences(saved: SavedRun, fresh: SavedRun) -> list[dict[str, Any]]
                      "now completeness error": again.max_completeness_error,
                      "same targets": bool(np.array_equal(again.target, attr.target))})
     return rows
+
+
+# -- Structure / Training / Overview runs -------------------------------------------------------
+def snapshot_record(page: str, name: str, version: int, title: str, inputs: np.ndarray | None,
+                    tables: dict[str, pd.DataFrame], findings: Sequence[Finding] = (),
+                    notes: Sequence[str] = (), results: dict[str, np.ndarray] | None = None) -> RunRecord:
+    """A Structure / Training / Overview run: the tables and findings the page showed (and any arrays)."""
+    return RunRecord(
+        page=page, model=name, version=version, title=title,
+        inputs={"inputs": inputs} if inputs is not None else {}, results=dict(results or {}),
+        summary={"tables": {k: _frame_json(v) for k, v in tables.items()},
+                 "findings": [f.to_dict() for f in findings],
+                 "notes": list(notes),
+                 "inputs_sha256": digest_array(inputs) if inputs is not None else None})
+
+
+def _frame_json(frame: pd.DataFrame) -> dict:
+    split = frame.astype(object).where(frame.notna(), None).to_dict(orient="split")
+    return {"columns": [str(c) for c in split["columns"]], "data": split["data"]}
+
+
+def saved_tables(summary: dict) -> dict[str, pd.DataFrame]:
+    """The tables a Structure / Training / Overview run stored (`snapshot_record`), as its view shows them
+    (a Structure or Overview run's "Layers": `explain.structure.layers.layer_frame`, as the page showed it)."""
+    import pandas as pd  # only where a run's tables are read back
+
+    return {title: pd.DataFrame(table["data"], columns=table["columns"])
+            for title, table in summary.get("tables", {}).items()}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A Structure / Training / Overview run read back: what its page showed."""
+
+    tables: dict[str, pd.DataFrame]
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def saved_snapshot(run: SavedRun) -> Snapshot:
+    """The inverse of `snapshot_record`: the run's tables, findings (`Finding.from_dict`) and notes."""
+    summary = run.info.summary
+    return Snapshot(saved_tables(summary), [Finding.from_dict(f) for f in summary.get("findings", [])],
+                    [str(n) for n in summary.get("notes", [])])
