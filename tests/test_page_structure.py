@@ -96,6 +96,23 @@ def test_overview_structure_and_a_saved_run_show_one_layer_table(sample):
     assert structure["output shape (per input)"].iloc[0] == "×".join(str(d) for d in model_shape[1:])
 
 
+def test_the_reports_layer_table_is_layer_frame():
+    """The HTML report's structure section shows `layer_frame` (every layer): the same columns, shapes
+    and FLOPs per input as the pages' one layer table."""
+    from explain.report.analysis import build_structure_section, describe_structure, layer_rows
+    from explain.report.document import round_data
+    from explain.structure.layers import FLOPS_COLUMN, LAYER_COLUMNS, SHAPE_COLUMN, build_layer_table, layer_frame
+    from sample_models import sample_inputs
+
+    model, example = load_sample("sentiment"), sample_inputs("sentiment")["inputs"][:1]
+    section = build_structure_section(model, describe_structure(model, example))
+    table = build_layer_table(model, example)
+    expected = layer_frame(table, max_depth=max(row.depth for row in table.rows))
+    assert section.data["layers"] == round_data({"layers": layer_rows(expected)})["layers"]
+    assert list(section.data["layers"][0]) == list(LAYER_COLUMNS) and len(section.data["layers"]) == len(table.rows)
+    assert SHAPE_COLUMN in section.body and FLOPS_COLUMN in section.body
+
+
 def test_layer_filter_and_depth_change_the_table():
     at = _run_page("shapes")
     at.slider(key="gb_struct_depth").set_value(1).run()

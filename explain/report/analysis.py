@@ -16,7 +16,7 @@ from explain.finding import sort_findings
 from explain.inputs.text import detokenize, real_positions
 from explain.model import LoadedModel
 from explain.report.document import Section, escape, format_number, round_data, table_html
-from explain.structure.layers import describe_layers, flop_chart_rows
+from explain.structure.layers import FLOPS_COLUMN, SHAPE_COLUMN, build_layer_table, flop_chart_rows, layer_frame
 from explain.training.evolution import (
     compute_checkpoint_drift,
     compute_weight_changes,
@@ -40,38 +40,44 @@ MAX_LAYER_ROWS = 80
 
 # -- structure -----------------------------------------------------------------------
 def describe_structure(model: LoadedModel, example: np.ndarray) -> dict[str, Any]:
-    """Layers of ``model`` on one example: ``{"layers": [...], "total_flops", "total_parameters"}``.
+    """Layers of ``model`` on one example: ``{"layers": [...], "table", "total_flops", "total_parameters"}``;
+    ``table`` is `explain.structure.layers.layer_frame` of every layer (the pages' one layer table:
+    per-input shapes and FLOPs), ``layers`` the rows as `describe_layers` gives them (the FLOPs chart).
 
     Args:
         example: a model-ready batch of one input ([1, ...]).
     """
-    layers = [dict(layer) for layer in describe_layers(model, example)]
+    table = build_layer_table(model, example)
+    layers = [dict(layer) for layer in table.to_records()]
     root = next((layer for layer in layers if layer.get("name") in ("", "(model)", "model")), None)
     flops = root.get("flops") if root else None
     if flops is None:
         top = [layer for layer in layers if layer.get("depth", 1) == 1] or layers
         known = [layer.get("flops") for layer in top if layer.get("flops") is not None]
         flops = int(sum(known)) if known else None
-    return {"layers": layers, "total_flops": flops, "total_parameters": model.parameter_count()}
+    frame = layer_frame(table, max_depth=max((row.depth for row in table.rows), default=0))
+    return {"layers": layers, "table": frame, "total_flops": flops, "total_parameters": model.parameter_count()}
+
+
+#: the layer table's columns the report's HTML shows (its data holds all of `LAYER_COLUMNS`).
+REPORT_LAYER_COLUMNS = ("layer", "type", SHAPE_COLUMN, "parameters", FLOPS_COLUMN, "FLOP %")
+
+
+def layer_rows(frame: Any) -> list[dict[str, Any]]:
+    """A `layer_frame` as plain rows (None where a value is unknown)."""
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 def build_structure_section(model: LoadedModel, structure: dict[str, Any]) -> Section:
     layers = structure["layers"]
-    rows = [{
-        "name": layer.get("name") or "(model)", "type": layer.get("type", ""),
-        "output_shape": _shape_text(layer.get("output_shape")),
-        "parameters": layer.get("parameters"), "flops": layer.get("flops"),
-    } for layer in layers]
+    rows = layer_rows(structure["table"])
     shown = rows[:MAX_LAYER_ROWS]
     more = (f'<p class="muted">… and {len(rows) - MAX_LAYER_ROWS} more layers (all are in the embedded data).</p>'
             if len(rows) > MAX_LAYER_ROWS else "")
     intro = (f"<p>{len(rows)} layers · {format_number(structure['total_parameters'])} parameters · "
              f"{format_number(structure['total_flops'])} FLOPs per sample (a multiply-add counts 2).</p>")
-    body = intro + table_html(shown, ["name", "type", "output_shape", "parameters", "flops"],
-                              ["layer", "type", "output shape", "parameters", "FLOPs"],
-                              numeric=("parameters", "flops")) + more
-    data = {"layers": [{k: r[k] for k in ("name", "type", "output_shape", "parameters", "flops")} for r in rows],
-            "total_parameters": structure["total_parameters"], "total_flops": structure["total_flops"]}
+    body = intro + table_html(shown, list(REPORT_LAYER_COLUMNS), numeric=("parameters", FLOPS_COLUMN, "FLOP %")) + more
+    data = {"layers": rows, "total_parameters": structure["total_parameters"], "total_flops": structure["total_flops"]}
     figures = []
     total = structure["total_flops"]
     charted = flop_chart_rows(layers, total) if total else []
@@ -79,16 +85,6 @@ def build_structure_section(model: LoadedModel, structure: dict[str, Any]) -> Se
         figures.append(viz_structure.figure_flops(charted, top=15))
     data["flop_chart"] = [row["name"] for row in charted]
     return Section("Structure", body=body, figures=figures, data=round_data(data))
-
-
-def _shape_text(shape: Any) -> str:
-    if shape is None:
-        return "—"
-    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
-        return "; ".join(_shape_text(s) for s in shape)
-    if isinstance(shape, (list, tuple)):
-        return "×".join(str(d) for d in shape)
-    return str(shape)
 
 
 # -- attention ---------------------------------------------------------------------------
