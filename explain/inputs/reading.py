@@ -21,7 +21,16 @@ from explain import config
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile
 from explain.inputs.images import decode_image, image_for_display, original_copy, preprocess_image
 from explain.inputs.tabular import LABEL_COLUMNS, feature_names, parse_csv
-from explain.inputs.text import PAD_ID, UNK_ID, detokenize, encode, tokenize, tokens_for_display, vocab_index
+from explain.inputs.text import (
+    PAD_ID,
+    UNK_ID,
+    detokenize,
+    encode,
+    spec_vocabulary,
+    tokenize,
+    tokens_for_display,
+    vocab_index,
+)
 from explain.loading.source import read_source
 from explain.spec import InputSpec
 
@@ -258,7 +267,8 @@ def _as_token_ids(arr: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer):
         raise IncompatibleInput(f"{name} has dtype {arr.dtype}; this text model takes integer token ids.")
     arr = arr.astype(np.int64)
-    top = len(spec.vocabulary) if spec.vocabulary else None
+    vocab = spec_vocabulary(spec)
+    top = len(vocab) if vocab else None
     if arr.min() < 0 or (top is not None and arr.max() >= top):
         raise IncompatibleInput(
             f"{name} has token ids from {int(arr.min())} to {int(arr.max())}; "

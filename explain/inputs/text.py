@@ -34,19 +34,43 @@ _TOKEN = re.compile(r"[\w']+|[^\w\s]")
 _BERT_TOKEN = re.compile(r"[^\W_]+|\S")
 
 
+def spec_vocabulary(spec: InputSpec | None) -> Sequence[str] | None:
+    """The spec's tokens by id: its ``vocabulary``, else its ``tokenizer``'s (a spec written for a
+    TorchScript or ``.pt2`` text model may carry only the model's ``tokenizer.json``), else None.
+
+    The one answer for tokenising, the pad / unk ids and the id range of token-id inputs."""
+    if spec is None:
+        return None
+    if spec.vocabulary:
+        return spec.vocabulary
+    return _tokenizer_tokens(spec.tokenizer) if spec.tokenizer else None
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_tokens(tokenizer_json: str) -> tuple[str, ...]:
+    """A ``tokenizer.json``'s tokens by id (added tokens included; a gap reads ``[unusedN]``), bounded
+    by `tokenizer_vocab`."""
+    vocab = tokenizer_vocab(tokenizer_json)
+    tokens = [f"[unused{i}]" for i in range(max(vocab.values(), default=-1) + 1)]
+    for token, i in vocab.items():
+        tokens[i] = token
+    return tuple(tokens)
+
+
 def vocab_index(spec: InputSpec) -> dict[str, int]:
     """Token -> id for the spec's vocabulary (first occurrence wins).
 
     Raises:
         IncompatibleInput: the spec is not a text spec with a vocabulary.
     """
-    if spec.modality != "text" or not spec.vocabulary:
+    vocab = spec_vocabulary(spec) if spec.modality == "text" else None
+    if not vocab:
         raise IncompatibleInput(
             "The spec has no vocabulary, so text cannot be tokenised.",
-            "Add a vocabulary to the spec, or upload token ids as .npy/.npz.",
+            "Add a vocabulary (or the model's tokenizer.json as 'tokenizer') to the spec, or upload token ids as .npy/.npz.",
         )
     index: dict[str, int] = {}
-    for i, tok in enumerate(spec.vocabulary):
+    for i, tok in enumerate(vocab):
         index.setdefault(tok, i)
     return index
 
@@ -196,7 +220,7 @@ def special_token_ids(spec: InputSpec | None) -> tuple[int, int]:
     The one answer to "which id is padding / unknown" for tokenising, padding
     masks and text reference inputs (`explain.output.baselines.text_reference`).
     """
-    vocab = list(spec.vocabulary or []) if spec is not None else []
+    vocab = list(spec_vocabulary(spec) or []) if spec is not None else []
     pad = next((vocab.index(t) for t in PAD_TOKENS if t in vocab), PAD_ID)
     unk = next((vocab.index(t) for t in UNK_TOKENS if t in vocab), UNK_ID)
     return pad, unk
