@@ -74,6 +74,8 @@ def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
             "Upload the complete file again.",
         ) from None
     metadata = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
+    if isinstance(header, dict):  # in the header's order: safetensors' own dict order changes from run to run
+        tensors = {k: tensors[k] for k in header if k in tensors} | tensors
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
