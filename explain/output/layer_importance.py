@@ -91,13 +91,16 @@ class LayerImportance:
 
 
 def _observe_layers(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, torch.Tensor | None]]:
-    """name -> (calls, last output tensor or None if not a single tensor)."""
+    """name -> (calls, last output tensor, or None if not a single tensor or the first input is not a tensor)."""
     seen: dict[str, tuple[int, torch.Tensor | None]] = {}
 
     def make_hook(name):
-        def hook(_m, _a, out):
+        def hook(_m, args, out):
             calls = seen.get(name, (0, None))[0] + 1
-            seen[name] = (calls, out.detach() if isinstance(out, torch.Tensor) else None)
+            # Captum finds a layer's device from its first input: a module called with something else
+            # first (an unflattened .pt2 passes the symbolic batch size) cannot be attributed or mapped
+            hookable = isinstance(out, torch.Tensor) and (not args or isinstance(args[0], torch.Tensor))
+            seen[name] = (calls, out.detach() if hookable else None)
 
         return hook
 
