@@ -208,15 +208,23 @@ with struct_col:
             st.caption("Layer attribution needs the model's layers (a weights file of a known architecture).")
     if model.modality == "text":
         with state.error_boundary("Reading the attention"):
+            from explain.errors import IncompatibleInput
             from explain.report.analysis import attention_figures, attention_tokens
-            from explain.structure.attention import capture_attention
+            from explain.structure.attention import attention_unavailable_reason, capture_attention
 
-            maps = capture_attention(model, x)
-            tokens, keep = attention_tokens(model, x[0], maps.weights.shape[-1])
-            last = maps.weights[-1:, 0]  # [1, head, q, k]
-            fig = attention_figures(last, maps.layer_names[-1:], [tokens[i] for i in keep], keep, grid=False)[0]
-            fig.update_layout(height=380)
-            st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_attention")
+            why_not = attention_unavailable_reason(model)  # none to capture: said so, as on the Structure page
+            try:
+                maps = None if why_not else capture_attention(model, x)
+            except IncompatibleInput as exc:
+                why_not, maps = exc.message, None
+            if maps is None:
+                st.info(escape_markdown(why_not))
+            else:
+                tokens, keep = attention_tokens(model, x[0], maps.weights.shape[-1])
+                last = maps.weights[-1:, 0]  # [1, head, q, k]
+                fig = attention_figures(last, maps.layer_names[-1:], [tokens[i] for i in keep], keep, grid=False)[0]
+                fig.update_layout(height=380)
+                st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_attention")
 
 with out_col:
     st.subheader("Output")
