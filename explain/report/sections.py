@@ -22,6 +22,7 @@ import torch
 from explain.attribution import WARNING_MARK, run_details
 from explain.digest import digest_array, digest_bytes
 from explain.errors import Cancelled, UsageError, one_line
+from explain.inputs.images import describe_preprocessing
 from explain.inputs.tabular import feature_names as tabular_feature_names
 from explain.inputs.text import detokenize, padding_mask
 from explain.loading.source import read_source
@@ -91,6 +92,8 @@ def build_model_card(model: LoadedModel, structure: dict[str, Any] | None, struc
         "classes": ", ".join(spec.class_names) if spec.class_names else "—",
         "device": str(model.device),
     }
+    if spec.modality == "image":  # the one preprocessing, named as the pages name it (`describe_preprocessing`)
+        card["image preprocessing"] = describe_preprocessing(spec)
     if spec.mean is not None:
         card["normalisation mean"] = ", ".join(format_number(float(v)) for v in spec.mean[:8])
         card["normalisation std"] = ", ".join(format_number(float(v)) for v in spec.std[:8]) if spec.std else "—"
