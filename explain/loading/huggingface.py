@@ -535,6 +535,9 @@ def _image_spec(config: Any, files: dict[str, bytes]) -> InputSpec:
     mean = std = processor = None
     if "preprocessor_config.json" in files:
         pre = _json(files, "preprocessor_config.json")
+        if isinstance(pre, dict) and "size" not in pre and "crop_size" not in pre:
+            # a hand-written config without a size: the model's own image_size, not the class default
+            pre = {**pre, "size": {"height": int(h), "width": int(w)}, "do_center_crop": False}
         try:
             pre = check_image_processor(pre, config.model_type)
         except IncompatibleInput:  # no processor class for it in transformers: its mean / std still hold
