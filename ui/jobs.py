@@ -41,16 +41,6 @@ def ensure_worker() -> None:
         _embedded_worker(ws.url, str(ws.home))
 
 
-def share_with_worker(model) -> None:
-    """Hand the page's loaded ``model`` to this server's own worker before submitting its job, so
-    the job runs on it instead of loading (and vetting) the version a second time: the worker's
-    `ModelCache` keeps it under its sha256, the version the job names. Nothing to share with the
-    team's workers (``GLASSBOX_EXTERNAL_WORKER=1``): they are other processes and load it there."""
-    if not external_worker():
-        ws = team.workspace()
-        _embedded_worker(ws.url, str(ws.home)).models.add(model)
-
-
 def registered_version(model):
     """The current model's registry version, registering an upload first (what every job names)."""
     version = team.current_version(model, register=True)
@@ -83,7 +73,6 @@ def submit_explain(model, inputs, asked: list[tuple[str, dict[str, Any]]], targe
     job_params, arrays, title = explain_methods_job(model, version.name, version.version, inputs, asked, target,
                                                     rows=rows, shown=shown, labels=labels, sign=sign,
                                                     metrics=metrics, masks=masks)
-    share_with_worker(model)
     return submit(team.workspace(), team.actor(), "explain", job_params, title=title, inputs=arrays,
                   priority=priority)
 
@@ -132,7 +121,6 @@ def submit_dataset(model, dataset, method: str, params: dict[str, Any], target, 
     version = registered_version(model)
     job_params, arrays, title = dataset_job(model, version.name, version.version, dataset, method, params, target,
                                             shard_rows, engine)
-    share_with_worker(model)
     return submit(team.workspace(), team.actor(), "dataset", job_params, title=title, inputs=arrays,
                   priority="batch")
 
@@ -148,7 +136,6 @@ def submit_report(name: str, version: int, model, inputs, *, labels=None, logs=(
         model, name, version, inputs, labels=labels, logs=[log_as_data(p) for p in logs],
         checkpoints=[file_as_data(p) for p in checkpoints], methods=methods, method_params=method_params,
         review=True, review_run=review_run, title=title, invocation={"page": "app"})
-    share_with_worker(model)
     return submit(team.workspace(), team.actor(), "report", job_params, title=job_title, inputs=arrays,
                   priority="interactive")
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from explain.loading.loader import load_model
 from explain.model import LoadedModel
 from explain.spec import InputSpec
 from explain.workspace import SavedRun
@@ -44,19 +43,15 @@ __all__ = ["DRAWERS", "REPORT_DATASET_ROWS", "SavedModel", "output_record", "ren
 REPORT_DATASET_ROWS = 8
 
 # -- showing a saved run ------------------------------------------------------------------------
-@st.cache_resource(max_entries=4, show_spinner="Loading the run's model version…")
-def _version_model(sha256: str, _data: bytes, filename: str, _spec: bytes | None) -> LoadedModel:
-    spec = InputSpec.from_json(_spec) if _spec else None
-    return load_model(_data, spec=spec, filename=filename)
-
-
 def run_model(run: SavedRun) -> LoadedModel:
-    """The model version a run was saved with (loaded from the registry, cached by its sha256): what
-    Re-run and a run's report need, never what drawing the run needs (`run_view_model`)."""
+    """The model version a run was saved with, from the registry through the process's one model
+    cache (`ui.state.open_model`: the copy a page or the worker already holds): what Re-run and a
+    run's report need, never what drawing the run needs (`run_view_model`)."""
+    from ui import state
+
     data, filename, spec = team.workspace().registry.file(team.actor(), run.info.model, run.info.version)
-    model = _version_model(run.info.sha256, data, filename, spec)
-    model.name = run.info.model
-    return model
+    return state.open_model(data, run.info.sha256, "Loading the run's model version…", filename=filename,
+                            spec=InputSpec.from_json(spec) if spec else None, name=run.info.model)
 
 
 @dataclass(frozen=True)
@@ -141,11 +136,9 @@ def submit_rerun(run: SavedRun):
     Submitting needs the editor role (`client.submit` checks it, whatever the page shows)."""
     from explain.service.client import submit
     from explain.service.runners import rerun_job
-    from ui import jobs
 
     model = run_model(run)
     params, arrays, title = rerun_job(model, run)
-    jobs.share_with_worker(model)
     return submit(team.workspace(), team.actor(), "explain", params, title=title, inputs=arrays,
                   priority="interactive")
 

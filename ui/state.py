@@ -19,6 +19,7 @@ reviewer gets `PermissionDenied` (the pages say so first, `ui.workspace.stop_unl
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -34,11 +35,11 @@ from explain.config import trusted_mode
 from explain.digest import digest_bytes
 from explain.errors import GlassboxError, one_line
 from explain.inputs.reading import InputBatch, model_ready_array, read_inputs
-from explain.loading.loader import load_model
 from explain.model import LoadedModel
+from explain.service.models import shared_models
 from explain.spec import InputSpec, SpecGuess, guess_from_array
 from explain.workspace.roles import Action
-from sample_models import SAMPLE_NAMES, load_sample, sample_inputs
+from sample_models import SAMPLE_NAMES, sample_file, sample_inputs
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
@@ -66,17 +67,29 @@ class UploadedBlob:
         return cls(upload.name, data, digest_bytes(data))
 
 
-# -- cached loaders (shared across sessions; keyed by content hash) ------------
-@st.cache_resource(max_entries=3, show_spinner="Loading sample model…")
+# -- loaders: the process's one model cache (`explain.service.models.shared_models`) -----------
+@functools.lru_cache(maxsize=len(SAMPLE_NAMES))
+def _sample_file(name: str) -> tuple[bytes, str]:
+    """A sample's model file (the safetensors file a new workspace registers) and its sha256."""
+    data = sample_file(name).read_bytes()
+    return data, digest_bytes(data)
+
+
+def open_model(data: bytes, sha256: str, spinner: str = "Loading the model…", **options) -> LoadedModel:
+    """The model of a file through the one cache the pages, saved runs and the app's worker share
+    (`explain.service.models.shared_models`): loaded and vetted once per file and spec in this process."""
+    with st.spinner(spinner) if shared_models().find(sha256) is None else contextlib.nullcontext():
+        return shared_models().open(data, sha256=sha256, vetted=_team()[0].vetting, **options)
+
+
 def _cached_sample(name: str) -> LoadedModel:
-    return load_sample(name)
+    data, sha = _sample_file(name)
+    return open_model(data, sha, "Loading sample model…", filename=f"{name}.safetensors", name=name)
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading uploaded model…")
-def _cached_upload(sha256: str, spec_sha: str, sample_key: str, _blob: UploadedBlob, _spec: UploadedBlob | None,
-                   _sample: np.ndarray | None) -> LoadedModel:
-    spec = InputSpec.from_json(_spec.data) if _spec else None
-    return load_model(_blob.data, spec=spec, filename=_blob.name, sample_input=_sample)
+def _cached_upload(blob: UploadedBlob, spec: UploadedBlob | None, sample: np.ndarray | None) -> LoadedModel:
+    return open_model(blob.data, blob.sha256, "Loading uploaded model…", filename=blob.name,
+                       spec=InputSpec.from_json(spec.data) if spec else None, sample_input=sample)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -197,13 +210,10 @@ def _team():
 
 def _load_upload(blob: UploadedBlob) -> LoadedModel:
     spec = _explicit_spec()
-    sample = _input_sample() if spec is None else None
-    # keyed by the sample's shape and dtype: other inputs of the same kind do not reload the model
-    sample_key = f"{sample.shape[1:]}:{sample.dtype}" if sample is not None else ""
+    sample = _input_sample() if spec is None else None  # keyed by its shape and dtype (`models.sample_key`)
     ws, who = _team()
     # the library checks the role on every call; the cached loader only loads (it is shared by sessions)
-    return ws.load_model(who, blob.data, loader=lambda _data: _cached_upload(
-        blob.sha256, spec.sha256 if spec else "", sample_key, blob, spec, sample))
+    return ws.load_model(who, blob.data, loader=lambda _data: _cached_upload(blob, spec, sample))
 
 
 def current_model() -> LoadedModel:
