@@ -17,7 +17,7 @@ from explain.service.worker import stop_embedded
 from explain.workspace import Actor, open_workspace
 from explain.workspace.records import saved_snapshot, snapshot_record
 from explain.workspace.run_kinds import RUN_KINDS, read_run, run_kind
-from explain.workspace.runs import RunInfo, SavedRun
+from explain.workspace.runs import PAGES, RunInfo, SavedRun
 from sample_models import sample_inputs, sample_registry_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,8 @@ def test_every_written_kind_is_registered_and_drawn():
     assert kinds <= set(RUN_KINDS)
     assert set(DRAWERS) == set(RUN_KINDS)
     # each job kind's runner saves a registered kind
-    assert set(RUNNERS) == {"explain", "dataset", "report"}
+    assert set(RUNNERS) == {"explain", "dataset", "report", "importance", "drift"}
+    assert set(PAGES) == set(RUN_KINDS)  # every registered kind can be saved
     for kind in RUN_KINDS.values():
         assert callable(kind.write) and callable(kind.read) and run_kind(kind.name) is kind
 

@@ -140,6 +140,50 @@ def submit_report(name: str, version: int, model, inputs, *, labels=None, logs=(
                   priority="interactive")
 
 
+def submit_importance(model, inputs, depth: int, steps: int) -> JobInfo:
+    """Queue the Structure page's Rank layers on ``inputs`` [N, ...] as an interactive job (an importance run)."""
+    from explain.output.importance_job import importance_job
+
+    version = registered_version(model)
+    job_params, arrays, title = importance_job(model, version.name, version.version, inputs, depth=depth, steps=steps)
+    return submit(team.workspace(), team.actor(), "importance", job_params, title=title, inputs=arrays,
+                  priority="interactive")
+
+
+def submit_drift(model, checkpoints: list[tuple[str, bytes]], inputs, steps: int) -> JobInfo:
+    """Queue the Training page's attribution drift over ``checkpoints`` (name, bytes) as an interactive job."""
+    from explain.training.drift_job import drift_job
+
+    version = registered_version(model)
+    job_params, arrays, title = drift_job(model, version.name, version.version, checkpoints, inputs, steps=steps)
+    return submit(team.workspace(), team.actor(), "drift", job_params, title=title, inputs=arrays,
+                  priority="interactive")
+
+
+def follow_request(store: str, key: str, submit_job: Callable[[], JobInfo], label: str) -> SavedRun | None:
+    """The saved run answering request ``key``: submitted once (``submit_job()``; the job's id kept in
+    ``st.session_state[store]``, so a rerun follows the same job), followed here with its progress and
+    Cancel. None when it was cancelled (said so; the next run asks again).
+
+    Raises:
+        JobNotDone: the job failed (its reason in the message; the next run asks again).
+    """
+    from explain.service.client import JobNotDone
+
+    followed = st.session_state.setdefault(store, {})
+    if key not in followed:
+        followed[key] = submit_job().id
+    try:
+        job, run = follow_job(followed[key], label)
+    except JobNotDone:
+        followed.pop(key, None)
+        raise
+    if run is None:
+        followed.pop(key, None)
+        st.info(f"{label}: cancelled.")
+    return run
+
+
 def jobs_frame(jobs: list[JobInfo]) -> pd.DataFrame:
     """Who, what, how far: one row per job, in the order the workers take them."""
     return pd.DataFrame([{"job": j.id, "who": j.owner, "what": j.title, "priority": j.priority, "status": j.status,

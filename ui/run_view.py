@@ -118,9 +118,24 @@ def _draw_snapshot(run: SavedRun) -> None:
         st.caption(escape_markdown(note))
 
 
+def _draw_importance(run: SavedRun) -> None:
+    from explain.output.importance_job import saved_importance
+    from ui.analysis_view import render_importance
+
+    render_importance(saved_importance(run), key=f"run_{run.info.id}_importance")
+
+
+def _draw_drift(run: SavedRun) -> None:
+    from explain.training.drift_job import saved_drift
+    from ui.analysis_view import render_drift
+
+    render_drift(saved_drift(run), run_view_model(run).spec, run.inputs["inputs"], key=f"run_{run.info.id}_drift")
+
+
 #: how each run kind is drawn, keyed by the kinds of `explain.workspace.run_kinds.RUN_KINDS`.
 DRAWERS = {"output": _draw_output, "dataset": _draw_dataset, "report": _draw_report,
-           "structure": _draw_snapshot, "training": _draw_snapshot, "overview": _draw_snapshot}
+           "structure": _draw_snapshot, "training": _draw_snapshot, "overview": _draw_snapshot,
+           "importance": _draw_importance, "drift": _draw_drift}
 
 
 def render_saved_run(run: SavedRun) -> None:

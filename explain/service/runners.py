@@ -6,6 +6,10 @@
                          (`explain.dataset.job.dataset_job` builds it)
     RUNNERS["report"]    the HTML report of a model version -> a report run
                          (`explain.report.job.report_job` builds it)
+    RUNNERS["importance"] the Structure page's Rank layers -> an importance run
+                         (`explain.output.importance_job.importance_job` builds it)
+    RUNNERS["drift"]     the Training page's attribution drift over checkpoints -> a drift run
+                         (`explain.training.drift_job.drift_job` builds it)
 
 A runner reports progress with ``ctx.progress(done, total)``; that call raises `Cancelled`
 when the job's owner cancelled it, which the attribution engine lets through.
@@ -244,3 +248,25 @@ def run_report(ctx: JobContext) -> RunRecord:
 
 
 register_runner("report", run_report)
+
+
+def run_importance(ctx: JobContext) -> RunRecord:
+    """Layer importance of the job's inputs (`explain.output.importance_job.run_importance_job`)."""
+    from explain.output.importance_job import run_importance_job
+
+    p = ctx.job.params
+    return run_importance_job(ctx.model(p["model"], int(p["version"])), p, ctx.inputs, ctx.progress)
+
+
+register_runner("importance", run_importance)
+
+
+def run_drift(ctx: JobContext) -> RunRecord:
+    """Attribution drift over the job's checkpoints (`explain.training.drift_job.run_drift_job`)."""
+    from explain.training.drift_job import run_drift_job
+
+    p = ctx.job.params
+    return run_drift_job(ctx.model(p["model"], int(p["version"])), p, ctx.inputs, ctx.progress)
+
+
+register_runner("drift", run_drift)

@@ -7,6 +7,8 @@
     structure,
     training,
     overview    explain.workspace.records.snapshot_record     saved_snapshot: Snapshot (tables, findings, notes)
+    importance  explain.output.importance_job.importance_record   saved_importance: LayerImportance
+    drift       explain.training.drift_job.drift_record       saved_drift: AttributionDrift
 
 Whoever reads a run's results (the API, the CLI, the pages) goes through its kind's reader
 (`read_run`), never the raw keys of ``SavedRun.results``; the UI draws each kind with the
@@ -20,7 +22,9 @@ from typing import Any
 
 from explain.dataset.job import dataset_record, saved_dataset
 from explain.errors import UsageError
+from explain.output.importance_job import importance_record, saved_importance
 from explain.report.job import report_html, run_report_job
+from explain.training.drift_job import drift_record, saved_drift
 from explain.workspace.records import output_attributions, output_record, saved_snapshot, snapshot_record
 from explain.workspace.runs import RunRecord, SavedRun
 
@@ -38,6 +42,8 @@ RUN_KINDS: dict[str, RunKind] = {kind.name: kind for kind in (
     RunKind("output", output_record, output_attributions),
     RunKind("dataset", dataset_record, saved_dataset),
     RunKind("report", run_report_job, report_html),
+    RunKind("importance", importance_record, saved_importance),
+    RunKind("drift", drift_record, saved_drift),
     *(RunKind(page, snapshot_record, saved_snapshot) for page in ("structure", "training", "overview")),
 )}
 

@@ -9,16 +9,17 @@ from explain.digest import digest_array
 from explain.errors import GlassboxError
 from explain.inputs.text import real_length
 from explain.output import layer_importance
+from explain.output.importance_job import saved_importance
 from explain.structure import activations, attention, attention_summary
 from explain.structure import layers as structure
 from explain.structure import module_graph as graph
 from explain.viz import structure as viz
 from explain.viz.attribution import to_display_images
-from ui import state
+from ui import jobs, state
 from ui import workspace as team
+from ui.analysis_view import render_importance
 from ui.run_view import snapshot_record
 from ui.text import escape_markdown
-from ui.widgets import caption_skipped_layers
 
 MAX_ATTENTION_INPUTS = 16
 MAX_IMPORTANCE_INPUTS = 8
@@ -32,11 +33,6 @@ def _layer_table(model_sha: str, inputs_sha: str, _model, _inputs) -> structure.
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _attention(model_sha: str, inputs_sha: str, _model, _inputs) -> attention.AttentionMaps:
     return attention.capture_attention(_model, _inputs)
-
-
-@st.cache_resource(max_entries=16, show_spinner=False)
-def _importance(model_sha: str, inputs_sha: str, depth: int, steps: int, _model, _inputs, _progress):
-    return layer_importance.compute_layer_importance(_model, _inputs, depth=depth, steps=steps, progress=_progress)
 
 
 def depth_slider(container, label: str, low: int, high: int, value: int, key: str, help: str | None = None) -> int:
@@ -224,16 +220,13 @@ with tab_importance:
                               key="gb_imp_depth", help="Score the modules at this depth (at first, the repeated blocks).")
         steps = c2.slider("Integration steps", 4, 64, 16, key="gb_imp_steps")
         n_imp = c3.number_input("Inputs", 1, min(len(inputs), 64), min(len(inputs), MAX_IMPORTANCE_INPUTS), key="gb_imp_n")
-        key = (model.sha256, inputs_sha, idepth, steps, int(n_imp))
-        if st.button("Rank layers", key="gb_imp_run", type="primary") or st.session_state.get("gb_imp_key") == key:
-            with state.error_boundary("Ranking layers"):
-                bar = st.progress(0.0, text="Attributing to each layer…")
-                result = _importance(model.sha256, digest_array(inputs[: int(n_imp)]), idepth, steps, model,
-                                     inputs[: int(n_imp)], lambda d, t: bar.progress(d / max(t, 1), text=f"Layer {d}/{t}"))
-                bar.empty()
-                st.session_state["gb_imp_key"] = key
-                st.plotly_chart(viz.figure_layer_importance(result), width="stretch")
-                caption_skipped_layers(result.skipped, "Not scored")
+        key = f"{model.sha256}:{inputs_sha}:{idepth}:{steps}:{int(n_imp)}"
+        if st.button("Rank layers", key="gb_imp_run", type="primary") or key in st.session_state.get("gb_imp_jobs", {}):
+            with state.error_boundary("Ranking layers"):  # a job of the queue, saved as an importance run
+                run = jobs.follow_request("gb_imp_jobs", key, lambda: jobs.submit_importance(
+                    model, inputs[: int(n_imp)], idepth, steps), "Attributing to each layer")
+                if run is not None:
+                    render_importance(saved_importance(run))
         else:
             st.caption("Scores every layer with LayerIntegratedGradients for the predicted class. "
                        "Press **Rank layers** to start.")

@@ -8,19 +8,15 @@ import streamlit as st
 from explain.digest import digest_array, digest_bytes
 from explain.finding import sort_findings
 from explain.training.downsampling import MAX_ROWS
-from explain.training.evolution import (
-    UNITS,
-    compute_checkpoint_drift,
-    compute_weight_changes,
-    read_checkpoint,
-    sort_checkpoints,
-)
+from explain.training.drift_job import saved_drift
+from explain.training.evolution import compute_weight_changes, read_checkpoint, sort_checkpoints
 from explain.training.findings import diagnose
 from explain.training.formats import CHECKPOINT_HISTORY_KEYS
 from explain.training.history import LOG_MODES, ROLES, default_log_mode, merge_histories, read_history
 from explain.viz import training as viz
-from ui import state
+from ui import jobs, state
 from ui import workspace as team
+from ui.analysis_view import render_drift
 from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 
@@ -197,26 +193,11 @@ with state.error_boundary("Explaining the checkpoints"):
     n = int(c1.number_input("Inputs to explain", 1, len(batch.array), n_default, key="gb_drift_n"))
     steps = int(c2.select_slider("Integration steps", [8, 16, 32, 64, 128], 32, key="gb_drift_steps"))
     inputs = batch.array[:n]
-    key = (tuple(digest_bytes(c.data) for c in checkpoints), digest_array(inputs), model.sha256, steps)
-    cache = st.session_state.setdefault("gb_drift_cache", {})
-    if key not in cache:
-        k = len(checkpoints)
-        bar = st.progress(0.0, text=f"Explaining {k} checkpoints with integrated gradients…")
-
-        def show(done: int, total: int) -> None:
-            at = min(done // UNITS + 1, k)
-            bar.progress(min(done / max(total, 1), 1.0),
-                         text=f"Explaining checkpoint {at} of {k} ({escape_markdown(checkpoints[at - 1].label)})…")
-
-        try:
-            cache.clear()  # keep one result per session
-            cache[key] = compute_checkpoint_drift(checkpoints, model, inputs, steps=steps, progress=show)
-        finally:
-            bar.empty()
-    drift = cache[key]
-    st.caption("Integrated gradients of the same inputs for the final checkpoint's predicted class at every "
-               "checkpoint; ρ is the Spearman rank correlation with the final checkpoint's attributions.")
-    st.plotly_chart(viz.figure_drift_correlation(drift), key="gb_drift_corr")
-    index = st.selectbox("Input", list(range(n)), key="gb_drift_index",
-                         format_func=lambda i: f"#{i} · {model.spec.class_name(int(drift.target[i]))}")
-    st.plotly_chart(viz.figure_attribution_drift(drift, index, model.spec, inputs), key="gb_drift_maps")
+    key = digest_bytes(repr((tuple(digest_bytes(c.data) for c in checkpoints), digest_array(inputs), model.sha256,
+                             steps)).encode())
+    # a job of the queue (`explain.training.drift_job`), saved as a drift run and drawn from it
+    run = jobs.follow_request("gb_drift_jobs", key, lambda: jobs.submit_drift(
+        model, [(c.source, c.data) for c in checkpoints], inputs, steps),
+        f"Explaining {len(checkpoints)} checkpoints with integrated gradients")
+    if run is not None:
+        render_drift(saved_drift(run), model.spec, inputs, key="gb_drift")
