@@ -72,12 +72,15 @@ def is_export_archive(archive: Archive, names: list[str]) -> bool:
 def check_export_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
     """Check a ``.pt2`` in the server and load it in its own model process (`explain.loading.model_process`).
 
-    Every static check of `read_export_archive` runs here; the program is
-    deserialised and run only in the child.
+    The server checks the program, the sample-inputs blob and the spec (`read_export_archive` with
+    ``tensors=False``); the weight and constant tables, which only the child reads, are checked
+    there, by the same `read_export_archive`, before torch's deserializer sees anything. The program
+    is deserialised and run only in the child, so the server never imports torch's export
+    deserializer (``torch._export.serde.serialize`` pulls in dynamo and sympy: more than a torch import).
     """
     from explain.loading.model_process import load_remote_parts
 
-    _, _, _, embedded = read_export_archive(data, archive)
+    _, _, _, embedded = read_export_archive(data, archive, tensors=False)
     return load_remote_parts(data, "export", embedded)
 
 
@@ -91,9 +94,12 @@ def load_export_parts(data: bytes) -> LoadedParts:
     )
 
 
-def read_export_archive(data: bytes, archive: Archive | None = None
+def read_export_archive(data: bytes, archive: Archive | None = None, *, tensors: bool = True
                         ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], InputSpec | None]:
     """Read and check a ``.pt2``: its program JSON, weights, constants and embedded spec (nothing is run).
+
+    ``tensors=False`` (the server, which never reads them): the weights and constants are neither
+    read nor checked, and come back empty.
 
     Raises:
         UnsafeFile: pickled objects, a sample-inputs blob the safe unpickler
@@ -121,8 +127,8 @@ def read_export_archive(data: bytes, archive: Archive | None = None
     sample = member(f"data/sample_inputs/{MODEL_NAME}.pt")
     if sample:  # checked, never handed to torch (it would retry with weights_only=False)
         weights_only_load(sample, ".pt2 sample-inputs blob", _PT2_HINT)
-    state_dict = _read_payloads(zf, names, root, "weights")
-    constants = _read_payloads(zf, names, root, "constants")
+    state_dict = _read_payloads(zf, names, root, "weights") if tensors else {}
+    constants = _read_payloads(zf, names, root, "constants") if tensors else {}
     spec_text = member(f"extra/{SPEC_FILENAME}")
     embedded = spec_from_text(spec_text.decode("utf-8", errors="replace")) if spec_text else None
     return raw, state_dict, constants, embedded
