@@ -116,6 +116,24 @@ def render_attribution(model: LoadedModel, attr: Attribution, row: int, title: s
     st.caption(caption_for(attr, row))
 
 
+def render_layer_attribution(model: LoadedModel, result, x: np.ndarray, key: str) -> None:
+    """One input's attribution to a layer (`viz.layer_attribution_figure`: a map over the picture, token
+    highlights or bars per unit) and its completeness against f(x) − f(baseline): the Overview's layer map."""
+    target = model.spec.class_name(int(result.target[0]))
+    title = f"{result.layer} · {result.method.replace('_', ' ')} → {target}"
+    drawn = viz.layer_attribution_figure(result, x, model.spec, title)
+    if isinstance(drawn, str):
+        st.caption(escape_markdown(title))
+        st.html(drawn)
+    else:
+        st.plotly_chart(drawn, config={"displayModeBar": False}, key=key)
+    err_text, exceeded = result.completeness_text(0)
+    st.caption(f"Σ over the layer {result.values[0].sum():.4g} vs f(x) − f(baseline) "
+               f"{result.output[0] - result.base_value[0]:.4g} · {result.steps} steps · "
+               + (f":orange[**{err_text}**]" if exceeded else
+                  f"{err_text} (exact only for a layer every path goes through)"))
+
+
 def render_summary(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
     """Tabular: beeswarm summary per method; every modality: agreement between methods."""
     if model.modality == "tabular" and len(attrs[0]) >= 5:

@@ -39,7 +39,7 @@ from explain.model import LoadedModel
 from explain.service.models import shared_models
 from explain.spec import InputSpec, SpecGuess, guess_from_array
 from explain.workspace.roles import Action
-from sample_models import SAMPLE_NAMES, sample_file, sample_inputs
+from sample_models import SAMPLE_NAMES, sample_dir, sample_file, sample_inputs
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
@@ -317,6 +317,21 @@ def remember_training_uploads(model_sha: str, logs: list[tuple[str, bytes]], ckp
 def training_uploads(model_sha: str) -> tuple[list[str], list[str]]:
     """(log paths, checkpoint paths) the Training page received for ``model_sha``; empty when none."""
     return st.session_state.get(_TRAINING_KEY, {}).get(model_sha, ([], []))
+
+
+def training_sources(model_sha: str) -> tuple[list[str], list[str]]:
+    """Training logs and checkpoints (paths) of the current model, oldest first: those uploaded on the
+    Training page for ``model_sha``, else the current sample's own (what the Overview and its report read)."""
+    from explain.training.evolution import checkpoint_sort_key
+
+    uploaded_logs, uploaded_ckpts = training_uploads(model_sha)
+    sample = current_sample_name()
+    if uploaded_logs or uploaded_ckpts or sample is None:
+        return uploaded_logs, sorted(uploaded_ckpts, key=lambda p: checkpoint_sort_key(Path(p).name))
+    root = Path(sample_dir(sample))
+    logs = [str(root / "train_log.csv")] if (root / "train_log.csv").is_file() else []
+    return logs, sorted((str(p) for p in (root / "checkpoints").glob("*.pt")),
+                        key=lambda p: checkpoint_sort_key(Path(p).name))
 
 
 def current_masks() -> np.ndarray | None:

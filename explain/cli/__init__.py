@@ -95,6 +95,21 @@ def prestart_for(argv: Sequence[str]) -> bool:
     return prestart_zygote(MODEL_PRELOAD)
 
 
+def share_zygotes_for(argv: Sequence[str]) -> bool:
+    """A subcommand that loads a model forks its model processes from the zygote this user's calls
+    share (`explain.loading.sandbox_zygote.SharedZygote`): a repeated call finds it warm instead of
+    importing torch and warming one up again. ``GLASSBOX_ZYGOTE_IDLE_S=0`` turns it off. True when on."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in MODEL_SUBCOMMANDS:
+        return False
+    from explain.config import zygote_idle_s
+    from explain.loading.sandbox_zygote import share_zygotes
+
+    idle = zygote_idle_s()
+    share_zygotes(idle)
+    return idle > 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand: one JSON object on stdout, or one line on stderr; the exit code.
 
@@ -102,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 ok, 2 usage error, 3 input refused or the run failed, 130 interrupted.
     """
     command = "explain"
+    shared = False
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        shared = share_zygotes_for(argv)
         prestart_for(argv)
         args = build_parser(argv).parse_args(argv)
         command = getattr(args, "command", None) or command
@@ -120,5 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = one_line(exc) if str(exc).strip() else f"{type(exc).__name__}: no message"
         print(f"error: {command} failed ({detail}).", file=sys.stderr)
         return exit_code(exc)
+    finally:
+        if shared:
+            from explain.loading.sandbox_zygote import share_zygotes
+
+            share_zygotes(0)
     sys.stdout.write(text + "\n")
     return EXIT_OK

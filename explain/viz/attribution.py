@@ -454,3 +454,20 @@ def agreement_figure(names: Sequence[str], matrix: np.ndarray) -> go.Figure:
                                hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(height=120 + 40 * len(names), margin=dict(l=0, r=0, t=10, b=0), font=FONT)
     return keep_labels_inside(fig)
+
+
+def layer_attribution_figure(result, x: np.ndarray, spec: InputSpec, title: str) -> go.Figure | str:
+    """One input's attribution to a layer's units (`explain.output.layer_attribution.LayerAttribution`
+    of ``x`` [1, ...]): a spatial layer's map upsampled over the picture, a text layer's per-token
+    highlights (HTML), else bars per unit — the Overview's layer map."""
+    from explain.inputs.images import upsample
+
+    if result.kind == "spatial":
+        image = to_display_images(x, spec)[0]
+        heat = upsample(result.display[0], image.shape[0], image.shape[1])
+        return image_attribution_figure(image, heat, float(colour_limits(heat[None])[0]), title=title)
+    if result.kind == "tokens":
+        return text_attribution_html(detokenize(x[0], spec), result.display[0], padding=padding_mask(x[0], spec),
+                                     joins=[t.joins for t in token_display(x[0], spec)])
+    units = [f"unit {j}" for j in range(result.display.shape[1])]
+    return tabular_bar_figure(result.display[0], units, title=title)

@@ -1,0 +1,199 @@
+"""The Overview's computations: one input explained, its layers, its training runs and its
+attention, as the Overview page shows them beside each other (the page only places them).
+
+Each function answers one concept of the page and remembers its last answers in this process
+(keyed by content: the model's sha256, the input's digest, the files' paths and sizes), so a
+rerun of a view already computed draws without computing:
+
+    layers = layer_overview(model, x)              # the layer table (`layer_frame`) + the layers offered
+    runs = training_overview(logs, checkpoints)    # the runs, their findings, where they came from
+    fig = training_figure(runs, epoch)             # the curves as the Overview draws them
+    attr = explain_input(model, x, method)         # the Output column's map (`OVERVIEW_STEPS` steps)
+    at_ckpt = checkpoint_model(model, path)        # the model with a checkpoint's weights
+    layer = explain_input_layer(model, x, layer, method, steps)
+    maps = last_attention(model, x)                # a text model's last-layer attention, or why not
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from explain.attribution import Attribution
+from explain.digest import digest_array
+from explain.errors import GlassboxError, IncompatibleInput
+from explain.finding import Finding, sort_findings
+from explain.model import LoadedModel
+
+#: integration steps of the Overview's map: a responsive default for the linked views (the report
+#: uses the methods' own defaults)
+OVERVIEW_STEPS = 32
+
+_MEMO: OrderedDict[tuple, Any] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+_MEMO_SIZE = 64
+
+
+def _remembered(key: tuple, compute: Callable[[], Any], of: Any = None) -> Any:
+    """``compute()``'s answer, kept under ``key`` (the last `_MEMO_SIZE` answers of this module);
+    ``of``: the object the answer is about when the key holds its ``id`` (a model built from a
+    checkpoint): an answer kept for another object that had the same id is not returned."""
+    with _MEMO_LOCK:
+        found = _MEMO.get(key)
+        if found is not None and found[0] is of:
+            _MEMO.move_to_end(key)
+            return found[1]
+    value = compute()
+    with _MEMO_LOCK:
+        _MEMO[key] = (of, value)
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return value
+
+
+def _file_key(path: str) -> tuple:
+    try:
+        stat = os.stat(path)
+        return path, stat.st_size, stat.st_mtime_ns
+    except OSError:
+        return path, None, None
+
+
+def probabilities(model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
+    """[N, K] class probabilities of ``inputs`` (`LoadedModel.predict_proba`)."""
+    # by the model object too: a checkpoint's model (`checkpoint_model`) has its reference's sha256
+    return _remembered(("probs", model.sha256, id(model), digest_array(inputs)), lambda: model.predict_proba(inputs),
+                       of=model)
+
+
+@dataclass(frozen=True)
+class LayerOverview:
+    """The Structure page's layer table at the depth it opens at (`layer_frame`), and the layers a
+    layer attribution can be asked of (`classify_layers`; none for a model whose layers are hidden)."""
+
+    frame: Any  # pandas.DataFrame
+    choices: Any  # explain.output.layer_attribution.LayerChoices
+
+
+def layer_overview(model: LoadedModel, x: np.ndarray) -> LayerOverview:
+    """The layer table of ``x`` [1, ...] and the layers offered for attribution."""
+    def compute() -> LayerOverview:
+        from explain.output.layer_attribution import LayerChoices, classify_layers
+        from explain.structure.layers import build_layer_table, layer_frame
+
+        frame = layer_frame(build_layer_table(model, x))
+        try:
+            choices = classify_layers(model, x)
+        except GlassboxError:  # not an eager model: the table still shows
+            choices = LayerChoices([], {})
+        return LayerOverview(frame, choices)
+
+    return _remembered(("layers", model.sha256, digest_array(x)), compute)
+
+
+@dataclass(frozen=True)
+class TrainingOverview:
+    """The training runs (several logs of one series are runs to compare, as on the Training page and
+    in the report: `analysis.read_training_runs`), each run's findings (worst first) and their names."""
+
+    histories: list
+    findings: list[list[Finding]]
+    origin: str
+    names: list[str]
+
+    @property
+    def all_findings(self) -> list[Finding]:
+        return [f for fs in self.findings for f in fs]
+
+
+def training_overview(logs: Sequence[str], checkpoints: Sequence[str]) -> TrainingOverview:
+    """The runs read from ``logs`` / ``checkpoints`` (paths) and their findings (`diagnose`)."""
+    def compute() -> TrainingOverview:
+        from explain.report.analysis import read_training_runs
+        from explain.training.findings import diagnose
+        from explain.viz.training import run_names
+
+        histories, origin = read_training_runs(list(logs), list(checkpoints))
+        return TrainingOverview(histories, [sort_findings(diagnose(h)) for h in histories], origin,
+                                run_names(histories))
+
+    return _remembered(("training", tuple(map(_file_key, logs)), tuple(map(_file_key, checkpoints))), compute)
+
+
+def training_figure(runs: TrainingOverview, epoch: float | None = None, height: int = 420):
+    """The Overview's curves: one run with its findings marked, or the runs overlaid; the legend
+    below, and a dotted line at ``epoch`` (the checkpoint the map explains). Kept: do not modify it."""
+    def compute():
+        from explain.viz.training import figure_curves, figure_runs
+
+        histories = runs.histories
+        fig = (figure_curves(histories[0], runs.findings[0], height=height) if len(histories) == 1
+               else figure_runs(histories, height=height, names=runs.names))
+        fig.update_layout(legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18, x=0),
+                          margin=dict(l=0, r=0, t=10, b=0))
+        if epoch is not None:
+            fig.add_vline(x=epoch, line_dash="dot", line_color="#444")
+        return fig
+
+    return _remembered(("training_figure", id(runs), epoch, height), compute, of=runs)
+
+
+def checkpoint_model(model: LoadedModel, path: str) -> LoadedModel:
+    """``model`` with the weights of the checkpoint file at ``path`` (`evolution.model_at`)."""
+    from explain.training.evolution import model_at, read_checkpoint
+
+    return _remembered(("checkpoint", model.sha256, _file_key(path)), lambda: model_at(read_checkpoint(path), model))
+
+
+def explain_input(model: LoadedModel, x: np.ndarray, method: str, steps: int = OVERVIEW_STEPS) -> Attribution:
+    """``method`` on ``x`` [1, ...] for the predicted class, with ``steps`` where the method has steps
+    (the attribution cache answers a map already computed)."""
+    from explain.output.methods import get_method
+
+    explainer = get_method(method)
+    params = {"steps": int(steps)} if "steps" in explainer.params else {}
+    return explainer.explain(model, x, **params)
+
+
+def explain_input_layer(model: LoadedModel, x: np.ndarray, layer: str, method: str, steps: int):
+    """Attribution of ``x`` [1, ...] to ``layer``'s units (`layer_attribution.explain_layer`)."""
+    from explain.output.layer_attribution import explain_layer
+
+    return _remembered(("layer", model.sha256, id(model), digest_array(x), layer, method, int(steps)),
+                       lambda: explain_layer(model, x, layer, method=method, steps=int(steps)), of=model)
+
+
+@dataclass(frozen=True)
+class LastAttention:
+    """A text model's last-layer attention as the Overview draws it, or why there is none."""
+
+    figure: Any = None
+    reason: str | None = None
+
+
+def last_attention(model: LoadedModel, x: np.ndarray, height: int = 380) -> LastAttention:
+    """The heads of the last attention layer for ``x`` [1, L] (the report's `attention_figures`), or
+    the reason none can be captured (as the Structure page says it)."""
+    def compute() -> LastAttention:
+        from explain.report.analysis import attention_figures, attention_tokens
+        from explain.structure.attention import attention_unavailable_reason, capture_attention
+
+        why_not = attention_unavailable_reason(model)
+        if why_not:
+            return LastAttention(reason=why_not)
+        try:
+            maps = capture_attention(model, x)
+        except IncompatibleInput as exc:
+            return LastAttention(reason=exc.message)
+        tokens, keep = attention_tokens(model, x[0], maps.weights.shape[-1])
+        last = maps.weights[-1:, 0]  # [1, head, q, k]
+        fig = attention_figures(last, maps.layer_names[-1:], [tokens[i] for i in keep], keep, grid=False)[0]
+        fig.update_layout(height=height)
+        return LastAttention(figure=fig)
+
+    return _remembered(("attention", model.sha256, digest_array(x), height), compute)
