@@ -197,6 +197,20 @@ def sandbox_zygote() -> bool:
     return os.environ.get("GLASSBOX_SANDBOX_ZYGOTE", "").strip() != "0"
 
 
+#: Seconds a command line's shared zygote waits, unused, for the next call (`zygote_idle_s`).
+ZYGOTE_IDLE_S = 300.0
+
+
+def zygote_idle_s() -> float:
+    """How long the zygote a ``python -m explain`` call shares with the calls after it stays up unused
+    (env ``GLASSBOX_ZYGOTE_IDLE_S``, default 300 s; 0: each call starts and ends its own zygote)."""
+    raw = os.environ.get("GLASSBOX_ZYGOTE_IDLE_S", "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else ZYGOTE_IDLE_S
+    except ValueError:
+        return ZYGOTE_IDLE_S
+
+
 def trusted_mode() -> bool:
     """True when the operator set ``GLASSBOX_TRUSTED=1`` (full pickles allowed)."""
     return os.environ.get("GLASSBOX_TRUSTED", "").strip().lower() in _TRUE

@@ -349,6 +349,8 @@ def _end_zygote(zygote) -> None:
     """Close its control socket (a serving zygote exits and ends its children); one still in its
     preload, which has no children yet, is killed rather than waited for."""
     zygote._control.close()
+    if zygote.proc is None:  # a shared zygote (`SharedZygote`): left warm for the next call
+        return
     try:
         zygote.proc.wait(0.5)
     except subprocess.TimeoutExpired:

@@ -17,24 +17,64 @@ stdin bytes, then shuts down its write side); the child's fd 0 and 1 are that
 socket (fd 1 becomes the report channel), fd 2 the pipe; when the child has
 exited, the zygote writes ``{"exit": code}`` (negative: killed by a signal)
 and closes the socket.
+
+A server keeps its own zygotes (`Zygote`, one control socket each, gone with
+the server). A command-line call shares one with the user's later calls
+(`share_zygotes`, `SharedZygote`): the same program, listening on a unix
+socket in a private folder, admitting only callers that are no sandboxed
+process, and ending when idle or replaced by a zygote for newer code.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import threading
 from typing import BinaryIO
 
 ZYGOTE_CODE = r'''
-import io, json, os, select, socket, sys, traceback
-control = socket.socket(fileno=int(sys.argv[1]))
+import io, json, os, select, socket, struct, sys, time, traceback
+shared = len(sys.argv) > 4  # a listening socket (argv 4-6: idle seconds, its path and inode), else one control
+listener = socket.socket(fileno=int(sys.argv[1])) if shared else None
+controls = {} if shared else {socket.socket(fileno=int(sys.argv[1])): set()}  # control -> its children's pids
 sys.path.insert(0, sys.argv[3])
 exec(compile(sys.argv[2], "<preload>", "exec"), {"__name__": "__glassbox_preload__"})
 socks = {}
+
+
+def own_ns(pid, name):
+    return os.readlink(f"/proc/{pid}/ns/{name}")
+
+
+def admitted(conn):
+    """A caller of this user that is no sandboxed process: same uid, user and network namespaces,
+    and no no_new_privs (every sandboxed child sets it, and namespaces of its own where it can)."""
+    try:
+        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.geteuid() or pid <= 0:
+            return False
+        with open(f"/proc/{pid}/status") as fh:
+            if any(line.split()[1:2] != ["0"] for line in fh if line.startswith("NoNewPrivs:")):
+                return False
+        return all(own_ns(pid, ns) == own_ns("self", ns) for ns in ("user", "net"))
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def still_mine():
+    """The shared socket's path still names this zygote's socket (a newer zygote did not replace it)."""
+    try:
+        return os.stat(sys.argv[5]).st_ino == int(sys.argv[6])
+    except OSError:
+        return False
 
 
 def read_exact(fd, n):
@@ -87,45 +127,78 @@ def reap():
             sock.close()
 
 
-while True:
-    ready, _, _ = select.select([control], [], [], 0.1)
+def drop(control):
+    """A caller went away: so do the children it started (each leads its session)."""
+    for pid in controls.pop(control, ()):
+        if pid in socks:
+            try:
+                os.killpg(pid, 9)
+            except OSError:
+                pass
+    control.close()
+
+
+idle_since, checked = time.monotonic(), 0.0
+while controls or shared:
+    ready, _, _ = select.select([*controls, *([listener] if listener else [])], [], [], 0.1)
     reap()
-    if not ready:
+    now = time.monotonic()
+    if shared and not ready:
+        if controls or socks:
+            idle_since = now
+        elif now - idle_since > float(sys.argv[4]):
+            break
+        if now - checked > 1.0:
+            checked = now
+            if not still_mine():
+                listener.close()  # replaced or removed: serve the callers connected, take no new one
+                listener, shared = None, False
         continue
-    try:
-        msg, fds, _, _ = socket.recv_fds(control, 16, 2)
-    except OSError:
-        break
-    if not msg:
-        break  # the parent went away
-    if len(fds) != 2:
-        for fd in fds:
-            os.close(fd)
-        continue
-    sock, err = socket.socket(fileno=fds[0]), fds[1]
-    pid = os.fork()
-    if pid == 0:
-        code = 1
+    for control in ready:
+        if control is listener:
+            conn, _ = listener.accept()
+            if admitted(conn):
+                controls[conn] = set()
+            else:
+                conn.close()
+            continue
         try:
-            control.close()
-            for other in socks.values():
-                other.close()
-            os.setsid()
-            os.dup2(sock.fileno(), 0)
-            os.dup2(sock.fileno(), 1)
-            os.dup2(err, 2)
-            sock.close()
-            os.close(err)
-            code = run_child()
-        finally:
-            os._exit(code)
-    os.close(err)
-    socks[pid] = sock
-    try:
-        sock.sendall((json.dumps({"pid": pid}) + "\n").encode())
-    except OSError:
-        pass
-for pid in list(socks):  # the server went away: so do the children it left (each leads its session)
+            msg, fds, _, _ = socket.recv_fds(control, 16, 2)
+        except OSError:
+            msg, fds = b"", []
+        if not msg:
+            drop(control)  # the caller went away
+            continue
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            continue
+        sock, err = socket.socket(fileno=fds[0]), fds[1]
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for other in [*controls, *socks.values(), *([listener] if listener else [])]:
+                    other.close()
+                os.setsid()
+                os.dup2(sock.fileno(), 0)
+                os.dup2(sock.fileno(), 1)
+                os.dup2(err, 2)
+                sock.close()
+                os.close(err)
+                code = run_child()
+            finally:
+                os._exit(code)
+        os.close(err)
+        socks[pid] = sock
+        controls[control].add(pid)
+        try:
+            sock.sendall((json.dumps({"pid": pid}) + "\n").encode())
+        except OSError:
+            pass
+if listener is not None and still_mine():
+    os.unlink(sys.argv[5])  # idle: the next call starts a new zygote
+for pid in list(socks):  # the callers went away: so do the children they left (each leads its session)
     try:
         os.killpg(pid, 9)
     except OSError:
@@ -265,7 +338,8 @@ class ZygoteChild:
                 pass
 
 
-_ZYGOTES: dict[str, Zygote] = {}
+_ZYGOTES: dict[str, Zygote] = {}  # preload -> this process's own zygote
+_SHARED: dict[str, Zygote] = {}  # preload -> the connection to a shared one (`share_zygotes`)
 _ZYGOTES_LOCK = threading.Lock()
 
 
@@ -287,9 +361,34 @@ HF_PRELOAD = MODEL_PRELOAD + """
 _mp.warm_up_huggingface()
 """
 
+#: Idle seconds of the zygotes this process shares with later processes (`share_zygotes`); 0: none.
+_SHARE_IDLE_S = 0.0
+
+
+def share_zygotes(idle_s: float) -> None:
+    """From now on `get_zygote` uses a zygote shared with later processes of this user (`SharedZygote`),
+    kept up ``idle_s`` seconds after its last caller; 0 goes back to zygotes of this process only.
+
+    A command-line call sets it: every ``python -m explain`` call would otherwise import torch and
+    warm a zygote up anew. The private zygotes stay for the server (it lives long)."""
+    global _SHARE_IDLE_S
+    _SHARE_IDLE_S = max(0.0, float(idle_s))
+
+
 def get_zygote(preload: str, env: dict[str, str], root: str) -> Zygote | None:
-    """The running zygote for ``preload`` (started, or restarted, on demand); None if it cannot start."""
+    """The running zygote for ``preload`` (started, or restarted, on demand); None if it cannot start.
+
+    With `share_zygotes` on, the one shared with other processes (connected to, or started), else
+    (or where none can be shared) one of this process's own."""
     with _ZYGOTES_LOCK:
+        if _SHARE_IDLE_S > 0:
+            zygote = _SHARED.get(preload)
+            if zygote is not None and zygote.alive():
+                return zygote
+            zygote = SharedZygote.connect(preload, env, root, _SHARE_IDLE_S)
+            if zygote is not None:
+                _SHARED[preload] = zygote
+                return zygote
         zygote = _ZYGOTES.get(preload)
         if zygote is not None and zygote.alive():
             return zygote
@@ -299,3 +398,139 @@ def get_zygote(preload: str, env: dict[str, str], root: str) -> Zygote | None:
             return None
         _ZYGOTES[preload] = zygote
         return zygote
+
+
+class SharedZygote(Zygote):
+    """A zygote that outlives the process that started it, reached through a unix socket, so the
+    next command-line call forks its model process from a zygote already warm.
+
+    Where: ``$TMPDIR/glassbox-zygotes-<uid>/<what>-<code>.sock``, the folder this user's alone
+    (``0700``, checked). ``what`` digests the interpreter, the preload, the environment and the
+    root; ``code`` the Python version, the zygote's code, and the size and time of every source
+    file of Glassbox and of each site-packages folder (`code_stamp`). A change of any gives another
+    path, so a zygote never serves code older than the caller's; a zygote started for newer code
+    removes the older one's socket (`_retire_others`), which then ends once its callers are done.
+
+    Who: the zygote admits a caller of the same uid in the same user and network namespaces
+    without ``no_new_privs`` (`ZYGOTE_CODE`'s ``admitted``): every sandboxed child sets
+    ``no_new_privs`` and leaves those namespaces where it can, so no child can ask it for a fork.
+    A process that runs with ``no_new_privs`` itself (which would blur that line) shares none.
+
+    The zygote holds no user data: each request forks a fresh child that locks itself down and
+    is sent its program and the model's bytes over its own socket, as with a private zygote; the
+    children of a caller that goes away are killed. Unused for ``idle_s`` seconds, or once a newer
+    zygote took its path, it ends.
+    """
+
+    def __init__(self, control: socket.socket):  # noqa: D107 - see `connect`
+        self._control = control
+        self.proc = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, preload: str, env: dict[str, str], root: str, idle_s: float) -> SharedZygote | None:
+        """Connect to the shared zygote for these arguments, starting it when none runs; None where
+        none can be shared (no private folder, ``no_new_privs``, no unix sockets)."""
+        path = shared_path(preload, env, root)
+        if path is None:
+            return None
+        try:
+            return cls(_connect(path))
+        except OSError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        staging = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+            listener.bind(staging)
+            listener.listen(64)
+            inode = os.stat(staging).st_ino
+            subprocess.Popen(
+                [sys.executable, "-I", "-c", ZYGOTE_CODE, str(listener.fileno()), preload, root,
+                 repr(float(idle_s)), path, str(inode)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=env, cwd="/", start_new_session=True, pass_fds=(listener.fileno(),),
+            ).returncode = 0  # never waited for: it outlives this process (no "still running" warning)
+            os.replace(staging, path)  # atomic: a racing caller's zygote, or a dead one's socket, is replaced
+            _retire_others(path)
+            return cls(_connect(path))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+            return None
+        finally:
+            listener.close()
+
+    def alive(self) -> bool:
+        """False once the zygote closed this connection (it never writes on it)."""
+        try:
+            return self._control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Leave the zygote to later callers (it ends this caller's children and, idle, itself)."""
+        self._control.close()
+
+
+def _retire_others(path: str) -> None:
+    """Remove the sockets of zygotes for the same arguments but older code (another `code_stamp`):
+    each ends once its callers are done instead of waiting out its idle time."""
+    folder, name = os.path.split(path)
+    stable = name.split("-", 1)[0] + "-"
+    with contextlib.suppress(OSError):
+        for other in os.listdir(folder):
+            if other.startswith(stable) and other.endswith(".sock") and other != name:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, other))
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def shared_path(preload: str, env: dict[str, str], root: str) -> str | None:
+    """The shared zygote's socket path for these arguments (`SharedZygote`); None where this user
+    has no private folder for it or this process runs with ``no_new_privs``."""
+    try:
+        with open("/proc/self/status") as fh:
+            if any(line.split()[1:2] != ["0"] for line in fh if line.startswith("NoNewPrivs:")):
+                return None
+        folder = os.path.join(tempfile.gettempdir(), f"glassbox-zygotes-{os.geteuid()}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return None
+    except OSError:
+        return None
+    stable = hashlib.sha256(json.dumps([sys.executable, preload, sorted(env.items()), root]).encode()).hexdigest()
+    code = hashlib.sha256(json.dumps([sys.version, ZYGOTE_CODE, code_stamp(root)]).encode()).hexdigest()
+    path = os.path.join(folder, f"{stable[:20]}-{code[:20]}.sock")  # `_retire_others` reads the stable part
+    return path if len(path) < 100 else None  # a unix socket path's limit (108 bytes, with room for the staging name)
+
+
+def code_stamp(root: str) -> list:
+    """Size and modification time of every Python file under ``root``'s ``explain`` and
+    ``sample_models``, and of each site-packages folder (a package installed or removed changes it)."""
+    stamp: list = []
+    for top in ("explain", "sample_models"):
+        for folder, dirs, files in os.walk(os.path.join(root, top)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith((".py", ".txt")):
+                    st = os.stat(os.path.join(folder, name))
+                    stamp.append((os.path.relpath(os.path.join(folder, name), root), st.st_size, st.st_mtime_ns))
+    for folder in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        with contextlib.suppress(OSError):
+            stamp.append((folder, os.stat(folder).st_mtime_ns))
+    return stamp
