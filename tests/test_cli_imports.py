@@ -1,4 +1,4 @@
-"""`--help` and the workspace-only subcommands start without torch, and a migrated workspace opens without Alembic.
+"""`--help` and the workspace-only subcommands start without torch, and a workspace, new or migrated, opens without Alembic.
 
 Each check runs the real ``python -m explain`` entry point (`runpy`) in a fresh process and reports
 which heavy modules that process imported; no timing is asserted (`benchmarks/latency.py` times it).
@@ -44,7 +44,8 @@ def _imports(home: Path, *commands: list[str]) -> dict:
 def test_help_and_workspace_subcommands_import_no_torch(tmp_path):
     home = tmp_path / "home"
     first = _imports(home, ["--help"], ["users", "list"], ["models", "list"], ["runs", "list"], ["tokens", "list"])
-    assert first == {"codes": [0, 0, 0, 0, 0], "torch": False, "alembic": True}  # a new workspace: migrated
+    # a new workspace: created from the schema template, without Alembic (tests/test_workspace_template.py)
+    assert first == {"codes": [0, 0, 0, 0, 0], "torch": False, "alembic": False}
 
     ws = open_workspace(f"sqlite:///{home / 'glassbox.db'}", home=home)
     try:

@@ -69,8 +69,13 @@ def migrate(engine: Engine) -> None:
     A database already at the head (most opens) is recognised with one query, without importing
     Alembic (about half a second of every CLI call)."""
     head = script_head()
-    if head is not None and current_revision(engine) == head:
-        return
+    if head is not None:
+        current = current_revision(engine)
+        if current == head:
+            return
+        if current is None and engine.dialect.name == "sqlite" and (
+                create_from_template(engine, head) or current_revision(engine) == head):
+            return
     from alembic import command
     from alembic.config import Config
 
@@ -81,6 +86,63 @@ def migrate(engine: Engine) -> None:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7433)")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+#: The schema Alembic's migrations give a new SQLite database, as SQLite keeps it (`sqlite_statements`):
+#: `create_from_template` runs it on a database without tables, instead of importing Alembic to run
+#: every migration (about 2 of the 3 s a new workspace's first ``users list`` took).
+#: tests/test_workspace_template.py pins it to the migrations; `write_sqlite_template` rewrites it.
+SQLITE_TEMPLATE = MIGRATIONS / "sqlite_head.json"
+
+
+def create_from_template(engine: Engine, head: str) -> bool:
+    """Create the head schema in an SQLite database that has no tables yet from `SQLITE_TEMPLATE`;
+    False (nothing done) when the template is for another revision or the database is not empty
+    (another process created it first: the ``BEGIN IMMEDIATE`` makes it wait, then see it)."""
+    import json
+
+    try:
+        template = json.loads(SQLITE_TEMPLATE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if template.get("revision") != head:
+        return False
+    with _MIGRATE_LOCK, engine.begin() as conn:
+        if conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar():
+            return False
+        for statement in template["statements"]:
+            conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (head,))
+    return True
+
+
+def sqlite_statements(engine: Engine) -> list[str]:
+    """The statements that recreate an SQLite database's schema: its tables, then its indexes (the
+    ones SQLite makes itself, for keys, come with their tables), then anything else, each group in
+    the order SQLite keeps them."""
+    with engine.connect() as conn:
+        return list(conn.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, rowid"
+        ).scalars())
+
+
+def write_sqlite_template(path: Path = SQLITE_TEMPLATE) -> None:
+    """Run every migration on a new in-memory SQLite database and write its schema to ``path``
+    (after adding a migration: ``python -c "from explain.workspace.db import write_sqlite_template as w; w()"``)."""
+    import json
+
+    from alembic import command
+    from alembic.config import Config
+
+    engine = create_engine("sqlite://")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    template = {"revision": head_revision(), "statements": sqlite_statements(engine)}
+    path.write_text(json.dumps(template, indent=1) + "\n", encoding="utf-8")
 
 
 _REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=\s*(.*?)\s*$", re.M)
