@@ -229,3 +229,45 @@ def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], R
     run_id = st.session_state.get(saved_key)
     if run_id:
         render_share_link(f"Saved as run `{run_id}`. Link to it:", run=run_id)
+
+
+# -- a sample's first view, saved once (`explain.report.overview`) -------------------------------
+def recall_first_view(model: LoadedModel, x, index: int, method: str) -> bool:
+    """Before the Overview computes a sample's first view (input #0, the default method): read it
+    back from the run saved the first time this workspace opened it, so no layer table or map is
+    computed; True when it was read. Anything else (another input, method or model) computes."""
+    from explain.report import overview
+
+    if (state.current_sample_name() is None or index != 0 or method != overview.DEFAULT_METHOD
+            or overview.is_computed(model, x, method)):
+        return False
+    ws, run_id = workspace(), overview.first_view_id(model, x, method)
+    try:
+        recalled = overview.remember_first_view(ws.runs.open(actor(), run_id), model)
+        _KEPT.add((ws.home, run_id))
+        return recalled
+    except GlassboxError:  # none saved yet (or not readable): the page computes it, then `keep_first_view`
+        return False
+
+
+def keep_first_view(model: LoadedModel, x, index: int, method: str) -> None:
+    """After the Overview computed a sample's first view: save it once, by the workspace itself (the
+    seeder, an operator), under the id every process asks for (`overview.first_view_id`)."""
+    from explain.report import overview
+    from explain.workspace import SEEDER
+
+    if state.current_sample_name() is None or index != 0 or method != overview.DEFAULT_METHOD:
+        return
+    version = current_version(model, register=False)
+    ws, run_id = workspace(), overview.first_view_id(model, x, method)
+    if (ws.home, run_id) in _KEPT or version is None or not overview.is_computed(model, x, method):
+        return
+    try:  # `Runs.save` with this id returns the run saved before, if any, without writing again
+        ws.runs.save(SEEDER, overview.first_view_record(version.name, version.version, model, x, index, method),
+                     run_id=run_id)
+        _KEPT.add((ws.home, run_id))
+    except Exception:  # another server saved it meanwhile, or the database is busy: the next open tries again
+        log.exception("Saving the first view of %s failed", model.name)
+
+
+_KEPT: set = set()  # (workspace home, first-view run id) saved or found by this process

@@ -12,6 +12,11 @@ rerun of a view already computed draws without computing:
     at_ckpt = checkpoint_model(model, path)        # the model with a checkpoint's weights
     layer = explain_input_layer(model, x, layer, method, steps)
     maps = last_attention(model, x)                # a text model's last-layer attention, or why not
+
+A sample's **first view** (input #0, the default method, the final weights: what opening the app
+shows) is saved once as an Overview run (`first_view_record`, made the first time a workspace's
+sample is opened); a server started later reads it back (`remember_first_view`) instead of
+measuring the layers and explaining again, so the app's first map needs no computation.
 """
 from __future__ import annotations
 
@@ -29,7 +34,12 @@ from explain.digest import digest_array
 from explain.errors import GlassboxError, IncompatibleInput
 from explain.finding import Finding, sort_findings
 from explain.model import LoadedModel
+from explain.workspace.runs import RunRecord, SavedRun
 
+#: the method the Overview opens with
+DEFAULT_METHOD = "integrated_gradients"
+#: the key of a first-view run's summary that says what it holds (`first_view_record`)
+FIRST_VIEW = "first_view"
 #: integration steps of the Overview's map: a responsive default for the linked views (the report
 #: uses the methods' own defaults)
 OVERVIEW_STEPS = 32
@@ -153,11 +163,18 @@ def checkpoint_model(model: LoadedModel, path: str) -> LoadedModel:
 def explain_input(model: LoadedModel, x: np.ndarray, method: str, steps: int = OVERVIEW_STEPS) -> Attribution:
     """``method`` on ``x`` [1, ...] for the predicted class, with ``steps`` where the method has steps
     (the attribution cache answers a map already computed)."""
-    from explain.output.methods import get_method
+    def compute() -> Attribution:
+        from explain.output.methods import get_method
 
-    explainer = get_method(method)
-    params = {"steps": int(steps)} if "steps" in explainer.params else {}
-    return explainer.explain(model, x, **params)
+        explainer = get_method(method)
+        params = {"steps": int(steps)} if "steps" in explainer.params else {}
+        return explainer.explain(model, x, **params)
+
+    return _remembered(_explain_key(model, x, method, steps), compute, of=model)
+
+
+def _explain_key(model: LoadedModel, x: np.ndarray, method: str, steps: int) -> tuple:
+    return "explain", model.sha256, id(model), digest_array(x), method, int(steps)
 
 
 def explain_input_layer(model: LoadedModel, x: np.ndarray, layer: str, method: str, steps: int):
@@ -197,3 +214,68 @@ def last_attention(model: LoadedModel, x: np.ndarray, height: int = 380) -> Last
         return LastAttention(figure=fig)
 
     return _remembered(("attention", model.sha256, digest_array(x), height), compute)
+
+
+# -- a sample's first view, saved once ------------------------------------------------------------
+def is_computed(model: LoadedModel, x: np.ndarray, method: str = DEFAULT_METHOD,
+                steps: int = OVERVIEW_STEPS) -> bool:
+    """Whether the map and the layers of ``x`` are already at hand in this process."""
+    with _MEMO_LOCK:
+        found = _MEMO.get(_explain_key(model, x, method, steps))
+        return (found is not None and found[0] is model
+                and ("layers", model.sha256, digest_array(x)) in _MEMO)
+
+
+def first_view_id(model: LoadedModel, x: np.ndarray, method: str = DEFAULT_METHOD) -> str:
+    """The run id of ``model``'s first view of ``x`` (the same in every process: saved once)."""
+    from explain.digest import digest_bytes
+
+    return "fv" + digest_bytes(f"{model.sha256}:{digest_array(x)}:{method}:{OVERVIEW_STEPS}".encode())[:10]
+
+
+def first_view_record(name: str, version: int, model: LoadedModel, x: np.ndarray, index: int,
+                      method: str = DEFAULT_METHOD) -> RunRecord:
+    """The Overview run of ``x`` [1, ...] (input ``index``) as the page opens on it: its prediction, the
+    layer table and the map (`snapshot_record`, as Save run keeps it), plus what `remember_first_view`
+    needs to answer from it (the layers offered, the map's parameters, seconds, device, precision)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from explain.jsonable import to_json_safe
+    from explain.workspace.records import snapshot_record
+
+    layers, attr, probs = layer_overview(model, x), explain_input(model, x, method), probabilities(model, x)[0]
+    record = snapshot_record(
+        "overview", name, version, f"Overview of input #{index} of {model.name} (the first view, saved once)", x,
+        {"Prediction": pd.DataFrame({"class": [model.spec.class_name(i) for i in range(len(probs))],
+                                     "probability": probs}), "Layers": layers.frame},
+        results={f"{method}/{k}": v for k, v in attr.to_npz_dict().items() if v is not None})
+    view = {"method": method, "steps": OVERVIEW_STEPS, "index": int(index),
+            "params": to_json_safe({k: v for k, v in attr.params.items() if not isinstance(v, np.ndarray)}),
+            "seconds": attr.seconds, "device": attr.device, "precision": attr.precision, "notes": list(attr.notes),
+            "attributable": list(layers.choices.attributable), "skipped": dict(layers.choices.skipped)}
+    return dataclasses.replace(record, method=method, summary={**record.summary, FIRST_VIEW: view})
+
+
+def remember_first_view(run: SavedRun, model: LoadedModel) -> bool:
+    """Answer the layers and the map of a first-view run's input from the run (`first_view_record`)
+    from now on, as if computed here; False for a run that is not one of ``model``'s first views."""
+    from explain.output.layer_attribution import LayerChoices
+    from explain.structure.layers import FLOPS_COLUMN
+    from explain.workspace.records import saved_tables
+
+    view = run.info.summary.get(FIRST_VIEW)
+    if not view or run.info.sha256 != model.sha256:
+        return False
+    x, method = run.inputs["inputs"], view["method"]
+    arrays = {k.split("/", 1)[1]: v for k, v in run.results.items() if k.startswith(f"{method}/")}
+    attr = Attribution.from_npz_dict(arrays, method, view["params"], seconds=float(view["seconds"]),
+                                     device=view["device"], precision=view["precision"], notes=list(view["notes"]))
+    frame = saved_tables(run.info.summary)["Layers"]
+    frame[FLOPS_COLUMN] = frame[FLOPS_COLUMN].astype("Int64")  # as `layer_frame` types it (JSON has no <NA>)
+    layers = LayerOverview(frame, LayerChoices(list(view["attributable"]), dict(view["skipped"])))
+    with _MEMO_LOCK:
+        _MEMO[("layers", model.sha256, digest_array(x))] = (None, layers)
+        _MEMO[_explain_key(model, x, method, int(view["steps"]))] = (model, attr)
+    return True

@@ -23,7 +23,7 @@ from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
 
-DEFAULT_METHOD = "integrated_gradients"
+DEFAULT_METHOD = overview.DEFAULT_METHOD
 FINAL = "final model"
 NO_LAYER = "(choose a layer)"
 LAYER_STEPS = (16, 32, 64, 128, 256)
@@ -53,6 +53,7 @@ top[2].caption(f"{escape_markdown(model.name)} · {model.format} · {model.modal
 render_prediction_warning(model, probs)
 render_preprocessing(model, batch, [index])
 x = batch.array[index : index + 1]
+team.recall_first_view(model, x, index, method)  # a sample's first view: read back from its saved run
 logs, checkpoints = state.training_sources(model.sha256)
 frame, findings, attr = None, [], None  # each column below fills its part; Save run keeps what was shown
 out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")  # the layer table needs the room
@@ -137,6 +138,7 @@ with out_col:
                 result = overview.explain_input_layer(explained, x, chosen_layer, layer_method, int(layer_steps))
             render_layer_attribution(model, result, x, key="ov_layer_map")
 
+team.keep_first_view(model, x, index, method)  # saved once, for the servers that start later
 team.render_save_run("overview", model, lambda name, version: snapshot_record(
     "overview", name, version, f"Overview of input #{index} of {model.name}", x,
     {"Prediction": pd.DataFrame({"class": [model.spec.class_name(i) for i in range(probs.shape[1])],

@@ -1,0 +1,72 @@
+"""A sample's first view (issue 21, "no waiting"): the Overview's first map and layer table are saved once
+as an Overview run when a workspace first opens the sample, and a server started later draws them from
+that run without computing (no layer table measured, no method run)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from streamlit.testing.v1 import AppTest
+
+from explain.report import overview
+from explain.structure.layers import build_layer_table, layer_frame
+from explain.workspace import Actor
+from explain.workspace.records import saved_tables
+from sample_models import load_sample, sample_inputs
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "views" / "overview.py")
+OP = Actor("cli:tester", operator=True)
+
+
+def _open_overview() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.session_state["gb_sample"] = "shapes"
+    at.session_state["gb_source"] = "sample"
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return at
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def _map_caption(at: AppTest) -> str:
+    return next(c.value for c in at.caption if re.search(r"completeness error", c.value))
+
+
+def test_the_first_view_is_saved_once_and_a_later_server_draws_it_without_computing(home, monkeypatch):
+    _, ws = home
+    overview._MEMO.clear()
+    first = _open_overview()
+    model, x = load_sample("shapes"), sample_inputs("shapes")["inputs"][:1]
+    run = ws.runs.open(OP, overview.first_view_id(model, x))
+    assert run.info.page == "overview" and run.info.summary[overview.FIRST_VIEW]["steps"] == overview.OVERVIEW_STEPS
+    pd.testing.assert_frame_equal(_plain(saved_tables(run.info.summary)["Layers"]),
+                                  _plain(layer_frame(build_layer_table(model, x))))
+    np.testing.assert_array_equal(run.inputs["inputs"], x)
+    _open_overview()
+    assert len([r for r in ws.runs.list(OP) if r.id == run.info.id]) == 1  # saved once
+
+    # a server started later: nothing in memory; measuring the layers or explaining would fail
+    overview._MEMO.clear()
+
+    def no(*args, **kwargs):
+        raise AssertionError("computed although the first view was saved")
+
+    monkeypatch.setattr("explain.structure.layers.build_layer_table", no)
+    monkeypatch.setattr("explain.output.methods.base.Explainer.explain", no)
+    later = _open_overview()
+    assert _map_caption(later) == _map_caption(first)  # the same completeness error, seconds, device
+    assert later.dataframe[0].value.equals(first.dataframe[0].value)
+    assert later.selectbox(key="gb_ov_layer").options == first.selectbox(key="gb_ov_layer").options
+    np.testing.assert_allclose(overview.explain_input(model_of(later), x, overview.DEFAULT_METHOD).values,
+                               np.asarray(run.results[f"{overview.DEFAULT_METHOD}/values"]))
+
+
+def model_of(at: AppTest):
+    from ui import state
+
+    return state._cached_sample("shapes")
