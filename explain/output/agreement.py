@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from explain.attribution import Attribution
 
@@ -15,6 +14,8 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
+    from scipy.stats import spearmanr  # here: scipy.stats takes a second to import, and every page imports this module
+
     return float(spearmanr(a, b).statistic)
 
 
