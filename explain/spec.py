@@ -17,6 +17,12 @@ from explain.errors import IncompatibleInput, UnsafeFile
 
 Modality = Literal["image", "tabular", "text"]
 MODALITIES: tuple[str, ...] = ("image", "tabular", "text")
+#: What a model does with its input: ``classification`` (logits [N, K] over its classes) or
+#: ``causal_lm`` (a decoder that predicts the next token: explained by `explain.generation`).
+TASKS: tuple[str, ...] = ("classification", "causal_lm")
+#: The one line a classifier's view or method gives a causal LM instead of its result.
+CAUSAL_LM_NOTE = ("This is a causal language model; the classifier views and methods cannot show it. "
+                  "Explain what it generates with `python -m explain generate` (or logit-lens, attention --prompts).")
 SPEC_FILENAME = "glassbox_spec.json"
 
 
@@ -49,6 +55,10 @@ class InputSpec:
             `check_processor_config`). When set, pictures go through transformers' own image
             processor for it (`explain.inputs.images`) instead of ``resize`` / ``mean`` / ``std``.
         name: a display name for the model.
+        task: one of `TASKS`; a ``causal_lm`` (text only) has no class names, its outputs
+            are next-token logits over its vocabulary.
+        chat_template: a causal LM's chat template (the Jinja text of its
+            ``tokenizer_config.json``), kept as data; never run here.
     """
 
     modality: str
@@ -65,12 +75,17 @@ class InputSpec:
     resize: int | None = None
     image_processor: dict[str, Any] | None = None
     name: str = "model"
+    task: str = "classification"
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise IncompatibleInput(
                 f"Unknown modality {self.modality!r}.", f"Use one of {', '.join(MODALITIES)}."
             )
+        if self.task not in TASKS or (self.task == "causal_lm" and self.modality != "text"):
+            raise IncompatibleInput(f"Unknown task {self.task!r} for a {self.modality} model.",
+                                    "Use classification, or causal_lm for a text model.")
         self.input_shape = _check_shape(self.modality, self.input_shape)
         self.dtype = _check_dtype(self.modality, self.dtype)
         if self.modality == "image":
@@ -81,9 +96,11 @@ class InputSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
-        for optional in ("tokenizer", "resize", "image_processor"):  # specs without them stay as they were
+        for optional in ("tokenizer", "resize", "image_processor", "chat_template"):  # specs without them stay as they were
             if d[optional] is None:
                 del d[optional]
+        if d["task"] == "classification":
+            del d["task"]
         return d
 
     def to_json(self, indent: int | None = None) -> str:
@@ -108,6 +125,11 @@ class InputSpec:
         return cls.from_dict(data)
 
     # -- helpers ---------------------------------------------------------
+    @property
+    def is_causal_lm(self) -> bool:
+        """True for a causal language model (next-token logits, explained by `explain.generation`)."""
+        return self.task == "causal_lm"
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

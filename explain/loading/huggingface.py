@@ -122,13 +122,16 @@ class HFClassifier(nn.Module):
     """A transformers classifier as Glassbox sees a model: one tensor in, logits [N, K] out.
 
     Text: ids [N, L] (int64), ``attention_mask = ids != pad_id``. Image: pixel_values [N, C, H, W].
+    A causal LM (``task="causal_lm"``) maps ids [N, L] to its next-token logits [N, V] (the last
+    position, no padding); `explain.generation` explains it through ``self.model``.
     """
 
-    def __init__(self, model: nn.Module, modality: str, pad_id: int = 0):
+    def __init__(self, model: nn.Module, modality: str, pad_id: int = 0, task: str = "classification"):
         super().__init__()
         self.model = model
         self.modality = modality
         self.pad_id = int(pad_id)
+        self.task = task
 
     def _call(self, x: torch.Tensor, **kwargs: Any):
         if self.modality == "text":
@@ -136,6 +139,8 @@ class HFClassifier(nn.Module):
         return self.model(pixel_values=x, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task == "causal_lm":
+            return self.model(input_ids=x, use_cache=False).logits[:, -1]  # [N, L] -> [N, V]
         return self._call(x).logits
 
     def get_input_embeddings(self) -> nn.Module | None:
@@ -175,6 +180,7 @@ class HFUpload:
     model_class: Any
     modality: str
     spec: InputSpec
+    task: str = "classification"
 
     @property
     def pad_id(self) -> int:
@@ -225,11 +231,12 @@ def read_huggingface(data: bytes, archive: Archive | None = None) -> HFUpload:
     check_config_size(cfg, available)
     vocab_size = cfg.get("vocab_size")
     vocabulary = _vocabulary(files, vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None)
-    config, model_class, image = _model_class(cfg)
+    config, model_class, task = _model_class(cfg)
     _check_exact_size(model_class, config, available)
-    modality = "image" if image else "text"
-    spec = _text_spec(config, files, vocabulary) if modality == "text" else _image_spec(config, files)
-    return HFUpload(files, shards, config, model_class, modality, spec)
+    modality = "image" if task == "image" else "text"
+    task = "causal_lm" if task == "causal_lm" else "classification"
+    spec = _text_spec(config, files, vocabulary, task) if modality == "text" else _image_spec(config, files)
+    return HFUpload(files, shards, config, model_class, modality, spec, task)
 
 
 def check_huggingface_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
@@ -259,12 +266,13 @@ def build_classifier(upload: HFUpload) -> HFClassifier:
     """The eval-mode `HFClassifier` built from a checked upload (weights from memory: no file is written)."""
     model = _build_model(upload)
     model.eval()
-    return HFClassifier(model, upload.modality, upload.pad_id).eval()
+    return HFClassifier(model, upload.modality, upload.pad_id, upload.task).eval()
 
 
-def _model_class(cfg: dict) -> tuple[Any, Any, bool]:
-    """The config object, the model class and whether it classifies images (nothing built)."""
-    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+def _model_class(cfg: dict) -> tuple[Any, Any, str]:
+    """The config object, the model class and its task: ``image`` / ``text`` classification or
+    ``causal_lm`` (a ``*ForCausalLM`` or ``*LMHeadModel`` of the config's own ``model_type``; nothing built)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     model_type = cfg.get("model_type")
@@ -275,10 +283,14 @@ def _model_class(cfg: dict) -> tuple[Any, Any, bool]:
     except Exception as exc:
         raise CorruptFile(f"config.json cannot be read as a {model_type} config ({one_line(exc, 200, typed=False)}).") from None
     archs = [a for a in (cfg.get("architectures") or []) if isinstance(a, str)]
+    causal = AutoModelForCausalLM._model_mapping.get(type(config), None) if archs else None
+    if causal is not None and causal.__name__ in archs:
+        return config, causal, "causal_lm"
     image = any(a.endswith("ForImageClassification") for a in archs)
     if archs and not image and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise IncompatibleInput(
-            f"This is a {archs[0]}; Glassbox explains sequence and image classification models.", HF_HINT
+            f"This is a {archs[0]}; Glassbox explains sequence and image classification models "
+            "and causal language models.", HF_HINT
         )
     auto = AutoModelForImageClassification if image else AutoModelForSequenceClassification
     try:
@@ -286,7 +298,7 @@ def _model_class(cfg: dict) -> tuple[Any, Any, bool]:
     except KeyError:
         raise IncompatibleInput(f"transformers has no {'image' if image else 'sequence'} classification "
                                 f"model for {model_type}.", HF_HINT) from None
-    return config, model_class, image
+    return config, model_class, "image" if image else "text"
 
 
 def state_dict(upload: HFUpload) -> dict[str, torch.Tensor]:
@@ -499,8 +511,11 @@ def _vocabulary(files: dict[str, bytes], vocab_size: int | None) -> list[str] | 
     return None
 
 
-def _text_spec(config: Any, files: dict[str, bytes], vocabulary: list[str] | None) -> InputSpec:
+def _text_spec(config: Any, files: dict[str, bytes], vocabulary: list[str] | None,
+               task: str = "classification") -> InputSpec:
     tok_cfg = _json(files, "tokenizer_config.json")
+    causal = task == "causal_lm"
+    template = tok_cfg.get("chat_template") if causal else None  # data: a causal LM's chat template, never run
     length = int(getattr(config, "max_position_embeddings", None) or MAX_TEXT_LENGTH)
     model_max = tok_cfg.get("model_max_length")
     if isinstance(model_max, int) and 0 < model_max < length:
@@ -510,8 +525,9 @@ def _text_spec(config: Any, files: dict[str, bytes], vocabulary: list[str] | Non
     cls = "[CLS]" if vocabulary and "[CLS]" in vocabulary else cls if vocabulary and cls in vocabulary else None
     return InputSpec(
         modality="text", input_shape=(min(length, MAX_TEXT_LENGTH),), dtype="int64",
-        class_names=_class_names(config), vocabulary=vocabulary, cls_token=cls,
-        lowercase=bool(tok_cfg.get("do_lower_case", True)),
+        class_names=[] if causal else _class_names(config), vocabulary=vocabulary, cls_token=None if causal else cls,
+        lowercase=bool(tok_cfg.get("do_lower_case", not causal)), task=task,
+        chat_template=template if isinstance(template, str) else None,
         # the model's own tokenizer (BPE for RoBERTa / GPT-2, Unigram, ...) tokenises typed texts
         tokenizer=files["tokenizer.json"].decode("utf-8") if "tokenizer.json" in files else None,
     )

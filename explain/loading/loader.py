@@ -400,6 +400,8 @@ def check_forward(parts: LoadedParts, spec: InputSpec) -> InputSpec:
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise IncompatibleInput(f"The model returns {got}; Glassbox explains models that return logits [N, K].")
     k = int(out.shape[1])
+    if spec.is_causal_lm:  # next-token logits over the vocabulary: no class names
+        return spec
     if not spec.class_names:
         return dataclasses.replace(spec, class_names=[f"class {i}" for i in range(k)])
     if len(spec.class_names) != k:

@@ -27,7 +27,8 @@ WIRE_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float
                "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
 #: Modules whose dataclasses and enums a result may hold (the library's result types).
 RESULT_MODULES = ("explain.attribution", "explain.finding", "explain.spec", "explain.structure.",
-                  "explain.output.layer_attribution", "explain.output.layer_importance", "explain.output.metrics.base")
+                  "explain.output.layer_attribution", "explain.output.layer_importance", "explain.output.metrics.base",
+                  "explain.generation.")
 #: Deepest nesting of a result tree.
 MAX_DEPTH = 32
 

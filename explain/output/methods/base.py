@@ -22,6 +22,7 @@ from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.params import ParamSpec
 from explain.progress import ProgressFn, report_progress
+from explain.spec import CAUSAL_LM_NOTE
 
 _REGISTRY: dict[str, Explainer] = {}
 
@@ -68,10 +69,12 @@ class Explainer:
         return {}
 
     def is_compatible(self, model: LoadedModel) -> bool:
-        return True
+        return not model.spec.is_causal_lm  # a causal LM is explained by explain.generation
 
     def incompatibility(self, model: LoadedModel) -> str | None:
         """Why this method cannot run on ``model`` (None when it can)."""
+        if model.spec.is_causal_lm:
+            return CAUSAL_LM_NOTE
         return None if self.is_compatible(model) else f"{self.name} does not support this model."
 
     def explain(
@@ -157,6 +160,8 @@ def _dispatching(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(self: Explainer, model: LoadedModel, *args: Any, **kwargs: Any) -> Any:
+        if func.__name__ in ("is_compatible", "incompatibility") and model.spec.is_causal_lm:
+            return False if func.__name__ == "is_compatible" else CAUSAL_LM_NOTE  # explain.generation's
         process = getattr(model, "process", None)
         if process is None:
             return func(self, model, *args, **kwargs)
