@@ -84,6 +84,10 @@ def warm_up_huggingface() -> None:
 def _warm_up_huggingface() -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
+    import explain.generation.attention  # noqa: F401 - a causal LM's requests (explain.generation)
+    import explain.generation.attribution  # noqa: F401
+    import explain.generation.continuation  # noqa: F401
+    import explain.generation.logit_lens  # noqa: F401
     from explain.loading.huggingface import HFClassifier
     from explain.model import LoadedModel
     from explain.output.methods.base import get_method

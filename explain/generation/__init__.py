@@ -1,0 +1,22 @@
+"""Causal language models: what a decoder generates, token by token, and why.
+
+One concept per module; every function that needs the graph itself is marked
+`explain.loading.model_process.in_model_process`, so for a user's model it runs in
+the model's sandboxed process and only its result (the dataclasses of `result`)
+comes back:
+
+- `causal_lm`: the transformers model inside a `LoadedModel` whose spec says
+  ``task="causal_lm"``, its special ids, final norm and LM head;
+- `prompts`: texts to token ids and back with the model's own ``tokenizer.json``
+  (the server's side: the tokenizer is data);
+- `greedy`: greedy generation with the KV cache (equal to transformers'
+  ``generate(do_sample=False)``);
+- `continuation`: a given continuation scored by teacher forcing;
+- `reference`: the baseline embeddings (``pad`` | ``unk`` | ``zero``);
+- `attribution`: each generated token's log-probability attributed to every
+  earlier position by integrated gradients, saliency or input x gradient, the
+  (token x step) grid run through `explain.output.engine` in chunks;
+- `logit_lens`: each layer's top-k next tokens through the final norm and head;
+- `attention`: attention per layer and head of prompts padded to the longest;
+- `result`: the result types that cross the model-process boundary.
+"""

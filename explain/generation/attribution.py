@@ -1,0 +1,167 @@
+"""Each generated token's log-probability attributed to every position before it.
+
+Token t of a text (prompt of P tokens, then T generated) is predicted at position
+P + t - 1 from the embeddings of positions 0 .. P + t - 1; its target is
+log p(token P + t | everything before). The methods work on the input embeddings
+(``inputs_embeds``, as Captum's ``LayerIntegratedGradients`` on
+``get_input_embeddings()`` does; position embeddings and embedding scaling stay the model's):
+
+- ``integrated_gradients``: (x - b) * sum_k w_k grad f(b + a_k (x - b)) summed over the
+  embedding dimension, with Captum's Gauss-Legendre steps; b is the reference
+  (`explain.generation.reference`) at *every* earlier position, prompt and generated, so
+  sum(values[t]) = f_t(x) - f_t(b) up to the quadrature (`completeness_error`);
+- ``saliency``: |grad f(x)| summed over the embedding dimension;
+- ``input_x_gradient``: x * grad f(x) summed over the embedding dimension.
+
+The grid has one row per (generated token, step). A causal LM's output at position
+P + t - 1 reads no later position, so row (t, k) runs only the first P + t positions:
+rows go token-major through `explain.output.engine.Engine.map_chunks` (the largest chunks
+that fit, halved on out of memory), each chunk cut to the longest prefix its rows need,
+with the LM head run only at the positions its rows predict from (``logits_to_keep``).
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from explain.errors import UsageError
+from explain.generation.causal_lm import causal_lm, device_of
+from explain.generation.reference import BASELINES, reference_embeddings
+from explain.generation.result import GeneratedText, GenerationAttribution
+from explain.loading.model_process import in_model_process
+from explain.model import LoadedModel
+from explain.output.engine import Engine, add_rows
+from explain.output.methods.integrated_gradients import quadrature
+from explain.progress import ProgressFn, report_progress
+
+#: The methods a generation can be explained with.
+METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
+DEFAULT_STEPS = 32
+MAX_STEPS = 1024
+
+
+@in_model_process
+def attribute_generation(model: LoadedModel, texts: Sequence[GeneratedText], method: str = "integrated_gradients",
+                         steps: int = DEFAULT_STEPS, baseline: str = "pad", batch_size: int = 0,
+                         device: str = "auto", progress: ProgressFn | None = None) -> list[GenerationAttribution]:
+    """One `GenerationAttribution` per text: values [T, P + T], log-probabilities, completeness errors.
+
+    Args:
+        texts: prompts and the tokens after them (`explain.generation.greedy.generate_greedy`, or a
+            continuation given and scored by `explain.generation.continuation.force_continuations`).
+        method: one of `METHODS`. steps: integrated gradients' path steps (1 .. `MAX_STEPS`).
+        baseline: the reference of integrated gradients, one of `BASELINES`.
+        batch_size: rows per pass (0: as many as fit). device: ``auto`` | ``cpu`` | ``cuda``.
+        progress: progress(done, total) over the grid's rows; raising in it cancels.
+    """
+    if method not in METHODS:
+        raise UsageError(f"Unknown method {method!r} for a generation; use one of {', '.join(METHODS)}.")
+    if baseline not in BASELINES:
+        raise UsageError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
+    steps = int(steps) if method == "integrated_gradients" else 1
+    if not 1 <= steps <= MAX_STEPS:
+        raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
+    lm = causal_lm(model)
+    engine = Engine(device=device, precision="fp32", batch_size=batch_size)
+    model.to(engine.device)
+    total = sum(len(t.generated_ids) for t in texts) * steps
+    done = [0]
+
+    def advance(rows: int) -> None:
+        done[0] += rows
+        report_progress(progress, done[0], total)
+
+    results = [_attribute_text(lm, model, text, method, steps, baseline, engine, advance) for text in texts]
+    report_progress(progress, total, total)
+    return results
+
+
+def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, method: str, steps: int,
+                    baseline: str, engine: Engine, advance) -> GenerationAttribution:
+    began = time.perf_counter()
+    device = device_of(lm)
+    seq = torch.as_tensor(text.input_ids, device=device)  # [P + T]
+    p, t_count = len(text.prompt_ids), len(text.generated_ids)
+    length = p + t_count - 1  # the last generated token is never an input
+    params = {"steps": steps, "baseline": baseline} if method == "integrated_gradients" else {}
+    if t_count == 0:
+        empty = np.zeros((0,), np.float32)
+        return GenerationAttribution(text.input_ids, p, np.zeros((0, p), np.float32), empty, empty, empty, method, params)
+    with torch.no_grad():
+        x = lm.get_input_embeddings()(seq[:length]).float()  # [L, D]
+    base = reference_embeddings(lm, model, x, baseline) if method == "integrated_gradients" else torch.zeros_like(x)
+    alphas, weights = (quadrature(steps) if method == "integrated_gradients"
+                       else (torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)))
+    alphas, weights = alphas.to(device, torch.float32), weights.to(device, torch.float32)
+    diff = x - base  # [L, D]
+    acc = torch.zeros(t_count, length, x.shape[1], device=device)  # [T, L, D] weighted gradient sums
+    targets = seq[p:]  # [T]
+    dtype = lm.get_input_embeddings().weight.dtype
+    n_rows = t_count * steps
+    layers = int(getattr(lm.config, "num_hidden_layers", 0) or getattr(lm.config, "n_layer", 0) or 12)
+
+    def work(lo: int, hi: int) -> None:
+        r = torch.arange(lo, hi, device=device)
+        tok, k = r // steps, r % steps  # token-major: a chunk walks along one token's path
+        cut = p + int(tok.max())  # positions 0 .. P + t_max - 1 are all the chunk's rows read
+        points = (base[:cut] + alphas[k].view(-1, 1, 1) * diff[:cut]).requires_grad_(True)  # [B, cut, D]
+        with torch.enable_grad():
+            logp = _target_logprobs(lm, points.to(dtype), p + tok - 1, targets[tok])  # [B]
+        (grads,) = torch.autograd.grad(logp.sum(), points)  # [B, cut, D]
+        if method == "saliency":
+            grads = grads.abs()
+        add_rows(acc[:, :cut], tok, grads.float(), weights[k])
+        advance(hi - lo)
+
+    row_bytes = length * x.shape[1] * 4 * (4 + 16 * layers)  # the row's activations, roughly
+    engine.map_chunks(n_rows, work, row_bytes, report=False)
+    if method == "integrated_gradients":
+        values = (acc * diff).sum(-1)  # [T, L]
+    elif method == "saliency":
+        values = acc.sum(-1)
+    else:
+        values = (acc * x).sum(-1)
+    positions = torch.arange(length, device=device)
+    values = values * (positions[None] < (p + torch.arange(t_count, device=device))[:, None])  # 0 at >= P + t
+    with torch.no_grad():
+        wanted = p + torch.arange(t_count, device=device) - 1
+        logprobs = _target_logprobs(lm, x[None].to(dtype), wanted, targets)  # [T]: one pass over the text
+        if method == "integrated_gradients":
+            base_logprobs = _target_logprobs(lm, base[None].to(dtype), wanted, targets)
+            error = (values.double().sum(-1) - (logprobs.double() - base_logprobs.double())).abs()
+        else:
+            base_logprobs = error = torch.full((t_count,), float("nan"), device=device)
+    full = torch.zeros(t_count, p + t_count, device=device)
+    full[:, :length] = values
+    notes = [f"chunks of {min(engine.chunk_sizes or [0])}-{max(engine.chunk_sizes or [0])} rows"] if engine.chunk_sizes else []
+    return GenerationAttribution(
+        text.input_ids, p, full.cpu().numpy(), logprobs.cpu().numpy(), base_logprobs.cpu().numpy(),
+        error.float().cpu().numpy(), method, params, time.perf_counter() - began, notes + list(engine.notes))
+
+
+def _target_logprobs(lm: nn.Module, points: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets[r] | points[r, :positions[r] + 1]) for each row r: [B].
+
+    points [B, L, D] (input embeddings; B = 1: one text for every target), positions [B] (where each
+    row predicts), targets [B] ids.
+    """
+    kept = torch.unique(positions)  # sorted
+    kwargs = {"logits_to_keep": kept} if _keeps_logits(lm) else {}
+    logits = lm(inputs_embeds=points, use_cache=False, **kwargs).logits  # [B, len(kept) or L, V]
+    column = torch.searchsorted(kept, positions) if kwargs else positions
+    row = torch.arange(len(positions), device=points.device) if points.shape[0] > 1 else torch.zeros_like(positions)
+    rows = logits[row, column]  # [B, V]
+    return torch.log_softmax(rows.float(), dim=-1).gather(1, targets[:, None])[:, 0]
+
+
+def _keeps_logits(lm: nn.Module) -> bool:
+    """True when the model's forward takes ``logits_to_keep`` (the head runs only where asked)."""
+    try:
+        return "logits_to_keep" in inspect.signature(lm.forward).parameters
+    except (TypeError, ValueError):
+        return False

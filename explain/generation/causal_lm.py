@@ -1,0 +1,109 @@
+"""The transformers causal LM inside a `LoadedModel`, and what the other modules ask of it.
+
+A Hugging Face folder whose ``config.json`` names a ``*ForCausalLM`` (or GPT-2's
+``GPT2LMHeadModel``) loads as a text model with ``spec.task == "causal_lm"``; its
+module (`explain.loading.huggingface.HFClassifier`) holds the transformers model as
+``.model``. Functions here touch the graph, so they are called only from functions
+that run in the model's process (`explain.loading.model_process.in_model_process`),
+except `require_causal_lm`, which reads the spec only.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from explain.errors import IncompatibleInput
+from explain.inputs.text import PAD_TOKENS, UNK_TOKENS, spec_vocabulary
+from explain.model import LoadedModel
+
+#: Where decoders keep their final norm (Llama, Mistral, Qwen, Gemma: ``norm``; GPT-2: ``ln_f``;
+#: OPT, GPT-NeoX: ``final_layer_norm``; Phi: ``final_layernorm``).
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+CAUSAL_HINT = "Load a Hugging Face folder (or zip) whose config.json names a *ForCausalLM."
+
+
+def require_causal_lm(model: LoadedModel, what: str = "This") -> None:
+    """Raise `IncompatibleInput` unless ``model`` is a causal language model (its spec says so)."""
+    if not model.spec.is_causal_lm:
+        raise IncompatibleInput(f"{what} explains causal language models; {model.name} is a "
+                                f"{model.spec.modality} classifier.", CAUSAL_HINT)
+
+
+def causal_lm(model: LoadedModel) -> nn.Module:
+    """The transformers ``*ForCausalLM`` of ``model`` (in this process: the model's own).
+
+    Raises:
+        IncompatibleInput: not a causal LM, or not one built from a Hugging Face folder.
+    """
+    require_causal_lm(model)
+    inner = getattr(model.module, "model", None)
+    if not isinstance(inner, nn.Module) or not callable(getattr(inner, "get_input_embeddings", None)):
+        raise IncompatibleInput(f"{model.name} is a causal LM Glassbox cannot reach the layers of.", CAUSAL_HINT)
+    return inner
+
+
+def device_of(lm: nn.Module) -> torch.device:
+    return next(lm.parameters()).device
+
+
+def eos_ids(lm: nn.Module) -> set[int]:
+    """The ids that end a generation: the generation config's ``eos_token_id`` (else the model config's)."""
+    found: Any = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
+    if found is None:
+        found = getattr(lm.config, "eos_token_id", None)
+    values = found if isinstance(found, (list, tuple)) else [found]
+    return {int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def special_ids(lm: nn.Module, model: LoadedModel) -> dict[str, int | None]:
+    """The ``pad`` and ``unk`` ids of the reference embeddings.
+
+    ``pad``: the config's ``pad_token_id``, else the tokenizer's padding token (`PAD_TOKENS`), else
+    the end-of-sequence id (what GPT-2 and Llama pad with). ``unk``: the tokenizer's unknown token
+    (`UNK_TOKENS`), else None.
+    """
+    vocab = list(spec_vocabulary(model.spec) or [])
+    index = {token: i for i, token in enumerate(vocab)}
+    pad = getattr(lm.config, "pad_token_id", None)
+    if not isinstance(pad, int) or isinstance(pad, bool):
+        pad = next((index[t] for t in PAD_TOKENS if t in index), None)
+    if pad is None:
+        pad = min(eos_ids(lm), default=None)
+    unk = next((index[t] for t in UNK_TOKENS if t in index), None)
+    return {"pad": pad, "unk": unk}
+
+
+def final_norm(lm: nn.Module) -> nn.Module:
+    """The norm the last hidden state goes through before the LM head.
+
+    Raises:
+        IncompatibleInput: a decoder that keeps it under another name.
+    """
+    decoder = lm.get_decoder() if callable(getattr(lm, "get_decoder", None)) else None
+    for owner in (decoder, getattr(lm, "base_model", None), lm):
+        for name in FINAL_NORM_NAMES:
+            found = getattr(owner, name, None) if owner is not None else None
+            if isinstance(found, nn.Module):
+                return found
+    raise IncompatibleInput(f"{type(lm).__name__} keeps its final norm under a name Glassbox does not know.")
+
+
+def head_logits(lm: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """Logits [..., V] of final-normed hidden states [..., D]: the LM head, then the config's
+    soft-capping (Gemma 2) where it has one."""
+    logits = lm.get_output_embeddings()(normed)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if isinstance(cap, (int, float)) and cap > 0:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def max_positions(lm: nn.Module) -> int | None:
+    """The longest sequence the model's positions allow (None: no limit in its config)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(lm.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -1,0 +1,44 @@
+"""A given continuation scored by teacher forcing: the model's log-probability of each of its
+tokens given the prompt and the tokens before it (one forward pass per prompt, no cache)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from explain.errors import UsageError
+from explain.generation.causal_lm import causal_lm, device_of
+from explain.generation.greedy import check_lengths
+from explain.generation.result import GeneratedText
+from explain.loading.model_process import in_model_process
+from explain.model import LoadedModel
+
+
+@in_model_process
+def force_continuations(model: LoadedModel, prompts: Sequence[np.ndarray],
+                        continuations: Sequence[np.ndarray]) -> list[GeneratedText]:
+    """Each prompt followed by its given continuation, with the continuation's log-probabilities.
+
+    Args:
+        prompts: int arrays [P_i] of token ids.
+        continuations: int arrays [T_i] of token ids, one per prompt (at least one token each).
+    """
+    if len(prompts) != len(continuations):
+        raise UsageError(f"{len(continuations)} continuations for {len(prompts)} prompts; give one per prompt.")
+    for i, cont in enumerate(continuations):
+        if len(cont) == 0:
+            raise UsageError(f"Continuation {i + 1} has no tokens.")
+    lm = causal_lm(model)
+    check_lengths(lm, prompts, [len(c) for c in continuations])
+    out = []
+    with torch.no_grad():
+        for prompt, cont in zip(prompts, continuations):
+            seq = np.concatenate([np.asarray(prompt, np.int64), np.asarray(cont, np.int64)])  # [P + T]
+            p = len(prompt)
+            ids = torch.as_tensor(seq[:-1], device=device_of(lm))[None]  # [1, P + T - 1]
+            logits = lm(input_ids=ids, use_cache=False).logits[0, p - 1:]  # [T, V]: position p - 1 + i predicts token p + i
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            picked = logp.gather(1, torch.as_tensor(seq[p:], device=logp.device)[:, None])[:, 0]  # [T]
+            out.append(GeneratedText(seq[:p], seq[p:], picked.cpu().numpy(), forced=True))
+    return out
