@@ -27,9 +27,9 @@ from pathlib import Path
 from explain.errors import GlassboxError, InputRefused, UsageError, exit_code, one_line
 from explain.jsonable import to_json_safe
 
-#: modules under explain.cli, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "evaluate", "batch", "attention", "training", "report",
-                      "models", "runs", "users", "tokens", "worker", "serve")
+#: modules under explain.cli, in the order `--help` lists them (a module ``logit_lens`` is the subcommand ``logit-lens``).
+SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "evaluate", "batch", "attention", "generate", "logit_lens",
+                      "training", "report", "models", "runs", "users", "tokens", "worker", "serve")
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
@@ -48,14 +48,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for mod_name in SUBCOMMAND_MODULES:
-        if chosen is not None and mod_name != chosen:
-            sub.add_parser(mod_name, help=_help_line(mod_name))
+        if chosen is not None and subcommand_name(mod_name) != chosen:
+            sub.add_parser(subcommand_name(mod_name), help=_help_line(mod_name))
             continue
         mod = importlib.import_module(f"{__name__}.{mod_name}")
         p = sub.add_parser(mod.NAME, help=(mod.__doc__ or "").strip().splitlines()[0])
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def subcommand_name(mod_name: str) -> str:
+    """The subcommand a module of `SUBCOMMAND_MODULES` answers to (``logit_lens`` -> ``logit-lens``)."""
+    return mod_name.replace("_", "-")
 
 
 def _help_line(mod_name: str) -> str:
@@ -66,7 +71,8 @@ def _help_line(mod_name: str) -> str:
 
 
 #: subcommands whose first argument is a model file
-MODEL_SUBCOMMANDS = frozenset({"inspect", "methods", "attribute", "evaluate", "batch", "attention", "report"})
+MODEL_SUBCOMMANDS = frozenset({"inspect", "methods", "attribute", "evaluate", "batch", "attention", "report",
+                               "generate", "logit-lens"})
 
 
 def prestart_for(argv: Sequence[str]) -> bool:

@@ -1,0 +1,110 @@
+"""Generate from a causal LM greedily (or score given continuations) and attribute every new token; write G.npz.
+
+``python -m explain generate MODEL --prompts P.txt [--targets T.txt] [--max-new-tokens N]
+[--method integrated_gradients|saliency|input_x_gradient] [--steps S] [--baseline pad|unk|zero]
+[--batch-size B] [--device auto|cpu|cuda] --out G.npz``
+
+Each line of P.txt is a prompt (or P.npy / P.npz holds token ids [N, L]); with ``--targets`` each line
+of T.txt is the continuation of its prompt, explained by teacher forcing instead of generating.
+G.npz holds ``input_ids`` [N, L] (prompt + generated, -1 after a text's end), ``prompt_length`` [N],
+``generated_length`` [N], ``generated_ids`` [N, T] (-1 after a text's end), ``values`` [N, T, L] (the
+attribution of generated token t's log-probability to every earlier position; 0 elsewhere),
+``logprobs`` [N, T] and ``completeness_error`` [N, T] (NaN where undefined or past a text's end).
+stdout JSON: ``texts`` (each continuation), ``tokens``, ``completeness_error`` (per text, per token; null
+where undefined), ``max_completeness_error``, ``method``, ``params``, ``seconds``, ``shape``, ``out``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explain.cli.model_arg import load_model_arg
+from explain.cli.out_file import replace_atomically
+
+NAME = "generate"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a causal LM: Hugging Face folder or zip whose config.json names a *ForCausalLM")
+    parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
+    parser.add_argument("--prompts", required=True, help="prompts: .txt (one per line) or .npy/.npz token ids [N, L]")
+    parser.add_argument("--targets", default=None, help="continuations to explain by teacher forcing: .txt (one per prompt) or ids")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens generated per prompt (default 20)")
+    parser.add_argument("--method", default="integrated_gradients",
+                        choices=("integrated_gradients", "saliency", "input_x_gradient"))
+    parser.add_argument("--steps", type=int, default=None, help="integrated gradients' steps (default 32)")
+    parser.add_argument("--baseline", default="pad", choices=("pad", "unk", "zero"),
+                        help="reference embeddings at every earlier position (integrated gradients)")
+    parser.add_argument("--batch-size", type=int, default=0, help="rows per pass (default: fit to memory)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", required=True, help="output .npz")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from explain.errors import UsageError
+    from explain.generation.attribution import DEFAULT_STEPS, attribute_generation
+    from explain.generation.causal_lm import require_causal_lm
+    from explain.generation.continuation import force_continuations
+    from explain.generation.greedy import generate_greedy
+    from explain.generation.prompts import decode_ids, read_token_lists, token_strings
+
+    if args.steps is not None and args.method != "integrated_gradients":
+        raise UsageError(f"Method {args.method!r} takes no --steps.")
+    began = time.perf_counter()
+    model = load_model_arg(args.model, args.spec)
+    require_causal_lm(model, "generate")
+    prompts = read_token_lists(args.prompts, model.spec)
+    if args.targets:
+        continuations = read_token_lists(args.targets, model.spec, special_tokens=False, what="targets")
+        texts = force_continuations(model, prompts, continuations)
+    else:
+        texts = generate_greedy(model, prompts, args.max_new_tokens)
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS
+    results = attribute_generation(model, texts, args.method, steps, args.baseline, args.batch_size, args.device)
+    arrays = generation_arrays(results)
+    out = Path(args.out)
+    with replace_atomically(out) as tmp:
+        np.savez_compressed(tmp, **arrays)
+    errors = [[None if np.isnan(e) else float(e) for e in r.completeness_error] for r in results]
+    finite = [e for row in errors for e in row if e is not None]
+    return {
+        "texts": [decode_ids(r.generated_ids, model.spec) for r in results],
+        "prompts": [decode_ids(p, model.spec) for p in prompts],
+        "tokens": [token_strings(r.generated_ids, model.spec) for r in results],
+        "forced": bool(args.targets),
+        "completeness_error": errors,
+        "max_completeness_error": max(finite) if finite else None,
+        "logprobs": [[float(v) for v in r.logprobs] for r in results],
+        "method": args.method,
+        "params": results[0].params if results else {},
+        "seconds": time.perf_counter() - began,
+        "shape": list(arrays["values"].shape),
+        "out": str(out),
+    }
+
+
+def generation_arrays(results: list) -> dict[str, np.ndarray]:
+    """The G.npz arrays of `GenerationAttribution`s, padded to the longest text (-1 ids, 0 values, NaN)."""
+    n = len(results)
+    longest = max((r.input_ids.size for r in results), default=0)
+    most = max((r.generated_ids.size for r in results), default=0)
+    arrays = {
+        "input_ids": np.full((n, longest), -1, np.int64), "prompt_length": np.zeros(n, np.int64),
+        "generated_length": np.zeros(n, np.int64), "generated_ids": np.full((n, most), -1, np.int64),
+        "values": np.zeros((n, most, longest), np.float32), "logprobs": np.full((n, most), np.nan, np.float32),
+        "baseline_logprobs": np.full((n, most), np.nan, np.float32),
+        "completeness_error": np.full((n, most), np.nan, np.float32),
+    }
+    for i, r in enumerate(results):
+        t, length = r.generated_ids.size, r.input_ids.size
+        arrays["input_ids"][i, :length] = r.input_ids
+        arrays["prompt_length"][i], arrays["generated_length"][i] = r.prompt_length, t
+        arrays["generated_ids"][i, :t] = r.generated_ids
+        arrays["values"][i, :t, :length] = r.values
+        for key in ("logprobs", "baseline_logprobs", "completeness_error"):
+            arrays[key][i, :t] = getattr(r, key)
+    return arrays
