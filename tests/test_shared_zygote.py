@@ -96,6 +96,18 @@ def test_a_later_process_forks_from_the_zygote_the_first_one_left(tmpdir_short):
     assert _alive(first["ppid"])
 
 
+def test_a_temporary_folder_with_a_long_name_still_shares(monkeypatch):
+    """Up to unix sockets' 108 bytes (the benchmark's TMPDIR is /tmp/glassbox-latency-XXXXXXXX)."""
+    folder = tempfile.mkdtemp(prefix="glassbox-latency-", dir="/tmp")
+    try:
+        first, second = _share(folder), _share(folder)
+        assert first["ok"] and first["ppid"] == second["ppid"]
+    finally:
+        for sock in _sockets(folder):
+            sock.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.parametrize("skip", [(), ("user-nobody",)], ids=["locked", "same-uid"])
 def test_a_sandboxed_child_gets_no_fork_from_the_shared_zygote(tmpdir_short, monkeypatch, skip):
     """Its caller's uid (``user-nobody`` skipped), yet no_new_privs and its own namespaces: refused."""

@@ -439,7 +439,7 @@ class SharedZygote(Zygote):
         except OSError:
             pass
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        staging = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        staging = os.path.join(os.path.dirname(path), f".{os.getpid()}-{os.urandom(4).hex()}")
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staging)
@@ -516,7 +516,7 @@ def shared_path(preload: str, env: dict[str, str], root: str) -> str | None:
     stable = hashlib.sha256(json.dumps([sys.executable, preload, sorted(env.items()), root]).encode()).hexdigest()
     code = hashlib.sha256(json.dumps([sys.version, ZYGOTE_CODE, code_stamp(root)]).encode()).hexdigest()
     path = os.path.join(folder, f"{stable[:20]}-{code[:20]}.sock")  # `_retire_others` reads the stable part
-    return path if len(path) < 100 else None  # a unix socket path's limit (108 bytes, with room for the staging name)
+    return path if len(path.encode()) < 108 else None  # a unix socket path's limit
 
 
 def code_stamp(root: str) -> list:
