@@ -10,10 +10,15 @@ with its ratio to the median torch import (``import torch`` alone in a fresh int
 - ``attribute`` on a small ``.pt2`` (default the cancer sample's): the first call on a new
   workspace, then repeated calls. ``compute`` is the seconds the command itself reports for
   the attribution, ``overhead`` = wall - compute; target for a repeated call: overhead within
-  one torch import + 2 s.
+  one torch import + 2 s. A call forks its model process from the zygote the user's previous
+  call left (`explain.loading.sandbox_zygote.SharedZygote`); the benchmark keeps its zygotes in
+  its own ``TMPDIR`` (none warm at the start, all gone at the end), and ``zygotes_started``
+  counts the calls of a row that had to start one: round 1's first call, and any call after
+  Glassbox's source changed (another engineer's edit makes a new zygote, as it must).
 
 One JSON object per line on stdout (``--json FILE`` writes the list too):
-``{"row", "seconds", "torch_imports", "compute", "overhead", "overhead_torch_imports", "target", "within"}``.
+``{"row", "seconds", "torch_imports", "compute", "overhead", "overhead_torch_imports", "target", "within",
+"zygotes_started"}``, then ``{"load_average": [start], [end]}``.
 
     python benchmarks/latency.py [--rounds 3] [--model FILE.pt2 --inputs X.npz] [--json rows.json]
 """
@@ -66,8 +71,15 @@ def main() -> None:
         if reported is not None:
             compute.setdefault(row, []).append(reported)
 
-    with tempfile.TemporaryDirectory(prefix="glassbox-latency-") as tmp:
+    load_start = os.getloadavg()
+    started: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="glassbox-latency-", dir="/tmp") as tmp:
         out = str(Path(tmp) / "attr.npz")
+        base_env["TMPDIR"] = tmp  # this run's shared zygotes (a short path: unix socket names are short)
+        zygotes = Path(tmp) / f"glassbox-zygotes-{os.geteuid()}"
+
+        def sockets() -> set[Path]:
+            return set(zygotes.glob("*.sock"))
         for round_ in range(args.rounds):
             record("import torch", timed([sys.executable, "-c", "import torch"], base_env)[0])
             env = {**base_env, "GLASSBOX_HOME": str(Path(tmp) / f"home{round_}")}  # a new workspace each round
@@ -76,8 +88,12 @@ def main() -> None:
                 record(" ".join(argv), timed(explain(*argv), env)[0])
             attribute = explain("attribute", args.model, "--inputs", args.inputs, "--method", args.method, "--out", out)
             for row in ("attribute (first)", "attribute (repeated)", "attribute (repeated)"):
+                before = sockets()
                 wall, stdout = timed(attribute, env)
                 record(row, wall, float(json.loads(stdout)["seconds"]))
+                started[row] = started.get(row, 0) + bool(sockets() - before)
+        for sock in sockets():
+            sock.unlink()  # its zygote ends within a second
 
     torch_s = statistics.median(seconds["import torch"])
     rows = []
@@ -91,12 +107,15 @@ def main() -> None:
                         overhead_torch_imports=round(overhead / torch_s, 3))
             if row == "attribute (repeated)":
                 item.update(target="overhead <= 1 torch import + 2 s", within=overhead <= torch_s + 2.0)
+            item.update(zygotes_started=started.get(row, 0))
         elif row != "import torch":
             item.update(target="< 0.5 torch import", within=wall < 0.5 * torch_s)
         rows.append(item)
         print(json.dumps(item), flush=True)
+    load = {"load_average": [[round(x, 2) for x in load_start], [round(x, 2) for x in os.getloadavg()]]}
+    print(json.dumps(load), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps([*rows, load], indent=1) + "\n")
 
 
 if __name__ == "__main__":
