@@ -38,7 +38,7 @@ from explain.config import api_max_body_bytes, api_max_buffered_bytes, external_
 from explain.errors import GlassboxError, http_status, one_line
 from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.client import submit as submit_job
-from explain.service.models import ModelCache
+from explain.service.models import ModelCache, ModelStore
 from explain.service.runners import explain_job, model_array
 from explain.workspace import Actor, Workspace
 from explain.workspace.jobs import JobInfo
@@ -204,7 +204,9 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
     app = FastAPI(title="Glassbox API", version="1",
                   description="Predictions and explanations of the workspace's registered models "
                               "(KServe V1 data plane), through the workspace's job queue.")
-    models = ModelCache(ws, size=8)  # the API threads' own: only forward passes, never hooks
+    # the request threads' own models (forward passes only), apart from the process's one cache that its
+    # worker hooks (`shared_models`): an attribution's hooks never meet a prediction's forward pass
+    models = ModelCache(ws, store=ModelStore(size=8))
     bearer = HTTPBearer(auto_error=False)
 
     from explain.service.worker import recover_now, start_embedded

@@ -131,9 +131,10 @@ def shared_models() -> ModelStore:
 
 
 class ModelCache:
-    """Registry versions for a worker or the API, through the process's one store (`shared_models`):
-    a version a page already loaded is not loaded again. ``size`` is kept for callers that set it;
-    the store has one size for the process."""
+    """Registry versions for a worker or the API, through the process's one store (`shared_models`;
+    ``store``: another, for threads that must not share model objects with hooked work, such as the
+    API's request threads): a version a page already loaded is not loaded again. ``size`` raises the
+    store's size."""
 
     def __init__(self, ws: Workspace, size: int | None = None, store: ModelStore | None = None):
         self.ws = ws
