@@ -1,0 +1,158 @@
+"""App latency against a torch import timed in the same run (issue 21, "No waiting").
+
+Rows, each round in turn (a torch import first, so a machine whose speed drifts moves them alike):
+
+- ``torch_import``: ``import torch`` alone in a fresh interpreter (the yardstick);
+- ``server_ready``: ``streamlit run app.py`` on a new workspace until its health check answers;
+- ``first_figure``: a browser (headless Chromium) opens the app (the Overview, the default sample)
+  on that fresh server: seconds until the first figure is drawn (target 3 s);
+- ``first_map``: ... until the Output column's attribution map and its completeness caption;
+- ``again_first_figure``: a second browser tab opens the same view (computed already);
+- ``restart_first_figure`` / ``restart_first_map``: the server stopped and started again on the same
+  workspace (an operator's restart): the sample's first view is read back from the run the first
+  open saved (`explain.report.overview`), nothing is measured or explained;
+- ``rerun``: the Overview's script run again for a view already computed (AppTest in this
+  process, median of 5): what every click on a computed view costs (target 0.3 s).
+
+One JSON object per line on stdout: ``{"row", "seconds", "torch_imports", "target", "within", "load"}``
+(``load``: the 1-minute load average when the row was measured; figures move with it, ratios hold).
+
+    python benchmarks/app_latency.py [--rounds 2] [--json rows.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("GLASSBOX_CHROMIUM", "/usr/bin/chromium")
+TARGETS = {"first_figure": 3.0, "first_map": 3.0, "again_first_figure": 3.0, "restart_first_figure": 3.0,
+           "restart_first_map": 3.0, "rerun": 0.3}
+
+
+
+def torch_import() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def start_server(home: str) -> tuple[subprocess.Popen, str, float]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(Path(home) / "streamlit.log", "w")
+    env = {**os.environ, "GLASSBOX_HOME": home}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url, time.perf_counter() - start
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"streamlit exited; see {home}/streamlit.log") from None
+            time.sleep(0.1)
+
+
+def open_app(browser, url: str) -> tuple[float, float]:
+    """Seconds from opening ``url`` to the first figure, and to the Output column's map and caption."""
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    try:
+        start = time.perf_counter()
+        page.goto(url)
+        page.wait_for_selector("h1", timeout=300_000)  # the page's title: the frame is up, the script runs
+        print(json.dumps({"note": "title drawn", "seconds": round(time.perf_counter() - start, 3)}),
+              file=sys.stderr, flush=True)
+        page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=300_000)
+        first = time.perf_counter() - start
+        page.get_by_text("completeness error").first.wait_for(timeout=300_000)
+        return first, time.perf_counter() - start
+    finally:
+        page.close()
+
+
+def rerun_seconds(home: str, n: int = 5) -> float:
+    """The Overview's script run again on a computed view (AppTest, this process): median seconds."""
+    os.environ["GLASSBOX_HOME"] = home
+    sys.path.insert(0, str(ROOT))
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "pages" / "views" / "overview.py"), default_timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def row(name: str, seconds: float, torch_s: float) -> dict:
+    target = TARGETS.get(name)
+    return {"row": name, "seconds": round(seconds, 3), "torch_imports": round(seconds / torch_s, 2),
+            "target": target, "within": None if target is None else seconds <= target,
+            "load": round(os.getloadavg()[0], 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    rows = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            for _ in range(args.rounds):
+                torch_s = torch_import()
+                found = [row("torch_import", torch_s, torch_s)]
+                home = tempfile.mkdtemp(prefix="glassbox-app-latency-")
+                proc, url, ready = start_server(home)
+                try:
+                    found.append(row("server_ready", ready, torch_s))
+                    first, first_map = open_app(browser, url)
+                    found += [row("first_figure", first, torch_s), row("first_map", first_map, torch_s)]
+                    again, _ = open_app(browser, url)
+                    found.append(row("again_first_figure", again, torch_s))
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+                proc, url, _ = start_server(home)  # the same workspace: its first view is saved
+                try:
+                    first, first_map = open_app(browser, url)
+                    found += [row("restart_first_figure", first, torch_s), row("restart_first_map", first_map, torch_s)]
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+                found.append(row("rerun", rerun_seconds(tempfile.mkdtemp(prefix="glassbox-app-latency-")), torch_s))
+                for r in found:
+                    print(json.dumps(r), flush=True)
+                rows += found
+        finally:
+            browser.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
