@@ -283,3 +283,34 @@ def test_a_zip_of_sharded_weights_loads_the_same_model(lm, tmp_path):
     assert again.spec.is_causal_lm and again.architecture == "GPT2LMHeadModel"
     got = generate_greedy(again, prompts, NEW)
     assert [g.generated_ids.tolist() for g in got] == [t.generated_ids.tolist() for t in texts]
+
+
+@pytest.mark.parametrize("page", ["output", "overview", "structure", "dataset"])
+def test_a_classifier_page_says_in_one_line_that_it_cannot_show_a_causal_lm(lm, page, tmp_path):
+    import hashlib
+    import zipfile
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explain.spec import CAUSAL_LM_NOTE
+    from ui.state import UploadedBlob
+
+    kind, folder = lm[0], lm[1]
+    if kind != "llama":
+        pytest.skip("checked once, on the Llama")
+    archive = tmp_path / "llama.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    data = archive.read_bytes()
+    texts = "\n".join(PROMPTS).encode()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob(archive.name, data, hashlib.sha256(data).hexdigest())
+    at.session_state["gb_input_uploads"] = [UploadedBlob("texts.txt", texts, hashlib.sha256(texts).hexdigest())]
+    at.switch_page(f"pages/views/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert [i.value for i in at.main.info if "causal language model" in i.value] == [CAUSAL_LM_NOTE]

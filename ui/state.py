@@ -37,7 +37,7 @@ from explain.errors import GlassboxError, one_line
 from explain.inputs.reading import InputBatch, model_ready_array, read_inputs
 from explain.model import LoadedModel
 from explain.service.models import shared_models
-from explain.spec import InputSpec, SpecGuess, guess_from_array
+from explain.spec import CAUSAL_LM_NOTE, InputSpec, SpecGuess, guess_from_array
 from explain.workspace.roles import Action
 from sample_models import SAMPLE_NAMES, sample_dir, sample_file, sample_inputs
 from ui.text import escape_markdown
@@ -260,6 +260,13 @@ def current_inputs() -> InputBatch:
         )
     arrays = _cached_sample_inputs(name)
     return InputBatch.from_arrays(arrays["inputs"], model.spec, labels=arrays.get("labels"))
+
+
+def stop_if_causal_lm(model: LoadedModel) -> None:
+    """A classifier's view on a causal LM: it says so in one line (`CAUSAL_LM_NOTE`) and stops."""
+    if model.spec.is_causal_lm:
+        st.info(CAUSAL_LM_NOTE)
+        st.stop()
 
 
 # -- errors ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ team.stop_unless_may_explain()
 ready = False
 with state.error_boundary("Loading the model and the dataset"):
     model = state.current_model()
+    state.stop_if_causal_lm(model)  # explained by `python -m explain generate`
     st.file_uploader("Dataset (.npz/.npy, .csv, .txt one text per line, images or a .zip of them)",
                      type=DATASET_TYPES, accept_multiple_files=True, key="gb_ds_files",
                      on_change=keep_uploads, args=("gb_ds_files",),

@@ -25,6 +25,7 @@ team.stop_unless_may_explain()  # a viewer never loads or runs the model here (e
 ready = False  # the boundary below may stop half-way: nothing it defines is used unless it finished
 with state.error_boundary("Loading the model and inputs"):
     model = state.current_model()
+    state.stop_if_causal_lm(model)  # explained by `python -m explain generate`
     batch = state.current_inputs()
     methods = compatible_methods(model)
     names = [m.name for m in methods]

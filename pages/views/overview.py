@@ -35,6 +35,7 @@ team.stop_unless_may_explain()  # the map, the layer map and the attention run t
 loaded = False
 with state.error_boundary("Loading the model and inputs"):
     model = state.current_model()
+    state.stop_if_causal_lm(model)  # explained by `python -m explain generate`
     batch = state.current_inputs()
     probs = overview.probabilities(model, batch.array)
     loaded = True

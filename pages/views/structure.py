@@ -49,6 +49,7 @@ team.stop_unless_may_explain()  # the layer table, attention, activations and im
 ok = False
 with state.error_boundary("Loading the model and inputs"):
     model = state.current_model()
+    state.stop_if_causal_lm(model)  # explained by `python -m explain generate`
     batch = state.current_inputs()
     inputs = batch.array
     inputs_sha = digest_array(inputs)
