@@ -147,6 +147,23 @@ def browser_page(_browser, request):
     context.close()
 
 
+def wait_for_page_body(page, heading: str, timeout_ms: int = 240_000) -> None:
+    """Wait until the page under ``heading`` has drawn more than its heading and stopped running.
+
+    Streamlit shows its 'Running' indicator only after a delay, so on a loaded machine
+    `wait_for_app` can return between the heading and the first element under it.
+    """
+    wait_for_app(page, timeout_ms)
+    page.wait_for_function(
+        """(heading) => {
+            const main = document.querySelector('[data-testid="stMain"]');
+            return main && main.innerText.replace(heading, '').trim().length > 0;
+        }""",
+        arg=heading, timeout=timeout_ms,
+    )
+    wait_for_app(page, timeout_ms)
+
+
 def open_upload_mode(page, app_url: str):
     """The Output page in upload mode, as a new user gets there: the sidebar and its file uploaders."""
     page.goto(app_url + "/output")

@@ -19,7 +19,7 @@ import torch
 from foreign_models import write_hf_resnet, write_hf_roberta, write_ts_colour_net
 from PIL import Image
 
-from tests.conftest import SCREENSHOTS, open_upload_mode, wait_for_app
+from tests.conftest import SCREENSHOTS, open_upload_mode, wait_for_app, wait_for_page_body
 
 pytestmark = pytest.mark.browser
 
@@ -67,7 +67,7 @@ def _visit_every_page(page, sidebar, name: str) -> dict[str, str]:
     for title in PAGES:
         sidebar.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=True).click()
         page.locator('[data-testid="stMain"] h1', has_text=HEADINGS[title]).wait_for(timeout=240_000)
-        wait_for_app(page, 240_000)
+        wait_for_page_body(page, HEADINGS[title])
         if title == "Output":  # the explanation is a job: its maps come when it is done
             page.get_by_text("completeness error").first.wait_for(timeout=240_000)
             wait_for_app(page, 240_000)
