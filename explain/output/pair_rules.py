@@ -41,28 +41,29 @@ class _RescaleFn(torch.autograd.Function):
     """y = g(x); backward multiplies by (g(x) - g(r)) / (x - r), gradient where x ≈ r."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, fn: Callable, eps: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, yr: torch.Tensor, fn: Callable, eps: float) -> torch.Tensor:
         y = fn(x)
         dx = x - r  # [S, ...] row s paired with reference row s
-        dy = y - fn(r)
+        dy = y - yr  # yr = fn(r), computed once by `rescale`
         small = dx.abs() < eps
         finite = torch.isfinite(dx)
-        ratio = dy / torch.where(small | ~finite, torch.ones_like(dx), dx)
-        ratio = torch.where(finite & torch.isfinite(ratio), ratio, torch.zeros_like(ratio))
+        ratio = dy / torch.where(small | ~finite, 1.0, dx)
+        ratio = torch.where(finite & torch.isfinite(ratio), ratio, 0.0)
         ctx.fn = fn
-        ctx.save_for_backward((x + r) / 2, ratio, small)
+        # the midpoint only where the backward needs it (some x ≈ r): most chunks have none
+        ctx.save_for_backward((x + r) / 2 if bool(small.any()) else None, ratio, small)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         mid, ratio, small = ctx.saved_tensors
         out = grad * ratio
-        if bool(small.any()):
+        if mid is not None:
             with torch.enable_grad():
                 xx = mid.detach().requires_grad_(True)
                 (local,) = torch.autograd.grad(ctx.fn(xx), xx, grad)
             out = torch.where(small, local, out)
-        return out, None, None, None
+        return out, None, None, None, None
 
 
 class _MidpointFn(torch.autograd.Function):
@@ -90,7 +91,7 @@ def rescale(pair: Pair, fn: Callable[[torch.Tensor], torch.Tensor], eps: float) 
         yr = fn(r)
     if not x.requires_grad:
         return fn(x), yr
-    return _RescaleFn.apply(x, r, fn, eps), yr
+    return _RescaleFn.apply(x, r, yr, fn, eps), yr
 
 
 def product(fn: Callable[..., torch.Tensor], *pairs: Pair) -> Pair:
