@@ -27,7 +27,6 @@ process, and ending when idle or replaced by a zygote for newer code.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -513,8 +512,10 @@ def shared_path(preload: str, env: dict[str, str], root: str) -> str | None:
             return None
     except OSError:
         return None
-    stable = hashlib.sha256(json.dumps([sys.executable, preload, sorted(env.items()), root]).encode()).hexdigest()
-    code = hashlib.sha256(json.dumps([sys.version, ZYGOTE_CODE, code_stamp(root)]).encode()).hexdigest()
+    from explain.digest import digest_bytes
+
+    stable = digest_bytes(json.dumps([sys.executable, preload, sorted(env.items()), root]).encode())
+    code = digest_bytes(json.dumps([sys.version, ZYGOTE_CODE, code_stamp(root)]).encode())
     path = os.path.join(folder, f"{stable[:20]}-{code[:20]}.sock")  # `_retire_others` reads the stable part
     return path if len(path.encode()) < 108 else None  # a unix socket path's limit
 
