@@ -190,17 +190,16 @@ def test_a_saved_run_opens_from_its_spec_without_loading_the_model(ws, case, sav
     assert sum("completeness error" in c for c in captions) == len(saved.info.summary["shown"])  # every map
 
 
-def test_the_output_page_loads_its_model_once_not_again_in_the_worker(ws, monkeypatch):
+def test_the_output_page_loads_its_model_once_not_again_in_the_worker(ws):
     from streamlit.testing.v1 import AppTest
 
     import explain.service.models as models
 
-    loads = []
-    original = models.load_model
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(1) or original(*a, **k))
     at = AppTest.from_file(APP, default_timeout=300).run()
+    store = models.shared_models()
+    loaded = store.loads  # the sidebar's sample, loaded by the page through the one cache
     at.switch_page("pages/views/output.py").run()
     assert not at.exception, at.exception
     run_id = [c.value for c in at.code if "?run=" in c.value][0].rsplit("=", 1)[1]
     assert ws.runs.info(OP, run_id).page == "output"
-    assert loads == []  # the worker ran the job on the page's model
+    assert store.loads == loaded  # the worker ran the job on the page's model
