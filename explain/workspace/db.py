@@ -117,13 +117,15 @@ def create_from_template(engine: Engine, head: str) -> bool:
 
 
 def sqlite_statements(engine: Engine) -> list[str]:
-    """The statements that recreate an SQLite database's schema: its tables, then its indexes (the
-    ones SQLite makes itself, for keys, come with their tables), then anything else, each group in
-    the order SQLite keeps them."""
+    """The statements that recreate an SQLite database's schema: its tables in the order SQLite keeps
+    them (the indexes SQLite makes itself, for keys, come with their tables), then its indexes by name
+    (Alembic's batch mode recreates a table's indexes in set order, which changes with the hash seed),
+    then anything else."""
     with engine.connect() as conn:
         return list(conn.exec_driver_sql(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
-            "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, rowid"
+            "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, "
+            "CASE type WHEN 'index' THEN name END, rowid"
         ).scalars())
 
 
