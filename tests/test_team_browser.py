@@ -150,8 +150,11 @@ def test_a_viewer_cannot_load_or_run_a_model(team_server, chromium):
         page.set_default_timeout(180_000)
         _sign_in(page, url, "vic")
         main, sidebar = page.locator('[data-testid="stMain"]'), page.locator('[data-testid="stSidebar"]')
-        main.get_by_text("Explaining needs the editor role").wait_for()
-        sidebar.get_by_text("Loading or uploading a model needs the editor role").wait_for()
+        # .first: while Streamlit reruns after the sign-in, the stale element and the new one are both there
+        main.get_by_text("Explaining needs the editor role").first.wait_for()
+        sidebar.get_by_text("Loading or uploading a model needs the editor role").first.wait_for()
+        wait_for_app(page)
+        assert main.get_by_text("Explaining needs the editor role").count() == 1  # said once, when settled
         assert sidebar.get_by_role("link", name="v1").count() == 3  # shapes, cancer, sentiment
         assert page.locator('input[type="file"]').count() == 0
         assert sidebar.get_by_text("Source", exact=True).count() == 0
@@ -161,8 +164,9 @@ def test_a_viewer_cannot_load_or_run_a_model(team_server, chromium):
         _shot(page, "viewer_cannot_load")
 
         page.goto(f"{url}/structure")
-        main.get_by_text("Explaining needs the editor role").wait_for()
+        main.get_by_text("Explaining needs the editor role").first.wait_for()
         wait_for_app(page)
+        assert main.get_by_text("Explaining needs the editor role").count() == 1
         assert page.locator('[data-testid="stDataFrame"], [data-testid="stGraphVizChart"]').count() == 0
         with context.expect_page() as opened:  # Streamlit opens a Markdown link in a new tab
             sidebar.get_by_role("link", name="v1").first.click()  # the shapes sample's version page
