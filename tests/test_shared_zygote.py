@@ -147,9 +147,10 @@ def test_a_zygote_for_newer_code_retires_the_old_one(tmpdir_short, monkeypatch):
     assert not _alive(old)
 
 
-def test_the_cli_leaves_a_warm_zygote_for_the_next_call(tmpdir_short, tmp_path):
+def test_the_cli_leaves_a_warm_zygote_for_the_next_call(tmp_path, tmpdir_short):
     """Two ``attribute`` calls on the cancer .pt2: the second forks its model process from the zygote
-    the first one started (its socket and pid unchanged), and both give the same attributions."""
+    the first one started (its socket and pid unchanged), and both give the same attributions.
+    (``tmp_path`` comes first: made inside ``tmpdir_short``, pytest's base folder would go with it.)"""
     samples = ROOT / "sample_models" / "cancer"
     env = {**os.environ, "TMPDIR": tmpdir_short, "GLASSBOX_HOME": str(tmp_path / "home")}
     env.pop("GLASSBOX_DATABASE_URL", None)

@@ -226,18 +226,30 @@ def _read_exact_child(stream: Any, n: int) -> bytes:
     return buf
 
 
-def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channel: Any) -> None:
-    """The child's life: lock down, load the graph, answer requests until the server hangs up."""
+def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channel: Any, nproc: bool = False) -> None:
+    """The child's life: lock down, load the graph, answer requests until the server hangs up.
+
+    ``nproc``: no new process or thread once the thread pools started (``lock_down`` must not forbid them:
+    they start after it, so that every thread runs under the lock)."""
     import traceback
 
     torch.set_num_threads(int(args.get("threads") or 1))
-    _start_threads()  # the thread pools, before the lock forbids new threads and processes
     if isinstance(args.get("cuda_visible"), str):  # its GPUs (the zygote never started CUDA)
         os.environ["CUDA_VISIBLE_DEVICES"] = args["cuda_visible"]
     for name in args.get("imports") or []:  # named by the server (trusted): read before the lock
         if isinstance(name, str) and name.startswith("transformers.models."):
             importlib.import_module(name)
-    report(phase="ready", protections=lock_down())
+    protections = lock_down()
+    # the thread pools, under the lock: no_new_privs, Landlock and the network namespace bind only the
+    # thread that set them and threads it starts later; a pool started before ran the model's ops outside
+    _start_threads()
+    if nproc:
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+            protections.append("rlimit-nproc")
+        except (ValueError, OSError):
+            pass
+    report(phase="ready", protections=protections)
     out = channel.buffer
 
     def send(header: dict, blobs: list[bytes] = ()) -> None:

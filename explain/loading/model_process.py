@@ -789,7 +789,7 @@ class _Callback:
 
 SERVE_CODE = r"""
 from explain.loading import model_host as _mp
-_mp.serve(DATA, ARGS, lock_down, report, _REPORT)
+_mp.serve(DATA, ARGS, lock_down, report, _REPORT, nproc=SETTINGS.pop("nproc", False))  # after its pools start
 """
 
 
