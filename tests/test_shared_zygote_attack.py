@@ -41,3 +41,55 @@ def test_every_thread_of_a_model_process_runs_under_its_lock(monkeypatch):
     assert len(states) > 1, states  # a pool exists
     assert all(state == main for state in states.values()), states
 
+
+#: prints what a sandboxed child forked from the shared zygote runs with: its zygote, nice value, stack limit
+INHERITS = """
+import json, os, resource, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+tempfile.tempdir = sys.argv[2]
+from explain.loading import sandbox_zygote
+from explain.loading.sandbox import run_in_sandbox
+sandbox_zygote.share_zygotes(30)
+run = run_in_sandbox('import os, resource\\nreport(phase="ready", protections=lock_down())\\n'
+                     'report(ok=True, ppid=os.getppid(), nice=os.nice(0), stack=resource.getrlimit(resource.RLIMIT_STACK))\\n',
+                     b"", preload="import json  # inherits")
+print(json.dumps(run.final))
+"""
+
+
+def test_a_call_with_other_limits_does_not_fork_from_a_zygote_started_with_an_earlier_calls():
+    """A forked child keeps its zygote's resource limits, nice value and cgroups (memory limits), which are
+    those of the call that started it: a later call run with others (``nice``, ``ulimit -s``, another
+    cgroup) gets a zygote of its own, so its model processes run with its settings."""
+    import json
+    import resource
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    folder = tempfile.mkdtemp(prefix="gbi", dir="/tmp")
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    small = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+
+    def call(preexec=None) -> dict:
+        proc = subprocess.run([sys.executable, "-c", INHERITS, str(root), folder], capture_output=True, text=True,
+                              timeout=120, preexec_fn=preexec)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def niced_and_small_stack():
+        os.nice(5)
+        resource.setrlimit(resource.RLIMIT_STACK, (small, hard))
+
+    try:
+        first, second = call(), call(niced_and_small_stack)
+        assert first["ok"] and second["ok"]
+        assert (second["nice"], second["stack"][0]) == (first["nice"] + 5, small), (first, second)
+        assert second["ppid"] != first["ppid"]
+    finally:
+        for sock in Path(folder).glob("glassbox-zygotes-*/*.sock"):
+            sock.unlink()  # their zygotes end within a second
+        shutil.rmtree(folder, ignore_errors=True)

@@ -502,8 +502,10 @@ def shared_path(preload: str, env: dict[str, str], root: str) -> str | None:
     has no private folder for it or this process runs with ``no_new_privs``."""
     try:
         with open("/proc/self/status") as fh:
-            if any(line.split()[1:2] != ["0"] for line in fh if line.startswith("NoNewPrivs:")):
-                return None
+            status = fh.read().splitlines()
+        if any(line.split()[1:2] != ["0"] for line in status if line.startswith("NoNewPrivs:")):
+            return None
+        context = _inherited(status)
         folder = os.path.join(tempfile.gettempdir(), f"glassbox-zygotes-{os.geteuid()}")
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder, 0o700)
@@ -514,10 +516,24 @@ def shared_path(preload: str, env: dict[str, str], root: str) -> str | None:
         return None
     from explain.digest import digest_bytes
 
-    stable = digest_bytes(json.dumps([sys.executable, preload, sorted(env.items()), root]).encode())
+    stable = digest_bytes(json.dumps([sys.executable, preload, sorted(env.items()), root, context]).encode())
     code = digest_bytes(json.dumps([sys.version, ZYGOTE_CODE, code_stamp(root)]).encode())
     path = os.path.join(folder, f"{stable[:20]}-{code[:20]}.sock")  # `_retire_others` reads the stable part
     return path if len(path.encode()) < 108 else None  # a unix socket path's limit
+
+
+def _inherited(status: list[str]) -> list:
+    """What a forked child inherits from whoever started the zygote besides its environment: resource
+    limits, nice value, cgroups (a memory limit), umask and ignored signals. A caller with other ones
+    gets a zygote of its own, so its model processes run with its settings, not an earlier call's."""
+    import resource
+
+    limits = [(name, resource.getrlimit(getattr(resource, name))) for name in sorted(dir(resource))
+              if name.startswith("RLIMIT_")]
+    with open("/proc/self/cgroup") as fh:
+        cgroup = fh.read()
+    return [limits, os.getpriority(os.PRIO_PROCESS, 0), cgroup,
+            [line for line in status if line.startswith(("Umask:", "SigIgn:"))]]
 
 
 def code_stamp(root: str) -> list:
