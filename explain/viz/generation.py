@@ -1,0 +1,86 @@
+"""Figures of a causal LM's generation (`explain.generation.result`): results in, plotly out.
+
+The page (`pages/views/generate.py`) and a report can call the same functions.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from explain.viz.attribution import BAR_TICK_SIZE, FONT, colour_bar_text, colour_bar_ticks, plotly_colorscale
+from explain.viz.labels import elide, format_value, keep_labels_inside, label_margin
+
+
+def masked_values(values: np.ndarray, prompt_length: int) -> np.ndarray:
+    """The attribution matrix [T, P + T] with NaN where generated token t cannot look
+    (positions >= P + t: itself and everything after it), the upper triangle a heatmap leaves empty."""
+    values = np.asarray(values, dtype=np.float64)
+    t_count, length = values.shape
+    visible = np.arange(length)[None, :] < (prompt_length + np.arange(t_count))[:, None]  # [T, L]
+    return np.where(visible, values, np.nan)
+
+
+def generation_figure(values: np.ndarray, prompt_length: int, source_tokens: Sequence[str],
+                      zmax: float | None = None, title: str = "", target: str = "the token") -> go.Figure:
+    """The attribution of each generated token (rows) to every earlier position (columns: the prompt,
+    then the generated tokens) as a heatmap in the attribution colour scale (red supports the token,
+    blue is against it), the positions a token cannot read left empty (`masked_values`).
+
+    Args:
+        values: [T, P + T] `explain.generation.result.GenerationAttribution.values`.
+        prompt_length: P.
+        source_tokens: P + T readable tokens (`explain.inputs.text.display_tokens` of ``input_ids``).
+        zmax: the colour limit (default: the largest |value|).
+        title: the figure's title. target: what red supports, in the colour bar's text.
+
+    The axes are positions (each labelled with its token), so a repeated token keeps its own column.
+    """
+    z = masked_values(values, prompt_length)  # [T, L]
+    t_count, length = z.shape
+    tokens = [str(t) for t in source_tokens][:length]
+    tokens += [""] * (length - len(tokens))
+    shown = [elide(t) for t in tokens]  # the axes are positions: equal tokens need not differ
+    finite = np.abs(z[np.isfinite(z)])
+    zmax = float(zmax or (finite.max() if finite.size else 0.0) or 1.0)
+    rows = list(range(prompt_length, prompt_length + t_count))
+    ticks, labels = colour_bar_ticks(zmax, "all")
+    hover = np.array([[f"{tokens[r]} ← {tokens[c]} ({'prompt' if c < prompt_length else 'generated'} {c})"
+                       for c in range(length)] for r in rows], dtype=object).reshape(t_count, length)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(length)), y=list(range(t_count)), zmin=-zmax, zmax=zmax, colorscale=plotly_colorscale("all"),
+        customdata=hover, hoverongaps=False, colorbar=dict(
+            tickvals=ticks, ticktext=labels, tickfont=dict(size=BAR_TICK_SIZE), thickness=10, outlinewidth=0,
+            title=dict(text=colour_bar_text("all", target), side="right", font=dict(size=11))),
+        hovertemplate="%{customdata}<br>attribution %{z:.4g}<extra></extra>",
+    ))
+    fig.add_vline(x=prompt_length - 0.5, line=dict(color="#888", width=1, dash="dot"))  # prompt | generated
+    fig.update_layout(
+        title=dict(text=title, x=0, xanchor="left", font=dict(size=14)) if title else None,
+        height=max(260, 26 * t_count + 170), font=FONT, plot_bgcolor="white",
+        margin=dict(l=label_margin(shown[prompt_length:] or ["x"]), r=10, t=40 if title else 10, b=90),
+        xaxis=dict(tickmode="array", tickvals=list(range(length)), ticktext=shown, tickangle=-45,
+                   title="source token (prompt, then generated)", showgrid=False, zeroline=False),
+        yaxis=dict(tickmode="array", tickvals=list(range(t_count)), ticktext=shown[prompt_length:],
+                   autorange="reversed", title="generated token", showgrid=False, zeroline=False),
+    )
+    return keep_labels_inside(fig)
+
+
+def logit_lens_rows(top_ids: np.ndarray, top_probs: np.ndarray, position: int, decode) -> list[dict]:
+    """One row per layer of a lens (`explain.generation.result.LogitLens` of one prompt:
+    ``top_ids`` / ``top_probs`` [layers + 1, L, k]) at ``position``: the top-1 token, its probability
+    and the top-k as text. ``decode(ids) -> list[str]`` names tokens (`explain.inputs.text.display_tokens`)."""
+    ids = np.asarray(top_ids)[:, position]  # [layers + 1, k]
+    probs = np.asarray(top_probs)[:, position]
+    last = ids.shape[0] - 1
+    out = []
+    for layer, (row_ids, row_probs) in enumerate(zip(ids, probs)):
+        names = decode(row_ids)
+        out.append({
+            "layer": "embeddings" if layer == 0 else "output" if layer == last else f"layer {layer}",
+            "top-1": names[0], "p": float(row_probs[0]),
+            f"top-{len(names)}": " · ".join(f"{n} {format_value(float(p))}" for n, p in zip(names, row_probs)),
+        })
+    return out
