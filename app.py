@@ -35,6 +35,7 @@ EXPLAIN = [
     st.Page(VIEWS / "dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
     st.Page(VIEWS / "structure.py", title="Structure", icon=":material/account_tree:", url_path="structure"),
     st.Page(VIEWS / "training.py", title="Training", icon=":material/monitoring:", url_path="training"),
+    st.Page(VIEWS / "generate.py", title="Generate", icon=":material/auto_awesome:", url_path="generate"),
 ]
 TEAM = [
     RUNS, MODELS,

@@ -1,0 +1,134 @@
+"""The Generate page (issue 22): a tiny Llama uploaded as a zip, generated from and explained in the page,
+checked against transformers' greedy ``generate`` and `explain.generation`'s own attribution (AppTest)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from causal_models import write_hf_llama  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from ui.state import UploadedBlob  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "the cat sat on"
+NEW = 4
+STEPS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny model: threads only contend on a shared machine (the model processes inherit the count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """(zip bytes, folder, the prompt's ids, transformers' greedy continuation ids), built once."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("generate_page")
+    folder = write_hf_llama(root / "llama")
+    archive = root / "llama.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    prompt = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(PROMPT).ids  # <s> first
+    reference = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = reference.generate(torch.as_tensor([prompt]), do_sample=False, max_new_tokens=NEW,
+                                 pad_token_id=reference.config.eos_token_id)
+    return archive.read_bytes(), folder, prompt, out[0, len(prompt):].tolist()
+
+
+def _array(value) -> np.ndarray:
+    """A plotly JSON array: a list (null = NaN), or a typed array (``{"dtype", "bdata", "shape"}``)."""
+    if isinstance(value, dict):
+        import base64
+
+        shape = tuple(int(d) for d in str(value["shape"]).split(","))
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).reshape(shape).astype(float)
+    return np.asarray(value, dtype=float)
+
+
+def _app(data: bytes | None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    if data is not None:
+        at.session_state["gb_source"] = "upload"
+        at.session_state["gb_model_upload"] = UploadedBlob("llama.zip", data, hashlib.sha256(data).hexdigest())
+    at.switch_page("pages/views/generate.py")
+    return at.run()
+
+
+def _clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_the_generate_page_shows_the_greedy_text_its_attribution_and_the_lens(llama):
+    from tokenizers import Tokenizer
+
+    from explain.generation.attribution import attribute_generation
+    from explain.generation.greedy import generate_greedy
+    from explain.loading.loader import load_model
+
+    data, folder, prompt, want_ids = llama
+    at = _app(data)
+    _clean(at)
+    at.text_area(key="gb_gen_prompt").input(PROMPT)
+    at.number_input(key="gb_gen_max_new").set_value(NEW)
+    at.selectbox(key="gb_gen_method").set_value("integrated_gradients")
+    at.number_input(key="gb_gen_steps").set_value(STEPS).run()  # the prompt enables the button
+    at.button(key="gb_gen_run").click().run()
+    _clean(at)
+
+    # the generated text: transformers' greedy generate, decoded by the model's tokenizer
+    want_text = Tokenizer.from_file(str(folder / "tokenizer.json")).decode(want_ids, skip_special_tokens=False)
+    assert [c.value for c in at.code] == [want_text]
+
+    # the heatmap: explain.generation's attribution of the same text, the upper triangle empty
+    model = load_model(folder)
+    texts = generate_greedy(model, [np.asarray(prompt)], NEW)
+    assert texts[0].generated_ids.tolist() == want_ids
+    want = attribute_generation(model, texts, "integrated_gradients", STEPS, "pad")[0]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 1
+    z = _array(charts[0]["data"][0]["z"])  # [T, P + T]
+    p = len(prompt)
+    assert z.shape == (NEW, p + NEW)
+    upper = np.arange(p + NEW)[None] >= (p + np.arange(NEW))[:, None]
+    assert np.isnan(z[upper]).all() and np.isfinite(z[~upper]).all()
+    np.testing.assert_allclose(z[~upper], want.values[~upper], rtol=1e-4, atol=1e-5)
+
+    # the selected token: the prompt highlighted, its completeness error, the lens whose last row is the model's pick
+    captions = " ".join(c.value.replace("\\", "") for c in at.caption)
+    assert "completeness error" in captions and "Completeness error per token" in captions
+    assert len(at.get("html")) == 1
+    lens = at.main.dataframe[-1].value
+    assert lens["layer"].tolist()[0] == "embeddings" and lens["layer"].tolist()[-1] == "output"
+    at.selectbox(key="gb_gen_token").set_value(NEW - 1).run()  # the last token: the lens at its position
+    _clean(at)
+    lens = at.main.dataframe[-1].value
+    from explain.inputs.text import display_tokens
+
+    assert lens["top-1"].tolist()[-1] == display_tokens([want_ids[-1]], model.spec)[0]  # greedy = the lens's last layer
+
+
+def test_a_classifier_sample_says_in_one_line_that_the_page_needs_a_causal_lm():
+    at = _app(None)  # the default sample: an image classifier
+    _clean(at)
+    infos = [i.value for i in at.main.info]
+    assert len(infos) == 1 and "causal language model" in infos[0] and "*ForCausalLM" in infos[0]
+    assert not at.get("plotly_chart") and not at.main.button
