@@ -22,7 +22,8 @@ MODALITIES: tuple[str, ...] = ("image", "tabular", "text")
 TASKS: tuple[str, ...] = ("classification", "causal_lm")
 #: The one line a classifier's view or method gives a causal LM instead of its result.
 CAUSAL_LM_NOTE = ("This is a causal language model; the classifier views and methods cannot show it. "
-                  "Explain what it generates with `python -m explain generate` (or logit-lens, attention --prompts).")
+                  "Explain what it generates on the Generate page or with `python -m explain generate` "
+                  "(or logit-lens, attention --prompts).")
 SPEC_FILENAME = "glassbox_spec.json"
 
 

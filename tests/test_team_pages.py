@@ -234,7 +234,7 @@ def test_a_runs_report_is_a_job_whose_html_carries_the_runs_comment(home):
 # -- roles in the library: only an editor loads (and runs) a model in the page; Re-run is a job --------
 OP = Actor("cli:tester", operator=True)
 PASSWORDS = {"ada": "admin-pass-1", "ed": "editor-pass-1", "rita": "review-pass-1", "vic": "viewer-pass-1"}
-EXPLAIN_PAGES = ("overview", "output", "dataset", "structure", "training")
+EXPLAIN_PAGES = ("overview", "output", "dataset", "structure", "training", "generate")
 
 
 def _team(ws) -> None:
