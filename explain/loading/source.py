@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from explain import config
 from explain.errors import CorruptFile, TooLarge, UnsafeFile, one_line
 from explain.spec import InputSpec
@@ -213,6 +211,8 @@ def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
         CorruptFile: anything else that stops torch from reading the bytes.
     """
     import pickle
+
+    import torch  # here, not at import: reading a training log must not import torch (the app's first paint)
 
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")

@@ -6,6 +6,7 @@ Pure functions: a `TrainingHistory` / `Finding`s / `WeightChange` /
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
@@ -15,10 +16,12 @@ from explain.finding import Finding
 from explain.inputs.text import display_tokens, real_positions
 from explain.spec import InputSpec
 from explain.training.downsampling import downsample_points
-from explain.training.evolution import AttributionDrift, WeightChange
 from explain.training.history import TrainingHistory, smooth_ema
 from explain.viz.attribution import grey_image, plotly_colorscale, to_display_images
 from explain.viz.labels import elide_all, keep_labels_inside, label_margin
+
+if TYPE_CHECKING:  # types only: evolution imports torch, and the curves are drawn before torch is imported
+    from explain.training.evolution import AttributionDrift, WeightChange
 
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "lr": "#7f7f7f"}
