@@ -132,3 +132,17 @@ def test_a_classifier_sample_says_in_one_line_that_the_page_needs_a_causal_lm():
     infos = [i.value for i in at.main.info]
     assert len(infos) == 1 and "causal language model" in infos[0] and "*ForCausalLM" in infos[0]
     assert not at.get("plotly_chart") and not at.main.button
+
+
+def test_the_figure_leaves_what_a_token_cannot_read_empty_and_keeps_repeated_tokens_apart():
+    from explain.viz.generation import generation_figure, logit_lens_rows
+
+    values = np.arange(1, 9, dtype=float).reshape(2, 4)  # P = 2 prompt tokens, T = 2 generated
+    fig = generation_figure(values, 2, ["a", "a", "b", "b"], title="t")
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert np.isnan(z[0, 2:]).all() and np.isnan(z[1, 3]) and z[1, 2] == 7.0 and z[0, 1] == 2.0
+    assert list(fig.layout.xaxis.ticktext) == ["a", "a", "b", "b"] and list(fig.layout.yaxis.ticktext) == ["b", "b"]
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (-7.0, 7.0)  # symmetric about zero over what is shown
+    top_ids = np.array([[[3, 4]], [[5, 6]]])  # [layers + 1, L = 1, k = 2]
+    rows = logit_lens_rows(top_ids, np.array([[[0.5, 0.25]], [[0.75, 0.125]]]), 0, lambda ids: [f"t{i}" for i in ids])
+    assert [(r["layer"], r["top-1"], r["p"]) for r in rows] == [("embeddings", "t3", 0.5), ("output", "t5", 0.75)]
