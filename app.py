@@ -54,14 +54,17 @@ def open_overview() -> None:
 hidden = [] if _link_page else [st.Page(open_overview, title="Overview", url_path="overview", visibility="hidden")]
 navigation = st.navigation({"Explain": EXPLAIN + hidden, "Team": TEAM})
 
-from ui.jobs import ensure_worker  # noqa: E402
-from ui.sidebar import render_sidebar  # noqa: E402  - after st.navigation: importing torch takes seconds
-from ui.upload_page import render_pending_upload  # noqa: E402
-from ui.workspace import sign_in_gate  # noqa: E402
+from ui.first_paint import first_paint  # noqa: E402  - imports no torch
 
-if not sign_in_gate():  # accounts exist and nobody is signed in: only the form
-    st.stop()
-render_sidebar()
+with first_paint(navigation is OVERVIEW):  # the Overview's title and curves while torch and the model load
+    from ui.jobs import ensure_worker
+    from ui.sidebar import render_sidebar  # after st.navigation: importing torch takes seconds
+    from ui.upload_page import render_pending_upload
+    from ui.workspace import sign_in_gate
+
+    if not sign_in_gate():  # accounts exist and nobody is signed in: only the form
+        st.stop()
+    render_sidebar()
 ensure_worker()  # the embedded queue worker, unless GLASSBOX_EXTERNAL_WORKER=1
 if not render_pending_upload():  # an upload that does not load yet keeps every page on it
     navigation.run()

@@ -19,11 +19,11 @@ from explain.digest import digest_bytes
 from explain.errors import GlassboxError
 from explain.model import LoadedModel
 from explain.service.client import model_name_from_file, register_model
-from explain.workspace import Action, Actor, RunRecord, Workspace, open_workspace
+from explain.workspace import Action, Actor, RunRecord, Workspace
 from explain.workspace.registry import VersionInfo
 from explain.workspace.roles import allows
-from sample_models import sample_registry_files
 from ui import state
+from ui.first_paint import open_server_workspace as _open  # opened there: the first paint checks for accounts
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
@@ -34,24 +34,25 @@ SIGN_IN_FIELDS = {"Form name": "Sign in to Glassbox", "Username": "Username", "P
                   "Login": "Sign in"}
 
 
-@st.cache_resource(show_spinner="Opening the workspace…")
-def _open(url: str, home: str) -> Workspace:
-    from explain.service.worker import recover_now
-
-    ws = open_workspace(url, home)
-    ws.seed(sample_registry_files())
-    # once per server process, before its first page draws: jobs a killed server of this host left
-    # "running" go back to the queue (Streamlit runs no app code before a first session connects)
-    try:
-        recover_now(ws)
-    except Exception:  # the queue's workers retry it; the pages must still open
-        log.exception("Taking back the jobs of stopped workers failed")
+def workspace() -> Workspace:
+    """The workspace of this server (`explain.config.database_url`, blobs in ``GLASSBOX_HOME``)."""
+    url, home = database_url(), str(glassbox_home())
+    ws = _open(url, home)
+    _recover(url, home)
     return ws
 
 
-def workspace() -> Workspace:
-    """The workspace of this server (`explain.config.database_url`, blobs in ``GLASSBOX_HOME``)."""
-    return _open(database_url(), str(glassbox_home()))
+@st.cache_resource(show_spinner=False)
+def _recover(url: str, home: str) -> bool:
+    """Once per server process, before its first page draws: jobs a killed server of this host left
+    "running" go back to the queue (Streamlit runs no app code before a first session connects)."""
+    from explain.service.worker import recover_now
+
+    try:
+        recover_now(_open(url, home))
+    except Exception:  # the queue's workers retry it; the pages must still open
+        log.exception("Taking back the jobs of stopped workers failed")
+    return True
 
 
 def oidc_configured() -> bool:
