@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 #: What the tokenizers are trained on.
@@ -76,3 +77,12 @@ def write_hf_gpt2(directory: Path) -> Path:
     model.save_pretrained(directory)
     tok.save(str(directory / "tokenizer.json"))
     return directory
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: threads only contend on a shared machine (the model processes inherit the count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from causal_models import write_hf_gpt2, write_hf_llama  # noqa: E402
+from causal_models import one_thread, write_hf_gpt2, write_hf_llama  # noqa: E402, F401 - one_thread: a fixture
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from explain.cli import main  # noqa: E402
@@ -31,13 +31,7 @@ NEW = 5
 STEPS = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: threads only contend on a shared machine (the model processes inherit the count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: every test here on one thread
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

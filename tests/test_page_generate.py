@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from causal_models import write_hf_llama  # noqa: E402
+from causal_models import one_thread, write_hf_llama  # noqa: E402, F401 - one_thread: a fixture
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from ui.state import UploadedBlob  # noqa: E402
@@ -24,13 +24,7 @@ NEW = 4
 STEPS = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny model: threads only contend on a shared machine (the model processes inherit the count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: every test here on one thread
 
 
 @pytest.fixture(scope="module")
