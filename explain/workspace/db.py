@@ -76,6 +76,11 @@ def migrate(engine: Engine) -> None:
         if current is None and engine.dialect.name == "sqlite" and (
                 create_from_template(engine, head) or current_revision(engine) == head):
             return
+    _alembic_upgrade(engine)
+
+
+def _alembic_upgrade(engine: Engine) -> None:
+    """Run Alembic's migrations up to the head on ``engine`` (one migrating process at a time)."""
     from alembic import command
     from alembic.config import Config
 
@@ -134,15 +139,8 @@ def write_sqlite_template(path: Path = SQLITE_TEMPLATE) -> None:
     (after adding a migration: ``python -c "from explain.workspace.db import write_sqlite_template as w; w()"``)."""
     import json
 
-    from alembic import command
-    from alembic.config import Config
-
     engine = create_engine("sqlite://")
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    _alembic_upgrade(engine)
     template = {"revision": head_revision(), "statements": sqlite_statements(engine)}
     path.write_text(json.dumps(template, indent=1) + "\n", encoding="utf-8")
 
