@@ -5,7 +5,7 @@ imports torch (seconds), opens the workspace and loads the sample model (seconds
 happens, `first_paint` draws what needs none of it: for the Overview of a sample on a server whose
 pages' glue is not imported yet, the page's title, its three columns with a spinner where the
 live parts are still coming, and the sample's training curves with their findings (its log read
-with pandas, drawn with plotly, exactly as `explain.report.overview.training_figure` draws them).
+with pandas, drawn by `explain.viz.training.figure_overview`, as the Overview draws them).
 When the block ends (sidebar drawn, model loaded) the preview is cleared and the page runs as
 always, so the settled page is the page.
 
@@ -68,17 +68,14 @@ def sample_curves(name: str):
     from explain.finding import sort_findings
     from explain.training.findings import diagnose
     from explain.training.history import merge_histories, read_histories
-    from explain.viz.training import figure_curves
+    from explain.viz.training import figure_overview
 
     log_file = Path(sample_dir(name)) / "train_log.csv"
     if not log_file.is_file():
         return None
     history = merge_histories(read_histories([str(log_file)]))  # `explain.report.analysis.read_training_history`
     findings = sort_findings(diagnose(history))
-    fig = figure_curves(history, findings, height=CURVES_HEIGHT)
-    fig.update_layout(legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18, x=0),
-                      margin=dict(l=0, r=0, t=10, b=0))
-    return fig, findings
+    return figure_overview([history], [findings], height=CURVES_HEIGHT), findings
 
 
 @contextlib.contextmanager

@@ -139,16 +139,9 @@ def training_figure(runs: TrainingOverview, epoch: float | None = None, height: 
     """The Overview's curves: one run with its findings marked, or the runs overlaid; the legend
     below, and a dotted line at ``epoch`` (the checkpoint the map explains). Kept: do not modify it."""
     def compute():
-        from explain.viz.training import figure_curves, figure_runs
+        from explain.viz.training import figure_overview
 
-        histories = runs.histories
-        fig = (figure_curves(histories[0], runs.findings[0], height=height) if len(histories) == 1
-               else figure_runs(histories, height=height, names=runs.names))
-        fig.update_layout(legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18, x=0),
-                          margin=dict(l=0, r=0, t=10, b=0))
-        if epoch is not None:
-            fig.add_vline(x=epoch, line_dash="dot", line_color="#444")
-        return fig
+        return figure_overview(runs.histories, runs.findings, runs.names, epoch, height)
 
     return _remembered(("training_figure", id(runs), epoch, height), compute, of=runs)
 

@@ -183,6 +183,21 @@ def figure_runs(histories: Sequence[TrainingHistory], smoothing: float = 0.6, lo
     return keep_labels_inside(fig)
 
 
+def figure_overview(histories: Sequence[TrainingHistory], findings: Sequence[Sequence[Finding]],
+                    names: Sequence[str] | None = None, epoch: float | None = None, height: int = 420) -> go.Figure:
+    """The Overview's curves: one run with its ``findings[0]`` marked, or the runs overlaid; the legend
+    below, and a dotted line at ``epoch`` (the checkpoint the map explains). Torch-free: the app's
+    first paint (`ui.first_paint`) draws it before torch is imported, the Overview through
+    `explain.report.overview.training_figure`."""
+    fig = (figure_curves(histories[0], findings[0], height=height) if len(histories) == 1
+           else figure_runs(histories, height=height, names=names))
+    fig.update_layout(legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.18, x=0),
+                      margin=dict(l=0, r=0, t=10, b=0))
+    if epoch is not None:
+        fig.add_vline(x=epoch, line_dash="dot", line_color="#444")
+    return fig
+
+
 def run_names(histories: Sequence[TrainingHistory]) -> list[str]:
     """One distinct display name per run: its name, numbered when two runs share one (two
     ``train_log.csv`` from different folders)."""
