@@ -259,9 +259,11 @@ def keep_first_view(model: LoadedModel, x, index: int, method: str) -> None:
 
     if state.current_sample_name() is None or index != 0 or method != overview.DEFAULT_METHOD:
         return
-    version = current_version(model, register=False)
     ws, run_id = workspace(), overview.first_view_id(model, x, method)
-    if (ws.home, run_id) in _KEPT or version is None or not overview.is_computed(model, x, method):
+    if (ws.home, run_id) in _KEPT or not overview.is_computed(model, x, method):
+        return  # every rerun of the Overview comes here: no registry query once it is kept
+    version = current_version(model, register=False)
+    if version is None:
         return
     try:  # `Runs.save` with this id returns the run saved before, if any, without writing again
         ws.runs.save(SEEDER, overview.first_view_record(version.name, version.version, model, x, index, method),
