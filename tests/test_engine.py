@@ -11,7 +11,7 @@ from torch import nn
 from explain import InputSpec, LoadedModel
 from explain.errors import Cancelled, IncompatibleInput
 from explain.output.cache import ATTRIBUTION_CACHE, AttributionCache, make_key
-from explain.output.engine import Engine, ModelFunction, pad_rows
+from explain.output.engine import Engine, Layout, ModelFunction, pad_rows
 from explain.output.methods import get_method
 from explain.output.precision import choose_precision
 
@@ -253,3 +253,33 @@ def test_baselines_blur_mean_file_and_kmeans_background():
     np.testing.assert_allclose(weights @ centres, bg.mean(0), atol=1e-4)  # k-means keeps the mean
     rows, w = background_set(None, tab, "tabular", size=8, fallback="zero")
     assert rows.shape == (1, 4) and not rows.any() and w.tolist() == [1.0]
+
+
+class _ViewsItsFeatures(nn.Module):
+    """A LeNet-style CNN that flattens with ``.view``: a channels-last feature map refuses it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 2)
+        self.calls: list[bool] = []  # channels-last batch per forward
+
+    def forward(self, x):
+        self.calls.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def test_a_cnn_that_refuses_channels_last_runs_as_it_is_from_then_on():
+    torch.manual_seed(0)
+    module = _ViewsItsFeatures().eval()
+    spec = InputSpec(modality="image", input_shape=(3, 8, 8), class_names=["a", "b"])
+    model = LoadedModel(module=module, format="safetensors", sha256="views", spec=spec)
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    want = captum_ig(model, x, [0, 1, 0], steps=8)
+    assert Layout.for_model(model).channels_last  # a CPU conv net: asked channels-last first
+    got = ig(model, x, steps=8, target=[0, 1, 0])
+    np.testing.assert_allclose(got.values, want, atol=1e-5, rtol=0)  # the fallback's answer is the model's
+    assert not Layout.for_model(model).channels_last  # remembered for the module
+    module.calls.clear()
+    ig(model, x, steps=8, target=[0, 1, 0])
+    assert module.calls and not any(module.calls)  # no failed channels-last pass any more

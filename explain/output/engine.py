@@ -21,6 +21,7 @@ interpreter that substitutes the ``aten.embedding`` node).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -256,7 +257,9 @@ class Layout:
     no part of a tensor's values (every op gives the same numbers up to float rounding;
     gradients come back in the points' own layout), so eager models with 2-d
     convolutions get their 4-d float batches channels-last. A model that cannot take
-    them (``.view`` on a feature map raises) is run as it is from then on.
+    them (``.view`` on a feature map raises) is run as it is from then on, in every later
+    call too (`_REFUSED`): each attribution and prediction makes its own Layout, and would
+    otherwise pay a failed forward pass on its first chunk every time.
     """
 
     def __init__(self, channels_last: bool):
@@ -271,6 +274,7 @@ class Layout:
             and len(model.spec.input_shape) == 3
             and not model.spec.dtype.startswith("int")
             and isinstance(module, nn.Module)
+            and module not in _REFUSED
             and any(isinstance(m, nn.Conv2d) for m in module.modules())
         )
         return cls(wanted)
@@ -284,7 +288,13 @@ class Layout:
                 if is_out_of_memory(exc):
                     raise
                 self.channels_last = False
+                if isinstance(module, nn.Module):
+                    _REFUSED.add(module)
         return module(batch)
+
+
+#: eager modules whose forward refused a channels-last batch: run as they are (`Layout.for_model`)
+_REFUSED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 class _EmbeddingInterpreter(torch.fx.Interpreter):
