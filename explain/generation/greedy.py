@@ -57,14 +57,14 @@ def generate_greedy(model: LoadedModel, prompts: Sequence[np.ndarray], max_new_t
         raise UsageError(f"max_new_tokens must be 1 .. {MAX_NEW_TOKENS}, not {max_new_tokens}.")
     lm = causal_lm(model)
     check_lengths(lm, prompts, [int(max_new_tokens)] * len(prompts))
-    stop, device = eos_ids(lm), device_of(lm)
+    stop, device, cache_arg = eos_ids(lm), device_of(lm), _cache_arg(lm)
     total, out = len(prompts) * int(max_new_tokens), []
     with torch.no_grad():
         for n, prompt in enumerate(prompts):
             step = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]  # [1, P]
             cache, tokens, logprobs = None, [], []
             for t in range(int(max_new_tokens)):
-                res = lm(input_ids=step, use_cache=True, **{_cache_arg(lm): cache})
+                res = lm(input_ids=step, use_cache=True, **{cache_arg: cache})
                 cache = res["cache"] if "cache" in res else res.get("past_key_values")
                 logp = torch.log_softmax(res.logits[0, -1].float(), dim=-1)  # [V]
                 token = int(torch.argmax(res.logits[0, -1]))  # generate's greedy pick: the first maximum
