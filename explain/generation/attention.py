@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from explain.generation.causal_lm import causal_lm, device_of
-from explain.generation.greedy import check_lengths
+from explain.generation.causal_lm import causal_lm, check_lengths, device_of
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.structure.attention import AttentionMaps

@@ -9,12 +9,14 @@ except `require_causal_lm`, which reads the spec only.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from explain.errors import IncompatibleInput
+from explain.errors import IncompatibleInput, TooLarge, UsageError
 from explain.inputs.text import PAD_TOKENS, UNK_TOKENS, spec_vocabulary
 from explain.model import LoadedModel
 
@@ -107,3 +109,15 @@ def max_positions(lm: nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def check_lengths(lm: nn.Module, prompts: Sequence[np.ndarray], new_tokens: Sequence[int]) -> None:
+    """Refuse an empty prompt, or a prompt plus its new tokens longer than the model's positions."""
+    limit = max_positions(lm)
+    for i, (prompt, new) in enumerate(zip(prompts, new_tokens)):
+        if len(prompt) == 0:
+            raise UsageError(f"Prompt {i + 1} has no tokens.")
+        if limit and len(prompt) + new > limit:
+            more = f"; with {new} more it exceeds" if new else ", over"
+            raise TooLarge(f"Prompt {i + 1} has {len(prompt)} tokens{more} the model's {limit} positions.",
+                           "Use a shorter prompt" + (" or fewer new tokens." if new else "."))

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from explain.errors import UsageError
-from explain.generation.causal_lm import causal_lm, device_of
-from explain.generation.greedy import check_lengths
+from explain.generation.causal_lm import causal_lm, check_lengths, device_of
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from explain.errors import TooLarge, UsageError
-from explain.generation.causal_lm import causal_lm, device_of, eos_ids, max_positions
+from explain.errors import UsageError
+from explain.generation.causal_lm import causal_lm, check_lengths, device_of, eos_ids
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
@@ -22,17 +22,6 @@ from explain.progress import ProgressFn, report_progress
 
 #: The most tokens one generation may add.
 MAX_NEW_TOKENS = 1024
-
-
-def check_lengths(lm: torch.nn.Module, prompts: Sequence[np.ndarray], new_tokens: Sequence[int]) -> None:
-    """Refuse an empty prompt, or a prompt plus its new tokens longer than the model's positions."""
-    limit = max_positions(lm)
-    for i, (prompt, new) in enumerate(zip(prompts, new_tokens)):
-        if len(prompt) == 0:
-            raise UsageError(f"Prompt {i + 1} has no tokens.")
-        if limit and len(prompt) + new > limit:
-            raise TooLarge(f"Prompt {i + 1} has {len(prompt)} tokens; with {new} more it exceeds the model's "
-                           f"{limit} positions.", "Use a shorter prompt or fewer new tokens.")
 
 
 def _cache_arg(lm: torch.nn.Module) -> str:

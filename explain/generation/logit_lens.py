@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from explain.errors import UsageError
-from explain.generation.causal_lm import causal_lm, device_of, final_norm, head_logits
-from explain.generation.greedy import check_lengths
+from explain.generation.causal_lm import causal_lm, check_lengths, device_of, final_norm, head_logits
 from explain.generation.result import LogitLens
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
