@@ -60,10 +60,14 @@ def logit_lens(model: LoadedModel, prompts: Sequence[np.ndarray], top_k: int = 5
             if not seen:
                 raise UsageError(f"{type(lm).__name__} never called its final norm; the lens cannot be read.")
             states = [*out.hidden_states[:-1], seen[-1]]  # layers + 1 of [1, L, D]
-            logits = torch.stack([head_logits(lm, norm(h))[0] for h in states]).float()  # [layers + 1, L, V]
-            worst = max(worst, float((logits[-1] - out.logits[0].float()).abs().max()))
-            probs, top = torch.softmax(logits, dim=-1).topk(int(top_k), dim=-1)  # [layers + 1, L, k]
-            per_prompt.append((top.cpu().numpy(), probs.cpu().numpy()))
+            tops, top_p = [], []
+            for h in states:  # one layer's logits [L, V] at a time, not [layers + 1, L, V]: a 128k vocabulary
+                logits = head_logits(lm, norm(h))[0].float()
+                probs, top = torch.softmax(logits, dim=-1).topk(int(top_k), dim=-1)  # [L, k]
+                tops.append(top)
+                top_p.append(probs)
+            worst = max(worst, float((logits - out.logits[0].float()).abs().max()))  # the last layer's
+            per_prompt.append((torch.stack(tops).cpu().numpy(), torch.stack(top_p).cpu().numpy()))  # [layers + 1, L, k]
             report_progress(progress, n + 1, len(prompts))
     layers = per_prompt[0][0].shape[0]
     top_ids = np.full((len(prompts), layers, longest, int(top_k)), -1, dtype=np.int64)
