@@ -89,7 +89,7 @@ def _cached_sample(name: str) -> LoadedModel:
 
 def _cached_upload(blob: UploadedBlob, spec: UploadedBlob | None, sample: np.ndarray | None) -> LoadedModel:
     return open_model(blob.data, blob.sha256, "Loading uploaded model…", filename=blob.name,
-                       spec=InputSpec.from_json(spec.data) if spec else None, sample_input=sample)
+                       spec=spec.data if spec else None, sample_input=sample)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -18,6 +18,7 @@ nothing may keep state on it beyond what `load_model` set.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,7 +40,13 @@ def spec_key(spec: InputSpec | bytes | str | None) -> str:
     if spec is None:
         return ""
     data = spec.to_json().encode() if isinstance(spec, InputSpec) else spec
-    data = data.encode() if isinstance(data, str) else data
+    return _json_key(data.encode() if isinstance(data, str) else data)
+
+
+@functools.lru_cache(maxsize=32)
+def _json_key(data: bytes) -> str:
+    """`spec_key` of a spec's JSON, remembered: a page asks on every rerun, and a spec that carries a
+    tokenizer is a megabyte of JSON to parse and write again (~0.1 s)."""
     return digest_bytes(InputSpec.from_json(data).to_json().encode())  # one spelling per spec
 
 
@@ -104,11 +111,11 @@ class ModelStore:
         bytes' digest when the caller knows it)."""
         from explain.loading.loader import load_model
 
-        parsed = spec if not isinstance(spec, (bytes, str)) else InputSpec.from_json(spec)
-        skey = spec_key(parsed)
-        rows = None if parsed is not None else sample_input
+        skey = spec_key(spec)  # its JSON parsed only to load: a page asks on every rerun
+        rows = None if spec is not None else sample_input
 
         def load() -> LoadedModel:
+            parsed = spec if not isinstance(spec, (bytes, str)) else InputSpec.from_json(spec)
             model = load_model(data, spec=parsed, filename=filename, sample_input=rows, vetted=vetted)
             if name:
                 model.name = name
