@@ -190,6 +190,9 @@ def _write_calls() -> list[Call]:
         Call("users.add_token", Action.MANAGE_TOKENS, lambda ws, a, c, _: ws.users.add_token(a, c.fresh("tok-"), "viewer")),
         Call("workspace.load_model", Action.LOAD_MODEL,  # the loader stands in: only the check is the library's
              lambda ws, a, c, _: ws.load_model(a, b"model bytes", loader=lambda data: data)),
+        Call("registry.protect", Action.PROTECT_ALIAS, lambda ws, a, c, _: ws.registry.protect(a, "m", c.fresh("kept-"))),
+        Call("registry.unprotect", Action.PROTECT_ALIAS, lambda ws, a, c, alias: ws.registry.unprotect(a, "m", alias),
+             prep=lambda ws, c: ws.registry.protect(OP, "m", c.fresh("kept-")).alias),
         Call("audit.rows", Action.READ_AUDIT, lambda ws, a, c, _: ws.audit.rows(a)),
         Call("audit.csv", Action.READ_AUDIT, lambda ws, a, c, _: ws.audit.csv(a)),
     ]
@@ -197,7 +200,7 @@ def _write_calls() -> list[Call]:
 
 CALLS = _read_calls() + _write_calls()
 WRITES = {Action.COMMENT, Action.DECIDE, Action.UPLOAD, Action.SAVE_RUN, Action.EDIT_REGISTRY,
-          Action.MANAGE_TOKENS}
+          Action.MANAGE_TOKENS, Action.PROTECT_ALIAS}
 WRITE_LABELS = {"users.add", "users.set_role", "users.remove"}
 
 

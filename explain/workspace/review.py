@@ -1,5 +1,7 @@
 """Review: threaded comments anchored to a run (or one input, layer or finding of it), and
-decisions on model versions (approve / request changes, optionally moving an alias).
+decisions on model versions (approve / request changes, optionally moving an alias, optionally
+naming the comparison run they were made on; a protected alias moves only with one, see
+`explain.workspace.registry`).
 
 Comment bodies are stored as typed; the page renders them as Markdown with raw HTML off,
 the report escapes them.
@@ -12,13 +14,17 @@ from sqlalchemy import select
 
 from explain.errors import NotFound, UsageError
 from explain.workspace.core import Core, iso
-from explain.workspace.registry import Registry
+from explain.workspace.registry import Registry, parse_ref
 from explain.workspace.roles import Action, Actor
+from explain.workspace.runs import PAGES
 from explain.workspace.schema import Comment, Decision, Model, ModelVersion, Run
 
 ANCHOR_KINDS = ("run", "input", "layer", "finding")
 VERDICTS = ("approve", "request_changes")
 MAX_COMMENT = 20_000
+#: The run kind a decision's comparison must be, once some writer saves it (`runs.PAGES`); until
+#: then any saved run is accepted.
+COMPARISON = "comparison"
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,15 @@ class DecisionInfo:
     alias: str | None
     author: str
     created: str
+    comparison_run: str | None = None  # the saved comparison the decision was made on
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _decision(d: Decision, model: str, version: int) -> DecisionInfo:
+    return DecisionInfo(d.id, model, version, d.verdict, d.note, d.alias, d.author, iso(d.created_at),
+                        d.comparison_run)
 
 
 @dataclass(frozen=True)
@@ -157,27 +169,60 @@ class Review:
 
     # -- decisions -----------------------------------------------------------------
     def decide(self, actor: Actor, model: str, version: int, verdict: str, note: str = "",
-               move_alias: str | None = None) -> DecisionInfo:
+               move_alias: str | None = None, comparison_run: str | None = None) -> DecisionInfo:
         """Record a verdict on a version; approving may move an alias to it (both or neither).
 
         Moving an alias otherwise needs an editor; through an approval the reviewer's decision is
-        what moves it (that is what approving a ``candidate`` into ``production`` means)."""
+        what moves it (that is what approving a ``candidate`` into ``production`` means). A
+        protected alias moves only through the approval of an admin or one of its approvers, with
+        ``note`` (the justification) and ``comparison_run`` (`_check_comparison`).
+
+        Raises:
+            PermissionDenied: below reviewer, or a protected alias and not an admin or approver.
+            NotFound: no such version, or no such comparison run.
+            UsageError: a bad verdict, a comparison of other models, a protected move without a
+                justification or a comparison.
+        """
         if verdict not in VERDICTS:
             raise UsageError(f"Unknown verdict {verdict!r}.", f"Choose one of {', '.join(VERDICTS)}.")
         if move_alias and verdict != "approve":
             raise UsageError("Only an approval moves an alias.")
+        comparison_run = (comparison_run or "").strip() or None
         with self.core.db.transaction() as s:
             self.core.require(s, actor, Action.DECIDE)
             version_id = self.registry.version_id(s, model, version)
+            if comparison_run is not None:
+                self._check_comparison(s, model, comparison_run)
             row = Decision(version_id=version_id, verdict=verdict, note=(note or "").strip()[:MAX_COMMENT],
-                           alias=move_alias or None, author=actor.name)
+                           alias=move_alias or None, author=actor.name, comparison_run=comparison_run)
             s.add(row)
             s.flush()
             if move_alias:
-                self.registry.move_alias_in(s, actor, model, move_alias, version)
-            self.core.audit(s, actor, f"decision.{verdict}", "model_version", f"{model}@v{version}",
-                            after={"note": row.note, "alias": move_alias})
-            return DecisionInfo(row.id, model, version, verdict, row.note, row.alias, actor.name, iso(row.created_at))
+                self.registry.move_alias_in(s, actor, model, move_alias, version, decision_id=row.id)
+            after = {"note": row.note, "alias": move_alias}
+            if comparison_run is not None:
+                after["comparison"] = comparison_run
+            self.core.audit(s, actor, f"decision.{verdict}", "model_version", f"{model}@v{version}", after=after)
+            return _decision(row, model, version)
+
+    @staticmethod
+    def _check_comparison(s, model: str, run_id: str) -> None:
+        """``run_id`` is a saved run (every member reads every run) of kind `COMPARISON` once that kind
+        is saved at all, and compares a version of ``model``: its own version, or an ``a`` / ``b``
+        reference in its parameters naming it."""
+        run = s.get(Run, run_id[:32])
+        if run is None:
+            raise NotFound(f"No saved run {run_id[:40]!r} to record as the comparison.",
+                           "`python -m explain runs list` lists the saved runs.")
+        if COMPARISON in PAGES and run.page != COMPARISON:
+            raise UsageError(f"Run {run_id} is a {run.page} run, not a comparison.",
+                             "Name the saved comparison of the two versions.")
+        own = s.scalar(select(Model.name).join(ModelVersion, ModelVersion.model_id == Model.id)
+                       .where(ModelVersion.id == run.version_id))
+        named = {parse_ref(ref)[0] for key in ("a", "b") if isinstance(ref := (run.params or {}).get(key), str)}
+        if model != own and model not in named:
+            raise UsageError(f"Run {run_id} compares {', '.join(sorted(named | {own}))}, not {model}.",
+                             f"Name a comparison of a version of {model}.")
 
     def decisions(self, actor: Actor, model: str, version: int | None = None) -> list[DecisionInfo]:
         """The decision history of a model (or one version), oldest first."""
@@ -187,5 +232,4 @@ class Review:
                      .join(Model, ModelVersion.model_id == Model.id).where(Model.name == model))
             if version is not None:
                 query = query.where(ModelVersion.number == version)
-            return [DecisionInfo(d.id, model, v.number, d.verdict, d.note, d.alias, d.author, iso(d.created_at))
-                    for d, v in s.execute(query.order_by(Decision.id))]
+            return [_decision(d, model, v.number) for d, v in s.execute(query.order_by(Decision.id))]

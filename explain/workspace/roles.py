@@ -7,7 +7,10 @@ Roles are ordered; each includes the one below it:
     editor   + upload and register models, load a model to run it in the page (an upload of
              one's own or a sample / version explored live), save runs and queue jobs,
              tags, aliases, attachments
-    admin    + users, API tokens, the audit log
+    admin    + users, API tokens, the audit log, protecting an alias (and naming its approvers)
+
+A protected alias (`explain.workspace.registry.Registry.protect`) narrows EDIT_REGISTRY and DECIDE
+further: only admins and its approvers move it, and only through an approving decision.
 
 Every write in `explain.workspace` calls `require` with the actor's role as the
 database says it is now (never as a page or a request claims it), so a viewer who
@@ -37,6 +40,7 @@ class Action(StrEnum):
     MANAGE_USERS = "manage_users"
     MANAGE_TOKENS = "manage_tokens"
     READ_AUDIT = "read_audit"
+    PROTECT_ALIAS = "protect_alias"  # protect / unprotect an alias, name its approvers
 
 
 #: The lowest role allowed each action.
@@ -51,6 +55,7 @@ MINIMUM_ROLE: dict[Action, str] = {
     Action.MANAGE_USERS: "admin",
     Action.MANAGE_TOKENS: "admin",
     Action.READ_AUDIT: "admin",
+    Action.PROTECT_ALIAS: "admin",
 }
 
 

@@ -79,6 +79,20 @@ class Alias(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
 
 
+class ProtectedAlias(Base):
+    """An alias only admins and the named approvers may move, and only through an approving decision
+    (`explain.workspace.registry`, migration ``0005``). It may name an alias that points nowhere yet."""
+
+    __tablename__ = "protected_aliases"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    approvers: Mapped[list] = mapped_column(JSON)  # user names, sorted
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Attachment(Base):
     __tablename__ = "attachments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -129,6 +143,7 @@ class Decision(Base):
     note: Mapped[str] = mapped_column(Text)
     alias: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the alias approving moved
     author: Mapped[str] = mapped_column(String(200))
+    comparison_run: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the run it was made on
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
