@@ -132,10 +132,17 @@ def _draw_drift(run: SavedRun) -> None:
     render_drift(saved_drift(run), run_view_model(run).spec, run.inputs["inputs"], key=f"run_{run.info.id}_drift")
 
 
+def _draw_comparison(run: SavedRun) -> None:
+    from explain.compare.job import saved_comparison
+    from ui.compare_view import render_comparison
+
+    render_comparison(saved_comparison(run), run_view_model(run).spec, key=f"run_{run.info.id}_compare")
+
+
 #: how each run kind is drawn, keyed by the kinds of `explain.workspace.run_kinds.RUN_KINDS`.
 DRAWERS = {"output": _draw_output, "dataset": _draw_dataset, "report": _draw_report,
            "structure": _draw_snapshot, "training": _draw_snapshot, "overview": _draw_snapshot,
-           "importance": _draw_importance, "drift": _draw_drift}
+           "importance": _draw_importance, "drift": _draw_drift, "comparison": _draw_comparison}
 
 
 def render_saved_run(run: SavedRun) -> None:

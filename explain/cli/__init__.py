@@ -29,7 +29,7 @@ from explain.jsonable import to_json_safe
 
 #: modules under explain.cli, in the order `--help` lists them (a module ``logit_lens`` is the subcommand ``logit-lens``).
 SUBCOMMAND_MODULES = ("inspect", "methods", "attribute", "evaluate", "batch", "attention", "generate", "logit_lens",
-                      "training", "report", "models", "runs", "users", "tokens", "worker", "serve")
+                      "compare", "training", "report", "models", "runs", "users", "tokens", "worker", "serve")
 
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED = 0, 2, 3
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
@@ -72,7 +72,7 @@ def _help_line(mod_name: str) -> str:
 
 #: subcommands whose first argument is a model file
 MODEL_SUBCOMMANDS = frozenset({"inspect", "methods", "attribute", "evaluate", "batch", "attention", "report",
-                               "generate", "logit-lens"})
+                               "generate", "logit-lens", "compare"})
 
 
 def prestart_for(argv: Sequence[str]) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from explain.compare.job import run_compare
 from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.params import resolve_params
@@ -270,3 +271,4 @@ def run_drift(ctx: JobContext) -> RunRecord:
 
 
 register_runner("drift", run_drift)
+register_runner("compare", run_compare)  # two versions compared (`explain.compare.job`)

@@ -9,6 +9,7 @@
     overview    explain.workspace.records.snapshot_record     saved_snapshot: Snapshot (tables, findings, notes)
     importance  explain.output.importance_job.importance_record   saved_importance: LayerImportance
     drift       explain.training.drift_job.drift_record       saved_drift: AttributionDrift
+    comparison  explain.compare.job.comparison_record         saved_comparison: Comparison
 
 Whoever reads a run's results (the API, the CLI, the pages) goes through its kind's reader
 (`read_run`), never the raw keys of ``SavedRun.results``; the UI draws each kind with the
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from explain.compare.job import comparison_record, saved_comparison
 from explain.dataset.job import dataset_record, saved_dataset
 from explain.errors import UsageError
 from explain.output.importance_job import importance_record, saved_importance
@@ -44,6 +46,7 @@ RUN_KINDS: dict[str, RunKind] = {kind.name: kind for kind in (
     RunKind("report", run_report_job, report_html),
     RunKind("importance", importance_record, saved_importance),
     RunKind("drift", drift_record, saved_drift),
+    RunKind("comparison", comparison_record, saved_comparison),
     *(RunKind(page, snapshot_record, saved_snapshot) for page in ("structure", "training", "overview")),
 )}
 

@@ -26,7 +26,8 @@ from explain.workspace.registry import Registry
 from explain.workspace.roles import Action, Actor
 from explain.workspace.schema import Model, ModelVersion, Run
 
-PAGES = ("output", "structure", "training", "overview", "dataset", "report", "importance", "drift")  # `run_kinds.RUN_KINDS`
+PAGES = ("output", "structure", "training", "overview", "dataset", "report", "importance", "drift",
+         "comparison")  # `run_kinds.RUN_KINDS`
 _PACKAGES = ("torch", "captum", "shap", "numpy", "streamlit", "transformers")
 
 
