@@ -46,6 +46,12 @@ Environment variables:
     GLASSBOX_JOB_HEARTBEAT_S / GLASSBOX_JOB_STALE_S / GLASSBOX_JOB_MAX_ATTEMPTS: how
         often a worker reports a running job (default 2 s), after how long without a
         report the job is taken back (default 30 s), and how many tries it gets (3).
+    GLASSBOX_WORKERS: queue worker threads per serving process (the app, ``serve``, ``worker``;
+        ``--workers N`` overrides it); default one per GPU, else min(2, CPU cores).
+    GLASSBOX_IG_STEP_BUDGET: how far integrated gradients' completeness tolerance may raise the
+        steps asked, as a multiple of them (default 4: at most 4x the asked steps per input).
+    GLASSBOX_IG_STEP_SECONDS: seconds the tolerance loop may spend raising steps after the asked
+        steps ran (default 60); it stops, saying so in the run, at the first limit reached.
     GLASSBOX_API_MAX_BODY_MB: the HTTP API's largest request body (default 16).
     GLASSBOX_MAX_JOBS: queued-or-running jobs per caller (a person, a token, the CLI's
         operator), whoever submits them: a page, the API or the CLI (default 16; the older
@@ -243,6 +249,30 @@ def job_stale_s() -> float:
 
 def job_max_attempts() -> int:
     return int(_env_number("GLASSBOX_JOB_MAX_ATTEMPTS", 3))
+
+
+def default_workers() -> int:
+    """Worker threads per serving process (``GLASSBOX_WORKERS``): else one per GPU, else min(2, cores)."""
+    raw = os.environ.get("GLASSBOX_WORKERS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # no torch, no driver: count CPUs
+        gpus = 0
+    return gpus or min(2, os.cpu_count() or 1)
+
+
+def ig_step_budget() -> float:
+    """The most integrated gradients' tolerance may multiply the asked steps (``GLASSBOX_IG_STEP_BUDGET``, 4)."""
+    return max(1.0, _env_number("GLASSBOX_IG_STEP_BUDGET", 4.0))
+
+
+def ig_step_seconds() -> float:
+    """Seconds the tolerance loop may spend raising steps (``GLASSBOX_IG_STEP_SECONDS``, 60)."""
+    return _env_number("GLASSBOX_IG_STEP_SECONDS", 60.0)
 
 
 def api_max_body_bytes() -> int:

@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import streamlit as st
 
-from explain.config import database_url, glassbox_home
+from explain.config import database_url, external_worker, glassbox_home
 from explain.digest import digest_bytes
 from explain.errors import GlassboxError
 from explain.model import LoadedModel
@@ -44,12 +44,16 @@ def workspace() -> Workspace:
 
 @st.cache_resource(show_spinner=False)
 def _recover(url: str, home: str) -> bool:
-    """Once per server process, before its first page draws: jobs a killed server of this host left
-    "running" go back to the queue (Streamlit runs no app code before a first session connects)."""
-    from explain.service.worker import recover_now
+    """Once per server process, before its first page draws (the sign-in form's too): jobs a killed
+    server of this host left "running" go back to the queue and the embedded workers start, so they
+    run with no page open (Streamlit runs no app code before a first session connects)."""
+    from explain.service.worker import recover_now, start_embedded
 
     try:
-        recover_now(_open(url, home))
+        if external_worker():
+            recover_now(_open(url, home))
+        else:  # recovers first, then runs them
+            start_embedded(_open(url, home))
     except Exception:  # the queue's workers retry it; the pages must still open
         log.exception("Taking back the jobs of stopped workers failed")
     return True

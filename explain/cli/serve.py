@@ -1,5 +1,5 @@
-"""Serve the HTTP API (KServe V1 shape; OpenAPI at /docs) with an embedded queue worker unless
-GLASSBOX_EXTERNAL_WORKER=1."""
+"""Serve the HTTP API (KServe V1 shape; OpenAPI at /docs) with embedded queue workers (``--workers N``
+threads, default ``GLASSBOX_WORKERS`` or one per GPU, else min(2, cores)) unless GLASSBOX_EXTERNAL_WORKER=1."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +10,24 @@ NAME = "serve"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8600, help="port (default 8600)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="queue worker threads (default GLASSBOX_WORKERS, else one per GPU, else min(2, cores))")
 
 
 def run(args: argparse.Namespace) -> dict:
     import uvicorn
 
     from explain.cli.workspace_arg import cli_workspace
+    from explain.config import external_worker
+    from explain.errors import UsageError
     from explain.service.api import create_app
+    from explain.service.worker import start_embedded
 
-    app = create_app(cli_workspace())
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers wants at least 1.")
+    ws = cli_workspace()
+    if not external_worker():
+        start_embedded(ws, args.workers)  # the app's own pool: create_app finds it running
+    app = create_app(ws)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return {"served": f"http://{args.host}:{args.port}"}

@@ -12,7 +12,11 @@
                          (`explain.training.drift_job.drift_job` builds it)
 
 A runner reports progress with ``ctx.progress(done, total)``; that call raises `Cancelled`
-when the job's owner cancelled it, which the attribution engine lets through.
+when the job's owner cancelled it, which the attribution engine lets through. A runner whose work
+comes in chunks calls ``ctx.between_chunks()`` between two of them, where no hook is on any model:
+a cancel takes effect there at once, and a batch job lets waiting interactive jobs run there
+(`explain.service.worker`), then goes on where it stopped. The models a runner opens with
+``ctx.model`` are held for the job (`explain.service.model_locks`).
 """
 from __future__ import annotations
 
@@ -42,10 +46,16 @@ class JobContext:
     models: ModelCache
     #: the job's result so far, for every session following it (`Jobs.publish_partial`)
     publish: Callable[[dict[str, np.ndarray]], None] = lambda arrays: None
+    #: hold a model this job opened for as long as it runs (`model_locks.Holding.take`)
+    hold: Callable[[LoadedModel], None] = lambda model: None
+    #: a safe point between two chunks: cancel, or pause for interactive work (raises `Cancelled`)
+    between_chunks: Callable[[], None] = lambda: None
 
     def model(self, name: str, version: int) -> LoadedModel:
-        """A registry version, loaded as the job's owner may see it."""
-        return self.models.get(self.job.owner_actor, name, version)
+        """A registry version, loaded as the job's owner may see it, held for the job."""
+        model = self.models.get(self.job.owner_actor, name, version)
+        self.hold(model)
+        return model
 
 
 Runner = Callable[[JobContext], RunRecord]
@@ -226,7 +236,12 @@ def run_dataset(ctx: JobContext) -> RunRecord:
 
     p = ctx.job.params
     model = ctx.model(p["model"], int(p["version"]))
-    return run_dataset_job(model, p, ctx.inputs, ctx.progress, ctx.publish,
+
+    def publish(arrays: dict[str, np.ndarray]) -> None:  # after each shard but the last: between chunks
+        ctx.publish(arrays)
+        ctx.between_chunks()
+
+    return run_dataset_job(model, p, ctx.inputs, ctx.progress, publish,
                            lambda: ctx.ws.registry.file(ctx.job.owner_actor, p["model"], int(p["version"]))[0])
 
 

@@ -1,12 +1,23 @@
-"""The queue's worker: claims jobs (`explain.workspace.jobs`), runs them (`explain.service.runners`)
-and saves each result as a run, whole, under the job's id.
+"""The queue's workers: claim jobs (`explain.workspace.jobs`), run them (`explain.service.runners`)
+and save each result as a run, whole, under the job's id.
 
-``python -m explain worker`` runs one in its own process (one per GPU); the app and the API start
-one in a thread unless ``GLASSBOX_EXTERNAL_WORKER=1``. While a job runs, a heartbeat thread tells
-the queue the worker is alive; every worker, when it starts and between jobs, takes back the jobs
-of workers that stopped answering (`Jobs.recover`), and those of workers of this host whose
-process is gone at once (`worker_gone`). The app, ``serve`` and ``worker`` call `recover_now` as
-they start, so a job a killed server left "running" is queued again before anyone asks.
+``python -m explain worker [--workers N]`` runs a `WorkerPool` of N threads in its own process (one
+process per GPU); the app and ``serve`` start one in threads unless ``GLASSBOX_EXTERNAL_WORKER=1``
+(N: ``--workers``, else ``GLASSBOX_WORKERS``, else `explain.config.default_workers`). The threads
+share the process's model cache; a job holds its models' locks while it runs
+(`explain.service.model_locks`), so two jobs never interleave hooked work on one model.
+
+Interactive before batch: a worker claims interactive jobs first (`Jobs.order`), and a running
+batch job, between two of its chunks (`JobContext.between_chunks`: a dataset job's shards), lets go
+of its models, runs the interactive jobs waiting (on this thread, claimed like any other) and lets
+the threads waiting for its models go first, then goes on where it stopped: nothing is computed
+again and its result is the one an uninterrupted run gives.
+
+While a job runs, a heartbeat thread tells the queue the worker is alive. A pool's recovery thread
+(and every worker between jobs) takes back the jobs of workers that stopped answering
+(`Jobs.recover`), and those of workers of this host whose process is gone at once (`worker_gone`);
+the app, ``serve`` and ``worker`` call `recover_now` as they start, so a job a killed server left
+"running" is queued again, and run, before anyone asks.
 """
 from __future__ import annotations
 
@@ -18,8 +29,9 @@ import threading
 import time
 from pathlib import Path
 
-from explain.config import job_heartbeat_s, job_max_attempts, job_stale_s
+from explain.config import default_workers, job_heartbeat_s, job_max_attempts, job_stale_s
 from explain.errors import Cancelled, one_line
+from explain.service.model_locks import MODEL_LOCKS, Holding, ModelLocks
 from explain.service.models import ModelCache
 from explain.service.runners import RUNNERS, JobContext
 from explain.workspace import Workspace
@@ -46,9 +58,10 @@ def _pid_gone(pid: int) -> bool:
 
 
 def _name_pattern(host: str) -> re.Pattern:
-    """The names this module gives workers of ``host``: ``host:PID:THREAD``, ``host:PID:embedded``,
-    ``host:PID:cli`` (`explain.service.client.run_here`) and ``host:gpuN:PID`` (``worker --gpu N``)."""
-    return re.compile(rf"^{re.escape(host)}:(?:(?P<pid>\d+):(?:\d+|embedded|cli)|gpu\d+:(?P<gpu_pid>\d+))$")
+    """The names this module gives workers of ``host``: ``host:PID:THREAD``, ``host:PID:embedded[I]``,
+    ``host:PID:cli`` (`explain.service.client.run_here`) and ``host:gpuN:PID[:I]`` (``worker --gpu N``;
+    ``I``: the thread's number in a pool of several)."""
+    return re.compile(rf"^{re.escape(host)}:(?:(?P<pid>\d+):(?:\d+|embedded\d*|cli)|gpu\d+:(?P<gpu_pid>\d+)(?::\d+)?)$")
 
 
 def worker_gone(name: str) -> bool:
@@ -73,19 +86,24 @@ def recover_now(ws: Workspace) -> list[JobInfo]:
 
 
 class Worker:
-    def __init__(self, ws: Workspace, name: str | None = None, poll_s: float = 0.5):
+    """One worker thread's loop. ``stop``: shared by a pool's workers; ``locks``: the process's
+    model locks (`MODEL_LOCKS`; a test passes its own)."""
+
+    def __init__(self, ws: Workspace, name: str | None = None, poll_s: float = 0.5,
+                 stop: threading.Event | None = None, locks: ModelLocks = MODEL_LOCKS):
         self.ws = ws
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
         self.poll_s = poll_s
         self.models = ModelCache(ws)
-        self.stop = threading.Event()
+        self.locks = locks
+        self.stop = stop or threading.Event()
         self.wake = threading.Event()  # set by `Jobs.on_submit` in this process: no wait for the next poll
         self._recovered_at = float("-inf")
 
     def recover(self) -> list[JobInfo]:
         """Take back the jobs of workers that stopped answering (at most every few seconds)."""
         now = time.monotonic()
-        if now - self._recovered_at < min(5.0, job_stale_s() / 4):
+        if now - self._recovered_at < recovery_interval_s():
             return []
         self._recovered_at = now
         return recover_now(self.ws)
@@ -113,10 +131,20 @@ class Worker:
         self.run_job(job)
         return self.ws.jobs.get_unchecked(job.id)
 
+    def run_waiting_interactive(self) -> int:
+        """Claim and run, here, the interactive jobs queued now (a batch job's pause); how many ran."""
+        ran = 0
+        while (job := self.ws.jobs.claim(self.name, tuple(RUNNERS), priority="interactive")) is not None:
+            log.info("worker %s: running interactive job %s between a batch job's chunks", self.name, job.id)
+            self.run_job(job)
+            ran += 1
+        return ran
+
     def run_job(self, job: JobInfo) -> None:
         jobs, me = self.ws.jobs, self.name
         state = {"fraction": 0.0, "sent": 0.0, "cancel": False, "lost": False}
         done = threading.Event()
+        holding = Holding(self.locks)
 
         def beat() -> None:  # the heartbeat, also while a chunk runs between progress reports
             while not done.wait(job_heartbeat_s()):
@@ -128,10 +156,9 @@ class Worker:
                 except Exception:
                     log.exception("worker %s: heartbeat failed", me)
 
-        def progress(done_n: int, total: int) -> None:
-            state["fraction"] = done_n / total if total else 0.0
+        def check(force: bool = False) -> None:  # write how far (at most 4/s unless forced); raise on cancel
             now = time.monotonic()
-            if now - state["sent"] > 0.25:  # at most four writes a second
+            if force or now - state["sent"] > 0.25:
                 state["sent"] = now
                 try:
                     state["cancel"] = jobs.heartbeat(job.id, me, state["fraction"]) or state["cancel"]
@@ -140,11 +167,25 @@ class Worker:
             if state["cancel"] or state["lost"]:
                 raise Cancelled("The job was cancelled.")
 
+        def progress(done_n: int, total: int) -> None:
+            state["fraction"] = done_n / total if total else 0.0
+            check()
+
+        def between_chunks() -> None:  # a batch job's safe point: no hook on any model here
+            check(force=True)  # a cancel takes effect at the chunk boundary, whatever the rate limit
+            if job.priority == "batch":
+                if jobs.has_queued("interactive", tuple(RUNNERS)):
+                    holding.pause(self.run_waiting_interactive)
+                elif holding.wanted:
+                    holding.pause()
+                check(force=True)
+
         thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
         thread.start()
         try:
             if jobs.heartbeat(job.id, me):  # cancelled between claim and start
                 raise Cancelled("The job was cancelled.")
+
             def publish(arrays) -> None:
                 try:
                     jobs.publish_partial(job.id, me, arrays, state["fraction"])
@@ -152,7 +193,8 @@ class Worker:
                     state["lost"] = True
                     raise Cancelled("The job was taken back from this worker.") from None
 
-            ctx = JobContext(self.ws, job, jobs.inputs(job), progress, self.models, publish)
+            ctx = JobContext(self.ws, job, jobs.inputs(job), progress, self.models, publish,
+                             hold=holding.take, between_chunks=between_chunks)
             record = RUNNERS[job.kind](ctx)
             if state["lost"]:
                 return
@@ -164,35 +206,104 @@ class Worker:
             log.info("worker %s: job %s failed: %s", me, job.id, one_line(exc))
             jobs.fail(job.id, me, one_line(exc))
         finally:
+            holding.release_all()
             done.set()
             thread.join(timeout=5)
 
 
-_EMBEDDED: dict[str, tuple[Worker, threading.Thread]] = {}
+def recovery_interval_s() -> float:
+    """How often a worker or a pool takes back the jobs of stopped workers."""
+    return min(5.0, job_stale_s() / 4)
+
+
+class WorkerPool:
+    """``n`` workers in threads of this process (names: ``name`` for one, ``name`` + its number for
+    several), one shared stop, and a recovery thread that takes back stopped workers' jobs every
+    `recovery_interval_s` even while every worker is busy."""
+
+    def __init__(self, ws: Workspace, n: int | None = None, name: str | None = None, poll_s: float = 0.5,
+                 numbered: str = "{name}:{i}"):
+        self.ws = ws
+        self.n = max(1, int(n or default_workers()))
+        self.stop = threading.Event()
+        base = name or f"{socket.gethostname()}:{os.getpid()}"
+        names = [name or f"{base}:{threading.get_ident() % 100000}"] if self.n == 1 else [
+            numbered.format(name=base, i=i) for i in range(self.n)]
+        self.workers = [Worker(ws, name=n_, poll_s=poll_s, stop=self.stop) for n_ in names]
+        self.threads: list[threading.Thread] = []
+        self.ran = [0] * self.n  # jobs each worker ran since `start`
+
+    def wake(self) -> None:
+        for worker in self.workers:
+            worker.wake.set()
+
+    def _recover_forever(self) -> None:
+        while not self.stop.wait(recovery_interval_s()):
+            try:
+                recover_now(self.ws)
+            except Exception:
+                log.exception("taking back stopped workers' jobs failed")
+
+    def start(self) -> WorkerPool:
+        """The workers' threads and the recovery thread, as daemons."""
+        def run(i: int) -> None:
+            self.ran[i] = self.workers[i].run_forever()
+
+        self.threads = [threading.Thread(target=run, args=(i,), name=f"glassbox-worker-{i}", daemon=True)
+                        for i in range(self.n)]
+        self.threads.append(threading.Thread(target=self._recover_forever, name="glassbox-recovery", daemon=True))
+        for t in self.threads:
+            t.start()
+        return self
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads[:-1])
+
+    def run_until_empty(self) -> int:
+        """Every worker runs jobs until none is queued (``worker --once``); the number run."""
+        counts = [0] * self.n
+
+        def drain(i: int) -> None:
+            while self.workers[i].run_once() is not None:
+                counts[i] += 1
+
+        threads = [threading.Thread(target=drain, args=(i,)) for i in range(self.n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts)
+
+    def shutdown(self, timeout_s: float = 30) -> None:
+        self.stop.set()
+        self.wake()
+        for t in self.threads:
+            t.join(timeout=timeout_s)
+
+
+_EMBEDDED: dict[str, WorkerPool] = {}
 _EMBEDDED_LOCK = threading.Lock()
 
 
-def start_embedded(ws: Workspace) -> Worker:
-    """One worker thread per workspace in this process (the app's and the API's own)."""
+def start_embedded(ws: Workspace, workers: int | None = None) -> WorkerPool:
+    """One pool of worker threads per workspace in this process (the app's and the API's own):
+    ``workers`` threads (default ``GLASSBOX_WORKERS``, else `default_workers`)."""
     with _EMBEDDED_LOCK:
         key = f"{ws.url}|{ws.home}"
         found = _EMBEDDED.get(key)
-        if found is not None and found[1].is_alive():
-            return found[0]
-        worker = Worker(ws, name=f"{socket.gethostname()}:{os.getpid()}:embedded")
-        ws.jobs.on_submit.append(worker.wake.set)
-        thread = threading.Thread(target=worker.run_forever, name="glassbox-worker", daemon=True)
-        thread.start()
-        _EMBEDDED[key] = (worker, thread)
-        return worker
+        if found is not None and found.alive():
+            return found
+        recover_now(ws)  # before the first claim: a killed server's jobs are queued again, then run
+        pool = WorkerPool(ws, workers, name=f"{socket.gethostname()}:{os.getpid()}:embedded", numbered="{name}{i}")
+        ws.jobs.on_submit.append(pool.wake)
+        _EMBEDDED[key] = pool.start()
+        return pool
 
 
 def stop_embedded(ws: Workspace) -> None:
     with _EMBEDDED_LOCK:
         found = _EMBEDDED.pop(f"{ws.url}|{ws.home}", None)
     if found is not None:
-        found[0].stop.set()
-        found[0].wake.set()
-        if found[0].wake.set in ws.jobs.on_submit:
-            ws.jobs.on_submit.remove(found[0].wake.set)
-        found[1].join(timeout=30)
+        if found.wake in ws.jobs.on_submit:
+            ws.jobs.on_submit.remove(found.wake)
+        found.shutdown()

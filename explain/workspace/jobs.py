@@ -37,6 +37,10 @@ from explain.workspace.roles import Action, Actor, allows
 from explain.workspace.schema import Job, utcnow
 
 PRIORITIES = ("interactive", "batch")
+#: kinds that are never interactive: a whole dataset is batch work however it is asked for
+BATCH_KINDS = ("dataset",)
+#: the most input rows an interactive job may have; a larger one is batch work
+INTERACTIVE_ROWS = 32
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 
@@ -77,6 +81,15 @@ class JobInfo:
         return Actor(self.owner, token=self.owner_is_token, operator=self.owner_is_operator)
 
 
+def job_priority(kind: str, rows: int, asked: str = "interactive") -> str:
+    """The one rule of a job's class: ``asked`` (a caller may always ask for batch), except that a
+    dataset job (`BATCH_KINDS`) or a job of more than `INTERACTIVE_ROWS` input rows is batch work.
+    ``rows``: its inputs' rows (0 when it has none)."""
+    if asked not in PRIORITIES:
+        raise UsageError(f"Unknown priority {asked!r}.", f"Choose one of {', '.join(PRIORITIES)}.")
+    return "batch" if kind in BATCH_KINDS or rows > INTERACTIVE_ROWS else asked
+
+
 def _info(row: Job) -> JobInfo:
     return JobInfo(row.id, row.kind, row.title, row.owner, bool(row.owner_is_token),
                    bool(row.owner_is_operator), row.priority, row.status,
@@ -113,13 +126,14 @@ class Jobs:
                max_active: int | None = None) -> JobInfo:
         """Queue a job. Its result is a saved run, so submitting needs the right to save runs.
         Callers go through `explain.service.client.submit` (the kind's runner and the one
-        per-caller limit, ``GLASSBOX_MAX_JOBS``); only tests call this directly.
+        per-caller limit, ``GLASSBOX_MAX_JOBS``); only tests call this directly. Its class is
+        `job_priority` of its kind, its ``inputs["inputs"]`` rows and ``priority``.
 
         Raises:
             QueueFull: ``actor`` already has ``max_active`` queued or running jobs.
         """
-        if priority not in PRIORITIES:
-            raise UsageError(f"Unknown priority {priority!r}.", f"Choose one of {', '.join(PRIORITIES)}.")
+        rows = len(inputs["inputs"]) if inputs and "inputs" in inputs else 0
+        priority = job_priority(kind, rows, priority)
         with self.core.db.transaction() as s:  # refuse before writing any blob
             self.core.require(s, actor, Action.SAVE_RUN)
         inputs_sha = self.core.blobs.put_arrays(inputs) if inputs else None
@@ -233,15 +247,19 @@ class Jobs:
         return out
 
     # -- working (the worker runs as the server: no actor) --------------------------------------
-    def claim(self, worker: str, kinds: tuple[str, ...] | None = None, only: str | None = None) -> JobInfo | None:
+    def claim(self, worker: str, kinds: tuple[str, ...] | None = None, only: str | None = None,
+              priority: str | None = None) -> JobInfo | None:
         """Take the next queued job (of ``kinds`` if given; the job ``only`` if given: a CLI runs its
-        own job) for ``worker``: None when none is queued."""
+        own job; of class ``priority`` if given: a batch job's pause) for ``worker``: None when none
+        is queued."""
         with self.core.db.transaction() as s:
             query = select(Job).where(Job.status == "queued")
             if kinds is not None:
                 query = query.where(Job.kind.in_(kinds))
             if only is not None:
                 query = query.where(Job.id == only)
+            if priority is not None:
+                query = query.where(Job.priority == priority)
             queued = [_info(r) for r in s.scalars(query)]
             for job in self.order(queued, self._last_starts(queued, s)):
                 now = utcnow()
@@ -251,6 +269,15 @@ class Jobs:
                 if claimed == 1:
                     return _info(s.get(Job, job.id, populate_existing=True))
         return None
+
+    def has_queued(self, priority: str, kinds: tuple[str, ...] | None = None) -> bool:
+        """True when a job of class ``priority`` (and of ``kinds`` if given) is queued: what a batch
+        job asks between two chunks."""
+        query = select(Job.id).where(Job.status == "queued", Job.priority == priority)
+        if kinds is not None:
+            query = query.where(Job.kind.in_(kinds))
+        with self.core.db.transaction() as s:
+            return s.scalar(query.limit(1)) is not None
 
     def heartbeat(self, job_id: str, worker: str, progress: float | None = None) -> bool:
         """Record that ``worker`` still runs the job (and how far); True if cancelling was asked.

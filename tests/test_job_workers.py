@@ -1,0 +1,212 @@
+"""Several queue workers in one process (`explain.service.worker.WorkerPool`), on SQLite and
+PostgreSQL: the one rule of a job's class (`job_priority`), jobs running side by side, a model
+held by one job at a time (`explain.service.model_locks`), and a batch job that lets interactive
+work run between its chunks and ends with the numbers of an uninterrupted run."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import explain.dataset.run as dataset_run
+from explain.dataset.job import dataset_job
+from explain.dataset.reading import Dataset
+from explain.service.model_locks import Holding, ModelLocks
+from explain.service.runners import RUNNERS, explain_job
+from explain.service.worker import Worker, WorkerPool
+from explain.workspace import Actor
+from explain.workspace.jobs import INTERACTIVE_ROWS, job_priority
+from sample_models import load_sample, sample_inputs, sample_registry_files
+
+pytest_plugins = ["tests.workspace_db"]
+
+OP = Actor("cli:tester", operator=True)
+ALICE = Actor("alice")
+
+
+@pytest.fixture
+def team(workspace):
+    workspace.seed(sample_registry_files())
+    workspace.users.add(OP, "alice", "admin")
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    x = sample_inputs("cancer")["inputs"]  # [32, 30]
+    return load_sample("cancer"), np.concatenate([x, 0.5 * x + 0.1]).astype(np.float32)  # [64, 30]
+
+
+def _wait_for(condition, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_job_priority_is_decided_by_kind_and_rows_in_one_rule():
+    assert job_priority("explain", 1) == "interactive"
+    assert job_priority("explain", INTERACTIVE_ROWS) == "interactive"
+    assert job_priority("explain", INTERACTIVE_ROWS + 1) == "batch"  # large: batch however asked
+    assert job_priority("dataset", 1) == "batch"  # a dataset is batch work
+    assert job_priority("explain", 1, "batch") == "batch"  # asking for less is always allowed
+
+
+def test_submit_applies_the_rule(team, cancer):
+    model, x = cancer
+    for rows, want in ((2, "interactive"), (INTERACTIVE_ROWS + 1, "batch")):
+        params, arrays, title = explain_job(model, "cancer", 1, x[:rows], {"method": "saliency"})
+        job = team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays, priority="interactive")
+        assert job.priority == want
+
+
+def test_a_pool_runs_jobs_side_by_side(team, monkeypatch):
+    both = threading.Barrier(2, timeout=60)  # passes only when two jobs run at once
+
+    def meet(ctx):
+        both.wait()
+        raise RuntimeError("met")
+
+    monkeypatch.setitem(RUNNERS, "meet", meet)
+    jobs = [team.jobs.submit(ALICE, "meet", {}) for _ in range(2)]
+    pool = WorkerPool(team, 2, name="w").start()
+    try:
+        _wait_for(lambda: all(team.jobs.get(OP, j.id).status == "failed" for j in jobs), "jobs did not end")
+    finally:
+        pool.shutdown()
+    assert {team.jobs.get(OP, j.id).error for j in jobs} == {"RuntimeError: met"}  # neither broke the barrier
+    assert sorted(w.name for w in pool.workers) == ["w:0", "w:1"]
+
+
+def test_two_jobs_on_one_model_never_hold_it_together(team, monkeypatch):
+    locks = ModelLocks()
+    inside, release, log = threading.Event(), threading.Event(), []
+
+    def hold(ctx):
+        ctx.model("cancer", 1)  # takes the model's lock for the job
+        log.append(("in", ctx.job.title))
+        if ctx.job.title == "first":
+            inside.set()
+            assert release.wait(60)
+        log.append(("out", ctx.job.title))
+        raise RuntimeError("done")
+
+    monkeypatch.setitem(RUNNERS, "hold", hold)
+    first = team.jobs.submit(ALICE, "hold", {}, title="first")
+    workers = [Worker(team, name=f"w{i}", locks=locks) for i in range(2)]
+    one = threading.Thread(target=workers[0].run_once)
+    one.start()
+    assert inside.wait(60)
+    team.jobs.submit(ALICE, "hold", {}, title="second")
+    two = threading.Thread(target=workers[1].run_once)
+    two.start()
+    lock = locks.get(load_sample("cancer").sha256)
+    _wait_for(lambda: lock.waiting == 1, "the second job never waited for the model")
+    assert log == [("in", "first")]
+    release.set()
+    one.join(60)
+    two.join(60)
+    assert log == [("in", "first"), ("out", "first"), ("in", "second"), ("out", "second")]
+    assert team.jobs.get(OP, first.id).status == "failed"
+
+
+def test_holding_a_second_model_never_waits_while_holding_the_first():
+    class M:  # what Holding reads of a model
+        def __init__(self, sha):
+            self.sha256 = sha
+
+    locks, a, b = ModelLocks(), M("a"), M("b")
+    mine, other = Holding(locks), Holding(locks)
+    mine.take(b)
+    took = threading.Event()
+
+    def take_a_then_b():
+        other.take(a)
+        other.take(b)  # b is mine: it lets go of a while it waits
+        took.set()
+        other.release_all()
+
+    thread = threading.Thread(target=take_a_then_b)
+    thread.start()
+    _wait_for(lambda: locks.get("b").waiting == 1, "the other job never waited for b")
+    mine.take(a)  # would deadlock if the other job still held a
+    mine.release_all()
+    assert took.wait(60)
+    thread.join(60)
+
+
+def _dataset(model, x) -> Dataset:
+    return Dataset("rows", model.spec, [f"r{i}" for i in range(len(x))], None, lambda a, b: x[a:b])
+
+
+def _submit_dataset(ws, model, x):
+    params, arrays, title = dataset_job(model, "cancer", 1, _dataset(model, x), "integrated_gradients",
+                                        {"steps": 16}, None, shard_rows=8)
+    return ws.jobs.submit(ALICE, "dataset", params, title=title, inputs=arrays, priority="batch")
+
+
+def test_a_batch_job_lets_an_interactive_job_run_between_its_chunks_and_ends_as_if_uninterrupted(
+        team, cancer, monkeypatch):
+    model, x = cancer
+    x = x[:48]  # 6 shards of 8 rows
+    shards = []
+    real_shard = dataset_run.explain_shard
+    monkeypatch.setattr(dataset_run, "explain_shard", lambda *a, **k: shards.append(1) or real_shard(*a, **k))
+    real_runner, asked = RUNNERS["dataset"], {}
+
+    def dataset_then_ask(ctx):  # after the first shard is published, someone asks an interactive question
+        publish = ctx.publish
+
+        def ask(arrays):
+            publish(arrays)
+            if not asked:
+                params, arrays_, title = explain_job(model, "cancer", 1, x[:1], {"method": "integrated_gradients"})
+                asked["job"] = team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays_,
+                                                priority="interactive")
+                asked["shards"] = len(shards)
+        ctx.publish = ask
+        return real_runner(ctx)
+
+    monkeypatch.setitem(RUNNERS, "dataset", dataset_then_ask)
+    batch = _submit_dataset(team, model, x)
+    worker = Worker(team, name="only")  # one worker: the interactive job can only run in the batch job's pause
+    assert worker.run_once().status == "done"
+    interactive = team.jobs.get(OP, asked["job"].id)
+    done = team.jobs.get(OP, batch.id)
+    assert interactive.status == "done" and interactive.worker == "only"
+    assert interactive.finished < done.finished  # answered before the batch job ended
+    assert asked["shards"] == 1 and len(shards) == 6  # no shard computed twice
+    assert worker.run_once() is None
+
+    monkeypatch.setitem(RUNNERS, "dataset", real_runner)
+    straight = _submit_dataset(team, model, x)
+    assert Worker(team, name="again").run_once().status == "done"
+    paused, uninterrupted = team.runs.open(OP, done.run).results, team.runs.open(OP, straight.id).results
+    for key in ("values", "completeness_error", "targets", "probabilities"):
+        np.testing.assert_array_equal(paused[key], uninterrupted[key])
+
+
+def test_a_batch_job_between_chunks_lets_a_thread_waiting_for_its_model_go_first():
+    class M:
+        sha256 = "m"
+
+    locks = ModelLocks()
+    batch, order = Holding(locks), []
+    batch.take(M())
+
+    def interactive():
+        took = Holding(locks)
+        took.take(M())
+        order.append("interactive")
+        took.release_all()
+
+    thread = threading.Thread(target=interactive)
+    thread.start()
+    _wait_for(lambda: batch.wanted, "the interactive job never waited")
+    batch.pause()  # between two chunks
+    order.append("batch again")
+    thread.join(60)
+    assert order == ["interactive", "batch again"]
+    batch.release_all()
