@@ -154,6 +154,10 @@ def test_an_approver_moves_it_through_a_decision_and_the_audit_log_says_so(team)
         "paula", "approve", "agreement 1.0, maps unchanged", "production", team.comparison)
     assert team.production() == 2
     assert ws.review.decisions(VIC, "m", 2)[-1] == d and d.to_dict()["comparison_run"] == team.comparison
+    from explain.report.review import build_review_section, review_record
+
+    section = build_review_section(review_record(ws, VIC, "m", 2))
+    assert "<th>comparison run</th>" in section.to_html() and f"<td>{team.comparison}</td>" in section.to_html()
     rows = [(e.actor, e.action, e.object_id, e.before, e.after) for e in team.audit()[n:]]
     assert rows == [
         ("paula", "alias.set", "m@production", {"version": 1}, {"version": 2}),

@@ -22,7 +22,7 @@ class ReviewRecord:
 
 def build_review_section(review: ReviewRecord) -> Section:
     decisions = [{"verdict": d.verdict.replace("_", " "), "by": d.author, "when": d.created, "note": d.note,
-                  "moved alias": d.alias or ""} for d in review.decisions]
+                  "moved alias": d.alias or "", "comparison run": d.comparison_run or ""} for d in review.decisions]
     parts = [f"<h3>Decisions on {escape(review.version)}</h3>",
              table_html(decisions) if decisions else '<p class="muted">No decision yet.</p>']
     replies: dict[int, list[CommentInfo]] = {}
