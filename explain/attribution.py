@@ -140,3 +140,23 @@ def run_details(params: dict[str, Any]) -> list[str]:
         if isinstance(value, str) and value:
             out.append(f"{label}: {value}")
     return out
+
+
+def step_raising_text(params: dict) -> str | None:
+    """What the tolerance loop did, in one line (None when it raised nothing and was not stopped),
+    from a run's recorded ``params`` (``step_raising``:
+    `explain.output.methods.integrated_gradients.integrated_gradients_with_tolerance`)."""
+    did = params.get("step_raising")
+    if not isinstance(did, dict):
+        return None
+    asked, most, raised = did.get("requested"), did.get("most_used"), did.get("raised", 0)
+    line = f"Steps: {asked} asked"
+    if raised:
+        line += f"; the completeness tolerance raised {raised} input(s), up to {most}"
+    if did.get("stopped_by") == "steps":
+        line += f"; stopped by the step budget ({did.get('limit')} steps at most)"
+    elif did.get("stopped_by") == "seconds":
+        line += f"; stopped by the time budget ({did.get('seconds_limit'):g} s of raising)"
+    if did.get("stopped_by"):
+        line += f", largest completeness error left {did.get('max_error', float('nan')):.2g}"
+    return line + "."

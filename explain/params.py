@@ -53,9 +53,10 @@ class ParamSpec:
 
 
 #: what methods record about a run beside their parameters (an `Attribution`'s ``params``):
-#: the background they compared with, in words, and its rows. Never an input: a re-run that
-#: passes a run's recorded parameters back has them dropped here.
-RECORDED_KEYS = frozenset({"background_description", "background_rows"})
+#: the background they compared with, in words, and its rows; what integrated gradients' step
+#: raising did (`step_raising`). Never an input: a re-run that passes a run's recorded
+#: parameters back has them dropped here.
+RECORDED_KEYS = frozenset({"background_description", "background_rows", "step_raising"})
 #: the key of a record's per-input values (`explain.attribution.Attribution`'s ``params``):
 #: ``{name: [N values]}``, what each input used of a parameter its method adapted per input.
 #: Not a method parameter: `explain.output.methods.base.Explainer.explain` takes it as its own

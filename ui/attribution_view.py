@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.attribution import Attribution, run_details
+from explain.attribution import Attribution, run_details, step_raising_text
 from explain.inputs.tabular import feature_names
 from explain.inputs.text import display_text
 from explain.model import LoadedModel
@@ -77,6 +77,9 @@ def render_grid(
     for col, attr in zip(header[1:], attrs):
         col.markdown(f"**{attr.method}**  \ntarget: {escape_markdown(model.spec.class_name(int(attr.target[0])))}"
                      if len(set(attr.target.tolist())) == 1 else f"**{attr.method}**")
+        raising = step_raising_text(attr.params)  # what IG's tolerance did to the steps, within its budget
+        if raising:
+            col.caption(escape_markdown(raising))
     if modality == "image":
         images = viz.to_display_images(attrs[0].inputs, model.spec)
         limits = [viz.map_limits(a, rows, options.sign, options.scale) for a in attrs]  # per method [N]

@@ -8,6 +8,7 @@ the embedding dimension.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -72,10 +73,15 @@ def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, target
 
 def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps: int, tolerance: float,
                                         per_input: dict[str, list[int]] | None = None) -> Partial:
-    """IG for all inputs; inputs above ``tolerance`` are redone with doubled steps, and the steps
-    each input used are recorded as ``per_input["steps"]`` when some input used other than
-    ``steps``. Given a record's ``per_input``, each input is computed with its recorded steps
-    instead (`integrated_gradients_as_recorded`) and the tolerance raises nothing."""
+    """IG for all inputs; inputs above ``tolerance`` are redone with doubled steps, within the
+    operator's budget (`explain.config.ig_step_budget`: at most that multiple of ``steps``, and
+    `ig_step_seconds` of raising), and the steps each input used are recorded as
+    ``per_input["steps"]`` when some input used other than ``steps``, what the loop did as
+    ``step_raising`` (`explain.attribution.step_raising_text` says it in one line). Given a record's ``per_input``, each
+    input is computed with its recorded steps instead (`integrated_gradients_as_recorded`) and the
+    tolerance raises nothing. The raised passes report progress (and so are cancel points) too."""
+    from explain.config import ig_step_budget, ig_step_seconds
+
     if per_input and "steps" in per_input:
         return integrated_gradients_as_recorded(ctx, base, per_input["steps"])
     start = ctx.fn.start_points()
@@ -88,13 +94,28 @@ def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps:
     output = ctx.output  # the same f(x) the Attribution's completeness error uses
     used = np.full(len(all_rows), steps)
     error = compute_completeness_error(ctx.to_values(attr), output, base_value)
-    current = steps
-    while np.any(error > tolerance) and current * 2 <= MAX_STEPS:
-        current *= 2
-        bad = torch.as_tensor(np.flatnonzero(error > tolerance), device=start.device)
-        attr[bad] = integrate_path(ctx, start, base, ctx.targets, current, rows=bad, report=False)
-        used[bad.cpu().numpy()] = current
-        error = compute_completeness_error(ctx.to_values(attr), output, base_value)
+    limit, seconds = min(MAX_STEPS, int(steps * ig_step_budget())), ig_step_seconds()
+    current, stopped_by, began = steps, None, time.perf_counter()
+    progress, done = ctx.engine.progress, len(all_rows) * steps  # work so far, in path points
+    try:
+        while np.any(error > tolerance):
+            if current * 2 > limit:
+                stopped_by = "steps"
+                break
+            if time.perf_counter() - began >= seconds:
+                stopped_by = "seconds"
+                break
+            current *= 2
+            bad = torch.as_tensor(np.flatnonzero(error > tolerance), device=start.device)
+            if progress is not None:  # this round's chunks on the bar, after the work already done
+                todo = len(bad) * current
+                ctx.engine.progress = lambda d, _t, before=done, todo=todo: progress(before + d, before + todo)
+            attr[bad] = integrate_path(ctx, start, base, ctx.targets, current, rows=bad)
+            done += len(bad) * current
+            used[bad.cpu().numpy()] = current
+            error = compute_completeness_error(ctx.to_values(attr), output, base_value)
+    finally:
+        ctx.engine.progress = progress
     if current > steps:
         notes.append(f"raised steps from {steps} to {current} for {int(np.sum(used > steps))} input(s) "
                      f"to meet completeness tolerance {tolerance:g}.")
@@ -102,7 +123,11 @@ def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps:
     if len(still):
         notes.append(f"input(s) {still.tolist()} still exceed tolerance {tolerance:g} at {current} steps: "
                      f"they need more than {current} steps.")
-    recorded = {"per_input": {"steps": [int(s) for s in used]}} if np.any(used != steps) else {}
+    recorded: dict = {"per_input": {"steps": [int(s) for s in used]}} if np.any(used != steps) else {}
+    if current > steps or stopped_by:
+        recorded["step_raising"] = {"requested": int(steps), "limit": limit, "seconds_limit": float(seconds),
+                                    "most_used": int(used.max()), "raised": int(np.sum(used > steps)),
+                                    "stopped_by": stopped_by, "max_error": float(np.nanmax(error))}
     return Partial(ctx.to_values(attr), base_value, recorded, notes)
 
 
