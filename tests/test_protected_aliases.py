@@ -137,6 +137,7 @@ def test_an_approver_needs_a_justification_and_a_comparison_of_this_model(team):
         (dict(note="  ", comparison_run=team.comparison), UsageError, "needs a justification"),
         (dict(note="better", comparison_run=None), UsageError, "needs the comparison run"),
         (dict(note="better", comparison_run="nosuchrun"), NotFound, "No saved run 'nosuchrun'"),
+        (dict(note="better", comparison_run=team.comparison + "x" * 30), NotFound, "No saved run"),
         (dict(note="better", comparison_run=team.other_model_run), UsageError, "compares other, not m"),
         (dict(note="better", comparison_run=team.structure_run), UsageError, "is a structure run, not a comparison"),
     ]

@@ -210,7 +210,7 @@ class Review:
         """``run_id`` is a saved run (every member reads every run) of kind `COMPARISON` once that kind
         is saved at all, and compares a version of ``model``: its own version, or an ``a`` / ``b``
         reference in its parameters naming it."""
-        run = s.get(Run, run_id[:32])
+        run = s.get(Run, run_id) if len(run_id) <= 32 else None  # ids are at most 32 characters
         if run is None:
             raise NotFound(f"No saved run {run_id[:40]!r} to record as the comparison.",
                            "`python -m explain runs list` lists the saved runs.")
