@@ -26,7 +26,7 @@ from explain.output.metrics.quality import quality_findings, quality_json
 from explain.output.metrics.robustness import max_sensitivity as sensitivity_mod
 from explain.spec import InputSpec
 
-ALL = ("deletion", "insertion", "faithfulness_correlation", "infidelity", "max_sensitivity", "randomization",
+ALL = ("deletion", "insertion", "comprehensiveness", "sufficiency", "faithfulness_correlation", "infidelity", "max_sensitivity", "randomization",
        "pointing_game", "relevance_mass", "sparseness", "complexity")
 
 

@@ -20,6 +20,8 @@ from explain.output.metrics.base import (
 METRIC_MODULES = (
     "faithfulness.deletion",
     "faithfulness.insertion",
+    "faithfulness.comprehensiveness",
+    "faithfulness.sufficiency",
     "faithfulness.faithfulness_correlation",
     "faithfulness.infidelity",
     "robustness.max_sensitivity",

@@ -192,6 +192,8 @@ class Metric:
     needs_masks: ClassVar[bool] = False
     #: re-runs the method (robustness, randomisation): costly.
     reexplains: ClassVar[bool] = False
+    #: also judges a causal LM's token attributions (`explain.generation.quality`).
+    judges_tokens: ClassVar[bool] = False
     params: ClassVar[dict[str, ParamSpec]] = {}
 
     def is_compatible(self, model: LoadedModel) -> bool:
@@ -199,6 +201,9 @@ class Metric:
 
     def incompatibility(self, model: LoadedModel) -> str | None:
         """Why this metric cannot judge attributions of ``model`` (None when it can)."""
+        if model.spec.is_causal_lm:
+            return (f"{self.name} judges a classifier's attributions; a causal LM's token attributions are "
+                    "judged on the Generate page (comprehensiveness, sufficiency, deletion, insertion).")
         if model.modality not in self.modalities:
             return f"{self.name} is defined for {' and '.join(self.modalities)} models, not {model.modality}."
         return None

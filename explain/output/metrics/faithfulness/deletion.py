@@ -83,6 +83,7 @@ class Deletion(Metric):
     summary = ("Area under the target's score as the most important features are removed first; "
                "lower is better (the model loses its answer fast).")
     higher_is_better: ClassVar[bool] = False
+    judges_tokens: ClassVar[bool] = True
     insert: ClassVar[bool] = False
     params = CURVE_PARAMS
 
