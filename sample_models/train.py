@@ -5,7 +5,8 @@ training order, same weights (single-threaded, so independent of the core count)
 ``shapes``, ``cancer`` and ``sentiment`` it writes into ``sample_models/<name>/``
 the per-epoch ``train_log.csv``, checkpoints, final weights in every format
 (see `sample_models.artefacts`), ``spec.json``, ``samples.npz`` and raw upload
-files, then prints each model's test accuracy.
+files, then prints each model's test accuracy. ``keycopy``, the causal LM, is built by
+`sample_models.keycopy` (a Hugging Face folder as a zip, its greedy accuracy printed).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from explain.loading.architectures import build_architecture, default_config
 from explain.spec import InputSpec
-from sample_models import artefacts, data
+from sample_models import artefacts, data, keycopy
 
 SEED = 0
 N_SAMPLES = 32  # held-out, model-ready inputs shipped in samples.npz
@@ -227,18 +228,20 @@ def build_sample(recipe: Recipe, root: Path = ROOT) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"samples to rebuild: {', '.join(RECIPES)} (default: all)")
+    names = (*RECIPES, keycopy.NAME)
+    parser.add_argument("names", nargs="*", help=f"samples to rebuild: {', '.join(names)} (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT, help="root folder (default: the package)")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.names) - set(RECIPES))
+    unknown = sorted(set(args.names) - set(names))
     if unknown:
-        parser.error(f"unknown sample(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+        parser.error(f"unknown sample(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     torch.use_deterministic_algorithms(True)
     # One thread: the same floating-point sums on every machine, and these tiny
     # models train several times faster than with 2 threads on a shared CPU.
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    results = {name: build_sample(RECIPES[name], args.out) for name in (args.names or RECIPES)}
+    results = {name: build_sample(RECIPES[name], args.out) if name in RECIPES else keycopy.build_keycopy(args.out)
+               for name in (args.names or names)}
     for name, r in results.items():
         print(f"{name:10s} test_acc={r['test_acc']:.4f} sample_acc={r['sample_acc']:.4f} seconds={r['seconds']:.1f}")
     print(f"total seconds={time.perf_counter() - t0:.1f} threads={torch.get_num_threads()}")

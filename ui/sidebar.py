@@ -12,7 +12,7 @@ import streamlit as st
 from explain.config import max_upload_mb
 from explain.loading.model_process import prestart
 from explain.workspace import Action
-from sample_models import SAMPLE_NAMES
+from sample_models import ALL_SAMPLES, SAMPLE_NAMES
 from ui import state
 from ui import workspace as team
 from ui.spec_form import render_spec_download
@@ -23,6 +23,7 @@ SAMPLE_LABELS = {
     "shapes": "Shapes — image, residual CNN",
     "cancer": "Breast cancer — tabular MLP",
     "sentiment": "Sentiment — text transformer",
+    "keycopy": "Key copy — causal LM (Generate page)",
 }
 MODEL_TYPES = ["safetensors", "pt", "pth", "ckpt", "bin", "pt2", "zip", "jit", "ts"]
 INPUT_TYPES = ["npy", "npz", "png", "jpg", "jpeg", "csv", "txt"]
@@ -52,7 +53,7 @@ def render_sidebar() -> None:
         if source == "Sample model":
             current = st.session_state.get("gb_sample", state.DEFAULT_SAMPLE)
             st.selectbox(
-                "Sample", SAMPLE_NAMES, index=SAMPLE_NAMES.index(current), key="gb_sample_select",
+                "Sample", ALL_SAMPLES, index=ALL_SAMPLES.index(current), key="gb_sample_select",
                 format_func=lambda n: SAMPLE_LABELS.get(n, n), on_change=_on_sample_change,
             )
             if state.model_upload() is not None:

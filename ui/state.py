@@ -39,7 +39,7 @@ from explain.model import LoadedModel
 from explain.service.models import shared_models
 from explain.spec import CAUSAL_LM_NOTE, InputSpec, SpecGuess, guess_from_array
 from explain.workspace.roles import Action
-from sample_models import SAMPLE_NAMES, sample_dir, sample_file, sample_inputs
+from sample_models import ALL_SAMPLES, SAMPLE_NAMES, sample_dir, sample_file, sample_inputs
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
@@ -68,11 +68,13 @@ class UploadedBlob:
 
 
 # -- loaders: the process's one model cache (`explain.service.models.shared_models`) -----------
-@functools.lru_cache(maxsize=len(SAMPLE_NAMES))
-def _sample_file(name: str) -> tuple[bytes, str]:
-    """A sample's model file (the safetensors file a new workspace registers) and its sha256."""
-    data = sample_file(name).read_bytes()
-    return data, digest_bytes(data)
+@functools.lru_cache(maxsize=len(ALL_SAMPLES))
+def _sample_file(name: str) -> tuple[bytes, str, str]:
+    """A sample's model file (a classifier's: the safetensors file a new workspace registers; a causal
+    LM's: its Hugging Face folder as a zip), its sha256 and its name."""
+    path = sample_file(name)
+    data = path.read_bytes()
+    return data, digest_bytes(data), path.name
 
 
 def open_model(data: bytes, sha256: str, spinner: str = "Loading the model…", **options) -> LoadedModel:
@@ -83,8 +85,8 @@ def open_model(data: bytes, sha256: str, spinner: str = "Loading the model…", 
 
 
 def _cached_sample(name: str) -> LoadedModel:
-    data, sha = _sample_file(name)
-    return open_model(data, sha, "Loading sample model…", filename=f"{name}.safetensors", name=name)
+    data, sha, filename = _sample_file(name)
+    return open_model(data, sha, "Loading sample model…", filename=f"{name}{Path(filename).suffix}", name=name)
 
 
 def _cached_upload(blob: UploadedBlob, spec: UploadedBlob | None, sample: np.ndarray | None) -> LoadedModel:
@@ -232,7 +234,7 @@ def current_model() -> LoadedModel:
     ws, who = _team()
     ws.require(who, Action.LOAD_MODEL)  # a sample runs in the page too
     name = current_sample_name()
-    if name not in SAMPLE_NAMES:
+    if name not in ALL_SAMPLES:
         name = DEFAULT_SAMPLE
     return _cached_sample(name)
 

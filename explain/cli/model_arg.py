@@ -88,7 +88,7 @@ def load_model_arg(path: str, spec_path: str | None = None, inputs_path: str | N
             raise UsageError(f"Cannot read the spec {spec_path} ({exc.strerror}).") from None
     files = input_files(inputs_path) if inputs_path else []
     if not Path(path).exists():
-        if path in sample_models.SAMPLE_NAMES:
+        if path in sample_models.ALL_SAMPLES:
             return sample_models.load_sample(path)
         raise UsageError(f"No such model file: {path}.")
     folder = bool(inputs_path) and Path(inputs_path).is_dir()
@@ -152,7 +152,7 @@ def model_file_arg(path: str) -> tuple[bytes, str]:
     from explain.loading.huggingface import folder_as_zip
     from explain.loading.source import read_source
 
-    if not Path(path).exists() and path in sample_models.SAMPLE_NAMES:
+    if not Path(path).exists() and path in sample_models.ALL_SAMPLES:
         file = sample_models.sample_file(path)
         return file.read_bytes(), file.name
     if Path(path).is_dir():
