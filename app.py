@@ -40,6 +40,7 @@ EXPLAIN = [
 TEAM = [
     RUNS, MODELS,
     st.Page(VIEWS / "review.py", title="Review", icon=":material/rate_review:", url_path="review"),
+    st.Page(VIEWS / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(VIEWS / "audit.py", title="Audit log", icon=":material/receipt_long:", url_path="audit"),
     st.Page(VIEWS / "queue.py", title="Queue", icon=":material/queue:", url_path="queue"),
 ]

@@ -11,11 +11,11 @@ from tests.conftest import SCREENSHOTS, start_streamlit, stop_streamlit, wait_fo
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = {"overview": "Overview", "output": "Output", "dataset": "Dataset", "structure": "Structure", "training": "Training",
-         "generate": "Generate", "runs": "Saved runs", "models": "Models", "review": "Review", "audit": "Audit log",
-         "queue": "Queue"}
+         "generate": "Generate", "runs": "Saved runs", "models": "Models", "review": "Review", "compare": "Compare",
+         "audit": "Audit log", "queue": "Queue"}
 TITLES = {"overview": "Overview", "output": "Output explanations", "dataset": "Dataset explanations", "structure": "Structure",
           "training": "Training", "generate": "Generate", "runs": "Saved runs", "models": "Models", "review": "Review",
-          "audit": "Audit log", "queue": "Job queue"}
+          "compare": "Compare versions", "audit": "Audit log", "queue": "Job queue"}
 
 
 def test_app_opens_on_overview_with_the_sidebar():

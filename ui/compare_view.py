@@ -8,10 +8,32 @@ import pandas as pd
 import streamlit as st
 
 from explain.compare.comparison import Comparison
+from explain.model import LoadedModel
 from explain.spec import InputSpec
 from explain.viz import compare as viz
+from explain.workspace.registry import VersionInfo, parse_ref
+from ui import state
+from ui import workspace as team
 from ui.figures import figure_config
 from ui.text import escape_markdown
+
+#: the alias a version is compared with when the link names only ``a`` (`default_refs`)
+DEFAULT_ALIAS = "production"
+
+
+def default_refs(a: str | None, b: str | None) -> tuple[str | None, str | None]:
+    """The page's URL contract: ``?a=NAME@vN`` (or ``NAME@ALIAS``) and ``b`` likewise; with only
+    ``a``, B is ``NAME@production``."""
+    if a and not b:
+        b = f"{parse_ref(a)[0]}@{DEFAULT_ALIAS}"
+    return a or None, b or None
+
+
+def version_model(info: VersionInfo) -> LoadedModel:
+    """A registry version's model through the pages' one model cache (`ui.state.open_model`)."""
+    data, filename, spec = team.workspace().registry.file(team.actor(), info.name, info.version)
+    return state.open_model(data, info.sha256, f"Loading {info.ref}…", filename=filename,
+                            spec=InputSpec.from_json(spec) if spec else None, name=info.name)
 
 
 def render_comparison(comparison: Comparison, spec: InputSpec, key: str = "gb_compare") -> None:

@@ -161,6 +161,18 @@ def submit_drift(model, checkpoints: list[tuple[str, bytes]], inputs, steps: int
                   priority="interactive")
 
 
+def submit_compare(info_a, info_b, model_a, model_b, inputs, method: str, params: dict[str, Any]) -> JobInfo:
+    """Queue the Compare page's comparison of two registry versions (``info_a`` / ``info_b``, their
+    models loaded) on ``inputs`` [N, ...] as an interactive ``compare`` job, their training logs with it."""
+    from explain.compare.job import JOB_KIND, compare_job, version_logs
+
+    ws, who = team.workspace(), team.actor()
+    job_params, arrays, title = compare_job(model_a, model_b, info_a.ref, info_b.ref, inputs, method, params,
+                                            sizes=(info_a.size, info_b.size),
+                                            logs=(version_logs(ws, who, info_a), version_logs(ws, who, info_b)))
+    return submit(ws, who, JOB_KIND, job_params, title=title, inputs=arrays, priority="interactive")
+
+
 def follow_request(store: str, key: str, submit_job: Callable[[], JobInfo], label: str) -> SavedRun | None:
     """The saved run answering request ``key``: submitted once (``submit_job()``; the job's id kept in
     ``st.session_state[store]``, so a rerun follows the same job), followed here with its progress and

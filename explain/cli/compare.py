@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> dict:
     from explain.cli.model_arg import load_inputs_arg
     from explain.cli.out_file import replace_atomically
     from explain.cli.workspace_arg import cli_actor, cli_workspace
-    from explain.compare.job import JOB_KIND, compare_job, saved_comparison
+    from explain.compare.job import JOB_KIND, compare_job, saved_comparison, version_logs
     from explain.config import external_worker
     from explain.output.methods import get_method
     from explain.service.client import finished_run, run_here, submit, wait
@@ -86,8 +86,3 @@ def version_arg(ws, actor, arg: str, spec_path: str | None, inputs_path: str | N
     info = ws.registry.resolve(actor, arg)
     return info, ModelCache(ws).load(actor, info)
 
-
-def version_logs(ws, actor, info) -> list[tuple[str, bytes]]:
-    """The training logs attached to a registry version, as (file name, bytes)."""
-    return [(a.filename, ws.core.blobs.get(a.sha256)) for a in ws.registry.attachments(actor, info.name, info.version)
-            if a.kind == "training_log"]

@@ -43,6 +43,12 @@ def _logs_from(arrays: dict[str, np.ndarray], side: str, names: list[str]) -> li
     return [(name, np.asarray(arrays[f"log/{side}/{i}"], dtype=np.uint8).tobytes()) for i, name in enumerate(names)]
 
 
+def version_logs(ws, actor, info) -> list[tuple[str, bytes]]:
+    """The training logs attached to registry version ``info`` (a `VersionInfo`), as (file name, bytes)."""
+    return [(a.filename, ws.core.blobs.get(a.sha256)) for a in ws.registry.attachments(actor, info.name, info.version)
+            if a.kind == "training_log"]
+
+
 def compare_job(model_a: LoadedModel, model_b: LoadedModel, ref_a: str, ref_b: str, inputs: np.ndarray,
                 method: str, params: dict[str, Any] | None = None, *,
                 sizes: tuple[int | None, int | None] = (None, None), logs: tuple[Logs, Logs] = ((), ()),
