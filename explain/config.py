@@ -58,6 +58,11 @@ Environment variables:
         name ``GLASSBOX_API_MAX_JOBS`` is read when it is unset).
     GLASSBOX_API_MAX_BUFFERED_MB: request bytes the HTTP API holds at once across all
         requests in flight (default 64); a body that does not fit now gets 503.
+    GLASSBOX_MAX_BATCH_ROWS / GLASSBOX_MAX_DELAY_MS: the API's dynamic batching (``serve
+        --max-batch-rows / --max-delay-ms``): concurrent ``:predict`` requests of one model version
+        (and one-row ``:explain`` requests of one caller, version, method and parameters) run as
+        one engine batch of at most this many rows (default 64), gathered for at most this many
+        milliseconds (default 5; 0 turns batching off), `explain.service.batching`.
 
 
     GLASSBOX_RAY_ADDRESS: a Ray cluster's address (``ray start --head`` prints it);
@@ -282,6 +287,25 @@ def api_max_body_bytes() -> int:
 def api_max_buffered_bytes() -> int:
     """Request body bytes the API buffers across all requests in flight (``GLASSBOX_API_MAX_BUFFERED_MB``)."""
     return int(_env_number("GLASSBOX_API_MAX_BUFFERED_MB", 64) * 1024 * 1024)
+
+
+#: Default most rows in one dynamically batched engine call of the API, and the longest wait (ms).
+MAX_BATCH_ROWS = 64
+MAX_DELAY_MS = 5.0
+
+
+def max_batch_rows() -> int:
+    """Rows one batched engine call of the API may gather (``GLASSBOX_MAX_BATCH_ROWS``, 64)."""
+    return int(_env_number("GLASSBOX_MAX_BATCH_ROWS", MAX_BATCH_ROWS))
+
+
+def max_delay_ms() -> float:
+    """How long (ms) a batch of the API waits for company (``GLASSBOX_MAX_DELAY_MS``, 5; 0: no batching)."""
+    raw = os.environ.get("GLASSBOX_MAX_DELAY_MS", "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else MAX_DELAY_MS
+    except ValueError:
+        return MAX_DELAY_MS
 
 
 def max_jobs_per_caller() -> int:

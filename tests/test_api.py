@@ -107,7 +107,7 @@ def test_predict_returns_the_models_probabilities_for_a_viewer(api):
     (b"{not json", 422, "JSON"),
     (b"[]", 422, "dictionary"),
     (b'{"rows": [[1]]}', 422, "instances"),
-    (b'{"instances": [[1, 2]]}', 422, "expects (30,)"),
+    (b'{"instances": [[1, 2]]}', 400, "expects (30,)"),  # a shape this model does not take: 400
     (b'{"instances": [["a", "b"]]}', 400, "rectangular array of numbers"),
     (b'{"instances": [[1, 2], [3]]}', 400, "rectangular"),
     (b'{"instances": []}', 400, "instances is empty"),

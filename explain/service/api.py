@@ -8,6 +8,15 @@
     GET    /v1/jobs/{id}                  status, progress, run
     DELETE /v1/jobs/{id}                  cancel
 
+A request is checked against its model before anything runs or is queued (instances' shape and
+dtype, target range, the method fits the model, parameters' types and ranges: `check_explain`):
+400 with one line and no job. Another verb on an action route (``GET …:predict``) is 405 with an
+``Allow`` header. Concurrent ``:predict`` requests of one model version, and concurrent one-row
+``:explain`` requests of one caller, version, method, parameters and target, are batched
+(`explain.service.batching`, ``max_batch_rows`` / ``max_delay_ms``): one engine batch (one job
+for ``:explain``, whose run holds every member's row: ``run_rows`` says which are this request's),
+each request answered with its own rows.
+
 ``Authorization: Bearer <token>`` (``python -m explain tokens add NAME --role ROLE``); the token's
 role is looked up in the workspace on every request, and the token itself before a byte of the
 request's body is read (`Gate`), so a caller without one cannot make the server hold any of it.
@@ -22,7 +31,9 @@ finish in time; never a traceback.
 """
 from __future__ import annotations
 
+import json
 import logging
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -34,8 +45,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from explain.config import api_max_body_bytes, api_max_buffered_bytes, external_worker
-from explain.errors import GlassboxError, http_status, one_line
+from explain.config import api_max_body_bytes, api_max_buffered_bytes, external_worker, max_batch_rows, max_delay_ms
+from explain.errors import GlassboxError, IncompatibleInput, UsageError, http_status, one_line
+from explain.model import LoadedModel
+from explain.service.batching import Batcher
 from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.client import submit as submit_job
 from explain.service.models import ModelCache, ModelStore
@@ -48,12 +61,16 @@ from explain.workspace.run_kinds import read_run
 
 log = logging.getLogger("glassbox.api")
 
+#: the action routes ``/v1/models/{name}:ACTION`` (all POST)
+ACTIONS = ("predict", "explain")
+
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class Instances(BaseModel):
@@ -72,8 +89,38 @@ class JobBody(ExplainBody):
     priority: str = Field("batch", description='"batch" or "interactive"')
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": one_line(message) or "error"}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": one_line(message) or "error"}, status_code=status, headers=headers)
+
+
+@contextmanager
+def bad_request():
+    """A request that does not fit its model (shape, target class) is the caller's to fix: the
+    `IncompatibleInput` its check raises becomes a `UsageError` (400, `explain.errors.CODES`)."""
+    try:
+        yield
+    except IncompatibleInput as exc:
+        raise UsageError(exc.reason, exc.hint) from None
+
+
+def check_explain(model: LoadedModel, name: str, version: int, instances: Any, parameters: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """An explain request checked against ``model`` before it is queued (`runners.explain_job`: the
+    method exists and fits the model, its parameters' types and ranges, the instances' shape; and
+    here the target classes' range, `resolve_targets`): the job's params, arrays and title.
+
+    Raises:
+        UsageError: anything in the request that does not fit (HTTP 400).
+    """
+    from explain.output.methods.common import resolve_targets
+
+    x = model_array(model, instances)  # [N, *input_shape]
+    with bad_request():
+        params, arrays, title = explain_job(model, name, version, x, parameters)
+        if params["target"] is not None:  # the classes' count from the spec, else from one row's logits [1, K]
+            logits = None if model.spec.num_classes else model.predict_logits(x[:1])
+            resolve_targets(model, model.as_tensor(x), params["target"], logits)
+    return params, arrays, title
 
 
 class _Budget:
@@ -197,16 +244,21 @@ class Gate:
 
 def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | None = None,
                max_body: int | None = None, max_buffered: int | None = None,
-               explain_timeout_s: float = 600.0) -> FastAPI:
+               explain_timeout_s: float = 600.0, batch_rows: int | None = None,
+               delay_ms: float | None = None) -> FastAPI:
     """The API on ``ws``. ``worker``: start the embedded queue worker (default: unless
     ``GLASSBOX_EXTERNAL_WORKER=1``). ``max_body`` / ``max_buffered``: one request's body and the
-    bytes held across all requests in flight (defaults `api_max_body_bytes`, `api_max_buffered_bytes`)."""
+    bytes held across all requests in flight (defaults `api_max_body_bytes`, `api_max_buffered_bytes`).
+    ``batch_rows`` / ``delay_ms``: dynamic batching's most rows per engine batch and longest wait
+    (defaults `config.max_batch_rows`, `config.max_delay_ms`; ``delay_ms=0``: none)."""
     app = FastAPI(title="Glassbox API", version="1",
                   description="Predictions and explanations of the workspace's registered models "
                               "(KServe V1 data plane), through the workspace's job queue.")
     # the request threads' own models (forward passes only), apart from the process's one cache that its
     # worker hooks (`shared_models`): an attribution's hooks never meet a prediction's forward pass
     models = ModelCache(ws, store=ModelStore(size=8))
+    batcher = app.state.batcher = Batcher(batch_rows if batch_rows is not None else max_batch_rows(),
+                                          (delay_ms if delay_ms is not None else max_delay_ms()) / 1000)
     bearer = HTTPBearer(auto_error=False)
 
     from explain.service.worker import recover_now, start_embedded
@@ -218,7 +270,7 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
     # -- errors: one line, never a traceback ------------------------------------------------------
     @app.exception_handler(ApiError)
     async def _api_error(_request, exc: ApiError):
-        return _error(exc.status, exc.message)
+        return _error(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(GlassboxError)
     async def _glassbox_error(_request, exc: GlassboxError):
@@ -237,14 +289,14 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))  # 405's Allow
 
     @app.middleware("http")
     async def _catch_all(request: Request, call_next):
         try:
             return await call_next(request)
         except ApiError as exc:
-            return _error(exc.status, exc.message)
+            return _error(exc.status, exc.message, exc.headers)
         except Exception as exc:  # a bug or a model that raised: one line, logged server-side
             log.exception("API request failed")
             return _error(http_status(exc), f"The request failed ({one_line(exc)}).")
@@ -285,40 +337,12 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
         info = version_of(actor, ref)
         model = models.load(actor, info)
-        instances = model_array(model, body.instances)
-        params, arrays, title = explain_job(model, info.name, info.version, instances, body.parameters)
+        params, arrays, title = check_explain(model, info.name, info.version, body.instances, body.parameters)
         return submit_job(ws, actor, "explain", params, title=title, inputs=arrays, priority=priority,
                           max_active=max_jobs)  # None: the one per-caller limit, GLASSBOX_MAX_JOBS
 
-    # -- models ---------------------------------------------------------------------------------------
-    @app.get("/v1/models", summary="The registered models")
-    def list_models(actor: Actor = Depends(caller)) -> dict:
-        versions = ws.registry.list(actor)
-        names = sorted({v.name for v in versions})
-        return {"models": names}
-
-    @app.get("/v1/models/{name}", summary="One model version: NAME, NAME@vN or NAME@ALIAS")
-    def get_model(name: str, actor: Actor = Depends(caller)) -> dict:
-        info = version_of(actor, name)
-        return {"name": info.name, "version": info.version, "ref": info.ref, "ready": True,
-                "sha256": info.sha256, "aliases": info.aliases, "tags": info.tags, "decision": info.decision}
-
-    @app.post("/v1/models/{name}:predict", summary="Class probabilities per instance")
-    def predict(name: str, body: Instances, actor: Actor = Depends(caller)) -> dict:
-        info = version_of(actor, name)
-        model = models.load(actor, info)
-        x = model_array(model, body.instances)  # [N, *input_shape]
-        try:
-            probs = model.predict_proba(x)  # [N, K]
-        except GlassboxError:
-            raise
-        except Exception as exc:
-            raise ApiError(422, f"The model could not run these instances ({one_line(exc)}).") from None
-        return {"predictions": probs.tolist(), "model": info.ref}
-
-    @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run")
-    def explain(name: str, body: ExplainBody, actor: Actor = Depends(caller)) -> dict:
-        job = submit(actor, name, body, "interactive")
+    def answered(actor: Actor, job: JobInfo) -> tuple[dict, list[dict]]:
+        """An interactive job waited for: the answer's run, job and method, and one explanation per row."""
         try:
             job = wait(ws, actor, job.id, timeout_s=explain_timeout_s)
             run = finished_run(ws, actor, job)
@@ -329,10 +353,75 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
             raise ApiError(409 if exc.job.status == "cancelled" else 422, exc.message) from None
         (attr,) = read_run(run)  # an Output run of one method: its Attribution, as the run saved it
         values, targets, errors = attr.values, attr.target, attr.completeness_error
-        return {"explanations": [
+        return {"run": run.info.id, "job": job.id, "method": run.info.method}, [
             {"values": values[i].tolist(), "target": int(targets[i]),
              "completeness_error": None if errors is None or not np.isfinite(errors[i]) else float(errors[i])}
-            for i in range(len(values))], "run": run.info.id, "job": job.id, "method": run.info.method}
+            for i in range(len(values))]
+
+    # -- models ---------------------------------------------------------------------------------------
+    @app.get("/v1/models", summary="The registered models")
+    def list_models(actor: Actor = Depends(caller)) -> dict:
+        versions = ws.registry.list(actor)
+        names = sorted({v.name for v in versions})
+        return {"models": names}
+
+    @app.post("/v1/models/{name}:predict", summary="Class probabilities per instance")
+    def predict(name: str, body: Instances, actor: Actor = Depends(caller)) -> dict:
+        info = version_of(actor, name)
+        model = models.load(actor, info)
+        x = model_array(model, body.instances)  # [N, *input_shape]
+        with bad_request():
+            model.as_tensor(x)  # the shape this model takes, checked before the rows join a batch
+        try:  # with the concurrent requests of this version: one engine batch, these rows back
+            probs = batcher.run(("predict", info.name, info.version), x, model.predict_proba)  # [N, K]
+        except GlassboxError:
+            raise
+        except Exception as exc:
+            raise ApiError(422, f"The model could not run these instances ({one_line(exc)}).") from None
+        return {"predictions": probs.tolist(), "model": info.ref}
+
+    @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run")
+    def explain(name: str, body: ExplainBody, actor: Actor = Depends(caller)) -> dict:
+        require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
+        info = version_of(actor, name)
+        model = models.load(actor, info)
+        params, arrays, title = check_explain(model, info.name, info.version, body.instances, body.parameters)
+        x = arrays["inputs"]  # [N, *input_shape]
+        if len(x) > 1 or set(arrays) != {"inputs"}:  # several rows, or array parameters: a job of its own
+            meta, rows = answered(actor, submit_job(ws, actor, "explain", params, title=title, inputs=arrays,
+                                                    priority="interactive", max_active=max_jobs))
+            return {"explanations": rows, **meta, "run_rows": list(range(len(rows)))}
+        target = params["target"][0] if isinstance(params["target"], list) else params["target"]
+        given = {**body.parameters, "target": target}
+
+        def explain_rows(rows: np.ndarray) -> np.ndarray:  # rows [n, *input_shape] -> n answers
+            p, a, t = check_explain(model, info.name, info.version, rows, given)
+            meta, answers = answered(actor, submit_job(ws, actor, "explain", p, title=t, inputs=a,
+                                                       priority="interactive", max_active=max_jobs))
+            out = np.empty(len(answers), dtype=object)
+            out[:] = [(meta, i, answer) for i, answer in enumerate(answers)]
+            return out
+
+        # one-row requests of this caller, version, method, parameters and target: one job together
+        key = ("explain", actor.name, info.name, info.version, target,
+               json.dumps(params["methods"], sort_keys=True, default=str))
+        ((meta, row, answer),) = batcher.run(key, x, explain_rows)
+        return {"explanations": [answer], **meta, "run_rows": [row]}
+
+    @app.api_route("/v1/models/{name}:{action}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+                   include_in_schema=False)
+    def other_action(name: str, action: str, request: Request) -> dict:
+        if action in ACTIONS:  # the route exists; the verb is not its POST
+            raise ApiError(405, f"{request.method} is not allowed on :{action}; use POST.", {"Allow": "POST"})
+        raise ApiError(404, f"No action {action!r} on models; the actions are "
+                            f"{', '.join(':' + a for a in ACTIONS)}.")
+
+    # after the action routes: ``GET NAME:predict`` is 405, not a model named "NAME:predict"
+    @app.get("/v1/models/{name}", summary="One model version: NAME, NAME@vN or NAME@ALIAS")
+    def get_model(name: str, actor: Actor = Depends(caller)) -> dict:
+        info = version_of(actor, name)
+        return {"name": info.name, "version": info.version, "ref": info.ref, "ready": True,
+                "sha256": info.sha256, "aliases": info.aliases, "tags": info.tags, "decision": info.decision}
 
     # -- jobs -----------------------------------------------------------------------------------------
     @app.post("/v1/jobs", status_code=202, summary="Queue an explanation; its result becomes a saved run")

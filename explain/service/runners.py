@@ -180,6 +180,8 @@ def model_array(model: LoadedModel, instances: Any, what: str = "instances") -> 
                          f"[N, {', '.join(map(str, model.spec.input_shape))}].")
     if dtype == np.float32 and not np.isfinite(array).all():
         raise UsageError(f"{what} holds NaN or infinite values.")
+    if dtype == np.int64 and (np.asarray(instances, dtype=np.float64).reshape(array.shape) != array).any():
+        raise UsageError(f"{what} holds numbers that are not whole; this model takes token ids.")
     return array
 
 

@@ -1,0 +1,160 @@
+"""Dynamic batching: concurrent requests for the same work run as one engine batch, each answered
+with its own rows (the way Triton's ``max_queue_delay`` and Ray Serve's ``@serve.batch`` do it).
+
+    batcher = Batcher(max_rows=64, max_delay_s=0.005)
+    probs = batcher.run(key, x, model.predict_proba)    # x [n, ...] -> this caller's rows [n, K]
+
+Callers with the same ``key`` (a model version, and for an attribution its method and parameters)
+join one *group*; the first of them leads it. The leader waits while the group gathers, and runs
+``fn`` once on every member's rows concatenated, when
+
+- the group holds ``max_rows`` rows (a request that would overflow it opens the next group), or
+- ``max_delay_s`` has passed since the group opened, or
+- nobody joined for ``quiet_s`` (a request alone waits that short window, not the whole delay),
+
+and no other group of the same key is running: one engine batch per key at a time, so requests that
+come while one runs gather into the next (under load the batches grow by themselves). Each member
+gets exactly its rows of the result. When the batch fails, every member's rows run again on their
+own, so a request that breaks the model fails alone and its neighbours get their answers.
+
+Nothing here knows about HTTP, models or torch: ``fn`` is any function from rows ``[n, ...]`` to
+results ``[n, ...]`` (a row's result depends on that row only).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+
+import numpy as np
+
+#: how long a request with no company waits for some before it runs (seconds)
+QUIET_S = 0.001
+
+Rows = np.ndarray  # [n, ...]
+BatchFn = Callable[[Rows], Rows]
+
+
+class _Group:
+    """The requests of one engine batch: their rows, then each one's result or error."""
+
+    def __init__(self, now: float):
+        self.opened = now
+        self.last_join = now
+        self.parts: list[Rows] = []
+        self.rows = 0
+        self.results: list[Rows | None] = []
+        self.errors: list[BaseException | None] = []
+        self.done = threading.Event()
+
+    def add(self, rows: Rows, now: float) -> int:
+        self.parts.append(rows)
+        self.rows += len(rows)
+        self.last_join = now
+        return len(self.parts) - 1
+
+
+class Batcher:
+    """Gathers concurrent `run` calls with the same key into one call of their function.
+
+    Args:
+        max_rows: the most rows one batch holds (a request with more runs on its own).
+        max_delay_s: the longest a group waits for company after it opened; 0 turns batching off.
+        quiet_s: a group whose key is idle runs once nobody joined it for this long.
+    """
+
+    def __init__(self, max_rows: int, max_delay_s: float, quiet_s: float = QUIET_S):
+        self.max_rows = max(1, int(max_rows))
+        self.max_delay_s = max(0.0, float(max_delay_s))
+        self.quiet_s = min(max(0.0, float(quiet_s)), self.max_delay_s)
+        self._cond = threading.Condition()
+        self._open: dict[Hashable, _Group] = {}  # key -> the group still taking requests
+        self._busy: set[Hashable] = set()  # keys whose batch is running now
+        self._waiting: dict[Hashable, int] = {}  # key -> rows gathered, not yet running
+        #: (rows, requests) of the latest batches run, for the benchmark and the tests
+        self.batches: deque[tuple[int, int]] = deque(maxlen=4096)
+
+    def run(self, key: Hashable, rows: Rows, fn: BatchFn) -> Rows:
+        """``fn`` on ``rows`` [n, ...], batched with the other callers of ``key``: this call's
+        ``n`` result rows, or the exception its rows raised (alone)."""
+        n = len(rows)
+        if self.max_delay_s <= 0 or self.max_rows <= 1 or n >= self.max_rows:
+            return fn(rows)
+        with self._cond:
+            now = time.monotonic()
+            group = self._open.get(key)
+            leader = group is None or group.rows + n > self.max_rows
+            if leader:
+                group = self._open[key] = _Group(now)
+            index = group.add(rows, now)
+            self._waiting[key] = self._waiting.get(key, 0) + n
+            self._cond.notify_all()
+        if leader:
+            self._lead(key, group, fn)
+        else:
+            group.done.wait()
+        error = group.errors[index]
+        if error is not None:
+            raise error
+        return group.results[index]
+
+    def waiting(self, key: Hashable | None = None) -> int:
+        """Rows of ``key`` (None: of every key) gathered and not yet running."""
+        with self._cond:
+            return self._waiting.get(key, 0) if key is not None else sum(self._waiting.values())
+
+    def _lead(self, key: Hashable, group: _Group, fn: BatchFn) -> None:
+        with self._cond:
+            deadline = group.opened + self.max_delay_s
+            while True:
+                now = time.monotonic()
+                if self._open.get(key) is group and (group.rows >= self.max_rows or now >= deadline):
+                    del self._open[key]  # closed: later requests open the next group
+                closed = self._open.get(key) is not group
+                idle = key not in self._busy
+                if idle and (closed or now - group.last_join >= self.quiet_s):
+                    break
+                waits = [] if closed else [deadline - now]
+                if idle:
+                    waits.append(group.last_join + self.quiet_s - now)
+                self._cond.wait(max(0.0, min(waits)) if waits else None)  # None: until the running batch ends
+            if self._open.get(key) is group:
+                del self._open[key]
+            self._busy.add(key)
+            self._waiting[key] -= group.rows
+            if not self._waiting[key]:
+                del self._waiting[key]
+        # until computed (a BaseException may stop the leader): no member reads a missing result
+        group.errors = [RuntimeError("The batch this request was in did not run.")] * len(group.parts)
+        try:
+            self._compute(group, fn)
+        finally:
+            with self._cond:
+                self._busy.discard(key)
+                self.batches.append((group.rows, len(group.parts)))
+                self._cond.notify_all()
+            group.done.set()
+
+    @staticmethod
+    def _compute(group: _Group, fn: BatchFn) -> None:
+        """Each member's result rows (or error) in ``group``: one call of ``fn`` on all their rows,
+        or, when that fails and there is more than one member, one call per member."""
+        k = len(group.parts)
+        group.results, group.errors = [None] * k, [None] * k
+        if k > 1:
+            try:
+                out = fn(np.concatenate(group.parts))  # [sum n_i, ...]
+                if len(out) != group.rows:
+                    raise ValueError(f"the batch of {group.rows} rows gave {len(out)} results")
+            except Exception:  # noqa: BLE001 - one of them broke it: each runs alone below
+                pass
+            else:
+                bounds = np.cumsum([0] + [len(p) for p in group.parts])
+                group.results = [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+                return
+        for i, part in enumerate(group.parts):
+            try:
+                group.results[i] = fn(part)
+            except Exception as exc:  # noqa: BLE001 - this member's own failure, raised in its thread
+                group.errors[i] = exc

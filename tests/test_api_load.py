@@ -1,0 +1,300 @@
+"""The API under load (issue 23), the HTTP side: a request that does not fit its model is a 400 with
+nothing queued, a wrong verb on an action route is a 405 with ``Allow``, and concurrent requests are
+batched (`explain.service.batching`): one engine batch (one job for ``:explain``), each request
+answered with exactly its rows of it, a request that breaks the model failing alone. On SQLite and
+PostgreSQL. No timing assertions: a batch is made deterministic by holding its key busy."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from explain.model import LoadedModel
+from explain.output.methods import get_method
+from explain.service.api import create_app
+from explain.service.batching import Batcher
+from explain.service.worker import start_embedded, stop_embedded
+from explain.workspace import Actor, open_workspace
+from sample_models import load_sample, sample_inputs, sample_registry_files
+from tests.workspace_db import BACKENDS, postgres_server
+
+OP = Actor("cli:tester", operator=True)
+X = sample_inputs("cancer")["inputs"]  # [N, 30] float32, 2 classes
+IDS = sample_inputs("sentiment")["inputs"]  # [N, 16] int64 token ids
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request, tmp_path_factory):
+    """One seeded workspace per backend for the module, an editor's and a viewer's token."""
+    home = tmp_path_factory.mktemp(f"api-load-{request.param}")
+    server = postgres_server() if request.param == "postgresql" else None
+    url = server.create_database() if server else f"sqlite:///{home / 'glassbox.db'}"
+    ws = open_workspace(url, home=home / "home")
+    ws.seed(sample_registry_files())
+    headers = {role: {"Authorization": f"Bearer {ws.users.add_token(OP, role, role)}"} for role in ("viewer", "editor")}
+    yield ws, headers
+    ws.close()
+    if server:
+        server.drop_database(url)
+
+
+@pytest.fixture
+def client(served):
+    """No worker: a job that is queued stays queued. Batches wait up to 10 s for company (they never
+    do here: each test holds its key busy, then lets it go)."""
+    ws, headers = served
+    app = create_app(ws, worker=False, max_jobs=100, delay_ms=10_000)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield ws, app, test_client, headers
+
+
+def _one_line_error(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and "\n" not in body["error"] and "Traceback" not in body["error"]
+    return body["error"]
+
+
+# -- validation before queueing ---------------------------------------------------------------------
+@pytest.mark.parametrize("model, instances, parameters, words", [
+    ("cancer", X[:2].tolist(), {"method": "saliency", "target": 2}, "out of range: the model has 2 classes (0..1)"),
+    ("cancer", X[:2].tolist(), {"method": "saliency", "target": [0, -1]}, "out of range"),
+    ("cancer", [[1.0, 2.0]], {"method": "saliency"}, "expects (30,)"),
+    ("cancer", X[:1, :29].tolist(), {"method": "saliency"}, "expects (30,)"),
+    ("sentiment", [[1.5] * 16], {"method": "saliency"}, "not whole; this model takes token ids"),
+    ("cancer", X[:1].tolist(), {"method": "nope"}, "Unknown method 'nope'"),
+    ("cancer", X[:1].tolist(), {"method": "grad_cam"}, "grad_cam"),  # a method that does not fit a tabular MLP
+    ("cancer", X[:1].tolist(), {"method": "integrated_gradients", "steps": 0}, "steps"),
+    ("cancer", X[:1].tolist(), {"method": "integrated_gradients", "steps": "many"}, "must be int"),
+])
+def test_a_request_that_does_not_fit_is_400_and_nothing_is_queued(client, model, instances, parameters, words):
+    ws, _, test_client, h = client
+    before = len(ws.jobs.list(OP))
+    for route, body in ((f"/v1/models/{model}:explain", {"instances": instances, "parameters": parameters}),
+                        ("/v1/jobs", {"model": model, "instances": instances, "parameters": parameters})):
+        assert words in _one_line_error(test_client.post(route, headers=h["editor"], json=body), 400)
+    assert len(ws.jobs.list(OP)) == before
+
+
+def test_predict_checks_shape_and_dtype_before_running(client):
+    _, _, test_client, h = client
+    r = test_client.post("/v1/models/cancer:predict", headers=h["viewer"], json={"instances": [[1.0, 2.0]]})
+    assert "expects (30,)" in _one_line_error(r, 400)
+    r = test_client.post("/v1/models/sentiment:predict", headers=h["viewer"], json={"instances": [[0.5] * 16]})
+    assert "not whole" in _one_line_error(r, 400)
+
+
+@pytest.mark.parametrize("verb", ["GET", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("action", ["predict", "explain"])
+def test_a_wrong_verb_on_an_action_route_is_405_with_allow(client, verb, action):
+    _, _, test_client, h = client
+    r = test_client.request(verb, f"/v1/models/cancer:{action}", headers=h["editor"])
+    assert _one_line_error(r, 405) == f"{verb} is not allowed on :{action}; use POST."
+    assert r.headers["allow"] == "POST"
+
+
+def test_an_unknown_action_is_404_and_other_routes_keep_their_allow(client):
+    _, _, test_client, h = client
+    r = test_client.post("/v1/models/cancer:train", headers=h["editor"], json={})
+    assert _one_line_error(r, 404) == "No action 'train' on models; the actions are :predict, :explain."
+    r = test_client.get("/v1/jobs", headers=h["editor"])
+    assert _one_line_error(r, 405) and r.headers["allow"] == "POST"
+    assert test_client.get("/v1/models/cancer@v1", headers=h["viewer"]).json()["ref"] == "cancer@v1"
+
+
+# -- the batcher alone --------------------------------------------------------------------------------
+def _held(batcher: Batcher, key, release: threading.Event) -> threading.Thread:
+    """A request of ``key`` whose computation waits for ``release``: the key is busy until then."""
+    started = threading.Event()
+
+    def hold(rows):
+        started.set()
+        release.wait(30)
+        return rows
+
+    thread = threading.Thread(target=batcher.run, args=(key, np.zeros((1, 2)), hold))
+    thread.start()
+    assert started.wait(30)
+    return thread
+
+
+def _gather(batcher: Batcher, key, calls: list[tuple[np.ndarray, ...]], fn) -> tuple[dict, dict]:
+    """Each call's ``batcher.run`` in its own thread, all joining while ``key`` is held busy."""
+    release = threading.Event()
+    holder = _held(batcher, key, release)
+    results, errors = {}, {}
+
+    def ask(i):
+        try:
+            results[i] = batcher.run(key, calls[i], fn)
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            errors[i] = exc
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while batcher.waiting(key) < sum(len(c) for c in calls) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in [holder, *threads]:
+        t.join(30)
+    return results, errors
+
+
+def test_concurrent_calls_run_as_one_batch_each_getting_its_own_rows():
+    batcher = Batcher(max_rows=64, max_delay_s=10)
+    seen = []
+
+    def double(rows):  # [n, 2] -> [n, 2]
+        seen.append(len(rows))
+        return rows * 2
+
+    calls = [np.full((1 + i % 3, 2), float(i)) for i in range(8)]  # 15 rows in all
+    results, errors = _gather(batcher, "k", calls, double)
+    assert errors == {} and seen == [15]  # one call of the function for the 8 requests
+    assert list(batcher.batches) == [(1, 1), (15, 8)]
+    for i, rows in enumerate(calls):
+        np.testing.assert_array_equal(results[i], rows * 2)
+
+
+def test_a_batch_holds_at_most_max_rows():
+    batcher = Batcher(max_rows=6, max_delay_s=10)
+    calls = [np.full((3, 2), float(i)) for i in range(4)]  # 12 rows: two batches of 6
+    results, errors = _gather(batcher, "k", calls, lambda rows: rows + 1)
+    assert errors == {} and sorted(batcher.batches) == [(1, 1), (6, 2), (6, 2)]
+    for i, rows in enumerate(calls):
+        np.testing.assert_array_equal(results[i], rows + 1)
+
+
+def test_a_call_that_breaks_the_batch_fails_alone():
+    batcher = Batcher(max_rows=64, max_delay_s=10)
+
+    def refuse_negative(rows):
+        if (rows < 0).any():
+            raise ValueError("a negative row")
+        return rows * 3
+
+    calls = [np.full((1, 2), -1.0 if i == 5 else float(i)) for i in range(8)]
+    results, errors = _gather(batcher, "k", calls, refuse_negative)
+    assert set(errors) == {5} and str(errors[5]) == "a negative row"
+    for i in set(range(8)) - {5}:
+        np.testing.assert_array_equal(results[i], calls[i] * 3)
+
+
+def test_no_delay_means_no_batching():
+    batcher = Batcher(max_rows=64, max_delay_s=0)
+    np.testing.assert_array_equal(batcher.run("k", np.ones((2, 2)), lambda rows: rows * 5), np.full((2, 2), 5.0))
+    assert list(batcher.batches) == []  # called directly
+
+
+# -- batching through the API --------------------------------------------------------------------------
+def _hold_model(monkeypatch, release: threading.Event) -> tuple[threading.Event, list]:
+    """`LoadedModel.predict_proba` whose first call waits for ``release``; every call's (rows, probs) kept."""
+    real, started, calls = LoadedModel.predict_proba, threading.Event(), []
+
+    def predict_proba(self, inputs):
+        if not started.is_set():
+            started.set()
+            release.wait(30)
+        try:
+            out = real(self, inputs)
+        except Exception as exc:
+            calls.append((np.array(inputs), exc))
+            raise
+        calls.append((np.array(inputs), out))
+        return out
+
+    monkeypatch.setattr(LoadedModel, "predict_proba", predict_proba)
+    return started, calls
+
+
+def _concurrently(asks: list) -> dict:
+    answers = {}
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, asks[i]())) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    return answers, threads
+
+
+@pytest.mark.parametrize("name, rows, bad", [("cancer", X[:8], None), ("sentiment", IDS[:8], 3)])
+def test_concurrent_predicts_are_one_engine_batch_each_answered_with_its_rows(client, monkeypatch, name, rows, bad):
+    ws, app, test_client, h = client
+    rows = rows.copy()
+    if bad is not None:
+        rows[bad, 0] = 10**6  # a token id past the vocabulary: the model raises on it
+    release = threading.Event()
+    started, calls = _hold_model(monkeypatch, release)
+    first, holder = _concurrently([lambda: test_client.post(f"/v1/models/{name}:predict", headers=h["viewer"],
+                                                            json={"instances": rows[:1].tolist()})])
+    assert started.wait(60)
+    answers, threads = _concurrently([
+        lambda i=i: test_client.post(f"/v1/models/{name}:predict", headers=h["viewer"],
+                                     json={"instances": rows[i].tolist()}) for i in range(len(rows))])
+    key = ("predict", name, 1)
+    deadline = time.monotonic() + 60
+    while app.state.batcher.waiting(key) < len(rows) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in [*holder, *threads]:
+        t.join(60)
+    engine = list(calls)
+    assert len(engine[1][0]) == len(rows)  # after the held one, the 8 requests: one engine batch
+    if bad is None:
+        assert len(engine) == 2
+    else:  # the batch failed on the bad row; then each request ran on its own
+        assert isinstance(engine[1][1], Exception) and [len(r) for r, _ in engine[2:]] == [1] * len(rows)
+    alone = load_sample(name)
+    for i in range(len(rows)):
+        if i == bad:
+            assert "could not run these instances" in _one_line_error(answers[i], 422)
+            continue
+        assert answers[i].status_code == 200, answers[i].text
+        got = np.array(answers[i].json()["predictions"], dtype=np.float32)  # [1, K]
+        batch_rows, batch_probs = engine[1] if bad is None else next(
+            c for c in engine[2:] if (c[0] == rows[i]).all())
+        (j,) = np.flatnonzero((batch_rows == rows[i]).all(axis=1))
+        np.testing.assert_array_equal(got, batch_probs[j:j + 1])  # exactly its rows of what the engine gave
+        np.testing.assert_allclose(got, alone.predict_proba(rows[i:i + 1]), rtol=0, atol=1e-6)
+
+
+def test_concurrent_one_row_explains_are_one_job_each_answered_with_its_row(client):
+    ws, app, test_client, h = client
+    parameters = {"method": "integrated_gradients", "steps": 16, "tolerance": 1.0, "target": 1}
+    jobs_before = len(ws.jobs.list(OP))
+
+    def ask(i):
+        return lambda: test_client.post("/v1/models/cancer:explain", headers=h["editor"],
+                                        json={"instances": X[i].tolist(), "parameters": parameters})
+
+    first, holder = _concurrently([ask(10)])  # its job waits: there is no worker yet
+    deadline = time.monotonic() + 60
+    while len(ws.jobs.list(OP)) == jobs_before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    answers, threads = _concurrently([ask(i) for i in range(4)])
+    while app.state.batcher.waiting() < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start_embedded(ws)
+    try:
+        for t in [*holder, *threads]:
+            t.join(120)
+    finally:
+        stop_embedded(ws)
+    assert len(ws.jobs.list(OP)) == jobs_before + 2  # the first request's job, then one for the four
+    bodies = [answers[i].json() for i in range(4)]
+    assert all(answers[i].status_code == 200 for i in range(4)), bodies
+    assert len({b["run"] for b in bodies}) == 1 and sorted(b["run_rows"][0] for b in bodies) == [0, 1, 2, 3]
+    run = ws.runs.open(OP, bodies[0]["run"])
+    method = get_method("integrated_gradients")
+    for i, body in enumerate(bodies):
+        (row,) = body["run_rows"]
+        np.testing.assert_array_equal(run.inputs["inputs"][row], X[i])  # its instance is that row of the run
+        got = np.array(body["explanations"][0]["values"], dtype=np.float32)
+        np.testing.assert_array_equal(got, run.results["0/values"][row])
+        assert body["explanations"][0]["target"] == 1
+        want = method.explain(load_sample("cancer"), X[i:i + 1], target=1, steps=16, tolerance=1.0, use_cache=False)
+        np.testing.assert_allclose(got, want.values[0], rtol=0, atol=1e-6)
+    assert first[0].status_code == 200 and first[0].json()["run_rows"] == [0]
