@@ -140,3 +140,37 @@ def test_the_figure_leaves_what_a_token_cannot_read_empty_and_keeps_repeated_tok
     top_ids = np.array([[[3, 4]], [[5, 6]]])  # [layers + 1, L = 1, k = 2]
     rows = logit_lens_rows(top_ids, np.array([[[0.5, 0.25]], [[0.75, 0.125]]]), 0, lambda ids: [f"t{i}" for i in ids])
     assert [(r["layer"], r["top-1"], r["p"]) for r in rows] == [("embeddings", "t3", 0.5), ("output", "t5", 0.75)]
+
+
+def _sample_app() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "sample"
+    at.session_state["gb_sample"] = "keycopy"
+    at.switch_page("pages/views/generate.py")
+    return at.run()
+
+
+def test_the_causal_lm_sample_opens_already_explained_and_an_empty_prompt_says_what_to_do():
+    from explain.generation.explained import FIRST_VIEW_FILE, read_explained
+    from sample_models import keycopy, sample_dir
+
+    view = read_explained(sample_dir("keycopy") / FIRST_VIEW_FILE)
+    at = _sample_app()
+    _clean(at)
+    assert at.text_area(key="gb_gen_prompt").value == keycopy.DEFAULT_PROMPT
+    assert [c.value for c in at.code] == ["blue . </s>"]  # no button pressed: the saved first view
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 1
+    z = _array(charts[0]["data"][0]["z"])
+    p, t = view.attribution.prompt_length, len(view.attribution.generated_ids)
+    assert z.shape == (t, p + t) and int(np.nanargmax(z[0])) == keycopy.KEY_POSITION  # "blue" comes from the key
+    np.testing.assert_allclose(z[0, :p], view.attribution.values[0, :p], rtol=1e-5)
+    table = at.main.dataframe[0].value  # the quality table, before the lens
+    assert table["metric"].tolist() == ["Comprehensiveness", "Sufficiency", "Deletion AUC", "Insertion AUC"]
+    comp = table.set_index("metric").loc["Comprehensiveness"]
+    assert comp["this method"] == pytest.approx(view.quality["comprehensiveness"].mean) and comp["this method"] > comp["random"]
+
+    at.text_area(key="gb_gen_prompt").input("   ").run()  # an empty prompt: one line saying what to do
+    _clean(at)
+    assert [i.value for i in at.main.info] == ["Write a prompt above: the model continues it and each new token is explained."]
+    assert not at.main.button and not at.get("plotly_chart")

@@ -1,24 +1,37 @@
 """Generate: what a causal LM generates from a prompt, and why each token (issue 22, first version).
 
 Greedy generation (or a given continuation, teacher-forced), then each generated token's
-log-probability attributed to every earlier position (`explain.generation`), drawn by
-`explain.viz.generation`. It runs here in the page while the bar fills, not as a queue job.
+log-probability attributed to every earlier position and the attribution's quality
+(`explain.generation.explained.explain_prompt`), drawn by `explain.viz.generation`. It runs here
+in the page while the bar fills, not as a queue job. A causal-LM sample opens on its first view,
+saved beside it by ``python -m sample_models.train`` (`explain.generation.explained.FIRST_VIEW_FILE`).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from explain.attribution import completeness_text
-from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, METHODS, attribute_generation
-from explain.generation.continuation import force_continuations
-from explain.generation.greedy import MAX_NEW_TOKENS, generate_greedy
-from explain.generation.logit_lens import logit_lens
-from explain.generation.prompts import decode_ids, encode_texts
+from explain.errors import GlassboxError
+from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, METHODS
+from explain.generation.explained import (
+    DEFAULT_MAX_NEW,
+    FIRST_VIEW_FILE,
+    IG,
+    explain_prompt,
+    read_explained,
+    settings_of,
+)
+from explain.generation.greedy import MAX_NEW_TOKENS
+from explain.generation.prompts import decode_ids
 from explain.generation.reference import BASELINES
 from explain.inputs.text import display_tokens, token_display
+from explain.output.metrics import get_metric
 from explain.viz import generation as viz
 from explain.viz.attribution import text_attribution_html
+from sample_models import CAUSAL_LM_SAMPLES, sample_dir
 from ui import state
 from ui import workspace as team
 from ui.figures import figure_config
@@ -26,31 +39,41 @@ from ui.text import escape_markdown
 
 NEEDS_CAUSAL_LM = ("The Generate page explains causal language models: load a Hugging Face folder or zip "
                    "whose `config.json` names a `*ForCausalLM`.")
-RESULT_KEY = "gb_gen_result"  # (request, (GeneratedText, GenerationAttribution, LogitLens))
-LENS_TOP_K = 5
-IG = "integrated_gradients"
+EMPTY_PROMPT = "Write a prompt above: the model continues it and each new token is explained."
+RESULT_KEY = "gb_gen_result"  # (request, ExplainedGeneration)
 
 
-def _compute(model, prompt: str, continuation: str, max_new: int, method: str, steps: int, baseline: str):
-    """Generate (or force the continuation), attribute every new token, read the lens; a bar meanwhile."""
-    bar = st.progress(0.0, text="Generating…")
+def _first_view(model):
+    """The current causal-LM sample's saved first view (`FIRST_VIEW_FILE`), or None (another model,
+    none saved, or one saved for other weights)."""
+    name = state.current_sample_name()
+    if name not in CAUSAL_LM_SAMPLES:
+        return None
+    path = Path(sample_dir(name)) / FIRST_VIEW_FILE
+    try:
+        view = read_explained(path) if path.is_file() else None
+    except GlassboxError:
+        return None
+    return view if view is not None and view.model_sha256 == model.sha256 else None
 
-    def phase(lo: float, hi: float, text: str):
-        def progress(done: int, total: int) -> None:
-            bar.progress(min(1.0, lo + (hi - lo) * done / max(total, 1)), text=text)
-        return progress
 
-    prompts = encode_texts([prompt], model.spec)
-    if continuation.strip():
-        texts = force_continuations(model, prompts, encode_texts([continuation], model.spec, special_tokens=False))
-    else:
-        texts = generate_greedy(model, prompts, max_new, progress=phase(0.0, 0.2, "Generating…"))
-    attr = attribute_generation(model, texts, method, steps, baseline,
-                                progress=phase(0.2, 0.9, f"Attributing each token ({method.replace('_', ' ')})…"))[0]
-    # one pass over the text minus its last token: position P + t - 1 is where token t is predicted
-    lens = logit_lens(model, [texts[0].input_ids[:-1]], top_k=LENS_TOP_K, progress=phase(0.9, 1.0, "Logit lens…"))
+def _compute(model, settings: dict, quality: bool):
+    """Generate (or force the continuation) and explain every new token; a bar meanwhile."""
+    bar = st.progress(0.0, text="Generating and explaining each token…")
+    view = explain_prompt(model, settings, quality=quality,
+                          progress=lambda done, total: bar.progress(min(1.0, done / max(total, 1)),
+                                                                    text="Generating and explaining each token…"))
     bar.empty()
-    return texts[0], attr, lens
+    return view
+
+
+def _quality_table(view) -> pd.DataFrame:
+    """One row per metric: its mean over the generated tokens, a random attribution's, and which way is better."""
+    rows = []
+    for name, result in view.quality.items():
+        rows.append({"metric": get_metric(name).title.replace(" (AOPC)", ""), "this method": result.mean,
+                     "random": result.random_mean, "better": "higher" if result.higher_is_better else "lower"})
+    return pd.DataFrame(rows)
 
 
 st.title("Generate")
@@ -65,6 +88,9 @@ if not model.spec.is_causal_lm:
     st.stop()
 
 spec = model.spec
+first = _first_view(model)
+if first is not None:  # the sample opens on its first view: its prompt filled in
+    st.session_state.setdefault("gb_gen_prompt", first.settings["prompt"])
 st.caption(f"{escape_markdown(model.name)} · {model.architecture or model.format} · causal LM · "
            "runs in this page (not a queue job)")
 prompt = st.text_area("Prompt", key="gb_gen_prompt", height=90, placeholder="The text the model continues")
@@ -72,29 +98,37 @@ continuation = st.text_input("Continuation to explain (optional)", key="gb_gen_c
                              help="Given tokens are scored by teacher forcing instead of generating; "
                                   "write it as it follows the prompt (a leading space included).")
 c1, c2, c3, c4 = st.columns(4)
-max_new = int(c1.number_input("Max new tokens", 1, MAX_NEW_TOKENS, 8, key="gb_gen_max_new",
+max_new = int(c1.number_input("Max new tokens", 1, MAX_NEW_TOKENS, DEFAULT_MAX_NEW, key="gb_gen_max_new",
                               disabled=bool(continuation.strip()), help="Greedy generation stops here or at end-of-sequence."))
 method = c2.selectbox("Method", METHODS, key="gb_gen_method", format_func=lambda m: m.replace("_", " "))
 steps = int(c3.number_input("Steps", 1, MAX_STEPS, DEFAULT_STEPS, key="gb_gen_steps", disabled=method != IG,
                             help="Integrated gradients' path steps (Gauss-Legendre)."))
 baseline = c4.selectbox("Baseline", BASELINES, key="gb_gen_baseline", disabled=method != IG,
                         help="The reference embedding at every earlier position: the pad token's, <unk>'s or zero.")
-forced = bool(continuation.strip())
-request = (model.sha256, prompt, continuation if forced else "", 0 if forced else max_new, method,
-           steps if method == IG else 1, baseline if method == IG else "")
-clicked = st.button("Generate and explain", type="primary", key="gb_gen_run", disabled=not prompt.strip())
+quality = st.checkbox("Judge the attribution (comprehensiveness, sufficiency, deletion, insertion)", True,
+                      key="gb_gen_quality", help="About 2 x (22 + 2 x 11) forward passes per generated token.")
+if not prompt.strip():
+    st.info(EMPTY_PROMPT)
+    st.stop()
+settings = settings_of(prompt, continuation, max_new, method, steps, baseline)
+request = (model.sha256, tuple(sorted(settings.items())), quality)
+clicked = st.button("Generate and explain", type="primary", key="gb_gen_run")
 stored = st.session_state.get(RESULT_KEY)
+if stored is None and first is not None and (first.model_sha256, tuple(sorted(first.settings.items())),
+                                             bool(first.quality)) == request:
+    stored = (request, first)  # computed once, by python -m sample_models.train
 if clicked:
     stored = None
     with state.error_boundary("Generating"):
-        stored = (request, _compute(model, prompt, continuation, max_new, method, request[5], baseline))
+        stored = (request, _compute(model, settings, quality))
     st.session_state[RESULT_KEY] = stored
 if stored is None or stored[0] != request:
     if stored is not None:
         st.caption("The settings changed since the last run: press Generate and explain.")
     st.stop()
 
-text, attr, lens = stored[1]
+view = stored[1]
+text, attr, lens = view.text, view.attribution, view.lens
 p, t_count = attr.prompt_length, len(attr.generated_ids)
 shown = token_display(attr.input_ids, spec)
 labels = [t.label for t in shown]
@@ -124,6 +158,13 @@ st.caption(escape_markdown(f"“{labels[p + t]}”: log p = {attr.logprobs[t]:.4
 if attr.method == IG:
     st.caption(escape_markdown("Completeness error per token: " + " · ".join(
         f"{labels[p + i]} {attr.completeness_error[i]:.1e}" for i in range(t_count))))
+
+if view.quality:
+    st.subheader("Quality of the attribution")
+    st.caption("Each generated token judged with its context as the input (tokens replaced by the reference "
+               "token), averaged over the generated tokens; a random attribution (the values shuffled) for scale.")
+    st.dataframe(_quality_table(view), hide_index=True, key="gb_gen_quality_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("this method", "random")})
 
 st.subheader("Logit lens")
 st.caption(escape_markdown(f"What each layer would predict at the position that predicts “{labels[p + t]}”: "
