@@ -183,3 +183,48 @@ def test_cli_refuses_an_unknown_reference_in_one_line(tmp_path, inputs, capsys):
     code = main(["compare", "nosuch", "other", "--inputs", str(tmp_path / "x.npy"), "--method", "saliency"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "nosuch" in err
+
+
+def _saved(record):
+    """``record`` as the run store gives it back: its row's JSON through JSON, its arrays as they are."""
+    from dataclasses import fields
+
+    from explain.jsonable import to_json_safe
+    from explain.workspace.runs import RunInfo, SavedRun
+
+    values = {f.name: None for f in fields(RunInfo)}
+    values.update(id="r1", page=record.page, model=record.model, version=record.version, title=record.title,
+                  method=record.method, params=json.loads(json.dumps(to_json_safe(record.params))),
+                  summary=json.loads(json.dumps(to_json_safe(record.summary))), environment={})
+    return SavedRun(RunInfo(**values), dict(record.inputs), dict(record.results))
+
+
+def test_a_comparison_run_reads_back_and_makes_the_report_section(inputs):
+    from explain.compare.job import comparison_record
+    from explain.report.job import _comparison
+    from explain.report.sections import build_report
+    from explain.workspace.run_kinds import read_run
+
+    base = mlp()
+    cut, _ = pruned(base)
+    model = loaded(base)
+    result = compare_models(model, loaded(cut), inputs[:6], "saliency", labels=("m@v1", "m@v2"),
+                            logs=([("a.csv", b"epoch,loss\n1,0.9\n2,0.5\n")], [("b.csv", b"epoch,loss\n1,0.8\n2,0.7\n")]))
+    record = comparison_record(result, model, {"a": "m@v1", "b": "m@v2"},
+                               logs=([("a.csv", b"epoch,loss\n1,0.9\n2,0.5\n")], [("b.csv", b"epoch,loss\n1,0.8\n2,0.7\n")]))
+    run = _saved(record)
+    back = read_run(run)  # the run kind's reader
+    assert back.to_dict() == result.to_dict()
+    assert back.spec == SPEC and back.labels == ("m@v1", "m@v2")
+    assert [h.name for h in back.training] == ["m@v1", "m@v2"]
+    np.testing.assert_array_equal(back.attributions.b.values, result.attributions.b.values)
+
+    carried = {f"comparison/inputs/{k}": v for k, v in run.inputs.items()}
+    carried.update({f"comparison/results/{k}": v for k, v in run.results.items()})
+    via_job = _comparison(run.info.to_dict(), carried)  # what a report job carries, rebuilt by the worker
+    report = build_report(model, None, methods=("saliency",), comparison=via_job)
+    (section,) = [s for s in report.sections if s.title == "Compare"]
+    assert section.error is None and section.data == result.to_dict()
+    assert len(section.figures) == 2 + 2 * len(result.most_changed()) + 1  # shifts, rho, map pairs, training
+    html = report.to_html()
+    assert "m@v1" in html and "non-zero parameters" in html

@@ -21,6 +21,7 @@ from explain.compare.training import Logs, training_histories
 from explain.errors import IncompatibleInput
 from explain.model import LoadedModel
 from explain.progress import ProgressFn, report_progress
+from explain.spec import InputSpec
 from explain.training.history import TrainingHistory
 
 
@@ -33,6 +34,7 @@ class Comparison:
         inputs: [N, ...] the model-ready inputs both were run on.
         outputs / attributions / structure: each part's change.
         training: the versions' training histories to overlay (empty when no logs are attached).
+        spec: A's spec (how the inputs and maps are drawn).
     """
 
     labels: tuple[str, str]
@@ -41,6 +43,7 @@ class Comparison:
     attributions: AttributionChange
     structure: StructureChange
     training: list[TrainingHistory] = field(default_factory=list)
+    spec: InputSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The CLI's JSON: ``outputs``, ``attributions``, ``structure`` (plain values; NaN stays
@@ -106,4 +109,4 @@ def compare_models(model_a: LoadedModel, model_b: LoadedModel, inputs: np.ndarra
     structure = StructureChange(describe_structure(model_a, inputs, sizes[0]), describe_structure(model_b, inputs, sizes[1]))
     report_progress(progress, 1000, 1000)
     return Comparison(labels=tuple(labels), inputs=inputs, outputs=outputs, attributions=attributions,
-                      structure=structure, training=training_histories(logs[0], logs[1], labels))
+                      structure=structure, training=training_histories(logs[0], logs[1], labels), spec=model_a.spec)

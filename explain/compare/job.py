@@ -106,7 +106,8 @@ def comparison_record(comparison: Comparison, model_a: LoadedModel, params: dict
         page=RUN_KIND, model=name, version=int(version), method=at.a.method,
         title=f"Comparison of {params['a']} with {params['b']}",
         params={"a": params["a"], "b": params["b"], "method": at.a.method, "params": params.get("params", {}),
-                "sizes": params.get("sizes", [None, None]), "logs": params.get("logs", [[], []])},
+                "sizes": params.get("sizes", [None, None]),
+                "logs": [[log_name for log_name, _ in side] for side in logs]},
         target=[int(t) for t in at.a.target],
         inputs={"inputs": np.asarray(comparison.inputs), **spec_inputs(model_a.spec),
                 **_log_arrays("a", logs[0]), **_log_arrays("b", logs[1])},
@@ -130,4 +131,5 @@ def saved_comparison(run: SavedRun) -> Comparison:
     sides = [ModelStructure(**side) for side in info.summary["sides"]]
     return Comparison(labels=labels, inputs=inputs, outputs=OutputChange(r["probs_a"], r["probs_b"]),
                       attributions=AttributionChange(a, b, np.asarray(r["rank_correlation"], dtype=np.float64)),
-                      structure=StructureChange(*sides), training=training_histories(logs[0], logs[1], labels))
+                      structure=StructureChange(*sides), training=training_histories(logs[0], logs[1], labels),
+                      spec=run.spec)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from explain.attribution import WARNING_MARK, run_details
+from explain.compare.comparison import Comparison
 from explain.digest import digest_array, digest_bytes
 from explain.errors import Cancelled, UsageError, one_line
 from explain.inputs.images import describe_preprocessing
@@ -30,6 +31,7 @@ from explain.model import LoadedModel
 from explain.params import PER_INPUT, resolve_params, select_per_input
 from explain.progress import ProgressFn, report_progress
 from explain.report import analysis
+from explain.report.compare import build_compare_section
 from explain.report.document import (
     Report,
     Section,
@@ -268,7 +270,8 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
                  max_inputs: int = DEFAULT_MAX_INPUTS, method_params: dict[str, dict[str, Any]] | None = None,
                  labels: np.ndarray | None = None, title: str | None = None,
                  invocation: dict[str, Any] | None = None, review: ReviewRecord | None = None,
-                 quality: Sequence[str] | None = None, masks: np.ndarray | None = None) -> Report:
+                 quality: Sequence[str] | None = None, masks: np.ndarray | None = None,
+                 comparison: Comparison | None = None) -> Report:
     """Build every section of a report; a part that fails becomes a section saying why.
 
     Args:
@@ -290,6 +293,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
         quality: quality metrics of the Quality section (default: the cheap ones the model and
             ``masks`` allow; empty: no Quality section).
         masks: ground-truth masks [N, ...] of ``inputs`` for the localisation metrics.
+        comparison: a saved comparison of this version with another (a Compare section).
 
     Raises:
         UsageError: an unknown method name or a bad ``max_inputs``.
@@ -389,6 +393,8 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
     if len(checkpoints) >= 2:
         steps.append(("Checkpoint evolution",
                       lambda: [analysis.build_evolution_section(model, checkpoints, shown, evolution_steps)]))
+    if comparison is not None:
+        steps.append(("Compare", lambda: [build_compare_section(comparison, comparison.spec or model.spec)]))
     if review is not None:
         steps.append(("Review", lambda: [build_review_section(review)]))
     steps.append(("Environment", lambda: [build_environment(model, attrs_precisions)]))
