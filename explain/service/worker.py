@@ -164,12 +164,13 @@ class Worker:
                     state["cancel"] = jobs.heartbeat(job.id, me, state["fraction"]) or state["cancel"]
                 except LostJob:
                     state["lost"] = True
-            if state["cancel"] or state["lost"]:
+            if state["cancel"] or state["lost"] or job.id in jobs.cancel_asked:  # asked here: no wait
                 raise Cancelled("The job was cancelled.")
 
         def progress(done_n: int, total: int) -> None:
+            first = state["fraction"] == 0.0  # the first step forward is written at once
             state["fraction"] = done_n / total if total else 0.0
-            check()
+            check(force=first and state["fraction"] > 0)
 
         def between_chunks() -> None:  # a batch job's safe point: no hook on any model here
             check(force=True)  # a cancel takes effect at the chunk boundary, whatever the rate limit

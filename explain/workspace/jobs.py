@@ -119,6 +119,9 @@ class Jobs:
         self.on_submit: list = []
         #: notified when a job of this process's workers ends: in-process waiters answer at once
         self.ended = threading.Condition()
+        #: running jobs whose cancel was asked in this process: its workers stop at the next chunk
+        #: without waiting for their next look at the row (other processes' cancels: at that look)
+        self.cancel_asked: set[str] = set()
 
     # -- asking ------------------------------------------------------------------------------
     def submit(self, actor: Actor, kind: str, params: dict[str, Any], *, title: str = "",
@@ -198,6 +201,7 @@ class Jobs:
                 row.status, row.finished_at, row.error = "cancelled", utcnow(), f"cancelled by {actor.name}"
             elif row.status == "running":
                 row.cancel_requested = True
+                self.cancel_asked.add(row.id)
             else:
                 return _info(row)
             self.core.audit(s, actor, "job.cancel", "job", row.id, before={"status": "queued" if row.status ==
@@ -322,6 +326,7 @@ class Jobs:
             ended = s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
                               .values(finished_at=utcnow(), **values)
                               .execution_options(synchronize_session=False)).rowcount == 1
+        self.cancel_asked.discard(job_id)
         with self.ended:
             self.ended.notify_all()
         return ended
