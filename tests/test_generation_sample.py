@@ -107,3 +107,20 @@ def test_the_shipped_first_view_is_the_default_prompt_explained_by_these_weights
     assert set(view.quality) == set(fresh.quality) == {"comprehensiveness", "sufficiency", "deletion", "insertion"}
     for name, result in view.quality.items():
         np.testing.assert_allclose(result.per_input, fresh.quality[name].per_input, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_generate_with_quality_prints_the_means_of_the_token_metrics(sample, ig, tmp_path, capsys):
+    from explain.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(keycopy.make_prompts(N_HELD_OUT, 23)[0][:4]) + "\n")
+    assert main(["generate", "keycopy", "--prompts", str(prompts), "--max-new-tokens", "1", "--quality",
+                 "--out", str(tmp_path / "g.npz")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    judged = [generation_quality(sample[0], a) for a in ig[:4]]  # the same prompts, steps and baseline
+    for name in ("comprehensiveness", "sufficiency", "deletion", "insertion"):
+        want = np.mean([q[name].per_input for q in judged])
+        chance = np.mean([q[name].random_baseline for q in judged])
+        assert printed["quality"][name] == pytest.approx(want, abs=1e-5)
+        assert printed["quality_random"][name] == pytest.approx(chance, abs=1e-5)
+    assert printed["quality"]["comprehensiveness"] > printed["quality_random"]["comprehensiveness"]

@@ -174,3 +174,17 @@ def test_the_causal_lm_sample_opens_already_explained_and_an_empty_prompt_says_w
     _clean(at)
     assert [i.value for i in at.main.info] == ["Write a prompt above: the model continues it and each new token is explained."]
     assert not at.main.button and not at.get("plotly_chart")
+
+
+@pytest.mark.parametrize("page", ["overview", "output", "structure", "dataset", "queue"])
+def test_the_causal_lm_sample_on_a_classifier_page_is_one_line_saying_so(page):
+    from explain.spec import CAUSAL_LM_NOTE
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "sample"
+    at.session_state["gb_sample"] = "keycopy"
+    at.switch_page(f"pages/views/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [m.value.replace("\\", "") for m in (*at.main.info, *at.main.error)]
+    assert len([m for m in said if CAUSAL_LM_NOTE[:40] in m]) == 1, said

@@ -248,8 +248,11 @@ def _matching_sample(spec: InputSpec) -> str | None:
 
 
 def current_inputs() -> InputBatch:
-    """Inputs for the current model: uploads if any, else the matching sample's."""
+    """Inputs for the current model: uploads if any, else the matching sample's (a causal LM has none:
+    its prompts are the Generate page's)."""
     model = current_model()
+    if model.spec.is_causal_lm:
+        raise GlassboxError(CAUSAL_LM_NOTE)
     blobs = input_uploads()
     if blobs:
         batches = [read_inputs(b.data, model.spec, filename=b.name) for b in blobs]

@@ -2,7 +2,7 @@
 
 ``python -m explain generate MODEL --prompts P.txt [--targets T.txt] [--max-new-tokens N]
 [--method integrated_gradients|saliency|input_x_gradient] [--steps S] [--baseline pad|unk|zero]
-[--batch-size B] [--device auto|cpu|cuda] --out G.npz``
+[--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
 
 Each line of P.txt is a prompt (or P.npy / P.npz holds token ids [N, L]); with ``--targets`` each line
 of T.txt is the continuation of its prompt, explained by teacher forcing instead of generating.
@@ -11,7 +11,10 @@ G.npz holds ``input_ids`` [N, L] (prompt + generated, -1 after a text's end), ``
 attribution of generated token t's log-probability to every earlier position; 0 elsewhere),
 ``logprobs`` [N, T] and ``completeness_error`` [N, T] (NaN where undefined or past a text's end).
 stdout JSON: ``texts`` (each continuation), ``tokens``, ``completeness_error`` (per text, per token; null
-where undefined), ``max_completeness_error``, ``method``, ``params``, ``seconds``, ``shape``, ``out``.
+where undefined), ``max_completeness_error``, ``method``, ``params``, ``seconds``, ``shape``, ``out``; with
+``--quality`` also ``quality`` (``comprehensiveness``, ``sufficiency``, ``deletion``, ``insertion``: each the
+mean over every generated token, `explain.generation.quality`) and ``quality_random`` (the same of a random
+attribution, the chance level).
 """
 from __future__ import annotations
 
@@ -41,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reference embeddings at every earlier position (integrated gradients)")
     parser.add_argument("--batch-size", type=int, default=0, help="rows per pass (default: fit to memory)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--quality", action="store_true",
+                        help="also judge the attributions: comprehensiveness, sufficiency, deletion, insertion")
     parser.add_argument("--out", required=True, help="output .npz")
 
 
@@ -71,7 +76,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         np.savez_compressed(tmp, **arrays)
     errors = [[None if np.isnan(e) else float(e) for e in r.completeness_error] for r in results]
     finite = [e for row in errors for e in row if e is not None]
+    judged = quality_json(model, results, "unk" if args.baseline == "unk" else "pad", args.device) if args.quality else {}
     return {
+        **judged,
         "texts": [decode_ids(r.generated_ids, model.spec) for r in results],
         "prompts": [decode_ids(p, model.spec) for p in prompts],
         "tokens": [token_strings(r.generated_ids, model.spec) for r in results],
@@ -85,6 +92,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "shape": list(arrays["values"].shape),
         "out": str(out),
     }
+
+
+def quality_json(model, results: list, replace: str, device: str) -> dict[str, dict[str, float | None]]:
+    """``quality`` / ``quality_random``: each token metric's mean over every generated token of every text."""
+    from explain.generation.quality import TOKEN_METRICS, generation_quality
+
+    judged = [generation_quality(model, r, replace=replace, device=device) for r in results if len(r.generated_ids)]
+
+    def mean(name: str, chance: bool) -> float | None:
+        values = np.concatenate([q[name].random_baseline if chance else q[name].per_input for q in judged] or [[]])
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else None
+
+    return {"quality": {name: mean(name, False) for name in TOKEN_METRICS},
+            "quality_random": {name: mean(name, True) for name in TOKEN_METRICS}}
 
 
 def generation_arrays(results: list) -> dict[str, np.ndarray]:
