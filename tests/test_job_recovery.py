@@ -1,10 +1,13 @@
 """Recovery as a server or a worker starts (`explain.service.worker.recover_now`): a job left "running"
 by a worker of this host whose process is gone (a SIGKILLed ``serve``, app or ``worker``) goes back to
 the queue at once, without waiting for its heartbeat to go stale and without anyone opening a page or
-sending a request; ``worker --once`` then runs it. A worker that still runs, another host's worker and a
-worker named with ``--name`` keep their jobs until the heartbeat says otherwise."""
+sending a request; ``worker --once`` then runs it, and so do the embedded workers of ``serve`` and the app
+(before anyone signs in). A pool's recovery thread also takes back jobs of workers that die later, while
+all its workers are busy. A worker that still runs, another host's worker and a worker named with
+``--name`` keep their jobs until the heartbeat says otherwise."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +23,8 @@ from explain.service.runners import explain_job
 from explain.service.worker import worker_gone
 from explain.workspace import Actor, open_workspace
 from sample_models import sample_inputs, sample_registry_files
+
+pytest_plugins = ["tests.workspace_db"]
 
 ROOT = Path(__file__).resolve().parent.parent
 OP = Actor("cli:tester", operator=True)
@@ -96,11 +101,14 @@ def test_recover_takes_back_a_gone_workers_job_at_once_and_leaves_the_others(tea
 def test_worker_once_requeues_a_dead_servers_job_as_it_starts_and_runs_it(team):
     ws, env = team
     job = _claimed_job(ws, f"{HOST}:{_dead_pid()}:embedded")  # what a SIGKILLed `serve` leaves behind
-    done = subprocess.run([sys.executable, "-m", "explain", "worker", "--once"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "explain", "worker", "--once", "--workers", "2"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["ran"] == 1 and len(out["workers"]) == 2 and all(worker_gone(w) for w in out["workers"])  # ended
     finished = ws.jobs.get(OP, job.id)
     assert finished.status == "done" and finished.attempts == 2 and finished.run == job.id
+    assert finished.worker in out["workers"]
 
 
 def test_serve_requeues_a_dead_workers_job_as_it_starts_with_no_request(team):
@@ -141,3 +149,89 @@ def test_the_app_requeues_a_dead_workers_job_when_it_opens_its_workspace(team, m
     assert [t for t in at.text_input if t.label == "Password"]
     back = ws.jobs.get(OP, job.id)
     assert back.status == "queued" and back.worker is None
+
+
+# -- in-process: a pool takes back and runs a dead worker's job as it starts, and later too ----------
+
+
+@pytest.fixture
+def shared_team(workspace):
+    """The queue on SQLite and PostgreSQL, with the samples and alice."""
+    workspace.seed(sample_registry_files())
+    workspace.users.add(OP, "alice", "admin")
+    return workspace
+
+
+def _until(condition, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_embedded_workers_finish_a_dead_servers_job_as_they_start_with_no_page_or_request(shared_team, monkeypatch):
+    """What ``serve`` and the app do as they start (`start_embedded`): the job is queued again and run."""
+    from explain.service.worker import start_embedded, stop_embedded
+
+    monkeypatch.setenv("GLASSBOX_JOB_STALE_S", "3600")  # only the dead pid can free it
+    ws = shared_team
+    job = _claimed_job(ws, f"{HOST}:{_dead_pid()}:embedded")
+    start_embedded(ws, workers=2)
+    try:
+        _until(lambda: ws.jobs.get(OP, job.id).status == "done", "the restarted server never finished the job")
+    finally:
+        stop_embedded(ws)
+    done = ws.jobs.get(OP, job.id)
+    assert done.attempts == 2 and done.run == job.id and done.worker.startswith(f"{HOST}:{os.getpid()}:embedded")
+
+
+def test_a_pool_takes_back_a_job_whose_worker_died_later_even_while_all_its_workers_are_busy(
+        shared_team, monkeypatch):
+    import threading
+
+    from explain.service.runners import RUNNERS
+    from explain.service.worker import WorkerPool
+
+    monkeypatch.setenv("GLASSBOX_JOB_STALE_S", "2")  # recovery every 0.5 s
+    ws = shared_team
+    busy, release = threading.Event(), threading.Event()
+
+    def block(ctx):
+        busy.set()
+        assert release.wait(120)
+        raise RuntimeError("released")
+
+    monkeypatch.setitem(RUNNERS, "block", block)
+    ws.jobs.submit(Actor("alice"), "block", {})
+    pool = WorkerPool(ws, 1, name="pool").start()
+    try:
+        assert busy.wait(120)  # its only worker is busy from now on
+        job = _claimed_job(ws, f"{HOST}:{_dead_pid()}:embedded")  # a server that died after this one started
+        _until(lambda: ws.jobs.get(OP, job.id).status == "queued", "the recovery thread never took it back")
+        release.set()
+        _until(lambda: ws.jobs.get(OP, job.id).status == "done", "the pool never ran it")
+    finally:
+        release.set()
+        pool.shutdown()
+    assert ws.jobs.get(OP, job.id).worker == "pool"
+
+
+def test_the_app_runs_a_dead_servers_job_before_anyone_signs_in(team, monkeypatch):
+    """Its workers start with its workspace (`ui.workspace._recover`), not with the first signed-in page."""
+    from streamlit.testing.v1 import AppTest
+
+    from explain.service.worker import stop_embedded
+
+    ws, env = team
+    job = _claimed_job(ws, f"{HOST}:{_dead_pid()}:embedded")
+    for key in ("GLASSBOX_DATABASE_URL", "GLASSBOX_HOME", "GLASSBOX_JOB_STALE_S"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.delenv("GLASSBOX_EXTERNAL_WORKER", raising=False)
+    ws.users.add(OP, "ada", "admin", "admin-pass-1")  # accounts: the session only reaches the sign-in form
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+        assert not at.exception, at.exception
+        assert [t for t in at.text_input if t.label == "Password"]
+        _until(lambda: ws.jobs.get(OP, job.id).status == "done", "the app's workers never ran the job")
+    finally:
+        stop_embedded(ws)
