@@ -10,8 +10,9 @@ from ui import workspace as team
 from ui.widgets import method_param_choices, param_widgets
 
 st.title("Job queue")
-st.caption("Long explanations run here, one job after another per worker: interactive jobs first, "
-           "then batch jobs, taking turns between people. Every session sees the same queue.")
+st.caption("Long explanations run here on the server's workers: interactive jobs first (a running batch job "
+           "pauses between its chunks to let them through, then goes on), then batch jobs, taking turns between "
+           "people. Every session sees the same queue.")
 jobs.ensure_worker()
 
 if team.can(Action.SAVE_RUN):
