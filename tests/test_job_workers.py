@@ -210,3 +210,43 @@ def test_a_batch_job_between_chunks_lets_a_thread_waiting_for_its_model_go_first
     thread.join(60)
     assert order == ["interactive", "batch again"]
     batch.release_all()
+
+
+def test_a_large_explain_job_pauses_between_its_methods(team, cancer, monkeypatch):
+    model, x = cancer  # 64 rows: batch work
+    asked = {}
+
+    def ask_once(done, total, forward):
+        forward(done, total)
+        if not asked:
+            params, arrays, title = explain_job(model, "cancer", 1, x[:1], {"method": "saliency"})
+            asked["job"] = team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays,
+                                            priority="interactive")
+
+    real = RUNNERS["explain"]
+
+    def run(ctx):
+        if ctx.job.priority == "batch":
+            forward = ctx.progress
+            ctx.progress = lambda done, total: ask_once(done, total, forward)
+        return real(ctx)
+
+    def submit_big():
+        params, arrays, title = explain_job(model, "cancer", 1, x, {"method": "saliency"})
+        params["methods"].append({"method": "input_x_gradient", "params": {}})
+        params.update(method="saliency,input_x_gradient", fresh=True)  # computed again, not from the cache
+        return team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays, priority="interactive")
+
+    monkeypatch.setitem(RUNNERS, "explain", run)
+    big = submit_big()
+    assert big.priority == "batch"
+    assert Worker(team, name="only").run_once().status == "done"
+    small, done = team.jobs.get(OP, asked["job"].id), team.jobs.get(OP, big.id)
+    assert small.status == "done" and small.finished < done.finished
+    monkeypatch.setitem(RUNNERS, "explain", real)
+    again = submit_big()
+    Worker(team, name="again").run_once()
+    paused, straight = team.runs.open(OP, big.id).results, team.runs.open(OP, again.id).results
+    assert sorted(paused) == sorted(straight)
+    for key in paused:
+        np.testing.assert_array_equal(paused[key], straight[key])

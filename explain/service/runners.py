@@ -206,12 +206,16 @@ def run_explain(ctx: JobContext) -> RunRecord:
 
     attrs = []
     for i, entry in enumerate(methods):
+        if i:
+            ctx.between_chunks()  # one method done, no hook on the model: a batch job may pause here
         arrays = {k.split("/", 1)[1]: v for k, v in ctx.inputs.items() if k.startswith(f"{i}/")}
         # the process-wide cache (keyed by model, inputs, method, parameters and target): a request
         # that only changes its metrics does not explain again
         attrs.append(get_method(entry["method"]).explain(model, inputs, target=target, progress=step(i),
                                                          use_cache=not p.get("fresh", False),
                                                          **entry.get("params", {}), **arrays))
+    if metrics:
+        ctx.between_chunks()
     order = {(a.method, m["metric"]): len(methods) + i * len(metrics) + j
              for i, a in enumerate(attrs) for j, m in enumerate(metrics)}
     quality = evaluate_quality(model, attrs, [m["metric"] for m in metrics], ctx.inputs.get("masks"),
