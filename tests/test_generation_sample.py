@@ -124,3 +124,16 @@ def test_cli_generate_with_quality_prints_the_means_of_the_token_metrics(sample,
         assert printed["quality"][name] == pytest.approx(want, abs=1e-5)
         assert printed["quality_random"][name] == pytest.approx(chance, abs=1e-5)
     assert printed["quality"]["comprehensiveness"] > printed["quality_random"]["comprehensiveness"]
+
+
+def test_training_is_deterministic_and_the_zip_the_same_bytes(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(keycopy, "EPOCHS", 1)
+    monkeypatch.setattr(keycopy, "STEPS_PER_EPOCH", 3)
+    tok = keycopy.build_tokenizer()
+    first, history = keycopy.train(tok, tmp_path)
+    second, _ = keycopy.train(tok, tmp_path)
+    assert len(history) == 1 and (tmp_path / "train_log.csv").read_text().startswith("epoch,train_loss,val_loss")
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert keycopy.folder_zip(first, tok) == keycopy.folder_zip(second, tok)
