@@ -170,6 +170,13 @@ def test_a_batch_job_lets_an_interactive_job_run_between_its_chunks_and_ends_as_
         return real_runner(ctx)
 
     monkeypatch.setitem(RUNNERS, "dataset", dataset_then_ask)
+    real_explain, notes = RUNNERS["explain"], []
+
+    def explain_and_look(ctx):  # what the Queue page says of the batch job meanwhile
+        notes.append(team.jobs.get(OP, batch.id))
+        return real_explain(ctx)
+
+    monkeypatch.setitem(RUNNERS, "explain", explain_and_look)
     batch = _submit_dataset(team, model, x)
     worker = Worker(team, name="only")  # one worker: the interactive job can only run in the batch job's pause
     assert worker.run_once().status == "done"
@@ -178,6 +185,9 @@ def test_a_batch_job_lets_an_interactive_job_run_between_its_chunks_and_ends_as_
     assert interactive.status == "done" and interactive.worker == "only"
     assert interactive.finished < done.finished  # answered before the batch job ended
     assert asked["shards"] == 1 and len(shards) == 6  # no shard computed twice
+    (meanwhile,) = notes
+    assert meanwhile.status == "running" and meanwhile.error == "paused between chunks: interactive work runs first"
+    assert done.error is None
     assert worker.run_once() is None
 
     monkeypatch.setitem(RUNNERS, "dataset", real_runner)

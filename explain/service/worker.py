@@ -176,7 +176,11 @@ class Worker:
             check(force=True)  # a cancel takes effect at the chunk boundary, whatever the rate limit
             if job.priority == "batch":
                 if jobs.has_queued("interactive", tuple(RUNNERS)):
-                    holding.pause(self.run_waiting_interactive)
+                    jobs.note(job.id, me, "paused between chunks: interactive work runs first")
+                    try:
+                        holding.pause(self.run_waiting_interactive)
+                    finally:
+                        jobs.note(job.id, me, None)
                 elif holding.wanted:
                     holding.pause()
                 check(force=True)

@@ -299,6 +299,13 @@ class Jobs:
                 raise LostJob(f"Job {job_id} is no longer run by {worker}.")
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
+    def note(self, job_id: str, worker: str, text: str | None) -> None:
+        """Say (``text``; None: nothing) why the running job stands still, on the Queue page's "note"
+        (a batch job paused for interactive work). Silent when the job is no longer ``worker``'s."""
+        with self.core.db.transaction() as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+                      .values(error=text).execution_options(synchronize_session=False))
+
     def publish_partial(self, job_id: str, worker: str, arrays: dict[str, np.ndarray],
                         progress: float | None = None) -> None:
         """Store ``arrays`` as the running job's result so far (e.g. a dataset summary after each
