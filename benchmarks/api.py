@@ -1,42 +1,59 @@
-"""The HTTP API against the raw model: requests/s for ``:predict`` and attributions/s for ``:explain``.
+"""The HTTP API under load (issue 23): ``:predict`` throughput with and without dynamic batching, and
+``:explain`` latency idle and beside a running batch job. Prints one JSON object.
 
-Starts the API in this process (uvicorn on a free port, the embedded queue worker, a fresh
-SQLite workspace in a temporary folder) and fires requests from ``--clients`` threads:
+Starts ``python -m explain serve`` as its own process (so the clients here do not share its GIL) on a
+fresh workspace (SQLite in a temporary folder; ``--db postgres`` starts a PostgreSQL server the way
+the tests do, `tests.workspace_db`; ``--db URL`` uses that database), once with batching off
+(``--max-delay-ms 0``, the service as it was) and once with it on (``--delay-ms``), and measures:
 
-- predict: ``POST /v1/models/cancer:predict`` with one instance; the ceiling is the model's own
-  ``predict_proba`` on one row, called in a loop;
-- explain: ``POST /v1/models/cancer:explain`` with ``--rows`` instances, integrated gradients with
-  ``--steps`` steps; attributions/s counts instances explained. The ceiling is the method called
-  directly on the same rows. Every ``:explain`` goes through the queue and saves a run.
+- predict, rows/s: the engine called directly on the batches the clients' rows make together
+  (``predict_proba`` on ``clients x rows`` rows, no HTTP) and on one request's rows; the engine
+  from ``--clients`` threads in this process without and with a `Batcher` (the batching alone,
+  no HTTP); then through the server: one client calling in turn, and ``--clients`` clients at
+  once (each request ``--rows`` rows of ``--model``), and one client's latency;
+- explain: p50 / p95 latency of a one-input ``:explain`` (integrated gradients, ``--steps``,
+  fresh inputs each time so no cache answers) idle, then beside a running batch job (a dataset job
+  of ``--batch-rows`` rows, submitted to the queue first);
+- goals: 8 clients >= 1.5x one client in turn and >= 0.5x direct batched; interactive beside a
+  batch job within 3x idle.
 
-    python benchmarks/api.py [--seconds 10] [--clients 4] [--rows 4] [--steps 32]
+    python benchmarks/api.py [--model cancer|shapes|sentiment] [--clients 8] [--seconds 5]
+                             [--db sqlite|postgres|URL] [--device cpu|cuda] [--delay-ms 5]
+
+``--device cuda``: the direct calls run on the GPU and ``:explain`` asks for ``device: cuda``;
+the API's ``:predict`` runs where its model cache loads models (the CPU).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
-def _post(url: str, token: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+def _call(url: str, token: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Authorization": f"Bearer {token}",
+                                                          "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as resp:
         return json.loads(resp.read())
 
 
-def _rate(fn, seconds: float, clients: int) -> tuple[float, int]:
-    """Calls per second of ``fn`` from ``clients`` threads for about ``seconds``."""
+def _rate(fn, seconds: float, clients: int) -> float:
+    """Calls per second of ``fn(i)`` from ``clients`` threads for about ``seconds``."""
     stop, counts = time.monotonic() + seconds, [0] * clients
 
     def loop(i):
@@ -50,64 +67,189 @@ def _rate(fn, seconds: float, clients: int) -> tuple[float, int]:
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.monotonic() - start), sum(counts)
+    return sum(counts) / (time.monotonic() - start)
+
+
+def _latencies(fn, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        start = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _ms(values: list[float]) -> dict:
+    return {"p50_ms": round(1000 * float(np.percentile(values, 50)), 2),
+            "p95_ms": round(1000 * float(np.percentile(values, 95)), 2), "n": len(values)}
+
+
+class Server:
+    """``python -m explain serve`` on a free port, on the benchmark's workspace."""
+
+    def __init__(self, url: str, home: Path, token: str, delay_ms: float, batch_rows: int):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = {**os.environ, "GLASSBOX_HOME": str(home), "GLASSBOX_DATABASE_URL": url, "PYTHONPATH": str(ROOT),
+               "GLASSBOX_MAX_JOBS": "100000"}
+        env.pop("GLASSBOX_EXTERNAL_WORKER", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "explain", "serve", "--port", str(self.port), "--max-delay-ms", str(delay_ms),
+             "--max-batch-rows", str(batch_rows)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        self.base = f"http://127.0.0.1:{self.port}/v1"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                _call(f"{self.base}/models", token)
+                return
+            except (OSError, urllib.error.URLError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start: {self.process.stderr.read()[-800:]}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def _workspace(db: str, home: Path):
+    """The benchmark's database URL (and a cleanup), seeded with the samples and an editor's token."""
+    from explain.workspace import Actor, open_workspace
+    from sample_models import sample_registry_files
+
+    cleanup = lambda: None  # noqa: E731
+    if db == "sqlite":
+        url = f"sqlite:///{home / 'glassbox.db'}"
+    elif db == "postgres":
+        from tests.workspace_db import postgres_server
+
+        server = postgres_server()
+        url = server.create_database()
+        cleanup = lambda: server.drop_database(url)  # noqa: E731
+    else:
+        url = db
+    ws = open_workspace(url, home=home)
+    ws.seed(sample_registry_files())
+    token = ws.users.add_token(Actor("bench", operator=True), f"bench{time.time_ns()}", "editor")
+    return ws, url, token, cleanup
+
+
+def _predict(base: str, token: str, model_name: str, x: np.ndarray, args) -> dict:
+    rows = args.rows
+    url = f"{base}/models/{model_name}:predict"
+    bodies = [{"instances": x[(i * rows) % len(x):(i * rows) % len(x) + rows].tolist()} for i in range(64)]
+    for i in range(3):  # the server loads the model (and warms up) first
+        _call(url, args.token, bodies[i])
+    one = _rate(lambda i: _call(url, args.token, bodies[i % 64]), args.seconds, 1) * rows
+    many = _rate(lambda i: _call(url, args.token, bodies[i]), args.seconds, args.clients) * rows
+    lone = _latencies(lambda i: _call(url, args.token, bodies[i % 64]), 50)
+    return {"one_client_rows_s": round(one, 1), "clients_rows_s": round(many, 1),
+            "one_client_latency": _ms(lone)}
+
+
+def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, args) -> dict:
+    from explain.dataset.job import dataset_job
+    from explain.dataset.reading import Dataset
+    from explain.service.client import submit
+    from explain.workspace import Actor
+
+    rng = np.random.default_rng(0)
+    params = {"method": "integrated_gradients", "steps": args.steps, "tolerance": 1.0,
+              **({"device": args.device} if args.device != "cpu" else {})}
+
+    def ask(i):
+        row = x[i % len(x)]
+        if row.dtype.kind == "f":  # fresh inputs: the worker's attribution cache never answers
+            row = (row * (1 + 1e-3 * rng.standard_normal(row.shape))).astype(np.float32)
+        return _call(f"{base}/models/{model_name}:explain", token, {"instances": row.tolist(), "parameters": params})
+
+    ask(0)  # the worker loads the model
+    idle = _latencies(ask, args.samples)
+    big = np.concatenate([x] * (args.batch_rows // len(x) + 1))[:args.batch_rows]
+    dataset = Dataset("bench", model.spec, [f"r{i}" for i in range(len(big))], None, lambda a, b: big[a:b])
+    job_params, arrays, title = dataset_job(model, model_name, 1, dataset, "integrated_gradients",
+                                            {k: v for k, v in params.items() if k != "method"}, None, shard_rows=64)
+    owner = Actor("bench", operator=True)
+    job = submit(ws, owner, "dataset", job_params, title=title, inputs=arrays, priority="batch")
+    while ws.jobs.get(owner, job.id).status == "queued":
+        time.sleep(0.05)
+    beside = _latencies(ask, args.samples)
+    after = ws.jobs.get(owner, job.id)
+    ws.jobs.cancel(owner, job.id)
+    return {"idle": _ms(idle), "beside_batch_job": _ms(beside),
+            "batch_job": {"rows": args.batch_rows, "status_after": after.status, "progress_after": after.progress},
+            "ratio_p50": round(float(np.percentile(beside, 50) / np.percentile(idle, 50)), 2),
+            "ratio_p95": round(float(np.percentile(beside, 95) / np.percentile(idle, 95)), 2)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--model", default="cancer", choices=["cancer", "shapes", "sentiment"])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--rows", type=int, default=1, help="rows per :predict request")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    ap.add_argument("--samples", type=int, default=20, help=":explain requests per latency measurement")
     ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--batch-rows", type=int, default=4096, help="rows of the batch job beside :explain")
+    ap.add_argument("--db", default="sqlite", help="sqlite, postgres or a database URL")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--delay-ms", type=float, default=5.0)
+    ap.add_argument("--max-batch-rows", type=int, default=64)
     args = ap.parse_args()
 
-    import uvicorn
+    import torch
 
-    from explain.output.methods import get_method
-    from explain.service.api import create_app
-    from explain.workspace import Actor, open_workspace
-    from sample_models import load_sample, sample_inputs, sample_registry_files
+    from explain.service.batching import Batcher
+    from sample_models import load_sample, sample_inputs
 
+    model, x = load_sample(args.model), sample_inputs(args.model)["inputs"]
     home = Path(tempfile.mkdtemp(prefix="glassbox-bench-"))
-    ws = open_workspace(f"sqlite:///{home / 'glassbox.db'}", home=home)
-    ws.seed(sample_registry_files())
-    token = ws.users.add_token(Actor("bench", operator=True), "bench", "editor")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ws, worker=True, max_jobs=1000), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}/v1/models/cancer"
+    ws, url, args.token, cleanup = _workspace(args.db, home)
 
-    model, x = load_sample("cancer"), sample_inputs("cancer")["inputs"]
-    method = get_method("integrated_gradients")
-    params = {"steps": args.steps, "tolerance": 1.0}
+    direct = model.to(args.device) if args.device != "cpu" else model
+    together = np.concatenate([x] * (args.clients * args.rows // len(x) + 1))[:args.clients * args.rows]
+    one = together[:args.rows]
+    direct_rows_s = _rate(lambda i: direct.predict_proba(together), args.seconds, 1) * len(together)
+    direct_one_s = _rate(lambda i: direct.predict_proba(one), args.seconds, 1) * len(one)
+    # the engine in this process, no HTTP: the clients' threads each calling it, without and with a Batcher
+    batcher = Batcher(args.max_batch_rows, args.delay_ms / 1000)
+    threads_alone = _rate(lambda i: direct.predict_proba(one), args.seconds, args.clients) * len(one)
+    threads_batched = _rate(lambda i: batcher.run("k", one, direct.predict_proba), args.seconds, args.clients) * len(one)
+    sizes = [rows for rows, _ in batcher.batches]
 
-    raw_predict, _ = _rate(lambda i: model.predict_proba(x[i:i + 1]), args.seconds / 2, 1)
-    api_predict, n_pred = _rate(lambda i: _post(f"{base}:predict", token, {"instances": x[i:i + 1].tolist()}),
-                                args.seconds, args.clients)
-    rows = [x[(i * args.rows) % 64:(i * args.rows) % 64 + args.rows] for i in range(args.clients)]
-    raw_explain, _ = _rate(lambda i: method.explain(model, rows[i], use_cache=False, **params), args.seconds / 2, 1)
-    rng = np.random.default_rng(0)
-
-    def fresh(i):  # new inputs every request: the worker's attribution cache never answers for it
-        return (rows[i] * (1 + 1e-3 * rng.standard_normal(rows[i].shape))).astype(np.float32)
-
-    api_explain, n_expl = _rate(lambda i: _post(f"{base}:explain", token, {
-        "instances": fresh(i).tolist(), "parameters": {"method": "integrated_gradients", **params}}),
-        args.seconds, args.clients)
-    server.should_exit = True
-
-    print(f"cancer MLP, {args.clients} client threads, {args.seconds:.0f} s each")
-    print(f"predict  raw model     {raw_predict:8.1f} calls/s (1 row)")
-    print(f"predict  API           {api_predict:8.1f} requests/s ({n_pred} requests)   ratio {api_predict / raw_predict:.3f}")
-    print(f"explain  raw method    {raw_explain * args.rows:8.1f} attributions/s (IG, {args.steps} steps, "
-          f"{args.rows} rows a call)")
-    print(f"explain  API (queued)  {api_explain * args.rows:8.1f} attributions/s ({n_expl} requests, each saved as a run)"
-          f"   ratio {api_explain / raw_explain:.3f}")
+    result = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
+                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+              "db": args.db if args.db in ("sqlite", "postgres") else "url", "model": args.model,
+              "clients": args.clients, "rows_per_request": args.rows,
+              "predict": {"direct_batched_rows_s": round(direct_rows_s, 1), "direct_one_request_rows_s": round(direct_one_s, 1),
+                          "engine_threads_unbatched_rows_s": round(threads_alone, 1),
+                          "engine_threads_batched_rows_s": round(threads_batched, 1),
+                          "engine_threads_batch_rows_mean": round(float(np.mean(sizes)), 1) if sizes else None}}
+    try:
+        for label, delay in (("no_batching", 0.0), ("batching", args.delay_ms)):
+            server = Server(url, home, args.token, delay, args.max_batch_rows)
+            try:
+                result["predict"][label] = _predict(server.base, args.token, args.model, x, args)
+                if label == "batching":
+                    result["explain"] = _explain(server.base, ws, args.token, model, args.model, x, args)
+            finally:
+                server.stop()
+    finally:
+        ws.close()
+        cleanup()
+    p = result["predict"]
+    on, off = p["batching"], p["no_batching"]
+    result["goals"] = {
+        "clients_vs_one_client_in_turn": round(on["clients_rows_s"] / on["one_client_rows_s"], 2),  # >= 1.5
+        "clients_vs_direct_batched": round(on["clients_rows_s"] / p["direct_batched_rows_s"], 3),  # >= 0.5
+        "clients_batching_vs_without": round(on["clients_rows_s"] / off["clients_rows_s"], 2),
+        "one_client_latency_batching_vs_without": round(on["one_client_latency"]["p50_ms"]
+                                                        / off["one_client_latency"]["p50_ms"], 2),  # ~1.1 at most
+        "explain_beside_batch_vs_idle_p50": result["explain"]["ratio_p50"],  # <= 3
+    }
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ join one *group*; the first of them leads it. The leader waits while the group g
 
 - the group holds ``max_rows`` rows (a request that would overflow it opens the next group), or
 - ``max_delay_s`` has passed since the group opened, or
-- nobody joined for ``quiet_s`` (a request alone waits that short window, not the whole delay),
+- nobody joined for ``quiet_s``, or for as long as the key's last batch took to compute if that is
+  shorter (a request alone waits that short window, not the whole delay; a fast model waits no
+  longer for company than it takes to serve it),
 
 and no other group of the same key is running: one engine batch per key at a time, so requests that
 come while one runs gather into the next (under load the batches grow by themselves). Each member
@@ -30,7 +32,7 @@ from collections.abc import Callable, Hashable
 import numpy as np
 
 #: how long a request with no company waits for some before it runs (seconds)
-QUIET_S = 0.001
+QUIET_S = 0.0005
 
 Rows = np.ndarray  # [n, ...]
 BatchFn = Callable[[Rows], Rows]
@@ -72,6 +74,7 @@ class Batcher:
         self._open: dict[Hashable, _Group] = {}  # key -> the group still taking requests
         self._busy: set[Hashable] = set()  # keys whose batch is running now
         self._waiting: dict[Hashable, int] = {}  # key -> rows gathered, not yet running
+        self._cost: dict[Hashable, float] = {}  # key -> seconds its last batch took
         #: (rows, requests) of the latest batches run, for the benchmark and the tests
         self.batches: deque[tuple[int, int]] = deque(maxlen=4096)
 
@@ -107,17 +110,18 @@ class Batcher:
     def _lead(self, key: Hashable, group: _Group, fn: BatchFn) -> None:
         with self._cond:
             deadline = group.opened + self.max_delay_s
+            quiet = min(self.quiet_s, self._cost.get(key, self.quiet_s))
             while True:
                 now = time.monotonic()
                 if self._open.get(key) is group and (group.rows >= self.max_rows or now >= deadline):
                     del self._open[key]  # closed: later requests open the next group
                 closed = self._open.get(key) is not group
                 idle = key not in self._busy
-                if idle and (closed or now - group.last_join >= self.quiet_s):
+                if idle and (closed or now - group.last_join >= quiet):
                     break
                 waits = [] if closed else [deadline - now]
                 if idle:
-                    waits.append(group.last_join + self.quiet_s - now)
+                    waits.append(group.last_join + quiet - now)
                 self._cond.wait(max(0.0, min(waits)) if waits else None)  # None: until the running batch ends
             if self._open.get(key) is group:
                 del self._open[key]
@@ -127,10 +131,14 @@ class Batcher:
                 del self._waiting[key]
         # until computed (a BaseException may stop the leader): no member reads a missing result
         group.errors = [RuntimeError("The batch this request was in did not run.")] * len(group.parts)
+        started = time.monotonic()
         try:
             self._compute(group, fn)
         finally:
             with self._cond:
+                if len(self._cost) >= 4096:  # keys of parameters no longer asked for: forget them all
+                    self._cost.clear()
+                self._cost[key] = time.monotonic() - started
                 self._busy.discard(key)
                 self.batches.append((group.rows, len(group.parts)))
                 self._cond.notify_all()
