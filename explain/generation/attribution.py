@@ -151,7 +151,7 @@ def _target_logprobs(lm: nn.Module, points: torch.Tensor, positions: torch.Tenso
     row predicts), targets [B] ids.
     """
     kept = torch.unique(positions)  # sorted
-    kwargs = {"logits_to_keep": kept} if _keeps_logits(lm) else {}
+    kwargs = {"logits_to_keep": kept} if keeps_logits(lm) else {}
     logits = lm(inputs_embeds=points, use_cache=False, **kwargs).logits  # [B, len(kept) or L, V]
     column = torch.searchsorted(kept, positions) if kwargs else positions
     row = torch.arange(len(positions), device=points.device) if points.shape[0] > 1 else torch.zeros_like(positions)
@@ -159,7 +159,7 @@ def _target_logprobs(lm: nn.Module, points: torch.Tensor, positions: torch.Tenso
     return torch.log_softmax(rows.float(), dim=-1).gather(1, targets[:, None])[:, 0]
 
 
-def _keeps_logits(lm: nn.Module) -> bool:
+def keeps_logits(lm: nn.Module) -> bool:
     """True when the model's forward takes ``logits_to_keep`` (the head runs only where asked)."""
     try:
         return "logits_to_keep" in inspect.signature(lm.forward).parameters

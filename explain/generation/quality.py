@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from explain.errors import IncompatibleInput, UsageError
-from explain.generation.attribution import _keeps_logits
+from explain.generation.attribution import keeps_logits
 from explain.generation.causal_lm import causal_lm, check_lengths, device_of, special_ids
 from explain.generation.result import GenerationAttribution
 from explain.loading.model_process import in_model_process
@@ -77,7 +77,7 @@ def _probabilities(lm: torch.nn.Module, engine: Engine, context: np.ndarray, mas
     ids = torch.as_tensor(np.asarray(context, dtype=np.int64), device=dev)  # [n]
     rows = torch.as_tensor(np.asarray(mask, dtype=bool), device=dev)  # [R, n]
     probs = torch.empty(len(rows), dtype=torch.float64)
-    keep = {"logits_to_keep": 1} if _keeps_logits(lm) else {}
+    keep = {"logits_to_keep": 1} if keeps_logits(lm) else {}
 
     def work(lo: int, hi: int) -> None:
         batch = torch.where(rows[lo:hi], token, ids[None])  # [B, n]
