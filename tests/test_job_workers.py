@@ -178,7 +178,7 @@ def test_a_batch_job_lets_an_interactive_job_run_between_its_chunks_and_ends_as_
 
     monkeypatch.setitem(RUNNERS, "explain", explain_and_look)
     batch = _submit_dataset(team, model, x)
-    worker = Worker(team, name="only")  # one worker: the interactive job can only run in the batch job's pause
+    worker = Worker(team, name="only", serves_queue=True)  # one worker: the interactive job can only run in the batch job's pause
     assert worker.run_once().status == "done"
     interactive = team.jobs.get(OP, asked["job"].id)
     done = team.jobs.get(OP, batch.id)
@@ -250,7 +250,7 @@ def test_a_large_explain_job_pauses_between_its_methods(team, cancer, monkeypatc
     monkeypatch.setitem(RUNNERS, "explain", run)
     big = submit_big()
     assert big.priority == "batch"
-    assert Worker(team, name="only").run_once().status == "done"
+    assert Worker(team, name="only", serves_queue=True).run_once().status == "done"
     small, done = team.jobs.get(OP, asked["job"].id), team.jobs.get(OP, big.id)
     assert small.status == "done" and small.finished < done.finished
     monkeypatch.setitem(RUNNERS, "explain", real)
@@ -260,3 +260,28 @@ def test_a_large_explain_job_pauses_between_its_methods(team, cancer, monkeypatc
     assert sorted(paused) == sorted(straight)
     for key in paused:
         np.testing.assert_array_equal(paused[key], straight[key])
+
+
+def test_a_clis_own_worker_never_runs_someone_elses_job_in_its_pauses(team, cancer, monkeypatch):
+    """`client.run_here`'s worker (``serves_queue=False``) runs only the job it was given."""
+    model, x = cancer
+    real_runner, asked = RUNNERS["dataset"], {}
+
+    def dataset_then_ask(ctx):
+        publish = ctx.publish
+
+        def ask(arrays):
+            publish(arrays)
+            if not asked:
+                params, arrays_, title = explain_job(model, "cancer", 1, x[:1], {"method": "saliency"})
+                asked["job"] = team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays_,
+                                                priority="interactive")
+        ctx.publish = ask
+        return real_runner(ctx)
+
+    monkeypatch.setitem(RUNNERS, "dataset", dataset_then_ask)
+    batch = _submit_dataset(team, model, x[:32])
+    cli = Worker(team, name="cli")
+    cli.run_job(team.jobs.claim("cli", only=batch.id))
+    assert team.jobs.get(OP, batch.id).status == "done"
+    assert team.jobs.get(OP, asked["job"].id).status == "queued"  # left for the team's workers

@@ -87,11 +87,14 @@ def recover_now(ws: Workspace) -> list[JobInfo]:
 
 class Worker:
     """One worker thread's loop. ``stop``: shared by a pool's workers; ``locks``: the process's
-    model locks (`MODEL_LOCKS`; a test passes its own)."""
+    model locks (`MODEL_LOCKS`; a test passes its own). ``serves_queue``: between a batch job's
+    chunks, run the queued interactive jobs here (a pool's workers); False for a CLI that runs only
+    its own job (`explain.service.client.run_here`), which then only lets waiting threads go first."""
 
     def __init__(self, ws: Workspace, name: str | None = None, poll_s: float = 0.5,
-                 stop: threading.Event | None = None, locks: ModelLocks = MODEL_LOCKS):
+                 stop: threading.Event | None = None, locks: ModelLocks = MODEL_LOCKS, serves_queue: bool = False):
         self.ws = ws
+        self.serves_queue = serves_queue
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
         self.poll_s = poll_s
         self.models = ModelCache(ws)
@@ -175,7 +178,7 @@ class Worker:
         def between_chunks() -> None:  # a batch job's safe point: no hook on any model here
             check(force=True)  # a cancel takes effect at the chunk boundary, whatever the rate limit
             if job.priority == "batch":
-                if jobs.has_queued("interactive", tuple(RUNNERS)):
+                if self.serves_queue and jobs.has_queued("interactive", tuple(RUNNERS)):
                     jobs.note(job.id, me, "paused between chunks: interactive work runs first")
                     try:
                         holding.pause(self.run_waiting_interactive)
@@ -234,7 +237,7 @@ class WorkerPool:
         base = name or f"{socket.gethostname()}:{os.getpid()}"
         names = [name or f"{base}:{threading.get_ident() % 100000}"] if self.n == 1 else [
             numbered.format(name=base, i=i) for i in range(self.n)]
-        self.workers = [Worker(ws, name=n_, poll_s=poll_s, stop=self.stop) for n_ in names]
+        self.workers = [Worker(ws, name=n_, poll_s=poll_s, stop=self.stop, serves_queue=True) for n_ in names]
         self.threads: list[threading.Thread] = []
         self.ran = [0] * self.n  # jobs each worker ran since `start`
 

@@ -7,8 +7,9 @@
 The queue lives in the workspace database, so it works wherever the workspace does (SQLite
 by default, PostgreSQL when configured) and is as durable as the runs it produces.
 
-Order: interactive jobs before batch jobs; within a class, round-robin over owners (the owner
-whose last job started longest ago goes first), then oldest first. A claim is one conditional
+Order: interactive jobs before batch jobs (a job's class: `job_priority`, one rule of kind and
+rows); within a class, round-robin over owners (the owner whose last job started longest ago goes
+first), then oldest first. A claim is one conditional
 ``UPDATE ... WHERE id = :id AND status = 'queued'``: of two workers racing for a row exactly
 one changes it (SQLite serialises writers with ``BEGIN IMMEDIATE``; PostgreSQL re-checks the
 WHERE clause after the first writer commits), the loser tries the next candidate.
