@@ -15,6 +15,25 @@ from explain.spec import InputSpec
 FORMATS = ("safetensors", "state_dict", "checkpoint", "torchscript", "export", "pickle", "huggingface")
 #: formats whose module is a plain ``nn.Module`` built from Python source we know.
 EAGER_FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle", "huggingface")
+#: the half-precision dtypes a cast model's graph may compute in (``extra["input_dtype"]``)
+LOW_PRECISION = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def graph_float_dtype(module: Any) -> str | None:
+    """``"float16"`` / ``"bfloat16"`` when every floating parameter and buffer of ``module`` has that
+    dtype (a model cast to half precision, whose graph wants its float inputs in it too); else None."""
+    try:
+        tensors = [*module.parameters(), *module.buffers()]
+    except Exception:  # noqa: BLE001 - a graph without parameters to ask
+        return None
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 and dtypes <= set(LOW_PRECISION) else None
+
+
+def cast_float_input(x: torch.Tensor, dtype: str | None) -> torch.Tensor:
+    """``x`` as a graph of `graph_float_dtype` ``dtype`` takes it: float inputs cast to it (None: as
+    they are). The cast is differentiable: gradients come back to ``x`` in its own float32."""
+    return x.to(LOW_PRECISION[dtype]) if dtype in LOW_PRECISION and x.is_floating_point() else x
 
 
 @dataclass
@@ -182,6 +201,16 @@ class LoadedModel:
             )
         return t.to(device=self.device, dtype=want)
 
+    @property
+    def graph_dtype(self) -> torch.dtype | None:
+        """The half-precision dtype this process's graph computes in (``extra["input_dtype"]``, set
+        by its model process, `graph_float_dtype`); None for a float32 graph or one in another process."""
+        return LOW_PRECISION.get(self.extra.get("input_dtype")) if self.process is None else None
+
+    def cast_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as this process's graph takes it (`cast_float_input`; a graph in another process: as it is)."""
+        return cast_float_input(x, self.extra.get("input_dtype") if self.process is None else None)
+
     @torch.no_grad()
     def predict_logits(self, inputs: np.ndarray | torch.Tensor) -> np.ndarray:
         """Logits [N, K] for a batch, in chunks of the fixed or vetted batch sizes."""
@@ -194,7 +223,7 @@ class LoadedModel:
             padded = self.padded_rows(n)
             if padded and n < padded:  # repeat the last row: [padded, *input_shape]
                 chunk = torch.cat([chunk, chunk[-1:].expand(padded - n, *chunk.shape[1:])])
-            out = self.module(chunk)
+            out = self.module(self.cast_input(chunk))
             outs.append(out[:n].float().cpu())
         return torch.cat(outs).numpy()
 

@@ -170,11 +170,22 @@ class _ChildModel:
             signature = signature_guess(self.program)
         self.fixed = fixed
         self.signature = signature
+        from explain.model import graph_float_dtype
+
+        self.input_dtype = graph_float_dtype(self.module)  # a half-precision graph takes its float inputs so
         # a user's graph may not keep state between requests (Hugging Face models are transformers' code)
         self.watched = fmt in ("torchscript", "export")
         self.fingerprint = state_fingerprint(self.module) if self.watched else None
         self._model = None
         self._state = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the graph for ``x`` as the server sends it (float32 or int64): a half-precision
+        graph gets its float inputs cast to its dtype, and its logits come back in float32."""
+        from explain.model import cast_float_input
+
+        y = _logits(self.module(cast_float_input(x, self.input_dtype)))
+        return y.float() if self.input_dtype is not None else y
 
     def check_state(self) -> None:
         """Raise `StateChanged` when the graph changed any of its own state since it was loaded."""
@@ -208,6 +219,8 @@ class _ChildModel:
             raise RuntimeError("the model process lost the model's state; try again")
         if self._model is None or key != self._state:
             extra = dict(state.get("extra") or {})
+            if self.input_dtype is not None:
+                extra["input_dtype"] = self.input_dtype
             model = LoadedModel(
                 module=self.module, format=self.format, sha256=state.get("sha256") or "", name=state.get("name") or "model",
                 spec=InputSpec.from_dict(state["spec"]), fixed_batch_size=self.fixed,
@@ -290,7 +303,7 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
                 if header.get("keep"):
                     x.requires_grad_(x.is_floating_point())
                     with torch.enable_grad():
-                        y = _logits(child.module(x))
+                        y = child.forward(x)
                     counter += 1
                     pending[counter] = (x, y)
                     while len(pending) > PENDING_GRAPHS:
@@ -298,7 +311,7 @@ def serve(data: bytes, args: dict, lock_down: Callable, report: Callable, channe
                     reply_arrays, extra = [y.detach()], {"handle": counter}
                 else:
                     with torch.no_grad():
-                        y = _logits(child.module(x))
+                        y = child.forward(x)
                     reply_arrays, extra = [y], {}
                 child.check_state()
                 blobs = [to_wire(t) for t in reply_arrays]

@@ -31,6 +31,11 @@ from explain.errors import UnsafeFile
 from explain.loading.op_allowlist import DENIED_NAMES, allowed_names, is_allowed, known_op_names
 
 HINT = "Export it with torch.export (.pt2) or upload safetensors + a registered architecture."
+#: an int8-quantised graph's operators (``quantized::*``) read packed weights through C++ classes no check
+#: can see into, so they stay off the allowlist; what to load instead
+QUANTIZED_HINT = ("int8-quantised operators (quantized::*) are not admitted: they read packed weights through C++ "
+                  "classes Glassbox cannot check. Load the float model, or a copy cast to fp16/bf16, which loads "
+                  "in every format.")
 #: Names that resolve to a namespace of operators or classes, not a value.
 ROOTS = frozenset(["torch", "ops", "__torch__", "CONSTANTS"])
 #: Globals TorchScript code may use: types, special forms and harmless builtins.
@@ -74,10 +79,10 @@ class CodeChecker:
         self.members = members
         self.loader_hooks: list[ast.FunctionDef] = []
 
-    def refuse(self, node: ast.AST, what: str) -> None:
+    def refuse(self, node: ast.AST, what: str, hint: str = HINT) -> None:
         """Raise `UnsafeFile` naming ``what`` and the file and line."""
         line = getattr(node, "lineno", "?")
-        raise UnsafeFile(f"The TorchScript file {what} ({self.where}, line {line}); Glassbox does not load it.", HINT)
+        raise UnsafeFile(f"The TorchScript file {what} ({self.where}, line {line}); Glassbox does not load it.", hint)
 
     def check(self, tree: ast.Module) -> None:
         """Module level: only class and function definitions."""
@@ -288,7 +293,8 @@ class _Scope:
             self.checker.refuse(node, f"refers to {dotted}, which is not an operator Glassbox allows")
         op = "::".join(parts)
         if parts[1] in DENIED_NAMES or not is_allowed(op):
-            self.checker.refuse(node, f"calls operator {op}, which is not on Glassbox's operator allowlist")
+            self.checker.refuse(node, f"calls operator {op}, which is not on Glassbox's operator allowlist",
+                                QUANTIZED_HINT if parts[0] == "quantized" else HINT)
 
     def class_reference(self, node: ast.AST, dotted: str) -> None:
         """``__torch__.…`` must name something the archive defines (or one attribute of it)."""

@@ -113,8 +113,11 @@ def _forward_backward(module, x):
     # [B, *input_shape] -> logits [B, K]; input gradients (float) or parameter gradients (token ids)
     wrt = [x.requires_grad_(True)] if x.is_floating_point() else [
         p for p in module.parameters() if p.is_floating_point() and p.requires_grad]
+    # a graph cast to half precision takes its float inputs so (`explain.model.graph_float_dtype`)
+    low = {t.dtype for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()}
+    cast = low.pop() if len(low) == 1 and low <= {torch.float16, torch.bfloat16} and x.is_floating_point() else None
     with torch.enable_grad():
-        out = module(x)
+        out = module(x if cast is None else x.to(cast))
         if isinstance(out, (tuple, list)) and out:
             out = out[0]
         if not isinstance(out, torch.Tensor):

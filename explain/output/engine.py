@@ -260,10 +260,14 @@ class Layout:
     them (``.view`` on a feature map raises) is run as it is from then on, in every later
     call too (`_REFUSED`): each attribution and prediction makes its own Layout, and would
     otherwise pay a failed forward pass on its first chunk every time.
+
+    A graph cast to half precision (`LoadedModel.graph_dtype`) gets its float batches in its dtype
+    and gives its logits back in float32, so gradients (attributions) stay float32.
     """
 
-    def __init__(self, channels_last: bool):
+    def __init__(self, channels_last: bool, cast: torch.dtype | None = None):
         self.channels_last = channels_last
+        self.cast = cast
 
     @classmethod
     def for_model(cls, model: LoadedModel) -> Layout:
@@ -277,10 +281,15 @@ class Layout:
             and module not in _REFUSED
             and any(isinstance(m, nn.Conv2d) for m in module.modules())
         )
-        return cls(wanted)
+        return cls(wanted, model.graph_dtype)
 
     def call(self, module: Callable, batch: torch.Tensor) -> torch.Tensor:
-        """``module(batch)``, channels-last where it helps."""
+        """``module(batch)``, channels-last where it helps (a half-precision graph: cast in, float32 out)."""
+        if self.cast is not None and torch.is_floating_point(batch):
+            return self._call(module, batch.to(self.cast)).float()
+        return self._call(module, batch)
+
+    def _call(self, module: Callable, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last and batch.dim() == 4 and torch.is_floating_point(batch):
             try:
                 return module(batch.contiguous(memory_format=torch.channels_last))

@@ -143,7 +143,7 @@ def probe_batch(model: LoadedModel, inputs: np.ndarray | torch.Tensor, max_input
         padded = model.padded_rows(x.shape[0])
         if padded and x.shape[0] < padded:
             x = torch.cat([x, x[-1:].expand(padded - x.shape[0], *x.shape[1:])])
-    return x
+    return model.cast_input(x)  # a half-precision graph takes its float inputs so
 
 
 @in_model_process
