@@ -171,3 +171,22 @@ def test_cancel_from_another_process_between_two_shards_runs_no_further_shard(te
     Worker(ws, name="w").run_once()
     assert other.jobs.get(OP, job.id).status == "cancelled"
     assert len(shards) == 1
+
+
+@pytest.mark.parametrize("kind", ["importance", "report"])
+def test_the_other_job_kinds_report_progress_between_start_and_end(team, rows64, kind, monkeypatch):
+    from explain.output.importance_job import importance_job
+    from explain.report.job import report_job
+
+    ws, other = team
+    model, x = rows64
+    seen = []
+    _wrap_progress(monkeypatch, kind, lambda done, total, forward: (seen.append(done / total), forward(done, total)))
+    if kind == "importance":
+        params, arrays, title = importance_job(model, "cancer", 1, x[:4], depth=1, steps=8)
+    else:
+        params, arrays, title = report_job(model, "cancer", 1, x[:4], methods=("integrated_gradients",))
+    job = ws.jobs.submit(ALICE, kind, params, title=title, inputs=arrays, priority="interactive")
+    assert Worker(ws, name="w").run_once().status == "done"
+    assert any(0 < f < 1 for f in seen), seen  # it moved before it ended
+    assert other.jobs.get(OP, job.id).progress == 1.0
