@@ -177,6 +177,22 @@ def test_cli_compares_two_torchscript_files_without_a_spec(tmp_path, inputs, cap
     written = json.loads(out.read_text())
     assert written["outputs"] == payload["outputs"] and written["structure"] == payload["structure"]
 
+    # the files are registry versions now: the same comparison by reference, saved as another run
+    from explain.cli.workspace_arg import cli_actor, cli_workspace
+    from explain.digest import digest_bytes
+
+    ws, actor = cli_workspace(), cli_actor()
+    ref_a, ref_b = (ws.registry.find_by_sha(actor, digest_bytes((tmp_path / f).read_bytes())).ref for f in ("a.pt", "b.pt"))
+    code = main(["compare", ref_a, ref_b, "--inputs", str(tmp_path / "x.npy"), "--method", "integrated_gradients",
+                 "--steps", "8"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    by_ref = json.loads(captured.out)
+    assert by_ref["outputs"] == payload["outputs"] and by_ref["structure"] == payload["structure"]
+    assert by_ref["run"] != payload["run"]
+    info = ws.runs.info(actor, by_ref["run"])
+    assert (info.page, info.params["a"], info.params["b"]) == ("comparison", ref_a, ref_b)
+
 
 def test_cli_refuses_an_unknown_reference_in_one_line(tmp_path, inputs, capsys):
     np.save(tmp_path / "x.npy", inputs[:2])
