@@ -77,3 +77,14 @@ def test_compare_page_runs_the_job_and_draws_the_saved_comparison(home):
     opened.run()
     assert not opened.exception, opened.exception
     assert "Structure" in [h.value for h in opened.subheader]  # the drawer redraws the saved run
+
+
+def test_a_link_with_only_a_says_when_no_version_holds_production(home):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.query_params["a"] = "cancer@v1"
+    at.run()
+    at.switch_page("pages/views/compare.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="gb_compare_A").value == "cancer@v1"
+    shown = [w.value.replace("\\", "") for w in at.warning]  # as the page escapes it for markdown
+    assert any(w.startswith("cancer@production: Model 'cancer' has no version 'production'") for w in shown), shown

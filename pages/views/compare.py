@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 
 from explain.digest import digest_array, digest_bytes
-from explain.errors import NotFound, UsageError
+from explain.errors import NotFound, UsageError, one_line
 from explain.inputs.reading import read_inputs
 from explain.output.methods import compatible_methods
 from explain.service.client import model_name_from_file, register_model
@@ -44,8 +44,8 @@ with state.error_boundary("Choosing the versions"):
             if asked:
                 try:
                     index = refs.index(ws.registry.resolve(who, asked).ref)
-                except NotFound:
-                    st.warning(f"{escape_markdown(asked)} names no version; choose {side}.")
+                except (NotFound, UsageError) as exc:
+                    st.warning(f"{escape_markdown(asked)}: {escape_markdown(one_line(exc))} Choose {side} below.")
             picked.append(ws.registry.resolve(who, st.selectbox(f"Version {side}", refs, index=index,
                                                                 key=f"gb_compare_{side}")))
         info_a, info_b = picked
