@@ -298,3 +298,28 @@ def test_concurrent_one_row_explains_are_one_job_each_answered_with_its_row(clie
         want = method.explain(load_sample("cancer"), X[i:i + 1], target=1, steps=16, tolerance=1.0, use_cache=False)
         np.testing.assert_allclose(got, want.values[0], rtol=0, atol=1e-6)
     assert first[0].status_code == 200 and first[0].json()["run_rows"] == [0]
+
+
+def test_a_batch_that_times_out_is_not_asked_again_row_by_row(served):
+    ws, headers = served
+    app = create_app(ws, worker=False, max_jobs=100, delay_ms=10_000, explain_timeout_s=2)  # no worker: 504s
+    body = {"parameters": {"method": "saliency", "target": 0}}
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        jobs_before = len(ws.jobs.list(OP))
+
+        def ask(i):
+            return lambda: test_client.post("/v1/models/cancer:explain", headers=headers["editor"],
+                                            json={**body, "instances": X[i].tolist()})
+
+        first, holder = _concurrently([ask(20)])
+        deadline = time.monotonic() + 60
+        while len(ws.jobs.list(OP)) == jobs_before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        answers, threads = _concurrently([ask(i) for i in range(3)])
+        for t in [*holder, *threads]:
+            t.join(60)
+    for answer in [first[0], *answers.values()]:
+        assert "did not finish in 2 s" in _one_line_error(answer, 504)
+    runs = list(app.state.batcher.batches)  # (rows, requests) of each batch: one job each, none run again
+    assert sum(requests for _, requests in runs) == 4 and max(requests for _, requests in runs) == 3
+    assert len(ws.jobs.list(OP)) - jobs_before == len(runs) == 2

@@ -396,16 +396,25 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
 
         def explain_rows(rows: np.ndarray) -> np.ndarray:  # rows [n, *input_shape] -> n answers
             p, a, t = check_explain(model, info.name, info.version, rows, given)
-            meta, answers = answered(actor, submit_job(ws, actor, "explain", p, title=t, inputs=a,
-                                                       priority="interactive", max_active=max_jobs))
-            out = np.empty(len(answers), dtype=object)
+            out = np.empty(len(rows), dtype=object)
+            try:
+                meta, answers = answered(actor, submit_job(ws, actor, "explain", p, title=t, inputs=a,
+                                                           priority="interactive", max_active=max_jobs))
+            except ApiError as exc:
+                if exc.status == 422:  # the job failed, maybe for one row: the batcher runs each alone
+                    raise
+                out[:] = [exc] * len(rows)  # timed out or cancelled: every member's answer, not run again
+                return out
             out[:] = [(meta, i, answer) for i, answer in enumerate(answers)]
             return out
 
         # one-row requests of this caller, version, method, parameters and target: one job together
         key = ("explain", actor.name, info.name, info.version, target,
                json.dumps(params["methods"], sort_keys=True, default=str))
-        ((meta, row, answer),) = batcher.run(key, x, explain_rows)
+        (answered_row,) = batcher.run(key, x, explain_rows)
+        if isinstance(answered_row, ApiError):
+            raise answered_row
+        meta, row, answer = answered_row
         return {"explanations": [answer], **meta, "run_rows": [row]}
 
     @app.api_route("/v1/models/{name}:{action}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
