@@ -101,11 +101,32 @@ def test_fp16_hugging_face_folder_loads_and_explains(tmp_path):
     assert d["structure"]["parameters"][0] == d["structure"]["parameters"][1]
 
 
-def test_int8_quantised_torchscript_is_refused_naming_the_missing_operator(tmp_path):
-    quantised = torch.ao.quantization.quantize_dynamic(cnn()[3:], {nn.Linear}, dtype=torch.qint8)
-    path = tmp_path / "int8.pt"
-    torch.jit.save(torch.jit.trace(quantised, torch.zeros(1, 4 * 64)), str(path))
-    with pytest.raises(UnsafeFile) as refused:
-        load_model(str(path), sample_input=np.zeros((1, 4 * 64), np.float32))
-    assert "quantized::linear_dynamic" in refused.value.reason
-    assert "fp16/bf16" in refused.value.hint
+def test_int8_quantised_torchscript_is_refused_naming_the_missing_operators(tmp_path):
+    """Dynamic (int8 weights) and static (int8 activations too) quantisation: every quantized operator
+    and packed-weight class the archive uses is named in the one refusal; nothing is admitted."""
+    from torch.ao.quantization import DeQuantStub, QuantStub, convert, get_default_qconfig, prepare
+
+    dynamic = torch.ao.quantization.quantize_dynamic(cnn()[3:], {nn.Linear}, dtype=torch.qint8)
+    torch.jit.save(torch.jit.trace(dynamic, torch.zeros(1, 4 * 64)), str(tmp_path / "dynamic.pt"))
+
+    class Static(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.body, self.dequant = QuantStub(), cnn(), DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.body(self.quant(x)))
+
+    static = Static().eval()
+    static.qconfig = get_default_qconfig("fbgemm")
+    prepared = prepare(static)
+    prepared(torch.randn(8, 3, 8, 8))  # calibration
+    torch.jit.save(torch.jit.trace(convert(prepared), torch.randn(1, 3, 8, 8)), str(tmp_path / "static.pt"))
+    expected = {"dynamic.pt": ["quantized::linear_dynamic", "torch.classes.quantized.LinearPackedParamsBase"],
+                "static.pt": ["aten::quantize_per_tensor", "quantized::conv2d", "quantized::linear",
+                              "torch.classes.quantized.Conv2dPackedParamsBase"]}
+    for name, names in expected.items():
+        with pytest.raises(UnsafeFile) as refused:
+            load_model(str(tmp_path / name), sample_input=np.zeros((1, 3, 8, 8), np.float32))
+        assert all(n in refused.value.reason for n in names), refused.value.reason
+        assert "fp16/bf16" in refused.value.hint

@@ -33,7 +33,7 @@ from typing import IO
 
 from explain import config
 from explain.errors import CorruptFile, TooLarge, UnsafeFile
-from explain.loading.script_code import HINT, CodeChecker
+from explain.loading.script_code import HINT, CodeChecker, refuse_missing
 
 #: Most code (all ``.py`` entries, uncompressed) an archive may carry; real models carry kilobytes.
 MAX_CODE_BYTES = 64 * 2**20
@@ -91,10 +91,13 @@ def check_torchscript_archive(source: zipfile.ZipFile | bytes) -> None:
         raise CorruptFile("The TorchScript file cannot be loaded (it holds no code/ directory).", HINT)
     defined, members = _definitions(code)
     loader_hooks: list[tuple[CodeChecker, ast.FunctionDef]] = []
+    checkers = []
     for name, tree in code:
         checker = CodeChecker(_short(name), defined, members)
         checker.check(tree)
+        checkers.append(checker)
         loader_hooks += [(checker, node) for node in checker.loader_hooks]
+    refuse_missing(checkers)  # every operator off the allowlist, named in one refusal
     for checker, node in loader_hooks:  # after the operators: a payload there is named by its operator
         checker.refuse(node, f"defines {node.name}, which torch.jit.load would run while loading")
     for info in pickles:

@@ -65,7 +65,10 @@ _LEAVES = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop, a
 
 
 class CodeChecker:
-    """Checks one parsed code file; raises on the first refusal.
+    """Checks one parsed code file; raises on the first refusal, except for operators that are merely
+    not on the allowlist and an int8 graph's ``torch.classes.quantized`` classes: those are collected
+    (``missing``: name -> its first node) so the caller refuses the archive once, naming every one
+    (`refuse_missing`); denied names and other C++ classes still raise at once.
 
     Args:
         where: the file name for messages.
@@ -78,6 +81,7 @@ class CodeChecker:
         self.defined = defined
         self.members = members
         self.loader_hooks: list[ast.FunctionDef] = []
+        self.missing: dict[str, ast.AST] = {}
 
     def refuse(self, node: ast.AST, what: str, hint: str = HINT) -> None:
         """Raise `UnsafeFile` naming ``what`` and the file and line."""
@@ -292,12 +296,16 @@ class _Scope:
         elif len(parts) != 2:
             self.checker.refuse(node, f"refers to {dotted}, which is not an operator Glassbox allows")
         op = "::".join(parts)
-        if parts[1] in DENIED_NAMES or not is_allowed(op):
-            self.checker.refuse(node, f"calls operator {op}, which is not on Glassbox's operator allowlist",
-                                QUANTIZED_HINT if parts[0] == "quantized" else HINT)
+        if parts[1] in DENIED_NAMES:
+            self.checker.refuse(node, f"calls operator {op}, which is not on Glassbox's operator allowlist")
+        if not is_allowed(op):  # named with every other one the file calls (`refuse_missing`)
+            self.checker.missing.setdefault(op, node)
 
     def class_reference(self, node: ast.AST, dotted: str) -> None:
         """``__torch__.…`` must name something the archive defines (or one attribute of it)."""
+        if dotted.startswith("__torch__.torch.classes.quantized."):  # an int8 graph's packed weights: named
+            self.checker.missing.setdefault(dotted.removeprefix("__torch__."), node)  # with its operators
+            return
         if dotted.startswith("__torch__.torch.classes"):
             self.checker.refuse(node, f"uses the C++ class {dotted}")
         if dotted in self.checker.defined:
@@ -351,3 +359,27 @@ def _target_names(target: ast.expr) -> Iterator[ast.Name]:
             stack.extend(node.elts)
         elif isinstance(node, ast.Starred):
             stack.append(node.value)
+
+
+def refuse_missing(checkers: list[CodeChecker]) -> None:
+    """Raise `UnsafeFile` naming every operator off the allowlist (and quantized C++ class) the archive's
+    code uses, at the first one's file and line; an int8-quantised graph's say what to load instead."""
+    found: dict[str, tuple[CodeChecker, ast.AST]] = {}
+    for checker in checkers:
+        for name, node in checker.missing.items():
+            found.setdefault(name, (checker, node))
+    if not found:
+        return
+    checker, node = next(iter(found.values()))
+    ops = [n for n in found if "::" in n]
+    classes = [n for n in found if "::" not in n]
+    parts = [f"calls operator{'s' if len(ops) > 1 else ''} {_listed(ops)}"] if ops else []
+    parts += [f"uses the C++ class{'es' if len(classes) > 1 else ''} {_listed(classes)}"] if classes else []
+    verb = "is" if len(found) == 1 else "are"
+    quantized = any(n.startswith(("quantized::", "torch.classes.quantized.")) for n in found)
+    checker.refuse(node, f"{' and '.join(parts)}, which {verb} not on Glassbox's operator allowlist",
+                   QUANTIZED_HINT if quantized else HINT)
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
