@@ -58,6 +58,8 @@ _EXPORTS = {
     "background_set": "explain.output.baselines",
     "explain_layer": "explain.output.layer_attribution",
     "describe_layers": "explain.structure.layers",
+    "Comparison": "explain.compare.comparison",
+    "compare_models": "explain.compare.comparison",
     "build_layer_table": "explain.structure.layers",
     "capture_attention": "explain.structure.attention",
     "read_history": "explain.training.history",
