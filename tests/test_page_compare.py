@@ -88,3 +88,6 @@ def test_a_link_with_only_a_says_when_no_version_holds_production(home):
     assert at.selectbox(key="gb_compare_A").value == "cancer@v1"
     shown = [w.value.replace("\\", "") for w in at.warning]  # as the page escapes it for markdown
     assert any(w.startswith("cancer@production: Model 'cancer' has no version 'production'") for w in shown), shown
+    at.radio(key="gb_compare_source").set_value("Uploaded files").run()  # two uploads instead
+    assert not at.exception, at.exception
+    assert any("Upload both model files" in i.value for i in at.info)
