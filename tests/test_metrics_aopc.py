@@ -66,6 +66,18 @@ def test_token_metrics_of_a_model_that_reads_one_token_equal_the_hand_computatio
         assert np.isfinite(result.random_baseline).all() and result.random_baseline == again.random_baseline
 
 
+def test_each_distinct_perturbed_context_is_scored_once():
+    seen = []
+
+    def counting(contexts, masks, targets):
+        seen.extend(masks)
+        return one_token_model(contexts, masks, targets)
+
+    token_quality(one_token_attribution(), counting, steps=5)
+    (rows,) = seen  # one generated token: one batch
+    assert len(np.unique(rows, axis=0)) == len(rows) < 1 + 2 * (10 + 10 + 6 + 6)  # the plan's 65 rows, deduplicated
+
+
 def test_token_quality_refuses_a_metric_that_does_not_judge_tokens():
     with pytest.raises(UsageError, match="infidelity does not judge token attributions"):
         token_quality(one_token_attribution(), one_token_model, metrics=("infidelity",))

@@ -116,8 +116,11 @@ def token_quality(attribution: GenerationAttribution, score: ScoreFn, metrics: S
     p, t_count = attribution.prompt_length, len(attribution.generated_ids)
     contexts = [attribution.input_ids[: p + t] for t in range(t_count)]  # [n_t], n_t = P + t
     plans = [_plan(attribution.values[t, : p + t], contexts[t], steps, seed) for t in range(t_count)]
-    probs = score(contexts, [plan["masks"] for plan in plans], [int(i) for i in attribution.generated_ids])
-    found = [_judge(plan, np.asarray(pr, dtype=np.float64), steps) for plan, pr in zip(plans, probs)]
+    # each distinct perturbed context scored once (e.g. nothing replaced: row 0, deletion's first, insertion's last)
+    unique = [np.unique(plan["masks"], axis=0, return_inverse=True) for plan in plans]  # ([U, n], [R])
+    scored = score(contexts, [rows for rows, _ in unique], [int(i) for i in attribution.generated_ids])
+    probs = [np.asarray(pr, dtype=np.float64)[np.ravel(back)] for pr, (_, back) in zip(scored, unique)]  # [R] each
+    found = [_judge(plan, pr, steps) for plan, pr in zip(plans, probs)]
     out = {}
     for name in metrics:
         metric = get_metric(name)
