@@ -323,3 +323,17 @@ def test_a_batch_that_times_out_is_not_asked_again_row_by_row(served):
     runs = list(app.state.batcher.batches)  # (rows, requests) of each batch: one job each, none run again
     assert sum(requests for _, requests in runs) == 4 and max(requests for _, requests in runs) == 3
     assert len(ws.jobs.list(OP)) - jobs_before == len(runs) == 2
+
+
+def test_predict_reads_a_versions_file_once_not_on_every_request(client, monkeypatch):
+    ws, _, test_client, h = client
+    real, reads = ws.registry.file, []
+    monkeypatch.setattr(ws.registry, "file", lambda *a, **k: reads.append(a[1:]) or real(*a, **k))
+    for i in range(5):
+        r = test_client.post("/v1/models/shapes@v1:predict", headers=h["viewer"],
+                             json={"instances": sample_inputs("shapes")["inputs"][i].tolist()})
+        assert r.status_code == 200, r.text
+    assert reads == [("shapes", 1)]  # then found by the version's file and spec, in the API's own store
+    r = test_client.post("/v1/models/shapes@v1:predict", headers={"Authorization": "Bearer gbx_nope"},
+                         json={"instances": sample_inputs("shapes")["inputs"][0].tolist()})
+    assert r.status_code == 401  # the cached model is no way around the token and role checks

@@ -148,6 +148,9 @@ class ModelCache:
         self.store = store or shared_models()
         if size is not None:
             self.store.size = max(self.store.size, size)
+        #: (name, version, sha256) -> its spec key: a version's file and spec never change, so a version
+        #: loaded once is found again without reading its file (the API's every :predict asks)
+        self._spec_keys: dict[tuple[str, int, str], str] = {}
 
     def add(self, model: LoadedModel) -> None:
         """Keep ``model``, loaded elsewhere in this process through `load_model` with its file's own spec."""
@@ -158,7 +161,14 @@ class ModelCache:
 
     def load(self, actor: Actor, info: VersionInfo) -> LoadedModel:
         """The model of ``info``, which the caller just read as ``actor`` (so ``actor`` may read it)."""
+        known = self._spec_keys.get((info.name, info.version, info.sha256))
+        model = self.store.find(info.sha256, known) if known is not None else None
+        if model is not None:
+            return model
         data, filename, spec = self.ws.registry.file(actor, info.name, info.version)
+        if len(self._spec_keys) >= 4096:
+            self._spec_keys.clear()
+        self._spec_keys[(info.name, info.version, info.sha256)] = spec_key(spec)
         # vetted once per file, whichever process comes first
         return self.store.open(data, filename=filename, spec=spec, vetted=self.ws.vetting, name=info.name,
                                sha256=info.sha256)
