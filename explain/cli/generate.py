@@ -32,7 +32,8 @@ NAME = "generate"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a causal LM: Hugging Face folder or zip whose config.json names a *ForCausalLM")
+    parser.add_argument("model", help="a causal LM: Hugging Face folder or zip whose config.json names a *ForCausalLM, "
+                        "or the sample keycopy")
     parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
     parser.add_argument("--prompts", required=True, help="prompts: .txt (one per line) or .npy/.npz token ids [N, L]")
     parser.add_argument("--targets", default=None, help="continuations to explain by teacher forcing: .txt (one per prompt) or ids")
