@@ -159,6 +159,7 @@ def test_the_causal_lm_sample_opens_already_explained_and_an_empty_prompt_says_w
     _clean(at)
     assert at.text_area(key="gb_gen_prompt").value == keycopy.DEFAULT_PROMPT
     assert [c.value for c in at.code] == ["blue . </s>"]  # no button pressed: the saved first view
+    assert any("first view" in c.value for c in at.caption)
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(charts) == 1
     z = _array(charts[0]["data"][0]["z"])
@@ -166,8 +167,8 @@ def test_the_causal_lm_sample_opens_already_explained_and_an_empty_prompt_says_w
     assert z.shape == (t, p + t) and int(np.nanargmax(z[0])) == keycopy.KEY_POSITION  # "blue" comes from the key
     np.testing.assert_allclose(z[0, :p], view.attribution.values[0, :p], rtol=1e-5)
     table = at.main.dataframe[0].value  # the quality table, before the lens
-    assert table["metric"].tolist() == ["Comprehensiveness", "Sufficiency", "Deletion AUC", "Insertion AUC"]
-    comp = table.set_index("metric").loc["Comprehensiveness"]
+    assert table["metric"].tolist() == ["Comprehensiveness (AOPC)", "Sufficiency (AOPC)", "Deletion AUC", "Insertion AUC"]
+    comp = table.set_index("metric").loc["Comprehensiveness (AOPC)"]
     assert comp["this method"] == pytest.approx(view.quality["comprehensiveness"].mean) and comp["this method"] > comp["random"]
 
     at.text_area(key="gb_gen_prompt").input("   ").run()  # an empty prompt: one line saying what to do

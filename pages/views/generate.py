@@ -71,7 +71,7 @@ def _quality_table(view) -> pd.DataFrame:
     """One row per metric: its mean over the generated tokens, a random attribution's, and which way is better."""
     rows = []
     for name, result in view.quality.items():
-        rows.append({"metric": get_metric(name).title.replace(" (AOPC)", ""), "this method": result.mean,
+        rows.append({"metric": get_metric(name).title, "this method": result.mean,
                      "random": result.random_mean, "better": "higher" if result.higher_is_better else "lower"})
     return pd.DataFrame(rows)
 
@@ -117,6 +117,7 @@ stored = st.session_state.get(RESULT_KEY)
 if stored is None and first is not None and (first.model_sha256, tuple(sorted(first.settings.items())),
                                              bool(first.quality)) == request:
     stored = (request, first)  # computed once, by python -m sample_models.train
+    st.caption("The sample's first view, saved with it: press Generate and explain to compute it here.")
 if clicked:
     stored = None
     with state.error_boundary("Generating"):
