@@ -203,7 +203,8 @@ class Metric:
         """Why this metric cannot judge attributions of ``model`` (None when it can)."""
         if model.spec.is_causal_lm:
             return (f"{self.name} judges a classifier's attributions; a causal LM's token attributions are "
-                    "judged on the Generate page (comprehensiveness, sufficiency, deletion, insertion).")
+                    "judged on the Generate page and by generate --quality (comprehensiveness, sufficiency, deletion, "
+                    "insertion).")
         if model.modality not in self.modalities:
             return f"{self.name} is defined for {' and '.join(self.modalities)} models, not {model.modality}."
         return None
