@@ -285,3 +285,106 @@ def test_a_clis_own_worker_never_runs_someone_elses_job_in_its_pauses(team, canc
     cli.run_job(team.jobs.claim("cli", only=batch.id))
     assert team.jobs.get(OP, batch.id).status == "done"
     assert team.jobs.get(OP, asked["job"].id).status == "queued"  # left for the team's workers
+
+
+# -- shared holds: jobs that only run forward and backward passes share a model ---------------------
+def test_shared_holders_overlap_and_an_exclusive_taker_waits_for_them_and_goes_before_new_ones():
+    from explain.service.model_locks import ModelLock
+
+    lock, order = ModelLock(), []
+    lock.acquire(shared=True)  # this thread: one shared holder
+    other_in, other_out = threading.Event(), threading.Event()
+
+    def shared_too():
+        lock.acquire(shared=True)  # beside this thread's hold
+        other_in.set()
+        assert other_out.wait(60)
+        lock.release()
+
+    def exclusive():
+        lock.acquire()
+        order.append("exclusive")
+        lock.release()
+
+    def late_shared():
+        lock.acquire(shared=True)
+        order.append("late shared")
+        lock.release()
+
+    threads = [threading.Thread(target=shared_too)]
+    threads[0].start()
+    assert other_in.wait(60)
+    threads.append(threading.Thread(target=exclusive))
+    threads[1].start()
+    _wait_for(lambda: lock.waiting_exclusive == 1, "the exclusive taker never waited")
+    assert lock.blocks_others()  # a shared holder keeps the exclusive taker out
+    threads.append(threading.Thread(target=late_shared))
+    threads[2].start()
+    _wait_for(lambda: lock.waiting == 2, "the late shared taker never waited behind the exclusive one")
+    lock.release()
+    other_out.set()
+    for t in threads:
+        t.join(60)
+    assert order == ["exclusive", "late shared"]
+    lock.acquire(shared=True)
+    with pytest.raises(RuntimeError, match="one mode per thread"):
+        lock.acquire()
+    lock.release()
+
+
+def test_which_jobs_share_their_models(team, cancer):
+    from explain.output.importance_job import importance_job
+    from explain.service.runners import job_shares_models
+
+    model, x = cancer
+
+    def explain(methods, metrics=None, **given):
+        params, _, _ = explain_job(model, "cancer", 1, x[:2], {"method": methods[0], **given})
+        params["methods"] += [{"method": m, "params": {}} for m in methods[1:]]
+        params["metrics"] = metrics or []
+        return team.jobs.submit(ALICE, "explain", params)
+
+    assert job_shares_models(explain(["integrated_gradients", "saliency", "occlusion"]))
+    assert not job_shares_models(explain(["integrated_gradients", "grad_cam"]))  # a layer hook
+    assert not job_shares_models(explain(["integrated_gradients"], [{"metric": "deletion", "params": {}}]))
+    assert not job_shares_models(explain(["saliency"], device="cpu"))  # may move the shared model
+    assert job_shares_models(_submit_dataset(team, model, x[:8]))
+    params, arrays, title = importance_job(model, "cancer", 1, x[:2], depth=1, steps=4)
+    assert not job_shares_models(team.jobs.submit(ALICE, "importance", params, inputs=arrays))
+
+
+def test_two_explain_jobs_run_on_one_tabular_model_at_once_with_the_numbers_of_one_at_a_time(team, cancer,
+                                                                                             monkeypatch):
+    from explain.output.methods import get_method
+
+    model, x = cancer
+    both = threading.Barrier(2, timeout=60)  # passes only while both jobs are inside the model
+    real = RUNNERS["explain"]
+
+    def meet(ctx):
+        forward, met = ctx.progress, []
+
+        def progress(done, total):
+            if not met:
+                met.append(both.wait())
+            forward(done, total)
+        ctx.progress = progress
+        return real(ctx)
+
+    monkeypatch.setitem(RUNNERS, "explain", meet)
+    jobs = []
+    for rows in (slice(0, 3), slice(3, 6)):
+        params, arrays, title = explain_job(model, "cancer", 1, x[rows], {"method": "integrated_gradients",
+                                                                          "steps": 16})
+        params["fresh"] = True
+        jobs.append(team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays, priority="interactive"))
+    pool = WorkerPool(team, 2, name="w").start()
+    try:
+        _wait_for(lambda: all(team.jobs.get(OP, j.id).status not in ("queued", "running") for j in jobs), "stuck")
+    finally:
+        pool.shutdown()
+    for job, rows in zip(jobs, (slice(0, 3), slice(3, 6))):
+        done = team.jobs.get(OP, job.id)
+        assert done.status == "done", done.error  # a broken barrier would have failed it
+        want = get_method("integrated_gradients").explain(model, x[rows], steps=16, use_cache=False)
+        np.testing.assert_allclose(team.runs.open(OP, done.run).results["0/values"], want.values, rtol=0, atol=1e-6)

@@ -4,6 +4,9 @@ The process's model cache (`explain.service.models.shared_models`) hands every w
 same model object. Two jobs on one model must not interleave their hooked work: a text model's
 embedding hook, Grad-CAM's layer hook or FLOPs counting installed by one thread would fire in the
 other's forward pass. So a job holds its models' locks while it runs (`Holding`, one per job):
+alone, or shared with other jobs whose work is forward and backward passes only (an explanation by
+methods that `Explainer.shares_model`, on a model that takes no hook for them;
+`explain.service.runners.job_shares_models`), which then run on the model at once.
 
     holding = Holding(MODEL_LOCKS)
     holding.take(model)            # JobContext.model, after loading: blocks while another job holds it
@@ -25,52 +28,93 @@ from explain.model import LoadedModel
 
 
 class ModelLock:
-    """A lock one thread holds (re-entrant), that knows how many threads wait for it."""
+    """A shared / exclusive lock on one model, held per thread (re-entrant in the mode first taken),
+    that knows who waits for it. Exclusive waiters go before new shared holders (no starving)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._owner: int | None = None
+        self._owner: int | None = None  # the exclusive holder
         self._depth = 0
-        self.waiting = 0  # threads blocked in `acquire`
+        self._shared: dict[int, int] = {}  # shared holders -> depth
+        self.waiting = 0  # threads blocked in `acquire`, either mode
+        self.waiting_exclusive = 0
 
-    def acquire(self, blocking: bool = True, polite: bool = False) -> bool:
-        """Take the lock (``polite``: also after every thread already waiting for it); False when
-        not ``blocking`` and another thread holds it."""
+    def _busy(self, me: int, shared: bool, polite: bool) -> bool:
+        """Whether ``me`` must wait for this mode (``me`` holds nothing here yet)."""
+        if self._owner is not None:
+            return True
+        if shared:  # beside other shared holders, unless an exclusive taker waits
+            return self.waiting_exclusive > 0
+        return bool(self._shared) or (polite and self.waiting > 0)
+
+    def acquire(self, blocking: bool = True, polite: bool = False, shared: bool = False) -> bool:
+        """Take the lock, ``shared`` or exclusive (``polite``: also after the threads already waiting
+        that this mode would block); False when not ``blocking`` and it is taken.
+
+        Raises:
+            RuntimeError: this thread holds it in the other mode.
+        """
         me = threading.get_ident()
         with self._cond:
-            if self._owner == me:
-                self._depth += 1
+            if (shared and self._owner == me) or (not shared and me in self._shared):
+                raise RuntimeError("a model lock is taken in one mode per thread")
+            if self._owner == me or (shared and me in self._shared):
+                self._enter(me, shared)
                 return True
-            if not blocking and self._owner is not None:
+            if not blocking and self._busy(me, shared, False):
                 return False
             if not polite:
                 self.waiting += 1
+                self.waiting_exclusive += not shared
             try:
-                while self._owner is not None or (polite and self.waiting > 0):
+                while self._busy(me, shared, polite):
                     self._cond.wait()
             finally:
                 if not polite:
                     self.waiting -= 1
-            self._owner, self._depth = me, 1
+                    self.waiting_exclusive -= not shared
+            self._enter(me, shared)
             return True
 
+    def _enter(self, me: int, shared: bool) -> None:
+        if shared:
+            self._shared[me] = self._shared.get(me, 0) + 1
+        else:
+            self._owner, self._depth = me, self._depth + 1
+
     def release(self) -> None:
+        me = threading.get_ident()
         with self._cond:
-            if self._owner != threading.get_ident():
+            if self._owner == me:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+            elif me in self._shared:
+                self._shared[me] -= 1
+                if not self._shared[me]:
+                    del self._shared[me]
+            else:
                 raise RuntimeError("release of a model lock this thread does not hold")
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-                self._cond.notify_all()
+            self._cond.notify_all()
 
     def release_all(self) -> int:
         """Let go however deep this thread holds it; how deep that was (0: not held)."""
+        me = threading.get_ident()
         with self._cond:
-            if self._owner != threading.get_ident():
-                return 0
-            depth, self._owner, self._depth = self._depth, None, 0
+            if self._owner == me:
+                depth, self._owner, self._depth = self._depth, None, 0
+            else:
+                depth = self._shared.pop(me, 0)
             self._cond.notify_all()
             return depth
+
+    def blocks_others(self) -> bool:
+        """True when a thread waits that this thread's hold keeps out (a pause would let it in)."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                return self.waiting > 0
+            return me in self._shared and self.waiting_exclusive > 0
 
 
 class ModelLocks:
@@ -90,11 +134,16 @@ MODEL_LOCKS = ModelLocks()
 
 
 class Holding:
-    """The model locks one job holds, on the thread that runs it."""
+    """The model locks one job holds, on the thread that runs it. ``shares``: the job's work is
+    forward and backward passes only (`explain.service.runners.job_shares_models`), so it holds a
+    model shared with other such jobs where that model takes no hook for it: not a text model run
+    in this process (its embedding is hooked); a model in its own process (`LoadedModel.process`)
+    serves one request at a time there."""
 
-    def __init__(self, locks: ModelLocks = MODEL_LOCKS):
+    def __init__(self, locks: ModelLocks = MODEL_LOCKS, shares: bool = False):
         self.locks = locks
-        self.held: dict[str, ModelLock] = {}
+        self.shares = shares
+        self.held: dict[str, tuple[ModelLock, bool]] = {}  # key -> (lock, shared)
 
     def take(self, model: LoadedModel) -> None:
         """Hold ``model`` for this job; without waiting while holding another (all are let go and
@@ -102,34 +151,36 @@ class Holding:
         key = model.sha256
         if key in self.held:
             return
+        shared = self.shares and (model.process is not None or model.modality != "text")
         lock = self.locks.get(key)
-        if lock.acquire(blocking=not self.held):
-            self.held[key] = lock
+        if lock.acquire(blocking=not self.held, shared=shared):
+            self.held[key] = (lock, shared)
             return
         others = dict(self.held)
         self.release_all()
-        self.held = {**others, key: lock}
+        self.held = {**others, key: (lock, shared)}
         for k in sorted(self.held):
-            self.held[k].acquire()
+            self.held[k][0].acquire(shared=self.held[k][1])
 
     @property
     def wanted(self) -> bool:
-        """True when another thread waits for a model this job holds."""
-        return any(lock.waiting for lock in self.held.values())
+        """True when another thread waits for a model this job holds (and keeps it out)."""
+        return any(lock.blocks_others() for lock, _ in self.held.values())
 
     def pause(self, during: Callable[[], None] = lambda: None) -> None:
         """Let go of every model, run ``during()``, let the threads that wait for them go first,
         then take them back (in key order). Only between chunks: no hook may be on a model."""
-        depths = {k: lock.release_all() for k, lock in self.held.items()}
+        depths = {k: lock.release_all() for k, (lock, _) in self.held.items()}
         try:
             during()
         finally:
             for k in sorted(self.held):
-                self.held[k].acquire(polite=True)
+                lock, shared = self.held[k]
+                lock.acquire(polite=True, shared=shared)
                 for _ in range(depths[k] - 1):
-                    self.held[k].acquire()
+                    lock.acquire(shared=shared)
 
     def release_all(self) -> None:
-        for lock in self.held.values():
+        for lock, _ in self.held.values():
             lock.release_all()
         self.held.clear()

@@ -58,6 +58,28 @@ class JobContext:
         return model
 
 
+def job_shares_models(job: JobInfo) -> bool:
+    """True when the job's work on its models is forward and backward passes only (its methods'
+    `Explainer.shares_model`, on the device they are on): an ``explain`` job without quality metrics,
+    or a ``dataset`` job on the local engine. Such jobs hold a model shared (`model_locks.Holding`):
+    two of them run on one model at once; every other job holds its models alone."""
+    from explain.errors import GlassboxError
+    from explain.output.methods import get_method
+
+    p = job.params
+    if job.kind == "explain" and not p.get("metrics"):
+        asked = [(m.get("method"), m.get("params") or {}) for m in p.get("methods") or []]
+    elif job.kind == "dataset" and p.get("engine", "local") == "local":
+        asked = [(p.get("method"), p.get("params") or {})]
+    else:
+        return False
+    try:
+        return bool(asked) and all(get_method(str(name)).shares_model and params.get("device", "auto") == "auto"
+                                   for name, params in asked)
+    except GlassboxError:  # an unknown method: the job will fail with its reason
+        return False
+
+
 Runner = Callable[[JobContext], RunRecord]
 RUNNERS: dict[str, Runner] = {}
 

@@ -33,7 +33,7 @@ from explain.config import default_workers, job_heartbeat_s, job_max_attempts, j
 from explain.errors import Cancelled, one_line
 from explain.service.model_locks import MODEL_LOCKS, Holding, ModelLocks
 from explain.service.models import ModelCache
-from explain.service.runners import RUNNERS, JobContext
+from explain.service.runners import RUNNERS, JobContext, job_shares_models
 from explain.workspace import Workspace
 from explain.workspace.jobs import JobInfo, LostJob
 
@@ -147,7 +147,7 @@ class Worker:
         jobs, me = self.ws.jobs, self.name
         state = {"fraction": 0.0, "sent": 0.0, "cancel": False, "lost": False}
         done = threading.Event()
-        holding = Holding(self.locks)
+        holding = Holding(self.locks, shares=job_shares_models(job))
 
         def beat() -> None:  # the heartbeat, also while a chunk runs between progress reports
             while not done.wait(job_heartbeat_s()):

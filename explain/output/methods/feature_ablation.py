@@ -24,6 +24,7 @@ ABLATION_BASELINE = ParamSpec(
 
 @register
 class FeatureAblation(EngineMethod):
+    shares_model = True  # the engine's forward and backward passes only
     name = "feature_ablation"
     family = "perturbation"
     title = "Feature ablation"

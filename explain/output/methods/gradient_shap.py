@@ -76,6 +76,7 @@ def expected_background_value(ctx: Context, points: torch.Tensor, weights: torch
 
 @register
 class GradientShap(EngineMethod):
+    shares_model = True  # the engine's forward and backward passes only
     name = "gradient_shap"
     family = "shap"
     title = "GradientSHAP (expected gradients)"

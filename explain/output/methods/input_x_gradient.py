@@ -12,6 +12,7 @@ from explain.output.methods.engine_method import Context, EngineMethod, Partial,
 
 @register
 class InputXGradient(EngineMethod):
+    shares_model = True  # the engine's forward and backward passes only
     name = "input_x_gradient"
     family = "gradient"
     title = "Input × gradient"

@@ -159,6 +159,7 @@ def integrated_gradients_as_recorded(ctx: Context, base: torch.Tensor, steps_use
 
 @register
 class IntegratedGradients(EngineMethod):
+    shares_model = True  # the engine's forward and backward passes only
     name = "integrated_gradients"
     family = "gradient"
     title = "Integrated gradients"

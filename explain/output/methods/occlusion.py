@@ -62,6 +62,7 @@ def ablation_deltas(ctx: Context, masks: torch.Tensor, replacement: torch.Tensor
 
 @register
 class Occlusion(EngineMethod):
+    shares_model = True  # the engine's forward and backward passes only
     name = "occlusion"
     family = "perturbation"
     title = "Occlusion"

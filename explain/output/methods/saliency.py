@@ -16,6 +16,7 @@ ABS_PARAM = ParamSpec("bool", True, help="Take the absolute value of the gradien
 
 @register
 class Saliency(EngineMethod):
+    shares_model = True  # the engine's forward and backward passes only
     name = "saliency"
     family = "gradient"
     title = "Saliency (gradient)"

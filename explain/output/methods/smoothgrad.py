@@ -23,6 +23,7 @@ from explain.params import ParamSpec
 
 @register
 class SmoothGrad(EngineMethod):
+    shares_model = True  # the engine's forward and backward passes only
     name = "smoothgrad"
     family = "gradient"
     title = "SmoothGrad"
