@@ -388,3 +388,52 @@ def test_two_explain_jobs_run_on_one_tabular_model_at_once_with_the_numbers_of_o
         assert done.status == "done", done.error  # a broken barrier would have failed it
         want = get_method("integrated_gradients").explain(model, x[rows], steps=16, use_cache=False)
         np.testing.assert_allclose(team.runs.open(OP, done.run).results["0/values"], want.values, rtol=0, atol=1e-6)
+
+
+def test_a_batch_job_that_hooks_nothing_pauses_inside_its_method_for_jobs_that_hook_nothing(team, cancer,
+                                                                                            monkeypatch):
+    """One method, so no boundary between methods: the pause comes between two engine chunks, and
+    only for interactive jobs that share the model (a Rank-layers job, which hooks layers, waits)."""
+    from explain.output.importance_job import importance_job
+
+    model, x = cancer
+    asked = {}
+
+    def ask_once(done, total, forward):
+        if 0 < done < total and not asked:
+            params, arrays, title = explain_job(model, "cancer", 1, x[:1], {"method": "integrated_gradients"})
+            asked["shares"] = team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays,
+                                               priority="interactive")
+            params, arrays, title = importance_job(model, "cancer", 1, x[:2], depth=1, steps=4)
+            asked["hooks"] = team.jobs.submit(ALICE, "importance", params, title=title, inputs=arrays,
+                                              priority="interactive")
+            asked["at"] = done
+        forward(done, total)
+
+    real = RUNNERS["explain"]
+
+    def run(ctx):
+        if ctx.job.priority == "batch":
+            forward = ctx.progress
+            ctx.progress = lambda done, total: ask_once(done, total, forward)
+        return real(ctx)
+
+    def submit_big():
+        params, arrays, title = explain_job(model, "cancer", 1, x, {"method": "integrated_gradients", "steps": 16,
+                                                                    "batch_size": 64, "tolerance": 0.0})
+        params["fresh"] = True
+        return team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays, priority="batch")
+
+    monkeypatch.setitem(RUNNERS, "explain", run)
+    big = submit_big()  # 64 rows x 16 steps in chunks of 64 points: 16 chunks
+    worker = Worker(team, name="only", serves_queue=True)
+    assert worker.run_once().status == "done"
+    done, shares = team.jobs.get(OP, big.id), team.jobs.get(OP, asked["shares"].id)
+    assert shares.status == "done" and shares.finished < done.finished and 0 < asked["at"] < 1000
+    assert team.jobs.get(OP, asked["hooks"].id).status == "queued"  # not inside the batch job's method
+    assert worker.run_once().id == asked["hooks"].id
+    monkeypatch.setitem(RUNNERS, "explain", real)
+    again = submit_big()
+    Worker(team, name="again").run_once()
+    np.testing.assert_array_equal(team.runs.open(OP, big.id).results["0/values"],
+                                  team.runs.open(OP, again.id).results["0/values"])

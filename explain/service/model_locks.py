@@ -163,6 +163,11 @@ class Holding:
             self.held[k][0].acquire(shared=self.held[k][1])
 
     @property
+    def all_shared(self) -> bool:
+        """True when this job holds models, each of them shared: nothing it does hooks them."""
+        return bool(self.held) and all(shared for _, shared in self.held.values())
+
+    @property
     def wanted(self) -> bool:
         """True when another thread waits for a model this job holds (and keeps it out)."""
         return any(lock.blocks_others() for lock, _ in self.held.values())

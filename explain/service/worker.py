@@ -8,10 +8,12 @@ share the process's model cache; a job holds its models' locks while it runs
 (`explain.service.model_locks`), so two jobs never interleave hooked work on one model.
 
 Interactive before batch: a worker claims interactive jobs first (`Jobs.order`), and a running
-batch job, between two of its chunks (`JobContext.between_chunks`: a dataset job's shards), lets go
-of its models, runs the interactive jobs waiting (on this thread, claimed like any other) and lets
-the threads waiting for its models go first, then goes on where it stopped: nothing is computed
-again and its result is the one an uninterrupted run gives.
+batch job, between two of its chunks (`JobContext.between_chunks`: a dataset job's shards, an
+explanation's methods), lets go of its models, runs the interactive jobs waiting (on this thread,
+claimed like any other) and lets the threads waiting for its models go first, then goes on where it
+stopped: nothing is computed again and its result is the one an uninterrupted run gives. A batch
+job that holds its models shared (it hooks nothing: `runners.job_shares_models`) also pauses inside
+a method, at its progress reports (at most 4/s), for the waiting interactive jobs that hook nothing.
 
 While a job runs, a heartbeat thread tells the queue the worker is alive. A pool's recovery thread
 (and every worker between jobs) takes back the jobs of workers that stopped answering
@@ -134,14 +136,22 @@ class Worker:
         self.run_job(job)
         return self.ws.jobs.get_unchecked(job.id)
 
-    def run_waiting_interactive(self) -> int:
-        """Claim and run, here, the interactive jobs queued now (a batch job's pause); how many ran."""
+    def run_waiting_interactive(self, only_sharing: bool = False) -> int:
+        """Claim and run, here, the interactive jobs queued now (a batch job's pause; ``only_sharing``:
+        only those that share their models, `job_shares_models`); how many ran."""
         ran = 0
-        while (job := self.ws.jobs.claim(self.name, tuple(RUNNERS), priority="interactive")) is not None:
+        while True:
+            for queued in self.ws.jobs.queued("interactive", tuple(RUNNERS)):
+                if only_sharing and not job_shares_models(queued):
+                    continue
+                job = self.ws.jobs.claim(self.name, only=queued.id)
+                if job is not None:
+                    break
+            else:
+                return ran
             log.info("worker %s: running interactive job %s between a batch job's chunks", self.name, job.id)
             self.run_job(job)
             ran += 1
-        return ran
 
     def run_job(self, job: JobInfo) -> None:
         jobs, me = self.ws.jobs, self.name
@@ -159,31 +169,41 @@ class Worker:
                 except Exception:
                     log.exception("worker %s: heartbeat failed", me)
 
-        def check(force: bool = False) -> None:  # write how far (at most 4/s unless forced); raise on cancel
-            now = time.monotonic()
+        def check(force: bool = False) -> bool:  # write how far (at most 4/s unless forced); raise on cancel
+            now, looked = time.monotonic(), False
             if force or now - state["sent"] > 0.25:
-                state["sent"] = now
+                state["sent"], looked = now, True
                 try:
                     state["cancel"] = jobs.heartbeat(job.id, me, state["fraction"]) or state["cancel"]
                 except LostJob:
                     state["lost"] = True
             if state["cancel"] or state["lost"] or job.id in jobs.cancel_asked:  # asked here: no wait
                 raise Cancelled("The job was cancelled.")
+            return looked
 
         def progress(done_n: int, total: int) -> None:
             first = state["fraction"] == 0.0  # the first step forward is written at once
             state["fraction"] = done_n / total if total else 0.0
-            check(force=first and state["fraction"] > 0)
+            if check(force=first and state["fraction"] > 0) and pausable_mid_chunk():
+                pause_for_interactive(only_sharing=True)
+
+        def pausable_mid_chunk() -> bool:  # a batch job that hooks nothing may pause inside its method
+            return job.priority == "batch" and self.serves_queue and holding.all_shared
+
+        def pause_for_interactive(only_sharing: bool = False) -> None:
+            if not jobs.has_queued("interactive", tuple(RUNNERS)):
+                return
+            jobs.note(job.id, me, "paused between chunks: interactive work runs first")
+            try:
+                holding.pause(lambda: self.run_waiting_interactive(only_sharing))
+            finally:
+                jobs.note(job.id, me, None)
 
         def between_chunks() -> None:  # a batch job's safe point: no hook on any model here
             check(force=True)  # a cancel takes effect at the chunk boundary, whatever the rate limit
             if job.priority == "batch":
                 if self.serves_queue and jobs.has_queued("interactive", tuple(RUNNERS)):
-                    jobs.note(job.id, me, "paused between chunks: interactive work runs first")
-                    try:
-                        holding.pause(self.run_waiting_interactive)
-                    finally:
-                        jobs.note(job.id, me, None)
+                    pause_for_interactive()
                 elif holding.wanted:
                     holding.pause()
                 check(force=True)

@@ -275,6 +275,15 @@ class Jobs:
                     return _info(s.get(Job, job.id, populate_existing=True))
         return None
 
+    def queued(self, priority: str, kinds: tuple[str, ...] | None = None) -> list[JobInfo]:
+        """The queued jobs of class ``priority`` (and of ``kinds`` if given) in the order workers take them."""
+        query = select(Job).where(Job.status == "queued", Job.priority == priority)
+        if kinds is not None:
+            query = query.where(Job.kind.in_(kinds))
+        with self.core.db.transaction() as s:
+            found = [_info(r) for r in s.scalars(query)]
+            return self.order(found, self._last_starts(found, s))
+
     def has_queued(self, priority: str, kinds: tuple[str, ...] | None = None) -> bool:
         """True when a job of class ``priority`` (and of ``kinds`` if given) is queued: what a batch
         job asks between two chunks."""
