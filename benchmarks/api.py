@@ -4,13 +4,15 @@
 Starts ``python -m explain serve`` as its own process (so the clients here do not share its GIL) on a
 fresh workspace (SQLite in a temporary folder; ``--db postgres`` starts a PostgreSQL server the way
 the tests do, `tests.workspace_db`; ``--db URL`` uses that database), once with batching off
-(``--max-delay-ms 0``, the service as it was) and once with it on (``--delay-ms``), and measures:
+(``--max-delay-ms 0``, the service as it was) and once with it on (``--delay-ms``), both at once, and
+measures:
 
 - predict, rows/s: the engine called directly on the batches the clients' rows make together
   (``predict_proba`` on ``clients x rows`` rows, no HTTP) and on one request's rows; the engine
   from ``--clients`` threads in this process without and with a `Batcher` (the batching alone,
   no HTTP); then through the server: one client calling in turn, and ``--clients`` clients at
-  once (each request ``--rows`` rows of ``--model``), and one client's latency;
+  once (each request ``--rows`` rows of ``--model``), and one client's latency, the two servers
+  measured in turns;
 - explain: p50 / p95 latency of a one-input ``:explain`` (integrated gradients, ``--steps``,
   fresh inputs each time so no cache answers) idle, then beside a running batch job (a dataset job
   of ``--batch-rows`` rows, submitted to the queue first);
@@ -20,7 +22,8 @@ the tests do, `tests.workspace_db`; ``--db URL`` uses that database), once with 
     python benchmarks/api.py [--model cancer|shapes|sentiment] [--clients 8] [--seconds 5]
                              [--db sqlite|postgres|URL] [--device cpu|cuda] [--delay-ms 5]
 
-``--device cuda``: the direct calls run on the GPU and ``:explain`` asks for ``device: cuda``;
+``--threads 1`` on a machine whose cores other work shares (OpenMP threads spin-wait for peers that
+are not running). ``--device cuda``: the direct calls run on the GPU and ``:explain`` asks for ``device: cuda``;
 the API's ``:predict`` runs where its model cache loads models (the CPU).
 """
 from __future__ import annotations
@@ -136,15 +139,28 @@ def _workspace(db: str, home: Path):
     return ws, url, token, cleanup
 
 
-def _predict(base: str, token: str, model_name: str, x: np.ndarray, args) -> dict:
+def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, rounds: int = 4) -> dict:
+    """Each server's :predict figures, measured in turns (request by request for the latency, in
+    ``rounds`` slices of ``--seconds`` for the rates), so that a change in the machine's load
+    while the benchmark runs falls on both alike."""
     rows = args.rows
-    url = f"{base}/models/{model_name}:predict"
     bodies = [{"instances": x[(i * rows) % len(x):(i * rows) % len(x) + rows].tolist()} for i in range(64)]
-    lone = _latencies(lambda i: _call(url, args.token, bodies[i % 64]), 60)[10:]  # the first load the model
-    one = _rate(lambda i: _call(url, args.token, bodies[i % 64]), args.seconds, 1) * rows
-    many = _rate(lambda i: _call(url, args.token, bodies[i]), args.seconds, args.clients) * rows
-    return {"one_client_rows_s": round(one, 1), "clients_rows_s": round(many, 1),
-            "one_client_latency": _ms(lone)}
+    urls = {label: f"{server.base}/models/{model_name}:predict" for label, server in servers.items()}
+    lone: dict[str, list[float]] = {label: [] for label in servers}
+    for i in range(70):
+        for label, url in urls.items():
+            start = time.perf_counter()
+            _call(url, args.token, bodies[i % 64])
+            if i >= 10:  # the first ones load the model
+                lone[label].append(time.perf_counter() - start)
+    one, many = dict.fromkeys(servers, 0.0), dict.fromkeys(servers, 0.0)
+    for _ in range(rounds):
+        for label, url in urls.items():
+            one[label] += _rate(lambda i, u=url: _call(u, args.token, bodies[i % 64]), args.seconds / rounds, 1) * rows
+            many[label] += _rate(lambda i, u=url: _call(u, args.token, bodies[i]), args.seconds / rounds,
+                                 args.clients) * rows
+    return {label: {"one_client_rows_s": round(one[label] / rounds, 1), "clients_rows_s": round(many[label] / rounds, 1),
+                    "one_client_latency": _ms(lone[label])} for label in servers}
 
 
 def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, args) -> dict:
@@ -157,26 +173,43 @@ def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, a
     params = {"method": "integrated_gradients", "steps": args.steps, "tolerance": 1.0,
               **({"device": args.device} if args.device != "cpu" else {})}
 
+    asked: list[str] = []
+
     def ask(i):
         row = x[i % len(x)]
         if row.dtype.kind == "f":  # fresh inputs: the worker's attribution cache never answers
             row = (row * (1 + 1e-3 * rng.standard_normal(row.shape))).astype(np.float32)
-        return _call(f"{base}/models/{model_name}:explain", token, {"instances": row.tolist(), "parameters": params})
+        answer = _call(f"{base}/models/{model_name}:explain", token, {"instances": row.tolist(), "parameters": params})
+        asked.append(answer["job"])
 
+    def phases(jobs: list[str]) -> dict:
+        """Where a request's time went: queued (created -> claimed) and running (claimed -> finished)."""
+        from datetime import datetime
+
+        infos = [ws.jobs.get(owner, j) for j in jobs]
+        at = datetime.fromisoformat
+        return {"queued_p50_ms": round(1000 * float(np.median([(at(j.started) - at(j.created)).total_seconds()
+                                                                for j in infos])), 1),
+                "running_p50_ms": round(1000 * float(np.median([(at(j.finished) - at(j.started)).total_seconds()
+                                                                 for j in infos])), 1)}
+
+    owner = Actor("bench", operator=True)
     ask(0)  # the worker loads the model
+    asked.clear()
     idle = _latencies(ask, args.samples)
+    idle_jobs, asked[:] = list(asked), []
     big = np.concatenate([x] * (args.batch_rows // len(x) + 1))[:args.batch_rows]
     dataset = Dataset("bench", model.spec, [f"r{i}" for i in range(len(big))], None, lambda a, b: big[a:b])
     job_params, arrays, title = dataset_job(model, model_name, 1, dataset, "integrated_gradients",
                                             {k: v for k, v in params.items() if k != "method"}, None, shard_rows=64)
-    owner = Actor("bench", operator=True)
     job = submit(ws, owner, "dataset", job_params, title=title, inputs=arrays, priority="batch")
     while ws.jobs.get(owner, job.id).status == "queued":
         time.sleep(0.05)
     beside = _latencies(ask, args.samples)
     after = ws.jobs.get(owner, job.id)
+    beside_jobs = list(asked)
     ws.jobs.cancel(owner, job.id)
-    return {"idle": _ms(idle), "beside_batch_job": _ms(beside),
+    return {"idle": {**_ms(idle), **phases(idle_jobs)}, "beside_batch_job": {**_ms(beside), **phases(beside_jobs)},
             "batch_job": {"rows": args.batch_rows, "status_after": after.status, "progress_after": after.progress},
             "ratio_p50": round(float(np.percentile(beside, 50) / np.percentile(idle, 50)), 2),
             "ratio_p95": round(float(np.percentile(beside, 95) / np.percentile(idle, 95)), 2)}
@@ -195,7 +228,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--delay-ms", type=float, default=5.0)
     ap.add_argument("--max-batch-rows", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads here and in the server (OMP_NUM_THREADS); 1 on a crowded machine, where "
+                         "OpenMP's waiting for a descheduled peer thread makes latencies of 10x")
     args = ap.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported; the server inherits it
 
     import torch
 
@@ -225,16 +263,16 @@ def main() -> None:
                           "engine_threads_unbatched_rows_s": round(threads_alone, 1),
                           "engine_threads_batched_rows_s": round(threads_batched, 1),
                           "engine_threads_batch_rows_mean": round(float(np.mean(sizes)), 1) if sizes else None}}
-    try:
+    servers: dict[str, Server] = {}
+    try:  # both at once, measured in turns: batching off (the service as it was) and on
         for label, delay in (("no_batching", 0.0), ("batching", args.delay_ms)):
-            server = Server(url, home, args.token, delay, args.max_batch_rows)
-            try:
-                result["predict"][label] = _predict(server.base, args.token, args.model, x, args)
-                if label == "batching":
-                    result["explain"] = _explain(server.base, ws, args.token, model, args.model, x, args)
-            finally:
-                server.stop()
+            servers[label] = Server(url, home, args.token, delay, args.max_batch_rows)
+        result["predict"].update(_predict(servers, args.model, x, args))
+        servers.pop("no_batching").stop()  # its queue worker would share the batch job
+        result["explain"] = _explain(servers["batching"].base, ws, args.token, model, args.model, x, args)
     finally:
+        for server in servers.values():
+            server.stop()
         ws.close()
         cleanup()
     p = result["predict"]
