@@ -1,15 +1,18 @@
 """Generate from a causal LM greedily (or score given continuations) and attribute every new token; write G.npz.
 
 ``python -m explain generate MODEL --prompts P.txt [--targets T.txt] [--max-new-tokens N]
-[--method integrated_gradients|saliency|input_x_gradient] [--steps S] [--baseline pad|unk|zero]
-[--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
+[--method integrated_gradients|saliency|input_x_gradient|deeplift|deep_shap] [--steps S] [--baseline pad|unk|zero]
+[--granularity token|word|sentence] [--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
 
 Each line of P.txt is a prompt (or P.npy / P.npz holds token ids [N, L]); with ``--targets`` each line
 of T.txt is the continuation of its prompt, explained by teacher forcing instead of generating.
 G.npz holds ``input_ids`` [N, L] (prompt + generated, -1 after a text's end), ``prompt_length`` [N],
 ``generated_length`` [N], ``generated_ids`` [N, T] (-1 after a text's end), ``values`` [N, T, L] (the
 attribution of generated token t's log-probability to every earlier position; 0 elsewhere),
-``logprobs`` [N, T] and ``completeness_error`` [N, T] (NaN where undefined or past a text's end).
+``logprobs`` [N, T] and ``completeness_error`` [N, T] (NaN where undefined or past a text's end); with
+``--granularity word|sentence`` also ``group_spans`` [N, G, 2] (each group's start and end positions, -1 past
+a text's groups) and ``group_values`` [N, T, G] (`explain.generation.granularity`; stdout adds
+``granularity`` and ``groups``, each text's group labels).
 stdout JSON: ``texts`` (each continuation), ``tokens``, ``completeness_error`` (per text, per token; null
 where undefined), ``max_completeness_error``, ``method``, ``params``, ``seconds``, ``shape``, ``out``; with
 ``--quality`` also ``quality`` (``comprehensiveness``, ``sufficiency``, ``deletion``, ``insertion``: each the
@@ -39,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", default=None, help="continuations to explain by teacher forcing: .txt (one per prompt) or ids")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens generated per prompt (default 20)")
     parser.add_argument("--method", default="integrated_gradients",
-                        choices=("integrated_gradients", "saliency", "input_x_gradient"))
+                        choices=("integrated_gradients", "saliency", "input_x_gradient", "deeplift", "deep_shap"))
     parser.add_argument("--steps", type=int, default=None, help="integrated gradients' steps (default 32)")
     parser.add_argument("--baseline", default="pad", choices=("pad", "unk", "zero"),
-                        help="reference embeddings at every earlier position (integrated gradients)")
+                        help="reference embeddings at every earlier position (integrated gradients, deeplift)")
+    parser.add_argument("--granularity", default="token", choices=("token", "word", "sentence"),
+                        help="also group the attribution's columns into words or sentences (summed)")
     parser.add_argument("--batch-size", type=int, default=0, help="rows per pass (default: fit to memory)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--quality", action="store_true",
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS
     results = attribute_generation(model, texts, args.method, steps, args.baseline, args.batch_size, args.device)
     arrays = generation_arrays(results)
+    groups = grouped_arrays(model.spec, results, args.granularity, arrays) if args.granularity != "token" else []
     out = Path(args.out)
     with replace_atomically(out) as tmp:
         np.savez_compressed(tmp, **arrays)
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "params": results[0].params if results else {},
         "seconds": time.perf_counter() - began,
         "shape": list(arrays["values"].shape),
+        **({"granularity": args.granularity, "groups": groups} if args.granularity != "token" else {}),
         "out": str(out),
     }
 
@@ -108,6 +115,21 @@ def quality_json(model, results: list, replace: str, device: str) -> dict[str, d
 
     return {"quality": {name: mean(name, False) for name in TOKEN_METRICS},
             "quality_random": {name: mean(name, True) for name in TOKEN_METRICS}}
+
+
+def grouped_arrays(spec, results: list, granularity: str, arrays: dict[str, np.ndarray]) -> list[list[str]]:
+    """Add ``group_values`` [N, T, G] (each row's columns summed per group) and ``group_spans`` [N, G, 2]
+    (start, end positions; -1 past a text's groups) to ``arrays``; return each text's group labels."""
+    from explain.generation.granularity import group_labels, group_spans, group_values
+
+    spans = [group_spans(r.input_ids, spec, granularity) for r in results]
+    most = max((len(s) for s in spans), default=0)
+    arrays["group_spans"] = np.full((len(results), most, 2), -1, np.int64)
+    arrays["group_values"] = np.zeros((len(results), arrays["values"].shape[1], most), np.float32)
+    for i, (r, s) in enumerate(zip(results, spans)):
+        arrays["group_spans"][i, : len(s)] = s
+        arrays["group_values"][i, : len(r.generated_ids), : len(s)] = group_values(r.values, s)
+    return [group_labels(r.input_ids, spec, s) for r, s in zip(results, spans)]
 
 
 def generation_arrays(results: list) -> dict[str, np.ndarray]:
