@@ -114,6 +114,8 @@ def test_two_jobs_on_one_model_never_hold_it_together(team, monkeypatch):
 
 def test_holding_a_second_model_never_waits_while_holding_the_first():
     class M:  # what Holding reads of a model
+        process = None
+
         def __init__(self, sha):
             self.sha256 = sha
 
@@ -200,7 +202,7 @@ def test_a_batch_job_lets_an_interactive_job_run_between_its_chunks_and_ends_as_
 
 def test_a_batch_job_between_chunks_lets_a_thread_waiting_for_its_model_go_first():
     class M:
-        sha256 = "m"
+        sha256, process = "m", None
 
     locks = ModelLocks()
     batch, order = Holding(locks), []
@@ -437,3 +439,25 @@ def test_a_batch_job_that_hooks_nothing_pauses_inside_its_method_for_jobs_that_h
     Worker(team, name="again").run_once()
     np.testing.assert_array_equal(team.runs.open(OP, big.id).results["0/values"],
                                   team.runs.open(OP, again.id).results["0/values"])
+
+
+def test_only_shared_holds_of_models_in_this_process_pause_inside_a_method():
+    class M:
+        def __init__(self, sha, modality="tabular", process=None):
+            self.sha256, self.modality, self.process = sha, modality, process
+
+    def pausable(*models, shares=True):
+        holding = Holding(ModelLocks(), shares=shares)
+        for m in models:
+            holding.take(m)
+        try:
+            return holding.pausable_in_method
+        finally:
+            holding.release_all()
+
+    assert pausable(M("a"), M("b"))
+    assert not pausable()  # nothing held yet
+    assert not pausable(M("a"), shares=False)  # a job that may hook its model
+    assert not pausable(M("a", "text"))  # the engine hooks a text model's embedding here
+    # a model process's request waits on the progress callback: no other request may go to it then
+    assert not pausable(M("a"), M("b", "text", process=object()))

@@ -144,6 +144,7 @@ class Holding:
         self.locks = locks
         self.shares = shares
         self.held: dict[str, tuple[ModelLock, bool]] = {}  # key -> (lock, shared)
+        self.remote: set[str] = set()  # keys of held models that run in a model process
 
     def take(self, model: LoadedModel) -> None:
         """Hold ``model`` for this job; without waiting while holding another (all are let go and
@@ -151,21 +152,24 @@ class Holding:
         key = model.sha256
         if key in self.held:
             return
+        if model.process is not None:
+            self.remote.add(key)
         shared = self.shares and (model.process is not None or model.modality != "text")
         lock = self.locks.get(key)
         if lock.acquire(blocking=not self.held, shared=shared):
             self.held[key] = (lock, shared)
             return
-        others = dict(self.held)
+        others, remote = dict(self.held), set(self.remote)
         self.release_all()
-        self.held = {**others, key: (lock, shared)}
+        self.held, self.remote = {**others, key: (lock, shared)}, remote
         for k in sorted(self.held):
             self.held[k][0].acquire(shared=self.held[k][1])
 
     @property
-    def all_shared(self) -> bool:
-        """True when this job holds models, each of them shared: nothing it does hooks them."""
-        return bool(self.held) and all(shared for _, shared in self.held.values())
+    def pausable_in_method(self) -> bool:
+        """True when this job holds models, each shared and run in this process: nothing it does hooks
+        them, and no request to a model process waits on its progress callback (where it would pause)."""
+        return bool(self.held) and all(shared for _, shared in self.held.values()) and not self.remote
 
     @property
     def wanted(self) -> bool:
@@ -189,3 +193,4 @@ class Holding:
         for lock, _ in self.held.values():
             lock.release_all()
         self.held.clear()
+        self.remote.clear()

@@ -188,7 +188,7 @@ class Worker:
                 pause_for_interactive(only_sharing=True)
 
         def pausable_mid_chunk() -> bool:  # a batch job that hooks nothing may pause inside its method
-            return job.priority == "batch" and self.serves_queue and holding.all_shared
+            return job.priority == "batch" and self.serves_queue and holding.pausable_in_method
 
         def pause_for_interactive(only_sharing: bool = False) -> None:
             if not jobs.has_queued("interactive", tuple(RUNNERS)):
