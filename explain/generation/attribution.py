@@ -13,11 +13,16 @@ log p(token P + t | everything before). The methods work on the input embeddings
 - ``saliency``: |grad f(x)| summed over the embedding dimension;
 - ``input_x_gradient``: x * grad f(x) summed over the embedding dimension.
 
-The grid has one row per (generated token, step). A causal LM's output at position
-P + t - 1 reads no later position, so row (t, k) runs only the first P + t positions:
-rows go token-major through `explain.output.engine.Engine.map_chunks` (the largest chunks
-that fit, halved on out of memory), each chunk cut to the longest prefix its rows need,
-with the LM head run only at the positions its rows predict from (``logits_to_keep``).
+The grid has one row per (generated token, step), token-major through
+`explain.output.engine.Engine.map_chunks` (the largest chunks that fit, halved on out of
+memory). A causal LM's output at position P + t - 1 reads no later position, so a chunk
+runs ONE forward per distinct step k of its rows, over the longest prefix its tokens need,
+with the LM head only at the positions they predict from (``logits_to_keep``): every
+token's log-probability at that point comes from the same pass. The chunk's tokens then
+need one vector-Jacobian product each; they go through autograd as one batched backward
+(``is_grads_batched``: vmap over the cotangents), so a chunk of T tokens x S steps costs S
+forward rows and T x S backward rows in a few large kernels, not T x S forward-backward
+passes. A chunk of one row (``batch_size=1``) is the one-target-at-a-time computation.
 """
 from __future__ import annotations
 
@@ -35,12 +40,12 @@ from explain.generation.reference import BASELINES, reference_embeddings
 from explain.generation.result import GeneratedText, GenerationAttribution
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
-from explain.output.engine import Engine, add_rows
+from explain.output.engine import Engine
 from explain.output.methods.integrated_gradients import quadrature
 from explain.progress import ProgressFn, report_progress
 
 #: The methods a generation can be explained with.
-METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
+METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "deeplift", "deep_shap")
 DEFAULT_STEPS = 32
 MAX_STEPS = 1024
 
@@ -83,6 +88,10 @@ def attribute_generation(model: LoadedModel, texts: Sequence[GeneratedText], met
 
 def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, method: str, steps: int,
                     baseline: str, engine: Engine, advance) -> GenerationAttribution:
+    if method in ("deeplift", "deep_shap") and len(text.generated_ids):  # exact rules on a captured graph
+        from explain.generation.deeplift import attribute_rules
+
+        return attribute_rules(lm, model, text, method, baseline, engine, advance)
     began = time.perf_counter()
     device = device_of(lm)
     seq = torch.as_tensor(text.input_ids, device=device)  # [P + T]
@@ -107,15 +116,19 @@ def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, meth
 
     def work(lo: int, hi: int) -> None:
         r = torch.arange(lo, hi, device=device)
-        tok, k = r // steps, r % steps  # token-major: a chunk walks along one token's path
-        cut = p + int(tok.max())  # positions 0 .. P + t_max - 1 are all the chunk's rows read
-        points = (base[:cut] + alphas[k].view(-1, 1, 1) * diff[:cut]).requires_grad_(True)  # [B, cut, D]
+        tok, k = r // steps, r % steps  # token-major: [R] each
+        toks, ks = torch.unique(tok), torch.unique(k)  # sorted: [n_t], [n_k]
+        cut = p + int(toks[-1])  # positions 0 .. P + t_max - 1 are all the chunk's tokens read
+        points = (base[:cut] + alphas[ks].view(-1, 1, 1) * diff[:cut]).requires_grad_(True)  # [n_k, cut, D]
         with torch.enable_grad():
-            logp = _target_logprobs(lm, points.to(dtype), p + tok - 1, targets[tok])  # [B]
-        (grads,) = torch.autograd.grad(logp.sum(), points)  # [B, cut, D]
+            logp = target_logprob_grid(lm, points.to(dtype), p + toks - 1, targets[toks])  # [n_k, n_t]
+        picks = torch.zeros(len(toks), len(ks), len(toks), device=device)  # [n_t, n_k, n_t]: one cotangent per token
+        at_tok = torch.searchsorted(toks, tok)
+        picks[at_tok, torch.searchsorted(ks, k), at_tok] = 1.0  # only the chunk's own (token, step) rows
+        grads = token_gradients(logp, points, picks)  # [n_t, n_k, cut, D]
         if method == "saliency":
             grads = grads.abs()
-        add_rows(acc[:, :cut], tok, grads.float(), weights[k])
+        acc[toks, :cut] += torch.einsum("tkld,k->tld", grads.float(), weights[ks])
         advance(hi - lo)
 
     row_bytes = length * x.shape[1] * 4 * (4 + 16 * layers)  # the row's activations, roughly
@@ -144,19 +157,34 @@ def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, meth
         error.float().cpu().numpy(), method, params, time.perf_counter() - began, notes + list(engine.notes))
 
 
-def _target_logprobs(lm: nn.Module, points: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(targets[r] | points[r, :positions[r] + 1]) for each row r: [B].
+def target_logprob_grid(lm: nn.Module, points: torch.Tensor, positions: torch.Tensor,
+                        targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets[j] | points[b, :positions[j] + 1]) for every point b and target j: [B, K].
 
-    points [B, L, D] (input embeddings; B = 1: one text for every target), positions [B] (where each
-    row predicts), targets [B] ids.
+    points [B, L, D] input embeddings (B points of one text: IG's steps), positions [K] distinct
+    positions (where each target is predicted from), targets [K] ids. One forward pass; the
+    head runs only at ``positions`` when the model takes ``logits_to_keep``.
     """
-    kept = torch.unique(positions)  # sorted
-    kwargs = {"logits_to_keep": kept} if keeps_logits(lm) else {}
-    logits = lm(inputs_embeds=points, use_cache=False, **kwargs).logits  # [B, len(kept) or L, V]
-    column = torch.searchsorted(kept, positions) if kwargs else positions
-    row = torch.arange(len(positions), device=points.device) if points.shape[0] > 1 else torch.zeros_like(positions)
-    rows = logits[row, column]  # [B, V]
-    return torch.log_softmax(rows.float(), dim=-1).gather(1, targets[:, None])[:, 0]
+    kwargs = {"logits_to_keep": positions} if keeps_logits(lm) else {}
+    logits = lm(inputs_embeds=points, use_cache=False, **kwargs).logits  # [B, K or L, V]
+    rows = logits if kwargs else logits[:, positions]  # [B, K, V]
+    index = targets.view(1, -1, 1).expand(points.shape[0], -1, 1)  # [B, K, 1]
+    return torch.log_softmax(rows.float(), dim=-1).gather(2, index)[..., 0]
+
+
+def _target_logprobs(lm: nn.Module, points: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets[j] | points[0, :positions[j] + 1]) of one text (points [1, L, D]): [K]."""
+    return target_logprob_grid(lm, points, positions, targets)[0]
+
+
+def token_gradients(logp: torch.Tensor, points: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """The vector-Jacobian products of ``logp`` [B, K] with each cotangent ``picks[j]`` [B, K] with respect
+    to ``points`` [B, L, D]: [J, B, L, D], all J through one batched backward (vmap over the cotangents)."""
+    if picks.shape[0] == 1:
+        (grads,) = torch.autograd.grad(logp, points, picks[0])
+        return grads[None]
+    (grads,) = torch.autograd.grad(logp, points, picks, is_grads_batched=True)
+    return grads
 
 
 def keeps_logits(lm: nn.Module) -> bool:

@@ -1,0 +1,77 @@
+"""Several targets per backward (issue 22): a chunk of the (generated token x step) grid runs one forward
+per step and one batched backward for all its tokens; the numbers equal the one-row-at-a-time computation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from causal_models import one_thread, write_hf_gpt2, write_hf_llama  # noqa: E402, F401 - one_thread: a fixture
+
+from explain.generation.attribution import attribute_generation, target_logprob_grid, token_gradients  # noqa: E402
+from explain.generation.greedy import generate_greedy  # noqa: E402
+from explain.generation.prompts import encode_texts  # noqa: E402
+from explain.loading.huggingface import folder_as_zip, load_huggingface_parts  # noqa: E402
+from explain.model import LoadedModel  # noqa: E402
+
+PROMPTS = ["the cat sat on", "two plus two is four and"]
+NEW = 6
+STEPS = 8
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def lm(request, tmp_path_factory):
+    """(model loaded in this process, greedy texts): the library's functions called directly."""
+    folder = tmp_path_factory.mktemp(request.param) / request.param
+    folder.mkdir()
+    (write_hf_llama if request.param == "llama" else write_hf_gpt2)(folder)
+    parts = load_huggingface_parts(folder_as_zip(folder)[0])
+    model = LoadedModel(module=parts.module, format="huggingface", sha256="test", spec=parts.embedded_spec)
+    texts = generate_greedy(model, encode_texts(PROMPTS, model.spec), NEW)
+    return model, texts
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "saliency", "input_x_gradient"])
+def test_batched_targets_equal_one_row_at_a_time(lm, method):
+    model, texts = lm
+    batched = attribute_generation(model, texts, method, STEPS, "pad")
+    single = attribute_generation(model, texts, method, STEPS, "pad", batch_size=1)
+    steps = STEPS if method == "integrated_gradients" else 1
+    for text, many, one in zip(texts, batched, single):
+        rows = len(text.generated_ids) * steps
+        assert many.notes[0] == f"chunks of {rows}-{rows} rows"  # the whole grid in one chunk: one backward
+        assert one.notes[0] == "chunks of 1-1 rows"
+        np.testing.assert_allclose(many.values, one.values, atol=1e-6, rtol=1e-6)  # float32 sums in another order
+        np.testing.assert_allclose(many.completeness_error, one.completeness_error, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+def test_a_chunk_that_splits_a_token_s_steps_gives_the_same_values(lm):
+    """Chunks of 5 rows of an 8-step grid: tokens cut in the middle of their paths, two tokens in one chunk."""
+    model, texts = lm
+    whole = attribute_generation(model, texts[:1], "integrated_gradients", STEPS, "pad")[0]
+    split = attribute_generation(model, texts[:1], "integrated_gradients", STEPS, "pad", batch_size=5)[0]
+    np.testing.assert_allclose(split.values, whole.values, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(split.completeness_error, whole.completeness_error, atol=1e-5, rtol=1e-5)
+
+
+def test_token_gradients_are_each_targets_own_gradient(lm):
+    """J cotangents through one batched backward = J separate autograd.grad calls, exactly."""
+    model, texts = lm
+    net, text = model.module.model, texts[1]
+    p, ids = len(text.prompt_ids), torch.as_tensor(text.input_ids)
+    x = net.get_input_embeddings()(ids[:-1]).detach()  # [L, D]
+    points = torch.stack([0.5 * x, x]).requires_grad_(True)  # [2, L, D]
+    positions = p - 1 + torch.arange(NEW)
+    logp = target_logprob_grid(net, points, positions, ids[p:])  # [2, T]
+    picks = torch.eye(NEW)[:, None, :].expand(NEW, 2, NEW)  # token j at both points
+    ones = [torch.autograd.grad(logp[:, j].sum(), points, retain_graph=True)[0] for j in (0, 3, NEW - 1)]
+    grads = token_gradients(logp, points, picks)  # [T, 2, L, D]
+    for j, one in zip((0, 3, NEW - 1), ones):
+        torch.testing.assert_close(grads[j], one, atol=1e-7, rtol=0)
+        assert not grads[j, :, p + j:].any()  # causal: nothing at or after the token's own position
+    whole = torch.log_softmax(net(inputs_embeds=x[None]).logits[0].float(), -1)  # [L, V]
+    torch.testing.assert_close(logp[1], whole[positions, ids[p:]], atol=1e-6, rtol=0)
