@@ -2,7 +2,7 @@
 
 ``python -m explain generate MODEL --prompts P.txt [--targets T.txt] [--max-new-tokens N]
 [--method integrated_gradients|saliency|input_x_gradient|deeplift|deep_shap] [--steps S] [--baseline pad|unk|zero]
-[--granularity token|word|sentence] [--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
+[--granularity token|word|sentence] [--contrast B.txt [--contrast-step K]] [--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
 
 Each line of P.txt is a prompt (or P.npy / P.npz holds token ids [N, L]); with ``--targets`` each line
 of T.txt is the continuation of its prompt, explained by teacher forcing instead of generating.
@@ -12,7 +12,11 @@ attribution of generated token t's log-probability to every earlier position; 0 
 ``logprobs`` [N, T] and ``completeness_error`` [N, T] (NaN where undefined or past a text's end); with
 ``--granularity word|sentence`` also ``group_spans`` [N, G, 2] (each group's start and end positions, -1 past
 a text's groups) and ``group_values`` [N, T, G] (`explain.generation.granularity`; stdout adds
-``granularity`` and ``groups``, each text's group labels).
+``granularity`` and ``groups``, each text's group labels). With ``--contrast B.txt`` (one alternative token per
+prompt) the token at ``--contrast-step`` is contrasted with it (log p(A) - log p(B),
+`explain.generation.contrastive`): G.npz adds ``contrast_values`` [N, L], ``contrast_ids`` [N, 2],
+``contrast_difference`` [N] and ``contrast_completeness_error`` [N]; stdout adds ``contrast`` (per text: ``step``,
+``token``, ``alternative``, ``difference``, ``completeness_error``).
 stdout JSON: ``texts`` (each continuation), ``tokens``, ``completeness_error`` (per text, per token; null
 where undefined), ``max_completeness_error``, ``method``, ``params``, ``seconds``, ``shape``, ``out``; with
 ``--quality`` also ``quality`` (``comprehensiveness``, ``sufficiency``, ``deletion``, ``insertion``: each the
@@ -48,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reference embeddings at every earlier position (integrated gradients, deeplift)")
     parser.add_argument("--granularity", default="token", choices=("token", "word", "sentence"),
                         help="also group the attribution's columns into words or sentences (summed)")
+    parser.add_argument("--contrast", default=None, help="why A rather than B: one alternative token per prompt "
+                        "(.txt, one per line, or ids), contrasted with the token at --contrast-step")
+    parser.add_argument("--contrast-step", type=int, default=0, help="which token after the prompt is contrasted (default 0)")
     parser.add_argument("--batch-size", type=int, default=0, help="rows per pass (default: fit to memory)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--quality", action="store_true",
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS
     results = attribute_generation(model, texts, args.method, steps, args.baseline, args.batch_size, args.device)
     arrays = generation_arrays(results)
+    contrast = contrast_arrays(model, texts, args, steps, arrays) if args.contrast else []
     groups = grouped_arrays(model.spec, results, args.granularity, arrays) if args.granularity != "token" else []
     out = Path(args.out)
     with replace_atomically(out) as tmp:
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "params": results[0].params if results else {},
         "seconds": time.perf_counter() - began,
         "shape": list(arrays["values"].shape),
+        **({"contrast": contrast} if args.contrast else {}),
         **({"granularity": args.granularity, "groups": groups} if args.granularity != "token" else {}),
         "out": str(out),
     }
@@ -115,6 +124,27 @@ def quality_json(model, results: list, replace: str, device: str) -> dict[str, d
 
     return {"quality": {name: mean(name, False) for name in TOKEN_METRICS},
             "quality_random": {name: mean(name, True) for name in TOKEN_METRICS}}
+
+
+def contrast_arrays(model, texts: list, args: argparse.Namespace, steps: int, arrays: dict[str, np.ndarray]) -> list[dict]:
+    """Add ``contrast_values`` [N, L] (log p(A) - log p(B) at the step, attributed; 0 from the step on),
+    ``contrast_ids`` [N, 2] (A, B), ``contrast_difference`` [N] and ``contrast_completeness_error`` [N] to
+    ``arrays``; return the stdout ``contrast`` list."""
+    from explain.generation.contrastive import attribute_contrast, single_tokens
+    from explain.generation.prompts import read_token_lists, token_strings
+
+    given = read_token_lists(args.contrast, model.spec, special_tokens=False, what="alternatives")
+    found = attribute_contrast(model, texts, single_tokens(given), args.contrast_step, args.method, steps,
+                               args.baseline, args.batch_size, args.device)
+    arrays["contrast_values"] = np.zeros((len(found), arrays["values"].shape[2]), np.float32)
+    for i, c in enumerate(found):
+        arrays["contrast_values"][i, : c.values.size] = c.values
+    arrays["contrast_ids"] = np.asarray([[c.token, c.alternative] for c in found], np.int64).reshape(-1, 2)
+    arrays["contrast_difference"] = np.asarray([c.difference for c in found], np.float32)
+    arrays["contrast_completeness_error"] = np.asarray([c.completeness_error for c in found], np.float32)
+    return [{"step": c.step, "token": token_strings([c.token], model.spec)[0],
+             "alternative": token_strings([c.alternative], model.spec)[0], "difference": c.difference,
+             "completeness_error": None if np.isnan(c.completeness_error) else c.completeness_error} for c in found]
 
 
 def grouped_arrays(spec, results: list, granularity: str, arrays: dict[str, np.ndarray]) -> list[list[str]]:

@@ -1,0 +1,185 @@
+"""Why A rather than B: log p(A) - log p(B) at one step of a text, attributed to every position before it.
+
+At step t of a text (prompt of P tokens, then the tokens after it) the model predicts token P + t
+(A: the one generated or given) from positions 0 .. P + t - 1; B is an alternative token. The target
+f(x) = log p(A | x) - log p(B | x) is attributed on the input embeddings with the methods of
+`explain.generation.attribution` (integrated gradients along the same path and reference, saliency
+|grad f|, input x gradient), its (step) grid through `explain.output.engine.Engine.map_chunks`. The
+methods linear in the target give attribution(A) - attribution(B); saliency is the gradient of the
+difference, not a difference of saliencies; integrated gradients are complete for the difference:
+sum(values) = f(x) - f(reference) up to the quadrature.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from explain.errors import IncompatibleInput, UsageError
+from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, METHODS, keeps_logits
+from explain.generation.causal_lm import causal_lm, device_of
+from explain.generation.reference import BASELINES, reference_embeddings
+from explain.generation.result import GeneratedText
+from explain.loading.model_process import in_model_process
+from explain.model import LoadedModel
+from explain.output.engine import Engine
+from explain.output.methods.integrated_gradients import quadrature
+from explain.progress import ProgressFn, report_progress
+
+
+@dataclass
+class ContrastAttribution:
+    """log p(token) - log p(alternative) at one step, attributed to the positions before it.
+
+    Attributes:
+        context_ids: int64 [P + t] the positions the step reads (prompt, then the tokens before it).
+        step: t, the index of the contrasted token among the tokens after the prompt.
+        token, alternative: A (the text's token at the step) and B.
+        values: float32 [P + t] the attribution of f = log p(A) - log p(B) to each position.
+        difference: f at the text's own embeddings.
+        baseline_difference: f at the reference (NaN for methods without one).
+        completeness_error: |sum(values) - (difference - baseline_difference)| (NaN where undefined).
+        method, params: what computed it. seconds: its wall time.
+    """
+
+    context_ids: np.ndarray
+    step: int
+    token: int
+    alternative: int
+    values: np.ndarray
+    difference: float
+    baseline_difference: float
+    completeness_error: float
+    method: str
+    params: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.context_ids = np.asarray(self.context_ids, dtype=np.int64).reshape(-1)
+        self.values = np.asarray(self.values, dtype=np.float32).reshape(-1)
+        if self.values.shape != self.context_ids.shape:
+            raise ValueError("values must hold one value per context position")
+        self.step, self.token, self.alternative = int(self.step), int(self.token), int(self.alternative)
+        self.difference, self.baseline_difference = float(self.difference), float(self.baseline_difference)
+        self.completeness_error = float(self.completeness_error)
+
+
+@in_model_process
+def attribute_contrast(model: LoadedModel, texts: Sequence[GeneratedText], alternatives: Sequence[int],
+                       step: int = 0, method: str = "integrated_gradients", steps: int = DEFAULT_STEPS,
+                       baseline: str = "pad", batch_size: int = 0, device: str = "auto",
+                       progress: ProgressFn | None = None) -> list[ContrastAttribution]:
+    """One `ContrastAttribution` per text: its token at ``step`` against its alternative.
+
+    Args:
+        texts: prompts and the tokens after them (generated or teacher-forced).
+        alternatives: one token id per text (B).
+        step: which token after the prompt is contrasted (0: the first).
+        method, steps, baseline, batch_size, device: as `explain.generation.attribution.attribute_generation`.
+        progress: progress(done, total) over the grid's rows.
+
+    Raises:
+        UsageError: an unknown method or baseline, steps out of range, a step past a text's tokens,
+            an alternative per text missing, or an alternative equal to the token.
+    """
+    if method not in METHODS:
+        raise UsageError(f"Unknown method {method!r} for a contrast; use one of {', '.join(METHODS)}.")
+    if baseline not in BASELINES:
+        raise UsageError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
+    steps = int(steps) if method == "integrated_gradients" else 1
+    if not 1 <= steps <= MAX_STEPS:
+        raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
+    if len(alternatives) != len(texts):
+        raise UsageError(f"{len(alternatives)} alternatives for {len(texts)} prompts; give one per prompt.")
+    lm = causal_lm(model)
+    vocab = lm.get_input_embeddings().weight.shape[0]
+    for i, (text, alt) in enumerate(zip(texts, alternatives)):
+        if not 0 <= int(step) < len(text.generated_ids):
+            raise UsageError(f"Text {i + 1} has {len(text.generated_ids)} tokens after its prompt; "
+                             f"step {step} is not one of them.")
+        if not 0 <= int(alt) < vocab:
+            raise IncompatibleInput(f"Alternative {i + 1} ({int(alt)}) is outside the model's {vocab} tokens.")
+        if int(alt) == int(text.generated_ids[step]):
+            raise UsageError(f"Alternative {i + 1} is the token itself; contrast it with another token.")
+    engine = Engine(device=device, precision="fp32", batch_size=batch_size)
+    model.to(engine.device)
+    total, done = len(texts) * steps, [0]
+
+    def advance(rows: int) -> None:
+        done[0] += rows
+        report_progress(progress, done[0], total)
+
+    out = [_contrast_one(lm, model, text, int(alt), int(step), method, steps, baseline, engine, advance)
+           for text, alt in zip(texts, alternatives)]
+    report_progress(progress, total, total)
+    return out
+
+
+def _contrast_one(lm: nn.Module, model: LoadedModel, text: GeneratedText, alternative: int, step: int, method: str,
+                  steps: int, baseline: str, engine: Engine, advance) -> ContrastAttribution:
+    began = time.perf_counter()
+    dev = device_of(lm)
+    n = len(text.prompt_ids) + step
+    context = torch.as_tensor(text.input_ids[:n], device=dev)  # [n]
+    token = int(text.input_ids[n])
+    pair = torch.tensor([token, alternative], device=dev)  # [2]: A, B
+    dtype = lm.get_input_embeddings().weight.dtype
+    with torch.no_grad():
+        x = lm.get_input_embeddings()(context).float()  # [n, D]
+    ig = method == "integrated_gradients"
+    base = reference_embeddings(lm, model, x, baseline) if ig else torch.zeros_like(x)
+    alphas, weights = (quadrature(steps) if ig else (torch.ones(1, dtype=torch.float64),) * 2)
+    alphas, weights = alphas.to(dev, torch.float32), weights.to(dev, torch.float32)
+    diff = x - base  # [n, D]
+    acc = torch.zeros_like(x)  # [n, D] weighted gradient sum
+    layers = int(getattr(lm.config, "num_hidden_layers", 0) or getattr(lm.config, "n_layer", 0) or 12)
+
+    def work(lo: int, hi: int) -> None:
+        k = torch.arange(lo, hi, device=dev)
+        points = (base[None] + alphas[k].view(-1, 1, 1) * diff[None]).requires_grad_(True)  # [B, n, D]
+        with torch.enable_grad():
+            f = _differences(lm, points.to(dtype), pair)  # [B]
+        (grads,) = torch.autograd.grad(f.sum(), points)  # [B, n, D]
+        acc.add_((grads.float() * weights[k].view(-1, 1, 1)).sum(0))
+        advance(hi - lo)
+
+    engine.map_chunks(steps, work, n * x.shape[1] * 4 * (4 + 16 * layers), report=False)
+    if ig:
+        values = (acc * diff).sum(-1)  # [n]
+    elif method == "saliency":
+        values = acc.abs().sum(-1)  # |grad f|: the gradient of the difference
+    else:
+        values = (acc * x).sum(-1)
+    with torch.no_grad():
+        difference = float(_differences(lm, x[None].to(dtype), pair)[0])
+        baseline_difference = float(_differences(lm, base[None].to(dtype), pair)[0]) if ig else float("nan")
+    error = abs(float(values.double().sum()) - (difference - baseline_difference)) if ig else float("nan")
+    params = {"steps": steps, "baseline": baseline} if ig else {}
+    return ContrastAttribution(text.input_ids[:n], step, token, alternative, values.cpu().numpy(), difference,
+                               baseline_difference, error, method, params, time.perf_counter() - began)
+
+
+def _differences(lm: nn.Module, points: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    """log p(pair[0]) - log p(pair[1]) after the last of ``points`` [B, n, D]: [B]."""
+    keep = {"logits_to_keep": 1} if keeps_logits(lm) else {}
+    logp = torch.log_softmax(lm(inputs_embeds=points, use_cache=False, **keep).logits[:, -1].float(), dim=-1)  # [B, V]
+    return logp[:, pair[0]] - logp[:, pair[1]]
+
+
+def single_tokens(token_lists: Sequence[np.ndarray], what: str = "Alternative") -> list[int]:
+    """The one token id of each encoded alternative (a contrast compares one token with one token).
+
+    Raises:
+        UsageError: an alternative of no token or of several.
+    """
+    out = []
+    for i, ids in enumerate(token_lists):
+        if len(ids) != 1:
+            raise UsageError(f"{what} {i + 1} is {len(ids)} tokens; a contrast compares the token with one other token.",
+                             "Give one token per line (the model's tokenizer decides what a token is).")
+        out.append(int(ids[0]))
+    return out
