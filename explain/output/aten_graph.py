@@ -87,18 +87,24 @@ class _GraphCache:
                 tuple(example.shape[1:]), str(example.dtype), model.fixed_batch_size)
 
     def get(self, model: LoadedModel, example: torch.Tensor) -> CapturedGraph | None:
-        key = self.key(model, example)
+        return self.get_keyed(self.key(model, example), model.module)
+
+    def put(self, model: LoadedModel, example: torch.Tensor, captured: CapturedGraph) -> None:
+        self.put_keyed(self.key(model, example), model.module, captured)
+
+    def get_keyed(self, key: tuple, owner: Any) -> CapturedGraph | None:
+        """The graph stored under ``key`` while ``owner`` (the module it was captured from) lives;
+        ``key[0]`` is ``id(owner)`` (what `forget` matches)."""
         with self.lock:
             entry = self.entries.get(key)
-            if entry is None or entry[0]() is not model.module:
+            if entry is None or entry[0]() is not owner:
                 return None
             self.entries.move_to_end(key)
             return entry[1]
 
-    def put(self, model: LoadedModel, example: torch.Tensor, captured: CapturedGraph) -> None:
-        key = self.key(model, example)
+    def put_keyed(self, key: tuple, owner: Any, captured: CapturedGraph) -> None:
         try:
-            ref = weakref.ref(model.module, lambda _r: self._drop(key))
+            ref = weakref.ref(owner, lambda _r: self._drop(key))
         except TypeError:  # not weak-referenceable: do not cache
             return
         with self.lock:

@@ -33,6 +33,9 @@ add up to f(x) - f(r) whenever every input-dependent op has one:
   softmax rule, rescale minus the mean over the pass's 2·S·K entries, eps
   1e-10 with the gradient below it, as Captum). Both are Captum's / SHAP's own
   choices and do not add up exactly through a softmax head.
+- ops that read only their inputs' shapes (``new_ones``, ``arange``, ``sym_size``, ...:
+  `SHAPE_ONLY_OPS`; a causal LM's positions and causal mask built from ``inputs_embeds``) are
+  not input-dependent: their values are the same on both sides (rotary cos / sin, masks);
 - every other op keeps its gradient: linear ops are exact; ops without a rule
   are named in the notes and the values then only approximately add up.
 
@@ -102,6 +105,11 @@ ATTENTION_OPS = frozenset(
 )
 #: Ops of degree 2 in their tensor arguments: the midpoint rule is exact.
 PRODUCT_OPS = frozenset("mul mm bmm matmul baddbmm addmm addbmm einsum linear".split())
+#: Ops whose value depends on their tensor inputs' shapes, dtypes and devices only (a causal
+#: LM's position ids and masks built from ``inputs_embeds.shape``): never input-dependent.
+SHAPE_ONLY_OPS = frozenset(
+    "sym_size sym_numel sym_stride new_ones new_zeros new_full new_empty zeros_like ones_like empty_like full_like arange".split()
+)
 _PLUMBING = frozenset("clone view reshape alias _to_copy to contiguous _unsafe_view flatten squeeze getitem".split())
 
 
@@ -222,7 +230,7 @@ def plan_rules(graph: fx.Graph, token_ids: bool, flavour: str = "shap") -> RuleP
     masks: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
     unruled: set[str] = set()
     for node in nodes:
-        if node is start or node.op != "call_function":
+        if node is start or node.op != "call_function" or _functional(op_name(node) or "") in SHAPE_ONLY_OPS:
             continue
         if not any(a in dependent for a in node.all_input_nodes):
             if any(a in id_only for a in node.all_input_nodes):
