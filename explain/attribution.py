@@ -142,6 +142,19 @@ def run_details(params: dict[str, Any]) -> list[str]:
     return out
 
 
+def merge_step_raising(records: list[dict | None]) -> dict | None:
+    """What the tolerance loop did over several parts of one run (a dataset's shards, each one's
+    ``params.get("step_raising")``) as one record: inputs raised summed, the most steps any used, the
+    largest error left, stopped by the first limit any part met (None when no part recorded one)."""
+    done = [r for r in records if isinstance(r, dict)]
+    if not done:
+        return None
+    stops = [r.get("stopped_by") for r in done if r.get("stopped_by")]
+    return {**done[0], "raised": sum(int(r.get("raised", 0)) for r in done),
+            "most_used": max(int(r.get("most_used", 0)) for r in done),
+            "max_error": max(float(r.get("max_error", 0.0)) for r in done), "stopped_by": stops[0] if stops else None}
+
+
 def step_raising_text(params: dict) -> str | None:
     """What the tolerance loop did, in one line (None when it raised nothing and was not stopped),
     from a run's recorded ``params`` (``step_raising``:

@@ -118,3 +118,36 @@ def test_an_explain_jobs_run_records_the_raising_and_the_output_page_line_reads_
     assert attr.params["per_input"]["steps"] == [8, 8]
     assert step_raising_text(attr.params).startswith(
         "Steps: 2 asked; the completeness tolerance raised 2 input(s), up to 8; stopped by the step budget")
+
+
+def test_merge_step_raising_over_a_runs_parts():
+    from explain.attribution import merge_step_raising
+
+    a = {"requested": 8, "limit": 32, "seconds_limit": 60.0, "most_used": 16, "raised": 2, "stopped_by": None,
+         "max_error": 0.001}
+    b = {**a, "most_used": 32, "raised": 1, "stopped_by": "steps", "max_error": 0.2}
+    assert merge_step_raising([None, None]) is None
+    assert merge_step_raising([a, None, b]) == {**a, "most_used": 32, "raised": 3, "stopped_by": "steps",
+                                                "max_error": 0.2}
+
+
+def test_a_dataset_run_records_the_raising_of_every_shard(workspace):
+    from explain.dataset.job import dataset_job
+    from explain.dataset.reading import Dataset
+    from explain.service.worker import Worker
+    from explain.workspace import Actor
+    from sample_models import load_sample, sample_inputs, sample_registry_files
+
+    op = Actor("cli:tester", operator=True)
+    workspace.seed(sample_registry_files())
+    workspace.users.add(op, "alice", "admin")
+    model, x = load_sample("cancer"), sample_inputs("cancer")["inputs"][:6]
+    data = Dataset("rows", model.spec, [f"r{i}" for i in range(6)], None, lambda a, b: x[a:b])
+    params, arrays, title = dataset_job(model, "cancer", 1, data, "integrated_gradients",
+                                        {"steps": 2, "tolerance": 1e-9}, None, shard_rows=3)
+    workspace.jobs.submit(Actor("alice"), "dataset", params, title=title, inputs=arrays)
+    run = workspace.runs.open(op, Worker(workspace).run_once().run)
+    did = run.info.params["integrated_gradients"]["step_raising"]
+    assert did["raised"] == 6 and did["most_used"] == 8 and did["stopped_by"] == "steps"  # both shards
+    assert run.results["per_input/steps"].tolist() == [8] * 6
+    assert did["max_error"] == pytest.approx(float(run.results["completeness_error"].max()))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from explain.attribution import merge_step_raising
 from explain.dataset.reading import Dataset
 from explain.dataset.run import DatasetRun, check_target, dataset_params, explain_dataset, make_engine
 from explain.dataset.summary import DatasetSummary, summary_dict
@@ -98,13 +99,22 @@ def dataset_record(name: str, version: int, model: LoadedModel, run: DatasetRun,
     return RunRecord(
         page="dataset", model=name, version=version, method=run.method,
         title=f"{run.method} on dataset {run.dataset.name} ({len(run.dataset)} rows) of {model.name}",
-        params={run.method: {k: v for k, v in first.params.items() if not isinstance(v, np.ndarray) and k != PER_INPUT},
+        params={run.method: {**{k: v for k, v in first.params.items()
+                                if not isinstance(v, np.ndarray) and k not in (PER_INPUT, "step_raising")},
+                             # what IG's tolerance did over every shard, not the first one's
+                             **_step_raising(run)},
                 "shard_rows": run.shard_rows, "engine": engine, "target": params.get("target")},
         target=params.get("target") if isinstance(params.get("target"), int) else None,
         inputs={"inputs": run.dataset.rows(0, len(run.dataset)), "item_names": arrays["item_names"],
                 **({"labels": arrays["labels"]} if "labels" in arrays else {}), **spec_inputs(model.spec)},
         results=arrays, summary=summary,
         environment=environment(device=first.device, precision=first.precision))
+
+
+def _step_raising(run: DatasetRun) -> dict[str, Any]:
+    """``{"step_raising": ...}`` merged over the finished shards (`merge_step_raising`), or {} if none raised."""
+    merged = merge_step_raising([r.attribution.params.get("step_raising") for r in run.finished()])
+    return {} if merged is None else {"step_raising": merged}
 
 
 def _per_row_values(run: DatasetRun) -> dict[str, np.ndarray]:
