@@ -116,3 +116,60 @@ def test_cli_generate_contrast(llama, tmp_path, capsys):
                  "--contrast", str(words), "--out", str(tmp_path / "x.npz")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Alternative 1 is" in err
+
+
+@pytest.mark.parametrize("granularity", ["token", "word", "sentence"])
+def test_occlusion_equals_captums_feature_ablation(llama, granularity):
+    from captum.attr import FeatureAblation
+
+    from explain.generation.granularity import group_spans, position_groups
+    from explain.generation.occlusion import occlude_generation
+
+    _folder, model, ref, _prompts, texts, _alternatives = llama
+    pad = ref.config.pad_token_id if ref.config.pad_token_id is not None else ref.config.eos_token_id
+    found = occlude_generation(model, texts, granularity, "pad")
+    worst = 0.0
+    for text, attr in zip(texts, found):
+        p, ids = len(text.prompt_ids), torch.as_tensor(text.input_ids)
+        spans = group_spans(text.input_ids, model.spec, granularity)
+        assert attr.method == "occlusion" and attr.params == {"granularity": granularity, "baseline": "pad"}
+        np.testing.assert_allclose(attr.logprobs, text.logprobs, atol=1e-5)
+        for t in range(len(text.generated_ids)):
+            n, target = p + t, int(ids[p + t])
+
+            def forward(batch, target=target):
+                with torch.no_grad():
+                    return torch.log_softmax(ref(input_ids=batch).logits[:, -1].float(), -1)[:, target]
+
+            mask = torch.as_tensor(position_groups(spans, len(ids))[:n])[None]  # [1, n]: the groups, cut at n
+            want = FeatureAblation(forward).attribute(ids[None, :n], baselines=int(pad), feature_mask=mask)[0]
+            np.testing.assert_allclose(attr.values[t, :n], want.numpy(), atol=1e-5)
+            assert not attr.values[t, n:].any()
+            worst = max(worst, float(np.abs(attr.values[t, :n] - want.numpy()).max()))
+    assert worst < 1e-5
+    if granularity == "sentence":  # the prompt's first sentence is one group: one value at all its positions
+        first = group_spans(texts[0].input_ids, model.spec, "sentence")[1]
+        assert len(set(found[0].values[0, first[0]:first[1]].tolist())) == 1 and first[1] - first[0] > 1
+
+
+def test_cli_generate_occlusion_by_word(llama, tmp_path, capsys):
+    from explain.generation.granularity import group_spans, shared_group_values
+    from explain.generation.occlusion import occlude_generation
+
+    folder, model, _ref, _prompts, texts, _alternatives = llama
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "o.npz"
+    assert main(["generate", str(folder), "--prompts", str(prompts), "--max-new-tokens", str(NEW), "--method", "occlusion",
+                 "--granularity", "word", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["method"] == "occlusion" and printed["params"] == {"granularity": "word", "baseline": "pad"}
+    g = np.load(out)
+    want = occlude_generation(model, texts, "word", "pad")
+    for i, (text, attr) in enumerate(zip(texts, want)):
+        np.testing.assert_allclose(g["values"][i, :, : text.input_ids.size], attr.values, atol=1e-6)
+        spans = group_spans(text.input_ids, model.spec, "word")
+        np.testing.assert_allclose(g["group_values"][i, :, : len(spans)], shared_group_values(attr.values, spans), atol=1e-6)
+    assert main(["generate", str(folder), "--prompts", str(prompts), "--method", "occlusion", "--baseline", "zero",
+                 "--out", str(tmp_path / "z.npz")]) == 2
+    assert "not 'zero'" in capsys.readouterr().err

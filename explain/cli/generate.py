@@ -1,7 +1,7 @@
 """Generate from a causal LM greedily (or score given continuations) and attribute every new token; write G.npz.
 
 ``python -m explain generate MODEL --prompts P.txt [--targets T.txt] [--max-new-tokens N]
-[--method integrated_gradients|saliency|input_x_gradient|deeplift|deep_shap] [--steps S] [--baseline pad|unk|zero]
+[--method integrated_gradients|saliency|input_x_gradient|deeplift|deep_shap|occlusion] [--steps S] [--baseline pad|unk|zero]
 [--granularity token|word|sentence] [--contrast B.txt [--contrast-step K]] [--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
 
 Each line of P.txt is a prompt (or P.npy / P.npz holds token ids [N, L]); with ``--targets`` each line
@@ -46,10 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", default=None, help="continuations to explain by teacher forcing: .txt (one per prompt) or ids")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens generated per prompt (default 20)")
     parser.add_argument("--method", default="integrated_gradients",
-                        choices=("integrated_gradients", "saliency", "input_x_gradient", "deeplift", "deep_shap"))
+                        choices=("integrated_gradients", "saliency", "input_x_gradient", "deeplift", "deep_shap", "occlusion"),
+                        help="occlusion: each token / word / sentence (--granularity) replaced by --baseline pad|unk")
     parser.add_argument("--steps", type=int, default=None, help="integrated gradients' steps (default 32)")
     parser.add_argument("--baseline", default="pad", choices=("pad", "unk", "zero"),
-                        help="reference embeddings at every earlier position (integrated gradients, deeplift)")
+                        help="reference embeddings at every earlier position (integrated gradients, deeplift); "
+                        "the replacement token (occlusion)")
     parser.add_argument("--granularity", default="token", choices=("token", "word", "sentence"),
                         help="also group the attribution's columns into words or sentences (summed)")
     parser.add_argument("--contrast", default=None, help="why A rather than B: one alternative token per prompt "
@@ -64,10 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from explain.errors import UsageError
-    from explain.generation.attribution import DEFAULT_STEPS, attribute_generation
+    from explain.generation.attribution import DEFAULT_STEPS
     from explain.generation.causal_lm import require_causal_lm
     from explain.generation.continuation import force_continuations
     from explain.generation.greedy import generate_greedy
+    from explain.generation.occlusion import attribute_texts
     from explain.generation.prompts import decode_ids, read_token_lists, token_strings
 
     if args.steps is not None and args.method != "integrated_gradients":
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         texts = generate_greedy(model, prompts, args.max_new_tokens)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS
-    results = attribute_generation(model, texts, args.method, steps, args.baseline, args.batch_size, args.device)
+    results = attribute_texts(model, texts, args.method, steps, args.baseline, args.granularity, args.batch_size,
+                              args.device)
     arrays = generation_arrays(results)
     contrast = contrast_arrays(model, texts, args, steps, arrays) if args.contrast else []
     groups = grouped_arrays(model.spec, results, args.granularity, arrays) if args.granularity != "token" else []
@@ -148,17 +152,19 @@ def contrast_arrays(model, texts: list, args: argparse.Namespace, steps: int, ar
 
 
 def grouped_arrays(spec, results: list, granularity: str, arrays: dict[str, np.ndarray]) -> list[list[str]]:
-    """Add ``group_values`` [N, T, G] (each row's columns summed per group) and ``group_spans`` [N, G, 2]
+    """Add ``group_values`` [N, T, G] (each row's columns summed per group; occlusion's: the group's drop) and ``group_spans`` [N, G, 2]
     (start, end positions; -1 past a text's groups) to ``arrays``; return each text's group labels."""
-    from explain.generation.granularity import group_labels, group_spans, group_values
+    from explain.generation.granularity import group_labels, group_spans, group_values, shared_group_values
+    from explain.generation.occlusion import OCCLUSION
 
+    grouped = shared_group_values if results and results[0].method == OCCLUSION else group_values
     spans = [group_spans(r.input_ids, spec, granularity) for r in results]
     most = max((len(s) for s in spans), default=0)
     arrays["group_spans"] = np.full((len(results), most, 2), -1, np.int64)
     arrays["group_values"] = np.zeros((len(results), arrays["values"].shape[1], most), np.float32)
     for i, (r, s) in enumerate(zip(results, spans)):
         arrays["group_spans"][i, : len(s)] = s
-        arrays["group_values"][i, : len(r.generated_ids), : len(s)] = group_values(r.values, s)
+        arrays["group_values"][i, : len(r.generated_ids), : len(s)] = grouped(r.values, s)
     return [group_labels(r.input_ids, spec, s) for r, s in zip(results, spans)]
 
 

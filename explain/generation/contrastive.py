@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from explain.errors import IncompatibleInput, UsageError
-from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, METHODS, keeps_logits
+from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, keeps_logits
 from explain.generation.causal_lm import causal_lm, device_of
 from explain.generation.reference import BASELINES, reference_embeddings
 from explain.generation.result import GeneratedText
@@ -29,6 +29,9 @@ from explain.model import LoadedModel
 from explain.output.engine import Engine
 from explain.output.methods.integrated_gradients import quadrature
 from explain.progress import ProgressFn, report_progress
+
+#: The methods a contrast is attributed with (the gradient methods of `explain.generation.attribution`).
+METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
 
 
 @dataclass

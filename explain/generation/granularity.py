@@ -80,3 +80,10 @@ def position_groups(spans: np.ndarray, length: int) -> np.ndarray:
     for g, (start, end) in enumerate(spans.tolist()):
         mask[start:end] = g
     return mask
+
+
+def shared_group_values(values: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """float64 [..., G]: each group's one value, where every position of a group holds it (occlusion's
+    values: the drop when the group is replaced, Captum's ``FeatureAblation`` convention)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values[..., spans[:, 0]] if spans.size else np.zeros(values.shape[:-1] + (0,))
