@@ -1,11 +1,14 @@
 """Generate from a causal LM greedily (or score given continuations) and attribute every new token; write G.npz.
 
 ``python -m explain generate MODEL --prompts P.txt [--targets T.txt] [--max-new-tokens N]
+[--sample [--temperature T] [--top-k K] [--top-p P] [--seed S]]
 [--method integrated_gradients|saliency|input_x_gradient|deeplift|deep_shap|occlusion] [--steps S] [--baseline pad|unk|zero]
 [--granularity token|word|sentence] [--contrast B.txt [--contrast-step K]] [--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
 
 Each line of P.txt is a prompt (or P.npy / P.npz holds token ids [N, L]); with ``--targets`` each line
-of T.txt is the continuation of its prompt, explained by teacher forcing instead of generating.
+of T.txt is the continuation of its prompt, explained by teacher forcing instead of generating. Prompts are
+generated in left-padded batches (`explain.generation.greedy`); ``--sample`` draws the tokens instead, prompt i
+with seed S + i (`explain.generation.sampling`; stdout adds ``sampling``).
 G.npz holds ``input_ids`` [N, L] (prompt + generated, -1 after a text's end), ``prompt_length`` [N],
 ``generated_length`` [N], ``generated_ids`` [N, T] (-1 after a text's end), ``values`` [N, T, L] (the
 attribution of generated token t's log-probability to every earlier position; 0 elsewhere),
@@ -45,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", required=True, help="prompts: .txt (one per line) or .npy/.npz token ids [N, L]")
     parser.add_argument("--targets", default=None, help="continuations to explain by teacher forcing: .txt (one per prompt) or ids")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens generated per prompt (default 20)")
+    parser.add_argument("--sample", action="store_true", help="draw the tokens (seeded) instead of greedy generation")
+    parser.add_argument("--temperature", type=float, default=None, help="with --sample: logits divided by T (default 1; 0: greedy)")
+    parser.add_argument("--top-k", type=int, default=None, help="with --sample: only the K most likely tokens (default 0: all)")
+    parser.add_argument("--top-p", type=float, default=None, help="with --sample: the smallest set holding P of the probability (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="with --sample: prompt i draws with seed S + i (default 0)")
     parser.add_argument("--method", default="integrated_gradients",
                         choices=("integrated_gradients", "saliency", "input_x_gradient", "deeplift", "deep_shap", "occlusion"),
                         help="occlusion: each token / word / sentence (--granularity) replaced by --baseline pad|unk")
@@ -72,9 +80,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from explain.generation.greedy import generate_greedy
     from explain.generation.occlusion import attribute_texts
     from explain.generation.prompts import decode_ids, read_token_lists, token_strings
+    from explain.generation.sampling import generate_sampled
 
     if args.steps is not None and args.method != "integrated_gradients":
         raise UsageError(f"Method {args.method!r} takes no --steps.")
+    sampling = sampling_arg(args)
     began = time.perf_counter()
     model = load_model_arg(args.model, args.spec)
     require_causal_lm(model, "generate")
@@ -83,7 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         continuations = read_token_lists(args.targets, model.spec, special_tokens=False, what="targets")
         texts = force_continuations(model, prompts, continuations)
     else:
-        texts = generate_greedy(model, prompts, args.max_new_tokens)
+        texts = generate_greedy(model, prompts, args.max_new_tokens) if sampling is None else \
+            generate_sampled(model, prompts, args.max_new_tokens, sampling)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS
     results = attribute_texts(model, texts, args.method, steps, args.baseline, args.granularity, args.batch_size,
                               args.device)
@@ -109,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "params": results[0].params if results else {},
         "seconds": time.perf_counter() - began,
         "shape": list(arrays["values"].shape),
+        **({"sampling": sampling.to_dict()} if sampling is not None else {}),
         **({"contrast": contrast} if args.contrast else {}),
         **({"granularity": args.granularity, "groups": groups} if args.granularity != "token" else {}),
         "out": str(out),
@@ -128,6 +140,22 @@ def quality_json(model, results: list, replace: str, device: str) -> dict[str, d
 
     return {"quality": {name: mean(name, False) for name in TOKEN_METRICS},
             "quality_random": {name: mean(name, True) for name in TOKEN_METRICS}}
+
+
+def sampling_arg(args: argparse.Namespace):
+    """The `Sampling` of ``--sample`` and its settings (None: greedy); a setting without ``--sample`` is refused."""
+    from explain.errors import UsageError
+    from explain.generation.sampling import Sampling
+
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    if not args.sample:
+        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if named:
+            raise UsageError(f"{', '.join(named)} only apply with --sample.")
+        return None
+    if args.targets:
+        raise UsageError("--sample draws new tokens; --targets gives them. Use one of the two.")
+    return Sampling(**{k: v for k, v in given.items() if v is not None})
 
 
 def contrast_arrays(model, texts: list, args: argparse.Namespace, steps: int, arrays: dict[str, np.ndarray]) -> list[dict]:

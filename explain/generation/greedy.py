@@ -1,20 +1,23 @@
 """Greedy generation with the KV cache: transformers' ``generate(do_sample=False)``, token by token.
 
-Each prompt runs alone (no padding, so nothing about positions or masks can differ
-from the model run on that prompt): one forward pass over the prompt fills the cache,
-then one pass per new token reads it. Generation stops after ``max_new_tokens`` or
-at an end-of-sequence id (which is kept, as ``generate`` keeps it).
+Prompts of different lengths run together in batches (`BATCH_PROMPTS`): left-padded, with an
+attention mask that hides the padding and position ids that start at each prompt's first token, so
+each prompt's tokens equal those of the prompt generated alone. One forward pass over the batch fills
+the cache, then one pass per new token reads it. A prompt stops after ``max_new_tokens`` or at an
+end-of-sequence id (which is kept, as ``generate`` keeps it); its batch runs until all have stopped.
+`decode_batched` is the loop; how the next token is picked (`pick_greedy`, or sampling,
+`explain.generation.sampling`) is its argument.
 """
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from explain.errors import UsageError
-from explain.generation.causal_lm import causal_lm, check_lengths, device_of, eos_ids
+from explain.generation.causal_lm import causal_lm, check_lengths, device_of, eos_ids, special_ids
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
@@ -22,6 +25,11 @@ from explain.progress import ProgressFn, report_progress
 
 #: The most tokens one generation may add.
 MAX_NEW_TOKENS = 1024
+#: Prompts generated together in one batch (left-padded).
+BATCH_PROMPTS = 16
+
+#: pick(logits [B, V] float32, rows [B]: each batch row's prompt index) -> token ids [B]
+PickFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 
 def _cache_arg(lm: torch.nn.Module) -> str:
@@ -32,37 +40,84 @@ def _cache_arg(lm: torch.nn.Module) -> str:
         return "past_key_values"
 
 
+def pick_greedy(logits: torch.Tensor, _rows: list[int]) -> torch.Tensor:
+    """generate's greedy pick: the first maximum of each row of ``logits`` [B, V] -> [B]."""
+    return torch.argmax(logits, dim=-1)
+
+
 @in_model_process
 def generate_greedy(model: LoadedModel, prompts: Sequence[np.ndarray], max_new_tokens: int = 20,
-                    progress: ProgressFn | None = None) -> list[GeneratedText]:
+                    progress: ProgressFn | None = None, batch_size: int = BATCH_PROMPTS) -> list[GeneratedText]:
     """The greedy continuation of each prompt and the log-probability of each new token.
 
     Args:
         prompts: one int array [P_i] of token ids per prompt.
         max_new_tokens: at most this many tokens after each prompt (1 .. `MAX_NEW_TOKENS`).
         progress: progress(done, total) over prompts x new tokens.
+        batch_size: prompts generated together (1: each alone).
+    """
+    return decode_batched(model, prompts, max_new_tokens, pick_greedy, progress, batch_size)
+
+
+def decode_batched(model: LoadedModel, prompts: Sequence[np.ndarray], max_new_tokens: int, pick: PickFn,
+                   progress: ProgressFn | None = None, batch_size: int = BATCH_PROMPTS) -> list[GeneratedText]:
+    """Each prompt continued by ``pick`` with the KV cache, in left-padded batches of ``batch_size`` prompts.
+
+    Raises:
+        UsageError: max_new_tokens outside 1 .. `MAX_NEW_TOKENS`, a batch size below 1.
+        UsageError / TooLarge: an empty prompt, or one too long for the model's positions.
     """
     if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
         raise UsageError(f"max_new_tokens must be 1 .. {MAX_NEW_TOKENS}, not {max_new_tokens}.")
+    if int(batch_size) < 1:
+        raise UsageError(f"batch_size must be at least 1, not {batch_size}.")
     lm = causal_lm(model)
     check_lengths(lm, prompts, [int(max_new_tokens)] * len(prompts))
-    stop, device, cache_arg = eos_ids(lm), device_of(lm), _cache_arg(lm)
-    total, out = len(prompts) * int(max_new_tokens), []
+    pad = special_ids(lm, model)["pad"] or 0  # any id: masked out
+    total, done, out = len(prompts) * int(max_new_tokens), [0], []
+
+    def advance(rows: int) -> None:
+        done[0] += rows
+        report_progress(progress, done[0], total)
+
     with torch.no_grad():
-        for n, prompt in enumerate(prompts):
-            step = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)[None]  # [1, P]
-            cache, tokens, logprobs = None, [], []
-            for t in range(int(max_new_tokens)):
-                res = lm(input_ids=step, use_cache=True, **{cache_arg: cache})
-                cache = res["cache"] if "cache" in res else res.get("past_key_values")
-                logp = torch.log_softmax(res.logits[0, -1].float(), dim=-1)  # [V]
-                token = int(torch.argmax(res.logits[0, -1]))  # generate's greedy pick: the first maximum
-                tokens.append(token)
-                logprobs.append(float(logp[token]))
-                report_progress(progress, n * int(max_new_tokens) + t + 1, total)
-                if token in stop:
-                    break
-                step = torch.tensor([[token]], device=device)  # [1, 1]
-            out.append(GeneratedText(np.asarray(prompt), np.asarray(tokens, dtype=np.int64), np.asarray(logprobs)))
+        for lo in range(0, len(prompts), int(batch_size)):
+            rows = list(range(lo, min(lo + int(batch_size), len(prompts))))
+            out += _decode_batch(lm, [prompts[i] for i in rows], rows, int(max_new_tokens), pick, int(pad), advance)
     report_progress(progress, total, total)
     return out
+
+
+def _decode_batch(lm: torch.nn.Module, prompts: list[np.ndarray], rows: list[int], max_new: int, pick: PickFn,
+                  pad: int, advance: Callable[[int], None]) -> list[GeneratedText]:
+    device, cache_arg = device_of(lm), _cache_arg(lm)
+    stop = torch.tensor(sorted(eos_ids(lm)), dtype=torch.long, device=device)
+    b, longest = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((b, longest), pad, dtype=torch.long, device=device)  # [B, L] left-padded
+    mask = torch.zeros((b, longest), dtype=torch.long, device=device)  # [B, L] 1 at a prompt's tokens
+    for i, prompt in enumerate(prompts):
+        ids[i, longest - len(prompt):] = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)
+        mask[i, longest - len(prompt):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]: 0 at each prompt's first token
+    step, cache = ids, None
+    tokens, logprobs = [], []  # per new token: [B] ids, [B] log-probabilities
+    running = torch.ones(b, dtype=torch.bool, device=device)  # [B] not stopped yet
+    lengths = torch.zeros(b, dtype=torch.long, device=device)  # [B] tokens kept per prompt
+    for _ in range(max_new):
+        res = lm(input_ids=step, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache})
+        cache = res["cache"] if "cache" in res else res.get("past_key_values")
+        last = res.logits[:, -1].float()  # [B, V]
+        token = pick(last, rows).to(device)  # [B]
+        tokens.append(token)
+        logprobs.append(torch.log_softmax(last, dim=-1).gather(1, token[:, None])[:, 0])
+        lengths += running.long()
+        advance(int(running.sum()))
+        running &= ~torch.isin(token, stop)
+        if not running.any():
+            break
+        step = token[:, None]  # [B, 1]
+        mask = torch.cat([mask, mask.new_ones((b, 1))], 1)  # [B, L + t + 1]
+        positions = positions[:, -1:] + 1  # [B, 1]
+    kept = torch.stack(tokens, 1).cpu().numpy(), torch.stack(logprobs, 1).cpu().numpy()  # [B, T] each
+    return [GeneratedText(np.asarray(prompt), kept[0][i, : lengths[i]], kept[1][i, : lengths[i]])
+            for i, prompt in enumerate(prompts)]
