@@ -236,3 +236,44 @@ def test_deeplift_puts_the_largest_share_on_the_key_of_the_keycopy_sample():
     print(f"DeepLIFT argmax on the key for {on_key:.2f} of {len(attrs)} prompts")
     assert on_key >= 0.9
     assert max(float(a.completeness_error.max()) for a in attrs) <= TOLERANCE
+
+
+def test_the_generate_page_explains_with_deeplift(tmp_path):
+    """The page lists deeplift, takes its baseline and shows the matrix `attribute_generation` computes,
+    with the completeness errors (AppTest, a tiny Llama uploaded as a zip)."""
+    import hashlib
+    import zipfile
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+    from test_page_generate import _array  # a plotly JSON array, typed or not
+
+    from ui.state import UploadedBlob
+
+    folder = write_hf_llama(tmp_path / "llama")
+    with zipfile.ZipFile(tmp_path / "llama.zip", "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    data = (tmp_path / "llama.zip").read_bytes()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob("llama.zip", data, hashlib.sha256(data).hexdigest())
+    at.switch_page("pages/views/generate.py")
+    at.run()
+    assert {"deeplift", "deep shap"} <= set(at.selectbox(key="gb_gen_method").options)  # labels
+    at.text_area(key="gb_gen_prompt").input(PROMPTS[0])
+    at.number_input(key="gb_gen_max_new").set_value(2)
+    at.selectbox(key="gb_gen_method").set_value("deeplift").run()
+    assert not at.selectbox(key="gb_gen_baseline").disabled and at.number_input(key="gb_gen_steps").disabled
+    at.checkbox(key="gb_gen_quality").uncheck()
+    at.button(key="gb_gen_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+
+    model = load_model(folder)
+    want = attribute_generation(model, generate_greedy(model, encode_texts(PROMPTS[:1], model.spec), 2),
+                                "deeplift", baseline="pad")[0]
+    z = _array(json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["z"])  # [T, P + T]
+    shown = np.isfinite(z)
+    np.testing.assert_allclose(z[shown], want.values[shown], rtol=1e-4, atol=1e-5)
+    captions = " ".join(c.value.replace("\\", "") for c in at.caption)
+    assert "deeplift · baseline pad" in captions and "Completeness error per token" in captions

@@ -46,6 +46,10 @@ from explain.progress import ProgressFn, report_progress
 
 #: The methods a generation can be explained with.
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient", "deeplift", "deep_shap")
+#: The methods that compare with the ``baseline`` reference embeddings (deep_shap: its own background).
+REFERENCE_METHODS = ("integrated_gradients", "deeplift")
+#: The methods whose values add up to a log-probability change (their ``completeness_error`` is defined).
+COMPLETE_METHODS = ("integrated_gradients", "deeplift", "deep_shap")
 DEFAULT_STEPS = 32
 MAX_STEPS = 1024
 

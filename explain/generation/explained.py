@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from explain.errors import CorruptFile, UsageError
-from explain.generation.attribution import DEFAULT_STEPS, attribute_generation
+from explain.generation.attribution import DEFAULT_STEPS, REFERENCE_METHODS, attribute_generation
 from explain.generation.continuation import force_continuations
 from explain.generation.greedy import generate_greedy
 from explain.generation.logit_lens import logit_lens
@@ -58,12 +58,13 @@ class ExplainedGeneration:
 
 def settings_of(prompt: str, continuation: str = "", max_new_tokens: int = DEFAULT_MAX_NEW, method: str = IG,
                 steps: int = DEFAULT_STEPS, baseline: str = "pad") -> dict[str, Any]:
-    """The settings that decide a result (steps and baseline only for integrated gradients): equal
+    """The settings that decide a result (steps only for integrated gradients, baseline only for
+    `REFERENCE_METHODS`): equal
     settings of the same model give the same result."""
     forced = bool(continuation.strip())
     return {"prompt": prompt, "continuation": continuation if forced else "",
             "max_new_tokens": 0 if forced else int(max_new_tokens), "method": method,
-            "steps": int(steps) if method == IG else 1, "baseline": baseline if method == IG else ""}
+            "steps": int(steps) if method == IG else 1, "baseline": baseline if method in REFERENCE_METHODS else ""}
 
 
 def explain_prompt(model: LoadedModel, settings: dict[str, Any], quality: bool = True,

@@ -15,7 +15,7 @@ import streamlit as st
 
 from explain.attribution import completeness_text
 from explain.errors import GlassboxError
-from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, METHODS
+from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, METHODS, REFERENCE_METHODS
 from explain.generation.explained import (
     DEFAULT_MAX_NEW,
     FIRST_VIEW_FILE,
@@ -103,7 +103,7 @@ max_new = int(c1.number_input("Max new tokens", 1, MAX_NEW_TOKENS, DEFAULT_MAX_N
 method = c2.selectbox("Method", METHODS, key="gb_gen_method", format_func=lambda m: m.replace("_", " "))
 steps = int(c3.number_input("Steps", 1, MAX_STEPS, DEFAULT_STEPS, key="gb_gen_steps", disabled=method != IG,
                             help="Integrated gradients' path steps (Gauss-Legendre)."))
-baseline = c4.selectbox("Baseline", BASELINES, key="gb_gen_baseline", disabled=method != IG,
+baseline = c4.selectbox("Baseline", BASELINES, key="gb_gen_baseline", disabled=method not in REFERENCE_METHODS,
                         help="The reference embedding at every earlier position: the pad token's, <unk>'s or zero.")
 quality = st.checkbox("Judge the attribution (comprehensiveness, sufficiency, deletion, insertion)", True,
                       key="gb_gen_quality", help="About 2 x (22 + 2 x 11) forward passes per generated token.")
@@ -136,7 +136,8 @@ labels = [t.label for t in shown]
 verb = "Given continuation (teacher forcing)" if text.forced else "Greedy continuation"
 st.subheader("Generated text")
 st.caption(f"{verb}: {t_count} tokens after a prompt of {p} · {attr.method.replace('_', ' ')}"
-           + (f" · {attr.params.get('steps')} steps · baseline {attr.params.get('baseline')}" if attr.method == IG else "")
+           + (f" · {attr.params.get('steps')} steps" if attr.method == IG else "")
+           + "".join(f" · {k} {attr.params[k]}" for k in ("baseline", "background") if k in attr.params)
            + f" · {attr.seconds:.1f} s")
 st.code(decode_ids(attr.generated_ids, spec), language=None, wrap_lines=True)
 if t_count == 0:
@@ -153,10 +154,10 @@ t = min(int(t), t_count - 1)
 st.html(text_attribution_html(labels[:p + t], attr.values[t, :p + t], joins=[s.joins for s in shown[:p + t]],
                               target=f"“{labels[p + t]}”"))
 err_line, _ = completeness_text(float(attr.completeness_error[t]))
-if attr.method == IG:
+if attr.method in COMPLETE_METHODS:
     err_line += " (|Σ attribution − Δ log-probability| against the baseline)"
 st.caption(escape_markdown(f"“{labels[p + t]}”: log p = {attr.logprobs[t]:.4f} · {err_line}"))
-if attr.method == IG:
+if attr.method in COMPLETE_METHODS:
     st.caption(escape_markdown("Completeness error per token: " + " · ".join(
         f"{labels[p + i]} {attr.completeness_error[i]:.1e}" for i in range(t_count))))
 
