@@ -185,6 +185,16 @@ def test_a_call_that_breaks_the_batch_fails_alone():
         np.testing.assert_array_equal(results[i], calls[i] * 3)
 
 
+def test_a_lone_call_does_not_wait_for_the_delay():
+    batcher = Batcher(max_rows=64, max_delay_s=60)  # a call that waited for company would take a minute
+    done = []
+    thread = threading.Thread(target=lambda: done.append(batcher.run("k", np.ones((2, 2)), lambda rows: rows * 7)))
+    thread.start()
+    thread.join(30)
+    assert len(done) == 1 and list(batcher.batches) == [(2, 1)]
+    np.testing.assert_array_equal(done[0], np.full((2, 2), 7.0))
+
+
 def test_no_delay_means_no_batching():
     batcher = Batcher(max_rows=64, max_delay_s=0)
     np.testing.assert_array_equal(batcher.run("k", np.ones((2, 2)), lambda rows: rows * 5), np.full((2, 2), 5.0))

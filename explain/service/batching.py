@@ -12,7 +12,9 @@ join one *group*; the first of them leads it. The leader waits while the group g
 - ``max_delay_s`` has passed since the group opened, or
 - nobody joined for ``quiet_s``, or for as long as the key's last batch took to compute if that is
   shorter (a request alone waits that short window, not the whole delay; a fast model waits no
-  longer for company than it takes to serve it),
+  longer for company than it takes to serve it); a request whose key's last batch served one
+  request and saw no other request in the ``max_delay_s`` before it (one client calling in turn)
+  does not wait at all,
 
 and no other group of the same key is running: one engine batch per key at a time, so requests that
 come while one runs gather into the next (under load the batches grow by themselves). Each member
@@ -75,6 +77,8 @@ class Batcher:
         self._busy: set[Hashable] = set()  # keys whose batch is running now
         self._waiting: dict[Hashable, int] = {}  # key -> rows gathered, not yet running
         self._cost: dict[Hashable, float] = {}  # key -> seconds its last batch took
+        self._arrived: dict[Hashable, float] = {}  # key -> when its latest request came
+        self._company: dict[Hashable, int] = {}  # key -> requests in its last batch
         #: (rows, requests) of the latest batches run, for the benchmark and the tests
         self.batches: deque[tuple[int, int]] = deque(maxlen=4096)
 
@@ -86,6 +90,9 @@ class Batcher:
             return fn(rows)
         with self._cond:
             now = time.monotonic()
+            alone = (self._company.get(key, 1) == 1  # no company lately
+                     and now - self._arrived.get(key, -np.inf) > self.max_delay_s)
+            self._arrived[key] = now
             group = self._open.get(key)
             leader = group is None or group.rows + n > self.max_rows
             if leader:
@@ -94,7 +101,7 @@ class Batcher:
             self._waiting[key] = self._waiting.get(key, 0) + n
             self._cond.notify_all()
         if leader:
-            self._lead(key, group, fn)
+            self._lead(key, group, fn, alone)
         else:
             group.done.wait()
         error = group.errors[index]
@@ -107,10 +114,10 @@ class Batcher:
         with self._cond:
             return self._waiting.get(key, 0) if key is not None else sum(self._waiting.values())
 
-    def _lead(self, key: Hashable, group: _Group, fn: BatchFn) -> None:
+    def _lead(self, key: Hashable, group: _Group, fn: BatchFn, alone: bool) -> None:
         with self._cond:
             deadline = group.opened + self.max_delay_s
-            quiet = min(self.quiet_s, self._cost.get(key, self.quiet_s))
+            quiet = 0.0 if alone else min(self.quiet_s, self._cost.get(key, self.quiet_s))
             while True:
                 now = time.monotonic()
                 if self._open.get(key) is group and (group.rows >= self.max_rows or now >= deadline):
@@ -138,7 +145,10 @@ class Batcher:
             with self._cond:
                 if len(self._cost) >= 4096:  # keys of parameters no longer asked for: forget them all
                     self._cost.clear()
+                    self._arrived.clear()
+                    self._company.clear()
                 self._cost[key] = time.monotonic() - started
+                self._company[key] = len(group.parts)
                 self._busy.discard(key)
                 self.batches.append((group.rows, len(group.parts)))
                 self._cond.notify_all()
