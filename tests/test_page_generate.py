@@ -98,7 +98,7 @@ def test_the_generate_page_shows_the_greedy_text_its_attribution_and_the_lens(ll
     assert texts[0].generated_ids.tolist() == want_ids
     want = attribute_generation(model, texts, "integrated_gradients", STEPS, "pad")[0]
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(charts) == 1
+    assert len(charts) == 2  # the matrix, then the selected step's attention
     z = _array(charts[0]["data"][0]["z"])  # [T, P + T]
     p = len(prompt)
     assert z.shape == (NEW, p + NEW)
@@ -118,6 +118,12 @@ def test_the_generate_page_shows_the_greedy_text_its_attribution_and_the_lens(ll
     from explain.inputs.text import display_tokens
 
     assert lens["top-1"].tolist()[-1] == display_tokens([want_ids[-1]], model.spec)[0]  # greedy = the lens's last layer
+
+    # the selected step's attention: 2 layers x 4 heads, then the rollout, over the positions it reads
+    assert "Selected step: attention and logit lens" in [h.value for h in at.subheader]
+    step = _array(json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]["z"])
+    assert step.shape == (2 * 4 + 1, p + NEW - 1)  # the query predicting the last token: position p + NEW - 2
+    np.testing.assert_allclose(step.sum(1), 1.0, atol=1e-5)  # each head's row and the rollout's
 
 
 def test_a_classifier_sample_says_in_one_line_that_the_page_needs_a_causal_lm():
@@ -161,10 +167,13 @@ def test_the_causal_lm_sample_opens_already_explained_and_an_empty_prompt_says_w
     assert [c.value for c in at.code] == ["blue . </s>"]  # no button pressed: the saved first view
     assert any("first view" in c.value for c in at.caption)
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(charts) == 1
+    assert len(charts) == 2
     z = _array(charts[0]["data"][0]["z"])
     p, t = view.attribution.prompt_length, len(view.attribution.generated_ids)
     assert z.shape == (t, p + t) and int(np.nanargmax(z[0])) == keycopy.KEY_POSITION  # "blue" comes from the key
+    step = _array(charts[1]["data"][0]["z"])  # the answer step: (layer, head) rows, then the rollout
+    assert "Selected step: attention and logit lens" in [h.value for h in at.subheader]
+    assert step.shape[1] == p and int(np.argmax(step[-1])) == keycopy.KEY_POSITION  # the rollout peaks on the key
     np.testing.assert_allclose(z[0, :p], view.attribution.values[0, :p], rtol=1e-5)
     table = at.main.dataframe[0].value  # the quality table, before the lens
     assert table["metric"].tolist() == ["Comprehensiveness (AOPC)", "Sufficiency (AOPC)", "Deletion AUC", "Insertion AUC"]

@@ -1,6 +1,8 @@
 """Figures of a causal LM's generation (`explain.generation.result`): results in, plotly out.
 
-The page (`pages/views/generate.py`) and a report can call the same functions.
+The page (`pages/views/generate.py`) and a report can call the same functions: the attribution
+matrix (`generation_figure`), the selected step's attention per layer and head with its rollout
+(`step_attention_figure`) and the logit lens's rows at a position (`logit_lens_rows`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import plotly.graph_objects as go
 
 from explain.viz.attribution import BAR_TICK_SIZE, FONT, colour_bar_text, colour_bar_ticks, plotly_colorscale
 from explain.viz.labels import elide, format_value, keep_labels_inside, label_margin
+from explain.viz.structure import ATTENTION_SCALE
 
 
 def masked_values(values: np.ndarray, prompt_length: int) -> np.ndarray:
@@ -84,3 +87,42 @@ def logit_lens_rows(top_ids: np.ndarray, top_probs: np.ndarray, position: int, d
             f"top-{len(names)}": " · ".join(f"{n} {format_value(float(p))}" for n, p in zip(names, row_probs)),
         })
     return out
+
+
+def step_attention_figure(weights: np.ndarray, rollout: np.ndarray, position: int, source_tokens: Sequence[str],
+                          title: str = "") -> go.Figure:
+    """The selected step's attention: one row per (layer, head), then the rollout row, over the positions
+    0 .. ``position`` it may read (columns labelled with their tokens), in the non-negative attention scale.
+
+    Args:
+        weights: [layers, heads, L, L] one text's attention (`explain.generation.attention.text_attention`).
+        rollout: [L, L] its rollout (`explain.generation.attention.causal_rollout`).
+        position: the query, P + t - 1 for generated token t (the position that predicts it).
+        source_tokens: at least ``position + 1`` readable tokens of the text.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    layers, heads = weights.shape[:2]
+    keys = position + 1
+    z = np.concatenate([weights[:, :, position, :keys].reshape(layers * heads, keys),
+                        np.asarray(rollout, dtype=np.float64)[position, :keys][None]])  # [layers * heads + 1, keys]
+    rows = [f"L{layer} H{head}" for layer in range(layers) for head in range(heads)] + ["rollout"]
+    tokens = [str(t) for t in source_tokens][:keys]
+    shown = [elide(t) for t in tokens]
+    hover = np.array([[f"{row} · {tokens[c]} ({c})" for c in range(keys)] for row in rows], dtype=object)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(keys)), y=list(range(len(rows))), zmin=0, zmax=1, colorscale=ATTENTION_SCALE,
+        customdata=hover, hovertemplate="%{customdata}<br>weight %{z:.3f}<extra></extra>",
+        colorbar=dict(title=dict(text="weight", side="right", font=dict(size=11)), thickness=10,
+                      tickfont=dict(size=BAR_TICK_SIZE), outlinewidth=0),
+    ))
+    fig.add_hline(y=len(rows) - 1.5, line=dict(color="#888", width=1, dash="dot"))  # heads | rollout
+    fig.update_layout(
+        title=dict(text=title, x=0, xanchor="left", font=dict(size=14)) if title else None,
+        height=max(240, 16 * len(rows) + 170), font=FONT, plot_bgcolor="white",
+        margin=dict(l=label_margin(rows), r=10, t=40 if title else 10, b=90),
+        xaxis=dict(tickmode="array", tickvals=list(range(keys)), ticktext=shown, tickangle=-45,
+                   title="key position (what the step reads)", showgrid=False, zeroline=False),
+        yaxis=dict(tickmode="array", tickvals=list(range(len(rows))), ticktext=rows, autorange="reversed",
+                   title="layer · head", showgrid=False, zeroline=False),
+    )
+    return keep_labels_inside(fig)

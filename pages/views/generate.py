@@ -15,6 +15,7 @@ import streamlit as st
 
 from explain.attribution import completeness_text
 from explain.errors import GlassboxError
+from explain.generation.attention import causal_rollout, text_attention
 from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, METHODS, REFERENCE_METHODS
 from explain.generation.explained import (
     DEFAULT_MAX_NEW,
@@ -41,6 +42,7 @@ NEEDS_CAUSAL_LM = ("The Generate page explains causal language models: load a Hu
                    "whose `config.json` names a `*ForCausalLM`.")
 EMPTY_PROMPT = "Write a prompt above: the model continues it and each new token is explained."
 RESULT_KEY = "gb_gen_result"  # (request, ExplainedGeneration)
+ATTENTION_KEY = "gb_gen_attention"  # ((sha256, ids), (weights, rollout)) of the selected text
 
 
 def _first_view(model):
@@ -65,6 +67,18 @@ def _compute(model, settings: dict, quality: bool):
                                                                     text="Generating and explaining each token…"))
     bar.empty()
     return view
+
+
+def _text_attention(model, input_ids) -> tuple:
+    """(weights [layers, heads, L, L], rollout [L, L]) of the explained text, read once per text (the model's
+    process runs one forward pass) and kept in the session."""
+    key = (model.sha256, tuple(int(i) for i in input_ids))
+    kept = st.session_state.get(ATTENTION_KEY)
+    if kept is None or kept[0] != key:
+        maps = text_attention(model, input_ids)
+        kept = (key, (maps.weights[:, 0], causal_rollout(maps.weights)[0]))
+        st.session_state[ATTENTION_KEY] = kept
+    return kept[1]
 
 
 def _quality_table(view) -> pd.DataFrame:
@@ -168,7 +182,18 @@ if view.quality:
     st.dataframe(_quality_table(view), hide_index=True, key="gb_gen_quality_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("this method", "random")})
 
-st.subheader("Logit lens")
+# ---- Selected step: attention and logit lens ----
+st.subheader("Selected step: attention and logit lens")
+step_attention = None
+with state.error_boundary("Reading the attention"):
+    step_attention = _text_attention(model, attr.input_ids)
+if step_attention is not None:
+    weights, rollout = step_attention
+    st.caption(escape_markdown(f"What the position that predicts “{labels[p + t]}” attends to: each layer's heads, "
+                               "then the rollout through all layers (heads averaged, the residual as half identity)."))
+    st.plotly_chart(viz.step_attention_figure(weights, rollout, p + t - 1, labels), key="gb_gen_step_attention",
+                    config=figure_config("generation_step_attention"))
+st.markdown("**Logit lens**")
 st.caption(escape_markdown(f"What each layer would predict at the position that predicts “{labels[p + t]}”: "
                            "its hidden state through the final norm and the LM head (the last row is the model's own)."))
 rows = viz.logit_lens_rows(lens.top_ids[0], lens.top_probs[0], p + t - 1, lambda ids: display_tokens(ids, spec))
