@@ -44,7 +44,7 @@ def test_every_written_kind_is_registered_and_drawn():
     assert kinds <= set(RUN_KINDS)
     assert set(DRAWERS) == set(RUN_KINDS)
     # each job kind's runner saves a registered kind
-    assert set(RUNNERS) == {"explain", "dataset", "report", "importance", "drift", "compare"}
+    assert set(RUNNERS) == {"explain", "dataset", "report", "importance", "drift", "compare", "generate"}
     assert set(PAGES) == set(RUN_KINDS)  # every registered kind can be saved
     for kind in RUN_KINDS.values():
         assert callable(kind.write) and callable(kind.read) and run_kind(kind.name) is kind

@@ -139,10 +139,18 @@ def _draw_comparison(run: SavedRun) -> None:
     render_comparison(saved_comparison(run), run_view_model(run).spec, key=f"run_{run.info.id}_compare")
 
 
+def _draw_generation(run: SavedRun) -> None:
+    from explain.generation.job import saved_generation
+    from ui.generation_view import render_saved_generation
+
+    render_saved_generation(saved_generation(run), run_view_model(run).spec, key=f"run_{run.info.id}_generation")
+
+
 #: how each run kind is drawn, keyed by the kinds of `explain.workspace.run_kinds.RUN_KINDS`.
 DRAWERS = {"output": _draw_output, "dataset": _draw_dataset, "report": _draw_report,
            "structure": _draw_snapshot, "training": _draw_snapshot, "overview": _draw_snapshot,
-           "importance": _draw_importance, "drift": _draw_drift, "comparison": _draw_comparison}
+           "importance": _draw_importance, "drift": _draw_drift, "comparison": _draw_comparison,
+           "generation": _draw_generation}
 
 
 def render_saved_run(run: SavedRun) -> None:

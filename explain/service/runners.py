@@ -10,6 +10,8 @@
                          (`explain.output.importance_job.importance_job` builds it)
     RUNNERS["drift"]     the Training page's attribution drift over checkpoints -> a drift run
                          (`explain.training.drift_job.drift_job` builds it)
+    RUNNERS["generate"]  a causal LM's generation, each new token attributed -> a generation run
+                         (`explain.generation.job.generation_job` builds it)
 
 A runner reports progress with ``ctx.progress(done, total)``; that call raises `Cancelled`
 when the job's owner cancelled it, which the attribution engine lets through. A runner whose work
@@ -28,6 +30,7 @@ import numpy as np
 
 from explain.compare.job import run_compare
 from explain.errors import UsageError
+from explain.generation.job import run_generation
 from explain.model import LoadedModel
 from explain.params import resolve_params
 from explain.progress import ProgressFn
@@ -315,3 +318,4 @@ def run_drift(ctx: JobContext) -> RunRecord:
 
 register_runner("drift", run_drift)
 register_runner("compare", run_compare)  # two versions compared (`explain.compare.job`)
+register_runner("generate", run_generation)  # a causal LM's generation explained (`explain.generation.job`)

@@ -10,6 +10,7 @@
     importance  explain.output.importance_job.importance_record   saved_importance: LayerImportance
     drift       explain.training.drift_job.drift_record       saved_drift: AttributionDrift
     comparison  explain.compare.job.comparison_record         saved_comparison: Comparison
+    generation  explain.generation.job.generation_record      saved_generation: SavedGeneration
 
 Whoever reads a run's results (the API, the CLI, the pages) goes through its kind's reader
 (`read_run`), never the raw keys of ``SavedRun.results``; the UI draws each kind with the
@@ -24,6 +25,7 @@ from typing import Any
 from explain.compare.job import comparison_record, saved_comparison
 from explain.dataset.job import dataset_record, saved_dataset
 from explain.errors import UsageError
+from explain.generation.job import generation_record, saved_generation
 from explain.output.importance_job import importance_record, saved_importance
 from explain.report.job import report_html, run_report_job
 from explain.training.drift_job import drift_record, saved_drift
@@ -47,6 +49,7 @@ RUN_KINDS: dict[str, RunKind] = {kind.name: kind for kind in (
     RunKind("importance", importance_record, saved_importance),
     RunKind("drift", drift_record, saved_drift),
     RunKind("comparison", comparison_record, saved_comparison),
+    RunKind("generation", generation_record, saved_generation),
     *(RunKind(page, snapshot_record, saved_snapshot) for page in ("structure", "training", "overview")),
 )}
 

@@ -27,7 +27,7 @@ from explain.workspace.roles import Action, Actor
 from explain.workspace.schema import Model, ModelVersion, Run
 
 PAGES = ("output", "structure", "training", "overview", "dataset", "report", "importance", "drift",
-         "comparison")  # `run_kinds.RUN_KINDS`
+         "comparison", "generation")  # `run_kinds.RUN_KINDS`
 _PACKAGES = ("torch", "captum", "shap", "numpy", "streamlit", "transformers")
 
 

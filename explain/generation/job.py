@@ -1,0 +1,240 @@
+"""A causal LM's generation explained as a job of the queue, saved as a ``generation`` run
+(`explain.workspace.run_kinds`).
+
+    params, arrays, title = generation_job(model, name, version, prompts, max_new_tokens=8)  # checked now
+    record = run_generation_job(model, params, arrays, progress, between_chunks)  # the worker (`service.runners`)
+    saved = saved_generation(run)                # the run read back: a SavedGeneration
+
+The job generates greedily from each prompt (or teacher-forces its given continuation) and attributes
+every new token's log-probability to every earlier position (`explain.generation.attribution`), one
+prompt at a time: progress moves with the attribution's chunks, and between two prompts the job may be
+cancelled or paused (``between_chunks``). Its run holds the arrays of ``python -m explain generate``'s
+``G.npz`` (`generation_arrays`, padded to the longest text), each text's quality when asked
+(`explain.generation.quality`) and the model's spec, so the Saved runs page and a report draw it
+without loading the model.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from explain.errors import UsageError
+from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, METHODS, REFERENCE_METHODS, attribute_generation
+from explain.generation.causal_lm import causal_lm, max_positions, require_causal_lm
+from explain.generation.continuation import force_continuations
+from explain.generation.greedy import MAX_NEW_TOKENS, generate_greedy
+from explain.generation.prompts import MAX_PROMPTS, decode_ids, encode_texts
+from explain.generation.quality import generation_quality
+from explain.generation.reference import BASELINES
+from explain.generation.result import GenerationAttribution
+from explain.loading.model_process import in_model_process
+from explain.model import LoadedModel
+from explain.output.metrics import MetricResult
+from explain.progress import ProgressFn, report_progress
+from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
+
+#: the job kind (`explain.service.runners.RUNNERS`) and the run kind it saves
+JOB_KIND = "generate"
+RUN_KIND = "generation"
+DEFAULT_MAX_NEW = 20  # as ``python -m explain generate``
+#: each prompt's share of the bar: generating, attributing, judging
+_PHASES = {"generate": (0, 20), "attribute": (20, 85), "quality": (85, 100)}
+
+
+@dataclass
+class SavedGeneration:
+    """A generation run read back.
+
+    Attributes:
+        attributions: one `GenerationAttribution` per prompt (values [T_i, P_i + T_i]).
+        quality: per prompt, metric name -> `MetricResult` per generated token (empty when not asked).
+        forced: True when the continuations were given (teacher forcing), False when generated.
+        settings: method, steps, baseline, max_new_tokens, quality as the job was asked.
+    """
+
+    attributions: list[GenerationAttribution]
+    quality: list[dict[str, MetricResult]] = field(default_factory=list)
+    forced: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@in_model_process
+def position_limit(model: LoadedModel) -> int | None:
+    """The longest sequence ``model``'s positions allow (None: its config sets none)."""
+    return max_positions(causal_lm(model))
+
+
+def padded_ids(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """int64 [N, longest] of token id rows, -1 after each row's end."""
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), -1, np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def unpadded_ids(array: np.ndarray) -> list[np.ndarray]:
+    """The inverse of `padded_ids`: each row's ids before its first -1."""
+    return [row[row >= 0] for row in np.asarray(array, dtype=np.int64)]
+
+
+def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequence[str], *,
+                   continuations: Sequence[str] | None = None, max_new_tokens: int = DEFAULT_MAX_NEW,
+                   method: str = "integrated_gradients", steps: int = DEFAULT_STEPS, baseline: str = "pad",
+                   quality: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """Check a generation request against ``model`` (``name@v<version>``) now: the job's params, its
+    arrays (``prompt_ids`` [N, P], ``target_ids`` [N, T] with ``continuations``; -1 padded) and title.
+
+    Raises:
+        IncompatibleInput: not a causal LM, or a text with no tokens.
+        UsageError: no prompts, an unknown method or baseline, steps or max_new_tokens out of range,
+            continuations not one per prompt, a prompt longer than the model's positions allow.
+    """
+    require_causal_lm(model, "Generate")
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise UsageError("prompts must be a non-empty list of non-empty texts.")
+    if len(prompts) > MAX_PROMPTS:
+        raise UsageError(f"{len(prompts):,} prompts; at most {MAX_PROMPTS:,} at once.")
+    if method not in METHODS:
+        raise UsageError(f"Unknown generation method {method!r}.", f"Use one of {', '.join(METHODS)}.")
+    if baseline not in BASELINES:
+        raise UsageError(f"Unknown baseline {baseline!r}.", f"Use one of {', '.join(BASELINES)}.")
+    if not 1 <= int(steps) <= MAX_STEPS:
+        raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
+    if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
+        raise UsageError(f"max_new_tokens must be 1 .. {MAX_NEW_TOKENS}, not {max_new_tokens}.")
+    ids = encode_texts(list(prompts), model.spec)  # [P_i] each; the prompt as the CLI reads it
+    arrays = {"prompt_ids": padded_ids(ids)}
+    new = [int(max_new_tokens)] * len(ids)
+    if continuations is not None:
+        if isinstance(continuations, str) or len(continuations) != len(prompts):
+            raise UsageError(f"continuations must be a list of one text per prompt ({len(prompts)}).")
+        given = encode_texts(list(continuations), model.spec, special_tokens=False)
+        arrays["target_ids"] = padded_ids(given)
+        new = [len(g) for g in given]
+    limit = position_limit(model)
+    for i, (prompt, more) in enumerate(zip(ids, new)):
+        if limit and len(prompt) + more > limit:
+            raise UsageError(f"Prompt {i + 1} has {len(prompt)} tokens; with {more} more it exceeds the model's "
+                             f"{limit} positions.", "Use a shorter prompt or fewer new tokens.")
+    forced = continuations is not None
+    params = {"model": name, "version": int(version), "method": method,
+              "steps": int(steps) if method == "integrated_gradients" else 1,
+              "baseline": baseline if method in REFERENCE_METHODS else "", "max_new_tokens": 0 if forced else int(max_new_tokens),
+              "forced": forced, "quality": bool(quality)}
+    what = "given continuations of" if forced else "generations from"
+    return params, arrays, f"{method} on {what} {len(ids)} prompts of {name}@v{version}"
+
+
+def run_generation_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str, np.ndarray],
+                       progress: ProgressFn | None = None, between_chunks: Callable[[], None] = lambda: None,
+                       ) -> RunRecord:
+    """What the worker runs for a ``generate`` job (`generation_job` built it): each prompt generated (or
+    forced), attributed and, when asked, judged; ``between_chunks()`` between two prompts."""
+    prompts = unpadded_ids(arrays["prompt_ids"])
+    targets = unpadded_ids(arrays["target_ids"]) if "target_ids" in arrays else None
+    baseline = params["baseline"] or "pad"
+    results, judged = [], []
+    for i, prompt in enumerate(prompts):
+        if i:
+            between_chunks()  # one prompt done, no hook on the model: cancel or pause here
+
+        def phase(name: str, i: int = i) -> ProgressFn:
+            lo, hi = _PHASES[name]
+            return lambda done, total: report_progress(progress, 100 * i + lo + (hi - lo) * done // max(total, 1),
+                                                       100 * len(prompts))
+
+        texts = (force_continuations(model, [prompt], [targets[i]]) if targets is not None
+                 else generate_greedy(model, [prompt], int(params["max_new_tokens"]), progress=phase("generate")))
+        attr = attribute_generation(model, texts, params["method"], int(params["steps"]), baseline,
+                                    progress=phase("attribute"))[0]
+        results.append(attr)
+        judged.append(generation_quality(model, attr, replace="unk" if baseline == "unk" else "pad")
+                      if params.get("quality") and len(attr.generated_ids) else {})
+    report_progress(progress, 100 * len(prompts), 100 * len(prompts))
+    return generation_record(params["model"], int(params["version"]), model, results, judged, params, targets)
+
+
+def generation_arrays(results: Sequence[GenerationAttribution]) -> dict[str, np.ndarray]:
+    """``python -m explain generate``'s G.npz arrays of ``results``, padded to the longest text: ``input_ids``
+    [N, L] and ``generated_ids`` [N, T] (-1 after a text's end), ``prompt_length`` / ``generated_length`` [N],
+    ``values`` [N, T, L] (0 elsewhere), ``logprobs``, ``baseline_logprobs``, ``completeness_error`` [N, T]
+    (NaN past a text's end)."""
+    n = len(results)
+    longest = max((r.input_ids.size for r in results), default=0)
+    most = max((r.generated_ids.size for r in results), default=0)
+    arrays = {
+        "input_ids": padded_ids([r.input_ids for r in results]), "prompt_length": np.zeros(n, np.int64),
+        "generated_length": np.zeros(n, np.int64), "generated_ids": np.full((n, most), -1, np.int64),
+        "values": np.zeros((n, most, longest), np.float32), "logprobs": np.full((n, most), np.nan, np.float32),
+        "baseline_logprobs": np.full((n, most), np.nan, np.float32),
+        "completeness_error": np.full((n, most), np.nan, np.float32),
+    }
+    for i, r in enumerate(results):
+        t, length = r.generated_ids.size, r.input_ids.size
+        arrays["prompt_length"][i], arrays["generated_length"][i] = r.prompt_length, t
+        arrays["generated_ids"][i, :t] = r.generated_ids
+        arrays["values"][i, :t, :length] = r.values
+        for key in ("logprobs", "baseline_logprobs", "completeness_error"):
+            arrays[key][i, :t] = getattr(r, key)
+    return arrays
+
+
+def generation_record(name: str, version: int, model: LoadedModel, results: Sequence[GenerationAttribution],
+                      quality: Sequence[dict[str, MetricResult]], params: dict[str, Any],
+                      targets: Sequence[np.ndarray] | None = None) -> RunRecord:
+    """The ``generation`` run: the prompts (and given continuations) with the model's spec, the
+    `generation_arrays` and each text's quality (``quality.{i}.{metric}.{key}``), the texts in its summary."""
+    spec = model.spec
+    arrays = generation_arrays(results)
+    judged_meta = []
+    for i, judged in enumerate(quality):
+        judged_meta.append({m: {"method": q.method, **q.meta()} for m, q in judged.items()})
+        for metric, result in judged.items():
+            arrays.update({f"quality.{i}.{metric}.{key}": value for key, value in result.to_npz_dict().items()})
+    inputs = {"prompt_ids": padded_ids([r.input_ids[: r.prompt_length] for r in results]), **spec_inputs(spec)}
+    if targets is not None:
+        inputs["target_ids"] = padded_ids(targets)
+    errors = arrays["completeness_error"][np.isfinite(arrays["completeness_error"])]
+    method = results[0].method if results else params["method"]
+    tokens = int(arrays["generated_length"].sum())
+    return RunRecord(
+        page=RUN_KIND, model=name, version=int(version), method=method,
+        title=f"{method.replace('_', ' ')} on {tokens} tokens after {len(results)} prompts of {model.name}",
+        params={k: params[k] for k in ("method", "steps", "baseline", "max_new_tokens", "forced", "quality")},
+        inputs=inputs, results=arrays,
+        summary={"texts": [decode_ids(r.generated_ids, spec) for r in results],
+                 "prompts": [decode_ids(r.input_ids[: r.prompt_length], spec) for r in results],
+                 "max_completeness_error": float(errors.max()) if errors.size else None,
+                 "attribution_params": [dict(r.params) for r in results], "seconds": [float(r.seconds) for r in results],
+                 "notes": [list(r.notes) for r in results], "quality": judged_meta},
+        environment=environment())
+
+
+def saved_generation(run: SavedRun) -> SavedGeneration:
+    """The inverse of `generation_record`: each text's `GenerationAttribution` and quality."""
+    r, summary = run.results, run.info.summary
+    attributions, quality = [], []
+    for i, (p, t) in enumerate(zip(r["prompt_length"], r["generated_length"])):
+        p, t = int(p), int(t)
+        attributions.append(GenerationAttribution(
+            r["input_ids"][i, : p + t], p, r["values"][i, :t, : p + t], r["logprobs"][i, :t],
+            r["baseline_logprobs"][i, :t], r["completeness_error"][i, :t], run.info.method or "",
+            summary["attribution_params"][i], summary["seconds"][i], summary["notes"][i]))
+        judged = {}
+        for metric, meta in summary["quality"][i].items():
+            prefix = f"quality.{i}.{metric}."
+            own = {key[len(prefix):]: value for key, value in r.items() if key.startswith(prefix)}
+            judged[metric] = MetricResult.from_npz_dict(metric, meta["method"], own, meta)
+        quality.append(judged)
+    return SavedGeneration(attributions, quality, bool(run.info.params.get("forced")), dict(run.info.params))
+
+
+def run_generation(ctx) -> RunRecord:
+    """The ``generate`` job's runner (`explain.service.runners.JobContext` in): its model held for the job,
+    progress and cancel through the context."""
+    p = ctx.job.params
+    return run_generation_job(ctx.model(p["model"], int(p["version"])), p, ctx.inputs, ctx.progress,
+                              ctx.between_chunks)

@@ -1,0 +1,139 @@
+"""A causal LM's generation explained as a job of the queue (issue 22, item 6): the ``generation`` run a
+``generate`` job saves holds exactly what ``python -m explain generate`` writes to G.npz and what the
+library computes, read back by its kind's reader; it is commented on and decided on like any run
+(SQLite and PostgreSQL); the request is checked before anything is queued. Uses the shipped keycopy
+sample (a 2-layer Llama, its zip loaded in its own model process)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from causal_models import one_thread  # noqa: E402, F401 - a fixture
+
+from explain.errors import Cancelled, IncompatibleInput, UsageError  # noqa: E402
+from explain.generation.attribution import attribute_generation  # noqa: E402
+from explain.generation.greedy import generate_greedy  # noqa: E402
+from explain.generation.job import generation_job, run_generation_job, saved_generation  # noqa: E402
+from explain.generation.prompts import encode_texts  # noqa: E402
+from explain.generation.quality import generation_quality  # noqa: E402
+from explain.service.client import finished_run, register_model, run_here, submit  # noqa: E402
+from explain.workspace import Actor  # noqa: E402
+from explain.workspace.run_kinds import read_run  # noqa: E402
+from sample_models import keycopy, load_sample, sample_file  # noqa: E402
+
+pytest_plugins = ["tests.workspace_db"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+OP = Actor("cli:tester", operator=True)
+PROMPTS = keycopy.make_prompts(2, 31)[0]
+NEW, STEPS = 3, 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_sample("keycopy")
+
+
+def _saved(ws, model, **asked):
+    version = register_model(ws, OP, model, sample_file("keycopy").read_bytes(), "keycopy.zip", "keycopy")
+    params, arrays, title = generation_job(model, version.name, version.version, PROMPTS, **asked)
+    job = submit(ws, OP, "generate", params, title=title, inputs=arrays, priority="interactive")
+    return finished_run(ws, OP, run_here(ws, job.id, loaded=model))
+
+
+@pytest.fixture(scope="module")
+def reference(model, tmp_path_factory):
+    """What ``python -m explain generate`` writes (G.npz's arrays) and what the library computes (the
+    attributions, the second text's quality) on `PROMPTS`, once."""
+    from explain.cli import main
+
+    folder = tmp_path_factory.mktemp("generate_cli")
+    (folder / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    assert main(["generate", "keycopy", "--prompts", str(folder / "p.txt"), "--max-new-tokens", str(NEW),
+                 "--steps", str(STEPS), "--out", str(folder / "g.npz")]) == 0
+    with np.load(folder / "g.npz") as g:
+        cli = {key: g[key] for key in g.files}
+    texts = generate_greedy(model, encode_texts(PROMPTS, model.spec), NEW)
+    want = attribute_generation(model, texts, "integrated_gradients", STEPS, "pad")
+    return cli, want, generation_quality(model, want[1], replace="pad")
+
+
+def test_a_generation_run_equals_the_cli_and_the_library_and_is_reviewed_like_any_run(workspace, model, reference):
+    cli, want, judged = reference
+    run = _saved(workspace, model, max_new_tokens=NEW, steps=STEPS, quality=True)
+    assert run.info.page == "generation" and run.spec == model.spec  # drawn again without loading the model
+    for key in ("input_ids", "prompt_length", "generated_ids", "values", "logprobs", "completeness_error"):
+        np.testing.assert_array_equal(run.results[key], cli[key], err_msg=key)
+
+    got = saved_generation(run)
+    assert read_run(run).forced is False and len(got.attributions) == 2
+    for g, w in zip(got.attributions, want):
+        np.testing.assert_array_equal(g.input_ids, w.input_ids)
+        np.testing.assert_array_equal(g.values, w.values)
+        np.testing.assert_array_equal(g.logprobs, w.logprobs)
+        np.testing.assert_array_equal(g.completeness_error, w.completeness_error)
+        assert g.prompt_length == w.prompt_length and g.params == w.params == {"steps": STEPS, "baseline": "pad"}
+    answers = keycopy.make_prompts(2, 31)[1]
+    assert [a.generated_ids[0] for a in got.attributions] == [keycopy.VOCABULARY.index(a) for a in answers]
+    assert [t.split()[0] for t in run.info.summary["texts"]] == answers  # the key colour, copied
+    assert set(got.quality[1]) == set(judged) == {"comprehensiveness", "sufficiency", "deletion", "insertion"}
+    for name, result in judged.items():
+        np.testing.assert_array_equal(got.quality[1][name].per_input, result.per_input)
+
+    comment = workspace.review.post(OP, run.info.id, "the key colour carries the answer")
+    assert [c.body for c in workspace.review.comments(OP, run.info.id)] == [comment.body]
+    decision = workspace.review.decide(OP, run.info.model, run.info.version, "approve", "copies the key")
+    assert decision.verdict == "approve"
+    threads = workspace.review.threads(OP, "keycopy", run.info.version)
+    assert [(t.root.run_id, t.run_title) for t in threads] == [(run.info.id, run.info.title)]
+
+
+def test_a_given_continuation_is_saved_teacher_forced(workspace, model):
+    run = _saved(workspace, model, continuations=[" red .", " blue"], method="saliency")
+    got = read_run(run)
+    assert got.forced and run.info.params["max_new_tokens"] == 0 and run.info.method == "saliency"
+    assert [len(a.generated_ids) for a in got.attributions] == [2, 1]
+    assert list(run.results["generated_ids"][1]) == [keycopy.VOCABULARY.index("blue"), -1]  # -1 past its end
+    assert np.isnan(got.attributions[0].completeness_error).all()  # saliency defines none
+    assert run.info.summary["texts"] == ["red .", "blue"]
+
+
+def test_a_request_is_checked_before_it_is_queued(model):
+    from explain.loading.loader import load_model
+    from sample_models import sample_file as file_of
+
+    with pytest.raises(UsageError, match="non-empty"):
+        generation_job(model, "keycopy", 1, [])
+    with pytest.raises(UsageError, match="Unknown generation method"):
+        generation_job(model, "keycopy", 1, PROMPTS, method="grad_cam")
+    with pytest.raises(UsageError, match="positions"):
+        generation_job(model, "keycopy", 1, [" ".join(["the"] * 200)])
+    with pytest.raises(UsageError, match="one text per prompt"):
+        generation_job(model, "keycopy", 1, PROMPTS, continuations=["red"])
+    with pytest.raises(IncompatibleInput, match="causal language models"):
+        generation_job(load_model(file_of("cancer")), "cancer", 1, PROMPTS)
+
+
+def test_a_cancel_takes_effect_between_two_prompts(model):
+    params, arrays, _ = generation_job(model, "keycopy", 1, PROMPTS, max_new_tokens=1, method="saliency")
+    seen = []
+
+    def between() -> None:
+        seen.append(len(seen))
+        raise Cancelled("cancelled")
+
+    with pytest.raises(Cancelled):
+        run_generation_job(model, params, arrays, between_chunks=between)
+    assert seen == [0]  # after the first prompt, before the second
+
+
+def test_progress_reaches_the_end_and_never_goes_back(model):
+    params, arrays, _ = generation_job(model, "keycopy", 1, PROMPTS, max_new_tokens=2, method="input_x_gradient")
+    marks = []
+    record = run_generation_job(model, params, arrays, progress=lambda done, total: marks.append(done / total))
+    assert marks[-1] == 1.0 and marks == sorted(marks) and len(marks) > 4
+    assert json.dumps(record.summary)  # plain JSON

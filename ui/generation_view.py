@@ -1,0 +1,49 @@
+"""A saved generation run in the app (`explain.generation.job.SavedGeneration`): per prompt, the text,
+the attribution matrix (`explain.viz.generation.generation_figure`, the Generate page's figure),
+each token's log-probability and completeness error, and the quality table. Drawn from the run's
+arrays and stored spec: nothing is loaded or recomputed."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from explain.generation.attribution import COMPLETE_METHODS
+from explain.generation.job import SavedGeneration
+from explain.generation.prompts import decode_ids
+from explain.inputs.text import token_display
+from explain.output.metrics import MetricResult, get_metric
+from explain.spec import InputSpec
+from explain.viz import generation as viz
+from ui.figures import figure_config
+from ui.text import escape_markdown
+
+
+def quality_frame(quality: dict[str, MetricResult]) -> pd.DataFrame:
+    """One row per token metric: its mean over the generated tokens, a random attribution's, which way is better."""
+    return pd.DataFrame([{"metric": get_metric(name).title, "this method": r.mean, "random": r.random_mean,
+                          "better": "higher" if r.higher_is_better else "lower"} for name, r in quality.items()])
+
+
+def render_saved_generation(saved: SavedGeneration, spec: InputSpec, key: str) -> None:
+    """Every prompt of ``saved`` with its continuation and why each token (``key``: the elements' prefix)."""
+    verb = "given continuation (teacher forcing)" if saved.forced else "greedy continuation"
+    for i, (attr, judged) in enumerate(zip(saved.attributions, saved.quality)):
+        p, t_count = attr.prompt_length, len(attr.generated_ids)
+        labels = [t.label for t in token_display(attr.input_ids, spec)]
+        st.markdown(f"**Prompt {i + 1}:** " + escape_markdown(decode_ids(attr.input_ids[:p], spec)))
+        st.caption(f"{verb}: {t_count} tokens · {attr.method.replace('_', ' ')}"
+                   + "".join(f" · {k} {v}" for k, v in attr.params.items()))
+        st.code(decode_ids(attr.generated_ids, spec), language=None, wrap_lines=True)
+        if not t_count:
+            continue
+        st.plotly_chart(viz.generation_figure(attr.values, p, labels, title="Each generated token's log-probability, "
+                                              "attributed"), config=figure_config(f"generation_{attr.method}"),
+                        key=f"{key}_matrix_{i}")
+        if attr.method in COMPLETE_METHODS:
+            st.caption(escape_markdown("Completeness error per token: " + " · ".join(
+                f"{labels[p + j]} {attr.completeness_error[j]:.1e}" for j in range(t_count))))
+        st.caption(escape_markdown("log p per token: " + " · ".join(
+            f"{labels[p + j]} {attr.logprobs[j]:.4f}" for j in range(t_count))))
+        if judged:
+            st.dataframe(quality_frame(judged), hide_index=True, key=f"{key}_quality_{i}",
+                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("this method", "random")})
