@@ -29,7 +29,7 @@ from transformers.models.llama.modeling_llama import (  # noqa: E402
 )
 
 from explain.cli import main  # noqa: E402
-from explain.errors import UsageError  # noqa: E402
+from explain.errors import IncompatibleInput, UsageError  # noqa: E402
 from explain.generation.attribution import METHODS, attribute_generation  # noqa: E402
 from explain.generation.deeplift import RANDOM_REFERENCES, RANDOM_SEED  # noqa: E402
 from explain.generation.greedy import generate_greedy  # noqa: E402
@@ -277,3 +277,21 @@ def test_the_generate_page_explains_with_deeplift(tmp_path):
     np.testing.assert_allclose(z[shown], want.values[shown], rtol=1e-4, atol=1e-5)
     captions = " ".join(c.value.replace("\\", "") for c in at.caption)
     assert "deeplift · baseline pad" in captions and "Completeness error per token" in captions
+
+
+def test_chunks_of_one_row_give_the_same_values(lm, deep_shap):
+    """Results do not depend on the engine's chunking (deep_shap: several rows per token, one chunk by default)."""
+    one = attribute_generation(lm[2], lm[4][:1], "deep_shap", batch_size=1)[0]
+    assert "chunks of 1-1 rows" in one.notes
+    np.testing.assert_allclose(one.values, deep_shap[0].values, atol=1e-5)  # float32 rounding of other shapes
+    np.testing.assert_allclose(one.baseline_logprobs, deep_shap[0].baseline_logprobs, atol=1e-5)
+
+
+def test_a_bfloat16_model_is_refused_in_one_line(tmp_path):
+    folder = write_hf_llama(tmp_path / "llama")
+    AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).save_pretrained(folder)
+    model = load_model(folder)
+    texts = generate_greedy(model, encode_texts(PROMPTS[:1], model.spec), 1)
+    with pytest.raises(IncompatibleInput, match="float32; this model's weights are bfloat16") as caught:
+        attribute_generation(model, texts, "deeplift")
+    assert "\n" not in str(caught.value)

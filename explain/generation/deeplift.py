@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from explain.errors import IncompatibleInput
-from explain.generation.attribution import _target_logprobs
+from explain.generation.attribution import target_logprob_grid
 from explain.generation.causal_lm import device_of, max_positions, special_ids
 from explain.generation.reference import reference_embeddings
 from explain.generation.result import GeneratedText, GenerationAttribution
@@ -161,6 +161,11 @@ def attribute_rules(lm: nn.Module, model: Any, text: GeneratedText, method: str,
                     engine: Engine, advance) -> GenerationAttribution:
     """One text's DeepLIFT (``baseline``'s reference) or DeepLIFT-SHAP (`shap_references`) values."""
     began = time.perf_counter()
+    dtype = lm.get_input_embeddings().weight.dtype
+    if dtype != torch.float32:  # the pair rules' multipliers need float32's precision to add up
+        name = str(dtype).removeprefix("torch.")
+        raise IncompatibleInput(f"{method} runs its exact rules in float32; this model's weights are {name}.",
+                                "Use integrated_gradients, or save the model in float32.")
     device = device_of(lm)
     seq = torch.as_tensor(text.input_ids, device=device)  # [P + T]
     p, t_count = len(text.prompt_ids), len(text.generated_ids)
@@ -183,7 +188,6 @@ def attribute_rules(lm: nn.Module, model: Any, text: GeneratedText, method: str,
     acc = torch.zeros(t_count, length, dtype=torch.float64, device=device)  # [T, L] mean over references
     graph_logp = torch.zeros(t_count, dtype=torch.float64, device=device)  # [T] log p(token | x), the graph's
     base_logp = torch.zeros(t_count, dtype=torch.float64, device=device)  # [T] mean over references
-    dtype = lm.get_input_embeddings().weight.dtype
     layers = int(getattr(lm.config, "num_hidden_layers", 0) or getattr(lm.config, "n_layer", 0) or 12)
 
     def work(lo: int, hi: int) -> None:
@@ -195,7 +199,7 @@ def attribute_rules(lm: nn.Module, model: Any, text: GeneratedText, method: str,
         own = torch.arange(cut, device=device)[None] < (p + tok)[:, None]  # [S, cut] positions row reads
         rs = torch.where(own[..., None], rs, xs)  # Δ = 0 after the row's prefix
         with torch.enable_grad():
-            logp, logp_r, pairs = pair_logprobs(captured.module, plan, lm, xs.to(dtype), rs.to(dtype),
+            logp, logp_r, pairs = pair_logprobs(captured.module, plan, lm, xs, rs,
                                                 p + tok - 1, targets[tok])
             (grad,) = torch.autograd.grad(logp.sum(), pairs.attribution_leaf)  # [S, cut, D] multipliers
         values = (grad * (pairs.attribution_leaf.detach() - pairs.attribution_ref)).sum(-1) * own  # [S, cut]
@@ -208,7 +212,7 @@ def attribute_rules(lm: nn.Module, model: Any, text: GeneratedText, method: str,
     row_bytes = length * dim * 4 * (8 + 48 * layers)  # both sides' activations and saved midpoints, roughly
     engine.map_chunks(t_count * b_count, work, row_bytes, report=False)
     with torch.no_grad():
-        logprobs = _target_logprobs(lm, x[None].to(dtype), p + torch.arange(t_count, device=device) - 1, targets)
+        logprobs = target_logprob_grid(lm, x[None], p + torch.arange(t_count, device=device) - 1, targets)[0]  # [T]
     _check_agreement(graph_logp, logprobs.double())
     error = (acc.sum(-1) - (graph_logp - base_logp)).abs()  # [T]
     full = torch.zeros(t_count, p + t_count, device=device)
