@@ -16,6 +16,8 @@ comes back:
 - `attribution`: each generated token's log-probability attributed to every
   earlier position by integrated gradients, saliency or input x gradient, the
   (token x step) grid run through `explain.output.engine` in chunks;
+- `deeplift`: DeepLIFT and DeepLIFT-SHAP of the same, exact rules on the
+  decoder's captured graph (values add up to each token's log-probability change);
 - `logit_lens`: each layer's top-k next tokens through the final norm and head;
 - `attention`: attention per layer and head of prompts padded to the longest;
 - `result`: the result types that cross the model-process boundary.
