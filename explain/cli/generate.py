@@ -1,6 +1,6 @@
 """Generate from a causal LM greedily (or score given continuations) and attribute every new token; write G.npz.
 
-``python -m explain generate MODEL --prompts P.txt [--targets T.txt] [--max-new-tokens N]
+``python -m explain generate MODEL --prompts P.txt [--chat] [--targets T.txt] [--max-new-tokens N]
 [--sample [--temperature T] [--top-k K] [--top-p P] [--seed S]]
 [--method integrated_gradients|saliency|input_x_gradient|deeplift|deep_shap|occlusion] [--steps S] [--baseline pad|unk|zero]
 [--granularity token|word|sentence] [--contrast B.txt [--contrast-step K]] [--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
@@ -8,7 +8,9 @@
 Each line of P.txt is a prompt (or P.npy / P.npz holds token ids [N, L]); with ``--targets`` each line
 of T.txt is the continuation of its prompt, explained by teacher forcing instead of generating. Prompts are
 generated in left-padded batches (`explain.generation.greedy`); ``--sample`` draws the tokens instead, prompt i
-with seed S + i (`explain.generation.sampling`; stdout adds ``sampling``).
+with seed S + i (`explain.generation.sampling`; stdout adds ``sampling``). With ``--chat`` P is a ``.json`` chat
+(a list of ``{"role", "content"}``) or a list of chats, each rendered through the model's chat template in a
+Jinja sandbox (`explain.generation.chat`) and encoded as it renders (its special tokens written by the template).
 G.npz holds ``input_ids`` [N, L] (prompt + generated, -1 after a text's end), ``prompt_length`` [N],
 ``generated_length`` [N], ``generated_ids`` [N, T] (-1 after a text's end), ``values`` [N, T, L] (the
 attribution of generated token t's log-probability to every earlier position; 0 elsewhere),
@@ -46,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or the sample keycopy")
     parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
     parser.add_argument("--prompts", required=True, help="prompts: .txt (one per line) or .npy/.npz token ids [N, L]")
+    parser.add_argument("--chat", action="store_true", help="--prompts is a .json chat (a list of {role, content}) or a "
+                        "list of chats, rendered through the model's chat template (sandboxed)")
     parser.add_argument("--targets", default=None, help="continuations to explain by teacher forcing: .txt (one per prompt) or ids")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens generated per prompt (default 20)")
     parser.add_argument("--sample", action="store_true", help="draw the tokens (seeded) instead of greedy generation")
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     began = time.perf_counter()
     model = load_model_arg(args.model, args.spec)
     require_causal_lm(model, "generate")
-    prompts = read_token_lists(args.prompts, model.spec)
+    prompts = chat_prompts(model, args.prompts) if args.chat else read_token_lists(args.prompts, model.spec)
     if args.targets:
         continuations = read_token_lists(args.targets, model.spec, special_tokens=False, what="targets")
         texts = force_continuations(model, prompts, continuations)
@@ -140,6 +144,14 @@ def quality_json(model, results: list, replace: str, device: str) -> dict[str, d
 
     return {"quality": {name: mean(name, False) for name in TOKEN_METRICS},
             "quality_random": {name: mean(name, True) for name in TOKEN_METRICS}}
+
+
+def chat_prompts(model, path: str) -> list[np.ndarray]:
+    """The token ids of each chat of a ``.json`` file, rendered through the model's chat template."""
+    from explain.generation.chat import read_chats, render_chat
+    from explain.generation.prompts import encode_texts
+
+    return encode_texts(render_chat(model, read_chats(path)), model.spec, special_tokens=False)
 
 
 def sampling_arg(args: argparse.Namespace):

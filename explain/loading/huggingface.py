@@ -54,7 +54,7 @@ _SHARD_NAME = re.compile(r"^[\w.-]{1,200}\.safetensors$")
 MAX_SHARDS = 256
 #: The files of a folder Glassbox reads; everything else is left alone.
 KNOWN_FILES = ("config.json", *WEIGHT_FILES, SHARD_INDEX, "tokenizer.json", "vocab.txt", "tokenizer_config.json",
-               "preprocessor_config.json", "special_tokens_map.json")
+               "preprocessor_config.json", "special_tokens_map.json", "chat_template.jinja")
 #: The longest text a text model's spec takes (tokens).
 MAX_TEXT_LENGTH = 128
 #: Largest JSON file (config, tokenizer config, preprocessor config) read; a config with
@@ -387,7 +387,7 @@ def _member_cap(known: str) -> tuple[int | None, str | None]:
     """The most bytes read of a known file (its declared size in the zip is checked before reading), and a hint."""
     if known in ("tokenizer.json", "vocab.txt"):
         return gb_config.max_tokenizer_bytes(), "An operator can raise it with GLASSBOX_MAX_TOKENIZER_MB."
-    return (MAX_JSON_BYTES if known.endswith(".json") else None), None
+    return (MAX_JSON_BYTES if known.endswith((".json", ".jinja")) else None), None
 
 
 def _size(cfg: dict, keys: tuple[str, ...], default: int = 0) -> int:
@@ -516,6 +516,8 @@ def _text_spec(config: Any, files: dict[str, bytes], vocabulary: list[str] | Non
     tok_cfg = _json(files, "tokenizer_config.json")
     causal = task == "causal_lm"
     template = tok_cfg.get("chat_template") if causal else None  # data: a causal LM's chat template, never run
+    if causal and "chat_template.jinja" in files:  # beside tokenizer_config.json, it wins (as in transformers)
+        template = files["chat_template.jinja"].decode("utf-8", errors="replace")
     length = int(getattr(config, "max_position_embeddings", None) or MAX_TEXT_LENGTH)
     model_max = tok_cfg.get("model_max_length")
     if isinstance(model_max, int) and 0 < model_max < length:

@@ -358,6 +358,7 @@ _mp.warm_up()
 #: The preload of model processes of Hugging Face models: the same, and transformers warmed up too.
 HF_PRELOAD = MODEL_PRELOAD + """
 _mp.warm_up_huggingface()
+import encodings.unicode_escape, jinja2.sandbox  # a causal LM's chat template renders here (generation.chat)
 """
 
 #: Idle seconds of the zygotes this process shares with later processes (`share_zygotes`); 0: none.
