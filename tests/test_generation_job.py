@@ -137,3 +137,59 @@ def test_progress_reaches_the_end_and_never_goes_back(model):
     record = run_generation_job(model, params, arrays, progress=lambda done, total: marks.append(done / total))
     assert marks[-1] == 1.0 and marks == sorted(marks) and len(marks) > 4
     assert json.dumps(record.summary)  # plain JSON
+
+
+def _array(value) -> np.ndarray:
+    """A plotly JSON array: a list (null = NaN), or a typed array (``{"dtype", "bdata", "shape"}``)."""
+    if isinstance(value, dict):
+        import base64
+
+        shape = tuple(int(d) for d in str(value["shape"]).split(","))
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).reshape(shape).astype(float)
+    return np.asarray(value, dtype=float)
+
+
+def _chart(at, key: str) -> dict:
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("-" + key))
+    return json.loads(chart.proto.spec)["data"][0]
+
+
+def test_the_generate_page_saves_a_run_and_its_drawer_draws_the_saved_matrix(home, model):
+    import hashlib
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explain.viz.generation import masked_values
+    from ui.state import UploadedBlob
+
+    _, ws = home
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    data = sample_file("keycopy").read_bytes()
+    at = AppTest.from_file(app, default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob("keycopy.zip", data, hashlib.sha256(data).hexdigest())
+    at.switch_page("pages/views/generate.py").run()
+    at.text_area(key="gb_gen_prompt").set_value(PROMPTS[0])
+    at.number_input(key="gb_gen_max_new").set_value(2)
+    at.selectbox(key="gb_gen_method").set_value("saliency")
+    at.checkbox(key="gb_gen_quality").set_value(False).run()
+    at.button(key="gb_gen_save").click().run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    run_id = [c.value for c in at.code if "?run=" in c.value][0].rsplit("=", 1)[1]
+    run = ws.runs.open(OP, run_id)
+    assert (run.info.page, run.info.model, run.info.method) == ("generation", "keycopy", "saliency")
+
+    texts = generate_greedy(model, encode_texts(PROMPTS[:1], model.spec), 2)
+    want = attribute_generation(model, texts, "saliency")[0]
+    got = saved_generation(run).attributions[0]
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+    np.testing.assert_array_equal(got.values, want.values)
+
+    opened = AppTest.from_file(app, default_timeout=300)
+    opened.query_params["run"] = run_id
+    opened.run()
+    assert not opened.exception and not opened.error, [e.value for e in [*opened.exception, *opened.error]]
+    drawn = _chart(opened, f"run_{run_id}_generation_matrix_0")  # the Generate page's figure, from the run
+    np.testing.assert_allclose(_array(drawn["z"]), masked_values(want.values, want.prompt_length), rtol=1e-6)
+    assert any(keycopy.make_prompts(2, 31)[1][0] in c.value for c in opened.code)  # the saved text

@@ -173,6 +173,20 @@ def submit_compare(info_a, info_b, model_a, model_b, inputs, method: str, params
     return submit(ws, who, JOB_KIND, job_params, title=title, inputs=arrays, priority="interactive")
 
 
+def submit_generation(model, prompts: list[str], *, continuations: list[str] | None = None, max_new_tokens: int,
+                      method: str, steps: int, baseline: str, quality: bool) -> JobInfo:
+    """Queue the Generate page's explanation of ``prompts`` (or their given ``continuations``) by the current
+    causal LM (registered first if it is an upload) as an interactive ``generate`` job (a generation run)."""
+    from explain.generation.job import JOB_KIND, generation_job
+
+    version = registered_version(model)
+    job_params, arrays, title = generation_job(model, version.name, version.version, prompts,
+                                               continuations=continuations, max_new_tokens=max_new_tokens,
+                                               method=method, steps=steps, baseline=baseline, quality=quality)
+    return submit(team.workspace(), team.actor(), JOB_KIND, job_params, title=title, inputs=arrays,
+                  priority="interactive")
+
+
 def follow_request(store: str, key: str, submit_job: Callable[[], JobInfo], label: str) -> SavedRun | None:
     """The saved run answering request ``key``: submitted once (``submit_job()``; the job's id kept in
     ``st.session_state[store]``, so a rerun follows the same job), followed here with its progress and

@@ -127,6 +127,18 @@ if not prompt.strip():
 settings = settings_of(prompt, continuation, max_new, method, steps, baseline)
 request = (model.sha256, tuple(sorted(settings.items())), quality)
 clicked = st.button("Generate and explain", type="primary", key="gb_gen_run")
+save_key = repr(request)  # Save as a run: the same explanation as a job of the queue, its run linked
+if st.button("Save as a run", key="gb_gen_save", help="Computed by the queue's worker and saved as a run to "
+             "share, comment on and decide on") or save_key in st.session_state.get("gb_gen_jobs", {}):
+    from ui import jobs
+
+    with state.error_boundary("Saving as a run"):
+        saved_run = jobs.follow_request("gb_gen_jobs", save_key, lambda: jobs.submit_generation(
+            model, [prompt], continuations=[continuation] if settings["continuation"] else None, max_new_tokens=max_new,
+            method=method, steps=steps, baseline=baseline, quality=quality), "Generating and explaining as a job")
+        if saved_run is not None:
+            team.render_share_link(f"Saved as run {saved_run.info.id}: open it on Saved runs, comment and decide.",
+                                   run=saved_run.info.id)
 stored = st.session_state.get(RESULT_KEY)
 if stored is None and first is not None and (first.model_sha256, tuple(sorted(first.settings.items())),
                                              bool(first.quality)) == request:
