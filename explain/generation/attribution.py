@@ -116,7 +116,6 @@ def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, meth
     targets = seq[p:]  # [T]
     dtype = lm.get_input_embeddings().weight.dtype
     n_rows = t_count * steps
-    layers = int(getattr(lm.config, "num_hidden_layers", 0) or getattr(lm.config, "n_layer", 0) or 12)
 
     def work(lo: int, hi: int) -> None:
         r = torch.arange(lo, hi, device=device)
@@ -135,7 +134,10 @@ def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, meth
         acc[toks, :cut] += torch.einsum("tkld,k->tld", grads.float(), weights[ks])
         advance(hi - lo)
 
-    row_bytes = length * x.shape[1] * 4 * (4 + 16 * layers)  # the row's activations, roughly
+    # a row's point, as every engine caller counts it (CPU: ~8 MiB of points a chunk; a GPU sizes chunks from a
+    # probe's peak memory, the batched backward included; out of memory halves them). Counting the row's
+    # activations instead cut a CPU chunk to 1-3 rows of a 4-layer, 256-wide Llama: one forward per row again.
+    row_bytes = length * x.shape[1] * 4
     engine.map_chunks(n_rows, work, row_bytes, report=False)
     if method == "integrated_gradients":
         values = (acc * diff).sum(-1)  # [T, L]
