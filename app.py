@@ -57,15 +57,17 @@ navigation = st.navigation({"Explain": EXPLAIN + hidden, "Team": TEAM})
 
 from ui.first_paint import first_paint  # noqa: E402  - imports no torch
 
-with first_paint(navigation is OVERVIEW):  # the Overview's title and curves while torch and the model load
-    from ui.jobs import ensure_worker
-    from ui.sidebar import render_sidebar  # after st.navigation: importing torch takes seconds
-    from ui.upload_page import render_pending_upload
-    from ui.workspace import sign_in_gate
+if first_paint(navigation is OVERVIEW):  # a fresh server's Overview: drawn torch-free, reruns when the glue is in
+    st.stop()
 
-    if not sign_in_gate():  # accounts exist and nobody is signed in: only the form
-        st.stop()
-    render_sidebar()
+from ui.jobs import ensure_worker  # noqa: E402  - after st.navigation: importing torch takes seconds
+from ui.sidebar import render_sidebar  # noqa: E402
+from ui.upload_page import render_pending_upload  # noqa: E402
+from ui.workspace import sign_in_gate  # noqa: E402
+
+if not sign_in_gate():  # accounts exist and nobody is signed in: only the form
+    st.stop()
+render_sidebar()
 ensure_worker()  # the embedded queue worker, unless GLASSBOX_EXTERNAL_WORKER=1
 if not render_pending_upload():  # an upload that does not load yet keeps every page on it
     navigation.run()

@@ -17,7 +17,12 @@ Rows, each round in turn (a torch import first, so a machine whose speed drifts 
 One JSON object per line on stdout: ``{"row", "seconds", "torch_imports", "target", "within", "load"}``
 (``load``: the 1-minute load average when the row was measured; figures move with it, ratios hold).
 
-    python benchmarks/app_latency.py [--rounds 2] [--json rows.json]
+``--baseline DIR`` measures another tree of the app too (e.g. the commit before a change:
+``git archive HEAD~1 | tar -x -C DIR``), in the same rounds, the two trees taking turns; each row then
+says which (``"app": "baseline" | "this"``) and a last line gives, per row, the median of this tree's
+seconds over the baseline's (``{"ratios": {...}}``).
+
+    python benchmarks/app_latency.py [--rounds 2] [--baseline DIR] [--json rows.json]
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ def torch_import() -> float:
     return time.perf_counter() - start
 
 
-def start_server(home: str) -> tuple[subprocess.Popen, str, float]:
+def start_server(home: str, root: Path = ROOT) -> tuple[subprocess.Popen, str, float]:
     import socket
 
     with socket.socket() as s:
@@ -54,10 +59,10 @@ def start_server(home: str) -> tuple[subprocess.Popen, str, float]:
     log = open(Path(home) / "streamlit.log", "w")
     env = {**os.environ, "GLASSBOX_HOME": home}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(root / "app.py"), "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true",
                              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+                            cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     while True:
         try:
@@ -87,21 +92,28 @@ def open_app(browser, url: str) -> tuple[float, float]:
         page.close()
 
 
-def rerun_seconds(home: str, n: int = 5) -> float:
-    """The Overview's script run again on a computed view (AppTest, this process): median seconds."""
-    os.environ["GLASSBOX_HOME"] = home
-    sys.path.insert(0, str(ROOT))
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "pages" / "views" / "overview.py"), default_timeout=300)
+RERUN = """
+import os, statistics, sys, time
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(os.path.join(os.getcwd(), "pages", "views", "overview.py"), default_timeout=300)
+at.run()
+assert not at.exception, at.exception
+times = []
+for _ in range(int(sys.argv[1])):
+    start = time.perf_counter()
     at.run()
-    assert not at.exception, at.exception
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        at.run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times.append(time.perf_counter() - start)
+print(statistics.median(times))
+"""
+
+
+def rerun_seconds(home: str, root: Path = ROOT, n: int = 5) -> float:
+    """The Overview's script run again on a computed view (AppTest in a fresh process of ``root``'s tree):
+    median seconds."""
+    env = {**os.environ, "GLASSBOX_HOME": home, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", RERUN, str(n)], cwd=root, env=env, capture_output=True, text=True,
+                         check=True, timeout=600)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def row(name: str, seconds: float, torch_s: float) -> dict:
@@ -111,44 +123,68 @@ def row(name: str, seconds: float, torch_s: float) -> dict:
             "load": round(os.getloadavg()[0], 2)}
 
 
+def measure(browser, root: Path, torch_s: float) -> list[dict]:
+    """One round of every row but the yardstick on the app in ``root``."""
+    found = []
+    home = tempfile.mkdtemp(prefix="glassbox-app-latency-")
+    proc, url, ready = start_server(home, root)
+    try:
+        found.append(row("server_ready", ready, torch_s))
+        first, first_map = open_app(browser, url)
+        found += [row("first_figure", first, torch_s), row("first_map", first_map, torch_s)]
+        again, _ = open_app(browser, url)
+        found.append(row("again_first_figure", again, torch_s))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, url, _ = start_server(home, root)  # the same workspace: its first view is saved
+    try:
+        first, first_map = open_app(browser, url)
+        found += [row("restart_first_figure", first, torch_s), row("restart_first_map", first_map, torch_s)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    found.append(row("rerun", rerun_seconds(tempfile.mkdtemp(prefix="glassbox-app-latency-"), root), torch_s))
+    return found
+
+
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """Per row, the median over rounds of this tree's seconds / the baseline's (rounds pair them in order)."""
+    out = {}
+    for name in dict.fromkeys(r["row"] for r in rows if "app" in r):
+        this = [r["seconds"] for r in rows if r["row"] == name and r.get("app") == "this"]
+        base = [r["seconds"] for r in rows if r["row"] == name and r.get("app") == "baseline"]
+        pairs = [t / b for t, b in zip(this, base) if b > 0]
+        if pairs:
+            out[name] = round(statistics.median(pairs), 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", help="another tree of the app to measure in the same rounds")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
+    trees = [("this", ROOT)] + ([("baseline", Path(args.baseline).resolve())] if args.baseline else [])
     rows = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
-            for _ in range(args.rounds):
+            for i in range(args.rounds):
                 torch_s = torch_import()
                 found = [row("torch_import", torch_s, torch_s)]
-                home = tempfile.mkdtemp(prefix="glassbox-app-latency-")
-                proc, url, ready = start_server(home)
-                try:
-                    found.append(row("server_ready", ready, torch_s))
-                    first, first_map = open_app(browser, url)
-                    found += [row("first_figure", first, torch_s), row("first_map", first_map, torch_s)]
-                    again, _ = open_app(browser, url)
-                    found.append(row("again_first_figure", again, torch_s))
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=30)
-                proc, url, _ = start_server(home)  # the same workspace: its first view is saved
-                try:
-                    first, first_map = open_app(browser, url)
-                    found += [row("restart_first_figure", first, torch_s), row("restart_first_map", first_map, torch_s)]
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=30)
-                found.append(row("rerun", rerun_seconds(tempfile.mkdtemp(prefix="glassbox-app-latency-")), torch_s))
+                for app, root in trees[i % 2:] + trees[:i % 2]:  # the trees take turns going first
+                    found += [{**r, "app": app} if args.baseline else r for r in measure(browser, root, torch_s)]
                 for r in found:
                     print(json.dumps(r), flush=True)
                 rows += found
         finally:
             browser.close()
+    if args.baseline:
+        print(json.dumps({"ratios": ratios(rows)}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

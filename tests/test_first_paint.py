@@ -1,6 +1,7 @@
-"""The app's first paint imports no torch (issue 21, no waiting): `ui.first_paint` draws the Overview's
-title and the sample's training curves before `app.py` imports the pages' glue (which imports torch),
-the curves are the Overview's own figure, and nothing is drawn while the workspace has accounts."""
+"""The app's first paint imports no torch (issue 21, no waiting): on a fresh process `ui.first_paint` draws the
+Overview's title, the sidebar's sample choice and the sample's training curves, and the script run ends there
+(torch, captum and shap not imported); the curves are the Overview's own figure; a background import of the
+pages' glue follows, and the next run is the page itself; nothing is drawn while the workspace has accounts."""
 from __future__ import annotations
 
 import json
@@ -11,34 +12,41 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs in a fresh interpreter: the first paint (AppTest, a script that runs `first_paint` and imports
-# torch inside the block as app.py's imports do), then the Overview's own figure, for comparison.
+# Runs in a fresh interpreter: the app's first script run (AppTest), the sample changed in the preview, then
+# the background import and the run after it; the Overview's own figures are made last, for comparison.
 SCRIPT = r'''
 import json, sys
 from streamlit.testing.v1 import AppTest
 import ui.first_paint as fp
 
-seen = {}
-original = fp.sample_curves
-def recorded(name):  # the first figure: was torch imported when it was made?
-    curves = original(name)
-    seen.update(torch=("torch" in sys.modules), curves=curves[0].to_json())
-    return curves
-fp.sample_curves = recorded
-
+HEAVY = ("torch", "captum", "shap")
 if sys.argv[1] == "accounts":
     from explain.workspace import Actor, open_workspace
     open_workspace().users.add(Actor("cli:tester", operator=True), "alice", "admin")
 at = AppTest.from_file(ROOT + "/app.py", default_timeout=300)
 at.run()
 assert not at.exception, at.exception
+first = {"heavy": [m for m in HEAVY if m in sys.modules], "titles": [t.value for t in at.title],
+         "charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")],
+         "sidebar": [h.value for h in at.sidebar.header]}
+found = {"first": first}
+if sys.argv[1] == "none":
+    first["sample"] = at.sidebar.selectbox(key="gb_sample_select").value
+    at.sidebar.selectbox(key="gb_sample_select").select("cancer").run()  # chosen in the preview
+    assert not at.exception, at.exception
+    found["changed"] = {"charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")]}
+    fp.start_warm_up()  # what the preview's first tick in a browser does
+    assert fp.wait_ready(600)
+    at.run()
+    assert not at.exception, at.exception
+    found["page"] = {"heavy": [m for m in HEAVY if m in sys.modules], "titles": [t.value for t in at.title],
+                     "sample": at.sidebar.selectbox(key="gb_sample_select").value,
+                     "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown],
+                     "charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")]}
 from explain.report import overview
-runs = overview.training_overview([ROOT + "/sample_models/shapes/train_log.csv"], [])
-charts = at.get("plotly_chart")
-print(json.dumps({"torch_at_curves": seen.get("torch"),
-                  "same": "curves" in seen and json.loads(seen["curves"]) == json.loads(overview.training_figure(runs).to_json()),
-                  "titles": [t.value for t in at.title], "charts": len(charts),
-                  "torch_after": "torch" in sys.modules}))
+found["overview"] = {name: json.loads(overview.training_figure(overview.training_overview(
+    [ROOT + f"/sample_models/{name}/train_log.csv"], [])).to_json()) for name in ("shapes", "cancer")}
+print(json.dumps(found))
 '''
 
 
@@ -52,16 +60,29 @@ def run_first_paint(tmp_path, mode: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_the_first_figure_is_drawn_before_torch_and_is_the_overviews(tmp_path):
+def same_figure(spec: dict, fig: dict) -> bool:
+    return spec["data"] == fig["data"] and spec["layout"] == fig["layout"]
+
+
+def test_the_first_run_imports_no_torch_and_draws_the_samples_figure(tmp_path):
     found = run_first_paint(tmp_path, "none")
-    assert found["torch_at_curves"] is False  # the curves were drawn with no torch imported
-    assert found["same"]  # the Overview's own training figure (explain.report.overview.training_figure)
-    assert found["torch_after"] is True  # then the page ran as always: the model loaded
-    assert found["titles"] == ["Overview"]  # the settled page is the page: the preview is gone
+    first, changed, page = found["first"], found["changed"], found["page"]
+    assert first["heavy"] == []  # the first script run imported neither torch nor captum nor shap
+    assert first["titles"] == ["Overview"] and first["sidebar"] == ["Model"] and first["sample"] == "shapes"
+    assert len(first["charts"]) == 1  # the sample's curves: the Overview's own training figure
+    assert same_figure(first["charts"][0], found["overview"]["shapes"])
+    # another sample chosen in the preview: its own curves, still the preview (that run may start the background
+    # import, as a browser's tick would: the preview was drawn)
+    assert len(changed["charts"]) == 1 and same_figure(changed["charts"][0], found["overview"]["cancer"])
+    # after the background import the run is the page itself: the model loaded, its map explained
+    assert "torch" in page["heavy"] and page["titles"] == ["Overview"] and page["sample"] == "cancer"
+    assert any("completeness error" in c for c in page["captions"])
+    assert any("malignant" in m or "benign" in m for m in page["markdown"])  # the cancer model's prediction
+    assert any(same_figure(c, found["overview"]["cancer"]) for c in page["charts"])
 
 
 def test_nothing_is_drawn_before_sign_in(tmp_path):
     found = run_first_paint(tmp_path, "accounts")
-    assert found["torch_at_curves"] is None  # no preview: the sign-in gate comes first
-    assert found["titles"] == ["Sign in to Glassbox"] or found["titles"] == []
-    assert found["charts"] == 0
+    assert found["first"]["titles"] == ["Sign in to Glassbox"] or found["first"]["titles"] == []
+    assert found["first"]["charts"] == []
+    assert found["first"]["sidebar"] == []

@@ -1,25 +1,30 @@
-"""The app's first paint, before torch is imported (issue 21, no waiting).
+"""The app's first paint, with no torch imported (issue 21, no waiting).
 
-`app.py` draws the router, then imports the pages' glue (`ui.state`, `ui.sidebar`, ...), which
-imports torch (seconds), opens the workspace and loads the sample model (seconds more). While that
-happens, `first_paint` draws what needs none of it: for the Overview of a sample on a server whose
-pages' glue is not imported yet, the page's title, its three columns with a spinner where the
-live parts are still coming, and the sample's training curves with their findings (its log read
-with pandas, drawn by `explain.viz.training.figure_overview`, as the Overview draws them).
-When the block ends (sidebar drawn, model loaded) the preview is cleared and the page runs as
-always, so the settled page is the page.
+The pages' glue (`ui.state`, `ui.sidebar`, `ui.jobs`, ...) imports torch, the queue and the model
+cache: seconds of a fresh server's first script run, during which the browser would show nothing.
+So on the Overview of a sample, while the glue is not imported yet, `first_paint` draws what needs
+none of it and the run ends there, with torch never imported in it: the sidebar's Source / Sample
+choice (`ui.sample_choice`, the same widgets), the page's title, its three columns and the sample's
+training curves with their findings (its log read with pandas, drawn by
+`explain.viz.training.figure_overview`, as the Overview draws them). A fragment of the preview ticks
+every `POLL_S` seconds: its first tick, which the browser sends once it has drawn the preview, starts a
+background thread that imports the glue and the Overview's own modules and seeds the workspace
+(`start_warm_up`: torch does not take the CPU from the browser's first figure); the tick after that ends
+runs the app again, and that run is the page as always (it replaces the preview), so the settled page
+is the page.
 
 Nothing here may import torch (`tests/test_first_paint.py`), and nothing is drawn while the
 workspace has accounts (the sign-in gate comes first). The workspace is opened here
-(`open_server_workspace`, the one cached opening `ui.workspace` uses too) so that the check costs
-no torch import.
+(`open_server_workspace`, the one cached opening `ui.workspace` uses too, seeded with the samples
+after the preview, `seeded_workspace`) so that the check costs no torch import.
 """
 from __future__ import annotations
 
-import contextlib
+import ast
+import importlib
 import logging
 import sys
-from collections.abc import Iterator
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -27,21 +32,36 @@ import streamlit as st
 from explain.config import database_url, glassbox_home
 from explain.workspace import Workspace, open_workspace
 from sample_models import SAMPLE_NAMES, sample_dir, sample_registry_files
+from ui.sample_choice import SOURCE_KEY, chosen_sample, render_sample_choice, render_source_choice
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
 
 #: the Overview's curves' height (`explain.report.overview.training_figure`'s default)
 CURVES_HEIGHT = 420
-_SAMPLE_KEY, _SOURCE_KEY, _TRAINING_KEY = "gb_sample", "gb_source", "gb_training_uploads"  # ui.state's keys
-DEFAULT_SAMPLE = "shapes"  # ui.state.DEFAULT_SAMPLE (that module imports torch)
+_TRAINING_KEY = "gb_training_uploads"  # ui.state's key of the Training page's uploads
+#: what app.py imports after the preview (the pages' glue: torch, the workspace's queue, the model cache)
+GLUE = ("ui.jobs", "ui.sidebar", "ui.upload_page", "ui.workspace")
+OVERVIEW_SCRIPT = Path(__file__).resolve().parents[1] / "pages" / "views" / "overview.py"
+POLL_S = 0.5  # how often a preview asks whether the glue is imported
+_READY = threading.Event()  # set once the glue is imported (or was before the first run)
+_WARM_LOCK = threading.Lock()
+_warming: threading.Thread | None = None
+_FIRST_TICK_KEY = "gb_first_paint_drawn"  # the preview's first run is over (its fragment ticks from now on)
 
 
 @st.cache_resource(show_spinner="Opening the workspace…")
 def open_server_workspace(url: str, home: str) -> Workspace:
-    """The workspace of this server, opened once per process (`ui.workspace.workspace`, which also takes
-    back the jobs of stopped workers: that imports the queue, and with it torch)."""
-    ws = open_workspace(url, home)
+    """The workspace of this server, opened once per process: enough for the preview's account check."""
+    return open_workspace(url, home)
+
+
+@st.cache_resource(show_spinner=False)
+def seeded_workspace(url: str, home: str) -> Workspace:
+    """The same workspace with the samples registered (`Workspace.seed`, once per process), as the pages use
+    it (`ui.workspace.workspace`, which also takes back the jobs of stopped workers: that imports the queue,
+    and with it torch); the preview does not wait for the seeding."""
+    ws = open_server_workspace(url, home)
     ws.seed(sample_registry_files())
     return ws
 
@@ -49,12 +69,12 @@ def open_server_workspace(url: str, home: str) -> Workspace:
 def preview_sample(is_overview: bool) -> str | None:
     """The sample whose Overview to preview, or None: not the Overview, an upload or training files of
     this session, the pages' glue already imported (the page draws at once), or accounts to sign in to."""
-    if not is_overview or "ui.state" in sys.modules:
+    if not is_overview or glue_ready():
         return None
     session = st.session_state
-    if session.get(_SOURCE_KEY, "sample") != "sample" or session.get(_TRAINING_KEY):
+    if session.get(SOURCE_KEY, "sample") != "sample" or session.get(_TRAINING_KEY):
         return None
-    name = session.get(_SAMPLE_KEY, DEFAULT_SAMPLE)
+    name = chosen_sample()
     if name not in SAMPLE_NAMES:
         return None
     if open_server_workspace(database_url(), str(glassbox_home())).users.any_accounts():
@@ -78,40 +98,93 @@ def sample_curves(name: str):
     return figure_overview([history], [findings], height=CURVES_HEIGHT), findings
 
 
-@contextlib.contextmanager
-def first_paint(is_overview: bool) -> Iterator[None]:
-    """Draw the Overview's torch-free preview for the block (the imports, sign-in, sidebar), then clear it."""
+def _imports_of(path: Path) -> list[str]:
+    """The modules a page's script imports at its top level (what its first run would wait for)."""
+    tree = ast.parse(path.read_text())
+    names = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+    return names + [n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+
+
+def _warm_up() -> None:
+    """Import the pages' glue and the Overview's modules (torch among them) and seed the workspace, in the
+    background."""
+    try:
+        for name in (*GLUE, *_imports_of(OVERVIEW_SCRIPT)):
+            importlib.import_module(name)
+        seeded_workspace(database_url(), str(glassbox_home()))
+    except Exception:  # the page does it again and says what is wrong
+        log.exception("Importing the pages' glue failed")
+    finally:
+        _READY.set()
+
+
+def glue_ready() -> bool:
+    """Whether the pages' glue is imported, so a page draws at once (imported before any preview, as in a
+    test's process, counts)."""
+    with _WARM_LOCK:
+        if not _READY.is_set() and _warming is None and "ui.state" in sys.modules:
+            _READY.set()
+    return _READY.is_set()
+
+
+def start_warm_up() -> None:
+    """Start importing the pages' glue in the background, once per process."""
+    global _warming
+    with _WARM_LOCK:
+        if _warming is None and not _READY.is_set():
+            _warming = threading.Thread(target=_warm_up, name="glassbox-first-paint-warm-up", daemon=True)
+            _warming.start()
+
+
+def wait_ready(timeout: float | None = None) -> bool:
+    """Wait for the background import `start_warm_up` started; whether it ended."""
+    return _READY.wait(timeout)
+
+
+@st.fragment(run_every=POLL_S)
+def _rerun_when_ready() -> None:
+    """The preview's clock: its first tick comes from the browser once it has drawn the preview, and starts
+    the import (so torch does not take the CPU from the browser's first figure); a tick after the import
+    runs the app again."""
+    if _READY.is_set():
+        st.rerun()
+    if not st.session_state.get(_FIRST_TICK_KEY):  # the run that draws the preview: not yet
+        st.session_state[_FIRST_TICK_KEY] = True
+        return
+    start_warm_up()
+
+
+def first_paint(is_overview: bool) -> bool:
+    """Draw the Overview's torch-free preview when this run should (see the module's docstring), with the
+    clock that imports the pages' glue; True when drawn: the caller ends the run, which reruns itself."""
     name = None
     try:
         name = preview_sample(is_overview)
     except Exception:  # the page itself says what is wrong
         log.exception("The first paint's checks failed")
     if name is None:
-        yield
-        return
-    holder = st.empty()
-    spinner = contextlib.ExitStack()
+        return False
     try:
-        with holder.container():
-            st.title("Overview")
-            out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")
-            with train_col:
-                st.subheader("Training")
-                curves = sample_curves(name)
-                if curves is not None:
-                    fig, findings = curves
-                    st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves_first_paint")
-                    for f in findings:
-                        st.markdown(f"{f.icon} **{f.kind}** — {escape_markdown(f.message)}")
-            with struct_col:
-                st.subheader("Structure")
-            with out_col:
-                st.subheader("Output")
-                spinner.enter_context(st.spinner("Loading the model…"))
+        with st.sidebar:  # the sidebar's own choice (`ui.sidebar`): the same widgets keep their values
+            st.header("Model")
+            render_source_choice(upload=False)
+            render_sample_choice()
+        st.title("Overview")
+        out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")
+        with train_col:
+            st.subheader("Training")
+            curves = sample_curves(name)
+            if curves is not None:
+                fig, findings = curves
+                st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves_first_paint")
+                for f in findings:
+                    st.markdown(f"{f.icon} **{f.kind}** — {escape_markdown(f.message)}")
+        with struct_col:
+            st.subheader("Structure")
+        with out_col:
+            st.subheader("Output")
+            st.caption(":material/hourglass_top: Loading the model…")
     except Exception:  # a preview that cannot draw is no reason to stop the page
         log.exception("The first paint failed")
-    try:
-        yield
-    finally:
-        spinner.close()
-        holder.empty()
+    _rerun_when_ready()
+    return True

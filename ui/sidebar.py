@@ -12,29 +12,20 @@ import streamlit as st
 from explain.config import max_upload_mb
 from explain.loading.model_process import prestart
 from explain.workspace import Action
-from sample_models import ALL_SAMPLES, SAMPLE_NAMES
+from sample_models import SAMPLE_NAMES
 from ui import state
 from ui import workspace as team
+from ui.sample_choice import SAMPLE_LABELS, SOURCES, render_sample_choice, render_source_choice
 from ui.spec_form import render_spec_download
 from ui.text import escape_markdown
 from ui.workspace import render_account
 
-SAMPLE_LABELS = {
-    "shapes": "Shapes — image, residual CNN",
-    "cancer": "Breast cancer — tabular MLP",
-    "sentiment": "Sentiment — text transformer",
-    "keycopy": "Key copy — causal LM (Generate page)",
-}
 MODEL_TYPES = ["safetensors", "pt", "pth", "ckpt", "bin", "pt2", "zip", "jit", "ts"]
 INPUT_TYPES = ["npy", "npz", "png", "jpg", "jpeg", "csv", "txt"]
 #: where an upload's spec came from, when not from a file the user gave
 SPEC_SOURCE_LABELS = {"signature": "from the .pt2 signature", "inputs": "inferred from the uploaded inputs",
                       "form": "from the spec form"}
 RUNS_PER_SAMPLE = 3  # newest saved runs linked under each sample in a viewer's sidebar
-
-
-def _on_sample_change() -> None:
-    state.set_sample(st.session_state["gb_sample_select"])
 
 
 def render_sidebar() -> None:
@@ -46,16 +37,9 @@ def render_sidebar() -> None:
             st.divider()
             render_account()
             return
-        source = st.radio(
-            "Source", ["Sample model", "Upload"], horizontal=True, key="gb_source_radio",
-            index=1 if state.model_upload() is not None or state.upload_mode() else 0,
-        )
-        if source == "Sample model":
-            current = st.session_state.get("gb_sample", state.DEFAULT_SAMPLE)
-            st.selectbox(
-                "Sample", ALL_SAMPLES, index=ALL_SAMPLES.index(current), key="gb_sample_select",
-                format_func=lambda n: SAMPLE_LABELS.get(n, n), on_change=_on_sample_change,
-            )
+        source = render_source_choice(state.model_upload() is not None or state.upload_mode())
+        if source == SOURCES[0]:
+            current = render_sample_choice()
             if state.model_upload() is not None:
                 state.set_model_upload(None, None)
                 state.set_input_uploads([])

@@ -40,17 +40,15 @@ from explain.service.models import shared_models
 from explain.spec import CAUSAL_LM_NOTE, InputSpec, SpecGuess, guess_from_array
 from explain.workspace.roles import Action
 from sample_models import ALL_SAMPLES, SAMPLE_NAMES, sample_dir, sample_file, sample_inputs
+from ui.sample_choice import DEFAULT_SAMPLE, SOURCE_KEY, chosen_sample, set_sample  # noqa: F401 - re-exported
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
 
-DEFAULT_SAMPLE = "shapes"
-_SAMPLE_KEY = "gb_sample"
 _MODEL_UPLOAD_KEY = "gb_model_upload"  # UploadedBlob | None
 _SPEC_UPLOAD_KEY = "gb_spec_upload"
 _FORM_SPEC_KEY = "gb_form_spec"  # UploadedBlob | None: the spec form's JSON, for the current model upload
 _INPUT_UPLOAD_KEY = "gb_input_uploads"  # list[UploadedBlob]
-_SOURCE_KEY = "gb_source"  # "sample" | "upload"
 
 
 @dataclass(frozen=True)
@@ -109,19 +107,14 @@ def _cached_sample_inputs(name: str) -> dict[str, np.ndarray]:
     return sample_inputs(name)
 
 
-# -- selection -----------------------------------------------------------------
-def set_sample(name: str) -> None:
-    st.session_state[_SAMPLE_KEY] = name
-    st.session_state[_SOURCE_KEY] = "sample"
-
-
+# -- selection (the sample: `ui.sample_choice`, torch-free; `set_sample`, `DEFAULT_SAMPLE` re-exported) --
 def set_model_upload(blob: UploadedBlob | None, spec: UploadedBlob | None) -> None:
     old = model_upload()
     if blob is None or old is None or old.sha256 != blob.sha256:
         st.session_state[_FORM_SPEC_KEY] = None  # the form's spec was for the other model
     st.session_state[_MODEL_UPLOAD_KEY] = blob
     st.session_state[_SPEC_UPLOAD_KEY] = spec
-    st.session_state[_SOURCE_KEY] = "upload" if blob else "sample"
+    st.session_state[SOURCE_KEY] = "upload" if blob else "sample"
 
 
 def use_registry_model(data: bytes, filename: str, spec_json: bytes | None) -> None:
@@ -132,11 +125,11 @@ def use_registry_model(data: bytes, filename: str, spec_json: bytes | None) -> N
 
 def set_upload_mode() -> None:
     """The user chose Upload: the pages wait for the upload instead of showing a sample."""
-    st.session_state[_SOURCE_KEY] = "upload"
+    st.session_state[SOURCE_KEY] = "upload"
 
 
 def upload_mode() -> bool:
-    return st.session_state.get(_SOURCE_KEY) == "upload"
+    return st.session_state.get(SOURCE_KEY) == "upload"
 
 
 def set_form_spec(spec: InputSpec | None) -> None:
@@ -166,7 +159,7 @@ def current_sample_name() -> str | None:
     """The sample in use, or None in upload mode (whether or not the upload loads)."""
     if upload_mode():
         return None
-    return st.session_state.get(_SAMPLE_KEY, DEFAULT_SAMPLE)
+    return chosen_sample()
 
 
 def upload_failure() -> GlassboxError | None:

@@ -23,7 +23,7 @@ from explain.workspace import Action, Actor, RunRecord, Workspace
 from explain.workspace.registry import VersionInfo
 from explain.workspace.roles import allows
 from ui import state
-from ui.first_paint import open_server_workspace as _open  # opened there: the first paint checks for accounts
+from ui.first_paint import seeded_workspace as _open  # opened there: the first paint checks for accounts
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
