@@ -193,3 +193,36 @@ def test_the_generate_page_saves_a_run_and_its_drawer_draws_the_saved_matrix(hom
     drawn = _chart(opened, f"run_{run_id}_generation_matrix_0")  # the Generate page's figure, from the run
     np.testing.assert_allclose(_array(drawn["z"]), masked_values(want.values, want.prompt_length), rtol=1e-6)
     assert any(keycopy.make_prompts(2, 31)[1][0] in c.value for c in opened.code)  # the saved text
+
+
+def test_a_report_built_with_a_generation_run_has_its_generation_section(home, model, reference):
+    from explain.report.document import read_report_data
+    from explain.report.generation import build_generation_section
+    from explain.report.job import report_html, report_job
+
+    _, ws = home
+    cli, want, _ = reference
+    run = _saved(ws, model, max_new_tokens=NEW, steps=STEPS, quality=True)
+    section = build_generation_section(saved_generation(run), run.spec)
+    assert len(section.figures) == 2  # one attribution matrix per prompt, the Generate page's figure
+    np.testing.assert_allclose(_array(section.figures[1].data[0].z), masked_generation(want[1]), rtol=1e-6)
+    for prompt, text in zip(PROMPTS, run.info.summary["texts"]):
+        assert f"{prompt} <b>→ {text}</b>" in section.body.replace("&lt;", "<").replace("&gt;", ">")
+    assert "Comprehensiveness" in section.body  # the quality table the run judged
+
+    params, arrays, title = report_job(model, "keycopy", run.info.version, None, generation=run)
+    job = submit(ws, OP, "report", params, title=title, inputs=arrays, priority="interactive")
+    report = finished_run(ws, OP, run_here(ws, job.id, loaded=model))
+    assert "Generation" in report.info.summary["sections"] and "Generation" not in report.info.summary["failed"]
+    data = read_report_data(report_html(report).decode())
+    shown = data["sections"]["Generation"]["texts"]
+    assert [t["text"] for t in shown] == run.info.summary["texts"]
+    np.testing.assert_allclose([t["logprobs"] for t in shown], cli["logprobs"], rtol=1e-5)
+    with pytest.raises(UsageError, match="not a generation"):
+        report_job(model, "keycopy", run.info.version, None, generation=report)
+
+
+def masked_generation(attr) -> np.ndarray:
+    from explain.viz.generation import masked_values
+
+    return masked_values(attr.values, attr.prompt_length)

@@ -8,24 +8,18 @@ import pandas as pd
 import streamlit as st
 
 from explain.generation.attribution import COMPLETE_METHODS
-from explain.generation.job import SavedGeneration
+from explain.generation.job import SavedGeneration, quality_rows
 from explain.generation.prompts import decode_ids
 from explain.inputs.text import token_display
-from explain.output.metrics import MetricResult, get_metric
 from explain.spec import InputSpec
 from explain.viz import generation as viz
 from ui.figures import figure_config
 from ui.text import escape_markdown
 
 
-def quality_frame(quality: dict[str, MetricResult]) -> pd.DataFrame:
-    """One row per token metric: its mean over the generated tokens, a random attribution's, which way is better."""
-    return pd.DataFrame([{"metric": get_metric(name).title, "this method": r.mean, "random": r.random_mean,
-                          "better": "higher" if r.higher_is_better else "lower"} for name, r in quality.items()])
-
-
 def render_saved_generation(saved: SavedGeneration, spec: InputSpec, key: str) -> None:
-    """Every prompt of ``saved`` with its continuation and why each token (``key``: the elements' prefix)."""
+    """Every prompt of ``saved`` with its continuation and why each token (``spec``: the run's model's,
+    whose tokenizer names the tokens; ``key``: the elements' prefix)."""
     verb = "given continuation (teacher forcing)" if saved.forced else "greedy continuation"
     for i, (attr, judged) in enumerate(zip(saved.attributions, saved.quality)):
         p, t_count = attr.prompt_length, len(attr.generated_ids)
@@ -45,5 +39,5 @@ def render_saved_generation(saved: SavedGeneration, spec: InputSpec, key: str) -
         st.caption(escape_markdown("log p per token: " + " · ".join(
             f"{labels[p + j]} {attr.logprobs[j]:.4f}" for j in range(t_count))))
         if judged:
-            st.dataframe(quality_frame(judged), hide_index=True, key=f"{key}_quality_{i}",
+            st.dataframe(pd.DataFrame(quality_rows(judged)), hide_index=True, key=f"{key}_quality_{i}",
                          column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("this method", "random")})

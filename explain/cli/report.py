@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default=None, help="report title")
     parser.add_argument("--comparison", default=None, metavar="RUN",
                         help="a saved comparison run (`python -m explain compare`) to add as a Compare section")
+    parser.add_argument("--generation", default=None, metavar="RUN",
+                        help="a saved generation run (a generate job: the Generate page's Save as a run, the API's "
+                             ":generate) to add as a Generation section")
     parser.add_argument("--pdf", default=None, help="also print the report to this PDF (needs Chromium)")
     parser.add_argument("--out", required=True, help="output .html")
 
@@ -73,17 +76,20 @@ def run(args: argparse.Namespace) -> dict:
     inputs = read_inputs_arg(args.inputs, model) if args.inputs else None  # labels kept, as the page has them
     logs = [log_as_data(p) for p in args.logs]
     checkpoints = [checkpoint_as_data(p) for p in args.checkpoints]
-    comparison = None
-    if args.comparison:
+    comparison = generation = None
+    if args.comparison or args.generation:
         from explain.cli.workspace_arg import cli_actor, cli_workspace
 
-        comparison = cli_workspace().runs.open(cli_actor(), args.comparison)
+        ws, actor = cli_workspace(), cli_actor()
+        comparison = ws.runs.open(actor, args.comparison) if args.comparison else None
+        generation = ws.runs.open(actor, args.generation) if args.generation else None
     start = time.perf_counter()
     run = run_as_job(args.model, model, "report", lambda name, version: report_job(
         model, name, version, None if inputs is None else inputs.array,
         labels=None if inputs is None else inputs.labels, logs=logs, checkpoints=checkpoints, methods=methods,
         max_inputs=args.max_inputs, method_params=method_params, title=args.title,
-        invocation={"command": _command(args)}, quality=quality, masks=masks, comparison=comparison))
+        invocation={"command": _command(args)}, quality=quality, masks=masks, comparison=comparison,
+        generation=generation))
     html = report_html(run)
     with replace_atomically(out) as tmp:
         Path(tmp).write_bytes(html)

@@ -34,6 +34,7 @@ from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.metrics import MetricResult
 from explain.progress import ProgressFn, report_progress
+from explain.spec import InputSpec
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 
 #: the job kind (`explain.service.runners.RUNNERS`) and the run kind it saves
@@ -53,12 +54,23 @@ class SavedGeneration:
         quality: per prompt, metric name -> `MetricResult` per generated token (empty when not asked).
         forced: True when the continuations were given (teacher forcing), False when generated.
         settings: method, steps, baseline, max_new_tokens, quality as the job was asked.
+        spec: the model's spec the run stored (its tokenizer names the tokens).
     """
 
     attributions: list[GenerationAttribution]
     quality: list[dict[str, MetricResult]] = field(default_factory=list)
     forced: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
+    spec: InputSpec | None = None
+
+
+def quality_rows(judged: dict[str, MetricResult]) -> list[dict[str, Any]]:
+    """One row per token metric of a text: its mean over the generated tokens, a random attribution's
+    and which way is better (the drawer's table and the report's)."""
+    from explain.output.metrics import get_metric
+
+    return [{"metric": get_metric(name).title, "this method": r.mean, "random": r.random_mean,
+             "better": "higher" if r.higher_is_better else "lower"} for name, r in judged.items()]
 
 
 @in_model_process
@@ -229,7 +241,7 @@ def saved_generation(run: SavedRun) -> SavedGeneration:
             own = {key[len(prefix):]: value for key, value in r.items() if key.startswith(prefix)}
             judged[metric] = MetricResult.from_npz_dict(metric, meta["method"], own, meta)
         quality.append(judged)
-    return SavedGeneration(attributions, quality, bool(run.info.params.get("forced")), dict(run.info.params))
+    return SavedGeneration(attributions, quality, bool(run.info.params.get("forced")), dict(run.info.params), run.spec)
 
 
 def run_generation(ctx) -> RunRecord:

@@ -50,11 +50,13 @@ def report_job(model: LoadedModel, name: str, version: int, inputs: np.ndarray |
                method_params: dict[str, dict[str, Any]] | None = None, max_inputs: int = DEFAULT_MAX_INPUTS,
                quality: Sequence[str] | None = None, masks: np.ndarray | None = None, title: str | None = None,
                invocation: dict[str, Any] | None = None, review: bool = False, review_run: str | None = None,
-               comparison: SavedRun | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+               comparison: SavedRun | None = None, generation: SavedRun | None = None,
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """Check a report request now (unknown methods, parameters or metrics are refused when
     submitted): the job's params, arrays and title. ``review``: add the workspace's decisions and
     comments on the version (those of run ``review_run`` too) when the report is built.
-    ``comparison``: a saved ``comparison`` run, carried whole (row and arrays) for a Compare section."""
+    ``comparison``: a saved ``comparison`` run, carried whole (row and arrays) for a Compare section;
+    ``generation``: a saved ``generation`` run, carried the same way for a Generation section."""
     from explain.output.methods import get_method
     from explain.output.metrics import get_metric
 
@@ -85,16 +87,18 @@ def report_job(model: LoadedModel, name: str, version: int, inputs: np.ndarray |
             arrays[f"log/{i}"] = _bytes_array(log[1])
     for i, (_, data) in enumerate(checkpoints):
         arrays[f"ckpt/{i}"] = _bytes_array(data)
-    if comparison is not None:
-        if comparison.info.page != "comparison":
-            raise UsageError(f"Run {comparison.info.id} is a {comparison.info.page} run, not a comparison.")
-        arrays.update({f"comparison/inputs/{k}": v for k, v in comparison.inputs.items()})
-        arrays.update({f"comparison/results/{k}": v for k, v in comparison.results.items()})
+    for kind, carried in (("comparison", comparison), ("generation", generation)):
+        if carried is not None:
+            if carried.info.page != kind:
+                raise UsageError(f"Run {carried.info.id} is a {carried.info.page} run, not a {kind}.")
+            arrays.update({f"{kind}/inputs/{k}": v for k, v in carried.inputs.items()})
+            arrays.update({f"{kind}/results/{k}": v for k, v in carried.results.items()})
     params = {"model": name, "version": version, "methods": methods, "method_params": given,
               "max_inputs": int(max_inputs), "quality": None if quality is None else list(quality), "title": title,
               "invocation": invocation or {}, "review": bool(review), "review_run": review_run,
               "logs": described_logs, "checkpoints": [c[0] for c in checkpoints],
-              "comparison": None if comparison is None else comparison.info.to_dict()}
+              "comparison": None if comparison is None else comparison.info.to_dict(),
+              "generation": None if generation is None else generation.info.to_dict()}
     return params, arrays, f"report on {name}@v{version} ({', '.join(methods)})"
 
 
@@ -115,7 +119,8 @@ def run_report_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str,
                           method_params=params.get("method_params"), labels=arrays.get("labels"),
                           title=params.get("title"), invocation=params.get("invocation") or None, review=review,
                           quality=params.get("quality"), masks=arrays.get("masks"),
-                          comparison=_comparison(params.get("comparison"), arrays))
+                          comparison=_carried("comparison", params.get("comparison"), arrays),
+                          generation=_carried("generation", params.get("generation"), arrays))
     html = report.to_html().encode("utf-8")
     saved_inputs = {k: arrays[k] for k in ("inputs", "labels") if k in arrays}
     return RunRecord(
@@ -131,16 +136,16 @@ def run_report_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str,
         environment=environment())
 
 
-def _comparison(info: dict[str, Any] | None, arrays: dict[str, np.ndarray]):
-    """The `Comparison` of the saved run `report_job` carried (None: none)."""
+def _carried(kind: str, info: dict[str, Any] | None, arrays: dict[str, np.ndarray]):
+    """The saved ``kind`` run `report_job` carried, read by its kind's reader (None: none)."""
     if not info:
         return None
-    from explain.compare.job import saved_comparison
+    from explain.workspace.run_kinds import read_run
     from explain.workspace.runs import RunInfo
 
-    part = {kind: {k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith(f"comparison/{kind}/")}
-            for kind in ("inputs", "results")}
-    return saved_comparison(SavedRun(RunInfo(**info), part["inputs"], part["results"]))
+    part = {role: {k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith(f"{kind}/{role}/")}
+            for role in ("inputs", "results")}
+    return read_run(SavedRun(RunInfo(**info), part["inputs"], part["results"]))
 
 
 def report_html(run: SavedRun) -> bytes:

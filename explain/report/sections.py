@@ -23,6 +23,7 @@ from explain.attribution import WARNING_MARK, run_details
 from explain.compare.comparison import Comparison
 from explain.digest import digest_array, digest_bytes
 from explain.errors import Cancelled, UsageError, one_line
+from explain.generation.job import SavedGeneration
 from explain.inputs.images import describe_preprocessing
 from explain.inputs.tabular import feature_names as tabular_feature_names
 from explain.inputs.text import detokenize, padding_mask
@@ -42,6 +43,7 @@ from explain.report.document import (
     round_data,
     table_html,
 )
+from explain.report.generation import build_generation_section
 from explain.report.quality import build_quality_section
 from explain.report.review import ReviewRecord, build_review_section
 from explain.training.history import EventFolder
@@ -271,7 +273,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
                  labels: np.ndarray | None = None, title: str | None = None,
                  invocation: dict[str, Any] | None = None, review: ReviewRecord | None = None,
                  quality: Sequence[str] | None = None, masks: np.ndarray | None = None,
-                 comparison: Comparison | None = None) -> Report:
+                 comparison: Comparison | None = None, generation: SavedGeneration | None = None) -> Report:
     """Build every section of a report; a part that fails becomes a section saying why.
 
     Args:
@@ -294,6 +296,7 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
             ``masks`` allow; empty: no Quality section).
         masks: ground-truth masks [N, ...] of ``inputs`` for the localisation metrics.
         comparison: a saved comparison of this version with another (a Compare section).
+        generation: a saved generation run of this causal LM (a Generation section).
 
     Raises:
         UsageError: an unknown method name or a bad ``max_inputs``.
@@ -395,6 +398,8 @@ def build_report(model: LoadedModel, inputs: Any = None, logs: Sequence[Any] = (
                       lambda: [analysis.build_evolution_section(model, checkpoints, shown, evolution_steps)]))
     if comparison is not None:
         steps.append(("Compare", lambda: [build_compare_section(comparison, comparison.spec or model.spec)]))
+    if generation is not None:
+        steps.append(("Generation", lambda: [build_generation_section(generation, generation.spec or model.spec)]))
     if review is not None:
         steps.append(("Review", lambda: [build_review_section(review)]))
     steps.append(("Environment", lambda: [build_environment(model, attrs_precisions)]))

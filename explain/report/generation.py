@@ -1,0 +1,42 @@
+"""The report's Generation section: a saved generation run (`explain.generation.job.saved_generation`)
+drawn with the Generate page's figure (`explain.viz.generation.generation_figure`): per prompt, the
+text, the attribution matrix, each token's log-probability and completeness error, and the quality."""
+from __future__ import annotations
+
+import numpy as np
+
+from explain.generation.job import SavedGeneration, quality_rows
+from explain.generation.prompts import decode_ids
+from explain.inputs.text import token_display
+from explain.report.document import Section, escape, key_value_html, round_data, table_html
+from explain.spec import InputSpec
+from explain.viz import generation as viz
+
+
+def build_generation_section(saved: SavedGeneration, spec: InputSpec) -> Section:
+    """One part per prompt: the prompt and its continuation, a table of the generated tokens (log p,
+    completeness error), the attribution matrix and, when the run judged it, the quality table."""
+    parts = [key_value_html({"method": saved.settings.get("method", ""), "steps": saved.settings.get("steps", ""),
+                             "baseline": saved.settings.get("baseline") or "—",
+                             "continuations": "given (teacher forcing)" if saved.forced else "greedy",
+                             "prompts": len(saved.attributions)})]
+    figures, data = [], []
+    for i, (attr, judged) in enumerate(zip(saved.attributions, saved.quality)):
+        p, t_count = attr.prompt_length, len(attr.generated_ids)
+        labels = [t.label for t in token_display(attr.input_ids, spec)]
+        text = decode_ids(attr.generated_ids, spec)
+        parts.append(f"<h3>Prompt {i + 1}</h3><p>{escape(decode_ids(attr.input_ids[:p], spec))} "
+                     f"<b>→ {escape(text)}</b></p>")
+        rows = [{"token": labels[p + j], "log p": float(attr.logprobs[j]),
+                 "completeness error": None if np.isnan(attr.completeness_error[j]) else float(attr.completeness_error[j])}
+                for j in range(t_count)]
+        parts.append(table_html(rows, numeric=("log p", "completeness error")) if rows
+                     else '<p class="muted">No token generated.</p>')
+        if judged:
+            parts.append(table_html(quality_rows(judged), numeric=("this method", "random")))
+        if t_count:
+            figures.append(viz.generation_figure(attr.values, p, labels,
+                                                 title=f"Prompt {i + 1}: each generated token's log-probability, attributed"))
+        data.append({"prompt": decode_ids(attr.input_ids[:p], spec), "text": text,
+                     "logprobs": attr.logprobs, "completeness_error": attr.completeness_error})
+    return Section(title="Generation", body="\n".join(parts), figures=figures, data=round_data({"texts": data}))
