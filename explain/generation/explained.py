@@ -17,13 +17,16 @@ from typing import Any
 import numpy as np
 
 from explain.errors import CorruptFile, UsageError
-from explain.generation.attribution import DEFAULT_STEPS, REFERENCE_METHODS, attribute_generation
+from explain.generation.attribution import DEFAULT_STEPS, REFERENCE_METHODS
+from explain.generation.chat import render_chat
 from explain.generation.continuation import force_continuations
 from explain.generation.greedy import generate_greedy
 from explain.generation.logit_lens import logit_lens
+from explain.generation.occlusion import OCCLUSION, attribute_texts
 from explain.generation.prompts import encode_texts
 from explain.generation.quality import generation_quality
 from explain.generation.result import GeneratedText, GenerationAttribution, LogitLens
+from explain.generation.sampling import Sampling, generate_sampled
 from explain.model import LoadedModel
 from explain.output.metrics import MetricResult
 from explain.progress import ProgressFn, report_progress
@@ -57,14 +60,23 @@ class ExplainedGeneration:
 
 
 def settings_of(prompt: str, continuation: str = "", max_new_tokens: int = DEFAULT_MAX_NEW, method: str = IG,
-                steps: int = DEFAULT_STEPS, baseline: str = "pad") -> dict[str, Any]:
-    """The settings that decide a result (steps only for integrated gradients, baseline only for
-    `REFERENCE_METHODS`): equal
-    settings of the same model give the same result."""
+                steps: int = DEFAULT_STEPS, baseline: str = "pad", granularity: str = "token",
+                sampling: Sampling | None = None, chat: bool = False) -> dict[str, Any]:
+    """The settings that decide a result (steps only for integrated gradients, the baseline for the methods
+    that have one, occlusion's granularity, sampling's settings when sampled, ``chat`` when the prompt is a
+    user message through the chat template; the defaults leave their keys out): equal settings of the same
+    model give the same result."""
     forced = bool(continuation.strip())
-    return {"prompt": prompt, "continuation": continuation if forced else "",
-            "max_new_tokens": 0 if forced else int(max_new_tokens), "method": method,
-            "steps": int(steps) if method == IG else 1, "baseline": baseline if method in REFERENCE_METHODS else ""}
+    settings = {"prompt": prompt, "continuation": continuation if forced else "",
+                "max_new_tokens": 0 if forced else int(max_new_tokens), "method": method,
+                "steps": int(steps) if method == IG else 1, "baseline": baseline if method in (*REFERENCE_METHODS, OCCLUSION) else ""}
+    if method == OCCLUSION and granularity != "token":
+        settings["granularity"] = granularity
+    if sampling is not None and not forced:
+        settings.update(sampling.to_dict())
+    if chat:
+        settings["chat"] = True
+    return settings
 
 
 def explain_prompt(model: LoadedModel, settings: dict[str, Any], quality: bool = True,
@@ -81,15 +93,22 @@ def explain_prompt(model: LoadedModel, settings: dict[str, Any], quality: bool =
     def phase(lo: int, hi: int):
         return lambda done, count: report_progress(progress, lo + (hi - lo) * done // max(count, 1), total)
 
-    prompts = encode_texts([settings["prompt"]], model.spec)
+    if settings.get("chat"):  # the prompt is the user's message, through the model's chat template
+        rendered = render_chat(model, [[{"role": "user", "content": settings["prompt"]}]])
+        prompts = encode_texts(rendered, model.spec, special_tokens=False)
+    else:
+        prompts = encode_texts([settings["prompt"]], model.spec)
     if settings["continuation"]:
         given = encode_texts([settings["continuation"]], model.spec, special_tokens=False)
         texts = force_continuations(model, prompts, given)
+    elif "seed" in settings:
+        sampling = Sampling(*(settings[k] for k in ("temperature", "top_k", "top_p", "seed")))
+        texts = generate_sampled(model, prompts, settings["max_new_tokens"], sampling, progress=phase(0, 20))
     else:
         texts = generate_greedy(model, prompts, settings["max_new_tokens"], progress=phase(0, 20))
     baseline = settings["baseline"] or "pad"
-    attr = attribute_generation(model, texts, settings["method"], settings["steps"], baseline,
-                                progress=phase(20, 80))[0]
+    attr = attribute_texts(model, texts, settings["method"], settings["steps"], baseline,
+                           settings.get("granularity", "token"), progress=phase(20, 80))[0]
     # one pass over the text minus its last token: position P + t - 1 is where token t is predicted
     lens = logit_lens(model, [texts[0].input_ids[:-1]], top_k=LENS_TOP_K, progress=phase(80, 90))
     judged = {}

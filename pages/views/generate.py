@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from explain.attribution import completeness_text
 from explain.errors import GlassboxError
 from explain.generation.attention import causal_rollout, text_attention
-from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, METHODS, REFERENCE_METHODS
+from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
+from explain.generation.contrastive import METHODS as CONTRAST_METHODS
+from explain.generation.contrastive import attribute_contrast, single_tokens
 from explain.generation.explained import (
     DEFAULT_MAX_NEW,
     FIRST_VIEW_FILE,
@@ -25,9 +28,12 @@ from explain.generation.explained import (
     read_explained,
     settings_of,
 )
+from explain.generation.granularity import GRANULARITIES, group_labels, group_spans, group_values, shared_group_values
 from explain.generation.greedy import MAX_NEW_TOKENS
-from explain.generation.prompts import decode_ids
+from explain.generation.occlusion import GENERATION_METHODS, OCCLUSION
+from explain.generation.prompts import decode_ids, encode_texts
 from explain.generation.reference import BASELINES
+from explain.generation.sampling import MAX_TEMPERATURE, Sampling
 from explain.inputs.text import display_tokens, token_display
 from explain.output.metrics import get_metric
 from explain.viz import generation as viz
@@ -42,6 +48,7 @@ NEEDS_CAUSAL_LM = ("The Generate page explains causal language models: load a Hu
                    "whose `config.json` names a `*ForCausalLM`.")
 EMPTY_PROMPT = "Write a prompt above: the model continues it and each new token is explained."
 RESULT_KEY = "gb_gen_result"  # (request, ExplainedGeneration)
+CONTRAST_KEY = "gb_gen_contrast_result"  # ((request, step, alternative), ContrastAttribution)
 ATTENTION_KEY = "gb_gen_attention"  # ((sha256, ids), (weights, rollout)) of the selected text
 
 
@@ -90,6 +97,36 @@ def _quality_table(view) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> None:
+    """Why the chosen token rather than another: log p(it) - log p(the other) attributed (gradient methods)."""
+    attr, p = view.attribution, view.attribution.prompt_length
+    other = st.text_input("Rather than (one token)", key="gb_gen_contrast",
+                          help="Why this token rather than that one: the difference of their log-probabilities, "
+                               "attributed by the same method (a leading space is part of a token).")
+    if not other:
+        return
+    if attr.method not in CONTRAST_METHODS:
+        st.caption("A contrast is attributed by " + ", ".join(m.replace("_", " ") for m in CONTRAST_METHODS) + ".")
+        return
+    key = (request, t, other)
+    cached = st.session_state.get(CONTRAST_KEY)
+    if cached is None or cached[0] != key:
+        cached = None
+        with state.error_boundary("Contrasting"):
+            alternative = single_tokens(encode_texts([other], model.spec, special_tokens=False))[0]
+            found = attribute_contrast(model, [view.text], [alternative], t, attr.method,
+                                       int(attr.params.get("steps", 1)), attr.params.get("baseline") or "pad")[0]
+            cached = st.session_state[CONTRAST_KEY] = (key, found)
+    if cached is None:
+        return
+    c = cached[1]
+    rather = display_tokens([c.alternative], model.spec)[0]
+    st.html(text_attribution_html(labels[:p + t], c.values, joins=[s.joins for s in shown[:p + t]],
+                                  target=f"“{labels[p + t]}” rather than “{rather}”"))
+    err = "" if np.isnan(c.completeness_error) else f" · completeness error {c.completeness_error:.1e}"
+    st.caption(escape_markdown(f"log p(“{labels[p + t]}”) − log p(“{rather}”) = {c.difference:.4f}{err}"))
+
+
 st.title("Generate")
 team.stop_unless_may_explain()  # generation and its attribution run the model here
 model = None
@@ -111,20 +148,34 @@ prompt = st.text_area("Prompt", key="gb_gen_prompt", height=90, placeholder="The
 continuation = st.text_input("Continuation to explain (optional)", key="gb_gen_continuation",
                              help="Given tokens are scored by teacher forcing instead of generating; "
                                   "write it as it follows the prompt (a leading space included).")
+chat = bool(spec.chat_template) and st.checkbox(
+    "Chat: the prompt is the user's message, through the model's chat template", key="gb_gen_chat",
+    help="The template (tokenizer_config.json or chat_template.jinja) renders in a sandbox; its special tokens included.")
 c1, c2, c3, c4 = st.columns(4)
 max_new = int(c1.number_input("Max new tokens", 1, MAX_NEW_TOKENS, DEFAULT_MAX_NEW, key="gb_gen_max_new",
                               disabled=bool(continuation.strip()), help="Greedy generation stops here or at end-of-sequence."))
-method = c2.selectbox("Method", METHODS, key="gb_gen_method", format_func=lambda m: m.replace("_", " "))
+method = c2.selectbox("Method", GENERATION_METHODS, key="gb_gen_method", format_func=lambda m: m.replace("_", " "))
 steps = int(c3.number_input("Steps", 1, MAX_STEPS, DEFAULT_STEPS, key="gb_gen_steps", disabled=method != IG,
                             help="Integrated gradients' path steps (Gauss-Legendre)."))
-baseline = c4.selectbox("Baseline", BASELINES, key="gb_gen_baseline", disabled=method not in REFERENCE_METHODS,
-                        help="The reference embedding at every earlier position: the pad token's, <unk>'s or zero.")
+baseline = c4.selectbox("Baseline", BASELINES, key="gb_gen_baseline", disabled=method not in (*REFERENCE_METHODS, OCCLUSION),
+                        help="The reference embedding at every earlier position: the pad token's, <unk>'s or zero; "
+                             "occlusion's replacement token (pad or unk).")
+g1, g2, g3, g4, g5, g6 = st.columns(6)
+granularity = g1.selectbox("Granularity", GRANULARITIES, key="gb_gen_granularity",
+                           help="Token attributions summed into words or sentences; occlusion replaces whole ones.")
+sampled = g2.toggle("Sample", key="gb_gen_sample", disabled=bool(continuation.strip()),
+                    help="Draw the tokens with a seed instead of greedy generation.")
+temperature = g3.number_input("Temperature", 0.0, MAX_TEMPERATURE, 1.0, 0.1, key="gb_gen_temperature", disabled=not sampled)
+top_k = g4.number_input("Top-k", 0, 1_000_000, 0, key="gb_gen_top_k", disabled=not sampled, help="0: every token.")
+top_p = g5.number_input("Top-p", 0.01, 1.0, 1.0, 0.05, key="gb_gen_top_p", disabled=not sampled, help="1: every token.")
+seed = g6.number_input("Seed", 0, 2**31 - 1, 0, key="gb_gen_seed", disabled=not sampled)
+sampling = Sampling(float(temperature), int(top_k), float(top_p), int(seed)) if sampled else None
 quality = st.checkbox("Judge the attribution (comprehensiveness, sufficiency, deletion, insertion)", True,
                       key="gb_gen_quality", help="About 2 x (22 + 2 x 11) forward passes per generated token.")
 if not prompt.strip():
     st.info(EMPTY_PROMPT)
     st.stop()
-settings = settings_of(prompt, continuation, max_new, method, steps, baseline)
+settings = settings_of(prompt, continuation, max_new, method, steps, baseline, granularity, sampling, chat)
 request = (model.sha256, tuple(sorted(settings.items())), quality)
 clicked = st.button("Generate and explain", type="primary", key="gb_gen_run")
 save_key = repr(request)  # Save as a run: the same explanation as a job of the queue, its run linked
@@ -159,7 +210,8 @@ text, attr, lens = view.text, view.attribution, view.lens
 p, t_count = attr.prompt_length, len(attr.generated_ids)
 shown = token_display(attr.input_ids, spec)
 labels = [t.label for t in shown]
-verb = "Given continuation (teacher forcing)" if text.forced else "Greedy continuation"
+verb = ("Given continuation (teacher forcing)" if text.forced else
+        f"Sampled continuation (seed {view.settings['seed']})" if "seed" in view.settings else "Greedy continuation")
 st.subheader("Generated text")
 st.caption(f"{verb}: {t_count} tokens after a prompt of {p} · {attr.method.replace('_', ' ')}"
            + (f" · {attr.params.get('steps')} steps" if attr.method == IG else "")
@@ -177,8 +229,14 @@ for note in attr.notes:
 t = st.selectbox("Generated token", range(t_count), key="gb_gen_token",
                  format_func=lambda i: f"{i + 1}. {labels[p + i]}")
 t = min(int(t), t_count - 1)
-st.html(text_attribution_html(labels[:p + t], attr.values[t, :p + t], joins=[s.joins for s in shown[:p + t]],
-                              target=f"“{labels[p + t]}”"))
+if granularity == "token":
+    st.html(text_attribution_html(labels[:p + t], attr.values[t, :p + t], joins=[s.joins for s in shown[:p + t]],
+                                  target=f"“{labels[p + t]}”"))
+else:  # the context's words or sentences: their tokens' values summed (occlusion's: the group's own drop)
+    spans = group_spans(attr.input_ids[:p + t], spec, granularity)
+    grouped = (shared_group_values if attr.method == OCCLUSION else group_values)(attr.values[t, :p + t], spans)
+    st.html(text_attribution_html(group_labels(attr.input_ids[:p + t], spec, spans), grouped,
+                                  target=f"“{labels[p + t]}”, by {granularity}"))
 err_line, _ = completeness_text(float(attr.completeness_error[t]))
 if attr.method in COMPLETE_METHODS:
     err_line += " (|Σ attribution − Δ log-probability| against the baseline)"
@@ -186,6 +244,8 @@ st.caption(escape_markdown(f"“{labels[p + t]}”: log p = {attr.logprobs[t]:.4
 if attr.method in COMPLETE_METHODS:
     st.caption(escape_markdown("Completeness error per token: " + " · ".join(
         f"{labels[p + i]} {attr.completeness_error[i]:.1e}" for i in range(t_count))))
+
+_contrast(model, view, t, labels, shown, request)
 
 if view.quality:
     st.subheader("Quality of the attribution")

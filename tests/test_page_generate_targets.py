@@ -1,0 +1,114 @@
+"""The Generate page's controls for issue 22's targets and generation settings (AppTest): a chat through the
+template, sampled with a seed, explained by occlusion by word; then a contrast ("rather than") at a token.
+Known answers: `explain.generation`'s own sampling, occlusion and contrast on the same tiny Llama."""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from causal_models import one_thread, write_hf_llama  # noqa: E402, F401 - one_thread: a fixture
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from ui.state import UploadedBlob  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "the cat sat. on the"
+NEW = 3
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generate_targets")
+    folder = write_hf_llama(root / "llama")
+    archive = root / "llama.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    return archive.read_bytes(), folder
+
+
+def _z(chart) -> np.ndarray:
+    value = json.loads(chart.proto.spec)["data"][0]["z"]
+    if isinstance(value, dict):
+        import base64
+
+        shape = tuple(int(d) for d in str(value["shape"]).split(","))
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).reshape(shape).astype(float)
+    return np.asarray(value, dtype=float)
+
+
+def _clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_a_sampled_chat_explained_by_occlusion_by_word_then_a_contrast(llama):
+    from explain.generation.chat import render_chat
+    from explain.generation.contrastive import attribute_contrast
+    from explain.generation.granularity import group_labels, group_spans
+    from explain.generation.occlusion import occlude_generation
+    from explain.generation.prompts import decode_ids, encode_texts
+    from explain.generation.sampling import Sampling, generate_sampled
+    from explain.loading.loader import load_model
+
+    data, folder = llama
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob("llama.zip", data, hashlib.sha256(data).hexdigest())
+    at.switch_page("pages/views/generate.py")
+    at.run()
+    _clean(at)
+    at.text_area(key="gb_gen_prompt").input(PROMPT)
+    at.checkbox(key="gb_gen_chat").check()
+    at.checkbox(key="gb_gen_quality").uncheck()
+    at.number_input(key="gb_gen_max_new").set_value(NEW)
+    at.selectbox(key="gb_gen_method").set_value("occlusion")
+    at.selectbox(key="gb_gen_granularity").set_value("word")
+    at.toggle(key="gb_gen_sample").set_value(True).run()
+    at.number_input(key="gb_gen_temperature").set_value(1.5)
+    at.number_input(key="gb_gen_seed").set_value(4).run()
+    at.button(key="gb_gen_run").click().run()
+    _clean(at)
+
+    model = load_model(folder)
+    prompt = encode_texts(render_chat(model, [[{"role": "user", "content": PROMPT}]]), model.spec, special_tokens=False)
+    text = generate_sampled(model, prompt, NEW, Sampling(temperature=1.5, seed=4))[0]
+    assert [c.value for c in at.code] == [decode_ids(text.generated_ids, model.spec)]
+    captions = " ".join(c.value.replace("\\", "") for c in at.caption)
+    assert "Sampled continuation (seed 4)" in captions and "occlusion" in captions
+    want = occlude_generation(model, [text], "word", "pad")[0]
+    z = _z(at.get("plotly_chart")[0])  # [T, P + T]
+    seen = np.isfinite(z)
+    np.testing.assert_allclose(z[seen], want.values[seen], atol=1e-5)
+    p = len(text.prompt_ids)
+    html = at.get("html")[0].proto.body
+    words = group_spans(text.input_ids[:p], model.spec, "word")  # the first token's context: the prompt, by word
+    labels = group_labels(text.input_ids[:p], model.spec, words)
+    assert len(labels) < p and all(escape(label) in html for label in labels)
+    assert "by word" in html
+
+    # a contrast at the chosen token: a gradient method, then "rather than"
+    at.selectbox(key="gb_gen_method").set_value("input_x_gradient")
+    at.selectbox(key="gb_gen_granularity").set_value("token").run()
+    at.button(key="gb_gen_run").click().run()
+    _clean(at)
+    other = " dog" if text.generated_ids[0] != encode_texts([" dog"], model.spec, special_tokens=False)[0][0] else " cat"
+    alternative = encode_texts([other], model.spec, special_tokens=False)[0]
+    if len(alternative) != 1:
+        other, alternative = "a", encode_texts(["a"], model.spec, special_tokens=False)[0]
+    at.text_input(key="gb_gen_contrast").input(other).run()
+    _clean(at)
+    found = attribute_contrast(model, [text], [int(alternative[0])], 0, "input_x_gradient")[0]
+    captions = " ".join(c.value.replace("\\", "") for c in at.caption)
+    assert f"= {found.difference:.4f}" in captions
+    assert len(at.get("html")) == 2  # the token's own attribution, then the contrast's
