@@ -58,8 +58,6 @@ from explain.output.aten_graph import GRAPH_CACHE, CapturedGraph, first_tensor
 from explain.output.aten_rules import RULE_FLAVOURS, PairInterpreter, RulePlan, plan_rules
 from explain.output.engine import Engine
 
-#: The rule methods of a generation.
-RULE_METHODS = ("deeplift", "deep_shap")
 #: deep_shap's background besides pad and unk: this many token sequences drawn at random.
 RANDOM_REFERENCES = 4
 RANDOM_SEED = 0
