@@ -99,7 +99,7 @@ def test_a_wrong_verb_on_an_action_route_is_405_with_allow(client, verb, action)
 def test_an_unknown_action_is_404_and_other_routes_keep_their_allow(client):
     _, _, test_client, h = client
     r = test_client.post("/v1/models/cancer:train", headers=h["editor"], json={})
-    assert _one_line_error(r, 404) == "No action 'train' on models; the actions are :predict, :explain."
+    assert _one_line_error(r, 404) == "No action 'train' on models; the actions are :predict, :explain, :generate."
     r = test_client.get("/v1/jobs", headers=h["editor"])
     assert _one_line_error(r, 405) and r.headers["allow"] == "POST"
     assert test_client.get("/v1/models/cancer@v1", headers=h["viewer"]).json()["ref"] == "cancer@v1"

@@ -250,3 +250,43 @@ def run_generation(ctx) -> RunRecord:
     p = ctx.job.params
     return run_generation_job(ctx.model(p["model"], int(p["version"])), p, ctx.inputs, ctx.progress,
                               ctx.between_chunks)
+
+
+#: what ``parameters`` of a generation request may hold (the API's ``:generate``), with each one's type
+REQUEST_PARAMETERS = {"targets": list, "max_new_tokens": int, "method": str, "steps": int, "baseline": str,
+                      "quality": bool}
+_TYPE_NAMES = {list: "a list of texts", int: "an integer", str: "a string", bool: "true or false"}
+
+
+def generation_request(model: LoadedModel, name: str, version: int, prompts: Any, parameters: dict[str, Any] | None,
+                       ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """A request as the API takes it (``{"prompts": [...], "parameters": {...}}``: `REQUEST_PARAMETERS`, ``targets``
+    the given continuations, one per prompt) checked by `generation_job`: the job's params, arrays and title.
+
+    Raises:
+        UsageError: an unknown parameter or one of the wrong type, and whatever `generation_job` refuses.
+    """
+    given = dict(parameters or {})
+    for key, value in given.items():
+        kind = REQUEST_PARAMETERS.get(key)
+        if kind is None:
+            raise UsageError(f"Unknown parameter {key!r}.", f"Known: {', '.join(REQUEST_PARAMETERS)}.")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UsageError(f"parameters.{key} must be {_TYPE_NAMES[kind]}.")
+    if not isinstance(prompts, list):
+        raise UsageError("prompts must be a non-empty list of non-empty texts.")
+    continuations = given.pop("targets", None)
+    return generation_job(model, name, version, prompts, continuations=continuations, **given)
+
+
+def generation_answer(saved: SavedGeneration) -> dict[str, Any]:
+    """A generation run as the API answers it: per prompt its ``texts``, ``input_ids`` (prompt + generated),
+    ``prompt_length``, ``generated_ids``, ``attributions`` ([T, P + T] each), ``logprobs`` and
+    ``completeness_error`` (null where undefined)."""
+    spec = saved.spec
+    attrs = saved.attributions
+    return {"texts": [decode_ids(a.generated_ids, spec) for a in attrs] if spec is not None else None,
+            "input_ids": [a.input_ids.tolist() for a in attrs], "prompt_length": [a.prompt_length for a in attrs],
+            "generated_ids": [a.generated_ids.tolist() for a in attrs],
+            "attributions": [a.values.tolist() for a in attrs], "logprobs": [a.logprobs.tolist() for a in attrs],
+            "completeness_error": [[None if np.isnan(e) else float(e) for e in a.completeness_error] for a in attrs]}

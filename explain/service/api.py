@@ -4,6 +4,8 @@
     GET    /v1/models/{name}              one version (NAME, NAME@vN, NAME@ALIAS)
     POST   /v1/models/{name}:predict      {"instances": [...]} -> {"predictions": [...]}  class probabilities
     POST   /v1/models/{name}:explain      {"instances", "parameters"} -> {"explanations": [...], "run": id}
+    POST   /v1/models/{name}:generate     {"prompts", "parameters"} -> {"texts", "generated_ids", "attributions",
+                                          "logprobs", ..., "run": id}   a causal LM (`explain.generation.job`)
     POST   /v1/jobs                       the same body plus "model" -> {"job": id}   (202)
     GET    /v1/jobs/{id}                  status, progress, run
     DELETE /v1/jobs/{id}                  cancel
@@ -47,13 +49,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from explain.config import api_max_body_bytes, api_max_buffered_bytes, external_worker, max_batch_rows, max_delay_ms
 from explain.errors import GlassboxError, IncompatibleInput, UsageError, http_status, one_line
+from explain.generation.job import JOB_KIND as GENERATE_JOB
+from explain.generation.job import generation_answer, generation_request
 from explain.model import LoadedModel
 from explain.service.batching import Batcher
 from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.client import submit as submit_job
 from explain.service.models import ModelCache, ModelStore
 from explain.service.runners import explain_job, model_array
-from explain.workspace import Actor, Workspace
+from explain.workspace import Actor, SavedRun, Workspace
 from explain.workspace.jobs import JobInfo
 from explain.workspace.registry import parse_ref
 from explain.workspace.roles import Action
@@ -62,7 +66,7 @@ from explain.workspace.run_kinds import read_run
 log = logging.getLogger("glassbox.api")
 
 #: the action routes ``/v1/models/{name}:ACTION`` (all POST)
-ACTIONS = ("predict", "explain")
+ACTIONS = ("predict", "explain", "generate")
 
 
 class ApiError(Exception):
@@ -82,6 +86,13 @@ class ExplainBody(Instances):
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"method": "integrated_gradients"},
         description='"method" (required), "target" (int, one per instance, or null) and the method\'s parameters')
+
+
+class GenerateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[Any] = Field(..., description="the texts the causal LM continues, one per prompt")
+    parameters: dict[str, Any] = Field(default_factory=dict, description='"targets" (continuations to explain '
+                                       'by teacher forcing), "max_new_tokens", "method", "steps", "baseline", "quality"')
 
 
 class JobBody(ExplainBody):
@@ -341,16 +352,20 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         return submit_job(ws, actor, "explain", params, title=title, inputs=arrays, priority=priority,
                           max_active=max_jobs)  # None: the one per-caller limit, GLASSBOX_MAX_JOBS
 
-    def answered(actor: Actor, job: JobInfo) -> tuple[dict, list[dict]]:
-        """An interactive job waited for: the answer's run, job and method, and one explanation per row."""
+    def waited(actor: Actor, job: JobInfo) -> tuple[JobInfo, SavedRun]:
+        """An interactive job waited for, and its saved run (504 after ``explain_timeout_s``)."""
         try:
             job = wait(ws, actor, job.id, timeout_s=explain_timeout_s)
-            run = finished_run(ws, actor, job)
+            return job, finished_run(ws, actor, job)
         except TimeoutError:
             raise ApiError(504, f"Job {job.id} did not finish in {explain_timeout_s:.0f} s; "
                                 f"follow it at /v1/jobs/{job.id}.") from None
         except JobNotDone as exc:
             raise ApiError(409 if exc.job.status == "cancelled" else 422, exc.message) from None
+
+    def answered(actor: Actor, job: JobInfo) -> tuple[dict, list[dict]]:
+        """An interactive job waited for: the answer's run, job and method, and one explanation per row."""
+        job, run = waited(actor, job)
         (attr,) = read_run(run)  # an Output run of one method: its Attribution, as the run saved it
         values, targets, errors = attr.values, attr.target, attr.completeness_error
         return {"run": run.info.id, "job": job.id, "method": run.info.method}, [
@@ -416,6 +431,18 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
             raise answered_row
         meta, row, answer = answered_row
         return {"explanations": [answer], **meta, "run_rows": [row]}
+
+    @app.post("/v1/models/{name}:generate",
+              summary="A causal LM's continuations, each token attributed; an interactive job saved as a run")
+    def generate(name: str, body: GenerateBody, actor: Actor = Depends(caller)) -> dict:
+        require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
+        info = version_of(actor, name)
+        model = models.load(actor, info)
+        with bad_request():  # checked before anything is queued: 400, no job
+            params, arrays, title = generation_request(model, info.name, info.version, body.prompts, body.parameters)
+        job, run = waited(actor, submit_job(ws, actor, GENERATE_JOB, params, title=title, inputs=arrays,
+                                            priority="interactive", max_active=max_jobs))
+        return {**generation_answer(read_run(run)), "run": run.info.id, "job": job.id, "method": run.info.method}
 
     @app.api_route("/v1/models/{name}:{action}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
                    include_in_schema=False)

@@ -1,0 +1,89 @@
+"""``POST /v1/models/{name}:generate`` (issue 22, item 6): a causal LM's continuations with every token's
+attribution, computed as an interactive ``generate`` job of the queue and saved as a generation run; the
+numbers equal the library's on the keycopy sample; a bad request is 400 with nothing queued; GET is 405."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from causal_models import one_thread  # noqa: E402, F401 - a fixture
+from fastapi.testclient import TestClient  # noqa: E402
+
+from explain.generation.attribution import attribute_generation  # noqa: E402
+from explain.generation.greedy import generate_greedy  # noqa: E402
+from explain.generation.prompts import encode_texts  # noqa: E402
+from explain.service.api import create_app  # noqa: E402
+from explain.service.client import register_model  # noqa: E402
+from explain.service.worker import stop_embedded  # noqa: E402
+from explain.workspace import Actor, open_workspace  # noqa: E402
+from sample_models import keycopy, load_sample, sample_file, sample_registry_files  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+OP = Actor("cli:tester", operator=True)
+PROMPTS = keycopy.make_prompts(2, 41)[0]
+NEW, STEPS = 2, 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_sample("keycopy")
+
+
+@pytest.fixture(scope="module")
+def api(model, tmp_path_factory):
+    """A workspace with keycopy (and the classifier samples) registered, its API with a worker, an editor's header."""
+    home = tmp_path_factory.mktemp("api_generate")
+    ws = open_workspace(f"sqlite:///{home / 'glassbox.db'}", home=home / "home")
+    ws.seed(sample_registry_files())
+    register_model(ws, OP, model, sample_file("keycopy").read_bytes(), "keycopy.zip", "keycopy")
+    client = TestClient(create_app(ws, worker=True), raise_server_exceptions=False)
+    yield ws, client, {"Authorization": f"Bearer {ws.users.add_token(OP, 'editor', 'editor')}"}
+    stop_embedded(ws)
+    ws.close()
+
+
+def test_generate_answers_the_librarys_numbers_and_saves_a_run(api, model):
+    ws, client, editor = api
+    response = client.post("/v1/models/keycopy:generate", headers=editor,
+                           json={"prompts": PROMPTS, "parameters": {"max_new_tokens": NEW, "steps": STEPS}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    texts = generate_greedy(model, encode_texts(PROMPTS, model.spec), NEW)
+    want = attribute_generation(model, texts, "integrated_gradients", STEPS, "pad")
+    assert body["generated_ids"] == [w.generated_ids.tolist() for w in want]
+    assert body["input_ids"] == [w.input_ids.tolist() for w in want]
+    for got, w in zip(body["attributions"], want):
+        np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), w.values)  # [T, P + T], exactly
+    np.testing.assert_array_equal(np.asarray(body["logprobs"], dtype=np.float32), [w.logprobs for w in want])
+    answers = keycopy.make_prompts(2, 41)[1]
+    assert [t.split()[0] for t in body["texts"]] == answers  # the key colour, copied
+    run = ws.runs.info(OP, body["run"])
+    assert (run.page, run.model, run.summary["texts"]) == ("generation", "keycopy", body["texts"])
+    assert ws.jobs.get_unchecked(body["job"]).kind == "generate"
+
+
+@pytest.mark.parametrize(("name", "body", "says"), [
+    ("keycopy", {"prompts": []}, "non-empty"),
+    ("keycopy", {"prompts": [" ".join(["the"] * 200)]}, "positions"),
+    ("keycopy", {"prompts": PROMPTS, "parameters": {"method": "grad_cam"}}, "Unknown generation method"),
+    ("keycopy", {"prompts": PROMPTS, "parameters": {"temperature": 0.7}}, "Unknown parameter"),
+    ("keycopy", {"prompts": PROMPTS, "parameters": {"steps": "8"}}, "must be an integer"),
+    ("keycopy", {"prompts": PROMPTS, "parameters": {"targets": ["red"]}}, "one text per prompt"),
+    ("cancer", {"prompts": PROMPTS}, "causal language models"),
+])
+def test_a_bad_generate_request_is_400_and_queues_nothing(api, name, body, says):
+    ws, client, editor = api
+    before = len(ws.jobs.list(OP, limit=100))
+    response = client.post(f"/v1/models/{name}:generate", headers=editor, json=body)
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"] and "\n" not in response.json()["error"]
+    assert len(ws.jobs.list(OP, limit=100)) == before
+
+
+def test_generate_takes_only_post(api):
+    _, client, editor = api
+    response = client.get("/v1/models/keycopy:generate", headers=editor)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
