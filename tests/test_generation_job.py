@@ -154,7 +154,7 @@ def _chart(at, key: str) -> dict:
     return json.loads(chart.proto.spec)["data"][0]
 
 
-def test_the_generate_page_saves_a_run_and_its_drawer_draws_the_saved_matrix(home, model):
+def test_the_generate_page_saves_a_run_its_drawer_draws_the_saved_matrix_and_its_report_has_it(home, model):
     import hashlib
     from pathlib import Path
 
@@ -193,6 +193,11 @@ def test_the_generate_page_saves_a_run_and_its_drawer_draws_the_saved_matrix(hom
     drawn = _chart(opened, f"run_{run_id}_generation_matrix_0")  # the Generate page's figure, from the run
     np.testing.assert_allclose(_array(drawn["z"]), masked_values(want.values, want.prompt_length), rtol=1e-6)
     assert any(keycopy.make_prompts(2, 31)[1][0] in c.value for c in opened.code)  # the saved text
+
+    opened.button(key="gb_run_report").click().run()  # the run's report, with its Generation section
+    assert not opened.exception and not opened.error, [e.value for e in [*opened.exception, *opened.error]]
+    (report,) = [r for r in ws.runs.list(OP) if r.page == "report"]
+    assert "Generation" in report.summary["sections"] and "Generation" not in report.summary["failed"]
 
 
 def test_a_report_built_with_a_generation_run_has_its_generation_section(home, model, reference):

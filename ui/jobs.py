@@ -128,15 +128,16 @@ def submit_dataset(model, dataset, method: str, params: dict[str, Any], target, 
 
 def submit_report(name: str, version: int, model, inputs, *, labels=None, logs=(), checkpoints=(),
                   methods=("integrated_gradients",), method_params=None, review_run: str | None = None,
-                  title: str | None = None) -> JobInfo:
+                  title: str | None = None, generation: SavedRun | None = None) -> JobInfo:
     """Queue the HTML report of ``name@v<version>`` (``model`` loaded) on ``inputs`` [N, ...]; ``logs``
-    and ``checkpoints`` as paths; the version's review goes in as it is when the report is built."""
+    and ``checkpoints`` as paths; the version's review goes in as it is when the report is built;
+    ``generation``: a saved generation run, drawn as the report's Generation section."""
     from explain.report.job import file_as_data, log_as_data, report_job
 
     job_params, arrays, job_title = report_job(
         model, name, version, inputs, labels=labels, logs=[log_as_data(p) for p in logs],
         checkpoints=[file_as_data(p) for p in checkpoints], methods=methods, method_params=method_params,
-        review=True, review_run=review_run, title=title, invocation={"page": "app"})
+        review=True, review_run=review_run, title=title, invocation={"page": "app"}, generation=generation)
     return submit(team.workspace(), team.actor(), "report", job_params, title=job_title, inputs=arrays,
                   priority="interactive")
 

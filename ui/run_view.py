@@ -181,7 +181,8 @@ def rerun_differences(saved: SavedRun, fresh: SavedRun) -> pd.DataFrame:
 
 def submit_run_report(run: SavedRun):
     """Queue the HTML report of a run's model version and inputs, with this run's comments and the
-    version's decisions (an offline copy that carries the review); the job."""
+    version's decisions (an offline copy that carries the review; a generation run: its Generation
+    section); the job."""
     from ui import jobs
 
     info = run.info
@@ -192,4 +193,5 @@ def submit_run_report(run: SavedRun):
         labels = None if labels is None else labels[:REPORT_DATASET_ROWS]
     return jobs.submit_report(info.model, info.version, run_model(run), inputs, labels=labels, methods=methods,
                               method_params={m: info.params.get(m, {}) for m in methods} if info.page == "output" else None,
-                              review_run=info.id, title=f"Glassbox run {info.id}: {info.title}")
+                              review_run=info.id, title=f"Glassbox run {info.id}: {info.title}",
+                              generation=run if info.page == "generation" else None)  # its Generation section
