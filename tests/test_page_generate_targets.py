@@ -55,7 +55,7 @@ def _clean(at: AppTest) -> None:
 def test_a_sampled_chat_explained_by_occlusion_by_word_then_a_contrast(llama):
     from explain.generation.chat import render_chat
     from explain.generation.contrastive import attribute_contrast
-    from explain.generation.granularity import group_labels, group_spans
+    from explain.generation.granularity import group_labels, group_spans, shared_group_values
     from explain.generation.occlusion import occlude_generation
     from explain.generation.prompts import decode_ids, encode_texts
     from explain.generation.sampling import Sampling, generate_sampled
@@ -87,10 +87,13 @@ def test_a_sampled_chat_explained_by_occlusion_by_word_then_a_contrast(llama):
     captions = " ".join(c.value.replace("\\", "") for c in at.caption)
     assert "Sampled continuation (seed 4)" in captions and "occlusion" in captions
     want = occlude_generation(model, [text], "word", "pad")[0]
-    z = _z(at.get("plotly_chart")[0])  # [T, P + T]
-    seen = np.isfinite(z)
-    np.testing.assert_allclose(z[seen], want.values[seen], atol=1e-5)
+    spans = group_spans(text.input_ids, model.spec, "word")
+    z = _z(at.get("plotly_chart")[0])  # [T, G]: the matrix's columns are the text's words
     p = len(text.prompt_ids)
+    assert z.shape == (NEW, len(spans)) and len(spans) < len(text.input_ids)
+    seen = spans[None, :, 0] < (p + np.arange(NEW))[:, None]  # a word a token reads (begun before it)
+    assert (np.isfinite(z) == seen).all()
+    np.testing.assert_allclose(z[seen], shared_group_values(want.values, spans)[seen], atol=1e-5)
     html = at.get("html")[0].proto.body
     words = group_spans(text.input_ids[:p], model.spec, "word")  # the first token's context: the prompt, by word
     labels = group_labels(text.input_ids[:p], model.spec, words)
@@ -112,3 +115,16 @@ def test_a_sampled_chat_explained_by_occlusion_by_word_then_a_contrast(llama):
     captions = " ".join(c.value.replace("\\", "") for c in at.caption)
     assert f"= {found.difference:.4f}" in captions
     assert len(at.get("html")) == 2  # the token's own attribution, then the contrast's
+
+
+def test_the_matrix_by_group_masks_the_groups_a_token_cannot_read():
+    from explain.viz.generation import generation_figure
+
+    grouped = np.array([[1.0, 2.0, 0.0], [3.0, -1.0, 0.5]])  # [T = 2, G = 3]
+    labels = ["<s>", "a", "b", "c", "x", "y"]  # P = 4 prompt tokens, then 2 generated
+    fig = generation_figure(grouped, 4, labels, groups=(["<s>", "a b c", "x y"], np.array([0, 1, 4])))
+    z = np.asarray(fig.data[0].z, dtype=float)
+    np.testing.assert_array_equal(np.isnan(z), [[False, False, True], [False, False, False]])  # "x y" starts at 4
+    assert list(fig.layout.xaxis.ticktext) == ["<s>", "a b c", "x y"] and list(fig.layout.yaxis.ticktext) == ["x", "y"]
+    assert fig.layout.shapes[0].x0 == 1.5  # the prompt | generated line after the prompt's two groups
+    assert fig.data[0].customdata[1][2] == "y ← x y (generated 2)"

@@ -16,17 +16,20 @@ from explain.viz.labels import elide, format_value, keep_labels_inside, label_ma
 from explain.viz.structure import ATTENTION_SCALE
 
 
-def masked_values(values: np.ndarray, prompt_length: int) -> np.ndarray:
+def masked_values(values: np.ndarray, prompt_length: int, starts: np.ndarray | None = None) -> np.ndarray:
     """The attribution matrix [T, P + T] with NaN where generated token t cannot look
-    (positions >= P + t: itself and everything after it), the upper triangle a heatmap leaves empty."""
+    (positions >= P + t: itself and everything after it), the upper triangle a heatmap leaves empty;
+    with ``starts`` [G] the columns are groups of positions (words, sentences) starting there."""
     values = np.asarray(values, dtype=np.float64)
     t_count, length = values.shape
-    visible = np.arange(length)[None, :] < (prompt_length + np.arange(t_count))[:, None]  # [T, L]
+    first = np.arange(length) if starts is None else np.asarray(starts)  # [L or G]
+    visible = first[None, :] < (prompt_length + np.arange(t_count))[:, None]  # [T, L or G]
     return np.where(visible, values, np.nan)
 
 
 def generation_figure(values: np.ndarray, prompt_length: int, source_tokens: Sequence[str],
-                      zmax: float | None = None, title: str = "", target: str = "the token") -> go.Figure:
+                      zmax: float | None = None, title: str = "", target: str = "the token",
+                      groups: tuple[Sequence[str], np.ndarray] | None = None) -> go.Figure:
     """The attribution of each generated token (rows) to every earlier position (columns: the prompt,
     then the generated tokens) as a heatmap in the attribution colour scale (red supports the token,
     blue is against it), the positions a token cannot read left empty (`masked_values`).
@@ -39,18 +42,22 @@ def generation_figure(values: np.ndarray, prompt_length: int, source_tokens: Seq
         title: the figure's title. target: what red supports, in the colour bar's text.
 
     The axes are positions (each labelled with its token), so a repeated token keeps its own column.
+    With ``groups`` (labels, start positions [G]: `explain.generation.granularity`) ``values`` is [T, G]
+    and the columns are words or sentences.
     """
-    z = masked_values(values, prompt_length)  # [T, L]
+    starts = None if groups is None else np.asarray(groups[1])
+    z = masked_values(values, prompt_length, starts)  # [T, L or G]
     t_count, length = z.shape
-    tokens = [str(t) for t in source_tokens][:length]
+    first = np.arange(length) if starts is None else starts
+    row_names = [str(t) for t in source_tokens][prompt_length:prompt_length + t_count]
+    tokens = [str(t) for t in (source_tokens if groups is None else groups[0])][:length]
     tokens += [""] * (length - len(tokens))
     shown = [elide(t) for t in tokens]  # the axes are positions: equal tokens need not differ
     finite = np.abs(z[np.isfinite(z)])
     zmax = float(zmax or (finite.max() if finite.size else 0.0) or 1.0)
-    rows = list(range(prompt_length, prompt_length + t_count))
     ticks, labels = colour_bar_ticks(zmax, "all")
-    hover = np.array([[f"{tokens[r]} ← {tokens[c]} ({'prompt' if c < prompt_length else 'generated'} {c})"
-                       for c in range(length)] for r in rows], dtype=object).reshape(t_count, length)
+    hover = np.array([[f"{row} ← {tokens[c]} ({'prompt' if first[c] < prompt_length else 'generated'} {c})"
+                       for c in range(length)] for row in row_names], dtype=object).reshape(t_count, length)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(length)), y=list(range(t_count)), zmin=-zmax, zmax=zmax, colorscale=plotly_colorscale("all"),
         customdata=hover, hoverongaps=False, colorbar=dict(
@@ -58,14 +65,14 @@ def generation_figure(values: np.ndarray, prompt_length: int, source_tokens: Seq
             title=dict(text=colour_bar_text("all", target), side="right", font=dict(size=11))),
         hovertemplate="%{customdata}<br>attribution %{z:.4g}<extra></extra>",
     ))
-    fig.add_vline(x=prompt_length - 0.5, line=dict(color="#888", width=1, dash="dot"))  # prompt | generated
+    fig.add_vline(x=int((first < prompt_length).sum()) - 0.5, line=dict(color="#888", width=1, dash="dot"))  # prompt | generated
     fig.update_layout(
         title=dict(text=title, x=0, xanchor="left", font=dict(size=14)) if title else None,
         height=max(260, 26 * t_count + 170), font=FONT, plot_bgcolor="white",
-        margin=dict(l=label_margin(shown[prompt_length:] or ["x"]), r=10, t=40 if title else 10, b=90),
+        margin=dict(l=label_margin([elide(t) for t in row_names] or ["x"]), r=10, t=40 if title else 10, b=90),
         xaxis=dict(tickmode="array", tickvals=list(range(length)), ticktext=shown, tickangle=-45,
                    title="source token (prompt, then generated)", showgrid=False, zeroline=False),
-        yaxis=dict(tickmode="array", tickvals=list(range(t_count)), ticktext=shown[prompt_length:],
+        yaxis=dict(tickmode="array", tickvals=list(range(t_count)), ticktext=[elide(t) for t in row_names],
                    autorange="reversed", title="generated token", showgrid=False, zeroline=False),
     )
     return keep_labels_inside(fig)

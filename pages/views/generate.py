@@ -221,8 +221,14 @@ st.code(decode_ids(attr.generated_ids, spec), language=None, wrap_lines=True)
 if t_count == 0:
     st.stop()
 
-st.plotly_chart(viz.generation_figure(attr.values, p, labels, title="Each generated token's log-probability, attributed"),
-                config=figure_config(f"generation_{attr.method}"), key="gb_gen_matrix")
+if granularity == "token":
+    matrix = viz.generation_figure(attr.values, p, labels, title="Each generated token's log-probability, attributed")
+else:  # the columns are the text's words or sentences
+    spans = group_spans(attr.input_ids, spec, granularity)
+    grouped = (shared_group_values if attr.method == OCCLUSION else group_values)(attr.values, spans)  # [T, G]
+    matrix = viz.generation_figure(grouped, p, labels, groups=(group_labels(attr.input_ids, spec, spans), spans[:, 0]),
+                                   title=f"Each generated token's log-probability, attributed by {granularity}")
+st.plotly_chart(matrix, config=figure_config(f"generation_{attr.method}"), key="gb_gen_matrix")
 for note in attr.notes:
     st.caption(escape_markdown(note))
 
