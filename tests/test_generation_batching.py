@@ -75,3 +75,15 @@ def test_token_gradients_are_each_targets_own_gradient(lm):
         assert not grads[j, :, p + j:].any()  # causal: nothing at or after the token's own position
     whole = torch.log_softmax(net(inputs_embeds=x[None]).logits[0].float(), -1)  # [L, V]
     torch.testing.assert_close(logp[1], whole[positions, ids[p:]], atol=1e-6, rtol=0)
+
+
+def test_the_default_steps_keep_the_sample_s_first_view_complete():
+    """The Generate page opens keycopy on its first view, computed with the page's defaults (the shipped view is
+    checked fresh by test_generation_sample): every token's completeness error < 0.05 (32 steps left 0.9)."""
+    from explain.generation.attribution import DEFAULT_STEPS
+    from explain.generation.explained import FIRST_VIEW_FILE, read_explained
+    from sample_models import sample_dir
+
+    view = read_explained(sample_dir("keycopy") / FIRST_VIEW_FILE)
+    assert view.settings["steps"] == view.attribution.params["steps"] == DEFAULT_STEPS == 128
+    assert len(view.attribution.completeness_error) == 3 and view.attribution.completeness_error.max() < 0.05
