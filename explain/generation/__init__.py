@@ -10,7 +10,9 @@ comes back:
 - `prompts`: texts to token ids and back with the model's own ``tokenizer.json``
   (the server's side: the tokenizer is data);
 - `greedy`: greedy generation with the KV cache (equal to transformers'
-  ``generate(do_sample=False)``);
+  ``generate(do_sample=False)``), prompts in left-padded batches;
+- `sampling`: sampled generation with a seed (transformers' warpers, a generator per prompt);
+- `chat`: a chat rendered through the model's chat template in a Jinja sandbox;
 - `continuation`: a given continuation scored by teacher forcing;
 - `reference`: the baseline embeddings (``pad`` | ``unk`` | ``zero``);
 - `attribution`: each generated token's log-probability attributed to every
@@ -18,6 +20,9 @@ comes back:
   (token x step) grid run through `explain.output.engine` in chunks;
 - `deeplift`: DeepLIFT and DeepLIFT-SHAP of the same, exact rules on the
   decoder's captured graph (values add up to each token's log-probability change);
+- `granularity`: token attributions grouped into words or sentences;
+- `contrastive`: log p(A) - log p(B) at one step, attributed;
+- `occlusion`: each token / word / sentence replaced, the log-probability drop; `attribute_texts`;
 - `logit_lens`: each layer's top-k next tokens through the final norm and head;
 - `attention`: attention per layer and head of prompts padded to the longest;
 - `result`: the result types that cross the model-process boundary.
