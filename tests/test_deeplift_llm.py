@@ -295,3 +295,53 @@ def test_a_bfloat16_model_is_refused_in_one_line(tmp_path):
     with pytest.raises(IncompatibleInput, match="float32; this model's weights are bfloat16") as caught:
         attribute_generation(model, texts, "deeplift")
     assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------
+# the decoder families transformers ships, each from a tiny config
+# --------------------------------------------------------------------------
+def _family_config(name: str):
+    import transformers
+
+    common = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64)
+    gqa = dict(num_key_value_heads=2, **common)
+    return {
+        "mistral": lambda: transformers.MistralConfig(**gqa),  # sliding-window attention
+        "qwen2": lambda: transformers.Qwen2Config(**gqa),
+        "qwen3": lambda: transformers.Qwen3Config(head_dim=8, **gqa),  # RMSNorm on q and k
+        "gemma2": lambda: transformers.Gemma2Config(head_dim=8, **gqa),  # soft-capped attention and logits, type_as
+        "phi3": lambda: transformers.Phi3Config(pad_token_id=0, **gqa),  # fused qkv and gate_up
+        "phi": lambda: transformers.PhiConfig(**common),  # partial rotary, parallel attention + MLP, LayerNorm
+        "opt": lambda: transformers.OPTConfig(vocab_size=50, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                              num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(**common),
+    }[name]()
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma2", "phi3", "phi", "opt", "gpt_neox"])
+def test_every_decoder_family_gets_exact_rules(family):
+    """No op without an exact rule, the graph reproduces the model's log-probability, and the values add up."""
+    from explain.generation.deeplift import FLAVOUR, decoder_graph, pair_logprobs
+    from explain.output.aten_rules import plan_rules
+
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(_family_config(family)).eval()
+    with torch.no_grad():
+        for p in lm.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    captured = decoder_graph(lm, 32)
+    plan = plan_rules(captured.module.graph, False, FLAVOUR)
+    assert plan.unruled == []
+    table = lm.get_input_embeddings()
+    with torch.no_grad():
+        x, ref = table(torch.tensor([[3, 14, 15, 9, 26, 5]])).float(), table(torch.zeros(1, 6, dtype=torch.long)).float()
+        own = torch.log_softmax(lm(inputs_embeds=x).logits[0, 5].float(), -1)[7]  # log p(7 | x) at position 5
+        own_ref = torch.log_softmax(lm(inputs_embeds=ref).logits[0, 5].float(), -1)[7]
+    with torch.enable_grad():
+        logp, logp_ref, pairs = pair_logprobs(captured.module, plan, lm, x, ref, torch.tensor([5]), torch.tensor([7]))
+        (grad,) = torch.autograd.grad(logp.sum(), pairs.attribution_leaf)  # [1, 6, D] multipliers
+    values = (grad * (pairs.attribution_leaf.detach() - pairs.attribution_ref)).sum(-1)  # [1, 6]
+    assert abs(float(logp - own)) <= 1e-5 and abs(float(logp_ref - own_ref)) <= 1e-5
+    assert abs(float(values.sum()) - float(own - own_ref)) <= 1e-5

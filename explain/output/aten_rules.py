@@ -93,7 +93,7 @@ LINEAR_OPS = frozenset(
     sym_size _to_copy to copy constant_pad_nd pad index_select masked_fill where embedding
     split split_with_sizes chunk unbind narrow getitem zeros_like ones_like eq ne lt gt le ge
     _assert_scalar _local_scalar_dense scalar_tensor _assert_tensor_metadata repeat
-    repeat_interleave expand_as unflatten movedim gather index""".split()
+    repeat_interleave expand_as unflatten movedim gather index type_as""".split()
 )
 SOFTMAX_OPS = frozenset({"softmax", "_softmax"})
 LOG_SOFTMAX_OPS = frozenset({"log_softmax", "_log_softmax"})
