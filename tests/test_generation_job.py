@@ -102,6 +102,18 @@ def test_a_given_continuation_is_saved_teacher_forced(workspace, model):
     assert run.info.summary["texts"] == ["red .", "blue"]
 
 
+def test_an_occlusion_job_by_word_equals_the_librarys_occlusion(workspace, model):
+    from explain.generation.occlusion import occlude_generation
+
+    run = _saved(workspace, model, max_new_tokens=1, method="occlusion", baseline="unk", granularity="word")
+    assert (run.info.params["baseline"], run.info.params["granularity"]) == ("unk", "word")
+    texts = generate_greedy(model, encode_texts(PROMPTS, model.spec), 1)
+    for got, want in zip(read_run(run).attributions, occlude_generation(model, texts, "word", "unk")):
+        np.testing.assert_array_equal(got.values, want.values)
+        before_is = got.values[0, : got.prompt_length - 1]  # every word but the final "is" the answer follows
+        assert before_is.argmax() == keycopy.KEY_POSITION and before_is.max() > 1  # removing the key hurts most
+
+
 def test_a_request_is_checked_before_it_is_queued(model):
     from explain.loading.loader import load_model
     from sample_models import sample_file as file_of
@@ -114,6 +126,8 @@ def test_a_request_is_checked_before_it_is_queued(model):
         generation_job(model, "keycopy", 1, [" ".join(["the"] * 200)])
     with pytest.raises(UsageError, match="one text per prompt"):
         generation_job(model, "keycopy", 1, PROMPTS, continuations=["red"])
+    with pytest.raises(UsageError, match="Unknown baseline 'zero' for occlusion"):
+        generation_job(model, "keycopy", 1, PROMPTS, method="occlusion", baseline="zero")
     with pytest.raises(IncompatibleInput, match="causal language models"):
         generation_job(load_model(file_of("cancer")), "cancer", 1, PROMPTS)
 

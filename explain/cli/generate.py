@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from explain.generation.causal_lm import require_causal_lm
     from explain.generation.continuation import force_continuations
     from explain.generation.greedy import generate_greedy
+    from explain.generation.job import generation_arrays  # G.npz's arrays: those of a generation run
     from explain.generation.occlusion import attribute_texts
     from explain.generation.prompts import decode_ids, read_token_lists, token_strings
     from explain.generation.sampling import generate_sampled
@@ -206,26 +207,3 @@ def grouped_arrays(spec, results: list, granularity: str, arrays: dict[str, np.n
         arrays["group_spans"][i, : len(s)] = s
         arrays["group_values"][i, : len(r.generated_ids), : len(s)] = grouped(r.values, s)
     return [group_labels(r.input_ids, spec, s) for r, s in zip(results, spans)]
-
-
-def generation_arrays(results: list) -> dict[str, np.ndarray]:
-    """The G.npz arrays of `GenerationAttribution`s, padded to the longest text (-1 ids, 0 values, NaN)."""
-    n = len(results)
-    longest = max((r.input_ids.size for r in results), default=0)
-    most = max((r.generated_ids.size for r in results), default=0)
-    arrays = {
-        "input_ids": np.full((n, longest), -1, np.int64), "prompt_length": np.zeros(n, np.int64),
-        "generated_length": np.zeros(n, np.int64), "generated_ids": np.full((n, most), -1, np.int64),
-        "values": np.zeros((n, most, longest), np.float32), "logprobs": np.full((n, most), np.nan, np.float32),
-        "baseline_logprobs": np.full((n, most), np.nan, np.float32),
-        "completeness_error": np.full((n, most), np.nan, np.float32),
-    }
-    for i, r in enumerate(results):
-        t, length = r.generated_ids.size, r.input_ids.size
-        arrays["input_ids"][i, :length] = r.input_ids
-        arrays["prompt_length"][i], arrays["generated_length"][i] = r.prompt_length, t
-        arrays["generated_ids"][i, :t] = r.generated_ids
-        arrays["values"][i, :t, :length] = r.values
-        for key in ("logprobs", "baseline_logprobs", "completeness_error"):
-            arrays[key][i, :t] = getattr(r, key)
-    return arrays

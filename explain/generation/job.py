@@ -6,7 +6,8 @@
     saved = saved_generation(run)                # the run read back: a SavedGeneration
 
 The job generates greedily from each prompt (or teacher-forces its given continuation) and attributes
-every new token's log-probability to every earlier position (`explain.generation.attribution`), one
+every new token's log-probability to every earlier position (`explain.generation.occlusion.attribute_texts`:
+the gradient methods or occlusion), one
 prompt at a time: progress moves with the attribution's chunks, and between two prompts the job may be
 cancelled or paused (``between_chunks``). Its run holds the arrays of ``python -m explain generate``'s
 ``G.npz`` (`generation_arrays`, padded to the longest text), each text's quality when asked
@@ -22,12 +23,14 @@ from typing import Any
 import numpy as np
 
 from explain.errors import UsageError
-from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, METHODS, REFERENCE_METHODS, attribute_generation
+from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
 from explain.generation.causal_lm import causal_lm, max_positions, require_causal_lm
 from explain.generation.continuation import force_continuations
+from explain.generation.granularity import GRANULARITIES
 from explain.generation.greedy import MAX_NEW_TOKENS, generate_greedy
+from explain.generation.occlusion import GENERATION_METHODS, OCCLUSION, attribute_texts
 from explain.generation.prompts import MAX_PROMPTS, decode_ids, encode_texts
-from explain.generation.quality import generation_quality
+from explain.generation.quality import REPLACEMENTS, generation_quality
 from explain.generation.reference import BASELINES
 from explain.generation.result import GenerationAttribution
 from explain.loading.model_process import in_model_process
@@ -95,13 +98,15 @@ def unpadded_ids(array: np.ndarray) -> list[np.ndarray]:
 def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequence[str], *,
                    continuations: Sequence[str] | None = None, max_new_tokens: int = DEFAULT_MAX_NEW,
                    method: str = "integrated_gradients", steps: int = DEFAULT_STEPS, baseline: str = "pad",
-                   quality: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+                   granularity: str = "token", quality: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """Check a generation request against ``model`` (``name@v<version>``) now: the job's params, its
     arrays (``prompt_ids`` [N, P], ``target_ids`` [N, T] with ``continuations``; -1 padded) and title.
 
+    ``granularity`` (token | word | sentence) decides occlusion's groups (`explain.generation.occlusion`).
+
     Raises:
         IncompatibleInput: not a causal LM, or a text with no tokens.
-        UsageError: no prompts, an unknown method or baseline, steps or max_new_tokens out of range,
+        UsageError: no prompts, an unknown method, baseline or granularity, steps or max_new_tokens out of range,
             continuations not one per prompt, a prompt longer than the model's positions allow.
     """
     require_causal_lm(model, "Generate")
@@ -109,10 +114,13 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
         raise UsageError("prompts must be a non-empty list of non-empty texts.")
     if len(prompts) > MAX_PROMPTS:
         raise UsageError(f"{len(prompts):,} prompts; at most {MAX_PROMPTS:,} at once.")
-    if method not in METHODS:
-        raise UsageError(f"Unknown generation method {method!r}.", f"Use one of {', '.join(METHODS)}.")
-    if baseline not in BASELINES:
-        raise UsageError(f"Unknown baseline {baseline!r}.", f"Use one of {', '.join(BASELINES)}.")
+    if method not in GENERATION_METHODS:
+        raise UsageError(f"Unknown generation method {method!r}.", f"Use one of {', '.join(GENERATION_METHODS)}.")
+    if baseline not in (REPLACEMENTS if method == OCCLUSION else BASELINES):
+        raise UsageError(f"Unknown baseline {baseline!r} for {method}.",
+                         f"Use one of {', '.join(REPLACEMENTS if method == OCCLUSION else BASELINES)}.")
+    if granularity not in GRANULARITIES:
+        raise UsageError(f"Unknown granularity {granularity!r}.", f"Use one of {', '.join(GRANULARITIES)}.")
     if not 1 <= int(steps) <= MAX_STEPS:
         raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
     if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
@@ -134,8 +142,9 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
     forced = continuations is not None
     params = {"model": name, "version": int(version), "method": method,
               "steps": int(steps) if method == "integrated_gradients" else 1,
-              "baseline": baseline if method in REFERENCE_METHODS else "", "max_new_tokens": 0 if forced else int(max_new_tokens),
-              "forced": forced, "quality": bool(quality)}
+              "baseline": baseline if method in (*REFERENCE_METHODS, OCCLUSION) else "",
+              "granularity": granularity if method == OCCLUSION else "token",
+              "max_new_tokens": 0 if forced else int(max_new_tokens), "forced": forced, "quality": bool(quality)}
     what = "given continuations of" if forced else "generations from"
     return params, arrays, f"{method} on {what} {len(ids)} prompts of {name}@v{version}"
 
@@ -160,8 +169,8 @@ def run_generation_job(model: LoadedModel, params: dict[str, Any], arrays: dict[
 
         texts = (force_continuations(model, [prompt], [targets[i]]) if targets is not None
                  else generate_greedy(model, [prompt], int(params["max_new_tokens"]), progress=phase("generate")))
-        attr = attribute_generation(model, texts, params["method"], int(params["steps"]), baseline,
-                                    progress=phase("attribute"))[0]
+        attr = attribute_texts(model, texts, params["method"], int(params["steps"]), baseline,
+                               params.get("granularity", "token"), progress=phase("attribute"))[0]
         results.append(attr)
         judged.append(generation_quality(model, attr, replace="unk" if baseline == "unk" else "pad")
                       if params.get("quality") and len(attr.generated_ids) else {})
@@ -215,7 +224,8 @@ def generation_record(name: str, version: int, model: LoadedModel, results: Sequ
     return RunRecord(
         page=RUN_KIND, model=name, version=int(version), method=method,
         title=f"{method.replace('_', ' ')} on {tokens} tokens after {len(results)} prompts of {model.name}",
-        params={k: params[k] for k in ("method", "steps", "baseline", "max_new_tokens", "forced", "quality")},
+        params={k: params[k] for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
+                                       "quality")},
         inputs=inputs, results=arrays,
         summary={"texts": [decode_ids(r.generated_ids, spec) for r in results],
                  "prompts": [decode_ids(r.input_ids[: r.prompt_length], spec) for r in results],
@@ -254,7 +264,7 @@ def run_generation(ctx) -> RunRecord:
 
 #: what ``parameters`` of a generation request may hold (the API's ``:generate``), with each one's type
 REQUEST_PARAMETERS = {"targets": list, "max_new_tokens": int, "method": str, "steps": int, "baseline": str,
-                      "quality": bool}
+                      "granularity": str, "quality": bool}
 _TYPE_NAMES = {list: "a list of texts", int: "an integer", str: "a string", bool: "true or false"}
 
 
