@@ -40,6 +40,14 @@ def _cache_arg(lm: torch.nn.Module) -> str:
         return "past_key_values"
 
 
+def _takes_positions(lm: torch.nn.Module) -> bool:
+    """Whether the forward takes ``position_ids`` (a model without it derives them from the mask, as OPT does)."""
+    try:
+        return "position_ids" in inspect.signature(lm.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def pick_greedy(logits: torch.Tensor, _rows: list[int]) -> torch.Tensor:
     """generate's greedy pick: the first maximum of each row of ``logits`` [B, V] -> [B]."""
     return torch.argmax(logits, dim=-1)
@@ -90,7 +98,7 @@ def decode_batched(model: LoadedModel, prompts: Sequence[np.ndarray], max_new_to
 
 def _decode_batch(lm: torch.nn.Module, prompts: list[np.ndarray], rows: list[int], max_new: int, pick: PickFn,
                   pad: int, advance: Callable[[int], None]) -> list[GeneratedText]:
-    device, cache_arg = device_of(lm), _cache_arg(lm)
+    device, cache_arg, takes_positions = device_of(lm), _cache_arg(lm), _takes_positions(lm)
     stop = torch.tensor(sorted(eos_ids(lm)), dtype=torch.long, device=device)
     b, longest = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((b, longest), pad, dtype=torch.long, device=device)  # [B, L] left-padded
@@ -104,7 +112,8 @@ def _decode_batch(lm: torch.nn.Module, prompts: list[np.ndarray], rows: list[int
     running = torch.ones(b, dtype=torch.bool, device=device)  # [B] not stopped yet
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # [B] tokens kept per prompt
     for _ in range(max_new):
-        res = lm(input_ids=step, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache})
+        where = {"position_ids": positions} if takes_positions else {}
+        res = lm(input_ids=step, attention_mask=mask, use_cache=True, **where, **{cache_arg: cache})
         cache = res["cache"] if "cache" in res else res.get("past_key_values")
         last = res.logits[:, -1].float()  # [B, V]
         token = pick(last, rows).to(device)  # [B]
