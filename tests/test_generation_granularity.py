@@ -94,3 +94,15 @@ def test_cli_generate_granularity_keeps_token_values_and_adds_the_groups(tmp_pat
         np.testing.assert_allclose(g["group_values"][i, :, : len(spans)], group_values(g["values"][i, :, : spans[-1, 1]], spans),
                                    atol=1e-6)
         np.testing.assert_allclose(g["group_values"][i].sum(-1), g["values"][i].sum(-1), atol=1e-5)
+
+
+def test_alternatives_keep_their_leading_space(bpe_spec, tmp_path):
+    from explain.generation.contrastive import read_alternatives
+
+    tok, spec = bpe_spec
+    path = tmp_path / "b.txt"
+    path.write_text(" cat\ncat\n\n")
+    assert read_alternatives(path, spec) == [tok.token_to_id("Ġcat"), tok.token_to_id("cat")]  # GPT-2's two "cat"s
+    path.write_text(" catnap\n")
+    with pytest.raises(UsageError, match="Alternative 1 is 4 tokens"):
+        read_alternatives(path, spec)

@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--granularity", default="token", choices=("token", "word", "sentence"),
                         help="also group the attribution's columns into words or sentences (summed)")
     parser.add_argument("--contrast", default=None, help="why A rather than B: one alternative token per prompt "
-                        "(.txt, one per line, or ids), contrasted with the token at --contrast-step")
+                        "(.txt, one per line, leading spaces kept, or ids), contrasted with the token at --contrast-step")
     parser.add_argument("--contrast-step", type=int, default=0, help="which token after the prompt is contrasted (default 0)")
     parser.add_argument("--batch-size", type=int, default=0, help="rows per pass (default: fit to memory)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -175,11 +175,10 @@ def contrast_arrays(model, texts: list, args: argparse.Namespace, steps: int, ar
     """Add ``contrast_values`` [N, L] (log p(A) - log p(B) at the step, attributed; 0 from the step on),
     ``contrast_ids`` [N, 2] (A, B), ``contrast_difference`` [N] and ``contrast_completeness_error`` [N] to
     ``arrays``; return the stdout ``contrast`` list."""
-    from explain.generation.contrastive import attribute_contrast, single_tokens
-    from explain.generation.prompts import read_token_lists, token_strings
+    from explain.generation.contrastive import attribute_contrast, read_alternatives
+    from explain.generation.prompts import token_strings
 
-    given = read_token_lists(args.contrast, model.spec, special_tokens=False, what="alternatives")
-    found = attribute_contrast(model, texts, single_tokens(given), args.contrast_step, args.method, steps,
+    found = attribute_contrast(model, texts, read_alternatives(args.contrast, model.spec), args.contrast_step, args.method, steps,
                                args.baseline, args.batch_size, args.device)
     arrays["contrast_values"] = np.zeros((len(found), arrays["values"].shape[2]), np.float32)
     for i, c in enumerate(found):

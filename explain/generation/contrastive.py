@@ -186,3 +186,25 @@ def single_tokens(token_lists: Sequence[np.ndarray], what: str = "Alternative") 
                              "Give one token per line (the model's tokenizer decides what a token is).")
         out.append(int(ids[0]))
     return out
+
+
+def read_alternatives(path, spec) -> list[int]:
+    """One alternative token id per line of a ``.txt`` (its leading spaces kept: ``" four"`` is GPT-2's
+    ``Ġfour``), or per row of ``.npy`` / ``.npz`` ids [N, 1].
+
+    Raises:
+        UsageError: a missing file, or a line that is not one token. CorruptFile / IncompatibleInput: as
+            `explain.generation.prompts.read_token_lists`.
+    """
+    from pathlib import Path
+
+    from explain.generation.prompts import encode_texts, read_token_lists
+
+    path = Path(path)
+    if path.suffix.lower() in (".npy", ".npz") or not path.is_file():
+        return single_tokens(read_token_lists(path, spec, special_tokens=False, what="alternatives"))
+    lines = [line.rstrip("\r") for line in path.read_text(encoding="utf-8-sig", errors="replace").split("\n")]
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise UsageError(f"{path.name} has no alternatives.", "Write one token per line.")
+    return single_tokens(encode_texts(lines, spec, special_tokens=False))
