@@ -245,3 +245,25 @@ def masked_generation(attr) -> np.ndarray:
     from explain.viz.generation import masked_values
 
     return masked_values(attr.values, attr.prompt_length)
+
+
+def test_the_keycopy_sample_is_registered_the_first_time_it_is_saved_as_a_run(home, model):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    _, ws = home
+    assert ws.registry.find_by_sha(OP, model.sha256) is None  # the seed leaves the causal LM out
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "sample"
+    at.session_state["gb_sample"] = "keycopy"
+    at.switch_page("pages/views/generate.py").run()
+    at.number_input(key="gb_gen_max_new").set_value(1)
+    at.selectbox(key="gb_gen_method").set_value("saliency")
+    at.checkbox(key="gb_gen_quality").set_value(False).run()
+    at.button(key="gb_gen_save").click().run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    run_id = [c.value for c in at.code if "?run=" in c.value][0].rsplit("=", 1)[1]
+    info = ws.runs.info(OP, run_id)
+    assert (info.page, info.model, info.version, info.summary["texts"]) == ("generation", "keycopy", 1, ["blue"])
+    assert info.summary["prompts"] == [keycopy.DEFAULT_PROMPT]  # the sample's first prompt

@@ -43,11 +43,29 @@ def ensure_worker() -> None:
 
 
 def registered_version(model):
-    """The current model's registry version, registering an upload first (what every job names)."""
+    """The current model's registry version, registering an upload first (what every job names); a causal-LM
+    sample, which the workspace's seed leaves out, is registered under its name the first time a job needs it."""
     version = team.current_version(model, register=True)
+    if version is None:
+        version = _registered_causal_lm_sample(model)
     if version is None:
         raise GlassboxError("This model is not in the workspace and could not be registered.")
     return version
+
+
+def _registered_causal_lm_sample(model):
+    """The current causal-LM sample's version, registered from its shipped zip (None: not one, or other weights)."""
+    from explain.service.client import register_model
+    from sample_models import CAUSAL_LM_SAMPLES, sample_file
+    from ui import state
+
+    name = state.current_sample_name()
+    if name not in CAUSAL_LM_SAMPLES:
+        return None
+    data = sample_file(name).read_bytes()
+    if digest_bytes(data) != model.sha256:
+        return None
+    return register_model(team.workspace(), team.actor(), model, data, f"{name}.zip", name)
 
 
 def request_key(model, inputs, asked: list[tuple[str, dict[str, Any]]], target: int | None,
