@@ -345,3 +345,33 @@ def test_every_decoder_family_gets_exact_rules(family):
     values = (grad * (pairs.attribution_leaf.detach() - pairs.attribution_ref)).sum(-1)  # [1, 6]
     assert abs(float(logp - own)) <= 1e-5 and abs(float(logp_ref - own_ref)) <= 1e-5
     assert abs(float(values.sum()) - float(own - own_ref)) <= 1e-5
+
+
+def test_a_pt2_causal_lm_is_refused_in_one_line(tmp_path):
+    """A .pt2 whose signature is token ids [N, L] -> logits [N, L, V] says what to upload instead (with a causal-LM
+    spec, and with a classifier's spec, which used to fail in the sandbox on the logits' shape)."""
+    from explain.errors import GlassboxError
+    from explain.loading.export import CAUSAL_PT2
+
+    folder = write_hf_llama(tmp_path / "llama")
+    lm = AutoModelForCausalLM.from_pretrained(folder).eval()
+
+    class Logits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids):  # [N, L] -> [N, L, V]
+            return self.lm(input_ids=ids, use_cache=False).logits
+
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("length", min=2, max=32)},)
+    program = torch.export.export(Logits(), (torch.ones(2, 5, dtype=torch.long),), dynamic_shapes=dims)
+    torch.export.save(program, tmp_path / "lm.pt2")
+    vocabulary = [f"t{i}" for i in range(lm.config.vocab_size)]
+    for task in ("causal_lm", "classification"):
+        spec = {"modality": "text", "input_shape": [8], "dtype": "int64", "task": task, "vocabulary": vocabulary,
+                **({"class_names": ["a", "b"]} if task == "classification" else {})}
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        with pytest.raises(GlassboxError) as caught:
+            load_model(tmp_path / "lm.pt2", tmp_path / "spec.json")
+        assert CAUSAL_PT2 in str(caught.value) and "\n" not in str(caught.value)

@@ -439,8 +439,28 @@ def _check_model_fits(model: Any) -> None:
         check_spec_fits(model.exported_program, model.spec)
 
 
+#: Why a ``.pt2`` causal LM (token ids [N, L] -> logits [N, L, V]) is refused, and what to upload instead.
+CAUSAL_PT2 = ("This .pt2 maps token ids to logits at every position (a causal LM); Glassbox explains causal LMs "
+              "from their Hugging Face folder or zip, not yet from a .pt2.")
+CAUSAL_PT2_HINT = "Upload the model's Hugging Face folder or zip (config.json, safetensors, tokenizer.json)."
+
+
+def per_position_logits(ep: Any) -> bool:
+    """True when the program's first output is [N, L, V] from integer inputs: a causal LM's signature."""
+    output = next((n for n in ep.graph.nodes if n.op == "output"), None)
+    first = output.args[0] if output is not None and output.args else None
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    val = first.meta.get("val") if hasattr(first, "meta") else None
+    guess = signature_guess(ep)
+    return isinstance(val, torch.Tensor) and val.dim() == 3 and guess is not None and guess.dtype.startswith("int")
+
+
 def check_spec_fits(ep: Any, spec: InputSpec) -> None:
-    """Refuse a spec whose per-sample shape differs from the graph's static dims."""
+    """Refuse a spec whose per-sample shape differs from the graph's static dims, and a causal LM's
+    signature (`CAUSAL_PT2`)."""
+    if spec.is_causal_lm or per_position_logits(ep):
+        raise IncompatibleInput(CAUSAL_PT2, CAUSAL_PT2_HINT)
     user_inputs = list(ep.graph_signature.user_inputs)
     for node in ep.graph.nodes:
         if node.op == "placeholder" and node.name == (user_inputs[0] if user_inputs else None):
