@@ -173,3 +173,19 @@ def test_cli_generate_occlusion_by_word(llama, tmp_path, capsys):
     assert main(["generate", str(folder), "--prompts", str(prompts), "--method", "occlusion", "--baseline", "zero",
                  "--out", str(tmp_path / "z.npz")]) == 2
     assert "not 'zero'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("granularity", ["token", "sentence"])
+def test_occlusion_of_a_contrast_is_the_difference_of_two_occlusions(llama, granularity):
+    from explain.generation.occlusion import contrast_texts, occlude_generation
+
+    _folder, model, _ref, _prompts, texts, alternatives = llama
+    a = occlude_generation(model, texts, granularity, "pad")
+    b = occlude_generation(model, _with_alternative(model, texts, alternatives), granularity, "pad")
+    found = contrast_texts(model, texts, alternatives, STEP, "occlusion", granularity=granularity)
+    for text, ra, rb, c in zip(texts, a, b, found):
+        n = len(text.prompt_ids) + STEP
+        assert c.method == "occlusion" and c.params == {"granularity": granularity, "baseline": "pad"}
+        np.testing.assert_allclose(c.values, ra.values[STEP, :n] - rb.values[STEP, :n], atol=1e-5)
+        assert c.difference == pytest.approx(float(ra.logprobs[STEP] - rb.logprobs[STEP]), abs=1e-5)
+        assert np.isnan(c.completeness_error)

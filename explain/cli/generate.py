@@ -175,11 +175,12 @@ def contrast_arrays(model, texts: list, args: argparse.Namespace, steps: int, ar
     """Add ``contrast_values`` [N, L] (log p(A) - log p(B) at the step, attributed; 0 from the step on),
     ``contrast_ids`` [N, 2] (A, B), ``contrast_difference`` [N] and ``contrast_completeness_error`` [N] to
     ``arrays``; return the stdout ``contrast`` list."""
-    from explain.generation.contrastive import attribute_contrast, read_alternatives
+    from explain.generation.contrastive import read_alternatives
+    from explain.generation.occlusion import contrast_texts
     from explain.generation.prompts import token_strings
 
-    found = attribute_contrast(model, texts, read_alternatives(args.contrast, model.spec), args.contrast_step, args.method, steps,
-                               args.baseline, args.batch_size, args.device)
+    found = contrast_texts(model, texts, read_alternatives(args.contrast, model.spec), args.contrast_step, args.method,
+                           steps, args.baseline, args.granularity, args.batch_size, args.device)
     arrays["contrast_values"] = np.zeros((len(found), arrays["values"].shape[2]), np.float32)
     for i, c in enumerate(found):
         arrays["contrast_values"][i, : c.values.size] = c.values

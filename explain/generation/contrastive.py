@@ -99,15 +99,7 @@ def attribute_contrast(model: LoadedModel, texts: Sequence[GeneratedText], alter
     if len(alternatives) != len(texts):
         raise UsageError(f"{len(alternatives)} alternatives for {len(texts)} prompts; give one per prompt.")
     lm = causal_lm(model)
-    vocab = lm.get_input_embeddings().weight.shape[0]
-    for i, (text, alt) in enumerate(zip(texts, alternatives)):
-        if not 0 <= int(step) < len(text.generated_ids):
-            raise UsageError(f"Text {i + 1} has {len(text.generated_ids)} tokens after its prompt; "
-                             f"step {step} is not one of them.")
-        if not 0 <= int(alt) < vocab:
-            raise IncompatibleInput(f"Alternative {i + 1} ({int(alt)}) is outside the model's {vocab} tokens.")
-        if int(alt) == int(text.generated_ids[step]):
-            raise UsageError(f"Alternative {i + 1} is the token itself; contrast it with another token.")
+    check_alternatives(texts, alternatives, step, lm.get_input_embeddings().weight.shape[0])
     engine = Engine(device=device, precision="fp32", batch_size=batch_size)
     model.to(engine.device)
     total, done = len(texts) * steps, [0]
@@ -120,6 +112,24 @@ def attribute_contrast(model: LoadedModel, texts: Sequence[GeneratedText], alter
            for text, alt in zip(texts, alternatives)]
     report_progress(progress, total, total)
     return out
+
+
+def check_alternatives(texts: Sequence[GeneratedText], alternatives: Sequence[int], step: int, vocab: int) -> None:
+    """Refuse a step past a text's tokens, an alternative outside the vocabulary or equal to the token.
+
+    Raises:
+        UsageError / IncompatibleInput: which, for which text.
+    """
+    if len(alternatives) != len(texts):
+        raise UsageError(f"{len(alternatives)} alternatives for {len(texts)} prompts; give one per prompt.")
+    for i, (text, alt) in enumerate(zip(texts, alternatives)):
+        if not 0 <= int(step) < len(text.generated_ids):
+            raise UsageError(f"Text {i + 1} has {len(text.generated_ids)} tokens after its prompt; "
+                             f"step {step} is not one of them.")
+        if not 0 <= int(alt) < vocab:
+            raise IncompatibleInput(f"Alternative {i + 1} ({int(alt)}) is outside the model's {vocab} tokens.")
+        if int(alt) == int(text.generated_ids[step]):
+            raise UsageError(f"Alternative {i + 1} is the token itself; contrast it with another token.")
 
 
 def _contrast_one(lm: nn.Module, model: LoadedModel, text: GeneratedText, alternative: int, step: int, method: str,

@@ -20,6 +20,8 @@ import numpy as np
 
 from explain.errors import UsageError
 from explain.generation.attribution import DEFAULT_STEPS, METHODS, attribute_generation
+from explain.generation.contrastive import METHODS as GRADIENT_CONTRAST_METHODS
+from explain.generation.contrastive import ContrastAttribution, attribute_contrast, check_alternatives
 from explain.generation.granularity import group_spans
 from explain.generation.quality import REPLACEMENTS, target_probabilities
 from explain.generation.result import GeneratedText, GenerationAttribution
@@ -29,6 +31,8 @@ from explain.progress import ProgressFn, report_progress
 OCCLUSION = "occlusion"
 #: Every method a generation can be explained with.
 GENERATION_METHODS = (*METHODS, OCCLUSION)
+#: The methods a contrast (log p(A) - log p(B)) can be explained with.
+CONTRAST_METHODS = (*GRADIENT_CONTRAST_METHODS, OCCLUSION)
 #: log(0) stands in as the log of this (a probability float32 cannot tell from zero).
 TINY = 1e-45
 
@@ -55,19 +59,49 @@ def occlude_generation(model: LoadedModel, texts: Sequence[GeneratedText], granu
     return out
 
 
+def occlude_contrast(model: LoadedModel, texts: Sequence[GeneratedText], alternatives: Sequence[int], step: int = 0,
+                     granularity: str = "token", replace: str = "pad", device: str = "auto") -> list[ContrastAttribution]:
+    """Occlusion of log p(A) - log p(B) at ``step``: per group of the context, the drop of the difference
+    when the group is replaced (shared by its positions); `explain.generation.contrastive.ContrastAttribution`s."""
+    if replace not in REPLACEMENTS:
+        raise UsageError(f"Occlusion replaces tokens by {' or '.join(REPLACEMENTS)}, not {replace!r}.")
+    vocab = len(model.spec.vocabulary or []) or 2**62
+    check_alternatives(texts, alternatives, step, vocab)
+    out = []
+    for text, alt in zip(texts, alternatives):
+        began = time.perf_counter()
+        n, ids = len(text.prompt_ids) + int(step), text.input_ids
+        context, mask, inside = _masks(ids, model, granularity, n)
+        token = int(ids[n])
+        pa, pb = target_probabilities(model, [context, context], [mask, mask], [token, int(alt)], replace=replace,
+                                      device=device)
+        diff = np.log(np.maximum(pa, TINY)) - np.log(np.maximum(pb, TINY))  # [G + 1]
+        values = np.zeros(n)
+        for g, (start, end) in enumerate(inside.tolist()):
+            values[start:min(end, n)] = diff[0] - diff[g + 1]
+        out.append(ContrastAttribution(context, step, token, int(alt), values, diff[0], float("nan"), float("nan"),
+                                       OCCLUSION, {"granularity": granularity, "baseline": replace},
+                                       time.perf_counter() - began))
+    return out
+
+
+def _masks(ids: np.ndarray, model: LoadedModel, granularity: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The context ids[:n], its masks [G + 1, n] (row 0: nothing replaced, row g + 1: group g) and its groups [G, 2]."""
+    spans = group_spans(ids[:n], model.spec, granularity)  # [G, 2]
+    mask = np.zeros((len(spans) + 1, n), bool)
+    for g, (start, end) in enumerate(spans.tolist()):
+        mask[g + 1, start:end] = True
+    return ids[:n], mask, spans
+
+
 def _occlude_text(model: LoadedModel, text: GeneratedText, granularity: str, replace: str,
                   device: str) -> GenerationAttribution:
     began = time.perf_counter()
     ids, p, t_count = text.input_ids, len(text.prompt_ids), len(text.generated_ids)
-    spans = group_spans(ids, model.spec, granularity)  # [G, 2] over the whole text
     contexts, masks, owners = [], [], []
-    for t in range(t_count):
-        n = p + t  # the context of token t
-        inside = spans[spans[:, 0] < n]  # [G_t, 2] the groups it reads, the last cut at n
-        mask = np.zeros((len(inside) + 1, n), bool)  # row 0: nothing replaced
-        for g, (start, end) in enumerate(inside.tolist()):
-            mask[g + 1, start:min(end, n)] = True
-        contexts.append(ids[:n])
+    for t in range(t_count):  # the context of token t: positions 0 .. P + t - 1
+        context, mask, inside = _masks(ids, model, granularity, p + t)
+        contexts.append(context)
         masks.append(mask)
         owners.append(inside)
     probs = target_probabilities(model, contexts, masks, ids[p:], replace=replace, device=device) if t_count else []
@@ -81,6 +115,15 @@ def _occlude_text(model: LoadedModel, text: GeneratedText, granularity: str, rep
     nan = np.full(t_count, np.nan)
     return GenerationAttribution(ids, p, values, logprobs, nan, nan, OCCLUSION,
                                  {"granularity": granularity, "baseline": replace}, time.perf_counter() - began)
+
+
+def contrast_texts(model: LoadedModel, texts: Sequence[GeneratedText], alternatives: Sequence[int], step: int = 0,
+                   method: str = "integrated_gradients", steps: int = DEFAULT_STEPS, baseline: str = "pad",
+                   granularity: str = "token", batch_size: int = 0, device: str = "auto") -> list[ContrastAttribution]:
+    """log p(A) - log p(B) at ``step`` of each text attributed by ``method`` (one of `CONTRAST_METHODS`)."""
+    if method == OCCLUSION:
+        return occlude_contrast(model, texts, alternatives, step, granularity, baseline, device)
+    return attribute_contrast(model, texts, alternatives, step, method, steps, baseline, batch_size, device)
 
 
 def attribute_texts(model: LoadedModel, texts: Sequence[GeneratedText], method: str = "integrated_gradients",

@@ -18,8 +18,7 @@ from explain.attribution import completeness_text
 from explain.errors import GlassboxError
 from explain.generation.attention import causal_rollout, text_attention
 from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
-from explain.generation.contrastive import METHODS as CONTRAST_METHODS
-from explain.generation.contrastive import attribute_contrast, single_tokens
+from explain.generation.contrastive import single_tokens
 from explain.generation.explained import (
     DEFAULT_MAX_NEW,
     FIRST_VIEW_FILE,
@@ -30,7 +29,7 @@ from explain.generation.explained import (
 )
 from explain.generation.granularity import GRANULARITIES, group_labels, group_spans, group_values, shared_group_values
 from explain.generation.greedy import MAX_NEW_TOKENS
-from explain.generation.occlusion import GENERATION_METHODS, OCCLUSION
+from explain.generation.occlusion import CONTRAST_METHODS, GENERATION_METHODS, OCCLUSION, contrast_texts
 from explain.generation.prompts import decode_ids, encode_texts
 from explain.generation.reference import BASELINES
 from explain.generation.sampling import MAX_TEMPERATURE, Sampling
@@ -114,8 +113,8 @@ def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> N
         cached = None
         with state.error_boundary("Contrasting"):
             alternative = single_tokens(encode_texts([other], model.spec, special_tokens=False))[0]
-            found = attribute_contrast(model, [view.text], [alternative], t, attr.method,
-                                       int(attr.params.get("steps", 1)), attr.params.get("baseline") or "pad")[0]
+            found = contrast_texts(model, [view.text], [alternative], t, attr.method, int(attr.params.get("steps", 1)),
+                                   attr.params.get("baseline") or "pad", attr.params.get("granularity", "token"))[0]
             cached = st.session_state[CONTRAST_KEY] = (key, found)
     if cached is None:
         return
