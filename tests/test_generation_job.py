@@ -114,6 +114,29 @@ def test_an_occlusion_job_by_word_equals_the_librarys_occlusion(workspace, model
         assert before_is.argmax() == keycopy.KEY_POSITION and before_is.max() > 1  # removing the key hurts most
 
 
+def test_a_sampled_job_draws_what_one_batch_of_every_prompt_draws_and_a_chat_job_renders_its_template(model):
+    from explain.generation.chat import render_chat
+    from explain.generation.job import generation_request, unpadded_ids
+    from explain.generation.sampling import Sampling, generate_sampled
+
+    drawn = Sampling(temperature=1.5, seed=3)
+    params, arrays, _ = generation_request(model, "keycopy", 1, PROMPTS, {
+        "max_new_tokens": 3, "method": "saliency", "sampling": drawn.to_dict()})
+    record = run_generation_job(model, params, arrays)
+    want = generate_sampled(model, encode_texts(PROMPTS, model.spec), 3, drawn)  # prompt i: seed 3 + i
+    assert record.params["sampling"] == drawn.to_dict()
+    for i, w in enumerate(want):
+        np.testing.assert_array_equal(unpadded_ids(record.results["generated_ids"])[i], w.generated_ids)
+        np.testing.assert_array_equal(record.results["logprobs"][i, : w.logprobs.size], w.logprobs)
+
+    params, arrays, _ = generation_job(model, "keycopy", 1, PROMPTS[:1], max_new_tokens=1, method="saliency", chat=True)
+    rendered = render_chat(model, [[{"role": "user", "content": PROMPTS[0]}]])
+    assert params["chat"] and unpadded_ids(arrays["prompt_ids"])[0].tolist() == \
+        encode_texts(rendered, model.spec, special_tokens=False)[0].tolist()
+    with pytest.raises(UsageError, match="sampling takes"):
+        generation_request(model, "keycopy", 1, PROMPTS, {"sampling": {"heat": 2}})
+
+
 def test_a_request_is_checked_before_it_is_queued(model):
     from explain.loading.loader import load_model
     from sample_models import sample_file as file_of

@@ -25,6 +25,7 @@ import numpy as np
 from explain.errors import UsageError
 from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
 from explain.generation.causal_lm import causal_lm, max_positions, require_causal_lm
+from explain.generation.chat import render_chat
 from explain.generation.continuation import force_continuations
 from explain.generation.granularity import GRANULARITIES
 from explain.generation.greedy import MAX_NEW_TOKENS, generate_greedy
@@ -33,6 +34,7 @@ from explain.generation.prompts import MAX_PROMPTS, decode_ids, encode_texts
 from explain.generation.quality import REPLACEMENTS, generation_quality
 from explain.generation.reference import BASELINES
 from explain.generation.result import GenerationAttribution
+from explain.generation.sampling import Sampling, generate_sampled
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.metrics import MetricResult
@@ -98,11 +100,14 @@ def unpadded_ids(array: np.ndarray) -> list[np.ndarray]:
 def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequence[str], *,
                    continuations: Sequence[str] | None = None, max_new_tokens: int = DEFAULT_MAX_NEW,
                    method: str = "integrated_gradients", steps: int = DEFAULT_STEPS, baseline: str = "pad",
-                   granularity: str = "token", quality: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+                   granularity: str = "token", sampling: Sampling | None = None, chat: bool = False,
+                   quality: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """Check a generation request against ``model`` (``name@v<version>``) now: the job's params, its
     arrays (``prompt_ids`` [N, P], ``target_ids`` [N, T] with ``continuations``; -1 padded) and title.
 
-    ``granularity`` (token | word | sentence) decides occlusion's groups (`explain.generation.occlusion`).
+    ``granularity`` (token | word | sentence) decides occlusion's groups (`explain.generation.occlusion`);
+    ``sampling``: draw the tokens (prompt i with seed ``sampling.seed + i``, as ``generate --sample`` does)
+    instead of greedy generation; ``chat``: each prompt is a user's message, through the model's chat template.
 
     Raises:
         IncompatibleInput: not a causal LM, or a text with no tokens.
@@ -125,7 +130,11 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
         raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
     if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
         raise UsageError(f"max_new_tokens must be 1 .. {MAX_NEW_TOKENS}, not {max_new_tokens}.")
-    ids = encode_texts(list(prompts), model.spec)  # [P_i] each; the prompt as the CLI reads it
+    if chat:  # the user's message through the model's chat template, its special tokens included
+        rendered = render_chat(model, [[{"role": "user", "content": p}] for p in prompts])
+        ids = encode_texts(rendered, model.spec, special_tokens=False)
+    else:
+        ids = encode_texts(list(prompts), model.spec)  # [P_i] each; the prompt as the CLI reads it
     arrays = {"prompt_ids": padded_ids(ids)}
     new = [int(max_new_tokens)] * len(ids)
     if continuations is not None:
@@ -144,7 +153,8 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
               "steps": int(steps) if method == "integrated_gradients" else 1,
               "baseline": baseline if method in (*REFERENCE_METHODS, OCCLUSION) else "",
               "granularity": granularity if method == OCCLUSION else "token",
-              "max_new_tokens": 0 if forced else int(max_new_tokens), "forced": forced, "quality": bool(quality)}
+              "max_new_tokens": 0 if forced else int(max_new_tokens), "forced": forced, "quality": bool(quality),
+              "sampling": sampling.to_dict() if sampling is not None and not forced else None, "chat": bool(chat)}
     what = "given continuations of" if forced else "generations from"
     return params, arrays, f"{method} on {what} {len(ids)} prompts of {name}@v{version}"
 
@@ -167,8 +177,13 @@ def run_generation_job(model: LoadedModel, params: dict[str, Any], arrays: dict[
             return lambda done, total: report_progress(progress, 100 * i + lo + (hi - lo) * done // max(total, 1),
                                                        100 * len(prompts))
 
-        texts = (force_continuations(model, [prompt], [targets[i]]) if targets is not None
-                 else generate_greedy(model, [prompt], int(params["max_new_tokens"]), progress=phase("generate")))
+        if targets is not None:
+            texts = force_continuations(model, [prompt], [targets[i]])
+        elif params.get("sampling"):  # prompt i drawn with seed + i, as in one batch of every prompt
+            drawn = Sampling(**{**params["sampling"], "seed": int(params["sampling"]["seed"]) + i})
+            texts = generate_sampled(model, [prompt], int(params["max_new_tokens"]), drawn, progress=phase("generate"))
+        else:
+            texts = generate_greedy(model, [prompt], int(params["max_new_tokens"]), progress=phase("generate"))
         attr = attribute_texts(model, texts, params["method"], int(params["steps"]), baseline,
                                params.get("granularity", "token"), progress=phase("attribute"))[0]
         results.append(attr)
@@ -224,8 +239,8 @@ def generation_record(name: str, version: int, model: LoadedModel, results: Sequ
     return RunRecord(
         page=RUN_KIND, model=name, version=int(version), method=method,
         title=f"{method.replace('_', ' ')} on {tokens} tokens after {len(results)} prompts of {model.name}",
-        params={k: params[k] for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
-                                       "quality")},
+        params={k: params.get(k) for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
+                                           "quality", "sampling", "chat")},
         inputs=inputs, results=arrays,
         summary={"texts": [decode_ids(r.generated_ids, spec) for r in results],
                  "prompts": [decode_ids(r.input_ids[: r.prompt_length], spec) for r in results],
@@ -264,14 +279,16 @@ def run_generation(ctx) -> RunRecord:
 
 #: what ``parameters`` of a generation request may hold (the API's ``:generate``), with each one's type
 REQUEST_PARAMETERS = {"targets": list, "max_new_tokens": int, "method": str, "steps": int, "baseline": str,
-                      "granularity": str, "quality": bool}
-_TYPE_NAMES = {list: "a list of texts", int: "an integer", str: "a string", bool: "true or false"}
+                      "granularity": str, "sampling": dict, "chat": bool, "quality": bool}
+_TYPE_NAMES = {list: "a list of texts", int: "an integer", str: "a string", bool: "true or false",
+               dict: "an object (temperature, top_k, top_p, seed)"}
 
 
 def generation_request(model: LoadedModel, name: str, version: int, prompts: Any, parameters: dict[str, Any] | None,
                        ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """A request as the API takes it (``{"prompts": [...], "parameters": {...}}``: `REQUEST_PARAMETERS`, ``targets``
-    the given continuations, one per prompt) checked by `generation_job`: the job's params, arrays and title.
+    the given continuations, one per prompt, ``sampling`` a `Sampling`'s fields) checked by `generation_job`: the
+    job's params, arrays and title.
 
     Raises:
         UsageError: an unknown parameter or one of the wrong type, and whatever `generation_job` refuses.
@@ -286,6 +303,11 @@ def generation_request(model: LoadedModel, name: str, version: int, prompts: Any
     if not isinstance(prompts, list):
         raise UsageError("prompts must be a non-empty list of non-empty texts.")
     continuations = given.pop("targets", None)
+    if "sampling" in given:
+        try:
+            given["sampling"] = Sampling(**given["sampling"])
+        except TypeError:
+            raise UsageError("parameters.sampling takes temperature, top_k, top_p and seed.") from None
     return generation_job(model, name, version, prompts, continuations=continuations, **given)
 
 

@@ -185,7 +185,8 @@ if st.button("Save as a run", key="gb_gen_save", help="Computed by the queue's w
     with state.error_boundary("Saving as a run"):
         saved_run = jobs.follow_request("gb_gen_jobs", save_key, lambda: jobs.submit_generation(
             model, [prompt], continuations=[continuation] if settings["continuation"] else None, max_new_tokens=max_new,
-            method=method, steps=steps, baseline=baseline, quality=quality), "Generating and explaining as a job")
+            method=method, steps=steps, baseline=baseline, granularity=granularity, sampling=sampling, chat=chat,
+            quality=quality), "Generating and explaining as a job")
         if saved_run is not None:
             team.render_share_link(f"Saved as run {saved_run.info.id}: open it on Saved runs, comment and decide.",
                                    run=saved_run.info.id)
