@@ -8,8 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from explain.generation.attribution import COMPLETE_METHODS
-from explain.generation.job import SavedGeneration, quality_rows
+from explain.generation.job import SavedGeneration
 from explain.generation.prompts import decode_ids
+from explain.generation.quality import token_quality_rows
 from explain.inputs.text import token_display
 from explain.spec import InputSpec
 from explain.viz import generation as viz
@@ -39,5 +40,5 @@ def render_saved_generation(saved: SavedGeneration, spec: InputSpec, key: str) -
         st.caption(escape_markdown("log p per token: " + " · ".join(
             f"{labels[p + j]} {attr.logprobs[j]:.4f}" for j in range(t_count))))
         if judged:
-            st.dataframe(pd.DataFrame(quality_rows(judged)), hide_index=True, key=f"{key}_quality_{i}",
+            st.dataframe(pd.DataFrame(token_quality_rows(judged)), hide_index=True, key=f"{key}_quality_{i}",
                          column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("this method", "random")})

@@ -69,15 +69,6 @@ class SavedGeneration:
     spec: InputSpec | None = None
 
 
-def quality_rows(judged: dict[str, MetricResult]) -> list[dict[str, Any]]:
-    """One row per token metric of a text: its mean over the generated tokens, a random attribution's
-    and which way is better (the drawer's table and the report's)."""
-    from explain.output.metrics import get_metric
-
-    return [{"metric": get_metric(name).title, "this method": r.mean, "random": r.random_mean,
-             "better": "higher" if r.higher_is_better else "lower"} for name, r in judged.items()]
-
-
 @in_model_process
 def position_limit(model: LoadedModel) -> int | None:
     """The longest sequence ``model``'s positions allow (None: its config sets none)."""

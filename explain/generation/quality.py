@@ -21,6 +21,7 @@ Results are the registry's `MetricResult`: one value per generated token.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,3 +164,10 @@ def _judge(plan: dict, probs: np.ndarray, steps: int) -> dict[str, tuple[tuple[f
             out[name][0].append(float(auc(curve[None], plan["x"])[0]))
             out[name][1].append(curve)
     return {name: (tuple(values), curves) for name, (values, curves) in out.items()}
+
+
+def token_quality_rows(judged: dict[str, MetricResult]) -> list[dict[str, Any]]:
+    """One row per token metric of a text: its mean over the generated tokens, a random attribution's
+    and which way is better (the Generate page's table, the saved run's drawer and the report)."""
+    return [{"metric": get_metric(name).title, "this method": r.mean, "random": r.random_mean,
+             "better": "higher" if r.higher_is_better else "lower"} for name, r in judged.items()]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from explain.generation.job import SavedGeneration, quality_rows
+from explain.generation.job import SavedGeneration
 from explain.generation.prompts import decode_ids
+from explain.generation.quality import token_quality_rows
 from explain.inputs.text import token_display
 from explain.report.document import Section, escape, key_value_html, round_data, table_html
 from explain.spec import InputSpec
@@ -33,7 +34,7 @@ def build_generation_section(saved: SavedGeneration, spec: InputSpec) -> Section
         parts.append(table_html(rows, numeric=("log p", "completeness error")) if rows
                      else '<p class="muted">No token generated.</p>')
         if judged:
-            parts.append(table_html(quality_rows(judged), numeric=("this method", "random")))
+            parts.append(table_html(token_quality_rows(judged), numeric=("this method", "random")))
         if t_count:
             figures.append(viz.generation_figure(attr.values, p, labels,
                                                  title=f"Prompt {i + 1}: each generated token's log-probability, attributed"))

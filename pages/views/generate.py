@@ -31,10 +31,10 @@ from explain.generation.granularity import GRANULARITIES, group_labels, group_sp
 from explain.generation.greedy import MAX_NEW_TOKENS
 from explain.generation.occlusion import CONTRAST_METHODS, GENERATION_METHODS, OCCLUSION, contrast_texts
 from explain.generation.prompts import decode_ids, encode_texts
+from explain.generation.quality import token_quality_rows
 from explain.generation.reference import BASELINES
 from explain.generation.sampling import MAX_TEMPERATURE, Sampling
 from explain.inputs.text import display_tokens, token_display
-from explain.output.metrics import get_metric
 from explain.viz import generation as viz
 from explain.viz.attribution import text_attribution_html
 from sample_models import CAUSAL_LM_SAMPLES, sample_dir
@@ -87,15 +87,6 @@ def _text_attention(model, input_ids) -> tuple:
     return kept[1]
 
 
-def _quality_table(view) -> pd.DataFrame:
-    """One row per metric: its mean over the generated tokens, a random attribution's, and which way is better."""
-    rows = []
-    for name, result in view.quality.items():
-        rows.append({"metric": get_metric(name).title, "this method": result.mean,
-                     "random": result.random_mean, "better": "higher" if result.higher_is_better else "lower"})
-    return pd.DataFrame(rows)
-
-
 def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> None:
     """Why the chosen token rather than another: log p(it) - log p(the other) attributed (gradient methods)."""
     attr, p = view.attribution, view.attribution.prompt_length
@@ -142,7 +133,7 @@ first = _first_view(model)
 if first is not None:  # the sample opens on its first view: its prompt filled in
     st.session_state.setdefault("gb_gen_prompt", first.settings["prompt"])
 st.caption(f"{escape_markdown(model.name)} · {model.architecture or model.format} · causal LM · "
-           "runs in this page (not a queue job)")
+           "Generate and explain runs in this page; Save as a run queues it as a job saved with its link")
 prompt = st.text_area("Prompt", key="gb_gen_prompt", height=90, placeholder="The text the model continues")
 continuation = st.text_input("Continuation to explain (optional)", key="gb_gen_continuation",
                              help="Given tokens are scored by teacher forcing instead of generating; "
@@ -257,7 +248,7 @@ if view.quality:
     st.subheader("Quality of the attribution")
     st.caption("Each generated token judged with its context as the input (tokens replaced by the reference "
                "token), averaged over the generated tokens; a random attribution (the values shuffled) for scale.")
-    st.dataframe(_quality_table(view), hide_index=True, key="gb_gen_quality_table",
+    st.dataframe(pd.DataFrame(token_quality_rows(view.quality)), hide_index=True, key="gb_gen_quality_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("this method", "random")})
 
 # ---- Selected step: attention and logit lens ----
