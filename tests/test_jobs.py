@@ -200,6 +200,33 @@ def test_saving_a_jobs_run_twice_keeps_the_first(team):
     assert len(team.runs.list(OP)) == 1
 
 
+def test_two_processes_saving_one_run_id_at_once_both_get_the_one_run(team, monkeypatch):
+    """The race `Runs.save`'s first look cannot see (two servers saving a sample's first view, two workers
+    finishing one retried job): the second insert meets the first's row and returns it, no IntegrityError."""
+    from sqlalchemy.orm import Session
+
+    from explain.workspace import RunRecord
+    from explain.workspace.schema import Run
+
+    rid = "f" * 32
+    first = team.runs.save(Actor("alice"), RunRecord(page="output", model="cancer", version=1, title="first"),
+                           run_id=rid)
+    real_get, looks = Session.get, []
+
+    def get(session, cls, key, *args, **kwargs):  # the first look misses: the other process has not committed
+        if cls is Run and key == rid and not looks:
+            looks.append(key)
+            return None
+        return real_get(session, cls, key, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "get", get)
+    second = team.runs.save(Actor("bob"), RunRecord(page="output", model="cancer", version=1, title="second"),
+                            run_id=rid)
+    assert looks == [rid]
+    assert (second.id, second.title, second.author) == (rid, "first", "alice") == (first.id, first.title, first.author)
+    assert len(team.runs.list(OP)) == 1
+
+
 def _age_heartbeat(ws, job_id: str, seconds: float = 3600) -> None:
     from datetime import timedelta
 

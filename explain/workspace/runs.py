@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from explain.errors import NotFound, UsageError
 from explain.jsonable import to_json_safe
@@ -133,7 +134,16 @@ class Runs:
                 return self._info(s, existing)
         inputs_sha = self.core.blobs.put_arrays(record.inputs)
         results_sha = self.core.blobs.put_arrays(record.results)
-        run_id = run_id or new_id()
+        given, run_id = run_id is not None, run_id or new_id()
+        try:
+            return self._insert(actor, record, run_id, inputs_sha, results_sha)
+        except IntegrityError:
+            if not given:
+                raise
+        with self.core.db.transaction() as s:  # saved under this id by another process meanwhile: that one
+            return self._info(s, s.get(Run, run_id))
+
+    def _insert(self, actor: Actor, record: RunRecord, run_id: str, inputs_sha: str, results_sha: str) -> RunInfo:
         with self.core.db.transaction() as s:
             self.core.require(s, actor, Action.SAVE_RUN)
             row = Run(id=run_id, version_id=self.registry.version_id(s, record.model, record.version),
