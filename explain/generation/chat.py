@@ -5,7 +5,8 @@ A Hugging Face causal LM keeps its chat template in ``tokenizer_config.json`` (`
 text. It came with an upload, so it never runs as code: `render_chat` renders it in the model's
 sandboxed process (`explain.loading.model_process.in_model_process`: time-bounded, expendable) with
 Jinja's ``ImmutableSandboxedEnvironment`` (no attribute of Python's internals, ``__class__``,
-``__globals__``, no mutation of the messages), its output capped at `MAX_CHAT_CHARS`. The context is
+``__globals__``, no mutation of the messages), its output capped at `MAX_CHAT_CHARS` and its time at
+`MAX_CHAT_SECONDS`. The context is
 transformers' own: ``messages``, ``add_generation_prompt``, ``bos_token`` / ``eos_token`` (the
 model's), ``raise_exception``. The rendered text already holds the special tokens the template writes,
 so it is encoded without the tokenizer's post-processor (`explain.generation.prompts.encode_texts` with
@@ -14,7 +15,10 @@ so it is encoded without the tokenizer's post-processor (`explain.generation.pro
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,9 @@ from explain.model import LoadedModel
 
 #: The longest rendered chat (characters).
 MAX_CHAT_CHARS = 200_000
+#: The longest one chat may take to render (seconds): a template that loops without writing never
+#: reaches the size check, and would hold the model's process for the whole model-call timeout.
+MAX_CHAT_SECONDS = 5.0
 #: The most messages in one chat, and chats in one file.
 MAX_MESSAGES = 256
 MAX_CHATS = 1000
@@ -115,11 +122,12 @@ def _render(compiled, context: dict[str, Any]) -> str:
 
     parts, size = [], 0
     try:
-        for chunk in compiled.generate(**context):
-            size += len(chunk)
-            if size > MAX_CHAT_CHARS:
-                raise TooLarge(f"The chat template wrote over {MAX_CHAT_CHARS:,} characters.")
-            parts.append(chunk)
+        with _deadline(MAX_CHAT_SECONDS):
+            for chunk in compiled.generate(**context):
+                size += len(chunk)
+                if size > MAX_CHAT_CHARS:
+                    raise TooLarge(f"The chat template wrote over {MAX_CHAT_CHARS:,} characters.")
+                parts.append(chunk)
     except SecurityError as exc:
         raise UnsafeFile(f"The chat template was refused: it reaches for {_first_line(exc)}") from None
     except InputRefused:
@@ -129,6 +137,28 @@ def _render(compiled, context: dict[str, Any]) -> str:
     except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
         raise IncompatibleInput(f"The chat template failed on these messages ({type(exc).__name__}).") from None
     return "".join(parts)
+
+
+@contextmanager
+def _deadline(seconds: float):
+    """Stop the template's own code (Jinja compiles it to Python named ``<template>``) once it has
+    run ``seconds``: a line tracer on its frames only, in this thread, the previous tracer restored."""
+    stop = time.monotonic() + seconds
+
+    def line(frame, event, arg):
+        if event == "line" and time.monotonic() > stop:
+            raise TooLarge(f"The chat template ran over {seconds:g} s.")
+        return line
+
+    def call(frame, event, arg):
+        return line if frame.f_code.co_filename == "<template>" else None
+
+    previous = sys.gettrace()
+    sys.settrace(call)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
 
 
 def _first_line(exc: Exception) -> str:

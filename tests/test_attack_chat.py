@@ -1,0 +1,40 @@
+"""Red-team checks of chat templates (explain.generation.chat): a template is an upload's data, so
+one that loops without writing anything must not hold the model's process (and its lock) for the
+whole model-call timeout (600 s by default); it is stopped after `MAX_CHAT_SECONDS` in one line."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from explain.errors import TooLarge
+from explain.generation import chat
+from explain.generation.chat import _compile, _render
+
+LOOPS = {  # 10^10 iterations, nothing written: no output chunk ever reaches the size check
+    "nested range": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x",
+    "one list, looped twice": "{% set r = range(100000) | list %}{% for i in r %}{% for j in r %}"
+                              "{% endfor %}{% endfor %}x",
+    "recursive macro over a list": "{% set r = range(100000) | list %}{% macro f(n) %}{% for i in r %}"
+                                   "{% endfor %}{% if n %}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(100000) }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOPS))
+def test_a_template_that_loops_without_writing_is_stopped_in_time(name, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_CHAT_SECONDS", 0.3)
+    started = time.monotonic()
+    with pytest.raises(TooLarge, match=r"ran over 0.3 s") as caught:
+        _render(_compile(LOOPS[name]), {"messages": [{"role": "user", "content": "hi"}]})
+    assert time.monotonic() - started < 3.0
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_an_ordinary_template_renders_as_before_and_leaves_the_tracer_alone():
+    import sys
+
+    before = sys.gettrace()
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"
+    out = _render(_compile(template), {"messages": [{"role": "user", "content": "two plus two is"}] * 3})
+    assert out == "<|user|>two plus two is\n" * 3 + "<|assistant|>"
+    assert sys.gettrace() is before
