@@ -13,7 +13,7 @@ from explain.digest import digest_bytes
 from explain.errors import NotFound, UsageError
 from explain.workspace.core import Core, iso
 from explain.workspace.roles import Action, Actor, check_role
-from explain.workspace.schema import ApiToken, User
+from explain.workspace.schema import ApiToken, Model, ProtectedAlias, User
 
 MIN_PASSWORD = 8
 
@@ -122,7 +122,15 @@ class Users:
             user = self._get(s, name)
             if user.role == "admin" and not self._admins_left(s, name):
                 raise UsageError(f"{name} is the last admin.", "Make another user admin first.")
-            self.core.audit(s, actor, "user.remove", "user", name, before={"role": user.role})
+            # approvers are named by account: a later account of this name (someone else) approves nothing
+            approver_of = []
+            for row, model in s.execute(select(ProtectedAlias, Model.name).join(Model)
+                                        .order_by(Model.name, ProtectedAlias.name)):
+                if name in row.approvers:
+                    row.approvers = [a for a in row.approvers if a != name]
+                    approver_of.append(f"{model}@{row.name}")
+            self.core.audit(s, actor, "user.remove", "user", name, before={"role": user.role},
+                            after={"approver_of_protected_aliases": approver_of} if approver_of else None)
             s.delete(user)
             return {"removed": name}
 
