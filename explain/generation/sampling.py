@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name, kind in (("temperature", Real), ("top_k", Integral), ("top_p", Real), ("seed", Integral)):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), kind):
+                raise UsageError(f"{name} must be {'an integer' if kind is Integral else 'a number'}, "
+                                 f"not {getattr(self, name)!r:.40}.")
         if not (math.isfinite(self.temperature) and 0 <= self.temperature <= MAX_TEMPERATURE):
             raise UsageError(f"temperature must be 0 .. {MAX_TEMPERATURE:g}, not {self.temperature}.")
         if int(self.top_k) < 0:
