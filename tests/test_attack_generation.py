@@ -26,3 +26,10 @@ def test_numbers_of_the_right_kind_still_make_a_sampling():
 
     assert Sampling(0.7, 5, 0.9, 3).to_dict() == {"temperature": 0.7, "top_k": 5, "top_p": 0.9, "seed": 3}
     assert Sampling(1, np.int64(2), 1, np.int64(4)).to_dict() == {"temperature": 1, "top_k": 2, "top_p": 1, "seed": 4}
+
+
+@pytest.mark.parametrize("targets", [[1], [None], [["a"]], [{"text": "a"}]], ids=repr)
+def test_targets_that_are_not_texts_are_a_usage_error(targets):
+    """Each was a TypeError from the tokenizer ('TextInputSequence must be str'): a 500."""
+    with pytest.raises(UsageError, match=r"^parameters.targets must be a list of texts, one per prompt"):
+        generation_request(None, "m", 1, ["hello"], {"targets": targets})

@@ -294,6 +294,8 @@ def generation_request(model: LoadedModel, name: str, version: int, prompts: Any
     if not isinstance(prompts, list):
         raise UsageError("prompts must be a non-empty list of non-empty texts.")
     continuations = given.pop("targets", None)
+    if continuations is not None and not all(isinstance(c, str) for c in continuations):
+        raise UsageError(f"parameters.targets must be {_TYPE_NAMES[list]}, one per prompt.")
     if "sampling" in given:
         try:
             given["sampling"] = Sampling(**given["sampling"])
