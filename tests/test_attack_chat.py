@@ -38,3 +38,30 @@ def test_an_ordinary_template_renders_as_before_and_leaves_the_tracer_alone():
     out = _render(_compile(template), {"messages": [{"role": "user", "content": "two plus two is"}] * 3})
     assert out == "<|user|>two plus two is\n" * 3 + "<|assistant|>"
     assert sys.gettrace() is before
+
+
+def test_every_chat_of_one_call_shares_one_time_budget():
+    """render_chat gives all its chats one deadline: a template just under the limit per chat, over
+    1000 prompts, would otherwise hold the model's process 1000 times as long. A chat rendered
+    after that deadline stops at its first line, however ordinary its template."""
+    with pytest.raises(TooLarge, match="ran over"):
+        _render(_compile("{{ messages[0]['content'] }}"), {"messages": [{"role": "user", "content": "hi"}]},
+                time.monotonic() - 1)
+    assert _render(_compile("{{ messages[0]['content'] }}"), {"messages": [{"role": "user", "content": "hi"}]},
+                   time.monotonic() + 5) == "hi"
+
+
+def test_render_chat_stops_a_call_whose_chats_together_run_over(monkeypatch):
+    """A clock that moves 0.01 s each time it is read, a 1 s budget: one chat of this template reads
+    it 42 times (fits), the 5 chats of one call 206 times (do not); per chat they would all fit."""
+    from types import SimpleNamespace
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(chat, "time", SimpleNamespace(monotonic=lambda: next(clock) * 0.01))
+    monkeypatch.setattr(chat, "MAX_CHAT_SECONDS", 1.0)
+    monkeypatch.setattr(chat, "_special_tokens", lambda model: {})
+    model = SimpleNamespace(name="m", process=None, spec=SimpleNamespace(
+        chat_template="{% for i in range(10) %}{% endfor %}{{ messages[0]['content'] }}"))
+    assert chat.render_chat(model, [[{"role": "user", "content": "hi"}]]) == ["hi"]
+    with pytest.raises(TooLarge, match="ran over 1 s"):
+        chat.render_chat(model, [[{"role": "user", "content": "hi"}]] * 5)
