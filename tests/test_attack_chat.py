@@ -65,3 +65,10 @@ def test_render_chat_stops_a_call_whose_chats_together_run_over(monkeypatch):
     assert chat.render_chat(model, [[{"role": "user", "content": "hi"}]]) == ["hi"]
     with pytest.raises(TooLarge, match="ran over 1 s"):
         chat.render_chat(model, [[{"role": "user", "content": "hi"}]] * 5)
+
+
+def test_a_template_that_asks_for_too_much_memory_is_refused_in_one_line():
+    """'a' * 10**15 (a petabyte): a bare MemoryError with an empty message before; the model's process
+    (or, trusted, the server) is left as it was, since the allocation fails whole."""
+    with pytest.raises(TooLarge, match="^The chat template needed more memory than it may use.$"):
+        _render(_compile("{{ 'a' * 10**15 }}"), {"messages": []})

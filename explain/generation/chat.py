@@ -135,6 +135,8 @@ def _render(compiled, context: dict[str, Any], stop: float | None = None) -> str
         raise UnsafeFile(f"The chat template was refused: it reaches for {_first_line(exc)}") from None
     except InputRefused:
         raise
+    except MemoryError:
+        raise TooLarge("The chat template needed more memory than it may use.") from None
     except TemplateError as exc:
         raise IncompatibleInput(f"The chat template failed on these messages: {_first_line(exc)}") from None
     except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
