@@ -125,6 +125,6 @@ def test_the_matrix_by_group_masks_the_groups_a_token_cannot_read():
     fig = generation_figure(grouped, 4, labels, groups=(["<s>", "a b c", "x y"], np.array([0, 1, 4])))
     z = np.asarray(fig.data[0].z, dtype=float)
     np.testing.assert_array_equal(np.isnan(z), [[False, False, True], [False, False, False]])  # "x y" starts at 4
-    assert list(fig.layout.xaxis.ticktext) == ["<s>", "a b c", "x y"] and list(fig.layout.yaxis.ticktext) == ["x", "y"]
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;s&gt;", "a b c", "x y"]  # plotly reads HTML and list(fig.layout.yaxis.ticktext) == ["x", "y"]
     assert fig.layout.shapes[0].x0 == 1.5  # the prompt | generated line after the prompt's two groups
     assert fig.data[0].customdata[1][2] == "y ← x y (generated 2)"

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from explain.viz.attribution import BAR_TICK_SIZE, FONT, colour_bar_text, colour_bar_ticks, plotly_colorscale
-from explain.viz.labels import elide, format_value, keep_labels_inside, label_margin
+from explain.viz.labels import elide, format_value, keep_labels_inside, label_margin, plot_text
 from explain.viz.structure import ATTENTION_SCALE
 
 
@@ -52,11 +52,12 @@ def generation_figure(values: np.ndarray, prompt_length: int, source_tokens: Seq
     row_names = [str(t) for t in source_tokens][prompt_length:prompt_length + t_count]
     tokens = [str(t) for t in (source_tokens if groups is None else groups[0])][:length]
     tokens += [""] * (length - len(tokens))
-    shown = [elide(t) for t in tokens]  # the axes are positions: equal tokens need not differ
+    shown = [plot_text(elide(t)) for t in tokens]  # the axes are positions: equal tokens need not differ
     finite = np.abs(z[np.isfinite(z)])
     zmax = float(zmax or (finite.max() if finite.size else 0.0) or 1.0)
     ticks, labels = colour_bar_ticks(zmax, "all")
-    hover = np.array([[f"{row} ← {tokens[c]} ({'prompt' if first[c] < prompt_length else 'generated'} {c})"
+    hover = np.array([[f"{plot_text(row)} ← {plot_text(tokens[c])} "
+                       f"({'prompt' if first[c] < prompt_length else 'generated'} {c})"
                        for c in range(length)] for row in row_names], dtype=object).reshape(t_count, length)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(length)), y=list(range(t_count)), zmin=-zmax, zmax=zmax, colorscale=plotly_colorscale("all"),
@@ -72,7 +73,7 @@ def generation_figure(values: np.ndarray, prompt_length: int, source_tokens: Seq
         margin=dict(l=label_margin([elide(t) for t in row_names] or ["x"]), r=10, t=40 if title else 10, b=90),
         xaxis=dict(tickmode="array", tickvals=list(range(length)), ticktext=shown, tickangle=-45,
                    title="source token (prompt, then generated)", showgrid=False, zeroline=False),
-        yaxis=dict(tickmode="array", tickvals=list(range(t_count)), ticktext=[elide(t) for t in row_names],
+        yaxis=dict(tickmode="array", tickvals=list(range(t_count)), ticktext=[plot_text(elide(t)) for t in row_names],
                    autorange="reversed", title="generated token", showgrid=False, zeroline=False),
     )
     return keep_labels_inside(fig)
@@ -114,8 +115,9 @@ def step_attention_figure(weights: np.ndarray, rollout: np.ndarray, position: in
                         np.asarray(rollout, dtype=np.float64)[position, :keys][None]])  # [layers * heads + 1, keys]
     rows = [f"L{layer} H{head}" for layer in range(layers) for head in range(heads)] + ["rollout"]
     tokens = [str(t) for t in source_tokens][:keys]
-    shown = [elide(t) for t in tokens]
-    hover = np.array([[f"{row} · {tokens[c]} ({c})" for c in range(keys)] for row in rows], dtype=object)
+    shown = [plot_text(elide(t)) for t in tokens]
+    hover = np.array([[f"{row} · {plot_text(tokens[c])} ({c})" for c in range(keys)] for row in rows],
+                     dtype=object)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(keys)), y=list(range(len(rows))), zmin=0, zmax=1, colorscale=ATTENTION_SCALE,
         customdata=hover, hovertemplate="%{customdata}<br>weight %{z:.3f}<extra></extra>",

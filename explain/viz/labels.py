@@ -6,6 +6,7 @@ had them clipped; the figures that list layers set their margin from the labels 
 """
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,13 @@ def elide(label: str, max_chars: int = MAX_LABEL_CHARS) -> str:
     tail = (max_chars - 1) // 2
     head = max_chars - 1 - tail
     return f"{label[:head]}…{label[-tail:]}"
+
+
+def plot_text(label) -> str:
+    """``label`` as plotly text: ``<`` ``>`` ``&`` escaped. Plotly reads labels, titles and hover text as
+    HTML, so a token such as ``</s>`` or ``<s>`` (RoBERTa's, Llama's) closed or opened a strike-through,
+    vanished from its axis and threw the axis's margin off."""
+    return html.escape(str(label), quote=False)
 
 
 def elide_all(labels: Sequence[str], max_chars: int = MAX_LABEL_CHARS) -> list[str]:

@@ -20,6 +20,7 @@ from explain.viz.labels import (
     format_value,
     keep_labels_inside,
     label_margin,
+    plot_text,
     title_margin,
     wrap_title,
 )
@@ -254,10 +255,10 @@ def _short(name: str, keep: int = 3) -> str:
 
 
 def _unique(labels: list) -> list:
-    """Category axes merge equal labels: make repeated ones distinct."""
+    """Category axes merge equal labels: make repeated ones distinct (and plotly-safe: `plot_text`)."""
     seen: dict = {}
     out = []
     for lab in labels:
         seen[lab] = seen.get(lab, 0) + 1
-        out.append(lab if seen[lab] == 1 else f"{lab}·{seen[lab]}")
+        out.append(plot_text(lab) if seen[lab] == 1 else f"{plot_text(lab)}·{seen[lab]}")
     return out
