@@ -89,6 +89,11 @@ def test_version_against_itself_agrees_everywhere(same):
     assert d["structure"]["flops"] == [MLP_FLOPS, MLP_FLOPS]
     assert d["structure"]["layers_changed"] == []
     assert same.structure.a.dtypes == ["float32"]
+    from explain.viz.compare import MIN_SHIFT_AXIS, figure_probability_shifts
+
+    shifts = figure_probability_shifts(same)  # one bar at 0, on an axis of probabilities, not of float rounding
+    assert tuple(shifts.layout.xaxis.range) == pytest.approx((0.0, MIN_SHIFT_AXIS), rel=1e-3)
+    assert sum(len(t.x) for t in shifts.data) == N
 
 
 def test_pruned_copy_loses_exactly_the_zeroed_weights(inputs):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from explain.compare.comparison import Comparison
 
 FLIPPED_COLOR, KEPT_COLOR = "#d62728", "#1f77b4"
+MIN_SHIFT_AXIS = 0.01  # the shift histogram's x axis spans at least one percentage point
 
 
 def figure_probability_shifts(comparison: Comparison, height: int = 260) -> go.Figure:
@@ -28,15 +29,17 @@ def figure_probability_shifts(comparison: Comparison, height: int = 260) -> go.F
     shift = o.shift  # [N]
     flipped = np.zeros(len(shift), dtype=bool)
     flipped[o.flipped] = True
-    top = max(float(shift.max(initial=0.0)), 1e-6)
-    edges = dict(start=0.0, end=top * 1.0001, size=top / 20)  # 20 bins over [0, the largest shift]
+    # 20 bins over [0, the largest shift], at least [0, 0.01]: a version against itself (shifts of float
+    # rounding, 1e-8) drew one bar over an axis of nano-probabilities
+    top = max(float(np.abs(shift).max(initial=0.0)), MIN_SHIFT_AXIS)
+    edges = dict(start=0.0, end=top * 1.0001, size=top / 20)
     fig = go.Figure()
     for mask, name, color in ((~flipped, "same class", KEPT_COLOR), (flipped, "flipped", FLIPPED_COLOR)):
         fig.add_trace(go.Histogram(x=shift[mask], name=f"{name} ({int(mask.sum())})", marker_color=color,
                                    xbins=edges, hovertemplate="Δp %{x}<br>%{y} inputs<extra></extra>"))
     fig.update_layout(barmode="stack", height=height, font=FONT, margin=dict(l=10, r=10, t=20, b=10),
                       plot_bgcolor="white", legend=dict(orientation="h", y=1.1))
-    fig.update_xaxes(title_text="largest change of a class probability, B − A")
+    fig.update_xaxes(title_text="largest change of a class probability, |B − A|", range=[0.0, top * 1.0001])
     fig.update_yaxes(title_text="inputs", gridcolor="#eee")
     return keep_labels_inside(fig)
 
