@@ -62,6 +62,19 @@ DEFAULT_STEPS = 128
 MAX_STEPS = 1024
 
 
+def checked_settings(method: str, baseline: str, steps: int, what: str, methods: Sequence[str] = METHODS) -> int:
+    """The gradient methods' settings checked in one place (a generation, a contrast): ``method`` one of
+    ``methods``, ``baseline`` one of `BASELINES`, steps 1 .. `MAX_STEPS`; returns the steps used (1 unless IG)."""
+    if method not in methods:
+        raise UsageError(f"Unknown method {method!r} for {what}; use one of {', '.join(methods)}.")
+    if baseline not in BASELINES:
+        raise UsageError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
+    steps = int(steps) if method == "integrated_gradients" else 1
+    if not 1 <= steps <= MAX_STEPS:
+        raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
+    return steps
+
+
 @in_model_process
 def attribute_generation(model: LoadedModel, texts: Sequence[GeneratedText], method: str = "integrated_gradients",
                          steps: int = DEFAULT_STEPS, baseline: str = "pad", batch_size: int = 0,
@@ -76,13 +89,7 @@ def attribute_generation(model: LoadedModel, texts: Sequence[GeneratedText], met
         batch_size: rows per pass (0: as many as fit). device: ``auto`` | ``cpu`` | ``cuda``.
         progress: progress(done, total) over the grid's rows; raising in it cancels.
     """
-    if method not in METHODS:
-        raise UsageError(f"Unknown method {method!r} for a generation; use one of {', '.join(METHODS)}.")
-    if baseline not in BASELINES:
-        raise UsageError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
-    steps = int(steps) if method == "integrated_gradients" else 1
-    if not 1 <= steps <= MAX_STEPS:
-        raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
+    steps = checked_settings(method, baseline, steps, "a generation")
     lm = causal_lm(model)
     engine = Engine(device=device, precision="fp32", batch_size=batch_size)
     model.to(engine.device)

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from explain.errors import IncompatibleInput, UsageError
-from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, keeps_logits
+from explain.generation.attribution import DEFAULT_STEPS, checked_settings, keeps_logits
 from explain.generation.causal_lm import causal_lm, device_of
-from explain.generation.reference import BASELINES, reference_embeddings
+from explain.generation.reference import reference_embeddings
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
@@ -89,13 +89,7 @@ def attribute_contrast(model: LoadedModel, texts: Sequence[GeneratedText], alter
         UsageError: an unknown method or baseline, steps out of range, a step past a text's tokens,
             an alternative per text missing, or an alternative equal to the token.
     """
-    if method not in METHODS:
-        raise UsageError(f"Unknown method {method!r} for a contrast; use one of {', '.join(METHODS)}.")
-    if baseline not in BASELINES:
-        raise UsageError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
-    steps = int(steps) if method == "integrated_gradients" else 1
-    if not 1 <= steps <= MAX_STEPS:
-        raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
+    steps = checked_settings(method, baseline, steps, "a contrast", METHODS)
     if len(alternatives) != len(texts):
         raise UsageError(f"{len(alternatives)} alternatives for {len(texts)} prompts; give one per prompt.")
     lm = causal_lm(model)
