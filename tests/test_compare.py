@@ -222,7 +222,7 @@ def _saved(record):
 
 def test_a_comparison_run_reads_back_and_makes_the_report_section(inputs):
     from explain.compare.job import comparison_record
-    from explain.report.job import _carried
+    from explain.report.job import carried_runs
     from explain.report.sections import build_report
     from explain.workspace.run_kinds import read_run
 
@@ -242,7 +242,8 @@ def test_a_comparison_run_reads_back_and_makes_the_report_section(inputs):
 
     carried = {f"comparison/inputs/{k}": v for k, v in run.inputs.items()}
     carried.update({f"comparison/results/{k}": v for k, v in run.results.items()})
-    via_job = _carried("comparison", run.info.to_dict(), carried)  # what a report job carries, rebuilt by the worker
+    (kind, again), = carried_runs({"comparison": run.info.to_dict()}, carried).items()  # rebuilt by the worker
+    via_job = read_run(again)
     report = build_report(model, None, methods=("saliency",), comparison=via_job)
     (section,) = [s for s in report.sections if s.title == "Compare"]
     assert section.error is None and section.data == result.to_dict()

@@ -28,7 +28,6 @@ passes. A chunk of one row (``batch_size=1``) is the one-target-at-a-time comput
 """
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 from explain.errors import UsageError
-from explain.generation.causal_lm import causal_lm, device_of
+from explain.generation.causal_lm import causal_lm, device_of, target_logprob_grid
 from explain.generation.reference import BASELINES, reference_embeddings
 from explain.generation.result import GeneratedText, GenerationAttribution
 from explain.loading.model_process import in_model_process
@@ -178,21 +177,6 @@ def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, meth
         error.float().cpu().numpy(), method, params, time.perf_counter() - began, notes + list(engine.notes))
 
 
-def target_logprob_grid(lm: nn.Module, points: torch.Tensor, positions: torch.Tensor,
-                        targets: torch.Tensor) -> torch.Tensor:
-    """log p(targets[j] | points[b, :positions[j] + 1]) for every point b and target j: [B, K].
-
-    points [B, L, D] input embeddings (B points of one text: IG's steps), positions [K] distinct
-    positions (where each target is predicted from), targets [K] ids. One forward pass; the
-    head runs only at ``positions`` when the model takes ``logits_to_keep``.
-    """
-    kwargs = {"logits_to_keep": positions} if keeps_logits(lm) else {}
-    logits = lm(inputs_embeds=points, use_cache=False, **kwargs).logits  # [B, K or L, V]
-    rows = logits if kwargs else logits[:, positions]  # [B, K, V]
-    index = targets.view(1, -1, 1).expand(points.shape[0], -1, 1)  # [B, K, 1]
-    return torch.log_softmax(rows.float(), dim=-1).gather(2, index)[..., 0]
-
-
 def _target_logprobs(lm: nn.Module, points: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(targets[j] | points[0, :positions[j] + 1]) of one text (points [1, L, D]): [K]."""
     return target_logprob_grid(lm, points, positions, targets)[0]
@@ -206,11 +190,3 @@ def token_gradients(logp: torch.Tensor, points: torch.Tensor, picks: torch.Tenso
         return grads[None]
     (grads,) = torch.autograd.grad(logp, points, picks, is_grads_batched=True)
     return grads
-
-
-def keeps_logits(lm: nn.Module) -> bool:
-    """True when the model's forward takes ``logits_to_keep`` (the head runs only where asked)."""
-    try:
-        return "logits_to_keep" in inspect.signature(lm.forward).parameters
-    except (TypeError, ValueError):
-        return False

@@ -9,6 +9,7 @@ except `require_causal_lm`, which reads the spec only.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,3 +122,26 @@ def check_lengths(lm: nn.Module, prompts: Sequence[np.ndarray], new_tokens: Sequ
             more = f"; with {new} more it exceeds" if new else ", over"
             raise TooLarge(f"Prompt {i + 1} has {len(prompt)} tokens{more} the model's {limit} positions.",
                            "Use a shorter prompt" + (" or fewer new tokens." if new else "."))
+
+
+def target_logprob_grid(lm: nn.Module, points: torch.Tensor, positions: torch.Tensor,
+                        targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets[j] | points[b, :positions[j] + 1]) for every point b and target j: [B, K].
+
+    points [B, L, D] input embeddings (B points of one text: IG's steps), positions [K] distinct
+    positions (where each target is predicted from), targets [K] ids. One forward pass; the
+    head runs only at ``positions`` when the model takes ``logits_to_keep``.
+    """
+    kwargs = {"logits_to_keep": positions} if keeps_logits(lm) else {}
+    logits = lm(inputs_embeds=points, use_cache=False, **kwargs).logits  # [B, K or L, V]
+    rows = logits if kwargs else logits[:, positions]  # [B, K, V]
+    index = targets.view(1, -1, 1).expand(points.shape[0], -1, 1)  # [B, K, 1]
+    return torch.log_softmax(rows.float(), dim=-1).gather(2, index)[..., 0]
+
+
+def keeps_logits(lm: nn.Module) -> bool:
+    """True when the model's forward takes ``logits_to_keep`` (the head runs only where asked)."""
+    try:
+        return "logits_to_keep" in inspect.signature(lm.forward).parameters
+    except (TypeError, ValueError):
+        return False

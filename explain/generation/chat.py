@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from explain.errors import CorruptFile, IncompatibleInput, InputRefused, TooLarge, UnsafeFile, UsageError
+from explain.errors import CorruptFile, IncompatibleInput, InputRefused, TooLarge, UnsafeFile, UsageError, one_line
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 
@@ -115,7 +115,7 @@ def _compile(template: str):
     try:
         return env.from_string(template)
     except TemplateError as exc:
-        raise CorruptFile(f"The chat template is not a Jinja template: {_first_line(exc)}") from None
+        raise CorruptFile(f"The chat template is not a Jinja template: {one_line(exc, 200, typed=False)}") from None
 
 
 def _render(compiled, context: dict[str, Any], stop: float | None = None) -> str:
@@ -132,13 +132,13 @@ def _render(compiled, context: dict[str, Any], stop: float | None = None) -> str
                     raise TooLarge(f"The chat template wrote over {MAX_CHAT_CHARS:,} characters.")
                 parts.append(chunk)
     except SecurityError as exc:
-        raise UnsafeFile(f"The chat template was refused: it reaches for {_first_line(exc)}") from None
+        raise UnsafeFile(f"The chat template was refused: it reaches for {one_line(exc, 200, typed=False)}") from None
     except InputRefused:
         raise
     except MemoryError:
         raise TooLarge("The chat template needed more memory than it may use.") from None
     except TemplateError as exc:
-        raise IncompatibleInput(f"The chat template failed on these messages: {_first_line(exc)}") from None
+        raise IncompatibleInput(f"The chat template failed on these messages: {one_line(exc, 200, typed=False)}") from None
     except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
         raise IncompatibleInput(f"The chat template failed on these messages ({type(exc).__name__}).") from None
     return "".join(parts)
@@ -164,10 +164,6 @@ def _deadline(stop: float):
         yield
     finally:
         sys.settrace(previous)
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _special_tokens(model: LoadedModel) -> dict[str, str]:

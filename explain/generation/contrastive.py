@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from explain.errors import IncompatibleInput, UsageError
-from explain.generation.attribution import DEFAULT_STEPS, checked_settings, keeps_logits
-from explain.generation.causal_lm import causal_lm, device_of
+from explain.generation.attribution import DEFAULT_STEPS, checked_settings
+from explain.generation.causal_lm import causal_lm, device_of, keeps_logits
 from explain.generation.reference import reference_embeddings
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process

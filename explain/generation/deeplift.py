@@ -48,9 +48,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from explain.errors import IncompatibleInput
-from explain.generation.attribution import target_logprob_grid
-from explain.generation.causal_lm import device_of, max_positions, special_ids
+from explain.errors import IncompatibleInput, one_line
+from explain.generation.causal_lm import device_of, max_positions, special_ids, target_logprob_grid
 from explain.generation.reference import reference_embeddings
 from explain.generation.result import GeneratedText, GenerationAttribution
 from explain.output import pair_rules as pr
@@ -93,8 +92,7 @@ def decoder_graph(lm: nn.Module, dim: int) -> CapturedGraph:
         module = ep.run_decompositions({}).module() if _mutates(ep) else ep.module()
     except Exception as exc:  # noqa: BLE001 - any export failure: say so in one line
         raise IncompatibleInput(
-            f"Cannot capture this causal LM's decoder as a graph for DeepLIFT ({type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}).",
+            f"Cannot capture this causal LM's decoder as a graph for DeepLIFT ({one_line(exc, 200)}).",
             "Use integrated_gradients instead.") from None
     captured = CapturedGraph(module, "torch.export of the decoder (dynamic batch and length)")
     GRAPH_CACHE.put_keyed(key, lm, captured)

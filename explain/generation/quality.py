@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from explain.errors import IncompatibleInput, UsageError
-from explain.generation.attribution import keeps_logits
-from explain.generation.causal_lm import causal_lm, check_lengths, device_of, special_ids
+from explain.generation.causal_lm import causal_lm, check_lengths, device_of, keeps_logits, special_ids
 from explain.generation.result import GenerationAttribution
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel

@@ -103,8 +103,14 @@ def report_job(model: LoadedModel, name: str, version: int, inputs: np.ndarray |
 
 
 def run_report_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str, np.ndarray],
-                   progress: ProgressFn, review: ReviewRecord | None) -> RunRecord:
-    """Build the report the job describes; saved as a ``report`` run holding its HTML."""
+                   progress: ProgressFn, review: ReviewRecord | None,
+                   carried: dict[str, Any] | None = None) -> RunRecord:
+    """Build the report the job describes; saved as a ``report`` run holding its HTML.
+
+    ``carried``: the runs `carried_runs` found, each read by its kind's reader (``comparison``: a
+    `Comparison`, ``generation``: a `SavedGeneration`) — read by the caller, which may know the run
+    kinds (`explain.workspace.run_kinds` registers this module's writer)."""
+    carried = carried or {}
     logs: list[Log] = []
     for i, log in enumerate(params.get("logs", [])):
         if log.get("folder") is not None:
@@ -119,8 +125,7 @@ def run_report_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str,
                           method_params=params.get("method_params"), labels=arrays.get("labels"),
                           title=params.get("title"), invocation=params.get("invocation") or None, review=review,
                           quality=params.get("quality"), masks=arrays.get("masks"),
-                          comparison=_carried("comparison", params.get("comparison"), arrays),
-                          generation=_carried("generation", params.get("generation"), arrays))
+                          comparison=carried.get("comparison"), generation=carried.get("generation"))
     html = report.to_html().encode("utf-8")
     saved_inputs = {k: arrays[k] for k in ("inputs", "labels") if k in arrays}
     return RunRecord(
@@ -136,16 +141,18 @@ def run_report_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str,
         environment=environment())
 
 
-def _carried(kind: str, info: dict[str, Any] | None, arrays: dict[str, np.ndarray]):
-    """The saved ``kind`` run `report_job` carried, read by its kind's reader (None: none)."""
-    if not info:
-        return None
-    from explain.workspace.run_kinds import read_run
+def carried_runs(params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, SavedRun]:
+    """The saved runs `report_job` carried whole (``comparison``, ``generation``), by kind; none: {}."""
     from explain.workspace.runs import RunInfo
 
-    part = {role: {k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith(f"{kind}/{role}/")}
-            for role in ("inputs", "results")}
-    return read_run(SavedRun(RunInfo(**info), part["inputs"], part["results"]))
+    out = {}
+    for kind in ("comparison", "generation"):
+        info = params.get(kind)
+        if info:
+            part = {role: {k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith(f"{kind}/{role}/")}
+                    for role in ("inputs", "results")}
+            out[kind] = SavedRun(RunInfo(**info), part["inputs"], part["results"])
+    return out
 
 
 def report_html(run: SavedRun) -> bytes:

@@ -290,8 +290,9 @@ register_runner("dataset", run_dataset)
 def run_report(ctx: JobContext) -> RunRecord:
     """The report the job describes (`explain.report.job.run_report_job`), saved as a report run;
     with ``review``, the version's decisions and comments as they are when it is built."""
-    from explain.report.job import run_report_job
+    from explain.report.job import carried_runs, run_report_job
     from explain.report.review import review_record
+    from explain.workspace.run_kinds import read_run
 
     p = ctx.job.params
     model = ctx.model(p["model"], int(p["version"]))
@@ -299,7 +300,8 @@ def run_report(ctx: JobContext) -> RunRecord:
     if p.get("review"):
         record = review_record(ctx.ws, ctx.job.owner_actor, p["model"], int(p["version"]), run_id=p.get("review_run"))
         review = record if record.decisions or record.comments else None  # nothing reviewed: no section
-    return run_report_job(model, p, ctx.inputs, ctx.progress, review)
+    carried = {kind: read_run(run) for kind, run in carried_runs(p, ctx.inputs).items()}
+    return run_report_job(model, p, ctx.inputs, ctx.progress, review, carried)
 
 
 register_runner("report", run_report)
