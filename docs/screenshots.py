@@ -174,6 +174,23 @@ def main() -> None:
             page.get_by_text("Your training logs and checkpoints").click()  # fold the uploader away
             wait_for_app(page)
             shoot(page, "training-runs", 1250)
+
+            # the causal-LM sample: the Generate page opens on its saved first view
+            page.goto(url + "/generate")
+            wait_for_app(page)
+            pick_sample(page, "Key copy — causal LM (Generate page)")
+            page.get_by_text("Selected step: attention and logit lens").wait_for()
+            page.set_viewport_size({"width": WIDTH, "height": 1300})
+            page.get_by_text("Generated text", exact=True).scroll_into_view_if_needed()
+            shoot(page, "generate", 1300)
+
+            # a version against itself on the Compare page
+            page.goto(url + "/compare?a=cancer%40v1&b=cancer%40v1")
+            wait_for_app(page)
+            page.get_by_role("button", name="Compare").click()
+            page.locator('[data-testid="stMain"] .js-plotly-plot').first.wait_for()
+            wait_for_app(page)
+            shoot(page, "compare", 2100)  # the form, then outputs and explanations
             shoot_own_model(browser, url)
             shoot_report(browser)
             browser.close()
