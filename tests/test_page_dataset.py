@@ -152,6 +152,11 @@ def test_browser_draws_partial_summaries_of_a_running_job_and_cancels_it(app_url
     shard = main.get_by_label("Rows per shard")
     shard.fill("1")  # the sample's 32 images, one shard each
     shard.press("Enter")
+    wait_for_app(page)
+    main.get_by_text("Method parameters").click()  # enough work per shard that the job is still running
+    steps = main.get_by_label("steps", exact=True)  # when the page is read and Cancel pressed, with
+    steps.fill("512")  # several worker threads on a quiet machine
+    steps.press("Enter")
     page.wait_for_timeout(1_000)
     live = main.get_by_text(re.compile(r"\d+ of 32 rows · \d+ of 32 shards"))
     for _ in range(3):  # a click that lands during a rerun is lost with the re-drawn button: click again
@@ -167,10 +172,11 @@ def test_browser_draws_partial_summaries_of_a_running_job_and_cancels_it(app_url
     main.locator(".js-plotly-plot").first.wait_for(timeout=60_000)  # the partial class-mean maps
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "dataset_job_running.png"), full_page=True)
-    job_id = re.search(r"\(job (\w+)\)", bar.first.inner_text()).group(1)
+    ws = open_workspace()
+    (job,) = [j for j in ws.jobs.list(Actor.local(), limit=5) if j.kind == "dataset" and j.status == "running"]
+    job_id = job.id
     main.get_by_role("button", name="Cancel").click()
     main.get_by_text("The dataset run was cancelled.").wait_for(timeout=120_000)
-    ws = open_workspace()
     job = ws.jobs.get(Actor.local(), job_id)
     assert job.status == "cancelled" and job.run is None
     assert page.locator('[data-testid="stException"]').count() == 0
