@@ -253,7 +253,7 @@ def from_array(arr: np.ndarray, spec: InputSpec, name: str = "array") -> InputBa
     if arr.shape[0] == 0:
         raise IncompatibleInput(f"{name} holds no samples.")
     if spec.dtype.startswith("int"):
-        arr = _as_token_ids(arr, spec, name)
+        arr = as_token_ids(arr, spec, name)
     else:
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
             raise IncompatibleInput(f"{name} has dtype {arr.dtype}; the model expects numbers ({spec.dtype}).")
@@ -263,7 +263,9 @@ def from_array(arr: np.ndarray, spec: InputSpec, name: str = "array") -> InputBa
     return InputBatch(arr, [_display_item(x, spec) for x in arr], None, names)
 
 
-def _as_token_ids(arr: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
+def as_token_ids(arr: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
+    """``arr`` as int64 token ids inside the spec's vocabulary, or `IncompatibleInput` naming the range:
+    the one check for uploaded inputs and the API's instances (before they join anyone's batch)."""
     if not np.issubdtype(arr.dtype, np.integer):
         raise IncompatibleInput(f"{name} has dtype {arr.dtype}; this text model takes integer token ids.")
     arr = arr.astype(np.int64)

@@ -209,10 +209,10 @@ def model_array(model: LoadedModel, instances: Any, what: str = "instances") -> 
         raise UsageError(f"{what} holds numbers that are not whole; this model takes token ids.")
     if dtype == np.int64:  # ids outside the vocabulary: refused before they join anyone's batch
         from explain.errors import IncompatibleInput
-        from explain.inputs.reading import _as_token_ids
+        from explain.inputs.reading import as_token_ids
 
         try:
-            _as_token_ids(array, model.spec, what)
+            as_token_ids(array, model.spec, what)
         except IncompatibleInput as exc:
             raise UsageError(exc.reason, exc.hint) from None
     return array
