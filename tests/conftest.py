@@ -164,6 +164,19 @@ def wait_for_page_body(page, heading: str, timeout_ms: int = 240_000) -> None:
     wait_for_app(page, timeout_ms)
 
 
+def choose_option(page, selectbox, option: str) -> None:
+    """Pick ``option`` in a Streamlit selectbox (a rerun that lands while the list is open closes it: retry)."""
+    for _ in range(6):
+        wait_for_app(page)
+        selectbox.get_by_role("button", name="Open").click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            return
+        except Exception:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"option {option!r} never appeared")
+
+
 def open_upload_mode(page, app_url: str):
     """The Output page in upload mode, as a new user gets there: the sidebar and its file uploaders."""
     page.goto(app_url + "/output")

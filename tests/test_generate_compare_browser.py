@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SCREENSHOTS, wait_for_app, wait_for_page_body
+from tests.conftest import SCREENSHOTS, choose_option, wait_for_app, wait_for_page_body
 
 pytestmark = pytest.mark.browser
 
@@ -20,25 +20,12 @@ def _no_exception(page) -> None:
     assert exceptions.count() == 0, exceptions.first.inner_text()[:800]
 
 
-def _choose(page, selectbox, option: str) -> None:
-    """Pick ``option`` in a Streamlit selectbox (a rerun that lands while the list is open closes it: retry)."""
-    for _ in range(6):
-        wait_for_app(page)
-        selectbox.click()
-        try:
-            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
-            return
-        except Exception:
-            page.keyboard.press("Escape")
-    raise AssertionError(f"could not choose {option!r}")
-
-
 def test_the_causal_lm_sample_opens_the_generate_page_already_explained(app_url, browser_page):
     page = browser_page
     page.goto(app_url + "/generate")
     page.locator('[data-testid="stMain"] h1', has_text="Generate").wait_for(timeout=240_000)
     sidebar = page.locator('[data-testid="stSidebar"]')
-    _choose(page, sidebar.locator('[data-testid="stSelectbox"]', has_text="Sample"),
+    choose_option(page, sidebar.locator('[data-testid="stSelectbox"]', has_text="Sample"),
             "Key copy — causal LM (Generate page)")
     main = page.locator('[data-testid="stMain"]')
     main.get_by_text("Selected step: attention and logit lens").wait_for(timeout=240_000)

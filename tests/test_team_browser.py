@@ -13,7 +13,7 @@ import pytest
 
 from explain.errors import PermissionDenied
 from explain.workspace import Actor, open_workspace
-from tests.conftest import SCREENSHOTS, start_streamlit, stop_streamlit, wait_for_app
+from tests.conftest import SCREENSHOTS, choose_option, start_streamlit, stop_streamlit, wait_for_app
 
 PASSWORDS = {"ada": "admin-pass-1", "ed": "editor-pass-1", "rita": "review-pass-1", "vic": "viewer-pass-1"}
 ROLES = {"ada": "admin", "ed": "editor", "rita": "reviewer", "vic": "viewer"}
@@ -39,19 +39,6 @@ def _sign_in(page, url: str, name: str) -> None:
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text(f"Signed in as {name}").wait_for(timeout=120_000)
     wait_for_app(page)
-
-
-def _choose(page, selectbox, option: str) -> None:
-    """Pick ``option`` in a Streamlit selectbox (a rerun that lands while the list is open closes it: retry)."""
-    for _ in range(6):
-        wait_for_app(page)
-        selectbox.get_by_role("button", name="Open").click()
-        try:
-            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
-            return
-        except Exception:
-            page.keyboard.press("Escape")
-    raise AssertionError(f"option {option!r} never appeared")
 
 
 def _shot(page, name: str) -> None:
@@ -101,7 +88,7 @@ def test_editor_saves_viewer_reads_reviewer_comments_and_approves(team_server, c
         reviewer.get_by_text("Comments (0)").wait_for()
         wait_for_app(reviewer)
         _shot(reviewer, "reviewer_link")
-        _choose(reviewer, reviewer.locator('[data-testid="stForm"] [data-testid="stSelectbox"]').first, "input #1")
+        choose_option(reviewer, reviewer.locator('[data-testid="stForm"] [data-testid="stSelectbox"]').first, "input #1")
         reviewer.get_by_label("Comment", exact=True).fill("The map sits on the **edges** of the triangle.")
         reviewer.get_by_role("button", name="Post").click()
         reviewer.get_by_text("on input #1").first.wait_for()
