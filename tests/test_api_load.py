@@ -343,3 +343,60 @@ def test_predict_reads_a_versions_file_once_not_on_every_request(client, monkeyp
     r = test_client.post("/v1/models/shapes@v1:predict", headers={"Authorization": "Bearer gbx_nope"},
                          json={"instances": sample_inputs("shapes")["inputs"][0].tolist()})
     assert r.status_code == 401  # the cached model is no way around the token and role checks
+
+
+# -- the per-request lookups (`explain.service.lookups`): remembered while the workspace is unchanged --
+def test_token_and_version_are_looked_up_once_while_the_workspace_is_unchanged(client):
+    ws, app, test_client, h = client
+    body = {"instances": X[:1].tolist()}
+    assert test_client.post("/v1/models/cancer@v1:predict", headers=h["viewer"], json=body).status_code == 200
+    misses = app.state.lookups.misses
+    for _ in range(5):
+        assert test_client.post("/v1/models/cancer@v1:predict", headers=h["viewer"], json=body).status_code == 200
+    assert app.state.lookups.misses == misses  # no token, role or version query: the stamp alone
+
+
+def test_a_revoked_token_is_refused_at_once_and_an_alias_move_seen_at_once(client, served):
+    """Written by another process (a second handle on the same database, as the CLI's would be)."""
+    ws, app, test_client, h = client
+    other = open_workspace(ws.core.db.engine.url.render_as_string(hide_password=False), home=ws.home)
+    try:
+        v1, v2 = (other.registry.register(OP, f"moving_{ws.core.db.engine.dialect.name}", data, filename)
+                  for data, filename in (sample_registry_files()["cancer"], sample_registry_files()["shapes"]))
+        other.registry.set_alias(OP, v1.name, "prod", 1)
+        token = other.users.add_token(OP, f"short_lived_{v1.name}", "viewer")
+        auth = {"Authorization": f"Bearer {token}"}
+        for _ in range(2):  # the second time from what the lookups remember
+            r = test_client.get(f"/v1/models/{v1.name}@prod", headers=auth)
+            assert (r.status_code, r.json()["version"]) == (200, 1)
+        other.registry.set_alias(OP, v1.name, "prod", 2)
+        assert test_client.get(f"/v1/models/{v1.name}@prod", headers=auth).json()["version"] == 2
+        other.users.remove_token(OP, f"short_lived_{v1.name}")
+        assert "Unknown token" in _one_line_error(test_client.get(f"/v1/models/{v1.name}@prod", headers=auth), 401)
+        assert test_client.get(f"/v1/models/{v1.name}@prod", headers=h["viewer"]).json()["version"] == 2
+    finally:
+        other.close()
+
+
+def test_a_late_commit_of_an_older_audit_id_changes_the_stamp(served):
+    """PostgreSQL hands out ids before commit: a write that took a smaller id may commit after a
+    larger one. The stamp is the newest ids, so such a commit changes it all the same."""
+    from sqlalchemy import insert, text
+
+    from explain.service.lookups import Lookups
+    from explain.workspace.schema import AuditEntry
+
+    ws, _ = served
+    lookups = Lookups(ws)
+    newest = lookups.stamp()[0]
+    row = {"actor": "t", "action": "test", "object_type": "t", "object_id": "t"}
+    with ws.core.db.transaction() as s:
+        s.execute(insert(AuditEntry).values(id=newest + 10, **row))
+    before = lookups.stamp()
+    with ws.core.db.transaction() as s:  # committed later, with an id below the newest
+        s.execute(insert(AuditEntry).values(id=newest + 5, **row))
+    after = lookups.stamp()
+    if ws.core.db.engine.dialect.name == "postgresql":  # the sequence past the ids given here, for later writes
+        with ws.core.db.transaction() as s:
+            s.execute(text("SELECT setval(pg_get_serial_sequence('audit_log', 'id'), (SELECT max(id) FROM audit_log))"))
+    assert after[0] == before[0] == newest + 10 and after != before

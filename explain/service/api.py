@@ -55,11 +55,11 @@ from explain.model import LoadedModel
 from explain.service.batching import Batcher
 from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.client import submit as submit_job
+from explain.service.lookups import Lookups
 from explain.service.models import ModelCache, ModelStore
 from explain.service.runners import explain_job, model_array
 from explain.workspace import Actor, SavedRun, Workspace
 from explain.workspace.jobs import JobInfo
-from explain.workspace.registry import parse_ref
 from explain.workspace.roles import Action
 from explain.workspace.run_kinds import read_run
 
@@ -162,18 +162,19 @@ def _first_header(scope, name: bytes) -> bytes | None:
 class Gate:
     """Pure ASGI middleware in front of everything: who asks, then how much they send.
 
-    1. The bearer token is checked (`Users.token_identity`, in a thread) from the headers alone,
+    1. The bearer token is checked (`Lookups.identity`, in a thread) from the headers alone,
        before a byte of the body is read: no token, a wrong one, 401 and the connection closed
        (only ``GET`` of the OpenAPI document and the docs pages go through without one).
     2. The body is read up to ``limit`` bytes (413 above it, declared or streamed), and every byte
        held counts against ``budget``, shared by all requests in flight: a body that does not fit
        gets 503 (a declared ``Content-Length`` is reserved whole before reading).
-    The known caller's token name goes on to the routes in ``scope["state"]``.
+    The known caller's token name, and the workspace stamp it was checked under, go on to the routes
+    in ``scope["state"]``.
     """
 
     def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset()):
         self.app = app
-        self.identify = identify  # token -> (name, role) | None; blocking (the database)
+        self.identify = identify  # token -> `lookups.Identity` | None; blocking (the database)
         self.limit = limit
         self.budget = _Budget(budget)
         self.public = public
@@ -204,7 +205,8 @@ class Gate:
                                       scope, receive, send)
         if found is None:
             return await self._refuse(401, "Unknown token.", scope, receive, send)
-        scope.setdefault("state", {})["glassbox_token"] = found[0]
+        state = scope.setdefault("state", {})
+        state["glassbox_token"], state["glassbox_stamp"] = found.name, found.stamp  # `Lookups.identity`
 
         declared = _first_header(scope, b"content-length")
         reserved = 0
@@ -253,6 +255,37 @@ class Gate:
                                 f"flight); try again in a moment.", scope, receive, send, retry=True)
 
 
+class OneLineErrors:
+    """Pure ASGI middleware: an exception no handler answered (a bug, a model that raised) becomes
+    one line, logged server-side, never a traceback. (Pure ASGI, not ``@app.middleware``: that one
+    runs every request in a task group of its own, ~0.1 ms a request.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if isinstance(exc, ApiError):
+                response = _error(exc.status, exc.message, exc.headers)
+            else:  # a bug or a model that raised: one line, logged server-side
+                log.exception("API request failed")
+                response = _error(http_status(exc), f"The request failed ({one_line(exc)}).")
+            if started:  # the answer is on its way already: nothing more can be said
+                raise
+            await response(scope, receive, send)
+
+
 def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | None = None,
                max_body: int | None = None, max_buffered: int | None = None,
                explain_timeout_s: float = 600.0, batch_rows: int | None = None,
@@ -268,6 +301,7 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
     # the request threads' own models (forward passes only), apart from the process's one cache that its
     # worker hooks (`shared_models`): an attribution's hooks never meet a prediction's forward pass
     models = ModelCache(ws, store=ModelStore(size=8))
+    lookups = app.state.lookups = Lookups(ws)  # tokens and versions, while the workspace is unchanged
     batcher = app.state.batcher = Batcher(batch_rows if batch_rows is not None else max_batch_rows(),
                                           (delay_ms if delay_ms is not None else max_delay_ms()) / 1000)
     bearer = HTTPBearer(auto_error=False)
@@ -302,51 +336,43 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
     async def _http(_request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))  # 405's Allow
 
-    @app.middleware("http")
-    async def _catch_all(request: Request, call_next):
-        try:
-            return await call_next(request)
-        except ApiError as exc:
-            return _error(exc.status, exc.message, exc.headers)
-        except Exception as exc:  # a bug or a model that raised: one line, logged server-side
-            log.exception("API request failed")
-            return _error(http_status(exc), f"The request failed ({one_line(exc)}).")
+    app.add_middleware(OneLineErrors)
 
     # outermost (added last): the token is checked before any body is read, and bodies are capped
     public = frozenset(p for p in (app.openapi_url, app.docs_url, app.redoc_url,
                                    app.swagger_ui_oauth2_redirect_url) if p)
-    app.add_middleware(Gate, identify=ws.users.token_identity, public=public,
+    app.add_middleware(Gate, identify=lookups.identity, public=public,
                        limit=max_body if max_body is not None else api_max_body_bytes(),
                        budget=max_buffered if max_buffered is not None else api_max_buffered_bytes())
 
     # -- who is asking --------------------------------------------------------------------------------
-    def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:
+    async def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:
         checked = request.scope.get("state", {}).get("glassbox_token")
         if checked is not None:  # `Gate` looked the token up already
             return Actor(checked, token=True)
         if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
             raise ApiError(401, "Missing token: send Authorization: Bearer <token>.")
-        found = ws.users.token_identity(credentials.credentials)
+        found = await anyio.to_thread.run_sync(lookups.identity, credentials.credentials)
         if found is None:
             raise ApiError(401, "Unknown token.")
-        return Actor(found[0], token=True)
+        return Actor(found.name, token=True)
 
     def require(actor: Actor, action: Action) -> None:
         with ws.core.db.transaction() as s:
             ws.core.require(s, actor, action)
 
-    def version_of(actor: Actor, ref: str):
-        name, which = parse_ref(ref)
-        return ws.registry.version(actor, name, which)
+    def version_of(request: Request, actor: Actor, ref: str):
+        """The version ``ref`` names, under the workspace stamp the request's token was checked at."""
+        return lookups.version(actor, ref, request.scope.get("state", {}).get("glassbox_stamp"))
 
     def job_json(job: JobInfo) -> dict:
         return {"job": job.id, "kind": job.kind, "title": job.title, "owner": job.owner, "priority": job.priority,
                 "status": job.status, "progress": job.progress, "run": job.run, "error": job.error,
                 "attempts": job.attempts, "created": job.created, "started": job.started, "finished": job.finished}
 
-    def submit(actor: Actor, ref: str, body: ExplainBody, priority: str) -> JobInfo:
+    def submit(request: Request, actor: Actor, ref: str, body: ExplainBody, priority: str) -> JobInfo:
         require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
-        info = version_of(actor, ref)
+        info = version_of(request, actor, ref)
         model = models.load(actor, info)
         params, arrays, title = check_explain(model, info.name, info.version, body.instances, body.parameters)
         return submit_job(ws, actor, "explain", params, title=title, inputs=arrays, priority=priority,
@@ -381,8 +407,8 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         return {"models": names}
 
     @app.post("/v1/models/{name}:predict", summary="Class probabilities per instance")
-    def predict(name: str, body: Instances, actor: Actor = Depends(caller)) -> dict:
-        info = version_of(actor, name)
+    def predict(name: str, body: Instances, request: Request, actor: Actor = Depends(caller)) -> dict:
+        info = version_of(request, actor, name)
         model = models.load(actor, info)
         x = model_array(model, body.instances)  # [N, *input_shape]
         with bad_request():
@@ -396,9 +422,9 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         return {"predictions": probs.tolist(), "model": info.ref}
 
     @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run")
-    def explain(name: str, body: ExplainBody, actor: Actor = Depends(caller)) -> dict:
+    def explain(name: str, body: ExplainBody, request: Request, actor: Actor = Depends(caller)) -> dict:
         require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
-        info = version_of(actor, name)
+        info = version_of(request, actor, name)
         model = models.load(actor, info)
         params, arrays, title = check_explain(model, info.name, info.version, body.instances, body.parameters)
         x = arrays["inputs"]  # [N, *input_shape]
@@ -434,9 +460,9 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
 
     @app.post("/v1/models/{name}:generate",
               summary="A causal LM's continuations, each token attributed; an interactive job saved as a run")
-    def generate(name: str, body: GenerateBody, actor: Actor = Depends(caller)) -> dict:
+    def generate(name: str, body: GenerateBody, request: Request, actor: Actor = Depends(caller)) -> dict:
         require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
-        info = version_of(actor, name)
+        info = version_of(request, actor, name)
         model = models.load(actor, info)
         with bad_request():  # checked before anything is queued: 400, no job
             params, arrays, title = generation_request(model, info.name, info.version, body.prompts, body.parameters)
@@ -454,17 +480,17 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
 
     # after the action routes: ``GET NAME:predict`` is 405, not a model named "NAME:predict"
     @app.get("/v1/models/{name}", summary="One model version: NAME, NAME@vN or NAME@ALIAS")
-    def get_model(name: str, actor: Actor = Depends(caller)) -> dict:
-        info = version_of(actor, name)
+    def get_model(name: str, request: Request, actor: Actor = Depends(caller)) -> dict:
+        info = version_of(request, actor, name)
         return {"name": info.name, "version": info.version, "ref": info.ref, "ready": True,
                 "sha256": info.sha256, "aliases": info.aliases, "tags": info.tags, "decision": info.decision}
 
     # -- jobs -----------------------------------------------------------------------------------------
     @app.post("/v1/jobs", status_code=202, summary="Queue an explanation; its result becomes a saved run")
-    def create_job(body: JobBody, actor: Actor = Depends(caller)) -> dict:
+    def create_job(body: JobBody, request: Request, actor: Actor = Depends(caller)) -> dict:
         if body.priority not in ("batch", "interactive"):
             raise ApiError(422, "priority must be \"batch\" or \"interactive\".")
-        return {"job": submit(actor, body.model, body, body.priority).id}
+        return {"job": submit(request, actor, body.model, body, body.priority).id}
 
     @app.get("/v1/jobs/{job_id}", summary="A job's status, progress and run")
     def get_job(job_id: str, actor: Actor = Depends(caller)) -> dict:

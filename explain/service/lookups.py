@@ -1,0 +1,103 @@
+"""The API's per-request lookups (who a token is, which version ``NAME@ALIAS`` means), remembered
+while the workspace has not changed.
+
+Every write of the workspace appends an audit row in its own transaction (`Core.audit`): a token
+added or revoked, an alias moved, a version registered, a tag, a decision. So the newest audit ids
+are a stamp of everything these lookups read: one indexed read of a few integers per request
+(~0.1 ms) instead of the token's, the role's and the version's queries (~1.5 ms). When the stamp
+differs from the one the remembered answers were read under, they are all forgotten, so a token
+revoked or an alias moved by any process (the CLI, the pages, another server) is seen by the next
+request, as before.
+
+The stamp is the newest ``STAMP_IDS`` ids, not only the largest: on PostgreSQL ids come from a
+sequence, so a transaction that took a smaller id can commit after one that took a larger one;
+the smaller id then appears among the newest and the stamp changes all the same.
+
+    lookups = Lookups(ws)
+    who = lookups.identity(token)                 # Identity(name, role, stamp) | None (`Users.token_identity`)
+    lookups.version(actor, "m@prod", who.stamp)   # VersionInfo, as `Registry.version` (its role check included)
+
+A request reads the stamp once, with its token (the API's `Gate`), and looks its version up under
+that stamp: an answer remembered under another one is not used, and one read for it is not kept.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from typing import NamedTuple, TypeVar
+
+from sqlalchemy import select
+
+from explain.digest import digest_bytes
+from explain.workspace import Actor, Workspace
+from explain.workspace.registry import VersionInfo, parse_ref
+from explain.workspace.schema import AuditEntry
+
+#: how many of the newest audit ids make the stamp (a late commit of an older id still shows)
+STAMP_IDS = 32
+#: the most answers remembered; past it they are all forgotten (unknown tokens are never remembered)
+MAX_ENTRIES = 4096
+
+T = TypeVar("T")
+Stamp = tuple[int, ...]
+
+
+class Identity(NamedTuple):
+    """A known token: its name and role, and the workspace's stamp they were checked under."""
+    name: str
+    role: str
+    stamp: Stamp
+
+
+class Lookups:
+    """Token identities and version lookups of one workspace, valid while its audit log is unchanged."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self._lock = threading.Lock()
+        self._stamp: Stamp | None = None  # the stamp the remembered answers were read under
+        self._answers: dict[Hashable, object] = {}
+        self.misses = 0  # answers read from the database (for the tests)
+        self._query = select(AuditEntry.id).order_by(AuditEntry.id.desc()).limit(STAMP_IDS)
+
+    def stamp(self) -> Stamp:
+        """The newest audit ids, newest first: changes with every committed write of the workspace."""
+        with self.ws.core.db.engine.connect() as conn:
+            return tuple(conn.scalars(self._query))
+
+    def _remembered(self, key: Hashable, read: Callable[[], T], stamp: Stamp | None = None) -> tuple[T, Stamp]:
+        """``read()``'s answer for ``key`` and the stamp it holds under: remembered under the stamp read
+        now (``stamp`` None), or under the caller's ``stamp`` if that is the one remembered (else read,
+        not kept). The stamp is read before the answer, so an answer is at least as new as its stamp."""
+        now = stamp is None
+        if now:
+            stamp = self.stamp()
+        with self._lock:
+            if stamp == self._stamp:
+                if key in self._answers:
+                    return self._answers[key], stamp  # type: ignore[return-value]
+            elif now:
+                self._stamp, self._answers = stamp, {}
+        answer = read()
+        self.misses += 1
+        if answer is not None:
+            with self._lock:
+                if self._stamp == stamp:  # not forgotten meanwhile: a newer stamp's answers are not ours
+                    if len(self._answers) >= MAX_ENTRIES:
+                        self._answers = {}
+                    self._answers[key] = answer
+        return answer, stamp
+
+    def identity(self, token: str) -> Identity | None:
+        """The token's name and role if it is valid (`Users.token_identity`), with the stamp read now."""
+        found, stamp = self._remembered(("token", digest_bytes(token.encode())),
+                                        lambda: self.ws.users.token_identity(token))
+        return None if found is None else Identity(*found, stamp)
+
+    def version(self, actor: Actor, ref: str, stamp: Stamp | None = None) -> VersionInfo:
+        """The version ``ref`` (``NAME``, ``NAME@vN``, ``NAME@ALIAS``) means for ``actor``, who may read
+        it (`Registry.version`: NotFound and the role's refusal are raised, never remembered); under
+        ``stamp`` (the request's, from `identity`), else the stamp read now."""
+        name, which = parse_ref(ref)
+        return self._remembered(("version", actor, name, which),
+                                lambda: self.ws.registry.version(actor, name, which), stamp)[0]
