@@ -3,7 +3,9 @@ each answers what the library's own functions answer, and a view already compute
 without computing (the same object comes back)."""
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -96,3 +98,30 @@ def test_last_attention_draws_the_last_layers_heads_or_says_why_not():
     z = np.asarray(got.figure.data[0].z, dtype=float)
     keep = [i for i, t in enumerate(x[0]) if t != 0] or list(range(x.shape[1]))
     np.testing.assert_allclose(z, maps.weights[-1, 0].mean(axis=0)[np.ix_(keep, keep)], rtol=1e-5)
+
+
+def test_the_overviews_answers_keep_no_model_alive():
+    """The answers are about a model, never holders of it: once the model cache (the class of the process's
+    `shared_models`) evicts a model, the model, the checkpoint's model made from it and the answers about them
+    are gone (they held the model objects: a model the cache had let go, and its checkpoint's copies, lived on)."""
+    from explain.service.models import ModelStore
+    from sample_models import sample_file
+
+    cache = ModelStore(size=1)
+    model = cache.open(sample_file("cancer").read_bytes(), filename="cancer.safetensors", name="cancer")
+    x = sample_inputs("cancer")["inputs"][:1]
+    _, checkpoints = _files("cancer")
+    probs = overview.probabilities(model, x)
+    attr = overview.explain_input(model, x, "integrated_gradients", steps=8)
+    at = overview.checkpoint_model(model, checkpoints[0])
+    overview.explain_input(at, x, "integrated_gradients", steps=8)
+    layer = overview.layer_overview(model, x).choices.attributable[0]
+    overview.explain_input_layer(model, x, layer, "integrated_gradients", 8)
+    assert overview.probabilities(model, x) is probs and overview.checkpoint_model(model, checkpoints[0]) is at
+    assert overview.explain_input(model, x, "integrated_gradients", steps=8) is attr  # kept while the model lives
+    alive = [weakref.ref(model), weakref.ref(at)]
+    del model, at
+    cache.open(sample_file("sentiment").read_bytes(), filename="sentiment.safetensors")  # evicts cancer
+    gc.collect()
+    assert [r() for r in alive] == [None, None]
+    assert all(r is None or r() is not None for r, _ in overview._MEMO.values())  # nothing kept about the dead

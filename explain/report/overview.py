@@ -17,11 +17,17 @@ A sample's **first view** (input #0, the default method, the final weights: what
 shows) is saved once as an Overview run (`first_view_record`, made the first time a workspace's
 sample is opened); a server started later reads it back (`remember_first_view`) instead of
 measuring the layers and explaining again, so the app's first map needs no computation.
+
+The answers are about a model, never holders of it: an answer kept for a model object (a checkpoint's
+model, or the model whose id a key holds) refers to it weakly and goes when the model goes, so a model
+lives as long as the process's one model cache (`explain.service.models.shared_models`) keeps it (and a
+checkpoint's model as long as the model it was made from).
 """
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,25 +50,45 @@ FIRST_VIEW = "first_view"
 #: uses the methods' own defaults)
 OVERVIEW_STEPS = 32
 
-_MEMO: OrderedDict[tuple, Any] = OrderedDict()
-_MEMO_LOCK = threading.Lock()
+#: key -> (a weak reference to the object the answer is about, or None; the answer)
+_MEMO: OrderedDict[tuple, tuple[weakref.ref | None, Any]] = OrderedDict()
+_MEMO_LOCK = threading.RLock()  # re-entered when a model dies inside a locked step (`_forget`)
 _MEMO_SIZE = 64
+
+
+def _forget(ref: weakref.ref) -> None:
+    """A model (or other object answers were kept about) is gone: its answers go too (a checkpoint's model
+    kept for it among them)."""
+    with _MEMO_LOCK:
+        for key in [k for k, (r, _) in _MEMO.items() if r is ref]:
+            _MEMO.pop(key, None)
+
+
+def _about(found: tuple[weakref.ref | None, Any], of: Any) -> bool:
+    """Whether an answer kept as ``found`` is about ``of`` (None: about no object)."""
+    return found[0] is None if of is None else found[0] is not None and found[0]() is of
+
+
+def _keep(key: tuple, value: Any, of: Any = None) -> None:
+    with _MEMO_LOCK:
+        _MEMO[key] = (None if of is None else weakref.ref(of, _forget), value)
+        _MEMO.move_to_end(key)
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
 
 
 def _remembered(key: tuple, compute: Callable[[], Any], of: Any = None) -> Any:
     """``compute()``'s answer, kept under ``key`` (the last `_MEMO_SIZE` answers of this module);
     ``of``: the object the answer is about when the key holds its ``id`` (a model built from a
-    checkpoint): an answer kept for another object that had the same id is not returned."""
+    checkpoint), referred to weakly: an answer kept for another object that had the same id is not
+    returned, and the answers about an object go with it."""
     with _MEMO_LOCK:
         found = _MEMO.get(key)
-        if found is not None and found[0] is of:
+        if found is not None and _about(found, of):
             _MEMO.move_to_end(key)
             return found[1]
     value = compute()
-    with _MEMO_LOCK:
-        _MEMO[key] = (of, value)
-        while len(_MEMO) > _MEMO_SIZE:
-            _MEMO.popitem(last=False)
+    _keep(key, value, of)
     return value
 
 
@@ -147,10 +173,12 @@ def training_figure(runs: TrainingOverview, epoch: float | None = None, height: 
 
 
 def checkpoint_model(model: LoadedModel, path: str) -> LoadedModel:
-    """``model`` with the weights of the checkpoint file at ``path`` (`evolution.model_at`)."""
+    """``model`` with the weights of the checkpoint file at ``path`` (`evolution.model_at`), kept while
+    ``model`` lives."""
     from explain.training.evolution import model_at, read_checkpoint
 
-    return _remembered(("checkpoint", model.sha256, _file_key(path)), lambda: model_at(read_checkpoint(path), model))
+    return _remembered(("checkpoint", model.sha256, id(model), _file_key(path)),
+                       lambda: model_at(read_checkpoint(path), model), of=model)
 
 
 def explain_input(model: LoadedModel, x: np.ndarray, method: str, steps: int = OVERVIEW_STEPS) -> Attribution:
@@ -215,7 +243,7 @@ def is_computed(model: LoadedModel, x: np.ndarray, method: str = DEFAULT_METHOD,
     """Whether the map and the layers of ``x`` are already at hand in this process."""
     with _MEMO_LOCK:
         found = _MEMO.get(_explain_key(model, x, method, steps))
-        return (found is not None and found[0] is model
+        return (found is not None and _about(found, model)
                 and ("layers", model.sha256, digest_array(x)) in _MEMO)
 
 
@@ -268,7 +296,6 @@ def remember_first_view(run: SavedRun, model: LoadedModel) -> bool:
     frame = saved_tables(run.info.summary)["Layers"]
     frame[FLOPS_COLUMN] = frame[FLOPS_COLUMN].astype("Int64")  # as `layer_frame` types it (JSON has no <NA>)
     layers = LayerOverview(frame, LayerChoices(list(view["attributable"]), dict(view["skipped"])))
-    with _MEMO_LOCK:
-        _MEMO[("layers", model.sha256, digest_array(x))] = (None, layers)
-        _MEMO[_explain_key(model, x, method, int(view["steps"]))] = (model, attr)
+    _keep(("layers", model.sha256, digest_array(x)), layers)
+    _keep(_explain_key(model, x, method, int(view["steps"])), attr, of=model)
     return True
