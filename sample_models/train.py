@@ -4,8 +4,9 @@ Deterministic on CPU (fixed seeds, deterministic algorithms): same data, same
 training order, same weights (single-threaded, so independent of the core count). For each of
 ``shapes``, ``cancer`` and ``sentiment`` it writes into ``sample_models/<name>/``
 the per-epoch ``train_log.csv``, checkpoints, final weights in every format
-(see `sample_models.artefacts`), ``spec.json``, ``samples.npz`` and raw upload
-files, then prints each model's test accuracy. ``keycopy``, the causal LM, is built by
+(see `sample_models.artefacts`), ``spec.json``, ``samples.npz``, raw upload files and
+the Overview's first view (``overview_first_view.npz``, `write_first_view`), then prints
+each model's test accuracy. ``keycopy``, the causal LM, is built by
 `sample_models.keycopy` (a Hugging Face folder as a zip, its greedy accuracy printed).
 """
 from __future__ import annotations
@@ -223,7 +224,24 @@ def build_sample(recipe: Recipe, root: Path = ROOT) -> dict[str, float]:
     _, test_acc = evaluate(model, prepared.test)
     samples = (torch.from_numpy(prepared.samples["inputs"]), torch.from_numpy(prepared.samples["labels"]))
     _, sample_acc = evaluate(model, samples)
+    write_first_view(directory, recipe.name)
     return {"test_acc": test_acc, "sample_acc": sample_acc, "seconds": time.perf_counter() - start}
+
+
+def write_first_view(directory: Path, name: str) -> None:
+    """The Overview's first view of the sample (input #0, the default method, `OVERVIEW_STEPS` steps), computed
+    by the shipped ``model.safetensors`` and saved beside it (`explain.report.first_view.FIRST_VIEW_FILE`), so a
+    new workspace's first server draws its map before torch is imported (`ui.first_paint`)."""
+    from explain.loading.loader import load_model
+    from explain.report import overview
+    from explain.report.first_view import FIRST_VIEW_FILE
+
+    model = load_model(directory / "model.safetensors")
+    model.name = name
+    with np.load(directory / "samples.npz", allow_pickle=False) as npz:
+        x = npz["inputs"][:1]
+    record = overview.first_view_record(name, 1, model, x, 0)
+    overview.first_view_of(record, model, x).write(directory / FIRST_VIEW_FILE)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
-"""A sample's first view (issue 21, "no waiting"): the Overview's first map and layer table are saved once
-as an Overview run when a workspace first opens the sample, and a server started later draws them from
-that run without computing (no layer table measured, no method run)."""
+"""A sample's first view (issue 21, "no waiting"): the Overview's first map and layer table are shipped beside
+the sample (`overview_first_view.npz`) and, for a sample file without a matching one, saved once as an Overview
+run when a workspace first opens the sample; a server draws them from there without computing (no layer table
+measured, no method run)."""
 from __future__ import annotations
 
 import re
@@ -10,11 +11,14 @@ import numpy as np
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
+from explain.output.methods.base import completeness_caption
 from explain.report import overview
+from explain.report.first_view import FirstView
 from explain.structure.layers import build_layer_table, layer_frame
 from explain.workspace import Actor
 from explain.workspace.records import saved_tables
-from sample_models import load_sample, sample_inputs
+from sample_models import SAMPLE_NAMES, load_sample, sample_inputs
+from ui.sample_choice import shipped_first_view
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "views" / "overview.py")
 OP = Actor("cli:tester", operator=True)
@@ -37,9 +41,14 @@ def _map_caption(at: AppTest) -> str:
     return next(c.value for c in at.caption if re.search(r"completeness error", c.value))
 
 
-def test_the_first_view_is_saved_once_and_a_later_server_draws_it_without_computing(home, monkeypatch):
+def no(*args, **kwargs):
+    raise AssertionError("computed although the first view was saved")
+
+
+def test_the_first_view_is_saved_once_and_a_later_server_draws_it_without_computing(home, monkeypatch, tmp_path):
     _, ws = home
     overview._MEMO.clear()
+    monkeypatch.setattr("ui.workspace.shipped_first_view", lambda name: tmp_path / "none.npz")  # none shipped
     first = _open_overview()
     model, x = load_sample("shapes"), sample_inputs("shapes")["inputs"][:1]
     run = ws.runs.open(OP, overview.first_view_id(model, x))
@@ -52,10 +61,6 @@ def test_the_first_view_is_saved_once_and_a_later_server_draws_it_without_comput
 
     # a server started later: nothing in memory; measuring the layers or explaining would fail
     overview._MEMO.clear()
-
-    def no(*args, **kwargs):
-        raise AssertionError("computed although the first view was saved")
-
     monkeypatch.setattr("explain.structure.layers.build_layer_table", no)
     monkeypatch.setattr("explain.output.methods.base.Explainer.explain", no)
     later = _open_overview()
@@ -70,3 +75,34 @@ def model_of(at: AppTest):
     from ui import state
 
     return state._cached_sample("shapes")
+
+
+def test_the_shipped_first_views_are_input_0_explained_by_these_weights():
+    """What ``python -m sample_models.train`` ships beside each sample is its first view by the shipped file
+    (the id every process asks for), and what the page would compute: the map, the prediction, the judgement."""
+    for name in SAMPLE_NAMES:
+        model, x = load_sample(name), sample_inputs(name)["inputs"][:1]
+        first = FirstView.read(shipped_first_view(name))
+        assert first.run_id == overview.first_view_id(model, x) and first.sha256 == model.sha256
+        np.testing.assert_array_equal(first.x, x)
+        assert first.spec == model.spec and first.view["format"] == model.format == "safetensors"
+        fresh = overview.explain_input(model, x, overview.DEFAULT_METHOD)
+        saved = first.attribution()
+        np.testing.assert_allclose(saved.values, fresh.values, rtol=1e-4, atol=1e-6)
+        assert saved.params["steps"] == fresh.params["steps"] == overview.OVERVIEW_STEPS
+        np.testing.assert_allclose(first.probabilities(), model.predict_proba(x)[0], rtol=1e-5)
+        assert first.completeness() == completeness_caption(saved, 0)
+
+
+def test_a_new_workspace_draws_the_shipped_first_view_without_computing(home, monkeypatch):
+    _, ws = home
+    overview._MEMO.clear()
+    monkeypatch.setattr("explain.structure.layers.build_layer_table", no)
+    monkeypatch.setattr("explain.output.methods.base.Explainer.explain", no)
+    at = _open_overview()
+    first = FirstView.read(shipped_first_view("shapes"))
+    attr = first.attribution()
+    assert _map_caption(at).startswith(completeness_caption(attr, 0)[0])
+    assert f"{attr.seconds:.2f} s for 1 inputs" in _map_caption(at)
+    assert at.selectbox(key="gb_ov_layer").options[1:] == first.view["attributable"]
+    assert not [r for r in ws.runs.list(OP) if r.id == first.run_id]  # shipped: nothing saved in the workspace

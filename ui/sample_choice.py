@@ -7,9 +7,12 @@ and reads the sample from here.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from sample_models import ALL_SAMPLES
+from explain.report.first_view import FIRST_VIEW_FILE
+from sample_models import ALL_SAMPLES, sample_dir
 
 DEFAULT_SAMPLE = "shapes"
 SAMPLE_KEY = "gb_sample"  # the chosen sample's name
@@ -48,3 +51,8 @@ def render_sample_choice() -> str:
     st.selectbox("Sample", ALL_SAMPLES, index=ALL_SAMPLES.index(current), key="gb_sample_select",
                  format_func=lambda n: SAMPLE_LABELS.get(n, n), on_change=_on_sample_change)
     return current
+
+
+def shipped_first_view(name: str) -> Path:
+    """Where sample ``name``'s Overview first view is shipped (`explain.report.first_view`; it may be absent)."""
+    return sample_dir(name) / FIRST_VIEW_FILE

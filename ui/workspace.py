@@ -24,6 +24,7 @@ from explain.workspace.registry import VersionInfo
 from explain.workspace.roles import allows
 from ui import state
 from ui.first_paint import seeded_workspace as _open  # opened there: the first paint checks for accounts
+from ui.sample_choice import shipped_first_view
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
@@ -239,20 +240,21 @@ def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], R
 # -- a sample's first view, saved once (`explain.report.overview`) -------------------------------
 def recall_first_view(model: LoadedModel, x, index: int, method: str) -> bool:
     """Before the Overview computes a sample's first view (input #0, the default method): read it
-    back from the run saved the first time this workspace opened it, so no layer table or map is
-    computed; True when it was read. Anything else (another input, method or model) computes."""
+    back, from the file shipped beside the sample or the run saved the first time this workspace opened
+    it (`explain.report.first_view.find_first_view`), so no layer table or map is computed; True when it
+    was read. Anything else (another input, method or model) computes."""
     from explain.report import overview
+    from explain.report.first_view import find_first_view
 
-    if (state.current_sample_name() is None or index != 0 or method != overview.DEFAULT_METHOD
-            or overview.is_computed(model, x, method)):
+    name = state.current_sample_name()
+    if name is None or index != 0 or method != overview.DEFAULT_METHOD or overview.is_computed(model, x, method):
         return False
     ws, run_id = workspace(), overview.first_view_id(model, x, method)
-    try:
-        recalled = overview.remember_first_view(ws.runs.open(actor(), run_id), model)
-        _KEPT.add((ws.home, run_id))
-        return recalled
-    except GlassboxError:  # none saved yet (or not readable): the page computes it, then `keep_first_view`
+    first = find_first_view(run_id, shipped_first_view(name), ws, actor())
+    if first is None:  # none saved yet (or not readable): the page computes it, then `keep_first_view`
         return False
+    _KEPT.add((ws.home, run_id))  # shipped or saved: nothing to save
+    return overview.remember_first_view(first, model)
 
 
 def keep_first_view(model: LoadedModel, x, index: int, method: str) -> None:

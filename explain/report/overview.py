@@ -14,8 +14,8 @@ rerun of a view already computed draws without computing:
     maps = last_attention(model, x)                # a text model's last-layer attention, or why not
 
 A sample's **first view** (input #0, the default method, the final weights: what opening the app
-shows) is saved once as an Overview run (`first_view_record`, made the first time a workspace's
-sample is opened); a server started later reads it back (`remember_first_view`) instead of
+shows) is an Overview run's record (`first_view_record`), shipped beside the sample and saved once in
+the workspace (`explain.report.first_view`); a server reads it back (`remember_first_view`) instead of
 measuring the layers and explaining again, so the app's first map needs no computation.
 
 The answers are about a model, never holders of it: an answer kept for a model object (a checkpoint's
@@ -40,15 +40,15 @@ from explain.digest import digest_array
 from explain.errors import GlassboxError, IncompatibleInput
 from explain.finding import Finding, sort_findings
 from explain.model import LoadedModel
-from explain.workspace.runs import RunRecord, SavedRun
-
-#: the method the Overview opens with
-DEFAULT_METHOD = "integrated_gradients"
-#: the key of a first-view run's summary that says what it holds (`first_view_record`)
-FIRST_VIEW = "first_view"
-#: integration steps of the Overview's map: a responsive default for the linked views (the report
-#: uses the methods' own defaults)
-OVERVIEW_STEPS = 32
+from explain.report.first_view import (  # noqa: F401 - DEFAULT_METHOD, FIRST_VIEW, OVERVIEW_STEPS re-exported
+    DEFAULT_METHOD,
+    FIRST_VIEW,
+    OVERVIEW_STEPS,
+    FirstView,
+)
+from explain.report.first_view import first_view_id as _first_view_id
+from explain.service.model_locks import hold_model
+from explain.workspace.runs import RunRecord, spec_inputs
 
 #: key -> (a weak reference to the object the answer is about, or None; the answer)
 _MEMO: OrderedDict[tuple, tuple[weakref.ref | None, Any]] = OrderedDict()
@@ -100,10 +100,23 @@ def _file_key(path: str) -> tuple:
         return path, None, None
 
 
+def _holding(model: LoadedModel, compute: Callable[[], Any], shared: bool = False) -> Callable[[], Any]:
+    """``compute`` run with ``model``'s lock held (`explain.service.model_locks.hold_model`), only when an
+    answer is computed: the page's hooked work (layer probes, attention, attribution) exclusive, so it
+    waits for a job running on the same model object and no hook of either fires in the other's passes;
+    a forward pass alone (``shared``) beside jobs that share the model."""
+    def held() -> Any:
+        with hold_model(model, shared=shared):
+            return compute()
+
+    return held
+
+
 def probabilities(model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
     """[N, K] class probabilities of ``inputs`` (`LoadedModel.predict_proba`)."""
     # by the model object too: a checkpoint's model (`checkpoint_model`) has its reference's sha256
-    return _remembered(("probs", model.sha256, id(model), digest_array(inputs)), lambda: model.predict_proba(inputs),
+    return _remembered(("probs", model.sha256, id(model), digest_array(inputs)),
+                       _holding(model, lambda: model.predict_proba(inputs), shared=True),
                        of=model)
 
 
@@ -129,7 +142,7 @@ def layer_overview(model: LoadedModel, x: np.ndarray) -> LayerOverview:
             choices = LayerChoices([], {})
         return LayerOverview(frame, choices)
 
-    return _remembered(("layers", model.sha256, digest_array(x)), compute)
+    return _remembered(("layers", model.sha256, digest_array(x)), _holding(model, compute))
 
 
 @dataclass(frozen=True)
@@ -191,7 +204,7 @@ def explain_input(model: LoadedModel, x: np.ndarray, method: str, steps: int = O
         params = {"steps": int(steps)} if "steps" in explainer.params else {}
         return explainer.explain(model, x, **params)
 
-    return _remembered(_explain_key(model, x, method, steps), compute, of=model)
+    return _remembered(_explain_key(model, x, method, steps), _holding(model, compute), of=model)
 
 
 def _explain_key(model: LoadedModel, x: np.ndarray, method: str, steps: int) -> tuple:
@@ -203,7 +216,7 @@ def explain_input_layer(model: LoadedModel, x: np.ndarray, layer: str, method: s
     from explain.output.layer_attribution import explain_layer
 
     return _remembered(("layer", model.sha256, id(model), digest_array(x), layer, method, int(steps)),
-                       lambda: explain_layer(model, x, layer, method=method, steps=int(steps)), of=model)
+                       _holding(model, lambda: explain_layer(model, x, layer, method=method, steps=int(steps))), of=model)
 
 
 @dataclass(frozen=True)
@@ -234,7 +247,7 @@ def last_attention(model: LoadedModel, x: np.ndarray, height: int = 380) -> Last
         fig.update_layout(height=height)
         return LastAttention(figure=fig)
 
-    return _remembered(("attention", model.sha256, digest_array(x), height), compute)
+    return _remembered(("attention", model.sha256, digest_array(x), height), _holding(model, compute))
 
 
 # -- a sample's first view, saved once ------------------------------------------------------------
@@ -249,21 +262,21 @@ def is_computed(model: LoadedModel, x: np.ndarray, method: str = DEFAULT_METHOD,
 
 def first_view_id(model: LoadedModel, x: np.ndarray, method: str = DEFAULT_METHOD) -> str:
     """The run id of ``model``'s first view of ``x`` (the same in every process: saved once)."""
-    from explain.digest import digest_bytes
-
-    return "fv" + digest_bytes(f"{model.sha256}:{digest_array(x)}:{method}:{OVERVIEW_STEPS}".encode())[:10]
+    return _first_view_id(model.sha256, x, method)
 
 
 def first_view_record(name: str, version: int, model: LoadedModel, x: np.ndarray, index: int,
                       method: str = DEFAULT_METHOD) -> RunRecord:
     """The Overview run of ``x`` [1, ...] (input ``index``) as the page opens on it: its prediction, the
-    layer table and the map (`snapshot_record`, as Save run keeps it), plus what `remember_first_view`
-    needs to answer from it (the layers offered, the map's parameters, seconds, device, precision)."""
+    layer table and the map (`snapshot_record`, as Save run keeps it), the spec, plus what
+    `remember_first_view` and the app's first paint need to answer from it (the model's format, the layers
+    offered, the map's parameters, seconds, device, precision, its method's completeness tolerance and remedy)."""
     import dataclasses
 
     import pandas as pd
 
     from explain.jsonable import to_json_safe
+    from explain.output.methods import get_method
     from explain.workspace.records import snapshot_record
 
     layers, attr, probs = layer_overview(model, x), explain_input(model, x, method), probabilities(model, x)[0]
@@ -272,30 +285,37 @@ def first_view_record(name: str, version: int, model: LoadedModel, x: np.ndarray
         {"Prediction": pd.DataFrame({"class": [model.spec.class_name(i) for i in range(len(probs))],
                                      "probability": probs}), "Layers": layers.frame},
         results={f"{method}/{k}": v for k, v in attr.to_npz_dict().items() if v is not None})
-    view = {"method": method, "steps": OVERVIEW_STEPS, "index": int(index),
+    explainer = get_method(method)
+    view = {"method": method, "steps": OVERVIEW_STEPS, "index": int(index), "format": model.format,
             "params": to_json_safe({k: v for k, v in attr.params.items() if not isinstance(v, np.ndarray)}),
             "seconds": attr.seconds, "device": attr.device, "precision": attr.precision, "notes": list(attr.notes),
-            "attributable": list(layers.choices.attributable), "skipped": dict(layers.choices.skipped)}
-    return dataclasses.replace(record, method=method, summary={**record.summary, FIRST_VIEW: view})
+            "attributable": list(layers.choices.attributable), "skipped": dict(layers.choices.skipped),
+            "tolerance": explainer.tolerance(attr.params), "remedy": explainer.completeness_remedy}
+    return dataclasses.replace(record, method=method, inputs={**record.inputs, **spec_inputs(model.spec)},
+                               summary={**record.summary, FIRST_VIEW: view})
 
 
-def remember_first_view(run: SavedRun, model: LoadedModel) -> bool:
-    """Answer the layers and the map of a first-view run's input from the run (`first_view_record`)
-    from now on, as if computed here; False for a run that is not one of ``model``'s first views."""
+def first_view_of(record: RunRecord, model: LoadedModel, x: np.ndarray) -> FirstView:
+    """``record`` (`first_view_record`) as it reads back: what ``python -m sample_models.train`` ships beside
+    a sample (`FirstView.write`)."""
+    return FirstView(first_view_id(model, x, record.method or DEFAULT_METHOD), model.sha256, record.summary,
+                     dict(record.inputs), dict(record.results))
+
+
+def remember_first_view(first: FirstView, model: LoadedModel) -> bool:
+    """Answer the layers and the map of a first view's input from it (`first_view_record`, read back by
+    `explain.report.first_view.find_first_view`) from now on, as if computed here; False for a view that is
+    not one of ``model``'s."""
     from explain.output.layer_attribution import LayerChoices
     from explain.structure.layers import FLOPS_COLUMN
     from explain.workspace.records import saved_tables
 
-    view = run.info.summary.get(FIRST_VIEW)
-    if not view or run.info.sha256 != model.sha256:
+    if first.sha256 != model.sha256:
         return False
-    x, method = run.inputs["inputs"], view["method"]
-    arrays = {k.split("/", 1)[1]: v for k, v in run.results.items() if k.startswith(f"{method}/")}
-    attr = Attribution.from_npz_dict(arrays, method, view["params"], seconds=float(view["seconds"]),
-                                     device=view["device"], precision=view["precision"], notes=list(view["notes"]))
-    frame = saved_tables(run.info.summary)["Layers"]
+    view = first.view
+    frame = saved_tables(first.summary)["Layers"]
     frame[FLOPS_COLUMN] = frame[FLOPS_COLUMN].astype("Int64")  # as `layer_frame` types it (JSON has no <NA>)
     layers = LayerOverview(frame, LayerChoices(list(view["attributable"]), dict(view["skipped"])))
-    _keep(("layers", model.sha256, digest_array(x)), layers)
-    _keep(_explain_key(model, x, method, int(view["steps"])), attr, of=model)
+    _keep(("layers", model.sha256, digest_array(first.x)), layers)
+    _keep(_explain_key(model, first.x, view["method"], int(view["steps"])), first.attribution(), of=model)
     return True
