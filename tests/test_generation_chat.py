@@ -108,3 +108,44 @@ def test_cli_generate_chat(llama, tmp_path, capsys):
     assert main(["generate", str(evil), "--prompts", str(chats), "--chat", "--out", str(tmp_path / "e.npz")]) == 3
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "chat template was refused" in err and "__globals__" in err
+
+
+TURNS = [{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+
+
+def _template_ids(tokenizer, chat) -> list[int]:
+    want = tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True, return_dict=False)
+    return list(want["input_ids"] if isinstance(want, dict) else want)
+
+
+def test_a_multi_turn_chat_job_request_and_page_settings_render_as_apply_chat_template(llama):
+    """A chat of system / user / assistant turns reaches the model as transformers' apply_chat_template encodes
+    it, whichever way it comes: a job's ``chats``, the API's ``messages`` (one chat or several, in the body or in
+    ``parameters``), the Generate page's turns before its prompt; the single-message form stays as it was."""
+    from explain.errors import UsageError
+    from explain.generation.explained import chat_of, explain_prompt, settings_of
+    from explain.generation.job import generation_job, generation_request, unpadded_ids
+
+    _folder, model, tokenizer = llama
+    want = _template_ids(tokenizer, TURNS)
+    assert want.count(1) == 1 and len(want) > len(_template_ids(tokenizer, TURNS[-1:]))
+    params, arrays, _ = generation_job(model, "llama", 1, [], chats=[TURNS, TURNS[-1:]], max_new_tokens=1,
+                                       method="saliency")
+    ids = unpadded_ids(arrays["prompt_ids"])
+    assert ids[0].tolist() == want and ids[1].tolist() == _template_ids(tokenizer, TURNS[-1:])
+    assert params["chat"] and params["chats"] == [TURNS, TURNS[-1:]]
+    for parameters, body in (({"messages": TURNS}, None), ({"messages": [TURNS]}, None), ({}, TURNS)):
+        _, arrays, _ = generation_request(model, "llama", 1, [], {"max_new_tokens": 1, **parameters}, messages=body)
+        assert unpadded_ids(arrays["prompt_ids"])[0].tolist() == want
+    _, old, _ = generation_job(model, "llama", 1, ["c"], chat=True, max_new_tokens=1)  # one user message
+    assert unpadded_ids(old["prompt_ids"])[0].tolist() == _template_ids(tokenizer, TURNS[-1:])
+
+    settings = settings_of("c", max_new_tokens=1, method="saliency", chat=True, turns=TURNS[:-1])
+    assert chat_of(settings) == TURNS
+    assert explain_prompt(model, settings, quality=False).text.prompt_ids.tolist() == want
+    with pytest.raises(UsageError, match="prompts or messages, not both"):
+        generation_request(model, "llama", 1, ["hi"], {"messages": TURNS})
+    with pytest.raises(IncompatibleInput, match="Message 1 of chat 1 needs a string role"):
+        generation_request(model, "llama", 1, [], {"messages": [{"role": "user", "content": 3}]})
+    with pytest.raises(UsageError, match="parameters.messages must be a list"):
+        generation_request(model, "llama", 1, [], {"messages": "hi"})

@@ -92,6 +92,54 @@ def test_a_generation_run_equals_the_cli_and_the_library_and_is_reviewed_like_an
     assert [(t.root.run_id, t.run_title) for t in threads] == [(run.info.id, run.info.title)]
 
 
+def test_a_run_keeps_the_selected_steps_lens_attention_and_contrast_equal_to_the_live_computation(workspace, model):
+    """What the Generate page computes live for the selected step (the logit lens at the position predicting it,
+    the attention rows per layer and head with the rollout, the contrast) is what the run keeps, exactly."""
+    from explain.generation.attention import causal_rollout, text_attention
+    from explain.generation.explained import LENS_TOP_K
+    from explain.generation.logit_lens import logit_lens
+    from explain.generation.occlusion import contrast_texts
+
+    run = _saved(workspace, model, max_new_tokens=NEW, method="saliency", selected_step=1, contrast=" red")
+    assert (run.info.params["selected_step"], run.info.params["contrast"]) == (1, keycopy.VOCABULARY.index("red"))
+    got = saved_generation(run)
+    texts = generate_greedy(model, encode_texts(PROMPTS, model.spec), NEW)
+    for attr, views, text in zip(got.attributions, got.views, texts):
+        p, ids = attr.prompt_length, attr.input_ids
+        lens = logit_lens(model, [ids[:-1]], top_k=LENS_TOP_K)  # as explain_prompt reads it
+        np.testing.assert_array_equal(views.lens_ids, lens.top_ids[0][:, p - 1:])  # [layers + 1, T, k]
+        np.testing.assert_array_equal(views.lens_probs, lens.top_probs[0][:, p - 1:])
+        maps = text_attention(model, ids)  # as the page's _text_attention reads it
+        rollout = causal_rollout(maps.weights)[0]
+        assert views.selected == 1 and views.steps.tolist() == [1, 2, 0]  # the selected step first
+        for row, step in enumerate(views.steps):
+            np.testing.assert_array_equal(views.attention[:, :, row], maps.weights[:, 0, :, p + step - 1])
+            np.testing.assert_array_equal(views.rollout[row], rollout[p + step - 1])
+        want = contrast_texts(model, [text], [keycopy.VOCABULARY.index("red")], 1, "saliency")[0]
+        c = views.contrast
+        np.testing.assert_array_equal(c.values, want.values)
+        np.testing.assert_array_equal(c.context_ids, want.context_ids)
+        assert (c.step, c.token, c.alternative, c.difference) == (1, want.token, want.alternative, want.difference)
+        assert np.isnan(c.completeness_error)  # saliency defines none: null in the run, NaN read back
+    with pytest.raises(UsageError, match="selected_step must be 0 .. 2"):
+        generation_job(model, "keycopy", 1, PROMPTS, max_new_tokens=NEW, selected_step=3)
+    with pytest.raises(UsageError, match="A contrast is attributed by"):
+        generation_job(model, "keycopy", 1, PROMPTS, method="deeplift", contrast=" red")
+    with pytest.raises(UsageError, match="The contrast 1 is 2 tokens"):
+        generation_job(model, "keycopy", 1, PROMPTS, contrast=" red blue")
+
+
+def test_the_kept_attention_is_bounded_and_says_so():
+    from explain.generation.step_views import MAX_ATTENTION_STEPS, attention_steps
+
+    assert attention_steps(2, 20, 2**20, 8 * 2**20) == [2, 3, 4, 5, 6, 7, 8, 9]  # the selected, then after it
+    assert attention_steps(18, 20, 2**20, 8 * 2**20) == [18, 19, 17, 16, 15, 14, 13, 12]  # then before it
+    assert attention_steps(5, 20, 3 * 2**20, 8 * 2**20) == [5, 6]  # 8 MiB hold two 3 MiB steps
+    assert attention_steps(5, 20, 64 * 2**20, 8 * 2**20) == [5]  # the selected step always
+    assert attention_steps(9, 3, 1, 8 * 2**20) == [2, 1, 0] and attention_steps(0, 0, 1) == []
+    assert len(attention_steps(0, 100, 1)) == MAX_ATTENTION_STEPS
+
+
 def test_a_given_continuation_is_saved_teacher_forced(workspace, model):
     run = _saved(workspace, model, continuations=[" red .", " blue"], method="saliency")
     got = read_run(run)
@@ -230,6 +278,11 @@ def test_the_generate_page_saves_a_run_its_drawer_draws_the_saved_matrix_and_its
     drawn = _chart(opened, f"run_{run_id}_generation_matrix_0")  # the Generate page's figure, from the run
     np.testing.assert_allclose(_array(drawn["z"]), masked_values(want.values, want.prompt_length), rtol=1e-6)
     assert any(keycopy.make_prompts(2, 31)[1][0] in c.value for c in opened.code)  # the saved text
+    views = saved_generation(run).views[0]  # the selected step's attention, drawn by the page's figure from the run
+    attention = _chart(opened, f"run_{run_id}_generation_0_step_attention")
+    p = want.prompt_length
+    np.testing.assert_allclose(_array(attention["z"])[:-1], views.attention[:, :, 0, :p].reshape(-1, p), rtol=1e-6)
+    np.testing.assert_allclose(_array(attention["z"])[-1], views.rollout[0, :p], rtol=1e-6)
 
     opened.button(key="gb_run_report").click().run()  # the run's report, with its Generation section
     assert not opened.exception and not opened.error, [e.value for e in [*opened.exception, *opened.error]]
@@ -246,8 +299,11 @@ def test_a_report_built_with_a_generation_run_has_its_generation_section(home, m
     cli, want, _ = reference
     run = _saved(ws, model, max_new_tokens=NEW, steps=STEPS, quality=True)
     section = build_generation_section(saved_generation(run), run.spec)
-    assert len(section.figures) == 2  # one attribution matrix per prompt, the Generate page's figure
-    np.testing.assert_allclose(_array(section.figures[1].data[0].z), masked_generation(want[1]), rtol=1e-6)
+    assert len(section.figures) == 4  # per prompt the attribution matrix and the selected step's attention
+    np.testing.assert_allclose(_array(section.figures[2].data[0].z), masked_generation(want[1]), rtol=1e-6)
+    views, p = saved_generation(run).views[1], want[1].prompt_length
+    np.testing.assert_allclose(_array(section.figures[3].data[0].z)[-1], views.rollout[0, :p], rtol=1e-6)
+    assert "Prompt 2, selected step 1" in section.body and "embeddings" in section.body  # the logit lens's table
     for prompt, text in zip(PROMPTS, run.info.summary["texts"]):
         assert f"{prompt} <b>→ {text}</b>" in section.body.replace("&lt;", "<").replace("&gt;", ">")
     assert "Comprehensiveness" in section.body  # the quality table the run judged

@@ -128,3 +128,39 @@ def test_the_matrix_by_group_masks_the_groups_a_token_cannot_read():
     assert list(fig.layout.xaxis.ticktext) == ["&lt;s&gt;", "a b c", "x y"]  # plotly reads HTML and list(fig.layout.yaxis.ticktext) == ["x", "y"]
     assert fig.layout.shapes[0].x0 == 1.5  # the prompt | generated line after the prompt's two groups
     assert fig.data[0].customdata[1][2] == "y ← x y (generated 2)"
+
+
+def test_a_chat_of_several_turns_from_the_pages_editor(llama):
+    """Rows of role + text before the prompt: the page explains the chat transformers' apply_chat_template encodes."""
+    from transformers import AutoTokenizer
+
+    from explain.generation.greedy import generate_greedy
+    from explain.generation.prompts import decode_ids
+    from explain.loading.loader import load_model
+
+    data, folder = llama
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob("llama.zip", data, hashlib.sha256(data).hexdigest())
+    at.switch_page("pages/views/generate.py").run()
+    _clean(at)
+    at.text_area(key="gb_gen_prompt").input("c")
+    at.checkbox(key="gb_gen_quality").uncheck()
+    at.number_input(key="gb_gen_max_new").set_value(1)
+    at.selectbox(key="gb_gen_method").set_value("saliency")
+    at.checkbox(key="gb_gen_chat").check().run()
+    at.number_input(key="gb_gen_turns").set_value(3).run()
+    for i, (role, text) in enumerate([("system", "a"), ("assistant", "b"), ("user", "")]):  # an empty row is left out
+        at.selectbox(key=f"gb_gen_turn_role_{i}").set_value(role)
+        at.text_input(key=f"gb_gen_turn_text_{i}").input(text)
+    at.run()
+    at.button(key="gb_gen_run").click().run()
+    _clean(at)
+    chat = [{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    want = AutoTokenizer.from_pretrained(folder).apply_chat_template(chat, tokenize=True, add_generation_prompt=True,
+                                                                      return_dict=False)
+    want = list(want["input_ids"] if isinstance(want, dict) else want)
+    model = load_model(folder)
+    text = generate_greedy(model, [np.asarray(want)], 1)[0]
+    assert [c.value for c in at.code] == [decode_ids(text.generated_ids, model.spec)]
+    assert _z(at.get("plotly_chart")[0]).shape == (1, len(want) + 1)  # the matrix reads the whole rendered chat

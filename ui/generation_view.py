@@ -1,7 +1,8 @@
 """A saved generation run in the app (`explain.generation.job.SavedGeneration`): per prompt, the text,
 the attribution matrix (`explain.viz.generation.generation_figure`, the Generate page's figure),
-each token's log-probability and completeness error, and the quality table. Drawn from the run's
-arrays and stored spec: nothing is loaded or recomputed."""
+each token's log-probability and completeness error, the quality table and the selected step's attention,
+logit lens and contrast the run kept (the page's figures and tables). Drawn from the run's arrays and
+stored spec: nothing is loaded or recomputed."""
 from __future__ import annotations
 
 import pandas as pd
@@ -11,7 +12,9 @@ from explain.generation.attribution import COMPLETE_METHODS
 from explain.generation.job import SavedGeneration
 from explain.generation.prompts import decode_ids
 from explain.generation.quality import token_quality_rows
-from explain.inputs.text import token_display
+from explain.generation.result import GenerationAttribution
+from explain.generation.step_views import StepViews
+from explain.inputs.text import display_tokens, token_display
 from explain.spec import InputSpec
 from explain.viz import generation as viz
 from ui.figures import figure_config
@@ -42,3 +45,33 @@ def render_saved_generation(saved: SavedGeneration, spec: InputSpec, key: str) -
         if judged:
             st.dataframe(pd.DataFrame(token_quality_rows(judged)), hide_index=True, key=f"{key}_quality_{i}",
                          column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("this method", "random")})
+        views = saved.views[i] if i < len(saved.views) else None
+        if views is not None:
+            _render_views(views, attr, spec, f"{key}_{i}")
+
+
+def _render_views(views: StepViews, attr: GenerationAttribution, spec: InputSpec, key: str) -> None:
+    """The run's kept views of one text (`explain.generation.step_views`) drawn as the Generate page draws
+    its selected step: the attention per layer and head with the rollout, the logit lens, the contrast."""
+    p, t_count = attr.prompt_length, len(attr.generated_ids)
+    shown = token_display(attr.input_ids, spec)
+    labels = [s.label for s in shown]
+    st.markdown("**Selected step: attention and logit lens**")
+    t = st.selectbox("Generated token", range(t_count), index=views.selected, key=f"{key}_token",
+                     format_func=lambda j: f"{j + 1}. {labels[p + j]}")
+    kept = [int(s) for s in views.steps]
+    if t in kept:
+        st.plotly_chart(viz.step_attention_figure(views.attention, views.rollout, p + t - 1, labels, row=kept.index(t)),
+                        config=figure_config("generation_step_attention"), key=f"{key}_step_attention")
+    else:
+        st.caption("The run kept the attention of " + (", ".join(labels[p + s] for s in kept) or "no step") + " only.")
+    rows = viz.logit_lens_rows(views.lens_ids, views.lens_probs, t, lambda ids: display_tokens(ids, spec))
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key=f"{key}_lens",
+                 column_config={"p": st.column_config.NumberColumn(format="%.3f")})
+    for note in views.notes:
+        st.caption(escape_markdown(note))
+    c = views.contrast
+    if c is not None:
+        rather = display_tokens([c.alternative], spec)[0]
+        st.html(viz.contrast_html(c, labels, [s.joins for s in shown], rather))
+        st.caption(escape_markdown(viz.contrast_caption(c, labels, rather)))

@@ -194,17 +194,20 @@ def submit_compare(info_a, info_b, model_a, model_b, inputs, method: str, params
 
 def submit_generation(model, prompts: list[str], *, continuations: list[str] | None = None, max_new_tokens: int,
                       method: str, steps: int, baseline: str, quality: bool, granularity: str = "token",
-                      sampling=None, chat: bool = False) -> JobInfo:
+                      sampling=None, chat: bool = False, chats: list | None = None, selected_step: int = 0,
+                      contrast: str | None = None) -> JobInfo:
     """Queue the Generate page's explanation of ``prompts`` (or their given ``continuations``) by the current
     causal LM (registered first if it is an upload) as an interactive ``generate`` job (a generation run);
-    ``sampling`` (`explain.generation.sampling.Sampling`) and ``chat`` as `generation_job` takes them."""
+    ``sampling`` (`explain.generation.sampling.Sampling`), ``chat`` / ``chats``, the ``selected_step`` and its
+    ``contrast`` as `generation_job` takes them."""
     from explain.generation.job import JOB_KIND, generation_job
 
     version = registered_version(model)
     job_params, arrays, title = generation_job(model, version.name, version.version, prompts,
                                                continuations=continuations, max_new_tokens=max_new_tokens,
                                                method=method, steps=steps, baseline=baseline, quality=quality,
-                                               granularity=granularity, sampling=sampling, chat=chat)
+                                               granularity=granularity, sampling=sampling, chat=chat, chats=chats,
+                                               selected_step=selected_step, contrast=contrast or None)
     return submit(team.workspace(), team.actor(), JOB_KIND, job_params, title=title, inputs=arrays,
                   priority="interactive")
 

@@ -10,6 +10,7 @@ sample (`FIRST_VIEW_FILE`), so the Generate page opens on it already explained.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,12 @@ class ExplainedGeneration:
 
 def settings_of(prompt: str, continuation: str = "", max_new_tokens: int = DEFAULT_MAX_NEW, method: str = IG,
                 steps: int = DEFAULT_STEPS, baseline: str = "pad", granularity: str = "token",
-                sampling: Sampling | None = None, chat: bool = False) -> dict[str, Any]:
+                sampling: Sampling | None = None, chat: bool = False,
+                turns: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     """The settings that decide a result (steps only for integrated gradients, the baseline for the methods
     that have one, occlusion's granularity, sampling's settings when sampled, ``chat`` when the prompt is a
-    user message through the chat template; the defaults leave their keys out): equal settings of the same
+    user message through the chat template, after the chat's earlier ``turns`` (system / user / assistant
+    messages) when any; the defaults leave their keys out): equal settings of the same
     model give the same result."""
     forced = bool(continuation.strip())
     settings = {"prompt": prompt, "continuation": continuation if forced else "",
@@ -76,7 +79,14 @@ def settings_of(prompt: str, continuation: str = "", max_new_tokens: int = DEFAU
         settings.update(sampling.to_dict())
     if chat:
         settings["chat"] = True
+        if turns:
+            settings["turns"] = [{"role": m["role"], "content": m["content"]} for m in turns]
     return settings
+
+
+def chat_of(settings: dict[str, Any]) -> list[dict[str, str]]:
+    """The chat of chat ``settings`` (`settings_of`): its earlier turns, then the prompt as the user's message."""
+    return [*settings.get("turns", []), {"role": "user", "content": settings["prompt"]}]
 
 
 def explain_prompt(model: LoadedModel, settings: dict[str, Any], quality: bool = True,
@@ -93,8 +103,8 @@ def explain_prompt(model: LoadedModel, settings: dict[str, Any], quality: bool =
     def phase(lo: int, hi: int):
         return lambda done, count: report_progress(progress, lo + (hi - lo) * done // max(count, 1), total)
 
-    if settings.get("chat"):  # the prompt is the user's message, through the model's chat template
-        rendered = render_chat(model, [[{"role": "user", "content": settings["prompt"]}]])
+    if settings.get("chat"):  # the prompt is the user's last message, through the model's chat template
+        rendered = render_chat(model, [chat_of(settings)])
         prompts = encode_texts(rendered, model.spec, special_tokens=False)
     else:
         prompts = encode_texts([settings["prompt"]], model.spec)

@@ -25,16 +25,31 @@ import numpy as np
 from explain.errors import UsageError
 from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
 from explain.generation.causal_lm import causal_lm, max_positions, require_causal_lm
-from explain.generation.chat import render_chat
+from explain.generation.chat import check_messages, render_chat
 from explain.generation.continuation import force_continuations
+from explain.generation.contrastive import single_tokens
 from explain.generation.granularity import GRANULARITIES
 from explain.generation.greedy import MAX_NEW_TOKENS, generate_greedy
-from explain.generation.occlusion import GENERATION_METHODS, OCCLUSION, attribute_texts
+from explain.generation.occlusion import (
+    CONTRAST_METHODS,
+    GENERATION_METHODS,
+    OCCLUSION,
+    attribute_texts,
+    contrast_texts,
+)
 from explain.generation.prompts import MAX_PROMPTS, decode_ids, encode_texts
 from explain.generation.quality import REPLACEMENTS, generation_quality
 from explain.generation.reference import BASELINES
 from explain.generation.result import GenerationAttribution
 from explain.generation.sampling import Sampling, generate_sampled
+from explain.generation.step_views import (
+    MAX_ATTENTION_BYTES,
+    MAX_RUN_VIEW_BYTES,
+    StepViews,
+    read_step_views,
+    step_views,
+    view_arrays,
+)
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.metrics import MetricResult
@@ -60,6 +75,8 @@ class SavedGeneration:
         forced: True when the continuations were given (teacher forcing), False when generated.
         settings: method, steps, baseline, max_new_tokens, quality as the job was asked.
         spec: the model's spec the run stored (its tokenizer names the tokens).
+        views: per prompt, what the page shows of its selected step (lens, attention, contrast), or None
+            (no generated token, over the run's bound, or a run saved before runs kept them).
     """
 
     attributions: list[GenerationAttribution]
@@ -67,6 +84,7 @@ class SavedGeneration:
     forced: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
     spec: InputSpec | None = None
+    views: list[StepViews | None] = field(default_factory=list)
 
 
 @in_model_process
@@ -92,22 +110,35 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
                    continuations: Sequence[str] | None = None, max_new_tokens: int = DEFAULT_MAX_NEW,
                    method: str = "integrated_gradients", steps: int = DEFAULT_STEPS, baseline: str = "pad",
                    granularity: str = "token", sampling: Sampling | None = None, chat: bool = False,
-                   quality: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+                   chats: Sequence[list[dict[str, str]]] | None = None, quality: bool = False,
+                   selected_step: int = 0, contrast: str | None = None,
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """Check a generation request against ``model`` (``name@v<version>``) now: the job's params, its
     arrays (``prompt_ids`` [N, P], ``target_ids`` [N, T] with ``continuations``; -1 padded) and title.
 
     ``granularity`` (token | word | sentence) decides occlusion's groups (`explain.generation.occlusion`);
     ``sampling``: draw the tokens (prompt i with seed ``sampling.seed + i``, as ``generate --sample`` does)
-    instead of greedy generation; ``chat``: each prompt is a user's message, through the model's chat template.
+    instead of greedy generation; ``chat``: each prompt is a user's message, through the model's chat template;
+    ``chats`` instead of ``prompts``: each a list of messages (system / user / assistant turns), through the
+    template. ``selected_step``: the generated step whose attention, lens and ``contrast`` (one token: why the
+    step's token rather than it) the run keeps (`explain.generation.step_views`).
 
     Raises:
-        IncompatibleInput: not a causal LM, or a text with no tokens.
+        IncompatibleInput: not a causal LM, a text with no tokens, a chat that is not a list of messages.
         UsageError: no prompts, an unknown method, baseline or granularity, steps or max_new_tokens out of range,
-            continuations not one per prompt, a prompt longer than the model's positions allow.
+            continuations not one per prompt, a prompt longer than the model's positions allow, a contrast of
+            several tokens, by a method that has none, or at a step past the tokens asked.
     """
     require_causal_lm(model, "Generate")
-    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+    if chats is not None:
+        if prompts or isinstance(chats, str) or not isinstance(chats, Sequence) or not chats:
+            raise UsageError("Give prompts or chats (a list of chats, each a list of messages), not both.")
+        chats = [check_messages(c, f"Chat {i + 1}") for i, c in enumerate(chats)]
+        prompts, chat = [c[-1]["content"] for c in chats], True
+    elif isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise UsageError("prompts must be a non-empty list of non-empty texts.")
+    elif chat:  # each prompt is one user message
+        chats = [[{"role": "user", "content": p}] for p in prompts]
     if len(prompts) > MAX_PROMPTS:
         raise UsageError(f"{len(prompts):,} prompts; at most {MAX_PROMPTS:,} at once.")
     if method not in GENERATION_METHODS:
@@ -121,9 +152,8 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
         raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
     if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
         raise UsageError(f"max_new_tokens must be 1 .. {MAX_NEW_TOKENS}, not {max_new_tokens}.")
-    if chat:  # the user's message through the model's chat template, its special tokens included
-        rendered = render_chat(model, [[{"role": "user", "content": p}] for p in prompts])
-        ids = encode_texts(rendered, model.spec, special_tokens=False)
+    if chat:  # the messages through the model's chat template, its special tokens included
+        ids = encode_texts(render_chat(model, chats), model.spec, special_tokens=False)
     else:
         ids = encode_texts(list(prompts), model.spec)  # [P_i] each; the prompt as the CLI reads it
     arrays = {"prompt_ids": padded_ids(ids)}
@@ -139,13 +169,22 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
         if limit and len(prompt) + more > limit:
             raise UsageError(f"Prompt {i + 1} has {len(prompt)} tokens; with {more} more it exceeds the model's "
                              f"{limit} positions.", "Use a shorter prompt or fewer new tokens.")
+    selected_step = int(selected_step)
+    if not 0 <= selected_step < max(new):
+        raise UsageError(f"selected_step must be 0 .. {max(new) - 1} (the tokens after a prompt), not {selected_step}.")
+    alternative = None
+    if contrast:
+        if method not in CONTRAST_METHODS:
+            raise UsageError(f"A contrast is attributed by {', '.join(CONTRAST_METHODS)}, not {method}.")
+        alternative = single_tokens(encode_texts([contrast], model.spec, special_tokens=False), "The contrast")[0]
     forced = continuations is not None
     params = {"model": name, "version": int(version), "method": method,
               "steps": int(steps) if method == "integrated_gradients" else 1,
               "baseline": baseline if method in (*REFERENCE_METHODS, OCCLUSION) else "",
               "granularity": granularity if method == OCCLUSION else "token",
               "max_new_tokens": 0 if forced else int(max_new_tokens), "forced": forced, "quality": bool(quality),
-              "sampling": sampling.to_dict() if sampling is not None and not forced else None, "chat": bool(chat)}
+              "sampling": sampling.to_dict() if sampling is not None and not forced else None, "chat": bool(chat),
+              "chats": chats if chat else None, "selected_step": selected_step, "contrast": alternative}
     what = "given continuations of" if forced else "generations from"
     return params, arrays, f"{method} on {what} {len(ids)} prompts of {name}@v{version}"
 
@@ -158,7 +197,7 @@ def run_generation_job(model: LoadedModel, params: dict[str, Any], arrays: dict[
     prompts = unpadded_ids(arrays["prompt_ids"])
     targets = unpadded_ids(arrays["target_ids"]) if "target_ids" in arrays else None
     baseline = params["baseline"] or "pad"
-    results, judged = [], []
+    results, judged, views = [], [], []
     for i, prompt in enumerate(prompts):
         if i:
             between_chunks()  # one prompt done, no hook on the model: cancel or pause here
@@ -180,8 +219,24 @@ def run_generation_job(model: LoadedModel, params: dict[str, Any], arrays: dict[
         results.append(attr)
         judged.append(generation_quality(model, attr, replace="unk" if baseline == "unk" else "pad")
                       if params.get("quality") and len(attr.generated_ids) else {})
+        views.append(_views(model, params, texts[0], attr, MAX_RUN_VIEW_BYTES - sum(v.nbytes for v in views if v)))
     report_progress(progress, 100 * len(prompts), 100 * len(prompts))
-    return generation_record(params["model"], int(params["version"]), model, results, judged, params, targets)
+    return generation_record(params["model"], int(params["version"]), model, results, judged, params, targets, views)
+
+
+def _views(model: LoadedModel, params: dict[str, Any], text, attr: GenerationAttribution, room: int) -> StepViews | None:
+    """The run's views of one text at its selected step (`explain.generation.step_views`), its contrast when
+    asked and the text reaches the step; None when nothing was generated or the run's views are full."""
+    t_count, step = len(attr.generated_ids), int(params.get("selected_step") or 0)
+    if t_count == 0 or room <= 0:
+        return None
+    step = min(step, t_count - 1)  # a text that ended early: its last step
+    contrast = None
+    if params.get("contrast") is not None and int(params["contrast"]) != int(attr.generated_ids[step]):
+        contrast = contrast_texts(model, [text], [int(params["contrast"])], step, params["method"],
+                                  int(params["steps"]), params["baseline"] or "pad",
+                                  params.get("granularity", "token"))[0]
+    return step_views(model, attr, step, contrast, attention_budget=min(room, MAX_ATTENTION_BYTES))
 
 
 def generation_arrays(results: Sequence[GenerationAttribution]) -> dict[str, np.ndarray]:
@@ -211,11 +266,18 @@ def generation_arrays(results: Sequence[GenerationAttribution]) -> dict[str, np.
 
 def generation_record(name: str, version: int, model: LoadedModel, results: Sequence[GenerationAttribution],
                       quality: Sequence[dict[str, MetricResult]], params: dict[str, Any],
-                      targets: Sequence[np.ndarray] | None = None) -> RunRecord:
+                      targets: Sequence[np.ndarray] | None = None,
+                      views: Sequence[StepViews | None] = ()) -> RunRecord:
     """The ``generation`` run: the prompts (and given continuations) with the model's spec, the
-    `generation_arrays` and each text's quality (``quality.{i}.{metric}.{key}``), the texts in its summary."""
+    `generation_arrays`, each text's quality (``quality.{i}.{metric}.{key}``) and its selected step's views
+    (``views.{i}.*``, `explain.generation.step_views.view_arrays`), the texts in its summary."""
     spec = model.spec
     arrays = generation_arrays(results)
+    views_meta = []
+    for i, seen in enumerate(views):
+        own, meta = view_arrays(i, seen) if seen is not None else ({}, None)
+        arrays.update(own)
+        views_meta.append(meta)
     judged_meta = []
     for i, judged in enumerate(quality):
         judged_meta.append({m: {"method": q.method, **q.meta()} for m, q in judged.items()})
@@ -231,13 +293,13 @@ def generation_record(name: str, version: int, model: LoadedModel, results: Sequ
         page=RUN_KIND, model=name, version=int(version), method=method,
         title=f"{method.replace('_', ' ')} on {tokens} tokens after {len(results)} prompts of {model.name}",
         params={k: params.get(k) for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
-                                           "quality", "sampling", "chat")},
+                                           "quality", "sampling", "chat", "chats", "selected_step", "contrast")},
         inputs=inputs, results=arrays,
         summary={"texts": [decode_ids(r.generated_ids, spec) for r in results],
                  "prompts": [decode_ids(r.input_ids[: r.prompt_length], spec) for r in results],
                  "max_completeness_error": float(errors.max()) if errors.size else None,
                  "attribution_params": [dict(r.params) for r in results], "seconds": [float(r.seconds) for r in results],
-                 "notes": [list(r.notes) for r in results], "quality": judged_meta},
+                 "notes": [list(r.notes) for r in results], "quality": judged_meta, "views": views_meta},
         environment=environment())
 
 
@@ -257,7 +319,10 @@ def saved_generation(run: SavedRun) -> SavedGeneration:
             own = {key[len(prefix):]: value for key, value in r.items() if key.startswith(prefix)}
             judged[metric] = MetricResult.from_npz_dict(metric, meta["method"], own, meta)
         quality.append(judged)
-    return SavedGeneration(attributions, quality, bool(run.info.params.get("forced")), dict(run.info.params), run.spec)
+    kept = summary.get("views") or []  # a run saved before runs kept views has none
+    views = [read_step_views(i, r, kept[i] if i < len(kept) else None, a) for i, a in enumerate(attributions)]
+    return SavedGeneration(attributions, quality, bool(run.info.params.get("forced")), dict(run.info.params), run.spec,
+                           views)
 
 
 def run_generation(ctx) -> RunRecord:
@@ -270,19 +335,22 @@ def run_generation(ctx) -> RunRecord:
 
 #: what ``parameters`` of a generation request may hold (the API's ``:generate``), with each one's type
 REQUEST_PARAMETERS = {"targets": list, "max_new_tokens": int, "method": str, "steps": int, "baseline": str,
-                      "granularity": str, "sampling": dict, "chat": bool, "quality": bool}
+                      "granularity": str, "sampling": dict, "chat": bool, "messages": list, "quality": bool,
+                      "selected_step": int, "contrast": str}
 _TYPE_NAMES = {list: "a list of texts", int: "an integer", str: "a string", bool: "true or false",
                dict: "an object (temperature, top_k, top_p, seed)"}
 
 
 def generation_request(model: LoadedModel, name: str, version: int, prompts: Any, parameters: dict[str, Any] | None,
-                       ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+                       messages: Any = None) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """A request as the API takes it (``{"prompts": [...], "parameters": {...}}``: `REQUEST_PARAMETERS`, ``targets``
     the given continuations, one per prompt, ``sampling`` a `Sampling`'s fields) checked by `generation_job`: the
-    job's params, arrays and title.
+    job's params, arrays and title. ``messages`` (or ``parameters.messages``), instead of prompts: a chat (a list of
+    ``{"role", "content"}``: system / user / assistant turns) or a list of chats, through the model's chat template.
 
     Raises:
-        UsageError: an unknown parameter or one of the wrong type, and whatever `generation_job` refuses.
+        UsageError: an unknown parameter or one of the wrong type, prompts and messages both or neither, and
+            whatever `generation_job` refuses.
     """
     given = dict(parameters or {})
     for key, value in given.items():
@@ -290,7 +358,7 @@ def generation_request(model: LoadedModel, name: str, version: int, prompts: Any
         if kind is None:
             raise UsageError(f"Unknown parameter {key!r}.", f"Known: {', '.join(REQUEST_PARAMETERS)}.")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UsageError(f"parameters.{key} must be {_TYPE_NAMES[kind]}.")
+            raise UsageError(f"parameters.{key} must be {_TYPE_NAMES[kind] if key != 'messages' else 'a list'}.")
     if not isinstance(prompts, list):
         raise UsageError("prompts must be a non-empty list of non-empty texts.")
     continuations = given.pop("targets", None)
@@ -301,7 +369,15 @@ def generation_request(model: LoadedModel, name: str, version: int, prompts: Any
             given["sampling"] = Sampling(**given["sampling"])
         except TypeError:
             raise UsageError("parameters.sampling takes temperature, top_k, top_p and seed.") from None
-    return generation_job(model, name, version, prompts, continuations=continuations, **given)
+    chats = given.pop("messages", None)
+    chats = messages if messages is not None else chats  # the body's, else the parameter's
+    if chats is not None:
+        if prompts:
+            raise UsageError("Give prompts or messages, not both.", "A chat's last user message is its prompt.")
+        if not isinstance(chats, list) or not chats:
+            raise UsageError("messages must be a chat (a list of {role, content}) or a list of chats.")
+        chats = [chats] if isinstance(chats[0], dict) else chats  # one chat, or several
+    return generation_job(model, name, version, prompts, continuations=continuations, chats=chats, **given)
 
 
 def generation_answer(saved: SavedGeneration) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 The page (`pages/views/generate.py`) and a report can call the same functions: the attribution
 matrix (`generation_figure`), the selected step's attention per layer and head with its rollout
-(`step_attention_figure`) and the logit lens's rows at a position (`logit_lens_rows`).
+(`step_attention_figure`), the logit lens's rows at a position (`logit_lens_rows`) and a contrast at the
+selected step (`contrast_html`, `contrast_caption`); a saved generation run's drawer and the report's
+Generation section draw the run's kept views (`explain.generation.step_views`) with them too.
 """
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from explain.viz.attribution import BAR_TICK_SIZE, FONT, colour_bar_text, colour_bar_ticks, plotly_colorscale
+from explain.viz.attribution import (
+    BAR_TICK_SIZE,
+    FONT,
+    colour_bar_text,
+    colour_bar_ticks,
+    plotly_colorscale,
+    text_attribution_html,
+)
 from explain.viz.labels import elide, format_value, keep_labels_inside, label_margin, plot_text
 from explain.viz.structure import ATTENTION_SCALE
 
@@ -98,21 +107,23 @@ def logit_lens_rows(top_ids: np.ndarray, top_probs: np.ndarray, position: int, d
 
 
 def step_attention_figure(weights: np.ndarray, rollout: np.ndarray, position: int, source_tokens: Sequence[str],
-                          title: str = "") -> go.Figure:
+                          title: str = "", row: int | None = None) -> go.Figure:
     """The selected step's attention: one row per (layer, head), then the rollout row, over the positions
     0 .. ``position`` it may read (columns labelled with their tokens), in the non-negative attention scale.
 
     Args:
-        weights: [layers, heads, L, L] one text's attention (`explain.generation.attention.text_attention`).
-        rollout: [L, L] its rollout (`explain.generation.attention.causal_rollout`).
+        weights: [layers, heads, Q, L] one text's attention (`explain.generation.attention.text_attention`:
+            Q = L, every query) or the query rows a run kept (`explain.generation.step_views.StepViews`).
+        rollout: [Q, L] its rollout (`explain.generation.attention.causal_rollout`) or the kept rows.
         position: the query, P + t - 1 for generated token t (the position that predicts it).
         source_tokens: at least ``position + 1`` readable tokens of the text.
+        row: the query's row in ``weights`` / ``rollout`` (default ``position``: every query's rows given).
     """
     weights = np.asarray(weights, dtype=np.float64)
     layers, heads = weights.shape[:2]
-    keys = position + 1
-    z = np.concatenate([weights[:, :, position, :keys].reshape(layers * heads, keys),
-                        np.asarray(rollout, dtype=np.float64)[position, :keys][None]])  # [layers * heads + 1, keys]
+    keys, row = position + 1, position if row is None else row
+    z = np.concatenate([weights[:, :, row, :keys].reshape(layers * heads, keys),
+                        np.asarray(rollout, dtype=np.float64)[row, :keys][None]])  # [layers * heads + 1, keys]
     rows = [f"L{layer} H{head}" for layer in range(layers) for head in range(heads)] + ["rollout"]
     tokens = [str(t) for t in source_tokens][:keys]
     shown = [plot_text(elide(t)) for t in tokens]
@@ -135,3 +146,18 @@ def step_attention_figure(weights: np.ndarray, rollout: np.ndarray, position: in
                    title="layer · head", showgrid=False, zeroline=False),
     )
     return keep_labels_inside(fig)
+
+
+def contrast_html(contrast, source_tokens: Sequence[str], joins: Sequence[bool], rather: str) -> str:
+    """Why the step's token rather than ``rather``: the context it reads highlighted by the contrast's values
+    (``contrast``: `explain.generation.contrastive.ContrastAttribution`, values [P + t]); ``source_tokens`` and
+    ``joins`` at least P + t + 1 of the text's (`explain.inputs.text.token_display`)."""
+    n = len(contrast.values)  # P + t: the token itself is at n
+    return text_attribution_html(list(source_tokens[:n]), contrast.values, joins=list(joins[:n]),
+                                 target=f"“{source_tokens[n]}” rather than “{rather}”")
+
+
+def contrast_caption(contrast, source_tokens: Sequence[str], rather: str) -> str:
+    """The contrast's difference of log-probabilities and completeness error, in one line."""
+    err = "" if np.isnan(contrast.completeness_error) else f" · completeness error {contrast.completeness_error:.1e}"
+    return f"log p(“{source_tokens[len(contrast.values)]}”) − log p(“{rather}”) = {contrast.difference:.4f}{err}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -23,6 +22,7 @@ from explain.generation.explained import (
     DEFAULT_MAX_NEW,
     FIRST_VIEW_FILE,
     IG,
+    chat_of,
     explain_prompt,
     read_explained,
     settings_of,
@@ -35,6 +35,7 @@ from explain.generation.quality import token_quality_rows
 from explain.generation.reference import BASELINES
 from explain.generation.sampling import MAX_TEMPERATURE, Sampling
 from explain.inputs.text import display_tokens, token_display
+from explain.service.model_locks import hold_model
 from explain.viz import generation as viz
 from explain.viz.attribution import text_attribution_html
 from sample_models import CAUSAL_LM_SAMPLES, sample_dir
@@ -49,6 +50,8 @@ EMPTY_PROMPT = "Write a prompt above: the model continues it and each new token 
 RESULT_KEY = "gb_gen_result"  # (request, ExplainedGeneration)
 CONTRAST_KEY = "gb_gen_contrast_result"  # ((request, step, alternative), ContrastAttribution)
 ATTENTION_KEY = "gb_gen_attention"  # ((sha256, ids), (weights, rollout)) of the selected text
+ROLES = ("system", "user", "assistant")
+MAX_TURNS = 16  # the editor's rows; a longer chat goes through the CLI or the API
 
 
 def _first_view(model):
@@ -68,9 +71,10 @@ def _first_view(model):
 def _compute(model, settings: dict, quality: bool):
     """Generate (or force the continuation) and explain every new token; a bar meanwhile."""
     bar = st.progress(0.0, text="Generating and explaining each token…")
-    view = explain_prompt(model, settings, quality=quality,
-                          progress=lambda done, total: bar.progress(min(1.0, done / max(total, 1)),
-                                                                    text="Generating and explaining each token…"))
+    with hold_model(model):  # generation and attribution hook the model the queue's worker shares
+        view = explain_prompt(model, settings, quality=quality,
+                              progress=lambda done, total: bar.progress(min(1.0, done / max(total, 1)),
+                                                                        text="Generating and explaining each token…"))
     bar.empty()
     return view
 
@@ -81,7 +85,8 @@ def _text_attention(model, input_ids) -> tuple:
     key = (model.sha256, tuple(int(i) for i in input_ids))
     kept = st.session_state.get(ATTENTION_KEY)
     if kept is None or kept[0] != key:
-        maps = text_attention(model, input_ids)
+        with hold_model(model):  # hooks on the attention layers
+            maps = text_attention(model, input_ids)
         kept = (key, (maps.weights[:, 0], causal_rollout(maps.weights)[0]))
         st.session_state[ATTENTION_KEY] = kept
     return kept[1]
@@ -89,7 +94,7 @@ def _text_attention(model, input_ids) -> tuple:
 
 def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> None:
     """Why the chosen token rather than another: log p(it) - log p(the other) attributed (gradient methods)."""
-    attr, p = view.attribution, view.attribution.prompt_length
+    attr = view.attribution
     other = st.text_input("Rather than (one token)", key="gb_gen_contrast",
                           help="Why this token rather than that one: the difference of their log-probabilities, "
                                "attributed by the same method (a leading space is part of a token).")
@@ -104,17 +109,32 @@ def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> N
         cached = None
         with state.error_boundary("Contrasting"):
             alternative = single_tokens(encode_texts([other], model.spec, special_tokens=False))[0]
-            found = contrast_texts(model, [view.text], [alternative], t, attr.method, int(attr.params.get("steps", 1)),
-                                   attr.params.get("baseline") or "pad", attr.params.get("granularity", "token"))[0]
+            with hold_model(model):
+                found = contrast_texts(model, [view.text], [alternative], t, attr.method,
+                                       int(attr.params.get("steps", 1)), attr.params.get("baseline") or "pad",
+                                       attr.params.get("granularity", "token"))[0]
             cached = st.session_state[CONTRAST_KEY] = (key, found)
     if cached is None:
         return
     c = cached[1]
     rather = display_tokens([c.alternative], model.spec)[0]
-    st.html(text_attribution_html(labels[:p + t], c.values, joins=[s.joins for s in shown[:p + t]],
-                                  target=f"“{labels[p + t]}” rather than “{rather}”"))
-    err = "" if np.isnan(c.completeness_error) else f" · completeness error {c.completeness_error:.1e}"
-    st.caption(escape_markdown(f"log p(“{labels[p + t]}”) − log p(“{rather}”) = {c.difference:.4f}{err}"))
+    st.html(viz.contrast_html(c, labels, [s.joins for s in shown], rather))
+    st.caption(escape_markdown(viz.contrast_caption(c, labels, rather)))
+
+
+def _turns() -> list[dict[str, str]]:
+    """The chat's earlier turns before the prompt: rows of role + text (a row with no text is left out)."""
+    count = int(st.number_input("Earlier turns", 0, MAX_TURNS, 0, key="gb_gen_turns",
+                                help="System, user and assistant messages before the prompt, in order."))
+    out = []
+    for i in range(count):
+        c1, c2 = st.columns([1, 4])
+        role = c1.selectbox("Role", ROLES, key=f"gb_gen_turn_role_{i}", label_visibility="collapsed")
+        content = c2.text_input("Text", key=f"gb_gen_turn_text_{i}", label_visibility="collapsed",
+                                placeholder=f"Turn {i + 1}: the {role}'s message")
+        if content:
+            out.append({"role": role, "content": content})
+    return out
 
 
 st.title("Generate")
@@ -139,8 +159,9 @@ continuation = st.text_input("Continuation to explain (optional)", key="gb_gen_c
                              help="Given tokens are scored by teacher forcing instead of generating; "
                                   "write it as it follows the prompt (a leading space included).")
 chat = bool(spec.chat_template) and st.checkbox(
-    "Chat: the prompt is the user's message, through the model's chat template", key="gb_gen_chat",
+    "Chat: the prompt is the user's last message, through the model's chat template", key="gb_gen_chat",
     help="The template (tokenizer_config.json or chat_template.jinja) renders in a sandbox; its special tokens included.")
+turns = _turns() if chat else []
 c1, c2, c3, c4 = st.columns(4)
 max_new = int(c1.number_input("Max new tokens", 1, MAX_NEW_TOKENS, DEFAULT_MAX_NEW, key="gb_gen_max_new",
                               disabled=bool(continuation.strip()), help="Greedy generation stops here or at end-of-sequence."))
@@ -165,19 +186,28 @@ quality = st.checkbox("Judge the attribution (comprehensiveness, sufficiency, de
 if not prompt.strip():
     st.info(EMPTY_PROMPT)
     st.stop()
-settings = settings_of(prompt, continuation, max_new, method, steps, baseline, granularity, sampling, chat)
+settings = settings_of(prompt, continuation, max_new, method, steps, baseline, granularity, sampling, chat, turns)
 request = (model.sha256, tuple(sorted(settings.items())), quality)
 clicked = st.button("Generate and explain", type="primary", key="gb_gen_run")
-save_key = repr(request)  # Save as a run: the same explanation as a job of the queue, its run linked
+# Save as a run: the same explanation as a job of the queue, its run linked; it keeps the selected step's
+# attention, logit lens and contrast as shown below (the widgets' last values)
+kept = st.session_state.get(RESULT_KEY)
+shown_here = (kept is not None and kept[0] == request) or (kept is None and first is not None)  # what the step is of
+selected = (int(st.session_state.get("gb_gen_token") or 0) if shown_here else 0,
+            str(st.session_state.get("gb_gen_contrast") or "") if shown_here else "")
+save_key = repr((request, selected))
 if st.button("Save as a run", key="gb_gen_save", help="Computed by the queue's worker and saved as a run to "
-             "share, comment on and decide on") or save_key in st.session_state.get("gb_gen_jobs", {}):
+             "share, comment on and decide on; it keeps the selected step's attention, logit lens and contrast")\
+        or save_key in st.session_state.get("gb_gen_jobs", {}):
     from ui import jobs
 
     with state.error_boundary("Saving as a run"):
         saved_run = jobs.follow_request("gb_gen_jobs", save_key, lambda: jobs.submit_generation(
-            model, [prompt], continuations=[continuation] if settings["continuation"] else None, max_new_tokens=max_new,
-            method=method, steps=steps, baseline=baseline, granularity=granularity, sampling=sampling, chat=chat,
-            quality=quality), "Generating and explaining as a job")
+            model, [] if chat else [prompt], continuations=[continuation] if settings["continuation"] else None,
+            max_new_tokens=max_new, method=method, steps=steps, baseline=baseline, granularity=granularity,
+            sampling=sampling, chats=[chat_of(settings)] if chat else None, quality=quality,
+            selected_step=selected[0],
+            contrast=selected[1] if method in CONTRAST_METHODS else None), "Generating and explaining as a job")
         if saved_run is not None:
             team.render_share_link(f"Saved as run {saved_run.info.id}: open it on Saved runs, comment and decide.",
                                    run=saved_run.info.id)
