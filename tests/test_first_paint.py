@@ -1,7 +1,9 @@
 """The app's first paint imports no torch (issue 21, no waiting): on a fresh process `ui.first_paint` draws the
-Overview's title, the sidebar's sample choice and the sample's training curves, and the script run ends there
-(torch, captum and shap not imported); the curves are the Overview's own figure; a background import of the
-pages' glue follows, and the next run is the page itself; nothing is drawn while the workspace has accounts."""
+Overview's title, the sidebar's sample choice, the sample's training curves and its saved first view (the
+prediction and the attribution map with its caption), and the script run ends there (torch, captum and shap not
+imported); the curves and the map are the Overview's own figures (the settled page draws the same map, same z
+and colour limits); a background import of the pages' glue follows, and the next run is the page itself; nothing
+is drawn while the workspace has accounts."""
 from __future__ import annotations
 
 import json
@@ -13,13 +15,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter: the app's first script run (AppTest), the sample changed in the preview, then
-# the background import and the run after it; the Overview's own figures are made last, for comparison.
+# the background import and the run after it, and the first sample again on the page; the Overview's own
+# figures are made last, for comparison.
 SCRIPT = r'''
 import json, sys
 from streamlit.testing.v1 import AppTest
 import ui.first_paint as fp
 
 HEAVY = ("torch", "captum", "shap")
+
+
+def charts(at):
+    return {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
 if sys.argv[1] == "accounts":
     from explain.workspace import Actor, open_workspace
     open_workspace().users.add(Actor("cli:tester", operator=True), "alice", "admin")
@@ -27,14 +36,15 @@ at = AppTest.from_file(ROOT + "/app.py", default_timeout=300)
 at.run()
 assert not at.exception, at.exception
 first = {"heavy": [m for m in HEAVY if m in sys.modules], "titles": [t.value for t in at.title],
-         "charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")],
-         "sidebar": [h.value for h in at.sidebar.header]}
+         "charts": charts(at), "sidebar": [h.value for h in at.sidebar.header],
+         "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown]}
 found = {"first": first}
 if sys.argv[1] == "none":
     first["sample"] = at.sidebar.selectbox(key="gb_sample_select").value
     at.sidebar.selectbox(key="gb_sample_select").select("cancer").run()  # chosen in the preview
     assert not at.exception, at.exception
-    found["changed"] = {"charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")]}
+    found["changed"] = {"charts": charts(at), "heavy": [m for m in HEAVY if m in sys.modules],
+                        "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown]}
     fp.start_warm_up()  # what the preview's first tick in a browser does
     assert fp.wait_ready(600)
     at.run()
@@ -42,7 +52,11 @@ if sys.argv[1] == "none":
     found["page"] = {"heavy": [m for m in HEAVY if m in sys.modules], "titles": [t.value for t in at.title],
                      "sample": at.sidebar.selectbox(key="gb_sample_select").value,
                      "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown],
-                     "charts": [json.loads(c.proto.spec) for c in at.get("plotly_chart")]}
+                     "charts": charts(at)}
+    at.sidebar.selectbox(key="gb_sample_select").select("shapes").run()
+    assert not at.exception, at.exception
+    found["shapes_page"] = {"charts": charts(at), "captions": [c.value for c in at.caption],
+                            "markdown": [m.value for m in at.markdown]}
 from explain.report import overview
 found["overview"] = {name: json.loads(overview.training_figure(overview.training_overview(
     [ROOT + f"/sample_models/{name}/train_log.csv"], [])).to_json()) for name in ("shapes", "cancer")}
@@ -64,25 +78,43 @@ def same_figure(spec: dict, fig: dict) -> bool:
     return spec["data"] == fig["data"] and spec["layout"] == fig["layout"]
 
 
-def test_the_first_run_imports_no_torch_and_draws_the_samples_figure(tmp_path):
+def map_caption(captions: list[str]) -> str:
+    return next(c for c in captions if "completeness error" in c)
+
+
+def test_the_first_run_imports_no_torch_and_draws_the_samples_figures(tmp_path):
     found = run_first_paint(tmp_path, "none")
-    first, changed, page = found["first"], found["changed"], found["page"]
+    first, changed, page, shapes_page = found["first"], found["changed"], found["page"], found["shapes_page"]
     assert first["heavy"] == []  # the first script run imported neither torch nor captum nor shap
     assert first["titles"] == ["Overview"] and first["sidebar"] == ["Model"] and first["sample"] == "shapes"
-    assert len(first["charts"]) == 1  # the sample's curves: the Overview's own training figure
-    assert same_figure(first["charts"][0], found["overview"]["shapes"])
-    # another sample chosen in the preview: its own curves, still the preview (that run may start the background
-    # import, as a browser's tick would: the preview was drawn)
-    assert len(changed["charts"]) == 1 and same_figure(changed["charts"][0], found["overview"]["cancer"])
-    # after the background import the run is the page itself: the model loaded, its map explained
+    # the sample's curves (the Overview's own training figure) and its first view's map, with its caption
+    assert set(first["charts"]) == {"ov_curves_first_paint", "ov_map"}
+    assert same_figure(first["charts"]["ov_curves_first_paint"], found["overview"]["shapes"])
+    assert "**triangle** (100.0%) · true: triangle" in first["markdown"]  # input #0's prediction, as the page says it
+    # the settled page draws the same map in the same place: the same figure, z data and colour limits
+    preview_map, page_map = first["charts"]["ov_map"], shapes_page["charts"]["ov_map"]
+    assert [d["type"] for d in preview_map["data"]] == ["image", "heatmap"]
+    heat, page_heat = preview_map["data"][1], page_map["data"][1]
+    assert heat["z"] == page_heat["z"] and (heat["zmin"], heat["zmax"]) == (page_heat["zmin"], page_heat["zmax"])
+    assert heat["zmax"] == -heat["zmin"] > 0
+    assert same_figure(preview_map, page_map)
+    assert map_caption(first["captions"]) == map_caption(shapes_page["captions"])
+    assert "**triangle** (100.0%) · true: triangle" in shapes_page["markdown"]
+    # another sample chosen in the preview: its own curves and map, still the preview (that run may start the
+    # background import, as a browser's tick would: the preview was drawn)
+    assert changed["heavy"] == [] and set(changed["charts"]) == {"ov_curves_first_paint", "ov_map"}
+    assert same_figure(changed["charts"]["ov_curves_first_paint"], found["overview"]["cancer"])
+    # after the background import the run is the page itself: the model loaded, its map read back
     assert "torch" in page["heavy"] and page["titles"] == ["Overview"] and page["sample"] == "cancer"
-    assert any("completeness error" in c for c in page["captions"])
-    assert any("malignant" in m or "benign" in m for m in page["markdown"])  # the cancer model's prediction
-    assert any(same_figure(c, found["overview"]["cancer"]) for c in page["charts"])
+    assert any(same_figure(c, found["overview"]["cancer"]) for c in page["charts"].values())
+    assert same_figure(changed["charts"]["ov_map"], page["charts"]["ov_map"])  # the tabular bars, as the preview's
+    assert map_caption(changed["captions"]) == map_caption(page["captions"])
+    prediction = [m for m in page["markdown"] if "malignant" in m or "benign" in m]  # the cancer model's prediction
+    assert prediction and prediction[0] in changed["markdown"]
 
 
 def test_nothing_is_drawn_before_sign_in(tmp_path):
     found = run_first_paint(tmp_path, "accounts")
     assert found["first"]["titles"] == ["Sign in to Glassbox"] or found["first"]["titles"] == []
-    assert found["first"]["charts"] == []
+    assert found["first"]["charts"] == {} and not any("completeness" in c for c in found["first"]["captions"])
     assert found["first"]["sidebar"] == []

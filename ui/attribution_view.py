@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explain.attribution import Attribution, run_details, step_raising_text
+from explain.attribution import Attribution, step_raising_text
 from explain.inputs.tabular import feature_names
 from explain.inputs.text import display_text
 from explain.model import LoadedModel
@@ -18,17 +17,9 @@ from explain.output.methods.base import completeness_caption
 from explain.output.metrics.quality import Results
 from explain.viz import attribution as viz
 from ui.figures import figure_config, figure_format_choice
+from ui.map_view import MapOptions, draw_map
 from ui.quality_view import render_quality_line
 from ui.text import escape_markdown
-
-
-@dataclass(frozen=True)
-class MapOptions:
-    """How image maps are drawn: which sign, which view (`viz.VIEWS`), which colour scale (`viz.SCALES`)."""
-
-    sign: str = "all"
-    view: str = "overlay"
-    scale: str = "shared"
 
 
 def map_controls(modality: str) -> MapOptions:
@@ -44,16 +35,6 @@ def map_controls(modality: str) -> MapOptions:
                      help="shared: one limit for all inputs of a method, so their maps compare; "
                           "per map: each map uses its own range.")
     return MapOptions(sign, view, scale)
-
-
-def caption_for(attr: Attribution, index: int) -> str:
-    """The Markdown under a map: what it was made with (Grad-CAM's layer, a SHAP method's background),
-    its completeness error (flagged in orange with ⚠ above the method's tolerance), time and device."""
-    err_text, exceeded = completeness_caption(attr, index)
-    if exceeded:
-        err_text = f":orange[**{err_text}**]"
-    details = "".join(f"{escape_markdown(d)} · " for d in run_details(attr.params))
-    return f"{details}{err_text} · {attr.seconds:.2f} s for {len(attr)} inputs · {attr.device} · {attr.precision}"
 
 
 def render_prediction(model: LoadedModel, probs: np.ndarray, label: int | None, key: str) -> None:
@@ -105,18 +86,10 @@ def render_grid(
 
 def render_attribution(model: LoadedModel, attr: Attribution, row: int, title: str, key: str,
                        limit: float | None = None, options: MapOptions = MapOptions()) -> None:
-    """One input's map (`viz.attribution_figure`, as the report draws it) and its caption (`caption_for`):
-    each cell of the Output page's grid, and the Overview's map. ``limit``: the image's colour limit
-    (default `viz.map_limits` over the attribution's rows)."""
-    drawn = viz.attribution_figure(attr, model.spec, row, limit=limit, sign=options.sign, view=options.view,
-                                   title=title if model.modality != "text" else "")
-    if isinstance(drawn, str):  # highlighted tokens
-        st.caption(escape_markdown(title))
-        st.html(drawn)
-    else:
-        name = f"{attr.method}_{'row' if model.modality == 'tabular' else 'input'}{row}"  # the download's file name
-        st.plotly_chart(drawn, config=figure_config(name), key=key)
-    st.caption(caption_for(attr, row))
+    """One input's map and its caption (`ui.map_view.draw_map`, its completeness judged against the method's
+    tolerance): each cell of the Output page's grid, and the Overview's map. ``limit``: the image's colour
+    limit (default `viz.map_limits` over the attribution's rows)."""
+    draw_map(model.spec, attr, row, title, key, completeness_caption(attr, row), limit=limit, options=options)
 
 
 def render_layer_attribution(model: LoadedModel, result, x: np.ndarray, key: str) -> None:

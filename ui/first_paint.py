@@ -4,9 +4,13 @@ The pages' glue (`ui.state`, `ui.sidebar`, `ui.jobs`, ...) imports torch, the qu
 cache: seconds of a fresh server's first script run, during which the browser would show nothing.
 So on the Overview of a sample, while the glue is not imported yet, `first_paint` draws what needs
 none of it and the run ends there, with torch never imported in it: the sidebar's Source / Sample
-choice (`ui.sample_choice`, the same widgets), the page's title, its three columns and the sample's
+choice (`ui.sample_choice`, the same widgets), the page's title, its three columns, the sample's
 training curves with their findings (its log read with pandas, drawn by
-`explain.viz.training.figure_overview`, as the Overview draws them). A fragment of the preview ticks
+`explain.viz.training.figure_overview`, as the Overview draws them) and the sample's saved first view
+(`explain.report.first_view`: shipped beside the sample, else saved in the workspace): the row above the
+columns, the preprocessing expander, the prediction and the attribution map with its caption, drawn by the
+page's own functions (`ui.overview_view`, `ui.map_view.draw_map`: `explain.viz.attribution.attribution_figure`),
+so the page that replaces the preview puts the same map in the same place. A fragment of the preview ticks
 every `POLL_S` seconds: its first tick, which the browser sends once it has drawn the preview, starts a
 background thread that imports the glue and the Overview's own modules and seeds the workspace
 (`start_warm_up`: torch does not take the CPU from the browser's first figure); the tick after that ends
@@ -30,9 +34,24 @@ from pathlib import Path
 import streamlit as st
 
 from explain.config import database_url, glassbox_home
-from explain.workspace import Workspace, open_workspace
-from sample_models import SAMPLE_NAMES, sample_dir, sample_registry_files
-from ui.sample_choice import SOURCE_KEY, chosen_sample, render_sample_choice, render_source_choice
+from explain.digest import digest_bytes
+from explain.inputs.reading import InputBatch
+from explain.report.first_view import DEFAULT_METHOD, FirstView, find_first_view, first_view_id
+from explain.workspace import Actor, Workspace, open_workspace
+from sample_models import SAMPLE_NAMES, sample_dir, sample_file, sample_inputs, sample_registry_files
+from ui.inputs_view import render_preprocessing_of
+from ui.map_view import draw_map
+from ui.overview_view import (
+    INPUT_KEY,
+    METHOD_KEY,
+    input_label,
+    map_title,
+    model_caption,
+    overview_columns,
+    prediction_line,
+    render_view_choice,
+)
+from ui.sample_choice import SOURCE_KEY, chosen_sample, render_sample_choice, render_source_choice, shipped_first_view
 from ui.text import escape_markdown
 
 log = logging.getLogger("glassbox.ui")
@@ -96,6 +115,40 @@ def sample_curves(name: str):
     history = merge_histories(read_histories([str(log_file)]))  # `explain.report.analysis.read_training_history`
     findings = sort_findings(diagnose(history))
     return figure_overview([history], [findings], height=CURVES_HEIGHT), findings
+
+
+def sample_first_view(name: str) -> FirstView | None:
+    """The sample's saved first view (`explain.report.first_view.find_first_view`: the file beside it, else the
+    workspace's run), or None: none saved yet, or this session chose another input or method already."""
+    session = st.session_state
+    if session.get(INPUT_KEY, 0) != 0 or session.get(METHOD_KEY, DEFAULT_METHOD) != DEFAULT_METHOD:
+        return None
+    x = sample_inputs(name)["inputs"][:1]  # [1, ...]
+    run_id = first_view_id(digest_bytes(sample_file(name).read_bytes()), x)  # the page's model: that file
+    ws = open_server_workspace(database_url(), str(glassbox_home()))
+    return find_first_view(run_id, shipped_first_view(name), ws, Actor.local())  # no accounts (`preview_sample`)
+
+
+def _draw_first_view(name: str, first: FirstView | None) -> None:
+    """Above the columns, what the page draws there (the choice of input and method, the preprocessing), from
+    the sample's first view; nothing without one."""
+    if first is None:
+        return
+    spec, arrays = first.spec, sample_inputs(name)
+    n = len(arrays["inputs"])
+    render_view_choice([0], input_label(spec, first.probabilities()[None]), [first.view["method"]],
+                       model_caption(name, first.view["format"], spec.modality, n), preview=True)
+    render_preprocessing_of(spec, InputBatch.from_arrays(arrays["inputs"], spec), [0])
+
+
+def _draw_output(name: str, first: FirstView | None) -> None:
+    """The Output column as the page draws it for the first view: the prediction and the map with its caption."""
+    if first is None:
+        st.caption(":material/hourglass_top: Loading the model…")
+        return
+    spec, attr, labels = first.spec, first.attribution(), sample_inputs(name).get("labels")
+    st.markdown(prediction_line(spec, first.probabilities(), labels[0] if labels is not None else None))
+    draw_map(spec, attr, 0, map_title(spec, attr), key="ov_map", judged=first.completeness())
 
 
 def _imports_of(path: Path) -> list[str]:
@@ -170,7 +223,14 @@ def first_paint(is_overview: bool) -> bool:
             render_source_choice(upload=False)
             render_sample_choice()
         st.title("Overview")
-        out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")
+        first = None
+        try:
+            first = sample_first_view(name)
+            _draw_first_view(name, first)
+        except Exception:  # the page draws it
+            log.exception("Drawing the first view failed")
+            first = None
+        out_col, struct_col, train_col = overview_columns()
         with train_col:
             st.subheader("Training")
             curves = sample_curves(name)
@@ -183,7 +243,7 @@ def first_paint(is_overview: bool) -> bool:
             st.subheader("Structure")
         with out_col:
             st.subheader("Output")
-            st.caption(":material/hourglass_top: Loading the model…")
+            _draw_output(name, first)
     except Exception:  # a preview that cannot draw is no reason to stop the page
         log.exception("The first paint failed")
     _rerun_when_ready()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -17,13 +16,20 @@ from ui import jobs, state
 from ui import workspace as team
 from ui.attribution_view import render_attribution, render_layer_attribution
 from ui.inputs_view import render_prediction_warning, render_preprocessing
+from ui.overview_view import (
+    input_label,
+    map_title,
+    model_caption,
+    overview_columns,
+    prediction_line,
+    render_view_choice,
+)
 from ui.quality_view import render_quality_findings
 from ui.report_download import render_report_job
 from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
 
-DEFAULT_METHOD = overview.DEFAULT_METHOD
 FINAL = "final model"
 NO_LAYER = "(choose a layer)"
 LAYER_STEPS = (16, 32, 64, 128, 256)
@@ -44,20 +50,15 @@ if not loaded:
 
 n = len(batch)
 names = [m.name for m in compatible_methods(model)]
-top = st.columns([2, 2, 3])
-index = top[0].selectbox("Input", list(range(n)), key="gb_ov_input",
-                         format_func=lambda i: f"#{i} · {model.spec.class_name(int(np.argmax(probs[i])))}")
-method = top[1].selectbox("Method", names, index=names.index(DEFAULT_METHOD) if DEFAULT_METHOD in names else 0,
-                          key="gb_ov_method")
-top[2].caption(f"{escape_markdown(model.name)} · {model.format} · {model.modality} · {n} inputs. Choose a layer (Structure) or a "
-               "checkpoint (Training): the Output column follows.")
+index, method = render_view_choice(range(n), input_label(model.spec, probs), names,
+                                   model_caption(model.name, model.format, model.modality, n))
 render_prediction_warning(model, probs)
 render_preprocessing(model, batch, [index])
 x = batch.array[index : index + 1]
 team.recall_first_view(model, x, index, method)  # a sample's first view: read back from its saved run
 logs, checkpoints = state.training_sources(model.sha256)
 frame, findings, attr = None, [], None  # each column below fills its part; Save run keeps what was shown
-out_col, struct_col, train_col = st.columns([1, 1.25, 1.1], gap="medium")  # the layer table needs the room
+out_col, struct_col, train_col = overview_columns()
 
 with train_col:
     st.subheader("Training")
@@ -123,15 +124,11 @@ with out_col:
         at_checkpoint = model if chosen_ckpt == FINAL else overview.checkpoint_model(model, chosen_ckpt)
         p = probs[index] if chosen_ckpt == FINAL else overview.probabilities(at_checkpoint, x)[0]
         explained = at_checkpoint
-        k = int(np.argmax(p))
         truth = batch.labels[index] if batch.labels is not None else None
-        st.markdown(f"**{escape_markdown(model.spec.class_name(k))}** ({p[k]:.1%})"
-                    + (f" · true: {escape_markdown(model.spec.class_name(int(truth)))}" if truth is not None else "")
-                    + (f" · weights: {escape_markdown(Path(chosen_ckpt).stem)}" if chosen_ckpt != FINAL else ""))
+        st.markdown(prediction_line(model.spec, p, truth, Path(chosen_ckpt).stem if chosen_ckpt != FINAL else None))
         with st.spinner(f"Explaining with {method}…"):
             attr = overview.explain_input(explained, x, method)
-        target = model.spec.class_name(int(attr.target[0]))
-        render_attribution(model, attr, 0, f"{attr.method} → {target}", key="ov_map")  # as the Output page and the report
+        render_attribution(model, attr, 0, map_title(model.spec, attr), key="ov_map")  # as the Output page and the report
         render_quality_findings(model)  # e.g. "saliency fails the randomisation check", from the Quality tab
     if chosen_layer != NO_LAYER and explained is not None:
         with state.error_boundary(f"Attributing to layer {chosen_layer}"):
