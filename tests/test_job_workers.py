@@ -461,3 +461,84 @@ def test_only_shared_holds_of_models_in_this_process_pause_inside_a_method():
     assert not pausable(M("a", "text"))  # the engine hooks a text model's embedding here
     # a model process's request waits on the progress callback: no other request may go to it then
     assert not pausable(M("a"), M("b", "text", process=object()))
+
+
+# -- a page's work on a model holds its lock as a job does (`model_locks.hold_model`) ------------------
+def _in_thread(fn) -> tuple[threading.Thread, threading.Event, list]:
+    done, out = threading.Event(), []
+    thread = threading.Thread(target=lambda: (out.append(fn()), done.set()), daemon=True)
+    thread.start()
+    return thread, done, out
+
+
+def _running_job(model, shares: bool = False) -> tuple[threading.Event, threading.Thread]:
+    """A job holding ``model`` in the process's locks (the worker's `Holding`) until the event is set."""
+    from explain.service.model_locks import MODEL_LOCKS
+
+    took, release = threading.Event(), threading.Event()
+
+    def run():
+        holding = Holding(MODEL_LOCKS, shares=shares)
+        holding.take(model)
+        took.set()
+        release.wait(60)
+        holding.release_all()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert took.wait(60)
+    return release, thread
+
+
+def test_a_page_computation_waits_for_a_running_job_on_its_model_and_not_for_another_models(cancer):
+    """The Overview's layer table (probes, FLOP counting: hooks) and map on the model object the queue's
+    worker shares wait while a job holds that model, and not while a job holds another model."""
+    from explain.report import overview
+
+    model, x = cancer
+    shapes, xs = load_sample("shapes"), sample_inputs("shapes")["inputs"]
+    fresh = (x[:1] * 1.0001).astype(np.float32)  # [1, 30] no answer remembered for it
+    release, job = _running_job(shapes)  # another model's job: nothing waits for it
+    try:
+        assert len(overview.layer_overview(model, fresh).frame) > 0
+        assert overview.explain_input(model, fresh, "saliency").values.shape == (1, 30)
+    finally:
+        release.set()
+        job.join(60)
+    release, job = _running_job(model)
+    try:
+        thread, done, out = _in_thread(lambda: overview.layer_overview(model, fresh * 1.0001))
+        thread2, done2, _ = _in_thread(lambda: overview.explain_input(model, fresh * 1.0002, "saliency"))
+        assert not done.wait(0.5) and not done2.is_set()  # the job runs: the page's hooks wait
+        assert overview.explain_input(shapes, xs[:1] * 1.0001, "saliency").values.shape[0] == 1  # another model
+    finally:
+        release.set()
+        job.join(60)
+    assert done.wait(60) and done2.wait(60) and len(out[0].frame) > 0
+    thread.join(60)
+    thread2.join(60)
+
+
+def test_a_pages_forward_pass_runs_beside_a_sharing_job_but_not_inside_an_exclusive_ones(cancer):
+    from explain.report import overview
+    from explain.service.model_locks import MODEL_LOCKS, hold_model
+
+    model, x = cancer
+    release, job = _running_job(model, shares=True)  # forward and backward passes only (not a text model)
+    try:
+        assert overview.probabilities(model, x[:3] * 1.0002).shape == (3, 2)  # shared: at once
+    finally:
+        release.set()
+        job.join(60)
+    release, job = _running_job(model)
+    try:
+        thread, done, _ = _in_thread(lambda: overview.probabilities(model, x[:3] * 1.0003))
+        assert not done.wait(0.5)  # inside the exclusive job's hooks it would not be
+    finally:
+        release.set()
+        job.join(60)
+    assert done.wait(60)
+    thread.join(60)
+    with hold_model(model), hold_model(model, shared=True):  # nested in an exclusive hold: deeper, no error
+        assert MODEL_LOCKS.get(model.sha256).held_exclusively()
+    assert not MODEL_LOCKS.get(model.sha256).held_exclusively()

@@ -13,6 +13,14 @@ methods that `Explainer.shares_model`, on a model that takes no hook for them;
     holding.pause(run_waiting)     # between chunks (no hook on any model): waiters go first
     holding.release_all()          # the job ended
 
+Work on a model outside a job (a page's layer table, attention maps, Grad-CAM, layer attribution,
+generation: anything that hooks the model object the worker shares) holds its lock too:
+
+    with hold_model(model):                 # exclusive: waits for a running job on this model
+        table = build_layer_table(model, x)
+    with hold_model(model, shared=True):    # a forward pass alone: beside jobs that share the model
+        probs = model.predict_proba(x)
+
 A job that needs a second model while holding one never waits holding it (it lets go of all and
 takes them all in key order), so two jobs on the same two models cannot deadlock. Between chunks a
 batch job `pause`\\s: it lets go of its models, runs what ``during()`` does (the worker runs waiting
@@ -22,7 +30,8 @@ Model processes (a user's graph) serialise their own requests; the lock costs th
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from explain.model import LoadedModel
 
@@ -108,6 +117,11 @@ class ModelLock:
             self._cond.notify_all()
             return depth
 
+    def held_exclusively(self) -> bool:
+        """True when this thread holds the lock exclusively."""
+        with self._cond:
+            return self._owner == threading.get_ident()
+
     def blocks_others(self) -> bool:
         """True when a thread waits that this thread's hold keeps out (a pause would let it in)."""
         me = threading.get_ident()
@@ -131,6 +145,20 @@ class ModelLocks:
 
 #: this process's model locks (its worker threads share them, as they share the model cache)
 MODEL_LOCKS = ModelLocks()
+
+
+@contextmanager
+def hold_model(model: LoadedModel, shared: bool = False, locks: ModelLocks | None = None) -> Iterator[None]:
+    """Hold ``model``'s lock for the work in the block, as a job holds it: exclusive (hooked work: no
+    job's hook fires in it, none of its hooks in a job's passes), or ``shared`` (forward and backward
+    passes alone, beside jobs that share the model, never inside an exclusive job's hooks). A thread
+    that holds the lock exclusively already (a nested call) holds it deeper, whichever is asked."""
+    lock = (locks or MODEL_LOCKS).get(model.sha256)
+    lock.acquire(shared=shared and not lock.held_exclusively())
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Holding:

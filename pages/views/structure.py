@@ -10,6 +10,7 @@ from explain.errors import GlassboxError
 from explain.inputs.text import real_length
 from explain.output import layer_importance
 from explain.output.importance_job import saved_importance
+from explain.service.model_locks import hold_model
 from explain.structure import activations, attention, attention_summary
 from explain.structure import layers as structure
 from explain.structure import module_graph as graph
@@ -27,12 +28,14 @@ MAX_IMPORTANCE_INPUTS = 8
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _layer_table(model_sha: str, inputs_sha: str, _model, _inputs) -> structure.LayerTable:
-    return structure.build_layer_table(_model, _inputs)
+    with hold_model(_model):  # probes and FLOP counting hook the model the queue's worker shares
+        return structure.build_layer_table(_model, _inputs)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _attention(model_sha: str, inputs_sha: str, _model, _inputs) -> attention.AttentionMaps:
-    return attention.capture_attention(_model, _inputs)
+    with hold_model(_model):  # hooks on the attention layers
+        return attention.capture_attention(_model, _inputs)
 
 
 def depth_slider(container, label: str, low: int, high: int, value: int, key: str, help: str | None = None) -> int:
@@ -233,15 +236,16 @@ with tab_importance:
                        "Press **Rank layers** to start.")
         if model.modality == "image":
             with state.error_boundary("Grad-CAM"):
-                cam_layers = layer_importance.grad_cam_layers(model, inputs)
+                with hold_model(model):  # observing the layers hooks them
+                    cam_layers = layer_importance.grad_cam_layers(model, inputs)
                 cam_layer = st.selectbox("Grad-CAM layer", cam_layers, key=f"gb_cam_layer_{model.sha256[:12]}",
                                          format_func=lambda n: f"{n} (default)" if n == cam_layers[0] else n,
                                          help="Layers with a spatial output, smallest maps first; the default is "
                                               "the last spatial stage.")
                 shown_n = min(len(inputs), 4)
-                with st.spinner("Grad-CAM…"):
+                with st.spinner("Grad-CAM…"), hold_model(model):  # a hook on the chosen layer
                     cams = layer_importance.compute_grad_cam(model, inputs[:shown_n], cam_layer)
-                preds = model.predict_logits(inputs[:shown_n]).argmax(1)
+                    preds = model.predict_logits(inputs[:shown_n]).argmax(1)
                 for col, i in zip(st.columns(shown_n), range(shown_n)):
                     col.plotly_chart(viz.figure_grad_cam(batch.display[i], cams[i],
                                                          title=f"#{i} · {model.spec.class_name(int(preds[i]))}"),
