@@ -347,9 +347,10 @@ def test_every_decoder_family_gets_exact_rules(family):
     assert abs(float(values.sum()) - float(own - own_ref)) <= 1e-5
 
 
-def test_a_pt2_causal_lm_is_refused_in_one_line(tmp_path):
-    """A .pt2 whose signature is token ids [N, L] -> logits [N, L, V] says what to upload instead (with a causal-LM
-    spec, and with a classifier's spec, which used to fail in the sandbox on the logits' shape)."""
+def test_a_pt2_causal_lm_loads_with_a_causal_spec_and_refuses_a_classifiers_in_one_line(tmp_path):
+    """A .pt2 whose signature is token ids [N, L] -> logits [N, L, V] loads with a causal-LM spec
+    (`explain.loading.export_lm`); a classifier's spec, which used to fail in the sandbox on the logits' shape,
+    is refused in one line saying what to give instead."""
     from explain.errors import GlassboxError
     from explain.loading.export import CAUSAL_PT2
 
@@ -372,6 +373,9 @@ def test_a_pt2_causal_lm_is_refused_in_one_line(tmp_path):
         spec = {"modality": "text", "input_shape": [8], "dtype": "int64", "task": task, "vocabulary": vocabulary,
                 **({"class_names": ["a", "b"]} if task == "classification" else {})}
         (tmp_path / "spec.json").write_text(json.dumps(spec))
+        if task == "causal_lm":
+            assert load_model(tmp_path / "lm.pt2", tmp_path / "spec.json").spec.is_causal_lm
+            continue
         with pytest.raises(GlassboxError) as caught:
             load_model(tmp_path / "lm.pt2", tmp_path / "spec.json")
         assert CAUSAL_PT2 in str(caught.value) and "\n" not in str(caught.value)

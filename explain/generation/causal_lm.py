@@ -3,7 +3,9 @@
 A Hugging Face folder whose ``config.json`` names a ``*ForCausalLM`` (or GPT-2's
 ``GPT2LMHeadModel``) loads as a text model with ``spec.task == "causal_lm"``; its
 module (`explain.loading.huggingface.HFClassifier`) holds the transformers model as
-``.model``. Functions here touch the graph, so they are called only from functions
+``.model``. A ``.pt2`` of token ids -> logits at every position loads the same way, its
+``.model`` an `explain.loading.export_lm.ExportedCausalLM` that answers as transformers'
+model does (logits, input embeddings, config), without a KV cache (`has_kv_cache`). Functions here touch the graph, so they are called only from functions
 that run in the model's process (`explain.loading.model_process.in_model_process`),
 except `require_causal_lm`, which reads the spec only.
 """
@@ -19,6 +21,7 @@ from torch import nn
 
 from explain.errors import IncompatibleInput, TooLarge, UsageError
 from explain.inputs.text import PAD_TOKENS, UNK_TOKENS, spec_vocabulary
+from explain.loading.export_lm import ExportedCausalLM
 from explain.model import LoadedModel
 
 #: Where decoders keep their final norm (Llama, Mistral, Qwen, Gemma: ``norm``; GPT-2: ``ln_f``;
@@ -44,7 +47,14 @@ def causal_lm(model: LoadedModel) -> nn.Module:
     inner = getattr(model.module, "model", None)
     if not isinstance(inner, nn.Module) or not callable(getattr(inner, "get_input_embeddings", None)):
         raise IncompatibleInput(f"{model.name} is a causal LM Glassbox cannot reach the layers of.", CAUSAL_HINT)
+    if isinstance(inner, ExportedCausalLM):  # a .pt2: its end-of-sequence id is its tokenizer's (the spec's)
+        inner.bind_vocabulary(model.spec)
     return inner
+
+
+def has_kv_cache(lm: nn.Module) -> bool:
+    """False for a ``.pt2`` causal LM (`explain.loading.export_lm`): each new token runs the whole sequence."""
+    return not isinstance(lm, ExportedCausalLM)
 
 
 def device_of(lm: nn.Module) -> torch.device:

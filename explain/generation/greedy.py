@@ -6,7 +6,8 @@ each prompt's tokens equal those of the prompt generated alone. One forward pass
 the cache, then one pass per new token reads it. A prompt stops after ``max_new_tokens`` or at an
 end-of-sequence id (which is kept, as ``generate`` keeps it); its batch runs until all have stopped.
 `decode_batched` is the loop; how the next token is picked (`pick_greedy`, or sampling,
-`explain.generation.sampling`) is its argument.
+`explain.generation.sampling`) is its argument. A model without a KV cache (a ``.pt2``,
+`explain.generation.causal_lm.has_kv_cache`) runs each prompt alone, the whole sequence per new token.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from explain.errors import UsageError
-from explain.generation.causal_lm import causal_lm, check_lengths, device_of, eos_ids, special_ids
+from explain.generation.causal_lm import causal_lm, check_lengths, device_of, eos_ids, has_kv_cache, special_ids
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
@@ -81,6 +82,7 @@ def decode_batched(model: LoadedModel, prompts: Sequence[np.ndarray], max_new_to
         raise UsageError(f"batch_size must be at least 1, not {batch_size}.")
     lm = causal_lm(model)
     check_lengths(lm, prompts, [int(max_new_tokens)] * len(prompts))
+    batch_size = batch_size if has_kv_cache(lm) else 1  # no cache, no position ids: each prompt alone, unpadded
     pad = special_ids(lm, model)["pad"] or 0  # any id: masked out
     total, done, out = len(prompts) * int(max_new_tokens), [0], []
 
@@ -98,7 +100,7 @@ def decode_batched(model: LoadedModel, prompts: Sequence[np.ndarray], max_new_to
 
 def _decode_batch(lm: torch.nn.Module, prompts: list[np.ndarray], rows: list[int], max_new: int, pick: PickFn,
                   pad: int, advance: Callable[[int], None]) -> list[GeneratedText]:
-    device, cache_arg, takes_positions = device_of(lm), _cache_arg(lm), _takes_positions(lm)
+    device, cache_arg, takes_positions, cached = device_of(lm), _cache_arg(lm), _takes_positions(lm), has_kv_cache(lm)
     stop = torch.tensor(sorted(eos_ids(lm)), dtype=torch.long, device=device)
     b, longest = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((b, longest), pad, dtype=torch.long, device=device)  # [B, L] left-padded
@@ -113,8 +115,11 @@ def _decode_batch(lm: torch.nn.Module, prompts: list[np.ndarray], rows: list[int
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # [B] tokens kept per prompt
     for _ in range(max_new):
         where = {"position_ids": positions} if takes_positions else {}
-        res = lm(input_ids=step, attention_mask=mask, use_cache=True, **where, **{cache_arg: cache})
-        cache = res["cache"] if "cache" in res else res.get("past_key_values")
+        if cached:
+            res = lm(input_ids=step, attention_mask=mask, use_cache=True, **where, **{cache_arg: cache})
+            cache = res["cache"] if "cache" in res else res.get("past_key_values")
+        else:  # the whole sequence so far (no cache)
+            res = lm(input_ids=step, attention_mask=mask, use_cache=False)
         last = res.logits[:, -1].float()  # [B, V]
         token = pick(last, rows).to(device)  # [B]
         tokens.append(token)
@@ -124,7 +129,7 @@ def _decode_batch(lm: torch.nn.Module, prompts: list[np.ndarray], rows: list[int
         running &= ~torch.isin(token, stop)
         if not running.any():
             break
-        step = token[:, None]  # [B, 1]
+        step = token[:, None] if cached else torch.cat([step, token[:, None]], 1)  # [B, 1] or [B, L + t + 1]
         mask = torch.cat([mask, mask.new_ones((b, 1))], 1)  # [B, L + t + 1]
         positions = positions[:, -1:] + 1  # [B, 1]
     kept = torch.stack(tokens, 1).cpu().numpy(), torch.stack(logprobs, 1).cpu().numpy()  # [B, T] each

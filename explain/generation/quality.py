@@ -84,7 +84,7 @@ def _probabilities(lm: torch.nn.Module, engine: Engine, context: np.ndarray, mas
         logits = lm(input_ids=batch, use_cache=False, **keep).logits[:, -1]  # [B, V]
         probs[lo:hi] = torch.softmax(logits.float(), dim=-1)[:, target].double().cpu()
 
-    width = lm.get_input_embeddings().weight.shape[1]
+    width = int(getattr(lm.config, "hidden_size", 0) or lm.get_input_embeddings().weight.shape[1])  # (a .pt2 may have no lookup)
     layers = int(getattr(lm.config, "num_hidden_layers", 0) or getattr(lm.config, "n_layer", 0) or 12)
     engine.map_chunks(len(rows), work, len(ids) * width * 4 * (4 + 4 * layers), report=False)  # activations
     return probs.numpy()

@@ -86,10 +86,13 @@ def check_export_parts(data: bytes, archive: Archive | None = None) -> LoadedPar
 
 def load_export_parts(data: bytes) -> LoadedParts:
     """Load a ``.pt2`` (in a model process) without ever unpickling Python objects or eval-ing its strings."""
+    from explain.loading.export_lm import ExportedLMModule, lm_signature
+
     raw, state_dict, constants, embedded = read_export_archive(data)
     ep = _deserialize(raw, state_dict, constants)
+    causal = lm_signature(ep)  # ids [N, L] -> logits [N, L, V]: answered as a causal LM (`explain.loading.export_lm`)
     return LoadedParts(
-        ep.module(), "export", embedded_spec=embedded,
+        ep.module() if causal is None else ExportedLMModule(ep.module(), causal), "export", embedded_spec=embedded,
         fixed_batch_size=static_batch_size(ep), exported_program=ep,
     )
 
@@ -439,10 +442,29 @@ def _check_model_fits(model: Any) -> None:
         check_spec_fits(model.exported_program, model.spec)
 
 
-#: Why a ``.pt2`` causal LM (token ids [N, L] -> logits [N, L, V]) is refused, and what to upload instead.
-CAUSAL_PT2 = ("This .pt2 maps token ids to logits at every position (a causal LM); Glassbox explains causal LMs "
-              "from their Hugging Face folder or zip, not yet from a .pt2.")
-CAUSAL_PT2_HINT = "Upload the model's Hugging Face folder or zip (config.json, safetensors, tokenizer.json)."
+#: Why a ``.pt2`` causal LM (token ids [N, L] -> logits [N, L, V]) is refused a classifier's spec, and the remedy.
+CAUSAL_PT2 = ("This .pt2 maps token ids to logits at every position (a causal LM), but its spec describes a "
+              "classifier.")
+CAUSAL_PT2_HINT = ("Leave the spec out (a tokenizer.json beside the .pt2, or in it as extra/tokenizer.json), "
+                   "or give one with \"task\": \"causal_lm\".")
+
+
+def archive_tokenizer(archive: Archive) -> str | None:
+    """The ``tokenizer.json`` a ``.pt2`` carries as ``extra/tokenizer.json`` (torch.export.save's
+    ``extra_files``), size-checked; None without one."""
+    from explain import config
+    from explain.inputs.text import check_tokenizer_size
+
+    member = archive.find("extra/tokenizer.json")
+    if member is None:
+        return None
+    declared, cap = archive.sizes.get(member, 0), config.max_tokenizer_bytes()
+    if declared > cap:  # before it is inflated
+        raise TooLarge(f"The .pt2's tokenizer.json is {declared / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB limit.",
+                       "An operator can raise it with GLASSBOX_MAX_TOKENIZER_MB.")
+    raw = read_zip_member(archive.zf, member, ".pt2")
+    check_tokenizer_size(raw)
+    return raw.decode("utf-8", errors="replace")
 
 
 def per_position_logits(ep: Any) -> bool:
@@ -457,10 +479,19 @@ def per_position_logits(ep: Any) -> bool:
 
 
 def check_spec_fits(ep: Any, spec: InputSpec) -> None:
-    """Refuse a spec whose per-sample shape differs from the graph's static dims, and a causal LM's
-    signature (`CAUSAL_PT2`)."""
-    if spec.is_causal_lm or per_position_logits(ep):
+    """Refuse a spec whose per-sample shape differs from the graph's static dims, a classifier's spec on a
+    causal LM's signature (`CAUSAL_PT2`), and a causal LM's spec on any other program."""
+    causal = per_position_logits(ep)
+    if causal and not spec.is_causal_lm:
         raise IncompatibleInput(CAUSAL_PT2, CAUSAL_PT2_HINT)
+    if spec.is_causal_lm:
+        from explain.loading.export_lm import lm_signature
+
+        if lm_signature(ep) is None:
+            raise IncompatibleInput("The spec says causal_lm, but this .pt2 does not map token ids [N, L] to "
+                                    "logits [N, L, V] (an optional mask beside the ids).",
+                                    "Give the classifier's spec, or export ids -> logits.")
+        return  # its length: any within the program's range (`explain.loading.export_lm`)
     user_inputs = list(ep.graph_signature.user_inputs)
     for node in ep.graph.nodes:
         if node.op == "placeholder" and node.name == (user_inputs[0] if user_inputs else None):

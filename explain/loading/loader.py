@@ -38,14 +38,17 @@ import torch
 from explain import config
 from explain.digest import digest_array, digest_bytes
 from explain.errors import CorruptFile, GlassboxError, IncompatibleInput, TooLarge, one_line
+from explain.inputs.text import check_tokenizer_size
 from explain.loading import huggingface
 from explain.loading.export import (
+    archive_tokenizer,
     check_export_parts,
     check_program_fits,
     check_spec_fits,
     is_export_archive,
     signature_guess,
 )
+from explain.loading.export_lm import causal_spec
 from explain.loading.source import (
     LEGACY_TORCH_MAGIC,
     Archive,
@@ -114,7 +117,8 @@ def load_model(
         raise remembered.__class__(remembered.reason, remembered.hint) if not isinstance(remembered, SpecNeeded) \
             else SpecNeeded(remembered.reason, remembered.hint, remembered.guess)
     try:
-        return _load_kind(kind, data, name, digest, explicit, trusted, archive, sample_input, device, vetted)
+        return _load_kind(kind, data, name, digest, explicit, trusted, archive, sample_input, device, vetted,
+                          beside=source if isinstance(source, (str, os.PathLike)) else None)
     except GlassboxError as exc:
         if key and not any(word in exc.reason for word in ("busy", "did not start")):
             _remember_refusal(key, exc)
@@ -122,18 +126,22 @@ def load_model(
 
 
 def _load_kind(kind: str, data: bytes, name: str, digest: str, explicit: InputSpec | None, trusted: bool,
-               archive: Any, sample_input: Any, device: Any, vetted: VettingMemory | None = None) -> LoadedModel:
+               archive: Any, sample_input: Any, device: Any, vetted: VettingMemory | None = None,
+               beside: str | os.PathLike | None = None) -> LoadedModel:
     parts = _load_parts(kind, data, explicit, trusted, archive, vetted)
     info = parts.process.info if parts.process is not None else {}
     if parts.process is not None:  # what the graph's own process read of it
         signature = guess_from_info(info.get("signature"))
     else:
         signature = signature_guess(parts.exported_program) if parts.exported_program is not None else None
-    final, spec_source = resolve_spec(
-        explicit, parts.embedded_spec, sample_input, Path(name).stem, signature=signature,
-        module_guess=lambda: guess_from_info(info.get("module_guess")) if parts.process is not None
-        else guess_from_module(parts.module),
-    )
+    if info.get("causal_lm") and explicit is None and parts.embedded_spec is None:  # a .pt2 causal LM
+        final, spec_source = causal_spec(info["causal_lm"], _pt2_tokenizer(archive, beside), Path(name).stem), "signature"
+    else:
+        final, spec_source = resolve_spec(
+            explicit, parts.embedded_spec, sample_input, Path(name).stem, signature=signature,
+            module_guess=lambda: guess_from_info(info.get("module_guess")) if parts.process is not None
+            else guess_from_module(parts.module),
+        )
     if parts.exported_program is not None:
         check_spec_fits(parts.exported_program, final)
     elif parts.process is not None and parts.format == "export":
@@ -235,6 +243,19 @@ def _looks_like_safetensors(data: bytes) -> bool:
         return False
     n = int.from_bytes(data[:8], "little")
     return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+
+
+def _pt2_tokenizer(archive: Archive | None, path: str | os.PathLike | None) -> str | None:
+    """A causal ``.pt2``'s ``tokenizer.json``: the one it carries (``extra/tokenizer.json``), else the file beside
+    the ``.pt2`` on disk (as a Hugging Face folder keeps it beside the weights), else None."""
+    found = archive_tokenizer(archive) if archive is not None else None
+    beside = Path(path).with_name("tokenizer.json") if path is not None else None
+    if found is None and beside is not None and beside.is_file():
+        with open(beside, "rb") as fh:
+            raw = fh.read(config.max_tokenizer_bytes() + 1)  # no more than the cap is ever read
+        check_tokenizer_size(raw)
+        found = raw.decode("utf-8", errors="replace")
+    return found
 
 
 # --------------------------------------------------------------------------

@@ -207,8 +207,10 @@ class _ChildModel:
             params = int(sum(p.numel() for p in self.module.parameters()))
         except Exception:  # noqa: BLE001
             params = 0
+        lm = getattr(self.module, "model", None) if self.format == "export" else None
+        causal = lm.signature.to_dict() if lm is not None and getattr(lm, "full_forward", False) else None
         return {"fixed_batch_size": self.fixed, "parameters": params, "signature": plain(self.signature),
-                "module_guess": plain(guess_from_module(self.module))}
+                "module_guess": plain(guess_from_module(self.module)), "causal_lm": causal}
 
     def model(self, key: str, state: dict | None) -> Any:
         """The `LoadedModel` for the server's state ``key`` (``state`` None: the one sent before)."""

@@ -751,10 +751,16 @@ def _checked_info(info: Any) -> dict[str, Any]:
         text = {k: str(v.get(k))[:40] for k in ("dtype", "source", "modality") if isinstance(v.get(k), str)}
         return {"input_shape": shape, **text}
 
+    def causal(v: Any) -> dict | None:  # a causal .pt2's inputs (`explain.loading.export_lm.LMSignature`)
+        if not isinstance(v, dict):
+            return None
+        return {"min_length": small_int(v.get("min_length")) or 1, "max_length": small_int(v.get("max_length")),
+                "static_length": small_int(v.get("static_length")), "mask": bool(v.get("mask"))}
+
     return {"fixed_batch_size": small_int(info.get("fixed_batch_size")) or None,
             "parameters": small_int(info.get("parameters")) or 0,
             "signature": guess(info.get("signature")), "module_guess": guess(info.get("module_guess")),
-            "hookable": bool(info.get("hookable"))}
+            "hookable": bool(info.get("hookable")), "causal_lm": causal(info.get("causal_lm"))}
 
 
 def _model_state(model: Any) -> dict[str, Any]:

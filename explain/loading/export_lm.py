@@ -1,0 +1,296 @@
+"""A ``.pt2`` causal LM (token ids [N, L] -> logits [N, L, V]) as `explain.generation` sees a causal LM.
+
+A program whose first output is per-position logits of integer inputs
+(`explain.loading.export.per_position_logits`) loads, in its model process, as an
+`ExportedLMModule`: ids [N, L] -> next-token logits [N, V] (the last position, as
+`explain.loading.huggingface.HFClassifier` answers for a Hugging Face causal LM), its
+``.model`` an `ExportedCausalLM` with what the generation modules ask of transformers'
+``*ForCausalLM``: ``forward(input_ids= | inputs_embeds=, attention_mask=)`` with ``.logits``,
+``get_input_embeddings()`` and a ``config`` (end-of-sequence and padding ids from the spec's
+tokenizer, the longest length the program allows). It has no KV cache (``full_forward``):
+generation runs the whole sequence for every new token.
+
+The program's shapes are kept: a static length is reached by padding on the right (a causal
+LM's logits at a position read no later position, so they are those of the unpadded text),
+a length under the program's range is padded up to it, and one over it is refused in one
+line; a static batch runs in chunks of it (the last chunk filled with copies of its first row).
+
+Gradient methods need the embedding output. The embedding lookup is the program's
+``aten.embedding`` whose weight is a parameter and whose indices are the ids input; the graph
+from that node on, with the lookup replaced by an input, is the function of embeddings
+(`embedding_graph`). When the ids feed anything else (besides their sizes), there is no such
+function: ``get_input_embeddings`` refuses in one line (occlusion, which replaces tokens, still runs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from explain.errors import IncompatibleInput, TooLarge
+from explain.inputs.text import spec_vocabulary
+
+#: Tokens that end a generation, by the names tokenizers give them (Llama 2 / Mistral, GPT-2 / Qwen,
+#: Gemma, Llama 3, ChatML); a ``.pt2`` carries no generation config, so its tokenizer's names are read.
+EOS_TOKENS = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>")
+NO_EMBEDDING = ("This .pt2 causal LM's token ids feed more than one embedding lookup (or none Glassbox can "
+                "find), so gradient methods have no embeddings to attribute to.")
+NO_EMBEDDING_HINT = "Use --method occlusion (tokens replaced), or load the model's Hugging Face folder."
+_SIZE_OPS = ("aten.sym_size.int", "aten.sym_size.default")
+#: Reshapes of the ids between the input and the lookup, allowed when they keep the ids' shape.
+_SAME_SHAPE_OPS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.alias.default",
+                   "aten.clone.default", "aten.contiguous.default")
+
+
+@dataclass(frozen=True)
+class LMSignature:
+    """What a causal ``.pt2``'s inputs allow: its length range, a static batch, a mask input."""
+
+    min_length: int
+    max_length: int | None  # None: no upper bound
+    static_length: int | None
+    static_batch: int | None
+    min_batch: int
+    mask: bool
+    mask_dtype: str = "int64"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"min_length": self.min_length, "max_length": self.max_length, "static_length": self.static_length,
+                "static_batch": self.static_batch, "min_batch": self.min_batch, "mask": self.mask}
+
+
+def _dim_range(ep: Any, dim: Any) -> tuple[int, int | None, int | None]:
+    """(lowest, highest or None, the static value or None) of one placeholder dim."""
+    if isinstance(dim, int):
+        return dim, dim, dim
+    ranges = getattr(ep, "range_constraints", {}) or {}
+    found = ranges.get(getattr(getattr(dim, "node", None), "expr", None))
+    low = int(found.lower) if found is not None and str(found.lower).lstrip("-").isdigit() else 1
+    high = int(found.upper) if found is not None and str(found.upper).isdigit() else None
+    return max(low, 0), high, None
+
+
+def lm_signature(ep: Any) -> LMSignature | None:
+    """The causal LM signature of a program: ids [N, L] int64 (and an optional integer or boolean mask of
+    the same shape) -> logits [N, L, V] first; None for any other program."""
+    from explain.loading.export import per_position_logits
+
+    if not per_position_logits(ep):
+        return None
+    user = list(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
+    if not 1 <= len(vals) <= 2 or not all(isinstance(v, torch.Tensor) and v.dim() == 2 for v in vals):
+        return None
+    if len(vals) == 2 and (vals[1].is_floating_point() or vals[1].shape != vals[0].shape):
+        return None
+    low, high, static = _dim_range(ep, vals[0].shape[1])
+    b_low, _, b_static = _dim_range(ep, vals[0].shape[0])
+    mask_dtype = str(vals[1].dtype).removeprefix("torch.") if len(vals) == 2 else "int64"
+    return LMSignature(max(low, 1), high, static, b_static, max(b_low, 1), len(vals) == 2, mask_dtype)
+
+
+def _embedding_node(gm: torch.fx.GraphModule) -> torch.fx.Node | None:
+    """The ``aten.embedding`` of a parameter at the ids input (through reshapes that keep its shape, as GPT-2's
+    ``input_ids.view(-1, L)``), when the ids feed nothing else but their sizes."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if not placeholders:
+        return None
+    at = placeholders[0]
+    shape = _shape_text(at)
+    for _ in range(8):  # a few identity reshapes at most
+        users = [u for u in at.users if not (u.op == "call_function" and str(u.target) in _SIZE_OPS)
+                 and not (u.op == "call_module" and str(u.target) == "_guards_fn")]
+        if len(users) != 1 or users[0].op != "call_function":
+            return None
+        node = users[0]
+        if str(node.target) in _SAME_SHAPE_OPS and node.args and node.args[0] is at and _shape_text(node) == shape:
+            at = node
+            continue
+        weight = node.args[0] if node.args else None
+        if (str(node.target) == "aten.embedding.default" and len(node.args) > 1 and node.args[1] is at
+                and isinstance(weight, torch.fx.Node) and weight.op == "get_attr"
+                and isinstance(_attribute(gm, str(weight.target)), nn.Parameter)):
+            return node
+        return None
+    return None
+
+
+def _shape_text(node: torch.fx.Node) -> str | None:
+    val = node.meta.get("val")
+    return str(list(val.shape)) if isinstance(val, torch.Tensor) else None
+
+
+def _attribute(gm: nn.Module, target: str) -> Any:
+    owner: Any = gm
+    for part in target.split("."):
+        owner = getattr(owner, part, None)
+    return owner
+
+
+def embedding_graph(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, str] | None:
+    """The program from its embedding lookup on: (embeds [N, L, D][, mask]) -> its outputs (the ids' sizes read
+    from the embeddings'), and the lookup's weight name; None without such a lookup (`_embedding_node`)."""
+    lookup = _embedding_node(gm)
+    if lookup is None:
+        return None
+    ids = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    chain, at = {ids}, lookup.args[1]  # the ids and their identity reshapes up to the lookup
+    while at is not ids:
+        chain.add(at)
+        at = at.args[0]
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, Any] = {}
+    embeds = graph.placeholder("glassbox_inputs_embeds")
+    for node in gm.graph.nodes:
+        if node is lookup:
+            env[node] = embeds
+        elif node in chain or (node.op == "call_module" and str(node.target) == "_guards_fn"):
+            continue  # the ids (sizes below) and the original's input checks (the caller checks sizes)
+        elif node.op == "call_function" and str(node.target) in _SIZE_OPS and node.args[0] in chain:
+            env[node] = graph.call_function(torch.ops.aten.sym_size.int, (embeds, node.args[1]))
+            env[node].meta = dict(node.meta)
+        else:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.eliminate_dead_code()
+    graph.lint()
+    return torch.fx.GraphModule(gm, graph), str(lookup.args[0].target)
+
+
+def _vocab_size(gm: torch.fx.GraphModule) -> int:
+    """V of the program's first output [N, L, V] (a stand-in width for memory estimates without an embedding)."""
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    val = out.meta.get("val") if isinstance(out, torch.fx.Node) else None
+    last = val.shape[-1] if isinstance(val, torch.Tensor) else 0
+    return last if isinstance(last, int) else 1024
+
+
+class TokenEmbedding(nn.Module):
+    """The program's embedding table as a module (ids [..] -> [.., D]); holds no parameter of its own."""
+
+    def __init__(self, program: nn.Module, target: str):
+        super().__init__()
+        self._program = [program]  # a list: not a submodule (its parameters stay the program's)
+        self._target = target
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return _attribute(self._program[0], self._target)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.weight)
+
+
+class ExportedCausalLM(nn.Module):
+    """A causal ``.pt2`` answering as transformers' ``*ForCausalLM`` does, without a KV cache."""
+
+    full_forward = True  # no KV cache: greedy runs the whole sequence per new token, one prompt at a time
+
+    def __init__(self, program: torch.fx.GraphModule, signature: LMSignature):
+        super().__init__()
+        self.program = program
+        self.signature = signature
+        found = embedding_graph(program)
+        self.from_embeds = found[0] if found else None
+        self._embedding = TokenEmbedding(program, found[1]) if found else None
+        width = self._embedding.weight.shape[1] if self._embedding is not None else _vocab_size(program)
+        self.config = SimpleNamespace(eos_token_id=None, pad_token_id=None, bos_token_id=None, hidden_size=int(width),
+                                      max_position_embeddings=signature.static_length or signature.max_length)
+
+    def bind_vocabulary(self, spec: Any) -> None:
+        """Read the end-of-sequence id (`EOS_TOKENS`) from the spec's tokenizer into ``config``."""
+        index = {t: i for i, t in reversed(list(enumerate(spec_vocabulary(spec) or [])))}
+        found = [index[t] for t in EOS_TOKENS if t in index]
+        self.config.eos_token_id = found or None
+
+    def get_input_embeddings(self) -> nn.Module:
+        if self._embedding is None:
+            raise IncompatibleInput(NO_EMBEDDING, NO_EMBEDDING_HINT)
+        return self._embedding
+
+    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, use_cache: bool = False,
+                output_hidden_states: bool = False, output_attentions: bool = False, **_: Any) -> SimpleNamespace:
+        """``.logits`` [N, L, V] of ids [N, L] or of embeddings [N, L, D] (the program from its lookup on)."""
+        if output_hidden_states or output_attentions:
+            raise IncompatibleInput("A .pt2 causal LM gives its logits only; its hidden states and attention "
+                                    "maps (the logit lens, attention views) are not reachable.",
+                                    "Load the model's Hugging Face folder for those views.")
+        if inputs_embeds is not None:
+            if self.from_embeds is None:
+                raise IncompatibleInput(NO_EMBEDDING, NO_EMBEDDING_HINT)
+            n, length = inputs_embeds.shape[:2]
+            ids = torch.zeros((n, length), dtype=torch.long, device=inputs_embeds.device)  # [N, L]: the mask's shape
+            first, graph = inputs_embeds, self.from_embeds
+        else:
+            ids = input_ids
+            n, length = ids.shape
+            first, graph = ids, self.program
+        mask = attention_mask if attention_mask is not None else torch.ones_like(ids)  # [N, L]
+        mask = mask.to(getattr(torch, self.signature.mask_dtype))
+        logits = self._run(graph, first, mask)
+        return SimpleNamespace(logits=logits[:n, :length], past_key_values=None)
+
+    def _run(self, graph: nn.Module, first: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """graph(first [N, L, ...][, mask [N, L]]) [N, L, V], the program's static sizes reached by padding."""
+        sig, length = self.signature, first.shape[1]
+        if sig.max_length is not None and length > sig.max_length:
+            raise TooLarge(f"The text has {length} tokens, over the {sig.max_length} this .pt2 program takes.",
+                           "Use a shorter prompt or fewer new tokens.")
+        want = sig.static_length or max(length, sig.min_length)
+        if want > length:  # right padding: no earlier position reads it
+            extra = want - length
+            first = torch.cat([first, first.new_zeros((first.shape[0], extra, *first.shape[2:]))], 1)
+            mask = torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], 1)
+        rows = sig.static_batch or max(first.shape[0], sig.min_batch)
+        outs = []
+        for lo in range(0, first.shape[0], rows):
+            part = [t[lo: lo + rows] for t in (first, mask)]
+            short = rows - part[0].shape[0]
+            if short:  # fill the batch with copies of its first row
+                part = [torch.cat([t, t[:1].expand(short, *t.shape[1:])], 0) for t in part]
+            out = graph(*part) if sig.mask else graph(part[0])
+            while isinstance(out, (tuple, list)):
+                out = out[0]
+            outs.append(out[: rows - short])
+        return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+
+
+class ExportedLMModule(nn.Module):
+    """ids [N, L] -> the next-token logits [N, V] of a causal ``.pt2``; ``.model`` is its `ExportedCausalLM`."""
+
+    def __init__(self, program: torch.fx.GraphModule, signature: LMSignature):
+        super().__init__()
+        self.model = ExportedCausalLM(program, signature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=x).logits[:, -1]  # [N, L] -> [N, V]
+
+
+#: Where a causal ``.pt2``'s tokenizer may come from, for the line that asks for one.
+NO_TOKENIZER = ("This .pt2 is a causal LM (token ids -> logits at every position) but comes with no tokenizer, "
+                "so prompts cannot be read nor tokens shown.")
+NO_TOKENIZER_HINT = ("Put the model's tokenizer.json beside the .pt2, save it into the .pt2 (torch.export.save(..., "
+                     "extra_files={'tokenizer.json': text})), or give a spec with \"task\": \"causal_lm\" and \"tokenizer\".")
+
+
+def causal_spec(signature: dict[str, Any], tokenizer: str | None, name: str = "model") -> Any:
+    """The spec of a causal ``.pt2`` read from its signature (`LMSignature.to_dict`) and its ``tokenizer.json``:
+    text token ids of the longest length the program takes (at most the Hugging Face loader's
+    ``MAX_TEXT_LENGTH``, as for a folder), ``task="causal_lm"``.
+
+    Raises:
+        IncompatibleInput: no tokenizer (`NO_TOKENIZER`).
+    """
+    from explain.loading.huggingface import MAX_TEXT_LENGTH
+    from explain.spec import InputSpec
+
+    if not tokenizer:
+        raise IncompatibleInput(NO_TOKENIZER, NO_TOKENIZER_HINT)
+    longest = signature.get("static_length") or signature.get("max_length") or MAX_TEXT_LENGTH
+    return InputSpec(modality="text", input_shape=(min(int(longest), MAX_TEXT_LENGTH),), dtype="int64", task="causal_lm",
+                     lowercase=False, tokenizer=tokenizer, name=name)

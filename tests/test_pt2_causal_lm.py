@@ -1,0 +1,180 @@
+"""A causal LM exported with ``torch.export`` (token ids [N, L] -> logits [N, L, V]) and saved as ``.pt2``,
+loaded the way a user brings it: no spec, its ``tokenizer.json`` beside it (issue 22). Known answers: the
+Hugging Face folder it came from, on the same weights (`tests/causal_models.py`)."""
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("transformers")
+
+from causal_models import one_thread, write_hf_gpt2, write_hf_llama  # noqa: E402, F401 - one_thread: a fixture
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from explain.cli import main  # noqa: E402
+from explain.errors import GlassboxError, IncompatibleInput  # noqa: E402
+from explain.generation.attribution import attribute_generation  # noqa: E402
+from explain.generation.greedy import generate_greedy  # noqa: E402
+from explain.generation.occlusion import attribute_texts  # noqa: E402
+from explain.generation.prompts import encode_texts  # noqa: E402
+from explain.loading.export_lm import NO_EMBEDDING, NO_TOKENIZER  # noqa: E402
+from explain.loading.loader import load_model  # noqa: E402
+
+PROMPTS = ["the cat sat on", "two plus two is four and"]
+NEW = 5
+STEPS = 16
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Logits(nn.Module):
+    """What a user exports: ids [N, L] -> the model's logits [N, L, V]."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=ids, use_cache=False).logits
+
+
+def export_lm(lm: nn.Module, path, max_length: int = 64, **save) -> None:
+    """``lm`` exported for any batch and any length 1 .. max_length, saved to ``path``."""
+    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("length", min=1, max=max_length)},)
+    program = torch.export.export(Logits(lm), (torch.ones(2, 5, dtype=torch.long),), dynamic_shapes=dims)
+    torch.export.save(program, path, **save)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def pair(request, tmp_path_factory):
+    """(kind, the Hugging Face folder's model, the .pt2's model, transformers' model, prompts)."""
+    root = tmp_path_factory.mktemp(request.param)
+    folder = root / "hf"
+    folder.mkdir()
+    (write_hf_llama if request.param == "llama" else write_hf_gpt2)(folder)
+    reference = AutoModelForCausalLM.from_pretrained(folder).eval()
+    user = root / "user"
+    user.mkdir()
+    export_lm(reference, user / "lm.pt2")
+    shutil.copy(folder / "tokenizer.json", user / "tokenizer.json")  # beside it, as the user keeps it
+    exported = load_model(user / "lm.pt2")
+    prompts = encode_texts(PROMPTS, exported.spec)
+    return request.param, load_model(folder), exported, reference, prompts, user
+
+
+def test_a_pt2_causal_lm_loads_with_its_tokenizer_beside_it(pair):
+    _kind, folder_model, model, _ref, prompts, _user = pair
+    assert model.format == "export" and model.process is not None and model.spec.is_causal_lm
+    assert model.extra["spec_source"] == "signature" and model.spec.input_shape == (64,)
+    folder_prompts = encode_texts(PROMPTS, folder_model.spec)
+    assert [p.tolist() for p in prompts] == [p.tolist() for p in folder_prompts]
+
+
+def test_greedy_generation_of_the_pt2_equals_transformers_generate(pair):
+    _kind, _folder_model, model, ref, prompts, _user = pair
+    texts = generate_greedy(model, prompts, NEW)
+    for prompt, text in zip(prompts, texts):
+        ids = torch.as_tensor(prompt)[None]
+        with torch.no_grad():
+            out = ref.generate(ids, do_sample=False, max_new_tokens=NEW, output_scores=True,
+                               return_dict_in_generate=True, pad_token_id=ref.config.eos_token_id)
+        want = out.sequences[0, ids.shape[1]:]
+        assert text.generated_ids.tolist() == want.tolist()
+        logp = torch.stack([torch.log_softmax(s[0].float(), -1)[t] for s, t in zip(out.scores, want)])
+        np.testing.assert_allclose(text.logprobs, logp.numpy(), atol=1e-5)
+
+
+def test_integrated_gradients_of_the_pt2_equal_the_folders(pair):
+    """IG with the pad baseline through the program's embedding lookup = the folder's IG on the same weights."""
+    _kind, folder_model, model, _ref, prompts, _user = pair
+    texts = generate_greedy(folder_model, prompts, NEW)
+    ours = attribute_generation(model, texts, "integrated_gradients", STEPS, "pad")
+    theirs = attribute_generation(folder_model, texts, "integrated_gradients", STEPS, "pad")
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.values, b.values, atol=1e-5)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+        np.testing.assert_allclose(a.baseline_logprobs, b.baseline_logprobs, atol=1e-5)
+        gap = np.abs(a.values.sum(-1) - (a.logprobs - a.baseline_logprobs))  # completeness, as the folder's
+        np.testing.assert_allclose(gap, a.completeness_error, atol=1e-5)
+        assert float(a.completeness_error.max()) < 0.05
+
+
+def test_the_command_line_generates_from_a_pt2(pair, tmp_path, capsys):
+    kind, _folder_model, model, _ref, prompts, user = pair
+    if kind != "llama":
+        pytest.skip("the command line is checked once, on the Llama")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "g.npz"
+    assert main(["generate", str(user / "lm.pt2"), "--prompts", str(tmp_path / "prompts.txt"), "--max-new-tokens",
+                 str(NEW), "--steps", str(STEPS), "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    texts = generate_greedy(model, prompts, NEW)
+    assert [t.generated_ids.tolist() for t in texts] == [row[row >= 0].tolist() for row in np.load(out)["generated_ids"]]
+    assert printed["method"] == "integrated_gradients" and printed["max_completeness_error"] < 0.05
+
+
+class ClampedLogits(Logits):
+    """The ids clamped before the model: they feed an op besides the embedding lookup (no embeddings to
+    attribute to)."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=ids.clamp(min=0), use_cache=False).logits
+
+
+@pytest.fixture(scope="module")
+def carried(tmp_path_factory):
+    """A Llama .pt2 for lengths up to 12 carrying its tokenizer (extra/tokenizer.json), ids clamped first."""
+    root = tmp_path_factory.mktemp("carried")
+    write_hf_llama(root / "hf")
+    reference = AutoModelForCausalLM.from_pretrained(root / "hf").eval()
+    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("length", min=1, max=12)},)
+    program = torch.export.export(ClampedLogits(reference), (torch.ones(2, 5, dtype=torch.long),), dynamic_shapes=dims)
+    (root / "alone").mkdir()
+    torch.export.save(program, root / "alone" / "lm.pt2",
+                      extra_files={"tokenizer.json": (root / "hf" / "tokenizer.json").read_text()})
+    return load_model(root / "alone" / "lm.pt2"), reference, root
+
+
+def test_a_pt2_carrying_its_tokenizer_is_bounded_by_its_length_range(carried):
+    model, reference, _root = carried
+    assert model.spec.is_causal_lm and model.spec.input_shape == (12,)
+    prompt = encode_texts(["the cat"], model.spec)
+    new = 12 - len(prompt[0])  # 12 in all: the program's longest
+    text = generate_greedy(model, prompt, new)[0]
+    with torch.no_grad():
+        want = reference.generate(torch.as_tensor(prompt[0])[None], do_sample=False, max_new_tokens=new,
+                                  pad_token_id=reference.config.eos_token_id)[0, len(prompt[0]):]
+    assert new >= 3 and text.generated_ids.tolist() == want.tolist()
+    with pytest.raises(GlassboxError) as caught:
+        generate_greedy(model, prompt, new + 1)
+    assert "exceeds the model's 12 positions" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_without_an_embedding_lookup_gradients_are_refused_and_occlusion_runs(carried):
+    model, _reference, _root = carried
+    text = generate_greedy(model, encode_texts(["the cat"], model.spec), 2)
+    with pytest.raises(IncompatibleInput) as caught:
+        attribute_generation(model, text, "integrated_gradients", STEPS, "pad")
+    assert str(caught.value).startswith(NO_EMBEDDING) and "\n" not in str(caught.value)
+    occluded = attribute_texts(model, text, "occlusion")[0]
+    assert occluded.values.shape == (2, len(text[0].input_ids)) and np.isfinite(occluded.values).all()
+    assert np.abs(occluded.values[0, : len(text[0].prompt_ids)]).max() > 0
+
+
+def test_a_pt2_without_a_tokenizer_asks_for_one_in_one_line(carried):
+    _model, _reference, root = carried
+    (root / "bare").mkdir()
+    with zipfile.ZipFile(root / "alone" / "lm.pt2") as src, zipfile.ZipFile(root / "bare" / "lm.pt2", "w") as dst:
+        for info in src.infolist():  # the same program without extra/tokenizer.json
+            if not info.filename.endswith("extra/tokenizer.json"):
+                dst.writestr(info, src.read(info))
+    with pytest.raises(IncompatibleInput) as caught:
+        load_model(root / "bare" / "lm.pt2")
+    assert str(caught.value).startswith(NO_TOKENIZER) and "tokenizer.json" in str(caught.value)
+    assert "\n" not in str(caught.value)
