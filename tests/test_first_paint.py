@@ -37,7 +37,8 @@ at.run()
 assert not at.exception, at.exception
 first = {"heavy": [m for m in HEAVY if m in sys.modules], "titles": [t.value for t in at.title],
          "charts": charts(at), "sidebar": [h.value for h in at.sidebar.header],
-         "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown]}
+         "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown],
+         "selects": [(s.label, s.disabled) for s in at.main.selectbox]}
 found = {"first": first}
 if sys.argv[1] == "none":
     first["sample"] = at.sidebar.selectbox(key="gb_sample_select").value
@@ -56,7 +57,8 @@ if sys.argv[1] == "none":
     at.sidebar.selectbox(key="gb_sample_select").select("shapes").run()
     assert not at.exception, at.exception
     found["shapes_page"] = {"charts": charts(at), "captions": [c.value for c in at.caption],
-                            "markdown": [m.value for m in at.markdown]}
+                            "markdown": [m.value for m in at.markdown],
+                            "selects": [(s.label, s.disabled) for s in at.main.selectbox]}
 from explain.report import overview
 found["overview"] = {name: json.loads(overview.training_figure(overview.training_overview(
     [ROOT + f"/sample_models/{name}/train_log.csv"], [])).to_json()) for name in ("shapes", "cancer")}
@@ -100,6 +102,10 @@ def test_the_first_run_imports_no_torch_and_draws_the_samples_figures(tmp_path):
     assert same_figure(preview_map, page_map)
     assert map_caption(first["captions"]) == map_caption(shapes_page["captions"])
     assert "**triangle** (100.0%) · true: triangle" in shapes_page["markdown"]
+    # what stands above the map and the curves on the page stands there in the preview, disabled until the page
+    assert first["selects"] == [["Input", True], ["Method", True], ["Explain with", True]]
+    assert [s for s in shapes_page["selects"] if s[0] != "Layer"] == [["Input", False], ["Method", False],
+                                                                      ["Explain with", False]]
     # another sample chosen in the preview: its own curves and map, still the preview (that run may start the
     # background import, as a browser's tick would: the preview was drawn)
     assert changed["heavy"] == [] and set(changed["charts"]) == {"ov_curves_first_paint", "ov_map"}

@@ -50,6 +50,7 @@ from ui.overview_view import (
     overview_columns,
     prediction_line,
     render_view_choice,
+    render_weights_choice,
 )
 from ui.sample_choice import SOURCE_KEY, chosen_sample, render_sample_choice, render_source_choice, shipped_first_view
 from ui.text import escape_markdown
@@ -236,6 +237,7 @@ def first_paint(is_overview: bool) -> bool:
             curves = sample_curves(name)
             if curves is not None:
                 fig, findings = curves
+                render_weights_choice([], str, preview=True)  # the page's choice of weights, where it will be
                 st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves_first_paint")
                 for f in findings:
                     st.markdown(f"{f.icon} **{f.kind}** — {escape_markdown(f.message)}")

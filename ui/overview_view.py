@@ -1,7 +1,7 @@
 """The Overview's own pieces that need no model object, so the app's first paint (`ui.first_paint`) draws
 them as the page does from a sample's saved first view (`explain.report.first_view`), with no torch
-imported: the choice of input and method above the columns, the columns, the prediction line and the
-map's title. The page (`pages/views/overview.py`) draws them through these too, so the settled page puts
+imported: the choice of input and method above the columns, the columns, the choice of weights above the
+curves, the prediction line and the map's title. The page (`pages/views/overview.py`) draws them through these too, so the settled page puts
 everything where the preview had it."""
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from ui.text import escape_markdown
 
 #: the widgets' keys of the choice above the columns (`render_view_choice`)
 INPUT_KEY, METHOD_KEY = "gb_ov_input", "gb_ov_method"
+#: the Training column's first choice of weights (`render_weights_choice`): the model itself
+FINAL = "final model"
 _PREVIEW = "_first_paint"  # the preview's stand-ins are other widgets: the page's keep their own state
 
 
@@ -46,6 +48,13 @@ def model_caption(name: str, fmt: str, modality: str, n: int) -> str:
 def overview_columns() -> list:
     """The Output, Structure and Training columns (the layer table needs the room)."""
     return st.columns([1, 1.25, 1.1], gap="medium")
+
+
+def render_weights_choice(checkpoints: Sequence[str], label_of: Callable[[str], str], preview: bool = False) -> str:
+    """The Training column's choice of the weights the Output column explains: `FINAL` or a checkpoint's path.
+    ``preview``: the first paint's stand-in (the final model), disabled until the page draws."""
+    return st.selectbox("Explain with", [FINAL, *checkpoints], key="gb_ov_ckpt" + (_PREVIEW if preview else ""),
+                        format_func=label_of, disabled=preview, help="Re-explain the input with this checkpoint's weights.")
 
 
 def prediction_line(spec: InputSpec, p: np.ndarray, truth: int | None, weights: str | None = None) -> str:

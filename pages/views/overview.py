@@ -17,12 +17,14 @@ from ui import workspace as team
 from ui.attribution_view import render_attribution, render_layer_attribution
 from ui.inputs_view import render_prediction_warning, render_preprocessing
 from ui.overview_view import (
+    FINAL,
     input_label,
     map_title,
     model_caption,
     overview_columns,
     prediction_line,
     render_view_choice,
+    render_weights_choice,
 )
 from ui.quality_view import render_quality_findings
 from ui.report_download import render_report_job
@@ -30,7 +32,6 @@ from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 from ui.widgets import caption_skipped_layers
 
-FINAL = "final model"
 NO_LAYER = "(choose a layer)"
 LAYER_STEPS = (16, 32, 64, 128, 256)
 
@@ -70,9 +71,7 @@ with train_col:
             runs = overview.training_overview(logs, checkpoints)
             findings = runs.all_findings
             labels = {p: checkpoint_label(p) for p in checkpoints}
-            chosen_ckpt = st.selectbox("Explain with", [FINAL, *checkpoints], key="gb_ov_ckpt",
-                                       format_func=lambda p: labels.get(p, p),
-                                       help="Re-explain the input with this checkpoint's weights.")
+            chosen_ckpt = render_weights_choice(checkpoints, lambda p: labels.get(p, p))
             epoch = epoch_from_name(chosen_ckpt) if chosen_ckpt != FINAL else None
             st.plotly_chart(overview.training_figure(runs, epoch), config={"displayModeBar": False}, key="ov_curves")
             for name, fs in zip(runs.names, runs.findings):
