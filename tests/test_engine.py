@@ -186,6 +186,26 @@ def test_cache_hits_for_the_same_request_only():
     assert ATTRIBUTION_CACHE.hits == hits + 2
 
 
+def test_cache_misses_when_igs_step_budget_changes(monkeypatch):
+    """GLASSBOX_IG_STEP_BUDGET / _SECONDS decide how far the tolerance raises an input's steps: a map
+    computed under one budget is not the answer under another."""
+    model, x = load_case("cancer", n=2)
+    ATTRIBUTION_CACHE.clear()
+    tol = float(np.min(IG.explain(model, x, steps=4).completeness_error)) / 2
+    monkeypatch.setenv("GLASSBOX_IG_STEP_BUDGET", "1")  # no raising at all
+    capped = IG.explain(model, x, steps=4, tolerance=tol)
+    assert max(capped.params.get("per_input", {}).get("steps", [4])) == 4
+    hits = ATTRIBUTION_CACHE.hits
+    monkeypatch.setenv("GLASSBOX_IG_STEP_BUDGET", "4")
+    raised = IG.explain(model, x, steps=4, tolerance=tol)
+    assert ATTRIBUTION_CACHE.hits == hits and max(raised.params["per_input"]["steps"]) > 4  # a miss, computed
+    monkeypatch.setenv("GLASSBOX_IG_STEP_SECONDS", "30")
+    IG.explain(model, x, steps=4, tolerance=tol)
+    assert ATTRIBUTION_CACHE.hits == hits  # another time budget: a miss too
+    again = IG.explain(model, x, steps=4, tolerance=tol)
+    assert ATTRIBUTION_CACHE.hits == hits + 1 and "from the attribution cache" in again.notes
+
+
 def test_cache_is_bounded_lru():
     model, x = load_case("cancer", n=2)
     cache = AttributionCache(max_entries=2)

@@ -1,6 +1,7 @@
 """A bounded LRU cache of attribution results.
 
-Keyed by (model sha256, model object, inputs hash, method, params, target):
+Keyed by (model sha256, model object, inputs hash, method, params, target, and how far integrated
+gradients' tolerance may raise steps: ``GLASSBOX_IG_STEP_BUDGET`` / ``GLASSBOX_IG_STEP_SECONDS``):
 asking twice for the same explanation (a page rerun, the report after the
 page) returns the stored result instead of recomputing it. The model
 object's identity is part of the key so that two different in-memory models
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from explain.attribution import Attribution
+from explain.config import ig_step_budget, ig_step_seconds
 from explain.digest import digest_array
 
 MAX_ENTRIES = 64
@@ -38,7 +40,8 @@ def _freeze(value: Any) -> Hashable:
 def make_key(model: Any, inputs: np.ndarray, method: str, params: dict[str, Any], target: Any) -> Hashable:
     """The cache key of one explanation request."""
     target_key = None if target is None else _freeze(np.asarray(target))
-    return (model.sha256, id(model.module), digest_array(inputs), method, _freeze(params), target_key)
+    return (model.sha256, id(model.module), digest_array(inputs), method, _freeze(params), target_key,
+            ig_step_budget(), ig_step_seconds())  # what IG's tolerance may raise its steps to: another result
 
 
 def _result_bytes(result: Attribution) -> int:
