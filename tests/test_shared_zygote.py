@@ -2,14 +2,17 @@
 
 `explain.loading.sandbox_zygote.SharedZygote`: a second process forks from the zygote the first one
 started; a sandboxed child can reach its socket but gets no fork from it (with or without the
-``nobody`` switch); idle, or replaced by a zygote for newer code, it ends; and ``python -m explain``
-on a ``.pt2`` leaves one behind that the next call uses.
+``nobody`` switch); a socket put in its place by another process (a sandboxed child where Landlock is
+missing, or one that is not the zygote program) is refused before a byte is sent to it; idle, or replaced
+by a zygote for newer code, it ends; and ``python -m explain`` on a ``.pt2`` leaves one behind that
+the next call uses.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +23,7 @@ import pytest
 
 from explain.loading import sandbox_zygote
 from explain.loading.sandbox import child_env, run_in_sandbox
+from explain.loading.zygote_identity import peer, retire_others
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = "import json  # a cheap shared zygote for these tests"
@@ -46,6 +50,8 @@ try:
     mine, theirs = socket.socketpair()
     r, w = os.pipe()
     socket.send_fds(control, [b"c"], [theirs.fileno(), w])
+    theirs.close()  # the zygote's copy, if it took one, is then the only one: closed, the reply ends
+    os.close(w)
     mine.settimeout(5)
     line = mine.makefile("rb").readline()
     report(ok=True, connected=True, reply=line.decode(errors="replace"))
@@ -140,7 +146,7 @@ def test_a_zygote_for_newer_code_retires_the_old_one(tmpdir_short, monkeypatch):
     monkeypatch.setattr(sandbox_zygote, "code_stamp", lambda root: [*stamp(root), "edited"])
     path = sandbox_zygote.shared_path(PRELOAD, child_env(tempfile.gettempdir()), str(ROOT))
     assert path is not None and Path(path).name.split("-")[0] == old_sock.name.split("-")[0] and Path(path) != old_sock
-    sandbox_zygote._retire_others(path)  # what a new zygote's start does
+    retire_others(path)  # what a new zygote's start does
     deadline = time.monotonic() + 30
     while _alive(old) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -185,3 +191,83 @@ def _zygote_pids(sock: Path) -> list[int]:
             if str(sock).encode() in cmdline:
                 found.append(int(entry))
     return found
+
+
+def test_the_zygote_listens_itself_so_its_callers_see_its_pid(tmpdir_short):
+    """``SO_PEERCRED`` names the process that called ``listen()``: the zygote, not the (gone) call that started it."""
+    started = _share(tmpdir_short)
+    (sock,) = _sockets(tmpdir_short)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with conn:
+        conn.connect(str(sock))
+        assert peer(conn) == (started["ppid"], os.geteuid())
+    assert _zygote_pids(sock) == [started["ppid"]]
+
+
+#: binds its own socket at argv[1], in place of the zygote's, and appends to argv[2] what each caller sent it
+IMPOSTOR = r'''
+import ctypes, json, os, socket, sys
+if sys.argv[3] == "sandboxed":  # a sandbox child on a kernel without Landlock: no_new_privs, the folder writable
+    assert ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+os.unlink(sys.argv[1])
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sys.argv[1])
+server.listen(8)
+print("listening", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.settimeout(2)  # a caller that sent something and waits for a reply gets none
+    got, fds = b"", []
+    try:
+        while True:
+            data, more, _, _ = socket.recv_fds(conn, 65536, 4)
+            got, fds = got + data, fds + more
+            if not data:
+                break
+    except OSError:
+        pass
+    with open(sys.argv[2], "a") as fh:
+        fh.write(json.dumps({"bytes": len(got), "fds": len(fds)}) + "\n")
+    for fd in fds:
+        os.close(fd)
+    conn.close()
+'''
+SUM = 'import os\nreport(phase="ready", protections=lock_down())\nreport(ok=True, total=sum(DATA), ppid=os.getppid())\n'
+
+
+@pytest.mark.parametrize("kind", ["sandboxed", "plain"])
+def test_a_socket_put_in_the_zygotes_place_gets_nothing_and_the_call_runs_on_its_own(tmp_path, tmpdir_short,
+                                                                                     caplog, kind):
+    """A process of this uid replaced the shared zygote's socket with its own: one with no_new_privs (a
+    sandboxed child where Landlock is missing), or a plain one that is not the zygote program. The next
+    caller connects, reads its peer, refuses it before sending a byte or a descriptor, says why in one
+    logged line, and runs on a zygote of its own, with the right answer."""
+    preload = f"import json  # impostor test, {kind}"
+    sandbox_zygote.share_zygotes(30)
+    impostor = None
+    try:
+        assert run_in_sandbox(SUM, b"", preload=preload).ok  # the genuine shared zygote, then our call ends
+        sandbox_zygote._SHARED.pop(preload).stop()
+        (sock,) = _sockets(tmpdir_short)
+        record = tmp_path / "received.jsonl"
+        impostor = subprocess.Popen([sys.executable, "-c", IMPOSTOR, str(sock), str(record), kind],
+                                    stdout=subprocess.PIPE, text=True)
+        assert impostor.stdout.readline() == "listening\n"
+        with caplog.at_level("WARNING", logger="glassbox.zygote"):
+            run = run_in_sandbox(SUM, bytes(range(10)), preload=preload)
+    finally:
+        sandbox_zygote.share_zygotes(0)
+        private, shared = sandbox_zygote._ZYGOTES.pop(preload, None), sandbox_zygote._SHARED.pop(preload, None)
+        for zygote in (private, shared):
+            if zygote is not None:
+                zygote.stop()
+        if impostor is not None:
+            impostor.kill()
+            impostor.wait()
+    received = [json.loads(x) for x in record.read_text().splitlines()]
+    assert received == [{"bytes": 0, "fds": 0}]  # connected to, then left: nothing sent
+    assert shared is None and private is not None and run.ok, run.stderr[-2000:]
+    assert run.final["total"] == 45 and run.final["ppid"] == private.proc.pid  # forked from its own zygote
+    reason = "is a sandboxed process" if kind == "sandboxed" else "does not run the zygote program"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "glassbox.zygote"]
+    assert reason in line and f"pid {impostor.pid}" in line and "\n" not in line, line

@@ -22,49 +22,52 @@ A server keeps its own zygotes (`Zygote`, one control socket each, gone with
 the server). A command-line call shares one with the user's later calls
 (`share_zygotes`, `SharedZygote`): the same program, listening on a unix
 socket in a private folder, admitting only callers that are no sandboxed
-process, and ending when idle or replaced by a zygote for newer code.
+process, used only by callers that checked it (`explain.loading.zygote_identity`),
+and ending when idle or replaced by a zygote for newer code.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 from typing import BinaryIO
 
+from explain.loading.zygote_identity import NotTheZygote, code_stamp, connect_to_zygote, inherited, retire_others
+
+#: Seconds a new shared zygote may take to start Python and listen on its socket (its preload comes after).
+LISTEN_S = 30.0
+
 ZYGOTE_CODE = r'''
-import io, json, os, select, socket, struct, sys, time, traceback
-shared = len(sys.argv) > 4  # a listening socket (argv 4-6: idle seconds, its path and inode), else one control
+import io, json, os, select, socket, sys, time, traceback
+shared = len(sys.argv) > 4  # a bound socket (argv 4-6: idle seconds, its path and inode), else one control
 listener = socket.socket(fileno=int(sys.argv[1])) if shared else None
 controls = {} if shared else {socket.socket(fileno=int(sys.argv[1])): set()}  # control -> its children's pids
 sys.path.insert(0, sys.argv[3])
+from explain.loading.zygote_identity import peer, unsandboxed
+if shared:
+    listener.listen(64)  # here, not in the caller that started it: SO_PEERCRED names this process to callers
+    os.write(1, b"listening\n")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # the caller's pipe, closed by now
+    os.close(null)
 exec(compile(sys.argv[2], "<preload>", "exec"), {"__name__": "__glassbox_preload__"})
 socks = {}
 
 
-def own_ns(pid, name):
-    return os.readlink(f"/proc/{pid}/ns/{name}")
-
-
 def admitted(conn):
-    """A caller of this user that is no sandboxed process: same uid, user and network namespaces,
-    and no no_new_privs (every sandboxed child sets it, and namespaces of its own where it can)."""
+    """A caller of this user that is no sandboxed process (`unsandboxed`)."""
     try:
-        pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if uid != os.geteuid() or pid <= 0:
-            return False
-        with open(f"/proc/{pid}/status") as fh:
-            if any(line.split()[1:2] != ["0"] for line in fh if line.startswith("NoNewPrivs:")):
-                return False
-        return all(own_ns(pid, ns) == own_ns("self", ns) for ns in ("user", "net"))
-    except (OSError, ValueError, IndexError):
+        pid, uid = peer(conn)
+        return uid == os.geteuid() and pid > 0 and unsandboxed(pid)
+    except OSError:
         return False
 
 
@@ -409,12 +412,14 @@ class SharedZygote(Zygote):
     root; ``code`` the Python version, the zygote's code, and the size and time of every source
     file of Glassbox and of each site-packages folder (`code_stamp`). A change of any gives another
     path, so a zygote never serves code older than the caller's; a zygote started for newer code
-    removes the older one's socket (`_retire_others`), which then ends once its callers are done.
+    removes the older one's socket (`retire_others`), which then ends once its callers are done.
 
     Who: the zygote admits a caller of the same uid in the same user and network namespaces
     without ``no_new_privs`` (`ZYGOTE_CODE`'s ``admitted``): every sandboxed child sets
     ``no_new_privs`` and leaves those namespaces where it can, so no child can ask it for a fork.
-    A process that runs with ``no_new_privs`` itself (which would blur that line) shares none.
+    A process that runs with ``no_new_privs`` itself (which would blur that line) shares none. A
+    caller sends nothing before it found the listening process to be this zygote (`connect_to_zygote`),
+    so a socket a sandboxed child put in its place is refused.
 
     The zygote holds no user data: each request forks a fresh child that locks itself down and
     is sent its program and the model's bytes over its own socket, as with a private zygote; the
@@ -430,12 +435,15 @@ class SharedZygote(Zygote):
     @classmethod
     def connect(cls, preload: str, env: dict[str, str], root: str, idle_s: float) -> SharedZygote | None:
         """Connect to the shared zygote for these arguments, starting it when none runs; None where
-        none can be shared (no private folder, ``no_new_privs``, no unix sockets)."""
+        none can be shared (no private folder, ``no_new_privs``, no unix sockets) or the process
+        listening at its path is no such zygote (`NotTheZygote`, logged)."""
         path = shared_path(preload, env, root)
         if path is None:
             return None
         try:
-            return cls(_connect(path))
+            return cls(connect_to_zygote(path, _shared_argv(preload, root, path)))
+        except NotTheZygote:
+            return None
         except OSError:
             pass
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -443,19 +451,22 @@ class SharedZygote(Zygote):
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staging)
-            listener.bind(staging)
-            listener.listen(64)
-            inode = os.stat(staging).st_ino
-            subprocess.Popen(
-                [sys.executable, "-I", "-c", ZYGOTE_CODE, str(listener.fileno()), preload, root,
-                 repr(float(idle_s)), path, str(inode)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            listener.bind(staging)  # bound here, listened on by the zygote (`zygote_refusal` needs its pid)
+            argv = _shared_argv(preload, root, path, str(listener.fileno()), repr(float(idle_s)),
+                                str(os.stat(staging).st_ino))
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=env, cwd="/", start_new_session=True, pass_fds=(listener.fileno(),),
-            ).returncode = 0  # never waited for: it outlives this process (no "still running" warning)
+            )
+            proc.returncode = 0  # never waited for: it outlives this process (no "still running" warning)
+            with proc.stdout:
+                if not select.select([proc.stdout], [], [], LISTEN_S)[0] or proc.stdout.readline() != b"listening\n":
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    raise OSError("the shared zygote did not start")
             os.replace(staging, path)  # atomic: a racing caller's zygote, or a dead one's socket, is replaced
-            _retire_others(path)
-            return cls(_connect(path))
-        except OSError:
+            retire_others(path)
+            return cls(connect_to_zygote(path, _shared_argv(preload, root, path)))
+        except (OSError, NotTheZygote):
             with contextlib.suppress(OSError):
                 os.unlink(staging)
             return None
@@ -476,26 +487,10 @@ class SharedZygote(Zygote):
         self._control.close()
 
 
-def _retire_others(path: str) -> None:
-    """Remove the sockets of zygotes for the same arguments but older code (another `code_stamp`):
-    each ends once its callers are done instead of waiting out its idle time."""
-    folder, name = os.path.split(path)
-    stable = name.split("-", 1)[0] + "-"
-    with contextlib.suppress(OSError):
-        for other in os.listdir(folder):
-            if other.startswith(stable) and other.endswith(".sock") and other != name:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(folder, other))
-
-
-def _connect(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+def _shared_argv(preload: str, root: str, path: str, fd: str | None = None, idle_s: str | None = None,
+                 inode: str | None = None) -> list[str | None]:
+    """A shared zygote's command line (with None: what `zygote_refusal` expects, any fd, idle time, inode)."""
+    return [sys.executable, "-I", "-c", ZYGOTE_CODE, fd, preload, root, idle_s, path, inode]
 
 
 def shared_path(preload: str, env: dict[str, str], root: str) -> str | None:
@@ -506,7 +501,7 @@ def shared_path(preload: str, env: dict[str, str], root: str) -> str | None:
             status = fh.read().splitlines()
         if any(line.split()[1:2] != ["0"] for line in status if line.startswith("NoNewPrivs:")):
             return None
-        context = _inherited(status)
+        context = inherited(status)
         folder = os.path.join(tempfile.gettempdir(), f"glassbox-zygotes-{os.geteuid()}")
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder, 0o700)
@@ -519,36 +514,5 @@ def shared_path(preload: str, env: dict[str, str], root: str) -> str | None:
 
     stable = digest_bytes(json.dumps([sys.executable, preload, sorted(env.items()), root, context]).encode())
     code = digest_bytes(json.dumps([sys.version, ZYGOTE_CODE, code_stamp(root)]).encode())
-    path = os.path.join(folder, f"{stable[:20]}-{code[:20]}.sock")  # `_retire_others` reads the stable part
+    path = os.path.join(folder, f"{stable[:20]}-{code[:20]}.sock")  # `retire_others` reads the stable part
     return path if len(path.encode()) < 108 else None  # a unix socket path's limit
-
-
-def _inherited(status: list[str]) -> list:
-    """What a forked child inherits from whoever started the zygote besides its environment: resource
-    limits, nice value, cgroups (a memory limit), umask and ignored signals. A caller with other ones
-    gets a zygote of its own, so its model processes run with its settings, not an earlier call's."""
-    import resource
-
-    limits = [(name, resource.getrlimit(getattr(resource, name))) for name in sorted(dir(resource))
-              if name.startswith("RLIMIT_")]
-    with open("/proc/self/cgroup") as fh:
-        cgroup = fh.read()
-    return [limits, os.getpriority(os.PRIO_PROCESS, 0), cgroup,
-            [line for line in status if line.startswith(("Umask:", "SigIgn:"))]]
-
-
-def code_stamp(root: str) -> list:
-    """Size and modification time of every Python file under ``root``'s ``explain`` and
-    ``sample_models``, and of each site-packages folder (a package installed or removed changes it)."""
-    stamp: list = []
-    for top in ("explain", "sample_models"):
-        for folder, dirs, files in os.walk(os.path.join(root, top)):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for name in sorted(files):
-                if name.endswith((".py", ".txt")):
-                    st = os.stat(os.path.join(folder, name))
-                    stamp.append((os.path.relpath(os.path.join(folder, name), root), st.st_size, st.st_mtime_ns))
-    for folder in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
-        with contextlib.suppress(OSError):
-            stamp.append((folder, os.stat(folder).st_mtime_ns))
-    return stamp

@@ -1,0 +1,165 @@
+"""Who a shared zygote and its callers are, and what code it runs (`explain.loading.sandbox_zygote`).
+
+Both ends of a shared zygote's unix socket check the other before trusting it, from the
+kernel's ``SO_PEERCRED`` and ``/proc``:
+
+- the zygote admits a caller that is no sandboxed process (`unsandboxed`): every sandboxed
+  child sets ``no_new_privs`` (which it and its children can never drop) and leaves the user and
+  network namespaces where it can;
+- a caller sends nothing to a socket until `zygote_refusal` found the process listening on it
+  (the one that called ``listen()``: the zygote calls it itself) to be unsandboxed, of this uid,
+  and this interpreter running the zygote program for that very path, preload and root. A
+  sandboxed child on a kernel without Landlock can write the private folder and put its own
+  socket at the path, but can never pass for the zygote.
+
+What it runs: the socket's path digests `code_stamp` (Glassbox's sources, the site-packages
+folders; about 10 ms a call) and the settings a fork inherits (`inherited`); a zygote for newer
+code removes the older one's socket (`retire_others`).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import struct
+import sysconfig
+
+from explain.errors import one_line
+
+log = logging.getLogger("glassbox.zygote")
+
+SO_PEERPIDFD = 77  # Linux 6.5+: a pidfd of the peer, so its pid cannot be reused while it is checked
+
+
+def peer(sock: socket.socket) -> tuple[int, int]:
+    """The ``(pid, uid)`` of the process at the other end of a unix socket (``SO_PEERCRED``)."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return pid, uid
+
+
+def unsandboxed(pid: int) -> bool:
+    """Process ``pid`` has no ``no_new_privs`` and is in this process's user and network namespaces."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            if any(line.split()[1:2] != ["0"] for line in fh if line.startswith("NoNewPrivs:")):
+                return False
+        return all(os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/self/ns/{ns}") for ns in ("user", "net"))
+    except (OSError, IndexError):
+        return False
+
+
+def zygote_refusal(sock: socket.socket, expected: list[str | None]) -> str:
+    """Why the process listening behind the connected ``sock`` is not the shared zygote, '' when it is.
+
+    Args:
+        expected: the zygote's command line; None where any value is fine (a file descriptor, an
+            idle time). Its first item is the interpreter, whose binary ``/proc/PID/exe`` must be.
+    """
+    try:
+        pid, uid = peer(sock)
+    except OSError as exc:
+        return f"its peer is unknown ({exc.strerror})"
+    if pid <= 0 or uid != os.geteuid():
+        return f"its peer (pid {pid}) runs as uid {uid}"
+    try:
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            return f"its peer (pid {pid}) has ended"
+        pidfd = -1  # a kernel before 6.5: the pid alone
+    try:
+        if not unsandboxed(pid):
+            return f"its peer (pid {pid}) is a sandboxed process (no_new_privs or other namespaces)"
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read().split(b"\0")[:-1]
+        except OSError as exc:
+            return f"its peer (pid {pid}) cannot be read ({exc.strerror})"
+        if exe != os.path.realpath(str(expected[0])):
+            return f"its peer (pid {pid}) runs {exe}, not this interpreter"
+        if len(cmdline) != len(expected) or any(
+                want is not None and os.fsencode(want) != got for want, got in zip(expected, cmdline)):
+            return f"its peer (pid {pid}) does not run the zygote program for this socket"
+        if pidfd >= 0 and _pidfd_pid(pidfd) != pid:
+            return f"its peer (pid {pid}) ended while it was checked"
+        return ""
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+class NotTheZygote(Exception):
+    """The process listening at a shared zygote's path is no such zygote (`zygote_refusal`)."""
+
+
+def connect_to_zygote(path: str, expected: list[str | None]) -> socket.socket:
+    """A connection to the shared zygote at ``path``, made only once its peer proved to be that zygote.
+
+    Raises:
+        OSError: nothing listens there.
+        NotTheZygote: the process listening there is another one (a sandboxed child's socket); logged.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        reason = zygote_refusal(sock, expected)
+    except OSError:
+        sock.close()
+        raise
+    if reason:
+        sock.close()
+        log.warning(one_line(f"Not using the shared zygote at {path}: {reason}; this call starts its own."))
+        raise NotTheZygote(reason)
+    return sock
+
+
+def _pidfd_pid(pidfd: int) -> int:
+    """The pid a pidfd refers to; -1 once that process ended."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as fh:
+        return next((int(line.split()[1]) for line in fh if line.startswith("Pid:")), -1)
+
+
+def inherited(status: list[str]) -> list:
+    """What a forked child inherits from whoever started the zygote besides its environment: resource
+    limits, nice value, cgroups (a memory limit), umask and ignored signals. A caller with other ones
+    gets a zygote of its own, so its model processes run with its settings, not an earlier call's."""
+    import resource
+
+    limits = [(name, resource.getrlimit(getattr(resource, name))) for name in sorted(dir(resource))
+              if name.startswith("RLIMIT_")]
+    with open("/proc/self/cgroup") as fh:
+        cgroup = fh.read()
+    return [limits, os.getpriority(os.PRIO_PROCESS, 0), cgroup,
+            [line for line in status if line.startswith(("Umask:", "SigIgn:"))]]
+
+
+def retire_others(path: str) -> None:
+    """Remove the sockets of zygotes for the same arguments but older code (another `code_stamp`):
+    each ends once its callers are done instead of waiting out its idle time."""
+    folder, name = os.path.split(path)
+    stable = name.split("-", 1)[0] + "-"
+    with contextlib.suppress(OSError):
+        for other in os.listdir(folder):
+            if other.startswith(stable) and other.endswith(".sock") and other != name:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, other))
+
+
+def code_stamp(root: str) -> list:
+    """Size and modification time of every Python file under ``root``'s ``explain`` and
+    ``sample_models``, and of each site-packages folder (a package installed or removed changes it)."""
+    stamp: list = []
+    for top in ("explain", "sample_models"):
+        for folder, dirs, files in os.walk(os.path.join(root, top)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith((".py", ".txt")):
+                    st = os.stat(os.path.join(folder, name))
+                    stamp.append((os.path.relpath(os.path.join(folder, name), root), st.st_size, st.st_mtime_ns))
+    for folder in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        with contextlib.suppress(OSError):
+            stamp.append((folder, os.stat(folder).st_mtime_ns))
+    return stamp
