@@ -232,8 +232,12 @@ def first_paint(is_overview: bool) -> bool:
             log.exception("Drawing the first view failed")
             first = None
         out_col, struct_col, train_col = overview_columns()
+        struct_col.subheader("Structure")
+        train_col.subheader("Training")
+        with out_col:  # first: the map reaches the browser before the curves' log is read (with pandas)
+            st.subheader("Output")
+            _draw_output(name, first)
         with train_col:
-            st.subheader("Training")
             curves = sample_curves(name)
             if curves is not None:
                 fig, findings = curves
@@ -241,11 +245,6 @@ def first_paint(is_overview: bool) -> bool:
                 st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves_first_paint")
                 for f in findings:
                     st.markdown(f"{f.icon} **{f.kind}** — {escape_markdown(f.message)}")
-        with struct_col:
-            st.subheader("Structure")
-        with out_col:
-            st.subheader("Output")
-            _draw_output(name, first)
     except Exception:  # a preview that cannot draw is no reason to stop the page
         log.exception("The first paint failed")
     _rerun_when_ready()
