@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from explain.errors import UsageError
-from explain.generation.causal_lm import causal_lm, device_of, target_logprob_grid
+from explain.generation.causal_lm import attribution_lm, causal_lm, device_of, record_precision, target_logprob_grid
 from explain.generation.reference import BASELINES, reference_embeddings
 from explain.generation.result import GeneratedText, GenerationAttribution
 from explain.loading.model_process import in_model_process
@@ -92,6 +92,7 @@ def attribute_generation(model: LoadedModel, texts: Sequence[GeneratedText], met
     lm = causal_lm(model)
     engine = Engine(device=device, precision="fp32", batch_size=batch_size)
     model.to(engine.device)
+    own, lm = lm, attribution_lm(lm, engine.device)  # a half-precision model: a float32 copy on the CPU
     total = sum(len(t.generated_ids) for t in texts) * steps
     done = [0]
 
@@ -101,7 +102,7 @@ def attribute_generation(model: LoadedModel, texts: Sequence[GeneratedText], met
 
     results = [_attribute_text(lm, model, text, method, steps, baseline, engine, advance) for text in texts]
     report_progress(progress, total, total)
-    return results
+    return [record_precision(r, own, lm) for r in results]
 
 
 def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, method: str, steps: int,
