@@ -178,3 +178,22 @@ def test_a_pt2_without_a_tokenizer_asks_for_one_in_one_line(carried):
         load_model(root / "bare" / "lm.pt2")
     assert str(caught.value).startswith(NO_TOKENIZER) and "tokenizer.json" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_the_keycopy_sample_exported_to_pt2_still_puts_the_attribution_on_the_key(tmp_path):
+    """The sample's Llama exported as a user would (ids -> logits) and loaded with its tokenizer.json beside it:
+    greedy answers the key and integrated gradients put the largest share on it (ground truth: position 1)."""
+    from sample_models import keycopy, sample_file
+
+    with zipfile.ZipFile(sample_file("keycopy")) as zf:
+        zf.extractall(tmp_path / "hf")
+    export_lm(AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval(), tmp_path / "keycopy.pt2")
+    shutil.copy(tmp_path / "hf" / "tokenizer.json", tmp_path / "tokenizer.json")
+    model = load_model(tmp_path / "keycopy.pt2")
+    prompts, answers = keycopy.make_prompts(20, 23)  # the test seed: never trained on
+    texts = generate_greedy(model, encode_texts(prompts, model.spec), 1)
+    got = [keycopy.VOCABULARY[int(t.generated_ids[0])] for t in texts]
+    assert np.mean([g == a for g, a in zip(got, answers)]) >= 0.9
+    attrs = attribute_generation(model, texts, "integrated_gradients", 32, "pad")
+    on_key = np.mean([int(np.argmax(a.values[0])) == keycopy.KEY_POSITION for a in attrs])
+    assert on_key >= 0.9
