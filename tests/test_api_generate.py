@@ -3,6 +3,9 @@ attribution, computed as an interactive ``generate`` job of the queue and saved 
 numbers equal the library's on the keycopy sample; a bad request is 400 with nothing queued; GET is 405."""
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -14,9 +17,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from explain.generation.attribution import attribute_generation  # noqa: E402
 from explain.generation.greedy import generate_greedy  # noqa: E402
 from explain.generation.prompts import encode_texts  # noqa: E402
+from explain.generation.sampling import Sampling, generate_sampled  # noqa: E402
 from explain.service.api import create_app  # noqa: E402
 from explain.service.client import register_model  # noqa: E402
-from explain.service.worker import stop_embedded  # noqa: E402
+from explain.service.worker import start_embedded, stop_embedded  # noqa: E402
 from explain.workspace import Actor, open_workspace  # noqa: E402
 from sample_models import keycopy, load_sample, sample_file, sample_registry_files  # noqa: E402
 
@@ -87,3 +91,69 @@ def test_generate_takes_only_post(api):
     _, client, editor = api
     response = client.get("/v1/models/keycopy:generate", headers=editor)
     assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
+def _concurrently(asks: list) -> tuple[dict, list[threading.Thread]]:
+    answers = {}
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, asks[i]())) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    return answers, threads
+
+
+def test_concurrent_greedy_generates_are_one_job_each_answered_with_its_prompts_and_sampled_ones_are_not(api, model):
+    """The first greedy request's job waits (no worker), three more gather behind it and become one job
+    of their four prompts; each answer is its prompts' rows of that run, equal to the library's greedy
+    generation and attribution of those prompts alone. Sampled requests (prompt i drawn with seed + i)
+    are a job each, so each is drawn as it would be alone."""
+    ws, _, editor = api
+    stop_embedded(ws)  # the module's worker: this test starts it once the requests have gathered
+    app = create_app(ws, worker=False, max_jobs=100, delay_ms=10_000)
+    client = TestClient(app, raise_server_exceptions=False)
+    prompts = keycopy.make_prompts(5, 7)[0]
+    asked = [[prompts[0]], [prompts[1]], [prompts[2], prompts[3]], [prompts[4]]]
+    greedy = {"max_new_tokens": NEW, "steps": STEPS}
+    sampled = {**greedy, "sampling": {"temperature": 1.5, "seed": 3}}
+    jobs_before = len(ws.jobs.list(OP, limit=1000))
+
+    def ask(texts, parameters):
+        return lambda: client.post("/v1/models/keycopy:generate", headers=editor,
+                                   json={"prompts": texts, "parameters": parameters})
+
+    first, holder = _concurrently([ask(asked[0], greedy)])
+    deadline = time.monotonic() + 60
+    while len(ws.jobs.list(OP, limit=1000)) == jobs_before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    answers, threads = _concurrently([ask(texts, greedy) for texts in asked[1:]]
+                                     + [ask([prompts[1]], sampled), ask([prompts[4]], sampled)])
+    while app.state.batcher.waiting() < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start_embedded(ws)
+    for t in [*holder, *threads]:
+        t.join(300)
+    assert len(ws.jobs.list(OP, limit=1000)) == jobs_before + 4  # the first's, the three greedy together, 2 sampled
+    bodies = {i: answers[i].json() for i in answers}
+    assert all(answers[i].status_code == 200 for i in answers), bodies
+    assert first[0].status_code == 200 and first[0].json()["run_rows"] == [0]
+    together = [bodies[i] for i in range(3)]
+    assert len({b["run"] for b in together}) == 1
+    assert sorted(r for b in together for r in b["run_rows"]) == [0, 1, 2, 3]
+    for texts, body in zip(asked[1:], together):
+        alone = attribute_generation(model, generate_greedy(model, encode_texts(texts, model.spec), NEW),
+                                     "integrated_gradients", STEPS, "pad")
+        assert body["generated_ids"] == [w.generated_ids.tolist() for w in alone]
+        for got, w in zip(body["attributions"], alone):
+            np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), w.values)  # [T, P + T], exactly
+        assert len(body["texts"]) == len(texts)
+    assert bodies[3]["run"] != bodies[4]["run"] and bodies[3]["run_rows"] == bodies[4]["run_rows"] == [0]
+    for i, prompt in ((3, prompts[1]), (4, prompts[4])):  # each drawn as prompt 0 of its own job: seed 3
+        drawn = generate_sampled(model, encode_texts([prompt], model.spec), NEW, Sampling(temperature=1.5, seed=3))
+        assert bodies[i]["generated_ids"] == [d.generated_ids.tolist() for d in drawn]
+
+
+def test_only_greedy_requests_without_per_prompt_parameters_are_batched():
+    from explain.service.api import generates_alone
+
+    assert not generates_alone({}) and not generates_alone({"max_new_tokens": 2, "steps": 8, "chat": True})
+    assert generates_alone({"sampling": {"seed": 1}})  # prompt i drawn with seed + i: its place matters
+    assert generates_alone({"targets": ["red"]}) and generates_alone({"messages": [{"role": "user", "content": "hi"}]})

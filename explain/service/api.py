@@ -13,11 +13,13 @@
 A request is checked against its model before anything runs or is queued (instances' shape and
 dtype, target range, the method fits the model, parameters' types and ranges: `check_explain`):
 400 with one line and no job. Another verb on an action route (``GET …:predict``) is 405 with an
-``Allow`` header. Concurrent ``:predict`` requests of one model version, and concurrent one-row
-``:explain`` requests of one caller, version, method, parameters and target, are batched
-(`explain.service.batching`, ``max_batch_rows`` / ``max_delay_ms``): one engine batch (one job
-for ``:explain``, whose run holds every member's row: ``run_rows`` says which are this request's),
-each request answered with its own rows.
+``Allow`` header. Concurrent ``:predict`` requests of one model version, concurrent one-row
+``:explain`` requests of one caller, version, method, parameters and target, and concurrent greedy
+``:generate`` requests of one caller, version and parameters are batched (`explain.service.batching`,
+``max_batch_rows`` / ``max_delay_ms``): one engine batch (one job for ``:explain`` and ``:generate``,
+whose run holds every member's rows: ``run_rows`` says which are this request's), each request
+answered with its own rows. A sampled ``:generate`` (prompt i drawn with seed + i) or one with
+``targets`` or ``messages`` is a job of its own (`generates_alone`).
 
 ``Authorization: Bearer <token>`` (``python -m explain tokens add NAME --role ROLE``); the token's
 role is looked up in the workspace on every request, and the token itself before a byte of the
@@ -98,6 +100,25 @@ class GenerateBody(BaseModel):
 class JobBody(ExplainBody):
     model: str = Field(..., description="NAME, NAME@vN or NAME@ALIAS")
     priority: str = Field("batch", description='"batch" or "interactive"')
+
+
+def generates_alone(parameters: dict[str, Any]) -> bool:
+    """Whether a ``:generate`` request is a job of its own, never batched with others: sampled (a prompt is
+    drawn with seed + its place in its job), or with a parameter given per prompt (a list: ``targets``,
+    ``messages``, ...)."""
+    return "sampling" in parameters or any(isinstance(v, list) for v in parameters.values())
+
+
+def generation_rows(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `generation_answer` (lists, one item per prompt; ``texts`` None without a spec) cut into one
+    answer per prompt."""
+    n = len(answer["generated_ids"])
+    return [{k: None if v is None else v[i] for k, v in answer.items()} for i in range(n)]
+
+
+def joined_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`generation_rows`' inverse: one answer of the prompts ``rows`` holds, in their order."""
+    return {k: None if all(r[k] is None for r in rows) else [r[k] for r in rows] for k in rows[0]}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -466,9 +487,40 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         model = models.load(actor, info)
         with bad_request():  # checked before anything is queued: 400, no job
             params, arrays, title = generation_request(model, info.name, info.version, body.prompts, body.parameters)
-        job, run = waited(actor, submit_job(ws, actor, GENERATE_JOB, params, title=title, inputs=arrays,
-                                            priority="interactive", max_active=max_jobs))
-        return {**generation_answer(read_run(run)), "run": run.info.id, "job": job.id, "method": run.info.method}
+        if generates_alone(body.parameters):  # sampled (seed + its place), or given per prompt: a job of its own
+            job, run = waited(actor, submit_job(ws, actor, GENERATE_JOB, params, title=title, inputs=arrays,
+                                                priority="interactive", max_active=max_jobs))
+            answer = generation_answer(read_run(run))
+            return {**answer, "run": run.info.id, "job": job.id, "method": run.info.method,
+                    "run_rows": list(range(len(answer["generated_ids"])))}
+
+        def generate_rows(prompts: np.ndarray) -> np.ndarray:  # prompts [n] (texts) -> n answers
+            with bad_request():
+                p, a, t = generation_request(model, info.name, info.version, list(prompts), body.parameters)
+            out = np.empty(len(prompts), dtype=object)
+            try:
+                job, run = waited(actor, submit_job(ws, actor, GENERATE_JOB, p, title=t, inputs=a,
+                                                    priority="interactive", max_active=max_jobs))
+            except ApiError as exc:
+                if exc.status == 422:  # the job failed, maybe for one prompt: the batcher runs each alone
+                    raise
+                out[:] = [exc] * len(prompts)  # timed out or cancelled: every member's answer, not run again
+                return out
+            meta = {"run": run.info.id, "job": job.id, "method": run.info.method}
+            out[:] = [(meta, i, row) for i, row in enumerate(generation_rows(generation_answer(read_run(run))))]
+            return out
+
+        # greedy requests of this caller, version and parameters: their prompts generated in one job together
+        prompts = np.empty(len(body.prompts), dtype=object)  # [n] texts (checked above)
+        prompts[:] = body.prompts
+        key = ("generate", actor.name, info.name, info.version, json.dumps(body.parameters, sort_keys=True))
+        answered_rows = batcher.run(key, prompts, generate_rows)
+        for answered_row in answered_rows:
+            if isinstance(answered_row, ApiError):
+                raise answered_row
+        meta = answered_rows[0][0]
+        return {**joined_rows([row for _, _, row in answered_rows]), **meta,
+                "run_rows": [i for _, i, _ in answered_rows]}
 
     @app.api_route("/v1/models/{name}:{action}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
                    include_in_schema=False)
