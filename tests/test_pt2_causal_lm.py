@@ -197,3 +197,15 @@ def test_the_keycopy_sample_exported_to_pt2_still_puts_the_attribution_on_the_ke
     attrs = attribute_generation(model, texts, "integrated_gradients", 32, "pad")
     on_key = np.mean([int(np.argmax(a.values[0])) == keycopy.KEY_POSITION for a in attrs])
     assert on_key >= 0.9
+
+
+def test_deeplift_on_the_pt2_runs_its_exact_rules_and_equals_the_folders(pair):
+    """DeepLIFT on the program from its embedding lookup on (head and final norm inside) = DeepLIFT on the
+    folder's captured decoder and head, and adds up to each token's log-probability change."""
+    _kind, folder_model, model, _ref, prompts, _user = pair
+    texts = generate_greedy(folder_model, prompts[:1], 3)
+    ours = attribute_generation(model, texts, "deeplift", baseline="pad")[0]
+    theirs = attribute_generation(folder_model, texts, "deeplift", baseline="pad")[0]
+    np.testing.assert_allclose(ours.values, theirs.values, atol=1e-4)
+    assert float(ours.completeness_error.max()) < 1e-4
+    assert any(".pt2 program" in note for note in ours.notes)

@@ -61,9 +61,14 @@ def causal_lm(model: LoadedModel) -> nn.Module:
     return inner
 
 
+def is_exported(lm: nn.Module) -> bool:
+    """True for a ``.pt2`` causal LM (`explain.loading.export_lm.ExportedCausalLM`): a program, not transformers' model."""
+    return isinstance(lm, ExportedCausalLM)
+
+
 def has_kv_cache(lm: nn.Module) -> bool:
-    """False for a ``.pt2`` causal LM (`explain.loading.export_lm`): each new token runs the whole sequence."""
-    return not isinstance(lm, ExportedCausalLM)
+    """False for a ``.pt2`` causal LM: each new token runs the whole sequence."""
+    return not is_exported(lm)
 
 
 def device_of(lm: nn.Module) -> torch.device:

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from explain.errors import IncompatibleInput, one_line
-from explain.generation.causal_lm import device_of, max_positions, special_ids, target_logprob_grid
+from explain.generation.causal_lm import device_of, is_exported, max_positions, special_ids, target_logprob_grid
 from explain.generation.reference import reference_embeddings
 from explain.generation.result import GeneratedText, GenerationAttribution
 from explain.output import pair_rules as pr
@@ -77,7 +77,10 @@ class _Decoder(nn.Module):
 
 
 def decoder_graph(lm: nn.Module, dim: int) -> CapturedGraph:
-    """The decoder as a functional ATen graph over [batch, length, D] embeddings (cached per model)."""
+    """The decoder as a functional ATen graph over [batch, length, D] embeddings (cached per model); a ``.pt2``'s:
+    its own program from the embedding lookup on (`exported_graph`)."""
+    if is_exported(lm):
+        return exported_graph(lm)
     device, dtype = device_of(lm), lm.get_input_embeddings().weight.dtype
     key = (id(lm), "causal_lm_decoder", str(device), str(dtype), dim)
     found = GRAPH_CACHE.get_keyed(key, lm)
@@ -97,6 +100,22 @@ def decoder_graph(lm: nn.Module, dim: int) -> CapturedGraph:
     captured = CapturedGraph(module, "torch.export of the decoder (dynamic batch and length)")
     GRAPH_CACHE.put_keyed(key, lm, captured)
     return captured
+
+
+def exported_graph(lm: Any) -> CapturedGraph:
+    """A ``.pt2`` causal LM's program from its embedding lookup on (`explain.loading.export_lm.embedding_graph`):
+    embeddings [B, L, D] -> logits [B, L, V], the head and final norm inside (`head_pair` then adds nothing).
+
+    Raises:
+        IncompatibleInput: a program of a static batch or length, or one taking a mask (the pairs run at any
+            batch and length, embeddings alone).
+    """
+    sig = lm.signature
+    if sig.mask or sig.static_length or sig.static_batch:
+        raise IncompatibleInput("DeepLIFT runs a .pt2 causal LM's program on (explained, reference) pairs of any batch "
+                                "and length; this one takes a fixed batch or length, or an attention mask.",
+                                "Use integrated_gradients instead.")
+    return CapturedGraph(lm.from_embeds, "the .pt2 program from its embedding lookup on")
 
 
 def _mutates(ep: Any) -> bool:
@@ -127,7 +146,10 @@ def shap_references(lm: nn.Module, model: Any, x: torch.Tensor) -> tuple[torch.T
 
 
 def head_pair(lm: nn.Module, hidden: pr.Pair) -> pr.Pair:
-    """Logits [S, V] of final-normed hidden-state pairs [S, D] (`causal_lm.head_logits` as pairs)."""
+    """Logits [S, V] of final-normed hidden-state pairs [S, D] (`causal_lm.head_logits` as pairs); a ``.pt2``'s
+    graph ends in its logits already (`exported_graph`)."""
+    if is_exported(lm):
+        return hidden
     logits = pr.linear(lm.get_output_embeddings(), hidden)  # affine: the gradient is exact
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if isinstance(cap, (int, float)) and cap > 0:
