@@ -3,9 +3,9 @@
 `explain.loading.sandbox_zygote.SharedZygote`: a second process forks from the zygote the first one
 started; a sandboxed child can reach its socket but gets no fork from it (with or without the
 ``nobody`` switch); a socket put in its place by another process (a sandboxed child where Landlock is
-missing, or one that is not the zygote program) is refused before a byte is sent to it; idle, or replaced
-by a zygote for newer code, it ends; and ``python -m explain`` on a ``.pt2`` leaves one behind that
-the next call uses.
+missing, or one that is not the zygote program) is refused before a byte is sent to it; idle, replaced
+by a zygote for newer code, or after an edit inside a package it imported, it ends; and
+``python -m explain`` on a ``.pt2`` leaves one behind that the next call uses.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import pytest
 
 from explain.loading import sandbox_zygote
 from explain.loading.sandbox import child_env, run_in_sandbox
-from explain.loading.zygote_identity import peer, retire_others
+from explain.loading.zygote_identity import CodeWatch, peer, retire_others
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = "import json  # a cheap shared zygote for these tests"
@@ -271,3 +271,86 @@ def test_a_socket_put_in_the_zygotes_place_gets_nothing_and_the_call_runs_on_its
     reason = "is a sandboxed process" if kind == "sandboxed" else "does not run the zygote program"
     (line,) = [r.getMessage() for r in caplog.records if r.name == "glassbox.zygote"]
     assert reason in line and f"pid {impostor.pid}" in line and "\n" not in line, line
+
+
+#: how many inotify instances a process holds (the zygote's `CodeWatch`)
+_INOTIFY_FDS = """
+def _inotify_fds(pid):
+    import os
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass  # the folder's own descriptor, closed by now
+    return links.count("anon_inode:inotify")
+"""
+
+
+def test_an_edit_inside_a_package_the_zygote_imported_gives_the_next_call_a_new_zygote(tmp_path, tmpdir_short):
+    """A package on ``sys.path`` the preload imported is edited (the key, Glassbox's sources and the
+    site-packages folders, does not change): the zygote takes no new caller, and the next call forks
+    from a new zygote importing the edited code; unedited, calls keep sharing one."""
+    package = tmp_path / "gbstale"
+    package.mkdir()
+    (package / "__init__.py").write_text("from gbstale.values import VALUE\n")
+    (package / "values.py").write_text("VALUE = 1\n")
+    preload = f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport gbstale"
+    code = ('import os, gbstale\nreport(phase="ready", protections=lock_down())\n'
+            'report(ok=True, value=gbstale.VALUE, ppid=os.getppid(), watches=_inotify_fds("self"))\n')
+    code = f"{_INOTIFY_FDS}\n{code}"
+
+    def call() -> dict:  # as a new CLI call: a connection of its own
+        sandbox_zygote.share_zygotes(30)
+        try:
+            run = run_in_sandbox(code, b"", preload=preload)
+        finally:
+            sandbox_zygote.share_zygotes(0)
+            sandbox_zygote._SHARED.pop(preload).stop()
+        assert run.ok, run.stderr[-2000:]
+        return run.final
+
+    first, second = call(), call()
+    assert first["value"] == second["value"] == 1 and first["ppid"] == second["ppid"]
+    namespace: dict = {}
+    exec(_INOTIFY_FDS, namespace)
+    assert namespace["_inotify_fds"](first["ppid"]) == 1 and first["watches"] == 0  # the zygote's, closed in a fork
+    (package / "values.py").write_text("VALUE = 22\n")
+    third = call()
+    assert third["value"] == 22 and third["ppid"] != first["ppid"]
+    assert _zygote_pids(_sockets(tmpdir_short)[0]) == [third["ppid"]]
+    deadline = time.monotonic() + 30
+    while _alive(first["ppid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(first["ppid"])  # retired: its only caller was done
+
+
+def _no_inotify(self):
+    raise OSError("no inotify instance left")
+
+
+@pytest.mark.parametrize("edit", ["written", "replaced"])
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "stat"])
+def test_a_code_watch_sees_an_edit_of_a_watched_file_and_nothing_else(tmp_path, monkeypatch, inotify, edit):
+    """Reading a watched file, or writing another file or a ``__pycache__`` beside it, is no change; writing it,
+    or an editor's save (a new file renamed over it), is; with inotify or, where it is out, by restating."""
+    if not inotify:
+        monkeypatch.setattr(CodeWatch, "_watch", _no_inotify)
+    watched, other = tmp_path / "values.py", tmp_path / "other.py"
+    watched.write_text("VALUE = 1\n")
+    other.write_text("")
+    watch = CodeWatch([str(watched)])
+    try:
+        assert (watch._fd >= 0) == inotify
+        (tmp_path / "__pycache__").mkdir()
+        (tmp_path / "__pycache__" / "values.cpython-311.pyc").write_bytes(b"\0")
+        other.write_text("OTHER = 2\n")
+        assert watched.read_text() == "VALUE = 1\n" and not watch.changed()  # read (imported again): no change
+        if edit == "written":
+            watched.write_text("VALUE = 22\n")
+        else:
+            (tmp_path / "values.py.new").write_text("VALUE = 22\n")
+            os.replace(tmp_path / "values.py.new", watched)
+        assert watch.changed() and watch.changed()  # and it stays so
+    finally:
+        watch.close()

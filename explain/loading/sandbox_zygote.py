@@ -51,7 +51,7 @@ shared = len(sys.argv) > 4  # a bound socket (argv 4-6: idle seconds, its path a
 listener = socket.socket(fileno=int(sys.argv[1])) if shared else None
 controls = {} if shared else {socket.socket(fileno=int(sys.argv[1])): set()}  # control -> its children's pids
 sys.path.insert(0, sys.argv[3])
-from explain.loading.zygote_identity import peer, unsandboxed
+from explain.loading.zygote_identity import CodeWatch, imported_files, peer, unsandboxed
 if shared:
     listener.listen(64)  # here, not in the caller that started it: SO_PEERCRED names this process to callers
     os.write(1, b"listening\n")
@@ -60,6 +60,7 @@ if shared:
     os.close(null)
 exec(compile(sys.argv[2], "<preload>", "exec"), {"__name__": "__glassbox_preload__"})
 socks = {}
+watch = CodeWatch(imported_files()) if shared else None  # the preload's code: edited since, this zygote is stale
 
 
 def admitted(conn):
@@ -159,10 +160,16 @@ while controls or shared:
     for control in ready:
         if control is listener:
             conn, _ = listener.accept()
-            if admitted(conn):
-                controls[conn] = set()
-            else:
+            if not admitted(conn):
                 conn.close()
+            elif not watch.changed():
+                controls[conn] = set()
+            else:  # a module it imported was edited since: retire (the caller starts a new zygote)
+                conn.close()
+                if still_mine():
+                    os.unlink(sys.argv[5])
+                listener.close()
+                listener, shared = None, False
             continue
         try:
             msg, fds, _, _ = socket.recv_fds(control, 16, 2)
@@ -180,7 +187,7 @@ while controls or shared:
         if pid == 0:
             code = 1
             try:
-                for other in [*controls, *socks.values(), *([listener] if listener else [])]:
+                for other in [*controls, *socks.values(), *(x for x in (listener, watch) if x is not None)]:
                     other.close()
                 os.setsid()
                 os.dup2(sock.fileno(), 0)
@@ -419,7 +426,8 @@ class SharedZygote(Zygote):
     ``no_new_privs`` and leaves those namespaces where it can, so no child can ask it for a fork.
     A process that runs with ``no_new_privs`` itself (which would blur that line) shares none. A
     caller sends nothing before it found the listening process to be this zygote (`connect_to_zygote`),
-    so a socket a sandboxed child put in its place is refused.
+    so a socket a sandboxed child put in its place is refused. An edit inside a package the zygote
+    imported changes no path: it takes no new caller then, and `spawn` starts a zygote anew.
 
     The zygote holds no user data: each request forks a fresh child that locks itself down and
     is sent its program and the model's bytes over its own socket, as with a private zygote; the
@@ -427,10 +435,12 @@ class SharedZygote(Zygote):
     zygote took its path, it ends.
     """
 
-    def __init__(self, control: socket.socket):  # noqa: D107 - see `connect`
+    def __init__(self, control: socket.socket, args: tuple):  # noqa: D107 - see `connect`
         self._control = control
+        self._args = args  # `connect`'s, for a reconnection
         self.proc = None
         self._lock = threading.Lock()
+        self._reconnecting = threading.Lock()
 
     @classmethod
     def connect(cls, preload: str, env: dict[str, str], root: str, idle_s: float) -> SharedZygote | None:
@@ -440,8 +450,9 @@ class SharedZygote(Zygote):
         path = shared_path(preload, env, root)
         if path is None:
             return None
+        args = (preload, env, root, idle_s)
         try:
-            return cls(connect_to_zygote(path, _shared_argv(preload, root, path)))
+            return cls(connect_to_zygote(path, _shared_argv(preload, root, path)), args)
         except NotTheZygote:
             return None
         except OSError:
@@ -465,13 +476,28 @@ class SharedZygote(Zygote):
                     raise OSError("the shared zygote did not start")
             os.replace(staging, path)  # atomic: a racing caller's zygote, or a dead one's socket, is replaced
             retire_others(path)
-            return cls(connect_to_zygote(path, _shared_argv(preload, root, path)))
+            return cls(connect_to_zygote(path, _shared_argv(preload, root, path)), args)
         except (OSError, NotTheZygote):
             with contextlib.suppress(OSError):
                 os.unlink(staging)
             return None
         finally:
             listener.close()
+
+    def spawn(self, startup_s: float) -> ZygoteChild | None:
+        """As `Zygote.spawn`; a zygote that closed this connection (it retired: a module it imported
+        was edited since; or it ended) is replaced once by a new connection (`connect`)."""
+        child = super().spawn(startup_s)
+        if child is not None or self.alive():
+            return child
+        with self._reconnecting:
+            if not self.alive():
+                fresh = SharedZygote.connect(*self._args)
+                if fresh is None:
+                    return None
+                self._control.close()
+                self._control = fresh._control
+        return super().spawn(startup_s)
 
     def alive(self) -> bool:
         """False once the zygote closed this connection (it never writes on it)."""
