@@ -6,6 +6,7 @@ cap, zip helpers, weights-only unpickling) · ``weights`` (safetensors, state_di
 ``architectures`` (registered architectures weight-only files load into) ·
 ``torchscript`` / ``export`` (the two graph formats) · ``script_check`` /
 ``script_code`` / ``op_allowlist`` (+ ``allowed_ops.txt``) / ``shape_expr`` (the
-static check) · ``sandbox`` / ``sandbox_zygote`` / ``vetting`` (running a user graph
-in a locked-down child at every batch size the server will use).
+static check) · ``sandbox`` / ``sandbox_zygote`` (+ ``zygote_identity``: who a shared
+zygote and its callers are) / ``vetting`` (running a user graph in a locked-down child at
+every batch size the server will use).
 """
