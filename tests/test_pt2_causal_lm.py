@@ -209,3 +209,32 @@ def test_deeplift_on_the_pt2_runs_its_exact_rules_and_equals_the_folders(pair):
     np.testing.assert_allclose(ours.values, theirs.values, atol=1e-4)
     assert float(ours.completeness_error.max()) < 1e-4
     assert any(".pt2 program" in note for note in ours.notes)
+
+
+class MaskedLogits(Logits):
+    """ids [N, L] and an attention mask [N, L] -> logits [N, L, V]."""
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+def test_a_static_pt2_with_a_mask_input_is_padded_on_the_right(pair, tmp_path):
+    """Exported for batch 1 and 12 tokens, with a mask input: shorter texts are padded on the right (a causal
+    LM's earlier positions never read them) and masked, so greedy and IG equal the folder's."""
+    kind, folder_model, _model, ref, _prompts, user = pair
+    if kind != "llama":
+        pytest.skip("static shapes are checked once, on the Llama")
+    example = (torch.ones(1, 12, dtype=torch.long), torch.ones(1, 12, dtype=torch.long))
+    torch.export.save(torch.export.export(MaskedLogits(ref), example), tmp_path / "static.pt2")
+    shutil.copy(user / "tokenizer.json", tmp_path / "tokenizer.json")
+    model = load_model(tmp_path / "static.pt2")
+    assert model.spec.input_shape == (12,) and model.fixed_batch_size == 1
+    prompts = encode_texts(["the cat"], model.spec)
+    texts = generate_greedy(model, prompts, 12 - len(prompts[0]))
+    assert [t.generated_ids.tolist() for t in texts] == [t.generated_ids.tolist() for t in
+                                                         generate_greedy(folder_model, prompts, 12 - len(prompts[0]))]
+    ours = attribute_generation(model, texts, "integrated_gradients", STEPS, "pad")[0]
+    theirs = attribute_generation(folder_model, texts, "integrated_gradients", STEPS, "pad")[0]
+    np.testing.assert_allclose(ours.values, theirs.values, atol=1e-5)
+    with pytest.raises(IncompatibleInput, match="fixed batch or length"):
+        attribute_generation(model, texts, "deeplift", baseline="pad")
