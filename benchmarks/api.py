@@ -7,12 +7,15 @@ the tests do, `tests.workspace_db`; ``--db URL`` uses that database), once with 
 (``--max-delay-ms 0``, the service as it was) and once with it on (``--delay-ms``), both at once, and
 measures:
 
-- predict, rows/s: the engine called directly on the batches the clients' rows make together
-  (``predict_proba`` on ``clients x rows`` rows, no HTTP) and on one request's rows; the engine
+- predict, rows/s: **direct** = the engine's own batched ``predict_proba`` on exactly the rows the
+  ``--clients`` clients send (client i sends rows ``[i*rows, (i+1)*rows)`` of those, every request),
+  all of them in one call, in one thread, no HTTP: what the server would reach if serving cost
+  nothing and every batch held every client's request; and on one request's rows; the engine
   from ``--clients`` threads in this process without and with a `Batcher` (the batching alone,
   no HTTP); then through the server: one client calling in turn, and ``--clients`` clients at
   once (each request ``--rows`` rows of ``--model``), and one client's latency, the two servers
-  measured in turns;
+  measured in turns; and the server's own work per request without HTTP (``server_work_ms``: one
+  ``:predict`` through the ASGI app in this process, token, lookups, batching and JSON, no socket);
 - explain: p50 / p95 latency of a one-input ``:explain`` (integrated gradients, ``--steps``,
   fresh inputs each time so no cache answers) idle, then beside a running batch job (a dataset job
   of ``--batch-rows`` rows, submitted to the queue first);
@@ -144,23 +147,68 @@ def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, r
     ``rounds`` slices of ``--seconds`` for the rates), so that a change in the machine's load
     while the benchmark runs falls on both alike."""
     rows = args.rows
-    bodies = [{"instances": x[(i * rows) % len(x):(i * rows) % len(x) + rows].tolist()} for i in range(64)]
+    bodies = [{"instances": x[i * rows:(i + 1) * rows].tolist()} for i in range(args.clients)]  # client i's rows
     urls = {label: f"{server.base}/models/{model_name}:predict" for label, server in servers.items()}
     lone: dict[str, list[float]] = {label: [] for label in servers}
     for i in range(70):
         for label, url in urls.items():
             start = time.perf_counter()
-            _call(url, args.token, bodies[i % 64])
+            _call(url, args.token, bodies[i % len(bodies)])
             if i >= 10:  # the first ones load the model
                 lone[label].append(time.perf_counter() - start)
     one, many = dict.fromkeys(servers, 0.0), dict.fromkeys(servers, 0.0)
     for _ in range(rounds):
         for label, url in urls.items():
-            one[label] += _rate(lambda i, u=url: _call(u, args.token, bodies[i % 64]), args.seconds / rounds, 1) * rows
+            one[label] += _rate(lambda i, u=url: _call(u, args.token, bodies[0]), args.seconds / rounds, 1) * rows
             many[label] += _rate(lambda i, u=url: _call(u, args.token, bodies[i]), args.seconds / rounds,
                                  args.clients) * rows
     return {label: {"one_client_rows_s": round(one[label] / rounds, 1), "clients_rows_s": round(many[label] / rounds, 1),
                     "one_client_latency": _ms(lone[label])} for label in servers}
+
+
+def _server_work(ws, model_name: str, rows: np.ndarray, token: str, delay_ms: float, n: int = 300) -> dict:
+    """One ``:predict`` of ``rows`` through the API's ASGI app in this process, ``n`` times in turn: the
+    server's work per request (token, lookups, body, batching, the model, JSON) without a socket or
+    HTTP parsing; the threads' hops included."""
+    import asyncio
+
+    from explain.service.api import create_app
+
+    app = create_app(ws, worker=False, delay_ms=delay_ms)
+    body = json.dumps({"instances": rows.tolist()}).encode()
+    path = f"/v1/models/{model_name}:predict"
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+    async def one() -> None:
+        given, status = [], []
+
+        async def receive():
+            given.append(1)
+            return {"type": "http.request", "body": body, "more_body": False} if len(given) == 1 else \
+                {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app({**scope, "state": {}}, receive, send)
+        assert status == [200], status
+
+    async def measure() -> list[float]:
+        for _ in range(20):  # the model loaded, the lookups remembered
+            await one()
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await one()
+            out.append(time.perf_counter() - start)
+        return out
+
+    return _ms(asyncio.run(measure()))
 
 
 def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, args) -> dict:
@@ -263,11 +311,12 @@ def main() -> None:
                           "engine_threads_unbatched_rows_s": round(threads_alone, 1),
                           "engine_threads_batched_rows_s": round(threads_batched, 1),
                           "engine_threads_batch_rows_mean": round(float(np.mean(sizes)), 1) if sizes else None}}
+    result["predict"]["server_work_ms"] = _server_work(ws, args.model, one, args.token, args.delay_ms)
     servers: dict[str, Server] = {}
     try:  # both at once, measured in turns: batching off (the service as it was) and on
         for label, delay in (("no_batching", 0.0), ("batching", args.delay_ms)):
             servers[label] = Server(url, home, args.token, delay, args.max_batch_rows)
-        result["predict"].update(_predict(servers, args.model, x, args))
+        result["predict"].update(_predict(servers, args.model, together, args))
         servers.pop("no_batching").stop()  # its queue worker would share the batch job
         result["explain"] = _explain(servers["batching"].base, ws, args.token, model, args.model, x, args)
     finally:
@@ -280,6 +329,11 @@ def main() -> None:
     result["goals"] = {
         "clients_vs_one_client_in_turn": round(on["clients_rows_s"] / on["one_client_rows_s"], 2),  # >= 1.5
         "clients_vs_direct_batched": round(on["clients_rows_s"] / p["direct_batched_rows_s"], 3),  # >= 0.5
+        # direct: predict_proba on the clients' rows, all in one call, one thread, no HTTP (see the docstring)
+        "direct_rows_per_call": args.clients * args.rows,
+        # one process serves a request in server_work_ms at best (its event loop and the GIL are one):
+        # rows/s it cannot pass in turn, however the rows are batched, before HTTP is counted
+        "server_work_bound_rows_s": round(1000 * args.rows / p["server_work_ms"]["p50_ms"], 1),
         "clients_batching_vs_without": round(on["clients_rows_s"] / off["clients_rows_s"], 2),
         "one_client_latency_batching_vs_without": round(on["one_client_latency"]["p50_ms"]
                                                         / off["one_client_latency"]["p50_ms"], 2),  # ~1.1 at most
