@@ -46,7 +46,7 @@ NAME = "generate"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a causal LM: Hugging Face folder or zip whose config.json names a *ForCausalLM, "
-                        "or the sample keycopy")
+                        "a .pt2 of token ids -> logits [N, L, V] (its tokenizer.json beside it), or the sample keycopy")
     parser.add_argument("--spec", default=None, help="spec JSON for models that carry none")
     parser.add_argument("--prompts", required=True, help="prompts: .txt (one per line) or .npy/.npz token ids [N, L]")
     parser.add_argument("--chat", action="store_true", help="--prompts is a .json chat (a list of {role, content}) or a "
