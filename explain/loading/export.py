@@ -467,26 +467,15 @@ def archive_tokenizer(archive: Archive) -> str | None:
     return raw.decode("utf-8", errors="replace")
 
 
-def per_position_logits(ep: Any) -> bool:
-    """True when the program's first output is [N, L, V] from integer inputs: a causal LM's signature."""
-    output = next((n for n in ep.graph.nodes if n.op == "output"), None)
-    first = output.args[0] if output is not None and output.args else None
-    while isinstance(first, (tuple, list)) and first:
-        first = first[0]
-    val = first.meta.get("val") if hasattr(first, "meta") else None
-    guess = signature_guess(ep)
-    return isinstance(val, torch.Tensor) and val.dim() == 3 and guess is not None and guess.dtype.startswith("int")
-
-
 def check_spec_fits(ep: Any, spec: InputSpec) -> None:
     """Refuse a spec whose per-sample shape differs from the graph's static dims, a classifier's spec on a
     causal LM's signature (`CAUSAL_PT2`), and a causal LM's spec on any other program."""
+    from explain.loading.export_lm import lm_signature, per_position_logits
+
     causal = per_position_logits(ep)
     if causal and not spec.is_causal_lm:
         raise IncompatibleInput(CAUSAL_PT2, CAUSAL_PT2_HINT)
     if spec.is_causal_lm:
-        from explain.loading.export_lm import lm_signature
-
         if lm_signature(ep) is None:
             raise IncompatibleInput("The spec says causal_lm, but this .pt2 does not map token ids [N, L] to "
                                     "logits [N, L, V] (an optional mask beside the ids).",

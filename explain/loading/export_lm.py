@@ -1,7 +1,7 @@
 """A ``.pt2`` causal LM (token ids [N, L] -> logits [N, L, V]) as `explain.generation` sees a causal LM.
 
 A program whose first output is per-position logits of integer inputs
-(`explain.loading.export.per_position_logits`) loads, in its model process, as an
+(`per_position_logits`) loads, in its model process, as an
 `ExportedLMModule`: ids [N, L] -> next-token logits [N, V] (the last position, as
 `explain.loading.huggingface.HFClassifier` answers for a Hugging Face causal LM), its
 ``.model`` an `ExportedCausalLM` with what the generation modules ask of transformers'
@@ -62,6 +62,20 @@ class LMSignature:
                 "static_batch": self.static_batch, "min_batch": self.min_batch, "mask": self.mask}
 
 
+def per_position_logits(ep: Any) -> bool:
+    """True when the program's first output is [N, L, V] from an integer first input [N, ...]: a causal LM's
+    signature."""
+    output = next((n for n in ep.graph.nodes if n.op == "output"), None)
+    first = output.args[0] if output is not None and output.args else None
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    val = first.meta.get("val") if hasattr(first, "meta") else None
+    user = list(ep.graph_signature.user_inputs)
+    taken = next((n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and user and n.name == user[0]), None)
+    return (isinstance(val, torch.Tensor) and val.dim() == 3 and isinstance(taken, torch.Tensor) and taken.dim() >= 2
+            and not taken.is_floating_point() and not taken.is_complex())
+
+
 def _dim_range(ep: Any, dim: Any) -> tuple[int, int | None, int | None]:
     """(lowest, highest or None, the static value or None) of one placeholder dim."""
     if isinstance(dim, int):
@@ -76,8 +90,6 @@ def _dim_range(ep: Any, dim: Any) -> tuple[int, int | None, int | None]:
 def lm_signature(ep: Any) -> LMSignature | None:
     """The causal LM signature of a program: ids [N, L] int64 (and an optional integer or boolean mask of
     the same shape) -> logits [N, L, V] first; None for any other program."""
-    from explain.loading.export import per_position_logits
-
     if not per_position_logits(ep):
         return None
     user = list(ep.graph_signature.user_inputs)
