@@ -1,4 +1,4 @@
-"""The HTTP API's gate (`explain.service.api.Gate`): the token is checked before a byte of the body is
+"""The HTTP API's gate (`explain.service.asgi.Gate`): the token is checked before a byte of the body is
 read, and the bytes held across all requests in flight are capped (``GLASSBOX_API_MAX_BUFFERED_MB``).
 In-process through the ASGI interface (is the body ever read?), then a real ``python -m explain serve``
 on 127.0.0.1: 100 concurrent chunked bodies without a valid token, and the global cap with one."""

@@ -36,7 +36,6 @@ finish in time; never a traceback.
 from __future__ import annotations
 
 import json
-import logging
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,7 +43,6 @@ import anyio
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -54,6 +52,7 @@ from explain.errors import GlassboxError, IncompatibleInput, UsageError, http_st
 from explain.generation.job import JOB_KIND as GENERATE_JOB
 from explain.generation.job import generation_answer, generation_request
 from explain.model import LoadedModel
+from explain.service.asgi import ApiError, Gate, OneLineErrors, error_response
 from explain.service.batching import Batcher
 from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.client import submit as submit_job
@@ -65,18 +64,8 @@ from explain.workspace.jobs import JobInfo
 from explain.workspace.roles import Action
 from explain.workspace.run_kinds import read_run
 
-log = logging.getLogger("glassbox.api")
-
 #: the action routes ``/v1/models/{name}:ACTION`` (all POST)
 ACTIONS = ("predict", "explain", "generate")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 class Instances(BaseModel):
@@ -92,7 +81,9 @@ class ExplainBody(Instances):
 
 class GenerateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompts: list[Any] = Field(..., description="the texts the causal LM continues, one per prompt")
+    prompts: list[Any] = Field(default_factory=list, description="the texts the causal LM continues, one per prompt")
+    messages: list[Any] | None = Field(None, description='instead of prompts: a chat ([{"role", "content"}, ...]: '
+                                       'system / user / assistant turns) or a list of chats, through the chat template')
     parameters: dict[str, Any] = Field(default_factory=dict, description='"targets" (continuations to explain '
                                        'by teacher forcing), "max_new_tokens", "method", "steps", "baseline", "quality"')
 
@@ -119,10 +110,6 @@ def generation_rows(answer: dict[str, Any]) -> list[dict[str, Any]]:
 def joined_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """`generation_rows`' inverse: one answer of the prompts ``rows`` holds, in their order."""
     return {k: None if all(r[k] is None for r in rows) else [r[k] for r in rows] for k in rows[0]}
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": one_line(message) or "error"}, status_code=status, headers=headers)
 
 
 @contextmanager
@@ -155,158 +142,6 @@ def check_explain(model: LoadedModel, name: str, version: int, instances: Any, p
     return params, arrays, title
 
 
-class _Budget:
-    """Request body bytes held across all requests in flight. Only the event loop touches it (the
-    middleware is async), so no lock is needed."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.used = 0
-
-    def take(self, n: int) -> bool:
-        if self.used + n > self.total:
-            return False
-        self.used += n
-        return True
-
-    def give(self, n: int) -> None:
-        self.used = max(0, self.used - n)
-
-
-def _first_header(scope, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers") or ():
-        if key.lower() == name:
-            return value
-    return None
-
-
-class Gate:
-    """Pure ASGI middleware in front of everything: who asks, then how much they send.
-
-    1. The bearer token is checked (`Lookups.identity`, in a thread) from the headers alone,
-       before a byte of the body is read: no token, a wrong one, 401 and the connection closed
-       (only ``GET`` of the OpenAPI document and the docs pages go through without one).
-    2. The body is read up to ``limit`` bytes (413 above it, declared or streamed), and every byte
-       held counts against ``budget``, shared by all requests in flight: a body that does not fit
-       gets 503 (a declared ``Content-Length`` is reserved whole before reading).
-    The known caller's token name, and the workspace stamp it was checked under, go on to the routes
-    in ``scope["state"]``.
-    """
-
-    def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset()):
-        self.app = app
-        self.identify = identify  # token -> `lookups.Identity` | None; blocking (the database)
-        self.limit = limit
-        self.budget = _Budget(budget)
-        self.public = public
-
-    @staticmethod
-    async def _refuse(status: int, message: str, scope, receive, send, retry: bool = False) -> None:
-        response = _error(status, message)
-        response.headers["connection"] = "close"  # the unread body is not waited for
-        if retry:
-            response.headers["retry-after"] = "1"
-        await response(scope, receive, send)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if scope["method"] in ("GET", "HEAD") and scope["path"] in self.public:
-            return await self.app(scope, receive, send)  # the docs read no body
-        auth = _first_header(scope, b"authorization")
-        scheme, _, token = (auth or b"").decode("latin-1").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return await self._refuse(401, "Missing token: send Authorization: Bearer <token>.", scope, receive, send)
-        try:
-            found = await anyio.to_thread.run_sync(self.identify, token)
-        except Exception as exc:
-            log.exception("API token check failed")
-            return await self._refuse(500, f"The token could not be checked ({type(exc).__name__}).",
-                                      scope, receive, send)
-        if found is None:
-            return await self._refuse(401, "Unknown token.", scope, receive, send)
-        state = scope.setdefault("state", {})
-        state["glassbox_token"], state["glassbox_stamp"] = found.name, found.stamp  # `Lookups.identity`
-
-        declared = _first_header(scope, b"content-length")
-        reserved = 0
-        if declared is not None and declared.isdigit():
-            reserved = int(declared)
-            if reserved > self.limit:
-                return await self._refuse(413, f"The request body is over {self.limit} bytes.", scope, receive, send)
-            if not self.budget.take(reserved):
-                reserved = 0
-                return await self._busy(scope, receive, send)
-        try:
-            chunks, size, more = [], 0, True  # read it all first (it is capped), then hand it on
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.limit:
-                    return await self._refuse(413, f"The request body is over {self.limit} bytes.",
-                                              scope, receive, send)
-                if size > reserved:
-                    if not self.budget.take(size - reserved):
-                        return await self._busy(scope, receive, send)
-                    reserved = size
-                if chunk:
-                    chunks.append(chunk)
-                more = message.get("more_body", False)
-            body = b"".join(chunks)
-            chunks.clear()
-            sent = False
-
-            async def replay():
-                nonlocal sent
-                if sent:
-                    return await receive()
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            return await self.app(scope, replay, send)
-        finally:
-            self.budget.give(reserved)
-
-    async def _busy(self, scope, receive, send) -> None:
-        await self._refuse(503, f"The server holds as many request bytes as it may ({self.budget.total} bytes in "
-                                f"flight); try again in a moment.", scope, receive, send, retry=True)
-
-
-class OneLineErrors:
-    """Pure ASGI middleware: an exception no handler answered (a bug, a model that raised) becomes
-    one line, logged server-side, never a traceback. (Pure ASGI, not ``@app.middleware``: that one
-    runs every request in a task group of its own, ~0.1 ms a request.)"""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = False
-
-        async def sending(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        except Exception as exc:
-            if isinstance(exc, ApiError):
-                response = _error(exc.status, exc.message, exc.headers)
-            else:  # a bug or a model that raised: one line, logged server-side
-                log.exception("API request failed")
-                response = _error(http_status(exc), f"The request failed ({one_line(exc)}).")
-            if started:  # the answer is on its way already: nothing more can be said
-                raise
-            await response(scope, receive, send)
-
-
 def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | None = None,
                max_body: int | None = None, max_buffered: int | None = None,
                explain_timeout_s: float = 600.0, batch_rows: int | None = None,
@@ -335,12 +170,12 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
 
     # -- errors: one line, never a traceback ------------------------------------------------------
     @app.exception_handler(ApiError)
-    async def _api_error(_request, exc: ApiError):
-        return _error(exc.status, exc.message, exc.headers)
+    async def _apierror_response(_request, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(GlassboxError)
-    async def _glassbox_error(_request, exc: GlassboxError):
-        return _error(http_status(exc), exc.message)  # the one table: explain.errors.CODES
+    async def _glassboxerror_response(_request, exc: GlassboxError):
+        return error_response(http_status(exc), exc.message)  # the one table: explain.errors.CODES
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request, exc: RequestValidationError):
@@ -348,14 +183,14 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         if errors:
             first = errors[0]
             if first.get("type") == "json_invalid":
-                return _error(422, f"The body is not JSON ({first.get('ctx', {}).get('error', 'invalid')}).")
+                return error_response(422, f"The body is not JSON ({first.get('ctx', {}).get('error', 'invalid')}).")
             where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-            return _error(422, f"{where}: {first.get('msg', 'invalid')}")
-        return _error(422, "The request body is not valid.")
+            return error_response(422, f"{where}: {first.get('msg', 'invalid')}")
+        return error_response(422, "The request body is not valid.")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))  # 405's Allow
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))  # 405's Allow
 
     app.add_middleware(OneLineErrors)
 
@@ -486,8 +321,10 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         info = version_of(request, actor, name)
         model = models.load(actor, info)
         with bad_request():  # checked before anything is queued: 400, no job
-            params, arrays, title = generation_request(model, info.name, info.version, body.prompts, body.parameters)
-        if generates_alone(body.parameters):  # sampled (seed + its place), or given per prompt: a job of its own
+            params, arrays, title = generation_request(model, info.name, info.version, body.prompts, body.parameters,
+                                                       messages=body.messages)
+        if generates_alone(body.parameters) or body.messages is not None:  # sampled (seed + its place), chats,
+            # or given per prompt: a job of its own
             job, run = waited(actor, submit_job(ws, actor, GENERATE_JOB, params, title=title, inputs=arrays,
                                                 priority="interactive", max_active=max_jobs))
             answer = generation_answer(read_run(run))

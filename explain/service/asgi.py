@@ -1,0 +1,180 @@
+"""The API's ASGI layer around FastAPI (`explain.service.api`): who asks and how much they send
+(`Gate`, outermost), and every failure as one line (`OneLineErrors`, `error_response`, `ApiError`).
+
+Pure ASGI, not ``@app.middleware``: that one runs every request in a task group of its own (~0.1 ms a
+request, issue 23).
+"""
+from __future__ import annotations
+
+import logging
+
+import anyio
+from fastapi.responses import JSONResponse
+
+from explain.errors import http_status, one_line
+
+log = logging.getLogger("glassbox.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": one_line(message) or "error"}, status_code=status, headers=headers)
+
+
+class _Budget:
+    """Request body bytes held across all requests in flight. Only the event loop touches it (the
+    middleware is async), so no lock is needed."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.total:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+def _first_header(scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return value
+    return None
+
+
+class Gate:
+    """Pure ASGI middleware in front of everything: who asks, then how much they send.
+
+    1. The bearer token is checked (`Lookups.identity`, in a thread) from the headers alone,
+       before a byte of the body is read: no token, a wrong one, 401 and the connection closed
+       (only ``GET`` of the OpenAPI document and the docs pages go through without one).
+    2. The body is read up to ``limit`` bytes (413 above it, declared or streamed), and every byte
+       held counts against ``budget``, shared by all requests in flight: a body that does not fit
+       gets 503 (a declared ``Content-Length`` is reserved whole before reading).
+    The known caller's token name, and the workspace stamp it was checked under, go on to the routes
+    in ``scope["state"]``.
+    """
+
+    def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset()):
+        self.app = app
+        self.identify = identify  # token -> `lookups.Identity` | None; blocking (the database)
+        self.limit = limit
+        self.budget = _Budget(budget)
+        self.public = public
+
+    @staticmethod
+    async def _refuse(status: int, message: str, scope, receive, send, retry: bool = False) -> None:
+        response = error_response(status, message)
+        response.headers["connection"] = "close"  # the unread body is not waited for
+        if retry:
+            response.headers["retry-after"] = "1"
+        await response(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD") and scope["path"] in self.public:
+            return await self.app(scope, receive, send)  # the docs read no body
+        auth = _first_header(scope, b"authorization")
+        scheme, _, token = (auth or b"").decode("latin-1").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return await self._refuse(401, "Missing token: send Authorization: Bearer <token>.", scope, receive, send)
+        try:
+            found = await anyio.to_thread.run_sync(self.identify, token)
+        except Exception as exc:
+            log.exception("API token check failed")
+            return await self._refuse(500, f"The token could not be checked ({type(exc).__name__}).",
+                                      scope, receive, send)
+        if found is None:
+            return await self._refuse(401, "Unknown token.", scope, receive, send)
+        state = scope.setdefault("state", {})
+        state["glassbox_token"], state["glassbox_stamp"] = found.name, found.stamp  # `Lookups.identity`
+
+        declared = _first_header(scope, b"content-length")
+        reserved = 0
+        if declared is not None and declared.isdigit():
+            reserved = int(declared)
+            if reserved > self.limit:
+                return await self._refuse(413, f"The request body is over {self.limit} bytes.", scope, receive, send)
+            if not self.budget.take(reserved):
+                reserved = 0
+                return await self._busy(scope, receive, send)
+        try:
+            chunks, size, more = [], 0, True  # read it all first (it is capped), then hand it on
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    return await self._refuse(413, f"The request body is over {self.limit} bytes.",
+                                              scope, receive, send)
+                if size > reserved:
+                    if not self.budget.take(size - reserved):
+                        return await self._busy(scope, receive, send)
+                    reserved = size
+                if chunk:
+                    chunks.append(chunk)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            chunks.clear()
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            return await self.app(scope, replay, send)
+        finally:
+            self.budget.give(reserved)
+
+    async def _busy(self, scope, receive, send) -> None:
+        await self._refuse(503, f"The server holds as many request bytes as it may ({self.budget.total} bytes in "
+                                f"flight); try again in a moment.", scope, receive, send, retry=True)
+
+
+class OneLineErrors:
+    """Pure ASGI middleware: an exception no handler answered (a bug, a model that raised) becomes
+    one line, logged server-side, never a traceback. (Pure ASGI, not ``@app.middleware``: that one
+    runs every request in a task group of its own, ~0.1 ms a request.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if isinstance(exc, ApiError):
+                response = error_response(exc.status, exc.message, exc.headers)
+            else:  # a bug or a model that raised: one line, logged server-side
+                log.exception("API request failed")
+                response = error_response(http_status(exc), f"The request failed ({one_line(exc)}).")
+            if started:  # the answer is on its way already: nothing more can be said
+                raise
+            await response(scope, receive, send)
