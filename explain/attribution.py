@@ -155,17 +155,18 @@ def merge_step_raising(records: list[dict | None]) -> dict | None:
             "max_error": max(float(r.get("max_error", 0.0)) for r in done), "stopped_by": stops[0] if stops else None}
 
 
-def step_raising_text(params: dict) -> str | None:
+def step_raising_text(params: dict, what: str = "input(s)") -> str | None:
     """What the tolerance loop did, in one line (None when it raised nothing and was not stopped),
     from a run's recorded ``params`` (``step_raising``:
-    `explain.output.methods.integrated_gradients.integrated_gradients_with_tolerance`)."""
+    `explain.output.methods.integrated_gradients.integrated_gradients_with_tolerance`; a generation's
+    tokens, ``what="token(s)"``: `explain.generation.attribution.attribute_generation`)."""
     did = params.get("step_raising")
     if not isinstance(did, dict):
         return None
     asked, most, raised = did.get("requested"), did.get("most_used"), did.get("raised", 0)
     line = f"Steps: {asked} asked"
     if raised:
-        line += f"; the completeness tolerance raised {raised} input(s), up to {most}"
+        line += f"; the completeness tolerance raised {raised} {what}, up to {most}"
     if did.get("stopped_by") == "steps":
         line += f"; stopped by the step budget ({did.get('limit')} steps at most)"
     elif did.get("stopped_by") == "seconds":

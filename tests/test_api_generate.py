@@ -157,3 +157,21 @@ def test_only_greedy_requests_without_per_prompt_parameters_are_batched():
     assert not generates_alone({}) and not generates_alone({"max_new_tokens": 2, "steps": 8, "chat": True})
     assert generates_alone({"sampling": {"seed": 1}})  # prompt i drawn with seed + i: its place matters
     assert generates_alone({"targets": ["red"]}) and generates_alone({"messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_generate_takes_a_chat_of_turns_as_messages(api, model):
+    """``messages`` (a chat of system / user / assistant turns) in the body: rendered through the model's chat
+    template and encoded as `explain.generation.chat.render_chat` does; a job of its own; prompts and messages both
+    are a 400."""
+    from explain.generation.chat import render_chat
+
+    _ws, client, editor = api
+    chat = [{"role": "system", "content": "copy"}, {"role": "user", "content": PROMPTS[0]}]
+    response = client.post("/v1/models/keycopy:generate", headers=editor,
+                           json={"messages": chat, "parameters": {"max_new_tokens": 1, "method": "saliency"}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    want = encode_texts(render_chat(model, [chat]), model.spec, special_tokens=False)[0]
+    assert body["input_ids"][0][: body["prompt_length"][0]] == want.tolist() and body["run_rows"] == [0]
+    both = client.post("/v1/models/keycopy:generate", headers=editor, json={"prompts": PROMPTS, "messages": chat})
+    assert both.status_code == 400 and "not both" in both.json()["error"]

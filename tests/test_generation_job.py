@@ -38,9 +38,9 @@ def model():
     return load_sample("keycopy")
 
 
-def _saved(ws, model, **asked):
+def _saved(ws, model, prompts=PROMPTS, **asked):
     version = register_model(ws, OP, model, sample_file("keycopy").read_bytes(), "keycopy.zip", "keycopy")
-    params, arrays, title = generation_job(model, version.name, version.version, PROMPTS, **asked)
+    params, arrays, title = generation_job(model, version.name, version.version, prompts, **asked)
     job = submit(ws, OP, "generate", params, title=title, inputs=arrays, priority="interactive")
     return finished_run(ws, OP, run_here(ws, job.id, loaded=model))
 
@@ -76,7 +76,8 @@ def test_a_generation_run_equals_the_cli_and_the_library_and_is_reviewed_like_an
         np.testing.assert_array_equal(g.values, w.values)
         np.testing.assert_array_equal(g.logprobs, w.logprobs)
         np.testing.assert_array_equal(g.completeness_error, w.completeness_error)
-        assert g.prompt_length == w.prompt_length and g.params == w.params == {"steps": STEPS, "baseline": "pad"}
+        assert g.prompt_length == w.prompt_length and g.params == w.params
+        assert (g.params["steps"], g.params["baseline"], g.params["tolerance"]) == (STEPS, "pad", 0.01)
     answers = keycopy.make_prompts(2, 31)[1]
     assert [a.generated_ids[0] for a in got.attributions] == [keycopy.VOCABULARY.index(a) for a in answers]
     assert [t.split()[0] for t in run.info.summary["texts"]] == answers  # the key colour, copied
@@ -138,6 +139,74 @@ def test_the_kept_attention_is_bounded_and_says_so():
     assert attention_steps(5, 20, 64 * 2**20, 8 * 2**20) == [5]  # the selected step always
     assert attention_steps(9, 3, 1, 8 * 2**20) == [2, 1, 0] and attention_steps(0, 0, 1) == []
     assert len(attention_steps(0, 100, 1)) == MAX_ATTENTION_STEPS
+
+
+#: keycopy's worst completeness at 128 steps (0.41 on its third token; seed 1's sixth prompt, issue 22)
+WORST = "key yellow . the door and a black cup is"
+
+
+def test_integrated_gradients_raise_steps_only_for_the_tokens_over_the_tolerance(model, monkeypatch):
+    """The completeness tolerance doubles the steps of the generated tokens above it, alone, within the budget of
+    every IG (GLASSBOX_IG_STEP_BUDGET x the asked steps, GLASSBOX_IG_STEP_SECONDS), and records it as a classifier
+    run does; the tokens not raised keep the fixed steps' values exactly, and the record computes it again exactly."""
+    from explain.generation.occlusion import attribute_texts
+
+    monkeypatch.delenv("GLASSBOX_IG_STEP_BUDGET", raising=False)
+    monkeypatch.delenv("GLASSBOX_IG_STEP_SECONDS", raising=False)
+    texts = generate_greedy(model, encode_texts([WORST], model.spec), 3)
+    fixed = attribute_texts(model, texts, "integrated_gradients", 128, "pad", tolerance=0)[0]
+    assert fixed.completeness_error.max() > 0.4 and "per_token" not in fixed.params
+    got = attribute_texts(model, texts, "integrated_gradients", 128, "pad")[0]  # tolerance 0.01, at most 4 x 128 steps
+    assert got.completeness_error.max() <= 0.01 and got.params["tolerance"] == 0.01
+    used = got.params["per_token"]["steps"]
+    assert used == [256, 128, 512]  # the first and third token were over the tolerance
+    kept = np.asarray(used) == 128
+    np.testing.assert_array_equal(got.values[kept], fixed.values[kept])
+    np.testing.assert_array_equal(got.completeness_error[kept], fixed.completeness_error[kept])
+    assert got.params["step_raising"] == {"requested": 128, "limit": 512, "seconds_limit": 60.0, "most_used": 512,
+                                          "raised": 2, "stopped_by": None,
+                                          "max_error": pytest.approx(float(got.completeness_error.max()))}
+    assert "Steps: 128 asked; the completeness tolerance raised 2 token(s), up to 512." in got.notes
+    again = attribute_texts(model, texts, "integrated_gradients", 128, "pad", per_token=[used])[0]
+    np.testing.assert_array_equal(again.values, got.values)  # as recorded: the same rounds, the same numbers
+    np.testing.assert_array_equal(again.completeness_error, got.completeness_error)
+    assert again.params["per_token"] == {"steps": used} and "step_raising" not in again.params
+
+    monkeypatch.setenv("GLASSBOX_IG_STEP_BUDGET", "2")  # at most 256 steps: the third token stays over
+    capped = attribute_texts(model, texts, "integrated_gradients", 128, "pad")[0]
+    did = capped.params["step_raising"]
+    assert (did["limit"], did["stopped_by"], capped.params["per_token"]["steps"]) == (256, "steps", [256, 128, 256])
+    assert did["max_error"] == pytest.approx(float(capped.completeness_error.max())) and did["max_error"] > 0.01
+    assert any("stopped by the step budget (256 steps at most)" in n for n in capped.notes)
+    monkeypatch.delenv("GLASSBOX_IG_STEP_BUDGET")
+    monkeypatch.setenv("GLASSBOX_IG_STEP_SECONDS", "1e-9")  # time for one round of raising, then the stop recorded
+    stopped = attribute_texts(model, texts, "integrated_gradients", 128, "pad")[0]
+    assert stopped.params["step_raising"]["stopped_by"] == "seconds"
+    assert stopped.params["per_token"]["steps"] == [256, 128, 256]
+    np.testing.assert_array_equal(stopped.values, capped.values)  # the same round as the step budget's
+
+
+def test_a_generation_run_records_the_raised_steps_and_its_rerun_equals_it(workspace, model):
+    from explain.generation.job import generation_rerun
+
+    run = _saved(workspace, model, [PROMPTS[0], WORST], max_new_tokens=3, steps=128)
+    texts = generate_greedy(model, encode_texts([PROMPTS[0], WORST], model.spec), 3)
+    want = [a.params.get("per_token", {}).get("steps") for a in attribute_texts_default(model, texts)]
+    assert run.info.params["per_token"] == want == [None, [256, 128, 512]]  # per prompt, each token's steps
+    assert run.info.params["step_raising"]["requested"] == 128 and run.info.params["tolerance"] == 0.01
+    params, arrays, title = generation_rerun(run)
+    assert params["per_token"] == want and title.startswith(f"Re-run of {run.info.id}")
+    job = submit(workspace, OP, "generate", params, title=title, inputs=arrays, priority="interactive")
+    again = finished_run(workspace, OP, run_here(workspace, job.id, loaded=model))
+    assert again.info.summary["rerun_of"] == run.info.id and again.info.params["per_token"] == want
+    for key in ("input_ids", "generated_ids", "values", "logprobs", "completeness_error"):
+        np.testing.assert_array_equal(again.results[key], run.results[key], err_msg=key)
+
+
+def attribute_texts_default(model, texts):
+    from explain.generation.occlusion import attribute_texts
+
+    return attribute_texts(model, texts, "integrated_gradients", 128, "pad")
 
 
 def test_a_given_continuation_is_saved_teacher_forced(workspace, model):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from explain.attribution import step_raising_text
 from explain.generation.attribution import COMPLETE_METHODS
 from explain.generation.job import SavedGeneration
 from explain.generation.prompts import decode_ids
@@ -29,8 +30,9 @@ def render_saved_generation(saved: SavedGeneration, spec: InputSpec, key: str) -
         p, t_count = attr.prompt_length, len(attr.generated_ids)
         labels = [t.label for t in token_display(attr.input_ids, spec)]
         st.markdown(f"**Prompt {i + 1}:** " + escape_markdown(decode_ids(attr.input_ids[:p], spec)))
-        st.caption(f"{verb}: {t_count} tokens · {attr.method.replace('_', ' ')}"
-                   + "".join(f" · {k} {v}" for k, v in attr.params.items()))
+        st.caption(escape_markdown(f"{verb}: {t_count} tokens · {attr.method.replace('_', ' ')}" + "".join(
+            f" · {k} {v}" for k, v in attr.params.items() if k in ("steps", "baseline", "tolerance", "granularity"))
+            + (f" · {raised}" if (raised := step_raising_text(attr.params, "token(s)")) else "")))
         st.code(decode_ids(attr.generated_ids, spec), language=None, wrap_lines=True)
         if not t_count:
             continue

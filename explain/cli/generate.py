@@ -2,7 +2,8 @@
 
 ``python -m explain generate MODEL --prompts P.txt [--chat] [--targets T.txt] [--max-new-tokens N]
 [--sample [--temperature T] [--top-k K] [--top-p P] [--seed S]]
-[--method integrated_gradients|saliency|input_x_gradient|deeplift|deep_shap|occlusion] [--steps S] [--baseline pad|unk|zero]
+[--method integrated_gradients|saliency|input_x_gradient|deeplift|deep_shap|occlusion] [--steps S] [--tolerance E]
+[--baseline pad|unk|zero]
 [--granularity token|word|sentence] [--contrast B.txt [--contrast-step K]] [--batch-size B] [--device auto|cpu|cuda] [--quality] --out G.npz``
 
 Each line of P.txt is a prompt (or P.npy / P.npz holds token ids [N, L]); with ``--targets`` each line
@@ -14,7 +15,9 @@ Jinja sandbox (`explain.generation.chat`) and encoded as it renders (its special
 G.npz holds ``input_ids`` [N, L] (prompt + generated, -1 after a text's end), ``prompt_length`` [N],
 ``generated_length`` [N], ``generated_ids`` [N, T] (-1 after a text's end), ``values`` [N, T, L] (the
 attribution of generated token t's log-probability to every earlier position; 0 elsewhere),
-``logprobs`` [N, T] and ``completeness_error`` [N, T] (NaN where undefined or past a text's end); with
+``logprobs`` [N, T] and ``completeness_error`` [N, T] (NaN where undefined or past a text's end; integrated
+gradients raise a token's steps while its error is over ``--tolerance``, stdout adds ``per_token`` and
+``step_raising`` then); with
 ``--granularity word|sentence`` also ``group_spans`` [N, G, 2] (each group's start and end positions, -1 past
 a text's groups) and ``group_values`` [N, T, G] (`explain.generation.granularity`; stdout adds
 ``granularity`` and ``groups``, each text's group labels). With ``--contrast B.txt`` (one alternative token per
@@ -61,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="integrated_gradients",
                         choices=("integrated_gradients", "saliency", "input_x_gradient", "deeplift", "deep_shap", "occlusion"),
                         help="occlusion: each token / word / sentence (--granularity) replaced by --baseline pad|unk")
-    parser.add_argument("--steps", type=int, default=None, help="integrated gradients' steps (default 32)")
+    parser.add_argument("--steps", type=int, default=None, help="integrated gradients' steps (default 128)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="integrated gradients' completeness tolerance per generated token, in nats (default 0.01; "
+                        "0: none): a token above it gets doubled steps, within GLASSBOX_IG_STEP_BUDGET x --steps")
     parser.add_argument("--baseline", default="pad", choices=("pad", "unk", "zero"),
                         help="reference embeddings at every earlier position (integrated gradients, deeplift); "
                         "the replacement token (occlusion)")
@@ -79,17 +85,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from explain.errors import UsageError
-    from explain.generation.attribution import DEFAULT_STEPS
+    from explain.generation.attribution import DEFAULT_STEPS, DEFAULT_TOLERANCE
     from explain.generation.causal_lm import half_precision_warning, require_causal_lm
     from explain.generation.continuation import force_continuations
     from explain.generation.greedy import generate_greedy
-    from explain.generation.job import generation_arrays  # G.npz's arrays: those of a generation run
+    from explain.generation.job import generation_arrays, step_record  # G.npz's arrays: those of a generation run
     from explain.generation.occlusion import attribute_texts
     from explain.generation.prompts import decode_ids, read_token_lists, token_strings
     from explain.generation.sampling import generate_sampled
 
-    if args.steps is not None and args.method != "integrated_gradients":
-        raise UsageError(f"Method {args.method!r} takes no --steps.")
+    for name in ("steps", "tolerance"):
+        if getattr(args, name) is not None and args.method != "integrated_gradients":
+            raise UsageError(f"Method {args.method!r} takes no --{name}.")
     sampling = sampling_arg(args)
     began = time.perf_counter()
     model = load_model_arg(args.model, args.spec)
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             generate_sampled(model, prompts, args.max_new_tokens, sampling)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS
     results = attribute_texts(model, texts, args.method, steps, args.baseline, args.granularity, args.batch_size,
-                              args.device)
+                              args.device, tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
     arrays = generation_arrays(results)
     contrast = contrast_arrays(model, texts, args, steps, arrays) if args.contrast else []
     groups = grouped_arrays(model.spec, results, args.granularity, arrays) if args.granularity != "token" else []
@@ -125,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "logprobs": [[float(v) for v in r.logprobs] for r in results],
         "method": args.method,
         "params": results[0].params if results else {},
+        **step_record(results),  # per_token and step_raising when the tolerance raised steps
         "seconds": time.perf_counter() - began,
         "shape": list(arrays["values"].shape),
         **({"sampling": sampling.to_dict()} if sampling is not None else {}),

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from explain.attribution import merge_step_raising
 from explain.errors import UsageError
-from explain.generation.attribution import DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
+from explain.generation.attribution import DEFAULT_STEPS, DEFAULT_TOLERANCE, MAX_STEPS, REFERENCE_METHODS
 from explain.generation.causal_lm import causal_lm, max_positions, require_causal_lm
 from explain.generation.chat import check_messages, render_chat
 from explain.generation.continuation import force_continuations
@@ -111,7 +112,8 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
                    method: str = "integrated_gradients", steps: int = DEFAULT_STEPS, baseline: str = "pad",
                    granularity: str = "token", sampling: Sampling | None = None, chat: bool = False,
                    chats: Sequence[list[dict[str, str]]] | None = None, quality: bool = False,
-                   selected_step: int = 0, contrast: str | None = None,
+                   selected_step: int = 0, contrast: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                   per_token: Sequence[list[int] | None] | None = None,
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """Check a generation request against ``model`` (``name@v<version>``) now: the job's params, its
     arrays (``prompt_ids`` [N, P], ``target_ids`` [N, T] with ``continuations``; -1 padded) and title.
@@ -121,7 +123,10 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
     instead of greedy generation; ``chat``: each prompt is a user's message, through the model's chat template;
     ``chats`` instead of ``prompts``: each a list of messages (system / user / assistant turns), through the
     template. ``selected_step``: the generated step whose attention, lens and ``contrast`` (one token: why the
-    step's token rather than it) the run keeps (`explain.generation.step_views`).
+    step's token rather than it) the run keeps (`explain.generation.step_views`). ``tolerance``: integrated
+    gradients' completeness tolerance per generated token (nats, 0: none; steps raised within the budget,
+    `explain.generation.attribution.attribute_generation`); ``per_token``: per prompt, the steps each token used
+    (a run's record, `generation_rerun`), computed as recorded.
 
     Raises:
         IncompatibleInput: not a causal LM, a text with no tokens, a chat that is not a list of messages.
@@ -152,6 +157,10 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
         raise UsageError(f"steps must be 1 .. {MAX_STEPS}, not {steps}.")
     if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
         raise UsageError(f"max_new_tokens must be 1 .. {MAX_NEW_TOKENS}, not {max_new_tokens}.")
+    if not 0 <= float(tolerance) < float("inf"):
+        raise UsageError(f"tolerance must be a number >= 0 (nats; 0: none), not {tolerance}.")
+    if per_token is not None and (isinstance(per_token, str) or len(per_token) != len(prompts)):
+        raise UsageError(f"per_token must hold one record per prompt ({len(prompts)}).")
     if chat:  # the messages through the model's chat template, its special tokens included
         ids = encode_texts(render_chat(model, chats), model.spec, special_tokens=False)
     else:
@@ -184,7 +193,9 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
               "granularity": granularity if method == OCCLUSION else "token",
               "max_new_tokens": 0 if forced else int(max_new_tokens), "forced": forced, "quality": bool(quality),
               "sampling": sampling.to_dict() if sampling is not None and not forced else None, "chat": bool(chat),
-              "chats": chats if chat else None, "selected_step": selected_step, "contrast": alternative}
+              "chats": chats if chat else None, "selected_step": selected_step, "contrast": alternative,
+              "tolerance": float(tolerance) if method == "integrated_gradients" else 0.0,
+              "per_token": list(per_token) if per_token is not None and method == "integrated_gradients" else None}
     what = "given continuations of" if forced else "generations from"
     return params, arrays, f"{method} on {what} {len(ids)} prompts of {name}@v{version}"
 
@@ -214,8 +225,11 @@ def run_generation_job(model: LoadedModel, params: dict[str, Any], arrays: dict[
             texts = generate_sampled(model, [prompt], int(params["max_new_tokens"]), drawn, progress=phase("generate"))
         else:
             texts = generate_greedy(model, [prompt], int(params["max_new_tokens"]), progress=phase("generate"))
+        recorded = params.get("per_token")  # a re-run: each token's steps as the run used them
         attr = attribute_texts(model, texts, params["method"], int(params["steps"]), baseline,
-                               params.get("granularity", "token"), progress=phase("attribute"))[0]
+                               params.get("granularity", "token"), progress=phase("attribute"),
+                               tolerance=float(params.get("tolerance") or 0.0),
+                               per_token=[recorded[i]] if recorded else None)[0]
         results.append(attr)
         judged.append(generation_quality(model, attr, replace="unk" if baseline == "unk" else "pad")
                       if params.get("quality") and len(attr.generated_ids) else {})
@@ -292,15 +306,40 @@ def generation_record(name: str, version: int, model: LoadedModel, results: Sequ
     return RunRecord(
         page=RUN_KIND, model=name, version=int(version), method=method,
         title=f"{method.replace('_', ' ')} on {tokens} tokens after {len(results)} prompts of {model.name}",
-        params={k: params.get(k) for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
-                                           "quality", "sampling", "chat", "chats", "selected_step", "contrast")},
+        params={**{k: params.get(k) for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
+                                              "quality", "sampling", "chat", "chats", "selected_step", "contrast",
+                                              "tolerance")}, **step_record(results)},
         inputs=inputs, results=arrays,
         summary={"texts": [decode_ids(r.generated_ids, spec) for r in results],
                  "prompts": [decode_ids(r.input_ids[: r.prompt_length], spec) for r in results],
                  "max_completeness_error": float(errors.max()) if errors.size else None,
                  "attribution_params": [dict(r.params) for r in results], "seconds": [float(r.seconds) for r in results],
-                 "notes": [list(r.notes) for r in results], "quality": judged_meta, "views": views_meta},
+                 "notes": [list(r.notes) for r in results], "quality": judged_meta, "views": views_meta,
+                 **({"rerun_of": params["rerun_of"]} if params.get("rerun_of") else {})},
         environment=environment())
+
+
+def step_record(results: Sequence[GenerationAttribution]) -> dict[str, Any]:
+    """What integrated gradients' tolerance did over the run's texts, as a classifier run records it:
+    ``per_token`` (per prompt, each token's steps, None where none was raised: what a re-run computes again)
+    and ``step_raising`` (`explain.attribution.merge_step_raising` of the texts'); {} when nothing was raised."""
+    used = [(r.params.get("per_token") or {}).get("steps") for r in results]
+    merged = merge_step_raising([r.params.get("step_raising") for r in results])
+    return {**({"per_token": used} if any(u is not None for u in used) else {}),
+            **({"step_raising": merged} if merged is not None else {})}
+
+
+def generation_rerun(run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """A saved generation run asked again (the job's params, arrays and title): its prompts' ids and given
+    continuations as they were encoded, its settings, and each token's integrated-gradients steps as recorded
+    (``per_token``), so the tokens come out as they were (greedy, or sampled with the same seeds) and are
+    attributed exactly as the run attributed them."""
+    info = run.info
+    params = {"model": info.model, "version": int(info.version), "selected_step": 0, "contrast": None, "chats": None,
+              **{k: v for k, v in info.params.items() if k != "step_raising"}, "rerun_of": info.id}
+    params.setdefault("per_token", None)
+    arrays = {k: np.asarray(run.inputs[k]) for k in ("prompt_ids", "target_ids") if k in run.inputs}
+    return params, arrays, f"Re-run of {info.id}: {info.title}"
 
 
 def saved_generation(run: SavedRun) -> SavedGeneration:
@@ -336,9 +375,9 @@ def run_generation(ctx) -> RunRecord:
 #: what ``parameters`` of a generation request may hold (the API's ``:generate``), with each one's type
 REQUEST_PARAMETERS = {"targets": list, "max_new_tokens": int, "method": str, "steps": int, "baseline": str,
                       "granularity": str, "sampling": dict, "chat": bool, "messages": list, "quality": bool,
-                      "selected_step": int, "contrast": str}
+                      "selected_step": int, "contrast": str, "tolerance": float}
 _TYPE_NAMES = {list: "a list of texts", int: "an integer", str: "a string", bool: "true or false",
-               dict: "an object (temperature, top_k, top_p, seed)"}
+               dict: "an object (temperature, top_k, top_p, seed)", float: "a number"}
 
 
 def generation_request(model: LoadedModel, name: str, version: int, prompts: Any, parameters: dict[str, Any] | None,
@@ -357,7 +396,7 @@ def generation_request(model: LoadedModel, name: str, version: int, prompts: Any
         kind = REQUEST_PARAMETERS.get(key)
         if kind is None:
             raise UsageError(f"Unknown parameter {key!r}.", f"Known: {', '.join(REQUEST_PARAMETERS)}.")
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        if not isinstance(value, (kind, int) if kind is float else kind) or (kind in (int, float) and isinstance(value, bool)):
             raise UsageError(f"parameters.{key} must be {_TYPE_NAMES[kind] if key != 'messages' else 'a list'}.")
     if not isinstance(prompts, list):
         raise UsageError("prompts must be a non-empty list of non-empty texts.")

@@ -19,13 +19,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from explain.errors import UsageError
-from explain.generation.attribution import DEFAULT_STEPS, METHODS, attribute_generation
+from explain.generation.attribution import DEFAULT_STEPS, DEFAULT_TOLERANCE, MAX_STEPS, METHODS, attribute_generation
 from explain.generation.contrastive import METHODS as GRADIENT_CONTRAST_METHODS
 from explain.generation.contrastive import ContrastAttribution, attribute_contrast, check_alternatives
 from explain.generation.granularity import group_spans
 from explain.generation.quality import REPLACEMENTS, target_probabilities
 from explain.generation.result import GeneratedText, GenerationAttribution
 from explain.model import LoadedModel
+from explain.output.methods.integrated_gradients import step_budget
 from explain.progress import ProgressFn, report_progress
 
 OCCLUSION = "occlusion"
@@ -128,15 +129,18 @@ def contrast_texts(model: LoadedModel, texts: Sequence[GeneratedText], alternati
 
 def attribute_texts(model: LoadedModel, texts: Sequence[GeneratedText], method: str = "integrated_gradients",
                     steps: int = DEFAULT_STEPS, baseline: str = "pad", granularity: str = "token", batch_size: int = 0,
-                    device: str = "auto", progress: ProgressFn | None = None) -> list[GenerationAttribution]:
+                    device: str = "auto", progress: ProgressFn | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                    per_token: Sequence[Sequence[int] | None] | None = None) -> list[GenerationAttribution]:
     """Each text's generated tokens attributed by ``method`` (one of `GENERATION_METHODS`).
 
     ``granularity`` decides occlusion's groups; the gradient methods attribute tokens (group them after,
     `explain.generation.granularity.group_values`). ``baseline``: the reference (``pad`` | ``unk`` | ``zero``)
-    of integrated gradients, the replacement token (``pad`` | ``unk``) of occlusion.
+    of integrated gradients, the replacement token (``pad`` | ``unk``) of occlusion. ``tolerance`` and
+    ``per_token``: integrated gradients' steps raised per token, or as recorded (`attribute_generation`).
     """
     if method == OCCLUSION:
         return occlude_generation(model, texts, granularity, baseline, device, progress)
     if method not in METHODS:
         raise UsageError(f"Unknown method {method!r} for a generation; use one of {', '.join(GENERATION_METHODS)}.")
-    return attribute_generation(model, texts, method, steps, baseline, batch_size, device, progress)
+    return attribute_generation(model, texts, method, steps, baseline, batch_size, device, progress, tolerance,
+                                per_token, step_budget(int(steps), MAX_STEPS))  # the server's operator settings

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from explain.attribution import step_raising_text
 from explain.generation.job import SavedGeneration
 from explain.generation.prompts import decode_ids
 from explain.generation.quality import token_quality_rows
@@ -23,7 +24,8 @@ def build_generation_section(saved: SavedGeneration, spec: InputSpec) -> Section
     parts = [key_value_html({"method": saved.settings.get("method", ""), "steps": saved.settings.get("steps", ""),
                              "baseline": saved.settings.get("baseline") or "—",
                              "continuations": "given (teacher forcing)" if saved.forced else "greedy",
-                             "prompts": len(saved.attributions)})]
+                             "prompts": len(saved.attributions),
+                             "steps raised": step_raising_text(saved.settings, "token(s)") or "—"})]
     figures, data = [], []
     for i, (attr, judged) in enumerate(zip(saved.attributions, saved.quality)):
         p, t_count = attr.prompt_length, len(attr.generated_ids)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from explain.attribution import completeness_text
+from explain.attribution import completeness_text, step_raising_text
 from explain.errors import GlassboxError
 from explain.generation.attention import causal_rollout, text_attention
 from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
@@ -238,6 +238,9 @@ st.caption(f"{verb}: {t_count} tokens after a prompt of {p} · {attr.method.repl
            + (f" · {attr.params.get('steps')} steps" if attr.method == IG else "")
            + "".join(f" · {k} {attr.params[k]}" for k in ("baseline", "background") if k in attr.params)
            + f" · {attr.seconds:.1f} s")
+raised = step_raising_text(attr.params, "token(s)")  # integrated gradients' tolerance, per token
+if raised:
+    st.caption(escape_markdown(raised))
 st.code(decode_ids(attr.generated_ids, spec), language=None, wrap_lines=True)
 if t_count == 0:
     st.stop()

@@ -71,6 +71,27 @@ def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, target
     return acc * diff
 
 
+def step_budget(steps: int, most: int = MAX_STEPS) -> tuple[int, float]:
+    """The completeness tolerance's budget for ``steps`` asked, the one for every IG that raises steps (the
+    classifier methods here, a generation's tokens in `explain.generation.attribution`): the most steps an
+    input may be raised to (``steps`` x `explain.config.ig_step_budget`, at most ``most``) and the seconds
+    raising may take (`explain.config.ig_step_seconds`)."""
+    from explain.config import ig_step_budget, ig_step_seconds
+
+    return min(most, int(steps * ig_step_budget())), ig_step_seconds()
+
+
+def step_raising_record(requested: int, limit: int, seconds: float, used: np.ndarray, stopped_by: str | None,
+                        error: np.ndarray) -> dict:
+    """What the tolerance loop did, as a run records it (``params["step_raising"]``, said in one line by
+    `explain.attribution.step_raising_text`): ``used`` [N] the steps each input (or token) used, ``error`` [N]
+    the completeness errors left, ``stopped_by`` the budget that stopped it (``steps`` | ``seconds`` | None)."""
+    used = np.asarray(used)
+    return {"requested": int(requested), "limit": int(limit), "seconds_limit": float(seconds),
+            "most_used": int(used.max()), "raised": int(np.sum(used > requested)), "stopped_by": stopped_by,
+            "max_error": float(np.nanmax(error))}
+
+
 def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps: int, tolerance: float,
                                         per_input: dict[str, list[int]] | None = None) -> Partial:
     """IG for all inputs; inputs above ``tolerance`` are redone with doubled steps, within the
@@ -80,8 +101,6 @@ def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps:
     ``step_raising`` (`explain.attribution.step_raising_text` says it in one line). Given a record's ``per_input``, each
     input is computed with its recorded steps instead (`integrated_gradients_as_recorded`) and the
     tolerance raises nothing. The raised passes report progress (and so are cancel points) too."""
-    from explain.config import ig_step_budget, ig_step_seconds
-
     if per_input and "steps" in per_input:
         return integrated_gradients_as_recorded(ctx, base, per_input["steps"])
     start = ctx.fn.start_points()
@@ -94,7 +113,7 @@ def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps:
     output = ctx.output  # the same f(x) the Attribution's completeness error uses
     used = np.full(len(all_rows), steps)
     error = compute_completeness_error(ctx.to_values(attr), output, base_value)
-    limit, seconds = min(MAX_STEPS, int(steps * ig_step_budget())), ig_step_seconds()
+    limit, seconds = step_budget(steps)
     current, stopped_by, began = steps, None, time.perf_counter()
     progress, done = ctx.engine.progress, len(all_rows) * steps  # work so far, in path points
     try:
@@ -125,9 +144,7 @@ def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps:
                      f"they need more than {current} steps.")
     recorded: dict = {"per_input": {"steps": [int(s) for s in used]}} if np.any(used != steps) else {}
     if current > steps or stopped_by:
-        recorded["step_raising"] = {"requested": int(steps), "limit": limit, "seconds_limit": float(seconds),
-                                    "most_used": int(used.max()), "raised": int(np.sum(used > steps)),
-                                    "stopped_by": stopped_by, "max_error": float(np.nanmax(error))}
+        recorded["step_raising"] = step_raising_record(steps, limit, seconds, used, stopped_by, error)
     return Partial(ctx.to_values(attr), base_value, recorded, notes)
 
 
