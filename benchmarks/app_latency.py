@@ -7,8 +7,8 @@ Rows, each round in turn (a torch import first, so a machine whose speed drifts 
 - ``first_figure``: a browser (headless Chromium) opens the app (the Overview, the default sample)
   on that fresh server: seconds until the first figure is drawn (target 3 s);
 - ``first_map``: ... until the Output column's attribution map and its completeness caption (a fresh
-  server's first figure is `ui.first_paint`'s torch-free preview; the map comes with the run after it,
-  once the pages' glue, imported from the preview's first tick on, is in);
+  server's first run is `ui.first_paint`'s torch-free preview, which draws the sample's first view shipped
+  beside it (`explain.report.first_view`): the map comes with the preview, before the curves);
 - ``again_first_figure``: a second browser tab opens the same view (computed already);
 - ``restart_first_figure`` / ``restart_first_map``: the server stopped and started again on the same
   workspace (an operator's restart): the sample's first view is read back from the run the first

@@ -106,3 +106,21 @@ def test_a_new_workspace_draws_the_shipped_first_view_without_computing(home, mo
     assert f"{attr.seconds:.2f} s for 1 inputs" in _map_caption(at)
     assert at.selectbox(key="gb_ov_layer").options[1:] == first.view["attributable"]
     assert not [r for r in ws.runs.list(OP) if r.id == first.run_id]  # shipped: nothing saved in the workspace
+
+
+def test_a_shipped_file_counts_only_for_its_own_view_and_an_unreadable_one_is_passed_over(home, tmp_path):
+    from explain.report.first_view import find_first_view
+
+    _, ws = home
+    shipped = shipped_first_view("cancer")
+    first = FirstView.read(shipped)
+    assert find_first_view(first.run_id, shipped, ws, Actor.local()).run_id == first.run_id
+    assert find_first_view("fv0123456789", shipped, ws, Actor.local()) is None  # another view: none saved either
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(shipped.read_bytes()[:100])
+    assert find_first_view(first.run_id, broken, ws, Actor.local()) is None  # and the workspace has none
+    copy = tmp_path / "copy.npz"
+    first.write(copy)
+    again = FirstView.read(copy)
+    np.testing.assert_array_equal(again.attribution().values, first.attribution().values)
+    assert again.summary == first.summary and again.spec == first.spec

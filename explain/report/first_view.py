@@ -17,6 +17,7 @@ from it (`explain.report.overview.remember_first_view`) instead of computing, so
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,7 @@ def find_first_view(run_id: str, shipped: Path | None, ws: Workspace, actor: Act
             found = FirstView.read(shipped)
             if found.run_id == run_id:
                 return found
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # an unreadable file: the workspace's run, or the page computes it
     try:
         return FirstView.from_run(ws.runs.open(actor, run_id))
