@@ -29,7 +29,7 @@ from transformers.models.llama.modeling_llama import (  # noqa: E402
 )
 
 from explain.cli import main  # noqa: E402
-from explain.errors import IncompatibleInput, UsageError  # noqa: E402
+from explain.errors import UsageError  # noqa: E402
 from explain.generation.attribution import METHODS, attribute_generation  # noqa: E402
 from explain.generation.deeplift import RANDOM_REFERENCES, RANDOM_SEED  # noqa: E402
 from explain.generation.greedy import generate_greedy  # noqa: E402
@@ -287,14 +287,16 @@ def test_chunks_of_one_row_give_the_same_values(lm, deep_shap):
     np.testing.assert_allclose(one.baseline_logprobs, deep_shap[0].baseline_logprobs, atol=1e-5)
 
 
-def test_a_bfloat16_model_is_refused_in_one_line(tmp_path):
+def test_a_bfloat16_model_runs_its_exact_rules_on_a_float32_copy_on_the_cpu(tmp_path):
+    """It used to be refused (the rules need float32); on the CPU the rules now run on a float32 copy of the
+    weights (`causal_lm.attribution_lm`), add up, and say so (on a GPU the refusal stands)."""
     folder = write_hf_llama(tmp_path / "llama")
     AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).save_pretrained(folder)
     model = load_model(folder)
     texts = generate_greedy(model, encode_texts(PROMPTS[:1], model.spec), 1)
-    with pytest.raises(IncompatibleInput, match="float32; this model's weights are bfloat16") as caught:
-        attribute_generation(model, texts, "deeplift")
-    assert "\n" not in str(caught.value)
+    attr = attribute_generation(model, texts, "deeplift", device="cpu")[0]
+    assert attr.params["dtype"] == "float32" and attr.params["weights_dtype"] == "bfloat16"
+    assert float(attr.completeness_error.max()) <= TOLERANCE
 
 
 # --------------------------------------------------------------------------
