@@ -52,3 +52,19 @@ def test_half_precision_over_the_tolerance_is_one_line_of_warning():
     assert line is not None and "\n" not in line and "0.9 nats" in line and "bfloat16" in line
     assert half_precision_warning(_result("bfloat16", [0.004, 0.009])) is None  # within the tolerance
     assert half_precision_warning(_result("float32", [0.9])) is None  # not half precision: no excuse given
+
+
+def test_a_bf16_pt2_keeps_its_precision_and_states_it(tmp_path):
+    """A .pt2's program casts to its own dtypes, so it is not copied to float32: the result records bfloat16
+    and, when a completeness error is over the tolerance, says in one line that half precision is why."""
+    from test_pt2_causal_lm import export_lm
+
+    folder = write_hf_llama(tmp_path / "hf")
+    export_lm(AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).eval(), tmp_path / "lm.pt2")
+    (tmp_path / "tokenizer.json").write_text((folder / "tokenizer.json").read_text())
+    model = load_model(tmp_path / "lm.pt2")
+    texts = generate_greedy(model, encode_texts(["the cat sat on"], model.spec), 4)
+    attr = attribute_generation(model, texts, "integrated_gradients", 8, "pad")[0]
+    assert attr.params["dtype"] == attr.params["weights_dtype"] == "bfloat16"
+    warning = half_precision_warning(attr)  # 8 steps in bf16 miss by 0.021 nats here (float32: < 1e-3)
+    assert float(np.nanmax(attr.completeness_error)) > 0.01 and warning is not None and warning in attr.notes
