@@ -353,6 +353,13 @@ def test_the_generate_page_saves_a_run_its_drawer_draws_the_saved_matrix_and_its
     np.testing.assert_allclose(_array(attention["z"])[:-1], views.attention[:, :, 0, :p].reshape(-1, p), rtol=1e-6)
     np.testing.assert_allclose(_array(attention["z"])[-1], views.rollout[0, :p], rtol=1e-6)
 
+    opened.button(key="gb_rerun").click().run()  # Re-run: the same prompts and settings as a job, compared
+    assert not opened.exception and not opened.error, [e.value for e in [*opened.exception, *opened.error]]
+    diff = [d.value for d in opened.dataframe if "same tokens" in d.value.columns][0]
+    assert diff["same tokens"].all() and (diff["max |difference|"] == 0).all()
+    (again,) = [r for r in ws.runs.list(OP) if r.summary.get("rerun_of") == run_id]
+    assert again.page == "generation" and again.title.startswith(f"Re-run of {run_id}")
+
     opened.button(key="gb_run_report").click().run()  # the run's report, with its Generation section
     assert not opened.exception and not opened.error, [e.value for e in [*opened.exception, *opened.error]]
     (report,) = [r for r in ws.runs.list(OP) if r.page == "report"]

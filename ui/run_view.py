@@ -36,7 +36,7 @@ from ui.text import escape_markdown
 
 # -- what a page saves: `snapshot_record` (with `saved_tables`) lives in `explain.workspace.records`,
 # each kind's writer and reader in `explain.workspace.run_kinds`; imported here for the pages.
-__all__ = ["DRAWERS", "REPORT_DATASET_ROWS", "SavedModel", "output_record", "render_saved_run", "rerun_differences",
+__all__ = ["DRAWERS", "REPORT_DATASET_ROWS", "RERUN_KINDS", "SavedModel", "output_record", "render_saved_run", "rerun_differences",
            "run_model", "run_view_model", "saved_tables", "snapshot_record", "submit_rerun", "submit_run_report"]
 
 
@@ -160,11 +160,24 @@ def render_saved_run(run: SavedRun) -> None:
     DRAWERS.get(run.info.page, _draw_snapshot)(run)
 
 
+#: the run kinds a saved run's Re-run recomputes
+RERUN_KINDS = ("output", "generation")
+
+
 def submit_rerun(run: SavedRun):
     """Queue an Output run's explanation again (`explain.service.runners.rerun_job`: same inputs,
-    methods, parameters and target, never the attribution cache) as an interactive job; the job.
+    methods, parameters and target, never the attribution cache), or a generation run's
+    (`explain.generation.job.generation_rerun`: same prompts and settings, each token's recorded
+    steps), as an interactive job; the job.
     Submitting needs the editor role (`client.submit` checks it, whatever the page shows)."""
     from explain.service.client import submit
+
+    if run.info.page == "generation":
+        from explain.generation.job import JOB_KIND, generation_rerun
+
+        params, arrays, title = generation_rerun(run)
+        return submit(team.workspace(), team.actor(), JOB_KIND, params, title=title, inputs=arrays,
+                      priority="interactive")
     from explain.service.runners import rerun_job
 
     model = run_model(run)
@@ -174,8 +187,13 @@ def submit_rerun(run: SavedRun):
 
 
 def rerun_differences(saved: SavedRun, fresh: SavedRun) -> pd.DataFrame:
-    """Per method, how the re-run ``fresh`` differs from ``saved``: the largest absolute difference of
-    the maps (also relative to the saved map's largest value), both completeness errors, same targets."""
+    """Per method (a generation run: per prompt), how the re-run ``fresh`` differs from ``saved``: the largest
+    absolute difference of the maps (also relative to the saved map's largest value), both completeness errors,
+    same targets (same tokens)."""
+    if saved.info.page == "generation":
+        from explain.generation.job import generation_differences, saved_generation
+
+        return pd.DataFrame(generation_differences(saved_generation(saved), saved_generation(fresh)))
     return pd.DataFrame(output_differences(saved, fresh))
 
 

@@ -305,7 +305,8 @@ def generation_record(name: str, version: int, model: LoadedModel, results: Sequ
     tokens = int(arrays["generated_length"].sum())
     return RunRecord(
         page=RUN_KIND, model=name, version=int(version), method=method,
-        title=f"{method.replace('_', ' ')} on {tokens} tokens after {len(results)} prompts of {model.name}",
+        title=(f"Re-run of {params['rerun_of']}: " if params.get("rerun_of") else "")
+        + f"{method.replace('_', ' ')} on {tokens} tokens after {len(results)} prompts of {model.name}",
         params={**{k: params.get(k) for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
                                               "quality", "sampling", "chat", "chats", "selected_step", "contrast",
                                               "tolerance")}, **step_record(results)},
@@ -340,6 +341,28 @@ def generation_rerun(run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarra
     params.setdefault("per_token", None)
     arrays = {k: np.asarray(run.inputs[k]) for k in ("prompt_ids", "target_ids") if k in run.inputs}
     return params, arrays, f"Re-run of {info.id}: {info.title}"
+
+
+def generation_differences(saved: SavedGeneration, fresh: SavedGeneration) -> list[dict[str, Any]]:
+    """How a re-run (``fresh``, `generation_rerun`'s run) differs from the generation run it repeats: per prompt
+    whether the tokens are the same, the largest absolute difference of the attributions (also relative to the
+    saved ones' largest value) and both largest completeness errors (NaN where undefined or not comparable)."""
+    rows = []
+    for i, attr in enumerate(saved.attributions):
+        again = fresh.attributions[i] if i < len(fresh.attributions) else None
+        same = again is not None and np.array_equal(again.input_ids, attr.input_ids)
+        diff = float(np.abs(again.values.astype(np.float64) - attr.values).max(initial=0.0)) if same else float("nan")
+        rows.append({"prompt": i + 1, "same tokens": bool(same), "max |difference|": diff,
+                     "relative to the largest value": diff / (float(np.abs(attr.values).max(initial=0.0)) or 1.0),
+                     "saved completeness error": _worst(attr.completeness_error),
+                     "now completeness error": _worst(again.completeness_error) if again is not None else float("nan")})
+    return rows
+
+
+def _worst(errors: np.ndarray) -> float:
+    """The largest finite completeness error, NaN when none is defined."""
+    finite = np.asarray(errors, dtype=np.float64)[np.isfinite(errors)]
+    return float(finite.max()) if finite.size else float("nan")
 
 
 def saved_generation(run: SavedRun) -> SavedGeneration:
