@@ -50,8 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _call(url: str, token: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
+def _call(url: str, token: str, body: dict | bytes | None = None) -> dict:
+    """``body``: a dict, or its JSON already encoded (the :predict clients encode theirs once: the
+    client's own encoding would share the machine's cores with the server it measures)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Authorization": f"Bearer {token}",
                                                           "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as resp:
@@ -147,7 +149,8 @@ def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, r
     ``rounds`` slices of ``--seconds`` for the rates), so that a change in the machine's load
     while the benchmark runs falls on both alike."""
     rows = args.rows
-    bodies = [{"instances": x[i * rows:(i + 1) * rows].tolist()} for i in range(args.clients)]  # client i's rows
+    bodies = [json.dumps({"instances": x[i * rows:(i + 1) * rows].tolist()}).encode()  # client i's rows
+              for i in range(args.clients)]
     urls = {label: f"{server.base}/models/{model_name}:predict" for label, server in servers.items()}
     lone: dict[str, list[float]] = {label: [] for label in servers}
     for i in range(70):
