@@ -59,7 +59,8 @@ def test_a_chunk_that_splits_a_token_s_steps_gives_the_same_values(lm):
 
 
 def test_token_gradients_are_each_targets_own_gradient(lm):
-    """J cotangents through one batched backward = J separate autograd.grad calls, exactly."""
+    """J cotangents through one batched backward = J separate autograd.grad calls, up to float32 rounding
+    (a batched backward may take another BLAS kernel: 5e-7 on values ~0.03 seen on one CPU)."""
     model, texts = lm
     net, text = model.module.model, texts[1]
     p, ids = len(text.prompt_ids), torch.as_tensor(text.input_ids)
@@ -71,7 +72,7 @@ def test_token_gradients_are_each_targets_own_gradient(lm):
     ones = [torch.autograd.grad(logp[:, j].sum(), points, retain_graph=True)[0] for j in (0, 3, NEW - 1)]
     grads = token_gradients(logp, points, picks)  # [T, 2, L, D]
     for j, one in zip((0, 3, NEW - 1), ones):
-        torch.testing.assert_close(grads[j], one, atol=1e-7, rtol=0)
+        torch.testing.assert_close(grads[j], one, atol=1e-6, rtol=1e-5)
         assert not grads[j, :, p + j:].any()  # causal: nothing at or after the token's own position
     whole = torch.log_softmax(net(inputs_embeds=x[None]).logits[0].float(), -1)  # [L, V]
     torch.testing.assert_close(logp[1], whole[positions, ids[p:]], atol=1e-6, rtol=0)
