@@ -142,3 +142,40 @@ def test_method_with_zero_baseline_equals_captum():
     result = get_method("deeplift").explain(model, x.numpy(), use_cache=False, baseline="zero", target=3)
     want = DeepLift(module).attribute(x, torch.zeros_like(x), target=3).detach().numpy()
     assert np.abs(result.values - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
+class _ConvView(torch.nn.Module):
+    """Conv -> ReLU -> max pool -> ``view`` (refused by a channels-last feature map) -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.fc = torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.Linear(36, 3)
+
+    def forward(self, x):  # [N, 2, 6, 6] -> [N, 3]
+        h = self.pool(torch.relu(self.conv(x)))  # [N, 4, 3, 3]
+        return self.fc(h.view(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("fmt", ("eager", "pt2"))
+def test_pairs_run_channels_last_with_the_values_of_nchw(fmt, monkeypatch):
+    """A CPU conv graph's pairs run channels-last (faster convolutions); the graph's ``view`` of
+    a feature map, which that layout refuses, runs as a reshape; the values are those of NCHW."""
+    from explain.output.methods import deeplift_rules
+
+    torch.manual_seed(0)
+    module = _ConvView().eval()
+    gen = torch.Generator().manual_seed(3)
+    x, bg = torch.randn(3, 2, 6, 6, generator=gen), torch.randn(4, 2, 6, 6, generator=gen)
+    h = torch.relu(module.conv(x[:1].contiguous(memory_format=torch.channels_last)))
+    with pytest.raises(RuntimeError):
+        module.pool(h).view(1, -1)  # the layout the test is about
+    model = _as(fmt, module, (2, 6, 6), x[:2])
+    used = []
+    monkeypatch.setattr(deeplift_rules, "_channels_last",
+                        lambda *a, real=deeplift_rules._channels_last: used.append(real(*a)) or used[-1])
+    fast = deeplift_rescale_attributions(model, x.numpy(), bg.numpy(), np.array([0, 1, 2]), flavour="captum")
+    monkeypatch.setattr(deeplift_rules, "_channels_last", lambda *a: False)
+    plain = deeplift_rescale_attributions(model, x.numpy(), bg.numpy(), np.array([0, 1, 2]), flavour="captum")
+    assert used == [True]
+    np.testing.assert_allclose(fast.values, plain.values, rtol=1e-5, atol=1e-6 * np.abs(plain.values).max())
+    np.testing.assert_allclose(fast.values.reshape(3, -1).sum(1), fast.output - fast.base_value, atol=1e-5)

@@ -110,6 +110,10 @@ PRODUCT_OPS = frozenset("mul mm bmm matmul baddbmm addmm addbmm einsum linear".s
 SHAPE_ONLY_OPS = frozenset(
     "sym_size sym_numel sym_stride new_ones new_zeros new_full new_empty zeros_like ones_like empty_like full_like arange".split()
 )
+#: views of a functional graph (nothing is written through them) as reshapes: the same values, also on a
+#: channels-last batch (`explain.output.methods.deeplift_rules`), which ``view`` may refuse.
+_RESHAPES = {aten.view.default: aten.reshape.default, aten._unsafe_view.default: aten.reshape.default,
+             aten.view_copy.default: aten.reshape.default}
 _PLUMBING = frozenset("clone view reshape alias _to_copy to contiguous _unsafe_view flatten squeeze getitem".split())
 
 
@@ -136,30 +140,34 @@ def _functional(name: str) -> str:
 
 
 class _MaxPoolFn(torch.autograd.Function):
-    """Max pooling with SHAP's / Captum's DeepLift rule; returns the pooled x only."""
+    """Max pooling with SHAP's / Captum's DeepLift rule: the pooled x and its indices (not
+    differentiable), from the reference's pooled values and indices computed once by the caller."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, pool: Callable, flavour: RuleFlavour) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, yr: torch.Tensor, ir: torch.Tensor, pool: Callable,
+                flavour: RuleFlavour) -> tuple[torch.Tensor, torch.Tensor]:
         y, ix = pool(x)  # [S, C, *out], flat spatial argmax per plane
-        yr, ir = pool(r)
-        ctx.pool, ctx.flavour = pool, flavour
-        ctx.save_for_backward(x, x - r, y, yr, ix, ir)
-        return y
+        ctx.flavour = flavour
+        ctx.mark_non_differentiable(ix)
+        ctx.save_for_backward(x - r, y, yr, ix, ir)
+        return y, ix
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):
-        x, dx, y, yr, ix, ir = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor, _grad_indices: Any):
+        dx, y, yr, ix, ir = ctx.saved_tensors
         cross = torch.maximum(y, yr)
-        flat = torch.zeros_like(dx).flatten(2)  # [S, C, H*W]
+        flat = dx.new_zeros(*dx.shape[:2], dx[0, 0].numel())  # [S, C, H*W], whatever dx's memory layout
         flat.scatter_add_(2, ix.flatten(2), (grad * (cross - yr)).flatten(2))
         flat.scatter_add_(2, ir.flatten(2), (grad * (y - cross)).flatten(2))
         small = dx.abs() < ctx.flavour.maxpool_eps
-        if ctx.flavour.maxpool_fallback == "zero":
-            fallback = torch.zeros_like(dx)
-        else:
-            fallback = torch.zeros_like(dx).flatten(2).scatter_add_(2, ix.flatten(2), grad.flatten(2)).view_as(dx)
-        out = torch.where(small, fallback, flat.view_as(dx) / torch.where(small, torch.ones_like(dx), dx))
-        return out, None, None, None
+        out = flat.view(dx.shape) / torch.where(small, 1.0, dx)
+        if bool(small.any()):
+            if ctx.flavour.maxpool_fallback == "zero":
+                fallback = torch.zeros_like(out)
+            else:
+                fallback = dx.new_zeros(flat.shape).scatter_add_(2, ix.flatten(2), grad.flatten(2)).view(dx.shape)
+            out = torch.where(small, fallback, out)
+        return out, None, None, None, None, None
 
 
 class _CaptumSoftmaxFn(torch.autograd.Function):
@@ -407,7 +415,7 @@ class PairInterpreter(fx.Interpreter):
         return value
 
     def _call(self, n: fx.Node, args: Any, kwargs: Any) -> Any:
-        return n.target(*args, **kwargs)
+        return _RESHAPES.get(n.target, n.target)(*args, **kwargs)
 
     def _gate_varying_args(self, n: fx.Node) -> None:
         """Id masks entering a dependent op become attributed leaves (gates)."""
@@ -444,9 +452,9 @@ class PairInterpreter(fx.Interpreter):
         pool = _pool_fn(n, (x, *rest), kwargs)
         with torch.no_grad():
             yr, ir = pool(r)
-        y = _MaxPoolFn.apply(x, r, pool, self.plan.flavour)
+        y, ix = _MaxPoolFn.apply(x, r, yr, ir, pool, self.plan.flavour)
         if op_name(n).endswith("_with_indices"):
-            return (y, pool(x.detach())[1]), (yr, ir)
+            return (y, ix), (yr, ir)
         return y, yr
 
     def _rule_softmax_head(self, n: fx.Node):

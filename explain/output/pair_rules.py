@@ -44,11 +44,10 @@ class _RescaleFn(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, r: torch.Tensor, yr: torch.Tensor, fn: Callable, eps: float) -> torch.Tensor:
         y = fn(x)
         dx = x - r  # [S, ...] row s paired with reference row s
-        dy = y - yr  # yr = fn(r), computed once by `rescale`
         small = dx.abs() < eps
-        finite = torch.isfinite(dx)
-        ratio = dy / torch.where(small | ~finite, 1.0, dx)
-        ratio = torch.where(finite & torch.isfinite(ratio), ratio, 0.0)
+        # (y - yr) / dx, yr = fn(r) computed once by `rescale`; a non-finite dx or ratio gives 0
+        # (finite / inf is 0, inf / inf and nan are nan): one pass instead of isfinite masks
+        ratio = torch.nan_to_num_((y - yr).div_(torch.where(small, 1.0, dx)), nan=0.0, posinf=0.0, neginf=0.0)
         ctx.fn = fn
         # the midpoint only where the backward needs it (some x ≈ r): most chunks have none
         ctx.save_for_backward((x + r) / 2 if bool(small.any()) else None, ratio, small)
