@@ -23,7 +23,7 @@ from explain.generation.attribution import attribute_generation  # noqa: E402
 from explain.generation.greedy import generate_greedy  # noqa: E402
 from explain.generation.occlusion import attribute_texts  # noqa: E402
 from explain.generation.prompts import encode_texts  # noqa: E402
-from explain.loading.export_lm import NO_EMBEDDING, NO_TOKENIZER  # noqa: E402
+from explain.loading.export_lm import NO_EMBEDDING, NO_HIDDEN_STATES, NO_HIDDEN_STATES_HINT, NO_TOKENIZER  # noqa: E402
 from explain.loading.loader import load_model  # noqa: E402
 
 PROMPTS = ["the cat sat on", "two plus two is four and"]
@@ -238,3 +238,17 @@ def test_a_static_pt2_with_a_mask_input_is_padded_on_the_right(pair, tmp_path):
     np.testing.assert_allclose(ours.values, theirs.values, atol=1e-5)
     with pytest.raises(IncompatibleInput, match="fixed batch or length"):
         attribute_generation(model, texts, "deeplift", baseline="pad")
+
+
+def test_the_generate_pages_pipeline_explains_a_pt2_with_its_lens_out_of_reach(pair):
+    """explain_prompt (the Generate page's one pipeline): generation, attribution and quality of the .pt2; its
+    logit lens has no layers, and says in one line why (a .pt2 gives logits only)."""
+    from explain.generation.explained import explain_prompt, settings_of
+
+    kind, _folder_model, model, _ref, _prompts, _user = pair
+    if kind != "llama":
+        pytest.skip("the page's pipeline is checked once, on the Llama")
+    view = explain_prompt(model, settings_of(PROMPTS[0], max_new_tokens=3, steps=STEPS))
+    assert len(view.text.generated_ids) == 3 and view.attribution.values.shape[0] == 3
+    assert float(np.nanmax(view.attribution.completeness_error)) < 0.05 and view.quality
+    assert view.lens.top_ids.shape[:2] == (1, 0) and view.lens.notes == [f"{NO_HIDDEN_STATES} {NO_HIDDEN_STATES_HINT}"]

@@ -25,7 +25,7 @@ from torch import nn
 from explain.errors import IncompatibleInput, TooLarge, UsageError
 from explain.generation.result import GenerationAttribution
 from explain.inputs.text import PAD_TOKENS, UNK_TOKENS, spec_vocabulary
-from explain.loading.export_lm import ExportedCausalLM
+from explain.loading.export_lm import NO_HIDDEN_STATES, NO_HIDDEN_STATES_HINT, ExportedCausalLM
 from explain.model import LoadedModel
 
 #: Where decoders keep their final norm (Llama, Mistral, Qwen, Gemma: ``norm``; GPT-2: ``ln_f``;
@@ -108,6 +108,8 @@ def final_norm(lm: nn.Module) -> nn.Module:
     Raises:
         IncompatibleInput: a decoder that keeps it under another name.
     """
+    if is_exported(lm):
+        raise IncompatibleInput(NO_HIDDEN_STATES, NO_HIDDEN_STATES_HINT)
     decoder = lm.get_decoder() if callable(getattr(lm, "get_decoder", None)) else None
     for owner in (decoder, getattr(lm, "base_model", None), lm):
         for name in FINAL_NORM_NAMES:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from explain.errors import CorruptFile, UsageError
+from explain.errors import CorruptFile, IncompatibleInput, UsageError, one_line
 from explain.generation.attribution import DEFAULT_STEPS, REFERENCE_METHODS
 from explain.generation.chat import render_chat
 from explain.generation.continuation import force_continuations
@@ -120,7 +120,12 @@ def explain_prompt(model: LoadedModel, settings: dict[str, Any], quality: bool =
     attr = attribute_texts(model, texts, settings["method"], settings["steps"], baseline,
                            settings.get("granularity", "token"), progress=phase(20, 80))[0]
     # one pass over the text minus its last token: position P + t - 1 is where token t is predicted
-    lens = logit_lens(model, [texts[0].input_ids[:-1]], top_k=LENS_TOP_K, progress=phase(80, 90))
+    try:
+        lens = logit_lens(model, [texts[0].input_ids[:-1]], top_k=LENS_TOP_K, progress=phase(80, 90))
+    except IncompatibleInput as exc:  # hidden states out of reach (a .pt2 gives logits only): the rest still stands
+        width = len(texts[0].input_ids) - 1
+        lens = LogitLens(np.full((1, 0, width, LENS_TOP_K), -1), np.zeros((1, 0, width, LENS_TOP_K)), [width],
+                         [one_line(exc)])
     judged = {}
     if quality and len(attr.generated_ids):
         judged = generation_quality(model, attr, replace="unk" if baseline == "unk" else "pad")

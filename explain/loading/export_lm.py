@@ -39,6 +39,9 @@ EOS_TOKENS = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>", "<|eot_id|>",
 NO_EMBEDDING = ("This .pt2 causal LM's token ids feed more than one embedding lookup (or none Glassbox can "
                 "find), so gradient methods have no embeddings to attribute to.")
 NO_EMBEDDING_HINT = "Use --method occlusion (tokens replaced), or load the model's Hugging Face folder."
+NO_HIDDEN_STATES = ("A .pt2 causal LM gives its logits only; its hidden states and attention maps (the logit lens, "
+                    "the attention views) are out of reach.")
+NO_HIDDEN_STATES_HINT = "Load the model's Hugging Face folder for those views."
 _SIZE_OPS = ("aten.sym_size.int", "aten.sym_size.default")
 #: Reshapes of the ids between the input and the lookup, allowed when they keep the ids' shape.
 _SAME_SHAPE_OPS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.alias.default",
@@ -229,9 +232,7 @@ class ExportedCausalLM(nn.Module):
                 output_hidden_states: bool = False, output_attentions: bool = False, **_: Any) -> SimpleNamespace:
         """``.logits`` [N, L, V] of ids [N, L] or of embeddings [N, L, D] (the program from its lookup on)."""
         if output_hidden_states or output_attentions:
-            raise IncompatibleInput("A .pt2 causal LM gives its logits only; its hidden states and attention "
-                                    "maps (the logit lens, attention views) are not reachable.",
-                                    "Load the model's Hugging Face folder for those views.")
+            raise IncompatibleInput(NO_HIDDEN_STATES, NO_HIDDEN_STATES_HINT)
         if inputs_embeds is not None:
             if self.from_embeds is None:
                 raise IncompatibleInput(NO_EMBEDDING, NO_EMBEDDING_HINT)
