@@ -388,7 +388,7 @@ def test_a_late_commit_of_an_older_audit_id_changes_the_stamp(served):
 
     ws, _ = served
     lookups = Lookups(ws)
-    newest = lookups.stamp()[0]
+    newest = lookups.stamp()[0][0]  # (id, at) of the newest audit row
     row = {"actor": "t", "action": "test", "object_type": "t", "object_id": "t"}
     with ws.core.db.transaction() as s:
         s.execute(insert(AuditEntry).values(id=newest + 10, **row))
@@ -399,4 +399,4 @@ def test_a_late_commit_of_an_older_audit_id_changes_the_stamp(served):
     if ws.core.db.engine.dialect.name == "postgresql":  # the sequence past the ids given here, for later writes
         with ws.core.db.transaction() as s:
             s.execute(text("SELECT setval(pg_get_serial_sequence('audit_log', 'id'), (SELECT max(id) FROM audit_log))"))
-    assert after[0] == before[0] == newest + 10 and after != before
+    assert after[0][0] == before[0][0] == newest + 10 and after != before

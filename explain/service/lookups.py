@@ -9,9 +9,14 @@ differs from the one the remembered answers were read under, they are all forgot
 revoked or an alias moved by any process (the CLI, the pages, another server) is seen by the next
 request, as before.
 
-The stamp is the newest ``STAMP_IDS`` ids, not only the largest: on PostgreSQL ids come from a
-sequence, so a transaction that took a smaller id can commit after one that took a larger one;
-the smaller id then appears among the newest and the stamp changes all the same.
+The stamp is the newest ``STAMP_IDS`` rows' ids and times. Their times, because a workspace restored
+from a backup hands the restored ids out again: the rows written after a restore have the ids the
+lost rows had, never their times. On PostgreSQL ids come from a sequence, so a transaction that took a
+smaller id can commit after one that took a larger one, and after any number of them (slow between
+its flush and its commit): the stamp is read under ``LOCK TABLE audit_log IN SHARE MODE NOWAIT``,
+which no transaction holding an uncommitted audit row lets through; where one is under way the stamp
+is empty, and nothing is remembered or used under it. So any later commit has an id above all those
+read, and shows. (SQLite has one writer at a time: its ids commit in their order.)
 
     lookups = Lookups(ws)
     who = lookups.identity(token)                 # Identity(name, role, stamp) | None (`Users.token_identity`)
@@ -27,19 +32,23 @@ from collections.abc import Callable, Hashable
 from typing import NamedTuple, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from explain.digest import digest_bytes
 from explain.workspace import Actor, Workspace
 from explain.workspace.registry import VersionInfo, parse_ref
 from explain.workspace.schema import AuditEntry
 
-#: how many of the newest audit ids make the stamp (a late commit of an older id still shows)
+#: how many of the newest audit rows make the stamp
 STAMP_IDS = 32
+#: PostgreSQL's answers to the stamp's LOCK NOWAIT that mean "no settled stamp now": lock_not_available
+#: (an audit row is being written), insufficient_privilege (a role that may not take the lock)
+_UNSETTLED = frozenset({"55P03", "42501"})
 #: the most answers remembered; past it they are all forgotten (unknown tokens are never remembered)
 MAX_ENTRIES = 4096
 
 T = TypeVar("T")
-Stamp = tuple[int, ...]
+Stamp = tuple[tuple, ...]  # (id, at) of the newest audit rows, newest first; () when unsettled
 
 
 class Identity(NamedTuple):
@@ -58,12 +67,21 @@ class Lookups:
         self._stamp: Stamp | None = None  # the stamp the remembered answers were read under
         self._answers: dict[Hashable, object] = {}
         self.misses = 0  # answers read from the database (for the tests)
-        self._query = select(AuditEntry.id).order_by(AuditEntry.id.desc()).limit(STAMP_IDS)
+        self._query = select(AuditEntry.id, AuditEntry.at).order_by(AuditEntry.id.desc()).limit(STAMP_IDS)
+        self._postgres = ws.core.db.engine.dialect.name == "postgresql"
 
     def stamp(self) -> Stamp:
-        """The newest audit ids, newest first: changes with every committed write of the workspace."""
+        """The newest audit rows' (id, at), newest first: changes with every committed write of the
+        workspace; empty (nothing remembered) on PostgreSQL while an audit row is being written."""
         with self.ws.core.db.engine.connect() as conn:
-            return tuple(conn.scalars(self._query))
+            if self._postgres:
+                try:  # held to the end of this read: no audit row is uncommitted while the ids are read
+                    conn.exec_driver_sql("LOCK TABLE audit_log IN SHARE MODE NOWAIT")
+                except DBAPIError as exc:
+                    if getattr(exc.orig, "sqlstate", None) not in _UNSETTLED:
+                        raise
+                    return ()
+            return tuple((row_id, at) for row_id, at in conn.execute(self._query))
 
     def _remembered(self, key: Hashable, read: Callable[[], T], stamp: Stamp | None = None) -> tuple[T, Stamp]:
         """``read()``'s answer for ``key`` and the stamp it holds under: remembered under the stamp read
@@ -72,6 +90,9 @@ class Lookups:
         now = stamp is None
         if now:
             stamp = self.stamp()
+        if not stamp:  # unsettled, or no audit row at all: read, neither remembered nor used
+            self.misses += 1
+            return read(), stamp
         with self._lock:
             if stamp == self._stamp:
                 if key in self._answers:

@@ -1,0 +1,132 @@
+"""Attacks on the API's remembered lookups (`explain.service.lookups`): the token, its role and the
+version ``NAME@ALIAS`` means are kept while the newest audit ids (the stamp) are unchanged. A revoked
+token must be refused, and a moved alias seen, at the very next request, whoever wrote them.
+
+Two ways the stamp stayed the same while the workspace changed:
+- PostgreSQL: a revocation whose audit id was taken before 32 other writes committed, and which
+  committed after them (its transaction slow between its flush and its commit: a far database, a
+  preempted process), never showed among the newest 32 ids; the revoked token kept working.
+- A workspace restored from a backup hands the restored ids out again: the rows written after the
+  restore have the ids the lost rows had, and the stamp of ids alone was the lost state's.
+"""
+from __future__ import annotations
+
+import sqlite3
+from itertools import count
+
+import pytest
+from sqlalchemy import delete, text
+
+from explain.service.lookups import Lookups
+from explain.workspace import Actor, open_workspace
+from explain.workspace.schema import ApiToken
+from tests.workspace_db import BACKENDS, postgres_server
+
+OP = Actor("cli:tester", operator=True)
+_names = count()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def ws(request, tmp_path_factory):
+    """One workspace per backend for the module (models of a few bytes: nothing here loads one)."""
+    home = tmp_path_factory.mktemp(f"attack-cache-{request.param}")
+    server = postgres_server() if request.param == "postgresql" else None
+    url = server.create_database() if server else f"sqlite:///{home / 'glassbox.db'}"
+    workspace = open_workspace(url, home=home / "home")
+    yield workspace
+    workspace.close()
+    if server:
+        server.drop_database(url)
+
+
+def _model(ws) -> str:
+    """A model with versions 1 and 2 and ``prod`` on v1; its name."""
+    name = f"m{next(_names)}"
+    for data in (b"one", b"two"):
+        ws.registry.register(OP, name, data + name.encode(), "model.pt")
+    ws.registry.set_alias(OP, name, "prod", 1)
+    return name
+
+
+def _token(ws, role: str = "viewer") -> tuple[str, str]:
+    name = f"t{next(_names)}"
+    return name, ws.users.add_token(OP, name, role)
+
+
+def test_a_revocation_committed_after_32_newer_writes_is_seen_at_the_next_request(ws):
+    if ws.core.db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: its ids are committed in their order")
+    lookups = Lookups(ws)
+    model = _model(ws)
+    name, token = _token(ws)
+    actor = Actor(name, token=True)
+    assert lookups.identity(token).name == name
+    assert lookups.version(actor, f"{model}@prod").version == 1
+
+    # another process revokes the token and moves the alias in one transaction, slow between its flush
+    # (its audit ids taken) and its commit: meanwhile 32 other writes commit and requests come in
+    other = open_workspace(ws.core.db.engine.url.render_as_string(hide_password=False), home=ws.home)
+    try:
+        with other.core.db.transaction() as s:
+            other.core.audit(s, OP, "token.remove", "token", name)
+            s.execute(delete(ApiToken).where(ApiToken.name == name))
+            other.registry.move_alias_in(s, OP, model, "prod", 2)
+            s.flush()
+            for _ in range(32):
+                _token(ws)
+            assert lookups.stamp() == ()  # an audit row uncommitted: no stamp to remember anything under
+            assert lookups.identity(token).name == name  # not revoked yet: still valid
+            assert lookups.version(actor, f"{model}@prod").version == 1
+    finally:
+        other.close()
+    assert lookups.identity(token) is None  # the next request: the token is gone
+    _, viewer = _token(ws)
+    who = lookups.identity(viewer)
+    assert lookups.version(Actor(who.name, token=True), f"{model}@prod", who.stamp).version == 2
+
+
+def _backup(ws):
+    """A copy of the workspace's database now; restore(copy) puts it back, as an operator would."""
+    engine = ws.core.db.engine
+    if engine.dialect.name == "sqlite":
+        path = engine.url.database
+        copy = sqlite3.connect(":memory:")
+        with sqlite3.connect(path) as live:
+            live.backup(copy)
+
+        def restore():
+            with sqlite3.connect(path) as live:
+                copy.backup(live)
+        return restore
+    with engine.connect() as conn:  # PostgreSQL: what pg_restore leaves: the later rows gone, the sequence back
+        newest = conn.scalar(text("SELECT max(id) FROM audit_log"))
+        tokens = conn.scalar(text("SELECT max(id) FROM api_tokens"))
+        aliases = [tuple(r) for r in conn.execute(text("SELECT id, version_id FROM aliases"))]
+
+    def restore():
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM audit_log WHERE id > :n"), {"n": newest})
+            conn.execute(text("DELETE FROM api_tokens WHERE id > :n"), {"n": tokens})
+            for alias_id, version_id in aliases:
+                conn.execute(text("UPDATE aliases SET version_id = :v WHERE id = :i"), {"v": version_id, "i": alias_id})
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('audit_log', 'id'), :n)"), {"n": newest})
+    return restore
+
+
+def test_a_workspace_restored_from_a_backup_is_seen_though_its_ids_come_again(ws):
+    lookups = Lookups(ws)
+    model = _model(ws)
+    viewer_name, viewer = _token(ws)
+    actor = Actor(viewer_name, token=True)
+    restore = _backup(ws)
+    name, token = _token(ws)  # after the backup: lost by the restore
+    ws.registry.set_alias(OP, model, "prod", 2)
+    assert lookups.identity(token).name == name
+    assert lookups.version(actor, f"{model}@prod").version == 2
+
+    restore()
+    ws.registry.add_tag(OP, model, 1, "after-restore")  # two writes: the ids of the two lost ones
+    _token(ws)
+    assert lookups.identity(token) is None
+    assert lookups.version(actor, f"{model}@prod").version == 1
+    assert lookups.identity(viewer).name == viewer_name
