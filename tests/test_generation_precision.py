@@ -68,3 +68,23 @@ def test_a_bf16_pt2_keeps_its_precision_and_states_it(tmp_path):
     assert attr.params["dtype"] == attr.params["weights_dtype"] == "bfloat16"
     warning = half_precision_warning(attr)  # 8 steps in bf16 miss by 0.021 nats here (float32: < 1e-3)
     assert float(np.nanmax(attr.completeness_error)) > 0.01 and warning is not None and warning in attr.notes
+
+
+def test_without_room_for_a_float32_copy_the_model_keeps_its_half_precision(monkeypatch):
+    """attribution_lm falls back to the model itself (then stated by record_precision) when the copy fails."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from explain.generation import causal_lm
+
+    cfg = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      max_position_embeddings=16)
+    lm = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    assert causal_lm.attribution_lm(lm, "cpu").dtype == torch.float32  # room: the float32 copy
+
+    other = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+
+    def no_room(_value):
+        raise MemoryError
+
+    monkeypatch.setattr(causal_lm.copy, "deepcopy", no_room)
+    assert causal_lm.attribution_lm(other, "cpu") is other

@@ -181,13 +181,18 @@ def weights_dtype(lm: nn.Module) -> torch.dtype:
 def attribution_lm(lm: nn.Module, device: torch.device | str) -> nn.Module:
     """The model the gradient and rule methods run on: on the CPU, a float32 copy of a half-precision
     transformers model (made once per model, in its process), so their values add up exactly; else ``lm``
-    (a GPU keeps the model's half precision, as does a ``.pt2``, whose program casts to its own dtypes;
-    `record_precision` says so)."""
+    (a GPU keeps the model's half precision, as does a ``.pt2``, whose program casts to its own dtypes, and a
+    model whose float32 copy does not fit in memory; `record_precision` says so)."""
     if weights_dtype(lm) not in HALF_DTYPES or torch.device(device).type != "cpu" or not has_kv_cache(lm):
         return lm
     found = _FLOAT32_COPIES.get(lm)
     if found is None:
-        found = _FLOAT32_COPIES[lm] = copy.deepcopy(lm).float().eval()
+        try:
+            found = _FLOAT32_COPIES[lm] = copy.deepcopy(lm).float().eval()
+        except (MemoryError, RuntimeError) as exc:  # no room for twice the weights: half precision, stated
+            if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+                raise
+            return lm
     return found
 
 
