@@ -88,3 +88,13 @@ def test_without_room_for_a_float32_copy_the_model_keeps_its_half_precision(monk
 
     monkeypatch.setattr(causal_lm.copy, "deepcopy", no_room)
     assert causal_lm.attribution_lm(other, "cpu") is other
+
+
+def test_a_contrast_on_the_bf16_llama_runs_in_float32_too(bf16):
+    from explain.generation.contrastive import attribute_contrast
+
+    texts = generate_greedy(bf16, encode_texts(["the cat sat on"], bf16.spec), 2)
+    alternative = (int(texts[0].generated_ids[0]) + 1) % 50
+    found = attribute_contrast(bf16, texts, [alternative], 0, "integrated_gradients", 32, "pad")[0]
+    assert found.params["dtype"] == "float32" and found.params["weights_dtype"] == "bfloat16"
+    assert found.completeness_error < 0.01

@@ -196,17 +196,23 @@ def attribution_lm(lm: nn.Module, device: torch.device | str) -> nn.Module:
     return found
 
 
+def precision_params(lm: nn.Module, used: nn.Module) -> dict[str, str]:
+    """``{"dtype": what ran, "weights_dtype": the model's}`` for a half-precision model (`attribution_lm`), else {}."""
+    weights = weights_dtype(lm)
+    if weights not in HALF_DTYPES:
+        return {}
+    return {"dtype": str(weights_dtype(used)).removeprefix("torch."), "weights_dtype": str(weights).removeprefix("torch.")}
+
+
 def record_precision(result: GenerationAttribution, lm: nn.Module, used: nn.Module) -> GenerationAttribution:
     """``result`` with the dtype it was computed in when the model's weights are half precision:
     ``params["dtype"]`` (what ran) and ``params["weights_dtype"]``, and a note; when it ran in half precision
     and a completeness error is over the tolerance, the note is the warning (`half_precision_warning`)."""
-    weights = weights_dtype(lm)
-    if weights not in HALF_DTYPES:
+    params = precision_params(lm, used)
+    if not params:
         return result
-    ran = str(weights_dtype(used)).removeprefix("torch.")
-    name = str(weights).removeprefix("torch.")
-    params = {**result.params, "dtype": ran, "weights_dtype": name}
-    recorded = dataclasses.replace(result, params=params)
+    ran, name = params["dtype"], params["weights_dtype"]
+    recorded = dataclasses.replace(result, params={**result.params, **params})
     warning = half_precision_warning(recorded)
     note = warning or (f"Computed in float32 on a copy of the model's {name} weights (exact sums)." if ran == "float32"
                        else f"Computed in the model's {name}.")

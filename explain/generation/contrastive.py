@@ -11,6 +11,7 @@ sum(values) = f(x) - f(reference) up to the quadrature.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from torch import nn
 
 from explain.errors import IncompatibleInput, UsageError
 from explain.generation.attribution import DEFAULT_STEPS, checked_settings
-from explain.generation.causal_lm import causal_lm, device_of, keeps_logits
+from explain.generation.causal_lm import attribution_lm, causal_lm, device_of, keeps_logits, precision_params
 from explain.generation.reference import reference_embeddings
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process
@@ -96,6 +97,7 @@ def attribute_contrast(model: LoadedModel, texts: Sequence[GeneratedText], alter
     check_alternatives(texts, alternatives, step, lm.get_input_embeddings().weight.shape[0])
     engine = Engine(device=device, precision="fp32", batch_size=batch_size)
     model.to(engine.device)
+    own, lm = lm, attribution_lm(lm, engine.device)  # a half-precision model: a float32 copy on the CPU
     total, done = len(texts) * steps, [0]
 
     def advance(rows: int) -> None:
@@ -105,7 +107,7 @@ def attribute_contrast(model: LoadedModel, texts: Sequence[GeneratedText], alter
     out = [_contrast_one(lm, model, text, int(alt), int(step), method, steps, baseline, engine, advance)
            for text, alt in zip(texts, alternatives)]
     report_progress(progress, total, total)
-    return out
+    return [dataclasses.replace(c, params={**c.params, **precision_params(own, lm)}) for c in out]
 
 
 def check_alternatives(texts: Sequence[GeneratedText], alternatives: Sequence[int], step: int, vocab: int) -> None:
