@@ -11,6 +11,8 @@ Two ways the stamp stayed the same while the workspace changed:
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 from itertools import count
 
@@ -130,3 +132,59 @@ def test_a_workspace_restored_from_a_backup_is_seen_though_its_ids_come_again(ws
     assert lookups.identity(token) is None
     assert lookups.version(actor, f"{model}@prod").version == 1
     assert lookups.identity(viewer).name == viewer_name
+
+
+def _slow_body_request(app, path: str, token: str, meanwhile, wait_s: float) -> tuple[int, dict]:
+    """A request through the ASGI interface whose headers come at once and whose body comes ``wait_s``
+    later, ``meanwhile()`` done in between (a slow client; one trickling its body on purpose)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"authorization", f"Bearer {token}".encode()), (b"content-length", b"2")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    out, asked = {"status": None, "body": b""}, [0]
+
+    async def receive():
+        asked[0] += 1
+        if asked[0] > 1:
+            return {"type": "http.disconnect"}
+        meanwhile()
+        await asyncio.sleep(wait_s)
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            out["body"] += message.get("body", b"")
+
+    asyncio.run(app(scope, receive, send))
+    return out["status"], json.loads(out["body"])
+
+
+def test_a_token_revoked_while_its_request_body_arrives_is_refused(ws, monkeypatch):
+    """The gate checks the token from the headers; the version was then looked up under the stamp of
+    that moment, from what the lookups remembered: a body sent after the token was revoked (or the
+    alias moved) was answered as before it. A body that came later than `asgi.RECHECK_S` has its token
+    checked again, and the request's stamp is then that check's."""
+    from fastapi.testclient import TestClient
+
+    from explain.service import asgi
+    from explain.service.api import create_app
+
+    monkeypatch.setattr(asgi, "RECHECK_S", 0.05)
+    model = _model(ws)
+    name, token = _token(ws)
+    _, other = _token(ws)
+    app = create_app(ws, worker=False)
+    with TestClient(app) as client:
+        for auth in (token, other):  # remembered, with the alias at v1
+            r = client.get(f"/v1/models/{model}@prod", headers={"Authorization": f"Bearer {auth}"})
+            assert (r.status_code, r.json()["version"]) == (200, 1)
+    status, body = _slow_body_request(app, f"/v1/models/{model}@prod", token,
+                                      lambda: ws.users.remove_token(OP, name), wait_s=0.1)
+    assert (status, body) == (401, {"error": "Unknown token."})
+    status, body = _slow_body_request(app, f"/v1/models/{model}@prod", other,
+                                      lambda: ws.registry.set_alias(OP, model, "prod", 2), wait_s=0.1)
+    assert (status, body["version"]) == (200, 2)
+    status, body = _slow_body_request(app, f"/v1/models/{model}@prod", other, lambda: None, wait_s=0)
+    assert (status, body["version"]) == (200, 2)  # a body at once: the stamp of the headers' check
