@@ -218,8 +218,7 @@ class ExportedCausalLM(nn.Module):
 
     def bind_vocabulary(self, spec: Any) -> None:
         """Read the end-of-sequence id (`EOS_TOKENS`) from the spec's tokenizer into ``config``."""
-        index = {t: i for i, t in reversed(list(enumerate(spec_vocabulary(spec) or [])))}
-        found = [index[t] for t in EOS_TOKENS if t in index]
+        found = [i for i, token in enumerate(spec_vocabulary(spec) or ()) if token in EOS_TOKENS]
         self.config.eos_token_id = found or None
 
     def get_input_embeddings(self) -> nn.Module:
@@ -236,14 +235,11 @@ class ExportedCausalLM(nn.Module):
         if inputs_embeds is not None:
             if self.from_embeds is None:
                 raise IncompatibleInput(NO_EMBEDDING, NO_EMBEDDING_HINT)
-            n, length = inputs_embeds.shape[:2]
-            ids = torch.zeros((n, length), dtype=torch.long, device=inputs_embeds.device)  # [N, L]: the mask's shape
-            first, graph = inputs_embeds, self.from_embeds
+            first, graph = inputs_embeds, self.from_embeds  # [N, L, D]
         else:
-            ids = input_ids
-            n, length = ids.shape
-            first, graph = ids, self.program
-        mask = attention_mask if attention_mask is not None else torch.ones_like(ids)  # [N, L]
+            first, graph = input_ids, self.program  # [N, L]
+        n, length = first.shape[:2]
+        mask = attention_mask if attention_mask is not None else torch.ones((n, length), device=first.device)  # [N, L]
         mask = mask.to(getattr(torch, self.signature.mask_dtype))
         logits = self._run(graph, first, mask)
         return SimpleNamespace(logits=logits[:n, :length], past_key_values=None)
