@@ -51,7 +51,7 @@ shared = len(sys.argv) > 4  # a bound socket (argv 4-6: idle seconds, its path a
 listener = socket.socket(fileno=int(sys.argv[1])) if shared else None
 controls = {} if shared else {socket.socket(fileno=int(sys.argv[1])): set()}  # control -> its children's pids
 sys.path.insert(0, sys.argv[3])
-from explain.loading.zygote_identity import CodeWatch, imported_files, peer, unsandboxed
+from explain.loading.zygote_identity import CodeWatch, admitted, imported_files
 if shared:
     listener.listen(64)  # here, not in the caller that started it: SO_PEERCRED names this process to callers
     os.write(1, b"listening\n")
@@ -61,15 +61,6 @@ if shared:
 exec(compile(sys.argv[2], "<preload>", "exec"), {"__name__": "__glassbox_preload__"})
 socks = {}
 watch = CodeWatch(imported_files()) if shared else None  # the preload's code: edited since, this zygote is stale
-
-
-def admitted(conn):
-    """A caller of this user that is no sandboxed process (`unsandboxed`)."""
-    try:
-        pid, uid = peer(conn)
-        return uid == os.geteuid() and pid > 0 and unsandboxed(pid)
-    except OSError:
-        return False
 
 
 def still_mine():
@@ -422,7 +413,7 @@ class SharedZygote(Zygote):
     removes the older one's socket (`retire_others`), which then ends once its callers are done.
 
     Who: the zygote admits a caller of the same uid in the same user and network namespaces
-    without ``no_new_privs`` (`ZYGOTE_CODE`'s ``admitted``): every sandboxed child sets
+    without ``no_new_privs`` (`zygote_identity.admitted`): every sandboxed child sets
     ``no_new_privs`` and leaves those namespaces where it can, so no child can ask it for a fork.
     A process that runs with ``no_new_privs`` itself (which would blur that line) shares none. A
     caller sends nothing before it found the listening process to be this zygote (`connect_to_zygote`),

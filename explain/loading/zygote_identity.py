@@ -3,9 +3,10 @@
 Both ends of a shared zygote's unix socket check the other before trusting it, from the
 kernel's ``SO_PEERCRED`` and ``/proc``:
 
-- the zygote admits a caller that is no sandboxed process (`unsandboxed`): every sandboxed
-  child sets ``no_new_privs`` (which it and its children can never drop) and leaves the user and
-  network namespaces where it can;
+- the zygote admits a caller that is no sandboxed process (`admitted`, `unsandboxed`): every
+  sandboxed child sets ``no_new_privs`` (which it and its children can never drop) and leaves the
+  user and network namespaces where it can; the caller held by a pidfd while it is checked, so a
+  pid that a caller left and another process got is not taken for it;
 - a caller sends nothing to a socket until `zygote_refusal` found the process listening on it
   (the one that called ``listen()``: the zygote calls it itself) to be unsandboxed, of this uid,
   and this interpreter running the zygote program for that very path, preload and root. A
@@ -58,6 +59,43 @@ def unsandboxed(pid: int) -> bool:
         return False
 
 
+def admitted(conn: socket.socket) -> bool:
+    """Whether the caller at the other end of ``conn`` (the zygote's side) is of this user and no
+    sandboxed process (`unsandboxed`), checked while a pidfd holds it (Linux 6.5+): a caller that
+    ended leaves its pid to the next process given it, which is then not taken for it."""
+    try:
+        pid, uid = peer(conn)
+    except OSError:
+        return False
+    if pid <= 0 or uid != os.geteuid():
+        return False
+    with _held(conn) as pidfd:
+        return pidfd != _ENDED and unsandboxed(pid) and _still(pidfd, pid)
+
+
+_ENDED = -2  # `_held`: the peer has ended
+
+
+@contextlib.contextmanager
+def _held(sock: socket.socket):
+    """A pidfd of ``sock``'s peer while the block runs (closed after); -1 on a kernel before 6.5 (the
+    pid alone), `_ENDED` when the peer has ended."""
+    try:
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as exc:
+        pidfd = _ENDED if exc.errno == errno.ESRCH else -1
+    try:
+        yield pidfd
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _still(pidfd: int, pid: int) -> bool:
+    """The process the pidfd holds still runs as ``pid`` (True without a pidfd: the pid alone)."""
+    return pidfd < 0 or _pidfd_pid(pidfd) == pid
+
+
 def zygote_refusal(sock: socket.socket, expected: list[str | None]) -> str:
     """Why the process listening behind the connected ``sock`` is not the shared zygote, '' when it is.
 
@@ -71,13 +109,9 @@ def zygote_refusal(sock: socket.socket, expected: list[str | None]) -> str:
         return f"its peer is unknown ({exc.strerror})"
     if pid <= 0 or uid != os.geteuid():
         return f"its peer (pid {pid}) runs as uid {uid}"
-    try:
-        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-    except OSError as exc:
-        if exc.errno == errno.ESRCH:
+    with _held(sock) as pidfd:
+        if pidfd == _ENDED:
             return f"its peer (pid {pid}) has ended"
-        pidfd = -1  # a kernel before 6.5: the pid alone
-    try:
         if not unsandboxed(pid):
             return f"its peer (pid {pid}) is a sandboxed process (no_new_privs or other namespaces)"
         try:
@@ -91,12 +125,9 @@ def zygote_refusal(sock: socket.socket, expected: list[str | None]) -> str:
         if len(cmdline) != len(expected) or any(
                 want is not None and os.fsencode(want) != got for want, got in zip(expected, cmdline)):
             return f"its peer (pid {pid}) does not run the zygote program for this socket"
-        if pidfd >= 0 and _pidfd_pid(pidfd) != pid:
+        if not _still(pidfd, pid):
             return f"its peer (pid {pid}) ended while it was checked"
         return ""
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
 
 
 class NotTheZygote(Exception):
