@@ -218,8 +218,10 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
             ws.core.require(s, actor, action)
 
     def version_of(request: Request, actor: Actor, ref: str):
-        """The version ``ref`` names, under the workspace stamp the request's token was checked at."""
-        return lookups.version(actor, ref, request.scope.get("state", {}).get("glassbox_stamp"))
+        """The version ``ref`` names, under the workspace stamp the request's token was checked at (if
+        that was a moment ago: `Lookups.version`)."""
+        state = request.scope.get("state", {})
+        return lookups.version(actor, ref, state.get("glassbox_stamp"), state.get("glassbox_checked"))
 
     def job_json(job: JobInfo) -> dict:
         return {"job": job.id, "kind": job.kind, "title": job.title, "owner": job.owner, "priority": job.priority,

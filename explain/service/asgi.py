@@ -16,11 +16,6 @@ from explain.errors import http_status, one_line
 
 log = logging.getLogger("glassbox.api")
 
-#: a body that comes later than this after the token was checked has it checked again: the request's
-#: lookups go by the stamp of the last check (`service.lookups`), and a token revoked or an alias moved
-#: while a slow (or trickling) client sent its body is seen by it
-RECHECK_S = 0.5
-
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
@@ -68,8 +63,8 @@ class Gate:
     2. The body is read up to ``limit`` bytes (413 above it, declared or streamed), and every byte
        held counts against ``budget``, shared by all requests in flight: a body that does not fit
        gets 503 (a declared ``Content-Length`` is reserved whole before reading).
-    The known caller's token name, and the workspace stamp it was checked under, go on to the routes
-    in ``scope["state"]``; when the body came later than `RECHECK_S` after that, from a check after it.
+    The known caller's token name, and the workspace stamp it was checked under and when, go on to
+    the routes in ``scope["state"]``.
     """
 
     def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset()):
@@ -97,9 +92,18 @@ class Gate:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return await self._refuse(401, "Missing token: send Authorization: Bearer <token>.", scope, receive, send)
-        if not await self._checked(token, scope, receive, send):
-            return
-        checked = time.monotonic()
+        checked = time.monotonic()  # no later than its stamp was read
+        try:
+            found = await anyio.to_thread.run_sync(self.identify, token)
+        except Exception as exc:
+            log.exception("API token check failed")
+            return await self._refuse(500, f"The token could not be checked ({type(exc).__name__}).",
+                                      scope, receive, send)
+        if found is None:
+            return await self._refuse(401, "Unknown token.", scope, receive, send)
+        state = scope.setdefault("state", {})
+        state["glassbox_token"], state["glassbox_stamp"] = found.name, found.stamp  # `Lookups.identity`
+        state["glassbox_checked"] = checked  # the stamp stands `lookups.STAMP_STANDS_S` from then
 
         declared = _first_header(scope, b"content-length")
         reserved = 0
@@ -128,8 +132,6 @@ class Gate:
                 if chunk:
                     chunks.append(chunk)
                 more = message.get("more_body", False)
-            if time.monotonic() - checked > RECHECK_S and not await self._checked(token, scope, receive, send):
-                return
             body = b"".join(chunks)
             chunks.clear()
             sent = False
@@ -144,22 +146,6 @@ class Gate:
             return await self.app(scope, replay, send)
         finally:
             self.budget.give(reserved)
-
-    async def _checked(self, token: str, scope, receive, send) -> bool:
-        """Whether ``token`` is known (`Lookups.identity`, in a thread): its name and the stamp it was
-        checked under put in ``scope["state"]``; else the refusal sent (401, 500 if it could not be checked)."""
-        try:
-            found = await anyio.to_thread.run_sync(self.identify, token)
-        except Exception as exc:
-            log.exception("API token check failed")
-            await self._refuse(500, f"The token could not be checked ({type(exc).__name__}).", scope, receive, send)
-            return False
-        if found is None:
-            await self._refuse(401, "Unknown token.", scope, receive, send)
-            return False
-        state = scope.setdefault("state", {})
-        state["glassbox_token"], state["glassbox_stamp"] = found.name, found.stamp  # `Lookups.identity`
-        return True
 
     async def _busy(self, scope, receive, send) -> None:
         await self._refuse(503, f"The server holds as many request bytes as it may ({self.budget.total} bytes in "

@@ -23,11 +23,13 @@ read, and shows. (SQLite has one writer at a time: its ids commit in their order
     lookups.version(actor, "m@prod", who.stamp)   # VersionInfo, as `Registry.version` (its role check included)
 
 A request reads the stamp once, with its token (the API's `Gate`), and looks its version up under
-that stamp: an answer remembered under another one is not used, and one read for it is not kept.
+that stamp, if within `STAMP_STANDS_S`: an answer remembered under another one is
+not used, and one read for it is not kept.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import NamedTuple, TypeVar
 
@@ -41,6 +43,10 @@ from explain.workspace.schema import AuditEntry
 
 #: how many of the newest audit rows make the stamp
 STAMP_IDS = 32
+#: how long after a request's token check its version is looked up under that check's stamp; later (a
+#: body sent slowly, a wait for a thread) under a stamp read then: a token revoked or an alias moved in
+#: between is seen by that request, as by the next
+STAMP_STANDS_S = 0.5
 #: PostgreSQL's answers to the stamp's LOCK NOWAIT that mean "no settled stamp now": lock_not_available
 #: (an audit row is being written), insufficient_privilege (a role that may not take the lock)
 _UNSETTLED = frozenset({"55P03", "42501"})
@@ -115,10 +121,13 @@ class Lookups:
                                         lambda: self.ws.users.token_identity(token))
         return None if found is None else Identity(*found, stamp)
 
-    def version(self, actor: Actor, ref: str, stamp: Stamp | None = None) -> VersionInfo:
+    def version(self, actor: Actor, ref: str, stamp: Stamp | None = None, checked: float | None = None) -> VersionInfo:
         """The version ``ref`` (``NAME``, ``NAME@vN``, ``NAME@ALIAS``) means for ``actor``, who may read
         it (`Registry.version`: NotFound and the role's refusal are raised, never remembered); under
-        ``stamp`` (the request's, from `identity`), else the stamp read now."""
+        ``stamp`` (the request's, from `identity`; ``checked``: `time.monotonic()` before it was read, and
+        then only within `STAMP_STANDS_S` of it), else the stamp read now."""
+        if checked is not None and time.monotonic() - checked > STAMP_STANDS_S:
+            stamp = None
         name, which = parse_ref(ref)
         return self._remembered(("version", actor, name, which),
                                 lambda: self.ws.registry.version(actor, name, which), stamp)[0]
