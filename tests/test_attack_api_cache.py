@@ -193,3 +193,29 @@ def test_a_token_revoked_while_its_request_body_arrives_is_refused(ws, monkeypat
     # a body at once: the version under the headers' stamp, remembered from the request before (the token
     # read again: the stamp that request read after the alias moved forgot every answer)
     assert (status, body["version"], app.state.lookups.misses) == (200, 2, misses + 1)
+
+
+def test_a_database_role_that_may_not_lock_the_audit_log_is_served_unremembered(ws):
+    """PostgreSQL: a role with SELECT and INSERT on the audit log (append-only hardening) may not take the
+    stamp's SHARE lock: its stamps are empty, every lookup is read, none is refused or an error."""
+    if ws.core.db.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's table locks")
+    model = _model(ws)
+    name, token = _token(ws)
+    role = f"gbx_append_{next(_names)}"
+    with ws.core.db.engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+        conn.execute(text(f"GRANT INSERT ON audit_log TO {role}"))
+    url = ws.core.db.engine.url.set(username=role).render_as_string(hide_password=False)
+    restricted = open_workspace(url, home=ws.home)
+    try:
+        lookups = Lookups(restricted)
+        assert lookups.stamp() == ()
+        for _ in range(2):
+            who = lookups.identity(token)
+            assert (who.name, who.stamp) == (name, ())
+            assert lookups.version(Actor(name, token=True), f"{model}@prod", who.stamp).version == 1
+        assert lookups.misses == 4
+    finally:
+        restricted.close()
