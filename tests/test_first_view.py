@@ -103,7 +103,7 @@ def test_a_new_workspace_draws_the_shipped_first_view_without_computing(home, mo
     first = FirstView.read(shipped_first_view("shapes"))
     attr = first.attribution()
     assert _map_caption(at).startswith(completeness_caption(attr, 0)[0])
-    assert f"{attr.seconds:.2f} s for 1 inputs" in _map_caption(at)
+    assert f"{attr.seconds:.2f} s for 1 input ·" in _map_caption(at)
     assert at.selectbox(key="gb_ov_layer").options[1:] == first.view["attributable"]
     assert not [r for r in ws.runs.list(OP) if r.id == first.run_id]  # shipped: nothing saved in the workspace
 

@@ -35,7 +35,8 @@ def caption_for(attr: Attribution, index: int, judged: tuple[str, bool]) -> str:
     if exceeded:
         err_text = f":orange[**{err_text}**]"
     details = "".join(f"{escape_markdown(d)} · " for d in run_details(attr.params))
-    return f"{details}{err_text} · {attr.seconds:.2f} s for {len(attr)} inputs · {attr.device} · {attr.precision}"
+    inputs = "1 input" if len(attr) == 1 else f"{len(attr)} inputs"
+    return f"{details}{err_text} · {attr.seconds:.2f} s for {inputs} · {attr.device} · {attr.precision}"
 
 
 def draw_map(spec: InputSpec, attr: Attribution, row: int, title: str, key: str, judged: tuple[str, bool],
