@@ -5,6 +5,8 @@
                                         sizes=..., logs=...)       # checked before anything is queued
     record = run_compare(ctx)                                       # the worker (`service.runners`)
     comparison = saved_comparison(run)                              # the run read back: a Comparison
+    params, arrays, title = comparison_rerun(run)                   # asked again, computed afresh
+    rows = comparison_differences(saved, fresh)                     # how the re-run differs
 
 The job names both registry versions (``a`` / ``b``: ``NAME@vN``, the references a decision's
 comparison is checked against, `explain.workspace.review`), carries the inputs, the method's array
@@ -29,6 +31,7 @@ from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.params import resolve_params
 from explain.workspace.registry import parse_ref
+from explain.workspace.reruns import as_rerun, max_difference, relative
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 
 #: the job kind and the run kind
@@ -92,14 +95,16 @@ def run_compare(ctx) -> RunRecord:
     arrays = ctx.inputs
     own = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("param/")}
     logs = (_logs_from(arrays, "a", p["logs"][0]), _logs_from(arrays, "b", p["logs"][1]))
-    comparison = compare_models(model_a, model_b, arrays["inputs"], p["method"], {**p["params"], **own},
+    fresh = {"use_cache": False} if p.get("fresh") else {}  # a re-run: both versions explain again
+    comparison = compare_models(model_a, model_b, arrays["inputs"], p["method"], {**p["params"], **own, **fresh},
                                 labels=(p["a"], p["b"]), sizes=tuple(p["sizes"]), logs=logs, progress=ctx.progress)
-    return comparison_record(comparison, model_a, p, logs)
+    return as_rerun(comparison_record(comparison, model_a, p, logs, own), p)
 
 
 def comparison_record(comparison: Comparison, model_a: LoadedModel, params: dict[str, Any],
-                      logs: tuple[Logs, Logs] = ((), ())) -> RunRecord:
-    """The ``comparison`` run of ``comparison`` (saved under version A, ``params``: the job's)."""
+                      logs: tuple[Logs, Logs] = ((), ()), own: dict[str, np.ndarray] | None = None) -> RunRecord:
+    """The ``comparison`` run of ``comparison`` (saved under version A, ``params``: the job's; ``own``: the
+    method's array parameters as the job carried them, ``param/<name>``, kept for a re-run)."""
     name, version = parse_ref(params["a"])
     o, at, s = comparison.outputs, comparison.attributions, comparison.structure
     return RunRecord(
@@ -110,12 +115,43 @@ def comparison_record(comparison: Comparison, model_a: LoadedModel, params: dict
                 "logs": [[log_name for log_name, _ in side] for side in logs]},
         target=[int(t) for t in at.a.target],
         inputs={"inputs": np.asarray(comparison.inputs), **spec_inputs(model_a.spec),
-                **_log_arrays("a", logs[0]), **_log_arrays("b", logs[1])},
+                **_log_arrays("a", logs[0]), **_log_arrays("b", logs[1]),
+                **{f"param/{k.removeprefix('param/')}": np.asarray(v) for k, v in (own or {}).items()}},
         results={"probs_a": o.probs_a, "probs_b": o.probs_b, "values_a": at.a.values, "values_b": at.b.values,
                  "target": at.a.target, "rank_correlation": at.rank_correlation},
         summary={**comparison.to_dict(), "labels": list(comparison.labels),
                  "sides": [asdict(s.a), asdict(s.b)]},
         environment=environment())
+
+
+def comparison_rerun(run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """A saved comparison asked again as a ``compare`` job (its params, arrays and title): the same two
+    versions, inputs, method with its parameters (array ones too), sizes and training logs, both versions
+    explained afresh (``fresh``: never the attribution cache); its run names this one (``rerun_of``)."""
+    info = run.info
+    params = {"a": info.params["a"], "b": info.params["b"], "method": info.params.get("method") or info.method,
+              "params": dict(info.params.get("params") or {}), "sizes": list(info.params.get("sizes") or [None, None]),
+              "logs": info.params.get("logs") or [[], []], "fresh": True, "rerun_of": info.id}
+    arrays = {k: np.asarray(v) for k, v in run.inputs.items()
+              if k == "inputs" or k.startswith(("param/", "log/a/", "log/b/"))}
+    return params, arrays, f"Re-run of {info.id}: {info.title}"
+
+
+#: what a re-run of a comparison compares: each version's probabilities and maps, and their rank correlation
+COMPARED = ("probs_a", "probs_b", "values_a", "values_b", "rank_correlation")
+
+
+def comparison_differences(saved: SavedRun, fresh: SavedRun) -> list[dict[str, Any]]:
+    """How a re-run (``fresh``, `comparison_rerun`'s run) differs from the comparison it repeats: per saved
+    result (`COMPARED`) the largest absolute difference (also relative to the saved one's largest value; NaN
+    where the shapes differ or a correlation became undefined) and whether both explained the same classes."""
+    same = bool(np.array_equal(saved.results["target"], fresh.results["target"]))
+    rows = []
+    for key in COMPARED:
+        diff = max_difference(saved.results[key], fresh.results[key])
+        rows.append({"result": key, "max |difference|": diff,
+                     "relative to the largest value": relative(diff, saved.results[key]), "same targets": same})
+    return rows
 
 
 def saved_comparison(run: SavedRun) -> Comparison:

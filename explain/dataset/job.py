@@ -1,6 +1,7 @@
 """A dataset-wide run as a job of the queue: what ``batch`` and the Dataset page submit
 (`dataset_job`), what a worker runs (`run_dataset_job`, registered in `explain.service.runners`)
-and the saved run it becomes (`dataset_record`, read back by `saved_dataset`).
+and the saved run it becomes (`dataset_record`, read back by `saved_dataset`); a saved run asked
+again (`dataset_rerun`) and how the two differ (`dataset_differences`).
 
 The job carries the whole dataset as model-ready arrays (``inputs`` [N, ...], ``item_names``
 [N], ``labels`` [N] when known), so a worker on another machine needs nothing but the
@@ -23,6 +24,7 @@ from explain.errors import IncompatibleInput, UsageError
 from explain.model import LoadedModel
 from explain.params import PER_INPUT
 from explain.progress import ProgressFn
+from explain.workspace.reruns import as_rerun, max_difference, relative
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 
 
@@ -78,14 +80,16 @@ def run_dataset_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str
         run.add(shard)
         if not run.complete:
             publish(partial_arrays(run))
-    return dataset_record(params["model"], int(params["version"]), model, run, engine_name, params)
+    own = {k: v for k, v in arrays.items() if k.startswith("param/")}
+    return as_rerun(dataset_record(params["model"], int(params["version"]), model, run, engine_name, params, own), params)
 
 
 def dataset_record(name: str, version: int, model: LoadedModel, run: DatasetRun, engine: str,
-                   params: dict[str, Any]) -> RunRecord:
+                   params: dict[str, Any], own: dict[str, np.ndarray] | None = None) -> RunRecord:
     """A finished dataset run as a saved run: its ``results`` are exactly ``batch``'s RUN.npz, plus
     ``per_input/<name>`` [rows] where some shard's method adapted a parameter per row (the steps
-    each row's integrated gradients used); its ``inputs`` carry the spec (`SavedRun.spec`)."""
+    each row's integrated gradients used); its ``inputs`` carry the spec (`SavedRun.spec`) and the
+    method's array parameters as given (``own``: ``param/<name>``, what a re-run passes again)."""
     arrays = {**run.arrays(), **_per_row_values(run)}
     first = run.finished()[0].attribution
     seconds = run.seconds()
@@ -106,7 +110,8 @@ def dataset_record(name: str, version: int, model: LoadedModel, run: DatasetRun,
                 "shard_rows": run.shard_rows, "engine": engine, "target": params.get("target")},
         target=params.get("target") if isinstance(params.get("target"), int) else None,
         inputs={"inputs": run.dataset.rows(0, len(run.dataset)), "item_names": arrays["item_names"],
-                **({"labels": arrays["labels"]} if "labels" in arrays else {}), **spec_inputs(model.spec)},
+                **({"labels": arrays["labels"]} if "labels" in arrays else {}), **spec_inputs(model.spec),
+                **(own or {})},
         results=arrays, summary=summary,
         environment=environment(device=first.device, precision=first.precision))
 
@@ -126,6 +131,46 @@ def _per_row_values(run: DatasetRun) -> dict[str, np.ndarray]:
     return {f"{PER_INPUT}/{name}": np.concatenate([
         np.asarray((a.params.get(PER_INPUT) or {}).get(name, [a.params.get(name)] * len(a))) for a in attrs])
         for name in names}
+
+
+def dataset_rerun(run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """A saved dataset run asked again as a ``dataset`` job (its params, arrays and title): the same rows
+    (names and labels back in dataset order), method with its recorded parameters and array parameters,
+    target, shards and engine, computed afresh (every shard explains without the cache); its run names
+    this one (``rerun_of``). Rows whose integrated gradients raised their steps raise them again alike."""
+    info, results = run.info, run.results
+    inputs = np.asarray(run.inputs["inputs"])
+    order = np.asarray(results["rows"], dtype=np.int64)  # the saved per-row arrays' rows, in dataset order
+    names = np.empty(len(inputs), dtype=np.asarray(results["item_names"]).dtype)
+    names[order] = results["item_names"]
+    arrays = {"inputs": inputs, "item_names": names,
+              **{k: np.asarray(v) for k, v in run.inputs.items() if k.startswith("param/")}}
+    if "labels" in results:
+        labels = np.empty(len(inputs), dtype=np.asarray(results["labels"]).dtype)
+        labels[order] = results["labels"]
+        arrays["labels"] = labels
+    recorded = {k: v for k, v in info.params.get(info.method, {}).items() if k != "step_raising"}
+    params = {"model": info.model, "version": int(info.version), "method": info.method, "params": recorded,
+              "target": info.params.get("target"), "shard_rows": int(info.params["shard_rows"]),
+              "engine": info.params.get("engine", "local"), "actors": None, "dataset": info.summary["dataset"],
+              "rerun_of": info.id}
+    return params, arrays, f"Re-run of {info.id}: {info.title}"
+
+
+def dataset_differences(saved: SavedRun, fresh: SavedRun) -> list[dict[str, Any]]:
+    """How a re-run (``fresh``, `dataset_rerun`'s run) differs from the dataset run it repeats, as an Output
+    run's method row (`explain.workspace.records.output_differences`): the largest absolute difference of the
+    maps row by row (also relative to the saved maps' largest value), both largest completeness errors and
+    whether every row explained the same class."""
+    def by_row(run: SavedRun, key: str) -> np.ndarray:
+        return np.asarray(run.results[key])[np.argsort(run.results["rows"], kind="stable")]
+
+    diff = max_difference(by_row(saved, "values"), by_row(fresh, "values"))
+    same = np.array_equal(by_row(saved, "targets"), by_row(fresh, "targets"))
+    return [{"method": saved.info.method, "max |difference|": diff,
+             "relative to the map's max": relative(diff, saved.results["values"]),
+             "saved completeness error": saved.info.summary.get("max_completeness_error"),
+             "now completeness error": fresh.info.summary.get("max_completeness_error"), "same targets": bool(same)}]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@
     params, arrays, title = importance_job(model, name, version, inputs, depth=2, steps=16)  # checked now
     record = run_importance_job(model, params, arrays, progress)      # the worker (`service.runners`)
     result = saved_importance(run)                                    # the run read back: a LayerImportance
+    params, arrays, title = importance_rerun(run)                     # asked again, computed afresh
+    rows = importance_differences(saved, fresh)                       # how the re-run differs, per layer
 
 The run keeps the scored inputs with their spec, the depth and steps asked, and the ranking
 (`layer_importance.compute_layer_importance`: LayerIntegratedGradients per layer for the
@@ -19,6 +21,7 @@ from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.output.layer_importance import LayerImportance, compute_layer_importance, importance_unavailable_reason
 from explain.progress import ProgressFn
+from explain.workspace.reruns import as_rerun, max_difference, relative
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 
 
@@ -61,7 +64,36 @@ def run_importance_job(model: LoadedModel, params: dict[str, Any], arrays: dict[
     inputs = arrays["inputs"]
     result = compute_layer_importance(model, inputs, depth=int(params["depth"]), steps=int(params["steps"]),
                                       progress=progress)
-    return importance_record(params["model"], int(params["version"]), model, inputs, int(params["depth"]), result)
+    return as_rerun(importance_record(params["model"], int(params["version"]), model, inputs, int(params["depth"]),
+                                      result), params)
+
+
+def importance_rerun(run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """A saved importance run asked again as an ``importance`` job (its params, arrays and title): the same
+    inputs, depth and steps (LayerIntegratedGradients computes afresh: nothing is cached); its run names
+    this one (``rerun_of``)."""
+    info = run.info
+    params = {"model": info.model, "version": int(info.version), "depth": int(info.summary["depth"]),
+              "steps": int(info.params["steps"]), "rerun_of": info.id}
+    return params, {"inputs": np.asarray(run.inputs["inputs"])}, f"Re-run of {info.id}: {info.title}"
+
+
+def importance_differences(saved: SavedRun, fresh: SavedRun) -> list[dict[str, Any]]:
+    """How a re-run (``fresh``, `importance_rerun`'s run) differs from the ranking it repeats, per saved layer
+    (by name: near ties may swap places): the largest absolute difference of its magnitude and total (also
+    relative to the saved layer's larger one; NaN for a layer the re-run did not score) and whether every
+    input was explained for the same class."""
+    was, now = saved_importance(saved), saved_importance(fresh)
+    where = {layer: i for i, layer in enumerate(now.layers)}
+    same = bool(np.array_equal(was.target, now.target))
+    rows = []
+    for i, layer in enumerate(was.layers):
+        j = where.get(layer)
+        before = np.asarray([was.magnitude[i], was.total[i]])
+        diff = max_difference(before, [now.magnitude[j], now.total[j]]) if j is not None else float("nan")
+        rows.append({"layer": layer, "max |difference|": diff, "relative to the largest value": relative(diff, before),
+                     "same targets": same})
+    return rows
 
 
 def saved_importance(run: SavedRun) -> LayerImportance:
