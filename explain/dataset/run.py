@@ -70,7 +70,7 @@ def dataset_params(model: LoadedModel, dataset: Dataset, method: str, params: di
     explainer = get_method(method)
     given = dict(params or {})
     resolved = resolve_params(explainer.params, given)  # refuses unknown parameters here, before any shard
-    wants_mean = any(v == "mean" for k, v in resolved.items() if k != "background")
+    wants_mean = any(isinstance(v, str) and v == "mean" for k, v in resolved.items() if k != "background")
     if "background" in explainer.params and given.get("background") is None and wants_mean and model.modality != "text":
         given["background"] = dataset.mean_row(shard_rows)
     return given
