@@ -6,10 +6,12 @@ the same runs); `explain.workspace.run_kinds` is the one registry of each kind's
 An Output run stores the explained inputs with their spec, every method's arrays and the
 probabilities, and is drawn again with the same `ui.attribution_view` functions as the live page,
 from the saved arrays and spec (`run_view_model`: nothing is loaded or recomputed). "Re-run"
-(editors) is a job of the queue (`submit_rerun`: the run's inputs, methods, parameters (each
-input's recorded ``per_input`` values) and target, computed afresh by a worker and saved as a run
-of its own); `rerun_differences` lists how that run differs from this one. Structure, Training and
-Overview runs store the tables and findings the page showed.
+(editors) makes any run a job makes again as a job of the queue, as its kind does it
+(`submit_rerun` through `explain.workspace.run_kinds.rerun_request`: an Output run's inputs, methods,
+parameters (each input's recorded ``per_input`` values) and target, a dataset's rows, a comparison, a
+ranking, a drift, a generation, computed afresh by a worker and saved as a run of its own);
+`rerun_differences` lists how that run differs from this one. Structure, Training and Overview runs
+store the tables and findings the page showed, and a report is rebuilt, not re-run (`rerun_refusal`).
 """
 from __future__ import annotations
 
@@ -23,21 +25,22 @@ from explain.spec import InputSpec
 from explain.workspace import SavedRun
 from explain.workspace.records import (
     output_attributions,
-    output_differences,
     output_quality,
     output_record,
     saved_snapshot,
     saved_tables,
     snapshot_record,
 )
+from explain.workspace.run_kinds import difference_rows, rerun_refusal, rerun_request
 from ui import workspace as team
 from ui.attribution_view import MapOptions, render_grid, render_summary
 from ui.text import escape_markdown
 
 # -- what a page saves: `snapshot_record` (with `saved_tables`) lives in `explain.workspace.records`,
 # each kind's writer and reader in `explain.workspace.run_kinds`; imported here for the pages.
-__all__ = ["DRAWERS", "REPORT_DATASET_ROWS", "RERUN_KINDS", "SavedModel", "output_record", "render_saved_run", "rerun_differences",
-           "run_model", "run_view_model", "saved_tables", "snapshot_record", "submit_rerun", "submit_run_report"]
+__all__ = ["DRAWERS", "REPORT_DATASET_ROWS", "SavedModel", "output_record", "render_saved_run", "rerun_differences",
+           "rerun_refusal", "run_model", "run_view_model", "saved_tables", "snapshot_record", "submit_rerun",
+           "submit_run_report"]
 
 
 REPORT_DATASET_ROWS = 8
@@ -160,41 +163,22 @@ def render_saved_run(run: SavedRun) -> None:
     DRAWERS.get(run.info.page, _draw_snapshot)(run)
 
 
-#: the run kinds a saved run's Re-run recomputes
-RERUN_KINDS = ("output", "generation")
-
-
 def submit_rerun(run: SavedRun):
-    """Queue an Output run's explanation again (`explain.service.runners.rerun_job`: same inputs,
-    methods, parameters and target, never the attribution cache), or a generation run's
-    (`explain.generation.job.generation_rerun`: same prompts and settings, each token's recorded
-    steps), as an interactive job; the job.
-    Submitting needs the editor role (`client.submit` checks it, whatever the page shows)."""
+    """Queue the job that makes ``run`` again, as its kind builds it (`run_kinds.rerun_request`: computed
+    afresh, never from a cache; only an Output run's builder loads its version, `run_model`), as an
+    interactive job; the job. Submitting needs the editor role (`client.submit` checks it, whatever the
+    page shows). `UsageError` with `rerun_refusal`'s line for a kind that is not re-run."""
     from explain.service.client import submit
 
-    if run.info.page == "generation":
-        from explain.generation.job import JOB_KIND, generation_rerun
-
-        params, arrays, title = generation_rerun(run)
-        return submit(team.workspace(), team.actor(), JOB_KIND, params, title=title, inputs=arrays,
-                      priority="interactive")
-    from explain.service.runners import rerun_job
-
-    model = run_model(run)
-    params, arrays, title = rerun_job(model, run)
-    return submit(team.workspace(), team.actor(), "explain", params, title=title, inputs=arrays,
-                  priority="interactive")
+    kind, params, arrays, title = rerun_request(run, lambda: run_model(run))
+    return submit(team.workspace(), team.actor(), kind, params, title=title, inputs=arrays, priority="interactive")
 
 
 def rerun_differences(saved: SavedRun, fresh: SavedRun) -> pd.DataFrame:
-    """Per method (a generation run: per prompt), how the re-run ``fresh`` differs from ``saved``: the largest
-    absolute difference of the maps (also relative to the saved map's largest value), both completeness errors,
-    same targets (same tokens)."""
-    if saved.info.page == "generation":
-        from explain.generation.job import generation_differences, saved_generation
-
-        return pd.DataFrame(generation_differences(saved_generation(saved), saved_generation(fresh)))
-    return pd.DataFrame(output_differences(saved, fresh))
+    """How the re-run ``fresh`` differs from ``saved``, one row per method, prompt, result, layer or
+    checkpoint as its kind compares them (`run_kinds.difference_rows`): the largest absolute difference
+    (also relative to the saved values' largest), completeness errors, same targets (same tokens)."""
+    return pd.DataFrame(difference_rows(saved, fresh))
 
 
 def submit_run_report(run: SavedRun):

@@ -1,14 +1,19 @@
 """Saved runs: ``runs list [--model NAME]`` prints a JSON list (``id``, ``model``, ``version``, ``method``,
 ``author``, ``created``, ...); ``runs show ID`` prints one run with its comments and array shapes;
-``runs rerun ID`` recomputes a saved Output run as a job of the queue (each input with the values it
-recorded, saved as a run of its own) and prints ``{"max_abs_difference": x, "per_result": {method:
-{"max_abs_difference", "relative_to_max", "saved_completeness_error", "now_completeness_error",
-"same_targets"}}, "run": the re-run's id, "rerun_of": ID}`` (0 when nothing changed, up to float
-rounding on the same device)."""
+``runs rerun ID`` makes a saved run again as a job of the queue, as its kind does it
+(`explain.workspace.run_kinds.rerun_request`: an Output run's inputs each with the values it recorded, a
+dataset's rows, a comparison's two versions, a layer ranking, a drift over its checkpoints, a generation's
+prompts with each token's steps; computed afresh and saved as a run of its own) and prints
+``{"max_abs_difference": x, "per_result": {name: {"max_abs_difference", ...}}, "run": the re-run's id,
+"rerun_of": ID}`` (0 when nothing changed, up to float rounding on the same device; NaN (null) when
+something changed shape). ``per_result`` is keyed as the kind differs: per method (Output: also
+``relative_to_max``, ``saved_completeness_error``, ``now_completeness_error``, ``same_targets``; dataset),
+per prompt (generation: ``same_tokens``), per result (comparison: ``probs_a`` ... ``rank_correlation``),
+per layer (importance), per checkpoint (drift). A report or a page's snapshot is not re-run: one line
+says why, exit code 2 (`explain.errors.CODES`, UsageError)."""
 from __future__ import annotations
 
 import argparse
-import math
 
 from explain.errors import UsageError
 
@@ -21,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--model", default=None, help="only this model's runs")
     show = sub.add_parser("show", help="one saved run")
     show.add_argument("id")
-    rerun = sub.add_parser("rerun", help="recompute a saved Output run as a job; how it differs (JSON)")
+    rerun = sub.add_parser("rerun", help="make a saved run again as a job of its kind; how it differs (JSON)")
     rerun.add_argument("id")
 
 
@@ -45,27 +50,20 @@ def run(args: argparse.Namespace):
 
 
 def rerun(ws, actor, run_id: str) -> dict:
-    """Run ``run_id``'s explanation again as the page's Re-run does (`runners.rerun_job`: a fresh
-    ``explain`` job, run here unless ``GLASSBOX_EXTERNAL_WORKER=1``); how the new run differs.
-    Reading the run and its version needs viewer, queueing the job editor (`client.submit` checks)."""
+    """Make ``run_id`` again as the page's Re-run does (`run_kinds.rerun_request`: a fresh job of its
+    kind, run here unless ``GLASSBOX_EXTERNAL_WORKER=1``); how the new run differs
+    (`run_kinds.rerun_differences`). Reading the run needs viewer, queueing the job editor (`client.submit`
+    checks); only an Output run's builder loads the run's version here (the worker shares this process's
+    model cache, `service.models.shared_models`)."""
     from explain.config import external_worker
     from explain.service.client import finished_run, run_here, submit, wait
     from explain.service.models import ModelCache
-    from explain.service.runners import rerun_job
-    from explain.workspace.records import output_differences
+    from explain.workspace.run_kinds import rerun_differences, rerun_request
 
     saved = ws.runs.open(actor, run_id)
-    model = ModelCache(ws, size=1).get(actor, saved.info.model, saved.info.version)
-    params, arrays, title = rerun_job(model, saved)
-    job = submit(ws, actor, "explain", params, title=title, inputs=arrays, priority="interactive")
-    job = wait(ws, actor, job.id) if external_worker() else run_here(ws, job.id, loaded=model)
+    kind, params, arrays, title = rerun_request(
+        saved, lambda: ModelCache(ws, size=1).get(actor, saved.info.model, saved.info.version))
+    job = submit(ws, actor, kind, params, title=title, inputs=arrays, priority="interactive")
+    job = wait(ws, actor, job.id) if external_worker() else run_here(ws, job.id)
     fresh = finished_run(ws, actor, job)
-    per_result = {row["method"]: {"max_abs_difference": row["max |difference|"],
-                                  "relative_to_max": row["relative to the map's max"],
-                                  "saved_completeness_error": row["saved completeness error"],
-                                  "now_completeness_error": row["now completeness error"],
-                                  "same_targets": row["same targets"]} for row in output_differences(saved, fresh)}
-    differences = [r["max_abs_difference"] for r in per_result.values()]
-    largest = float("nan") if any(math.isnan(d) for d in differences) else max(differences, default=0.0)
-    return {"max_abs_difference": largest, "per_result": per_result,  # NaN (null): a map changed shape
-            "run": fresh.info.id, "rerun_of": saved.info.id}
+    return {**rerun_differences(saved, fresh), "run": fresh.info.id, "rerun_of": saved.info.id}

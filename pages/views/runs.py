@@ -10,7 +10,7 @@ from ui import jobs, state
 from ui import workspace as team
 from ui.comments import render_comments
 from ui.report_download import render_report_job
-from ui.run_view import RERUN_KINDS, render_saved_run, rerun_differences, submit_rerun, submit_run_report
+from ui.run_view import render_saved_run, rerun_differences, rerun_refusal, submit_rerun, submit_run_report
 from ui.text import escape_markdown
 
 ws, who = team.workspace(), team.actor()
@@ -60,12 +60,15 @@ with state.error_boundary("Drawing the saved run"):
     render_saved_run(run)
 
 RERUN_JOB_KEY = f"gb_rerun_{info.id}"  # the job re-running this run, followed until it ends
-if info.page in RERUN_KINDS and not team.can(Action.SAVE_RUN):
+refusal = rerun_refusal(run)  # a report or a page's snapshot: the one line why not
+if refusal is not None:
+    st.caption(escape_markdown(refusal))
+elif not team.can(Action.SAVE_RUN):
     st.caption("Re-run needs the editor role: it recomputes as a job of the team's queue, saved as a run.")
-elif info.page in RERUN_KINDS:
-    if st.button("Re-run", key="gb_rerun", help="Recompute with the same inputs, methods, parameters and target "
-                 "(each input or token with the steps it used) as a job of the queue; show the differences to "
-                 "what was saved."):
+else:
+    if st.button("Re-run", key="gb_rerun", help="Compute it again as a job of the queue, with what the run "
+                 "recorded (inputs, methods, parameters and target; each input or token with the steps it used), "
+                 "never from a cache; show the differences to what was saved."):
         with state.error_boundary("Queueing the re-run"):
             st.session_state[RERUN_JOB_KEY] = submit_rerun(run).id
     if st.session_state.get(RERUN_JOB_KEY):
