@@ -223,6 +223,19 @@ def test_engine_cpu_default_batch_is_bounded():
     assert sum(sizes) == 5000 and 1 <= max(sizes) <= 64
 
 
+def test_forward_only_chunks_hold_2_mib_of_inputs_on_a_cpu():
+    """Forward-only grids (metrics, baselines, occlusion) are sized for the caches: 2 MiB of inputs
+    (42 rows of 3 x 64 x 64 floats), a quarter of a gradient chunk's rows."""
+    engine = Engine("cpu")
+    row = 3 * 64 * 64 * 4
+    sizes = []
+    engine.map_chunks(500, lambda a, b: sizes.append(b - a), row_bytes=engine.forward_row_bytes(row))
+    assert max(sizes) == (2 << 20) // row == 42 and sum(sizes) == 500
+    grads = []
+    engine.map_chunks(500, lambda a, b: grads.append(b - a), row_bytes=row)
+    assert max(grads) == 170
+
+
 def test_exported_text_model_attributes_at_the_embedding_node():
     model, x = load_case("sentiment", n=2)
     ids = torch.as_tensor(x)

@@ -260,6 +260,45 @@ def test_batched_equals_unbatched(name):
         np.testing.assert_allclose(other.random_baseline, whole.random_baseline, rtol=1e-5, atol=1e-6)
 
 
+class _ConvViews(nn.Module):
+    """A small CNN that flattens with ``.view``: a channels-last batch makes it raise."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):  # [N, 3, 6, 6] -> [N, 3]
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def test_deletion_and_insertion_curves_of_a_cnn_by_hand():
+    """Every step's image built by hand (the k top pixels swapped, all channels) and scored by the
+    model: the rows are built per (input, map) run of steps, across chunk edges (5 rows a chunk),
+    in the channels-last layout the engine asks first, and a CNN that refuses it still gets them."""
+    from explain.output.engine import Layout
+
+    torch.manual_seed(0)
+    spec = InputSpec("image", (3, 6, 6), class_names=["a", "b", "c"])
+    module = _ConvViews().eval()
+    x = np.random.default_rng(2).normal(size=(3, 3, 6, 6)).astype(np.float32)
+    copy = LoadedModel(_ConvViews().eval(), "safetensors", "conv-views-copy", spec)
+    copy.module.load_state_dict(module.state_dict())
+    attr = get_method("saliency").explain(copy, x, use_cache=False)  # the copy learns the layout is refused
+    model = LoadedModel(module, "safetensors", "conv-views", spec)
+    assert Layout.for_model(model).channels_last
+    pixel_rank = np.argsort(np.argsort(-attr.values.sum(1).reshape(3, -1), axis=1, kind="stable"), axis=1)
+    counts = np.round(np.linspace(0, 36, 5)).astype(int)
+    for name, insert in (("deletion", False), ("insertion", True)):
+        r = evaluate(name, model, attr, steps=4, substrate="zero", output="logit", random=False, batch_size=5)
+        images = np.stack([np.where((pixel_rank[i] < c).reshape(1, 6, 6), x[i] if insert else 0.0,
+                                    0.0 if insert else x[i]) for i in range(3) for c in counts])  # [15, 3, 6, 6]
+        with torch.no_grad():
+            logits = model.module(torch.as_tensor(images, dtype=torch.float32)).numpy().reshape(3, 5, 3)
+        want = np.take_along_axis(logits, attr.target[:, None, None], axis=2)[..., 0]  # [3, 5]
+        np.testing.assert_allclose(r.curve, want, rtol=1e-5, atol=1e-5)
+    assert not Layout.for_model(model).channels_last  # it refused the layout, and answered all the same
+
+
 def test_an_input_gets_the_same_random_baseline_in_any_batch():
     model, _, _ = shapes_all()
     attr = shapes_maps("grad_cam", 6)
