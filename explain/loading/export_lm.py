@@ -16,10 +16,11 @@ a length under the program's range is padded up to it, and one over it is refuse
 line; a static batch runs in chunks of it (the last chunk filled with copies of its first row).
 
 Gradient methods need the embedding output. The embedding lookup is the program's
-``aten.embedding`` whose weight is a parameter and whose indices are the ids input; the graph
-from that node on, with the lookup replaced by an input, is the function of embeddings
-(`embedding_graph`). When the ids feed anything else (besides their sizes), there is no such
-function: ``get_input_embeddings`` refuses in one line (occlusion, which replaces tokens, still runs).
+``aten.embedding`` of a tensor attribute whose indices are the ids input, through reshapes and
+integer casts that keep their shape (`embedding_lookup`, the one finder the classifier ``.pt2``
+path of `explain.output.engine` uses too); the graph from that node on, with the lookup replaced
+by an input, is the function of embeddings (`embedding_graph`). When the ids feed anything else
+(besides their sizes), there is no such function: ``get_input_embeddings`` refuses in one line (occlusion, which replaces tokens, still runs).
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ _SIZE_OPS = ("aten.sym_size.int", "aten.sym_size.default")
 #: Reshapes of the ids between the input and the lookup, allowed when they keep the ids' shape.
 _SAME_SHAPE_OPS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.alias.default",
                    "aten.clone.default", "aten.contiguous.default")
+#: Casts of the ids (``ids.long()``), allowed when they keep the ids' shape and an integer dtype.
+_CAST_OPS = ("aten.to.dtype", "aten._to_copy.default", "aten.to.dtype_layout")
+#: Checks of the ids' metadata (``ids.long()`` asserts their dtype first): not uses of their values.
+_CHECK_OPS = ("aten._assert_tensor_metadata.default",)
 
 
 @dataclass(frozen=True)
@@ -107,30 +112,67 @@ def lm_signature(ep: Any) -> LMSignature | None:
     return LMSignature(max(low, 1), high, static, b_static, max(b_low, 1), len(vals) == 2, mask_dtype)
 
 
-def _embedding_node(gm: torch.fx.GraphModule) -> torch.fx.Node | None:
-    """The ``aten.embedding`` of a parameter at the ids input (through reshapes that keep its shape, as GPT-2's
-    ``input_ids.view(-1, L)``), when the ids feed nothing else but their sizes."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if not placeholders:
+@dataclass(frozen=True)
+class EmbeddingLookup:
+    """The token-embedding lookup of an exported program (`embedding_lookup`)."""
+
+    node: torch.fx.Node  # aten.embedding(table [V, D], ids [N, L]) -> [N, L, D]
+    weight_name: str  # the table's attribute in the program
+    weight: torch.Tensor  # the table [V, D]
+    chain: frozenset[torch.fx.Node]  # the ids input and its reshapes / casts up to the lookup
+    alone: bool  # the ids feed nothing else (but sizes and checks): the program on is a function of embeddings alone
+
+
+def embedding_lookup(gm: torch.fx.GraphModule) -> EmbeddingLookup | None:
+    """The token-embedding lookup of an exported program (``ep.module()``), or None: the ``aten.embedding`` of a
+    tensor attribute whose indices are the ids (the first input) through reshapes and integer casts that keep
+    their shape (GPT-2's ``input_ids.view(-1, L)``, a user's ``ids.long()``); of several such, the largest table.
+
+    The one finder of both paths: the classifier path (`explain.output.engine.ModelFunction`) substitutes the
+    node's value and still feeds the ids (a mask of them may be computed too); the causal LM path
+    (`embedding_graph`) needs ``alone``. Lookups of other indices (positions, segments, ids changed by value,
+    as ``ids.clamp(min=0)``) are never the token embedding, whatever their table's size.
+    """
+    ids = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
+    if ids is None:
         return None
-    at = placeholders[0]
-    shape = _shape_text(at)
-    for _ in range(8):  # a few identity reshapes at most
-        users = [u for u in at.users if not (u.op == "call_function" and str(u.target) in _SIZE_OPS)
-                 and not (u.op == "call_module" and str(u.target) == "_guards_fn")]
-        if len(users) != 1 or users[0].op != "call_function":
-            return None
-        node = users[0]
-        if str(node.target) in _SAME_SHAPE_OPS and node.args and node.args[0] is at and _shape_text(node) == shape:
-            at = node
-            continue
-        weight = node.args[0] if node.args else None
-        if (str(node.target) == "aten.embedding.default" and len(node.args) > 1 and node.args[1] is at
-                and isinstance(weight, torch.fx.Node) and weight.op == "get_attr"
-                and isinstance(_attribute(gm, str(weight.target)), nn.Parameter)):
-            return node
+    parent: dict[torch.fx.Node, torch.fx.Node | None] = {ids: None}
+    found: list[tuple[torch.fx.Node, torch.Tensor]] = []
+    todo = [ids]
+    while todo:
+        at = todo.pop(0)
+        for user in _uses(at):
+            if str(user.target) == "aten.embedding.default" and len(user.args) > 1 and user.args[1] is at:
+                weight = user.args[0]
+                table = _attribute(gm, str(weight.target)) if getattr(weight, "op", None) == "get_attr" else None
+                if isinstance(table, torch.Tensor):
+                    found.append((user, table))
+            elif _keeps_ids(user, at) and user not in parent:
+                parent[user] = at
+                todo.append(user)
+    if not found:
         return None
-    return None
+    node, table = max(found, key=lambda f: f[1].shape[0])  # max keeps the first of equal tables
+    chain, at = set(), node.args[1]
+    while at is not None:
+        chain.add(at)
+        at = parent[at]
+    alone = len(found) == 1 and all(set(_uses(n)) <= chain | {node} for n in chain)
+    return EmbeddingLookup(node, str(node.args[0].target), table, frozenset(chain), alone)
+
+
+def _uses(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The users of ``node`` but its sizes and input checks."""
+    return [u for u in node.users if not (u.op == "call_function" and str(u.target) in _SIZE_OPS + _CHECK_OPS)
+            and not (u.op == "call_module" and str(u.target) == "_guards_fn")]
+
+
+def _keeps_ids(node: torch.fx.Node, at: torch.fx.Node) -> bool:
+    """True when ``node`` is a reshape or an integer cast of ``at`` (its first argument) of the same shape."""
+    val = node.meta.get("val")
+    return (node.op == "call_function" and str(node.target) in _SAME_SHAPE_OPS + _CAST_OPS and bool(node.args)
+            and node.args[0] is at and _shape_text(node) == _shape_text(at)
+            and isinstance(val, torch.Tensor) and not val.is_floating_point() and not val.is_complex())
 
 
 def _shape_text(node: torch.fx.Node) -> str | None:
@@ -147,22 +189,20 @@ def _attribute(gm: nn.Module, target: str) -> Any:
 
 def embedding_graph(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, str] | None:
     """The program from its embedding lookup on: (embeds [N, L, D][, mask]) -> its outputs (the ids' sizes read
-    from the embeddings'), and the lookup's weight name; None without such a lookup (`_embedding_node`)."""
-    lookup = _embedding_node(gm)
-    if lookup is None:
+    from the embeddings'), and the lookup's weight name; None without a lookup the ids feed alone
+    (`embedding_lookup`)."""
+    found = embedding_lookup(gm)
+    if found is None or not found.alone:
         return None
-    ids = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    chain, at = {ids}, lookup.args[1]  # the ids and their identity reshapes up to the lookup
-    while at is not ids:
-        chain.add(at)
-        at = at.args[0]
+    lookup, chain = found.node, found.chain  # the ids and their reshapes / casts up to the lookup
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, Any] = {}
     embeds = graph.placeholder("glassbox_inputs_embeds")
     for node in gm.graph.nodes:
         if node is lookup:
             env[node] = embeds
-        elif node in chain or (node.op == "call_module" and str(node.target) == "_guards_fn"):
+        elif (node in chain or (node.op == "call_module" and str(node.target) == "_guards_fn")
+              or (node.op == "call_function" and str(node.target) in _CHECK_OPS and node.args[0] in chain)):
             continue  # the ids (sizes below) and the original's input checks (the caller checks sizes)
         elif node.op == "call_function" and str(node.target) in _SIZE_OPS and node.args[0] in chain:
             env[node] = graph.call_function(torch.ops.aten.sym_size.int, (embeds, node.args[1]))
@@ -171,7 +211,7 @@ def embedding_graph(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, str
             env[node] = graph.node_copy(node, lambda n: env[n])
     graph.eliminate_dead_code()
     graph.lint()
-    return torch.fx.GraphModule(gm, graph), str(lookup.args[0].target)
+    return torch.fx.GraphModule(gm, graph), found.weight_name
 
 
 def _vocab_size(gm: torch.fx.GraphModule) -> int:

@@ -16,7 +16,7 @@ only at batch sizes that already ran in the sandbox.
 `ModelFunction` turns a `LoadedModel` into f(points): model inputs for image
 and tabular models, the output of the token-embedding layer for text models
 (eager models through a forward hook, ``torch.export`` graphs through an
-interpreter that substitutes the ``aten.embedding`` node).
+interpreter that substitutes the ``aten.embedding`` lookup of the token ids, `graph_embedding`).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from torch import nn
 
 from explain.errors import IncompatibleInput, TooLarge
 from explain.kernels import no_mha_fastpath
+from explain.loading.export_lm import EmbeddingLookup, embedding_lookup
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.precision import choose_precision, device_label, precision_context, resolve_device
@@ -147,10 +148,10 @@ class ModelFunction:
         if found is not None:
             self._layer = found[1]
             return
-        node, weight = find_graph_embedding(self.model)
-        if node is None:
+        lookup = graph_embedding(self.model)
+        if lookup is None:
             raise IncompatibleInput(text_incompatibility(self.model))
-        self._node, self._weight = node, weight
+        self._node, self._weight = lookup.node, lookup.weight
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings [N, L, D] of ids [N, L] (input space: the inputs as they are)."""
@@ -325,32 +326,12 @@ class _EmbeddingInterpreter(torch.fx.Interpreter):
         return super().run_node(n)
 
 
-def find_graph_embedding(model: LoadedModel):
-    """(node, weight) of the token embedding in a ``torch.export`` graph, or (None, None).
-
-    Chooses the ``aten.embedding`` call whose weight has the most rows.
-    """
-    graph = getattr(model.module, "graph", None)
-    if model.format != "export" or graph is None:
-        return None, None
-    best = (None, None)
-    for node in graph.nodes:
-        if node.op != "call_function" or node.target is not torch.ops.aten.embedding.default:
-            continue
-        weight_node = node.args[0]
-        if getattr(weight_node, "op", None) != "get_attr":
-            continue
-        weight = _get_attr(model.module, weight_node.target)
-        if best[1] is None or weight.shape[0] > best[1].shape[0]:
-            best = (node, weight)
-    return best
-
-
-def _get_attr(module, target: str) -> torch.Tensor:
-    obj = module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+def graph_embedding(model: LoadedModel) -> EmbeddingLookup | None:
+    """The token-embedding lookup of a ``torch.export`` graph (`explain.loading.export_lm.embedding_lookup`,
+    the one finder the ``.pt2`` causal LM path uses too), or None."""
+    if model.format != "export" or not isinstance(getattr(model.module, "graph", None), torch.fx.Graph):
+        return None
+    return embedding_lookup(model.module)
 
 
 @in_model_process
@@ -358,7 +339,7 @@ def text_incompatibility(model: LoadedModel) -> str | None:
     """Why gradient methods cannot reach this text model's embeddings (None if they can)."""
     if model.modality != "text":
         return None
-    if find_embedding(model) is not None or find_graph_embedding(model)[0] is not None:
+    if find_embedding(model) is not None or graph_embedding(model) is not None:
         return None
     where = "a TorchScript file" if model.format == "torchscript" else f"this {model.format} model"
     return (
