@@ -223,6 +223,18 @@ def test_engine_cpu_default_batch_is_bounded():
     assert sum(sizes) == 5000 and 1 <= max(sizes) <= 64
 
 
+def test_quadrature_is_captums_and_each_call_gets_its_own_tensors():
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    from explain.output.methods.integrated_gradients import quadrature
+
+    weights_fn, alphas_fn = approximation_parameters("gausslegendre")
+    alphas, weights = quadrature(16)
+    assert alphas.tolist() == list(alphas_fn(16)) and weights.tolist() == list(weights_fn(16))
+    alphas.zero_()  # a caller's tensors are its own: the cached nodes stay
+    assert quadrature(16)[0].tolist() == list(alphas_fn(16))
+
+
 def test_forward_only_chunks_hold_2_mib_of_inputs_on_a_cpu():
     """Forward-only grids (metrics, baselines, occlusion) are sized for the caches: 2 MiB of inputs
     (42 rows of 3 x 64 x 64 floats), a quarter of a gradient chunk's rows."""

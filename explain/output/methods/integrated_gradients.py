@@ -8,6 +8,7 @@ the embedding dimension.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
 
@@ -25,11 +26,19 @@ MAX_STEPS = 4096
 
 
 def quadrature(steps: int, method: str = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
-    """Path positions and weights [steps] of Captum's approximation ``method``."""
+    """Path positions and weights [steps] of Captum's approximation ``method`` (new tensors each call)."""
+    alphas, weights = _quadrature(int(steps), method)
+    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _quadrature(steps: int, method: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Captum's nodes and weights, computed once per (steps, method): its Gauss-Legendre nodes
+    cost ~0.8 ms a call (numpy's ``leggauss``), 3 % of a small model's whole attribution."""
     from captum.attr._utils.approximation_methods import approximation_parameters
 
     weights_fn, alphas_fn = approximation_parameters(method)
-    return torch.tensor(alphas_fn(steps), dtype=torch.float64), torch.tensor(weights_fn(steps), dtype=torch.float64)
+    return tuple(float(a) for a in alphas_fn(steps)), tuple(float(w) for w in weights_fn(steps))
 
 
 def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, targets: torch.Tensor, steps: int,
@@ -56,9 +65,17 @@ def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, target
         r = torch.arange(lo, hi, device=start.device)
         return r // steps, r % steps  # input-major: a chunk walks along one path
 
+    owners = rows.tolist()
+
     def make(lo, hi):
-        i, k = split(lo, hi)
-        points = base[rows[i]] + alphas[k].view(shape) * diff[i]
+        i, _ = split(lo, hi)
+        nhwc = ctx.fn.layout.channels_last and diff.dim() == 4  # the layout the model runs in (it may refuse it)
+        points = torch.empty((hi - lo, *diff.shape[1:]), dtype=diff.dtype, device=diff.device,
+                             memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        for a in range(lo - lo % steps, hi, steps):  # one input's run of path points: broadcast, no gathers
+            first, last, n = max(a, lo), min(a + steps, hi), a // steps
+            torch.add(base[owners[n]], alphas[first - a:last - a].view(shape) * diff[n],
+                      out=points[first - lo:last - lo])  # b + a_k (x - b)
         return points, rows[i], targets[rows[i]]
 
     def consume(lo, hi, grads, _values):
