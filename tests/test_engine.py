@@ -235,6 +235,34 @@ def test_quadrature_is_captums_and_each_call_gets_its_own_tensors():
     assert quadrature(16)[0].tolist() == list(alphas_fn(16))
 
 
+def test_given_targets_ig_takes_f_x_and_f_baseline_from_one_pass_before_its_gradients():
+    """No separate f(x) pass: f(x) and f(baseline) come from one forward pass over both, before the
+    gradient pass, and a target out of range is refused by it in one line, class names or not."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    model = LoadedModel(module=module, format="state_dict", sha256="fused-passes", spec=InputSpec("tabular", (4,)))
+    x = np.random.default_rng(4).normal(size=(5, 4)).astype(np.float32)
+    targets = np.array([0, 1, 2, 0, 1])
+    passes: list[tuple[int, bool]] = []  # (rows, with gradients) per forward pass
+    handle = module.register_forward_hook(lambda _m, inp, _o: passes.append((inp[0].shape[0], inp[0].requires_grad)))
+    try:
+        attr = ig(model, x, steps=8, target=targets)
+        first = list(passes)
+        passes.clear()
+        with pytest.raises(IncompatibleInput, match="out of range: the model has 3 classes"):
+            ig(model, x, steps=8, target=3)
+    finally:
+        handle.remove()
+    assert first == [(10, False), (40, True)]  # 5 inputs + 5 baselines, then 5 x 8 path points
+    assert passes == [(10, False)]  # refused before any gradient
+    with torch.no_grad():
+        want = module(torch.as_tensor(x)).numpy()[np.arange(5), targets]
+        base = module(torch.zeros(5, 4)).numpy()[np.arange(5), targets]
+    np.testing.assert_allclose(attr.output, want, rtol=1e-6)
+    np.testing.assert_allclose(attr.base_value, base, rtol=1e-6)
+    np.testing.assert_allclose(attr.values, captum_ig(model, x, targets, 8), rtol=1e-5, atol=1e-6)
+
+
 def test_forward_only_chunks_hold_2_mib_of_inputs_on_a_cpu():
     """Forward-only grids (metrics, baselines, occlusion) are sized for the caches: 2 MiB of inputs
     (42 rows of 3 x 64 x 64 floats), a quarter of a gradient chunk's rows."""

@@ -513,6 +513,20 @@ class Engine:
                             limit=fn.row_limit)
         return out.numpy()
 
+    def point_logits(self, fn: ModelFunction, points: torch.Tensor, owner: torch.Tensor) -> np.ndarray:
+        """Logits [B, K] (float64) at given points [B, ...] of inputs ``owner`` [B]; fp32, no gradients."""
+        fixed = self.model_fixed_batch(fn)
+        outs: list[torch.Tensor] = []
+        with torch.no_grad(), no_mha_fastpath(), fn.session() as logits:
+
+            def work(start: int, stop: int) -> None:
+                p, o = pad_rows(fn.padded_rows(stop - start), points[start:stop], owner[start:stop])
+                outs.append(logits(p, o)[: stop - start].double().cpu())  # [b, K]
+
+            self.map_chunks(points.shape[0], work, self.forward_row_bytes(int(points[:1].numel() * 4)), fixed,
+                            report=False, limit=fn.row_limit)
+        return torch.cat(outs).numpy()
+
     def forward_row_bytes(self, row_bytes: int) -> int:
         """The bytes a forward-only row counts for when sizing chunks. On a GPU a forward pass
         keeps no activations for a backward: 4x the rows of a gradient chunk fit. On a CPU the

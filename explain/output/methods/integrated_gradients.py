@@ -122,12 +122,11 @@ def integrated_gradients_with_tolerance(ctx: Context, base: torch.Tensor, steps:
         return integrated_gradients_as_recorded(ctx, base, per_input["steps"])
     start = ctx.fn.start_points()
     all_rows = torch.arange(len(ctx.targets), device=start.device)
+    output, base_value = ctx.outputs_with(base)  # the same f(x) the Attribution's completeness error uses
     attr = integrate_path(ctx, start, base, ctx.targets, steps)
-    base_value = ctx.engine.evaluate(ctx.fn, base, all_rows, ctx.targets)
     notes: list[str] = []
     if tolerance <= 0:
         return Partial(ctx.to_values(attr), base_value, {"steps": steps})
-    output = ctx.output  # the same f(x) the Attribution's completeness error uses
     used = np.full(len(all_rows), steps)
     error = compute_completeness_error(ctx.to_values(attr), output, base_value)
     limit, seconds = step_budget(steps)
@@ -171,11 +170,11 @@ def integrated_gradients_as_recorded(ctx: Context, base: torch.Tensor, steps_use
     the tolerance loop computed them; one progress bar over all of them."""
     start = ctx.fn.start_points()
     used = np.asarray(steps_used, dtype=np.int64)
-    all_rows = torch.arange(len(ctx.targets), device=start.device)
     groups = [(int(s), np.flatnonzero(used == s)) for s in np.unique(used)]
     total = int(sum(s * len(rows) for s, rows in groups))
     attr = torch.zeros_like(start, dtype=torch.float32)
     progress, done = ctx.engine.progress, 0
+    _, base_value = ctx.outputs_with(base)
     try:
         for s, rows in groups:
             if progress is not None:  # this group's chunks on the one bar of all groups
@@ -185,7 +184,6 @@ def integrated_gradients_as_recorded(ctx: Context, base: torch.Tensor, steps_use
             done += s * len(rows)
     finally:
         ctx.engine.progress = progress
-    base_value = ctx.engine.evaluate(ctx.fn, base, all_rows, ctx.targets)
     by_steps = "; ".join(f"{s} for input(s) {rows.tolist()}" for s, rows in groups)
     notes = [f"steps as recorded per input: {by_steps} (tolerance not applied)."] if len(groups) > 1 else []
     return Partial(ctx.to_values(attr), base_value, {"per_input": {"steps": used.tolist()}}, notes)
@@ -198,6 +196,7 @@ class IntegratedGradients(EngineMethod):
     family = "gradient"
     title = "Integrated gradients"
     completeness = True
+    outputs_with_baseline = True
     per_input_params = ("steps",)  # the tolerance raises them per input
     params = {
         "steps": STEPS_PARAM,

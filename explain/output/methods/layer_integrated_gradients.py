@@ -33,6 +33,7 @@ class LayerIntegratedGradients(EngineMethod):
     family = "layer"
     title = "Layer integrated gradients (embeddings)"
     completeness = True
+    outputs_with_baseline = True
     modalities = ("text",)
     params = {"steps": STEPS_PARAM, "reference": REFERENCE_PARAM, "tolerance": TOLERANCE_PARAM, **ENGINE_PARAMS}
     per_input_params = ("steps",)  # the tolerance raises them per input
