@@ -480,6 +480,7 @@ def check_spec_fits(ep: Any, spec: InputSpec) -> None:
             raise IncompatibleInput("The spec says causal_lm, but this .pt2 does not map token ids [N, L] to "
                                     "logits [N, L, V] (an optional mask beside the ids).",
                                     "Give the classifier's spec, or export ids -> logits.")
+        _check_vocabulary_fits(ep, spec)
         return  # its length: any within the program's range (`explain.loading.export_lm`)
     user_inputs = list(ep.graph_signature.user_inputs)
     for node in ep.graph.nodes:
@@ -493,6 +494,21 @@ def check_spec_fits(ep: Any, spec: InputSpec) -> None:
                         f"The .pt2 graph takes inputs of shape {[d if d is not None else '*' for d in dims]} per "
                         f"sample, but the spec says {want}."
                     )
+
+
+def _check_vocabulary_fits(ep: Any, spec: InputSpec) -> None:
+    """Refuse a causal spec whose tokenizer (or vocabulary) is not readable or has ids at or past the program's
+    V logits: they would index past its embedding in the middle of a generation, and a program with fewer logits
+    than its tokenizer's tokens (a token classifier's labels) is not that tokenizer's language model."""
+    from explain.inputs.text import tokenizer_vocab
+    from explain.loading.export_lm import logits_width
+
+    width = logits_width(ep)  # V of the logits [N, L, V]
+    if spec.tokenizer:
+        tokenizer_vocab(spec.tokenizer, width)  # CorruptFile: unreadable, or an id at or past V
+    elif width is not None and spec.vocabulary and len(spec.vocabulary) > width:
+        raise CorruptFile(f"The spec's vocabulary has {len(spec.vocabulary):,} tokens, but the model's vocabulary "
+                          f"has {width:,} entries.")
 
 
 def signature_guess(ep: Any) -> SpecGuess | None:

@@ -70,14 +70,32 @@ class LMSignature:
                 "static_batch": self.static_batch, "min_batch": self.min_batch, "mask": self.mask}
 
 
+def first_leaf(value: Any) -> Any:
+    """The first output of a program as pytree flattens it (a tuple's or list's first item, a dict's first value):
+    the logits, whichever way a program returns them."""
+    while isinstance(value, (tuple, list, dict)) and value:
+        value = next(iter(value.values())) if isinstance(value, dict) else value[0]
+    return value
+
+
+def _first_output(program: Any) -> Any:
+    """The fake value of a program's first output (``program``: an exported program or its graph module)."""
+    output = next((n for n in program.graph.nodes if n.op == "output"), None)
+    first = first_leaf(output.args[0]) if output is not None and output.args else None
+    return first.meta.get("val") if isinstance(first, torch.fx.Node) else None
+
+
+def logits_width(program: Any) -> int | None:
+    """V of a program's first output [N, L, V] (an exported program or its graph module); None when symbolic."""
+    val = _first_output(program)
+    width = val.shape[-1] if isinstance(val, torch.Tensor) and val.dim() else None
+    return width if isinstance(width, int) else None
+
+
 def per_position_logits(ep: Any) -> bool:
     """True when the program's first output is [N, L, V] from an integer first input [N, ...]: a causal LM's
     signature."""
-    output = next((n for n in ep.graph.nodes if n.op == "output"), None)
-    first = output.args[0] if output is not None and output.args else None
-    while isinstance(first, (tuple, list)) and first:
-        first = first[0]
-    val = first.meta.get("val") if hasattr(first, "meta") else None
+    val = _first_output(ep)
     user = list(ep.graph_signature.user_inputs)
     taken = next((n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and user and n.name == user[0]), None)
     return (isinstance(val, torch.Tensor) and val.dim() == 3 and isinstance(taken, torch.Tensor) and taken.dim() >= 2
@@ -216,12 +234,8 @@ def embedding_graph(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, str
 
 def _vocab_size(gm: torch.fx.GraphModule) -> int:
     """V of the program's first output [N, L, V] (a stand-in width for memory estimates without an embedding)."""
-    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    val = out.meta.get("val") if isinstance(out, torch.fx.Node) else None
-    last = val.shape[-1] if isinstance(val, torch.Tensor) else 0
-    return last if isinstance(last, int) else 1024
+    width = logits_width(gm)
+    return 1024 if width is None else width
 
 
 class TokenEmbedding(nn.Module):

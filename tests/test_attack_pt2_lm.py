@@ -1,0 +1,197 @@
+"""Attack a2 on the ``.pt2`` causal LM path (issue 22): files a malicious or careless uploader brings, each a real
+``torch.export`` of a tiny module (bytes edited where needed). The house rules: an uploaded file never runs code in
+the server, its graph runs only in its sandboxed model process, and bad input gets one clear line while the
+server keeps running."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("tokenizers")
+
+from causal_models import one_thread  # noqa: E402, F401 - a fixture
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+
+from explain.errors import CorruptFile, GlassboxError, TooLarge, UnsafeFile  # noqa: E402
+from explain.generation.attribution import attribute_generation  # noqa: E402
+from explain.generation.greedy import generate_greedy  # noqa: E402
+from explain.generation.prompts import encode_texts  # noqa: E402
+from explain.loading.loader import load_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+V, D = 16, 8
+WORDS = ["<unk>", "</s>"] + [f"w{i}" for i in range(V - 2)]
+PROMPT = "w1 w2 w3"
+
+
+def tokenizer_json(words: list[str] = WORDS, pre_tokenizer=None) -> str:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.Whitespace()
+    return tok.to_str()
+
+
+class TinyLM(nn.Module):
+    """ids [N, L] -> logits [N, L, V]: an embedding, a running sum, a head; ``then`` edits the logits."""
+
+    def __init__(self, then=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head, self.then = nn.Embedding(V, D), nn.Linear(D, V), then
+
+    def forward(self, ids: torch.Tensor):
+        logits = self.head(torch.tanh(self.emb(ids).cumsum(1)))  # [N, L, V]
+        return logits if self.then is None else self.then(logits)
+
+
+def save_lm(path, module: nn.Module, tokenizer: str | None = None) -> str:
+    """``module`` exported for batch 1..64 and length 1..32, saved with its tokenizer inside (extra/)."""
+    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("length", min=1, max=32)},)
+    program = torch.export.export(module.eval(), (torch.ones(2, 5, dtype=torch.long),), dynamic_shapes=dims)
+    torch.export.save(program, path, extra_files={"tokenizer.json": tokenizer or tokenizer_json()})
+    return str(path)
+
+
+def edit_program(src: str, dst, edit) -> str:
+    """A copy of the archive ``src`` whose program JSON went through ``edit`` (as a crafted upload's would)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("models/model.json"):
+                raw = json.loads(data)
+                edit(raw)
+                data = json.dumps(raw).encode()
+            zout.writestr(info, data)
+    return str(dst)
+
+
+def one_clear_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and len(text) < 600 and "Traceback" not in text
+    return text
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("a2")
+    return root, save_lm(root / "plain.pt2", TinyLM())
+
+
+@pytest.fixture(scope="module")
+def plain(files):
+    return load_model(files[1])
+
+
+# ---------------------------------------------------------------- the server never reads the program itself
+def test_the_server_never_deserializes_nor_walks_the_program(files, monkeypatch):
+    """Every reader of the program's graph (torch's deserializer, `lm_signature`, `embedding_graph`) refuses to run
+    in the server's process: loading, generating and integrated gradients still work, so all ran in the child."""
+    from explain.loading import export, export_lm
+
+    server = os.getpid()
+
+    def child_only(func):
+        def guarded(*args, **kwargs):
+            assert os.getpid() != server, f"{func.__name__} ran in the server"
+            return func(*args, **kwargs)
+        return guarded
+
+    for owner, name in ((export, "_deserialize"), (export, "load_export_parts"), (export_lm, "lm_signature"),
+                        (export_lm, "embedding_graph"), (export_lm, "per_position_logits")):
+        monkeypatch.setattr(owner, name, child_only(getattr(owner, name)))
+    root, path = files
+    model = load_model(edit_program(path, root / "unseen.pt2", lambda raw: None))  # new bytes: a new process
+    texts = generate_greedy(model, encode_texts([PROMPT], model.spec), 2)
+    attrs = attribute_generation(model, texts, "integrated_gradients", 8, "pad")
+    assert model.process is not None and attrs[0].values.shape[0] == len(texts[0].generated_ids)
+
+
+@torch.library.custom_op("glassbox_a2::shift", mutates_args=())
+def _shift(x: torch.Tensor) -> torch.Tensor:
+    return x + 1
+
+
+@_shift.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def test_an_operator_off_the_allowlist_after_the_embedding_is_refused_before_any_process(files):
+    root, _ = files
+    path = save_lm(root / "custom.pt2", TinyLM(then=_shift))
+    with pytest.raises(UnsafeFile) as caught:
+        load_model(path)
+    assert "glassbox_a2" in one_clear_line(caught.value)
+
+
+# ---------------------------------------------------------------- the tokenizer it carries
+def test_a_tokenizer_with_ids_past_the_programs_vocabulary_is_refused_at_load(files):
+    """56 tokens for 16 logits: ids 16.. would index past the embedding (an IndexError in the child)."""
+    root, _ = files
+    path = save_lm(root / "bigtok.pt2", TinyLM(), tokenizer_json(WORDS + [f"x{i}" for i in range(40)]))
+    with pytest.raises(CorruptFile) as caught:
+        load_model(path)
+    assert "55" in one_clear_line(caught.value) and "16" in str(caught.value)
+
+
+def test_a_token_classifier_is_not_taken_for_a_causal_lm_of_its_tokenizer(files):
+    """ids [N, L] -> 3 labels per token has a causal LM's signature; its 16-token tokenizer gives it away."""
+    root, _ = files
+    path = save_lm(root / "tagger.pt2", TinyLM(then=lambda y: y[..., :3]))
+    with pytest.raises(CorruptFile) as caught:
+        load_model(path)
+    assert "3 entries" in one_clear_line(caught.value)
+
+
+def test_a_malformed_tokenizer_is_refused_at_load_not_at_the_first_prompt(files):
+    root, _ = files
+    with pytest.raises(CorruptFile) as caught:
+        load_model(save_lm(root / "badjson.pt2", TinyLM(), "{not json"))
+    assert "tokenizer.json" in one_clear_line(caught.value)
+
+
+def test_a_huge_carried_tokenizer_is_refused_before_it_is_inflated(files, monkeypatch):
+    """Zip-bomb-like: 3 MiB of JSON whitespace compresses to a few KiB; the declared size is over the cap."""
+    root, _ = files
+    monkeypatch.setenv("GLASSBOX_MAX_TOKENIZER_MB", "1")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(TooLarge) as caught:
+        load_model(save_lm(root / "bomb.pt2", TinyLM(), tokenizer_json() + " " * (3 << 20)))
+    assert "tokenizer.json" in one_clear_line(caught.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB: nothing big was read
+
+
+def test_integer_logits_are_refused_at_load_in_one_line(files):
+    root, _ = files
+    with pytest.raises(GlassboxError) as caught:
+        load_model(save_lm(root / "int.pt2", TinyLM(then=lambda y: (y * 100).long())))
+    one_clear_line(caught.value)
+
+
+# ---------------------------------------------------------------- memory bombs
+def test_a_vocabulary_of_a_hundred_million_is_refused_at_load(files):
+    """logits [N, L, 10^8] (an expand: nothing in the file is large) need 12.8 GB at the spec's length."""
+    root, _ = files
+    path = save_lm(root / "hugev.pt2", TinyLM(then=lambda y: y[..., :1].expand(y.shape[0], y.shape[1], 10**8)))
+    with pytest.raises(TooLarge) as caught:
+        load_model(path)
+    one_clear_line(caught.value)
+
+
+def test_a_static_batch_of_a_million_is_refused_in_the_sandbox_not_built_in_the_server(files):
+    root, path = files
+
+    def million(raw):
+        raw["graph_module"]["graph"]["tensor_values"]["ids"]["sizes"][0] = {"as_int": 10**6}
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(TooLarge) as caught:
+        load_model(edit_program(path, root / "million.pt2", million))
+    assert "1000000" in one_clear_line(caught.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 << 10  # KiB: [10^6, 32] ids: 256 MB
