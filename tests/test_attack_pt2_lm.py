@@ -9,6 +9,7 @@ import os
 import resource
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -165,6 +166,16 @@ def test_a_huge_carried_tokenizer_is_refused_before_it_is_inflated(files, monkey
         load_model(save_lm(root / "bomb.pt2", TinyLM(), tokenizer_json() + " " * (3 << 20)))
     assert "tokenizer.json" in one_clear_line(caught.value)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB: nothing big was read
+
+
+# ---------------------------------------------------------------- what the program returns
+def test_a_program_returning_a_dict_answers_as_its_first_value(files, plain):
+    root, _ = files
+    model = load_model(save_lm(root / "dict.pt2", TinyLM(then=lambda y: {"logits": y, "norm": y.sum(-1)})))
+    prompts = encode_texts([PROMPT], model.spec)
+    got, want = generate_greedy(model, prompts, 3)[0], generate_greedy(plain, prompts, 3)[0]
+    assert got.generated_ids.tolist() == want.generated_ids.tolist()
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-6)
 
 
 def test_integer_logits_are_refused_at_load_in_one_line(files):

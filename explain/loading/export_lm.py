@@ -317,8 +317,7 @@ class ExportedCausalLM(nn.Module):
             if short:  # fill the batch with copies of its first row
                 part = [torch.cat([t, t[:1].expand(short, *t.shape[1:])], 0) for t in part]
             out = graph(*part) if sig.mask else graph(part[0])
-            while isinstance(out, (tuple, list)):
-                out = out[0]
+            out = first_leaf(out)  # [rows, L, V] of a tensor, a tuple or a dict (`per_position_logits`)
             outs.append(out[: rows - short])
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
 
