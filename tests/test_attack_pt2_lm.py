@@ -17,12 +17,12 @@ from torch import nn
 pytest.importorskip("tokenizers")
 
 from causal_models import one_thread  # noqa: E402, F401 - a fixture
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from explain.errors import CorruptFile, GlassboxError, TooLarge, UnsafeFile  # noqa: E402
 from explain.generation.attribution import attribute_generation  # noqa: E402
 from explain.generation.greedy import generate_greedy  # noqa: E402
-from explain.generation.prompts import encode_texts  # noqa: E402
+from explain.generation.prompts import decode_ids, encode_texts  # noqa: E402
 from explain.loading.loader import load_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,6 +166,19 @@ def test_a_huge_carried_tokenizer_is_refused_before_it_is_inflated(files, monkey
         load_model(save_lm(root / "bomb.pt2", TinyLM(), tokenizer_json() + " " * (3 << 20)))
     assert "tokenizer.json" in one_clear_line(caught.value)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB: nothing big was read
+
+
+def test_a_backtracking_pre_tokenizer_regex_is_one_line_not_a_panic(files):
+    """Oniguruma stops ``(a|aa)+$`` on a long run of a's and tokenizers panics (pyo3's PanicException is a
+    BaseException: it would pass every ``except Exception`` and take a worker thread with it)."""
+    root, _ = files
+    regex = pre_tokenizers.Split(Regex("(a|aa)+$"), "isolated")
+    model = load_model(save_lm(root / "regex.pt2", TinyLM(), tokenizer_json(pre_tokenizer=regex)))
+    assert encode_texts(["w1"], model.spec)[0].tolist() == [3]
+    with pytest.raises(CorruptFile) as caught:
+        encode_texts(["a" * 60 + "b"], model.spec)
+    assert "tokenizer" in one_clear_line(caught.value)
+    assert decode_ids([3, 4], model.spec) == "w1 w2"
 
 
 # ---------------------------------------------------------------- what the program returns

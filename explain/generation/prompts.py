@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from explain.errors import CorruptFile, IncompatibleInput, UsageError
-from explain.inputs.text import _hf_tokenizer, raw_tokens
+from explain.inputs.text import _hf_tokenizer, raw_tokens, tokenizer_panics
 from explain.loading.source import read_source
 from explain.spec import InputSpec
 
@@ -33,7 +33,8 @@ def _tokenizer(spec: InputSpec):
 def encode_texts(texts: Sequence[str], spec: InputSpec, special_tokens: bool = True) -> list[np.ndarray]:
     """One int64 array of token ids per text (``special_tokens``: the tokenizer's post-processor runs)."""
     tok = _tokenizer(spec)
-    out = [np.asarray(tok.encode(text, add_special_tokens=special_tokens).ids, dtype=np.int64) for text in texts]
+    with tokenizer_panics():
+        out = [np.asarray(tok.encode(text, add_special_tokens=special_tokens).ids, dtype=np.int64) for text in texts]
     for i, ids in enumerate(out):
         if ids.size == 0:
             raise IncompatibleInput(f"Text {i + 1} ({texts[i][:40]!r}) has no tokens.")
@@ -44,7 +45,8 @@ def decode_ids(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> str:
     """The text of token ids (the tokenizer's decoder; without a tokenizer the tokens joined)."""
     ids = [int(i) for i in np.asarray(ids).reshape(-1) if int(i) >= 0]
     if spec.tokenizer:
-        return _tokenizer(spec).decode(ids, skip_special_tokens=False)
+        with tokenizer_panics():
+            return _tokenizer(spec).decode(ids, skip_special_tokens=False)
     return " ".join(raw_tokens(ids, spec))
 
 

@@ -14,9 +14,10 @@ the ids themselves never change (`raw_tokens` are the vocabulary's strings).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +92,8 @@ def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
     length = spec.input_shape[0]
     pad_id, unk_id = special_token_ids(spec)
     if spec.tokenizer:  # the model's own Hugging Face tokenizer, special tokens included
-        ids = list(_hf_tokenizer(spec.tokenizer).encode(text).ids)
+        with tokenizer_panics():
+            ids = list(_hf_tokenizer(spec.tokenizer).encode(text).ids)
         if len(ids) > length:  # truncated: keep the closing special token, as the tokenizer's own truncation does
             ids = ids[: length - 1] + ids[-1:]
         return ids + [pad_id] * (length - len(ids))
@@ -110,6 +112,21 @@ def encode(text: str, spec: InputSpec, index: dict[str, int]) -> list[int]:
             ids.append(unk_id)
     ids = ids[:length]
     return ids + [pad_id] * (length - len(ids))
+
+
+@contextlib.contextmanager
+def tokenizer_panics() -> Iterator[None]:
+    """A panic of the Rust ``tokenizers`` as one line (`CorruptFile`): a ``tokenizer.json``'s regex that
+    Oniguruma stops (its backtracking limit) on a text panics, and pyo3's ``PanicException`` is a
+    ``BaseException`` that would pass every ``except Exception`` (a job's, a worker thread's) on its way out."""
+    try:
+        yield
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise CorruptFile(f"The model's tokenizer failed on this text ({one_line(str(exc), 200)}).",
+                          "Its tokenizer.json has a pattern that backtracks without end on such text: fix its "
+                          "regex, or give token ids.") from None
 
 
 def check_tokenizer_size(tokenizer_json: str | bytes) -> None:
@@ -136,7 +153,8 @@ def tokenizer_vocab(tokenizer_json: str | bytes, vocab_size: int | None = None) 
     check_tokenizer_size(tokenizer_json)
     text = tokenizer_json.decode("utf-8", errors="replace") if isinstance(tokenizer_json, bytes) else tokenizer_json
     try:
-        vocab = Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
+        with tokenizer_panics():
+            vocab = Tokenizer.from_str(text).get_vocab(with_added_tokens=True)
     except Exception as exc:
         raise CorruptFile(f"tokenizer.json cannot be read ({one_line(exc, 200, typed=False)}).") from None
     cap = config.max_vocabulary()
@@ -378,7 +396,8 @@ def _token_text(raw: str, scheme: str, decoder) -> str:
         return bytes([int(byte.group(1), 16)]).decode("utf-8", errors="backslashreplace")
     if decoder is not None:
         try:
-            text = decoder.decode([raw])
+            with tokenizer_panics():  # a regex decoder's panic: the rule below
+                text = decoder.decode([raw])
         except Exception:  # a decoder that cannot take one token alone: the marker rule below
             text = None
         if text is not None and "\ufffd" not in text:
@@ -396,7 +415,8 @@ def _decode_run(raws: list[str], shown: list[DisplayToken], scheme: str, decoder
     """A run of ordinary tokens as text: the tokenizer's decoder, else bytes or labels joined at word starts."""
     if decoder is not None:
         try:
-            text = decoder.decode(raws)
+            with tokenizer_panics():  # a regex decoder's panic: the rule below
+                text = decoder.decode(raws)
         except Exception:
             text = None
         if text is not None:
