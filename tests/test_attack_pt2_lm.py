@@ -191,6 +191,16 @@ def test_a_program_returning_a_dict_answers_as_its_first_value(files, plain):
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-6)
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_logits_that_are_not_finite_stop_generation_in_one_line(files, bad):
+    root, _ = files
+    then = (lambda y: y * float("nan")) if bad == "nan" else (lambda y: y / 0.0)
+    model = load_model(save_lm(root / f"{bad}.pt2", TinyLM(then=then)))
+    with pytest.raises(GlassboxError) as caught:
+        generate_greedy(model, encode_texts([PROMPT], model.spec), 3)
+    assert "not finite" in one_clear_line(caught.value)
+
+
 def test_integer_logits_are_refused_at_load_in_one_line(files):
     root, _ = files
     with pytest.raises(GlassboxError) as caught:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from explain.errors import UsageError
+from explain.errors import IncompatibleInput, UsageError
 from explain.generation.causal_lm import causal_lm, check_lengths, device_of, eos_ids, has_kv_cache, special_ids
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process
@@ -28,6 +28,7 @@ from explain.progress import ProgressFn, report_progress
 MAX_NEW_TOKENS = 1024
 #: Prompts generated together in one batch (left-padded).
 BATCH_PROMPTS = 16
+NOT_FINITE_HINT = "Check the model's weights (NaN), or run it in float32 (half precision overflows to inf)."
 
 #: pick(logits [B, V] float32, rows [B]: each batch row's prompt index) -> token ids [B]
 PickFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
@@ -98,6 +99,19 @@ def decode_batched(model: LoadedModel, prompts: Sequence[np.ndarray], max_new_to
     return out
 
 
+def _check_finite(logits: torch.Tensor, running: torch.Tensor, step: int) -> None:
+    """Refuse next-token logits [B, V] of a running row [B] with a NaN, a +inf or no finite value: its next token
+    and log-probability are undefined (greedy would pick id 0 at log-probability NaN, sampling fail in torch).
+
+    Raises:
+        IncompatibleInput: in one line, with the new token's number.
+    """
+    bad = (logits.isnan().any(-1) | logits.isposinf().any(-1) | logits.isneginf().all(-1)) & running  # [B]
+    if bool(bad.any()):
+        raise IncompatibleInput(f"The model's logits for new token {step + 1} are not finite (NaN or inf), so no "
+                                "next token is defined.", NOT_FINITE_HINT)
+
+
 def _decode_batch(lm: torch.nn.Module, prompts: list[np.ndarray], rows: list[int], max_new: int, pick: PickFn,
                   pad: int, advance: Callable[[int], None]) -> list[GeneratedText]:
     device, cache_arg, takes_positions, cached = device_of(lm), _cache_arg(lm), _takes_positions(lm), has_kv_cache(lm)
@@ -121,6 +135,7 @@ def _decode_batch(lm: torch.nn.Module, prompts: list[np.ndarray], rows: list[int
         else:  # the whole sequence so far (no cache)
             res = lm(input_ids=step, attention_mask=mask, use_cache=False)
         last = res.logits[:, -1].float()  # [B, V]
+        _check_finite(last, running, len(tokens))
         token = pick(last, rows).to(device)  # [B]
         tokens.append(token)
         logprobs.append(torch.log_softmax(last, dim=-1).gather(1, token[:, None])[:, 0])
