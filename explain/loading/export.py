@@ -72,9 +72,10 @@ def is_export_archive(archive: Archive, names: list[str]) -> bool:
 def check_export_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
     """Check a ``.pt2`` in the server and load it in its own model process (`explain.loading.model_process`).
 
-    The server checks the program, the sample-inputs blob and the spec (`read_export_archive` with
-    ``tensors=False``); the weight and constant tables, which only the child reads, are checked
-    there, by the same `read_export_archive`, before torch's deserializer sees anything. The program
+    The server checks the program and the spec (`read_export_archive` with ``tensors=False``: JSON
+    only); the weight and constant tables and the sample-inputs blob, which only the child reads or
+    unpickles, are checked there, by the same `read_export_archive`, before torch's deserializer
+    sees anything. The program
     is deserialised and run only in the child, so the server never imports torch's export
     deserializer (``torch._export.serde.serialize`` pulls in dynamo and sympy: more than a torch import).
     """
@@ -101,8 +102,8 @@ def read_export_archive(data: bytes, archive: Archive | None = None, *, tensors:
                         ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], InputSpec | None]:
     """Read and check a ``.pt2``: its program JSON, weights, constants and embedded spec (nothing is run).
 
-    ``tensors=False`` (the server, which never reads them): the weights and constants are neither
-    read nor checked, and come back empty.
+    ``tensors=False`` (the server, which never reads them): the weights, constants and sample inputs are
+    neither read nor checked (nothing of the file is unpickled in the server), and come back empty.
 
     Raises:
         UnsafeFile: pickled objects, a sample-inputs blob the safe unpickler
@@ -127,9 +128,9 @@ def read_export_archive(data: bytes, archive: Archive | None = None, *, tensors:
         raise CorruptFile(f"The .pt2 program is not valid JSON ({exc}).") from None
     check_program(raw)
     raw["guards_code"] = []  # torch exec()s these; never needed to run the graph
-    sample = member(f"data/sample_inputs/{MODEL_NAME}.pt")
-    if sample:  # checked, never handed to torch (it would retry with weights_only=False)
-        weights_only_load(sample, ".pt2 sample-inputs blob", _PT2_HINT)
+    sample = member(f"data/sample_inputs/{MODEL_NAME}.pt") if tensors else None  # unpickled in the child only:
+    if sample:  # checked, never handed to torch (it would retry with weights_only=False); a deflated blob inflates
+        weights_only_load(sample, ".pt2 sample-inputs blob", _PT2_HINT)  # to its records' declared sizes
     state_dict = _read_payloads(zf, names, root, "weights") if tensors else {}
     constants = _read_payloads(zf, names, root, "constants") if tensors else {}
     spec_text = member(f"extra/{SPEC_FILENAME}")
