@@ -19,6 +19,8 @@ Environment variables:
         (default 1 million tokens) and largest ``tokenizer.json`` (default 64) read.
     GLASSBOX_MAX_PICKLE_OPCODES: opcodes scanned in one pickle of a TorchScript
         archive before it is refused (default 5 million).
+    GLASSBOX_MAX_PROGRAM_MB: the largest ``.pt2`` program (``models/model.json``, default 32)
+        parsed; its Python objects take some 5 to 25 times its bytes.
     GLASSBOX_MODEL_PROCESSES / GLASSBOX_MODEL_CALL_TIMEOUT_S: model processes (a user's
         graph each) alive at once (default 8) and seconds one request to one may take (600).
     GLASSBOX_MODEL_PROCESS_GPU: ``auto`` (default: when this process sees a GPU), ``1`` or ``0``:
@@ -127,6 +129,9 @@ MAX_VOCABULARY = 1_000_000
 MAX_TOKENIZER_MB = 64
 #: Default most opcodes scanned in one TorchScript pickle.
 MAX_PICKLE_OPCODES = 5_000_000
+#: Default largest ``.pt2`` program JSON (MiB) parsed: torch.export.save writes ~2 KB per node (an 80-layer
+#: Llama ~16 MiB).
+MAX_PROGRAM_MB = 32
 
 
 def max_parameters() -> int:
@@ -162,6 +167,11 @@ def max_tokenizer_bytes() -> int:
 def max_pickle_opcodes() -> int:
     """Most opcodes scanned in one TorchScript pickle (env ``GLASSBOX_MAX_PICKLE_OPCODES``)."""
     return int(_env_number("GLASSBOX_MAX_PICKLE_OPCODES", MAX_PICKLE_OPCODES))
+
+
+def max_program_bytes() -> int:
+    """Largest ``.pt2`` program JSON parsed, in bytes (env ``GLASSBOX_MAX_PROGRAM_MB``)."""
+    return int(_env_number("GLASSBOX_MAX_PROGRAM_MB", MAX_PROGRAM_MB) * 1024 * 1024)
 
 
 def sandbox_timeout_s() -> float:

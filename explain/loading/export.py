@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from explain import config
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile, one_line
 from explain.loading.model_process import in_model_process
 from explain.loading.op_allowlist import is_allowed
@@ -118,7 +119,9 @@ def read_export_archive(data: bytes, archive: Archive | None = None, *, tensors:
     def member(path: str) -> bytes | None:
         return read_zip_member(zf, root + path, ".pt2") if root + path in names else None
 
-    program = member(f"models/{MODEL_NAME}.json")
+    name = f"{root}models/{MODEL_NAME}.json"  # refused by its declared size before it is inflated and parsed
+    program = archive.read(name, config.max_program_bytes(), "An operator can raise it with GLASSBOX_MAX_PROGRAM_MB.") \
+        if name in names else None
     if program is None:
         raise CorruptFile("The .pt2 archive holds no exported program (models/model.json).",
                           "Save the model with torch.export.save(torch.export.export(model, ...)).")
