@@ -181,6 +181,26 @@ def test_a_program_json_bomb_is_refused_by_its_declared_size_before_it_is_parsed
     assert peak_growth_kib(load) < 32 << 10
 
 
+def test_an_embedded_spec_bomb_is_refused_as_a_torchscript_ones_is(files):
+    """extra/glassbox_spec.json of 4 M empty lists (12 MB deflated to 12 KB) was parsed whole in the server; a
+    TorchScript archive's embedded spec is read up to `MAX_SPEC_BYTES` (10 MiB), and so is a .pt2's now."""
+    root, path = files
+    bomb = root / "spec_bomb.pt2"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        root_name = info.filename.split("/")[0]
+        zout.writestr(f"{root_name}/extra/glassbox_spec.json", b'{"modality": "text", "x": [' + b"[]," * (4 << 20) + b"[]]}")
+    assert bomb.stat().st_size < 64 << 10
+
+    def load() -> None:
+        with pytest.raises(TooLarge) as caught:
+            load_model(bomb)
+        assert "glassbox_spec.json" in one_clear_line(caught.value)
+
+    assert peak_growth_kib(load) < 32 << 10
+
+
 @torch.library.custom_op("glassbox_a2::shift", mutates_args=())
 def _shift(x: torch.Tensor) -> torch.Tensor:
     return x + 1

@@ -37,6 +37,7 @@ from explain.loading.model_process import in_model_process
 from explain.loading.op_allowlist import is_allowed
 from explain.loading.shape_expr import check_expression
 from explain.loading.source import (
+    MAX_SPEC_BYTES,
     Archive,
     LoadedParts,
     open_archive,
@@ -136,7 +137,8 @@ def read_export_archive(data: bytes, archive: Archive | None = None, *, tensors:
         weights_only_load(sample, ".pt2 sample-inputs blob", _PT2_HINT)  # to its records' declared sizes
     state_dict = _read_payloads(zf, names, root, "weights") if tensors else {}
     constants = _read_payloads(zf, names, root, "constants") if tensors else {}
-    spec_text = member(f"extra/{SPEC_FILENAME}")
+    spec_name = f"{root}extra/{SPEC_FILENAME}"  # as a TorchScript archive's: capped before it is inflated
+    spec_text = archive.read(spec_name, MAX_SPEC_BYTES) if spec_name in names else None
     embedded = spec_from_text(spec_text.decode("utf-8", errors="replace")) if spec_text else None
     return raw, state_dict, constants, embedded
 
