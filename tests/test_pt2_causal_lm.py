@@ -252,3 +252,68 @@ def test_the_generate_pages_pipeline_explains_a_pt2_with_its_lens_out_of_reach(p
     assert len(view.text.generated_ids) == 3 and view.attribution.values.shape[0] == 3
     assert float(np.nanmax(view.attribution.completeness_error)) < 0.05 and view.quality
     assert view.lens.top_ids.shape[:2] == (1, 0) and view.lens.notes == [f"{NO_HIDDEN_STATES} {NO_HIDDEN_STATES_HINT}"]
+
+
+def test_the_generate_page_on_a_pt2_says_in_one_line_why_no_lens_nor_attention_and_saves_its_run(pair, home):
+    """A user's .pt2 (its tokenizer carried inside) on the Generate page: the selected step's attention and logit
+    lens, out of reach, are one info line (no error box, no empty table); Save as a run keeps the selected step and
+    its contrast with that line (no failed job), and the run's drawer and report section say it the same way."""
+    import hashlib
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explain.generation.job import saved_generation
+    from explain.report.generation import build_generation_section
+    from explain.workspace import Actor
+    from ui.state import UploadedBlob
+
+    kind, _folder_model, model, _ref, _prompts, user = pair
+    if kind != "llama":
+        pytest.skip("the page is checked once, on the Llama")
+    line = f"{NO_HIDDEN_STATES} {NO_HIDDEN_STATES_HINT}"
+    carrying = user / "carrying.pt2"  # the user's .pt2 with its tokenizer saved into it, as the page needs it
+    shutil.copy(user / "lm.pt2", carrying)
+    with zipfile.ZipFile(carrying, "a") as zf:
+        zf.writestr(zf.namelist()[0].split("/")[0] + "/extra/tokenizer.json", (user / "tokenizer.json").read_text())
+    data = carrying.read_bytes()
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    at = AppTest.from_file(app, default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob("lm.pt2", data, hashlib.sha256(data).hexdigest())
+    at.switch_page("pages/views/generate.py").run()
+    at.text_area(key="gb_gen_prompt").set_value(PROMPTS[0])
+    at.number_input(key="gb_gen_max_new").set_value(2)
+    at.selectbox(key="gb_gen_method").set_value("saliency")
+    at.checkbox(key="gb_gen_quality").set_value(False).run()
+    at.button(key="gb_gen_run").click().run()
+    at.selectbox(key="gb_gen_token").set_value(1)
+    at.text_input(key="gb_gen_contrast").input("a").run()  # one token of its tiny vocabulary
+
+    def clean(app_test):
+        assert not app_test.exception and not app_test.error, [e.value for e in [*app_test.exception, *app_test.error]]
+
+    clean(at)
+    assert [i.value.replace("\\", "") for i in at.main.info] == [line]
+    assert len(at.get("plotly_chart")) == 1 and not at.main.dataframe  # the matrix; no attention, no empty lens
+    at.button(key="gb_gen_save").click().run()
+    clean(at)
+    run_id = [c.value for c in at.code if "?run=" in c.value][0].rsplit("=", 1)[1]
+    _, ws = home
+    run = ws.runs.open(Actor("cli:tester", operator=True), run_id)
+    views = saved_generation(run).views[0]
+    assert not views.has_layers and views.selected == 1 and views.notes == [line]
+    c = views.contrast  # log p(token) - log p("a") at step 1, as transformers' model gives them
+    with torch.no_grad():
+        logp = torch.log_softmax(_ref(torch.as_tensor([c.context_ids])).logits[0, -1].float(), -1)
+    assert c.step == 1 and c.alternative == encode_texts(["a"], model.spec, special_tokens=False)[0][0]
+    assert c.difference == pytest.approx(float(logp[c.token] - logp[c.alternative]), abs=1e-4)
+
+    opened = AppTest.from_file(app, default_timeout=300)
+    opened.query_params["run"] = run_id
+    opened.run()
+    clean(opened)
+    assert sum(c.value.replace("\\", "") == line for c in opened.caption) == 1
+    assert len(opened.get("plotly_chart")) == 1 and not opened.main.dataframe  # the matrix only
+    section = build_generation_section(saved_generation(run), run.spec)
+    assert len(section.figures) == 1 and "embeddings" not in section.body and line in section.body.replace("&#x27;", "'")

@@ -62,16 +62,20 @@ def _render_views(views: StepViews, attr: GenerationAttribution, spec: InputSpec
     t = st.selectbox("Generated token", range(t_count), index=views.selected, key=f"{key}_token",
                      format_func=lambda j: f"{j + 1}. {labels[p + j]}")
     kept = [int(s) for s in views.steps]
-    if t in kept:
+    if not views.has_layers:  # hidden states out of reach (a .pt2): the note says why, no empty panels
+        for note in views.notes:
+            st.caption(escape_markdown(note))
+    elif t in kept:
         st.plotly_chart(viz.step_attention_figure(views.attention, views.rollout, p + t - 1, labels, row=kept.index(t)),
                         config=figure_config("generation_step_attention"), key=f"{key}_step_attention")
     else:
         st.caption("The run kept the attention of " + (", ".join(labels[p + s] for s in kept) or "no step") + " only.")
-    rows = viz.logit_lens_rows(views.lens_ids, views.lens_probs, t, lambda ids: display_tokens(ids, spec))
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key=f"{key}_lens",
-                 column_config={"p": st.column_config.NumberColumn(format="%.3f")})
-    for note in views.notes:
-        st.caption(escape_markdown(note))
+    if views.has_layers:
+        rows = viz.logit_lens_rows(views.lens_ids, views.lens_probs, t, lambda ids: display_tokens(ids, spec))
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key=f"{key}_lens",
+                     column_config={"p": st.column_config.NumberColumn(format="%.3f")})
+        for note in views.notes:
+            st.caption(escape_markdown(note))
     c = views.contrast
     if c is not None:
         rather = display_tokens([c.alternative], spec)[0]

@@ -7,7 +7,7 @@ module (`explain.loading.huggingface.HFClassifier`) holds the transformers model
 ``.model`` an `explain.loading.export_lm.ExportedCausalLM` that answers as transformers'
 model does (logits, input embeddings, config), without a KV cache (`has_kv_cache`). Functions here touch the graph, so they are called only from functions
 that run in the model's process (`explain.loading.model_process.in_model_process`),
-except `require_causal_lm`, which reads the spec only.
+except `require_causal_lm` and `hidden_states_out_of_reach`, which read the spec and format only.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.errors import IncompatibleInput, TooLarge, UsageError
+from explain.errors import IncompatibleInput, TooLarge, UsageError, one_line
 from explain.generation.result import GenerationAttribution
 from explain.inputs.text import PAD_TOKENS, UNK_TOKENS, spec_vocabulary
 from explain.loading.export_lm import NO_HIDDEN_STATES, NO_HIDDEN_STATES_HINT, ExportedCausalLM
@@ -44,6 +44,14 @@ def require_causal_lm(model: LoadedModel, what: str = "This") -> None:
     if not model.spec.is_causal_lm:
         raise IncompatibleInput(f"{what} explains causal language models; {model.name} is a "
                                 f"{model.spec.modality} classifier.", CAUSAL_HINT)
+
+
+def hidden_states_out_of_reach(model: LoadedModel) -> str | None:
+    """The one line saying why ``model``'s hidden states and attention maps (the logit lens, the attention
+    views) cannot be read — a ``.pt2`` causal LM gives its logits only — else None. Any process: no graph read."""
+    if model.spec.is_causal_lm and model.format == "export":
+        return one_line(IncompatibleInput(NO_HIDDEN_STATES, NO_HIDDEN_STATES_HINT))
+    return None
 
 
 def causal_lm(model: LoadedModel) -> nn.Module:

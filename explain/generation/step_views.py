@@ -11,6 +11,9 @@ runs page and a report draw what the page drew without loading the model:
   after it: at most `MAX_ATTENTION_STEPS` steps and `MAX_ATTENTION_BYTES` of weights per text;
 - the contrast at the selected step when one was asked (`explain.generation.occlusion.contrast_texts`).
 
+A model whose hidden states are out of reach (a ``.pt2`` gives its logits only,
+`explain.generation.causal_lm.hidden_states_out_of_reach`) keeps no layers (`StepViews.has_layers`): its
+views are the selected step, the contrast and that one line among the notes.
 A run keeps views for its texts while they fit `MAX_RUN_VIEW_BYTES` together; the rest say so in a note.
 `view_arrays` / `read_step_views` are the run's form (``views.{i}.*`` arrays, a JSON meta per text).
 """
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from explain.generation.attention import causal_rollout, text_attention
+from explain.generation.causal_lm import hidden_states_out_of_reach
 from explain.generation.contrastive import ContrastAttribution
 from explain.generation.explained import LENS_TOP_K
 from explain.generation.logit_lens import logit_lens
@@ -43,7 +47,8 @@ class StepViews:
 
     Attributes:
         prompt_length: P.
-        lens_ids: int64 [layers + 1, T, k] each layer's top-k tokens at the position predicting token t.
+        lens_ids: int64 [layers + 1, T, k] each layer's top-k tokens at the position predicting token t
+            ([0, T, k] and attention [0, 0, S, L] where the hidden states are out of reach: `has_layers`).
         lens_probs: float32 [layers + 1, T, k] their probabilities.
         steps: int64 [S] the generated steps whose attention is kept (the selected one first).
         attention: float32 [layers, heads, S, L] each kept step's query row (position P + s - 1) over
@@ -66,6 +71,11 @@ class StepViews:
     def selected(self) -> int:
         """The selected step (the first kept), 0 when no attention was kept."""
         return int(self.steps[0]) if self.steps.size else 0
+
+    @property
+    def has_layers(self) -> bool:
+        """False where the model's hidden states were out of reach (a ``.pt2``): no lens, no attention to draw."""
+        return self.lens_ids.shape[0] > 0
 
     @property
     def nbytes(self) -> int:
@@ -100,6 +110,12 @@ def step_views(model: LoadedModel, attr: GenerationAttribution, selected: int = 
     if t_count == 0:
         return None
     reads = attr.input_ids[:-1]  # the last generated token is never an input: [P + T - 1]
+    out_of_reach = hidden_states_out_of_reach(model)
+    if out_of_reach is not None:  # logits only: the selected step and the contrast stand, with the one line why
+        length = len(reads)
+        return StepViews(p, np.zeros((0, t_count, LENS_TOP_K), np.int64), np.zeros((0, t_count, LENS_TOP_K), np.float32),
+                         np.asarray([selected], np.int64), np.zeros((0, 0, 1, length), np.float32),
+                         np.zeros((1, length)), contrast, [out_of_reach])
     lens = lens if lens is not None else logit_lens(model, [reads], top_k=LENS_TOP_K)
     lens_ids = lens.top_ids[0][:, p - 1: p - 1 + t_count]  # [layers + 1, T, k]
     lens_probs = lens.top_probs[0][:, p - 1: p - 1 + t_count]

@@ -57,13 +57,14 @@ def _views_html(views: StepViews, attr: GenerationAttribution, spec: InputSpec, 
     p, t = attr.prompt_length, views.selected
     shown = token_display(attr.input_ids, spec)
     labels = [s.label for s in shown]
-    parts = [f"<h4>Prompt {i + 1}, selected step {t + 1}: “{escape(labels[p + t])}”</h4>",
-             "<p>What each layer would predict at the position that predicts it (logit lens; the last row is the "
-             "model's own):</p>",
-             table_html(viz.logit_lens_rows(views.lens_ids, views.lens_probs, t, lambda ids: display_tokens(ids, spec)),
-                        numeric=("p",))]
+    parts = [f"<h4>Prompt {i + 1}, selected step {t + 1}: “{escape(labels[p + t])}”</h4>"]
+    if views.has_layers:  # else hidden states out of reach (a .pt2): its note says why
+        parts += ["<p>What each layer would predict at the position that predicts it (logit lens; the last row is "
+                  "the model's own):</p>",
+                  table_html(viz.logit_lens_rows(views.lens_ids, views.lens_probs, t,
+                                                 lambda ids: display_tokens(ids, spec)), numeric=("p",))]
     parts += [f'<p class="muted">{escape(note)}</p>' for note in views.notes]
-    if views.steps.size:
+    if views.has_layers and views.steps.size:
         figures.append(viz.step_attention_figure(views.attention, views.rollout, p + t - 1, labels, row=0,
                                                  title=f"Prompt {i + 1}: what step {t + 1} attends to, per layer and "
                                                        "head, then the rollout"))

@@ -17,6 +17,7 @@ from explain.attribution import completeness_text, step_raising_text
 from explain.errors import GlassboxError
 from explain.generation.attention import causal_rollout, text_attention
 from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
+from explain.generation.causal_lm import hidden_states_out_of_reach
 from explain.generation.contrastive import single_tokens
 from explain.generation.explained import (
     DEFAULT_MAX_NEW,
@@ -286,6 +287,10 @@ if view.quality:
 
 # ---- Selected step: attention and logit lens ----
 st.subheader("Selected step: attention and logit lens")
+out_of_reach = hidden_states_out_of_reach(model)
+if out_of_reach:  # a .pt2 gives its logits only: one line why, not an error box over empty panels
+    st.info(escape_markdown(out_of_reach))
+    st.stop()
 step_attention = None
 with state.error_boundary("Reading the attention"):
     step_attention = _text_attention(model, attr.input_ids)
