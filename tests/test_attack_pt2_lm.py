@@ -292,7 +292,7 @@ def test_integer_logits_are_refused_at_load_in_one_line(files):
     root, _ = files
     with pytest.raises(GlassboxError) as caught:
         load_model(save_lm(root / "int.pt2", TinyLM(then=lambda y: (y * 100).long())))
-    one_clear_line(caught.value)
+    assert "returns int64 logits" in one_clear_line(caught.value)
 
 
 # ---------------------------------------------------------------- memory bombs

@@ -318,6 +318,10 @@ class ExportedCausalLM(nn.Module):
                 part = [torch.cat([t, t[:1].expand(short, *t.shape[1:])], 0) for t in part]
             out = graph(*part) if sig.mask else graph(part[0])
             out = first_leaf(out)  # [rows, L, V] of a tensor, a tuple or a dict (`per_position_logits`)
+            if not out.is_floating_point():
+                raise IncompatibleInput(f"This .pt2 causal LM returns {str(out.dtype).removeprefix('torch.')} logits, "
+                                        "not floating-point ones (log-probabilities need them).",
+                                        "Export the model's logits before any argmax or cast.")
             outs.append(out[: rows - short])
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
 
