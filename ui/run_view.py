@@ -188,7 +188,9 @@ def submit_run_report(run: SavedRun):
     from ui import jobs
 
     info = run.info
-    methods = info.summary.get("methods") or ([info.method] if info.page == "dataset" else ["integrated_gradients"])
+    methods = info.summary.get("methods") or ([info.method] if info.page == "dataset" else
+                                              [] if info.page == "generation" else ["integrated_gradients"])
+    # a generation run: its Generation section, no classifier Output section (a causal LM has no inputs to map)
     inputs, labels = run.inputs.get("inputs"), run.inputs.get("labels")
     if info.page == "dataset" and inputs is not None:
         inputs = inputs[:REPORT_DATASET_ROWS]  # the report draws maps per input: the first rows stand for the rest

@@ -61,7 +61,7 @@ def report_job(model: LoadedModel, name: str, version: int, inputs: np.ndarray |
     from explain.output.metrics import get_metric
 
     methods = list(dict.fromkeys(methods))
-    if not methods:
+    if not methods and generation is None:  # a generation run's report may be its Generation section alone
         raise UsageError("Choose at least one method for the report.")
     if max_inputs < 1:
         raise UsageError(f"max_inputs must be at least 1, got {max_inputs}.")
@@ -99,7 +99,7 @@ def report_job(model: LoadedModel, name: str, version: int, inputs: np.ndarray |
               "logs": described_logs, "checkpoints": [c[0] for c in checkpoints],
               "comparison": None if comparison is None else comparison.info.to_dict(),
               "generation": None if generation is None else generation.info.to_dict()}
-    return params, arrays, f"report on {name}@v{version} ({', '.join(methods)})"
+    return params, arrays, f"report on {name}@v{version} ({', '.join(methods) or 'generation'})"
 
 
 def run_report_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str, np.ndarray],
