@@ -288,7 +288,10 @@ def test_the_generate_page_on_a_pt2_says_in_one_line_why_no_lens_nor_attention_a
     at.checkbox(key="gb_gen_quality").set_value(False).run()
     at.button(key="gb_gen_run").click().run()
     at.selectbox(key="gb_gen_token").set_value(1)
-    at.text_input(key="gb_gen_contrast").input("a").run()  # one token of its tiny vocabulary
+    at.text_input(key="gb_gen_contrast").input("the").run()  # three tokens of its tiny vocabulary: a warning says so
+    assert [w.value.replace("\\", "") for w in at.main.warning] == [
+        "“the” is 3 tokens for this model (t · h · e); a contrast compares the token with one other token."]
+    at.text_input(key="gb_gen_contrast").input("a").run()  # one token
 
     def clean(app_test):
         assert not app_test.exception and not app_test.error, [e.value for e in [*app_test.exception, *app_test.error]]

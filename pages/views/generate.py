@@ -104,12 +104,18 @@ def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> N
     if attr.method not in CONTRAST_METHODS:
         st.caption("A contrast is attributed by " + ", ".join(m.replace("_", " ") for m in CONTRAST_METHODS) + ".")
         return
+    ids = encode_texts([other], model.spec, special_tokens=False)[0]
+    if len(ids) != 1:  # a typo, not a failure: how this model's tokenizer splits it
+        pieces = f" ({' · '.join(display_tokens(ids, model.spec))})" if len(ids) else ""
+        st.warning(escape_markdown(f"“{other}” is {len(ids)} tokens for this model{pieces}; a contrast compares "
+                                   "the token with one other token."))
+        return
     key = (request, t, other)
     cached = st.session_state.get(CONTRAST_KEY)
     if cached is None or cached[0] != key:
         cached = None
         with state.error_boundary("Contrasting"):
-            alternative = single_tokens(encode_texts([other], model.spec, special_tokens=False))[0]
+            alternative = single_tokens([ids])[0]
             with hold_model(model):
                 found = contrast_texts(model, [view.text], [alternative], t, attr.method,
                                        int(attr.params.get("steps", 1)), attr.params.get("baseline") or "pad",
