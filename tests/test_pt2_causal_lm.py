@@ -23,7 +23,13 @@ from explain.generation.attribution import attribute_generation  # noqa: E402
 from explain.generation.greedy import generate_greedy  # noqa: E402
 from explain.generation.occlusion import attribute_texts  # noqa: E402
 from explain.generation.prompts import encode_texts  # noqa: E402
-from explain.loading.export_lm import NO_EMBEDDING, NO_HIDDEN_STATES, NO_HIDDEN_STATES_HINT, NO_TOKENIZER  # noqa: E402
+from explain.loading.export_lm import (  # noqa: E402
+    NO_EMBEDDING,
+    NO_HIDDEN_STATES,
+    NO_HIDDEN_STATES_HINT,
+    NO_TOKENIZER,
+    NO_TOKENIZER_HINT,
+)
 from explain.loading.loader import load_model  # noqa: E402
 
 PROMPTS = ["the cat sat on", "two plus two is four and"]
@@ -272,12 +278,20 @@ def test_the_generate_page_on_a_pt2_says_in_one_line_why_no_lens_nor_attention_a
     if kind != "llama":
         pytest.skip("the page is checked once, on the Llama")
     line = f"{NO_HIDDEN_STATES} {NO_HIDDEN_STATES_HINT}"
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    bare = (user / "lm.pt2").read_bytes()  # its tokenizer only beside it on disk: an upload comes without
+    at = AppTest.from_file(app, default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob("lm.pt2", bare, hashlib.sha256(bare).hexdigest())
+    at.switch_page("pages/views/generate.py").run()
+    assert [e.value.replace("\\", "") for e in at.main.error] == [f"lm.pt2 does not load: {NO_TOKENIZER}"]
+    assert [i.value.replace("\\", "") for i in at.main.info] == [NO_TOKENIZER_HINT]  # where it goes; no spec form
+    assert not at.main.button and not at.exception
     carrying = user / "carrying.pt2"  # the user's .pt2 with its tokenizer saved into it, as the page needs it
     shutil.copy(user / "lm.pt2", carrying)
     with zipfile.ZipFile(carrying, "a") as zf:
         zf.writestr(zf.namelist()[0].split("/")[0] + "/extra/tokenizer.json", (user / "tokenizer.json").read_text())
     data = carrying.read_bytes()
-    app = str(Path(__file__).resolve().parent.parent / "app.py")
     at = AppTest.from_file(app, default_timeout=300)
     at.session_state["gb_source"] = "upload"
     at.session_state["gb_model_upload"] = UploadedBlob("lm.pt2", data, hashlib.sha256(data).hexdigest())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explain.errors import IncompatibleInput
+from explain.loading.export_lm import NO_TOKENIZER
 from explain.loading.weights import WeightsRefused
 from explain.spec import SpecNeeded
 from ui import state
@@ -39,8 +40,9 @@ def render_pending_upload() -> bool:
         return False
     st.title(TITLE)
     st.error(escape_markdown(f"{blob.name} does not load: {failure.reason}"), icon=":material/block:")
-    # unsafe, corrupt, too large, or weights no architecture fits: no spec fixes the file
-    if not isinstance(failure, IncompatibleInput) or isinstance(failure, WeightsRefused):
+    # unsafe, corrupt, too large, or weights no architecture fits: no spec fixes the file; a causal .pt2 without
+    # its tokenizer: the form has no tokenizer, the hint says where it goes (in the .pt2, or a spec JSON)
+    if not isinstance(failure, IncompatibleInput) or isinstance(failure, WeightsRefused) or failure.reason == NO_TOKENIZER:
         if failure.hint:
             st.info(escape_markdown(failure.hint))
         return True
