@@ -214,6 +214,7 @@ def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
 
     import torch  # here, not at import: reading a training log must not import torch (the app's first paint)
 
+    _refuse_compressed_records(data, what)
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
@@ -232,6 +233,22 @@ def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
             f"The {what} is truncated or damaged ({one_line(exc, 200, typed=False)}).",
             "Upload the complete file again.",
         ) from None
+
+
+def _refuse_compressed_records(data: bytes, what: str) -> None:
+    """Refuse a torch zip with a deflated record before torch reads it: torch.save stores its records, but
+    torch's reader inflates one, to its declared size (a 1 KB record of zeros asks for 64 MiB or more)."""
+    if not data.startswith(b"PK"):
+        return
+    try:
+        infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError):
+        return  # torch's own reader says what is wrong with it
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED or i.file_size > len(data)]
+    if packed:
+        raise CorruptFile(f"The {what} has compressed records (e.g. {packed[0][-80:]!r}); torch.save stores them, "
+                          "and Glassbox does not inflate them (a small file can unpack to gigabytes).",
+                          "Save the weights again with torch.save or as safetensors.")
 
 
 def describe_content(data: bytes) -> str | None:
