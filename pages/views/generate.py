@@ -104,7 +104,11 @@ def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> N
     if attr.method not in CONTRAST_METHODS:
         st.caption("A contrast is attributed by " + ", ".join(m.replace("_", " ") for m in CONTRAST_METHODS) + ".")
         return
-    ids = encode_texts([other], model.spec, special_tokens=False)[0]
+    ids = None
+    with state.error_boundary("Contrasting"):
+        ids = encode_texts([other], model.spec, special_tokens=False)[0]
+    if ids is None:
+        return
     if len(ids) != 1:  # a typo, not a failure: how this model's tokenizer splits it
         pieces = f" ({' · '.join(display_tokens(ids, model.spec))})" if len(ids) else ""
         st.warning(escape_markdown(f"“{other}” is {len(ids)} tokens for this model{pieces}; a contrast compares "
