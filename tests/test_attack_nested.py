@@ -14,9 +14,9 @@ import zipfile
 import pytest
 import torch
 
-from explain.errors import CorruptFile
+from explain.errors import CorruptFile, TooLarge
 from explain.loading.huggingface import read_huggingface
-from explain.loading.source import weights_only_load
+from explain.loading.source import MAX_INFLATE_FLOOR, open_archive, weights_only_load
 from tests.test_attack_pt2_lm import one_clear_line, peak_growth_kib
 from tests.test_parser_bombs import _bert_zip
 
@@ -64,3 +64,44 @@ def test_a_stored_checkpoint_still_loads_and_a_deflated_one_is_refused():
     assert torch.equal(weights_only_load(buf.getvalue(), "checkpoint")["w"], torch.arange(6.0).reshape(2, 3))
     with pytest.raises(CorruptFile, match="checkpoint has compressed records"):
         weights_only_load(_deflated_records(buf.getvalue()), "checkpoint")
+
+
+def _zip(members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", method, compresslevel=9) as zo:
+        for name, body in members.items():
+            zo.writestr(name, body)
+    return out.getvalue()
+
+
+def test_a_json_the_server_parses_is_refused_when_it_inflates_past_what_json_files_do():
+    """A Hugging Face zip's tokenizer_config.json of 4 MiB of empty lists deflated to 4 KB: json.loads
+    held ~25 times its bytes in the server (16 MiB, the file's cap, in 17 KB: +415 MiB, 21 s)."""
+    base = zipfile.ZipFile(io.BytesIO(_bert_zip()))
+    members = {i.filename: base.read(i) for i in base.infolist()}
+    members["bert/tokenizer_config.json"] = b'{"x": [' + b"[]," * (4 * 2**20 // 3) + b'[]]}'
+    upload = _zip(members)
+    assert len(upload) < 8_000
+    caught = []
+
+    def run():
+        with pytest.raises(TooLarge) as exc:
+            read_huggingface(upload)
+        caught.append(exc.value)
+
+    growth = peak_growth_kib(run)
+    print(f"{len(upload)} byte upload: server peak +{growth / 1024:.1f} MiB")
+    text = one_clear_line(caught[0])
+    assert "tokenizer_config.json" in text and "compressed" in text
+    assert growth < 32 * 1024
+
+
+def test_capped_reads_refuse_only_members_that_inflate_past_the_ratio():
+    big = bytes(2 * 2**20)  # 2 MiB of zeros: deflates ~1000 times
+    packed = open_archive(_zip({"a.json": big, "small.json": bytes(MAX_INFLATE_FLOOR)}), "test")
+    assert packed.read("small.json", 16 * 2**20) == bytes(MAX_INFLATE_FLOOR)  # under the floor, any ratio
+    assert packed.read("a.json") == big  # no cap: a weight file, bounded by the archive's total
+    with pytest.raises(TooLarge, match=r"a.json unpacks to 2.0 MiB from 2 KiB"):
+        packed.read("a.json", 16 * 2**20)
+    stored = open_archive(_zip({"a.json": big}, zipfile.ZIP_STORED), "test")
+    assert stored.read("a.json", 16 * 2**20) == big  # torch.export.save, folder_as_zip: stored
