@@ -318,6 +318,7 @@ def test_the_generate_page_on_a_pt2_says_in_one_line_why_no_lens_nor_attention_a
     run_id = [c.value for c in at.code if "?run=" in c.value][0].rsplit("=", 1)[1]
     _, ws = home
     run = ws.runs.open(Actor("cli:tester", operator=True), run_id)
+    assert run.info.title == "saliency on 2 tokens after 1 prompt of lm"  # one prompt: no "1 prompts"
     views = saved_generation(run).views[0]
     assert not views.has_layers and views.selected == 1 and views.notes == [line]
     c = views.contrast  # log p(token) - log p("a") at step 1, as transformers' model gives them

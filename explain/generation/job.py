@@ -197,7 +197,7 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
               "tolerance": float(tolerance) if method == "integrated_gradients" else 0.0,
               "per_token": list(per_token) if per_token is not None and method == "integrated_gradients" else None}
     what = "given continuations of" if forced else "generations from"
-    return params, arrays, f"{method} on {what} {len(ids)} prompts of {name}@v{version}"
+    return params, arrays, f"{method} on {what} {len(ids)} prompt{'s' * (len(ids) != 1)} of {name}@v{version}"
 
 
 def run_generation_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str, np.ndarray],
@@ -306,7 +306,8 @@ def generation_record(name: str, version: int, model: LoadedModel, results: Sequ
     return RunRecord(
         page=RUN_KIND, model=name, version=int(version), method=method,
         title=(f"Re-run of {params['rerun_of']}: " if params.get("rerun_of") else "")
-        + f"{method.replace('_', ' ')} on {tokens} tokens after {len(results)} prompts of {model.name}",
+        + f"{method.replace('_', ' ')} on {tokens} token{'s' * (tokens != 1)} after {len(results)} "
+          f"prompt{'s' * (len(results) != 1)} of {model.name}",
         params={**{k: params.get(k) for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
                                               "quality", "sampling", "chat", "chats", "selected_step", "contrast",
                                               "tolerance")}, **step_record(results)},
