@@ -21,3 +21,14 @@ def to_json_safe(obj):
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     return str(obj)
+
+
+def count_values(value) -> int:
+    """How many JSON values ``value`` holds, itself included (no recursion: a document may nest deep)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, (dict, list)):
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return count

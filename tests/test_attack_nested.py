@@ -9,13 +9,14 @@ upload 64 MiB of server memory (some 50,000 times its size).
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import pytest
 import torch
 
 from explain.errors import CorruptFile, TooLarge
-from explain.loading.huggingface import read_huggingface
+from explain.loading.huggingface import check_config_size, read_huggingface
 from explain.loading.source import MAX_INFLATE_FLOOR, open_archive, weights_only_load
 from tests.test_attack_pt2_lm import one_clear_line, peak_growth_kib
 from tests.test_parser_bombs import _bert_zip
@@ -105,3 +106,40 @@ def test_capped_reads_refuse_only_members_that_inflate_past_the_ratio():
         packed.read("a.json", 16 * 2**20)
     stored = open_archive(_zip({"a.json": big}, zipfile.ZIP_STORED), "test")
     assert stored.read("a.json", 16 * 2**20) == big  # torch.export.save, folder_as_zip: stored
+
+
+def _config_zip(edit) -> bytes:
+    base = zipfile.ZipFile(io.BytesIO(_bert_zip()))
+    members = {i.filename: base.read(i) for i in base.infolist()}
+    config = json.loads(members["bert/config.json"])
+    edit(config)
+    members["bert/config.json"] = json.dumps(config).encode()
+    return _zip(members)
+
+
+def test_a_config_of_many_values_is_refused_before_transformers_copies_and_logs_each():
+    """1 MiB of config.json (under the ratio's floor, 2 KB deflated): transformers' from_dict deep-copies and
+    JSON-encodes every value, ~0.6 KB and ~40 us each: +174 MiB and 11 s of the server for a 2 KB upload."""
+    upload = _config_zip(lambda config: config.update(x=[0.5] * 200_000))
+    assert len(upload) < 4_000
+    caught = []
+
+    def run():
+        with pytest.raises(TooLarge) as exc:
+            read_huggingface(upload)
+        caught.append(exc.value)
+
+    growth = peak_growth_kib(run)
+    print(f"{len(upload)} byte upload: server peak +{growth / 1024:.1f} MiB")
+    assert "config.json holds 200,0" in one_clear_line(caught[0])
+    assert growth < 32 * 1024
+
+
+def test_a_config_s_labels_count_apart_from_its_other_values():
+    labels = {str(i): f"class {i}" for i in range(30_000)}
+    cfg = {"model_type": "bert", "hidden_size": 8, "id2label": labels, "label2id": {v: int(k) for k, v in labels.items()}}
+    check_config_size(cfg, 10**9)  # 60,000 values, all of them labels
+    with pytest.raises(TooLarge, match="asks for 200,000 labels"):
+        check_config_size({**cfg, "label2id": {f"c{i}": i for i in range(200_000)}}, 10**9)
+    with pytest.raises(TooLarge, match=r"config.json holds 20,\d+ values besides its labels"):
+        check_config_size({**cfg, "x": [[]] * 20_000}, 10**9)

@@ -35,6 +35,7 @@ from torch import nn
 from explain import config as gb_config
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile, one_line
 from explain.inputs.text import tokenizer_vocab
+from explain.jsonable import count_values
 from explain.loading.source import (
     Archive,
     LoadedParts,
@@ -61,6 +62,8 @@ MAX_TEXT_LENGTH = 128
 #: ImageNet-21k's labels is about 1 MiB. ``tokenizer.json`` / ``vocab.txt`` use
 #: `explain.config.max_tokenizer_bytes`; weights are bounded by the archive's cap.
 MAX_JSON_BYTES = 16 * 2**20
+#: Most JSON values a config.json may hold besides its labels (a real one: a few hundred; Whisper's ~300).
+MAX_CONFIG_VALUES = 20_000
 HF_HINT = ("Upload a Hugging Face folder (or its .zip) with config.json and model.safetensors "
            "for sequence or image classification.")
 
@@ -380,6 +383,7 @@ def _check_weights(files: dict[str, bytes], shards: dict[str, bytes]) -> int:
 #: config.json keys, in the order read, for each size `estimate_parameters` uses.
 _WIDTH_KEYS = ("hidden_size", "d_model", "dim", "n_embd", "embed_dim")
 _LAYER_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "n_layer", "encoder_layers")
+_LABEL_KEYS = ("id2label", "label2id")
 _FFN_KEYS = ("intermediate_size", "ffn_dim", "encoder_ffn_dim", "n_inner")
 
 
@@ -428,8 +432,7 @@ def estimate_parameters(cfg: dict) -> tuple[int, int, int]:
     layers = _size(cfg, _LAYER_KEYS) or _size(cfg, ("depths",))
     own_layers = min(layers, _size(cfg, ("num_hidden_groups",), layers)) if scalar else 0
     ffn = _size(cfg, _FFN_KEYS) or (_size(cfg, ("hidden_dim",)) if "dim" in cfg else 0)
-    id2label = cfg.get("id2label")
-    labels = max(_size(cfg, ("num_labels",)), len(id2label) if isinstance(id2label, dict) else 0)
+    labels = max((_size(cfg, ("num_labels",)), *(len(cfg[k]) for k in _LABEL_KEYS if isinstance(cfg.get(k), dict))))
     patch = _size(cfg, ("patch_size",))
     channels = _size(cfg, ("num_channels",), 3)
     parameters = (_size(cfg, ("vocab_size",)) * embedding + own_layers * (width * width + width * ffn // 2)
@@ -452,6 +455,10 @@ def check_config_size(cfg: dict, available: int) -> None:
         if count > cap:
             raise TooLarge(f"config.json asks for {count:,} {what}, over the {cap:,} limit.",
                            f"An operator can raise it with {setting}.")
+    values = count_values(cfg) - sum(len(cfg[k]) for k in _LABEL_KEYS if isinstance(cfg.get(k), dict))
+    if values > MAX_CONFIG_VALUES:  # transformers deep-copies and JSON-encodes each (~0.6 KB, ~40 us apiece)
+        raise TooLarge(f"config.json holds {values:,} values besides its labels, over the {MAX_CONFIG_VALUES:,} "
+                       "Glassbox reads.", "Upload the config.json that transformers wrote for the model.")
     side = _size(cfg, ("image_size",))
     if side * side > gb_config.max_image_pixels():
         raise TooLarge(f"config.json asks for {side}x{side} images, over the "
