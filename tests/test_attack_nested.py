@@ -97,15 +97,15 @@ def test_a_json_the_server_parses_is_refused_when_it_inflates_past_what_json_fil
     assert growth < 32 * 1024
 
 
-def test_capped_reads_refuse_only_members_that_inflate_past_the_ratio():
+def test_reads_refuse_only_members_that_inflate_past_the_ratio():
     big = bytes(2 * 2**20)  # 2 MiB of zeros: deflates ~1000 times
     packed = open_archive(_zip({"a.json": big, "small.json": bytes(MAX_INFLATE_FLOOR)}), "test")
     assert packed.read("small.json", 16 * 2**20) == bytes(MAX_INFLATE_FLOOR)  # under the floor, any ratio
-    assert packed.read("a.json") == big  # no cap: a weight file, bounded by the archive's total
-    with pytest.raises(TooLarge, match=r"a.json unpacks to 2.0 MiB from 2 KiB"):
-        packed.read("a.json", 16 * 2**20)
+    for cap in (16 * 2**20, None):  # capped (a JSON file) or not (weights)
+        with pytest.raises(TooLarge, match=r"a.json unpacks to 2.0 MiB from 2 KiB"):
+            packed.read("a.json", cap)
     stored = open_archive(_zip({"a.json": big}, zipfile.ZIP_STORED), "test")
-    assert stored.read("a.json", 16 * 2**20) == big  # torch.export.save, folder_as_zip: stored
+    assert stored.read("a.json", 16 * 2**20) == stored.read("a.json") == big  # torch.export.save, folder_as_zip: stored
 
 
 def _config_zip(edit) -> bytes:
@@ -144,3 +144,26 @@ def test_a_config_s_labels_count_apart_from_its_other_values():
         check_config_size({**cfg, "label2id": {f"c{i}": i for i in range(200_000)}}, 10**9)
     with pytest.raises(TooLarge, match=r"config.json holds 20,\d+ values besides its labels"):
         check_config_size({**cfg, "x": [[]] * 20_000}, 10**9)
+
+
+def test_weights_that_inflate_past_the_ratio_are_refused_before_the_server_reads_them():
+    """model.safetensors holding 8 MiB of zeros, 8 KB deflated: the server read it whole and parsed it (to count
+    its values): ~2 times the unpacked size (64 MiB in a 66 KB upload: +129 MiB), up to twice the upload cap."""
+    from safetensors.torch import load, save
+
+    base = zipfile.ZipFile(io.BytesIO(_bert_zip()))
+    members = {i.filename: base.read(i) for i in base.infolist()}
+    members["bert/model.safetensors"] = save({**load(members["bert/model.safetensors"]), "pad": torch.zeros(2 * 2**20)})
+    upload = _zip(members)
+    assert len(upload) < 16_000
+    caught = []
+
+    def run():
+        with pytest.raises(TooLarge) as exc:
+            read_huggingface(upload)
+        caught.append(exc.value)
+
+    growth = peak_growth_kib(run)
+    print(f"{len(upload)} byte upload: server peak +{growth / 1024:.1f} MiB")
+    assert "model.safetensors unpacks to 8.0 MiB" in one_clear_line(caught[0])
+    assert growth < 4 * 1024

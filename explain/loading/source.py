@@ -24,9 +24,9 @@ from explain.spec import InputSpec
 
 #: Largest embedded spec (``glassbox_spec.json``) read from an archive.
 MAX_SPEC_BYTES = 10 * 2**20
-#: A member the server parses (a capped `Archive.read`: JSON, a tokenizer) may unpack to at most this many times
-#: its packed bytes once over `MAX_INFLATE_FLOOR`: JSON deflates some 3 to 20 times, a bomb ~1,000 times, and
-#: parsed JSON holds up to ~25 times its bytes (a 4 KB upload must not cost the server gigabytes).
+#: A member `Archive.read` reads (JSON, a tokenizer, weights the server parses) may unpack to at most this many
+#: times its packed bytes once over `MAX_INFLATE_FLOOR`: JSON deflates some 3 to 20 times, weights ~1.1, a bomb
+#: ~1,000 times, and parsed JSON holds up to ~25 times its bytes (a 4 KB upload must not cost the server gigabytes).
 MAX_INFLATE_RATIO = 100
 MAX_INFLATE_FLOOR = 2**20
 #: The magic number legacy (non-zip) ``torch.save`` files start with.
@@ -179,14 +179,14 @@ class Archive:
 
     def read(self, name: str, cap: int | None = None, hint: str | None = None) -> bytes:
         """One member's bytes; refused (`TooLarge`, with ``hint``) before reading when its declared size is over ``cap``.
-        A capped member is one the server parses, so it is also refused when it unpacks to more than
-        `MAX_INFLATE_RATIO` times its packed bytes (over `MAX_INFLATE_FLOOR`)."""
+        Any member is also refused when it unpacks to more than `MAX_INFLATE_RATIO` times its packed bytes
+        (over `MAX_INFLATE_FLOOR`): the server parses what it reads (JSON, a tokenizer, weights to count)."""
         size = self.sizes.get(name, 0)
         if cap is not None and size > cap:
             raise TooLarge(f"The {self.what} archive's {name} is {size / 2**20:.1f} MiB, over the "
                            f"{cap / 2**20:.1f} MiB Glassbox reads of it.", hint)
         packed = self.packed.get(name, 0)
-        if cap is not None and size > max(MAX_INFLATE_FLOOR, MAX_INFLATE_RATIO * packed):
+        if size > max(MAX_INFLATE_FLOOR, MAX_INFLATE_RATIO * packed):
             raise TooLarge(f"The {self.what} archive's {name} unpacks to {size / 2**20:.1f} MiB from "
                            f"{packed / 2**10:.0f} KiB, more than {MAX_INFLATE_RATIO} times: compressed like a "
                            "decompression bomb, not like the file it names.",
