@@ -353,3 +353,34 @@ def test_default_depth_of_a_table_reaches_the_sentiment_encoder_layers_submodule
     table = build_layer_table(load_sample("sentiment"), sample_inputs("sentiment")["inputs"][:2])
     shown = {r.name for r in filter_rows(table.rows, max_depth=default_depth(table.rows))}
     assert "encoder.layers.0.self_attn" in shown and "encoder.layers.0.linear1" in shown
+
+
+def test_fast_path_switch_is_restored_when_blocks_of_two_threads_overlap():
+    """A enters, B enters, A leaves, B leaves: saving and restoring per block left the fast path off for
+    good (B saved A's "off"); the counted switch puts back the setting from before A."""
+    import threading
+
+    from explain.kernels import no_mha_fastpath
+
+    assert torch.backends.mha.get_fastpath_enabled()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with no_mha_fastpath():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with no_mha_fastpath():
+            b_in.set()
+            a_out.wait(5)
+            assert not torch.backends.mha.get_fastpath_enabled()  # still off for B after A left
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert torch.backends.mha.get_fastpath_enabled()
