@@ -12,6 +12,7 @@ Two ways the stamp stayed the same while the workspace changed:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import sqlite3
 from itertools import count
@@ -157,7 +158,10 @@ def _slow_body_request(app, path: str, token: str, meanwhile, wait_s: float) -> 
         elif message["type"] == "http.response.body":
             out["body"] += message.get("body", b"")
 
-    asyncio.run(app(scope, receive, send))
+    # its own thread: a browser test module earlier in the run (Playwright's sync API) can leave an event
+    # loop running in the main thread, where asyncio.run refuses to start
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
     return out["status"], json.loads(out["body"])
 
 
