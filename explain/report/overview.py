@@ -56,12 +56,13 @@ _MEMO_LOCK = threading.RLock()  # re-entered when a model dies inside a locked s
 _MEMO_SIZE = 64
 
 
-def _forget(ref: weakref.ref) -> None:
+def _forget(ref: weakref.ref, memo: OrderedDict = _MEMO, lock: threading.RLock = _MEMO_LOCK) -> None:
     """A model (or other object answers were kept about) is gone: its answers go too (a checkpoint's model
-    kept for it among them)."""
-    with _MEMO_LOCK:
-        for key in [k for k, (r, _) in _MEMO.items() if r is ref]:
-            _MEMO.pop(key, None)
+    kept for it among them). The memo and lock are bound here: a model collected at interpreter exit
+    calls this after the module's globals are cleared."""
+    with lock:
+        for key in [k for k, (r, _) in memo.items() if r is ref]:
+            memo.pop(key, None)
 
 
 def _about(found: tuple[weakref.ref | None, Any], of: Any) -> bool:
