@@ -335,3 +335,50 @@ def test_the_generate_page_on_a_pt2_says_in_one_line_why_no_lens_nor_attention_a
     assert len(opened.get("plotly_chart")) == 1 and not opened.main.dataframe  # the matrix only
     section = build_generation_section(saved_generation(run), run.spec)
     assert len(section.figures) == 1 and "embeddings" not in section.body and line in section.body.replace("&#x27;", "'")
+
+
+def test_the_report_and_structure_page_of_a_pt2_show_its_layers_and_say_why_no_attention(pair):
+    """A .pt2 causal LM's report: its layer table and FLOPs read from the program itself (no raw AttributeError of
+    a graph the LM wrapper has not), its attention one line (a .pt2 gives logits only); the Structure page too."""
+    import hashlib
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explain.report.sections import build_report
+    from explain.spec import CAUSAL_LM_NOTE
+    from explain.structure.attention import attention_unavailable_reason
+    from explain.structure.measures import make_flop_counter
+    from ui.state import UploadedBlob
+
+    kind, _folder_model, model, ref, _prompts, user = pair
+    if kind != "llama":
+        pytest.skip("the report and page are checked once, on the Llama")
+    line = f"{NO_HIDDEN_STATES} {NO_HIDDEN_STATES_HINT}"
+    report = build_report(model, None, methods=(), quality=[])
+    assert report.failed_sections == []
+    html = report.to_html()
+    assert "AttributeError" not in html and "no attribute" not in html
+    structure = report.section("Structure").data
+    assert structure["total_flops"] > 0 and structure["total_parameters"] == model.parameter_count()
+    layers = [row["layer"].strip() for row in structure["layers"]]
+    assert {"lm.model.embed_tokens", "lm.model.layers.0.self_attn", "lm.lm_head"} <= set(layers)  # by the model's names
+    with make_flop_counter() as counter, torch.no_grad():  # the layer table's counter on transformers' model
+        ref(input_ids=torch.ones(1, model.spec.input_shape[0], dtype=torch.long))  # one input
+    assert structure["total_flops"] == counter.get_total_flops() == 4_468_736  # the program's, per input
+    assert report.section("Model card").data["flops"] == structure["total_flops"]
+    assert "Attention" not in report.section_titles  # as for a model without attention: the section is left out
+    carrying = user / "structure.pt2"  # an upload carries its tokenizer inside
+    shutil.copy(user / "lm.pt2", carrying)
+    with zipfile.ZipFile(carrying, "a") as zf:
+        zf.writestr(zf.namelist()[0].split("/")[0] + "/extra/tokenizer.json", (user / "tokenizer.json").read_text())
+    data = carrying.read_bytes()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=240)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob("lm.pt2", data, hashlib.sha256(data).hexdigest())
+    at.switch_page("pages/views/structure.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    # the page, as for any causal LM, says in one line where its views are: no exception, no error box
+    assert [i.value for i in at.main.info] == [CAUSAL_LM_NOTE] and not at.main.dataframe
+    assert attention_unavailable_reason(model) == line  # what the report and the page's Attention tab say

@@ -275,6 +275,12 @@ class ExportedCausalLM(nn.Module):
         found = [i for i, token in enumerate(spec_vocabulary(spec) or ()) if token in EOS_TOKENS]
         self.config.eos_token_id = found or None
 
+    def program_args(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The program's own inputs for ids [N, L] its signature takes: (ids[, a mask of ones [N, L]])."""
+        if not self.signature.mask:
+            return (ids,)
+        return ids, torch.ones_like(ids, dtype=getattr(torch, self.signature.mask_dtype))
+
     def get_input_embeddings(self) -> nn.Module:
         if self._embedding is None:
             raise IncompatibleInput(NO_EMBEDDING, NO_EMBEDDING_HINT)

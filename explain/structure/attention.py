@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from explain.errors import IncompatibleInput, one_line
+from explain.generation.causal_lm import hidden_states_out_of_reach
 from explain.inputs.images import upsample
 from explain.kernels import no_mha_fastpath
 from explain.loading.huggingface import HFClassifier
@@ -193,6 +194,9 @@ attention_maps = capture_attention
 @in_model_process
 def attention_unavailable_reason(model: LoadedModel) -> str | None:
     """A one-line reason when ``model`` clearly has no capturable attention (cheap, no run)."""
+    out_of_reach = hidden_states_out_of_reach(model)  # a .pt2 causal LM: logits only
+    if out_of_reach:
+        return out_of_reach
     if model.format == "export":
         from explain.structure.attention_export import find_attention_nodes
 

@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from explain.errors import IncompatibleInput, one_line
 from explain.kernels import no_mha_fastpath
+from explain.loading.export_lm import ExportedLMModule
 from explain.model import LoadedModel
 from explain.structure.measures import ActivationStats, ModuleProbe, make_flop_counter, summarise_tensor
 
@@ -80,6 +81,8 @@ def probe_modules(model: LoadedModel, inputs: torch.Tensor) -> ModuleProbe:
         from explain.structure.script_probe import probe_script_modules
 
         return probe_script_modules(model.module, inputs)
+    if isinstance(model.module, ExportedLMModule):  # a causal .pt2's program itself: ids [N, L] -> logits [N, L, V]
+        return _probe_graph(model.module.model.program, *model.module.model.program_args(inputs))
     if model.format == "export":
         return _probe_graph(model.module, inputs)
     return _probe_eager(model.module, inputs)
@@ -165,12 +168,12 @@ class _RecordingInterpreter(torch.fx.Interpreter):
         return value
 
 
-def _probe_graph(gm: torch.fx.GraphModule, x: torch.Tensor) -> ModuleProbe:
+def _probe_graph(gm: torch.fx.GraphModule, *args: torch.Tensor) -> ModuleProbe:
     counter = make_flop_counter()
     interp = _RecordingInterpreter(gm, counter)
     with torch.no_grad(), counter:
         try:
-            interp.run(x)
+            interp.run(*args)
         except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
             raise IncompatibleInput(f"The model raised on these inputs: {one_line(exc, 200, typed=False)}") from None
     root_type = type(gm).__name__
