@@ -125,6 +125,9 @@ def main() -> None:
             page.goto(url)
             page.get_by_text("completeness error").first.wait_for()
             page.get_by_text("best_epoch").first.wait_for()
+            # the torch-free first paint (ui/first_paint) draws the map and curves first; the settled page
+            # adds the Structure column's layer table
+            page.get_by_text("The Structure page's table").first.wait_for()
             wait_for_app(page)
             shoot(page, "overview", 1000)
 
