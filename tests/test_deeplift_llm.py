@@ -282,7 +282,7 @@ def test_the_generate_page_explains_with_deeplift(tmp_path):
 def test_chunks_of_one_row_give_the_same_values(lm, deep_shap):
     """Results do not depend on the engine's chunking (deep_shap: several rows per token, one chunk by default)."""
     one = attribute_generation(lm[2], lm[4][:1], "deep_shap", batch_size=1)[0]
-    assert "chunks of 1-1 rows" in one.notes
+    assert "grid in chunks of 1 row" in one.notes
     np.testing.assert_allclose(one.values, deep_shap[0].values, atol=1e-5)  # float32 rounding of other shapes
     np.testing.assert_allclose(one.baseline_logprobs, deep_shap[0].baseline_logprobs, atol=1e-5)
 

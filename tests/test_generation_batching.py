@@ -43,8 +43,8 @@ def test_batched_targets_equal_one_row_at_a_time(lm, method):
     steps = STEPS if method == "integrated_gradients" else 1
     for text, many, one in zip(texts, batched, single):
         rows = len(text.generated_ids) * steps
-        assert many.notes[0] == f"chunks of {rows}-{rows} rows"  # the whole grid in one chunk: one backward
-        assert one.notes[0] == "chunks of 1-1 rows"
+        assert many.notes[0] == f"grid in chunks of {rows} rows"  # the whole grid in one chunk: one backward
+        assert one.notes[0] == "grid in chunks of 1 row"
         np.testing.assert_allclose(many.values, one.values, atol=1e-6, rtol=1e-6)  # float32 sums in another order
         np.testing.assert_allclose(many.completeness_error, one.completeness_error, atol=1e-5, rtol=1e-5, equal_nan=True)
 

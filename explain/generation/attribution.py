@@ -40,7 +40,7 @@ from explain.attribution import step_raising_text
 from explain.errors import UsageError
 from explain.generation.causal_lm import attribution_lm, causal_lm, device_of, record_precision, target_logprob_grid
 from explain.generation.reference import BASELINES, reference_embeddings
-from explain.generation.result import GeneratedText, GenerationAttribution
+from explain.generation.result import GeneratedText, GenerationAttribution, chunk_note
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
 from explain.output.engine import Engine
@@ -252,7 +252,7 @@ def _attribute_text(lm: nn.Module, model: LoadedModel, text: GeneratedText, meth
         params["per_token"] = {"steps": [int(s) for s in used]}
     full = torch.zeros(t_count, p + t_count, device=device)
     full[:, :length] = values
-    chunks = [f"chunks of {min(engine.chunk_sizes or [0])}-{max(engine.chunk_sizes or [0])} rows"] if engine.chunk_sizes else []
+    chunks = chunk_note(engine.chunk_sizes)
     return GenerationAttribution(
         text.input_ids, p, full.cpu().numpy(), logprobs.cpu().numpy(), base_logprobs.cpu().numpy(),
         error.float().cpu().numpy(), method, params, time.perf_counter() - began, chunks + notes + list(engine.notes))

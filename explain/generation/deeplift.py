@@ -51,7 +51,7 @@ from torch import nn
 from explain.errors import IncompatibleInput, one_line
 from explain.generation.causal_lm import device_of, is_exported, max_positions, special_ids, target_logprob_grid
 from explain.generation.reference import reference_embeddings
-from explain.generation.result import GeneratedText, GenerationAttribution
+from explain.generation.result import GeneratedText, GenerationAttribution, chunk_note
 from explain.output import pair_rules as pr
 from explain.output.aten_graph import GRAPH_CACHE, CapturedGraph, first_tensor
 from explain.output.aten_rules import RULE_FLAVOURS, PairInterpreter, RulePlan, plan_rules
@@ -235,9 +235,7 @@ def attribute_rules(lm: nn.Module, model: Any, text: GeneratedText, method: str,
     error = (acc.sum(-1) - (graph_logp - base_logp)).abs()  # [T]
     full = torch.zeros(t_count, p + t_count, device=device)
     full[:, :length] = acc.float()
-    notes = [f"graph captured by {captured.how}"]
-    if engine.chunk_sizes:
-        notes.append(f"chunks of {min(engine.chunk_sizes)}-{max(engine.chunk_sizes)} rows")
+    notes = [f"graph captured by {captured.how}", *chunk_note(engine.chunk_sizes)]
     return GenerationAttribution(
         text.input_ids, p, full.cpu().numpy(), logprobs.float().cpu().numpy(), base_logp.float().cpu().numpy(),
         error.float().cpu().numpy(), method, params, time.perf_counter() - began, notes + list(engine.notes))

@@ -14,6 +14,15 @@ def _ids(value, name: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def chunk_note(sizes: list[int]) -> list[str]:
+    """The one note saying how the engine cut a generation's grid (rows: token x step points), or none:
+    "grid in chunks of 384 rows", "grid in chunks of 1 to 384 rows"."""
+    if not sizes:
+        return []
+    low, high = min(sizes), max(sizes)
+    return [f"grid in chunks of {high if low == high else f'{low} to {high}'} row{'' if high == 1 else 's'}"]
+
+
 @dataclass
 class GeneratedText:
     """One prompt and the tokens that follow it (generated, or given and teacher-forced).
