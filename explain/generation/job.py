@@ -56,6 +56,7 @@ from explain.model import LoadedModel
 from explain.output.metrics import MetricResult
 from explain.progress import ProgressFn, report_progress
 from explain.spec import InputSpec
+from explain.workspace.reruns import max_difference, relative
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 
 #: the job kind (`explain.service.runners.RUNNERS`) and the run kind it saves
@@ -352,9 +353,9 @@ def generation_differences(saved: SavedGeneration, fresh: SavedGeneration) -> li
     for i, attr in enumerate(saved.attributions):
         again = fresh.attributions[i] if i < len(fresh.attributions) else None
         same = again is not None and np.array_equal(again.input_ids, attr.input_ids)
-        diff = float(np.abs(again.values.astype(np.float64) - attr.values).max(initial=0.0)) if same else float("nan")
+        diff = max_difference(attr.values, again.values) if same else float("nan")
         rows.append({"prompt": i + 1, "same tokens": bool(same), "max |difference|": diff,
-                     "relative to the largest value": diff / (float(np.abs(attr.values).max(initial=0.0)) or 1.0),
+                     "relative to the largest value": relative(diff, attr.values),
                      "saved completeness error": _worst(attr.completeness_error),
                      "now completeness error": _worst(again.completeness_error) if again is not None else float("nan")})
     return rows

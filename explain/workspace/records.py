@@ -16,6 +16,7 @@ from explain.finding import Finding
 from explain.model import LoadedModel
 from explain.output.metrics.base import MetricResult
 from explain.output.metrics.quality import Results
+from explain.workspace.reruns import max_difference, relative
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 
 if TYPE_CHECKING:
@@ -90,19 +91,13 @@ def output_differences(saved: SavedRun, fresh: SavedRun) -> list[dict[str, Any]]
     rows = []
     for attr in output_attributions(saved):
         again = now.get(attr.method)
-        if again is None or np.shape(again.values) != np.shape(attr.values):
-            rows.append({"method": attr.method, "max |difference|": float("nan"),
-                         "relative to the map's max": float("nan"),
-                         "saved completeness error": attr.max_completeness_error,
-                         "now completeness error": again.max_completeness_error if again else float("nan"),
-                         "same targets": False})
-            continue
-        scale = float(np.abs(attr.values).max()) or 1.0
-        diff = float(np.abs(np.asarray(again.values, dtype=np.float64) - attr.values).max())
-        rows.append({"method": attr.method, "max |difference|": diff, "relative to the map's max": diff / scale,
+        diff = float("nan") if again is None else max_difference(attr.values, again.values)  # NaN: other shapes
+        rows.append({"method": attr.method, "max |difference|": diff,
+                     "relative to the map's max": relative(diff, attr.values),
                      "saved completeness error": attr.max_completeness_error,
-                     "now completeness error": again.max_completeness_error,
-                     "same targets": bool(np.array_equal(again.target, attr.target))})
+                     "now completeness error": again.max_completeness_error if again else float("nan"),
+                     "same targets": again is not None and np.shape(again.values) == np.shape(attr.values)
+                     and bool(np.array_equal(again.target, attr.target))})
     return rows
 
 
