@@ -69,7 +69,7 @@ def test_editor_saves_viewer_reads_reviewer_comments_and_approves(team_server, c
         _sign_in(viewer, link, "vic")
         viewer.get_by_text(saved.sha256).first.wait_for()
         viewer.get_by_text("integrated_gradients on").first.wait_for()
-        viewer.get_by_text("Comments (0)").wait_for()
+        viewer.get_by_text("Comments (0)").first.wait_for()  # .first: a rerun's stale copy may still be there
         wait_for_app(viewer)
         _shot(viewer, "viewer_link")
         assert viewer.locator('[data-testid="stImage"] img, [data-testid="stPlotlyChart"]').count() >= 4
@@ -141,7 +141,9 @@ def test_a_viewer_cannot_load_or_run_a_model(team_server, chromium):
         main.get_by_text("Explaining needs the editor role").first.wait_for()
         sidebar.get_by_text("Loading or uploading a model needs the editor role").first.wait_for()
         wait_for_app(page)
-        assert main.get_by_text("Explaining needs the editor role").count() == 1  # said once, when settled
+        from playwright.sync_api import expect  # retried until settled: a rerun's stale copy goes
+
+        expect(main.get_by_text("Explaining needs the editor role")).to_have_count(1)  # said once, when settled
         assert sidebar.get_by_role("link", name="v1").count() == 3  # shapes, cancer, sentiment
         assert page.locator('input[type="file"]').count() == 0
         assert sidebar.get_by_text("Source", exact=True).count() == 0
