@@ -35,7 +35,10 @@ class Tagger(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [N, L] int64
         length = ids.shape[1]
         at = ids.clamp(min=0) if self.use == "clamped" else ids.long().view(-1, length)  # [N, L]
-        x = self.tok(at) + nn.functional.embedding(torch.arange(length), self.pos)  # [N, L, D]
+        if self.use == "positions_first":  # the position lookup (indices from the ids' size) comes first in the graph
+            x = nn.functional.embedding(torch.arange(length), self.pos) + self.tok(at)  # [N, L, D]
+        else:
+            x = self.tok(at) + nn.functional.embedding(torch.arange(length), self.pos)  # [N, L, D]
         if self.use == "masked":
             x = x * (ids != 0).unsqueeze(-1)  # the ids feed a mask besides the lookup
         x = torch.tanh(x)
@@ -118,3 +121,31 @@ def test_an_exported_classifier_with_a_larger_position_table_equals_its_eager_ig
     got = ig.explain(loaded(gm, "export", 3), IDS.numpy(), target=1, **kw)
     assert np.abs(want.values).max() > 1e-3
     np.testing.assert_allclose(got.values, want.values, atol=1e-5 * np.abs(want.values).max(), rtol=0)
+
+
+def test_deeplift_takes_the_token_lookup_of_the_one_finder():
+    """DeepLIFT's rule plan (`explain.output.aten_rules.plan_rules`) attributes at `embedding_lookup`'s node, not at
+    the first lookup the ids reach (here the position table, whose indices come from the ids' size). Known
+    answer: out_t = sum_d W[t, d] mean_l tanh(x[l, d]) + b, so the rescale rule gives token l
+    sum_d W[t, d] / L (tanh(x[l, d]) - tanh(r[l, d])), x and r the token plus position embeddings of ids and
+    reference; ids changed by value before the lookup are refused in one line, as the gradient methods do."""
+    from explain.output.aten_rules import plan_rules
+
+    eager = Tagger("positions_first", classes=3)
+    _ep, gm = exported(eager)
+    found = embedding_lookup(gm)
+    assert found is not None and found.weight_name == "tok.weight"
+    assert plan_rules(gm.graph, True).attribution_node is found.node
+    ref = torch.zeros_like(IDS)  # [2, L]
+    kw = {"baseline": "file", "baseline_array": ref.numpy(), "use_cache": False}
+    got = get_method("deeplift").explain(loaded(gm, "export", 3), IDS.numpy(), target=2, **kw)
+    with torch.no_grad():
+        pos = eager.pos[:L]  # [L, D]
+        delta = torch.tanh(eager.tok.weight[IDS] + pos) - torch.tanh(eager.tok.weight[ref] + pos)  # [2, L, D]
+        want = (delta * eager.head.weight[2] / L).sum(-1)  # [2, L]
+    assert want.abs().max() > 1e-2
+    np.testing.assert_allclose(got.values, want.numpy(), atol=1e-6, rtol=0)
+    _ep, clamped = exported(Tagger("clamped", classes=3))
+    with pytest.raises(IncompatibleInput, match="no embedding lookup on its token ids") as caught:
+        plan_rules(clamped.graph, True)
+    assert "\n" not in str(caught.value)

@@ -54,6 +54,7 @@ from torch.fx.node import map_aggregate
 from torch.fx.operator_schemas import normalize_function
 
 from explain.errors import IncompatibleInput
+from explain.loading.export_lm import embedding_lookup
 from explain.output import pair_rules as pr
 
 aten = torch.ops.aten
@@ -231,7 +232,7 @@ def plan_rules(graph: fx.Graph, token_ids: bool, flavour: str = "shap") -> RuleP
     """Assign rules to the nodes of ``graph`` that depend on the explained input."""
     nodes = list(graph.nodes)
     placeholder = next(n for n in nodes if n.op == "placeholder")
-    start = _embedding_node(nodes, placeholder) if token_ids else placeholder
+    start = _token_lookup(graph) if token_ids else placeholder
     dependent = {start}
     id_only = {placeholder} if token_ids else set()
     rules: dict[fx.Node, str] = {}
@@ -312,18 +313,16 @@ def _feeds_output(node: fx.Node) -> bool:
         node = users[0]
 
 
-def _embedding_node(nodes: list[fx.Node], placeholder: fx.Node) -> fx.Node:
-    """The embedding lookup fed (directly or through plumbing) by the token ids."""
-    reach = {placeholder}
-    for node in nodes:
-        if any(a in reach for a in node.all_input_nodes):
-            if op_name(node) == "embedding" and isinstance(node.args[1], fx.Node) and node.args[1] in reach:
-                return node
-            reach.add(node)
-    raise IncompatibleInput(
-        "This text model has no embedding lookup on its token ids, so there is no layer to attribute to.",
-        "Use occlusion or feature_ablation instead.",
-    )
+def _token_lookup(graph: fx.Graph) -> fx.Node:
+    """The token-embedding lookup of a captured graph: `explain.loading.export_lm.embedding_lookup`, the one finder
+    the gradient methods (`explain.output.engine.graph_embedding`) and the causal ``.pt2`` path use too."""
+    found = embedding_lookup(graph.owning_module) if isinstance(graph.owning_module, fx.GraphModule) else None
+    if found is None:
+        raise IncompatibleInput(
+            "This text model has no embedding lookup on its token ids, so there is no layer to attribute to.",
+            "Use occlusion or feature_ablation instead.",
+        )
+    return found.node
 
 
 @dataclass
