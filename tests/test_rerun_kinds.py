@@ -100,6 +100,33 @@ def test_a_dataset_run_is_rerun_as_a_dataset_job_and_equals_it(ws, dataset_run):
     np.testing.assert_array_equal(fresh.results["targets"], dataset_run.results["targets"])
 
 
+def test_a_dataset_rerun_computes_each_row_with_its_recorded_steps_whatever_the_budget(ws, cancer, monkeypatch):
+    """2 steps asked, tolerance 7e-3, shards of 2 (errors at 2 steps: 1.1e-3, 6.6e-3, 1.6e-2, 3.2e-3, 5.6e-3, 6.1e-2):
+    rows 2 and 5 raise to the budget's 8 steps, the others (and the whole first shard) keep 2. The re-run, with
+    raising now forbidden (budget 1x, 0 seconds), computes each row with its recorded steps and equals the run."""
+    from explain.dataset.job import dataset_job
+    from explain.dataset.reading import Dataset
+    from explain.output.methods import get_method
+
+    model, x = cancer
+    data = Dataset("six.csv", model.spec, [f"six.csv:{i}" for i in range(6)], None, lambda a, b: x[a:b])
+    saved = _saved(ws, "dataset", model, *dataset_job(model, "cancer", 1, data, "integrated_gradients",
+                                                      {"steps": 2, "tolerance": 7e-3}, None, shard_rows=2))
+    assert saved.results["per_input/steps"].tolist() == [2, 2, 8, 2, 2, 8]  # every row, raised or not
+    assert saved.info.params["integrated_gradients"]["step_raising"]["raised"] == 2
+    monkeypatch.setenv("GLASSBOX_IG_STEP_BUDGET", "1")
+    monkeypatch.setenv("GLASSBOX_IG_STEP_SECONDS", "0")
+    _, _, arrays, _ = rerun_request(saved, lambda: model)
+    assert arrays["per_input/steps"].tolist() == [2, 2, 8, 2, 2, 8]  # in dataset order
+    unraised = get_method("integrated_gradients").explain(model, x, use_cache=False, steps=2, tolerance=7e-3)
+    assert "per_input" not in unraised.params  # raising again under this budget would give 2 steps everywhere:
+    assert np.abs(unraised.values[[2, 5]] - saved.results["values"][[2, 5]]).max() > 1e-4  # other maps
+    out = _rerun(ws, saved)  # <= 1e-6
+    assert out["per_result"]["integrated_gradients"]["now_completeness_error"] == pytest.approx(
+        saved.info.summary["max_completeness_error"], abs=1e-9)
+    assert ws.runs.open(OP, out["run"]).results["per_input/steps"].tolist() == [2, 2, 8, 2, 2, 8]
+
+
 def test_a_comparison_is_rerun_afresh_and_equals_it(ws, cancer, monkeypatch):
     """Version 2: the cancer sample with one weight changed; both versions explained again, not from the cache."""
     import safetensors.torch

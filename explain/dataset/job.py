@@ -75,6 +75,9 @@ def run_dataset_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str
     run = DatasetRun(model, dataset, params["method"], int(params["shard_rows"]))
     given = {**params.get("params", {}),
              **{k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}}
+    recorded = {k.removeprefix(f"{PER_INPUT}/"): v.tolist() for k, v in arrays.items() if k.startswith(f"{PER_INPUT}/")}
+    if recorded:  # a re-run: each row as its run computed it (`dataset_rerun`)
+        given[PER_INPUT] = recorded
     for shard in explain_dataset(model, dataset, params["method"], given, target=params.get("target"),
                                  shard_rows=int(params["shard_rows"]), engine=engine, progress=progress):
         run.add(shard)
@@ -87,8 +90,8 @@ def run_dataset_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str
 def dataset_record(name: str, version: int, model: LoadedModel, run: DatasetRun, engine: str,
                    params: dict[str, Any], own: dict[str, np.ndarray] | None = None) -> RunRecord:
     """A finished dataset run as a saved run: its ``results`` are exactly ``batch``'s RUN.npz, plus
-    ``per_input/<name>`` [rows] where some shard's method adapted a parameter per row (the steps
-    each row's integrated gradients used); its ``inputs`` carry the spec (`SavedRun.spec`) and the
+    ``per_input/<name>`` [rows] for each parameter the method adapts per row (`per_input_params`: the
+    steps each row's integrated gradients used, raised or not; what a re-run computes each row with); its ``inputs`` carry the spec (`SavedRun.spec`) and the
     method's array parameters as given (``own``: ``param/<name>``, what a re-run passes again)."""
     arrays = {**run.arrays(), **_per_row_values(run)}
     first = run.finished()[0].attribution
@@ -123,11 +126,13 @@ def _step_raising(run: DatasetRun) -> dict[str, Any]:
 
 
 def _per_row_values(run: DatasetRun) -> dict[str, np.ndarray]:
-    """``per_input/<name>``: each finished row's value of a parameter its shard recorded per input
-    (`explain.attribution.Attribution`), in the order of ``rows``; the asked value where a shard
-    recorded none. Empty when no shard did."""
+    """``per_input/<name>``: each finished row's value of each parameter the method adapts per input
+    (`per_input_params`) as its shard recorded it (`explain.attribution.Attribution`), in the order of
+    ``rows``; the asked value where a shard adapted nothing. Empty for a method that adapts none."""
+    from explain.output.methods import get_method
+
     attrs = [r.attribution for r in run.finished()]
-    names = sorted({name for a in attrs for name in (a.params.get(PER_INPUT) or {})})
+    names = [name for name in get_method(run.method).per_input_params if name in attrs[0].params]
     return {f"{PER_INPUT}/{name}": np.concatenate([
         np.asarray((a.params.get(PER_INPUT) or {}).get(name, [a.params.get(name)] * len(a))) for a in attrs])
         for name in names}
@@ -137,7 +142,9 @@ def dataset_rerun(run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarray],
     """A saved dataset run asked again as a ``dataset`` job (its params, arrays and title): the same rows
     (names and labels back in dataset order), method with its recorded parameters and array parameters,
     target, shards and engine, computed afresh (every shard explains without the cache); its run names
-    this one (``rerun_of``). Rows whose integrated gradients raised their steps raise them again alike."""
+    this one (``rerun_of``). Each row is computed with the values it used (``per_input/<name>``: the steps its
+    integrated gradients used), in dataset order, as an Output run's re-run does: nothing is raised again, so
+    a changed step budget or a slower machine gives the same maps."""
     info, results = run.info, run.results
     inputs = np.asarray(run.inputs["inputs"])
     order = np.asarray(results["rows"], dtype=np.int64)  # the saved per-row arrays' rows, in dataset order
@@ -145,6 +152,10 @@ def dataset_rerun(run: SavedRun) -> tuple[dict[str, Any], dict[str, np.ndarray],
     names[order] = results["item_names"]
     arrays = {"inputs": inputs, "item_names": names,
               **{k: np.asarray(v) for k, v in run.inputs.items() if k.startswith("param/")}}
+    for key in (k for k in results if k.startswith(f"{PER_INPUT}/")):  # a run saved before has none: raised again
+        values = np.empty(len(inputs), dtype=np.asarray(results[key]).dtype)
+        values[order] = results[key]
+        arrays[key] = values
     if "labels" in results:
         labels = np.empty(len(inputs), dtype=np.asarray(results["labels"]).dtype)
         labels[order] = results["labels"]

@@ -79,7 +79,7 @@ class ShardWorker:
             return self.error
         try:
             inputs = np.array(inputs)  # Ray hands arrays over read-only; torch wants to own a writable copy
-            attribution, probabilities = explain_shard(self.model, inputs, job, labels)
+            attribution, probabilities = explain_shard(self.model, inputs, job, labels, start=start)
         except errors.GlassboxError as exc:
             return (type(exc).__name__, exc.reason, exc.hint)
         return ShardResult(index, start, stop, attribution, probabilities)

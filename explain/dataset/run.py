@@ -53,7 +53,8 @@ class LocalEngine:
 
             heartbeat()
             labels = dataset.labels[start:stop] if dataset.labels is not None else None
-            attribution, probabilities = explain_shard(self.model, dataset.rows(start, stop), job, labels, heartbeat)
+            attribution, probabilities = explain_shard(self.model, dataset.rows(start, stop), job, labels, heartbeat,
+                                                       start=start)
             report_progress(progress, index + 1, len(shards))
             yield ShardResult(index, start, stop, attribution, probabilities)
 
@@ -62,14 +63,18 @@ def dataset_params(model: LoadedModel, dataset: Dataset, method: str, params: di
                    shard_rows: int = DEFAULT_SHARD_ROWS) -> dict[str, Any]:
     """The parameters every shard gets: ``params``, plus the dataset's mean row as ``background``
     when a parameter asks for a ``mean`` reference and no background was given (so the mean is the
-    dataset's, not each shard's).
+    dataset's, not each shard's). A record's per-row values (``params[PER_INPUT]``, one per dataset
+    row: a re-run's steps) are checked here and cut per shard by `explain_shard`.
     """
     from explain.output.methods import get_method
-    from explain.params import resolve_params
+    from explain.params import PER_INPUT, resolve_params
 
     explainer = get_method(method)
     given = dict(params or {})
     resolved = resolve_params(explainer.params, given)  # refuses unknown parameters here, before any shard
+    fixed = explainer.check_per_input(given.pop(PER_INPUT, None), len(dataset))  # one per row, or refused now
+    if fixed:
+        given[PER_INPUT] = fixed
     wants_mean = any(isinstance(v, str) and v == "mean" for k, v in resolved.items() if k != "background")
     if "background" in explainer.params and given.get("background") is None and wants_mean and model.modality != "text":
         given["background"] = dataset.mean_row(shard_rows)

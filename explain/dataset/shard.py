@@ -19,7 +19,9 @@ class ShardJob:
     """What every shard of a run does: the method, its parameters, the target choice.
 
     ``target``: None (the predicted class), an int (one class for all rows) or
-    ``"label"`` (each row's label; the dataset must carry labels).
+    ``"label"`` (each row's label; the dataset must carry labels). ``params`` may hold a record's
+    per-row values (`explain.params.PER_INPUT`: ``{name: [one per dataset row]}``, a re-run's steps);
+    each shard is given its own rows' (`explain_shard`).
     """
 
     method: str
@@ -54,14 +56,17 @@ class ShardEngine(Protocol):
 
 
 def explain_shard(model: LoadedModel, inputs: np.ndarray, job: ShardJob, labels: np.ndarray | None,
-                  progress: ProgressFn | None = None) -> tuple[Attribution, np.ndarray]:
-    """The attribution and class probabilities [n, K] of one shard: what every engine runs."""
+                  progress: ProgressFn | None = None, *, start: int) -> tuple[Attribution, np.ndarray]:
+    """The attribution and class probabilities [n, K] of one shard, the dataset's rows ``start:start + n``
+    (``inputs`` [n, ...]; the job's per-row values of those rows, `select_per_input`): what every engine runs."""
     from explain.output.methods import get_method
+    from explain.params import select_per_input
 
     target: Any = job.target
     if target == "label":
         target = labels
     probabilities = model.predict_proba(inputs)  # [n, K]
+    params = select_per_input(job.params, slice(start, start + len(inputs)))
     attribution = get_method(job.method).explain(model, inputs, target=target, progress=progress,
-                                                 use_cache=False, **job.params)
+                                                 use_cache=False, **params)
     return attribution, probabilities
