@@ -122,7 +122,8 @@ def model_array(model: LoadedModel, instances: Any, what: str = "instances") -> 
     """JSON nested lists as a model-ready array: int64 ids for text, float32 otherwise."""
     dtype = np.int64 if model.spec.dtype.startswith("int") else np.float32
     try:
-        array = np.asarray(instances, dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 past float32's range: inf, refused below
+            array = np.asarray(instances, dtype=dtype)
     except (TypeError, ValueError, OverflowError):
         raise UsageError(f"{what} is not a rectangular array of numbers.") from None
     if not array.size:

@@ -10,6 +10,12 @@
     GET    /v1/jobs/{id}                  status, progress, run
     DELETE /v1/jobs/{id}                  cancel
 
+``:predict`` and ``:explain`` also take KServe V2's binary tensor bodies (``Content-Type:
+application/octet-stream`` with ``Inference-Header-Content-Length``: a JSON header, then the rows' raw
+bytes; `explain.service.binary`), and ``:predict`` answers such a request in V2's ``"outputs"``, as
+bytes when it asks (``binary_data_output``). Their JSON bodies are read by pydantic's own parser in
+one pass (`parsed`) and ``:predict``'s answer is written by orjson, skipping FastAPI's encoder.
+
 A request is checked against its model before anything runs or is queued (instances' shape and
 dtype, target range, the method fits the model, parameters' types and ranges: `check_explain`):
 400 with one line and no job. Another verb on an action route (``GET …:predict``) is 405 with an
@@ -41,10 +47,11 @@ from typing import Any
 
 import anyio
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+import orjson
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from explain.config import api_max_body_bytes, api_max_buffered_bytes, external_worker, max_batch_rows, max_delay_ms
@@ -52,6 +59,7 @@ from explain.errors import GlassboxError, IncompatibleInput, UsageError, http_st
 from explain.generation.job import JOB_KIND as GENERATE_JOB
 from explain.generation.job import generation_answer, generation_request
 from explain.model import LoadedModel
+from explain.service import binary
 from explain.service.asgi import ApiError, Gate, OneLineErrors, error_response
 from explain.service.batching import Batcher
 from explain.service.client import JobNotDone, finished_run, wait
@@ -86,6 +94,25 @@ class GenerateBody(BaseModel):
                                        'system / user / assistant turns) or a list of chats, through the chat template')
     parameters: dict[str, Any] = Field(default_factory=dict, description='"targets" (continuations to explain '
                                        'by teacher forcing), "max_new_tokens", "method", "steps", "baseline", "quality"')
+
+
+def parsed(kind: type[BaseModel], body: bytes) -> BaseModel:
+    """A JSON body read as ``kind`` in one pass (pydantic's own JSON parser), its errors those of a
+    FastAPI body parameter (422, one line)."""
+    try:
+        return kind.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+def body_schema(kind: type[BaseModel]) -> dict:
+    """The OpenAPI request body of a route that reads its body itself: ``kind`` as JSON, or KServe V2's
+    binary tensor body (`explain.service.binary`)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": kind.model_json_schema()},
+        binary.OCTET_STREAM: {"schema": {"type": "string", "format": "binary",
+                                         "description": "a JSON header, then the tensor's bytes (its length in "
+                                                        "the Inference-Header-Content-Length header)"}}}}}
 
 
 class JobBody(ExplainBody):
@@ -264,11 +291,22 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         names = sorted({v.name for v in versions})
         return {"models": names}
 
-    @app.post("/v1/models/{name}:predict", summary="Class probabilities per instance")
-    def predict(name: str, body: Instances, request: Request, actor: Actor = Depends(caller)) -> dict:
+    def request_rows(request: Request, actor: Actor, name: str, kind: type[BaseModel]):
+        """A ``:predict`` / ``:explain`` request's version, model, rows ``[N, *input_shape]``, parameters
+        and, for a binary body (`explain.service.binary`), whether to answer in bytes (None: a JSON body)."""
+        body = request.scope["state"]["glassbox_body"]  # read whole by the `Gate`
+        given = None if binary.is_binary(request.headers) else parsed(kind, body)  # malformed JSON: 422 first
         info = version_of(request, actor, name)
         model = models.load(actor, info)
-        x = model_array(model, body.instances)  # [N, *input_shape]
+        if given is not None:
+            return info, model, model_array(model, given.instances), getattr(given, "parameters", {}), None
+        rows, parameters, binary_output = binary.read_request(body, request.headers, tuple(model.spec.input_shape))
+        return info, model, model_array(model, rows), parameters, binary_output
+
+    @app.post("/v1/models/{name}:predict", summary="Class probabilities per instance",
+              openapi_extra=body_schema(Instances))
+    def predict(name: str, request: Request, actor: Actor = Depends(caller)) -> Response:
+        info, model, x, _, binary_output = request_rows(request, actor, name, Instances)  # x [N, *input_shape]
         with bad_request():
             model.as_tensor(x)  # the shape this model takes, checked before the rows join a batch
         try:  # with the concurrent requests of this version: one engine batch, these rows back
@@ -277,21 +315,27 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
             raise
         except Exception as exc:
             raise ApiError(422, f"The model could not run these instances ({one_line(exc)}).") from None
-        return {"predictions": probs.tolist(), "model": info.ref}
+        if binary_output is None:  # the response built here: FastAPI's encoder walks every number (~0.1 ms)
+            return Response(orjson.dumps({"predictions": probs.tolist(), "model": info.ref}),
+                            media_type="application/json")
+        content, headers = binary.answer(info.name, info.version, {binary.OUTPUT: probs}, binary_output)
+        return Response(content, headers=headers)
 
-    @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run")
-    def explain(name: str, body: ExplainBody, request: Request, actor: Actor = Depends(caller)) -> dict:
+    @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run",
+              openapi_extra=body_schema(ExplainBody))
+    def explain(name: str, request: Request, actor: Actor = Depends(caller)) -> dict:
         require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
-        info = version_of(request, actor, name)
-        model = models.load(actor, info)
-        params, arrays, title = check_explain(model, info.name, info.version, body.instances, body.parameters)
+        info, model, rows, parameters, binary_output = request_rows(request, actor, name, ExplainBody)
+        if binary_output is not None and not parameters:  # a binary body's, as ExplainBody's default
+            parameters = {"method": "integrated_gradients"}
+        params, arrays, title = check_explain(model, info.name, info.version, rows, parameters)
         x = arrays["inputs"]  # [N, *input_shape]
         if len(x) > 1 or set(arrays) != {"inputs"}:  # several rows, or array parameters: a job of its own
             meta, rows = answered(actor, submit_job(ws, actor, "explain", params, title=title, inputs=arrays,
                                                     priority="interactive", max_active=max_jobs))
             return {"explanations": rows, **meta, "run_rows": list(range(len(rows)))}
         target = params["target"][0] if isinstance(params["target"], list) else params["target"]
-        given = {**body.parameters, "target": target}
+        given = {**parameters, "target": target}
 
         def explain_rows(rows: np.ndarray) -> np.ndarray:  # rows [n, *input_shape] -> n answers
             p, a, t = check_explain(model, info.name, info.version, rows, given)

@@ -64,7 +64,7 @@ class Gate:
        held counts against ``budget``, shared by all requests in flight: a body that does not fit
        gets 503 (a declared ``Content-Length`` is reserved whole before reading).
     The known caller's token name, and the workspace stamp it was checked under and when, go on to
-    the routes in ``scope["state"]``.
+    the routes in ``scope["state"]``, and so does the body, read whole (``glassbox_body``).
     """
 
     def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset()):
@@ -134,6 +134,7 @@ class Gate:
                 more = message.get("more_body", False)
             body = b"".join(chunks)
             chunks.clear()
+            state["glassbox_body"] = body  # the routes that read it whole (`:predict`, `:explain`) take it here
             sent = False
 
             async def replay():
