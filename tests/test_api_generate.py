@@ -175,3 +175,42 @@ def test_generate_takes_a_chat_of_turns_as_messages(api, model):
     assert body["input_ids"][0][: body["prompt_length"][0]] == want.tolist() and body["run_rows"] == [0]
     both = client.post("/v1/models/keycopy:generate", headers=editor, json={"prompts": PROMPTS, "messages": chat})
     assert both.status_code == 400 and "not both" in both.json()["error"]
+
+
+def test_generate_answers_the_views_its_run_keeps_when_asked(api, model):
+    """``parameters.views`` (logit_lens, attention, contrast) answers what the run keeps of each text's selected
+    step (`explain.generation.step_views`), equal to its saved views and to the live logit lens; views asked are
+    not per prompt (such requests still batch); an unknown view, or a contrast view without a contrast, is 400."""
+    from explain.generation.explained import LENS_TOP_K
+    from explain.generation.job import saved_generation
+    from explain.generation.logit_lens import logit_lens
+    from explain.service.api import generates_alone
+
+    ws, client, editor = api
+    asked = {"max_new_tokens": NEW, "method": "saliency", "selected_step": 1, "contrast": " red",
+             "views": ["logit_lens", "attention", "contrast"]}
+    assert not generates_alone(asked)
+    response = client.post("/v1/models/keycopy:generate", headers=editor, json={"prompts": PROMPTS, "parameters": asked})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    saved = saved_generation(ws.runs.open(OP, body["run"]))
+    assert len(body["views"]) == len(PROMPTS)
+    for got, kept, attr in zip(body["views"], saved.views, saved.attributions):
+        p, ids = attr.prompt_length, attr.input_ids
+        live = logit_lens(model, [ids[:-1]], top_k=LENS_TOP_K).top_ids[0][:, p - 1:]  # [layers + 1, T, k]
+        assert got["logit_lens"]["steps"] == [0, 1] and got["logit_lens"]["top_ids"] == live.tolist()
+        np.testing.assert_array_equal(np.asarray(got["logit_lens"]["top_probs"], np.float32), kept.lens_probs)
+        assert got["logit_lens"]["top_tokens"][0][0] == [keycopy.VOCABULARY[i] for i in live[0, 0]]
+        assert got["attention"]["steps"] == [1, 0]  # the selected step first
+        np.testing.assert_array_equal(np.asarray(got["attention"]["weights"], np.float32), kept.attention)
+        np.testing.assert_array_equal(np.asarray(got["attention"]["rollout"]), kept.rollout)
+        assert (got["contrast"]["step"], got["contrast"]["alternative"]) == (1, keycopy.VOCABULARY.index("red"))
+        np.testing.assert_array_equal(np.asarray(got["contrast"]["values"], np.float32), kept.contrast.values)
+        assert got["contrast"]["completeness_error"] is None  # saliency defines none
+    plain = client.post("/v1/models/keycopy:generate", headers=editor,
+                        json={"prompts": PROMPTS[:1], "parameters": {"max_new_tokens": 1, "method": "saliency"}})
+    assert plain.status_code == 200 and "views" not in plain.json()  # none asked: the answer as before
+    for parameters, says in (({"views": ["lens"]}, "parameters.views must be a list of logit_lens"),
+                             ({"views": ["contrast"]}, "no parameters.contrast")):
+        bad = client.post("/v1/models/keycopy:generate", headers=editor, json={"prompts": PROMPTS, "parameters": parameters})
+        assert bad.status_code == 400 and says in bad.json()["error"], bad.text

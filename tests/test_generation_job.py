@@ -141,6 +141,32 @@ def test_the_kept_attention_is_bounded_and_says_so():
     assert len(attention_steps(0, 100, 1)) == MAX_ATTENTION_STEPS
 
 
+def test_the_views_an_answer_holds_are_bounded_and_say_so():
+    """`views_answer` holds at most ``most`` numbers a view: the lens from the selected step on, the kept attention
+    steps that fit (none: the selected step's rollout row only), each cut said in a note; a model without layers
+    (a .pt2) answers null lens and attention."""
+    from explain.generation.step_views import StepViews, views_answer
+
+    lens_ids = np.arange(24).reshape(3, 4, 2)  # [layers + 1, T, k]
+    attention = np.arange(60, dtype=np.float32).reshape(2, 2, 3, 5)  # [layers, heads, S, L]
+    views = StepViews(3, lens_ids, lens_ids / 100, np.asarray([2, 3, 1]), attention, np.arange(15.0).reshape(3, 5))
+    asked = ("logit_lens", "attention")
+    small = views_answer(views, asked, None, most=12)  # 2 lens steps of 6 entries; one attention step is 20
+    assert small["logit_lens"]["steps"] == [2, 3] and small["logit_lens"]["top_ids"] == lens_ids[:, 2:].tolist()
+    assert small["logit_lens"]["top_tokens"] is None and small["attention"]["weights"] is None
+    assert small["attention"]["steps"] == [2] and small["attention"]["rollout"] == [[0.0, 1.0, 2.0, 3.0, 4.0]]
+    assert small["notes"] == ["Logit lens answered for 2 of 4 steps (at most 12 entries).",
+                              "Attention answered for 0 of the 3 kept steps (at most 12 weights); the rollout of the "
+                              "selected step only."]
+    wide = views_answer(views, asked, None, most=40)
+    assert wide["logit_lens"]["steps"] == [0, 1, 2, 3] and wide["attention"]["steps"] == [2, 3]
+    assert wide["attention"]["weights"] == attention[:, :, :2].tolist() and len(wide["notes"]) == 1
+    assert set(views_answer(views, ["contrast"], None)) == {"contrast", "notes"}
+    logits_only = StepViews(3, np.zeros((0, 4, 2), np.int64), np.zeros((0, 4, 2)), np.asarray([1]),
+                            np.zeros((0, 0, 1, 5)), np.zeros((1, 5)), notes=["logits only"])
+    assert views_answer(logits_only, asked, None) == {"logit_lens": None, "attention": None, "notes": ["logits only"]}
+    assert views_answer(None, asked, None) is None
+
 #: keycopy's worst completeness at 128 steps (0.41 on its third token; seed 1's sixth prompt, issue 22)
 WORST = "key yellow . the door and a black cup is"
 

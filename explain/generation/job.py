@@ -46,10 +46,12 @@ from explain.generation.sampling import Sampling, generate_sampled
 from explain.generation.step_views import (
     MAX_ATTENTION_BYTES,
     MAX_RUN_VIEW_BYTES,
+    VIEW_NAMES,
     StepViews,
     read_step_views,
     step_views,
     view_arrays,
+    views_answer,
 )
 from explain.loading.model_process import in_model_process
 from explain.model import LoadedModel
@@ -311,7 +313,7 @@ def generation_record(name: str, version: int, model: LoadedModel, results: Sequ
           f"prompt{'s' * (len(results) != 1)} of {model.name}",
         params={**{k: params.get(k) for k in ("method", "steps", "baseline", "granularity", "max_new_tokens", "forced",
                                               "quality", "sampling", "chat", "chats", "selected_step", "contrast",
-                                              "tolerance")}, **step_record(results)},
+                                              "tolerance", "views")}, **step_record(results)},
         inputs=inputs, results=arrays,
         summary={"texts": [decode_ids(r.generated_ids, spec) for r in results],
                  "prompts": [decode_ids(r.input_ids[: r.prompt_length], spec) for r in results],
@@ -400,7 +402,7 @@ def run_generation(ctx) -> RunRecord:
 #: what ``parameters`` of a generation request may hold (the API's ``:generate``), with each one's type
 REQUEST_PARAMETERS = {"targets": list, "max_new_tokens": int, "method": str, "steps": int, "baseline": str,
                       "granularity": str, "sampling": dict, "chat": bool, "messages": list, "quality": bool,
-                      "selected_step": int, "contrast": str, "tolerance": float}
+                      "selected_step": int, "contrast": str, "tolerance": float, "views": list}
 _TYPE_NAMES = {list: "a list of texts", int: "an integer", str: "a string", bool: "true or false",
                dict: "an object (temperature, top_k, top_p, seed)", float: "a number"}
 
@@ -408,8 +410,8 @@ _TYPE_NAMES = {list: "a list of texts", int: "an integer", str: "a string", bool
 def generation_request(model: LoadedModel, name: str, version: int, prompts: Any, parameters: dict[str, Any] | None,
                        messages: Any = None) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """A request as the API takes it (``{"prompts": [...], "parameters": {...}}``: `REQUEST_PARAMETERS`, ``targets``
-    the given continuations, one per prompt, ``sampling`` a `Sampling`'s fields) checked by `generation_job`: the
-    job's params, arrays and title. ``messages`` (or ``parameters.messages``), instead of prompts: a chat (a list of
+    the given continuations, one per prompt, ``sampling`` a `Sampling`'s fields, ``views`` the kept views the
+    answer holds, `VIEW_NAMES`: `generation_answer`) checked by `generation_job`: the job's params, arrays and title. ``messages`` (or ``parameters.messages``), instead of prompts: a chat (a list of
     ``{"role", "content"}``: system / user / assistant turns) or a list of chats, through the model's chat template.
 
     Raises:
@@ -433,6 +435,11 @@ def generation_request(model: LoadedModel, name: str, version: int, prompts: Any
             given["sampling"] = Sampling(**given["sampling"])
         except TypeError:
             raise UsageError("parameters.sampling takes temperature, top_k, top_p and seed.") from None
+    views = given.pop("views", [])
+    if not all(isinstance(v, str) and v in VIEW_NAMES for v in views):
+        raise UsageError(f"parameters.views must be a list of {', '.join(VIEW_NAMES)}, not {views}.")
+    if "contrast" in views and not given.get("contrast"):
+        raise UsageError("parameters.views has contrast but no parameters.contrast (the alternative token) was given.")
     chats = given.pop("messages", None)
     chats = messages if messages is not None else chats  # the body's, else the parameter's
     if chats is not None:
@@ -441,17 +448,31 @@ def generation_request(model: LoadedModel, name: str, version: int, prompts: Any
         if not isinstance(chats, list) or not chats:
             raise UsageError("messages must be a chat (a list of {role, content}) or a list of chats.")
         chats = [chats] if isinstance(chats[0], dict) else chats  # one chat, or several
-    return generation_job(model, name, version, prompts, continuations=continuations, chats=chats, **given)
+    params, arrays, title = generation_job(model, name, version, prompts, continuations=continuations, chats=chats,
+                                           **given)
+    return {**params, "views": sorted(set(views))}, arrays, title
 
 
 def generation_answer(saved: SavedGeneration) -> dict[str, Any]:
     """A generation run as the API answers it: per prompt its ``texts``, ``input_ids`` (prompt + generated),
     ``prompt_length``, ``generated_ids``, ``attributions`` ([T, P + T] each), ``logprobs`` and
-    ``completeness_error`` (null where undefined)."""
+    ``completeness_error`` (null where undefined); ``views`` when the request asked some (``parameters.views``) or a
+    contrast: each text's kept views of its selected step (`explain.generation.step_views.views_answer`, bounded)."""
     spec = saved.spec
     attrs = saved.attributions
     return {"texts": [decode_ids(a.generated_ids, spec) for a in attrs] if spec is not None else None,
             "input_ids": [a.input_ids.tolist() for a in attrs], "prompt_length": [a.prompt_length for a in attrs],
             "generated_ids": [a.generated_ids.tolist() for a in attrs],
             "attributions": [a.values.tolist() for a in attrs], "logprobs": [a.logprobs.tolist() for a in attrs],
-            "completeness_error": [[None if np.isnan(e) else float(e) for e in a.completeness_error] for a in attrs]}
+            "completeness_error": [[None if np.isnan(e) else float(e) for e in a.completeness_error] for a in attrs],
+            **_answered_views(saved)}
+
+
+def _answered_views(saved: SavedGeneration) -> dict[str, Any]:
+    """``{"views": [per text]}`` of the views the request asked (its ``views``, and ``contrast`` with a contrast);
+    {} when it asked none."""
+    asked = [*(saved.settings.get("views") or ()), *(["contrast"] if saved.settings.get("contrast") is not None else [])]
+    if not asked:
+        return {}
+    kept = saved.views or [None] * len(saved.attributions)
+    return {"views": [views_answer(v, asked, saved.spec) for v in kept]}

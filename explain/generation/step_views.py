@@ -15,10 +15,12 @@ A model whose hidden states are out of reach (a ``.pt2`` gives its logits only,
 `explain.generation.causal_lm.hidden_states_out_of_reach`) keeps no layers (`StepViews.has_layers`): its
 views are the selected step, the contrast and that one line among the notes.
 A run keeps views for its texts while they fit `MAX_RUN_VIEW_BYTES` together; the rest say so in a note.
-`view_arrays` / `read_step_views` are the run's form (``views.{i}.*`` arrays, a JSON meta per text).
+`view_arrays` / `read_step_views` are the run's form (``views.{i}.*`` arrays, a JSON meta per text);
+`views_answer` the API's (``:generate``'s ``parameters.views``), at most `MAX_ANSWER_VALUES` numbers a view.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +31,11 @@ from explain.generation.causal_lm import hidden_states_out_of_reach
 from explain.generation.contrastive import ContrastAttribution
 from explain.generation.explained import LENS_TOP_K
 from explain.generation.logit_lens import logit_lens
+from explain.generation.prompts import token_strings
 from explain.generation.result import GenerationAttribution, LogitLens
 from explain.jsonable import to_json_safe
 from explain.model import LoadedModel
+from explain.spec import InputSpec
 
 #: The most generated steps whose attention a text keeps in a run.
 MAX_ATTENTION_STEPS = 8
@@ -39,6 +43,10 @@ MAX_ATTENTION_STEPS = 8
 MAX_ATTENTION_BYTES = 8 * 2**20
 #: The most bytes of lens and attention a run keeps over all its texts.
 MAX_RUN_VIEW_BYTES = 64 * 2**20
+#: The views an API answer may hold of a text (``:generate``'s ``parameters.views``).
+VIEW_NAMES = ("logit_lens", "attention", "contrast")
+#: The most numbers of one view (lens entries, attention weights) an API answer holds per text.
+MAX_ANSWER_VALUES = 2**16
 
 
 @dataclass
@@ -166,3 +174,62 @@ def read_step_views(i: int, results: dict[str, np.ndarray], meta: dict[str, Any]
     return StepViews(attr.prompt_length, *(results[prefix + k] for k in ("lens_ids", "lens_probs", "steps", "attention",
                                                                          "rollout")),
                      contrast, list(meta.get("notes", [])))
+
+
+def views_answer(views: StepViews | None, asked: Sequence[str], spec: InputSpec | None,
+                 most: int = MAX_ANSWER_VALUES) -> dict[str, Any] | None:
+    """The views ``asked`` (`VIEW_NAMES`) of one text's kept `StepViews` as JSON for the API (None: the run
+    kept none for the text), each view at most ``most`` numbers:
+
+    - ``logit_lens``: ``steps`` [S'] and, per layer (the embeddings first), step and rank, ``top_ids``,
+      ``top_tokens`` and ``top_probs`` [layers + 1, S', k]: every generated step, or the ones from the selected
+      step on that fit;
+    - ``attention``: the kept ``steps`` [S'] that fit (the selected one first), ``weights``
+      [layers, heads, S', L] of their query rows (null when one step's rows are over ``most``) and ``rollout``
+      [S', L];
+    - ``contrast``: the step, its token and the alternative, ``values`` [P + step], the differences (null when
+      undefined);
+
+    ``null`` for a view the model has not (a ``.pt2``'s lens and attention, a contrast not asked), and the
+    ``notes`` of what was left out.
+    """
+    if views is None:
+        return None
+    notes = list(views.notes)
+    out: dict[str, Any] = {}
+    if "logit_lens" in asked:
+        out["logit_lens"] = _lens_answer(views, spec, most, notes) if views.has_layers else None
+    if "attention" in asked:
+        out["attention"] = _attention_answer(views, most, notes) if views.has_layers else None
+    if "contrast" in asked:
+        c = views.contrast
+        out["contrast"] = None if c is None else to_json_safe({
+            "step": int(c.step), "token": int(c.token), "alternative": int(c.alternative),
+            "values": c.values.tolist(), "difference": c.difference, "baseline_difference": c.baseline_difference,
+            "completeness_error": c.completeness_error, "method": c.method})  # NaN (undefined) as null
+    return {**out, "notes": notes}
+
+
+def _lens_answer(views: StepViews, spec: InputSpec | None, most: int, notes: list[str]) -> dict[str, Any]:
+    layers, t_count, k = views.lens_ids.shape  # [layers + 1, T, k]
+    fit = max(1, most // max(layers * k, 1))
+    first = 0 if t_count <= fit else min(views.selected, t_count - 1)
+    steps = list(range(first, min(t_count, first + fit)))
+    if len(steps) < t_count:
+        notes.append(f"Logit lens answered for {len(steps)} of {t_count} steps (at most {most:,} entries).")
+    ids = views.lens_ids[:, steps]  # [layers + 1, S', k]
+    tokens = np.asarray(token_strings(ids, spec), dtype=object).reshape(ids.shape) if spec is not None else None
+    return {"steps": steps, "top_ids": ids.tolist(), "top_tokens": None if tokens is None else tokens.tolist(),
+            "top_probs": views.lens_probs[:, steps].tolist()}
+
+
+def _attention_answer(views: StepViews, most: int, notes: list[str]) -> dict[str, Any]:
+    layers, heads, kept, length = views.attention.shape  # [layers, heads, S, L]
+    fit = min(kept, most // max(layers * heads * length, 1))
+    shown = max(fit, min(kept, 1))  # the selected step's rollout row at least
+    if fit < kept:
+        notes.append(f"Attention answered for {fit} of the {kept} kept steps (at most {most:,} weights)"
+                     + ("; the rollout of the selected step only." if fit == 0 else "."))
+    return {"steps": views.steps[:shown].tolist(),
+            "weights": views.attention[:, :, :fit].tolist() if fit else None,
+            "rollout": views.rollout[:shown].tolist()}

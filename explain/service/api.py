@@ -5,7 +5,8 @@
     POST   /v1/models/{name}:predict      {"instances": [...]} -> {"predictions": [...]}  class probabilities
     POST   /v1/models/{name}:explain      {"instances", "parameters"} -> {"explanations": [...], "run": id}
     POST   /v1/models/{name}:generate     {"prompts", "parameters"} -> {"texts", "generated_ids", "attributions",
-                                          "logprobs", ..., "run": id}   a causal LM (`explain.generation.job`)
+                                          "logprobs", ..., ["views",] "run": id}   a causal LM (`explain.generation.job`;
+                                          "views" with parameters.views: logit_lens / attention / contrast)
     POST   /v1/jobs                       the same body plus "model" -> {"job": id}   (202)
     GET    /v1/jobs/{id}                  status, progress, run
     DELETE /v1/jobs/{id}                  cancel
@@ -123,8 +124,8 @@ class JobBody(ExplainBody):
 def generates_alone(parameters: dict[str, Any]) -> bool:
     """Whether a ``:generate`` request is a job of its own, never batched with others: sampled (a prompt is
     drawn with seed + its place in its job), or with a parameter given per prompt (a list: ``targets``,
-    ``messages``, ...)."""
-    return "sampling" in parameters or any(isinstance(v, list) for v in parameters.values())
+    ``messages``, ...; ``views`` is a list of what each prompt's answer holds, not one item per prompt)."""
+    return "sampling" in parameters or any(isinstance(v, list) for k, v in parameters.items() if k != "views")
 
 
 def generation_rows(answer: dict[str, Any]) -> list[dict[str, Any]]:
