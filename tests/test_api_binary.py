@@ -3,8 +3,16 @@ numbers as the JSON bodies, and every malformed body (sizes that lie, overflow, 
 non-finite values, random corruption) a one-line 400, never a 500."""
 from __future__ import annotations
 
+import http.client
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +25,7 @@ from explain.service.worker import stop_embedded
 from explain.workspace import Actor, open_workspace
 from sample_models import load_sample, sample_inputs, sample_registry_files
 
+ROOT = Path(__file__).resolve().parent.parent
 OP = Actor("cli:tester", operator=True)
 X = sample_inputs("cancer")["inputs"]  # [N, 30] float32
 IDS = sample_inputs("sentiment")["inputs"]  # [N, L] int64
@@ -219,3 +228,84 @@ def test_read_tensors_checks_every_size_before_making_an_array():
     got = binary.read_tensors(head, data, "inputs", (3,))["inputs"]
     assert got.dtype == np.int16 and got.flags.writeable and (got == x).all()
     assert head["parameters"] == {}
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def test_serve_processes_share_one_port_and_answer_binary_bodies(tmp_path):
+    """``serve --processes 2``: two processes on one port (SO_REUSEPORT), both answering over kept-alive
+    connections with the model's numbers; the second ends with the first."""
+    url = f"sqlite:///{tmp_path / 'glassbox.db'}"
+    ws = open_workspace(url, home=tmp_path / "home")
+    ws.seed(sample_registry_files())
+    token = ws.users.add_token(OP, "ci", "viewer")
+    ws.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GLASSBOX_HOME": str(tmp_path / "home"), "GLASSBOX_DATABASE_URL": url,
+           "PYTHONPATH": str(ROOT), "GLASSBOX_EXTERNAL_WORKER": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "explain", "serve", "--port", str(port), "--processes", "2"],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    want = load_sample("cancer").predict_proba(X[:16])  # [16, 2]
+    answers: dict[int, np.ndarray] = {}
+
+    def ask(i: int) -> None:  # 10 requests on one kept-alive connection
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(10):
+            body, headers = binary.encode_request(X[i:i + 1])
+            conn.request("POST", "/v1/models/cancer:predict", body, {**headers, "Authorization": f"Bearer {token}"})
+            r = conn.getresponse()
+            assert r.status == 200
+            answers[i] = binary.decode_response(r.read(), r.getheaders())["probabilities"]
+        conn.close()
+
+    try:
+        deadline = time.monotonic() + 180
+        while len(_children(server.pid)) < 1 or not _ready(port, token):
+            assert server.poll() is None, server.stderr.read()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.3)
+        (other,) = _children(server.pid)
+        while not _listening(other, port):  # the second process is up once it listens too
+            assert time.monotonic() < deadline, "the second process did not listen"
+            time.sleep(0.3)
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        server.terminate()
+        server.wait(30)
+    np.testing.assert_allclose(np.concatenate([answers[i] for i in range(16)]), want, rtol=0, atol=1e-6)
+    deadline = time.monotonic() + 30  # the second process shuts down after the first (SIGTERM on its death)
+    while Path(f"/proc/{other}").exists() and "zombie" not in Path(f"/proc/{other}/status").read_text():
+        assert time.monotonic() < deadline, "the second process outlived the first"
+        time.sleep(0.2)
+
+
+def _ready(port: int, token: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {token}"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on ``port`` (its inodes in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A" and r.split()[9] in inodes for r in rows)
