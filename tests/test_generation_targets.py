@@ -189,3 +189,45 @@ def test_occlusion_of_a_contrast_is_the_difference_of_two_occlusions(llama, gran
         np.testing.assert_allclose(c.values, ra.values[STEP, :n] - rb.values[STEP, :n], atol=1e-5)
         assert c.difference == pytest.approx(float(ra.logprobs[STEP] - rb.logprobs[STEP]), abs=1e-5)
         assert np.isnan(c.completeness_error)
+
+
+def test_a_continuation_with_a_token_of_no_finite_log_probability_is_refused_in_one_line(llama):
+    """A token the model masks (its logit -inf at every position, as a hook on the head sets it) in a given
+    continuation is refused by teacher forcing in one line naming it, not attributed as NaN; a continuation
+    without it keeps finite log-probabilities, renormalised without the masked token (log p - log(1 - p_masked)).
+    NaN logits (every log-probability NaN) are refused at the first token."""
+    import dataclasses
+
+    from explain.generation.prompts import token_strings
+    from explain.loading.huggingface import HFClassifier
+
+    _folder, model, ref, prompts, texts, _alternatives = llama
+    local = dataclasses.replace(model, module=HFClassifier(ref, "text", task="causal_lm"), process=None)  # the hook here
+    masked = int(texts[0].generated_ids[0] + 5) % 90 + 3  # an ordinary token, not the greedy one
+    first = texts[0].generated_ids[:2]  # [2]
+    seq = torch.as_tensor(np.r_[prompts[0], first[:1]])[None]  # [1, P + 1]
+    with torch.no_grad():
+        logp = torch.log_softmax(ref(input_ids=seq).logits[0, -2:].double(), -1)  # [2, V], unmasked
+    want = logp.gather(1, torch.as_tensor(first)[:, None])[:, 0] - torch.log1p(-logp[:, masked].exp())  # [2]
+
+    def refused(value: float, continuations: list) -> tuple[str, list]:
+        def mask(_module, _args, logits):  # [N, L, V] -> the masked token's logit set to value
+            return logits.index_fill(-1, torch.tensor([masked]), value)
+
+        handle = ref.lm_head.register_forward_hook(mask)
+        try:
+            kept = force_continuations(local, prompts[:1], [first]) if value == float("-inf") else []
+            with pytest.raises(UsageError) as caught:
+                force_continuations(local, prompts, continuations)
+        finally:
+            handle.remove()
+        assert "\n" not in str(caught.value)
+        return str(caught.value), kept
+
+    line, kept = refused(float("-inf"), [first, np.r_[texts[1].generated_ids[:1], masked]])
+    token = token_strings([masked], model.spec)[0]
+    assert line.startswith(f"Token 2 of continuation 2 ({token!r}) has log-probability -inf: the model never gives it")
+    np.testing.assert_allclose(kept[0].logprobs, want.numpy(), atol=1e-5)
+    line, _ = refused(float("nan"), [first, first])
+    token = token_strings(first[:1], model.spec)[0]
+    assert line.startswith(f"Token 1 of continuation 1 ({token!r}) has log-probability NaN: the model's logits there")
