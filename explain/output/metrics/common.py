@@ -18,6 +18,7 @@ from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.output.baselines import make_baseline, text_reference
 from explain.output.engine import Engine, ModelFunction
+from explain.output.fold import folded_model
 
 #: what removed features become; ``auto``: a blurred copy for images (RISE), zeros for tabular
 #: models (the mean of standardised data), padding for text.
@@ -85,7 +86,8 @@ class Grid:
                  device: str = "auto", batch_size: int = 0, progress=None):
         self.engine = Engine(device, "fp32", batch_size, progress)
         self.model, self.x = self.engine.prepare(model, inputs)  # x: [N, ...] on the device
-        self.fn = ModelFunction(self.model, self.x, space="input")
+        # forward passes only: batch norms folded into their convolutions where that is exact
+        self.fn = ModelFunction(folded_model(self.model, self.x[:2]), self.x, space="input")
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64, device=self.engine.device)
         self.n = self.x.shape[0]
 

@@ -1,0 +1,135 @@
+"""Batch norms folded into their convolutions for forward-only passes (explain.output.fold):
+the same logits up to rounding, the model itself untouched, and nothing folded where the
+pair is not certain."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explain.model import LoadedModel
+from explain.output.fold import folded_model
+from explain.output.methods import get_method
+from explain.output.metrics import get_metric
+from explain.output.metrics.common import Grid
+from explain.spec import InputSpec
+
+SPEC = InputSpec("image", (3, 8, 8), class_names=["a", "b", "c"])
+
+
+def _stats(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial eval-mode statistics and affine parameters in every batch norm."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=gen))
+                m.bias.copy_(torch.randn(m.num_features, generator=gen))
+    return module.eval()
+
+
+class Net(nn.Module):
+    """A Sequential pair, attribute pairs in a residual block (a conv with a bias, a ReLU module
+    used twice), a batch norm before its convolution, and a head; ``kind`` adds a pair that must
+    not be folded: ``read_twice`` (the convolution's output also added after the norm) or
+    ``in_place`` (the output changed in place before the norm)."""
+
+    def __init__(self, kind: str = "plain"):
+        super().__init__()
+        self.kind = kind
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.pre, self.conv2 = nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1)  # norm, then convolution
+        self.conv3, self.bn3 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):  # [N, 3, 8, 8] -> [N, 3]
+        x = self.stem(x)
+        x = self.relu(self.bn1(self.conv1(x)) + x)
+        x = self.relu(self.conv2(self.pre(x)))
+        y = self.conv3(x)
+        if self.kind == "in_place":
+            y.mul_(2.0)
+        out = self.bn3(y)
+        if self.kind == "read_twice":
+            out = out + y
+        return self.fc(out.reshape(out.shape[0], -1))
+
+
+def _model(kind: str = "plain") -> LoadedModel:
+    torch.manual_seed(0)
+    return LoadedModel(_stats(Net(kind)), "safetensors", f"fold-{kind}", SPEC)
+
+
+def _inputs(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.as_tensor(np.random.default_rng(seed).normal(size=(n, 3, 8, 8)), dtype=torch.float32)
+
+
+def _kinds(module: nn.Module) -> dict[str, str]:
+    return {name: type(m).__name__ for name, m in module.named_modules() if name}
+
+
+def test_folded_copy_gives_the_same_logits_and_leaves_the_model_as_it_was():
+    model = _model()
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    kinds = _kinds(model.module)
+    folded = folded_model(model, _inputs(1))
+    assert folded is not model
+    got = _kinds(folded.module)
+    # the three conv -> norm pairs are one convolution each; the norm before its convolution stays
+    assert [n for n, k in got.items() if k == "Identity"] == ["stem.1", "bn1", "bn3"]
+    assert got["pre"] == "BatchNorm2d"
+    assert folded.module.conv2.weight is model.module.conv2.weight  # unfolded parameters are shared
+    x = _inputs(16, seed=3)  # not the probe
+    with torch.no_grad():
+        np.testing.assert_allclose(folded.module(x).numpy(), model.module(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert _kinds(model.module) == kinds
+    assert all(torch.equal(v, before[k]) for k, v in model.module.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.module.modules())
+
+
+def test_a_pair_changed_in_place_between_is_left_and_an_output_read_twice_folds_nothing():
+    in_place = folded_model(_model("in_place"), _inputs(1))
+    assert [n for n, k in _kinds(in_place.module).items() if k == "Identity"] == ["stem.1", "bn1"]
+    x = _inputs(4, seed=3)
+    with torch.no_grad():
+        np.testing.assert_allclose(in_place.module(x).numpy(), _model("in_place").module(x).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    read_twice = _model("read_twice")
+    assert folded_model(read_twice, _inputs(1)) is read_twice  # the check caught what the hooks cannot see
+
+
+@pytest.mark.parametrize("why", ["training", "hooked", "graph"])
+def test_nothing_is_folded_in_training_mode_under_hooks_or_in_a_graph(why):
+    model = _model()
+    if why == "training":
+        model.module.train()
+    elif why == "hooked":
+        for m in model.module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.register_forward_hook(lambda *_: None)
+    else:
+        model.format = "torchscript"  # a user's graph: not ours to change
+    assert folded_model(model, _inputs(1)) is model
+
+
+def test_deletion_on_a_folded_model_equals_its_rows_scored_by_the_model():
+    """Every step's image built by hand and scored by the model itself (batch norms unfolded):
+    the metric, which scores them on the folded copy, gives the same curve."""
+    model = _model()
+    x = _inputs(3).numpy()
+    assert Grid(model, x, np.zeros(3, dtype=np.int64), "cpu").fn.model.module is not model.module
+    attr = get_method("saliency").explain(model, x, use_cache=False)
+    r = get_metric("deletion").evaluate(model, attr, steps=4, substrate="zero", output="logit", random=False,
+                                        use_cache=False)
+    rank = np.argsort(np.argsort(-attr.values.sum(1).reshape(3, -1), axis=1, kind="stable"), axis=1)
+    counts = np.round(np.linspace(0, 64, 5)).astype(int)
+    images = np.stack([np.where((rank[i] < c).reshape(1, 8, 8), 0.0, x[i]) for i in range(3) for c in counts])
+    with torch.no_grad():
+        logits = model.module(torch.as_tensor(images, dtype=torch.float32)).numpy().reshape(3, 5, 3)
+    want = np.take_along_axis(logits, attr.target[:, None, None], axis=2)[..., 0]  # [3, 5]
+    np.testing.assert_allclose(r.curve, want, rtol=1e-5, atol=1e-5)
