@@ -31,6 +31,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 
 from explain.errors import UsageError
 
@@ -72,8 +73,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     if not 0 < n <= len(body):
         raise UsageError(f"{HEADER_LENGTH.title()} says {n} bytes; the body has {len(body)}.")
     try:
-        header = json.loads(bytes(memoryview(body)[:n]))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        header = orjson.loads(memoryview(body)[:n])
+    except orjson.JSONDecodeError:  # not UTF-8, not JSON, or nested past orjson's depth
         raise UsageError(f"The first {n} bytes of the body are not a JSON header.") from None
     if not isinstance(header, dict):
         raise UsageError("The binary body's header must be a JSON object.")
@@ -175,8 +176,7 @@ def answer(model_name: str, version: int, outputs: dict[str, np.ndarray], binary
         else:
             entry["data"] = array.reshape(-1).tolist()
         described.append(entry)
-    head = json.dumps({"model_name": model_name, "model_version": str(version), "outputs": described},
-                      separators=(",", ":")).encode()
+    head = orjson.dumps({"model_name": model_name, "model_version": str(version), "outputs": described})
     if not binary:
         return head, {"content-type": "application/json"}
     return b"".join([head, *blobs]), {"content-type": OCTET_STREAM, HEADER_LENGTH: str(len(head))}
@@ -192,7 +192,7 @@ def encode_request(x: np.ndarray, parameters: dict[str, Any] | None = None, *, b
     header = {"inputs": [{"name": name, "shape": list(x.shape), "datatype": NAMES[np.dtype(little.dtype.str)],
                           "parameters": {"binary_data_size": len(blob)}}],
               "parameters": {**(parameters or {}), **({"binary_data_output": True} if binary_output else {})}}
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header)
     return head + blob, {"Content-Type": OCTET_STREAM, "Inference-Header-Content-Length": str(len(head))}
 
 
@@ -200,7 +200,7 @@ def decode_response(body: bytes, headers) -> dict[str, np.ndarray]:
     """A V2 answer's outputs by name, whether their data came as bytes or as JSON."""
     length = {k.lower(): v for k, v in dict(headers).items()}.get(HEADER_LENGTH)
     if length is None:
-        header = json.loads(body)
+        header = orjson.loads(body)
         return {o["name"]: np.asarray(o["data"], dtype=DATATYPES[o["datatype"]]).reshape(o["shape"])
                 for o in header["outputs"]}
     header, data = split_body(body, length)
