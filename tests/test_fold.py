@@ -103,6 +103,20 @@ def test_a_pair_changed_in_place_between_is_left_and_an_output_read_twice_folds_
     assert folded_model(read_twice, _inputs(1)) is read_twice  # the check caught what the hooks cannot see
 
 
+def test_the_copy_is_kept_while_the_model_stays_as_it_was():
+    model = _model()
+    first = folded_model(model, _inputs(1))
+    assert folded_model(model, _inputs(2)).module is first.module
+    with torch.no_grad():
+        model.module.bn1.running_mean.add_(1.0)  # in place: the kept copy is stale
+    again = folded_model(model, _inputs(1))
+    assert again.module is not first.module
+    x = _inputs(4, seed=3)
+    with torch.no_grad():
+        np.testing.assert_allclose(again.module(x).numpy(), model.module(x).numpy(), rtol=1e-5, atol=1e-5)
+        assert not np.allclose(first.module(x).numpy(), model.module(x).numpy(), atol=1e-3)
+
+
 @pytest.mark.parametrize("why", ["training", "hooked", "graph"])
 def test_nothing_is_folded_in_training_mode_under_hooks_or_in_a_graph(why):
     model = _model()

@@ -23,6 +23,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
+import threading
+import weakref
 
 import torch
 from torch import nn
@@ -35,11 +38,18 @@ from explain.model import LoadedModel
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: the folded copy's logits may differ from the model's by this share of their largest magnitude.
 RTOL = 1e-4
+#: models whose folded copies (or None: nothing to fold) are kept, most recent last.
+KEPT = 2
+_KEPT: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module | None]] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
 
 
 def folded_model(model: LoadedModel, probe: torch.Tensor) -> LoadedModel:
     """A copy of ``model`` (for forward passes only) with each Conv -> BatchNorm pair one
     convolution, or ``model`` itself when it has none or the copy's logits differ.
+
+    The copies of the last `KEPT` models are kept (each metric of each method folds the same
+    model) while the model's tensors, submodules, modes and hooks stay the same (`_stamp`).
 
     Args:
         probe: a model-ready input or two [B, ...]: the pairs are found and the copy checked on them.
@@ -49,11 +59,28 @@ def folded_model(model: LoadedModel, probe: torch.Tensor) -> LoadedModel:
             and any(_foldable_norm(m) for m in module.modules())
             and any(type(m) in _CONVS for m in module.modules())):
         return model
+    stamp = _stamp(module)
+    with _LOCK:
+        kept = _KEPT.get(module)
+    if kept is not None and kept[0] == stamp:
+        shell = kept[1]
+    else:
+        shell = _fold(module, probe)
+        with _LOCK:
+            _KEPT.pop(module, None)
+            _KEPT[module] = (stamp, shell)
+            while len(_KEPT) > KEPT:
+                del _KEPT[next(iter(_KEPT))]
+    return model if shell is None else dataclasses.replace(model, module=shell)
+
+
+def _fold(module: nn.Module, probe: torch.Tensor) -> nn.Module | None:
+    """The folded copy of ``module``, or None when it has no pair or the copy's logits differ."""
     shell = _shell(module)
     with torch.no_grad():
         pairs, want = _pairs(shell, probe)
         if not pairs:
-            return model
+            return None
         for conv_name, norm_name in pairs:
             conv, norm = shell.get_submodule(conv_name), shell.get_submodule(norm_name)
             # the shell's own parameter dict: the model's convolution keeps its weights
@@ -62,9 +89,15 @@ def folded_model(model: LoadedModel, probe: torch.Tensor) -> LoadedModel:
             parent, _, leaf = norm_name.rpartition(".")
             shell.get_submodule(parent)._modules[leaf] = nn.Identity()
         got = shell(probe)
-    if not _close(got, want):
-        return model
-    return dataclasses.replace(model, module=shell)
+    return shell if _close(got, want) else None
+
+
+def _stamp(module: nn.Module) -> tuple:
+    """What a folded copy depends on: each tensor's identity, storage and version (in-place
+    changes, ``load_state_dict``, a move), each submodule's identity, mode and hooks."""
+    tensors = tuple((id(t), t.data_ptr(), t._version) for t in itertools.chain(module.parameters(), module.buffers()))
+    modules = tuple((id(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks)) for m in module.modules())
+    return tensors, modules
 
 
 def _pairs(shell: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]], torch.Tensor]:
