@@ -14,7 +14,8 @@ in-memory zip (`folder_as_zip`), so a folder and its zip load the same way.
 Every file is bounded before it is used: text files by their size in the zip's
 directory, ``config.json`` by an estimated parameter count (`estimate_parameters`:
 vocabulary, widths, layers, labels) checked against the operator's caps and the
-weights present before any config object or module exists, then by the exact
+weights present (counted from their headers, never read whole in the server:
+`weight_shapes`) before any config object or module exists, then by the exact
 count of the model built on the ``meta`` device (no tensor memory), and
 ``tokenizer.json`` by its ids (`explain.inputs.text.tokenizer_vocab`).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import zipfile
@@ -44,6 +46,7 @@ from explain.loading.source import (
     read_folder,
     read_source,
     weights_only_load,
+    weights_only_shapes,
 )
 from explain.spec import InputSpec
 
@@ -172,13 +175,18 @@ class HFUpload:
     """A Hugging Face upload as the server reads and checks it, before anything is built.
 
     Attributes:
-        files: the known files' bytes (`KNOWN_FILES`); shards: a sharded checkpoint's shards.
+        files: the known files' bytes (`KNOWN_FILES`) but the weights, which the server never reads whole.
+        weights: each weight file (``model.safetensors``, ``pytorch_model.bin`` or a sharded checkpoint's
+            shards, in the index's order) -> its member of ``archive``, read by `state_dict` (a model process).
+        shapes: each weight's shape, from the files' headers (`weight_shapes`).
         config: the transformers config object; model_class: the class to build.
         spec: the spec read from the config and the tokenizer / preprocessor files.
     """
 
     files: dict[str, bytes]
-    shards: dict[str, bytes]
+    weights: dict[str, str]
+    shapes: dict[str, tuple[int, ...]]
+    archive: Archive
     config: Any
     model_class: Any
     modality: str
@@ -204,20 +212,23 @@ def read_huggingface(data: bytes, archive: Archive | None = None) -> HFUpload:
     """
     archive = archive or open_archive(data, "Hugging Face")
     names = archive.names
-    files = {}
+    files, found = {}, {}
     for known in KNOWN_FILES:
         member = find_member(names, known)
-        if member is not None:
+        if member is not None and known in WEIGHT_FILES:
+            found[known] = member  # never read whole here (`weight_shapes`)
+        elif member is not None:
             files[known] = archive.read(member, *_member_cap(known))
     if "config.json" not in files:
         raise CorruptFile("The Hugging Face model has no config.json.", HF_HINT)
-    shards: dict[str, bytes] = {}
-    if SHARD_INDEX in files and not any(w in files for w in WEIGHT_FILES):
+    first = next((w for w in WEIGHT_FILES if w in found), None)  # model.safetensors before pytorch_model.bin
+    weights = {first: found[first]} if first else {}
+    if SHARD_INDEX in files and not weights:
         for shard in shard_names(files[SHARD_INDEX]):
             member = find_member(names, shard)
             if member is None:
                 raise CorruptFile(f"{SHARD_INDEX} names {shard}, which is not in the upload.", HF_HINT)
-            shards[shard] = archive.read(member)
+            weights[shard] = member
     try:
         cfg = json.loads(files["config.json"])
     except (ValueError, UnicodeDecodeError) as exc:
@@ -230,7 +241,8 @@ def read_huggingface(data: bytes, archive: Archive | None = None) -> HFUpload:
             "Use a model whose model_type is built into transformers.",
         )
     # every file bounded before transformers builds anything: weights counted, config sized, tokenizer ids checked
-    available = _check_weights(files, shards)
+    shapes = weight_shapes(archive, weights)
+    available = sum(math.prod(shape) for shape in shapes.values())
     check_config_size(cfg, available)
     vocab_size = cfg.get("vocab_size")
     vocabulary = _vocabulary(files, vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None)
@@ -239,7 +251,7 @@ def read_huggingface(data: bytes, archive: Archive | None = None) -> HFUpload:
     modality = "image" if task == "image" else "text"
     task = "causal_lm" if task == "causal_lm" else "classification"
     spec = _text_spec(config, files, vocabulary, task) if modality == "text" else _image_spec(config, files)
-    return HFUpload(files, shards, config, model_class, modality, spec, task)
+    return HFUpload(files, weights, shapes, archive, config, model_class, modality, spec, task)
 
 
 def check_huggingface_parts(data: bytes, archive: Archive | None = None) -> LoadedParts:
@@ -305,23 +317,25 @@ def _model_class(cfg: dict) -> tuple[Any, Any, str]:
 
 
 def state_dict(upload: HFUpload) -> dict[str, torch.Tensor]:
-    """The weights of a checked upload by name: safetensors (or its shards) parsed, a ``.bin`` weights-only.
+    """The weights of a checked upload by name, read whole from its archive here (a model process, or the
+    Training page's checkpoint reader): safetensors (or its shards) parsed, a ``.bin`` weights-only.
 
     Raises:
-        CorruptFile: a ``.bin`` that is not a state dict of tensors.
+        CorruptFile: damaged weights, or a ``.bin`` that is not a state dict of tensors.
     """
     from safetensors.torch import load
 
-    if upload.shards:
-        state: dict[str, torch.Tensor] = {}
-        for blob in upload.shards.values():
-            state.update(load(blob))
+    if "pytorch_model.bin" in upload.weights:
+        state = weights_only_load(upload.archive.read(upload.weights["pytorch_model.bin"]), "pytorch_model.bin")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CorruptFile("pytorch_model.bin is not a state_dict of tensors.")
         return state
-    if "model.safetensors" in upload.files:
-        return load(upload.files["model.safetensors"])
-    state = weights_only_load(upload.files["pytorch_model.bin"], "pytorch_model.bin")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CorruptFile("pytorch_model.bin is not a state_dict of tensors.")
+    state: dict[str, torch.Tensor] = {}
+    for name, member in upload.weights.items():
+        try:
+            state.update(load(upload.archive.read(member)))
+        except Exception as exc:  # safetensors' own error types
+            raise CorruptFile(f"{name} is damaged ({one_line(exc, 200, typed=False)}).") from None
     return state
 
 
@@ -346,35 +360,34 @@ def _build_model(upload: HFUpload) -> nn.Module:
     return model
 
 
-def _check_weights(files: dict[str, bytes], shards: dict[str, bytes]) -> int:
-    """Read the weights ourselves first: safetensors parsed, a ``.bin`` only ever unpickled weights-only.
+def weight_shapes(archive: Archive, weights: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """Each weight's shape, its data never read: a safetensors file's (or shard's) from its header alone
+    (`safetensors_shapes`, each tensor's dtype and offsets checked against the member's declared size), a
+    ``.bin``'s from its pickle, unpickled weights-only with every storage on the ``meta`` device and checked
+    against its zip record's declared size (`weights_only_shapes`; a stored member is read in place, where
+    the pickle and the zip directory are). Each member is vetted as a whole read would be (`Archive.vet`).
 
-    Returns:
-        The number of values the weights hold (the most parameters a config may ask for).
+    Raises:
+        CorruptFile: no weights, or a header / pickle not backed by the bytes it declares.
+        UnsafeFile: a ``.bin`` pickle beyond tensors.
     """
-    if shards:
-        from safetensors.torch import load
+    from explain.loading.weights import safetensors_header_bytes, safetensors_shapes
 
-        total = 0
-        for name, blob in shards.items():
-            try:
-                total += sum(t.numel() for t in load(blob).values())
-            except Exception as exc:
-                raise CorruptFile(f"{name} is damaged ({one_line(exc, 200, typed=False)}).") from None
-        return total
-    if "model.safetensors" in files:
-        from safetensors.torch import load
-
+    if not weights:
+        raise CorruptFile("The Hugging Face model has no model.safetensors or pytorch_model.bin.", HF_HINT)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, member in weights.items():
+        archive.vet(member)
+        if name == "pytorch_model.bin":
+            with archive.window(member) as file:
+                shapes.update(weights_only_shapes(file, name))
+            continue
+        head = archive.head(member, safetensors_header_bytes(archive.head(member, 8)))
         try:
-            return sum(t.numel() for t in load(files["model.safetensors"]).values())
-        except Exception as exc:
-            raise CorruptFile(f"model.safetensors is damaged ({one_line(exc, 200, typed=False)}).") from None
-    if "pytorch_model.bin" in files:
-        state = weights_only_load(files["pytorch_model.bin"], "pytorch_model.bin")
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CorruptFile("pytorch_model.bin is not a state_dict of tensors.")
-        return sum(t.numel() for t in state.values())
-    raise CorruptFile("The Hugging Face model has no model.safetensors or pytorch_model.bin.", HF_HINT)
+            shapes.update(safetensors_shapes(head, archive.sizes[member]))
+        except CorruptFile as exc:
+            raise CorruptFile(f"{name} is damaged ({exc.reason})", exc.hint) from None
+    return shapes
 
 
 # --------------------------------------------------------------------------

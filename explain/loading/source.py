@@ -9,14 +9,16 @@ and the format's reader share.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from explain import config
 from explain.errors import CorruptFile, TooLarge, UnsafeFile, one_line
@@ -178,9 +180,14 @@ class Archive:
         return find_member(self.names, suffix)
 
     def read(self, name: str, cap: int | None = None, hint: str | None = None) -> bytes:
-        """One member's bytes; refused (`TooLarge`, with ``hint``) before reading when its declared size is over ``cap``.
-        Any member is also refused when it unpacks to more than `MAX_INFLATE_RATIO` times its packed bytes
-        (over `MAX_INFLATE_FLOOR`): the server parses what it reads (JSON, a tokenizer, weights to count)."""
+        """One member's bytes, after `vet`."""
+        self.vet(name, cap, hint)
+        return read_zip_member(self.zf, name, self.what)
+
+    def vet(self, name: str, cap: int | None = None, hint: str | None = None) -> None:
+        """Refuse a member (`TooLarge`, with ``hint``) whose declared size is over ``cap``, or that unpacks to more
+        than `MAX_INFLATE_RATIO` times its packed bytes (over `MAX_INFLATE_FLOOR`): the server parses what it
+        reads (JSON, a tokenizer), and a model process reads weights whole."""
         size = self.sizes.get(name, 0)
         if cap is not None and size > cap:
             raise TooLarge(f"The {self.what} archive's {name} is {size / 2**20:.1f} MiB, over the "
@@ -191,7 +198,58 @@ class Archive:
                            f"{packed / 2**10:.0f} KiB, more than {MAX_INFLATE_RATIO} times: compressed like a "
                            "decompression bomb, not like the file it names.",
                            "Zip the model's own files again: a zip tool packs JSON some 3 to 20 times.")
-        return read_zip_member(self.zf, name, self.what)
+
+    def head(self, name: str, n: int) -> bytes:
+        """A member's first ``n`` bytes (fewer if it is shorter); the rest is never read or inflated."""
+        try:
+            with self.zf.open(name) as member:
+                return member.read(n)
+        except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, RuntimeError) as exc:
+            raise CorruptFile(f"The {self.what} archive is damaged: member {name!r} cannot be read ({exc}).") from None
+
+    @contextlib.contextmanager
+    def window(self, name: str) -> Iterator[BinaryIO]:
+        """A member as a read-only seekable file. A stored member is a view of the upload's own bytes (nothing
+        copied; only the pages a reader seeks to are read); a compressed one is inflated whole (`read`)."""
+        info = self.zf.getinfo(name)
+        fp = self.zf.fp
+        if info.compress_type != zipfile.ZIP_STORED or not isinstance(fp, io.BytesIO):
+            yield io.BytesIO(self.read(name))
+            return
+        with memoryview(fp.getvalue()) as upload:  # the upload's own bytes (getbuffer would copy them)
+            local = bytes(upload[info.header_offset:info.header_offset + zipfile.sizeFileHeader])
+            fields = struct.unpack(zipfile.structFileHeader, local) if len(local) == zipfile.sizeFileHeader else ()
+            start = info.header_offset + zipfile.sizeFileHeader + (fields[10] + fields[11] if fields else 0)  # name, extra
+            if not fields or fields[0] != zipfile.stringFileHeader or start + info.file_size > len(upload):
+                raise CorruptFile(f"The {self.what} archive is damaged: member {name!r} lies outside it.")
+            with upload[start:start + info.file_size] as view:
+                yield io.BufferedReader(_View(view))
+
+
+class _View(io.RawIOBase):
+    """Bytes as a read-only seekable raw file, without a copy (`Archive.window`)."""
+
+    def __init__(self, view: memoryview):
+        self.view, self.pos = view, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = max(0, (0, self.pos, len(self.view))[whence] + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.view[self.pos:self.pos + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
 
 
 def open_archive(data: bytes, what: str, max_unpacked: int | None = None) -> Archive:
@@ -215,8 +273,9 @@ def find_member(names: list[str], suffix: str) -> str | None:
     return None
 
 
-def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
-    """``torch.load(weights_only=True, map_location="cpu")`` with Glassbox errors.
+def weights_only_load(data: bytes | BinaryIO, what: str, hint: str | None = None, *, device: str = "cpu") -> Any:
+    """``torch.load(weights_only=True, map_location=device)`` with Glassbox errors (``data``: the bytes or
+    a seekable file; on ``"meta"`` no record is read, `weights_only_shapes`).
 
     Raises:
         UnsafeFile: the pickle names a global the safe unpickler refuses
@@ -227,9 +286,11 @@ def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
 
     import torch  # here, not at import: reading a training log must not import torch (the app's first paint)
 
-    _refuse_compressed_records(data, what)
+    file = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    _refuse_compressed_records(file, what)
     try:
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        file.seek(0)
+        return torch.load(file, weights_only=True, map_location=device)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text or "GLOBAL" in text or "global" in text:
@@ -248,16 +309,57 @@ def weights_only_load(data: bytes, what: str, hint: str | None = None) -> Any:
         ) from None
 
 
-def _refuse_compressed_records(data: bytes, what: str) -> None:
+def weights_only_shapes(file: BinaryIO, what: str, hint: str | None = None) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a weights-only torch zip (``file``: seekable), its tensor data never read: torch's
+    weights-only unpickler reads ``data.pkl`` and puts every storage on the ``meta`` device; each tensor is
+    then checked to lie within its storage and each storage within the bytes its ``data/`` record declares,
+    so the shapes count values that are there (`weights_only_load`'s refusals and errors).
+
+    Raises:
+        CorruptFile: not a state dict of tensors, or a tensor past its record's bytes.
+    """
+    import torch
+
+    state = weights_only_load(file, what, hint, device="meta")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptFile(f"The {what} is not a state_dict of tensors.")
+    records = _data_records(file)  # a record's data offset -> its declared bytes
+    for name, tensor in state.items():
+        storage = tensor.untyped_storage()
+        reach = tensor.storage_offset() + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride())) + 1
+        need = reach * tensor.element_size() if tensor.numel() else 0
+        held = records.get(getattr(storage, "_checkpoint_offset", None), 0)
+        if need > storage.nbytes() or (storage.nbytes() > 0 and storage.nbytes() > held):
+            raise CorruptFile(f"The {what}'s tensor {str(name)[:80]!r} claims {storage.nbytes():,} bytes; its "
+                              f"record holds {held:,}.", "Upload the complete file again.")
+    return {str(k): tuple(v.shape) for k, v in state.items()}
+
+
+def _data_records(file: BinaryIO) -> dict[int, int]:
+    """Where each ``data/`` record of a torch zip starts (its local header read) and its declared size."""
+    records = {}
+    for info in zipfile.ZipFile(file).infolist():
+        if "/data/" in info.filename or info.filename.startswith("data/"):
+            file.seek(info.header_offset)
+            local = file.read(zipfile.sizeFileHeader)
+            if len(local) == zipfile.sizeFileHeader:
+                fields = struct.unpack(zipfile.structFileHeader, local)
+                records[info.header_offset + zipfile.sizeFileHeader + fields[10] + fields[11]] = info.file_size
+    return records
+
+
+def _refuse_compressed_records(file: BinaryIO, what: str) -> None:
     """Refuse a torch zip with a deflated record before torch reads it: torch.save stores its records, but
     torch's reader inflates one, to its declared size (a 1 KB record of zeros asks for 64 MiB or more)."""
-    if not data.startswith(b"PK"):
+    file.seek(0)
+    if file.read(2) != b"PK":
         return
+    size = file.seek(0, io.SEEK_END)
     try:
-        infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+        infos = zipfile.ZipFile(file).infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError):
         return  # torch's own reader says what is wrong with it
-    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED or i.file_size > len(data)]
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED or i.file_size > size]
     if packed:
         raise CorruptFile(f"The {what} has compressed records (e.g. {packed[0][-80:]!r}); torch.save stores them, "
                           "and Glassbox does not inflate them (a small file can unpack to gigabytes).",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 from typing import Any
 
@@ -79,22 +80,50 @@ def read_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
-def safetensors_shapes(data: bytes) -> dict[str, tuple[int, ...]]:
-    """Each tensor's shape in a safetensors file, from its header alone (no tensor is read).
+#: bits per value of each safetensors dtype (`safetensors_shapes` checks each tensor's bytes with them)
+SAFETENSORS_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6,
+                    "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+                    "I64": 64, "U64": 64, "F64": 64, "C64": 64}
+
+
+def safetensors_header_bytes(head: bytes) -> int:
+    """How many bytes a safetensors file's header takes, its 8-byte length included, from its first 8 bytes.
 
     Raises:
         TooLarge: a header over `MAX_SAFETENSORS_HEADER`.
-        CorruptFile: a header that is not a safetensors table.
     """
-    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
     if n > MAX_SAFETENSORS_HEADER:
         raise TooLarge(f"The safetensors header is {n / 2**20:.0f} MiB, over the "
                        f"{MAX_SAFETENSORS_HEADER / 2**20:.0f} MiB Glassbox reads.")
+    return 8 + n
+
+
+def safetensors_shapes(data: bytes, size: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header alone (no tensor is read). ``size``: the
+    whole file's bytes when ``data`` is only its head (`safetensors_header_bytes`); each tensor's dtype and
+    offsets are then checked to hold its shape's values within them, so the shapes count values that are there.
+
+    Raises:
+        TooLarge: a header over `MAX_SAFETENSORS_HEADER`.
+        CorruptFile: a header that is not a safetensors table, or (``size``) a tensor past the file's bytes.
+    """
+    end = safetensors_header_bytes(data)
     try:
-        header = json.loads(data[8 : 8 + n])
-        return {str(k): tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        header = json.loads(data[8:end])
+        table = {str(k): v for k, v in header.items() if k != "__metadata__"}
+        shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in table.items()}
+        if size is not None:
+            for name, entry in table.items():
+                begin, stop = (int(o) for o in entry["data_offsets"])
+                values = math.prod(shapes[name])
+                if min(shapes[name], default=0) < 0 or not 0 <= begin <= stop <= size - end or (
+                        stop - begin) != -(-values * SAFETENSORS_BITS[entry["dtype"]] // 8):  # whole bytes
+                    raise ValueError(name)
+        return shapes
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
-        raise CorruptFile("The safetensors file is truncated or damaged (its header is not a tensor table).",
+        raise CorruptFile("The safetensors file is truncated or damaged (its header is not a tensor table"
+                          f"{' of the bytes it holds' if size is not None else ''}).",
                           "Upload the complete file again.") from None
 
 

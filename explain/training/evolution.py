@@ -38,7 +38,7 @@ from explain.loading import huggingface
 from explain.loading.export import is_export_archive
 from explain.loading.source import Archive, find_member, open_archive, read_source
 from explain.loading.torchscript import is_torchscript
-from explain.loading.weights import WeightsRefused, key_variants, read_safetensors, safetensors_shapes
+from explain.loading.weights import WeightsRefused, key_variants, read_safetensors
 from explain.model import LoadedModel
 from explain.progress import ProgressFn, report_progress
 from explain.training.formats import load_checkpoint_dict
@@ -211,13 +211,6 @@ def hf_tensors(upload: huggingface.HFUpload) -> dict[str, torch.Tensor]:
     return huggingface.state_dict(upload)
 
 
-def _hf_shapes(upload: huggingface.HFUpload) -> dict[str, tuple[int, ...]]:
-    """Each weight's shape in a checked Hugging Face upload (safetensors: from the headers only)."""
-    if upload.shards:
-        return {k: v for blob in upload.shards.values() for k, v in safetensors_shapes(blob).items()}
-    if "model.safetensors" in upload.files:
-        return safetensors_shapes(upload.files["model.safetensors"])
-    return {k: tuple(v.shape) for k, v in hf_tensors(upload).items()}
 
 
 def in_layer_order(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -438,7 +431,7 @@ def _hf_with_weights(checkpoint: Checkpoint, reference: LoadedModel) -> bytes:
         raise IncompatibleInput(f"{checkpoint.source}: the current Hugging Face model's files are not at hand to "
                                 "build the checkpoint in.", "Give the checkpoints as Hugging Face folders or zips.")
     upload = huggingface.read_huggingface(data)
-    shapes = _hf_shapes(upload)
+    shapes = upload.shapes  # from the weights' headers
     state = next((v for v in key_variants(checkpoint.state_dict) if _fits(shapes, v)), None)
     if state is None:
         raise IncompatibleInput(*_not_this_model(checkpoint, f"{reference.name} ({reference.architecture})", shapes))
