@@ -4,6 +4,8 @@ Rows, each round in turn (a torch import first, so a machine whose speed drifts 
 
 - ``torch_import``: ``import torch`` alone in a fresh interpreter (the yardstick);
 - ``server_ready``: ``streamlit run app.py`` on a new workspace until its health check answers;
+- ``first_title``: a browser (headless Chromium) opens the app on a fresh server: seconds until the page's
+  title (h1) is drawn;
 - ``first_figure``: a browser (headless Chromium) opens the app (the Overview, the default sample)
   on that fresh server: seconds until the first figure is drawn (target 3 s);
 - ``first_map``: ... until the Output column's attribution map and its completeness caption (a fresh
@@ -14,7 +16,11 @@ Rows, each round in turn (a torch import first, so a machine whose speed drifts 
   workspace (an operator's restart): the sample's first view is read back from the run the first
   open saved (`explain.report.overview`), nothing is measured or explained;
 - ``rerun``: the Overview's script run again for a view already computed (AppTest in this
-  process, median of 5): what every click on a computed view costs (target 0.3 s).
+  process, median of 5): what every click on a computed view costs (target 0.3 s);
+- ``floor_first_figure`` / ``floor_again_first_figure``: the same browser opening a blank Streamlit app
+  (`FLOOR_APP`: one small heat map and a caption, numpy and plotly imported) on a fresh server, then in a
+  second tab: the floor under ``first_figure`` and ``again_first_figure`` on this machine (Streamlit's page,
+  its websocket and its Plotly chart code, which the browser loads and runs at the first chart).
 
 One JSON object per line on stdout: ``{"row", "seconds", "torch_imports", "target", "within", "load"}``
 (``load``: the 1-minute load average when the row was measured; figures move with it, ratios hold).
@@ -41,6 +47,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("GLASSBOX_CHROMIUM", "/usr/bin/chromium")
+FLOOR_APP = """
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+st.set_page_config(page_title="floor", layout="wide")
+st.title("Floor")
+st.plotly_chart(go.Figure(go.Heatmap(z=np.random.default_rng(0).random((64, 64)).round(3))), key="map")
+st.caption("completeness error 0")
+"""
 TARGETS = {"first_figure": 3.0, "first_map": 3.0, "again_first_figure": 3.0, "restart_first_figure": 3.0,
            "restart_first_map": 3.0, "rerun": 0.3}
 
@@ -77,19 +93,19 @@ def start_server(home: str, root: Path = ROOT) -> tuple[subprocess.Popen, str, f
             time.sleep(0.1)
 
 
-def open_app(browser, url: str) -> tuple[float, float]:
-    """Seconds from opening ``url`` to the first figure, and to the Output column's map and caption."""
+def open_app(browser, url: str) -> tuple[float, float, float]:
+    """Seconds from opening ``url`` to the page's title, to the first figure, and to the Output column's map
+    and caption."""
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     try:
         start = time.perf_counter()
         page.goto(url)
         page.wait_for_selector("h1", timeout=300_000)  # the page's title: the frame is up, the script runs
-        print(json.dumps({"note": "title drawn", "seconds": round(time.perf_counter() - start, 3)}),
-              file=sys.stderr, flush=True)
+        title = time.perf_counter() - start
         page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=300_000)
         first = time.perf_counter() - start
         page.get_by_text("completeness error").first.wait_for(timeout=300_000)
-        return first, time.perf_counter() - start
+        return title, first, time.perf_counter() - start
     finally:
         page.close()
 
@@ -132,22 +148,37 @@ def measure(browser, root: Path, torch_s: float) -> list[dict]:
     proc, url, ready = start_server(home, root)
     try:
         found.append(row("server_ready", ready, torch_s))
-        first, first_map = open_app(browser, url)
-        found += [row("first_figure", first, torch_s), row("first_map", first_map, torch_s)]
-        again, _ = open_app(browser, url)
+        title, first, first_map = open_app(browser, url)
+        found += [row("first_title", title, torch_s), row("first_figure", first, torch_s),
+                  row("first_map", first_map, torch_s)]
+        _, again, _ = open_app(browser, url)
         found.append(row("again_first_figure", again, torch_s))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     proc, url, _ = start_server(home, root)  # the same workspace: its first view is saved
     try:
-        first, first_map = open_app(browser, url)
+        _, first, first_map = open_app(browser, url)
         found += [row("restart_first_figure", first, torch_s), row("restart_first_map", first_map, torch_s)]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     found.append(row("rerun", rerun_seconds(tempfile.mkdtemp(prefix="glassbox-app-latency-"), root), torch_s))
     return found
+
+
+def measure_floor(browser, torch_s: float) -> list[dict]:
+    """The floor rows: `FLOOR_APP` on a fresh server, a first tab and a second."""
+    root = Path(tempfile.mkdtemp(prefix="glassbox-app-floor-"))
+    (root / "app.py").write_text(FLOOR_APP)
+    proc, url, _ = start_server(str(root), root)
+    try:
+        _, first, _ = open_app(browser, url)
+        _, again, _ = open_app(browser, url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return [row("floor_first_figure", first, torch_s), row("floor_again_first_figure", again, torch_s)]
 
 
 def ratios(rows: list[dict]) -> dict[str, float]:
@@ -177,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for i in range(args.rounds):
                 torch_s = torch_import()
-                found = [row("torch_import", torch_s, torch_s)]
+                found = [row("torch_import", torch_s, torch_s), *measure_floor(browser, torch_s)]
                 for app, root in trees[i % 2:] + trees[:i % 2]:  # the trees take turns going first
                     found += [{**r, "app": app} if args.baseline else r for r in measure(browser, root, torch_s)]
                 for r in found:
