@@ -22,11 +22,16 @@ from explain.params import ParamSpec
 
 
 def perturbations(inputs: np.ndarray, samples: int, noise: float, seed: int) -> np.ndarray:
-    """float32 [N, samples, ...]: Gaussian perturbations I per input, seeded by its content."""
+    """float32 [N, samples, ...]: Gaussian perturbations I per input, seeded by its content.
+
+    The draws of ``rng.normal(0.0, noise, size)``, bit for bit (numpy computes 0.0 + noise * z from
+    the same standard normals), in half its time: its per-value loc/scale path took a quarter of a
+    small CNN's infidelity on a CPU."""
     out = np.empty((len(inputs), samples, *inputs.shape[1:]), dtype=np.float32)
     for i in range(len(inputs)):
-        rng = np.random.default_rng(input_seed(inputs[i], seed))
-        out[i] = rng.normal(0.0, noise, size=(samples, *inputs.shape[1:]))
+        z = np.random.default_rng(input_seed(inputs[i], seed)).standard_normal(size=(samples, *inputs.shape[1:]))
+        z *= noise  # [samples, ...] float64
+        out[i] = z
     return out
 
 
@@ -74,10 +79,10 @@ class Infidelity(Metric):
             return grid.x[i] - noise_t[i, s], i
 
         drops = grid.outputs()[:, None] - grid.scores(n * samples, make_row).reshape(n, samples)  # [N, S]
-        flat = pert.reshape(n, samples, -1).astype(np.float64)
-        dots = np.einsum("nsp,np->ns", flat, np.asarray(attr.values, dtype=np.float64).reshape(n, -1))
-        rand = random_like(attr.values, attr.inputs, seed).reshape(n, -1)
-        chance = np.einsum("nsp,np->ns", flat, rand)
+        flat = pert.reshape(n, samples, -1).astype(np.float64)  # [N, S, P]
+        maps = np.stack([np.asarray(attr.values, dtype=np.float64).reshape(n, -1),
+                         random_like(attr.values, attr.inputs, seed).reshape(n, -1)], axis=2)  # [N, P, 2]
+        dots, chance = np.moveaxis(np.matmul(flat, maps), 2, 0)  # I · a and I · random, [N, S] each (BLAS)
         params = {"samples": samples, "noise": noise, "normalize": normalize, "seed": seed}
         return self.result(subject, infidelity_from(dots, drops, normalize),
                            random_baseline=infidelity_from(chance, drops, normalize), params=params)
