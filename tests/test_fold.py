@@ -147,3 +147,31 @@ def test_deletion_on_a_folded_model_equals_its_rows_scored_by_the_model():
         logits = model.module(torch.as_tensor(images, dtype=torch.float32)).numpy().reshape(3, 5, 3)
     want = np.take_along_axis(logits, attr.target[:, None, None], axis=2)[..., 0]  # [3, 5]
     np.testing.assert_allclose(r.curve, want, rtol=1e-5, atol=1e-5)
+
+
+class Caching(nn.Module):
+    """A conv -> BN model that makes a tensor on its first forward pass and keeps it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):  # [N, 3, 8, 8] -> [N, 3]
+        if "scale" not in self._buffers:
+            self.register_buffer("scale", torch.full((4, 1, 1), 2.0))
+        out = self.bn(self.conv(x)) * self.scale
+        return self.fc(out.reshape(out.shape[0], -1))
+
+
+def test_what_a_folded_copy_makes_stays_in_it_and_the_model_still_differentiates():
+    """The grid runs the folded copy in inference mode: a tensor the forward pass keeps lands in
+    the copy, so the model's own gradient pass later keeps none of its inference tensors."""
+    torch.manual_seed(0)
+    model = LoadedModel(_stats(Caching()), "safetensors", "fold-caching", SPEC)
+    x = _inputs(2).numpy()
+    attr = get_method("saliency").explain(LoadedModel(_stats(Caching()), "safetensors", "other", SPEC), x,
+                                          use_cache=False)
+    get_metric("insertion").evaluate(model, attr, steps=2, random=False, use_cache=False)
+    assert "scale" not in model.module._buffers
+    values = get_method("saliency").explain(model, x, use_cache=False).values  # would raise on an inference tensor
+    assert np.isfinite(values).all() and not model.module.scale.is_inference()
