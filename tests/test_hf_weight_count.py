@@ -125,7 +125,28 @@ def test_counting_32_mib_of_weights_holds_none_of_them(tmp_path, bert_weights):
     uploads = [_folder(tmp_path / "bin", config, "pytorch_model.bin", buf.getvalue()),
                _folder(tmp_path / "st", config, "model.safetensors", save_safetensors(big))]
     del buf
+    read_huggingface(_bert_zip())  # transformers imported before the measurement
     for data in uploads:
         counted = []
         growth = peak_growth_kib(lambda data=data, counted=counted: counted.append(read_huggingface(data).shapes))
         assert counted[0]["pad"] == (8 * 2**20,) and growth < 8 * 1024, growth
+
+
+def test_a_deflated_bin_in_a_users_zip_is_counted_through_a_temporary_file(tmp_path, bert_weights):
+    """A zip tool deflates pytorch_model.bin (16 MiB of random values): it is inflated once, in chunks, to an
+    anonymous file the count seeks in, never into the server's memory."""
+    from tests.test_attack_pt2_lm import peak_growth_kib
+
+    config, weights = bert_weights
+    buf = io.BytesIO()
+    torch.save({**weights, "pad": torch.rand(4 * 2**20, generator=torch.Generator().manual_seed(0))}, buf)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("bert/config.json", config)
+        zf.writestr("bert/pytorch_model.bin", buf.getvalue())
+    data = out.getvalue()
+    del buf, out
+    read_huggingface(_bert_zip())  # transformers imported before the measurement
+    counted = []
+    growth = peak_growth_kib(lambda: counted.append(read_huggingface(data).shapes))
+    assert counted[0]["pad"] == (4 * 2**20,) and len(counted[0]) == len(weights) + 1 and growth < 8 * 1024, growth

@@ -13,7 +13,9 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import struct
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -209,12 +211,21 @@ class Archive:
 
     @contextlib.contextmanager
     def window(self, name: str) -> Iterator[BinaryIO]:
-        """A member as a read-only seekable file. A stored member is a view of the upload's own bytes (nothing
-        copied; only the pages a reader seeks to are read); a compressed one is inflated whole (`read`)."""
+        """A member as a read-only seekable file (after `vet`). A stored member is a view of the upload's own bytes
+        (nothing copied; only the pages a reader seeks to are read); a compressed one is inflated once, in chunks,
+        into an anonymous temporary file (a reader seeks back and forth: a zip's directory is at its end)."""
+        self.vet(name)
         info = self.zf.getinfo(name)
         fp = self.zf.fp
         if info.compress_type != zipfile.ZIP_STORED or not isinstance(fp, io.BytesIO):
-            yield io.BytesIO(self.read(name))
+            with tempfile.TemporaryFile() as spool:
+                try:
+                    with self.zf.open(name) as member:
+                        shutil.copyfileobj(member, spool, 2**20)
+                except (zipfile.BadZipFile, ValueError, EOFError, KeyError, RuntimeError) as exc:
+                    raise CorruptFile(f"The {self.what} archive is damaged: member {name!r} cannot be read ({exc}).") from None
+                spool.seek(0)
+                yield spool
             return
         with memoryview(fp.getvalue()) as upload:  # the upload's own bytes (getbuffer would copy them)
             local = bytes(upload[info.header_offset:info.header_offset + zipfile.sizeFileHeader])
