@@ -67,7 +67,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         raise UsageError(f"A binary body needs the {HEADER_LENGTH.title()} header: the length of its JSON "
                          f"header in bytes.")
     text = header_length.strip()
-    if not text.isdigit() or len(text) > 12:
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:  # '²' is a digit to isdigit, not to int
         raise UsageError(f"{HEADER_LENGTH.title()} must be a whole number of bytes, not {text[:40]!r}.")
     n = int(text)
     if not 0 < n <= len(body):
@@ -153,7 +153,10 @@ def read_request(body: bytes, headers, row_shape: tuple[int, ...]) -> tuple[np.n
     for o in outputs:
         if o.get("name") != OUTPUT:
             raise UsageError(f"No output {json.dumps(o.get('name'))[:40]}; the answer's output is {OUTPUT!r}.")
-        binary_output = binary_output or bool((o.get("parameters") or {}).get("binary_data"))
+        asked = o.get("parameters") or {}
+        if not isinstance(asked, dict):
+            raise UsageError(f'The output {OUTPUT!r}\'s "parameters" must be a JSON object.')
+        binary_output = binary_output or bool(asked.get("binary_data"))
     if not isinstance(binary_output, bool):
         raise UsageError("binary_data_output must be true or false.")
     (x,) = tensors.values()

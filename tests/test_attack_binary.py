@@ -1,0 +1,35 @@
+"""Red-team checks of KServe V2 binary bodies (`explain.service.binary`): two headers that passed its
+checks and raised a plain Python error (a 500 through `OneLineErrors`) instead of a one-line 400."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from explain.errors import UsageError
+from explain.service import binary
+
+ROW = np.zeros((1, 30), np.float32).tobytes()  # [1, 30]
+INPUT = {"name": "x", "shape": [1, 30], "datatype": "FP32", "parameters": {"binary_data_size": 120}}
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1\u00b9", "\u00b3"])  # latin-1 superscripts: str.isdigit() is True
+def test_a_header_length_of_superscript_digits_is_a_usage_error(length):
+    """HTTP header values arrive latin-1 decoded; '²' passed ``isdigit`` and then ``int()`` raised ValueError."""
+    with pytest.raises(UsageError, match="whole number of bytes"):
+        binary.split_body(b"{}" + ROW, length)
+
+
+@pytest.mark.parametrize("parameters", [[1], "binary", 3])
+def test_an_outputs_parameters_not_an_object_is_a_usage_error(parameters):
+    """``outputs[i].parameters`` a list / string / number: ``.get`` raised AttributeError."""
+    head = json.dumps({"inputs": [INPUT], "outputs": [{"name": "probabilities", "parameters": parameters}]}).encode()
+    with pytest.raises(UsageError, match='"parameters" must be a JSON object'):
+        binary.read_request(head + ROW, {binary.HEADER_LENGTH: str(len(head))}, (30,))
+
+
+def test_an_outputs_binary_data_flag_still_asks_for_bytes():
+    head = json.dumps({"inputs": [INPUT], "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
+    x, parameters, binary_output = binary.read_request(head.encode() + ROW, {binary.HEADER_LENGTH: str(len(head))}, (30,))
+    assert x.shape == (1, 30) and parameters == {} and binary_output is True
