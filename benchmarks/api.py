@@ -10,7 +10,8 @@ measures:
 - predict, rows/s: **direct** = the engine's own batched ``predict_proba`` on exactly the rows the
   ``--clients`` clients send (client i sends rows ``[i*rows, (i+1)*rows)`` of those, every request),
   all of them in one call, in one thread, no HTTP: what the server would reach if serving cost
-  nothing and every batch held every client's request; and on one request's rows; the engine
+  nothing and every batch held every client's request (timed again in the servers' turns, so that
+  the machine's load falls on it alike: the goal's figure); and on one request's rows; the engine
   from ``--clients`` threads in this process without and with a `Batcher` (the batching alone,
   no HTTP); then through the server: one client calling in turn, and ``--clients`` clients at
   once (each request ``--rows`` rows of ``--model``), and one client's latency, the two servers
@@ -226,11 +227,13 @@ def _workspace(db: str, home: Path):
     return ws, url, token, cleanup
 
 
-def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, rounds: int = 4) -> dict:
+def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, direct, rounds: int = 4) -> dict:
     """Each server's :predict figures, measured in turns (request by request for the latency, in
     ``rounds`` slices of ``--seconds`` for the rates), so that a change in the machine's load
     while the benchmark runs falls on both alike; and the CPU seconds the server (all its processes)
-    and the clients spent per row while the clients were at it."""
+    and the clients spent per row while the clients were at it. ``direct()``, the engine on every
+    client's rows in one call, is timed in the same turns (its rows/s and CPU ms per row, this
+    process's CPU time while it alone runs)."""
     rows = args.rows
     bodies = [_predict_body(x[i * rows:(i + 1) * rows], args.binary) for i in range(args.clients)]  # client i's
     urls = {label: f"{server.base}/models/{model_name}:predict" for label, server in servers.items()}
@@ -252,7 +255,13 @@ def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, r
             lone[label].append(time.perf_counter() - start)
     one, many = dict.fromkeys(servers, 0.0), dict.fromkeys(servers, 0.0)
     server_cpu, client_cpu, served = dict.fromkeys(servers, 0.0), dict.fromkeys(servers, 0.0), dict.fromkeys(servers, 0)
+    direct_rows, direct_cpu, direct_calls = 0.0, 0.0, 0
     for _ in range(rounds):
+        mine, started = time.process_time(), time.monotonic()
+        rate = _rate(lambda i: direct(), args.seconds / rounds, 1)
+        direct_calls += round(rate * (time.monotonic() - started))
+        direct_cpu += time.process_time() - mine
+        direct_rows += rate * len(x) / rounds
         for label, url in urls.items():
             one[label] += _rate(lambda i, u=url: ask(u, 0), args.seconds / rounds, 1) * rows
             cpu, mine, started = _cpu_s(servers[label].process.pid), time.process_time(), time.monotonic()
@@ -261,11 +270,13 @@ def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, r
             server_cpu[label] += _cpu_s(servers[label].process.pid) - cpu
             client_cpu[label] += time.process_time() - mine
             many[label] += rate * rows
-    return {label: {"one_client_rows_s": round(one[label] / rounds, 1), "clients_rows_s": round(many[label] / rounds, 1),
+    return {"direct_batched_rows_s": round(direct_rows, 1),
+            "direct_cpu_ms_per_row": round(1000 * direct_cpu / max(1, direct_calls * len(x)), 4),
+            **{label: {"one_client_rows_s": round(one[label] / rounds, 1), "clients_rows_s": round(many[label] / rounds, 1),
                     "one_client_latency": _ms(lone[label]),
                     "server_cpu_ms_per_row": round(1000 * server_cpu[label] / max(1, served[label]), 4),
                     "clients_cpu_ms_per_row": round(1000 * client_cpu[label] / max(1, served[label]), 4)}
-            for label in servers}
+               for label in servers}}
 
 
 def _server_work(ws, model_name: str, rows: np.ndarray, token: str, delay_ms: float, binary: bool,
@@ -415,7 +426,7 @@ def main() -> None:
                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "db": args.db if args.db in ("sqlite", "postgres") else "url", "model": args.model,
               "clients": args.clients, "rows_per_request": args.rows,
-              "predict": {"direct_batched_rows_s": round(direct_rows_s, 1), "direct_one_request_rows_s": round(direct_one_s, 1),
+              "predict": {"direct_batched_rows_s_before_servers": round(direct_rows_s, 1), "direct_one_request_rows_s": round(direct_one_s, 1),
                           "engine_threads_unbatched_rows_s": round(threads_alone, 1),
                           "engine_threads_batched_rows_s": round(threads_batched, 1),
                           "engine_threads_batch_rows_mean": round(float(np.mean(sizes)), 1) if sizes else None}}
@@ -429,7 +440,8 @@ def main() -> None:
         for label in labels:
             delay, extra = variants[label]
             servers[label] = Server(url, home, args.token, delay, args.max_batch_rows, extra)
-        result["predict"].update(_predict(servers, args.model, together, args))
+        # direct, measured again in the servers' turns: the figure the goal divides by
+        result["predict"].update(_predict(servers, args.model, together, args, lambda: direct.predict_proba(together)))
         for label in labels[1:]:
             servers.pop(label).stop()  # their queue workers would share the batch job
         if not args.only_predict:
@@ -449,7 +461,7 @@ def main() -> None:
         # direct: predict_proba on the clients' rows, all in one call, one thread, no HTTP (see the docstring)
         "direct_rows_per_call": args.clients * args.rows,
         # the direct call's CPU per row, beside the server's (`server_cpu_ms_per_row`): what serving adds
-        "direct_cpu_ms_per_row": round(1000 / p["direct_batched_rows_s"], 4),
+        "direct_cpu_ms_per_row": p["direct_cpu_ms_per_row"],
         # one process serves a request in server_work_ms at best (its event loop and the GIL are one):
         # rows/s it cannot pass in turn, however the rows are batched, before HTTP is counted
         "server_work_bound_rows_s": round(1000 * args.rows / p["server_work_ms"]["p50_ms"], 1),
