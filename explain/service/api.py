@@ -326,10 +326,10 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
               openapi_extra=body_schema(ExplainBody))
     def explain(name: str, request: Request, actor: Actor = Depends(caller)) -> dict:
         require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
-        info, model, rows, parameters, binary_output = request_rows(request, actor, name, ExplainBody)
+        info, model, instances, parameters, binary_output = request_rows(request, actor, name, ExplainBody)
         if binary_output is not None and not parameters:  # a binary body's, as ExplainBody's default
             parameters = {"method": "integrated_gradients"}
-        params, arrays, title = check_explain(model, info.name, info.version, rows, parameters)
+        params, arrays, title = check_explain(model, info.name, info.version, instances, parameters)
         x = arrays["inputs"]  # [N, *input_shape]
         if len(x) > 1 or set(arrays) != {"inputs"}:  # several rows, or array parameters: a job of its own
             meta, rows = answered(actor, submit_job(ws, actor, "explain", params, title=title, inputs=arrays,
