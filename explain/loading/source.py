@@ -336,12 +336,17 @@ def weights_only_shapes(file: BinaryIO, what: str, hint: str | None = None) -> d
         raise CorruptFile(f"The {what} is not a state_dict of tensors.")
     records = _data_records(file)  # a record's data offset -> its declared bytes
     for name, tensor in state.items():
+        if tensor.layout != torch.strided:  # a sparse tensor has no one storage to check (NotImplementedError)
+            raise CorruptFile(f"The {what}'s tensor {str(name)[:80]!r} is {tensor.layout}, not dense.",
+                              "Save the model's state_dict of dense tensors.")
         storage = tensor.untyped_storage()
         reach = tensor.storage_offset() + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride())) + 1
         need = reach * tensor.element_size() if tensor.numel() else 0
+        # more values than its storage holds (stride 0, overlapping strides) would count values that are not there
+        need = max(need, tensor.numel() * tensor.element_size())
         held = records.get(getattr(storage, "_checkpoint_offset", None), 0)
         if need > storage.nbytes() or (storage.nbytes() > 0 and storage.nbytes() > held):
-            raise CorruptFile(f"The {what}'s tensor {str(name)[:80]!r} claims {storage.nbytes():,} bytes; its "
+            raise CorruptFile(f"The {what}'s tensor {str(name)[:80]!r} claims {max(need, storage.nbytes()):,} bytes; its "
                               f"record holds {held:,}.", "Upload the complete file again.")
     return {str(k): tuple(v.shape) for k, v in state.items()}
 

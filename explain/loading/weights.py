@@ -112,19 +112,32 @@ def safetensors_shapes(data: bytes, size: int | None = None) -> dict[str, tuple[
     try:
         header = json.loads(data[8:end])
         table = {str(k): v for k, v in header.items() if k != "__metadata__"}
-        shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in table.items()}
+        shapes = {k: tuple(_whole(d) for d in v["shape"]) for k, v in table.items()}
         if size is not None:
+            spans = []
             for name, entry in table.items():
-                begin, stop = (int(o) for o in entry["data_offsets"])
+                begin, stop = (_whole(o) for o in entry["data_offsets"])
                 values = math.prod(shapes[name])
-                if min(shapes[name], default=0) < 0 or not 0 <= begin <= stop <= size - end or (
+                if not begin <= stop <= size - end or (
                         stop - begin) != -(-values * SAFETENSORS_BITS[entry["dtype"]] // 8):  # whole bytes
                     raise ValueError(name)
+                if stop > begin:  # an empty tensor holds no bytes to share
+                    spans.append((begin, stop))
+            spans.sort()  # tensors sharing bytes would count them twice (safetensors itself refuses them)
+            if any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])):
+                raise ValueError("overlapping tensors")
         return shapes
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, RecursionError):  # deep nesting
         raise CorruptFile("The safetensors file is truncated or damaged (its header is not a tensor table"
                           f"{' of the bytes it holds' if size is not None else ''}).",
                           "Upload the complete file again.") from None
+
+
+def _whole(value: Any) -> int:
+    """A header's size or offset: a JSON whole number of at least 0 (not 2.7, "5", true or 1e400)."""
+    if type(value) is not int or value < 0:
+        raise ValueError(value)
+    return value
 
 
 def load_safetensors_parts(data: bytes) -> LoadedParts:
