@@ -75,3 +75,41 @@ def test_a_bin_sparse_tensor_is_corrupt_file_not_a_crash(tensor):
     """``untyped_storage()`` of a sparse tensor raised NotImplementedError (a 500 / a crash of the upload)."""
     with pytest.raises(CorruptFile, match="dense"):
         weights_only_shapes(_saved({"w": tensor}), "pytorch_model.bin")
+
+
+def test_a_legacy_torch_file_is_corrupt_file_not_a_crash():
+    """A pre-1.6 ``torch.save`` file unpickled on ``meta``, then read as a zip: BadZipFile escaped. It has
+    no records to check the storages against, so it is refused before it is unpickled."""
+    file = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, file, _use_new_zipfile_serialization=False)
+    file.seek(0)
+    with pytest.raises(CorruptFile, match="not a torch zip file"):
+        weights_only_shapes(file, "pytorch_model.bin")
+
+
+def test_a_pickle_naming_a_record_out_of_order_is_corrupt_file():
+    """torch's meta reader asserts that storages come in their records' order: AssertionError escaped."""
+    import collections
+    import pickle
+    import zipfile
+
+    class Storage:  # pickled as torch.save's persistent id of a record that is not there
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(), 0, (4,), (1,), False, collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "7", "cpu", 4) if isinstance(obj, Storage) else None
+
+    pkl = io.BytesIO()
+    Pickler(pkl, protocol=2).dump({"w": Tensor()})
+    template, out = zipfile.ZipFile(_saved({"w": torch.zeros(4)})), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for info in template.infolist():
+            zf.writestr(info.filename, pkl.getvalue() if info.filename.endswith("data.pkl") else template.read(info))
+    out.seek(0)
+    with pytest.raises(CorruptFile, match="expected key"):
+        weights_only_shapes(out, "pytorch_model.bin")

@@ -313,7 +313,8 @@ def weights_only_load(data: bytes | BinaryIO, what: str, hint: str | None = None
                 hint or WEIGHTS_ONLY_HINT,
             ) from None
         raise CorruptFile(f"The {what} cannot be unpickled ({one_line(exc, 200, typed=False)}).") from None
-    except (RuntimeError, EOFError, ValueError, OSError, TypeError, AttributeError, IndexError, KeyError) as exc:
+    except (RuntimeError, EOFError, ValueError, OSError, TypeError, AttributeError, IndexError, KeyError,
+            AssertionError) as exc:  # AssertionError: torch's meta reader meets records out of order
         raise CorruptFile(
             f"The {what} is truncated or damaged ({one_line(exc, 200, typed=False)}).",
             "Upload the complete file again.",
@@ -331,10 +332,17 @@ def weights_only_shapes(file: BinaryIO, what: str, hint: str | None = None) -> d
     """
     import torch
 
+    file.seek(0)
+    if file.read(4) != b"PK\x03\x04":  # a legacy torch.save file has no records to check the storages against
+        raise CorruptFile(f"The {what} is not a torch zip file (torch.save's format since torch 1.6).",
+                          "Save the state_dict again with a current torch, or as model.safetensors.")
     state = weights_only_load(file, what, hint, device="meta")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CorruptFile(f"The {what} is not a state_dict of tensors.")
-    records = _data_records(file)  # a record's data offset -> its declared bytes
+    try:
+        records = _data_records(file)  # a record's data offset -> its declared bytes
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+        raise CorruptFile(f"The {what} is damaged ({one_line(exc, 200, typed=False)}).") from None
     for name, tensor in state.items():
         if tensor.layout != torch.strided:  # a sparse tensor has no one storage to check (NotImplementedError)
             raise CorruptFile(f"The {what}'s tensor {str(name)[:80]!r} is {tensor.layout}, not dense.",
