@@ -59,8 +59,9 @@ def test_a_chunk_that_splits_a_token_s_steps_gives_the_same_values(lm):
 
 
 def test_token_gradients_are_each_targets_own_gradient(lm):
-    """J cotangents through one batched backward = J separate autograd.grad calls, up to float32 rounding
-    (a batched backward may take another BLAS kernel: 5e-7 on values ~0.03 seen on one CPU)."""
+    """`token_gradients` (on the CPU J plain backwards over one graph, on a GPU one batched backward) = J separate
+    autograd.grad calls, and = the batched backward (``is_grads_batched``, a GPU's way) up to float32 rounding (a
+    batched backward may take another BLAS kernel: 5e-7 on values ~0.03 seen on one CPU)."""
     model, texts = lm
     net, text = model.module.model, texts[1]
     p, ids = len(text.prompt_ids), torch.as_tensor(text.input_ids)
@@ -70,7 +71,9 @@ def test_token_gradients_are_each_targets_own_gradient(lm):
     logp = target_logprob_grid(net, points, positions, ids[p:])  # [2, T]
     picks = torch.eye(NEW)[:, None, :].expand(NEW, 2, NEW)  # token j at both points
     ones = [torch.autograd.grad(logp[:, j].sum(), points, retain_graph=True)[0] for j in (0, 3, NEW - 1)]
+    (batched,) = torch.autograd.grad(logp, points, picks, retain_graph=True, is_grads_batched=True)  # [T, 2, L, D]
     grads = token_gradients(logp, points, picks)  # [T, 2, L, D]
+    torch.testing.assert_close(grads, batched, atol=1e-6, rtol=1e-5)
     for j, one in zip((0, 3, NEW - 1), ones):
         torch.testing.assert_close(grads[j], one, atol=1e-6, rtol=1e-5)
         assert not grads[j, :, p + j:].any()  # causal: nothing at or after the token's own position

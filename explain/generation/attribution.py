@@ -21,9 +21,9 @@ memory). A causal LM's output at position P + t - 1 reads no later position, so 
 runs ONE forward per distinct step k of its rows, over the longest prefix its tokens need,
 with the LM head only at the positions they predict from (``logits_to_keep``): every
 token's log-probability at that point comes from the same pass. The chunk's tokens then
-need one vector-Jacobian product each; they go through autograd as one batched backward
-(``is_grads_batched``: vmap over the cotangents), so a chunk of T tokens x S steps costs S
-forward rows and T x S backward rows in a few large kernels, not T x S forward-backward
+need one vector-Jacobian product each over the one graph (`token_gradients`: on a GPU one batched
+backward, ``is_grads_batched``; on the CPU one plain backward each, faster there), so a chunk of
+T tokens x S steps costs S forward rows and T x S backward rows, not T x S forward-backward
 passes. A chunk of one row (``batch_size=1``) is the one-target-at-a-time computation.
 """
 from __future__ import annotations
@@ -286,9 +286,13 @@ def _target_logprobs(lm: nn.Module, points: torch.Tensor, positions: torch.Tenso
 
 def token_gradients(logp: torch.Tensor, points: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
     """The vector-Jacobian products of ``logp`` [B, K] with each cotangent ``picks[j]`` [B, K] with respect
-    to ``points`` [B, L, D]: [J, B, L, D], all J through one batched backward (vmap over the cotangents)."""
-    if picks.shape[0] == 1:
-        (grads,) = torch.autograd.grad(logp, points, picks[0])
-        return grads[None]
-    (grads,) = torch.autograd.grad(logp, points, picks, is_grads_batched=True)
-    return grads
+    to ``points`` [B, L, D]: [J, B, L, D]. On a GPU all J go through one batched backward (vmap over the
+    cotangents: a few large kernels); on the CPU, J plain backwards over the one graph, which measured 1.15-1.5x
+    faster there (`benchmarks/generation.py`: the batched backward's J-fold gradients of every activation
+    leave the caches; one backward's fit)."""
+    if picks.shape[0] > 1 and points.is_cuda:
+        (grads,) = torch.autograd.grad(logp, points, picks, is_grads_batched=True)
+        return grads
+    last = picks.shape[0] - 1
+    return torch.stack([torch.autograd.grad(logp, points, pick, retain_graph=j < last)[0]
+                        for j, pick in enumerate(picks)])  # [J, B, L, D]
