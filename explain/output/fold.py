@@ -32,6 +32,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from explain.model import LoadedModel
 
@@ -107,21 +109,27 @@ def _pairs(shell: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]]
     calls: collections.Counter[str] = collections.Counter()
     returned: dict[int, tuple[str, torch.Tensor, int]] = {}  # id(output) -> (conv, output, its version)
     found: list[tuple[str, str]] = []
+    reads = _Reads(returned)
 
     def conv_hook(name):
         def hook(_module, _inputs, out):
-            calls[name] += 1
-            if isinstance(out, torch.Tensor):
-                returned[id(out)] = (name, out, out._version)
+            with reads.paused():
+                calls[name] += 1
+                if isinstance(out, torch.Tensor):
+                    returned[id(out)] = (name, out, out._version)
         return hook
 
     def norm_hook(name):
         def hook(_module, inputs):
+            reads.pause += 1  # until the norm returns (`_resume`): its own forward reads the output
             calls[name] += 1
             seen = returned.get(id(inputs[0])) if len(inputs) == 1 else None
             if seen is not None and seen[1] is inputs[0] and inputs[0]._version == seen[2]:
                 found.append((seen[0], name))
         return hook
+
+    def _resume(_module, _inputs, _out):
+        reads.pause -= 1
 
     with contextlib.ExitStack() as hooks:
         for name, m in shell.named_modules():
@@ -129,10 +137,39 @@ def _pairs(shell: nn.Module, probe: torch.Tensor) -> tuple[list[tuple[str, str]]
                 hooks.enter_context(m.register_forward_hook(conv_hook(name)))
             elif _foldable_norm(m):
                 hooks.enter_context(m.register_forward_pre_hook(norm_hook(name)))
-        out = shell(probe)
-    pairs = [(c, b) for c, b in found if calls[c] == calls[b] == 1
+                hooks.enter_context(m.register_forward_hook(_resume))
+        with reads:
+            out = shell(probe)
+    pairs = [(c, b) for c, b in found if calls[c] == calls[b] == 1 and c not in reads.read
              and shell.get_submodule(c).out_channels == shell.get_submodule(b).num_features]
     return pairs, out
+
+
+class _Reads(TorchFunctionMode):
+    """The convolutions (names) whose output a torch function was given outside a batch norm's own
+    forward pass: read beyond the norm (``bn(y) + y``, ``relu(y - 50)``), so the pair may not fold,
+    however small the difference on the rows checked. A mode of this thread alone (not a patch of
+    ``nn.Module.__call__``); only ops the probe's pass runs are seen."""
+
+    def __init__(self, returned: dict[int, tuple[str, torch.Tensor, int]]):
+        super().__init__()
+        self.returned, self.read, self.pause = returned, set(), 0
+
+    @contextlib.contextmanager
+    def paused(self):
+        self.pause += 1
+        try:
+            yield
+        finally:
+            self.pause -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.pause:
+            for leaf in pytree.tree_leaves((args, kwargs)):
+                seen = self.returned.get(id(leaf)) if isinstance(leaf, torch.Tensor) else None
+                if seen is not None and seen[1] is leaf:
+                    self.read.add(seen[0])
+        return func(*args, **(kwargs or {}))
 
 
 def _foldable_norm(m: nn.Module) -> bool:
