@@ -411,8 +411,9 @@ def generation_request(model: LoadedModel, name: str, version: int, prompts: Any
                        messages: Any = None) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
     """A request as the API takes it (``{"prompts": [...], "parameters": {...}}``: `REQUEST_PARAMETERS`, ``targets``
     the given continuations, one per prompt, ``sampling`` a `Sampling`'s fields, ``views`` the kept views the
-    answer holds, `VIEW_NAMES`: `generation_answer`) checked by `generation_job`: the job's params, arrays and title. ``messages`` (or ``parameters.messages``), instead of prompts: a chat (a list of
-    ``{"role", "content"}``: system / user / assistant turns) or a list of chats, through the model's chat template.
+    answer holds, `VIEW_NAMES`: `generation_answer`) checked by `generation_job`: the job's params, arrays and
+    title. ``messages`` (or ``parameters.messages``), instead of prompts: a chat (a list of ``{"role", "content"}``:
+    system / user / assistant turns) or a list of chats, through the model's chat template.
 
     Raises:
         UsageError: an unknown parameter or one of the wrong type, prompts and messages both or neither, and
