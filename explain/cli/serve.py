@@ -40,11 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # one of --processes' others
 
 
-def _listen(host: str, port: int, reuse_port: bool):
-    """A listening TCP socket on ``host:port``, with ``SO_REUSEPORT`` when others share the port."""
+def _listen(host: str, port: int, reuse_port: bool, first: bool = True):
+    """A listening TCP socket on ``host:port``, with ``SO_REUSEPORT`` when others share the port.
+    The ``first`` process of a shared port binds it alone first: the kernel lets any process of this
+    user that set ``SO_REUSEPORT`` share it, and an unrelated one listening there already (an older
+    serve) would silently be given a share of the connections and their tokens."""
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if reuse_port and first and port:
+        with socket.socket(family, socket.SOCK_STREAM) as alone:  # EADDRINUSE when anyone listens there
+            alone.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            alone.bind((host, port))
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
@@ -66,13 +73,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _others(args: argparse.Namespace) -> list:
-    """The ``--processes`` beyond the first: the same command with ``--reuse-port``, no queue workers."""
+def _others(args: argparse.Namespace, port: int) -> list:
+    """The ``--processes`` beyond the first: the same command with ``--reuse-port`` on the first's ``port``
+    (the one it was given, or the kernel's pick for ``--port 0``), no queue workers."""
     import os
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "explain", "serve", "--host", args.host, "--port", str(args.port),
+    argv = [sys.executable, "-m", "explain", "serve", "--host", args.host, "--port", str(port),
             "--http", args.http, "--loop", args.loop, "--reuse-port"]
     if args.max_batch_rows is not None:
         argv += ["--max-batch-rows", str(args.max_batch_rows)]
@@ -107,10 +115,10 @@ def run(args: argparse.Namespace) -> dict:
         start_embedded(ws, args.workers)  # the app's own pool: create_app finds it running
     app = create_app(ws, batch_rows=args.max_batch_rows, delay_ms=args.max_delay_ms)
     try:
-        sock = _listen(args.host, args.port, shared)
+        sock = _listen(args.host, args.port, shared, first=not args.reuse_port)
     except OSError as exc:
         raise UsageError(f"Cannot listen on {args.host}:{args.port} ({exc.strerror or exc}).") from None
-    others = _others(args) if args.processes > 1 else []
+    others = _others(args, sock.getsockname()[1]) if args.processes > 1 else []
     server = uvicorn.Server(uvicorn.Config(app, http=args.http, loop=args.loop, log_level="warning"))
     try:
         server.run(sockets=[sock])
