@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from explain.errors import http_status, one_line
 
 log = logging.getLogger("glassbox.api")
+#: the longest a request's body may take to arrive whole (`Gate`), seconds
+BODY_SECONDS = 60.0
 
 
 class ApiError(Exception):
@@ -30,21 +32,28 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 class _Budget:
-    """Request body bytes held across all requests in flight. Only the event loop touches it (the
-    middleware is async), so no lock is needed."""
+    """Request body bytes held across all requests in flight, and by each token's (at most ``share``:
+    one token's slow bodies cannot hold the whole budget while everyone else gets 503). Only the event
+    loop touches it (the middleware is async), so no lock is needed."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, share: int | None = None):
         self.total = total
+        self.share = total if share is None else share
         self.used = 0
+        self.held: dict[str, int] = {}
 
-    def take(self, n: int) -> bool:
-        if self.used + n > self.total:
+    def take(self, n: int, who: str = "") -> bool:
+        if self.used + n > self.total or self.held.get(who, 0) + n > self.share:
             return False
         self.used += n
+        self.held[who] = self.held.get(who, 0) + n
         return True
 
-    def give(self, n: int) -> None:
+    def give(self, n: int, who: str = "") -> None:
         self.used = max(0, self.used - n)
+        left = self.held.pop(who, 0) - n
+        if left > 0:
+            self.held[who] = left
 
 
 def _first_header(scope, name: bytes) -> bytes | None:
@@ -61,18 +70,22 @@ class Gate:
        before a byte of the body is read: no token, a wrong one, 401 and the connection closed
        (only ``GET`` of the OpenAPI document and the docs pages go through without one).
     2. The body is read up to ``limit`` bytes (413 above it, declared or streamed), and every byte
-       held counts against ``budget``, shared by all requests in flight: a body that does not fit
-       gets 503 (a declared ``Content-Length`` is reserved whole before reading).
+       held counts against ``budget``, shared by all requests in flight, of which one token's hold
+       at most ``limit``: a body that does not fit gets 503 (a declared ``Content-Length`` is
+       reserved whole before reading). A body not whole within ``body_seconds`` gets 408 (one sent
+       a byte at a time holds its reservation no longer).
     The known caller's token name, and the workspace stamp it was checked under and when, go on to
     the routes in ``scope["state"]``, and so does the body, read whole (``glassbox_body``).
     """
 
-    def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset()):
+    def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset(),
+                 body_seconds: float = BODY_SECONDS):
         self.app = app
         self.identify = identify  # token -> `lookups.Identity` | None; blocking (the database)
         self.limit = limit
-        self.budget = _Budget(budget)
+        self.budget = _Budget(budget, share=limit)
         self.public = public
+        self.body_seconds = body_seconds
 
     @staticmethod
     async def _refuse(status: int, message: str, scope, receive, send, retry: bool = False) -> None:
@@ -106,32 +119,39 @@ class Gate:
         state["glassbox_checked"] = checked  # the stamp stands `lookups.STAMP_STANDS_S` from then
 
         declared = _first_header(scope, b"content-length")
-        reserved = 0
+        reserved, who = 0, found.name
         if declared is not None and declared.isdigit():
             reserved = int(declared)
             if reserved > self.limit:
                 return await self._refuse(413, f"The request body is over {self.limit} bytes.", scope, receive, send)
-            if not self.budget.take(reserved):
+            if not self.budget.take(reserved, who):
                 reserved = 0
                 return await self._busy(scope, receive, send)
         try:
             chunks, size, more = [], 0, True  # read it all first (it is capped), then hand it on
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.limit:
-                    return await self._refuse(413, f"The request body is over {self.limit} bytes.",
-                                              scope, receive, send)
-                if size > reserved:
-                    if not self.budget.take(size - reserved):
-                        return await self._busy(scope, receive, send)
-                    reserved = size
-                if chunk:
-                    chunks.append(chunk)
-                more = message.get("more_body", False)
+            with anyio.move_on_after(self.body_seconds):
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.limit:
+                        break
+                    if size > reserved:
+                        if not self.budget.take(size - reserved, who):
+                            break
+                        reserved = size
+                    if chunk:
+                        chunks.append(chunk)
+                    more = message.get("more_body", False)
+            if size > self.limit:
+                return await self._refuse(413, f"The request body is over {self.limit} bytes.", scope, receive, send)
+            if size > reserved:
+                return await self._busy(scope, receive, send)
+            if more:
+                return await self._refuse(408, f"The request body did not arrive within {self.body_seconds:g} s.",
+                                          scope, receive, send)
             body = b"".join(chunks)
             chunks.clear()
             state["glassbox_body"] = body  # the routes that read it whole (`:predict`, `:explain`) take it here
@@ -146,7 +166,7 @@ class Gate:
 
             return await self.app(scope, replay, send)
         finally:
-            self.budget.give(reserved)
+            self.budget.give(reserved, who)
 
     async def _busy(self, scope, receive, send) -> None:
         await self._refuse(503, f"The server holds as many request bytes as it may ({self.budget.total} bytes in "
