@@ -34,10 +34,10 @@ request's body is read (`Gate`), so a caller without one cannot make the server 
 Reading (models, jobs) and ``:predict`` need a viewer; ``:explain`` and ``/v1/jobs`` save a run under
 the token's name, so they need an editor, as saving a run does on the page. ``:explain`` is an interactive job in the one queue, answered
 when its worker has saved the run. Errors are ``{"error": "<one line>"}``: 400/422 malformed,
-401 no or a wrong token, 403 the role may not, 404 unknown, 413 body over the cap
-(``GLASSBOX_API_MAX_BODY_MB``), 429 too many of the token's jobs queued or running (``GLASSBOX_MAX_JOBS``,
+401 no or a wrong token, 403 the role may not, 404 unknown, 408 a body not whole within 60 s,
+413 body over the cap (``GLASSBOX_API_MAX_BODY_MB``), 429 too many of the token's jobs queued or running (``GLASSBOX_MAX_JOBS``,
 the one per-caller limit of `explain.service.client.submit`), 503 the bodies of
-the requests in flight already fill ``GLASSBOX_API_MAX_BUFFERED_MB``, 504 an ``:explain`` that did not
+the requests in flight already fill ``GLASSBOX_API_MAX_BUFFERED_MB`` (one token's at most one body's cap), 504 an ``:explain`` that did not
 finish in time; never a traceback.
 """
 from __future__ import annotations
