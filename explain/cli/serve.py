@@ -62,15 +62,25 @@ def _listen(host: str, port: int, reuse_port: bool, first: bool = True):
     return sock
 
 
-def _die_with_parent() -> None:
-    """In a child of ``--processes``: SIGTERM when the first process ends, however it ends (Linux)."""
+#: the first process's pid, given to the others (`_die_with_parent`)
+PARENT_ENV = "GLASSBOX_SERVE_PARENT"
+
+
+def _die_with_parent(parent: int) -> None:
+    """In one of ``--processes``' others, first thing: SIGTERM when the first process (``parent``) ends,
+    however it ends (Linux), and an end at once when it ended before this was asked (the signal would
+    never come). Asked here, not in a ``preexec_fn``: the first process forks with its queue workers'
+    threads running, and a forked child that loads a library before ``exec`` can deadlock."""
     import ctypes
+    import os
     import signal
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _others(args: argparse.Namespace, port: int) -> list:
@@ -86,11 +96,15 @@ def _others(args: argparse.Namespace, port: int) -> list:
         argv += ["--max-batch-rows", str(args.max_batch_rows)]
     if args.max_delay_ms is not None:
         argv += ["--max-delay-ms", str(args.max_delay_ms)]
-    env = {**os.environ, "GLASSBOX_EXTERNAL_WORKER": "1"}
-    return [subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent) for _ in range(args.processes - 1)]
+    env = {**os.environ, "GLASSBOX_EXTERNAL_WORKER": "1", PARENT_ENV: str(os.getpid())}
+    return [subprocess.Popen(argv, env=env) for _ in range(args.processes - 1)]
 
 
 def run(args: argparse.Namespace) -> dict:
+    import os
+
+    if args.reuse_port and os.environ.get(PARENT_ENV, "").isdigit():
+        _die_with_parent(int(os.environ[PARENT_ENV]))  # before anything else: the first may be gone already
     import socket
 
     import uvicorn
