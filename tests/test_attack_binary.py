@@ -33,3 +33,29 @@ def test_an_outputs_binary_data_flag_still_asks_for_bytes():
     head = json.dumps({"inputs": [INPUT], "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
     x, parameters, binary_output = binary.read_request(head.encode() + ROW, {binary.HEADER_LENGTH: str(len(head))}, (30,))
     assert x.shape == (1, 30) and parameters == {} and binary_output is True
+
+
+DEEP = "@deep@"  # in the header's text: a list nested 1,000 deep (past json.dumps' and repr's recursion
+DEEP_TEXT = b"[" * 1000 + b"]" * 1000  # limit; orjson reads it, its own limit is 1024)
+
+
+@pytest.mark.parametrize("where", ["shape", "datatype", "name", "output", "flat datatype"])
+def test_a_header_value_of_the_wrong_kind_is_a_usage_error(where):
+    """A value the error line quoted (json.dumps, str) nested 1,000 deep raised RecursionError, and a
+    datatype that is a list met ``in DATATYPES`` (TypeError: unhashable): both 500s."""
+    entry, outputs = dict(INPUT), None
+    if where == "shape":
+        entry["shape"] = [1, DEEP]
+    elif where == "datatype":
+        entry["datatype"] = DEEP
+    elif where == "flat datatype":
+        entry["datatype"] = ["FP32"]
+    elif where == "name":
+        entry["name"] = DEEP
+    else:
+        outputs = [{"name": DEEP}]
+    head = json.dumps({"inputs": [entry], **({"outputs": outputs} if outputs else {})}).encode()
+    head = head.replace(json.dumps(DEEP).encode(), DEEP_TEXT)
+    with pytest.raises(UsageError) as caught:
+        binary.read_request(head + ROW, {binary.HEADER_LENGTH: str(len(head))}, (30,))
+    assert len(str(caught.value).splitlines()) == 1 and len(str(caught.value)) < 300

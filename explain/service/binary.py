@@ -55,9 +55,17 @@ def is_binary(headers) -> bool:
     return kind == OCTET_STREAM or HEADER_LENGTH in headers
 
 
+def _shown(value: Any) -> str:
+    """A header's value in an error line: a scalar as JSON (cut to 40 characters), else its kind (a list
+    nested 1,000 deep would exhaust json.dumps' or repr's recursion)."""
+    if value is None or isinstance(value, (str, int, float)):
+        return json.dumps(value)[:40]
+    return "a JSON " + ("list" if isinstance(value, list) else "object")
+
+
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"{what} must be a whole number of at least 0, not {json.dumps(value)[:40]}.")
+        raise UsageError(f"{what} must be a whole number of at least 0, not {_shown(value)}.")
     return value
 
 
@@ -103,12 +111,12 @@ def read_tensors(header: dict[str, Any], data: memoryview, key: str = "inputs",
         if not isinstance(entry, dict):
             raise UsageError(f"{key}[{i}] must be a JSON object.")
         name = entry.get("name", f"{key}[{i}]")
-        where = f"{key}[{i}] ({str(name)[:40]})"
+        where = f"{key}[{i}] ({_shown(name)})"
         if not isinstance(name, str) or any(name == p[0] for p in planned):
             raise UsageError(f"{where}: each tensor needs a name of its own.")
         datatype = entry.get("datatype")
-        if datatype not in DATATYPES:
-            raise UsageError(f"{where}: datatype {json.dumps(datatype)[:40]} is not one of "
+        if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list is not hashable
+            raise UsageError(f"{where}: datatype {_shown(datatype)} is not one of "
                              f"{', '.join(DATATYPES)}.")
         shape = entry.get("shape")
         if not isinstance(shape, list) or not shape or len(shape) > MAX_DIMS:
@@ -152,7 +160,7 @@ def read_request(body: bytes, headers, row_shape: tuple[int, ...]) -> tuple[np.n
         raise UsageError('The header\'s "outputs" must be a list of objects.')
     for o in outputs:
         if o.get("name") != OUTPUT:
-            raise UsageError(f"No output {json.dumps(o.get('name'))[:40]}; the answer's output is {OUTPUT!r}.")
+            raise UsageError(f"No output {_shown(o.get('name'))}; the answer's output is {OUTPUT!r}.")
         asked = o.get("parameters") or {}
         if not isinstance(asked, dict):
             raise UsageError(f'The output {OUTPUT!r}\'s "parameters" must be a JSON object.')
