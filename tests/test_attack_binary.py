@@ -59,3 +59,18 @@ def test_a_header_value_of_the_wrong_kind_is_a_usage_error(where):
     with pytest.raises(UsageError) as caught:
         binary.read_request(head + ROW, {binary.HEADER_LENGTH: str(len(head))}, (30,))
     assert len(str(caught.value).splitlines()) == 1 and len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize("key", ["steps", "baseline"])
+def test_explain_parameters_nested_past_the_json_bodys_depth_are_refused(key):
+    """orjson reads a header 1,024 deep, pydantic's parser (a JSON body's) far less: an ``:explain``
+    parameter nested 1,000 deep reached check_explain, whose error line repr()s it: RecursionError."""
+    head = json.dumps({"inputs": [INPUT], "parameters": {"method": "saliency", key: DEEP}}).encode()
+    head = head.replace(json.dumps(DEEP).encode(), DEEP_TEXT)
+    with pytest.raises(UsageError, match="nests deeper than 32 levels"):
+        binary.split_body(head + ROW, str(len(head)))
+    # many lists, none deep (an image baseline's rows): read as before
+    rows = [[float(i)] * 2 for i in range(100)]
+    head = json.dumps({"inputs": [INPUT], "parameters": {"method": "saliency", "baseline": rows}}).encode()
+    header, data = binary.split_body(head + ROW, str(len(head)))
+    assert header["parameters"]["baseline"] == rows and len(data) == 120

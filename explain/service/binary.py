@@ -45,6 +45,8 @@ NAMES = {np.dtype(v): k for k, v in DATATYPES.items()}
 #: the most tensors and dimensions a header may describe
 MAX_TENSORS = 4
 MAX_DIMS = 8
+#: the deepest a header's lists and objects may nest (an image baseline in "parameters": ~6)
+MAX_DEPTH = 32
 #: the one output of ``:predict``
 OUTPUT = "probabilities"
 
@@ -86,7 +88,21 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         raise UsageError(f"The first {n} bytes of the body are not a JSON header.") from None
     if not isinstance(header, dict):
         raise UsageError("The binary body's header must be a JSON object.")
+    # orjson reads 1024 deep, and what quotes or repr()s a value recurses; walked only when it could be deep
+    if body.count(b"[", 0, n) + body.count(b"{", 0, n) > MAX_DEPTH and _depth(header) > MAX_DEPTH:
+        raise UsageError(f"The binary body's header nests deeper than {MAX_DEPTH} levels.")
     return header, memoryview(body)[n:]
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed JSON value (iteratively: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def read_tensors(header: dict[str, Any], data: memoryview, key: str = "inputs",
