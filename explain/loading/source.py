@@ -33,6 +33,13 @@ MAX_SPEC_BYTES = 10 * 2**20
 #: ~1,000 times, and parsed JSON holds up to ~25 times its bytes (a 4 KB upload must not cost the server gigabytes).
 MAX_INFLATE_RATIO = 100
 MAX_INFLATE_FLOOR = 2**20
+#: Most entries a zip's directory may hold (an upload's, or a ``.bin``'s records): ``zipfile`` builds a
+#: ``ZipInfo`` of ~10 times an entry's bytes for each. A Hugging Face folder holds ~10 files and up to 256 shards,
+#: a ``.bin`` one record per storage (a 7B Llama: ~300), a TorchScript / ``.pt2`` archive one per constant / weight.
+MAX_ZIP_ENTRIES = 10_000
+#: Central-directory bytes allowed per entry, on average: its 46-byte record, name and extra fields (real names:
+#: ~25 to 60 bytes); with `MAX_ZIP_ENTRIES` it caps the directory ``zipfile`` parses whatever its count claims.
+MAX_ZIP_ENTRY_BYTES = 256
 #: The magic number legacy (non-zip) ``torch.save`` files start with.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 WEIGHTS_ONLY_HINT = (
@@ -130,19 +137,21 @@ def _check_size(size: int, limit: int, name: str) -> None:
         )
 
 
-def open_zip(data: bytes, what: str, max_unpacked: int) -> zipfile.ZipFile:
+def open_zip(data: bytes, what: str, max_unpacked: int, max_entries: int = MAX_ZIP_ENTRIES) -> zipfile.ZipFile:
     """Open ``data`` as a zip, refusing damaged archives and zip bombs.
 
     Args:
         data: the archive bytes.
         what: the format name for messages (``"TorchScript"``, ...).
         max_unpacked: largest total uncompressed size accepted, in bytes.
+        max_entries: most entries its directory may hold (`check_zip_directory`).
 
     Raises:
         CorruptFile: truncated or damaged archive.
-        TooLarge: the members claim more than ``max_unpacked`` bytes.
+        TooLarge: the members claim more than ``max_unpacked`` bytes, or more than ``max_entries`` entries.
     """
     try:
+        check_zip_directory(io.BytesIO(data), f"{what} archive", max_entries)
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
@@ -150,6 +159,7 @@ def open_zip(data: bytes, what: str, max_unpacked: int) -> zipfile.ZipFile:
             f"The {what} archive is truncated or damaged ({exc}).",
             "Upload the complete file again.",
         ) from None
+    _check_entries(len(infos), f"{what} archive", max_entries)
     total = sum(i.file_size for i in infos)
     if total > max_unpacked:
         raise TooLarge(
@@ -157,6 +167,33 @@ def open_zip(data: bytes, what: str, max_unpacked: int) -> zipfile.ZipFile:
             f"{max_unpacked / 2**20:.0f} MiB limit."
         )
     return zf
+
+
+def check_zip_directory(file: BinaryIO, what: str, max_entries: int = MAX_ZIP_ENTRIES) -> None:
+    """Refuse a zip whose end-of-central-directory record claims more than ``max_entries`` entries, or a directory
+    of more than ``max_entries`` x `MAX_ZIP_ENTRY_BYTES` bytes, before ``zipfile`` builds its list: ``zipfile``
+    parses the directory's bytes whatever count the record gives, so both bound it. The record is read as
+    ``zipfile`` reads it (zip64 included); a file without one is left to ``zipfile`` (``BadZipFile``).
+
+    Raises:
+        TooLarge: too many entries, or too large a directory.
+    """
+    try:
+        end = zipfile._EndRecData(file)  # the same numbers ZipFile acts on
+    except (OSError, struct.error):
+        end = None
+    if not end:
+        return
+    _check_entries(end[zipfile._ECD_ENTRIES_TOTAL], what, max_entries)
+    if end[zipfile._ECD_SIZE] > max_entries * MAX_ZIP_ENTRY_BYTES:
+        raise TooLarge(f"The {what}'s zip directory is {end[zipfile._ECD_SIZE]:,} bytes, over the "
+                       f"{max_entries * MAX_ZIP_ENTRY_BYTES:,} Glassbox reads ({max_entries:,} entries).")
+
+
+def _check_entries(count: int, what: str, max_entries: int) -> None:
+    if count > max_entries:
+        raise TooLarge(f"The {what} holds {count:,} zip entries, over the {max_entries:,} Glassbox reads.",
+                       "Upload the model's own files only.")
 
 
 class Archive:
@@ -379,10 +416,12 @@ def _refuse_compressed_records(file: BinaryIO, what: str) -> None:
     if file.read(2) != b"PK":
         return
     size = file.seek(0, io.SEEK_END)
+    check_zip_directory(file, what)  # a .bin's records: one per storage
     try:
         infos = zipfile.ZipFile(file).infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError):
         return  # torch's own reader says what is wrong with it
+    _check_entries(len(infos), what, MAX_ZIP_ENTRIES)
     packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED or i.file_size > size]
     if packed:
         raise CorruptFile(f"The {what} has compressed records (e.g. {packed[0][-80:]!r}); torch.save stores them, "
