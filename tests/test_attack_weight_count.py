@@ -64,10 +64,11 @@ def test_a_bin_tensor_of_more_values_than_its_storage_is_refused():
         weights_only_shapes(_saved({"w": torch.zeros(1).expand(10 ** 9)}), "pytorch_model.bin")
     with pytest.raises(CorruptFile, match="claims"):  # overlapping strides: 4 x 4 values over 7
         weights_only_shapes(_saved({"w": torch.zeros(7).as_strided((4, 4), (1, 1))}), "pytorch_model.bin")
-    # views within their storage count as before: a slice, a transpose, a tied pair
+    # views within their storage count as before: a slice, a transpose, a tied pair; their one storage's 24 values once
     base = torch.zeros(6, 4)
     got = weights_only_shapes(_saved({"a": base[1:3], "b": base.t(), "c": base}), "pytorch_model.bin")
-    assert got == {"a": (2, 4), "b": (4, 6), "c": (6, 4)}
+    assert got == ({"a": (2, 4), "b": (4, 6), "c": (6, 4)}, 24)
+    assert weights_only_shapes(_saved({"a": base[1:3]}), "pytorch_model.bin")[1] == 8  # torch.save keeps all 24
 
 
 @pytest.mark.parametrize("tensor", [torch.eye(3).to_sparse(), torch.eye(3).to_sparse_csr()], ids=["coo", "csr"])

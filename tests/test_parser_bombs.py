@@ -325,7 +325,7 @@ REAL_CONFIGS = [
 
 
 def test_hf_config_estimate_is_a_lower_bound_of_real_models():
-    from explain.loading.huggingface import estimate_parameters
+    from explain.loading.hf_sizing import estimate_parameters
 
     for config, real in REAL_CONFIGS:
         estimate, _, labels = estimate_parameters({**config, "id2label": {"0": "LABEL_0", "1": "LABEL_1"}})

@@ -16,14 +16,13 @@ directory, ``config.json`` by an estimated parameter count (`estimate_parameters
 vocabulary, widths, layers, labels) checked against the operator's caps and the
 weights present (counted from their headers, never read whole in the server:
 `weight_shapes`) before any config object or module exists, then by the exact
-count of the model built on the ``meta`` device (no tensor memory), and
-``tokenizer.json`` by its ids (`explain.inputs.text.tokenizer_vocab`).
+count of the model built on the ``meta`` device (no tensor memory) (those three in
+`explain.loading.hf_sizing`), and ``tokenizer.json`` by its ids (`explain.inputs.text.tokenizer_vocab`).
 """
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import zipfile
@@ -37,7 +36,7 @@ from torch import nn
 from explain import config as gb_config
 from explain.errors import CorruptFile, IncompatibleInput, TooLarge, UnsafeFile, one_line
 from explain.inputs.text import tokenizer_vocab
-from explain.jsonable import count_values
+from explain.loading.hf_sizing import HF_HINT, check_config_size, check_exact_size, weight_shapes
 from explain.loading.source import (
     Archive,
     LoadedParts,
@@ -46,7 +45,6 @@ from explain.loading.source import (
     read_folder,
     read_source,
     weights_only_load,
-    weights_only_shapes,
 )
 from explain.spec import InputSpec
 
@@ -65,10 +63,6 @@ MAX_TEXT_LENGTH = 128
 #: ImageNet-21k's labels is about 1 MiB. ``tokenizer.json`` / ``vocab.txt`` use
 #: `explain.config.max_tokenizer_bytes`; weights are bounded by the archive's cap.
 MAX_JSON_BYTES = 16 * 2**20
-#: Most JSON values a config.json may hold besides its labels (a real one: a few hundred; Whisper's ~300).
-MAX_CONFIG_VALUES = 20_000
-HF_HINT = ("Upload a Hugging Face folder (or its .zip) with config.json and model.safetensors "
-           "for sequence or image classification.")
 
 
 def is_hf_archive(names: list[str]) -> bool:
@@ -241,13 +235,12 @@ def read_huggingface(data: bytes, archive: Archive | None = None) -> HFUpload:
             "Use a model whose model_type is built into transformers.",
         )
     # every file bounded before transformers builds anything: weights counted, config sized, tokenizer ids checked
-    shapes = weight_shapes(archive, weights)
-    available = sum(math.prod(shape) for shape in shapes.values())
+    shapes, available = weight_shapes(archive, weights)  # tied weights counted once, as parameters() counts them
     check_config_size(cfg, available)
     vocab_size = cfg.get("vocab_size")
     vocabulary = _vocabulary(files, vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None)
     config, model_class, task = _model_class(cfg)
-    _check_exact_size(model_class, config, available)
+    check_exact_size(model_class, config, available)
     modality = "image" if task == "image" else "text"
     task = "causal_lm" if task == "causal_lm" else "classification"
     spec = _text_spec(config, files, vocabulary, task) if modality == "text" else _image_spec(config, files)
@@ -360,145 +353,11 @@ def _build_model(upload: HFUpload) -> nn.Module:
     return model
 
 
-def weight_shapes(archive: Archive, weights: dict[str, str]) -> dict[str, tuple[int, ...]]:
-    """Each weight's shape, its data never read: a safetensors file's (or shard's) from its header alone
-    (`safetensors_shapes`, each tensor's dtype and offsets checked against the member's declared size), a
-    ``.bin``'s from its pickle, unpickled weights-only with every storage on the ``meta`` device and checked
-    against its zip record's declared size (`weights_only_shapes`; a stored member is read in place, where
-    the pickle and the zip directory are). Each member is vetted as a whole read would be (`Archive.vet`).
-
-    Raises:
-        CorruptFile: no weights, or a header / pickle not backed by the bytes it declares.
-        UnsafeFile: a ``.bin`` pickle beyond tensors.
-    """
-    from explain.loading.weights import safetensors_header_bytes, safetensors_shapes
-
-    if not weights:
-        raise CorruptFile("The Hugging Face model has no model.safetensors or pytorch_model.bin.", HF_HINT)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, member in weights.items():
-        archive.vet(member)
-        if name == "pytorch_model.bin":
-            with archive.window(member) as file:
-                shapes.update(weights_only_shapes(file, name))
-            continue
-        head = archive.head(member, safetensors_header_bytes(archive.head(member, 8)))
-        try:
-            shapes.update(safetensors_shapes(head, archive.sizes[member]))
-        except CorruptFile as exc:
-            raise CorruptFile(f"{name} is damaged ({exc.reason})", exc.hint) from None
-    return shapes
-
-
-# --------------------------------------------------------------------------
-# sizing a config before anything is built
-# --------------------------------------------------------------------------
-#: config.json keys, in the order read, for each size `estimate_parameters` uses.
-_WIDTH_KEYS = ("hidden_size", "d_model", "dim", "n_embd", "embed_dim")
-_LAYER_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "n_layer", "encoder_layers")
-_LABEL_KEYS = ("id2label", "label2id")
-_FFN_KEYS = ("intermediate_size", "ffn_dim", "encoder_ffn_dim", "n_inner")
-
-
 def _member_cap(known: str) -> tuple[int | None, str | None]:
     """The most bytes read of a known file (its declared size in the zip is checked before reading), and a hint."""
     if known in ("tokenizer.json", "vocab.txt"):
         return gb_config.max_tokenizer_bytes(), "An operator can raise it with GLASSBOX_MAX_TOKENIZER_MB."
     return (MAX_JSON_BYTES if known.endswith((".json", ".jinja")) else None), None
-
-
-def _size(cfg: dict, keys: tuple[str, ...], default: int = 0) -> int:
-    """The first of ``keys`` that ``cfg`` sets to a whole number (lists: their largest, ``depths``: summed)."""
-    for key in keys:
-        value = cfg.get(key)
-        if value is None:
-            continue
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            continue
-        if min(values) < 0:
-            raise CorruptFile(f"config.json sets {key} to a negative size ({min(values)}).", HF_HINT)
-        return sum(values) if key == "depths" else max(values)
-    return default
-
-
-def estimate_parameters(cfg: dict) -> tuple[int, int, int]:
-    """A lower bound of the parameters ``cfg`` builds, its layers and its labels, from the raw JSON.
-
-    Counted, for any model type: the token embeddings (vocabulary x embedding
-    width), per layer at least one width x width projection and half a
-    width x feed-forward one (shared layers counted once: ALBERT's groups; none
-    for CNNs, whose widths vary per stage), the patch embedding of a patch
-    model and the classifier (labels x width). Every
-    built-in classification model has at least that many, so a config asking
-    for more than its weights hold is refused without a false alarm.
-
-    Returns:
-        (parameters, layers, labels).
-
-    Raises:
-        CorruptFile: a negative size.
-    """
-    scalar = _size(cfg, _WIDTH_KEYS)  # a transformer's width; CNNs list theirs (hidden_sizes) per stage
-    width = scalar or _size(cfg, ("hidden_sizes",))
-    embedding = _size(cfg, ("embedding_size",), width)
-    layers = _size(cfg, _LAYER_KEYS) or _size(cfg, ("depths",))
-    own_layers = min(layers, _size(cfg, ("num_hidden_groups",), layers)) if scalar else 0
-    ffn = _size(cfg, _FFN_KEYS) or (_size(cfg, ("hidden_dim",)) if "dim" in cfg else 0)
-    labels = max((_size(cfg, ("num_labels",)), *(len(cfg[k]) for k in _LABEL_KEYS if isinstance(cfg.get(k), dict))))
-    patch = _size(cfg, ("patch_size",))
-    channels = _size(cfg, ("num_channels",), 3)
-    parameters = (_size(cfg, ("vocab_size",)) * embedding + own_layers * (width * width + width * ffn // 2)
-                  + channels * patch * patch * width + labels * width)
-    return parameters, layers, labels
-
-
-def check_config_size(cfg: dict, available: int) -> None:
-    """Refuse a ``config.json`` over the operator's caps or asking for more than its weights hold.
-
-    Raises:
-        TooLarge: more labels, layers, parameters or image pixels than the caps allow.
-        CorruptFile: more parameters than the weights hold (``available`` values).
-    """
-    parameters, layers, labels = estimate_parameters(cfg)
-    caps = (("labels", labels, gb_config.max_labels(), "GLASSBOX_MAX_LABELS"),
-            ("layers", layers, gb_config.max_layers(), "GLASSBOX_MAX_LAYERS"),
-            ("parameters", parameters, gb_config.max_parameters(), "GLASSBOX_MAX_PARAMETERS"))
-    for what, count, cap, setting in caps:
-        if count > cap:
-            raise TooLarge(f"config.json asks for {count:,} {what}, over the {cap:,} limit.",
-                           f"An operator can raise it with {setting}.")
-    values = count_values(cfg) - sum(len(cfg[k]) for k in _LABEL_KEYS if isinstance(cfg.get(k), dict))
-    if values > MAX_CONFIG_VALUES:  # transformers deep-copies and JSON-encodes each (~0.6 KB, ~40 us apiece)
-        raise TooLarge(f"config.json holds {values:,} values besides its labels, over the {MAX_CONFIG_VALUES:,} "
-                       "Glassbox reads.", "Upload the config.json that transformers wrote for the model.")
-    side = _size(cfg, ("image_size",))
-    if side * side > gb_config.max_image_pixels():
-        raise TooLarge(f"config.json asks for {side}x{side} images, over the "
-                       f"{gb_config.max_image_pixels():,} pixel limit.")
-    if parameters > available:
-        raise CorruptFile(f"config.json asks for at least {parameters:,} parameters, but the weights hold "
-                          f"{available:,} values.", "Upload the config.json that belongs with these weights.")
-
-
-def _check_exact_size(model_class: Any, config: Any, available: int) -> None:
-    """Build the model on the ``meta`` device (no tensor memory) and refuse more parameters than the weights hold.
-
-    This counts what `estimate_parameters` cannot see (any other size in the config); a model class that
-    cannot be built on ``meta`` is left to ``from_pretrained`` (which builds on ``meta`` too).
-    """
-    try:
-        with torch.device("meta"):
-            model = model_class(config)
-    except Exception:
-        return
-    parameters = sum(p.numel() for p in model.parameters())
-    if parameters > gb_config.max_parameters():
-        raise TooLarge(f"config.json builds {parameters:,} parameters, over the {gb_config.max_parameters():,} limit.",
-                       "An operator can raise it with GLASSBOX_MAX_PARAMETERS.")
-    if parameters > available:
-        raise CorruptFile(f"config.json builds {parameters:,} parameters, but the weights hold {available:,} values.",
-                          "Upload the config.json that belongs with these weights.")
 
 
 def _class_names(config: Any) -> list[str]:

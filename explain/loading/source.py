@@ -358,11 +358,18 @@ def weights_only_load(data: bytes | BinaryIO, what: str, hint: str | None = None
         ) from None
 
 
-def weights_only_shapes(file: BinaryIO, what: str, hint: str | None = None) -> dict[str, tuple[int, ...]]:
-    """Each tensor's shape in a weights-only torch zip (``file``: seekable), its tensor data never read: torch's
-    weights-only unpickler reads ``data.pkl`` and puts every storage on the ``meta`` device; each tensor is
-    then checked to lie within its storage and each storage within the bytes its ``data/`` record declares,
-    so the shapes count values that are there (`weights_only_load`'s refusals and errors).
+def weights_only_shapes(file: BinaryIO, what: str, hint: str | None = None) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Each tensor's shape in a weights-only torch zip (``file``: seekable), and the values its records hold, its
+    tensor data never read: torch's weights-only unpickler reads ``data.pkl`` and puts every storage on the
+    ``meta`` device; each tensor is then checked to lie within its storage and each storage within the bytes its
+    ``data/`` record declares (`weights_only_load`'s refusals and errors).
+
+    The values are counted per storage, each storage's bytes once (at most its views' values): tied weights
+    (an embedding and its LM head, one storage) count once, as the model's own ``parameters()`` count them,
+    and 400 views of one storage do not count 400 times its values.
+
+    Returns:
+        (each tensor's shape, the values held).
 
     Raises:
         CorruptFile: not a state dict of tensors, or a tensor past its record's bytes.
@@ -380,6 +387,7 @@ def weights_only_shapes(file: BinaryIO, what: str, hint: str | None = None) -> d
         records = _data_records(file)  # a record's data offset -> its declared bytes
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
         raise CorruptFile(f"The {what} is damaged ({one_line(exc, 200, typed=False)}).") from None
+    held_by: dict[Any, list[int]] = {}  # a storage's record -> [its bytes, its views' bytes, element size]
     for name, tensor in state.items():
         if tensor.layout != torch.strided:  # a sparse tensor has no one storage to check (NotImplementedError)
             raise CorruptFile(f"The {what}'s tensor {str(name)[:80]!r} is {tensor.layout}, not dense.",
@@ -393,7 +401,11 @@ def weights_only_shapes(file: BinaryIO, what: str, hint: str | None = None) -> d
         if need > storage.nbytes() or (storage.nbytes() > 0 and storage.nbytes() > held):
             raise CorruptFile(f"The {what}'s tensor {str(name)[:80]!r} claims {max(need, storage.nbytes()):,} bytes; its "
                               f"record holds {held:,}.", "Upload the complete file again.")
-    return {str(k): tuple(v.shape) for k, v in state.items()}
+        counted = held_by.setdefault(getattr(storage, "_checkpoint_offset", None), [storage.nbytes(), 0, 1])
+        counted[1] += tensor.numel() * tensor.element_size()
+        counted[2] = tensor.element_size()
+    values = sum(min(nbytes, views) // size for nbytes, views, size in held_by.values())
+    return {str(k): tuple(v.shape) for k, v in state.items()}, values
 
 
 def _data_records(file: BinaryIO) -> dict[int, int]:
