@@ -61,3 +61,20 @@ def test_a_zip_holding_more_entries_than_it_claims_is_refused_in_bounded_memory(
 def test_a_bin_with_more_records_than_the_cap_is_refused_before_torch_reads_it(records, claimed):
     with pytest.raises(TooLarge, match="^The pytorch_model.bin holds"):
         weights_only_shapes(io.BytesIO(_zip(records, claimed)), "pytorch_model.bin")
+
+
+def test_a_dataset_zip_of_more_images_than_a_model_zip_holds_is_read_and_an_npz_directory_is_bounded(monkeypatch):
+    from explain.dataset import reading
+    from explain.dataset.reading import _is_image_zip
+    from explain.inputs.reading import load_npz
+
+    buf = io.BytesIO()  # a dataset of images holds one entry per image: past a model's 10,000
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(MAX_ZIP_ENTRIES + 1):
+            zf.writestr(f"cat/{i}.png", b"")
+    assert _is_image_zip(buf.getvalue(), "images.zip")
+    monkeypatch.setattr(reading, "MAX_DATASET_ZIP_ENTRIES", 50_000)  # a claim past the cap (no zip64 here)
+    with pytest.raises(TooLarge, match="holds 60,000 zip entries, over the 50,000 Glassbox reads"):
+        _is_image_zip(_zip(1, 60_000), "images.zip")
+    with pytest.raises(TooLarge, match="holds 60,000 zip entries"):  # an .npz claiming 60,000 arrays
+        load_npz(_zip(1, 60_000), "inputs.npz")

@@ -23,7 +23,7 @@ import numpy as np
 from explain import config
 from explain.errors import IncompatibleInput
 from explain.inputs.reading import InputBatch, read_bytes, read_image, read_inputs
-from explain.loading.source import open_zip, read_source, read_zip_member
+from explain.loading.source import MAX_DATASET_ZIP_ENTRIES, open_zip, read_source, read_zip_member
 from explain.spec import InputSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
@@ -143,14 +143,14 @@ def _folder_labels(names: list[str], spec: InputSpec) -> np.ndarray | None:
 
 def _is_image_zip(data: bytes, name: str) -> bool:
     """True for a zip whose members are images (an ``.npz`` holds ``.npy`` members)."""
-    with open_zip(data, name, config.max_upload_bytes() * 4) as zf:
+    with open_zip(data, name, config.max_upload_bytes() * 4, MAX_DATASET_ZIP_ENTRIES) as zf:
         members = [i.filename for i in zf.infolist() if not i.is_dir()]
     return bool(members) and not all(m.endswith(".npy") for m in members) and any(
         m.lower().endswith(IMAGE_SUFFIXES) for m in members)
 
 
 def _image_zip(data: bytes, name: str, spec: InputSpec) -> Dataset:
-    zf = open_zip(data, name, config.max_upload_bytes() * 4)
+    zf = open_zip(data, name, config.max_upload_bytes() * 4, MAX_DATASET_ZIP_ENTRIES)
     members = sorted(i.filename for i in zf.infolist()
                      if not i.is_dir() and i.filename.lower().endswith(IMAGE_SUFFIXES)
                      and not Path(i.filename).name.startswith("."))  # no __MACOSX/._ resource forks

@@ -31,7 +31,7 @@ from explain.inputs.text import (
     tokens_for_display,
     vocab_index,
 )
-from explain.loading.source import read_source
+from explain.loading.source import check_zip_directory, read_source
 from explain.spec import InputSpec
 
 __all__ = [
@@ -196,6 +196,7 @@ def load_npy(data: bytes, name: str) -> np.ndarray:
 
 def load_npz(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     try:
+        check_zip_directory(io.BytesIO(data), name)  # before zipfile lists a directory of any claimed size
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             unpacked = sum(i.file_size for i in zf.infolist())
     except zipfile.BadZipFile as exc:

@@ -37,6 +37,8 @@ MAX_INFLATE_FLOOR = 2**20
 #: ``ZipInfo`` of ~10 times an entry's bytes for each. A Hugging Face folder holds ~10 files and up to 256 shards,
 #: a ``.bin`` one record per storage (a 7B Llama: ~300), a TorchScript / ``.pt2`` archive one per constant / weight.
 MAX_ZIP_ENTRIES = 10_000
+#: A dataset's zip of images holds one entry per image: up to this many (a directory of ~25 MB, ~250 MB parsed).
+MAX_DATASET_ZIP_ENTRIES = 100_000
 #: Central-directory bytes allowed per entry, on average: its 46-byte record, name and extra fields (real names:
 #: ~25 to 60 bytes); with `MAX_ZIP_ENTRIES` it caps the directory ``zipfile`` parses whatever its count claims.
 MAX_ZIP_ENTRY_BYTES = 256
@@ -193,7 +195,7 @@ def check_zip_directory(file: BinaryIO, what: str, max_entries: int = MAX_ZIP_EN
 def _check_entries(count: int, what: str, max_entries: int) -> None:
     if count > max_entries:
         raise TooLarge(f"The {what} holds {count:,} zip entries, over the {max_entries:,} Glassbox reads.",
-                       "Upload the model's own files only.")
+                       "Upload only the files needed (a model's own files; a large dataset in several zips).")
 
 
 class Archive:
