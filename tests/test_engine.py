@@ -263,14 +263,20 @@ def test_given_targets_ig_takes_f_x_and_f_baseline_from_one_pass_before_its_grad
     np.testing.assert_allclose(attr.values, captum_ig(model, x, targets, 8), rtol=1e-5, atol=1e-6)
 
 
-def test_forward_only_chunks_hold_2_mib_of_inputs_on_a_cpu():
+def test_forward_only_chunks_hold_2_mib_of_inputs_a_thread_on_a_cpu():
     """Forward-only grids (metrics, baselines, occlusion) are sized for the caches: 2 MiB of inputs
-    (42 rows of 3 x 64 x 64 floats), a quarter of a gradient chunk's rows."""
+    a thread (42 rows of 3 x 64 x 64 floats at 1 thread, a quarter of a gradient chunk's rows; 85 at 2)."""
     engine = Engine("cpu")
     row = 3 * 64 * 64 * 4
-    sizes = []
-    engine.map_chunks(500, lambda a, b: sizes.append(b - a), row_bytes=engine.forward_row_bytes(row))
-    assert max(sizes) == (2 << 20) // row == 42 and sum(sizes) == 500
+    threads = torch.get_num_threads()
+    try:
+        for n, rows in ((1, 42), (2, 85)):
+            torch.set_num_threads(n)
+            sizes: list[int] = []
+            engine.map_chunks(500, lambda a, b, sizes=sizes: sizes.append(b - a), row_bytes=engine.forward_row_bytes(row))
+            assert max(sizes) == n * (2 << 20) // row == rows and sum(sizes) == 500
+    finally:
+        torch.set_num_threads(threads)
     grads = []
     engine.map_chunks(500, lambda a, b: grads.append(b - a), row_bytes=row)
     assert max(grads) == 170
