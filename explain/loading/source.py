@@ -252,18 +252,13 @@ class Archive:
     def window(self, name: str) -> Iterator[BinaryIO]:
         """A member as a read-only seekable file (after `vet`). A stored member is a view of the upload's own bytes
         (nothing copied; only the pages a reader seeks to are read); a compressed one is inflated once, in chunks,
-        into an anonymous temporary file (a reader seeks back and forth: a zip's directory is at its end)."""
+        into an anonymous temporary file, or memory where none can be written (`_inflated`; a reader seeks back and
+        forth: a zip's directory is at its end)."""
         self.vet(name)
         info = self.zf.getinfo(name)
         fp = self.zf.fp
         if info.compress_type != zipfile.ZIP_STORED or not isinstance(fp, io.BytesIO):
-            with tempfile.TemporaryFile() as spool:
-                try:
-                    with self.zf.open(name) as member:
-                        shutil.copyfileobj(member, spool, 2**20)
-                except (zipfile.BadZipFile, ValueError, EOFError, KeyError, RuntimeError) as exc:
-                    raise CorruptFile(f"The {self.what} archive is damaged: member {name!r} cannot be read ({exc}).") from None
-                spool.seek(0)
+            with self._inflated(name) as spool:
                 yield spool
             return
         with memoryview(fp.getvalue()) as upload:  # the upload's own bytes (getbuffer would copy them)
@@ -274,6 +269,31 @@ class Archive:
                 raise CorruptFile(f"The {self.what} archive is damaged: member {name!r} lies outside it.")
             with upload[start:start + info.file_size] as view:
                 yield io.BufferedReader(_View(view))
+
+    @contextlib.contextmanager
+    def _inflated(self, name: str) -> Iterator[BinaryIO]:
+        """A compressed member inflated once, in 1 MiB chunks, into an anonymous temporary file; where no file
+        can be written (the model process: Landlock, ``RLIMIT_FSIZE`` 0) into memory, as that process reads the
+        member whole next anyway (`huggingface.state_dict`)."""
+        spool: BinaryIO | None = None
+        try:
+            spool = tempfile.TemporaryFile()
+            self._inflate(name, spool)
+        except OSError:  # no temporary file here: the open refused, or a write past RLIMIT_FSIZE (EFBIG)
+            if spool is not None:
+                spool.close()
+            spool = io.BytesIO()
+            self._inflate(name, spool)
+        with spool:
+            yield spool
+
+    def _inflate(self, name: str, spool: BinaryIO) -> None:
+        try:
+            with self.zf.open(name) as member:
+                shutil.copyfileobj(member, spool, 2**20)
+        except (zipfile.BadZipFile, ValueError, EOFError, KeyError, RuntimeError) as exc:
+            raise CorruptFile(f"The {self.what} archive is damaged: member {name!r} cannot be read ({exc}).") from None
+        spool.seek(0)
 
 
 class _View(io.RawIOBase):
