@@ -5,6 +5,7 @@ answered with exactly its rows of it, a request that breaks the model failing al
 PostgreSQL. No timing assertions: a batch is made deterministic by holding its key busy."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -199,6 +200,54 @@ def test_no_delay_means_no_batching():
     batcher = Batcher(max_rows=64, max_delay_s=0)
     np.testing.assert_array_equal(batcher.run("k", np.ones((2, 2)), lambda rows: rows * 5), np.full((2, 2), 5.0))
     assert list(batcher.batches) == []  # called directly
+
+
+def test_event_loop_callers_wait_there_and_their_batch_runs_once_in_a_thread():
+    """`Batcher.arun`: the requests wait in the event loop, ``fn`` runs once for them all in a worker
+    thread; the request that leads the group cancelled (its client gone) stops nobody else's answer."""
+    batcher = Batcher(max_rows=64, max_delay_s=10)
+    release, seen = threading.Event(), []
+    holder = _held(batcher, "k", release)  # a thread's `run` keeps the key busy: the others gather
+    calls = [np.full((1 + i % 3, 2), float(i)) for i in range(8)]  # 15 rows in all
+
+    def double(rows):  # [n, 2] -> [n, 2]
+        seen.append((len(rows), threading.get_ident()))
+        return rows * 2
+
+    async def ask() -> tuple[list, int]:
+        tasks = [asyncio.create_task(batcher.arun("k", rows, double)) for rows in calls]
+        deadline = time.monotonic() + 30
+        while batcher.waiting("k") < 15 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        tasks[0].cancel()  # the leader's request
+        release.set()  # the thread's batch ends: the loop's group runs
+        return await asyncio.gather(*tasks, return_exceptions=True), threading.get_ident()
+
+    answers, loop_thread = asyncio.run(ask())
+    holder.join(30)
+    assert isinstance(answers[0], asyncio.CancelledError)
+    assert [n for n, _ in seen] == [15] and seen[0][1] != loop_thread  # one call, in a worker thread
+    assert list(batcher.batches) == [(1, 1), (15, 8)]
+    for i in range(1, 8):
+        np.testing.assert_array_equal(answers[i], calls[i] * 2)
+
+
+def test_an_event_loop_caller_alone_does_not_wait_for_the_delay_and_fails_alone():
+    batcher = Batcher(max_rows=64, max_delay_s=60)  # a call that waited for company would take a minute
+
+    def refuse_negative(rows):
+        if (rows < 0).any():
+            raise ValueError("a negative row")
+        return rows * 7
+
+    async def ask():
+        alone = await batcher.arun("k", np.ones((2, 2)), refuse_negative)
+        with pytest.raises(ValueError, match="a negative row"):
+            await batcher.arun("k", -np.ones((1, 2)), refuse_negative)
+        return alone
+
+    np.testing.assert_array_equal(asyncio.run(asyncio.wait_for(ask(), 30)), np.full((2, 2), 7.0))
+    assert list(batcher.batches) == [(2, 1), (1, 1)]
 
 
 # -- batching through the API --------------------------------------------------------------------------
@@ -400,3 +449,56 @@ def test_a_late_commit_of_an_older_audit_id_changes_the_stamp(served):
         with ws.core.db.transaction() as s:
             s.execute(text("SELECT setval(pg_get_serial_sequence('audit_log', 'id'), (SELECT max(id) FROM audit_log))"))
     assert after[0][0] == before[0][0] == newest + 10 and after != before
+
+
+def test_a_shared_read_answers_each_caller_with_a_read_begun_after_it_asked():
+    """`SharedRead` (the Gate's stamp reads): callers asking together share one read; one asking while
+    that read runs gets the next read's value, never the older one."""
+    from explain.service.lookups import SharedRead
+
+    reads, release = [], threading.Event()
+
+    def read() -> int:
+        reads.append(len(reads) + 1)
+        if len(reads) == 1:
+            release.wait(30)  # the first read is slow: a caller asks meanwhile
+        return len(reads)
+
+    shared = SharedRead(read)
+
+    async def ask():
+        first = [asyncio.create_task(shared()) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while not reads and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        late = asyncio.create_task(shared())  # asked after the first read began
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(*first), await late
+
+    assert asyncio.run(asyncio.wait_for(ask(), 30)) == ([1, 1, 1], 2) and reads == [1, 2]
+
+
+def test_a_shared_read_serves_each_event_loop_apart():
+    """A test client without ``with`` runs each request in an event loop of its own, in its own thread:
+    a loop's caller never waits on a read another loop runs."""
+    from explain.service.lookups import SharedRead
+
+    reads, release = [], threading.Event()
+
+    def read() -> int:
+        reads.append(1)
+        if len(reads) == 1:
+            release.wait(30)  # the first loop's read is held while the second loop asks
+        return len(reads)
+
+    shared, answers = SharedRead(read), {}
+    first = threading.Thread(target=lambda: answers.__setitem__("first", asyncio.run(shared())))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not reads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    answers["second"] = asyncio.run(asyncio.wait_for(shared(), 30))  # not behind the first loop's read
+    release.set()
+    first.join(30)
+    assert answers == {"first": 2, "second": 2} and len(reads) == 2

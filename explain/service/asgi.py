@@ -66,7 +66,8 @@ def _first_header(scope, name: bytes) -> bytes | None:
 class Gate:
     """Pure ASGI middleware in front of everything: who asks, then how much they send.
 
-    1. The bearer token is checked (`Lookups.identity`, in a thread) from the headers alone,
+    1. The bearer token is checked (`Lookups.identity_soon`: the workspace's stamp read after the request
+       came, in a thread, one read for the requests waiting together) from the headers alone,
        before a byte of the body is read: no token, a wrong one, 401 and the connection closed
        (only ``GET`` of the OpenAPI document and the docs pages go through without one).
     2. The body is read up to ``limit`` bytes (413 above it, declared or streamed), and every byte
@@ -79,9 +80,11 @@ class Gate:
     """
 
     def __init__(self, app, *, identify, limit: int, budget: int, public: frozenset[str] = frozenset(),
-                 body_seconds: float = BODY_SECONDS):
+                 body_seconds: float = BODY_SECONDS, identify_soon=None):
         self.app = app
         self.identify = identify  # token -> `lookups.Identity` | None; blocking (the database)
+        # the same, awaited in the event loop (`Lookups.identity_soon`); without it, `identify` in a thread
+        self.identify_soon = identify_soon or (lambda token: anyio.to_thread.run_sync(self.identify, token))
         self.limit = limit
         self.budget = _Budget(budget, share=limit)
         self.public = public
@@ -107,7 +110,7 @@ class Gate:
             return await self._refuse(401, "Missing token: send Authorization: Bearer <token>.", scope, receive, send)
         checked = time.monotonic()  # no later than its stamp was read
         try:
-            found = await anyio.to_thread.run_sync(self.identify, token)
+            found = await self.identify_soon(token)
         except Exception as exc:
             log.exception("API token check failed")
             return await self._refuse(500, f"The token could not be checked ({type(exc).__name__}).",

@@ -24,15 +24,20 @@ read, and shows. (SQLite has one writer at a time: its ids commit in their order
 
 A request reads the stamp once, with its token (the API's `Gate`), and looks its version up under
 that stamp, if within `STAMP_STANDS_S`: an answer remembered under another one is
-not used, and one read for it is not kept.
+not used, and one read for it is not kept. From the event loop (`identity_soon`, `remembered_version`)
+the stamp is a `SharedRead`: requests waiting together share one read begun after each of them came
+(as safe as a read each), and what is remembered is found without a thread hop (issue 23).
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import NamedTuple, TypeVar
 
+import anyio
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
@@ -64,6 +69,60 @@ class Identity(NamedTuple):
     stamp: Stamp
 
 
+class SharedRead:
+    """A blocking ``read()`` for the event loop's callers, in a thread: the callers that asked while no read
+    had started share the next one, so each gets a value read after it asked (as fresh as a read of its
+    own) and concurrent requests cost one thread hop and one query together, not one each. Each event
+    loop has its own (a test client may run one per request, in threads of their own)."""
+
+    def __init__(self, read: Callable[[], T]):
+        self._read = read
+        self._lock = threading.Lock()  # around `_loops` only: each loop's own state is touched in its thread
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reads] = weakref.WeakKeyDictionary()
+
+    async def __call__(self) -> T:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            reads = self._loops.get(loop)
+            if reads is None:
+                reads = self._loops[loop] = _Reads()
+        future = loop.create_future()
+        reads.asking.append(future)
+        if reads.task is None:
+            reads.task = loop.create_task(self._reads(reads))
+        return await future
+
+    async def _reads(self, reads: _Reads) -> None:
+        asking: list[asyncio.Future] = []
+        try:
+            while reads.asking:
+                asking, reads.asking = reads.asking, []  # whoever asks from now on waits for the next read
+                try:
+                    value = await anyio.to_thread.run_sync(self._read)
+                except Exception as exc:  # noqa: BLE001 - each caller's to raise
+                    for future in asking:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for future in asking:
+                        if not future.done():  # not cancelled meanwhile
+                            future.set_result(value)
+        finally:
+            reads.task = None
+            for future in [*asking, *reads.asking]:  # cancelled itself (the loop going down): nobody waits for ever
+                if not future.done():
+                    future.cancel()
+            reads.asking = []
+
+
+class _Reads:
+    """One event loop's `SharedRead` state."""
+
+    def __init__(self):
+        self.asking: list[asyncio.Future] = []  # the callers the next read answers
+        self.task: asyncio.Task | None = None  # the reads running, while anyone asks
+
+
 class Lookups:
     """Token identities and version lookups of one workspace, valid while its audit log is unchanged."""
 
@@ -75,6 +134,7 @@ class Lookups:
         self.misses = 0  # answers read from the database (for the tests)
         self._query = select(AuditEntry.id, AuditEntry.at).order_by(AuditEntry.id.desc()).limit(STAMP_IDS)
         self._postgres = ws.core.db.engine.dialect.name == "postgresql"
+        self._stamps = SharedRead(self.stamp)  # `identity_soon`'s
 
     def stamp(self) -> Stamp:
         """The newest audit rows' (id, at), newest first: changes with every committed write of the
@@ -93,33 +153,63 @@ class Lookups:
         """``read()``'s answer for ``key`` and the stamp it holds under: remembered under the stamp read
         now (``stamp`` None), or under the caller's ``stamp`` if that is the one remembered (else read,
         not kept). The stamp is read before the answer, so an answer is at least as new as its stamp."""
-        now = stamp is None
-        if now:
+        fresh = stamp is None
+        if fresh:
             stamp = self.stamp()
-        if not stamp:  # unsettled, or no audit row at all: read, neither remembered nor used
-            self.misses += 1
-            return read(), stamp
+        hit, answer = self._recall(key, stamp, fresh)
+        return (answer if hit else self._read(key, read, stamp)), stamp
+
+    def _recall(self, key: Hashable, stamp: Stamp, fresh: bool) -> tuple[bool, object]:
+        """(True, the answer remembered for ``key``) under ``stamp``, else (False, None); reads nothing.
+        A ``fresh`` stamp (read after the request came) other than the remembered one forgets them all."""
+        if not stamp:  # unsettled, or no audit row at all: neither remembered nor used
+            return False, None
         with self._lock:
             if stamp == self._stamp:
                 if key in self._answers:
-                    return self._answers[key], stamp  # type: ignore[return-value]
-            elif now:
+                    return True, self._answers[key]
+            elif fresh:
                 self._stamp, self._answers = stamp, {}
+        return False, None
+
+    def _read(self, key: Hashable, read: Callable[[], T], stamp: Stamp) -> T:
+        """``read()``'s answer, kept for ``key`` if ``stamp`` is still the remembered one."""
         answer = read()
         self.misses += 1
-        if answer is not None:
+        if answer is not None and stamp:
             with self._lock:
                 if self._stamp == stamp:  # not forgotten meanwhile: a newer stamp's answers are not ours
                     if len(self._answers) >= MAX_ENTRIES:
                         self._answers = {}
                     self._answers[key] = answer
-        return answer, stamp
+        return answer
 
     def identity(self, token: str) -> Identity | None:
         """The token's name and role if it is valid (`Users.token_identity`), with the stamp read now."""
         found, stamp = self._remembered(("token", digest_bytes(token.encode())),
                                         lambda: self.ws.users.token_identity(token))
         return None if found is None else Identity(*found, stamp)
+
+    async def identity_soon(self, token: str) -> Identity | None:
+        """`identity` from the event loop: the stamp read in a thread after this call began, one read
+        shared by the requests that asked before it started (`SharedRead`: as fresh for each as a read
+        of its own); the token read in a thread only when it is not remembered under that stamp."""
+        stamp = await self._stamps()
+        key = ("token", digest_bytes(token.encode()))
+        hit, found = self._recall(key, stamp, fresh=True)
+        if not hit:
+            found = await anyio.to_thread.run_sync(self._read, key, lambda: self.ws.users.token_identity(token), stamp)
+        return None if found is None else Identity(*found, stamp)
+
+    def remembered_version(self, actor: Actor, ref: str, stamp: Stamp | None, checked: float | None
+                           ) -> VersionInfo | None:
+        """`version`'s answer when it is remembered under the request's ``stamp`` (checked at ``checked``,
+        within `STAMP_STANDS_S`): read nothing, so the event loop may ask; None where `version` would read
+        (then ask it, in a thread)."""
+        if not stamp or checked is None or time.monotonic() - checked > STAMP_STANDS_S:
+            return None
+        name, which = parse_ref(ref)
+        return self._recall(("version", actor, name, which), stamp, fresh=False)[1]  # type: ignore[return-value]
 
     def version(self, actor: Actor, ref: str, stamp: Stamp | None = None, checked: float | None = None) -> VersionInfo:
         """The version ``ref`` (``NAME``, ``NAME@vN``, ``NAME@ALIAS``) means for ``actor``, who may read

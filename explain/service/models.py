@@ -159,10 +159,14 @@ class ModelCache:
     def get(self, actor: Actor, name: str, version: int) -> LoadedModel:
         return self.load(actor, self.ws.registry.version(actor, name, version))  # the role check, every time
 
+    def loaded(self, info: VersionInfo) -> LoadedModel | None:
+        """The model of ``info`` if it is loaded already (reads nothing: the API's event loop asks), else None."""
+        known = self._spec_keys.get((info.name, info.version, info.sha256))
+        return self.store.find(info.sha256, known) if known is not None else None
+
     def load(self, actor: Actor, info: VersionInfo) -> LoadedModel:
         """The model of ``info``, which the caller just read as ``actor`` (so ``actor`` may read it)."""
-        known = self._spec_keys.get((info.name, info.version, info.sha256))
-        model = self.store.find(info.sha256, known) if known is not None else None
+        model = self.loaded(info)
         if model is not None:
             return model
         data, filename, spec = self.ws.registry.file(actor, info.name, info.version)
