@@ -382,3 +382,30 @@ def test_the_report_and_structure_page_of_a_pt2_show_its_layers_and_say_why_no_a
     # the page, as for any causal LM, says in one line where its views are: no exception, no error box
     assert [i.value for i in at.main.info] == [CAUSAL_LM_NOTE] and not at.main.dataframe
     assert attention_unavailable_reason(model) == line  # what the report and the page's Attention tab say
+
+
+def test_a_pt2_causal_lm_takes_its_tokenizer_json_given_as_its_spec(pair, tmp_path, capsys):
+    """The app's uploader has nothing beside the .pt2: the user's tokenizer.json given where a spec goes (the
+    sidebar's Spec upload, ``--spec``) is its tokenizer, as the file beside it is; the refusal without it says so."""
+    kind, _folder_model, beside, _ref, prompts, user = pair
+    if kind != "llama":
+        pytest.skip("one causal LM is enough")
+    tokenizer = user / "tokenizer.json"
+    (tmp_path / "lm.pt2").write_bytes((user / "lm.pt2").read_bytes())  # alone: no tokenizer.json beside it
+    with pytest.raises(IncompatibleInput, match="as its spec") as caught:
+        load_model((user / "lm.pt2").read_bytes(), filename="lm.pt2")  # an upload's bytes
+    assert str(caught.value).startswith(NO_TOKENIZER) and "\n" not in str(caught.value)
+    model = load_model((user / "lm.pt2").read_bytes(), spec=tokenizer.read_bytes(), filename="lm.pt2")
+    assert model.spec.is_causal_lm and model.spec.tokenizer == beside.spec.tokenizer
+    assert model.extra["spec_source"] == "signature" and model.spec.input_shape == (64,)
+    assert [p.tolist() for p in encode_texts(PROMPTS, model.spec)] == [p.tolist() for p in prompts]
+    assert main(["inspect", str(tmp_path / "lm.pt2"), "--spec", str(tokenizer)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["format"], out["modality"], out["spec_source"]) == ("export", "text", "signature")
+
+
+def test_a_tokenizer_json_as_the_spec_of_another_model_is_one_line(tmp_path):
+    folder = write_hf_gpt2(tmp_path / "gpt2")
+    with pytest.raises(IncompatibleInput, match=r"^The spec given for \S+ is a tokenizer.json, which only a "
+                       r"causal-LM .pt2 without a spec of its own takes as its spec\."):
+        load_model(folder, spec=(folder / "tokenizer.json").read_bytes())

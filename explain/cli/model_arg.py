@@ -22,7 +22,7 @@ from explain.errors import UsageError
 from explain.inputs.reading import InputBatch, model_ready_array, read_inputs
 from explain.loading.loader import load_model
 from explain.model import LoadedModel
-from explain.spec import InputSpec, SpecNeeded
+from explain.spec import SpecNeeded
 
 #: the files an ``--inputs`` folder contributes, by suffix: arrays for every model, the rest by modality.
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -83,7 +83,7 @@ def load_model_arg(path: str, spec_path: str | None = None, inputs_path: str | N
     spec = None
     if spec_path:
         try:
-            spec = InputSpec.from_json(Path(spec_path).read_bytes())
+            spec = Path(spec_path).read_bytes()  # a spec, or a causal .pt2's tokenizer.json (`loader.given_tokenizer`)
         except OSError as exc:
             raise UsageError(f"Cannot read the spec {spec_path} ({exc.strerror}).") from None
     files = input_files(inputs_path) if inputs_path else []

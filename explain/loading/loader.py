@@ -28,6 +28,7 @@ saying what to give. ``LoadedModel.extra["spec_source"]`` records which one won.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -107,18 +108,19 @@ def load_model(
     else:
         data, name = read_source(source, filename, default_name="upload", empty_hint=_UPLOAD_HINT)
     digest = digest_bytes(data)
-    explicit = coerce_spec(spec)
+    tokenizer = given_tokenizer(spec)  # a causal .pt2's tokenizer.json, given where a spec goes
+    explicit = coerce_spec(spec) if tokenizer is None else None
     trusted = config.trusted_mode() if trusted is None else bool(trusted)
     archive = open_archive(data, "zip") if data[:2] == b"PK" else None  # opened once: sniffer and reader share it
     kind = sniff_format(data, name, archive=archive)
-    key = _refusal_key(kind, digest, explicit, sample_input, trusted)
+    key = _refusal_key(kind, digest, explicit, sample_input, trusted, tokenizer)
     remembered = _REFUSED.get(key) if key else None
     if remembered is not None:  # a user's model refused before: never run it again for the same answer
         raise remembered.__class__(remembered.reason, remembered.hint) if not isinstance(remembered, SpecNeeded) \
             else SpecNeeded(remembered.reason, remembered.hint, remembered.guess)
     try:
         return _load_kind(kind, data, name, digest, explicit, trusted, archive, sample_input, device, vetted,
-                          beside=source if isinstance(source, (str, os.PathLike)) else None)
+                          beside=source if isinstance(source, (str, os.PathLike)) else None, tokenizer=tokenizer)
     except GlassboxError as exc:
         if key and not any(word in exc.reason for word in ("busy", "did not start")):
             _remember_refusal(key, exc)
@@ -127,7 +129,9 @@ def load_model(
 
 def _load_kind(kind: str, data: bytes, name: str, digest: str, explicit: InputSpec | None, trusted: bool,
                archive: Any, sample_input: Any, device: Any, vetted: VettingMemory | None = None,
-               beside: str | os.PathLike | None = None) -> LoadedModel:
+               beside: str | os.PathLike | None = None, tokenizer: str | None = None) -> LoadedModel:
+    if tokenizer is not None and kind != "export":  # only a .pt2 may be a causal LM without a spec of its own
+        raise _not_a_spec(name)
     parts = _load_parts(kind, data, explicit, trusted, archive, vetted)
     info = parts.process.info if parts.process is not None else {}
     if parts.process is not None:  # what the graph's own process read of it
@@ -135,7 +139,10 @@ def _load_kind(kind: str, data: bytes, name: str, digest: str, explicit: InputSp
     else:
         signature = signature_guess(parts.exported_program) if parts.exported_program is not None else None
     if info.get("causal_lm") and explicit is None and parts.embedded_spec is None:  # a .pt2 causal LM
-        final, spec_source = causal_spec(info["causal_lm"], _pt2_tokenizer(archive, beside), Path(name).stem), "signature"
+        given = tokenizer if tokenizer is not None else _pt2_tokenizer(archive, beside)
+        final, spec_source = causal_spec(info["causal_lm"], given, Path(name).stem), "signature"
+    elif tokenizer is not None:
+        raise _not_a_spec(name)
     else:
         final, spec_source = resolve_spec(
             explicit, parts.embedded_spec, sample_input, Path(name).stem, signature=signature,
@@ -166,18 +173,25 @@ def _load_kind(kind: str, data: bytes, name: str, digest: str, explicit: InputSp
     return model.to(device)
 
 
+def _not_a_spec(name: str) -> IncompatibleInput:
+    return IncompatibleInput(f"The spec given for {name} is a tokenizer.json, which only a causal-LM .pt2 without "
+                             "a spec of its own takes as its spec.", SPEC_NEEDED_HINT)
+
+
 #: Refusals of a user's model (TorchScript, ``.pt2``, Hugging Face) kept per process, keyed by the bytes'
 #: sha256, the spec, the sample inputs and the limits: a page rerun does not run a refused model again.
 REFUSED_CACHE_SIZE = 128
 _REFUSED: dict[tuple, GlassboxError] = {}
 
 
-def _refusal_key(kind: str, digest: str, explicit: InputSpec | None, sample_input: Any, trusted: bool) -> tuple | None:
+def _refusal_key(kind: str, digest: str, explicit: InputSpec | None, sample_input: Any, trusted: bool,
+                 tokenizer: str | None = None) -> tuple | None:
     if kind not in ("torchscript", "export", "huggingface"):
         return None
     sample = None if sample_input is None else digest_array(np.asarray(sample_input))
     limits = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("GLASSBOX_")))  # every cap
-    return (digest, None if explicit is None else explicit.to_json(), sample, trusted, limits)
+    given = None if tokenizer is None else digest_bytes(tokenizer.encode())
+    return (digest, None if explicit is None else explicit.to_json(), sample, trusted, limits, given)
 
 
 def _remember_refusal(key: tuple, exc: GlassboxError) -> None:
@@ -279,6 +293,28 @@ def _load_parts(kind: str, data: bytes, spec: InputSpec | None, trusted: bool,
         raise TooLarge("The model needs more memory than is available.") from None
     except Exception as exc:  # any other failure of a third-party reader: the file is bad
         raise CorruptFile(f"The {kind} file cannot be loaded ({one_line(exc, 200)}).") from None
+
+
+def given_tokenizer(spec: Any) -> str | None:
+    """The text of a Hugging Face ``tokenizer.json`` given where a spec goes (the sidebar's Spec upload,
+    ``--spec``: what a user has beside a causal-LM ``.pt2``), else None (a spec, or nothing). Size-checked
+    before it is parsed; its JSON is told from a Glassbox spec by its tokenizer ``model`` and no ``modality``."""
+    if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and spec.lstrip().startswith("{")):
+        path = Path(spec)
+        if not path.is_file() or path.stat().st_size > 10 * 2**20:
+            return None  # coerce_spec says why
+        spec = path.read_bytes()
+    if not isinstance(spec, (str, bytes)):
+        return None
+    try:
+        raw = json.loads(spec)
+    except (ValueError, RecursionError):
+        return None  # coerce_spec says why
+    if not isinstance(raw, dict) or "modality" in raw or not isinstance(raw.get("model"), dict) \
+            or "type" not in raw["model"] or "added_tokens" not in raw:
+        return None
+    check_tokenizer_size(spec)
+    return spec.decode("utf-8", errors="replace") if isinstance(spec, bytes) else spec
 
 
 def coerce_spec(spec: Any) -> InputSpec | None:
