@@ -386,7 +386,7 @@ def test_the_report_and_structure_page_of_a_pt2_show_its_layers_and_say_why_no_a
 
 def test_a_pt2_causal_lm_takes_its_tokenizer_json_given_as_its_spec(pair, tmp_path, capsys):
     """The app's uploader has nothing beside the .pt2: the user's tokenizer.json given where a spec goes (the
-    sidebar's Spec upload, ``--spec``) is its tokenizer, as the file beside it is; the refusal without it says so."""
+    sidebar's Spec upload through the model cache, ``--spec``) is its tokenizer, as the file beside it is; the refusal without it says so."""
     kind, _folder_model, beside, _ref, prompts, user = pair
     if kind != "llama":
         pytest.skip("one causal LM is enough")
@@ -395,7 +395,9 @@ def test_a_pt2_causal_lm_takes_its_tokenizer_json_given_as_its_spec(pair, tmp_pa
     with pytest.raises(IncompatibleInput, match="as its spec") as caught:
         load_model((user / "lm.pt2").read_bytes(), filename="lm.pt2")  # an upload's bytes
     assert str(caught.value).startswith(NO_TOKENIZER) and "\n" not in str(caught.value)
-    model = load_model((user / "lm.pt2").read_bytes(), spec=tokenizer.read_bytes(), filename="lm.pt2")
+    from explain.service.models import ModelStore  # the app's way in: the cache keys the spec by its JSON
+
+    model = ModelStore().open((user / "lm.pt2").read_bytes(), spec=tokenizer.read_bytes(), filename="lm.pt2")
     assert model.spec.is_causal_lm and model.spec.tokenizer == beside.spec.tokenizer
     assert model.extra["spec_source"] == "signature" and model.spec.input_shape == (64,)
     assert [p.tolist() for p in encode_texts(PROMPTS, model.spec)] == [p.tolist() for p in prompts]

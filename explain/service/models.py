@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from explain.digest import digest_bytes
+from explain.errors import IncompatibleInput
 from explain.model import LoadedModel
 from explain.spec import InputSpec
 from explain.workspace import Actor, Workspace
@@ -47,7 +48,10 @@ def spec_key(spec: InputSpec | bytes | str | None) -> str:
 def _json_key(data: bytes) -> str:
     """`spec_key` of a spec's JSON, remembered: a page asks on every rerun, and a spec that carries a
     tokenizer is a megabyte of JSON to parse and write again (~0.1 s)."""
-    return digest_bytes(InputSpec.from_json(data).to_json().encode())  # one spelling per spec
+    try:
+        return digest_bytes(InputSpec.from_json(data).to_json().encode())  # one spelling per spec
+    except IncompatibleInput:  # not a spec: a causal .pt2's tokenizer.json (`loader.given_tokenizer`), or load_model says why
+        return digest_bytes(data)
 
 
 def sample_key(sample_input: np.ndarray | None) -> str:
@@ -115,8 +119,8 @@ class ModelStore:
         rows = None if spec is not None else sample_input
 
         def load() -> LoadedModel:
-            parsed = spec if not isinstance(spec, (bytes, str)) else InputSpec.from_json(spec)
-            model = load_model(data, spec=parsed, filename=filename, sample_input=rows, vetted=vetted)
+            given = spec.encode() if isinstance(spec, str) else spec  # JSON text, never a path: coerced by load_model
+            model = load_model(data, spec=given, filename=filename, sample_input=rows, vetted=vetted)
             if name:
                 model.name = name
             return model
