@@ -18,7 +18,7 @@ from causal_models import one_thread, write_hf_gpt2, write_hf_llama  # noqa: E40
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from explain.cli import main  # noqa: E402
-from explain.errors import GlassboxError, IncompatibleInput  # noqa: E402
+from explain.errors import GlassboxError, IncompatibleInput, one_line  # noqa: E402
 from explain.generation.attribution import attribute_generation  # noqa: E402
 from explain.generation.greedy import generate_greedy  # noqa: E402
 from explain.generation.occlusion import attribute_texts  # noqa: E402
@@ -392,9 +392,10 @@ def test_a_pt2_causal_lm_takes_its_tokenizer_json_given_as_its_spec(pair, tmp_pa
         pytest.skip("one causal LM is enough")
     tokenizer = user / "tokenizer.json"
     (tmp_path / "lm.pt2").write_bytes((user / "lm.pt2").read_bytes())  # alone: no tokenizer.json beside it
-    with pytest.raises(IncompatibleInput, match="as its spec") as caught:
+    with pytest.raises(IncompatibleInput, match="as the spec") as caught:
         load_model((user / "lm.pt2").read_bytes(), filename="lm.pt2")  # an upload's bytes
     assert str(caught.value).startswith(NO_TOKENIZER) and "\n" not in str(caught.value)
+    assert one_line(caught.value).endswith("extra_files={'tokenizer.json': text}).")  # whole: the CLI's line cuts at 300
     from explain.service.models import ModelStore  # the app's way in: the cache keys the spec by its JSON
 
     model = ModelStore().open((user / "lm.pt2").read_bytes(), spec=tokenizer.read_bytes(), filename="lm.pt2")

@@ -346,9 +346,8 @@ class ExportedLMModule(nn.Module):
 #: Where a causal ``.pt2``'s tokenizer may come from, for the line that asks for one.
 NO_TOKENIZER = ("This .pt2 is a causal LM (token ids -> logits at every position) but comes with no tokenizer, "
                 "so prompts cannot be read nor tokens shown.")
-NO_TOKENIZER_HINT = ("Give the model's tokenizer.json as its spec (the sidebar's Spec upload, --spec) or beside the "
-                     ".pt2, save it into the .pt2 (torch.export.save(..., "
-                     "extra_files={'tokenizer.json': text})), or give a spec with \"task\": \"causal_lm\" and \"tokenizer\".")
+NO_TOKENIZER_HINT = ("Give its tokenizer.json as the spec (Spec upload, --spec), put it beside the .pt2, or save it in: "
+                     "torch.export.save(..., extra_files={'tokenizer.json': text}).")
 
 
 def causal_spec(signature: dict[str, Any], tokenizer: str | None, name: str = "model") -> Any:
