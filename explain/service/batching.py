@@ -22,10 +22,10 @@ come while one runs gather into the next (under load the batches grow by themsel
 gets exactly its rows of the result. When the batch fails, every member's rows run again on their
 own, so a request that breaks the model fails alone and its neighbours get their answers.
 
-`arun` is `run` for a caller in an event loop (the API's routes): the request waits there, on a future of
-its own, and ``fn`` runs in a worker thread once per *batch* (not one thread hop per request: ~0.1 ms
-of a 1-row ``:predict``'s server work, issue 23). Its batch is led by a task of its own, so a request
-cancelled while it waits (its client gone) leaves its group's batch running for the others. Callers of
+`arun` is `run` for a caller in an event loop (the API's ``:predict``): the request waits there, on a
+future of its own, and one worker thread per *batch* (not one per request, issue 23) waits for company
+and runs ``fn``. That thread is started by a task of its own, so a request cancelled while it waits (its
+client gone) leaves its group's batch running for the others. Callers of
 `run` and of `arun` of one key share its groups.
 
 Nothing here knows about HTTP, models or torch: ``fn`` is any function from rows ``[n, ...]`` to
@@ -76,15 +76,20 @@ class _Group:
         return self.results[index]
 
     def finish(self) -> None:
-        """Every member told: `run`'s through ``done``, `arun`'s through their futures, in their loops."""
+        """Every member told: `run`'s through ``done``, `arun`'s through their futures, in their loops
+        (one call into each loop)."""
         self.done.set()
+        loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
         for loop, future in self.futures:
-            _in_loop(loop, _settle, future)
+            loops.setdefault(loop, []).append(future)
+        for loop, futures in loops.items():
+            _in_loop(loop, _settle, futures)
 
 
-def _settle(future: asyncio.Future) -> None:
-    if not future.done():  # not cancelled meanwhile (its request gone)
-        future.set_result(None)
+def _settle(futures: list[asyncio.Future]) -> None:
+    for future in futures:
+        if not future.done():  # not cancelled meanwhile (its request gone)
+            future.set_result(None)
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop, fn: Callable, *args) -> None:
@@ -124,7 +129,6 @@ class Batcher:
         self._company: dict[Hashable, int] = {}  # key -> requests in its last batch
         #: (rows, requests) of the latest batches run, for the benchmark and the tests
         self.batches: deque[tuple[int, int]] = deque(maxlen=4096)
-        self._wakes: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()  # `_alead`s waiting
         self._tasks: set[asyncio.Task] = set()  # `_alead`s running (kept referenced)
 
     def run(self, key: Hashable, rows: Rows, fn: BatchFn) -> Rows:
@@ -174,19 +178,13 @@ class Batcher:
             if waiter is not None:
                 group.futures.append(waiter)
             self._waiting[key] = self._waiting.get(key, 0) + n
-            self._notify()
+            self._cond.notify_all()
         return group, index, leader, alone
 
     def waiting(self, key: Hashable | None = None) -> int:
         """Rows of ``key`` (None: of every key) gathered and not yet running."""
         with self._cond:
             return self._waiting.get(key, 0) if key is not None else sum(self._waiting.values())
-
-    def _notify(self) -> None:
-        """Under ``_cond``: a group joined or a batch ended; every waiting leader looks again."""
-        self._cond.notify_all()
-        for loop, event in self._wakes:
-            _in_loop(loop, event.set)
 
     def _ready(self, key: Hashable, group: _Group, alone: bool) -> float | None:
         """Under ``_cond``: 0 when ``group`` runs now (then it is closed and its key busy), else how long
@@ -218,49 +216,32 @@ class Batcher:
         self._run_batch(key, group, fn)
 
     async def _alead(self, key: Hashable, group: _Group, fn: BatchFn, alone: bool) -> None:
-        """`_lead` in the event loop: it waits there, and runs the batch in a worker thread."""
-        loop, event = asyncio.get_running_loop(), asyncio.Event()
-        ran, wait = False, None
+        """`_lead` in one worker thread for the batch: it waits there for company (a condition's timeouts
+        are exact; an event loop's timers round a 0.5 ms quiet window up to 1 ms or down to none) and
+        computes; its members are told in their loops."""
+        ran = False
 
-        def batch() -> None:
+        def lead() -> None:
             nonlocal ran
             ran = True
-            self._run_batch(key, group, fn, finish=False)
+            self._lead(key, group, fn, alone)
 
         try:
-            while True:
-                with self._cond:
-                    wait = self._ready(key, group, alone)
-                    if wait == 0:
-                        break
-                    event.clear()
-                    self._wakes.add((loop, event))
-                timer = None if wait is None else loop.call_later(wait, event.set)
-                try:
-                    await event.wait()
-                finally:
-                    if timer is not None:
-                        timer.cancel()
-                    with self._cond:
-                        self._wakes.discard((loop, event))
-            await anyio.to_thread.run_sync(batch)
+            await anyio.to_thread.run_sync(lead)
         finally:
             if not ran:  # cancelled (the loop going down) before its thread ran: no member waits for ever
                 with self._cond:
-                    if wait == 0:  # `_ready` made its key busy
-                        self._busy.discard(key)
-                    else:  # still gathering
-                        if self._open.get(key) is group:
-                            del self._open[key]
-                        self._waiting[key] -= group.rows
-                        if not self._waiting[key]:
-                            del self._waiting[key]
+                    if self._open.get(key) is group:
+                        del self._open[key]
+                    self._waiting[key] -= group.rows
+                    if not self._waiting[key]:
+                        del self._waiting[key]
                     group.errors = [RuntimeError("The batch this request was in did not run.")] * len(group.parts)
-                    self._notify()
-            group.finish()
+                    self._cond.notify_all()
+                group.finish()
 
-    def _run_batch(self, key: Hashable, group: _Group, fn: BatchFn, finish: bool = True) -> None:
-        """``group``'s batch, its key busy (`_ready` said 0): computed, then (``finish``) its members told."""
+    def _run_batch(self, key: Hashable, group: _Group, fn: BatchFn) -> None:
+        """``group``'s batch, its key busy (`_ready` said 0): computed, then its members told."""
         # until computed (a BaseException may stop the leader): no member reads a missing result
         group.errors = [RuntimeError("The batch this request was in did not run.")] * len(group.parts)
         started = time.monotonic()
@@ -269,8 +250,7 @@ class Batcher:
         finally:
             with self._cond:
                 self._ended(key, group, time.monotonic() - started)
-            if finish:
-                group.finish()
+            group.finish()
 
     def _ended(self, key: Hashable, group: _Group, took: float) -> None:
         """Under ``_cond``: ``group``'s batch is over (it took ``took`` seconds); its key is free."""
@@ -282,7 +262,7 @@ class Batcher:
         self._company[key] = len(group.parts)
         self._busy.discard(key)
         self.batches.append((group.rows, len(group.parts)))
-        self._notify()
+        self._cond.notify_all()
 
     @staticmethod
     def _compute(group: _Group, fn: BatchFn) -> None:
