@@ -7,7 +7,9 @@ SQLAlchemy, numpy: 1-2 s of a fresh server's first run) and drawn the page above
 `preload_charts`, app.py's first element, sends a script that imports that chunk at once, by the URL the
 front end's own lazy import resolves (beside its `index.*.js`, the app's base path kept), so the module is
 fetched and run once, while the script imports. It draws nothing: a style hides its element's container
-(no gap above the page's first element), and only a session's first run sends it (the module stays loaded).
+(no gap above the page's first element). Every run sends the same element in the same place: a run without it
+would move every later element one place up, and Streamlit would draw the whole page anew beside the old one's
+stale copies (two of each until the run ends); the browser keeps the element, so its script runs once a page load.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ from pathlib import Path
 import streamlit as st
 from streamlit import file_util
 
-_SENT_KEY = "gb_charts_preloaded"  # this session's browser has the script
 MARK = "gb-chart-preload"  # the id that the hiding style finds the element by
 
 
@@ -38,9 +39,8 @@ def preload_script(chunk: str) -> str:
 
 
 def preload_charts() -> None:
-    """Send `preload_script` in this session's first run; nothing when the chunk is not found."""
+    """Send `preload_script` (every run, the same element); nothing when the chunk is not found."""
     chunk = plotly_chunk()
-    if chunk is None or st.session_state.get(_SENT_KEY):
+    if chunk is None:
         return
-    st.session_state[_SENT_KEY] = True
     st.html(preload_script(chunk), unsafe_allow_javascript=True)
