@@ -17,10 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.chart_preload import preload_charts  # streamlit alone
-
 st.set_page_config(page_title="Glassbox", page_icon="🔍", layout="wide")
-preload_charts()  # a session's first run: the browser runs its Plotly code during this script's imports
 
 VIEWS = Path(__file__).resolve().parent / "pages" / "views"
 _query = st.query_params
