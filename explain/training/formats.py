@@ -185,6 +185,11 @@ def parse_event_files(files: list[tuple[str, str, bytes]], source: str) -> tuple
         raise CorruptFile(f"{source}: no scalar curves found in the TensorBoard event file(s)."
                           + (f" {warnings[0]}." if warnings else ""))
     long = pd.DataFrame(rows, columns=["tag", "step", "wall_time", "value"])
+    back = long.groupby("tag", sort=False)["step"].diff() < 0  # a writer started again from an earlier step
+    if back.any():
+        first = long.loc[back.idxmax()]
+        warnings.append(f"{source}: training restarted at step {first['step']} ({first['tag']} went back from a later "
+                        f"step); where both sessions logged a step, the resumed run's value is used.")
     wide = long.pivot_table(index="step", columns="tag", values="value", aggfunc="last", dropna=False)
     wide.columns = [str(c) for c in wide.columns]
     wide.insert(0, "wall_time", long.groupby("step")["wall_time"].min())
@@ -241,8 +246,51 @@ def checkpoint_history_frame(obj: dict[str, Any], source: str) -> pd.DataFrame:
     return frame_from_json(plain(obj[key]), source)
 
 
+#: a line of an MLflow metric file (``mlruns/<experiment>/<run>/metrics/<name>``): "timestamp value step"
+#: (timestamp in ms; files of MLflow before 1.0 have no step).
+_MLFLOW_LINE = re.compile(rb"^\d{9,} +[-+0-9.eEinfaINFA]+( +-?\d+)?\r?$")
+
+
+def is_mlflow_metric(data: bytes) -> bool:
+    """True when the first lines read as an MLflow metric file's "timestamp value step" lines."""
+    lines = [line for line in data[:4096].split(b"\n")[:20] if line.strip()]
+    if len(data) > 4096 and len(lines) == 20:
+        lines = lines[:-1]  # the cut may split the last line read
+    return bool(lines) and all(_MLFLOW_LINE.match(line) for line in lines)
+
+
+def parse_mlflow_metric(data: bytes, source: str) -> pd.DataFrame:
+    """An MLflow metric file as a table: ``step``, ``wall_time`` (seconds) and one series named by the file.
+
+    MLflow writes a logged NaN as ``nan`` (kept as text for ``history._numeric``, which marks it +inf).
+    """
+    name = Path(source).name
+    rows = [line.split() for line in _text(data, source).splitlines() if line.strip()]
+    if any(len(r) not in (2, 3) for r in rows):
+        raise CorruptFile(f"{source}: not an MLflow metric file (expected 'timestamp value step' on every line).")
+    frame = pd.DataFrame({"wall_time": [float(r[0]) / 1000.0 for r in rows], name: [r[1] for r in rows]})
+    if all(len(r) == 3 for r in rows):
+        frame.insert(0, "step", [int(r[2]) for r in rows])
+    return frame
+
+
+def parse_mlflow_run(files: list[tuple[str, bytes]], source: str) -> pd.DataFrame:
+    """An MLflow run's metric files (paths under ``metrics/``, a name with ``/`` nests folders) as one
+    table: one row per (step, metric) value, so each metric keeps its own steps."""
+    frames = []
+    for rel, data in files:
+        frame = parse_mlflow_metric(data, rel)
+        frames.append(frame.rename(columns={Path(rel).name: rel.split("metrics/", 1)[-1]}))
+    if not frames:
+        raise IncompatibleInput(f"{source}: the MLflow run has no metric files under metrics/.")
+    stacked = pd.concat(frames, ignore_index=True, sort=False)
+    if "step" not in stacked or stacked["step"].isna().any():
+        return stacked  # MLflow < 1.0 logged no steps: one row per value
+    return stacked.groupby("step", sort=True).last().reset_index()  # one row per step
+
+
 def sniff(data: bytes, name: str) -> str:
-    """``tensorboard`` | ``checkpoint`` | ``json`` | ``csv`` from the name and the first bytes."""
+    """``tensorboard`` | ``checkpoint`` | ``json`` | ``mlflow`` | ``csv`` from the name and the first bytes."""
     lower = name.lower()
     if "tfevents" in lower:
         return "tensorboard"
@@ -257,4 +305,6 @@ def sniff(data: bytes, name: str) -> str:
         return "json"
     if b"\x00" in head[:64]:
         return "tensorboard"  # binary records: try the event-file reader
+    if is_mlflow_metric(data):
+        return "mlflow"
     return "csv"

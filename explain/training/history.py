@@ -4,7 +4,8 @@ Readers cover Lightning's ``CSVLogger`` (sparse rows: train and validation
 values logged on different rows), Keras' ``CSVLogger``, any epoch/step table,
 JSON lines, JSON (a Keras ``history.history`` dict, a list of records, a
 Hugging Face ``trainer_state.json``), TensorBoard event files and folders of
-them, and the ``history`` entry of a checkpoint dict (loaded weights-only).
+them, MLflow metric files ("timestamp value step" lines) and run folders, and the
+``history`` entry of a checkpoint dict (loaded weights-only).
 
 Everything becomes a `TrainingHistory`: a pandas frame with x columns
 (``epoch``, ``step``, ``wall_time`` where known) and one float column per
@@ -31,6 +32,7 @@ from explain.loading.source import read_folder, read_source
 from explain.training import formats as formats
 from explain.training.downsampling import MAX_ROWS, downsample_rows
 from explain.training.formats import load_checkpoint_dict
+from explain.training.restarts import drop_superseded
 
 ROLES: tuple[str, ...] = ("train_loss", "val_loss", "train_metric", "val_metric", "lr")
 X_COLUMNS: tuple[str, ...] = ("epoch", "step", "wall_time")
@@ -256,6 +258,7 @@ def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str,
         frame = frame.reset_index(drop=True)
     if step_is_epoch and "step" in frame and "epoch" not in frame:
         frame = frame.rename(columns={"step": "epoch"})
+    frame, restart = drop_superseded(frame, source)  # a resumed run's rows replace the earlier session's
     if "epoch" not in frame and "step" not in frame:
         frame.insert(0, "epoch", np.arange(len(frame), dtype=float))
     if "wall_time" in frame:
@@ -265,7 +268,7 @@ def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str,
     order = [c for c in X_COLUMNS if c in frame] + series
     frame, note = downsample_rows(frame if list(frame.columns) == order else frame[order], MAX_ROWS, source)
     name = Path(source).stem or "run"
-    warnings = list(warnings or []) + ([note] if note else [])
+    warnings = list(warnings or []) + [n for n in (restart, note) if n]
     return TrainingHistory(frame=frame, roles=guess_roles(series), sources=[source], name=name, warnings=warnings)
 
 
@@ -312,24 +315,44 @@ def _hf_trainer_state(data: bytes, source: str) -> dict | None:
 
 @dataclass(frozen=True)
 class EventFolder:
-    """A TensorBoard log folder as data (what a job carries to a worker): the path as the user
-    gave it and its event files, relative to it (sub-folders name the runs, as on disk)."""
+    """A log folder as data (what a job carries to a worker): the path as the user gave it and its
+    log files, relative to it: a TensorBoard folder's event files (sub-folders name the runs, as on
+    disk), or an MLflow run's metric files (``metrics/<name>``)."""
 
     path: str
     files: tuple[tuple[str, bytes], ...]
 
+    @property
+    def is_mlflow(self) -> bool:
+        return bool(self.files) and all(rel.startswith("metrics/") for rel, _ in self.files)
+
     @classmethod
     def read(cls, path: str | os.PathLike) -> EventFolder:
         root = Path(path)
+        if (root / "metrics").is_dir() and not any(root.rglob("*tfevents*")):  # an MLflow run
+            found = read_folder(root / "metrics")
+            return cls(str(path), tuple(((Path("metrics") / p.relative_to(root / "metrics")).as_posix(), data)
+                                        for p, data in found))
         found = read_folder(root, lambda p: "tfevents" in p.name)
         return cls(str(path), tuple((p.relative_to(root).as_posix(), data) for p, data in found))
+
+
+def _empty_folder(path: Path) -> IncompatibleInput:
+    """What to give instead of a folder that holds no log Glassbox reads (an MLflow experiment: its runs)."""
+    runs = sorted(p.parent for p in path.rglob("metrics") if p.is_dir()) if path.is_dir() else []
+    if runs:
+        names = ", ".join(str(r.relative_to(path)) for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        return IncompatibleInput(f"{path} holds {len(runs)} MLflow run(s) ({names}), not one run.",
+                                 "Give each run's folder (the one with metrics/ inside) as a log of its own.")
+    return IncompatibleInput(f"{path}: the folder holds no TensorBoard event files (events.out.tfevents.*) "
+                             "and no MLflow run (metrics/).")
 
 
 # -- entry points ---------------------------------------------------------------
 def read_history(source: str | os.PathLike | bytes | tuple[str, bytes] | EventFolder,
                  filename: str | None = None) -> TrainingHistory:
-    """Read one log: a file path, a folder of TensorBoard event files (or an `EventFolder`), bytes
-    or a ``(name, bytes)`` upload.
+    """Read one log: a file path, a folder of TensorBoard event files or an MLflow run's folder (or an
+    `EventFolder`), bytes or a ``(name, bytes)`` upload (an MLflow metric file too).
 
     Every file is read with `explain.loading.source.read_source` (the upload cap).
 
@@ -349,7 +372,9 @@ def read_history(source: str | os.PathLike | bytes | tuple[str, bytes] | EventFo
         path = Path(source.path)
         files = [(path / rel, data) for rel, data in source.files]
         if not files:
-            raise IncompatibleInput(f"{path}: the folder holds no TensorBoard event files (events.out.tfevents.*).")
+            raise _empty_folder(path)
+        if source.is_mlflow:
+            return _tidy(formats.parse_mlflow_run(list(source.files), str(path)), source=str(path))
         frame, step_is_epoch, warnings = formats.parse_event_files(formats.event_folder_records(files, path), str(path))
         return _tidy(frame, step_is_epoch, source=str(path), warnings=warnings)
     data, name = read_source(source, filename, default_name="upload")
@@ -361,6 +386,8 @@ def read_history(source: str | os.PathLike | bytes | tuple[str, bytes] | EventFo
         return read_checkpoint_history(data, name)
     if kind == "json":
         return _tidy(formats.parse_json(data, name), source=name)
+    if kind == "mlflow":
+        return _tidy(formats.parse_mlflow_metric(data, name), source=name)
     return _tidy(formats.parse_csv(data, name), source=name)
 
 
