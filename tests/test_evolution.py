@@ -214,3 +214,82 @@ def test_sample_checkpoints_drift(name):
     assert drift.correlation[-1] == pytest.approx(np.ones(len(inputs)))  # the final maps with themselves
     assert int(np.argmin(mean)) == 0, mean  # the first checkpoint agrees least
     assert np.all(np.diff(mean) > 0), mean  # and agreement grows checkpoint by checkpoint
+
+
+class _OwnNet(torch.nn.Module):
+    """A user's own class, known to no registry: its checkpoints fit only the TorchScript model loaded."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x):  # [N, 6] -> [N, 2]
+        return self.head(self.body(x))
+
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory):
+    """Epochs 1-3 of one run: plain state dicts, Lightning .ckpt dicts and TorchScript, and the final model."""
+    root = tmp_path_factory.mktemp("own_run")
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    y = (x[:, 0] > 0).long()
+    net = _OwnNet()
+    opt = torch.optim.SGD(net.parameters(), 0.5)
+    for epoch in (1, 2, 3):
+        for _ in range(5):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        torch.save(net.state_dict(), root / f"model_epoch{epoch}.pt")
+        torch.save({"epoch": epoch, "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+                    "optimizer_states": [opt.state_dict()]}, root / f"epoch={epoch}-step={epoch * 5}.ckpt")
+        torch.jit.save(torch.jit.script(net), str(root / f"scripted_epoch{epoch}.pt"))
+    from explain.loading.loader import load_model
+
+    model = load_model(root / "scripted_epoch3.pt", spec=SPEC)
+    return root, model, x[:4].numpy()
+
+
+def test_a_torchscript_epoch_reads_as_the_weights_it_holds(own_run):
+    root, _, _ = own_run
+    script = read_checkpoint(root / "scripted_epoch2.pt")
+    plain = torch.load(root / "model_epoch2.pt")
+    assert script.epoch == 2 and list(script.state_dict) == list(plain)
+    assert all(torch.equal(script.state_dict[k], plain[k]) for k in plain)
+
+
+@pytest.mark.parametrize("pattern", ["model_epoch*.pt", "epoch=*.ckpt"])
+def test_state_dicts_of_a_torchscript_model_drift_as_its_scripted_epochs_do(own_run, pattern):
+    root, model, inputs = own_run
+    scripted = compute_checkpoint_drift(read_checkpoints(sorted(root.glob("scripted_epoch*.pt"))), model, inputs,
+                                        target=0, steps=8)
+    drift = compute_checkpoint_drift(read_checkpoints(sorted(root.glob(pattern))), model, inputs, target=0, steps=8)
+    np.testing.assert_allclose(drift.correlation, scripted.correlation, atol=1e-6)
+    assert drift.correlation[-1] == pytest.approx(np.ones(len(inputs)))
+    assert drift.mean_correlation[0] < 0.99  # the weights did change
+
+
+def test_a_state_dict_of_another_model_is_refused_against_a_torchscript_model(own_run):
+    _, model, _ = own_run
+    with pytest.raises(IncompatibleInput, match=r"does not fit the current model .*head.weight"):
+        model_at(_ckpt("other.pt", **{"body.0.weight": np.zeros((8, 6)), "body.0.bias": np.zeros(8),
+                                      "head.weight": np.zeros((3, 8)), "head.bias": np.zeros(3)}), model)
+
+
+def test_a_torchscript_checkpoint_naming_any_other_global_is_refused_unread(own_run):
+    import io
+    import zipfile
+
+    from explain.loading.script_tensors import read_script_state
+
+    root, _, _ = own_run
+    source = zipfile.ZipFile(root / "scripted_epoch1.pt")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for info in source.infolist():
+            evil = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."  # os.system("true")
+            zf.writestr(info, evil if info.filename.endswith("/data.pkl") else source.read(info))
+    with pytest.raises(UnsafeFile, match="references posix.system"):
+        read_script_state(out.getvalue(), "evil.pt")

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", default=None, help="inputs to explain: .npy/.npz or a raw file the spec can read")
     parser.add_argument("--logs", nargs="+", default=[], metavar="LOG", help="training logs (csv, json, TensorBoard)")
     parser.add_argument("--checkpoints", nargs="+", default=[], metavar="CKPT",
-                        help="checkpoints: weights-only torch.save files, safetensors, Hugging Face model folders or "
+                        help="checkpoints: weights-only torch.save files, safetensors, TorchScript, Hugging Face model folders or "
                              "zips (ordered by their epoch; 2 or more add a checkpoint-evolution section)")
     parser.add_argument("--methods", default="integrated_gradients", help="comma-separated attribution methods")
     parser.add_argument("--max-inputs", type=int, default=4, help="how many inputs the output sections explain")

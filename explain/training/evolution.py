@@ -8,7 +8,8 @@
   checkpoint's attributions with the final checkpoint's.
 
 Checkpoints are read with the upload cap (`explain.loading.source.read_source`) and as data:
-torch.save files weights-only (`explain.training.formats.load_checkpoint_dict`), safetensors, and
+torch.save files weights-only (`explain.training.formats.load_checkpoint_dict`), safetensors, TorchScript
+archives' tensors (`explain.loading.script_tensors`, the graph unopened), and
 Hugging Face folders or zips checked as a model upload is (`read_hf_checkpoint`: nothing is built
 here). A checkpoint becomes a model in `model_at`: an eager reference's copy, or through
 `explain.loading.loader.load_model`, so a Hugging Face checkpoint (a zip, or a ``.pth`` of the loaded
@@ -36,6 +37,7 @@ from explain.errors import CorruptFile, IncompatibleInput, UsageError
 from explain.inputs.text import padding_mask
 from explain.loading import huggingface
 from explain.loading.export import is_export_archive
+from explain.loading.script_tensors import read_script_state, tensor_refs, with_weights
 from explain.loading.source import Archive, find_member, open_archive, read_source
 from explain.loading.torchscript import is_torchscript
 from explain.loading.weights import WeightsRefused, key_variants, read_safetensors
@@ -145,11 +147,13 @@ def read_checkpoint(source: str | os.PathLike | bytes | tuple[str, bytes], filen
         archive = open_archive(data, "checkpoint")
         if huggingface.is_hf_archive(archive.names):
             return read_hf_checkpoint(data, name, archive)
-        graph = ("a TorchScript archive" if is_torchscript(archive.names)
-                 else "a torch.export .pt2 program" if is_export_archive(archive, archive.names) else None)
-        if graph is not None:  # their weights sit inside a graph that is only ever opened in a sandbox
-            raise CorruptFile(f"{name} is {graph}; checkpoints are compared by their weights alone.",
-                              CHECKPOINT_FORMATS)
+        if is_torchscript(archive.names):  # its tensors read as data (`script_tensors`); the graph is not opened
+            epoch = epoch_from_name(name)
+            return Checkpoint(checkpoint_label(name, epoch), epoch, read_script_state(data, name), name, data,
+                              {"format": "torchscript"})
+        if is_export_archive(archive, archive.names):  # its weights sit inside a graph only opened in a sandbox
+            raise CorruptFile(f"{name} is a torch.export .pt2 program; checkpoints are compared by their weights "
+                              "alone.", CHECKPOINT_FORMATS)
         if find_member(archive.names, "data.pkl") is None:
             raise CorruptFile(f"{name} is a zip archive but neither a torch.save checkpoint nor a Hugging Face "
                               "model (config.json with model.safetensors or pytorch_model.bin).", CHECKPOINT_FORMATS)
@@ -351,6 +355,8 @@ def model_at(checkpoint: Checkpoint, reference: LoadedModel | None = None) -> Lo
     - A state dict (``.pth``) of the current Hugging Face ``reference`` model (its keys, with or
       without a ``model.`` / ``module.`` prefix): the reference's config, tokenizer and preprocessor
       with these weights, loaded the same way (`_hf_with_weights`); never built here.
+    - A TorchScript checkpoint is loaded as it is; a state dict of the current TorchScript ``reference``
+      (its names, with or without a prefix) goes into the reference's archive (`_script_with_weights`).
     - Otherwise the checkpoint is loaded on its own (it must name its architecture).
 
     Raises:
@@ -374,8 +380,11 @@ def model_at(checkpoint: Checkpoint, reference: LoadedModel | None = None) -> Lo
                 name=f"{reference.name} @ {checkpoint.label}", architecture=reference.architecture,
                 extra={"epoch": checkpoint.epoch},
             ).to(reference.device)
-    if checkpoint.meta.get("format") == huggingface.FORMAT:
+    if checkpoint.meta.get("format") in (huggingface.FORMAT, "torchscript"):  # a whole model: loaded as it is
         loaded = load_model(checkpoint.data, spec=spec, filename=checkpoint.source)
+    elif reference is not None and reference.format == "torchscript" and reference.process is not None:
+        data = _script_with_weights(checkpoint, reference)
+        loaded = load_model(data, spec=spec, filename=f"{Path(checkpoint.source).stem}.pt")
     elif reference is not None and reference.format == huggingface.FORMAT:
         data = _hf_with_weights(checkpoint, reference)
         loaded = load_model(data, spec=spec, filename=f"{Path(checkpoint.source).stem}.zip")
@@ -412,6 +421,22 @@ def _not_this_model(checkpoint: Checkpoint, model: str, shapes: dict[str, tuple[
     return (f"{checkpoint.source} does not fit the current model {model} ({', '.join(p for p in parts if p)}; "
             f"e.g. {example[:80]!r}).",
             "Give checkpoints of the model that is loaded (the same architecture and config).")
+
+
+def _script_with_weights(checkpoint: Checkpoint, reference: LoadedModel) -> bytes:
+    """The reference TorchScript model's archive with the checkpoint's weights (a state dict of the same
+    module tree, with or without a ``model.`` / ``module.`` prefix): bytes for `load_model`, which opens it
+    only in its model process.
+
+    Raises:
+        IncompatibleInput: the weights are not the reference model's (one line, with counts).
+    """
+    data = reference.process.data
+    shapes = {k: r.size for k, r in tensor_refs(open_archive(data, "TorchScript")).items()}
+    state = next((v for v in key_variants(checkpoint.state_dict) if _fits(shapes, v)), None)
+    if state is None:
+        raise IncompatibleInput(*_not_this_model(checkpoint, reference.name, shapes))
+    return with_weights(data, state, checkpoint.source)
 
 
 def _hf_with_weights(checkpoint: Checkpoint, reference: LoadedModel) -> bytes:

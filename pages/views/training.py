@@ -77,7 +77,8 @@ with st.expander("Your training logs and checkpoints", expanded=sample is None):
     ckpt_files = c2.file_uploader(
         "Checkpoints of this model (2 or more)", type=CKPT_TYPES, accept_multiple_files=True,
         key="gb_train_ckpts",
-        help="Weights-only torch.save files (a state_dict or a dict with 'model_state_dict'), safetensors, or "
+        help="Weights-only torch.save files (a state_dict, or a dict with 'model_state_dict' / Lightning's "
+             "'state_dict'), safetensors, TorchScript files (their weights are read), or "
              "Hugging Face model folders as .zip (config.json and the weights, as save_pretrained writes them). "
              "A state_dict of the loaded Hugging Face model is compared in its architecture.",
     )
