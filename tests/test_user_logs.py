@@ -102,3 +102,32 @@ def test_a_tensorboard_writer_started_again_from_an_earlier_step_is_said(tmp_pat
     assert history.warnings == [f"{tmp_path}: training restarted at step 10 (loss went back from a later step); "
                                 "where both sessions logged a step, the resumed run's value is used."]
     assert history.series("loss").to_numpy() == pytest.approx([float(s < 10) + 1.0 / (1 + s) for s in range(30)])
+
+
+def test_a_wandb_chart_export_keeps_each_value_not_its_bucket_bounds():
+    train, val = _curves()
+    rows = ["Step,run-a - train/loss,run-a - train/loss__MIN,run-a - train/loss__MAX,run-a - val/loss"]
+    rows += [f"{i},{t},{t - 0.1},{t + 0.1},{v}" for i, (t, v) in enumerate(zip(train, val))]
+    history = read_history("\n".join(rows).encode(), filename="wandb_export_2026-12-07.csv")
+    assert history.series_columns == ["run-a - train/loss", "run-a - val/loss"]
+    assert history.roles["train_loss"] == "run-a - train/loss" and history.x_columns == ["step"]
+
+
+def test_a_wandb_summary_is_refused_saying_where_the_history_is():
+    summary = {"_step": 1499, "_runtime": 812.3, "_timestamp": 1765100000.0, "train/loss": 0.06, "val/loss": 1.17,
+               "_wandb": {"runtime": 812}}
+    with pytest.raises(IncompatibleInput) as err:
+        read_history(json.dumps(summary).encode(), filename="wandb-summary.json")
+    assert one_line(err.value) == ("wandb-summary.json is a W&B run summary: its last values, not its history. "
+                                   "Export the history: the chart's menu > Download CSV, or "
+                                   "wandb.Api().run(PATH).history().to_csv(...).")
+
+
+def test_a_console_log_is_refused_saying_what_to_give():
+    text = "".join(f"Epoch {e}: train_loss={1 / (e + 1):.4f} val_loss={1.2 / (e + 1):.4f}\n" for e in range(5))
+    with pytest.raises(IncompatibleInput) as err:
+        read_history(text.encode(), filename="output.log")
+    assert one_line(err.value) == (
+        "output.log: no numeric series found (columns: Epoch 0: train_loss=1.0000 val_loss=1.2000). Give the run's "
+        "history as a table with a header row (CSV, JSON lines), TensorBoard event files or an MLflow run; console "
+        "output is not read.")

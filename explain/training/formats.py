@@ -88,8 +88,17 @@ def mark_nan(obj: Any) -> Any:
     return obj
 
 
+#: keys only W&B's ``wandb-summary.json`` (a run's last values) carries
+_WANDB_SUMMARY_KEYS = ("_wandb", "_runtime", "_timestamp")
+
+
 def frame_from_json(obj: Any, source: str) -> pd.DataFrame:
     obj = mark_nan(obj)
+    if isinstance(obj, dict) and any(k in obj for k in _WANDB_SUMMARY_KEYS) and not any(
+            isinstance(v, list) for v in obj.values()):
+        raise IncompatibleInput(f"{source} is a W&B run summary: its last values, not its history.",
+                                "Export the history: the chart's menu > Download CSV, or "
+                                "wandb.Api().run(PATH).history().to_csv(...).")
     if isinstance(obj, dict):
         for key in CHECKPOINT_HISTORY_KEYS:
             if key in obj and isinstance(obj[key], (list, dict)):
@@ -122,15 +131,33 @@ def load_json(text: str, where: str) -> Any:
     return obj
 
 
-def check_depth(obj: Any, where: str) -> None:
-    """Refuse containers nested deeper than :data:`MAX_JSON_DEPTH` (checked without recursion).
+def _values_in(value: Any) -> int:
+    """How many values one item holds: a tensor's or an array's elements (an expanded, stride-0 tensor
+    holds 10^9 from 4 bytes), else 1."""
+    numel = getattr(value, "numel", None)  # a torch tensor (formats imports no torch)
+    if callable(numel):
+        return int(numel())
+    size = getattr(value, "size", None)  # a numpy array or scalar
+    return size if isinstance(size, int) else 1
+
+
+def check_depth(obj: Any, where: str, max_values: int | None = None) -> None:
+    """Refuse containers nested deeper than :data:`MAX_JSON_DEPTH`, and, ``max_values`` given, an object
+    holding more values than that (each tensor counts its elements; shared entries count each time they
+    are met: a pickle's memo lets a few bytes name one record a million times). Checked without
+    recursion, stopping at the first excess, so a refusal costs at most ``max_values`` steps.
 
     Raises:
-        CorruptFile: nested too deeply.
+        CorruptFile: nested too deeply, or more than ``max_values`` values.
     """
     stack = [(obj, 1)]
+    count = 0
     while stack:
         value, depth = stack.pop()
+        count += _values_in(value)
+        if max_values is not None and count > max_values:
+            raise CorruptFile(f"{where} holds more values than its file has bytes ({max_values:,}): entries "
+                              "shared or expanded, not a training log.")
         if isinstance(value, (dict, list, tuple)):
             if depth > MAX_JSON_DEPTH:
                 raise _too_deep(where)
@@ -230,11 +257,13 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def checkpoint_history_frame(obj: dict[str, Any], source: str) -> pd.DataFrame:
-    """The history entry of a loaded checkpoint dict as a table.
+def checkpoint_history_frame(obj: dict[str, Any], source: str, max_values: int | None = None) -> pd.DataFrame:
+    """The history entry of a loaded checkpoint dict as a table; ``max_values``: the most values it may
+    hold (`check_depth`; a torch.save file's byte count: every value it stores costs at least a byte).
 
     Raises:
         IncompatibleInput: a checkpoint without a history.
+        CorruptFile: a history nested too deep or holding more than ``max_values`` values.
     """
     key = next((k for k in CHECKPOINT_HISTORY_KEYS if k in obj), None)
     if key is None:
@@ -242,7 +271,7 @@ def checkpoint_history_frame(obj: dict[str, Any], source: str) -> pd.DataFrame:
             f"{source}: the checkpoint has no training history.",
             f"Expected one of the keys {', '.join(CHECKPOINT_HISTORY_KEYS)}.",
         )
-    check_depth(obj[key], f"{source}: the history")
+    check_depth(obj[key], f"{source}: the history", max_values)
     return frame_from_json(plain(obj[key]), source)
 
 

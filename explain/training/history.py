@@ -48,6 +48,9 @@ _LOSS_TOKENS = {"loss", "nll", "objective", "cost"}
 _METRIC_TOKENS = ("accuracy", "acc", "f1", "auroc", "auc", "top1", "iou", "dice", "precision", "recall",
                   "map", "r2", "bleu", "score", "mae", "rmse", "mse", "error", "err", "perplexity", "ppl")
 _NAN_STRINGS = {"nan", "-nan", "+nan"}
+_BUCKET_BOUNDS = ("__MIN", "__MAX")
+LOG_HINT = ("Give the run's history as a table with a header row (CSV, JSON lines), TensorBoard event files or an "
+            "MLflow run; console output is not read.")
 _EMPTY_STRINGS = {"", "none", "null"}
 
 
@@ -235,8 +238,11 @@ def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str,
         raise CorruptFile(f"{source}: no rows found.")
     out: dict[str, pd.Series] = {}
     taken: dict[str, str] = {}
+    names = {str(c).strip() for c in raw.columns}
     for col in raw.columns:
         name = str(col).strip()
+        if name.endswith(_BUCKET_BOUNDS) and name[:-5] in names:
+            continue  # W&B's chart export: the min / max of each sampled bucket beside its value
         values = _numeric(raw[col])
         if values is None:
             continue  # text column (run names, dates): not a curve
@@ -252,7 +258,8 @@ def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str,
             out[name] = values
     series = [c for c in out if c not in X_COLUMNS]
     if not series:
-        raise IncompatibleInput(f"{source}: no numeric series found (columns: {', '.join(map(str, raw.columns))}).")
+        columns = ", ".join(map(str, raw.columns))
+        raise IncompatibleInput(f"{source}: no numeric series found (columns: {columns[:120]}).", LOG_HINT)
     frame = pd.DataFrame({**{x: out[x] for x in X_COLUMNS if x in out}, **{c: out[c] for c in series}})
     if not frame.index.equals(pd.RangeIndex(len(frame))):
         frame = frame.reset_index(drop=True)
@@ -285,7 +292,10 @@ def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> Training
         hf = _hf_trainer_state(data, source)
         if hf is not None:
             return _tidy(formats.checkpoint_history_frame(hf, source), source=source)
-    return _tidy(formats.checkpoint_history_frame(load_checkpoint_dict(data, source), source), source=source)
+    # a weights-only pickle may name one object many times (its memo) and expand a tensor without storing it:
+    # the history is refused past a value a byte before anything walks, copies or tables it
+    return _tidy(formats.checkpoint_history_frame(load_checkpoint_dict(data, source), source, len(data)),
+                 source=source)
 
 
 def _hf_trainer_state(data: bytes, source: str) -> dict | None:
