@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -18,6 +19,7 @@ from explain.generation.attribution import attribute_generation  # noqa: E402
 from explain.generation.greedy import generate_greedy  # noqa: E402
 from explain.generation.prompts import encode_texts  # noqa: E402
 from explain.generation.sampling import Sampling, generate_sampled  # noqa: E402
+from explain.loading.loader import load_model  # noqa: E402
 from explain.service.api import create_app  # noqa: E402
 from explain.service.client import register_model  # noqa: E402
 from explain.service.worker import start_embedded, stop_embedded  # noqa: E402
@@ -36,13 +38,52 @@ def model():
     return load_sample("keycopy")
 
 
+MASKED = "w9"  # the word the masked LM never gives (its logit -inf at every position)
+
+
+class MaskedLM(torch.nn.Module):
+    """ids [N, L] -> logits [N, L, 12]: an embedding's running sum through a head, ``MASKED``'s logit -inf."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = torch.nn.Embedding(12, 8), torch.nn.Linear(8, 12)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.head(torch.tanh(self.emb(ids).cumsum(1)))  # [N, L, V]
+        return logits.index_fill(-1, torch.tensor([11]), float("-inf"))  # id 11: w9
+
+
+def masked_lm(path) -> str:
+    """`MaskedLM` exported (batch 1..8, length 1..16) as a ``.pt2`` with its word-level tokenizer.json inside."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<unk>", "</s>"] + [f"w{i}" for i in range(10)]  # w9: id 11
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    dims = ({0: torch.export.Dim("batch", max=8), 1: torch.export.Dim("length", min=1, max=16)},)
+    program = torch.export.export(MaskedLM().eval(), (torch.ones(2, 5, dtype=torch.long),), dynamic_shapes=dims)
+    torch.export.save(program, path, extra_files={"tokenizer.json": tok.to_str()})
+    return str(path)
+
+
 @pytest.fixture(scope="module")
-def api(model, tmp_path_factory):
-    """A workspace with keycopy (and the classifier samples) registered, its API with a worker, an editor's header."""
+def masked(tmp_path_factory) -> tuple[str, object]:
+    """The masked LM's ``.pt2`` path and the model loaded from it."""
+    path = masked_lm(tmp_path_factory.mktemp("masked") / "masked.pt2")
+    return path, load_model(path)
+
+
+@pytest.fixture(scope="module")
+def api(model, masked, tmp_path_factory):
+    """A workspace with keycopy, a masked .pt2 LM (and the classifier samples) registered, its API with a worker,
+    an editor's header."""
     home = tmp_path_factory.mktemp("api_generate")
     ws = open_workspace(f"sqlite:///{home / 'glassbox.db'}", home=home / "home")
     ws.seed(sample_registry_files())
     register_model(ws, OP, model, sample_file("keycopy").read_bytes(), "keycopy.zip", "keycopy")
+    with open(masked[0], "rb") as fh:
+        register_model(ws, OP, masked[1], fh.read(), "masked.pt2", "masked")
     client = TestClient(create_app(ws, worker=True), raise_server_exceptions=False)
     yield ws, client, {"Authorization": f"Bearer {ws.users.add_token(OP, 'editor', 'editor')}"}
     stop_embedded(ws)
@@ -77,6 +118,17 @@ def test_generate_answers_the_librarys_numbers_and_saves_a_run(api, model):
     ("keycopy", {"prompts": PROMPTS, "parameters": {"steps": "8"}}, "must be an integer"),
     ("keycopy", {"prompts": PROMPTS, "parameters": {"targets": ["red"]}}, "one text per prompt"),
     ("cancer", {"prompts": PROMPTS}, "causal language models"),
+    ("keycopy", {"prompts": ["  "]}, "non-empty"),
+    ("keycopy", {"prompts": PROMPTS[:1], "parameters": {"max_new_tokens": 30}}, "with 30 more it exceeds the model's 32"),
+    ("keycopy", {"prompts": PROMPTS[:1], "parameters": {"max_new_tokens": 10**6}}, "max_new_tokens must be 1 .. "),
+    ("keycopy", {"prompts": PROMPTS[:1], "parameters": {"targets": [" ".join(["red"] * 30)]}}, "positions"),
+    ("keycopy", {"prompts": PROMPTS[:1], "parameters": {"targets": [" "]}}, "has no tokens"),
+    ("keycopy", {"prompts": PROMPTS, "parameters": {"contrast": "zebra"}}, "The contrast ('zebra') is not in the model's vocabulary"),
+    ("keycopy", {"prompts": PROMPTS, "parameters": {"contrast": "red hat"}}, "is 2 tokens"),
+    ("masked", {"prompts": ["w1 w2", "w3"], "parameters": {"targets": ["w4", "w5 w9"]}},
+     "Token 2 of continuation 2 ('w9') has log-probability -inf"),
+    ("masked", {"prompts": ["w1 w2"], "parameters": {"contrast": MASKED, "method": "saliency", "max_new_tokens": 2}},
+     "'w9' has log-probability -inf"),
 ])
 def test_a_bad_generate_request_is_400_and_queues_nothing(api, name, body, says):
     ws, client, editor = api
@@ -85,6 +137,20 @@ def test_a_bad_generate_request_is_400_and_queues_nothing(api, name, body, says)
     assert response.status_code == 400, response.text
     assert says in response.json()["error"] and "\n" not in response.json()["error"]
     assert len(ws.jobs.list(OP, limit=100)) == before
+
+
+def test_a_contrast_the_model_masks_at_a_later_step_is_refused_in_one_line_not_attributed_as_nan(masked):
+    """Past a generation's first step the contrasted context is known only in the job: there the alternative's -inf
+    log-probability (f = log p(A) - log p(B) = +inf) is refused before the grid, in the line the API's 400 gives."""
+    from explain.errors import UsageError
+    from explain.generation.occlusion import contrast_texts
+    from explain.generation.result import GeneratedText
+
+    text = GeneratedText(np.array([3, 4]), np.array([6, 7]), np.zeros(2))  # w1 w2 | w4 w5
+    with pytest.raises(UsageError) as caught:
+        contrast_texts(masked[1], [text], [11], 1, "integrated_gradients", 4, "pad", "token")
+    assert str(caught.value).startswith("The alternative 'w9' has log-probability -inf there: the model never gives it")
+    assert "step 1" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_generate_takes_only_post(api):

@@ -104,5 +104,5 @@ def test_alternatives_keep_their_leading_space(bpe_spec, tmp_path):
     path.write_text(" cat\ncat\n\n")
     assert read_alternatives(path, spec) == [tok.token_to_id("Ġcat"), tok.token_to_id("cat")]  # GPT-2's two "cat"s
     path.write_text(" catnap\n")
-    with pytest.raises(UsageError, match="Alternative 1 is 4 tokens"):
+    with pytest.raises(UsageError, match="Alternative is 4 tokens"):
         read_alternatives(path, spec)

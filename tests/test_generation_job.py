@@ -126,7 +126,7 @@ def test_a_run_keeps_the_selected_steps_lens_attention_and_contrast_equal_to_the
         generation_job(model, "keycopy", 1, PROMPTS, max_new_tokens=NEW, selected_step=3)
     with pytest.raises(UsageError, match="A contrast is attributed by"):
         generation_job(model, "keycopy", 1, PROMPTS, method="deeplift", contrast=" red")
-    with pytest.raises(UsageError, match="The contrast 1 is 2 tokens"):
+    with pytest.raises(UsageError, match="The contrast is 2 tokens"):
         generation_job(model, "keycopy", 1, PROMPTS, contrast=" red blue")
 
 

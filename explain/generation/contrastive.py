@@ -23,6 +23,7 @@ from torch import nn
 from explain.errors import IncompatibleInput, UsageError
 from explain.generation.attribution import DEFAULT_STEPS, checked_settings
 from explain.generation.causal_lm import attribution_lm, causal_lm, device_of, keeps_logits, precision_params
+from explain.generation.prompts import encode_texts, token_strings, unknown_token
 from explain.generation.reference import reference_embeddings
 from explain.generation.result import GeneratedText
 from explain.loading.model_process import in_model_process
@@ -139,6 +140,8 @@ def _contrast_one(lm: nn.Module, model: LoadedModel, text: GeneratedText, altern
     dtype = lm.get_input_embeddings().weight.dtype
     with torch.no_grad():
         x = lm.get_input_embeddings()(context).float()  # [n, D]
+        difference = float(_differences(lm, x[None].to(dtype), pair)[0])
+    _check_difference(model, difference, alternative, step)  # before the grid: an infinite f has no attribution
     ig = method == "integrated_gradients"
     base = reference_embeddings(lm, model, x, baseline) if ig else torch.zeros_like(x)
     alphas, weights = (quadrature(steps) if ig else (torch.ones(1, dtype=torch.float64),) * 2)
@@ -164,12 +167,56 @@ def _contrast_one(lm: nn.Module, model: LoadedModel, text: GeneratedText, altern
     else:
         values = (acc * x).sum(-1)
     with torch.no_grad():
-        difference = float(_differences(lm, x[None].to(dtype), pair)[0])
         baseline_difference = float(_differences(lm, base[None].to(dtype), pair)[0]) if ig else float("nan")
     error = abs(float(values.double().sum()) - (difference - baseline_difference)) if ig else float("nan")
     params = {"steps": steps, "baseline": baseline} if ig else {}
     return ContrastAttribution(text.input_ids[:n], step, token, alternative, values.cpu().numpy(), difference,
                                baseline_difference, error, method, params, time.perf_counter() - began)
+
+
+@in_model_process
+def check_contrast(model: LoadedModel, contexts: Sequence[np.ndarray], alternative: int, step: int) -> None:
+    """Refuse, before anything is attributed, an alternative whose log-probability after one of ``contexts``
+    (int ids [n_i]: a prompt and the tokens before the contrasted step ``step``) is not finite. One forward pass
+    per context.
+
+    Raises:
+        UsageError: which alternative, which step, in one line.
+    """
+    lm = causal_lm(model)
+    with torch.no_grad():
+        for context in contexts:
+            ids = torch.as_tensor(np.asarray(context, np.int64), device=device_of(lm))[None]  # [1, n]
+            logp = torch.log_softmax(lm(input_ids=ids, use_cache=False).logits[0, -1].float(), dim=-1)  # [V]
+            _check_difference(model, -float(logp[int(alternative)]), alternative, step)  # f's sign as -log p(B)
+
+
+def _check_difference(model: LoadedModel, difference: float, alternative: int, step: int) -> None:
+    """Refuse a contrast whose f = log p(A) - log p(B) is not finite: B masked there (+inf), or NaN logits."""
+    if np.isfinite(difference):
+        return
+    token = token_strings([alternative], model.spec)[0]
+    why = ("-inf there: the model never gives it (a masked token)" if difference == float("inf")
+           else "no finite value there: the model's logits are not finite")
+    raise UsageError(f"The alternative {token!r} has log-probability {why}, so a contrast at step {step} has no "
+                     "attribution.", "Contrast with another token.")
+
+
+def alternative_tokens(texts: Sequence[str], spec, what: str = "Alternative") -> list[int]:
+    """The one token id of each alternative text (encoded without special tokens, as a continuation is).
+
+    Raises:
+        UsageError: a text of no token or of several (`single_tokens`), or one the tokenizer reads as its unknown
+            token (not in the model's vocabulary) when the text is not that token itself.
+        IncompatibleInput: a text with no tokens (`explain.generation.prompts.encode_texts`).
+    """
+    ids = single_tokens(encode_texts(texts, spec, special_tokens=False), what)
+    unknown = unknown_token(spec)
+    for i, (text, token) in enumerate(zip(texts, ids)):
+        if unknown is not None and token == unknown[0] and text.strip() != unknown[1]:
+            raise UsageError(f"{_which(what, i, len(texts))} ({text!r}) is not in the model's vocabulary: its tokenizer reads it as "
+                             f"the unknown token {unknown[1]!r}.", "Give a token of the model's vocabulary.")
+    return ids
 
 
 def _differences(lm: nn.Module, points: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
@@ -188,10 +235,15 @@ def single_tokens(token_lists: Sequence[np.ndarray], what: str = "Alternative") 
     out = []
     for i, ids in enumerate(token_lists):
         if len(ids) != 1:
-            raise UsageError(f"{what} {i + 1} is {len(ids)} tokens; a contrast compares the token with one other token.",
+            raise UsageError(f"{_which(what, i, len(token_lists))} is {len(ids)} tokens; a contrast compares the token with one other token.",
                              "Give one token per line (the model's tokenizer decides what a token is).")
         out.append(int(ids[0]))
     return out
+
+
+def _which(what: str, i: int, count: int) -> str:
+    """``what`` alone for one alternative, else with its place (``Alternative 2``)."""
+    return what if count == 1 else f"{what} {i + 1}"
 
 
 def read_alternatives(path, spec) -> list[int]:
@@ -204,7 +256,7 @@ def read_alternatives(path, spec) -> list[int]:
     """
     from pathlib import Path
 
-    from explain.generation.prompts import encode_texts, read_token_lists
+    from explain.generation.prompts import read_token_lists
 
     path = Path(path)
     if path.suffix.lower() in (".npy", ".npz") or not path.is_file():
@@ -213,4 +265,4 @@ def read_alternatives(path, spec) -> list[int]:
     lines = [line for line in lines if line.strip()]
     if not lines:
         raise UsageError(f"{path.name} has no alternatives.", "Write one token per line.")
-    return single_tokens(encode_texts(lines, spec, special_tokens=False))
+    return alternative_tokens(lines, spec)

@@ -28,7 +28,7 @@ from explain.generation.attribution import DEFAULT_STEPS, DEFAULT_TOLERANCE, MAX
 from explain.generation.causal_lm import causal_lm, max_positions, require_causal_lm
 from explain.generation.chat import check_messages, render_chat
 from explain.generation.continuation import force_continuations
-from explain.generation.contrastive import single_tokens
+from explain.generation.contrastive import alternative_tokens, check_contrast
 from explain.generation.granularity import GRANULARITIES
 from explain.generation.greedy import MAX_NEW_TOKENS, generate_greedy
 from explain.generation.occlusion import (
@@ -134,8 +134,10 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
     Raises:
         IncompatibleInput: not a causal LM, a text with no tokens, a chat that is not a list of messages.
         UsageError: no prompts, an unknown method, baseline or granularity, steps or max_new_tokens out of range,
-            continuations not one per prompt, a prompt longer than the model's positions allow, a contrast of
-            several tokens, by a method that has none, or at a step past the tokens asked.
+            continuations not one per prompt, a prompt longer than the model's positions allow, a continuation's
+            token of no finite log-probability (scored now, `force_continuations`), a contrast of several tokens or
+            not in the vocabulary, by a method that has none, at a step past the tokens asked, or of no finite
+            log-probability where its context is known now (a continuation's step, a generation's first).
     """
     require_causal_lm(model, "Generate")
     if chats is not None:
@@ -188,8 +190,17 @@ def generation_job(model: LoadedModel, name: str, version: int, prompts: Sequenc
     if contrast:
         if method not in CONTRAST_METHODS:
             raise UsageError(f"A contrast is attributed by {', '.join(CONTRAST_METHODS)}, not {method}.")
-        alternative = single_tokens(encode_texts([contrast], model.spec, special_tokens=False), "The contrast")[0]
+        alternative = alternative_tokens([contrast], model.spec, "The contrast")[0]
     forced = continuations is not None
+    if forced:  # scored now (the model process): a token of no finite log-probability is refused before queueing
+        texts = force_continuations(model, ids, given)
+    if alternative is not None and (forced or selected_step == 0):  # the contrasted step's context known now
+        contexts = ids  # a generation's first step: after its prompt
+        if forced:
+            at = [min(selected_step, len(t.generated_ids) - 1) for t in texts]  # a shorter continuation: its last
+            contexts = [t.input_ids[: len(t.prompt_ids) + s] for t, s in zip(texts, at)
+                        if int(t.generated_ids[s]) != alternative]  # the token itself: no contrast (`_views`)
+        check_contrast(model, contexts, alternative, selected_step)
     params = {"model": name, "version": int(version), "method": method,
               "steps": int(steps) if method == "integrated_gradients" else 1,
               "baseline": baseline if method in (*REFERENCE_METHODS, OCCLUSION) else "",

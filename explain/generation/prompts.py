@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from explain.errors import CorruptFile, IncompatibleInput, UsageError
-from explain.inputs.text import _hf_tokenizer, raw_tokens, tokenizer_panics
+from explain.inputs.text import UNK_TOKENS, _hf_tokenizer, raw_tokens, tokenizer_panics
 from explain.loading.source import read_source
 from explain.spec import InputSpec
 
@@ -39,6 +39,18 @@ def encode_texts(texts: Sequence[str], spec: InputSpec, special_tokens: bool = T
         if ids.size == 0:
             raise IncompatibleInput(f"Text {i + 1} ({texts[i][:40]!r}) has no tokens.")
     return out
+
+
+def unknown_token(spec: InputSpec) -> tuple[int, str] | None:
+    """The tokenizer's unknown token (its id and string: what a word outside the vocabulary becomes), None when it
+    has none (a byte-level BPE spells every text)."""
+    tok = _tokenizer(spec)
+    names = [getattr(tok.model, "unk_token", None), *UNK_TOKENS]  # the model's own (WordLevel, WordPiece, BPE) first
+    for name in names:
+        found = tok.token_to_id(name) if isinstance(name, str) else None
+        if found is not None:
+            return int(found), name
+    return None
 
 
 def decode_ids(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> str:

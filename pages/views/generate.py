@@ -18,7 +18,7 @@ from explain.errors import GlassboxError
 from explain.generation.attention import causal_rollout, text_attention
 from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
 from explain.generation.causal_lm import hidden_states_out_of_reach
-from explain.generation.contrastive import single_tokens
+from explain.generation.contrastive import alternative_tokens
 from explain.generation.explained import (
     DEFAULT_MAX_NEW,
     FIRST_VIEW_FILE,
@@ -119,7 +119,7 @@ def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> N
     if cached is None or cached[0] != key:
         cached = None
         with state.error_boundary("Contrasting"):
-            alternative = single_tokens([ids])[0]
+            alternative = alternative_tokens([other], model.spec, "The contrast")[0]  # the unknown token refused
             with hold_model(model):
                 found = contrast_texts(model, [view.text], [alternative], t, attr.method,
                                        int(attr.params.get("steps", 1)), attr.params.get("baseline") or "pad",
