@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 
+import anyio
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -317,6 +318,8 @@ def test_concurrent_predicts_are_one_engine_batch_each_answered_with_its_rows(cl
 
 
 def test_concurrent_one_row_explains_are_one_job_each_answered_with_its_row(client):
+    """They wait in the event loop (`Batcher.arun`); their values are those of the same requests sent one
+    at a time."""
     ws, app, test_client, h = client
     parameters = {"method": "integrated_gradients", "steps": 16, "tolerance": 1.0, "target": 1}
     jobs_before = len(ws.jobs.list(OP))
@@ -332,13 +335,22 @@ def test_concurrent_one_row_explains_are_one_job_each_answered_with_its_row(clie
     answers, threads = _concurrently([ask(i) for i in range(4)])
     while app.state.batcher.waiting() < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
+
+    async def threads_busy() -> int:
+        return anyio.to_thread.current_default_thread_limiter().borrowed_tokens
+
+    # waiting in the event loop: a thread for the held batch and one for the four's leader, none a request
+    assert test_client.portal.call(threads_busy) == 2
     start_embedded(ws)
     try:
         for t in [*holder, *threads]:
             t.join(120)
+        batches = list(app.state.batcher.batches)  # (rows, requests): the held request, then the four together
+        sequential = [ask(i)() for i in range(4)]  # the same requests one at a time: a job each
     finally:
         stop_embedded(ws)
-    assert len(ws.jobs.list(OP)) == jobs_before + 2  # the first request's job, then one for the four
+    assert batches == [(1, 1), (4, 4)]
+    assert len(ws.jobs.list(OP)) == jobs_before + 2 + 4  # the first request's job, one for the four, one each
     bodies = [answers[i].json() for i in range(4)]
     assert all(answers[i].status_code == 200 for i in range(4)), bodies
     assert len({b["run"] for b in bodies}) == 1 and sorted(b["run_rows"][0] for b in bodies) == [0, 1, 2, 3]
@@ -352,6 +364,9 @@ def test_concurrent_one_row_explains_are_one_job_each_answered_with_its_row(clie
         assert body["explanations"][0]["target"] == 1
         want = method.explain(load_sample("cancer"), X[i:i + 1], target=1, steps=16, tolerance=1.0, use_cache=False)
         np.testing.assert_allclose(got, want.values[0], rtol=0, atol=1e-6)
+        alone = sequential[i].json()
+        assert sequential[i].status_code == 200 and alone["run"] != body["run"] and alone["run_rows"] == [0]
+        np.testing.assert_allclose(got, alone["explanations"][0]["values"], rtol=0, atol=1e-6)
     assert first[0].status_code == 200 and first[0].json()["run_rows"] == [0]
 
 

@@ -23,7 +23,8 @@ dtype, target range, the method fits the model, parameters' types and ranges: `c
 ``Allow`` header. Concurrent ``:predict`` requests of one model version, concurrent one-row
 ``:explain`` requests of one caller, version, method, parameters and target, and concurrent greedy
 ``:generate`` requests of one caller, version and parameters are batched (`explain.service.batching`,
-``max_batch_rows`` / ``max_delay_ms``): one engine batch (one job for ``:explain`` and ``:generate``,
+``max_batch_rows`` / ``max_delay_ms``; ``:predict``'s and ``:explain``'s requests wait in the event loop,
+one worker thread per batch: `Batcher.arun`): one engine batch (one job for ``:explain`` and ``:generate``,
 whose run holds every member's rows: ``run_rows`` says which are this request's), each request
 answered with its own rows. A sampled ``:generate`` (prompt i drawn with seed + i) or one with
 ``targets`` or ``messages`` is a job of its own (`generates_alone`).
@@ -294,6 +295,11 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
              "completeness_error": None if errors is None or not np.isfinite(errors[i]) else float(errors[i])}
             for i in range(len(values))]
 
+    def explanations(rows: list[dict], meta: dict, run_rows: list[int]) -> Response:
+        """An ``:explain`` answer, written by orjson (FastAPI's encoder walks every number of every map)."""
+        return Response(orjson.dumps({"explanations": rows, **meta, "run_rows": run_rows}),
+                        media_type="application/json")
+
     # -- models ---------------------------------------------------------------------------------------
     @app.get("/v1/models", summary="The registered models")
     def list_models(actor: Actor = Depends(caller)) -> dict:
@@ -360,18 +366,23 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         return Response(content, headers=headers)
 
     @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run",
-              openapi_extra=body_schema(ExplainBody))
-    def explain(name: str, request: Request, actor: Actor = Depends(caller)) -> dict:
-        require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
-        info, model, instances, parameters, binary_output = request_rows(request, actor, name, ExplainBody)
-        if binary_output is not None and not parameters:  # a binary body's, as ExplainBody's default
-            parameters = {"method": "integrated_gradients"}
-        params, arrays, title = check_explain(model, info.name, info.version, instances, parameters)
+              openapi_extra={**body_schema(ExplainBody), "security": [{"HTTPBearer": []}]})
+    async def explain(name: str, request: Request) -> Response:
+        actor = await gated_caller(request)
+
+        def checked() -> tuple:  # the role, the version, the rows and the request checked (400): one thread hop
+            require(actor, Action.SAVE_RUN)  # before any model is loaded for this caller
+            info, model, instances, parameters, binary_output = request_rows(request, actor, name, ExplainBody)
+            if binary_output is not None and not parameters:  # a binary body's, as ExplainBody's default
+                parameters = {"method": "integrated_gradients"}
+            return info, model, parameters, *check_explain(model, info.name, info.version, instances, parameters)
+
+        info, model, parameters, params, arrays, title = await anyio.to_thread.run_sync(checked)
         x = arrays["inputs"]  # [N, *input_shape]
         if len(x) > 1 or set(arrays) != {"inputs"}:  # several rows, or array parameters: a job of its own
-            meta, rows = answered(actor, submit_job(ws, actor, "explain", params, title=title, inputs=arrays,
-                                                    priority="interactive", max_active=max_jobs))
-            return {"explanations": rows, **meta, "run_rows": list(range(len(rows)))}
+            meta, rows = await anyio.to_thread.run_sync(lambda: answered(actor, submit_job(
+                ws, actor, "explain", params, title=title, inputs=arrays, priority="interactive", max_active=max_jobs)))
+            return explanations(rows, meta, list(range(len(rows))))
         target = params["target"][0] if isinstance(params["target"], list) else params["target"]
         given = {**parameters, "target": target}
 
@@ -389,14 +400,15 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
             out[:] = [(meta, i, answer) for i, answer in enumerate(answers)]
             return out
 
-        # one-row requests of this caller, version, method, parameters and target: one job together
+        # one-row requests of this caller, version, method, parameters and target: one job together, the
+        # requests waiting in the event loop, one worker thread per batch submitting and waiting (`Batcher.arun`)
         key = ("explain", actor.name, info.name, info.version, target,
                json.dumps(params["methods"], sort_keys=True, default=str))
-        (answered_row,) = batcher.run(key, x, explain_rows)
+        (answered_row,) = await batcher.arun(key, x, explain_rows)
         if isinstance(answered_row, ApiError):
             raise answered_row
         meta, row, answer = answered_row
-        return {"explanations": [answer], **meta, "run_rows": [row]}
+        return explanations([answer], meta, [row])
 
     @app.post("/v1/models/{name}:generate",
               summary="A causal LM's continuations, each token attributed; an interactive job saved as a run")

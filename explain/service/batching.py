@@ -22,7 +22,7 @@ come while one runs gather into the next (under load the batches grow by themsel
 gets exactly its rows of the result. When the batch fails, every member's rows run again on their
 own, so a request that breaks the model fails alone and its neighbours get their answers.
 
-`arun` is `run` for a caller in an event loop (the API's ``:predict``): the request waits there, on a
+`arun` is `run` for a caller in an event loop (the API's ``:predict`` and ``:explain``): the request waits there, on a
 future of its own, and one worker thread per *batch* (not one per request, issue 23) waits for company
 and runs ``fn``. That thread is started by a task of its own, so a request cancelled while it waits (its
 client gone) leaves its group's batch running for the others. Callers of
