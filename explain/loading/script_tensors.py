@@ -10,6 +10,7 @@ imported or run here; the graph itself is only ever opened in its model process.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ from typing import Any
 
 import torch
 
-from explain.errors import CorruptFile, IncompatibleInput, UnsafeFile
+from explain.errors import CorruptFile, IncompatibleInput, UnsafeFile, one_line
 from explain.loading.script_check import MAX_PICKLE_BYTES
-from explain.loading.source import Archive, find_member, open_archive
+from explain.loading.source import Archive, find_member, more_values_than_bytes, open_archive
 
 _DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
            "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
@@ -109,11 +110,18 @@ def read_script_state(data: bytes, name: str) -> dict[str, torch.Tensor]:
     """A TorchScript archive's tensors by state-dict name, read as data (CPU copies)."""
     archive = open_archive(data, "TorchScript")
     root = _root(archive)
+    refs = tensor_refs(archive)
+    if sum(math.prod(ref.size) for ref in refs.values()) > len(data):  # before a value is copied
+        raise more_values_than_bytes(f"{name}: the TorchScript archive", len(data))
     state = {}
-    for key, ref in tensor_refs(archive).items():
+    for key, ref in refs.items():
         blob = archive.read(f"{root}data/{ref.key}")
         storage = torch.frombuffer(bytearray(blob), dtype=ref.dtype) if blob else torch.empty(0, dtype=ref.dtype)
-        state[key] = torch.as_strided(storage, ref.size, ref.stride, ref.offset).clone()
+        try:
+            state[key] = torch.as_strided(storage, ref.size, ref.stride, ref.offset).clone()
+        except RuntimeError as exc:  # a view past its storage's end, a negative size
+            raise CorruptFile(f"{name}: the TorchScript archive's tensor {key[:80]!r} is damaged "
+                              f"({one_line(exc, 120, typed=False)}).") from None
     if not state:
         raise IncompatibleInput(f"{name}: the TorchScript archive holds no weights.")
     return state

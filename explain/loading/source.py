@@ -463,6 +463,15 @@ def _refuse_compressed_records(file: BinaryIO, what: str) -> None:
                           "Save the weights again with torch.save or as safetensors.")
 
 
+def more_values_than_bytes(what: str, nbytes: int) -> CorruptFile:
+    """The refusal of a file whose ``what`` (its tensors, a history) holds more values than the file has
+    bytes: every value stored costs at least one, so more were named again by reference (a pickle's memo,
+    many names viewing one storage) or expanded over one stored value (stride 0), which a reader that
+    copies or walks them pays for in full (a 2 KB file, gigabytes)."""
+    return CorruptFile(f"{what} holds more values than its file has bytes ({nbytes:,}): entries shared or "
+                       "expanded, not a saved state.", "Save it again with torch.save (tensors saved whole).")
+
+
 def describe_content(data: bytes) -> str | None:
     """What a file that is not a torch / zip archive looks like ("a text file", "an image", ...), or None
     when it may be one. The one wording for a wrong file, whichever upload it was given to."""

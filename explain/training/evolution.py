@@ -38,7 +38,7 @@ from explain.inputs.text import padding_mask
 from explain.loading import huggingface
 from explain.loading.export import is_export_archive
 from explain.loading.script_tensors import read_script_state, tensor_refs, with_weights
-from explain.loading.source import Archive, find_member, open_archive, read_source
+from explain.loading.source import Archive, find_member, more_values_than_bytes, open_archive, read_source
 from explain.loading.torchscript import is_torchscript
 from explain.loading.weights import WeightsRefused, key_variants, read_safetensors
 from explain.model import LoadedModel
@@ -168,6 +168,8 @@ def read_checkpoint(source: str | os.PathLike | bytes | tuple[str, bytes], filen
             state = obj[key]
             break
     tensors = {str(k): v.detach().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if sum(t.numel() for t in tensors.values()) > len(data):  # compared, each is copied whole
+        raise more_values_than_bytes(f"{name}: the checkpoint", len(data))
     if not tensors:
         raise IncompatibleInput(f"{name}: no weights found (expected a state dict or a 'model_state_dict' entry).")
     epoch = obj.get("epoch")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from explain.errors import CorruptFile, IncompatibleInput, one_line
-from explain.loading.source import describe_content, weights_only_load
+from explain.loading.source import describe_content, more_values_than_bytes, weights_only_load
 from explain.training.event_records import read_scalar_events
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
@@ -156,8 +156,7 @@ def check_depth(obj: Any, where: str, max_values: int | None = None) -> None:
         value, depth = stack.pop()
         count += _values_in(value)
         if max_values is not None and count > max_values:
-            raise CorruptFile(f"{where} holds more values than its file has bytes ({max_values:,}): entries "
-                              "shared or expanded, not a training log.")
+            raise more_values_than_bytes(where, max_values)
         if isinstance(value, (dict, list, tuple)):
             if depth > MAX_JSON_DEPTH:
                 raise _too_deep(where)
