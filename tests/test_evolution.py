@@ -293,3 +293,11 @@ def test_a_torchscript_checkpoint_naming_any_other_global_is_refused_unread(own_
             zf.writestr(info, evil if info.filename.endswith("/data.pkl") else source.read(info))
     with pytest.raises(UnsafeFile, match="references posix.system"):
         read_script_state(out.getvalue(), "evil.pt")
+
+
+def test_lightning_checkpoints_name_the_layers_without_the_wrapper_prefix(own_run):
+    root, _, _ = own_run
+    change = compute_weight_changes(read_checkpoints(sorted(root.glob("epoch=*.ckpt"))))
+    plain = compute_weight_changes(read_checkpoints(sorted(root.glob("model_epoch*.pt"))))
+    assert change.layers == plain.layers == ["body.0", "head"]
+    np.testing.assert_allclose(change.values, plain.values)

@@ -281,7 +281,8 @@ def aligned_states(checkpoints: Sequence[Checkpoint]) -> list[dict[str, torch.Te
     """
     first = checkpoints[0]
     best: tuple[int, str] | None = None
-    for base in key_variants(first.state_dict):
+    variants = key_variants(first.state_dict)  # every key under a wrapper prefix: the layers' own names first
+    for base in sorted(variants, key=lambda v: (v is variants[0], len(v) < len(first.state_dict))):
         names = {n: tuple(t.shape) for n, t in base.items() if t.is_floating_point() and not n.endswith(_BUFFER_SUFFIXES)}
         states = [base]
         for ckpt in checkpoints[1:]:
