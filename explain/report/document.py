@@ -243,7 +243,9 @@ class Report:
         )
         body = "\n".join(s.to_html(a) for s, a in zip(self.sections, anchors))
         created = self.created.strftime("%Y-%m-%d %H:%M:%S UTC")
-        data = self.data_json().replace("</", "<\\/")  # never close the script early
+        # no "<" in the data at all: "</script" would close the element early, and "<!--<script>" puts the parser
+        # into the double-escaped state where the element runs on past its end tag (a comment's text is data)
+        data = self.data_json().replace("<", "\\u003c")
         return _PAGE.format(
             title=escape(self.title), created=escape(created), toc=toc,
             subtitle=escape(self.subtitle + " · " if self.subtitle else ""), body=body, css=_CSS,
@@ -322,7 +324,7 @@ def read_report_data(html_text: str) -> dict[str, Any]:
     match = re.search(rf'<script type="application/json" id="{DATA_SCRIPT_ID}">(.*?)</script>', html_text, re.S)
     if not match:
         raise UsageError("This HTML is not a Glassbox report (no embedded data).")
-    return json.loads(match.group(1).replace("<\\/", "</"))
+    return json.loads(match.group(1).replace("<\\/", "</"))  # "<\\/": a report made before "<" became \\u003c
 
 
 def drop_volatile(data: Any) -> Any:
