@@ -25,6 +25,10 @@ CAUSAL_LM_NOTE = ("This is a causal language model; the classifier views and met
                   "Explain what it generates on the Generate page or with `python -m explain generate` "
                   "(or logit-lens, attention --prompts).")
 SPEC_FILENAME = "glassbox_spec.json"
+#: the inputs array of a saved run (`explain.workspace.runs`) holding the run's spec: its JSON as UTF-8 bytes
+#: (uint8), stored once per distinct inputs blob (a Hugging Face tokenizer in it can be megabytes: not in the
+#: row's JSON); here, so that a first view (`explain.report.first_view`) reads it without the workspace
+SPEC_KEY = "spec_json"
 
 
 @dataclass

@@ -3,7 +3,7 @@ Overview's title, the sidebar's sample choice, the sample's training curves and 
 prediction and the attribution map with its caption), and the script run ends there (torch, captum and shap not
 imported); the curves and the map are the Overview's own figures (the settled page draws the same map, same z
 and colour limits); a background import of the pages' glue follows, and the next run is the page itself; nothing
-is drawn while the workspace has accounts."""
+is drawn while the workspace has accounts (read without SQLAlchemy in an SQLite workspace)."""
 from __future__ import annotations
 
 import json
@@ -35,7 +35,8 @@ if sys.argv[1] == "accounts":
 at = AppTest.from_file(ROOT + "/app.py", default_timeout=300)
 at.run()
 assert not at.exception, at.exception
-first = {"heavy": [m for m in HEAVY if m in sys.modules], "titles": [t.value for t in at.title],
+first = {"heavy": [m for m in HEAVY if m in sys.modules], "sqlalchemy": "sqlalchemy" in sys.modules,
+         "titles": [t.value for t in at.title],
          "charts": charts(at), "sidebar": [h.value for h in at.sidebar.header],
          "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown],
          "selects": [(s.label, s.disabled) for s in at.main.selectbox]}
@@ -88,6 +89,7 @@ def test_the_first_run_imports_no_torch_and_draws_the_samples_figures(tmp_path):
     found = run_first_paint(tmp_path, "none")
     first, changed, page, shapes_page = found["first"], found["changed"], found["page"], found["shapes_page"]
     assert first["heavy"] == []  # the first script run imported neither torch nor captum nor shap
+    assert first["sqlalchemy"] is False  # nor the workspace's database layer (`explain.workspace.peek`)
     assert first["titles"] == ["Overview"] and first["sidebar"] == ["Model"] and first["sample"] == "shapes"
     # the sample's curves (the Overview's own training figure) and its first view's map, with its caption
     assert set(first["charts"]) == {"ov_curves_first_paint", "ov_map"}

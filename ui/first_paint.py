@@ -18,9 +18,12 @@ runs the app again, and that run is the page as always (it replaces the preview)
 is the page.
 
 Nothing here may import torch (`tests/test_first_paint.py`), and nothing is drawn while the
-workspace has accounts (the sign-in gate comes first). The workspace is opened here
-(`open_server_workspace`, the one cached opening `ui.workspace` uses too, seeded with the samples
-after the preview, `seeded_workspace`) so that the check costs no torch import.
+workspace has accounts (the sign-in gate comes first). That check reads an SQLite workspace with the
+standard library (`explain.workspace.peek.has_accounts`: SQLAlchemy and the tables cost about a second before
+the first element); for any other database the workspace is opened here (`open_server_workspace`, the one
+cached opening `ui.workspace` uses too, seeded with the samples after the preview, `seeded_workspace`), so that
+the check costs no torch import either. The sample's first view shipped beside it is read without the
+workspace (`explain.report.first_view.read_shipped_first_view`).
 """
 from __future__ import annotations
 
@@ -30,14 +33,16 @@ import logging
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from explain.config import database_url, glassbox_home
 from explain.digest import digest_bytes
 from explain.inputs.reading import InputBatch
-from explain.report.first_view import DEFAULT_METHOD, FirstView, find_first_view, first_view_id
-from explain.workspace import Actor, Workspace, open_workspace
+from explain.report.first_view import DEFAULT_METHOD, FirstView, find_first_view, first_view_id, read_shipped_first_view
+from explain.workspace.peek import has_accounts
+from explain.workspace.roles import Actor
 from sample_models import SAMPLE_NAMES, sample_dir, sample_file, sample_inputs, sample_registry_files
 from ui.inputs_view import render_preprocessing_of
 from ui.map_view import draw_map
@@ -54,6 +59,9 @@ from ui.overview_view import (
 )
 from ui.sample_choice import SOURCE_KEY, chosen_sample, render_sample_choice, render_source_choice, shipped_first_view
 from ui.text import escape_markdown
+
+if TYPE_CHECKING:
+    from explain.workspace import Workspace
 
 log = logging.getLogger("glassbox.ui")
 
@@ -72,7 +80,10 @@ _FIRST_TICK_KEY = "gb_first_paint_drawn"  # the preview's first run is over (its
 
 @st.cache_resource(show_spinner="Opening the workspace…")
 def open_server_workspace(url: str, home: str) -> Workspace:
-    """The workspace of this server, opened once per process: enough for the preview's account check."""
+    """The workspace of this server, opened once per process (SQLAlchemy and the tables imported: about a second
+    of a fresh process, which the preview spends only when `explain.workspace.peek` cannot answer)."""
+    from explain.workspace import open_workspace
+
     return open_workspace(url, home)
 
 
@@ -97,7 +108,10 @@ def preview_sample(is_overview: bool) -> str | None:
     name = chosen_sample()
     if name not in SAMPLE_NAMES:
         return None
-    if open_server_workspace(database_url(), str(glassbox_home())).users.any_accounts():
+    accounts = has_accounts(database_url())  # an SQLite workspace: read without SQLAlchemy
+    if accounts is None:
+        accounts = open_server_workspace(database_url(), str(glassbox_home())).users.any_accounts()
+    if accounts:
         return None  # nothing before sign-in
     return name
 
@@ -126,8 +140,11 @@ def sample_first_view(name: str) -> FirstView | None:
         return None
     x = sample_inputs(name)["inputs"][:1]  # [1, ...]
     run_id = first_view_id(digest_bytes(sample_file(name).read_bytes()), x)  # the page's model: that file
+    shipped = read_shipped_first_view(run_id, shipped_first_view(name))  # no workspace needed
+    if shipped is not None:
+        return shipped
     ws = open_server_workspace(database_url(), str(glassbox_home()))
-    return find_first_view(run_id, shipped_first_view(name), ws, Actor.local())  # no accounts (`preview_sample`)
+    return find_first_view(run_id, None, ws, Actor.local())  # no accounts (`preview_sample`)
 
 
 def _draw_first_view(name: str, first: FirstView | None) -> None:

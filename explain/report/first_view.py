@@ -27,11 +27,11 @@ import numpy as np
 from explain.attribution import Attribution, completeness_text
 from explain.digest import digest_array, digest_bytes
 from explain.errors import GlassboxError
-from explain.spec import InputSpec
-from explain.workspace.runs import SPEC_KEY, SavedRun
+from explain.spec import SPEC_KEY, InputSpec
 
 if TYPE_CHECKING:
     from explain.workspace import Actor, Workspace
+    from explain.workspace.runs import SavedRun
 
 #: the method the Overview opens with
 DEFAULT_METHOD = "integrated_gradients"
@@ -122,9 +122,9 @@ class FirstView:
         return cls(meta["id"], meta["sha256"], meta["summary"], parts["inputs"], parts["results"])
 
 
-def find_first_view(run_id: str, shipped: Path | None, ws: Workspace, actor: Actor) -> FirstView | None:
-    """The first view under ``run_id``: the file ``shipped`` beside the sample when it holds that view, else
-    the workspace's run of that id; None when neither has it (or what is there cannot be read)."""
+def read_shipped_first_view(run_id: str, shipped: Path | None) -> FirstView | None:
+    """The first view under ``run_id`` in the file ``shipped`` beside the sample; None when it holds another
+    view, is absent or cannot be read (no workspace needed: the app's first paint reads it before SQLAlchemy)."""
     if shipped is not None and shipped.is_file():
         try:
             found = FirstView.read(shipped)
@@ -132,6 +132,16 @@ def find_first_view(run_id: str, shipped: Path | None, ws: Workspace, actor: Act
                 return found
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # an unreadable file: the workspace's run, or the page computes it
+    return None
+
+
+def find_first_view(run_id: str, shipped: Path | None, ws: Workspace, actor: Actor) -> FirstView | None:
+    """The first view under ``run_id``: the file ``shipped`` beside the sample when it holds that view
+    (`read_shipped_first_view`), else the workspace's run of that id; None when neither has it (or what is there
+    cannot be read)."""
+    found = read_shipped_first_view(run_id, shipped)
+    if found is not None:
+        return found
     try:
         return FirstView.from_run(ws.runs.open(actor, run_id))
     except GlassboxError:  # none saved yet: the page computes it and saves it (`ui.workspace.keep_first_view`)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from explain.errors import NotFound, UsageError
 from explain.jsonable import to_json_safe
-from explain.spec import InputSpec
+from explain.spec import SPEC_KEY, InputSpec
 from explain.workspace.core import Core, iso, new_id
 from explain.workspace.registry import Registry
 from explain.workspace.roles import Action, Actor
@@ -90,11 +90,6 @@ class RunInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-#: the inputs array holding the run's spec: its JSON as UTF-8 bytes (uint8), stored once per
-#: distinct inputs blob (a Hugging Face tokenizer in it can be megabytes: not in the row's JSON).
-SPEC_KEY = "spec_json"
 
 
 def spec_inputs(spec: InputSpec) -> dict[str, np.ndarray]:
