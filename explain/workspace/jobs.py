@@ -194,7 +194,8 @@ class Jobs:
         with self.core.db.transaction() as s:
             role = self.core.require(s, actor, Action.READ)
             row = self._row(s, job_id)
-            owner = row.owner == actor.name and bool(row.owner_is_token) == actor.token
+            # name, token and operator flags all (`owner_actor`): an account may be named as a token or as `cli:<login>`
+            owner = _info(row).owner_actor == actor
             if not owner and not allows(role, Action.MANAGE_USERS):
                 raise PermissionDenied(f"{actor.name} may not cancel {row.owner}'s job.",
                                        "Only its owner or an admin may.")
