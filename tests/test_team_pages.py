@@ -2,6 +2,7 @@
 each against its own workspace (GLASSBOX_HOME in a temp dir)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explain.digest import digest_bytes
+from explain.training.history import read_history
 from explain.workspace import Actor, RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +171,16 @@ def test_training_run_saves_findings_and_attaches_the_logs_to_the_version(home):
     assert not at.exception, at.exception
     run = ws.runs.list(Actor.local(), model="shapes")[0]
     assert run.page == "training" and run.summary["tables"] and run.summary["findings"]
+    assert run.title == "Training of shapes (1 log)"
+    opened = _app(run=run.id)  # the link: the curves drawn again, the table with its epochs
+    assert not opened.exception, opened.exception
+    figure = json.loads(opened.get("plotly_chart")[0].proto.spec)
+    shown = {t["name"] for t in figure["data"] if t.get("name")}
+    assert {"train loss (train_loss)", "validation loss (val_loss)"} <= shown, shown
+    log = read_history(ROOT / "sample_models" / "shapes" / "train_log.csv").by_epoch()
+    table = opened.dataframe[0].value
+    assert table["epoch"].tolist() == log.index.tolist()
+    np.testing.assert_allclose(table["val_loss"], log["val_loss"])
     kinds = {a.kind for a in ws.registry.attachments(Actor.local(), "shapes", 1)}
     assert kinds == {"training_log", "checkpoint"}
     again = at.switch_page("pages/views/training.py").run()  # saving again stores no second copy

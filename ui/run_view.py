@@ -121,6 +121,24 @@ def _draw_snapshot(run: SavedRun) -> None:
         st.caption(escape_markdown(note))
 
 
+def _draw_training(run: SavedRun) -> None:
+    """A Training run: its curves drawn again from the saved per-epoch tables (one run with its findings
+    marked, or the runs overlaid), then its findings and tables as `_draw_snapshot` shows them."""
+    from explain.training.history import history_from_table
+    from explain.viz import training as viz
+    from ui import state
+
+    snapshot = saved_snapshot(run)
+    tables = snapshot.tables
+    with state.error_boundary("Drawing the saved curves"):
+        histories = [history_from_table(frame, title) for title, frame in tables.items()]
+        smoothing = viz.default_smoothing(histories)
+        figure = (viz.figure_curves(histories[0], snapshot.findings, smoothing) if len(histories) == 1
+                  else viz.figure_runs(histories, smoothing, x=histories[0].default_x))
+        st.plotly_chart(figure, key=f"run_{run.info.id}_curves")
+    _draw_snapshot(run)
+
+
 def _draw_importance(run: SavedRun) -> None:
     from explain.output.importance_job import saved_importance
     from ui.analysis_view import render_importance
@@ -151,7 +169,7 @@ def _draw_generation(run: SavedRun) -> None:
 
 #: how each run kind is drawn, keyed by the kinds of `explain.workspace.run_kinds.RUN_KINDS`.
 DRAWERS = {"output": _draw_output, "dataset": _draw_dataset, "report": _draw_report,
-           "structure": _draw_snapshot, "training": _draw_snapshot, "overview": _draw_snapshot,
+           "structure": _draw_snapshot, "training": _draw_training, "overview": _draw_snapshot,
            "importance": _draw_importance, "drift": _draw_drift, "comparison": _draw_comparison,
            "generation": _draw_generation}
 

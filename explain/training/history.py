@@ -279,6 +279,14 @@ def _tidy(raw: pd.DataFrame, step_is_epoch: bool = False, *, source: str,
     return TrainingHistory(frame=frame, roles=guess_roles(series), sources=[source], name=name, warnings=warnings)
 
 
+def history_from_table(table: pd.DataFrame, name: str) -> TrainingHistory:
+    """A per-epoch table read back as a history (a saved Training run's: its x column and series;
+    roles guessed from the names, as a log's are)."""
+    history = _tidy(table, source=name)
+    history.name = name
+    return history
+
+
 def read_checkpoint_history(data: bytes, source: str = "checkpoint") -> TrainingHistory:
     """The ``history`` stored in a checkpoint dict, loaded weights-only; for a Hugging Face
     checkpoint (a zip), the ``log_history`` of its Trainer's ``trainer_state.json``.

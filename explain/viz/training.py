@@ -87,6 +87,13 @@ def _mark_findings(fig: go.Figure, history: TrainingHistory, findings: Sequence[
         level += 1
 
 
+def default_smoothing(histories: Sequence[TrainingHistory]) -> float:
+    """The curves' smoothing before anyone moves the slider: 0.6 from 30 points on, else none (it would lag
+    behind a short run's curve)."""
+    points = max((len(h.by_epoch()) for h in histories), default=0)
+    return 0.6 if points >= 30 else 0.0
+
+
 def figure_curves(
     history: TrainingHistory,
     findings: Sequence[Finding] = (),

@@ -125,8 +125,7 @@ else:
                         help="Runs side by side: each log is a run (curves overlaid, findings per run). "
                              "Merge: the logs are files of one run (e.g. train and validation written apart).")
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-    points = max(len(h.by_epoch()) for h in histories)
-    smoothing = c1.slider("Smoothing", 0.0, 0.99, 0.6 if points >= 30 else 0.0, 0.01, key="gb_train_smoothing",
+    smoothing = c1.slider("Smoothing", 0.0, 0.99, viz.default_smoothing(histories), 0.01, key="gb_train_smoothing",
                           help="TensorBoard's debiased exponential moving average; raw values stay faint. "
                                "Off by default for short runs, where it would lag behind the curve.")
     log_y = c2.toggle("Log scale", key="gb_train_log")
@@ -164,8 +163,8 @@ else:
 
 if histories:
     team.render_save_run("training", state.current_model(), lambda name, version: snapshot_record(
-        "training", name, version, f"Training of {name} ({len(histories)} logs)", None,
-        {h.name: h.by_epoch() for h in histories},
+        "training", name, version, f"Training of {name} ({len(histories)} log{'s' if len(histories) > 1 else ''})",
+        None, {h.name: h.by_epoch().reset_index() for h in histories},  # with its epoch (or step) column
         findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training",
         attach=[("training_log", n, d) for n, d in logs] + [("checkpoint", c.source, c.data) for c in checkpoints])
 
