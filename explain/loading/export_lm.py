@@ -64,10 +64,12 @@ class LMSignature:
     min_batch: int
     mask: bool
     mask_dtype: str = "int64"
+    max_batch: int | None = None  # None: no upper bound
 
     def to_dict(self) -> dict[str, Any]:
         return {"min_length": self.min_length, "max_length": self.max_length, "static_length": self.static_length,
-                "static_batch": self.static_batch, "min_batch": self.min_batch, "mask": self.mask}
+                "static_batch": self.static_batch, "min_batch": self.min_batch, "max_batch": self.max_batch,
+                "mask": self.mask}
 
 
 def first_leaf(value: Any) -> Any:
@@ -125,9 +127,9 @@ def lm_signature(ep: Any) -> LMSignature | None:
     if len(vals) == 2 and (vals[1].is_floating_point() or vals[1].shape != vals[0].shape):
         return None
     low, high, static = _dim_range(ep, vals[0].shape[1])
-    b_low, _, b_static = _dim_range(ep, vals[0].shape[0])
+    b_low, b_high, b_static = _dim_range(ep, vals[0].shape[0])
     mask_dtype = str(vals[1].dtype).removeprefix("torch.") if len(vals) == 2 else "int64"
-    return LMSignature(max(low, 1), high, static, b_static, max(b_low, 1), len(vals) == 2, mask_dtype)
+    return LMSignature(max(low, 1), high, static, b_static, max(b_low, 1), len(vals) == 2, mask_dtype, b_high)
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,8 @@ class ExportedCausalLM(nn.Module):
         return SimpleNamespace(logits=logits[:n, :length], past_key_values=None)
 
     def _run(self, graph: nn.Module, first: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """graph(first [N, L, ...][, mask [N, L]]) [N, L, V], the program's static sizes reached by padding."""
+        """graph(first [N, L, ...][, mask [N, L]]) [N, L, V], the program's static sizes reached by padding, a batch
+        over its largest run in chunks."""
         sig, length = self.signature, first.shape[1]
         if sig.max_length is not None and length > sig.max_length:
             raise TooLarge(f"The text has {length} tokens, over the {sig.max_length} this .pt2 program takes.",
@@ -315,11 +318,12 @@ class ExportedCausalLM(nn.Module):
             extra = want - length
             first = torch.cat([first, first.new_zeros((first.shape[0], extra, *first.shape[2:]))], 1)
             mask = torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], 1)
-        rows = sig.static_batch or max(first.shape[0], sig.min_batch)
+        most = sig.max_batch or max(first.shape[0], sig.min_batch)  # the largest batch the program takes
+        rows = sig.static_batch or min(max(first.shape[0], sig.min_batch), most)
         outs = []
-        for lo in range(0, first.shape[0], rows):
+        for lo in range(0, first.shape[0], rows):  # chunks of the batch sizes the program takes
             part = [t[lo: lo + rows] for t in (first, mask)]
-            short = rows - part[0].shape[0]
+            short = (sig.static_batch or max(part[0].shape[0], sig.min_batch)) - part[0].shape[0]
             if short:  # fill the batch with copies of its first row
                 part = [torch.cat([t, t[:1].expand(short, *t.shape[1:])], 0) for t in part]
             out = graph(*part) if sig.mask else graph(part[0])
@@ -328,7 +332,7 @@ class ExportedCausalLM(nn.Module):
                 raise IncompatibleInput(f"This .pt2 causal LM returns {str(out.dtype).removeprefix('torch.')} logits, "
                                         "not floating-point ones (log-probabilities need them).",
                                         "Export the model's logits before any argmax or cast.")
-            outs.append(out[: rows - short])
+            outs.append(out[: out.shape[0] - short])
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
 
 
