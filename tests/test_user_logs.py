@@ -131,3 +131,16 @@ def test_a_console_log_is_refused_saying_what_to_give():
         "output.log: no numeric series found (columns: Epoch 0: train_loss=1.0000 val_loss=1.2000). Give the run's "
         "history as a table with a header row (CSV, JSON lines), TensorBoard event files or an MLflow run; console "
         "output is not read.")
+
+
+def test_a_tensorboard_folder_of_several_runs_says_it_read_them_as_one(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for run in ("baseline", "bigger_lr"):
+        with SummaryWriter(str(tmp_path / run)) as writer:
+            for step in range(12):
+                writer.add_scalar("Loss/train", 1.0 / (1 + step), step)
+    history = read_history(tmp_path)
+    assert history.warnings == [f"{tmp_path} holds 2 runs (baseline, bigger_lr), read as one: the findings are "
+                                "about the series the roles name; give each run's folder to diagnose each run."]
+    assert history.roles["train_loss"] == "baseline/Loss/train"

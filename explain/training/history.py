@@ -393,8 +393,15 @@ def read_history(source: str | os.PathLike | bytes | tuple[str, bytes] | EventFo
             raise _empty_folder(path)
         if source.is_mlflow:
             return _tidy(formats.parse_mlflow_run(list(source.files), str(path)), source=str(path))
-        frame, step_is_epoch, warnings = formats.parse_event_files(formats.event_folder_records(files, path), str(path))
-        return _tidy(frame, step_is_epoch, source=str(path), warnings=warnings)
+        records = formats.event_folder_records(files, path)
+        frame, step_is_epoch, warnings = formats.parse_event_files(records, str(path))
+        history = _tidy(frame, step_is_epoch, source=str(path), warnings=warnings)
+        runs = sorted({prefix.split("/")[0] for prefix, _, _ in records if prefix})
+        if len(runs) > 1 and not all(set(_tokens(r)) & (_VAL_TOKENS | {"train", "training"}) for r in runs):
+            shown = ", ".join(runs[:4]) + (", ..." if len(runs) > 4 else "")
+            history.warnings.append(f"{path} holds {len(runs)} runs ({shown}), read as one: the findings are about "
+                                    "the series the roles name; give each run's folder to diagnose each run.")
+        return history
     data, name = read_source(source, filename, default_name="upload")
     kind = formats.sniff(data, name)
     if kind == "tensorboard":
