@@ -21,3 +21,34 @@ def test_an_account_named_as_the_operator_may_not_cancel_its_jobs(workspace):
         workspace.jobs.cancel(Actor("cli:ops"), job.id)
     assert workspace.jobs.get(Actor("admin"), job.id).status == "queued"
     assert workspace.jobs.cancel(OP, job.id).status == "cancelled"  # the operator itself still may
+
+
+AUTH = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32, "client_id": "glassbox",
+        "client_secret": "s", "server_metadata_url": "https://idp.example/.well-known/openid-configuration"}
+
+
+def _oidc_app(user: dict):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=300)
+    at.secrets["auth"] = AUTH
+    at.user = {"is_logged_in": True, **user}
+    return at.run()
+
+
+def test_an_unverified_oidc_email_is_not_the_member_of_that_address(home):
+    """The OIDC sign-in acted as its ``email`` claim whatever the provider said of it: at a provider that
+    lets anyone type an address (self-sign-up, a multi-tenant directory's mail attribute), a stranger
+    signed in as the admin of that address."""
+    _, ws = home
+    ws.users.add(Actor.local(), "ada@example.com", "admin", None, email="ada@example.com")
+    stranger = _oidc_app({"email": "ada@example.com", "email_verified": False, "sub": "mallory"})
+    assert not stranger.exception, stranger.exception
+    assert any("mallory is not a member" in e.value for e in stranger.error), [e.value for e in stranger.error]
+    assert not any("Signed in as" in c.value for c in stranger.sidebar.caption)
+    ada = _oidc_app({"email": "ada@example.com", "email_verified": True, "sub": "ada"})
+    assert not ada.exception and not ada.error, (ada.exception, [e.value for e in ada.error])
+    assert any(c.value.startswith("Signed in as **ada") and "example" in c.value and c.value.endswith("** · admin")
+               for c in ada.sidebar.caption), [c.value for c in ada.sidebar.caption]

@@ -72,6 +72,18 @@ def _oidc_signed_in() -> bool:
 
 
 # -- who is signed in ------------------------------------------------------------------------
+def oidc_name(claims) -> str | None:
+    """The member an OIDC sign-in acts as: its e-mail only where the provider says it verified it
+    (``email_verified``), else its subject (``sub``), never an address someone merely typed: an unverified
+    ``email`` (a self-sign-up, a multi-tenant directory's mail attribute) signed a stranger in as the
+    member of that address."""
+    email = claims.get("email")
+    if email and claims.get("email_verified") in (True, "true"):  # some providers send the claim as text
+        return str(email)
+    sub = claims.get("sub")
+    return str(sub) if sub else None
+
+
 def current_actor() -> Actor | None:
     """The signed-in user (the local user while the workspace has no accounts); None: nobody yet."""
     ws = workspace()
@@ -80,7 +92,8 @@ def current_actor() -> Actor | None:
     if oidc_configured():
         if not _oidc_signed_in():
             return None
-        return Actor(str(st.user.get("email") or st.user.get("sub")))
+        name = oidc_name(st.user)
+        return Actor(name) if name else None
     if st.session_state.get("authentication_status") and st.session_state.get("username"):
         return Actor(str(st.session_state["username"]))
     return None
