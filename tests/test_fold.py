@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from explain.model import LoadedModel
 from explain.output.fold import folded_model
@@ -178,3 +179,44 @@ def test_what_a_folded_copy_makes_stays_in_it_and_the_model_still_differentiates
     assert "scale" not in model.module._buffers
     values = get_method("saliency").explain(model, x, use_cache=False).values  # would raise on an inference tensor
     assert np.isfinite(values).all() and not model.module.scale.is_inference()
+
+
+class _Ops(TorchDispatchMode):
+    """The aten / mkldnn ops run inside the block."""
+
+    def __enter__(self):
+        self.seen = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_copys_convolutions_run_on_reordered_weights_with_the_models_values_and_layout():
+    """Each 2-d convolution of the copy keeps its weight in oneDNN's layout (`fold._PackedConv2d`):
+    without gradients it gives the unpacked convolution's values in the batch's own memory layout;
+    with gradients on it runs as the model's does, so a gradient still reaches the input."""
+    from explain.output.fold import _PackedConv2d
+
+    model = _model()
+    folded = folded_model(model, _inputs(1)).module
+    convs = {n: m for n, m in folded.named_modules() if isinstance(m, nn.Conv2d)}
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    assert set(convs) == {"stem.0", "conv1", "conv2", "conv3"}
+    assert all(type(m) is _PackedConv2d for m in convs.values())
+    conv = convs["conv1"]
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=layout)
+        with torch.inference_mode(), _Ops() as ops:
+            got = conv(x)
+        want = nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        # the reordered weight serves channels-last batches (the engine's layout); a contiguous one as it is
+        assert ("_convolution_pointwise" in str(ops.seen)) == (layout == torch.channels_last)
+        assert got.is_contiguous(memory_format=layout) and want.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    x = _inputs(2).requires_grad_(True)
+    (grad,) = torch.autograd.grad(folded(x)[:, 0].sum(), x)
+    (want,) = torch.autograd.grad(model.module(x)[:, 0].sum(), x)
+    torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-5)
