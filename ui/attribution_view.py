@@ -15,6 +15,7 @@ from explain.model import LoadedModel
 from explain.output.agreement import agreement_matrix
 from explain.output.methods.base import completeness_caption
 from explain.output.metrics.quality import Results
+from explain.spreadsheet import spreadsheet_safe
 from explain.viz import attribution as viz
 from ui.figures import figure_config, figure_format_choice
 from ui.map_view import MapOptions, draw_map
@@ -128,6 +129,19 @@ def render_summary(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
                         config=figure_config("agreement"), key="agreement")
 
 
+def attributions_csv(model: LoadedModel, attrs: Sequence[Attribution]) -> bytes:
+    """One row per (method, input, position): the download's CSV. A position's name may be a feature name
+    an uploaded spec chose: its cells go through `spreadsheet_safe`, so no formula runs where it is opened."""
+    rows = []
+    for a in attrs:
+        flat = np.asarray(a.values).reshape(len(a), -1)
+        names = [spreadsheet_safe(n) for n in _position_names(model, flat.shape[1])]
+        for i in range(len(a)):
+            rows.extend({"method": spreadsheet_safe(a.method), "input": i, "target": int(a.target[i]),
+                         "position": names[j], "attribution": float(flat[i, j])} for j in range(flat.shape[1]))
+    return pd.DataFrame(rows).to_csv(index=False).encode()
+
+
 def render_downloads(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
     npz = io.BytesIO()
     arrays = {}
@@ -135,14 +149,7 @@ def render_downloads(model: LoadedModel, attrs: Sequence[Attribution]) -> None:
         for key, value in a.to_npz_dict().items():
             arrays[f"{a.method}/{key}"] = value
     np.savez_compressed(npz, **arrays)
-    rows = []
-    for a in attrs:
-        flat = np.asarray(a.values).reshape(len(a), -1)
-        names = _position_names(model, flat.shape[1])
-        for i in range(len(a)):
-            rows.extend({"method": a.method, "input": i, "target": int(a.target[i]), "position": names[j],
-                         "attribution": float(flat[i, j])} for j in range(flat.shape[1]))
-    csv = pd.DataFrame(rows).to_csv(index=False).encode()
+    csv = attributions_csv(model, attrs)
     figure_format_choice()
     c1, c2 = st.columns(2)
     c1.download_button("Download attributions (.npz)", npz.getvalue(), "attributions.npz", "application/octet-stream")

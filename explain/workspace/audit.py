@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
 
+from explain.spreadsheet import spreadsheet_safe
 from explain.workspace.core import Core, iso
 from explain.workspace.roles import Action, Actor
 from explain.workspace.schema import AuditEntry
@@ -47,19 +48,13 @@ class Audit:
         return rows[::-1]
 
     def csv(self, actor: Actor) -> str:
-        """The whole log as CSV; a cell a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``,
-        tab, CR) is prefixed with ``'`` (OWASP's CSV-injection advice)."""
+        """The whole log as CSV, each cell through `explain.spreadsheet.spreadsheet_safe` (a formula is
+        defused)."""
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(COLUMNS)
         for row in self.rows(actor):
             values = row.to_dict()
-            writer.writerow([_cell(json.dumps(values[c], sort_keys=True) if c in ("before", "after")
+            writer.writerow([spreadsheet_safe(json.dumps(values[c], sort_keys=True) if c in ("before", "after")
                                    and values[c] is not None else values[c]) for c in COLUMNS])
         return buf.getvalue()
-
-
-def _cell(value):
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
