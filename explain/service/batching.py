@@ -172,13 +172,15 @@ class Batcher:
             self._arrived[key] = now
             group = self._open.get(key)
             leader = group is None or group.rows + n > self.max_rows
+            closes = leader and group is not None  # the open group, full, closed by this one
             if leader:
                 group = self._open[key] = _Group(now)
             index = group.add(rows, now)
             if waiter is not None:
                 group.futures.append(waiter)
             self._waiting[key] = self._waiting.get(key, 0) + n
-            self._cond.notify_all()
+            if closes or group.rows >= self.max_rows:  # a leader may run now; a join short of that only
+                self._cond.notify_all()  # moves the quiet window later, which its leader finds when it looks
         return group, index, leader, alone
 
     def waiting(self, key: Hashable | None = None) -> int:
