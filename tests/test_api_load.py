@@ -395,6 +395,27 @@ def test_a_batch_that_times_out_is_not_asked_again_row_by_row(served):
     assert len(ws.jobs.list(OP)) - jobs_before == len(runs) == 2
 
 
+def test_predict_goes_past_fastapis_routing_and_answers_as_it_did(client, monkeypatch):
+    """`ActionRoutes`: ``POST NAME:predict`` reaches its endpoint without FastAPI's dependency solving; its
+    errors are the app's own handlers' one lines; other verbs and paths still go through FastAPI."""
+    import fastapi.routing
+
+    ws, _, test_client, h = client
+    real, solved = fastapi.routing.solve_dependencies, []
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", lambda *a, **k: solved.append(1) or real(*a, **k))
+    r = test_client.post("/v1/models/cancer:predict", headers=h["viewer"], json={"instances": X[:2].tolist()})
+    assert r.status_code == 200 and np.asarray(r.json()["predictions"]).shape == (2, 2) and solved == []
+    post = lambda path, **kw: test_client.post(path, headers=h["viewer"], **kw)  # noqa: E731
+    assert "not JSON" in _one_line_error(post("/v1/models/cancer:predict", content=b"{"), 422)  # pydantic's
+    assert "instances: Field required" in _one_line_error(post("/v1/models/cancer:predict", json={}), 422)
+    assert "No model 'nope'" in _one_line_error(post("/v1/models/nope:predict", json={"instances": [[1]]}), 404)
+    assert "expects (30,)" in _one_line_error(post("/v1/models/cancer:predict", json={"instances": [[1.0]]}), 400)
+    assert solved == []
+    assert post("/v1/models/a/b:predict", json={}).status_code == 404  # not one path segment: FastAPI's 404
+    assert _one_line_error(test_client.get("/v1/models/cancer:predict", headers=h["viewer"]), 405)
+    assert test_client.get("/v1/models/cancer", headers=h["viewer"]).status_code == 200 and solved
+
+
 def test_predict_reads_a_versions_file_once_not_on_every_request(client, monkeypatch):
     ws, _, test_client, h = client
     real, reads = ws.registry.file, []

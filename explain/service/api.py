@@ -62,7 +62,7 @@ from explain.generation.job import JOB_KIND as GENERATE_JOB
 from explain.generation.job import generation_answer, generation_request
 from explain.model import LoadedModel
 from explain.service import binary
-from explain.service.asgi import ApiError, Gate, OneLineErrors, error_response
+from explain.service.asgi import ActionRoutes, ApiError, Gate, OneLineErrors, error_response
 from explain.service.batching import Batcher
 from explain.service.client import JobNotDone, finished_run, wait
 from explain.service.client import submit as submit_job
@@ -222,6 +222,9 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
     async def _http(_request, exc: StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))  # 405's Allow
 
+    # innermost: ``:predict`` straight to its endpoint, past FastAPI's routing (filled as it is defined)
+    action_routes: dict = {}
+    app.add_middleware(ActionRoutes, routes=action_routes, handlers=app.exception_handlers)
     app.add_middleware(OneLineErrors)
 
     # outermost (added last): the token is checked before any body is read, and bodies are capped
@@ -351,8 +354,9 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
         given = given_rows(request, Instances)
         info, model = await version_model_soon(request, actor, name)
         x, _, binary_output = model_rows(request, model, given)  # x [N, *input_shape]
-        with bad_request():
-            model.as_tensor(x)  # the shape this model takes, checked before the rows join a batch
+        if tuple(x.shape[1:]) != tuple(model.spec.input_shape):  # checked before the rows join a batch
+            with bad_request():
+                model.as_tensor(x)  # its one message of a shape this model does not take
         try:  # with the concurrent requests of this version: one engine batch, these rows back
             probs = await batcher.arun(("predict", info.name, info.version), x, model.predict_proba)  # [N, K]
         except GlassboxError:
@@ -364,6 +368,8 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
                             media_type="application/json")
         content, headers = binary.answer(info.name, info.version, {binary.OUTPUT: probs}, binary_output)
         return Response(content, headers=headers)
+
+    action_routes["predict"] = predict
 
     @app.post("/v1/models/{name}:explain", summary="Attributions, computed as an interactive job and saved as a run",
               openapi_extra={**body_schema(ExplainBody), "security": [{"HTTPBearer": []}]})
