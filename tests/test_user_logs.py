@@ -144,3 +144,19 @@ def test_a_tensorboard_folder_of_several_runs_says_it_read_them_as_one(tmp_path)
     assert history.warnings == [f"{tmp_path} holds 2 runs (baseline, bigger_lr), read as one: the findings are "
                                 "about the series the roles name; give each run's folder to diagnose each run."]
     assert history.roles["train_loss"] == "baseline/Loss/train"
+
+
+def test_files_of_one_run_merge_on_the_step_when_one_of_them_logs_no_epoch():
+    from explain.training.history import merge_histories
+
+    train, val = _curves()
+    mlflow = read_history(_mlflow_lines(val).encode(), filename="val_loss")  # step only
+    rows = "\n".join(f"{e},{e},{t}" for e, t in enumerate(train))
+    lightning = read_history(f"epoch,step,train_loss\n{rows}\n".encode(), filename="metrics.csv")  # epoch and step
+    merged = merge_histories([mlflow, lightning])
+    assert merged.default_x == "step" and "epoch" not in merged.frame
+    per_step = merged.by_epoch()
+    np.testing.assert_allclose(per_step["val_loss"].to_numpy(), val)  # no file's rows dropped
+    np.testing.assert_allclose(per_step["train_loss"].to_numpy(), train)
+    kinds = {f.kind: f.epochs for f in diagnose(merged)}
+    assert 12 <= kinds["overfitting"][0] <= 15

@@ -447,6 +447,8 @@ def merge_histories(histories: list[TrainingHistory], name: str | None = None) -
             seen.setdefault(renames.get(col, col), set()).update(xs)
         frames.append(frame.rename(columns=renames))
     merged = pd.concat(frames, ignore_index=True, sort=False)
+    if x == "step" and "epoch" in merged:  # some files log no epoch: an epoch axis would drop their rows
+        merged = merged.drop(columns="epoch")
     merged = merged.sort_values(x, kind="stable").reset_index(drop=True)
     xs = [c for c in X_COLUMNS if c in merged]
     merged = merged[xs + [c for c in merged.columns if c not in xs]]
