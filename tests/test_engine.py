@@ -11,7 +11,7 @@ from torch import nn
 from explain import InputSpec, LoadedModel
 from explain.errors import Cancelled, IncompatibleInput
 from explain.output.cache import ATTRIBUTION_CACHE, AttributionCache, make_key
-from explain.output.engine import Engine, Layout, ModelFunction, pad_rows
+from explain.output.engine import Engine, Layout, ModelFunction, add_rows, pad_rows
 from explain.output.methods import get_method
 from explain.output.precision import choose_precision
 
@@ -109,6 +109,24 @@ def test_fixed_batch_size_pads_the_last_chunk():
     got = ig(fixed, x, steps=5)  # 15 rows -> chunks of 4, the last padded
     np.testing.assert_allclose(got.values, want.values, atol=1e-6, rtol=0)
     np.testing.assert_allclose(got.output, want.output, atol=1e-6)
+
+
+@pytest.mark.parametrize("owner", [[0, 0, 0, 2, 2, 2, 1, 1, 1], [1, 1, 3, 3, 3, 0, 0, 0, 0], [2, 0, 2, 1, 0, 1, 2, 0, 1]],
+                         ids=["equal runs", "unequal runs", "interleaved"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_add_rows_sums_each_owners_weighted_rows(owner, weighted):
+    """Whole paths (runs of one length, one batched product), part paths and scattered rows: each
+    owner gets the sum of its (weighted) rows, in a channels-last chunk too."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(9, 2, 3, 4, generator=gen).contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(9, generator=gen) if weighted else None
+    owner = torch.tensor(owner)
+    acc = torch.randn(4, 2, 3, 4, generator=gen)
+    want = acc.clone().double()
+    for r in range(9):
+        want[owner[r]] += rows[r].double() * (1.0 if weights is None else float(weights[r]))
+    add_rows(acc, owner, rows, weights)
+    torch.testing.assert_close(acc.double(), want, rtol=1e-6, atol=1e-6)
 
 
 def test_pad_rows_repeats_the_last_row():

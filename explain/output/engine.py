@@ -65,10 +65,18 @@ def add_rows(acc: torch.Tensor, owner: torch.Tensor, rows: torch.Tensor, weights
     Deterministic, and faster than ``index_add_`` on a CPU for the few owners
     a chunk holds. Chunks whose owners come in contiguous runs (every engine
     grid is owner-major) are reduced slice by slice, weighted rows as one
-    matrix-vector product, without a weighted copy of the chunk.
+    matrix-vector product, without a weighted copy of the chunk; runs of one
+    length (a chunk of whole paths) as one batched product for all owners.
     """
     owners, counts = torch.unique_consecutive(owner, return_counts=True)
     if owners.numel() == torch.unique(owners).numel():  # contiguous runs
+        n = int(counts[0])
+        if owners.numel() > 1 and n * owners.numel() == rows.shape[0] and bool((counts == n).all()):
+            parts = rows.reshape(owners.numel(), n, -1).to(acc.dtype)  # [owners, n, F]
+            summed = (parts.sum(1) if weights is None else
+                      torch.bmm(weights.to(acc.dtype).view(-1, 1, n), parts).squeeze(1))  # [owners, F]
+            acc.index_add_(0, owners, summed.view(-1, *acc.shape[1:]))
+            return
         start = 0
         for idx, n in zip(owners.tolist(), counts.tolist()):
             part = rows.narrow(0, start, n)  # [n, ...]

@@ -57,7 +57,8 @@ def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, target
     alphas, weights = quadrature(steps)
     alphas = alphas.to(start.device, torch.float32)
     weights = weights.to(start.device, torch.float32)
-    diff = start[rows] - base[rows]  # [n, ...]
+    bases = base[rows]  # [n, ...]
+    diff = start[rows] - bases  # [n, ...]
     acc = torch.zeros_like(diff, dtype=torch.float32)
     shape = (-1,) + (1,) * (start.dim() - 1)
 
@@ -65,16 +66,19 @@ def integrate_path(ctx: Context, start: torch.Tensor, base: torch.Tensor, target
         r = torch.arange(lo, hi, device=start.device)
         return r // steps, r % steps  # input-major: a chunk walks along one path
 
-    owners = rows.tolist()
-
     def make(lo, hi):
         i, _ = split(lo, hi)
         nhwc = ctx.fn.layout.channels_last and diff.dim() == 4  # the layout the model runs in (it may refuse it)
         points = torch.empty((hi - lo, *diff.shape[1:]), dtype=diff.dtype, device=diff.device,
                              memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        if lo % steps == 0 and hi % steps == 0:  # whole paths: one broadcast for all of them
+            a, b = lo // steps, hi // steps
+            torch.add(bases[a:b, None], alphas.view(1, -1, *shape[1:]) * diff[a:b, None],
+                      out=points.view(b - a, steps, *diff.shape[1:]))  # [n, steps, ...]
+            return points, rows[i], targets[rows[i]]
         for a in range(lo - lo % steps, hi, steps):  # one input's run of path points: broadcast, no gathers
             first, last, n = max(a, lo), min(a + steps, hi), a // steps
-            torch.add(base[owners[n]], alphas[first - a:last - a].view(shape) * diff[n],
+            torch.add(bases[n], alphas[first - a:last - a].view(shape) * diff[n],
                       out=points[first - lo:last - lo])  # b + a_k (x - b)
         return points, rows[i], targets[rows[i]]
 
