@@ -160,3 +160,18 @@ def test_files_of_one_run_merge_on_the_step_when_one_of_them_logs_no_epoch():
     np.testing.assert_allclose(per_step["train_loss"].to_numpy(), train)
     kinds = {f.kind: f.epochs for f in diagnose(merged)}
     assert 12 <= kinds["overfitting"][0] <= 15
+
+
+def test_the_reports_training_section_says_what_the_page_says_of_a_restart():
+    from types import SimpleNamespace
+
+    from explain.report.analysis import build_training_section
+
+    train, val = _curves()
+    lines = [{"epoch": e, "loss": train[e] + 0.5, "val_loss": val[e]} for e in range(20)]
+    lines += [{"epoch": e, "loss": train[e], "val_loss": val[e]} for e in range(10, EPOCHS)]
+    log = ("log.jsonl", "\n".join(map(json.dumps, lines)).encode())
+    section = build_training_section(SimpleNamespace(extra={}), [log], [])
+    note = read_history(log).warnings[0]
+    assert note.startswith("log.jsonl: training restarted 1 time(s), first at epoch 10")
+    assert section.data["warnings"] == [note] and f'<p class="note">⚠️ {note}' in section.body.replace("&#x27;", "'")

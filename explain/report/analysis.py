@@ -210,6 +210,11 @@ def _finding_data(f, run: str | None = None) -> dict[str, Any]:
     return {"run": run, **data} if run is not None else data
 
 
+def _warnings_html(histories) -> str:
+    """What was read only in part or replaced (a damaged file, a restart, rows averaged down), as the page says it."""
+    return "".join(f'<p class="note">⚠️ {escape(w)}</p>' for h in histories for w in h.warnings)
+
+
 def _series_rows(history) -> tuple[dict[str, int], dict[str, float]]:
     per_epoch = history.by_epoch()
     final = {c: float(per_epoch[c].dropna().iloc[-1]) for c in per_epoch.columns if per_epoch[c].notna().any()}
@@ -227,11 +232,12 @@ def build_training_section(model: LoadedModel, logs: Sequence[Any], checkpoints:
     lengths, final = _series_rows(history)
     body = (f"<p>Curves read from {escape(origin)} ({escape(', '.join(history.sources) or history.name)}): "
             f"{len(lengths)} series over {len(per_epoch)} {escape(history.default_x)}s.</p>"
-            f"<h3>Findings</h3>{_findings_html(findings)}"
+            + _warnings_html([history]) + f"<h3>Findings</h3>{_findings_html(findings)}"
             + table_html([{"series": k, "points": v, "last value": final.get(k)} for k, v in lengths.items()],
                          numeric=("points", "last value")))
     data = {"origin": origin, "sources": list(history.sources), "series": lengths, "final": final,
-            "roles": dict(history.roles), "findings": [_finding_data(f) for f in findings]}
+            "roles": dict(history.roles), "findings": [_finding_data(f) for f in findings],
+            "warnings": list(history.warnings)}
     return Section("Training", body=body, figures=figures, data=round_data(data))
 
 
@@ -241,7 +247,7 @@ def _build_runs_section(runs, origin: str) -> Section:
     names = viz_training.run_names(runs)
     by_run = [sort_findings(diagnose(h)) for h in runs]
     body = (f"<p>Curves read from {escape(origin)}: {len(runs)} runs compared ({escape(', '.join(names))}; the logs "
-            "record the same series, so each is a run, drawn in its own colour).</p>")
+            "record the same series, so each is a run, drawn in its own colour).</p>" + _warnings_html(runs))
     rows, data_runs = [], []
     for name, h, findings in zip(names, runs, by_run):
         lengths, final = _series_rows(h)
@@ -251,6 +257,7 @@ def _build_runs_section(runs, origin: str) -> Section:
                           "roles": dict(h.roles), "findings": [_finding_data(f) for f in findings]})
     body += table_html(rows, numeric=("points", "last value"))
     data = {"origin": origin, "sources": [s for h in runs for s in h.sources], "runs": data_runs,
+            "warnings": [w for h in runs for w in h.warnings],
             "findings": [_finding_data(f, name) for name, findings in zip(names, by_run) for f in findings]}
     x = runs[0].default_x
     figures = [viz_training.figure_runs(runs, x=x, height=480, names=names)]
