@@ -52,3 +52,43 @@ def test_an_unverified_oidc_email_is_not_the_member_of_that_address(home):
     assert not ada.exception and not ada.error, (ada.exception, [e.value for e in ada.error])
     assert any(c.value.startswith("Signed in as **ada") and "example" in c.value and c.value.endswith("** · admin")
                for c in ada.sidebar.caption), [c.value for c in ada.sidebar.caption]
+
+
+def _load_as(user: str, run_id: str):
+    from streamlit.testing.v1 import AppTest
+
+    def script():
+        import streamlit as st
+
+        from explain.workspace import Actor
+        from ui import run_view
+        from ui import workspace as team
+
+        run = team.workspace().runs.open(Actor("cli:t", operator=True), st.session_state["rid"])
+        try:
+            st.write(f"loaded {run_view.run_model(run).name}")
+        except Exception as exc:  # noqa: BLE001 - the test reads which
+            st.write(f"refused {type(exc).__name__}")
+
+    at = AppTest.from_function(script, default_timeout=300)
+    at.session_state["authentication_status"] = True
+    at.session_state["username"] = user
+    at.session_state["rid"] = run_id
+    return [m.value for m in at.run().markdown]
+
+
+def test_a_viewer_loads_no_model_through_the_page_glue(home):
+    """A run's Re-run and report load its version through `ui.state.open_model` (so do the Compare page's
+    uploads); only the buttons were hidden from a viewer, the load itself asked no role: the library
+    refused the job after the viewer's model was loaded and vetted. `open_model` now asks
+    `Workspace.load_model`."""
+    from explain.workspace import RunRecord
+
+    _, ws = home
+    op = Actor("cli:t", operator=True)
+    ws.users.add(op, "admin", "admin")
+    ws.users.add(op, "vic", "viewer")
+    ws.users.add(op, "eddie", "editor")
+    run = ws.runs.save(op, RunRecord(page="overview", model="shapes", version=1, title="t"))
+    assert _load_as("vic", run.id) == ["refused PermissionDenied"]
+    assert _load_as("eddie", run.id) == ["loaded shapes"]

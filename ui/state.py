@@ -11,9 +11,9 @@ the uploaded spec JSON or the spec form's, else the file's, else a ``.pt2``'s
 signature, else the first ``.npy`` / ``.npz`` among the uploaded inputs, whether
 they came before or after the model.
 
-Running a model in the page needs the editor role: `current_model` loads an upload through
-the library (`explain.workspace.Workspace.load_model`, which checks `Action.LOAD_MODEL` on every
-call, before the shared cache answers) and asks the same check before a sample; a viewer or
+Running a model in the page needs the editor role: every load (`open_model`: a sample, an upload, a
+run's version, the Compare page's files) goes through the library (`explain.workspace.Workspace.load_model`,
+which checks `Action.LOAD_MODEL` on every call, before the shared cache answers); a viewer or
 reviewer gets `PermissionDenied` (the pages say so first, `ui.workspace.stop_unless_may_explain`).
 """
 from __future__ import annotations
@@ -38,7 +38,6 @@ from explain.inputs.reading import InputBatch, model_ready_array, read_inputs
 from explain.model import LoadedModel
 from explain.service.models import shared_models
 from explain.spec import CAUSAL_LM_NOTE, InputSpec, SpecGuess, guess_from_array
-from explain.workspace.roles import Action
 from sample_models import ALL_SAMPLES, SAMPLE_NAMES, sample_dir, sample_file, sample_inputs
 from ui.sample_choice import DEFAULT_SAMPLE, SOURCE_KEY, chosen_sample, set_sample  # noqa: F401 - re-exported
 from ui.text import escape_markdown
@@ -77,9 +76,20 @@ def _sample_file(name: str) -> tuple[bytes, str, str]:
 
 def open_model(data: bytes, sha256: str, spinner: str = "Loading the model…", **options) -> LoadedModel:
     """The model of a file through the one cache the pages, saved runs and the app's worker share
-    (`explain.service.models.shared_models`): loaded and vetted once per file and spec in this process."""
-    with st.spinner(spinner) if shared_models().find(sha256) is None else contextlib.nullcontext():
-        return shared_models().open(data, sha256=sha256, vetted=_team()[0].vetting, **options)
+    (`explain.service.models.shared_models`): loaded and vetted once per file and spec in this process.
+    Every page's load (a sample, an upload, a run's version for its Re-run or report, the Compare page's
+    files) asks `Workspace.load_model`, which checks the signed-in user's role before the cache answers.
+
+    Raises:
+        PermissionDenied: below editor (`Action.LOAD_MODEL`).
+    """
+    ws, who = _team()
+
+    def load(_data: bytes) -> LoadedModel:
+        with st.spinner(spinner) if shared_models().find(sha256) is None else contextlib.nullcontext():
+            return shared_models().open(data, sha256=sha256, vetted=ws.vetting, **options)
+
+    return ws.load_model(who, data, loader=load)
 
 
 def _cached_sample(name: str) -> LoadedModel:
@@ -206,9 +216,7 @@ def _team():
 def _load_upload(blob: UploadedBlob) -> LoadedModel:
     spec = _explicit_spec()
     sample = _input_sample() if spec is None else None  # keyed by its shape and dtype (`models.sample_key`)
-    ws, who = _team()
-    # the library checks the role on every call; the cached loader only loads (it is shared by sessions)
-    return ws.load_model(who, blob.data, loader=lambda _data: _cached_upload(blob, spec, sample))
+    return _cached_upload(blob, spec, sample)  # `open_model` asks the library, which checks the role
 
 
 def current_model() -> LoadedModel:
@@ -224,9 +232,7 @@ def current_model() -> LoadedModel:
             raise GlassboxError("No model is uploaded yet.",
                                 "Upload a checkpoint in the sidebar, or choose Sample model.")
         return _load_upload(blob)
-    ws, who = _team()
-    ws.require(who, Action.LOAD_MODEL)  # a sample runs in the page too
-    name = current_sample_name()
+    name = current_sample_name()  # a sample runs in the page too: `open_model` checks the role
     if name not in ALL_SAMPLES:
         name = DEFAULT_SAMPLE
     return _cached_sample(name)
