@@ -84,3 +84,29 @@ def test_cli_reports_a_truncated_event_file_in_warnings(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert 0 < out["series"]["train/loss"] < 30
     assert len(out["warnings"]) == 1 and "truncated in record" in out["warnings"][0]
+
+
+def test_cli_several_runs_of_the_same_series_are_diagnosed_each(tmp_path):
+    from explain.cli import main
+
+    curves.overfitting(0, onset=30).frame.to_csv(tmp_path / "baseline.csv", index=False)
+    curves.diverging(1, at=40, nan_from=45).frame.to_csv(tmp_path / "bigger_lr.csv", index=False)
+    out = main_json(main, [str(tmp_path / "baseline.csv"), str(tmp_path / "bigger_lr.csv")])
+    assert [r["name"] for r in out["runs"]] == ["baseline", "bigger_lr"]  # as the page and the report read them
+    kinds = {r["name"]: [f["kind"] for f in r["findings"]] for r in out["runs"]}
+    assert "overfitting" in kinds["baseline"] and "divergence" not in kinds["baseline"]
+    assert kinds["bigger_lr"][0] == "divergence"
+    assert set(out["series"]) == {"loss", "val_loss", "lr", "loss (bigger_lr)",
+                                  "val_loss (bigger_lr)"}  # the merged reading stays at the top level
+    single = main_json(main, [str(tmp_path / "baseline.csv")])
+    assert [r["name"] for r in single["runs"]] == ["baseline"] and single["runs"][0]["findings"] == single["findings"]
+
+
+def main_json(main, args: list[str]) -> dict:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["training", *args]) == 0
+    return json.loads(buffer.getvalue())

@@ -2,7 +2,9 @@
 
 ``python -m explain training LOG [LOG...]`` reads CSV (Lightning, Keras, any
 epoch/step table), JSON / JSON lines, TensorBoard event files or folders, and
-checkpoints with a stored ``history``; several logs are merged into one run.
+checkpoints with a stored ``history``; several logs are merged into one run (the top-level fields), and
+``runs`` reads them as the Training page and the report do by default (`default_log_mode`): each log a
+run with its own findings when they record the same series, else the one merged run.
 ``warnings`` lists what was read only in part: a TensorBoard file truncated or
 damaged at some record (the values before it are used), or a log so long that
 its rows were averaged down (see `explain.training.downsampling`).
@@ -14,7 +16,7 @@ import argparse
 from explain.errors import UsageError
 from explain.finding import sort_findings
 from explain.training.findings import diagnose
-from explain.training.history import ROLES, merge_histories, read_histories
+from explain.training.history import ROLES, default_log_mode, merge_histories, read_histories
 
 NAME = "training"
 
@@ -48,7 +50,15 @@ def run(args: argparse.Namespace) -> dict:
         history = history.with_roles(**roles)
     findings = sort_findings(diagnose(history, patience=args.patience))  # worst first, as the pages show them
     frame = history.by_epoch()
+    from explain.viz.training import run_names  # (plotly: only for this command)
+
+    runs = histories if default_log_mode(histories) == "runs" else [history]
+    if roles and len(runs) > 1:
+        runs = [h.with_roles(**roles) for h in runs]
     return {
+        "runs": [{"name": name, "sources": h.sources, "series": h.series_lengths(), "roles": h.roles,
+                  "findings": [f.to_dict() for f in sort_findings(diagnose(h, patience=args.patience))],
+                  "warnings": h.warnings} for name, h in zip(run_names(runs), runs)],
         "series": history.series_lengths(),
         "findings": [f.to_dict() for f in findings],
         "evidence": [f.to_dict()["evidence"] for f in findings],  # also in each finding; kept for older scripts
