@@ -187,6 +187,29 @@ def test_a_call_that_breaks_the_batch_fails_alone():
         np.testing.assert_array_equal(results[i], calls[i] * 3)
 
 
+def test_requests_that_come_while_their_key_is_busy_gather_past_the_delay():
+    """A group whose key's batch runs keeps taking requests until that batch ends, its ``max_delay_s``
+    passed or not: they would all wait for it anyway (as Triton batches what queued meanwhile)."""
+    batcher = Batcher(max_rows=64, max_delay_s=0.02)
+    release, results = threading.Event(), {}
+    holder = _held(batcher, "k", release)
+    threads = []
+    for i in range(4):  # each one after the group's delay has passed
+        threads.append(threading.Thread(target=lambda i=i: results.__setitem__(
+            i, batcher.run("k", np.full((1, 2), float(i)), lambda rows: rows + 1))))
+        threads[-1].start()
+        time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while batcher.waiting("k") < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in [holder, *threads]:
+        t.join(30)
+    assert list(batcher.batches) == [(1, 1), (4, 4)]
+    for i in range(4):
+        np.testing.assert_array_equal(results[i], np.full((1, 2), i + 1.0))
+
+
 def test_a_lone_call_does_not_wait_for_the_delay():
     batcher = Batcher(max_rows=64, max_delay_s=60)  # a call that waited for company would take a minute
     done = []

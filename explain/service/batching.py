@@ -10,7 +10,9 @@ join one *group*; the first of them leads it. The leader waits while the group g
 ``fn`` once on every member's rows concatenated, when
 
 - the group holds ``max_rows`` rows (a request that would overflow it opens the next group), or
-- ``max_delay_s`` has passed since the group opened, or
+- ``max_delay_s`` has passed since the group opened and its key is free (while the key's batch runs,
+  its group would wait anyway: it takes every request that comes until that batch ends or it is full,
+  as Triton's scheduler batches what queued while the model was busy), or
 - nobody joined for ``quiet_s``, or for as long as the key's last batch took to compute if that is
   shorter (a request alone waits that short window, not the whole delay; a fast model waits no
   longer for company than it takes to serve it); a request whose key's last batch served one
@@ -194,10 +196,10 @@ class Batcher:
         deadline = group.opened + self.max_delay_s
         quiet = 0.0 if alone else min(self.quiet_s, self._cost.get(key, self.quiet_s))
         now = time.monotonic()
-        if self._open.get(key) is group and (group.rows >= self.max_rows or now >= deadline):
+        idle = key not in self._busy
+        if self._open.get(key) is group and (group.rows >= self.max_rows or (idle and now >= deadline)):
             del self._open[key]  # closed: later requests open the next group
         closed = self._open.get(key) is not group
-        idle = key not in self._busy
         if idle and (closed or now - group.last_join >= quiet):
             if self._open.get(key) is group:
                 del self._open[key]
@@ -206,10 +208,10 @@ class Batcher:
             if not self._waiting[key]:
                 del self._waiting[key]
             return 0.0
-        waits = [] if closed else [deadline - now]
-        if idle:
-            waits.append(group.last_join + quiet - now)
-        return max(1e-6, min(waits)) if waits else None  # None: until the running batch ends
+        if not idle:  # until the running batch ends (or a join fills this group), taking requests meanwhile
+            return None
+        waits = [group.last_join + quiet - now] + ([] if closed else [deadline - now])
+        return max(1e-6, min(waits))
 
     def _lead(self, key: Hashable, group: _Group, fn: BatchFn, alone: bool) -> None:
         with self._cond:
