@@ -18,7 +18,8 @@ measures:
   measured in turns; and the server's own work per request without HTTP (``server_work_ms``: one
   ``:predict`` through the ASGI app in this process, token, lookups, batching and JSON, no socket);
 - explain: p50 / p95 latency of a one-input ``:explain`` (integrated gradients, ``--steps``,
-  fresh inputs each time so no cache answers) idle, then beside a running batch job (a dataset job
+  fresh inputs each time so no cache answers) idle; ``--clients`` clients asking 3 each at once (rows/s,
+  and jobs a request: gathered into shared jobs); then beside a running batch job (a dataset job
   of ``--batch-rows`` rows, submitted to the queue first);
 - goals: 8 clients >= 1.5x one client in turn and >= 0.5x direct batched; interactive beside a
   batch job within 3x idle.
@@ -280,10 +281,12 @@ def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, d
 
 
 def _server_work(ws, model_name: str, rows: np.ndarray, token: str, delay_ms: float, binary: bool,
-                 n: int = 300) -> dict:
+                 n: int = 300, clients: int = 8) -> dict:
     """One ``:predict`` of ``rows`` through the API's ASGI app in this process, ``n`` times in turn: the
     server's work per request (token, lookups, body, batching, the model, JSON) without a socket or
-    HTTP parsing; the threads' hops included."""
+    HTTP parsing; the threads' hops included. Then ``n`` requests from ``clients`` at once
+    (``concurrent_cpu_ms``: this process's CPU time a request, batches of ``clients`` rows; the
+    ``concurrent_batch_requests`` mean)."""
     import asyncio
 
     from explain.service.api import create_app
@@ -322,7 +325,22 @@ def _server_work(ws, model_name: str, rows: np.ndarray, token: str, delay_ms: fl
             out.append(time.perf_counter() - start)
         return out
 
-    return _ms(asyncio.run(measure()))
+    async def client() -> None:
+        for _ in range(n // clients):
+            await one()
+
+    async def concurrent() -> float:
+        await asyncio.gather(*(one() for _ in range(clients)))
+        app.state.batcher.batches.clear()
+        cpu = time.process_time()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return time.process_time() - cpu
+
+    figures = _ms(asyncio.run(measure()))
+    cpu_s = asyncio.run(concurrent())
+    batches = [requests for _, requests in app.state.batcher.batches]
+    return {**figures, "concurrent_cpu_ms": round(1000 * cpu_s / (n // clients * clients), 3),
+            "concurrent_batch_requests": round(float(np.mean(batches)), 1) if batches else None}
 
 
 def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, args) -> dict:
@@ -360,6 +378,18 @@ def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, a
     asked.clear()
     idle = _latencies(ask, args.samples)
     idle_jobs, asked[:] = list(asked), []
+    # --clients one-input requests at once, each client 3 in turn: gathered into shared jobs (`Batcher.arun`)
+    per_client, start = 3, time.perf_counter()
+    threads = [threading.Thread(target=lambda c=c: [ask(c * per_client + k) for k in range(per_client)])
+               for c in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    together = {"rows_s": round(len(asked) / (time.perf_counter() - start), 1),
+                "one_client_in_turn_rows_s": round(1 / float(np.mean(idle)), 1),
+                "jobs_per_request": round(len(set(asked)) / len(asked), 2)}
+    asked.clear()
     big = np.concatenate([x] * (args.batch_rows // len(x) + 1))[:args.batch_rows]
     dataset = Dataset("bench", model.spec, [f"r{i}" for i in range(len(big))], None, lambda a, b: big[a:b])
     job_params, arrays, title = dataset_job(model, model_name, 1, dataset, "integrated_gradients",
@@ -371,7 +401,8 @@ def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, a
     after = ws.jobs.get(owner, job.id)
     beside_jobs = list(asked)
     ws.jobs.cancel(owner, job.id)
-    return {"idle": {**_ms(idle), **phases(idle_jobs)}, "beside_batch_job": {**_ms(beside), **phases(beside_jobs)},
+    return {"idle": {**_ms(idle), **phases(idle_jobs)}, f"clients_{args.clients}": together,
+            "beside_batch_job": {**_ms(beside), **phases(beside_jobs)},
             "batch_job": {"rows": args.batch_rows, "status_after": after.status, "progress_after": after.progress},
             "ratio_p50": round(float(np.percentile(beside, 50) / np.percentile(idle, 50)), 2),
             "ratio_p95": round(float(np.percentile(beside, 95) / np.percentile(idle, 95)), 2)}
@@ -430,7 +461,8 @@ def main() -> None:
                           "engine_threads_unbatched_rows_s": round(threads_alone, 1),
                           "engine_threads_batched_rows_s": round(threads_batched, 1),
                           "engine_threads_batch_rows_mean": round(float(np.mean(sizes)), 1) if sizes else None}}
-    result["predict"]["server_work_ms"] = _server_work(ws, args.model, one, args.token, args.delay_ms, args.binary)
+    result["predict"]["server_work_ms"] = _server_work(ws, args.model, one, args.token, args.delay_ms, args.binary,
+                                                       clients=args.clients)
     variants = {"no_batching": (0.0, ()), "batching": (args.delay_ms, ()),
                 "plain_stack": (args.delay_ms, ("--http", "h11", "--loop", "asyncio")),
                 "processes": (args.delay_ms, ("--processes", str(args.processes)))}
