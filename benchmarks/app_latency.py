@@ -15,6 +15,9 @@ Rows, each round in turn (a torch import first, so a machine whose speed drifts 
 - ``restart_first_figure`` / ``restart_first_map``: the server stopped and started again on the same
   workspace (an operator's restart): the sample's first view is read back from the run the first
   open saved (`explain.report.overview`), nothing is measured or explained;
+- ``first_run_cpu``: CPU seconds of a fresh process's first script run of ``app.py`` (AppTest, the server's
+  Streamlit and plotly imported before) until the first figure's delta is enqueued: the server's share of
+  ``first_figure``, which moves little with the machine's load where the browser rows move a lot;
 - ``rerun``: the Overview's script run again for a view already computed (AppTest in this
   process, median of 5): what every click on a computed view costs (target 0.3 s);
 - ``floor_first_figure`` / ``floor_again_first_figure``: the same browser opening a blank Streamlit app
@@ -125,6 +128,37 @@ print(statistics.median(times))
 """
 
 
+FIRST_RUN_CPU = """
+import os, sys, time
+import plotly.graph_objects, streamlit.web.bootstrap  # what the server holds before its first script run
+from streamlit.runtime.forward_msg_queue import ForwardMsgQueue
+from streamlit.testing.v1 import AppTest
+found = []
+
+
+def first_figure(msg):
+    if not found and msg.WhichOneof("type") == "delta" and msg.delta.WhichOneof("type") == "new_element" \\
+            and msg.delta.new_element.WhichOneof("type") == "plotly_chart":
+        found.append(time.process_time())
+
+
+ForwardMsgQueue.on_before_enqueue_msg(first_figure)
+at = AppTest.from_file(os.path.join(os.getcwd(), "app.py"), default_timeout=300)
+start = time.process_time()
+at.run()
+assert not at.exception and found, at.exception
+print(found[0] - start)
+"""
+
+
+def first_run_cpu(home: str, root: Path = ROOT) -> float:
+    """CPU seconds of ``root``'s first script run (a fresh process, a new workspace) until its first figure."""
+    env = {**os.environ, "GLASSBOX_HOME": home, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", FIRST_RUN_CPU], cwd=root, env=env, capture_output=True, text=True,
+                         check=True, timeout=600)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def rerun_seconds(home: str, root: Path = ROOT, n: int = 5) -> float:
     """The Overview's script run again on a computed view (AppTest in a fresh process of ``root``'s tree):
     median seconds."""
@@ -163,6 +197,7 @@ def measure(browser, root: Path, torch_s: float) -> list[dict]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    found.append(row("first_run_cpu", first_run_cpu(tempfile.mkdtemp(prefix="glassbox-app-latency-"), root), torch_s))
     found.append(row("rerun", rerun_seconds(tempfile.mkdtemp(prefix="glassbox-app-latency-"), root), torch_s))
     return found
 
