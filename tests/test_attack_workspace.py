@@ -92,3 +92,27 @@ def test_a_viewer_loads_no_model_through_the_page_glue(home):
     run = ws.runs.save(op, RunRecord(page="overview", model="shapes", version=1, title="t"))
     assert _load_as("vic", run.id) == ["refused PermissionDenied"]
     assert _load_as("eddie", run.id) == ["loaded shapes"]
+
+
+def test_a_viewer_builds_no_checkpoint_model_through_the_library(workspace):
+    """The Training page's checkpoint models (`evolution.model_at`, the drift's) called `load_model`
+    directly: only the page's role gate stood before them. With a workspace they go through
+    `Workspace.load_model`, the one check: a viewer is refused, an editor gets the checkpoint's weights."""
+    import numpy as np
+    import torch
+
+    from explain.model import LoadedModel
+    from explain.spec import InputSpec
+    from explain.training.evolution import Checkpoint, model_at
+
+    workspace.users.add(OP, "admin", "admin")
+    workspace.users.add(OP, "ada", "editor")
+    workspace.users.add(OP, "vic", "viewer")
+    spec = InputSpec("tabular", (3,), class_names=["a", "b"])
+    reference = LoadedModel(module=torch.nn.Linear(3, 2).eval(), format="checkpoint", sha256="x", spec=spec, name="m")
+    weights = {"weight": torch.tensor([[1.0, 0, 0], [0, 2.0, 0]]), "bias": torch.tensor([0.5, -0.5])}
+    ckpt = Checkpoint("epoch 2", 2.0, weights, "epoch_2.pt", data=b"checkpoint bytes")
+    with pytest.raises(PermissionDenied):
+        model_at(ckpt, reference, workspace=workspace, actor=Actor("vic"))
+    model = model_at(ckpt, reference, workspace=workspace, actor=Actor("ada"))
+    np.testing.assert_allclose(model.predict_logits(np.array([[1.0, 1.0, 1.0]], dtype=np.float32)), [[1.5, 1.5]])

@@ -15,7 +15,7 @@ draw the same figures from it, and the checkpoints as the job carried them, so i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from explain.progress import ProgressFn
 from explain.training.evolution import AttributionDrift, compute_checkpoint_drift, read_checkpoint, sort_checkpoints
 from explain.workspace.reruns import as_rerun, largest, max_difference, relative
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
+
+if TYPE_CHECKING:  # types only
+    from explain.workspace import Actor, Workspace
 
 
 def drift_job(model: LoadedModel, name: str, version: int, checkpoints: Sequence[tuple[str, bytes]],
@@ -70,13 +73,17 @@ def drift_record(name: str, version: int, model: LoadedModel, inputs: np.ndarray
 
 
 def run_drift_job(model: LoadedModel, params: dict[str, Any], arrays: dict[str, np.ndarray],
-                  progress: ProgressFn | None = None) -> RunRecord:
-    """What the worker runs for a ``drift`` job (`drift_job` built it): the checkpoints in training order."""
+                  progress: ProgressFn | None = None, *, workspace: Workspace | None = None,
+                  actor: Actor | None = None) -> RunRecord:
+    """What the worker runs for a ``drift`` job (`drift_job` built it): the checkpoints in training order,
+    each one's model loaded through ``workspace``'s role check for ``actor`` (the job's owner) when given
+    (`evolution.model_at`)."""
     files = [(file_name, arrays[f"checkpoint/{i}"]) for i, file_name in enumerate(params["checkpoints"])]
     checkpoints = sort_checkpoints(read_checkpoint(np.asarray(data, dtype=np.uint8).tobytes(), filename=file_name)
                                    for file_name, data in files)
     inputs = arrays["inputs"]
-    drift = compute_checkpoint_drift(checkpoints, model, inputs, steps=int(params["steps"]), progress=progress)
+    drift = compute_checkpoint_drift(checkpoints, model, inputs, steps=int(params["steps"]), progress=progress,
+                                     workspace=workspace, actor=actor)
     return as_rerun(drift_record(params["model"], int(params["version"]), model, inputs, int(params["steps"]), drift,
                                  files), params)
 

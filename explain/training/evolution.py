@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from explain.loading.weights import WeightsRefused, key_variants, read_safetenso
 from explain.model import LoadedModel
 from explain.progress import ProgressFn, report_progress
 from explain.training.formats import load_checkpoint_dict
+
+if TYPE_CHECKING:  # types only
+    from explain.workspace import Actor, Workspace
 
 #: progress units per checkpoint: drift reports (done, total) with total = UNITS * checkpoints.
 UNITS = 1000
@@ -348,8 +351,13 @@ def compute_weight_changes(checkpoints: Sequence[Checkpoint]) -> WeightChange:
 
 
 # -- models per checkpoint ----------------------------------------------------------
-def model_at(checkpoint: Checkpoint, reference: LoadedModel | None = None) -> LoadedModel:
+def model_at(checkpoint: Checkpoint, reference: LoadedModel | None = None, *, workspace: Workspace | None = None,
+             actor: Actor | None = None) -> LoadedModel:
     """A `LoadedModel` with the checkpoint's weights.
+
+    With ``workspace`` (a page's or a job's call, for ``actor``) every way below goes through
+    `Workspace.load_model`, the one role check (editor, `Action.LOAD_MODEL`), before the checkpoint
+    is read; without one it is the operator's own call (the command line, a script, the report).
 
     - An eager ``reference`` model whose weights the checkpoint fits (a wrapper prefix
       stripped if need be): a copy of it gets the weights (same spec).
@@ -365,7 +373,14 @@ def model_at(checkpoint: Checkpoint, reference: LoadedModel | None = None) -> Lo
     Raises:
         IncompatibleInput: the checkpoint's weights do not fit the current model (one line:
             how many differ and one example, never the key dump).
+        PermissionDenied: ``actor`` is below editor in ``workspace``.
     """
+    if workspace is not None:
+        return workspace.load_model(actor, checkpoint.data, loader=lambda _data: _model_at(checkpoint, reference))
+    return _model_at(checkpoint, reference)
+
+
+def _model_at(checkpoint: Checkpoint, reference: LoadedModel | None) -> LoadedModel:
     from explain.loading.loader import load_model
 
     spec = reference.spec if reference is not None else None
@@ -605,10 +620,12 @@ def compute_attribution_drift(
 
 def compute_checkpoint_drift(
     checkpoints: Sequence[Checkpoint], reference: LoadedModel | None, inputs: np.ndarray,
-    target: np.ndarray | int | None = None, steps: int = 32, progress: ProgressFn | None = None,
+    target: np.ndarray | int | None = None, steps: int = 32, progress: ProgressFn | None = None, *,
+    workspace: Workspace | None = None, actor: Actor | None = None,
 ) -> AttributionDrift:
-    """`compute_attribution_drift` for checkpoints (models built with `model_at`)."""
-    models = [model_at(c, reference) for c in checkpoints]
+    """`compute_attribution_drift` for checkpoints (models built with `model_at`, through ``workspace``'s
+    role check for ``actor`` when given)."""
+    models = [model_at(c, reference, workspace=workspace, actor=actor) for c in checkpoints]
     return compute_attribution_drift(
         models, inputs, [c.label for c in checkpoints], [c.epoch for c in checkpoints], target, steps, progress,
     )
