@@ -247,7 +247,7 @@ def test_cli_generate_logit_lens_and_attention(lm, attributions, tmp_path, capsy
     assert main(["generate", str(folder), "--prompts", str(prompts), "--targets", str(targets), "--method",
                  "input_x_gradient", "--out", str(tmp_path / "f.npz")]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["forced"] and printed["texts"] == ["on the mat", "four"]
+    assert printed["forced"] and printed["texts"] == [" on the mat", " four"]  # each line as it follows its prompt
     assert printed["completeness_error"][1] == [None] * len(printed["tokens"][1])
 
     assert main(["logit-lens", str(folder), "--prompts", str(prompts), "--out", str(tmp_path / "l.npz")]) == 0

@@ -96,6 +96,20 @@ def test_cli_generate_granularity_keeps_token_values_and_adds_the_groups(tmp_pat
         np.testing.assert_allclose(g["group_values"][i].sum(-1), g["values"][i].sum(-1), atol=1e-5)
 
 
+def test_a_targets_files_continuations_keep_their_leading_space(bpe_spec, tmp_path):
+    """``generate --targets`` reads each line as the text that follows its prompt: " cat" is GPT-2's ``Ġcat``
+    (stripped, the continuation was "cat", glued to the prompt's last word); blank lines skipped, prompts stripped."""
+    from explain.generation.prompts import encode_texts, read_token_lists
+
+    tok, spec = bpe_spec
+    path = tmp_path / "t.txt"
+    path.write_text(" cat sat\n\n  \ncat \n")
+    got = read_token_lists(path, spec, special_tokens=False, what="targets", keep_spaces=True)
+    assert [g.tolist() for g in got] == [e.tolist() for e in encode_texts([" cat sat", "cat "], spec, special_tokens=False)]
+    assert got[0][0] == tok.token_to_id("Ġcat")
+    assert read_token_lists(path, spec, special_tokens=False)[0][0] == tok.token_to_id("cat")  # prompts: stripped
+
+
 def test_alternatives_keep_their_leading_space(bpe_spec, tmp_path):
     from explain.generation.contrastive import read_alternatives
 

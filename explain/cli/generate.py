@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     require_causal_lm(model, "generate")
     prompts = chat_prompts(model, args.prompts) if args.chat else read_token_lists(args.prompts, model.spec)
     if args.targets:
-        continuations = read_token_lists(args.targets, model.spec, special_tokens=False, what="targets")
+        continuations = read_token_lists(args.targets, model.spec, special_tokens=False, what="targets",
+                                         keep_spaces=True)  # " four" follows "is" as its own token
         texts = force_continuations(model, prompts, continuations)
     else:
         texts = generate_greedy(model, prompts, args.max_new_tokens) if sampling is None else \

@@ -67,8 +67,11 @@ def token_strings(ids: Sequence[int] | np.ndarray, spec: InputSpec) -> list[str]
     return raw_tokens([int(i) for i in np.asarray(ids).reshape(-1)], spec)
 
 
-def read_token_lists(path: str | Path, spec: InputSpec, special_tokens: bool = True, what: str = "prompts") -> list[np.ndarray]:
+def read_token_lists(path: str | Path, spec: InputSpec, special_tokens: bool = True, what: str = "prompts",
+                     keep_spaces: bool = False) -> list[np.ndarray]:
     """The prompts (or continuations) of a file: one int64 array per line of a ``.txt``, per row of an array.
+    ``keep_spaces``: each line as written but its line end (a continuation's leading space is part of its first
+    token: GPT-2's ``" four"`` is ``Ġfour``, not ``four``), else stripped; blank lines are skipped either way.
 
     Raises:
         UsageError: a missing file. CorruptFile / IncompatibleInput: not text or ids, no lines, ids
@@ -92,7 +95,7 @@ def read_token_lists(path: str | Path, spec: InputSpec, special_tokens: bool = T
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise CorruptFile(f"{name} is not UTF-8 text.") from None
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = [line if keep_spaces else line.strip() for line in text.splitlines() if line.strip()]
         if not lines:
             raise IncompatibleInput(f"{name} has no text lines.")
         rows = encode_texts(lines, spec, special_tokens)
