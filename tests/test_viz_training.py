@@ -218,6 +218,6 @@ def test_text_drift_columns_read_as_tokens_not_the_vocabularys_markers():
     drift = _drift((6,))
     fig = figure_attribution_drift(drift, 1, spec, inputs=ids)
     ticks = list(fig.layout.xaxis.ticktext)
-    assert ticks == ["0:<s>", "1:great", "2:</s>"]  # the three padding positions left out
+    assert ticks == ["0:&lt;s&gt;", "1:great", "2:&lt;/s&gt;"]  # padding left out; plotly text (`plot_text`)
     assert not any("Ġ" in t for t in ticks) and not any("Ġ" in str(c) for c in np.ravel(fig.data[0].customdata))
     assert np.asarray(fig.data[0].z).shape == (3, 3)

@@ -7,7 +7,6 @@ the report is still built. Every number a section shows is put in its
 """
 from __future__ import annotations
 
-import html
 import os
 import platform
 import time
@@ -218,7 +217,7 @@ def _output_visuals(model: LoadedModel, attr, rows: list[dict], data: dict) -> t
         r["top_features"] = [{"feature": feature_names[j], "value": float(raw[i, j]),
                               "attribution": float(attr.values[i, j])} for j in top]
         title = f"#{i} · {r['prediction']} ({r['probability']:.1%}) → {r['target']}"
-        figures.append(viz.attribution_figure(attr, model.spec, i, title=html.escape(title)))  # as the pages draw it
+        figures.append(viz.attribution_figure(attr, model.spec, i, title=title))  # as the pages draw it (escaped there)
     return "", figures
 
 
@@ -433,7 +432,7 @@ def add_image_rollout(section: Section, model: LoadedModel, x: np.ndarray) -> No
     section.body += (f"<p>Attention rollout of {escape(source)} across the {maps.num_layers} layers, to the "
                      f"{grid.rows}×{grid.cols} patches of input #0, each patch's share spread over its square of "
                      f"the image (positions named (row, col); largest share {format_number(float(patches.max()))}).</p>")
-    section.figures.append(figure_image_heatmap(image, heat, html.escape(f"What {source} draws on after all layers"),
+    section.figures.append(figure_image_heatmap(image, heat, f"What {source} draws on after all layers",
                                                 label="rollout share"))
     section.data.update(round_data({"patch_grid": [grid.rows, grid.cols], "extra_tokens": grid.extra,
                                     "patch_labels": grid.labels()[grid.extra:], "rollout": patches}))

@@ -17,7 +17,7 @@ from explain.attribution import Attribution
 from explain.inputs.tabular import feature_names as tabular_feature_names
 from explain.inputs.text import detokenize, padding_mask, token_display
 from explain.spec import InputSpec
-from explain.viz.labels import format_value, keep_labels_inside, text_width
+from explain.viz.labels import format_value, keep_labels_inside, plot_text, text_width
 
 SIGNS = ("all", "positive", "negative", "absolute")
 #: how an image map is shown: over a grey-scale copy of the input, alone, or next to the input.
@@ -200,7 +200,7 @@ def _colour_bar(zmax: float, sign: str, target: str) -> dict:
     return dict(orientation="h", x=0.5, xanchor="center", y=-0.02, yanchor="top", thickness=8, len=1.0,
                 tickvals=values, ticktext=labels, tickfont=dict(size=BAR_TICK_SIZE), outlinewidth=0,
                 ticklabeloverflow="allow",
-                title=dict(text=colour_bar_text(sign, target), side="bottom", font=dict(size=11)))
+                title=dict(text=plot_text(colour_bar_text(sign, target)), side="bottom", font=dict(size=11)))
 
 
 def image_attribution_figure(
@@ -240,7 +240,7 @@ def image_attribution_figure(
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed")
     fig.update_layout(
-        title=dict(text=title, font=dict(size=13)), height=height + 52, font=FONT, plot_bgcolor="white",
+        title=dict(text=plot_text(title), font=dict(size=13)), height=height + 52, font=FONT, plot_bgcolor="white",
         margin=dict(l=side, r=side, t=28 if title else 0, b=52),
     )
     return fig
@@ -254,14 +254,14 @@ def tabular_bar_figure(
     values = np.asarray(values, dtype=np.float64)
     order = np.argsort(-np.abs(values))[:top_k][::-1]
     labels = [
-        f"{feature_names[i]} = {feature_values[i]:.3g}" if feature_values is not None else str(feature_names[i])
+        plot_text(f"{feature_names[i]} = {feature_values[i]:.3g}" if feature_values is not None else feature_names[i])
         for i in order
     ]
     colors = [_hex(RED) if values[i] > 0 else _hex(BLUE) for i in order]  # the maps' red and blue
     fig = go.Figure(go.Bar(x=values[order], y=labels, orientation="h", marker_color=colors,
                            hovertemplate="%{y}<br>attribution=%{x:.4g}<extra></extra>"))
     fig.update_layout(
-        title=dict(text=title, font=dict(size=13)), height=max(220, 22 * len(order) + 60),
+        title=dict(text=plot_text(title), font=dict(size=13)), height=max(220, 22 * len(order) + 60),
         margin=dict(l=0, r=10, t=30 if title else 6, b=0), font=FONT, xaxis_title="attribution",
         plot_bgcolor="white", xaxis=dict(zeroline=True, zerolinecolor="#888", gridcolor="#eee"),
     )
@@ -320,12 +320,12 @@ def tabular_summary_figure(
             marker=dict(size=6, color=(col - col.min()) / span, colorscale="RdBu_r", cmin=0, cmax=1,
                         showscale=row == len(rank) - 1,
                         colorbar=dict(title="feature value", tickvals=[0, 1], ticktext=["low", "high"], thickness=10)),
-            name=str(feature_names[f]), showlegend=False,
-            hovertemplate=f"{feature_names[f]}<br>attribution=%{{x:.4g}}<extra></extra>",
+            name=plot_text(feature_names[f]), showlegend=False,
+            hovertemplate=f"{plot_text(feature_names[f])}<br>attribution=%{{x:.4g}}<extra></extra>",
         ))
-    fig.update_yaxes(tickvals=list(range(len(rank))), ticktext=[str(feature_names[f]) for f in rank])
+    fig.update_yaxes(tickvals=list(range(len(rank))), ticktext=[plot_text(feature_names[f]) for f in rank])
     fig.update_layout(
-        title=dict(text=title, font=dict(size=13)), height=max(260, 24 * len(rank) + 80), font=FONT,
+        title=dict(text=plot_text(title), font=dict(size=13)), height=max(260, 24 * len(rank) + 80), font=FONT,
         xaxis_title="attribution (impact on the target logit)", margin=dict(l=0, r=10, t=30 if title else 6, b=0),
         plot_bgcolor="white", xaxis=dict(zeroline=True, zerolinecolor="#888", gridcolor="#eee"),
     )
@@ -439,7 +439,7 @@ def probabilities_figure(probs: np.ndarray, class_names: Sequence[str], height: 
     """Small horizontal bar chart of class probabilities for one input."""
     probs = np.asarray(probs, dtype=np.float64)
     order = np.argsort(probs)[-5:]
-    fig = go.Figure(go.Bar(x=probs[order], y=[class_names[i] if i < len(class_names) else str(i) for i in order],
+    fig = go.Figure(go.Bar(x=probs[order], y=[plot_text(class_names[i] if i < len(class_names) else i) for i in order],
                            orientation="h", marker_color="#4a6fa5", text=[f"{p:.1%}" for p in probs[order]],
                            textposition="auto", hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=0, r=0, t=4, b=0), font=FONT, xaxis=dict(range=[0, 1], visible=False),
@@ -449,7 +449,8 @@ def probabilities_figure(probs: np.ndarray, class_names: Sequence[str], height: 
 
 def agreement_figure(names: Sequence[str], matrix: np.ndarray) -> go.Figure:
     """Heatmap of rank correlation between methods."""
-    fig = go.Figure(go.Heatmap(z=matrix, x=list(names), y=list(names), zmin=-1, zmax=1, colorscale="RdBu",
+    names = [plot_text(n) for n in names]
+    fig = go.Figure(go.Heatmap(z=matrix, x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu",
                                text=np.round(matrix, 2), texttemplate="%{text}",
                                hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(height=120 + 40 * len(names), margin=dict(l=0, r=0, t=10, b=0), font=FONT)

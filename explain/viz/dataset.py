@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from explain.dataset.summary import DatasetSummary
 from explain.viz.attribution import FONT, plotly_colorscale, shared_scale, tabular_summary_figure
-from explain.viz.labels import keep_labels_inside
+from explain.viz.labels import keep_labels_inside, plot_text
 
 #: rows a beeswarm draws at most (an even subsample of the finished rows beyond that).
 BEESWARM_MAX_ROWS = 2000
@@ -19,7 +19,7 @@ def mean_abs_figure(summary: DatasetSummary, feature_names: Sequence[str], top_k
     """Horizontal bars: the ``top_k`` features by mean |attribution| over the rows explained so far."""
     values = np.asarray(summary.mean_abs, dtype=np.float64).reshape(-1)  # [F]
     order = np.argsort(-values)[:top_k][::-1]
-    fig = go.Figure(go.Bar(x=values[order], y=[str(feature_names[i]) for i in order], orientation="h",
+    fig = go.Figure(go.Bar(x=values[order], y=[plot_text(feature_names[i]) for i in order], orientation="h",
                            marker_color="#4a6fa5", hovertemplate="%{y}<br>mean |attribution|=%{x:.4g}<extra></extra>"))
     fig.update_layout(height=max(220, 22 * len(order) + 60), margin=dict(l=0, r=10, t=6, b=0), font=FONT,
                       xaxis_title=f"mean |attribution| over {summary.rows} rows", plot_bgcolor="white",
@@ -42,7 +42,7 @@ def class_mean_maps_figure(summary: DatasetSummary, class_names: Sequence[str]) 
     classes = [k for k, count in enumerate(summary.class_counts) if count > 0]
     maps = np.asarray(summary.class_means, dtype=np.float64)  # [K, H, W]
     zmax = shared_scale(maps[classes]) if classes else 1.0
-    names = [class_names[k] if k < len(class_names) else str(k) for k in range(len(maps))]
+    names = [plot_text(class_names[k] if k < len(class_names) else k) for k in range(len(maps))]
     fig = make_subplots(rows=1, cols=max(1, len(classes)), horizontal_spacing=0.03,
                         subplot_titles=[f"{names[k]} ({int(summary.class_counts[k])})" for k in classes] or [""])
     for col, k in enumerate(classes, start=1):
@@ -58,12 +58,12 @@ def class_mean_maps_figure(summary: DatasetSummary, class_names: Sequence[str]) 
 def top_tokens_figure(summary: DatasetSummary, class_names: Sequence[str]) -> go.Figure:
     """One bar chart per class: the tokens with the largest summed attribution toward it."""
     classes = [k for k, row in enumerate(summary.top_tokens) if row]
-    names = [class_names[k] if k < len(class_names) else str(k) for k in range(len(summary.top_tokens))]
+    names = [plot_text(class_names[k] if k < len(class_names) else k) for k in range(len(summary.top_tokens))]
     fig = make_subplots(rows=1, cols=max(1, len(classes)), horizontal_spacing=0.12,
                         subplot_titles=[names[k] for k in classes] or [""])
     for col, k in enumerate(classes, start=1):
         row = summary.top_tokens[k][::-1]
-        fig.add_trace(go.Bar(x=[t.total for t in row], y=[t.token for t in row], orientation="h",
+        fig.add_trace(go.Bar(x=[t.total for t in row], y=[plot_text(t.token) for t in row], orientation="h",
                              marker_color=["#b2182b" if t.total > 0 else "#2166ac" for t in row],
                              customdata=[t.count for t in row], showlegend=False,
                              hovertemplate="%{y}<br>summed attribution=%{x:.4g}<br>%{customdata} occurrences<extra></extra>"),

@@ -72,12 +72,12 @@ def generation_figure(values: np.ndarray, prompt_length: int, source_tokens: Seq
         z=z, x=list(range(length)), y=list(range(t_count)), zmin=-zmax, zmax=zmax, colorscale=plotly_colorscale("all"),
         customdata=hover, hoverongaps=False, colorbar=dict(
             tickvals=ticks, ticktext=labels, tickfont=dict(size=BAR_TICK_SIZE), thickness=10, outlinewidth=0,
-            title=dict(text=colour_bar_text("all", target), side="right", font=dict(size=11))),
+            title=dict(text=plot_text(colour_bar_text("all", target)), side="right", font=dict(size=11))),
         hovertemplate="%{customdata}<br>attribution %{z:.4g}<extra></extra>",
     ))
     fig.add_vline(x=int((first < prompt_length).sum()) - 0.5, line=dict(color="#888", width=1, dash="dot"))  # prompt | generated
     fig.update_layout(
-        title=dict(text=title, x=0, xanchor="left", font=dict(size=14)) if title else None,
+        title=dict(text=plot_text(title), x=0, xanchor="left", font=dict(size=14)) if title else None,
         height=max(260, 26 * t_count + 170), font=FONT, plot_bgcolor="white",
         margin=dict(l=label_margin([elide(t) for t in row_names] or ["x"]), r=10, t=40 if title else 10, b=90),
         xaxis=dict(tickmode="array", tickvals=list(range(length)), ticktext=shown, tickangle=-45,
@@ -137,7 +137,7 @@ def step_attention_figure(weights: np.ndarray, rollout: np.ndarray, position: in
     ))
     fig.add_hline(y=len(rows) - 1.5, line=dict(color="#888", width=1, dash="dot"))  # heads | rollout
     fig.update_layout(
-        title=dict(text=title, x=0, xanchor="left", font=dict(size=14)) if title else None,
+        title=dict(text=plot_text(title), x=0, xanchor="left", font=dict(size=14)) if title else None,
         height=max(240, 16 * len(rows) + 170), font=FONT, plot_bgcolor="white",
         margin=dict(l=label_margin(rows), r=10, t=40 if title else 10, b=90),
         xaxis=dict(tickmode="array", tickvals=list(range(keys)), ticktext=shown, tickangle=-45,

@@ -28,10 +28,14 @@ def elide(label: str, max_chars: int = MAX_LABEL_CHARS) -> str:
 
 
 def plot_text(label) -> str:
-    """``label`` as plotly text: ``<`` ``>`` ``&`` escaped. Plotly reads labels, titles and hover text as
-    HTML, so a token such as ``</s>`` or ``<s>`` (RoBERTa's, Llama's) closed or opened a strike-through,
-    vanished from its axis and threw the axis's margin off."""
-    return html.escape(str(label), quote=False)
+    """``label`` as plotly text: ``<`` ``>`` ``&`` escaped, and ``%{`` written ``&#37;{``. Plotly reads
+    labels, titles, legend entries and hover text as HTML, so a token such as ``</s>`` or ``<s>``
+    (RoBERTa's, Llama's) closed or opened a strike-through and vanished from its axis, and a feature,
+    class, series or checkpoint name ``<a href=...>`` became a link in the page and the report; it reads
+    ``%{...}`` in hover templates, trace names and titles as a variable, so a label ``%{y}`` showed a
+    number or nothing. Every user's string that reaches a figure goes through here; the text a person
+    sees is the label itself."""
+    return html.escape(str(label), quote=False).replace("%{", "&#37;{")
 
 
 def elide_all(labels: Sequence[str], max_chars: int = MAX_LABEL_CHARS) -> list[str]:
@@ -104,7 +108,8 @@ def text_width(text: str, font_size: float = 12) -> int:
 
 
 def wrap_title(text: str, width: int = NARROW_WIDTH, font_size: float = TITLE_SIZE, max_lines: int = 3) -> str:
-    """``text`` in lines of at most ``width`` pixels at ``font_size``, joined by ``<br>`` (plotly's line break).
+    """``text`` in lines of at most ``width`` pixels at ``font_size``, joined by ``<br>`` (plotly's line break),
+    each line as plotly text (`plot_text`).
 
     A title that fits stays one line. Else each part of a "·" title ("layer · what") starts a line,
     and a part too long for one breaks at spaces; a single word (a layer name) longer than a line is
@@ -113,7 +118,7 @@ def wrap_title(text: str, width: int = NARROW_WIDTH, font_size: float = TITLE_SI
     text = str(text)
     per_line = max(8, int(width // (font_size * CHAR_WIDTH)))
     if len(text) <= per_line:
-        return text
+        return plot_text(text)
     lines: list[str] = []
     for part in text.split(" · "):
         line = ""
@@ -127,7 +132,7 @@ def wrap_title(text: str, width: int = NARROW_WIDTH, font_size: float = TITLE_SI
         lines.append(line)
     if len(lines) > max_lines:
         lines = lines[: max_lines - 1] + [elide(" ".join(lines[max_lines - 1 :]), per_line)]
-    return "<br>".join(lines)
+    return "<br>".join(plot_text(line) for line in lines)  # escaped after the cuts: no entity is cut
 
 
 def title_lines(text: str) -> int:

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from explain.output.metrics.quality import Results
 from explain.viz.attribution import FONT
-from explain.viz.labels import TITLE_SIZE, keep_labels_inside, text_width
+from explain.viz.labels import TITLE_SIZE, keep_labels_inside, plot_text, text_width
 
 #: the legend's entries (px) and the height each adds once there are more than two (they stack in a
 #: narrow column: the Quality tab draws deletion and insertion side by side).
@@ -50,6 +50,7 @@ def curve_figure(results: Results, metric: str, height: int = 320) -> go.Figure 
         return None
     fig = go.Figure()
     for k, (method, r) in enumerate(rows):
+        method = plot_text(method)
         colour = _PALETTE[k % len(_PALETTE)]
         x = np.asarray(r.curve_x) * 100
         fig.add_trace(go.Scatter(x=x, y=_mean_curve(r.curve), mode="lines", line=dict(color=colour, width=2),
@@ -75,9 +76,10 @@ def sanity_figure(results: Results, height: int = 320) -> go.Figure | None:
     if not rows:
         return None
     fig = go.Figure()
-    labels = max((r.curve_labels for _, r in rows), key=len)
+    labels = [plot_text(label) for label in max((r.curve_labels for _, r in rows), key=len)]  # layer names
     for k, (method, r) in enumerate(rows):
-        fig.add_trace(go.Scatter(x=r.curve_labels, y=_mean_curve(r.curve), mode="lines+markers", name=method,
+        method = plot_text(method)
+        fig.add_trace(go.Scatter(x=[plot_text(label) for label in r.curve_labels], y=_mean_curve(r.curve), mode="lines+markers", name=method,
                                  line=dict(color=_PALETTE[k % len(_PALETTE)], width=2),
                                  hovertemplate=f"{method}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
     threshold = float(rows[0][1].params.get("threshold", 0.5))

@@ -68,7 +68,7 @@ def figure_attention_grid(weights: np.ndarray, layer_names: Sequence[str], token
         cell: pixel size of one small heatmap.
     """
     n_layers, n_heads, q, k = weights.shape
-    titles = [f"{_short(layer_names[li])} · head {h}" for li in range(n_layers) for h in range(n_heads)]
+    titles = [plot_text(f"{_short(layer_names[li])} · head {h}") for li in range(n_layers) for h in range(n_heads)]
     fig = make_subplots(rows=n_layers, cols=n_heads, subplot_titles=titles,
                         horizontal_spacing=0.03, vertical_spacing=0.08 / max(1, n_layers / 2))
     labelled = tokens is not None
@@ -108,7 +108,7 @@ def figure_token_weights(values: np.ndarray, tokens: Sequence[str], title: str =
     colours = ["#d62728" if highlight is not None and highlight[i] else "#1f77b4" for i in range(len(values))]
     fig = go.Figure(go.Bar(x=_unique(list(tokens)), y=values, marker_color=colours,
                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=300, margin=dict(l=10, r=10, t=50, b=10), yaxis_title="weight",
+    fig.update_layout(title=plot_text(title), height=300, margin=dict(l=10, r=10, t=50, b=10), yaxis_title="weight",
                       xaxis=dict(tickangle=-45, type="category"))
     return keep_labels_inside(fig)
 
@@ -124,8 +124,8 @@ def figure_flops(rows: Sequence[dict], top: int = 25) -> go.Figure:
     known = sorted(known, key=lambda r: -r["flops"])[:top][::-1]
     labels = elide_all([r["name"] for r in known])
     fig = go.Figure(go.Bar(
-        x=[100 * (r.get("flop_share") or 0) for r in known], y=labels, orientation="h",
-        customdata=[[r["flops"], r["type"], r["name"]] for r in known], marker_color="#ff7f0e",
+        x=[100 * (r.get("flop_share") or 0) for r in known], y=[plot_text(label) for label in labels], orientation="h",
+        customdata=[[r["flops"], plot_text(r["type"]), plot_text(r["name"])] for r in known], marker_color="#ff7f0e",
         hovertemplate="%{customdata[2]} (%{customdata[1]})<br>%{customdata[0]:,} FLOPs<br>%{x:.1f}%<extra></extra>",
     ))
     fig.update_yaxes(automargin=True, type="category")
@@ -141,7 +141,7 @@ def figure_flops(rows: Sequence[dict], top: int = 25) -> go.Figure:
 
 def figure_activation_stats(rows: Sequence[dict]) -> go.Figure:
     """Per layer: mean ± std of the output, share of zeros and of dead units."""
-    names = [r["name"] for r in rows]
+    names = [plot_text(r["name"]) for r in rows]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("mean ± std of the output", "zeros and dead units (%)"))
     fig.add_trace(go.Bar(x=[r["mean"] for r in rows], y=names, orientation="h", name="mean",
@@ -159,7 +159,7 @@ def figure_activation_stats(rows: Sequence[dict]) -> go.Figure:
 
 def figure_weight_norms(stats: Sequence) -> go.Figure:
     """RMS (norm / √n) and max |w| of every parameter tensor."""
-    names = [s.name for s in stats]
+    names = [plot_text(s.name) for s in stats]
     fig = go.Figure()
     fig.add_trace(go.Bar(x=[s.rms for s in stats], y=names, orientation="h", name="RMS",
                          customdata=[[s.norm, s.numel] for s in stats], marker_color="#2ca02c",
@@ -177,14 +177,14 @@ def figure_weight_histogram(counts: np.ndarray, edges: np.ndarray, name: str) ->
     centres = (edges[:-1] + edges[1:]) / 2
     fig = go.Figure(go.Bar(x=centres, y=counts, width=np.diff(edges), marker_color="#2ca02c",
                            hovertemplate="%{x:.4f}: %{y}<extra></extra>"))
-    fig.update_layout(title=f"Values of {name}", xaxis_title="weight", yaxis_title="count", bargap=0,
+    fig.update_layout(title=f"Values of {plot_text(name)}", xaxis_title="weight", yaxis_title="count", bargap=0,
                       height=320, margin=dict(l=10, r=10, t=50, b=10))
     return keep_labels_inside(fig)
 
 
 def figure_layer_importance(result) -> go.Figure:
     """Ranked horizontal bars of `LayerImportance.magnitude` (signed total in the hover)."""
-    layers = list(result.layers)[::-1]
+    layers = [plot_text(layer) for layer in result.layers][::-1]
     fig = go.Figure(go.Bar(
         x=list(result.magnitude)[::-1], y=layers, orientation="h", marker_color="#8c564b",
         customdata=list(result.total)[::-1],
@@ -237,8 +237,8 @@ def figure_image_heatmap(image: np.ndarray, heat: np.ndarray, title: str = "", l
     fig = go.Figure(go.Image(z=image, hoverinfo="skip"))
     fig.add_trace(go.Heatmap(
         z=heat, colorscale=IMAGE_HEAT_SCALE, opacity=opacity, zmin=zmin, zmax=zmax,
-        hovertemplate=f"x %{{x}} y %{{y}}<br>{label} %{{z:.3g}}<extra></extra>",
-        colorbar=dict(title=dict(text=label, side="right"), thickness=12, len=0.9, tickmode="array",
+        hovertemplate=f"x %{{x}} y %{{y}}<br>{plot_text(label)} %{{z:.3g}}<extra></extra>",
+        colorbar=dict(title=dict(text=plot_text(label), side="right"), thickness=12, len=0.9, tickmode="array",
                       tickvals=ticks, ticktext=[format_value(t) for t in ticks]),
     ))
     text = wrap_title(title, NARROW_WIDTH)

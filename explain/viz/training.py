@@ -18,7 +18,7 @@ from explain.spec import InputSpec
 from explain.training.downsampling import downsample_points
 from explain.training.history import TrainingHistory, smooth_ema
 from explain.viz.attribution import grey_image, plotly_colorscale, to_display_images
-from explain.viz.labels import elide_all, keep_labels_inside, label_margin
+from explain.viz.labels import elide_all, keep_labels_inside, label_margin, plot_text
 
 if TYPE_CHECKING:  # types only: evolution imports torch, and the curves are drawn before torch is imported
     from explain.training.evolution import AttributionDrift, WeightChange
@@ -47,6 +47,7 @@ def _add_series(fig: go.Figure, history: TrainingHistory, column: str, x: str, n
     xs, ys = downsample_points(s.index.to_numpy(dtype=float), s.to_numpy(dtype=float))  # a long log: bin means
     kw = dict(row=row, col=1, secondary_y=secondary) if secondary else dict(row=row, col=1)
     smoothed = smoothing > 0 and len(ys) > 2
+    name, column, x = plot_text(name), plot_text(column), plot_text(x)  # a user's log names its series
     fig.add_trace(go.Scatter(
         x=xs, y=_finite_or_none(ys), mode="lines" if len(ys) > 1 else "markers", name=name,
         line=dict(color=color, width=1 if smoothed else 2, dash=dash, shape=shape), opacity=0.3 if smoothed else 1.0,
@@ -70,7 +71,7 @@ def _mark_findings(fig: go.Figure, history: TrainingHistory, findings: Sequence[
         if not positions:
             continue
         color = SEVERITY_COLORS.get(f.severity, "#555")
-        label = KIND_LABELS.get(f.kind, f.kind)
+        label = plot_text(KIND_LABELS.get(f.kind, f.kind))
         if f.kind == "plateau" and len(positions) >= 2:
             fig.add_vrect(x0=positions[0], x1=positions[-1], fillcolor=color, opacity=0.08, line_width=0)
             marks = [positions[0]]
@@ -82,7 +83,7 @@ def _mark_findings(fig: go.Figure, history: TrainingHistory, findings: Sequence[
         fig.add_annotation(
             x=marks[0], y=1.0 - 0.07 * (level % 4), xref="x", yref="paper", text=f"<b>{label}</b>",
             showarrow=False, xanchor="left", yanchor="top", font=dict(color=color, size=11),
-            bgcolor="rgba(255,255,255,0.8)", hovertext=f.message,
+            bgcolor="rgba(255,255,255,0.8)", hovertext=plot_text(f.message),
         )
         level += 1
 
@@ -145,7 +146,7 @@ def figure_curves(
         _add_series(fig, history, column, x, column, RUN_COLORS[(i + 2) % len(RUN_COLORS)], smoothing, 1,
                     visible="legendonly")
     fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1, secondary_y=False)
-    fig.update_xaxes(title_text=X_TITLES.get(x, x), row=rows, col=1)
+    fig.update_xaxes(title_text=plot_text(X_TITLES.get(x, x)), row=rows, col=1)
     _mark_findings(fig, history, findings, x)
     fig.update_layout(
         height=height, font=FONT, margin=dict(l=10, r=10, t=30, b=10), hovermode="x unified",
@@ -178,11 +179,11 @@ def figure_runs(histories: Sequence[TrainingHistory], smoothing: float = 0.6, lo
                 _add_series(fig, h, h.roles[role], ax, f"{label} ({h.roles[role]})", color, smoothing, row, dash=dash)
         for trace in fig.data[first:]:
             trace.legendgroup = f"run {i}"
-            trace.legendgrouptitle = dict(text=names[i])
+            trace.legendgrouptitle = dict(text=plot_text(names[i]))
     fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1)
     if has_metric:
         fig.update_yaxes(title_text="metric", row=2, col=1)
-    fig.update_xaxes(title_text=X_TITLES.get(x, x), row=rows, col=1)
+    fig.update_xaxes(title_text=plot_text(X_TITLES.get(x, x)), row=rows, col=1)
     fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
                       legend=dict(groupclick="togglegroup"))
     fig.update_xaxes(showgrid=True, gridcolor="#eee")
@@ -221,11 +222,11 @@ def figure_weight_changes(change: WeightChange, height: int | None = None) -> go
     """Layers x intervals heatmap of the relative weight change ||ΔW|| / ||W||."""
     z = change.values  # [layer, interval]
     text = [[f"{v:.1%}" if np.isfinite(v) else "" for v in row] for row in z]
-    layers = elide_all(change.layers)
+    layers = elide_all(change.layers)  # layer names and checkpoint file names: plotly text (`plot_text`)
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(change.intervals), y=layers, colorscale="Blues", zmin=0,
-        text=text, texttemplate="%{text}" if len(change.layers) <= 30 else None,
-        customdata=np.tile(np.array(list(change.layers), dtype=object)[:, None], (1, z.shape[1])),
+        z=z, x=[plot_text(i) for i in change.intervals], y=[plot_text(name) for name in layers], colorscale="Blues",
+        zmin=0, text=text, texttemplate="%{text}" if len(change.layers) <= 30 else None,
+        customdata=np.tile(np.array([plot_text(name) for name in change.layers], dtype=object)[:, None], (1, z.shape[1])),
         colorbar=dict(title="‖ΔW‖/‖W‖", thickness=12, tickformat=".0%"),
         hovertemplate="%{customdata}<br>%{x}<br>relative change %{z:.2%}<extra></extra>",
     ))
@@ -245,7 +246,8 @@ def _zmax(maps: np.ndarray) -> float:
 
 def _title(drift: AttributionDrift, k: int, index: int) -> str:
     rho = drift.correlation[k, index]
-    return f"{drift.labels[k]}<br>ρ = {rho:.2f}" if np.isfinite(rho) else drift.labels[k]
+    label = plot_text(drift.labels[k])  # a checkpoint's file name
+    return f"{label}<br>ρ = {rho:.2f}" if np.isfinite(rho) else label
 
 
 def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpec,
@@ -284,7 +286,8 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
     if spec.modality == "text" and inputs is not None:  # padding is left out, as in ρ
         keep = real_positions(np.asarray(inputs)[index], spec)
         maps, columns = maps[..., keep], [columns[i] for i in keep]
-    rows = [f"{drift.labels[j]} (ρ={drift.correlation[j, index]:.2f})" for j in range(k)]
+    rows = [plot_text(f"{drift.labels[j]} (ρ={drift.correlation[j, index]:.2f})") for j in range(k)]
+    columns = [plot_text(c) for c in columns]  # feature names, tokens
     fig = go.Figure(go.Heatmap(
         z=maps.reshape(k, -1), x=list(range(len(columns))), y=rows, zmin=-zmax, zmax=zmax,
         colorscale=plotly_colorscale("all", opaque=True),
@@ -312,7 +315,7 @@ def figure_drift_correlation(drift: AttributionDrift, height: int = 260) -> go.F
     mean = drift.mean_correlation
     std = np.nanstd(drift.correlation, axis=1)
     fig = go.Figure(go.Scatter(
-        x=drift.labels, y=mean, mode="lines+markers", error_y=dict(type="data", array=std, visible=True),
+        x=[plot_text(label) for label in drift.labels], y=mean, mode="lines+markers", error_y=dict(type="data", array=std, visible=True),
         hovertemplate="%{x}<br>ρ = %{y:.3f}<extra></extra>", line=dict(color=COLORS["train"]),
     ))
     fig.update_yaxes(title_text="Spearman ρ to final", range=[min(-0.05, float(np.nanmin(mean)) - 0.1), 1.05])
