@@ -192,7 +192,8 @@ def run_drift(ctx: JobContext) -> RunRecord:
     from explain.training.drift_job import run_drift_job
 
     p = ctx.job.params
-    return run_drift_job(ctx.model(p["model"], int(p["version"])), p, ctx.inputs, ctx.progress)
+    return run_drift_job(ctx.model(p["model"], int(p["version"])), p, ctx.inputs, ctx.progress,
+                         workspace=ctx.ws, actor=ctx.job.owner_actor)  # each checkpoint through the role check
 
 
 register_runner("drift", run_drift)
