@@ -195,6 +195,13 @@ with state.error_boundary("Explaining the checkpoints"):
     inputs = batch.array[:n]
     key = digest_bytes(repr((tuple(digest_bytes(c.data) for c in checkpoints), digest_array(inputs), model.sha256,
                              steps)).encode())
+    # Uploads change one pick at a time (two files, then a third): the drift of uploaded checkpoints starts
+    # from the button, once, for the set on the page; a set already asked in this session is followed again.
+    if ckpt_files and key not in st.session_state.get("gb_drift_jobs", {}) and not st.button(
+            f"Explain the {len(checkpoints)} checkpoints", key="gb_drift_start", type="primary",
+            help="Integrated gradients of the inputs above at every checkpoint, as a job of the queue."):
+        st.caption("Add every checkpoint first: the drift is computed for the set shown above.")
+        st.stop()
     # a job of the queue (`explain.training.drift_job`), saved as a drift run and drawn from it
     run = jobs.follow_request("gb_drift_jobs", key, lambda: jobs.submit_drift(
         model, [(c.source, c.data) for c in checkpoints], inputs, steps),
