@@ -47,3 +47,29 @@ def test_checkpoints_added_in_two_picks_queue_one_drift_job_for_the_final_set(ho
     assert at.get("plotly_chart")[-1].proto.id.endswith("-gb_drift_maps")
     at.run()  # a rerun follows the same job: no second one
     assert len(_drift_jobs(ws)) == 2 and not [b for b in at.button if b.key == "gb_drift_start"]
+
+
+def _links(at: AppTest) -> list[str]:
+    return [c.value for c in at.code if "?run=" in c.value]
+
+
+def test_saved_as_run_link_goes_once_the_uploads_it_describes_are_gone(home):
+    import training_curves as curves
+
+    _, ws = home
+    at = AppTest.from_file(PAGE, default_timeout=240).run()
+    logs = next(u for u in at.get("file_uploader") if u.label == "Training logs")
+    logs.set_value([("healthy.csv", curves.to_csv(curves.healthy(0)), "text/csv")])
+    at.run()
+    next(b for b in at.button if b.label == "Save run").click().run()
+    assert not at.exception, at.exception
+    run = ws.runs.list(Actor.local(), model="shapes")[0]
+    assert _links(at) == [f"http://localhost:8501/?run={run.id}"]
+    at.run()  # the same uploads: the link stays
+    assert len(_links(at)) == 1
+    logs = next(u for u in at.get("file_uploader") if u.label == "Training logs")
+    logs.set_value([("overfit.csv", curves.to_csv(curves.overfitting(1)), "text/csv")])
+    at.run()
+    assert not at.exception, at.exception
+    assert _links(at) == []  # the run holds healthy.csv, which is no longer on the page
+    assert [b for b in at.button if b.label == "Save run"]

@@ -226,10 +226,11 @@ def render_share_link(label: str, **params: str) -> None:
 
 
 def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], RunRecord], key: str,
-                    attach: Sequence[tuple[str, str, bytes]] = ()) -> None:
+                    attach: Sequence[tuple[str, str, bytes]] = (), shows: str = "") -> None:
     """A "Save run" button (editors and admins): registers the model if needed, saves ``build(name,
-    version)`` as an immutable run and shows its share link. ``attach``: ``(kind, filename, bytes)``
-    training logs / checkpoints attached to the model version too (each stored once)."""
+    version)`` as an immutable run and shows its share link while the page shows what was saved
+    (``shows``: a digest of it, e.g. the uploads; the link goes once it changes). ``attach``:
+    ``(kind, filename, bytes)`` training logs / checkpoints attached to the model version too (each stored once)."""
     if not can(Action.SAVE_RUN):
         return
     saved_key = f"gb_saved_run_{key}"
@@ -244,9 +245,9 @@ def render_save_run(page: str, model: LoadedModel, build: Callable[[str, int], R
             for kind, filename, data in attach:
                 if (kind, digest_bytes(data)) not in known:
                     workspace().registry.attach(actor(), version.name, version.version, kind, data, filename)
-            st.session_state[saved_key] = info.id
-    run_id = st.session_state.get(saved_key)
-    if run_id:
+            st.session_state[saved_key] = (shows, info.id)
+    saved_shows, run_id = st.session_state.get(saved_key, ("", None))
+    if run_id and saved_shows == shows:
         render_share_link(f"Saved as run `{run_id}`. Link to it:", run=run_id)
 
 

@@ -166,7 +166,9 @@ if histories:
         "training", name, version, f"Training of {name} ({len(histories)} log{'s' if len(histories) > 1 else ''})",
         None, {h.name: h.by_epoch().reset_index() for h in histories},  # with its epoch (or step) column
         findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training",
-        attach=[("training_log", n, d) for n, d in logs] + [("checkpoint", c.source, c.data) for c in checkpoints])
+        attach=[("training_log", n, d) for n, d in logs] + [("checkpoint", c.source, c.data) for c in checkpoints],
+        shows=digest_bytes(repr((state.current_model().sha256, [(n, digest_bytes(d)) for n, d in logs], [digest_bytes(c.data) for c in checkpoints],
+                                 int(patience))).encode()))
 
 # -- checkpoint evolution ---------------------------------------------------------------------
 st.header("Checkpoint evolution")
