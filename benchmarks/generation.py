@@ -23,7 +23,7 @@ interleaved, the median of ``--repeats``:
 ``tokens/s`` counts generated tokens attributed per second (N x T over the seconds); the ratio
 is Captum's seconds over ours (goal >= 3).
 
-    python benchmarks/generation.py [--quick] [--device cpu|cuda] [--prompts N] [--new-tokens T] [--steps S]
+    python benchmarks/generation.py [--quick] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--prompts N] [--new-tokens T] [--steps S]
 
 Measured on the shared 2-core CPU (no GPU), 1 thread, defaults (4 x 24 tokens, T = 8, S = 32, width 256,
 4 layers): Captum / Glassbox 1.62 (Llama) and 1.41 (GPT-2) on a quiet run, 0.86-2.94 across runs while
@@ -66,8 +66,10 @@ VOCAB = 512
 PAD = 0
 
 
-def build(kind: str, width: int, layers: int, device: torch.device) -> torch.nn.Module:
-    """A seeded Llama or GPT-2 causal LM from a config, eager attention (as Glassbox loads one)."""
+def build(kind: str, width: int, layers: int, device: torch.device, dtype: torch.dtype = torch.float32
+          ) -> torch.nn.Module:
+    """A seeded Llama or GPT-2 causal LM from a config, eager attention (as Glassbox loads one), its weights in
+    ``dtype`` (bfloat16 / float16: the GPU path, where Glassbox keeps the model's half precision)."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -80,7 +82,7 @@ def build(kind: str, width: int, layers: int, device: torch.device) -> torch.nn.
         cfg = GPT2Config(vocab_size=VOCAB, n_embd=width, n_layer=layers, n_head=8, n_positions=512,
                          pad_token_id=PAD, bos_token_id=2, eos_token_id=2, attn_implementation="eager")
         model = GPT2LMHeadModel(cfg)
-    return model.eval().to(device)
+    return model.eval().to(device, dtype)
 
 
 class IdsTokenizer:
@@ -140,7 +142,7 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float
 
 
 def run(kind: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
-    lm = build(kind, args.width, args.layers, device)
+    lm = build(kind, args.width, args.layers, device, getattr(torch, args.dtype))
     spec = InputSpec(modality="text", input_shape=(args.prompt_length,), dtype="int64", task="causal_lm",
                      name=f"bench-{kind}")
     model = LoadedModel(module=HFClassifier(lm, "text", PAD, "causal_lm"), format="huggingface",
@@ -195,6 +197,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="the models' weights; half precision only with --device cuda (on a CPU Glassbox "
+                             "attributes a float32 copy, Captum the half model: not the same computation)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--models", default="llama,gpt2")
     args = parser.parse_args()
@@ -203,8 +208,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.dtype != "float32" and device.type != "cuda":
+        parser.error("--dtype bfloat16 / float16 is the GPU path: give --device cuda")
     print(f"{args.prompts} prompts x {args.prompt_length} tokens, {args.new_tokens} generated tokens each, "
-          f"IG {args.steps} steps, pad baseline; width {args.width}, {args.layers} layers; {device}, "
+          f"IG {args.steps} steps, pad baseline; width {args.width}, {args.layers} layers; {device} {args.dtype}, "
           f"{torch.get_num_threads()} threads; median of {args.repeats}")
     head = f"{'model':6} {'tool':22} {'seconds':>8} {'tokens/s':>9} {'captum/this':>11} {'max |diff|':>10} {'compl. err':>10}"
     print(head)
