@@ -221,3 +221,47 @@ def test_text_drift_columns_read_as_tokens_not_the_vocabularys_markers():
     assert ticks == ["0:&lt;s&gt;", "1:great", "2:&lt;/s&gt;"]  # padding left out; plotly text (`plot_text`)
     assert not any("Ġ" in t for t in ticks) and not any("Ġ" in str(c) for c in np.ravel(fig.data[0].customdata))
     assert np.asarray(fig.data[0].z).shape == (3, 3)
+
+
+def test_each_role_keeps_one_colour_in_every_panel_and_the_learning_rate_reads_in_exponents():
+    """A slide's legend: the validation loss and the validation metric were both orange (and both train
+    series blue) in their two panels; each role now has its own colour, the same for its raw and smoothed
+    traces, a hidden extra series takes none of them; the rate's ticks read 6.9e-4, not 0.00069."""
+    from explain.viz.training import COLORS, LR_TICKFORMAT
+
+    epochs = np.arange(1.0, 41.0)
+    frame = pd.DataFrame({"epoch": epochs, "loss": 1 / epochs, "val_loss": 1.1 / epochs, "acc": 1 - 0.5 / epochs,
+                          "val_acc": 0.9 - 0.5 / epochs, "lr": 7e-4 * 0.9 ** epochs, "grad_norm": 1.0})
+    h = TrainingHistory(frame, guess_roles(list(frame.columns[1:])))
+    assert {h.roles[r] for r in ("train_loss", "val_loss", "train_metric", "val_metric", "lr")} == \
+        {"loss", "val_loss", "acc", "val_acc", "lr"}
+    fig = figure_curves(h, smoothing=0.6)
+    colours = {}
+    for trace in fig.data:
+        colours.setdefault(trace.name, set()).add(trace.line.color)
+    assert all(len(c) == 1 for c in colours.values()), colours  # raw and smoothed alike
+    by_name = {name: c.pop() for name, c in colours.items()}
+    roles = {"train loss (loss)": "train_loss", "validation loss (val_loss)": "val_loss",
+             "train metric (acc)": "train_metric", "validation metric (val_acc)": "val_metric",
+             "learning rate (lr)": "lr"}
+    assert {by_name[n] for n in roles} == set(COLORS.values()) and len(set(COLORS.values())) == 5
+    assert all(by_name[n] == COLORS[r] for n, r in roles.items())
+    assert by_name["grad_norm"] not in COLORS.values()
+    assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis2.tickformat == LR_TICKFORMAT
+    assert fig.layout.yaxis2.dtick == "D2"  # 1e-4, 2e-4, 5e-4: not plotly's fractional decades (3.65e-4)
+    assert fig.layout.yaxis2.tickmode == "linear"
+    step = figure_curves(TrainingHistory(frame.assign(lr=np.where(epochs < 20, 1e-2, 1e-3)), h.roles))
+    assert step.layout.yaxis2.type is None and step.layout.yaxis2.tickmode == "auto"  # round ticks, not the loss grid's
+
+
+def test_a_wide_drift_heat_map_labels_at_most_forty_columns_at_the_figures_font_size():
+    features = [f"feature {i}" for i in range(100)]
+    drift = _drift((100,))
+    fig = figure_attribution_drift(drift, 0, InputSpec("tabular", (100,), feature_names=features))
+    assert list(fig.layout.xaxis.tickvals) == list(range(0, 100, 3))  # 34 labels, each over its own column
+    assert list(fig.layout.xaxis.ticktext) == features[::3]
+    assert fig.layout.xaxis.tickfont.size == fig.layout.font.size == 13
+    assert fig.layout.yaxis.tickfont.size == 13
+    assert np.asarray(fig.data[0].z).shape == (3, 100)  # every column still drawn
+    small = figure_attribution_drift(_drift((5,)), 0, InputSpec("tabular", (5,), feature_names=list("abcde")))
+    assert list(small.layout.xaxis.tickvals) == [0, 1, 2, 3, 4]

@@ -24,7 +24,14 @@ if TYPE_CHECKING:  # types only: evolution imports torch, and the curves are dra
     from explain.training.evolution import AttributionDrift, WeightChange
 
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
-COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "lr": "#7f7f7f"}
+#: one colour per role, in every panel and in the legend (the validation metric is not the validation loss)
+COLORS = {"train_loss": "#1f77b4", "val_loss": "#ff7f0e", "train_metric": "#2ca02c", "val_metric": "#9467bd",
+          "lr": "#7f7f7f"}
+#: the learning rate's ticks: 6.9e-4, 1.8e-5 (a rate spans decades; "0.000018" is unreadable)
+LR_TICKFORMAT = ".2~e"
+#: the drift heat map's feature / token axis: a readable size, and at most this many labelled columns
+DRIFT_TICK_FONT = dict(size=FONT["size"])
+MAX_DRIFT_TICKS = 40
 SEVERITY_COLORS = {"info": "#2ca02c", "warning": "#d62728", "error": "#8b0000"}
 KIND_LABELS = {
     "overfitting": "overfitting", "best_epoch": "best", "plateau": "plateau", "divergence": "diverges",
@@ -122,29 +129,30 @@ def figure_curves(
         specs=[[{"secondary_y": True}]] + ([[{"secondary_y": False}]] if rows == 2 else []),
     )
     assigned = {c for c in roles.values() if c}
-    for role, name, color in (("train_loss", "train loss", COLORS["train"]),
-                              ("val_loss", "validation loss", COLORS["val"])):
+    for role, name in (("train_loss", "train loss"), ("val_loss", "validation loss")):
         if roles.get(role):
-            _add_series(fig, history, roles[role], x, f"{name} ({roles[role]})", color, smoothing, 1)
+            _add_series(fig, history, roles[role], x, f"{name} ({roles[role]})", COLORS[role], smoothing, 1)
     if roles.get("lr"):
         _add_series(fig, history, roles["lr"], x, f"learning rate ({roles['lr']})", COLORS["lr"], 0.0, 1,
                     secondary=True, dash="dash", shape="hv")  # a rate holds until the scheduler changes it
         lr = history.series(roles["lr"], x).to_numpy(dtype=float)
         lr = lr[np.isfinite(lr) & (lr > 0)]
         if len(lr) and lr.max() / lr.min() > 20:
-            fig.update_yaxes(type="log", row=1, col=1, secondary_y=True)
-        elif len(lr) and lr.max() / lr.min() < 1.001:  # a constant rate: keep it readable mid-axis
-            fig.update_yaxes(range=[0, 2 * lr.max()], row=1, col=1, secondary_y=True)
+            fig.update_yaxes(type="log", tickmode="linear", dtick="D2", row=1, col=1, secondary_y=True)  # 1, 2, 5 × 10ⁿ
+        else:  # its own round ticks, not the loss grid's positions (an overlaying axis's default: 9.71e-3, 8.16e-3)
+            fig.update_yaxes(tickmode="auto", row=1, col=1, secondary_y=True)
+            if len(lr) and lr.max() / lr.min() < 1.001:  # a constant rate: keep it readable mid-axis
+                fig.update_yaxes(range=[0, 2 * lr.max()], row=1, col=1, secondary_y=True)
         fig.update_yaxes(title_text="learning rate", row=1, col=1, secondary_y=True, showgrid=False,
-                         tickformat=".2g", rangemode="tozero")
+                         tickformat=LR_TICKFORMAT, rangemode="tozero")
     if has_metric:
-        for role, name, color in (("train_metric", "train", COLORS["train"]), ("val_metric", "validation", COLORS["val"])):
+        for role, name in (("train_metric", "train"), ("val_metric", "validation")):
             if roles.get(role):
-                _add_series(fig, history, roles[role], x, f"{name} metric ({roles[role]})", color, smoothing, 2)
+                _add_series(fig, history, roles[role], x, f"{name} metric ({roles[role]})", COLORS[role], smoothing, 2)
         fig.update_yaxes(title_text="metric", row=2, col=1)
+    others = [c for c in RUN_COLORS if c not in COLORS.values()]  # a hidden series takes no role's colour
     for i, column in enumerate(c for c in history.series_columns if c not in assigned):
-        _add_series(fig, history, column, x, column, RUN_COLORS[(i + 2) % len(RUN_COLORS)], smoothing, 1,
-                    visible="legendonly")
+        _add_series(fig, history, column, x, column, others[i % len(others)], smoothing, 1, visible="legendonly")
     fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1, secondary_y=False)
     fig.update_xaxes(title_text=plot_text(X_TITLES.get(x, x)), row=rows, col=1)
     _mark_findings(fig, history, findings, x)
@@ -295,8 +303,11 @@ def figure_attribution_drift(drift: AttributionDrift, index: int, spec: InputSpe
         hovertemplate="%{y}<br>%{customdata}<br>attribution=%{z:.3g}<extra></extra>",
         colorbar=dict(thickness=10),
     ))
-    fig.update_xaxes(tickmode="array", tickvals=list(range(len(columns))), ticktext=columns, tickangle=-60)
-    fig.update_yaxes(autorange="reversed")
+    every = -(-len(columns) // MAX_DRIFT_TICKS)  # a long text or a wide table: every n-th column labelled
+    shown = list(range(0, len(columns), every))
+    fig.update_xaxes(tickmode="array", tickvals=shown, ticktext=[columns[i] for i in shown], tickangle=-60,
+                     tickfont=DRIFT_TICK_FONT)
+    fig.update_yaxes(autorange="reversed", tickfont=DRIFT_TICK_FONT)
     fig.update_layout(height=max(height, 40 * k + 160), font=FONT, margin=dict(l=10, r=10, t=20, b=10))
     return keep_labels_inside(fig)
 
@@ -316,7 +327,7 @@ def figure_drift_correlation(drift: AttributionDrift, height: int = 260) -> go.F
     std = np.nanstd(drift.correlation, axis=1)
     fig = go.Figure(go.Scatter(
         x=[plot_text(label) for label in drift.labels], y=mean, mode="lines+markers", error_y=dict(type="data", array=std, visible=True),
-        hovertemplate="%{x}<br>ρ = %{y:.3f}<extra></extra>", line=dict(color=COLORS["train"]),
+        hovertemplate="%{x}<br>ρ = %{y:.3f}<extra></extra>", line=dict(color=COLORS["train_loss"]),
     ))
     fig.update_yaxes(title_text="Spearman ρ to final", range=[min(-0.05, float(np.nanmin(mean)) - 0.1), 1.05])
     fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white")
