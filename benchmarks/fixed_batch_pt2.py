@@ -1,7 +1,7 @@
 """A ``.pt2`` exported with a fixed batch of 1 vs the same model exported with a dynamic batch.
 
 Gradient methods run a fixed-batch-1 program on whole chunks through
-``torch.func.vmap`` over its one-row call (`explain.output.engine.ModelFunction`);
+``torch.func.vmap`` over its one-row call (`explain.output.model_function.ModelFunction`);
 before, they ran it row by row. This prints, per bundled sample, the median
 seconds of integrated gradients (4 inputs, 64 steps) on ``model.pt2``
 (dynamic batch), on ``model_static.pt2`` (batch 1, row-mapped) and on
@@ -33,8 +33,8 @@ def main() -> None:
     import torch
 
     torch._C._set_warnAlways(False)
-    from explain.output.engine import ModelFunction
     from explain.output.methods import get_method
+    from explain.output.model_function import ModelFunction
     from sample_models import load_sample, sample_inputs
 
     ig = get_method("integrated_gradients")

@@ -11,8 +11,9 @@ from torch import nn
 from explain import InputSpec, LoadedModel
 from explain.errors import Cancelled, IncompatibleInput
 from explain.output.cache import ATTRIBUTION_CACHE, AttributionCache, make_key
-from explain.output.engine import Engine, Layout, ModelFunction, add_rows, pad_rows
+from explain.output.engine import Engine, add_rows, pad_rows
 from explain.output.methods import get_method
+from explain.output.model_function import Layout, ModelFunction
 from explain.output.precision import choose_precision
 
 IG = get_method("integrated_gradients")

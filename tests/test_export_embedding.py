@@ -1,5 +1,5 @@
 """One finder of a ``.pt2``'s token-embedding lookup (`explain.loading.export_lm.embedding_lookup`) for both
-paths: the classifier path (`explain.output.engine.ModelFunction`) and the causal LM path
+paths: the classifier path (`explain.output.model_function.ModelFunction`) and the causal LM path
 (`explain.loading.export_lm.embedding_graph`). Known answers: the eager model the program was exported from."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from torch import nn
 from explain import InputSpec, LoadedModel
 from explain.errors import IncompatibleInput
 from explain.loading.export_lm import NO_EMBEDDING, ExportedCausalLM, embedding_lookup, lm_signature
-from explain.output.engine import ModelFunction, graph_embedding, text_incompatibility
 from explain.output.methods import get_method
+from explain.output.model_function import ModelFunction, graph_embedding, text_incompatibility
 
 V, D, P, L = 11, 4, 40, 6  # vocabulary, width, a position table larger than the vocabulary, length
 IDS = torch.tensor([[3, 7, 1, 9, 0, 0], [5, 2, 10, 4, 8, 6]])  # [2, L]

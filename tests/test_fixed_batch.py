@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from explain.output.engine import ModelFunction
 from explain.output.methods import get_method
+from explain.output.model_function import ModelFunction
 from tests.conftest import in_process
 
 warnings.filterwarnings("ignore", category=UserWarning)

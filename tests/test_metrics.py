@@ -275,7 +275,7 @@ def test_deletion_and_insertion_curves_of_a_cnn_by_hand():
     """Every step's image built by hand (the k top pixels swapped, all channels) and scored by the
     model: the rows are built per (input, map) run of steps, across chunk edges (5 rows a chunk),
     in the channels-last layout the engine asks first, and a CNN that refuses it still gets them."""
-    from explain.output.engine import Layout
+    from explain.output.model_function import Layout
 
     torch.manual_seed(0)
     spec = InputSpec("image", (3, 6, 6), class_names=["a", "b", "c"])

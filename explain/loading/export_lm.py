@@ -148,7 +148,7 @@ def embedding_lookup(gm: torch.fx.GraphModule) -> EmbeddingLookup | None:
     tensor attribute whose indices are the ids (the first input) through reshapes and integer casts that keep
     their shape (GPT-2's ``input_ids.view(-1, L)``, a user's ``ids.long()``); of several such, the largest table.
 
-    The one finder of both paths: the classifier path (`explain.output.engine.ModelFunction`) substitutes the
+    The one finder of both paths: the classifier path (`explain.output.model_function.ModelFunction`) substitutes the
     node's value and still feeds the ids (a mask of them may be computed too); the causal LM path
     (`embedding_graph`) needs ``alone``. Lookups of other indices (positions, segments, ids changed by value,
     as ``ids.clamp(min=0)``) are never the token embedding, whatever their table's size.

@@ -315,7 +315,7 @@ def _feeds_output(node: fx.Node) -> bool:
 
 def _token_lookup(graph: fx.Graph) -> fx.Node:
     """The token-embedding lookup of a captured graph: `explain.loading.export_lm.embedding_lookup`, the one finder
-    the gradient methods (`explain.output.engine.graph_embedding`) and the causal ``.pt2`` path use too."""
+    the gradient methods (`explain.output.model_function.graph_embedding`) and the causal ``.pt2`` path use too."""
     found = embedding_lookup(graph.owning_module) if isinstance(graph.owning_module, fx.GraphModule) else None
     if found is None:
         raise IncompatibleInput(

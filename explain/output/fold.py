@@ -102,7 +102,7 @@ class _PackedConv2d(nn.Conv2d):
     keep theirs): eager ``conv2d`` reorders it on every call. The same oneDNN convolution, so the
     same values (the copy is checked against the model all the same); 6-11 % less CPU time a
     forward pass of the Q1 ResNet at 64² (40 rows, 1 thread, 2-core shared CPU, load 9). A channels-last
-    float32 batch (`explain.output.engine.Layout`) with gradients off only: the op has no backward, and
+    float32 batch (`explain.output.model_function.Layout`) with gradients off only: the op has no backward, and
     it returns a channels-last output for a contiguous batch too, where ``.view`` after a convolution
     fails; anything else runs the convolution as the model's does.
 

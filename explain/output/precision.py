@@ -113,3 +113,10 @@ def choose_precision(
         f"auto precision fell back to fp32: reduced precision error too large ({', '.join(tried)}; "
         f"limit {max_error:.0e})."
     ]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory and for a CPU allocator failure."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)

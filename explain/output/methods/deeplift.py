@@ -29,10 +29,11 @@ from explain.errors import TooLarge
 from explain.model import LoadedModel
 from explain.output.aten_graph import is_capturable_format
 from explain.output.baselines import make_baseline, text_reference
-from explain.output.engine import CPU_CHUNK_BYTES, MAX_CHUNK_ROWS, Engine, is_out_of_memory
+from explain.output.engine import CPU_CHUNK_BYTES, MAX_CHUNK_ROWS, Engine
 from explain.output.methods.base import Explainer, register
 from explain.output.methods.common import BASELINE_PARAM, ENGINE_PARAMS, array_param, resolve_targets
 from explain.output.methods.engine_method import clean_array_param
+from explain.output.precision import is_out_of_memory
 
 #: what an error above the tolerance means for the rule methods (deeplift, deeplift_shap, shap_deep).
 RULES_REMEDY = "a nonlinearity has no exact rule (see the notes)"

@@ -20,7 +20,8 @@ from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageErro
 from explain.model import LoadedModel
 from explain.output.aten_graph import FALLBACK_METHOD, GRAPH_CACHE, CapturedGraph, captured_graph, first_tensor
 from explain.output.aten_rules import PairInterpreter, RulePlan, op_name, plan_rules
-from explain.output.engine import Engine, is_out_of_memory
+from explain.output.engine import Engine
+from explain.output.precision import is_out_of_memory
 from explain.progress import ProgressFn, report_progress
 
 
@@ -201,7 +202,7 @@ def inputs_and_reference_logits(model: LoadedModel, x: torch.Tensor, refs: torch
 
 def own_logits(model: LoadedModel, rows: np.ndarray | torch.Tensor) -> np.ndarray:
     """The model's logits [N, K] (float32) through the engine's forward pass: chunked and padded as
-    `LoadedModel.predict_logits`, channels-last where that helps (`explain.output.engine.Layout`)."""
+    `LoadedModel.predict_logits`, channels-last where that helps (`explain.output.model_function.Layout`)."""
     return Engine(model.device).predict(model, model.as_tensor(rows)).astype(np.float32)
 
 
@@ -231,7 +232,7 @@ def _channels_last(module: fx.GraphModule, x: torch.Tensor) -> bool:
     """Run the pairs of a CPU image graph with 2-d convolutions channels-last (NHWC): oneDNN's
     convolutions work in that layout and run their forward and backward passes ~1.5-2x faster
     than on NCHW batches, which they reorder before and after every convolution; the values are
-    the same up to float rounding (as `explain.output.engine.Layout` does for eager models)."""
+    the same up to float rounding (as `explain.output.model_function.Layout` does for eager models)."""
     return (x.dim() == 4 and torch.is_floating_point(x) and x.device.type == "cpu"
             and any(op_name(n) in ("conv2d", "convolution") for n in module.graph.nodes))
 

@@ -19,9 +19,11 @@ from explain.attribution import Attribution, compute_completeness_error
 from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError, one_line
 from explain.inputs.text import special_token_ids
 from explain.model import LoadedModel
-from explain.output.engine import Engine, ModelFunction, add_rows, is_out_of_memory, text_incompatibility
+from explain.output.engine import Engine, add_rows
 from explain.output.methods.base import Explainer
 from explain.output.methods.common import resolve_targets
+from explain.output.model_function import ModelFunction, text_incompatibility
+from explain.output.precision import is_out_of_memory
 
 
 @dataclass

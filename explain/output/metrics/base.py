@@ -19,8 +19,8 @@ from explain.attribution import Attribution
 from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError, one_line
 from explain.model import LoadedModel
 from explain.output.cache import AttributionCache, make_key
-from explain.output.engine import is_out_of_memory
 from explain.output.metrics.common import feature_shape
+from explain.output.precision import is_out_of_memory
 from explain.params import ParamSpec, resolve_params
 from explain.progress import ProgressFn, report_progress
 

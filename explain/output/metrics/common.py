@@ -17,8 +17,9 @@ from explain.digest import digest_array
 from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.output.baselines import make_baseline, text_reference
-from explain.output.engine import Engine, ModelFunction
+from explain.output.engine import Engine
 from explain.output.fold import folded_model
+from explain.output.model_function import ModelFunction
 
 #: what removed features become; ``auto``: a blurred copy for images (RISE), zeros for tabular
 #: models (the mean of standardised data), padding for text.
