@@ -20,7 +20,8 @@ from explain.attribution import Attribution
 from explain.errors import Cancelled
 from explain.loading import model_process
 from explain.loading.loader import load_model
-from explain.loading.model_process import ModelProcess, ModelProcessFailed, ModelRaised
+from explain.loading.model_channel import ModelRaised
+from explain.loading.model_process import ModelProcess, ModelProcessFailed
 from explain.loading.model_wire import WireError, decode_result, encode_result
 from explain.spec import InputSpec
 

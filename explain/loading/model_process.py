@@ -35,23 +35,20 @@ that holds it.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -61,6 +58,15 @@ from torch import nn
 from explain import config
 from explain.digest import digest_bytes
 from explain.errors import CorruptFile, GlassboxError, InputRefused, UnsafeFile
+from explain.loading.model_channel import (
+    Channel,
+    Progress,
+    alive,
+    checked_info,
+    cpu_seconds,
+    deadline,
+    error_from,
+)
 from explain.loading.model_wire import WireError, check_meta, decode_result, describe, to_wire
 from explain.loading.sandbox_zygote import HF_PRELOAD, MODEL_PRELOAD  # the zygotes' preloads (no torch there)
 
@@ -72,77 +78,15 @@ PENDING_GRAPHS = 4
 TREE_BYTES = 64 << 20
 #: CPU seconds a child may burn between two requests before it is replaced (it should be idle).
 IDLE_CPU_S = 2.0
-#: The child's error classes the server raises as they are (any other becomes `ModelProcessFailed`).
-CHILD_ERRORS = ("InputRefused", "UnsafeFile", "CorruptFile", "IncompatibleInput", "TooLarge", "UsageError")
 
 
 class ModelProcessFailed(InputRefused):
     """The model process crashed, ran out of time or memory: this request failed, nothing else."""
 
 
-class ModelRaised(RuntimeError):
-    """The graph raised an ordinary error in its process (``Type: message``, one line); callers
-    handle it as they handle a local model's ``RuntimeError`` (out-of-memory text included)."""
-
-
 # ==========================================================================
 # the parent's side
 # ==========================================================================
-class _Channel:
-    """A started child: where requests go and replies come from, and how to stop it."""
-
-    def __init__(self, pid: int, writer: Any, reader: Any, errors: Any, kill: Callable[[], None],
-                 exit_code: Callable[[], int | None], close: Callable[[], None], sock: socket.socket | None):
-        self.pid, self.writer, self.reader, self.errors = pid, writer, reader, errors
-        self.kill, self.exit_code, self._close, self.sock = kill, exit_code, close, sock
-        self.stderr = bytearray()
-        self.expired = False
-        self.workdir = ""
-        self.cpu_mark = 0.0
-        self.state_key: str | None = None  # the model state this child was last sent (`_model_state`)
-        self._stop = threading.Event()
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        """Keep the last 16 KiB of the child's stderr; never blocks `close` (select, then a stop flag)."""
-        import select
-
-        fd = self.errors.fileno()
-        try:
-            while not self._stop.is_set():
-                ready, _, _ = select.select([fd], [], [], 0.2)
-                if not ready:
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                self.stderr.extend(chunk)
-                del self.stderr[:-16384]
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                self.errors.close()
-            except OSError:
-                pass
-
-    def shut(self) -> None:
-        """Kill the child and end any read of its replies now (a blocked read returns end-of-file)."""
-        self.kill()
-        if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.shut()
-        self._stop.set()
-        self._close()
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 _LIVE: collections.OrderedDict[int, weakref.ref] = collections.OrderedDict()
 _LIVE_LOCK = threading.Lock()
 
@@ -188,7 +132,7 @@ class ModelProcess:
         self._data, self.format, self.sha256 = data, fmt, sha256
         self._imports = list(imports or [])
         self._lock = threading.RLock()
-        self._channel: _Channel | None = None
+        self._channel: Channel | None = None
         self.info: dict[str, Any] = {}
         self.protections: list[str] = []
         self.starts = 0
@@ -255,12 +199,12 @@ class ModelProcess:
         channel.workdir = workdir  # the child's empty cwd, removed with it
         self.starts += 1
         try:
-            with _deadline(channel, _sandbox().STARTUP_S):  # the child's own start: forked, or imports
+            with deadline(channel, _sandbox().STARTUP_S):  # the child's own start: forked, or imports
                 ready = self._read_header(channel, "starting")
             if ready.get("phase") != "ready":
                 raise self._failure(channel, "starting", ready)
             self.protections = [str(p)[:80] for p in ready.get("protections", [])][:32]
-            with _deadline(channel, config.model_call_timeout_s()):
+            with deadline(channel, config.model_call_timeout_s()):
                 loaded = self._read_header(channel, "loading")
         except BaseException:
             channel.close()
@@ -270,11 +214,11 @@ class ModelProcess:
         if not loaded.get("ok"):
             channel.close()
             raise self._failure(channel, "loading", loaded)
-        self.info = _checked_info(loaded.get("info"))
+        self.info = checked_info(loaded.get("info"))
         self._channel = channel
         self._finalizer = weakref.finalize(self, channel.close)
 
-    def _open_child(self, settings: str, workdir: str) -> _Channel:
+    def _open_child(self, settings: str, workdir: str) -> Channel:
         sandbox = _sandbox()
         program = sandbox.PRELUDE + SERVE_CODE
         frame = [(0).to_bytes(8, "little"), len(self._data).to_bytes(8, "little"), self._data]
@@ -306,7 +250,7 @@ class ModelProcess:
                         except OSError:
                             pass
 
-                channel = _Channel(child.pid, sock, child.reports, child.errors, kill, exit_code, close, sock)
+                channel = Channel(child.pid, sock, child.reports, child.errors, kill, exit_code, close, sock)
                 channel.exit_holder = exit_holder  # the zygote's {"exit": code} line fills it
                 return channel
         env = sandbox.child_env(workdir)
@@ -345,7 +289,7 @@ class ModelProcess:
             except subprocess.TimeoutExpired:
                 return None
 
-        return _Channel(proc.pid, proc.stdin, proc.stdout, proc.stderr, kill_fresh, exit_fresh, close_fresh, None)
+        return Channel(proc.pid, proc.stdin, proc.stdout, proc.stderr, kill_fresh, exit_fresh, close_fresh, None)
 
     # -- one request ------------------------------------------------------------
     def forward(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, int | None]:
@@ -392,7 +336,7 @@ class ModelProcess:
         with self._lock:
             self.start()
             channel = self._channel
-            if channel is not None and _cpu_seconds(channel.pid) - channel.cpu_mark > IDLE_CPU_S:
+            if channel is not None and cpu_seconds(channel.pid) - channel.cpu_mark > IDLE_CPU_S:
                 self._drop(channel)  # it worked while it had nothing to do: a fresh one serves instead
                 self.start()
                 channel = self._channel
@@ -404,7 +348,7 @@ class ModelProcess:
             wire = [to_wire(t) for t in arrays]
             data = json.dumps({**header, "arrays": [describe(a) for a in wire], "payload": len(payload)}).encode()
             try:
-                with _deadline(channel, config.model_call_timeout_s()):
+                with deadline(channel, config.model_call_timeout_s()):
                     for blob in [len(data).to_bytes(8, "little") + data, *(a.tobytes() for a in wire), payload]:
                         if blob and channel.sock is None:
                             channel.writer.write(blob)
@@ -414,7 +358,7 @@ class ModelProcess:
                         channel.writer.flush()
                     if state is not None:
                         channel.state_key = key  # sent: the child has it from now on
-                    progress = _Progress(callbacks or [])
+                    progress = Progress(callbacks or [])
                     while "progress" in (reply := self._read_header(channel, what)):
                         progress(reply)
                     progress.finish()
@@ -423,12 +367,12 @@ class ModelProcess:
                             self._drop(channel)
                             raise ModelProcessFailed(str(reply.get("error") or "the model process stopped")[:500],
                                                      str(reply.get("hint") or "")[:300] or None)
-                        raise _error_from(reply)
+                        raise error_from(reply)
                     if header["op"] == "call":
                         result = self._read_result(channel, reply, what)
                     else:
                         result = self._read_array(channel, reply, what, expect)
-                channel.cpu_mark = _cpu_seconds(channel.pid)
+                channel.cpu_mark = cpu_seconds(channel.pid)
                 return reply, result
             except WireError:
                 self._drop(channel)  # out of step with the protocol: never read from it again
@@ -445,7 +389,7 @@ class ModelProcess:
                     raise self._failure(channel, what, {}) from None
                 raise  # Cancelled or an error in a callback: the child was stopped mid-work
 
-    def _read_array(self, channel: _Channel, reply: dict, what: str,
+    def _read_array(self, channel: Channel, reply: dict, what: str,
                     expect: Callable[[tuple[int, ...]], bool] | None) -> np.ndarray:
         metas = reply.get("arrays")
         if not isinstance(metas, list) or len(metas) != 1:
@@ -455,7 +399,7 @@ class ModelProcess:
             raise WireError(f"The model process sent an array of the wrong type or shape {list(shape)[:4]}.")
         return self._read_into(channel, dtype, shape, nbytes, what)
 
-    def _read_result(self, channel: _Channel, reply: dict, what: str) -> Any:
+    def _read_result(self, channel: Channel, reply: dict, what: str) -> Any:
         size = reply.get("tree_bytes")
         if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= TREE_BYTES:
             raise WireError("The model process sent a result of an impossible size.")
@@ -479,7 +423,7 @@ class ModelProcess:
         except RecursionError:
             raise WireError("The model process sent a result nested too deeply.") from None
 
-    def _read_into(self, channel: _Channel, dtype: np.dtype, shape: tuple[int, ...], nbytes: int,
+    def _read_into(self, channel: Channel, dtype: np.dtype, shape: tuple[int, ...], nbytes: int,
                    what: str) -> np.ndarray:
         out = np.empty(shape, dtype=dtype)  # the bytes announced, read straight into place
         view, done = memoryview(out).cast("B"), 0
@@ -497,7 +441,7 @@ class ModelProcess:
             "process was stopped; nothing else was affected.",
             "For an honest model, try fewer inputs or steps (an operator can raise GLASSBOX_MODEL_CALL_TIMEOUT_S).")
 
-    def _drop(self, channel: _Channel) -> None:
+    def _drop(self, channel: Channel) -> None:
         with self._lock:
             if self._channel is channel:
                 self._channel = None
@@ -506,7 +450,7 @@ class ModelProcess:
                     self._finalizer = None
         channel.close()
 
-    def _read_header(self, channel: _Channel, what: str) -> dict:
+    def _read_header(self, channel: Channel, what: str) -> dict:
         while True:
             line = channel.reader.readline(HEADER_BYTES)
             if not line:
@@ -519,12 +463,12 @@ class ModelProcess:
                 raise ModelProcessFailed("The model process sent a malformed reply.")
             if "exit" in item and len(item) == 1:  # the zygote's line: the child has exited
                 holder = getattr(channel, "exit_holder", None)
-                if holder is not None and isinstance(item["exit"], int) and not _alive(channel.pid):
+                if holder is not None and isinstance(item["exit"], int) and not alive(channel.pid):
                     holder["code"] = item["exit"]  # believed only once the child is gone (else forged)
                 raise self._failure(channel, what, {})
             return item
 
-    def _read_exact(self, channel: _Channel, n: int, what: str) -> bytes:
+    def _read_exact(self, channel: Channel, n: int, what: str) -> bytes:
         buf = bytearray()
         while len(buf) < n:
             chunk = channel.reader.read(min(n - len(buf), 1 << 22))
@@ -533,10 +477,10 @@ class ModelProcess:
             buf.extend(chunk)
         return bytes(buf)
 
-    def _failure(self, channel: _Channel, what: str, reply: dict) -> GlassboxError:
+    def _failure(self, channel: Channel, what: str, reply: dict) -> GlassboxError:
         """The one-line error for a child that died, or refused while starting / loading."""
         if reply and not reply.get("ok", True) and "error" in reply:
-            return _error_from(reply)
+            return error_from(reply)
         self._drop(channel)
         code = channel.exit_code()
         for _ in range(20):
@@ -615,152 +559,6 @@ def _sandbox():
 
 def _is_library(value: Any) -> bool:
     return getattr(value, "__module__", "") in ("builtins",)
-
-
-class _Watchdog:
-    """One thread that stops children whose request ran past its deadline (no thread per request)."""
-
-    def __init__(self):
-        self._deadlines: dict[int, tuple[float, _Channel]] = {}
-        self._lock = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, channel: _Channel, seconds: float) -> int:
-        with self._lock:
-            token = id(channel) ^ int(time.monotonic() * 1e9)
-            self._deadlines[token] = (time.monotonic() + seconds, channel)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="glassbox-model-watchdog", daemon=True)
-                self._thread.start()
-            self._lock.notify()
-            return token
-
-    def release(self, token: int) -> None:
-        with self._lock:
-            self._deadlines.pop(token, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                due = [t for t, (when, _) in self._deadlines.items() if when <= now]
-                expired = [self._deadlines.pop(t)[1] for t in due]
-                if not expired:
-                    soonest = min((when for when, _ in self._deadlines.values()), default=now + 60)
-                    self._lock.wait(max(0.01, soonest - now))
-                    continue
-            for channel in expired:
-                channel.expired = True
-                channel.shut()
-
-
-_WATCHDOG = _Watchdog()
-
-
-@contextlib.contextmanager
-def _deadline(channel: _Channel, seconds: float) -> Iterator[None]:
-    """Stop the child (and so end any read from it) if the block runs past ``seconds``."""
-    token = _WATCHDOG.watch(channel, seconds)
-    try:
-        yield
-    finally:
-        _WATCHDOG.release(token)
-
-
-class _Progress:
-    """A child's progress messages, checked and passed on to the server's callbacks at most every 50 ms."""
-
-    EVERY_S = 0.05
-
-    def __init__(self, callbacks: list[Callable]):
-        self.callbacks, self.last, self.pending = callbacks, 0.0, None
-
-    def __call__(self, reply: dict) -> None:
-        index, args = reply.get("progress"), reply.get("args")
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.callbacks):
-            return
-        if not isinstance(args, list):
-            return
-        clean = []
-        for a in args[:4]:
-            if isinstance(a, bool) or not isinstance(a, (int, float, str)):
-                continue
-            if isinstance(a, float) and not math.isfinite(a):
-                continue
-            clean.append(a[:200] if isinstance(a, str) else a)
-        self.pending = (index, clean)
-        now = time.monotonic()
-        if now - self.last >= self.EVERY_S:
-            self.finish()
-            self.last = now
-
-    def finish(self) -> None:
-        if self.pending is not None:
-            index, args = self.pending
-            self.pending = None
-            self.callbacks[index](*args)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (0 when it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _error_from(reply: dict) -> GlassboxError:
-    """The child's error as the library's own class (names from `explain.errors` only)."""
-    from explain import errors
-
-    name = reply.get("error_class")
-    reason = str(reply.get("error") or "the model failed")[:500]
-    hint = reply.get("hint")
-    hint = str(hint)[:300] if isinstance(hint, str) else None
-    cls = getattr(errors, name, None) if name in CHILD_ERRORS else None  # never Cancelled, PermissionDenied...
-    if isinstance(cls, type) and issubclass(cls, GlassboxError):
-        return cls(reason, hint)
-    return ModelRaised(reason)  # as the graph's own error would have been raised here
-
-
-def _checked_info(info: Any) -> dict[str, Any]:
-    """What the child says of its graph, reduced to checked plain values."""
-    info = info if isinstance(info, dict) else {}
-
-    def small_int(v: Any) -> int | None:
-        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 else None
-
-    def guess(v: Any) -> dict | None:
-        if not isinstance(v, dict):
-            return None
-        shape = v.get("input_shape")
-        if not isinstance(shape, list) or len(shape) > 8 or not all(d is None or small_int(d) for d in shape):
-            return None
-        text = {k: str(v.get(k))[:40] for k in ("dtype", "source", "modality") if isinstance(v.get(k), str)}
-        return {"input_shape": shape, **text}
-
-    def causal(v: Any) -> dict | None:  # a causal .pt2's inputs (`explain.loading.export_lm.LMSignature`)
-        if not isinstance(v, dict):
-            return None
-        return {"min_length": small_int(v.get("min_length")) or 1, "max_length": small_int(v.get("max_length")),
-                "static_length": small_int(v.get("static_length")), "mask": bool(v.get("mask"))}
-
-    return {"fixed_batch_size": small_int(info.get("fixed_batch_size")) or None,
-            "parameters": small_int(info.get("parameters")) or 0,
-            "signature": guess(info.get("signature")), "module_guess": guess(info.get("module_guess")),
-            "hookable": bool(info.get("hookable")), "causal_lm": causal(info.get("causal_lm"))}
 
 
 def _model_state(model: Any) -> dict[str, Any]:
