@@ -148,6 +148,8 @@ def _turns() -> list[dict[str, str]]:
     return out
 
 
+STEP_KEY = "gb_gen_step"  # the selected generated token (an int), as the selectbox last showed it
+
 st.title("Generate")
 team.stop_unless_may_explain()  # generation and its attribution run the model here
 model = None
@@ -204,7 +206,7 @@ clicked = st.button("Generate and explain", type="primary", key="gb_gen_run")
 # attention, logit lens and contrast as shown below (the widgets' last values)
 kept = st.session_state.get(RESULT_KEY)
 shown_here = (kept is not None and kept[0] == request) or (kept is None and first is not None)  # what the step is of
-selected = (int(st.session_state.get("gb_gen_token") or 0) if shown_here else 0,
+selected = (int(st.session_state.get(STEP_KEY) or 0) if shown_here else 0,
             str(st.session_state.get("gb_gen_contrast") or "") if shown_here else "")
 save_key = repr((request, selected))
 if st.button("Save as a run", key="gb_gen_save", help="Computed by the queue's worker and saved as a run to "
@@ -270,6 +272,9 @@ for note in attr.notes:
 t = st.selectbox("Generated token", range(t_count), key="gb_gen_token",
                  format_func=lambda i: f"{i + 1}. {labels[p + i]}")
 t = min(int(t), t_count - 1)
+# the step as an int for the next run's Save as a run, read above before this selectbox exists: its own state is
+# then what Streamlit serialised, the label when the label does not map back ('1. \xaa' of a byte token: ValueError)
+st.session_state[STEP_KEY] = t
 if granularity == "token":
     st.html(text_attribution_html(labels[:p + t], attr.values[t, :p + t], joins=[s.joins for s in shown[:p + t]],
                                   target=f"“{labels[p + t]}”"))
