@@ -125,6 +125,12 @@ def test_the_generate_page_shows_the_greedy_text_its_attribution_and_the_lens(ll
     assert step.shape == (2 * 4 + 1, p + NEW - 1)  # the query predicting the last token: position p + NEW - 2
     np.testing.assert_allclose(step.sum(1), 1.0, atol=1e-5)  # each head's row and the rollout's
 
+    # another text: its selection starts at its first token, set through the state (the browser's box shows it)
+    at.text_area(key="gb_gen_prompt").input("the dog").run()
+    at.button(key="gb_gen_run").click().run()
+    _clean(at)
+    assert at.selectbox(key="gb_gen_token").value == 0 and at.session_state["gb_gen_step"] == 0
+
 
 def test_a_classifier_sample_says_in_one_line_that_the_page_needs_a_causal_lm():
     at = _app(None)  # the default sample: an image classifier
