@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import explain.dataset.run as dataset_run
+import explain.service.worker as worker_module
 from explain.dataset.job import dataset_job
 from explain.dataset.reading import Dataset
 from explain.service.model_locks import Holding, ModelLocks
@@ -392,6 +393,121 @@ def test_two_explain_jobs_run_on_one_tabular_model_at_once_with_the_numbers_of_o
         np.testing.assert_allclose(team.runs.open(OP, done.run).results["0/values"], want.values, rtol=0, atol=1e-6)
 
 
+def test_an_interactive_job_runs_inside_a_text_models_batch_job_with_the_numbers_of_each_alone(team, monkeypatch):
+    """A text model's embedding hook acts in its own thread's passes only, so a batch job on the
+    sentiment model holds it shared: an interactive job on it runs at once on the pool's other worker
+    (issue 23: it waited for the batch job's shard, 4-6x its idle latency). Both are inside their
+    engine sessions, hooks installed, while the other computes (a barrier at each one's first chunk;
+    one worker would break it), and each gives the numbers it gives alone."""
+    from explain.output.methods import get_method
+
+    model, x = load_sample("sentiment"), sample_inputs("sentiment")["inputs"][:16]  # [16, 16] token ids
+    both, asked = threading.Barrier(2, timeout=60), {}
+    real_dataset, real_explain = RUNNERS["dataset"], RUNNERS["explain"]
+
+    def meeting(real, ask=False):
+        def run(ctx):
+            forward, met = ctx.progress, []
+
+            def progress(done, total):
+                if not met:
+                    if ask:  # asked while the batch job is inside its first shard, its hook on the model
+                        params, arrays, title = explain_job(model, "sentiment", 1, x[:2], {
+                            "method": "integrated_gradients", "steps": 16, "batch_size": 8})
+                        params["fresh"] = True
+                        asked["job"] = team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays,
+                                                        priority="interactive")
+                    met.append(both.wait())  # both sessions open: the rest of each runs beside the other's hook
+                forward(done, total)
+            ctx.progress = progress
+            return real(ctx)
+        return run
+
+    def submit_batch():
+        params, arrays, title = dataset_job(model, "sentiment", 1, _dataset(model, x), "integrated_gradients",
+                                            {"steps": 16, "batch_size": 16}, None, shard_rows=8)  # 8 chunks a shard
+        return team.jobs.submit(ALICE, "dataset", params, title=title, inputs=arrays, priority="batch")
+
+    monkeypatch.setitem(RUNNERS, "dataset", meeting(real_dataset, ask=True))
+    monkeypatch.setitem(RUNNERS, "explain", meeting(real_explain))
+    batch = submit_batch()
+    pool = WorkerPool(team, 2, name="w", poll_s=0.05).start()
+    try:
+        _wait_for(lambda: "job" in asked and all(team.jobs.get(OP, j.id).status not in ("queued", "running")
+                                                 for j in (batch, asked["job"])), "stuck")
+    finally:
+        pool.shutdown()
+    done, interactive = team.jobs.get(OP, batch.id), team.jobs.get(OP, asked["job"].id)
+    assert done.status == "done" and interactive.status == "done", (done.error, interactive.error)
+    assert interactive.worker != done.worker and interactive.finished < done.finished
+    alone = get_method("integrated_gradients").explain(model, x[:2], steps=16, use_cache=False)
+    np.testing.assert_allclose(team.runs.open(OP, interactive.run).results["0/values"], alone.values,
+                               rtol=0, atol=1e-6)
+    monkeypatch.setitem(RUNNERS, "dataset", real_dataset)
+    straight = submit_batch()
+    assert Worker(team, name="alone").run_once().status == "done"
+    beside, uninterrupted = team.runs.open(OP, done.run).results, team.runs.open(OP, straight.id).results
+    for key in ("values", "completeness_error", "probabilities"):
+        np.testing.assert_allclose(beside[key], uninterrupted[key], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(beside["targets"], uninterrupted["targets"])
+
+
+def test_a_text_models_batch_job_pauses_inside_a_shard_for_an_interactive_job_run_on_its_own_thread(
+        team, monkeypatch):
+    """One worker: the interactive job runs in the batch job's pause between two engine chunks of
+    its first shard, on the batch job's thread while that job's embedding hook is on the model (it
+    acts only inside its own passes), and each gives the numbers it gives alone."""
+    from explain.output.methods import get_method
+
+    model, x = load_sample("sentiment"), sample_inputs("sentiment")["inputs"][:16]  # [16, 16] token ids
+    asked, published, calls = {}, [], []
+    real_dataset, real_explain = RUNNERS["dataset"], RUNNERS["explain"]
+    monkeypatch.setattr(worker_module, "INTERACTIVE_LOOK_S", 0.0)  # a look at every chunk, whatever the clock
+
+    def dataset_asking(ctx):
+        forward, publish = ctx.progress, ctx.publish
+
+        def progress(done, total):
+            calls.append(done)
+            if len(calls) == 2:  # after the first shard's first engine chunk (8 rows x 16 steps, chunks of 16)
+                params, arrays, title = explain_job(model, "sentiment", 1, x[:2], {
+                    "method": "integrated_gradients", "steps": 16, "batch_size": 8})
+                params["fresh"] = True
+                asked["job"] = team.jobs.submit(ALICE, "explain", params, title=title, inputs=arrays,
+                                                priority="interactive")
+            forward(done, total)
+        ctx.progress = progress
+        ctx.publish = lambda arrays: (published.append(1), publish(arrays))
+        return real_dataset(ctx)
+
+    def explain_counting(ctx):
+        asked["shards_before"] = len(published)
+        return real_explain(ctx)
+
+    def submit_batch():
+        params, arrays, title = dataset_job(model, "sentiment", 1, _dataset(model, x), "integrated_gradients",
+                                            {"steps": 16, "batch_size": 16}, None, shard_rows=8)
+        return team.jobs.submit(ALICE, "dataset", params, title=title, inputs=arrays, priority="batch")
+
+    monkeypatch.setitem(RUNNERS, "dataset", dataset_asking)
+    monkeypatch.setitem(RUNNERS, "explain", explain_counting)
+    batch = submit_batch()
+    worker = Worker(team, name="only", serves_queue=True)
+    assert worker.run_once().status == "done"
+    done, interactive = team.jobs.get(OP, batch.id), team.jobs.get(OP, asked["job"].id)
+    assert interactive.status == "done", interactive.error
+    assert interactive.worker == "only" and asked["shards_before"] == 0  # inside the first shard
+    alone = get_method("integrated_gradients").explain(model, x[:2], steps=16, use_cache=False)
+    np.testing.assert_allclose(team.runs.open(OP, interactive.run).results["0/values"], alone.values,
+                               rtol=0, atol=1e-6)
+    monkeypatch.setitem(RUNNERS, "dataset", real_dataset)
+    straight = submit_batch()
+    assert Worker(team, name="alone").run_once().status == "done"
+    paused, uninterrupted = team.runs.open(OP, done.run).results, team.runs.open(OP, straight.id).results
+    for key in ("values", "completeness_error", "probabilities"):
+        np.testing.assert_allclose(paused[key], uninterrupted[key], rtol=0, atol=1e-6)
+
+
 def test_a_batch_job_that_hooks_nothing_pauses_inside_its_method_for_jobs_that_hook_nothing(team, cancer,
                                                                                             monkeypatch):
     """One method, so no boundary between methods: the pause comes between two engine chunks, and
@@ -458,7 +574,7 @@ def test_only_shared_holds_of_models_in_this_process_pause_inside_a_method():
     assert pausable(M("a"), M("b"))
     assert not pausable()  # nothing held yet
     assert not pausable(M("a"), shares=False)  # a job that may hook its model
-    assert not pausable(M("a", "text"))  # the engine hooks a text model's embedding here
+    assert pausable(M("a", "text"))  # the engine's embedding hook acts in its own thread's passes only
     # a model process's request waits on the progress callback: no other request may go to it then
     assert not pausable(M("a"), M("b", "text", process=object()))
 

@@ -8,6 +8,7 @@ token ids, `graph_embedding`); `Layout` runs a module channels-last where that h
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -163,9 +164,14 @@ class ModelFunction:
                 interpreter.override = None
             return
         holder: dict[str, torch.Tensor] = {}
+        mine = threading.get_ident()  # the hook acts in this session's own passes only: another thread's
+        # job may run the same model object meanwhile (`explain.service.model_locks`: text models are held
+        # shared), and a batch job's pause between two chunks may run an interactive job on this thread
 
         def replace(_module, _inp, out):
-            points = holder["points"]
+            points = holder.get("points") if threading.get_ident() == mine else None
+            if points is None:
+                return None  # another session's forward pass: its output as it is
             if tuple(out.shape) != tuple(points.shape):
                 raise IncompatibleInput(
                     f"The embedding layer returned {tuple(out.shape)}, expected {tuple(points.shape)}."
@@ -177,7 +183,10 @@ class ModelFunction:
 
             def run_eager(points, owner):
                 holder["points"] = points
-                return module(self.inputs[owner])
+                try:
+                    return module(self.inputs[owner])
+                finally:
+                    del holder["points"]
 
             yield run_eager
         finally:

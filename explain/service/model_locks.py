@@ -1,9 +1,9 @@
 """One lock per loaded model, for the queue's worker threads of one process.
 
 The process's model cache (`explain.service.models.shared_models`) hands every worker thread the
-same model object. Two jobs on one model must not interleave their hooked work: a text model's
-embedding hook, Grad-CAM's layer hook or FLOPs counting installed by one thread would fire in the
-other's forward pass. So a job holds its models' locks while it runs (`Holding`, one per job):
+same model object. Two jobs on one model must not interleave their hooked work: Grad-CAM's layer
+hook or FLOPs counting installed by one thread would fire in the other's forward pass (the
+engine's embedding hook on a text model acts in its own thread's passes only). So a job holds its models' locks while it runs (`Holding`, one per job):
 alone, or shared with other jobs whose work is forward and backward passes only (an explanation by
 methods that `Explainer.shares_model`, on a model that takes no hook for them;
 `explain.service.runners.job_shares_models`), which then run on the model at once.
@@ -164,9 +164,9 @@ def hold_model(model: LoadedModel, shared: bool = False, locks: ModelLocks | Non
 class Holding:
     """The model locks one job holds, on the thread that runs it. ``shares``: the job's work is
     forward and backward passes only (`explain.service.runners.job_shares_models`), so it holds a
-    model shared with other such jobs where that model takes no hook for it: not a text model run
-    in this process (its embedding is hooked); a model in its own process (`LoadedModel.process`)
-    serves one request at a time there."""
+    model shared with other such jobs: a text model too, whose embedding the engine hooks for the
+    session's own thread alone (`explain.output.model_function.ModelFunction.session`); a model in
+    its own process (`LoadedModel.process`) serves one request at a time there."""
 
     def __init__(self, locks: ModelLocks = MODEL_LOCKS, shares: bool = False):
         self.locks = locks
@@ -182,7 +182,7 @@ class Holding:
             return
         if model.process is not None:
             self.remote.add(key)
-        shared = self.shares and (model.process is not None or model.modality != "text")
+        shared = self.shares
         lock = self.locks.get(key)
         if lock.acquire(blocking=not self.held, shared=shared):
             self.held[key] = (lock, shared)

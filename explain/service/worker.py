@@ -12,8 +12,10 @@ batch job, between two of its chunks (`JobContext.between_chunks`: a dataset job
 explanation's methods), lets go of its models, runs the interactive jobs waiting (on this thread,
 claimed like any other) and lets the threads waiting for its models go first, then goes on where it
 stopped: nothing is computed again and its result is the one an uninterrupted run gives. A batch
-job that holds its models shared (it hooks nothing: `runners.job_shares_models`) also pauses inside
-a method, at its progress reports (at most 4/s), for the waiting interactive jobs that hook nothing.
+job that holds its models shared (it hooks nothing: `runners.job_shares_models`; a text model's
+embedding hook acts in the engine's own passes only) also pauses inside a method, at the progress
+report after each engine chunk (looking at the queue at most every `INTERACTIVE_LOOK_S`), for the
+waiting interactive jobs that hook nothing.
 
 While a job runs, a heartbeat thread tells the queue the worker is alive. A pool's recovery thread
 (and every worker between jobs) takes back the jobs of workers that stopped answering
@@ -40,6 +42,10 @@ from explain.workspace import Workspace
 from explain.workspace.jobs import JobInfo, LostJob
 
 log = logging.getLogger("glassbox.worker")
+
+#: how often, at most, a batch job that may pause inside a method looks for queued interactive work
+#: (at its engine chunks' progress reports; one query of the queue each time)
+INTERACTIVE_LOOK_S = 0.05
 
 
 def _pid_gone(pid: int) -> bool:
@@ -155,7 +161,7 @@ class Worker:
 
     def run_job(self, job: JobInfo) -> None:
         jobs, me = self.ws.jobs, self.name
-        state = {"fraction": 0.0, "sent": 0.0, "cancel": False, "lost": False}
+        state = {"fraction": 0.0, "sent": 0.0, "looked": 0.0, "cancel": False, "lost": False}
         done = threading.Event()
         holding = Holding(self.locks, shares=job_shares_models(job))
 
@@ -184,7 +190,10 @@ class Worker:
         def progress(done_n: int, total: int) -> None:
             first = state["fraction"] == 0.0  # the first step forward is written at once
             state["fraction"] = done_n / total if total else 0.0
-            if check(force=first and state["fraction"] > 0) and pausable_mid_chunk():
+            check(force=first and state["fraction"] > 0)
+            now = time.monotonic()  # every engine chunk, not the heartbeat's 4/s: waiting work waits for one chunk
+            if pausable_mid_chunk() and now - state["looked"] >= INTERACTIVE_LOOK_S:
+                state["looked"] = now
                 pause_for_interactive(only_sharing=True)
 
         def pausable_mid_chunk() -> bool:  # a batch job that hooks nothing may pause inside its method

@@ -57,9 +57,9 @@ class Explainer:
     #: to `explain` as ``per_input`` (`explain.attribution.Attribution`).
     per_input_params: ClassVar[tuple[str, ...]] = ()
     #: True when explaining a model is forward and backward passes through it only (no hook, patch
-    #: or mode change on its module) wherever its points are its inputs (any model but a text model
-    #: run in this process, whose embedding the engine hooks): two queue workers may then run it on
-    #: one shared model at once (`explain.service.model_locks`).
+    #: or mode change on its module; a text model's embedding hook acts in its own thread's passes
+    #: only, `ModelFunction.session`): two queue workers may then run it on one shared model at once
+    #: (`explain.service.model_locks`).
     shares_model: ClassVar[bool] = False
 
     def tolerance(self, params: dict[str, Any]) -> float:
