@@ -9,6 +9,7 @@ import streamlit as st
 from explain.output.layer_importance import LayerImportance
 from explain.spec import InputSpec
 from explain.training.evolution import AttributionDrift
+from ui.choice import choice_box
 from ui.widgets import caption_skipped_layers
 
 DRIFT_CAPTION = ("Integrated gradients of the same inputs for the final checkpoint's predicted class at every "
@@ -29,6 +30,6 @@ def render_drift(drift: AttributionDrift, spec: InputSpec, inputs: np.ndarray, k
 
     st.caption(DRIFT_CAPTION)
     st.plotly_chart(viz.figure_drift_correlation(drift), key=f"{key}_corr")
-    index = st.selectbox("Input", list(range(len(inputs))), key=f"{key}_index",
+    index = choice_box(st, "Input", list(range(len(inputs))), key=f"{key}_index",
                          format_func=lambda i: f"#{i} · {spec.class_name(int(drift.target[i]))}")
     st.plotly_chart(viz.figure_attribution_drift(drift, index, spec, inputs), key=f"{key}_maps")

@@ -18,6 +18,7 @@ from explain.generation.step_views import StepViews
 from explain.inputs.text import display_tokens, token_display
 from explain.spec import InputSpec
 from explain.viz import generation as viz
+from ui.choice import choice_box
 from ui.figures import figure_config
 from ui.text import escape_markdown
 
@@ -59,8 +60,8 @@ def _render_views(views: StepViews, attr: GenerationAttribution, spec: InputSpec
     shown = token_display(attr.input_ids, spec)
     labels = [s.label for s in shown]
     st.markdown("**Selected step: attention and logit lens**")
-    t = st.selectbox("Generated token", range(t_count), index=views.selected, key=f"{key}_token",
-                     format_func=lambda j: f"{j + 1}. {labels[p + j]}")
+    t = choice_box(st, "Generated token", range(t_count), index=views.selected, key=f"{key}_token",
+                   format_func=lambda j: f"{j + 1}. {labels[p + j]}")
     kept = [int(s) for s in views.steps]
     if not views.has_layers:  # hidden states out of reach (a .pt2): the note says why, no empty panels
         for note in views.notes:

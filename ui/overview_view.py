@@ -13,6 +13,7 @@ import streamlit as st
 from explain.attribution import Attribution
 from explain.report.first_view import DEFAULT_METHOD
 from explain.spec import InputSpec
+from ui.choice import choice_box
 from ui.text import escape_markdown
 
 #: the widgets' keys of the choice above the columns (`render_view_choice`)
@@ -28,7 +29,8 @@ def render_view_choice(inputs: Sequence[int], input_label: Callable[[int], str],
     the chosen ``(input, method)``. ``preview``: the first paint's stand-ins, disabled until the page draws."""
     top = st.columns([2, 2, 3])
     suffix = _PREVIEW if preview else ""
-    index = top[0].selectbox("Input", list(inputs), key=INPUT_KEY + suffix, format_func=input_label, disabled=preview)
+    index = choice_box(top[0], "Input", list(inputs), key=INPUT_KEY + suffix, format_func=input_label,
+                       disabled=preview)
     method = top[1].selectbox("Method", list(methods), key=METHOD_KEY + suffix, disabled=preview,
                               index=list(methods).index(DEFAULT_METHOD) if DEFAULT_METHOD in methods else 0)
     top[2].caption(caption)

@@ -8,6 +8,7 @@ from explain.dataset.job import partial_view, saved_dataset
 from explain.output.methods import compatible_methods, get_method
 from ui import jobs, state
 from ui import workspace as team
+from ui.choice import choice_box
 from ui.dataset_view import (
     DATASET_TYPES,
     current_dataset,
@@ -42,7 +43,7 @@ with state.error_boundary("Loading the model and the dataset"):
                           key="gb_ds_method")
     targets = [("predicted class", None)] + ([("each row's label", "label")] if dataset.labels is not None else []) \
         + [(model.spec.class_name(k), k) for k in range(len(model.spec.class_names))]
-    choice = c2.selectbox("Target", range(len(targets)), format_func=lambda i: targets[i][0], key="gb_ds_target")
+    choice = choice_box(c2, "Target", range(len(targets)), format_func=lambda i: targets[i][0], key="gb_ds_target")
     target = targets[choice][1]
     shard_rows = int(c3.number_input("Rows per shard", min_value=1, max_value=4096, value=16, key="gb_ds_shard"))
     engine_name = "local"

@@ -14,7 +14,6 @@ import pandas as pd
 import streamlit as st
 
 from explain.attribution import completeness_text, step_raising_text
-from explain.digest import digest_array
 from explain.errors import GlassboxError
 from explain.generation.attention import causal_rollout, text_attention
 from explain.generation.attribution import COMPLETE_METHODS, DEFAULT_STEPS, MAX_STEPS, REFERENCE_METHODS
@@ -43,6 +42,7 @@ from explain.viz.attribution import text_attribution_html
 from sample_models import CAUSAL_LM_SAMPLES, sample_dir
 from ui import state
 from ui import workspace as team
+from ui.choice import choice_box
 from ui.figures import figure_config
 from ui.text import escape_markdown
 
@@ -270,14 +270,9 @@ st.plotly_chart(matrix, config=figure_config(f"generation_{attr.method}"), key="
 for note in attr.notes:
     st.caption(escape_markdown(note))
 
-# a new text: the selection starts at its first token, set through the state so the browser's box shows the new
-# label too (a keyed box keeps what it showed, e.g. an earlier text's "1. \xaa", while the page used the new one)
-text_stamp = digest_array(attr.input_ids)
-if st.session_state.get("gb_gen_text") != text_stamp:
-    st.session_state["gb_gen_text"] = text_stamp
-    st.session_state["gb_gen_token"] = 0
-t = st.selectbox("Generated token", range(t_count), key="gb_gen_token",
-                 format_func=lambda i: f"{i + 1}. {labels[p + i]}")
+# a new text's tokens: the selection starts at its first token, its label redrawn (`choice_box`)
+t = choice_box(st, "Generated token", range(t_count), key="gb_gen_token",
+               format_func=lambda i: f"{i + 1}. {labels[p + i]}")
 t = min(int(t), t_count - 1)
 # the step as an int for the next run's Save as a run, read above before this selectbox exists: its own state is
 # then what Streamlit serialised, the label when the label does not map back ('1. \xaa' of a byte token: ValueError)

@@ -10,6 +10,7 @@ from explain.workspace.records import output_attributions, output_quality
 from ui import jobs, state
 from ui import workspace as team
 from ui.attribution_view import map_controls, render_downloads, render_grid, render_summary
+from ui.choice import choice_box
 from ui.inputs_view import render_input_notes, render_prediction_warning, render_preprocessing
 from ui.quality_view import quality_controls, render_quality_results
 from ui.text import escape_markdown
@@ -44,7 +45,7 @@ with state.error_boundary("Loading the model and inputs"):
     rows = c2.multiselect("Inputs to show", list(range(n_inputs)), default=default_rows, key=f"gb_rows_{model.sha256[:12]}",
                           format_func=lambda i: f"#{i} · {model.spec.class_name(int(np.argmax(probs[i])))}")
     target_options = ["predicted class"] + [model.spec.class_name(k) for k in range(probs.shape[1])]
-    target_choice = c3.selectbox("Target", target_options, key="gb_target")
+    target_choice = choice_box(c3, "Target", target_options, key="gb_target")
     map_options = map_controls(model.modality)
     render_preprocessing(model, batch, rows or default_rows)
 

@@ -19,6 +19,7 @@ from explain.viz.attribution import to_display_images
 from ui import jobs, state
 from ui import workspace as team
 from ui.analysis_view import render_importance
+from ui.choice import choice_box
 from ui.run_view import snapshot_record
 from ui.text import escape_markdown
 
@@ -142,7 +143,7 @@ with tab_attention:
                 text = " ".join(batch.display[i]) if model.modality == "text" and i < len(batch.display) else ""
                 return f"#{i} {text[:60]}"
             c1, c2, c3 = st.columns([2, 1, 1])
-            idx = c1.selectbox("Input", list(range(n_inputs)), format_func=_describe, key="gb_att_input")
+            idx = choice_box(c1, "Input", list(range(n_inputs)), format_func=_describe, key="gb_att_input")
             ids = maps.inputs[idx] if maps.inputs is not None and maps.inputs.ndim == 2 else None
             length = real_length(ids, model.spec) if ids is not None else maps.num_tokens
             patches = (attention.patch_grid(maps.num_tokens, model.spec.input_shape)
