@@ -17,8 +17,7 @@ small core types here (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from explain.lazy import lazy_exports
 
 #: public name -> the module that is its one home.
 _EXPORTS = {
@@ -76,14 +75,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'explain' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -13,8 +13,9 @@ The library never imports Streamlit: ``ui/workspace.py`` is the page glue.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from explain.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from explain.workspace.registry import VersionInfo
@@ -39,14 +40,4 @@ _EXPORTS = {
 __all__ = ["SEEDER", "Action", "Actor", "RunInfo", "RunRecord", "SavedRun", "VersionInfo", "Workspace", "open_workspace"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'explain.workspace' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
