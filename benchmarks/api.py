@@ -343,6 +343,23 @@ def _server_work(ws, model_name: str, rows: np.ndarray, token: str, delay_ms: fl
             "concurrent_batch_requests": round(float(np.mean(batches)), 1) if batches else None}
 
 
+def _fresh(row: np.ndarray, rng: np.random.Generator, seen: set[bytes], vocabulary: list[str] | None) -> np.ndarray:
+    """``row`` changed a little, unlike every row in ``seen`` (added to it), so that the worker's
+    attribution cache never answers: a float row scaled by 1 + 1e-3 noise; a text row with one of
+    its tokens (after the first, not padding) replaced by another word of ``vocabulary``."""
+    for _ in range(100):  # a row with no word to change comes back as it is
+        if row.dtype.kind == "f":
+            out = (row * (1 + 1e-3 * rng.standard_normal(row.shape))).astype(np.float32)
+        else:
+            out, words = row.copy(), np.flatnonzero(row)[1:]
+            if len(words) and vocabulary:
+                out[rng.choice(words)] = rng.integers(3, len(vocabulary))  # past <pad>, <unk>, <cls>
+        if out.tobytes() not in seen:
+            break
+    seen.add(out.tobytes())
+    return out
+
+
 def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, args) -> dict:
     from explain.dataset.job import dataset_job
     from explain.dataset.reading import Dataset
@@ -354,11 +371,10 @@ def _explain(base: str, ws, token: str, model, model_name: str, x: np.ndarray, a
               **({"device": args.device} if args.device != "cpu" else {})}
 
     asked: list[str] = []
+    seen: set[bytes] = set()
 
     def ask(i):
-        row = x[i % len(x)]
-        if row.dtype.kind == "f":  # fresh inputs: the worker's attribution cache never answers
-            row = (row * (1 + 1e-3 * rng.standard_normal(row.shape))).astype(np.float32)
+        row = _fresh(x[i % len(x)], rng, seen, model.spec.vocabulary)
         answer = _call(f"{base}/models/{model_name}:explain", token, {"instances": row.tolist(), "parameters": params})
         asked.append(answer["job"])
 
