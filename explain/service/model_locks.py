@@ -4,8 +4,8 @@ The process's model cache (`explain.service.models.shared_models`) hands every w
 same model object. Two jobs on one model must not interleave their hooked work: Grad-CAM's layer
 hook or FLOPs counting installed by one thread would fire in the other's forward pass (the engine's
 embedding hook on a text model acts in its own session's passes only). So a job holds its models'
-locks while it runs (`Holding`, one per job): alone, or shared with other jobs whose work is forward and backward passes only (an explanation by
-methods that `Explainer.shares_model`, on a model that takes no hook for them;
+locks while it runs (`Holding`, one per job): alone, or shared with other jobs whose work is
+forward and backward passes only (an explanation by methods that `Explainer.shares_model`;
 `explain.service.runners.job_shares_models`), which then run on the model at once.
 
     holding = Holding(MODEL_LOCKS)
