@@ -399,7 +399,6 @@ def test_an_interactive_job_runs_inside_a_text_models_batch_job_with_the_numbers
     (issue 23: it waited for the batch job's shard, 4-6x its idle latency). Both are inside their
     engine sessions, hooks installed, while the other computes (a barrier at each one's first chunk;
     one worker would break it), and each gives the numbers it gives alone."""
-    from explain.output.methods import get_method
 
     model, x = load_sample("sentiment"), sample_inputs("sentiment")["inputs"][:16]  # [16, 16] token ids
     both, asked = threading.Barrier(2, timeout=60), {}
@@ -440,10 +439,18 @@ def test_an_interactive_job_runs_inside_a_text_models_batch_job_with_the_numbers
     done, interactive = team.jobs.get(OP, batch.id), team.jobs.get(OP, asked["job"].id)
     assert done.status == "done" and interactive.status == "done", (done.error, interactive.error)
     assert interactive.worker != done.worker and interactive.finished < done.finished
+    monkeypatch.setitem(RUNNERS, "dataset", real_dataset)
+    _each_as_alone(team, model, x, interactive, done, submit_batch)
+
+
+def _each_as_alone(team, model, x, interactive, done, submit_batch) -> None:
+    """The interactive job's values equal its two inputs explained alone, and the batch job's result a run
+    of the same job with nothing beside it (≤ 1e-6; targets exact)."""
+    from explain.output.methods import get_method
+
     alone = get_method("integrated_gradients").explain(model, x[:2], steps=16, use_cache=False)
     np.testing.assert_allclose(team.runs.open(OP, interactive.run).results["0/values"], alone.values,
                                rtol=0, atol=1e-6)
-    monkeypatch.setitem(RUNNERS, "dataset", real_dataset)
     straight = submit_batch()
     assert Worker(team, name="alone").run_once().status == "done"
     beside, uninterrupted = team.runs.open(OP, done.run).results, team.runs.open(OP, straight.id).results
@@ -457,7 +464,6 @@ def test_a_text_models_batch_job_pauses_inside_a_shard_for_an_interactive_job_ru
     """One worker: the interactive job runs in the batch job's pause between two engine chunks of
     its first shard, on the batch job's thread while that job's embedding hook is on the model (it
     acts only inside its own passes), and each gives the numbers it gives alone."""
-    from explain.output.methods import get_method
 
     model, x = load_sample("sentiment"), sample_inputs("sentiment")["inputs"][:16]  # [16, 16] token ids
     asked, published, calls = {}, [], []
@@ -497,15 +503,8 @@ def test_a_text_models_batch_job_pauses_inside_a_shard_for_an_interactive_job_ru
     done, interactive = team.jobs.get(OP, batch.id), team.jobs.get(OP, asked["job"].id)
     assert interactive.status == "done", interactive.error
     assert interactive.worker == "only" and asked["shards_before"] == 0  # inside the first shard
-    alone = get_method("integrated_gradients").explain(model, x[:2], steps=16, use_cache=False)
-    np.testing.assert_allclose(team.runs.open(OP, interactive.run).results["0/values"], alone.values,
-                               rtol=0, atol=1e-6)
     monkeypatch.setitem(RUNNERS, "dataset", real_dataset)
-    straight = submit_batch()
-    assert Worker(team, name="alone").run_once().status == "done"
-    paused, uninterrupted = team.runs.open(OP, done.run).results, team.runs.open(OP, straight.id).results
-    for key in ("values", "completeness_error", "probabilities"):
-        np.testing.assert_allclose(paused[key], uninterrupted[key], rtol=0, atol=1e-6)
+    _each_as_alone(team, model, x, interactive, done, submit_batch)
 
 
 def test_a_batch_job_that_hooks_nothing_pauses_inside_its_method_for_jobs_that_hook_nothing(team, cancer,
