@@ -11,6 +11,7 @@ older, to the newest schema with Alembic; `open_engine` does it on every open.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ def open_engine(url: str) -> Engine:
     on_disk = None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-            on_disk = Path(parsed.database).expanduser()
+            on_disk = Path(os.path.abspath(parsed.database))  # the file pysqlite opens: no ~ expanded
             private_sqlite(on_disk)  # 0600 before SQLite opens it: its -wal and -shm files take its mode
         engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
