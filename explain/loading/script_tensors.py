@@ -49,9 +49,20 @@ class _Module:
         self.state = state if isinstance(state, dict) else {}
 
 
+#: bounds on the module tree a data.pkl may describe: its pickle is linear in its bytes, a walk of a shared
+#: module (a memo reference) once per path is not (40 levels of two references to the level below: 2**40)
+_MAX_ATTRIBUTES = 2**20
+_MAX_DEPTH = 500
+_MAX_DIMS = 64  # torch's own limit on a tensor's dimensions
+
+
 def _rebuild_tensor(storage: tuple, offset: int, size: tuple, stride: tuple, *rest: Any) -> TensorRef:
     key, dtype = storage
-    return TensorRef(key, dtype, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    ref = TensorRef(key, dtype, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+    if len(ref.size) > _MAX_DIMS or len(ref.stride) != len(ref.size) or any(
+            abs(n) >= 2**62 for n in (ref.offset, *ref.size, *ref.stride)):
+        raise ValueError("a tensor's shape is not one torch can hold")
+    return ref
 
 
 class _Reader(pickle.Unpickler):
@@ -73,12 +84,24 @@ class _Reader(pickle.Unpickler):
         return str(pid[2]), pid[1]
 
 
-def _walk(obj: Any, prefix: str, out: dict[str, TensorRef]) -> None:
-    if isinstance(obj, TensorRef):
-        out[prefix] = obj
-    elif isinstance(obj, _Module):
-        for name, value in obj.state.items():
-            _walk(value, f"{prefix}.{name}" if prefix else str(name), out)
+def _walk(root: Any) -> dict[str, TensorRef]:
+    """The tensors under ``root`` by dotted name, walked without recursion and within `_MAX_ATTRIBUTES` /
+    `_MAX_DEPTH` (a module that holds itself, or shared by many paths, is refused, not walked forever)."""
+    out: dict[str, TensorRef] = {}
+    stack = [(root, "", 0)]
+    steps = 0
+    while stack:
+        obj, prefix, depth = stack.pop()
+        steps += 1
+        if steps > _MAX_ATTRIBUTES or depth > _MAX_DEPTH:
+            raise CorruptFile(f"The TorchScript file's data.pkl describes a module tree over {_MAX_ATTRIBUTES} "
+                              f"attributes or {_MAX_DEPTH} levels deep (a module holding itself?).")
+        if isinstance(obj, TensorRef):
+            out[prefix] = obj
+        elif isinstance(obj, _Module):
+            stack.extend((value, f"{prefix}.{name}" if prefix else str(name), depth + 1)
+                         for name, value in reversed(obj.state.items()))
+    return out
 
 
 def _root(archive: Archive) -> str:
@@ -101,9 +124,7 @@ def tensor_refs(archive: Archive) -> dict[str, TensorRef]:
         obj = _Reader(io.BytesIO(raw)).load()
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptFile(f"The TorchScript file's data.pkl is damaged ({type(exc).__name__}).") from None
-    refs: dict[str, TensorRef] = {}
-    _walk(obj, "", refs)
-    return refs
+    return _walk(obj)
 
 
 def read_script_state(data: bytes, name: str) -> dict[str, torch.Tensor]:
@@ -113,10 +134,11 @@ def read_script_state(data: bytes, name: str) -> dict[str, torch.Tensor]:
     refs = tensor_refs(archive)
     if sum(math.prod(ref.size) for ref in refs.values()) > len(data):  # before a value is copied
         raise more_values_than_bytes(f"{name}: the TorchScript archive", len(data))
-    state = {}
+    state, storages = {}, {}
     for key, ref in refs.items():
-        blob = archive.read(f"{root}data/{ref.key}")
-        storage = torch.frombuffer(bytearray(blob), dtype=ref.dtype) if blob else torch.empty(0, dtype=ref.dtype)
+        storage = storages.get((ref.key, ref.dtype))
+        if storage is None:  # each storage read once, however many tensors view it
+            storage = storages[ref.key, ref.dtype] = _storage(archive, f"{root}data/{ref.key}", ref.dtype, name)
         try:
             state[key] = torch.as_strided(storage, ref.size, ref.stride, ref.offset).clone()
         except RuntimeError as exc:  # a view past its storage's end, a negative size
@@ -125,6 +147,15 @@ def read_script_state(data: bytes, name: str) -> dict[str, torch.Tensor]:
     if not state:
         raise IncompatibleInput(f"{name}: the TorchScript archive holds no weights.")
     return state
+
+
+def _storage(archive: Archive, member: str, dtype: torch.dtype, name: str) -> torch.Tensor:
+    blob = archive.read(member)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if len(blob) % itemsize:  # torch.frombuffer would raise a bare ValueError (and keep the buffer exported)
+        raise CorruptFile(f"{name}: the TorchScript archive's storage {member[-80:]!r} is {len(blob)} bytes, "
+                          f"not whole {dtype} values.")
+    return torch.frombuffer(bytearray(blob), dtype=dtype) if blob else torch.empty(0, dtype=dtype)
 
 
 def with_weights(data: bytes, state: dict[str, torch.Tensor], name: str) -> bytes:
