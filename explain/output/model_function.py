@@ -163,13 +163,15 @@ class ModelFunction:
             finally:
                 interpreter.override = None
             return
-        holder: dict[str, torch.Tensor] = {}
-        mine = threading.get_ident()  # the hook acts in this session's own passes only: another thread's
-        # job may run the same model object meanwhile (`explain.service.model_locks`: text models are held
-        # shared), and a batch job's pause between two chunks may run an interactive job on this thread
+        # the points of this session's passes now running, by the thread running each: the hook acts in
+        # those passes only. Another thread's job may run the same model object meanwhile
+        # (`explain.service.model_locks`: text models are held shared), a batch job's pause between two
+        # chunks may run an interactive job on this thread, and a chunk may run on another thread than
+        # the one that opened the session (its pass is still this session's)
+        holder: dict[int, torch.Tensor] = {}
 
         def replace(_module, _inp, out):
-            points = holder.get("points") if threading.get_ident() == mine else None
+            points = holder.get(threading.get_ident())
             if points is None:
                 return None  # another session's forward pass: its output as it is
             if tuple(out.shape) != tuple(points.shape):
@@ -182,11 +184,12 @@ class ModelFunction:
         try:
 
             def run_eager(points, owner):
-                holder["points"] = points
+                thread = threading.get_ident()
+                holder[thread] = points
                 try:
                     return module(self.inputs[owner])
                 finally:
-                    del holder["points"]
+                    del holder[thread]
 
             yield run_eager
         finally:
