@@ -293,12 +293,22 @@ def parse_mlflow_metric(data: bytes, source: str) -> pd.DataFrame:
     MLflow writes a logged NaN as ``nan`` (kept as text for ``history._numeric``, which marks it +inf).
     """
     name = Path(source).name
-    rows = [line.split() for line in _text(data, source).splitlines() if line.strip()]
-    if any(len(r) not in (2, 3) for r in rows):
-        raise CorruptFile(f"{source}: not an MLflow metric file (expected 'timestamp value step' on every line).")
-    frame = pd.DataFrame({"wall_time": [float(r[0]) / 1000.0 for r in rows], name: [r[1] for r in rows]})
-    if all(len(r) == 3 for r in rows):
-        frame.insert(0, "step", [int(r[2]) for r in rows])
+    text = _text(data, source)
+    bad = f"{source}: not an MLflow metric file (expected 'timestamp value step' on every line)"
+    try:  # pandas' C parser: a 200 MB file's lines never become Python lists of strings
+        table = pd.read_csv(io.StringIO(text), sep=r"\s+", header=None, names=["t", "v", "s"], engine="c",
+                            dtype={"t": "float64", "v": str, "s": "float64"}, keep_default_na=False,
+                            na_values={"s": [""]})  # the value's text as written ("nan": history._numeric)
+    except (ValueError, pd.errors.ParserError) as exc:  # a field that is no number, a 4th field
+        raise CorruptFile(f"{bad}: {one_line(exc, 120, typed=False)}.") from None
+    times, steps = table["t"].to_numpy(), table["s"].to_numpy()  # [N] ms, [N] (NaN: no step)
+    if not np.isfinite(times).all() or table["v"].isna().any() or (table["v"] == "").any():  # a line of one field
+        raise CorruptFile(f"{bad}.")
+    frame = pd.DataFrame({"wall_time": times / 1000.0, name: table["v"]})
+    if not np.isnan(steps).any():  # MLflow before 1.0 wrote no step
+        if not (np.isfinite(steps).all() and (steps == np.round(steps)).all() and (np.abs(steps) < 2**53).all()):
+            raise CorruptFile(f"{bad}: a step is not a whole number below 2**53.")
+        frame.insert(0, "step", steps.astype(np.int64))
     return frame
 
 
