@@ -7,9 +7,10 @@ import streamlit as st
 
 from explain.digest import digest_array, digest_bytes
 from explain.finding import sort_findings
+from explain.training.checkpoints import read_checkpoint, sort_checkpoints
 from explain.training.downsampling import MAX_ROWS
 from explain.training.drift_job import saved_drift
-from explain.training.evolution import compute_weight_changes, read_checkpoint, sort_checkpoints
+from explain.training.evolution import compute_weight_changes
 from explain.training.findings import diagnose
 from explain.training.formats import CHECKPOINT_HISTORY_KEYS
 from explain.training.history import LOG_MODES, ROLES, default_log_mode, merge_histories, read_history
@@ -102,6 +103,7 @@ for name, data in ckpts:
     except Exception as exc:
         checkpoint_errors.append(exc)
 checkpoints = sort_checkpoints(checkpoints)  # training order: the final checkpoint last
+checkpoint_digests = tuple(digest_bytes(c.data) for c in checkpoints)  # once a run: the saved run's and the drift's keys
 if not logs and checkpoints and any(k in checkpoints[-1].meta for k in CHECKPOINT_HISTORY_KEYS):
     logs = [(checkpoints[-1].source, checkpoints[-1].data)]  # the final checkpoint's stored history
     source_note = f"the history stored in {escape_markdown(logs[0][0])}"
@@ -167,8 +169,8 @@ if histories:
         None, {h.name: h.by_epoch().reset_index() for h in histories},  # with its epoch (or step) column
         findings=[f for h in histories for f in diagnose(h, patience=int(patience))]), key="training",
         attach=[("training_log", n, d) for n, d in logs] + [("checkpoint", c.source, c.data) for c in checkpoints],
-        shows=digest_bytes(repr((state.current_model().sha256, [(n, digest_bytes(d)) for n, d in logs], [digest_bytes(c.data) for c in checkpoints],
-                                 int(patience))).encode()))
+        shows=digest_bytes(repr((state.current_model().sha256, [(n, digest_bytes(d)) for n, d in logs],
+                                 checkpoint_digests, int(patience))).encode()))
 
 # -- checkpoint evolution ---------------------------------------------------------------------
 st.header("Checkpoint evolution")
@@ -195,7 +197,7 @@ with state.error_boundary("Explaining the checkpoints"):
     n = int(c1.number_input("Inputs to explain", 1, len(batch.array), n_default, key="gb_drift_n"))
     steps = int(c2.select_slider("Integration steps", [8, 16, 32, 64, 128], 32, key="gb_drift_steps"))
     inputs = batch.array[:n]
-    key = digest_bytes(repr((tuple(digest_bytes(c.data) for c in checkpoints), digest_array(inputs), model.sha256,
+    key = digest_bytes(repr((checkpoint_digests, digest_array(inputs), model.sha256,
                              steps)).encode())
     # Uploads change one pick at a time (two files, then a third): the drift of uploaded checkpoints starts
     # from the button, once, for the set on the page; a set already asked in this session is followed again.
