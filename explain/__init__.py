@@ -64,7 +64,7 @@ _EXPORTS = {
     "read_history": "explain.training.history",
     "read_histories": "explain.training.history",
     "diagnose": "explain.training.findings",
-    "read_checkpoints": "explain.training.evolution",
+    "read_checkpoints": "explain.training.checkpoints",
     "compute_weight_changes": "explain.training.evolution",
     "compute_checkpoint_drift": "explain.training.evolution",
     "build_report": "explain.report.sections",

@@ -14,8 +14,9 @@ from explain.errors import UsageError
 from explain.output.importance_job import importance_job, saved_importance
 from explain.output.layer_importance import compute_layer_importance
 from explain.service.client import finished_run, run_here, submit
+from explain.training.checkpoints import read_checkpoints
 from explain.training.drift_job import drift_job, saved_drift
-from explain.training.evolution import compute_checkpoint_drift, read_checkpoints
+from explain.training.evolution import compute_checkpoint_drift
 from explain.workspace import Actor
 from explain.workspace.run_kinds import read_run
 from sample_models import load_sample, sample_dir, sample_inputs

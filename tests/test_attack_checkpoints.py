@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from explain.errors import CorruptFile, one_line
-from explain.training.evolution import compute_weight_changes, read_checkpoint, read_checkpoints
+from explain.training.checkpoints import read_checkpoint, read_checkpoints
+from explain.training.evolution import compute_weight_changes
 
 
 def _saved(obj) -> bytes:

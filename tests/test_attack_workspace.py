@@ -103,7 +103,8 @@ def test_a_viewer_builds_no_checkpoint_model_through_the_library(workspace):
 
     from explain.model import LoadedModel
     from explain.spec import InputSpec
-    from explain.training.evolution import Checkpoint, model_at
+    from explain.training.checkpoints import Checkpoint
+    from explain.training.evolution import model_at
 
     workspace.users.add(OP, "admin", "admin")
     workspace.users.add(OP, "ada", "editor")

@@ -12,18 +12,20 @@ from explain.errors import IncompatibleInput, UnsafeFile
 from explain.loading.architectures import build_architecture
 from explain.model import LoadedModel
 from explain.spec import InputSpec
-from explain.training.evolution import (
+from explain.training.checkpoints import (
     Checkpoint,
     checkpoint_label,
     checkpoint_sort_key,
-    compute_attribution_drift,
-    compute_checkpoint_drift,
-    compute_weight_changes,
     final_checkpoint,
-    model_at,
     read_checkpoint,
     read_checkpoints,
     sort_checkpoints,
+)
+from explain.training.evolution import (
+    compute_attribution_drift,
+    compute_checkpoint_drift,
+    compute_weight_changes,
+    model_at,
     spearman,
 )
 
@@ -255,7 +257,7 @@ def own_run(tmp_path_factory):
 def test_a_torchscript_epoch_reads_as_the_weights_it_holds(own_run):
     root, _, _ = own_run
     script = read_checkpoint(root / "scripted_epoch2.pt")
-    plain = torch.load(root / "model_epoch2.pt")
+    plain = torch.load(root / "model_epoch2.pt", weights_only=True)
     assert script.epoch == 2 and list(script.state_dict) == list(plain)
     assert all(torch.equal(script.state_dict[k], plain[k]) for k in plain)
 

@@ -24,7 +24,8 @@ from explain.errors import CorruptFile, IncompatibleInput  # noqa: E402
 from explain.loading.loader import load_model  # noqa: E402
 from explain.output.methods import get_method  # noqa: E402
 from explain.report.document import read_report_data  # noqa: E402
-from explain.training.evolution import compute_checkpoint_drift, compute_weight_changes, read_checkpoints  # noqa: E402
+from explain.training.checkpoints import read_checkpoints  # noqa: E402
+from explain.training.evolution import compute_checkpoint_drift, compute_weight_changes
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"the a good bad movie was great awful not very".split()]
 STEPS = 4

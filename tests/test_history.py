@@ -253,7 +253,7 @@ def test_logs_and_checkpoints_obey_the_upload_cap_with_a_models_wording(tmp_path
     from explain.model import LoadedModel
     from explain.report.sections import build_report
     from explain.spec import InputSpec
-    from explain.training.evolution import read_checkpoint, read_checkpoints
+    from explain.training.checkpoints import read_checkpoint, read_checkpoints
 
     log = tmp_path / "train_log.csv"
     log.write_text("epoch,loss\n" + "".join(f"{e},{1 / (e + 1):.6f}\n" for e in range(400)))
@@ -354,7 +354,7 @@ def test_a_wrong_file_is_named_alike_as_model_checkpoint_and_log(data, what):
     checkpoint or as a log, not "truncated or damaged"."""
     from explain.errors import CorruptFile
     from explain.loading.loader import load_model
-    from explain.training.evolution import read_checkpoint
+    from explain.training.checkpoints import read_checkpoint
     from explain.training.history import read_history
 
     for reader, expected in ((load_model, f"notamodel.pt (named .pt) is {what}, not a model."),

@@ -17,7 +17,8 @@ from explain.report import overview
 from explain.report.analysis import read_training_runs
 from explain.structure.attention import attention_unavailable_reason, capture_attention
 from explain.structure.layers import build_layer_table, layer_frame
-from explain.training.evolution import epoch_from_name, model_at, read_checkpoint
+from explain.training.checkpoints import epoch_from_name, read_checkpoint
+from explain.training.evolution import model_at
 from explain.training.findings import diagnose
 from sample_models import load_sample, sample_dir, sample_inputs
 

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from explain.finding import sort_findings
 from explain.report.document import find_chromium
-from explain.training.evolution import read_checkpoints
+from explain.training.checkpoints import read_checkpoints
 from explain.training.findings import diagnose
 from explain.training.history import read_history
 from tests.conftest import wait_for_app
@@ -74,7 +74,8 @@ def test_choosing_a_layer_shows_its_attribution_with_exact_completeness():
 
 
 def test_choosing_a_checkpoint_re_explains_with_its_weights():
-    from explain.training.evolution import model_at, read_checkpoint
+    from explain.training.checkpoints import read_checkpoint
+    from explain.training.evolution import model_at
     from sample_models import load_sample, sample_inputs
 
     at = _run("cancer")

@@ -26,7 +26,8 @@ def test_training_page_shows_curves_findings_and_evolution():
     from streamlit.testing.v1 import AppTest
 
     from explain.finding import sort_findings
-    from explain.training.evolution import compute_weight_changes, read_checkpoints
+    from explain.training.checkpoints import read_checkpoints
+    from explain.training.evolution import compute_weight_changes
     from explain.training.findings import diagnose
     from explain.training.history import read_history
 

@@ -333,7 +333,7 @@ def training_uploads(model_sha: str) -> tuple[list[str], list[str]]:
 def training_sources(model_sha: str) -> tuple[list[str], list[str]]:
     """Training logs and checkpoints (paths) of the current model, oldest first: those uploaded on the
     Training page for ``model_sha``, else the current sample's own (what the Overview and its report read)."""
-    from explain.training.evolution import checkpoint_sort_key
+    from explain.training.checkpoints import checkpoint_sort_key
 
     uploaded_logs, uploaded_ckpts = training_uploads(model_sha)
     sample = current_sample_name()

@@ -117,7 +117,7 @@ def checkpoint_as_data(path: str) -> tuple[str, bytes]:
     (``NAME.zip``: the files `load_model` reads and a Trainer's ``trainer_state.json``), so the worker
     reads a folder and a zip alike."""
     from explain.report.job import file_as_data
-    from explain.training.evolution import checkpoint_folder_as_zip
+    from explain.training.checkpoints import checkpoint_folder_as_zip
 
     if Path(path).is_dir():
         data, name = checkpoint_folder_as_zip(path)

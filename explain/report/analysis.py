@@ -17,12 +17,8 @@ from explain.inputs.text import detokenize, real_positions
 from explain.model import LoadedModel
 from explain.report.document import Section, escape, format_number, round_data, table_html
 from explain.structure.layers import FLOPS_COLUMN, SHAPE_COLUMN, build_layer_table, flop_chart_rows, layer_frame
-from explain.training.evolution import (
-    compute_checkpoint_drift,
-    compute_weight_changes,
-    final_checkpoint,
-    read_checkpoints,
-)
+from explain.training.checkpoints import final_checkpoint, read_checkpoints
+from explain.training.evolution import compute_checkpoint_drift, compute_weight_changes
 from explain.training.findings import diagnose
 from explain.training.history import (
     default_log_mode,

@@ -189,7 +189,8 @@ def training_figure(runs: TrainingOverview, epoch: float | None = None, height: 
 def checkpoint_model(model: LoadedModel, path: str) -> LoadedModel:
     """``model`` with the weights of the checkpoint file at ``path`` (`evolution.model_at`), kept while
     ``model`` lives."""
-    from explain.training.evolution import model_at, read_checkpoint
+    from explain.training.checkpoints import read_checkpoint
+    from explain.training.evolution import model_at
 
     return _remembered(("checkpoint", model.sha256, id(model), _file_key(path)),
                        lambda: model_at(read_checkpoint(path), model), of=model)

@@ -7,7 +7,7 @@
     params, arrays, title = drift_rerun(run)                   # asked again, computed afresh
     rows = drift_differences(saved, fresh)                     # how the re-run differs, per checkpoint
 
-The checkpoints travel as their bytes (read by `evolution.read_checkpoint` in the worker, as the
+The checkpoints travel as their bytes (read by `checkpoints.read_checkpoint` in the worker, as the
 page reads them); the run keeps the explained inputs with their spec, every checkpoint's maps
 and rank correlations (`evolution.compute_checkpoint_drift`), so the page and the Saved runs page
 draw the same figures from it, and the checkpoints as the job carried them, so it can be re-run.
@@ -22,7 +22,8 @@ import numpy as np
 from explain.errors import UsageError
 from explain.model import LoadedModel
 from explain.progress import ProgressFn
-from explain.training.evolution import AttributionDrift, compute_checkpoint_drift, read_checkpoint, sort_checkpoints
+from explain.training.checkpoints import read_checkpoint, sort_checkpoints
+from explain.training.evolution import AttributionDrift, compute_checkpoint_drift
 from explain.workspace.reruns import as_rerun, largest, max_difference, relative
 from explain.workspace.runs import RunRecord, SavedRun, environment, spec_inputs
 

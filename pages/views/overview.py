@@ -10,7 +10,7 @@ from explain.digest import digest_array
 from explain.output.layer_attribution import LAYER_METHODS
 from explain.output.methods import compatible_methods
 from explain.report import overview
-from explain.training.evolution import checkpoint_label, epoch_from_name
+from explain.training.checkpoints import checkpoint_label, epoch_from_name
 from explain.workspace import Action
 from ui import jobs, state
 from ui import workspace as team
