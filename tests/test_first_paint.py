@@ -43,7 +43,11 @@ first = {"heavy": [m for m in HEAVY if m in sys.modules], "sqlalchemy": "sqlalch
 found = {"first": first}
 if sys.argv[1] == "none":
     first["sample"] = at.sidebar.selectbox(key="gb_sample_select").value
-    at.sidebar.selectbox(key="gb_sample_select").select("cancer").run()  # chosen in the preview
+    # chosen in the preview; this run is the preview clock's first tick, which starts the background import: held
+    # back here, so that what the run itself imported is measured (the import's thread raced the check)
+    warm_up, fp.start_warm_up = fp.start_warm_up, lambda: None
+    at.sidebar.selectbox(key="gb_sample_select").select("cancer").run()
+    fp.start_warm_up = warm_up
     assert not at.exception, at.exception
     found["changed"] = {"charts": charts(at), "heavy": [m for m in HEAVY if m in sys.modules],
                         "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown]}
