@@ -18,7 +18,7 @@ from torch import nn
 
 from explain.attribution import Attribution
 from explain.errors import Cancelled
-from explain.loading import model_process
+from explain.loading import model_start
 from explain.loading.loader import load_model
 from explain.loading.model_channel import ModelRaised
 from explain.loading.model_process import ModelProcess, ModelProcessFailed
@@ -60,7 +60,7 @@ FAKE_CHILD = textwrap.dedent(r"""
 
 def _fake(monkeypatch, *replies: dict) -> ModelProcess:
     program = FAKE_CHILD.replace('ARGS["replies"]', repr(list(replies)).replace("True", "True"))
-    monkeypatch.setattr(model_process, "SERVE_CODE", program)
+    monkeypatch.setattr(model_start, "SERVE_CODE", program)
     return ModelProcess(b"", "torchscript")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explain.config import max_upload_mb
-from explain.loading.model_process import prestart
+from explain.loading.model_start import prestart
 from explain.workspace import Action
 from sample_models import SAMPLE_NAMES
 from ui import state

@@ -38,12 +38,8 @@ import collections
 import dataclasses
 import functools
 import json
-import os
 import pickle
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -67,8 +63,8 @@ from explain.loading.model_channel import (
     deadline,
     error_from,
 )
+from explain.loading.model_start import child_settings, open_child, sandbox
 from explain.loading.model_wire import WireError, check_meta, decode_result, describe, to_wire
-from explain.loading.sandbox_zygote import HF_PRELOAD, MODEL_PRELOAD  # the zygotes' preloads (no torch there)
 
 #: Longest JSON header line the parent reads from a child.
 HEADER_BYTES = 1 << 16
@@ -172,34 +168,16 @@ class ModelProcess:
 
     def _spawn(self) -> None:
         workdir = tempfile.mkdtemp(prefix="glassbox-model-")
-        args: dict[str, Any] = {"format": self.format, "threads": max(1, torch.get_num_threads()),
-                                "imports": self._imports}
-        skip, devices = ["rlimit-cpu"], []
-        gpu = config.model_process_gpu()
-        if gpu:  # the GPUs this server sees, and their device files only
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(
-                str(i) for i in range(torch.cuda.device_count()))
-            args["cuda_visible"] = visible
-            indices = [v for v in visible.split(",") if v.strip().isdigit()]
-            devices = [d for d in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
-                                   *(f"/dev/nvidia{i.strip()}" for i in indices)) if os.path.exists(d)]
-            skip.append("rlimit-as")  # CUDA reserves far more address space than it uses: RLIMIT_DATA instead
-        settings = json.dumps({
-            "workdir": workdir, "memory": config.sandbox_memory_bytes(), "cpu": 0, "nofile": 64,
-            "nobody": _sandbox().NOBODY, "root": _sandbox().ROOT, "skip": skip, "devices": devices, "args": args,
-            # no new process or thread from the lock on; a Hugging Face model is loaded (by transformers'
-            # thread pool, from its config) first, its child forbids them once it is loaded
-            "nproc": self.format != "huggingface", "data_limit": gpu,
-        })
+        settings = child_settings(self.format, self._imports, workdir)
         try:
-            channel = self._open_child(settings, workdir)
+            channel = open_child(self._data, self.format, settings, workdir)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         channel.workdir = workdir  # the child's empty cwd, removed with it
         self.starts += 1
         try:
-            with deadline(channel, _sandbox().STARTUP_S):  # the child's own start: forked, or imports
+            with deadline(channel, sandbox().STARTUP_S):  # the child's own start: forked, or imports
                 ready = self._read_header(channel, "starting")
             if ready.get("phase") != "ready":
                 raise self._failure(channel, "starting", ready)
@@ -217,79 +195,6 @@ class ModelProcess:
         self.info = checked_info(loaded.get("info"))
         self._channel = channel
         self._finalizer = weakref.finalize(self, channel.close)
-
-    def _open_child(self, settings: str, workdir: str) -> Channel:
-        sandbox = _sandbox()
-        program = sandbox.PRELUDE + SERVE_CODE
-        frame = [(0).to_bytes(8, "little"), len(self._data).to_bytes(8, "little"), self._data]
-        if config.sandbox_zygote():
-            from explain.loading.sandbox_zygote import get_zygote
-
-            preload = HF_PRELOAD if self.format == "huggingface" else MODEL_PRELOAD
-            zygote = get_zygote(preload, sandbox.child_env(tempfile.gettempdir()), sandbox.ROOT)
-            child = zygote.spawn(sandbox.STARTUP_S) if zygote is not None else None
-            if child is not None:
-                header = json.dumps({"code": program, "argv1": settings}).encode()
-                sock = child._sock
-                try:
-                    sock.sendall(len(header).to_bytes(8, "little") + header + b"".join(frame))
-                except OSError:
-                    pass
-                exit_holder: dict[str, int] = {}
-
-                def exit_code() -> int | None:
-                    return exit_holder.get("code")
-
-                def kill() -> None:
-                    child.kill()
-
-                def close() -> None:  # the stderr reader closes its own end
-                    for stream in (child.reports, sock):
-                        try:
-                            stream.close()
-                        except OSError:
-                            pass
-
-                channel = Channel(child.pid, sock, child.reports, child.errors, kill, exit_code, close, sock)
-                channel.exit_holder = exit_holder  # the zygote's {"exit": code} line fills it
-                return channel
-        env = sandbox.child_env(workdir)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", sandbox.PRELUDE + (HF_PRELOAD if self.format == "huggingface" else
-                                                             MODEL_PRELOAD) + SERVE_CODE, settings],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, cwd=workdir, start_new_session=True, close_fds=True,
-        )
-        try:
-            proc.stdin.write(b"".join(frame))
-            proc.stdin.flush()
-        except OSError:
-            pass
-
-        def kill_fresh() -> None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-        def close_fresh() -> None:
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-
-        def exit_fresh() -> int | None:
-            try:
-                return proc.wait(2)
-            except subprocess.TimeoutExpired:
-                return None
-
-        return Channel(proc.pid, proc.stdin, proc.stdout, proc.stderr, kill_fresh, exit_fresh, close_fresh, None)
 
     # -- one request ------------------------------------------------------------
     def forward(self, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, int | None]:
@@ -504,31 +409,6 @@ class ModelProcess:
         return ModelProcessFailed(f"The model's process stopped while {what} ({last}).")
 
 
-_PRESTARTED = False
-
-
-def prestart() -> None:
-    """Start the model processes' zygote in the background (a person is about to upload a model), so the
-    first upload does not wait for its imports; no-op when it runs already or zygotes are off."""
-    global _PRESTARTED
-    with _LIVE_LOCK:
-        if _PRESTARTED or not config.sandbox_zygote():
-            return
-        _PRESTARTED = True
-
-    def start() -> None:
-        from explain.loading.sandbox_zygote import get_zygote
-
-        sandbox = _sandbox()
-        zygote = get_zygote(MODEL_PRELOAD, sandbox.child_env(tempfile.gettempdir()), sandbox.ROOT)
-        child = zygote.spawn(sandbox.STARTUP_S) if zygote is not None else None  # waits for its preload
-        if child is not None:
-            child.kill()
-            child.close()
-
-    threading.Thread(target=start, name="glassbox-zygote-prestart", daemon=True).start()
-
-
 def load_remote_parts(data: bytes, fmt: str, embedded: Any = None, probe: Any = None, *,
                       architecture: str | None = None, extra: dict | None = None,
                       imports: list[str] | None = None) -> Any:
@@ -549,12 +429,6 @@ def load_remote_parts(data: bytes, fmt: str, embedded: Any = None, probe: Any = 
     return LoadedParts(RemoteModule(process), fmt, embedded_spec=embedded, vetting=probe,
                        architecture=architecture, extra=dict(extra or {}),
                        fixed_batch_size=info.get("fixed_batch_size"), process=process)
-
-
-def _sandbox():
-    from explain.loading import sandbox
-
-    return sandbox
 
 
 def _is_library(value: Any) -> bool:
@@ -589,12 +463,6 @@ class _Callback:
     """Stands for a callback (progress) in a ``call``'s arguments: its calls come back as messages."""
 
     index: int
-
-
-SERVE_CODE = r"""
-from explain.loading import model_host as _mp
-_mp.serve(DATA, ARGS, lock_down, report, _REPORT, nproc=SETTINGS.pop("nproc", False))  # after its pools start
-"""
 
 
 # ==========================================================================

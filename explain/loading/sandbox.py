@@ -299,7 +299,7 @@ def run_in_sandbox(
     })
     start = time.monotonic()
     try:
-        child = _fork_from_zygote(preload) if preload and config.sandbox_zygote() else None
+        child = fork_from_zygote(preload) if preload and config.sandbox_zygote() else None
         if child is not None:
             run = _supervise(child, lambda: child.send(PRELUDE + code, settings, [bytes(8), _length(data), data]),
                             timeout)
@@ -324,7 +324,9 @@ def _length(data: bytes) -> bytes:
     return len(data).to_bytes(8, "little")
 
 
-def _fork_from_zygote(preload: str):
+def fork_from_zygote(preload: str):
+    """A child forked from the zygote that ran ``preload`` (started now if none runs; it waits for the
+    preload), or None when no zygote can run; the callers check `explain.config.sandbox_zygote`."""
     from explain.loading.sandbox_zygote import get_zygote
 
     zygote = get_zygote(preload, child_env(tempfile.gettempdir()), ROOT)

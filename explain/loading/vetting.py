@@ -78,9 +78,9 @@ def load_graph(data):
 """
 def zygote_preload(fmt: str) -> str:
     """The zygote's preload for vetting ``torchscript`` or ``export``: the one zygote model
-    processes fork from too (`explain.loading.model_process.MODEL_PRELOAD`), warmed up on
+    processes fork from too (`explain.loading.sandbox_zygote.MODEL_PRELOAD`), warmed up on
     tiny trusted graphs of both formats."""
-    from explain.loading.model_process import MODEL_PRELOAD
+    from explain.loading.sandbox_zygote import MODEL_PRELOAD
 
     return MODEL_PRELOAD
 
