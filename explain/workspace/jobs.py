@@ -144,8 +144,11 @@ class Jobs:
         with self.core.db.transaction() as s:
             self.core.require(s, actor, Action.SAVE_RUN)
             if max_active is not None:
+                # the submitting actor whole (name, token, operator), as `cancel` compares: a token named like
+                # a user, or an account named as the operator's tools, has a count of its own
                 active = s.scalar(select(func.count()).select_from(Job)
-                                  .where(Job.owner == actor.name, Job.status.in_(ACTIVE)))
+                                  .where(Job.owner == actor.name, Job.owner_is_token == actor.token,
+                                         Job.owner_is_operator == actor.operator, Job.status.in_(ACTIVE)))
                 if active >= max_active:
                     raise QueueFull(f"{actor.name} already has {active} jobs queued or running "
                                     f"(the limit is {max_active}).", "Wait for one to finish.")
