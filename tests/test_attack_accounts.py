@@ -31,3 +31,32 @@ def test_the_job_limit_counts_each_submitting_actor_not_each_name(workspace):
     workspace.jobs.submit(OP, "test", {}, max_active=1)
     workspace.jobs.submit(Actor("cli:ops"), "test", {}, max_active=1)  # was QueueFull: the operator's count
     assert sorted(j.owner_actor.operator for j in workspace.jobs.list(OP)) == [False] * 5 + [True]
+
+
+def test_the_first_paint_peek_does_not_wait_seconds_on_a_locked_database(tmp_path, monkeypatch):
+    """A rollback-journal database whose writer holds its lock: the peek waited its 5 s busy timeout before
+    answering None, so the first paint waited 5 s with nothing drawn. It now waits at most a fraction of a
+    second (then None: the workspace itself answers)."""
+    import sqlite3
+
+    import explain.workspace.peek as peek
+
+    plain = tmp_path / "plain.db"
+    conn = sqlite3.connect(plain, isolation_level=None)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    conn.execute("INSERT INTO users VALUES (1)")
+    waits, connect = [], sqlite3.connect
+
+    def recording(*args, **kwargs):
+        waits.append(kwargs.get("timeout", 5.0))  # sqlite3's own default is 5 s
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(peek.sqlite3, "connect", recording)
+    assert peek.has_accounts(f"sqlite:///{plain}") is True
+    conn.execute("BEGIN EXCLUSIVE")  # a writer mid-commit: readers of a rollback journal wait
+    try:
+        assert peek.has_accounts(f"sqlite:///{plain}") is None
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+    assert len(waits) == 2 and max(waits) <= peek.PEEK_WAIT_S <= 0.25, waits

@@ -20,7 +20,12 @@ from urllib.parse import quote, unquote
 _SQLITE_FILE = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^?]+)")
 
 
-def has_accounts(url: str, *, timeout: float = 5.0) -> bool | None:
+#: how long the peek waits for a database a writer has locked (a rollback journal's commit; WAL readers do
+#: not wait): briefly, as the first paint waits for it; past it the answer is None and the workspace answers
+PEEK_WAIT_S = 0.1
+
+
+def has_accounts(url: str, *, timeout: float = PEEK_WAIT_S) -> bool | None:
     """Whether the workspace at ``url`` has an account, read with ``sqlite3`` (read-only: no file is created)
     when ``url`` is an SQLite file; None (cannot tell here) for any other URL or any failure, a lock held
     past ``timeout`` seconds included. False only when the file SQLite would open does not exist."""
