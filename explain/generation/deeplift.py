@@ -54,8 +54,9 @@ from explain.generation.reference import reference_embeddings
 from explain.generation.result import GeneratedText, GenerationAttribution, chunk_note
 from explain.output import pair_rules as pr
 from explain.output.aten_graph import GRAPH_CACHE, CapturedGraph, first_tensor
-from explain.output.aten_rules import RULE_FLAVOURS, PairInterpreter, RulePlan, plan_rules
+from explain.output.aten_rules import RULE_FLAVOURS, RulePlan, plan_rules
 from explain.output.engine import Engine
+from explain.output.pair_interpreter import PairInterpreter
 
 #: deep_shap's background besides pad and unk: this many token sequences drawn at random.
 RANDOM_REFERENCES = 4

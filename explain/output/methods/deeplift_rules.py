@@ -19,8 +19,9 @@ from torch import fx
 from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
 from explain.model import LoadedModel
 from explain.output.aten_graph import FALLBACK_METHOD, GRAPH_CACHE, CapturedGraph, captured_graph, first_tensor
-from explain.output.aten_rules import PairInterpreter, RulePlan, op_name, plan_rules
+from explain.output.aten_rules import RulePlan, op_name, plan_rules
 from explain.output.engine import Engine
+from explain.output.pair_interpreter import PairInterpreter
 from explain.output.precision import is_out_of_memory
 from explain.progress import ProgressFn, report_progress
 
