@@ -5,7 +5,8 @@ training order, same weights (single-threaded, so independent of the core count)
 ``shapes``, ``cancer`` and ``sentiment`` it writes into ``sample_models/<name>/``
 the per-epoch ``train_log.csv``, checkpoints, final weights in every format
 (see `sample_models.artefacts`), ``spec.json``, ``samples.npz``, raw upload files and
-the Overview's first view (``overview_first_view.npz``, `write_first_view`), then prints
+the Overview's first view (``overview_first_view.npz``, `write_first_view`) and curves
+(``overview_curves.json``, `write_first_curves`), then prints
 each model's test accuracy. ``keycopy``, the causal LM, is built by
 `sample_models.keycopy` (a Hugging Face folder as a zip, its greedy accuracy printed).
 """
@@ -225,6 +226,7 @@ def build_sample(recipe: Recipe, root: Path = ROOT) -> dict[str, float]:
     samples = (torch.from_numpy(prepared.samples["inputs"]), torch.from_numpy(prepared.samples["labels"]))
     _, sample_acc = evaluate(model, samples)
     write_first_view(directory, recipe.name)
+    write_first_curves(directory)
     return {"test_acc": test_acc, "sample_acc": sample_acc, "seconds": time.perf_counter() - start}
 
 
@@ -242,6 +244,17 @@ def write_first_view(directory: Path, name: str) -> None:
         x = npz["inputs"][:1]
     record = overview.first_view_record(name, 1, model, x, 0)
     overview.first_view_of(record, model, x).write(directory / FIRST_VIEW_FILE)
+
+
+def write_first_curves(directory: Path) -> None:
+    """The Overview's training curves and findings of the sample's ``train_log.csv``, saved beside it
+    (`explain.report.first_curves.FIRST_CURVES_FILE`), so a new server's first paint draws them without pandas;
+    alone (the figures changed, the weights did not): ``python -c "from sample_models.train import *;
+    [write_first_curves(ROOT / n) for n in RECIPES]"``."""
+    from explain.report.first_curves import FIRST_CURVES_FILE
+    from explain.report.first_curves import write_first_curves as write
+
+    write(directory / "train_log.csv", directory / FIRST_CURVES_FILE)
 
 
 def main(argv: list[str] | None = None) -> None:

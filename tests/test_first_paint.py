@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter: the app's first script run (AppTest), the sample changed in the preview, then
@@ -36,6 +38,7 @@ at = AppTest.from_file(ROOT + "/app.py", default_timeout=300)
 at.run()
 assert not at.exception, at.exception
 first = {"heavy": [m for m in HEAVY if m in sys.modules], "sqlalchemy": "sqlalchemy" in sys.modules,
+         "pandas": "pandas" in sys.modules,
          "titles": [t.value for t in at.title],
          "charts": charts(at), "sidebar": [h.value for h in at.sidebar.header],
          "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown],
@@ -94,6 +97,7 @@ def test_the_first_run_imports_no_torch_and_draws_the_samples_figures(tmp_path):
     first, changed, page, shapes_page = found["first"], found["changed"], found["page"], found["shapes_page"]
     assert first["heavy"] == []  # the first script run imported neither torch nor captum nor shap
     assert first["sqlalchemy"] is False  # nor the workspace's database layer (`explain.workspace.peek`)
+    assert first["pandas"] is False  # nor pandas: the curves shipped beside the sample (`explain.report.first_curves`)
     assert first["titles"] == ["Overview"] and first["sidebar"] == ["Model"] and first["sample"] == "shapes"
     # the sample's curves (the Overview's own training figure) and its first view's map, with its caption
     assert set(first["charts"]) == {"ov_curves_first_paint", "ov_map"}
@@ -130,3 +134,37 @@ def test_nothing_is_drawn_before_sign_in(tmp_path):
     assert found["first"]["titles"] == ["Sign in to Glassbox"] or found["first"]["titles"] == []
     assert found["first"]["charts"] == {} and not any("completeness" in c for c in found["first"]["captions"])
     assert found["first"]["sidebar"] == []
+
+
+@pytest.mark.parametrize("name", ["shapes", "cancer", "sentiment"])
+def test_the_shipped_curves_are_the_logs_curves_now(name):
+    """What the first paint reads beside a sample is what the Overview draws from its log today (else rebuild:
+    `sample_models.train.write_first_curves`), without the template of the process that built it."""
+    from explain.report.first_curves import FIRST_CURVES_FILE, compute_curves, read_shipped_curves
+    from sample_models import sample_dir
+
+    log_file, shipped = sample_dir(name) / "train_log.csv", sample_dir(name) / FIRST_CURVES_FILE
+    figure, findings = read_shipped_curves(log_file, shipped)
+    fresh, fresh_findings = compute_curves(log_file)
+    assert figure == fresh and "template" not in figure["layout"]
+    assert [f.to_dict() for f in findings] == [f.to_dict() for f in fresh_findings]
+    assert [f.kind for f in findings] == [f.kind for f in fresh_findings] != []
+
+
+def test_shipped_curves_of_another_log_are_not_read(tmp_path):
+    """A log edited after its curves were shipped, or a file that is no record, reads as None: the first paint
+    computes the curves from the log itself (`ui.first_paint.sample_curves`)."""
+    from explain.report.first_curves import FIRST_CURVES_FILE, read_shipped_curves, write_first_curves
+    from sample_models import sample_dir
+
+    log_file, shipped = tmp_path / "train_log.csv", tmp_path / FIRST_CURVES_FILE
+    log_file.write_bytes((sample_dir("cancer") / "train_log.csv").read_bytes())
+    write_first_curves(log_file, shipped)
+    figure, findings = read_shipped_curves(log_file, shipped)
+    assert figure["data"] and figure["layout"]["height"] == 420
+    log_file.write_bytes(log_file.read_bytes() + b"\r\n")  # the same rows, other bytes
+    assert read_shipped_curves(log_file, shipped) is None
+    for text in ("", "[]", '{"log_sha256": 1}', "{"):
+        shipped.write_text(text)
+        assert read_shipped_curves(log_file, shipped) is None
+    assert read_shipped_curves(log_file, tmp_path / "absent.json") is None

@@ -40,6 +40,7 @@ import streamlit as st
 from explain.config import database_url, glassbox_home
 from explain.digest import digest_bytes
 from explain.inputs.reading import InputBatch
+from explain.report.first_curves import FIRST_CURVES_FILE, compute_curves, read_shipped_curves
 from explain.report.first_view import DEFAULT_METHOD, FirstView, find_first_view, first_view_id, read_shipped_first_view
 from explain.workspace.peek import has_accounts
 from explain.workspace.roles import Actor
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("glassbox.ui")
 
-#: the Overview's curves' height (`explain.report.overview.training_figure`'s default)
-CURVES_HEIGHT = 420
 _TRAINING_KEY = "gb_training_uploads"  # ui.state's key of the Training page's uploads
 #: what app.py imports after the preview (the pages' glue: torch, the workspace's queue, the model cache)
 GLUE = ("ui.jobs", "ui.sidebar", "ui.upload_page", "ui.workspace")
@@ -117,19 +116,14 @@ def preview_sample(is_overview: bool) -> str | None:
 
 
 def sample_curves(name: str):
-    """The sample's training curves as the Overview draws them, and the findings, or None when the
+    """The sample's training curves as the Overview draws them (plotly JSON) and the findings: shipped beside
+    the sample (`explain.report.first_curves`, read without pandas), else computed from its log; None when the
     sample has no log (its checkpoints need torch to read)."""
-    from explain.finding import sort_findings
-    from explain.training.findings import diagnose
-    from explain.training.history import merge_histories, read_histories
-    from explain.viz.training import figure_overview
-
     log_file = Path(sample_dir(name)) / "train_log.csv"
     if not log_file.is_file():
         return None
-    history = merge_histories(read_histories([str(log_file)]))  # `explain.report.analysis.read_training_history`
-    findings = sort_findings(diagnose(history))
-    return figure_overview([history], [findings], height=CURVES_HEIGHT), findings
+    shipped = read_shipped_curves(log_file, Path(sample_dir(name)) / FIRST_CURVES_FILE)
+    return shipped if shipped is not None else compute_curves(log_file)
 
 
 def sample_first_view(name: str) -> FirstView | None:
