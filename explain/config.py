@@ -48,6 +48,8 @@ Environment variables:
     GLASSBOX_JOB_HEARTBEAT_S / GLASSBOX_JOB_STALE_S / GLASSBOX_JOB_MAX_ATTEMPTS: how
         often a worker reports a running job (default 2 s), after how long without a
         report the job is taken back (default 30 s), and how many tries it gets (3).
+    GLASSBOX_BLOB_SWEEP_AGE_S: how long a stored file no row names (a save killed between the
+        file and its row) stays before a server's or worker's start removes it (default 3600).
     GLASSBOX_WORKERS: queue worker threads per serving process (the app, ``serve``, ``worker``;
         ``--workers N`` overrides it); default one per GPU, else min(2, CPU cores).
     GLASSBOX_IG_STEP_BUDGET: how far integrated gradients' completeness tolerance may raise the
@@ -260,6 +262,12 @@ def job_heartbeat_s() -> float:
 
 def job_stale_s() -> float:
     return _env_number("GLASSBOX_JOB_STALE_S", 30.0)
+
+
+def blob_sweep_age_s() -> float:
+    """How old a blob no row names must be before a start sweeps it (``GLASSBOX_BLOB_SWEEP_AGE_S``, default an
+    hour): longer than any save between its blob and its row."""
+    return _env_number("GLASSBOX_BLOB_SWEEP_AGE_S", 3600.0)
 
 
 def job_max_attempts() -> int:

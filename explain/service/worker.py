@@ -86,7 +86,22 @@ def worker_gone(name: str) -> bool:
 def recover_now(ws: Workspace) -> list[JobInfo]:
     """What a server or a worker does as it starts, before any page or request: jobs left "running"
     by a worker of this host that no longer exists (a SIGKILLed server or worker) go back to the
-    queue at once, and so do jobs whose heartbeat is stale (`Jobs.recover`)."""
+    queue at once, and so do jobs whose heartbeat is stale (`recover_jobs`); the stored files a
+    killed save left without their row are removed (`Workspace.sweep_blobs`)."""
+    back = recover_jobs(ws)
+    try:
+        swept = ws.sweep_blobs()
+    except OSError as exc:  # a blob folder it may not change: the server still starts
+        log.warning("Sweeping the stored files no row names failed: %s", one_line(exc))
+    else:
+        if swept:
+            log.info("removed %d stored files no row names", len(swept))
+    return back
+
+
+def recover_jobs(ws: Workspace) -> list[JobInfo]:
+    """Jobs whose worker is gone or silent back to the queue (`Jobs.recover`): at start and every
+    `recovery_interval_s` while a pool runs."""
     back = ws.jobs.recover(job_stale_s(), job_max_attempts(), gone=worker_gone)
     for job in back:
         log.info("recovered job %s: %s", job.id, job.status)
@@ -117,7 +132,7 @@ class Worker:
         if now - self._recovered_at < recovery_interval_s():
             return []
         self._recovered_at = now
-        return recover_now(self.ws)
+        return recover_jobs(self.ws)
 
     def run_forever(self) -> int:
         """Run jobs until `stop` is set; the number run."""
@@ -277,7 +292,7 @@ class WorkerPool:
     def _recover_forever(self) -> None:
         while not self.stop.wait(recovery_interval_s()):
             try:
-                recover_now(self.ws)
+                recover_jobs(self.ws)
             except Exception:
                 log.exception("taking back stopped workers' jobs failed")
 

@@ -6,12 +6,18 @@ folder, is flushed to disk, then renamed: a crash leaves at most a ``.tmp`` file
 half blob under a real name. The same bytes are stored once. The workspace writes a blob
 *before* the row that names it, so no row ever points at a missing blob. Folders are ``0700``
 and blobs ``0600``: only the account running Glassbox reads them (`explain.workspace.files`).
+
+A process killed between a blob and its row leaves a blob nothing names (or a ``.tmp``): `sweep`
+removes those older than an age, so a save in flight keeps its blob. A `put` of bytes already
+stored touches the file, so its age is the age of its newest save.
 """
 from __future__ import annotations
 
 import io
 import os
 import tempfile
+import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +33,7 @@ class BlobStore:
         private_tree(self.root)  # a store made before folders were private: tightened, blobs too
 
     def path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if not _is_sha(sha256):
             raise NotFound(f"No stored file {sha256[:80]!r}.")
         return self.root / sha256[:2] / sha256
 
@@ -38,7 +44,12 @@ class BlobStore:
         """Store ``data`` (once); its sha256."""
         sha = digest_bytes(data)
         final = self.path(sha)
-        if final.is_file():
+        try:
+            os.utime(final)  # stored already: it is this save's now, so no `sweep` takes it before its row
+            return sha
+        except FileNotFoundError:  # not stored, or a sweep has just taken it away: written again
+            pass
+        except PermissionError:  # stored by another account (group-shared store): kept as it is
             return sha
         final.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         # mkstemp creates 0600 (whatever the umask), and the rename keeps the mode
@@ -79,3 +90,51 @@ class BlobStore:
     def get_arrays(self, sha256: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(self.get(sha256)), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
+
+    # -- sweeping ------------------------------------------------------------
+    def sweep(self, named: Callable[[], Collection[str]], min_age_s: float) -> list[str]:
+        """Remove the blobs that no row names and the temporary files of killed writes, each untouched
+        for ``min_age_s`` seconds; the names removed.
+
+        ``named()`` is read after the files are listed, so a row committed before it keeps its blob; a
+        blob stored again (`put` touches it) or written after the listing is younger than ``min_age_s``.
+        A blob is renamed aside before it is removed and kept when a `put` touched it meanwhile; one a
+        killed sweep left aside goes back under its name (the next sweep decides again).
+        """
+        cutoff = time.time() - min_age_s
+        old: list[Path] = []
+        for sub in os.scandir(self.root):
+            if len(sub.name) != 2 or not sub.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(sub.path) as entries:
+                old += [Path(e.path) for e in entries
+                        if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < cutoff]
+        keep = set(named())
+        removed = []
+        for path in old:
+            name = path.name
+            if name.startswith(".") and name.endswith(_ASIDE):
+                if _is_sha(name[1:-len(_ASIDE)]):
+                    os.replace(path, path.with_name(name[1:-len(_ASIDE)]))
+            elif name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(name)
+            elif _is_sha(name) and name not in keep:
+                aside = path.with_name(f".{name}{_ASIDE}")
+                try:
+                    os.rename(path, aside)  # a `put` from now on writes it again
+                except FileNotFoundError:
+                    continue
+                if aside.stat().st_mtime >= cutoff:  # a `put` touched it before the rename: its row follows
+                    os.replace(aside, path)
+                else:
+                    aside.unlink()
+                    removed.append(name)
+        return removed
+
+
+_ASIDE = ".sweep"
+
+
+def _is_sha(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)

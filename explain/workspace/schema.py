@@ -199,3 +199,11 @@ class VettingResult(Base):
     max_batch_rows: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the largest vetted batch
     outcome: Mapped[dict] = mapped_column(JSON)  # the probe's measurements, or the refusal
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+#: Every column that names a blob (`explain.workspace.blobs`): what `Workspace.sweep_blobs` keeps. A new one
+#: belongs here (tests/test_attack_orphan_blobs.py checks every ``*sha256`` column is here or in `NOT_BLOBS`).
+BLOB_COLUMNS = (ModelVersion.sha256, ModelVersion.spec_sha256, Attachment.sha256, Run.inputs_sha256,
+                Run.results_sha256, Job.inputs_sha256, Job.partial_sha256)
+#: ``sha256`` columns that name no blob: a token's digest, a file vetting looked at
+NOT_BLOBS = (ApiToken.token_sha256, VettingResult.sha256)

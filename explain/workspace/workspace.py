@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from explain.config import database_url, glassbox_home
+from sqlalchemy import select
+
+from explain.config import blob_sweep_age_s, database_url, glassbox_home
 from explain.workspace.audit import Audit
 from explain.workspace.blobs import BlobStore
 from explain.workspace.core import Core
@@ -19,6 +21,7 @@ from explain.workspace.registry import Registry, VersionInfo
 from explain.workspace.review import Review
 from explain.workspace.roles import Action, Actor
 from explain.workspace.runs import Runs
+from explain.workspace.schema import BLOB_COLUMNS
 from explain.workspace.users import Users
 from explain.workspace.vetting import VettingResults
 
@@ -95,6 +98,16 @@ class Workspace:
         finally:
             tmp.unlink(missing_ok=True)
         return path.read_text().strip()
+
+    def sweep_blobs(self, min_age_s: float | None = None) -> list[str]:
+        """Remove the blobs no row names, untouched for ``min_age_s`` (default `explain.config.blob_sweep_age_s`):
+        what a process killed between a blob and its row left (`BlobStore.sweep`); the names removed. The
+        server's and the worker's start do it (`explain.service.worker.recover_now`)."""
+        def named() -> set[str]:
+            with self.core.db.transaction() as s:
+                return {sha for column in BLOB_COLUMNS for sha in s.scalars(select(column).distinct()) if sha}
+
+        return self.core.blobs.sweep(named, blob_sweep_age_s() if min_age_s is None else min_age_s)
 
     def close(self) -> None:
         self.engine.dispose()
