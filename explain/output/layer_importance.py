@@ -110,14 +110,6 @@ def _observe_layers(module: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, 
 
 
 @in_model_process
-def candidate_layers(model: LoadedModel, inputs: np.ndarray, depth: int = 2) -> list[str]:
-    """Layers that can be scored: single-tensor float output, run once, at ``depth``
-    (or leaves above it); dropout and containers excluded."""
-    module = model.hookable_module("Layer importance")
-    return _candidates(module, model.as_tensor(inputs[:1]), depth, module_types(model, module))
-
-
-@in_model_process
 def importance_unavailable_reason(model: LoadedModel) -> str | None:
     """Why layer importance / Grad-CAM cannot run on ``model`` (None when they can)."""
     return model.hook_incompatibility("Layer importance")
