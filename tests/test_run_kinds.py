@@ -61,6 +61,19 @@ def test_a_snapshot_run_reads_back_what_its_page_showed():
     assert snapshot.tables["History"].equals(pd.DataFrame({"epoch": [1, 2]}))
 
 
+def test_the_callers_read_a_run_through_its_kind_never_its_raw_keys():
+    """The pages, the drawers, the API and the CLI decode no ``SavedRun.results`` key themselves: each
+    kind's reader in its own module does (``runs show`` lists the stored arrays' shapes, no values)."""
+    raw = re.compile(r"\.results(\[\s*[\"f]|\.get\(|\.items\(|\.keys\()")
+    found = []
+    for path in [ROOT / "app.py", *ROOT.glob("ui/*.py"), *ROOT.glob("pages/**/*.py"),
+                 *ROOT.glob("explain/service/*.py"), *ROOT.glob("explain/cli/*.py")]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if raw.search(line) and "list(v.shape)" not in line:
+                found.append(f"{path.relative_to(ROOT)}:{n}")
+    assert found == []
+
+
 def _saved(record) -> SavedRun:
     """``record`` as the run store gives it back (its summary through JSON)."""
     from dataclasses import fields

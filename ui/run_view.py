@@ -25,6 +25,7 @@ from explain.spec import InputSpec
 from explain.workspace import SavedRun
 from explain.workspace.records import (
     output_attributions,
+    output_probabilities,
     output_quality,
     output_record,
     saved_snapshot,
@@ -83,7 +84,7 @@ def _draw_output(run: SavedRun) -> None:
     attrs = output_attributions(run)
     labels = run.inputs.get("labels")
     quality = output_quality(run)
-    render_grid(model, attrs, run.info.summary.get("shown", []), run.results["probs"], labels,
+    render_grid(model, attrs, run.info.summary.get("shown", []), output_probabilities(run), labels,
                 MapOptions(sign=run.info.summary.get("sign", "all")), quality=quality)
     render_summary(model, attrs)
     if quality:

@@ -72,6 +72,11 @@ def output_attributions(run: SavedRun) -> list[Attribution]:
     return out
 
 
+def output_probabilities(run: SavedRun) -> np.ndarray:
+    """The inverse of `output_record`'s ``probs``: float [N, K], the model's probabilities of the run's inputs."""
+    return np.asarray(run.results["probs"])
+
+
 def output_quality(run: SavedRun) -> Results:
     """The inverse of `output_record`'s ``quality``: ``results[method][metric]`` as measured."""
     out: Results = {}
