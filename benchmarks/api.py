@@ -24,10 +24,12 @@ measures:
 - goals: 8 clients >= 1.5x one client in turn and >= 0.5x direct batched; interactive beside a
   batch job within 3x idle.
 
-The :predict clients keep their connection open (one ``http.client`` connection per client thread, as
-a real client pool does) and send JSON bodies, or with ``--binary`` KServe V2 binary tensor bodies
-(`explain.service.binary`, answers in bytes too); each decodes its answers. On a machine of few cores
-the clients share the cores with the server they measure: each server's CPU seconds per row served
+The :predict clients send JSON bodies, or with ``--binary`` KServe V2 binary tensor bodies
+(`explain.service.binary`, answers in bytes too). Their rates come from a load generator as wrk or
+perf_analyzer are (`_load`): one kept-alive socket per client, all driven from one thread, prebuilt
+request bytes, answers checked to be 200s and counted, not decoded (the warm-up and the latencies go
+through ``http.client`` and decode every answer). On a machine of few cores the clients share the
+cores with the server they measure: each server's CPU seconds per row served
 (``server_cpu_ms_per_row``, its processes' user + system time over the clients' phase) and the
 clients' own (``clients_cpu_ms_per_row``) are printed beside the rates, so the figure can be judged.
 ``--variants`` picks the servers measured in turns: ``no_batching`` (``--max-delay-ms 0``),
@@ -101,6 +103,65 @@ def _post(url: str, token: str, body: bytes, headers: dict[str, str]) -> tuple[b
             raise RuntimeError(f"{answer.status}: {data[:300]!r}")
         return data, answer.getheaders()
     raise AssertionError("unreachable")
+
+
+def _request_bytes(url: str, token: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """A whole ``POST`` of ``body`` to ``url``, as the bytes a load generator sends again and again."""
+    parts = urllib.parse.urlsplit(url)
+    head = {"Host": parts.netloc, "Authorization": f"Bearer {token}", "Content-Length": str(len(body)), **headers}
+    return (f"POST {parts.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items())
+            + "\r\n").encode("latin-1") + body
+
+
+def _load(url: str, requests: list[bytes], seconds: float) -> int:
+    """A load generator (wrk's way): one kept-alive socket per request of ``requests`` (prebuilt bytes,
+    ``_request_bytes``), all driven from this one thread, each sending its request again as soon as its
+    answer is whole, for ``seconds``; the answers counted (each checked to be a 200), not decoded. So
+    the clients cost the cores they share with the server a few tens of microseconds a request, not the
+    ~0.3 ms of a thread per client with ``http.client`` and a decode (``clients_cpu_ms_per_row``)."""
+    import selectors
+
+    parts = urllib.parse.urlsplit(url)
+    select = selectors.DefaultSelector()
+    socks = []
+    try:
+        for request in requests:
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=600)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks.append(sock)
+            select.register(sock, selectors.EVENT_READ, [request, bytearray()])
+        stop, answered, live = time.monotonic() + seconds, 0, len(socks)
+        for sock, request in zip(socks, requests):
+            sock.sendall(request)
+        while live:
+            for key, _ in select.select(600):
+                request, buffer = key.data
+                chunk = key.fileobj.recv(1 << 16)
+                if not chunk:
+                    raise RuntimeError("the server closed a connection")
+                buffer += chunk
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                head = bytes(buffer[:end]).lower()
+                at = head.find(b"\r\ncontent-length:") + len(b"\r\ncontent-length:")
+                length = int(head[at:].split(b"\r\n", 1)[0])
+                if len(buffer) < end + 4 + length:
+                    continue
+                if not head.startswith(b"http/1.1 200"):
+                    raise RuntimeError(f"{bytes(buffer[:300])!r}")
+                del buffer[:end + 4 + length]  # one answer per request sent: nothing follows it
+                answered += 1
+                if time.monotonic() < stop:
+                    key.fileobj.sendall(request)
+                else:
+                    select.unregister(key.fileobj)
+                    live -= 1
+        return answered
+    finally:
+        for sock in socks:
+            sock.close()
+        select.close()
 
 
 def _predict_body(rows: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
@@ -264,10 +325,13 @@ def _predict(servers: dict[str, Server], model_name: str, x: np.ndarray, args, d
         direct_cpu += time.process_time() - mine
         direct_rows += rate * len(x) / rounds
         for label, url in urls.items():
-            one[label] += _rate(lambda i, u=url: ask(u, 0), args.seconds / rounds, 1) * rows
+            sent = [_request_bytes(url, args.token, *body) for body in bodies]  # client i's request, prebuilt
+            started = time.monotonic()
+            one[label] += _load(url, sent[:1], args.seconds / rounds) / (time.monotonic() - started) * rows
             cpu, mine, started = _cpu_s(servers[label].process.pid), time.process_time(), time.monotonic()
-            rate = _rate(lambda i, u=url: ask(u, i), args.seconds / rounds, args.clients)
-            served[label] += round(rate * (time.monotonic() - started)) * rows
+            answered = _load(url, sent, args.seconds / rounds)
+            rate = answered / (time.monotonic() - started)
+            served[label] += answered * rows
             server_cpu[label] += _cpu_s(servers[label].process.pid) - cpu
             client_cpu[label] += time.process_time() - mine
             many[label] += rate * rows
@@ -525,7 +589,8 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     print(f"{args.model}, {args.rows} row(s) a request, {'binary' if args.binary else 'JSON'} bodies: {args.clients} "
           f"clients / direct batched = {vs_direct:.3f} (goal 0.5: {'met' if vs_direct >= 0.5 else 'not met'}); "
-          f"server {on['server_cpu_ms_per_row']} ms CPU a row vs direct {goals['direct_cpu_ms_per_row']}; the clients "
+          f"server {on['server_cpu_ms_per_row']} ms CPU a row vs direct {goals['direct_cpu_ms_per_row']}, clients "
+          f"{on['clients_cpu_ms_per_row']}; the clients "
           f"share the {os.cpu_count()} cores with the server", file=sys.stderr)
 
 
