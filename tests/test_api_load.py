@@ -510,6 +510,31 @@ def test_a_late_commit_of_an_older_audit_id_changes_the_stamp(served):
     assert after[0][0] == before[0][0] == newest + 10 and after != before
 
 
+def test_the_stamp_is_read_on_a_connection_of_its_own_that_recovers_and_closes_with_the_engine(served):
+    """`Lookups.stamp` reads through a driver connection held apart from the pool (no pool slot taken
+    between requests); a write by another handle shows in the next read; a broken connection is
+    replaced within the same read; the engine's dispose (`Workspace.close`) closes it."""
+    from explain.service.lookups import Lookups
+
+    ws, _ = served
+    engine = ws.core.db.engine
+    lookups = Lookups(ws)
+    before = lookups.stamp()
+    assert engine.pool.checkedout() == 0 and lookups._stamper._held is not None
+    other = open_workspace(engine.url.render_as_string(hide_password=False), home=ws.home)
+    try:
+        other.users.add_token(OP, f"stamp_{engine.dialect.name}", "viewer")
+    finally:
+        other.close()
+    after = lookups.stamp()
+    assert after != before and after[0][0] > before[0][0]  # the other handle's audit row, read at once
+    lookups._stamper._held.dbapi_connection.close()  # as a server restart or a dropped socket leaves it
+    assert lookups.stamp() == after
+    engine.dispose()
+    assert lookups._stamper._held is None
+    assert lookups.stamp() == after  # a new one on the next read
+
+
 def test_a_shared_read_answers_each_caller_with_a_read_begun_after_it_asked():
     """`SharedRead` (the Gate's stamp reads): callers asking together share one read; one asking while
     that read runs gets the next read's value, never the older one."""
