@@ -104,7 +104,7 @@ def _compile(template: str):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
-        raise IncompatibleInput(f"The chat template refused the messages: {str(message)[:200]}")
+        raise IncompatibleInput(f"The chat template refused the messages: {one_line(str(message), 200)}")
 
     def tojson(value: Any, indent: int | None = None) -> str:
         return json.dumps(value, ensure_ascii=False, indent=indent)

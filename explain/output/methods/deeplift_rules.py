@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError
+from explain.errors import GlassboxError, IncompatibleInput, TooLarge, UsageError, one_line
 from explain.model import LoadedModel
 from explain.output.aten_graph import FALLBACK_METHOD, GRAPH_CACHE, CapturedGraph, captured_graph, first_tensor
 from explain.output.aten_rules import RulePlan, op_name, plan_rules
@@ -214,7 +214,7 @@ def model_logits(model: LoadedModel, rows: np.ndarray | torch.Tensor, what: str 
     except GlassboxError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model raised
-        raise IncompatibleInput(f"The model raised {type(exc).__name__} on the {what}: {str(exc)[:200]}") from None
+        raise IncompatibleInput(f"The model raised {type(exc).__name__} on the {what}: {one_line(exc, 200, typed=False)}") from None
     logits = np.asarray(logits).reshape(len(rows), -1)
     if not np.isfinite(logits).all():
         hint = "For text, keep at least one non-padding token in every row." if what == "background" else None
