@@ -27,6 +27,7 @@ from explain.errors import TooLarge
 from explain.kernels import no_mha_fastpath
 from explain.model import LoadedModel
 from explain.output.model_function import Layout, LogitsFn, ModelFunction
+from explain.output.packed_attention import unbound_qkv
 from explain.output.precision import (
     choose_precision,
     device_label,
@@ -223,7 +224,7 @@ class Engine:
         b = points.shape[0]
         points, owner, target = pad_rows(padded, points, owner, target)  # [padded or b, ...]
         points = points.detach().float().requires_grad_(True)
-        with torch.enable_grad(), precision_context(precision or self.precision, self.device):
+        with torch.enable_grad(), precision_context(precision or self.precision, self.device), unbound_qkv():
             out = logits(points, owner)  # [B, K]
             chosen = out.gather(1, target[:, None]).squeeze(1).float()  # [B]
         (grads,) = torch.autograd.grad(chosen.sum(), points)

@@ -1,0 +1,71 @@
+"""Self-attention's packed q/k/v projection handed out by ``unbind`` in the engine's gradient passes.
+
+``nn.MultiheadAttention`` projects q, k and v with one matrix product and hands them out as
+``proj[0], proj[1], proj[2]`` of one [3, L, B, E] tensor (`torch.nn.functional._in_projection_packed`).
+Each index's backward builds a zero-filled [3, L, B, E] gradient and copies its slice into it, and
+autograd adds the three: three fills, three copies and two additions of the whole projection per
+attention layer, which on a CPU were ~20 % of a small encoder's gradient pass (the attribution
+benchmark's B3 at 1 thread: its largest single cost, more than any matrix product). ``unbind(0)``
+hands out the same three views; its backward stacks the three gradients into one tensor, one copy.
+The forward values are the same tensors and the gradients the same numbers (each element of the
+summed gradient was its own slice's gradient plus zeros), so attributions do not change.
+
+The replacement is installed once, on the first `unbound_qkv` block, and acts only on the thread
+inside such a block: every other call (another thread's model, a pass outside the engine, cross
+attention, a later torch calling it otherwise) goes to torch's own function.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch.nn.functional as F  # noqa: N812 - torch's own name for it
+
+_LOCK = threading.Lock()
+_original = None  # torch's function, once replaced
+
+
+class _Depth(threading.local):
+    blocks = 0  # open `unbound_qkv` blocks on this thread
+
+
+_DEPTH = _Depth()
+
+
+def _packed(*args, **kwargs):
+    if _DEPTH.blocks and not kwargs and len(args) in (4, 5) and args[0] is args[1] is args[2]:
+        q, w = args[0], args[3]  # self-attention: [L, B, E], [3E, E]
+        b = args[4] if len(args) == 5 else None
+        e = q.size(-1)
+        proj = F.linear(q, w, b)  # [L, B, 3E], as torch's own (same layout, same copy)
+        proj = proj.unflatten(-1, (3, e)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()  # [3, L, B, E]
+        return list(proj.unbind(0))
+    return _original(*args, **kwargs)
+
+
+def _install() -> bool:
+    """Put `_packed` in torch's place (once); False where this torch has no such function."""
+    global _original
+    with _LOCK:
+        if _original is None:
+            found = getattr(F, "_in_projection_packed", None)
+            if not callable(found):
+                return False
+            _original = found
+            F._in_projection_packed = _packed
+    return True
+
+
+@contextlib.contextmanager
+def unbound_qkv() -> Iterator[None]:
+    """Within the block this thread's self-attention layers hand out q, k, v by ``unbind``."""
+    if not _install():
+        yield
+        return
+    _DEPTH.blocks += 1
+    try:
+        yield
+    finally:
+        _DEPTH.blocks -= 1
+
