@@ -44,6 +44,7 @@ def test_training_page_shows_curves_findings_and_evolution():
     evidence = json.loads(at.json[0].value)
     assert [e["kind"] for e in evidence] == [f.kind for f in expected] and "best_epoch" in [f.kind for f in expected]
     assert [e["epochs"] for e in evidence] == [f.epochs for f in expected]
+    assert evidence == [f.to_dict() for f in expected]  # Finding's one plain form, as the CLI and the report give it
     charts = at.get("plotly_chart")
     assert len(charts) == 4  # curves, weight change, drift correlation, drift maps
     # every checkpoint, in the library's training order (the final one last)
@@ -58,7 +59,7 @@ def test_training_page_shows_curves_findings_and_evolution():
     next(s for s in at.selectbox if s.label == "Validation loss").set_value("(none)").run()
     assert not at.exception
     best = [e for e in json.loads(at.json[0].value) if e["kind"] == "best_epoch"]
-    assert best and best[0]["series"] == "validation val_acc"
+    assert best and best[0]["evidence"]["series"] == "validation val_acc"
     line = next(m for m in _markdown(at) if "**best_epoch**" in m)
     assert "validation val\\_acc" in line and "highest" in line  # column names shown literally
 

@@ -54,7 +54,7 @@ def _render_findings(findings) -> None:
         st.markdown(f"{f.icon} **{f.kind}** ({where}) — {escape_markdown(f.message)}")
     if findings:
         with st.expander("Evidence (the numbers behind each finding)"):
-            st.json([{"kind": f.kind, "epochs": f.epochs, **f.evidence} for f in findings], expanded=False)
+            st.json([f.to_dict() for f in findings], expanded=False)  # the CLI's and the report's form
     if findings and all(f.kind == "best_epoch" for f in findings):
         st.success("No problems found: no overfitting, plateau, divergence, instability or underfitting.",
                    icon=":material/check_circle:")
