@@ -299,6 +299,38 @@ def test_deletion_and_insertion_curves_of_a_cnn_by_hand():
     assert not Layout.for_model(model).channels_last  # it refused the layout, and answered all the same
 
 
+@pytest.mark.parametrize(("dtype", "channels_last"), [(torch.float32, True), (torch.float32, False),
+                                                       (torch.float64, True), (torch.float16, True)])
+def test_perturbed_rows_hold_the_start_or_the_end_bit_for_bit_in_the_models_layout(dtype, channels_last):
+    """Deletion / insertion rows (`deletion._RowLayout`): each value is the start's or the end's bit for bit
+    (-0.0, NaN payloads, infinities, subnormals; 4- and 8-byte values selected on their bits, others by
+    torch.where), a pixel's channels alike, in the layout the model runs: channels-last for a CNN that takes it."""
+    from types import SimpleNamespace
+
+    from explain.output.metrics.faithfulness.deletion import _RowLayout
+    from explain.output.model_function import Layout
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(2, 3, 4, 5, generator=gen).to(dtype)
+    end = torch.randn(2, 3, 4, 5, generator=gen).to(dtype)
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16}[dtype]
+    start.view(bits)[0, 0, 0, :4] = torch.tensor([-1, 0x7FC01234 if dtype == torch.float32 else -2, 1, 5], dtype=bits)
+    start[0, 1, 0, :3] = torch.tensor([-0.0, float("inf"), -float("inf")], dtype=dtype)  # NaNs, a subnormal above
+    grid = SimpleNamespace(model=SimpleNamespace(modality="image"), fn=SimpleNamespace(layout=Layout(channels_last)))
+    rows_as = _RowLayout(grid, start, end)
+    order = torch.randperm(20, generator=gen)  # [P]: each pixel's rank
+    counts = torch.tensor([0, 7, 20, 3])  # [steps]
+    out, values = rows_as.empty(6)
+    rows_as.fill(values[1:5], 1, order, counts)
+    switched = (order.view(4, 5)[None] < counts[:, None, None])[:, None]  # [steps, 1, H, W]
+    want = torch.where(switched, end[1], start[1])  # [steps, C, H, W]
+    assert torch.equal(out[1:5].view(bits), want.view(bits))
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    rows_as.fill(values[:1], 0, order, torch.tensor([20]))
+    rows_as.fill(values[5:], 0, order, torch.tensor([0]))
+    assert torch.equal(out[0].view(bits), end[0].view(bits)) and torch.equal(out[5].view(bits), start[0].view(bits))
+
+
 def test_an_input_gets_the_same_random_baseline_in_any_batch():
     model, _, _ = shapes_all()
     attr = shapes_maps("grad_cam", 6)
