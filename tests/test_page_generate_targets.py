@@ -164,3 +164,53 @@ def test_a_chat_of_several_turns_from_the_pages_editor(llama):
     text = generate_greedy(model, [np.asarray(want)], 1)[0]
     assert [c.value for c in at.code] == [decode_ids(text.generated_ids, model.spec)]
     assert _z(at.get("plotly_chart")[0]).shape == (1, len(want) + 1)  # the matrix reads the whole rendered chat
+
+
+def _place(at: AppTest, node) -> tuple[int, ...]:
+    """Where ``node`` is drawn: its indices from the page's root down (the delta path the browser keys it by)."""
+    def walk(block, path):
+        for i, child in block.children.items():
+            if child is node:
+                return (*path, i)
+            if isinstance(getattr(child, "children", None), dict):
+                found = walk(child, (*path, i))
+                if found:
+                    return found
+        return None
+
+    return walk(at._tree, ())
+
+
+SETTINGS_KEYS = (("number_input", "gb_gen_max_new"), ("number_input", "gb_gen_top_p"), ("number_input", "gb_gen_seed"),
+                 ("checkbox", "gb_gen_quality"), ("button", "gb_gen_run"), ("button", "gb_gen_save"))
+
+
+def test_every_element_keeps_its_place_whether_a_chat_is_ticked_or_a_run_computed(llama):
+    """The browser keeps a run's elements by place until the rerun draws that place, so an element drawn only
+    sometimes (the chat's rows, Generate's progress bar) moved the ones after it: ticking Chat drew the 4-column
+    row where the 6-column one was, and its old Top-p / Seed stayed there, greyed, until the run ended."""
+    data, _folder = llama
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["gb_source"] = "upload"
+    at.session_state["gb_model_upload"] = UploadedBlob("llama.zip", data, hashlib.sha256(data).hexdigest())
+    at.switch_page("pages/views/generate.py").run()
+    at.text_area(key="gb_gen_prompt").input(PROMPT)
+    at.checkbox(key="gb_gen_quality").uncheck()
+    at.number_input(key="gb_gen_max_new").set_value(1)
+    at.selectbox(key="gb_gen_method").set_value("saliency").run()
+    _clean(at)
+
+    def places():
+        return [_place(at, getattr(at, kind)(key=key)) for kind, key in SETTINGS_KEYS]
+
+    plain = places()
+    at.checkbox(key="gb_gen_chat").check().run()
+    assert places() == plain
+    at.number_input(key="gb_gen_turns").set_value(2).run()
+    assert places() == plain
+    at.button(key="gb_gen_run").click().run()
+    _clean(at)
+    computed = places(), _place(at, at.get("plotly_chart")[0]), _place(at, at.selectbox(key="gb_gen_token"))
+    assert computed[0] == plain
+    at.run()  # the next run shows the kept result, with no progress bar
+    assert (places(), _place(at, at.get("plotly_chart")[0]), _place(at, at.selectbox(key="gb_gen_token"))) == computed

@@ -134,13 +134,13 @@ def _contrast(model, view, t: int, labels: list[str], shown: list, request) -> N
     st.caption(escape_markdown(viz.contrast_caption(c, labels, rather)))
 
 
-def _turns() -> list[dict[str, str]]:
-    """The chat's earlier turns before the prompt: rows of role + text (a row with no text is left out)."""
-    count = int(st.number_input("Earlier turns", 0, MAX_TURNS, 0, key="gb_gen_turns",
-                                help="System, user and assistant messages before the prompt, in order."))
+def _turns(box) -> list[dict[str, str]]:
+    """The chat's earlier turns before the prompt, drawn in ``box``: rows of role + text (a row with no text is left out)."""
+    count = int(box.number_input("Earlier turns", 0, MAX_TURNS, 0, key="gb_gen_turns",
+                                 help="System, user and assistant messages before the prompt, in order."))
     out = []
     for i in range(count):
-        c1, c2 = st.columns([1, 4])
+        c1, c2 = box.columns([1, 4])
         role = c1.selectbox("Role", ROLES, key=f"gb_gen_turn_role_{i}", label_visibility="collapsed")
         content = c2.text_input("Text", key=f"gb_gen_turn_text_{i}", label_visibility="collapsed",
                                 placeholder=f"Turn {i + 1}: the {role}'s message")
@@ -172,10 +172,14 @@ prompt = st.text_area("Prompt", key="gb_gen_prompt", height=90, placeholder="The
 continuation = st.text_input("Continuation to explain (optional)", key="gb_gen_continuation",
                              help="Given tokens are scored by teacher forcing instead of generating; "
                                   "write it as it follows the prompt (a leading space included).")
-chat = bool(spec.chat_template) and st.checkbox(
+# What a page draws only sometimes goes in a container drawn every time: the browser keeps the last run's
+# elements by place until this run draws that place, so an element drawn once moved the ones after it (ticking
+# Chat drew the 4-column row where the 6-column one was, its old Top-p / Seed left there greyed until the run ended)
+chat_box = st.container()  # the chat checkbox and its turns' rows (empty for a model with no chat template)
+chat = bool(spec.chat_template) and chat_box.checkbox(
     "Chat: the prompt is the user's last message, through the model's chat template", key="gb_gen_chat",
     help="The template (tokenizer_config.json or chat_template.jinja) renders in a sandbox; its special tokens included.")
-turns = _turns() if chat else []
+turns = _turns(chat_box) if chat else []
 c1, c2, c3, c4 = st.columns(4)
 max_new = int(c1.number_input("Max new tokens", 1, MAX_NEW_TOKENS, DEFAULT_MAX_NEW, key="gb_gen_max_new",
                               disabled=bool(continuation.strip()), help="Greedy generation stops here or at end-of-sequence."))
@@ -210,12 +214,14 @@ shown_here = (kept is not None and kept[0] == request) or (kept is None and firs
 selected = (int(st.session_state.get(STEP_KEY) or 0) if shown_here else 0,
             str(st.session_state.get("gb_gen_contrast") or "") if shown_here else "")
 save_key = repr((request, selected))
-if st.button("Save as a run", key="gb_gen_save", help="Computed by the queue's worker and saved as a run to "
-             "share, comment on and decide on; it keeps the selected step's attention, logit lens and contrast")\
-        or save_key in st.session_state.get("gb_gen_jobs", {}):
+saved = st.button("Save as a run", key="gb_gen_save", help="Computed by the queue's worker and saved as a run to "
+                  "share, comment on and decide on; it keeps the selected step's attention, logit lens and contrast")
+saving = st.container()  # Save as a run's progress and link (empty until asked)
+status = st.container()  # the first view's note, Generate's progress bar or error, 'the settings changed'
+if saved or save_key in st.session_state.get("gb_gen_jobs", {}):
     from ui import jobs
 
-    with state.error_boundary("Saving as a run"):
+    with saving, state.error_boundary("Saving as a run"):
         saved_run = jobs.follow_request("gb_gen_jobs", save_key, lambda: jobs.submit_generation(
             model, [] if chat else [prompt], continuations=[continuation] if settings["continuation"] else None,
             max_new_tokens=max_new, method=method, steps=steps, baseline=baseline, granularity=granularity,
@@ -229,15 +235,15 @@ stored = st.session_state.get(RESULT_KEY)
 if stored is None and first is not None and (first.model_sha256, tuple(sorted(first.settings.items())),
                                              bool(first.quality)) == request:
     stored = (request, first)  # computed once, by python -m sample_models.train
-    st.caption("The sample's first view, saved with it: press Generate and explain to compute it here.")
+    status.caption("The sample's first view, saved with it: press Generate and explain to compute it here.")
 if clicked:
     stored = None
-    with state.error_boundary("Generating"):
+    with status, state.error_boundary("Generating"):
         stored = (request, _compute(model, settings, quality))
     st.session_state[RESULT_KEY] = stored
 if stored is None or stored[0] != request:
     if stored is not None:
-        st.caption("The settings changed since the last run: press Generate and explain.")
+        status.caption("The settings changed since the last run: press Generate and explain.")
     st.stop()
 
 view = stored[1]
