@@ -94,9 +94,8 @@ def current_actor() -> Actor | None:
             return None
         name = oidc_name(st.user)
         return Actor(name) if name else None
-    if st.session_state.get("authentication_status") and st.session_state.get("username"):
-        return Actor(str(st.session_state["username"]))
-    return None
+    name = _signed_in_name(ws)
+    return Actor(name) if name else None
 
 
 def role() -> str | None:
@@ -131,14 +130,67 @@ def actor() -> Actor:
     return who
 
 
+#: the account identity (`explain.workspace.users.identity_of`) this session signed in as: checked on every run
+IDENTITY_KEY = "gb_signed_in_identity"
+
+
+def _bound_cookie(ws: Workspace, credentials: dict, made):
+    """streamlit-authenticator's cookie ``made`` (its cookie manager is one element of the page: not made twice),
+    bound to the account's identity: written with the identity of the hash the password was checked against,
+    read back only while the account is that one (`Users.signed_in_as`)."""
+    from streamlit_authenticator.models import CookieModel
+
+    from explain.workspace.users import sign_session
+
+    class BoundCookie(CookieModel):
+        def get_cookie(self):
+            if st.session_state.get("logout"):
+                return False
+            token = st.context.cookies.get(COOKIE_NAME)
+            found = ws.users.signed_in_as(ws.session_key(), token) if token else None
+            if found is None:
+                return None
+            st.session_state[IDENTITY_KEY] = found[1]
+            return {"username": found[0]}
+
+        def _token_encode(self) -> str:
+            name = st.session_state["username"]
+            identity = credentials["usernames"][name]["identity"]
+            st.session_state[IDENTITY_KEY] = identity
+            return sign_session(ws.session_key(), name, identity, COOKIE_DAYS)
+
+    bound = BoundCookie.__new__(BoundCookie)
+    bound.__dict__.update(vars(made))
+    return bound
+
+
 def _authenticator():
     import streamlit_authenticator as stauth
 
     ws = workspace()
-    auth = stauth.Authenticate(ws.users.credentials(), COOKIE_NAME, ws.session_key(), COOKIE_DAYS,
+    credentials = ws.users.credentials()
+    auth = stauth.Authenticate(credentials, COOKIE_NAME, ws.session_key(), COOKIE_DAYS,
                                auto_hash=False, login_sleep_time=0)
+    auth.cookie_controller.cookie_model = _bound_cookie(ws, credentials, auth.cookie_controller.cookie_model)
     st.session_state["gb_authenticator"] = auth
     return auth
+
+
+def _signed_in_name(ws: Workspace) -> str | None:
+    """The local account this session signed in as, while it is still that account: removed, added again or
+    given a new password, it is not, and the session is signed out (as its cookie no longer reads)."""
+    name = st.session_state.get("username")
+    if not (st.session_state.get("authentication_status") and name):
+        return None
+    now = ws.users.identity(str(name))
+    # a session the sign-in did not bind (one a test set up) is bound to the account it first meets
+    bound = st.session_state.setdefault(IDENTITY_KEY, now)
+    if now is not None and now == bound:
+        return str(name)
+    for key in ("authentication_status", "username", "name"):
+        st.session_state[key] = None  # as streamlit-authenticator's sign-out leaves them
+    st.session_state.pop(IDENTITY_KEY, None)
+    return None
 
 
 def sign_in_gate() -> bool:
@@ -153,7 +205,7 @@ def sign_in_gate() -> bool:
         st.button("Sign in", type="primary", on_click=st.login)
         return False
     auth = _authenticator()
-    if not st.session_state.get("authentication_status"):
+    if _signed_in_name(ws) is None:  # nobody, or an account since removed, added again or given a new password
         auth.login(location="main", fields=SIGN_IN_FIELDS, key="gb_sign_in")
         if st.session_state.get("authentication_status") is False:
             st.error("Username or password is wrong.")

@@ -1,7 +1,8 @@
-"""Workspace accounts: ``users add NAME --role ROLE`` (password from stdin), ``list``, ``set-role``, ``remove``.
+"""Workspace accounts: ``users add NAME --role ROLE`` (password from stdin), ``list``, ``set-role``,
+``set-password NAME`` (from stdin; the account's sign-ins end), ``remove``.
 
 The first account must be an admin; from then on the app asks everyone to sign in.
-JSON: ``add`` / ``set-role``: the user (``name``, ``role``, ``email``, ``created``, ``has_password``);
+JSON: ``add`` / ``set-role`` / ``set-password``: the user (``name``, ``role``, ``email``, ``created``, ``has_password``);
 ``list``: ``{"users": [...]}``; ``remove``: ``{"removed": NAME}``.
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     set_role = sub.add_parser("set-role", help="change an account's role")
     set_role.add_argument("name")
     set_role.add_argument("role", choices=ROLES)
+    set_password = sub.add_parser("set-password", help="a new password, read from stdin (ends the account's sign-ins)")
+    set_password.add_argument("name")
     remove = sub.add_parser("remove", help="remove an account")
     remove.add_argument("name")
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> dict:
     from explain.cli.workspace_arg import cli_actor, cli_workspace
 
     if not getattr(args, "action", None):
-        raise UsageError("Missing action: users add|list|set-role|remove.")
+        raise UsageError("Missing action: users add|list|set-role|set-password|remove.")
     ws, actor = cli_workspace(), cli_actor()
     if args.action == "add":
         password = None if args.no_password else _read_password()
@@ -51,4 +54,6 @@ def run(args: argparse.Namespace) -> dict:
         return {"users": [u.to_dict() for u in ws.users.list(actor)]}
     if args.action == "set-role":
         return ws.users.set_role(actor, args.name, args.role).to_dict()
+    if args.action == "set-password":
+        return ws.users.set_password(actor, args.name, _read_password()).to_dict()
     return ws.users.remove(actor, args.name)

@@ -1,9 +1,15 @@
 """Accounts: local users with bcrypt-hashed passwords (or OIDC identities), roles and API tokens."""
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import hmac
+import json
 import secrets
+import time
 from dataclasses import asdict, dataclass
+from datetime import UTC
 
 import bcrypt
 from sqlalchemy import func, select
@@ -32,6 +38,44 @@ class UserInfo:
 
 def _info(user: User) -> UserInfo:
     return UserInfo(user.name, user.role, user.email, iso(user.created_at), user.password_hash is not None)
+
+
+def identity_of(user: User) -> str:
+    """The account's identity generation: a digest of its row id, creation time and password hash, so it
+    changes when the account is removed and added again (under the same name, even with the same
+    password: bcrypt salts anew) or its password changes. A sign-in is bound to it (`Users.signed_in_as`)."""
+    created = user.created_at
+    if created is not None and created.tzinfo is not None:  # PostgreSQL: aware; SQLite: naive UTC
+        created = created.astimezone(UTC).replace(tzinfo=None)
+    when = created.isoformat(timespec="microseconds") if created is not None else ""
+    return digest_bytes(f"{user.id}\0{when}\0{user.password_hash or ''}".encode())[:32]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign_session(key: str, name: str, identity: str, days: float, now: float | None = None) -> str:
+    """A sign-in cookie's value: ``name``, the account's `identity_of` and an expiry, signed with ``key``
+    (HMAC-SHA256); read back by `Users.signed_in_as`."""
+    expires = (time.time() if now is None else now) + days * 86400
+    payload = _b64(json.dumps({"username": name, "identity": identity, "exp_date": expires},
+                              separators=(",", ":")).encode())
+    return f"{payload}.{_b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())}"
+
+
+def read_session(key: str, token: str, now: float | None = None) -> tuple[str, str] | None:
+    """(name, identity) of a `sign_session` value whose signature holds and that has not expired; else None."""
+    payload, _, signature = str(token).partition(".")
+    expected = _b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())
+    if not signature or not hmac.compare_digest(signature, expected):
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        name, identity, expires = str(data["username"]), str(data["identity"]), float(data["exp_date"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return (name, identity) if expires > (time.time() if now is None else now) else None
 
 
 def hash_password(password: str) -> str:
@@ -134,6 +178,33 @@ class Users:
             s.delete(user)
             return {"removed": name}
 
+    def set_password(self, actor: Actor, name: str, password: str) -> UserInfo:
+        """A new password for ``name`` (admins); every sign-in of the old one ends (`signed_in_as`)."""
+        if len(password) < MIN_PASSWORD:
+            raise UsageError(f"The password is shorter than {MIN_PASSWORD} characters.")
+        with self.core.db.transaction() as s:
+            self.core.require(s, actor, Action.MANAGE_USERS)
+            user = self._get(s, name)
+            user.password_hash = hash_password(password)
+            self.core.audit(s, actor, "user.set_password", "user", name)
+            return _info(user)
+
+    # -- sign-in sessions --------------------------------------------------------
+    def identity(self, name: str) -> str | None:
+        """``name``'s account's `identity_of` now; None when there is no such account."""
+        with self.core.db.transaction() as s:
+            user = s.scalar(select(User).where(User.name == name))
+            return identity_of(user) if user is not None else None
+
+    def signed_in_as(self, key: str, token: str, now: float | None = None) -> tuple[str, str] | None:
+        """(name, identity) of a sign-in cookie (`sign_session`) that holds now: signed with ``key``, not
+        expired, and issued to the account of that name as it is now. A cookie of an account since removed,
+        added again or given another password is None: those end every sign-in of the account before."""
+        found = read_session(key, token, now)
+        if found is None or self.identity(found[0]) != found[1]:
+            return None
+        return found
+
     def verify_password(self, name: str, password: str) -> bool:
         """Whether ``password`` is ``name``'s (bcrypt; constant-time either way)."""
         with self.core.db.transaction() as s:
@@ -143,11 +214,12 @@ class Users:
         return bool(ok and stored)
 
     def credentials(self) -> dict:
-        """The accounts in streamlit-authenticator's ``credentials`` shape (hashes, never passwords)."""
+        """The accounts in streamlit-authenticator's ``credentials`` shape (hashes, never passwords), each
+        with its `identity_of` as read with its hash (a sign-in is bound to the hash it was checked against)."""
         with self.core.db.transaction() as s:
             users = list(s.scalars(select(User).where(User.password_hash.is_not(None))))
             return {"usernames": {u.name: {"name": u.name, "password": u.password_hash, "email": u.email or "",
-                                           "roles": [u.role]} for u in users}}
+                                           "roles": [u.role], "identity": identity_of(u)} for u in users}}
 
     # -- API tokens --------------------------------------------------------------
     def add_token(self, actor: Actor, name: str, role: str) -> str:
