@@ -14,6 +14,7 @@ what failed and why, and the rest of the report is still built.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -177,18 +178,26 @@ class Section:
         return slugify(self.title)
 
     def to_html(self, anchor: str | None = None) -> str:
+        return self._html(anchor, self.figure_divs())
+
+    def figure_divs(self) -> list[str]:
+        """Each figure as plotly's ``<div>`` and the ``<script>`` that draws it (the report's CSP allows those)."""
+        divs = []
+        for fig in self.figures:
+            height = (fig.layout.height or 360) if hasattr(fig, "layout") else 360
+            divs.append(fig.to_html(full_html=False, include_plotlyjs=False, default_height=f"{int(height)}px",
+                                    config={"displaylogo": False, "responsive": True}))
+        return divs
+
+    def _html(self, anchor: str | None, divs: list[str]) -> str:
         parts = [f'<section id="{escape(anchor or self.anchor)}"><h2>{escape(self.title)}</h2>']
         if self.error:
             parts.append(f'<div class="failed"><strong>This part could not be built.</strong> {escape(self.error)}</div>')
         parts.extend(f'<p class="note">{escape(n)}</p>' for n in self.notes)
         parts.append(self.body)
-        if self.figures:
+        if divs:
             parts.append('<div class="figs">')
-            for fig in self.figures:
-                height = (fig.layout.height or 360) if hasattr(fig, "layout") else 360
-                div = fig.to_html(full_html=False, include_plotlyjs=False, default_height=f"{int(height)}px",
-                                  config={"displaylogo": False, "responsive": True})
-                parts.append(f'<div class="fig">{div}</div>')
+            parts.extend(f'<div class="fig">{div}</div>' for div in divs)
             parts.append("</div>")
         parts.append("</section>")
         return "\n".join(parts)
@@ -241,7 +250,10 @@ class Report:
             f'<li><a href="#{escape(a)}">{escape(s.title)}</a>{" <span class=bad>(failed)</span>" if s.error else ""}</li>'
             for s, a in zip(self.sections, anchors)
         )
-        body = "\n".join(s.to_html(a) for s, a in zip(self.sections, anchors))
+        divs = [s.figure_divs() for s in self.sections]
+        body = "\n".join(s._html(a, d) for s, a, d in zip(self.sections, anchors, divs))
+        plotlyjs = plotly.offline.get_plotlyjs()
+        scripts = [plotlyjs, RESIZE_SCRIPT] + [code for d in divs for div in d for code in _SCRIPT.findall(div)]
         created = self.created.strftime("%Y-%m-%d %H:%M:%S UTC")
         # no "<" in the data at all: "</script" would close the element early, and "<!--<script>" puts the parser
         # into the double-escaped state where the element runs on past its end tag (a comment's text is data)
@@ -249,7 +261,8 @@ class Report:
         return _PAGE.format(
             title=escape(self.title), created=escape(created), toc=toc,
             subtitle=escape(self.subtitle + " · " if self.subtitle else ""), body=body, css=_CSS,
-            plotlyjs=plotly.offline.get_plotlyjs(), data=data, data_id=DATA_SCRIPT_ID, resize=RESIZE_SCRIPT,
+            plotlyjs=plotlyjs, data=data, data_id=DATA_SCRIPT_ID, resize=RESIZE_SCRIPT,
+            csp=escape(content_security_policy(scripts)),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -271,13 +284,48 @@ class Report:
         return print_pdf(self.to_html(), path, chromium, timeout)
 
 
+#: a script element as Glassbox and plotly write them (no attributes)
+_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+#: where a report's Content-Security-Policy is (`content_security_policy`), before any script of the file
+_CSP_META = re.compile(r'<meta http-equiv="Content-Security-Policy" content="[^"]*">')
+#: what a page printed without a policy of its own gets (an older report): no script, nothing loaded
+NO_SCRIPT_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:"
+
+
+def content_security_policy(scripts: Iterable[str]) -> str:
+    """A report's Content-Security-Policy: only ``scripts`` (its own: plotly, each figure's, the resize) run,
+    by their sha256; nothing is loaded (images are data: URIs), nothing is sent, no form, no base. A script
+    that a user's string brought into the page, or an inline handler (``onerror=``), does not run."""
+    digests = {base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode() for code in scripts}
+    hashes = " ".join(f"'sha256-{d}'" for d in sorted(digests))
+    return (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src data:; font-src data:; "
+            "base-uri 'none'; form-action 'none'")
+
+
+def printable(html_text: str) -> str:
+    """The page Chromium prints: a report with its own policy (`Report.to_html`, before its first script) as it
+    is; any other page (a report saved before the policy) with `NO_SCRIPT_POLICY` first in its head, so no
+    script of it runs (its figures are then not drawn). Chromium's own switch for scripts
+    (``--blink-settings=scriptEnabled=false``) stops headless printing altogether."""
+    first_script = html_text.find("<script")
+    head = html_text if first_script < 0 else html_text[:first_script]
+    if _CSP_META.search(head):
+        return html_text
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{NO_SCRIPT_POLICY}">'
+    at = re.search(r"<head[^>]*>", head, re.I)
+    if at is None:  # no head of its own: the meta opens the document (HTML puts it in the head it makes)
+        return meta + html_text
+    return html_text[:at.end()] + meta + html_text[at.end():]
+
+
 #: why a PDF cannot be made, and what to do instead: one wording for the CLI and the page.
 NO_CHROMIUM = "PDF export needs Chromium, which is not installed."
 NO_CHROMIUM_HINT = "Install it (apt-get install -y chromium) or save the HTML report and print it from a browser."
 
 
 def print_pdf(html_text: str, path: str | Path, chromium: str | None = None, timeout: float = 120.0) -> Path:
-    """Print a report's HTML to ``path`` as PDF with headless Chromium (offline: the HTML is self-contained).
+    """Print a report's HTML to ``path`` as PDF with headless Chromium: offline (the HTML is self-contained, and
+    Chromium reaches no address), only the report's own scripts run (`printable`).
 
     Raises:
         UsageError: no Chromium is installed, or it failed to print.
@@ -287,11 +335,16 @@ def print_pdf(html_text: str, path: str | Path, chromium: str | None = None, tim
         raise UsageError(NO_CHROMIUM, NO_CHROMIUM_HINT)
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
+    page = printable(html_text)
     with tempfile.TemporaryDirectory(prefix="glassbox-pdf-") as tmp:
         src = Path(tmp) / "report.html"
-        src.write_text(html_text, encoding="utf-8")
+        src.write_text(page, encoding="utf-8")
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
+               # no network, whatever the page asks: no name resolves, every address (loopback too) goes
+               # to a proxy that is not there
+               "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=socks5://127.0.0.1:9",
+               "--proxy-bypass-list=<-loopback>",
                f"--user-data-dir={tmp}/profile", "--virtual-time-budget=3000",
                f"--print-to-pdf={path}", src.as_uri()]
         try:
