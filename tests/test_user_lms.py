@@ -184,3 +184,35 @@ def test_a_chat_renders_and_encodes_as_transformers_apply_chat_template(lm):
     want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
     assert ids.tolist() == list(want)
     assert ids.tolist().count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3
+
+
+def test_post_generate_answers_the_librarys_numbers_for_a_users_zip(lm, tmp_path):
+    """``POST /v1/models/{name}:generate`` once, on the Phi-3 zip: the texts and attributions the library gives."""
+    family, path, model, _ref, _prompts, texts, _home = lm
+    if family != "phi3":
+        pytest.skip("the API is checked once, on the Phi-3 zip")
+    from fastapi.testclient import TestClient
+
+    from explain.service.api import create_app
+    from explain.service.client import register_model
+    from explain.service.worker import stop_embedded
+    from explain.workspace import Actor, open_workspace
+
+    op = Actor("cli:tester", operator=True)
+    ws = open_workspace(f"sqlite:///{tmp_path / 'glassbox.db'}", home=tmp_path / "home")
+    try:
+        register_model(ws, op, model, path.read_bytes(), path.name, "phi3")
+        client = TestClient(create_app(ws, worker=True), raise_server_exceptions=False)
+        editor = {"Authorization": f"Bearer {ws.users.add_token(op, 'editor', 'editor')}"}
+        response = client.post("/v1/models/phi3:generate", headers=editor,
+                               json={"prompts": PROMPTS, "parameters": {"max_new_tokens": NEW, "steps": STEPS}})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        want = attribute_generation(model, texts, "integrated_gradients", STEPS, "pad")
+        assert body["generated_ids"] == [w.generated_ids.tolist() for w in want]
+        for got, w in zip(body["attributions"], want):
+            np.testing.assert_allclose(np.asarray(got, dtype=np.float32), w.values, atol=1e-6)  # [T, P + T]
+        assert ws.runs.info(op, body["run"]).page == "generation"
+    finally:
+        stop_embedded(ws)
+        ws.close()
