@@ -2,7 +2,8 @@
 Overview's title, the sidebar's sample choice, the sample's training curves and its saved first view (the
 prediction and the attribution map with its caption), and the script run ends there (torch, captum and shap not
 imported); the curves and the map are the Overview's own figures (the settled page draws the same map, same z
-and colour limits); a background import of the pages' glue follows, and the next run is the page itself; nothing
+and colour limits); a background import of the pages' glue follows once the browser says it drew the preview's
+charts, and the next run is the page itself; nothing
 is drawn while the workspace has accounts (read without SQLAlchemy in an SQLite workspace)."""
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def charts(at):
     return {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
 
 
+def drawn_signals(node):
+    """The data of each browser component saying the preview's charts are drawn (`ui.first_paint._DRAWN_JS`)."""
+    found = []
+    for child in getattr(node, "children", {}).values():
+        proto = getattr(child, "proto", None)
+        if getattr(proto, "component_name", "") == "glassbox_first_paint_drawn":
+            found.append(json.loads(proto.json))
+        found += drawn_signals(child)
+    return found
+
+
 if sys.argv[1] == "accounts":
     from explain.workspace import Actor, open_workspace
     open_workspace().users.add(Actor("cli:tester", operator=True), "alice", "admin")
@@ -42,19 +54,18 @@ first = {"heavy": [m for m in HEAVY if m in sys.modules], "sqlalchemy": "sqlalch
          "titles": [t.value for t in at.title],
          "charts": charts(at), "sidebar": [h.value for h in at.sidebar.header],
          "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown],
-         "selects": [(s.label, s.disabled) for s in at.main.selectbox]}
+         "selects": [(s.label, s.disabled) for s in at.main.selectbox], "drawn": drawn_signals(at._tree)}
 found = {"first": first}
 if sys.argv[1] == "none":
     first["sample"] = at.sidebar.selectbox(key="gb_sample_select").value
-    # chosen in the preview; this run is the preview clock's first tick, which starts the background import: held
-    # back here, so that what the run itself imported is measured (the import's thread raced the check)
-    warm_up, fp.start_warm_up = fp.start_warm_up, lambda: None
+    at.run()  # the preview's clock ticks (a rerun runs it too): no import starts before the browser says it drew
+    # chosen in the preview: that run is the clock's tick too
     at.sidebar.selectbox(key="gb_sample_select").select("cancer").run()
-    fp.start_warm_up = warm_up
     assert not at.exception, at.exception
     found["changed"] = {"charts": charts(at), "heavy": [m for m in HEAVY if m in sys.modules],
-                        "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown]}
-    fp.start_warm_up()  # what the preview's first tick in a browser does
+                        "captions": [c.value for c in at.caption], "markdown": [m.value for m in at.markdown],
+                        "warming": fp._warming is not None, "drawn": drawn_signals(at._tree)}
+    fp.start_warm_up()  # what the browser's word that the preview's charts are drawn does
     assert fp.wait_ready(600)
     at.run()
     assert not at.exception, at.exception
@@ -119,6 +130,9 @@ def test_the_first_run_imports_no_torch_and_draws_the_samples_figures(tmp_path):
     # another sample chosen in the preview: its own curves and map, still the preview (that run may start the
     # background import, as a browser's tick would: the preview was drawn)
     assert changed["heavy"] == [] and set(changed["charts"]) == {"ov_curves_first_paint", "ov_map"}
+    # the import waits for the browser's word that the preview's two charts are drawn, not for the clock's ticks
+    assert changed["warming"] is False
+    assert first["drawn"] == changed["drawn"] == [{"charts": 2, "wait_ms": 10_000}]
     assert same_figure(changed["charts"]["ov_curves_first_paint"], found["overview"]["cancer"])
     # after the background import the run is the page itself: the model loaded, its map read back
     assert "torch" in page["heavy"] and page["titles"] == ["Overview"] and page["sample"] == "cancer"

@@ -5,15 +5,16 @@ cache: seconds of a fresh server's first script run, during which the browser wo
 So on the Overview of a sample, while the glue is not imported yet, `first_paint` draws what needs
 none of it and the run ends there, with torch never imported in it: the sidebar's Source / Sample
 choice (`ui.sample_choice`, the same widgets), the page's title, its three columns, the sample's
-training curves with their findings (its log read with pandas, drawn by
-`explain.viz.training.figure_overview`, as the Overview draws them) and the sample's saved first view
+training curves with their findings (`explain.viz.training.figure_overview`, as the Overview draws them,
+shipped beside the sample as JSON: `explain.report.first_curves`, no pandas) and the sample's saved first view
 (`explain.report.first_view`: shipped beside the sample, else saved in the workspace): the row above the
 columns, the preprocessing expander, the prediction and the attribution map with its caption, drawn by the
 page's own functions (`ui.overview_view`, `ui.map_view.draw_map`: `explain.viz.attribution.attribution_figure`),
 so the page that replaces the preview puts the same map in the same place. A fragment of the preview ticks
-every `POLL_S` seconds: its first tick, which the browser sends once it has drawn the preview, starts a
-background thread that imports the glue and the Overview's own modules and seeds the workspace
-(`start_warm_up`: torch does not take the CPU from the browser's first figure); the tick after that ends
+every `POLL_S` seconds; in it a small browser component (`_DRAWN_JS`) says when the preview's plotly charts are
+drawn (the browser has loaded and run Plotly's chunk), which starts a background thread that imports the glue
+and the Overview's own modules and seeds the workspace (`start_warm_up`: torch does not take the CPU from the
+browser's first figure; the clock starts it after `DRAWN_WAIT_S` if the browser never says); the tick after that ends
 runs the app again, and that run is the page as always (it replaces the preview), so the settled page
 is the page.
 
@@ -74,7 +75,7 @@ POLL_S = 0.5  # how often a preview asks whether the glue is imported
 _READY = threading.Event()  # set once the glue is imported (or was before the first run)
 _WARM_LOCK = threading.Lock()
 _warming: threading.Thread | None = None
-_FIRST_TICK_KEY = "gb_first_paint_drawn"  # the preview's first run is over (its fragment ticks from now on)
+_TICKS_KEY = "gb_first_paint_ticks"  # how often the preview's clock ran in this session
 
 
 @st.cache_resource(show_spinner="Opening the workspace…")
@@ -206,17 +207,39 @@ def wait_ready(timeout: float | None = None) -> bool:
     return _READY.wait(timeout)
 
 
+#: the browser's side of `_rerun_when_ready`: once each of the preview's ``charts`` plotly charts holds its drawn
+#: plot (Plotly's chunk loaded and run), or after `DRAWN_WAIT_S`, it triggers ``drawn`` once
+_DRAWN_JS = """
+let said = false;
+export default function({ data, setTriggerValue }) {
+  const start = performance.now();
+  const check = () => {
+    if (said) return;
+    const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')];
+    const drawn = charts.filter(c => c.querySelector(".main-svg")).length;
+    if (drawn >= data.charts || performance.now() - start > data.wait_ms) { said = true; setTriggerValue("drawn", true); }
+    else setTimeout(check, 50);
+  };
+  check();
+}
+"""
+DRAWN_WAIT_S = 10.0  # the longest a preview waits for its charts before the import starts anyway
+_drawn_signal = st.components.v2.component("glassbox_first_paint_drawn", js=_DRAWN_JS)
+
+
 @st.fragment(run_every=POLL_S)
-def _rerun_when_ready() -> None:
-    """The preview's clock: its first tick comes from the browser once it has drawn the preview, and starts
-    the import (so torch does not take the CPU from the browser's first figure); a tick after the import
-    runs the app again."""
+def _rerun_when_ready(charts: int) -> None:
+    """The preview's clock: the browser says when it has drawn the preview's ``charts`` plotly charts, which
+    starts the import (so torch does not take the CPU from the browser's first figure; a clock that never hears
+    it starts it after `DRAWN_WAIT_S`); a tick after the import runs the app again."""
     if _READY.is_set():
         st.rerun()
-    if not st.session_state.get(_FIRST_TICK_KEY):  # the run that draws the preview: not yet
-        st.session_state[_FIRST_TICK_KEY] = True
-        return
-    start_warm_up()
+    _drawn_signal(key="gb_first_paint_drawn", data={"charts": charts, "wait_ms": DRAWN_WAIT_S * 1000},
+                  on_drawn_change=start_warm_up, height=0)
+    ticks = st.session_state.get(_TICKS_KEY, 0)
+    st.session_state[_TICKS_KEY] = ticks + 1
+    if ticks * POLL_S >= DRAWN_WAIT_S:
+        start_warm_up()
 
 
 def first_paint(is_overview: bool) -> bool:
@@ -229,6 +252,7 @@ def first_paint(is_overview: bool) -> bool:
         log.exception("The first paint's checks failed")
     if name is None:
         return False
+    charts = 0  # the plotly charts drawn: the map (not a text model's tokens) and the curves
     try:
         with st.sidebar:  # the sidebar's own choice (`ui.sidebar`): the same widgets keep their values
             st.header("Model")
@@ -238,25 +262,28 @@ def first_paint(is_overview: bool) -> bool:
         first = None
         try:
             first = sample_first_view(name)
-            _draw_first_view(name, first)
         except Exception:  # the page draws it
-            log.exception("Drawing the first view failed")
-            first = None
+            log.exception("Reading the first view failed")
+        above = st.container()  # the row above the columns: filled once the charts are on their way
         out_col, struct_col, train_col = overview_columns()
+        out_col.subheader("Output")
         struct_col.subheader("Structure")
-        train_col.subheader("Training")
-        with out_col:  # first: the map reaches the browser before the curves' log is read (with pandas)
-            st.subheader("Output")
-            _draw_output(name, first)
-        with train_col:
+        with train_col:  # first: the shipped curves are the first chart sent, so the browser loads Plotly's chunk
+            st.subheader("Training")  # while the map is made
             curves = sample_curves(name)
             if curves is not None:
+                charts += 1
                 fig, findings = curves
                 render_weights_choice([], str, preview=True)  # the page's choice of weights, where it will be
                 st.plotly_chart(fig, config={"displayModeBar": False}, key="ov_curves_first_paint")
                 for f in findings:
                     st.markdown(f"{f.icon} **{f.kind}** — {escape_markdown(f.message)}")
+        with out_col:
+            _draw_output(name, first)
+            charts += first is not None and first.spec.modality != "text"
+        with above:
+            _draw_first_view(name, first)
     except Exception:  # a preview that cannot draw is no reason to stop the page
         log.exception("The first paint failed")
-    _rerun_when_ready()
+    _rerun_when_ready(charts)
     return True
