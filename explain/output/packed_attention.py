@@ -1,14 +1,17 @@
 """Self-attention's packed q/k/v projection handed out by ``unbind`` in the engine's gradient passes.
 
-``nn.MultiheadAttention`` projects q, k and v with one matrix product and hands them out as
-``proj[0], proj[1], proj[2]`` of one [3, L, B, E] tensor (`torch.nn.functional._in_projection_packed`).
-Each index's backward builds a zero-filled [3, L, B, E] gradient and copies its slice into it, and
-autograd adds the three: three fills, three copies and two additions of the whole projection per
-attention layer, which on a CPU were ~20 % of a small encoder's gradient pass (the attribution
-benchmark's B3 at 1 thread: its largest single cost, more than any matrix product). ``unbind(0)``
-hands out the same three views; its backward stacks the three gradients into one tensor, one copy.
-The forward values are the same tensors and the gradients the same numbers (each element of the
-summed gradient was its own slice's gradient plus zeros), so attributions do not change.
+``nn.MultiheadAttention`` projects q, k and v with one matrix product [L, B, 3E], reorders it into
+one contiguous [3, L, B, E] tensor and hands out ``proj[0], proj[1], proj[2]``
+(`torch.nn.functional._in_projection_packed`). Each index's backward builds a zero-filled
+[3, L, B, E] gradient and copies its slice into it, autograd adds the three, and the sum is copied
+back into the [L, B, 3, E] layout of the matrix product: three fills, four copies and two additions
+of the whole projection per attention layer, on a CPU the largest single cost of a small encoder's
+gradient pass (the attribution benchmark's B3 at 1 thread: ~16 % in the fills alone). Here the
+product is split by ``unbind`` along its q/k/v axis and each part copied contiguous (the same bytes
+as torch's one reordering copy); the backward stacks the three gradients straight into the
+[L, B, 3, E] layout: one copy. The forward values are the same numbers and so are the gradients
+(each element of torch's summed gradient was its own part's gradient plus zeros): attributions do
+not change, bit for bit.
 
 The replacement is installed once, on the first `unbound_qkv` block, and acts only on the thread
 inside such a block: every other call (another thread's model, a pass outside the engine, cross
@@ -38,9 +41,8 @@ def _packed(*args, **kwargs):
         q, w = args[0], args[3]  # self-attention: [L, B, E], [3E, E]
         b = args[4] if len(args) == 5 else None
         e = q.size(-1)
-        proj = F.linear(q, w, b)  # [L, B, 3E], as torch's own (same layout, same copy)
-        proj = proj.unflatten(-1, (3, e)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()  # [3, L, B, E]
-        return list(proj.unbind(0))
+        proj = F.linear(q, w, b).unflatten(-1, (3, e))  # [L, B, 3, E]
+        return [t.contiguous() for t in proj.unbind(-2)]  # 3 x [L, B, E]
     return _original(*args, **kwargs)
 
 
