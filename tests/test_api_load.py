@@ -535,6 +535,30 @@ def test_the_stamp_is_read_on_a_connection_of_its_own_that_recovers_and_closes_w
     assert lookups.stamp() == after  # a new one on the next read
 
 
+def test_sqlite_reads_the_stamp_in_the_event_loop_and_a_read_that_would_wait_goes_to_a_thread(served, monkeypatch):
+    """SQLite: `identity_soon` reads the stamp in the loop (no thread read); a read that would wait for a
+    lock (`StampBusy`) is read in a thread instead, with the same answer. PostgreSQL: always a thread."""
+    from explain.service.lookups import Lookups, StampBusy
+
+    ws, headers = served
+    token = headers["viewer"]["Authorization"].split()[1]
+    lookups = Lookups(ws)
+    threaded = []
+    real = lookups._stamps._read
+    monkeypatch.setattr(lookups._stamps, "_read", lambda: threaded.append(1) or real())
+    found = asyncio.run(lookups.identity_soon(token))
+    assert (found.name, found.role, found.stamp) == ("viewer", "viewer", lookups.stamp())
+    sqlite = ws.core.db.engine.dialect.name == "sqlite"
+    assert threaded == ([] if sqlite else [1])
+    if sqlite:
+        def busy():
+            raise StampBusy()
+
+        monkeypatch.setattr(lookups._loop_stamper, "read", busy)
+        again = asyncio.run(lookups.identity_soon(token))
+        assert again == found and threaded == [1]
+
+
 def test_a_shared_read_answers_each_caller_with_a_read_begun_after_it_asked():
     """`SharedRead` (the Gate's stamp reads): callers asking together share one read; one asking while
     that read runs gets the next read's value, never the older one."""

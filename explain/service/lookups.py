@@ -25,12 +25,15 @@ read, and shows. (SQLite has one writer at a time: its ids commit in their order
 A request reads the stamp once, with its token (the API's `Gate`), and looks its version up under
 that stamp, if within `STAMP_STANDS_S`: an answer remembered under another one is
 not used, and one read for it is not kept. From the event loop (`identity_soon`, `remembered_version`)
-the stamp is a `SharedRead`: requests waiting together share one read begun after each of them came
-(as safe as a read each), and what is remembered is found without a thread hop (issue 23).
+the stamp is read on a driver connection of its own (`_StampReader`, ~10 µs): on SQLite in the loop
+itself (a WAL reader waits for no writer), on PostgreSQL as a `SharedRead` in a thread: requests
+waiting together share one read begun after each of them came (as safe as a read each); what is
+remembered is found without a thread hop (issue 23).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import weakref
@@ -39,6 +42,7 @@ from typing import NamedTuple, TypeVar
 
 import anyio
 from sqlalchemy import event, select
+from sqlalchemy.pool import QueuePool
 
 from explain.digest import digest_bytes
 from explain.workspace import Actor, Workspace
@@ -122,17 +126,26 @@ class _Reads:
         self.task: asyncio.Task | None = None  # the reads running, while anyone asks
 
 
+class StampBusy(Exception):
+    """A stamp read that would have waited for a lock (`_StampReader` with ``waits=False``)."""
+
+
 class _StampReader:
     """`Lookups.stamp`'s reads, on a database connection of its own held between them, through the
     driver itself: the read every request waits for costs ~10 µs, not the ~90 µs of a pooled
     connection and SQLAlchemy's execution (issue 23). Each read is a statement of its own (SQLite: no
     transaction is left open; PostgreSQL: rolled back), so it sees every write committed before it
     began, as a fresh connection's would. A connection that fails is dropped and the read tried once
-    on a new one; the connection is closed with the engine (``Workspace.close``: `engine.dispose`)."""
+    on a new one; the connection is closed with the engine (``Workspace.close``: `engine.dispose`).
+    ``waits=False`` (SQLite only): the connection never waits for a lock (``busy_timeout`` 0), and a read
+    that would wait raises `StampBusy`. (A pool that is not a `QueuePool`, SQLite in memory, keeps its
+    connections: each read checks one out.)"""
 
-    def __init__(self, engine):
+    def __init__(self, engine, waits: bool = True):
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
+        self.waits = waits
+        self.holds = isinstance(engine.pool, QueuePool)
         query = select(AuditEntry.id, AuditEntry.at).order_by(AuditEntry.id.desc()).limit(STAMP_IDS)
         self.sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
         self._lock = threading.Lock()  # one read at a time on the connection (threads, event loops)
@@ -140,15 +153,22 @@ class _StampReader:
         event.listen(engine, "engine_disposed", lambda _engine: self.close())
 
     def read(self) -> Stamp:
+        if not self.holds:
+            with contextlib.closing(self.engine.raw_connection()) as conn:
+                return self._read(conn.dbapi_connection)
         with self._lock:
             for attempt in (0, 1):
                 fresh = self._held is None
                 if fresh:
                     self._held = self.engine.raw_connection()  # the pool's connect events ran (SQLite's pragmas)
                     self._held.detach()  # never back to the pool, which keeps its size for the others
+                    if not self.waits:
+                        self._held.dbapi_connection.execute("PRAGMA busy_timeout=0")
                 try:
                     return self._read(self._held.dbapi_connection)
-                except Exception:
+                except Exception as exc:
+                    if not self.waits and getattr(exc, "sqlite_errorcode", 0) & 0xFF in (5, 6):  # BUSY, LOCKED
+                        raise StampBusy() from exc  # the connection is sound
                     self._drop()
                     if fresh or attempt:
                         raise
@@ -192,8 +212,13 @@ class Lookups:
         self._stamp: Stamp | None = None  # the stamp the remembered answers were read under
         self._answers: dict[Hashable, object] = {}
         self.misses = 0  # answers read from the database (for the tests)
-        self._stamper = _StampReader(ws.core.db.engine)
+        engine = ws.core.db.engine
+        self._stamper = _StampReader(engine)
         self._stamps = SharedRead(self.stamp)  # `identity_soon`'s
+        # SQLite in WAL mode: a reader waits for no writer, so the event loop reads the stamp itself on a
+        # connection that never waits (~10 µs, no thread hop: the hop cost the loop more than the read);
+        # a read that would wait goes to a thread as PostgreSQL's do (a network round trip each)
+        self._loop_stamper = _StampReader(engine, waits=False) if engine.dialect.name == "sqlite" else None
 
     def stamp(self) -> Stamp:
         """The newest audit rows' (id, at), newest first: changes with every committed write of the
@@ -245,8 +270,16 @@ class Lookups:
     async def identity_soon(self, token: str) -> Identity | None:
         """`identity` from the event loop: the stamp read in a thread after this call began, one read
         shared by the requests that asked before it started (`SharedRead`: as fresh for each as a read
-        of its own); the token read in a thread only when it is not remembered under that stamp."""
-        stamp = await self._stamps()
+        of its own; SQLite's read in the loop, `_loop_stamper`); the token read in a thread only when it
+        is not remembered under that stamp."""
+        stamp = None
+        if self._loop_stamper is not None:
+            try:
+                stamp = self._loop_stamper.read()
+            except StampBusy:
+                pass
+        if stamp is None:
+            stamp = await self._stamps()
         key = ("token", digest_bytes(token.encode()))
         hit, found = self._recall(key, stamp, fresh=True)
         if not hit:
