@@ -63,8 +63,20 @@ def _age_everything(home: Path, seconds: float) -> None:
             os.utime(path, (then, then))
 
 
-def test_a_restart_sweeps_what_killed_saves_left_and_every_run_still_opens(db_url, tmp_path):
+def _recover(ws) -> list:
+    """`recover_now`, and its sweep (a thread of its own) waited for."""
+    import threading
+
     from explain.service.worker import recover_now
+
+    back = recover_now(ws)
+    for thread in threading.enumerate():
+        if thread.name == "glassbox-blob-sweep":
+            thread.join(120)
+    return back
+
+
+def test_a_restart_sweeps_what_killed_saves_left_and_every_run_still_opens(db_url, tmp_path):
 
     home = tmp_path / "home"
     ws = open_workspace(db_url, home=home)
@@ -96,9 +108,9 @@ def test_a_restart_sweeps_what_killed_saves_left_and_every_run_still_opens(db_ur
         orphans = _files(home) - named
         assert len([n for n in orphans if n.endswith(".tmp")]) == 1  # the killed write
         assert len([n for n in orphans if not n.endswith(".tmp")]) >= 2  # the killed row's two blobs
-        assert recover_now(ws) == [] and _files(home) == named | orphans  # young files: perhaps a save in flight
+        assert _recover(ws) == [] and _files(home) == named | orphans  # young files: perhaps a save in flight
         _age_everything(home, 7200)
-        recover_now(ws)  # a start an hour later
+        _recover(ws)  # a start an hour later
         assert _files(home) == named  # no orphan left, every named blob kept
         assert [r.id for r in ws.runs.list(OP)] and sorted(r.id for r in ws.runs.list(OP)) == sorted(saved)
         for run_id in saved:
@@ -150,3 +162,33 @@ def test_every_sha256_column_is_a_named_blob_or_known_not_to_be():
     found = {(t.name, c.name) for t in Base.metadata.tables.values() for c in t.columns
              if "sha256" in c.name and isinstance(c.type, String)}
     assert found == columns
+
+
+def test_two_sweeps_at_once_remove_each_orphan_once_and_keep_the_rest(tmp_path):
+    """Two sweeps of one store at once (a server and a worker starting together): each orphan removed
+    once, by one of them, and neither fails on a file the other moved."""
+    import threading
+
+    from explain.workspace.blobs import BlobStore
+
+    store = BlobStore(tmp_path / "blobs")
+    kept = {store.put(f"named {i}".encode()) for i in range(50)}
+    orphans = {store.put(f"orphan {i}".encode()) for i in range(300)}
+    _age_everything(tmp_path, 7200)
+    found, errors = [], []
+
+    def sweep():
+        try:
+            found.append(store.sweep(lambda: kept, 3600))
+        except Exception as exc:  # collected: the assertion names it
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    removed = [name for names in found for name in names]
+    assert sorted(removed) == sorted(orphans)  # each once
+    assert _files(tmp_path) == kept and all(store.get(sha) for sha in kept)

@@ -89,14 +89,31 @@ def recover_now(ws: Workspace) -> list[JobInfo]:
     queue at once, and so do jobs whose heartbeat is stale (`recover_jobs`); the stored files a
     killed save left without their row are removed (`Workspace.sweep_blobs`)."""
     back = recover_jobs(ws)
-    try:
-        swept = ws.sweep_blobs()
-    except OSError as exc:  # a blob folder it may not change: the server still starts
-        log.warning("Sweeping the stored files no row names failed: %s", one_line(exc))
-    else:
-        if swept:
-            log.info("removed %d stored files no row names", len(swept))
+    start_sweep(ws)
     return back
+
+
+_SWEEPING = threading.Lock()  # one sweep of this process at a time (the API's start asks twice)
+
+
+def start_sweep(ws: Workspace) -> threading.Thread:
+    """`Workspace.sweep_blobs` in a daemon thread (``glassbox-blob-sweep``): a start does not wait for it
+    (~17 us a stored file listed, 2-core shared CPU); a sweep already running in this process is enough."""
+    def sweep() -> None:
+        if not _SWEEPING.acquire(blocking=False):
+            return
+        try:
+            swept = ws.sweep_blobs()
+            if swept:
+                log.info("removed %d stored files no row names", len(swept))
+        except Exception as exc:  # noqa: BLE001 - a blob folder it may not change: nothing else depends on it
+            log.warning("Sweeping the stored files no row names failed: %s", one_line(exc))
+        finally:
+            _SWEEPING.release()
+
+    thread = threading.Thread(target=sweep, name="glassbox-blob-sweep", daemon=True)
+    thread.start()
+    return thread
 
 
 def recover_jobs(ws: Workspace) -> list[JobInfo]:

@@ -112,25 +112,32 @@ class BlobStore:
         keep = set(named())
         removed = []
         for path in old:
-            name = path.name
-            if name.startswith(".") and name.endswith(_ASIDE):
-                if _is_sha(name[1:-len(_ASIDE)]):
-                    os.replace(path, path.with_name(name[1:-len(_ASIDE)]))
-            elif name.endswith(".tmp"):
-                path.unlink(missing_ok=True)
-                removed.append(name)
-            elif _is_sha(name) and name not in keep:
-                aside = path.with_name(f".{name}{_ASIDE}")
-                try:
-                    os.rename(path, aside)  # a `put` from now on writes it again
-                except FileNotFoundError:
-                    continue
-                if aside.stat().st_mtime >= cutoff:  # a `put` touched it before the rename: its row follows
-                    os.replace(aside, path)
-                else:
-                    aside.unlink()
-                    removed.append(name)
+            try:  # a file another sweep (another process) moved meanwhile is that sweep's
+                if self._sweep_one(path, keep, cutoff):
+                    removed.append(path.name)
+            except FileNotFoundError:
+                continue
         return removed
+
+    @staticmethod
+    def _sweep_one(path: Path, keep: set[str], cutoff: float) -> bool:
+        name = path.name
+        if name.startswith(".") and name.endswith(_ASIDE):
+            if _is_sha(name[1:-len(_ASIDE)]):
+                os.replace(path, path.with_name(name[1:-len(_ASIDE)]))
+            return False
+        if name.endswith(".tmp"):
+            path.unlink()
+            return True
+        if not _is_sha(name) or name in keep:
+            return False
+        aside = path.with_name(f".{name}{_ASIDE}")
+        os.rename(path, aside)  # a `put` from now on writes it again
+        if aside.stat().st_mtime >= cutoff:  # a `put` touched it before the rename: its row follows
+            os.replace(aside, path)
+            return False
+        aside.unlink()
+        return True
 
 
 _ASIDE = ".sweep"
