@@ -185,7 +185,7 @@ class _StampReader:
                         raise
                     return ()
             cursor.execute(self.sql)
-            return tuple((row_id, at) for row_id, at in cursor.fetchall())
+            return tuple(map(tuple, cursor.fetchall()))  # (id, at) rows
         finally:
             cursor.close()
             conn.rollback()  # PostgreSQL: the lock's transaction ended; SQLite: none is open
