@@ -172,6 +172,19 @@ def check_explain(model: LoadedModel, name: str, version: int, instances: Any, p
     return params, arrays, title
 
 
+#: formats Glassbox rebuilds into a registered architecture, its own code: a row's answer depends on that row
+#: alone, so concurrent callers' rows may run as one batch
+SHARED_BATCH_FORMATS = ("safetensors", "state_dict", "checkpoint")
+
+
+def predict_key(actor: Actor, name: str, version: int, model: LoadedModel) -> tuple:
+    """The `Batcher` key of a ``:predict``: the version's, shared by every caller, for a model of Glassbox's own
+    code (`SHARED_BATCH_FORMATS`); with the caller for a user's graph (TorchScript, ``.pt2``, Hugging Face, a
+    pickle), which may mix a batch's rows (``x.mean(0)``) and so answer one caller with another's inputs."""
+    key = ("predict", name, version)
+    return key if model.format in SHARED_BATCH_FORMATS and model.process is None else (*key, actor)
+
+
 def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | None = None,
                max_body: int | None = None, max_buffered: int | None = None,
                explain_timeout_s: float = 600.0, batch_rows: int | None = None,
@@ -358,7 +371,7 @@ def create_app(ws: Workspace, *, worker: bool | None = None, max_jobs: int | Non
             with bad_request():
                 model.as_tensor(x)  # its one message of a shape this model does not take
         try:  # with the concurrent requests of this version: one engine batch, these rows back
-            probs = await batcher.arun(("predict", info.name, info.version), x, model.predict_proba)  # [N, K]
+            probs = await batcher.arun(predict_key(actor, info.name, info.version, model), x, model.predict_proba)  # [N, K]
         except GlassboxError:
             raise
         except Exception as exc:
