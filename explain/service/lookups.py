@@ -225,7 +225,6 @@ class Lookups:
         workspace; empty (nothing remembered) on PostgreSQL while an audit row is being written."""
         return self._stamper.read()
 
-
     def _remembered(self, key: Hashable, read: Callable[[], T], stamp: Stamp | None = None) -> tuple[T, Stamp]:
         """``read()``'s answer for ``key`` and the stamp it holds under: remembered under the stamp read
         now (``stamp`` None), or under the caller's ``stamp`` if that is the one remembered (else read,
