@@ -69,3 +69,25 @@ def test_only_the_thread_inside_the_block_and_only_self_attention_use_it(encoder
     assert "UnbindBackward0" in inside
     assert "UnbindBackward0" not in other[0] and "SelectBackward0" in other[0]
     assert "UnbindBackward0" not in node_names(cross)
+
+
+def test_a_model_scripted_after_a_block_holds_torchs_own_projection(encoder):
+    """The replacement stays installed once a block ran; TorchScript compiles torch's own function in
+    its place (it could not compile the replacement), so a scripted model runs and saves as ever."""
+    import io
+    import zipfile
+
+    import torch.nn.functional as F  # noqa: N812
+
+    with unbound_qkv():
+        pass
+    assert F._in_projection_packed.__module__ == "explain.output.packed_attention"
+    layer = encoder.layers[0]
+    scripted = torch.jit.script(layer)
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    with zipfile.ZipFile(buf) as archive:
+        code = "".join(archive.read(n).decode("utf-8", "replace") for n in archive.namelist() if n.endswith(".py"))
+    assert "_in_projection_packed" in code and "explain" not in code and "packed_attention" not in code
+    x = torch.randn(2, 5, 16)
+    assert torch.equal(scripted(x), layer(x))

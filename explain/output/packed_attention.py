@@ -15,7 +15,8 @@ not change, bit for bit.
 
 The replacement is installed once, on the first `unbound_qkv` block, and acts only on the thread
 inside such a block: every other call (another thread's model, a pass outside the engine, cross
-attention, a later torch calling it otherwise) goes to torch's own function.
+attention, a later torch calling it otherwise) goes to torch's own function, and TorchScript
+compiles torch's own function wherever a script reaches it.
 """
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def _packed(*args, **kwargs):
         proj = F.linear(q, w, b).unflatten(-1, (3, e))  # [L, B, 3, E]
         return [t.contiguous() for t in proj.unbind(-2)]  # 3 x [L, B, E]
     return _original(*args, **kwargs)
+
+
+# TorchScript compiles what this returns in its place: a model scripted in this process (the samples'
+# TorchScript files, a test's) holds torch's own function, never this one (which it cannot compile)
+_packed.__prepare_scriptable__ = lambda: _original
 
 
 def _install() -> bool:
