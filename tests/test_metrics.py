@@ -192,6 +192,29 @@ def test_deletion_curve_of_a_linear_model_by_hand():
     assert alone.random_baseline is None and alone.random_curve is None and alone.margin is None
 
 
+
+@pytest.mark.parametrize("name", ["deletion", "insertion"])
+def test_the_random_curve_by_hand_shares_the_curves_ends_and_their_rows(name):
+    """The random attribution's curve (its own order, the same ends) equals the linear model's logits by
+    hand, and the ends (start and end rows, the same for every map) are scored once: 2 x steps rows an input."""
+    from explain.output.metrics.common import random_like
+
+    model = linear_model()
+    x = linear_inputs(3)
+    attr = get_method("input_x_gradient").explain(model, x, use_cache=False)
+    seen = []
+    with model.module.register_forward_hook(lambda _m, inp, _o: seen.append(len(inp[0]))):
+        r = evaluate(name, model, attr, steps=6, substrate="zero", output="logit")
+    assert sum(seen) == 3 * 2 * 6
+    order = np.argsort(np.argsort(-random_like(attr.values, x), axis=1, kind="stable"), axis=1)  # [N, 6] ranks
+    images = np.stack([np.where(order < k, x if name == "insertion" else 0.0, 0.0 if name == "insertion" else x)
+                       for k in range(7)], axis=1)  # [N, 7, 6]
+    with torch.no_grad():
+        logits = model.module(torch.as_tensor(images, dtype=torch.float32)).numpy()  # [N, 7, 3]
+    want = np.take_along_axis(logits, attr.target[:, None, None], axis=2)[..., 0]
+    np.testing.assert_allclose(r.random_curve, want, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(r.random_curve[:, [0, -1]], r.curve[:, [0, -1]])
+
 # -- shapes sample: the behaviour the metrics are for -------------------------------------
 @pytest.mark.parametrize("method", ["integrated_gradients", "grad_cam"])
 def test_ig_and_grad_cam_beat_random_on_deletion_and_insertion(method):

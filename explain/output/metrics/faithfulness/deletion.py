@@ -61,18 +61,27 @@ def perturbation_curves(subject: Subject, maps: list[np.ndarray], steps: int, ki
     counts = torch.as_tensor(curve_fractions(p, steps), device=grid.device)  # [K]
     k_count = counts.numel()
     rows_as = _RowLayout(grid, start, end)
+    # each map's curve starts at the start and ends at the end: the first map's run of steps holds them,
+    # the others' runs hold their inner steps alone (with the random curve 2 x steps rows an input, not 2 x (steps + 1))
+    inner = k_count - 2
+    per_input = k_count + (v_count - 1) * inner
+    runs = [(0, 0, 0, k_count)] + [(k_count + (v - 1) * inner, v, 1, inner) for v in range(1, v_count)]
 
-    def make_row(rows: torch.Tensor):  # rows: a contiguous range; row = (input i, map v, step k), k fastest
+    def make_row(rows: torch.Tensor):  # rows: a contiguous range; input i's rows: its runs (first row, map, step, count)
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         out, values = rows_as.empty(hi - lo)  # values: out's memory as [B, values]
-        for a in range(lo - lo % k_count, hi, k_count):  # one (input, map) run of steps at a time: no gathers
-            first, last = max(a, lo), min(a + k_count, hi)
-            i, v = a // (v_count * k_count), (a // k_count) % v_count
-            rows_as.fill(values[first - lo:last - lo], i, order[v, i], counts[first - a:last - a])
-        return out, rows // (v_count * k_count)
+        for i in range(lo // per_input, (hi - 1) // per_input + 1):  # one (input, map) run at a time: no gathers
+            for j, v, k, length in runs:
+                a = i * per_input + j
+                first, last = max(a, lo), min(a + length, hi)
+                if first < last:
+                    rows_as.fill(values[first - lo:last - lo], i, order[v, i], counts[k + first - a:k + last - a])
+        return out, rows // per_input
 
-    scores = grid.scores(n * v_count * k_count, make_row, probability)
-    curves = scores.reshape(n, v_count, k_count).transpose(1, 0, 2)  # [V, N, K]
+    scores = grid.scores(n * per_input, make_row, probability).reshape(n, per_input)
+    ends = scores[:, :1], scores[:, k_count - 1:k_count]  # [N, 1] each: the start's and the end's
+    curves = np.stack([scores[:, :k_count]] + [np.concatenate([ends[0], scores[:, j:j + inner], ends[1]], axis=1)
+                                               for j, _, _, _ in runs[1:]])  # [V, N, K]
     return curves, counts.cpu().numpy() / max(p, 1)
 
 
