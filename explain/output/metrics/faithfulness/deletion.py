@@ -3,9 +3,9 @@ in ``steps`` equal steps, replacing them with a substrate; the target's probabil
 The score is the area under that curve over the fraction removed (lower is better: a
 faithful map names first what the model needs).
 
-The curves of the method and of its random attribution are one batched grid of
-N x 2 x (steps + 1) forward passes on the engine (`PerturbationCurve`), which
-`explain.output.metrics.faithfulness.insertion` shares.
+The curves of the method and of its random attribution are one batched grid on the engine
+(`perturbation_curves`): N x (steps + 1) forward passes, N x 2 x steps with the random curve (the
+ends are the same rows for both), which `explain.output.metrics.faithfulness.insertion` shares.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def perturbation_curves(subject: Subject, maps: list[np.ndarray], steps: int, ki
 class _RowLayout:
     """Perturbed rows built straight in the memory layout the model runs them in: a CNN run
     channels-last (`Layout`) gets NHWC rows, not NCHW ones it would copy into that layout
-    (~7 % of Q1 at 1 thread). Each value is the start's or the end's, bit for bit: with 4- or
+    (the copy: ~2.5 % of Q1 at 1 thread). Each value is the start's or the end's, bit for bit: with 4- or
     8-byte values ``start ^ ((start ^ end) & m)`` on their bits, ``m`` all ones where the value's
     feature is switched (``(rank - count) >> 31``: negative where rank < count), ~4x faster than
     ``torch.where`` on a bool mask; other values by ``torch.where``."""
@@ -96,12 +96,12 @@ class _RowLayout:
     def __init__(self, grid: Grid, start: torch.Tensor, end: torch.Tensor):  # [N, ...] each
         self.grid, self.start, self.end = grid, start, end
         self.bits = {4: torch.int32, 8: torch.int64}.get(start.element_size())
-        self.image = grid.model.modality == "image" and start.dim() == 4
+        self.image = grid.model.modality == "image"  # [N, C, *pixels]: a pixel's C values switch together
         self._flat: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def last_channel(self) -> bool:
-        return self.image and self.grid.fn.layout.channels_last  # False from a model's refusal on
+        return self.image and self.start.dim() == 4 and self.grid.fn.layout.channels_last  # False after a refusal
 
     def empty(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [b, ...] to fill, and the same memory as [b, values] in their order."""
