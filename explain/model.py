@@ -19,6 +19,15 @@ EAGER_FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle", "huggingfa
 LOW_PRECISION = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def numpy_tensor(array: Any, **kwargs: Any) -> torch.Tensor:
+    """``torch.as_tensor`` of an array (``kwargs``: its dtype / device), sharing its memory where torch can: a view
+    with negative strides (``x[::-1]``, ``np.flip``), which torch refuses, is copied first."""
+    array = np.asarray(array)
+    if any(stride < 0 for stride in array.strides):
+        array = array.copy()
+    return torch.as_tensor(array, **kwargs)
+
+
 def graph_float_dtype(module: Any) -> str | None:
     """``"float16"`` / ``"bfloat16"`` when every floating parameter and buffer of ``module`` has that
     dtype (a model cast to half precision, whose graph wants its float inputs in it too); else None."""
@@ -189,7 +198,7 @@ class LoadedModel:
 
     def as_tensor(self, inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Model-ready batch on the model's device with the spec's dtype."""
-        t = torch.as_tensor(np.asarray(inputs)) if not isinstance(inputs, torch.Tensor) else inputs
+        t = numpy_tensor(inputs) if not isinstance(inputs, torch.Tensor) else inputs
         want = torch.int64 if self.spec.dtype.startswith("int") else torch.float32
         expected = tuple(self.spec.input_shape)
         if t.dim() == len(expected):

@@ -56,7 +56,7 @@ def resolve_targets(model: LoadedModel, x: torch.Tensor, target: Any, logits: np
     if target is None:
         logits = model.predict_logits(x) if logits is None else logits
         return logits.argmax(axis=1).astype(np.int64)
-    t = np.asarray(target, dtype=np.int64).reshape(-1)
+    t = np.array(target, dtype=np.int64).reshape(-1)  # a copy of its own: a reversed view (x[::-1]) is no tensor
     if t.size == 1:
         t = np.full(n, int(t[0]), dtype=np.int64)
     if t.size != n:

@@ -15,7 +15,7 @@ import torch
 
 from explain.digest import digest_array
 from explain.errors import UsageError
-from explain.model import LoadedModel
+from explain.model import LoadedModel, numpy_tensor
 from explain.output.baselines import make_baseline, text_reference
 from explain.output.engine import Engine
 from explain.output.fold import folded_model
@@ -89,7 +89,7 @@ class Grid:
         self.model, self.x = self.engine.prepare(model, inputs)  # x: [N, ...] on the device
         # forward passes only: batch norms folded into their convolutions where that is exact
         self.fn = ModelFunction(folded_model(self.model, self.x[:2]), self.x, space="input")
-        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64, device=self.engine.device)
+        self.targets = numpy_tensor(targets, dtype=torch.int64, device=self.engine.device)
         self.n = self.x.shape[0]
 
     @property
@@ -98,7 +98,7 @@ class Grid:
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         """An array shaped like the inputs, on the device with the inputs' dtype."""
-        return torch.as_tensor(np.asarray(array), device=self.device).to(self.x.dtype)
+        return numpy_tensor(array, device=self.device).to(self.x.dtype)
 
     def scores(self, n_rows: int, make_row: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                probability: bool = False) -> np.ndarray:
