@@ -25,6 +25,10 @@ Rows, each round in turn (a torch import first, so a machine whose speed drifts 
   second tab: the floor under ``first_figure`` and ``again_first_figure`` on this machine (Streamlit's page,
   its websocket and its Plotly chart code, which the browser loads and runs at the first chart).
 
+Each tree's modules are byte-compiled first (``compileall``), as a deployed app's are after its first start: a
+shell with ``PYTHONDONTWRITEBYTECODE`` set (this machine's) would otherwise compile every module of the app from
+source in every fresh server (~0.1-0.2 s of the first script run), which no real second start pays.
+
 One JSON object per line on stdout: ``{"row", "seconds", "torch_imports", "target", "within", "load"}``
 (``load``: the 1-minute load average when the row was measured; figures move with it, ratios hold).
 
@@ -63,6 +67,12 @@ st.caption("completeness error 0")
 TARGETS = {"first_figure": 3.0, "first_map": 3.0, "again_first_figure": 3.0, "restart_first_figure": 3.0,
            "restart_first_map": 3.0, "rerun": 0.3}
 
+
+
+def byte_compile(root: Path) -> None:
+    """Write ``root``'s ``__pycache__`` (its own modules, not a virtual environment inside it)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-x", r"/\.venv/", str(root)], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def torch_import() -> float:
@@ -237,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     trees = [("this", ROOT)] + ([("baseline", Path(args.baseline).resolve())] if args.baseline else [])
+    for _, root in trees:
+        byte_compile(root)
     rows = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
