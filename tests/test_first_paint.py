@@ -132,7 +132,7 @@ def test_the_first_run_imports_no_torch_and_draws_the_samples_figures(tmp_path):
     assert changed["heavy"] == [] and set(changed["charts"]) == {"ov_curves_first_paint", "ov_map"}
     # the import waits for the browser's word that the preview's two charts are drawn, not for the clock's ticks
     assert changed["warming"] is False
-    assert first["drawn"] == changed["drawn"] == [{"charts": 2, "wait_ms": 10_000}]
+    assert first["drawn"] == changed["drawn"] == [{"charts": 2, "wait_ms": 10_000, "poll_ms": 500}]
     assert same_figure(changed["charts"]["ov_curves_first_paint"], found["overview"]["cancer"])
     # after the background import the run is the page itself: the model loaded, its map read back
     assert "torch" in page["heavy"] and page["titles"] == ["Overview"] and page["sample"] == "cancer"

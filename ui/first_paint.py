@@ -10,12 +10,12 @@ shipped beside the sample as JSON: `explain.report.first_curves`, no pandas) and
 (`explain.report.first_view`: shipped beside the sample, else saved in the workspace): the row above the
 columns, the preprocessing expander, the prediction and the attribution map with its caption, drawn by the
 page's own functions (`ui.overview_view`, `ui.map_view.draw_map`: `explain.viz.attribution.attribution_figure`),
-so the page that replaces the preview puts the same map in the same place. A fragment of the preview ticks
-every `POLL_S` seconds; in it a small browser component (`_DRAWN_JS`) says when the preview's plotly charts are
-drawn (the browser has loaded and run Plotly's chunk), which starts a background thread that imports the glue
-and the Overview's own modules and seeds the workspace (`start_warm_up`: torch does not take the CPU from the
-browser's first figure; the clock starts it after `DRAWN_WAIT_S` if the browser never says); the tick after that ends
-runs the app again, and that run is the page as always (it replaces the preview), so the settled page
+so the page that replaces the preview puts the same map in the same place. In a fragment of the preview, a
+small browser component (`_DRAWN_JS`) says when the preview's plotly charts are drawn (the browser has loaded
+and run Plotly's chunk), which starts a background thread that imports the glue and the Overview's own modules
+and seeds the workspace (`start_warm_up`: torch does not take the CPU from the browser's first figure; started
+after `DRAWN_WAIT_S` if the browser never says), and from then on ticks every `POLL_S` seconds; the tick after
+the import ends runs the app again, and that run is the page as always (it replaces the preview), so the settled page
 is the page.
 
 Nothing here may import torch (`tests/test_first_paint.py`), and nothing is drawn while the
@@ -33,6 +33,7 @@ import importlib
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,11 +72,11 @@ _TRAINING_KEY = "gb_training_uploads"  # ui.state's key of the Training page's u
 #: what app.py imports after the preview (the pages' glue: torch, the workspace's queue, the model cache)
 GLUE = ("ui.jobs", "ui.sidebar", "ui.upload_page", "ui.workspace")
 OVERVIEW_SCRIPT = Path(__file__).resolve().parents[1] / "pages" / "views" / "overview.py"
-POLL_S = 0.5  # how often a preview asks whether the glue is imported
+POLL_S = 0.5  # how often a preview asks whether the glue is imported (once the browser drew it)
 _READY = threading.Event()  # set once the glue is imported (or was before the first run)
 _WARM_LOCK = threading.Lock()
 _warming: threading.Thread | None = None
-_TICKS_KEY = "gb_first_paint_ticks"  # how often the preview's clock ran in this session
+_SHOWN_KEY = "gb_first_paint_shown"  # when this session's first preview ran (time.monotonic)
 
 
 @st.cache_resource(show_spinner="Opening the workspace…")
@@ -207,38 +208,55 @@ def wait_ready(timeout: float | None = None) -> bool:
     return _READY.wait(timeout)
 
 
-#: the browser's side of `_rerun_when_ready`: once each of the preview's ``charts`` plotly charts holds its drawn
-#: plot (Plotly's chunk loaded and run), or after `DRAWN_WAIT_S`, it triggers ``drawn`` once
+#: the browser's side of `_rerun_when_ready`, one loop a page: once each of the preview's ``charts`` plotly charts
+#: holds its drawn plot (Plotly's chunk loaded and run), or after ``wait_ms``, it triggers ``drawn``; then ``tick``
+#: every ``poll_ms`` while the preview is on the page. The server's own clock would tick before: every fragment run
+#: ends in Streamlit's full garbage collection (0.2-0.3 s of the server after a first run), which took the CPU from
+#: the browser's first figure
 _DRAWN_JS = """
-let said = false;
-export default function({ data, setTriggerValue }) {
+let latest = null, running = false;
+export default function(component) {
+  latest = component;
+  if (running) return;
+  running = true;
   const start = performance.now();
-  const check = () => {
-    if (said) return;
-    const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')];
-    const drawn = charts.filter(c => c.querySelector(".main-svg")).length;
-    if (drawn >= data.charts || performance.now() - start > data.wait_ms) { said = true; setTriggerValue("drawn", true); }
-    else setTimeout(check, 50);
+  let said = false, ticks = 0;
+  const step = () => {
+    const { data, parentElement, setTriggerValue } = latest;
+    if (!parentElement.isConnected) { running = false; return; }
+    if (!said) {
+      const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')];
+      const drawn = charts.filter(c => c.querySelector(".main-svg")).length;
+      if (drawn >= data.charts || performance.now() - start > data.wait_ms) { said = true; setTriggerValue("drawn", true); }
+      setTimeout(step, said ? data.poll_ms : 50);
+    } else {
+      setTriggerValue("tick", ++ticks);
+      setTimeout(step, data.poll_ms);
+    }
   };
-  check();
+  step();
 }
 """
 DRAWN_WAIT_S = 10.0  # the longest a preview waits for its charts before the import starts anyway
 _drawn_signal = st.components.v2.component("glassbox_first_paint_drawn", js=_DRAWN_JS)
 
 
-@st.fragment(run_every=POLL_S)
+def _tick() -> None:
+    """The browser's clock (`_DRAWN_JS`): a tick only reruns the preview's fragment."""
+
+
+@st.fragment(run_every=DRAWN_WAIT_S)
 def _rerun_when_ready(charts: int) -> None:
-    """The preview's clock: the browser says when it has drawn the preview's ``charts`` plotly charts, which
-    starts the import (so torch does not take the CPU from the browser's first figure; a clock that never hears
-    it starts it after `DRAWN_WAIT_S`); a tick after the import runs the app again."""
+    """The preview's clock, in the browser: it says when it has drawn the preview's ``charts`` plotly charts, which
+    starts the import (so torch does not take the CPU from the browser's first figure), then ticks every `POLL_S`;
+    a tick after the import runs the app again. A browser that never says gets the import after `DRAWN_WAIT_S`
+    and the page on this fragment's own tick (every `DRAWN_WAIT_S`)."""
     if _READY.is_set():
         st.rerun()
-    _drawn_signal(key="gb_first_paint_drawn", data={"charts": charts, "wait_ms": DRAWN_WAIT_S * 1000},
-                  on_drawn_change=start_warm_up, height=0)
-    ticks = st.session_state.get(_TICKS_KEY, 0)
-    st.session_state[_TICKS_KEY] = ticks + 1
-    if ticks * POLL_S >= DRAWN_WAIT_S:
+    _drawn_signal(key="gb_first_paint_drawn", height=0, on_drawn_change=start_warm_up, on_tick_change=_tick,
+                  data={"charts": charts, "wait_ms": DRAWN_WAIT_S * 1000, "poll_ms": POLL_S * 1000})
+    shown = st.session_state.setdefault(_SHOWN_KEY, time.monotonic())
+    if time.monotonic() - shown >= DRAWN_WAIT_S:
         start_warm_up()
 
 
@@ -254,10 +272,6 @@ def first_paint(is_overview: bool) -> bool:
         return False
     charts = 0  # the plotly charts drawn: the map (not a text model's tokens) and the curves
     try:
-        with st.sidebar:  # the sidebar's own choice (`ui.sidebar`): the same widgets keep their values
-            st.header("Model")
-            render_source_choice(upload=False)
-            render_sample_choice()
         st.title("Overview")
         first = None
         try:
@@ -283,6 +297,11 @@ def first_paint(is_overview: bool) -> bool:
             charts += first is not None and first.spec.modality != "text"
         with above:
             _draw_first_view(name, first)
+        # last: the browser fetches the widgets' code after Plotly's (the sidebar is a place of its own)
+        with st.sidebar:  # the sidebar's own choice (`ui.sidebar`): the same widgets keep their values
+            st.header("Model")
+            render_source_choice(upload=False)
+            render_sample_choice()
     except Exception:  # a preview that cannot draw is no reason to stop the page
         log.exception("The first paint failed")
     _rerun_when_ready(charts)
