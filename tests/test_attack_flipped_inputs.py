@@ -34,3 +34,14 @@ def test_a_flipped_picture_is_the_picture_flipped():
     x = np.asarray(sample_inputs("shapes")["inputs"])[:2]
     flipped = np.flip(x, axis=3)  # [2, 3, 32, 32], mirrored: negative stride on W
     np.testing.assert_array_equal(model.predict_proba(flipped), model.predict_proba(flipped.copy()))
+
+
+def test_a_background_given_as_a_reversed_view_is_the_background_itself():
+    model = load_sample("cancer")
+    x = np.asarray(sample_inputs("cancer")["inputs"], dtype=np.float32)[:6]
+    background = x[::-1]  # [6, 30] float32 view with a negative stride
+    for name in ("gradient_shap", "shap_gradient"):
+        method = get_method(name)
+        a = method.explain(model, x[:2], target=0, background=background, use_cache=False, seed=0)
+        b = method.explain(model, x[:2], target=0, background=background.copy(), use_cache=False, seed=0)
+        np.testing.assert_array_equal(a.values, b.values)

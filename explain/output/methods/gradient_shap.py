@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from explain.model import numpy_tensor
 from explain.output.baselines import background_description, background_set, describe_background
 from explain.output.methods.base import register
 from explain.output.methods.common import ENGINE_PARAMS, array_param
@@ -48,7 +49,7 @@ def background_points(ctx: Context, background, size: int, fallback: str, seed: 
             points = torch.zeros_like(points)  # no background: the zero embedding
             described = describe_background("zero_embedding", 1, len(ctx.inputs))
     else:
-        points = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=ctx.engine.device)
+        points = numpy_tensor(rows, dtype=torch.float32, device=ctx.engine.device)
     return points, torch.as_tensor(weights, dtype=torch.float64), described
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from explain.model import numpy_tensor
 from explain.output.baselines import background_description, background_set
 from explain.output.methods.base import register
 from explain.output.methods.common import ENGINE_PARAMS, array_param
@@ -56,7 +57,7 @@ class ShapGradient(EngineMethod):
 
         rows, _ = background_set(background, ctx.inputs, ctx.model.modality, background_size, baseline, seed,
                                  kmeans=False)
-        bg = torch.as_tensor(np.asarray(rows, dtype=np.float32), device=ctx.engine.device)
+        bg = numpy_tensor(rows, dtype=torch.float32, device=ctx.engine.device)
         x = ctx.x.float()
         values = np.zeros(x.shape, dtype=np.float64)
         targets = ctx.targets.cpu().numpy()
