@@ -57,6 +57,21 @@ def test_byte_level_bpe_tokens_read_as_words_with_the_tokenizers_decoder(byte_le
     assert not any("Ġ" in t or "Ċ" in t or "Ã" in t for t in labels)
 
 
+def test_a_byte_token_that_prints_nothing_reads_escaped(byte_level):
+    """Byte-level tokens of control bytes (an untrained causal LM generates them: found on the Generate page, where
+    \\x1b drew as an empty box) and a soft hyphen read as Python writes them; tab and newline keep their symbols."""
+    tokenizer, vocab = byte_level
+    spec = InputSpec("text", (12,), vocabulary=vocab, tokenizer=tokenizer, cls_token="<s>")
+    from explain.inputs.text import _byte_level_bytes
+
+    by_byte = {_byte_level_bytes(t): i for i, t in enumerate(vocab) if len(t) == 1 and _byte_level_bytes(t)}
+    ids = [by_byte[bytes([b])] for b in (0x00, 0x1B, 0x7F, 0x09, 0x0A)] + [by_byte[b"\xc2"], by_byte[b"\xad"]]
+    assert display_tokens(ids, spec)[:5] == ["\\x00", "\\x1b", "\\x7f", "\u21e5", "\u21b5"]
+    assert display_tokens(ids, spec)[5:] == ["\\xc2", "\\xad"]  # parts of a character, escaped as before
+    soft_hyphen = InputSpec("text", (4,), vocabulary=["<pad>", "co\u00adop", "a b"])
+    assert display_tokens([1, 2], soft_hyphen) == ["co\\xadop", "a b"]
+
+
 def test_byte_level_vocabulary_without_a_tokenizer_uses_the_marker_rule(byte_level):
     """Only a vocabulary (no tokenizer.json): Ġ / Ċ markers and GPT-2's byte table decide, with the same result."""
     _, vocab = byte_level

@@ -438,10 +438,15 @@ def _one_line(text: str) -> str:
 
 
 def _visible(text: str) -> str:
-    """A label: surrounding spaces stripped; newlines and tabs as symbols; blank as ``␣``."""
+    """A label: surrounding spaces stripped; newlines and tabs as symbols; any other character that prints
+    nothing (a control byte \\x1b, \\x7f, a soft hyphen, a zero-width space) escaped as Python writes it, as
+    a byte that is part of a character is (it drew as an empty box, or nothing, on the Generate page);
+    blank as ``␣``."""
     text = text.strip(" ")
     for char, symbol in _VISIBLE.items():
         text = text.replace(char, symbol)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
     return text or _BLANK
 
 
