@@ -239,7 +239,7 @@ def read_huggingface(data: bytes, archive: Archive | None = None) -> HFUpload:
     check_config_size(cfg, available)
     vocab_size = cfg.get("vocab_size")
     vocabulary = _vocabulary(files, vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None)
-    config, model_class, task = _model_class(cfg)
+    config, model_class, task = _model_class(cfg, set(shapes))
     check_exact_size(model_class, config, available)
     modality = "image" if task == "image" else "text"
     task = "causal_lm" if task == "causal_lm" else "classification"
@@ -277,9 +277,11 @@ def build_classifier(upload: HFUpload) -> HFClassifier:
     return HFClassifier(model, upload.modality, upload.pad_id, upload.task).eval()
 
 
-def _model_class(cfg: dict) -> tuple[Any, Any, str]:
+def _model_class(cfg: dict, weight_names: set[str]) -> tuple[Any, Any, str]:
     """The config object, the model class and its task: ``image`` / ``text`` classification or
-    ``causal_lm`` (a ``*ForCausalLM`` or ``*LMHeadModel`` of the config's own ``model_type``; nothing built)."""
+    ``causal_lm`` (a ``*ForCausalLM`` or ``*LMHeadModel`` of the config's own ``model_type``, named by
+    ``architectures``, or, in a config.json without them, the one whose weights ``weight_names`` are
+    (`_holds_causal_lm`); nothing built but on ``meta``)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -291,8 +293,8 @@ def _model_class(cfg: dict) -> tuple[Any, Any, str]:
     except Exception as exc:
         raise CorruptFile(f"config.json cannot be read as a {model_type} config ({one_line(exc, 200, typed=False)}).") from None
     archs = [a for a in (cfg.get("architectures") or []) if isinstance(a, str)]
-    causal = AutoModelForCausalLM._model_mapping.get(type(config), None) if archs else None
-    if causal is not None and causal.__name__ in archs:
+    causal = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if causal is not None and (causal.__name__ in archs if archs else _holds_causal_lm(causal, config, weight_names)):
         return config, causal, "causal_lm"
     image = any(a.endswith("ForImageClassification") for a in archs)
     if archs and not image and not any(a.endswith("ForSequenceClassification") for a in archs):
@@ -307,6 +309,25 @@ def _model_class(cfg: dict) -> tuple[Any, Any, str]:
         raise IncompatibleInput(f"transformers has no {'image' if image else 'sequence'} classification "
                                 f"model for {model_type}.", HF_HINT) from None
     return config, model_class, "image" if image else "text"
+
+
+#: The first name of a classification head's weights (``score``: decoders; ``classifier``: encoders, images).
+CLASSIFIER_HEADS = ("score", "classifier", "pre_classifier")
+
+
+def _holds_causal_lm(causal: Any, config: Any, weight_names: set[str]) -> bool:
+    """True when ``weight_names`` are the causal LM's: every parameter of ``causal`` built from ``config`` (on
+    ``meta``) and no classification head. A config.json written by ``config.save_pretrained`` (beside weights
+    saved with ``torch.save``) has no ``architectures``; read as a classifier, a causal LM's config was refused
+    as asking for more parameters than its weights hold (the classifier's head)."""
+    try:
+        with torch.device("meta"):
+            model = causal(config)
+    except Exception:
+        return False
+    extra = weight_names - set(model.state_dict())
+    return ({name for name, _ in model.named_parameters()} <= weight_names
+            and not any(name.split(".")[0] in CLASSIFIER_HEADS for name in extra))
 
 
 def state_dict(upload: HFUpload) -> dict[str, torch.Tensor]:
