@@ -155,3 +155,16 @@ def test_the_cli_sets_a_password_and_ends_the_old_sign_ins(tmp_path, monkeypatch
         assert ws.users.signed_in_as(ws.session_key(), old) is None
     finally:
         ws.close()
+
+
+def test_turns_in_the_queue_are_taken_by_each_submitting_actor_not_each_name(workspace):
+    """The queue's turns grouped jobs by owner name, so a token named like a user shared that user's turns:
+    the user's third job came before the token's first. Each actor takes its own turn, as the limit counts."""
+    workspace.users.add(OP, "admin", "admin")
+    workspace.users.add(OP, "alice", "editor")
+    workspace.users.add_token(OP, "alice", "editor")
+    token, user = Actor("alice", token=True), Actor("alice")
+    first = [workspace.jobs.submit(user, "test", {}, priority="batch") for _ in range(3)]
+    second = workspace.jobs.submit(token, "test", {}, priority="batch")
+    taken = [workspace.jobs.claim("w1").id for _ in range(4)]
+    assert taken == [first[0].id, second.id, first[1].id, first[2].id]

@@ -82,6 +82,11 @@ class JobInfo:
         return Actor(self.owner, token=self.owner_is_token, operator=self.owner_is_operator)
 
 
+def owner_key(job: JobInfo) -> tuple[str, bool, bool]:
+    """The submitting actor of a job as a key: name, token flag, operator flag."""
+    return job.owner, job.owner_is_token, job.owner_is_operator
+
+
 def job_priority(kind: str, rows: int, asked: str = "interactive") -> str:
     """The one rule of a job's class: ``asked`` (a caller may always ask for batch), except that a
     dataset job (`BATCH_KINDS`) or a job of more than `INTERACTIVE_ROWS` input rows is batch work.
@@ -222,15 +227,17 @@ class Jobs:
         return self.core.blobs.get_arrays(job.inputs_sha256) if job.inputs_sha256 else {}
 
     # -- the order ------------------------------------------------------------------------------
-    def _last_starts(self, queued: list[JobInfo], s=None) -> dict[str, str]:
+    def _last_starts(self, queued: list[JobInfo], s=None) -> dict[tuple[str, bool, bool], str]:
         owners = {j.owner for j in queued}
         if not owners:
             return {}
 
         def query(sess):
-            rows = sess.execute(select(Job.owner, func.max(Job.started_at)).where(Job.owner.in_(owners))
-                                .group_by(Job.owner)).all()
-            return {owner: _stamp(when) or "" for owner, when in rows}
+            rows = sess.execute(select(Job.owner, Job.owner_is_token, Job.owner_is_operator, func.max(Job.started_at))
+                                .where(Job.owner.in_(owners))
+                                .group_by(Job.owner, Job.owner_is_token, Job.owner_is_operator)).all()
+            return {(owner, bool(token), bool(operator)): _stamp(when) or ""
+                    for owner, token, operator, when in rows}
 
         if s is not None:
             return query(s)
@@ -238,14 +245,16 @@ class Jobs:
             return query(sess)
 
     @staticmethod
-    def order(queued: list[JobInfo], last_start: dict[str, str]) -> list[JobInfo]:
+    def order(queued: list[JobInfo], last_start: dict[tuple[str, bool, bool], str]) -> list[JobInfo]:
         """Queued jobs in the order workers take them: interactive first; within a class one job
-        per owner in turn, the owner served longest ago (or never) first; each owner's oldest first."""
+        per owner in turn, the owner served longest ago (or never) first; each owner's oldest first.
+        An owner is the whole submitting actor (`owner_key`): a token or the operator's tools named like a
+        user take turns of their own, as the per-caller limit and `cancel` count them."""
         out: list[JobInfo] = []
         for priority in PRIORITIES:
-            per_owner: dict[str, list[JobInfo]] = {}
+            per_owner: dict[tuple[str, bool, bool], list[JobInfo]] = {}
             for job in sorted((j for j in queued if j.priority == priority), key=lambda j: (j.created, j.id)):
-                per_owner.setdefault(job.owner, []).append(job)
+                per_owner.setdefault(owner_key(job), []).append(job)
             turn = sorted(per_owner, key=lambda o: (last_start.get(o) or "", per_owner[o][0].created, o))
             while per_owner:
                 for owner in list(turn):
