@@ -43,6 +43,10 @@ def drawn_signals(node):
     return found
 
 
+if sys.argv[1] == "broken":  # the row above the columns fails to draw
+    def broken(*args):
+        raise RuntimeError("no row")
+    fp._draw_first_view = broken
 if sys.argv[1] == "accounts":
     from explain.workspace import Actor, open_workspace
     open_workspace().users.add(Actor("cli:tester", operator=True), "alice", "admin")
@@ -141,6 +145,15 @@ def test_the_first_run_imports_no_torch_and_draws_the_samples_figures(tmp_path):
     assert map_caption(changed["captions"]) == map_caption(page["captions"])
     prediction = [m for m in page["markdown"] if "malignant" in m or "benign" in m]  # the cancer model's prediction
     assert prediction and prediction[0] in changed["markdown"]
+
+
+def test_a_preview_whose_row_fails_keeps_its_charts_and_sidebar(tmp_path):
+    """The sidebar is drawn last (its widgets' code fetched after Plotly's), yet a failing part of the preview
+    does not take it away."""
+    first = run_first_paint(tmp_path, "broken")["first"]
+    assert first["heavy"] == [] and first["titles"] == ["Overview"] and first["sidebar"] == ["Model"]
+    assert set(first["charts"]) == {"ov_curves_first_paint", "ov_map"}
+    assert first["selects"] == [["Explain with", True]]  # the row's Input / Method did not draw
 
 
 def test_nothing_is_drawn_before_sign_in(tmp_path):

@@ -297,12 +297,14 @@ def first_paint(is_overview: bool) -> bool:
             charts += first is not None and first.spec.modality != "text"
         with above:
             _draw_first_view(name, first)
-        # last: the browser fetches the widgets' code after Plotly's (the sidebar is a place of its own)
+    except Exception:  # a preview that cannot draw is no reason to stop the page
+        log.exception("The first paint failed")
+    try:  # last: the browser fetches the widgets' code after Plotly's (the sidebar is a place of its own)
         with st.sidebar:  # the sidebar's own choice (`ui.sidebar`): the same widgets keep their values
             st.header("Model")
             render_source_choice(upload=False)
             render_sample_choice()
-    except Exception:  # a preview that cannot draw is no reason to stop the page
-        log.exception("The first paint failed")
+    except Exception:
+        log.exception("The first paint's sidebar failed")
     _rerun_when_ready(charts)
     return True
