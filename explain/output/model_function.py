@@ -216,6 +216,7 @@ class Layout:
 
     def __init__(self, channels_last: bool, cast: torch.dtype | None = None):
         self.channels_last = channels_last
+        self.refused = False  # the model raised on a channels-last batch: every batch NCHW from then on
         self.cast = cast
 
     @classmethod
@@ -246,10 +247,20 @@ class Layout:
                 if is_out_of_memory(exc):
                     raise
                 self.channels_last = False
+                self.refused = True
                 if isinstance(module, nn.Module):
                     _REFUSED.add(module)
-                return module(batch.contiguous())  # a batch made channels-last by its caller too
+        if self.refused and batch.dim() == 4:  # a batch made channels-last by its caller too (before the refusal)
+            batch = nchw(batch)
         return module(batch)
+
+
+def nchw(batch: torch.Tensor) -> torch.Tensor:
+    """``batch`` [N, C, H, W] with NCHW strides. ``contiguous()`` keeps a channels-last batch of one channel as
+    it is (it counts as contiguous either way), and a convolution's output follows its input's strides: a model
+    that refused channels-last would get its channels-last feature map again."""
+    n, c, h, w = batch.shape
+    return batch if batch.stride() == (c * h * w, h * w, w, 1) else batch.clone(memory_format=torch.contiguous_format)
 
 
 #: eager modules whose forward refused a channels-last batch: run as they are (`Layout.for_model`)
