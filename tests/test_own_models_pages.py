@@ -183,3 +183,29 @@ def test_an_unknown_architectures_refusal_names_the_same_tensors_every_time(tmp_
             load_model(tmp_path / "mlp.safetensors")
         reasons.add(info.value.reason)
     assert len(reasons) == 1 and "(0.bias, 0.weight, 2.bias, …)" in reasons.pop()  # the header's order
+
+
+def test_a_torchscript_mixing_its_rows_is_said_in_the_sidebar(tmp_path):
+    """A graph whose rows' outputs depend on the batch (``x - x.mean(0)``) runs one row at a time
+    (`GraphProbe.rows_mix`); the sidebar's model card says so, and the page opens."""
+    from torch import nn
+
+    from explain.spec import SPEC_FILENAME, InputSpec
+
+    class Centring(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 4] -> [B, 2]
+            return self.fc(x - x.mean(0, keepdim=True))
+
+    torch.manual_seed(0)
+    spec = InputSpec("tabular", (4,), class_names=["no", "yes"], name="centring")
+    path, rows = tmp_path / "centring.pt", tmp_path / "rows.npy"
+    torch.jit.save(torch.jit.script(Centring().eval()), str(path), _extra_files={SPEC_FILENAME: spec.to_json()})
+    np.save(rows, np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
+    at = _app(path, [rows])
+    at.run()
+    shown = " ".join(_opens(at, "Overview"))
+    assert "depends on the other rows of its batch" in " ".join(c.value for c in at.sidebar.caption), shown

@@ -104,6 +104,45 @@ def test_a_graph_that_fails_above_batch_one_is_capped_not_refused():
     assert model.predict_logits(np.zeros((3, 6), np.float32)).shape == (3, 3)
 
 
+def test_a_graph_mixing_its_rows_runs_one_row_at_a_time_and_its_scores_are_each_rows_own():
+    """A user's graph computing across its batch (``x - x.mean(0)``, attack A2): its deletion curve changed with
+    the engine's chunking, unflagged. The sandbox compares a batch's first row with the row alone: such a graph is
+    vetted (and run) at 1 only, said in its summary, and its curve is the same at any batch_size."""
+    from explain.output.metrics import get_metric
+    from explain.output.metrics.base import METRIC_CACHE
+
+    class Centring(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 6] -> [B, 3], each row's depends on the mean
+            return self.fc(x - x.mean(0, keepdim=True))
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(Centring().eval()), buf, _extra_files={SPEC_FILENAME: SPEC.to_json()})
+    model = load_model(buf.getvalue(), filename="centring.pt")
+    summary = model.extra["sandbox"]
+    assert model.max_batch_rows == 1 and summary["rows_mix"] is True and "one row at a time" in summary["stopped"]
+    x = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+    attr = get_method("saliency").explain(model, x, absolute=False, use_cache=False)
+    curves = []
+    for batch_size in (1, 64):
+        METRIC_CACHE.clear()
+        curves.append(get_metric("deletion").evaluate(model, attr, steps=4, substrate="zero", output="logit",
+                                                      random=False, batch_size=batch_size, use_cache=False).curve)
+    np.testing.assert_allclose(curves[1], curves[0], rtol=0, atol=1e-6)
+    plain = load_model(_scripted_linear(), filename="plain.pt")  # a row-wise graph is not flagged
+    assert plain.extra["sandbox"]["rows_mix"] is False and plain.max_batch_rows > 1
+
+
+def _scripted_linear() -> bytes:
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Linear(6, 3))), buf, _extra_files={SPEC_FILENAME: SPEC.to_json()})
+    return buf.getvalue()
+
+
 def test_structure_probe_batch_stays_within_the_vetted_sizes():
     from explain.structure.layers import probe_batch
 

@@ -122,6 +122,9 @@ def _render_model_card() -> None:
         f"**{escape_markdown(model.name)}** · {model.format} · {model.modality} · "
         f"{model.parameter_count():,} parameters · sha256 `{model.sha256[:12]}`"
     )
+    if (model.extra.get("sandbox") or {}).get("rows_mix"):
+        st.caption(":material/warning: A row's output depends on the other rows of its batch (the sandbox found "
+                   "it): Glassbox runs this model one row at a time, so each row's explanation is its own.")
     source = model.extra.get("spec_source")
     if source == "explicit" and st.session_state.get("gb_spec_upload") is None and state.form_spec() is not None:
         source = "form"

@@ -14,7 +14,11 @@ increasing order; the child stops early, keeping the sizes done so far, when
 the last one predicts that the next would not fit the time or memory budget
 (a legitimately heavy model gets a smaller cap instead of a refusal), or when
 a size larger than the first raises an ordinary error (a model that only
-accepts batch 1). Running out of memory or time at any size refuses the file.
+accepts batch 1). Running out of memory or time at any size refuses the file. At the first size
+above 1 the child also runs that batch's first row alone: a graph whose row outputs depend on the
+other rows of the batch (``x - x.mean(0)``, batch norm left in training mode) stops there at size 1
+(`GraphProbe.rows_mix`), so the server runs it one row at a time and every row's explanation and
+score is its own, whatever the chunking.
 
 The largest size that passed becomes ``LoadedModel.max_batch_rows``; the
 engine, ``LoadedModel.predict_logits``, attention capture and the structure
@@ -154,6 +158,16 @@ try:
             result["stopped"] = f"error at batch {rows}: {_one_line(exc, 160)}"
             break
         seconds = _time.perf_counter() - t0
+        if rows > 1 and sizes[0] == 1 and "rows_mix" not in result:  # once: is a row's output its own?
+            alone = _forward_backward(module, x[:1].detach().clone()).float()  # [1, K]
+            again = _forward_backward(module, x[:1].detach().clone()).float()
+            tolerance = 1e-4 * (1.0 + float(out.float().abs().max()))
+            if float((alone - again).abs().max()) <= tolerance:  # deterministic: else nothing to compare
+                result["rows_mix"] = float((out[:1].float() - alone).abs().max()) > tolerance
+                if result["rows_mix"]:
+                    result["stopped"] = (f"a row's output depends on the other rows of its batch (batch {rows} "
+                                         "against the row alone): it runs one row at a time")
+                    break
         peak = _vm("VmPeak")
         result["batches"].append({"rows": rows, "seconds": seconds, "peak_rss": _vm("VmHWM"), "peak_vm": peak})
         if result["output_shape"] is None:
@@ -195,6 +209,7 @@ class GraphProbe:
     seconds: float = 0.0
     key: tuple | None = None
     rss_before: int = 0
+    rows_mix: bool = False  # a row's output depends on the other rows of its batch: vetted (and run) at 1 only
     remembered: bool = False  # read back from a `VettingMemory`: vetted by an earlier process
 
     def summary(self) -> dict[str, Any]:
@@ -206,6 +221,7 @@ class GraphProbe:
             "per_row_seconds": last["seconds"] / last["rows"] if last else None,
             "per_row_peak_bytes": max(0, last["peak_rss"] - self.rss_before) // last["rows"] if last else None,
             "stopped": self.stopped,
+            "rows_mix": self.rows_mix,
             "seconds": round(self.seconds, 3),
             "protections": list(self.protections),
             **({"remembered": True} if self.remembered else {}),
@@ -378,6 +394,7 @@ def probe_graph(data: bytes, loader_code: str, what: str, spec: InputSpec | None
         max_batch_rows=batches[-1]["rows"] if batches else None, batches=batches,
         output_shape=final.get("output_shape"), stopped=final.get("stopped"), protections=run.protections,
         seconds=run.seconds, key=vetting_key(spec, fixed), rss_before=int(final.get("rss_before") or 0),
+        rows_mix=bool(final.get("rows_mix")),
     )
     _remember(cache_key, probe)
     if memory is not None:
