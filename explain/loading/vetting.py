@@ -161,7 +161,8 @@ try:
         if rows > 1 and sizes[0] == 1 and "rows_mix" not in result:  # once: is a row's output its own?
             alone = _forward_backward(module, x[:1].detach().clone()).float()  # [1, K]
             again = _forward_backward(module, x[:1].detach().clone()).float()
-            tolerance = 1e-4 * (1.0 + float(out.float().abs().max()))
+            low = out.dtype in (torch.float16, torch.bfloat16)  # kernels differ per batch size by its rounding
+            tolerance = (1e-2 if low else 1e-4) * (1.0 + float(out.float().abs().max()))
             if float((alone - again).abs().max()) <= tolerance:  # deterministic: else nothing to compare
                 result["rows_mix"] = float((out[:1].float() - alone).abs().max()) > tolerance
                 if result["rows_mix"]:
