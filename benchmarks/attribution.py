@@ -375,8 +375,12 @@ def run_case(case: Case, repeats: int, device: torch.device, skip_defaults: bool
     failures: dict[str, str] = {}
     outputs: dict[str, np.ndarray | None] = {}
     glassbox(case)()  # warm-up
-    for _ in range(repeats):  # interleaved
-        for label, fn in tools.items():
+    labels = list(tools)
+    for r in range(repeats):  # interleaved, the order rotated each repeat: a tool's time depends on the one
+        # before it (the one right after the bf16 ceiling re-faults the memory that run gave back: ~3000 page
+        # faults, +25 % on B3 at 1 thread), so each tool follows each other one in turn
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            fn = tools[label]
             if label in failures:
                 continue
             out, sec = attempt(fn, device)
