@@ -79,6 +79,18 @@ def write_hf_gpt2(directory: Path) -> Path:
     return directory
 
 
+def reference_attentions(ref, prompts: list[list[int]]):
+    """transformers' own ``output_attentions`` of ``ref`` for ``prompts`` padded to the longest (padding masked):
+    [layers, N, heads, L, L] as a NumPy array."""
+    longest = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)], mask[i, : len(p)] = torch.as_tensor(p), 1
+    with torch.no_grad():
+        return torch.stack(ref(input_ids=ids, attention_mask=mask, output_attentions=True).attentions).numpy()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: threads only contend on a shared machine (the model processes inherit the count)."""

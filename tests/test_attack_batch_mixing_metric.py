@@ -11,10 +11,8 @@ import torch
 from torch import nn
 
 from explain.model import LoadedModel
-from explain.output.methods import get_method
-from explain.output.metrics import get_metric
-from explain.output.metrics.base import METRIC_CACHE
 from explain.spec import InputSpec
+from tests.test_vetted_batch import deletion_curves
 
 
 class _Centring(nn.Module):
@@ -32,11 +30,5 @@ def test_a_batch_mixing_models_deletion_curve_does_not_depend_on_the_batch_size(
     torch.manual_seed(0)
     model = LoadedModel(_Centring().eval(), "torchscript", "centring", InputSpec("tabular", (6,), class_names=list("abc")),
                         name="centring")
-    x = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
-    attr = get_method("saliency").explain(model, x, absolute=False, use_cache=False)
-    curves = []
-    for batch_size in (1, 64):
-        METRIC_CACHE.clear()
-        curves.append(get_metric("deletion").evaluate(model, attr, steps=4, substrate="zero", output="logit",
-                                                      random=False, batch_size=batch_size, use_cache=False).curve)
-    np.testing.assert_allclose(curves[1], curves[0], rtol=0, atol=1e-6)
+    alone, batched = deletion_curves(model, np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32))
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from causal_models import one_thread, write_hf_gpt2, write_hf_llama  # noqa: E402, F401 - one_thread: a fixture
+from causal_models import one_thread, reference_attentions, write_hf_gpt2, write_hf_llama  # noqa: E402, F401 - one_thread: a fixture
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from explain.cli import main  # noqa: E402
@@ -165,12 +165,7 @@ def test_attention_equals_output_attentions(lm):
     _kind, _folder, model, ref, prompts, _texts = lm
     maps = causal_attention(model, prompts)
     longest = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), longest, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, : len(p)], mask[i, : len(p)] = torch.as_tensor(p), 1
-    with torch.no_grad():
-        want = torch.stack(ref(input_ids=ids, attention_mask=mask, output_attentions=True).attentions).numpy()
+    want = reference_attentions(ref, prompts)  # [layers, N, heads, L, L]
     assert maps.weights.shape == (2, 2, 4, longest, longest)  # [layers, N, heads, L, L]
     np.testing.assert_allclose(maps.weights, want, atol=1e-6)
     for i, p in enumerate(prompts):

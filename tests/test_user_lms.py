@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("transformers")
 
 from causal_families import FAMILIES, reference_model, write_family  # noqa: E402
-from causal_models import one_thread  # noqa: E402, F401 - a fixture
+from causal_models import one_thread, reference_attentions  # noqa: E402, F401 - a fixture
 
 from explain.cli import main  # noqa: E402
 from explain.generation.attribution import attribute_generation  # noqa: E402
@@ -137,12 +137,7 @@ def test_cli_attention_equals_output_attentions(lm):
     assert main(["attention", str(path), "--prompts", str(home / "prompts.txt"), "--out", str(out)]) == 0
     maps = np.load(out)["attention"]
     longest = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), longest, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, : len(p)], mask[i, : len(p)] = torch.as_tensor(p), 1
-    with torch.no_grad():
-        want = torch.stack(ref(input_ids=ids, attention_mask=mask, output_attentions=True).attentions).numpy()
+    want = reference_attentions(ref, prompts)  # [layers, N, heads, L, L]
     assert maps.shape == (2, 2, 4, longest, longest)  # [layers, N, heads, L, L]
     for i, p in enumerate(prompts):  # the padded rows are the page's own (masked), not compared
         np.testing.assert_allclose(maps[:, i, :, : len(p), : len(p)], want[:, i, :, : len(p), : len(p)], atol=1e-6)

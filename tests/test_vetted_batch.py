@@ -108,9 +108,6 @@ def test_a_graph_mixing_its_rows_runs_one_row_at_a_time_and_its_scores_are_each_
     """A user's graph computing across its batch (``x - x.mean(0)``, attack A2): its deletion curve changed with
     the engine's chunking, unflagged. The sandbox compares a batch's first row with the row alone: such a graph is
     vetted (and run) at 1 only, said in its summary, and its curve is the same at any batch_size."""
-    from explain.output.metrics import get_metric
-    from explain.output.metrics.base import METRIC_CACHE
-
     class Centring(nn.Module):
         def __init__(self):
             super().__init__()
@@ -125,16 +122,24 @@ def test_a_graph_mixing_its_rows_runs_one_row_at_a_time_and_its_scores_are_each_
     model = load_model(buf.getvalue(), filename="centring.pt")
     summary = model.extra["sandbox"]
     assert model.max_batch_rows == 1 and summary["rows_mix"] is True and "one row at a time" in summary["stopped"]
-    x = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+    alone, batched = deletion_curves(model, np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32))
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
+    plain = load_model(_scripted_linear(), filename="plain.pt")  # a row-wise graph is not flagged
+    assert plain.extra["sandbox"]["rows_mix"] is False and plain.max_batch_rows > 1
+
+
+def deletion_curves(model: LoadedModel, x: np.ndarray) -> list[np.ndarray]:
+    """The deletion curve of ``model``'s saliency on ``x`` with the engine's batch_size 1, then 64."""
+    from explain.output.metrics import get_metric
+    from explain.output.metrics.base import METRIC_CACHE
+
     attr = get_method("saliency").explain(model, x, absolute=False, use_cache=False)
     curves = []
     for batch_size in (1, 64):
         METRIC_CACHE.clear()
         curves.append(get_metric("deletion").evaluate(model, attr, steps=4, substrate="zero", output="logit",
                                                       random=False, batch_size=batch_size, use_cache=False).curve)
-    np.testing.assert_allclose(curves[1], curves[0], rtol=0, atol=1e-6)
-    plain = load_model(_scripted_linear(), filename="plain.pt")  # a row-wise graph is not flagged
-    assert plain.extra["sandbox"]["rows_mix"] is False and plain.max_batch_rows > 1
+    return curves
 
 
 def _scripted_linear() -> bytes:
