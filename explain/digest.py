@@ -7,7 +7,9 @@ a digest (an attribution cache key, a page's cache key, the report's inputs).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 from typing import Any
 
 import numpy as np
@@ -29,3 +31,13 @@ def digest_array(array: Any) -> str:
     h.update(f"{arr.dtype.str}{arr.shape}".encode())
     h.update(arr.tobytes())
     return h.hexdigest()
+
+
+def digest_base64(data: bytes) -> str:
+    """sha256 of ``data`` in base64 (a Content-Security-Policy's ``'sha256-…'`` source of a script)."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 of ``data`` under ``key`` (a signed sign-in cookie)."""
+    return hmac.new(key, data, hashlib.sha256).digest()

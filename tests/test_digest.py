@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.digest import digest_array, digest_bytes
+from explain.digest import digest_array, digest_base64, digest_bytes, hmac_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,6 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_digest_bytes_is_the_sha256_a_model_is_named_by():
     assert digest_bytes(b"glassbox") == hashlib.sha256(b"glassbox").hexdigest()
     assert digest_bytes(bytearray(b"glassbox")) == digest_bytes(memoryview(b"glassbox")) == digest_bytes(b"glassbox")
+
+
+def test_a_scripts_policy_hash_and_a_cookies_signature_are_the_standard_ones():
+    import base64
+    import hmac
+
+    assert digest_base64(b"alert(1)") == base64.b64encode(hashlib.sha256(b"alert(1)").digest()).decode()
+    assert hmac_sha256(b"key", b"payload") == hmac.new(b"key", b"payload", hashlib.sha256).digest()
 
 
 def test_same_values_same_digest_whatever_the_layout():

@@ -14,7 +14,6 @@ what failed and why, and the rest of the report is still built.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from explain.digest import digest_base64
 from explain.errors import UsageError, one_line
 from explain.report.template import CSS as _CSS
 from explain.report.template import PAGE as _PAGE
@@ -296,7 +296,7 @@ def content_security_policy(scripts: Iterable[str]) -> str:
     """A report's Content-Security-Policy: only ``scripts`` (its own: plotly, each figure's, the resize) run,
     by their sha256; nothing is loaded (images are data: URIs), nothing is sent, no form, no base. A script
     that a user's string brought into the page, or an inline handler (``onerror=``), does not run."""
-    digests = {base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode() for code in scripts}
+    digests = {digest_base64(code.encode("utf-8")) for code in scripts}
     hashes = " ".join(f"'sha256-{d}'" for d in sorted(digests))
     return (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; img-src data:; font-src data:; "
             "base-uri 'none'; form-action 'none'")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import hmac
 import json
 import secrets
@@ -15,7 +14,7 @@ import bcrypt
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from explain.digest import digest_bytes
+from explain.digest import digest_bytes, hmac_sha256
 from explain.errors import NotFound, UsageError
 from explain.workspace.core import Core, iso
 from explain.workspace.roles import Action, Actor, check_role
@@ -61,13 +60,13 @@ def sign_session(key: str, name: str, identity: str, days: float, now: float | N
     expires = (time.time() if now is None else now) + days * 86400
     payload = _b64(json.dumps({"username": name, "identity": identity, "exp_date": expires},
                               separators=(",", ":")).encode())
-    return f"{payload}.{_b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())}"
+    return f"{payload}.{_b64(hmac_sha256(key.encode(), payload.encode()))}"
 
 
 def read_session(key: str, token: str, now: float | None = None) -> tuple[str, str] | None:
     """(name, identity) of a `sign_session` value whose signature holds and that has not expired; else None."""
     payload, _, signature = str(token).partition(".")
-    expected = _b64(hmac.new(key.encode(), payload.encode(), hashlib.sha256).digest())
+    expected = _b64(hmac_sha256(key.encode(), payload.encode()))
     if not signature or not hmac.compare_digest(signature, expected):
         return None
     try:
