@@ -72,7 +72,9 @@ def test_editor_saves_viewer_reads_reviewer_comments_and_approves(team_server, c
         viewer.get_by_text("Comments (0)").first.wait_for()  # .first: a rerun's stale copy may still be there
         wait_for_app(viewer)
         _shot(viewer, "viewer_link")
-        assert viewer.locator('[data-testid="stImage"] img, [data-testid="stPlotlyChart"]').count() >= 4
+        # the run after sign-in may still be drawing (a stale sign-in form above placeholders): wait for the figures
+        viewer.locator('[data-testid="stImage"] img, [data-testid="stPlotlyChart"]').nth(3).wait_for(state="attached")
+        wait_for_app(viewer)
         assert viewer.get_by_label("Comment", exact=True).count() == 0
         assert viewer.get_by_role("button", name="Post").count() == 0
         assert viewer.get_by_text("commenting needs the reviewer role").count() == 1
